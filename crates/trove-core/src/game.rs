@@ -1,0 +1,116 @@
+//! The game trait and the envelopes around it.
+
+use crate::hash::StateHasher;
+use crate::record::Record;
+use crate::worlds::Worlds;
+
+/// Identifies one world (for the treasure hunt: a hunt). Worlds are the unit
+/// of sharding: all events of one world are applied by one shard, in order.
+pub type WorldId = u32;
+
+/// An event with the engine timestamp assigned when the engine accepted it.
+///
+/// Time enters the game only here: the rules read `time_us`, never a clock,
+/// and the journal stores it, so a replay sees the same times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamped<E> {
+    /// Engine time in microseconds. Non-decreasing along a shard's input.
+    pub time_us: u64,
+    pub event: E,
+}
+
+/// A broadcast addressed to a world's subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addressed<B> {
+    /// Index into [`Outcomes::direct`] of the event that caused it.
+    pub event_index: u32,
+    pub world: WorldId,
+    pub body: B,
+}
+
+/// Where a batch's results go. `apply` pushes exactly one direct outcome per
+/// event, in event order, and any number of broadcasts.
+#[derive(Debug)]
+pub struct Outcomes<O, B> {
+    /// `direct[i]` answers the i-th event applied since the last `clear`.
+    pub direct: Vec<O>,
+    /// World-wide news, in the order it happened.
+    pub broadcasts: Vec<Addressed<B>>,
+}
+
+impl<O, B> Default for Outcomes<O, B> {
+    fn default() -> Self {
+        Self {
+            direct: Vec::new(),
+            broadcasts: Vec::new(),
+        }
+    }
+}
+
+impl<O, B> Outcomes<O, B> {
+    pub fn with_capacity(events: usize) -> Self {
+        Self {
+            direct: Vec::with_capacity(events),
+            broadcasts: Vec::new(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.direct.clear();
+        self.broadcasts.clear();
+    }
+
+    /// Records a broadcast caused by the event whose direct outcome will be
+    /// pushed next.
+    #[inline]
+    pub fn broadcast(&mut self, world: WorldId, body: B) {
+        let event_index = self.direct.len() as u32;
+        self.broadcasts.push(Addressed {
+            event_index,
+            world,
+            body,
+        });
+    }
+}
+
+/// A deterministic game the engine can run.
+///
+/// The engine routes each event by [`Game::world_of`], stamps it, batches it
+/// and calls [`Game::apply`] on the shard that owns the world. A game must
+/// not read a clock, an unseeded random source, a file or a socket: the same
+/// stamped events applied to the same state must give the same state and
+/// outcomes, whatever the batch boundaries.
+pub trait Game: Send + 'static {
+    /// A short name, used in logs and metrics.
+    const NAME: &'static str;
+
+    /// One world's state.
+    type World: Send + 'static;
+    /// The fixed-size event record producers send.
+    type Event: Record;
+    /// The answer to one event, for its producer.
+    type Outcome: Copy + Send + Sync + std::fmt::Debug + PartialEq + 'static;
+    /// News for everyone watching a world.
+    type Broadcast: Clone + Send + Sync + std::fmt::Debug + PartialEq + 'static;
+
+    /// The world an event belongs to (its routing key).
+    fn world_of(event: &Self::Event) -> WorldId;
+
+    /// Applies `events` in order. Pushes exactly one direct outcome per event.
+    /// Never panics on any event value: nonsense is answered with a typed
+    /// rejection outcome.
+    fn apply(
+        worlds: &mut Worlds<Self::World>,
+        events: &[Stamped<Self::Event>],
+        out: &mut Outcomes<Self::Outcome, Self::Broadcast>,
+    );
+
+    /// Feeds a world's whole state, in a canonical order, to `hasher`.
+    fn hash_world(world: &Self::World, hasher: &mut StateHasher);
+
+    /// Checks the world's invariants exhaustively; returns a description of
+    /// the first one that fails. Tests call it; it may be slow.
+    fn check_world(_world: &Self::World) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The id-to-world table a shard owns.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::game::WorldId;
+
+/// Worlds by id, with stable dense indices.
+///
+/// Lookups happen once per event, so the table hashes a `u32` with one
+/// multiplication instead of SipHash. Worlds are never removed, so an index
+/// handed out by [`Worlds::index_of`] stays valid: a batch can resolve its
+/// events' worlds up front (to prefetch their state) and use the indices
+/// afterwards.
+#[derive(Debug)]
+pub struct Worlds<W> {
+    index: HashMap<WorldId, u32, BuildHasherDefault<IdHasher>>,
+    ids: Vec<WorldId>,
+    worlds: Vec<W>,
+    worlds_max: usize,
+}
+
+/// Why a world could not be inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// A world with this id already exists.
+    Exists,
+    /// The table holds `worlds_max` worlds already.
+    Full,
+}
+
+impl<W> Worlds<W> {
+    /// An empty table that will hold at most `worlds_max` worlds.
+    pub fn new(worlds_max: usize) -> Self {
+        Self {
+            index: HashMap::default(),
+            ids: Vec::new(),
+            worlds: Vec::new(),
+            worlds_max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.worlds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.worlds.is_empty()
+    }
+
+    pub fn worlds_max(&self) -> usize {
+        self.worlds_max
+    }
+
+    #[inline]
+    pub fn index_of(&self, id: WorldId) -> Option<usize> {
+        self.index.get(&id).map(|&i| i as usize)
+    }
+
+    /// The world at a dense index from [`Worlds::index_of`].
+    ///
+    /// # Panics
+    /// If `index` was not handed out by this table.
+    #[inline]
+    pub fn at(&self, index: usize) -> &W {
+        &self.worlds[index]
+    }
+
+    /// See [`Worlds::at`].
+    #[inline]
+    pub fn at_mut(&mut self, index: usize) -> &mut W {
+        &mut self.worlds[index]
+    }
+
+    pub fn get(&self, id: WorldId) -> Option<&W> {
+        self.index_of(id).map(|i| &self.worlds[i])
+    }
+
+    pub fn get_mut(&mut self, id: WorldId) -> Option<&mut W> {
+        self.index_of(id).map(|i| &mut self.worlds[i])
+    }
+
+    /// Adds a world; returns its dense index.
+    pub fn insert(&mut self, id: WorldId, world: W) -> Result<usize, InsertError> {
+        if self.index.contains_key(&id) {
+            return Err(InsertError::Exists);
+        }
+        if self.worlds.len() >= self.worlds_max {
+            return Err(InsertError::Full);
+        }
+        let index = self.worlds.len();
+        self.index.insert(id, index as u32);
+        self.ids.push(id);
+        self.worlds.push(world);
+        Ok(index)
+    }
+
+    /// Worlds in ascending id order: the canonical order for hashing.
+    pub fn iter_sorted(&self) -> impl Iterator<Item = (WorldId, &W)> {
+        let mut order: Vec<u32> = (0..self.worlds.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.ids[i as usize]);
+        order
+            .into_iter()
+            .map(move |i| (self.ids[i as usize], &self.worlds[i as usize]))
+    }
+}
+
+/// A hasher for `u32` keys: Fibonacci multiplication, high bits folded down
+/// so that hashbrown's bucket bits (low) and tag bits (high) both vary.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_lookup_and_limits() {
+        let mut w: Worlds<&str> = Worlds::new(2);
+        assert_eq!(w.insert(7, "a"), Ok(0));
+        assert_eq!(w.insert(7, "b"), Err(InsertError::Exists));
+        assert_eq!(w.insert(3, "c"), Ok(1));
+        assert_eq!(w.insert(9, "d"), Err(InsertError::Full));
+        assert_eq!(w.get(7), Some(&"a"));
+        assert_eq!(w.index_of(3), Some(1));
+        assert_eq!(w.get(4), None);
+        let order: Vec<_> = w.iter_sorted().map(|(id, _)| id).collect();
+        assert_eq!(order, vec![3, 7]);
+    }
+}

@@ -1,0 +1,373 @@
+//! One hunt's state and the rule for each event.
+
+use trove_core::hash::StateHasher;
+use trove_core::rng::mix64;
+use trove_core::{Outcomes, WorldId};
+
+use crate::event::{Action, HuntConfig};
+use crate::field::TreasureField;
+use crate::leaderboard::{Entry, Top10};
+use crate::outcome::{HuntBroadcast, HuntOutcome, Reject};
+
+/// A player's slot, indexed by player id.
+///
+/// The score is per round, reset lazily: `score` counts only while
+/// `score_round` is the hunt's current round, so ending a round costs O(1)
+/// however many players the hunt has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Player {
+    pub x: u16,
+    pub y: u16,
+    pub joined: bool,
+    score: u32,
+    score_round: u32,
+    /// Engine time from which the next dig is allowed.
+    pub dig_ready_at_us: u64,
+}
+
+/// One hunt: its config, round, players, treasures and leaderboard.
+#[derive(Clone, Debug)]
+pub struct Hunt {
+    id: WorldId,
+    config: HuntConfig,
+    /// Starts at 1; `Player::score_round == 0` therefore means "no score".
+    round: u32,
+    /// Grows (by doubling, capped at `players_max`) to cover the highest
+    /// player id that joined.
+    players: Vec<Player>,
+    players_joined: u32,
+    field: TreasureField,
+    top: Top10,
+    /// Sum of all players' scores this round; equals the field's claimed
+    /// value (asserted at every claim).
+    round_score_total: u64,
+}
+
+pub type HuntOutcomes = Outcomes<HuntOutcome, HuntBroadcast>;
+
+impl Hunt {
+    /// A new hunt at round 1. `config` must be valid.
+    pub fn new(id: WorldId, config: HuntConfig) -> Self {
+        assert!(
+            config.validate().is_ok(),
+            "Hunt::new with an invalid config"
+        );
+        Self {
+            id,
+            config,
+            round: 1,
+            players: Vec::new(),
+            players_joined: 0,
+            field: TreasureField::place(&config, 1),
+            top: Top10::default(),
+            round_score_total: 0,
+        }
+    }
+
+    pub fn id(&self) -> WorldId {
+        self.id
+    }
+    pub fn config(&self) -> &HuntConfig {
+        &self.config
+    }
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+    pub fn players_joined(&self) -> u32 {
+        self.players_joined
+    }
+    pub fn treasures_left(&self) -> u32 {
+        self.field.unclaimed()
+    }
+    pub fn leaderboard(&self) -> &Top10 {
+        &self.top
+    }
+    pub fn field(&self) -> &TreasureField {
+        &self.field
+    }
+
+    pub fn player(&self, id: u32) -> Option<&Player> {
+        self.players.get(id as usize)
+    }
+
+    /// A player's score in the current round.
+    pub fn score(&self, id: u32) -> u32 {
+        self.players
+            .get(id as usize)
+            .map_or(0, |p| self.round_score(p))
+    }
+
+    #[inline]
+    fn round_score(&self, p: &Player) -> u32 {
+        if p.score_round == self.round {
+            p.score
+        } else {
+            0
+        }
+    }
+
+    /// Hints the CPU to load a player's slot; the batch loop calls this a
+    /// few events ahead of applying them.
+    #[inline]
+    pub fn prefetch_player(&self, id: u32) {
+        if let Some(p) = self.players.get(id as usize) {
+            prefetch(p);
+        }
+    }
+
+    /// The spawn cell of a player: a function of (seed, player) only.
+    pub fn spawn(&self, player: u32) -> (u16, u16) {
+        let r = mix64((u64::from(self.config.seed) << 32) | u64::from(player));
+        let x = ((r & 0xFFFF_FFFF) * u64::from(self.config.width)) >> 32;
+        let y = ((r >> 32) * u64::from(self.config.height)) >> 32;
+        (x as u16, y as u16)
+    }
+
+    /// Applies one non-create event at engine time `now_us`.
+    #[inline]
+    pub fn apply(
+        &mut self,
+        now_us: u64,
+        player: u32,
+        action: Action,
+        out: &mut HuntOutcomes,
+    ) -> HuntOutcome {
+        let reject = |reason| HuntOutcome::Rejected { reason };
+        if player >= self.config.players_max {
+            return reject(Reject::PlayerOutOfRange);
+        }
+        match action {
+            Action::Join => self.join(player),
+            Action::Leave => match self.joined_mut(player) {
+                Some(p) => {
+                    p.joined = false;
+                    self.players_joined -= 1;
+                    HuntOutcome::Left
+                }
+                None => reject(Reject::NotJoined),
+            },
+            Action::Move { dx, dy } => {
+                let step_max = i32::from(self.config.step_max);
+                let (w, h) = (i32::from(self.config.width), i32::from(self.config.height));
+                let Some(p) = self.joined_mut(player) else {
+                    return reject(Reject::NotJoined);
+                };
+                if i32::from(dx).abs() > step_max || i32::from(dy).abs() > step_max {
+                    return reject(Reject::StepTooLarge);
+                }
+                p.x = (i32::from(p.x) + i32::from(dx)).clamp(0, w - 1) as u16;
+                p.y = (i32::from(p.y) + i32::from(dy)).clamp(0, h - 1) as u16;
+                HuntOutcome::Moved { x: p.x, y: p.y }
+            }
+            Action::Dig => self.dig(now_us, player, out),
+            Action::Scan => match self.joined_mut(player) {
+                Some(p) => {
+                    let (x, y) = (p.x, p.y);
+                    HuntOutcome::Hint {
+                        band: self.field.scan(x, y),
+                    }
+                }
+                None => reject(Reject::NotJoined),
+            },
+            // Create is handled by the game loop, which owns the hunt table.
+            Action::Create(_) => reject(Reject::HuntExists),
+            Action::Invalid => reject(Reject::InvalidEvent),
+        }
+    }
+
+    #[inline]
+    fn joined_mut(&mut self, player: u32) -> Option<&mut Player> {
+        self.players.get_mut(player as usize).filter(|p| p.joined)
+    }
+
+    fn join(&mut self, player: u32) -> HuntOutcome {
+        let index = player as usize;
+        if index >= self.players.len() {
+            let len = (index + 1)
+                .next_power_of_two()
+                .min(self.config.players_max as usize);
+            self.players.resize(len, Player::default());
+        }
+        let (x, y) = self.spawn(player);
+        let round = self.round;
+        let p = &mut self.players[index];
+        if p.joined {
+            return HuntOutcome::Rejected {
+                reason: Reject::AlreadyJoined,
+            };
+        }
+        p.joined = true;
+        p.x = x;
+        p.y = y;
+        self.players_joined += 1;
+        let score = if p.score_round == round { p.score } else { 0 };
+        HuntOutcome::Joined { x, y, score }
+    }
+
+    fn dig(&mut self, now_us: u64, player: u32, out: &mut HuntOutcomes) -> HuntOutcome {
+        let cooldown_us = u64::from(self.config.dig_cooldown_ms) * 1000;
+        let round = self.round;
+        let Some(p) = self.joined_mut(player) else {
+            return HuntOutcome::Rejected {
+                reason: Reject::NotJoined,
+            };
+        };
+        if now_us < p.dig_ready_at_us {
+            return HuntOutcome::Rejected {
+                reason: Reject::OnCooldown,
+            };
+        }
+        p.dig_ready_at_us = now_us + cooldown_us;
+        let (x, y) = (p.x, p.y);
+        let Some(value) = self.field.claim(x, y) else {
+            return HuntOutcome::DigNothing;
+        };
+
+        let p = &mut self.players[player as usize];
+        if p.score_round != round {
+            p.score_round = round;
+            p.score = 0;
+        }
+        p.score += u32::from(value);
+        let score = p.score;
+        self.round_score_total += u64::from(value);
+        assert_eq!(
+            self.round_score_total,
+            self.field.claimed_value(),
+            "scores == claimed value"
+        );
+
+        let treasures_left = self.field.unclaimed();
+        out.broadcast(
+            self.id,
+            HuntBroadcast::TreasureFound {
+                round,
+                player,
+                x,
+                y,
+                value,
+                score,
+                treasures_left,
+            },
+        );
+        if self.top.offer(player, score) {
+            out.broadcast(
+                self.id,
+                HuntBroadcast::LeaderboardChanged {
+                    round,
+                    top: self.top,
+                },
+            );
+        }
+        if treasures_left == 0 {
+            out.broadcast(
+                self.id,
+                HuntBroadcast::RoundFinished {
+                    round,
+                    top: self.top,
+                },
+            );
+            self.round += 1;
+            self.field = TreasureField::place(&self.config, self.round);
+            self.top.clear();
+            self.round_score_total = 0;
+        }
+        HuntOutcome::DigFound { value, score }
+    }
+
+    /// Feeds the whole state to `h` in canonical order. Player slots that
+    /// are still default are skipped, so how far the slot table has grown
+    /// (an allocation detail) does not change the hash.
+    pub fn hash(&self, h: &mut StateHasher) {
+        let c = &self.config;
+        h.u32(self.id);
+        for v in [
+            c.width,
+            c.height,
+            c.treasures_per_round,
+            c.value_min,
+            c.value_max,
+            c.dig_cooldown_ms,
+        ] {
+            h.u16(v);
+        }
+        h.u32(c.seed);
+        h.u32(u32::from(c.step_max));
+        h.u32(c.players_max);
+        h.u32(self.round);
+        h.u32(self.players_joined);
+        self.field.hash(h);
+        for (i, p) in self.players.iter().enumerate() {
+            if *p == Player::default() {
+                continue;
+            }
+            h.u32(i as u32);
+            h.bool(p.joined);
+            h.u16(p.x);
+            h.u16(p.y);
+            h.u32(self.round_score(p));
+            h.u64(p.dig_ready_at_us);
+        }
+        h.u64(u64::MAX); // end of players
+        for e in self.top.entries() {
+            h.u32(e.player);
+            h.u32(e.score);
+        }
+    }
+
+    /// Checks every invariant from scratch (slow; tests call it).
+    pub fn check(&self) -> Result<(), String> {
+        self.field.check(&self.config)?;
+        let mut total = 0u64;
+        let mut joined = 0u32;
+        for (i, p) in self.players.iter().enumerate() {
+            if p.joined {
+                joined += 1;
+                if p.x >= self.config.width || p.y >= self.config.height {
+                    return Err(format!("player {i} off the map at ({}, {})", p.x, p.y));
+                }
+            }
+            total += u64::from(self.round_score(p));
+        }
+        if joined != self.players_joined {
+            return Err(format!(
+                "{joined} players joined but count says {}",
+                self.players_joined
+            ));
+        }
+        if total != self.field.claimed_value() || total != self.round_score_total {
+            return Err(format!(
+                "scores sum to {total}, claimed value is {}, running total {}",
+                self.field.claimed_value(),
+                self.round_score_total
+            ));
+        }
+        let brute = Top10::from_scores(self.players.iter().enumerate().map(|(i, p)| Entry {
+            player: i as u32,
+            score: self.round_score(p),
+        }));
+        if brute != self.top {
+            return Err(format!(
+                "leaderboard {:?} but scores give {:?}",
+                self.top, brute
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A read prefetch hint: no effect on results, only on cache misses.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has, and
+        // it never dereferences its argument (a hint cannot fault); the
+        // pointer comes from a live reference anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}

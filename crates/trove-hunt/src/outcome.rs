@@ -1,0 +1,126 @@
+//! What the rules answer.
+
+use crate::leaderboard::Top10;
+
+/// The answer to one event, for the producer that sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HuntOutcome {
+    /// The hunt exists; its first round has been placed.
+    Created {
+        round: u32,
+    },
+    /// The player is in, at its spawn cell, with its score this round.
+    Joined {
+        x: u16,
+        y: u16,
+        score: u32,
+    },
+    Left,
+    /// The player's position after the move (clamped to the map).
+    Moved {
+        x: u16,
+        y: u16,
+    },
+    /// The dig claimed a treasure worth `value`; `score` is the new score.
+    DigFound {
+        value: u16,
+        score: u32,
+    },
+    /// Nothing (left) at this cell.
+    DigNothing,
+    /// How far the nearest unclaimed treasure is.
+    Hint {
+        band: Band,
+    },
+    Rejected {
+        reason: Reject,
+    },
+}
+
+/// Distance band of a scan, by Chebyshev distance (king moves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Band {
+    /// Within 2 cells.
+    Hot = 1,
+    /// Within 8 cells.
+    Warm = 2,
+    /// Farther, or no treasure left.
+    Cold = 3,
+}
+
+/// Why an event was rejected. The byte values are part of the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Reject {
+    /// No hunt with this id (on this engine).
+    UnknownHunt = 1,
+    /// The player has not joined this hunt (or has left it).
+    NotJoined = 2,
+    /// Join by a player who is already in the hunt.
+    AlreadyJoined = 3,
+    /// Dig before the player's cooldown has passed.
+    OnCooldown = 4,
+    /// Move with |dx| or |dy| above the hunt's step_max.
+    StepTooLarge = 5,
+    /// Create for an id that exists.
+    HuntExists = 6,
+    /// Create with a config that fails `HuntConfig::validate`.
+    InvalidConfig = 7,
+    /// Create beyond the engine's hunt limit.
+    TooManyHunts = 8,
+    /// Player id at or above the hunt's players_max.
+    PlayerOutOfRange = 9,
+    /// The record's kind names no action.
+    InvalidEvent = 10,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 10] = [
+        Reject::UnknownHunt,
+        Reject::NotJoined,
+        Reject::AlreadyJoined,
+        Reject::OnCooldown,
+        Reject::StepTooLarge,
+        Reject::HuntExists,
+        Reject::InvalidConfig,
+        Reject::TooManyHunts,
+        Reject::PlayerOutOfRange,
+        Reject::InvalidEvent,
+    ];
+
+    /// A stable snake_case name, for metrics labels and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::UnknownHunt => "unknown_hunt",
+            Reject::NotJoined => "not_joined",
+            Reject::AlreadyJoined => "already_joined",
+            Reject::OnCooldown => "on_cooldown",
+            Reject::StepTooLarge => "step_too_large",
+            Reject::HuntExists => "hunt_exists",
+            Reject::InvalidConfig => "invalid_config",
+            Reject::TooManyHunts => "too_many_hunts",
+            Reject::PlayerOutOfRange => "player_out_of_range",
+            Reject::InvalidEvent => "invalid_event",
+        }
+    }
+}
+
+/// Hunt-wide news, for every subscriber of the hunt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HuntBroadcast {
+    TreasureFound {
+        round: u32,
+        player: u32,
+        x: u16,
+        y: u16,
+        value: u16,
+        score: u32,
+        treasures_left: u32,
+    },
+    /// The top-10 of `round` changed; this is the new one.
+    LeaderboardChanged { round: u32, top: Top10 },
+    /// The last treasure of `round` was claimed. `top` is the final top-10;
+    /// round `round + 1` has been placed and starts with all scores at 0.
+    RoundFinished { round: u32, top: Top10 },
+}
