@@ -36,9 +36,7 @@ impl StateHasher {
 
     #[inline]
     pub fn u64(&mut self, w: u64) {
-        self.h = (self.h ^ w.wrapping_mul(K1))
-            .rotate_left(31)
-            .wrapping_mul(K2);
+        self.h = (self.h ^ w.wrapping_mul(K1)).rotate_left(31).wrapping_mul(K2);
         self.words += 1;
     }
 

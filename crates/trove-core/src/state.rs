@@ -42,11 +42,7 @@ impl<G: Game> GameState<G> {
     /// If event times go backwards: the engine stamps events from a
     /// monotonic clock and the journal replays them in order, so this is a
     /// bug upstream, never bad input.
-    pub fn apply(
-        &mut self,
-        events: &[Stamped<G::Event>],
-        out: &mut Outcomes<G::Outcome, G::Broadcast>,
-    ) {
+    pub fn apply(&mut self, events: &[Stamped<G::Event>], out: &mut Outcomes<G::Outcome, G::Broadcast>) {
         let Some(last) = events.last() else { return };
         let mut time_us = self.time_us;
         for e in events {
@@ -60,11 +56,7 @@ impl<G: Game> GameState<G> {
         }
         let direct_before = out.direct.len();
         G::apply(&mut self.worlds, events, out);
-        assert_eq!(
-            out.direct.len() - direct_before,
-            events.len(),
-            "one outcome per event"
-        );
+        assert_eq!(out.direct.len() - direct_before, events.len(), "one outcome per event");
         self.time_us = last.time_us;
         self.events_applied += events.len() as u64;
     }

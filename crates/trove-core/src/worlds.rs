@@ -7,18 +7,27 @@ use crate::game::WorldId;
 
 /// Worlds by id, with stable dense indices.
 ///
-/// Lookups happen once per event, so the table hashes a `u32` with one
-/// multiplication instead of SipHash. Worlds are never removed, so an index
+/// Lookups happen once per event. Ids below [`DIRECT_IDS`] (the common case:
+/// games number their worlds from 0) resolve through a flat table, one load;
+/// larger ids go through a hash map keyed by one multiplication, not SipHash. Worlds are never removed, so an index
 /// handed out by [`Worlds::index_of`] stays valid: a batch can resolve its
 /// events' worlds up front (to prefetch their state) and use the indices
 /// afterwards.
 #[derive(Debug)]
 pub struct Worlds<W> {
+    /// `direct[id]` is the index of world `id`, or `NONE`; covers the ids
+    /// below `DIRECT_IDS` seen so far.
+    direct: Vec<u32>,
+    /// Worlds with ids of `DIRECT_IDS` and above.
     index: HashMap<WorldId, u32, BuildHasherDefault<IdHasher>>,
     ids: Vec<WorldId>,
     worlds: Vec<W>,
     worlds_max: usize,
 }
+
+/// Ids below this resolve through a flat table (at most 256 KiB).
+pub const DIRECT_IDS: u32 = 1 << 16;
+const NONE: u32 = u32::MAX;
 
 /// Why a world could not be inserted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +42,7 @@ impl<W> Worlds<W> {
     /// An empty table that will hold at most `worlds_max` worlds.
     pub fn new(worlds_max: usize) -> Self {
         Self {
+            direct: Vec::new(),
             index: HashMap::default(),
             ids: Vec::new(),
             worlds: Vec::new(),
@@ -54,6 +64,12 @@ impl<W> Worlds<W> {
 
     #[inline]
     pub fn index_of(&self, id: WorldId) -> Option<usize> {
+        if let Some(&i) = self.direct.get(id as usize) {
+            return (i != NONE).then_some(i as usize);
+        }
+        if id < DIRECT_IDS {
+            return None;
+        }
         self.index.get(&id).map(|&i| i as usize)
     }
 
@@ -82,14 +98,21 @@ impl<W> Worlds<W> {
 
     /// Adds a world; returns its dense index.
     pub fn insert(&mut self, id: WorldId, world: W) -> Result<usize, InsertError> {
-        if self.index.contains_key(&id) {
+        if self.index_of(id).is_some() {
             return Err(InsertError::Exists);
         }
         if self.worlds.len() >= self.worlds_max {
             return Err(InsertError::Full);
         }
         let index = self.worlds.len();
-        self.index.insert(id, index as u32);
+        if id < DIRECT_IDS {
+            if self.direct.len() <= id as usize {
+                self.direct.resize(id as usize + 1, NONE);
+            }
+            self.direct[id as usize] = index as u32;
+        } else {
+            self.index.insert(id, index as u32);
+        }
         self.ids.push(id);
         self.worlds.push(world);
         Ok(index)
@@ -150,5 +173,19 @@ mod tests {
         assert_eq!(w.get(4), None);
         let order: Vec<_> = w.iter_sorted().map(|(id, _)| id).collect();
         assert_eq!(order, vec![3, 7]);
+    }
+
+    #[test]
+    fn small_and_large_ids() {
+        let mut w: Worlds<u32> = Worlds::new(10);
+        for id in [0, 5, DIRECT_IDS - 1, DIRECT_IDS, u32::MAX] {
+            assert_eq!(w.index_of(id), None);
+            w.insert(id, id).unwrap();
+            assert_eq!(w.get(id), Some(&id));
+            assert_eq!(w.insert(id, 0), Err(InsertError::Exists));
+        }
+        assert_eq!(w.index_of(1), None);
+        assert_eq!(w.index_of(DIRECT_IDS + 1), None);
+        assert_eq!(w.len(), 5);
     }
 }

@@ -75,16 +75,10 @@ impl HuntConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, reason: String| Err(ConfigError { field, reason });
         if !(1..=MAP_SIDE_MAX).contains(&self.width) {
-            return err(
-                "width",
-                format!("{} is not in 1..={MAP_SIDE_MAX}", self.width),
-            );
+            return err("width", format!("{} is not in 1..={MAP_SIDE_MAX}", self.width));
         }
         if !(1..=MAP_SIDE_MAX).contains(&self.height) {
-            return err(
-                "height",
-                format!("{} is not in 1..={MAP_SIDE_MAX}", self.height),
-            );
+            return err("height", format!("{} is not in 1..={MAP_SIDE_MAX}", self.height));
         }
         // At most a quarter of the cells hold treasure, so placement by
         // rejection sampling needs at most 4/3 draws per treasure on average.
@@ -284,7 +278,8 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(config().validate(), Ok(()));
-        let cases: [(fn(&mut HuntConfig), &str); 9] = [
+        type Mutate = fn(&mut HuntConfig);
+        let cases: [(Mutate, &str); 9] = [
             (|c| c.width = 0, "width"),
             (|c| c.width = 4097, "width"),
             (|c| c.height = 0, "height"),
@@ -314,21 +309,19 @@ mod tests {
             Just(Action::Scan),
             Just(Action::Invalid),
             (any::<i16>(), any::<i16>()).prop_map(|(dx, dy)| Action::Move { dx, dy }),
-            (any::<[u16; 6]>(), any::<u8>(), any::<u32>(), any::<u32>()).prop_map(
-                |(a, s, seed, pm)| {
-                    Action::Create(HuntConfig {
-                        width: a[0],
-                        height: a[1],
-                        treasures_per_round: a[2],
-                        value_min: a[3],
-                        value_max: a[4],
-                        dig_cooldown_ms: a[5],
-                        step_max: s,
-                        seed,
-                        players_max: pm,
-                    })
-                }
-            ),
+            (any::<[u16; 6]>(), any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|(a, s, seed, pm)| {
+                Action::Create(HuntConfig {
+                    width: a[0],
+                    height: a[1],
+                    treasures_per_round: a[2],
+                    value_min: a[3],
+                    value_max: a[4],
+                    dig_cooldown_ms: a[5],
+                    step_max: s,
+                    seed,
+                    players_max: pm,
+                })
+            }),
         ]
     }
 

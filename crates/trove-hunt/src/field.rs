@@ -15,6 +15,8 @@ use crate::outcome::Band;
 const BUCKET_SHIFT: u32 = 4;
 const HOT_CELLS: u32 = 2;
 const WARM_CELLS: u32 = 8;
+/// `x` of an empty slot (maps are at most 4096 wide, so no real cell).
+const EMPTY: u16 = u16::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Treasure {
@@ -24,15 +26,28 @@ pub struct Treasure {
     pub claimed: bool,
 }
 
-/// The treasures of one round, grouped by bucket (a uniform grid, stored as
-/// compressed rows: `bucket_start[b]..bucket_start[b + 1]` are bucket b's
-/// treasures). Dig looks in one bucket; scan in at most four. Rebuilt at
-/// each round, never resized in between.
+const EMPTY_SLOT: Treasure = Treasure {
+    x: EMPTY,
+    y: EMPTY,
+    value: 0,
+    claimed: true,
+};
+
+/// The treasures of one round in a uniform grid of 16 x 16-cell buckets.
+///
+/// Every bucket has the same number of slots (the fullest bucket's count,
+/// rounded up to a power of two), stored inline and in row order, so the
+/// slots of the bucket under a cell are at an address computed from the
+/// cell alone: a dig reads one bucket and a scan at most four, with no
+/// indirection, and the batch loop can prefetch them before applying.
+/// Memory is `buckets * slots_per_bucket * 8` bytes: 8 KiB for the standard
+/// 256 x 256 map with 64 treasures. Rebuilt at each round.
 #[derive(Clone, Debug)]
 pub struct TreasureField {
-    treasures: Vec<Treasure>,
-    bucket_start: Vec<u32>,
+    slots: Vec<Treasure>,
+    slots_per_bucket: u32,
     buckets_x: u32,
+    buckets_y: u32,
     unclaimed: u32,
     claimed_value: u64,
 }
@@ -66,29 +81,25 @@ impl TreasureField {
         let buckets_x = ((w - 1) >> BUCKET_SHIFT) + 1;
         let buckets_y = ((h - 1) >> BUCKET_SHIFT) + 1;
         let buckets = (buckets_x * buckets_y) as usize;
-        let bucket_of = |t: &Treasure| {
-            ((u32::from(t.y) >> BUCKET_SHIFT) * buckets_x + (u32::from(t.x) >> BUCKET_SHIFT))
-                as usize
-        };
-        // Counting sort into buckets, stable in placement order.
-        let mut bucket_start = vec![0u32; buckets + 1];
+        let bucket_of =
+            |t: &Treasure| ((u32::from(t.y) >> BUCKET_SHIFT) * buckets_x + (u32::from(t.x) >> BUCKET_SHIFT)) as usize;
+        let mut fill = vec![0u32; buckets];
         for t in &placed {
-            bucket_start[bucket_of(t) + 1] += 1;
+            fill[bucket_of(t)] += 1;
         }
-        for b in 0..buckets {
-            bucket_start[b + 1] += bucket_start[b];
-        }
-        let mut next = bucket_start.clone();
-        let mut treasures = vec![placed[0]; count];
+        let slots_per_bucket = fill.iter().copied().max().unwrap_or(1).next_power_of_two();
+        let mut slots = vec![EMPTY_SLOT; buckets * slots_per_bucket as usize];
+        fill.fill(0);
         for t in placed {
             let b = bucket_of(&t);
-            treasures[next[b] as usize] = t;
-            next[b] += 1;
+            slots[b * slots_per_bucket as usize + fill[b] as usize] = t;
+            fill[b] += 1;
         }
         Self {
-            treasures,
-            bucket_start,
+            slots,
+            slots_per_bucket,
             buckets_x,
+            buckets_y,
             unclaimed: count as u32,
             claimed_value: 0,
         }
@@ -103,24 +114,47 @@ impl TreasureField {
         self.claimed_value
     }
 
-    pub fn treasures(&self) -> &[Treasure] {
-        &self.treasures
+    /// This round's treasures, in canonical (bucket, placement) order.
+    pub fn treasures(&self) -> impl Iterator<Item = &Treasure> {
+        self.slots.iter().filter(|t| t.x != EMPTY)
     }
 
     #[inline]
-    fn bucket(&self, bx: u32, by: u32) -> &[Treasure] {
-        let b = (by * self.buckets_x + bx) as usize;
-        &self.treasures[self.bucket_start[b] as usize..self.bucket_start[b + 1] as usize]
+    fn bucket_start(&self, bx: u32, by: u32) -> usize {
+        ((by * self.buckets_x + bx) * self.slots_per_bucket) as usize
+    }
+
+    #[inline]
+    fn bucket_of_cell(&self, x: u16, y: u16) -> usize {
+        self.bucket_start(u32::from(x) >> BUCKET_SHIFT, u32::from(y) >> BUCKET_SHIFT)
+    }
+
+    /// Hints the CPU to load what a dig at (x, y) reads.
+    #[inline]
+    pub fn prefetch_dig(&self, x: u16, y: u16) {
+        if let Some(t) = self.slots.get(self.bucket_of_cell(x, y)) {
+            crate::hunt::prefetch(t);
+        }
+    }
+
+    /// Hints the CPU to load what a scan at (x, y) reads: the first bucket
+    /// of each bucket row of the window (the rest of a row follows it).
+    #[inline]
+    pub fn prefetch_scan(&self, x: u16, y: u16) {
+        let (bx0, _, by0, by1) = self.window(x, y);
+        for by in by0..=by1 {
+            if let Some(t) = self.slots.get(self.bucket_start(bx0, by)) {
+                crate::hunt::prefetch(t);
+            }
+        }
     }
 
     /// Claims the unclaimed treasure at (x, y), if any; returns its value.
+    #[inline]
     pub fn claim(&mut self, x: u16, y: u16) -> Option<u16> {
-        let b = ((u32::from(y) >> BUCKET_SHIFT) * self.buckets_x + (u32::from(x) >> BUCKET_SHIFT))
-            as usize;
-        let range = self.bucket_start[b] as usize..self.bucket_start[b + 1] as usize;
-        let t = self.treasures[range]
-            .iter_mut()
-            .find(|t| t.x == x && t.y == y)?;
+        let start = self.bucket_of_cell(x, y);
+        let bucket = &mut self.slots[start..start + self.slots_per_bucket as usize];
+        let t = bucket.iter_mut().find(|t| t.x == x && t.y == y)?;
         if t.claimed {
             return None;
         }
@@ -130,40 +164,44 @@ impl TreasureField {
         Some(t.value)
     }
 
-    /// The band of the nearest unclaimed treasure from (x, y).
-    pub fn scan(&self, x: u16, y: u16) -> Band {
+    /// Bucket columns bx0..=bx1 and rows by0..=by1 of the scan window.
+    #[inline]
+    fn window(&self, x: u16, y: u16) -> (u32, u32, u32, u32) {
         let (x, y) = (u32::from(x), u32::from(y));
-        let bx_max = self.buckets_x - 1;
-        let by_max = (self.bucket_start.len() as u32 - 1) / self.buckets_x - 1;
-        let bx0 = x.saturating_sub(WARM_CELLS) >> BUCKET_SHIFT;
-        let bx1 = ((x + WARM_CELLS) >> BUCKET_SHIFT).min(bx_max);
-        let by0 = y.saturating_sub(WARM_CELLS) >> BUCKET_SHIFT;
-        let by1 = ((y + WARM_CELLS) >> BUCKET_SHIFT).min(by_max);
-        let mut nearest = u32::MAX;
-        for by in by0..=by1 {
-            for bx in bx0..=bx1 {
-                for t in self.bucket(bx, by) {
-                    if t.claimed {
-                        continue;
-                    }
-                    let d = x.abs_diff(u32::from(t.x)).max(y.abs_diff(u32::from(t.y)));
-                    if d <= HOT_CELLS {
-                        return Band::Hot;
-                    }
-                    nearest = nearest.min(d);
-                }
-            }
-        }
-        if nearest <= WARM_CELLS {
-            Band::Warm
-        } else {
-            Band::Cold
-        }
+        (
+            x.saturating_sub(WARM_CELLS) >> BUCKET_SHIFT,
+            ((x + WARM_CELLS) >> BUCKET_SHIFT).min(self.buckets_x - 1),
+            y.saturating_sub(WARM_CELLS) >> BUCKET_SHIFT,
+            ((y + WARM_CELLS) >> BUCKET_SHIFT).min(self.buckets_y - 1),
+        )
     }
 
-    pub fn hash(&self, h: &mut StateHasher) {
-        h.u64(self.treasures.len() as u64);
-        for t in &self.treasures {
+    /// The band of the nearest unclaimed treasure from (x, y), by Chebyshev
+    /// distance. Empty slots count as claimed.
+    #[inline]
+    pub fn scan(&self, x: u16, y: u16) -> Band {
+        let (bx0, bx1, by0, by1) = self.window(x, y);
+        let (x, y) = (u32::from(x), u32::from(y));
+        let mut nearest = u32::MAX;
+        for by in by0..=by1 {
+            let row = self.bucket_start(bx0, by)..self.bucket_start(bx1, by) + self.slots_per_bucket as usize;
+            for t in &self.slots[row] {
+                if t.claimed {
+                    continue;
+                }
+                let d = x.abs_diff(u32::from(t.x)).max(y.abs_diff(u32::from(t.y)));
+                if d <= HOT_CELLS {
+                    return Band::Hot;
+                }
+                nearest = nearest.min(d);
+            }
+        }
+        if nearest <= WARM_CELLS { Band::Warm } else { Band::Cold }
+    }
+
+    pub fn hash_state(&self, h: &mut StateHasher) {
+        h.u64(self.treasures().count() as u64);
+        for t in self.treasures() {
             h.u16(t.x);
             h.u16(t.y);
             h.u16(t.value);
@@ -173,19 +211,11 @@ impl TreasureField {
 
     /// Exhaustive check of the field's own bookkeeping.
     pub fn check(&self, config: &HuntConfig) -> Result<(), String> {
-        let unclaimed = self.treasures.iter().filter(|t| !t.claimed).count() as u32;
+        let unclaimed = self.treasures().filter(|t| !t.claimed).count() as u32;
         if unclaimed != self.unclaimed {
-            return Err(format!(
-                "unclaimed count {} but {} flags",
-                self.unclaimed, unclaimed
-            ));
+            return Err(format!("unclaimed count {} but {} flags", self.unclaimed, unclaimed));
         }
-        let claimed: u64 = self
-            .treasures
-            .iter()
-            .filter(|t| t.claimed)
-            .map(|t| u64::from(t.value))
-            .sum();
+        let claimed: u64 = self.treasures().filter(|t| t.claimed).map(|t| u64::from(t.value)).sum();
         if claimed != self.claimed_value {
             return Err(format!(
                 "claimed value {} but treasures sum to {}",
@@ -193,7 +223,7 @@ impl TreasureField {
             ));
         }
         let mut cells = HashSet::new();
-        for t in &self.treasures {
+        for t in self.treasures() {
             if t.x >= config.width || t.y >= config.height {
                 return Err(format!("treasure off the map at ({}, {})", t.x, t.y));
             }
@@ -228,8 +258,9 @@ mod tests {
     fn placement_is_deterministic_and_round_dependent() {
         let c = config(256, 256, 64, 1);
         let a = TreasureField::place(&c, 1);
-        assert_eq!(a.treasures(), TreasureField::place(&c, 1).treasures());
-        assert_ne!(a.treasures(), TreasureField::place(&c, 2).treasures());
+        let list = |f: &TreasureField| f.treasures().copied().collect::<Vec<_>>();
+        assert_eq!(list(&a), list(&TreasureField::place(&c, 1)));
+        assert_ne!(list(&a), list(&TreasureField::place(&c, 2)));
         a.check(&c).unwrap();
     }
 
@@ -247,7 +278,6 @@ mod tests {
     fn band_brute(f: &TreasureField, x: u16, y: u16) -> Band {
         let d = f
             .treasures()
-            .iter()
             .filter(|t| !t.claimed)
             .map(|t| x.abs_diff(t.x).max(y.abs_diff(t.y)))
             .min()

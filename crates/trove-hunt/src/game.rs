@@ -10,10 +10,18 @@ use crate::outcome::{HuntBroadcast, HuntOutcome, Reject};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TreasureHunt;
 
-/// Events resolved and prefetched at a time. With a million players their
-/// slots do not fit in cache; issuing a chunk's loads before using any of
-/// them overlaps the misses instead of paying them one after another.
-const CHUNK: usize = 32;
+/// How far ahead of the event being applied the batch loop prefetches.
+///
+/// With a million players, player slots and treasure buckets do not fit in
+/// cache, so the loop is a three-stage software pipeline over the batch:
+/// event `i + 2 * LAG` has its hunt resolved and its player slot
+/// prefetched; event `i + LAG` (whose slot has had `LAG` events' time to
+/// arrive) has the treasure bucket its dig or scan will read prefetched;
+/// event `i` is applied. The misses of many events overlap instead of being
+/// paid one after another. Prefetching changes no result, only timing.
+const LAG: usize = 8;
+/// Resolved hunt indices of the events in flight (a power of two > 2 * LAG).
+const RING: usize = 64;
 const NO_HUNT: u32 = u32::MAX;
 
 impl Game for TreasureHunt {
@@ -28,48 +36,52 @@ impl Game for TreasureHunt {
         event.hunt
     }
 
-    fn apply(
-        worlds: &mut Worlds<Hunt>,
-        events: &[Stamped<HuntEvent>],
-        out: &mut Outcomes<HuntOutcome, HuntBroadcast>,
-    ) {
+    fn apply(worlds: &mut Worlds<Hunt>, events: &[Stamped<HuntEvent>], out: &mut Outcomes<HuntOutcome, HuntBroadcast>) {
         out.direct.reserve(events.len());
-        let mut resolved = [NO_HUNT; CHUNK];
-        for chunk in events.chunks(CHUNK) {
-            for (slot, s) in resolved.iter_mut().zip(chunk) {
-                *slot = match worlds.index_of(s.event.hunt) {
-                    Some(i) => {
-                        worlds.at(i).prefetch_player(s.event.player);
-                        i as u32
-                    }
-                    None => NO_HUNT,
-                };
+        let mut resolved = [NO_HUNT; RING];
+        for j in 0..events.len() + 2 * LAG {
+            if let Some(s) = events.get(j) {
+                let slot = &mut resolved[j % RING];
+                *slot = NO_HUNT;
+                if let Some(i) = worlds.index_of(s.event.hunt) {
+                    worlds.at(i).prefetch_player(s.event.player);
+                    *slot = i as u32;
+                }
             }
-            for (&slot, s) in resolved.iter().zip(chunk) {
-                let e = &s.event;
-                // A hunt created earlier in this chunk was not resolved yet.
-                let index = if slot != NO_HUNT {
-                    Some(slot as usize)
-                } else {
-                    worlds.index_of(e.hunt)
-                };
-                let outcome = match (e.action, index) {
-                    (Action::Create(config), None) => create(worlds, e.hunt, config),
-                    (Action::Create(_), Some(_)) => HuntOutcome::Rejected {
-                        reason: Reject::HuntExists,
-                    },
-                    (_, None) => HuntOutcome::Rejected {
-                        reason: Reject::UnknownHunt,
-                    },
-                    (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, action, out),
-                };
-                out.direct.push(outcome);
+            if let Some(s) = j.checked_sub(LAG).and_then(|k| events.get(k)) {
+                let slot = resolved[(j - LAG) % RING];
+                if slot != NO_HUNT {
+                    worlds
+                        .at(slot as usize)
+                        .prefetch_treasures(s.event.player, s.event.action);
+                }
             }
+            let Some(k) = j.checked_sub(2 * LAG) else { continue };
+            let Some(s) = events.get(k) else { continue };
+            let e = &s.event;
+            let slot = resolved[k % RING];
+            // A hunt created earlier in this window was not resolved yet.
+            let index = if slot != NO_HUNT {
+                Some(slot as usize)
+            } else {
+                worlds.index_of(e.hunt)
+            };
+            let outcome = match (&e.action, index) {
+                (Action::Create(config), None) => create(worlds, e.hunt, *config),
+                (Action::Create(_), Some(_)) => HuntOutcome::Rejected {
+                    reason: Reject::HuntExists,
+                },
+                (_, None) => HuntOutcome::Rejected {
+                    reason: Reject::UnknownHunt,
+                },
+                (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, *action, out),
+            };
+            out.direct.push(outcome);
         }
     }
 
     fn hash_world(world: &Hunt, hasher: &mut StateHasher) {
-        world.hash(hasher);
+        world.hash_state(hasher);
     }
 
     fn check_world(world: &Hunt) -> Result<(), String> {

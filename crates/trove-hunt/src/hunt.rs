@@ -9,33 +9,61 @@ use crate::field::TreasureField;
 use crate::leaderboard::{Entry, Top10};
 use crate::outcome::{HuntBroadcast, HuntOutcome, Reject};
 
-/// A player's slot, indexed by player id.
-///
-/// The score is per round, reset lazily: `score` counts only while
-/// `score_round` is the hunt's current round, so ending a round costs O(1)
-/// however many players the hunt has.
+/// A player's slot, indexed by player id. 16 bytes, so four share a cache
+/// line and none straddles two: with a million players, this table is what
+/// the batch loop misses on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Player {
     pub x: u16,
     pub y: u16,
-    pub joined: bool,
-    score: u32,
-    score_round: u32,
-    /// Engine time from which the next dig is allowed.
-    pub dig_ready_at_us: u64,
+    /// Score in the current round (reset when the round ends).
+    pub score: u32,
+    /// Bit 63: joined. Bits 0..63: engine time (µs) from which the next dig
+    /// is allowed. Engine time stays below 2^63 µs (292,000 years).
+    state: u64,
 }
+
+const JOINED: u64 = 1 << 63;
+
+impl Player {
+    #[inline]
+    pub fn joined(&self) -> bool {
+        self.state & JOINED != 0
+    }
+
+    #[inline]
+    pub fn dig_ready_at_us(&self) -> u64 {
+        self.state & !JOINED
+    }
+
+    #[inline]
+    fn set_joined(&mut self, joined: bool) {
+        self.state = (self.state & !JOINED) | if joined { JOINED } else { 0 };
+    }
+
+    #[inline]
+    fn set_dig_ready_at_us(&mut self, t: u64) {
+        self.state = (self.state & JOINED) | (t & !JOINED);
+    }
+}
+
+const _: () = assert!(size_of::<Player>() == 16);
 
 /// One hunt: its config, round, players, treasures and leaderboard.
 #[derive(Clone, Debug)]
 pub struct Hunt {
     id: WorldId,
     config: HuntConfig,
-    /// Starts at 1; `Player::score_round == 0` therefore means "no score".
+    /// Starts at 1.
     round: u32,
     /// Grows (by doubling, capped at `players_max`) to cover the highest
     /// player id that joined.
     players: Vec<Player>,
     players_joined: u32,
+    /// Players with a positive score this round, in order of first find.
+    /// At most `treasures_per_round` long; ending a round zeroes just these,
+    /// so it costs O(treasures), not O(players).
+    scorers: Vec<u32>,
     field: TreasureField,
     top: Top10,
     /// Sum of all players' scores this round; equals the field's claimed
@@ -48,16 +76,14 @@ pub type HuntOutcomes = Outcomes<HuntOutcome, HuntBroadcast>;
 impl Hunt {
     /// A new hunt at round 1. `config` must be valid.
     pub fn new(id: WorldId, config: HuntConfig) -> Self {
-        assert!(
-            config.validate().is_ok(),
-            "Hunt::new with an invalid config"
-        );
+        assert!(config.validate().is_ok(), "Hunt::new with an invalid config");
         Self {
             id,
             config,
             round: 1,
             players: Vec::new(),
             players_joined: 0,
+            scorers: Vec::new(),
             field: TreasureField::place(&config, 1),
             top: Top10::default(),
             round_score_total: 0,
@@ -92,18 +118,7 @@ impl Hunt {
 
     /// A player's score in the current round.
     pub fn score(&self, id: u32) -> u32 {
-        self.players
-            .get(id as usize)
-            .map_or(0, |p| self.round_score(p))
-    }
-
-    #[inline]
-    fn round_score(&self, p: &Player) -> u32 {
-        if p.score_round == self.round {
-            p.score
-        } else {
-            0
-        }
+        self.players.get(id as usize).map_or(0, |p| p.score)
     }
 
     /// Hints the CPU to load a player's slot; the batch loop calls this a
@@ -112,6 +127,19 @@ impl Hunt {
     pub fn prefetch_player(&self, id: u32) {
         if let Some(p) = self.players.get(id as usize) {
             prefetch(p);
+        }
+    }
+
+    /// Hints the CPU to load the treasure buckets a dig or scan by `id`
+    /// will read. Reads the player slot, so call it after `prefetch_player`
+    /// has had time to work.
+    #[inline]
+    pub fn prefetch_treasures(&self, id: u32, action: Action) {
+        let Some(p) = self.players.get(id as usize) else { return };
+        match action {
+            Action::Dig => self.field.prefetch_dig(p.x, p.y),
+            Action::Scan => self.field.prefetch_scan(p.x, p.y),
+            _ => {}
         }
     }
 
@@ -125,13 +153,7 @@ impl Hunt {
 
     /// Applies one non-create event at engine time `now_us`.
     #[inline]
-    pub fn apply(
-        &mut self,
-        now_us: u64,
-        player: u32,
-        action: Action,
-        out: &mut HuntOutcomes,
-    ) -> HuntOutcome {
+    pub fn apply(&mut self, now_us: u64, player: u32, action: Action, out: &mut HuntOutcomes) -> HuntOutcome {
         let reject = |reason| HuntOutcome::Rejected { reason };
         if player >= self.config.players_max {
             return reject(Reject::PlayerOutOfRange);
@@ -140,7 +162,7 @@ impl Hunt {
             Action::Join => self.join(player),
             Action::Leave => match self.joined_mut(player) {
                 Some(p) => {
-                    p.joined = false;
+                    p.set_joined(false);
                     self.players_joined -= 1;
                     HuntOutcome::Left
                 }
@@ -177,31 +199,27 @@ impl Hunt {
 
     #[inline]
     fn joined_mut(&mut self, player: u32) -> Option<&mut Player> {
-        self.players.get_mut(player as usize).filter(|p| p.joined)
+        self.players.get_mut(player as usize).filter(|p| p.joined())
     }
 
     fn join(&mut self, player: u32) -> HuntOutcome {
         let index = player as usize;
         if index >= self.players.len() {
-            let len = (index + 1)
-                .next_power_of_two()
-                .min(self.config.players_max as usize);
+            let len = (index + 1).next_power_of_two().min(self.config.players_max as usize);
             self.players.resize(len, Player::default());
         }
         let (x, y) = self.spawn(player);
-        let round = self.round;
         let p = &mut self.players[index];
-        if p.joined {
+        if p.joined() {
             return HuntOutcome::Rejected {
                 reason: Reject::AlreadyJoined,
             };
         }
-        p.joined = true;
+        p.set_joined(true);
         p.x = x;
         p.y = y;
         self.players_joined += 1;
-        let score = if p.score_round == round { p.score } else { 0 };
-        HuntOutcome::Joined { x, y, score }
+        HuntOutcome::Joined { x, y, score: p.score }
     }
 
     fn dig(&mut self, now_us: u64, player: u32, out: &mut HuntOutcomes) -> HuntOutcome {
@@ -212,21 +230,20 @@ impl Hunt {
                 reason: Reject::NotJoined,
             };
         };
-        if now_us < p.dig_ready_at_us {
+        if now_us < p.dig_ready_at_us() {
             return HuntOutcome::Rejected {
                 reason: Reject::OnCooldown,
             };
         }
-        p.dig_ready_at_us = now_us + cooldown_us;
+        p.set_dig_ready_at_us(now_us + cooldown_us);
         let (x, y) = (p.x, p.y);
         let Some(value) = self.field.claim(x, y) else {
             return HuntOutcome::DigNothing;
         };
 
         let p = &mut self.players[player as usize];
-        if p.score_round != round {
-            p.score_round = round;
-            p.score = 0;
+        if p.score == 0 {
+            self.scorers.push(player);
         }
         p.score += u32::from(value);
         let score = p.score;
@@ -251,25 +268,17 @@ impl Hunt {
             },
         );
         if self.top.offer(player, score) {
-            out.broadcast(
-                self.id,
-                HuntBroadcast::LeaderboardChanged {
-                    round,
-                    top: self.top,
-                },
-            );
+            out.broadcast(self.id, HuntBroadcast::LeaderboardChanged { round, top: self.top });
         }
         if treasures_left == 0 {
-            out.broadcast(
-                self.id,
-                HuntBroadcast::RoundFinished {
-                    round,
-                    top: self.top,
-                },
-            );
+            out.broadcast(self.id, HuntBroadcast::RoundFinished { round, top: self.top });
             self.round += 1;
             self.field = TreasureField::place(&self.config, self.round);
             self.top.clear();
+            for &s in &self.scorers {
+                self.players[s as usize].score = 0;
+            }
+            self.scorers.clear();
             self.round_score_total = 0;
         }
         HuntOutcome::DigFound { value, score }
@@ -278,7 +287,7 @@ impl Hunt {
     /// Feeds the whole state to `h` in canonical order. Player slots that
     /// are still default are skipped, so how far the slot table has grown
     /// (an allocation detail) does not change the hash.
-    pub fn hash(&self, h: &mut StateHasher) {
+    pub fn hash_state(&self, h: &mut StateHasher) {
         let c = &self.config;
         h.u32(self.id);
         for v in [
@@ -296,17 +305,17 @@ impl Hunt {
         h.u32(c.players_max);
         h.u32(self.round);
         h.u32(self.players_joined);
-        self.field.hash(h);
+        self.field.hash_state(h);
         for (i, p) in self.players.iter().enumerate() {
             if *p == Player::default() {
                 continue;
             }
             h.u32(i as u32);
-            h.bool(p.joined);
+            h.bool(p.joined());
             h.u16(p.x);
             h.u16(p.y);
-            h.u32(self.round_score(p));
-            h.u64(p.dig_ready_at_us);
+            h.u32(p.score);
+            h.u64(p.dig_ready_at_us());
         }
         h.u64(u64::MAX); // end of players
         for e in self.top.entries() {
@@ -321,13 +330,26 @@ impl Hunt {
         let mut total = 0u64;
         let mut joined = 0u32;
         for (i, p) in self.players.iter().enumerate() {
-            if p.joined {
+            if p.joined() {
                 joined += 1;
                 if p.x >= self.config.width || p.y >= self.config.height {
                     return Err(format!("player {i} off the map at ({}, {})", p.x, p.y));
                 }
             }
-            total += u64::from(self.round_score(p));
+            total += u64::from(p.score);
+            if (p.score > 0) != self.scorers.contains(&(i as u32)) {
+                return Err(format!(
+                    "player {i} has score {} but scorers list says otherwise",
+                    p.score
+                ));
+            }
+        }
+        if self.scorers.len() > usize::from(self.config.treasures_per_round) {
+            return Err(format!(
+                "{} scorers in a round of {} treasures",
+                self.scorers.len(),
+                self.config.treasures_per_round
+            ));
         }
         if joined != self.players_joined {
             return Err(format!(
@@ -344,13 +366,10 @@ impl Hunt {
         }
         let brute = Top10::from_scores(self.players.iter().enumerate().map(|(i, p)| Entry {
             player: i as u32,
-            score: self.round_score(p),
+            score: p.score,
         }));
         if brute != self.top {
-            return Err(format!(
-                "leaderboard {:?} but scores give {:?}",
-                self.top, brute
-            ));
+            return Err(format!("leaderboard {:?} but scores give {:?}", self.top, brute));
         }
         Ok(())
     }
@@ -359,7 +378,7 @@ impl Hunt {
 /// A read prefetch hint: no effect on results, only on cache misses.
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch<T>(r: &T) {
+pub(crate) fn prefetch<T>(r: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -45,10 +45,7 @@ impl Top10 {
         let len = usize::from(self.len);
         let mut at = match self.entries[..len].iter().position(|e| e.player == player) {
             Some(i) => {
-                debug_assert!(
-                    score >= self.entries[i].score,
-                    "scores only rise within a round"
-                );
+                debug_assert!(score >= self.entries[i].score, "scores only rise within a round");
                 if self.entries[i].score == score {
                     return false;
                 }
@@ -106,7 +103,7 @@ mod tests {
         /// every score, whatever the order of increments.
         #[test]
         fn incremental_equals_recomputed(incs in proptest::collection::vec((0u32..40, 1u32..50), 0..300)) {
-            let mut scores = vec![0u32; 40];
+            let mut scores = [0u32; 40];
             let mut top = Top10::default();
             for (player, inc) in incs {
                 scores[player as usize] += inc;

@@ -14,7 +14,7 @@ fn config(seed: u32) -> HuntConfig {
         width: 8,
         height: 6,
         seed,
-        treasures_per_round: if seed % 2 == 0 { 12 } else { 2 },
+        treasures_per_round: if seed.is_multiple_of(2) { 12 } else { 2 },
         value_min: 1,
         value_max: 20,
         dig_cooldown_ms: 2,
@@ -52,19 +52,13 @@ fn history() -> impl Strategy<Value = Vec<Stamped<HuntEvent>>> {
         ];
         for (event, dt) in v {
             now += dt;
-            out.push(Stamped {
-                time_us: now,
-                event,
-            });
+            out.push(Stamped { time_us: now, event });
         }
         out
     })
 }
 
-fn run(
-    events: &[Stamped<HuntEvent>],
-    cuts: &[usize],
-) -> (HuntState, Outcomes<HuntOutcome, HuntBroadcast>) {
+fn run(events: &[Stamped<HuntEvent>], cuts: &[usize]) -> (HuntState, Outcomes<HuntOutcome, HuntBroadcast>) {
     let mut state = HuntState::new(8);
     let mut out = Outcomes::default();
     let mut start = 0;

@@ -83,7 +83,6 @@ impl Table {
         self.hunt()
             .field()
             .treasures()
-            .iter()
             .filter(|t| !t.claimed)
             .map(|t| (t.x, t.y, t.value))
             .collect()
@@ -93,10 +92,7 @@ impl Table {
 #[test]
 fn create_hunt_and_its_rejections() {
     let mut t = Table::new(config());
-    assert_eq!(
-        t.rejected(HuntEvent::create(HUNT, config())),
-        Reject::HuntExists
-    );
+    assert_eq!(t.rejected(HuntEvent::create(HUNT, config())), Reject::HuntExists);
     let mut bad = config();
     bad.width = 0;
     assert_eq!(t.rejected(HuntEvent::create(2, bad)), Reject::InvalidConfig);
@@ -109,11 +105,8 @@ fn create_hunt_and_its_rejections() {
 fn too_many_hunts() {
     let mut state = HuntState::new(1);
     let mut out = Outcomes::default();
-    let events = [
-        HuntEvent::create(1, config()),
-        HuntEvent::create(2, config()),
-    ]
-    .map(|event| Stamped { time_us: 0, event });
+    let events =
+        [HuntEvent::create(1, config()), HuntEvent::create(2, config())].map(|event| Stamped { time_us: 0, event });
     state.apply(&events, &mut out);
     assert_eq!(
         out.direct[1],
@@ -150,10 +143,7 @@ fn invalid_event_kind() {
 fn join_spawns_deterministically_and_rejects_duplicates() {
     let mut t = Table::new(config());
     let (x, y) = t.hunt().spawn(7);
-    assert_eq!(
-        t.send(HuntEvent::join(HUNT, 7)),
-        HuntOutcome::Joined { x, y, score: 0 }
-    );
+    assert_eq!(t.send(HuntEvent::join(HUNT, 7)), HuntOutcome::Joined { x, y, score: 0 });
     assert_eq!(t.rejected(HuntEvent::join(HUNT, 7)), Reject::AlreadyJoined);
     assert_eq!(t.hunt().players_joined(), 1);
 }
@@ -161,14 +151,8 @@ fn join_spawns_deterministically_and_rejects_duplicates() {
 #[test]
 fn player_out_of_range() {
     let mut t = Table::new(config());
-    assert_eq!(
-        t.rejected(HuntEvent::join(HUNT, 100)),
-        Reject::PlayerOutOfRange
-    );
-    assert_eq!(
-        t.rejected(HuntEvent::dig(HUNT, u32::MAX)),
-        Reject::PlayerOutOfRange
-    );
+    assert_eq!(t.rejected(HuntEvent::join(HUNT, 100)), Reject::PlayerOutOfRange);
+    assert_eq!(t.rejected(HuntEvent::dig(HUNT, u32::MAX)), Reject::PlayerOutOfRange);
 }
 
 #[test]
@@ -185,10 +169,7 @@ fn not_joined_and_leave() {
     t.send(HuntEvent::join(HUNT, 3));
     assert_eq!(t.send(HuntEvent::leave(HUNT, 3)), HuntOutcome::Left);
     assert_eq!(t.hunt().players_joined(), 0);
-    assert_eq!(
-        t.rejected(HuntEvent::move_by(HUNT, 3, 1, 1)),
-        Reject::NotJoined
-    );
+    assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 3, 1, 1)), Reject::NotJoined);
 }
 
 #[test]
@@ -197,14 +178,8 @@ fn move_clamps_at_the_edge_and_rejects_big_steps() {
     c.step_max = 3;
     let mut t = Table::new(c);
     t.send(HuntEvent::join(HUNT, 1));
-    assert_eq!(
-        t.rejected(HuntEvent::move_by(HUNT, 1, 4, 0)),
-        Reject::StepTooLarge
-    );
-    assert_eq!(
-        t.rejected(HuntEvent::move_by(HUNT, 1, 0, -4)),
-        Reject::StepTooLarge
-    );
+    assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 1, 4, 0)), Reject::StepTooLarge);
+    assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 1, 0, -4)), Reject::StepTooLarge);
     assert_eq!(
         t.rejected(HuntEvent::move_by(HUNT, 1, i16::MIN, 0)),
         Reject::StepTooLarge
