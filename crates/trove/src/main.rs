@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use trove::cli::{Bench, Cli, Command};
