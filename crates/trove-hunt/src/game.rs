@@ -10,18 +10,20 @@ use crate::outcome::{HuntBroadcast, HuntOutcome, Reject};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TreasureHunt;
 
-/// How far ahead of the event being applied the batch loop prefetches.
+/// How far apart the stages of the batch loop run, in events.
 ///
 /// With a million players, player slots and treasure buckets do not fit in
-/// cache, so the loop is a three-stage software pipeline over the batch:
-/// event `i + 2 * LAG` has its hunt resolved and its player slot
-/// prefetched; event `i + LAG` (whose slot has had `LAG` events' time to
-/// arrive) has the treasure bucket its dig or scan will read prefetched;
-/// event `i` is applied. The misses of many events overlap instead of being
-/// paid one after another. Prefetching changes no result, only timing.
+/// cache, so the loop is a four-stage software pipeline over the batch.
+/// At step `j`: event `j` has its hunt resolved and the hunt's hot fields
+/// prefetched; event `j - LAG` (hunt now in cache) has its player slot
+/// prefetched; event `j - 2 * LAG` (slot now in cache) has the treasure
+/// bucket its dig or scan will read prefetched; event `j - 3 * LAG` is
+/// applied. The misses of many events overlap instead of being paid one
+/// after another. Prefetching changes no result, only timing.
 const LAG: usize = 8;
-/// Resolved hunt indices of the events in flight (a power of two > 2 * LAG).
+/// Resolved hunt indices of the events in flight (a power of two > 3 * LAG).
 const RING: usize = 64;
+const _: () = assert!(RING.is_power_of_two() && RING > 3 * LAG);
 const NO_HUNT: u32 = u32::MAX;
 
 impl Game for TreasureHunt {
@@ -39,24 +41,30 @@ impl Game for TreasureHunt {
     fn apply(worlds: &mut Worlds<Hunt>, events: &[Stamped<HuntEvent>], out: &mut Outcomes<HuntOutcome, HuntBroadcast>) {
         out.direct.reserve(events.len());
         let mut resolved = [NO_HUNT; RING];
-        for j in 0..events.len() + 2 * LAG {
+        for j in 0..events.len() + 3 * LAG {
             if let Some(s) = events.get(j) {
                 let slot = &mut resolved[j % RING];
                 *slot = NO_HUNT;
                 if let Some(i) = worlds.index_of(s.event.hunt) {
-                    worlds.at(i).prefetch_player(s.event.player);
+                    worlds.at(i).prefetch_hot();
                     *slot = i as u32;
                 }
             }
             if let Some(s) = j.checked_sub(LAG).and_then(|k| events.get(k)) {
                 let slot = resolved[(j - LAG) % RING];
                 if slot != NO_HUNT {
+                    worlds.at(slot as usize).prefetch_player(s.event.player);
+                }
+            }
+            if let Some(s) = j.checked_sub(2 * LAG).and_then(|k| events.get(k)) {
+                let slot = resolved[(j - 2 * LAG) % RING];
+                if slot != NO_HUNT {
                     worlds
                         .at(slot as usize)
                         .prefetch_treasures(s.event.player, s.event.action);
                 }
             }
-            let Some(k) = j.checked_sub(2 * LAG) else { continue };
+            let Some(k) = j.checked_sub(3 * LAG) else { continue };
             let Some(s) = events.get(k) else { continue };
             let e = &s.event;
             let slot = resolved[k % RING];

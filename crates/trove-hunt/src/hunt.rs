@@ -50,21 +50,26 @@ impl Player {
 const _: () = assert!(size_of::<Player>() == 16);
 
 /// One hunt: its config, round, players, treasures and leaderboard.
+///
+/// `repr(C)` keeps the fields every event reads (players, config, field) in
+/// the first two cache lines, which the batch loop prefetches.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Hunt {
-    id: WorldId,
-    config: HuntConfig,
-    /// Starts at 1.
-    round: u32,
     /// Grows (by doubling, capped at `players_max`) to cover the highest
     /// player id that joined.
     players: Vec<Player>,
+    config: HuntConfig,
+    field: TreasureField,
+    // Read by finds, joins and leaves only.
+    id: WorldId,
+    /// Starts at 1.
+    round: u32,
     players_joined: u32,
     /// Players with a positive score this round, in order of first find.
     /// At most `treasures_per_round` long; ending a round zeroes just these,
     /// so it costs O(treasures), not O(players).
     scorers: Vec<u32>,
-    field: TreasureField,
     top: Top10,
     /// Sum of all players' scores this round; equals the field's claimed
     /// value (asserted at every claim).
@@ -119,6 +124,14 @@ impl Hunt {
     /// A player's score in the current round.
     pub fn score(&self, id: u32) -> u32 {
         self.players.get(id as usize).map_or(0, |p| p.score)
+    }
+
+    /// Hints the CPU to load the hunt's hot fields (see the struct's doc).
+    #[inline]
+    pub fn prefetch_hot(&self) {
+        let first = (self as *const Self).cast::<u8>();
+        prefetch_addr(first);
+        prefetch_addr(first.wrapping_add(64));
     }
 
     /// Hints the CPU to load a player's slot; the batch loop calls this a
@@ -377,16 +390,22 @@ impl Hunt {
 
 /// A read prefetch hint: no effect on results, only on cache misses.
 #[inline(always)]
+pub fn prefetch<T>(r: &T) {
+    prefetch_addr((r as *const T).cast::<u8>());
+}
+
+/// A read prefetch hint for any address: a hint never faults, so the
+/// address need not be valid.
+#[inline(always)]
 #[allow(unsafe_code)]
-pub(crate) fn prefetch<T>(r: &T) {
+pub fn prefetch_addr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has, and
-        // it never dereferences its argument (a hint cannot fault); the
-        // pointer comes from a live reference anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>()) };
+        // it never dereferences its argument: a prefetch cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = p;
 }

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-
 use clap::Parser;
 use trove::cli::{Bench, Cli, Command};
 use trove::{bench_apply, workload_arg};

@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
+    Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(args)
+        .output()
+        .expect("trove runs")
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -20,8 +23,26 @@ fn bench_apply_json_is_deterministic() {
     std::fs::write(&file, standard.replace("hunts = 1000", "hunts = 50")).unwrap();
     let file = file.to_str().unwrap();
 
-    let a = json(&trove(&["bench", "apply", "--events", "300000", "--workload", file, "--json"]));
-    let b = json(&trove(&["bench", "apply", "--events", "300000", "--workload", file, "--json", "--batch", "7"]));
+    let a = json(&trove(&[
+        "bench",
+        "apply",
+        "--events",
+        "300000",
+        "--workload",
+        file,
+        "--json",
+    ]));
+    let b = json(&trove(&[
+        "bench",
+        "apply",
+        "--events",
+        "300000",
+        "--workload",
+        file,
+        "--json",
+        "--batch",
+        "7",
+    ]));
     for key in ["workload", "events", "seconds", "events_per_s", "state_hash"] {
         assert!(a.get(key).is_some(), "missing {key} in {a}");
     }
@@ -32,7 +53,15 @@ fn bench_apply_json_is_deterministic() {
     // Same seed, other batch size: same state.
     assert_eq!(a["state_hash"], b["state_hash"]);
     // Other event count: other state.
-    let c = json(&trove(&["bench", "apply", "--events", "300001", "--workload", file, "--json"]));
+    let c = json(&trove(&[
+        "bench",
+        "apply",
+        "--events",
+        "300001",
+        "--workload",
+        file,
+        "--json",
+    ]));
     assert_ne!(a["state_hash"], c["state_hash"]);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -37,7 +37,12 @@ impl Record for FlagEvent {
         out[9] = self.team;
     }
     fn decode(b: &[u8]) -> Self {
-        Self { match_id: le::u32_at(b, 0), player: le::u32_at(b, 4), kind: b[8], team: b[9] }
+        Self {
+            match_id: le::u32_at(b, 0),
+            player: le::u32_at(b, 4),
+            kind: b[8],
+            team: b[9],
+        }
     }
 }
 
@@ -74,13 +79,23 @@ impl Game for CaptureTheFlag {
         event.match_id
     }
 
-    fn apply(worlds: &mut Worlds<FlagMatch>, events: &[Stamped<FlagEvent>], out: &mut Outcomes<FlagOutcome, FlagBroadcast>) {
+    fn apply(
+        worlds: &mut Worlds<FlagMatch>,
+        events: &[Stamped<FlagEvent>],
+        out: &mut Outcomes<FlagOutcome, FlagBroadcast>,
+    ) {
         for s in events {
             let e = s.event;
             let outcome = match (e.kind, worlds.get_mut(e.match_id)) {
                 (1, None) if e.player > 0 => {
-                    let m = FlagMatch { limit: e.player, captures: [0; 2], games_won: [0; 2] };
-                    worlds.insert(e.match_id, m).map_or(FlagOutcome::Rejected, |_| FlagOutcome::Created)
+                    let m = FlagMatch {
+                        limit: e.player,
+                        captures: [0; 2],
+                        games_won: [0; 2],
+                    };
+                    worlds
+                        .insert(e.match_id, m)
+                        .map_or(FlagOutcome::Rejected, |_| FlagOutcome::Created)
                 }
                 (2, Some(m)) if e.team < 2 => {
                     let team = usize::from(e.team);
@@ -89,7 +104,14 @@ impl Game for CaptureTheFlag {
                     if captures == m.limit {
                         m.games_won[team] += 1;
                         let game = m.games_won[0] + m.games_won[1];
-                        out.broadcast(e.match_id, FlagBroadcast::Won { team: e.team, game, at_us: s.time_us });
+                        out.broadcast(
+                            e.match_id,
+                            FlagBroadcast::Won {
+                                team: e.team,
+                                game,
+                                at_us: s.time_us,
+                            },
+                        );
                         m.captures = [0; 2];
                     }
                     FlagOutcome::Captured { team: e.team, captures }
@@ -109,12 +131,25 @@ impl Game for CaptureTheFlag {
 fn stream(seed: u64, n: usize) -> Vec<Stamped<FlagEvent>> {
     let mut rng = SplitMix64::new(seed);
     let mut events: Vec<_> = (0..4)
-        .map(|m| FlagEvent { match_id: m, player: 3 + m, kind: 1, team: 0 })
+        .map(|m| FlagEvent {
+            match_id: m,
+            player: 3 + m,
+            kind: 1,
+            team: 0,
+        })
         .map(|event| Stamped { time_us: 0, event })
         .collect();
     for i in 0..n as u64 {
-        let event = FlagEvent { match_id: rng.below(5), player: rng.below(100), kind: 2, team: rng.below(2) as u8 };
-        events.push(Stamped { time_us: i * 1000, event });
+        let event = FlagEvent {
+            match_id: rng.below(5),
+            player: rng.below(100),
+            kind: 2,
+            team: rng.below(2) as u8,
+        };
+        events.push(Stamped {
+            time_us: i * 1000,
+            event,
+        });
     }
     events
 }
@@ -132,10 +167,17 @@ fn run(events: &[Stamped<FlagEvent>], batch: usize) -> (u64, usize, usize) {
 fn main() {
     let events = stream(42, 10_000);
     let (hash, wins, rejected) = run(&events, events.len());
-    println!("capture-the-flag: {} events, {wins} games won, {rejected} rejected, state hash {hash:016x}", events.len());
+    println!(
+        "capture-the-flag: {} events, {wins} games won, {rejected} rejected, state hash {hash:016x}",
+        events.len()
+    );
     for batch in [1, 7, 64] {
         let (h, w, r) = run(&events, batch);
-        assert_eq!((h, w, r), (hash, wins, rejected), "batch size {batch} changed the result");
+        assert_eq!(
+            (h, w, r),
+            (hash, wins, rejected),
+            "batch size {batch} changed the result"
+        );
     }
     println!("same hash with batches of 1, 7 and 64 events");
 }
@@ -155,7 +197,12 @@ mod tests {
 
     #[test]
     fn record_round_trips() {
-        let e = FlagEvent { match_id: 9, player: 5, kind: 2, team: 1 };
+        let e = FlagEvent {
+            match_id: 9,
+            player: 5,
+            kind: 2,
+            team: 1,
+        };
         let mut b = [0u8; 16];
         e.encode(&mut b);
         assert_eq!(FlagEvent::decode(&b), e);
