@@ -108,6 +108,16 @@ pub trait Game: Send + 'static {
     /// Feeds a world's whole state, in a canonical order, to `hasher`.
     fn hash_world(world: &Self::World, hasher: &mut StateHasher);
 
+    /// Names of the rejection reasons, indexed by [`Game::rejection`]'s
+    /// code. The engine counts rejections per reason in its metrics.
+    const REJECTION_NAMES: &'static [&'static str] = &[];
+
+    /// If `outcome` is a rejection, its reason's index in
+    /// [`Game::REJECTION_NAMES`].
+    fn rejection(_outcome: &Self::Outcome) -> Option<usize> {
+        None
+    }
+
     /// Checks the world's invariants exhaustively; returns a description of
     /// the first one that fails. Tests call it; it may be slow.
     fn check_world(_world: &Self::World) -> Result<(), String> {

@@ -26,6 +26,18 @@ const RING: usize = 64;
 const _: () = assert!(RING.is_power_of_two() && RING > 3 * LAG);
 const NO_HUNT: u32 = u32::MAX;
 
+/// `Reject` names by `Reject as usize - 1` (the codes run 1..=10).
+const REJECTION_NAMES: [&str; Reject::ALL.len()] = {
+    let mut names = [""; Reject::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        assert!(Reject::ALL[i] as usize == i + 1);
+        names[i] = Reject::ALL[i].name();
+        i += 1;
+    }
+    names
+};
+
 impl Game for TreasureHunt {
     const NAME: &'static str = "treasure-hunt";
     type World = Hunt;
@@ -85,6 +97,16 @@ impl Game for TreasureHunt {
                 (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, *action, out),
             };
             out.direct.push(outcome);
+        }
+    }
+
+    const REJECTION_NAMES: &'static [&'static str] = &REJECTION_NAMES;
+
+    #[inline]
+    fn rejection(outcome: &HuntOutcome) -> Option<usize> {
+        match outcome {
+            HuntOutcome::Rejected { reason } => Some(*reason as usize - 1),
+            _ => None,
         }
     }
 

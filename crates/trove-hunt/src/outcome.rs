@@ -90,7 +90,7 @@ impl Reject {
     ];
 
     /// A stable snake_case name, for metrics labels and JSON.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Reject::UnknownHunt => "unknown_hunt",
             Reject::NotJoined => "not_joined",

@@ -21,21 +21,46 @@ pub struct Generator {
     out: Vec<u64>,
     thresholds: [u32; 3],
     mix_total: u32,
+    /// This generator produces events for hunts `h` with
+    /// `h % parts == part` only (see [`Generator::partition`]).
+    part: u32,
+    parts: u32,
 }
 
 impl Generator {
     /// `spec` must be valid.
     pub fn new(spec: &WorkloadSpec) -> Self {
-        assert!(spec.validate().is_ok(), "Generator::new with an invalid spec");
+        Self::partition(spec, 0, 1)
+    }
+
+    /// The share of the workload for hunts `h % parts == part`, with its own
+    /// seed: `parts` producers, one per partition, together offer the whole
+    /// workload, and since no two of them touch the same hunt, the final
+    /// state does not depend on how their streams interleave.
+    pub fn partition(spec: &WorkloadSpec, part: u32, parts: u32) -> Self {
+        assert!(spec.validate().is_ok(), "Generator with an invalid spec");
+        assert!(
+            part < parts && parts <= spec.hunts,
+            "partition {part} of {parts} over {} hunts",
+            spec.hunts
+        );
         let m = spec.mix;
         let bits = u64::from(spec.hunts) * u64::from(spec.players_per_hunt);
         Self {
             spec: spec.clone(),
-            rng: SplitMix64::new(spec.seed),
+            rng: SplitMix64::new(if parts == 1 {
+                spec.seed
+            } else {
+                trove_core::rng::mix64(spec.seed ^ (u64::from(part) << 32) ^ (u64::from(parts) << 48))
+            }),
             joined: vec![0; bits.div_ceil(64) as usize],
-            out: (0..bits).collect(),
+            out: (0..bits)
+                .filter(|b| (b / u64::from(spec.players_per_hunt)) % u64::from(parts) == u64::from(part))
+                .collect(),
             thresholds: [m.moves, m.moves + m.dig, m.moves + m.dig + m.scan],
             mix_total: m.moves + m.dig + m.scan + m.join_leave,
+            part,
+            parts,
         }
     }
 
@@ -47,11 +72,12 @@ impl Generator {
     /// Marks every player as joined.
     pub fn setup(&mut self) -> Vec<HuntEvent> {
         let spec = &self.spec;
-        let mut events = Vec::with_capacity((spec.hunts as usize) * (1 + spec.players_per_hunt as usize));
-        for h in 0..spec.hunts {
+        let hunts: Vec<u32> = (self.part..spec.hunts).step_by(self.parts as usize).collect();
+        let mut events = Vec::with_capacity(hunts.len() * (1 + spec.players_per_hunt as usize));
+        for &h in &hunts {
             events.push(HuntEvent::create(h, spec.hunt_config(h)));
         }
-        for h in 0..spec.hunts {
+        for &h in &hunts {
             for p in 0..spec.players_per_hunt {
                 events.push(HuntEvent::join(h, p));
             }
@@ -64,7 +90,8 @@ impl Generator {
     /// The next event of the mix.
     #[inline]
     pub fn next_event(&mut self) -> HuntEvent {
-        let hunt = self.rng.below(self.spec.hunts);
+        let share = (self.spec.hunts - self.part).div_ceil(self.parts);
+        let hunt = self.part + self.rng.below(share) * self.parts;
         let player = self.rng.below(self.spec.players_per_hunt);
         let pick = self.rng.below(self.mix_total);
         if pick < self.thresholds[0] {
@@ -244,6 +271,23 @@ mod tests {
             out_max = out_max.max(joined.iter().filter(|j| !**j).count());
         }
         assert!(out_max < 100, "out population grew to {out_max}");
+    }
+
+    #[test]
+    fn partitions_split_the_hunts() {
+        let spec = small();
+        let mut seen = [false; 10];
+        for part in 0..3 {
+            let mut g = Generator::partition(&spec, part, 3);
+            for e in g.setup() {
+                assert_eq!(e.hunt % 3, part);
+                seen[e.hunt as usize] = true;
+            }
+            for _ in 0..10_000 {
+                assert_eq!(g.next_event().hunt % 3, part);
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! The engine: one API over the three execution modes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use trove_core::state::combine_world_hashes;
+use trove_core::{Game, Stamped, WorldId};
+
+use crate::clock::{ClockMode, EngineClock};
+use crate::metrics::EngineMetrics;
+use crate::per_event::PerEvent;
+use crate::producer::{Inbox, Producer, SubmitError};
+use crate::sharded::Sharded;
+
+/// How events are executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// State-owning shard threads fed in batches. The default.
+    #[default]
+    Sharded,
+    /// Baseline: a tokio task per event, awaiting its world's async mutex
+    /// and the hand-off of its outcome.
+    TaskPerEvent,
+    /// Baseline: each event handed to `tokio::task::spawn_blocking` and
+    /// awaited.
+    SpawnBlockingPerEvent,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Sharded, Mode::TaskPerEvent, Mode::SpawnBlockingPerEvent];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sharded => "sharded",
+            Mode::TaskPerEvent => "task-per-event",
+            Mode::SpawnBlockingPerEvent => "spawn-blocking-per-event",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown mode `{s}`: expected sharded, task-per-event or spawn-blocking-per-event"))
+    }
+}
+
+/// Everything the engine is started with. Every bound is named here.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub mode: Mode,
+    /// Shard threads (sharded mode) or runtime workers (per-event modes).
+    pub shards: usize,
+    /// Pin shard i to CPU i % cores (Linux; ignored elsewhere).
+    pub pin_cores: bool,
+    /// Largest batch `submit` accepts.
+    pub batch_events_max: usize,
+    /// Batches a shard's queue holds before `submit` answers `Busy`.
+    pub queue_batches_max: usize,
+    /// Events a shard drains into one `apply` at most.
+    pub drain_events_max: usize,
+    /// Per-event modes: events in flight before `submit` answers `Busy`.
+    pub in_flight_events_max: usize,
+    /// Worlds one shard (or, in per-event modes, the engine) holds at most.
+    pub worlds_max: usize,
+    pub clock: ClockMode,
+    /// Engine time at start, for `ClockMode::Wall` (a restarted engine
+    /// continues from its journal's last time).
+    pub clock_base_us: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Sharded,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: false,
+            batch_events_max: 65_536,
+            queue_batches_max: 256,
+            drain_events_max: 65_536,
+            in_flight_events_max: 1 << 20,
+            worlds_max: 1 << 20,
+            clock: ClockMode::Wall,
+            clock_base_us: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.shards >= 1 && self.shards <= 1024, "shards must be in 1..=1024"),
+            (
+                self.batch_events_max >= 1 && self.batch_events_max <= 1 << 20,
+                "batch_events_max must be in 1..=2^20",
+            ),
+            (
+                self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
+                "queue_batches_max must be in 1..=65536",
+            ),
+            (self.drain_events_max >= 1, "drain_events_max must be at least 1"),
+            (
+                self.in_flight_events_max >= self.batch_events_max,
+                "in_flight_events_max must be at least batch_events_max",
+            ),
+            (self.worlds_max >= 1, "worlds_max must be at least 1"),
+        ];
+        checks
+            .iter()
+            .find(|(ok, _)| !ok)
+            .map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+    }
+}
+
+pub(crate) enum Backend<G: Game> {
+    Sharded(Sharded<G>),
+    PerEvent(PerEvent<G>),
+}
+
+/// State shared by the engine and its producers.
+pub(crate) struct Inner<G: Game> {
+    pub config: EngineConfig,
+    pub clock: EngineClock,
+    /// Cleared at shutdown before the queues are closed; `submit` checks it
+    /// after reserving queue space (see `Sharded::submit`).
+    pub accepting: AtomicBool,
+    pub busy_replies: AtomicU64,
+    pub backend: Backend<G>,
+}
+
+impl<G: Game> std::fmt::Debug for Inner<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<G: Game> Inner<G> {
+    /// Queues a batch; returns the positions of each part's events.
+    pub fn submit(
+        &self,
+        inbox: &Arc<Inbox<G>>,
+        ticket: u64,
+        events: Vec<Stamped<G::Event>>,
+    ) -> Result<Vec<Vec<u32>>, SubmitError> {
+        let result = match &self.backend {
+            Backend::Sharded(s) => s.submit(self, inbox, ticket, events),
+            Backend::PerEvent(p) => p.submit(self, inbox, ticket, events),
+        };
+        if result == Err(SubmitError::Busy) {
+            self.busy_replies.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+/// A running engine.
+pub struct Engine<G: Game> {
+    inner: Arc<Inner<G>>,
+}
+
+impl<G: Game> std::fmt::Debug for Engine<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("inner", &self.inner).finish()
+    }
+}
+
+/// What is left when an engine has stopped.
+#[derive(Debug)]
+pub struct FinalState {
+    /// Per-world state hashes, ascending by world id.
+    pub world_hashes: Vec<(WorldId, u64)>,
+    /// The total state hash (independent of shard count and mode).
+    pub state_hash: u64,
+    pub events_applied: u64,
+    pub metrics: EngineMetrics,
+}
+
+impl<G: Game> Engine<G> {
+    pub fn start(config: EngineConfig) -> Result<Self, String> {
+        config.validate()?;
+        let clock = EngineClock::new(config.clock_base_us);
+        let backend = match config.mode {
+            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock)?),
+            Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => Backend::PerEvent(PerEvent::start(&config)?),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                accepting: AtomicBool::new(true),
+                busy_replies: AtomicU64::new(0),
+                backend,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// A new producer handle.
+    pub fn producer(&self) -> Producer<G> {
+        Producer::new(self.inner.clone())
+    }
+
+    /// A snapshot of every shard's metrics; never stops a shard.
+    pub fn metrics(&self) -> EngineMetrics {
+        let shards = match &self.inner.backend {
+            Backend::Sharded(s) => s.metrics(),
+            Backend::PerEvent(p) => p.metrics(),
+        };
+        EngineMetrics {
+            mode: self.inner.config.mode.name(),
+            shards,
+            busy_replies: self.inner.busy_replies.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting, applies everything accepted, delivers its outcomes,
+    /// and stops. Producers' later submits answer `ShuttingDown`.
+    pub fn shutdown(self) -> FinalState {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        let world_hashes = match &self.inner.backend {
+            Backend::Sharded(s) => s.shutdown(),
+            Backend::PerEvent(p) => p.shutdown(),
+        };
+        let metrics = self.metrics();
+        FinalState {
+            state_hash: combine_world_hashes(world_hashes.clone()),
+            world_hashes,
+            events_applied: metrics.events_applied(),
+            metrics,
+        }
+    }
+}

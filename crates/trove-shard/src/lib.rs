@@ -1,0 +1,33 @@
+//! The execution layer: how events get from producers to the rules.
+//!
+//! # Layout
+//!
+//! - [`engine`]: [`Engine`], started in one of three [`Mode`]s behind one
+//!   API: `producer()`, `metrics()`, `shutdown()`.
+//! - [`producer`]: [`Producer`], one producer's handle: `submit` a batch
+//!   (or get [`SubmitError::Busy`] at once), then collect [`Completed`]
+//!   batches, in submission order, with one outcome per event.
+//! - [`sharded`]: the default mode. N named threads, each owning the worlds
+//!   that hash to it; bounded admission; a shard drains what is queued,
+//!   stamps it, applies it as one batch and hands outcomes back per batch.
+//! - [`per_event`]: the two baseline modes the engine exists to beat: a
+//!   tokio task per event awaiting its world's async mutex and the hand-off
+//!   of its outcome, and a `spawn_blocking` per event.
+//! - [`metrics`]: per-shard counters and log2 histograms, lock-free to read
+//!   while the shard runs.
+//! - [`clock`]: engine time.
+//!
+//! Nothing on the sharded path spawns, awaits or locks per event: locks and
+//! allocations happen per batch.
+
+pub mod clock;
+pub mod engine;
+pub mod metrics;
+pub mod per_event;
+pub mod producer;
+pub mod sharded;
+
+pub use clock::ClockMode;
+pub use engine::{Engine, EngineConfig, FinalState, Mode};
+pub use metrics::{EngineMetrics, HistogramSnapshot, ShardMetricsSnapshot};
+pub use producer::{Completed, Producer, SubmitError};

@@ -1,0 +1,244 @@
+//! A producer's side: submit batches, collect their outcomes in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use trove_core::{Addressed, Game, Stamped};
+
+use crate::engine::Inner;
+
+/// Why a batch was not accepted. Nothing of it was queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// A queue it needs is full: retry later. Memory stays bounded.
+    Busy,
+    /// More events than `EngineConfig::batch_events_max`, or none.
+    BadSize,
+    /// The engine is shutting down.
+    ShuttingDown,
+}
+
+/// The outcomes of part of a submitted batch, from one shard.
+#[derive(Debug)]
+pub(crate) struct Part<G: Game> {
+    pub ticket: u64,
+    pub part: u32,
+    pub outcomes: Vec<G::Outcome>,
+    /// `event_index` relative to the part's events.
+    pub broadcasts: Vec<Addressed<G::Broadcast>>,
+}
+
+/// Where shards put a producer's finished parts. One lock per part, never
+/// per event.
+#[derive(Debug)]
+pub(crate) struct Inbox<G: Game> {
+    parts: Mutex<InboxState<G>>,
+    ready: Condvar,
+}
+
+#[derive(Debug)]
+struct InboxState<G: Game> {
+    parts: Vec<Part<G>>,
+    waker: Option<Waker>,
+}
+
+impl<G: Game> Inbox<G> {
+    pub fn new() -> Self {
+        Self {
+            parts: Mutex::new(InboxState {
+                parts: Vec::new(),
+                waker: None,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    pub fn deliver(&self, part: Part<G>) {
+        let waker = {
+            let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            state.parts.push(part);
+            state.waker.take()
+        };
+        self.ready.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// A finished batch: one outcome per submitted event, in submission order.
+#[derive(Debug)]
+pub struct Completed<G: Game> {
+    pub ticket: u64,
+    pub outcomes: Vec<G::Outcome>,
+    /// Broadcasts the batch caused; `event_index` indexes `outcomes`.
+    pub broadcasts: Vec<Addressed<G::Broadcast>>,
+    /// When `submit` accepted the batch.
+    pub submitted_at: Instant,
+}
+
+#[derive(Debug)]
+struct Pending<G: Game> {
+    ticket: u64,
+    events: usize,
+    /// Per part: the positions of its events in the submitted batch.
+    layout: Vec<Vec<u32>>,
+    parts: Vec<Option<Part<G>>>,
+    parts_missing: usize,
+    submitted_at: Instant,
+}
+
+/// One producer's handle. Use it from one thread or task at a time; make
+/// one per producer (per connection). Batches from one producer are applied
+/// in submission order per world, and complete in submission order.
+#[derive(Debug)]
+pub struct Producer<G: Game> {
+    engine: Arc<Inner<G>>,
+    inbox: Arc<Inbox<G>>,
+    next_ticket: u64,
+    pending: VecDeque<Pending<G>>,
+    /// Parts taken from the inbox, by ticket offset from the front.
+    scratch: Vec<Part<G>>,
+}
+
+impl<G: Game> Producer<G> {
+    pub(crate) fn new(engine: Arc<Inner<G>>) -> Self {
+        Self {
+            engine,
+            inbox: Arc::new(Inbox::new()),
+            next_ticket: 0,
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Queues a batch; returns its ticket. All or nothing: on `Busy`, no
+    /// event of the batch was queued. With `ClockMode::Wall` the stamps are
+    /// overwritten by the engine; with `Supplied` they are kept.
+    pub fn submit(&mut self, events: Vec<Stamped<G::Event>>) -> Result<u64, SubmitError> {
+        if events.is_empty() || events.len() > self.engine.config.batch_events_max {
+            return Err(SubmitError::BadSize);
+        }
+        let ticket = self.next_ticket;
+        let len = events.len();
+        let layout = self.engine.submit(&self.inbox, ticket, events)?;
+        self.next_ticket += 1;
+        let parts = layout.len();
+        self.pending.push_back(Pending {
+            ticket,
+            events: len,
+            layout,
+            parts: (0..parts).map(|_| None).collect(),
+            parts_missing: parts,
+            submitted_at: Instant::now(),
+        });
+        Ok(ticket)
+    }
+
+    /// Batches submitted and not yet returned by `try_complete`.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The oldest batch, if all its outcomes are in. Never blocks.
+    pub fn try_complete(&mut self) -> Option<Completed<G>> {
+        if self.pending.front().is_none_or(|p| p.parts_missing > 0) {
+            self.collect();
+        }
+        let front = self.pending.front()?;
+        if front.parts_missing > 0 {
+            return None;
+        }
+        let p = self.pending.pop_front()?;
+        Some(assemble(p))
+    }
+
+    /// Like `try_complete`, waiting up to `timeout` for the oldest batch.
+    pub fn complete_timeout(&mut self, timeout: Duration) -> Option<Completed<G>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.try_complete() {
+                return Some(c);
+            }
+            if self.pending.is_empty() {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
+            if state.parts.is_empty() {
+                let _unused = self.inbox.ready.wait_timeout(state, deadline - now);
+            }
+        }
+    }
+
+    /// Registers a waker to be woken when outcomes arrive (for async
+    /// callers; the tokio I/O layer uses this).
+    pub fn register_waker(&self, waker: &Waker) {
+        let mut state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if state.parts.is_empty() {
+            state.waker = Some(waker.clone());
+        } else {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Moves delivered parts into their pending batches.
+    fn collect(&mut self) {
+        {
+            let mut state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut state.parts, &mut self.scratch);
+        }
+        let first = self.pending.front().map_or(0, |p| p.ticket);
+        for part in self.scratch.drain(..) {
+            let p = &mut self.pending[(part.ticket - first) as usize];
+            debug_assert_eq!(p.ticket, part.ticket);
+            let slot = &mut p.parts[part.part as usize];
+            debug_assert!(slot.is_none(), "part delivered twice");
+            *slot = Some(part);
+            p.parts_missing -= 1;
+        }
+    }
+}
+
+/// Puts a batch's parts back in submission order.
+fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
+    let mut parts = p.parts.into_iter().map(|x| x.expect("every part arrived"));
+    if p.layout.len() == 1 {
+        // One part (the common case with one shard, and in per-event modes):
+        // its positions are 0..n, nothing to reorder.
+        let part = parts.next().expect("one part");
+        return Completed {
+            ticket: p.ticket,
+            outcomes: part.outcomes,
+            broadcasts: part.broadcasts,
+            submitted_at: p.submitted_at,
+        };
+    }
+    let mut outcomes: Vec<Option<G::Outcome>> = vec![None; p.events];
+    let mut broadcasts = Vec::new();
+    for (part, positions) in parts.zip(&p.layout) {
+        for (o, &at) in part.outcomes.into_iter().zip(positions) {
+            outcomes[at as usize] = Some(o);
+        }
+        for mut b in part.broadcasts {
+            b.event_index = positions[b.event_index as usize];
+            broadcasts.push(b);
+        }
+    }
+    // Broadcasts of different shards interleave in event order.
+    broadcasts.sort_by_key(|b| b.event_index);
+    Completed {
+        ticket: p.ticket,
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.expect("one outcome per event"))
+            .collect(),
+        broadcasts,
+        submitted_at: p.submitted_at,
+    }
+}

@@ -1,0 +1,314 @@
+//! The default mode: state-owning shard threads fed in batches.
+//!
+//! Each shard thread owns a `GameState` holding the worlds that hash to it;
+//! no other thread touches that state, so applying takes no lock. Producers
+//! split a batch by shard and queue each part on its shard's channel. A
+//! shard parks until work arrives, drains what is queued (up to
+//! `drain_events_max` events), stamps it, applies it as one batch, and hands
+//! each part's outcomes back to its producer: one lock and one wake per
+//! part, never per event.
+//!
+//! Admission is all-or-nothing and bounded: a submit first reserves one
+//! queue slot on every shard it needs (an atomic counter per shard, at most
+//! `queue_batches_max`), and if any is full it releases what it took and
+//! answers `Busy`. The channel itself is unbounded, but nothing reaches it
+//! without a reservation, so a shard's queue never holds more than
+//! `queue_batches_max` batches of at most `batch_events_max` events.
+//!
+//! A shard's input is a sequence of stamped batches; it could come from a
+//! partitioned log as well as from producers.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
+
+use crate::clock::{ClockMode, EngineClock};
+use crate::engine::{EngineConfig, Inner};
+use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
+use crate::producer::{Inbox, Part, SubmitError};
+
+/// The shard that owns `world` among `shards`.
+#[inline]
+pub fn shard_of(world: WorldId, shards: usize) -> usize {
+    (((u64::from(world).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) % shards as u64) as usize
+}
+
+/// A shard index and the events of a batch that go to it.
+type ShardPart<G> = (usize, Vec<Stamped<<G as Game>::Event>>);
+
+enum Msg<G: Game> {
+    Work(Work<G>),
+    /// Sent once at shutdown, after `accepting` is cleared.
+    Stop,
+}
+
+struct Work<G: Game> {
+    inbox: Arc<Inbox<G>>,
+    ticket: u64,
+    part: u32,
+    events: Vec<Stamped<G::Event>>,
+}
+
+struct Shard<G: Game> {
+    tx: Sender<Msg<G>>,
+    /// Batches reserved or queued and not yet drained.
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<ShardMetrics>,
+    thread: Mutex<Option<JoinHandle<Vec<(WorldId, u64)>>>>,
+}
+
+pub(crate) struct Sharded<G: Game> {
+    shards: Vec<Shard<G>>,
+}
+
+impl<G: Game> Sharded<G> {
+    pub fn start(config: &EngineConfig, clock: EngineClock) -> Result<Self, String> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut shards = Vec::with_capacity(config.shards);
+        for index in 0..config.shards {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
+            let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
+            let run = ShardLoop::<G> {
+                rx,
+                queued: queued.clone(),
+                metrics: metrics.clone(),
+                state: GameState::new(config.worlds_max),
+                drain_events_max: config.drain_events_max,
+                clock_mode: config.clock,
+                clock,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("trove-shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    run.run()
+                })
+                .map_err(|e| format!("starting shard thread {index}: {e}"))?;
+            shards.push(Shard {
+                tx,
+                queued,
+                metrics,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
+        Ok(Self { shards })
+    }
+
+    pub fn submit(
+        &self,
+        inner: &Inner<G>,
+        inbox: &Arc<Inbox<G>>,
+        ticket: u64,
+        events: Vec<Stamped<G::Event>>,
+    ) -> Result<Vec<Vec<u32>>, SubmitError> {
+        let n = self.shards.len();
+        // Split by shard, remembering where each event came from.
+        let (parts, layout): (Vec<ShardPart<G>>, Vec<Vec<u32>>) = if n == 1 {
+            (vec![(0, events)], vec![Vec::new()])
+        } else {
+            let mut by_shard: Vec<Vec<Stamped<G::Event>>> = (0..n).map(|_| Vec::new()).collect();
+            let mut positions: Vec<Vec<u32>> = (0..n).map(|_| Vec::new()).collect();
+            for (i, e) in events.into_iter().enumerate() {
+                let s = shard_of(G::world_of(&e.event), n);
+                by_shard[s].push(e);
+                positions[s].push(i as u32);
+            }
+            by_shard
+                .into_iter()
+                .zip(positions)
+                .enumerate()
+                .filter(|(_, (e, _))| !e.is_empty())
+                .map(|(s, (e, p))| ((s, e), p))
+                .unzip()
+        };
+
+        // Reserve a slot on every shard involved, or none.
+        let max = inner.config.queue_batches_max;
+        for (taken, (s, _)) in parts.iter().enumerate() {
+            if self.shards[*s].queued.fetch_add(1, SeqCst) >= max {
+                for (s, _) in &parts[..=taken] {
+                    self.shards[*s].queued.fetch_sub(1, SeqCst);
+                }
+                return Err(SubmitError::Busy);
+            }
+        }
+        // Checked after reserving: shutdown clears `accepting` and then waits
+        // for `queued` to drain, so a reservation that sees `accepting` set
+        // is always drained (see `ShardLoop::run`).
+        if !inner.accepting.load(SeqCst) {
+            for (s, _) in &parts {
+                self.shards[*s].queued.fetch_sub(1, SeqCst);
+            }
+            return Err(SubmitError::ShuttingDown);
+        }
+        for (part, (s, events)) in parts.into_iter().enumerate() {
+            let shard = &self.shards[s];
+            shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
+            shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
+            let work = Work {
+                inbox: inbox.clone(),
+                ticket,
+                part: part as u32,
+                events,
+            };
+            // The receiver lives until shutdown, which waits for `queued`.
+            shard.tx.send(Msg::Work(work)).map_err(|_| SubmitError::ShuttingDown)?;
+        }
+        Ok(layout)
+    }
+
+    pub fn metrics(&self) -> Vec<ShardMetricsSnapshot> {
+        self.shards
+            .iter()
+            .map(|s| s.metrics.snapshot(G::REJECTION_NAMES))
+            .collect()
+    }
+
+    /// Stops every shard after it has applied everything queued.
+    pub fn shutdown(&self) -> Vec<(WorldId, u64)> {
+        for shard in &self.shards {
+            let _ = shard.tx.send(Msg::Stop);
+        }
+        let mut hashes = Vec::new();
+        for shard in &self.shards {
+            let thread = shard.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = thread {
+                hashes.extend(t.join().expect("shard thread panicked"));
+            }
+        }
+        hashes.sort_unstable_by_key(|&(id, _)| id);
+        hashes
+    }
+}
+
+struct ShardLoop<G: Game> {
+    rx: Receiver<Msg<G>>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<ShardMetrics>,
+    state: GameState<G>,
+    drain_events_max: usize,
+    clock_mode: ClockMode,
+    clock: EngineClock,
+}
+
+impl<G: Game> ShardLoop<G> {
+    fn run(mut self) -> Vec<(WorldId, u64)> {
+        let mut work: Vec<Work<G>> = Vec::new();
+        let mut batch: Vec<Stamped<G::Event>> = Vec::new();
+        let mut out = Outcomes::default();
+        let mut rejections = vec![0u64; G::REJECTION_NAMES.len()];
+        let mut stopping = false;
+        let mut time_us = 0u64;
+        loop {
+            if !stopping {
+                // Park until there is work: an idle shard costs nothing.
+                let idle = Instant::now();
+                match self.rx.recv() {
+                    Ok(Msg::Work(w)) => work.push(w),
+                    Ok(Msg::Stop) | Err(_) => stopping = true,
+                }
+                self.metrics
+                    .idle_ns
+                    .fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
+                self.metrics.wakeups.fetch_add(1, Relaxed);
+            }
+            let busy = Instant::now();
+            let mut events: usize = work.iter().map(|w| w.events.len()).sum();
+            while events < self.drain_events_max {
+                match self.rx.try_recv() {
+                    Ok(Msg::Work(w)) => {
+                        events += w.events.len();
+                        work.push(w);
+                    }
+                    Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => stopping = true,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if work.is_empty() {
+                if stopping {
+                    // A producer may hold a reservation it has not sent yet.
+                    if self.queued.load(SeqCst) == 0 {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            self.queued.fetch_sub(work.len(), SeqCst);
+            self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
+            self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
+
+            // Stamp: one clock read per drained batch.
+            if self.clock_mode == ClockMode::Wall {
+                time_us = time_us.max(self.clock.now_us());
+            }
+            for w in &work {
+                match self.clock_mode {
+                    ClockMode::Wall => batch.extend(w.events.iter().map(|e| Stamped {
+                        time_us,
+                        event: e.event,
+                    })),
+                    ClockMode::Supplied => batch.extend_from_slice(&w.events),
+                }
+            }
+
+            let apply = Instant::now();
+            self.state.apply(&batch, &mut out);
+            self.metrics.apply_ns.record(apply.elapsed().as_nanos() as u64);
+            for o in &out.direct {
+                if let Some(r) = G::rejection(o) {
+                    rejections[r] += 1;
+                }
+            }
+
+            // Hand each part its outcomes and broadcasts.
+            let mut offset = 0;
+            let mut next_broadcast = 0;
+            let parts = work.len() as u64;
+            for w in work.drain(..) {
+                let end = offset + w.events.len();
+                let outcomes = out.direct[offset..end].to_vec();
+                let mut broadcasts = Vec::new();
+                while let Some(b) = out.broadcasts.get(next_broadcast) {
+                    if b.event_index as usize >= end {
+                        break;
+                    }
+                    let mut b = b.clone();
+                    b.event_index -= offset as u32;
+                    broadcasts.push(b);
+                    next_broadcast += 1;
+                }
+                w.inbox.deliver(Part {
+                    ticket: w.ticket,
+                    part: w.part,
+                    outcomes,
+                    broadcasts,
+                });
+                offset = end;
+            }
+            out.clear();
+            batch.clear();
+
+            let m = &self.metrics;
+            m.events_applied.fetch_add(events as u64, Relaxed);
+            m.batches_applied.fetch_add(1, Relaxed);
+            m.submissions.fetch_add(parts, Relaxed);
+            m.batch_events.record(events as u64);
+            for (counter, n) in m.rejections.iter().zip(&mut rejections) {
+                if *n > 0 {
+                    counter.fetch_add(std::mem::take(n), Relaxed);
+                }
+            }
+            m.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
+        }
+        self.state.world_hashes()
+    }
+}

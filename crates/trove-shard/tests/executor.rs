@@ -1,0 +1,296 @@
+//! The executor's promises, in every mode: per-producer order, busy when
+//! full with bounded queues, drain on shutdown, and the same final state
+//! whatever the shard count or mode.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use trove_core::{Game, GameState, Outcomes, Record, Stamped, StateHasher, WorldId, Worlds};
+use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
+use trove_shard::{ClockMode, Engine, EngineConfig, Mode, SubmitError};
+use trove_workload::{Clock, Generator, WorkloadSpec};
+
+fn config(mode: Mode, shards: usize) -> EngineConfig {
+    EngineConfig {
+        mode,
+        shards,
+        clock: ClockMode::Supplied,
+        ..EngineConfig::default()
+    }
+}
+
+fn spec() -> WorkloadSpec {
+    WorkloadSpec {
+        hunts: 12,
+        players_per_hunt: 50,
+        map_width: 32,
+        map_height: 32,
+        treasures_per_round: 40,
+        ..WorkloadSpec::standard()
+    }
+}
+
+/// Producer `part`'s stream: its hunts' setup, then `n` events, stamped
+/// by its own virtual clock.
+fn stream(part: u32, parts: u32, n: usize) -> Vec<Stamped<HuntEvent>> {
+    let spec = spec();
+    let mut g = Generator::partition(&spec, part, parts);
+    let mut clock = Clock::new(spec.virtual_events_per_s / 100);
+    let mut events = clock.stamp(g.setup());
+    g.fill(&mut clock, n, &mut events);
+    events
+}
+
+/// Submits `events` in batches of `batch`, retrying on busy, and returns
+/// every outcome in the order the producer got them.
+fn drive(engine: &Engine<TreasureHunt>, events: &[Stamped<HuntEvent>], batch: usize) -> Vec<HuntOutcome> {
+    let mut producer = engine.producer();
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut next_ticket = 0;
+    let mut check = |c: trove_shard::Completed<TreasureHunt>, outcomes: &mut Vec<HuntOutcome>| {
+        assert_eq!(c.ticket, next_ticket, "batches complete in submission order");
+        next_ticket += 1;
+        outcomes.extend(c.outcomes);
+    };
+    for chunk in events.chunks(batch) {
+        loop {
+            match producer.submit(chunk.to_vec()) {
+                Ok(_) => break,
+                Err(SubmitError::Busy) => {
+                    let c = producer.complete_timeout(Duration::from_secs(10)).expect("progress");
+                    check(c, &mut outcomes);
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        while let Some(c) = producer.try_complete() {
+            check(c, &mut outcomes);
+        }
+    }
+    while producer.in_flight() > 0 {
+        let c = producer
+            .complete_timeout(Duration::from_secs(30))
+            .expect("all batches complete");
+        check(c, &mut outcomes);
+    }
+    outcomes
+}
+
+fn reference(streams: &[Vec<Stamped<HuntEvent>>]) -> (u64, Vec<Vec<HuntOutcome>>) {
+    let mut state = GameState::<TreasureHunt>::new(1 << 10);
+    let mut per_stream = Vec::new();
+    for s in streams {
+        let mut out = Outcomes::default();
+        state.apply(s, &mut out);
+        per_stream.push(out.direct);
+    }
+    (state.state_hash(), per_stream)
+}
+
+#[test]
+fn one_producer_gets_its_outcomes_in_order_in_every_mode() {
+    let events = stream(0, 1, 20_000);
+    let (_, expected) = reference(std::slice::from_ref(&events));
+    for (mode, shards) in [
+        (Mode::Sharded, 1),
+        (Mode::Sharded, 3),
+        (Mode::TaskPerEvent, 2),
+        (Mode::SpawnBlockingPerEvent, 2),
+    ] {
+        let engine = Engine::<TreasureHunt>::start(config(mode, shards)).unwrap();
+        // Odd batch sizes so batches straddle hunts and shards.
+        let got = drive(&engine, &events, 97);
+        assert_eq!(got, expected[0], "{mode:?} with {shards} shards");
+        engine.shutdown();
+    }
+}
+
+#[test]
+fn same_final_state_with_1_2_4_shards_and_every_mode() {
+    let streams: Vec<_> = (0..3).map(|p| stream(p, 3, 15_000)).collect();
+    let (expected, _) = reference(&streams);
+    let runs = [
+        (Mode::Sharded, 1),
+        (Mode::Sharded, 2),
+        (Mode::Sharded, 4),
+        (Mode::TaskPerEvent, 2),
+        (Mode::SpawnBlockingPerEvent, 2),
+    ];
+    for (mode, shards) in runs {
+        let engine = Engine::<TreasureHunt>::start(config(mode, shards)).unwrap();
+        // Three producers at once, each on its own hunts.
+        std::thread::scope(|scope| {
+            for s in &streams {
+                let engine = &engine;
+                scope.spawn(move || drive(engine, s, 256));
+            }
+        });
+        let total: usize = streams.iter().map(Vec::len).sum();
+        let end = engine.shutdown();
+        assert_eq!(end.events_applied, total as u64, "{mode:?}");
+        assert_eq!(end.state_hash, expected, "{mode:?} with {shards} shards");
+    }
+}
+
+/// A game whose apply waits while a gate is closed, so a test can hold a
+/// shard busy and fill its queue deterministically.
+struct Gated;
+
+static GATE: (Mutex<bool>, Condvar) = (Mutex::new(true), Condvar::new());
+
+fn set_gate(open: bool) {
+    *GATE.0.lock().unwrap() = open;
+    GATE.1.notify_all();
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tick(u32);
+
+impl Record for Tick {
+    const SIZE: usize = 4;
+    fn encode(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.0.to_le_bytes());
+    }
+    fn decode(b: &[u8]) -> Self {
+        Tick(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+impl Game for Gated {
+    const NAME: &'static str = "gated";
+    type World = u64;
+    type Event = Tick;
+    type Outcome = u32;
+    type Broadcast = ();
+    fn world_of(e: &Tick) -> WorldId {
+        e.0
+    }
+    fn apply(worlds: &mut Worlds<u64>, events: &[Stamped<Tick>], out: &mut Outcomes<u32, ()>) {
+        let mut open = GATE.0.lock().unwrap();
+        while !*open {
+            open = GATE.1.wait(open).unwrap();
+        }
+        drop(open);
+        for e in events {
+            if worlds.get(e.event.0).is_none() {
+                worlds.insert(e.event.0, 0).unwrap();
+            }
+            let w = worlds.get_mut(e.event.0).unwrap();
+            *w += 1;
+            out.direct.push(*w as u32);
+        }
+    }
+    fn hash_world(w: &u64, h: &mut StateHasher) {
+        h.u64(*w);
+    }
+}
+
+fn ticks(n: u32) -> Vec<Stamped<Tick>> {
+    (0..n)
+        .map(|i| Stamped {
+            time_us: 0,
+            event: Tick(i % 4),
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
+    // One test drives the gate for every mode: tests run in parallel and
+    // the gate is global.
+    for mode in Mode::ALL {
+        set_gate(false);
+        let cfg = EngineConfig {
+            mode,
+            shards: 1,
+            queue_batches_max: 2,
+            batch_events_max: 8,
+            in_flight_events_max: 24,
+            clock: ClockMode::Supplied,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::<Gated>::start(cfg).unwrap();
+        let mut p = engine.producer();
+        let mut accepted = 0;
+        let mut busy = 0;
+        for _ in 0..50 {
+            match p.submit(ticks(8)) {
+                Ok(_) => accepted += 1,
+                Err(SubmitError::Busy) => busy += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        // Sharded: one batch in the (blocked) apply, two queued. Per event:
+        // 24 events in flight.
+        assert!((2..=3).contains(&accepted), "{mode:?}: accepted {accepted}");
+        assert_eq!(accepted + busy, 50);
+        let m = engine.metrics();
+        assert_eq!(m.busy_replies, busy);
+        assert!(m.shards[0].queue_depth_events <= 24, "{mode:?}: {m:?}");
+        assert_eq!(p.submit(Vec::new()), Err(SubmitError::BadSize));
+        assert_eq!(p.submit(ticks(9)), Err(SubmitError::BadSize));
+        set_gate(true);
+        let mut done = 0;
+        while let Some(c) = p.complete_timeout(Duration::from_secs(10)) {
+            assert_eq!(c.outcomes.len(), 8);
+            done += 1;
+        }
+        assert_eq!(done, accepted, "{mode:?}");
+        let end = engine.shutdown();
+        assert_eq!(end.events_applied, accepted as u64 * 8);
+    }
+}
+
+#[test]
+fn shutdown_applies_everything_accepted_then_refuses() {
+    for mode in Mode::ALL {
+        let engine = Engine::<TreasureHunt>::start(config(mode, 2)).unwrap();
+        let events = stream(0, 1, 30_000);
+        let mut p = engine.producer();
+        let mut accepted = 0;
+        for chunk in events.chunks(1000) {
+            while p.submit(chunk.to_vec()) == Err(SubmitError::Busy) {
+                std::thread::yield_now();
+            }
+            accepted += chunk.len();
+        }
+        // No waiting for completions: shutdown must drain.
+        let end = engine.shutdown();
+        assert_eq!(end.events_applied, accepted as u64, "{mode:?}");
+        let mut outcomes = 0;
+        while let Some(c) = p.try_complete() {
+            outcomes += c.outcomes.len();
+        }
+        assert_eq!(outcomes, accepted, "{mode:?}: every accepted event answered");
+        assert_eq!(p.submit(events[..10].to_vec()), Err(SubmitError::ShuttingDown));
+        assert_eq!(end.state_hash, reference(std::slice::from_ref(&events)).0, "{mode:?}");
+    }
+}
+
+#[test]
+fn metrics_count_applied_events_batches_and_rejections() {
+    let engine = Engine::<TreasureHunt>::start(config(Mode::Sharded, 2)).unwrap();
+    let mut events = stream(0, 1, 1000);
+    // Ten events for a hunt that does not exist.
+    events.extend((0..10).map(|_| Stamped {
+        time_us: 1 << 40,
+        event: HuntEvent::dig(999, 1),
+    }));
+    drive(&engine, &events, 64);
+    let m = engine.metrics();
+    assert_eq!(m.events_applied(), events.len() as u64);
+    let unknown: u64 = m
+        .shards
+        .iter()
+        .flat_map(|s| &s.rejections)
+        .filter(|(n, _)| *n == "unknown_hunt")
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(unknown, 10);
+    for s in &m.shards {
+        assert!(s.batches_applied > 0 && s.batch_events.count() == s.batches_applied);
+        assert!(s.busy_ns > 0 && s.wakeups > 0);
+        assert_eq!(s.queue_depth_batches, 0);
+    }
+    engine.shutdown();
+}
