@@ -237,7 +237,7 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
         }
         assert_eq!(done, accepted, "{mode:?}");
         let end = engine.shutdown();
-        assert_eq!(end.events_applied, accepted as u64 * 8);
+        assert_eq!(end.events_applied, accepted * 8);
     }
 }
 
