@@ -137,12 +137,13 @@ impl<G: Game> std::fmt::Debug for Inner<G> {
 }
 
 impl<G: Game> Inner<G> {
-    /// Queues a batch; returns the positions of each part's events.
+    /// Queues a batch; returns the positions of each part's events. Takes
+    /// the events only on success.
     pub fn submit(
         &self,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
-        events: Vec<Stamped<G::Event>>,
+        events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let result = match &self.backend {
             Backend::Sharded(s) => s.submit(self, inbox, ticket, events),

@@ -165,7 +165,7 @@ impl<G: Game> PerEvent<G> {
         inner: &Inner<G>,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
-        events: Vec<Stamped<G::Event>>,
+        events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = events.len();
         if self.in_flight.fetch_add(n, SeqCst) + n > inner.config.in_flight_events_max {
@@ -183,7 +183,7 @@ impl<G: Game> PerEvent<G> {
             remaining: AtomicUsize::new(n),
         });
         let clock = (inner.config.clock == ClockMode::Wall).then_some(inner.clock);
-        for (index, stamped) in events.into_iter().enumerate() {
+        for (index, stamped) in std::mem::take(events).into_iter().enumerate() {
             let cell = self.table.cell(G::world_of(&stamped.event));
             let (next, mine) = oneshot::channel();
             let prev = cell.tail.lock().unwrap_or_else(|e| e.into_inner()).replace(mine);

@@ -114,10 +114,12 @@ impl<G: Game> Producer<G> {
         }
     }
 
-    /// Queues a batch; returns its ticket. All or nothing: on `Busy`, no
-    /// event of the batch was queued. With `ClockMode::Wall` the stamps are
-    /// overwritten by the engine; with `Supplied` they are kept.
-    pub fn submit(&mut self, events: Vec<Stamped<G::Event>>) -> Result<u64, SubmitError> {
+    /// Queues a batch; returns its ticket. All or nothing: on success the
+    /// events are moved out of `events` (left empty); on any error none was
+    /// queued and `events` is as it was, ready to retry. With
+    /// `ClockMode::Wall` the stamps are overwritten by the engine; with
+    /// `Supplied` they are kept.
+    pub fn submit(&mut self, events: &mut Vec<Stamped<G::Event>>) -> Result<u64, SubmitError> {
         if events.is_empty() || events.len() > self.engine.config.batch_events_max {
             return Err(SubmitError::BadSize);
         }

@@ -37,6 +37,9 @@ pub fn shard_of(world: WorldId, shards: usize) -> usize {
     (((u64::from(world).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) % shards as u64) as usize
 }
 
+/// Shard counts up to this need no allocation to track a batch's shards.
+const SHARDS_INLINE_MAX: usize = 64;
+
 /// A shard index and the events of a batch that go to it.
 type ShardPart<G> = (usize, Vec<Stamped<<G as Game>::Event>>);
 
@@ -107,10 +110,46 @@ impl<G: Game> Sharded<G> {
         inner: &Inner<G>,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
-        events: Vec<Stamped<G::Event>>,
+        events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = self.shards.len();
-        // Split by shard, remembering where each event came from.
+        // Which shards the batch needs: one queue slot on each, or none.
+        let mut involved = [false; SHARDS_INLINE_MAX];
+        let mut involved_heap = Vec::new();
+        let involved: &mut [bool] = if n <= SHARDS_INLINE_MAX {
+            &mut involved[..n]
+        } else {
+            involved_heap.resize(n, false);
+            &mut involved_heap
+        };
+        if n == 1 {
+            involved[0] = true;
+        } else {
+            for e in events.iter() {
+                involved[shard_of(G::world_of(&e.event), n)] = true;
+            }
+        }
+        let max = inner.config.queue_batches_max;
+        for s in 0..n {
+            if involved[s] && self.shards[s].queued.fetch_add(1, SeqCst) >= max {
+                for undo in (0..=s).filter(|&u| involved[u]) {
+                    self.shards[undo].queued.fetch_sub(1, SeqCst);
+                }
+                return Err(SubmitError::Busy);
+            }
+        }
+        // Checked after reserving: shutdown clears `accepting` and then waits
+        // for `queued` to drain, so a reservation that sees `accepting` set
+        // is always drained (see `ShardLoop::run`).
+        if !inner.accepting.load(SeqCst) {
+            for s in (0..n).filter(|&s| involved[s]) {
+                self.shards[s].queued.fetch_sub(1, SeqCst);
+            }
+            return Err(SubmitError::ShuttingDown);
+        }
+
+        // Committed: split by shard, remembering where each event came from.
+        let events = std::mem::take(events);
         let (parts, layout): (Vec<ShardPart<G>>, Vec<Vec<u32>>) = if n == 1 {
             (vec![(0, events)], vec![Vec::new()])
         } else {
@@ -129,26 +168,6 @@ impl<G: Game> Sharded<G> {
                 .map(|(s, (e, p))| ((s, e), p))
                 .unzip()
         };
-
-        // Reserve a slot on every shard involved, or none.
-        let max = inner.config.queue_batches_max;
-        for (taken, (s, _)) in parts.iter().enumerate() {
-            if self.shards[*s].queued.fetch_add(1, SeqCst) >= max {
-                for (s, _) in &parts[..=taken] {
-                    self.shards[*s].queued.fetch_sub(1, SeqCst);
-                }
-                return Err(SubmitError::Busy);
-            }
-        }
-        // Checked after reserving: shutdown clears `accepting` and then waits
-        // for `queued` to drain, so a reservation that sees `accepting` set
-        // is always drained (see `ShardLoop::run`).
-        if !inner.accepting.load(SeqCst) {
-            for (s, _) in &parts {
-                self.shards[*s].queued.fetch_sub(1, SeqCst);
-            }
-            return Err(SubmitError::ShuttingDown);
-        }
         for (part, (s, events)) in parts.into_iter().enumerate() {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
@@ -159,8 +178,10 @@ impl<G: Game> Sharded<G> {
                 part: part as u32,
                 events,
             };
-            // The receiver lives until shutdown, which waits for `queued`.
-            shard.tx.send(Msg::Work(work)).map_err(|_| SubmitError::ShuttingDown)?;
+            // The receiver lives until every reservation is drained.
+            if shard.tx.send(Msg::Work(work)).is_err() {
+                unreachable!("shard {s} stopped while holding a reservation");
+            }
         }
         Ok(layout)
     }

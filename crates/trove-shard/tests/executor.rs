@@ -54,7 +54,7 @@ fn drive(engine: &Engine<TreasureHunt>, events: &[Stamped<HuntEvent>], batch: us
     };
     for chunk in events.chunks(batch) {
         loop {
-            match producer.submit(chunk.to_vec()) {
+            match producer.submit(&mut chunk.to_vec()) {
                 Ok(_) => break,
                 Err(SubmitError::Busy) => {
                     let c = producer.complete_timeout(Duration::from_secs(10)).expect("progress");
@@ -214,7 +214,7 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
         let mut accepted = 0;
         let mut busy = 0;
         for _ in 0..50 {
-            match p.submit(ticks(8)) {
+            match p.submit(&mut ticks(8)) {
                 Ok(_) => accepted += 1,
                 Err(SubmitError::Busy) => busy += 1,
                 Err(e) => panic!("{e:?}"),
@@ -227,8 +227,8 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
         let m = engine.metrics();
         assert_eq!(m.busy_replies, busy);
         assert!(m.shards[0].queue_depth_events <= 24, "{mode:?}: {m:?}");
-        assert_eq!(p.submit(Vec::new()), Err(SubmitError::BadSize));
-        assert_eq!(p.submit(ticks(9)), Err(SubmitError::BadSize));
+        assert_eq!(p.submit(&mut Vec::new()), Err(SubmitError::BadSize));
+        assert_eq!(p.submit(&mut ticks(9)), Err(SubmitError::BadSize));
         set_gate(true);
         let mut done = 0;
         while let Some(c) = p.complete_timeout(Duration::from_secs(10)) {
@@ -249,7 +249,8 @@ fn shutdown_applies_everything_accepted_then_refuses() {
         let mut p = engine.producer();
         let mut accepted = 0;
         for chunk in events.chunks(1000) {
-            while p.submit(chunk.to_vec()) == Err(SubmitError::Busy) {
+            let mut batch = chunk.to_vec();
+            while p.submit(&mut batch) == Err(SubmitError::Busy) {
                 std::thread::yield_now();
             }
             accepted += chunk.len();
@@ -262,7 +263,9 @@ fn shutdown_applies_everything_accepted_then_refuses() {
             outcomes += c.outcomes.len();
         }
         assert_eq!(outcomes, accepted, "{mode:?}: every accepted event answered");
-        assert_eq!(p.submit(events[..10].to_vec()), Err(SubmitError::ShuttingDown));
+        let mut late = events[..10].to_vec();
+        assert_eq!(p.submit(&mut late), Err(SubmitError::ShuttingDown));
+        assert_eq!(late.len(), 10, "a refused batch is handed back");
         assert_eq!(end.state_hash, reference(std::slice::from_ref(&events)).0, "{mode:?}");
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! - [`cli`]: the clap command tree.
 //! - [`bench_apply`]: `trove bench apply`, the single-thread rules benchmark.
+//! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
 pub mod bench_apply;
+pub mod bench_engine;
 pub mod cli;
 pub mod workload_arg;

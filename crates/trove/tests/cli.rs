@@ -86,3 +86,67 @@ fn bad_workload_is_a_clear_error() {
     assert!(!out.status.success());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
+    let dir = std::env::temp_dir().join(format!("trove-cli-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("small.toml");
+    let standard = include_str!("../../../workloads/standard.toml");
+    std::fs::write(
+        &file,
+        standard
+            .replace("hunts = 1000", "hunts = 20")
+            .replace("players_per_hunt = 1000", "players_per_hunt = 100"),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let run = |mode: &str, shards: &str| {
+        json(&trove(&[
+            "bench",
+            "engine",
+            "--mode",
+            mode,
+            "--shards",
+            shards,
+            "--producers",
+            "2",
+            "--events",
+            "20000",
+            "--batch",
+            "500",
+            "--workload",
+            file,
+            "--json",
+        ]))
+    };
+    let sharded = run("sharded", "2");
+    for key in ["mode", "events", "seconds", "events_per_s", "state_hash"] {
+        assert!(sharded.get(key).is_some(), "missing {key} in {sharded}");
+    }
+    for key in ["p50", "p99", "p999", "max"] {
+        assert!(
+            sharded["latency_us"][key].as_u64().is_some(),
+            "missing latency_us.{key} in {sharded}"
+        );
+    }
+    assert_eq!(sharded["mode"], "sharded");
+    assert_eq!(sharded["events"], 20_000);
+    for (mode, shards) in [
+        ("sharded", "1"),
+        ("sharded", "4"),
+        ("task-per-event", "2"),
+        ("spawn-blocking-per-event", "2"),
+    ] {
+        let other = run(mode, shards);
+        assert_eq!(other["mode"], mode);
+        assert_eq!(
+            other["state_hash"], sharded["state_hash"],
+            "{mode} with {shards} shards"
+        );
+    }
+    let out = trove(&["bench", "engine", "--mode", "threads"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode `threads`"));
+    std::fs::remove_dir_all(&dir).ok();
+}
