@@ -53,10 +53,10 @@ pub struct EngineReport {
     pub latency_us: LatencyUs,
     pub busy_replies: u64,
     /// Per shard, over the measured run: busy time over busy plus idle
-    /// time (per-event modes report one figure for the whole runtime and
-    /// count no idle time).
+    /// time. Empty in the per-event modes, which have no shards.
     pub shard_busy_ratio: Vec<f64>,
     /// Per shard, over the measured run: mean events per applied batch.
+    /// Empty in the per-event modes (every batch is one event).
     pub shard_mean_batch_events: Vec<f64>,
     pub state_hash: String,
 }
@@ -195,7 +195,10 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
     })?;
 
     let after = engine.metrics();
-    let before = before.expect("taken after setup");
+    let mut before = before.expect("taken after setup");
+    if args.mode != Mode::Sharded {
+        before.shards.clear();
+    }
     let end = engine.shutdown();
     let mut latency = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     for h in &histograms {

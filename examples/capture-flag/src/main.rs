@@ -6,10 +6,14 @@
 //! back to zero and the next game of the match starts. Everything the engine
 //! needs is here: a 16-byte record, a world type, an outcome per event, a
 //! broadcast, a batch apply and a state hash. Running it applies a seeded
-//! stream in one batch and in many, and checks the hashes agree.
+//! stream in one batch and in many, then through the sharded executor with
+//! two shards, and checks the hashes agree.
+
+use std::time::Duration;
 
 use trove_core::record::le;
 use trove_core::{Game, GameState, Outcomes, Record, SplitMix64, Stamped, StateHasher, WorldId, Worlds};
+use trove_shard::{ClockMode, Engine, EngineConfig};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlagEvent {
@@ -180,6 +184,27 @@ fn main() {
         );
     }
     println!("same hash with batches of 1, 7 and 64 events");
+
+    // The same stream through the engine's executor, split over two shards.
+    let config = EngineConfig {
+        shards: 2,
+        clock: ClockMode::Supplied,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::<CaptureTheFlag>::start(config).expect("engine starts");
+    let mut producer = engine.producer();
+    for chunk in events.chunks(100) {
+        let mut batch = chunk.to_vec();
+        while producer.submit(&mut batch).is_err() {
+            producer.complete_timeout(Duration::from_secs(10));
+        }
+    }
+    let end = engine.shutdown();
+    assert_eq!(end.state_hash, hash, "the sharded executor changed the result");
+    println!(
+        "same hash through the sharded executor with 2 shards ({} events applied)",
+        end.events_applied
+    );
 }
 
 #[cfg(test)]
