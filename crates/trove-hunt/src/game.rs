@@ -53,50 +53,18 @@ impl Game for TreasureHunt {
     fn apply(worlds: &mut Worlds<Hunt>, events: &[Stamped<HuntEvent>], out: &mut Outcomes<HuntOutcome, HuntBroadcast>) {
         out.direct.reserve(events.len());
         let mut resolved = [NO_HUNT; RING];
-        for j in 0..events.len() + 3 * LAG {
-            if let Some(s) = events.get(j) {
-                let slot = &mut resolved[j % RING];
-                *slot = NO_HUNT;
-                if let Some(i) = worlds.index_of(s.event.hunt) {
-                    worlds.at(i).prefetch_hot();
-                    *slot = i as u32;
-                }
-            }
-            if let Some(s) = j.checked_sub(LAG).and_then(|k| events.get(k)) {
-                let slot = resolved[(j - LAG) % RING];
-                if slot != NO_HUNT {
-                    worlds.at(slot as usize).prefetch_player(s.event.player);
-                }
-            }
-            if let Some(s) = j.checked_sub(2 * LAG).and_then(|k| events.get(k)) {
-                let slot = resolved[(j - 2 * LAG) % RING];
-                if slot != NO_HUNT {
-                    worlds
-                        .at(slot as usize)
-                        .prefetch_treasures(s.event.player, s.event.action);
-                }
-            }
-            let Some(k) = j.checked_sub(3 * LAG) else { continue };
-            let Some(s) = events.get(k) else { continue };
-            let e = &s.event;
-            let slot = resolved[k % RING];
-            // A hunt created earlier in this window was not resolved yet.
-            let index = if slot != NO_HUNT {
-                Some(slot as usize)
-            } else {
-                worlds.index_of(e.hunt)
-            };
-            let outcome = match (&e.action, index) {
-                (Action::Create(config), None) => create(worlds, e.hunt, *config),
-                (Action::Create(_), Some(_)) => HuntOutcome::Rejected {
-                    reason: Reject::HuntExists,
-                },
-                (_, None) => HuntOutcome::Rejected {
-                    reason: Reject::UnknownHunt,
-                },
-                (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, *action, out),
-            };
-            out.direct.push(outcome);
+        let n = events.len();
+        // Steps 0..3*LAG and n..n+3*LAG fill and empty the pipeline and
+        // check which stages have an event; the steps between run all four.
+        let fill_end = n.min(3 * LAG);
+        for j in 0..fill_end {
+            step::<true>(worlds, events, &mut resolved, j, out);
+        }
+        for j in fill_end..n {
+            step::<false>(worlds, events, &mut resolved, j, out);
+        }
+        for j in n.max(fill_end)..n + 3 * LAG {
+            step::<true>(worlds, events, &mut resolved, j, out);
         }
     }
 
@@ -116,6 +84,67 @@ impl Game for TreasureHunt {
 
     fn check_world(world: &Hunt) -> Result<(), String> {
         world.check()
+    }
+}
+
+/// Step `j` of the batch pipeline (see `LAG`). With `CHECKED` false the
+/// caller guarantees `3 * LAG <= j < events.len()`, so every stage has an
+/// event.
+#[inline(always)]
+fn step<const CHECKED: bool>(
+    worlds: &mut Worlds<Hunt>,
+    events: &[Stamped<HuntEvent>],
+    resolved: &mut [u32; RING],
+    j: usize,
+    out: &mut Outcomes<HuntOutcome, HuntBroadcast>,
+) {
+    let n = events.len();
+    if !CHECKED || j < n {
+        let e = &events[j].event;
+        let slot = &mut resolved[j % RING];
+        *slot = NO_HUNT;
+        if let Some(i) = worlds.index_of(e.hunt) {
+            worlds.at(i).prefetch_hot();
+            *slot = i as u32;
+        }
+    }
+    if !CHECKED || (j >= LAG && j - LAG < n) {
+        let k = j - LAG;
+        let slot = resolved[k % RING];
+        if slot != NO_HUNT {
+            worlds.at(slot as usize).prefetch_player(events[k].event.player);
+        }
+    }
+    if !CHECKED || (j >= 2 * LAG && j - 2 * LAG < n) {
+        let k = j - 2 * LAG;
+        let slot = resolved[k % RING];
+        if slot != NO_HUNT {
+            let e = &events[k].event;
+            worlds.at(slot as usize).prefetch_treasures(e.player, &e.action);
+        }
+    }
+    if !CHECKED || j >= 3 * LAG {
+        let k = j - 3 * LAG;
+        let s = &events[k];
+        let e = &s.event;
+        let slot = resolved[k % RING];
+        // A hunt created earlier in the pipeline was not resolved yet.
+        let index = if slot != NO_HUNT {
+            Some(slot as usize)
+        } else {
+            worlds.index_of(e.hunt)
+        };
+        let outcome = match (&e.action, index) {
+            (Action::Create(config), None) => create(worlds, e.hunt, *config),
+            (Action::Create(_), Some(_)) => HuntOutcome::Rejected {
+                reason: Reject::HuntExists,
+            },
+            (_, None) => HuntOutcome::Rejected {
+                reason: Reject::UnknownHunt,
+            },
+            (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, action, out),
+        };
+        out.direct.push(outcome);
     }
 }
 

@@ -147,7 +147,7 @@ impl Hunt {
     /// will read. Reads the player slot, so call it after `prefetch_player`
     /// has had time to work.
     #[inline]
-    pub fn prefetch_treasures(&self, id: u32, action: Action) {
+    pub fn prefetch_treasures(&self, id: u32, action: &Action) {
         let Some(p) = self.players.get(id as usize) else { return };
         match action {
             Action::Dig => self.field.prefetch_dig(p.x, p.y),
@@ -165,8 +165,8 @@ impl Hunt {
     }
 
     /// Applies one non-create event at engine time `now_us`.
-    #[inline]
-    pub fn apply(&mut self, now_us: u64, player: u32, action: Action, out: &mut HuntOutcomes) -> HuntOutcome {
+    #[inline(always)]
+    pub fn apply(&mut self, now_us: u64, player: u32, action: &Action, out: &mut HuntOutcomes) -> HuntOutcome {
         let reject = |reason| HuntOutcome::Rejected { reason };
         if player >= self.config.players_max {
             return reject(Reject::PlayerOutOfRange);
@@ -181,7 +181,7 @@ impl Hunt {
                 }
                 None => reject(Reject::NotJoined),
             },
-            Action::Move { dx, dy } => {
+            &Action::Move { dx, dy } => {
                 let step_max = i32::from(self.config.step_max);
                 let (w, h) = (i32::from(self.config.width), i32::from(self.config.height));
                 let Some(p) = self.joined_mut(player) else {
@@ -190,8 +190,10 @@ impl Hunt {
                 if i32::from(dx).abs() > step_max || i32::from(dy).abs() > step_max {
                     return reject(Reject::StepTooLarge);
                 }
-                p.x = (i32::from(p.x) + i32::from(dx)).clamp(0, w - 1) as u16;
-                p.y = (i32::from(p.y) + i32::from(dy)).clamp(0, h - 1) as u16;
+                // max/min rather than clamp: clamp's panic check keeps it
+                // out of line, and w, h >= 1 so the bounds are ordered.
+                p.x = (i32::from(p.x) + i32::from(dx)).max(0).min(w - 1) as u16;
+                p.y = (i32::from(p.y) + i32::from(dy)).max(0).min(h - 1) as u16;
                 HuntOutcome::Moved { x: p.x, y: p.y }
             }
             Action::Dig => self.dig(now_us, player, out),
