@@ -1,0 +1,34 @@
+//! The journal: what makes an acknowledgement a promise.
+//!
+//! Each shard appends the batches it applied to its own directory of
+//! segment files. A batch is one frame (one `write`), checked by a CRC32C;
+//! the fsync policy decides when a frame counts as durable, and the engine
+//! releases acknowledgements only then. At start, the journal is read back,
+//! a torn tail is cut off, corruption in the middle stops start-up (unless
+//! the operator asks to repair), and the batches are replayed through the
+//! game to rebuild the exact state. Format: `docs/journal.md`.
+//!
+//! # Layout
+//!
+//! - [`format`]: the byte layout: segment header, batch frame, entries;
+//!   encoding and total (never panicking) decoding.
+//! - [`segment`]: reading a segment file frame by frame, classifying a bad
+//!   frame as a torn tail or as corruption.
+//! - [`writer`]: [`JournalWriter`], appending frames, rolling segments,
+//!   syncing by [`FsyncPolicy`].
+//! - [`recover`]: [`recover_shard`], reading a shard's whole journal back,
+//!   repairing a torn tail, and feeding every batch to a callback.
+
+pub mod format;
+pub mod recover;
+pub mod segment;
+pub mod writer;
+
+pub use format::{Entry, FrameError, SEGMENT_HEADER_BYTES};
+pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
+pub use writer::{FsyncPolicy, JournalWriter};
+
+/// The directory of shard `index` under a data directory.
+pub fn shard_dir(data: &std::path::Path, index: usize) -> std::path::PathBuf {
+    data.join(format!("shard-{index:03}"))
+}

@@ -1,0 +1,147 @@
+//! Reading one segment file.
+
+use std::path::{Path, PathBuf};
+
+use trove_core::Record;
+
+use crate::format::{
+    Body, FRAME_HEAD_BYTES, FRAME_MAGIC, FrameError, SEGMENT_HEADER_BYTES, SegmentHeader, decode_body,
+    decode_frame_head, decode_segment_header,
+};
+
+/// Segment files are named by the first batch they hold, so that sorting
+/// names sorts batches.
+pub fn segment_name(first_batch: u64) -> String {
+    format!("segment-{first_batch:020}.tjl")
+}
+
+/// The segment files of a shard directory, in batch order.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("segment-") && name.ends_with(".tjl") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Where and why reading a segment stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadFrame {
+    pub offset: u64,
+    pub error: FrameError,
+    /// A valid frame follows the bad one: this is damage in the middle of
+    /// the log, not a write cut short by a crash.
+    pub valid_frame_after: bool,
+}
+
+/// The result of reading a segment.
+#[derive(Clone, Debug)]
+pub struct Scan {
+    /// `None` if the header itself is missing or damaged.
+    pub header: Option<SegmentHeader>,
+    /// End of the last valid frame (the header's end if none).
+    pub valid_end: u64,
+    pub file_len: u64,
+    pub frames: u64,
+    pub bad: Option<BadFrame>,
+}
+
+/// Reads `bytes` (a whole segment) frame by frame, calling `visit` with each
+/// valid frame's offset and body, and stops at the first bad frame.
+pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> Result<(), X>) -> Result<Scan, X> {
+    let file_len = bytes.len() as u64;
+    let header = match decode_segment_header(bytes) {
+        Ok(h) => h,
+        Err(error) => {
+            let bad = BadFrame {
+                offset: 0,
+                error,
+                valid_frame_after: valid_frame_from::<E>(bytes, 1),
+            };
+            return Ok(Scan {
+                header: None,
+                valid_end: 0,
+                file_len,
+                frames: 0,
+                bad: Some(bad),
+            });
+        }
+    };
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut frames = 0;
+    while at < bytes.len() {
+        match frame_at::<E>(bytes, at) {
+            Ok((body, next)) => {
+                visit(at as u64, body)?;
+                frames += 1;
+                at = next;
+            }
+            Err(error) => {
+                let bad = BadFrame {
+                    offset: at as u64,
+                    error,
+                    valid_frame_after: valid_frame_from::<E>(bytes, at + 1),
+                };
+                return Ok(Scan {
+                    header: Some(header),
+                    valid_end: at as u64,
+                    file_len,
+                    frames,
+                    bad: Some(bad),
+                });
+            }
+        }
+    }
+    Ok(Scan {
+        header: Some(header),
+        valid_end: at as u64,
+        file_len,
+        frames,
+        bad: None,
+    })
+}
+
+/// The frame at `at` and the offset after it.
+fn frame_at<E: Record>(bytes: &[u8], at: usize) -> Result<(Body<'_>, usize), FrameError> {
+    let (len, crc) = decode_frame_head(&bytes[at..])?;
+    let start = at + FRAME_HEAD_BYTES;
+    let body = bytes.get(start..start + len).ok_or(FrameError::Short)?;
+    Ok((decode_body::<E>(body, crc)?, start + len))
+}
+
+/// Whether any valid frame starts at or after `from`.
+fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
+    let mut at = from;
+    while at + FRAME_HEAD_BYTES <= bytes.len() {
+        match bytes[at..].windows(4).position(|w| w == FRAME_MAGIC) {
+            Some(i) => {
+                if frame_at::<E>(bytes, at + i).is_ok() {
+                    return true;
+                }
+                at += i + 1;
+            }
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Reads a whole segment file, refusing one larger than `bytes_max`.
+pub fn read_segment(path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > bytes_max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is {len} bytes, above the {bytes_max}-byte segment limit",
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(path)
+}

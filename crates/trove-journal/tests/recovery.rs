@@ -1,0 +1,192 @@
+//! Crash cases of docs/journal.md, on real files.
+
+use std::path::{Path, PathBuf};
+
+use trove_core::Stamped;
+use trove_hunt::HuntEvent;
+use trove_journal::segment::list_segments;
+use trove_journal::{Entry, JournalError, JournalWriter, RecoverOptions, recover_shard};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trove-journal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn batch(b: u64, n: u64) -> Vec<Entry<HuntEvent>> {
+    (0..n)
+        .map(|i| Entry {
+            producer: 1,
+            producer_seq: b * 100 + i,
+            stamped: Stamped {
+                time_us: b * 10 + i,
+                event: HuntEvent::dig(b as u32, i as u32),
+            },
+        })
+        .collect()
+}
+
+/// Writes `batches` batches of 3 events; returns the file sizes after each.
+fn write(dir: &Path, batches: u64, segment_bytes_max: u64) -> Vec<u64> {
+    let mut w = JournalWriter::open(dir, 0, 32, 1, None, segment_bytes_max).unwrap();
+    let mut sizes = Vec::new();
+    for b in 1..=batches {
+        assert_eq!(w.append(batch(b, 3).into_iter()), b);
+        w.flush().unwrap();
+        w.sync().unwrap();
+        sizes.push(
+            std::fs::metadata(list_segments(dir).unwrap().last().unwrap())
+                .unwrap()
+                .len(),
+        );
+    }
+    sizes
+}
+
+fn opts(truncate: bool, repair: bool) -> RecoverOptions {
+    RecoverOptions {
+        truncate_torn_tail: truncate,
+        repair,
+        segment_bytes_max: 1 << 30,
+    }
+}
+
+fn read_all(dir: &Path, o: RecoverOptions) -> Result<(Vec<u64>, trove_journal::Recovered), JournalError> {
+    let mut seen = Vec::new();
+    let r = recover_shard::<HuntEvent>(dir, 0, o, |b, entries| {
+        assert_eq!(entries, batch(b, 3).as_slice());
+        seen.push(b);
+    })?;
+    Ok((seen, r))
+}
+
+#[test]
+fn reads_back_what_was_written_across_segments() {
+    let dir = temp_dir("roll");
+    write(&dir, 20, 600); // a few frames per segment
+    assert!(list_segments(&dir).unwrap().len() > 3);
+    let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    assert_eq!((r.batches, r.events, r.next_batch), (20, 60, 21));
+    assert!(r.notes.is_empty());
+    // Appending resumes where recovery ended.
+    let mut w = JournalWriter::open(&dir, 0, 32, r.next_batch, r.tail, 600).unwrap();
+    w.append(batch(21, 3).into_iter());
+    w.flush().unwrap();
+    w.sync().unwrap();
+    assert_eq!(read_all(&dir, opts(true, false)).unwrap().0.len(), 21);
+}
+
+#[test]
+fn a_tail_torn_at_every_byte_recovers_the_valid_prefix() {
+    let dir = temp_dir("torn");
+    let sizes = write(&dir, 4, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let full = std::fs::read(&path).unwrap();
+    let last_start = sizes[2] as usize;
+    for cut in last_start + 1..full.len() {
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+        assert_eq!(seen, vec![1, 2, 3], "cut at {cut}");
+        assert_eq!(r.next_batch, 4);
+        assert!(r.notes[0].contains("torn tail"), "{:?}", r.notes);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            last_start as u64,
+            "truncated to the valid end"
+        );
+    }
+    // Zeros after the last frame (a file extended but never written) too.
+    let mut zeros = full.clone();
+    zeros.extend([0u8; 100]);
+    std::fs::write(&path, &zeros).unwrap();
+    assert_eq!(read_all(&dir, opts(true, false)).unwrap().0.len(), 4);
+}
+
+#[test]
+fn read_only_recovery_leaves_a_torn_tail_in_place() {
+    let dir = temp_dir("readonly");
+    write(&dir, 3, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let (seen, r) = read_all(&dir, opts(false, false)).unwrap();
+    assert_eq!(seen, vec![1, 2]);
+    assert!(r.notes[0].contains("unreadable"));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 5);
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_stops_start_up_unless_repaired() {
+    let dir = temp_dir("flip");
+    let sizes = write(&dir, 5, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let offset = sizes[1] as usize; // the third frame starts here
+    bytes[offset + 40] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    match read_all(&dir, opts(true, false)) {
+        Err(JournalError::Corrupt {
+            path: p,
+            offset: o,
+            reason,
+        }) => {
+            assert_eq!(p, path);
+            assert_eq!(o, offset as u64);
+            assert!(reason.contains("checksum"), "{reason}");
+            let message = JournalError::Corrupt {
+                path: p,
+                offset: o,
+                reason,
+            }
+            .to_string();
+            assert!(
+                message.contains("--repair") && message.contains(&format!("byte {offset}")),
+                "{message}"
+            );
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // Nothing was changed by the failed start.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let (seen, r) = read_all(&dir, opts(true, true)).unwrap();
+    assert_eq!(seen, vec![1, 2]);
+    assert!(r.notes[0].contains("repair"));
+}
+
+#[test]
+fn corruption_in_an_earlier_segment_is_not_a_torn_tail() {
+    let dir = temp_dir("earlier");
+    write(&dir, 12, 600);
+    let segments = list_segments(&dir).unwrap();
+    let first = &segments[0];
+    let len = std::fs::metadata(first).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    assert!(matches!(
+        read_all(&dir, opts(true, false)),
+        Err(JournalError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_segment_torn_while_being_created_is_dropped() {
+    let dir = temp_dir("newseg");
+    write(&dir, 3, 1 << 20);
+    let torn = dir.join(trove_journal::segment::segment_name(4));
+    std::fs::write(&torn, b"TROVEJN").unwrap();
+    let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+    assert_eq!(seen, vec![1, 2, 3]);
+    assert!(!torn.exists());
+    assert!(r.notes[0].contains("removed"), "{:?}", r.notes);
+}
