@@ -7,9 +7,10 @@ use trove_core::state::combine_world_hashes;
 use trove_core::{Game, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
+use crate::journaled::{JournalConfig, recover};
 use crate::metrics::EngineMetrics;
 use crate::per_event::PerEvent;
-use crate::producer::{Inbox, Producer, SubmitError};
+use crate::producer::{Inbox, Origin, Producer, SubmitError};
 use crate::sharded::Sharded;
 
 /// How events are executed.
@@ -64,9 +65,11 @@ pub struct EngineConfig {
     /// Worlds one shard (or, in per-event modes, the engine) holds at most.
     pub worlds_max: usize,
     pub clock: ClockMode,
-    /// Engine time at start, for `ClockMode::Wall` (a restarted engine
-    /// continues from its journal's last time).
+    /// Engine time at start, for `ClockMode::Wall`. A journaled engine
+    /// starts after the last time in its journal if that is later.
     pub clock_base_us: u64,
+    /// Journal applied batches (sharded mode only); `None` runs in memory.
+    pub journal: Option<JournalConfig>,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             worlds_max: 1 << 20,
             clock: ClockMode::Wall,
             clock_base_us: 0,
+            journal: None,
         }
     }
 }
@@ -108,7 +112,14 @@ impl EngineConfig {
         checks
             .iter()
             .find(|(ok, _)| !ok)
-            .map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+            .map_or(Ok(()), |(_, msg)| Err(msg.to_string()))?;
+        if self.journal.is_some() && self.mode != Mode::Sharded {
+            return Err(format!(
+                "the journal runs in sharded mode only, not {}",
+                self.mode.name()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -125,6 +136,9 @@ pub(crate) struct Inner<G: Game> {
     /// after reserving queue space (see `Sharded::submit`).
     pub accepting: AtomicBool,
     pub busy_replies: AtomicU64,
+    /// Ids for `Engine::producer`; producers that name themselves bring
+    /// their own.
+    pub next_producer_id: AtomicU64,
     pub backend: Backend<G>,
 }
 
@@ -143,11 +157,12 @@ impl<G: Game> Inner<G> {
         &self,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
+        origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let result = match &self.backend {
-            Backend::Sharded(s) => s.submit(self, inbox, ticket, events),
-            Backend::PerEvent(p) => p.submit(self, inbox, ticket, events),
+            Backend::Sharded(s) => s.submit(self, inbox, ticket, origin, events),
+            Backend::PerEvent(p) => p.submit(self, inbox, ticket, origin, events),
         };
         if result == Err(SubmitError::Busy) {
             self.busy_replies.fetch_add(1, Ordering::Relaxed);
@@ -179,11 +194,29 @@ pub struct FinalState {
 }
 
 impl<G: Game> Engine<G> {
+    /// Starts an engine; recovery progress and repairs are logged to stderr.
     pub fn start(config: EngineConfig) -> Result<Self, String> {
+        Self::start_logged(config, &mut |line| eprintln!("trove: {line}"))
+    }
+
+    /// Starts an engine: recovers its state from the journal, if it has
+    /// one, then starts the shards. `log` gets one line per repair and
+    /// progress lines during a long replay.
+    pub fn start_logged(config: EngineConfig, log: &mut dyn FnMut(String)) -> Result<Self, String> {
         config.validate()?;
-        let clock = EngineClock::new(config.clock_base_us);
+        let recovered = match &config.journal {
+            Some(j) => Some(recover::<G>(j, config.shards, config.worlds_max, log)?),
+            None => None,
+        };
+        let journal_time_us = recovered
+            .iter()
+            .flatten()
+            .map(|r| r.last_time_us + 1)
+            .max()
+            .unwrap_or(0);
+        let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let backend = match config.mode {
-            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock)?),
+            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered)?),
             Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => Backend::PerEvent(PerEvent::start(&config)?),
         };
         Ok(Self {
@@ -192,6 +225,7 @@ impl<G: Game> Engine<G> {
                 clock,
                 accepting: AtomicBool::new(true),
                 busy_replies: AtomicU64::new(0),
+                next_producer_id: AtomicU64::new(1),
                 backend,
             }),
         })
@@ -201,9 +235,17 @@ impl<G: Game> Engine<G> {
         &self.inner.config
     }
 
-    /// A new producer handle.
+    /// A new producer handle with an id of its own (unique within this
+    /// engine process) and sequence numbers from 1.
     pub fn producer(&self) -> Producer<G> {
-        Producer::new(self.inner.clone())
+        let id = self.inner.next_producer_id.fetch_add(1, Ordering::Relaxed);
+        Producer::new(self.inner.clone(), id, 1)
+    }
+
+    /// A producer handle for a producer that names itself (a game server
+    /// reconnecting, say), continuing from `next_seq`.
+    pub fn producer_with_id(&self, id: u64, next_seq: u64) -> Producer<G> {
+        Producer::new(self.inner.clone(), id, next_seq)
     }
 
     /// A snapshot of every shard's metrics; never stops a shard.

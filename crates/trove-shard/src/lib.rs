@@ -10,6 +10,9 @@
 //! - [`sharded`]: the default mode. N named threads, each owning the worlds
 //!   that hash to it; bounded admission; a shard drains what is queued,
 //!   stamps it, applies it as one batch and hands outcomes back per batch.
+//! - [`journaled`]: recovery from the journal at start, and the journal
+//!   thread per shard that releases acknowledgements only when the fsync
+//!   policy's durability point is reached.
 //! - [`per_event`]: the two baseline modes the engine exists to beat: a
 //!   tokio task per event awaiting its world's async mutex and the hand-off
 //!   of its outcome, and a `spawn_blocking` per event.
@@ -22,6 +25,7 @@
 
 pub mod clock;
 pub mod engine;
+pub mod journaled;
 pub mod metrics;
 pub mod per_event;
 pub mod producer;
@@ -29,5 +33,7 @@ pub mod sharded;
 
 pub use clock::ClockMode;
 pub use engine::{Engine, EngineConfig, FinalState, Mode};
+pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Producer, SubmitError};
+pub use trove_journal::FsyncPolicy;

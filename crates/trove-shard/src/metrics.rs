@@ -98,6 +98,12 @@ pub struct ShardMetrics {
     pub apply_ns: Log2Histogram,
     /// Rejections by the game's reason index.
     pub rejections: Vec<AtomicU64>,
+    /// Bytes the journal thread wrote.
+    pub journal_bytes: AtomicU64,
+    /// `fdatasync` calls that had something to sync.
+    pub fsyncs: AtomicU64,
+    /// Nanoseconds per `fdatasync`.
+    pub fsync_ns: Log2Histogram,
 }
 
 impl ShardMetrics {
@@ -114,6 +120,9 @@ impl ShardMetrics {
             batch_events: Log2Histogram::default(),
             apply_ns: Log2Histogram::default(),
             rejections: (0..rejection_reasons).map(|_| AtomicU64::new(0)).collect(),
+            journal_bytes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            fsync_ns: Log2Histogram::default(),
         }
     }
 
@@ -134,6 +143,9 @@ impl ShardMetrics {
                 .zip(&self.rejections)
                 .map(|(n, c)| (*n, c.load(Relaxed)))
                 .collect(),
+            journal_bytes: self.journal_bytes.load(Relaxed),
+            fsyncs: self.fsyncs.load(Relaxed),
+            fsync_ns: self.fsync_ns.snapshot(),
         }
     }
 }
@@ -152,6 +164,9 @@ pub struct ShardMetricsSnapshot {
     pub batch_events: HistogramSnapshot,
     pub apply_ns: HistogramSnapshot,
     pub rejections: Vec<(&'static str, u64)>,
+    pub journal_bytes: u64,
+    pub fsyncs: u64,
+    pub fsync_ns: HistogramSnapshot,
 }
 
 impl ShardMetricsSnapshot {

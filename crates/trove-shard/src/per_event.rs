@@ -31,7 +31,7 @@ use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Inner, Mode};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
-use crate::producer::{Inbox, Part, SubmitError};
+use crate::producer::{Inbox, Origin, Part, SubmitError};
 
 const STRIPES: usize = 64;
 const WRITER_QUEUE: usize = 4096;
@@ -165,6 +165,7 @@ impl<G: Game> PerEvent<G> {
         inner: &Inner<G>,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
+        _origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = events.len();

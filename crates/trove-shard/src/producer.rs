@@ -20,6 +20,14 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// Who sent a batch: the producer and the sequence number of its first
+/// event (the others follow consecutively, in submission order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub producer: u64,
+    pub first_seq: u64,
+}
+
 /// The outcomes of part of a submitted batch, from one shard.
 #[derive(Debug)]
 pub(crate) struct Part<G: Game> {
@@ -97,6 +105,10 @@ struct Pending<G: Game> {
 pub struct Producer<G: Game> {
     engine: Arc<Inner<G>>,
     inbox: Arc<Inbox<G>>,
+    /// Journaled with every event, with its sequence number.
+    id: u64,
+    /// Sequence number of the next event submitted.
+    next_seq: u64,
     next_ticket: u64,
     pending: VecDeque<Pending<G>>,
     /// Parts taken from the inbox, by ticket offset from the front.
@@ -104,14 +116,26 @@ pub struct Producer<G: Game> {
 }
 
 impl<G: Game> Producer<G> {
-    pub(crate) fn new(engine: Arc<Inner<G>>) -> Self {
+    pub(crate) fn new(engine: Arc<Inner<G>>, id: u64, next_seq: u64) -> Self {
         Self {
             engine,
             inbox: Arc::new(Inbox::new()),
+            id,
+            next_seq,
             next_ticket: 0,
             pending: VecDeque::new(),
             scratch: Vec::new(),
         }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The sequence number the next submitted event gets; a batch's events
+    /// get consecutive numbers.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Queues a batch; returns its ticket. All or nothing: on success the
@@ -125,8 +149,13 @@ impl<G: Game> Producer<G> {
         }
         let ticket = self.next_ticket;
         let len = events.len();
-        let layout = self.engine.submit(&self.inbox, ticket, events)?;
+        let origin = Origin {
+            producer: self.id,
+            first_seq: self.next_seq,
+        };
+        let layout = self.engine.submit(&self.inbox, ticket, origin, events)?;
         self.next_ticket += 1;
+        self.next_seq += len as u64;
         let parts = layout.len();
         self.pending.push_back(Pending {
             ticket,

@@ -28,8 +28,9 @@ use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Inner};
+use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
-use crate::producer::{Inbox, Part, SubmitError};
+use crate::producer::{Inbox, Origin, Part, SubmitError};
 
 /// The shard that owns `world` among `shards`.
 #[inline]
@@ -53,6 +54,10 @@ struct Work<G: Game> {
     inbox: Arc<Inbox<G>>,
     ticket: u64,
     part: u32,
+    origin: Origin,
+    /// The part's positions in its batch, for the journal's sequence
+    /// numbers; `None` for a whole batch (or when nothing is journaled).
+    positions: Option<Arc<Vec<u32>>>,
     events: Vec<Stamped<G::Event>>,
 }
 
@@ -66,22 +71,46 @@ struct Shard<G: Game> {
 
 pub(crate) struct Sharded<G: Game> {
     shards: Vec<Shard<G>>,
+    journaled: bool,
 }
 
 impl<G: Game> Sharded<G> {
-    pub fn start(config: &EngineConfig, clock: EngineClock) -> Result<Self, String> {
+    /// Starts the shard threads, with the states and journal writers
+    /// recovered from a journal if there is one.
+    pub fn start(
+        config: &EngineConfig,
+        clock: EngineClock,
+        recovered: Option<Vec<RecoveredShard<G>>>,
+    ) -> Result<Self, String> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let journaled = recovered.is_some();
+        let mut recovered = recovered.map(Vec::into_iter);
         let mut shards = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
             let (tx, rx) = std::sync::mpsc::channel();
             let queued = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
+            let (state, journal) = match recovered.as_mut().and_then(Iterator::next) {
+                Some(r) => {
+                    let policy = config.journal.as_ref().expect("journal config").fsync;
+                    let (jtx, jrx) = std::sync::mpsc::channel();
+                    let m = metrics.clone();
+                    let writer = r.writer;
+                    let thread = std::thread::Builder::new()
+                        .name(format!("trove-journal-{index}"))
+                        .spawn(move || run_journal::<G>(jrx, writer, policy, m))
+                        .map_err(|e| format!("starting journal thread {index}: {e}"))?;
+                    (r.state, Some((jtx, thread)))
+                }
+                None => (GameState::new(config.worlds_max), None),
+            };
             let run = ShardLoop::<G> {
                 rx,
                 queued: queued.clone(),
                 metrics: metrics.clone(),
-                state: GameState::new(config.worlds_max),
+                state,
+                journal,
                 drain_events_max: config.drain_events_max,
                 clock_mode: config.clock,
                 clock,
@@ -102,7 +131,7 @@ impl<G: Game> Sharded<G> {
                 thread: Mutex::new(Some(thread)),
             });
         }
-        Ok(Self { shards })
+        Ok(Self { shards, journaled })
     }
 
     pub fn submit(
@@ -110,6 +139,7 @@ impl<G: Game> Sharded<G> {
         inner: &Inner<G>,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
+        origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = self.shards.len();
@@ -168,14 +198,18 @@ impl<G: Game> Sharded<G> {
                 .map(|(s, (e, p))| ((s, e), p))
                 .unzip()
         };
+        let split = layout.len() > 1;
         for (part, (s, events)) in parts.into_iter().enumerate() {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
+            let positions = (self.journaled && split).then(|| Arc::new(layout[part].clone()));
             let work = Work {
                 inbox: inbox.clone(),
                 ticket,
                 part: part as u32,
+                origin,
+                positions,
                 events,
             };
             // The receiver lives until every reservation is drained.
@@ -215,6 +249,9 @@ struct ShardLoop<G: Game> {
     queued: Arc<AtomicUsize>,
     metrics: Arc<ShardMetrics>,
     state: GameState<G>,
+    /// The journal thread, if the engine journals: applied batches go
+    /// there, and their acknowledgements with them.
+    journal: Option<(Sender<JournalJob<G>>, JoinHandle<()>)>,
     drain_events_max: usize,
     clock_mode: ClockMode,
     clock: EngineClock,
@@ -290,10 +327,13 @@ impl<G: Game> ShardLoop<G> {
                 }
             }
 
-            // Hand each part its outcomes and broadcasts.
+            // Each part's outcomes and broadcasts: to its producer now, or,
+            // when journaling, once the journal has made the batch durable.
             let mut offset = 0;
             let mut next_broadcast = 0;
             let parts = work.len() as u64;
+            let mut deliveries = Vec::with_capacity(if self.journal.is_some() { work.len() } else { 0 });
+            let mut sources = Vec::with_capacity(deliveries.capacity());
             for w in work.drain(..) {
                 let end = offset + w.events.len();
                 let outcomes = out.direct[offset..end].to_vec();
@@ -307,16 +347,42 @@ impl<G: Game> ShardLoop<G> {
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
-                w.inbox.deliver(Part {
+                let part = Part {
                     ticket: w.ticket,
                     part: w.part,
                     outcomes,
                     broadcasts,
-                });
+                };
+                if self.journal.is_some() {
+                    sources.push(Source {
+                        origin: w.origin,
+                        positions: w.positions,
+                        len: w.events.len(),
+                    });
+                    deliveries.push((w.inbox, part));
+                } else {
+                    w.inbox.deliver(part);
+                }
                 offset = end;
             }
             out.clear();
-            batch.clear();
+            match &self.journal {
+                Some((journal, _)) => {
+                    let events = std::mem::replace(&mut batch, Vec::with_capacity(events));
+                    // The journal thread outlives the shard loop.
+                    if journal
+                        .send(JournalJob {
+                            events,
+                            sources,
+                            deliveries,
+                        })
+                        .is_err()
+                    {
+                        unreachable!("journal thread gone while its shard runs");
+                    }
+                }
+                None => batch.clear(),
+            }
 
             let m = &self.metrics;
             m.events_applied.fetch_add(events as u64, Relaxed);
@@ -329,6 +395,12 @@ impl<G: Game> ShardLoop<G> {
                 }
             }
             m.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
+        }
+        if let Some((journal, thread)) = self.journal.take() {
+            drop(journal);
+            // Everything written, synced and acknowledged before shutdown
+            // returns.
+            thread.join().expect("journal thread panicked");
         }
         self.state.world_hashes()
     }

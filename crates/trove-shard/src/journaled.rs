@@ -1,0 +1,330 @@
+//! The sharded mode's journal: recovery at start, and one writer thread per
+//! shard that makes batches durable and only then releases their
+//! acknowledgements.
+//!
+//! The shard applies a batch, then hands it (events, their origins, and the
+//! outcome parts waiting for acknowledgement) to its journal thread and goes
+//! on with the next batch: applying overlaps writing and syncing. The
+//! journal thread writes whatever has queued up with one `write` (group
+//! commit) and releases acknowledgements when the fsync policy says the
+//! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
+//! after the next periodic `fdatasync`, `never` after the `write`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use trove_core::{Game, GameState, Outcomes, Record, Stamped};
+use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, recover_shard, shard_dir};
+
+use crate::metrics::ShardMetrics;
+use crate::producer::{Inbox, Origin, Part};
+
+/// Where and how the engine journals.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes_max: u64,
+    /// Truncate the journal at corruption in the middle instead of refusing
+    /// to start (everything after the damage is lost).
+    pub repair: bool,
+}
+
+impl JournalConfig {
+    pub fn new(dir: impl Into<PathBuf>, fsync: FsyncPolicy) -> Self {
+        Self {
+            dir: dir.into(),
+            fsync,
+            segment_bytes_max: 256 << 20,
+            repair: false,
+        }
+    }
+}
+
+/// The events of one drained batch that came from one producer batch part.
+pub(crate) struct Source {
+    pub origin: Origin,
+    /// Positions of these events in the producer's batch (their sequence
+    /// offsets); `None` when the part is the whole batch, in order.
+    pub positions: Option<Arc<Vec<u32>>>,
+    pub len: usize,
+}
+
+/// A batch the shard applied, on its way to disk.
+pub(crate) struct JournalJob<G: Game> {
+    pub events: Vec<Stamped<G::Event>>,
+    pub sources: Vec<Source>,
+    /// Acknowledgements to release once the batch is durable.
+    pub deliveries: Vec<(Arc<Inbox<G>>, Part<G>)>,
+}
+
+/// What start-up recovered for one shard.
+pub(crate) struct RecoveredShard<G: Game> {
+    pub state: GameState<G>,
+    pub writer: JournalWriter,
+    pub last_time_us: u64,
+}
+
+const META_FILE: &str = "trove.meta";
+
+/// Checks (or writes, for a new data directory) what the journal was made
+/// with: the game, its record size and the shard count, which decides
+/// which shard owns which world and so cannot change under a journal.
+fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
+    let want = format!(
+        "format=1\ngame={}\nrecord_size={}\nshards={shards}\n",
+        G::NAME,
+        G::Event::SIZE
+    );
+    let path = dir.join(META_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == want => Ok(()),
+        Ok(found) => Err(format!(
+            "{} was written by an engine with other settings:\n{found}this engine has:\n{want}(the shard count of a \
+             data directory cannot change)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let tmp = dir.join(format!("{META_FILE}.tmp"));
+            std::fs::write(&tmp, &want).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("syncing {}: {e}", dir.display()))
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Rebuilds every shard's state from its journal and opens it for
+/// appending. `log` gets one line per repair and progress on long replays.
+pub(crate) fn recover<G: Game>(
+    journal: &JournalConfig,
+    shards: usize,
+    worlds_max: usize,
+    log: &mut dyn FnMut(String),
+) -> Result<Vec<RecoveredShard<G>>, String> {
+    check_meta::<G>(&journal.dir, shards)?;
+    let mut recovered = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let dir = shard_dir(&journal.dir, index);
+        let mut state = GameState::<G>::new(worlds_max);
+        let mut out = Outcomes::default();
+        let mut stamped = Vec::new();
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let options = RecoverOptions {
+            truncate_torn_tail: true,
+            repair: journal.repair,
+            segment_bytes_max: journal.segment_bytes_max,
+        };
+        let r = recover_shard::<G::Event>(&dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
+            stamped.clear();
+            stamped.extend(entries.iter().map(|e| e.stamped));
+            state.apply(&stamped, &mut out);
+            out.clear();
+            if last_report.elapsed().as_secs() >= 1 {
+                log(format!(
+                    "shard {index}: replayed through batch {batch}, {} events",
+                    state.events_applied()
+                ));
+                last_report = Instant::now();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        for note in r.notes {
+            log(format!("shard {index}: {note}"));
+        }
+        if r.batches > 0 {
+            log(format!(
+                "shard {index}: replayed {} batches, {} events from {} segments in {:.2} s",
+                r.batches,
+                r.events,
+                r.segments,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let writer = JournalWriter::open(
+            &dir,
+            index as u32,
+            G::Event::SIZE as u32,
+            r.next_batch,
+            r.tail,
+            journal.segment_bytes_max,
+        )
+        .map_err(|e| format!("opening the journal of shard {index} in {}: {e}", dir.display()))?;
+        recovered.push(RecoveredShard {
+            state,
+            writer,
+            last_time_us: r.last_time_us,
+        });
+    }
+    Ok(recovered)
+}
+
+/// The journal thread of one shard. Returns when the shard hangs up, after
+/// writing, syncing and acknowledging everything it was given.
+pub(crate) fn run_journal<G: Game>(
+    rx: Receiver<JournalJob<G>>,
+    mut writer: JournalWriter,
+    policy: FsyncPolicy,
+    metrics: Arc<ShardMetrics>,
+) {
+    let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
+    let mut jobs = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut closing = false;
+    while !closing {
+        let received = match policy {
+            FsyncPolicy::Interval(every) if !waiting.is_empty() => {
+                let due = (last_sync + every).saturating_duration_since(Instant::now());
+                rx.recv_timeout(due)
+            }
+            _ => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(job) => jobs.push(job),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => closing = true,
+        }
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        for job in jobs.drain(..) {
+            writer.append(entries::<G>(&job));
+            waiting.extend(job.deliveries);
+        }
+        // Fail-stop: if the disk refuses a write or a sync, nothing more can
+        // be promised, so the journal thread stops here and no further
+        // acknowledgement is released.
+        let written = writer
+            .flush()
+            .expect("journal write failed; no further acknowledgements");
+        metrics.journal_bytes.fetch_add(written, Relaxed);
+        let sync_now = match policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => closing || last_sync.elapsed() >= every,
+            FsyncPolicy::Never => closing,
+        };
+        if sync_now {
+            let started = Instant::now();
+            if writer
+                .sync()
+                .expect("journal fdatasync failed; no further acknowledgements")
+            {
+                metrics.fsync_ns.record(started.elapsed().as_nanos() as u64);
+                metrics.fsyncs.fetch_add(1, Relaxed);
+            }
+            last_sync = Instant::now();
+        }
+        if sync_now || policy == FsyncPolicy::Never {
+            for (inbox, part) in waiting.drain(..) {
+                inbox.deliver(part);
+            }
+        }
+    }
+}
+
+/// A job's journal entries, in apply order (one allocation per batch, on
+/// the journal thread).
+fn entries<G: Game>(job: &JournalJob<G>) -> std::vec::IntoIter<Entry<G::Event>> {
+    let mut origins = job.sources.iter().flat_map(|s| {
+        (0..s.len).map(move |k| {
+            let offset = s.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]));
+            (s.origin.producer, s.origin.first_seq + offset)
+        })
+    });
+    let entries: Vec<_> = job
+        .events
+        .iter()
+        .map(|stamped| {
+            let (producer, producer_seq) = origins.next().expect("one origin per event");
+            Entry {
+                producer,
+                producer_seq,
+                stamped: *stamped,
+            }
+        })
+        .collect();
+    debug_assert!(origins.next().is_none(), "one event per origin");
+    entries.into_iter()
+}
+
+/// What an offline replay rebuilt.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    pub shards: usize,
+    pub batches: u64,
+    pub events: u64,
+    /// Per-world hashes, ascending by world id.
+    pub world_hashes: Vec<(trove_core::WorldId, u64)>,
+    /// Equal to the running engine's `FinalState::state_hash` for the same
+    /// journal.
+    pub state_hash: u64,
+    /// Anything odd found (a torn tail is reported, not repaired).
+    pub notes: Vec<String>,
+}
+
+/// The shard count recorded in a data directory's meta file.
+pub fn recorded_shards(dir: &Path) -> Result<usize, String> {
+    let path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("shards="))
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| (1..=1024).contains(&n))
+        .ok_or_else(|| format!("{} names no valid shard count", path.display()))
+}
+
+/// Rebuilds the state from a data directory's journal without changing any
+/// file, calling `each` with every journaled batch (for inspection tools).
+pub fn replay<G: Game>(dir: &Path, mut each: impl FnMut(usize, u64, &[Entry<G::Event>])) -> Result<Replayed, String> {
+    let shards = recorded_shards(dir)?;
+    let want_game = format!("game={}\n", G::NAME);
+    let meta = std::fs::read_to_string(dir.join(META_FILE)).unwrap_or_default();
+    if !meta.contains(&want_game) {
+        return Err(format!("{} holds no {} journal", dir.display(), G::NAME));
+    }
+    let mut r = Replayed {
+        shards,
+        batches: 0,
+        events: 0,
+        world_hashes: Vec::new(),
+        state_hash: 0,
+        notes: Vec::new(),
+    };
+    for index in 0..shards {
+        let mut state = GameState::<G>::new(usize::MAX);
+        let mut out = Outcomes::default();
+        let mut stamped = Vec::new();
+        let options = RecoverOptions {
+            truncate_torn_tail: false,
+            repair: false,
+            segment_bytes_max: u64::MAX / 4,
+        };
+        let rec = recover_shard::<G::Event>(&shard_dir(dir, index), index as u32, options, |batch, entries| {
+            each(index, batch, entries);
+            stamped.clear();
+            stamped.extend(entries.iter().map(|e| e.stamped));
+            state.apply(&stamped, &mut out);
+            out.clear();
+        })
+        .map_err(|e| e.to_string())?;
+        r.batches += rec.batches;
+        r.events += rec.events;
+        r.notes
+            .extend(rec.notes.into_iter().map(|n| format!("shard {index}: {n}")));
+        r.world_hashes.extend(state.world_hashes());
+    }
+    r.state_hash = trove_core::state::combine_world_hashes(r.world_hashes.clone());
+    r.world_hashes.sort_unstable_by_key(|&(id, _)| id);
+    Ok(r)
+}

@@ -1,0 +1,166 @@
+//! The journaled engine: acknowledgements only for what the journal holds,
+//! restart rebuilds the same state, replay agrees with the engine.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use trove_core::Stamped;
+use trove_hunt::{HuntEvent, TreasureHunt};
+use trove_journal::{RecoverOptions, recover_shard, shard_dir};
+use trove_shard::journaled::replay;
+use trove_shard::{ClockMode, Engine, EngineConfig, FsyncPolicy, JournalConfig, SubmitError};
+use trove_workload::{Clock, Generator, WorkloadSpec};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trove-engine-journal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(dir: &Path, fsync: FsyncPolicy, shards: usize) -> EngineConfig {
+    EngineConfig {
+        shards,
+        clock: ClockMode::Wall,
+        journal: Some(JournalConfig {
+            segment_bytes_max: 64 << 10,
+            ..JournalConfig::new(dir, fsync)
+        }),
+        ..EngineConfig::default()
+    }
+}
+
+fn spec() -> WorkloadSpec {
+    WorkloadSpec {
+        hunts: 8,
+        players_per_hunt: 40,
+        map_width: 32,
+        map_height: 32,
+        treasures_per_round: 30,
+        ..WorkloadSpec::standard()
+    }
+}
+
+fn events(seed_part: u32, n: usize) -> Vec<Stamped<HuntEvent>> {
+    let mut g = Generator::partition(&spec(), seed_part, 2);
+    let mut clock = Clock::new(1_000_000);
+    let mut e = clock.stamp(g.setup());
+    g.fill(&mut clock, n, &mut e);
+    e
+}
+
+/// (producer, seq) of every journaled event, read from the files.
+fn journaled(dir: &Path, shards: usize) -> HashSet<(u64, u64)> {
+    let mut seen = HashSet::new();
+    for i in 0..shards {
+        let opts = RecoverOptions {
+            truncate_torn_tail: false,
+            repair: false,
+            segment_bytes_max: 1 << 30,
+        };
+        recover_shard::<HuntEvent>(&shard_dir(dir, i), i as u32, opts, |_, entries| {
+            seen.extend(entries.iter().map(|e| (e.producer, e.producer_seq)));
+        })
+        .unwrap();
+    }
+    seen
+}
+
+#[test]
+fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
+    for (name, policy) in [
+        ("always", FsyncPolicy::Always),
+        ("interval", FsyncPolicy::Interval(Duration::from_millis(5))),
+        ("never", FsyncPolicy::Never),
+    ] {
+        let dir = temp_dir(name);
+        let engine = Engine::<TreasureHunt>::start(config(&dir, policy, 2)).unwrap();
+        let mut p = engine.producer();
+        let stream = events(0, 3000);
+        let mut acked = Vec::new();
+        for chunk in stream.chunks(200) {
+            let first = p.next_seq();
+            let mut batch = chunk.to_vec();
+            while p.submit(&mut batch) == Err(SubmitError::Busy) {
+                std::thread::yield_now();
+            }
+            let c = p.complete_timeout(Duration::from_secs(10)).expect("acknowledged");
+            assert_eq!(c.outcomes.len(), chunk.len());
+            acked.extend((first..first + chunk.len() as u64).map(|seq| (p.id(), seq)));
+            // The moment it is acknowledged, the journal on disk holds it.
+            let on_disk = journaled(&dir, 2);
+            for a in &acked[acked.len() - chunk.len()..] {
+                assert!(on_disk.contains(a), "{name}: acknowledged {a:?} is not in the journal");
+            }
+        }
+        let m = engine.metrics();
+        let synced: u64 = m.shards.iter().map(|s| s.fsyncs).sum();
+        let bytes: u64 = m.shards.iter().map(|s| s.journal_bytes).sum();
+        assert!(bytes > 3000 * 56, "{name}: {bytes} journal bytes");
+        match policy {
+            FsyncPolicy::Never => assert_eq!(synced, 0, "never syncs while running"),
+            _ => assert!(synced > 0, "{name}: no fdatasync"),
+        }
+        engine.shutdown();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn restart_rebuilds_the_state_and_replay_agrees() {
+    let dir = temp_dir("restart");
+    let engine =
+        Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Interval(Duration::from_millis(2)), 2)).unwrap();
+    let mut p = engine.producer();
+    for chunk in events(0, 5000).chunks(333) {
+        let mut batch = chunk.to_vec();
+        p.submit(&mut batch).unwrap();
+        p.complete_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let first = engine.shutdown();
+    assert!(first.events_applied > 5000);
+
+    // Offline replay gives the running engine's hash.
+    let replayed = replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap();
+    assert_eq!(replayed.state_hash, first.state_hash);
+    assert_eq!(replayed.events, first.events_applied);
+    assert_eq!(replayed.world_hashes, first.world_hashes);
+
+    // A restarted engine comes back with the same state and goes on.
+    let mut lines = Vec::new();
+    let engine =
+        Engine::<TreasureHunt>::start_logged(config(&dir, FsyncPolicy::Always, 2), &mut |l| lines.push(l)).unwrap();
+    assert!(lines.iter().any(|l| l.contains("replayed")), "{lines:?}");
+    let mut p = engine.producer_with_id(77, 1);
+    let more = events(1, 2000);
+    for chunk in more.chunks(500) {
+        let mut batch = chunk.to_vec();
+        p.submit(&mut batch).unwrap();
+        p.complete_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let second = engine.shutdown();
+    assert_eq!(
+        replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap().state_hash,
+        second.state_hash
+    );
+    assert!(journaled(&dir, 2).contains(&(77, more.len() as u64)));
+
+    // The shard count of a data directory cannot change.
+    let err = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 3)).unwrap_err();
+    assert!(err.contains("shard count"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn journal_requires_the_sharded_mode() {
+    let dir = temp_dir("mode");
+    let cfg = EngineConfig {
+        mode: trove_shard::Mode::TaskPerEvent,
+        ..config(&dir, FsyncPolicy::Always, 1)
+    };
+    assert!(
+        Engine::<TreasureHunt>::start(cfg)
+            .unwrap_err()
+            .contains("sharded mode only")
+    );
+}
