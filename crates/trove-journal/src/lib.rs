@@ -24,7 +24,7 @@ pub mod recover;
 pub mod segment;
 pub mod writer;
 
-pub use format::{Entry, FrameError, SEGMENT_HEADER_BYTES};
+pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};
 pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
 pub use writer::{FsyncPolicy, JournalWriter};
 

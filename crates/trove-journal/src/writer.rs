@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use trove_core::Record;
 
-use crate::format::{Entry, SEGMENT_HEADER_BYTES, SegmentHeader, encode_frame, encode_segment_header};
+use trove_core::Stamped;
+
+use crate::format::{
+    Entry, Run, SEGMENT_HEADER_BYTES, SegmentHeader, encode_entries, encode_frame, encode_segment_header,
+};
 use crate::segment::segment_name;
 
 /// When a written batch counts as durable, and so may be acknowledged.
@@ -111,10 +115,19 @@ impl JournalWriter {
     }
 
     /// Encodes a batch into the write buffer; returns its sequence.
-    pub fn append<E: Record>(&mut self, entries: impl ExactSizeIterator<Item = Entry<E>>) -> u64 {
+    pub fn append<E: Record>(&mut self, runs: &[Run<'_>], events: &[Stamped<E>]) -> u64 {
         debug_assert_eq!(E::SIZE as u32, self.record_size);
         let batch = self.next_batch;
-        encode_frame(batch, entries, &mut self.buf);
+        encode_frame(batch, runs, events, &mut self.buf);
+        self.next_batch += 1;
+        batch
+    }
+
+    /// `append` for a batch held as entries.
+    pub fn append_entries<E: Record>(&mut self, entries: &[Entry<E>]) -> u64 {
+        debug_assert_eq!(E::SIZE as u32, self.record_size);
+        let batch = self.next_batch;
+        encode_entries(batch, entries, &mut self.buf);
         self.next_batch += 1;
         batch
     }

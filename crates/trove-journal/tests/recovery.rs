@@ -32,7 +32,7 @@ fn write(dir: &Path, batches: u64, segment_bytes_max: u64) -> Vec<u64> {
     let mut w = JournalWriter::open(dir, 0, 32, 1, None, segment_bytes_max).unwrap();
     let mut sizes = Vec::new();
     for b in 1..=batches {
-        assert_eq!(w.append(batch(b, 3).into_iter()), b);
+        assert_eq!(w.append_entries(&batch(b, 3)), b);
         w.flush().unwrap();
         w.sync().unwrap();
         sizes.push(
@@ -72,7 +72,7 @@ fn reads_back_what_was_written_across_segments() {
     assert!(r.notes.is_empty());
     // Appending resumes where recovery ended.
     let mut w = JournalWriter::open(&dir, 0, 32, r.next_batch, r.tail, 600).unwrap();
-    w.append(batch(21, 3).into_iter());
+    w.append_entries(&batch(21, 3));
     w.flush().unwrap();
     w.sync().unwrap();
     assert_eq!(read_all(&dir, opts(true, false)).unwrap().0.len(), 21);

@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped};
-use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, recover_shard, shard_dir};
+use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, recover_shard, shard_dir};
 
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
@@ -199,7 +199,17 @@ pub(crate) fn run_journal<G: Game>(
             jobs.push(job);
         }
         for job in jobs.drain(..) {
-            writer.append(entries::<G>(&job));
+            let runs: Vec<Run<'_>> = job
+                .sources
+                .iter()
+                .map(|s| Run {
+                    producer: s.origin.producer,
+                    first_seq: s.origin.first_seq,
+                    len: s.len,
+                    offsets: s.positions.as_deref().map(Vec::as_slice),
+                })
+                .collect();
+            writer.append(&runs, &job.events);
             waiting.extend(job.deliveries);
         }
         // Fail-stop: if the disk refuses a write or a sync, nothing more can
@@ -231,31 +241,6 @@ pub(crate) fn run_journal<G: Game>(
             }
         }
     }
-}
-
-/// A job's journal entries, in apply order (one allocation per batch, on
-/// the journal thread).
-fn entries<G: Game>(job: &JournalJob<G>) -> std::vec::IntoIter<Entry<G::Event>> {
-    let mut origins = job.sources.iter().flat_map(|s| {
-        (0..s.len).map(move |k| {
-            let offset = s.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]));
-            (s.origin.producer, s.origin.first_seq + offset)
-        })
-    });
-    let entries: Vec<_> = job
-        .events
-        .iter()
-        .map(|stamped| {
-            let (producer, producer_seq) = origins.next().expect("one origin per event");
-            Entry {
-                producer,
-                producer_seq,
-                stamped: *stamped,
-            }
-        })
-        .collect();
-    debug_assert!(origins.next().is_none(), "one event per origin");
-    entries.into_iter()
 }
 
 /// What an offline replay rebuilt.

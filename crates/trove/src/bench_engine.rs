@@ -8,14 +8,16 @@
 //! the timer starts; the timer covers submitting, applying and collecting
 //! outcomes. Each producer keeps up to `window` batches in flight.
 
-use std::sync::Barrier;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use trove_core::Stamped;
 use trove_hunt::{HuntEvent, TreasureHunt};
-use trove_shard::{ClockMode, Engine, EngineConfig, Mode, Producer, SubmitError};
+use trove_shard::{ClockMode, Engine, EngineConfig, JournalConfig, Mode, Producer, SubmitError};
 use trove_workload::{Clock, Generator, WorkloadSpec};
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,9 @@ pub struct EngineBenchArgs {
     pub batch_events: usize,
     pub window: usize,
     pub pin_cores: bool,
+    pub clock: ClockMode,
+    pub journal: Option<JournalConfig>,
+    pub ack_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +57,8 @@ pub struct EngineReport {
     /// the producer, per event.
     pub latency_us: LatencyUs,
     pub busy_replies: u64,
+    /// `none`, or the fsync policy of the journal.
+    pub journal: String,
     /// Per shard, over the measured run: busy time over busy plus idle
     /// time. Empty in the per-event modes, which have no shards.
     pub shard_busy_ratio: Vec<f64>,
@@ -94,7 +101,12 @@ fn run_batches(
     batches: Vec<Vec<Stamped<HuntEvent>>>,
     window: usize,
     latency: &mut Option<Histogram<u64>>,
+    ack_log: Option<&Mutex<std::fs::File>>,
 ) -> Result<(), String> {
+    // Batches complete in submission order, so the acknowledged sequence
+    // numbers advance batch by batch from here.
+    let mut acked_next = producer.next_seq();
+    let id = producer.id();
     let mut collect = |producer: &mut Producer<TreasureHunt>, wait: bool| -> Result<(), String> {
         let completed = if wait {
             producer
@@ -111,6 +123,13 @@ fn run_batches(
             h.record_n(us.max(1), completed.outcomes.len() as u64)
                 .map_err(|e| e.to_string())?;
         }
+        let n = completed.outcomes.len() as u64;
+        if let Some(log) = ack_log {
+            let mut f = log.lock().map_err(|_| "ack log lock poisoned")?;
+            writeln!(f, "{id} {} {}", acked_next, acked_next + n - 1)
+                .map_err(|e| format!("writing the ack log: {e}"))?;
+        }
+        acked_next += n;
         Ok(())
     };
     for batch in batches {
@@ -151,11 +170,33 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         shards: args.shards,
         pin_cores: args.pin_cores,
         batch_events_max: args.batch_events,
-        clock: ClockMode::Supplied,
+        clock: args.clock,
         worlds_max: spec.hunts as usize,
+        journal: args.journal.clone(),
         ..EngineConfig::default()
     };
     let engine = Engine::<TreasureHunt>::start(config)?;
+    let ack_log = match &args.ack_log {
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("opening the ack log {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    // Producer ids must not repeat across runs on one journal, or the
+    // journal could not tell their events apart: number them from the
+    // wall clock when journaling.
+    let id_base = if args.journal.is_some() {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64)
+            << 8
+    } else {
+        0
+    };
     let parts = args.producers;
     let per_producer = args.events / u64::from(parts);
     let scripts: Vec<Script> = (0..parts)
@@ -170,15 +211,20 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
     let (seconds, histograms) = std::thread::scope(|scope| -> Result<(f64, Vec<Histogram<u64>>), String> {
         let handles: Vec<_> = scripts
             .into_iter()
-            .map(|s| {
-                let (engine, barrier) = (&engine, &barrier);
+            .zip(0u32..)
+            .map(|(s, part)| {
+                let (engine, barrier, ack_log) = (&engine, &barrier, ack_log.as_ref());
                 scope.spawn(move || -> Result<Histogram<u64>, String> {
-                    let mut producer = engine.producer();
-                    run_batches(&mut producer, s.setup, args.window, &mut None)?;
+                    let mut producer = if id_base == 0 {
+                        engine.producer()
+                    } else {
+                        engine.producer_with_id(id_base + u64::from(part), 1)
+                    };
+                    run_batches(&mut producer, s.setup, args.window, &mut None, ack_log)?;
                     barrier.wait(); // setup done
                     barrier.wait(); // go
                     let mut h = Some(Histogram::new(3).map_err(|e| e.to_string())?);
-                    run_batches(&mut producer, s.measured, args.window, &mut h)?;
+                    run_batches(&mut producer, s.measured, args.window, &mut h, ack_log)?;
                     Ok(h.expect("histogram"))
                 })
             })
@@ -221,6 +267,10 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
             max: latency.max(),
         },
         busy_replies: after.busy_replies - before.busy_replies,
+        journal: args
+            .journal
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |j| j.fsync.to_string()),
         shard_busy_ratio: after
             .shards
             .iter()
@@ -257,8 +307,8 @@ impl std::fmt::Display for EngineReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode {}: {} shards, {} producers, batches of {}, window {}",
-            self.mode, self.shards, self.producers, self.batch_events, self.window_batches
+            "mode {}: {} shards, {} producers, batches of {}, window {}, journal {}",
+            self.mode, self.shards, self.producers, self.batch_events, self.window_batches, self.journal
         )?;
         writeln!(
             f,

@@ -19,6 +19,52 @@ pub enum Command {
     /// Measure the engine.
     #[command(subcommand)]
     Bench(Bench),
+    /// Check and read a data directory's journal.
+    #[command(subcommand)]
+    Journal(Journal),
+    /// Rebuild the state from a journal offline and print its hashes.
+    Replay(Replay),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Journal {
+    /// Check every frame of every segment; report what is there and what is damaged.
+    Verify(JournalVerify),
+    /// Print journaled events readably.
+    Inspect(JournalInspect),
+}
+
+#[derive(Debug, Args)]
+pub struct JournalVerify {
+    /// The data directory.
+    #[arg(long, default_value = "trove-data")]
+    pub data: std::path::PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JournalInspect {
+    /// The data directory.
+    #[arg(long, default_value = "trove-data")]
+    pub data: std::path::PathBuf,
+    /// Only events of this hunt.
+    #[arg(long)]
+    pub hunt: Option<u32>,
+    /// Print at most this many events.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct Replay {
+    /// The data directory.
+    #[arg(long, default_value = "trove-data")]
+    pub data: std::path::PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +98,20 @@ pub struct BenchEngine {
     /// Pin shard threads to cores.
     #[arg(long)]
     pub pin: bool,
+    /// Journal into this data directory (recovering what it holds first).
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// With --data: always, interval=<ms> or never.
+    #[arg(long, default_value = "interval=5")]
+    pub fsync: String,
+    /// Where event times come from: supplied (the workload's virtual clock;
+    /// same input, same hash) or wall (the engine's clock, as in production).
+    #[arg(long, default_value = "supplied")]
+    pub clock: String,
+    /// Append a line `producer first_seq last_seq` for every acknowledged
+    /// batch to this file (crash tests compare it with the journal).
+    #[arg(long)]
+    pub ack_log: Option<std::path::PathBuf>,
     /// A built-in workload name (standard) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,

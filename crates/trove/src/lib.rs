@@ -6,9 +6,11 @@
 //! - [`cli`]: the clap command tree.
 //! - [`bench_apply`]: `trove bench apply`, the single-thread rules benchmark.
 //! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
+//! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
 pub mod bench_apply;
 pub mod bench_engine;
 pub mod cli;
+pub mod journal_cmd;
 pub mod workload_arg;

@@ -2,9 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use trove::bench_engine::{self, EngineBenchArgs};
-use trove::cli::{Bench, Cli, Command};
-use trove::{bench_apply, workload_arg};
-use trove_shard::Mode;
+use trove::cli::{Bench, Cli, Command, Journal};
+use trove::{bench_apply, journal_cmd, workload_arg};
+use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,12 +22,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(Bench::Apply(args)) => {
             let spec = workload_arg::resolve(&args.workload)?;
             let report = bench_apply::run(&spec, args.events, args.batch);
-            if args.json {
-                println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, args.json)
         }
         Command::Bench(Bench::Engine(args)) => {
             let spec = workload_arg::resolve(&args.workload)?;
@@ -40,14 +35,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 batch_events: args.batch as usize,
                 window: args.window as usize,
                 pin_cores: args.pin,
+                clock: match args.clock.as_str() {
+                    "supplied" => ClockMode::Supplied,
+                    "wall" => ClockMode::Wall,
+                    other => return Err(format!("unknown clock `{other}`: expected supplied or wall")),
+                },
+                journal: match &args.data {
+                    Some(dir) => Some(JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>()?)),
+                    None => None,
+                },
+                ack_log: args.ack_log.clone(),
             };
             let report = bench_engine::run(&spec, &bench)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, args.json)
         }
+        Command::Journal(Journal::Verify(args)) => journal_cmd::verify(&args.data, args.json),
+        Command::Journal(Journal::Inspect(args)) => journal_cmd::inspect(&args.data, args.hunt, args.limit),
+        Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
+}
+
+fn print_report<R: serde::Serialize + std::fmt::Display>(report: &R, json: bool) -> Result<(), String> {
+    if json {
+        println!("{}", serde_json::to_string(report).map_err(|e| e.to_string())?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
