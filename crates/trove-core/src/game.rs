@@ -40,19 +40,13 @@ pub struct Outcomes<O, B> {
 
 impl<O, B> Default for Outcomes<O, B> {
     fn default() -> Self {
-        Self {
-            direct: Vec::new(),
-            broadcasts: Vec::new(),
-        }
+        Self { direct: Vec::new(), broadcasts: Vec::new() }
     }
 }
 
 impl<O, B> Outcomes<O, B> {
     pub fn with_capacity(events: usize) -> Self {
-        Self {
-            direct: Vec::with_capacity(events),
-            broadcasts: Vec::new(),
-        }
+        Self { direct: Vec::with_capacity(events), broadcasts: Vec::new() }
     }
 
     pub fn clear(&mut self) {
@@ -65,11 +59,7 @@ impl<O, B> Outcomes<O, B> {
     #[inline]
     pub fn broadcast(&mut self, world: WorldId, body: B) {
         let event_index = self.direct.len() as u32;
-        self.broadcasts.push(Addressed {
-            event_index,
-            world,
-            body,
-        });
+        self.broadcasts.push(Addressed { event_index, world, body });
     }
 }
 
@@ -122,5 +112,58 @@ pub trait Game: Send + 'static {
     /// the first one that fails. Tests call it; it may be slow.
     fn check_world(_world: &Self::World) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Appends a world's whole state to `out`, for snapshots.
+    fn encode_world(world: &Self::World, out: &mut Vec<u8>);
+
+    /// Rebuilds a world from `encode_world`'s bytes. The bytes come from a
+    /// file: check everything, never panic, allocate only what they justify.
+    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Self::World, String>;
+}
+
+/// A bounds-checked little-endian reader for `Game::decode_world`.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.at))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// Fails unless every byte was read.
+    pub fn finish(self) -> Result<(), String> {
+        if self.at == self.bytes.len() { Ok(()) } else { Err(format!("{} bytes left over", self.remaining())) }
     }
 }

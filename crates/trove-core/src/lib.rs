@@ -29,7 +29,7 @@ pub mod rng;
 pub mod state;
 pub mod worlds;
 
-pub use game::{Addressed, Game, Outcomes, Stamped, WorldId};
+pub use game::{Addressed, Game, Outcomes, Reader, Stamped, WorldId};
 pub use hash::StateHasher;
 pub use record::Record;
 pub use rng::SplitMix64;

@@ -16,11 +16,7 @@ pub struct GameState<G: Game> {
 
 impl<G: Game> GameState<G> {
     pub fn new(worlds_max: usize) -> Self {
-        Self {
-            worlds: Worlds::new(worlds_max),
-            time_us: 0,
-            events_applied: 0,
-        }
+        Self { worlds: Worlds::new(worlds_max), time_us: 0, events_applied: 0 }
     }
 
     pub fn worlds(&self) -> &Worlds<G::World> {
@@ -53,6 +49,16 @@ impl<G: Game> GameState<G> {
         assert_eq!(out.direct.len() - direct_before, events.len(), "one outcome per event");
         self.time_us = events.iter().fold(self.time_us, |t, e| t.max(e.time_us));
         self.events_applied += events.len() as u64;
+    }
+
+    /// Puts back a world from a snapshot.
+    pub fn restore_world(&mut self, id: WorldId, world: G::World) -> Result<(), crate::InsertError> {
+        self.worlds.insert(id, world).map(|_| ())
+    }
+
+    /// Puts back the engine time a snapshot recorded.
+    pub fn restore_time(&mut self, time_us: u64) {
+        self.time_us = self.time_us.max(time_us);
     }
 
     /// Stable hash of one world, if it exists.

@@ -41,13 +41,7 @@ pub enum InsertError {
 impl<W> Worlds<W> {
     /// An empty table that will hold at most `worlds_max` worlds.
     pub fn new(worlds_max: usize) -> Self {
-        Self {
-            direct: Vec::new(),
-            index: HashMap::default(),
-            ids: Vec::new(),
-            worlds: Vec::new(),
-            worlds_max,
-        }
+        Self { direct: Vec::new(), index: HashMap::default(), ids: Vec::new(), worlds: Vec::new(), worlds_max }
     }
 
     pub fn len(&self) -> usize {
@@ -122,9 +116,7 @@ impl<W> Worlds<W> {
     pub fn iter_sorted(&self) -> impl Iterator<Item = (WorldId, &W)> {
         let mut order: Vec<u32> = (0..self.worlds.len() as u32).collect();
         order.sort_unstable_by_key(|&i| self.ids[i as usize]);
-        order
-            .into_iter()
-            .map(move |i| (self.ids[i as usize], &self.worlds[i as usize]))
+        order.into_iter().map(move |i| (self.ids[i as usize], &self.worlds[i as usize]))
     }
 }
 

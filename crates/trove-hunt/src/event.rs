@@ -87,29 +87,20 @@ impl HuntConfig {
         if treasures == 0 || treasures > cells / 4 {
             return err(
                 "treasures_per_round",
-                format!(
-                    "{treasures} is not in 1..={} (a quarter of the {cells} cells)",
-                    cells / 4
-                ),
+                format!("{treasures} is not in 1..={} (a quarter of the {cells} cells)", cells / 4),
             );
         }
         if self.value_min == 0 {
             return err("value_min", "must be at least 1".into());
         }
         if self.value_max < self.value_min {
-            return err(
-                "value_max",
-                format!("{} is below value_min {}", self.value_max, self.value_min),
-            );
+            return err("value_max", format!("{} is below value_min {}", self.value_max, self.value_min));
         }
         if self.step_max == 0 {
             return err("step_max", "must be at least 1".into());
         }
         if self.players_max == 0 || self.players_max > PLAYERS_PER_HUNT_MAX {
-            return err(
-                "players_max",
-                format!("{} is not in 1..={PLAYERS_PER_HUNT_MAX}", self.players_max),
-            );
+            return err("players_max", format!("{} is not in 1..={PLAYERS_PER_HUNT_MAX}", self.players_max));
         }
         Ok(())
     }
@@ -127,46 +118,22 @@ pub mod kind {
 
 impl HuntEvent {
     pub fn create(hunt: u32, config: HuntConfig) -> Self {
-        Self {
-            hunt,
-            player: 0,
-            action: Action::Create(config),
-        }
+        Self { hunt, player: 0, action: Action::Create(config) }
     }
     pub fn join(hunt: u32, player: u32) -> Self {
-        Self {
-            hunt,
-            player,
-            action: Action::Join,
-        }
+        Self { hunt, player, action: Action::Join }
     }
     pub fn leave(hunt: u32, player: u32) -> Self {
-        Self {
-            hunt,
-            player,
-            action: Action::Leave,
-        }
+        Self { hunt, player, action: Action::Leave }
     }
     pub fn move_by(hunt: u32, player: u32, dx: i16, dy: i16) -> Self {
-        Self {
-            hunt,
-            player,
-            action: Action::Move { dx, dy },
-        }
+        Self { hunt, player, action: Action::Move { dx, dy } }
     }
     pub fn dig(hunt: u32, player: u32) -> Self {
-        Self {
-            hunt,
-            player,
-            action: Action::Dig,
-        }
+        Self { hunt, player, action: Action::Dig }
     }
     pub fn scan(hunt: u32, player: u32) -> Self {
-        Self {
-            hunt,
-            player,
-            action: Action::Scan,
-        }
+        Self { hunt, player, action: Action::Scan }
     }
 }
 
@@ -240,19 +207,12 @@ impl Record for HuntEvent {
             }),
             kind::JOIN => Action::Join,
             kind::LEAVE => Action::Leave,
-            kind::MOVE => Action::Move {
-                dx: le::i16_at(b, 10),
-                dy: le::i16_at(b, 12),
-            },
+            kind::MOVE => Action::Move { dx: le::i16_at(b, 10), dy: le::i16_at(b, 12) },
             kind::DIG => Action::Dig,
             kind::SCAN => Action::Scan,
             _ => Action::Invalid,
         };
-        Self {
-            hunt: le::u32_at(b, 0),
-            player: le::u32_at(b, 4),
-            action,
-        }
+        Self { hunt: le::u32_at(b, 0), player: le::u32_at(b, 4), action }
     }
 }
 

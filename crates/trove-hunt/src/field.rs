@@ -26,12 +26,7 @@ pub struct Treasure {
     pub claimed: bool,
 }
 
-const EMPTY_SLOT: Treasure = Treasure {
-    x: EMPTY,
-    y: EMPTY,
-    value: 0,
-    claimed: true,
-};
+const EMPTY_SLOT: Treasure = Treasure { x: EMPTY, y: EMPTY, value: 0, claimed: true };
 
 /// The treasures of one round in a uniform grid of 16 x 16-cell buckets.
 ///
@@ -70,12 +65,7 @@ impl TreasureField {
                 continue;
             }
             let value = config.value_min + rng.below(span) as u16;
-            placed.push(Treasure {
-                x: x as u16,
-                y: y as u16,
-                value,
-                claimed: false,
-            });
+            placed.push(Treasure { x: x as u16, y: y as u16, value, claimed: false });
         }
 
         let buckets_x = ((w - 1) >> BUCKET_SHIFT) + 1;
@@ -95,14 +85,7 @@ impl TreasureField {
             slots[b * slots_per_bucket as usize + fill[b] as usize] = t;
             fill[b] += 1;
         }
-        Self {
-            slots,
-            slots_per_bucket,
-            buckets_x,
-            buckets_y,
-            unclaimed: count as u32,
-            claimed_value: 0,
-        }
+        Self { slots, slots_per_bucket, buckets_x, buckets_y, unclaimed: count as u32, claimed_value: 0 }
     }
 
     pub fn unclaimed(&self) -> u32 {
@@ -112,6 +95,19 @@ impl TreasureField {
     /// Sum of the values claimed this round.
     pub fn claimed_value(&self) -> u64 {
         self.claimed_value
+    }
+
+    /// Marks the `i`-th treasure (canonical order) claimed, as a snapshot
+    /// records it; returns false if there is no such unclaimed treasure.
+    pub fn restore_claim(&mut self, i: usize) -> bool {
+        let Some(t) = self.slots.iter_mut().filter(|t| t.x != EMPTY).nth(i) else { return false };
+        if t.claimed {
+            return false;
+        }
+        t.claimed = true;
+        self.unclaimed -= 1;
+        self.claimed_value += u64::from(t.value);
+        true
     }
 
     /// This round's treasures, in canonical (bucket, placement) order.
@@ -217,10 +213,7 @@ impl TreasureField {
         }
         let claimed: u64 = self.treasures().filter(|t| t.claimed).map(|t| u64::from(t.value)).sum();
         if claimed != self.claimed_value {
-            return Err(format!(
-                "claimed value {} but treasures sum to {}",
-                self.claimed_value, claimed
-            ));
+            return Err(format!("claimed value {} but treasures sum to {}", self.claimed_value, claimed));
         }
         let mut cells = HashSet::new();
         for t in self.treasures() {

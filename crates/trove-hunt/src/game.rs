@@ -85,6 +85,14 @@ impl Game for TreasureHunt {
     fn check_world(world: &Hunt) -> Result<(), String> {
         world.check()
     }
+
+    fn encode_world(world: &Hunt, out: &mut Vec<u8>) {
+        world.encode_state(out);
+    }
+
+    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Hunt, String> {
+        Hunt::decode_state(id, bytes)
+    }
 }
 
 /// Step `j` of the batch pipeline (see `LAG`). With `CHECKED` false the
@@ -129,19 +137,11 @@ fn step<const CHECKED: bool>(
         let e = &s.event;
         let slot = resolved[k % RING];
         // A hunt created earlier in the pipeline was not resolved yet.
-        let index = if slot != NO_HUNT {
-            Some(slot as usize)
-        } else {
-            worlds.index_of(e.hunt)
-        };
+        let index = if slot != NO_HUNT { Some(slot as usize) } else { worlds.index_of(e.hunt) };
         let outcome = match (&e.action, index) {
             (Action::Create(config), None) => create(worlds, e.hunt, *config),
-            (Action::Create(_), Some(_)) => HuntOutcome::Rejected {
-                reason: Reject::HuntExists,
-            },
-            (_, None) => HuntOutcome::Rejected {
-                reason: Reject::UnknownHunt,
-            },
+            (Action::Create(_), Some(_)) => HuntOutcome::Rejected { reason: Reject::HuntExists },
+            (_, None) => HuntOutcome::Rejected { reason: Reject::UnknownHunt },
             (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, action, out),
         };
         out.direct.push(outcome);
@@ -150,17 +150,11 @@ fn step<const CHECKED: bool>(
 
 fn create(worlds: &mut Worlds<Hunt>, id: WorldId, config: crate::event::HuntConfig) -> HuntOutcome {
     if config.validate().is_err() {
-        return HuntOutcome::Rejected {
-            reason: Reject::InvalidConfig,
-        };
+        return HuntOutcome::Rejected { reason: Reject::InvalidConfig };
     }
     match worlds.insert(id, Hunt::new(id, config)) {
         Ok(_) => HuntOutcome::Created { round: 1 },
-        Err(InsertError::Exists) => HuntOutcome::Rejected {
-            reason: Reject::HuntExists,
-        },
-        Err(InsertError::Full) => HuntOutcome::Rejected {
-            reason: Reject::TooManyHunts,
-        },
+        Err(InsertError::Exists) => HuntOutcome::Rejected { reason: Reject::HuntExists },
+        Err(InsertError::Full) => HuntOutcome::Rejected { reason: Reject::TooManyHunts },
     }
 }

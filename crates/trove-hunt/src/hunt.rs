@@ -200,9 +200,7 @@ impl Hunt {
             Action::Scan => match self.joined_mut(player) {
                 Some(p) => {
                     let (x, y) = (p.x, p.y);
-                    HuntOutcome::Hint {
-                        band: self.field.scan(x, y),
-                    }
+                    HuntOutcome::Hint { band: self.field.scan(x, y) }
                 }
                 None => reject(Reject::NotJoined),
             },
@@ -226,9 +224,7 @@ impl Hunt {
         let (x, y) = self.spawn(player);
         let p = &mut self.players[index];
         if p.joined() {
-            return HuntOutcome::Rejected {
-                reason: Reject::AlreadyJoined,
-            };
+            return HuntOutcome::Rejected { reason: Reject::AlreadyJoined };
         }
         p.set_joined(true);
         p.x = x;
@@ -241,14 +237,10 @@ impl Hunt {
         let cooldown_us = u64::from(self.config.dig_cooldown_ms) * 1000;
         let round = self.round;
         let Some(p) = self.joined_mut(player) else {
-            return HuntOutcome::Rejected {
-                reason: Reject::NotJoined,
-            };
+            return HuntOutcome::Rejected { reason: Reject::NotJoined };
         };
         if now_us < p.dig_ready_at_us() {
-            return HuntOutcome::Rejected {
-                reason: Reject::OnCooldown,
-            };
+            return HuntOutcome::Rejected { reason: Reject::OnCooldown };
         }
         p.set_dig_ready_at_us(now_us + cooldown_us);
         let (x, y) = (p.x, p.y);
@@ -263,25 +255,10 @@ impl Hunt {
         p.score += u32::from(value);
         let score = p.score;
         self.round_score_total += u64::from(value);
-        assert_eq!(
-            self.round_score_total,
-            self.field.claimed_value(),
-            "scores == claimed value"
-        );
+        assert_eq!(self.round_score_total, self.field.claimed_value(), "scores == claimed value");
 
         let treasures_left = self.field.unclaimed();
-        out.broadcast(
-            self.id,
-            HuntBroadcast::TreasureFound {
-                round,
-                player,
-                x,
-                y,
-                value,
-                score,
-                treasures_left,
-            },
-        );
+        out.broadcast(self.id, HuntBroadcast::TreasureFound { round, player, x, y, value, score, treasures_left });
         if self.top.offer(player, score) {
             out.broadcast(self.id, HuntBroadcast::LeaderboardChanged { round, top: self.top });
         }
@@ -305,14 +282,7 @@ impl Hunt {
     pub fn hash_state(&self, h: &mut StateHasher) {
         let c = &self.config;
         h.u32(self.id);
-        for v in [
-            c.width,
-            c.height,
-            c.treasures_per_round,
-            c.value_min,
-            c.value_max,
-            c.dig_cooldown_ms,
-        ] {
+        for v in [c.width, c.height, c.treasures_per_round, c.value_min, c.value_max, c.dig_cooldown_ms] {
             h.u16(v);
         }
         h.u32(c.seed);
@@ -339,6 +309,122 @@ impl Hunt {
         }
     }
 
+    /// Appends the whole state for a snapshot (format version 1): the create
+    /// record of the config, round, players (the slots that are not
+    /// initial), scorers, which treasures are claimed, and the leaderboard.
+    /// The treasures themselves follow from (seed, round) and are placed
+    /// again on decode.
+    pub fn encode_state(&self, out: &mut Vec<u8>) {
+        let mut record = [0u8; 32];
+        trove_core::Record::encode(&crate::event::HuntEvent::create(self.id, self.config), &mut record);
+        out.push(1); // version
+        out.extend_from_slice(&record);
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out.extend_from_slice(&(self.players.len() as u32).to_le_bytes());
+        let used: Vec<(usize, &Player)> =
+            self.players.iter().enumerate().filter(|(_, p)| **p != Player::default()).collect();
+        out.extend_from_slice(&(used.len() as u32).to_le_bytes());
+        for (i, p) in used {
+            out.extend_from_slice(&(i as u32).to_le_bytes());
+            out.extend_from_slice(&p.x.to_le_bytes());
+            out.extend_from_slice(&p.y.to_le_bytes());
+            out.extend_from_slice(&p.score.to_le_bytes());
+            out.extend_from_slice(&p.state.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.scorers.len() as u32).to_le_bytes());
+        for s in &self.scorers {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        let claimed: Vec<u32> =
+            self.field.treasures().enumerate().filter(|(_, t)| t.claimed).map(|(i, _)| i as u32).collect();
+        out.extend_from_slice(&(claimed.len() as u32).to_le_bytes());
+        for i in claimed {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        let top = self.top.entries();
+        out.push(top.len() as u8);
+        for e in top {
+            out.extend_from_slice(&e.player.to_le_bytes());
+            out.extend_from_slice(&e.score.to_le_bytes());
+        }
+    }
+
+    /// Rebuilds a hunt from `encode_state`'s bytes, checking everything:
+    /// the bytes come from a file.
+    pub fn decode_state(id: WorldId, bytes: &[u8]) -> Result<Self, String> {
+        let mut r = trove_core::Reader::new(bytes);
+        let version = r.u8()?;
+        if version != 1 {
+            return Err(format!("hunt state version {version} is not 1"));
+        }
+        let create = <crate::event::HuntEvent as trove_core::Record>::decode(r.take(32)?);
+        let Action::Create(config) = create.action else { return Err("no hunt config".into()) };
+        config.validate().map_err(|e| format!("hunt config: {e}"))?;
+        if create.hunt != id {
+            return Err(format!("hunt id {} stored under id {id}", create.hunt));
+        }
+        let round = r.u32()?;
+        if round == 0 {
+            return Err("round 0".into());
+        }
+        let mut hunt = Hunt::new(id, config);
+        if round != 1 {
+            hunt.round = round;
+            hunt.field = TreasureField::place(&config, round);
+        }
+        let len = r.u32()? as usize;
+        if len > config.players_max as usize {
+            return Err(format!("{len} player slots above players_max {}", config.players_max));
+        }
+        let used = r.u32()? as usize;
+        if used > len || used.saturating_mul(20) > r.remaining() {
+            return Err(format!("{used} used player slots of {len}"));
+        }
+        hunt.players = vec![Player::default(); len];
+        let mut previous = None;
+        for _ in 0..used {
+            let i = r.u32()? as usize;
+            if i >= len || previous.is_some_and(|p| p >= i) {
+                return Err(format!("player slot {i} out of order or range"));
+            }
+            previous = Some(i);
+            let p = Player { x: r.u16()?, y: r.u16()?, score: r.u32()?, state: r.u64()? };
+            if p.joined() {
+                hunt.players_joined += 1;
+            }
+            hunt.round_score_total += u64::from(p.score);
+            hunt.players[i] = p;
+        }
+        let scorers = r.u32()? as usize;
+        if scorers > usize::from(config.treasures_per_round) {
+            return Err(format!("{scorers} scorers in a round of {} treasures", config.treasures_per_round));
+        }
+        hunt.scorers = (0..scorers).map(|_| r.u32()).collect::<Result<_, _>>()?;
+        let claimed = r.u32()? as usize;
+        if claimed > usize::from(config.treasures_per_round) {
+            return Err(format!("{claimed} claimed treasures of {}", config.treasures_per_round));
+        }
+        for _ in 0..claimed {
+            let i = r.u32()? as usize;
+            if !hunt.field.restore_claim(i) {
+                return Err(format!("treasure {i} cannot be claimed"));
+            }
+        }
+        let top = usize::from(r.u8()?);
+        if top > Top10::CAPACITY {
+            return Err(format!("leaderboard of {top} entries"));
+        }
+        let entries: Vec<Entry> =
+            (0..top).map(|_| Ok(Entry { player: r.u32()?, score: r.u32()? })).collect::<Result<_, String>>()?;
+        // Rebuilt from the stored entries; `check` below compares it with
+        // the board the players' scores give.
+        hunt.top = Top10::from_scores(entries);
+        r.finish()?;
+        // Everything the rules assume, checked from scratch.
+        hunt.check()?;
+        Ok(hunt)
+    }
+
     /// Checks every invariant from scratch (slow; tests call it).
     pub fn check(&self) -> Result<(), String> {
         self.field.check(&self.config)?;
@@ -353,10 +439,7 @@ impl Hunt {
             }
             total += u64::from(p.score);
             if (p.score > 0) != self.scorers.contains(&(i as u32)) {
-                return Err(format!(
-                    "player {i} has score {} but scorers list says otherwise",
-                    p.score
-                ));
+                return Err(format!("player {i} has score {} but scorers list says otherwise", p.score));
             }
         }
         if self.scorers.len() > usize::from(self.config.treasures_per_round) {
@@ -367,10 +450,7 @@ impl Hunt {
             ));
         }
         if joined != self.players_joined {
-            return Err(format!(
-                "{joined} players joined but count says {}",
-                self.players_joined
-            ));
+            return Err(format!("{joined} players joined but count says {}", self.players_joined));
         }
         if total != self.field.claimed_value() || total != self.round_score_total {
             return Err(format!(
@@ -379,10 +459,9 @@ impl Hunt {
                 self.round_score_total
             ));
         }
-        let brute = Top10::from_scores(self.players.iter().enumerate().map(|(i, p)| Entry {
-            player: i as u32,
-            score: p.score,
-        }));
+        let brute = Top10::from_scores(
+            self.players.iter().enumerate().map(|(i, p)| Entry { player: i as u32, score: p.score }),
+        );
         if brute != self.top {
             return Err(format!("leaderboard {:?} but scores give {:?}", self.top, brute));
         }

@@ -119,8 +119,14 @@ pub enum HuntBroadcast {
         treasures_left: u32,
     },
     /// The top-10 of `round` changed; this is the new one.
-    LeaderboardChanged { round: u32, top: Top10 },
+    LeaderboardChanged {
+        round: u32,
+        top: Top10,
+    },
     /// The last treasure of `round` was claimed. `top` is the final top-10;
     /// round `round + 1` has been placed and starts with all scores at 0.
-    RoundFinished { round: u32, top: Top10 },
+    RoundFinished {
+        round: u32,
+        top: Top10,
+    },
 }

@@ -41,14 +41,8 @@ fn history() -> impl Strategy<Value = Vec<Stamped<HuntEvent>>> {
     proptest::collection::vec((event(), 0u64..1500), 1..600).prop_map(|v| {
         let mut now = 0;
         let mut out = vec![
-            Stamped {
-                time_us: 0,
-                event: HuntEvent::create(0, config(1)),
-            },
-            Stamped {
-                time_us: 0,
-                event: HuntEvent::create(1, config(2)),
-            },
+            Stamped { time_us: 0, event: HuntEvent::create(0, config(1)) },
+            Stamped { time_us: 0, event: HuntEvent::create(1, config(2)) },
         ];
         for (event, dt) in v {
             now += dt;
@@ -126,14 +120,8 @@ fn different_histories_hash_differently() {
     let mut a = HuntState::new(4);
     let mut b = HuntState::new(4);
     let mut out = Outcomes::default();
-    a.apply(
-        &[e(HuntEvent::create(0, config(1))), e(HuntEvent::join(0, 1))],
-        &mut out,
-    );
-    b.apply(
-        &[e(HuntEvent::create(0, config(1))), e(HuntEvent::join(0, 2))],
-        &mut out,
-    );
+    a.apply(&[e(HuntEvent::create(0, config(1))), e(HuntEvent::join(0, 1))], &mut out);
+    b.apply(&[e(HuntEvent::create(0, config(1))), e(HuntEvent::join(0, 2))], &mut out);
     assert_ne!(a.state_hash(), b.state_hash());
 }
 

@@ -28,27 +28,14 @@ struct Table {
 
 impl Table {
     fn new(config: HuntConfig) -> Self {
-        let mut t = Table {
-            state: HuntState::new(16),
-            out: Outcomes::default(),
-            now_us: 0,
-        };
-        assert_eq!(
-            t.send(HuntEvent::create(HUNT, config)),
-            HuntOutcome::Created { round: 1 }
-        );
+        let mut t = Table { state: HuntState::new(16), out: Outcomes::default(), now_us: 0 };
+        assert_eq!(t.send(HuntEvent::create(HUNT, config)), HuntOutcome::Created { round: 1 });
         t
     }
 
     fn send(&mut self, event: HuntEvent) -> HuntOutcome {
         self.out.clear();
-        self.state.apply(
-            &[Stamped {
-                time_us: self.now_us,
-                event,
-            }],
-            &mut self.out,
-        );
+        self.state.apply(&[Stamped { time_us: self.now_us, event }], &mut self.out);
         self.state.check().unwrap();
         self.out.direct[0]
     }
@@ -69,10 +56,7 @@ impl Table {
         let p = *self.hunt().player(player).unwrap();
         let dx = i16::try_from(i32::from(x) - i32::from(p.x)).unwrap();
         let dy = i16::try_from(i32::from(y) - i32::from(p.y)).unwrap();
-        assert_eq!(
-            self.send(HuntEvent::move_by(HUNT, player, dx, dy)),
-            HuntOutcome::Moved { x, y }
-        );
+        assert_eq!(self.send(HuntEvent::move_by(HUNT, player, dx, dy)), HuntOutcome::Moved { x, y });
     }
 
     fn advance_ms(&mut self, ms: u64) {
@@ -80,12 +64,7 @@ impl Table {
     }
 
     fn unclaimed_treasures(&self) -> Vec<(u16, u16, u16)> {
-        self.hunt()
-            .field()
-            .treasures()
-            .filter(|t| !t.claimed)
-            .map(|t| (t.x, t.y, t.value))
-            .collect()
+        self.hunt().field().treasures().filter(|t| !t.claimed).map(|t| (t.x, t.y, t.value)).collect()
     }
 }
 
@@ -108,23 +87,13 @@ fn too_many_hunts() {
     let events =
         [HuntEvent::create(1, config()), HuntEvent::create(2, config())].map(|event| Stamped { time_us: 0, event });
     state.apply(&events, &mut out);
-    assert_eq!(
-        out.direct[1],
-        HuntOutcome::Rejected {
-            reason: Reject::TooManyHunts
-        }
-    );
+    assert_eq!(out.direct[1], HuntOutcome::Rejected { reason: Reject::TooManyHunts });
 }
 
 #[test]
 fn unknown_hunt() {
     let mut t = Table::new(config());
-    for e in [
-        HuntEvent::join(9, 1),
-        HuntEvent::dig(9, 1),
-        HuntEvent::move_by(9, 1, 1, 0),
-        HuntEvent::scan(9, 1),
-    ] {
+    for e in [HuntEvent::join(9, 1), HuntEvent::dig(9, 1), HuntEvent::move_by(9, 1, 1, 0), HuntEvent::scan(9, 1)] {
         assert_eq!(t.rejected(e), Reject::UnknownHunt);
     }
 }
@@ -180,17 +149,11 @@ fn move_clamps_at_the_edge_and_rejects_big_steps() {
     t.send(HuntEvent::join(HUNT, 1));
     assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 1, 4, 0)), Reject::StepTooLarge);
     assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 1, 0, -4)), Reject::StepTooLarge);
-    assert_eq!(
-        t.rejected(HuntEvent::move_by(HUNT, 1, i16::MIN, 0)),
-        Reject::StepTooLarge
-    );
+    assert_eq!(t.rejected(HuntEvent::move_by(HUNT, 1, i16::MIN, 0)), Reject::StepTooLarge);
     for _ in 0..30 {
         t.send(HuntEvent::move_by(HUNT, 1, -3, 3));
     }
-    assert_eq!(
-        t.send(HuntEvent::move_by(HUNT, 1, -3, 3)),
-        HuntOutcome::Moved { x: 0, y: 63 }
-    );
+    assert_eq!(t.send(HuntEvent::move_by(HUNT, 1, -3, 3)), HuntOutcome::Moved { x: 0, y: 63 });
     let p = t.hunt().player(1).unwrap();
     assert_eq!((p.x, p.y), (0, 63));
 }
@@ -203,22 +166,9 @@ fn dig_finds_scores_broadcasts_and_claims_once() {
     let (x, y, value) = t.unclaimed_treasures()[0];
     t.walk_to(1, x, y);
     t.walk_to(2, x, y);
-    assert_eq!(
-        t.send(HuntEvent::dig(HUNT, 1)),
-        HuntOutcome::DigFound {
-            value,
-            score: u32::from(value)
-        }
-    );
+    assert_eq!(t.send(HuntEvent::dig(HUNT, 1)), HuntOutcome::DigFound { value, score: u32::from(value) });
     assert_eq!(t.hunt().score(1), u32::from(value));
-    assert!(matches!(
-        t.out.broadcasts[0].body,
-        HuntBroadcast::TreasureFound {
-            player: 1,
-            treasures_left: 7,
-            ..
-        }
-    ));
+    assert!(matches!(t.out.broadcasts[0].body, HuntBroadcast::TreasureFound { player: 1, treasures_left: 7, .. }));
     match &t.out.broadcasts[1].body {
         HuntBroadcast::LeaderboardChanged { round: 1, top } => {
             assert_eq!(top.entries().len(), 1);
@@ -254,20 +204,10 @@ fn scan_reports_bands() {
     let (x, y, _) = t.unclaimed_treasures()[0];
     // Walk along the axis that has room, 2, 8 and 9 cells away.
     let away = |d: u16| if x >= 9 { (x - d, y) } else { (x + d, y) };
-    for (d, band) in [
-        (0, Band::Hot),
-        (2, Band::Hot),
-        (3, Band::Warm),
-        (8, Band::Warm),
-        (9, Band::Cold),
-    ] {
+    for (d, band) in [(0, Band::Hot), (2, Band::Hot), (3, Band::Warm), (8, Band::Warm), (9, Band::Cold)] {
         let (px, py) = away(d);
         t.walk_to(1, px, py);
-        assert_eq!(
-            t.send(HuntEvent::scan(HUNT, 1)),
-            HuntOutcome::Hint { band },
-            "distance {d}"
-        );
+        assert_eq!(t.send(HuntEvent::scan(HUNT, 1)), HuntOutcome::Hint { band }, "distance {d}");
     }
 }
 
@@ -287,13 +227,7 @@ fn last_treasure_finishes_the_round_and_places_the_next() {
     t.send(HuntEvent::leave(HUNT, 2));
     t.send(HuntEvent::join(HUNT, 2));
     t.walk_to(2, x1, y1);
-    assert_eq!(
-        t.send(HuntEvent::dig(HUNT, 2)),
-        HuntOutcome::DigFound {
-            value: v1,
-            score: u32::from(v1)
-        }
-    );
+    assert_eq!(t.send(HuntEvent::dig(HUNT, 2)), HuntOutcome::DigFound { value: v1, score: u32::from(v1) });
     let finished = t.out.broadcasts.iter().find_map(|b| match &b.body {
         HuntBroadcast::RoundFinished { round, top } => Some((*round, *top)),
         _ => None,
@@ -322,12 +256,5 @@ fn leaving_keeps_the_round_score() {
     t.send(HuntEvent::leave(HUNT, 4));
     assert_eq!(t.hunt().leaderboard().entries()[0].score, u32::from(v));
     let (sx, sy) = t.hunt().spawn(4);
-    assert_eq!(
-        t.send(HuntEvent::join(HUNT, 4)),
-        HuntOutcome::Joined {
-            x: sx,
-            y: sy,
-            score: u32::from(v)
-        }
-    );
+    assert_eq!(t.send(HuntEvent::join(HUNT, 4)), HuntOutcome::Joined { x: sx, y: sy, score: u32::from(v) });
 }

@@ -132,11 +132,7 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
     if version != FORMAT_VERSION {
         return Err(FrameError::BadVersion(version));
     }
-    Ok(SegmentHeader {
-        shard: u32_at(b, 12),
-        first_batch: u64_at(b, 16),
-        record_size: u32_at(b, 24),
-    })
+    Ok(SegmentHeader { shard: u32_at(b, 12), first_batch: u64_at(b, 16), record_size: u32_at(b, 24) })
 }
 
 /// Appends one batch frame to `out`: `events` in order, covered by `runs`.
@@ -156,10 +152,7 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     };
     let offsets: usize = runs.iter().filter_map(|r| r.offsets).map(|o| o.len() * 4).sum();
     let body_len = BODY_HEAD_BYTES + runs.len() * RUN_BYTES + offsets + n * (time_bytes + E::SIZE);
-    assert!(
-        body_len <= FRAME_BODY_BYTES_MAX,
-        "batch of {n} events exceeds the frame limit"
-    );
+    assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
     let start = out.len();
     out.reserve(FRAME_HEAD_BYTES + body_len);
     out.extend_from_slice(&[0; FRAME_HEAD_BYTES]);
@@ -184,12 +177,8 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
         }
     }
     match flags {
-        BODY_TIMES_U32 => events
-            .iter()
-            .for_each(|e| out.extend_from_slice(&((e.time_us - base) as u32).to_le_bytes())),
-        BODY_TIMES_U64 => events
-            .iter()
-            .for_each(|e| out.extend_from_slice(&e.time_us.to_le_bytes())),
+        BODY_TIMES_U32 => events.iter().for_each(|e| out.extend_from_slice(&((e.time_us - base) as u32).to_le_bytes())),
+        BODY_TIMES_U64 => events.iter().for_each(|e| out.extend_from_slice(&e.time_us.to_le_bytes())),
         _ => {}
     }
     let records = out.len();
@@ -219,12 +208,7 @@ pub fn encode_entries<E: Record>(batch: u64, entries: &[Entry<E>], out: &mut Vec
         {
             j += 1;
         }
-        runs.push(Run {
-            producer: entries[i].producer,
-            first_seq: entries[i].producer_seq,
-            len: j - i,
-            offsets: None,
-        });
+        runs.push(Run { producer: entries[i].producer, first_seq: entries[i].producer_seq, len: j - i, offsets: None });
         i = j;
     }
     let events: Vec<Stamped<E>> = entries.iter().map(|e| e.stamped).collect();
@@ -280,11 +264,7 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
         other => return Err(FrameError::BadLength(u64::from(other))),
     };
     let rest = &body[BODY_HEAD_BYTES..];
-    let runs = rest.get(
-        ..run_count
-            .checked_mul(RUN_BYTES)
-            .ok_or(FrameError::BadLength(run_count as u64))?,
-    );
+    let runs = rest.get(..run_count.checked_mul(RUN_BYTES).ok_or(FrameError::BadLength(run_count as u64))?);
     let runs = runs.ok_or(FrameError::BadLength(run_count as u64))?;
     let mut covered = 0usize;
     let mut offset_bytes = 0usize;
@@ -307,16 +287,7 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     }
     let (offsets, rest) = rest.split_at(offset_bytes);
     let (times, records) = rest.split_at(count * time_bytes);
-    Ok(Body {
-        batch: u64_at(body, 0),
-        count,
-        base_time_us: u64_at(body, 16),
-        flags,
-        runs,
-        offsets,
-        times,
-        records,
-    })
+    Ok(Body { batch: u64_at(body, 0), count, base_time_us: u64_at(body, 16), flags, runs, offsets, times, records })
 }
 
 impl Body<'_> {
@@ -334,25 +305,16 @@ impl Body<'_> {
         let base = self.base_time_us;
         let flags = self.flags;
         let times = self.times;
-        origins
-            .into_iter()
-            .zip(self.records.chunks_exact(E::SIZE))
-            .enumerate()
-            .map(move |(i, ((producer, producer_seq), rec))| {
+        origins.into_iter().zip(self.records.chunks_exact(E::SIZE)).enumerate().map(
+            move |(i, ((producer, producer_seq), rec))| {
                 let time_us = match flags {
                     BODY_TIMES_U32 => base.wrapping_add(u64::from(u32_at(times, i * 4))),
                     BODY_TIMES_U64 => u64_at(times, i * 8),
                     _ => base,
                 };
-                Entry {
-                    producer,
-                    producer_seq,
-                    stamped: Stamped {
-                        time_us,
-                        event: E::decode(rec),
-                    },
-                }
-            })
+                Entry { producer, producer_seq, stamped: Stamped { time_us, event: E::decode(rec) } }
+            },
+        )
     }
 }
 
@@ -367,10 +329,7 @@ mod tests {
             .map(|i| Entry {
                 producer: 7,
                 producer_seq: 100 + i,
-                stamped: Stamped {
-                    time_us: 1000 + i,
-                    event: HuntEvent::move_by(i as u32, 3, 1, -1),
-                },
+                stamped: Stamped { time_us: 1000 + i, event: HuntEvent::move_by(i as u32, 3, 1, -1) },
             })
             .collect()
     }
@@ -388,11 +347,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader {
-            shard: 3,
-            first_batch: 99,
-            record_size: 32,
-        };
+        let h = SegmentHeader { shard: 3, first_batch: 99, record_size: 32 };
         let mut b = encode_segment_header(&h);
         assert_eq!(decode_segment_header(&b), Ok(h));
         b[20] ^= 1;
@@ -420,40 +375,20 @@ mod tests {
 
     #[test]
     fn runs_with_offsets_and_uniform_times_round_trip() {
-        let events: Vec<Stamped<HuntEvent>> = (0..5)
-            .map(|i| Stamped {
-                time_us: 77,
-                event: HuntEvent::scan(i, i),
-            })
-            .collect();
+        let events: Vec<Stamped<HuntEvent>> =
+            (0..5).map(|i| Stamped { time_us: 77, event: HuntEvent::scan(i, i) }).collect();
         let offsets = [0u32, 2, 5];
         let runs = [
-            Run {
-                producer: 9,
-                first_seq: 10,
-                len: 3,
-                offsets: Some(&offsets),
-            },
-            Run {
-                producer: 4,
-                first_seq: 1,
-                len: 2,
-                offsets: None,
-            },
+            Run { producer: 9, first_seq: 10, len: 3, offsets: Some(&offsets) },
+            Run { producer: 4, first_seq: 1, len: 2, offsets: None },
         ];
         let mut buf = Vec::new();
         encode_frame(3, &runs, &events, &mut buf);
         // Uniform time: no per-event times; 5 records, 3 offsets, 2 runs.
-        assert_eq!(
-            buf.len(),
-            FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 4 + 5 * 32
-        );
+        assert_eq!(buf.len(), FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 4 + 5 * 32);
         let (len, crc) = decode_frame_head(&buf).unwrap();
         let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
-        let got: Vec<_> = body
-            .entries::<HuntEvent>()
-            .map(|e| (e.producer, e.producer_seq, e.stamped))
-            .collect();
+        let got: Vec<_> = body.entries::<HuntEvent>().map(|e| (e.producer, e.producer_seq, e.stamped)).collect();
         let want: Vec<_> = [(9, 10), (9, 12), (9, 15), (4, 1), (4, 2)]
             .into_iter()
             .zip(&events)
@@ -467,10 +402,7 @@ mod tests {
         let events = [0u64, 1 << 40].map(|t| Entry {
             producer: 1,
             producer_seq: t + 1,
-            stamped: Stamped {
-                time_us: t,
-                event: HuntEvent::dig(1, 1),
-            },
+            stamped: Stamped { time_us: t, event: HuntEvent::dig(1, 1) },
         });
         let mut buf = Vec::new();
         encode_entries(1, &events, &mut buf);

@@ -18,10 +18,13 @@
 //!   syncing by [`FsyncPolicy`].
 //! - [`recover`]: [`recover_shard`], reading a shard's whole journal back,
 //!   repairing a torn tail, and feeding every batch to a callback.
+//! - [`snapshot`]: snapshot files (a shard's state at a batch boundary),
+//!   written atomically, and the removal of what they make unnecessary.
 
 pub mod format;
 pub mod recover;
 pub mod segment;
+pub mod snapshot;
 pub mod writer;
 
 pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};

@@ -40,10 +40,7 @@ impl std::fmt::Display for JournalError {
 impl std::error::Error for JournalError {}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| JournalError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,6 +53,9 @@ pub struct RecoverOptions {
     pub repair: bool,
     /// Largest segment file accepted.
     pub segment_bytes_max: u64,
+    /// Batches below this are checked but not applied: a snapshot holds
+    /// them. 0 or 1: apply everything.
+    pub skip_below: u64,
 }
 
 /// What recovery found.
@@ -82,10 +82,7 @@ pub fn recover_shard<E: Record>(
     options: RecoverOptions,
     mut apply: impl FnMut(u64, &[Entry<E>]),
 ) -> Result<Recovered, JournalError> {
-    let mut r = Recovered {
-        next_batch: 1,
-        ..Recovered::default()
-    };
+    let mut r = Recovered { next_batch: 1, ..Recovered::default() };
     if !dir.exists() {
         return Ok(r);
     }
@@ -95,11 +92,7 @@ pub fn recover_shard<E: Record>(
     for (i, path) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let bytes = read_segment(path, options.segment_bytes_max + FRAME_BODY_BYTES_MAX as u64).map_err(io(path))?;
-        let corrupt = |offset: u64, reason: String| JournalError::Corrupt {
-            path: path.clone(),
-            offset,
-            reason,
-        };
+        let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         if let Ok(h) = decode_segment_header(&bytes) {
             if h.record_size as usize != E::SIZE {
                 return Err(corrupt(
@@ -108,25 +101,29 @@ pub fn recover_shard<E: Record>(
                 ));
             }
             if h.shard != shard {
-                return Err(corrupt(
-                    12,
-                    format!("segment of shard {} in the directory of shard {shard}", h.shard),
-                ));
+                return Err(corrupt(12, format!("segment of shard {} in the directory of shard {shard}", h.shard)));
             }
             if let Some(e) = expected.filter(|&e| e != h.first_batch) {
-                return Err(corrupt(
-                    16,
-                    format!("segment starts at batch {} but batch {e} comes next", h.first_batch),
-                ));
+                return Err(corrupt(16, format!("segment starts at batch {} but batch {e} comes next", h.first_batch)));
             }
             expected = Some(h.first_batch);
         }
         let scanned = scan::<E, JournalError>(&bytes, |offset, body| {
             if let Some(e) = expected.filter(|&e| e != body.batch) {
+                return Err(corrupt(offset, format!("batch {} where batch {e} comes next", body.batch)));
+            }
+            if expected.is_none() && options.skip_below > 1 && body.batch > options.skip_below {
                 return Err(corrupt(
                     offset,
-                    format!("batch {} where batch {e} comes next", body.batch),
+                    format!(
+                        "batches {}..{} are in neither the snapshot nor the journal",
+                        options.skip_below, body.batch
+                    ),
                 ));
+            }
+            expected = Some(body.batch + 1);
+            if body.batch < options.skip_below {
+                return Ok(());
             }
             entries.clear();
             entries.extend(body.entries::<E>());
@@ -136,7 +133,6 @@ pub fn recover_shard<E: Record>(
             apply(body.batch, &entries);
             r.batches += 1;
             r.events += entries.len() as u64;
-            expected = Some(body.batch + 1);
             Ok(())
         })?;
         r.segments += 1;
@@ -148,27 +144,15 @@ pub fn recover_shard<E: Record>(
         if !torn && !options.repair {
             return Err(corrupt(bad.offset, bad.error.to_string()));
         }
-        let what = if torn {
-            "torn tail"
-        } else {
-            "corruption (repair requested)"
-        };
+        let what = if torn { "torn tail" } else { "corruption (repair requested)" };
         if scanned.header.is_none() {
             // The segment's own header is damaged: a crash while the
             // segment was being created (or a repair): drop the file.
             if options.truncate_torn_tail || options.repair {
                 std::fs::remove_file(path).map_err(io(path))?;
-                r.notes.push(format!(
-                    "{what}: removed {} (its header is {})",
-                    path.display(),
-                    bad.error
-                ));
+                r.notes.push(format!("{what}: removed {} (its header is {})", path.display(), bad.error));
             } else {
-                r.notes.push(format!(
-                    "{what}: ignoring {} (its header is {})",
-                    path.display(),
-                    bad.error
-                ));
+                r.notes.push(format!("{what}: ignoring {} (its header is {})", path.display(), bad.error));
             }
             r.segments -= 1;
         } else {
@@ -201,6 +185,6 @@ pub fn recover_shard<E: Record>(
         }
         break;
     }
-    r.next_batch = expected.unwrap_or(1);
+    r.next_batch = expected.unwrap_or(1).max(options.skip_below);
     Ok(r)
 }

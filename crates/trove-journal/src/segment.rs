@@ -58,18 +58,8 @@ pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> 
     let header = match decode_segment_header(bytes) {
         Ok(h) => h,
         Err(error) => {
-            let bad = BadFrame {
-                offset: 0,
-                error,
-                valid_frame_after: valid_frame_from::<E>(bytes, 1),
-            };
-            return Ok(Scan {
-                header: None,
-                valid_end: 0,
-                file_len,
-                frames: 0,
-                bad: Some(bad),
-            });
+            let bad = BadFrame { offset: 0, error, valid_frame_after: valid_frame_from::<E>(bytes, 1) };
+            return Ok(Scan { header: None, valid_end: 0, file_len, frames: 0, bad: Some(bad) });
         }
     };
     let mut at = SEGMENT_HEADER_BYTES;
@@ -82,28 +72,13 @@ pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> 
                 at = next;
             }
             Err(error) => {
-                let bad = BadFrame {
-                    offset: at as u64,
-                    error,
-                    valid_frame_after: valid_frame_from::<E>(bytes, at + 1),
-                };
-                return Ok(Scan {
-                    header: Some(header),
-                    valid_end: at as u64,
-                    file_len,
-                    frames,
-                    bad: Some(bad),
-                });
+                let bad =
+                    BadFrame { offset: at as u64, error, valid_frame_after: valid_frame_from::<E>(bytes, at + 1) };
+                return Ok(Scan { header: Some(header), valid_end: at as u64, file_len, frames, bad: Some(bad) });
             }
         }
     }
-    Ok(Scan {
-        header: Some(header),
-        valid_end: at as u64,
-        file_len,
-        frames,
-        bad: None,
-    })
+    Ok(Scan { header: Some(header), valid_end: at as u64, file_len, frames, bad: None })
 }
 
 /// The frame at `at` and the offset after it.
@@ -137,10 +112,7 @@ pub fn read_segment(path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
     if len > bytes_max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "{} is {len} bytes, above the {bytes_max}-byte segment limit",
-                path.display()
-            ),
+            format!("{} is {len} bytes, above the {bytes_max}-byte segment limit", path.display()),
         ));
     }
     std::fs::read(path)

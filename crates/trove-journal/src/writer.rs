@@ -35,9 +35,9 @@ impl std::str::FromStr for FsyncPolicy {
             "never" => Ok(Self::Never),
             _ => match s.strip_prefix("interval=").map(str::parse::<u64>) {
                 Some(Ok(ms)) if (1..=60_000).contains(&ms) => Ok(Self::Interval(Duration::from_millis(ms))),
-                _ => Err(format!(
-                    "bad fsync policy `{s}`: expected always, never or interval=<ms> with ms in 1..=60000"
-                )),
+                _ => {
+                    Err(format!("bad fsync policy `{s}`: expected always, never or interval=<ms> with ms in 1..=60000"))
+                }
             },
         }
     }
@@ -91,10 +91,7 @@ impl JournalWriter {
                 file.sync_all()?;
                 (file, valid_end)
             }
-            None => (
-                create_segment(dir, shard, record_size, next_batch)?,
-                SEGMENT_HEADER_BYTES as u64,
-            ),
+            None => (create_segment(dir, shard, record_size, next_batch)?, SEGMENT_HEADER_BYTES as u64),
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -107,6 +104,14 @@ impl JournalWriter {
             buf: Vec::new(),
             unsynced: false,
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
     }
 
     /// The sequence the next appended batch gets.
@@ -161,6 +166,17 @@ impl JournalWriter {
         Ok(true)
     }
 
+    /// After a snapshot holding every batch before `next_batch`: start a new
+    /// segment there (if the current one has frames), so that every older
+    /// segment can be removed.
+    pub fn roll_at_snapshot(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        if self.segment_bytes > SEGMENT_HEADER_BYTES as u64 {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
     /// Starts a new segment at the next batch, after making the old one
     /// durable (a later segment must never exist without its predecessor's
     /// frames on disk).
@@ -191,11 +207,7 @@ fn count_frames(buf: &[u8]) -> u64 {
 fn create_segment(dir: &Path, shard: u32, record_size: u32, first_batch: u64) -> std::io::Result<File> {
     let path = dir.join(segment_name(first_batch));
     let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
-    file.write_all(&encode_segment_header(&SegmentHeader {
-        shard,
-        first_batch,
-        record_size,
-    }))?;
+    file.write_all(&encode_segment_header(&SegmentHeader { shard, first_batch, record_size }))?;
     file.sync_all()?;
     File::open(dir)?.sync_all()?;
     Ok(file)
@@ -210,14 +222,7 @@ mod tests {
         for s in ["always", "never", "interval=5"] {
             assert_eq!(s.parse::<FsyncPolicy>().unwrap().to_string(), s);
         }
-        for bad in [
-            "",
-            "sometimes",
-            "interval=",
-            "interval=0",
-            "interval=x",
-            "interval=999999",
-        ] {
+        for bad in ["", "sometimes", "interval=", "interval=0", "interval=x", "interval=999999"] {
             assert!(bad.parse::<FsyncPolicy>().is_err(), "{bad}");
         }
     }

@@ -19,10 +19,7 @@ fn batch(b: u64, n: u64) -> Vec<Entry<HuntEvent>> {
         .map(|i| Entry {
             producer: 1,
             producer_seq: b * 100 + i,
-            stamped: Stamped {
-                time_us: b * 10 + i,
-                event: HuntEvent::dig(b as u32, i as u32),
-            },
+            stamped: Stamped { time_us: b * 10 + i, event: HuntEvent::dig(b as u32, i as u32) },
         })
         .collect()
 }
@@ -35,21 +32,13 @@ fn write(dir: &Path, batches: u64, segment_bytes_max: u64) -> Vec<u64> {
         assert_eq!(w.append_entries(&batch(b, 3)), b);
         w.flush().unwrap();
         w.sync().unwrap();
-        sizes.push(
-            std::fs::metadata(list_segments(dir).unwrap().last().unwrap())
-                .unwrap()
-                .len(),
-        );
+        sizes.push(std::fs::metadata(list_segments(dir).unwrap().last().unwrap()).unwrap().len());
     }
     sizes
 }
 
 fn opts(truncate: bool, repair: bool) -> RecoverOptions {
-    RecoverOptions {
-        truncate_torn_tail: truncate,
-        repair,
-        segment_bytes_max: 1 << 30,
-    }
+    RecoverOptions { truncate_torn_tail: truncate, repair, segment_bytes_max: 1 << 30, skip_below: 0 }
 }
 
 fn read_all(dir: &Path, o: RecoverOptions) -> Result<(Vec<u64>, trove_journal::Recovered), JournalError> {
@@ -91,11 +80,7 @@ fn a_tail_torn_at_every_byte_recovers_the_valid_prefix() {
         assert_eq!(seen, vec![1, 2, 3], "cut at {cut}");
         assert_eq!(r.next_batch, 4);
         assert!(r.notes[0].contains("torn tail"), "{:?}", r.notes);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            last_start as u64,
-            "truncated to the valid end"
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start as u64, "truncated to the valid end");
     }
     // Zeros after the last frame (a file extended but never written) too.
     let mut zeros = full.clone();
@@ -110,12 +95,7 @@ fn read_only_recovery_leaves_a_torn_tail_in_place() {
     write(&dir, 3, 1 << 20);
     let path = list_segments(&dir).unwrap()[0].clone();
     let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
     let (seen, r) = read_all(&dir, opts(false, false)).unwrap();
     assert_eq!(seen, vec![1, 2]);
     assert!(r.notes[0].contains("unreadable"));
@@ -132,24 +112,12 @@ fn a_flipped_bit_in_the_middle_stops_start_up_unless_repaired() {
     bytes[offset + 40] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
     match read_all(&dir, opts(true, false)) {
-        Err(JournalError::Corrupt {
-            path: p,
-            offset: o,
-            reason,
-        }) => {
+        Err(JournalError::Corrupt { path: p, offset: o, reason }) => {
             assert_eq!(p, path);
             assert_eq!(o, offset as u64);
             assert!(reason.contains("checksum"), "{reason}");
-            let message = JournalError::Corrupt {
-                path: p,
-                offset: o,
-                reason,
-            }
-            .to_string();
-            assert!(
-                message.contains("--repair") && message.contains(&format!("byte {offset}")),
-                "{message}"
-            );
+            let message = JournalError::Corrupt { path: p, offset: o, reason }.to_string();
+            assert!(message.contains("--repair") && message.contains(&format!("byte {offset}")), "{message}");
         }
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -167,16 +135,8 @@ fn corruption_in_an_earlier_segment_is_not_a_torn_tail() {
     let segments = list_segments(&dir).unwrap();
     let first = &segments[0];
     let len = std::fs::metadata(first).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(first)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
-    assert!(matches!(
-        read_all(&dir, opts(true, false)),
-        Err(JournalError::Corrupt { .. })
-    ));
+    std::fs::OpenOptions::new().write(true).open(first).unwrap().set_len(len - 3).unwrap();
+    assert!(matches!(read_all(&dir, opts(true, false)), Err(JournalError::Corrupt { .. })));
 }
 
 #[test]

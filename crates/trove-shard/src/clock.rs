@@ -25,10 +25,7 @@ pub struct EngineClock {
 
 impl EngineClock {
     pub fn new(base_us: u64) -> Self {
-        Self {
-            started: Instant::now(),
-            base_us,
-        }
+        Self { started: Instant::now(), base_us }
     }
 
     #[inline]

@@ -94,10 +94,7 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
             (self.shards >= 1 && self.shards <= 1024, "shards must be in 1..=1024"),
-            (
-                self.batch_events_max >= 1 && self.batch_events_max <= 1 << 20,
-                "batch_events_max must be in 1..=2^20",
-            ),
+            (self.batch_events_max >= 1 && self.batch_events_max <= 1 << 20, "batch_events_max must be in 1..=2^20"),
             (
                 self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
                 "queue_batches_max must be in 1..=65536",
@@ -109,15 +106,9 @@ impl EngineConfig {
             ),
             (self.worlds_max >= 1, "worlds_max must be at least 1"),
         ];
-        checks
-            .iter()
-            .find(|(ok, _)| !ok)
-            .map_or(Ok(()), |(_, msg)| Err(msg.to_string()))?;
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))?;
         if self.journal.is_some() && self.mode != Mode::Sharded {
-            return Err(format!(
-                "the journal runs in sharded mode only, not {}",
-                self.mode.name()
-            ));
+            return Err(format!("the journal runs in sharded mode only, not {}", self.mode.name()));
         }
         Ok(())
     }
@@ -144,9 +135,7 @@ pub(crate) struct Inner<G: Game> {
 
 impl<G: Game> std::fmt::Debug for Inner<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Inner").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -208,12 +197,7 @@ impl<G: Game> Engine<G> {
             Some(j) => Some(recover::<G>(j, config.shards, config.worlds_max, log)?),
             None => None,
         };
-        let journal_time_us = recovered
-            .iter()
-            .flatten()
-            .map(|r| r.last_time_us + 1)
-            .max()
-            .unwrap_or(0);
+        let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us + 1).max().unwrap_or(0);
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let backend = match config.mode {
             Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered)?),

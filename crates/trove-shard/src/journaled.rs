@@ -10,13 +10,17 @@
 //! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
 //! after the next periodic `fdatasync`, `never` after the `write`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped};
+use trove_journal::snapshot::{
+    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
+};
 use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, recover_shard, shard_dir};
 
 use crate::metrics::ShardMetrics;
@@ -32,6 +36,9 @@ pub struct JournalConfig {
     /// Truncate the journal at corruption in the middle instead of refusing
     /// to start (everything after the damage is lost).
     pub repair: bool,
+    /// How often each shard snapshots its state (and drops the journal
+    /// segments the snapshot covers). `None`: only at shutdown.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl JournalConfig {
@@ -41,6 +48,7 @@ impl JournalConfig {
             fsync,
             segment_bytes_max: 256 << 20,
             repair: false,
+            snapshot_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -54,12 +62,17 @@ pub(crate) struct Source {
     pub len: usize,
 }
 
-/// A batch the shard applied, on its way to disk.
-pub(crate) struct JournalJob<G: Game> {
-    pub events: Vec<Stamped<G::Event>>,
-    pub sources: Vec<Source>,
-    /// Acknowledgements to release once the batch is durable.
-    pub deliveries: Vec<(Arc<Inbox<G>>, Part<G>)>,
+/// What a shard hands its journal thread, in apply order.
+pub(crate) enum JournalJob<G: Game> {
+    /// A batch the shard applied.
+    Batch {
+        events: Vec<Stamped<G::Event>>,
+        sources: Vec<Source>,
+        /// Acknowledgements to release once the batch is durable.
+        deliveries: Vec<(Arc<Inbox<G>>, Part<G>)>,
+    },
+    /// The shard's state after every batch sent before it.
+    Snapshot { worlds: SnapshotBuilder, last_time_us: u64, producers: Vec<(u64, u64)> },
 }
 
 /// What start-up recovered for one shard.
@@ -67,6 +80,20 @@ pub(crate) struct RecoveredShard<G: Game> {
     pub state: GameState<G>,
     pub writer: JournalWriter,
     pub last_time_us: u64,
+    /// Last applied sequence of every producer seen.
+    pub producers: HashMap<u64, u64>,
+}
+
+/// Encodes a shard's state for a snapshot (on the shard thread: it owns
+/// the state).
+pub(crate) fn snapshot_job<G: Game>(state: &GameState<G>, producers: &HashMap<u64, u64>) -> JournalJob<G> {
+    let mut worlds = SnapshotBuilder::default();
+    for (id, w) in state.worlds().iter_sorted() {
+        worlds.add(id, |out| G::encode_world(w, out));
+    }
+    let mut producers: Vec<(u64, u64)> = producers.iter().map(|(&p, &s)| (p, s)).collect();
+    producers.sort_unstable();
+    JournalJob::Snapshot { worlds, last_time_us: state.time_us(), producers }
 }
 
 const META_FILE: &str = "trove.meta";
@@ -75,11 +102,7 @@ const META_FILE: &str = "trove.meta";
 /// with: the game, its record size and the shard count, which decides
 /// which shard owns which world and so cannot change under a journal.
 fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
-    let want = format!(
-        "format=1\ngame={}\nrecord_size={}\nshards={shards}\n",
-        G::NAME,
-        G::Event::SIZE
-    );
+    let want = format!("format=1\ngame={}\nrecord_size={}\nshards={shards}\n", G::NAME, G::Event::SIZE);
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == want => Ok(()),
@@ -96,16 +119,111 @@ fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-            std::fs::File::open(dir)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("syncing {}: {e}", dir.display()))
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
         }
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
 }
 
-/// Rebuilds every shard's state from its journal and opens it for
-/// appending. `log` gets one line per repair and progress on long replays.
+/// One shard's state rebuilt from its newest snapshot and the journal after
+/// it. `truncate` repairs a torn tail (start-up) instead of just reporting it
+/// (offline tools). Lines for the log go to `log`.
+fn rebuild<G: Game>(
+    dir: &Path,
+    index: usize,
+    worlds_max: usize,
+    options: RecoverOptions,
+    log: &std::sync::mpsc::Sender<String>,
+    mut each: impl FnMut(u64, &[Entry<G::Event>]),
+) -> Result<(GameState<G>, trove_journal::Recovered, HashMap<u64, u64>), String> {
+    let mut state = GameState::<G>::new(worlds_max);
+    let mut producers = HashMap::new();
+    let mut options = options;
+    let (snapshots, leftovers) = list_snapshots(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    for tmp in leftovers {
+        // A snapshot being written when the engine stopped: never renamed,
+        // so never used.
+        if options.truncate_torn_tail {
+            std::fs::remove_file(&tmp).map_err(|e| format!("removing {}: {e}", tmp.display()))?;
+            let _ = log.send(format!("shard {index}: removed unfinished snapshot {}", tmp.display()));
+        }
+    }
+    if let Some(path) = snapshots.last() {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let snap = decode_snapshot(&bytes).map_err(|e| format!("snapshot {} is damaged: {e}", path.display()))?;
+        if snap.meta.shard != index as u32 {
+            return Err(format!("{} is a snapshot of shard {}", path.display(), snap.meta.shard));
+        }
+        for (id, world) in &snap.worlds {
+            let world =
+                G::decode_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e}", path.display()))?;
+            state.restore_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e:?}", path.display()))?;
+        }
+        state.restore_time(snap.meta.last_time_us);
+        producers.extend(snap.producers.iter().copied());
+        options.skip_below = snap.meta.next_batch;
+        let _ = log.send(format!(
+            "shard {index}: loaded {} ({} worlds) in {:.2} s",
+            path.display(),
+            snap.worlds.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    let mut out = Outcomes::default();
+    let mut stamped = Vec::new();
+    let mut last_report = Instant::now();
+    let r = recover_shard::<G::Event>(dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
+        each(batch, entries);
+        stamped.clear();
+        stamped.extend(entries.iter().map(|e| e.stamped));
+        for e in entries {
+            let last = producers.entry(e.producer).or_insert(0);
+            *last = (*last).max(e.producer_seq);
+        }
+        state.apply(&stamped, &mut out);
+        out.clear();
+        if last_report.elapsed().as_secs() >= 1 {
+            let _ =
+                log.send(format!("shard {index}: replayed through batch {batch}, {} events", state.events_applied()));
+            last_report = Instant::now();
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    for note in &r.notes {
+        let _ = log.send(format!("shard {index}: {note}"));
+    }
+    state.restore_time(r.last_time_us);
+    Ok((state, r, producers))
+}
+
+/// Runs `work` for every shard on its own thread (shards are independent,
+/// so recovery and replay use every core), passing log lines to `log` as
+/// they come.
+fn per_shard<T: Send>(
+    shards: usize,
+    log: &mut dyn FnMut(String),
+    work: impl Fn(usize, &std::sync::mpsc::Sender<String>) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards)
+            .map(|i| {
+                let (tx, work) = (tx.clone(), &work);
+                scope.spawn(move || work(i, &tx))
+            })
+            .collect();
+        drop(tx);
+        for line in rx {
+            log(line);
+        }
+        handles.into_iter().map(|h| h.join().map_err(|_| "recovery thread panicked".to_string())?).collect()
+    })
+}
+
+/// Rebuilds every shard's state from its snapshot and journal and opens the
+/// journal for appending. `log` gets one line per repair and progress on
+/// long replays.
 pub(crate) fn recover<G: Game>(
     journal: &JournalConfig,
     shards: usize,
@@ -113,38 +231,18 @@ pub(crate) fn recover<G: Game>(
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, String> {
     check_meta::<G>(&journal.dir, shards)?;
-    let mut recovered = Vec::with_capacity(shards);
-    for index in 0..shards {
+    per_shard(shards, log, |index, log| {
         let dir = shard_dir(&journal.dir, index);
-        let mut state = GameState::<G>::new(worlds_max);
-        let mut out = Outcomes::default();
-        let mut stamped = Vec::new();
         let started = Instant::now();
-        let mut last_report = Instant::now();
         let options = RecoverOptions {
             truncate_torn_tail: true,
             repair: journal.repair,
             segment_bytes_max: journal.segment_bytes_max,
+            skip_below: 0,
         };
-        let r = recover_shard::<G::Event>(&dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
-            stamped.clear();
-            stamped.extend(entries.iter().map(|e| e.stamped));
-            state.apply(&stamped, &mut out);
-            out.clear();
-            if last_report.elapsed().as_secs() >= 1 {
-                log(format!(
-                    "shard {index}: replayed through batch {batch}, {} events",
-                    state.events_applied()
-                ));
-                last_report = Instant::now();
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        for note in r.notes {
-            log(format!("shard {index}: {note}"));
-        }
+        let (state, r, producers) = rebuild::<G>(&dir, index, worlds_max, options, log, |_, _| {})?;
         if r.batches > 0 {
-            log(format!(
+            let _ = log.send(format!(
                 "shard {index}: replayed {} batches, {} events from {} segments in {:.2} s",
                 r.batches,
                 r.events,
@@ -161,13 +259,8 @@ pub(crate) fn recover<G: Game>(
             journal.segment_bytes_max,
         )
         .map_err(|e| format!("opening the journal of shard {index} in {}: {e}", dir.display()))?;
-        recovered.push(RecoveredShard {
-            state,
-            writer,
-            last_time_us: r.last_time_us,
-        });
-    }
-    Ok(recovered)
+        Ok(RecoveredShard { last_time_us: state.time_us(), state, writer, producers })
+    })
 }
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
@@ -199,25 +292,38 @@ pub(crate) fn run_journal<G: Game>(
             jobs.push(job);
         }
         for job in jobs.drain(..) {
-            let runs: Vec<Run<'_>> = job
-                .sources
-                .iter()
-                .map(|s| Run {
-                    producer: s.origin.producer,
-                    first_seq: s.origin.first_seq,
-                    len: s.len,
-                    offsets: s.positions.as_deref().map(Vec::as_slice),
-                })
-                .collect();
-            writer.append(&runs, &job.events);
-            waiting.extend(job.deliveries);
+            match job {
+                JournalJob::Batch { events, sources, deliveries } => {
+                    let runs: Vec<Run<'_>> = sources
+                        .iter()
+                        .map(|s| Run {
+                            producer: s.origin.producer,
+                            first_seq: s.origin.first_seq,
+                            len: s.len,
+                            offsets: s.positions.as_deref().map(Vec::as_slice),
+                        })
+                        .collect();
+                    writer.append(&runs, &events);
+                    waiting.extend(deliveries);
+                }
+                JournalJob::Snapshot { worlds, last_time_us, producers } => {
+                    let next_batch = writer.next_batch();
+                    let meta = SnapshotMeta { shard: writer.shard(), next_batch, last_time_us };
+                    let bytes = worlds.finish(meta, &producers);
+                    // Fail-stop as for batches: a snapshot that cannot be
+                    // written leaves the journal as it was, complete.
+                    write_snapshot(writer.dir(), next_batch, &bytes).expect("writing a snapshot failed");
+                    writer.roll_at_snapshot().expect("starting a segment after a snapshot failed");
+                    remove_covered(writer.dir(), next_batch).expect("removing covered journal files failed");
+                    metrics.snapshots.fetch_add(1, Relaxed);
+                    metrics.snapshot_bytes.store(bytes.len() as u64, Relaxed);
+                }
+            }
         }
         // Fail-stop: if the disk refuses a write or a sync, nothing more can
         // be promised, so the journal thread stops here and no further
         // acknowledgement is released.
-        let written = writer
-            .flush()
-            .expect("journal write failed; no further acknowledgements");
+        let written = writer.flush().expect("journal write failed; no further acknowledgements");
         metrics.journal_bytes.fetch_add(written, Relaxed);
         let sync_now = match policy {
             FsyncPolicy::Always => true,
@@ -226,10 +332,7 @@ pub(crate) fn run_journal<G: Game>(
         };
         if sync_now {
             let started = Instant::now();
-            if writer
-                .sync()
-                .expect("journal fdatasync failed; no further acknowledgements")
-            {
+            if writer.sync().expect("journal fdatasync failed; no further acknowledgements") {
                 metrics.fsync_ns.record(started.elapsed().as_nanos() as u64);
                 metrics.fsyncs.fetch_add(1, Relaxed);
             }
@@ -271,44 +374,34 @@ pub fn recorded_shards(dir: &Path) -> Result<usize, String> {
 
 /// Rebuilds the state from a data directory's journal without changing any
 /// file, calling `each` with every journaled batch (for inspection tools).
-pub fn replay<G: Game>(dir: &Path, mut each: impl FnMut(usize, u64, &[Entry<G::Event>])) -> Result<Replayed, String> {
+pub fn replay<G: Game>(
+    dir: &Path,
+    mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
+) -> Result<Replayed, String> {
     let shards = recorded_shards(dir)?;
     let want_game = format!("game={}\n", G::NAME);
     let meta = std::fs::read_to_string(dir.join(META_FILE)).unwrap_or_default();
     if !meta.contains(&want_game) {
         return Err(format!("{} holds no {} journal", dir.display(), G::NAME));
     }
-    let mut r = Replayed {
-        shards,
-        batches: 0,
-        events: 0,
-        world_hashes: Vec::new(),
-        state_hash: 0,
-        notes: Vec::new(),
-    };
-    for index in 0..shards {
-        let mut state = GameState::<G>::new(usize::MAX);
-        let mut out = Outcomes::default();
-        let mut stamped = Vec::new();
-        let options = RecoverOptions {
-            truncate_torn_tail: false,
-            repair: false,
-            segment_bytes_max: u64::MAX / 4,
-        };
-        let rec = recover_shard::<G::Event>(&shard_dir(dir, index), index as u32, options, |batch, entries| {
-            each(index, batch, entries);
-            stamped.clear();
-            stamped.extend(entries.iter().map(|e| e.stamped));
-            state.apply(&stamped, &mut out);
-            out.clear();
-        })
-        .map_err(|e| e.to_string())?;
-        r.batches += rec.batches;
-        r.events += rec.events;
-        r.notes
-            .extend(rec.notes.into_iter().map(|n| format!("shard {index}: {n}")));
-        r.world_hashes.extend(state.world_hashes());
+    let mut r = Replayed { shards, batches: 0, events: 0, world_hashes: Vec::new(), state_hash: 0, notes: Vec::new() };
+    let each = std::sync::Mutex::new(&mut each);
+    let mut notes = Vec::new();
+    let options =
+        RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: u64::MAX / 4, skip_below: 0 };
+    let shards_done = per_shard(shards, &mut |line| notes.push(line), |index, log| {
+        let (state, rec, _) =
+            rebuild::<G>(&shard_dir(dir, index), index, usize::MAX, options, log, |batch, entries| {
+                (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries)
+            })?;
+        Ok((state.world_hashes(), rec.batches, rec.events))
+    })?;
+    for (hashes, batches, events) in shards_done {
+        r.batches += batches;
+        r.events += events;
+        r.world_hashes.extend(hashes);
     }
+    r.notes = notes;
     r.state_hash = trove_core::state::combine_world_hashes(r.world_hashes.clone());
     r.world_hashes.sort_unstable_by_key(|&(id, _)| id);
     Ok(r)

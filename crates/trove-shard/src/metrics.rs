@@ -16,9 +16,7 @@ pub struct Log2Histogram {
 
 impl Default for Log2Histogram {
     fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
     }
 }
 
@@ -30,9 +28,7 @@ impl Log2Histogram {
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot {
-            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
-        }
+        HistogramSnapshot { buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect() }
     }
 }
 
@@ -104,6 +100,10 @@ pub struct ShardMetrics {
     pub fsyncs: AtomicU64,
     /// Nanoseconds per `fdatasync`.
     pub fsync_ns: Log2Histogram,
+    /// Snapshots written.
+    pub snapshots: AtomicU64,
+    /// Size of the last snapshot.
+    pub snapshot_bytes: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -123,6 +123,8 @@ impl ShardMetrics {
             journal_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_ns: Log2Histogram::default(),
+            snapshots: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
         }
     }
 
@@ -138,14 +140,12 @@ impl ShardMetrics {
             wakeups: self.wakeups.load(Relaxed),
             batch_events: self.batch_events.snapshot(),
             apply_ns: self.apply_ns.snapshot(),
-            rejections: names
-                .iter()
-                .zip(&self.rejections)
-                .map(|(n, c)| (*n, c.load(Relaxed)))
-                .collect(),
+            rejections: names.iter().zip(&self.rejections).map(|(n, c)| (*n, c.load(Relaxed))).collect(),
             journal_bytes: self.journal_bytes.load(Relaxed),
             fsyncs: self.fsyncs.load(Relaxed),
             fsync_ns: self.fsync_ns.snapshot(),
+            snapshots: self.snapshots.load(Relaxed),
+            snapshot_bytes: self.snapshot_bytes.load(Relaxed),
         }
     }
 }
@@ -167,17 +167,15 @@ pub struct ShardMetricsSnapshot {
     pub journal_bytes: u64,
     pub fsyncs: u64,
     pub fsync_ns: HistogramSnapshot,
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
 }
 
 impl ShardMetricsSnapshot {
     /// Busy time over busy plus idle time.
     pub fn busy_ratio(&self) -> f64 {
         let total = self.busy_ns + self.idle_ns;
-        if total == 0 {
-            0.0
-        } else {
-            self.busy_ns as f64 / total as f64
-        }
+        if total == 0 { 0.0 } else { self.busy_ns as f64 / total as f64 }
     }
 }
 

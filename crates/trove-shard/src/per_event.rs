@@ -44,10 +44,7 @@ struct WorldCell<G: Game> {
 
 impl<G: Game> WorldCell<G> {
     fn new(worlds_max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            state: tokio::sync::Mutex::new(GameState::new(worlds_max)),
-            tail: Mutex::new(None),
-        })
+        Arc::new(Self { state: tokio::sync::Mutex::new(GameState::new(worlds_max)), tail: Mutex::new(None) })
     }
 }
 
@@ -63,9 +60,7 @@ struct WorldTable<G: Game> {
 
 impl<G: Game> WorldTable<G> {
     fn cell(&self, world: WorldId) -> Arc<WorldCell<G>> {
-        let mut stripe = self.stripes[world as usize % STRIPES]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut stripe = self.stripes[world as usize % STRIPES].lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = stripe.get(&world) {
             return c.clone();
         }
@@ -98,24 +93,12 @@ impl<G: Game> BatchSlot<G> {
                 b.event_index = index as u32;
                 b
             }));
-            if self.remaining.fetch_sub(1, SeqCst) == 1 {
-                Some(std::mem::take(&mut *done))
-            } else {
-                None
-            }
+            if self.remaining.fetch_sub(1, SeqCst) == 1 { Some(std::mem::take(&mut *done)) } else { None }
         };
         if let Some((outcomes, mut broadcasts)) = finished {
             broadcasts.sort_by_key(|b| b.event_index);
-            let outcomes = outcomes
-                .into_iter()
-                .map(|o| o.expect("every event completed"))
-                .collect();
-            self.inbox.deliver(Part {
-                ticket: self.ticket,
-                part: 0,
-                outcomes,
-                broadcasts,
-            });
+            let outcomes = outcomes.into_iter().map(|o| o.expect("every event completed")).collect();
+            self.inbox.deliver(Part { ticket: self.ticket, part: 0, outcomes, broadcasts });
         }
     }
 }

@@ -54,13 +54,7 @@ struct InboxState<G: Game> {
 
 impl<G: Game> Inbox<G> {
     pub fn new() -> Self {
-        Self {
-            parts: Mutex::new(InboxState {
-                parts: Vec::new(),
-                waker: None,
-            }),
-            ready: Condvar::new(),
-        }
+        Self { parts: Mutex::new(InboxState { parts: Vec::new(), waker: None }), ready: Condvar::new() }
     }
 
     pub fn deliver(&self, part: Part<G>) {
@@ -149,10 +143,7 @@ impl<G: Game> Producer<G> {
         }
         let ticket = self.next_ticket;
         let len = events.len();
-        let origin = Origin {
-            producer: self.id,
-            first_seq: self.next_seq,
-        };
+        let origin = Origin { producer: self.id, first_seq: self.next_seq };
         let layout = self.engine.submit(&self.inbox, ticket, origin, events)?;
         self.next_ticket += 1;
         self.next_seq += len as u64;
@@ -265,10 +256,7 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
     broadcasts.sort_by_key(|b| b.event_index);
     Completed {
         ticket: p.ticket,
-        outcomes: outcomes
-            .into_iter()
-            .map(|o| o.expect("one outcome per event"))
-            .collect(),
+        outcomes: outcomes.into_iter().map(|o| o.expect("one outcome per event")).collect(),
         broadcasts,
         submitted_at: p.submitted_at,
     }

@@ -18,17 +18,18 @@
 //! A shard's input is a sequence of stamped batches; it could come from a
 //! partitioned log as well as from producers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Inner};
-use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal};
+use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_job};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, SubmitError};
 
@@ -91,7 +92,7 @@ impl<G: Game> Sharded<G> {
             let queued = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
-            let (state, journal) = match recovered.as_mut().and_then(Iterator::next) {
+            let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
                     let (jtx, jrx) = std::sync::mpsc::channel();
@@ -101,9 +102,9 @@ impl<G: Game> Sharded<G> {
                         .name(format!("trove-journal-{index}"))
                         .spawn(move || run_journal::<G>(jrx, writer, policy, m))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
-                    (r.state, Some((jtx, thread)))
+                    (r.state, Some((jtx, thread)), r.producers)
                 }
-                None => (GameState::new(config.worlds_max), None),
+                None => (GameState::new(config.worlds_max), None, HashMap::new()),
             };
             let run = ShardLoop::<G> {
                 rx,
@@ -111,6 +112,9 @@ impl<G: Game> Sharded<G> {
                 metrics: metrics.clone(),
                 state,
                 journal,
+                producers,
+                snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
+                last_snapshot: Instant::now(),
                 drain_events_max: config.drain_events_max,
                 clock_mode: config.clock,
                 clock,
@@ -124,12 +128,7 @@ impl<G: Game> Sharded<G> {
                     run.run()
                 })
                 .map_err(|e| format!("starting shard thread {index}: {e}"))?;
-            shards.push(Shard {
-                tx,
-                queued,
-                metrics,
-                thread: Mutex::new(Some(thread)),
-            });
+            shards.push(Shard { tx, queued, metrics, thread: Mutex::new(Some(thread)) });
         }
         Ok(Self { shards, journaled })
     }
@@ -204,14 +203,7 @@ impl<G: Game> Sharded<G> {
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
             let positions = (self.journaled && split).then(|| Arc::new(layout[part].clone()));
-            let work = Work {
-                inbox: inbox.clone(),
-                ticket,
-                part: part as u32,
-                origin,
-                positions,
-                events,
-            };
+            let work = Work { inbox: inbox.clone(), ticket, part: part as u32, origin, positions, events };
             // The receiver lives until every reservation is drained.
             if shard.tx.send(Msg::Work(work)).is_err() {
                 unreachable!("shard {s} stopped while holding a reservation");
@@ -221,10 +213,7 @@ impl<G: Game> Sharded<G> {
     }
 
     pub fn metrics(&self) -> Vec<ShardMetricsSnapshot> {
-        self.shards
-            .iter()
-            .map(|s| s.metrics.snapshot(G::REJECTION_NAMES))
-            .collect()
+        self.shards.iter().map(|s| s.metrics.snapshot(G::REJECTION_NAMES)).collect()
     }
 
     /// Stops every shard after it has applied everything queued.
@@ -252,6 +241,11 @@ struct ShardLoop<G: Game> {
     /// The journal thread, if the engine journals: applied batches go
     /// there, and their acknowledgements with them.
     journal: Option<(Sender<JournalJob<G>>, JoinHandle<()>)>,
+    /// When journaling: the last applied sequence of every producer, for
+    /// snapshots (updated per batch part, not per event).
+    producers: HashMap<u64, u64>,
+    snapshot_interval: Option<Duration>,
+    last_snapshot: Instant,
     drain_events_max: usize,
     clock_mode: ClockMode,
     clock: EngineClock,
@@ -273,9 +267,7 @@ impl<G: Game> ShardLoop<G> {
                     Ok(Msg::Work(w)) => work.push(w),
                     Ok(Msg::Stop) | Err(_) => stopping = true,
                 }
-                self.metrics
-                    .idle_ns
-                    .fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
+                self.metrics.idle_ns.fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
                 self.metrics.wakeups.fetch_add(1, Relaxed);
             }
             let busy = Instant::now();
@@ -310,10 +302,7 @@ impl<G: Game> ShardLoop<G> {
             }
             for w in &work {
                 match self.clock_mode {
-                    ClockMode::Wall => batch.extend(w.events.iter().map(|e| Stamped {
-                        time_us,
-                        event: e.event,
-                    })),
+                    ClockMode::Wall => batch.extend(w.events.iter().map(|e| Stamped { time_us, event: e.event })),
                     ClockMode::Supplied => batch.extend_from_slice(&w.events),
                 }
             }
@@ -347,18 +336,9 @@ impl<G: Game> ShardLoop<G> {
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
-                let part = Part {
-                    ticket: w.ticket,
-                    part: w.part,
-                    outcomes,
-                    broadcasts,
-                };
+                let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts };
                 if self.journal.is_some() {
-                    sources.push(Source {
-                        origin: w.origin,
-                        positions: w.positions,
-                        len: w.events.len(),
-                    });
+                    sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
                     deliveries.push((w.inbox, part));
                 } else {
                     w.inbox.deliver(part);
@@ -370,15 +350,17 @@ impl<G: Game> ShardLoop<G> {
                 Some((journal, _)) => {
                     let events = std::mem::replace(&mut batch, Vec::with_capacity(events));
                     // The journal thread outlives the shard loop.
-                    if journal
-                        .send(JournalJob {
-                            events,
-                            sources,
-                            deliveries,
-                        })
-                        .is_err()
-                    {
+                    for s in &sources {
+                        let last_offset = s.positions.as_ref().map_or(s.len as u64 - 1, |p| u64::from(p[s.len - 1]));
+                        let last = self.producers.entry(s.origin.producer).or_insert(0);
+                        *last = (*last).max(s.origin.first_seq + last_offset);
+                    }
+                    if journal.send(JournalJob::Batch { events, sources, deliveries }).is_err() {
                         unreachable!("journal thread gone while its shard runs");
+                    }
+                    if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
+                        let _ = journal.send(snapshot_job(&self.state, &self.producers));
+                        self.last_snapshot = Instant::now();
                     }
                 }
                 None => batch.clear(),
@@ -397,6 +379,8 @@ impl<G: Game> ShardLoop<G> {
             m.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
         }
         if let Some((journal, thread)) = self.journal.take() {
+            // A final snapshot makes the next start quick.
+            let _ = journal.send(snapshot_job(&self.state, &self.producers));
             drop(journal);
             // Everything written, synced and acknowledged before shutdown
             // returns.

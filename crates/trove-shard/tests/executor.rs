@@ -11,12 +11,7 @@ use trove_shard::{ClockMode, Engine, EngineConfig, Mode, SubmitError};
 use trove_workload::{Clock, Generator, WorkloadSpec};
 
 fn config(mode: Mode, shards: usize) -> EngineConfig {
-    EngineConfig {
-        mode,
-        shards,
-        clock: ClockMode::Supplied,
-        ..EngineConfig::default()
-    }
+    EngineConfig { mode, shards, clock: ClockMode::Supplied, ..EngineConfig::default() }
 }
 
 fn spec() -> WorkloadSpec {
@@ -68,9 +63,7 @@ fn drive(engine: &Engine<TreasureHunt>, events: &[Stamped<HuntEvent>], batch: us
         }
     }
     while producer.in_flight() > 0 {
-        let c = producer
-            .complete_timeout(Duration::from_secs(30))
-            .expect("all batches complete");
+        let c = producer.complete_timeout(Duration::from_secs(30)).expect("all batches complete");
         check(c, &mut outcomes);
     }
     outcomes
@@ -91,12 +84,9 @@ fn reference(streams: &[Vec<Stamped<HuntEvent>>]) -> (u64, Vec<Vec<HuntOutcome>>
 fn one_producer_gets_its_outcomes_in_order_in_every_mode() {
     let events = stream(0, 1, 20_000);
     let (_, expected) = reference(std::slice::from_ref(&events));
-    for (mode, shards) in [
-        (Mode::Sharded, 1),
-        (Mode::Sharded, 3),
-        (Mode::TaskPerEvent, 2),
-        (Mode::SpawnBlockingPerEvent, 2),
-    ] {
+    for (mode, shards) in
+        [(Mode::Sharded, 1), (Mode::Sharded, 3), (Mode::TaskPerEvent, 2), (Mode::SpawnBlockingPerEvent, 2)]
+    {
         let engine = Engine::<TreasureHunt>::start(config(mode, shards)).unwrap();
         // Odd batch sizes so batches straddle hunts and shards.
         let got = drive(&engine, &events, 97);
@@ -183,15 +173,18 @@ impl Game for Gated {
     fn hash_world(w: &u64, h: &mut StateHasher) {
         h.u64(*w);
     }
+    fn encode_world(w: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    fn decode_world(_: WorldId, b: &[u8]) -> Result<u64, String> {
+        let mut r = trove_core::Reader::new(b);
+        let w = r.u64()?;
+        r.finish().map(|()| w)
+    }
 }
 
 fn ticks(n: u32) -> Vec<Stamped<Tick>> {
-    (0..n)
-        .map(|i| Stamped {
-            time_us: 0,
-            event: Tick(i % 4),
-        })
-        .collect()
+    (0..n).map(|i| Stamped { time_us: 0, event: Tick(i % 4) }).collect()
 }
 
 #[test]
@@ -275,20 +268,12 @@ fn metrics_count_applied_events_batches_and_rejections() {
     let engine = Engine::<TreasureHunt>::start(config(Mode::Sharded, 2)).unwrap();
     let mut events = stream(0, 1, 1000);
     // Ten events for a hunt that does not exist.
-    events.extend((0..10).map(|_| Stamped {
-        time_us: 1 << 40,
-        event: HuntEvent::dig(999, 1),
-    }));
+    events.extend((0..10).map(|_| Stamped { time_us: 1 << 40, event: HuntEvent::dig(999, 1) }));
     drive(&engine, &events, 64);
     let m = engine.metrics();
     assert_eq!(m.events_applied(), events.len() as u64);
-    let unknown: u64 = m
-        .shards
-        .iter()
-        .flat_map(|s| &s.rejections)
-        .filter(|(n, _)| *n == "unknown_hunt")
-        .map(|(_, c)| c)
-        .sum();
+    let unknown: u64 =
+        m.shards.iter().flat_map(|s| &s.rejections).filter(|(n, _)| *n == "unknown_hunt").map(|(_, c)| c).sum();
     assert_eq!(unknown, 10);
     for s in &m.shards {
         assert!(s.batches_applied > 0 && s.batch_events.count() == s.batches_applied);
@@ -314,29 +299,23 @@ impl Game for Clocked {
         out.direct.extend(events.iter().map(|e| e.time_us));
     }
     fn hash_world(_: &(), _: &mut StateHasher) {}
+    fn encode_world(_: &(), _: &mut Vec<u8>) {}
+    fn decode_world(_: WorldId, b: &[u8]) -> Result<(), String> {
+        trove_core::Reader::new(b).finish()
+    }
 }
 
 #[test]
 fn wall_clock_stamps_at_the_engine_and_supplied_stamps_are_kept() {
     for mode in Mode::ALL {
         let base = 5_000_000;
-        let cfg = EngineConfig {
-            mode,
-            shards: 2,
-            clock: ClockMode::Wall,
-            clock_base_us: base,
-            ..EngineConfig::default()
-        };
+        let cfg =
+            EngineConfig { mode, shards: 2, clock: ClockMode::Wall, clock_base_us: base, ..EngineConfig::default() };
         let engine = Engine::<Clocked>::start(cfg).unwrap();
         let mut p = engine.producer();
         let mut times = Vec::new();
         for _ in 0..5 {
-            let mut batch: Vec<_> = (0..10)
-                .map(|i| Stamped {
-                    time_us: 1,
-                    event: Tick(i % 2),
-                })
-                .collect();
+            let mut batch: Vec<_> = (0..10).map(|i| Stamped { time_us: 1, event: Tick(i % 2) }).collect();
             p.submit(&mut batch).unwrap();
             times.extend(p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes);
             std::thread::sleep(Duration::from_millis(2));
@@ -351,20 +330,10 @@ fn wall_clock_stamps_at_the_engine_and_supplied_stamps_are_kept() {
         }
         engine.shutdown();
 
-        let cfg = EngineConfig {
-            mode,
-            shards: 2,
-            clock: ClockMode::Supplied,
-            ..EngineConfig::default()
-        };
+        let cfg = EngineConfig { mode, shards: 2, clock: ClockMode::Supplied, ..EngineConfig::default() };
         let engine = Engine::<Clocked>::start(cfg).unwrap();
         let mut p = engine.producer();
-        let mut batch: Vec<_> = (0..10)
-            .map(|i| Stamped {
-                time_us: 100 + i,
-                event: Tick(i as u32 % 3),
-            })
-            .collect();
+        let mut batch: Vec<_> = (0..10).map(|i| Stamped { time_us: 100 + i, event: Tick(i as u32 % 3) }).collect();
         p.submit(&mut batch).unwrap();
         let got = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
         assert_eq!(got, (100..110).collect::<Vec<u64>>(), "{mode:?}");

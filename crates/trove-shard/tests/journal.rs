@@ -22,10 +22,7 @@ fn config(dir: &Path, fsync: FsyncPolicy, shards: usize) -> EngineConfig {
     EngineConfig {
         shards,
         clock: ClockMode::Wall,
-        journal: Some(JournalConfig {
-            segment_bytes_max: 64 << 10,
-            ..JournalConfig::new(dir, fsync)
-        }),
+        journal: Some(JournalConfig { segment_bytes_max: 64 << 10, ..JournalConfig::new(dir, fsync) }),
         ..EngineConfig::default()
     }
 }
@@ -53,11 +50,8 @@ fn events(seed_part: u32, n: usize) -> Vec<Stamped<HuntEvent>> {
 fn journaled(dir: &Path, shards: usize) -> HashSet<(u64, u64)> {
     let mut seen = HashSet::new();
     for i in 0..shards {
-        let opts = RecoverOptions {
-            truncate_torn_tail: false,
-            repair: false,
-            segment_bytes_max: 1 << 30,
-        };
+        let opts =
+            RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: 1 << 30, skip_below: 0 };
         recover_shard::<HuntEvent>(&shard_dir(dir, i), i as u32, opts, |_, entries| {
             seen.extend(entries.iter().map(|e| (e.producer, e.producer_seq)));
         })
@@ -123,14 +117,14 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
     // Offline replay gives the running engine's hash.
     let replayed = replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap();
     assert_eq!(replayed.state_hash, first.state_hash);
-    assert_eq!(replayed.events, first.events_applied);
+    // The final snapshot holds everything, so nothing is left to replay.
     assert_eq!(replayed.world_hashes, first.world_hashes);
 
     // A restarted engine comes back with the same state and goes on.
     let mut lines = Vec::new();
     let engine =
         Engine::<TreasureHunt>::start_logged(config(&dir, FsyncPolicy::Always, 2), &mut |l| lines.push(l)).unwrap();
-    assert!(lines.iter().any(|l| l.contains("replayed")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("loaded") || l.contains("replayed")), "{lines:?}");
     let mut p = engine.producer_with_id(77, 1);
     let more = events(1, 2000);
     for chunk in more.chunks(500) {
@@ -139,11 +133,17 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
         p.complete_timeout(Duration::from_secs(10)).unwrap();
     }
     let second = engine.shutdown();
-    assert_eq!(
-        replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap().state_hash,
-        second.state_hash
-    );
-    assert!(journaled(&dir, 2).contains(&(77, more.len() as u64)));
+    assert_eq!(replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap().state_hash, second.state_hash);
+    // The final snapshots record producer 77's last sequence.
+    let last_77 = (0..2)
+        .filter_map(|i| {
+            let snap = files(&shard_dir(&dir, i), ".tsnap").pop()?;
+            let bytes = std::fs::read(snap).unwrap();
+            let s = trove_journal::snapshot::decode_snapshot(&bytes).unwrap();
+            s.producers.iter().find(|(p, _)| *p == 77).map(|(_, seq)| *seq)
+        })
+        .max();
+    assert_eq!(last_77, Some(more.len() as u64));
 
     // The shard count of a data directory cannot change.
     let err = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 3)).unwrap_err();
@@ -154,13 +154,76 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
 #[test]
 fn journal_requires_the_sharded_mode() {
     let dir = temp_dir("mode");
-    let cfg = EngineConfig {
-        mode: trove_shard::Mode::TaskPerEvent,
-        ..config(&dir, FsyncPolicy::Always, 1)
-    };
-    assert!(
-        Engine::<TreasureHunt>::start(cfg)
-            .unwrap_err()
-            .contains("sharded mode only")
-    );
+    let cfg = EngineConfig { mode: trove_shard::Mode::TaskPerEvent, ..config(&dir, FsyncPolicy::Always, 1) };
+    assert!(Engine::<TreasureHunt>::start(cfg).unwrap_err().contains("sharded mode only"));
+}
+
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn run_load(engine: &Engine<TreasureHunt>, part: u32, n: usize) {
+    let mut p = engine.producer();
+    for chunk in events(part, n).chunks(250) {
+        let mut batch = chunk.to_vec();
+        p.submit(&mut batch).unwrap();
+        p.complete_timeout(Duration::from_secs(10)).unwrap();
+    }
+}
+
+#[test]
+fn snapshots_replace_old_segments_and_restarts_load_them() {
+    let dir = temp_dir("snap");
+    let mut cfg = config(&dir, FsyncPolicy::Interval(Duration::from_millis(2)), 2);
+    cfg.journal.as_mut().unwrap().segment_bytes_max = 16 << 10;
+    cfg.journal.as_mut().unwrap().snapshot_interval = Some(Duration::from_millis(20));
+    let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+    for round in 0..10 {
+        run_load(&engine, 0, 1500);
+        std::thread::sleep(Duration::from_millis(5 * (round % 3)));
+    }
+    assert!(engine.metrics().shards.iter().all(|s| s.snapshots > 0), "no snapshot taken");
+    let first = engine.shutdown();
+
+    let shard0 = shard_dir(&dir, 0);
+    let snapshots = files(&shard0, ".tsnap");
+    assert_eq!(snapshots.len(), 1, "older snapshots are removed: {snapshots:?}");
+    // Every segment before the snapshot's batch is gone; the journal is
+    // bounded by the snapshot interval, not by history.
+    assert!(files(&shard0, ".tjl").len() <= 2, "{:?}", files(&shard0, ".tjl"));
+
+    // Replay (snapshot + tail) and a restart agree with the running engine.
+    assert_eq!(replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap().state_hash, first.state_hash);
+    let mut lines = Vec::new();
+    let engine = Engine::<TreasureHunt>::start_logged(cfg.clone(), &mut |l| lines.push(l)).unwrap();
+    assert!(lines.iter().any(|l| l.contains("loaded") && l.contains(".tsnap")), "{lines:?}");
+    run_load(&engine, 1, 1000);
+    let second = engine.shutdown();
+    assert_eq!(replay::<TreasureHunt>(&dir, |_, _, _| {}).unwrap().state_hash, second.state_hash);
+
+    // A crash while a snapshot was being written leaves a temporary file:
+    // it is removed and never read.
+    let tmp = shard0.join("snapshot-99999999999999999999.tsnap.tmp");
+    std::fs::write(&tmp, b"half a snapshot").unwrap();
+    let mut lines = Vec::new();
+    let engine = Engine::<TreasureHunt>::start_logged(cfg.clone(), &mut |l| lines.push(l)).unwrap();
+    assert!(!tmp.exists());
+    assert!(lines.iter().any(|l| l.contains("unfinished snapshot")), "{lines:?}");
+    assert_eq!(engine.shutdown().state_hash, second.state_hash);
+
+    // A damaged snapshot stops start-up, naming it.
+    let snap = files(&shard0, ".tsnap").pop().unwrap();
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = Engine::<TreasureHunt>::start(cfg).unwrap_err();
+    assert!(err.contains("damaged") && err.contains(snap.file_name().unwrap().to_str().unwrap()), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

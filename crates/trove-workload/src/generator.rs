@@ -39,11 +39,7 @@ impl Generator {
     /// state does not depend on how their streams interleave.
     pub fn partition(spec: &WorkloadSpec, part: u32, parts: u32) -> Self {
         assert!(spec.validate().is_ok(), "Generator with an invalid spec");
-        assert!(
-            part < parts && parts <= spec.hunts,
-            "partition {part} of {parts} over {} hunts",
-            spec.hunts
-        );
+        assert!(part < parts && parts <= spec.hunts, "partition {part} of {parts} over {} hunts", spec.hunts);
         let m = spec.mix;
         let bits = u64::from(spec.hunts) * u64::from(spec.players_per_hunt);
         Self {
@@ -118,11 +114,7 @@ impl Generator {
             };
             self.joined[(bit / 64) as usize] ^= 1 << (bit % 64);
             let (hunt, player) = ((bit / players) as u32, (bit % players) as u32);
-            if self.is_joined(bit) {
-                HuntEvent::join(hunt, player)
-            } else {
-                HuntEvent::leave(hunt, player)
-            }
+            if self.is_joined(bit) { HuntEvent::join(hunt, player) } else { HuntEvent::leave(hunt, player) }
         }
     }
 
@@ -136,10 +128,7 @@ impl Generator {
         out.reserve(n);
         for _ in 0..n {
             let event = self.next_event();
-            out.push(Stamped {
-                time_us: clock.tick(),
-                event,
-            });
+            out.push(Stamped { time_us: clock.tick(), event });
         }
     }
 }
@@ -155,10 +144,7 @@ pub struct Clock {
 impl Clock {
     pub fn new(events_per_s: u64) -> Self {
         assert!(events_per_s > 0);
-        Self {
-            events: 0,
-            events_per_s,
-        }
+        Self { events: 0, events_per_s }
     }
 
     #[inline]
@@ -170,13 +156,7 @@ impl Clock {
 
     /// Stamps a batch of events at the clock's current times.
     pub fn stamp(&mut self, events: impl IntoIterator<Item = HuntEvent>) -> Vec<Stamped<HuntEvent>> {
-        events
-            .into_iter()
-            .map(|event| Stamped {
-                time_us: self.tick(),
-                event,
-            })
-            .collect()
+        events.into_iter().map(|event| Stamped { time_us: self.tick(), event }).collect()
     }
 }
 
@@ -186,11 +166,7 @@ mod tests {
     use trove_hunt::Action;
 
     fn small() -> WorkloadSpec {
-        WorkloadSpec {
-            hunts: 10,
-            players_per_hunt: 100,
-            ..WorkloadSpec::standard()
-        }
+        WorkloadSpec { hunts: 10, players_per_hunt: 100, ..WorkloadSpec::standard() }
     }
 
     #[test]
@@ -235,12 +211,7 @@ mod tests {
         let spec = WorkloadSpec {
             hunts: 1,
             players_per_hunt: 1,
-            mix: crate::Mix {
-                moves: 0,
-                dig: 0,
-                scan: 0,
-                join_leave: 1,
-            },
+            mix: crate::Mix { moves: 0, dig: 0, scan: 0, join_leave: 1 },
             ..WorkloadSpec::standard()
         };
         let mut g = Generator::new(&spec);
@@ -251,11 +222,7 @@ mod tests {
 
         // Many players: the out population stays small, and every join is of
         // a player who is out and every leave of one who is in.
-        let spec = WorkloadSpec {
-            hunts: 10,
-            players_per_hunt: 100,
-            ..spec
-        };
+        let spec = WorkloadSpec { hunts: 10, players_per_hunt: 100, ..spec };
         let mut g = Generator::new(&spec);
         g.setup();
         let mut joined = vec![true; 1000];

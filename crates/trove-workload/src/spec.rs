@@ -72,12 +72,7 @@ impl WorkloadSpec {
             value_max: 100,
             dig_cooldown_ms: 250,
             step_max: 4,
-            mix: Mix {
-                moves: 70,
-                dig: 20,
-                scan: 9,
-                join_leave: 1,
-            },
+            mix: Mix { moves: 70, dig: 20, scan: 9, join_leave: 1 },
             virtual_events_per_s: 10_000_000,
         }
     }
@@ -93,12 +88,7 @@ impl WorkloadSpec {
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        let err = |field: &str, reason: String| {
-            Err(SpecError {
-                field: field.into(),
-                reason,
-            })
-        };
+        let err = |field: &str, reason: String| Err(SpecError { field: field.into(), reason });
         if self.name.is_empty() || self.name.len() > 64 {
             return err("name", "must be 1 to 64 characters".into());
         }
@@ -106,10 +96,7 @@ impl WorkloadSpec {
             return err("hunts", format!("{} is not in 1..={}", self.hunts, 1 << 20));
         }
         if self.players_per_hunt == 0 || self.players_per_hunt > PLAYERS_PER_HUNT_MAX {
-            return err(
-                "players_per_hunt",
-                format!("{} is not in 1..={PLAYERS_PER_HUNT_MAX}", self.players_per_hunt),
-            );
+            return err("players_per_hunt", format!("{} is not in 1..={PLAYERS_PER_HUNT_MAX}", self.players_per_hunt));
         }
         if u64::from(self.hunts) * u64::from(self.players_per_hunt) > 1 << 27 {
             return err("players_per_hunt", "hunts x players_per_hunt is above 2^27".into());
@@ -149,11 +136,7 @@ fn locate(text: &str, span: std::ops::Range<usize>) -> String {
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
     let key = key.trim_matches(|c| c == '[' || c == ']');
-    if key.is_empty() {
-        format!("byte {}", span.start)
-    } else {
-        key.to_string()
-    }
+    if key.is_empty() { format!("byte {}", span.start) } else { key.to_string() }
 }
 
 #[cfg(test)]

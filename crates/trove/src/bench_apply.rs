@@ -99,11 +99,7 @@ pub fn run(spec: &WorkloadSpec, events: u64, batch_events: u32) -> ApplyReport {
 
 impl std::fmt::Display for ApplyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "workload {}: setup {} events in {:.2} s",
-            self.workload, self.setup_events, self.setup_seconds
-        )?;
+        writeln!(f, "workload {}: setup {} events in {:.2} s", self.workload, self.setup_events, self.setup_seconds)?;
         writeln!(
             f,
             "applied {} events in batches of {} in {:.3} s: {:.2} M events/s on one thread",
@@ -112,21 +108,9 @@ impl std::fmt::Display for ApplyReport {
             self.seconds,
             self.events_per_s / 1e6
         )?;
-        writeln!(
-            f,
-            "treasures found {}, rounds finished {}",
-            self.treasures_found, self.rounds_finished
-        )?;
+        writeln!(f, "treasures found {}, rounds finished {}", self.treasures_found, self.rounds_finished)?;
         let rejected: Vec<String> = self.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(
-            f,
-            "rejected: {}",
-            if rejected.is_empty() {
-                "none".into()
-            } else {
-                rejected.join(", ")
-            }
-        )?;
+        writeln!(f, "rejected: {}", if rejected.is_empty() { "none".into() } else { rejected.join(", ") })?;
         write!(f, "state hash {}", self.state_hash)
     }
 }

@@ -77,11 +77,7 @@ struct Script {
 fn script(spec: &WorkloadSpec, part: u32, parts: u32, events: u64, batch: usize) -> Script {
     let mut generator = Generator::partition(spec, part, parts);
     let mut clock = Clock::new((spec.virtual_events_per_s / u64::from(parts)).max(1));
-    let setup = clock
-        .stamp(generator.setup())
-        .chunks(batch)
-        .map(<[_]>::to_vec)
-        .collect();
+    let setup = clock.stamp(generator.setup()).chunks(batch).map(<[_]>::to_vec).collect();
     let mut measured = Vec::new();
     let mut left = events;
     while left > 0 {
@@ -109,9 +105,7 @@ fn run_batches(
     let id = producer.id();
     let mut collect = |producer: &mut Producer<TreasureHunt>, wait: bool| -> Result<(), String> {
         let completed = if wait {
-            producer
-                .complete_timeout(Duration::from_secs(60))
-                .ok_or("no batch completed within 60 s")?
+            producer.complete_timeout(Duration::from_secs(60)).ok_or("no batch completed within 60 s")?
         } else {
             match producer.try_complete() {
                 Some(c) => c,
@@ -120,8 +114,7 @@ fn run_batches(
         };
         if let Some(h) = latency {
             let us = completed.submitted_at.elapsed().as_micros() as u64;
-            h.record_n(us.max(1), completed.outcomes.len() as u64)
-                .map_err(|e| e.to_string())?;
+            h.record_n(us.max(1), completed.outcomes.len() as u64).map_err(|e| e.to_string())?;
         }
         let n = completed.outcomes.len() as u64;
         if let Some(log) = ack_log {
@@ -160,10 +153,7 @@ fn run_batches(
 
 pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, String> {
     if args.producers == 0 || args.producers > spec.hunts {
-        return Err(format!(
-            "--producers must be in 1..={} (the workload's hunts)",
-            spec.hunts
-        ));
+        return Err(format!("--producers must be in 1..={} (the workload's hunts)", spec.hunts));
     }
     let config = EngineConfig {
         mode: args.mode,
@@ -190,10 +180,7 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
     // journal could not tell their events apart: number them from the
     // wall clock when journaling.
     let id_base = if args.journal.is_some() {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64)
-            << 8
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64) << 8
     } else {
         0
     };
@@ -267,21 +254,14 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
             max: latency.max(),
         },
         busy_replies: after.busy_replies - before.busy_replies,
-        journal: args
-            .journal
-            .as_ref()
-            .map_or_else(|| "none".to_string(), |j| j.fsync.to_string()),
+        journal: args.journal.as_ref().map_or_else(|| "none".to_string(), |j| j.fsync.to_string()),
         shard_busy_ratio: after
             .shards
             .iter()
             .zip(&before.shards)
             .map(|(a, b)| {
                 let (busy, idle) = (a.busy_ns - b.busy_ns, a.idle_ns - b.idle_ns);
-                let ratio = if busy + idle == 0 {
-                    0.0
-                } else {
-                    busy as f64 / (busy + idle) as f64
-                };
+                let ratio = if busy + idle == 0 { 0.0 } else { busy as f64 / (busy + idle) as f64 };
                 (ratio * 1000.0).round() / 1000.0
             })
             .collect(),
@@ -291,11 +271,8 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
             .zip(&before.shards)
             .map(|(a, b)| {
                 let batches = a.batches_applied - b.batches_applied;
-                let mean = if batches == 0 {
-                    0.0
-                } else {
-                    (a.events_applied - b.events_applied) as f64 / batches as f64
-                };
+                let mean =
+                    if batches == 0 { 0.0 } else { (a.events_applied - b.events_applied) as f64 / batches as f64 };
                 (mean * 10.0).round() / 10.0
             })
             .collect(),
@@ -319,11 +296,7 @@ impl std::fmt::Display for EngineReport {
             self.workload
         )?;
         let l = &self.latency_us;
-        writeln!(
-            f,
-            "submit to outcome, us: p50 {} p99 {} p99.9 {} max {}",
-            l.p50, l.p99, l.p999, l.max
-        )?;
+        writeln!(f, "submit to outcome, us: p50 {} p99 {} p99.9 {} max {}", l.p50, l.p99, l.p999, l.max)?;
         writeln!(
             f,
             "busy replies {}; shard busy ratio {:?}; mean batch {:?}",

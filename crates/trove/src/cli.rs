@@ -3,12 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "trove",
-    version,
-    about = "A deterministic game event engine",
-    propagate_version = true
-)]
+#[command(name = "trove", version, about = "A deterministic game event engine", propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

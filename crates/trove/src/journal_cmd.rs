@@ -101,14 +101,7 @@ pub fn replay(data: &Path, json: bool) -> Result<(), String> {
         events: r.events,
         seconds,
         events_per_s: r.events as f64 / seconds.max(1e-9),
-        hunts: r
-            .world_hashes
-            .iter()
-            .map(|&(hunt, h)| HuntHash {
-                hunt,
-                state_hash: format!("{h:016x}"),
-            })
-            .collect(),
+        hunts: r.world_hashes.iter().map(|&(hunt, h)| HuntHash { hunt, state_hash: format!("{h:016x}") }).collect(),
         state_hash: format!("{:016x}", r.state_hash),
         notes: r.notes,
     };

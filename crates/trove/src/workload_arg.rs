@@ -19,9 +19,7 @@ pub fn resolve(arg: &str) -> Result<WorkloadSpec, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("reading workload file {arg}: {e}"))?;
     if text.len() as u64 > WORKLOAD_FILE_BYTES_MAX {
-        return Err(format!(
-            "workload file {arg} is larger than {WORKLOAD_FILE_BYTES_MAX} bytes"
-        ));
+        return Err(format!("workload file {arg} is larger than {WORKLOAD_FILE_BYTES_MAX} bytes"));
     }
     WorkloadSpec::from_toml(&text).map_err(|e| format!("{arg}: {e}"))
 }

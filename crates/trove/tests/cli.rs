@@ -3,10 +3,7 @@
 use std::process::{Command, Output};
 
 fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args(args)
-        .output()
-        .expect("trove runs")
+    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -23,26 +20,8 @@ fn bench_apply_json_is_deterministic() {
     std::fs::write(&file, standard.replace("hunts = 1000", "hunts = 50")).unwrap();
     let file = file.to_str().unwrap();
 
-    let a = json(&trove(&[
-        "bench",
-        "apply",
-        "--events",
-        "300000",
-        "--workload",
-        file,
-        "--json",
-    ]));
-    let b = json(&trove(&[
-        "bench",
-        "apply",
-        "--events",
-        "300000",
-        "--workload",
-        file,
-        "--json",
-        "--batch",
-        "7",
-    ]));
+    let a = json(&trove(&["bench", "apply", "--events", "300000", "--workload", file, "--json"]));
+    let b = json(&trove(&["bench", "apply", "--events", "300000", "--workload", file, "--json", "--batch", "7"]));
     for key in ["workload", "events", "seconds", "events_per_s", "state_hash"] {
         assert!(a.get(key).is_some(), "missing {key} in {a}");
     }
@@ -53,15 +32,7 @@ fn bench_apply_json_is_deterministic() {
     // Same seed, other batch size: same state.
     assert_eq!(a["state_hash"], b["state_hash"]);
     // Other event count: other state.
-    let c = json(&trove(&[
-        "bench",
-        "apply",
-        "--events",
-        "300001",
-        "--workload",
-        file,
-        "--json",
-    ]));
+    let c = json(&trove(&["bench", "apply", "--events", "300001", "--workload", file, "--json"]));
     assert_ne!(a["state_hash"], c["state_hash"]);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -95,9 +66,7 @@ fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
     let standard = include_str!("../../../workloads/standard.toml");
     std::fs::write(
         &file,
-        standard
-            .replace("hunts = 1000", "hunts = 20")
-            .replace("players_per_hunt = 1000", "players_per_hunt = 100"),
+        standard.replace("hunts = 1000", "hunts = 20").replace("players_per_hunt = 1000", "players_per_hunt = 100"),
     )
     .unwrap();
     let file = file.to_str().unwrap();
@@ -125,25 +94,16 @@ fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
         assert!(sharded.get(key).is_some(), "missing {key} in {sharded}");
     }
     for key in ["p50", "p99", "p999", "max"] {
-        assert!(
-            sharded["latency_us"][key].as_u64().is_some(),
-            "missing latency_us.{key} in {sharded}"
-        );
+        assert!(sharded["latency_us"][key].as_u64().is_some(), "missing latency_us.{key} in {sharded}");
     }
     assert_eq!(sharded["mode"], "sharded");
     assert_eq!(sharded["events"], 20_000);
-    for (mode, shards) in [
-        ("sharded", "1"),
-        ("sharded", "4"),
-        ("task-per-event", "2"),
-        ("spawn-blocking-per-event", "2"),
-    ] {
+    for (mode, shards) in
+        [("sharded", "1"), ("sharded", "4"), ("task-per-event", "2"), ("spawn-blocking-per-event", "2")]
+    {
         let other = run(mode, shards);
         assert_eq!(other["mode"], mode);
-        assert_eq!(
-            other["state_hash"], sharded["state_hash"],
-            "{mode} with {shards} shards"
-        );
+        assert_eq!(other["state_hash"], sharded["state_hash"], "{mode} with {shards} shards");
     }
     let out = trove(&["bench", "engine", "--mode", "threads"]);
     assert_eq!(out.status.code(), Some(2));

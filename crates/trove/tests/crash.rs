@@ -35,11 +35,8 @@ fn acked(log: &Path) -> HashSet<(u64, u64)> {
 fn journaled(data: &Path) -> HashSet<(u64, u64)> {
     let mut set = HashSet::new();
     for shard in 0..SHARDS {
-        let opts = RecoverOptions {
-            truncate_torn_tail: false,
-            repair: false,
-            segment_bytes_max: 1 << 30,
-        };
+        let opts =
+            RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: 1 << 30, skip_below: 0 };
         recover_shard::<HuntEvent>(&shard_dir(data, shard), shard as u32, opts, |_, entries| {
             set.extend(entries.iter().map(|e| (e.producer, e.producer_seq)));
         })
@@ -50,10 +47,7 @@ fn journaled(data: &Path) -> HashSet<(u64, u64)> {
 
 #[test]
 fn acknowledged_events_survive_sigkill() {
-    let cycles: u64 = std::env::var("TROVE_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(20);
+    let cycles: u64 = std::env::var("TROVE_CRASH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(20);
     let dir = std::env::temp_dir().join(format!("trove-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -63,9 +57,7 @@ fn acknowledged_events_survive_sigkill() {
     let standard = include_str!("../../../workloads/standard.toml");
     std::fs::write(
         &workload,
-        standard
-            .replace("hunts = 1000", "hunts = 16")
-            .replace("players_per_hunt = 1000", "players_per_hunt = 200"),
+        standard.replace("hunts = 1000", "hunts = 16").replace("players_per_hunt = 1000", "players_per_hunt = 200"),
     )
     .unwrap();
 
@@ -74,9 +66,7 @@ fn acknowledged_events_survive_sigkill() {
     for cycle in 0..cycles {
         let fsync = ["always", "interval=5", "never"][(cycle % 3) as usize];
         let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args([
-                "bench", "engine", "--shards", "2", "--events", "3000000", "--batch", "512", "--window", "8",
-            ])
+            .args(["bench", "engine", "--shards", "2", "--events", "3000000", "--batch", "512", "--window", "8"])
             .args(["--clock", "wall", "--fsync", fsync])
             .arg("--data")
             .arg(&data)
@@ -97,31 +87,17 @@ fn acknowledged_events_survive_sigkill() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("corrupt"), "cycle {cycle}: {stderr}");
     }
-    assert!(
-        killed >= cycles * 3 / 4,
-        "only {killed} of {cycles} runs were killed mid-way"
-    );
+    assert!(killed >= cycles * 3 / 4, "only {killed} of {cycles} runs were killed mid-way");
 
     let acked = acked(&acks);
     let journaled = journaled(&data);
-    assert!(
-        acked.len() > 10_000,
-        "too few acknowledgements ({}) to prove anything",
-        acked.len()
-    );
+    assert!(acked.len() > 10_000, "too few acknowledgements ({}) to prove anything", acked.len());
     let lost: Vec<_> = acked.difference(&journaled).take(5).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but not journaled: {lost:?} ({} acked)",
-        acked.len()
-    );
+    assert!(lost.is_empty(), "acknowledged but not journaled: {lost:?} ({} acked)", acked.len());
 
     // The state a restarted engine recovers equals an offline replay.
-    let replay = Command::new(env!("CARGO_BIN_EXE_trove"))
-        .args(["replay", "--json", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let replay =
+        Command::new(env!("CARGO_BIN_EXE_trove")).args(["replay", "--json", "--data"]).arg(&data).output().unwrap();
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     let replayed: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
     let config = EngineConfig {
@@ -132,14 +108,8 @@ fn acknowledged_events_survive_sigkill() {
     };
     let engine = Engine::<TreasureHunt>::start_logged(config, &mut |_| {}).unwrap();
     let recovered = engine.shutdown();
-    assert_eq!(
-        replayed["state_hash"].as_str().unwrap(),
-        format!("{:016x}", recovered.state_hash)
-    );
+    assert_eq!(replayed["state_hash"].as_str().unwrap(), format!("{:016x}", recovered.state_hash));
     assert!(replayed["events"].as_u64().unwrap() as usize >= journaled.len());
-    assert_eq!(
-        recovered.events_applied, 0,
-        "recovery applies the journal; nothing new was submitted"
-    );
+    assert_eq!(recovered.events_applied, 0, "recovery applies the journal; nothing new was submitted");
     std::fs::remove_dir_all(&dir).ok();
 }

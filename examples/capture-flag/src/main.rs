@@ -41,12 +41,7 @@ impl Record for FlagEvent {
         out[9] = self.team;
     }
     fn decode(b: &[u8]) -> Self {
-        Self {
-            match_id: le::u32_at(b, 0),
-            player: le::u32_at(b, 4),
-            kind: b[8],
-            team: b[9],
-        }
+        Self { match_id: le::u32_at(b, 0), player: le::u32_at(b, 4), kind: b[8], team: b[9] }
     }
 }
 
@@ -92,14 +87,8 @@ impl Game for CaptureTheFlag {
             let e = s.event;
             let outcome = match (e.kind, worlds.get_mut(e.match_id)) {
                 (1, None) if e.player > 0 => {
-                    let m = FlagMatch {
-                        limit: e.player,
-                        captures: [0; 2],
-                        games_won: [0; 2],
-                    };
-                    worlds
-                        .insert(e.match_id, m)
-                        .map_or(FlagOutcome::Rejected, |_| FlagOutcome::Created)
+                    let m = FlagMatch { limit: e.player, captures: [0; 2], games_won: [0; 2] };
+                    worlds.insert(e.match_id, m).map_or(FlagOutcome::Rejected, |_| FlagOutcome::Created)
                 }
                 (2, Some(m)) if e.team < 2 => {
                     let team = usize::from(e.team);
@@ -108,14 +97,7 @@ impl Game for CaptureTheFlag {
                     if captures == m.limit {
                         m.games_won[team] += 1;
                         let game = m.games_won[0] + m.games_won[1];
-                        out.broadcast(
-                            e.match_id,
-                            FlagBroadcast::Won {
-                                team: e.team,
-                                game,
-                                at_us: s.time_us,
-                            },
-                        );
+                        out.broadcast(e.match_id, FlagBroadcast::Won { team: e.team, game, at_us: s.time_us });
                         m.captures = [0; 2];
                     }
                     FlagOutcome::Captured { team: e.team, captures }
@@ -130,30 +112,33 @@ impl Game for CaptureTheFlag {
         h.u32(m.limit);
         m.captures.iter().chain(&m.games_won).for_each(|&c| h.u32(c));
     }
+
+    fn encode_world(m: &FlagMatch, out: &mut Vec<u8>) {
+        for v in [m.limit, m.captures[0], m.captures[1], m.games_won[0], m.games_won[1]] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode_world(_id: WorldId, bytes: &[u8]) -> Result<FlagMatch, String> {
+        let mut r = trove_core::Reader::new(bytes);
+        let m = FlagMatch { limit: r.u32()?, captures: [r.u32()?, r.u32()?], games_won: [r.u32()?, r.u32()?] };
+        r.finish()?;
+        if m.limit == 0 || m.captures.iter().any(|&c| c >= m.limit) {
+            return Err(format!("impossible match state {m:?}"));
+        }
+        Ok(m)
+    }
 }
 
 fn stream(seed: u64, n: usize) -> Vec<Stamped<FlagEvent>> {
     let mut rng = SplitMix64::new(seed);
     let mut events: Vec<_> = (0..4)
-        .map(|m| FlagEvent {
-            match_id: m,
-            player: 3 + m,
-            kind: 1,
-            team: 0,
-        })
+        .map(|m| FlagEvent { match_id: m, player: 3 + m, kind: 1, team: 0 })
         .map(|event| Stamped { time_us: 0, event })
         .collect();
     for i in 0..n as u64 {
-        let event = FlagEvent {
-            match_id: rng.below(5),
-            player: rng.below(100),
-            kind: 2,
-            team: rng.below(2) as u8,
-        };
-        events.push(Stamped {
-            time_us: i * 1000,
-            event,
-        });
+        let event = FlagEvent { match_id: rng.below(5), player: rng.below(100), kind: 2, team: rng.below(2) as u8 };
+        events.push(Stamped { time_us: i * 1000, event });
     }
     events
 }
@@ -177,20 +162,12 @@ fn main() {
     );
     for batch in [1, 7, 64] {
         let (h, w, r) = run(&events, batch);
-        assert_eq!(
-            (h, w, r),
-            (hash, wins, rejected),
-            "batch size {batch} changed the result"
-        );
+        assert_eq!((h, w, r), (hash, wins, rejected), "batch size {batch} changed the result");
     }
     println!("same hash with batches of 1, 7 and 64 events");
 
     // The same stream through the engine's executor, split over two shards.
-    let config = EngineConfig {
-        shards: 2,
-        clock: ClockMode::Supplied,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { shards: 2, clock: ClockMode::Supplied, ..EngineConfig::default() };
     let engine = Engine::<CaptureTheFlag>::start(config).expect("engine starts");
     let mut producer = engine.producer();
     for chunk in events.chunks(100) {
@@ -201,10 +178,7 @@ fn main() {
     }
     let end = engine.shutdown();
     assert_eq!(end.state_hash, hash, "the sharded executor changed the result");
-    println!(
-        "same hash through the sharded executor with 2 shards ({} events applied)",
-        end.events_applied
-    );
+    println!("same hash through the sharded executor with 2 shards ({} events applied)", end.events_applied);
 }
 
 #[cfg(test)]
@@ -222,12 +196,7 @@ mod tests {
 
     #[test]
     fn record_round_trips() {
-        let e = FlagEvent {
-            match_id: 9,
-            player: 5,
-            kind: 2,
-            team: 1,
-        };
+        let e = FlagEvent { match_id: 9, player: 5, kind: 2, team: 1 };
         let mut b = [0u8; 16];
         e.encode(&mut b);
         assert_eq!(FlagEvent::decode(&b), e);
