@@ -59,6 +59,8 @@ pub struct EngineReport {
     pub busy_replies: u64,
     /// `none`, or the fsync policy of the journal.
     pub journal: String,
+    /// Time to start the engine, recovery from the data directory included.
+    pub start_seconds: f64,
     /// Per shard, over the measured run: busy time over busy plus idle
     /// time. Empty in the per-event modes, which have no shards.
     pub shard_busy_ratio: Vec<f64>,
@@ -165,7 +167,9 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         journal: args.journal.clone(),
         ..EngineConfig::default()
     };
+    let starting = Instant::now();
     let engine = Engine::<TreasureHunt>::start(config)?;
+    let start_seconds = starting.elapsed().as_secs_f64();
     let ack_log = match &args.ack_log {
         Some(path) => Some(Mutex::new(
             std::fs::OpenOptions::new()
@@ -255,6 +259,7 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         },
         busy_replies: after.busy_replies - before.busy_replies,
         journal: args.journal.as_ref().map_or_else(|| "none".to_string(), |j| j.fsync.to_string()),
+        start_seconds,
         shard_busy_ratio: after
             .shards
             .iter()
@@ -284,8 +289,14 @@ impl std::fmt::Display for EngineReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode {}: {} shards, {} producers, batches of {}, window {}, journal {}",
-            self.mode, self.shards, self.producers, self.batch_events, self.window_batches, self.journal
+            "mode {}: {} shards, {} producers, batches of {}, window {}, journal {} (started in {:.2} s)",
+            self.mode,
+            self.shards,
+            self.producers,
+            self.batch_events,
+            self.window_batches,
+            self.journal,
+            self.start_seconds
         )?;
         writeln!(
             f,

@@ -99,6 +99,9 @@ pub struct BenchEngine {
     /// With --data: always, interval=<ms> or never.
     #[arg(long, default_value = "interval=5")]
     pub fsync: String,
+    /// With --data: snapshot every this many milliseconds (default 60000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub snapshot_ms: Option<u64>,
     /// Where event times come from: supplied (the workload's virtual clock;
     /// same input, same hash) or wall (the engine's clock, as in production).
     #[arg(long, default_value = "supplied")]

@@ -41,7 +41,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     other => return Err(format!("unknown clock `{other}`: expected supplied or wall")),
                 },
                 journal: match &args.data {
-                    Some(dir) => Some(JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>()?)),
+                    Some(dir) => {
+                        let mut j = JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>()?);
+                        if let Some(ms) = args.snapshot_ms {
+                            j.snapshot_interval = Some(std::time::Duration::from_millis(ms));
+                        }
+                        Some(j)
+                    }
                     None => None,
                 },
                 ack_log: args.ack_log.clone(),
