@@ -133,7 +133,7 @@ fn rebuild<G: Game>(
     index: usize,
     worlds_max: usize,
     options: RecoverOptions,
-    log: &std::sync::mpsc::Sender<String>,
+    log: &LogTx,
     mut each: impl FnMut(u64, &[Entry<G::Event>]),
 ) -> Result<(GameState<G>, trove_journal::Recovered, HashMap<u64, u64>), String> {
     let mut state = GameState::<G>::new(worlds_max);
@@ -145,7 +145,7 @@ fn rebuild<G: Game>(
         // so never used.
         if options.truncate_torn_tail {
             std::fs::remove_file(&tmp).map_err(|e| format!("removing {}: {e}", tmp.display()))?;
-            let _ = log.send(format!("shard {index}: removed unfinished snapshot {}", tmp.display()));
+            let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
         }
     }
     if let Some(path) = snapshots.last() {
@@ -163,11 +163,14 @@ fn rebuild<G: Game>(
         state.restore_time(snap.meta.last_time_us);
         producers.extend(snap.producers.iter().copied());
         options.skip_below = snap.meta.next_batch;
-        let _ = log.send(format!(
-            "shard {index}: loaded {} ({} worlds) in {:.2} s",
-            path.display(),
-            snap.worlds.len(),
-            started.elapsed().as_secs_f64()
+        let _ = log.send((
+            Level::Info,
+            format!(
+                "shard {index}: loaded {} ({} worlds) in {:.2} s",
+                path.display(),
+                snap.worlds.len(),
+                started.elapsed().as_secs_f64()
+            ),
         ));
     }
     let mut out = Outcomes::default();
@@ -184,26 +187,38 @@ fn rebuild<G: Game>(
         state.apply(&stamped, &mut out);
         out.clear();
         if last_report.elapsed().as_secs() >= 1 {
-            let _ =
-                log.send(format!("shard {index}: replayed through batch {batch}, {} events", state.events_applied()));
+            let _ = log.send((
+                Level::Info,
+                format!("shard {index}: replayed through batch {batch}, {} events", state.events_applied()),
+            ));
             last_report = Instant::now();
         }
     })
     .map_err(|e| e.to_string())?;
     for note in &r.notes {
-        let _ = log.send(format!("shard {index}: {note}"));
+        let _ = log.send((Level::Note, format!("shard {index}: {note}")));
     }
     state.restore_time(r.last_time_us);
     Ok((state, r, producers))
 }
+
+/// What a recovery log line is: progress and facts, or something that was
+/// wrong and was repaired or ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Info,
+    Note,
+}
+
+type LogTx = std::sync::mpsc::Sender<(Level, String)>;
 
 /// Runs `work` for every shard on its own thread (shards are independent,
 /// so recovery and replay use every core), passing log lines to `log` as
 /// they come.
 fn per_shard<T: Send>(
     shards: usize,
-    log: &mut dyn FnMut(String),
-    work: impl Fn(usize, &std::sync::mpsc::Sender<String>) -> Result<T, String> + Sync,
+    log: &mut dyn FnMut(Level, String),
+    work: impl Fn(usize, &LogTx) -> Result<T, String> + Sync,
 ) -> Result<Vec<T>, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
@@ -214,8 +229,8 @@ fn per_shard<T: Send>(
             })
             .collect();
         drop(tx);
-        for line in rx {
-            log(line);
+        for (level, line) in rx {
+            log(level, line);
         }
         handles.into_iter().map(|h| h.join().map_err(|_| "recovery thread panicked".to_string())?).collect()
     })
@@ -231,7 +246,7 @@ pub(crate) fn recover<G: Game>(
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, String> {
     check_meta::<G>(&journal.dir, shards)?;
-    per_shard(shards, log, |index, log| {
+    per_shard(shards, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
         let options = RecoverOptions {
@@ -242,12 +257,15 @@ pub(crate) fn recover<G: Game>(
         };
         let (state, r, producers) = rebuild::<G>(&dir, index, worlds_max, options, log, |_, _| {})?;
         if r.batches > 0 {
-            let _ = log.send(format!(
-                "shard {index}: replayed {} batches, {} events from {} segments in {:.2} s",
-                r.batches,
-                r.events,
-                r.segments,
-                started.elapsed().as_secs_f64()
+            let _ = log.send((
+                Level::Info,
+                format!(
+                    "shard {index}: replayed {} batches, {} events from {} segments in {:.2} s",
+                    r.batches,
+                    r.events,
+                    r.segments,
+                    started.elapsed().as_secs_f64()
+                ),
             ));
         }
         let writer = JournalWriter::open(
@@ -389,7 +407,11 @@ pub fn replay<G: Game>(
     let mut notes = Vec::new();
     let options =
         RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: u64::MAX / 4, skip_below: 0 };
-    let shards_done = per_shard(shards, &mut |line| notes.push(line), |index, log| {
+    let mut to_notes = |level, line| match level {
+        Level::Note => notes.push(line),
+        Level::Info => eprintln!("trove: {line}"),
+    };
+    let shards_done = per_shard(shards, &mut to_notes, |index, log| {
         let (state, rec, _) =
             rebuild::<G>(&shard_dir(dir, index), index, usize::MAX, options, log, |batch, entries| {
                 (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries)
