@@ -45,7 +45,12 @@ pub const BODY_HEAD_BYTES: usize = 32;
 pub const RUN_BYTES: usize = 24;
 const BODY_TIMES_U32: u32 = 1;
 const BODY_TIMES_U64: u32 = 2;
-const RUN_OFFSETS: u32 = 1;
+const BODY_TIMES_MASK: u32 = 3;
+/// Records are stored trimmed: a length byte, then the record up to its last
+/// non-zero byte (the rest is zero). Fixed-size records otherwise.
+const BODY_TRIMMED: u32 = 4;
+const RUN_OFFSETS_U32: u32 = 1;
+const RUN_OFFSETS_U16: u32 = 2;
 /// No batch frame is larger: checked before anything is allocated for one.
 pub const FRAME_BODY_BYTES_MAX: usize = 64 << 20;
 
@@ -145,16 +150,14 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
     let base = events.iter().map(|e| e.time_us).min().unwrap_or(0);
     let span = events.iter().map(|e| e.time_us - base).max().unwrap_or(0);
-    let (flags, time_bytes) = match span {
-        0 => (0, 0),
-        s if s <= u64::from(u32::MAX) => (BODY_TIMES_U32, 4),
-        _ => (BODY_TIMES_U64, 8),
+    let time_flag = match span {
+        0 => 0,
+        s if s <= u64::from(u32::MAX) => BODY_TIMES_U32,
+        _ => BODY_TIMES_U64,
     };
-    let offsets: usize = runs.iter().filter_map(|r| r.offsets).map(|o| o.len() * 4).sum();
-    let body_len = BODY_HEAD_BYTES + runs.len() * RUN_BYTES + offsets + n * (time_bytes + E::SIZE);
-    assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
+    let trimmed = E::SIZE <= usize::from(u8::MAX);
+    let flags = time_flag | if trimmed { BODY_TRIMMED } else { 0 };
     let start = out.len();
-    out.reserve(FRAME_HEAD_BYTES + body_len);
     out.extend_from_slice(&[0; FRAME_HEAD_BYTES]);
     out.extend_from_slice(&batch.to_le_bytes());
     out.extend_from_slice(&(n as u32).to_le_bytes());
@@ -162,31 +165,46 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+    let narrow = |o: &[u32]| o.iter().all(|&x| x <= u32::from(u16::MAX));
     for r in runs {
+        let run_flags = match r.offsets {
+            None => 0,
+            Some(o) if narrow(o) => RUN_OFFSETS_U16,
+            Some(_) => RUN_OFFSETS_U32,
+        };
         out.extend_from_slice(&r.producer.to_le_bytes());
         out.extend_from_slice(&r.first_seq.to_le_bytes());
         out.extend_from_slice(&(r.len as u32).to_le_bytes());
-        out.extend_from_slice(&(if r.offsets.is_some() { RUN_OFFSETS } else { 0 }).to_le_bytes());
+        out.extend_from_slice(&run_flags.to_le_bytes());
     }
     for r in runs {
         if let Some(o) = r.offsets {
             assert_eq!(o.len(), r.len, "one offset per event of the run");
-            for x in o {
-                out.extend_from_slice(&x.to_le_bytes());
+            if narrow(o) {
+                o.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes()));
+            } else {
+                o.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
             }
         }
     }
-    match flags {
+    match time_flag {
         BODY_TIMES_U32 => events.iter().for_each(|e| out.extend_from_slice(&((e.time_us - base) as u32).to_le_bytes())),
         BODY_TIMES_U64 => events.iter().for_each(|e| out.extend_from_slice(&e.time_us.to_le_bytes())),
         _ => {}
     }
-    let records = out.len();
-    out.resize(records + n * E::SIZE, 0);
-    for (e, slot) in events.iter().zip(out[records..].chunks_exact_mut(E::SIZE)) {
-        e.event.encode(slot);
+    let mut record = vec![0u8; E::SIZE];
+    for e in events {
+        e.event.encode(&mut record);
+        if trimmed {
+            let len = record.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            out.push(len as u8);
+            out.extend_from_slice(&record[..len]);
+        } else {
+            out.extend_from_slice(&record);
+        }
     }
-    debug_assert_eq!(out.len() - start, FRAME_HEAD_BYTES + body_len);
+    let body_len = out.len() - start - FRAME_HEAD_BYTES;
+    assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
     let (head, body) = out[start..].split_at_mut(FRAME_HEAD_BYTES);
     head[0..4].copy_from_slice(FRAME_MAGIC);
     head[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -257,7 +275,10 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     let count = u32_at(body, 8) as usize;
     let run_count = u32_at(body, 12) as usize;
     let flags = u32_at(body, 24);
-    let time_bytes = match flags {
+    if flags & !(BODY_TIMES_MASK | BODY_TRIMMED) != 0 {
+        return Err(FrameError::BadLength(u64::from(flags)));
+    }
+    let time_bytes = match flags & BODY_TIMES_MASK {
         0 => 0,
         BODY_TIMES_U32 => 4,
         BODY_TIMES_U64 => 8,
@@ -266,27 +287,45 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     let rest = &body[BODY_HEAD_BYTES..];
     let runs = rest.get(..run_count.checked_mul(RUN_BYTES).ok_or(FrameError::BadLength(run_count as u64))?);
     let runs = runs.ok_or(FrameError::BadLength(run_count as u64))?;
-    let mut covered = 0usize;
-    let mut offset_bytes = 0usize;
+    let mut covered = 0u64;
+    let mut offset_bytes = 0u64;
     for r in runs.chunks_exact(RUN_BYTES) {
-        let k = u32_at(r, 16) as usize;
+        let k = u64::from(u32_at(r, 16));
         covered += k;
-        match u32_at(r, 20) {
-            0 => {}
-            RUN_OFFSETS => offset_bytes += k * 4,
+        offset_bytes += match u32_at(r, 20) {
+            0 => 0,
+            RUN_OFFSETS_U16 => k * 2,
+            RUN_OFFSETS_U32 => k * 4,
             other => return Err(FrameError::BadLength(u64::from(other))),
-        }
+        };
     }
-    if covered != count {
-        return Err(FrameError::BadLength(covered as u64));
+    if covered != count as u64 {
+        return Err(FrameError::BadLength(covered));
     }
     let rest = &rest[runs.len()..];
-    let want = offset_bytes as u64 + count as u64 * (time_bytes + E::SIZE) as u64;
-    if rest.len() as u64 != want {
-        return Err(FrameError::BadLength(want));
+    let fixed = offset_bytes + count as u64 * time_bytes as u64;
+    if fixed > rest.len() as u64 {
+        return Err(FrameError::BadLength(fixed));
     }
-    let (offsets, rest) = rest.split_at(offset_bytes);
+    let (offsets, rest) = rest.split_at(offset_bytes as usize);
     let (times, records) = rest.split_at(count * time_bytes);
+    // Walk the records: each length within the record size, the section
+    // exactly used up.
+    if flags & BODY_TRIMMED != 0 {
+        let mut at = 0usize;
+        for _ in 0..count {
+            let len = usize::from(*records.get(at).ok_or(FrameError::Short)?);
+            if len > E::SIZE {
+                return Err(FrameError::BadLength(len as u64));
+            }
+            at += 1 + len;
+        }
+        if at != records.len() {
+            return Err(FrameError::BadLength(records.len() as u64));
+        }
+    } else if records.len() as u64 != count as u64 * E::SIZE as u64 {
+        return Err(FrameError::BadLength(records.len() as u64));
+    }
     Ok(Body { batch: u64_at(body, 0), count, base_time_us: u64_at(body, 16), flags, runs, offsets, times, records })
 }
 
@@ -294,27 +333,46 @@ impl Body<'_> {
     /// The batch's events with their origins and times, in order.
     pub fn entries<E: Record>(&self) -> impl ExactSizeIterator<Item = Entry<E>> + '_ {
         let mut origins = Vec::with_capacity(self.count);
-        let mut offsets = self.offsets.chunks_exact(4).map(|o| u64::from(u32_at(o, 0)));
+        let mut at = 0;
         for r in self.runs.chunks_exact(RUN_BYTES) {
-            let (producer, first, k, has_offsets) = (u64_at(r, 0), u64_at(r, 8), u32_at(r, 16), u32_at(r, 20) != 0);
-            for i in 0..u64::from(k) {
-                let offset = if has_offsets { offsets.next().unwrap_or(0) } else { i };
+            let (producer, first, k) = (u64_at(r, 0), u64_at(r, 8), u64::from(u32_at(r, 16)));
+            let width = match u32_at(r, 20) {
+                RUN_OFFSETS_U16 => 2,
+                RUN_OFFSETS_U32 => 4,
+                _ => 0,
+            };
+            for i in 0..k {
+                let offset = match width {
+                    2 => u64::from(u16::from_le_bytes([self.offsets[at], self.offsets[at + 1]])),
+                    4 => u64::from(u32_at(self.offsets, at)),
+                    _ => i,
+                };
+                at += width;
                 origins.push((producer, first.wrapping_add(offset)));
             }
         }
-        let base = self.base_time_us;
-        let flags = self.flags;
-        let times = self.times;
-        origins.into_iter().zip(self.records.chunks_exact(E::SIZE)).enumerate().map(
-            move |(i, ((producer, producer_seq), rec))| {
-                let time_us = match flags {
-                    BODY_TIMES_U32 => base.wrapping_add(u64::from(u32_at(times, i * 4))),
-                    BODY_TIMES_U64 => u64_at(times, i * 8),
-                    _ => base,
-                };
-                Entry { producer, producer_seq, stamped: Stamped { time_us, event: E::decode(rec) } }
-            },
-        )
+        let (base, flags, times, records) = (self.base_time_us, self.flags, self.times, self.records);
+        let mut next = 0usize;
+        let mut record = vec![0u8; E::SIZE];
+        origins.into_iter().enumerate().map(move |(i, (producer, producer_seq))| {
+            let time_us = match flags & BODY_TIMES_MASK {
+                BODY_TIMES_U32 => base.wrapping_add(u64::from(u32_at(times, i * 4))),
+                BODY_TIMES_U64 => u64_at(times, i * 8),
+                _ => base,
+            };
+            let event = if flags & BODY_TRIMMED != 0 {
+                // Lengths were checked by `decode_body`.
+                let len = usize::from(records[next]);
+                record.fill(0);
+                record[..len].copy_from_slice(&records[next + 1..next + 1 + len]);
+                next += 1 + len;
+                E::decode(&record)
+            } else {
+                next += E::SIZE;
+                E::decode(&records[next - E::SIZE..next])
+            };
+            Entry { producer, producer_seq, stamped: Stamped { time_us, event } }
+        })
     }
 }
 
@@ -384,8 +442,9 @@ mod tests {
         ];
         let mut buf = Vec::new();
         encode_frame(3, &runs, &events, &mut buf);
-        // Uniform time: no per-event times; 5 records, 3 offsets, 2 runs.
-        assert_eq!(buf.len(), FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 4 + 5 * 32);
+        // Uniform time: no per-event times; 3 two-byte offsets, 2 runs, and
+        // 5 scans trimmed to a length byte and 9 bytes each.
+        assert_eq!(buf.len(), FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 2 + 5 * 10);
         let (len, crc) = decode_frame_head(&buf).unwrap();
         let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
         let got: Vec<_> = body.entries::<HuntEvent>().map(|e| (e.producer, e.producer_seq, e.stamped)).collect();
@@ -395,6 +454,20 @@ mod tests {
             .map(|((p, s), e)| (p, s, *e))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn wide_offsets_round_trip() {
+        let events: Vec<Stamped<HuntEvent>> =
+            (0..2).map(|i| Stamped { time_us: 5, event: HuntEvent::move_by(1, i, -3, 4) }).collect();
+        let offsets = [7u32, 70_000];
+        let runs = [Run { producer: 2, first_seq: 1, len: 2, offsets: Some(&offsets) }];
+        let mut buf = Vec::new();
+        encode_frame(1, &runs, &events, &mut buf);
+        let (len, crc) = decode_frame_head(&buf).unwrap();
+        let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
+        let got: Vec<_> = body.entries::<HuntEvent>().map(|e| (e.producer_seq, e.stamped)).collect();
+        assert_eq!(got, vec![(8, events[0]), (70_001, events[1])]);
     }
 
     #[test]

@@ -156,8 +156,6 @@ fn acknowledged_events_survive_sigkill() {
     let engine = Engine::<TreasureHunt>::start_logged(config, &mut |_| {}).unwrap();
     let recovered = engine.shutdown();
     assert_eq!(replayed["state_hash"].as_str().unwrap(), format!("{:016x}", recovered.state_hash));
-    let in_segments: usize = durable.iter().map(|(segments, _)| segments.len()).sum();
-    assert!(replayed["events"].as_u64().unwrap() as usize >= in_segments);
     assert_eq!(recovered.events_applied, 0, "recovery applies the journal; nothing new was submitted");
     std::fs::remove_dir_all(&dir).ok();
 }
