@@ -198,6 +198,10 @@ impl<G: Game> Engine<G> {
             None => None,
         };
         let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us + 1).max().unwrap_or(0);
+        // Ids handed out by `Engine::producer` must not collide with ids the
+        // journal already holds sequences for.
+        let producer_id_next =
+            recovered.iter().flatten().flat_map(|r| r.producers.keys()).max().map_or(1, |m| m.saturating_add(1));
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let backend = match config.mode {
             Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered)?),
@@ -209,7 +213,7 @@ impl<G: Game> Engine<G> {
                 clock,
                 accepting: AtomicBool::new(true),
                 busy_replies: AtomicU64::new(0),
-                next_producer_id: AtomicU64::new(1),
+                next_producer_id: AtomicU64::new(producer_id_next),
                 backend,
             }),
         })

@@ -355,9 +355,13 @@ impl<G: Game> ShardLoop<G> {
                         let last = self.producers.entry(s.origin.producer).or_insert(0);
                         *last = (*last).max(s.origin.first_seq + last_offset);
                     }
-                    if journal.send(JournalJob::Batch { events, sources, deliveries }).is_err() {
-                        unreachable!("journal thread gone while its shard runs");
-                    }
+                    // The journal thread only stops early when the disk failed
+                    // (fail-stop): then nothing more may be applied, because
+                    // nothing more could be acknowledged.
+                    assert!(
+                        journal.send(JournalJob::Batch { events, sources, deliveries }).is_ok(),
+                        "the journal thread stopped after a disk error; shard stops with it"
+                    );
                     if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
                         let _ = journal.send(snapshot_job(&self.state, &self.producers));
                         self.last_snapshot = Instant::now();

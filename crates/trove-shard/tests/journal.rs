@@ -90,7 +90,7 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
         let m = engine.metrics();
         let synced: u64 = m.shards.iter().map(|s| s.fsyncs).sum();
         let bytes: u64 = m.shards.iter().map(|s| s.journal_bytes).sum();
-        assert!(bytes > 3000 * 32, "{name}: {bytes} journal bytes");
+        assert!(bytes > 3000 * 10, "{name}: {bytes} journal bytes (at least a trimmed record per event)");
         match policy {
             FsyncPolicy::Never => assert_eq!(synced, 0, "never syncs while running"),
             _ => assert!(synced > 0, "{name}: no fdatasync"),
@@ -106,6 +106,7 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
     let engine =
         Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Interval(Duration::from_millis(2)), 2)).unwrap();
     let mut p = engine.producer();
+    let first_producer = p.id();
     for chunk in events(0, 5000).chunks(333) {
         let mut batch = chunk.to_vec();
         p.submit(&mut batch).unwrap();
@@ -125,6 +126,8 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
     let engine =
         Engine::<TreasureHunt>::start_logged(config(&dir, FsyncPolicy::Always, 2), &mut |l| lines.push(l)).unwrap();
     assert!(lines.iter().any(|l| l.contains("loaded") || l.contains("replayed")), "{lines:?}");
+    let auto = engine.producer();
+    assert!(auto.id() > first_producer, "a new engine's producer ids continue past the journal's");
     let mut p = engine.producer_with_id(77, 1);
     let more = events(1, 2000);
     for chunk in more.chunks(500) {
