@@ -114,6 +114,10 @@ pub trait Game: Send + 'static {
         Ok(())
     }
 
+    /// The answer to a retried event (same producer and sequence as one
+    /// already applied) whose original outcome is no longer kept.
+    fn duplicate_outcome() -> Self::Outcome;
+
     /// Appends a world's whole state to `out`, for snapshots.
     fn encode_world(world: &Self::World, out: &mut Vec<u8>);
 

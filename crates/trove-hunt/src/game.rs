@@ -86,6 +86,10 @@ impl Game for TreasureHunt {
         world.check()
     }
 
+    fn duplicate_outcome() -> HuntOutcome {
+        HuntOutcome::Rejected { reason: Reject::Duplicate }
+    }
+
     fn encode_world(world: &Hunt, out: &mut Vec<u8>) {
         world.encode_state(out);
     }

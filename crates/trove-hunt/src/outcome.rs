@@ -73,10 +73,13 @@ pub enum Reject {
     PlayerOutOfRange = 9,
     /// The record's kind names no action.
     InvalidEvent = 10,
+    /// A retry of an event already applied, whose original outcome the
+    /// engine no longer keeps; the event was not applied again.
+    Duplicate = 11,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::UnknownHunt,
         Reject::NotJoined,
         Reject::AlreadyJoined,
@@ -87,6 +90,7 @@ impl Reject {
         Reject::TooManyHunts,
         Reject::PlayerOutOfRange,
         Reject::InvalidEvent,
+        Reject::Duplicate,
     ];
 
     /// A stable snake_case name, for metrics labels and JSON.
@@ -102,6 +106,7 @@ impl Reject {
             Reject::TooManyHunts => "too_many_hunts",
             Reject::PlayerOutOfRange => "player_out_of_range",
             Reject::InvalidEvent => "invalid_event",
+            Reject::Duplicate => "duplicate",
         }
     }
 }

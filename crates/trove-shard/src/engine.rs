@@ -70,6 +70,13 @@ pub struct EngineConfig {
     pub clock_base_us: u64,
     /// Journal applied batches (sharded mode only); `None` runs in memory.
     pub journal: Option<JournalConfig>,
+    /// Sharded mode: outcomes kept per producer and shard to answer retries
+    /// with their original outcome (see `dedup`). At least the events a
+    /// producer may have unacknowledged.
+    pub dedup_window_events: usize,
+    /// Sharded mode: producers a shard remembers; past that, the one idle
+    /// the longest is forgotten.
+    pub dedup_producers_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +93,8 @@ impl Default for EngineConfig {
             clock: ClockMode::Wall,
             clock_base_us: 0,
             journal: None,
+            dedup_window_events: 65_536,
+            dedup_producers_max: 1024,
         }
     }
 }
@@ -194,14 +203,25 @@ impl<G: Game> Engine<G> {
     pub fn start_logged(config: EngineConfig, log: &mut dyn FnMut(String)) -> Result<Self, String> {
         config.validate()?;
         let recovered = match &config.journal {
-            Some(j) => Some(recover::<G>(j, config.shards, config.worlds_max, log)?),
+            Some(j) => Some(recover::<G>(
+                j,
+                config.shards,
+                config.worlds_max,
+                (config.dedup_window_events, config.dedup_producers_max),
+                log,
+            )?),
             None => None,
         };
         let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us + 1).max().unwrap_or(0);
         // Ids handed out by `Engine::producer` must not collide with ids the
         // journal already holds sequences for.
-        let producer_id_next =
-            recovered.iter().flatten().flat_map(|r| r.producers.keys()).max().map_or(1, |m| m.saturating_add(1));
+        let producer_id_next = recovered
+            .iter()
+            .flatten()
+            .flat_map(|r| r.producers.last_seqs())
+            .map(|(p, _)| p)
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let backend = match config.mode {
             Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered)?),

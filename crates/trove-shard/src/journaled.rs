@@ -10,7 +10,6 @@
 //! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
 //! after the next periodic `fdatasync`, `never` after the `write`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +22,7 @@ use trove_journal::snapshot::{
 };
 use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, recover_shard, shard_dir};
 
+use crate::dedup::Dedup;
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
 
@@ -80,20 +80,19 @@ pub(crate) struct RecoveredShard<G: Game> {
     pub state: GameState<G>,
     pub writer: JournalWriter,
     pub last_time_us: u64,
-    /// Last applied sequence of every producer seen.
-    pub producers: HashMap<u64, u64>,
+    /// Every producer's last applied sequence, and the outcomes of the
+    /// events replayed from the journal, to answer retries.
+    pub producers: Dedup<G::Outcome>,
 }
 
 /// Encodes a shard's state for a snapshot (on the shard thread: it owns
 /// the state).
-pub(crate) fn snapshot_job<G: Game>(state: &GameState<G>, producers: &HashMap<u64, u64>) -> JournalJob<G> {
+pub(crate) fn snapshot_job<G: Game>(state: &GameState<G>, producers: &Dedup<G::Outcome>) -> JournalJob<G> {
     let mut worlds = SnapshotBuilder::default();
     for (id, w) in state.worlds().iter_sorted() {
         worlds.add(id, |out| G::encode_world(w, out));
     }
-    let mut producers: Vec<(u64, u64)> = producers.iter().map(|(&p, &s)| (p, s)).collect();
-    producers.sort_unstable();
-    JournalJob::Snapshot { worlds, last_time_us: state.time_us(), producers }
+    JournalJob::Snapshot { worlds, last_time_us: state.time_us(), producers: producers.last_seqs() }
 }
 
 const META_FILE: &str = "trove.meta";
@@ -132,12 +131,12 @@ fn rebuild<G: Game>(
     dir: &Path,
     index: usize,
     worlds_max: usize,
+    mut producers: Dedup<G::Outcome>,
     options: RecoverOptions,
     log: &LogTx,
     mut each: impl FnMut(u64, &[Entry<G::Event>]),
-) -> Result<(GameState<G>, trove_journal::Recovered, HashMap<u64, u64>), String> {
+) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), String> {
     let mut state = GameState::<G>::new(worlds_max);
-    let mut producers = HashMap::new();
     let mut options = options;
     let (snapshots, leftovers) = list_snapshots(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
     for tmp in leftovers {
@@ -161,7 +160,7 @@ fn rebuild<G: Game>(
             state.restore_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e:?}", path.display()))?;
         }
         state.restore_time(snap.meta.last_time_us);
-        producers.extend(snap.producers.iter().copied());
+        producers.restore(snap.producers.iter().copied());
         options.skip_below = snap.meta.next_batch;
         let _ = log.send((
             Level::Info,
@@ -180,11 +179,11 @@ fn rebuild<G: Game>(
         each(batch, entries);
         stamped.clear();
         stamped.extend(entries.iter().map(|e| e.stamped));
-        for e in entries {
-            let last = producers.entry(e.producer).or_insert(0);
-            *last = (*last).max(e.producer_seq);
-        }
+        producers.next_drain();
         state.apply(&stamped, &mut out);
+        for (e, o) in entries.iter().zip(&out.direct) {
+            producers.record(e.producer, e.producer_seq, *o);
+        }
         out.clear();
         if last_report.elapsed().as_secs() >= 1 {
             let _ = log.send((
@@ -243,6 +242,7 @@ pub(crate) fn recover<G: Game>(
     journal: &JournalConfig,
     shards: usize,
     worlds_max: usize,
+    (dedup_window, dedup_producers_max): (usize, usize),
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, String> {
     check_meta::<G>(&journal.dir, shards)?;
@@ -255,7 +255,8 @@ pub(crate) fn recover<G: Game>(
             segment_bytes_max: journal.segment_bytes_max,
             skip_below: 0,
         };
-        let (state, r, producers) = rebuild::<G>(&dir, index, worlds_max, options, log, |_, _| {})?;
+        let dedup = Dedup::new(dedup_window, dedup_producers_max);
+        let (state, r, producers) = rebuild::<G>(&dir, index, worlds_max, dedup, options, log, |_, _| {})?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -311,6 +312,11 @@ pub(crate) fn run_journal<G: Game>(
         }
         for job in jobs.drain(..) {
             match job {
+                JournalJob::Batch { events, sources: _, deliveries } if events.is_empty() => {
+                    // Only retries: nothing to write, but their
+                    // acknowledgements wait behind the writes before them.
+                    waiting.extend(deliveries);
+                }
                 JournalJob::Batch { events, sources, deliveries } => {
                     let runs: Vec<Run<'_>> = sources
                         .iter()
@@ -412,10 +418,15 @@ pub fn replay<G: Game>(
         Level::Info => eprintln!("trove: {line}"),
     };
     let shards_done = per_shard(shards, &mut to_notes, |index, log| {
-        let (state, rec, _) =
-            rebuild::<G>(&shard_dir(dir, index), index, usize::MAX, options, log, |batch, entries| {
-                (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries)
-            })?;
+        let (state, rec, _) = rebuild::<G>(
+            &shard_dir(dir, index),
+            index,
+            usize::MAX,
+            Dedup::new(0, usize::MAX),
+            options,
+            log,
+            |batch, entries| (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries),
+        )?;
         Ok((state.world_hashes(), rec.batches, rec.events))
     })?;
     for (hashes, batches, events) in shards_done {

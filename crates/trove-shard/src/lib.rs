@@ -16,6 +16,8 @@
 //! - [`per_event`]: the two baseline modes the engine exists to beat: a
 //!   tokio task per event awaiting its world's async mutex and the hand-off
 //!   of its outcome, and a `spawn_blocking` per event.
+//! - `dedup`: idempotent producers: per producer and shard, the last
+//!   applied sequence and a window of outcomes to answer retries with.
 //! - [`metrics`]: per-shard counters and log2 histograms, lock-free to read
 //!   while the shard runs.
 //! - [`clock`]: engine time.
@@ -24,6 +26,7 @@
 //! allocations happen per batch.
 
 pub mod clock;
+mod dedup;
 pub mod engine;
 pub mod journaled;
 pub mod metrics;

@@ -100,6 +100,8 @@ pub struct ShardMetrics {
     pub fsyncs: AtomicU64,
     /// Nanoseconds per `fdatasync`.
     pub fsync_ns: Log2Histogram,
+    /// Retried events answered without being applied again.
+    pub retries: AtomicU64,
     /// Snapshots written.
     pub snapshots: AtomicU64,
     /// Size of the last snapshot.
@@ -123,6 +125,7 @@ impl ShardMetrics {
             journal_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_ns: Log2Histogram::default(),
+            retries: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
         }
@@ -144,6 +147,7 @@ impl ShardMetrics {
             journal_bytes: self.journal_bytes.load(Relaxed),
             fsyncs: self.fsyncs.load(Relaxed),
             fsync_ns: self.fsync_ns.snapshot(),
+            retries: self.retries.load(Relaxed),
             snapshots: self.snapshots.load(Relaxed),
             snapshot_bytes: self.snapshot_bytes.load(Relaxed),
         }
@@ -167,6 +171,7 @@ pub struct ShardMetricsSnapshot {
     pub journal_bytes: u64,
     pub fsyncs: u64,
     pub fsync_ns: HistogramSnapshot,
+    pub retries: u64,
     pub snapshots: u64,
     pub snapshot_bytes: u64,
 }

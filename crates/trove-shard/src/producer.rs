@@ -159,6 +159,24 @@ impl<G: Game> Producer<G> {
         Ok(ticket)
     }
 
+    /// Like `submit`, with the producer's own sequence numbers: the events
+    /// get `first_seq, first_seq + 1, ...`. A producer that resends events
+    /// it is unsure about (after a reconnect, say) resends them with their
+    /// original numbers; those already applied are answered with their
+    /// original outcomes (while the engine keeps them, see
+    /// `EngineConfig::dedup_window_events`) and are not applied again.
+    /// Sharded mode only; the baseline modes apply whatever they are given.
+    pub fn submit_at(&mut self, first_seq: u64, events: &mut Vec<Stamped<G::Event>>) -> Result<u64, SubmitError> {
+        if first_seq == 0 {
+            return Err(SubmitError::BadSize);
+        }
+        let next = self.next_seq;
+        self.next_seq = first_seq;
+        let result = self.submit(events);
+        self.next_seq = if result.is_ok() { next.max(self.next_seq) } else { next };
+        result
+    }
+
     /// Batches submitted and not yet returned by `try_complete`.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

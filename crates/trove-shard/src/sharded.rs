@@ -18,7 +18,6 @@
 //! A shard's input is a sequence of stamped batches; it could come from a
 //! partitioned log as well as from producers.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
+use crate::dedup::Dedup;
 use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_job};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
@@ -56,9 +56,12 @@ struct Work<G: Game> {
     ticket: u64,
     part: u32,
     origin: Origin,
-    /// The part's positions in its batch, for the journal's sequence
-    /// numbers; `None` for a whole batch (or when nothing is journaled).
+    /// The part's positions in its batch (its events' sequence offsets);
+    /// `None` for a whole batch.
     positions: Option<Arc<Vec<u32>>>,
+    /// Sequences of the part's first events that were retries of events
+    /// already applied (filled by the shard).
+    retried: Vec<u64>,
     events: Vec<Stamped<G::Event>>,
 }
 
@@ -72,7 +75,6 @@ struct Shard<G: Game> {
 
 pub(crate) struct Sharded<G: Game> {
     shards: Vec<Shard<G>>,
-    journaled: bool,
 }
 
 impl<G: Game> Sharded<G> {
@@ -84,7 +86,6 @@ impl<G: Game> Sharded<G> {
         recovered: Option<Vec<RecoveredShard<G>>>,
     ) -> Result<Self, String> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let journaled = recovered.is_some();
         let mut recovered = recovered.map(Vec::into_iter);
         let mut shards = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
@@ -104,7 +105,11 @@ impl<G: Game> Sharded<G> {
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
                     (r.state, Some((jtx, thread)), r.producers)
                 }
-                None => (GameState::new(config.worlds_max), None, HashMap::new()),
+                None => (
+                    GameState::new(config.worlds_max),
+                    None,
+                    Dedup::new(config.dedup_window_events, config.dedup_producers_max),
+                ),
             };
             let run = ShardLoop::<G> {
                 rx,
@@ -130,7 +135,7 @@ impl<G: Game> Sharded<G> {
                 .map_err(|e| format!("starting shard thread {index}: {e}"))?;
             shards.push(Shard { tx, queued, metrics, thread: Mutex::new(Some(thread)) });
         }
-        Ok(Self { shards, journaled })
+        Ok(Self { shards })
     }
 
     pub fn submit(
@@ -202,8 +207,16 @@ impl<G: Game> Sharded<G> {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
-            let positions = (self.journaled && split).then(|| Arc::new(layout[part].clone()));
-            let work = Work { inbox: inbox.clone(), ticket, part: part as u32, origin, positions, events };
+            let positions = split.then(|| Arc::new(layout[part].clone()));
+            let work = Work {
+                inbox: inbox.clone(),
+                ticket,
+                part: part as u32,
+                origin,
+                positions,
+                retried: Vec::new(),
+                events,
+            };
             // The receiver lives until every reservation is drained.
             if shard.tx.send(Msg::Work(work)).is_err() {
                 unreachable!("shard {s} stopped while holding a reservation");
@@ -233,6 +246,12 @@ impl<G: Game> Sharded<G> {
     }
 }
 
+/// The producer sequence of a work item's `k`-th (remaining) event.
+#[inline]
+fn seq_at_after<G: Game>(w: &Work<G>, k: usize) -> u64 {
+    w.origin.first_seq + w.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]))
+}
+
 struct ShardLoop<G: Game> {
     rx: Receiver<Msg<G>>,
     queued: Arc<AtomicUsize>,
@@ -241,9 +260,9 @@ struct ShardLoop<G: Game> {
     /// The journal thread, if the engine journals: applied batches go
     /// there, and their acknowledgements with them.
     journal: Option<(Sender<JournalJob<G>>, JoinHandle<()>)>,
-    /// When journaling: the last applied sequence of every producer, for
-    /// snapshots (updated per batch part, not per event).
-    producers: HashMap<u64, u64>,
+    /// Every producer's last applied sequence and recent outcomes: retries
+    /// are answered, never applied twice.
+    producers: Dedup<G::Outcome>,
     snapshot_interval: Option<Duration>,
     last_snapshot: Instant,
     drain_events_max: usize,
@@ -296,6 +315,29 @@ impl<G: Game> ShardLoop<G> {
             self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
             self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
 
+            // Retries: a producer's events reach this shard in increasing
+            // sequence order, so the retried events of a part are a prefix
+            // of it. Take them out; they are answered after the apply.
+            self.producers.next_drain();
+            for w in &mut work {
+                let log = self.producers.log(w.origin.producer);
+                let seq_at = |k: usize| w.origin.first_seq + w.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]));
+                let retried = (0..w.events.len()).take_while(|&k| seq_at(k) <= log.last_seq).count();
+                if retried > 0 {
+                    w.retried = (0..retried).map(seq_at).collect();
+                    w.events.drain(..retried);
+                    match &mut w.positions {
+                        Some(p) => w.positions = Some(Arc::new(p[retried..].to_vec())),
+                        None => w.origin.first_seq += retried as u64,
+                    }
+                }
+                if let Some(k) = w.events.len().checked_sub(1) {
+                    let last = seq_at_after(w, k);
+                    let log = self.producers.log(w.origin.producer);
+                    log.last_seq = log.last_seq.max(last);
+                }
+            }
+
             // Stamp: one clock read per drained batch.
             if self.clock_mode == ClockMode::Wall {
                 time_us = time_us.max(self.clock.now_us());
@@ -307,6 +349,7 @@ impl<G: Game> ShardLoop<G> {
                 }
             }
 
+            let applied = batch.len() as u64;
             let apply = Instant::now();
             self.state.apply(&batch, &mut out);
             self.metrics.apply_ns.record(apply.elapsed().as_nanos() as u64);
@@ -315,30 +358,56 @@ impl<G: Game> ShardLoop<G> {
                     rejections[r] += 1;
                 }
             }
+            // Counted before any outcome is handed back, so a producer that
+            // sees its outcomes sees them counted.
+            let m = &self.metrics;
+            m.events_applied.fetch_add(applied, Relaxed);
+            m.batches_applied.fetch_add(1, Relaxed);
+            m.submissions.fetch_add(work.len() as u64, Relaxed);
+            m.batch_events.record(events as u64);
+            for (counter, n) in m.rejections.iter().zip(&mut rejections) {
+                if *n > 0 {
+                    counter.fetch_add(std::mem::take(n), Relaxed);
+                }
+            }
 
             // Each part's outcomes and broadcasts: to its producer now, or,
             // when journaling, once the journal has made the batch durable.
             let mut offset = 0;
             let mut next_broadcast = 0;
-            let parts = work.len() as u64;
             let mut deliveries = Vec::with_capacity(if self.journal.is_some() { work.len() } else { 0 });
             let mut sources = Vec::with_capacity(deliveries.capacity());
             for w in work.drain(..) {
                 let end = offset + w.events.len();
-                let outcomes = out.direct[offset..end].to_vec();
+                for k in 0..w.events.len() {
+                    self.producers.record(w.origin.producer, seq_at_after(&w, k), out.direct[offset + k]);
+                }
+                let retried = w.retried.len();
+                let mut outcomes = Vec::with_capacity(retried + w.events.len());
+                if retried > 0 {
+                    let log = self.producers.log(w.origin.producer);
+                    outcomes.extend(w.retried.iter().map(|&seq| log.lookup(seq).unwrap_or_else(G::duplicate_outcome)));
+                    self.metrics.retries.fetch_add(retried as u64, Relaxed);
+                }
+                outcomes.extend_from_slice(&out.direct[offset..end]);
                 let mut broadcasts = Vec::new();
                 while let Some(b) = out.broadcasts.get(next_broadcast) {
                     if b.event_index as usize >= end {
                         break;
                     }
                     let mut b = b.clone();
-                    b.event_index -= offset as u32;
+                    b.event_index = b.event_index - offset as u32 + retried as u32;
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
                 let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts };
-                if self.journal.is_some() {
+                if self.journal.is_some() && !w.events.is_empty() {
                     sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
+                    deliveries.push((w.inbox, part));
+                } else if self.journal.is_some() {
+                    // Only retries: nothing new to make durable, but earlier
+                    // parts of this batch may still be on their way; keep
+                    // the acknowledgement in order behind them.
                     deliveries.push((w.inbox, part));
                 } else {
                     w.inbox.deliver(part);
@@ -349,12 +418,6 @@ impl<G: Game> ShardLoop<G> {
             match &self.journal {
                 Some((journal, _)) => {
                     let events = std::mem::replace(&mut batch, Vec::with_capacity(events));
-                    // The journal thread outlives the shard loop.
-                    for s in &sources {
-                        let last_offset = s.positions.as_ref().map_or(s.len as u64 - 1, |p| u64::from(p[s.len - 1]));
-                        let last = self.producers.entry(s.origin.producer).or_insert(0);
-                        *last = (*last).max(s.origin.first_seq + last_offset);
-                    }
                     // The journal thread only stops early when the disk failed
                     // (fail-stop): then nothing more may be applied, because
                     // nothing more could be acknowledged.
@@ -370,17 +433,7 @@ impl<G: Game> ShardLoop<G> {
                 None => batch.clear(),
             }
 
-            let m = &self.metrics;
-            m.events_applied.fetch_add(events as u64, Relaxed);
-            m.batches_applied.fetch_add(1, Relaxed);
-            m.submissions.fetch_add(parts, Relaxed);
-            m.batch_events.record(events as u64);
-            for (counter, n) in m.rejections.iter().zip(&mut rejections) {
-                if *n > 0 {
-                    counter.fetch_add(std::mem::take(n), Relaxed);
-                }
-            }
-            m.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
+            self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
         }
         if let Some((journal, thread)) = self.journal.take() {
             // A final snapshot makes the next start quick.

@@ -173,6 +173,9 @@ impl Game for Gated {
     fn hash_world(w: &u64, h: &mut StateHasher) {
         h.u64(*w);
     }
+    fn duplicate_outcome() -> u32 {
+        u32::MAX
+    }
     fn encode_world(w: &u64, out: &mut Vec<u8>) {
         out.extend_from_slice(&w.to_le_bytes());
     }
@@ -299,6 +302,9 @@ impl Game for Clocked {
         out.direct.extend(events.iter().map(|e| e.time_us));
     }
     fn hash_world(_: &(), _: &mut StateHasher) {}
+    fn duplicate_outcome() -> u64 {
+        u64::MAX
+    }
     fn encode_world(_: &(), _: &mut Vec<u8>) {}
     fn decode_world(_: WorldId, b: &[u8]) -> Result<(), String> {
         trove_core::Reader::new(b).finish()

@@ -230,3 +230,59 @@ fn snapshots_replace_old_segments_and_restarts_load_them() {
     assert!(err.contains("damaged") && err.contains(snap.file_name().unwrap().to_str().unwrap()), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn retried_events_get_their_original_outcomes_and_are_not_applied_twice() {
+    for journaled in [false, true] {
+        let dir = temp_dir(if journaled { "retry-journal" } else { "retry-memory" });
+        let mut cfg = config(&dir, FsyncPolicy::Always, 2);
+        cfg.clock = ClockMode::Supplied;
+        if !journaled {
+            cfg.journal = None;
+        }
+        let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+        let stream = events(0, 3000);
+        let mut p = engine.producer_with_id(5, 1);
+        let mut batch = stream.clone();
+        p.submit(&mut batch).unwrap();
+        let original = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+
+        // The whole batch again, with its sequence numbers: same answers.
+        let mut again = stream.clone();
+        p.submit_at(1, &mut again).unwrap();
+        let retried = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+        assert_eq!(retried, original, "journaled={journaled}");
+
+        // Overlapping: the last 100 events again plus 50 new ones.
+        let n = stream.len();
+        let mut overlap = stream[n - 100..].to_vec();
+        overlap.extend(events(1, 50).into_iter().take(50));
+        p.submit_at(n as u64 - 99, &mut overlap).unwrap();
+        let mixed = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+        assert_eq!(&mixed[..100], &original[n - 100..]);
+        assert_eq!(p.next_seq(), n as u64 + 51);
+        let end = engine.shutdown();
+        // Every event applied once: the retries were answered, not applied.
+        assert_eq!(end.events_applied, n as u64 + 50, "journaled={journaled}");
+        let retries: u64 = end.metrics.shards.iter().map(|s| s.retries).sum();
+        assert_eq!(retries, n as u64 + 100);
+
+        if journaled {
+            // After a restart the snapshot still knows the sequences: a retry
+            // is not applied again (its outcome is no longer kept).
+            let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
+            let mut p = engine.producer_with_id(5, 1);
+            let mut again = stream[..10].to_vec();
+            p.submit_at(1, &mut again).unwrap();
+            let answers = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+            assert!(
+                answers
+                    .iter()
+                    .all(|o| *o == trove_hunt::HuntOutcome::Rejected { reason: trove_hunt::Reject::Duplicate }),
+                "{answers:?}"
+            );
+            assert_eq!(engine.shutdown().state_hash, end.state_hash, "the retry changed nothing");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -113,6 +113,10 @@ impl Game for CaptureTheFlag {
         m.captures.iter().chain(&m.games_won).for_each(|&c| h.u32(c));
     }
 
+    fn duplicate_outcome() -> FlagOutcome {
+        FlagOutcome::Rejected
+    }
+
     fn encode_world(m: &FlagMatch, out: &mut Vec<u8>) {
         for v in [m.limit, m.captures[0], m.captures[1], m.games_won[0], m.games_won[1]] {
             out.extend_from_slice(&v.to_le_bytes());
