@@ -31,6 +31,26 @@ impl<O: Copy> ProducerLog<O> {
         Self { last_seq, recent: VecDeque::new(), last_active: 0 }
     }
 
+    /// Remembers the outcomes of applied events, in sequence order, keeping
+    /// the last `window`.
+    pub fn record(&mut self, window: usize, applied: impl ExactSizeIterator<Item = (u64, O)>) {
+        if window == 0 {
+            for (seq, _) in applied {
+                self.last_seq = self.last_seq.max(seq);
+            }
+            return;
+        }
+        let n = applied.len();
+        let drop = (self.recent.len() + n).saturating_sub(window).min(self.recent.len());
+        self.recent.drain(..drop);
+        for (seq, o) in applied {
+            self.last_seq = self.last_seq.max(seq);
+            self.recent.push_back((seq, o));
+        }
+        let extra = self.recent.len().saturating_sub(window);
+        self.recent.drain(..extra);
+    }
+
     /// The original outcome of a retried sequence, if still kept.
     pub fn lookup(&self, seq: u64) -> Option<O> {
         let i = self.recent.partition_point(|&(s, _)| s < seq);
@@ -71,17 +91,10 @@ impl<O: Copy> Dedup<O> {
         log
     }
 
-    /// Remembers an applied event's outcome.
-    pub fn record(&mut self, producer: u64, seq: u64, outcome: O) {
+    /// Remembers the outcomes of a producer's applied events.
+    pub fn record(&mut self, producer: u64, applied: impl ExactSizeIterator<Item = (u64, O)>) {
         let window = self.window;
-        let log = self.log(producer);
-        log.last_seq = log.last_seq.max(seq);
-        if window > 0 {
-            if log.recent.len() == window {
-                log.recent.pop_front();
-            }
-            log.recent.push_back((seq, outcome));
-        }
+        self.log(producer).record(window, applied);
     }
 
     /// Restores last sequences from a snapshot (their outcomes are gone).
@@ -107,19 +120,18 @@ mod tests {
     #[test]
     fn keeps_a_window_and_evicts_the_idlest_producer() {
         let mut d: Dedup<u32> = Dedup::new(3, 2);
-        for seq in 1..=5 {
-            d.record(7, seq, seq as u32 * 10);
-        }
+        d.record(7, (1..=2).map(|seq| (seq, seq as u32 * 10)));
+        d.record(7, (3..=5).map(|seq| (seq, seq as u32 * 10)));
         let log = d.log(7);
         assert_eq!(log.last_seq, 5);
         assert_eq!(log.lookup(5), Some(50));
         assert_eq!(log.lookup(3), Some(30));
         assert_eq!(log.lookup(2), None, "older than the window");
         d.next_drain();
-        d.record(8, 1, 1);
+        d.record(8, [(1, 1)].into_iter());
         d.next_drain();
         d.log(8);
-        d.record(9, 1, 1); // evicts 7, idle longest
+        d.record(9, [(1, 1)].into_iter()); // evicts 7, idle longest
         assert_eq!(d.last_seqs(), vec![(8, 1), (9, 1)]);
     }
 }

@@ -181,8 +181,13 @@ fn rebuild<G: Game>(
         stamped.extend(entries.iter().map(|e| e.stamped));
         producers.next_drain();
         state.apply(&stamped, &mut out);
-        for (e, o) in entries.iter().zip(&out.direct) {
-            producers.record(e.producer, e.producer_seq, *o);
+        // Entries of one producer are runs; record each run at once.
+        let mut i = 0;
+        while i < entries.len() {
+            let producer = entries[i].producer;
+            let j = entries[i..].iter().position(|e| e.producer != producer).map_or(entries.len(), |k| i + k);
+            producers.record(producer, entries[i..j].iter().zip(&out.direct[i..j]).map(|(e, o)| (e.producer_seq, *o)));
+            i = j;
         }
         out.clear();
         if last_report.elapsed().as_secs() >= 1 {

@@ -379,9 +379,8 @@ impl<G: Game> ShardLoop<G> {
             let mut sources = Vec::with_capacity(deliveries.capacity());
             for w in work.drain(..) {
                 let end = offset + w.events.len();
-                for k in 0..w.events.len() {
-                    self.producers.record(w.origin.producer, seq_at_after(&w, k), out.direct[offset + k]);
-                }
+                let applied = (0..w.events.len()).map(|k| (seq_at_after(&w, k), out.direct[offset + k]));
+                self.producers.record(w.origin.producer, applied);
                 let retried = w.retried.len();
                 let mut outcomes = Vec::with_capacity(retried + w.events.len());
                 if retried > 0 {

@@ -32,6 +32,7 @@ pub struct EngineBenchArgs {
     pub clock: ClockMode,
     pub journal: Option<JournalConfig>,
     pub ack_log: Option<PathBuf>,
+    pub dedup_window: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +166,7 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         clock: args.clock,
         worlds_max: spec.hunts as usize,
         journal: args.journal.clone(),
+        dedup_window_events: args.dedup_window,
         ..EngineConfig::default()
     };
     let starting = Instant::now();

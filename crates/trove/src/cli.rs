@@ -99,6 +99,10 @@ pub struct BenchEngine {
     /// With --data: always, interval=<ms> or never.
     #[arg(long, default_value = "interval=5")]
     pub fsync: String,
+    /// Outcomes kept per producer and shard to answer retries (0: retries
+    /// are still never applied twice, but answered as duplicates).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=16_777_216))]
+    pub dedup_window: u32,
     /// With --data: snapshot every this many milliseconds (default 60000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub snapshot_ms: Option<u64>,

@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     None => None,
                 },
                 ack_log: args.ack_log.clone(),
+                dedup_window: args.dedup_window as usize,
             };
             let report = bench_engine::run(&spec, &bench)?;
             print_report(&report, args.json)
