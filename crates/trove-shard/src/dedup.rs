@@ -120,8 +120,8 @@ mod tests {
     #[test]
     fn keeps_a_window_and_evicts_the_idlest_producer() {
         let mut d: Dedup<u32> = Dedup::new(3, 2);
-        d.record(7, (1..=2).map(|seq| (seq, seq as u32 * 10)));
-        d.record(7, (3..=5).map(|seq| (seq, seq as u32 * 10)));
+        d.record(7, (1u32..3).map(|seq| (u64::from(seq), seq * 10)));
+        d.record(7, (3u32..6).map(|seq| (u64::from(seq), seq * 10)));
         let log = d.log(7);
         assert_eq!(log.last_seq, 5);
         assert_eq!(log.lookup(5), Some(50));
