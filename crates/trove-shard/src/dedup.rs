@@ -14,47 +14,83 @@
 //! from it after that would be applied again).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// The outcomes of one applied batch part, shared with the part delivered
+/// to the producer: keeping them costs no copy.
+#[derive(Debug)]
+pub(crate) struct AppliedPart<O> {
+    /// Sequence of the first applied event.
+    pub first_seq: u64,
+    /// Sequence offsets of the applied events from `first_seq`; `None`: 0, 1, ...
+    pub positions: Option<Arc<Vec<u32>>>,
+    /// The part's outcomes: `skip` retried ones first, then the applied ones.
+    pub outcomes: Arc<[O]>,
+    pub skip: usize,
+}
+
+impl<O: Copy> AppliedPart<O> {
+    fn len(&self) -> usize {
+        self.outcomes.len() - self.skip
+    }
+
+    fn seq(&self, k: usize) -> u64 {
+        self.first_seq + self.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.seq(self.len() - 1)
+    }
+
+    fn lookup(&self, seq: u64) -> Option<O> {
+        let offset = seq.checked_sub(self.first_seq)?;
+        let k = match &self.positions {
+            None => usize::try_from(offset).ok().filter(|&k| k < self.len())?,
+            Some(p) => p.binary_search(&u32::try_from(offset).ok()?).ok()?,
+        };
+        Some(self.outcomes[self.skip + k])
+    }
+}
 
 /// One producer's history on one shard.
 #[derive(Debug)]
 pub(crate) struct ProducerLog<O> {
     /// Highest sequence applied.
     pub last_seq: u64,
-    /// Outcomes of the most recent applied events, ascending by sequence.
-    recent: VecDeque<(u64, O)>,
+    /// The most recent applied parts, ascending by sequence, holding at
+    /// least the last `window` events' outcomes.
+    recent: VecDeque<AppliedPart<O>>,
+    recent_events: usize,
     /// The drain in which the producer was last seen, for eviction.
     last_active: u64,
 }
 
 impl<O: Copy> ProducerLog<O> {
     fn new(last_seq: u64) -> Self {
-        Self { last_seq, recent: VecDeque::new(), last_active: 0 }
+        Self { last_seq, recent: VecDeque::new(), recent_events: 0, last_active: 0 }
     }
 
-    /// Remembers the outcomes of applied events, in sequence order, keeping
-    /// the last `window`.
-    pub fn record(&mut self, window: usize, applied: impl ExactSizeIterator<Item = (u64, O)>) {
-        if window == 0 {
-            for (seq, _) in applied {
-                self.last_seq = self.last_seq.max(seq);
-            }
+    /// Remembers an applied part's outcomes (parts arrive in sequence order).
+    pub fn record(&mut self, window: usize, part: AppliedPart<O>) {
+        if part.len() == 0 {
             return;
         }
-        let n = applied.len();
-        let drop = (self.recent.len() + n).saturating_sub(window).min(self.recent.len());
-        self.recent.drain(..drop);
-        for (seq, o) in applied {
-            self.last_seq = self.last_seq.max(seq);
-            self.recent.push_back((seq, o));
+        self.last_seq = self.last_seq.max(part.last_seq());
+        if window == 0 {
+            return;
         }
-        let extra = self.recent.len().saturating_sub(window);
-        self.recent.drain(..extra);
+        self.recent_events += part.len();
+        self.recent.push_back(part);
+        while self.recent.front().is_some_and(|p| self.recent_events - p.len() >= window) {
+            let dropped = self.recent.pop_front().expect("front exists");
+            self.recent_events -= dropped.len();
+        }
     }
 
     /// The original outcome of a retried sequence, if still kept.
     pub fn lookup(&self, seq: u64) -> Option<O> {
-        let i = self.recent.partition_point(|&(s, _)| s < seq);
-        self.recent.get(i).filter(|&&(s, _)| s == seq).map(|&(_, o)| o)
+        let i = self.recent.partition_point(|p| p.last_seq() < seq);
+        self.recent.get(i)?.lookup(seq)
     }
 }
 
@@ -91,10 +127,10 @@ impl<O: Copy> Dedup<O> {
         log
     }
 
-    /// Remembers the outcomes of a producer's applied events.
-    pub fn record(&mut self, producer: u64, applied: impl ExactSizeIterator<Item = (u64, O)>) {
+    /// Remembers an applied part of a producer.
+    pub fn record(&mut self, producer: u64, part: AppliedPart<O>) {
         let window = self.window;
-        self.log(producer).record(window, applied);
+        self.log(producer).record(window, part);
     }
 
     /// Restores last sequences from a snapshot (their outcomes are gone).
@@ -117,21 +153,27 @@ impl<O: Copy> Dedup<O> {
 mod tests {
     use super::*;
 
+    fn part(first_seq: u64, positions: Option<Vec<u32>>, outcomes: &[u32], skip: usize) -> AppliedPart<u32> {
+        AppliedPart { first_seq, positions: positions.map(Arc::new), outcomes: outcomes.into(), skip }
+    }
+
     #[test]
     fn keeps_a_window_and_evicts_the_idlest_producer() {
         let mut d: Dedup<u32> = Dedup::new(3, 2);
-        d.record(7, (1u32..3).map(|seq| (u64::from(seq), seq * 10)));
-        d.record(7, (3u32..6).map(|seq| (u64::from(seq), seq * 10)));
+        d.record(7, part(1, None, &[10, 20], 0));
+        // Sequences 3, 5 and 6 (offsets 0, 2, 3 from 3), after one retried.
+        d.record(7, part(3, Some(vec![0, 2, 3]), &[99, 30, 50, 60], 1));
         let log = d.log(7);
-        assert_eq!(log.last_seq, 5);
+        assert_eq!(log.last_seq, 6);
         assert_eq!(log.lookup(5), Some(50));
         assert_eq!(log.lookup(3), Some(30));
-        assert_eq!(log.lookup(2), None, "older than the window");
+        assert_eq!(log.lookup(4), None, "not one of its sequences");
+        assert_eq!(log.lookup(1), None, "older than the window");
         d.next_drain();
-        d.record(8, [(1, 1)].into_iter());
+        d.record(8, part(1, None, &[1], 0));
         d.next_drain();
         d.log(8);
-        d.record(9, [(1, 1)].into_iter()); // evicts 7, idle longest
+        d.record(9, part(1, None, &[1], 0)); // evicts 7, idle longest
         assert_eq!(d.last_seqs(), vec![(8, 1), (9, 1)]);
     }
 }

@@ -22,7 +22,7 @@ use trove_journal::snapshot::{
 };
 use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, recover_shard, shard_dir};
 
-use crate::dedup::Dedup;
+use crate::dedup::{AppliedPart, Dedup};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
 
@@ -186,7 +186,19 @@ fn rebuild<G: Game>(
         while i < entries.len() {
             let producer = entries[i].producer;
             let j = entries[i..].iter().position(|e| e.producer != producer).map_or(entries.len(), |k| i + k);
-            producers.record(producer, entries[i..j].iter().zip(&out.direct[i..j]).map(|(e, o)| (e.producer_seq, *o)));
+            let first_seq = entries[i].producer_seq;
+            let offsets: Option<Vec<u32>> = entries[i..j]
+                .iter()
+                .enumerate()
+                .any(|(k, e)| e.producer_seq != first_seq + k as u64)
+                .then(|| entries[i..j].iter().map(|e| (e.producer_seq - first_seq) as u32).collect());
+            let part = AppliedPart {
+                first_seq,
+                positions: offsets.map(Arc::new),
+                outcomes: Arc::from(&out.direct[i..j]),
+                skip: 0,
+            };
+            producers.record(producer, part);
             i = j;
         }
         out.clear();

@@ -97,7 +97,8 @@ impl<G: Game> BatchSlot<G> {
         };
         if let Some((outcomes, mut broadcasts)) = finished {
             broadcasts.sort_by_key(|b| b.event_index);
-            let outcomes = outcomes.into_iter().map(|o| o.expect("every event completed")).collect();
+            let outcomes: Vec<G::Outcome> = outcomes.into_iter().map(|o| o.expect("every event completed")).collect();
+            let outcomes = outcomes.into();
             self.inbox.deliver(Part { ticket: self.ticket, part: 0, outcomes, broadcasts });
         }
     }

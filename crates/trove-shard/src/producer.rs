@@ -33,7 +33,8 @@ pub(crate) struct Origin {
 pub(crate) struct Part<G: Game> {
     pub ticket: u64,
     pub part: u32,
-    pub outcomes: Vec<G::Outcome>,
+    /// Shared with the shard's retry window: one copy per part.
+    pub outcomes: Arc<[G::Outcome]>,
     /// `event_index` relative to the part's events.
     pub broadcasts: Vec<Addressed<G::Broadcast>>,
 }
@@ -254,7 +255,7 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
         let part = parts.next().expect("one part");
         return Completed {
             ticket: p.ticket,
-            outcomes: part.outcomes,
+            outcomes: part.outcomes.to_vec(),
             broadcasts: part.broadcasts,
             submitted_at: p.submitted_at,
         };
@@ -262,7 +263,7 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
     let mut outcomes: Vec<Option<G::Outcome>> = vec![None; p.events];
     let mut broadcasts = Vec::new();
     for (part, positions) in parts.zip(&p.layout) {
-        for (o, &at) in part.outcomes.into_iter().zip(positions) {
+        for (&o, &at) in part.outcomes.iter().zip(positions) {
             outcomes[at as usize] = Some(o);
         }
         for mut b in part.broadcasts {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
-use crate::dedup::Dedup;
+use crate::dedup::{AppliedPart, Dedup};
 use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_job};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
@@ -379,16 +379,24 @@ impl<G: Game> ShardLoop<G> {
             let mut sources = Vec::with_capacity(deliveries.capacity());
             for w in work.drain(..) {
                 let end = offset + w.events.len();
-                let applied = (0..w.events.len()).map(|k| (seq_at_after(&w, k), out.direct[offset + k]));
-                self.producers.record(w.origin.producer, applied);
                 let retried = w.retried.len();
-                let mut outcomes = Vec::with_capacity(retried + w.events.len());
-                if retried > 0 {
+                let outcomes: Arc<[G::Outcome]> = if retried == 0 {
+                    Arc::from(&out.direct[offset..end])
+                } else {
                     let log = self.producers.log(w.origin.producer);
-                    outcomes.extend(w.retried.iter().map(|&seq| log.lookup(seq).unwrap_or_else(G::duplicate_outcome)));
+                    let mut v: Vec<G::Outcome> = Vec::with_capacity(retried + w.events.len());
+                    v.extend(w.retried.iter().map(|&seq| log.lookup(seq).unwrap_or_else(G::duplicate_outcome)));
+                    v.extend_from_slice(&out.direct[offset..end]);
                     self.metrics.retries.fetch_add(retried as u64, Relaxed);
-                }
-                outcomes.extend_from_slice(&out.direct[offset..end]);
+                    v.into()
+                };
+                let applied = AppliedPart {
+                    first_seq: w.origin.first_seq,
+                    positions: w.positions.clone(),
+                    outcomes: outcomes.clone(),
+                    skip: retried,
+                };
+                self.producers.record(w.origin.producer, applied);
                 let mut broadcasts = Vec::new();
                 while let Some(b) = out.broadcasts.get(next_broadcast) {
                     if b.event_index as usize >= end {
