@@ -26,10 +26,12 @@
 //!
 //! Body: a 32-byte head (batch sequence u64, event count n u32, run count
 //! m u32, base time µs u64, flags u32, zero u32), then m runs of 24 bytes
-//! (producer u64, first producer sequence u64, events k u32, flags u32),
-//! then for each run with flag bit 0 its k sequence offsets (u32 each), then
-//! per-event times if body flag bit 0 (n x u32, µs after the base time) or
-//! bit 1 (n x u64, absolute), then the n event records. Events follow the
+//! (producer u64, first producer sequence u64, events k u32, flags u32:
+//! 1 = k u32 offsets follow, 2 = k u16 offsets follow), then the runs'
+//! sequence offsets, then per-event times if body flag bit 0 (n x u32, µs
+//! after the base time) or bit 1 (n x u64, absolute), then the n event
+//! records: with body flag bit 2 each is a length byte and the record's
+//! bytes up to its last non-zero one, otherwise the full record. Events follow the
 //! runs in order: run 0's k events first. Without offsets a run's events
 //! have sequences `first, first + 1, ...`; without per-event times every
 //! event has the base time (the engine stamps a drained batch once).

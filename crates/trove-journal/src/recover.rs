@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use trove_core::Record;
 
-use crate::format::{Entry, FRAME_BODY_BYTES_MAX, decode_segment_header};
+use crate::format::{Entry, decode_segment_header};
 use crate::segment::{list_segments, read_segment, scan};
 
 /// Why a journal cannot be used.
@@ -91,7 +91,7 @@ pub fn recover_shard<E: Record>(
     let mut entries = Vec::new();
     for (i, path) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        let bytes = read_segment(path, options.segment_bytes_max + FRAME_BODY_BYTES_MAX as u64).map_err(io(path))?;
+        let bytes = read_segment(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         if let Ok(h) = decode_segment_header(&bytes) {
             if h.record_size as usize != E::SIZE {
@@ -103,8 +103,23 @@ pub fn recover_shard<E: Record>(
             if h.shard != shard {
                 return Err(corrupt(12, format!("segment of shard {} in the directory of shard {shard}", h.shard)));
             }
-            if let Some(e) = expected.filter(|&e| e != h.first_batch) {
-                return Err(corrupt(16, format!("segment starts at batch {} but batch {e} comes next", h.first_batch)));
+            // Batches must follow on without a gap, except below the
+            // snapshot's batch, which the snapshot holds.
+            let start = options.skip_below.max(1);
+            match expected {
+                Some(e) if e != h.first_batch && !(e < start && h.first_batch <= start) => {
+                    return Err(corrupt(
+                        16,
+                        format!("segment starts at batch {} but batch {e} comes next", h.first_batch),
+                    ));
+                }
+                None if h.first_batch > start => {
+                    return Err(corrupt(
+                        16,
+                        format!("batches {start}..{} are in neither a snapshot nor the journal", h.first_batch),
+                    ));
+                }
+                _ => {}
             }
             expected = Some(h.first_batch);
         }
@@ -112,16 +127,7 @@ pub fn recover_shard<E: Record>(
             if let Some(e) = expected.filter(|&e| e != body.batch) {
                 return Err(corrupt(offset, format!("batch {} where batch {e} comes next", body.batch)));
             }
-            if expected.is_none() && options.skip_below > 1 && body.batch > options.skip_below {
-                return Err(corrupt(
-                    offset,
-                    format!(
-                        "batches {}..{} are in neither the snapshot nor the journal",
-                        options.skip_below, body.batch
-                    ),
-                ));
-            }
-            expected = Some(body.batch + 1);
+            expected = Some(body.batch.wrapping_add(1));
             if body.batch < options.skip_below {
                 return Ok(());
             }
@@ -185,6 +191,12 @@ pub fn recover_shard<E: Record>(
         }
         break;
     }
-    r.next_batch = expected.unwrap_or(1).max(options.skip_below);
+    let after_journal = expected.unwrap_or(1);
+    r.next_batch = after_journal.max(options.skip_below);
+    if after_journal < r.next_batch {
+        // The journal ends before the snapshot's batch: append in a new
+        // segment at that batch rather than leave a gap inside a segment.
+        r.tail = None;
+    }
     Ok(r)
 }

@@ -89,13 +89,21 @@ fn frame_at<E: Record>(bytes: &[u8], at: usize) -> Result<(Body<'_>, usize), Fra
     Ok((decode_body::<E>(body, crc)?, start + len))
 }
 
+/// Candidate frames `valid_frame_from` checks before it gives up and
+/// answers "yes": a hostile file full of fake frame heads must not make
+/// recovery quadratic. Answering yes is the safe side: corruption stops
+/// start-up instead of silently truncating.
+const CANDIDATES_MAX: usize = 4096;
+
 /// Whether any valid frame starts at or after `from`.
 fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
     let mut at = from;
+    let mut candidates = 0;
     while at + FRAME_HEAD_BYTES <= bytes.len() {
         match bytes[at..].windows(4).position(|w| w == FRAME_MAGIC) {
             Some(i) => {
-                if frame_at::<E>(bytes, at + i).is_ok() {
+                candidates += 1;
+                if candidates > CANDIDATES_MAX || frame_at::<E>(bytes, at + i).is_ok() {
                     return true;
                 }
                 at += i + 1;

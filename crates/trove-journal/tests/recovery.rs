@@ -150,3 +150,39 @@ fn a_segment_torn_while_being_created_is_dropped() {
     assert!(!torn.exists());
     assert!(r.notes[0].contains("removed"), "{:?}", r.notes);
 }
+
+fn write_from(dir: &Path, first: u64, batches: u64) {
+    let mut w = JournalWriter::open(dir, 0, 32, first, None, 1 << 20).unwrap();
+    for b in first..first + batches {
+        w.append_entries(&batch(b, 3));
+        w.flush().unwrap();
+        w.sync().unwrap();
+    }
+}
+
+#[test]
+fn gaps_are_refused_unless_a_snapshot_covers_them() {
+    // No snapshot, and the journal does not start at batch 1.
+    let dir = temp_dir("gap-start");
+    write_from(&dir, 5, 2);
+    let err = read_all(&dir, opts(true, false)).unwrap_err().to_string();
+    assert!(err.contains("neither"), "{err}");
+
+    // A snapshot at batch 10 and a journal that starts after it: missing.
+    let mut o = opts(true, false);
+    o.skip_below = 10;
+    let dir = temp_dir("gap-after-snapshot");
+    write_from(&dir, 20, 2);
+    assert!(recover_shard::<HuntEvent>(&dir, 0, o, |_, _| {}).unwrap_err().to_string().contains("neither"));
+
+    // A snapshot at batch 10 and a journal that ends before it: nothing to
+    // replay, and appending resumes in a new segment at batch 10.
+    let dir = temp_dir("ends-before-snapshot");
+    write_from(&dir, 1, 5);
+    let r = recover_shard::<HuntEvent>(&dir, 0, o, |_, _| panic!("nothing after the snapshot")).unwrap();
+    assert_eq!((r.next_batch, r.tail.clone()), (10, None));
+    write_from(&dir, r.next_batch, 2);
+    let mut seen = Vec::new();
+    recover_shard::<HuntEvent>(&dir, 0, o, |b, _| seen.push(b)).unwrap();
+    assert_eq!(seen, vec![10, 11], "the gap 6..10 lies below the snapshot and is allowed");
+}

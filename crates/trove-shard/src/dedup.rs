@@ -116,8 +116,12 @@ impl<O: Copy> Dedup<O> {
     /// A producer's log, created (and another evicted) if needed.
     pub fn log(&mut self, producer: u64) -> &mut ProducerLog<O> {
         if !self.logs.contains_key(&producer) && self.logs.len() >= self.producers_max {
-            let idle = self.logs.iter().min_by_key(|(_, l)| l.last_active).map(|(&p, _)| p);
-            if let Some(p) = idle {
+            // Never one seen in this drain: its last sequence may have just
+            // been raised for events about to be applied. (If every producer
+            // is in this drain, the table grows past the bound for now.)
+            let drain = self.drain;
+            let idle = self.logs.iter().filter(|(_, l)| l.last_active < drain).min_by_key(|(_, l)| l.last_active);
+            if let Some(p) = idle.map(|(&p, _)| p) {
                 self.logs.remove(&p);
             }
         }

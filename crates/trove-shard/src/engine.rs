@@ -212,7 +212,7 @@ impl<G: Game> Engine<G> {
             )?),
             None => None,
         };
-        let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us + 1).max().unwrap_or(0);
+        let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us.saturating_add(1)).max().unwrap_or(0);
         // Ids handed out by `Engine::producer` must not collide with ids the
         // journal already holds sequences for.
         let producer_id_next = recovered

@@ -181,16 +181,24 @@ fn rebuild<G: Game>(
         stamped.extend(entries.iter().map(|e| e.stamped));
         producers.next_drain();
         state.apply(&stamped, &mut out);
-        // Entries of one producer are runs; record each run at once.
+        // Record the outcomes in parts: consecutive entries of one producer
+        // whose sequences increase within u32 offsets of the part's first.
         let mut i = 0;
         while i < entries.len() {
             let producer = entries[i].producer;
-            let j = entries[i..].iter().position(|e| e.producer != producer).map_or(entries.len(), |k| i + k);
             let first_seq = entries[i].producer_seq;
+            let mut j = i + 1;
+            while j < entries.len()
+                && entries[j].producer == producer
+                && entries[j].producer_seq > entries[j - 1].producer_seq
+                && entries[j].producer_seq - first_seq <= u64::from(u32::MAX)
+            {
+                j += 1;
+            }
             let offsets: Option<Vec<u32>> = entries[i..j]
                 .iter()
                 .enumerate()
-                .any(|(k, e)| e.producer_seq != first_seq + k as u64)
+                .any(|(k, e)| e.producer_seq != first_seq.wrapping_add(k as u64))
                 .then(|| entries[i..j].iter().map(|e| (e.producer_seq - first_seq) as u32).collect());
             let part = AppliedPart {
                 first_seq,
@@ -351,10 +359,14 @@ pub(crate) fn run_journal<G: Game>(
                     let next_batch = writer.next_batch();
                     let meta = SnapshotMeta { shard: writer.shard(), next_batch, last_time_us };
                     let bytes = worlds.finish(meta, &producers);
-                    // Fail-stop as for batches: a snapshot that cannot be
-                    // written leaves the journal as it was, complete.
+                    // Order matters for crashes: first every batch before the
+                    // snapshot is written and synced and a segment starting at
+                    // the snapshot's batch exists; only then is the snapshot
+                    // made durable; only then are covered files removed. A
+                    // crash between any two steps leaves a complete journal.
+                    // Fail-stop as for batches if the disk refuses.
+                    writer.roll_at_snapshot().expect("starting a segment for a snapshot failed");
                     write_snapshot(writer.dir(), next_batch, &bytes).expect("writing a snapshot failed");
-                    writer.roll_at_snapshot().expect("starting a segment after a snapshot failed");
                     remove_covered(writer.dir(), next_batch).expect("removing covered journal files failed");
                     metrics.snapshots.fetch_add(1, Relaxed);
                     metrics.snapshot_bytes.store(bytes.len() as u64, Relaxed);

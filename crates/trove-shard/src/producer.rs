@@ -142,6 +142,9 @@ impl<G: Game> Producer<G> {
         if events.is_empty() || events.len() > self.engine.config.batch_events_max {
             return Err(SubmitError::BadSize);
         }
+        if self.next_seq.checked_add(events.len() as u64).is_none() {
+            return Err(SubmitError::BadSize);
+        }
         let ticket = self.next_ticket;
         let len = events.len();
         let origin = Origin { producer: self.id, first_seq: self.next_seq };

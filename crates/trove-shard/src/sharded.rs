@@ -19,7 +19,7 @@
 //! partitioned log as well as from producers.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,11 @@ use crate::producer::{Inbox, Origin, Part, SubmitError};
 pub fn shard_of(world: WorldId, shards: usize) -> usize {
     (((u64::from(world).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) % shards as u64) as usize
 }
+
+/// Applied batches (and snapshots) a shard may hand its journal thread
+/// before it waits for the disk: a slow disk slows the shard, whose full
+/// queue then answers producers `Busy`, instead of growing memory.
+const JOURNAL_QUEUE_JOBS: usize = 64;
 
 /// Shard counts up to this need no allocation to track a batch's shards.
 const SHARDS_INLINE_MAX: usize = 64;
@@ -96,7 +101,7 @@ impl<G: Game> Sharded<G> {
             let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
-                    let (jtx, jrx) = std::sync::mpsc::channel();
+                    let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
                     let m = metrics.clone();
                     let writer = r.writer;
                     let thread = std::thread::Builder::new()
@@ -259,7 +264,7 @@ struct ShardLoop<G: Game> {
     state: GameState<G>,
     /// The journal thread, if the engine journals: applied batches go
     /// there, and their acknowledgements with them.
-    journal: Option<(Sender<JournalJob<G>>, JoinHandle<()>)>,
+    journal: Option<(SyncSender<JournalJob<G>>, JoinHandle<()>)>,
     /// Every producer's last applied sequence and recent outcomes: retries
     /// are answered, never applied twice.
     producers: Dedup<G::Outcome>,

@@ -46,20 +46,24 @@ fn durable(data: &Path) -> Vec<(HashSet<(u64, u64)>, HashMap<u64, u64>)> {
     (0..SHARDS)
         .map(|shard| {
             let (snapshots, _) = list_snapshots(&shard_dir(data, shard)).unwrap();
-            let covered = snapshots.last().map_or_else(HashMap::new, |path| {
-                let bytes = std::fs::read(path).unwrap();
-                decode_snapshot(&bytes).expect("snapshots are never torn").producers.into_iter().collect()
-            });
-            (journaled(data, shard), covered)
+            let (next_batch, covered) = snapshots.last().map_or_else(
+                || (0, HashMap::new()),
+                |path| {
+                    let bytes = std::fs::read(path).unwrap();
+                    let s = decode_snapshot(&bytes).expect("snapshots are never torn");
+                    (s.meta.next_batch, s.producers.into_iter().collect())
+                },
+            );
+            (journaled(data, shard, next_batch), covered)
         })
         .collect()
 }
 
-fn journaled(data: &Path, shard: usize) -> HashSet<(u64, u64)> {
+/// The (producer, sequence) pairs of the journal after the snapshot's batch.
+fn journaled(data: &Path, shard: usize, skip_below: u64) -> HashSet<(u64, u64)> {
     let mut set = HashSet::new();
     {
-        let opts =
-            RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: 1 << 30, skip_below: 0 };
+        let opts = RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: 1 << 30, skip_below };
         recover_shard::<HuntEvent>(&shard_dir(data, shard), shard as u32, opts, |_, entries| {
             set.extend(entries.iter().map(|e| (e.producer, e.producer_seq)));
         })
