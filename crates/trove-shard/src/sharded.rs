@@ -251,10 +251,12 @@ impl<G: Game> Sharded<G> {
     }
 }
 
-/// The producer sequence of a work item's `k`-th (remaining) event.
-#[inline]
-fn seq_at_after<G: Game>(w: &Work<G>, k: usize) -> u64 {
-    w.origin.first_seq + w.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]))
+impl<G: Game> Work<G> {
+    /// The producer sequence of the part's `k`-th (remaining) event.
+    #[inline]
+    fn seq(&self, k: usize) -> u64 {
+        self.origin.first_seq + self.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]))
+    }
 }
 
 struct ShardLoop<G: Game> {
@@ -326,10 +328,9 @@ impl<G: Game> ShardLoop<G> {
             self.producers.next_drain();
             for w in &mut work {
                 let log = self.producers.log(w.origin.producer);
-                let seq_at = |k: usize| w.origin.first_seq + w.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]));
-                let retried = (0..w.events.len()).take_while(|&k| seq_at(k) <= log.last_seq).count();
+                let retried = (0..w.events.len()).take_while(|&k| w.seq(k) <= log.last_seq).count();
                 if retried > 0 {
-                    w.retried = (0..retried).map(seq_at).collect();
+                    w.retried = (0..retried).map(|k| w.seq(k)).collect();
                     w.events.drain(..retried);
                     match &mut w.positions {
                         Some(p) => w.positions = Some(Arc::new(p[retried..].to_vec())),
@@ -337,9 +338,7 @@ impl<G: Game> ShardLoop<G> {
                     }
                 }
                 if let Some(k) = w.events.len().checked_sub(1) {
-                    let last = seq_at_after(w, k);
-                    let log = self.producers.log(w.origin.producer);
-                    log.last_seq = log.last_seq.max(last);
+                    log.last_seq = log.last_seq.max(w.seq(k));
                 }
             }
 

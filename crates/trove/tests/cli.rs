@@ -1,5 +1,7 @@
 //! The `trove` command line, run as a user would.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn trove(args: &[&str]) -> Output {
@@ -13,11 +15,8 @@ fn json(out: &Output) -> serde_json::Value {
 
 #[test]
 fn bench_apply_json_is_deterministic() {
-    let dir = std::env::temp_dir().join(format!("trove-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("small.toml");
-    let standard = include_str!("../../../workloads/standard.toml");
-    std::fs::write(&file, standard.replace("hunts = 1000", "hunts = 50")).unwrap();
+    let dir = common::scratch_dir("cli");
+    let file = common::workload_file(&dir, "small.toml", &[("hunts = 1000", "hunts = 50")]);
     let file = file.to_str().unwrap();
 
     let a = json(&trove(&["bench", "apply", "--events", "300000", "--workload", file, "--json"]));
@@ -39,11 +38,8 @@ fn bench_apply_json_is_deterministic() {
 
 #[test]
 fn bad_workload_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("trove-cli-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bad.toml");
-    let standard = include_str!("../../../workloads/standard.toml");
-    std::fs::write(&file, standard.replace("map_width = 256", "map_width = 9999")).unwrap();
+    let dir = common::scratch_dir("cli-bad");
+    let file = common::workload_file(&dir, "bad.toml", &[("map_width = 256", "map_width = 9999")]);
     let out = trove(&["bench", "apply", "--workload", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -60,15 +56,9 @@ fn bad_workload_is_a_clear_error() {
 
 #[test]
 fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
-    let dir = std::env::temp_dir().join(format!("trove-cli-engine-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("small.toml");
-    let standard = include_str!("../../../workloads/standard.toml");
-    std::fs::write(
-        &file,
-        standard.replace("hunts = 1000", "hunts = 20").replace("players_per_hunt = 1000", "players_per_hunt = 100"),
-    )
-    .unwrap();
+    let dir = common::scratch_dir("cli-engine");
+    let edits = [("hunts = 1000", "hunts = 20"), ("players_per_hunt = 1000", "players_per_hunt = 100")];
+    let file = common::workload_file(&dir, "small.toml", &edits);
     let file = file.to_str().unwrap();
     let run = |mode: &str, shards: &str| {
         json(&trove(&[

@@ -10,6 +10,8 @@
 //! 20 cycles by default; `TROVE_CRASH_CYCLES=200 cargo test --test crash`
 //! for more.
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -75,18 +77,11 @@ fn journaled(data: &Path, shard: usize, skip_below: u64) -> HashSet<(u64, u64)> 
 #[test]
 fn acknowledged_events_survive_sigkill() {
     let cycles: u64 = std::env::var("TROVE_CRASH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(20);
-    let dir = std::env::temp_dir().join(format!("trove-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("crash");
     let data = dir.join("data");
     let acks = dir.join("acks.log");
-    let workload = dir.join("small.toml");
-    let standard = include_str!("../../../workloads/standard.toml");
-    std::fs::write(
-        &workload,
-        standard.replace("hunts = 1000", "hunts = 16").replace("players_per_hunt = 1000", "players_per_hunt = 200"),
-    )
-    .unwrap();
+    let edits = [("hunts = 1000", "hunts = 16"), ("players_per_hunt = 1000", "players_per_hunt = 200")];
+    let workload = common::workload_file(&dir, "small.toml", &edits);
 
     let spec = WorkloadSpec::from_toml(&std::fs::read_to_string(&workload).unwrap()).unwrap();
 
