@@ -1,0 +1,819 @@
+//! Frames: an 8-byte header and a body whose layout the header's kind fixes.
+//!
+//! ```text
+//! header: len u32 | kind u8 | flags u8 | reserved u16 (zero)
+//! ```
+//!
+//! `len` counts the body only. [`split`] refuses a header whose `len` is
+//! above the receiver's limit before a single body byte is buffered, so a
+//! peer can never make the other side allocate more than its limit.
+
+use std::fmt;
+
+/// The first eight bytes of a HELLO body.
+pub const MAGIC: [u8; 8] = *b"TROVE\0P\x01";
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 8;
+/// Largest body a server accepts before the handshake: HELLO is 24 bytes.
+pub const HELLO_BODY_MAX: u32 = 64;
+/// Default largest body, either way, once the handshake is done.
+pub const FRAME_BODY_MAX_DEFAULT: u32 = 1 << 20;
+/// No configuration may raise the frame limit above this.
+pub const FRAME_BODY_MAX_LIMIT: u32 = 64 << 20;
+/// Longest message an ERROR frame carries; longer ones are cut.
+pub const ERROR_MESSAGE_MAX: usize = 1024;
+
+pub const HELLO_LEN: usize = 24;
+pub const WELCOME_LEN: usize = 32;
+/// EVENTS: first_seq u64, count u32, reserved u32, then the records.
+pub const EVENTS_HEAD_LEN: usize = 16;
+/// ACK: first_seq u64, count u32, reserved u32, then the outcomes if flagged.
+pub const ACK_HEAD_LEN: usize = 16;
+/// UPDATE: hunt u32, count u32, first_seq u64, then the entries.
+pub const UPDATE_HEAD_LEN: usize = 16;
+/// An update entry: kind u8, reserved u8, len u16, then `len` bytes.
+pub const ENTRY_HEAD_LEN: usize = 4;
+
+/// HELLO flags.
+pub mod hello_flags {
+    /// Acknowledgements carry one outcome per event.
+    pub const OUTCOMES: u32 = 1;
+    pub const KNOWN: u32 = OUTCOMES;
+}
+
+/// The header flag of an ACK whose body carries outcomes.
+pub const ACK_WITH_OUTCOMES: u8 = 1;
+
+/// Update entry kinds.
+pub mod entry_kind {
+    /// An applied event: time_us u64, the event record, its outcome.
+    pub const APPLIED: u8 = 1;
+    /// A hunt-wide broadcast, in the game's encoding.
+    pub const BROADCAST: u8 = 2;
+}
+
+/// Frame kinds. Client to server below 0x80, server to client above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 0x01,
+    Events = 0x02,
+    Subscribe = 0x03,
+    Unsubscribe = 0x04,
+    Ping = 0x05,
+    Welcome = 0x81,
+    Ack = 0x82,
+    Busy = 0x83,
+    Subscribed = 0x84,
+    Update = 0x85,
+    Gap = 0x86,
+    Unsubscribed = 0x87,
+    Pong = 0x88,
+    Error = 0x8F,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0x01 => Kind::Hello,
+            0x02 => Kind::Events,
+            0x03 => Kind::Subscribe,
+            0x04 => Kind::Unsubscribe,
+            0x05 => Kind::Ping,
+            0x81 => Kind::Welcome,
+            0x82 => Kind::Ack,
+            0x83 => Kind::Busy,
+            0x84 => Kind::Subscribed,
+            0x85 => Kind::Update,
+            0x86 => Kind::Gap,
+            0x87 => Kind::Unsubscribed,
+            0x88 => Kind::Pong,
+            0x8F => Kind::Error,
+            _ => return None,
+        })
+    }
+
+    /// Sent by clients (the server refuses the others, and vice versa).
+    pub fn from_client(self) -> bool {
+        (self as u8) < 0x80
+    }
+}
+
+/// Typed error codes of ERROR frames. The values are part of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// HELLO did not start with [`MAGIC`].
+    BadMagic = 1,
+    /// HELLO asked for a version this server does not speak.
+    UnsupportedVersion = 2,
+    /// A header announced a body above the limit.
+    FrameTooLarge = 3,
+    /// A header named no known kind, or a kind the receiver never gets.
+    UnknownFrameKind = 4,
+    /// A body did not match its kind's layout (length, reserved bytes).
+    Malformed = 5,
+    /// The first frame was not HELLO, or HELLO came twice.
+    HandshakeRequired = 6,
+    HandshakeTimeout = 7,
+    IdleTimeout = 8,
+    TooManyConnections = 9,
+    /// EVENTS with no events or more than the server's batch limit. The
+    /// batch is refused; the connection stays.
+    BadBatch = 10,
+    ShuttingDown = 11,
+    /// SUBSCRIBE beyond the connection's subscription limit. The
+    /// subscription is refused; the connection stays.
+    TooManySubscriptions = 12,
+    /// EVENTS with first_seq 0 or a sequence that overflows. The batch is
+    /// refused; the connection stays.
+    BadSequence = 13,
+    /// The server failed (a disk error, say); it closes the connection.
+    Internal = 14,
+    /// HELLO named a producer id that another connection still uses (one
+    /// connection per producer at a time keeps its sequence in order).
+    ProducerInUse = 15,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::BadMagic,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownFrameKind,
+        ErrorCode::Malformed,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::TooManyConnections,
+        ErrorCode::BadBatch,
+        ErrorCode::ShuttingDown,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::BadSequence,
+        ErrorCode::Internal,
+        ErrorCode::ProducerInUse,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| *c as u16 == v)
+    }
+
+    /// Whether the sender closes the connection after this error.
+    pub fn closes(self) -> bool {
+        !matches!(self, ErrorCode::BadBatch | ErrorCode::TooManySubscriptions | ErrorCode::BadSequence)
+    }
+
+    /// A stable snake_case name, for JSON and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadMagic => "bad_magic",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnknownFrameKind => "unknown_frame_kind",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::BadBatch => "bad_batch",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::BadSequence => "bad_sequence",
+            ErrorCode::Internal => "internal",
+            ErrorCode::ProducerInUse => "producer_in_use",
+        }
+    }
+}
+
+/// Why bytes are not a valid frame; each maps to the error code the
+/// receiver answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    TooLarge { len: u32, max: u32 },
+    UnknownKind(u8),
+    Malformed { kind: Kind, reason: String },
+}
+
+impl FrameError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::UnknownKind(_) => ErrorCode::UnknownFrameKind,
+            FrameError::Malformed { .. } => ErrorCode::Malformed,
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => write!(f, "frame body of {len} bytes is above the limit of {max}"),
+            FrameError::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
+            FrameError::Malformed { kind, reason } => write!(f, "malformed {kind:?} frame: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub flags: u8,
+    /// Body length in bytes.
+    pub len: u32,
+}
+
+/// Looks for one whole frame at the front of `buf`.
+///
+/// `Ok(None)`: more bytes are needed (at most `HEADER_LEN + max_body` in
+/// all). `Ok(Some((header, total)))`: the frame is `buf[..total]` and its
+/// body `buf[HEADER_LEN..total]`. The header is checked (known kind, zero
+/// reserved bytes, body within `max_body`) as soon as its 8 bytes are in.
+pub fn split(buf: &[u8], max_body: u32) -> Result<Option<(Header, usize)>, FrameError> {
+    let Some(head) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let kind = Kind::from_u8(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
+    if head[6] != 0 || head[7] != 0 {
+        return Err(FrameError::Malformed { kind, reason: "reserved header bytes are not zero".into() });
+    }
+    if len > max_body {
+        return Err(FrameError::TooLarge { len, max: max_body });
+    }
+    let total = HEADER_LEN + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    Ok(Some((Header { kind, flags: head[5], len }, total)))
+}
+
+/// HELLO: the client's first frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub flags: u32,
+    /// The producer's id; 0 asks the server to assign one.
+    pub producer_id: u64,
+}
+
+/// WELCOME: the server's answer to HELLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u16,
+    /// The HELLO flags the server honours.
+    pub flags: u32,
+    pub producer_id: u64,
+    /// Largest frame body the server accepts.
+    pub frame_body_max: u32,
+    /// Most events one EVENTS frame may carry.
+    pub batch_events_max: u32,
+    pub record_size: u16,
+    pub outcome_size: u16,
+}
+
+/// A decoded frame. Variable parts borrow from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello(Hello),
+    /// `records` holds `count` records back to back.
+    Events {
+        first_seq: u64,
+        count: u32,
+        records: &'a [u8],
+    },
+    Subscribe {
+        hunt: u32,
+    },
+    Unsubscribe {
+        hunt: u32,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Welcome(Welcome),
+    /// `outcomes` holds `count` outcomes when the producer asked for them.
+    Ack {
+        first_seq: u64,
+        count: u32,
+        outcomes: Option<&'a [u8]>,
+    },
+    Busy {
+        first_seq: u64,
+        count: u32,
+        retry_after_ms: u32,
+    },
+    /// The subscription starts with the update numbered `next_seq`.
+    Subscribed {
+        hunt: u32,
+        next_seq: u64,
+    },
+    /// `entries` holds `count` entries, checked by `decode`; iterate them
+    /// with [`entries`].
+    Update {
+        hunt: u32,
+        first_seq: u64,
+        count: u32,
+        entries: &'a [u8],
+    },
+    /// Updates `first_missed .. first_missed + missed` were dropped for this
+    /// subscriber because it fell behind.
+    Gap {
+        hunt: u32,
+        first_missed: u64,
+        missed: u64,
+    },
+    Unsubscribed {
+        hunt: u32,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// `code` is raw so that a newer server's codes still decode.
+    Error {
+        code: u16,
+        message: &'a str,
+    },
+}
+
+/// Record and outcome sizes: fixed per game, needed to check bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub record: usize,
+    pub outcome: usize,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Decodes a body whose header `split` accepted. Checks the body length
+/// against the kind's layout exactly, reserved bytes, flags, and every
+/// update entry; never panics and allocates nothing.
+pub fn decode<'a>(header: Header, body: &'a [u8], sizes: Sizes) -> Result<Frame<'a>, FrameError> {
+    let kind = header.kind;
+    let bad = |reason: String| FrameError::Malformed { kind, reason };
+    let exact = |n: usize| {
+        if body.len() == n { Ok(()) } else { Err(bad(format!("body is {} bytes, expected {n}", body.len()))) }
+    };
+    let zero = |from: usize, to: usize| {
+        if body[from..to].iter().all(|&b| b == 0) { Ok(()) } else { Err(bad("reserved bytes are not zero".into())) }
+    };
+    if header.flags != 0 && kind != Kind::Ack {
+        return Err(bad(format!("unknown header flags 0x{:02x}", header.flags)));
+    }
+    Ok(match kind {
+        Kind::Hello => {
+            exact(HELLO_LEN)?;
+            if body[..8] != MAGIC {
+                // The caller answers BadMagic; see `check_hello`.
+                return Err(bad("bad magic".into()));
+            }
+            zero(10, 12)?;
+            Frame::Hello(Hello { version: u16_at(body, 8), flags: u32_at(body, 12), producer_id: u64_at(body, 16) })
+        }
+        Kind::Events => {
+            if body.len() < EVENTS_HEAD_LEN {
+                return Err(bad(format!("body is {} bytes, shorter than its head", body.len())));
+            }
+            zero(12, 16)?;
+            let count = u32_at(body, 8);
+            let records = &body[EVENTS_HEAD_LEN..];
+            if sizes.record == 0 || records.len() != count as usize * sizes.record {
+                return Err(bad(format!(
+                    "{count} records need {} bytes, got {}",
+                    count as usize * sizes.record,
+                    records.len()
+                )));
+            }
+            Frame::Events { first_seq: u64_at(body, 0), count, records }
+        }
+        Kind::Subscribe | Kind::Unsubscribe | Kind::Unsubscribed => {
+            exact(4)?;
+            let hunt = u32_at(body, 0);
+            match kind {
+                Kind::Subscribe => Frame::Subscribe { hunt },
+                Kind::Unsubscribe => Frame::Unsubscribe { hunt },
+                _ => Frame::Unsubscribed { hunt },
+            }
+        }
+        Kind::Ping | Kind::Pong => {
+            exact(8)?;
+            let nonce = u64_at(body, 0);
+            if kind == Kind::Ping { Frame::Ping { nonce } } else { Frame::Pong { nonce } }
+        }
+        Kind::Welcome => {
+            exact(WELCOME_LEN)?;
+            zero(2, 4)?;
+            zero(28, 32)?;
+            Frame::Welcome(Welcome {
+                version: u16_at(body, 0),
+                flags: u32_at(body, 4),
+                producer_id: u64_at(body, 8),
+                frame_body_max: u32_at(body, 16),
+                batch_events_max: u32_at(body, 20),
+                record_size: u16_at(body, 24),
+                outcome_size: u16_at(body, 26),
+            })
+        }
+        Kind::Ack => {
+            if header.flags & !ACK_WITH_OUTCOMES != 0 {
+                return Err(bad(format!("unknown header flags 0x{:02x}", header.flags)));
+            }
+            if body.len() < ACK_HEAD_LEN {
+                return Err(bad(format!("body is {} bytes, shorter than its head", body.len())));
+            }
+            zero(12, 16)?;
+            let count = u32_at(body, 8);
+            let rest = &body[ACK_HEAD_LEN..];
+            let outcomes = if header.flags & ACK_WITH_OUTCOMES != 0 {
+                if rest.len() != count as usize * sizes.outcome {
+                    return Err(bad(format!(
+                        "{count} outcomes need {} bytes, got {}",
+                        count as usize * sizes.outcome,
+                        rest.len()
+                    )));
+                }
+                Some(rest)
+            } else {
+                if !rest.is_empty() {
+                    return Err(bad("bytes after the head of an ACK without outcomes".into()));
+                }
+                None
+            };
+            Frame::Ack { first_seq: u64_at(body, 0), count, outcomes }
+        }
+        Kind::Busy => {
+            exact(16)?;
+            Frame::Busy { first_seq: u64_at(body, 0), count: u32_at(body, 8), retry_after_ms: u32_at(body, 12) }
+        }
+        Kind::Subscribed => {
+            exact(16)?;
+            zero(4, 8)?;
+            Frame::Subscribed { hunt: u32_at(body, 0), next_seq: u64_at(body, 8) }
+        }
+        Kind::Update => {
+            if body.len() < UPDATE_HEAD_LEN {
+                return Err(bad(format!("body is {} bytes, shorter than its head", body.len())));
+            }
+            let count = u32_at(body, 4);
+            let entries_bytes = &body[UPDATE_HEAD_LEN..];
+            let mut walked = 0u32;
+            for e in entries(entries_bytes) {
+                e.map_err(|reason| bad(reason.into()))?;
+                walked += 1;
+            }
+            if walked != count {
+                return Err(bad(format!("count says {count} entries, the body holds {walked}")));
+            }
+            Frame::Update { hunt: u32_at(body, 0), first_seq: u64_at(body, 8), count, entries: entries_bytes }
+        }
+        Kind::Gap => {
+            exact(24)?;
+            zero(4, 8)?;
+            Frame::Gap { hunt: u32_at(body, 0), first_missed: u64_at(body, 8), missed: u64_at(body, 16) }
+        }
+        Kind::Error => {
+            if body.len() < 4 {
+                return Err(bad(format!("body is {} bytes, shorter than its head", body.len())));
+            }
+            zero(2, 4)?;
+            let message = std::str::from_utf8(&body[4..]).map_err(|_| bad("message is not UTF-8".into()))?;
+            Frame::Error { code: u16_at(body, 0), message }
+        }
+    })
+}
+
+/// Iterates an UPDATE's entries as `(kind, payload)`.
+pub fn entries(bytes: &[u8]) -> Entries<'_> {
+    Entries { rest: bytes }
+}
+
+#[derive(Clone, Debug)]
+pub struct Entries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(u8, &'a [u8]), &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        if self.rest.len() < ENTRY_HEAD_LEN {
+            self.rest = &[];
+            return Some(Err("truncated entry head"));
+        }
+        let kind = self.rest[0];
+        let len = usize::from(u16_at(self.rest, 2));
+        if self.rest[1] != 0 {
+            self.rest = &[];
+            return Some(Err("reserved entry byte is not zero"));
+        }
+        if !matches!(kind, entry_kind::APPLIED | entry_kind::BROADCAST) {
+            self.rest = &[];
+            return Some(Err("unknown entry kind"));
+        }
+        let Some(payload) = self.rest.get(ENTRY_HEAD_LEN..ENTRY_HEAD_LEN + len) else {
+            self.rest = &[];
+            return Some(Err("truncated entry"));
+        };
+        self.rest = &self.rest[ENTRY_HEAD_LEN + len..];
+        Some(Ok((kind, payload)))
+    }
+}
+
+/// Starts a frame in `out`; returns where it starts, for [`end`].
+pub fn begin(out: &mut Vec<u8>, kind: Kind, flags: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind as u8, flags, 0, 0]);
+    start
+}
+
+/// Writes the body length of the frame started at `start`.
+///
+/// # Panics
+/// If the body exceeds `u32::MAX` bytes (a caller bug: callers bound their
+/// frames far below).
+pub fn end(out: &mut [u8], start: usize) {
+    let len = u32::try_from(out.len() - start - HEADER_LEN).expect("frame body fits u32");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) {
+    let s = begin(out, Kind::Hello, 0);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&hello.version.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&hello.flags.to_le_bytes());
+    out.extend_from_slice(&hello.producer_id.to_le_bytes());
+    end(out, s);
+}
+
+pub fn encode_welcome(out: &mut Vec<u8>, w: &Welcome) {
+    let s = begin(out, Kind::Welcome, 0);
+    out.extend_from_slice(&w.version.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&w.flags.to_le_bytes());
+    out.extend_from_slice(&w.producer_id.to_le_bytes());
+    out.extend_from_slice(&w.frame_body_max.to_le_bytes());
+    out.extend_from_slice(&w.batch_events_max.to_le_bytes());
+    out.extend_from_slice(&w.record_size.to_le_bytes());
+    out.extend_from_slice(&w.outcome_size.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    end(out, s);
+}
+
+/// EVENTS from already encoded records (`records.len()` = count x size).
+pub fn encode_events_raw(out: &mut Vec<u8>, first_seq: u64, count: u32, records: &[u8]) {
+    let s = begin(out, Kind::Events, 0);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(records);
+    end(out, s);
+}
+
+/// EVENTS from records, encoding each in place.
+pub fn encode_events<R: trove_core::Record>(out: &mut Vec<u8>, first_seq: u64, events: &[R]) {
+    let s = begin(out, Kind::Events, 0);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let at = out.len();
+    out.resize(at + events.len() * R::SIZE, 0);
+    for (e, slot) in events.iter().zip(out[at..].chunks_exact_mut(R::SIZE)) {
+        e.encode(slot);
+    }
+    end(out, s);
+}
+
+pub fn encode_u32_frame(out: &mut Vec<u8>, kind: Kind, value: u32) {
+    let s = begin(out, kind, 0);
+    out.extend_from_slice(&value.to_le_bytes());
+    end(out, s);
+}
+
+pub fn encode_u64_frame(out: &mut Vec<u8>, kind: Kind, value: u64) {
+    let s = begin(out, kind, 0);
+    out.extend_from_slice(&value.to_le_bytes());
+    end(out, s);
+}
+
+/// ACK; `outcomes` are already encoded (count x outcome size), if asked for.
+pub fn encode_ack(out: &mut Vec<u8>, first_seq: u64, count: u32, outcomes: Option<&[u8]>) {
+    let s = begin(out, Kind::Ack, if outcomes.is_some() { ACK_WITH_OUTCOMES } else { 0 });
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    if let Some(o) = outcomes {
+        out.extend_from_slice(o);
+    }
+    end(out, s);
+}
+
+pub fn encode_busy(out: &mut Vec<u8>, first_seq: u64, count: u32, retry_after_ms: u32) {
+    let s = begin(out, Kind::Busy, 0);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&retry_after_ms.to_le_bytes());
+    end(out, s);
+}
+
+pub fn encode_subscribed(out: &mut Vec<u8>, hunt: u32, next_seq: u64) {
+    let s = begin(out, Kind::Subscribed, 0);
+    out.extend_from_slice(&hunt.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&next_seq.to_le_bytes());
+    end(out, s);
+}
+
+/// Starts an UPDATE; append entries with [`push_entry`], then call
+/// [`end_update`] with the entry count.
+pub fn begin_update(out: &mut Vec<u8>, hunt: u32, first_seq: u64) -> usize {
+    let s = begin(out, Kind::Update, 0);
+    out.extend_from_slice(&hunt.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    s
+}
+
+/// Appends an entry; `payload` writes its bytes to the vector it is given.
+///
+/// # Panics
+/// If the payload is longer than `u16::MAX` bytes (games' broadcasts are
+/// far smaller; a caller bug).
+pub fn push_entry(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    payload(out);
+    let len = u16::try_from(out.len() - at - ENTRY_HEAD_LEN).expect("entry payload fits u16");
+    out[at + 2..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+pub fn end_update(out: &mut [u8], start: usize, count: u32) {
+    let at = start + HEADER_LEN + 4;
+    out[at..at + 4].copy_from_slice(&count.to_le_bytes());
+    end(out, start);
+}
+
+pub fn encode_gap(out: &mut Vec<u8>, hunt: u32, first_missed: u64, missed: u64) {
+    let s = begin(out, Kind::Gap, 0);
+    out.extend_from_slice(&hunt.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&first_missed.to_le_bytes());
+    out.extend_from_slice(&missed.to_le_bytes());
+    end(out, s);
+}
+
+/// ERROR; the message is cut to [`ERROR_MESSAGE_MAX`] bytes at a character
+/// boundary.
+pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    let mut cut = message.len().min(ERROR_MESSAGE_MAX);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let s = begin(out, Kind::Error, 0);
+    out.extend_from_slice(&(code as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&message.as_bytes()[..cut]);
+    end(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SIZES: Sizes = Sizes { record: 32, outcome: 16 };
+
+    fn one(bytes: &[u8]) -> Frame<'_> {
+        let (h, total) = split(bytes, FRAME_BODY_MAX_DEFAULT).unwrap().unwrap();
+        assert_eq!(total, bytes.len());
+        decode(h, &bytes[HEADER_LEN..total], SIZES).unwrap()
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let mut b = Vec::new();
+        let hello = Hello { version: VERSION, flags: hello_flags::OUTCOMES, producer_id: 7 };
+        encode_hello(&mut b, &hello);
+        assert_eq!(one(&b), Frame::Hello(hello));
+        let w = Welcome {
+            version: 1,
+            flags: 1,
+            producer_id: 9,
+            frame_body_max: 1 << 20,
+            batch_events_max: 4096,
+            record_size: 32,
+            outcome_size: 16,
+        };
+        b.clear();
+        encode_welcome(&mut b, &w);
+        assert_eq!(one(&b), Frame::Welcome(w));
+        b.clear();
+        encode_events_raw(&mut b, 5, 2, &[3; 64]);
+        assert_eq!(one(&b), Frame::Events { first_seq: 5, count: 2, records: &[3; 64] });
+        b.clear();
+        encode_ack(&mut b, 5, 1, Some(&[1; 16]));
+        assert_eq!(one(&b), Frame::Ack { first_seq: 5, count: 1, outcomes: Some(&[1; 16]) });
+        b.clear();
+        encode_ack(&mut b, 5, 1, None);
+        assert_eq!(one(&b), Frame::Ack { first_seq: 5, count: 1, outcomes: None });
+        b.clear();
+        encode_busy(&mut b, 5, 3, 2);
+        assert_eq!(one(&b), Frame::Busy { first_seq: 5, count: 3, retry_after_ms: 2 });
+        for (kind, want) in [
+            (Kind::Subscribe, Frame::Subscribe { hunt: 4 }),
+            (Kind::Unsubscribe, Frame::Unsubscribe { hunt: 4 }),
+            (Kind::Unsubscribed, Frame::Unsubscribed { hunt: 4 }),
+        ] {
+            b.clear();
+            encode_u32_frame(&mut b, kind, 4);
+            assert_eq!(one(&b), want);
+        }
+        b.clear();
+        encode_u64_frame(&mut b, Kind::Ping, 11);
+        assert_eq!(one(&b), Frame::Ping { nonce: 11 });
+        b.clear();
+        encode_subscribed(&mut b, 4, 100);
+        assert_eq!(one(&b), Frame::Subscribed { hunt: 4, next_seq: 100 });
+        b.clear();
+        let s = begin_update(&mut b, 4, 100);
+        push_entry(&mut b, entry_kind::APPLIED, |o| o.extend_from_slice(&[1, 2, 3]));
+        push_entry(&mut b, entry_kind::BROADCAST, |_| {});
+        end_update(&mut b, s, 2);
+        match one(&b) {
+            Frame::Update { hunt: 4, first_seq: 100, count: 2, entries: e } => {
+                let got: Vec<_> = entries(e).map(Result::unwrap).collect();
+                assert_eq!(got, vec![(entry_kind::APPLIED, &[1u8, 2, 3][..]), (entry_kind::BROADCAST, &[][..])]);
+            }
+            other => panic!("{other:?}"),
+        }
+        b.clear();
+        encode_gap(&mut b, 4, 10, 20);
+        assert_eq!(one(&b), Frame::Gap { hunt: 4, first_missed: 10, missed: 20 });
+        b.clear();
+        encode_error(&mut b, ErrorCode::Malformed, "bad");
+        assert_eq!(one(&b), Frame::Error { code: 5, message: "bad" });
+    }
+
+    #[test]
+    fn limits_are_checked_on_the_header() {
+        let mut b = Vec::new();
+        encode_events_raw(&mut b, 1, 2, &[0; 64]);
+        assert_eq!(split(&b, 16 + 63), Err(FrameError::TooLarge { len: 80, max: 79 }));
+        // Known only from the header: no body byte needed.
+        assert!(split(&b[..8], 10).is_err());
+        assert_eq!(split(&b[..7], 10), Ok(None));
+        b[4] = 0x7F;
+        assert_eq!(split(&b, 1 << 20), Err(FrameError::UnknownKind(0x7F)));
+    }
+
+    #[test]
+    fn error_messages_are_cut_on_a_char_boundary() {
+        let mut b = Vec::new();
+        let long = "é".repeat(ERROR_MESSAGE_MAX);
+        encode_error(&mut b, ErrorCode::Internal, &long);
+        match one(&b) {
+            Frame::Error { message, .. } => assert!(message.len() <= ERROR_MESSAGE_MAX && !message.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        /// Any bytes at all: `split` and `decode` answer without panicking,
+        /// and a frame they accept is within the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0u32..256) {
+            if let Ok(Some((h, total))) = split(&bytes, max) {
+                prop_assert!(h.len <= max);
+                let _ = decode(h, &bytes[HEADER_LEN..total], SIZES);
+            }
+        }
+
+        /// Every byte of a valid frame flipped: still no panic.
+        #[test]
+        fn flipped_frames_never_panic(at in 0usize..64, bit in 0u8..8) {
+            let mut b = Vec::new();
+            let s = begin_update(&mut b, 4, 100);
+            push_entry(&mut b, entry_kind::APPLIED, |o| o.extend_from_slice(&[9; 20]));
+            push_entry(&mut b, entry_kind::BROADCAST, |o| o.extend_from_slice(&[9; 12]));
+            end_update(&mut b, s, 2);
+            let at = at % b.len();
+            b[at] ^= 1 << bit;
+            if let Ok(Some((h, total))) = split(&b, 1 << 20) {
+                let _ = decode(h, &b[HEADER_LEN..total], SIZES);
+            }
+        }
+    }
+}
