@@ -12,6 +12,7 @@ use crate::metrics::EngineMetrics;
 use crate::per_event::PerEvent;
 use crate::producer::{Inbox, Origin, Producer, SubmitError};
 use crate::sharded::Sharded;
+use crate::updates::Hub;
 
 /// How events are executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -139,6 +140,7 @@ pub(crate) struct Inner<G: Game> {
     /// Ids for `Engine::producer`; producers that name themselves bring
     /// their own.
     pub next_producer_id: AtomicU64,
+    pub hub: Arc<Hub<G>>,
     pub backend: Backend<G>,
 }
 
@@ -223,9 +225,12 @@ impl<G: Game> Engine<G> {
             .max()
             .map_or(1, |m| m.saturating_add(1));
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
+        let hub = Arc::new(Hub::default());
         let backend = match config.mode {
-            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered)?),
-            Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => Backend::PerEvent(PerEvent::start(&config)?),
+            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered, hub.clone())?),
+            Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => {
+                Backend::PerEvent(PerEvent::start(&config, hub.clone())?)
+            }
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -234,6 +239,7 @@ impl<G: Game> Engine<G> {
                 accepting: AtomicBool::new(true),
                 busy_replies: AtomicU64::new(0),
                 next_producer_id: AtomicU64::new(producer_id_next),
+                hub,
                 backend,
             }),
         })
@@ -254,6 +260,11 @@ impl<G: Game> Engine<G> {
     /// reconnecting, say), continuing from `next_seq`.
     pub fn producer_with_id(&self, id: u64, next_seq: u64) -> Producer<G> {
         Producer::new(self.inner.clone(), id, next_seq)
+    }
+
+    /// Subscriptions to worlds' update streams.
+    pub fn hub(&self) -> &Arc<Hub<G>> {
+        &self.inner.hub
     }
 
     /// A snapshot of every shard's metrics; never stops a shard.

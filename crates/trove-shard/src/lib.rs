@@ -21,6 +21,8 @@
 //! - [`metrics`]: per-shard counters and log2 histograms, lock-free to read
 //!   while the shard runs.
 //! - [`clock`]: engine time.
+//! - [`updates`]: subscriptions: each world's update stream, published by
+//!   the shards once per batch into bounded per-subscriber mailboxes.
 //!
 //! Nothing on the sharded path spawns, awaits or locks per event: locks and
 //! allocations happen per batch.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod per_event;
 pub mod producer;
 pub mod sharded;
+pub mod updates;
 
 pub use clock::ClockMode;
 pub use engine::{Engine, EngineConfig, FinalState, Mode};
@@ -40,3 +43,4 @@ pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Producer, SubmitError};
 pub use trove_journal::FsyncPolicy;
+pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};

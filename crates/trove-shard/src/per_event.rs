@@ -32,6 +32,7 @@ use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Inner, Mode};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, SubmitError};
+use crate::updates::{Hub, Staging};
 
 const STRIPES: usize = 64;
 const WRITER_QUEUE: usize = 4096;
@@ -112,10 +113,11 @@ pub(crate) struct PerEvent<G: Game> {
     writer: mpsc::Sender<WriterMsg>,
     metrics: Arc<ShardMetrics>,
     blocking: bool,
+    hub: Arc<Hub<G>>,
 }
 
 impl<G: Game> PerEvent<G> {
-    pub fn start(config: &EngineConfig) -> Result<Self, String> {
+    pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.shards)
             .thread_name("trove-worker")
@@ -141,6 +143,7 @@ impl<G: Game> PerEvent<G> {
             writer,
             metrics: Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len())),
             blocking: config.mode == Mode::SpawnBlockingPerEvent,
+            hub,
         })
     }
 
@@ -183,6 +186,7 @@ impl<G: Game> PerEvent<G> {
                 writer: self.writer.clone(),
                 metrics: self.metrics.clone(),
                 in_flight: self.in_flight.clone(),
+                hub: self.hub.clone(),
             };
             if self.blocking {
                 self.handle.spawn(task.run_blocking());
@@ -232,6 +236,7 @@ struct EventTask<G: Game> {
     writer: mpsc::Sender<WriterMsg>,
     metrics: Arc<ShardMetrics>,
     in_flight: Arc<AtomicUsize>,
+    hub: Arc<Hub<G>>,
 }
 
 type Applied<G> = (<G as Game>::Outcome, Vec<Addressed<<G as Game>::Broadcast>>);
@@ -241,6 +246,7 @@ fn apply_one<G: Game>(
     mut stamped: Stamped<G::Event>,
     clock: Option<EngineClock>,
     metrics: &ShardMetrics,
+    hub: &Hub<G>,
 ) -> Applied<G> {
     if let Some(clock) = clock {
         stamped.time_us = clock.now_us().max(state.time_us());
@@ -249,6 +255,8 @@ fn apply_one<G: Game>(
     let mut out = Outcomes::with_capacity(1);
     state.apply(std::slice::from_ref(&stamped), &mut out);
     metrics.apply_ns.record(started.elapsed().as_nanos() as u64);
+    // Under the world's lock, so the world's updates stay in order.
+    hub.publish(std::slice::from_ref(&stamped), &out, &mut Staging::default());
     (out.direct[0], out.broadcasts)
 }
 
@@ -259,7 +267,7 @@ impl<G: Game> EventTask<G> {
         }
         let applied = {
             let mut state = self.cell.state.lock().await;
-            apply_one::<G>(&mut state, self.stamped, self.clock, &self.metrics)
+            apply_one::<G>(&mut state, self.stamped, self.clock, &self.metrics, &self.hub)
         };
         self.finish(applied).await;
     }
@@ -268,10 +276,11 @@ impl<G: Game> EventTask<G> {
         if let Some(prev) = self.prev.take() {
             let _ = prev.await;
         }
-        let (cell, stamped, clock, metrics) = (self.cell.clone(), self.stamped, self.clock, self.metrics.clone());
+        let (cell, stamped, clock, metrics, hub) =
+            (self.cell.clone(), self.stamped, self.clock, self.metrics.clone(), self.hub.clone());
         let applied = tokio::task::spawn_blocking(move || {
             let mut state = cell.state.blocking_lock();
-            apply_one::<G>(&mut state, stamped, clock, &metrics)
+            apply_one::<G>(&mut state, stamped, clock, &metrics, &hub)
         })
         .await
         .expect("apply never panics");

@@ -32,6 +32,7 @@ use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_job};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, SubmitError};
+use crate::updates::{Hub, Staging};
 
 /// The shard that owns `world` among `shards`.
 #[inline]
@@ -89,6 +90,7 @@ impl<G: Game> Sharded<G> {
         config: &EngineConfig,
         clock: EngineClock,
         recovered: Option<Vec<RecoveredShard<G>>>,
+        hub: Arc<Hub<G>>,
     ) -> Result<Self, String> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut recovered = recovered.map(Vec::into_iter);
@@ -128,6 +130,7 @@ impl<G: Game> Sharded<G> {
                 drain_events_max: config.drain_events_max,
                 clock_mode: config.clock,
                 clock,
+                hub: hub.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("trove-shard-{index}"))
@@ -275,6 +278,8 @@ struct ShardLoop<G: Game> {
     drain_events_max: usize,
     clock_mode: ClockMode,
     clock: EngineClock,
+    /// Subscribers get each applied batch's updates before it is durable.
+    hub: Arc<Hub<G>>,
 }
 
 impl<G: Game> ShardLoop<G> {
@@ -285,6 +290,7 @@ impl<G: Game> ShardLoop<G> {
         let mut rejections = vec![0u64; G::REJECTION_NAMES.len()];
         let mut stopping = false;
         let mut time_us = 0u64;
+        let mut staging = Staging::default();
         loop {
             if !stopping {
                 // Park until there is work: an idle shard costs nothing.
@@ -357,6 +363,7 @@ impl<G: Game> ShardLoop<G> {
             let apply = Instant::now();
             self.state.apply(&batch, &mut out);
             self.metrics.apply_ns.record(apply.elapsed().as_nanos() as u64);
+            self.hub.publish(&batch, &out, &mut staging);
             for o in &out.direct {
                 if let Some(r) = G::rejection(o) {
                     rejections[r] += 1;

@@ -1,0 +1,338 @@
+//! Subscriptions: each world's stream of applied events and broadcasts,
+//! pushed to its subscribers as soon as the outcomes exist.
+//!
+//! A shard publishes once per applied batch, never per event: it groups the
+//! batch's updates by subscribed world into one [`Chunk`] per world, numbers
+//! them with the world's update sequence, and pushes the chunk (an `Arc`,
+//! shared by every subscriber) into each subscriber's [`Mailbox`]. With no
+//! subscriber anywhere, publishing is one relaxed load.
+//!
+//! A mailbox is bounded (in updates). A subscriber that does not keep up
+//! loses chunks, never stalls the shard or other subscribers: the dropped
+//! range is remembered per world, coalesced, and handed to the subscriber
+//! as a [`Delivery::Gap`] in its place in the stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use trove_core::worlds::IdHasher;
+use trove_core::{Game, Outcomes, Stamped, WorldId};
+
+type IdMap<V> = HashMap<WorldId, V, BuildHasherDefault<IdHasher>>;
+
+/// One entry of a world's update stream.
+#[derive(Clone, Debug)]
+pub enum Update<G: Game> {
+    /// An applied event with its stamp and outcome.
+    Applied { event: Stamped<G::Event>, outcome: G::Outcome },
+    /// World-wide news caused by the `Applied` entry before it.
+    Broadcast(G::Broadcast),
+}
+
+/// Consecutive updates of one world, numbered from `first_seq`.
+#[derive(Debug)]
+pub struct Chunk<G: Game> {
+    pub world: WorldId,
+    pub first_seq: u64,
+    pub updates: Vec<Update<G>>,
+    /// The I/O layer's encoding, made by the first subscriber that sends
+    /// the chunk and reused by the others.
+    pub encoded: OnceLock<Vec<u8>>,
+    /// The same for a second encoding (the JSON endpoint).
+    pub encoded_text: OnceLock<Vec<String>>,
+}
+
+/// What a subscriber takes from its mailbox, in stream order per world.
+#[derive(Debug)]
+pub enum Delivery<G: Game> {
+    Chunk(Arc<Chunk<G>>),
+    /// Updates `first_missed .. first_missed + missed` of `world` were
+    /// dropped because this subscriber fell behind.
+    Gap {
+        world: WorldId,
+        first_missed: u64,
+        missed: u64,
+    },
+}
+
+#[derive(Debug)]
+struct MailboxState<G: Game> {
+    items: VecDeque<Delivery<G>>,
+    /// Updates in `items`.
+    updates: usize,
+    /// Per world: the range dropped since the last chunk queued.
+    gaps: IdMap<(u64, u64)>,
+    closed: bool,
+}
+
+/// One subscriber's bounded queue of deliveries (one per connection, for
+/// all the worlds it subscribes to).
+#[derive(Debug)]
+pub struct Mailbox<G: Game> {
+    state: Mutex<MailboxState<G>>,
+    notify: tokio::sync::Notify,
+    updates_max: usize,
+}
+
+impl<G: Game> Mailbox<G> {
+    /// A mailbox that holds at most `updates_max` updates (at least one
+    /// chunk is always accepted into an empty mailbox).
+    pub fn new(updates_max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(MailboxState {
+                items: VecDeque::new(),
+                updates: 0,
+                gaps: IdMap::default(),
+                closed: false,
+            }),
+            notify: tokio::sync::Notify::new(),
+            updates_max,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState<G>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a chunk, or records it as missed. Returns false once the
+    /// subscriber has closed the mailbox.
+    fn push(&self, chunk: &Arc<Chunk<G>>, hub: &HubCounters) -> bool {
+        let n = chunk.updates.len();
+        {
+            let mut s = self.lock();
+            if s.closed {
+                return false;
+            }
+            if s.updates > 0 && s.updates + n > self.updates_max {
+                let gap = s.gaps.entry(chunk.world).or_insert((chunk.first_seq, 0));
+                gap.1 += n as u64;
+                hub.updates_dropped.fetch_add(n as u64, Relaxed);
+                return true;
+            }
+            if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
+                s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
+                hub.gaps.fetch_add(1, Relaxed);
+            }
+            s.items.push_back(Delivery::Chunk(chunk.clone()));
+            s.updates += n;
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Moves everything queued to `into`, then the gaps still pending (a
+    /// subscriber learns of a loss even if no later update comes).
+    pub fn take(&self, into: &mut Vec<Delivery<G>>) {
+        let mut s = self.lock();
+        into.extend(s.items.drain(..));
+        s.updates = 0;
+        if !s.gaps.is_empty() {
+            let mut gaps: Vec<_> = s.gaps.drain().collect();
+            gaps.sort_unstable_by_key(|(w, _)| *w);
+            into.extend(gaps.into_iter().map(|(world, (first_missed, missed))| Delivery::Gap {
+                world,
+                first_missed,
+                missed,
+            }));
+        }
+    }
+
+    /// Waits until something may be queued (or was queued before the call).
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Stops deliveries; the hub drops the mailbox at its next publish.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+}
+
+#[derive(Debug)]
+struct Topic<G: Game> {
+    next_seq: u64,
+    subscribers: Vec<Arc<Mailbox<G>>>,
+}
+
+#[derive(Debug, Default)]
+struct HubCounters {
+    updates_published: AtomicU64,
+    chunks_published: AtomicU64,
+    updates_dropped: AtomicU64,
+    gaps: AtomicU64,
+}
+
+/// Hub counters, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubMetrics {
+    /// Worlds with at least one subscriber.
+    pub topics: u64,
+    /// Subscriptions (a connection subscribed to two worlds counts twice).
+    pub subscriptions: u64,
+    pub updates_published: u64,
+    pub chunks_published: u64,
+    /// Updates dropped for subscribers that fell behind.
+    pub updates_dropped: u64,
+    /// Gap notices queued.
+    pub gaps: u64,
+}
+
+#[derive(Debug)]
+struct Topics<G: Game> {
+    live: IdMap<Topic<G>>,
+    /// Worlds that had subscribers: where their numbering resumes, so a
+    /// world's sequence never restarts while the engine runs.
+    retired: IdMap<u64>,
+}
+
+/// Every world's subscribers. Shared by the shards (publishing) and the I/O
+/// layer (subscribing).
+#[derive(Debug)]
+pub struct Hub<G: Game> {
+    topics: Mutex<Topics<G>>,
+    /// `topics.live.len()`, readable without the lock: the fast path.
+    live: AtomicUsize,
+    subscriptions: AtomicUsize,
+    counters: HubCounters,
+}
+
+impl<G: Game> Default for Hub<G> {
+    fn default() -> Self {
+        Self {
+            topics: Mutex::new(Topics { live: IdMap::default(), retired: IdMap::default() }),
+            live: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            counters: HubCounters::default(),
+        }
+    }
+}
+
+/// A publisher's reusable buffers (one per shard).
+#[derive(Debug)]
+pub struct Staging<G: Game> {
+    by_world: IdMap<Vec<Update<G>>>,
+}
+
+impl<G: Game> Default for Staging<G> {
+    fn default() -> Self {
+        Self { by_world: IdMap::default() }
+    }
+}
+
+impl<G: Game> Hub<G> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Topics<G>> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes `mailbox` to `world`; returns the sequence number of the
+    /// first update it will get. Subscribing twice is a no-op.
+    pub fn subscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> u64 {
+        let mut t = self.lock();
+        let Topics { live, retired } = &mut *t;
+        let topic = live.entry(world).or_insert_with(|| {
+            self.live.fetch_add(1, Relaxed);
+            Topic { next_seq: retired.remove(&world).unwrap_or(1), subscribers: Vec::new() }
+        });
+        if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
+            topic.subscribers.push(mailbox.clone());
+            self.subscriptions.fetch_add(1, Relaxed);
+        }
+        topic.next_seq
+    }
+
+    /// Unsubscribes; returns whether it was subscribed. Updates already in
+    /// the mailbox stay there.
+    pub fn unsubscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> bool {
+        let mut t = self.lock();
+        let Some(topic) = t.live.get_mut(&world) else { return false };
+        let before = topic.subscribers.len();
+        topic.subscribers.retain(|m| !Arc::ptr_eq(m, mailbox));
+        let removed = topic.subscribers.len() < before;
+        if removed {
+            self.subscriptions.fetch_sub(1, Relaxed);
+        }
+        if topic.subscribers.is_empty() {
+            self.retire(&mut t, world);
+        }
+        removed
+    }
+
+    fn retire(&self, t: &mut Topics<G>, world: WorldId) {
+        if let Some(topic) = t.live.remove(&world) {
+            t.retired.insert(world, topic.next_seq);
+            self.live.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Publishes an applied batch: `out.direct[i]` answers `events[i]`.
+    /// Called by the shard that owns the batch's worlds, once per batch.
+    pub fn publish(
+        &self,
+        events: &[Stamped<G::Event>],
+        out: &Outcomes<G::Outcome, G::Broadcast>,
+        staging: &mut Staging<G>,
+    ) {
+        if self.live.load(Relaxed) == 0 {
+            return;
+        }
+        let mut t = self.lock();
+        let mut broadcasts = out.broadcasts.iter().peekable();
+        for (i, (event, outcome)) in events.iter().zip(&out.direct).enumerate() {
+            let world = G::world_of(&event.event);
+            if t.live.contains_key(&world) {
+                staging.by_world.entry(world).or_default().push(Update::Applied { event: *event, outcome: *outcome });
+            }
+            while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
+                if t.live.contains_key(&b.world) {
+                    staging.by_world.entry(b.world).or_default().push(Update::Broadcast(b.body.clone()));
+                }
+            }
+        }
+        for (&world, updates) in &mut staging.by_world {
+            if updates.is_empty() {
+                continue;
+            }
+            let Some(topic) = t.live.get_mut(&world) else {
+                updates.clear();
+                continue;
+            };
+            let n = updates.len();
+            let chunk = Arc::new(Chunk {
+                world,
+                first_seq: topic.next_seq,
+                updates: std::mem::replace(updates, Vec::with_capacity(n)),
+                encoded: OnceLock::new(),
+                encoded_text: OnceLock::new(),
+            });
+            topic.next_seq += n as u64;
+            let before = topic.subscribers.len();
+            topic.subscribers.retain(|m| m.push(&chunk, &self.counters));
+            self.subscriptions.fetch_sub(before - topic.subscribers.len(), Relaxed);
+            self.counters.updates_published.fetch_add(n as u64, Relaxed);
+            self.counters.chunks_published.fetch_add(1, Relaxed);
+            if topic.subscribers.is_empty() {
+                self.retire(&mut t, world);
+            }
+        }
+        // Worlds staged once keep an empty buffer; bound what stays.
+        if staging.by_world.len() > 1024 {
+            staging.by_world.clear();
+        }
+    }
+
+    pub fn metrics(&self) -> HubMetrics {
+        let c = &self.counters;
+        HubMetrics {
+            topics: self.live.load(Relaxed) as u64,
+            subscriptions: self.subscriptions.load(Relaxed) as u64,
+            updates_published: c.updates_published.load(Relaxed),
+            chunks_published: c.chunks_published.load(Relaxed),
+            updates_dropped: c.updates_dropped.load(Relaxed),
+            gaps: c.gaps.load(Relaxed),
+        }
+    }
+}
