@@ -11,6 +11,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the engine: the TCP data plane (protocol v1), the WebSocket
+    /// endpoint and the journal, until SIGINT or SIGTERM.
+    Serve(Serve),
     /// Measure the engine.
     #[command(subcommand)]
     Bench(Bench),
@@ -19,6 +22,50 @@ pub enum Command {
     Journal(Journal),
     /// Rebuild the state from a journal offline and print its hashes.
     Replay(Replay),
+}
+
+#[derive(Debug, Args)]
+pub struct Serve {
+    /// A TOML settings file (config/trove.toml lists every key); flags
+    /// override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// The journal's data directory [default: trove-data].
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// Run in memory: no journal, nothing survives a restart.
+    #[arg(long)]
+    pub no_journal: bool,
+    /// Execution mode: sharded, task-per-event or spawn-blocking-per-event
+    /// (the per-event modes run without a journal) [default: sharded].
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Shard threads (sharded) or runtime workers (per-event modes) [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+    /// always, interval=<ms> or never [default: interval=5]. Acknowledgements
+    /// wait for the policy's durability point.
+    #[arg(long)]
+    pub fsync: Option<String>,
+    /// Snapshot every this many milliseconds [default: 60000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub snapshot_ms: Option<u64>,
+    /// Start even if the journal is damaged in the middle, cutting it at
+    /// the damage (what follows is lost).
+    #[arg(long)]
+    pub repair: bool,
+    /// Protocol v1 listen address [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// WebSocket listen address, or `off` [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// Threads of the I/O runtime [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub io_workers: Option<u32>,
+    /// Pin shard threads to cores.
+    #[arg(long)]
+    pub pin: bool,
 }
 
 #[derive(Debug, Subcommand)]

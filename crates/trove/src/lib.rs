@@ -6,6 +6,7 @@
 //! - [`cli`]: the clap command tree.
 //! - [`bench_apply`]: `trove bench apply`, the single-thread rules benchmark.
 //! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
+//! - [`serve`]: `trove serve`, the engine behind its data plane.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
@@ -13,4 +14,5 @@ pub mod bench_apply;
 pub mod bench_engine;
 pub mod cli;
 pub mod journal_cmd;
+pub mod serve;
 pub mod workload_arg;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Serve(args) => trove::serve::run(&args),
         Command::Bench(Bench::Apply(args)) => {
             let spec = workload_arg::resolve(&args.workload)?;
             let report = bench_apply::run(&spec, args.events, args.batch);

@@ -1,0 +1,343 @@
+//! The data plane's I/O layer: where trove waits on sockets.
+//!
+//! A small tokio runtime (`io_workers` threads) accepts connections and runs
+//! one task per connection, never per event. A connection's task turns each
+//! EVENTS frame into one batch for the engine (`Producer::submit_at`),
+//! answers it when the engine completes it (after the journal's durability
+//! point), and forwards its subscriptions' updates from a bounded mailbox.
+//! The game rules run on the engine's shard threads, not here.
+//!
+//! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
+//! - [`ws`]: the same semantics as JSON over WebSocket.
+//! - [`json`]: the game's JSON form, for the WebSocket endpoint.
+
+pub mod json;
+pub mod tcp;
+pub mod ws;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trove_proto::WireGame;
+use trove_proto::frame::FRAME_BODY_MAX_LIMIT;
+use trove_shard::Engine;
+
+/// Every bound of the I/O layer, named.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Protocol v1 over TCP.
+    pub tcp_addr: SocketAddr,
+    /// JSON over WebSocket; `None` disables the endpoint.
+    pub ws_addr: Option<SocketAddr>,
+    /// Threads of the I/O runtime.
+    pub io_workers: usize,
+    /// Open connections (TCP and WebSocket together); past it a new one is
+    /// answered TooManyConnections and closed.
+    pub connections_max: usize,
+    /// Largest frame body accepted (and sent), in bytes.
+    pub frame_body_max: u32,
+    /// Time a new connection has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// EVENTS frames a connection may have unanswered; past it the server
+    /// stops reading that connection until answers go out.
+    pub window_batches: usize,
+    /// Hunts one connection may subscribe to.
+    pub subscriptions_max: usize,
+    /// Updates queued for one subscriber connection before it loses some
+    /// (and gets a gap notice).
+    pub subscriber_updates_max: usize,
+    /// How long a HELLO waits for another connection of the same producer
+    /// id to finish before it is refused.
+    pub producer_wait: Duration,
+    /// WebSocket: largest message and frame, and the write buffer bound.
+    pub ws_message_max: usize,
+    pub ws_frame_max: usize,
+    pub ws_write_buffer_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            ws_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            io_workers: 1,
+            connections_max: 1024,
+            frame_body_max: trove_proto::frame::FRAME_BODY_MAX_DEFAULT,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            window_batches: 64,
+            subscriptions_max: 64,
+            subscriber_updates_max: 65_536,
+            producer_wait: Duration::from_secs(5),
+            ws_message_max: 1 << 20,
+            ws_frame_max: 1 << 20,
+            ws_write_buffer_max: 4 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.io_workers >= 1 && self.io_workers <= 256, "io_workers must be in 1..=256"),
+            (self.connections_max >= 1, "connections_max must be at least 1"),
+            (
+                self.frame_body_max >= 4096 && self.frame_body_max <= FRAME_BODY_MAX_LIMIT,
+                "frame_body_max must be in 4096..=67108864",
+            ),
+            (!self.handshake_timeout.is_zero(), "handshake_timeout must be above zero"),
+            (!self.idle_timeout.is_zero(), "idle_timeout must be above zero"),
+            (self.window_batches >= 1 && self.window_batches <= 4096, "window_batches must be in 1..=4096"),
+            (self.subscriptions_max <= 65_536, "subscriptions_max must be at most 65536"),
+            (self.subscriber_updates_max >= 1, "subscriber_updates_max must be at least 1"),
+            (self.ws_message_max >= 1024, "ws_message_max must be at least 1024"),
+            (self.ws_frame_max >= 1024, "ws_frame_max must be at least 1024"),
+            (self.ws_write_buffer_max >= 1024, "ws_write_buffer_max must be at least 1024"),
+        ];
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+    }
+}
+
+/// I/O-layer counters.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub events_in: AtomicU64,
+    pub events_acked: AtomicU64,
+    pub busy_replies: AtomicU64,
+    /// ERROR frames sent, by `ErrorCode` value (index 0 unused).
+    pub errors: [AtomicU64; 16],
+    pub subscribers: AtomicU64,
+}
+
+/// A plain copy of [`ServerMetrics`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerMetricsSnapshot {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_open: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub events_in: u64,
+    pub events_acked: u64,
+    pub busy_replies: u64,
+    pub errors: Vec<(&'static str, u64)>,
+    pub subscribers: u64,
+}
+
+impl ServerMetrics {
+    pub fn snapshot(&self) -> ServerMetricsSnapshot {
+        ServerMetricsSnapshot {
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            connections_refused: self.connections_refused.load(Relaxed),
+            connections_open: self.connections_open.load(Relaxed),
+            frames_in: self.frames_in.load(Relaxed),
+            frames_out: self.frames_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            events_in: self.events_in.load(Relaxed),
+            events_acked: self.events_acked.load(Relaxed),
+            busy_replies: self.busy_replies.load(Relaxed),
+            errors: trove_proto::ErrorCode::ALL
+                .iter()
+                .map(|c| (c.name(), self.errors[*c as usize].load(Relaxed)))
+                .collect(),
+            subscribers: self.subscribers.load(Relaxed),
+        }
+    }
+}
+
+/// What connections share.
+pub(crate) struct Shared<G: WireGame> {
+    pub engine: Arc<Engine<G>>,
+    pub config: ServerConfig,
+    pub metrics: Arc<ServerMetrics>,
+    /// Producer ids with a live connection: one connection per producer at
+    /// a time keeps its sequence numbers in order.
+    producers: Mutex<HashSet<u64>>,
+    producer_released: tokio::sync::Notify,
+    connections: AtomicUsize,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<G: WireGame> Shared<G> {
+    /// Takes a connection slot, or None when all are taken.
+    pub fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot<G>> {
+        let open = self.connections.fetch_add(1, Relaxed);
+        if open >= self.config.connections_max {
+            self.connections.fetch_sub(1, Relaxed);
+            self.metrics.connections_refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        self.metrics.connections_accepted.fetch_add(1, Relaxed);
+        self.metrics.connections_open.fetch_add(1, Relaxed);
+        Some(ConnectionSlot { shared: self.clone() })
+    }
+
+    /// Claims a producer id for this connection, waiting up to
+    /// `producer_wait` for a previous connection with it to finish.
+    pub async fn claim_producer(self: &Arc<Self>, id: u64) -> Option<ProducerClaim<G>> {
+        let deadline = tokio::time::Instant::now() + self.config.producer_wait;
+        loop {
+            let released = self.producer_released.notified();
+            if self.producers.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+                return Some(ProducerClaim { shared: self.clone(), id });
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Held while a connection is open.
+pub(crate) struct ConnectionSlot<G: WireGame> {
+    shared: Arc<Shared<G>>,
+}
+
+impl<G: WireGame> Drop for ConnectionSlot<G> {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Relaxed);
+        self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Held while a connection produces as `id`.
+pub(crate) struct ProducerClaim<G: WireGame> {
+    shared: Arc<Shared<G>>,
+    id: u64,
+}
+
+impl<G: WireGame> Drop for ProducerClaim<G> {
+    fn drop(&mut self) {
+        self.shared.producers.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.shared.producer_released.notify_waiters();
+    }
+}
+
+/// A running data plane.
+pub struct Server<G: WireGame + json::JsonGame> {
+    runtime: Option<tokio::runtime::Runtime>,
+    shared: Arc<Shared<G>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tcp_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl<G: WireGame + json::JsonGame> std::fmt::Debug for Server<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("tcp_addr", &self.tcp_addr).field("ws_addr", &self.ws_addr).finish()
+    }
+}
+
+impl<G: WireGame + json::JsonGame> Server<G> {
+    /// Binds the listeners and starts serving `engine`.
+    pub fn start(engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, String> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.io_workers)
+            .thread_name("trove-io")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("starting the I/O runtime: {e}"))?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            engine,
+            config: config.clone(),
+            metrics: Arc::new(ServerMetrics::default()),
+            producers: Mutex::new(HashSet::new()),
+            producer_released: tokio::sync::Notify::new(),
+            connections: AtomicUsize::new(0),
+            shutdown,
+        });
+        let tcp = bind(config.tcp_addr, "TCP")?;
+        let tcp_addr = tcp.local_addr().map_err(|e| format!("TCP listener: {e}"))?;
+        let mut tasks = Vec::new();
+        let _entered = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(tcp).map_err(|e| format!("TCP listener: {e}"))?;
+        tasks.push(runtime.spawn(tcp::accept_loop(shared.clone(), listener)));
+        let mut ws_addr = None;
+        if let Some(addr) = config.ws_addr {
+            let ws = bind(addr, "WebSocket")?;
+            ws_addr = Some(ws.local_addr().map_err(|e| format!("WebSocket listener: {e}"))?);
+            let listener = tokio::net::TcpListener::from_std(ws).map_err(|e| format!("WebSocket listener: {e}"))?;
+            tasks.push(runtime.spawn(ws::accept_loop(shared.clone(), listener)));
+        }
+        drop(_entered);
+        Ok(Self { runtime: Some(runtime), shared, stop, tcp_addr, ws_addr, tasks })
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine<G>> {
+        &self.shared.engine
+    }
+
+    pub fn metrics(&self) -> ServerMetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Stops accepting; lets every connection finish its accepted batches
+    /// (their acknowledgements go out) within `drain`, then closes them.
+    pub fn shutdown(mut self, drain: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(rt) = self.runtime.take() {
+            let tasks = std::mem::take(&mut self.tasks);
+            let shared = self.shared.clone();
+            rt.block_on(async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+                let deadline = tokio::time::Instant::now() + drain;
+                while shared.connections.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
+    l.set_nonblocking(true).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
+    Ok(l)
+}
+
+/// Polls a producer for its oldest completed batch, registering the task's
+/// waker with the engine when none is ready.
+pub(crate) fn poll_complete<G: WireGame>(
+    producer: &mut trove_shard::Producer<G>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<trove_shard::Completed<G>> {
+    if let Some(c) = producer.try_complete() {
+        return std::task::Poll::Ready(c);
+    }
+    producer.register_waker(cx.waker());
+    match producer.try_complete() {
+        Some(c) => std::task::Poll::Ready(c),
+        None => std::task::Poll::Pending,
+    }
+}

@@ -1,0 +1,512 @@
+//! Protocol v1 over TCP: one task per connection.
+//!
+//! The task reads whole frames into one buffer (a frame's header is checked
+//! against the limit before its body is buffered), submits each EVENTS
+//! frame as one batch, and answers frames in their order: an ACK when the
+//! engine completes the batch, or BUSY or an ERROR at once (queued behind
+//! the answers still owed). Per event it only decodes the record.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use trove_core::{Record, Stamped, WorldId};
+use trove_proto::frame::{
+    self, ErrorCode, FrameError, HEADER_LEN, HELLO_BODY_MAX, Hello, Kind, MAGIC, Sizes, VERSION, Welcome, hello_flags,
+};
+use trove_proto::{Frame, WireGame};
+use trove_shard::{Completed, Delivery, Mailbox, Producer, SubmitError};
+
+use crate::{Shared, json::JsonGame, poll_complete};
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 256 << 10;
+/// What BUSY tells producers to wait.
+const BUSY_RETRY_MS: u32 = 1;
+
+pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, listener: TcpListener) {
+    let mut stop = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // Out of file descriptors, say: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Some(slot) = shared.connection_slot() else {
+                let mut out = Vec::new();
+                frame::encode_error(&mut out, ErrorCode::TooManyConnections, "the server is at its connection limit");
+                shared.metrics.errors[ErrorCode::TooManyConnections as usize].fetch_add(1, Relaxed);
+                let mut stream = stream;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+                return;
+            };
+            Connection::new(shared).run(stream).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Why a connection ends early.
+enum Close {
+    /// Tell the peer why, then close.
+    Error(ErrorCode, String),
+    /// The socket failed; nothing more can be said.
+    Io,
+}
+
+impl From<FrameError> for Close {
+    fn from(e: FrameError) -> Self {
+        Close::Error(e.code(), e.to_string())
+    }
+}
+
+/// An answer owed to the peer, in frame order.
+enum Owed {
+    /// A batch in the engine; its ACK goes out when it completes.
+    Batch { first_seq: u64, count: u32 },
+    /// An answer ready now, waiting for the batches before it.
+    Ready(Vec<u8>),
+}
+
+struct Connection<G: WireGame> {
+    shared: Arc<Shared<G>>,
+    inbuf: Vec<u8>,
+    /// Bytes of `inbuf` already consumed.
+    consumed: usize,
+    out: Vec<u8>,
+    owed: VecDeque<Owed>,
+    outcomes: bool,
+    /// After a BUSY at this sequence, EVENTS beyond it are refused until
+    /// the producer resends from it: a producer's events must reach the
+    /// engine in sequence order for retries to be recognised.
+    busy_from: Option<u64>,
+    events: Vec<Stamped<G::Event>>,
+    mailbox: Option<Arc<Mailbox<G>>>,
+    subscriptions: Vec<WorldId>,
+    deliveries: Vec<Delivery<G>>,
+}
+
+impl<G: WireGame> Connection<G> {
+    fn new(shared: Arc<Shared<G>>) -> Self {
+        Self {
+            shared,
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            consumed: 0,
+            out: Vec::with_capacity(64 << 10),
+            owed: VecDeque::new(),
+            outcomes: false,
+            busy_from: None,
+            events: Vec::new(),
+            mailbox: None,
+            subscriptions: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    fn sizes() -> Sizes {
+        Sizes { record: G::Event::SIZE, outcome: G::OUTCOME_SIZE }
+    }
+
+    async fn run(mut self, stream: TcpStream) {
+        let (mut rd, mut wr) = stream.into_split();
+        let result = self.serve(&mut rd, &mut wr).await;
+        if let Err(Close::Error(code, message)) = result {
+            frame::encode_error(&mut self.out, code, &message);
+            self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
+        }
+        if !self.out.is_empty() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.write_all(&self.out)).await;
+        }
+        let _ = wr.shutdown().await;
+        self.unsubscribe_all();
+    }
+
+    fn unsubscribe_all(&mut self) {
+        if let Some(m) = self.mailbox.take() {
+            m.close();
+            for w in self.subscriptions.drain(..) {
+                self.shared.engine.hub().unsubscribe(w, &m);
+                self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Reads until `split` finds a frame or the buffer would pass `max`.
+    async fn read_some(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, max_body: u32) -> Result<usize, Close> {
+        if self.consumed > 0 {
+            self.inbuf.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        // Room for the frame at the front (its header says how big), and a
+        // chunk more: the buffer never outgrows one frame and a chunk.
+        let want = match frame::split(&self.inbuf, max_body)? {
+            None if self.inbuf.len() >= HEADER_LEN => {
+                let len = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
+                (HEADER_LEN + len).max(READ_CHUNK)
+            }
+            _ => READ_CHUNK,
+        };
+        if self.inbuf.capacity() - self.inbuf.len() < want / 2 {
+            self.inbuf.reserve(want - (self.inbuf.capacity() - self.inbuf.len()));
+        }
+        let n = rd.read_buf(&mut self.inbuf).await.map_err(|_| Close::Io)?;
+        self.shared.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+
+    async fn handshake(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Hello, Close> {
+        loop {
+            if let Some((h, total)) = frame::split(&self.inbuf, HELLO_BODY_MAX)? {
+                if h.kind != Kind::Hello {
+                    return Err(Close::Error(
+                        ErrorCode::HandshakeRequired,
+                        format!("expected HELLO, got {:?}", h.kind),
+                    ));
+                }
+                let body = &self.inbuf[HEADER_LEN..total];
+                if body.len() >= MAGIC.len() && body[..MAGIC.len()] != MAGIC {
+                    return Err(Close::Error(ErrorCode::BadMagic, "HELLO does not start with the trove magic".into()));
+                }
+                let Frame::Hello(hello) = frame::decode(h, body, Self::sizes())? else { unreachable!("kind checked") };
+                self.consumed = total;
+                self.shared.metrics.frames_in.fetch_add(1, Relaxed);
+                if hello.version != VERSION {
+                    return Err(Close::Error(
+                        ErrorCode::UnsupportedVersion,
+                        format!("version {} is not supported; this server speaks {VERSION}", hello.version),
+                    ));
+                }
+                return Ok(hello);
+            }
+            if self.read_some(rd, HELLO_BODY_MAX).await? == 0 {
+                return Err(Close::Io);
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(), Close> {
+        let config = self.shared.config.clone();
+        let hello = match tokio::time::timeout(config.handshake_timeout, self.handshake(rd)).await {
+            Ok(h) => h?,
+            Err(_) => return Err(Close::Error(ErrorCode::HandshakeTimeout, "no HELLO in time".into())),
+        };
+        let engine = self.shared.engine.clone();
+        let mut producer = match hello.producer_id {
+            0 => engine.producer(),
+            id => engine.producer_with_id(id, 1),
+        };
+        let Some(_claim) = self.shared.claim_producer(producer.id()).await else {
+            return Err(Close::Error(
+                ErrorCode::ProducerInUse,
+                format!("producer {} is connected elsewhere", producer.id()),
+            ));
+        };
+        self.outcomes = hello.flags & hello_flags::OUTCOMES != 0;
+        let batch_events_max = engine.config().batch_events_max.min(
+            ((config.frame_body_max as usize - frame::EVENTS_HEAD_LEN) / G::Event::SIZE)
+                .min((config.frame_body_max as usize - frame::ACK_HEAD_LEN) / G::OUTCOME_SIZE),
+        );
+        frame::encode_welcome(
+            &mut self.out,
+            &Welcome {
+                version: VERSION,
+                flags: hello.flags & hello_flags::KNOWN,
+                producer_id: producer.id(),
+                frame_body_max: config.frame_body_max,
+                batch_events_max: batch_events_max as u32,
+                record_size: G::Event::SIZE as u16,
+                outcome_size: G::OUTCOME_SIZE as u16,
+            },
+        );
+        self.flush(wr).await?;
+
+        let mut stop = self.shared.shutdown.clone();
+        let mut stopping = *stop.borrow();
+        let mut eof = false;
+        let mut idle_deadline = Instant::now() + config.idle_timeout;
+        loop {
+            // Frames already buffered first: a read may bring many.
+            if !stopping {
+                let before = self.consumed;
+                self.process(&mut producer, batch_events_max)?;
+                if self.consumed != before {
+                    idle_deadline = Instant::now() + config.idle_timeout;
+                }
+            }
+            self.flush(wr).await?;
+            let in_flight = producer.in_flight();
+            if (eof || stopping) && in_flight == 0 {
+                if stopping && !eof {
+                    return Err(Close::Error(ErrorCode::ShuttingDown, "the server is shutting down".into()));
+                }
+                return Ok(());
+            }
+            let can_read = !eof && !stopping && in_flight < config.window_batches && !self.frame_buffered();
+            let subscribed = self.mailbox.clone();
+            tokio::select! {
+                biased;
+                c = poll_fn(|cx| poll_complete(&mut producer, cx)), if in_flight > 0 => {
+                    self.completed(c);
+                    while let Some(c) = producer.try_complete() {
+                        self.completed(c);
+                    }
+                }
+                _ = async { subscribed.as_ref().expect("guarded").ready().await }, if subscribed.is_some() => {
+                    self.deliver();
+                }
+                n = self.read_some(rd, config.frame_body_max), if can_read => {
+                    if n? == 0 {
+                        eof = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if !eof && !stopping && in_flight == 0 => {
+                    return Err(Close::Error(ErrorCode::IdleTimeout, format!("no frame for {:?}", config.idle_timeout)));
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                }
+            }
+        }
+    }
+
+    /// A whole frame is buffered but was not processed (the window is full).
+    fn frame_buffered(&self) -> bool {
+        matches!(frame::split(&self.inbuf[self.consumed..], self.shared.config.frame_body_max), Ok(Some(_)))
+    }
+
+    async fn flush(&mut self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> Result<(), Close> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        wr.write_all(&self.out).await.map_err(|_| Close::Io)?;
+        self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Handles the whole frames buffered, while the window has room.
+    fn process(&mut self, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
+        let max = self.shared.config.frame_body_max;
+        while producer.in_flight() < self.shared.config.window_batches {
+            let Some((h, total)) = frame::split(&self.inbuf[self.consumed..], max)? else { return Ok(()) };
+            let start = self.consumed;
+            self.consumed += total;
+            self.shared.metrics.frames_in.fetch_add(1, Relaxed);
+            if !h.kind.from_client() {
+                return Err(Close::Error(ErrorCode::UnknownFrameKind, format!("{:?} is not a client frame", h.kind)));
+            }
+            let inbuf = std::mem::take(&mut self.inbuf);
+            let result = match frame::decode(h, &inbuf[start + HEADER_LEN..start + total], Self::sizes()) {
+                Ok(f) => self.handle(f, producer, batch_events_max),
+                Err(e) => Err(e.into()),
+            };
+            self.inbuf = inbuf;
+            result?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, f: Frame<'_>, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
+        match f {
+            Frame::Hello(_) => Err(Close::Error(ErrorCode::HandshakeRequired, "HELLO came twice".into())),
+            Frame::Events { first_seq, count, records } => {
+                self.events_frame(producer, first_seq, count, records, batch_events_max);
+                Ok(())
+            }
+            Frame::Subscribe { hunt } => {
+                if !self.subscriptions.contains(&hunt)
+                    && self.subscriptions.len() >= self.shared.config.subscriptions_max
+                {
+                    let mut b = Vec::new();
+                    frame::encode_error(
+                        &mut b,
+                        ErrorCode::TooManySubscriptions,
+                        &format!("at most {} subscriptions per connection", self.shared.config.subscriptions_max),
+                    );
+                    self.shared.metrics.errors[ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
+                    self.answer(b);
+                    return Ok(());
+                }
+                let updates_max = self.shared.config.subscriber_updates_max;
+                let mailbox = self.mailbox.get_or_insert_with(|| Mailbox::new(updates_max)).clone();
+                // SUBSCRIBED goes out before any update of the subscription:
+                // updates are only written after `out`, which holds it.
+                let next_seq = self.shared.engine.hub().subscribe(hunt, &mailbox);
+                if !self.subscriptions.contains(&hunt) {
+                    self.subscriptions.push(hunt);
+                    self.shared.metrics.subscribers.fetch_add(1, Relaxed);
+                }
+                frame::encode_subscribed(&mut self.out, hunt, next_seq);
+                Ok(())
+            }
+            Frame::Unsubscribe { hunt } => {
+                if let Some(at) = self.subscriptions.iter().position(|&w| w == hunt) {
+                    self.subscriptions.swap_remove(at);
+                    self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
+                    if let Some(m) = &self.mailbox {
+                        self.shared.engine.hub().unsubscribe(hunt, m);
+                    }
+                }
+                // Updates already queued still go out before UNSUBSCRIBED.
+                self.deliver();
+                frame::encode_u32_frame(&mut self.out, Kind::Unsubscribed, hunt);
+                Ok(())
+            }
+            Frame::Ping { nonce } => {
+                frame::encode_u64_frame(&mut self.out, Kind::Pong, nonce);
+                Ok(())
+            }
+            _ => unreachable!("server frames are refused before decoding"),
+        }
+    }
+
+    fn events_frame(
+        &mut self,
+        producer: &mut Producer<G>,
+        first_seq: u64,
+        count: u32,
+        records: &[u8],
+        batch_events_max: usize,
+    ) {
+        let refuse = |code: ErrorCode, message: String| {
+            let mut b = Vec::new();
+            frame::encode_error(&mut b, code, &message);
+            b
+        };
+        if count == 0 || count as usize > batch_events_max {
+            self.shared.metrics.errors[ErrorCode::BadBatch as usize].fetch_add(1, Relaxed);
+            let b = refuse(ErrorCode::BadBatch, format!("{count} events: a batch holds 1..={batch_events_max}"));
+            return self.answer(b);
+        }
+        if first_seq == 0 || first_seq.checked_add(u64::from(count)).is_none() {
+            self.shared.metrics.errors[ErrorCode::BadSequence as usize].fetch_add(1, Relaxed);
+            let b = refuse(ErrorCode::BadSequence, format!("sequence {first_seq} + {count} is not valid"));
+            return self.answer(b);
+        }
+        if self.busy_from.is_some_and(|from| first_seq > from) {
+            return self.busy(first_seq, count);
+        }
+        self.events.clear();
+        self.events
+            .extend(records.chunks_exact(G::Event::SIZE).map(|r| Stamped { time_us: 0, event: G::Event::decode(r) }));
+        self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+        match producer.submit_at(first_seq, &mut self.events) {
+            Ok(_ticket) => {
+                self.busy_from = None;
+                self.owed.push_back(Owed::Batch { first_seq, count });
+            }
+            Err(SubmitError::Busy) => {
+                self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
+                self.busy(first_seq, count);
+            }
+            Err(SubmitError::BadSize) => {
+                let b = refuse(ErrorCode::BadBatch, format!("{count} events were refused by the engine"));
+                self.answer(b);
+            }
+            Err(SubmitError::ShuttingDown) => {
+                let b = refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
+                self.answer(b);
+            }
+        }
+    }
+
+    fn busy(&mut self, first_seq: u64, count: u32) {
+        self.shared.metrics.busy_replies.fetch_add(1, Relaxed);
+        let mut b = Vec::with_capacity(HEADER_LEN + 16);
+        frame::encode_busy(&mut b, first_seq, count, BUSY_RETRY_MS);
+        self.answer(b);
+    }
+
+    /// Sends an answer now, or after the batches still owed before it.
+    fn answer(&mut self, bytes: Vec<u8>) {
+        self.shared.metrics.frames_out.fetch_add(1, Relaxed);
+        if self.owed.is_empty() {
+            self.out.extend_from_slice(&bytes);
+        } else {
+            self.owed.push_back(Owed::Ready(bytes));
+        }
+    }
+
+    fn completed(&mut self, c: Completed<G>) {
+        let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
+            unreachable!("answers ready are sent as soon as nothing is owed before them")
+        };
+        debug_assert_eq!(c.outcomes.len(), count as usize);
+        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        self.shared.metrics.frames_out.fetch_add(1, Relaxed);
+        if self.outcomes {
+            let s = frame::begin(&mut self.out, Kind::Ack, frame::ACK_WITH_OUTCOMES);
+            self.out.extend_from_slice(&first_seq.to_le_bytes());
+            self.out.extend_from_slice(&count.to_le_bytes());
+            self.out.extend_from_slice(&[0; 4]);
+            trove_proto::wire::encode_outcomes::<G>(&c.outcomes, &mut self.out);
+            frame::end(&mut self.out, s);
+        } else {
+            frame::encode_ack(&mut self.out, first_seq, count, None);
+        }
+        while let Some(Owed::Ready(_)) = self.owed.front() {
+            let Some(Owed::Ready(b)) = self.owed.pop_front() else { unreachable!() };
+            self.out.extend_from_slice(&b);
+        }
+    }
+
+    /// Moves the mailbox's deliveries into `out`.
+    fn deliver(&mut self) {
+        let Some(m) = &self.mailbox else { return };
+        m.take(&mut self.deliveries);
+        let max = self.shared.config.frame_body_max;
+        for d in self.deliveries.drain(..) {
+            self.shared.metrics.frames_out.fetch_add(1, Relaxed);
+            match d {
+                Delivery::Chunk(chunk) => {
+                    let bytes = chunk.encoded.get_or_init(|| encode_chunk::<G>(&chunk, max));
+                    self.out.extend_from_slice(bytes);
+                }
+                Delivery::Gap { world, first_missed, missed } => {
+                    frame::encode_gap(&mut self.out, world, first_missed, missed);
+                }
+            }
+        }
+    }
+}
+
+/// A chunk as UPDATE frames of at most `max` body bytes each.
+pub fn encode_chunk<G: WireGame>(chunk: &trove_shard::Chunk<G>, max: u32) -> Vec<u8> {
+    // Entries are far below this; a frame closes when one more might not fit.
+    const ENTRY_MAX: usize = 4096;
+    let mut out = Vec::with_capacity(chunk.updates.len() * (8 + trove_proto::wire::applied_len::<G>()) + 64);
+    let mut start = frame::begin_update(&mut out, chunk.world, chunk.first_seq);
+    let mut n = 0u32;
+    for (i, u) in chunk.updates.iter().enumerate() {
+        if n > 0 && out.len() - start - HEADER_LEN + ENTRY_MAX > max as usize {
+            frame::end_update(&mut out, start, n);
+            start = frame::begin_update(&mut out, chunk.world, chunk.first_seq + i as u64);
+            n = 0;
+        }
+        match u {
+            trove_shard::Update::Applied { event, outcome } => {
+                trove_proto::wire::push_applied::<G>(&mut out, event, outcome);
+            }
+            trove_shard::Update::Broadcast(b) => trove_proto::wire::push_broadcast::<G>(&mut out, b),
+        }
+        n += 1;
+    }
+    frame::end_update(&mut out, start, n);
+    out
+}

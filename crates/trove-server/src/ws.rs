@@ -1,0 +1,377 @@
+//! The WebSocket endpoint: protocol v1's semantics as JSON text messages,
+//! for browsers and tools (docs/protocol.md, "WebSocket").
+//!
+//! One task per connection, as on TCP. The upgrade sets every limit
+//! explicitly: message size, frame size and the write buffer.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use trove_core::{Stamped, WorldId};
+use trove_proto::{ErrorCode, WireGame};
+use trove_shard::{Completed, Delivery, Mailbox, Producer, SubmitError, Update};
+
+use crate::json::JsonGame;
+use crate::{Shared, poll_complete};
+
+/// Entries per JSON update message.
+const JSON_ENTRIES_MAX: usize = 256;
+
+pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, listener: TcpListener) {
+    let mut stop = shared.shutdown.clone();
+    let app = axum::Router::new().route("/", axum::routing::get(upgrade::<G>)).with_state(shared);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+async fn upgrade<G: WireGame + JsonGame>(State(shared): State<Arc<Shared<G>>>, ws: WebSocketUpgrade) -> Response {
+    let Some(slot) = shared.connection_slot() else {
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the server is at its connection limit").into_response();
+    };
+    let c = &shared.config;
+    ws.max_message_size(c.ws_message_max)
+        .max_frame_size(c.ws_frame_max)
+        .max_write_buffer_size(c.ws_write_buffer_max)
+        .on_upgrade(move |socket| async move {
+            WsConnection::new(shared).run(socket).await;
+            drop(slot);
+        })
+}
+
+enum Owed {
+    Batch { first_seq: u64, count: u32 },
+    Ready(String),
+}
+
+struct WsConnection<G: WireGame + JsonGame> {
+    shared: Arc<Shared<G>>,
+    producer: Option<Producer<G>>,
+    /// Held while `producer` is.
+    claim: Option<crate::ProducerClaim<G>>,
+    outcomes: bool,
+    owed: VecDeque<Owed>,
+    busy_from: Option<u64>,
+    out: Vec<String>,
+    mailbox: Option<Arc<Mailbox<G>>>,
+    subscriptions: Vec<WorldId>,
+    deliveries: Vec<Delivery<G>>,
+}
+
+fn error_json(code: ErrorCode, message: &str) -> String {
+    json!({"type": "error", "code": code.name(), "message": message}).to_string()
+}
+
+impl<G: WireGame + JsonGame> WsConnection<G> {
+    fn new(shared: Arc<Shared<G>>) -> Self {
+        Self {
+            shared,
+            producer: None,
+            claim: None,
+            outcomes: true,
+            owed: VecDeque::new(),
+            busy_from: None,
+            out: Vec::new(),
+            mailbox: None,
+            subscriptions: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        let result = self.serve(&mut socket).await;
+        if let Err((code, message)) = result {
+            self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
+            self.out.push(error_json(code, &message));
+        }
+        for m in self.out.drain(..) {
+            if socket.send(Message::Text(m.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+        if let Some(m) = self.mailbox.take() {
+            m.close();
+            for w in self.subscriptions.drain(..) {
+                self.shared.engine.hub().unsubscribe(w, &m);
+                self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
+            }
+        }
+        self.claim = None;
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Result<(), (ErrorCode, String)> {
+        let config = self.shared.config.clone();
+        let mut stop = self.shared.shutdown.clone();
+        let mut stopping = *stop.borrow();
+        let mut idle_deadline = Instant::now() + config.idle_timeout;
+        loop {
+            for m in self.out.drain(..) {
+                self.shared.metrics.frames_out.fetch_add(1, Relaxed);
+                socket.send(Message::Text(m.into())).await.map_err(|_| (ErrorCode::Internal, String::new()))?;
+            }
+            let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);
+            if stopping && in_flight == 0 {
+                return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
+            }
+            let can_read = !stopping && in_flight < config.window_batches;
+            let subscribed = self.mailbox.clone();
+            let producer = &mut self.producer;
+            tokio::select! {
+                biased;
+                c = poll_fn(|cx| match producer.as_mut() {
+                    Some(p) => poll_complete(p, cx),
+                    None => Poll::Pending,
+                }), if in_flight > 0 => {
+                    self.completed(c);
+                    while let Some(c) = self.producer.as_mut().and_then(Producer::try_complete) {
+                        self.completed(c);
+                    }
+                }
+                _ = async { subscribed.as_ref().expect("guarded").ready().await }, if subscribed.is_some() => {
+                    self.deliver();
+                }
+                msg = socket.recv(), if can_read => {
+                    idle_deadline = Instant::now() + config.idle_timeout;
+                    match msg {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                        Some(Ok(Message::Text(text))) => {
+                            self.shared.metrics.frames_in.fetch_add(1, Relaxed);
+                            self.shared.metrics.bytes_in.fetch_add(text.len() as u64, Relaxed);
+                            self.message(text.as_str()).await?;
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            return Err((ErrorCode::Malformed, "messages are JSON text".into()));
+                        }
+                        Some(Ok(_)) => {} // ping and pong frames: answered by the library
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if !stopping && in_flight == 0 => {
+                    return Err((ErrorCode::IdleTimeout, format!("no message for {:?}", config.idle_timeout)));
+                }
+                _ = stop.changed(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    async fn message(&mut self, text: &str) -> Result<(), (ErrorCode, String)> {
+        let malformed = |m: String| (ErrorCode::Malformed, m);
+        let v: Value = serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        let kind =
+            v.get("type").and_then(Value::as_str).ok_or_else(|| malformed("missing string field `type`".into()))?;
+        match kind {
+            "hello" => {
+                if self.producer.is_some() {
+                    return Err((ErrorCode::HandshakeRequired, "hello must come first, and once".into()));
+                }
+                let id = match v.get("producer_id") {
+                    None | Some(Value::Null) => 0,
+                    Some(x) => x.as_u64().ok_or_else(|| malformed("`producer_id` must be an integer".into()))?,
+                };
+                if let Some(o) = v.get("outcomes") {
+                    self.outcomes = o.as_bool().ok_or_else(|| malformed("`outcomes` must be a boolean".into()))?;
+                }
+                self.start_producer(id).await?;
+            }
+            "events" => {
+                if self.producer.is_none() {
+                    self.start_producer(0).await?;
+                }
+                let list = v
+                    .get("events")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| malformed("missing array `events`".into()))?;
+                let max = self.shared.engine.config().batch_events_max;
+                if list.is_empty() || list.len() > max {
+                    self.refuse(ErrorCode::BadBatch, format!("{} events: a batch holds 1..={max}", list.len()));
+                    return Ok(());
+                }
+                let mut events = Vec::with_capacity(list.len());
+                for (i, e) in list.iter().enumerate() {
+                    match G::event_from_json(e) {
+                        Ok(event) => events.push(Stamped { time_us: 0, event }),
+                        Err(why) => {
+                            self.refuse(ErrorCode::Malformed, format!("events[{i}]: {why}"));
+                            return Ok(());
+                        }
+                    }
+                }
+                let producer = self.producer.as_mut().expect("started above");
+                let first_seq = match v.get("first_seq") {
+                    None | Some(Value::Null) => producer.next_seq(),
+                    Some(x) => x.as_u64().ok_or_else(|| malformed("`first_seq` must be an integer".into()))?,
+                };
+                let count = events.len() as u32;
+                if first_seq == 0 || first_seq.checked_add(u64::from(count)).is_none() {
+                    self.refuse(ErrorCode::BadSequence, format!("sequence {first_seq} + {count} is not valid"));
+                    return Ok(());
+                }
+                if self.busy_from.is_some_and(|from| first_seq > from) {
+                    self.busy(first_seq, count);
+                    return Ok(());
+                }
+                self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+                match producer.submit_at(first_seq, &mut events) {
+                    Ok(_) => {
+                        self.busy_from = None;
+                        self.owed.push_back(Owed::Batch { first_seq, count });
+                    }
+                    Err(SubmitError::Busy) => {
+                        self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
+                        self.busy(first_seq, count);
+                    }
+                    Err(SubmitError::BadSize) => self.refuse(ErrorCode::BadBatch, "refused by the engine".into()),
+                    Err(SubmitError::ShuttingDown) => {
+                        return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
+                    }
+                }
+            }
+            "subscribe" | "unsubscribe" => {
+                let hunt = v
+                    .get("hunt")
+                    .and_then(Value::as_u64)
+                    .and_then(|h| u32::try_from(h).ok())
+                    .ok_or_else(|| malformed("`hunt` must be an integer in 0..=4294967295".into()))?;
+                if kind == "subscribe" {
+                    self.subscribe(hunt);
+                } else {
+                    if let Some(at) = self.subscriptions.iter().position(|&w| w == hunt) {
+                        self.subscriptions.swap_remove(at);
+                        self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
+                        if let Some(m) = &self.mailbox {
+                            self.shared.engine.hub().unsubscribe(hunt, m);
+                        }
+                    }
+                    self.deliver();
+                    self.out.push(json!({"type": "unsubscribed", "hunt": hunt}).to_string());
+                }
+            }
+            "ping" => {
+                let nonce = v.get("nonce").cloned().unwrap_or(Value::Null);
+                self.out.push(json!({"type": "pong", "nonce": nonce}).to_string());
+            }
+            other => return Err(malformed(format!("unknown message type `{other}`"))),
+        }
+        Ok(())
+    }
+
+    async fn start_producer(&mut self, id: u64) -> Result<(), (ErrorCode, String)> {
+        let engine = self.shared.engine.clone();
+        let producer = if id == 0 { engine.producer() } else { engine.producer_with_id(id, 1) };
+        let claim =
+            self.shared.claim_producer(producer.id()).await.ok_or_else(|| {
+                (ErrorCode::ProducerInUse, format!("producer {} is connected elsewhere", producer.id()))
+            })?;
+        self.out.push(
+            json!({"type": "welcome", "version": trove_proto::frame::VERSION, "producer_id": producer.id(),
+                "batch_events_max": engine.config().batch_events_max, "outcomes": self.outcomes})
+            .to_string(),
+        );
+        self.producer = Some(producer);
+        self.claim = Some(claim);
+        Ok(())
+    }
+
+    fn subscribe(&mut self, hunt: WorldId) {
+        if !self.subscriptions.contains(&hunt) && self.subscriptions.len() >= self.shared.config.subscriptions_max {
+            let max = self.shared.config.subscriptions_max;
+            self.shared.metrics.errors[ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
+            self.out.push(error_json(ErrorCode::TooManySubscriptions, &format!("at most {max} subscriptions")));
+            return;
+        }
+        let updates_max = self.shared.config.subscriber_updates_max;
+        let mailbox = self.mailbox.get_or_insert_with(|| Mailbox::new(updates_max)).clone();
+        let next_seq = self.shared.engine.hub().subscribe(hunt, &mailbox);
+        if !self.subscriptions.contains(&hunt) {
+            self.subscriptions.push(hunt);
+            self.shared.metrics.subscribers.fetch_add(1, Relaxed);
+        }
+        self.out.push(json!({"type": "subscribed", "hunt": hunt, "next_seq": next_seq}).to_string());
+    }
+
+    fn refuse(&mut self, code: ErrorCode, message: String) {
+        self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
+        self.answer(error_json(code, &message));
+    }
+
+    fn busy(&mut self, first_seq: u64, count: u32) {
+        self.shared.metrics.busy_replies.fetch_add(1, Relaxed);
+        self.answer(json!({"type": "busy", "first_seq": first_seq, "count": count, "retry_after_ms": 1}).to_string());
+    }
+
+    fn answer(&mut self, text: String) {
+        if self.owed.is_empty() {
+            self.out.push(text);
+        } else {
+            self.owed.push_back(Owed::Ready(text));
+        }
+    }
+
+    fn completed(&mut self, c: Completed<G>) {
+        let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
+            unreachable!("ready answers are sent as soon as nothing is owed before them")
+        };
+        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
+        if self.outcomes {
+            ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());
+        }
+        self.out.push(ack.to_string());
+        while let Some(Owed::Ready(_)) = self.owed.front() {
+            let Some(Owed::Ready(t)) = self.owed.pop_front() else { unreachable!() };
+            self.out.push(t);
+        }
+    }
+
+    fn deliver(&mut self) {
+        let Some(m) = &self.mailbox else { return };
+        m.take(&mut self.deliveries);
+        for d in self.deliveries.drain(..) {
+            match d {
+                Delivery::Chunk(chunk) => {
+                    // Messages of at most JSON_ENTRIES_MAX entries, so that one
+                    // stays far below the write buffer bound.
+                    let texts = chunk.encoded_text.get_or_init(|| {
+                        chunk
+                            .updates
+                            .chunks(JSON_ENTRIES_MAX)
+                            .enumerate()
+                            .map(|(i, piece)| {
+                                let entries: Vec<Value> = piece
+                                    .iter()
+                                    .map(|u| match u {
+                                        Update::Applied { event, outcome } => json!({"kind": "applied",
+                                    "time_us": event.time_us, "event": G::event_to_json(&event.event),
+                                    "outcome": G::outcome_to_json(outcome)}),
+                                        Update::Broadcast(b) => {
+                                            json!({"kind": "broadcast", "body": G::broadcast_to_json(b)})
+                                        }
+                                    })
+                                    .collect();
+                                json!({"type": "update", "hunt": chunk.world,
+                            "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
+                                .to_string()
+                            })
+                            .collect()
+                    });
+                    self.out.extend(texts.iter().cloned());
+                }
+                Delivery::Gap { world, first_missed, missed } => self.out.push(
+                    json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed}).to_string(),
+                ),
+            }
+        }
+    }
+}

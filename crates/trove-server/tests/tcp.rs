@@ -1,0 +1,524 @@
+//! The TCP data plane over real sockets, frame by frame (the SDK's own
+//! tests cover the same paths through the SDK).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use trove_core::{Record, Stamped};
+use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, Reject, TreasureHunt};
+use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind, Sizes, VERSION, hello_flags};
+use trove_proto::wire::{UpdateEntry, decode_entries, decode_outcomes};
+use trove_proto::{Frame, WireGame};
+use trove_server::{Server, ServerConfig};
+use trove_shard::{Engine, EngineConfig};
+
+const SIZES: Sizes = Sizes { record: 32, outcome: 16 };
+
+fn config() -> HuntConfig {
+    HuntConfig {
+        width: 64,
+        height: 64,
+        seed: 7,
+        treasures_per_round: 64,
+        value_min: 1,
+        value_max: 9,
+        dig_cooldown_ms: 0,
+        step_max: 4,
+        players_max: 1000,
+    }
+}
+
+fn start(engine: EngineConfig, server: ServerConfig) -> Server<TreasureHunt> {
+    let engine = Arc::new(Engine::<TreasureHunt>::start(engine).unwrap());
+    let server = ServerConfig { tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)), ws_addr: None, ..server };
+    Server::start(engine, server).unwrap()
+}
+
+fn small_engine() -> EngineConfig {
+    EngineConfig { shards: 2, ..EngineConfig::default() }
+}
+
+/// A blocking protocol client, written against the spec, not the SDK.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Raw { s, buf: Vec::new() }
+    }
+
+    fn hello(addr: SocketAddr, producer_id: u64, outcomes: bool) -> (Raw, u64) {
+        let mut r = Raw::connect(addr);
+        let mut b = Vec::new();
+        let flags = if outcomes { hello_flags::OUTCOMES } else { 0 };
+        frame::encode_hello(&mut b, &Hello { version: VERSION, flags, producer_id });
+        r.send(&b);
+        match r.frame() {
+            Some((Kind::Welcome, body, _)) => {
+                let f = frame::decode(
+                    frame::Header { kind: Kind::Welcome, flags: 0, len: body.len() as u32 },
+                    &body,
+                    SIZES,
+                )
+                .unwrap();
+                let Frame::Welcome(w) = f else { panic!() };
+                assert_eq!((w.record_size, w.outcome_size), (32, 16));
+                (r, w.producer_id)
+            }
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// The next frame (kind, body, header flags), or None at EOF.
+    fn frame(&mut self) -> Option<(Kind, Vec<u8>, u8)> {
+        loop {
+            if let Some((h, total)) = frame::split(&self.buf, 64 << 20).unwrap() {
+                let body = self.buf[HEADER_LEN..total].to_vec();
+                self.buf.drain(..total);
+                return Some((h.kind, body, h.flags));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn decoded(&mut self) -> Option<OwnedFrame> {
+        let (kind, body, flags) = self.frame()?;
+        let f = frame::decode(frame::Header { kind, flags, len: body.len() as u32 }, &body, SIZES).unwrap();
+        Some(match f {
+            Frame::Ack { first_seq, count, outcomes } => OwnedFrame::Ack {
+                first_seq,
+                count,
+                outcomes: outcomes.map(|o| decode_outcomes::<TreasureHunt>(o).unwrap()),
+            },
+            Frame::Busy { first_seq, count, .. } => OwnedFrame::Busy { first_seq, count },
+            Frame::Subscribed { hunt, next_seq } => OwnedFrame::Subscribed { hunt, next_seq },
+            Frame::Update { hunt, first_seq, entries, .. } => {
+                OwnedFrame::Update { hunt, first_seq, entries: decode_entries::<TreasureHunt>(entries).unwrap() }
+            }
+            Frame::Gap { hunt, first_missed, missed } => OwnedFrame::Gap { hunt, first_missed, missed },
+            Frame::Unsubscribed { hunt } => OwnedFrame::Unsubscribed { hunt },
+            Frame::Pong { nonce } => OwnedFrame::Pong { nonce },
+            Frame::Error { code, message } => {
+                OwnedFrame::Error { code: ErrorCode::from_u16(code).unwrap(), message: message.into() }
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    fn events(&mut self, first_seq: u64, events: &[HuntEvent]) {
+        let mut b = Vec::new();
+        frame::encode_events(&mut b, first_seq, events);
+        self.send(&b);
+    }
+
+    fn subscribe(&mut self, hunt: u32) -> u64 {
+        let mut b = Vec::new();
+        frame::encode_u32_frame(&mut b, Kind::Subscribe, hunt);
+        self.send(&b);
+        match self.decoded() {
+            Some(OwnedFrame::Subscribed { hunt: h, next_seq }) if h == hunt => next_seq,
+            other => panic!("expected SUBSCRIBED, got {other:?}"),
+        }
+    }
+
+    /// Expects an ERROR with `code`, then the close.
+    fn expect_error_and_close(&mut self, code: ErrorCode) {
+        match self.decoded() {
+            Some(OwnedFrame::Error { code: c, message }) => assert_eq!(c, code, "{message}"),
+            other => panic!("expected ERROR {code:?}, got {other:?}"),
+        }
+        assert!(self.frame().is_none(), "the server closes after {code:?}");
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum OwnedFrame {
+    Ack { first_seq: u64, count: u32, outcomes: Option<Vec<HuntOutcome>> },
+    Busy { first_seq: u64, count: u32 },
+    Subscribed { hunt: u32, next_seq: u64 },
+    Update { hunt: u32, first_seq: u64, entries: Vec<UpdateEntry<TreasureHunt>> },
+    Gap { hunt: u32, first_missed: u64, missed: u64 },
+    Unsubscribed { hunt: u32 },
+    Pong { nonce: u64 },
+    Error { code: ErrorCode, message: String },
+}
+
+fn players(hunt: u32, n: u32) -> Vec<HuntEvent> {
+    (0..n).map(|p| HuntEvent::join(hunt, p)).collect()
+}
+
+#[test]
+fn produce_acknowledge_and_subscribe_end_to_end() {
+    let server = start(small_engine(), ServerConfig::default());
+    let addr = server.tcp_addr();
+    let (mut watcher, _) = Raw::hello(addr, 0, false);
+    let first = watcher.subscribe(1);
+    assert_eq!(first, 1, "a hunt's updates are numbered from 1");
+
+    let (mut p, id) = Raw::hello(addr, 0, true);
+    assert_ne!(id, 0, "the server assigns an id");
+    let mut sent = vec![HuntEvent::create(1, config())];
+    sent.extend(players(1, 10));
+    p.events(1, &sent);
+    let more = vec![HuntEvent::move_by(1, 3, 1, 1), HuntEvent::dig(1, 3), HuntEvent::scan(1, 4), HuntEvent::join(1, 3)];
+    p.events(12, &more);
+    let Some(OwnedFrame::Ack { first_seq: 1, count: 11, outcomes: Some(o1) }) = p.decoded() else { panic!() };
+    assert_eq!(o1[0], HuntOutcome::Created { round: 1 });
+    assert!(o1[1..].iter().all(|o| matches!(o, HuntOutcome::Joined { .. })));
+    let Some(OwnedFrame::Ack { first_seq: 12, count: 4, outcomes: Some(o2) }) = p.decoded() else { panic!() };
+    assert!(matches!(o2[0], HuntOutcome::Moved { .. }));
+    assert_eq!(o2[3], HuntOutcome::Rejected { reason: Reject::AlreadyJoined });
+
+    // The watcher sees every applied event of hunt 1, in order, with the
+    // same outcomes, numbered without a hole.
+    let mut seen = Vec::new();
+    let mut next = first;
+    while seen.len() < 15 {
+        match watcher.decoded() {
+            Some(OwnedFrame::Update { hunt: 1, first_seq, entries }) => {
+                assert_eq!(first_seq, next);
+                next += entries.len() as u64;
+                seen.extend(entries.into_iter().filter_map(|e| match e {
+                    UpdateEntry::Applied { event, outcome } => Some((event.event, outcome)),
+                    UpdateEntry::Broadcast(_) => None,
+                }));
+            }
+            other => panic!("expected UPDATE, got {other:?}"),
+        }
+    }
+    let want: Vec<_> = sent.iter().chain(&more).copied().zip(o1.iter().chain(&o2).copied()).collect();
+    assert_eq!(seen, want);
+
+    // Unsubscribe: confirmed; ping: answered.
+    let mut b = Vec::new();
+    frame::encode_u32_frame(&mut b, Kind::Unsubscribe, 1);
+    frame::encode_u64_frame(&mut b, Kind::Ping, 99);
+    watcher.send(&b);
+    assert_eq!(watcher.decoded(), Some(OwnedFrame::Unsubscribed { hunt: 1 }));
+    assert_eq!(watcher.decoded(), Some(OwnedFrame::Pong { nonce: 99 }));
+    let m = server.metrics();
+    assert_eq!(m.events_acked, 15);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_resent_batch_is_answered_with_its_outcomes_and_applied_once() {
+    let server = start(small_engine(), ServerConfig::default());
+    let addr = server.tcp_addr();
+    let (mut p, _) = Raw::hello(addr, 4242, true);
+    let mut events = vec![HuntEvent::create(5, config())];
+    events.extend(players(5, 100));
+    p.events(1, &events);
+    let Some(OwnedFrame::Ack { outcomes: Some(first), .. }) = p.decoded() else { panic!() };
+    // A second batch, then the connection drops before its ACK is read.
+    let digs: Vec<_> = (0..100).map(|i| HuntEvent::dig(5, i)).collect();
+    p.events(102, &digs);
+    drop(p);
+    // Reconnect as the same producer and resend everything: the server
+    // answers with the original outcomes and applies nothing twice.
+    let (mut p, id) = Raw::hello(addr, 4242, true);
+    assert_eq!(id, 4242);
+    p.events(1, &events);
+    p.events(102, &digs);
+    let Some(OwnedFrame::Ack { first_seq: 1, outcomes: Some(again), .. }) = p.decoded() else { panic!() };
+    assert_eq!(again, first);
+    let Some(OwnedFrame::Ack { first_seq: 102, count: 100, .. }) = p.decoded() else { panic!() };
+    drop(p);
+    let engine = server.engine().clone();
+    server.shutdown(Duration::from_secs(5));
+    let fin = Arc::try_unwrap(engine).unwrap().shutdown();
+    assert_eq!(fin.events_applied, 201, "every event exactly once");
+}
+
+#[test]
+fn overload_is_answered_busy_and_resends_are_applied_exactly_once() {
+    // One shard with room for one queued batch: a window of batches sent
+    // at once overflows it.
+    let engine = EngineConfig { shards: 1, queue_batches_max: 1, ..EngineConfig::default() };
+    let server = start(engine, ServerConfig { window_batches: 256, ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let (mut p, _) = Raw::hello(addr, 77, false);
+    let mut setup = vec![HuntEvent::create(1, config())];
+    setup.extend(players(1, 1000));
+    p.events(1, &setup);
+    assert!(matches!(p.decoded(), Some(OwnedFrame::Ack { first_seq: 1, .. })));
+    let batch: Vec<HuntEvent> = (0..4000).map(|i| HuntEvent::scan(1, i % 1000)).collect();
+    let batches = 100u64;
+    let first = 1 + setup.len() as u64;
+    let mut pending: std::collections::VecDeque<u64> = (0..batches).map(|k| first + k * 4000).collect();
+    let mut busy = 0;
+    let mut acked = 0;
+    while !pending.is_empty() {
+        for &seq in &pending {
+            p.events(seq, &batch);
+        }
+        let mut retry = std::collections::VecDeque::new();
+        for _ in 0..pending.len() {
+            match p.decoded() {
+                Some(OwnedFrame::Ack { first_seq, count: 4000, .. }) => {
+                    acked += 1;
+                    assert!(!retry.contains(&first_seq));
+                }
+                Some(OwnedFrame::Busy { first_seq, count: 4000 }) => {
+                    busy += 1;
+                    retry.push_back(first_seq);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        pending = retry;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(acked, batches);
+    assert!(busy > 0, "the bounded queue refused some batches");
+    assert!(server.metrics().busy_replies > 0);
+    drop(p);
+    let engine = server.engine().clone();
+    server.shutdown(Duration::from_secs(5));
+    let fin = Arc::try_unwrap(engine).unwrap().shutdown();
+    assert_eq!(fin.events_applied, setup.len() as u64 + batches * 4000);
+}
+
+#[test]
+fn a_slow_subscriber_gets_a_gap_notice_and_never_slows_the_engine() {
+    let server = start(small_engine(), ServerConfig { subscriber_updates_max: 64, ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let (mut slow, _) = Raw::hello(addr, 0, false);
+    let first = slow.subscribe(3);
+    let (mut fast, _) = Raw::hello(addr, 0, false);
+    fast.subscribe(3);
+    let (mut p, _) = Raw::hello(addr, 0, false);
+    let mut events = vec![HuntEvent::create(3, config())];
+    events.extend(players(3, 1000));
+    p.events(1, &events);
+    let mut seq = 1 + events.len() as u64;
+    let moves: Vec<_> = (0..1000).map(|i| HuntEvent::move_by(3, i, 1, 0)).collect();
+    // The slow subscriber reads nothing meanwhile; the producer is never
+    // held back by it.
+    for _ in 0..200 {
+        p.events(seq, &moves);
+        seq += 1000;
+    }
+    for _ in 0..201 {
+        assert!(matches!(p.decoded(), Some(OwnedFrame::Ack { .. })));
+    }
+    // Joins and moves cause no broadcasts: one update per event.
+    let total = seq - 1;
+    // Each subscriber gets updates and gap notices that together account
+    // for every update, numbered without a hole; the slow one was told of
+    // losses, and neither held the producer back.
+    let mut gaps = [0u64; 2];
+    for (k, sub) in [&mut fast, &mut slow].into_iter().enumerate() {
+        let mut next = first;
+        while next < first + total {
+            match sub.decoded() {
+                Some(OwnedFrame::Update { first_seq, entries, .. }) => {
+                    assert_eq!(first_seq, next, "updates continue right after a gap");
+                    next += entries.len() as u64;
+                }
+                Some(OwnedFrame::Gap { first_missed, missed, .. }) => {
+                    assert_eq!(first_missed, next, "a gap starts where the stream stopped");
+                    assert!(missed > 0);
+                    next += missed;
+                    gaps[k] += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(next, first + total);
+    }
+    let gaps = gaps[1];
+    assert!(gaps > 0, "a subscriber 64 updates deep that reads nothing falls behind");
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
+    let server = start(
+        small_engine(),
+        ServerConfig { handshake_timeout: Duration::from_millis(300), frame_body_max: 4096, ..ServerConfig::default() },
+    );
+    let addr = server.tcp_addr();
+    // A healthy producer, used between every attack.
+    let (mut good, _) = Raw::hello(addr, 0, true);
+    good.events(1, &[HuntEvent::create(9, config())]);
+    assert!(matches!(good.decoded(), Some(OwnedFrame::Ack { .. })));
+    let mut seq = 2;
+    let mut check_good = |good: &mut Raw| {
+        good.events(seq, &[HuntEvent::join(9, seq as u32)]);
+        seq += 1;
+        match good.decoded() {
+            Some(OwnedFrame::Ack { outcomes: Some(o), .. }) => assert!(matches!(o[0], HuntOutcome::Joined { .. })),
+            other => panic!("the healthy connection was disturbed: {other:?}"),
+        }
+    };
+
+    // Bad magic.
+    let mut r = Raw::connect(addr);
+    let mut b = Vec::new();
+    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    b[HEADER_LEN] ^= 0xFF;
+    r.send(&b);
+    r.expect_error_and_close(ErrorCode::BadMagic);
+    check_good(&mut good);
+
+    // Unsupported version.
+    let mut r = Raw::connect(addr);
+    let mut b = Vec::new();
+    frame::encode_hello(&mut b, &Hello { version: 2, flags: 0, producer_id: 0 });
+    r.send(&b);
+    r.expect_error_and_close(ErrorCode::UnsupportedVersion);
+
+    // Something other than HELLO first.
+    let mut r = Raw::connect(addr);
+    r.events(1, &[HuntEvent::join(9, 1)]);
+    r.expect_error_and_close(ErrorCode::HandshakeRequired);
+
+    // A header announcing a huge body: refused on the header alone.
+    let (mut r, _) = Raw::hello(addr, 0, false);
+    r.send(&[0xFF, 0xFF, 0xFF, 0x7F, Kind::Events as u8, 0, 0, 0]);
+    r.expect_error_and_close(ErrorCode::FrameTooLarge);
+    check_good(&mut good);
+
+    // Unknown kind; a server-only kind.
+    for kind in [0x7Fu8, Kind::Ack as u8] {
+        let (mut r, _) = Raw::hello(addr, 0, false);
+        r.send(&[0, 0, 0, 0, kind, 0, 0, 0]);
+        r.expect_error_and_close(ErrorCode::UnknownFrameKind);
+    }
+
+    // A body that does not match its count.
+    let (mut r, _) = Raw::hello(addr, 0, false);
+    let mut b = Vec::new();
+    frame::encode_events(&mut b, 1, &[HuntEvent::join(9, 1), HuntEvent::join(9, 2)]);
+    b[HEADER_LEN + 8] = 3; // count 3, two records
+    r.send(&b);
+    r.expect_error_and_close(ErrorCode::Malformed);
+
+    // Batch and sequence errors refuse the batch and keep the connection.
+    let (mut r, _) = Raw::hello(addr, 0, false);
+    let mut b = Vec::new();
+    frame::encode_events(&mut b, 0, &[HuntEvent::join(9, 1)]);
+    frame::encode_events::<HuntEvent>(&mut b, 1, &[]);
+    frame::encode_u64_frame(&mut b, Kind::Ping, 5);
+    r.send(&b);
+    assert!(matches!(r.decoded(), Some(OwnedFrame::Error { code: ErrorCode::BadSequence, .. })));
+    assert!(matches!(r.decoded(), Some(OwnedFrame::Error { code: ErrorCode::BadBatch, .. })));
+    assert_eq!(r.decoded(), Some(OwnedFrame::Pong { nonce: 5 }));
+
+    // Silence: the handshake times out.
+    let mut r = Raw::connect(addr);
+    r.expect_error_and_close(ErrorCode::HandshakeTimeout);
+
+    // Random and truncated bytes, many connections: never a panic, always
+    // an error or a close, and the healthy connection keeps working.
+    let mut rng = trove_core::SplitMix64::new(1234);
+    for i in 0..200 {
+        let mut r = Raw::connect(addr);
+        let mut bytes = Vec::new();
+        if i % 2 == 0 {
+            frame::encode_hello(&mut bytes, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        }
+        let n = (rng.next_u64() % 300) as usize;
+        bytes.extend((0..n).map(|_| rng.next_u64() as u8));
+        if i % 3 == 0 {
+            // A valid frame cut short.
+            frame::encode_events(&mut bytes, 1, &[HuntEvent::join(9, 1); 4]);
+            bytes.truncate(bytes.len() - 1 - (rng.next_u64() % 100) as usize);
+        }
+        let _ = r.s.write_all(&bytes);
+        let _ = r.s.shutdown(std::net::Shutdown::Write);
+        r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Read to the end: the server must close every such connection.
+        let mut sink = Vec::new();
+        let _ = r.s.read_to_end(&mut sink);
+        if i % 20 == 0 {
+            check_good(&mut good);
+        }
+    }
+    check_good(&mut good);
+    let m = server.metrics();
+    assert!(m.errors.iter().any(|(name, n)| *name == "malformed" && *n > 0));
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn connection_limit_and_idle_timeout() {
+    let server = start(
+        small_engine(),
+        ServerConfig { connections_max: 2, idle_timeout: Duration::from_millis(300), ..ServerConfig::default() },
+    );
+    let addr = server.tcp_addr();
+    let (_a, _) = Raw::hello(addr, 0, false);
+    let (mut b, _) = Raw::hello(addr, 0, false);
+    let mut c = Raw::connect(addr);
+    c.expect_error_and_close(ErrorCode::TooManyConnections);
+    // `b` says nothing: closed for idleness (and `_a` with it).
+    b.expect_error_and_close(ErrorCode::IdleTimeout);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_same_producer_cannot_produce_on_two_connections_at_once() {
+    let server =
+        start(small_engine(), ServerConfig { producer_wait: Duration::from_millis(200), ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let (_first, _) = Raw::hello(addr, 99, false);
+    let mut second = Raw::connect(addr);
+    let mut b = Vec::new();
+    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 99 });
+    second.send(&b);
+    second.expect_error_and_close(ErrorCode::ProducerInUse);
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn update_chunks_are_split_to_the_frame_limit() {
+    let mut events: Vec<Stamped<HuntEvent>> = Vec::new();
+    for i in 0..5000 {
+        events.push(Stamped { time_us: i, event: HuntEvent::join(1, i as u32) });
+    }
+    let chunk = trove_shard::Chunk::<TreasureHunt> {
+        world: 1,
+        first_seq: 10,
+        updates: events
+            .iter()
+            .map(|e| trove_shard::Update::Applied { event: *e, outcome: HuntOutcome::Left })
+            .collect(),
+        encoded: Default::default(),
+        encoded_text: Default::default(),
+    };
+    let bytes = trove_server::tcp::encode_chunk::<TreasureHunt>(&chunk, 4096);
+    let mut at = 0;
+    let mut next = 10;
+    while at < bytes.len() {
+        let (h, total) = frame::split(&bytes[at..], 4096).unwrap().unwrap();
+        let Frame::Update { first_seq, count, entries, .. } =
+            frame::decode(h, &bytes[at + HEADER_LEN..at + total], SIZES).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(first_seq, next);
+        assert_eq!(decode_entries::<TreasureHunt>(entries).unwrap().len(), count as usize);
+        next += u64::from(count);
+        at += total;
+    }
+    assert_eq!(next, 5010);
+    assert_eq!(TreasureHunt::OUTCOME_SIZE, 16);
+    assert_eq!(HuntEvent::SIZE, 32);
+}

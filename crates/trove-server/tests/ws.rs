@@ -1,0 +1,134 @@
+//! The WebSocket endpoint over a real socket: JSON in, JSON out, with the
+//! TCP endpoint's semantics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trove_hunt::TreasureHunt;
+use trove_server::{Server, ServerConfig};
+use trove_shard::{Engine, EngineConfig};
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+fn start(config: ServerConfig) -> Server<TreasureHunt> {
+    let engine =
+        Arc::new(Engine::<TreasureHunt>::start(EngineConfig { shards: 2, ..EngineConfig::default() }).unwrap());
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Server::start(engine, ServerConfig { tcp_addr: any, ws_addr: Some(any), ..config }).unwrap()
+}
+
+fn connect(server: &Server<TreasureHunt>) -> Ws {
+    let (ws, _) = tungstenite::connect(format!("ws://{}/", server.ws_addr().unwrap())).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    ws
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).unwrap();
+}
+
+fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(_) => panic!("closed"),
+            _ => {}
+        }
+    }
+}
+
+fn create() -> Value {
+    json!({"hunt": 1, "action": "create", "config": {"width": 32, "height": 32, "seed": 3,
+        "treasures_per_round": 16, "value_min": 1, "value_max": 5, "dig_cooldown_ms": 0,
+        "step_max": 2, "players_max": 100}})
+}
+
+#[test]
+fn submit_subscribe_and_errors_over_json() {
+    let server = start(ServerConfig::default());
+    let mut watcher = connect(&server);
+    send(&mut watcher, json!({"type": "subscribe", "hunt": 1}));
+    let sub = recv(&mut watcher);
+    assert_eq!(sub["type"], "subscribed");
+    assert_eq!(sub["next_seq"], 1);
+
+    let mut p = connect(&server);
+    send(&mut p, json!({"type": "hello", "producer_id": 31, "outcomes": true}));
+    let welcome = recv(&mut p);
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["producer_id"], 31);
+    send(
+        &mut p,
+        json!({"type": "events", "first_seq": 1, "events": [create(),
+            {"hunt": 1, "player": 5, "action": "join"},
+            {"hunt": 1, "player": 5, "action": "move", "dx": 1, "dy": -1},
+            {"hunt": 1, "player": 5, "action": "move", "dx": 9, "dy": 0}]}),
+    );
+    let ack = recv(&mut p);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["first_seq"], 1);
+    assert_eq!(ack["count"], 4);
+    assert_eq!(ack["outcomes"][0]["outcome"], "created");
+    assert_eq!(ack["outcomes"][1]["outcome"], "joined");
+    assert_eq!(ack["outcomes"][2]["outcome"], "moved");
+    assert_eq!(ack["outcomes"][3], json!({"outcome": "rejected", "reason": "step_too_large"}));
+
+    let mut entries = Vec::new();
+    while entries.len() < 4 {
+        let u = recv(&mut watcher);
+        assert_eq!(u["type"], "update", "{u}");
+        assert_eq!(u["first_seq"], 1 + entries.len() as u64);
+        entries.extend(u["entries"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(entries[0]["event"]["action"], "create");
+    assert_eq!(entries[3]["outcome"]["reason"], "step_too_large");
+
+    // A bad event names its index and field; the connection stays.
+    send(&mut p, json!({"type": "events", "events": [{"hunt": 1, "player": 5, "action": "fly"}]}));
+    let err = recv(&mut p);
+    assert_eq!(err["code"], "malformed");
+    assert!(err["message"].as_str().unwrap().contains("events[0]"), "{err}");
+    send(&mut p, json!({"type": "ping", "nonce": 8}));
+    assert_eq!(recv(&mut p), json!({"type": "pong", "nonce": 8}));
+
+    // Not JSON: an error, then the close.
+    p.send(Message::Text("{nope".into())).unwrap();
+    let err = recv(&mut p);
+    assert_eq!(err["code"], "malformed");
+    loop {
+        match p.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // The watcher still works.
+    send(&mut watcher, json!({"type": "ping", "nonce": 1}));
+    assert_eq!(recv(&mut watcher)["type"], "pong");
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn oversized_messages_are_refused_by_the_limit() {
+    let server = start(ServerConfig { ws_message_max: 4096, ws_frame_max: 4096, ..ServerConfig::default() });
+    let mut p = connect(&server);
+    let big = "x".repeat(10_000);
+    let _ = p.send(Message::Text(json!({"type": "ping", "nonce": big}).to_string().into()));
+    // The server drops the connection instead of buffering the message.
+    let closed = loop {
+        match p.read() {
+            Ok(Message::Close(_)) | Err(_) => break true,
+            Ok(Message::Text(t)) if t.contains("pong") => break false,
+            Ok(_) => {}
+        }
+    };
+    assert!(closed);
+    let mut q = connect(&server);
+    send(&mut q, json!({"type": "ping", "nonce": 2}));
+    assert_eq!(recv(&mut q)["nonce"], 2);
+    server.shutdown(Duration::from_secs(5));
+}

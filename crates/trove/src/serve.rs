@@ -1,0 +1,216 @@
+//! `trove serve`: the engine with its data plane, until SIGINT or SIGTERM.
+//!
+//! Settings come from the embedded defaults, then a TOML file (`--config`),
+//! then flags; `config/trove.toml` lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use trove_hunt::TreasureHunt;
+use trove_server::{Server, ServerConfig};
+use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
+
+use crate::cli::Serve;
+
+/// The TOML file. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// Journal directory; "" or `journal = false` runs in memory.
+    pub data: Option<PathBuf>,
+    pub journal: Option<bool>,
+    pub mode: Option<String>,
+    pub shards: Option<usize>,
+    pub fsync: Option<String>,
+    pub snapshot_interval_ms: Option<u64>,
+    pub segment_bytes_max: Option<u64>,
+    pub repair: Option<bool>,
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub engine: EngineFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    pub tcp: Option<SocketAddr>,
+    /// An address, or "off".
+    pub ws: Option<String>,
+    pub io_workers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineFile {
+    pub batch_events_max: Option<usize>,
+    pub queue_batches_max: Option<usize>,
+    pub drain_events_max: Option<usize>,
+    pub worlds_max: Option<usize>,
+    pub dedup_window_events: Option<usize>,
+    pub dedup_producers_max: Option<usize>,
+    pub pin_cores: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub connections_max: Option<usize>,
+    pub frame_body_max: Option<u32>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub window_batches: Option<usize>,
+    pub subscriptions_max: Option<usize>,
+    pub subscriber_updates_max: Option<usize>,
+    pub producer_wait_ms: Option<u64>,
+    pub ws_message_max: Option<usize>,
+    pub ws_frame_max: Option<usize>,
+    pub ws_write_buffer_max: Option<usize>,
+}
+
+/// Everything `serve` starts with.
+#[derive(Debug)]
+pub struct ServeSettings {
+    pub engine: EngineConfig,
+    pub server: ServerConfig,
+}
+
+/// Defaults, then the file, then the flags. Errors name the key or flag.
+pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+            toml::from_str::<ServeFile>(&text).map_err(|e| format!("config {}: {e}", path.display()))?
+        }
+        None => ServeFile::default(),
+    };
+    let mut engine = EngineConfig::default();
+    let mut server = ServerConfig::default();
+
+    let mode = args.mode.clone().or(file.mode).unwrap_or_else(|| "sharded".into());
+    engine.mode = Mode::parse(&mode)?;
+    if let Some(s) = args.shards.map(|s| s as usize).or(file.shards) {
+        engine.shards = s;
+    }
+    let e = &file.engine;
+    let set = |target: &mut usize, v: Option<usize>| {
+        if let Some(v) = v {
+            *target = v;
+        }
+    };
+    set(&mut engine.batch_events_max, e.batch_events_max);
+    set(&mut engine.queue_batches_max, e.queue_batches_max);
+    set(&mut engine.drain_events_max, e.drain_events_max);
+    set(&mut engine.worlds_max, e.worlds_max);
+    set(&mut engine.dedup_window_events, e.dedup_window_events);
+    set(&mut engine.dedup_producers_max, e.dedup_producers_max);
+    engine.pin_cores = args.pin || e.pin_cores.unwrap_or(false);
+    engine.in_flight_events_max = engine.in_flight_events_max.max(engine.batch_events_max);
+
+    let fsync: FsyncPolicy = args.fsync.clone().or(file.fsync).unwrap_or_else(|| "interval=5".into()).parse()?;
+    let journal_on = !args.no_journal && file.journal.unwrap_or(true) && engine.mode == Mode::Sharded;
+    if journal_on {
+        let dir = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from("trove-data"));
+        if dir.as_os_str().is_empty() {
+            return Err("data: the journal directory is empty; set journal = false to run in memory".into());
+        }
+        let mut j = JournalConfig::new(dir, fsync);
+        if let Some(ms) = args.snapshot_ms.or(file.snapshot_interval_ms) {
+            if ms == 0 {
+                return Err("snapshot_interval_ms must be at least 1".into());
+            }
+            j.snapshot_interval = Some(Duration::from_millis(ms));
+        }
+        if let Some(b) = file.segment_bytes_max {
+            if b < 1 << 20 {
+                return Err("segment_bytes_max must be at least 1048576".into());
+            }
+            j.segment_bytes_max = b;
+        }
+        j.repair = args.repair || file.repair.unwrap_or(false);
+        engine.journal = Some(j);
+    }
+
+    let l = &file.listen;
+    server.tcp_addr = args.tcp.or(l.tcp).unwrap_or(server.tcp_addr);
+    if let Some(ws) = args.ws.clone().or(l.ws.clone()) {
+        server.ws_addr = match ws.as_str() {
+            "off" => None,
+            a => Some(a.parse().map_err(|e| format!("ws address `{a}`: {e}"))?),
+        };
+    }
+    if let Some(n) = args.io_workers.map(|n| n as usize).or(l.io_workers) {
+        server.io_workers = n;
+    }
+    let lim = &file.limits;
+    set(&mut server.connections_max, lim.connections_max);
+    if let Some(v) = lim.frame_body_max {
+        server.frame_body_max = v;
+    }
+    let ms = |v: Option<u64>, target: &mut Duration| {
+        if let Some(v) = v {
+            *target = Duration::from_millis(v);
+        }
+    };
+    ms(lim.handshake_timeout_ms, &mut server.handshake_timeout);
+    ms(lim.idle_timeout_ms, &mut server.idle_timeout);
+    ms(lim.producer_wait_ms, &mut server.producer_wait);
+    set(&mut server.window_batches, lim.window_batches);
+    set(&mut server.subscriptions_max, lim.subscriptions_max);
+    set(&mut server.subscriber_updates_max, lim.subscriber_updates_max);
+    set(&mut server.ws_message_max, lim.ws_message_max);
+    set(&mut server.ws_frame_max, lim.ws_frame_max);
+    set(&mut server.ws_write_buffer_max, lim.ws_write_buffer_max);
+
+    engine.validate()?;
+    server.validate()?;
+    Ok(ServeSettings { engine, server })
+}
+
+/// Runs until SIGINT or SIGTERM, then drains and stops.
+pub fn run(args: &Serve) -> Result<(), String> {
+    let ServeSettings { engine, server } = settings(args)?;
+    let journal = engine.journal.as_ref().map(|j| format!("{} (fsync {})", j.dir.display(), j.fsync));
+    let mode = engine.mode.name();
+    let shards = engine.shards;
+    let started = std::time::Instant::now();
+    let engine = Arc::new(Engine::<TreasureHunt>::start(engine)?);
+    let server = Server::start(engine.clone(), server)?;
+    eprintln!(
+        "trove: serving {mode} with {shards} shards; journal {}; recovered in {:.2}s",
+        journal.as_deref().unwrap_or("off (in memory)"),
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("trove: protocol v1 on tcp://{}", server.tcp_addr());
+    if let Some(ws) = server.ws_addr() {
+        eprintln!("trove: websocket (JSON) on ws://{ws}/");
+    }
+    let signal = wait_for_signal()?;
+    eprintln!("trove: {signal}: draining connections");
+    server.shutdown(Duration::from_secs(10));
+    let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
+    let fin = engine.shutdown();
+    eprintln!("trove: stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
+    Ok(())
+}
+
+fn wait_for_signal() -> Result<&'static str, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("signal runtime: {e}"))?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        Ok(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    })
+}
