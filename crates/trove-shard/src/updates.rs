@@ -108,14 +108,16 @@ impl<G: Game> Mailbox<G> {
                 return false;
             }
             if s.updates > 0 && s.updates + n > self.updates_max {
-                let gap = s.gaps.entry(chunk.world).or_insert((chunk.first_seq, 0));
+                let gap = s.gaps.entry(chunk.world).or_insert_with(|| {
+                    hub.gaps.fetch_add(1, Relaxed);
+                    (chunk.first_seq, 0)
+                });
                 gap.1 += n as u64;
                 hub.updates_dropped.fetch_add(n as u64, Relaxed);
                 return true;
             }
             if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
                 s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
-                hub.gaps.fetch_add(1, Relaxed);
             }
             s.items.push_back(Delivery::Chunk(chunk.clone()));
             s.updates += n;
@@ -177,7 +179,7 @@ pub struct HubMetrics {
     pub chunks_published: u64,
     /// Updates dropped for subscribers that fell behind.
     pub updates_dropped: u64,
-    /// Gap notices queued.
+    /// Gaps opened (each reaches its subscriber as one notice).
     pub gaps: u64,
 }
 

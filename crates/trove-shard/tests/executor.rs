@@ -346,3 +346,64 @@ fn wall_clock_stamps_at_the_engine_and_supplied_stamps_are_kept() {
         engine.shutdown();
     }
 }
+
+/// Every mode publishes each subscribed world's applied events and
+/// broadcasts, in the world's order, numbered without a hole: the same
+/// stream a direct apply gives.
+#[test]
+fn subscribers_see_each_world_in_order_in_every_mode() {
+    use trove_shard::{Delivery, Mailbox, Update};
+    let events = stream(0, 1, 20_000);
+    // The reference: the world's (event, outcome) pairs and broadcasts.
+    let mut state = GameState::<TreasureHunt>::new(1 << 10);
+    let mut out = Outcomes::default();
+    state.apply(&events, &mut out);
+    let watched: WorldId = TreasureHunt::world_of(&events[0].event);
+    let mut want = Vec::new();
+    let mut broadcasts = out.broadcasts.iter().peekable();
+    for (i, (e, o)) in events.iter().zip(&out.direct).enumerate() {
+        if TreasureHunt::world_of(&e.event) == watched {
+            want.push(format!("{:?} {o:?}", e.event));
+        }
+        while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
+            if b.world == watched {
+                want.push(format!("{:?}", b.body));
+            }
+        }
+    }
+    assert!(want.iter().any(|w| w.contains("TreasureFound")), "the stream has broadcasts to check");
+    for mode in Mode::ALL {
+        let engine = Engine::<TreasureHunt>::start(config(mode, 2)).unwrap();
+        let mailbox = Mailbox::new(usize::MAX);
+        let other = Mailbox::new(1);
+        assert_eq!(engine.hub().subscribe(watched, &mailbox), 1);
+        // A second, tiny subscriber that never reads: it only loses.
+        engine.hub().subscribe(watched, &other);
+        let _ = drive(&engine, &events, 997);
+        let mut got = Vec::new();
+        let mut deliveries = Vec::new();
+        mailbox.take(&mut deliveries);
+        let mut next = 1;
+        for d in deliveries {
+            let Delivery::Chunk(c) = d else { panic!("an unbounded mailbox has no gaps") };
+            assert_eq!((c.world, c.first_seq), (watched, next), "{}", mode.name());
+            next += c.updates.len() as u64;
+            got.extend(c.updates.iter().map(|u| match u {
+                Update::Applied { event, outcome } => format!("{:?} {outcome:?}", event.event),
+                Update::Broadcast(b) => format!("{b:?}"),
+            }));
+        }
+        assert_eq!(got, want, "{}", mode.name());
+        let m = engine.hub().metrics();
+        assert!(m.updates_dropped > 0 && m.gaps > 0, "{m:?}");
+        assert_eq!(m.updates_published, want.len() as u64);
+        let mut small = Vec::new();
+        other.take(&mut small);
+        assert!(small.iter().any(|d| matches!(d, Delivery::Gap { .. })));
+        // Unsubscribed: nothing more is published for the world.
+        assert!(engine.hub().unsubscribe(watched, &mailbox));
+        assert!(engine.hub().unsubscribe(watched, &other));
+        assert_eq!(engine.hub().metrics().topics, 0);
+        engine.shutdown();
+    }
+}
