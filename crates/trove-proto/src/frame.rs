@@ -372,11 +372,19 @@ pub fn decode<'a>(header: Header, body: &'a [u8], sizes: Sizes) -> Result<Frame<
     }
     Ok(match kind {
         Kind::Hello => {
-            exact(HELLO_LEN)?;
-            if body[..8] != MAGIC {
-                // The caller answers BadMagic; see `check_hello`.
+            // Every version's HELLO starts with the magic and the version;
+            // what follows is this version's layout. So both are read
+            // before the length is checked: a HELLO of another version
+            // decodes to its version alone, which the receiver answers
+            // with UnsupportedVersion, whatever that version's length.
+            if body.len() >= MAGIC.len() && body[..MAGIC.len()] != MAGIC {
+                // The receiver checks the magic itself to answer BadMagic.
                 return Err(bad("bad magic".into()));
             }
+            if body.len() >= 10 && u16_at(body, 8) != VERSION {
+                return Ok(Frame::Hello(Hello { version: u16_at(body, 8), flags: 0, producer_id: 0 }));
+            }
+            exact(HELLO_LEN)?;
             zero(10, 12)?;
             Frame::Hello(Hello { version: u16_at(body, 8), flags: u32_at(body, 12), producer_id: u64_at(body, 16) })
         }
@@ -765,6 +773,22 @@ mod tests {
         b.clear();
         encode_error(&mut b, ErrorCode::Malformed, "bad");
         assert_eq!(one(&b), Frame::Error { code: 5, message: "bad" });
+    }
+
+    #[test]
+    fn a_hello_of_another_version_decodes_to_its_version_whatever_its_length() {
+        for len in [10usize, 24, 40] {
+            let mut b = Vec::new();
+            let s = begin(&mut b, Kind::Hello, 0);
+            b.extend_from_slice(&MAGIC);
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.resize(s + HEADER_LEN + len, 0xFF);
+            end(&mut b, s);
+            match one(&b) {
+                Frame::Hello(h) => assert_eq!(h.version, 2),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

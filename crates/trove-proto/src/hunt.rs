@@ -32,11 +32,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 fn band_from(b: u8) -> Result<Band, String> {
-    [Band::Hot, Band::Warm, Band::Cold].into_iter().find(|x| *x as u8 == b).ok_or(format!("unknown band {b}"))
+    [Band::Hot, Band::Warm, Band::Cold].into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown band {b}"))
 }
 
 fn reject_from(b: u8) -> Result<Reject, String> {
-    Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or(format!("unknown rejection reason {b}"))
+    Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown rejection reason {b}"))
 }
 
 fn push_top(out: &mut Vec<u8>, round: u32, top: &Top10) {

@@ -87,7 +87,13 @@ pub fn decode_outcomes<G: WireGame>(bytes: &[u8]) -> Result<Vec<G::Outcome>, Str
     if !bytes.len().is_multiple_of(G::OUTCOME_SIZE) {
         return Err(format!("{} bytes is not a whole number of outcomes", bytes.len()));
     }
-    bytes.chunks_exact(G::OUTCOME_SIZE).map(G::decode_outcome).collect()
+    // A loop into a vector of the right size: `collect` into a `Result`
+    // cannot size it from the start.
+    let mut out = Vec::with_capacity(bytes.len() / G::OUTCOME_SIZE);
+    for b in bytes.chunks_exact(G::OUTCOME_SIZE) {
+        out.push(G::decode_outcome(b)?);
+    }
+    Ok(out)
 }
 
 /// Appends the encodings of `outcomes` to `out`.

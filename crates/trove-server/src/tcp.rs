@@ -333,14 +333,14 @@ impl<G: WireGame> Connection<G> {
                 if !self.subscriptions.contains(&hunt)
                     && self.subscriptions.len() >= self.shared.config.subscriptions_max
                 {
-                    let mut b = Vec::new();
+                    // Straight out, like SUBSCRIBED: subscription answers keep
+                    // their order among themselves, not behind batches.
                     frame::encode_error(
-                        &mut b,
+                        &mut self.out,
                         ErrorCode::TooManySubscriptions,
                         &format!("at most {} subscriptions per connection", self.shared.config.subscriptions_max),
                     );
                     self.shared.metrics.errors[ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
-                    self.answer(b);
                     return Ok(());
                 }
                 let updates_max = self.shared.config.subscriber_updates_max;

@@ -1,0 +1,171 @@
+//! Client configuration: every bound and timer, named, with its default.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, SystemTime};
+
+use crate::error::ClientError;
+
+/// The most events a producer keeps unacknowledged by default: the server
+/// guarantees exactly-once resends (with the original outcomes) while a
+/// producer has at most this many events unacknowledged (its deduplication
+/// window per producer, `dedup_window_events`).
+pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 65_536;
+
+/// How to reach a trove server and how to batch, pipeline and reconnect.
+///
+/// [`Subscriber`](crate::Subscriber) uses `addr`, `connect_timeout` and
+/// `ping_interval` only.
+///
+/// ```
+/// # use std::time::Duration;
+/// let config = trove_client::ClientConfig {
+///     linger: Duration::from_micros(200),
+///     ..trove_client::ClientConfig::new("127.0.0.1:7400")
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port` of the server's protocol v1 TCP endpoint.
+    pub addr: String,
+    /// The producer id to present in HELLO. `None` (the default): a random
+    /// nonzero 63-bit id, chosen once per [`Producer`](crate::Producer), so
+    /// that a reconnect presents the same id and resends are recognised.
+    /// `Some(0)`: the server assigns one at the first connection; later
+    /// connections present that one (a restarted server may have assigned
+    /// it to another producer meanwhile: prefer the random id). `Some(id)`: this id; then
+    /// `first_seq` must be above every sequence number the id used before
+    /// (the server treats lower ones as retries, and never applies them).
+    pub producer_id: Option<u64>,
+    /// Sequence number of the producer's first event. At least 1.
+    pub first_seq: u64,
+    /// Ask for one typed outcome per event in every acknowledgement.
+    pub want_outcomes: bool,
+    /// Most events in one EVENTS frame; the server's WELCOME may lower it
+    /// (its `batch_events_max`, and what fits in its frame limit).
+    pub batch_events_max: u32,
+    /// How long an open batch may wait for more events before the producer
+    /// closes it: checked by `send` (every 64 events) and `idle_until`;
+    /// `flush` closes it at once. See [`Producer`](crate::Producer).
+    pub linger: Duration,
+    /// Batches closed and not yet released: sent and unacknowledged, or
+    /// acknowledged and not yet taken from [`Acks`](crate::Acks).
+    pub window_batches: u32,
+    /// Events in those batches, at most (so a batch never holds more).
+    /// Keep it at or below the server's deduplication window
+    /// ([`UNACKED_EVENTS_MAX_DEFAULT`]), or resends after a reconnect may be
+    /// answered with `duplicate` outcomes instead of the originals (they
+    /// are still never applied twice).
+    pub unacked_events_max: u32,
+    /// TCP connect plus handshake, per attempt.
+    pub connect_timeout: Duration,
+    /// A PING goes out when nothing was written for this long, so that the
+    /// server (idle timeout 60 s by default) keeps the connection.
+    pub ping_interval: Duration,
+    /// After a lost connection the first reconnect attempt goes at once
+    /// (once there is something to send); a failed attempt waits this
+    /// long before the next, doubling per failure.
+    pub reconnect_backoff_initial: Duration,
+    /// Longest wait between reconnect attempts.
+    pub reconnect_backoff_max: Duration,
+    /// Failed reconnect attempts in a row before the producer gives up
+    /// (`ClientError::ReconnectFailed`); `None` never gives up. The default,
+    /// 20, with the default backoff, gives a server about 30 s to return.
+    pub reconnect_attempts_max: Option<u32>,
+}
+
+impl ClientConfig {
+    /// The defaults, for the server at `addr`.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            producer_id: None,
+            first_seq: 1,
+            want_outcomes: true,
+            batch_events_max: 4096,
+            linger: Duration::from_millis(1),
+            window_batches: 32,
+            unacked_events_max: UNACKED_EVENTS_MAX_DEFAULT,
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(20),
+            reconnect_backoff_initial: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            reconnect_attempts_max: Some(20),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let bad = |field, reason: &str| Err(ClientError::Config { field, reason: reason.to_string() });
+        if self.addr.is_empty() {
+            return bad("addr", "is empty");
+        }
+        if self.first_seq == 0 || self.first_seq > u64::MAX / 2 {
+            return bad("first_seq", "must be in 1..=2^63");
+        }
+        if self.batch_events_max == 0 {
+            return bad("batch_events_max", "must be at least 1");
+        }
+        if self.window_batches == 0 || self.window_batches > 4096 {
+            return bad("window_batches", "must be in 1..=4096");
+        }
+        if self.unacked_events_max == 0 {
+            return bad("unacked_events_max", "must be at least 1 (it also caps the batch size)");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be above zero");
+        }
+        if self.ping_interval.is_zero() {
+            return bad("ping_interval", "must be above zero");
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_initial {
+            return bad("reconnect_backoff_max", "is below reconnect_backoff_initial");
+        }
+        Ok(())
+    }
+
+    /// The id HELLO presents first: the configured one, or a fresh random
+    /// nonzero 63-bit id.
+    pub(crate) fn initial_producer_id(&self) -> u64 {
+        self.producer_id.unwrap_or_else(random_producer_id)
+    }
+}
+
+/// A random nonzero id below 2^63. `RandomState` is seeded from the OS per
+/// process (and differs per call); the time and the process id are mixed in
+/// for good measure.
+pub fn random_producer_id() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    let id = trove_core::rng::mix64(h.finish()) >> 1;
+    id.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_fields_are_named() {
+        assert!(ClientConfig::new("x:1").validate().is_ok());
+        let field = |c: ClientConfig| match c.validate() {
+            Err(ClientError::Config { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let base = ClientConfig::new("x:1");
+        assert_eq!(field(ClientConfig { first_seq: 0, ..base.clone() }), "first_seq");
+        assert_eq!(field(ClientConfig { batch_events_max: 0, ..base.clone() }), "batch_events_max");
+        assert_eq!(field(ClientConfig { window_batches: 0, ..base.clone() }), "window_batches");
+        assert_eq!(field(ClientConfig { unacked_events_max: 0, ..base.clone() }), "unacked_events_max");
+        assert_eq!(field(ClientConfig { addr: String::new(), ..base }), "addr");
+    }
+
+    #[test]
+    fn random_ids_are_nonzero_63_bit_and_differ() {
+        let a = random_producer_id();
+        let b = random_producer_id();
+        assert!(a != 0 && a < 1 << 63 && b != 0 && b < 1 << 63);
+        assert_ne!(a, b);
+    }
+}

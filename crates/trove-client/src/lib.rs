@@ -1,0 +1,84 @@
+//! The Rust client SDK of trove's data plane (protocol v1,
+//! docs/protocol.md), on tokio.
+//!
+//! - [`Producer`]: sends a game's events. `send` encodes each event
+//!   straight into the open batch's EVENTS frame (no allocation, lock,
+//!   await or spawn per event); batches close when full, after `linger`,
+//!   or on `flush`; up to `window_batches` are in flight; BUSY answers and
+//!   lost connections are handled in the background by resending the
+//!   unanswered batches with their original sequence numbers, which the
+//!   server applies exactly once.
+//! - [`Acks`]: the producer's answers, in order: [`AckedBatch`] with one
+//!   typed outcome per event (`G::Outcome`, for the treasure hunt
+//!   [`trove_hunt::HuntOutcome`]).
+//! - [`Subscriber`]: a connection that subscribes to hunts and yields
+//!   their [`Update`]s: applied events with their outcomes, broadcasts, and
+//!   gaps where the server dropped updates for a slow subscriber.
+//!
+//! Both are generic over the game (`G: trove_proto::WireGame`); the
+//! treasure hunt is `trove_hunt::TreasureHunt`. Examples:
+//! `examples/producer.rs` (a game server) and `examples/spectator.rs`.
+//!
+//! Runs on any tokio runtime (`connect` spawns the producer's task); on a
+//! multi-thread runtime the task writes and reads while the caller sends.
+//! A [`Subscriber`] has no task: it reads while awaited.
+//!
+//! Against a server in the same process (tests): start
+//! `trove_server::Server` on `127.0.0.1:0` and connect to its
+//! `tcp_addr()`; shorten `ClientConfig`'s timers and backoffs as needed.
+//!
+//! # Layout
+//!
+//! - `config.rs`: [`ClientConfig`], every bound and timer with its default.
+//! - `error.rs`: [`ClientError`], [`ServerError`], [`SendError`].
+//! - `conn.rs`: connect, HELLO/WELCOME, the frame read buffer.
+//! - `batch.rs`: the open batch, encoded in place into its frame.
+//! - `inflight.rs`: unanswered batches: send order, answer matching, BUSY
+//!   pauses, resends after a reconnect, in-order completion (pure logic).
+//! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
+//! - `subscriber.rs`: [`Subscriber`] and its per-hunt sequence checks.
+
+mod batch;
+mod config;
+mod conn;
+mod error;
+mod inflight;
+mod producer;
+mod subscriber;
+
+pub use config::{ClientConfig, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
+pub use error::{ClientError, SendError, ServerError};
+pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
+pub use subscriber::{Subscriber, Update};
+pub use trove_proto::{ErrorCode, UpdateEntry, WireGame};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trove_hunt::{HuntEvent, TreasureHunt};
+
+    fn send<T: Send>(_: T) {}
+
+    /// Compiles only if the handles and every future of the API are
+    /// `Send`, so that they can live in spawned tasks.
+    #[allow(dead_code)]
+    fn handles_and_futures_are_send(
+        mut p: Producer<TreasureHunt>,
+        mut a: Acks<TreasureHunt>,
+        mut s: Subscriber<TreasureHunt>,
+    ) {
+        send(p.ready());
+        send(p.send_wait(HuntEvent::default()));
+        send(p.flush());
+        send(p.drain());
+        send(p.idle_until(tokio::time::Instant::now()));
+        send(a.next());
+        send(s.subscribe(1));
+        send(s.unsubscribe(1));
+        send(s.next());
+        send(Producer::<TreasureHunt>::connect(ClientConfig::new("x:1")));
+        send(Subscriber::<TreasureHunt>::connect(ClientConfig::new("x:1")));
+        send(p.close());
+        send((a, s));
+    }
+}
