@@ -194,17 +194,24 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
         BODY_TIMES_U64 => events.iter().for_each(|e| out.extend_from_slice(&e.time_us.to_le_bytes())),
         _ => {}
     }
-    let mut record = vec![0u8; E::SIZE];
+    // Records are encoded in place: each into the room after its length
+    // byte, then the next one starts right after its last nonzero byte.
+    let at = out.len();
+    out.resize(at + n * (usize::from(trimmed) + E::SIZE), 0);
+    let mut w = at;
     for e in events {
-        e.event.encode(&mut record);
         if trimmed {
-            let len = record.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            out.push(len as u8);
-            out.extend_from_slice(&record[..len]);
+            let slot = &mut out[w + 1..w + 1 + E::SIZE];
+            e.event.encode(slot);
+            let len = trimmed_len(slot);
+            out[w] = len as u8;
+            w += 1 + len;
         } else {
-            out.extend_from_slice(&record);
+            e.event.encode(&mut out[w..w + E::SIZE]);
+            w += E::SIZE;
         }
     }
+    out.truncate(w);
     let body_len = out.len() - start - FRAME_HEAD_BYTES;
     assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
     let (head, body) = out[start..].split_at_mut(FRAME_HEAD_BYTES);
@@ -213,6 +220,25 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     head[8..12].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
     let head_crc = crc32c::crc32c(&head[..12]);
     head[12..16].copy_from_slice(&head_crc.to_le_bytes());
+}
+
+/// The length of `record` without its trailing zero bytes, a word at a time.
+#[inline]
+fn trimmed_len(record: &[u8]) -> usize {
+    let mut end = record.len();
+    let (words, tail) = record.split_at(record.len() - record.len() % 8);
+    if let Some(i) = tail.iter().rposition(|&b| b != 0) {
+        return words.len() + i + 1;
+    }
+    end -= tail.len();
+    for w in words.chunks_exact(8).rev() {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        if x != 0 {
+            return end - (x.leading_zeros() / 8) as usize;
+        }
+        end -= 8;
+    }
+    0
 }
 
 /// Groups entries into runs of consecutive sequences of one producer (for
@@ -380,6 +406,24 @@ impl Body<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn trimmed_len_matches_the_bytewise_definition() {
+        let mut rng = trove_core::SplitMix64::new(5);
+        for size in [0usize, 1, 7, 8, 9, 31, 32, 33, 40] {
+            for _ in 0..200 {
+                let mut b = vec![0u8; size];
+                for x in b.iter_mut() {
+                    if rng.next_u64() % 3 == 0 {
+                        *x = rng.next_u64() as u8;
+                    }
+                }
+                let want = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+                assert_eq!(super::trimmed_len(&b), want, "{b:?}");
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
     use trove_hunt::HuntEvent;

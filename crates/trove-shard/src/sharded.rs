@@ -155,26 +155,28 @@ impl<G: Game> Sharded<G> {
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = self.shards.len();
-        // Which shards the batch needs: one queue slot on each, or none.
-        let mut involved = [false; SHARDS_INLINE_MAX];
-        let mut involved_heap = Vec::new();
-        let involved: &mut [bool] = if n <= SHARDS_INLINE_MAX {
-            &mut involved[..n]
+        // How many of the batch's events each shard gets: one queue slot on
+        // each shard involved, or none.
+        let mut counts = [0u32; SHARDS_INLINE_MAX];
+        let mut counts_heap = Vec::new();
+        let counts: &mut [u32] = if n <= SHARDS_INLINE_MAX {
+            &mut counts[..n]
         } else {
-            involved_heap.resize(n, false);
-            &mut involved_heap
+            counts_heap.resize(n, 0);
+            &mut counts_heap
         };
         if n == 1 {
-            involved[0] = true;
+            counts[0] = events.len() as u32;
         } else {
             for e in events.iter() {
-                involved[shard_of(G::world_of(&e.event), n)] = true;
+                counts[shard_of(G::world_of(&e.event), n)] += 1;
             }
         }
+        let involved = |s: usize| counts[s] > 0;
         let max = inner.config.queue_batches_max;
         for s in 0..n {
-            if involved[s] && self.shards[s].queued.fetch_add(1, SeqCst) >= max {
-                for undo in (0..=s).filter(|&u| involved[u]) {
+            if involved(s) && self.shards[s].queued.fetch_add(1, SeqCst) >= max {
+                for undo in (0..=s).filter(|&u| involved(u)) {
                     self.shards[undo].queued.fetch_sub(1, SeqCst);
                 }
                 return Err(SubmitError::Busy);
@@ -184,7 +186,7 @@ impl<G: Game> Sharded<G> {
         // for `queued` to drain, so a reservation that sees `accepting` set
         // is always drained (see `ShardLoop::run`).
         if !inner.accepting.load(SeqCst) {
-            for s in (0..n).filter(|&s| involved[s]) {
+            for s in (0..n).filter(|&s| involved(s)) {
                 self.shards[s].queued.fetch_sub(1, SeqCst);
             }
             return Err(SubmitError::ShuttingDown);
@@ -195,8 +197,9 @@ impl<G: Game> Sharded<G> {
         let (parts, layout): (Vec<ShardPart<G>>, Vec<Vec<u32>>) = if n == 1 {
             (vec![(0, events)], vec![Vec::new()])
         } else {
-            let mut by_shard: Vec<Vec<Stamped<G::Event>>> = (0..n).map(|_| Vec::new()).collect();
-            let mut positions: Vec<Vec<u32>> = (0..n).map(|_| Vec::new()).collect();
+            let mut by_shard: Vec<Vec<Stamped<G::Event>>> =
+                counts.iter().map(|&c| Vec::with_capacity(c as usize)).collect();
+            let mut positions: Vec<Vec<u32>> = counts.iter().map(|&c| Vec::with_capacity(c as usize)).collect();
             for (i, e) in events.into_iter().enumerate() {
                 let s = shard_of(G::world_of(&e.event), n);
                 by_shard[s].push(e);
