@@ -115,6 +115,59 @@ pub enum Bench {
     Apply(BenchApply),
     /// Drive a workload in-process through the executor at the maximum rate.
     Engine(BenchEngine),
+    /// Drive a workload end to end over loopback TCP through the client
+    /// SDK at the maximum rate; acknowledged events per second.
+    Net(BenchNet),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchNet {
+    /// Execution mode of the in-process server.
+    #[arg(long, default_value = "sharded")]
+    pub mode: String,
+    /// Shard threads (sharded) or runtime workers (per-event modes); default: one per core.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+    /// always, interval=<ms> or never; `none` runs the server in memory.
+    #[arg(long, default_value = "interval=5")]
+    pub fsync: String,
+    /// Journal directory of the in-process server (default: a fresh
+    /// temporary one, removed afterwards).
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// Producer connections, each owning a partition of the hunts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connections: u32,
+    /// Events to measure after setup, over all connections.
+    #[arg(long, default_value_t = 20_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub events: u64,
+    /// Events per batch (EVENTS frame).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Batches each connection keeps in flight.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub window: u32,
+    /// How long a partly filled batch waits for more events, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub linger_us: u64,
+    /// Ask for one outcome per event in every acknowledgement.
+    #[arg(long)]
+    pub outcomes: bool,
+    /// Threads of the in-process server's I/O runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub io_workers: u32,
+    /// Threads of the client's runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub client_workers: u32,
+    /// Drive a server that is already running at HOST:PORT instead.
+    #[arg(long)]
+    pub target: Option<std::net::SocketAddr>,
+    /// A built-in workload name (standard) or a workload TOML file.
+    #[arg(long, default_value = "standard")]
+    pub workload: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,13 @@
 //! - [`bench_apply`]: `trove bench apply`, the single-thread rules benchmark.
 //! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
+//! - [`bench_net`]: `trove bench net`, end to end over loopback through the SDK.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
 pub mod bench_apply;
 pub mod bench_engine;
+pub mod bench_net;
 pub mod cli;
 pub mod journal_cmd;
 pub mod serve;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use trove::bench_engine::{self, EngineBenchArgs};
+use trove::bench_net::{self, NetBenchArgs};
 use trove::cli::{Bench, Cli, Command, Journal};
 use trove::{bench_apply, journal_cmd, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
@@ -55,6 +56,33 @@ fn run(cli: Cli) -> Result<(), String> {
                 dedup_window: args.dedup_window as usize,
             };
             let report = bench_engine::run(&spec, &bench)?;
+            print_report(&report, args.json)
+        }
+        Command::Bench(Bench::Net(args)) => {
+            let spec = workload_arg::resolve(&args.workload)?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let bench = NetBenchArgs {
+                mode: Mode::parse(&args.mode)?,
+                shards: args.shards.map_or(cores, |s| s as usize),
+                fsync: match args.fsync.as_str() {
+                    "none" => None,
+                    p => Some(p.parse::<FsyncPolicy>()?),
+                },
+                data: args.data.clone(),
+                connections: args.connections,
+                events: args.events,
+                batch_events: args.batch,
+                window_batches: args.window,
+                linger: std::time::Duration::from_micros(args.linger_us),
+                outcomes: args.outcomes,
+                io_workers: args.io_workers as usize,
+                client_workers: args.client_workers as usize,
+                target: args.target,
+            };
+            if bench.fsync.is_some() && bench.mode != Mode::Sharded {
+                return Err(format!("--mode {} runs without a journal: add --fsync none", bench.mode.name()));
+            }
+            let report = bench_net::run(&spec, &bench)?;
             print_report(&report, args.json)
         }
         Command::Journal(Journal::Verify(args)) => journal_cmd::verify(&args.data, args.json),
