@@ -687,8 +687,10 @@ impl<G: WireGame> Task<G> {
                         Ok(_) => {}
                         Err(e) => return Err(End::Retry(ClientError::io("reading")(e))),
                     }
-                    self.read_frames(frames)?;
+                    // Answers read before a closing error still reach `Acks`.
+                    let read = self.read_frames(frames);
                     self.deliver();
+                    read?;
                 }
                 n = wr.write(out), if !out.is_empty() => {
                     let n = n.map_err(|e| End::Retry(ClientError::io("writing")(e)))?;

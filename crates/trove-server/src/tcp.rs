@@ -131,6 +131,16 @@ impl<G: WireGame> Connection<G> {
         }
         let _ = wr.shutdown().await;
         self.unsubscribe_all();
+        // Closing a socket with unread input makes the kernel reset it and
+        // drop output not yet sent: the answers above could be lost. Read
+        // and discard until the peer closes (it does on our FIN), briefly.
+        let mut sink = vec![0u8; 64 << 10];
+        let linger = Instant::now() + std::time::Duration::from_secs(1);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(linger, rd.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
     }
 
     fn unsubscribe_all(&mut self) {
