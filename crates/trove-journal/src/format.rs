@@ -414,12 +414,12 @@ mod tests {
             for _ in 0..200 {
                 let mut b = vec![0u8; size];
                 for x in b.iter_mut() {
-                    if rng.next_u64() % 3 == 0 {
+                    if rng.next_u64().is_multiple_of(3) {
                         *x = rng.next_u64() as u8;
                     }
                 }
                 let want = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-                assert_eq!(super::trimmed_len(&b), want, "{b:?}");
+                assert_eq!(trimmed_len(&b), want, "{b:?}");
             }
         }
     }
