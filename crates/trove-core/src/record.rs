@@ -23,6 +23,35 @@ pub trait Record: Copy + Send + Sync + Default + std::fmt::Debug + PartialEq + '
     /// If `bytes` is shorter than `SIZE` (a caller bug: frame decoders check
     /// lengths before they slice records).
     fn decode(bytes: &[u8]) -> Self;
+
+    /// Writes the first bytes of the encoding to the front of `out` (at
+    /// least `SIZE` long) and returns how many; every byte of the full
+    /// encoding after them is zero. Storage uses it to keep records short.
+    /// The default encodes in full and cuts the trailing zeros; a record
+    /// type that knows its layout can do better.
+    #[inline]
+    fn encode_prefix(&self, out: &mut [u8]) -> usize {
+        self.encode(out);
+        trimmed_len(&out[..Self::SIZE])
+    }
+}
+
+/// The length of `bytes` without its trailing zero bytes, a word at a time.
+#[inline]
+pub fn trimmed_len(bytes: &[u8]) -> usize {
+    let (words, tail) = bytes.split_at(bytes.len() - bytes.len() % 8);
+    if let Some(i) = tail.iter().rposition(|&b| b != 0) {
+        return words.len() + i + 1;
+    }
+    let mut end = words.len();
+    for w in words.chunks_exact(8).rev() {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if x != 0 {
+            return end - (x.leading_zeros() / 8) as usize;
+        }
+        end -= 8;
+    }
+    0
 }
 
 /// Little-endian field readers and writers for `Record` implementations.

@@ -191,6 +191,34 @@ impl Record for HuntEvent {
         out[8] = k;
     }
 
+    /// Hunt, player and kind (9 bytes), and a move's dx and dy (14): the
+    /// fields each kind uses; a create in full.
+    #[inline]
+    fn encode_prefix(&self, out: &mut [u8]) -> usize {
+        let out = &mut out[..Self::SIZE];
+        le::put(out, 0, &self.hunt.to_le_bytes());
+        le::put(out, 4, &self.player.to_le_bytes());
+        let (kind, len) = match self.action {
+            Action::Create(_) => {
+                self.encode(out);
+                return Self::SIZE;
+            }
+            Action::Join => (kind::JOIN, 9),
+            Action::Leave => (kind::LEAVE, 9),
+            Action::Dig => (kind::DIG, 9),
+            Action::Scan => (kind::SCAN, 9),
+            Action::Invalid => (0, 9),
+            Action::Move { dx, dy } => {
+                out[9] = 0;
+                le::put(out, 10, &dx.to_le_bytes());
+                le::put(out, 12, &dy.to_le_bytes());
+                (kind::MOVE, 14)
+            }
+        };
+        out[8] = kind;
+        len
+    }
+
     fn decode(b: &[u8]) -> Self {
         let b = &b[..Self::SIZE];
         let action = match b[8] {
@@ -293,6 +321,21 @@ mod tests {
             e.encode(&mut buf);
             prop_assert_eq!(&buf[32..], &[0xAA; 8]);
             prop_assert_eq!(HuntEvent::decode(&buf), e);
+        }
+
+        /// The prefix is the full encoding's, and everything after it is
+        /// zero: storing the prefix loses nothing, whatever was in the
+        /// buffer before.
+        #[test]
+        fn prefix_encoding_is_a_prefix(hunt: u32, player: u32, action in action(), junk: u8) {
+            let e = HuntEvent { hunt, player, action };
+            let mut full = [0u8; 32];
+            e.encode(&mut full);
+            let mut buf = [junk; 32];
+            let len = e.encode_prefix(&mut buf);
+            prop_assert!(len <= 32);
+            prop_assert_eq!(&buf[..len], &full[..len]);
+            prop_assert!(full[len..].iter().all(|&b| b == 0));
         }
 
         #[test]

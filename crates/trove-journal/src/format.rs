@@ -201,9 +201,8 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     let mut w = at;
     for e in events {
         if trimmed {
-            let slot = &mut out[w + 1..w + 1 + E::SIZE];
-            e.event.encode(slot);
-            let len = trimmed_len(slot);
+            let len = e.event.encode_prefix(&mut out[w + 1..w + 1 + E::SIZE]);
+            debug_assert!(len <= E::SIZE);
             out[w] = len as u8;
             w += 1 + len;
         } else {
@@ -220,25 +219,6 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     head[8..12].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
     let head_crc = crc32c::crc32c(&head[..12]);
     head[12..16].copy_from_slice(&head_crc.to_le_bytes());
-}
-
-/// The length of `record` without its trailing zero bytes, a word at a time.
-#[inline]
-fn trimmed_len(record: &[u8]) -> usize {
-    let mut end = record.len();
-    let (words, tail) = record.split_at(record.len() - record.len() % 8);
-    if let Some(i) = tail.iter().rposition(|&b| b != 0) {
-        return words.len() + i + 1;
-    }
-    end -= tail.len();
-    for w in words.chunks_exact(8).rev() {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        if x != 0 {
-            return end - (x.leading_zeros() / 8) as usize;
-        }
-        end -= 8;
-    }
-    0
 }
 
 /// Groups entries into runs of consecutive sequences of one producer (for
@@ -419,7 +399,7 @@ mod tests {
                     }
                 }
                 let want = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-                assert_eq!(trimmed_len(&b), want, "{b:?}");
+                assert_eq!(trove_core::record::trimmed_len(&b), want, "{b:?}");
             }
         }
     }

@@ -136,16 +136,17 @@ pub struct BenchNet {
     #[arg(long)]
     pub data: Option<std::path::PathBuf>,
     /// Producer connections, each owning a partition of the hunts.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
     /// Events to measure after setup, over all connections.
     #[arg(long, default_value_t = 20_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub events: u64,
     /// Events per batch (EVENTS frame).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
-    /// Batches each connection keeps in flight.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Batches each connection keeps in flight (the SDK also caps the
+    /// unacknowledged events at 65536, the server's retry window).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub window: u32,
     /// How long a partly filled batch waits for more events, in microseconds.
     #[arg(long, default_value_t = 1000)]
