@@ -10,8 +10,12 @@
 //! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
 //! - [`ws`]: the same semantics as JSON over WebSocket.
 //! - [`json`]: the game's JSON form, for the WebSocket endpoint.
+//! - [`control`]: the HTTP control plane, on a runtime of its own.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
 
+pub mod control;
 pub mod json;
+pub mod metrics;
 pub mod tcp;
 pub mod ws;
 
@@ -25,6 +29,7 @@ use std::time::Duration;
 use trove_proto::WireGame;
 use trove_proto::frame::FRAME_BODY_MAX_LIMIT;
 use trove_shard::Engine;
+use trove_shard::metrics::{HistogramSnapshot, Log2Histogram};
 
 /// Every bound of the I/O layer, named.
 #[derive(Clone, Debug)]
@@ -120,6 +125,11 @@ pub struct ServerMetrics {
     /// ERROR frames sent, by `ErrorCode` value (index 0 unused).
     pub errors: [AtomicU64; 16],
     pub subscribers: AtomicU64,
+    /// Per event: admission to its ACK written to the connection.
+    pub ingest_to_ack_ns: Log2Histogram,
+    /// Per update and subscriber: admission of the oldest batch in its
+    /// chunk to the update written to the connection.
+    pub ingest_to_update_ns: Log2Histogram,
 }
 
 /// A plain copy of [`ServerMetrics`].
@@ -137,6 +147,8 @@ pub struct ServerMetricsSnapshot {
     pub busy_replies: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub subscribers: u64,
+    pub ingest_to_ack_ns: HistogramSnapshot,
+    pub ingest_to_update_ns: HistogramSnapshot,
 }
 
 impl ServerMetrics {
@@ -157,6 +169,8 @@ impl ServerMetrics {
                 .map(|c| (c.name(), self.errors[*c as usize].load(Relaxed)))
                 .collect(),
             subscribers: self.subscribers.load(Relaxed),
+            ingest_to_ack_ns: self.ingest_to_ack_ns.snapshot(),
+            ingest_to_update_ns: self.ingest_to_update_ns.snapshot(),
         }
     }
 }
@@ -297,6 +311,16 @@ impl<G: WireGame + json::JsonGame> Server<G> {
 
     pub fn metrics(&self) -> ServerMetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// The live counters (the control plane renders them).
+    pub fn metrics_handle(&self) -> Arc<ServerMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The I/O runtime (the control plane reports its metrics).
+    pub fn runtime_handle(&self) -> tokio::runtime::Handle {
+        self.runtime.as_ref().expect("running").handle().clone()
     }
 
     /// Stops accepting; lets every connection finish its accepted batches

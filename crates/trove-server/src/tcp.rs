@@ -458,6 +458,8 @@ impl<G: WireGame> Connection<G> {
             unreachable!("answers ready are sent as soon as nothing is owed before them")
         };
         debug_assert_eq!(c.outcomes.len(), count as usize);
+        let waited = c.submitted_at.elapsed().as_nanos() as u64;
+        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
         self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
         self.shared.metrics.frames_out.fetch_add(1, Relaxed);
         if self.outcomes {
@@ -487,6 +489,8 @@ impl<G: WireGame> Connection<G> {
                 Delivery::Chunk(chunk) => {
                     let bytes = chunk.encoded.get_or_init(|| encode_chunk::<G>(&chunk, max));
                     self.out.extend_from_slice(bytes);
+                    let waited = chunk.ingested_at.elapsed().as_nanos() as u64;
+                    self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
                 }
                 Delivery::Gap { world, first_missed, missed } => {
                     frame::encode_gap(&mut self.out, world, first_missed, missed);

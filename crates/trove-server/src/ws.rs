@@ -324,6 +324,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             unreachable!("ready answers are sent as soon as nothing is owed before them")
         };
         self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        let waited = c.submitted_at.elapsed().as_nanos() as u64;
+        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
         let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
         if self.outcomes {
             ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());
@@ -367,6 +369,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                             .collect()
                     });
                     self.out.extend(texts.iter().cloned());
+                    let waited = chunk.ingested_at.elapsed().as_nanos() as u64;
+                    self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
                 }
                 Delivery::Gap { world, first_missed, missed } => self.out.push(
                     json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed}).to_string(),

@@ -502,6 +502,7 @@ fn update_chunks_are_split_to_the_frame_limit() {
             .collect(),
         encoded: Default::default(),
         encoded_text: Default::default(),
+        ingested_at: std::time::Instant::now(),
     };
     let bytes = trove_server::tcp::encode_chunk::<TreasureHunt>(&chunk, 4096);
     let mut at = 0;

@@ -262,6 +262,68 @@ impl<G: Game> Engine<G> {
         Producer::new(self.inner.clone(), id, next_seq)
     }
 
+    /// Reads `world` on the thread that owns it, between batches, and
+    /// answers with `f`'s result (`None`: no such world). The read sees
+    /// every batch applied before it; it never blocks a shard for longer
+    /// than `f` runs.
+    pub fn query_world<R: Send + 'static>(
+        &self,
+        world: WorldId,
+        f: impl FnOnce(Option<&G::World>) -> R + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match &self.inner.backend {
+            Backend::Sharded(s) => {
+                let shard = crate::sharded::shard_of(world, s.shard_count());
+                s.query(
+                    shard,
+                    Box::new(move |state| {
+                        let _ = tx.send(f(state.worlds().get(world)));
+                    }),
+                );
+            }
+            Backend::PerEvent(p) => p.query_world(
+                world,
+                Box::new(move |state| {
+                    let _ = tx.send(f(state.and_then(|s| s.worlds().get(world))));
+                }),
+            ),
+        }
+        rx
+    }
+
+    /// Reads every world: `f` runs once per world, on the thread that owns
+    /// it; the results arrive in no particular order, and the receiver ends
+    /// when every world was read.
+    pub fn query_worlds<R: Send + 'static>(
+        &self,
+        f: impl Fn(WorldId, &G::World) -> R + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<R> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let f = Arc::new(f);
+        match &self.inner.backend {
+            Backend::Sharded(s) => {
+                for shard in 0..s.shard_count() {
+                    let (tx, f) = (tx.clone(), f.clone());
+                    s.query(
+                        shard,
+                        Box::new(move |state| {
+                            for (id, w) in state.worlds().iter_sorted() {
+                                let _ = tx.send(f(id, w));
+                            }
+                        }),
+                    );
+                }
+            }
+            Backend::PerEvent(p) => p.query_all(Arc::new(move |state| {
+                for (id, w) in state.worlds().iter_sorted() {
+                    let _ = tx.send(f(id, w));
+                }
+            })),
+        }
+        rx
+    }
+
     /// Subscriptions to worlds' update streams.
     pub fn hub(&self) -> &Arc<Hub<G>> {
         &self.inner.hub

@@ -392,7 +392,10 @@ pub(crate) fn run_journal<G: Game>(
             last_sync = Instant::now();
         }
         if sync_now || policy == FsyncPolicy::Never {
+            let durable_at = Instant::now();
             for (inbox, part) in waiting.drain(..) {
+                let waited = durable_at.saturating_duration_since(part.submitted_at).as_nanos() as u64;
+                metrics.ingest_to_durable_ns.record_n(waited, part.outcomes.len() as u64);
                 inbox.deliver(part);
             }
         }

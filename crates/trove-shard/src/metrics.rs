@@ -12,23 +12,38 @@ const BUCKETS: usize = 48;
 #[derive(Debug)]
 pub struct Log2Histogram {
     buckets: [AtomicU64; BUCKETS],
+    /// Sum of the recorded values (wrapping), for means and Prometheus.
+    sum: AtomicU64,
 }
 
 impl Default for Log2Histogram {
     fn default() -> Self {
-        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
     }
 }
 
 impl Log2Histogram {
     #[inline]
     pub fn record(&self, value: u64) {
+        self.record_n(value, 1);
+    }
+
+    /// Records `value` `n` times (a batch's events share one latency).
+    #[inline]
+    pub fn record_n(&self, value: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let b = (64 - value.leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[b].fetch_add(1, Relaxed);
+        self.buckets[b].fetch_add(n, Relaxed);
+        self.sum.fetch_add(value.wrapping_mul(n), Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot { buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect() }
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            sum: self.sum.load(Relaxed),
+        }
     }
 }
 
@@ -36,6 +51,7 @@ impl Log2Histogram {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistogramSnapshot {
     pub buckets: Vec<u64>,
+    pub sum: u64,
 }
 
 impl HistogramSnapshot {
@@ -67,6 +83,20 @@ impl HistogramSnapshot {
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    /// Prometheus-style cumulative buckets: `(upper bound, count at or
+    /// below it)` for each power of two up to the largest bucket used.
+    pub fn cumulative(&self) -> Vec<(u64, u64)> {
+        let last = self.buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
+        let mut seen = 0;
+        (0..=last)
+            .map(|b| {
+                seen += self.buckets[b];
+                (if b == 0 { 0 } else { (1u64 << b) - 1 }, seen)
+            })
+            .collect()
     }
 }
 
@@ -92,6 +122,12 @@ pub struct ShardMetrics {
     pub batch_events: Log2Histogram,
     /// Nanoseconds per applied batch.
     pub apply_ns: Log2Histogram,
+    /// Per event: nanoseconds from `submit` accepting its batch to its
+    /// batch applied.
+    pub ingest_to_applied_ns: Log2Histogram,
+    /// Per event, with a journal: from `submit` to the fsync policy's
+    /// durability point (when its acknowledgement is released).
+    pub ingest_to_durable_ns: Log2Histogram,
     /// Rejections by the game's reason index.
     pub rejections: Vec<AtomicU64>,
     /// Bytes the journal thread wrote.
@@ -121,6 +157,8 @@ impl ShardMetrics {
             wakeups: AtomicU64::new(0),
             batch_events: Log2Histogram::default(),
             apply_ns: Log2Histogram::default(),
+            ingest_to_applied_ns: Log2Histogram::default(),
+            ingest_to_durable_ns: Log2Histogram::default(),
             rejections: (0..rejection_reasons).map(|_| AtomicU64::new(0)).collect(),
             journal_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
@@ -143,6 +181,8 @@ impl ShardMetrics {
             wakeups: self.wakeups.load(Relaxed),
             batch_events: self.batch_events.snapshot(),
             apply_ns: self.apply_ns.snapshot(),
+            ingest_to_applied_ns: self.ingest_to_applied_ns.snapshot(),
+            ingest_to_durable_ns: self.ingest_to_durable_ns.snapshot(),
             rejections: names.iter().zip(&self.rejections).map(|(n, c)| (*n, c.load(Relaxed))).collect(),
             journal_bytes: self.journal_bytes.load(Relaxed),
             fsyncs: self.fsyncs.load(Relaxed),
@@ -167,6 +207,8 @@ pub struct ShardMetricsSnapshot {
     pub wakeups: u64,
     pub batch_events: HistogramSnapshot,
     pub apply_ns: HistogramSnapshot,
+    pub ingest_to_applied_ns: HistogramSnapshot,
+    pub ingest_to_durable_ns: HistogramSnapshot,
     pub rejections: Vec<(&'static str, u64)>,
     pub journal_bytes: u64,
     pub fsyncs: u64,

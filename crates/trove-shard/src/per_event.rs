@@ -80,6 +80,7 @@ struct WriterMsg {
 /// One submitted batch, filled in by its events' tasks.
 struct BatchSlot<G: Game> {
     ticket: u64,
+    submitted_at: Instant,
     inbox: Arc<Inbox<G>>,
     done: Mutex<(Vec<Option<G::Outcome>>, Vec<Addressed<G::Broadcast>>)>,
     remaining: AtomicUsize,
@@ -100,7 +101,13 @@ impl<G: Game> BatchSlot<G> {
             broadcasts.sort_by_key(|b| b.event_index);
             let outcomes: Vec<G::Outcome> = outcomes.into_iter().map(|o| o.expect("every event completed")).collect();
             let outcomes = outcomes.into();
-            self.inbox.deliver(Part { ticket: self.ticket, part: 0, outcomes, broadcasts });
+            self.inbox.deliver(Part {
+                ticket: self.ticket,
+                part: 0,
+                outcomes,
+                broadcasts,
+                submitted_at: self.submitted_at,
+            });
         }
     }
 }
@@ -166,6 +173,7 @@ impl<G: Game> PerEvent<G> {
         }
         let slot = Arc::new(BatchSlot::<G> {
             ticket,
+            submitted_at: Instant::now(),
             inbox: inbox.clone(),
             done: Mutex::new((vec![None; n], Vec::new())),
             remaining: AtomicUsize::new(n),
@@ -195,6 +203,38 @@ impl<G: Game> PerEvent<G> {
             }
         }
         Ok(vec![Vec::new()])
+    }
+
+    /// Runs `q` on every world cell's state (each holds one world), on the
+    /// runtime, each under its world's lock.
+    pub fn query_all(&self, q: Arc<dyn Fn(&GameState<G>) + Send + Sync>) {
+        let cells: Vec<Arc<WorldCell<G>>> = self
+            .table
+            .stripes
+            .iter()
+            .flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect::<Vec<_>>())
+            .collect();
+        self.handle.spawn(async move {
+            for cell in cells {
+                let state = cell.state.lock().await;
+                q(&state);
+            }
+        });
+    }
+
+    /// Runs `q` on the state of `world`'s cell, if it has one.
+    pub fn query_world(&self, world: WorldId, q: Box<dyn FnOnce(Option<&GameState<G>>) + Send>) {
+        let cell =
+            self.table.stripes[world as usize % STRIPES].lock().unwrap_or_else(|e| e.into_inner()).get(&world).cloned();
+        match cell {
+            Some(cell) => {
+                self.handle.spawn(async move {
+                    let state = cell.state.lock().await;
+                    q(Some(&state));
+                });
+            }
+            None => q(None),
+        }
     }
 
     pub fn metrics(&self) -> Vec<ShardMetricsSnapshot> {
@@ -256,7 +296,7 @@ fn apply_one<G: Game>(
     state.apply(std::slice::from_ref(&stamped), &mut out);
     metrics.apply_ns.record(started.elapsed().as_nanos() as u64);
     // Under the world's lock, so the world's updates stay in order.
-    hub.publish(std::slice::from_ref(&stamped), &out, &mut Staging::default());
+    hub.publish(std::slice::from_ref(&stamped), &out, &mut Staging::default(), started);
     (out.direct[0], out.broadcasts)
 }
 

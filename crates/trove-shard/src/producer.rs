@@ -37,6 +37,8 @@ pub(crate) struct Part<G: Game> {
     pub outcomes: Arc<[G::Outcome]>,
     /// `event_index` relative to the part's events.
     pub broadcasts: Vec<Addressed<G::Broadcast>>,
+    /// When `submit` accepted the batch (for stage latencies).
+    pub submitted_at: Instant,
 }
 
 /// Where shards put a producer's finished parts. One lock per part, never

@@ -51,8 +51,12 @@ const SHARDS_INLINE_MAX: usize = 64;
 /// A shard index and the events of a batch that go to it.
 type ShardPart<G> = (usize, Vec<Stamped<<G as Game>::Event>>);
 
+/// A read of a shard's state, run on the shard's thread between batches.
+pub(crate) type Query<G> = Box<dyn FnOnce(&GameState<G>) + Send>;
+
 enum Msg<G: Game> {
     Work(Work<G>),
+    Query(Query<G>),
     /// Sent once at shutdown, after `accepting` is cleared.
     Stop,
 }
@@ -69,6 +73,8 @@ struct Work<G: Game> {
     /// already applied (filled by the shard).
     retried: Vec<u64>,
     events: Vec<Stamped<G::Event>>,
+    /// When `submit` accepted the batch.
+    submitted_at: Instant,
 }
 
 struct Shard<G: Game> {
@@ -214,12 +220,14 @@ impl<G: Game> Sharded<G> {
                 .unzip()
         };
         let split = layout.len() > 1;
+        let submitted_at = Instant::now();
         for (part, (s, events)) in parts.into_iter().enumerate() {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
             let positions = split.then(|| Arc::new(layout[part].clone()));
             let work = Work {
+                submitted_at,
                 inbox: inbox.clone(),
                 ticket,
                 part: part as u32,
@@ -234,6 +242,15 @@ impl<G: Game> Sharded<G> {
             }
         }
         Ok(layout)
+    }
+
+    /// Queues `q` on shard `shard`; false if the shard has stopped.
+    pub fn query(&self, shard: usize, q: Query<G>) -> bool {
+        self.shards[shard].tx.send(Msg::Query(q)).is_ok()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     pub fn metrics(&self) -> Vec<ShardMetricsSnapshot> {
@@ -300,6 +317,7 @@ impl<G: Game> ShardLoop<G> {
                 let idle = Instant::now();
                 match self.rx.recv() {
                     Ok(Msg::Work(w)) => work.push(w),
+                    Ok(Msg::Query(q)) => q(&self.state),
                     Ok(Msg::Stop) | Err(_) => stopping = true,
                 }
                 self.metrics.idle_ns.fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
@@ -313,6 +331,8 @@ impl<G: Game> ShardLoop<G> {
                         events += w.events.len();
                         work.push(w);
                     }
+                    // Between batches: it sees everything applied so far.
+                    Ok(Msg::Query(q)) => q(&self.state),
                     Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => stopping = true,
                     Err(TryRecvError::Empty) => break,
                 }
@@ -365,8 +385,14 @@ impl<G: Game> ShardLoop<G> {
             let applied = batch.len() as u64;
             let apply = Instant::now();
             self.state.apply(&batch, &mut out);
-            self.metrics.apply_ns.record(apply.elapsed().as_nanos() as u64);
-            self.hub.publish(&batch, &out, &mut staging);
+            let applied_at = Instant::now();
+            self.metrics.apply_ns.record(applied_at.duration_since(apply).as_nanos() as u64);
+            for w in &work {
+                let waited = applied_at.saturating_duration_since(w.submitted_at).as_nanos() as u64;
+                self.metrics.ingest_to_applied_ns.record_n(waited, w.events.len() as u64);
+            }
+            let ingested_at = work.iter().map(|w| w.submitted_at).min().unwrap_or(applied_at);
+            self.hub.publish(&batch, &out, &mut staging, ingested_at);
             for o in &out.direct {
                 if let Some(r) = G::rejection(o) {
                     rejections[r] += 1;
@@ -421,7 +447,7 @@ impl<G: Game> ShardLoop<G> {
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
-                let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts };
+                let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts, submitted_at: w.submitted_at };
                 if self.journal.is_some() && !w.events.is_empty() {
                     sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
                     deliveries.push((w.inbox, part));

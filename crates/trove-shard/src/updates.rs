@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
@@ -44,6 +45,9 @@ pub struct Chunk<G: Game> {
     pub encoded: OnceLock<Vec<u8>>,
     /// The same for a second encoding (the JSON endpoint).
     pub encoded_text: OnceLock<Vec<String>>,
+    /// When the oldest batch among those the updates came from was
+    /// submitted (for the ingest-to-update-pushed latency).
+    pub ingested_at: Instant,
 }
 
 /// What a subscriber takes from its mailbox, in stream order per world.
@@ -277,6 +281,7 @@ impl<G: Game> Hub<G> {
         events: &[Stamped<G::Event>],
         out: &Outcomes<G::Outcome, G::Broadcast>,
         staging: &mut Staging<G>,
+        ingested_at: Instant,
     ) {
         if self.live.load(Relaxed) == 0 {
             return;
@@ -309,6 +314,7 @@ impl<G: Game> Hub<G> {
                 updates: std::mem::replace(updates, Vec::with_capacity(n)),
                 encoded: OnceLock::new(),
                 encoded_text: OnceLock::new(),
+                ingested_at,
             });
             topic.next_seq += n as u64;
             let before = topic.subscribers.len();

@@ -60,6 +60,14 @@ pub struct Serve {
     /// WebSocket listen address, or `off` [default: 127.0.0.1:7401].
     #[arg(long)]
     pub ws: Option<String>,
+    /// HTTP control plane listen address (API, /metrics), or `off`
+    /// [default: 127.0.0.1:7480].
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Serve tokio-console's gRPC endpoint (127.0.0.1:6669, or
+    /// TOKIO_CONSOLE_BIND) so `tokio-console` can attach to the I/O tasks.
+    #[arg(long)]
+    pub console: bool,
     /// Threads of the I/O runtime [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub io_workers: Option<u32>,

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use trove_hunt::TreasureHunt;
+
+use trove_server::control::{ControlInfo, ControlPlane};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
 
@@ -42,6 +45,8 @@ pub struct ListenFile {
     pub tcp: Option<SocketAddr>,
     /// An address, or "off".
     pub ws: Option<String>,
+    /// The HTTP control plane: an address, or "off".
+    pub control: Option<String>,
     pub io_workers: Option<usize>,
 }
 
@@ -78,6 +83,7 @@ pub struct LimitsFile {
 pub struct ServeSettings {
     pub engine: EngineConfig,
     pub server: ServerConfig,
+    pub control: Option<SocketAddr>,
 }
 
 /// Defaults, then the file, then the flags. Errors name the key or flag.
@@ -144,6 +150,11 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
             a => Some(a.parse().map_err(|e| format!("ws address `{a}`: {e}"))?),
         };
     }
+    let control = match args.control.clone().or(l.control.clone()).as_deref() {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
+        Some("off") => None,
+        Some(a) => Some(a.parse().map_err(|e| format!("control address `{a}`: {e}"))?),
+    };
     if let Some(n) = args.io_workers.map(|n| n as usize).or(l.io_workers) {
         server.io_workers = n;
     }
@@ -169,18 +180,47 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 
     engine.validate()?;
     server.validate()?;
-    Ok(ServeSettings { engine, server })
+    Ok(ServeSettings { engine, server, control })
 }
 
 /// Runs until SIGINT or SIGTERM, then drains and stops.
 pub fn run(args: &Serve) -> Result<(), String> {
-    let ServeSettings { engine, server } = settings(args)?;
+    let ServeSettings { engine, server, control } = settings(args)?;
+    if args.console {
+        // Before any runtime starts, so every task is seen.
+        console_subscriber::init();
+        eprintln!(
+            "trove: tokio-console endpoint on {}",
+            std::env::var("TOKIO_CONSOLE_BIND").unwrap_or("127.0.0.1:6669".into())
+        );
+    }
     let journal = engine.journal.as_ref().map(|j| format!("{} (fsync {})", j.dir.display(), j.fsync));
+    let info = ControlInfo {
+        mode: engine.mode.name(),
+        shards: engine.shards,
+        fsync: engine.journal.as_ref().map_or("none".into(), |j| j.fsync.to_string()),
+        journal_dir: engine.journal.as_ref().map(|j| j.dir.display().to_string()),
+        tcp_addr: server.tcp_addr,
+        ws_addr: server.ws_addr,
+    };
     let mode = engine.mode.name();
     let shards = engine.shards;
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::<TreasureHunt>::start(engine)?);
     let server = Server::start(engine.clone(), server)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let control = match control {
+        Some(addr) => Some(ControlPlane::start(
+            addr,
+            engine.clone(),
+            server.metrics_handle(),
+            server.runtime_handle(),
+            ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
+            ready.clone(),
+        )?),
+        None => None,
+    };
+    ready.store(true, Ordering::Relaxed);
     eprintln!(
         "trove: serving {mode} with {shards} shards; journal {}; recovered in {:.2}s",
         journal.as_deref().unwrap_or("off (in memory)"),
@@ -190,9 +230,16 @@ pub fn run(args: &Serve) -> Result<(), String> {
     if let Some(ws) = server.ws_addr() {
         eprintln!("trove: websocket (JSON) on ws://{ws}/");
     }
+    if let Some(c) = &control {
+        eprintln!("trove: control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
+    }
     let signal = wait_for_signal()?;
     eprintln!("trove: {signal}: draining connections");
+    ready.store(false, Ordering::Relaxed);
     server.shutdown(Duration::from_secs(10));
+    if let Some(c) = control {
+        c.shutdown();
+    }
     let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
     let fin = engine.shutdown();
     eprintln!("trove: stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);

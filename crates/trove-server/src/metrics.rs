@@ -1,0 +1,294 @@
+//! `/metrics`: everything in the Prometheus text format (version 0.0.4),
+//! named by Prometheus conventions: base units in names (seconds, bytes),
+//! `_total` for counters, one family per name with HELP and TYPE.
+//!
+//! Rendering reads atomics and snapshots only; it never stops a shard.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use trove_hunt::TreasureHunt;
+use trove_shard::{Engine, HistogramSnapshot};
+
+use crate::ServerMetrics;
+
+/// Where the figures come from.
+#[derive(Clone, Debug)]
+pub struct MetricsSources {
+    pub engine: Arc<Engine<TreasureHunt>>,
+    pub server: Arc<ServerMetrics>,
+    pub data_plane: tokio::runtime::Handle,
+    pub control_plane: tokio::runtime::Handle,
+}
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.text, "{name} {value}");
+        } else {
+            let _ = writeln!(self.text, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", value);
+    }
+
+    /// A histogram of nanoseconds (or plain counts with `scale` 1), as
+    /// cumulative power-of-two buckets.
+    fn histogram_samples(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, scale: f64) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut total = 0;
+        for (upper, count) in h.cumulative() {
+            // Bucket b holds values below 2^b: `le` 2^b is exact.
+            let le = (upper + 1) as f64 * scale;
+            let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
+            total = count;
+        }
+        let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(self.text, "{name}_sum{braces} {}", h.sum as f64 * scale);
+        let _ = writeln!(self.text, "{name}_count{braces} {total}");
+    }
+}
+
+const NS: f64 = 1e-9;
+
+/// Process CPU seconds and resident bytes, from /proc (Linux).
+fn process_stats() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    // CLK_TCK and the page size are 100 and 4096 on Linux x86-64 and arm64.
+    Some((ticks as f64 / 100.0, rss_pages * 4096))
+}
+
+pub fn render(src: &MetricsSources) -> String {
+    let mut o = Out { text: String::with_capacity(16 << 10) };
+    let e = src.engine.metrics();
+    let s = src.server.snapshot();
+    let hub = src.engine.hub().metrics();
+
+    o.one("trove_events_received_total", "counter", "Events received in EVENTS frames and JSON batches.", s.events_in);
+    o.family("trove_events_applied_total", "counter", "Events applied, per shard.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_events_applied_total", &format!("shard=\"{i}\""), sh.events_applied);
+    }
+    o.family("trove_events_rejected_total", "counter", "Events the rules rejected, by reason.");
+    let mut reasons: Vec<(&str, u64)> = Vec::new();
+    for sh in &e.shards {
+        for &(name, n) in &sh.rejections {
+            match reasons.iter_mut().find(|(r, _)| *r == name) {
+                Some((_, total)) => *total += n,
+                None => reasons.push((name, n)),
+            }
+        }
+    }
+    for (reason, n) in reasons {
+        o.sample("trove_events_rejected_total", &format!("reason=\"{reason}\""), n);
+    }
+    o.one("trove_events_acknowledged_total", "counter", "Events acknowledged to producers.", s.events_acked);
+    o.one("trove_events_retried_total", "counter", "Resent events answered without being applied again.", {
+        e.shards.iter().map(|sh| sh.retries).sum::<u64>()
+    });
+    o.one(
+        "trove_busy_replies_total",
+        "counter",
+        "Batches refused with BUSY (the engine's queues were full).",
+        e.busy_replies,
+    );
+
+    // Stage latencies, per event, from the batch's admission.
+    let merged = |f: fn(&trove_shard::ShardMetricsSnapshot) -> &HistogramSnapshot| {
+        let mut h = HistogramSnapshot::default();
+        for sh in &e.shards {
+            h.merge(f(sh));
+        }
+        h
+    };
+    o.family("trove_ingest_to_applied_seconds", "histogram", "Per event: admission to its batch applied.");
+    o.histogram_samples("trove_ingest_to_applied_seconds", "", &merged(|sh| &sh.ingest_to_applied_ns), NS);
+    o.family(
+        "trove_ingest_to_durable_seconds",
+        "histogram",
+        "Per event: admission to the fsync policy's durability point (journaled engines).",
+    );
+    o.histogram_samples("trove_ingest_to_durable_seconds", "", &merged(|sh| &sh.ingest_to_durable_ns), NS);
+    o.family("trove_ingest_to_acknowledged_seconds", "histogram", "Per event: admission to its ACK written.");
+    o.histogram_samples("trove_ingest_to_acknowledged_seconds", "", &s.ingest_to_ack_ns, NS);
+    o.family(
+        "trove_ingest_to_update_pushed_seconds",
+        "histogram",
+        "Per update and subscriber: admission of the oldest batch in its chunk to the update written.",
+    );
+    o.histogram_samples("trove_ingest_to_update_pushed_seconds", "", &s.ingest_to_update_ns, NS);
+
+    // Shards.
+    o.family("trove_shard_queue_depth_batches", "gauge", "Batches waiting in the shard's queue.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_queue_depth_batches", &format!("shard=\"{i}\""), sh.queue_depth_batches);
+    }
+    o.family("trove_shard_queue_depth_events", "gauge", "Events waiting in the shard's queue.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_queue_depth_events", &format!("shard=\"{i}\""), sh.queue_depth_events);
+    }
+    o.family("trove_shard_busy_seconds_total", "counter", "Time the shard spent stamping, applying and handing back.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_busy_seconds_total", &format!("shard=\"{i}\""), sh.busy_ns as f64 * NS);
+    }
+    o.family("trove_shard_idle_seconds_total", "counter", "Time the shard spent parked, waiting for work.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_idle_seconds_total", &format!("shard=\"{i}\""), sh.idle_ns as f64 * NS);
+    }
+    o.family("trove_shard_busy_ratio", "gauge", "Busy time over busy plus idle time since start.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_busy_ratio", &format!("shard=\"{i}\""), sh.busy_ratio());
+    }
+    o.family("trove_shard_wakeups_total", "counter", "Times the shard parked and was woken.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_shard_wakeups_total", &format!("shard=\"{i}\""), sh.wakeups);
+    }
+    o.family("trove_shard_batch_events", "histogram", "Events per applied batch.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.histogram_samples("trove_shard_batch_events", &format!("shard=\"{i}\""), &sh.batch_events, 1.0);
+    }
+    o.family("trove_shard_apply_seconds", "histogram", "Time to apply one batch.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.histogram_samples("trove_shard_apply_seconds", &format!("shard=\"{i}\""), &sh.apply_ns, NS);
+    }
+
+    // Journal.
+    o.family("trove_journal_written_bytes_total", "counter", "Bytes written to the journal.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_journal_written_bytes_total", &format!("shard=\"{i}\""), sh.journal_bytes);
+    }
+    o.family("trove_journal_fsync_seconds", "histogram", "Time per fdatasync of the journal.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.histogram_samples("trove_journal_fsync_seconds", &format!("shard=\"{i}\""), &sh.fsync_ns, NS);
+    }
+    o.family("trove_snapshots_total", "counter", "Snapshots written.");
+    for (i, sh) in e.shards.iter().enumerate() {
+        o.sample("trove_snapshots_total", &format!("shard=\"{i}\""), sh.snapshots);
+    }
+
+    // Connections and subscriptions.
+    o.one("trove_connections_open", "gauge", "Open data-plane connections (TCP and WebSocket).", s.connections_open);
+    o.one("trove_connections_accepted_total", "counter", "Data-plane connections accepted.", s.connections_accepted);
+    o.one(
+        "trove_connections_refused_total",
+        "counter",
+        "Connections refused at the connection limit.",
+        s.connections_refused,
+    );
+    o.one("trove_frames_received_total", "counter", "Frames (and JSON messages) received.", s.frames_in);
+    o.one("trove_frames_sent_total", "counter", "Frames (and JSON messages) sent.", s.frames_out);
+    o.one("trove_received_bytes_total", "counter", "Bytes read from data-plane sockets.", s.bytes_in);
+    o.one("trove_sent_bytes_total", "counter", "Bytes written to TCP data-plane sockets.", s.bytes_out);
+    o.family("trove_protocol_errors_total", "counter", "ERROR frames sent, by code.");
+    for (code, n) in &s.errors {
+        o.sample("trove_protocol_errors_total", &format!("code=\"{code}\""), n);
+    }
+    o.one(
+        "trove_subscriptions",
+        "gauge",
+        "Subscriptions (a connection subscribed to two hunts counts twice).",
+        hub.subscriptions,
+    );
+    o.one("trove_subscribed_hunts", "gauge", "Hunts with at least one subscriber.", hub.topics);
+    o.one("trove_updates_published_total", "counter", "Updates published to subscribed hunts.", hub.updates_published);
+    o.one(
+        "trove_updates_dropped_total",
+        "counter",
+        "Updates dropped for subscribers that fell behind.",
+        hub.updates_dropped,
+    );
+    o.one("trove_update_gaps_total", "counter", "Gaps opened for subscribers that fell behind.", hub.gaps);
+
+    // The process.
+    if let Some((cpu, rss)) = process_stats() {
+        o.one("process_cpu_seconds_total", "counter", "User and system CPU time of the process.", cpu);
+        o.one("process_resident_memory_bytes", "gauge", "Resident memory of the process.", rss);
+    }
+
+    runtime_metrics(&mut o, &[("data", &src.data_plane), ("control", &src.control_plane)]);
+    o.text
+}
+
+/// The tokio runtimes' own metrics; with `--cfg tokio_unstable` (the
+/// workspace builds with it) also polls, steals, spawned tasks and
+/// schedule counts.
+fn runtime_metrics(o: &mut Out, runtimes: &[(&str, &tokio::runtime::Handle)]) {
+    o.family("tokio_workers", "gauge", "Worker threads of the runtime.");
+    for (rt, h) in runtimes {
+        o.sample("tokio_workers", &format!("runtime=\"{rt}\""), h.metrics().num_workers());
+    }
+    o.family("tokio_alive_tasks", "gauge", "Tasks alive in the runtime.");
+    for (rt, h) in runtimes {
+        o.sample("tokio_alive_tasks", &format!("runtime=\"{rt}\""), h.metrics().num_alive_tasks());
+    }
+    o.family("tokio_global_queue_depth", "gauge", "Tasks waiting in the runtime's global queue.");
+    for (rt, h) in runtimes {
+        o.sample("tokio_global_queue_depth", &format!("runtime=\"{rt}\""), h.metrics().global_queue_depth());
+    }
+    type PerWorker = fn(&tokio::runtime::RuntimeMetrics, usize) -> f64;
+    let per_worker: &[(&str, &str, PerWorker)] = &[
+        ("tokio_worker_busy_seconds_total", "Time the worker spent running tasks.", |m, w| {
+            m.worker_total_busy_duration(w).as_secs_f64()
+        }),
+        ("tokio_worker_parks_total", "Times the worker parked (went idle).", |m, w| m.worker_park_count(w) as f64),
+        ("tokio_worker_park_unparks_total", "Times the worker parked or was unparked (woken).", |m, w| {
+            m.worker_park_unpark_count(w) as f64
+        }),
+        #[cfg(tokio_unstable)]
+        ("tokio_worker_polls_total", "Task polls by the worker.", |m, w| m.worker_poll_count(w) as f64),
+        #[cfg(tokio_unstable)]
+        ("tokio_worker_steals_total", "Tasks the worker stole from other workers.", |m, w| {
+            m.worker_steal_count(w) as f64
+        }),
+        #[cfg(tokio_unstable)]
+        ("tokio_worker_local_schedules_total", "Tasks scheduled onto the worker's local queue.", |m, w| {
+            m.worker_local_schedule_count(w) as f64
+        }),
+        #[cfg(tokio_unstable)]
+        ("tokio_worker_mean_poll_time_seconds", "Moving mean of the worker's task poll times.", |m, w| {
+            m.worker_mean_poll_time(w).as_secs_f64()
+        }),
+    ];
+    for (name, help, f) in per_worker {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        o.family(name, kind, help);
+        for (rt, h) in runtimes {
+            let m = h.metrics();
+            for w in 0..m.num_workers() {
+                o.sample(name, &format!("runtime=\"{rt}\",worker=\"{w}\""), f(&m, w));
+            }
+        }
+    }
+    #[cfg(tokio_unstable)]
+    {
+        o.family("tokio_spawned_tasks_total", "counter", "Tasks spawned on the runtime.");
+        for (rt, h) in runtimes {
+            o.sample("tokio_spawned_tasks_total", &format!("runtime=\"{rt}\""), h.metrics().spawned_tasks_count());
+        }
+        o.family(
+            "tokio_remote_schedules_total",
+            "counter",
+            "Tasks scheduled from outside the runtime (shard wakeups).",
+        );
+        for (rt, h) in runtimes {
+            o.sample("tokio_remote_schedules_total", &format!("runtime=\"{rt}\""), h.metrics().remote_schedule_count());
+        }
+    }
+}
