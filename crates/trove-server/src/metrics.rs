@@ -283,6 +283,34 @@ fn runtime_metrics(o: &mut Out, runtimes: &[(&str, &tokio::runtime::Handle)]) {
             o.sample("tokio_spawned_tasks_total", &format!("runtime=\"{rt}\""), h.metrics().spawned_tasks_count());
         }
         o.family(
+            "tokio_schedule_latency_seconds",
+            "histogram",
+            "Time from a task's wakeup to its poll, per worker (where the histogram is enabled).",
+        );
+        for (rt, h) in runtimes {
+            let m = h.metrics();
+            if !m.schedule_latency_histogram_enabled() {
+                continue;
+            }
+            for w in 0..m.num_workers() {
+                let mut cumulative = 0;
+                let labels = format!("runtime=\"{rt}\",worker=\"{w}\"");
+                for b in 0..m.schedule_latency_histogram_num_buckets() {
+                    cumulative += m.schedule_latency_histogram_bucket_count(w, b);
+                    let end = m.schedule_latency_histogram_bucket_range(b).end;
+                    if end < std::time::Duration::MAX {
+                        let le = end.as_secs_f64();
+                        o.sample("tokio_schedule_latency_seconds_bucket", &format!("{labels},le=\"{le}\""), cumulative);
+                    }
+                }
+                o.sample("tokio_schedule_latency_seconds_bucket", &format!("{labels},le=\"+Inf\""), cumulative);
+                // Tokio keeps no sum of these latencies; Prometheus requires
+                // the series, so it reads 0 (quantiles use the buckets).
+                o.sample("tokio_schedule_latency_seconds_sum", &labels, 0);
+                o.sample("tokio_schedule_latency_seconds_count", &labels, cumulative);
+            }
+        }
+        o.family(
             "tokio_remote_schedules_total",
             "counter",
             "Tasks scheduled from outside the runtime (shard wakeups).",
