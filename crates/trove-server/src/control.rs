@@ -8,6 +8,9 @@
 //! `/openapi.json` describe the endpoints; `/metrics` is the Prometheus
 //! text format (`metrics.rs`).
 
+// Handlers return a `Response` as their error: it is the reply, built once.
+#![allow(clippy::result_large_err)]
+
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,6 +146,8 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here".into())
         })
+        // A create is a few hundred bytes; refuse big bodies early.
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
         .with_state(ctx)
 }
 
@@ -233,7 +238,17 @@ fn summary(h: &trove_hunt::Hunt) -> Value {
     json!({"id": h.id(), "round": h.round(), "players": h.players_joined(), "treasures_left": h.treasures_left()})
 }
 
-async fn hunt_detail(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+type PathArg<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
+
+fn path_error(e: axum::extract::rejection::PathRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+}
+
+async fn hunt_detail(State(ctx): State<Arc<Ctx>>, id: PathArg<String>) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return path_error(e),
+    };
     let detail = with_hunt(&ctx, &id, |h| {
         let c = h.config();
         let mut v = summary(h);
@@ -249,12 +264,20 @@ async fn hunt_detail(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Res
     detail.await.map_or_else(|e| e, ok)
 }
 
-async fn leaderboard(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+async fn leaderboard(State(ctx): State<Arc<Ctx>>, id: PathArg<String>) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return path_error(e),
+    };
     let board = with_hunt(&ctx, &id, |h| json!({"id": h.id(), "round": h.round(), "top": top_json(h.leaderboard())}));
     board.await.map_or_else(|e| e, ok)
 }
 
-async fn player_detail(State(ctx): State<Arc<Ctx>>, Path((id, player)): Path<(String, String)>) -> Response {
+async fn player_detail(State(ctx): State<Arc<Ctx>>, ids: PathArg<(String, String)>) -> Response {
+    let (id, player) = match ids {
+        Ok(Path(ids)) => ids,
+        Err(e) => return path_error(e),
+    };
     let player = match parse_id(&player, "player id") {
         Ok(p) => p,
         Err(e) => return e,
@@ -304,8 +327,9 @@ async fn list_hunts(
             if let Some(x) = item {
                 hunts.push(x);
                 if hunts.len() > 4 * limit {
+                    // One past the page, to know whether there is a next.
                     hunts.sort_unstable_by_key(|(id, _)| *id);
-                    hunts.truncate(limit);
+                    hunts.truncate(limit + 1);
                 }
             }
         }
@@ -322,13 +346,26 @@ async fn list_hunts(
 
 /// Creates a hunt: `{"id": 7, "config": {...}}`. The create is an event
 /// like any other: journaled, and answered once durable.
-async fn create_hunt(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
+async fn create_hunt(
+    State(ctx): State<Arc<Ctx>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(e.status(), "payload_too_large", "the body is above 64 KiB".into());
+        }
+        Err(e) => return error(e.status(), "bad_request", e.body_text()),
+    };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return bad(format!("the body is not JSON: {e}")),
     };
     let Some(id) = v.get("id") else { return bad("missing field `id`".into()) };
+    if id.as_u64().and_then(|i| u32::try_from(i).ok()).is_none() {
+        return bad(format!("`id` must be an integer in 0..=4294967295, not {id}"));
+    }
     let Some(config) = v.get("config") else { return bad("missing field `config`".into()) };
     let event = json!({"hunt": id, "action": "create", "config": config});
     let event = match TreasureHunt::event_from_json(&event) {

@@ -24,6 +24,11 @@ fn uint<T: TryFrom<u64>>(v: &Value, name: &str) -> Result<T, String> {
     T::try_from(x).map_err(|_| format!("`{name}` = {x} is out of range"))
 }
 
+/// A field of an event's `config` object; errors name it `config.<name>`.
+fn config_uint<T: TryFrom<u64>>(c: &Value, name: &str) -> Result<T, String> {
+    uint(c, name).map_err(|e| e.replacen(&format!("`{name}`"), &format!("`config.{name}`"), 1))
+}
+
 fn int16(v: &Value, name: &str) -> Result<i16, String> {
     let x = field(v, name)?.as_i64().ok_or_else(|| format!("`{name}` must be an integer"))?;
     i16::try_from(x).map_err(|_| format!("`{name}` = {x} is out of range"))
@@ -45,15 +50,15 @@ impl JsonGame for TreasureHunt {
             "create" => {
                 let c = field(v, "config")?;
                 let config = HuntConfig {
-                    width: uint(c, "width")?,
-                    height: uint(c, "height")?,
-                    seed: uint(c, "seed")?,
-                    treasures_per_round: uint(c, "treasures_per_round")?,
-                    value_min: uint(c, "value_min")?,
-                    value_max: uint(c, "value_max")?,
-                    dig_cooldown_ms: uint(c, "dig_cooldown_ms")?,
-                    step_max: uint(c, "step_max")?,
-                    players_max: uint(c, "players_max")?,
+                    width: config_uint(c, "width")?,
+                    height: config_uint(c, "height")?,
+                    seed: config_uint(c, "seed")?,
+                    treasures_per_round: config_uint(c, "treasures_per_round")?,
+                    value_min: config_uint(c, "value_min")?,
+                    value_max: config_uint(c, "value_max")?,
+                    dig_cooldown_ms: config_uint(c, "dig_cooldown_ms")?,
+                    step_max: config_uint(c, "step_max")?,
+                    players_max: config_uint(c, "players_max")?,
                 };
                 config.validate().map_err(|e| format!("config.{e}"))?;
                 HuntEvent::create(hunt, config)

@@ -48,13 +48,12 @@ impl Out {
     /// cumulative power-of-two buckets.
     fn histogram_samples(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, scale: f64) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let mut total = 0;
-        for (upper, count) in h.cumulative() {
+        for (bound, count) in h.cumulative() {
             // Bucket b holds values below 2^b: `le` 2^b is exact.
-            let le = (upper + 1) as f64 * scale;
+            let le = bound as f64 * scale;
             let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
-            total = count;
         }
+        let total = h.count();
         let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let _ = writeln!(self.text, "{name}_sum{braces} {}", h.sum as f64 * scale);
@@ -70,9 +69,11 @@ fn process_stats() -> Option<(f64, u64)> {
     let after = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    // CLK_TCK and the page size are 100 and 4096 on Linux x86-64 and arm64.
-    Some((ticks as f64 / 100.0, rss_pages * 4096))
+    // /proc reports times in USER_HZ, which Linux fixes at 100.
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let rss_kib: u64 = rss.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some((ticks as f64 / 100.0, rss_kib * 1024))
 }
 
 pub fn render(src: &MetricsSources) -> String {
@@ -106,8 +107,8 @@ pub fn render(src: &MetricsSources) -> String {
     o.one(
         "trove_busy_replies_total",
         "counter",
-        "Batches refused with BUSY (the engine's queues were full).",
-        e.busy_replies,
+        "BUSY replies sent to data-plane clients (the engine's queues were full).",
+        s.busy_replies,
     );
 
     // Stage latencies, per event, from the batch's admission.
@@ -285,7 +286,7 @@ fn runtime_metrics(o: &mut Out, runtimes: &[(&str, &tokio::runtime::Handle)]) {
         o.family(
             "tokio_schedule_latency_seconds",
             "histogram",
-            "Time from a task's wakeup to its poll, per worker (where the histogram is enabled).",
+            "Time from a task's wakeup to its poll, per worker (tokio keeps no sum: _sum reads 0).",
         );
         for (rt, h) in runtimes {
             let m = h.metrics();
@@ -295,11 +296,12 @@ fn runtime_metrics(o: &mut Out, runtimes: &[(&str, &tokio::runtime::Handle)]) {
             for w in 0..m.num_workers() {
                 let mut cumulative = 0;
                 let labels = format!("runtime=\"{rt}\",worker=\"{w}\"");
-                for b in 0..m.schedule_latency_histogram_num_buckets() {
+                let buckets = m.schedule_latency_histogram_num_buckets();
+                for b in 0..buckets {
                     cumulative += m.schedule_latency_histogram_bucket_count(w, b);
-                    let end = m.schedule_latency_histogram_bucket_range(b).end;
-                    if end < std::time::Duration::MAX {
-                        let le = end.as_secs_f64();
+                    // The last bucket is open-ended: it is `+Inf` below.
+                    if b + 1 < buckets {
+                        let le = m.schedule_latency_histogram_bucket_range(b).end.as_secs_f64();
                         o.sample("tokio_schedule_latency_seconds_bucket", &format!("{labels},le=\"{le}\""), cumulative);
                     }
                 }

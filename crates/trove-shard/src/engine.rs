@@ -126,7 +126,7 @@ impl EngineConfig {
 
 pub(crate) enum Backend<G: Game> {
     Sharded(Sharded<G>),
-    PerEvent(PerEvent<G>),
+    PerEvent(Box<PerEvent<G>>),
 }
 
 /// State shared by the engine and its producers.
@@ -229,7 +229,7 @@ impl<G: Game> Engine<G> {
         let backend = match config.mode {
             Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered, hub.clone())?),
             Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => {
-                Backend::PerEvent(PerEvent::start(&config, hub.clone())?)
+                Backend::PerEvent(Box::new(PerEvent::start(&config, hub.clone())?))
             }
         };
         Ok(Self {

@@ -86,15 +86,15 @@ impl HistogramSnapshot {
         self.sum = self.sum.wrapping_add(other.sum);
     }
 
-    /// Prometheus-style cumulative buckets: `(upper bound, count at or
-    /// below it)` for each power of two up to the largest bucket used.
+    /// Prometheus-style cumulative buckets, always the same set: `(bound,
+    /// count of values below it)` for every power-of-two bound; the last
+    /// bucket (values from 2^46 up) is left to `+Inf`, which is `count()`.
     pub fn cumulative(&self) -> Vec<(u64, u64)> {
-        let last = self.buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
         let mut seen = 0;
-        (0..=last)
+        (0..BUCKETS - 1)
             .map(|b| {
-                seen += self.buckets[b];
-                (if b == 0 { 0 } else { (1u64 << b) - 1 }, seen)
+                seen += self.buckets.get(b).copied().unwrap_or(0);
+                (1u64 << b, seen)
             })
             .collect()
     }
