@@ -331,10 +331,14 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             let tasks = std::mem::take(&mut self.tasks);
             let shared = self.shared.clone();
             rt.block_on(async move {
-                for t in tasks {
-                    let _ = t.await;
-                }
                 let deadline = tokio::time::Instant::now() + drain;
+                // The accept loops stop at once; an HTTP connection that never
+                // finishes its request must not hold the shutdown past `drain`.
+                for mut t in tasks {
+                    if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                        t.abort();
+                    }
+                }
                 while shared.connections.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

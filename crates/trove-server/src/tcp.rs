@@ -219,6 +219,12 @@ impl<G: WireGame> Connection<G> {
         let engine = self.shared.engine.clone();
         let mut producer = match hello.producer_id {
             0 => engine.producer(),
+            id if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) => {
+                return Err(Close::Error(
+                    ErrorCode::Malformed,
+                    format!("producer id {id}: ids from 2^63 up are the server's to assign (send 0)"),
+                ));
+            }
             id => engine.producer_with_id(id, 1),
         };
         let Some(_claim) = self.shared.claim_producer(producer.id()).await else {
@@ -267,10 +273,14 @@ impl<G: WireGame> Connection<G> {
                 }
                 return Ok(());
             }
-            let can_read = !eof && !stopping && in_flight < config.window_batches && !self.frame_buffered();
+            // Answers owed (batches in the engine and refusals queued
+            // behind them) bound what is read: a flood of refused frames
+            // cannot grow `owed` while a batch waits for its durability.
+            let can_read = !eof && !stopping && self.owed.len() < config.window_batches && !self.frame_buffered();
             let subscribed = self.mailbox.clone();
+            // Not biased: a busy subscription must not starve reading, the
+            // idle timer or shutdown.
             tokio::select! {
-                biased;
                 c = poll_fn(|cx| poll_complete(&mut producer, cx)), if in_flight > 0 => {
                     self.completed(c);
                     while let Some(c) = producer.try_complete() {
@@ -304,7 +314,10 @@ impl<G: WireGame> Connection<G> {
         if self.out.is_empty() {
             return Ok(());
         }
-        wr.write_all(&self.out).await.map_err(|_| Close::Io)?;
+        // A peer that stops reading (or vanished) cannot hold the task, its
+        // connection slot and its producer claim past the idle timeout.
+        let write = tokio::time::timeout(self.shared.config.idle_timeout, wr.write_all(&self.out));
+        write.await.map_err(|_| Close::Io)?.map_err(|_| Close::Io)?;
         self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
         self.out.clear();
         Ok(())
@@ -313,7 +326,7 @@ impl<G: WireGame> Connection<G> {
     /// Handles the whole frames buffered, while the window has room.
     fn process(&mut self, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
         let max = self.shared.config.frame_body_max;
-        while producer.in_flight() < self.shared.config.window_batches {
+        while self.owed.len() < self.shared.config.window_batches {
             let Some((h, total)) = frame::split(&self.inbuf[self.consumed..], max)? else { return Ok(()) };
             let start = self.consumed;
             self.consumed += total;

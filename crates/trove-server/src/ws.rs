@@ -12,8 +12,9 @@ use std::task::Poll;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
+use std::future::Future;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -29,6 +30,7 @@ const JSON_ENTRIES_MAX: usize = 256;
 
 pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, listener: TcpListener) {
     let mut stop = shared.shutdown.clone();
+    let listener = SlotListener { inner: listener, shared: shared.clone() };
     let app = axum::Router::new().route("/", axum::routing::get(upgrade::<G>)).with_state(shared);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -38,17 +40,114 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
 }
 
 async fn upgrade<G: WireGame + JsonGame>(State(shared): State<Arc<Shared<G>>>, ws: WebSocketUpgrade) -> Response {
-    let Some(slot) = shared.connection_slot() else {
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the server is at its connection limit").into_response();
-    };
     let c = &shared.config;
     ws.max_message_size(c.ws_message_max)
         .max_frame_size(c.ws_frame_max)
         .max_write_buffer_size(c.ws_write_buffer_max)
         .on_upgrade(move |socket| async move {
             WsConnection::new(shared).run(socket).await;
-            drop(slot);
         })
+}
+
+/// Takes a connection slot when a connection is accepted, before a byte of
+/// HTTP is read: the WebSocket port counts toward `connections_max` from
+/// the start, and past it a connection is closed at once.
+struct SlotListener<G: WireGame> {
+    inner: TcpListener,
+    shared: Arc<Shared<G>>,
+}
+
+impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
+    type Io = Slotted<G>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Some(slot) = self.shared.connection_slot() {
+                        let first = Instant::now() + self.shared.config.handshake_timeout;
+                        let quiet = self.shared.config.idle_timeout;
+                        let deadline = Box::pin(tokio::time::sleep_until(first));
+                        return (Slotted { stream, _slot: slot, quiet, deadline }, addr);
+                    }
+                }
+                // Out of file descriptors, say: back off instead of spinning.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A WebSocket port's connection: holds its slot, and fails a read that
+/// waits longer than the handshake timeout for its first bytes or the idle
+/// timeout for later ones (a request that never ends holds nothing long).
+struct Slotted<G: WireGame> {
+    stream: tokio::net::TcpStream,
+    _slot: crate::ConnectionSlot<G>,
+    quiet: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.deadline.as_mut().reset(Instant::now() + this.quiet);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no bytes within the handshake or idle timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<G: WireGame> tokio::io::AsyncWrite for Slotted<G> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 enum Owed {
@@ -120,17 +219,19 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         loop {
             for m in self.out.drain(..) {
                 self.shared.metrics.frames_out.fetch_add(1, Relaxed);
-                socket.send(Message::Text(m.into())).await.map_err(|_| (ErrorCode::Internal, String::new()))?;
+                let send = tokio::time::timeout(config.idle_timeout, socket.send(Message::Text(m.into())));
+                send.await
+                    .map_err(|_| (ErrorCode::IdleTimeout, String::new()))?
+                    .map_err(|_| (ErrorCode::Internal, String::new()))?;
             }
             let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);
             if stopping && in_flight == 0 {
                 return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
             }
-            let can_read = !stopping && in_flight < config.window_batches;
+            let can_read = !stopping && self.owed.len() < config.window_batches;
             let subscribed = self.mailbox.clone();
             let producer = &mut self.producer;
             tokio::select! {
-                biased;
                 c = poll_fn(|cx| match producer.as_mut() {
                     Some(p) => poll_complete(p, cx),
                     None => Poll::Pending,
@@ -210,6 +311,14 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 }
                 let producer = self.producer.as_mut().expect("started above");
                 let first_seq = match v.get("first_seq") {
+                    // After a BUSY, implicit numbering would give the next
+                    // batch the refused one's numbers and let it overtake:
+                    // only an explicit resend clears the refusal.
+                    None | Some(Value::Null) if self.busy_from.is_some() => {
+                        let from = self.busy_from.unwrap_or(0);
+                        self.busy(from, events.len() as u32);
+                        return Ok(());
+                    }
                     None | Some(Value::Null) => producer.next_seq(),
                     Some(x) => x.as_u64().ok_or_else(|| malformed("`first_seq` must be an integer".into()))?,
                 };
@@ -269,6 +378,12 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
 
     async fn start_producer(&mut self, id: u64) -> Result<(), (ErrorCode, String)> {
         let engine = self.shared.engine.clone();
+        if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) {
+            return Err((
+                ErrorCode::Malformed,
+                format!("producer id {id}: ids from 2^63 up are assigned by the server (omit it)"),
+            ));
+        }
         let producer = if id == 0 { engine.producer() } else { engine.producer_with_id(id, 1) };
         let claim =
             self.shared.claim_producer(producer.id()).await.ok_or_else(|| {

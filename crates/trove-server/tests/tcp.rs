@@ -384,6 +384,13 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
     r.send(&b);
     r.expect_error_and_close(ErrorCode::UnsupportedVersion);
 
+    // A producer id from the server's own range, never handed out.
+    let mut r = Raw::connect(addr);
+    let mut b = Vec::new();
+    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: (1 << 63) + 5 });
+    r.send(&b);
+    r.expect_error_and_close(ErrorCode::Malformed);
+
     // Something other than HELLO first.
     let mut r = Raw::connect(addr);
     r.events(1, &[HuntEvent::join(9, 1)]);

@@ -14,6 +14,10 @@ use crate::producer::{Inbox, Origin, Producer, SubmitError};
 use crate::sharded::Sharded;
 use crate::updates::Hub;
 
+/// Producer ids from here up are assigned by the engine
+/// (`Engine::producer`); producers that name themselves use ids below.
+pub const ASSIGNED_PRODUCER_IDS: u64 = 1 << 63;
+
 /// How events are executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -215,15 +219,20 @@ impl<G: Game> Engine<G> {
             None => None,
         };
         let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us.saturating_add(1)).max().unwrap_or(0);
-        // Ids handed out by `Engine::producer` must not collide with ids the
+        // Ids handed out by `Engine::producer` live apart from the ids
+        // producers choose (the top half of the range), past every one the
         // journal already holds sequences for.
-        let producer_id_next = recovered
+        let producer_id_next = match recovered
             .iter()
             .flatten()
             .flat_map(|r| r.producers.last_seqs())
             .map(|(p, _)| p)
+            .filter(|&p| p >= ASSIGNED_PRODUCER_IDS)
             .max()
-            .map_or(1, |m| m.saturating_add(1));
+        {
+            None => ASSIGNED_PRODUCER_IDS,
+            Some(m) => m.checked_add(1).ok_or("every assignable producer id is used")?,
+        };
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let hub = Arc::new(Hub::default());
         let backend = match config.mode {
@@ -249,11 +258,19 @@ impl<G: Game> Engine<G> {
         &self.inner.config
     }
 
-    /// A new producer handle with an id of its own (unique within this
-    /// engine process) and sequence numbers from 1.
+    /// A new producer handle with an id of its own, at or above
+    /// [`ASSIGNED_PRODUCER_IDS`] (unique within this engine and above every
+    /// such id its journal holds), and sequence numbers from 1.
     pub fn producer(&self) -> Producer<G> {
         let id = self.inner.next_producer_id.fetch_add(1, Ordering::Relaxed);
         Producer::new(self.inner.clone(), id, 1)
+    }
+
+    /// Whether `id` is one `producer` handed out (in this process, or in an
+    /// earlier one whose journal holds it): a producer the engine named may
+    /// present it again when it reconnects.
+    pub fn assigned(&self, id: u64) -> bool {
+        id >= ASSIGNED_PRODUCER_IDS && id < self.inner.next_producer_id.load(Ordering::Relaxed)
     }
 
     /// A producer handle for a producer that names itself (a game server

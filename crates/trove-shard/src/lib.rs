@@ -38,7 +38,7 @@ pub mod sharded;
 pub mod updates;
 
 pub use clock::ClockMode;
-pub use engine::{Engine, EngineConfig, FinalState, Mode};
+pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
 pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Producer, SubmitError};

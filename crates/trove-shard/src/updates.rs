@@ -190,9 +190,10 @@ pub struct HubMetrics {
 #[derive(Debug)]
 struct Topics<G: Game> {
     live: IdMap<Topic<G>>,
-    /// Worlds that had subscribers: where their numbering resumes, so a
-    /// world's sequence never restarts while the engine runs.
-    retired: IdMap<u64>,
+    /// Where a new topic's numbering starts: past every number a retired
+    /// topic reached, so no world's sequence goes back while the engine
+    /// runs, and no per-world memory outlives its subscribers.
+    resume_at: u64,
 }
 
 /// Every world's subscribers. Shared by the shards (publishing) and the I/O
@@ -209,7 +210,7 @@ pub struct Hub<G: Game> {
 impl<G: Game> Default for Hub<G> {
     fn default() -> Self {
         Self {
-            topics: Mutex::new(Topics { live: IdMap::default(), retired: IdMap::default() }),
+            topics: Mutex::new(Topics { live: IdMap::default(), resume_at: 1 }),
             live: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
@@ -238,10 +239,10 @@ impl<G: Game> Hub<G> {
     /// first update it will get. Subscribing twice is a no-op.
     pub fn subscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> u64 {
         let mut t = self.lock();
-        let Topics { live, retired } = &mut *t;
+        let Topics { live, resume_at } = &mut *t;
         let topic = live.entry(world).or_insert_with(|| {
             self.live.fetch_add(1, Relaxed);
-            Topic { next_seq: retired.remove(&world).unwrap_or(1), subscribers: Vec::new() }
+            Topic { next_seq: *resume_at, subscribers: Vec::new() }
         });
         if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
             topic.subscribers.push(mailbox.clone());
@@ -269,7 +270,7 @@ impl<G: Game> Hub<G> {
 
     fn retire(&self, t: &mut Topics<G>, world: WorldId) {
         if let Some(topic) = t.live.remove(&world) {
-            t.retired.insert(world, topic.next_seq);
+            t.resume_at = t.resume_at.max(topic.next_seq);
             self.live.fetch_sub(1, Relaxed);
         }
     }

@@ -157,7 +157,17 @@ fn send_signal(pid: u32, signal: &str) {
 /// `--data DATA --tcp TCP --ws off EXTRA...`
 fn serve_args(data: &Path, tcp: &str, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> =
-        vec!["--data".into(), data.into(), "--tcp".into(), tcp.into(), "--ws".into(), "off".into()];
+        // The control plane on a port of its own: tests run side by side.
+        vec![
+            "--data".into(),
+            data.into(),
+            "--tcp".into(),
+            tcp.into(),
+            "--ws".into(),
+            "off".into(),
+            "--control".into(),
+            "127.0.0.1:0".into(),
+        ];
     args.extend(extra.iter().map(OsString::from));
     args
 }
@@ -923,6 +933,8 @@ fn serve_rejects_bad_settings() {
         "127.0.0.1:0".into(),
         "--ws".into(),
         "nowhere".into(),
+        "--control".into(),
+        "off".into(),
     ];
     let cases: Vec<(&str, Vec<OsString>, Vec<&str>)> = vec![
         ("--fsync sometimes", with(&["--fsync", "sometimes"]), vec!["sometimes"]),
