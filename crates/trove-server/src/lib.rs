@@ -369,3 +369,69 @@ pub(crate) fn poll_complete<G: WireGame>(
         None => std::task::Poll::Pending,
     }
 }
+
+/// A connection's subscriptions, one mailbox for all its hunts: the
+/// bookkeeping the TCP and WebSocket endpoints share.
+pub(crate) struct Subscriptions<G: WireGame> {
+    mailbox: Option<Arc<trove_shard::Mailbox<G>>>,
+    worlds: Vec<trove_core::WorldId>,
+}
+
+impl<G: WireGame> Subscriptions<G> {
+    pub fn new() -> Self {
+        Self { mailbox: None, worlds: Vec::new() }
+    }
+
+    /// Subscribes to `hunt`; returns the number of its next update, or
+    /// `None` past the connection's limit (counted as an error sent).
+    pub fn subscribe(&mut self, shared: &Shared<G>, hunt: trove_core::WorldId) -> Option<u64> {
+        let new = !self.worlds.contains(&hunt);
+        if new && self.worlds.len() >= shared.config.subscriptions_max {
+            shared.metrics.errors[trove_proto::ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
+            return None;
+        }
+        let updates_max = shared.config.subscriber_updates_max;
+        let mailbox = self.mailbox.get_or_insert_with(|| trove_shard::Mailbox::new(updates_max));
+        let next_seq = shared.engine.hub().subscribe(hunt, mailbox);
+        if new {
+            self.worlds.push(hunt);
+            shared.metrics.subscribers.fetch_add(1, Relaxed);
+        }
+        Some(next_seq)
+    }
+
+    /// Unsubscribes (a no-op for a hunt not subscribed). Updates already
+    /// in the mailbox stay there.
+    pub fn unsubscribe(&mut self, shared: &Shared<G>, hunt: trove_core::WorldId) {
+        if let Some(at) = self.worlds.iter().position(|&w| w == hunt) {
+            self.worlds.swap_remove(at);
+            shared.metrics.subscribers.fetch_sub(1, Relaxed);
+            if let Some(m) = &self.mailbox {
+                shared.engine.hub().unsubscribe(hunt, m);
+            }
+        }
+    }
+
+    /// Ends every subscription; the hub drops the mailbox.
+    pub fn close(&mut self, shared: &Shared<G>) {
+        if let Some(m) = self.mailbox.take() {
+            m.close();
+            for w in self.worlds.drain(..) {
+                shared.engine.hub().unsubscribe(w, &m);
+                shared.metrics.subscribers.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// The mailbox, once something was subscribed.
+    pub fn mailbox(&self) -> Option<Arc<trove_shard::Mailbox<G>>> {
+        self.mailbox.clone()
+    }
+
+    /// Moves what the mailbox holds to `into`.
+    pub fn take(&self, into: &mut Vec<trove_shard::Delivery<G>>) {
+        if let Some(m) = &self.mailbox {
+            m.take(into);
+        }
+    }
+}

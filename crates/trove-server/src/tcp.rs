@@ -15,14 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use trove_core::{Record, Stamped, WorldId};
+use trove_core::{Record, Stamped};
 use trove_proto::frame::{
     self, ErrorCode, FrameError, HEADER_LEN, HELLO_BODY_MAX, Hello, Kind, MAGIC, Sizes, VERSION, Welcome, hello_flags,
 };
 use trove_proto::{Frame, WireGame};
-use trove_shard::{Completed, Delivery, Mailbox, Producer, SubmitError};
+use trove_shard::{Completed, Delivery, Producer, SubmitError};
 
-use crate::{Shared, json::JsonGame, poll_complete};
+use crate::{Shared, Subscriptions, json::JsonGame, poll_complete};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 << 10;
@@ -93,8 +93,7 @@ struct Connection<G: WireGame> {
     /// engine in sequence order for retries to be recognised.
     busy_from: Option<u64>,
     events: Vec<Stamped<G::Event>>,
-    mailbox: Option<Arc<Mailbox<G>>>,
-    subscriptions: Vec<WorldId>,
+    subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
 }
 
@@ -109,8 +108,7 @@ impl<G: WireGame> Connection<G> {
             outcomes: false,
             busy_from: None,
             events: Vec::new(),
-            mailbox: None,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
         }
     }
@@ -144,13 +142,7 @@ impl<G: WireGame> Connection<G> {
     }
 
     fn unsubscribe_all(&mut self) {
-        if let Some(m) = self.mailbox.take() {
-            m.close();
-            for w in self.subscriptions.drain(..) {
-                self.shared.engine.hub().unsubscribe(w, &m);
-                self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
-            }
-        }
+        self.subscriptions.close(&self.shared);
     }
 
     /// Reads until `split` finds a frame or the buffer would pass `max`.
@@ -277,7 +269,7 @@ impl<G: WireGame> Connection<G> {
             // behind them) bound what is read: a flood of refused frames
             // cannot grow `owed` while a batch waits for its durability.
             let can_read = !eof && !stopping && self.owed.len() < config.window_batches && !self.frame_buffered();
-            let subscribed = self.mailbox.clone();
+            let subscribed = self.subscriptions.mailbox();
             // Not biased: a busy subscription must not starve reading, the
             // idle timer or shutdown.
             tokio::select! {
@@ -353,39 +345,21 @@ impl<G: WireGame> Connection<G> {
                 Ok(())
             }
             Frame::Subscribe { hunt } => {
-                if !self.subscriptions.contains(&hunt)
-                    && self.subscriptions.len() >= self.shared.config.subscriptions_max
-                {
-                    // Straight out, like SUBSCRIBED: subscription answers keep
-                    // their order among themselves, not behind batches.
-                    frame::encode_error(
+                // Straight to `out`, refusal included: subscription answers
+                // keep their order among themselves, not behind batches, and
+                // SUBSCRIBED goes out before any update (written after `out`).
+                match self.subscriptions.subscribe(&self.shared, hunt) {
+                    Some(next_seq) => frame::encode_subscribed(&mut self.out, hunt, next_seq),
+                    None => frame::encode_error(
                         &mut self.out,
                         ErrorCode::TooManySubscriptions,
                         &format!("at most {} subscriptions per connection", self.shared.config.subscriptions_max),
-                    );
-                    self.shared.metrics.errors[ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
-                    return Ok(());
+                    ),
                 }
-                let updates_max = self.shared.config.subscriber_updates_max;
-                let mailbox = self.mailbox.get_or_insert_with(|| Mailbox::new(updates_max)).clone();
-                // SUBSCRIBED goes out before any update of the subscription:
-                // updates are only written after `out`, which holds it.
-                let next_seq = self.shared.engine.hub().subscribe(hunt, &mailbox);
-                if !self.subscriptions.contains(&hunt) {
-                    self.subscriptions.push(hunt);
-                    self.shared.metrics.subscribers.fetch_add(1, Relaxed);
-                }
-                frame::encode_subscribed(&mut self.out, hunt, next_seq);
                 Ok(())
             }
             Frame::Unsubscribe { hunt } => {
-                if let Some(at) = self.subscriptions.iter().position(|&w| w == hunt) {
-                    self.subscriptions.swap_remove(at);
-                    self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
-                    if let Some(m) = &self.mailbox {
-                        self.shared.engine.hub().unsubscribe(hunt, m);
-                    }
-                }
+                self.subscriptions.unsubscribe(&self.shared, hunt);
                 // Updates already queued still go out before UNSUBSCRIBED.
                 self.deliver();
                 frame::encode_u32_frame(&mut self.out, Kind::Unsubscribed, hunt);
@@ -493,8 +467,7 @@ impl<G: WireGame> Connection<G> {
 
     /// Moves the mailbox's deliveries into `out`.
     fn deliver(&mut self) {
-        let Some(m) = &self.mailbox else { return };
-        m.take(&mut self.deliveries);
+        self.subscriptions.take(&mut self.deliveries);
         let max = self.shared.config.frame_body_max;
         for d in self.deliveries.drain(..) {
             self.shared.metrics.frames_out.fetch_add(1, Relaxed);

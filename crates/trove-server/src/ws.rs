@@ -20,10 +20,10 @@ use tokio::time::Instant;
 
 use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
-use trove_shard::{Completed, Delivery, Mailbox, Producer, SubmitError, Update};
+use trove_shard::{Completed, Delivery, Producer, SubmitError, Update};
 
 use crate::json::JsonGame;
-use crate::{Shared, poll_complete};
+use crate::{Shared, Subscriptions, poll_complete};
 
 /// Entries per JSON update message.
 const JSON_ENTRIES_MAX: usize = 256;
@@ -164,8 +164,7 @@ struct WsConnection<G: WireGame + JsonGame> {
     owed: VecDeque<Owed>,
     busy_from: Option<u64>,
     out: Vec<String>,
-    mailbox: Option<Arc<Mailbox<G>>>,
-    subscriptions: Vec<WorldId>,
+    subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
 }
 
@@ -183,8 +182,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             owed: VecDeque::new(),
             busy_from: None,
             out: Vec::new(),
-            mailbox: None,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
         }
     }
@@ -201,13 +199,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             }
         }
         let _ = socket.send(Message::Close(None)).await;
-        if let Some(m) = self.mailbox.take() {
-            m.close();
-            for w in self.subscriptions.drain(..) {
-                self.shared.engine.hub().unsubscribe(w, &m);
-                self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
-            }
-        }
+        self.subscriptions.close(&self.shared);
         self.claim = None;
     }
 
@@ -229,7 +221,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
             }
             let can_read = !stopping && self.owed.len() < config.window_batches;
-            let subscribed = self.mailbox.clone();
+            let subscribed = self.subscriptions.mailbox();
             let producer = &mut self.producer;
             tokio::select! {
                 c = poll_fn(|cx| match producer.as_mut() {
@@ -356,13 +348,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 if kind == "subscribe" {
                     self.subscribe(hunt);
                 } else {
-                    if let Some(at) = self.subscriptions.iter().position(|&w| w == hunt) {
-                        self.subscriptions.swap_remove(at);
-                        self.shared.metrics.subscribers.fetch_sub(1, Relaxed);
-                        if let Some(m) = &self.mailbox {
-                            self.shared.engine.hub().unsubscribe(hunt, m);
-                        }
-                    }
+                    self.subscriptions.unsubscribe(&self.shared, hunt);
                     self.deliver();
                     self.out.push(json!({"type": "unsubscribed", "hunt": hunt}).to_string());
                 }
@@ -400,20 +386,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     }
 
     fn subscribe(&mut self, hunt: WorldId) {
-        if !self.subscriptions.contains(&hunt) && self.subscriptions.len() >= self.shared.config.subscriptions_max {
-            let max = self.shared.config.subscriptions_max;
-            self.shared.metrics.errors[ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
-            self.out.push(error_json(ErrorCode::TooManySubscriptions, &format!("at most {max} subscriptions")));
-            return;
+        match self.subscriptions.subscribe(&self.shared, hunt) {
+            Some(next_seq) => {
+                self.out.push(json!({"type": "subscribed", "hunt": hunt, "next_seq": next_seq}).to_string());
+            }
+            None => {
+                let max = self.shared.config.subscriptions_max;
+                self.out.push(error_json(ErrorCode::TooManySubscriptions, &format!("at most {max} subscriptions")));
+            }
         }
-        let updates_max = self.shared.config.subscriber_updates_max;
-        let mailbox = self.mailbox.get_or_insert_with(|| Mailbox::new(updates_max)).clone();
-        let next_seq = self.shared.engine.hub().subscribe(hunt, &mailbox);
-        if !self.subscriptions.contains(&hunt) {
-            self.subscriptions.push(hunt);
-            self.shared.metrics.subscribers.fetch_add(1, Relaxed);
-        }
-        self.out.push(json!({"type": "subscribed", "hunt": hunt, "next_seq": next_seq}).to_string());
     }
 
     fn refuse(&mut self, code: ErrorCode, message: String) {
@@ -453,8 +434,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     }
 
     fn deliver(&mut self) {
-        let Some(m) = &self.mailbox else { return };
-        m.take(&mut self.deliveries);
+        self.subscriptions.take(&mut self.deliveries);
         for d in self.deliveries.drain(..) {
             match d {
                 Delivery::Chunk(chunk) => {
