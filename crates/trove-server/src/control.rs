@@ -28,7 +28,7 @@ use trove_hunt::{HuntEvent, HuntOutcome, Reject, TreasureHunt};
 use trove_shard::{Engine, Producer, SubmitError};
 
 use crate::ServerMetrics;
-use crate::json::JsonGame;
+use crate::json::{JsonGame, config_json, top_json};
 use crate::metrics::{self, MetricsSources};
 
 /// What the control plane reports about the engine it serves.
@@ -230,10 +230,6 @@ async fn with_hunt(
     }
 }
 
-fn top_json(top: &trove_hunt::Top10) -> Value {
-    Value::Array(top.entries().iter().map(|e| json!({"player": e.player, "score": e.score})).collect())
-}
-
 fn summary(h: &trove_hunt::Hunt) -> Value {
     json!({"id": h.id(), "round": h.round(), "players": h.players_joined(), "treasures_left": h.treasures_left()})
 }
@@ -250,14 +246,8 @@ async fn hunt_detail(State(ctx): State<Arc<Ctx>>, id: PathArg<String>) -> Respon
         Err(e) => return path_error(e),
     };
     let detail = with_hunt(&ctx, &id, |h| {
-        let c = h.config();
         let mut v = summary(h);
-        v["config"] = json!({
-            "width": c.width, "height": c.height, "seed": c.seed,
-            "treasures_per_round": c.treasures_per_round, "value_min": c.value_min,
-            "value_max": c.value_max, "dig_cooldown_ms": c.dig_cooldown_ms,
-            "step_max": c.step_max, "players_max": c.players_max,
-        });
+        v["config"] = config_json(h.config());
         v["leaderboard"] = top_json(h.leaderboard());
         v
     });

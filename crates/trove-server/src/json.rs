@@ -34,7 +34,18 @@ fn int16(v: &Value, name: &str) -> Result<i16, String> {
     i16::try_from(x).map_err(|_| format!("`{name}` = {x} is out of range"))
 }
 
-fn top_json(top: &Top10) -> Value {
+/// A hunt's config, as events and the control plane show it.
+pub(crate) fn config_json(c: &HuntConfig) -> Value {
+    json!({
+        "width": c.width, "height": c.height, "seed": c.seed,
+        "treasures_per_round": c.treasures_per_round, "value_min": c.value_min,
+        "value_max": c.value_max, "dig_cooldown_ms": c.dig_cooldown_ms,
+        "step_max": c.step_max, "players_max": c.players_max,
+    })
+}
+
+/// A top-10 as `[{"player", "score"}]`.
+pub(crate) fn top_json(top: &Top10) -> Value {
     Value::Array(top.entries().iter().map(|e| json!({"player": e.player, "score": e.score})).collect())
 }
 
@@ -77,11 +88,7 @@ impl JsonGame for TreasureHunt {
     fn event_to_json(e: &HuntEvent) -> Value {
         let (hunt, player) = (e.hunt, e.player);
         match e.action {
-            Action::Create(c) => json!({"hunt": hunt, "action": "create", "config": {
-                "width": c.width, "height": c.height, "seed": c.seed,
-                "treasures_per_round": c.treasures_per_round, "value_min": c.value_min,
-                "value_max": c.value_max, "dig_cooldown_ms": c.dig_cooldown_ms,
-                "step_max": c.step_max, "players_max": c.players_max}}),
+            Action::Create(c) => json!({"hunt": hunt, "action": "create", "config": config_json(&c)}),
             Action::Join => json!({"hunt": hunt, "player": player, "action": "join"}),
             Action::Leave => json!({"hunt": hunt, "player": player, "action": "leave"}),
             Action::Move { dx, dy } => json!({"hunt": hunt, "player": player, "action": "move", "dx": dx, "dy": dy}),
