@@ -387,6 +387,14 @@ impl<G: WireGame> Producer<G> {
         self.wait_to_close_batch().await
     }
 
+    /// Closes the open batch now if the window has room, never waiting:
+    /// `Ok(false)` if it has none (the batch stays open). With [`send`](Self::send)
+    /// and [`Acks::try_next`] it lets a thread of its own, outside any
+    /// runtime, pace a producer (as `trove bench` does).
+    pub fn try_flush(&mut self) -> Result<bool, ClientError> {
+        self.try_close_batch()
+    }
+
     /// Flushes, then waits until every event sent so far is answered.
     pub async fn drain(&mut self) -> Result<(), ClientError> {
         self.flush().await?;

@@ -223,7 +223,13 @@ pub fn render(src: &MetricsSources) -> String {
         o.one("process_resident_memory_bytes", "gauge", "Resident memory of the process.", rss);
     }
 
-    runtime_metrics(&mut o, &[("data", &src.data_plane), ("control", &src.control_plane)]);
+    // The per-event modes apply events on a runtime of their own.
+    let engine_runtime = src.engine.runtime_handle();
+    let mut runtimes = vec![("data", &src.data_plane), ("control", &src.control_plane)];
+    if let Some(h) = &engine_runtime {
+        runtimes.push(("engine", h));
+    }
+    runtime_metrics(&mut o, &runtimes);
     o.text
 }
 

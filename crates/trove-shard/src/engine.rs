@@ -341,6 +341,15 @@ impl<G: Game> Engine<G> {
         rx
     }
 
+    /// The tokio runtime that applies events in the per-event modes
+    /// (`None` when sharded: shards are plain threads), for its metrics.
+    pub fn runtime_handle(&self) -> Option<tokio::runtime::Handle> {
+        match &self.inner.backend {
+            Backend::Sharded(_) => None,
+            Backend::PerEvent(p) => Some(p.handle().clone()),
+        }
+    }
+
     /// Subscriptions to worlds' update streams.
     pub fn hub(&self) -> &Arc<Hub<G>> {
         &self.inner.hub

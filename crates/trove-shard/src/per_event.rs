@@ -124,6 +124,10 @@ pub(crate) struct PerEvent<G: Game> {
 }
 
 impl<G: Game> PerEvent<G> {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
     pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.shards)
