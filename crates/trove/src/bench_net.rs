@@ -90,15 +90,6 @@ fn scripts(spec: &WorkloadSpec, parts: u32, events: u64) -> Vec<Script> {
         .collect()
 }
 
-fn cpu_time() -> Duration {
-    // utime + stime of this process from /proc/self/stat, in clock ticks.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10)
-}
-
 /// What one connection measured.
 struct ConnResult {
     sent: u64,
@@ -256,7 +247,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
     setup_done.wait();
     eprintln!("trove bench net: setup acknowledged; measuring");
     let shard_before = local.as_ref().map(|s| s.engine().metrics());
-    let cpu_before = cpu_time();
+    let cpu_before = crate::load::cpu_time();
     let began = Instant::now();
     start.wait();
     let results: Vec<ConnResult> = runtime.block_on(async {
@@ -267,7 +258,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
         Ok::<_, String>(out)
     })?;
     let seconds = began.elapsed().as_secs_f64();
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu = crate::load::cpu_time().saturating_sub(cpu_before);
     let shard_busy_ratio = match (&local, shard_before) {
         (Some(server), Some(before)) => {
             let after = server.engine().metrics();

@@ -9,13 +9,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the bench flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the engine: the TCP data plane (protocol v1), the WebSocket
     /// endpoint and the journal, until SIGINT or SIGTERM.
     Serve(Serve),
-    /// Measure the engine.
-    #[command(subcommand)]
+    /// Measure the engine. Without a subcommand: the open-loop load
+    /// generator (a single run at --rate, or --ramp to find the knee; --modes
+    /// compares execution modes, each on a fresh server).
     Bench(Bench),
     /// Check and read a data directory's journal.
     #[command(subcommand)]
@@ -117,8 +120,119 @@ pub struct Replay {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Bench {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub load: BenchLoad,
+}
+
+/// `trove bench` without a subcommand: open-loop load over TCP.
+#[derive(Debug, Args)]
+pub struct BenchLoad {
+    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
+    #[arg(long, default_value = "standard")]
+    pub workload: String,
+    /// Offered events per second of a single run [default: 1000000].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds a single run lasts.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// constant, or poisson (the count per 100 us slot is a Poisson draw).
+    #[arg(long, default_value = "constant")]
+    pub arrivals: String,
+    /// Climb steps of offered load to the knee (implied by several --modes
+    /// without --rate).
+    #[arg(long)]
+    pub ramp: bool,
+    /// The ramp's first step, events per second (low: the per-event modes'
+    /// knees are tens of thousands).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub ramp_from: f64,
+    /// Each fine step offers this times the last (1.1: +10%).
+    #[arg(long, default_value_t = 1.1)]
+    pub ramp_factor: f64,
+    /// Until a step first fails, each step offers this times the last; then
+    /// the ramp goes back to the last passing step and climbs by
+    /// --ramp-factor (1 to climb by --ramp-factor from the start).
+    #[arg(long, default_value_t = 2.0)]
+    pub ramp_coarse: f64,
+    /// The ramp stops at this offered rate.
+    #[arg(long, default_value_t = 100_000_000.0)]
+    pub ramp_max: f64,
+    /// Seconds each ramp step is held.
+    #[arg(long, default_value_t = 3.0)]
+    pub step_seconds: f64,
+    /// Most steps in a ramp.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub steps_max: u32,
+    /// p99 latency to acknowledgement a step must stay within, ms.
+    #[arg(long, default_value_t = 10.0)]
+    pub slo_ms: f64,
+    /// Execution modes to run side by side, comma separated (sharded,
+    /// task-per-event, spawn-blocking-per-event), each on a fresh server.
+    #[arg(long, default_value = "sharded", value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// Drive a server that is already running at HOST:PORT instead.
+    #[arg(long)]
+    pub target: Option<std::net::SocketAddr>,
+    /// With --target: its control plane HOST:PORT, to scrape /metrics.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Producer connections; each owns a partition of the hunts and offers
+    /// its share of the rate.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connections: u32,
+    /// Most events per batch (EVENTS frame); batches close every 1 ms tick.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Batches each connection keeps in flight at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub window: u32,
+    /// Hunts a subscriber watches to time updates (0: none).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub watch: u32,
+    /// The fresh servers' shards (sharded) or runtime workers (per-event
+    /// modes) [default: the server's, one per core].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+    /// The fresh servers' journal: none (in memory; the per-event modes
+    /// have no journal), or always, interval=<ms>, never.
+    #[arg(long, default_value = "none")]
+    pub fsync: String,
+    /// Threads of the fresh servers' I/O runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub io_workers: u32,
+    /// Threads of the generator's runtime (the SDK's I/O tasks; a thread
+    /// of its own paces the arrivals).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub client_workers: u32,
+    /// How often the pacer sends what has arrived, microseconds: shorter
+    /// ticks mean lower latency and smaller batches.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(50..=100_000))]
+    pub tick_us: u64,
+    /// How long a batch stays open for more events, microseconds (it
+    /// closes sooner when full): the client's share of the latency, traded
+    /// for fewer, larger frames.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub linger_us: u64,
+    /// Seconds a step's backlog and acknowledgements may take to clear
+    /// after it; past that the mode's run ends.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Write every figure as JSON to this file (`-`: stdout).
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Write a Markdown report with SVG charts into this directory.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
-pub enum Bench {
+pub enum BenchCommand {
     /// Apply a workload in-process on one thread: the rules' own speed.
     Apply(BenchApply),
     /// Drive a workload in-process through the executor at the maximum rate.
@@ -171,7 +285,7 @@ pub struct BenchNet {
     /// Drive a server that is already running at HOST:PORT instead.
     #[arg(long)]
     pub target: Option<std::net::SocketAddr>,
-    /// A built-in workload name (standard) or a workload TOML file.
+    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,
     /// Print one JSON object instead of text.
@@ -223,7 +337,7 @@ pub struct BenchEngine {
     /// batch to this file (crash tests compare it with the journal).
     #[arg(long)]
     pub ack_log: Option<std::path::PathBuf>,
-    /// A built-in workload name (standard) or a workload TOML file.
+    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,
     /// Print one JSON object instead of text.
@@ -239,7 +353,7 @@ pub struct BenchApply {
     /// Events per applied batch, as a shard would drain them.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub batch: u32,
-    /// A built-in workload name (standard) or a workload TOML file.
+    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,
     /// Print one JSON object instead of text.

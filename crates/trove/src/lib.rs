@@ -8,6 +8,8 @@
 //! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
 //! - [`bench_net`]: `trove bench net`, end to end over loopback through the SDK.
+//! - [`load`]: `trove bench` itself, the open-loop load generator.
+//! - [`load_cmd`]: its flags checked and turned into a run.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
@@ -16,5 +18,7 @@ pub mod bench_engine;
 pub mod bench_net;
 pub mod cli;
 pub mod journal_cmd;
+pub mod load;
+pub mod load_cmd;
 pub mod serve;
 pub mod workload_arg;

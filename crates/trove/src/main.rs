@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use trove::bench_engine::{self, EngineBenchArgs};
 use trove::bench_net::{self, NetBenchArgs};
-use trove::cli::{Bench, Cli, Command, Journal};
+use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
 use trove::{bench_apply, journal_cmd, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 
@@ -21,12 +21,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => trove::serve::run(&args),
-        Command::Bench(Bench::Apply(args)) => {
+        Command::Bench(Bench { command: Some(BenchCommand::Apply(args)), .. }) => {
             let spec = workload_arg::resolve(&args.workload)?;
             let report = bench_apply::run(&spec, args.events, args.batch);
             print_report(&report, args.json)
         }
-        Command::Bench(Bench::Engine(args)) => {
+        Command::Bench(Bench { command: Some(BenchCommand::Engine(args)), .. }) => {
             let spec = workload_arg::resolve(&args.workload)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bench = EngineBenchArgs {
@@ -58,7 +58,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let report = bench_engine::run(&spec, &bench)?;
             print_report(&report, args.json)
         }
-        Command::Bench(Bench::Net(args)) => {
+        Command::Bench(Bench { command: Some(BenchCommand::Net(args)), .. }) => {
             let spec = workload_arg::resolve(&args.workload)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bench = NetBenchArgs {
@@ -85,6 +85,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let report = bench_net::run(&spec, &bench)?;
             print_report(&report, args.json)
         }
+        Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
         Command::Journal(Journal::Verify(args)) => journal_cmd::verify(&args.data, args.json),
         Command::Journal(Journal::Inspect(args)) => journal_cmd::inspect(&args.data, args.hunt, args.limit),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),

@@ -1,0 +1,1297 @@
+//! `trove bench`: an open-loop load generator that finds the throughput
+//! cliff and compares execution modes.
+//!
+//! Open loop: events arrive on a schedule (constant or Poisson,
+//! `arrivals.rs`) whatever the server does; when the server falls behind,
+//! events wait in the generator and their latency counts from when they
+//! were meant to be sent (coordinated omission corrected). Latency is
+//! measured to the acknowledgement and, for a sample of hunts, to the
+//! event's update reaching a subscriber.
+//!
+//! Each producer connection owns a partition of the hunts (as
+//! `Generator::partition` cuts them) and sends 1/connections of the rate.
+//! A step holds one offered rate for a while; a ramp climbs steps (coarse
+//! x2 until one fails, then +10% from the last that passed) to the knee:
+//! the highest step whose achieved rate kept up with the offered rate and
+//! whose p99 stayed within the SLO. Around each step the server's /metrics
+//! is scraped (`scrape.rs`), and `analyse` names the server metric that
+//! crossed its saturation threshold first on the way to the knee.
+//!
+//! Unless `--target` names a running server, each mode gets a fresh
+//! `trove serve` child on loopback (`server.rs`).
+//!
+//! # Layout
+//!
+//! - `model.rs`: the figures (JSON as-is).
+//! - `arrivals.rs`: the arrival schedule.
+//! - `scrape.rs`: /metrics over HTTP, per-step server figures.
+//! - `server.rs`: the child server.
+//! - `report.rs`: `--report DIR`, Markdown and SVG.
+//! - here: connections, steps, ramps, the knee.
+
+pub mod arrivals;
+pub mod model;
+pub mod report;
+pub mod scrape;
+pub mod server;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use trove_client::{ClientConfig, Producer, SendError, Subscriber, Update, UpdateEntry};
+use trove_hunt::{HuntEvent, TreasureHunt};
+use trove_workload::{Generator, WorkloadSpec};
+
+use self::arrivals::{Arrivals, SLOT_NS, Schedule};
+use self::model::{Comparison, FirstMoved, LatencyUs, ModeRun, Ratio, StepReport};
+use self::server::{ChildServer, ChildSpec};
+
+/// Events per latency record: a run of consecutive events of one slot
+/// shares the intended time of its middle.
+const CHUNK_EVENTS: u32 = 64;
+
+/// Achieved must reach this share of offered for a step to pass.
+const KEEP_UP: f64 = 0.95;
+
+/// A ramp that finds no passing step comes down to this rate at the lowest.
+const RAMP_FLOOR: f64 = 1000.0;
+
+/// Latency histograms, in microseconds.
+const LATENCY_US_MAX: u64 = 600_000_000;
+
+/// Everything a run is given.
+#[derive(Clone, Debug)]
+pub struct LoadArgs {
+    pub workload: WorkloadSpec,
+    pub arrivals: Arrivals,
+    /// The single run's offered rate (without `ramp`).
+    pub rate: f64,
+    /// The single run's length.
+    pub duration: Duration,
+    pub ramp: Option<RampArgs>,
+    /// Modes to start fresh servers for; ignored with `target`.
+    pub modes: Vec<String>,
+    pub target: Option<SocketAddr>,
+    /// The target's control plane, for /metrics.
+    pub target_metrics: Option<SocketAddr>,
+    pub server: ServerArgs,
+    pub connections: u32,
+    pub batch_events: u32,
+    pub window_batches: u32,
+    /// Hunts whose updates a subscriber measures (0: no subscriber).
+    pub watch_hunts: u32,
+    pub slo_p99: Duration,
+    pub client_workers: usize,
+    /// How often the pacer wakes to send what has arrived.
+    pub tick: Duration,
+    /// How long a batch may stay open for more events.
+    pub linger: Duration,
+    /// How long a step's backlog and unacknowledged events may take to
+    /// clear after the step; past it the mode's run ends there.
+    pub drain_timeout: Duration,
+    /// Live progress on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RampArgs {
+    pub from: f64,
+    /// Fine steps: rate x factor.
+    pub factor: f64,
+    /// Coarse steps until the first failure: rate x coarse.
+    pub coarse: f64,
+    pub max: f64,
+    pub step: Duration,
+    pub steps_max: u32,
+}
+
+/// The fresh servers' settings.
+#[derive(Clone, Debug)]
+pub struct ServerArgs {
+    pub exe: PathBuf,
+    pub shards: Option<u32>,
+    /// `None`: in memory.
+    pub fsync: Option<String>,
+    pub io_workers: u32,
+}
+
+/// What a run produces: one mode's runs, or several side by side.
+#[derive(Debug)]
+pub struct Outcome {
+    pub runs: Vec<ModeRun>,
+    pub comparison: Option<Comparison>,
+}
+
+/// Runs every mode (or the target) and compares them.
+pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
+    args.workload.validate().map_err(|e| e.to_string())?;
+    if args.connections == 0 || args.connections > args.workload.hunts {
+        return Err(format!("--connections must be in 1..={} (each owns some hunts)", args.workload.hunts));
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err("--rate must be a positive number of events per second".into());
+    }
+    let mut runs = Vec::new();
+    if let Some(target) = args.target {
+        runs.push(run_mode(args, "target", target, args.target_metrics)?);
+    } else {
+        for (i, mode) in args.modes.iter().enumerate() {
+            let spec = ChildSpec {
+                exe: args.server.exe.clone(),
+                mode: mode.clone(),
+                shards: args.server.shards,
+                fsync: args.server.fsync.clone(),
+                data: std::env::temp_dir().join(format!("trove-bench-{}-{i}", std::process::id())),
+                io_workers: args.server.io_workers,
+            };
+            let child = ChildServer::start(&spec)?;
+            say(&format!("{mode}: server on {} (metrics http://{}/metrics)", child.tcp, child.control));
+            let run = run_mode(args, mode, child.tcp, Some(child.control));
+            child.stop(Duration::from_secs(10));
+            runs.push(run?);
+        }
+    }
+    let comparison = (runs.len() > 1).then(|| compare(&runs, args));
+    Ok(Outcome { runs, comparison })
+}
+
+fn compare(runs: &[ModeRun], args: &LoadArgs) -> Comparison {
+    let first = &runs[0];
+    Comparison {
+        workload: args.workload.name.clone(),
+        slo_p99_ms: args.slo_p99.as_secs_f64() * 1e3,
+        runs: runs.to_vec(),
+        ratios: runs[1..]
+            .iter()
+            .map(|r| Ratio {
+                modes: format!("{} / {}", first.mode, r.mode),
+                knee_ratio: match (first.knee_events_per_s, r.knee_events_per_s) {
+                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                    _ => None,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("trove bench: {line}");
+}
+
+/// Nanoseconds since the run's epoch.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns)
+    }
+}
+
+/// A step as the connections are told it.
+#[derive(Clone, Copy, Debug)]
+struct StepPlan {
+    index: u32,
+    /// This connection's share.
+    rate: f64,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+/// A connection's account of a step.
+#[derive(Debug, Default)]
+struct StepDone {
+    offered: u64,
+    sent_in_window: u64,
+    /// The backlog and every acknowledgement cleared within the drain timeout.
+    drained: bool,
+    error: Option<String>,
+}
+
+/// Consecutive events sharing an intended time, waiting for their ack.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    start_seq: u64,
+    end_seq: u64,
+    intended_ns: u64,
+    step: u32,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("histogram bounds")
+}
+
+/// Per-step latency histograms, grown as steps come.
+#[derive(Debug, Default)]
+struct Latencies {
+    steps: Vec<(Histogram<u64>, u64)>,
+}
+
+impl Latencies {
+    fn record(&mut self, step: u32, us: u64, n: u64) {
+        let i = step as usize;
+        while self.steps.len() <= i {
+            self.steps.push((histogram(), 0));
+        }
+        let (h, count) = &mut self.steps[i];
+        h.saturating_record_n(us.max(1), n);
+        *count += n;
+    }
+
+    fn merge_into(&self, step: u32, into: &mut Histogram<u64>) -> u64 {
+        match self.steps.get(step as usize) {
+            Some((h, n)) => {
+                into.add(h).ok();
+                *n
+            }
+            None => 0,
+        }
+    }
+}
+
+/// Shared by a connection's sender and its ack reader.
+#[derive(Debug, Default)]
+struct ConnShared {
+    inner: Mutex<ConnInner>,
+}
+
+#[derive(Debug, Default)]
+struct ConnInner {
+    chunks: VecDeque<Chunk>,
+    latencies: Latencies,
+    /// Intended time to handed to the SDK, per chunk.
+    send_lag: Latencies,
+    /// The acknowledgement stream ended in an error.
+    failed: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The hunts whose updates are timed, and for each the intended send
+/// times of its events sent and not yet seen in an update, in order: a
+/// hunt's events come from one connection and are applied in send order,
+/// so the n-th APPLIED entry of its stream is the n-th event sent.
+#[derive(Debug)]
+struct Watch {
+    /// By hunt: index into `hunts`, or u32::MAX.
+    index: Vec<u32>,
+    hunts: Vec<Mutex<WatchedHunt>>,
+    latencies: Mutex<Latencies>,
+    gaps: AtomicU64,
+}
+
+#[derive(Debug)]
+struct WatchedHunt {
+    hunt: u32,
+    /// False after a gap: the stream and the queue no longer line up.
+    synced: bool,
+    queue: VecDeque<(u64, u32)>,
+}
+
+impl Watch {
+    fn new(spec: &WorkloadSpec, count: u32) -> Self {
+        let count = count.min(spec.hunts);
+        let mut index = vec![u32::MAX; spec.hunts as usize];
+        let mut hunts = Vec::new();
+        for i in 0..count {
+            // Spread over the hunt numbers, so over connections and shards;
+            // hunt 0 (the hottest of a skewed workload) is among them.
+            let h = (u64::from(i) * u64::from(spec.hunts) / u64::from(count)) as u32;
+            index[h as usize] = hunts.len() as u32;
+            hunts.push(Mutex::new(WatchedHunt { hunt: h, synced: true, queue: VecDeque::new() }));
+        }
+        Self { index, hunts, latencies: Mutex::default(), gaps: AtomicU64::new(0) }
+    }
+
+    #[inline]
+    fn slot(&self, hunt: u32) -> Option<&Mutex<WatchedHunt>> {
+        let i = *self.index.get(hunt as usize)?;
+        if i == u32::MAX { None } else { self.hunts.get(i as usize) }
+    }
+
+    fn pending(&self) -> usize {
+        self.hunts.iter().map(|h| lock(h)).filter(|h| h.synced).map(|h| h.queue.len()).sum()
+    }
+}
+
+/// The producer side of one connection, driven by the pacer thread.
+struct Conn {
+    producer: Producer<TreasureHunt>,
+    generator: Generator,
+    shared: Arc<ConnShared>,
+    seed: u64,
+    /// The current step's arrivals and what is left of them.
+    schedule: Option<Schedule>,
+    next_slot_ns: u64,
+    backlog: VecDeque<Slot>,
+    /// The chunk being sent: its slot's start and size, the next event's
+    /// index in the slot, and how many of the chunk's events are left.
+    chunk: (u64, u32, u32, u32),
+    /// An event generated but refused by a full window.
+    pending: Option<HuntEvent>,
+    /// When the open batch got its first event (within a tick).
+    opened_ns: u64,
+    done: StepDone,
+    sent: u64,
+    finished: bool,
+}
+
+/// A slot's arrivals, some possibly sent.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start_ns: u64,
+    n: u32,
+    done: u32,
+}
+
+impl Conn {
+    fn begin(&mut self, plan: &StepPlan, arrivals: Arrivals) {
+        let seed = trove_core::rng::mix64(self.seed ^ (u64::from(plan.index) << 40));
+        self.schedule = Some(Schedule::new(arrivals, plan.rate, seed));
+        self.next_slot_ns = plan.start_ns;
+        self.backlog.clear();
+        self.done = StepDone { sent_in_window: u64::MAX, ..StepDone::default() };
+        self.sent = 0;
+        self.finished = false;
+    }
+
+    /// Takes in the slots that have ended by `now` (within the step), sends
+    /// what the window takes, and closes the open batch. Never waits.
+    fn pace(&mut self, now: u64, plan: &StepPlan, watch: &Watch, linger_ns: u64) -> Result<(), String> {
+        if let Some(schedule) = &mut self.schedule {
+            while self.next_slot_ns + SLOT_NS <= now.min(plan.end_ns) {
+                let n = schedule.next_slot();
+                if n > 0 {
+                    self.backlog.push_back(Slot { start_ns: self.next_slot_ns, n, done: 0 });
+                    self.done.offered += u64::from(n);
+                }
+                self.next_slot_ns += SLOT_NS;
+            }
+            if self.next_slot_ns + SLOT_NS > plan.end_ns {
+                // Every arrival of the step is in.
+                self.schedule = None;
+            }
+        }
+        if now >= plan.end_ns && self.done.sent_in_window == u64::MAX {
+            // The rest of the backlog goes out after the step.
+            self.done.sent_in_window = self.sent;
+        }
+        let was_open = self.producer.open_events() > 0;
+        self.pump(now, plan.index, watch)?;
+        if !was_open && self.producer.open_events() > 0 {
+            // Close enough: the batch opened during this tick.
+            self.opened_ns = now;
+        }
+        // A batch closes when full (in `send`), when it has lingered, or
+        // once the step's arrivals are all in.
+        if self.producer.open_events() > 0
+            && (now.saturating_sub(self.opened_ns) >= linger_ns || now >= plan.end_ns)
+            && self.producer.try_flush().map_err(|e| e.to_string())?
+        {
+            self.opened_ns = now;
+        }
+        Ok(())
+    }
+
+    /// Sends backlog events in order until the window is full.
+    fn pump(&mut self, now: u64, step: u32, watch: &Watch) -> Result<(), String> {
+        loop {
+            if let Some(e) = self.pending.take() {
+                match self.producer.send(e) {
+                    Ok(_) => self.sent += 1,
+                    Err(SendError::Full(e)) => {
+                        self.pending = Some(e);
+                        return Ok(());
+                    }
+                    Err(SendError::Closed(_, err)) => return Err(err.to_string()),
+                }
+            }
+            let (slot_start, n, j, left) = &mut self.chunk;
+            if *left > 0 {
+                let e = self.generator.next_event();
+                if let Some(w) = watch.slot(e.hunt) {
+                    let mut w = lock(w);
+                    if w.synced {
+                        w.queue.push_back((*slot_start + arrivals::offset_ns(*j, *j + 1, *n), step));
+                    }
+                }
+                *j += 1;
+                *left -= 1;
+                self.pending = Some(e);
+                continue;
+            }
+            let Some(slot) = self.backlog.front_mut() else { return Ok(()) };
+            let (from, to) = (slot.done, (slot.done + CHUNK_EVENTS).min(slot.n));
+            let start_seq = self.producer.next_seq();
+            let intended_ns = slot.start_ns + arrivals::offset_ns(from, to, slot.n);
+            // The chunk is known before its events can be acknowledged.
+            let mut inner = lock(&self.shared.inner);
+            inner.chunks.push_back(Chunk { start_seq, end_seq: start_seq + u64::from(to - from), intended_ns, step });
+            inner.send_lag.record(step, now.saturating_sub(intended_ns) / 1000, u64::from(to - from));
+            drop(inner);
+            self.chunk = (slot.start_ns, slot.n, from, to - from);
+            slot.done = to;
+            if slot.done == slot.n {
+                self.backlog.pop_front();
+            }
+        }
+    }
+
+    /// Whether everything of the step is sent and acknowledged.
+    fn drained(&self) -> bool {
+        self.schedule.is_none()
+            && self.backlog.is_empty()
+            && self.pending.is_none()
+            && self.chunk.3 == 0
+            && self.producer.open_events() == 0
+            && lock(&self.shared.inner).chunks.is_empty()
+    }
+}
+
+/// The pacer: one thread that wakes every `tick`, takes in each
+/// connection's arrivals and hands them to the SDK (`send`, `try_flush`:
+/// no await, no lock but the SDK's per batch). The SDK's tasks on the
+/// client runtime do the I/O. A thread with `sleep` keeps a tick of a
+/// few hundred microseconds; tokio's timer has a resolution of 1 ms.
+struct Pacer {
+    conns: Vec<Conn>,
+    watch: Arc<Watch>,
+    clock: Clock,
+    arrivals: Arrivals,
+    tick: Duration,
+    linger: Duration,
+    drain_timeout: Duration,
+    plans: mpsc::Receiver<StepPlan>,
+    replies: mpsc::Sender<StepDone>,
+}
+
+fn pacer(p: Pacer) -> Vec<Conn> {
+    let Pacer { mut conns, watch, clock, arrivals, tick, linger, drain_timeout, plans, replies } = p;
+    'plans: while let Ok(plan) = plans.recv() {
+        for c in &mut conns {
+            c.begin(&plan, arrivals);
+        }
+        let deadline = plan.end_ns + drain_timeout.as_nanos() as u64;
+        sleep_until(clock.at(plan.start_ns));
+        let mut next_tick = Instant::now();
+        loop {
+            let now = clock.now_ns();
+            let mut all = true;
+            for c in conns.iter_mut().filter(|c| !c.finished) {
+                if let Err(e) = c.pace(now, &plan, &watch, linger.as_nanos() as u64) {
+                    c.done.error = Some(e);
+                    c.finished = true;
+                } else if now >= plan.end_ns && c.drained() {
+                    c.done.drained = true;
+                    c.finished = true;
+                } else if now >= deadline {
+                    c.finished = true;
+                }
+                all &= c.finished;
+            }
+            if all {
+                break;
+            }
+            next_tick += tick;
+            let now = Instant::now();
+            if next_tick < now {
+                next_tick = now;
+            }
+            sleep_until(next_tick);
+        }
+        let mut done = StepDone { drained: true, sent_in_window: 0, ..StepDone::default() };
+        for c in &mut conns {
+            let d = std::mem::take(&mut c.done);
+            done.offered += d.offered;
+            done.sent_in_window += if d.sent_in_window == u64::MAX { c.sent } else { d.sent_in_window };
+            done.drained &= d.drained;
+            done.error = done.error.take().or(d.error);
+        }
+        let stop = !done.drained || done.error.is_some();
+        if replies.send(done).is_err() || stop {
+            break 'plans;
+        }
+    }
+    conns
+}
+
+/// Reads a connection's acknowledgements: each chunk's events get
+/// `now - intended` when the batch holding them is acknowledged.
+async fn read_acks(
+    mut acks: trove_client::Acks<TreasureHunt>,
+    shared: Arc<ConnShared>,
+    acked_total: Arc<AtomicU64>,
+    clock: Clock,
+) {
+    while let Some(ack) = acks.next().await {
+        let ack = match ack {
+            Ok(a) => a,
+            Err(e) => {
+                lock(&shared.inner).failed = Some(e.to_string());
+                return;
+            }
+        };
+        let now = clock.now_ns();
+        let end = ack.first_seq + u64::from(ack.count);
+        acked_total.fetch_add(u64::from(ack.count), Relaxed);
+        let mut inner = lock(&shared.inner);
+        let ConnInner { chunks, latencies, .. } = &mut *inner;
+        while let Some(c) = chunks.front_mut() {
+            if c.start_seq >= end {
+                break;
+            }
+            let upto = c.end_seq.min(end);
+            latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, upto - c.start_seq);
+            if upto == c.end_seq {
+                chunks.pop_front();
+            } else {
+                c.start_seq = upto;
+            }
+        }
+    }
+}
+
+/// Reads the watched hunts' updates: each APPLIED entry is the next event
+/// sent to its hunt.
+async fn read_updates(mut sub: Subscriber<TreasureHunt>, watch: Arc<Watch>, clock: Clock, stop: Arc<AtomicBool>) {
+    while !stop.load(Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+        let update = match next {
+            Err(_) => continue,
+            Ok(Some(Ok(u))) => u,
+            Ok(_) => return,
+        };
+        let now = clock.now_ns();
+        match update {
+            Update::Entries { hunt, entries, .. } => {
+                let Some(w) = watch.slot(hunt) else { continue };
+                let mut w = lock(w);
+                if !w.synced {
+                    continue;
+                }
+                let mut lat = lock(&watch.latencies);
+                for entry in &entries {
+                    if let UpdateEntry::Applied { .. } = entry {
+                        match w.queue.pop_front() {
+                            Some((at, step)) => lat.record(step, now.saturating_sub(at) / 1000, 1),
+                            None => {
+                                // More updates than events sent: stop timing this hunt.
+                                w.synced = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Update::Gap { hunt, .. } => {
+                watch.gaps.fetch_add(1, Relaxed);
+                if let Some(w) = watch.slot(hunt) {
+                    let mut w = lock(w);
+                    w.synced = false;
+                    w.queue.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Client process CPU time.
+pub(crate) fn cpu_time() -> Duration {
+    // utime + stime of this process from /proc/self/stat, in clock ticks.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The client side of a mode's run: the SDK's tasks on a runtime, the
+/// pacer thread, the subscriber.
+struct Rig {
+    /// Taken by `drop`, which stops the SDK's and the subscriber's tasks.
+    runtime: Option<tokio::runtime::Runtime>,
+    plans: Option<mpsc::Sender<StepPlan>>,
+    replies: mpsc::Receiver<StepDone>,
+    pacer: Option<std::thread::JoinHandle<Vec<Conn>>>,
+    shared: Vec<Arc<ConnShared>>,
+    watch: Arc<Watch>,
+    acked_total: Arc<AtomicU64>,
+    clock: Clock,
+    stop_updates: Arc<AtomicBool>,
+}
+
+impl Rig {
+    fn start(args: &LoadArgs, addr: SocketAddr) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_workers)
+            .thread_name("bench-client")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("client runtime: {e}"))?;
+        let clock = Clock { epoch: Instant::now() };
+        let spec = &args.workload;
+        let watch = Arc::new(Watch::new(spec, args.watch_hunts));
+        let acked_total = Arc::new(AtomicU64::new(0));
+        let began = Instant::now();
+        say(&format!("setting up {} hunts and their players over {} connections", spec.hunts, args.connections));
+        let setups: Vec<_> = (0..args.connections)
+            .map(|part| {
+                let config = ClientConfig {
+                    batch_events_max: args.batch_events,
+                    window_batches: args.window_batches,
+                    // The pacer closes batches; this only backs it up.
+                    linger: Duration::from_millis(5),
+                    // Acknowledgements only: a game server that needs each
+                    // event's outcome reads it from the update stream.
+                    want_outcomes: false,
+                    ..ClientConfig::new(addr.to_string())
+                };
+                let mut generator = Generator::partition(spec, part, args.connections);
+                let acked_total = acked_total.clone();
+                runtime.spawn(async move {
+                    let (mut producer, acks) = Producer::<TreasureHunt>::connect(config)
+                        .await
+                        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+                    let shared = Arc::new(ConnShared::default());
+                    tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock));
+                    for e in generator.setup() {
+                        producer.send_wait(e).await.map_err(|e| format!("setup: {e}"))?;
+                    }
+                    producer.drain().await.map_err(|e| format!("setup: {e}"))?;
+                    Ok::<_, String>((producer, generator, shared))
+                })
+            })
+            .collect();
+        let mut conns = Vec::new();
+        for (part, h) in setups.into_iter().enumerate() {
+            let (producer, generator, shared) = runtime.block_on(h).map_err(|e| e.to_string())??;
+            conns.push(Conn {
+                producer,
+                generator,
+                shared,
+                seed: trove_core::rng::mix64(spec.seed ^ part as u64),
+                schedule: None,
+                next_slot_ns: 0,
+                backlog: VecDeque::new(),
+                chunk: (0, 0, 0, 0),
+                pending: None,
+                opened_ns: 0,
+                done: StepDone::default(),
+                sent: 0,
+                finished: false,
+            });
+        }
+        say(&format!("setup acknowledged in {:.1} s", began.elapsed().as_secs_f64()));
+        let stop_updates = Arc::new(AtomicBool::new(false));
+        if !watch.hunts.is_empty() {
+            let (w, stop) = (watch.clone(), stop_updates.clone());
+            let hunts: Vec<u32> = watch.hunts.iter().map(|h| lock(h).hunt).collect();
+            let sub = runtime.block_on(async move {
+                let mut sub = Subscriber::<TreasureHunt>::connect(ClientConfig::new(addr.to_string()))
+                    .await
+                    .map_err(|e| format!("subscriber: {e}"))?;
+                for h in hunts {
+                    sub.subscribe(h).await.map_err(|e| format!("subscribing to hunt {h}: {e}"))?;
+                }
+                Ok::<_, String>(sub)
+            })?;
+            runtime.spawn(read_updates(sub, w, clock, stop));
+        }
+        let shared = conns.iter().map(|c| c.shared.clone()).collect();
+        let (plans, plans_rx) = mpsc::channel();
+        let (replies_tx, replies) = mpsc::channel();
+        let p = Pacer {
+            conns,
+            watch: watch.clone(),
+            clock,
+            arrivals: args.arrivals,
+            tick: args.tick,
+            linger: args.linger,
+            drain_timeout: args.drain_timeout,
+            plans: plans_rx,
+            replies: replies_tx,
+        };
+        let pacer = std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || pacer(p))
+            .map_err(|e| format!("pacer thread: {e}"))?;
+        Ok(Self {
+            runtime: Some(runtime),
+            plans: Some(plans),
+            replies,
+            pacer: Some(pacer),
+            shared,
+            watch,
+            acked_total,
+            clock,
+            stop_updates,
+        })
+    }
+
+    fn step_latency(&self, step: u32) -> (Histogram<u64>, u64) {
+        let mut h = histogram();
+        let n = self.shared.iter().map(|s| lock(&s.inner).latencies.merge_into(step, &mut h)).sum();
+        (h, n)
+    }
+
+    fn step_send_lag(&self, step: u32) -> Histogram<u64> {
+        let mut h = histogram();
+        for s in &self.shared {
+            lock(&s.inner).send_lag.merge_into(step, &mut h);
+        }
+        h
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop_updates.store(true, Relaxed);
+        // The pacer ends when its plans do, handing back the producers.
+        self.plans.take();
+        let conns = self.pacer.take().and_then(|p| p.join().ok()).unwrap_or_default();
+        if let Some(rt) = self.runtime.take() {
+            // Close cleanly if the server answers soon; drop otherwise.
+            rt.block_on(async {
+                let close_all = async {
+                    for c in conns {
+                        let _ = c.producer.close().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), close_all).await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+fn latency(h: &Histogram<u64>) -> LatencyUs {
+    LatencyUs {
+        p50: h.value_at_quantile(0.50),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    }
+}
+
+/// The ramp's choice of the next step: coarse steps (x `coarse`) until one
+/// fails, then fine steps (x `factor`) from the last that passed, up to the
+/// lowest that failed. If the first steps fail, it comes down (/ `coarse`)
+/// until one passes.
+#[derive(Debug)]
+struct Ladder {
+    factor: f64,
+    coarse: f64,
+    max: f64,
+    climbing_coarse: bool,
+    last_pass: Option<f64>,
+    lowest_fail: f64,
+}
+
+impl Ladder {
+    fn new(ramp: &RampArgs) -> Self {
+        Self {
+            factor: ramp.factor,
+            coarse: ramp.coarse,
+            max: ramp.max,
+            climbing_coarse: ramp.coarse > ramp.factor,
+            last_pass: None,
+            lowest_fail: f64::INFINITY,
+        }
+    }
+
+    /// The rate after a step at `rate`, or `None`: the knee is found.
+    fn next(&mut self, rate: f64, passed: bool) -> Option<f64> {
+        if passed {
+            self.last_pass = Some(self.last_pass.map_or(rate, |p| p.max(rate)));
+        } else {
+            self.lowest_fail = self.lowest_fail.min(rate);
+        }
+        let Some(pass) = self.last_pass else {
+            let down = rate / if self.coarse > 1.0 { self.coarse } else { 2.0 };
+            return (down >= RAMP_FLOOR).then_some(down);
+        };
+        if pass >= self.max {
+            return None;
+        }
+        let mut next = pass * if self.climbing_coarse { self.coarse } else { self.factor };
+        if self.climbing_coarse && next >= self.lowest_fail {
+            self.climbing_coarse = false;
+            next = pass * self.factor;
+        }
+        (next < self.lowest_fail).then_some(next.min(self.max))
+    }
+}
+
+/// Runs one mode against the server at `addr`: a single step, or a ramp.
+fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<SocketAddr>) -> Result<ModeRun, String> {
+    let rig = Rig::start(args, addr)?;
+    let mut steps: Vec<StepReport> = Vec::new();
+    let mut stopped: Option<String> = None;
+    match &args.ramp {
+        None => {
+            let (s, stop) = run_step(args, &rig, mode, metrics, 0, args.rate, args.duration)?;
+            steps.push(s);
+            stopped = stop;
+        }
+        Some(ramp) => {
+            let mut ladder = Ladder::new(ramp);
+            let mut rate = ramp.from;
+            for index in 0..ramp.steps_max {
+                let (s, stop) = run_step(args, &rig, mode, metrics, index, rate, ramp.step)?;
+                let passed = s.passed;
+                steps.push(s);
+                if stop.is_some() {
+                    stopped = stop;
+                    break;
+                }
+                match ladder.next(rate, passed) {
+                    Some(next) => rate = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    drop(rig);
+    if let Some(why) = &stopped {
+        say(&format!("{mode}: stopped: {why}"));
+    }
+    Ok(analyse(mode, args, steps))
+}
+
+/// Runs one step on `rig` and reports it. The second value says why the
+/// run cannot go on (a connection failed, or the step did not drain).
+fn run_step(
+    args: &LoadArgs,
+    rig: &Rig,
+    mode: &str,
+    metrics: Option<SocketAddr>,
+    index: u32,
+    rate: f64,
+    duration: Duration,
+) -> Result<(StepReport, Option<String>), String> {
+    let duration = duration.max(Duration::from_millis(100));
+    let start_ns = rig.clock.now_ns() + 50_000_000;
+    let end_ns = start_ns + duration.as_nanos() as u64;
+    let conns = args.connections as f64;
+    rig.plans
+        .as_ref()
+        .and_then(|p| p.send(StepPlan { index, rate: rate / conns, start_ns, end_ns }).ok())
+        .ok_or("the pacer thread ended")?;
+    let scrape = |m: Option<SocketAddr>| m.and_then(|a| scrape::get(a, Duration::from_secs(2)).ok());
+    sleep_until(rig.clock.at(start_ns));
+    let (scrape0, acked0, cpu0, t0) = (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
+    let live = args.progress && std::io::stderr().is_terminal();
+    while rig.clock.now_ns() < end_ns {
+        let left = end_ns.saturating_sub(rig.clock.now_ns());
+        std::thread::sleep(Duration::from_nanos(left.min(500_000_000)));
+        if live {
+            let secs = t0.elapsed().as_secs_f64().max(1e-9);
+            let achieved = (rig.acked_total.load(Relaxed) - acked0) as f64 / secs;
+            let p99 = rig.step_latency(index).0.value_at_quantile(0.99);
+            eprint!(
+                "\r  step {index}: {secs:4.1}/{:.1} s  offered {}/s  achieved {}/s  p99 {:.2} ms   ",
+                duration.as_secs_f64(),
+                human(rate),
+                human(achieved),
+                p99 as f64 / 1e3
+            );
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64().max(1e-9);
+    let (scrape1, acked1, cpu1) = (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time());
+    if live {
+        eprint!("\r{:100}\r", "");
+    }
+    let wait = args.drain_timeout + Duration::from_secs(5);
+    let done = rig.replies.recv_timeout(wait).map_err(|_| "the pacer did not finish the step")?;
+    // The updates of the step's last events are on their way.
+    let until = Instant::now() + Duration::from_secs(1);
+    while rig.watch.pending() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (ack_hist, acked) = rig.step_latency(index);
+    let mut upd_hist = histogram();
+    let updates = lock(&rig.watch.latencies).merge_into(index, &mut upd_hist);
+    let failed = rig.shared.iter().find_map(|s| lock(&s.inner).failed.clone());
+    let achieved = (acked1 - acked0) as f64 / seconds;
+    let offered = done.offered as f64 / duration.as_secs_f64();
+    let lat = latency(&ack_hist);
+    let slo_us = args.slo_p99.as_micros() as u64;
+    let passed = done.drained && done.error.is_none() && achieved >= KEEP_UP * offered && lat.p99 <= slo_us;
+    let step = StepReport {
+        step: index,
+        offered_events_per_s: rate,
+        achieved_events_per_s: achieved,
+        seconds,
+        events_offered: done.offered,
+        events_sent: done.sent_in_window,
+        events_acked: acked,
+        latency_us: lat,
+        send_lag_us: latency(&rig.step_send_lag(index)),
+        update_latency_us: (updates > 0).then(|| latency(&upd_hist)),
+        updates_measured: updates,
+        passed,
+        client_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / seconds,
+        server: match (&scrape0, &scrape1) {
+            (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
+            _ => None,
+        },
+    };
+    say(&format!(
+        "{mode} step {index}: offered {}/s achieved {}/s p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms{}{}",
+        human(rate),
+        human(achieved),
+        lat.p50 as f64 / 1e3,
+        lat.p99 as f64 / 1e3,
+        lat.p999 as f64 / 1e3,
+        step.update_latency_us.map_or(String::new(), |u| format!(" (update p99 {:.2} ms)", u.p99 as f64 / 1e3)),
+        if passed { "" } else { "  FAILED" }
+    ));
+    let stop = match (done.error, failed) {
+        (Some(e), _) | (None, Some(e)) => Some(format!("a connection failed: {e}")),
+        (None, None) if !done.drained => {
+            Some(format!("the backlog did not clear within {:?} after the step", args.drain_timeout))
+        }
+        _ => None,
+    };
+    Ok((step, stop))
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+/// 1.25M, 250k, 900.
+pub fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A server metric and the value at which it counts as saturated.
+struct Threshold {
+    name: &'static str,
+    get: fn(&StepReport) -> Option<f64>,
+    /// Crossed when the value is at least this...
+    at_least: f64,
+    /// ...and at least this many times its value at the lowest step.
+    times_base: f64,
+}
+
+/// The saturation signals, in the order ties are broken: what saturation
+/// looks like before latency shows it. Rates per event (polls, wakeups)
+/// fall as batches grow with the load, so they are judged against the
+/// lowest step; the client's latency is the symptom, not a cause, and is
+/// left out.
+const THRESHOLDS: [Threshold; 6] = [
+    Threshold {
+        name: "worker_busy_ratio",
+        get: |s| s.server.as_ref().map(|v| v.worker_busy_ratio),
+        at_least: 0.5,
+        times_base: 1.0,
+    },
+    Threshold {
+        name: "schedule_latency_p99_us",
+        get: |s| s.server.as_ref().and_then(|v| v.schedule_latency_p99_us),
+        at_least: 500.0,
+        times_base: 2.0,
+    },
+    Threshold {
+        name: "queue_depth_events",
+        get: |s| s.server.as_ref().map(|v| v.queue_depth_events),
+        at_least: 1000.0,
+        times_base: 4.0,
+    },
+    Threshold {
+        name: "machine_cpu_cores",
+        get: |s| s.server.as_ref().map(|v| v.cpu_cores + s.client_cpu_cores),
+        // 3/4 of the machine's cores; see `analyse`.
+        at_least: f64::NAN,
+        times_base: 1.0,
+    },
+    Threshold {
+        name: "busy_replies",
+        get: |s| s.server.as_ref().map(|v| v.busy_replies),
+        at_least: 1.0,
+        times_base: 1.0,
+    },
+    Threshold {
+        name: "polls_per_event",
+        get: |s| s.server.as_ref().map(|v| v.polls_per_event),
+        at_least: 0.0,
+        times_base: 2.0,
+    },
+];
+
+/// Sorts the steps, finds the knee and the first metric to move.
+fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
+    steps.sort_by(|a, b| a.offered_events_per_s.total_cmp(&b.offered_events_per_s));
+    let knee = steps.iter().rposition(|s| s.passed);
+    let slo_ms = args.slo_p99.as_secs_f64() * 1e3;
+    // The first failing step above the knee.
+    let above = steps.iter().skip(knee.map_or(0, |k| k + 1)).find(|s| !s.passed);
+    let knee_reason = above.map(|s| {
+        let offered = s.events_offered as f64 / s.seconds.max(1e-9);
+        let mut why = Vec::new();
+        if s.achieved_events_per_s < KEEP_UP * offered {
+            why.push(format!(
+                "achieved {}/s fell behind offered {}/s",
+                human(s.achieved_events_per_s),
+                human(s.offered_events_per_s)
+            ));
+        }
+        if s.latency_us.p99 as f64 / 1e3 > slo_ms {
+            why.push(format!("p99 {:.1} ms left the {slo_ms} ms SLO", s.latency_us.p99 as f64 / 1e3));
+        }
+        if why.is_empty() {
+            why.push("the step did not drain or a connection failed".into());
+        }
+        format!("at {}/s offered: {}", human(s.offered_events_per_s), why.join("; "))
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Up to the first failing step: what gave way on the way there.
+    let upto = above.map_or(steps.len(), |s| s.step as usize).min(steps.len());
+    let upto = steps.iter().position(|s| !s.passed).map_or(upto, |p| p + 1);
+    let mut first_moved: Option<FirstMoved> = None;
+    if let Some(base) = steps.first() {
+        'steps: for s in &steps[..upto] {
+            for t in &THRESHOLDS {
+                let at_least = if t.name == "machine_cpu_cores" { 0.75 * cores } else { t.at_least };
+                let (Some(from), Some(to)) = ((t.get)(base), (t.get)(s)) else { continue };
+                if to >= at_least && to >= from * t.times_base && (t.times_base <= 1.0 || to > from) {
+                    first_moved = Some(FirstMoved {
+                        metric: t.name.into(),
+                        step: s.step,
+                        offered_events_per_s: s.offered_events_per_s,
+                        from,
+                        to,
+                    });
+                    break 'steps;
+                }
+            }
+        }
+    }
+    ModeRun {
+        mode: mode.into(),
+        workload: args.workload.name.clone(),
+        arrivals: args.arrivals.name().into(),
+        connections: args.connections,
+        slo_p99_ms: slo_ms,
+        knee_events_per_s: knee.map(|k| steps[k].achieved_events_per_s),
+        knee_offered_events_per_s: knee.map(|k| steps[k].offered_events_per_s),
+        knee_reason,
+        first_moved,
+        steps,
+    }
+}
+
+/// The single-run JSON: one step with its mode and workload.
+#[derive(Debug, serde::Serialize)]
+pub struct SingleRun<'a> {
+    pub mode: &'a str,
+    pub workload: &'a str,
+    pub arrivals: &'a str,
+    pub connections: u32,
+    #[serde(flatten)]
+    pub step: &'a StepReport,
+}
+
+/// The JSON document of a run: a single step, one mode's ramp, or a comparison.
+pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
+    let r = match (&outcome.comparison, outcome.runs.as_slice()) {
+        (Some(c), _) => serde_json::to_string_pretty(c),
+        (None, [run]) if !ramp && run.steps.len() == 1 => serde_json::to_string_pretty(&SingleRun {
+            mode: &run.mode,
+            workload: &run.workload,
+            arrivals: &run.arrivals,
+            connections: run.connections,
+            step: &run.steps[0],
+        }),
+        (None, [run]) => serde_json::to_string_pretty(run),
+        (None, runs) => serde_json::to_string_pretty(runs),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// The terminal summary.
+pub fn summary(outcome: &Outcome) -> String {
+    let mut out = String::new();
+    for run in &outcome.runs {
+        out += &format!(
+            "{}: knee {} events/s{}\n",
+            run.mode,
+            run.knee_events_per_s.map_or("none (no step passed)".into(), human),
+            run.knee_reason.as_ref().map_or(String::new(), |r| format!(" (next step failed {r})"))
+        );
+        if let Some(m) = &run.first_moved {
+            out += &format!(
+                "  first to move: {} at {}/s offered ({:.3} -> {:.3})\n",
+                m.metric,
+                human(m.offered_events_per_s),
+                m.from,
+                m.to
+            );
+        }
+    }
+    if let Some(c) = &outcome.comparison {
+        for r in &c.ratios {
+            out += &format!("knee ratio {}: {}\n", r.modes, r.knee_ratio.map_or("-".into(), |x| format!("{x:.1}x")));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(from: f64, max: f64) -> RampArgs {
+        RampArgs { from, factor: 1.1, coarse: 2.0, max, step: Duration::from_secs(1), steps_max: 100 }
+    }
+
+    /// The rates a ramp offers against a server that keeps up to `capacity`.
+    fn climb(r: &RampArgs, capacity: f64) -> Vec<f64> {
+        let mut ladder = Ladder::new(r);
+        let mut rate = r.from;
+        let mut offered = vec![rate];
+        while let Some(next) = ladder.next(rate, rate <= capacity) {
+            rate = next;
+            offered.push(rate);
+            assert!(offered.len() < 100, "{offered:?}");
+        }
+        offered
+    }
+
+    #[test]
+    fn the_ramp_climbs_coarse_then_fine_to_the_knee() {
+        let offered = climb(&ramp(200_000.0, 1e8), 5_000_000.0);
+        // 0.2, 0.4, 0.8, 1.6, 3.2, 6.4 (fails), then 3.2 x 1.1^k up to the
+        // first above 5M.
+        assert_eq!(&offered[..6], &[200_000.0, 400_000.0, 800_000.0, 1_600_000.0, 3_200_000.0, 6_400_000.0]);
+        let fine = &offered[6..];
+        assert!((fine[0] - 3_520_000.0).abs() < 1.0, "{offered:?}");
+        assert!(fine.windows(2).all(|w| (w[1] / w[0] - 1.1).abs() < 1e-9), "{offered:?}");
+        let last = *fine.last().unwrap();
+        assert!(last > 5_000_000.0 && last / 1.1 <= 5_000_000.0, "{offered:?}");
+    }
+
+    #[test]
+    fn the_ramp_comes_down_when_the_first_step_fails() {
+        let offered = climb(&ramp(200_000.0, 1e8), 30_000.0);
+        assert_eq!(&offered[..4], &[200_000.0, 100_000.0, 50_000.0, 25_000.0]);
+        // Then up from 25k in fine steps to the first above 30k.
+        assert_eq!(offered.len(), 4 + 2, "{offered:?}");
+        assert!(*offered.last().unwrap() > 30_000.0);
+        // Nothing ever passes: it stops at the floor.
+        let offered = climb(&ramp(200_000.0, 1e8), 0.0);
+        assert!(*offered.last().unwrap() >= RAMP_FLOOR && offered.len() < 12, "{offered:?}");
+    }
+
+    fn args() -> LoadArgs {
+        LoadArgs {
+            workload: WorkloadSpec::standard(),
+            arrivals: Arrivals::Constant,
+            rate: 1.0,
+            duration: Duration::from_secs(1),
+            ramp: None,
+            modes: vec!["sharded".into()],
+            target: None,
+            target_metrics: None,
+            server: ServerArgs { exe: PathBuf::new(), shards: None, fsync: None, io_workers: 1 },
+            connections: 8,
+            batch_events: 16,
+            window_batches: 1,
+            watch_hunts: 0,
+            slo_p99: Duration::from_millis(10),
+            client_workers: 1,
+            tick: Duration::from_micros(200),
+            linger: Duration::from_micros(1000),
+            drain_timeout: Duration::from_secs(1),
+            progress: false,
+        }
+    }
+
+    fn step(i: u32, offered: f64, achieved: f64, p99_us: u64, busy: f64) -> StepReport {
+        let lat = LatencyUs { p50: p99_us / 2, p99: p99_us, p999: p99_us, max: p99_us };
+        StepReport {
+            step: i,
+            offered_events_per_s: offered,
+            achieved_events_per_s: achieved,
+            seconds: 1.0,
+            events_offered: offered as u64,
+            events_sent: offered as u64,
+            events_acked: achieved as u64,
+            latency_us: lat,
+            send_lag_us: lat,
+            update_latency_us: None,
+            updates_measured: 0,
+            passed: achieved >= KEEP_UP * offered && p99_us <= 10_000,
+            client_cpu_cores: 0.1,
+            server: Some(model::ServerStep {
+                worker_busy_ratio: busy,
+                schedule_latency_p99_us: Some(100.0),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_knee_is_the_highest_passing_step_and_names_what_moved() {
+        // Run in ramp order: coarse up, a failure, fine steps.
+        let steps = vec![
+            step(0, 1e6, 1e6, 2000, 0.1),
+            step(1, 2e6, 2e6, 2500, 0.3),
+            step(2, 4e6, 3e6, 90_000, 0.95),
+            step(3, 2.2e6, 2.2e6, 3000, 0.55),
+            step(4, 2.42e6, 2.42e6, 12_000, 0.6),
+        ];
+        let run = analyse("sharded", &args(), steps);
+        let offered: Vec<f64> = run.steps.iter().map(|s| s.offered_events_per_s).collect();
+        assert_eq!(offered, [1e6, 2e6, 2.2e6, 2.42e6, 4e6]);
+        assert_eq!(run.knee_events_per_s, Some(2.2e6));
+        assert_eq!(run.knee_offered_events_per_s, Some(2.2e6));
+        let reason = run.knee_reason.unwrap();
+        assert!(reason.contains("2.42M/s") && reason.contains("p99 12.0 ms"), "{reason}");
+        // Worker busy crossed 0.5 first, at 2.2M offered.
+        let moved = run.first_moved.unwrap();
+        assert_eq!((moved.metric.as_str(), moved.step), ("worker_busy_ratio", 3));
+        assert_eq!((moved.from, moved.to), (0.1, 0.55));
+    }
+
+    #[test]
+    fn no_passing_step_means_no_knee() {
+        let run = analyse("x", &args(), vec![step(0, 1e6, 1e5, 50_000, 0.2)]);
+        assert_eq!(run.knee_events_per_s, None);
+        let reason = run.knee_reason.unwrap();
+        assert!(reason.contains("fell behind") && reason.contains("SLO"), "{reason}");
+        assert_eq!(run.first_moved, None);
+    }
+
+    #[test]
+    fn the_ramp_stops_at_its_maximum() {
+        assert_eq!(climb(&ramp(5_000.0, 20_000.0), 1e9), [5_000.0, 10_000.0, 20_000.0]);
+        assert_eq!(climb(&ramp(5_000.0, 15_000.0), 1e9), [5_000.0, 10_000.0, 15_000.0]);
+    }
+}

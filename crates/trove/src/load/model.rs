@@ -1,0 +1,130 @@
+//! What `trove bench` (the open-loop load generator) measures: the figures
+//! of one step of offered load, of a ramp of steps for one execution mode,
+//! and of several modes side by side. Serialized as-is by `--json FILE`;
+//! rendered by `report.rs` for `--report DIR`.
+
+use serde::Serialize;
+
+/// Latency percentiles in microseconds, measured from each event's intended
+/// send time (its place in the arrival schedule), so time an event spent
+/// waiting in the generator behind a slow server counts (coordinated
+/// omission corrected).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyUs {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The server's side of one step, from `/metrics` scraped at the step's
+/// start and end (differences of counters over the step).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerStep {
+    /// Server process CPU seconds per wall second (2.0 = two cores busy).
+    pub cpu_cores: f64,
+    /// Events waiting in the shard queues at the end of the step, summed over shards.
+    pub queue_depth_events: f64,
+    /// Mean events per shard batch over the step.
+    pub batch_events_mean: f64,
+    /// Tokio task polls (all runtimes) per applied event.
+    pub polls_per_event: f64,
+    /// Thread wakeups (tokio worker unparks and shard wakeups) per applied event.
+    pub wakeups_per_event: f64,
+    /// Busy time over wall time, averaged over the data-plane (and, in the
+    /// per-event modes, engine) runtimes' workers.
+    pub worker_busy_ratio: f64,
+    /// p99 of the tokio schedule latency (time a woken task waited for a
+    /// worker) over the step, microseconds; absent without tokio_unstable.
+    pub schedule_latency_p99_us: Option<f64>,
+    /// Batches answered BUSY over the step.
+    pub busy_replies: f64,
+    /// p99 of the server's own admission-to-ACK-written time over the
+    /// step, microseconds (bucket bound): what of `latency_us` the server
+    /// holds itself.
+    pub ingest_to_ack_p99_us: Option<f64>,
+}
+
+/// One step of offered load.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepReport {
+    /// 0-based, in the order the steps ran.
+    pub step: u32,
+    pub offered_events_per_s: f64,
+    /// Events acknowledged during the step's window, per second of it.
+    pub achieved_events_per_s: f64,
+    pub seconds: f64,
+    /// Events the arrival schedule put in the step.
+    pub events_offered: u64,
+    /// Of those, events the generator sent within the step (the rest waited
+    /// in it behind a full window and went out after).
+    pub events_sent: u64,
+    /// Of those offered, events acknowledged (in the step or while draining after it).
+    pub events_acked: u64,
+    /// Intended send time to acknowledgement.
+    pub latency_us: LatencyUs,
+    /// Intended send time to the event handed to the SDK: the generator's
+    /// own delay (its tick, a full window, a busy client CPU).
+    pub send_lag_us: LatencyUs,
+    /// Intended send time to the event's update reaching a subscriber;
+    /// absent when no update of a watched hunt was measured.
+    pub update_latency_us: Option<LatencyUs>,
+    pub updates_measured: u64,
+    /// Achieved kept up with offered and p99 stayed within the SLO.
+    pub passed: bool,
+    /// Client process CPU seconds per wall second.
+    pub client_cpu_cores: f64,
+    /// Absent when the server's /metrics could not be scraped.
+    pub server: Option<ServerStep>,
+}
+
+/// Which server metric moved first on the way to the knee.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FirstMoved {
+    /// A `ServerStep` field name, or `machine_cpu_cores` (server plus client CPU).
+    pub metric: String,
+    /// The step at which it first moved past its threshold.
+    pub step: u32,
+    pub offered_events_per_s: f64,
+    /// Its value at the lowest step, and at `step`.
+    pub from: f64,
+    pub to: f64,
+}
+
+/// A ramp (or a single step) of one execution mode.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModeRun {
+    /// sharded, task-per-event, spawn-blocking-per-event, or `target` for --target.
+    pub mode: String,
+    pub workload: String,
+    /// constant or poisson.
+    pub arrivals: String,
+    pub connections: u32,
+    pub slo_p99_ms: f64,
+    /// Steps sorted by offered rate.
+    pub steps: Vec<StepReport>,
+    /// Achieved rate of the highest passing step; absent if none passed.
+    pub knee_events_per_s: Option<f64>,
+    /// Offered rate of that step.
+    pub knee_offered_events_per_s: Option<f64>,
+    /// Why the first step above the knee failed, in words.
+    pub knee_reason: Option<String>,
+    pub first_moved: Option<FirstMoved>,
+}
+
+/// `--modes a,b,...`: one ramp per mode, each on a fresh server.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    pub workload: String,
+    pub slo_p99_ms: f64,
+    pub runs: Vec<ModeRun>,
+    /// The first mode's knee over each other mode's knee (equal SLO).
+    pub ratios: Vec<Ratio>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ratio {
+    /// "sharded / task-per-event".
+    pub modes: String,
+    pub knee_ratio: Option<f64>,
+}

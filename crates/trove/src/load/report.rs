@@ -1,0 +1,1300 @@
+//! `--report DIR`: the figures of `trove bench` ([`super::model`]) as two
+//! charts and a Markdown page.
+//!
+//! - `achieved.svg`: achieved against offered events/s, one line per mode,
+//!   with the y = x line a mode that keeps up follows.
+//! - `p99.svg`: p99 latency to acknowledgement against offered events/s, one
+//!   line per mode, with the SLO.
+//! - `report.md`: the command, the charts, a summary of the modes side by
+//!   side (with a comparison), and per mode its steps, its knee and the
+//!   first server metric to move on the way there.
+//!
+//! Both charts use log10 axes: the modes' knees differ by 10-50x, which a
+//! linear axis would squash into its corner. Values that cannot go on a log
+//! axis (zero, negative, NaN, infinite) are left out of the charts; the
+//! tables show every step. The SVG is written by hand, deterministically:
+//! the same runs give the same bytes.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::model::{Comparison, ModeRun, StepReport};
+
+/// Writes `achieved.svg`, `p99.svg` and `report.md` into `dir` (created if
+/// missing) and returns their paths. `runs` are charted and tabulated;
+/// `comparison`, when given, adds the side-by-side summary and the knee
+/// ratios. `command` is the command line that produced the runs.
+pub fn write(
+    dir: &Path,
+    runs: &[ModeRun],
+    comparison: Option<&Comparison>,
+    command: &str,
+) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let rendered = (|| -> Result<[(&'static str, String); 3], fmt::Error> {
+        Ok([
+            ("achieved.svg", achieved_chart(runs).render()?),
+            ("p99.svg", p99_chart(runs).render()?),
+            ("report.md", markdown(runs, comparison, command)?),
+        ])
+    })()
+    .map_err(|_| "rendering the report: formatting failed".to_string())?;
+    let mut written = Vec::with_capacity(rendered.len());
+    for (name, text) in rendered {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+// ---------------------------------------------------------------------------
+// Charts
+// ---------------------------------------------------------------------------
+
+const WIDTH: f64 = 720.0;
+const HEIGHT: f64 = 420.0;
+/// The plot area; the legend sits right of it.
+const PLOT_LEFT: f64 = 72.0;
+const PLOT_RIGHT: f64 = 516.0;
+const PLOT_TOP: f64 = 48.0;
+const PLOT_BOTTOM: f64 = 362.0;
+const LEGEND_X: f64 = 532.0;
+/// Space between the plot's frame and the ends of its axes' ranges.
+const INSET: f64 = 8.0;
+/// Legend names longer than this are cut (the legend is ~180 px wide).
+const LEGEND_CHARS: usize = 26;
+/// Most labelled ticks on one axis.
+const MAX_LABELS: usize = 12;
+/// Values outside this range are left off the (log) charts.
+const PLOTTABLE: std::ops::RangeInclusive<f64> = 1e-200..=1e200;
+
+/// By mode index (Tableau 10).
+const PALETTE: [&str; 10] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+fn color(index: usize) -> &'static str {
+    PALETTE[index % PALETTE.len()]
+}
+
+/// How an axis labels its ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Units {
+    /// Events per second: 500, 250k, 1M, 10M.
+    Rate,
+    /// Milliseconds: 0.1, 1, 10, 1000.
+    Millis,
+}
+
+#[derive(Debug)]
+struct Point {
+    x: f64,
+    y: f64,
+    passed: bool,
+    /// Tooltip.
+    tip: String,
+}
+
+#[derive(Debug)]
+struct Series<'a> {
+    name: &'a str,
+    /// Only plottable points, in step order.
+    points: Vec<Point>,
+}
+
+#[derive(Debug)]
+struct Chart<'a> {
+    title: String,
+    x_title: &'static str,
+    y_title: &'static str,
+    y_units: Units,
+    series: Vec<Series<'a>>,
+    /// Draw y = x, with both axes over the same range.
+    diagonal: bool,
+    /// Draw a horizontal line here, labelled SLO.
+    slo: Option<f64>,
+}
+
+fn plottable(v: f64) -> bool {
+    PLOTTABLE.contains(&v)
+}
+
+/// The workload named in a chart's title, when all runs share one.
+fn workload_suffix(runs: &[ModeRun]) -> String {
+    match runs.first() {
+        Some(first) if !first.workload.is_empty() && runs.iter().all(|r| r.workload == first.workload) => {
+            format!(" ({})", first.workload)
+        }
+        _ => String::new(),
+    }
+}
+
+fn series<'a>(
+    runs: &'a [ModeRun],
+    y: impl Fn(&StepReport) -> f64,
+    tip: impl Fn(&StepReport, f64) -> String,
+) -> Vec<Series<'a>> {
+    runs.iter()
+        .map(|run| Series {
+            name: &run.mode,
+            points: run
+                .steps
+                .iter()
+                .filter_map(|step| {
+                    let (px, py) = (step.offered_events_per_s, y(step));
+                    (plottable(px) && plottable(py)).then(|| Point {
+                        x: px,
+                        y: py,
+                        passed: step.passed,
+                        tip: format!("{} step {}: {}", run.mode, step.step, tip(step, py)),
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn achieved_chart(runs: &[ModeRun]) -> Chart<'_> {
+    Chart {
+        title: format!("Achieved against offered events/s{}", workload_suffix(runs)),
+        x_title: "offered events/s (log scale)",
+        y_title: "achieved events/s (log scale)",
+        y_units: Units::Rate,
+        series: series(
+            runs,
+            |s| s.achieved_events_per_s,
+            |s, y| format!("offered {}, achieved {}", human(s.offered_events_per_s), human(y)),
+        ),
+        diagonal: true,
+        slo: None,
+    }
+}
+
+fn p99_chart(runs: &[ModeRun]) -> Chart<'_> {
+    Chart {
+        title: format!("p99 latency to acknowledgement{}", workload_suffix(runs)),
+        x_title: "offered events/s (log scale)",
+        y_title: "p99 to ack, ms (log scale)",
+        y_units: Units::Millis,
+        series: series(
+            runs,
+            |s| s.latency_us.p99 as f64 / 1000.0,
+            |s, y| format!("offered {}, p99 {} ms", human(s.offered_events_per_s), human(y)),
+        ),
+        diagonal: false,
+        slo: runs.first().map(|r| r.slo_p99_ms).filter(|&v| plottable(v)),
+    }
+}
+
+/// A log10 axis mapping `[10^lo, 10^hi]` onto pixels `from..to`.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    from: f64,
+    to: f64,
+}
+
+impl Axis {
+    /// The range's ends sit [`INSET`] px inside `from` and `to`, so markers
+    /// at them clear the frame.
+    fn new((lo, hi): (f64, f64), from: f64, to: f64) -> Self {
+        let inset = INSET.copysign(to - from);
+        Self { lo: lo.log10(), hi: hi.log10(), from: from + inset, to: to - inset }
+    }
+
+    fn at(&self, v: f64) -> f64 {
+        self.from + (v.log10() - self.lo) / (self.hi - self.lo) * (self.to - self.from)
+    }
+
+    fn px_per_decade(&self) -> f64 {
+        (self.to - self.from).abs() / (self.hi - self.lo)
+    }
+
+    fn contains(&self, v: f64) -> bool {
+        let l = v.log10();
+        l >= self.lo - 1e-9 && l <= self.hi + 1e-9
+    }
+}
+
+/// The range to plot `values` over on a log axis: their least and greatest
+/// plottable values rounded outwards to 1, 2 or 5 times a power of ten,
+/// padded first when they are (nearly) equal; 1 to 10 without any.
+fn log_range(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.into_iter().filter(|&v| plottable(v)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return (1.0, 10.0);
+    }
+    if hi <= lo * 1.0001 {
+        lo /= 2.0;
+        hi *= 2.0;
+    }
+    let (lo, hi) = (nice(lo, false), nice(hi, true));
+    if hi > lo { (lo, hi) } else { (lo, lo * 10.0) }
+}
+
+/// `v` rounded down (or up) to 1, 2 or 5 times a power of ten.
+fn nice(v: f64, up: bool) -> f64 {
+    let power = 10f64.powf(v.log10().floor());
+    let m = v / power;
+    let mantissa = if up {
+        [1.0, 2.0, 5.0, 10.0].into_iter().find(|&n| n >= m * (1.0 - 1e-9)).unwrap_or(10.0)
+    } else {
+        [10.0, 5.0, 2.0, 1.0].into_iter().find(|&n| n <= m * (1.0 + 1e-9)).unwrap_or(1.0)
+    };
+    mantissa * power
+}
+
+/// A tick at `m x 10^e`, kept as digits so its label is exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tick {
+    m: u32,
+    e: i32,
+}
+
+impl Tick {
+    fn value(self) -> f64 {
+        f64::from(self.m) * 10f64.powi(self.e)
+    }
+}
+
+/// Mantissas to label, densest first: the densest set whose labels don't
+/// crowd each other wins, so a chart spanning one decade gets 1-2-3-5 and
+/// one spanning three gets decades with 2 and 5 between, or decades alone.
+const TICK_SETS: [&[u32]; 5] = [&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[1, 2, 3, 4, 5, 6, 8], &[1, 2, 3, 5], &[1, 2, 5], &[1]];
+
+/// The labelled ticks of an axis, and the unlabelled ones (tick marks only).
+fn ticks(axis: &Axis, units: Units, horizontal: bool) -> (Vec<Tick>, Vec<Tick>) {
+    let ppd = axis.px_per_decade();
+    // Labels need their width apart along x, a line's height along y.
+    let min_gap = |ts: &[Tick]| {
+        if horizontal {
+            ts.iter().map(|&t| label(t, units).chars().count()).max().unwrap_or(0) as f64 * 7.0 + 12.0
+        } else {
+            20.0
+        }
+    };
+    let fits = |ts: &[Tick]| {
+        let gap = min_gap(ts);
+        ts.windows(2).all(|w| (w[1].value().log10() - w[0].value().log10()) * ppd >= gap)
+    };
+    let (first, last) = (axis.lo.floor() as i32 - 1, axis.hi.ceil() as i32);
+    let all: Vec<Tick> =
+        (first..=last).flat_map(|e| (1..=9).map(move |m| Tick { m, e })).filter(|t| axis.contains(t.value())).collect();
+    let pick = |set: &[u32]| all.iter().copied().filter(|t| set.contains(&t.m)).collect::<Vec<_>>();
+
+    let labelled = TICK_SETS
+        .iter()
+        .map(|set| pick(set))
+        .find(|ts| ts.len() >= 2 && ts.len() <= MAX_LABELS && fits(ts))
+        .unwrap_or_else(|| {
+            let decades = pick(&[1]);
+            if decades.len() < 2 {
+                // Unreachable with ranges from `log_range` (its bounds are
+                // 1-2-5 ticks), but never leave an axis bare.
+                return pick(&[1, 2, 5]);
+            }
+            // Too many decades to label each: every `stride`th.
+            let by_gap = (min_gap(&decades) / ppd.max(1e-9)).ceil();
+            let by_count = decades.len().div_ceil(MAX_LABELS) as f64;
+            let stride = by_gap.max(by_count).clamp(1.0, 1e6) as i32;
+            let strided: Vec<Tick> = decades.iter().copied().filter(|t| t.e.rem_euclid(stride) == 0).collect();
+            if strided.len() >= 2 { strided } else { vec![decades[0], decades[decades.len() - 1]] }
+        });
+    // Tick marks only where they stay apart.
+    let minor_set: &[u32] = match ppd {
+        40.0.. => &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+        5.0.. => &[1],
+        _ => &[],
+    };
+    let minor = pick(minor_set).into_iter().filter(|t| !labelled.contains(t)).collect();
+    (labelled, minor)
+}
+
+/// A tick's label: `250k`, `1M`, `10M` for rates; `0.5`, `1`, `100` for ms.
+fn label(t: Tick, units: Units) -> String {
+    match units {
+        Units::Rate if (-3..=14).contains(&t.e) => {
+            let (suffix, shift) = match t.e {
+                12.. => ("T", 12),
+                9.. => ("G", 9),
+                6.. => ("M", 6),
+                3.. => ("k", 3),
+                _ => ("", 0),
+            };
+            format!("{}{suffix}", decimal(t.m, t.e - shift))
+        }
+        Units::Millis if (-3..=5).contains(&t.e) => decimal(t.m, t.e),
+        _ => format!("{}e{}", t.m, t.e),
+    }
+}
+
+/// `m x 10^e` written out: (25, 1) is 250, (5, -2) is 0.05.
+fn decimal(m: u32, e: i32) -> String {
+    let zeros = "0".repeat(e.unsigned_abs() as usize);
+    if e >= 0 { format!("{m}{zeros}") } else { format!("0.{}{m}", &zeros[1..]) }
+}
+
+/// A value to about three significant digits: 12.0M, 250k, 0.42.
+fn human(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".to_string();
+    }
+    let (scaled, suffix) = match v.abs() {
+        a if a >= 1e12 => (v / 1e12, "T"),
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    let digits = match scaled.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        a if a >= 0.01 || a == 0.0 => 2,
+        _ => return format!("{v:.2e}"),
+    };
+    format!("{scaled:.digits$}{suffix}")
+}
+
+/// A measured value to three significant digits, without suffix or
+/// trailing zeros: 1234.6 is 1235, 0.02104 is 0.021.
+fn plain(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".to_string();
+    }
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    let magnitude = v.abs().log10().floor();
+    if !(-9.0..15.0).contains(&magnitude) {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2.0 - magnitude).max(0.0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text }
+}
+
+/// A setting as given: 10, 2.5, 0.25 (shortest exact form, within reason).
+fn setting(v: f64) -> String {
+    if (1e-3..1e9).contains(&v.abs()) || v == 0.0 { format!("{v}") } else { human(v) }
+}
+
+/// Text safe in XML content and attribute values.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters are not allowed in XML 1.0 at all.
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn legend_name(name: &str) -> String {
+    if name.chars().count() > LEGEND_CHARS {
+        let cut: String = name.chars().take(LEGEND_CHARS - 1).collect();
+        format!("{cut}\u{2026}")
+    } else {
+        name.to_string()
+    }
+}
+
+impl Chart<'_> {
+    fn render(&self) -> Result<String, fmt::Error> {
+        let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.x));
+        let ys = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.y));
+        let (x_range, y_range) = if self.diagonal {
+            let r = log_range(xs.chain(ys));
+            (r, r)
+        } else {
+            (log_range(xs), log_range(ys.chain(self.slo)))
+        };
+        let x = Axis::new(x_range, PLOT_LEFT, PLOT_RIGHT);
+        let y = Axis::new(y_range, PLOT_BOTTOM, PLOT_TOP);
+        let (x_ticks, x_minor) = ticks(&x, Units::Rate, true);
+        let (y_ticks, y_minor) = ticks(&y, self.y_units, false);
+
+        let mut s = String::new();
+        writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
+        )?;
+        writeln!(s, "<title>{}</title>", xml(&self.title))?;
+        writeln!(s, r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#)?;
+        writeln!(
+            s,
+            r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+            WIDTH / 2.0,
+            xml(&self.title)
+        )?;
+
+        // Grid, frame, ticks and their labels.
+        writeln!(s, r##"<g stroke="#e4e4e4" stroke-width="1">"##)?;
+        for t in &x_ticks {
+            let px = x.at(t.value());
+            writeln!(s, r#"<line x1="{px:.1}" y1="{PLOT_TOP}" x2="{px:.1}" y2="{PLOT_BOTTOM}"/>"#)?;
+        }
+        for t in &y_ticks {
+            let py = y.at(t.value());
+            writeln!(s, r#"<line x1="{PLOT_LEFT}" y1="{py:.1}" x2="{PLOT_RIGHT}" y2="{py:.1}"/>"#)?;
+        }
+        writeln!(s, "</g>")?;
+        writeln!(
+            s,
+            r##"<rect x="{PLOT_LEFT}" y="{PLOT_TOP}" width="{:.1}" height="{:.1}" fill="none" stroke="#888888"/>"##,
+            PLOT_RIGHT - PLOT_LEFT,
+            PLOT_BOTTOM - PLOT_TOP
+        )?;
+        writeln!(s, r##"<g stroke="#888888" stroke-width="1">"##)?;
+        for (ts, len) in [(&x_ticks, 6.0), (&x_minor, 3.0)] {
+            for t in ts {
+                let px = x.at(t.value());
+                writeln!(s, r#"<line x1="{px:.1}" y1="{PLOT_BOTTOM}" x2="{px:.1}" y2="{:.1}"/>"#, PLOT_BOTTOM + len)?;
+            }
+        }
+        for (ts, len) in [(&y_ticks, 6.0), (&y_minor, 3.0)] {
+            for t in ts {
+                let py = y.at(t.value());
+                writeln!(s, r#"<line x1="{:.1}" y1="{py:.1}" x2="{PLOT_LEFT}" y2="{py:.1}"/>"#, PLOT_LEFT - len)?;
+            }
+        }
+        writeln!(s, "</g>")?;
+        writeln!(s, r##"<g fill="#333333">"##)?;
+        for t in &x_ticks {
+            writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                x.at(t.value()),
+                PLOT_BOTTOM + 20.0,
+                xml(&label(*t, Units::Rate))
+            )?;
+        }
+        for t in &y_ticks {
+            writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                PLOT_LEFT - 9.0,
+                y.at(t.value()) + 4.0,
+                xml(&label(*t, self.y_units))
+            )?;
+        }
+        writeln!(s, "</g>")?;
+        let (mid_x, mid_y) = ((PLOT_LEFT + PLOT_RIGHT) / 2.0, (PLOT_TOP + PLOT_BOTTOM) / 2.0);
+        writeln!(
+            s,
+            r#"<text x="{mid_x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            PLOT_BOTTOM + 42.0,
+            xml(self.x_title)
+        )?;
+        writeln!(
+            s,
+            r#"<text x="20" y="{mid_y:.1}" text-anchor="middle" transform="rotate(-90 20 {mid_y:.1})">{}</text>"#,
+            xml(self.y_title)
+        )?;
+
+        // Reference lines.
+        if self.diagonal {
+            // y = x over the part of the range both axes share (all of it:
+            // they share one range).
+            let (t0, t1) = (x_range.0.max(y_range.0), x_range.1.min(y_range.1));
+            if t0 < t1 {
+                writeln!(
+                    s,
+                    r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999999" stroke-width="1.5" stroke-dasharray="6 4"/>"##,
+                    x.at(t0),
+                    y.at(t0),
+                    x.at(t1),
+                    y.at(t1)
+                )?;
+            }
+        }
+        if let Some(slo) = self.slo {
+            let py = y.at(slo);
+            writeln!(
+                s,
+                r##"<line x1="{PLOT_LEFT}" y1="{py:.1}" x2="{PLOT_RIGHT}" y2="{py:.1}" stroke="#555555" stroke-width="1.5" stroke-dasharray="6 4"/>"##
+            )?;
+            writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555555">SLO {} ms</text>"##,
+                PLOT_RIGHT - 4.0,
+                // Above the line, unless that would leave the plot.
+                if py - 5.0 < PLOT_TOP + 14.0 { py + 15.0 } else { py - 5.0 },
+                xml(&setting(slo))
+            )?;
+        }
+
+        // One polyline per mode (empty without points), markers filled for
+        // steps that passed and hollow for those that failed.
+        for (i, series) in self.series.iter().enumerate() {
+            let c = color(i);
+            let mut points = String::new();
+            for p in &series.points {
+                if !points.is_empty() {
+                    points.push(' ');
+                }
+                write!(points, "{:.1},{:.1}", x.at(p.x), y.at(p.y))?;
+            }
+            writeln!(s, r#"<g data-mode="{}">"#, xml(series.name))?;
+            writeln!(
+                s,
+                r#"<polyline points="{points}" fill="none" stroke="{c}" stroke-width="2" stroke-linejoin="round"/>"#
+            )?;
+            for p in &series.points {
+                let fill = if p.passed { c } else { "white" };
+                writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{c}" stroke-width="1.5"><title>{}</title></circle>"#,
+                    x.at(p.x),
+                    y.at(p.y),
+                    xml(&p.tip)
+                )?;
+            }
+            writeln!(s, "</g>")?;
+        }
+        if self.series.iter().all(|s| s.points.is_empty()) {
+            writeln!(
+                s,
+                r##"<text x="{mid_x:.1}" y="{:.1}" text-anchor="middle" fill="#999999" font-size="14">no data</text>"##,
+                mid_y - 30.0
+            )?;
+        }
+
+        // Legend.
+        writeln!(s, r#"<g font-size="11">"#)?;
+        let rows = self.series.len() + usize::from(self.diagonal) + usize::from(self.slo.is_some()) + 1;
+        let row_height = 20f64.min((HEIGHT - 16.0 - PLOT_TOP) / rows as f64);
+        let mut row = PLOT_TOP + 10.0;
+        let (sample0, sample1, text_x) = (LEGEND_X, LEGEND_X + 22.0, LEGEND_X + 28.0);
+        for (i, series) in self.series.iter().enumerate() {
+            let c = color(i);
+            writeln!(
+                s,
+                r#"<line x1="{sample0}" y1="{row:.1}" x2="{sample1}" y2="{row:.1}" stroke="{c}" stroke-width="2"/>"#
+            )?;
+            writeln!(s, r#"<circle cx="{:.1}" cy="{row:.1}" r="3.5" fill="{c}"/>"#, (sample0 + sample1) / 2.0)?;
+            writeln!(s, r#"<text x="{text_x}" y="{:.1}">{}</text>"#, row + 4.0, xml(&legend_name(series.name)))?;
+            row += row_height;
+        }
+        let mut reference = |s: &mut String, text: &str| -> fmt::Result {
+            writeln!(
+                s,
+                r##"<line x1="{sample0}" y1="{row:.1}" x2="{sample1}" y2="{row:.1}" stroke="#777777" stroke-width="1.5" stroke-dasharray="6 4"/>"##
+            )?;
+            writeln!(s, r#"<text x="{text_x}" y="{:.1}">{}</text>"#, row + 4.0, xml(text))?;
+            row += row_height;
+            Ok(())
+        };
+        if self.diagonal {
+            reference(&mut s, "y = x (keeping up)")?;
+        }
+        if let Some(slo) = self.slo {
+            reference(&mut s, &format!("SLO: p99 {} ms", setting(slo)))?;
+        }
+        if self.series.iter().any(|s| s.points.iter().any(|p| !p.passed)) {
+            writeln!(
+                s,
+                r##"<text x="{sample0}" y="{:.1}" fill="#777777">hollow marker: step failed</text>"##,
+                row + 4.0
+            )?;
+        }
+        writeln!(s, "</g>")?;
+        writeln!(s, "</svg>")?;
+        Ok(s)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Markdown
+// ---------------------------------------------------------------------------
+
+/// Text safe on one Markdown line and in a table cell.
+fn md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '<' => out.push_str("&lt;"),
+            '&' => out.push_str("&amp;"),
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `v` with `decimals` decimals, or `-` when it is not a number.
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        // No "-0.000".
+        let v = if v == 0.0 { 0.0 } else { v };
+        format!("{v:.decimals$}")
+    } else {
+        "-".to_string()
+    }
+}
+
+/// Events per second as millions per second.
+fn mega(v: f64) -> String {
+    num(v / 1e6, 3)
+}
+
+/// Microseconds as milliseconds, exactly.
+fn ms(us: u64) -> String {
+    format!("{}.{:03}", us / 1000, us % 1000)
+}
+
+fn ratio(r: f64) -> String {
+    if r.is_finite() { format!("{}x", human(r)) } else { "-".to_string() }
+}
+
+/// The step the knee was measured at: the passing step at the knee's
+/// offered rate, else the highest passing step.
+fn knee_step(run: &ModeRun) -> Option<&StepReport> {
+    run.knee_events_per_s?;
+    let passed = || run.steps.iter().filter(|s| s.passed);
+    run.knee_offered_events_per_s
+        .and_then(|o| passed().find(|s| (s.offered_events_per_s - o).abs() <= o.abs() * 1e-9))
+        .or_else(|| run.steps.iter().rev().find(|s| s.passed))
+}
+
+fn code_block(s: &mut String, text: &str) -> fmt::Result {
+    // A fence longer than any run of backticks in the text.
+    let mut longest = 0;
+    let mut current = 0;
+    for c in text.chars() {
+        current = if c == '`' { current + 1 } else { 0 };
+        longest = longest.max(current);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    writeln!(s, "{fence}sh")?;
+    writeln!(s, "{}", text.trim_end())?;
+    writeln!(s, "{fence}")
+}
+
+fn markdown(runs: &[ModeRun], comparison: Option<&Comparison>, command: &str) -> Result<String, fmt::Error> {
+    let mut s = String::new();
+    writeln!(s, "# trove bench report{}", md(&workload_suffix(runs)))?;
+    writeln!(s)?;
+    writeln!(s, "Produced by:")?;
+    writeln!(s)?;
+    code_block(&mut s, command)?;
+    writeln!(s)?;
+    writeln!(s, "![Achieved against offered events/s, per mode](achieved.svg)")?;
+    writeln!(s)?;
+    writeln!(s, "![p99 latency to acknowledgement against offered events/s, per mode](p99.svg)")?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Latencies run from each event's intended send time (coordinated omission corrected). \
+         A step passes when achieved keeps up with offered and p99 to ack stays within the SLO; \
+         the knee is the achieved rate of the highest passing step."
+    )?;
+
+    if let Some(comparison) = comparison {
+        summary(&mut s, comparison)?;
+    }
+    if runs.is_empty() {
+        writeln!(s)?;
+        writeln!(s, "No runs.")?;
+    }
+    for run in runs {
+        mode_section(&mut s, run)?;
+    }
+    Ok(s)
+}
+
+fn summary(s: &mut String, comparison: &Comparison) -> fmt::Result {
+    writeln!(s)?;
+    writeln!(s, "## Summary")?;
+    writeln!(s)?;
+    writeln!(s, "Workload {}, SLO p99 {} ms.", md(&comparison.workload), setting(comparison.slo_p99_ms))?;
+    writeln!(s)?;
+    writeln!(s, "| mode | knee M/s | p99 at knee ms | ratio |")?;
+    writeln!(s, "|---|---:|---:|---:|")?;
+    let first = comparison.runs.first();
+    for run in &comparison.runs {
+        let knee = run.knee_events_per_s.map_or_else(|| "-".to_string(), mega);
+        let p99 = knee_step(run).map_or_else(|| "-".to_string(), |step| ms(step.latency_us.p99));
+        // The first mode's knee over this one's, as the comparison has it.
+        let r = first.and_then(|first| {
+            let modes = format!("{} / {}", first.mode, run.mode);
+            match comparison.ratios.iter().find(|r| r.modes == modes) {
+                Some(r) => r.knee_ratio,
+                None => Some(first.knee_events_per_s? / run.knee_events_per_s?),
+            }
+        });
+        writeln!(s, "| {} | {knee} | {p99} | {} |", md(&run.mode), r.map_or_else(|| "-".to_string(), ratio))?;
+    }
+    writeln!(s)?;
+    if comparison.ratios.is_empty() {
+        writeln!(s, "No knee ratios (one mode).")?;
+    } else {
+        writeln!(s, "Knee ratios (the first mode's knee over each other mode's, same SLO):")?;
+        writeln!(s)?;
+        for r in &comparison.ratios {
+            let value = r.knee_ratio.map_or_else(|| "n/a (a mode has no knee)".to_string(), ratio);
+            writeln!(s, "- {}: {value}", md(&r.modes))?;
+        }
+    }
+    Ok(())
+}
+
+fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
+    writeln!(s)?;
+    writeln!(s, "## {}", md(&run.mode))?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Workload {}, {} arrivals, {} connections, SLO p99 {} ms.",
+        md(&run.workload),
+        md(&run.arrivals),
+        run.connections,
+        setting(run.slo_p99_ms)
+    )?;
+    writeln!(s)?;
+    if run.steps.is_empty() {
+        writeln!(s, "No steps ran.")?;
+    } else {
+        writeln!(
+            s,
+            "| step | offered M/s | achieved M/s | p50 ack ms | p99 ack ms | p99.9 ack ms | p99 update ms \
+             | p99 send lag ms | client cores | server cores | server p99 ack ms | queue depth | batch mean \
+             | polls/event | wakeups/event | worker busy | schedule p99 us | passed |"
+        )?;
+        writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")?;
+        for step in &run.steps {
+            let l = &step.latency_us;
+            let update = step.update_latency_us.map_or_else(|| "-".to_string(), |u| ms(u.p99));
+            write!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {update} | {} | {} ",
+                step.step,
+                mega(step.offered_events_per_s),
+                mega(step.achieved_events_per_s),
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999),
+                ms(step.send_lag_us.p99),
+                num(step.client_cpu_cores, 2)
+            )?;
+            match &step.server {
+                Some(server) => write!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} ",
+                    num(server.cpu_cores, 2),
+                    server.ingest_to_ack_p99_us.map_or_else(|| "-".to_string(), |v| num(v / 1e3, 2)),
+                    num(server.queue_depth_events, 0),
+                    num(server.batch_events_mean, 1),
+                    num(server.polls_per_event, 2),
+                    num(server.wakeups_per_event, 2),
+                    num(server.worker_busy_ratio, 2),
+                    server.schedule_latency_p99_us.map_or_else(|| "-".to_string(), |v| num(v, 1))
+                )?,
+                None => write!(s, "| - | - | - | - | - | - | - | - ")?,
+            }
+            writeln!(s, "| {} |", if step.passed { "yes" } else { "no" })?;
+        }
+    }
+    writeln!(s)?;
+    let reason = run.knee_reason.as_deref().map(md);
+    match run.knee_events_per_s {
+        Some(knee) => {
+            let offered = run.knee_offered_events_per_s.map_or_else(|| "-".to_string(), mega);
+            write!(s, "knee: {} M events/s achieved at {offered} M events/s offered", mega(knee))?;
+            if let Some(step) = knee_step(run) {
+                write!(s, " (p99 to ack {} ms)", ms(step.latency_us.p99))?;
+            }
+            match reason {
+                Some(reason) => writeln!(s, "; the step above failed because {reason}")?,
+                None => writeln!(s, "; no step above it failed")?,
+            }
+        }
+        None => match reason {
+            Some(reason) => writeln!(s, "knee: no step passed; the lowest step failed because {reason}")?,
+            None => writeln!(s, "knee: no step passed")?,
+        },
+    }
+    writeln!(s)?;
+    match &run.first_moved {
+        Some(f) => writeln!(
+            s,
+            "first metric to move: {} at step {} ({} M events/s offered): {} -> {}",
+            md(&f.metric),
+            f.step,
+            mega(f.offered_events_per_s),
+            plain(f.from),
+            plain(f.to)
+        ),
+        None => writeln!(s, "first metric to move: none detected"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::{FirstMoved, LatencyUs, Ratio, ServerStep};
+    use super::*;
+
+    /// A directory of its own under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("trove-report-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn step(step: u32, offered: f64, achieved: f64, p99_us: u64, passed: bool) -> StepReport {
+        StepReport {
+            step,
+            offered_events_per_s: offered,
+            achieved_events_per_s: achieved,
+            seconds: 5.0,
+            events_offered: (offered * 5.0) as u64,
+            events_sent: (achieved * 5.0) as u64,
+            events_acked: (achieved * 5.0) as u64,
+            latency_us: LatencyUs {
+                p50: p99_us / 4,
+                p99: p99_us,
+                p999: p99_us.saturating_mul(2),
+                max: p99_us.saturating_mul(3),
+            },
+            update_latency_us: step.is_multiple_of(2).then_some(LatencyUs {
+                p50: 900,
+                p99: 2500,
+                p999: 4000,
+                max: 9000,
+            }),
+            send_lag_us: LatencyUs { p50: 100, p99: 400, p999: 800, max: 900 },
+            updates_measured: 100,
+            passed,
+            client_cpu_cores: 0.8,
+            server: (step != 1).then(|| ServerStep {
+                cpu_cores: 1.5,
+                queue_depth_events: f64::from(step) * 10.0,
+                batch_events_mean: 64.0,
+                polls_per_event: 0.02,
+                wakeups_per_event: 0.01,
+                worker_busy_ratio: 0.4,
+                schedule_latency_p99_us: (step > 2).then_some(35.0),
+                busy_replies: 0.0,
+                ingest_to_ack_p99_us: Some(1048.576),
+            }),
+        }
+    }
+
+    fn run(mode: &str, steps: Vec<StepReport>) -> ModeRun {
+        let knee = steps.iter().rev().find(|s| s.passed);
+        ModeRun {
+            mode: mode.to_string(),
+            workload: "treasure-hunt".to_string(),
+            arrivals: "constant".to_string(),
+            connections: 64,
+            slo_p99_ms: 10.0,
+            knee_events_per_s: knee.map(|k| k.achieved_events_per_s),
+            knee_offered_events_per_s: knee.map(|k| k.offered_events_per_s),
+            knee_reason: steps.iter().any(|s| !s.passed).then(|| "p99 42.000 ms > SLO 10 ms".to_string()),
+            first_moved: knee.map(|k| FirstMoved {
+                metric: "queue_depth_events".to_string(),
+                step: k.step,
+                offered_events_per_s: k.offered_events_per_s,
+                from: 0.0,
+                to: 1234.5,
+            }),
+            steps,
+        }
+    }
+
+    fn sharded() -> ModeRun {
+        let offered = [0.5e6, 1e6, 2e6, 3e6, 4e6, 6e6, 8e6, 10e6, 12e6, 14e6];
+        let steps = offered
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                let last = i == offered.len() - 1;
+                step(
+                    i as u32,
+                    o,
+                    if last { 12.4e6 } else { o * 0.999 },
+                    if last { 42_000 } else { 800 + i as u64 * 300 },
+                    !last,
+                )
+            })
+            .collect();
+        run("sharded", steps)
+    }
+
+    fn task_per_event() -> ModeRun {
+        let offered = [0.1e6, 0.2e6, 0.3e6, 0.4e6, 0.5e6];
+        let steps = offered
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                let failed = i >= 3;
+                step(
+                    i as u32,
+                    o,
+                    if failed { 0.31e6 } else { o * 0.998 },
+                    if failed { 250_000 } else { 2_000 },
+                    !failed,
+                )
+            })
+            .collect();
+        run("task-per-event", steps)
+    }
+
+    fn comparison(runs: &[ModeRun]) -> Comparison {
+        Comparison {
+            workload: "treasure-hunt".to_string(),
+            slo_p99_ms: 10.0,
+            runs: runs.to_vec(),
+            ratios: runs[1..]
+                .iter()
+                .map(|r| Ratio {
+                    modes: format!("{} / {}", runs[0].mode, r.mode),
+                    knee_ratio: Some(runs[0].knee_events_per_s.unwrap() / r.knee_events_per_s.unwrap()),
+                })
+                .collect(),
+        }
+    }
+
+    /// A tiny well-formedness check: tags balance (`<a>` closed by `</a>`
+    /// or `/>`), attribute values are quoted and hold no `<`, every `&`
+    /// starts an entity, and there is one root element.
+    fn check_xml(text: &str) -> Result<(), String> {
+        fn check_amp(text: &str, at: usize) -> Result<(), String> {
+            let rest = &text[at..];
+            let ok = ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].iter().any(|e| rest.starts_with(e))
+                || rest.strip_prefix("&#").and_then(|r| r.split_once(';')).is_some_and(|(digits, _)| {
+                    !digits.is_empty()
+                        && (digits.bytes().all(|b| b.is_ascii_digit())
+                            || digits
+                                .strip_prefix('x')
+                                .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())))
+                });
+            if ok { Ok(()) } else { Err(format!("raw & at byte {at}")) }
+        }
+        let bytes = text.as_bytes();
+        let mut stack: Vec<&str> = Vec::new();
+        let mut roots = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'&' => {
+                    check_amp(text, i)?;
+                    i += 1;
+                }
+                b'<' if text[i..].starts_with("</") => {
+                    let end = text[i..].find('>').ok_or("unterminated end tag")? + i;
+                    let name = text[i + 2..end].trim();
+                    match stack.pop() {
+                        Some(open) if open == name => {}
+                        other => return Err(format!("</{name}> closes {other:?}")),
+                    }
+                    i = end + 1;
+                }
+                b'<' => {
+                    let name_end = text[i + 1..]
+                        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+                        .ok_or("unterminated tag")?
+                        + i
+                        + 1;
+                    let name = &text[i + 1..name_end];
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':') {
+                        return Err(format!("bad tag name {name:?} at byte {i}"));
+                    }
+                    // Attributes: name="value" pairs up to > or />.
+                    let mut j = name_end;
+                    let mut quote = None;
+                    let self_closing = loop {
+                        let Some(&b) = bytes.get(j) else { return Err(format!("unterminated <{name}")) };
+                        match (quote, b) {
+                            (Some(q), b) if b == q => quote = None,
+                            (Some(_), b'<') => return Err(format!("< in an attribute of <{name}>")),
+                            (Some(_), b'&') => check_amp(text, j)?,
+                            (Some(_), _) => {}
+                            (None, b'"' | b'\'') => {
+                                if bytes[j - 1] != b'=' {
+                                    return Err(format!("stray quote in <{name}>"));
+                                }
+                                quote = Some(b);
+                            }
+                            (None, b'>') => break false,
+                            (None, b'/') if bytes.get(j + 1) == Some(&b'>') => {
+                                j += 1;
+                                break true;
+                            }
+                            (None, b'<' | b'&' | b'/') => return Err(format!("bad character in <{name}>")),
+                            (None, _) => {}
+                        }
+                        j += 1;
+                    };
+                    if stack.is_empty() {
+                        roots += 1;
+                    }
+                    if !self_closing {
+                        stack.push(name);
+                    }
+                    i = j + 1;
+                }
+                b'>' => return Err(format!("raw > at byte {i}")),
+                _ => i += 1,
+            }
+        }
+        if let Some(open) = stack.last() {
+            return Err(format!("<{open}> never closed"));
+        }
+        if roots != 1 {
+            return Err(format!("{roots} root elements"));
+        }
+        Ok(())
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    #[test]
+    fn the_checker_catches_bad_xml() {
+        assert!(check_xml("<svg><g></g><line/></svg>").is_ok());
+        assert!(check_xml(r#"<svg a="x&amp;y"><text>a &lt; b &#8230;</text></svg>"#).is_ok());
+        assert!(check_xml("<svg><g></svg>").is_err());
+        assert!(check_xml("<svg><g></g>").is_err());
+        assert!(check_xml("<svg>a & b</svg>").is_err());
+        assert!(check_xml(r#"<svg a="<"/>"#).is_err());
+        assert!(check_xml(r#"<svg a="&"/>"#).is_err());
+        assert!(check_xml("<svg/><svg/>").is_err());
+        assert!(check_xml("<svg>a > b</svg>").is_err());
+    }
+
+    #[test]
+    fn writes_charts_and_report_for_two_modes() {
+        let tmp = TempDir::new("two-modes");
+        let runs = [sharded(), task_per_event()];
+        let comparison = comparison(&runs);
+        let command = "trove bench load --modes sharded,task-per-event --report out";
+        let written = write(&tmp.0, &runs, Some(&comparison), command).unwrap();
+        let names: Vec<_> = written.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["achieved.svg", "p99.svg", "report.md"]);
+        for path in &written {
+            assert!(path.is_file(), "{} missing", path.display());
+            assert!(path.starts_with(&tmp.0));
+        }
+
+        for path in &written[..2] {
+            let svg = read(path);
+            check_xml(&svg).unwrap_or_else(|e| panic!("{}: {e}\n{svg}", path.display()));
+            assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 720 420\""));
+            assert_eq!(svg.matches("<polyline").count(), 2, "{}", path.display());
+            assert!(svg.contains(">sharded</text>") && svg.contains(">task-per-event</text>"), "legend");
+            assert!(svg.contains(r##"stroke="#1f77b4""##) && svg.contains(r##"stroke="#d62728""##), "palette");
+            // One marker per step in each chart, plus one per legend entry.
+            assert_eq!(svg.matches("<circle").count(), 15 + 2);
+            assert!(svg.contains("stroke-dasharray"), "reference line");
+            assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        }
+        let achieved = read(&written[0]);
+        // 0.1M to 14M: decades labelled, x and y.
+        for tick in [">1M</text>", ">10M</text>", ">100k</text>"] {
+            assert_eq!(achieved.matches(tick).count(), 2, "{tick}");
+        }
+        assert!(achieved.contains("y = x"));
+        let p99 = read(&written[1]);
+        assert!(p99.contains(">SLO 10 ms</text>"));
+        assert!(p99.contains("SLO: p99"));
+
+        let report = read(&written[2]);
+        assert!(report.starts_with("# trove bench report"));
+        assert!(report.contains(&format!("```sh\n{command}\n```")));
+        assert!(report.contains("![Achieved against offered events/s, per mode](achieved.svg)"));
+        assert!(report.contains("](p99.svg)"));
+        assert!(report.contains(
+            "knee: 11.988 M events/s achieved at 12.000 M events/s offered (p99 to ack 3.200 ms); \
+             the step above failed because p99 42.000 ms > SLO 10 ms"
+        ));
+        assert!(report.contains("knee: 0.299 M events/s achieved at 0.300 M events/s offered"));
+        assert!(
+            report
+                .contains("first metric to move: queue_depth_events at step 8 (12.000 M events/s offered): 0 -> 1234")
+        );
+        assert!(report.contains("## sharded") && report.contains("## task-per-event") && report.contains("## Summary"));
+        assert!(report.contains("| sharded | 11.988 | 3.200 | 1.00x |"));
+        assert!(report.contains("| task-per-event | 0.299 | 2.000 | 40.0x |"));
+        assert!(report.contains("- sharded / task-per-event: 40.0x"));
+        // A step row: without a server scrape, with one; failed.
+        assert!(report.contains(
+            "| 1 | 1.000 | 0.999 | 0.275 | 1.100 | 2.200 | - | 0.400 | 0.80 | - | - | - | - | - | - | - | - | yes |"
+        ));
+        assert!(report.contains("| 9 | 14.000 | 12.400 | 10.500 | 42.000 | 84.000 | - | 0.400 | 0.80 | 1.50 | 1.05 | 90 | 64.0 | 0.02 | 0.01 | 0.40 | 35.0 | no |"));
+        // 10 + 5 step rows, each with 18 columns.
+        let rows: Vec<_> = report.lines().filter(|l| l.starts_with("| ") && l.matches(" | ").count() == 17).collect();
+        assert_eq!(rows.len(), 2 + 15, "{rows:#?}");
+
+        // Deterministic.
+        let again = TempDir::new("two-modes-again");
+        let written_again = write(&again.0, &runs, Some(&comparison), command).unwrap();
+        for (a, b) in written.iter().zip(&written_again) {
+            assert_eq!(read(a), read(b));
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let tmp = TempDir::new("degenerate");
+        let mut weird = run("a<b & \"c\" | d\n", vec![step(0, 1e6, 1e6, 500, true)]);
+        weird.workload = "w&<>".to_string();
+        let mut bad_values = run(
+            "bad-values",
+            vec![
+                step(0, 0.0, 0.0, 0, false),
+                step(1, -5.0, f64::NAN, 100, false),
+                step(2, f64::INFINITY, 1e6, 100, false),
+                step(3, f64::NAN, -1.0, u64::MAX, false),
+            ],
+        );
+        bad_values.slo_p99_ms = f64::NAN;
+        let mut all_equal = run("all-equal", (0..4).map(|i| step(i, 2e6, 2e6, 1000, true)).collect::<Vec<_>>());
+        all_equal.slo_p99_ms = 1.0;
+        let cases: Vec<(&str, Vec<ModeRun>)> = vec![
+            ("none", vec![]),
+            ("no-steps", vec![run("empty", vec![])]),
+            ("one-step", vec![run("one", vec![step(0, 3e5, 3e5, 2000, true)])]),
+            ("one-failed-step", vec![run("one", vec![step(0, 3e5, 1e5, 90_000, false)])]),
+            ("bad-values", vec![bad_values]),
+            ("all-equal", vec![all_equal]),
+            ("escaping", vec![weird]),
+            (
+                "tiny-and-huge",
+                vec![run("wide", vec![step(0, 1e-150, 1e-150, 1, true), step(1, 1e150, 1e150, 1, true)])],
+            ),
+            ("many-modes", (0..13).map(|i| run(&format!("mode-{i}-with-a-rather-long-name"), vec![])).collect()),
+        ];
+        for (name, runs) in cases {
+            let dir = tmp.0.join(name);
+            let comparison =
+                Comparison { workload: String::new(), slo_p99_ms: 0.0, runs: runs.clone(), ratios: vec![] };
+            for comparison in [None, Some(&comparison)] {
+                let written = write(&dir, &runs, comparison, "trove ```bench``` & <x>").unwrap();
+                for path in &written[..2] {
+                    let svg = read(path);
+                    check_xml(&svg).unwrap_or_else(|e| panic!("{name} {}: {e}\n{svg}", path.display()));
+                    assert_eq!(svg.matches("<polyline").count(), runs.len(), "{name}");
+                    assert!(!svg.contains("NaN") && !svg.contains("inf"), "{name}\n{svg}");
+                }
+                let report = read(&written[2]);
+                assert!(report.contains("````sh\ntrove ```bench``` & <x>\n````"), "{name}");
+            }
+        }
+
+        let report = read(&tmp.0.join("one-failed-step/report.md"));
+        assert!(report.contains("knee: no step passed; the lowest step failed because"));
+        let report = read(&tmp.0.join("no-steps/report.md"));
+        assert!(report.contains("No steps ran.") && report.contains("knee: no step passed"));
+        assert!(read(&tmp.0.join("none/report.md")).contains("No runs."));
+        assert!(read(&tmp.0.join("none/achieved.svg")).contains(">no data</text>"));
+        let escaped = read(&tmp.0.join("escaping/achieved.svg"));
+        assert!(escaped.contains("a&lt;b &amp; &quot;c&quot; | d"));
+        assert!(read(&tmp.0.join("escaping/report.md")).contains("## a&lt;b &amp; \"c\" \\| d"));
+        let p99 = read(&tmp.0.join("all-equal/p99.svg"));
+        assert!(p99.contains(">SLO 1 ms</text>"));
+    }
+
+    #[test]
+    fn ranges_round_out_and_pad() {
+        assert_eq!(log_range([]), (1.0, 10.0));
+        assert_eq!(log_range([f64::NAN, 0.0, -3.0]), (1.0, 10.0));
+        assert_eq!(log_range([3e5, 1.2e7]), (2e5, 2e7));
+        assert_eq!(log_range([1e6, 1e7]), (1e6, 1e7));
+        assert_eq!(log_range([4e5]), (2e5, 1e6));
+        let (lo, hi) = log_range([1.0, 1.0 + 1e-12]);
+        assert!(lo < 1.0 && hi > 1.0);
+    }
+
+    fn labels(range: (f64, f64), units: Units, horizontal: bool) -> Vec<String> {
+        let axis =
+            if horizontal { Axis::new(range, PLOT_LEFT, PLOT_RIGHT) } else { Axis::new(range, PLOT_BOTTOM, PLOT_TOP) };
+        ticks(&axis, units, horizontal).0.into_iter().map(|t| label(t, units)).collect()
+    }
+
+    #[test]
+    fn ticks_suit_the_span() {
+        // Within a decade: more than the bounds.
+        assert_eq!(labels((2e5, 5e5), Units::Rate, true), ["200k", "300k", "400k", "500k"]);
+        // One decade: 1-2-3-5 or denser.
+        let one = labels((1e6, 1e7), Units::Rate, true);
+        assert!(one.len() >= 4 && one.contains(&"1M".to_string()) && one.contains(&"10M".to_string()), "{one:?}");
+        // Two: 1-2-5.
+        assert_eq!(labels((1e5, 1e7), Units::Rate, true), ["100k", "200k", "500k", "1M", "2M", "5M", "10M"]);
+        // Three: still room for 1-2-5 on x.
+        assert_eq!(labels((1e4, 1e7), Units::Rate, true).len(), 10);
+        // Four: decades only.
+        assert_eq!(labels((1e3, 1e7), Units::Rate, true), ["1k", "10k", "100k", "1M", "10M"]);
+        // Four on y: 1-2-5 would make 13 labels; decades.
+        assert_eq!(labels((0.1, 1000.0), Units::Millis, false), ["0.1", "1", "10", "100", "1000"]);
+        // Two on y (taller labels fit closer): 1-2-3-5.
+        assert_eq!(labels((1.0, 100.0), Units::Millis, false), ["1", "2", "3", "5", "10", "20", "30", "50", "100"]);
+        // Hundreds of decades: a stride of decades, never too many.
+        let wide = labels((1e-150, 1e150), Units::Rate, true);
+        assert!((2..=MAX_LABELS).contains(&wide.len()), "{wide:?}");
+        // Every range labels at least two ticks.
+        for (lo, hi) in [(1.0, 2.0), (5.0, 10.0), (2e-3, 5e-3), (1e-9, 1e9)] {
+            for horizontal in [true, false] {
+                let l = labels((lo, hi), Units::Millis, horizontal);
+                assert!(l.len() >= 2, "{lo} {hi} {l:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn labels_are_human() {
+        let t = |m, e| Tick { m, e };
+        assert_eq!(label(t(2, 5), Units::Rate), "200k");
+        assert_eq!(label(t(1, 6), Units::Rate), "1M");
+        assert_eq!(label(t(1, 7), Units::Rate), "10M");
+        assert_eq!(label(t(5, 8), Units::Rate), "500M");
+        assert_eq!(label(t(3, 9), Units::Rate), "3G");
+        assert_eq!(label(t(5, 2), Units::Rate), "500");
+        assert_eq!(label(t(5, -1), Units::Rate), "0.5");
+        assert_eq!(label(t(1, 20), Units::Rate), "1e20");
+        assert_eq!(label(t(5, -1), Units::Millis), "0.5");
+        assert_eq!(label(t(2, -3), Units::Millis), "0.002");
+        assert_eq!(label(t(1, 3), Units::Millis), "1000");
+        assert_eq!(label(t(1, -7), Units::Millis), "1e-7");
+        assert_eq!(human(250_000.0), "250k");
+        assert_eq!(human(12e6), "12.0M");
+        assert_eq!(human(1.5e6), "1.50M");
+        assert_eq!(human(0.0), "0.00");
+        assert_eq!(human(f64::NAN), "-");
+        assert_eq!(ms(1_234_567), "1234.567");
+        assert_eq!(num(-0.0, 2), "0.00");
+        assert_eq!(plain(1234.6), "1235");
+        assert_eq!(plain(0.021_04), "0.021");
+        assert_eq!(plain(-2.5), "-2.5");
+        assert_eq!(plain(12.0), "12");
+        assert_eq!(plain(1e-30), "1.00e-30");
+        assert_eq!(setting(10.0), "10");
+        assert_eq!(setting(2.5), "2.5");
+        assert_eq!(setting(f64::NAN), "-");
+    }
+}

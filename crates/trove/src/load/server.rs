@@ -1,0 +1,166 @@
+//! A fresh `trove serve` child process on loopback, one per execution mode,
+//! so every mode starts from the same empty state and the server's CPU is
+//! its own (`process_cpu_seconds_total` in its /metrics).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How the child is started.
+#[derive(Clone, Debug)]
+pub struct ChildSpec {
+    /// The trove binary.
+    pub exe: PathBuf,
+    /// sharded, task-per-event or spawn-blocking-per-event.
+    pub mode: String,
+    pub shards: Option<u32>,
+    /// `None`: `--no-journal`; else the fsync policy, journaling into `data`.
+    pub fsync: Option<String>,
+    pub data: PathBuf,
+    pub io_workers: u32,
+}
+
+/// A running child; killed when dropped.
+#[derive(Debug)]
+pub struct ChildServer {
+    child: Child,
+    pub tcp: SocketAddr,
+    pub control: SocketAddr,
+    /// The child's stderr lines after the listen lines, for errors.
+    log: mpsc::Receiver<String>,
+    data: Option<PathBuf>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ChildServer {
+    pub fn start(spec: &ChildSpec) -> Result<Self, String> {
+        let mut cmd = Command::new(&spec.exe);
+        cmd.arg("serve")
+            .args(["--mode", &spec.mode, "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"])
+            .args(["--io-workers", &spec.io_workers.to_string()]);
+        if let Some(s) = spec.shards {
+            cmd.args(["--shards", &s.to_string()]);
+        }
+        let mut data = None;
+        match &spec.fsync {
+            None => {
+                cmd.arg("--no-journal");
+            }
+            Some(policy) => {
+                let _ = std::fs::remove_dir_all(&spec.data);
+                cmd.arg("--data").arg(&spec.data).args(["--fsync", policy]);
+                data = Some(spec.data.clone());
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {} serve: {e}", spec.exe.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let (tx, log) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("bench-server-log".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let mut server = Self {
+            child,
+            tcp: SocketAddr::from(([0, 0, 0, 0], 0)),
+            control: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            data,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut tcp, mut control) = (None, None);
+        let mut seen = Vec::new();
+        while tcp.is_none() || control.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.log.recv_timeout(left) {
+                Ok(line) => {
+                    tcp = tcp.or_else(|| addr_after(&line, "protocol v1 on tcp://"));
+                    control = control.or_else(|| addr_after(&line, "control plane on http://"));
+                    seen.push(line);
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "the {} server did not start within {START_TIMEOUT:?}; it said:\n{}",
+                        spec.mode,
+                        seen.join("\n")
+                    ));
+                }
+            }
+        }
+        server.tcp = tcp.ok_or("no tcp address")?;
+        server.control = control.ok_or("no control address")?;
+        Ok(server)
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within `grace`. Returns
+    /// the child's last lines (its final state hash among them).
+    pub fn stop(mut self, grace: Duration) -> Vec<String> {
+        self.stop_inner(grace);
+        self.log.try_iter().collect()
+    }
+
+    fn stop_inner(&mut self, grace: Duration) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(d) = self.data.take() {
+            remove_data(&d);
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        self.stop_inner(Duration::from_secs(5));
+    }
+}
+
+fn addr_after(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.split_once(prefix)?.1;
+    rest.split(['/', ' ']).next()?.parse().ok()
+}
+
+fn remove_data(d: &Path) {
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_lines_are_read() {
+        assert_eq!(
+            addr_after("trove: protocol v1 on tcp://127.0.0.1:4100", "protocol v1 on tcp://"),
+            Some("127.0.0.1:4100".parse().unwrap())
+        );
+        assert_eq!(
+            addr_after("trove: control plane on http://127.0.0.1:9/ (/metrics)", "control plane on http://"),
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        assert_eq!(addr_after("trove: serving", "control plane on http://"), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! `trove bench` (no subcommand): checks the flags, runs the load
+//! generator, prints the summary and writes --json and --report.
+
+use std::io::Write;
+use std::time::Duration;
+
+use trove_shard::{FsyncPolicy, Mode};
+
+use crate::cli::BenchLoad;
+use crate::load::arrivals::Arrivals;
+use crate::load::{self, LoadArgs, RampArgs, ServerArgs};
+use crate::workload_arg;
+
+fn positive(flag: &str, v: f64) -> Result<f64, String> {
+    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("--{flag} must be a positive number, not {v}")) }
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    let v = positive(flag, v)?;
+    if v > 86_400.0 {
+        return Err(format!("--{flag} must be at most 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The run `flags` ask for, checked.
+pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
+    let workload = workload_arg::resolve(&flags.workload)?;
+    let modes: Vec<String> = flags.modes.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+    if modes.is_empty() {
+        return Err("--modes names no mode".into());
+    }
+    for m in &modes {
+        Mode::parse(m)?;
+    }
+    if modes.iter().enumerate().any(|(i, m)| modes[..i].contains(m)) {
+        return Err("--modes names a mode twice".into());
+    }
+    let fsync = match flags.fsync.as_str() {
+        "none" => None,
+        p => {
+            p.parse::<FsyncPolicy>()?;
+            if let Some(m) = modes.iter().find(|m| m.as_str() != "sharded") {
+                return Err(format!("--modes {m} runs without a journal: compare modes with --fsync none"));
+            }
+            Some(p.to_string())
+        }
+    };
+    if flags.target.is_some() && (modes.len() > 1 || modes[0] != "sharded") {
+        return Err("--target drives one running server: drop --modes".into());
+    }
+    if flags.metrics.is_some() && flags.target.is_none() {
+        return Err("--metrics names the control plane of a --target".into());
+    }
+    let ramp = flags.ramp || (flags.rate.is_none() && modes.len() > 1);
+    let ramp_factor = positive("ramp-factor", flags.ramp_factor)?;
+    let ramp_coarse = positive("ramp-coarse", flags.ramp_coarse)?;
+    if ramp_factor <= 1.0 || ramp_coarse < 1.0 {
+        return Err("--ramp-factor must be above 1 and --ramp-coarse at least 1".into());
+    }
+    let slo_ms = positive("slo-ms", flags.slo_ms)?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding the trove binary: {e}"))?;
+    Ok(LoadArgs {
+        workload,
+        arrivals: Arrivals::parse(&flags.arrivals)?,
+        rate: positive("rate", flags.rate.unwrap_or(1_000_000.0))?,
+        duration: seconds("duration", flags.duration)?,
+        ramp: ramp
+            .then(|| -> Result<RampArgs, String> {
+                Ok(RampArgs {
+                    from: positive("ramp-from", flags.ramp_from)?,
+                    factor: ramp_factor,
+                    coarse: ramp_coarse,
+                    max: positive("ramp-max", flags.ramp_max)?,
+                    step: seconds("step-seconds", flags.step_seconds)?,
+                    steps_max: flags.steps_max,
+                })
+            })
+            .transpose()?,
+        modes,
+        target: flags.target,
+        target_metrics: flags.metrics,
+        server: ServerArgs { exe, shards: flags.shards, fsync, io_workers: flags.io_workers },
+        connections: flags.connections,
+        batch_events: flags.batch,
+        window_batches: flags.window,
+        watch_hunts: flags.watch,
+        slo_p99: Duration::from_secs_f64(slo_ms / 1e3),
+        client_workers: flags.client_workers as usize,
+        tick: Duration::from_micros(flags.tick_us),
+        linger: Duration::from_micros(flags.linger_us),
+        drain_timeout: seconds("drain-timeout", flags.drain_timeout)?,
+        progress: true,
+    })
+}
+
+pub fn run(flags: &BenchLoad) -> Result<(), String> {
+    let args = args(flags)?;
+    let outcome = load::run(&args)?;
+    println!("{}", load::summary(&outcome));
+    if let Some(path) = &flags.json {
+        let json = load::to_json(&outcome, args.ramp.is_some())?;
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            let mut f = std::fs::File::create(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            writeln!(f, "{json}").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+    }
+    if let Some(dir) = &flags.report {
+        let command = std::env::args().map(|a| shell_word(&a)).collect::<Vec<_>>().join(" ");
+        let written = load::report::write(dir, &outcome.runs, outcome.comparison.as_ref(), &command)?;
+        for p in written {
+            eprintln!("trove bench: wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn shell_word(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,/:".contains(c)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,177 @@
+//! `trove bench` (the open-loop load generator) run as a user would: it
+//! starts real `trove serve` children, drives them over TCP and writes its
+//! JSON and report. Rates are small: these check behaviour, not speed.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn trove(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn small_workload(dir: &std::path::Path) -> String {
+    let edits = [("hunts = 1000", "hunts = 40"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
+    common::workload_file(dir, "small.toml", &edits).to_str().unwrap().to_string()
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("json file")).expect("valid JSON")
+}
+
+#[test]
+fn a_single_run_reports_every_figure() {
+    let dir = common::scratch_dir("bench-load-single");
+    let workload = small_workload(&dir);
+    let json = dir.join("run.json");
+    let out = trove(&[
+        "bench",
+        "--workload",
+        &workload,
+        "--rate",
+        "20000",
+        "--duration",
+        "1",
+        "--connections",
+        "4",
+        "--watch",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let v = read_json(&json);
+    for key in [
+        "mode",
+        "workload",
+        "offered_events_per_s",
+        "achieved_events_per_s",
+        "events_sent",
+        "events_acked",
+        "latency_us",
+        "update_latency_us",
+        "server",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    for key in ["p50", "p99", "p999", "max"] {
+        assert!(v["latency_us"][key].as_u64().is_some(), "latency_us.{key} in {v}");
+    }
+    assert_eq!(v["mode"], "sharded");
+    assert_eq!(v["offered_events_per_s"], 20_000.0);
+    // Open loop at a rate far below capacity: everything offered is sent
+    // and acknowledged, and the achieved rate is the offered one.
+    let offered = v["events_offered"].as_u64().unwrap();
+    assert!((19_000..=21_000).contains(&offered), "{v}");
+    assert_eq!(v["events_acked"].as_u64().unwrap(), offered, "{v}");
+    let achieved = v["achieved_events_per_s"].as_f64().unwrap();
+    assert!((15_000.0..25_000.0).contains(&achieved), "{v}");
+    let lat = &v["latency_us"];
+    assert!(lat["p50"].as_u64() <= lat["p99"].as_u64() && lat["p99"].as_u64() <= lat["max"].as_u64(), "{v}");
+    // The subscriber saw the watched hunts' events.
+    assert!(v["updates_measured"].as_u64().unwrap() > 0, "{v}");
+    // The server's side came from its /metrics.
+    assert!(v["server"]["cpu_cores"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["server"]["batch_events_mean"].as_f64().unwrap() > 0.0, "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
+    let dir = common::scratch_dir("bench-load-ramp");
+    let workload = small_workload(&dir);
+    let json = dir.join("ramp.json");
+    let report = dir.join("report");
+    let out = trove(&[
+        "bench",
+        "--workload",
+        &workload,
+        "--modes",
+        "sharded,task-per-event",
+        "--ramp-from",
+        "5000",
+        "--ramp-max",
+        "20000",
+        "--step-seconds",
+        "1",
+        // Behaviour, not speed: a loaded test machine must not fail a step.
+        "--slo-ms",
+        "2000",
+        "--arrivals",
+        "poisson",
+        "--connections",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let v = read_json(&json);
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for (run, mode) in runs.iter().zip(["sharded", "task-per-event"]) {
+        assert_eq!(run["mode"], mode);
+        assert_eq!(run["arrivals"], "poisson");
+        let steps = run["steps"].as_array().unwrap();
+        // 5k, 10k, 20k (capped at --ramp-max): far below either knee.
+        assert_eq!(steps.len(), 3, "{run}");
+        let offered: Vec<f64> = steps.iter().map(|s| s["offered_events_per_s"].as_f64().unwrap()).collect();
+        assert_eq!(offered, [5000.0, 10000.0, 20000.0]);
+        assert!(steps.iter().all(|s| s["passed"] == true), "{run}");
+        assert_eq!(run["knee_offered_events_per_s"], 20000.0);
+        assert!(run["knee_events_per_s"].as_f64().unwrap() > 15_000.0);
+    }
+    assert_eq!(v["ratios"][0]["modes"], "sharded / task-per-event");
+    for f in ["report.md", "achieved.svg", "p99.svg"] {
+        assert!(report.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("task-per-event") && md.contains("knee"), "{md}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("knee ratio sharded / task-per-event"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_flags_and_workloads_are_clear_errors() {
+    let dir = common::scratch_dir("bench-load-bad");
+    let bad = common::workload_file(&dir, "bad.toml", &[("step_max = 4", "step_max = 4\nstep_maxx = 1")]);
+    let out = trove(&["bench", "--workload", bad.to_str().unwrap(), "--rate", "1000", "--duration", "0.2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step_maxx"), "{stderr}");
+
+    for (args, says) in [
+        (&["--modes", "sharded,warp-speed"][..], "warp-speed"),
+        (&["--modes", "sharded,sharded"][..], "twice"),
+        (&["--modes", "task-per-event", "--fsync", "always"][..], "without a journal"),
+        (&["--rate", "0"][..], "--rate"),
+        (&["--arrivals", "bursty"][..], "bursty"),
+        (&["--target", "127.0.0.1:9", "--modes", "task-per-event"][..], "--target"),
+        (&["--metrics", "127.0.0.1:9"][..], "--metrics"),
+        (&["--ramp", "--ramp-factor", "1"][..], "--ramp-factor"),
+    ] {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        let out = trove(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Nothing listens there: a clear error, not a hang.
+    let out = trove(&["bench", "--target", "127.0.0.1:9", "--rate", "1000", "--duration", "0.2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
+    std::fs::remove_dir_all(&dir).ok();
+}
