@@ -186,7 +186,8 @@ pub struct BenchLoad {
     /// its share of the rate.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
-    /// Most events per batch (EVENTS frame); batches close every 1 ms tick.
+    /// Most events per batch (EVENTS frame); a batch also closes when it
+    /// has lingered --linger-us.
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
     /// Batches each connection keeps in flight at most.

@@ -59,6 +59,9 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         return Err("--ramp-factor must be above 1 and --ramp-coarse at least 1".into());
     }
     let slo_ms = positive("slo-ms", flags.slo_ms)?;
+    if slo_ms > 3_600_000.0 {
+        return Err("--slo-ms must be at most 3600000 (an hour)".into());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("finding the trove binary: {e}"))?;
     Ok(LoadArgs {
         workload,
@@ -97,7 +100,12 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
 pub fn run(flags: &BenchLoad) -> Result<(), String> {
     let args = args(flags)?;
     let outcome = load::run(&args)?;
-    println!("{}", load::summary(&outcome));
+    // With --json - the JSON alone goes to stdout.
+    if flags.json.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+        eprintln!("{}", load::summary(&outcome));
+    } else {
+        println!("{}", load::summary(&outcome));
+    }
     if let Some(path) = &flags.json {
         let json = load::to_json(&outcome, args.ramp.is_some())?;
         if path.as_os_str() == "-" {

@@ -83,6 +83,14 @@ fn a_single_run_reports_every_figure() {
     // The server's side came from its /metrics.
     assert!(v["server"]["cpu_cores"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["server"]["batch_events_mean"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["failed_because"], serde_json::Value::Null, "{v}");
+
+    // `--json -`: stdout is the JSON alone.
+    let out = trove(&["bench", "--workload", &workload, "--rate", "5000", "--duration", "0.3", "--json", "-"]);
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(v["offered_events_per_s"], 5000.0);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -161,6 +169,7 @@ fn bad_flags_and_workloads_are_clear_errors() {
         (&["--target", "127.0.0.1:9", "--modes", "task-per-event"][..], "--target"),
         (&["--metrics", "127.0.0.1:9"][..], "--metrics"),
         (&["--ramp", "--ramp-factor", "1"][..], "--ramp-factor"),
+        (&["--slo-ms", "1e30"][..], "--slo-ms"),
     ] {
         let mut all = vec!["bench"];
         all.extend_from_slice(args);

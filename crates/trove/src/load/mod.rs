@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use trove_client::{ClientConfig, Producer, SendError, Subscriber, Update, UpdateEntry};
+use trove_client::{ClientConfig, ClientError, Producer, SendError, Subscriber, Update, UpdateEntry};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_workload::{Generator, WorkloadSpec};
 
@@ -230,35 +230,45 @@ struct Chunk {
     step: u32,
 }
 
+/// Two significant figures: 1% resolution, a few tens of KiB per histogram.
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("histogram bounds")
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("histogram bounds")
 }
 
-/// Per-step latency histograms, grown as steps come.
+/// Latency histograms of the steps not yet collected (the current one;
+/// late entries of an earlier one), by step.
 #[derive(Debug, Default)]
 struct Latencies {
-    steps: Vec<(Histogram<u64>, u64)>,
+    steps: Vec<(u32, Histogram<u64>, u64)>,
 }
 
 impl Latencies {
     fn record(&mut self, step: u32, us: u64, n: u64) {
-        let i = step as usize;
-        while self.steps.len() <= i {
-            self.steps.push((histogram(), 0));
-        }
-        let (h, count) = &mut self.steps[i];
+        let i = match self.steps.iter().position(|s| s.0 == step) {
+            Some(i) => i,
+            None => {
+                self.steps.push((step, histogram(), 0));
+                self.steps.len() - 1
+            }
+        };
+        let (_, h, count) = &mut self.steps[i];
         h.saturating_record_n(us.max(1), n);
         *count += n;
     }
 
     fn merge_into(&self, step: u32, into: &mut Histogram<u64>) -> u64 {
-        match self.steps.get(step as usize) {
-            Some((h, n)) => {
+        match self.steps.iter().find(|s| s.0 == step) {
+            Some((_, h, n)) => {
                 into.add(h).ok();
                 *n
             }
             None => 0,
         }
+    }
+
+    /// Forgets `step` and every step before it.
+    fn collected(&mut self, step: u32) {
+        self.steps.retain(|s| s.0 > step);
     }
 }
 
@@ -276,6 +286,8 @@ struct ConnInner {
     send_lag: Latencies,
     /// The acknowledgement stream ended in an error.
     failed: Option<String>,
+    /// Events of batches the server refused, by step (not in `latencies`).
+    refused: Vec<(u32, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -452,6 +464,28 @@ impl Conn {
         }
     }
 
+    /// At the drain deadline: what is still unsent or unacknowledged gets
+    /// its latency so far, so that the step's figures are lower bounds
+    /// rather than silent about the worst events.
+    fn abandon(&mut self, now: u64, step: u32) {
+        let mut inner = lock(&self.shared.inner);
+        let ConnInner { chunks, latencies, .. } = &mut *inner;
+        for c in chunks.drain(..) {
+            latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, c.end_seq - c.start_seq);
+        }
+        // Generated or scheduled, never sent: each slot's middle.
+        for slot in self.backlog.drain(..) {
+            let left = slot.n - slot.done;
+            if left > 0 {
+                let at = slot.start_ns + arrivals::offset_ns(slot.done, slot.n, slot.n);
+                latencies.record(step, now.saturating_sub(at) / 1000, u64::from(left));
+            }
+        }
+        self.schedule = None;
+        self.pending = None;
+        self.chunk.3 = 0;
+    }
+
     /// Whether everything of the step is sent and acknowledged.
     fn drained(&self) -> bool {
         self.schedule.is_none()
@@ -500,6 +534,7 @@ fn pacer(p: Pacer) -> Vec<Conn> {
                     c.done.drained = true;
                     c.finished = true;
                 } else if now >= deadline {
+                    c.abandon(now, plan.index);
                     c.finished = true;
                 }
                 all &= c.finished;
@@ -541,6 +576,28 @@ async fn read_acks(
     while let Some(ack) = acks.next().await {
         let ack = match ack {
             Ok(a) => a,
+            Err(ClientError::BatchRefused { first_seq, count, .. }) => {
+                // The producer goes on; the refused events are counted, not timed.
+                let end = first_seq + u64::from(count);
+                let mut inner = lock(&shared.inner);
+                let ConnInner { chunks, refused, .. } = &mut *inner;
+                while let Some(c) = chunks.front_mut() {
+                    if c.start_seq >= end {
+                        break;
+                    }
+                    let upto = c.end_seq.min(end);
+                    match refused.iter_mut().find(|r| r.0 == c.step) {
+                        Some(r) => r.1 += upto - c.start_seq,
+                        None => refused.push((c.step, upto - c.start_seq)),
+                    }
+                    if upto == c.end_seq {
+                        chunks.pop_front();
+                    } else {
+                        c.start_seq = upto;
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 lock(&shared.inner).failed = Some(e.to_string());
                 return;
@@ -912,8 +969,9 @@ fn run_step(
             );
         }
     }
-    let seconds = t0.elapsed().as_secs_f64().max(1e-9);
-    let (scrape1, acked1, cpu1) = (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time());
+    // Read together, before the scrape (which may take a while).
+    let (acked1, cpu1, seconds) = (rig.acked_total.load(Relaxed), cpu_time(), t0.elapsed().as_secs_f64().max(1e-9));
+    let scrape1 = scrape(metrics);
     if live {
         eprint!("\r{:100}\r", "");
     }
@@ -925,14 +983,41 @@ fn run_step(
         std::thread::sleep(Duration::from_millis(5));
     }
     let (ack_hist, acked) = rig.step_latency(index);
+    let send_lag = latency(&rig.step_send_lag(index));
     let mut upd_hist = histogram();
     let updates = lock(&rig.watch.latencies).merge_into(index, &mut upd_hist);
+    let mut refused = 0;
+    for s in &rig.shared {
+        let mut inner = lock(&s.inner);
+        inner.latencies.collected(index);
+        inner.send_lag.collected(index);
+        refused += inner.refused.iter().filter(|r| r.0 == index).map(|r| r.1).sum::<u64>();
+        inner.refused.retain(|r| r.0 > index);
+    }
+    lock(&rig.watch.latencies).collected(index);
+    let gaps = rig.watch.gaps.swap(0, Relaxed);
     let failed = rig.shared.iter().find_map(|s| lock(&s.inner).failed.clone());
     let achieved = (acked1 - acked0) as f64 / seconds;
     let offered = done.offered as f64 / duration.as_secs_f64();
     let lat = latency(&ack_hist);
-    let slo_us = args.slo_p99.as_micros() as u64;
-    let passed = done.drained && done.error.is_none() && achieved >= KEEP_UP * offered && lat.p99 <= slo_us;
+    let slo_ms = args.slo_p99.as_secs_f64() * 1e3;
+    let mut why = Vec::new();
+    if achieved < KEEP_UP * offered {
+        why.push(format!("achieved {}/s fell behind offered {}/s", human(achieved), human(offered)));
+    }
+    if lat.p99 as f64 / 1e3 > slo_ms {
+        why.push(format!("p99 {:.1} ms left the {slo_ms} ms SLO", lat.p99 as f64 / 1e3));
+    }
+    if refused > 0 {
+        why.push(format!("{refused} events refused"));
+    }
+    if !done.drained {
+        why.push(format!("not drained within {:?} (latencies are lower bounds)", args.drain_timeout));
+    }
+    if let Some(e) = done.error.as_ref().or(failed.as_ref()) {
+        why.push(format!("a connection failed: {e}"));
+    }
+    let passed = why.is_empty();
     let step = StepReport {
         step: index,
         offered_events_per_s: rate,
@@ -942,10 +1027,13 @@ fn run_step(
         events_sent: done.sent_in_window,
         events_acked: acked,
         latency_us: lat,
-        send_lag_us: latency(&rig.step_send_lag(index)),
+        send_lag_us: send_lag,
         update_latency_us: (updates > 0).then(|| latency(&upd_hist)),
         updates_measured: updates,
+        update_gaps: gaps,
+        events_refused: refused,
         passed,
+        failed_because: (!passed).then(|| why.join("; ")),
         client_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / seconds,
         server: match (&scrape0, &scrape1) {
             (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
@@ -1053,27 +1141,12 @@ fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
     // The first failing step above the knee.
     let above = steps.iter().skip(knee.map_or(0, |k| k + 1)).find(|s| !s.passed);
     let knee_reason = above.map(|s| {
-        let offered = s.events_offered as f64 / s.seconds.max(1e-9);
-        let mut why = Vec::new();
-        if s.achieved_events_per_s < KEEP_UP * offered {
-            why.push(format!(
-                "achieved {}/s fell behind offered {}/s",
-                human(s.achieved_events_per_s),
-                human(s.offered_events_per_s)
-            ));
-        }
-        if s.latency_us.p99 as f64 / 1e3 > slo_ms {
-            why.push(format!("p99 {:.1} ms left the {slo_ms} ms SLO", s.latency_us.p99 as f64 / 1e3));
-        }
-        if why.is_empty() {
-            why.push("the step did not drain or a connection failed".into());
-        }
-        format!("at {}/s offered: {}", human(s.offered_events_per_s), why.join("; "))
+        let why = s.failed_because.as_deref().unwrap_or("it failed");
+        format!("at {}/s offered: {why}", human(s.offered_events_per_s))
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // Up to the first failing step: what gave way on the way there.
-    let upto = above.map_or(steps.len(), |s| s.step as usize).min(steps.len());
-    let upto = steps.iter().position(|s| !s.passed).map_or(upto, |p| p + 1);
+    let upto = steps.iter().position(|s| !s.passed).map_or(steps.len(), |p| p + 1);
     let mut first_moved: Option<FirstMoved> = None;
     if let Some(base) = steps.first() {
         'steps: for s in &steps[..upto] {
@@ -1247,7 +1320,10 @@ mod tests {
             send_lag_us: lat,
             update_latency_us: None,
             updates_measured: 0,
+            update_gaps: 0,
+            events_refused: 0,
             passed: achieved >= KEEP_UP * offered && p99_us <= 10_000,
+            failed_because: Some(format!("p99 {:.1} ms", p99_us as f64 / 1e3)),
             client_cpu_cores: 0.1,
             server: Some(model::ServerStep {
                 worker_busy_ratio: busy,
@@ -1285,7 +1361,7 @@ mod tests {
         let run = analyse("x", &args(), vec![step(0, 1e6, 1e5, 50_000, 0.2)]);
         assert_eq!(run.knee_events_per_s, None);
         let reason = run.knee_reason.unwrap();
-        assert!(reason.contains("fell behind") && reason.contains("SLO"), "{reason}");
+        assert!(reason.contains("1.00M/s offered") && reason.contains("p99 50.0 ms"), "{reason}");
         assert_eq!(run.first_moved, None);
     }
 

@@ -27,7 +27,8 @@ pub struct ServerStep {
     pub queue_depth_events: f64,
     /// Mean events per shard batch over the step.
     pub batch_events_mean: f64,
-    /// Tokio task polls (all runtimes) per applied event.
+    /// Tokio task polls (data-plane and, in the per-event modes, engine
+    /// runtimes) per applied event.
     pub polls_per_event: f64,
     /// Thread wakeups (tokio worker unparks and shard wakeups) per applied event.
     pub wakeups_per_event: f64,
@@ -70,8 +71,16 @@ pub struct StepReport {
     /// absent when no update of a watched hunt was measured.
     pub update_latency_us: Option<LatencyUs>,
     pub updates_measured: u64,
-    /// Achieved kept up with offered and p99 stayed within the SLO.
+    /// GAP notices the subscriber got (it fell behind); a watched hunt is
+    /// not timed after its first gap.
+    pub update_gaps: u64,
+    /// Events of batches the server refused with an error.
+    pub events_refused: u64,
+    /// Achieved kept up with offered, p99 stayed within the SLO, nothing
+    /// was refused and the step drained.
     pub passed: bool,
+    /// Why not, in words.
+    pub failed_because: Option<String>,
     /// Client process CPU seconds per wall second.
     pub client_cpu_cores: f64,
     /// Absent when the server's /metrics could not be scraped.

@@ -888,6 +888,9 @@ mod tests {
             }),
             send_lag_us: LatencyUs { p50: 100, p99: 400, p999: 800, max: 900 },
             updates_measured: 100,
+            update_gaps: 0,
+            events_refused: 0,
+            failed_because: (!passed).then(|| "p99 42.000 ms > SLO 10 ms".to_string()),
             passed,
             client_cpu_cores: 0.8,
             server: (step != 1).then(|| ServerStep {

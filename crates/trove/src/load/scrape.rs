@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::model::ServerStep;
 
-/// A scrape larger than this is refused (ours are tens of KiB).
+/// At most this much of a scrape is read (ours are tens of KiB).
 const BODY_BYTES_MAX: u64 = 16 << 20;
 
 /// One sample: name, labels as written (without braces), value.

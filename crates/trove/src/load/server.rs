@@ -36,6 +36,10 @@ pub struct ChildServer {
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Lines of the child's stderr kept for errors, and their length.
+const LOG_LINES: usize = 256;
+const LINE_CHARS: usize = 1000;
+
 impl ChildServer {
     pub fn start(spec: &ChildSpec) -> Result<Self, String> {
         let mut cmd = Command::new(&spec.exe);
@@ -62,18 +66,28 @@ impl ChildServer {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {} serve: {e}", spec.exe.display()))?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let (tx, log) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("bench-server-log".into())
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let Some(stderr) = child.stderr.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("no stderr pipe from the server".into());
+        };
+        // Keeps draining the pipe whatever the child writes (a full pipe
+        // would block it); lines nobody reads past the buffer are dropped.
+        let (tx, log) = mpsc::sync_channel(LOG_LINES);
+        let reader = std::thread::Builder::new().name("bench-server-log".into()).spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().chars().take(LINE_CHARS).collect();
+                let _ = tx.try_send(text);
+                line.clear();
+            }
+        });
+        if let Err(e) = reader {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("server log thread: {e}"));
+        }
         let mut server = Self {
             child,
             tcp: SocketAddr::from(([0, 0, 0, 0], 0)),
