@@ -8,6 +8,7 @@ use trove::{bench_apply, journal_cmd, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 
 fn main() -> ExitCode {
+    trove::huge_pages::reexec_with_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

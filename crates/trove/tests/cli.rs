@@ -100,3 +100,33 @@ fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode `threads`"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `trove` re-executes itself with glibc's huge-page tunable (same pid),
+/// unless TROVE_HUGE_PAGES=0.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_process_runs_with_huge_pages_unless_told_not_to() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    for (opt_out, want) in [(None, true), (Some("0"), false)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trove"));
+        cmd.args(["serve", "--no-journal", "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "off"])
+            .env_remove("GLIBC_TUNABLES")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match opt_out {
+            Some(v) => cmd.env("TROVE_HUGE_PAGES", v),
+            None => cmd.env_remove("TROVE_HUGE_PAGES"),
+        };
+        let mut child = cmd.spawn().expect("trove serve starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // Listening: past the re-exec.
+        assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("protocol v1 on tcp://")));
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).expect("environ");
+        let has = environ.split(|&b| b == 0).any(|kv| kv == b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(has, want, "TROVE_HUGE_PAGES={opt_out:?}");
+    }
+}
