@@ -46,6 +46,9 @@ fn a_single_run_reports_every_figure() {
         "4",
         "--watch",
         "4",
+        // Behaviour, not speed: a loaded test machine must not fail the step.
+        "--slo-ms",
+        "60000",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -111,10 +114,10 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
         "--ramp-max",
         "20000",
         "--step-seconds",
-        "1",
+        "2",
         // Behaviour, not speed: a loaded test machine must not fail a step.
         "--slo-ms",
-        "2000",
+        "60000",
         "--arrivals",
         "poisson",
         "--connections",
