@@ -1211,21 +1211,39 @@ pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
 /// The terminal summary.
 pub fn summary(outcome: &Outcome) -> String {
     let mut out = String::new();
+    // Side by side: one row per mode, the knee's figures and the ratio of
+    // the first mode's knee to this one's.
+    let first_knee = outcome.runs.first().and_then(|r| r.knee_events_per_s);
+    out += &format!(
+        "{:<26} {:>12} {:>10} {:>10} {:>8}  {}\n",
+        "mode", "knee ev/s", "p50 ms", "p99 ms", "ratio", "first to move"
+    );
     for run in &outcome.runs {
+        let at_knee = run.steps.iter().find(|s| Some(s.offered_events_per_s) == run.knee_offered_events_per_s);
+        let ms = |us: u64| format!("{:.2}", us as f64 / 1e3);
+        let ratio = match (first_knee, run.knee_events_per_s) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+            _ => "-".into(),
+        };
         out += &format!(
-            "{}: knee {} events/s{}\n",
+            "{:<26} {:>12} {:>10} {:>10} {:>8}  {}\n",
             run.mode,
-            run.knee_events_per_s.map_or("none (no step passed)".into(), human),
-            run.knee_reason.as_ref().map_or(String::new(), |r| format!(" (next step failed {r})"))
-        );
-        if let Some(m) = &run.first_moved {
-            out += &format!(
-                "  first to move: {} at {}/s offered ({:.3} -> {:.3})\n",
+            run.knee_events_per_s.map_or("none".into(), human),
+            at_knee.map_or("-".into(), |s| ms(s.latency_us.p50)),
+            at_knee.map_or("-".into(), |s| ms(s.latency_us.p99)),
+            ratio,
+            run.first_moved.as_ref().map_or("-".into(), |m| format!(
+                "{} at {}/s ({:.3} -> {:.3})",
                 m.metric,
                 human(m.offered_events_per_s),
                 m.from,
                 m.to
-            );
+            )),
+        );
+    }
+    for run in &outcome.runs {
+        if let Some(r) = &run.knee_reason {
+            out += &format!("{}: the step above the knee failed {r}\n", run.mode);
         }
     }
     if let Some(c) = &outcome.comparison {
@@ -1354,6 +1372,21 @@ mod tests {
         let moved = run.first_moved.unwrap();
         assert_eq!((moved.metric.as_str(), moved.step), ("worker_busy_ratio", 3));
         assert_eq!((moved.from, moved.to), (0.1, 0.55));
+    }
+
+    #[test]
+    fn the_summary_is_a_side_by_side_table() {
+        let a = analyse("sharded", &args(), vec![step(0, 4e6, 4e6, 3000, 0.3), step(1, 8e6, 5e6, 90_000, 0.9)]);
+        let b = analyse("task-per-event", &args(), vec![step(0, 1e5, 1e5, 4000, 0.7)]);
+        let runs = vec![a, b];
+        let comparison = Some(compare(&runs, &args()));
+        let text = summary(&Outcome { runs, comparison });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("mode") && lines[0].contains("ratio"), "{text}");
+        assert!(lines[1].starts_with("sharded") && lines[1].contains("4.00M") && lines[1].contains("1.0x"), "{text}");
+        assert!(lines[2].starts_with("task-per-event") && lines[2].contains("100k") && lines[2].contains("40.0x"));
+        assert!(lines[2].contains("worker_busy_ratio"), "{text}");
+        assert!(text.contains("knee ratio sharded / task-per-event: 40.0x"), "{text}");
     }
 
     #[test]
