@@ -578,24 +578,14 @@ async fn read_acks(
             Ok(a) => a,
             Err(ClientError::BatchRefused { first_seq, count, .. }) => {
                 // The producer goes on; the refused events are counted, not timed.
-                let end = first_seq + u64::from(count);
                 let mut inner = lock(&shared.inner);
                 let ConnInner { chunks, refused, .. } = &mut *inner;
-                while let Some(c) = chunks.front_mut() {
-                    if c.start_seq >= end {
-                        break;
-                    }
-                    let upto = c.end_seq.min(end);
+                answered(chunks, first_seq + u64::from(count), |c, n| {
                     match refused.iter_mut().find(|r| r.0 == c.step) {
-                        Some(r) => r.1 += upto - c.start_seq,
-                        None => refused.push((c.step, upto - c.start_seq)),
+                        Some(r) => r.1 += n,
+                        None => refused.push((c.step, n)),
                     }
-                    if upto == c.end_seq {
-                        chunks.pop_front();
-                    } else {
-                        c.start_seq = upto;
-                    }
-                }
+                });
                 continue;
             }
             Err(e) => {
@@ -608,17 +598,24 @@ async fn read_acks(
         acked_total.fetch_add(u64::from(ack.count), Relaxed);
         let mut inner = lock(&shared.inner);
         let ConnInner { chunks, latencies, .. } = &mut *inner;
-        while let Some(c) = chunks.front_mut() {
-            if c.start_seq >= end {
-                break;
-            }
-            let upto = c.end_seq.min(end);
-            latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, upto - c.start_seq);
-            if upto == c.end_seq {
-                chunks.pop_front();
-            } else {
-                c.start_seq = upto;
-            }
+        answered(chunks, end, |c, n| latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, n));
+    }
+}
+
+/// Takes the chunk events below sequence `end` off the front of `chunks`
+/// (answers come in sequence order), calling `f` with each chunk and how
+/// many of its events were answered; a chunk answered in part keeps the rest.
+fn answered(chunks: &mut VecDeque<Chunk>, end: u64, mut f: impl FnMut(&Chunk, u64)) {
+    while let Some(c) = chunks.front_mut() {
+        if c.start_seq >= end {
+            break;
+        }
+        let upto = c.end_seq.min(end);
+        f(c, upto - c.start_seq);
+        if upto == c.end_seq {
+            chunks.pop_front();
+        } else {
+            c.start_seq = upto;
         }
     }
 }
@@ -1396,6 +1393,20 @@ mod tests {
         let reason = run.knee_reason.unwrap();
         assert!(reason.contains("1.00M/s offered") && reason.contains("p99 50.0 ms"), "{reason}");
         assert_eq!(run.first_moved, None);
+    }
+
+    #[test]
+    fn answers_take_chunks_whole_or_in_part() {
+        let chunk = |start_seq, end_seq| Chunk { start_seq, end_seq, intended_ns: start_seq, step: 0 };
+        let mut chunks: VecDeque<Chunk> = [chunk(1, 5), chunk(5, 9)].into();
+        let mut seen = Vec::new();
+        answered(&mut chunks, 7, |c, n| seen.push((c.start_seq, n)));
+        assert_eq!(seen, [(1, 4), (5, 2)]);
+        assert_eq!((chunks[0].start_seq, chunks[0].end_seq, chunks[0].intended_ns), (7, 9, 5));
+        // Answers below every chunk (the setup's) take nothing.
+        let mut none = VecDeque::from([chunk(10, 12)]);
+        answered(&mut none, 10, |_, _| panic!("nothing is answered"));
+        assert_eq!(none.len(), 1);
     }
 
     #[test]
