@@ -150,8 +150,11 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
 pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>) {
     let n = events.len();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
-    let base = events.iter().map(|e| e.time_us).min().unwrap_or(0);
-    let span = events.iter().map(|e| e.time_us - base).max().unwrap_or(0);
+    // One pass for both ends (a shard stamps a whole drain with one time,
+    // so this is usually all the time columns cost).
+    let (base, last) = events.iter().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.time_us), hi.max(e.time_us)));
+    let base = if n == 0 { 0 } else { base };
+    let span = last.saturating_sub(base);
     let time_flag = match span {
         0 => 0,
         s if s <= u64::from(u32::MAX) => BODY_TIMES_U32,
@@ -167,7 +170,8 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    let narrow = |o: &[u32]| o.iter().all(|&x| x <= u32::from(u16::MAX));
+    // A max (which vectorises) rather than an early-exit scan.
+    let narrow = |o: &[u32]| o.iter().copied().max().unwrap_or(0) <= u32::from(u16::MAX);
     for r in runs {
         let run_flags = match r.offsets {
             None => 0,
@@ -182,10 +186,14 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     for r in runs {
         if let Some(o) = r.offsets {
             assert_eq!(o.len(), r.len, "one offset per event of the run");
-            if narrow(o) {
-                o.iter().for_each(|&x| out.extend_from_slice(&(x as u16).to_le_bytes()));
+            let width = if narrow(o) { 2 } else { 4 };
+            let at = out.len();
+            out.resize(at + width * o.len(), 0);
+            let column = &mut out[at..];
+            if width == 2 {
+                column.chunks_exact_mut(2).zip(o).for_each(|(c, &x)| c.copy_from_slice(&(x as u16).to_le_bytes()));
             } else {
-                o.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                column.chunks_exact_mut(4).zip(o).for_each(|(c, &x)| c.copy_from_slice(&x.to_le_bytes()));
             }
         }
     }

@@ -8,6 +8,7 @@ use crate::format::{
     Body, FRAME_HEAD_BYTES, FRAME_MAGIC, FrameError, SEGMENT_HEADER_BYTES, SegmentHeader, decode_body,
     decode_frame_head, decode_segment_header,
 };
+use crate::writer::DIRECT_BLOCK;
 
 /// Segment files are named by the first batch they hold, so that sorting
 /// names sorts batches.
@@ -71,6 +72,7 @@ pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> 
                 frames += 1;
                 at = next;
             }
+            Err(_) if is_direct_padding(bytes, at) => break,
             Err(error) => {
                 let bad =
                     BadFrame { offset: at as u64, error, valid_frame_after: valid_frame_from::<E>(bytes, at + 1) };
@@ -79,6 +81,15 @@ pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> 
         }
     }
     Ok(Scan { header: Some(header), valid_end: at as u64, file_len, frames, bad: None })
+}
+
+/// Whether the bytes from `at` on are the zero padding an `O_DIRECT`
+/// writer leaves after its last frame: fewer than a block of zeros,
+/// ending the file at a block boundary. Anything else that fails to read
+/// as a frame is a torn tail or corruption.
+fn is_direct_padding(bytes: &[u8], at: usize) -> bool {
+    let padding = &bytes[at..];
+    bytes.len().is_multiple_of(DIRECT_BLOCK) && padding.len() < DIRECT_BLOCK && padding.iter().all(|&b| b == 0)
 }
 
 /// The frame at `at` and the offset after it.

@@ -2,7 +2,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use trove_core::Record;
@@ -53,6 +55,36 @@ impl std::fmt::Display for FsyncPolicy {
     }
 }
 
+/// How a journal's frames reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WriteIo {
+    /// `O_DIRECT` writes of whole 4 KiB blocks from the writer's own
+    /// buffer: no copy into the page cache and no writeback work later,
+    /// which is most of what a buffered journal costs in CPU. The partial
+    /// last block is kept in memory and written again, extended, by the
+    /// next flush; on disk the segment ends with zero padding up to the
+    /// block boundary (recovery knows it). Falls back to `Buffered` where
+    /// the file system refuses `O_DIRECT`.
+    #[default]
+    Direct,
+    /// Plain `write`s through the page cache.
+    Buffered,
+}
+
+impl std::fmt::Display for WriteIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Buffered => "buffered",
+        })
+    }
+}
+
+/// The unit of an `O_DIRECT` write: offsets, lengths and the buffer's
+/// address are multiples of it. 4 KiB covers every logical block size in
+/// use (512 and 4096).
+pub const DIRECT_BLOCK: usize = 4096;
+
 /// Appends batch frames to a shard's current segment, rolling to a new one
 /// past `segment_bytes_max`. Frames are buffered by `append` and reach the
 /// file in one `write` per `flush`: the group commit.
@@ -61,11 +93,24 @@ pub struct JournalWriter {
     dir: PathBuf,
     shard: u32,
     record_size: u32,
-    file: File,
+    /// The current segment.
+    path: PathBuf,
+    file: Arc<File>,
+    io: WriteIo,
+    /// The segment's length in valid bytes (header and frames); with
+    /// `Direct`, the file may be longer by its zero padding.
     segment_bytes: u64,
     segment_bytes_max: u64,
     next_batch: u64,
+    /// What the next `write` carries: `skip` bytes to reach an aligned
+    /// address (`Direct`), then the segment's partial last block as on
+    /// disk (`Direct`: from the block boundary below `segment_bytes`), then
+    /// from `frames_at` on the frames appended since the last flush.
+    /// Frames are encoded straight into it, so a direct write copies
+    /// nothing but that partial block.
     buf: Vec<u8>,
+    skip: usize,
+    frames_at: usize,
     /// Bytes written since the last sync.
     unsynced: bool,
 }
@@ -81,29 +126,43 @@ impl JournalWriter {
         next_batch: u64,
         tail: Option<(PathBuf, u64)>,
         segment_bytes_max: u64,
+        io: WriteIo,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (file, segment_bytes) = match tail {
+        let (path, segment_bytes) = match tail {
             Some((path, valid_end)) => {
-                let mut file = OpenOptions::new().write(true).open(&path)?;
+                let file = OpenOptions::new().write(true).open(&path)?;
+                // Drops a torn tail or the zero padding of direct writes.
                 file.set_len(valid_end)?;
-                file.seek(SeekFrom::Start(valid_end))?;
                 file.sync_all()?;
-                (file, valid_end)
+                (path, valid_end)
             }
-            None => (create_segment(dir, shard, record_size, next_batch)?, SEGMENT_HEADER_BYTES as u64),
+            None => create_segment(dir, shard, record_size, next_batch)?,
         };
-        Ok(Self {
+        let (file, io) = open_segment(&path, io)?;
+        let mut writer = Self {
             dir: dir.to_path_buf(),
             shard,
             record_size,
-            file,
+            path,
+            file: Arc::new(file),
+            io,
             segment_bytes,
             segment_bytes_max,
             next_batch,
             buf: Vec::new(),
+            skip: 0,
+            frames_at: 0,
             unsynced: false,
-        })
+        };
+        writer.load_tail()?;
+        Ok(writer)
+    }
+
+    /// How this writer's frames reach the disk (`Buffered` if `Direct` was
+    /// asked for and refused).
+    pub fn io(&self) -> WriteIo {
+        self.io
     }
 
     pub fn dir(&self) -> &Path {
@@ -137,23 +196,100 @@ impl JournalWriter {
         batch
     }
 
+    /// The current segment file, for a thread that syncs what this writer
+    /// wrote. (A segment is synced by the writer itself before the next
+    /// one starts, so syncing the file current at a write covers it.)
+    pub fn segment_file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Bytes appended and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len() - self.frames_at
+    }
+
     /// Writes everything appended with one `write`; returns the bytes
-    /// written. Rolls to a new segment first if this one is full.
+    /// appended. Rolls to a new segment first if this one is full.
     pub fn flush(&mut self) -> std::io::Result<u64> {
-        if self.buf.is_empty() {
+        let n = (self.buf.len() - self.frames_at) as u64;
+        if n == 0 {
             return Ok(0);
         }
-        if self.segment_bytes > SEGMENT_HEADER_BYTES as u64
-            && self.segment_bytes + self.buf.len() as u64 > self.segment_bytes_max
-        {
+        if self.segment_bytes > SEGMENT_HEADER_BYTES as u64 && self.segment_bytes + n > self.segment_bytes_max {
             self.roll()?;
         }
-        self.file.write_all(&self.buf)?;
-        let n = self.buf.len() as u64;
+        match self.io {
+            WriteIo::Buffered => {
+                (&*self.file).write_all(&self.buf)?;
+                self.buf.clear();
+            }
+            WriteIo::Direct => self.write_direct()?,
+        }
         self.segment_bytes += n;
-        self.buf.clear();
         self.unsynced = true;
         Ok(n)
+    }
+
+    /// The partial last block and the new frames, padded with zeros to a
+    /// whole block, in one aligned `pwrite` at the block boundary. What
+    /// was already on disk is rewritten with the same bytes. Keeps the new
+    /// partial last block for the next write.
+    fn write_direct(&mut self) -> std::io::Result<()> {
+        let tail = self.frames_at - self.skip;
+        let block_start = self.segment_bytes - tail as u64;
+        debug_assert_eq!(block_start % DIRECT_BLOCK as u64, 0);
+        let len = self.buf.len() - self.skip;
+        let padded = len.next_multiple_of(DIRECT_BLOCK);
+        // Room first, so that the address (and the alignment taken from
+        // it) stays put from here on.
+        self.buf.reserve((DIRECT_BLOCK + padded).saturating_sub(self.buf.len()));
+        let addr = self.buf.as_ptr().addr();
+        let skip = addr.next_multiple_of(DIRECT_BLOCK) - addr;
+        if skip != self.skip {
+            // The buffer moved when it grew: shift the bytes to the new
+            // aligned start.
+            let from = self.skip;
+            self.buf.resize((skip + len).max(from + len), 0);
+            self.buf.copy_within(from..from + len, skip);
+            self.buf.truncate(skip + len);
+            self.skip = skip;
+        }
+        self.buf.resize(skip + padded, 0);
+        match self.file.write_all_at(&self.buf[skip..], block_start) {
+            Ok(()) => {}
+            // A file system that opens with `O_DIRECT` but refuses the
+            // write: go on buffered from the valid end (a later buffered
+            // write covers any padding before it).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let mut file = OpenOptions::new().write(true).open(&self.path)?;
+                file.seek(SeekFrom::Start(self.segment_bytes))?;
+                file.write_all(&self.buf[skip + tail..skip + len])?;
+                (self.file, self.io) = (Arc::new(file), WriteIo::Buffered);
+                (self.skip, self.frames_at) = (0, 0);
+                self.buf.clear();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let whole = len / DIRECT_BLOCK * DIRECT_BLOCK;
+        self.buf.copy_within(skip + whole..skip + len, skip);
+        self.buf.truncate(skip + len - whole);
+        self.frames_at = self.buf.len();
+        Ok(())
+    }
+
+    /// Starts the buffer for a segment just opened: with `Direct`, its
+    /// partial last block read back from the file.
+    fn load_tail(&mut self) -> std::io::Result<()> {
+        self.buf.clear();
+        (self.skip, self.frames_at) = (0, 0);
+        if self.io == WriteIo::Direct {
+            let partial = (self.segment_bytes % DIRECT_BLOCK as u64) as usize;
+            self.buf.resize(partial, 0);
+            File::open(&self.path)?.read_exact_at(&mut self.buf, self.segment_bytes - partial as u64)?;
+            self.frames_at = partial;
+        }
+        Ok(())
     }
 
     /// `fdatasync`s what was written, if anything.
@@ -181,12 +317,21 @@ impl JournalWriter {
     /// durable (a later segment must never exist without its predecessor's
     /// frames on disk).
     fn roll(&mut self) -> std::io::Result<()> {
+        if self.io == WriteIo::Direct {
+            // The old segment ends exactly at its last frame, no padding.
+            self.file.set_len(self.segment_bytes)?;
+        }
         self.file.sync_data()?;
         // The frames appended so far start at batch `next_batch - pending`.
-        let pending = count_frames(&self.buf);
-        let first = self.next_batch - pending;
-        self.file = create_segment(&self.dir, self.shard, self.record_size, first)?;
-        self.segment_bytes = SEGMENT_HEADER_BYTES as u64;
+        let frames = self.buf.split_off(self.frames_at);
+        let first = self.next_batch - count_frames(&frames);
+        let (path, segment_bytes) = create_segment(&self.dir, self.shard, self.record_size, first)?;
+        let (file, io) = open_segment(&path, self.io)?;
+        (self.file, self.io) = (Arc::new(file), io);
+        self.path = path;
+        self.segment_bytes = segment_bytes;
+        self.load_tail()?;
+        self.buf.extend_from_slice(&frames);
         Ok(())
     }
 }
@@ -203,14 +348,30 @@ fn count_frames(buf: &[u8]) -> u64 {
 }
 
 /// Creates a segment file with its header, durably: the header and the
-/// directory entry are synced before any frame goes in.
-fn create_segment(dir: &Path, shard: u32, record_size: u32, first_batch: u64) -> std::io::Result<File> {
+/// directory entry are synced before any frame goes in. Returns its path
+/// and length.
+fn create_segment(dir: &Path, shard: u32, record_size: u32, first_batch: u64) -> std::io::Result<(PathBuf, u64)> {
     let path = dir.join(segment_name(first_batch));
     let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
     file.write_all(&encode_segment_header(&SegmentHeader { shard, first_batch, record_size }))?;
     file.sync_all()?;
     File::open(dir)?.sync_all()?;
-    Ok(file)
+    Ok((path, SEGMENT_HEADER_BYTES as u64))
+}
+
+/// Opens a segment for appending: with `O_DIRECT` if asked and the file
+/// system takes it, else buffered and positioned at the end.
+fn open_segment(path: &Path, io: WriteIo) -> std::io::Result<(File, WriteIo)> {
+    if io == WriteIo::Direct {
+        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+            Ok(file) => return Ok((file, WriteIo::Direct)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    file.seek(SeekFrom::End(0))?;
+    Ok((file, WriteIo::Buffered))
 }
 
 #[cfg(test)]

@@ -10,17 +10,19 @@
 //! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
 //! after the next periodic `fdatasync`, `never` after the `write`.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped};
 use trove_journal::snapshot::{
     SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
 };
-use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, recover_shard, shard_dir};
+use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, recover_shard, shard_dir};
 
 use crate::dedup::{AppliedPart, Dedup};
 use crate::metrics::ShardMetrics;
@@ -39,6 +41,8 @@ pub struct JournalConfig {
     /// How often each shard snapshots its state (and drops the journal
     /// segments the snapshot covers). `None`: only at shutdown.
     pub snapshot_interval: Option<Duration>,
+    /// `O_DIRECT` (the default) or buffered writes.
+    pub io: WriteIo,
 }
 
 impl JournalConfig {
@@ -49,6 +53,7 @@ impl JournalConfig {
             segment_bytes_max: 256 << 20,
             repair: false,
             snapshot_interval: Some(Duration::from_secs(60)),
+            io: WriteIo::Direct,
         }
     }
 }
@@ -114,11 +119,9 @@ fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let tmp = dir.join(format!("{META_FILE}.tmp"));
             std::fs::write(&tmp, &want).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
+            File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
         }
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
@@ -301,16 +304,28 @@ pub(crate) fn recover<G: Game>(
             r.next_batch,
             r.tail,
             journal.segment_bytes_max,
+            journal.io,
         )
         .map_err(|e| format!("opening the journal of shard {index} in {}: {e}", dir.display()))?;
+        if writer.io() != journal.io {
+            let _ = log.send((
+                Level::Note,
+                format!("shard {index}: {} refuses O_DIRECT; the journal is written buffered", dir.display()),
+            ));
+        }
         Ok(RecoveredShard { last_time_us: state.time_us(), state, writer, producers })
     })
 }
+
+/// With `interval=<ms>`, frames are written once this many bytes are
+/// waiting, or at the sync.
+const WRITE_BYTES_MIN: usize = 512 << 10;
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
 /// writing, syncing and acknowledging everything it was given.
 pub(crate) fn run_journal<G: Game>(
     rx: Receiver<JournalJob<G>>,
+    spare: SyncSender<Vec<Stamped<G::Event>>>,
     mut writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: Arc<ShardMetrics>,
@@ -354,6 +369,9 @@ pub(crate) fn run_journal<G: Game>(
                         .collect();
                     writer.append(&runs, &events);
                     waiting.extend(deliveries);
+                    let mut events = events;
+                    events.clear();
+                    let _ = spare.try_send(events);
                 }
                 JournalJob::Snapshot { worlds, last_time_us, producers } => {
                     let next_batch = writer.next_batch();
@@ -373,23 +391,36 @@ pub(crate) fn run_journal<G: Game>(
                 }
             }
         }
-        // Fail-stop: if the disk refuses a write or a sync, nothing more can
-        // be promised, so the journal thread stops here and no further
-        // acknowledgement is released.
-        let written = writer.flush().expect("journal write failed; no further acknowledgements");
-        metrics.journal_bytes.fetch_add(written, Relaxed);
         let sync_now = match policy {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => closing || last_sync.elapsed() >= every,
             FsyncPolicy::Never => closing,
         };
+        // With `interval`, nothing is acknowledged before the sync, so the
+        // frames wait for it (or until they make a large write): a few
+        // large writes take the disk far less time than many small ones.
+        let write_now = match policy {
+            FsyncPolicy::Interval(_) => sync_now || writer.pending_bytes() >= WRITE_BYTES_MIN,
+            FsyncPolicy::Always | FsyncPolicy::Never => true,
+        };
+        // The interval runs from the start of one sync's write to the
+        // start of the next: a fixed cadence, not one stretched by the
+        // time each write and sync take.
+        let began = Instant::now();
+        if write_now {
+            // Fail-stop: if the disk refuses a write or a sync, nothing more
+            // can be promised, so the journal thread stops here and no
+            // further acknowledgement is released.
+            let written = writer.flush().expect("journal write failed; no further acknowledgements");
+            metrics.journal_bytes.fetch_add(written, Relaxed);
+        }
         if sync_now {
             let started = Instant::now();
             if writer.sync().expect("journal fdatasync failed; no further acknowledgements") {
                 metrics.fsync_ns.record(started.elapsed().as_nanos() as u64);
                 metrics.fsyncs.fetch_add(1, Relaxed);
             }
-            last_sync = Instant::now();
+            last_sync = began;
         }
         if sync_now || policy == FsyncPolicy::Never {
             let durable_at = Instant::now();
@@ -441,7 +472,7 @@ pub fn replay<G: Game>(
         return Err(format!("{} holds no {} journal", dir.display(), G::NAME));
     }
     let mut r = Replayed { shards, batches: 0, events: 0, world_hashes: Vec::new(), state_hash: 0, notes: Vec::new() };
-    let each = std::sync::Mutex::new(&mut each);
+    let each = Mutex::new(&mut each);
     let mut notes = Vec::new();
     let options =
         RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: u64::MAX / 4, skip_below: 0 };

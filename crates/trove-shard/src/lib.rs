@@ -42,5 +42,5 @@ pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
 pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Producer, SubmitError};
-pub use trove_journal::FsyncPolicy;
+pub use trove_journal::{FsyncPolicy, WriteIo};
 pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};

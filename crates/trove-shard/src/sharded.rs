@@ -45,6 +45,10 @@ pub fn shard_of(world: WorldId, shards: usize) -> usize {
 /// queue then answers producers `Busy`, instead of growing memory.
 const JOURNAL_QUEUE_JOBS: usize = 64;
 
+/// Emptied batch buffers the journal thread keeps ready for its shard (the
+/// rest are freed): a few cover the batches in flight between them.
+const SPARE_BATCHES: usize = 8;
+
 /// Shard counts up to this need no allocation to track a batch's shards.
 const SHARDS_INLINE_MAX: usize = 64;
 
@@ -106,16 +110,19 @@ impl<G: Game> Sharded<G> {
             let queued = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
+            let mut spare = None;
             let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
                     let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
+                    let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel(SPARE_BATCHES);
                     let m = metrics.clone();
                     let writer = r.writer;
                     let thread = std::thread::Builder::new()
                         .name(format!("trove-journal-{index}"))
-                        .spawn(move || run_journal::<G>(jrx, writer, policy, m))
+                        .spawn(move || run_journal::<G>(jrx, spare_tx, writer, policy, m))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
+                    spare = Some(spare_rx);
                     (r.state, Some((jtx, thread)), r.producers)
                 }
                 None => (
@@ -130,6 +137,7 @@ impl<G: Game> Sharded<G> {
                 metrics: metrics.clone(),
                 state,
                 journal,
+                spare,
                 producers,
                 snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
                 last_snapshot: Instant::now(),
@@ -290,6 +298,9 @@ struct ShardLoop<G: Game> {
     /// The journal thread, if the engine journals: applied batches go
     /// there, and their acknowledgements with them.
     journal: Option<(SyncSender<JournalJob<G>>, JoinHandle<()>)>,
+    /// Batch buffers the journal thread is done with, for reuse: a fresh
+    /// allocation per batch costs page faults and TLB shootdowns.
+    spare: Option<Receiver<Vec<Stamped<G::Event>>>>,
     /// Every producer's last applied sequence and recent outcomes: retries
     /// are answered, never applied twice.
     producers: Dedup<G::Outcome>,
@@ -464,7 +475,8 @@ impl<G: Game> ShardLoop<G> {
             out.clear();
             match &self.journal {
                 Some((journal, _)) => {
-                    let events = std::mem::replace(&mut batch, Vec::with_capacity(events));
+                    let reused = self.spare.as_ref().and_then(|s| s.try_recv().ok());
+                    let events = std::mem::replace(&mut batch, reused.unwrap_or_else(|| Vec::with_capacity(events)));
                     // The journal thread only stops early when the disk failed
                     // (fail-stop): then nothing more may be applied, because
                     // nothing more could be acknowledged.

@@ -201,6 +201,9 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
             shards: 1,
             queue_batches_max: 2,
             batch_events_max: 8,
+            // One batch per drain: a shard that took two queued batches into
+            // its blocked apply would make room for a fourth.
+            drain_events_max: 8,
             in_flight_events_max: 24,
             clock: ClockMode::Supplied,
             ..EngineConfig::default()

@@ -14,7 +14,7 @@ use trove_hunt::TreasureHunt;
 
 use trove_server::control::{ControlInfo, ControlPlane};
 use trove_server::{Server, ServerConfig};
-use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
+use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode, WriteIo};
 
 use crate::cli::Serve;
 
@@ -30,6 +30,8 @@ pub struct ServeFile {
     pub fsync: Option<String>,
     pub snapshot_interval_ms: Option<u64>,
     pub segment_bytes_max: Option<u64>,
+    /// "direct" (O_DIRECT, the default) or "buffered".
+    pub journal_io: Option<String>,
     pub repair: Option<bool>,
     #[serde(default)]
     pub listen: ListenFile,
@@ -138,6 +140,11 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
             }
             j.segment_bytes_max = b;
         }
+        j.io = match file.journal_io.as_deref() {
+            None | Some("direct") => WriteIo::Direct,
+            Some("buffered") => WriteIo::Buffered,
+            Some(other) => return Err(format!("journal_io: `{other}` is neither \"direct\" nor \"buffered\"")),
+        };
         j.repair = args.repair || file.repair.unwrap_or(false);
         engine.journal = Some(j);
     }
@@ -260,4 +267,16 @@ fn wait_for_signal() -> Result<&'static str, String> {
             _ = int.recv() => "SIGINT",
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_lists_keys_the_server_takes() {
+        let file: ServeFile = toml::from_str(include_str!("../../../config/trove.toml")).expect("config/trove.toml");
+        assert_eq!(file.journal_io.as_deref(), Some("direct"));
+        assert_eq!(file.fsync.as_deref(), Some("interval=5"));
+    }
 }

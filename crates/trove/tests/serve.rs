@@ -917,6 +917,8 @@ fn serve_rejects_bad_settings() {
     std::fs::write(&unknown_key, "[engine]\nqueue_batches = 4\n").unwrap();
     let bad_limit = dir.join("limit.toml");
     std::fs::write(&bad_limit, "[limits]\nframe_body_max = 10\n").unwrap();
+    let bad_io = dir.join("io.toml");
+    std::fs::write(&bad_io, "journal_io = \"mmap\"\n").unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
 
@@ -942,6 +944,7 @@ fn serve_rejects_bad_settings() {
         ("--mode nope", with(&["--mode", "nope"]), vec!["nope"]),
         ("a missing config file", config(&dir.join("missing.toml")), vec!["missing.toml"]),
         ("frame_body_max = 10", config(&bad_limit), vec!["frame_body_max"]),
+        ("journal_io = mmap", config(&bad_io), vec!["journal_io", "mmap"]),
         ("a WebSocket address that is none", ws_nowhere, vec!["nowhere"]),
         ("--shards 0", with(&["--shards", "0"]), vec!["--shards"]),
         ("a TCP port in use", serve_args(&data, &taken_addr, &[]), vec![taken_addr.as_str()]),
