@@ -544,7 +544,7 @@ mod tests {
                     stamped: Stamped {
                         time_us: if uniform { batch[0].0 } else { t >> (t % 64) },
                         event: match kind {
-                            0 => HuntEvent::move_by(id, id / 3, step, -step),
+                            0 => HuntEvent::move_by(id, id / 3, step, step.wrapping_neg()),
                             1 => HuntEvent::dig(id, 7),
                             2 => HuntEvent::join(0, id),
                             _ => HuntEvent { hunt: id, player: 1, action: trove_hunt::Action::Invalid },

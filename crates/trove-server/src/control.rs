@@ -160,11 +160,19 @@ fn ok(value: Value) -> Response {
     axum::Json(value).into_response()
 }
 
-async fn health() -> Response {
-    ok(json!({"status": "ok"}))
+/// Live unless the engine failed (its journal could not write or sync):
+/// then it will never acknowledge again, and a restart is what recovers.
+async fn health(State(ctx): State<Arc<Ctx>>) -> Response {
+    match ctx.engine.failure() {
+        None => ok(json!({"status": "ok"})),
+        Some(reason) => error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason.to_string()),
+    }
 }
 
 async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
+    if let Some(reason) = ctx.engine.failure() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason.to_string());
+    }
     if ctx.ready.load(std::sync::atomic::Ordering::Relaxed) {
         ok(json!({"status": "ready"}))
     } else {
@@ -405,12 +413,17 @@ async fn submit_one(ctx: &Ctx, event: HuntEvent) -> Result<HuntOutcome, Response
             Err(SubmitError::Busy) => {
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the engine is saturated; retry".into()));
             }
+            Err(SubmitError::Failed) => {
+                let reason = producer.failure().unwrap_or("the engine failed").to_string();
+                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", reason));
+            }
             Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:?}"))),
         }
     }
     let done = tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await;
     match done {
-        Ok(c) => Ok(c.outcomes[0]),
+        Ok(Ok(c)) => Ok(c.outcomes[0]),
+        Ok(Err(reason)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", reason)),
         Err(_) => Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the event was not answered in time".into())),
     }
 }

@@ -359,14 +359,19 @@ fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
 pub(crate) fn poll_complete<G: WireGame>(
     producer: &mut trove_shard::Producer<G>,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<trove_shard::Completed<G>> {
+) -> std::task::Poll<Result<trove_shard::Completed<G>, String>> {
     if let Some(c) = producer.try_complete() {
-        return std::task::Poll::Ready(c);
+        return std::task::Poll::Ready(Ok(c));
     }
     producer.register_waker(cx.waker());
     match producer.try_complete() {
-        Some(c) => std::task::Poll::Ready(c),
-        None => std::task::Poll::Pending,
+        Some(c) => std::task::Poll::Ready(Ok(c)),
+        // Batches in flight that will never complete: the connection is
+        // told why and closed (its producer retries elsewhere or later).
+        None => match producer.failure() {
+            Some(reason) => std::task::Poll::Ready(Err(reason.to_string())),
+            None => std::task::Poll::Pending,
+        },
     }
 }
 

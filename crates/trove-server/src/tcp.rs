@@ -209,6 +209,11 @@ impl<G: WireGame> Connection<G> {
             Err(_) => return Err(Close::Error(ErrorCode::HandshakeTimeout, "no HELLO in time".into())),
         };
         let engine = self.shared.engine.clone();
+        if let Some(reason) = engine.failure() {
+            // Refused at the handshake, so that a client counts it as a
+            // failed connection attempt rather than reconnecting forever.
+            return Err(Close::Error(ErrorCode::Internal, reason.to_string()));
+        }
         let mut producer = match hello.producer_id {
             0 => engine.producer(),
             id if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) => {
@@ -258,6 +263,17 @@ impl<G: WireGame> Connection<G> {
                 }
             }
             self.flush(wr).await?;
+            if let Some(reason) = producer.failure() {
+                // The journal failed: what completed before is sent, then
+                // the connection closes with the reason. Nothing more will
+                // be acknowledged here; a restarted server recovers.
+                let reason = reason.to_string();
+                while let Some(c) = producer.try_complete() {
+                    self.completed(c);
+                }
+                self.flush(wr).await?;
+                return Err(Close::Error(ErrorCode::Internal, reason));
+            }
             let in_flight = producer.in_flight();
             if (eof || stopping) && in_flight == 0 {
                 if stopping && !eof {
@@ -274,6 +290,7 @@ impl<G: WireGame> Connection<G> {
             // idle timer or shutdown.
             tokio::select! {
                 c = poll_fn(|cx| poll_complete(&mut producer, cx)), if in_flight > 0 => {
+                    let c = c.map_err(|reason| Close::Error(ErrorCode::Internal, reason))?;
                     self.completed(c);
                     while let Some(c) = producer.try_complete() {
                         self.completed(c);
@@ -420,6 +437,9 @@ impl<G: WireGame> Connection<G> {
                 let b = refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
                 self.answer(b);
             }
+            // Not accepted; the connection loop closes the connection with
+            // the failure's reason once what was acknowledged is sent.
+            Err(SubmitError::Failed) => {}
         }
     }
 

@@ -228,7 +228,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     Some(p) => poll_complete(p, cx),
                     None => Poll::Pending,
                 }), if in_flight > 0 => {
-                    self.completed(c);
+                    self.completed(c.map_err(|reason| (ErrorCode::Internal, reason))?);
                     while let Some(c) = self.producer.as_mut().and_then(Producer::try_complete) {
                         self.completed(c);
                     }
@@ -336,6 +336,10 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     Err(SubmitError::BadSize) => self.refuse(ErrorCode::BadBatch, "refused by the engine".into()),
                     Err(SubmitError::ShuttingDown) => {
                         return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
+                    }
+                    Err(SubmitError::Failed) => {
+                        let reason = producer.failure().unwrap_or("the engine failed").to_string();
+                        return Err((ErrorCode::Internal, reason));
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! The engine: one API over the three execution modes.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use trove_core::state::combine_world_hashes;
 use trove_core::{Game, Stamped, WorldId};
@@ -146,6 +146,10 @@ pub(crate) struct Inner<G: Game> {
     pub next_producer_id: AtomicU64,
     pub hub: Arc<Hub<G>>,
     pub backend: Backend<G>,
+    /// Set once, by a journal thread whose disk refused a write or a sync:
+    /// from then on nothing is acknowledged or accepted (fail-stop), and
+    /// producers are told why.
+    pub failure: Arc<OnceLock<String>>,
 }
 
 impl<G: Game> std::fmt::Debug for Inner<G> {
@@ -235,8 +239,9 @@ impl<G: Game> Engine<G> {
         };
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let hub = Arc::new(Hub::default());
+        let failure = Arc::new(OnceLock::new());
         let backend = match config.mode {
-            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered, hub.clone())?),
+            Mode::Sharded => Backend::Sharded(Sharded::start(&config, clock, recovered, hub.clone(), failure.clone())?),
             Mode::TaskPerEvent | Mode::SpawnBlockingPerEvent => {
                 Backend::PerEvent(Box::new(PerEvent::start(&config, hub.clone())?))
             }
@@ -250,6 +255,7 @@ impl<G: Game> Engine<G> {
                 next_producer_id: AtomicU64::new(producer_id_next),
                 hub,
                 backend,
+                failure,
             }),
         })
     }
@@ -356,6 +362,13 @@ impl<G: Game> Engine<G> {
     }
 
     /// A snapshot of every shard's metrics; never stops a shard.
+    /// Why the engine stopped acknowledging, if it did: a journal write or
+    /// sync failed. Nothing more is accepted (`SubmitError::Failed`); a
+    /// restart recovers what was durable.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.failure.get().map(String::as_str)
+    }
+
     pub fn metrics(&self) -> EngineMetrics {
         let shards = match &self.inner.backend {
             Backend::Sharded(s) => s.metrics(),

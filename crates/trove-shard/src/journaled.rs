@@ -13,9 +13,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped};
@@ -322,15 +322,55 @@ pub(crate) fn recover<G: Game>(
 const WRITE_BYTES_MIN: usize = 512 << 10;
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
-/// writing, syncing and acknowledging everything it was given.
+/// writing, syncing and acknowledging everything it was given; or, if the
+/// disk refuses a write or a sync, at once (fail-stop): it records why in
+/// `failure`, releases no further acknowledgement, and tells every producer
+/// waiting for one.
 pub(crate) fn run_journal<G: Game>(
     rx: Receiver<JournalJob<G>>,
     spare: SyncSender<Vec<Stamped<G::Event>>>,
-    mut writer: JournalWriter,
+    writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: Arc<ShardMetrics>,
+    failure: &OnceLock<String>,
 ) {
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
+    let shard = writer.shard();
+    if let Err(reason) = journal_loop(&rx, &spare, writer, policy, &metrics, &mut waiting) {
+        // The first failure is the one producers hear about.
+        let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
+        eprintln!("trove: {}", failure.get().map_or("", String::as_str));
+        for (inbox, _) in waiting.drain(..) {
+            inbox.fail();
+        }
+        while let Ok(job) = rx.try_recv() {
+            job.fail_producers();
+        }
+        // Returning drops the receiver: the shard's next send fails, and
+        // it answers its producers the same way.
+    }
+}
+
+impl<G: Game> JournalJob<G> {
+    /// Tells the producers of this job's batches that it will never be
+    /// acknowledged.
+    pub(crate) fn fail_producers(self) {
+        if let JournalJob::Batch { deliveries, .. } = self {
+            for (inbox, _) in deliveries {
+                inbox.fail();
+            }
+        }
+    }
+}
+
+fn journal_loop<G: Game>(
+    rx: &Receiver<JournalJob<G>>,
+    spare: &SyncSender<Vec<Stamped<G::Event>>>,
+    mut writer: JournalWriter,
+    policy: FsyncPolicy,
+    metrics: &ShardMetrics,
+    waiting: &mut Vec<(Arc<Inbox<G>>, Part<G>)>,
+) -> Result<(), String> {
     let mut jobs = Vec::new();
     let mut last_sync = Instant::now();
     let mut closing = false;
@@ -383,9 +423,10 @@ pub(crate) fn run_journal<G: Game>(
                     // made durable; only then are covered files removed. A
                     // crash between any two steps leaves a complete journal.
                     // Fail-stop as for batches if the disk refuses.
-                    writer.roll_at_snapshot().expect("starting a segment for a snapshot failed");
-                    write_snapshot(writer.dir(), next_batch, &bytes).expect("writing a snapshot failed");
-                    remove_covered(writer.dir(), next_batch).expect("removing covered journal files failed");
+                    writer.roll_at_snapshot().map_err(|e| format!("starting a segment for a snapshot: {e}"))?;
+                    write_snapshot(writer.dir(), next_batch, &bytes).map_err(|e| format!("writing a snapshot: {e}"))?;
+                    remove_covered(writer.dir(), next_batch)
+                        .map_err(|e| format!("removing journal files a snapshot covers: {e}"))?;
                     metrics.snapshots.fetch_add(1, Relaxed);
                     metrics.snapshot_bytes.store(bytes.len() as u64, Relaxed);
                 }
@@ -411,12 +452,12 @@ pub(crate) fn run_journal<G: Game>(
             // Fail-stop: if the disk refuses a write or a sync, nothing more
             // can be promised, so the journal thread stops here and no
             // further acknowledgement is released.
-            let written = writer.flush().expect("journal write failed; no further acknowledgements");
+            let written = writer.flush().map_err(|e| format!("write: {e}"))?;
             metrics.journal_bytes.fetch_add(written, Relaxed);
         }
         if sync_now {
             let started = Instant::now();
-            if writer.sync().expect("journal fdatasync failed; no further acknowledgements") {
+            if writer.sync().map_err(|e| format!("fdatasync: {e}"))? {
                 metrics.fsync_ns.record(started.elapsed().as_nanos() as u64);
                 metrics.fsyncs.fetch_add(1, Relaxed);
             }
@@ -431,6 +472,7 @@ pub(crate) fn run_journal<G: Game>(
             }
         }
     }
+    Ok(())
 }
 
 /// What an offline replay rebuilt.

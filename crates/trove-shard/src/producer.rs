@@ -18,6 +18,9 @@ pub enum SubmitError {
     BadSize,
     /// The engine is shutting down.
     ShuttingDown,
+    /// The engine stopped acknowledging: its journal could not write or
+    /// sync (`Producer::failure` says why). Nothing more is accepted.
+    Failed,
 }
 
 /// Who sent a batch: the producer and the sequence number of its first
@@ -53,11 +56,28 @@ pub(crate) struct Inbox<G: Game> {
 struct InboxState<G: Game> {
     parts: Vec<Part<G>>,
     waker: Option<Waker>,
+    /// Some of this producer's batches will never complete: the engine
+    /// failed (see `Inner::failure`).
+    failed: bool,
 }
 
 impl<G: Game> Inbox<G> {
     pub fn new() -> Self {
-        Self { parts: Mutex::new(InboxState { parts: Vec::new(), waker: None }), ready: Condvar::new() }
+        Self { parts: Mutex::new(InboxState { parts: Vec::new(), waker: None, failed: false }), ready: Condvar::new() }
+    }
+
+    /// Tells the producer that batches it waits for will never complete
+    /// (after `Inner::failure` is set), and wakes it.
+    pub fn fail(&self) {
+        let waker = {
+            let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            state.failed = true;
+            state.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     pub fn deliver(&self, part: Part<G>) {
@@ -201,7 +221,15 @@ impl<G: Game> Producer<G> {
         Some(assemble(p))
     }
 
+    /// Why the engine stopped acknowledging, if it did (its journal could
+    /// not write or sync). Batches still in flight then never complete, and
+    /// every later `submit` answers `SubmitError::Failed`.
+    pub fn failure(&self) -> Option<&str> {
+        self.engine.failure.get().map(String::as_str)
+    }
+
     /// Like `try_complete`, waiting up to `timeout` for the oldest batch.
+    /// `None` at once if the engine failed (see `failure`).
     pub fn complete_timeout(&mut self, timeout: Duration) -> Option<Completed<G>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -216,6 +244,9 @@ impl<G: Game> Producer<G> {
                 return None;
             }
             let state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
+            if state.failed && state.parts.is_empty() {
+                return None;
+            }
             if state.parts.is_empty() {
                 let _unused = self.inbox.ready.wait_timeout(state, deadline - now);
             }
@@ -226,7 +257,7 @@ impl<G: Game> Producer<G> {
     /// callers; the tokio I/O layer uses this).
     pub fn register_waker(&self, waker: &Waker) {
         let mut state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
-        if state.parts.is_empty() {
+        if state.parts.is_empty() && !state.failed {
             state.waker = Some(waker.clone());
         } else {
             waker.wake_by_ref();

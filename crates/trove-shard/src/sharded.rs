@@ -19,8 +19,8 @@
 //! partitioned log as well as from producers.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, SendError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,7 @@ impl<G: Game> Sharded<G> {
         clock: EngineClock,
         recovered: Option<Vec<RecoveredShard<G>>>,
         hub: Arc<Hub<G>>,
+        failure: Arc<OnceLock<String>>,
     ) -> Result<Self, String> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut recovered = recovered.map(Vec::into_iter);
@@ -116,11 +117,11 @@ impl<G: Game> Sharded<G> {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
                     let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
                     let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel(SPARE_BATCHES);
-                    let m = metrics.clone();
+                    let (m, f) = (metrics.clone(), failure.clone());
                     let writer = r.writer;
                     let thread = std::thread::Builder::new()
                         .name(format!("trove-journal-{index}"))
-                        .spawn(move || run_journal::<G>(jrx, spare_tx, writer, policy, m))
+                        .spawn(move || run_journal::<G>(jrx, spare_tx, writer, policy, m, &f))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
                     spare = Some(spare_rx);
                     (r.state, Some((jtx, thread)), r.producers)
@@ -138,6 +139,7 @@ impl<G: Game> Sharded<G> {
                 state,
                 journal,
                 spare,
+                failure: failure.clone(),
                 producers,
                 snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
                 last_snapshot: Instant::now(),
@@ -168,6 +170,9 @@ impl<G: Game> Sharded<G> {
         origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
+        if inner.failure.get().is_some() {
+            return Err(SubmitError::Failed);
+        }
         let n = self.shards.len();
         // How many of the batch's events each shard gets: one queue slot on
         // each shard involved, or none.
@@ -301,6 +306,9 @@ struct ShardLoop<G: Game> {
     /// Batch buffers the journal thread is done with, for reuse: a fresh
     /// allocation per batch costs page faults and TLB shootdowns.
     spare: Option<Receiver<Vec<Stamped<G::Event>>>>,
+    /// The engine's failure (see `Inner::failure`): once set, work is
+    /// answered with it, not applied.
+    failure: Arc<OnceLock<String>>,
     /// Every producer's last applied sequence and recent outcomes: retries
     /// are answered, never applied twice.
     producers: Dedup<G::Outcome>,
@@ -361,6 +369,14 @@ impl<G: Game> ShardLoop<G> {
             self.queued.fetch_sub(work.len(), SeqCst);
             self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
             self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
+            if self.failure.get().is_some() {
+                // The journal failed: nothing more can be made durable, so
+                // nothing more is applied; its producers are told.
+                for w in work.drain(..) {
+                    w.inbox.fail();
+                }
+                continue;
+            }
 
             // Retries: a producer's events reach this shard in increasing
             // sequence order, so the retried events of a part are a prefix
@@ -478,12 +494,11 @@ impl<G: Game> ShardLoop<G> {
                     let reused = self.spare.as_ref().and_then(|s| s.try_recv().ok());
                     let events = std::mem::replace(&mut batch, reused.unwrap_or_else(|| Vec::with_capacity(events)));
                     // The journal thread only stops early when the disk failed
-                    // (fail-stop): then nothing more may be applied, because
-                    // nothing more could be acknowledged.
-                    assert!(
-                        journal.send(JournalJob::Batch { events, sources, deliveries }).is_ok(),
-                        "the journal thread stopped after a disk error; shard stops with it"
-                    );
+                    // (fail-stop, `failure` set): then this batch is never
+                    // acknowledged, and later work is not applied.
+                    if let Err(SendError(job)) = journal.send(JournalJob::Batch { events, sources, deliveries }) {
+                        job.fail_producers();
+                    }
                     if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
                         let _ = journal.send(snapshot_job(&self.state, &self.producers));
                         self.last_snapshot = Instant::now();

@@ -248,7 +248,13 @@ pub fn run(args: &Serve) -> Result<(), String> {
         c.shutdown();
     }
     let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
+    let failure = engine.failure().map(str::to_string);
     let fin = engine.shutdown();
+    if let Some(reason) = failure {
+        // The state in memory holds batches that never became durable: its
+        // hash means nothing. A restart recovers what was acknowledged.
+        return Err(format!("stopped after a failure: {reason}; restart to recover what was durable"));
+    }
     eprintln!("trove: stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
     Ok(())
 }

@@ -64,9 +64,26 @@ struct Serve {
 impl Serve {
     /// Starts `trove serve ARGS`; see [`Serve::wait_ready`].
     fn spawn(args: &[OsString]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .arg("serve")
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trove"));
+        command.arg("serve").args(args);
+        Serve::spawn_command(command)
+    }
+
+    /// Starts `trove serve ARGS` under a limit on the size of the files it
+    /// writes (RLIMIT_FSIZE, in KiB), with SIGXFSZ ignored: a write past
+    /// the limit then fails with EFBIG, as a full disk fails one.
+    fn spawn_with_file_limit(args: &[OsString], kib: u64) -> Serve {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" serve \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_trove"))
+            .args(args);
+        Serve::spawn_command(command)
+    }
+
+    fn spawn_command(mut command: Command) -> Serve {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -907,7 +924,104 @@ fn busy_under_overload_through_the_sdk() {
 }
 
 // ---------------------------------------------------------------------
-// 5. Bad settings: a prompt, nonzero exit naming the problem.
+// 5. A disk that refuses the journal's writes: fail-stop, and everyone told.
+
+/// `GET path` on the control plane: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("control plane connects");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: trove\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("an answer");
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {text}"));
+    (status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn a_journal_the_disk_refuses_stops_acknowledging_and_says_why() {
+    let dir = common::scratch_dir("serve-efbig");
+    let data = dir.join("data");
+    let mut server = Serve::spawn_with_file_limit(&serve_args(&data, "127.0.0.1:0", &["--shards", "1"]), 2048);
+    let addr = server.wait_ready();
+    let control: SocketAddr = {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let log = server.stderr_now();
+            if let Some(a) = log.split("control plane on http://").nth(1).and_then(|r| r.split('/').next()) {
+                break a.parse().expect("control address");
+            }
+            assert!(Instant::now() < deadline, "no control plane line:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(http_get(control, "/health").0, 200);
+
+    // Produce until the journal's segment passes 2 MiB (a few hundred
+    // thousand events) and a write fails.
+    let rt = runtime();
+    let (acked, error) = block_on(&rt, "producing into a failing journal", async {
+        let config = ClientConfig { reconnect_attempts_max: Some(2), ..client(addr) };
+        let (mut producer, acks) = Producer::<TreasureHunt>::connect(config).await.expect("producer connects");
+        let mut acks = acks;
+        let reader = tokio::spawn(async move {
+            let (mut acked, mut error) = (0u64, None);
+            while let Some(a) = acks.next().await {
+                match a {
+                    Ok(b) => acked += u64::from(b.count),
+                    Err(e) => error = Some(e),
+                }
+            }
+            (acked, error)
+        });
+        let mut send_error = None;
+        for i in 0..5_000_000u32 {
+            if let Err(e) = producer.send_wait(HuntEvent::join(i % 1000, i)).await {
+                send_error = Some(e);
+                break;
+            }
+        }
+        drop(producer);
+        let (acked, ack_error) = reader.await.expect("ack reader");
+        (acked, send_error.or(ack_error).expect("the journal fails long before 5M events"))
+    });
+    let text = error.to_string();
+    assert!(text.contains("internal") && text.contains("journal"), "{text}");
+    assert!(acked > 0, "events before the limit were acknowledged");
+
+    // The probes say so; the process is still up and answers.
+    let (status, body) = http_get(control, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failed") && body.contains("journal of shard 0"), "{body}");
+    assert_eq!(http_get(control, "/ready").0, 503);
+    assert!(server.stderr_now().contains("nothing more is acknowledged"), "{}", server.stderr_now());
+
+    // A stop exits nonzero, naming the failure, and prints no state hash.
+    server.signal("TERM");
+    let (status, stderr) = server.wait_exit(EXIT_TIMEOUT);
+    assert!(!status.success(), "exit {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("stopped after a failure") && !stderr.contains("state hash"), "{stderr}");
+
+    // Every acknowledged event is in the journal (the failed server wrote
+    // no snapshot of its undurable state), and a server without the limit
+    // starts from it.
+    let replay = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(["replay", "--json", "--data"])
+        .arg(&data)
+        .output()
+        .expect("trove replay runs");
+    let json: serde_json::Value = serde_json::from_slice(&replay.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&replay.stderr)));
+    let journaled = json["events"].as_u64().expect("events");
+    assert!(journaled >= acked, "{journaled} events journaled, {acked} acknowledged");
+    let mut server = Serve::spawn(&serve_args(&data, "127.0.0.1:0", &["--shards", "1"]));
+    server.wait_ready();
+    stop_gracefully(&mut server, "TERM");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---------------------------------------------------------------------
+// 6. Bad settings: a prompt, nonzero exit naming the problem.
 
 #[test]
 fn serve_rejects_bad_settings() {
