@@ -4,7 +4,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use trove_core::Record;
@@ -95,7 +94,7 @@ pub struct JournalWriter {
     record_size: u32,
     /// The current segment.
     path: PathBuf,
-    file: Arc<File>,
+    file: File,
     io: WriteIo,
     /// The segment's length in valid bytes (header and frames); with
     /// `Direct`, the file may be longer by its zero padding.
@@ -145,7 +144,7 @@ impl JournalWriter {
             shard,
             record_size,
             path,
-            file: Arc::new(file),
+            file,
             io,
             segment_bytes,
             segment_bytes_max,
@@ -196,13 +195,6 @@ impl JournalWriter {
         batch
     }
 
-    /// The current segment file, for a thread that syncs what this writer
-    /// wrote. (A segment is synced by the writer itself before the next
-    /// one starts, so syncing the file current at a write covers it.)
-    pub fn segment_file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
-    }
-
     /// Bytes appended and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.buf.len() - self.frames_at
@@ -220,7 +212,7 @@ impl JournalWriter {
         }
         match self.io {
             WriteIo::Buffered => {
-                (&*self.file).write_all(&self.buf)?;
+                self.file.write_all(&self.buf)?;
                 self.buf.clear();
             }
             WriteIo::Direct => self.write_direct()?,
@@ -264,7 +256,7 @@ impl JournalWriter {
                 let mut file = OpenOptions::new().write(true).open(&self.path)?;
                 file.seek(SeekFrom::Start(self.segment_bytes))?;
                 file.write_all(&self.buf[skip + tail..skip + len])?;
-                (self.file, self.io) = (Arc::new(file), WriteIo::Buffered);
+                (self.file, self.io) = (file, WriteIo::Buffered);
                 (self.skip, self.frames_at) = (0, 0);
                 self.buf.clear();
                 return Ok(());
@@ -326,8 +318,7 @@ impl JournalWriter {
         let frames = self.buf.split_off(self.frames_at);
         let first = self.next_batch - count_frames(&frames);
         let (path, segment_bytes) = create_segment(&self.dir, self.shard, self.record_size, first)?;
-        let (file, io) = open_segment(&path, self.io)?;
-        (self.file, self.io) = (Arc::new(file), io);
+        (self.file, self.io) = open_segment(&path, self.io)?;
         self.path = path;
         self.segment_bytes = segment_bytes;
         self.load_tail()?;

@@ -361,7 +361,6 @@ impl<G: Game> Engine<G> {
         &self.inner.hub
     }
 
-    /// A snapshot of every shard's metrics; never stops a shard.
     /// Why the engine stopped acknowledging, if it did: a journal write or
     /// sync failed. Nothing more is accepted (`SubmitError::Failed`); a
     /// restart recovers what was durable.
@@ -369,6 +368,7 @@ impl<G: Game> Engine<G> {
         self.inner.failure.get().map(String::as_str)
     }
 
+    /// A snapshot of every shard's metrics; never stops a shard.
     pub fn metrics(&self) -> EngineMetrics {
         let shards = match &self.inner.backend {
             Backend::Sharded(s) => s.metrics(),

@@ -10,6 +10,7 @@
 //! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
 //! after the next periodic `fdatasync`, `never` after the `write`.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -335,19 +336,24 @@ pub(crate) fn run_journal<G: Game>(
     failure: &OnceLock<String>,
 ) {
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
+    let mut jobs = VecDeque::new();
     let shard = writer.shard();
-    if let Err(reason) = journal_loop(&rx, &spare, writer, policy, &metrics, &mut waiting) {
+    if let Err(reason) = journal_loop(&rx, &spare, writer, policy, &metrics, &mut jobs, &mut waiting) {
         // The first failure is the one producers hear about.
         let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
         eprintln!("trove: {}", failure.get().map_or("", String::as_str));
         for (inbox, _) in waiting.drain(..) {
             inbox.fail();
         }
-        while let Ok(job) = rx.try_recv() {
+        // Jobs taken but not handled, then whatever the shard still sends
+        // (it applies nothing once `failure` is set, but a batch may be on
+        // its way) until it hangs up at shutdown: every producer is told.
+        for job in jobs.drain(..) {
             job.fail_producers();
         }
-        // Returning drops the receiver: the shard's next send fails, and
-        // it answers its producers the same way.
+        while let Ok(job) = rx.recv() {
+            job.fail_producers();
+        }
     }
 }
 
@@ -369,9 +375,9 @@ fn journal_loop<G: Game>(
     mut writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: &ShardMetrics,
+    jobs: &mut VecDeque<JournalJob<G>>,
     waiting: &mut Vec<(Arc<Inbox<G>>, Part<G>)>,
 ) -> Result<(), String> {
-    let mut jobs = Vec::new();
     let mut last_sync = Instant::now();
     let mut closing = false;
     while !closing {
@@ -383,14 +389,16 @@ fn journal_loop<G: Game>(
             _ => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(job) => jobs.push(job),
+            Ok(job) => jobs.push_back(job),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closing = true,
         }
         while let Ok(job) = rx.try_recv() {
-            jobs.push(job);
+            jobs.push_back(job);
         }
-        for job in jobs.drain(..) {
+        // One at a time, so that on a failure the jobs not handled are
+        // still here to be answered.
+        while let Some(job) = jobs.pop_front() {
             match job {
                 JournalJob::Batch { events, sources: _, deliveries } if events.is_empty() => {
                     // Only retries: nothing to write, but their
