@@ -112,6 +112,24 @@ impl<W> Worlds<W> {
         Ok(index)
     }
 
+    /// The first `limit` worlds with ids above `after` (all ids if `None`),
+    /// ascending. Costs a pass over the ids and a sort of `limit` of them,
+    /// not a sort of every world: a listing page stays cheap for the shard
+    /// that owns a million worlds.
+    pub fn page(&self, after: Option<WorldId>, limit: usize) -> Vec<(WorldId, &W)> {
+        let mut order: Vec<u32> =
+            (0..self.ids.len() as u32).filter(|&i| after.is_none_or(|a| self.ids[i as usize] > a)).collect();
+        if limit == 0 {
+            return Vec::new();
+        }
+        if order.len() > limit {
+            order.select_nth_unstable_by_key(limit - 1, |&i| self.ids[i as usize]);
+            order.truncate(limit);
+        }
+        order.sort_unstable_by_key(|&i| self.ids[i as usize]);
+        order.into_iter().map(|i| (self.ids[i as usize], &self.worlds[i as usize])).collect()
+    }
+
     /// Worlds in ascending id order: the canonical order for hashing.
     pub fn iter_sorted(&self) -> impl Iterator<Item = (WorldId, &W)> {
         let mut order: Vec<u32> = (0..self.worlds.len() as u32).collect();
@@ -165,6 +183,29 @@ mod tests {
         assert_eq!(w.get(4), None);
         let order: Vec<_> = w.iter_sorted().map(|(id, _)| id).collect();
         assert_eq!(order, vec![3, 7]);
+    }
+
+    #[test]
+    fn pages_match_a_filtered_sorted_listing() {
+        let mut rng = crate::SplitMix64::new(11);
+        let mut w: Worlds<u32> = Worlds::new(500);
+        while w.len() < 300 {
+            let id = (rng.next_u64() % 2000) as u32;
+            let _ = w.insert(id, id * 2);
+        }
+        let all: Vec<u32> = w.iter_sorted().map(|(id, _)| id).collect();
+        for after in [None, Some(0), Some(all[0]), Some(all[150]), Some(all[299]), Some(1999), Some(u32::MAX)] {
+            for limit in [0, 1, 7, 150, 299, 300, 1000] {
+                let page: Vec<(u32, u32)> = w.page(after, limit).into_iter().map(|(id, &v)| (id, v)).collect();
+                let want: Vec<(u32, u32)> = all
+                    .iter()
+                    .filter(|&&id| after.is_none_or(|a| id > a))
+                    .take(limit)
+                    .map(|&id| (id, id * 2))
+                    .collect();
+                assert_eq!(page, want, "after {after:?} limit {limit}");
+            }
+        }
     }
 
     #[test]

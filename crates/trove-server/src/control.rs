@@ -316,20 +316,13 @@ async fn list_hunts(
     if limit == 0 || limit > LIST_LIMIT_MAX {
         return error(StatusCode::BAD_REQUEST, "bad_request", format!("`limit` must be in 1..={LIST_LIMIT_MAX}"));
     }
-    let after = page.after;
-    // Every shard sends its hunts past `after`; keep the lowest `limit` ids.
-    let mut rx = ctx.engine.query_worlds(move |id, h| (after.is_none_or(|a| id > a)).then(|| (id, summary(h))));
+    // Every shard sends its first `limit + 1` hunts past `after` (one past
+    // the page, to know whether there is a next); keep the lowest ids.
+    let mut rx = ctx.engine.query_world_page(page.after, limit + 1, |id, h| (id, summary(h)));
     let mut hunts: Vec<(u32, Value)> = Vec::new();
     let collect = async {
-        while let Some(item) = rx.recv().await {
-            if let Some(x) = item {
-                hunts.push(x);
-                if hunts.len() > 4 * limit {
-                    // One past the page, to know whether there is a next.
-                    hunts.sort_unstable_by_key(|(id, _)| *id);
-                    hunts.truncate(limit + 1);
-                }
-            }
+        while let Some(x) = rx.recv().await {
+            hunts.push(x);
         }
     };
     if tokio::time::timeout(Duration::from_secs(10), collect).await.is_err() {

@@ -315,11 +315,14 @@ impl<G: Game> Engine<G> {
         rx
     }
 
-    /// Reads every world: `f` runs once per world, on the thread that owns
-    /// it; the results arrive in no particular order, and the receiver ends
-    /// when every world was read.
-    pub fn query_worlds<R: Send + 'static>(
+    /// Runs `f` on a page of worlds, on the threads that own them: each
+    /// shard's first `limit` worlds with ids above `after`, ascending per
+    /// shard (the caller merges: the engine-wide page is the first `limit`
+    /// of the union). A shard sorts only its page, not every world.
+    pub fn query_world_page<R: Send + 'static>(
         &self,
+        after: Option<WorldId>,
+        limit: usize,
         f: impl Fn(WorldId, &G::World) -> R + Send + Sync + 'static,
     ) -> tokio::sync::mpsc::UnboundedReceiver<R> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -331,7 +334,7 @@ impl<G: Game> Engine<G> {
                     s.query(
                         shard,
                         Box::new(move |state| {
-                            for (id, w) in state.worlds().iter_sorted() {
+                            for (id, w) in state.worlds().page(after, limit) {
                                 let _ = tx.send(f(id, w));
                             }
                         }),
@@ -339,7 +342,7 @@ impl<G: Game> Engine<G> {
                 }
             }
             Backend::PerEvent(p) => p.query_all(Arc::new(move |state| {
-                for (id, w) in state.worlds().iter_sorted() {
+                for (id, w) in state.worlds().page(after, limit) {
                     let _ = tx.send(f(id, w));
                 }
             })),
