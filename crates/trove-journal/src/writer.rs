@@ -55,7 +55,7 @@ impl std::fmt::Display for FsyncPolicy {
 }
 
 /// How a journal's frames reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteIo {
     /// `O_DIRECT` writes of whole 4 KiB blocks from the writer's own
     /// buffer: no copy into the page cache and no writeback work later,
@@ -64,19 +64,9 @@ pub enum WriteIo {
     /// next flush; on disk the segment ends with zero padding up to the
     /// block boundary (recovery knows it). Falls back to `Buffered` where
     /// the file system refuses `O_DIRECT`.
-    #[default]
     Direct,
     /// Plain `write`s through the page cache.
     Buffered,
-}
-
-impl std::fmt::Display for WriteIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Direct => "direct",
-            Self::Buffered => "buffered",
-        })
-    }
 }
 
 /// The unit of an `O_DIRECT` write: offsets, lengths and the buffer's

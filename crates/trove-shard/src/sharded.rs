@@ -111,7 +111,6 @@ impl<G: Game> Sharded<G> {
             let queued = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
-            let mut spare = None;
             let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
@@ -123,8 +122,7 @@ impl<G: Game> Sharded<G> {
                         .name(format!("trove-journal-{index}"))
                         .spawn(move || run_journal::<G>(jrx, spare_tx, writer, policy, m, &f))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
-                    spare = Some(spare_rx);
-                    (r.state, Some((jtx, thread)), r.producers)
+                    (r.state, Some(JournalLink { jobs: jtx, spare: spare_rx, thread }), r.producers)
                 }
                 None => (
                     GameState::new(config.worlds_max),
@@ -138,7 +136,6 @@ impl<G: Game> Sharded<G> {
                 metrics: metrics.clone(),
                 state,
                 journal,
-                spare,
                 failure: failure.clone(),
                 producers,
                 snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
@@ -295,17 +292,23 @@ impl<G: Game> Work<G> {
     }
 }
 
+/// A shard's side of its journal thread.
+struct JournalLink<G: Game> {
+    /// Applied batches go there, and their acknowledgements with them.
+    jobs: SyncSender<JournalJob<G>>,
+    /// Batch buffers the journal thread is done with, for reuse: a fresh
+    /// allocation per batch costs page faults and TLB shootdowns.
+    spare: Receiver<Vec<Stamped<G::Event>>>,
+    thread: JoinHandle<()>,
+}
+
 struct ShardLoop<G: Game> {
     rx: Receiver<Msg<G>>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<ShardMetrics>,
     state: GameState<G>,
-    /// The journal thread, if the engine journals: applied batches go
-    /// there, and their acknowledgements with them.
-    journal: Option<(SyncSender<JournalJob<G>>, JoinHandle<()>)>,
-    /// Batch buffers the journal thread is done with, for reuse: a fresh
-    /// allocation per batch costs page faults and TLB shootdowns.
-    spare: Option<Receiver<Vec<Stamped<G::Event>>>>,
+    /// The journal thread, if the engine journals.
+    journal: Option<JournalLink<G>>,
     /// The engine's failure (see `Inner::failure`): once set, work is
     /// answered with it, not applied.
     failure: Arc<OnceLock<String>>,
@@ -490,8 +493,8 @@ impl<G: Game> ShardLoop<G> {
             }
             out.clear();
             match &self.journal {
-                Some((journal, _)) => {
-                    let reused = self.spare.as_ref().and_then(|s| s.try_recv().ok());
+                Some(JournalLink { jobs: journal, spare, .. }) => {
+                    let reused = spare.try_recv().ok();
                     let events = std::mem::replace(&mut batch, reused.unwrap_or_else(|| Vec::with_capacity(events)));
                     // The journal thread only stops early when the disk failed
                     // (fail-stop, `failure` set): then this batch is never
@@ -509,7 +512,7 @@ impl<G: Game> ShardLoop<G> {
 
             self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
         }
-        if let Some((journal, thread)) = self.journal.take() {
+        if let Some(JournalLink { jobs: journal, thread, .. }) = self.journal.take() {
             // A final snapshot makes the next start quick.
             let _ = journal.send(snapshot_job(&self.state, &self.producers));
             drop(journal);
