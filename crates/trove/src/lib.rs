@@ -10,7 +10,6 @@
 //! - [`bench_net`]: `trove bench net`, end to end over loopback through the SDK.
 //! - [`load`]: `trove bench` itself, the open-loop load generator.
 //! - [`load_cmd`]: its flags checked and turned into a run.
-//! - [`huge_pages`]: re-executing with glibc's huge-page tunable set.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
 
@@ -18,7 +17,6 @@ pub mod bench_apply;
 pub mod bench_engine;
 pub mod bench_net;
 pub mod cli;
-pub mod huge_pages;
 pub mod journal_cmd;
 pub mod load;
 pub mod load_cmd;

@@ -7,8 +7,17 @@ use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
 use trove::{bench_apply, journal_cmd, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 
+/// mimalloc instead of glibc's malloc: batches are allocated on one thread
+/// and freed on another (I/O thread -> shard -> journal), which glibc
+/// serves with arena locks, consolidation and `madvise` trims that cost TLB
+/// shootdowns on both cores. mimalloc frees them into per-thread pages and
+/// asks for transparent huge pages for its own regions, so the player
+/// table's random reads stop missing the TLB (`MIMALLOC_ALLOW_THP=0` turns
+/// that off). docs/benchmarks.md, "The allocator", has the measurements.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    trove::huge_pages::reexec_with_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
