@@ -34,6 +34,38 @@ pub trait Record: Copy + Send + Sync + Default + std::fmt::Debug + PartialEq + '
         self.encode(out);
         trimmed_len(&out[..Self::SIZE])
     }
+
+    /// Whether the type has a storage form of its own (`encode_packed`),
+    /// shorter than trimming; the journal then stores that.
+    const PACKED: bool = false;
+
+    /// The most bytes `encode_packed` writes (and needs room for).
+    const PACKED_MAX: usize = Self::SIZE;
+
+    /// Writes the storage form to the front of `out` (at least `PACKED_MAX`
+    /// long) and returns its length. The default is the full encoding.
+    #[inline]
+    fn encode_packed(&self, out: &mut [u8]) -> usize {
+        self.encode(out);
+        Self::SIZE
+    }
+
+    /// Reads a value in the storage form from the front of `bytes`, and how
+    /// many bytes it took; `None` if the bytes are not one (too short, or
+    /// not a form `encode_packed` writes). Never panics: the bytes come from
+    /// files on disk.
+    #[inline]
+    fn decode_packed(bytes: &[u8]) -> Option<(Self, usize)> {
+        bytes.get(..Self::SIZE).map(|b| (Self::decode(b), Self::SIZE))
+    }
+
+    /// The length of the storage form at the front of `bytes`: `Some`
+    /// exactly when `decode_packed` would be, without decoding (the journal
+    /// checks a whole frame before it reads any event).
+    #[inline]
+    fn packed_len(bytes: &[u8]) -> Option<usize> {
+        Self::decode_packed(bytes).map(|(_, n)| n)
+    }
 }
 
 /// The length of `bytes` without its trailing zero bytes, a word at a time.

@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `TROVEJNL` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; 1 is read too) |
 //! | 12 | 4 | shard index |
 //! | 16 | 8 | sequence of the first batch in this segment |
 //! | 24 | 4 | event record size in bytes |
@@ -30,8 +30,11 @@
 //! 1 = k u32 offsets follow, 2 = k u16 offsets follow), then the runs'
 //! sequence offsets, then per-event times if body flag bit 0 (n x u32, µs
 //! after the base time) or bit 1 (n x u64, absolute), then the n event
-//! records: with body flag bit 2 each is a length byte and the record's
-//! bytes up to its last non-zero one, otherwise the full record. Events follow the
+//! records: with body flag bit 3 (packed) each in the record type's own
+//! storage form (`Record::encode_packed`; docs/journal.md has the hunt
+//! event's); with body flag bit 2 (trimmed, the only form before version
+//! 2) a length byte and the record's bytes up to its last non-zero one;
+//! otherwise the full record. Events follow the
 //! runs in order: run 0's k events first. Without offsets a run's events
 //! have sequences `first, first + 1, ...`; without per-event times every
 //! event has the base time (the engine stamps a drained batch once).
@@ -39,7 +42,10 @@
 use trove_core::{Record, Stamped};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"TROVEJNL";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version still read: version 1 differs only in never using
+/// packed records.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const FRAME_MAGIC: &[u8; 4] = b"TVB2";
 pub const FRAME_HEAD_BYTES: usize = 16;
@@ -51,6 +57,11 @@ const BODY_TIMES_MASK: u32 = 3;
 /// Records are stored trimmed: a length byte, then the record up to its last
 /// non-zero byte (the rest is zero). Fixed-size records otherwise.
 const BODY_TRIMMED: u32 = 4;
+/// Records are stored in the record type's packed form (`Record::PACKED`):
+/// a journaled event's fields are mostly small numbers in wide slots (a
+/// hunt id below 65,536 in a u32, a step of -4..4 in an i16), and the
+/// disk's bandwidth under an `interval` sync is what bounds the journal.
+const BODY_PACKED: u32 = 8;
 const RUN_OFFSETS_U32: u32 = 1;
 const RUN_OFFSETS_U16: u32 = 2;
 /// No batch frame is larger: checked before anything is allocated for one.
@@ -136,7 +147,7 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
         return Err(FrameError::BadChecksum);
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(FrameError::BadVersion(version));
     }
     Ok(SegmentHeader { shard: u32_at(b, 12), first_batch: u64_at(b, 16), record_size: u32_at(b, 24) })
@@ -148,6 +159,11 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
 /// If the runs do not cover the events exactly, or the frame would exceed
 /// `FRAME_BODY_BYTES_MAX` (the engine bounds batches well below it).
 pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>) {
+    encode_frame_as(batch, runs, events, out, E::PACKED);
+}
+
+/// `encode_frame`, packed or (as version 1 wrote every frame) trimmed.
+fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>, packed: bool) {
     let n = events.len();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
     // The engine stamps a whole drain with one time, so a batch almost
@@ -155,8 +171,14 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     // same pass as the records (one read of the events, not two), and put
     // the time column in afterwards in the rare other case.
     let base = events.first().map_or(0, |e| e.time_us);
-    let trimmed = E::SIZE <= usize::from(u8::MAX);
-    let flags = if trimmed { BODY_TRIMMED } else { 0 };
+    let trimmed = !packed && E::SIZE <= usize::from(u8::MAX);
+    let flags = if packed {
+        BODY_PACKED
+    } else if trimmed {
+        BODY_TRIMMED
+    } else {
+        0
+    };
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEAD_BYTES]);
     out.extend_from_slice(&batch.to_le_bytes());
@@ -193,15 +215,21 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
         }
     }
     // Records are encoded in place: each into the room after its length
-    // byte, then the next one starts right after its last nonzero byte.
+    // byte (trimmed), then the next one starts right after its last nonzero
+    // byte; or into a scratch record and packed from there.
     let at = out.len();
-    out.resize(at + n * (usize::from(trimmed) + E::SIZE), 0);
+    let room = if packed { E::PACKED_MAX } else { usize::from(trimmed) + E::SIZE };
+    out.resize(at + n * room, 0);
     let mut w = at;
     let (mut lo, mut hi) = (base, base);
     for e in events {
         lo = lo.min(e.time_us);
         hi = hi.max(e.time_us);
-        if trimmed {
+        if packed {
+            let len = e.event.encode_packed(&mut out[w..w + room]);
+            debug_assert!(len <= room);
+            w += len;
+        } else if trimmed {
             let len = e.event.encode_prefix(&mut out[w + 1..w + 1 + E::SIZE]);
             debug_assert!(len <= E::SIZE);
             out[w] = len as u8;
@@ -300,7 +328,10 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     let count = u32_at(body, 8) as usize;
     let run_count = u32_at(body, 12) as usize;
     let flags = u32_at(body, 24);
-    if flags & !(BODY_TIMES_MASK | BODY_TRIMMED) != 0 {
+    if flags & !(BODY_TIMES_MASK | BODY_TRIMMED | BODY_PACKED) != 0
+        || flags & (BODY_TRIMMED | BODY_PACKED) == BODY_TRIMMED | BODY_PACKED
+        || (flags & BODY_PACKED != 0 && !E::PACKED)
+    {
         return Err(FrameError::BadLength(u64::from(flags)));
     }
     let time_bytes = match flags & BODY_TIMES_MASK {
@@ -336,7 +367,17 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     let (times, records) = rest.split_at(count * time_bytes);
     // Walk the records: each length within the record size, the section
     // exactly used up.
-    if flags & BODY_TRIMMED != 0 {
+    if flags & BODY_PACKED != 0 {
+        let mut at = 0usize;
+        for _ in 0..count {
+            let rest = records.get(at..).ok_or(FrameError::Short)?;
+            let len = E::packed_len(rest).ok_or(FrameError::BadLength(at as u64))?;
+            at += len;
+        }
+        if at != records.len() {
+            return Err(FrameError::BadLength(records.len() as u64));
+        }
+    } else if flags & BODY_TRIMMED != 0 {
         let mut at = 0usize;
         for _ in 0..count {
             let len = usize::from(*records.get(at).ok_or(FrameError::Short)?);
@@ -385,7 +426,12 @@ impl Body<'_> {
                 BODY_TIMES_U64 => u64_at(times, i * 8),
                 _ => base,
             };
-            let event = if flags & BODY_TRIMMED != 0 {
+            let event = if flags & BODY_PACKED != 0 {
+                // Each record was checked by `decode_body`.
+                let (event, len) = E::decode_packed(&records[next..]).expect("checked by decode_body");
+                next += len;
+                event
+            } else if flags & BODY_TRIMMED != 0 {
                 // Lengths were checked by `decode_body`.
                 let len = usize::from(records[next]);
                 record.fill(0);
@@ -456,6 +502,70 @@ mod tests {
         assert_eq!(decode_segment_header(&b[..10]), Err(FrameError::Short));
     }
 
+    /// Segments of version 1 (trimmed records only) are still read; a
+    /// version from the future is refused by name.
+    #[test]
+    fn version_one_is_read_and_a_newer_one_refused() {
+        let with_version = |v: u32| {
+            let mut b = encode_segment_header(&SegmentHeader { shard: 0, first_batch: 1, record_size: 32 });
+            b[8..12].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32c::crc32c(&b[..60]);
+            b[60..64].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        assert!(decode_segment_header(&with_version(1)).is_ok());
+        assert!(decode_segment_header(&with_version(FORMAT_VERSION)).is_ok());
+        assert_eq!(decode_segment_header(&with_version(3)), Err(FrameError::BadVersion(3)));
+        assert_eq!(decode_segment_header(&with_version(0)), Err(FrameError::BadVersion(0)));
+
+        // A version-1 frame: the same events, trimmed.
+        let entries = entries(40);
+        let runs = [Run { producer: 7, first_seq: 1, len: entries.len(), offsets: None }];
+        let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
+        let (mut trimmed, mut packed) = (Vec::new(), Vec::new());
+        encode_frame_as(5, &runs, &events, &mut trimmed, false);
+        encode_frame_as(5, &runs, &events, &mut packed, true);
+        assert!(packed.len() < trimmed.len());
+        for buf in [&trimmed, &packed] {
+            let (len, crc) = decode_frame_head(buf).unwrap();
+            let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
+            let got: Vec<_> = body.entries::<HuntEvent>().map(|e| e.stamped).collect();
+            assert_eq!(got, events);
+        }
+    }
+
+    /// A body claiming both record forms, or a packed record the game
+    /// would never write, is damage, not a panic.
+    #[test]
+    fn impossible_packed_bodies_are_refused() {
+        let events = [Stamped { time_us: 1, event: HuntEvent::scan(3, 4) }];
+        let runs = [Run { producer: 1, first_seq: 1, len: 1, offsets: None }];
+        let mut buf = Vec::new();
+        encode_frame(1, &runs, &events, &mut buf);
+        let reseal = |buf: &mut Vec<u8>| {
+            let body_crc = crc32c::crc32c(&buf[FRAME_HEAD_BYTES..]);
+            buf[8..12].copy_from_slice(&body_crc.to_le_bytes());
+            let head_crc = crc32c::crc32c(&buf[..12]);
+            buf[12..16].copy_from_slice(&head_crc.to_le_bytes());
+        };
+        let decode = |buf: &[u8]| {
+            let (len, crc) = decode_frame_head(buf).unwrap();
+            decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).map(|_| ())
+        };
+        assert_eq!(decode(&buf), Ok(()));
+        // Flags: trimmed and packed at once.
+        let mut both = buf.clone();
+        both[FRAME_HEAD_BYTES + 24] |= BODY_TRIMMED as u8;
+        reseal(&mut both);
+        assert!(decode(&both).is_err());
+        // The record's head: kind 7.
+        let record = FRAME_HEAD_BYTES + BODY_HEAD_BYTES + RUN_BYTES;
+        let mut kind7 = buf.clone();
+        kind7[record] |= 7;
+        reseal(&mut kind7);
+        assert!(decode(&kind7).is_err());
+    }
+
     #[test]
     fn every_flipped_bit_is_detected() {
         let mut buf = Vec::new();
@@ -486,8 +596,8 @@ mod tests {
         let mut buf = Vec::new();
         encode_frame(3, &runs, &events, &mut buf);
         // Uniform time: no per-event times; 3 two-byte offsets, 2 runs, and
-        // 5 scans trimmed to a length byte and 9 bytes each.
-        assert_eq!(buf.len(), FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 2 + 5 * 10);
+        // 5 scans packed: a head byte, a byte of hunt and one of player.
+        assert_eq!(buf.len(), FRAME_HEAD_BYTES + BODY_HEAD_BYTES + 2 * RUN_BYTES + 3 * 2 + 5 * 3);
         let (len, crc) = decode_frame_head(&buf).unwrap();
         let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
         let got: Vec<_> = body.entries::<HuntEvent>().map(|e| (e.producer, e.producer_seq, e.stamped)).collect();

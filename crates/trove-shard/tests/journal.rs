@@ -90,7 +90,10 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
         let m = engine.metrics();
         let synced: u64 = m.shards.iter().map(|s| s.fsyncs).sum();
         let bytes: u64 = m.shards.iter().map(|s| s.journal_bytes).sum();
-        assert!(bytes > 3000 * 10, "{name}: {bytes} journal bytes (at least a trimmed record per event)");
+        assert!(
+            bytes > 3000 * 3,
+            "{name}: {bytes} journal bytes (at least a packed record's head, hunt and player per event)"
+        );
         match policy {
             FsyncPolicy::Never => assert_eq!(synced, 0, "never syncs while running"),
             _ => assert!(synced > 0, "{name}: no fdatasync"),
