@@ -117,6 +117,24 @@ pub mod kind {
 }
 
 impl HuntEvent {
+    /// The kind byte and a move's steps (zero for other kinds): constants
+    /// per kind (a table lookup) and the steps apart (a conditional move),
+    /// no jump on the kind, for the encoders the journal calls per event.
+    #[inline]
+    fn kind_and_steps(&self) -> (u8, i16, i16) {
+        let kind = match self.action {
+            Action::Create(_) => kind::CREATE,
+            Action::Join => kind::JOIN,
+            Action::Leave => kind::LEAVE,
+            Action::Move { .. } => kind::MOVE,
+            Action::Dig => kind::DIG,
+            Action::Scan => kind::SCAN,
+            Action::Invalid => 0,
+        };
+        let (dx, dy) = if let Action::Move { dx, dy } = self.action { (dx, dy) } else { (0, 0) };
+        (kind, dx, dy)
+    }
+
     pub fn create(hunt: u32, config: HuntConfig) -> Self {
         Self { hunt, player: 0, action: Action::Create(config) }
     }
@@ -203,18 +221,7 @@ impl Record for HuntEvent {
             self.encode(out);
             return Self::SIZE;
         }
-        // Constants per kind (a table lookup), and the step apart (a
-        // conditional move): no jump on the kind.
-        let kind = match self.action {
-            Action::Create(_) => kind::CREATE,
-            Action::Join => kind::JOIN,
-            Action::Leave => kind::LEAVE,
-            Action::Move { .. } => kind::MOVE,
-            Action::Dig => kind::DIG,
-            Action::Scan => kind::SCAN,
-            Action::Invalid => 0,
-        };
-        let (dx, dy) = if let Action::Move { dx, dy } = self.action { (dx, dy) } else { (0, 0) };
+        let (kind, dx, dy) = self.kind_and_steps();
         le::put(out, 0, &self.hunt.to_le_bytes());
         le::put(out, 4, &self.player.to_le_bytes());
         out[8] = kind;
@@ -243,16 +250,7 @@ impl Record for HuntEvent {
             self.encode(&mut out[1..]);
             return Self::PACKED_MAX;
         }
-        let kind = match self.action {
-            Action::Create(_) => kind::CREATE,
-            Action::Join => kind::JOIN,
-            Action::Leave => kind::LEAVE,
-            Action::Move { .. } => kind::MOVE,
-            Action::Dig => kind::DIG,
-            Action::Scan => kind::SCAN,
-            Action::Invalid => 0,
-        };
-        let (dx, dy) = if let Action::Move { dx, dy } = self.action { (dx, dy) } else { (0, 0) };
+        let (kind, dx, dy) = self.kind_and_steps();
         let moves = kind == kind::MOVE;
         let narrow = i16::from(dx as i8) == dx && i16::from(dy as i8) == dy;
         let (hw, pw) = (width(self.hunt), width(self.player));
