@@ -236,7 +236,8 @@ impl Record for HuntEvent {
     /// bit 7: a move whose steps fit one byte each), the hunt and the
     /// player in as few little-endian bytes as hold them, then a move's dx
     /// and dy (one byte each, or two). A create is its kind and the full
-    /// 32-byte record. Standard-workload events take 4-7 bytes.
+    /// 32-byte record. With hunt and player ids below 65,536 a move takes
+    /// 5-7 bytes, a dig or a scan 3-5.
     const PACKED: bool = true;
     const PACKED_MAX: usize = 1 + Self::SIZE;
 
@@ -305,7 +306,7 @@ impl Record for HuntEvent {
         let hw = usize::from(head >> 3 & 3) + 1;
         let pw = usize::from(head >> 5 & 3) + 1;
         // A 4-byte load cut to `n` bytes where 4 are there (all but the
-        // journal's last few bytes), else byte by byte.
+        // last few bytes of a frame's records), else byte by byte.
         let uint = |at: usize, n: usize| -> Option<u32> {
             match b.get(at..at + 4) {
                 Some(w) => Some(le::u32_at(w, 0) & (u32::MAX >> (32 - 8 * n))),

@@ -32,9 +32,12 @@
 //! after the base time) or bit 1 (n x u64, absolute), then the n event
 //! records: with body flag bit 3 (packed) each in the record type's own
 //! storage form (`Record::encode_packed`; docs/journal.md has the hunt
-//! event's); with body flag bit 2 (trimmed, the only form before version
-//! 2) a length byte and the record's bytes up to its last non-zero one;
-//! otherwise the full record. Events follow the
+//! event's); with body flag bit 2 (trimmed: what version 1 wrote for
+//! records up to 255 bytes) a length byte and the record's bytes up to its
+//! last non-zero one; otherwise the full record. A segment's version is
+//! that of the engine that started it: after an upgrade, packed frames
+//! follow trimmed ones in a version-1 segment, each frame's flags saying
+//! which it holds (and `trove.meta`'s `format=2` keeps older engines out). Events follow the
 //! runs in order: run 0's k events first. Without offsets a run's events
 //! have sequences `first, first + 1, ...`; without per-event times every
 //! event has the base time (the engine stamps a drained batch once).
@@ -43,7 +46,7 @@ use trove_core::{Record, Stamped};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"TROVEJNL";
 pub const FORMAT_VERSION: u32 = 2;
-/// The oldest version still read: version 1 differs only in never using
+/// The oldest version still read: an engine of version 1 never wrote
 /// packed records.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
@@ -162,7 +165,8 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
     encode_frame_as(batch, runs, events, out, E::PACKED);
 }
 
-/// `encode_frame`, packed or (as version 1 wrote every frame) trimmed.
+/// `encode_frame`, packed or (as version 1 wrote records up to 255 bytes)
+/// trimmed.
 fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>, packed: bool) {
     let n = events.len();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
@@ -214,9 +218,10 @@ fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>
             }
         }
     }
-    // Records are encoded in place: each into the room after its length
-    // byte (trimmed), then the next one starts right after its last nonzero
-    // byte; or into a scratch record and packed from there.
+    // Records are encoded in place: packed, each into the room at the
+    // write position, which then advances by its length; trimmed, each into
+    // the room after its length byte, the next one starting right after its
+    // last nonzero byte.
     let at = out.len();
     let room = if packed { E::PACKED_MAX } else { usize::from(trimmed) + E::SIZE };
     out.resize(at + n * room, 0);
@@ -371,7 +376,8 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
         let mut at = 0usize;
         for _ in 0..count {
             let rest = records.get(at..).ok_or(FrameError::Short)?;
-            let len = E::packed_len(rest).ok_or(FrameError::BadLength(at as u64))?;
+            // A zero length would never advance: damage, like any other.
+            let len = E::packed_len(rest).filter(|&n| n > 0).ok_or(FrameError::BadLength(at as u64))?;
             at += len;
         }
         if at != records.len() {

@@ -106,11 +106,19 @@ const META_FILE: &str = "trove.meta";
 /// Checks (or writes, for a new data directory) what the journal was made
 /// with: the game, its record size and the shard count, which decides
 /// which shard owns which world and so cannot change under a journal.
+///
+/// `format=2` (packed records, journal format version 2) replaces a
+/// `format=1` meta before this engine writes anything: an older engine
+/// then refuses the directory by name instead of reading the first packed
+/// frame as a torn tail and cutting it off.
 fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
-    let want = format!("format=1\ngame={}\nrecord_size={}\nshards={shards}\n", G::NAME, G::Event::SIZE);
+    let meta =
+        |format: u32| format!("format={format}\ngame={}\nrecord_size={}\nshards={shards}\n", G::NAME, G::Event::SIZE);
+    let want = meta(META_FORMAT);
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == want => Ok(()),
+        Ok(found) if found == meta(1) => write_meta(dir, &want),
         Ok(found) => Err(format!(
             "{} was written by an engine with other settings:\n{found}this engine has:\n{want}(the shard count of a \
              data directory cannot change)",
@@ -118,14 +126,24 @@ fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let tmp = dir.join(format!("{META_FILE}.tmp"));
-            std::fs::write(&tmp, &want).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-            File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
+            write_meta(dir, &want)
         }
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
+}
+
+/// The data directory's format: 2 since the journal packs records.
+const META_FORMAT: u32 = 2;
+
+/// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
+/// the directory fsynced.
+fn write_meta(dir: &Path, meta: &str) -> Result<(), String> {
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    std::fs::write(&tmp, meta).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+    let path = dir.join(META_FILE);
+    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
 }
 
 /// One shard's state rebuilt from its newest snapshot and the journal after
