@@ -43,7 +43,9 @@ pub struct Serve {
     /// (the per-event modes run without a journal) [default: sharded].
     #[arg(long)]
     pub mode: Option<String>,
-    /// Shard threads (sharded) or runtime workers (per-event modes) [default: one per core].
+    /// Shard threads (sharded) or runtime workers (per-event modes)
+    /// [default: the data directory's if it has a journal, else the cores
+    /// less the I/O workers, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
     /// always, interval=<ms> or never [default: interval=5]. Acknowledgements
@@ -197,7 +199,7 @@ pub struct BenchLoad {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub watch: u32,
     /// The fresh servers' shards (sharded) or runtime workers (per-event
-    /// modes) [default: the server's, one per core].
+    /// modes) [default: the server's: the cores less its I/O workers].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
     /// The fresh servers' journal: none (in memory; the per-event modes

@@ -4,7 +4,7 @@
 //! then flags; `config/trove.toml` lists every key with its default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,9 +102,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 
     let mode = args.mode.clone().or(file.mode).unwrap_or_else(|| "sharded".into());
     engine.mode = Mode::parse(&mode)?;
-    if let Some(s) = args.shards.map(|s| s as usize).or(file.shards) {
-        engine.shards = s;
-    }
+    let shards_given = args.shards.map(|s| s as usize).or(file.shards);
     let e = &file.engine;
     let set = |target: &mut usize, v: Option<usize>| {
         if let Some(v) = v {
@@ -165,6 +163,11 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     if let Some(n) = args.io_workers.map(|n| n as usize).or(l.io_workers) {
         server.io_workers = n;
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    engine.shards = match shards_given {
+        Some(s) => s,
+        None => default_shards(engine.journal.as_ref().map(|j| j.dir.as_path()), cores, server.io_workers),
+    };
     let lim = &file.limits;
     set(&mut server.connections_max, lim.connections_max);
     if let Some(v) = lim.frame_body_max {
@@ -188,6 +191,16 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     engine.validate()?;
     server.validate()?;
     Ok(ServeSettings { engine, server, control })
+}
+
+/// The shard count when none is given: the data directory's, if it has a
+/// journal already (its shard count cannot change); else the cores the I/O
+/// runtime leaves, at least one. On 2 cores that is one shard and one I/O
+/// thread: there the `trove bench` knee was 8.1-9.3 M/s with one shard and
+/// 4.6-7.0 M/s with two competing with the I/O thread (docs/benchmarks.md).
+fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> usize {
+    data.and_then(|d| trove_shard::journaled::recorded_shards(d).ok())
+        .unwrap_or_else(|| cores.saturating_sub(io_workers).max(1))
 }
 
 /// Runs until SIGINT or SIGTERM, then drains and stops.
@@ -278,6 +291,20 @@ fn wait_for_signal() -> Result<&'static str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_default_to_the_journal_s_count_else_the_cores_the_io_runtime_leaves() {
+        assert_eq!(default_shards(None, 2, 1), 1);
+        assert_eq!(default_shards(None, 8, 2), 6);
+        assert_eq!(default_shards(None, 1, 1), 1);
+        let dir = std::env::temp_dir().join(format!("trove-default-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A new data directory: no meta yet.
+        assert_eq!(default_shards(Some(&dir), 2, 1), 1);
+        std::fs::write(dir.join("trove.meta"), "format=2\ngame=treasure-hunt\nrecord_size=32\nshards=3\n").unwrap();
+        assert_eq!(default_shards(Some(&dir), 2, 1), 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn the_shipped_config_lists_keys_the_server_takes() {
