@@ -117,11 +117,11 @@ impl<W> Worlds<W> {
     /// not a sort of every world: a listing page stays cheap for the shard
     /// that owns a million worlds.
     pub fn page(&self, after: Option<WorldId>, limit: usize) -> Vec<(WorldId, &W)> {
-        let mut order: Vec<u32> =
-            (0..self.ids.len() as u32).filter(|&i| after.is_none_or(|a| self.ids[i as usize] > a)).collect();
         if limit == 0 {
             return Vec::new();
         }
+        let mut order: Vec<u32> =
+            (0..self.ids.len() as u32).filter(|&i| after.is_none_or(|a| self.ids[i as usize] > a)).collect();
         if order.len() > limit {
             order.select_nth_unstable_by_key(limit - 1, |&i| self.ids[i as usize]);
             order.truncate(limit);

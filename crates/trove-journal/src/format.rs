@@ -37,8 +37,8 @@
 //! last non-zero one; otherwise the full record. A segment's version is
 //! that of the engine that started it: after an upgrade, packed frames
 //! follow trimmed ones in a version-1 segment, each frame's flags saying
-//! which it holds (and `trove.meta`'s `format=2` keeps older engines out). Events follow the
-//! runs in order: run 0's k events first. Without offsets a run's events
+//! which it holds (and `trove.meta`'s `format=2` keeps older engines out).
+//! Events follow the runs in order: run 0's k events first. Without offsets a run's events
 //! have sequences `first, first + 1, ...`; without per-event times every
 //! event has the base time (the engine stamps a drained batch once).
 
@@ -425,7 +425,8 @@ impl Body<'_> {
         }
         let (base, flags, times, records) = (self.base_time_us, self.flags, self.times, self.records);
         let mut next = 0usize;
-        let mut record = vec![0u8; E::SIZE];
+        // Scratch for a trimmed record; packed and full ones decode in place.
+        let mut record = if flags & BODY_TRIMMED != 0 { vec![0u8; E::SIZE] } else { Vec::new() };
         origins.into_iter().enumerate().map(move |(i, (producer, producer_seq))| {
             let time_us = match flags & BODY_TIMES_MASK {
                 BODY_TIMES_U32 => base.wrapping_add(u64::from(u32_at(times, i * 4))),
