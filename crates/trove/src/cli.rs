@@ -185,8 +185,9 @@ pub struct BenchLoad {
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Producer connections; each owns a partition of the hunts and offers
-    /// its share of the rate.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// its share of the rate. The server pays per frame, so more
+    /// connections at the same linger mean more, smaller frames.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
     /// Most events per batch (EVENTS frame); a batch also closes when it
     /// has lingered --linger-us.
@@ -215,12 +216,12 @@ pub struct BenchLoad {
     pub client_workers: u32,
     /// How often the pacer sends what has arrived, microseconds: shorter
     /// ticks mean lower latency and smaller batches.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(50..=100_000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(50..=100_000))]
     pub tick_us: u64,
     /// How long a batch stays open for more events, microseconds (it
     /// closes sooner when full): the client's share of the latency, traded
     /// for fewer, larger frames.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub linger_us: u64,
     /// Seconds a step's backlog and acknowledgements may take to clear
     /// after it; past that the mode's run ends.
