@@ -433,8 +433,10 @@ impl Conn {
                     Err(SendError::Closed(_, err)) => return Err(err.to_string()),
                 }
             }
+            // The chunk's events straight into the SDK; only one refused
+            // by a full window is kept (in `pending`) for the next tick.
             let (slot_start, n, j, left) = &mut self.chunk;
-            if *left > 0 {
+            while *left > 0 {
                 let e = self.generator.next_event();
                 if let Some(w) = watch.slot(e.hunt) {
                     let mut w = lock(w);
@@ -444,8 +446,14 @@ impl Conn {
                 }
                 *j += 1;
                 *left -= 1;
-                self.pending = Some(e);
-                continue;
+                match self.producer.send(e) {
+                    Ok(_) => self.sent += 1,
+                    Err(SendError::Full(e)) => {
+                        self.pending = Some(e);
+                        return Ok(());
+                    }
+                    Err(SendError::Closed(_, err)) => return Err(err.to_string()),
+                }
             }
             let Some(slot) = self.backlog.front_mut() else { return Ok(()) };
             let (from, to) = (slot.done, (slot.done + CHUNK_EVENTS).min(slot.n));
