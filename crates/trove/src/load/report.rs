@@ -772,16 +772,19 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
         writeln!(
             s,
             "| step | offered M/s | achieved M/s | p50 ack ms | p99 ack ms | p99.9 ack ms | p99 update ms \
-             | p99 send lag ms | client cores | server cores | server p99 ack ms | queue depth | batch mean \
+             | p99 send lag ms | pacer stall max ms | client cores | server cores | server p99 ack ms | queue depth | batch mean \
              | polls/event | wakeups/event | worker busy | schedule p99 us | passed |"
         )?;
-        writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")?;
+        writeln!(
+            s,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"
+        )?;
         for step in &run.steps {
             let l = &step.latency_us;
             let update = step.update_latency_us.map_or_else(|| "-".to_string(), |u| ms(u.p99));
             write!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {update} | {} | {} ",
+                "| {} | {} | {} | {} | {} | {} | {update} | {} | {} | {} ",
                 step.step,
                 mega(step.offered_events_per_s),
                 mega(step.achieved_events_per_s),
@@ -789,6 +792,7 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
                 ms(l.p99),
                 ms(l.p999),
                 ms(step.send_lag_us.p99),
+                ms(step.pacer_stall_max_us),
                 num(step.client_cpu_cores, 2)
             )?;
             match &step.server {
@@ -893,6 +897,8 @@ mod tests {
             failed_because: (!passed).then(|| "p99 42.000 ms > SLO 10 ms".to_string()),
             passed,
             client_cpu_cores: 0.8,
+            pacer_stall_max_us: u64::from(step) * 3000,
+            pacer_stalls: u64::from(step >= 2),
             server: (step != 1).then(|| ServerStep {
                 cpu_cores: 1.5,
                 queue_depth_events: f64::from(step) * 10.0,
@@ -1147,11 +1153,11 @@ mod tests {
         assert!(report.contains("- sharded / task-per-event: 40.0x"));
         // A step row: without a server scrape, with one; failed.
         assert!(report.contains(
-            "| 1 | 1.000 | 0.999 | 0.275 | 1.100 | 2.200 | - | 0.400 | 0.80 | - | - | - | - | - | - | - | - | yes |"
+            "| 1 | 1.000 | 0.999 | 0.275 | 1.100 | 2.200 | - | 0.400 | 3.000 | 0.80 | - | - | - | - | - | - | - | - | yes |"
         ));
-        assert!(report.contains("| 9 | 14.000 | 12.400 | 10.500 | 42.000 | 84.000 | - | 0.400 | 0.80 | 1.50 | 1.05 | 90 | 64.0 | 0.02 | 0.01 | 0.40 | 35.0 | no |"));
-        // 10 + 5 step rows, each with 18 columns.
-        let rows: Vec<_> = report.lines().filter(|l| l.starts_with("| ") && l.matches(" | ").count() == 17).collect();
+        assert!(report.contains("| 9 | 14.000 | 12.400 | 10.500 | 42.000 | 84.000 | - | 0.400 | 27.000 | 0.80 | 1.50 | 1.05 | 90 | 64.0 | 0.02 | 0.01 | 0.40 | 35.0 | no |"));
+        // 10 + 5 step rows, each with 19 columns.
+        let rows: Vec<_> = report.lines().filter(|l| l.starts_with("| ") && l.matches(" | ").count() == 18).collect();
         assert_eq!(rows.len(), 2 + 15, "{rows:#?}");
 
         // Deterministic.
