@@ -17,13 +17,14 @@ and so does the backlog the pause leaves behind.
 
 import multiprocessing
 import os
+import queue
 import sys
 import time
 
 GAP_NS = 1_000_000
 
 
-def spin(duration_s, out):
+def spin(k, duration_s, out):
     clock = time.clock_gettime_ns
     mono = time.CLOCK_MONOTONIC
     end = clock(mono) + int(duration_s * 1e9)
@@ -34,7 +35,7 @@ def spin(duration_s, out):
         if now - last > GAP_NS:
             gaps.append((last, now))
         last = now
-    out.put(gaps)
+    out.put((k, gaps))
 
 
 def overlap(a, b):
@@ -42,7 +43,7 @@ def overlap(a, b):
     out, i, j = [], 0, 0
     while i < len(a) and j < len(b):
         lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if lo < hi:
+        if hi - lo > GAP_NS:
             out.append((lo, hi))
         if a[i][1] < b[j][1]:
             i += 1
@@ -61,18 +62,31 @@ def summary(gaps, duration_s):
     )
 
 
+USAGE = "usage: pause-probe.py [DURATION_S in (0, 3600]] [PROCESSES in 1..=256]"
+
+
 def main():
-    duration_s = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
-    procs = int(sys.argv[2]) if len(sys.argv) > 2 else os.cpu_count()
-    if not 0 < duration_s <= 3600 or not 0 < procs <= 256:
-        sys.exit("usage: pause-probe.py [DURATION_S in (0, 3600]] [PROCESSES in 1..=256]")
+    try:
+        duration_s = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+        procs = int(sys.argv[2]) if len(sys.argv) > 2 else (os.cpu_count() or 1)
+    except ValueError:
+        sys.exit(USAGE)
+    if not 0 < duration_s <= 3600 or not 0 < procs <= 256 or len(sys.argv) > 3:
+        sys.exit(USAGE)
     out = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=spin, args=(duration_s, out)) for _ in range(procs)]
+    workers = [multiprocessing.Process(target=spin, args=(k, duration_s, out)) for k in range(procs)]
     for w in workers:
         w.start()
-    results = [out.get() for _ in workers]
+    try:
+        # A worker that died never answers: give up past its deadline.
+        results = dict(out.get(timeout=duration_s + 60) for _ in workers)
+    except queue.Empty:
+        for w in workers:
+            w.terminate()
+        sys.exit("a probe process did not report")
     for w in workers:
         w.join()
+    results = [results[k] for k in range(procs)]
     for k, gaps in enumerate(results):
         print(f"process {k}: {summary(gaps, duration_s)}")
     common = results[0]

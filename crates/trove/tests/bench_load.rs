@@ -63,6 +63,8 @@ fn a_single_run_reports_every_figure() {
         "events_acked",
         "latency_us",
         "update_latency_us",
+        "pacer_stall_max_us",
+        "pacer_stalls",
         "server",
     ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");

@@ -219,8 +219,8 @@ struct StepDone {
     /// The backlog and every acknowledgement cleared within the drain timeout.
     drained: bool,
     error: Option<String>,
-    /// The pacer's longest time away past a tick, and how many times it
-    /// was away `STALL_NS` or more (see `StepReport::pacer_stall_max_us`).
+    /// The pacer's latest wake past a tick, and how many times it woke
+    /// `STALL_NS` or more late (see `StepReport::pacer_stall_max_us`).
     stall_max_ns: u64,
     stalls: u64,
 }
@@ -538,17 +538,17 @@ fn pacer(p: Pacer) -> Vec<Conn> {
             c.begin(&plan, arrivals);
         }
         let deadline = plan.end_ns + drain_timeout.as_nanos() as u64;
-        sleep_until(clock.at(plan.start_ns));
+        // Woken late: the thread was due to run and did not. Whatever
+        // stops it stops the events' sending too.
+        let (mut stall_max_ns, mut stalls) = (0u64, 0u64);
+        let mut woke_late = |late: Duration| {
+            let late = late.as_nanos() as u64;
+            stall_max_ns = stall_max_ns.max(late);
+            stalls += u64::from(late >= STALL_NS);
+        };
+        woke_late(sleep_until(clock.at(plan.start_ns)));
         let mut next_tick = Instant::now();
-        let (mut awake_at, mut stall_max_ns, mut stalls) = (next_tick, 0u64, 0u64);
         loop {
-            // Away longer than a tick (asleep or at work): the thread did
-            // not run. Whatever stops it stops the events' sending too.
-            let woke = Instant::now();
-            let away = woke.saturating_duration_since(awake_at).saturating_sub(tick).as_nanos() as u64;
-            awake_at = woke;
-            stall_max_ns = stall_max_ns.max(away);
-            stalls += u64::from(away >= STALL_NS);
             let now = clock.now_ns();
             let mut all = true;
             for c in conns.iter_mut().filter(|c| !c.finished) {
@@ -572,7 +572,7 @@ fn pacer(p: Pacer) -> Vec<Conn> {
             if next_tick < now {
                 next_tick = now;
             }
-            sleep_until(next_tick);
+            woke_late(sleep_until(next_tick));
         }
         let mut done = StepDone { drained: true, sent_in_window: 0, stall_max_ns, stalls, ..StepDone::default() };
         for c in &mut conns {
@@ -1085,11 +1085,14 @@ fn run_step(
     Ok((step, stop))
 }
 
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
+/// Sleeps until `t`; returns how late it woke, past `t` (or past the
+/// call, if `t` had gone by).
+fn sleep_until(t: Instant) -> Duration {
+    let slept_at = Instant::now();
+    if t > slept_at {
+        std::thread::sleep(t - slept_at);
     }
+    Instant::now().saturating_duration_since(t.max(slept_at))
 }
 
 /// 1.25M, 250k, 900.

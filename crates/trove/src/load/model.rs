@@ -83,15 +83,16 @@ pub struct StepReport {
     pub failed_because: Option<String>,
     /// Client process CPU seconds per wall second.
     pub client_cpu_cores: f64,
-    /// The longest the pacer thread was away past a tick during the step,
-    /// asleep or at work: time it was runnable but did not run. Either the
-    /// CPUs were busy (a run-queue wait, usually well under a few ms) or
-    /// the machine did not run it at all (a paused VM, which stops the
-    /// server too: `scripts/pause-probe.py`). A step that failed on p99
-    /// with stalls of tens of milliseconds says more about the machine
-    /// than about the server.
+    /// How late the pacer thread woke for a tick, at most, during the
+    /// step: time it was due to run and did not. Either the CPUs were busy
+    /// (a run-queue wait, usually well under a few ms) or the machine did
+    /// not run it at all (a paused VM, which stops the server too:
+    /// `scripts/pause-probe.py`). Only its sleeps are timed, so a pause
+    /// that lands while it works is not seen here: a lower bound. A step
+    /// that failed on p99 with stalls of tens of milliseconds says more
+    /// about the machine than about the server.
     pub pacer_stall_max_us: u64,
-    /// Times in the step the pacer was away 5 ms or more past a tick.
+    /// Times in the step the pacer woke 5 ms or more late.
     pub pacer_stalls: u64,
     /// Absent when the server's /metrics could not be scraped.
     pub server: Option<ServerStep>,
