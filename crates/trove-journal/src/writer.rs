@@ -185,11 +185,6 @@ impl JournalWriter {
         batch
     }
 
-    /// Bytes appended and not yet written.
-    pub fn pending_bytes(&self) -> usize {
-        self.buf.len() - self.frames_at
-    }
-
     /// Writes everything appended with one `write`; returns the bytes
     /// appended. Rolls to a new segment first if this one is full.
     pub fn flush(&mut self) -> std::io::Result<u64> {

@@ -336,10 +336,6 @@ pub(crate) fn recover<G: Game>(
     })
 }
 
-/// With `interval=<ms>`, frames are written once this many bytes are
-/// waiting, or at the sync.
-const WRITE_BYTES_MIN: usize = 512 << 10;
-
 /// The journal thread of one shard. Returns when the shard hangs up, after
 /// writing, syncing and acknowledging everything it was given; or, if the
 /// disk refuses a write or a sync, at once (fail-stop): it records why in
@@ -463,24 +459,19 @@ fn journal_loop<G: Game>(
             FsyncPolicy::Interval(every) => closing || last_sync.elapsed() >= every,
             FsyncPolicy::Never => closing,
         };
-        // With `interval`, nothing is acknowledged before the sync, so the
-        // frames wait for it (or until they make a large write): a few
-        // large writes take the disk far less time than many small ones.
-        let write_now = match policy {
-            FsyncPolicy::Interval(_) => sync_now || writer.pending_bytes() >= WRITE_BYTES_MIN,
-            FsyncPolicy::Always | FsyncPolicy::Never => true,
-        };
-        // The interval runs from the start of one sync's write to the
-        // start of the next: a fixed cadence, not one stretched by the
-        // time each write and sync take.
+        // Written as soon as encoded, under every policy: with `interval`,
+        // frames held back for the sync would make the sync wait for their
+        // write, and the write and the sync are the acknowledgement's
+        // latency (held until 512 KiB or the sync: 7-12% less throughput,
+        // docs/benchmarks.md). The interval runs from the start of one
+        // sync's write to the start of the next: a fixed cadence, not one
+        // stretched by the time each write and sync take.
         let began = Instant::now();
-        if write_now {
-            // Fail-stop: if the disk refuses a write or a sync, nothing more
-            // can be promised, so the journal thread stops here and no
-            // further acknowledgement is released.
-            let written = writer.flush().map_err(|e| format!("write: {e}"))?;
-            metrics.journal_bytes.fetch_add(written, Relaxed);
-        }
+        // Fail-stop: if the disk refuses a write or a sync, nothing more
+        // can be promised, so the journal thread stops here and no further
+        // acknowledgement is released.
+        let written = writer.flush().map_err(|e| format!("write: {e}"))?;
+        metrics.journal_bytes.fetch_add(written, Relaxed);
         if sync_now {
             let started = Instant::now();
             if writer.sync().map_err(|e| format!("fdatasync: {e}"))? {
