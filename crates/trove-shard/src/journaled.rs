@@ -462,10 +462,10 @@ fn journal_loop<G: Game>(
         // Written as soon as encoded, under every policy: with `interval`,
         // frames held back for the sync would make the sync wait for their
         // write, and the write and the sync are the acknowledgement's
-        // latency (held until 512 KiB or the sync: 7-12% less throughput,
-        // docs/benchmarks.md). The interval runs from the start of one
-        // sync's write to the start of the next: a fixed cadence, not one
-        // stretched by the time each write and sync take.
+        // latency (held until 512 KiB or the sync: 8% less throughput in
+        // `bench engine`, docs/benchmarks.md). The interval runs from the
+        // start of one sync's write to the start of the next: a fixed
+        // cadence, not one stretched by the time each write and sync take.
         let began = Instant::now();
         // Fail-stop: if the disk refuses a write or a sync, nothing more
         // can be promised, so the journal thread stops here and no further
