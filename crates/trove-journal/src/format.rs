@@ -162,19 +162,41 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
 /// If the runs do not cover the events exactly, or the frame would exceed
 /// `FRAME_BODY_BYTES_MAX` (the engine bounds batches well below it).
 pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>) {
-    encode_frame_as(batch, runs, events, out, E::PACKED);
+    encode_frame_as(batch, runs, &[events], None, out, E::PACKED);
 }
 
-/// `encode_frame`, packed or (as version 1 wrote records up to 255 bytes)
-/// trimmed.
-fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>, packed: bool) {
-    let n = events.len();
+/// `encode_frame` for a batch held in parts (one after the other, as the
+/// producers' batches came), each event at `time_us` if given, else at
+/// its own time. A shard hands its journal the parts it drained, so the
+/// events are not copied into one buffer for the journal's sake.
+pub fn encode_frame_parts<E: Record>(
+    batch: u64,
+    runs: &[Run<'_>],
+    parts: &[&[Stamped<E>]],
+    time_us: Option<u64>,
+    out: &mut Vec<u8>,
+) {
+    encode_frame_as(batch, runs, parts, time_us, out, E::PACKED);
+}
+
+/// `encode_frame_parts`, packed or (as version 1 wrote records up to 255
+/// bytes) trimmed.
+fn encode_frame_as<E: Record>(
+    batch: u64,
+    runs: &[Run<'_>],
+    parts: &[&[Stamped<E>]],
+    time_us: Option<u64>,
+    out: &mut Vec<u8>,
+    packed: bool,
+) {
+    let n = parts.iter().map(|p| p.len()).sum();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
+    let events = || parts.iter().flat_map(|p| p.iter());
     // The engine stamps a whole drain with one time, so a batch almost
     // always has uniform times: encode for that, find the time range in the
     // same pass as the records (one read of the events, not two), and put
     // the time column in afterwards in the rare other case.
-    let base = events.first().map_or(0, |e| e.time_us);
+    let base = time_us.unwrap_or_else(|| events().next().map_or(0, |e| e.time_us));
     let trimmed = !packed && E::SIZE <= usize::from(u8::MAX);
     let flags = if packed {
         BODY_PACKED
@@ -227,9 +249,11 @@ fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>
     out.resize(at + n * room, 0);
     let mut w = at;
     let (mut lo, mut hi) = (base, base);
-    for e in events {
-        lo = lo.min(e.time_us);
-        hi = hi.max(e.time_us);
+    for e in events() {
+        if time_us.is_none() {
+            lo = lo.min(e.time_us);
+            hi = hi.max(e.time_us);
+        }
         if packed {
             let len = e.event.encode_packed(&mut out[w..w + room]);
             debug_assert!(len <= room);
@@ -250,7 +274,7 @@ fn encode_frame_as<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>
         // goes in before the records.
         let (time_flag, width) = if hi - lo <= u64::from(u32::MAX) { (BODY_TIMES_U32, 4) } else { (BODY_TIMES_U64, 8) };
         let mut column = Vec::with_capacity(n * width);
-        for e in events {
+        for e in events() {
             match time_flag {
                 BODY_TIMES_U32 => column.extend_from_slice(&((e.time_us - lo) as u32).to_le_bytes()),
                 _ => column.extend_from_slice(&e.time_us.to_le_bytes()),
@@ -499,6 +523,32 @@ mod tests {
         assert_eq!(body.entries::<HuntEvent>().collect::<Vec<_>>(), entries(5));
     }
 
+    /// A batch in parts encodes as the same events in one slice: with a
+    /// time for all, as if each had been stamped with it.
+    #[test]
+    fn parts_encode_as_their_concatenation() {
+        let entries = entries(30);
+        let runs = [
+            Run { producer: 7, first_seq: 100, len: 12, offsets: None },
+            Run { producer: 7, first_seq: 112, len: 18, offsets: None },
+        ];
+        let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
+        let parts = [&events[..12], &events[12..12], &events[12..]];
+        let (mut whole, mut split) = (Vec::new(), Vec::new());
+        encode_frame(3, &runs, &events, &mut whole);
+        encode_frame_parts(3, &runs, &parts, None, &mut split);
+        assert_eq!(split, whole);
+
+        let stamped: Vec<_> = events.iter().map(|e| Stamped { time_us: 5_000, event: e.event }).collect();
+        let (mut whole, mut split) = (Vec::new(), Vec::new());
+        encode_frame(3, &runs, &stamped, &mut whole);
+        encode_frame_parts(3, &runs, &parts, Some(5_000), &mut split);
+        assert_eq!(split, whole);
+        let (len, crc) = decode_frame_head(&split).unwrap();
+        let body = decode_body::<HuntEvent>(&split[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
+        assert!(body.entries::<HuntEvent>().all(|e| e.stamped.time_us == 5_000));
+    }
+
     #[test]
     fn header_round_trips_and_rejects_damage() {
         let h = SegmentHeader { shard: 3, first_batch: 99, record_size: 32 };
@@ -530,8 +580,8 @@ mod tests {
         let runs = [Run { producer: 7, first_seq: 1, len: entries.len(), offsets: None }];
         let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
         let (mut trimmed, mut packed) = (Vec::new(), Vec::new());
-        encode_frame_as(5, &runs, &events, &mut trimmed, false);
-        encode_frame_as(5, &runs, &events, &mut packed, true);
+        encode_frame_as(5, &runs, &[&events], None, &mut trimmed, false);
+        encode_frame_as(5, &runs, &[&events], None, &mut packed, true);
         assert!(packed.len() < trimmed.len());
         for buf in [&trimmed, &packed] {
             let (len, crc) = decode_frame_head(buf).unwrap();

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,15 @@ pub(crate) struct Source {
 pub(crate) enum JournalJob<G: Game> {
     /// A batch the shard applied.
     Batch {
-        events: Vec<Stamped<G::Event>>,
+        /// The batch's new events (retries taken out) as the producers'
+        /// parts held them, in apply order, one per source. The shard
+        /// applied stamped copies in its own drain buffer, which stays in
+        /// its cache; these go to the journal uncopied.
+        parts: Vec<Vec<Stamped<G::Event>>>,
+        /// The engine time the shard stamped every event with
+        /// (`ClockMode::Wall`), or `None` when the events carry their own
+        /// (`ClockMode::Supplied`).
+        time_us: Option<u64>,
         sources: Vec<Source>,
         /// Acknowledgements to release once the batch is durable.
         deliveries: Vec<(Arc<Inbox<G>>, Part<G>)>,
@@ -343,7 +351,6 @@ pub(crate) fn recover<G: Game>(
 /// waiting for one.
 pub(crate) fn run_journal<G: Game>(
     rx: Receiver<JournalJob<G>>,
-    spare: SyncSender<Vec<Stamped<G::Event>>>,
     writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: Arc<ShardMetrics>,
@@ -352,7 +359,7 @@ pub(crate) fn run_journal<G: Game>(
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
     let mut jobs = VecDeque::new();
     let shard = writer.shard();
-    if let Err(reason) = journal_loop(&rx, &spare, writer, policy, &metrics, &mut jobs, &mut waiting) {
+    if let Err(reason) = journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting) {
         // The first failure is the one producers hear about.
         let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
         eprintln!("trove: {}", failure.get().map_or("", String::as_str));
@@ -385,7 +392,6 @@ impl<G: Game> JournalJob<G> {
 
 fn journal_loop<G: Game>(
     rx: &Receiver<JournalJob<G>>,
-    spare: &SyncSender<Vec<Stamped<G::Event>>>,
     mut writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: &ShardMetrics,
@@ -414,12 +420,12 @@ fn journal_loop<G: Game>(
         // still here to be answered.
         while let Some(job) = jobs.pop_front() {
             match job {
-                JournalJob::Batch { events, sources: _, deliveries } if events.is_empty() => {
+                JournalJob::Batch { parts, deliveries, .. } if parts.is_empty() => {
                     // Only retries: nothing to write, but their
                     // acknowledgements wait behind the writes before them.
                     waiting.extend(deliveries);
                 }
-                JournalJob::Batch { events, sources, deliveries } => {
+                JournalJob::Batch { parts, time_us, sources, deliveries } => {
                     let runs: Vec<Run<'_>> = sources
                         .iter()
                         .map(|s| Run {
@@ -429,11 +435,9 @@ fn journal_loop<G: Game>(
                             offsets: s.positions.as_deref().map(Vec::as_slice),
                         })
                         .collect();
-                    writer.append(&runs, &events);
+                    let parts: Vec<&[Stamped<G::Event>]> = parts.iter().map(Vec::as_slice).collect();
+                    writer.append_parts(&runs, &parts, time_us);
                     waiting.extend(deliveries);
-                    let mut events = events;
-                    events.clear();
-                    let _ = spare.try_send(events);
                 }
                 JournalJob::Snapshot { worlds, last_time_us, producers } => {
                     let next_batch = writer.next_batch();

@@ -45,10 +45,6 @@ pub fn shard_of(world: WorldId, shards: usize) -> usize {
 /// queue then answers producers `Busy`, instead of growing memory.
 const JOURNAL_QUEUE_JOBS: usize = 64;
 
-/// Emptied batch buffers the journal thread keeps ready for its shard (the
-/// rest are freed): a few cover the batches in flight between them.
-const SPARE_BATCHES: usize = 8;
-
 /// Shard counts up to this need no allocation to track a batch's shards.
 const SHARDS_INLINE_MAX: usize = 64;
 
@@ -115,14 +111,13 @@ impl<G: Game> Sharded<G> {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
                     let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
-                    let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel(SPARE_BATCHES);
                     let (m, f) = (metrics.clone(), failure.clone());
                     let writer = r.writer;
                     let thread = std::thread::Builder::new()
                         .name(format!("trove-journal-{index}"))
-                        .spawn(move || run_journal::<G>(jrx, spare_tx, writer, policy, m, &f))
+                        .spawn(move || run_journal::<G>(jrx, writer, policy, m, &f))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
-                    (r.state, Some(JournalLink { jobs: jtx, spare: spare_rx, thread }), r.producers)
+                    (r.state, Some(JournalLink { jobs: jtx, thread }), r.producers)
                 }
                 None => (
                     GameState::new(config.worlds_max),
@@ -296,9 +291,6 @@ impl<G: Game> Work<G> {
 struct JournalLink<G: Game> {
     /// Applied batches go there, and their acknowledgements with them.
     jobs: SyncSender<JournalJob<G>>,
-    /// Batch buffers the journal thread is done with, for reuse: a fresh
-    /// allocation per batch costs page faults and TLB shootdowns.
-    spare: Receiver<Vec<Stamped<G::Event>>>,
     thread: JoinHandle<()>,
 }
 
@@ -447,6 +439,7 @@ impl<G: Game> ShardLoop<G> {
             let mut next_broadcast = 0;
             let mut deliveries = Vec::with_capacity(if self.journal.is_some() { work.len() } else { 0 });
             let mut sources = Vec::with_capacity(deliveries.capacity());
+            let mut parts = Vec::with_capacity(deliveries.capacity());
             for w in work.drain(..) {
                 let end = offset + w.events.len();
                 let retried = w.retried.len();
@@ -480,6 +473,7 @@ impl<G: Game> ShardLoop<G> {
                 let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts, submitted_at: w.submitted_at };
                 if self.journal.is_some() && !w.events.is_empty() {
                     sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
+                    parts.push(w.events);
                     deliveries.push((w.inbox, part));
                 } else if self.journal.is_some() {
                     // Only retries: nothing new to make durable, but earlier
@@ -492,22 +486,23 @@ impl<G: Game> ShardLoop<G> {
                 offset = end;
             }
             out.clear();
-            match &self.journal {
-                Some(JournalLink { jobs: journal, spare, .. }) => {
-                    let reused = spare.try_recv().ok();
-                    let events = std::mem::replace(&mut batch, reused.unwrap_or_else(|| Vec::with_capacity(events)));
-                    // The journal thread only stops early when the disk failed
-                    // (fail-stop, `failure` set): then this batch is never
-                    // acknowledged, and later work is not applied.
-                    if let Err(SendError(job)) = journal.send(JournalJob::Batch { events, sources, deliveries }) {
-                        job.fail_producers();
-                    }
-                    if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
-                        let _ = journal.send(snapshot_job(&self.state, &self.producers));
-                        self.last_snapshot = Instant::now();
-                    }
+            // The drain buffer stays here, warm for the next drain: the
+            // journal gets the producers' parts (`JournalJob::Batch`). A
+            // buffer that went to the journal thread and came back was cold:
+            // that cost the shard 7-11 ns per event (docs/benchmarks.md).
+            batch.clear();
+            if let Some(JournalLink { jobs: journal, .. }) = &self.journal {
+                let time_us = (self.clock_mode == ClockMode::Wall).then_some(time_us);
+                // The journal thread only stops early when the disk failed
+                // (fail-stop, `failure` set): then this batch is never
+                // acknowledged, and later work is not applied.
+                if let Err(SendError(job)) = journal.send(JournalJob::Batch { parts, time_us, sources, deliveries }) {
+                    job.fail_producers();
                 }
-                None => batch.clear(),
+                if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
+                    let _ = journal.send(snapshot_job(&self.state, &self.producers));
+                    self.last_snapshot = Instant::now();
+                }
             }
 
             self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
