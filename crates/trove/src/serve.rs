@@ -214,6 +214,10 @@ pub fn run(args: &Serve) -> Result<(), String> {
             std::env::var("TOKIO_CONSOLE_BIND").unwrap_or("127.0.0.1:6669".into())
         );
     }
+    // Caught from here on: a SIGTERM that comes during recovery, or right
+    // after the ready lines, drains and stops like any other instead of
+    // killing the process (the default action) before it drains.
+    let signals = Signals::install()?;
     let journal = engine.journal.as_ref().map(|j| format!("{} (fsync {})", j.dir.display(), j.fsync));
     let info = ControlInfo {
         mode: engine.mode.name(),
@@ -253,7 +257,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     if let Some(c) = &control {
         eprintln!("trove: control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
     }
-    let signal = wait_for_signal()?;
+    let signal = signals.wait();
     eprintln!("trove: {signal}: draining connections");
     ready.store(false, Ordering::Relaxed);
     server.shutdown(Duration::from_secs(10));
@@ -272,20 +276,38 @@ pub fn run(args: &Serve) -> Result<(), String> {
     Ok(())
 }
 
-fn wait_for_signal() -> Result<&'static str, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| format!("signal runtime: {e}"))?;
-    rt.block_on(async {
+/// SIGTERM and SIGINT handlers, installed before start-up; a signal that
+/// comes before `wait` is kept for it.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-        Ok(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| format!("signal runtime: {e}"))?;
+        let _context = rt.enter();
+        let term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        drop(_context);
+        Ok(Self { rt, term, int })
+    }
+
+    /// Blocks until SIGTERM or SIGINT; returns its name.
+    fn wait(self) -> &'static str {
+        let Self { rt, mut term, mut int } = self;
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
         })
-    })
+    }
 }
 
 #[cfg(test)]
