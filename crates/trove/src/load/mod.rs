@@ -429,41 +429,51 @@ impl Conn {
         Ok(())
     }
 
+    /// Hands `e` to the SDK: false if the window is full, and `e` waits
+    /// in `pending` for the next tick.
+    #[inline]
+    fn offer(&mut self, e: HuntEvent) -> Result<bool, String> {
+        match self.producer.send(e) {
+            Ok(_) => {
+                self.sent += 1;
+                Ok(true)
+            }
+            Err(SendError::Full(e)) => {
+                self.pending = Some(e);
+                Ok(false)
+            }
+            Err(SendError::Closed(_, err)) => Err(err.to_string()),
+        }
+    }
+
     /// Sends backlog events in order until the window is full.
     fn pump(&mut self, now: u64, step: u32, watch: &Watch) -> Result<(), String> {
         loop {
-            if let Some(e) = self.pending.take() {
-                match self.producer.send(e) {
-                    Ok(_) => self.sent += 1,
-                    Err(SendError::Full(e)) => {
-                        self.pending = Some(e);
-                        return Ok(());
-                    }
-                    Err(SendError::Closed(_, err)) => return Err(err.to_string()),
-                }
+            if let Some(e) = self.pending.take()
+                && !self.offer(e)?
+            {
+                return Ok(());
             }
-            // The chunk's events straight into the SDK; only one refused
-            // by a full window is kept (in `pending`) for the next tick.
-            let (slot_start, n, j, left) = &mut self.chunk;
-            while *left > 0 {
+            // The chunk's events straight into the SDK (not through
+            // `pending`, whose store and reload cost the pacer 13%).
+            let (slot_start, n, mut j, mut left) = self.chunk;
+            while left > 0 {
                 let e = self.generator.next_event();
                 if let Some(w) = watch.slot(e.hunt) {
                     let mut w = lock(w);
                     if w.synced {
-                        w.queue.push_back((*slot_start + arrivals::offset_ns(*j, *j + 1, *n), step));
+                        w.queue.push_back((slot_start + arrivals::offset_ns(j, j + 1, n), step));
                     }
                 }
-                *j += 1;
-                *left -= 1;
-                match self.producer.send(e) {
-                    Ok(_) => self.sent += 1,
-                    Err(SendError::Full(e)) => {
-                        self.pending = Some(e);
-                        return Ok(());
-                    }
-                    Err(SendError::Closed(_, err)) => return Err(err.to_string()),
+                j += 1;
+                left -= 1;
+                let sent = self.offer(e);
+                if !matches!(sent, Ok(true)) {
+                    self.chunk = (slot_start, n, j, left);
+                    return sent.map(drop);
                 }
             }
+            self.chunk = (slot_start, n, j, left);
             let Some(slot) = self.backlog.front_mut() else { return Ok(()) };
             let (from, to) = (slot.done, (slot.done + CHUNK_EVENTS).min(slot.n));
             let start_seq = self.producer.next_seq();
