@@ -251,7 +251,9 @@ pub struct BenchNet {
     /// Execution mode of the in-process server.
     #[arg(long, default_value = "sharded")]
     pub mode: String,
-    /// Shard threads (sharded) or runtime workers (per-event modes); default: one per core.
+    /// Shard threads (sharded) or runtime workers (per-event modes)
+    /// [default: as `trove serve`: the --data directory's if it has a
+    /// journal, else the cores less the I/O workers, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
     /// always, interval=<ms> or never; `none` runs the server in memory.

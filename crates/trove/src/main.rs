@@ -73,7 +73,11 @@ fn run(cli: Cli) -> Result<(), String> {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bench = NetBenchArgs {
                 mode: Mode::parse(&args.mode)?,
-                shards: args.shards.map_or(cores, |s| s as usize),
+                // As `trove serve` picks them: the server here is one.
+                shards: args.shards.map_or_else(
+                    || trove::serve::default_shards(args.data.as_deref(), cores, args.io_workers as usize),
+                    |s| s as usize,
+                ),
                 fsync: match args.fsync.as_str() {
                     "none" => None,
                     p => Some(p.parse::<FsyncPolicy>()?),

@@ -198,7 +198,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 /// runtime leaves, at least one. On 2 cores that is one shard and one I/O
 /// thread: there the `trove bench` knee was 8.1-9.3 M/s with one shard and
 /// 4.6-7.0 M/s with two competing with the I/O thread (docs/benchmarks.md).
-fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> usize {
+pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> usize {
     data.and_then(|d| trove_shard::journaled::recorded_shards(d).ok())
         .unwrap_or_else(|| cores.saturating_sub(io_workers).max(1))
 }
