@@ -169,10 +169,10 @@ pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E
 /// producers' batches came), each event at `time_us` if given, else at
 /// its own time. A shard hands its journal the parts it drained, so the
 /// events are not copied into one buffer for the journal's sake.
-pub fn encode_frame_parts<E: Record>(
+pub fn encode_frame_parts<E: Record, P: AsRef<[Stamped<E>]>>(
     batch: u64,
     runs: &[Run<'_>],
-    parts: &[&[Stamped<E>]],
+    parts: &[P],
     time_us: Option<u64>,
     out: &mut Vec<u8>,
 ) {
@@ -181,17 +181,17 @@ pub fn encode_frame_parts<E: Record>(
 
 /// `encode_frame_parts`, packed or (as version 1 wrote records up to 255
 /// bytes) trimmed.
-fn encode_frame_as<E: Record>(
+fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     batch: u64,
     runs: &[Run<'_>],
-    parts: &[&[Stamped<E>]],
+    parts: &[P],
     time_us: Option<u64>,
     out: &mut Vec<u8>,
     packed: bool,
 ) {
-    let n = parts.iter().map(|p| p.len()).sum();
+    let n = parts.iter().map(|p| p.as_ref().len()).sum();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
-    let events = || parts.iter().flat_map(|p| p.iter());
+    let events = || parts.iter().flat_map(|p| p.as_ref().iter());
     // The engine stamps a whole drain with one time, so a batch almost
     // always has uniform times: encode for that, find the time range in the
     // same pass as the records (one read of the events, not two), and put

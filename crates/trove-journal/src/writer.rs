@@ -11,8 +11,7 @@ use trove_core::Record;
 use trove_core::Stamped;
 
 use crate::format::{
-    Entry, Run, SEGMENT_HEADER_BYTES, SegmentHeader, encode_entries, encode_frame, encode_frame_parts,
-    encode_segment_header,
+    Entry, Run, SEGMENT_HEADER_BYTES, SegmentHeader, encode_entries, encode_frame_parts, encode_segment_header,
 };
 use crate::segment::segment_name;
 
@@ -170,16 +169,17 @@ impl JournalWriter {
 
     /// Encodes a batch into the write buffer; returns its sequence.
     pub fn append<E: Record>(&mut self, runs: &[Run<'_>], events: &[Stamped<E>]) -> u64 {
-        debug_assert_eq!(E::SIZE as u32, self.record_size);
-        let batch = self.next_batch;
-        encode_frame(batch, runs, events, &mut self.buf);
-        self.next_batch += 1;
-        batch
+        self.append_parts(runs, &[events], None)
     }
 
     /// `append` for a batch held in parts, each event at `time_us` if
     /// given (`format::encode_frame_parts`).
-    pub fn append_parts<E: Record>(&mut self, runs: &[Run<'_>], parts: &[&[Stamped<E>]], time_us: Option<u64>) -> u64 {
+    pub fn append_parts<E: Record, P: AsRef<[Stamped<E>]>>(
+        &mut self,
+        runs: &[Run<'_>],
+        parts: &[P],
+        time_us: Option<u64>,
+    ) -> u64 {
         debug_assert_eq!(E::SIZE as u32, self.record_size);
         let batch = self.next_batch;
         encode_frame_parts(batch, runs, parts, time_us, &mut self.buf);

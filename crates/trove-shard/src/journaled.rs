@@ -435,7 +435,6 @@ fn journal_loop<G: Game>(
                             offsets: s.positions.as_deref().map(Vec::as_slice),
                         })
                         .collect();
-                    let parts: Vec<&[Stamped<G::Event>]> = parts.iter().map(Vec::as_slice).collect();
                     writer.append_parts(&runs, &parts, time_us);
                     waiting.extend(deliveries);
                 }
