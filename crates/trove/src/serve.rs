@@ -291,10 +291,14 @@ impl Signals {
             .enable_io()
             .build()
             .map_err(|e| format!("signal runtime: {e}"))?;
-        let _context = rt.enter();
-        let term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-        drop(_context);
+        // Registered with this runtime's driver, which `wait` runs.
+        let (term, int) = {
+            let _context = rt.enter();
+            (
+                signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?,
+                signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?,
+            )
+        };
         Ok(Self { rt, term, int })
     }
 
