@@ -17,7 +17,39 @@ use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's number for its `purge_delay` option (`mi_option_e` in
+/// mimalloc v3's `mimalloc.h`, which libmimalloc-sys 0.1.49, as locked in
+/// Cargo.lock, builds).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Freed memory stays with the process for reuse instead of going back to
+/// the OS a second after it is freed (mimalloc's default), unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise. An engine's memory is its state
+/// and its bounded queues, so what it gives back it soon faults in again;
+/// and on a VM that reports free pages to its host (virtio-balloon, as on
+/// this project's machines) each return makes the host drop and later
+/// re-provide those pages, which stalled the journal's writes and syncs
+/// for 100-500 ms at a time and paused the guest
+/// (docs/benchmarks.md, "Memory given back").
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: `mi_option_set` stores a value in mimalloc's option
+        // table (any thread, any time); -1 is `purge_delay`'s documented
+        // "never purge".
+        #[allow(unsafe_code)]
+        unsafe {
+            mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
