@@ -250,7 +250,7 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     let at = out.len();
     let room = if packed { E::PACKED_MAX } else { usize::from(trimmed) + E::SIZE };
     // Zeroed room is made a few dozen records ahead, not for all `n` at
-    // once: a packed record takes a quarter of its room or less, and
+    // once: a packed record takes about a quarter of its room, and
     // zeroing `n * room` bytes cost the journal thread more than the
     // records' own stores.
     let ahead = room * ROOM_AHEAD_RECORDS;

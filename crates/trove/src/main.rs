@@ -34,8 +34,7 @@ unsafe extern "C" {
 /// and on a VM that reports free pages to its host (virtio-balloon, as on
 /// this project's machines) each return makes the host drop and later
 /// re-provide those pages, which stalled the journal's writes and syncs
-/// for 100-500 ms at a time and paused the guest
-/// (docs/benchmarks.md, "Memory given back").
+/// for 100-400 ms at a time (docs/benchmarks.md, "Memory given back").
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: `mi_option_set` stores a value in mimalloc's option
