@@ -17,25 +17,30 @@ pub struct HuntEvent {
     pub action: Action,
 }
 
+/// `repr(u8)` with the kind bytes as discriminants: the layout is then
+/// defined (a `repr(C)` union of `repr(C)` structs, each starting with the
+/// discriminant byte), so the journal's encoder reads the kind and a
+/// move's steps without a jump on the kind (`HuntEvent::kind_and_steps`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Action {
     /// Creates hunt `hunt` (the `player` field is ignored).
-    Create(HuntConfig),
-    Join,
-    Leave,
+    Create(HuntConfig) = kind::CREATE,
+    Join = kind::JOIN,
+    Leave = kind::LEAVE,
     /// Moves by (dx, dy); each must be within the hunt's `step_max`.
     Move {
         dx: i16,
         dy: i16,
-    },
+    } = kind::MOVE,
     /// Digs at the player's cell.
-    Dig,
+    Dig = kind::DIG,
     /// Asks how far the nearest unclaimed treasure is.
-    Scan,
+    Scan = kind::SCAN,
     /// A record whose kind byte names no action. Decoding never fails; the
     /// rules answer this with `Reject::InvalidEvent`.
     #[default]
-    Invalid,
+    Invalid = 0,
 }
 
 /// A hunt's parameters, fixed at creation.
@@ -117,21 +122,34 @@ pub mod kind {
 }
 
 impl HuntEvent {
-    /// The kind byte and a move's steps (zero for other kinds): constants
-    /// per kind (a table lookup) and the steps apart (a conditional move),
-    /// no jump on the kind, for the encoders the journal calls per event.
+    /// The kind byte and a move's steps (zero for other kinds), for the
+    /// encoders the journal calls per event, without a jump on the kind.
+    ///
+    /// The kinds come in no predictable order, and a `match` on them
+    /// compiled to a jump table whose mispredictions took about a third of
+    /// the journal encoder's time (docs/benchmarks.md). So both are read
+    /// from `Action`'s defined layout instead: the discriminant byte is the
+    /// kind, and a move's `dx` and `dy` are the two `i16`s at offsets 2 and
+    /// 4. Those bytes are read whatever the kind (as possibly uninitialised
+    /// memory: a unit variant leaves them as padding) and only taken as
+    /// steps when the kind is a move, which compiles to a conditional move.
     #[inline]
+    #[allow(unsafe_code)]
     fn kind_and_steps(&self) -> (u8, i16, i16) {
-        let kind = match self.action {
-            Action::Create(_) => kind::CREATE,
-            Action::Join => kind::JOIN,
-            Action::Leave => kind::LEAVE,
-            Action::Move { .. } => kind::MOVE,
-            Action::Dig => kind::DIG,
-            Action::Scan => kind::SCAN,
-            Action::Invalid => 0,
-        };
-        let (dx, dy) = if let Action::Move { dx, dy } = self.action { (dx, dy) } else { (0, 0) };
+        const { assert!(size_of::<Action>() >= 6 && align_of::<Action>() >= 2) };
+        let at = std::ptr::from_ref(&self.action).cast::<u8>();
+        // SAFETY: `Action` is `repr(u8)`, so its first byte is always its
+        // (initialised) discriminant: the Reference, "Primitive
+        // representation of enums with fields".
+        let kind = unsafe { at.read() };
+        // SAFETY: bytes 2..6 are within the value (at least 6 bytes, by the
+        // assertion above) and 2-aligned (the enum's alignment is at least
+        // 2), and are read as `MaybeUninit`, which any bytes are valid as.
+        let raw = unsafe { at.add(2).cast::<std::mem::MaybeUninit<[i16; 2]>>().read() };
+        // SAFETY: with the discriminant `MOVE` the value is the variant
+        // `Move`, a `repr(C)` struct (u8 discriminant, i16 dx, i16 dy): dx
+        // and dy are exactly these bytes, initialised.
+        let [dx, dy] = if kind == kind::MOVE { unsafe { raw.assume_init() } } else { [0, 0] };
         (kind, dx, dy)
     }
 
@@ -460,6 +478,23 @@ mod tests {
             prop_assert!(len <= 32);
             prop_assert_eq!(&buf[..len], &full[..len]);
             prop_assert!(full[len..].iter().all(|&b| b == 0));
+        }
+
+        /// What `kind_and_steps` reads from the enum's layout is what a
+        /// `match` on it says, for every variant.
+        #[test]
+        fn layout_read_agrees_with_a_match(hunt: u32, player: u32, action in action()) {
+            let e = HuntEvent { hunt, player, action };
+            let want = match action {
+                Action::Create(_) => (kind::CREATE, 0, 0),
+                Action::Join => (kind::JOIN, 0, 0),
+                Action::Leave => (kind::LEAVE, 0, 0),
+                Action::Move { dx, dy } => (kind::MOVE, dx, dy),
+                Action::Dig => (kind::DIG, 0, 0),
+                Action::Scan => (kind::SCAN, 0, 0),
+                Action::Invalid => (0, 0, 0),
+            };
+            prop_assert_eq!(e.kind_and_steps(), want);
         }
 
         /// The storage form gives back the event and its length, whatever

@@ -7,7 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use trove_core::Stamped;
 use trove_hunt::HuntEvent;
 use trove_journal::Run;
-use trove_journal::format::{FRAME_HEAD_BYTES, decode_body, decode_frame_head, encode_frame};
+use trove_journal::format::{FRAME_HEAD_BYTES, decode_body, decode_frame_head, encode_frame_parts};
 use trove_workload::{Clock, Generator, WorkloadSpec};
 
 /// A shard's drained batch: about half of two producer batches of 8192.
@@ -48,7 +48,9 @@ fn frames(c: &mut Criterion) {
                     len: mine.len(),
                     offsets: Some(offsets),
                 };
-                encode_frame(i as u64 + 1, &[run], mine, &mut buf);
+                // As the engine's journal thread does: the drain's parts
+                // and the one time the shard stamped them with.
+                encode_frame_parts(i as u64 + 1, &[run], &[mine], Some(1_000), &mut buf);
             }
             buf.len()
         })

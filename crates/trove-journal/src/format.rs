@@ -195,25 +195,36 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     let n = parts.iter().map(|p| p.as_ref().len()).sum();
     assert_eq!(runs.iter().map(|r| r.len).sum::<usize>(), n, "runs cover the events");
     let events = || parts.iter().flat_map(|p| p.as_ref().iter());
-    // The engine stamps a whole drain with one time, so a batch almost
-    // always has uniform times: encode for that, find the time range in the
-    // same pass as the records (one read of the events, not two), and put
-    // the time column in afterwards in the rare other case.
-    let base = time_us.unwrap_or_else(|| events().next().map_or(0, |e| e.time_us));
-    let trimmed = !packed && E::SIZE <= usize::from(u8::MAX);
-    let flags = if packed {
-        BODY_PACKED
-    } else if trimmed {
-        BODY_TRIMMED
-    } else {
-        0
+    // The engine stamps a whole drain with one time and says so
+    // (`time_us`). Otherwise the events' time range is a pass of its own,
+    // ahead of the records, so that the record loop stays lean: uniform
+    // times are the base time alone, others a column (µs after the
+    // earliest, the base).
+    let (lo, hi) = match time_us {
+        Some(t) => (t, t),
+        None if n == 0 => (0, 0),
+        None => events().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.time_us), hi.max(e.time_us))),
     };
+    let times = match hi - lo {
+        0 => 0,
+        d if d <= u64::from(u32::MAX) => BODY_TIMES_U32,
+        _ => BODY_TIMES_U64,
+    };
+    let trimmed = !packed && E::SIZE <= usize::from(u8::MAX);
+    let flags = times
+        | if packed {
+            BODY_PACKED
+        } else if trimmed {
+            BODY_TRIMMED
+        } else {
+            0
+        };
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEAD_BYTES]);
     out.extend_from_slice(&batch.to_le_bytes());
     out.extend_from_slice(&(n as u32).to_le_bytes());
     out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
-    out.extend_from_slice(&base.to_le_bytes());
+    out.extend_from_slice(&lo.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     // A max (which vectorises) rather than an early-exit scan.
@@ -243,57 +254,29 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
             }
         }
     }
+    match times {
+        0 => {}
+        BODY_TIMES_U32 => out.extend(events().flat_map(|e| ((e.time_us - lo) as u32).to_le_bytes())),
+        _ => out.extend(events().flat_map(|e| e.time_us.to_le_bytes())),
+    }
     // Records are encoded in place: packed, each into the room at the
     // write position, which then advances by its length; trimmed, each into
     // the room after its length byte, the next one starting right after its
     // last nonzero byte.
-    let at = out.len();
-    let room = if packed { E::PACKED_MAX } else { usize::from(trimmed) + E::SIZE };
-    // Zeroed room is made a few dozen records ahead, not for all `n` at
-    // once: a packed record takes about a quarter of its room, and
-    // zeroing `n * room` bytes cost the journal thread more than the
-    // records' own stores.
-    let ahead = room * ROOM_AHEAD_RECORDS;
-    let mut w = at;
-    let (mut lo, mut hi) = (base, base);
-    for e in events() {
-        if out.len() < w + room {
-            out.resize(w + ahead, 0);
-        }
-        if time_us.is_none() {
-            lo = lo.min(e.time_us);
-            hi = hi.max(e.time_us);
-        }
-        if packed {
-            let len = e.event.encode_packed(&mut out[w..w + room]);
-            debug_assert!(len <= room);
-            w += len;
-        } else if trimmed {
-            let len = e.event.encode_prefix(&mut out[w + 1..w + 1 + E::SIZE]);
+    if packed {
+        put_records(parts, out, E::PACKED_MAX, |e: &E, b| e.encode_packed(b));
+    } else if trimmed {
+        put_records(parts, out, 1 + E::SIZE, |e: &E, b| {
+            let len = e.encode_prefix(&mut b[1..]);
             debug_assert!(len <= E::SIZE);
-            out[w] = len as u8;
-            w += 1 + len;
-        } else {
-            e.event.encode(&mut out[w..w + E::SIZE]);
-            w += E::SIZE;
-        }
-    }
-    out.truncate(w);
-    if lo != hi {
-        // Times differ: the base is the earliest, and a column of times
-        // goes in before the records.
-        let (time_flag, width) = if hi - lo <= u64::from(u32::MAX) { (BODY_TIMES_U32, 4) } else { (BODY_TIMES_U64, 8) };
-        let mut column = Vec::with_capacity(n * width);
-        for e in events() {
-            match time_flag {
-                BODY_TIMES_U32 => column.extend_from_slice(&((e.time_us - lo) as u32).to_le_bytes()),
-                _ => column.extend_from_slice(&e.time_us.to_le_bytes()),
-            }
-        }
-        out.splice(at..at, column);
-        let body = start + FRAME_HEAD_BYTES;
-        out[body + 16..body + 24].copy_from_slice(&lo.to_le_bytes());
-        out[body + 24..body + 28].copy_from_slice(&(flags | time_flag).to_le_bytes());
+            b[0] = len as u8;
+            1 + len
+        });
+    } else {
+        put_records(parts, out, E::SIZE, |e: &E, b| {
+            e.encode(b);
+            E::SIZE
+        });
     }
     let body_len = out.len() - start - FRAME_HEAD_BYTES;
     assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
@@ -303,6 +286,41 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     head[8..12].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
     let head_crc = crc32c::crc32c(&head[..12]);
     head[12..16].copy_from_slice(&head_crc.to_le_bytes());
+}
+
+/// Appends the events of `parts` to `out`, each written by `put` into the
+/// front of `room` bytes, which returns how many it used.
+///
+/// Zeroed room is made a few dozen records ahead, not for all the events
+/// at once: a packed record takes about a quarter of its room, and zeroing
+/// all of it cost the journal thread more than the records' own stores.
+/// Each chunk is encoded into a slice of its own, with a local cursor, so
+/// that the loop keeps its state in registers: stores through `out` itself
+/// made the compiler reload the vector's length and pointer every event.
+#[inline]
+fn put_records<E: Record, P: AsRef<[Stamped<E>]>>(
+    parts: &[P],
+    out: &mut Vec<u8>,
+    room: usize,
+    put: impl Fn(&E, &mut [u8]) -> usize,
+) {
+    let mut w = out.len();
+    for part in parts {
+        for chunk in part.as_ref().chunks(ROOM_AHEAD_RECORDS) {
+            if out.len() < w + room * chunk.len() {
+                out.resize(w + room * ROOM_AHEAD_RECORDS, 0);
+            }
+            let buf = &mut out[w..w + room * chunk.len()];
+            let mut c = 0;
+            for e in chunk {
+                let len = put(&e.event, &mut buf[c..c + room]);
+                debug_assert!(len <= room);
+                c += len;
+            }
+            w += c;
+        }
+    }
+    out.truncate(w);
 }
 
 /// Groups entries into runs of consecutive sequences of one producer (for
