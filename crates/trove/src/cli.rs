@@ -291,6 +291,11 @@ pub struct BenchNet {
     /// Drive a server that is already running at HOST:PORT instead.
     #[arg(long)]
     pub target: Option<std::net::SocketAddr>,
+    /// Run N interleaved pairs, in memory then with --fsync's journal (a
+    /// fresh directory for each: under --data if given), and report each
+    /// pair's ratio and their median.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pairs: Option<u32>,
     /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,
@@ -343,6 +348,11 @@ pub struct BenchEngine {
     /// batch to this file (crash tests compare it with the journal).
     #[arg(long)]
     pub ack_log: Option<std::path::PathBuf>,
+    /// With --data: run N interleaved pairs, without a journal then with
+    /// one (each in a fresh directory `pair-K` under --data, removed
+    /// afterwards), and report each pair's ratio and their median.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pairs: Option<u32>,
     /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,

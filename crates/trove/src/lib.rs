@@ -8,6 +8,7 @@
 //! - [`bench_engine`]: `trove bench engine`, the workload through the executor.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
 //! - [`bench_net`]: `trove bench net`, end to end over loopback through the SDK.
+//! - [`pairs`]: their `--pairs N`: the journal's cost as interleaved pairs.
 //! - [`load`]: `trove bench` itself, the open-loop load generator.
 //! - [`load_cmd`]: its flags checked and turned into a run.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod journal_cmd;
 pub mod load;
 pub mod load_cmd;
+pub mod pairs;
 pub mod serve;
 pub mod workload_arg;

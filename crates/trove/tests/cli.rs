@@ -101,6 +101,62 @@ fn bench_engine_json_has_the_fields_and_every_mode_agrees() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--pairs N`: N interleaved pairs of the same run in memory and
+/// journaled, each journaled run in a fresh directory under --data that is
+/// gone afterwards; each pair's ratio is its two rates', and the journaled
+/// runs hold the same events (same state hash) as the in-memory ones.
+#[test]
+fn bench_engine_pairs_report_each_ratio_and_the_median() {
+    let dir = common::scratch_dir("cli-pairs");
+    let edits = [("hunts = 1000", "hunts = 20"), ("players_per_hunt = 1000", "players_per_hunt = 100")];
+    let file = common::workload_file(&dir, "small.toml", &edits);
+    let data = dir.join("data");
+    let run = |pairs: &str, extra: &[&str]| {
+        let (file, data) = (file.to_str().unwrap(), data.to_str().unwrap());
+        let mut args = vec!["bench", "engine", "--events", "20000", "--batch", "500", "--fsync", "always"];
+        args.extend(["--pairs", pairs, "--workload", file, "--data", data]);
+        args.extend(extra);
+        trove(&args)
+    };
+    let out = run("3", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("journaled over none, pairwise: median"));
+    let report = json(&run("3", &["--json"]));
+    assert_eq!(report["journal"], "always");
+    let pairs = report["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 3);
+    let mut ratios = Vec::new();
+    for p in pairs {
+        assert_eq!(p["none"]["journal"], "none");
+        assert_eq!(p["journaled"]["journal"], "always");
+        assert_eq!(p["none"]["state_hash"], p["journaled"]["state_hash"]);
+        let (a, b) = (p["none_events_per_s"].as_f64().unwrap(), p["journaled_events_per_s"].as_f64().unwrap());
+        assert_eq!(a, p["none"]["events_per_s"].as_f64().unwrap());
+        assert_eq!(b, p["journaled"]["events_per_s"].as_f64().unwrap());
+        let ratio = p["ratio"].as_f64().unwrap();
+        assert!((ratio - b / a).abs() < 1e-9, "{p}");
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(report["ratio_median"].as_f64().unwrap(), ratios[1]);
+    assert_eq!(report["ratio_min"].as_f64().unwrap(), ratios[0]);
+    assert_eq!(report["ratio_max"].as_f64().unwrap(), ratios[2]);
+    // The pairs' directories are gone; --data itself is left.
+    assert_eq!(std::fs::read_dir(&data).expect("--data").count(), 0);
+
+    // Without --data there is nowhere to journal; a directory it did not
+    // make is never reused.
+    let out = trove(&["bench", "engine", "--pairs", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pairs needs --data"));
+    std::fs::create_dir_all(data.join("pair-1")).unwrap();
+    let out = run("1", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pair-1 exists"));
+    let out = trove(&["bench", "net", "--pairs", "1", "--fsync", "none"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pairs compares none with a journal"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `trove`'s allocator asks for transparent huge pages for its regions
 /// (MADV_HUGEPAGE: the `hg` flag in /proc/PID/smaps), unless
 /// MIMALLOC_ALLOW_THP=0. Checked where the kernel offers THP at all.
