@@ -407,8 +407,7 @@ async fn submit_one(ctx: &Ctx, event: HuntEvent) -> Result<HuntOutcome, Response
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the engine is saturated; retry".into()));
             }
             Err(SubmitError::Failed) => {
-                let reason = producer.failure().unwrap_or("the engine failed").to_string();
-                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", reason));
+                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", crate::failure_reason(&producer)));
             }
             Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:?}"))),
         }

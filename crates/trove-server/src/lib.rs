@@ -354,6 +354,12 @@ fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
     Ok(l)
 }
 
+/// Why a `submit` answered `SubmitError::Failed`, for the client: the
+/// engine's own reason (its journal could not write or sync).
+pub(crate) fn failure_reason<G: WireGame>(producer: &trove_shard::Producer<G>) -> String {
+    producer.failure().unwrap_or("the engine failed").to_string()
+}
+
 /// Polls a producer for its oldest completed batch, registering the task's
 /// waker with the engine when none is ready.
 pub(crate) fn poll_complete<G: WireGame>(

@@ -338,8 +338,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
                     }
                     Err(SubmitError::Failed) => {
-                        let reason = producer.failure().unwrap_or("the engine failed").to_string();
-                        return Err((ErrorCode::Internal, reason));
+                        return Err((ErrorCode::Internal, crate::failure_reason(producer)));
                     }
                 }
             }
