@@ -179,9 +179,6 @@ pub fn encode_frame_parts<E: Record, P: AsRef<[Stamped<E>]>>(
     encode_frame_as(batch, runs, parts, time_us, out, E::PACKED);
 }
 
-/// How many records' room `encode_frame_as` zeroes at a time.
-const ROOM_AHEAD_RECORDS: usize = 64;
-
 /// `encode_frame_parts`, packed or (as version 1 wrote records up to 255
 /// bytes) trimmed.
 fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
@@ -287,6 +284,9 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     let head_crc = crc32c::crc32c(&head[..12]);
     head[12..16].copy_from_slice(&head_crc.to_le_bytes());
 }
+
+/// How many records' room `put_records` zeroes at a time.
+const ROOM_AHEAD_RECORDS: usize = 64;
 
 /// Appends the events of `parts` to `out`, each written by `put` into the
 /// front of `room` bytes, which returns how many it used.

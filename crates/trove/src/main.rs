@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trove::bench_engine::{self, EngineBenchArgs, EngineReport};
-use trove::bench_net::{self, NetBenchArgs, NetReport};
+use trove::bench_engine::{self, EngineBenchArgs};
+use trove::bench_net::{self, NetBenchArgs};
 use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
 use trove::{bench_apply, journal_cmd, pairs, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
@@ -96,34 +96,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 ack_log: args.ack_log.clone(),
                 dedup_window: args.dedup_window as usize,
             };
-            let Some(n) = args.pairs else {
-                return print_report(&bench_engine::run(&spec, &bench)?, args.json);
-            };
-            let Some(journal) = bench.journal.clone() else {
-                return Err("--pairs needs --data DIR: each pair's journaled run journals under it".into());
-            };
-            if bench.ack_log.is_some() {
-                return Err("--ack-log is for a single run: drop it or --pairs".into());
+            match args.pairs {
+                None => print_report(&bench_engine::run(&spec, &bench)?, args.json),
+                Some(n) => print_report(&pairs::engine(&spec, &bench, n)?, args.json),
             }
-            let report = pairs::run(
-                n,
-                &journal.fsync.to_string(),
-                |r: &EngineReport| r.events_per_s,
-                |k| match k {
-                    None => bench_engine::run(&spec, &EngineBenchArgs { journal: None, ..bench.clone() }),
-                    Some(k) => {
-                        let dir = pairs::pair_dir(&journal.dir, k)?;
-                        let with = EngineBenchArgs {
-                            journal: Some(JournalConfig { dir: dir.clone(), ..journal.clone() }),
-                            ..bench.clone()
-                        };
-                        let report = bench_engine::run(&spec, &with);
-                        pairs::remove_pair_dir(&dir)?;
-                        report
-                    }
-                },
-            )?;
-            print_report(&report, args.json)
         }
         Command::Bench(Bench { command: Some(BenchCommand::Net(args)), .. }) => {
             let spec = workload_arg::resolve(&args.workload)?;
@@ -153,35 +129,10 @@ fn run(cli: Cli) -> Result<(), String> {
             if bench.fsync.is_some() && bench.mode != Mode::Sharded {
                 return Err(format!("--mode {} runs without a journal: add --fsync none", bench.mode.name()));
             }
-            let Some(n) = args.pairs else {
-                return print_report(&bench_net::run(&spec, &bench)?, args.json);
-            };
-            let Some(policy) = bench.fsync else {
-                return Err("--pairs compares none with a journal: give --fsync always, interval=<ms> or never".into());
-            };
-            if bench.target.is_some() {
-                return Err("--pairs starts its own servers, without a journal and with one: drop --target".into());
+            match args.pairs {
+                None => print_report(&bench_net::run(&spec, &bench)?, args.json),
+                Some(n) => print_report(&pairs::net(&spec, &bench, n)?, args.json),
             }
-            let report = pairs::run(
-                n,
-                &policy.to_string(),
-                |r: &NetReport| r.acked_events_per_s,
-                |k| match k {
-                    None => bench_net::run(&spec, &NetBenchArgs { fsync: None, data: None, ..bench.clone() }),
-                    Some(k) => match &bench.data {
-                        // A fresh temporary directory of its own, removed after.
-                        None => bench_net::run(&spec, &bench),
-                        Some(base) => {
-                            let dir = pairs::pair_dir(base, k)?;
-                            let report =
-                                bench_net::run(&spec, &NetBenchArgs { data: Some(dir.clone()), ..bench.clone() });
-                            pairs::remove_pair_dir(&dir)?;
-                            report
-                        }
-                    },
-                },
-            )?;
-            print_report(&report, args.json)
         }
         Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
         Command::Journal(Journal::Verify(args)) => journal_cmd::verify(&args.data, args.json),

@@ -12,6 +12,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use trove_shard::JournalConfig;
+use trove_workload::WorkloadSpec;
+
+use crate::bench_engine::{self, EngineBenchArgs, EngineReport};
+use crate::bench_net::{self, NetBenchArgs, NetReport};
 
 /// Most pairs one command runs.
 pub const PAIRS_MAX: u32 = 100;
@@ -76,6 +81,61 @@ pub fn run<R>(
     })
 }
 
+/// `trove bench engine --data DIR --pairs N`: `bench` in memory, then
+/// journaled as `bench.journal` says, in a fresh directory under its `dir`.
+pub fn engine(spec: &WorkloadSpec, bench: &EngineBenchArgs, n: u32) -> Result<PairsReport<EngineReport>, String> {
+    let Some(journal) = &bench.journal else {
+        return Err("--pairs needs --data DIR: each pair's journaled run journals under it".into());
+    };
+    if bench.ack_log.is_some() {
+        return Err("--ack-log is for a single run: drop it or --pairs".into());
+    }
+    run(
+        n,
+        &journal.fsync.to_string(),
+        |r: &EngineReport| r.events_per_s,
+        |k| match k {
+            None => bench_engine::run(spec, &EngineBenchArgs { journal: None, ..bench.clone() }),
+            Some(k) => in_pair_dir(&journal.dir, k, |dir| {
+                let journal = Some(JournalConfig { dir: dir.to_path_buf(), ..journal.clone() });
+                bench_engine::run(spec, &EngineBenchArgs { journal, ..bench.clone() })
+            }),
+        },
+    )
+}
+
+/// `trove bench net --pairs N`: `bench` in memory, then with its fsync
+/// policy, in a fresh directory under its `data` if given (else the
+/// benchmark's own temporary one).
+pub fn net(spec: &WorkloadSpec, bench: &NetBenchArgs, n: u32) -> Result<PairsReport<NetReport>, String> {
+    let Some(policy) = bench.fsync else {
+        return Err("--pairs compares none with a journal: give --fsync always, interval=<ms> or never".into());
+    };
+    if bench.target.is_some() {
+        return Err("--pairs starts its own servers, without a journal and with one: drop --target".into());
+    }
+    run(
+        n,
+        &policy.to_string(),
+        |r: &NetReport| r.acked_events_per_s,
+        |k| match (k, &bench.data) {
+            (None, _) => bench_net::run(spec, &NetBenchArgs { fsync: None, data: None, ..bench.clone() }),
+            (Some(_), None) => bench_net::run(spec, bench),
+            (Some(k), Some(base)) => in_pair_dir(base, k, |dir| {
+                bench_net::run(spec, &NetBenchArgs { data: Some(dir.to_path_buf()), ..bench.clone() })
+            }),
+        },
+    )
+}
+
+/// Runs `f` with a fresh directory for pair `k` under `base`, removed after.
+fn in_pair_dir<R>(base: &Path, k: u32, f: impl FnOnce(&Path) -> Result<R, String>) -> Result<R, String> {
+    let dir = pair_dir(base, k)?;
+    let report = f(&dir);
+    remove_pair_dir(&dir)?;
+    report
+}
+
 /// The middle value; the mean of the two middle ones for an even count.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -88,7 +148,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// A fresh directory for pair `k`'s journal under `base`. An existing one
 /// is refused rather than reused or removed: it may hold someone's journal.
-pub fn pair_dir(base: &Path, k: u32) -> Result<PathBuf, String> {
+fn pair_dir(base: &Path, k: u32) -> Result<PathBuf, String> {
     let dir = base.join(format!("pair-{k}"));
     if dir.exists() {
         return Err(format!(
@@ -102,7 +162,7 @@ pub fn pair_dir(base: &Path, k: u32) -> Result<PathBuf, String> {
 }
 
 /// Removes a directory `pair_dir` made, after its run.
-pub fn remove_pair_dir(dir: &Path) -> Result<(), String> {
+fn remove_pair_dir(dir: &Path) -> Result<(), String> {
     std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))
 }
 
