@@ -115,10 +115,10 @@ const META_FILE: &str = "trove.meta";
 /// with: the game, its record size and the shard count, which decides
 /// which shard owns which world and so cannot change under a journal.
 ///
-/// `format=2` (packed records, journal format version 2) replaces a
-/// `format=1` meta before this engine writes anything: an older engine
-/// then refuses the directory by name instead of reading the first packed
-/// frame as a torn tail and cutting it off.
+/// `format=3` (offset bitmaps, journal format version 3) replaces a
+/// `format=1` or `format=2` meta before this engine writes anything: an
+/// older engine then refuses the directory by name instead of reading the
+/// first frame it cannot parse as a torn tail and cutting it off.
 fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
     let meta =
         |format: u32| format!("format={format}\ngame={}\nrecord_size={}\nshards={shards}\n", G::NAME, G::Event::SIZE);
@@ -126,7 +126,7 @@ fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == want => Ok(()),
-        Ok(found) if found == meta(1) => write_meta(dir, &want),
+        Ok(found) if found == meta(1) || found == meta(2) => write_meta(dir, &want),
         Ok(found) => Err(format!(
             "{} was written by an engine with other settings:\n{found}this engine has:\n{want}(the shard count of a \
              data directory cannot change)",
@@ -140,8 +140,9 @@ fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
     }
 }
 
-/// The data directory's format: 2 since the journal packs records.
-const META_FORMAT: u32 = 2;
+/// The data directory's format: 2 since the journal packs records, 3 since
+/// runs may hold their offsets as a bitmap.
+const META_FORMAT: u32 = 3;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.

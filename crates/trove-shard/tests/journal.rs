@@ -157,18 +157,23 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A data directory of format 1 (trimmed records) is taken over and marked
-/// format 2 before anything packed is written, so an older engine refuses it
-/// by name; other settings are still refused.
+/// A data directory of format 1 (trimmed records) or 2 (no offset bitmaps)
+/// is taken over and marked format 3 before anything new is written, so an
+/// older engine refuses it by name; other settings are still refused.
 #[test]
-fn a_format_one_directory_is_marked_format_two_on_start() {
+fn an_older_directory_is_marked_format_three_on_start() {
     let dir = temp_dir("meta");
-    std::fs::create_dir_all(&dir).unwrap();
     let meta = |format: u32| format!("format={format}\ngame=treasure-hunt\nrecord_size=32\nshards=2\n");
-    std::fs::write(dir.join("trove.meta"), meta(1)).unwrap();
-    let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), meta(2));
-    drop(engine.shutdown());
+    for old in [1, 2] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trove.meta"), meta(old)).unwrap();
+        let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), meta(3));
+        drop(engine.shutdown());
+        if old == 1 {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
     // Another shard count is still refused, whatever the format.
     let err = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 3)).unwrap_err();
     assert!(err.contains("cannot change"), "{err}");

@@ -327,7 +327,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // A new data directory: no meta yet.
         assert_eq!(default_shards(Some(&dir), 2, 1), 1);
-        std::fs::write(dir.join("trove.meta"), "format=2\ngame=treasure-hunt\nrecord_size=32\nshards=3\n").unwrap();
+        std::fs::write(dir.join("trove.meta"), "format=3\ngame=treasure-hunt\nrecord_size=32\nshards=3\n").unwrap();
         assert_eq!(default_shards(Some(&dir), 2, 1), 3);
         std::fs::remove_dir_all(&dir).ok();
     }
