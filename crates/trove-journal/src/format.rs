@@ -668,7 +668,7 @@ mod tests {
     /// bitmaps) are still read; a version from the future is refused by
     /// name.
     #[test]
-    fn version_one_is_read_and_a_newer_one_refused() {
+    fn older_versions_are_read_and_a_newer_one_refused() {
         let with_version = |v: u32| {
             let mut b = encode_segment_header(&SegmentHeader { shard: 0, first_batch: 1, record_size: 32 });
             b[8..12].copy_from_slice(&v.to_le_bytes());
