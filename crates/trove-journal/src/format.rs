@@ -80,6 +80,50 @@ const RUN_OFFSETS_BITMAP: u32 = 3;
 /// bytes above it.
 const RUN_FORM_MASK: u32 = 0xff;
 const RUN_BITMAP_BYTES_MAX: usize = (1 << 24) - 1;
+
+/// How a run's sequence offsets are stored: the one mapping between a
+/// run's flags and its offsets, for the writer and the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OffsetForm {
+    /// None stored: the run's sequences are consecutive.
+    Consecutive,
+    U16,
+    U32,
+    /// A bitmap of this many bytes.
+    Bitmap(u32),
+}
+
+impl OffsetForm {
+    /// The form that `flags` name, or `None` for flags no writer sets.
+    fn of(flags: u32) -> Option<Self> {
+        match flags {
+            0 => Some(Self::Consecutive),
+            RUN_OFFSETS_U16 => Some(Self::U16),
+            RUN_OFFSETS_U32 => Some(Self::U32),
+            f if f & RUN_FORM_MASK == RUN_OFFSETS_BITMAP && f >> 8 > 0 => Some(Self::Bitmap(f >> 8)),
+            _ => None,
+        }
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            Self::Consecutive => 0,
+            Self::U16 => RUN_OFFSETS_U16,
+            Self::U32 => RUN_OFFSETS_U32,
+            Self::Bitmap(bytes) => RUN_OFFSETS_BITMAP | bytes << 8,
+        }
+    }
+
+    /// The bytes the offsets of a run of `k` events take.
+    fn bytes(self, k: u32) -> u64 {
+        match self {
+            Self::Consecutive => 0,
+            Self::U16 => 2 * u64::from(k),
+            Self::U32 => 4 * u64::from(k),
+            Self::Bitmap(bytes) => u64::from(bytes),
+        }
+    }
+}
 /// No batch frame is larger: checked before anything is allocated for one.
 pub const FRAME_BODY_BYTES_MAX: usize = 64 << 20;
 
@@ -248,9 +292,9 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     for (i, r) in runs.iter().enumerate() {
         if let Some(o) = r.offsets {
             assert_eq!(o.len(), r.len, "one offset per event of the run");
-            let run_flags = put_offsets(o, out);
+            let form = put_offsets(o, out);
             let at = runs_at + i * RUN_BYTES + 20;
-            out[at..at + 4].copy_from_slice(&run_flags.to_le_bytes());
+            out[at..at + 4].copy_from_slice(&form.flags().to_le_bytes());
         }
     }
     match times {
@@ -288,9 +332,9 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
 }
 
 /// Appends a run's offsets in the smallest form that holds them and
-/// returns the run's flags: a bitmap when they increase and it is smaller
-/// than two bytes each, else a u16 or a u32 column.
-fn put_offsets(o: &[u32], out: &mut Vec<u8>) -> u32 {
+/// returns it: a bitmap when they increase and it is smaller than two
+/// bytes each, else a u16 or a u32 column.
+fn put_offsets(o: &[u32], out: &mut Vec<u8>) -> OffsetForm {
     // Folds without an early exit, which vectorise.
     let max = o.iter().copied().fold(0, u32::max);
     let increasing = o.windows(2).fold(true, |ok, w| ok & (w[0] < w[1]));
@@ -316,15 +360,15 @@ fn put_offsets(o: &[u32], out: &mut Vec<u8>) -> u32 {
         }
         store(word, bits);
         out.truncate(at + bitmap_bytes);
-        RUN_OFFSETS_BITMAP | (bitmap_bytes as u32) << 8
+        OffsetForm::Bitmap(bitmap_bytes as u32)
     } else if max <= u32::from(u16::MAX) {
         out.resize(at + 2 * o.len(), 0);
         out[at..].chunks_exact_mut(2).zip(o).for_each(|(c, &x)| c.copy_from_slice(&(x as u16).to_le_bytes()));
-        RUN_OFFSETS_U16
+        OffsetForm::U16
     } else {
         out.resize(at + 4 * o.len(), 0);
         out[at..].chunks_exact_mut(4).zip(o).for_each(|(c, &x)| c.copy_from_slice(&x.to_le_bytes()));
-        RUN_OFFSETS_U32
+        OffsetForm::U32
     }
 }
 
@@ -446,15 +490,9 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     let mut covered = 0u64;
     let mut offset_bytes = 0u64;
     for r in runs.chunks_exact(RUN_BYTES) {
-        let k = u64::from(u32_at(r, 16));
-        covered += k;
-        offset_bytes += match u32_at(r, 20) {
-            0 => 0,
-            RUN_OFFSETS_U16 => k * 2,
-            RUN_OFFSETS_U32 => k * 4,
-            f if f & RUN_FORM_MASK == RUN_OFFSETS_BITMAP && f >> 8 > 0 => u64::from(f >> 8),
-            other => return Err(FrameError::BadLength(u64::from(other))),
-        };
+        let (k, flags) = (u32_at(r, 16), u32_at(r, 20));
+        covered += u64::from(k);
+        offset_bytes += OffsetForm::of(flags).ok_or(FrameError::BadLength(u64::from(flags)))?.bytes(k);
     }
     if covered != count as u64 {
         return Err(FrameError::BadLength(covered));
@@ -469,20 +507,17 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     // as the encoder writes it: anything else is damage.
     let mut at = 0usize;
     for r in runs.chunks_exact(RUN_BYTES) {
-        let (k, f) = (u32_at(r, 16), u32_at(r, 20));
-        at += match f {
-            0 => 0,
-            RUN_OFFSETS_U16 => k as usize * 2,
-            RUN_OFFSETS_U32 => k as usize * 4,
-            _ => {
-                let bitmap = &offsets[at..at + (f >> 8) as usize];
-                let ones: u64 = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
-                if ones != u64::from(k) || bitmap.last() == Some(&0) {
-                    return Err(FrameError::BadLength(ones));
-                }
-                bitmap.len()
+        let k = u32_at(r, 16);
+        let form = OffsetForm::of(u32_at(r, 20)).expect("checked above");
+        let len = form.bytes(k) as usize;
+        if let OffsetForm::Bitmap(_) = form {
+            let bitmap = &offsets[at..at + len];
+            let ones: u64 = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
+            if ones != u64::from(k) || bitmap.last() == Some(&0) {
+                return Err(FrameError::BadLength(ones));
             }
-        };
+        }
+        at += len;
     }
     let (times, records) = rest.split_at(count * time_bytes);
     // Walk the records: each length within the record size, the section
@@ -522,34 +557,27 @@ impl Body<'_> {
         let mut origins = Vec::with_capacity(self.count);
         let mut at = 0;
         for r in self.runs.chunks_exact(RUN_BYTES) {
-            let (producer, first, k) = (u64_at(r, 0), u64_at(r, 8), u64::from(u32_at(r, 16)));
-            let width = match u32_at(r, 20) {
-                RUN_OFFSETS_U16 => 2,
-                RUN_OFFSETS_U32 => 4,
-                0 => 0,
-                f => {
-                    // A bitmap, checked by `decode_body`: its set bits in
-                    // order.
-                    let bitmap = &self.offsets[at..at + (f >> 8) as usize];
-                    for (byte, &b) in (0u64..).zip(bitmap) {
+            let (producer, first, k) = (u64_at(r, 0), u64_at(r, 8), u32_at(r, 16));
+            let form = OffsetForm::of(u32_at(r, 20)).expect("checked by decode_body");
+            let column = &self.offsets[at..at + form.bytes(k) as usize];
+            at += column.len();
+            let mut push = |offset: u64| origins.push((producer, first.wrapping_add(offset)));
+            match form {
+                OffsetForm::Consecutive => (0..u64::from(k)).for_each(push),
+                OffsetForm::U16 => {
+                    column.chunks_exact(2).for_each(|c| push(u64::from(u16::from_le_bytes([c[0], c[1]]))))
+                }
+                OffsetForm::U32 => column.chunks_exact(4).for_each(|c| push(u64::from(u32_at(c, 0)))),
+                // Checked by `decode_body`: the set bits, in order.
+                OffsetForm::Bitmap(_) => {
+                    for (byte, &b) in (0u64..).zip(column) {
                         let mut bits = b;
                         while bits != 0 {
-                            origins.push((producer, first.wrapping_add(byte * 8 + u64::from(bits.trailing_zeros()))));
+                            push(byte * 8 + u64::from(bits.trailing_zeros()));
                             bits &= bits - 1;
                         }
                     }
-                    at += bitmap.len();
-                    continue;
                 }
-            };
-            for i in 0..k {
-                let offset = match width {
-                    2 => u64::from(u16::from_le_bytes([self.offsets[at], self.offsets[at + 1]])),
-                    4 => u64::from(u32_at(self.offsets, at)),
-                    _ => i,
-                };
-                at += width;
-                origins.push((producer, first.wrapping_add(offset)));
             }
         }
         let (base, flags, times, records) = (self.base_time_us, self.flags, self.times, self.records);
