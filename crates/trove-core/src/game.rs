@@ -118,6 +118,14 @@ pub trait Game: Send + 'static {
     /// already applied) whose original outcome is no longer kept.
     fn duplicate_outcome() -> Self::Outcome;
 
+    /// Appends an outcome's bytes to `out`, for snapshots (which keep the
+    /// outcomes that answer retries across a restart).
+    fn store_outcome(outcome: &Self::Outcome, out: &mut Vec<u8>);
+
+    /// Reads back one `store_outcome`. The bytes come from a file: check
+    /// everything, never panic.
+    fn load_outcome(r: &mut Reader<'_>) -> Result<Self::Outcome, String>;
+
     /// Appends a world's whole state to `out`, for snapshots.
     fn encode_world(world: &Self::World, out: &mut Vec<u8>);
 

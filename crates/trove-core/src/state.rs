@@ -56,6 +56,12 @@ impl<G: Game> GameState<G> {
         self.worlds.insert(id, world).map(|_| ())
     }
 
+    /// Changes the most worlds this state holds (see
+    /// [`Worlds::set_worlds_max`]).
+    pub fn set_worlds_max(&mut self, worlds_max: usize) -> Result<(), usize> {
+        self.worlds.set_worlds_max(worlds_max)
+    }
+
     /// Puts back the engine time a snapshot recorded.
     pub fn restore_time(&mut self, time_us: u64) {
         self.time_us = self.time_us.max(time_us);

@@ -56,6 +56,16 @@ impl<W> Worlds<W> {
         self.worlds_max
     }
 
+    /// Changes the bound; refused (with the count held) if the table
+    /// already holds more worlds than `worlds_max`.
+    pub fn set_worlds_max(&mut self, worlds_max: usize) -> Result<(), usize> {
+        if self.worlds.len() > worlds_max {
+            return Err(self.worlds.len());
+        }
+        self.worlds_max = worlds_max;
+        Ok(())
+    }
+
     #[inline]
     pub fn index_of(&self, id: WorldId) -> Option<usize> {
         if let Some(&i) = self.direct.get(id as usize) {

@@ -90,6 +90,14 @@ impl Game for TreasureHunt {
         HuntOutcome::Rejected { reason: Reject::Duplicate }
     }
 
+    fn store_outcome(outcome: &HuntOutcome, out: &mut Vec<u8>) {
+        outcome.encode(out);
+    }
+
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, String> {
+        HuntOutcome::decode(r)
+    }
+
     fn encode_world(world: &Hunt, out: &mut Vec<u8>) {
         world.encode_state(out);
     }

@@ -37,6 +37,65 @@ pub enum HuntOutcome {
     },
 }
 
+/// Kind bytes of the outcome's storage form (`encode`); the same values
+/// as the wire's outcome kinds (docs/protocol.md).
+const CREATED: u8 = 1;
+const JOINED: u8 = 2;
+const LEFT: u8 = 3;
+const MOVED: u8 = 4;
+const DIG_FOUND: u8 = 5;
+const DIG_NOTHING: u8 = 6;
+const HINT: u8 = 7;
+const REJECTED: u8 = 8;
+
+impl HuntOutcome {
+    /// Appends the storage form (snapshots): a kind byte, then the
+    /// variant's fields in order, little-endian.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            HuntOutcome::Created { round } => {
+                out.push(CREATED);
+                out.extend_from_slice(&round.to_le_bytes());
+            }
+            HuntOutcome::Joined { x, y, score } => {
+                out.push(JOINED);
+                out.extend_from_slice(&x.to_le_bytes());
+                out.extend_from_slice(&y.to_le_bytes());
+                out.extend_from_slice(&score.to_le_bytes());
+            }
+            HuntOutcome::Left => out.push(LEFT),
+            HuntOutcome::Moved { x, y } => {
+                out.push(MOVED);
+                out.extend_from_slice(&x.to_le_bytes());
+                out.extend_from_slice(&y.to_le_bytes());
+            }
+            HuntOutcome::DigFound { value, score } => {
+                out.push(DIG_FOUND);
+                out.extend_from_slice(&value.to_le_bytes());
+                out.extend_from_slice(&score.to_le_bytes());
+            }
+            HuntOutcome::DigNothing => out.push(DIG_NOTHING),
+            HuntOutcome::Hint { band } => out.extend_from_slice(&[HINT, band as u8]),
+            HuntOutcome::Rejected { reason } => out.extend_from_slice(&[REJECTED, reason as u8]),
+        }
+    }
+
+    /// Reads one `encode`d outcome.
+    pub fn decode(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, String> {
+        Ok(match r.u8()? {
+            CREATED => HuntOutcome::Created { round: r.u32()? },
+            JOINED => HuntOutcome::Joined { x: r.u16()?, y: r.u16()?, score: r.u32()? },
+            LEFT => HuntOutcome::Left,
+            MOVED => HuntOutcome::Moved { x: r.u16()?, y: r.u16()? },
+            DIG_FOUND => HuntOutcome::DigFound { value: r.u16()?, score: r.u32()? },
+            DIG_NOTHING => HuntOutcome::DigNothing,
+            HINT => HuntOutcome::Hint { band: Band::from_byte(r.u8()?)? },
+            REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(r.u8()?)? },
+            kind => return Err(format!("unknown outcome kind {kind}")),
+        })
+    }
+}
+
 /// Distance band of a scan, by Chebyshev distance (king moves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -78,7 +137,22 @@ pub enum Reject {
     Duplicate = 11,
 }
 
+impl Band {
+    /// The band whose byte value is `b`.
+    pub fn from_byte(b: u8) -> Result<Band, String> {
+        [Band::Hot, Band::Warm, Band::Cold]
+            .into_iter()
+            .find(|x| *x as u8 == b)
+            .ok_or_else(|| format!("unknown band {b}"))
+    }
+}
+
 impl Reject {
+    /// The reason whose byte value is `b`.
+    pub fn from_byte(b: u8) -> Result<Reject, String> {
+        Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown rejection reason {b}"))
+    }
+
     pub const ALL: [Reject; 11] = [
         Reject::UnknownHunt,
         Reject::NotJoined,

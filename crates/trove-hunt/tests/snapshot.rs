@@ -90,4 +90,31 @@ proptest! {
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let _ = Hunt::decode_state(3, &bytes);
     }
+
+    /// Snapshots keep outcomes to answer retries: every outcome reads back
+    /// as itself, using up exactly its bytes; garbage is an error or an
+    /// outcome, never a panic.
+    #[test]
+    fn outcomes_round_trip_and_garbage_never_panics(
+        kind in 0usize..8, a: u16, b: u16, c: u32, pick: u8,
+        bytes in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        use trove_hunt::{Band, HuntOutcome as O, Reject};
+        let outcome = [
+            O::Created { round: c },
+            O::Joined { x: a, y: b, score: c },
+            O::Left,
+            O::Moved { x: a, y: b },
+            O::DigFound { value: a, score: c },
+            O::DigNothing,
+            O::Hint { band: [Band::Hot, Band::Warm, Band::Cold][pick as usize % 3] },
+            O::Rejected { reason: Reject::ALL[pick as usize % Reject::ALL.len()] },
+        ][kind];
+        let mut stored = Vec::new();
+        TreasureHunt::store_outcome(&outcome, &mut stored);
+        let mut r = trove_core::Reader::new(&stored);
+        prop_assert_eq!(TreasureHunt::load_outcome(&mut r), Ok(outcome));
+        prop_assert_eq!(r.remaining(), 0);
+        let _ = TreasureHunt::load_outcome(&mut trove_core::Reader::new(&bytes));
+    }
 }

@@ -127,6 +127,14 @@ impl OffsetForm {
 /// No batch frame is larger: checked before anything is allocated for one.
 pub const FRAME_BODY_BYTES_MAX: usize = 64 << 20;
 
+/// No batch frame holds more events. Decoding a frame allocates per event
+/// (about 60 bytes with its producer and time), so a 64 MiB body of the
+/// smallest records could otherwise ask for over a gigabyte; this keeps
+/// it near 120 MiB. The engine's drains stay below it
+/// (`EngineConfig::validate`: a drain is at most `drain_events_max` plus
+/// one producer batch, each at most 2^20).
+pub const FRAME_EVENTS_MAX: usize = 1 << 21;
+
 /// Consecutive events of a batch from one producer: their sequences are
 /// `first_seq + offsets[i]`, or `first_seq + i` without offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,7 +330,7 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
         });
     }
     let body_len = out.len() - start - FRAME_HEAD_BYTES;
-    assert!(body_len <= FRAME_BODY_BYTES_MAX, "batch of {n} events exceeds the frame limit");
+    assert!(body_len <= FRAME_BODY_BYTES_MAX && n <= FRAME_EVENTS_MAX, "batch of {n} events exceeds the frame limit");
     let (head, body) = out[start..].split_at_mut(FRAME_HEAD_BYTES);
     head[0..4].copy_from_slice(FRAME_MAGIC);
     head[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -470,6 +478,9 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
         return Err(FrameError::Short);
     }
     let count = u32_at(body, 8) as usize;
+    if count > FRAME_EVENTS_MAX {
+        return Err(FrameError::BadLength(count as u64));
+    }
     let run_count = u32_at(body, 12) as usize;
     let flags = u32_at(body, 24);
     if flags & !(BODY_TIMES_MASK | BODY_TRIMMED | BODY_PACKED) != 0

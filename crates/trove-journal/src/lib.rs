@@ -29,7 +29,7 @@ pub mod writer;
 
 pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};
 pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
-pub use writer::{FsyncPolicy, JournalWriter, WriteIo};
+pub use writer::{FsyncPolicy, JournalWriter, WriteIo, create_dir_durably};
 
 /// The directory of shard `index` under a data directory.
 pub fn shard_dir(data: &std::path::Path, index: usize) -> std::path::PathBuf {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use trove_core::Record;
 
 use crate::format::{Entry, decode_segment_header};
-use crate::segment::{list_segments, read_segment, scan};
+use crate::segment::{Scan, covered_segments, list_segments, read_segment, scan};
 
 /// Why a journal cannot be used.
 #[derive(Debug)]
@@ -21,6 +21,19 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
+    /// The journal does not start where the snapshot (or batch 1) ends:
+    /// batches are missing from both, and nothing after them can be
+    /// applied.
+    Gap {
+        path: PathBuf,
+        reason: String,
+    },
+    /// A file that belongs to another journal (another shard, another
+    /// record size): not damage, and not something a repair would mend.
+    Foreign {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for JournalError {
@@ -33,11 +46,21 @@ impl std::fmt::Display for JournalError {
                  there (everything after it is lost)",
                 path.display()
             ),
+            JournalError::Gap { path, reason } => write!(f, "journal incomplete at {}: {reason}", path.display()),
+            JournalError::Foreign { path, reason } => {
+                write!(f, "{} is not part of this journal: {reason}", path.display())
+            }
         }
     }
 }
 
 impl std::error::Error for JournalError {}
+
+/// Why a segment's scan stopped before its end, besides a bad frame.
+enum Stop {
+    /// A valid frame whose batch is not the next one.
+    OutOfSequence { offset: u64, reason: String },
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io { path: path.to_path_buf(), source }
@@ -76,6 +99,11 @@ pub struct Recovered {
 
 /// Reads every batch of shard `shard`'s journal in `dir`, in order, calling
 /// `apply` with each batch's sequence and entries.
+///
+/// Segments that hold only batches below `skip_below` (a snapshot has
+/// them; a crash between the snapshot's rename and their removal leaves
+/// them) are not read: damage in them cannot cost anything, and a repair
+/// must never cut the journal after the snapshot because of them.
 pub fn recover_shard<E: Record>(
     dir: &Path,
     shard: u32,
@@ -87,6 +115,7 @@ pub fn recover_shard<E: Record>(
         return Ok(r);
     }
     let segments = list_segments(dir).map_err(io(dir))?;
+    let segments = &segments[covered_segments(&segments, options.skip_below)..];
     let mut expected: Option<u64> = None;
     let mut entries = Vec::new();
     for (i, path) in segments.iter().enumerate() {
@@ -95,37 +124,51 @@ pub fn recover_shard<E: Record>(
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         if let Ok(h) = decode_segment_header(&bytes) {
             if h.record_size as usize != E::SIZE {
-                return Err(corrupt(
-                    24,
-                    format!("record size {} but this engine's events are {}", h.record_size, E::SIZE),
-                ));
+                let reason = format!("record size {} but this engine's events are {}", h.record_size, E::SIZE);
+                return Err(JournalError::Foreign { path: path.clone(), reason });
             }
             if h.shard != shard {
-                return Err(corrupt(12, format!("segment of shard {} in the directory of shard {shard}", h.shard)));
+                let reason = format!("a segment of shard {} in the directory of shard {shard}", h.shard);
+                return Err(JournalError::Foreign { path: path.clone(), reason });
             }
             // Batches must follow on without a gap, except below the
             // snapshot's batch, which the snapshot holds.
             let start = options.skip_below.max(1);
-            match expected {
+            let gap = match expected {
                 Some(e) if e != h.first_batch && !(e < start && h.first_batch <= start) => {
-                    return Err(corrupt(
-                        16,
-                        format!("segment starts at batch {} but batch {e} comes next", h.first_batch),
-                    ));
+                    Some(format!("segment starts at batch {} but batch {e} comes next", h.first_batch))
                 }
                 None if h.first_batch > start => {
-                    return Err(corrupt(
-                        16,
-                        format!("batches {start}..{} are in neither a snapshot nor the journal", h.first_batch),
-                    ));
+                    Some(format!("batches {start}..{} are in neither a snapshot nor the journal", h.first_batch))
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some(reason) = gap {
+                // Nothing from here on can be applied: a repair drops this
+                // segment and every later one.
+                if i == 0 {
+                    return Err(JournalError::Gap { path: path.clone(), reason });
+                }
+                if !options.repair {
+                    return Err(corrupt(16, reason));
+                }
+                for later in &segments[i..] {
+                    std::fs::remove_file(later).map_err(io(later))?;
+                    r.notes.push(format!("repair: removed {} ({reason})", later.display()));
+                }
+                sync_dir(dir)?;
+                break;
             }
             expected = Some(h.first_batch);
         }
-        let scanned = scan::<E, JournalError>(&bytes, |offset, body| {
+        // A valid frame out of sequence is damage too (a frame of some
+        // other journal, or a file edited by hand): the scan stops there.
+        let scanned = scan::<E, Stop>(&bytes, |offset, body| {
             if let Some(e) = expected.filter(|&e| e != body.batch) {
-                return Err(corrupt(offset, format!("batch {} where batch {e} comes next", body.batch)));
+                return Err(Stop::OutOfSequence {
+                    offset,
+                    reason: format!("batch {} where batch {e} comes next", body.batch),
+                });
             }
             expected = Some(body.batch.wrapping_add(1));
             if body.batch < options.skip_below {
@@ -140,54 +183,60 @@ pub fn recover_shard<E: Record>(
             r.batches += 1;
             r.events += entries.len() as u64;
             Ok(())
-        })?;
+        });
         r.segments += 1;
-        let Some(bad) = scanned.bad else {
-            r.tail = Some((path.clone(), scanned.valid_end));
-            continue;
+        // Where the valid frames end, if before the end of the file.
+        let (bad, header_ok, file_len) = match scanned {
+            Ok(Scan { bad: None, valid_end, .. }) => {
+                r.tail = Some((path.clone(), valid_end));
+                continue;
+            }
+            Ok(Scan { bad: Some(bad), header, file_len, .. }) => {
+                let torn = last && !bad.valid_frame_after;
+                ((bad.offset, bad.error.to_string(), torn), header.is_some(), file_len)
+            }
+            Err(Stop::OutOfSequence { offset, reason }) => ((offset, reason, false), true, bytes.len() as u64),
         };
-        let torn = last && !bad.valid_frame_after;
+        let (offset, reason, torn) = bad;
         if !torn && !options.repair {
-            return Err(corrupt(bad.offset, bad.error.to_string()));
+            return Err(corrupt(offset, reason));
         }
         let what = if torn { "torn tail" } else { "corruption (repair requested)" };
-        if scanned.header.is_none() {
+        if !header_ok {
             // The segment's own header is damaged: a crash while the
             // segment was being created (or a repair): drop the file.
             if options.truncate_torn_tail || options.repair {
                 std::fs::remove_file(path).map_err(io(path))?;
-                r.notes.push(format!("{what}: removed {} (its header is {})", path.display(), bad.error));
+                sync_dir(dir)?;
+                r.notes.push(format!("{what}: removed {} (its header is {reason})", path.display()));
             } else {
-                r.notes.push(format!("{what}: ignoring {} (its header is {})", path.display(), bad.error));
+                r.notes.push(format!("{what}: ignoring {} (its header is {reason})", path.display()));
             }
             r.segments -= 1;
         } else {
-            let dropped = scanned.file_len - bad.offset;
+            let dropped = file_len - offset;
             if options.truncate_torn_tail || options.repair {
                 let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path))?;
-                f.set_len(bad.offset).map_err(io(path))?;
+                f.set_len(offset).map_err(io(path))?;
                 f.sync_all().map_err(io(path))?;
                 r.notes.push(format!(
-                    "{what}: truncated {} at byte {} ({dropped} bytes dropped: {})",
-                    path.display(),
-                    bad.offset,
-                    bad.error
+                    "{what}: truncated {} at byte {offset} ({dropped} bytes dropped: {reason})",
+                    path.display()
                 ));
             } else {
                 r.notes.push(format!(
-                    "{what}: {} ends with {dropped} unreadable bytes at byte {} ({})",
-                    path.display(),
-                    bad.offset,
-                    bad.error
+                    "{what}: {} ends with {dropped} unreadable bytes at byte {offset} ({reason})",
+                    path.display()
                 ));
             }
-            r.tail = Some((path.clone(), bad.offset));
+            r.tail = Some((path.clone(), offset));
         }
         if !torn {
             for later in &segments[i + 1..] {
                 std::fs::remove_file(later).map_err(io(later))?;
                 r.notes.push(format!("repair: removed {}", later.display()));
             }
+            sync_dir(dir)?;
         }
         break;
     }
@@ -199,4 +248,11 @@ pub fn recover_shard<E: Record>(
         r.tail = None;
     }
     Ok(r)
+}
+
+/// Makes removals in `dir` durable, so that a removed file cannot come
+/// back after a power loss (a torn segment would then be found and
+/// removed again, but a segment a repair dropped must stay dropped).
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }

@@ -30,6 +30,14 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// How many of `segments` (in batch order) hold only batches below
+/// `next_batch`: every one before the last that starts at or below it.
+/// A snapshot at `next_batch` holds their batches.
+pub fn covered_segments(segments: &[PathBuf], next_batch: u64) -> usize {
+    let name = segment_name(next_batch);
+    segments.iter().rposition(|p| p.file_name().and_then(|n| n.to_str()) <= Some(&name)).unwrap_or(0)
+}
+
 /// Where and why reading a segment stopped early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadFrame {
@@ -100,22 +108,31 @@ fn frame_at<E: Record>(bytes: &[u8], at: usize) -> Result<(Body<'_>, usize), Fra
     Ok((decode_body::<E>(body, crc)?, start + len))
 }
 
-/// Candidate frames `valid_frame_from` checks before it gives up and
-/// answers "yes": a hostile file full of fake frame heads must not make
-/// recovery quadratic. Answering yes is the safe side: corruption stops
-/// start-up instead of silently truncating.
+/// Candidate frames, and body bytes checked in all, that
+/// `valid_frame_from` allows itself before it gives up and answers "yes":
+/// a hostile file full of fake frame heads (each with a valid head CRC and
+/// a 64 MiB length) must not make recovery quadratic or read gigabytes.
+/// Answering yes is the safe side: corruption stops start-up instead of
+/// silently truncating.
 const CANDIDATES_MAX: usize = 4096;
+const CANDIDATE_BYTES_MAX: u64 = 256 << 20;
 
 /// Whether any valid frame starts at or after `from`.
 fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
     let mut at = from;
-    let mut candidates = 0;
+    let (mut candidates, mut checked) = (0, 0u64);
     while at + FRAME_HEAD_BYTES <= bytes.len() {
         match bytes[at..].windows(4).position(|w| w == FRAME_MAGIC) {
             Some(i) => {
                 candidates += 1;
-                if candidates > CANDIDATES_MAX || frame_at::<E>(bytes, at + i).is_ok() {
+                if candidates > CANDIDATES_MAX || checked > CANDIDATE_BYTES_MAX {
                     return true;
+                }
+                if let Ok((len, _)) = decode_frame_head(&bytes[at + i..]) {
+                    checked += len as u64;
+                    if frame_at::<E>(bytes, at + i).is_ok() {
+                        return true;
+                    }
                 }
                 at += i + 1;
             }

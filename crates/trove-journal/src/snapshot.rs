@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `TROVESNP` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; 1 is still read) |
 //! | 12 | 4 | shard index |
 //! | 16 | 8 | next batch: the snapshot holds every batch before it |
 //! | 24 | 8 | highest engine time applied, µs |
@@ -11,8 +11,15 @@
 //! | 36 | 4 | producer count p |
 //! | 40 | 8 | zero |
 //! | 48 | .. | w worlds: world id u32, length u32, the game's encoding |
-//! | .. | 16 p | p producers: id u64, last applied sequence u64 |
+//! | .. | .. | p producers (below) |
 //! | end - 4 | 4 | CRC32C of every byte before it |
+//!
+//! A producer, in version 2: id u64, last applied sequence u64, the
+//! number n of recent outcomes kept u32, their sequences' form u32 (0:
+//! `first, first + 1, ...`; 1: n u32 offsets from `first` follow),
+//! `first` u64, the offsets if any, the outcome bytes' length u32, and n
+//! outcomes in the game's storage form (`Game::store_outcome`). In
+//! version 1 a producer is only its id and last sequence (16 bytes).
 //!
 //! Written to `snapshot-<next batch>.tsnap.tmp`, synced, renamed, and the
 //! directory synced: a snapshot file is complete or absent.
@@ -21,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TROVESNP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEAD_BYTES: usize = 48;
 
 pub fn snapshot_name(next_batch: u64) -> String {
@@ -36,19 +43,39 @@ pub struct SnapshotMeta {
     pub last_time_us: u64,
 }
 
-/// A decoded snapshot, borrowing the worlds' bytes.
+/// One producer's part of a snapshot: its last applied sequence and the
+/// outcomes of its most recent events, which answer its retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotProducer<'a> {
+    pub id: u64,
+    pub last_seq: u64,
+    /// The sequence of the first kept outcome (0 if none is kept).
+    pub first_seq: u64,
+    /// Sequence offsets from `first_seq`, one per kept outcome, strictly
+    /// increasing from 0; `None`: `0, 1, ...`.
+    pub offsets: Option<Vec<u32>>,
+    /// How many outcomes are kept.
+    pub kept: u32,
+    /// The `kept` outcomes in the game's storage form.
+    pub outcomes: &'a [u8],
+}
+
+/// A decoded snapshot, borrowing the worlds' and outcomes' bytes.
 #[derive(Debug)]
 pub struct Snapshot<'a> {
     pub meta: SnapshotMeta,
     pub worlds: Vec<(u32, &'a [u8])>,
-    pub producers: Vec<(u64, u64)>,
+    pub producers: Vec<SnapshotProducer<'a>>,
 }
 
-/// The world section a shard builds: `add` each world, then `finish`.
+/// The file a shard builds: `add` each world and `add_producer` each
+/// producer (both in ascending id order), then `finish`.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
     worlds: Vec<u8>,
     world_count: u32,
+    producers: Vec<u8>,
+    producer_count: u32,
     scratch: Vec<u8>,
 }
 
@@ -63,29 +90,58 @@ impl SnapshotBuilder {
         self.world_count += 1;
     }
 
+    /// Adds a producer. `kept` outcomes, their bytes appended by `encode`,
+    /// have the sequences `first_seq + offsets[i]` (`first_seq + i`
+    /// without offsets).
+    ///
+    /// # Panics
+    /// If `offsets` has other than `kept` entries.
+    pub fn add_producer(
+        &mut self,
+        id: u64,
+        last_seq: u64,
+        first_seq: u64,
+        offsets: Option<&[u32]>,
+        kept: u32,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
+        assert!(offsets.is_none_or(|o| o.len() == kept as usize), "one offset per kept outcome");
+        let p = &mut self.producers;
+        p.extend_from_slice(&id.to_le_bytes());
+        p.extend_from_slice(&last_seq.to_le_bytes());
+        p.extend_from_slice(&kept.to_le_bytes());
+        p.extend_from_slice(&u32::from(offsets.is_some()).to_le_bytes());
+        p.extend_from_slice(&first_seq.to_le_bytes());
+        for o in offsets.unwrap_or_default() {
+            p.extend_from_slice(&o.to_le_bytes());
+        }
+        self.scratch.clear();
+        encode(&mut self.scratch);
+        p.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
+        p.extend_from_slice(&self.scratch);
+        self.producer_count += 1;
+    }
+
     /// The whole file's bytes.
-    pub fn finish(self, meta: SnapshotMeta, producers: &[(u64, u64)]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEAD_BYTES + self.worlds.len() + 16 * producers.len() + 4);
+    pub fn finish(self, meta: SnapshotMeta) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD_BYTES + self.worlds.len() + self.producers.len() + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&meta.shard.to_le_bytes());
         out.extend_from_slice(&meta.next_batch.to_le_bytes());
         out.extend_from_slice(&meta.last_time_us.to_le_bytes());
         out.extend_from_slice(&self.world_count.to_le_bytes());
-        out.extend_from_slice(&(producers.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.producer_count.to_le_bytes());
         out.extend_from_slice(&[0; 8]);
         out.extend_from_slice(&self.worlds);
-        for (id, seq) in producers {
-            out.extend_from_slice(&id.to_le_bytes());
-            out.extend_from_slice(&seq.to_le_bytes());
-        }
+        out.extend_from_slice(&self.producers);
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 }
 
-/// Checks and splits a snapshot file's bytes.
+/// Checks and splits a snapshot file's bytes (version 1 or 2).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
     if bytes.len() < HEAD_BYTES + 4 {
         return Err("shorter than a snapshot header".into());
@@ -99,7 +155,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
         return Err("bad magic".into());
     }
     let version = r.u32()?;
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(format!("unsupported snapshot version {version}"));
     }
     let meta = SnapshotMeta { shard: r.u32()?, next_batch: r.u64()?, last_time_us: r.u64()? };
@@ -115,9 +171,51 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
         let len = r.u32()? as usize;
         worlds.push((id, r.take(len)?));
     }
-    let producers = (0..producer_count).map(|_| Ok((r.u64()?, r.u64()?))).collect::<Result<_, String>>()?;
+    let mut producers = Vec::with_capacity(producer_count);
+    for _ in 0..producer_count {
+        let (id, last_seq) = (r.u64()?, r.u64()?);
+        if version == 1 {
+            producers.push(SnapshotProducer { id, last_seq, first_seq: 0, offsets: None, kept: 0, outcomes: &[] });
+            continue;
+        }
+        let producer = decode_producer(&mut r, id, last_seq).map_err(|e| format!("producer {id}: {e}"))?;
+        producers.push(producer);
+    }
     r.finish()?;
+    if producers.windows(2).any(|w| w[0].id >= w[1].id) {
+        return Err("producers out of order".into());
+    }
     Ok(Snapshot { meta, worlds, producers })
+}
+
+/// The rest of a version-2 producer after its id and last sequence.
+fn decode_producer<'a>(r: &mut trove_core::Reader<'a>, id: u64, last_seq: u64) -> Result<SnapshotProducer<'a>, String> {
+    let kept = r.u32()?;
+    let form = r.u32()?;
+    let first_seq = r.u64()?;
+    let offsets = match form {
+        0 => None,
+        1 => {
+            let bytes = r.take((kept as usize).checked_mul(4).ok_or("too many offsets")?)?;
+            let offsets: Vec<u32> =
+                bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            if offsets.first().is_some_and(|&o| o != 0) || offsets.windows(2).any(|w| w[0] >= w[1]) {
+                return Err("offsets do not increase from 0".into());
+            }
+            Some(offsets)
+        }
+        _ => return Err(format!("unknown sequence form {form}")),
+    };
+    let span = offsets.as_ref().and_then(|o| o.last()).map_or(u64::from(kept.saturating_sub(1)), |&o| u64::from(o));
+    if kept > 0 && first_seq.checked_add(span).is_none_or(|last| last > last_seq) {
+        return Err(format!("kept outcomes reach past the last sequence {last_seq}"));
+    }
+    let len = r.u32()? as usize;
+    let outcomes = r.take(len)?;
+    if kept as usize > len {
+        return Err(format!("{kept} outcomes in {len} bytes"));
+    }
+    Ok(SnapshotProducer { id, last_seq, first_seq, offsets, kept, outcomes })
 }
 
 /// Writes a snapshot durably: temporary file, fsync, rename, directory fsync.
@@ -169,10 +267,7 @@ pub fn remove_covered(dir: &Path, next_batch: u64) -> std::io::Result<Vec<PathBu
         }
     }
     let segments = crate::segment::list_segments(dir)?;
-    let keep_from = segments
-        .iter()
-        .rposition(|p| p.file_name().and_then(|n| n.to_str()) <= Some(&crate::segment::segment_name(next_batch)))
-        .unwrap_or(0);
+    let keep_from = crate::segment::covered_segments(&segments, next_batch);
     for s in &segments[..keep_from] {
         std::fs::remove_file(s)?;
         removed.push(s.clone());
@@ -192,17 +287,93 @@ mod tests {
         let mut b = SnapshotBuilder::default();
         b.add(7, |out| out.extend_from_slice(b"seven"));
         b.add(9, |_| {});
+        b.add_producer(5, 10, 0, None, 0, |_| {});
+        b.add_producer(6, 40, 30, Some(&[0, 2, 10]), 3, |out| out.extend_from_slice(b"abc"));
+        b.add_producer(8, 12, 11, None, 2, |out| out.extend_from_slice(b"xy"));
         let meta = SnapshotMeta { shard: 1, next_batch: 44, last_time_us: 99 };
-        let bytes = b.finish(meta, &[(5, 10)]);
+        let bytes = b.finish(meta);
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, meta);
         assert_eq!(s.worlds, vec![(7, &b"seven"[..]), (9, &b""[..])]);
-        assert_eq!(s.producers, vec![(5, 10)]);
+        let none = SnapshotProducer { id: 5, last_seq: 10, first_seq: 0, offsets: None, kept: 0, outcomes: &[] };
+        assert_eq!(s.producers[0], none);
+        let split = SnapshotProducer {
+            id: 6,
+            last_seq: 40,
+            first_seq: 30,
+            offsets: Some(vec![0, 2, 10]),
+            kept: 3,
+            outcomes: b"abc",
+        };
+        assert_eq!(s.producers[1], split);
+        assert_eq!((s.producers[2].first_seq, s.producers[2].kept, s.producers[2].outcomes), (11, 2, &b"xy"[..]));
         for i in 0..bytes.len() {
             let mut d = bytes.clone();
             d[i] ^= 4;
             assert!(decode_snapshot(&d).is_err(), "byte {i}");
             assert!(decode_snapshot(&bytes[..i]).is_err(), "prefix {i}");
         }
+    }
+
+    /// Rewrites a snapshot's content (the CRC made right again), as damage
+    /// that a CRC cannot catch: a writer's bug or a hand edit.
+    fn with_crc(mut content: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c(&content);
+        content.extend_from_slice(&crc.to_le_bytes());
+        content
+    }
+
+    #[test]
+    fn impossible_producers_are_refused_even_with_a_valid_checksum() {
+        let meta = SnapshotMeta { shard: 0, next_batch: 2, last_time_us: 0 };
+        let build = |offsets: Option<&[u32]>, kept: u32, last_seq: u64, outcomes: &[u8]| {
+            let mut b = SnapshotBuilder::default();
+            b.add_producer(1, last_seq, 10, offsets, kept, |out| out.extend_from_slice(outcomes));
+            b.finish(meta)
+        };
+        assert!(decode_snapshot(&build(Some(&[0, 3]), 2, 13, b"ab")).is_ok());
+        let refused = [
+            (build(Some(&[1, 3]), 2, 13, b"ab"), "increase from 0"),
+            (build(Some(&[0, 3, 3]), 3, 13, b"abc"), "increase from 0"),
+            (build(Some(&[0, 3]), 2, 12, b"ab"), "past the last sequence"),
+            (build(None, 4, 12, b"abcd"), "past the last sequence"),
+            (build(None, 3, 20, b"ab"), "3 outcomes in 2 bytes"),
+        ];
+        for (bytes, why) in refused {
+            let err = decode_snapshot(&bytes).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        // An unknown form, and producers out of order.
+        let mut content = build(None, 0, 5, b"").split_last_chunk::<4>().unwrap().0.to_vec();
+        content[HEAD_BYTES + 20] = 2;
+        assert!(decode_snapshot(&with_crc(content)).unwrap_err().contains("form"));
+        let mut b = SnapshotBuilder::default();
+        b.add_producer(2, 1, 0, None, 0, |_| {});
+        b.add_producer(1, 1, 0, None, 0, |_| {});
+        assert!(decode_snapshot(&b.finish(meta)).unwrap_err().contains("out of order"));
+    }
+
+    #[test]
+    fn version_1_snapshots_are_still_read() {
+        let mut content = Vec::new();
+        content.extend_from_slice(MAGIC);
+        content.extend_from_slice(&1u32.to_le_bytes());
+        content.extend_from_slice(&3u32.to_le_bytes()); // shard
+        content.extend_from_slice(&44u64.to_le_bytes());
+        content.extend_from_slice(&99u64.to_le_bytes());
+        content.extend_from_slice(&1u32.to_le_bytes()); // worlds
+        content.extend_from_slice(&1u32.to_le_bytes()); // producers
+        content.extend_from_slice(&[0; 8]);
+        content.extend_from_slice(&7u32.to_le_bytes());
+        content.extend_from_slice(&2u32.to_le_bytes());
+        content.extend_from_slice(b"hi");
+        content.extend_from_slice(&5u64.to_le_bytes());
+        content.extend_from_slice(&10u64.to_le_bytes());
+        let bytes = with_crc(content);
+        let s = decode_snapshot(&bytes).unwrap();
+        assert_eq!(s.meta, SnapshotMeta { shard: 3, next_batch: 44, last_time_us: 99 });
+        assert_eq!(s.worlds, vec![(7, &b"hi"[..])]);
+        let p = SnapshotProducer { id: 5, last_seq: 10, first_seq: 0, offsets: None, kept: 0, outcomes: &[] };
+        assert_eq!(s.producers, vec![p]);
     }
 }

@@ -117,7 +117,7 @@ impl JournalWriter {
         segment_bytes_max: u64,
         io: WriteIo,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let (path, segment_bytes) = match tail {
             Some((path, valid_end)) => {
                 let file = OpenOptions::new().write(true).open(&path)?;
@@ -332,6 +332,24 @@ fn count_frames(buf: &[u8]) -> u64 {
         n += 1;
     }
     n
+}
+
+/// Creates `dir` and any missing parents, each made durable by an fsync of
+/// the directory that holds it: a segment synced into a directory whose
+/// own entry a power loss could take away would not be durable.
+pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => File::open(parent.unwrap_or(Path::new(".")))?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates a segment file with its header, durably: the header and the

@@ -273,3 +273,67 @@ fn zeros_that_are_not_direct_padding_are_a_torn_tail() {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), full.len() as u64);
     }
 }
+
+/// A frame that passes every check but carries the wrong batch (a frame of
+/// another journal pasted in, a file edited by hand) is corruption like a
+/// bad checksum: start-up stops, and `repair` cuts the journal there.
+#[test]
+fn a_valid_frame_out_of_sequence_is_corruption_a_repair_can_cut() {
+    let dir = temp_dir("sequence");
+    let sizes = write(&dir, 5, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Batch 3's frame replaced by a copy of batch 2's (same length).
+    let (second, third) = (sizes[0] as usize..sizes[1] as usize, sizes[1] as usize..sizes[2] as usize);
+    assert_eq!(second.len(), third.len());
+    let copy = bytes[second].to_vec();
+    bytes[third.clone()].copy_from_slice(&copy);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = read_all(&dir, opts(true, false)).unwrap_err();
+    match &err {
+        JournalError::Corrupt { offset, reason, .. } => {
+            assert_eq!(*offset, third.start as u64);
+            assert!(reason.contains("batch 2 where batch 3 comes next"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "a failed start changes nothing");
+    let (seen, r) = read_all(&dir, opts(true, true)).unwrap();
+    assert_eq!((seen, r.next_batch), (vec![1, 2], 3));
+    assert!(r.notes[0].contains("repair") && r.notes[0].contains("batch 2 where"), "{:?}", r.notes);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), sizes[1]);
+    // Appending resumes at batch 3.
+    write_from(&dir, 3, 1);
+}
+
+/// Damage a repair could not mend is never offered one: a journal that
+/// starts after a gap, and a segment of another shard or record size.
+#[test]
+fn gaps_and_foreign_segments_are_refused_without_offering_a_repair() {
+    let dir = temp_dir("gap-repair");
+    write_from(&dir, 5, 2);
+    let err = read_all(&dir, opts(true, true)).unwrap_err();
+    assert!(matches!(err, JournalError::Gap { .. }), "{err:?}");
+    assert!(!err.to_string().contains("--repair"), "{err}");
+    assert_eq!(list_segments(&dir).unwrap().len(), 1, "a repair removes nothing here");
+
+    let dir = temp_dir("foreign");
+    write(&dir, 2, 1 << 20);
+    let err = recover_shard::<HuntEvent>(&dir, 1, opts(true, true), |_, _| {}).unwrap_err();
+    assert!(matches!(err, JournalError::Foreign { .. }) && err.to_string().contains("shard 0"), "{err}");
+    assert!(!err.to_string().contains("--repair"), "{err}");
+}
+
+/// A gap between segments after the first: a repair drops the segments
+/// from the gap on, whose batches could never be applied.
+#[test]
+fn a_gap_between_segments_is_cut_by_a_repair() {
+    let dir = temp_dir("gap-middle");
+    write_from(&dir, 1, 3);
+    write_from(&dir, 7, 2);
+    let err = read_all(&dir, opts(true, false)).unwrap_err();
+    assert!(err.to_string().contains("starts at batch 7 but batch 4 comes next"), "{err}");
+    let (seen, r) = read_all(&dir, opts(true, true)).unwrap();
+    assert_eq!((seen, r.next_batch), (vec![1, 2, 3], 4));
+    assert_eq!(list_segments(&dir).unwrap().len(), 1);
+}

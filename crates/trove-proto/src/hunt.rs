@@ -31,14 +31,6 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn band_from(b: u8) -> Result<Band, String> {
-    [Band::Hot, Band::Warm, Band::Cold].into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown band {b}"))
-}
-
-fn reject_from(b: u8) -> Result<Reject, String> {
-    Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown rejection reason {b}"))
-}
-
 fn push_top(out: &mut Vec<u8>, round: u32, top: &Top10) {
     out.extend_from_slice(&round.to_le_bytes());
     out.push(top.entries().len() as u8);
@@ -101,8 +93,8 @@ impl WireGame for TreasureHunt {
             MOVED => HuntOutcome::Moved { x, y },
             DIG_FOUND => HuntOutcome::DigFound { value: x, score: wide },
             DIG_NOTHING => HuntOutcome::DigNothing,
-            HINT => HuntOutcome::Hint { band: band_from(b[1])? },
-            REJECTED => HuntOutcome::Rejected { reason: reject_from(b[1])? },
+            HINT => HuntOutcome::Hint { band: Band::from_byte(b[1])? },
+            REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(b[1])? },
             k => return Err(format!("unknown outcome kind {k}")),
         })
     }

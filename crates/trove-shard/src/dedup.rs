@@ -5,8 +5,8 @@
 //! only needs, per producer, the highest sequence it applied: an event at
 //! or below it is a retry. The shard also keeps the outcomes of each
 //! producer's most recent `window` events, so a retry is acknowledged again
-//! with its original outcome. A retry older than that window (or from
-//! before the last snapshot, after a restart) is still never applied twice;
+//! with its original outcome; snapshots keep them too, so this holds across
+//! restarts. A retry older than that window is still never applied twice;
 //! it is answered with the game's `duplicate_outcome`.
 //!
 //! Bounds: `window` outcomes per producer, `producers_max` producers per
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// The outcomes of one applied batch part, shared with the part delivered
 /// to the producer: keeping them costs no copy.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct AppliedPart<O> {
     /// Sequence of the first applied event.
     pub first_seq: u64,
@@ -137,19 +137,88 @@ impl<O: Copy> Dedup<O> {
         self.log(producer).record(window, part);
     }
 
-    /// Restores last sequences from a snapshot (their outcomes are gone).
-    pub fn restore(&mut self, producers: impl IntoIterator<Item = (u64, u64)>) {
-        for (p, seq) in producers {
-            let log = self.log(p);
-            log.last_seq = log.last_seq.max(seq);
+    /// Restores a producer from a snapshot: its last sequence and its
+    /// kept outcomes (`outcomes[i]` answers `first_seq + offsets[i]`, or
+    /// `first_seq + i` without offsets), of which the newest `window` are
+    /// kept.
+    pub fn restore(
+        &mut self,
+        producer: u64,
+        last_seq: u64,
+        first_seq: u64,
+        offsets: Option<Vec<u32>>,
+        outcomes: Vec<O>,
+    ) {
+        let window = self.window;
+        let log = self.log(producer);
+        log.last_seq = log.last_seq.max(last_seq);
+        let drop = outcomes.len().saturating_sub(window);
+        if drop == outcomes.len() {
+            return;
         }
+        let (first_seq, positions) = match offsets {
+            None => (first_seq + drop as u64, None),
+            Some(o) => {
+                let base = o[drop];
+                (first_seq + u64::from(base), Some(Arc::new(o[drop..].iter().map(|&x| x - base).collect())))
+            }
+        };
+        log.record(window, AppliedPart { first_seq, positions, outcomes: Arc::from(&outcomes[drop..]), skip: 0 });
     }
 
-    /// (producer, last sequence) of every producer, for a snapshot.
+    /// (producer, last sequence) of every producer, ascending by producer.
     pub fn last_seqs(&self) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self.logs.iter().map(|(&p, l)| (p, l.last_seq)).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Every producer's last sequence and kept outcomes, ascending by
+    /// producer, for a snapshot. The parts are shared, not copied: this
+    /// runs on the shard thread, the encoding on the journal thread.
+    pub fn export(&self) -> Vec<KeptProducer<O>> {
+        let mut v: Vec<KeptProducer<O>> = self
+            .logs
+            .iter()
+            .map(|(&id, l)| KeptProducer { id, last_seq: l.last_seq, parts: l.recent.iter().cloned().collect() })
+            .collect();
+        v.sort_unstable_by_key(|p| p.id);
+        v
+    }
+}
+
+/// One producer as `Dedup::export` hands it to a snapshot.
+#[derive(Debug)]
+pub(crate) struct KeptProducer<O> {
+    pub id: u64,
+    pub last_seq: u64,
+    /// Its kept parts, ascending by sequence.
+    pub parts: Vec<AppliedPart<O>>,
+}
+
+impl<O: Copy> KeptProducer<O> {
+    /// The kept outcomes as one run: the first sequence, offsets from it
+    /// (`None` if the sequences are consecutive) and the outcomes. Only
+    /// the newest outcomes whose sequences lie within 2^32 of the first
+    /// are kept (a producer's window spans far less).
+    pub fn flatten(&self) -> (u64, Option<Vec<u32>>, Vec<O>) {
+        let mut seqs = Vec::new();
+        let mut outcomes = Vec::new();
+        for part in &self.parts {
+            for k in 0..part.len() {
+                seqs.push(part.seq(k));
+                outcomes.push(part.outcomes[part.skip + k]);
+            }
+        }
+        let Some(&last) = seqs.last() else {
+            return (0, None, outcomes);
+        };
+        let from = seqs.partition_point(|&s| last - s > u64::from(u32::MAX));
+        let (seqs, outcomes) = (&seqs[from..], outcomes.split_off(from));
+        let first = seqs[0];
+        let consecutive = seqs.iter().enumerate().all(|(i, &s)| s == first + i as u64);
+        let offsets = (!consecutive).then(|| seqs.iter().map(|&s| (s - first) as u32).collect());
+        (first, offsets, outcomes)
     }
 }
 
@@ -179,5 +248,31 @@ mod tests {
         d.log(8);
         d.record(9, part(1, None, &[1], 0)); // evicts 7, idle longest
         assert_eq!(d.last_seqs(), vec![(8, 1), (9, 1)]);
+    }
+
+    #[test]
+    fn kept_outcomes_survive_an_export_and_a_restore() {
+        let mut d: Dedup<u32> = Dedup::new(4, 8);
+        d.record(7, part(1, None, &[10, 20], 0));
+        d.record(7, part(3, Some(vec![0, 2, 3]), &[99, 30, 50, 60], 1));
+        d.record(8, part(4, None, &[1, 2], 0));
+        let exported = d.export();
+        assert_eq!(exported.iter().map(|p| (p.id, p.last_seq)).collect::<Vec<_>>(), vec![(7, 6), (8, 5)]);
+        // Producer 7 keeps whole parts holding at least its window of 4:
+        // sequences 1, 2, 3, 5, 6.
+        let (first, offsets, outcomes) = exported[0].flatten();
+        assert_eq!(
+            (first, offsets.as_deref(), outcomes.as_slice()),
+            (1, Some(&[0, 1, 2, 4, 5][..]), &[10, 20, 30, 50, 60][..])
+        );
+        assert_eq!(exported[1].flatten(), (4, None, vec![1, 2]));
+
+        // Restored into a smaller window, only the newest are kept.
+        let mut r: Dedup<u32> = Dedup::new(2, 8);
+        r.restore(7, 6, first, offsets, outcomes);
+        let log = r.log(7);
+        assert_eq!((log.last_seq, log.lookup(5), log.lookup(6), log.lookup(3)), (6, Some(50), Some(60), None));
+        r.restore(9, 3, 0, None, Vec::new());
+        assert_eq!(r.last_seqs(), vec![(7, 6), (9, 3)]);
     }
 }

@@ -104,6 +104,9 @@ impl Default for EngineConfig {
     }
 }
 
+// The largest drain `validate` allows fits in one journal frame.
+const _: () = assert!((1 << 20) - 1 + (1 << 20) <= trove_journal::format::FRAME_EVENTS_MAX);
+
 impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
@@ -113,7 +116,9 @@ impl EngineConfig {
                 self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
                 "queue_batches_max must be in 1..=65536",
             ),
-            (self.drain_events_max >= 1, "drain_events_max must be at least 1"),
+            // A drain (one journal frame) is at most drain_events_max - 1
+            // events plus one batch: below the frame's event limit.
+            (self.drain_events_max >= 1 && self.drain_events_max <= 1 << 20, "drain_events_max must be in 1..=2^20"),
             (
                 self.in_flight_events_max >= self.batch_events_max,
                 "in_flight_events_max must be at least batch_events_max",

@@ -23,9 +23,11 @@ use trove_core::{Game, GameState, Outcomes, Record, Stamped};
 use trove_journal::snapshot::{
     SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
 };
-use trove_journal::{Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, recover_shard, shard_dir};
+use trove_journal::{
+    Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, create_dir_durably, recover_shard, shard_dir,
+};
 
-use crate::dedup::{AppliedPart, Dedup};
+use crate::dedup::{AppliedPart, Dedup, KeptProducer};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
 
@@ -86,7 +88,16 @@ pub(crate) enum JournalJob<G: Game> {
         deliveries: Vec<(Arc<Inbox<G>>, Part<G>)>,
     },
     /// The shard's state after every batch sent before it.
-    Snapshot { worlds: SnapshotBuilder, last_time_us: u64, producers: Vec<(u64, u64)> },
+    Snapshot(PendingSnapshot<G>),
+}
+
+/// A shard's state as the shard thread hands it over for a snapshot: its
+/// worlds encoded, its producers' kept outcomes shared (the journal thread
+/// encodes them).
+pub(crate) struct PendingSnapshot<G: Game> {
+    worlds: SnapshotBuilder,
+    last_time_us: u64,
+    producers: Vec<KeptProducer<G::Outcome>>,
 }
 
 /// What start-up recovered for one shard.
@@ -101,40 +112,126 @@ pub(crate) struct RecoveredShard<G: Game> {
 
 /// Encodes a shard's state for a snapshot (on the shard thread: it owns
 /// the state).
-pub(crate) fn snapshot_job<G: Game>(state: &GameState<G>, producers: &Dedup<G::Outcome>) -> JournalJob<G> {
+pub(crate) fn snapshot_of<G: Game>(state: &GameState<G>, producers: &Dedup<G::Outcome>) -> PendingSnapshot<G> {
     let mut worlds = SnapshotBuilder::default();
     for (id, w) in state.worlds().iter_sorted() {
         worlds.add(id, |out| G::encode_world(w, out));
     }
-    JournalJob::Snapshot { worlds, last_time_us: state.time_us(), producers: producers.last_seqs() }
+    PendingSnapshot { worlds, last_time_us: state.time_us(), producers: producers.export() }
+}
+
+/// A snapshot file's bytes: the worlds the shard encoded, and every
+/// producer's last sequence and kept outcomes (encoded here, on the
+/// journal thread).
+fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, next_batch: u64) -> Vec<u8> {
+    let PendingSnapshot { mut worlds, last_time_us, producers } = snapshot;
+    for p in &producers {
+        let (first_seq, offsets, outcomes) = p.flatten();
+        worlds.add_producer(p.id, p.last_seq, first_seq, offsets.as_deref(), outcomes.len() as u32, |out| {
+            for o in &outcomes {
+                G::store_outcome(o, out);
+            }
+        });
+    }
+    worlds.finish(SnapshotMeta { shard, next_batch, last_time_us })
+}
+
+/// Makes a snapshot of the state after every batch before the writer's
+/// next one durable, then removes what it covers. Order matters for
+/// crashes: first every batch before the snapshot is written and synced
+/// and a segment starting at the snapshot's batch exists; only then is
+/// the snapshot made durable; only then are covered files removed. A
+/// crash between any two steps leaves a complete journal. Returns the
+/// snapshot's size.
+fn take_snapshot<G: Game>(writer: &mut JournalWriter, snapshot: PendingSnapshot<G>) -> Result<usize, String> {
+    let next_batch = writer.next_batch();
+    let bytes = snapshot_bytes(snapshot, writer.shard(), next_batch);
+    writer.roll_at_snapshot().map_err(|e| format!("starting a segment for a snapshot: {e}"))?;
+    write_snapshot(writer.dir(), next_batch, &bytes).map_err(|e| format!("writing a snapshot: {e}"))?;
+    remove_covered(writer.dir(), next_batch).map_err(|e| format!("removing journal files a snapshot covers: {e}"))?;
+    Ok(bytes.len())
 }
 
 const META_FILE: &str = "trove.meta";
 
+/// What a data directory's journal was made with (`trove.meta`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    format: u32,
+    shards: usize,
+    /// The most worlds a shard holds: it decides which creates the rules
+    /// refuse, so the journal is replayed with the bound it was written
+    /// with. `None` in a meta written before it was recorded.
+    worlds_max: Option<usize>,
+}
+
+impl Meta {
+    fn text<G: Game>(&self) -> String {
+        let mut text = format!(
+            "format={}\ngame={}\nrecord_size={}\nshards={}\n",
+            self.format,
+            G::NAME,
+            G::Event::SIZE,
+            self.shards
+        );
+        if let Some(n) = self.worlds_max {
+            text.push_str(&format!("worlds_max={n}\n"));
+        }
+        text
+    }
+
+    /// Parses a meta file of this game (`None`: another game, record size
+    /// or format, or not a meta file).
+    fn parse<G: Game>(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let mut field = |name: &str| lines.next()?.strip_prefix(name)?.strip_prefix('=').map(str::to_owned);
+        let format = field("format")?.parse().ok().filter(|f| (1..=META_FORMAT).contains(f))?;
+        (field("game")? == G::NAME).then_some(())?;
+        (field("record_size")?.parse::<usize>().ok()? == G::Event::SIZE).then_some(())?;
+        let shards = field("shards")?.parse().ok().filter(|n| (1..=1024).contains(n))?;
+        let worlds_max = match lines.next() {
+            None => None,
+            Some(line) => Some(line.strip_prefix("worlds_max=")?.parse().ok().filter(|&n| n >= 1)?),
+        };
+        lines.next().is_none().then_some(Meta { format, shards, worlds_max })
+    }
+}
+
 /// Checks (or writes, for a new data directory) what the journal was made
 /// with: the game, its record size and the shard count, which decides
 /// which shard owns which world and so cannot change under a journal.
+/// Returns the `worlds_max` the journal was written with: the recorded
+/// one, or, for a new directory or a meta that records none (written
+/// before it was), this engine's.
 ///
 /// `format=3` (offset bitmaps, journal format version 3) replaces a
 /// `format=1` or `format=2` meta before this engine writes anything: an
 /// older engine then refuses the directory by name instead of reading the
 /// first frame it cannot parse as a torn tail and cutting it off.
-fn check_meta<G: Game>(dir: &Path, shards: usize) -> Result<(), String> {
-    let meta =
-        |format: u32| format!("format={format}\ngame={}\nrecord_size={}\nshards={shards}\n", G::NAME, G::Event::SIZE);
-    let want = meta(META_FORMAT);
+fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<usize, String> {
+    let want = Meta { format: META_FORMAT, shards, worlds_max: Some(worlds_max) };
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(found) if found == want => Ok(()),
-        Ok(found) if found == meta(1) || found == meta(2) => write_meta(dir, &want),
-        Ok(found) => Err(format!(
-            "{} was written by an engine with other settings:\n{found}this engine has:\n{want}(the shard count of a \
-             data directory cannot change)",
-            path.display()
-        )),
+        Ok(text) => match Meta::parse::<G>(&text) {
+            Some(found) if found.shards == shards => {
+                let recorded = found.worlds_max.unwrap_or(worlds_max);
+                let upgraded = Meta { worlds_max: Some(recorded), ..want };
+                if found != upgraded {
+                    write_meta(dir, &upgraded.text::<G>())?;
+                }
+                Ok(recorded)
+            }
+            _ => Err(format!(
+                "{} was written by an engine with other settings:\n{text}this engine has:\n{}(the shard count of \
+                 a data directory cannot change)",
+                path.display(),
+                want.text::<G>()
+            )),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            write_meta(dir, &want)
+            create_dir_durably(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            write_meta(dir, &want.text::<G>())?;
+            Ok(worlds_max)
         }
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
@@ -191,7 +288,15 @@ fn rebuild<G: Game>(
             state.restore_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e:?}", path.display()))?;
         }
         state.restore_time(snap.meta.last_time_us);
-        producers.restore(snap.producers.iter().copied());
+        for p in snap.producers {
+            let mut r = trove_core::Reader::new(p.outcomes);
+            let outcomes = (0..p.kept)
+                .map(|_| G::load_outcome(&mut r))
+                .collect::<Result<Vec<_>, String>>()
+                .and_then(|o| r.finish().map(|()| o))
+                .map_err(|e| format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id))?;
+            producers.restore(p.id, p.last_seq, p.first_seq, p.offsets, outcomes);
+        }
         options.skip_below = snap.meta.next_batch;
         let _ = log.send((
             Level::Info,
@@ -301,8 +406,8 @@ pub(crate) fn recover<G: Game>(
     (dedup_window, dedup_producers_max): (usize, usize),
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, String> {
-    check_meta::<G>(&journal.dir, shards)?;
-    per_shard(shards, &mut |_, line| log(line), |index, log| {
+    let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
+    let mut recovered = per_shard(shards, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
         let options = RecoverOptions {
@@ -312,7 +417,7 @@ pub(crate) fn recover<G: Game>(
             skip_below: 0,
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
-        let (state, r, producers) = rebuild::<G>(&dir, index, worlds_max, dedup, options, log, |_, _| {})?;
+        let (state, r, producers) = rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _| {})?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -342,7 +447,42 @@ pub(crate) fn recover<G: Game>(
             ));
         }
         Ok(RecoveredShard { last_time_us: state.time_us(), state, writer, producers })
-    })
+    })?;
+    if recorded != worlds_max {
+        change_worlds_max(journal, shards, recorded, worlds_max, &mut recovered)?;
+        log(format!(
+            "worlds_max changed from {recorded} to {worlds_max}: every shard snapshotted, the journal after it is \
+             read with {worlds_max}"
+        ));
+    }
+    Ok(recovered)
+}
+
+/// Moves a recovered journal to a new `worlds_max`. The journal so far was
+/// applied with the old bound and must be replayed with it; so, before
+/// anything new is journaled, every shard snapshots its state (which
+/// replaces the journal it covers), and only then does the meta record the
+/// new bound. A crash before the meta is rewritten leaves the old bound on
+/// a journal that holds nothing after the snapshots: the next start does
+/// this again.
+fn change_worlds_max<G: Game>(
+    journal: &JournalConfig,
+    shards: usize,
+    from: usize,
+    to: usize,
+    recovered: &mut [RecoveredShard<G>],
+) -> Result<(), String> {
+    for (index, r) in recovered.iter_mut().enumerate() {
+        r.state.set_worlds_max(to).map_err(|held| {
+            format!(
+                "shard {index} holds {held} worlds, more than worlds_max = {to} (the journal was written with {from})"
+            )
+        })?;
+        take_snapshot(&mut r.writer, snapshot_of(&r.state, &r.producers))
+            .map_err(|e| format!("shard {index}: changing worlds_max: {e}"))?;
+    }
+    let meta = Meta { format: META_FORMAT, shards, worlds_max: Some(to) };
+    write_meta(&journal.dir, &meta.text::<G>())
 }
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
@@ -439,22 +579,11 @@ fn journal_loop<G: Game>(
                     writer.append_parts(&runs, &parts, time_us);
                     waiting.extend(deliveries);
                 }
-                JournalJob::Snapshot { worlds, last_time_us, producers } => {
-                    let next_batch = writer.next_batch();
-                    let meta = SnapshotMeta { shard: writer.shard(), next_batch, last_time_us };
-                    let bytes = worlds.finish(meta, &producers);
-                    // Order matters for crashes: first every batch before the
-                    // snapshot is written and synced and a segment starting at
-                    // the snapshot's batch exists; only then is the snapshot
-                    // made durable; only then are covered files removed. A
-                    // crash between any two steps leaves a complete journal.
+                JournalJob::Snapshot(snapshot) => {
                     // Fail-stop as for batches if the disk refuses.
-                    writer.roll_at_snapshot().map_err(|e| format!("starting a segment for a snapshot: {e}"))?;
-                    write_snapshot(writer.dir(), next_batch, &bytes).map_err(|e| format!("writing a snapshot: {e}"))?;
-                    remove_covered(writer.dir(), next_batch)
-                        .map_err(|e| format!("removing journal files a snapshot covers: {e}"))?;
+                    let bytes = take_snapshot(&mut writer, snapshot)?;
                     metrics.snapshots.fetch_add(1, Relaxed);
-                    metrics.snapshot_bytes.store(bytes.len() as u64, Relaxed);
+                    metrics.snapshot_bytes.store(bytes as u64, Relaxed);
                 }
             }
         }
@@ -528,15 +657,19 @@ pub fn replay<G: Game>(
     dir: &Path,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
 ) -> Result<Replayed, String> {
-    let shards = recorded_shards(dir)?;
-    let want_game = format!("game={}\n", G::NAME);
-    let meta = std::fs::read_to_string(dir.join(META_FILE)).unwrap_or_default();
-    if !meta.contains(&want_game) {
-        return Err(format!("{} holds no {} journal", dir.display(), G::NAME));
-    }
+    let path = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let meta = Meta::parse::<G>(&text)
+        .ok_or_else(|| format!("{} describes no {} journal this engine reads:\n{text}", path.display(), G::NAME))?;
+    let shards = meta.shards;
     let mut r = Replayed { shards, batches: 0, events: 0, world_hashes: Vec::new(), state_hash: 0, notes: Vec::new() };
     let each = Mutex::new(&mut each);
     let mut notes = Vec::new();
+    // The rules refuse creates past the bound the engine ran with.
+    let worlds_max = meta.worlds_max.unwrap_or_else(|| {
+        notes.push(format!("{} records no worlds_max (an older engine's); replayed without a bound", path.display()));
+        usize::MAX
+    });
     let options =
         RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: u64::MAX / 4, skip_below: 0 };
     let mut to_notes = |level, line| match level {
@@ -547,7 +680,7 @@ pub fn replay<G: Game>(
         let (state, rec, _) = rebuild::<G>(
             &shard_dir(dir, index),
             index,
-            usize::MAX,
+            worlds_max,
             Dedup::new(0, usize::MAX),
             options,
             log,

@@ -29,7 +29,7 @@ use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
 use crate::clock::{ClockMode, EngineClock};
 use crate::dedup::{AppliedPart, Dedup};
 use crate::engine::{EngineConfig, Inner};
-use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_job};
+use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, SubmitError};
 use crate::updates::{Hub, Staging};
@@ -500,7 +500,7 @@ impl<G: Game> ShardLoop<G> {
                     job.fail_producers();
                 }
                 if self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every) {
-                    let _ = journal.send(snapshot_job(&self.state, &self.producers));
+                    let _ = journal.send(JournalJob::Snapshot(snapshot_of(&self.state, &self.producers)));
                     self.last_snapshot = Instant::now();
                 }
             }
@@ -509,7 +509,7 @@ impl<G: Game> ShardLoop<G> {
         }
         if let Some(JournalLink { jobs: journal, thread, .. }) = self.journal.take() {
             // A final snapshot makes the next start quick.
-            let _ = journal.send(snapshot_job(&self.state, &self.producers));
+            let _ = journal.send(JournalJob::Snapshot(snapshot_of(&self.state, &self.producers)));
             drop(journal);
             // Everything written, synced and acknowledged before shutdown
             // returns.

@@ -176,6 +176,12 @@ impl Game for Gated {
     fn duplicate_outcome() -> u32 {
         u32::MAX
     }
+    fn store_outcome(o: &u32, out: &mut Vec<u8>) {
+        out.extend_from_slice(&o.to_le_bytes());
+    }
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u32, String> {
+        r.u32()
+    }
     fn encode_world(w: &u64, out: &mut Vec<u8>) {
         out.extend_from_slice(&w.to_le_bytes());
     }
@@ -307,6 +313,12 @@ impl Game for Clocked {
     fn hash_world(_: &(), _: &mut StateHasher) {}
     fn duplicate_outcome() -> u64 {
         u64::MAX
+    }
+    fn store_outcome(o: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&o.to_le_bytes());
+    }
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u64, String> {
+        r.u64()
     }
     fn encode_world(_: &(), _: &mut Vec<u8>) {}
     fn decode_world(_: WorldId, b: &[u8]) -> Result<(), String> {

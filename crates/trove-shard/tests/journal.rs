@@ -79,8 +79,17 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
                 std::thread::yield_now();
             }
             let c = p.complete_timeout(Duration::from_secs(10)).expect("acknowledged");
+            // Except with `never`, each batch waited for an `fdatasync`
+            // after its write (counted before the acknowledgement is
+            // released). One batch is in flight at a time, so each took a
+            // sync of its own.
+            let synced: u64 = engine.metrics().shards.iter().map(|s| s.fsyncs).sum();
             assert_eq!(c.outcomes.len(), chunk.len());
             acked.extend((first..first + chunk.len() as u64).map(|seq| (p.id(), seq)));
+            let acks = acked.len().div_ceil(chunk.len()) as u64;
+            if policy != FsyncPolicy::Never {
+                assert!(synced >= acks, "{name}: {acks} acknowledgements after {synced} fdatasyncs");
+            }
             // The moment it is acknowledged, the journal on disk holds it.
             let on_disk = journaled(&dir, 2);
             for a in &acked[acked.len() - chunk.len()..] {
@@ -146,7 +155,7 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
             let snap = files(&shard_dir(&dir, i), ".tsnap").pop()?;
             let bytes = std::fs::read(snap).unwrap();
             let s = trove_journal::snapshot::decode_snapshot(&bytes).unwrap();
-            s.producers.iter().find(|(p, _)| *p == 77).map(|(_, seq)| *seq)
+            s.producers.iter().find(|p| p.id == 77).map(|p| p.last_seq)
         })
         .max();
     assert_eq!(last_77, Some(more.len() as u64));
@@ -168,7 +177,10 @@ fn an_older_directory_is_marked_format_three_on_start() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("trove.meta"), meta(old)).unwrap();
         let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), meta(3));
+        // Marked format 3, and the engine's worlds_max recorded (a meta of
+        // these formats records none).
+        let now = format!("{}worlds_max=1048576\n", meta(3));
+        assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), now);
         drop(engine.shutdown());
         if old == 1 {
             std::fs::remove_dir_all(&dir).unwrap();
@@ -294,21 +306,164 @@ fn retried_events_get_their_original_outcomes_and_are_not_applied_twice() {
         assert_eq!(retries, n as u64 + 100);
 
         if journaled {
-            // After a restart the snapshot still knows the sequences: a retry
-            // is not applied again (its outcome is no longer kept).
-            let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
+            // After a restart (its final snapshot holds everything) a retry
+            // still gets its original outcome, and is not applied again.
+            let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
             let mut p = engine.producer_with_id(5, 1);
             let mut again = stream[..10].to_vec();
             p.submit_at(1, &mut again).unwrap();
             let answers = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
-            assert!(
-                answers
-                    .iter()
-                    .all(|o| *o == trove_hunt::HuntOutcome::Rejected { reason: trove_hunt::Reject::Duplicate }),
-                "{answers:?}"
-            );
+            assert_eq!(answers, original[..10]);
+            let mut again = stream[n - 100..].to_vec();
+            again.extend(events(1, 50).into_iter().take(50));
+            p.submit_at(n as u64 - 99, &mut again).unwrap();
+            assert_eq!(p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes, mixed);
+            assert_eq!(engine.shutdown().state_hash, end.state_hash, "the retries changed nothing");
+
+            // Beyond the window, a retry is answered `duplicate`, still not
+            // applied: a restart with a window of 5 keeps only the last 5.
+            let engine = Engine::<TreasureHunt>::start(EngineConfig { dedup_window_events: 5, ..cfg }).unwrap();
+            let mut p = engine.producer_with_id(5, 1);
+            let mut again = stream[..10].to_vec();
+            p.submit_at(1, &mut again).unwrap();
+            let answers = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+            let duplicate = trove_hunt::HuntOutcome::Rejected { reason: trove_hunt::Reject::Duplicate };
+            assert!(answers.iter().all(|o| *o == duplicate), "{answers:?}");
             assert_eq!(engine.shutdown().state_hash, end.state_hash, "the retry changed nothing");
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+fn hunt_config(seed: u32) -> trove_hunt::HuntConfig {
+    trove_hunt::HuntConfig {
+        width: 32,
+        height: 32,
+        seed,
+        treasures_per_round: 8,
+        value_min: 1,
+        value_max: 10,
+        dig_cooldown_ms: 0,
+        step_max: 4,
+        players_max: 64,
+    }
+}
+
+/// Creates hunts `ids` and a join and a dig in each; returns the creates'
+/// outcomes.
+fn create_hunts(engine: &Engine<TreasureHunt>, ids: std::ops::Range<u32>) -> Vec<trove_hunt::HuntOutcome> {
+    let mut p = engine.producer();
+    let mut batch: Vec<Stamped<HuntEvent>> = ids
+        .flat_map(|h| [HuntEvent::create(h, hunt_config(h)), HuntEvent::join(h, 1), HuntEvent::dig(h, 1)])
+        .map(|event| Stamped { time_us: 0, event })
+        .collect();
+    p.submit(&mut batch).unwrap();
+    p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes.into_iter().step_by(3).collect()
+}
+
+/// What a process crash (`kill -9`) would leave of `dir` now: a copy of
+/// its files as the kernel holds them, in `dir` + `-crash`.
+fn crash_image(dir: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let path = e.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() { copy(&path, &target) } else { std::fs::copy(&path, &target).map(drop).unwrap() }
+        }
+    }
+    let image = PathBuf::from(format!("{}-crash", dir.display()));
+    let _ = std::fs::remove_dir_all(&image);
+    copy(dir, &image);
+    image
+}
+
+/// The rules refuse creates past `worlds_max`, so the journal records the
+/// bound it was written with: a replay uses it, and a new bound takes
+/// effect through a snapshot of every shard, never by replaying old events
+/// under it.
+#[test]
+fn worlds_max_is_recorded_and_a_new_one_starts_after_a_snapshot() {
+    let dir = temp_dir("worlds-max");
+    let cfg = |dir: &Path, worlds_max| EngineConfig { worlds_max, ..config(dir, FsyncPolicy::Always, 1) };
+    let too_many = trove_hunt::HuntOutcome::Rejected { reason: trove_hunt::Reject::TooManyHunts };
+    let engine = Engine::<TreasureHunt>::start(cfg(&dir, 3)).unwrap();
+    let creates = create_hunts(&engine, 0..5);
+    assert_eq!(creates.iter().filter(|o| **o == too_many).count(), 2, "{creates:?}");
+    // A crash: no final snapshot, the journal holds the refused creates.
+    let crashed = crash_image(&dir);
+    let running = engine.shutdown().state_hash;
+    let replayed = replay::<TreasureHunt>(&crashed, |_, _, _| {}).unwrap();
+    assert_eq!(replayed.state_hash, running, "replayed with the recorded bound of 3");
+    assert_eq!(replayed.world_hashes.len(), 3);
+
+    // Restarted with room for 10: the journal is still read with 3, and
+    // then 7 more hunts fit.
+    let mut lines = Vec::new();
+    let engine = Engine::<TreasureHunt>::start_logged(cfg(&crashed, 10), &mut |l| lines.push(l)).unwrap();
+    assert!(lines.iter().any(|l| l.contains("worlds_max changed from 3 to 10")), "{lines:?}");
+    assert!(std::fs::read_to_string(crashed.join("trove.meta")).unwrap().contains("worlds_max=10\n"));
+    let creates = create_hunts(&engine, 5..14);
+    assert_eq!(creates.iter().filter(|o| **o == too_many).count(), 2, "{creates:?}");
+    let crashed_again = crash_image(&crashed);
+    let end = engine.shutdown();
+    for dir in [&crashed, &crashed_again] {
+        let replayed = replay::<TreasureHunt>(dir, |_, _, _| {}).unwrap();
+        assert_eq!((replayed.state_hash, replayed.world_hashes.len()), (end.state_hash, 10));
+    }
+
+    // A bound below what a shard holds is refused by name.
+    let err = Engine::<TreasureHunt>::start(cfg(&crashed, 4)).unwrap_err();
+    assert!(err.contains("holds 10 worlds") && err.contains("worlds_max = 4"), "{err}");
+    assert!(std::fs::read_to_string(crashed.join("trove.meta")).unwrap().contains("worlds_max=10\n"));
+    for d in [&dir, &crashed, &crashed_again] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// A crash between a snapshot's rename and the removal of the segments it
+/// covers leaves them behind. Start-up must not read them: damage in one
+/// would otherwise stop it, and `--repair` would cut the journal after the
+/// snapshot, losing acknowledged batches.
+#[test]
+fn segments_a_snapshot_covers_are_never_read() {
+    let dir = temp_dir("covered");
+    let cfg = |dir: &Path, repair| {
+        let mut cfg = config(dir, FsyncPolicy::Always, 1);
+        let j = cfg.journal.as_mut().unwrap();
+        (j.segment_bytes_max, j.snapshot_interval, j.repair) = (8 << 10, None, repair);
+        cfg
+    };
+    let engine = Engine::<TreasureHunt>::start(cfg(&dir, false)).unwrap();
+    run_load(&engine, 0, 12_000);
+    let old: Vec<(PathBuf, Vec<u8>)> =
+        files(&shard_dir(&dir, 0), ".tjl").into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    assert!(old.len() >= 3, "{} segments", old.len());
+    engine.shutdown(); // a snapshot, which removes those segments
+
+    // Load after the snapshot, then a crash.
+    let engine = Engine::<TreasureHunt>::start(cfg(&dir, false)).unwrap();
+    run_load(&engine, 1, 2000);
+    let crashed = crash_image(&dir);
+    let running = engine.shutdown().state_hash;
+    for repair in [false, true] {
+        // The covered segments back, as a crash leaves them, one damaged
+        // in the middle.
+        for (k, (path, bytes)) in old.iter().enumerate() {
+            let mut bytes = bytes.clone();
+            if k == 1 {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x10;
+            }
+            std::fs::write(crashed.join("shard-000").join(path.file_name().unwrap()), bytes).unwrap();
+        }
+        assert_eq!(replay::<TreasureHunt>(&crashed, |_, _, _| {}).unwrap().state_hash, running);
+        let mut lines = Vec::new();
+        let engine = Engine::<TreasureHunt>::start_logged(cfg(&crashed, repair), &mut |l| lines.push(l)).unwrap();
+        assert!(!lines.iter().any(|l| l.contains("repair") || l.contains("torn")), "{lines:?}");
+        assert_eq!(engine.shutdown().state_hash, running, "repair={repair}");
+    }
+    for d in [&dir, &crashed] {
+        std::fs::remove_dir_all(d).ok();
     }
 }

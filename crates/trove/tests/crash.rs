@@ -53,7 +53,7 @@ fn durable(data: &Path) -> Vec<(HashSet<(u64, u64)>, HashMap<u64, u64>)> {
                 |path| {
                     let bytes = std::fs::read(path).unwrap();
                     let s = decode_snapshot(&bytes).expect("snapshots are never torn");
-                    (s.meta.next_batch, s.producers.into_iter().collect())
+                    (s.meta.next_batch, s.producers.into_iter().map(|p| (p.id, p.last_seq)).collect())
                 },
             );
             (journaled(data, shard, next_batch), covered)

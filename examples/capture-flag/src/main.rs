@@ -117,6 +117,26 @@ impl Game for CaptureTheFlag {
         FlagOutcome::Rejected
     }
 
+    fn store_outcome(o: &FlagOutcome, out: &mut Vec<u8>) {
+        match *o {
+            FlagOutcome::Created => out.push(1),
+            FlagOutcome::Captured { team, captures } => {
+                out.extend_from_slice(&[2, team]);
+                out.extend_from_slice(&captures.to_le_bytes());
+            }
+            FlagOutcome::Rejected => out.push(3),
+        }
+    }
+
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<FlagOutcome, String> {
+        match r.u8()? {
+            1 => Ok(FlagOutcome::Created),
+            2 => Ok(FlagOutcome::Captured { team: r.u8()?, captures: r.u32()? }),
+            3 => Ok(FlagOutcome::Rejected),
+            k => Err(format!("unknown outcome kind {k}")),
+        }
+    }
+
     fn encode_world(m: &FlagMatch, out: &mut Vec<u8>) {
         for v in [m.limit, m.captures[0], m.captures[1], m.games_won[0], m.games_won[1]] {
             out.extend_from_slice(&v.to_le_bytes());
