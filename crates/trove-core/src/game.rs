@@ -119,7 +119,8 @@ pub trait Game: Send + 'static {
     fn duplicate_outcome() -> Self::Outcome;
 
     /// Appends an outcome's bytes to `out`, for snapshots (which keep the
-    /// outcomes that answer retries across a restart).
+    /// outcomes that answer retries across a restart): at least one byte,
+    /// so that a snapshot's outcome count is bounded by its size.
     fn store_outcome(outcome: &Self::Outcome, out: &mut Vec<u8>);
 
     /// Reads back one `store_outcome`. The bytes come from a file: check

@@ -37,16 +37,20 @@ pub enum HuntOutcome {
     },
 }
 
-/// Kind bytes of the outcome's storage form (`encode`); the same values
-/// as the wire's outcome kinds (docs/protocol.md).
-const CREATED: u8 = 1;
-const JOINED: u8 = 2;
-const LEFT: u8 = 3;
-const MOVED: u8 = 4;
-const DIG_FOUND: u8 = 5;
-const DIG_NOTHING: u8 = 6;
-const HINT: u8 = 7;
-const REJECTED: u8 = 8;
+/// Outcome kind bytes: of the storage form (`HuntOutcome::encode`, for
+/// snapshots) and of the wire's outcome records (docs/protocol.md).
+pub mod outcome_kind {
+    pub const CREATED: u8 = 1;
+    pub const JOINED: u8 = 2;
+    pub const LEFT: u8 = 3;
+    pub const MOVED: u8 = 4;
+    pub const DIG_FOUND: u8 = 5;
+    pub const DIG_NOTHING: u8 = 6;
+    pub const HINT: u8 = 7;
+    pub const REJECTED: u8 = 8;
+}
+
+use outcome_kind::*;
 
 impl HuntOutcome {
     /// Appends the storage form (snapshots): a kind byte, then the

@@ -56,10 +56,11 @@ impl std::fmt::Display for JournalError {
 
 impl std::error::Error for JournalError {}
 
-/// Why a segment's scan stopped before its end, besides a bad frame.
-enum Stop {
-    /// A valid frame whose batch is not the next one.
-    OutOfSequence { offset: u64, reason: String },
+/// Why a segment's scan stopped before its end, besides a bad frame: a
+/// valid frame whose batch is not the next one.
+struct OutOfSequence {
+    offset: u64,
+    reason: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -163,9 +164,9 @@ pub fn recover_shard<E: Record>(
         }
         // A valid frame out of sequence is damage too (a frame of some
         // other journal, or a file edited by hand): the scan stops there.
-        let scanned = scan::<E, Stop>(&bytes, |offset, body| {
+        let scanned = scan::<E, OutOfSequence>(&bytes, |offset, body| {
             if let Some(e) = expected.filter(|&e| e != body.batch) {
-                return Err(Stop::OutOfSequence {
+                return Err(OutOfSequence {
                     offset,
                     reason: format!("batch {} where batch {e} comes next", body.batch),
                 });
@@ -195,7 +196,7 @@ pub fn recover_shard<E: Record>(
                 let torn = last && !bad.valid_frame_after;
                 ((bad.offset, bad.error.to_string(), torn), header.is_some(), file_len)
             }
-            Err(Stop::OutOfSequence { offset, reason }) => ((offset, reason, false), true, bytes.len() as u64),
+            Err(OutOfSequence { offset, reason }) => ((offset, reason, false), true, bytes.len() as u64),
         };
         let (offset, reason, torn) = bad;
         if !torn && !options.repair {

@@ -5,17 +5,8 @@ use trove_hunt::{Band, Entry, HuntBroadcast, HuntOutcome, Reject, Top10, Treasur
 
 use crate::wire::WireGame;
 
-/// Outcome kind bytes.
-pub mod outcome_kind {
-    pub const CREATED: u8 = 1;
-    pub const JOINED: u8 = 2;
-    pub const LEFT: u8 = 3;
-    pub const MOVED: u8 = 4;
-    pub const DIG_FOUND: u8 = 5;
-    pub const DIG_NOTHING: u8 = 6;
-    pub const HINT: u8 = 7;
-    pub const REJECTED: u8 = 8;
-}
+/// Outcome kind bytes (the same as the snapshots' storage form).
+pub use trove_hunt::outcome::outcome_kind;
 
 /// Broadcast kind bytes.
 pub mod broadcast_kind {

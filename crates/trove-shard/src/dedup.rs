@@ -79,6 +79,14 @@ impl<O: Copy> ProducerLog<O> {
         if window == 0 {
             return;
         }
+        if self.recent.back().is_some_and(|p| p.last_seq() >= part.seq(0)) {
+            // Sequences that do not follow the kept ones: a retry applied
+            // again after its producer was forgotten (a replay of the
+            // journal may not have forgotten it). The newer outcomes
+            // answer from here on; the kept ones stay ascending.
+            self.recent.clear();
+            self.recent_events = 0;
+        }
         self.recent_events += part.len();
         self.recent.push_back(part);
         while self.recent.front().is_some_and(|p| self.recent_events - p.len() >= window) {
@@ -213,7 +221,12 @@ impl<O: Copy> KeptProducer<O> {
         let Some(&last) = seqs.last() else {
             return (0, None, outcomes);
         };
-        let from = seqs.partition_point(|&s| last - s > u64::from(u32::MAX));
+        // The strictly increasing suffix (`record` keeps them so) within
+        // 2^32 of the newest.
+        let mut from = seqs.len() - 1;
+        while from > 0 && seqs[from - 1] < seqs[from] && last - seqs[from - 1] <= u64::from(u32::MAX) {
+            from -= 1;
+        }
         let (seqs, outcomes) = (&seqs[from..], outcomes.split_off(from));
         let first = seqs[0];
         let consecutive = seqs.iter().enumerate().all(|(i, &s)| s == first + i as u64);
@@ -248,6 +261,18 @@ mod tests {
         d.log(8);
         d.record(9, part(1, None, &[1], 0)); // evicts 7, idle longest
         assert_eq!(d.last_seqs(), vec![(8, 1), (9, 1)]);
+    }
+
+    #[test]
+    fn a_part_that_does_not_follow_replaces_the_kept_ones() {
+        // Replay may remember a producer the running engine forgot and
+        // then applied a retry of again: its sequences go back.
+        let mut d: Dedup<u32> = Dedup::new(8, 8);
+        d.record(7, part(1, None, &[1, 2, 3, 4, 5, 6], 0));
+        d.record(7, part(5, None, &[50, 60], 0));
+        let log = d.log(7);
+        assert_eq!((log.last_seq, log.lookup(5), log.lookup(6), log.lookup(2)), (6, Some(50), Some(60), None));
+        assert_eq!(d.export()[0].flatten(), (5, None, vec![50, 60]));
     }
 
     #[test]

@@ -104,21 +104,30 @@ impl Default for EngineConfig {
     }
 }
 
-// The largest drain `validate` allows fits in one journal frame.
-const _: () = assert!((1 << 20) - 1 + (1 << 20) <= trove_journal::format::FRAME_EVENTS_MAX);
+/// The largest `batch_events_max` and `drain_events_max` allowed.
+const BATCH_EVENTS_LIMIT: usize = 1 << 20;
+const DRAIN_EVENTS_LIMIT: usize = 1 << 20;
+/// The largest `dedup_window_events`: a snapshot counts a producer's kept
+/// outcomes, and their bytes, in u32s.
+const DEDUP_WINDOW_LIMIT: usize = 1 << 24;
+
+// The largest drain `validate` allows (up to the drain limit, plus one
+// batch) fits in one journal frame.
+const _: () = assert!(DRAIN_EVENTS_LIMIT - 1 + BATCH_EVENTS_LIMIT <= trove_journal::format::FRAME_EVENTS_MAX);
 
 impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
             (self.shards >= 1 && self.shards <= 1024, "shards must be in 1..=1024"),
-            (self.batch_events_max >= 1 && self.batch_events_max <= 1 << 20, "batch_events_max must be in 1..=2^20"),
+            ((1..=BATCH_EVENTS_LIMIT).contains(&self.batch_events_max), "batch_events_max must be in 1..=2^20"),
             (
                 self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
                 "queue_batches_max must be in 1..=65536",
             ),
             // A drain (one journal frame) is at most drain_events_max - 1
             // events plus one batch: below the frame's event limit.
-            (self.drain_events_max >= 1 && self.drain_events_max <= 1 << 20, "drain_events_max must be in 1..=2^20"),
+            ((1..=DRAIN_EVENTS_LIMIT).contains(&self.drain_events_max), "drain_events_max must be in 1..=2^20"),
+            (self.dedup_window_events <= DEDUP_WINDOW_LIMIT, "dedup_window_events must be at most 2^24"),
             (
                 self.in_flight_events_max >= self.batch_events_max,
                 "in_flight_events_max must be at least batch_events_max",

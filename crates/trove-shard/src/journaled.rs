@@ -146,6 +146,9 @@ fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, next_batch:
 fn take_snapshot<G: Game>(writer: &mut JournalWriter, snapshot: PendingSnapshot<G>) -> Result<usize, String> {
     let next_batch = writer.next_batch();
     let bytes = snapshot_bytes(snapshot, writer.shard(), next_batch);
+    // Read back before anything is replaced: a snapshot start-up would
+    // refuse must never take the place of the journal it covers.
+    decode_snapshot(&bytes).map_err(|e| format!("a snapshot failed its own check: {e}"))?;
     writer.roll_at_snapshot().map_err(|e| format!("starting a segment for a snapshot: {e}"))?;
     write_snapshot(writer.dir(), next_batch, &bytes).map_err(|e| format!("writing a snapshot: {e}"))?;
     remove_covered(writer.dir(), next_batch).map_err(|e| format!("removing journal files a snapshot covers: {e}"))?;
@@ -472,6 +475,8 @@ fn change_worlds_max<G: Game>(
     to: usize,
     recovered: &mut [RecoveredShard<G>],
 ) -> Result<(), String> {
+    // A bound refused at shard k leaves shards before it snapshotted, which
+    // changes nothing: the meta still has the old bound.
     for (index, r) in recovered.iter_mut().enumerate() {
         r.state.set_worlds_max(to).map_err(|held| {
             format!(
@@ -640,15 +645,17 @@ pub struct Replayed {
     pub notes: Vec<String>,
 }
 
-/// The shard count recorded in a data directory's meta file.
-pub fn recorded_shards(dir: &Path) -> Result<usize, String> {
+/// Reads a data directory's meta file, for game `G`.
+fn read_meta<G: Game>(dir: &Path) -> Result<Meta, String> {
     let path = dir.join(META_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("shards="))
-        .and_then(|n| n.parse().ok())
-        .filter(|&n| (1..=1024).contains(&n))
-        .ok_or_else(|| format!("{} names no valid shard count", path.display()))
+    Meta::parse::<G>(&text)
+        .ok_or_else(|| format!("{} describes no {} journal this engine reads:\n{text}", path.display(), G::NAME))
+}
+
+/// The shard count recorded in a data directory's meta file.
+pub fn recorded_shards<G: Game>(dir: &Path) -> Result<usize, String> {
+    read_meta::<G>(dir).map(|m| m.shards)
 }
 
 /// Rebuilds the state from a data directory's journal without changing any
@@ -657,16 +664,14 @@ pub fn replay<G: Game>(
     dir: &Path,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
 ) -> Result<Replayed, String> {
-    let path = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let meta = Meta::parse::<G>(&text)
-        .ok_or_else(|| format!("{} describes no {} journal this engine reads:\n{text}", path.display(), G::NAME))?;
+    let meta = read_meta::<G>(dir)?;
     let shards = meta.shards;
     let mut r = Replayed { shards, batches: 0, events: 0, world_hashes: Vec::new(), state_hash: 0, notes: Vec::new() };
     let each = Mutex::new(&mut each);
     let mut notes = Vec::new();
     // The rules refuse creates past the bound the engine ran with.
     let worlds_max = meta.worlds_max.unwrap_or_else(|| {
+        let path = dir.join(META_FILE);
         notes.push(format!("{} records no worlds_max (an older engine's); replayed without a bound", path.display()));
         usize::MAX
     });

@@ -199,7 +199,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 /// thread: there the `trove bench` knee was 8.1-9.3 M/s with one shard and
 /// 4.6-7.0 M/s with two competing with the I/O thread (docs/benchmarks.md).
 pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> usize {
-    data.and_then(|d| trove_shard::journaled::recorded_shards(d).ok())
+    data.and_then(|d| trove_shard::journaled::recorded_shards::<TreasureHunt>(d).ok())
         .unwrap_or_else(|| cores.saturating_sub(io_workers).max(1))
 }
 
