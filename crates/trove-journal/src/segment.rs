@@ -102,7 +102,11 @@ fn is_direct_padding(bytes: &[u8], at: usize) -> bool {
 
 /// The frame at `at` and the offset after it.
 fn frame_at<E: Record>(bytes: &[u8], at: usize) -> Result<(Body<'_>, usize), FrameError> {
-    let (len, crc) = decode_frame_head(&bytes[at..])?;
+    body_at::<E>(bytes, at, decode_frame_head(&bytes[at..])?)
+}
+
+/// The body of the frame at `at`, whose head promised `(len, crc)`.
+fn body_at<E: Record>(bytes: &[u8], at: usize, (len, crc): (usize, u32)) -> Result<(Body<'_>, usize), FrameError> {
     let start = at + FRAME_HEAD_BYTES;
     let body = bytes.get(start..start + len).ok_or(FrameError::Short)?;
     Ok((decode_body::<E>(body, crc)?, start + len))
@@ -128,9 +132,9 @@ fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
                 if candidates > CANDIDATES_MAX || checked > CANDIDATE_BYTES_MAX {
                     return true;
                 }
-                if let Ok((len, _)) = decode_frame_head(&bytes[at + i..]) {
-                    checked += len as u64;
-                    if frame_at::<E>(bytes, at + i).is_ok() {
+                if let Ok(head) = decode_frame_head(&bytes[at + i..]) {
+                    checked += head.0 as u64;
+                    if body_at::<E>(bytes, at + i, head).is_ok() {
                         return true;
                     }
                 }

@@ -207,8 +207,8 @@ pub(crate) struct KeptProducer<O> {
 impl<O: Copy> KeptProducer<O> {
     /// The kept outcomes as one run: the first sequence, offsets from it
     /// (`None` if the sequences are consecutive) and the outcomes. Only
-    /// the newest outcomes whose sequences lie within 2^32 of the first
-    /// are kept (a producer's window spans far less).
+    /// the newest outcomes, in increasing sequence within 2^32 of the
+    /// newest, are kept (a producer's window spans far less).
     pub fn flatten(&self) -> (u64, Option<Vec<u32>>, Vec<O>) {
         let mut seqs = Vec::new();
         let mut outcomes = Vec::new();

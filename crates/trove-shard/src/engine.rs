@@ -124,8 +124,6 @@ impl EngineConfig {
                 self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
                 "queue_batches_max must be in 1..=65536",
             ),
-            // A drain (one journal frame) is at most drain_events_max - 1
-            // events plus one batch: below the frame's event limit.
             ((1..=DRAIN_EVENTS_LIMIT).contains(&self.drain_events_max), "drain_events_max must be in 1..=2^20"),
             (self.dedup_window_events <= DEDUP_WINDOW_LIMIT, "dedup_window_events must be at most 2^24"),
             (
