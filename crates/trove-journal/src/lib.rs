@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //!
+//! - [`lock`]: [`DataDirLock`], the exclusive lock an engine holds on its
+//!   data directory, taken before anything in it is read or written.
 //! - [`format`]: the byte layout: segment header, batch frame, entries;
 //!   encoding and total (never panicking) decoding.
 //! - [`segment`]: reading a segment file frame by frame, classifying a bad
@@ -22,12 +24,14 @@
 //!   written atomically, and the removal of what they make unnecessary.
 
 pub mod format;
+pub mod lock;
 pub mod recover;
 pub mod segment;
 pub mod snapshot;
 pub mod writer;
 
 pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};
+pub use lock::{DataDirLock, LockError};
 pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
 pub use writer::{FsyncPolicy, JournalWriter, WriteIo, create_dir_durably};
 

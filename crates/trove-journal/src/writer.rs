@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use trove_core::Record;
@@ -13,6 +14,7 @@ use trove_core::Stamped;
 use crate::format::{
     Entry, Run, SEGMENT_HEADER_BYTES, SegmentHeader, encode_entries, encode_frame_parts, encode_segment_header,
 };
+use crate::lock::DataDirLock;
 use crate::segment::segment_name;
 
 /// When a written batch counts as durable, and so may be acknowledged.
@@ -102,6 +104,11 @@ pub struct JournalWriter {
     frames_at: usize,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// The data directory's lock, kept while this writer may write: an
+    /// engine dropped without `shutdown` lets its journal threads finish
+    /// on their own, and no other engine may start on the directory
+    /// before they have. `None` for a writer given none (tools, tests).
+    _lock: Option<Arc<DataDirLock>>,
 }
 
 impl JournalWriter {
@@ -143,9 +150,16 @@ impl JournalWriter {
             skip: 0,
             frames_at: 0,
             unsynced: false,
+            _lock: None,
         };
         writer.load_tail()?;
         Ok(writer)
+    }
+
+    /// Keeps `lock` (its data directory's) until this writer is dropped.
+    pub fn hold(&mut self, lock: Arc<DataDirLock>) {
+        debug_assert!(self.dir.starts_with(lock.dir()), "a writer holds the lock of its own data directory");
+        self._lock = Some(lock);
     }
 
     /// How this writer's frames reach the disk (`Buffered` if `Direct` was
