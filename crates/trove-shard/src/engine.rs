@@ -1,10 +1,11 @@
 //! The engine: one API over the three execution modes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use trove_core::state::combine_world_hashes;
 use trove_core::{Game, Stamped, WorldId};
+use trove_journal::DataDirLock;
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::journaled::{JournalConfig, recover};
@@ -162,6 +163,9 @@ pub(crate) struct Inner<G: Game> {
     /// from then on nothing is acknowledged or accepted (fail-stop), and
     /// producers are told why.
     pub failure: Arc<OnceLock<String>>,
+    /// The data directory's lock (journaled engines), let go at shutdown;
+    /// each journal writer holds it too, until its thread ends.
+    pub data_lock: Mutex<Option<Arc<DataDirLock>>>,
 }
 
 impl<G: Game> std::fmt::Debug for Inner<G> {
@@ -219,20 +223,68 @@ impl<G: Game> Engine<G> {
         Self::start_logged(config, &mut |line| eprintln!("trove: {line}"))
     }
 
-    /// Starts an engine: recovers its state from the journal, if it has
-    /// one, then starts the shards. `log` gets one line per repair and
-    /// progress lines during a long replay.
+    /// Starts an engine: locks its data directory (if it journals), then
+    /// recovers its state from the journal and starts the shards. `log`
+    /// gets one line per repair and progress lines during a long replay.
     pub fn start_logged(config: EngineConfig, log: &mut dyn FnMut(String)) -> Result<Self, String> {
         config.validate()?;
-        let recovered = match &config.journal {
-            Some(j) => Some(recover::<G>(
+        let lock = match &config.journal {
+            Some(j) => Some(DataDirLock::acquire(&j.dir).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Self::start_with_lock(config, lock, log)
+    }
+
+    /// [`Engine::start_logged`] on a data directory the caller has locked
+    /// already (`trove serve` locks it before it reads the directory's
+    /// shard count). `lock` must be the lock of `config.journal`'s
+    /// directory (`None` without a journal). If the start fails, a data
+    /// directory this start created is removed: a failed start leaves no
+    /// new directory behind.
+    pub fn start_with_lock(
+        config: EngineConfig,
+        lock: Option<DataDirLock>,
+        log: &mut dyn FnMut(String),
+    ) -> Result<Self, String> {
+        match (&config.journal, &lock) {
+            (Some(j), Some(l)) if l.dir() == j.dir => {}
+            (None, None) => {}
+            (j, l) => {
+                return Err(format!(
+                    "the engine's data directory is {:?} but the lock given is {:?}",
+                    j.as_ref().map(|j| &j.dir),
+                    l.as_ref().map(|l| l.dir())
+                ));
+            }
+        }
+        let lock = lock.map(Arc::new);
+        match Self::start_locked(config, lock.clone(), log) {
+            Ok(engine) => Ok(engine),
+            Err(e) => {
+                if let Some(lock) = lock {
+                    remove_if_created(lock, log);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_locked(
+        config: EngineConfig,
+        lock: Option<Arc<DataDirLock>>,
+        log: &mut dyn FnMut(String),
+    ) -> Result<Self, String> {
+        config.validate()?;
+        let recovered = match (&config.journal, &lock) {
+            (Some(j), Some(lock)) => Some(recover::<G>(
                 j,
+                lock,
                 config.shards,
                 config.worlds_max,
                 (config.dedup_window_events, config.dedup_producers_max),
                 log,
             )?),
-            None => None,
+            _ => None,
         };
         let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us.saturating_add(1)).max().unwrap_or(0);
         // Ids handed out by `Engine::producer` live apart from the ids
@@ -268,6 +320,7 @@ impl<G: Game> Engine<G> {
                 hub,
                 backend,
                 failure,
+                data_lock: Mutex::new(lock),
             }),
         })
     }
@@ -397,19 +450,55 @@ impl<G: Game> Engine<G> {
     }
 
     /// Stops accepting, applies everything accepted, delivers its outcomes,
-    /// and stops. Producers' later submits answer `ShuttingDown`.
+    /// and stops; then lets go of the data directory's lock. Producers'
+    /// later submits answer `ShuttingDown`.
     pub fn shutdown(self) -> FinalState {
+        self.stop().0
+    }
+
+    /// Stops an engine that never served (a start that failed after the
+    /// engine was up: a listener, the control plane) and removes its data
+    /// directory if this start created it: nothing in it was acknowledged
+    /// to anyone. `log` says what was removed or kept.
+    pub fn abandon(self, log: &mut dyn FnMut(String)) {
+        if let (_, Some(lock)) = self.stop() {
+            remove_if_created(lock, log);
+        }
+    }
+
+    /// `shutdown`, handing back the data directory's lock.
+    fn stop(self) -> (FinalState, Option<Arc<DataDirLock>>) {
         self.inner.accepting.store(false, Ordering::SeqCst);
         let world_hashes = match &self.inner.backend {
             Backend::Sharded(s) => s.shutdown(),
             Backend::PerEvent(p) => p.shutdown(),
         };
         let metrics = self.metrics();
-        FinalState {
+        // The journal threads have ended: no one writes any more. The lock
+        // goes with this value, not with the last producer handle.
+        let lock = self.inner.data_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let fin = FinalState {
             state_hash: combine_world_hashes(world_hashes.clone()),
             world_hashes,
             events_applied: metrics.events_applied(),
             metrics,
-        }
+        };
+        (fin, lock)
+    }
+}
+
+/// Removes the data directory `lock` holds if this start created it (see
+/// [`DataDirLock::remove_created`]); says what happened in `log`. A lock
+/// still shared (a journal thread that has not ended) is kept, and so is
+/// the directory.
+fn remove_if_created(lock: Arc<DataDirLock>, log: &mut dyn FnMut(String)) {
+    let dir = lock.dir().to_path_buf();
+    match Arc::try_unwrap(lock) {
+        Ok(lock) => match lock.remove_created() {
+            Ok(true) => log(format!("removed {}, which this failed start created", dir.display())),
+            Ok(false) => {}
+            Err(e) => log(e.to_string()),
+        },
+        Err(_) => log(format!("{} was left in place: a journal thread still holds it", dir.display())),
     }
 }

@@ -24,7 +24,8 @@ use trove_journal::snapshot::{
     SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
 };
 use trove_journal::{
-    Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, create_dir_durably, recover_shard, shard_dir,
+    DataDirLock, Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, create_dir_durably, recover_shard,
+    shard_dir,
 };
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer};
@@ -401,14 +402,17 @@ fn per_shard<T: Send>(
 
 /// Rebuilds every shard's state from its snapshot and journal and opens the
 /// journal for appending. `log` gets one line per repair and progress on
-/// long replays.
+/// long replays. The caller holds the data directory's `lock` (taken
+/// before anything in it is read); each writer keeps a share of it.
 pub(crate) fn recover<G: Game>(
     journal: &JournalConfig,
+    lock: &Arc<DataDirLock>,
     shards: usize,
     worlds_max: usize,
     (dedup_window, dedup_producers_max): (usize, usize),
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, String> {
+    assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
     let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
     let mut recovered = per_shard(shards, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
@@ -433,7 +437,7 @@ pub(crate) fn recover<G: Game>(
                 ),
             ));
         }
-        let writer = JournalWriter::open(
+        let mut writer = JournalWriter::open(
             &dir,
             index as u32,
             G::Event::SIZE as u32,
@@ -443,6 +447,7 @@ pub(crate) fn recover<G: Game>(
             journal.io,
         )
         .map_err(|e| format!("opening the journal of shard {index} in {}: {e}", dir.display()))?;
+        writer.hold(lock.clone());
         if writer.io() != journal.io {
             let _ = log.send((
                 Level::Note,
