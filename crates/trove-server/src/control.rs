@@ -78,6 +78,21 @@ impl ControlPlane {
         info: ControlInfo,
         ready: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Self, String> {
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?;
+        Self::start_on(listener, engine, server_metrics, data_plane, info, ready)
+    }
+
+    /// Serves on a listener bound already (`trove serve` binds it before
+    /// the engine recovers anything), on a runtime of its own.
+    pub fn start_on(
+        std_listener: std::net::TcpListener,
+        engine: Arc<Engine<TreasureHunt>>,
+        server_metrics: Arc<ServerMetrics>,
+        data_plane: tokio::runtime::Handle,
+        info: ControlInfo,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("trove-control")
@@ -85,8 +100,6 @@ impl ControlPlane {
             .enable_time()
             .build()
             .map_err(|e| format!("starting the control runtime: {e}"))?;
-        let std_listener =
-            std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?;
         std_listener.set_nonblocking(true).map_err(|e| format!("control plane listener: {e}"))?;
         let addr = std_listener.local_addr().map_err(|e| format!("control plane listener: {e}"))?;
         let ctx = Arc::new(Ctx {

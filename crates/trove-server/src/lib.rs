@@ -263,6 +263,16 @@ impl<G: WireGame + json::JsonGame> Server<G> {
     /// Binds the listeners and starts serving `engine`.
     pub fn start(engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, String> {
         config.validate()?;
+        let listeners = Listeners::bind(&config)?;
+        Self::start_on(listeners, engine, config)
+    }
+
+    /// Starts serving `engine` on listeners bound already (`trove serve`
+    /// binds them before the engine recovers anything, so that a busy port
+    /// fails a start before it has changed the data directory). The
+    /// addresses in `config` are not used: the listeners' are.
+    pub fn start_on(listeners: Listeners, engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, String> {
+        config.validate()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(config.io_workers).thread_name("trove-io").enable_io().enable_time();
         // How long a woken task waits for a worker: the runtime's own
@@ -280,15 +290,14 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             connections: AtomicUsize::new(0),
             shutdown,
         });
-        let tcp = bind(config.tcp_addr, "TCP")?;
+        let Listeners { tcp, ws } = listeners;
         let tcp_addr = tcp.local_addr().map_err(|e| format!("TCP listener: {e}"))?;
         let mut tasks = Vec::new();
         let _entered = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(tcp).map_err(|e| format!("TCP listener: {e}"))?;
         tasks.push(runtime.spawn(tcp::accept_loop(shared.clone(), listener)));
         let mut ws_addr = None;
-        if let Some(addr) = config.ws_addr {
-            let ws = bind(addr, "WebSocket")?;
+        if let Some(ws) = ws {
             ws_addr = Some(ws.local_addr().map_err(|e| format!("WebSocket listener: {e}"))?);
             let listener = tokio::net::TcpListener::from_std(ws).map_err(|e| format!("WebSocket listener: {e}"))?;
             tasks.push(runtime.spawn(ws::accept_loop(shared.clone(), listener)));
@@ -348,6 +357,26 @@ impl<G: WireGame + json::JsonGame> Server<G> {
     }
 }
 
+/// The data plane's listeners, bound (and so checked) before anything is
+/// started: [`Server::start_on`] serves on them.
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: std::net::TcpListener,
+    /// `None` when the WebSocket endpoint is off.
+    pub ws: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `config`'s TCP address and, unless it is off, its WebSocket
+    /// one.
+    pub fn bind(config: &ServerConfig) -> Result<Self, String> {
+        let tcp = bind(config.tcp_addr, "TCP")?;
+        let ws = config.ws_addr.map(|addr| bind(addr, "WebSocket")).transpose()?;
+        Ok(Self { tcp, ws })
+    }
+}
+
+/// Binds a nonblocking listener (tokio takes it over).
 fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
     let l = std::net::TcpListener::bind(addr).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
     l.set_nonblocking(true).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
