@@ -1,5 +1,8 @@
 //! `trove journal verify`, `trove journal inspect` and `trove replay`:
-//! offline tools over a data directory. None of them changes a file.
+//! offline tools over a data directory. None of them changes, creates or
+//! removes a file, nor takes the directory's lock: they may read while a
+//! server runs, and then say so on stderr (the tail they read may be
+//! mid-write, and is then reported as a torn tail, not cut off).
 
 use std::path::Path;
 
@@ -19,8 +22,25 @@ struct VerifyReport {
     ok: bool,
 }
 
+/// Says on stderr whether a server holds `data`: a live journal's tail may
+/// be mid-write when it is read.
+fn note_live(data: &Path) {
+    match trove_journal::lock::holder(data) {
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            let who = h.pid.map_or_else(|| "a server".to_string(), |p| format!("a server (pid {p})"));
+            eprintln!(
+                "trove: {who} holds {}; reading a live journal without writing: the tail may be mid-write",
+                data.display()
+            );
+        }
+        Err(e) => eprintln!("trove: cannot tell whether a server holds {}: {e}", data.display()),
+    }
+}
+
 /// Checks every record; exits non-zero (through the error) on corruption.
 pub fn verify(data: &Path, json: bool) -> Result<(), String> {
+    note_live(data);
     let r = replay_journal::<TreasureHunt>(data, |_, _, _| {})?;
     let report = VerifyReport {
         data: data.display().to_string(),
@@ -63,6 +83,7 @@ pub fn inspect(data: &Path, hunt: Option<u32>, limit: u64) -> Result<(), String>
             printed += 1;
         }
     };
+    note_live(data);
     let r = replay_journal::<TreasureHunt>(data, &mut line)?;
     for n in &r.notes {
         eprintln!("note: {n}");
@@ -91,6 +112,7 @@ struct HuntHash {
 
 /// Rebuilds the state offline; prints per-hunt and total hashes.
 pub fn replay(data: &Path, json: bool) -> Result<(), String> {
+    note_live(data);
     let started = std::time::Instant::now();
     let r = replay_journal::<TreasureHunt>(data, |_, _, _| {})?;
     let seconds = started.elapsed().as_secs_f64();

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use trove_hunt::TreasureHunt;
 
+use trove_journal::DataDirLock;
 use trove_server::control::{ControlInfo, ControlPlane};
-use trove_server::{Server, ServerConfig};
+use trove_server::{Listeners, Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode, WriteIo};
 
 use crate::cli::Serve;
@@ -86,6 +87,11 @@ pub struct ServeSettings {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub control: Option<SocketAddr>,
+    /// No shard count was given and the engine journals: the data
+    /// directory's own count (if it has a journal) replaces
+    /// `engine.shards` once the directory is locked (`run`), since nothing
+    /// in it is read before.
+    pub shards_from_journal: bool,
 }
 
 /// Defaults, then the file, then the flags. Errors name the key or flag.
@@ -164,10 +170,9 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
         server.io_workers = n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    engine.shards = match shards_given {
-        Some(s) => s,
-        None => default_shards(engine.journal.as_ref().map(|j| j.dir.as_path()), cores, server.io_workers),
-    };
+    // The journal's own count, if it has one, is read under the lock.
+    engine.shards = shards_given.unwrap_or_else(|| default_shards(None, cores, server.io_workers));
+    let shards_from_journal = shards_given.is_none() && engine.journal.is_some();
     let lim = &file.limits;
     set(&mut server.connections_max, lim.connections_max);
     if let Some(v) = lim.frame_body_max {
@@ -190,7 +195,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 
     engine.validate()?;
     server.validate()?;
-    Ok(ServeSettings { engine, server, control })
+    Ok(ServeSettings { engine, server, control, shards_from_journal })
 }
 
 /// The shard count when none is given: the data directory's, if it has a
@@ -204,8 +209,14 @@ pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> u
 }
 
 /// Runs until SIGINT or SIGTERM, then drains and stops.
+///
+/// Start-up order: every listener is bound first, so a busy port fails the
+/// start before the data directory is touched; then the directory is locked
+/// (created if new), before anything in it is read; only then does the
+/// engine recover (and maybe repair) the journal. A start that fails after
+/// the directory was created removes it again.
 pub fn run(args: &Serve) -> Result<(), String> {
-    let ServeSettings { engine, server, control } = settings(args)?;
+    let ServeSettings { mut engine, server, control, shards_from_journal } = settings(args)?;
     if args.console {
         // Before any runtime starts, so every task is seen.
         console_subscriber::init();
@@ -218,6 +229,21 @@ pub fn run(args: &Serve) -> Result<(), String> {
     // after the ready lines, drains and stops like any other instead of
     // killing the process (the default action) before it drains.
     let signals = Signals::install()?;
+    let listeners = Listeners::bind(&server)?;
+    let control_listener = match control {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    let lock = match &engine.journal {
+        Some(j) => Some(DataDirLock::acquire(&j.dir).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if shards_from_journal && let Some(j) = &engine.journal {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        engine.shards = default_shards(Some(&j.dir), cores, server.io_workers);
+    }
     let journal = engine.journal.as_ref().map(|j| format!("{} (fsync {})", j.dir.display(), j.fsync));
     let info = ControlInfo {
         mode: engine.mode.name(),
@@ -230,18 +256,28 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let mode = engine.mode.name();
     let shards = engine.shards;
     let started = std::time::Instant::now();
-    let engine = Arc::new(Engine::<TreasureHunt>::start(engine)?);
-    let server = Server::start(engine.clone(), server)?;
+    let mut log = |line: String| eprintln!("trove: {line}");
+    let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log)?);
+    let server = match Server::start_on(listeners, engine.clone(), server) {
+        Ok(s) => s,
+        Err(e) => return Err(abandon(engine, e)),
+    };
     let ready = Arc::new(AtomicBool::new(false));
-    let control = match control {
-        Some(addr) => Some(ControlPlane::start(
-            addr,
+    let control = match control_listener {
+        Some(listener) => match ControlPlane::start_on(
+            listener,
             engine.clone(),
             server.metrics_handle(),
             server.runtime_handle(),
             ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
             ready.clone(),
-        )?),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                server.shutdown(Duration::ZERO);
+                return Err(abandon(engine, e));
+            }
+        },
         None => None,
     };
     ready.store(true, Ordering::Relaxed);
@@ -274,6 +310,18 @@ pub fn run(args: &Serve) -> Result<(), String> {
     }
     eprintln!("trove: stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
     Ok(())
+}
+
+/// Stops an engine whose start failed after it was up (no client was
+/// served), removing a data directory this start created; returns `why`.
+fn abandon(engine: Arc<Engine<TreasureHunt>>, why: String) -> String {
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.abandon(&mut |line| eprintln!("trove: {line}")),
+        // Still shared: the process exits with the error, and the kernel
+        // lets go of the lock.
+        Err(_) => eprintln!("trove: the engine is still in use; its data directory is left in place"),
+    }
+    why
 }
 
 /// SIGTERM and SIGINT handlers, installed before start-up; a signal that
