@@ -10,6 +10,8 @@
 //!   and leave every byte of the directory as it was;
 //! - a start that fails (a busy port, bad settings, a lock file it cannot
 //!   write) leaves no new directory behind;
+//! - without `--shards`, the shard count recorded in the journal is read
+//!   (under the lock);
 //! - `journal verify`, `journal inspect` and `replay` leave a directory
 //!   byte-identical, even one a start would repair (a torn tail, an
 //!   unfinished snapshot, an older meta), create nothing, and say so when a
@@ -434,5 +436,22 @@ fn the_read_only_tools_change_no_byte_of_a_directory_a_start_would_repair() {
         assert!(!status.success(), "{tool:?} on a missing directory: {status}; stderr:\n{stderr}");
         assert!(!missing.exists(), "{tool:?} created {}", missing.display());
     }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn without_shards_given_a_journal_s_own_count_is_read_once_the_directory_is_locked() {
+    let root = common::scratch_dir("datadir-shards");
+    let data = root.join("data");
+    let mut args = serve_args(&data, "127.0.0.1:0", "127.0.0.1:0");
+    args.extend(["--shards".into(), "3".into()]);
+    let mut first = Serve::spawn(&args);
+    first.wait_ready();
+    first.stop();
+    let mut second = Serve::spawn(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0"));
+    second.wait_ready();
+    let stderr = second.stderr_now();
+    assert!(stderr.contains("with 3 shards"), "the journal's count, not the default:\n{stderr}");
+    second.stop();
     std::fs::remove_dir_all(&root).ok();
 }
