@@ -492,9 +492,12 @@ fn change_worlds_max<G: Game>(
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
 /// writing, syncing and acknowledging everything it was given; or, if the
-/// disk refuses a write or a sync, at once (fail-stop): it records why in
-/// `failure`, releases no further acknowledgement, and tells every producer
-/// waiting for one.
+/// disk refuses a write or a sync, or anything in the loop panics, at once
+/// (fail-stop): it records why in `failure`, releases no further
+/// acknowledgement, and tells every producer waiting for one. A panic is
+/// caught here, not left to end the thread: a journal thread that died
+/// without setting `failure` would leave `/health` saying ok while every
+/// producer waited for acknowledgements that never come.
 pub(crate) fn run_journal<G: Game>(
     rx: Receiver<JournalJob<G>>,
     writer: JournalWriter,
@@ -505,7 +508,20 @@ pub(crate) fn run_journal<G: Game>(
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
     let mut jobs = VecDeque::new();
     let shard = writer.shard();
-    if let Err(reason) = journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting) {
+    // The loop's state (`jobs`, `waiting`) is only drained after a panic,
+    // never read as if consistent: unwind safety holds for that use.
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting)
+    }));
+    let result = looped.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Err(format!("the journal thread panicked: {what}"))
+    });
+    if let Err(reason) = result {
         // The first failure is the one producers hear about.
         let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
         eprintln!("trove: {}", failure.get().map_or("", String::as_str));
@@ -581,8 +597,12 @@ fn journal_loop<G: Game>(
                             offsets: s.positions.as_deref().map(Vec::as_slice),
                         })
                         .collect();
-                    writer.append_parts(&runs, &parts, time_us);
+                    // Waiting before the encoding: should it panic, these
+                    // producers are told with the others.
                     waiting.extend(deliveries);
+                    #[cfg(test)]
+                    tests::panic_if_asked(writer.dir());
+                    writer.append_parts(&runs, &parts, time_us);
                 }
                 JournalJob::Snapshot(snapshot) => {
                     // Fail-stop as for batches if the disk refuses.
@@ -702,4 +722,65 @@ pub fn replay<G: Game>(
     r.state_hash = trove_core::state::combine_world_hashes(r.world_hashes.clone());
     r.world_hashes.sort_unstable_by_key(|&(id, _)| id);
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use trove_core::Stamped;
+    use trove_hunt::{HuntEvent, TreasureHunt};
+
+    use crate::{Engine, EngineConfig, FsyncPolicy, JournalConfig, SubmitError};
+
+    /// Fault injection: a journal thread writing under one of these
+    /// directories panics at its next batch.
+    static PANIC_IN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn panic_if_asked(dir: &Path) {
+        if PANIC_IN.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| dir.starts_with(d)) {
+            panic!("injected journal panic");
+        }
+    }
+
+    /// Any failure of the journal thread, a panic included, is the
+    /// engine's failure: `failure()` says so (so `/health` answers 503),
+    /// producers waiting for acknowledgements are told at once instead of
+    /// waiting for ever, and later batches are refused.
+    #[test]
+    fn a_panic_in_the_journal_thread_fails_the_engine_and_its_producers() {
+        let dir = std::env::temp_dir().join(format!("trove-journal-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = EngineConfig {
+            shards: 1,
+            journal: Some(JournalConfig::new(&dir, FsyncPolicy::Always)),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::<TreasureHunt>::start(config).unwrap();
+        let mut p = engine.producer();
+        let digs = |n: u32| (0..n).map(|i| Stamped { time_us: 0, event: HuntEvent::dig(1, i) }).collect::<Vec<_>>();
+        p.submit(&mut digs(10)).unwrap();
+        assert!(p.complete_timeout(Duration::from_secs(60)).is_some(), "acknowledged before the fault");
+        assert!(engine.failure().is_none());
+
+        PANIC_IN.lock().unwrap().push(dir.clone());
+        p.submit(&mut digs(10)).unwrap();
+        // Generous deadlines: what is checked is that the failure shows,
+        // not how fast.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while engine.failure().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let failure = engine.failure().map(str::to_string).expect("a panicked journal thread is the engine's failure");
+        assert!(failure.contains("panicked") && failure.contains("injected journal panic"), "{failure}");
+        let waited = Instant::now();
+        assert!(p.complete_timeout(Duration::from_secs(120)).is_none(), "never acknowledged");
+        assert!(waited.elapsed() < Duration::from_secs(120), "the waiting producer was told, not left to time out");
+        assert_eq!(p.submit(&mut digs(1)), Err(SubmitError::Failed));
+        PANIC_IN.lock().unwrap().retain(|d| d != &dir);
+        engine.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
