@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use trove_core::Record;
 
-use crate::format::{Body, Entry, SegmentHeader, decode_segment_header, encode_segment_header};
+use crate::format::{Body, Entry, FrameError, SegmentHeader, decode_segment_header, encode_segment_header};
 use crate::segment::{Scan, covered_segments, list_segments, read_segment, salvage_header, scan, scan_frames};
 
 /// Why a journal cannot be used.
@@ -224,6 +224,13 @@ pub fn recover_shard<E: Record>(
             Ok(Scan { bad: Some(bad), header, file_len, .. }) => {
                 let torn = last && !bad.valid_frame_after;
                 let mut reason = bad.error.to_string();
+                if torn && bad.cut_short && header.is_some() {
+                    reason = match bad.error {
+                        FrameError::Short => "a write cut short: the last frame runs past the end of the file",
+                        _ => "a write cut short: zeros after the last valid frame",
+                    }
+                    .to_string();
+                }
                 if header.is_none() && bad.valid_frame_after && !options.repair {
                     reason.push_str(" in the segment header; a repair keeps the frames after it that check");
                 }
