@@ -135,6 +135,23 @@ pub const FRAME_BODY_BYTES_MAX: usize = 64 << 20;
 /// one producer batch, each at most 2^20).
 pub const FRAME_EVENTS_MAX: usize = 1 << 21;
 
+/// The most body bytes one event can take in a frame the writer encodes:
+/// its record at its largest stored form, an 8-byte time, a 4-byte offset
+/// (a bitmap is chosen only when smaller than two bytes per event). With
+/// `RUN_BYTES` per run and `BODY_HEAD_BYTES`, this bounds a frame's body
+/// before it is encoded, so that a batch can be split over several frames
+/// that each stay within `FRAME_BODY_BYTES_MAX` (`JournalWriter::append_parts`).
+pub fn event_bytes_max<E: Record>(uniform_time: bool, offsets: bool) -> usize {
+    let record = if E::PACKED {
+        E::PACKED_MAX
+    } else if E::SIZE <= usize::from(u8::MAX) {
+        1 + E::SIZE
+    } else {
+        E::SIZE
+    };
+    record + if uniform_time { 0 } else { 8 } + if offsets { 4 } else { 0 }
+}
+
 /// Consecutive events of a batch from one producer: their sequences are
 /// `first_seq + offsets[i]`, or `first_seq + i` without offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

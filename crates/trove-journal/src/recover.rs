@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use trove_core::Record;
 
-use crate::format::{Entry, decode_segment_header};
-use crate::segment::{Scan, covered_segments, list_segments, read_segment, scan};
+use crate::format::{Body, Entry, FrameError, SegmentHeader, decode_segment_header, encode_segment_header};
+use crate::segment::{Scan, covered_segments, list_segments, read_segment, salvage_header, scan, scan_frames};
 
 /// Why a journal cannot be used.
 #[derive(Debug)]
@@ -96,6 +96,14 @@ pub struct Recovered {
     pub tail: Option<(PathBuf, u64)>,
     /// What was repaired, one line each, for the log.
     pub notes: Vec<String>,
+    /// Last segments that ended in a write cut short (a frame running past
+    /// the end of the file, or zeros): a crash, nothing else.
+    pub torn_tails: u64,
+    /// Last segments whose last frame is whole but fails its checksum (or
+    /// whose bytes after the last valid frame are not a frame) with
+    /// nothing valid after it: a torn write or damage on disk, which the
+    /// format cannot tell apart. Start-up cuts it off like a torn tail.
+    pub damaged_last_frames: u64,
 }
 
 /// Reads every batch of shard `shard`'s journal in `dir`, in order, calling
@@ -123,7 +131,15 @@ pub fn recover_shard<E: Record>(
         let last = i + 1 == segments.len();
         let bytes = read_segment(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
-        if let Ok(h) = decode_segment_header(&bytes) {
+        // A damaged header costs only the header when the rest agrees
+        // (`salvage_header`): a repair keeps the segment's frames that
+        // check and continue the sequence, and writes the header again.
+        let (header, header_damage) = match decode_segment_header(&bytes) {
+            Ok(h) => (Some(h), None),
+            Err(e) if options.repair => (salvage_header::<E>(path, &bytes, shard), Some(e)),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(h) = header {
             if h.record_size as usize != E::SIZE {
                 let reason = format!("record size {} but this engine's events are {}", h.record_size, E::SIZE);
                 return Err(JournalError::Foreign { path: path.clone(), reason });
@@ -161,10 +177,19 @@ pub fn recover_shard<E: Record>(
                 break;
             }
             expected = Some(h.first_batch);
+            if let Some(damage) = &header_damage {
+                rewrite_header(path, &h)?;
+                r.notes.push(format!(
+                    "repair: wrote the damaged header of {} again ({damage}); its first batch {} is the file \
+                     name's and its first frame's",
+                    path.display(),
+                    h.first_batch
+                ));
+            }
         }
         // A valid frame out of sequence is damage too (a frame of some
         // other journal, or a file edited by hand): the scan stops there.
-        let scanned = scan::<E, OutOfSequence>(&bytes, |offset, body| {
+        let visit = |offset, body: Body<'_>| {
             if let Some(e) = expected.filter(|&e| e != body.batch) {
                 return Err(OutOfSequence {
                     offset,
@@ -184,7 +209,11 @@ pub fn recover_shard<E: Record>(
             r.batches += 1;
             r.events += entries.len() as u64;
             Ok(())
-        });
+        };
+        let scanned = match header {
+            Some(h) => scan_frames::<E, OutOfSequence>(&bytes, h, visit),
+            None => scan::<E, OutOfSequence>(&bytes, visit),
+        };
         r.segments += 1;
         // Where the valid frames end, if before the end of the file.
         let (bad, header_ok, file_len) = match scanned {
@@ -194,18 +223,44 @@ pub fn recover_shard<E: Record>(
             }
             Ok(Scan { bad: Some(bad), header, file_len, .. }) => {
                 let torn = last && !bad.valid_frame_after;
-                ((bad.offset, bad.error.to_string(), torn), header.is_some(), file_len)
+                let mut reason = bad.error.to_string();
+                if torn && bad.cut_short && header.is_some() {
+                    reason = match bad.error {
+                        FrameError::Short => "a write cut short: the last frame runs past the end of the file",
+                        _ => "a write cut short: zeros after the last valid frame",
+                    }
+                    .to_string();
+                }
+                if header.is_none() && bad.valid_frame_after && !options.repair {
+                    reason.push_str(" in the segment header; a repair keeps the frames after it that check");
+                }
+                ((bad.offset, reason, torn, bad.cut_short), header.is_some(), file_len)
             }
-            Err(OutOfSequence { offset, reason }) => ((offset, reason, false), true, bytes.len() as u64),
+            Err(OutOfSequence { offset, reason }) => ((offset, reason, false, false), true, bytes.len() as u64),
         };
-        let (offset, reason, torn) = bad;
+        let (offset, reason, torn, cut_short) = bad;
         if !torn && !options.repair {
             return Err(corrupt(offset, reason));
         }
-        let what = if torn { "torn tail" } else { "corruption (repair requested)" };
+        // A tail is torn when nothing valid follows the bad bytes. If they
+        // are a write cut short, that is all it can be; a whole last frame
+        // that fails its checksum may be a torn write or damage on disk,
+        // which the format cannot tell apart.
+        let what = match (torn, cut_short) {
+            (true, true) => {
+                r.torn_tails += 1;
+                "torn tail"
+            }
+            (true, false) => {
+                r.damaged_last_frames += 1;
+                "torn tail or damaged last frame (cannot be told apart)"
+            }
+            (false, _) => "corruption (repair requested)",
+        };
         if !header_ok {
-            // The segment's own header is damaged: a crash while the
-            // segment was being created (or a repair): drop the file.
+            // The segment's own header is damaged and nothing places its
+            // frames: a crash while the segment was being created (or a
+            // repair): drop the file.
             if options.truncate_torn_tail || options.repair {
                 std::fs::remove_file(path).map_err(io(path))?;
                 sync_dir(dir)?;
@@ -249,6 +304,14 @@ pub fn recover_shard<E: Record>(
         r.tail = None;
     }
     Ok(r)
+}
+
+/// Writes a segment's header again (a repair of a damaged one), durably.
+fn rewrite_header(path: &Path, header: &SegmentHeader) -> Result<(), JournalError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path))?;
+    f.write_all_at(&encode_segment_header(header), 0).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 /// Makes removals in `dir` durable, so that a removed file cannot come

@@ -38,6 +38,27 @@ pub fn covered_segments(segments: &[PathBuf], next_batch: u64) -> usize {
     segments.iter().rposition(|p| p.file_name().and_then(|n| n.to_str()) <= Some(&name)).unwrap_or(0)
 }
 
+/// The first batch of a segment as its file name says (`segment_name`).
+pub fn named_first_batch(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_prefix("segment-")?.strip_suffix(".tjl")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// The header a segment whose own header is damaged must have had, if its
+/// other evidence agrees: its file name gives the first batch, and the
+/// first frame (right after the header) passes every check and carries
+/// that batch. The shard and record size are the reader's own (the
+/// segment sits in that shard's directory, under a `trove.meta` that
+/// names the record size); the version is not needed to read frames (each
+/// frame's flags say its form). `None` if the evidence does not agree:
+/// then nothing in the segment can be placed in the sequence.
+pub fn salvage_header<E: Record>(path: &Path, bytes: &[u8], shard: u32) -> Option<SegmentHeader> {
+    let first_batch = named_first_batch(path)?;
+    let (body, _) = frame_at::<E>(bytes, SEGMENT_HEADER_BYTES).ok()?;
+    (body.batch == first_batch).then_some(SegmentHeader { shard, first_batch, record_size: E::SIZE as u32 })
+}
+
 /// Where and why reading a segment stopped early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadFrame {
@@ -46,6 +67,21 @@ pub struct BadFrame {
     /// A valid frame follows the bad one: this is damage in the middle of
     /// the log, not a write cut short by a crash.
     pub valid_frame_after: bool,
+    /// The bytes from `offset` on are a write cut short: a frame that runs
+    /// past the end of the file (its head, whose CRC covers the length,
+    /// says so) or fewer bytes than a head, or nothing but zeros. No
+    /// flipped bit in a whole frame looks like that. Otherwise (a whole
+    /// frame whose body fails its CRC, or a head that fails its own) the
+    /// last frame may be damaged on disk or torn by a crash: the format
+    /// cannot tell the two apart (docs/decisions/0006-damaged-last-frame.md).
+    pub cut_short: bool,
+}
+
+impl BadFrame {
+    fn at<E: Record>(bytes: &[u8], at: usize, error: FrameError, search_from: usize) -> Self {
+        let cut_short = error == FrameError::Short || bytes[at.min(bytes.len())..].iter().all(|&b| b == 0);
+        BadFrame { offset: at as u64, error, valid_frame_after: valid_frame_from::<E>(bytes, search_from), cut_short }
+    }
 }
 
 /// The result of reading a segment.
@@ -62,15 +98,24 @@ pub struct Scan {
 
 /// Reads `bytes` (a whole segment) frame by frame, calling `visit` with each
 /// valid frame's offset and body, and stops at the first bad frame.
-pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> Result<(), X>) -> Result<Scan, X> {
-    let file_len = bytes.len() as u64;
-    let header = match decode_segment_header(bytes) {
-        Ok(h) => h,
+pub fn scan<E: Record, X>(bytes: &[u8], visit: impl FnMut(u64, Body<'_>) -> Result<(), X>) -> Result<Scan, X> {
+    match decode_segment_header(bytes) {
+        Ok(header) => scan_frames::<E, X>(bytes, header, visit),
         Err(error) => {
-            let bad = BadFrame { offset: 0, error, valid_frame_after: valid_frame_from::<E>(bytes, 1) };
-            return Ok(Scan { header: None, valid_end: 0, file_len, frames: 0, bad: Some(bad) });
+            let bad = BadFrame::at::<E>(bytes, 0, error, 1);
+            Ok(Scan { header: None, valid_end: 0, file_len: bytes.len() as u64, frames: 0, bad: Some(bad) })
         }
-    };
+    }
+}
+
+/// `scan` for a segment whose header is taken as `header` (checked, or,
+/// for a repair of a damaged one, reconstructed): reads its frames only.
+pub fn scan_frames<E: Record, X>(
+    bytes: &[u8],
+    header: SegmentHeader,
+    mut visit: impl FnMut(u64, Body<'_>) -> Result<(), X>,
+) -> Result<Scan, X> {
+    let file_len = bytes.len() as u64;
     let mut at = SEGMENT_HEADER_BYTES;
     let mut frames = 0;
     while at < bytes.len() {
@@ -82,8 +127,7 @@ pub fn scan<E: Record, X>(bytes: &[u8], mut visit: impl FnMut(u64, Body<'_>) -> 
             }
             Err(_) if is_direct_padding(bytes, at) => break,
             Err(error) => {
-                let bad =
-                    BadFrame { offset: at as u64, error, valid_frame_after: valid_frame_from::<E>(bytes, at + 1) };
+                let bad = BadFrame::at::<E>(bytes, at, error, at + 1);
                 return Ok(Scan { header: Some(header), valid_end: at as u64, file_len, frames, bad: Some(bad) });
             }
         }
@@ -102,6 +146,9 @@ fn is_direct_padding(bytes: &[u8], at: usize) -> bool {
 
 /// The frame at `at` and the offset after it.
 fn frame_at<E: Record>(bytes: &[u8], at: usize) -> Result<(Body<'_>, usize), FrameError> {
+    if at >= bytes.len() {
+        return Err(FrameError::Short);
+    }
     body_at::<E>(bytes, at, decode_frame_head(&bytes[at..])?)
 }
 

@@ -12,7 +12,8 @@ use trove_core::Record;
 use trove_core::Stamped;
 
 use crate::format::{
-    Entry, Run, SEGMENT_HEADER_BYTES, SegmentHeader, encode_entries, encode_frame_parts, encode_segment_header,
+    BODY_HEAD_BYTES, Entry, FRAME_BODY_BYTES_MAX, FRAME_EVENTS_MAX, RUN_BYTES, Run, SEGMENT_HEADER_BYTES,
+    SegmentHeader, encode_entries, encode_frame_parts, encode_segment_header, event_bytes_max,
 };
 use crate::lock::DataDirLock;
 use crate::segment::segment_name;
@@ -181,24 +182,46 @@ impl JournalWriter {
         self.next_batch
     }
 
-    /// Encodes a batch into the write buffer; returns its sequence.
-    pub fn append<E: Record>(&mut self, runs: &[Run<'_>], events: &[Stamped<E>]) -> u64 {
+    /// Encodes a batch into the write buffer; returns the sequences it
+    /// took (one, unless it had to be split: `append_parts`).
+    pub fn append<E: Record>(&mut self, runs: &[Run<'_>], events: &[Stamped<E>]) -> std::ops::Range<u64> {
         self.append_parts(runs, &[events], None)
     }
 
     /// `append` for a batch held in parts, each event at `time_us` if
-    /// given (`format::encode_frame_parts`).
+    /// given (`format::encode_frame_parts`). Returns the sequences it took.
+    ///
+    /// A batch whose frame could pass `FRAME_BODY_BYTES_MAX` or
+    /// `FRAME_EVENTS_MAX` (the engine bounds a drain in events, and the
+    /// bytes per event depend on the records: 2^21 creates are 66 MiB) is
+    /// split over as many consecutive frames as it needs, each a batch of
+    /// its own, in order. Replaying them one after the other applies the
+    /// same events in the same order with the same times as the one apply
+    /// the shard made (`Game::apply` applies its events in order), so the
+    /// state is the same (docs/decisions/0005-journal-frames-bounded-in-bytes.md).
     pub fn append_parts<E: Record, P: AsRef<[Stamped<E>]>>(
         &mut self,
         runs: &[Run<'_>],
         parts: &[P],
         time_us: Option<u64>,
-    ) -> u64 {
+    ) -> std::ops::Range<u64> {
         debug_assert_eq!(E::SIZE as u32, self.record_size);
-        let batch = self.next_batch;
-        encode_frame_parts(batch, runs, parts, time_us, &mut self.buf);
-        self.next_batch += 1;
-        batch
+        let first = self.next_batch;
+        let splits = frame_splits::<E>(runs, time_us.is_some(), FRAME_BODY_BYTES_MAX, FRAME_EVENTS_MAX);
+        if splits.len() <= 1 {
+            encode_frame_parts(first, runs, parts, time_us, &mut self.buf);
+            self.next_batch += 1;
+            return first..self.next_batch;
+        }
+        let slices: Vec<&[Stamped<E>]> = parts.iter().map(AsRef::as_ref).collect();
+        let mut from = 0;
+        for &to in &splits {
+            let (sub_runs, sub_parts) = (runs_between(runs, from, to), parts_between(&slices, from, to));
+            encode_frame_parts(self.next_batch, &sub_runs, &sub_parts, time_us, &mut self.buf);
+            self.next_batch += 1;
+            from = to;
+        }
+        first..self.next_batch
     }
 
     /// `append` for a batch held as entries.
@@ -337,6 +360,73 @@ impl JournalWriter {
     }
 }
 
+/// Where a batch of `runs` is cut into frames: the end (an event index)
+/// of each frame, the last one the batch's end; a single entry when the
+/// batch fits one frame. Each frame's body is bounded, before encoding,
+/// by `format::event_bytes_max` per event and `RUN_BYTES` per run, and
+/// holds at most `events_max` events.
+pub fn frame_splits<E: Record>(
+    runs: &[Run<'_>],
+    uniform_time: bool,
+    body_bytes_max: usize,
+    events_max: usize,
+) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let (mut at, mut events, mut bytes) = (0usize, 0usize, BODY_HEAD_BYTES);
+    for r in runs {
+        let per_event = event_bytes_max::<E>(uniform_time, r.offsets.is_some());
+        // A frame always has room for one run of one event.
+        assert!(BODY_HEAD_BYTES + RUN_BYTES + per_event <= body_bytes_max && events_max >= 1, "frame limits too small");
+        let mut left = r.len;
+        while left > 0 {
+            let room_bytes = body_bytes_max.saturating_sub(bytes + RUN_BYTES) / per_event;
+            let take = left.min(events_max - events).min(room_bytes);
+            if take == 0 {
+                ends.push(at);
+                (events, bytes) = (0, BODY_HEAD_BYTES);
+                continue;
+            }
+            (at, events, bytes, left) = (at + take, events + take, bytes + RUN_BYTES + take * per_event, left - take);
+        }
+    }
+    ends.push(at);
+    ends
+}
+
+/// The runs covering events `from..to` of a batch: a run cut at the edge
+/// keeps its producer, and its first sequence moves on by the events cut
+/// off (or, with offsets, keeps it and takes its share of the offsets).
+fn runs_between<'a>(runs: &[Run<'a>], from: usize, to: usize) -> Vec<Run<'a>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for r in runs {
+        let (lo, hi) = (from.max(start), to.min(start + r.len));
+        if lo < hi {
+            let (a, b) = (lo - start, hi - start);
+            out.push(match r.offsets {
+                Some(o) => Run { offsets: Some(&o[a..b]), len: b - a, ..*r },
+                None => Run { first_seq: r.first_seq + a as u64, len: b - a, ..*r },
+            });
+        }
+        start += r.len;
+    }
+    out
+}
+
+/// The events `from..to` of a batch held in parts, as slices of them.
+fn parts_between<'a, T>(parts: &[&'a [T]], from: usize, to: usize) -> Vec<&'a [T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for p in parts {
+        let (lo, hi) = (from.max(start), to.min(start + p.len()));
+        if lo < hi {
+            out.push(&p[lo - start..hi - start]);
+        }
+        start += p.len();
+    }
+    out
+}
+
 fn count_frames(buf: &[u8]) -> u64 {
     let mut at = 0;
     let mut n = 0;
@@ -396,6 +486,52 @@ fn open_segment(path: &Path, io: WriteIo) -> std::io::Result<(File, WriteIo)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch cut into frames by `frame_splits` (small limits here; the
+    /// writer uses the format's) reads back as the same events with the
+    /// same producers and sequences, in order, each frame within its
+    /// limits: runs with and without offsets, cut inside runs and parts.
+    #[test]
+    fn a_batch_split_over_frames_reads_back_exactly() {
+        use trove_hunt::HuntEvent;
+
+        use crate::format::{decode_body, decode_frame_head};
+        let events: Vec<Stamped<HuntEvent>> =
+            (0..300u32).map(|i| Stamped { time_us: 5, event: HuntEvent::dig(i % 7, i) }).collect();
+        let offsets: Vec<u32> = (0..100).map(|i| i * 3 + 1).collect();
+        let runs = [
+            Run { producer: 1, first_seq: 10, len: 120, offsets: None },
+            Run { producer: 2, first_seq: 1000, len: 100, offsets: Some(&offsets) },
+            Run { producer: 1, first_seq: 130, len: 80, offsets: None },
+        ];
+        let want: Vec<(u64, u64)> = (0..120)
+            .map(|i| (1, 10 + i))
+            .chain(offsets.iter().map(|&o| (2, 1000 + u64::from(o))))
+            .chain((0..80).map(|i| (1, 130 + i)))
+            .collect();
+        // Parts that do not line up with the runs.
+        let parts = [&events[..50], &events[50..250], &events[250..]];
+        for (body_max, events_max) in [(1 << 20, 64), (700, 1000), (2000, 37), (BODY_HEAD_BYTES + RUN_BYTES + 37, 9)] {
+            let splits = frame_splits::<HuntEvent>(&runs, true, body_max, events_max);
+            assert_eq!(splits.last(), Some(&300));
+            let (mut got, mut from) = (Vec::new(), 0);
+            for &to in &splits {
+                let mut out = Vec::new();
+                let (r, p) = (runs_between(&runs, from, to), parts_between(&parts, from, to));
+                encode_frame_parts(7, &r, &p, Some(5), &mut out);
+                let (len, crc) = decode_frame_head(&out).unwrap();
+                assert!(len <= body_max, "{len} > {body_max}");
+                let body = decode_body::<HuntEvent>(&out[16..], crc).unwrap();
+                assert!(body.count <= events_max && body.count == to - from && to > from);
+                for (e, want_event) in body.entries::<HuntEvent>().zip(&events[from..to]) {
+                    assert_eq!(e.stamped, *want_event);
+                    got.push((e.producer, e.producer_seq));
+                }
+                from = to;
+            }
+            assert_eq!(got, want, "limits {body_max}, {events_max}");
+        }
+    }
 
     #[test]
     fn policies_parse_and_print() {

@@ -337,3 +337,106 @@ fn a_gap_between_segments_is_cut_by_a_repair() {
     assert_eq!((seen, r.next_batch), (vec![1, 2, 3], 4));
     assert_eq!(list_segments(&dir).unwrap().len(), 1);
 }
+
+/// Issue 19, 5d: one flipped bit in a segment header used to make a
+/// repair delete the whole segment (and every later one), frames with
+/// valid checksums included. The header is now rebuilt from what agrees
+/// with it (the file name, the first frame, the shard's directory) and
+/// every frame that checks and continues the sequence is kept.
+#[test]
+fn a_damaged_segment_header_costs_only_the_header_under_repair() {
+    // One segment of 5,000 batches (15,000 events), every header field
+    // damaged in turn: magic, version, shard, first batch, record size,
+    // padding, the CRC itself.
+    let dir = temp_dir("header");
+    let mut w = JournalWriter::open(&dir, 0, 32, 1, None, 1 << 30, WriteIo::Buffered).unwrap();
+    for b in 1..=5000 {
+        w.append_entries(&batch(b, 3));
+    }
+    w.flush().unwrap();
+    drop(w);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let good = std::fs::read(&path).unwrap();
+    for byte in [0, 9, 13, 17, 25, 40, 61] {
+        let mut bytes = good.clone();
+        bytes[byte] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+        // Without a repair: corruption at byte 0, nothing changed, and the
+        // message says a repair keeps the frames.
+        match read_all(&dir, opts(true, false)) {
+            Err(JournalError::Corrupt { offset: 0, reason, .. }) => {
+                assert!(reason.contains("segment header") && reason.contains("keeps"), "{reason}")
+            }
+            other => panic!("byte {byte}: expected corruption, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let (seen, r) = read_all(&dir, opts(true, true)).unwrap();
+        assert_eq!((seen.len(), r.events, r.next_batch), (5000, 15_000, 5001), "byte {byte}");
+        assert!(r.notes.len() == 1 && r.notes[0].contains("header"), "{:?}", r.notes);
+        // The header was written again: the file is whole, as written.
+        assert_eq!(std::fs::read(&path).unwrap(), good, "byte {byte}");
+        assert!(read_all(&dir, opts(false, false)).unwrap().1.notes.is_empty());
+    }
+
+    // A header damaged in the middle of several segments: its frames and
+    // every later segment stay.
+    let dir = temp_dir("header-middle");
+    write(&dir, 60, 600);
+    let segments = list_segments(&dir).unwrap();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let middle = &segments[segments.len() / 2];
+    let mut bytes = std::fs::read(middle).unwrap();
+    bytes[18] ^= 0x01;
+    std::fs::write(middle, &bytes).unwrap();
+    let (seen, r) = read_all(&dir, opts(true, true)).unwrap();
+    assert_eq!((seen, r.next_batch), ((1..=60).collect::<Vec<_>>(), 61));
+    assert_eq!(list_segments(&dir).unwrap(), segments);
+
+    // A damaged header whose first frame does not carry the file name's
+    // batch: nothing places the segment, so a repair drops it and every
+    // later one, as before.
+    let last = segments.last().unwrap();
+    let last_first = trove_journal::segment::named_first_batch(last).unwrap();
+    let renamed = last.with_file_name(trove_journal::segment::segment_name(999));
+    std::fs::rename(last, &renamed).unwrap();
+    let mut bytes = std::fs::read(&renamed).unwrap();
+    bytes[3] ^= 0x01;
+    std::fs::write(&renamed, &bytes).unwrap();
+    let (seen, _) = read_all(&dir, opts(true, true)).unwrap();
+    assert_eq!(seen, (1..last_first).collect::<Vec<_>>());
+    assert!(!renamed.exists());
+}
+
+/// Issue 19, 5e: a write cut short (the last frame runs past the end of
+/// the file, or zeros follow the last frame) is a torn tail and nothing
+/// else; a whole last frame that fails its checksum may be a torn write
+/// or a flipped bit on disk, which the format cannot tell apart. Both are
+/// cut off at start-up, and recovery counts and says which it was.
+#[test]
+fn a_damaged_last_frame_is_reported_apart_from_a_torn_tail() {
+    let dir = temp_dir("last-frame");
+    let sizes = write(&dir, 4, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let full = std::fs::read(&path).unwrap();
+    let last_start = sizes[2] as usize;
+
+    let mut flipped = full.clone();
+    flipped[last_start + 16 + 40] ^= 0x01; // in the last frame's body
+    let mut zeros = full[..last_start].to_vec();
+    zeros.resize(full.len(), 0);
+    let cases: [(&str, Vec<u8>, (u64, u64)); 3] = [
+        ("flipped bit", flipped, (0, 1)),
+        ("cut short", full[..full.len() - 3].to_vec(), (1, 0)),
+        ("zeroed", zeros, (1, 0)),
+    ];
+    for (name, bytes, (torn, damaged)) in cases {
+        for truncate in [false, true] {
+            std::fs::write(&path, &bytes).unwrap();
+            let (seen, r) = read_all(&dir, opts(truncate, false)).unwrap();
+            assert_eq!(seen, vec![1, 2, 3], "{name}");
+            assert_eq!((r.torn_tails, r.damaged_last_frames), (torn, damaged), "{name}: {:?}", r.notes);
+            let told_apart = r.notes[0].contains("cannot be told apart");
+            assert_eq!(told_apart, damaged == 1, "{name}: {:?}", r.notes);
+        }
+    }
+}

@@ -267,29 +267,33 @@ fn rebuild<G: Game>(
     options: RecoverOptions,
     log: &LogTx,
     mut each: impl FnMut(u64, &[Entry<G::Event>]),
-) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), String> {
+) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), ReplayError> {
     let mut state = GameState::<G>::new(worlds_max);
     let mut options = options;
-    let (snapshots, leftovers) = list_snapshots(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let (snapshots, leftovers) =
+        list_snapshots(dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
     for tmp in leftovers {
         // A snapshot being written when the engine stopped: never renamed,
         // so never used.
         if options.truncate_torn_tail {
-            std::fs::remove_file(&tmp).map_err(|e| format!("removing {}: {e}", tmp.display()))?;
+            std::fs::remove_file(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
             let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
         }
     }
     if let Some(path) = snapshots.last() {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let snap = decode_snapshot(&bytes).map_err(|e| format!("snapshot {} is damaged: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
+        let snap =
+            decode_snapshot(&bytes).map_err(|e| Damaged(format!("snapshot {} is damaged: {e}", path.display())))?;
         if snap.meta.shard != index as u32 {
-            return Err(format!("{} is a snapshot of shard {}", path.display(), snap.meta.shard));
+            return Err(Damaged(format!("{} is a snapshot of shard {}", path.display(), snap.meta.shard)));
         }
         for (id, world) in &snap.worlds {
-            let world =
-                G::decode_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e}", path.display()))?;
-            state.restore_world(*id, world).map_err(|e| format!("snapshot {}: world {id}: {e:?}", path.display()))?;
+            let world = G::decode_world(*id, world)
+                .map_err(|e| Damaged(format!("snapshot {}: world {id}: {e}", path.display())))?;
+            state
+                .restore_world(*id, world)
+                .map_err(|e| Damaged(format!("snapshot {}: world {id}: {e:?}", path.display())))?;
         }
         state.restore_time(snap.meta.last_time_us);
         for p in snap.producers {
@@ -298,7 +302,7 @@ fn rebuild<G: Game>(
                 .map(|_| G::load_outcome(&mut r))
                 .collect::<Result<Vec<_>, String>>()
                 .and_then(|o| r.finish().map(|()| o))
-                .map_err(|e| format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id))?;
+                .map_err(|e| Damaged(format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id)))?;
             producers.restore(p.id, p.last_seq, p.first_seq, p.offsets, outcomes);
         }
         options.skip_below = snap.meta.next_batch;
@@ -358,7 +362,10 @@ fn rebuild<G: Game>(
             last_report = Instant::now();
         }
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        trove_journal::JournalError::Io { .. } => Unreadable(e.to_string()),
+        _ => Damaged(e.to_string()),
+    })?;
     for note in &r.notes {
         let _ = log.send((Level::Note, format!("shard {index}: {note}")));
     }
@@ -379,11 +386,11 @@ type LogTx = std::sync::mpsc::Sender<(Level, String)>;
 /// Runs `work` for every shard on its own thread (shards are independent,
 /// so recovery and replay use every core), passing log lines to `log` as
 /// they come.
-fn per_shard<T: Send>(
+fn per_shard<T: Send, E: Send + From<String>>(
     shards: usize,
     log: &mut dyn FnMut(Level, String),
-    work: impl Fn(usize, &LogTx) -> Result<T, String> + Sync,
-) -> Result<Vec<T>, String> {
+    work: impl Fn(usize, &LogTx) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..shards)
@@ -396,7 +403,7 @@ fn per_shard<T: Send>(
         for (level, line) in rx {
             log(level, line);
         }
-        handles.into_iter().map(|h| h.join().map_err(|_| "recovery thread panicked".to_string())?).collect()
+        handles.into_iter().map(|h| h.join().map_err(|_| E::from("recovery thread panicked".to_string()))?).collect()
     })
 }
 
@@ -414,7 +421,7 @@ pub(crate) fn recover<G: Game>(
 ) -> Result<Vec<RecoveredShard<G>>, String> {
     assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
     let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
-    let mut recovered = per_shard(shards, &mut |_, line| log(line), |index, log| {
+    let mut recovered = per_shard::<_, String>(shards, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
         let options = RecoverOptions {
@@ -424,7 +431,8 @@ pub(crate) fn recover<G: Game>(
             skip_below: 0,
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
-        let (state, r, producers) = rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _| {})?;
+        let (state, r, producers) =
+            rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _| {}).map_err(String::from)?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -497,9 +505,12 @@ fn change_worlds_max<G: Game>(
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
 /// writing, syncing and acknowledging everything it was given; or, if the
-/// disk refuses a write or a sync, at once (fail-stop): it records why in
-/// `failure`, releases no further acknowledgement, and tells every producer
-/// waiting for one.
+/// disk refuses a write or a sync, or anything in the loop panics, at once
+/// (fail-stop): it records why in `failure`, releases no further
+/// acknowledgement, and tells every producer waiting for one. A panic is
+/// caught here, not left to end the thread: a journal thread that died
+/// without setting `failure` would leave `/health` saying ok while every
+/// producer waited for acknowledgements that never come.
 pub(crate) fn run_journal<G: Game>(
     rx: Receiver<JournalJob<G>>,
     writer: JournalWriter,
@@ -510,7 +521,20 @@ pub(crate) fn run_journal<G: Game>(
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
     let mut jobs = VecDeque::new();
     let shard = writer.shard();
-    if let Err(reason) = journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting) {
+    // The loop's state (`jobs`, `waiting`) is only drained after a panic,
+    // never read as if consistent: unwind safety holds for that use.
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting)
+    }));
+    let result = looped.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Err(format!("the journal thread panicked: {what}"))
+    });
+    if let Err(reason) = result {
         // The first failure is the one producers hear about.
         let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
         eprintln!("trove: {}", failure.get().map_or("", String::as_str));
@@ -586,8 +610,12 @@ fn journal_loop<G: Game>(
                             offsets: s.positions.as_deref().map(Vec::as_slice),
                         })
                         .collect();
-                    writer.append_parts(&runs, &parts, time_us);
+                    // Waiting before the encoding: should it panic, these
+                    // producers are told with the others.
                     waiting.extend(deliveries);
+                    #[cfg(test)]
+                    tests::panic_if_asked(writer.dir());
+                    writer.append_parts(&runs, &parts, time_us);
                 }
                 JournalJob::Snapshot(snapshot) => {
                     // Fail-stop as for batches if the disk refuses.
@@ -648,6 +676,46 @@ pub struct Replayed {
     pub state_hash: u64,
     /// Anything odd found (a torn tail is reported, not repaired).
     pub notes: Vec<String>,
+    /// Shards whose journal ends in a write cut short (`Recovered::torn_tails`).
+    pub torn_tails: u64,
+    /// Shards whose journal's last frame fails its checksum with nothing
+    /// valid after it: a torn write or damage, which cannot be told apart
+    /// (`Recovered::damaged_last_frames`).
+    pub damaged_last_frames: u64,
+}
+
+/// Why an offline replay (or recovery) stopped.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// The journal or a snapshot is damaged, incomplete or holds a file of
+    /// another journal: what start-up would refuse (without `--repair`).
+    Damaged(String),
+    /// The directory could not be read as a journal at all: missing,
+    /// unreadable, another game's or an I/O error.
+    Unreadable(String),
+}
+use ReplayError::{Damaged, Unreadable};
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damaged(m) | Unreadable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+impl From<String> for ReplayError {
+    fn from(message: String) -> Self {
+        Unreadable(message)
+    }
+}
+
+impl From<ReplayError> for String {
+    fn from(e: ReplayError) -> String {
+        e.to_string()
+    }
 }
 
 /// Reads a data directory's meta file, for game `G`.
@@ -668,10 +736,19 @@ pub fn recorded_shards<G: Game>(dir: &Path) -> Result<usize, String> {
 pub fn replay<G: Game>(
     dir: &Path,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
-) -> Result<Replayed, String> {
-    let meta = read_meta::<G>(dir)?;
+) -> Result<Replayed, ReplayError> {
+    let meta = read_meta::<G>(dir).map_err(Unreadable)?;
     let shards = meta.shards;
-    let mut r = Replayed { shards, batches: 0, events: 0, world_hashes: Vec::new(), state_hash: 0, notes: Vec::new() };
+    let mut r = Replayed {
+        shards,
+        batches: 0,
+        events: 0,
+        world_hashes: Vec::new(),
+        state_hash: 0,
+        notes: Vec::new(),
+        torn_tails: 0,
+        damaged_last_frames: 0,
+    };
     let each = Mutex::new(&mut each);
     let mut notes = Vec::new();
     // The rules refuse creates past the bound the engine ran with.
@@ -686,7 +763,7 @@ pub fn replay<G: Game>(
         Level::Note => notes.push(line),
         Level::Info => eprintln!("trove: {line}"),
     };
-    let shards_done = per_shard(shards, &mut to_notes, |index, log| {
+    let shards_done = per_shard::<_, ReplayError>(shards, &mut to_notes, |index, log| {
         let (state, rec, _) = rebuild::<G>(
             &shard_dir(dir, index),
             index,
@@ -696,15 +773,78 @@ pub fn replay<G: Game>(
             log,
             |batch, entries| (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries),
         )?;
-        Ok((state.world_hashes(), rec.batches, rec.events))
+        Ok((state.world_hashes(), rec))
     })?;
-    for (hashes, batches, events) in shards_done {
-        r.batches += batches;
-        r.events += events;
+    for (hashes, rec) in shards_done {
+        r.batches += rec.batches;
+        r.events += rec.events;
+        r.torn_tails += rec.torn_tails;
+        r.damaged_last_frames += rec.damaged_last_frames;
         r.world_hashes.extend(hashes);
     }
     r.notes = notes;
     r.state_hash = trove_core::state::combine_world_hashes(r.world_hashes.clone());
     r.world_hashes.sort_unstable_by_key(|&(id, _)| id);
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use trove_core::Stamped;
+    use trove_hunt::{HuntEvent, TreasureHunt};
+
+    use crate::{Engine, EngineConfig, FsyncPolicy, JournalConfig, SubmitError};
+
+    /// Fault injection: a journal thread writing under one of these
+    /// directories panics at its next batch.
+    static PANIC_IN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn panic_if_asked(dir: &Path) {
+        if PANIC_IN.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| dir.starts_with(d)) {
+            panic!("injected journal panic");
+        }
+    }
+
+    /// Any failure of the journal thread, a panic included, is the
+    /// engine's failure: `failure()` says so (so `/health` answers 503),
+    /// producers waiting for acknowledgements are told at once instead of
+    /// waiting for ever, and later batches are refused.
+    #[test]
+    fn a_panic_in_the_journal_thread_fails_the_engine_and_its_producers() {
+        let dir = std::env::temp_dir().join(format!("trove-journal-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = EngineConfig {
+            shards: 1,
+            journal: Some(JournalConfig::new(&dir, FsyncPolicy::Always)),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::<TreasureHunt>::start(config).unwrap();
+        let mut p = engine.producer();
+        let digs = |n: u32| (0..n).map(|i| Stamped { time_us: 0, event: HuntEvent::dig(1, i) }).collect::<Vec<_>>();
+        p.submit(&mut digs(10)).unwrap();
+        assert!(p.complete_timeout(Duration::from_secs(60)).is_some(), "acknowledged before the fault");
+        assert!(engine.failure().is_none());
+
+        PANIC_IN.lock().unwrap().push(dir.clone());
+        p.submit(&mut digs(10)).unwrap();
+        // Generous deadlines: what is checked is that the failure shows,
+        // not how fast.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while engine.failure().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let failure = engine.failure().map(str::to_string).expect("a panicked journal thread is the engine's failure");
+        assert!(failure.contains("panicked") && failure.contains("injected journal panic"), "{failure}");
+        let waited = Instant::now();
+        assert!(p.complete_timeout(Duration::from_secs(120)).is_none(), "never acknowledged");
+        assert!(waited.elapsed() < Duration::from_secs(120), "the waiting producer was told, not left to time out");
+        assert_eq!(p.submit(&mut digs(1)), Err(SubmitError::Failed));
+        PANIC_IN.lock().unwrap().retain(|d| d != &dir);
+        engine.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -473,3 +473,78 @@ fn segments_a_snapshot_covers_are_never_read() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+/// Issue 19, 8b: the frame limit is in bytes, the drain bound in events.
+/// With `drain_events_max` and `batch_events_max` both at 2^20 (which
+/// `EngineConfig::validate` accepts), one drain can hold 2^21 - 1 creates,
+/// 33 bytes each packed: more than a 64 MiB frame. The journal splits the
+/// drain over several frames (it used to assert, and its thread died with
+/// the producers waiting): every event is acknowledged, in the journal,
+/// and replayed to the same state.
+#[test]
+fn a_drain_larger_than_a_frame_is_journaled_over_several_frames() {
+    let dir = temp_dir("large-creates");
+    let mut cfg = config(&dir, FsyncPolicy::Always, 1);
+    (cfg.batch_events_max, cfg.drain_events_max, cfg.in_flight_events_max) = (1 << 20, 1 << 20, 1 << 21);
+    // Few worlds: the creates past them are refused, and journaled all
+    // the same; the test needs their bytes, not hunts.
+    cfg.worlds_max = 4;
+    let j = cfg.journal.as_mut().unwrap();
+    (j.segment_bytes_max, j.snapshot_interval) = (256 << 20, None);
+    cfg.validate().unwrap();
+    let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+    let creates = |from: u32, n: u32| {
+        (from..from + n)
+            .map(|h| Stamped { time_us: 0, event: HuntEvent::create(h, hunt_config(h)) })
+            .collect::<Vec<_>>()
+    };
+    // Both batches queued while the shard is held in a query, so that it
+    // drains them together: 2^20 - 1 events, then 2^20 more.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let _answered = engine.query_world(0, move |_| {
+        let _ = held.recv_timeout(Duration::from_secs(120));
+    });
+    let mut p = engine.producer();
+    let (first, second) = ((1u32 << 20) - 1, 1u32 << 20);
+    p.submit(&mut creates(0, first)).unwrap();
+    p.submit(&mut creates(first, second)).unwrap();
+    release.send(()).unwrap();
+    let mut acknowledged = 0;
+    for _ in 0..2 {
+        let c = p.complete_timeout(Duration::from_secs(300)).expect("acknowledged");
+        acknowledged += c.outcomes.len();
+    }
+    assert!(engine.failure().is_none(), "{:?}", engine.failure());
+    assert_eq!(acknowledged, (first + second) as usize);
+    let m = engine.metrics();
+    assert_eq!(m.shards[0].batches_applied, 1, "one drain of both batches");
+
+    // Every acknowledged event is in the journal, over more than one frame.
+    let mut frames = 0;
+    let mut seqs = Vec::new();
+    let opts = RecoverOptions { truncate_torn_tail: false, repair: false, segment_bytes_max: 1 << 30, skip_below: 0 };
+    recover_shard::<HuntEvent>(&shard_dir(&dir, 0), 0, opts, |_, entries| {
+        frames += 1;
+        seqs.extend(entries.iter().map(|e| e.producer_seq));
+    })
+    .unwrap();
+    assert!(frames >= 2, "{frames} frames");
+    assert_eq!(seqs, (1..=u64::from(first + second)).collect::<Vec<_>>());
+
+    // Replaying those frames one by one rebuilds the state the one drain
+    // made.
+    let crashed = crash_image(&dir);
+    let running = engine.shutdown().state_hash;
+    assert_eq!(replay::<TreasureHunt>(&crashed, |_, _, _| {}).unwrap().state_hash, running);
+    let restarted = Engine::<TreasureHunt>::start(cfg_for(&cfg, &crashed)).unwrap();
+    assert_eq!(restarted.shutdown().state_hash, running);
+    for d in [&dir, &crashed] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+fn cfg_for(cfg: &EngineConfig, dir: &Path) -> EngineConfig {
+    let mut cfg = cfg.clone();
+    cfg.journal.as_mut().unwrap().dir = dir.to_path_buf();
+    cfg
+}

@@ -84,6 +84,12 @@ pub struct Serve {
 #[derive(Debug, Subcommand)]
 pub enum Journal {
     /// Check every frame of every segment; report what is there and what is damaged.
+    ///
+    /// Exit status: 0 clean (every frame checked, nothing damaged); 1
+    /// damage found (a torn tail or a damaged last frame, which start-up
+    /// cuts off, or damage start-up refuses: corruption, a gap, a damaged
+    /// snapshot, a foreign file); 2 nothing checked (no journal there,
+    /// another game's, an I/O error, a usage error).
     Verify(JournalVerify),
     /// Print journaled events readably.
     Inspect(JournalInspect),

@@ -50,6 +50,10 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
+    // `journal verify` tells damage found (1) from nothing checked (2).
+    if let Command::Journal(Journal::Verify(args)) = &cli.command {
+        return journal_cmd::verify(&args.data, args.json);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -135,7 +139,8 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
-        Command::Journal(Journal::Verify(args)) => journal_cmd::verify(&args.data, args.json),
+        // Answered in `main`, with exit statuses of its own.
+        Command::Journal(Journal::Verify(_)) => Ok(()),
         Command::Journal(Journal::Inspect(args)) => journal_cmd::inspect(&args.data, args.hunt, args.limit),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
