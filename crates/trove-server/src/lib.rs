@@ -71,7 +71,7 @@ pub struct ServerConfig {
     /// completes no frame for `idle_timeout` meanwhile is closed
     /// `idle_timeout`. So a peer's announced lengths never cost memory,
     /// and its bytes cost at most this much across all connections
-    /// (docs/decisions/0001-unfinished-frame-budget.md).
+    /// (docs/decisions/0004-unfinished-frame-budget.md).
     pub unfinished_frame_bytes_max: usize,
     /// WebSocket: largest message and frame, and the write buffer bound.
     pub ws_message_max: usize,

@@ -27,6 +27,9 @@ use crate::{Shared, Subscriptions, poll_complete};
 
 /// Entries per JSON update message.
 const JSON_ENTRIES_MAX: usize = 256;
+/// The WebSocket library's read buffer per connection.
+pub const WS_READ_BUFFER: usize = 16 << 10;
+
 /// How long a closing connection waits to send its last answers and for
 /// the peer's Close.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -44,9 +47,14 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
 
 async fn upgrade<G: WireGame + JsonGame>(State(shared): State<Arc<Shared<G>>>, ws: WebSocketUpgrade) -> Response {
     let c = &shared.config;
+    // The library reserves a frame's announced length (up to
+    // `ws_frame_max`) on its header, assembles a message up to
+    // `ws_message_max`, and reads in chunks of `read_buffer_size` (128 KiB
+    // by default, per connection, idle or not: 16 KiB here).
     ws.max_message_size(c.ws_message_max)
         .max_frame_size(c.ws_frame_max)
         .max_write_buffer_size(c.ws_write_buffer_max)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             WsConnection::new(shared).run(socket).await;
         })

@@ -18,7 +18,7 @@ const CONNECTIONS: usize = 1000;
 const BUDGET: u64 = 64 << 20;
 /// What docs/protocol.md allows per open TCP connection on top of the
 /// budget (buffers at their base, the task, the socket's bookkeeping).
-const PER_CONNECTION: u64 = 64 << 10;
+const PER_CONNECTION: u64 = 32 << 10;
 /// Events in one EVENTS frame of a body one byte short of the default
 /// 1 MiB limit (and one more record would pass it).
 const EVENTS_FULL: u32 = 32767;
