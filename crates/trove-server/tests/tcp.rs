@@ -582,12 +582,10 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn unfinished_frames_share_one_budget_and_give_it_back() {
     // Room for one frame of 20,000 events (640 KiB) at a time, not two.
-    let server = start(
-        small_engine(),
-        ServerConfig { unfinished_frame_bytes_max: 1 << 20 | 8, ..ServerConfig::default() },
-    );
+    let server =
+        start(small_engine(), ServerConfig { unfinished_frame_bytes_max: 1 << 20 | 8, ..ServerConfig::default() });
     let addr = server.tcp_addr();
-    let mut frame_of = |first_seq| {
+    let frame_of = |first_seq| {
         let mut b = Vec::new();
         frame::encode_events(&mut b, first_seq, &players(5, 20_000));
         b

@@ -141,10 +141,8 @@ fn a_closing_error_reaches_the_client_with_messages_queued_behind_it() {
     // the connection, and 3 MiB more the server will never handle: more
     // than the sockets' buffers hold, so the client is still writing when
     // the server closes.
-    let mut queued = vec![
-        json!({"type": "events", "events": [create()]}).to_string(),
-        json!({"type": "no_such_type"}).to_string(),
-    ];
+    let mut queued =
+        vec![json!({"type": "events", "events": [create()]}).to_string(), json!({"type": "no_such_type"}).to_string()];
     let pad = "x".repeat(64 << 10);
     queued.extend((0..48).map(|i| json!({"type": "ping", "nonce": format!("{i}{pad}")}).to_string()));
     let written: Result<(), tungstenite::Error> = (|| {
