@@ -619,3 +619,12 @@ fn unfinished_frames_share_one_budget_and_give_it_back() {
     drop((a, b));
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_budget_must_hold_one_largest_frame() {
+    let with = |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ..ServerConfig::default() };
+    let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered");
+    assert!(err.contains("unfinished_frame_bytes_max"), "{err}");
+    assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
+    assert!(ServerConfig::default().validate().is_ok());
+}
