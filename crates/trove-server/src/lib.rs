@@ -31,6 +31,10 @@ use trove_proto::frame::FRAME_BODY_MAX_LIMIT;
 use trove_shard::Engine;
 use trove_shard::metrics::{HistogramSnapshot, Log2Histogram};
 
+/// `unfinished_frame_bytes_max` by default: 64 frames of the default
+/// `frame_body_max` in the making at once.
+pub const UNFINISHED_FRAME_BYTES_MAX_DEFAULT: usize = 64 << 20;
+
 /// Every bound of the I/O layer, named.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -60,6 +64,15 @@ pub struct ServerConfig {
     /// How long a HELLO waits for another connection of the same producer
     /// id to finish before it is refused.
     pub producer_wait: Duration,
+    /// Bytes the TCP connections' input buffers may hold beyond their
+    /// `tcp::INBUF_BASE` each, together: what partly received frames (and
+    /// whole ones waiting for the window) cost. A connection that needs
+    /// more waits, not reading, until others give some back; one that
+    /// completes no frame for `idle_timeout` meanwhile is closed
+    /// `idle_timeout`. So a peer's announced lengths never cost memory,
+    /// and its bytes cost at most this much across all connections
+    /// (docs/decisions/0004-unfinished-frame-budget.md).
+    pub unfinished_frame_bytes_max: usize,
     /// WebSocket: largest message and frame, and the write buffer bound.
     pub ws_message_max: usize,
     pub ws_frame_max: usize,
@@ -80,6 +93,7 @@ impl Default for ServerConfig {
             subscriptions_max: 64,
             subscriber_updates_max: 65_536,
             producer_wait: Duration::from_secs(5),
+            unfinished_frame_bytes_max: UNFINISHED_FRAME_BYTES_MAX_DEFAULT,
             ws_message_max: 1 << 20,
             ws_frame_max: 1 << 20,
             ws_write_buffer_max: 4 << 20,
@@ -101,6 +115,10 @@ impl ServerConfig {
             (self.window_batches >= 1 && self.window_batches <= 4096, "window_batches must be in 1..=4096"),
             (self.subscriptions_max <= 65_536, "subscriptions_max must be at most 65536"),
             (self.subscriber_updates_max >= 1, "subscriber_updates_max must be at least 1"),
+            (
+                self.unfinished_frame_bytes_max >= tcp::frame_buffer_bytes_max(self.frame_body_max),
+                "unfinished_frame_bytes_max must hold one largest frame: at least frame_body_max + 8",
+            ),
             (self.ws_message_max >= 1024, "ws_message_max must be at least 1024"),
             (self.ws_frame_max >= 1024, "ws_frame_max must be at least 1024"),
             (self.ws_write_buffer_max >= 1024, "ws_write_buffer_max must be at least 1024"),
@@ -125,6 +143,10 @@ pub struct ServerMetrics {
     /// ERROR frames sent, by `ErrorCode` value (index 0 unused).
     pub errors: [AtomicU64; 16],
     pub subscribers: AtomicU64,
+    /// Bytes of the unfinished-frame budget held now, and the times a
+    /// connection found it spent and waited.
+    pub unfinished_frame_bytes: AtomicU64,
+    pub unfinished_frame_waits: AtomicU64,
     /// Per event: admission to its ACK written to the connection.
     pub ingest_to_ack_ns: Log2Histogram,
     /// Per update and subscriber: admission of the oldest batch in its
@@ -147,6 +169,8 @@ pub struct ServerMetricsSnapshot {
     pub busy_replies: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub subscribers: u64,
+    pub unfinished_frame_bytes: u64,
+    pub unfinished_frame_waits: u64,
     pub ingest_to_ack_ns: HistogramSnapshot,
     pub ingest_to_update_ns: HistogramSnapshot,
 }
@@ -169,6 +193,8 @@ impl ServerMetrics {
                 .map(|c| (c.name(), self.errors[*c as usize].load(Relaxed)))
                 .collect(),
             subscribers: self.subscribers.load(Relaxed),
+            unfinished_frame_bytes: self.unfinished_frame_bytes.load(Relaxed),
+            unfinished_frame_waits: self.unfinished_frame_waits.load(Relaxed),
             ingest_to_ack_ns: self.ingest_to_ack_ns.snapshot(),
             ingest_to_update_ns: self.ingest_to_update_ns.snapshot(),
         }
@@ -185,7 +211,61 @@ pub(crate) struct Shared<G: WireGame> {
     producers: Mutex<HashSet<u64>>,
     producer_released: tokio::sync::Notify,
     connections: AtomicUsize,
+    /// Bytes the connections' input buffers hold beyond their base.
+    pub frame_budget: FrameBudget,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The server-wide budget for unfinished frames
+/// (`ServerConfig::unfinished_frame_bytes_max`): what announced lengths
+/// cannot make the server allocate, bytes that did arrive can cost at most
+/// this much across connections.
+pub(crate) struct FrameBudget {
+    held: AtomicUsize,
+    max: usize,
+    released: tokio::sync::Notify,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl FrameBudget {
+    fn new(max: usize, metrics: Arc<ServerMetrics>) -> Self {
+        Self { held: AtomicUsize::new(0), max, released: tokio::sync::Notify::new(), metrics }
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        let taken = self.held.fetch_update(Relaxed, Relaxed, |h| h.checked_add(bytes).filter(|&t| t <= self.max));
+        if taken.is_ok() {
+            self.metrics.unfinished_frame_bytes.fetch_add(bytes as u64, Relaxed);
+        }
+        taken.is_ok()
+    }
+
+    /// Takes `bytes`, waiting for other connections to give some back.
+    /// Cancel-safe: a wait dropped takes nothing.
+    pub async fn take(&self, bytes: usize) {
+        assert!(bytes <= self.max, "validate() keeps one frame's buffer within the budget");
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check: a give_back in between wakes it.
+            released.as_mut().enable();
+            if self.try_take(bytes) {
+                return;
+            }
+            self.metrics.unfinished_frame_waits.fetch_add(1, Relaxed);
+            released.await;
+        }
+    }
+
+    pub fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.held.fetch_sub(bytes, Relaxed);
+        assert!(before >= bytes, "gave back more budget than was taken");
+        self.metrics.unfinished_frame_bytes.fetch_sub(bytes as u64, Relaxed);
+        self.released.notify_waiters();
+    }
 }
 
 impl<G: WireGame> Shared<G> {
@@ -281,13 +361,15 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         builder.enable_metrics_schedule_latency_histogram();
         let runtime = builder.build().map_err(|e| format!("starting the I/O runtime: {e}"))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             engine,
             config: config.clone(),
-            metrics: Arc::new(ServerMetrics::default()),
+            metrics: metrics.clone(),
             producers: Mutex::new(HashSet::new()),
             producer_released: tokio::sync::Notify::new(),
             connections: AtomicUsize::new(0),
+            frame_budget: FrameBudget::new(config.unfinished_frame_bytes_max, metrics),
             shutdown,
         });
         let Listeners { tcp, ws } = listeners;

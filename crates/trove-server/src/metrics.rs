@@ -197,6 +197,18 @@ pub fn render(src: &MetricsSources) -> String {
     o.one("trove_frames_sent_total", "counter", "Frames (and JSON messages) sent.", s.frames_out);
     o.one("trove_received_bytes_total", "counter", "Bytes read from data-plane sockets.", s.bytes_in);
     o.one("trove_sent_bytes_total", "counter", "Bytes written to TCP data-plane sockets.", s.bytes_out);
+    o.one(
+        "trove_unfinished_frame_bytes",
+        "gauge",
+        "Input-buffer bytes held for frames being received, against unfinished_frame_bytes_max.",
+        s.unfinished_frame_bytes,
+    );
+    o.one(
+        "trove_unfinished_frame_waits_total",
+        "counter",
+        "Times a connection found the unfinished-frame budget spent and stopped reading.",
+        s.unfinished_frame_waits,
+    );
     o.family("trove_protocol_errors_total", "counter", "ERROR frames sent, by code.");
     for (code, n) in &s.errors {
         o.sample("trove_protocol_errors_total", &format!("code=\"{code}\""), n);

@@ -1,10 +1,17 @@
 //! Protocol v1 over TCP: one task per connection.
 //!
-//! The task reads whole frames into one buffer (a frame's header is checked
-//! against the limit before its body is buffered), submits each EVENTS
-//! frame as one batch, and answers frames in their order: an ACK when the
-//! engine completes the batch, or BUSY or an ERROR at once (queued behind
-//! the answers still owed). Per event it only decodes the record.
+//! The task reads whole frames into one buffer, submits each EVENTS frame
+//! as one batch, and answers frames in their order: an ACK when the engine
+//! completes the batch, or BUSY or an ERROR at once (queued behind the
+//! answers still owed). Per event it only decodes the record.
+//!
+//! A frame's header is judged alone, before any of its body is buffered
+//! (kind, reserved bytes, length against the limit). The buffer then grows
+//! with the bytes that arrive, never to the announced length up front: from
+//! [`INBUF_BASE`] it doubles, at most to the frame's end, and every byte of
+//! capacity beyond the base is drawn from the server-wide budget
+//! `unfinished_frame_bytes_max` (waiting, not reading, while it is spent)
+//! and given back when the buffer shrinks or the connection closes.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -24,8 +31,14 @@ use trove_shard::{Completed, Delivery, Producer, SubmitError};
 
 use crate::{Shared, Subscriptions, json::JsonGame, poll_complete};
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 256 << 10;
+/// Input buffer capacity every connection has without drawing on the
+/// budget: room for small frames and many of them per read.
+pub const INBUF_BASE: usize = 16 << 10;
+
+/// The most budget one connection can hold: a buffer of one largest frame.
+pub(crate) fn frame_buffer_bytes_max(frame_body_max: u32) -> usize {
+    HEADER_LEN + frame_body_max as usize
+}
 /// What BUSY tells producers to wait.
 const BUSY_RETRY_MS: u32 = 1;
 
@@ -82,7 +95,13 @@ enum Owed {
 
 struct Connection<G: WireGame> {
     shared: Arc<Shared<G>>,
+    /// Frames as they arrive; its capacity beyond [`INBUF_BASE`] is
+    /// `charged` to the server's unfinished-frame budget.
     inbuf: Vec<u8>,
+    /// Bytes of the budget this connection holds: the whole length (less
+    /// the base) of the large frame being received, or 0. Covers
+    /// `inbuf.capacity() - INBUF_BASE`.
+    charged: usize,
     /// Bytes of `inbuf` already consumed.
     consumed: usize,
     out: Vec<u8>,
@@ -101,9 +120,11 @@ impl<G: WireGame> Connection<G> {
     fn new(shared: Arc<Shared<G>>) -> Self {
         Self {
             shared,
-            inbuf: Vec::with_capacity(READ_CHUNK),
+            inbuf: Vec::with_capacity(INBUF_BASE),
+            charged: 0,
             consumed: 0,
-            out: Vec::with_capacity(64 << 10),
+            // Grows with the answers owed; an idle connection holds none.
+            out: Vec::new(),
             owed: VecDeque::new(),
             outcomes: false,
             busy_from: None,
@@ -129,54 +150,120 @@ impl<G: WireGame> Connection<G> {
         }
         let _ = wr.shutdown().await;
         self.unsubscribe_all();
+        // What the buffer held goes back to the budget now, not after the
+        // linger below (which reads into the base capacity alone).
+        self.consumed = 0;
+        self.inbuf.clear();
+        self.release_inbuf();
+        self.out = Vec::new();
         // Closing a socket with unread input makes the kernel reset it and
         // drop output not yet sent: the answers above could be lost. Read
         // and discard until the peer closes (it does on our FIN), briefly.
-        let mut sink = vec![0u8; 64 << 10];
         let linger = Instant::now() + std::time::Duration::from_secs(1);
-        while let Ok(Ok(n)) = tokio::time::timeout_at(linger, rd.read(&mut sink)).await {
-            if n == 0 {
-                break;
+        loop {
+            self.inbuf.clear();
+            match tokio::time::timeout_at(linger, rd.read_buf(&mut self.inbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
             }
         }
+    }
+
+    /// Moves the buffered bytes into a buffer of exactly `capacity`
+    /// (which the budget already covers).
+    fn resize_inbuf(&mut self, capacity: usize) {
+        assert!(capacity >= self.inbuf.len() && capacity >= INBUF_BASE);
+        assert!(capacity - INBUF_BASE <= self.charged, "capacity beyond the base is budgeted");
+        if capacity == self.inbuf.capacity() {
+            return;
+        }
+        let mut fresh = Vec::with_capacity(capacity);
+        fresh.extend_from_slice(&self.inbuf);
+        self.inbuf = fresh;
+    }
+
+    /// Shrinks the buffer back to its base and gives the budget back.
+    fn release_inbuf(&mut self) {
+        self.resize_inbuf(INBUF_BASE);
+        self.shared.frame_budget.give_back(std::mem::take(&mut self.charged));
+    }
+
+    /// Where the frame at the front of the buffer ends, once its header is
+    /// in. The header is judged here, before its body is read: a kind this
+    /// connection never accepts is refused on its header alone.
+    fn front_frame_end(&self, max_body: u32, handshake: bool) -> Result<Option<usize>, Close> {
+        let Some(head) = self.inbuf.get(..HEADER_LEN) else { return Ok(None) };
+        match Kind::from_u8(head[4]) {
+            Some(kind) if !kind.from_client() => {
+                return Err(Close::Error(ErrorCode::UnknownFrameKind, format!("{kind:?} is not a client frame")));
+            }
+            Some(kind) if handshake && kind != Kind::Hello => {
+                return Err(Close::Error(ErrorCode::HandshakeRequired, format!("expected HELLO, got {kind:?}")));
+            }
+            Some(Kind::Hello) if !handshake => {
+                return Err(Close::Error(ErrorCode::HandshakeRequired, "HELLO came twice".into()));
+            }
+            _ => {}
+        }
+        // Unknown kinds, reserved bytes and the length limit.
+        frame::split(head, max_body)?;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        Ok(Some(HEADER_LEN + len as usize))
     }
 
     fn unsubscribe_all(&mut self) {
         self.subscriptions.close(&self.shared);
     }
 
-    /// Reads until `split` finds a frame or the buffer would pass `max`.
-    async fn read_some(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, max_body: u32) -> Result<usize, Close> {
+    /// Reads what the buffer has room for, making room first. The caller
+    /// has checked that no whole frame is buffered, so all the buffer holds
+    /// is the start of the frame at its front.
+    ///
+    /// A frame longer than the base takes its whole length of the budget
+    /// when its first [`INBUF_BASE`] bytes are in (waiting for it, holding
+    /// none, if it is spent), and the buffer then doubles as its bytes
+    /// arrive, up to the frame's end and never past it. So a connection
+    /// never waits while it holds budget: every holder can finish its frame
+    /// with its peer's bytes alone, and the budget cannot deadlock. Once the
+    /// frame is processed, the buffer is empty; it shrinks back to the base
+    /// and the budget goes back.
+    async fn read_some(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        max_body: u32,
+        handshake: bool,
+    ) -> Result<usize, Close> {
         if self.consumed > 0 {
             self.inbuf.drain(..self.consumed);
             self.consumed = 0;
         }
-        // Room for the frame at the front (its header says how big), and a
-        // chunk more: the buffer never outgrows one frame and a chunk.
-        let want = match frame::split(&self.inbuf, max_body)? {
-            None if self.inbuf.len() >= HEADER_LEN => {
-                let len = u32::from_le_bytes(self.inbuf[..4].try_into().expect("4 bytes")) as usize;
-                (HEADER_LEN + len).max(READ_CHUNK)
-            }
-            _ => READ_CHUNK,
-        };
-        if self.inbuf.capacity() - self.inbuf.len() < want / 2 {
-            self.inbuf.reserve(want - (self.inbuf.capacity() - self.inbuf.len()));
+        let frame_end = self.front_frame_end(max_body, handshake)?;
+        if self.charged > 0 && frame_end.is_none_or(|e| e <= INBUF_BASE) {
+            self.release_inbuf();
         }
+        let len = self.inbuf.len();
+        if len == self.inbuf.capacity() {
+            let end = frame_end.expect("a buffer of INBUF_BASE is full only inside a frame");
+            assert!(end > len, "a whole frame is buffered: it is processed, not read past");
+            if self.charged == 0 {
+                self.shared.frame_budget.take(end - INBUF_BASE).await;
+                self.charged = end - INBUF_BASE;
+            }
+            assert_eq!(self.charged, end - INBUF_BASE, "one frame's reservation at a time");
+            self.resize_inbuf((len * 2).min(end));
+        }
+        assert!(self.inbuf.capacity() > self.inbuf.len(), "a read needs room");
         let n = rd.read_buf(&mut self.inbuf).await.map_err(|_| Close::Io)?;
+        debug_assert!(self.charged == 0 || self.inbuf.len() <= frame_end.unwrap_or(0), "not past a large frame");
         self.shared.metrics.bytes_in.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
     async fn handshake(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Hello, Close> {
         loop {
+            self.front_frame_end(HELLO_BODY_MAX, true)?;
             if let Some((h, total)) = frame::split(&self.inbuf, HELLO_BODY_MAX)? {
-                if h.kind != Kind::Hello {
-                    return Err(Close::Error(
-                        ErrorCode::HandshakeRequired,
-                        format!("expected HELLO, got {:?}", h.kind),
-                    ));
-                }
+                debug_assert_eq!(h.kind, Kind::Hello, "judged on its header");
                 let body = &self.inbuf[HEADER_LEN..total];
                 if body.len() >= MAGIC.len() && body[..MAGIC.len()] != MAGIC {
                     return Err(Close::Error(ErrorCode::BadMagic, "HELLO does not start with the trove magic".into()));
@@ -192,7 +279,7 @@ impl<G: WireGame> Connection<G> {
                 }
                 return Ok(hello);
             }
-            if self.read_some(rd, HELLO_BODY_MAX).await? == 0 {
+            if self.read_some(rd, HELLO_BODY_MAX, true).await? == 0 {
                 return Err(Close::Io);
             }
         }
@@ -299,7 +386,7 @@ impl<G: WireGame> Connection<G> {
                 _ = async { subscribed.as_ref().expect("guarded").ready().await }, if subscribed.is_some() => {
                     self.deliver();
                 }
-                n = self.read_some(rd, config.frame_body_max), if can_read => {
+                n = self.read_some(rd, config.frame_body_max, false), if can_read => {
                     if n? == 0 {
                         eof = true;
                     }
@@ -341,6 +428,7 @@ impl<G: WireGame> Connection<G> {
             self.consumed += total;
             self.shared.metrics.frames_in.fetch_add(1, Relaxed);
             if !h.kind.from_client() {
+                // A frame shorter than the bytes of one read comes whole.
                 return Err(Close::Error(ErrorCode::UnknownFrameKind, format!("{:?} is not a client frame", h.kind)));
             }
             let inbuf = std::mem::take(&mut self.inbuf);
@@ -503,6 +591,13 @@ impl<G: WireGame> Connection<G> {
                 }
             }
         }
+    }
+}
+
+impl<G: WireGame> Drop for Connection<G> {
+    fn drop(&mut self) {
+        // A task dropped mid-read (the runtime stopping) gives back too.
+        self.shared.frame_budget.give_back(std::mem::take(&mut self.charged));
     }
 }
 

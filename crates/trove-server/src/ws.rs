@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::future::Future;
@@ -27,6 +27,12 @@ use crate::{Shared, Subscriptions, poll_complete};
 
 /// Entries per JSON update message.
 const JSON_ENTRIES_MAX: usize = 256;
+/// The WebSocket library's read buffer per connection.
+pub const WS_READ_BUFFER: usize = 16 << 10;
+
+/// How long a closing connection waits to send its last answers and for
+/// the peer's Close.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, listener: TcpListener) {
     let mut stop = shared.shutdown.clone();
@@ -41,9 +47,14 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
 
 async fn upgrade<G: WireGame + JsonGame>(State(shared): State<Arc<Shared<G>>>, ws: WebSocketUpgrade) -> Response {
     let c = &shared.config;
+    // The library reserves a frame's announced length (up to
+    // `ws_frame_max`) on its header, assembles a message up to
+    // `ws_message_max`, and reads in chunks of `read_buffer_size` (128 KiB
+    // by default, per connection, idle or not: 16 KiB here).
     ws.max_message_size(c.ws_message_max)
         .max_frame_size(c.ws_frame_max)
         .max_write_buffer_size(c.ws_write_buffer_max)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             WsConnection::new(shared).run(socket).await;
         })
@@ -187,20 +198,61 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         }
     }
 
+    /// Serves the connection, then closes it so that the reason reaches
+    /// the peer: the answers owed before the error (batches in the engine
+    /// complete first), the error, a Close frame naming it, and then the
+    /// peer's messages still in flight are read and dropped until it closes
+    /// too (closing with unread input would reset the connection and lose
+    /// what was sent).
     async fn run(mut self, mut socket: WebSocket) {
         let result = self.serve(&mut socket).await;
-        if let Err((code, message)) = result {
-            self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
-            self.out.push(error_json(code, &message));
-        }
+        let close = match result {
+            Ok(()) => None,
+            Err((code, message)) => {
+                if code != ErrorCode::Internal {
+                    self.complete_owed().await;
+                }
+                self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
+                self.out.push(error_json(code, &message));
+                let close_code = match code {
+                    ErrorCode::ShuttingDown | ErrorCode::IdleTimeout => close_code::AWAY,
+                    ErrorCode::Internal => close_code::ERROR,
+                    _ => close_code::POLICY,
+                };
+                Some(CloseFrame { code: close_code, reason: code.name().into() })
+            }
+        };
+        let linger = Instant::now() + CLOSE_LINGER;
+        let mut sent = true;
         for m in self.out.drain(..) {
-            if socket.send(Message::Text(m.into())).await.is_err() {
+            if !matches!(tokio::time::timeout_at(linger, socket.send(Message::Text(m.into()))).await, Ok(Ok(()))) {
+                sent = false;
                 break;
             }
         }
-        let _ = socket.send(Message::Close(None)).await;
         self.subscriptions.close(&self.shared);
         self.claim = None;
+        if sent && matches!(tokio::time::timeout_at(linger, socket.send(Message::Close(close))).await, Ok(Ok(()))) {
+            // Until the peer's Close (the library answers nothing more), its
+            // end of the stream, or the linger.
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(linger, socket.recv()).await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for the batches in the engine, queueing their answers (and
+    /// those queued behind them), for at most the idle timeout.
+    async fn complete_owed(&mut self) {
+        let deadline = Instant::now() + self.shared.config.idle_timeout;
+        while let Some(producer) = self.producer.as_mut().filter(|p| p.in_flight() > 0) {
+            match tokio::time::timeout_at(deadline, poll_fn(|cx| poll_complete(producer, cx))).await {
+                Ok(Ok(c)) => self.completed(c),
+                _ => return,
+            }
+        }
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Result<(), (ErrorCode, String)> {

@@ -530,3 +530,101 @@ fn update_chunks_are_split_to_the_frame_limit() {
     assert_eq!(TreasureHunt::OUTCOME_SIZE, 16);
     assert_eq!(HuntEvent::SIZE, 32);
 }
+
+#[test]
+fn a_frame_is_refused_on_its_header_before_any_body_arrives() {
+    // Long timeouts: an answer can only come from the header itself.
+    let server = start(
+        small_engine(),
+        ServerConfig {
+            handshake_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+            ..ServerConfig::default()
+        },
+    );
+    let addr = server.tcp_addr();
+    let header = |len: u32, kind: u8| {
+        let mut h = len.to_le_bytes().to_vec();
+        h.extend_from_slice(&[kind, 0, 0, 0]);
+        h
+    };
+    // Before HELLO: a client kind other than HELLO, small or large body.
+    for (len, kind) in [(8, Kind::Ping as u8), (1 << 20, Kind::Events as u8), (4, Kind::Subscribe as u8)] {
+        let mut r = Raw::connect(addr);
+        r.send(&header(len, kind));
+        r.expect_error_and_close(ErrorCode::HandshakeRequired);
+    }
+    // Before HELLO: a server kind, and an unknown one.
+    for kind in [Kind::Welcome as u8, Kind::Ack as u8, 0x7F] {
+        let mut r = Raw::connect(addr);
+        r.send(&header(32, kind));
+        r.expect_error_and_close(ErrorCode::UnknownFrameKind);
+    }
+    // After WELCOME: a server kind announcing a body, and a second HELLO.
+    let (mut r, _) = Raw::hello(addr, 0, false);
+    r.send(&header(1000, Kind::Ack as u8));
+    r.expect_error_and_close(ErrorCode::UnknownFrameKind);
+    let (mut r, _) = Raw::hello(addr, 0, false);
+    r.send(&header(24, Kind::Hello as u8));
+    r.expect_error_and_close(ErrorCode::HandshakeRequired);
+    server.shutdown(Duration::from_secs(5));
+}
+
+/// Polls `f` until it holds, for at most a minute.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn unfinished_frames_share_one_budget_and_give_it_back() {
+    // Room for one frame of 20,000 events (640 KiB) at a time, not two.
+    let server =
+        start(small_engine(), ServerConfig { unfinished_frame_bytes_max: 1 << 20 | 8, ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let frame_of = |first_seq| {
+        let mut b = Vec::new();
+        frame::encode_events(&mut b, first_seq, &players(5, 20_000));
+        b
+    };
+    let (a_frame, b_frame) = (frame_of(1), frame_of(1));
+    // A sends all of its frame but the last byte: it holds the budget.
+    let (mut a, _) = Raw::hello(addr, 0, true);
+    a.send(&a_frame[..a_frame.len() - 1]);
+    eventually("A's frame holds the budget", || server.metrics().unfinished_frame_bytes > 0);
+    // B's whole frame waits for it, unread past its first 16 KiB.
+    let (mut b, _) = Raw::hello(addr, 0, true);
+    b.send(&b_frame);
+    eventually("B waits for the budget", || server.metrics().unfinished_frame_waits > 0);
+    let m = server.metrics();
+    assert!(m.unfinished_frame_bytes <= 1 << 20 | 8, "the budget bounds what is held: {m:?}");
+    // A's last byte: its frame is answered, the budget moves to B.
+    a.send(&a_frame[a_frame.len() - 1..]);
+    for r in [&mut a, &mut b] {
+        match r.decoded() {
+            Some(OwnedFrame::Ack { first_seq: 1, count: 20_000, outcomes: Some(o) }) => assert_eq!(o.len(), 20_000),
+            other => panic!("expected the ACK, got {other:?}"),
+        }
+    }
+    // Both buffers are back at their base; closed connections hold nothing.
+    eventually("the budget comes back", || server.metrics().unfinished_frame_bytes == 0);
+    let (mut c, _) = Raw::hello(addr, 0, false);
+    c.send(&frame_of(1)[..100_000]);
+    eventually("C holds the budget", || server.metrics().unfinished_frame_bytes > 0);
+    drop(c);
+    eventually("a closed connection gives the budget back", || server.metrics().unfinished_frame_bytes == 0);
+    drop((a, b));
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_budget_must_hold_one_largest_frame() {
+    let with = |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ..ServerConfig::default() };
+    let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered");
+    assert!(err.contains("unfinished_frame_bytes_max"), "{err}");
+    assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
+    assert!(ServerConfig::default().validate().is_ok());
+}

@@ -132,3 +132,41 @@ fn oversized_messages_are_refused_by_the_limit() {
     assert_eq!(recv(&mut q)["nonce"], 2);
     server.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_closing_error_reaches_the_client_with_messages_queued_behind_it() {
+    let server = start(ServerConfig::default());
+    let mut p = connect(&server);
+    // A batch (its `welcome` and `ack` are owed), a message that closes
+    // the connection, and 3 MiB more the server will never handle: more
+    // than the sockets' buffers hold, so the client is still writing when
+    // the server closes.
+    let mut queued =
+        vec![json!({"type": "events", "events": [create()]}).to_string(), json!({"type": "no_such_type"}).to_string()];
+    let pad = "x".repeat(64 << 10);
+    queued.extend((0..48).map(|i| json!({"type": "ping", "nonce": format!("{i}{pad}")}).to_string()));
+    let written: Result<(), tungstenite::Error> = (|| {
+        for m in queued {
+            p.write(Message::Text(m.into()))?;
+        }
+        p.flush()
+    })();
+    assert!(written.is_ok(), "the server reads what was sent after the error: {written:?}");
+    let mut texts = Vec::new();
+    let close = loop {
+        match p.read() {
+            Ok(Message::Text(t)) => texts.push(serde_json::from_str::<Value>(t.as_str()).unwrap()),
+            Ok(Message::Close(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("an I/O failure instead of a close with a reason: {e}; got {texts:?}"),
+        }
+    };
+    let kinds: Vec<&str> = texts.iter().map(|t| t["type"].as_str().unwrap_or("?")).collect();
+    assert_eq!(kinds, ["welcome", "ack", "error"], "{texts:?}");
+    assert_eq!(texts[1]["first_seq"], 1);
+    assert_eq!(texts[2]["code"], "malformed");
+    let close = close.expect("the Close frame carries a reason");
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "malformed");
+    server.shutdown(Duration::from_secs(5));
+}

@@ -76,6 +76,10 @@ pub struct LimitsFile {
     pub subscriptions_max: Option<usize>,
     pub subscriber_updates_max: Option<usize>,
     pub producer_wait_ms: Option<u64>,
+    /// Bytes all TCP connections' unfinished frames may hold together
+    /// (beyond 16 KiB each); at least `frame_body_max` + 8. Past it a
+    /// connection stops reading until others finish theirs.
+    pub unfinished_frame_bytes_max: Option<usize>,
     pub ws_message_max: Option<usize>,
     pub ws_frame_max: Option<usize>,
     pub ws_write_buffer_max: Option<usize>,
@@ -189,6 +193,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut server.window_batches, lim.window_batches);
     set(&mut server.subscriptions_max, lim.subscriptions_max);
     set(&mut server.subscriber_updates_max, lim.subscriber_updates_max);
+    set(&mut server.unfinished_frame_bytes_max, lim.unfinished_frame_bytes_max);
     set(&mut server.ws_message_max, lim.ws_message_max);
     set(&mut server.ws_frame_max, lim.ws_frame_max);
     set(&mut server.ws_write_buffer_max, lim.ws_write_buffer_max);
