@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use trove_hunt::TreasureHunt;
 
-use trove_server::control::{ControlInfo, ControlPlane};
+use trove_server::control::{ControlConfig, ControlInfo, ControlPlane};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode, WriteIo};
 
@@ -78,6 +78,9 @@ pub struct LimitsFile {
     pub ws_message_max: Option<usize>,
     pub ws_frame_max: Option<usize>,
     pub ws_write_buffer_max: Option<usize>,
+    pub control_connections_max: Option<usize>,
+    pub control_header_timeout_ms: Option<u64>,
+    pub control_body_timeout_ms: Option<u64>,
 }
 
 /// Everything `serve` starts with.
@@ -86,6 +89,7 @@ pub struct ServeSettings {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub control: Option<SocketAddr>,
+    pub control_limits: ControlConfig,
 }
 
 /// Defaults, then the file, then the flags. Errors name the key or flag.
@@ -187,10 +191,15 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut server.ws_message_max, lim.ws_message_max);
     set(&mut server.ws_frame_max, lim.ws_frame_max);
     set(&mut server.ws_write_buffer_max, lim.ws_write_buffer_max);
+    let mut control_limits = ControlConfig::default();
+    set(&mut control_limits.connections_max, lim.control_connections_max);
+    ms(lim.control_header_timeout_ms, &mut control_limits.header_timeout);
+    ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
 
     engine.validate()?;
     server.validate()?;
-    Ok(ServeSettings { engine, server, control })
+    control_limits.validate()?;
+    Ok(ServeSettings { engine, server, control, control_limits })
 }
 
 /// The shard count when none is given: the data directory's, if it has a
@@ -205,7 +214,11 @@ pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> u
 
 /// Runs until SIGINT or SIGTERM, then drains and stops.
 pub fn run(args: &Serve) -> Result<(), String> {
-    let ServeSettings { engine, server, control } = settings(args)?;
+    let ServeSettings { engine, server, control, control_limits } = settings(args)?;
+    // Before anything opens a file: both planes' caps must fit, so neither
+    // can take the descriptors the other or the journal needs.
+    let control_max = control.map_or(0, |_| control_limits.connections_max);
+    trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
     if args.console {
         // Before any runtime starts, so every task is seen.
         console_subscriber::init();
@@ -236,6 +249,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let control = match control {
         Some(addr) => Some(ControlPlane::start(
             addr,
+            control_limits,
             engine.clone(),
             server.metrics_handle(),
             server.runtime_handle(),
