@@ -6,7 +6,7 @@
 //! `ControlConfig::connections_max`); the journal, the runtimes, the
 //! listeners and the connections being refused take the reserve. When the
 //! sum does not fit under the limit, `trove serve` refuses to start and
-//! names the numbers (docs/decisions/0001-control-plane-limits.md).
+//! names the numbers (docs/decisions/0003-control-plane-limits.md).
 
 use std::fmt;
 
