@@ -354,22 +354,21 @@ impl Conns {
                     self.counters.accepted.fetch_add(1, Relaxed);
                     return Some(Slot { conns: self.clone(), id, conn });
                 }
-                let victim = open
-                    .values()
-                    .filter(|c| c.phase() != Phase::Handler && !c.evicted.load(Relaxed))
-                    .min_by_key(|c| c.phase_since_ms.load(Relaxed));
-                match victim {
-                    Some(v) => {
-                        v.evicted.store(true, Relaxed);
-                        v.close.notify_one();
-                        self.counters.evicted.fetch_add(1, Relaxed);
-                    }
-                    // Every slot is busy or already being given back.
-                    None if open.values().all(|c| c.phase() == Phase::Handler) => {
+                // One eviction at a time: a wake-up before the evicted
+                // connection has closed must not close another one.
+                if !open.values().any(|c| c.evicted.load(Relaxed)) {
+                    let victim = open
+                        .values()
+                        .filter(|c| c.phase() != Phase::Handler)
+                        .min_by_key(|c| c.phase_since_ms.load(Relaxed));
+                    let Some(victim) = victim else {
+                        // Every connection is inside a handler.
                         self.counters.refused.fetch_add(1, Relaxed);
                         return None;
-                    }
-                    None => {}
+                    };
+                    victim.evicted.store(true, Relaxed);
+                    victim.close.notify_one();
+                    self.counters.evicted.fetch_add(1, Relaxed);
                 }
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {

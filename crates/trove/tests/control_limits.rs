@@ -199,7 +199,7 @@ fn a_flooded_control_plane_leaves_the_data_plane_and_health_working() {
     }
     // And the reverse: a data plane at its cap, with more knocking, leaves
     // the control plane working.
-    let refused: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(tcp).ok()).collect();
+    let refused: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(tcp).ok()).collect();
     assert_eq!(http(control, "GET", "/health", "").0, 200);
     assert_eq!(http(control, "POST", "/hunts", CREATE).0, 201);
     let (status, metrics) = http(control, "GET", "/metrics", "");
