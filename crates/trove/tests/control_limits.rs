@@ -229,6 +229,21 @@ fn serve_refuses_to_start_when_the_caps_do_not_fit_the_open_file_limit() {
         assert!(stderr.contains(part), "`{part}` not in:\n{stderr}");
     }
     assert!(!data.exists(), "a refused start wrote its data directory");
+
+    // The limits themselves are checked, naming the key.
+    for (key, value) in [
+        ("control_connections_max", "0"),
+        ("control_header_timeout_ms", "0"),
+        ("control_body_timeout_ms", "0"),
+        ("control_connections_max", "65537"),
+    ] {
+        let config = dir.join("limits.toml");
+        std::fs::write(&config, format!("[limits]\n{key} = {value}\n")).unwrap();
+        let mut with_config = args.to_vec();
+        with_config.extend(["--config", config.to_str().unwrap()]);
+        let (status, stderr) = Serve::spawn("true", &with_config).wait_exit();
+        assert!(!status.success() && stderr.contains(key), "{key} = {value}: exit {status}:\n{stderr}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
