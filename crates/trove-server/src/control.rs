@@ -10,7 +10,7 @@
 //!
 //! The routes are axum's; the connections are driven here, with hyper's
 //! HTTP/1 connection directly, so that a peer cannot hold the plane open
-//! (`ControlConfig`): every connection is in one [`Phase`] with a
+//! (`ControlConfig`): every connection is in one `Phase` with a
 //! deadline, the number open is capped, and at the cap the connection
 //! that has waited longest for its request is closed to make room. A
 //! request body is checked against [`BODY_BYTES_MAX`] on its announced
