@@ -1,28 +1,46 @@
-//! The HTTP control plane (axum, default 127.0.0.1:7480) on its own
-//! one-thread runtime, so it keeps answering when the data plane's workers
-//! and the shards are saturated.
+//! The HTTP control plane (default 127.0.0.1:7480) on its own one-thread
+//! runtime, so it keeps answering when the data plane's workers and the
+//! shards are saturated.
 //!
 //! Reads of game state run on the shard that owns the hunt, between its
 //! batches (`Engine::query_world`); creating a hunt is an event like any
 //! other, through the same producer path and journal. docs/control.md and
 //! `/openapi.json` describe the endpoints; `/metrics` is the Prometheus
 //! text format (`metrics.rs`).
+//!
+//! The routes are axum's; the connections are driven here, with hyper's
+//! HTTP/1 connection directly, so that a peer cannot hold the plane open
+//! (`ControlConfig`): every connection is in one `Phase` with a
+//! deadline, the number open is capped, and at the cap the connection
+//! that has waited longest for its request is closed to make room. A
+//! request body is checked against [`BODY_BYTES_MAX`] on its announced
+//! length, before a byte of it is read, and read under a deadline before
+//! the router sees it.
 
 // Handlers return a `Response` as their error: it is the reply, built once.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trove_core::Stamped;
 use trove_hunt::{HuntEvent, HuntOutcome, Reject, TreasureHunt};
 use trove_shard::{Engine, Producer, SubmitError};
@@ -30,6 +48,71 @@ use trove_shard::{Engine, Producer, SubmitError};
 use crate::ServerMetrics;
 use crate::json::{JsonGame, config_json, top_json};
 use crate::metrics::{self, MetricsSources};
+
+/// Largest request body, in bytes: a longer announced length is answered
+/// 413 before a byte of the body is read, and a chunked body is cut off
+/// there. A create is a few hundred bytes.
+pub const BODY_BYTES_MAX: usize = 64 << 10;
+/// Largest request head (request line and headers), in bytes: 431 past it.
+pub const HEAD_BYTES_MAX: usize = 16 << 10;
+/// hyper's read and write buffers per connection (its minimum is 8 KiB):
+/// with `connections_max` this bounds the plane's buffer memory.
+const CONNECTION_BUFFER_BYTES_MAX: usize = 64 << 10;
+/// After the last answer on a connection, its unread input is drained for
+/// at most this long and this many bytes before it closes, so that the
+/// answer reaches a peer still sending (an early 413, say) instead of
+/// being lost to a reset.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+const LINGER_BYTES_MAX: usize = 1 << 20;
+/// How long a new connection waits at the cap for the one closed to make
+/// room for it; past it, the new one is closed too.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// Bounds of `ControlConfig::connections_max`.
+pub const CONTROL_CONNECTIONS_MAX_LIMIT: usize = 65_536;
+
+/// Every bound of the control plane's connections, named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Connections open at once. At the cap, the connection that has
+    /// waited longest for its request (headers or body) is closed to make
+    /// room for the new one; when every open connection is inside a
+    /// handler, the new one is closed at once. Descriptors for them are
+    /// reserved at start (`fds.rs`).
+    pub connections_max: usize,
+    /// From the accept, or the end of the previous answer, to the end of a
+    /// request's headers; past it the connection is closed unanswered.
+    pub header_timeout: Duration,
+    /// From the end of the headers to the end of the body; past it the
+    /// request is answered 408 `request_timeout` and the connection closed.
+    pub body_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { connections_max: 128, header_timeout: Duration::from_secs(5), body_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl ControlConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let hour = Duration::from_secs(3600);
+        let checks = [
+            (
+                (1..=CONTROL_CONNECTIONS_MAX_LIMIT).contains(&self.connections_max),
+                "control_connections_max must be in 1..=65536",
+            ),
+            (
+                !self.header_timeout.is_zero() && self.header_timeout <= hour,
+                "control_header_timeout_ms must be in 1..=3600000",
+            ),
+            (
+                !self.body_timeout.is_zero() && self.body_timeout <= hour,
+                "control_body_timeout_ms must be in 1..=3600000",
+            ),
+        ];
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+    }
+}
 
 /// What the control plane reports about the engine it serves.
 #[derive(Clone, Debug)]
@@ -51,7 +134,8 @@ struct Ctx {
     info: ControlInfo,
     started: Instant,
     sources: MetricsSources,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    ready: Arc<AtomicBool>,
+    conns: Arc<Conns>,
 }
 
 /// A running control plane.
@@ -60,6 +144,7 @@ pub struct ControlPlane {
     addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    conns: Arc<Conns>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -72,27 +157,30 @@ impl ControlPlane {
     /// Binds `addr` and serves on a runtime of its own.
     pub fn start(
         addr: SocketAddr,
+        config: ControlConfig,
         engine: Arc<Engine<TreasureHunt>>,
         server_metrics: Arc<ServerMetrics>,
         data_plane: tokio::runtime::Handle,
         info: ControlInfo,
-        ready: Arc<std::sync::atomic::AtomicBool>,
+        ready: Arc<AtomicBool>,
     ) -> Result<Self, String> {
         let listener =
             std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?;
-        Self::start_on(listener, engine, server_metrics, data_plane, info, ready)
+        Self::start_on(listener, config, engine, server_metrics, data_plane, info, ready)
     }
 
     /// Serves on a listener bound already (`trove serve` binds it before
     /// the engine recovers anything), on a runtime of its own.
     pub fn start_on(
         std_listener: std::net::TcpListener,
+        config: ControlConfig,
         engine: Arc<Engine<TreasureHunt>>,
         server_metrics: Arc<ServerMetrics>,
         data_plane: tokio::runtime::Handle,
         info: ControlInfo,
-        ready: Arc<std::sync::atomic::AtomicBool>,
+        ready: Arc<AtomicBool>,
     ) -> Result<Self, String> {
+        config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("trove-control")
@@ -102,6 +190,7 @@ impl ControlPlane {
             .map_err(|e| format!("starting the control runtime: {e}"))?;
         std_listener.set_nonblocking(true).map_err(|e| format!("control plane listener: {e}"))?;
         let addr = std_listener.local_addr().map_err(|e| format!("control plane listener: {e}"))?;
+        let conns = Arc::new(Conns::new(config));
         let ctx = Arc::new(Ctx {
             producer: tokio::sync::Mutex::new(engine.producer()),
             engine: engine.clone(),
@@ -114,33 +203,421 @@ impl ControlPlane {
                 control_plane: runtime.handle().clone(),
             },
             ready,
+            conns: conns.clone(),
         });
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = {
             let _guard = runtime.enter();
             let listener =
                 tokio::net::TcpListener::from_std(std_listener).map_err(|e| format!("control plane listener: {e}"))?;
-            runtime.spawn(async move {
-                let _ = axum::serve(listener, router(ctx))
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await;
-            })
+            runtime.spawn(accept_loop(conns.clone(), listener, router(ctx), stopped))
         };
-        Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task) })
+        Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task), conns })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Connections open now (at most `connections_max`).
+    pub fn connections_open(&self) -> usize {
+        self.conns.open()
+    }
+
+    /// Stops accepting, lets requests under way finish (for at most 2 s),
+    /// then closes every connection.
     pub fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.task.take()) {
             let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
             rt.shutdown_timeout(Duration::from_millis(100));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connections.
+
+/// Where a connection is in its current request; each phase but `Handler`
+/// has a deadline, and only a connection in `Handler` is never closed to
+/// make room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Waiting for a request's headers (`header_timeout`), including
+    /// between requests and while the last answer is written.
+    Head = 0,
+    /// Reading the body (`body_timeout`, enforced by `read_body`).
+    Body = 1,
+    /// The router is answering (the handlers bound their own waits).
+    Handler = 2,
+}
+
+/// One open connection's shared state.
+struct Conn {
+    phase: AtomicU8,
+    /// When `phase` began, in milliseconds since the plane started.
+    phase_since_ms: AtomicU64,
+    /// Chosen to make room: no longer a candidate.
+    evicted: AtomicBool,
+    /// Tells the connection's task to close at once.
+    close: tokio::sync::Notify,
+}
+
+impl Conn {
+    fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Head,
+            1 => Phase::Body,
+            _ => Phase::Handler,
+        }
+    }
+
+    fn enter(&self, phase: Phase, now_ms: u64) {
+        self.phase_since_ms.store(now_ms, Relaxed);
+        self.phase.store(phase as u8, Relaxed);
+    }
+}
+
+/// Why the plane closed a connection itself, for `/metrics`.
+#[derive(Debug, Default)]
+struct ConnCounters {
+    accepted: AtomicU64,
+    /// Closed at once: at the cap with every connection in a handler.
+    refused: AtomicU64,
+    /// Closed to make room for a new one.
+    evicted: AtomicU64,
+    header_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
+    bodies_too_large: AtomicU64,
+}
+
+/// The open connections: the cap, the phases, the deadlines.
+struct Conns {
+    config: ControlConfig,
+    epoch: Instant,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// A slot was given back.
+    released: tokio::sync::Notify,
+    counters: ConnCounters,
+}
+
+/// A connection's place under the cap; given back when dropped.
+struct Slot {
+    conns: Arc<Conns>,
+    id: u64,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+        self.conns.released.notify_one();
+    }
+}
+
+impl Conns {
+    fn new(config: ControlConfig) -> Self {
+        Self {
+            config,
+            epoch: Instant::now(),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            released: tokio::sync::Notify::new(),
+            counters: ConnCounters::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at_ms(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
+    }
+
+    /// A slot for a new connection: a free one, or one made by closing the
+    /// connection that has waited longest for its request. `None` when
+    /// every connection is in a handler (or the one closed did not go in
+    /// `EVICTION_WAIT`): the new connection is then closed.
+    async fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
+        loop {
+            // Made before the check, so a slot given back after it wakes us.
+            let released = self.released.notified();
+            {
+                let mut open = self.lock();
+                if open.len() < self.config.connections_max {
+                    let id = self.next_id.fetch_add(1, Relaxed);
+                    let conn = Arc::new(Conn {
+                        phase: AtomicU8::new(Phase::Head as u8),
+                        phase_since_ms: AtomicU64::new(self.now_ms()),
+                        evicted: AtomicBool::new(false),
+                        close: tokio::sync::Notify::new(),
+                    });
+                    open.insert(id, conn.clone());
+                    self.counters.accepted.fetch_add(1, Relaxed);
+                    return Some(Slot { conns: self.clone(), id, conn });
+                }
+                // One eviction at a time: a wake-up before the evicted
+                // connection has closed must not close another one.
+                if !open.values().any(|c| c.evicted.load(Relaxed)) {
+                    let victim = open
+                        .values()
+                        .filter(|c| c.phase() != Phase::Handler)
+                        .min_by_key(|c| c.phase_since_ms.load(Relaxed));
+                    let Some(victim) = victim else {
+                        // Every connection is inside a handler.
+                        self.counters.refused.fetch_add(1, Relaxed);
+                        return None;
+                    };
+                    victim.evicted.store(true, Relaxed);
+                    victim.close.notify_one();
+                    self.counters.evicted.fetch_add(1, Relaxed);
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                self.counters.refused.fetch_add(1, Relaxed);
+                return None;
+            }
+        }
+    }
+
+    /// When the connection's header deadline passes, if it is waiting for
+    /// headers; else when to look again.
+    fn head_deadline(&self, conn: &Conn) -> (bool, tokio::time::Instant) {
+        let timeout_ms = self.config.header_timeout.as_millis() as u64;
+        match conn.phase() {
+            Phase::Head => (true, self.at_ms(conn.phase_since_ms.load(Relaxed).saturating_add(timeout_ms))),
+            _ => (false, tokio::time::Instant::now() + self.config.header_timeout),
+        }
+    }
+}
+
+/// Accepts until `stop`, then waits (bounded by `ControlPlane::shutdown`)
+/// for the open connections to finish.
+async fn accept_loop(
+    conns: Arc<Conns>,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // Out of file descriptors, say: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Some(slot) = conns.admit().await else {
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone()));
+    }
+    drop(listener);
+    while conns.open() > 0 {
+        let released = conns.released.notified();
+        let _ = tokio::time::timeout(Duration::from_millis(50), released).await;
+    }
+}
+
+/// How a connection's wait ended.
+enum Wake {
+    Evicted,
+    Deadline,
+    Stop,
+}
+
+async fn serve_connection(
+    conns: Arc<Conns>,
+    slot: Slot,
+    stream: tokio::net::TcpStream,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn = slot.conn.clone();
+    let service = {
+        let (conns, conn) = (conns.clone(), conn.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (conns, conn, router) = (conns.clone(), conn.clone(), router.clone());
+            Box::pin(async move { Ok::<_, Infallible>(answer(&conns, &conn, router, req).await) })
+                as Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The header deadline is ours (`Phase::Head`): it also covers a peer
+    // that connects and sends nothing.
+    http.header_read_timeout(None).max_header_size(HEAD_BYTES_MAX).max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
+    let mut connection = http.serve_connection(TokioIo::new(stream), service);
+    let mut stopping = false;
+    loop {
+        let (waiting_for_head, deadline) = conns.head_deadline(&conn);
+        let wake = tokio::select! {
+            // Done, or failed (a malformed request, answered 400 by hyper;
+            // a reset): either way the socket is ours again.
+            _ = poll_fn(|cx| connection.poll_without_shutdown(cx)) => break,
+            _ = conn.close.notified() => Wake::Evicted,
+            _ = tokio::time::sleep_until(deadline) => Wake::Deadline,
+            _ = stop.wait_for(|s| *s), if !stopping => Wake::Stop,
+        };
+        match wake {
+            // A peer that held a slot without a request: dropped unanswered.
+            Wake::Evicted => return,
+            Wake::Deadline => {
+                if waiting_for_head && conns.head_deadline(&conn).1 <= tokio::time::Instant::now() {
+                    conns.counters.header_timeouts.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            Wake::Stop => {
+                stopping = true;
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+        }
+    }
+    let mut stream = connection.into_parts().io.into_inner();
+    tokio::select! {
+        _ = linger(&mut stream) => {}
+        _ = conn.close.notified() => {}
+    }
+    drop(stream);
+    drop(slot);
+}
+
+/// Sends FIN after the last answer, then reads and drops what the peer
+/// still sends (bounded), so closing does not reset the connection under
+/// an answer the peer has not read yet.
+async fn linger(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES_MAX {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
+}
+
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    Timeout,
+    Read(hyper::Error),
+}
+
+/// One request: its body read (bounded in size and time) while the
+/// connection may still be closed to make room, then the router.
+async fn answer(conns: &Conns, conn: &Conn, router: Router, req: Request<Incoming>) -> Response {
+    conn.enter(Phase::Body, conns.now_ms());
+    let (parts, body) = req.into_parts();
+    let reply = match read_body(body, conns.config.body_timeout).await {
+        Ok(bytes) => {
+            conn.enter(Phase::Handler, conns.now_ms());
+            let service = TowerToHyperService::new(router);
+            match hyper::service::Service::call(&service, Request::from_parts(parts, Body::from(bytes))).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+        Err(BodyError::TooLarge) => {
+            conns.counters.bodies_too_large.fetch_add(1, Relaxed);
+            closing(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is above {} KiB", BODY_BYTES_MAX >> 10),
+            ))
+        }
+        Err(BodyError::Timeout) => {
+            conns.counters.body_timeouts.fetch_add(1, Relaxed);
+            closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the body did not arrive within {} ms", conns.config.body_timeout.as_millis()),
+            ))
+        }
+        Err(BodyError::Read(e)) => {
+            closing(error(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))
+        }
+    };
+    conn.enter(Phase::Head, conns.now_ms());
+    reply
+}
+
+/// Marks an answer as the connection's last.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Reads a whole body of at most `BODY_BYTES_MAX` bytes within `timeout`.
+/// An announced length past the limit is refused before anything is read;
+/// the buffer grows with the bytes that arrive.
+async fn read_body(mut body: Incoming, timeout: Duration) -> Result<Bytes, BodyError> {
+    if body.size_hint().lower() > BODY_BYTES_MAX as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let read = async {
+        let mut bytes = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else { continue };
+            if bytes.len() + data.len() > BODY_BYTES_MAX {
+                return Err(BodyError::TooLarge);
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok(Bytes::from(bytes))
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or(Err(BodyError::Timeout))
+}
+
+/// The connection figures, in the Prometheus text format.
+fn render_connections(conns: &Conns, out: &mut String) {
+    use std::fmt::Write;
+    let c = &conns.counters;
+    let _ = writeln!(
+        out,
+        "# HELP trove_control_connections_open Open control-plane connections (at most control_connections_max).\n\
+         # TYPE trove_control_connections_open gauge\ntrove_control_connections_open {}",
+        conns.open()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trove_control_connections_accepted_total Control-plane connections given a slot.\n\
+         # TYPE trove_control_connections_accepted_total counter\ntrove_control_connections_accepted_total {}",
+        c.accepted.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trove_control_connections_closed_total Control-plane connections the server closed itself, by \
+         reason: refused (at the cap, every slot in a handler), evicted (to make room), header_timeout, \
+         body_timeout, body_too_large.\n# TYPE trove_control_connections_closed_total counter"
+    );
+    for (reason, n) in [
+        ("refused", &c.refused),
+        ("evicted", &c.evicted),
+        ("header_timeout", &c.header_timeouts),
+        ("body_timeout", &c.body_timeouts),
+        ("body_too_large", &c.bodies_too_large),
+    ] {
+        let _ = writeln!(out, "trove_control_connections_closed_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
     }
 }
 
@@ -159,8 +636,8 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here".into())
         })
-        // A create is a few hundred bytes; refuse big bodies early.
-        .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+        // `answer` has read the body already, bounded by BODY_BYTES_MAX.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(ctx)
 }
 
@@ -186,7 +663,7 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
     if let Some(reason) = ctx.engine.failure() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason.to_string());
     }
-    if ctx.ready.load(std::sync::atomic::Ordering::Relaxed) {
+    if ctx.ready.load(Relaxed) {
         ok(json!({"status": "ready"}))
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the engine is starting or stopping".into())
@@ -220,7 +697,8 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Response {
 }
 
 async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
-    let text = metrics::render(&ctx.sources);
+    let mut text = metrics::render(&ctx.sources);
+    render_connections(&ctx.conns, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
@@ -402,11 +880,23 @@ async fn create_hunt(
 async fn submit_one(ctx: &Ctx, event: HuntEvent) -> Result<HuntOutcome, Response> {
     let mut producer = ctx.producer.lock().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The engine failed: its batches in flight never complete, and
+    // `poll_complete` says so at once (Ready(Err)) every time it is asked,
+    // so each wait below must end on that answer, not loop on it.
+    let failed = |reason: String| error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason);
     // A request that timed out left its batch in flight: take its answer
     // first, so this one gets its own.
     while producer.in_flight() > 0 {
-        if tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await.is_err() {
-            return Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "an earlier request is still unanswered".into()));
+        match tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => return Err(failed(reason)),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "an earlier request is still unanswered".into(),
+                ));
+            }
         }
     }
     loop {
@@ -419,16 +909,14 @@ async fn submit_one(ctx: &Ctx, event: HuntEvent) -> Result<HuntOutcome, Response
             Err(SubmitError::Busy) => {
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the engine is saturated; retry".into()));
             }
-            Err(SubmitError::Failed) => {
-                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", crate::failure_reason(&producer)));
-            }
+            Err(SubmitError::Failed) => return Err(failed(crate::failure_reason(&producer))),
             Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:?}"))),
         }
     }
     let done = tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await;
     match done {
         Ok(Ok(c)) => Ok(c.outcomes[0]),
-        Ok(Err(reason)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", reason)),
+        Ok(Err(reason)) => Err(failed(reason)),
         Err(_) => Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the event was not answered in time".into())),
     }
 }

@@ -11,9 +11,11 @@
 //! - [`ws`]: the same semantics as JSON over WebSocket.
 //! - [`json`]: the game's JSON form, for the WebSocket endpoint.
 //! - [`control`]: the HTTP control plane, on a runtime of its own.
+//! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 
 pub mod control;
+pub mod fds;
 pub mod json;
 pub mod metrics;
 pub mod tcp;

@@ -19,7 +19,7 @@ use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_proto::Frame;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, VERSION, hello_flags};
 use trove_proto::wire::decode_outcomes;
-use trove_server::control::{ControlInfo, ControlPlane};
+use trove_server::control::{BODY_BYTES_MAX, ControlConfig, ControlInfo, ControlPlane};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig};
 
@@ -37,6 +37,10 @@ struct Harness {
 
 impl Harness {
     fn start(journal: Option<JournalConfig>) -> Harness {
+        Harness::start_with(journal, ControlConfig::default())
+    }
+
+    fn start_with(journal: Option<JournalConfig>, limits: ControlConfig) -> Harness {
         let fsync = journal.as_ref().map_or("none".to_string(), |j| j.fsync.to_string());
         let journal_dir = journal.as_ref().map(|j| j.dir.display().to_string());
         let engine = EngineConfig { shards: 2, journal, ..EngineConfig::default() };
@@ -55,6 +59,7 @@ impl Harness {
         };
         let control = ControlPlane::start(
             "127.0.0.1:0".parse().unwrap(),
+            limits,
             engine.clone(),
             server.metrics_handle(),
             server.runtime_handle(),
@@ -1306,4 +1311,121 @@ fn the_metrics_validator_catches_what_it_must() {
         metric_names("histogram_quantile(0.99, sum by (le) (rate(trove_x_bucket{job=\"trove_y\"}[1m]))) / process_z"),
         ["trove_x_bucket", "process_z"]
     );
+}
+
+// ---------------------------------------------------------------------------
+// A peer cannot hold the control plane open (docs/control.md, "Limits").
+
+/// Has the server closed `s`? Waits until `deadline` for the end of the
+/// stream (or a reset); false if it is still open then.
+fn closed_by_server(s: &mut TcpStream, deadline: std::time::Instant) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_secs(1)))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // An answer before the close (none is expected for a stalled head).
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn stalled_requests_are_closed_and_the_cap_holds_while_health_answers() {
+    let limits =
+        ControlConfig { connections_max: 32, header_timeout: Duration::from_secs(2), ..ControlConfig::default() };
+    let h = Harness::start_with(None, limits.clone());
+    let open = || h.control.as_ref().unwrap().connections_open();
+
+    // 2,000 requests that never finish their headers (a few send nothing at
+    // all), with /health asked between them.
+    let mut stalled = Vec::new();
+    for i in 0..2000 {
+        let mut s = TcpStream::connect(h.http).unwrap();
+        if i % 10 != 0 {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        }
+        stalled.push(s);
+        if i % 250 == 249 {
+            let r = h.get("/health");
+            assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})), "after {} stalled", i + 1);
+            assert!(open() <= limits.connections_max, "{} open, cap {}", open(), limits.connections_max);
+        }
+    }
+    assert_eq!(h.get("/health").status, 200);
+    let scrape = h.scrape();
+    assert!(scrape.value("trove_control_connections_open", &[]) <= limits.connections_max as f64);
+    assert!(scrape.value("trove_control_connections_closed_total", &[("reason", "evicted")]) > 0.0);
+
+    // Every stalled connection is closed by the server: the old ones to make
+    // room, the last ones by the header deadline.
+    let deadline = std::time::Instant::now() + limits.header_timeout + Duration::from_secs(60);
+    for (i, s) in stalled.iter_mut().enumerate() {
+        assert!(closed_by_server(s, deadline), "stalled connection {i} is still open");
+    }
+    drop(stalled);
+
+    // Below the cap, a stalled head lasts its deadline, not less.
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(h.http).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    assert!(closed_by_server(&mut slow, started + limits.header_timeout + Duration::from_secs(60)));
+    let lasted = started.elapsed();
+    assert!(lasted + Duration::from_millis(50) >= limits.header_timeout, "closed after {lasted:?}");
+    let scrape = h.scrape();
+    assert!(scrape.value("trove_control_connections_closed_total", &[("reason", "header_timeout")]) >= 1.0);
+    assert_eq!(h.get("/health").status, 200);
+    h.stop();
+}
+
+#[test]
+fn bodies_are_bounded_in_size_before_reading_and_in_time() {
+    let limits = ControlConfig { body_timeout: Duration::from_secs(2), ..ControlConfig::default() };
+    let h = Harness::start_with(None, limits.clone());
+    let reply_to = |head: &str, body: &[u8]| {
+        let mut s = TcpStream::connect(h.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        // The request is not finished: the answer comes without the rest.
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        parse_reply(&raw).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&raw)))
+    };
+
+    // A 10 MiB body announced and not sent: refused on the length alone.
+    let m = reply_to("POST /hunts HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n", b"")
+        .error(413, "payload_too_large");
+    assert!(m.contains("64 KiB"), "{m}");
+    // One byte past the limit announced, on any route.
+    let head = format!("POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", BODY_BYTES_MAX + 1);
+    reply_to(&head, b"").error(413, "payload_too_large");
+    // A chunked body has no length to check: cut off at the limit.
+    let mut chunked = Vec::new();
+    for _ in 0..(BODY_BYTES_MAX / 4096 + 1) {
+        chunked.extend_from_slice(format!("1000\r\n{}\r\n", " ".repeat(4096)).as_bytes());
+    }
+    reply_to("POST /hunts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", &chunked)
+        .error(413, "payload_too_large");
+    // A body that stops coming: 408 after the body deadline.
+    let started = std::time::Instant::now();
+    let m = reply_to("POST /hunts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b"{\"id\": 1, ")
+        .error(408, "request_timeout");
+    assert!(m.contains("2000 ms"), "{m}");
+    assert!(started.elapsed() + Duration::from_millis(50) >= limits.body_timeout, "{:?}", started.elapsed());
+    // A body exactly at the limit is read (and is not JSON).
+    let body = " ".repeat(BODY_BYTES_MAX);
+    h.post("/hunts", &body).error(400, "bad_request");
+
+    let scrape = h.scrape();
+    let closed = |reason| scrape.value("trove_control_connections_closed_total", &[("reason", reason)]);
+    assert_eq!((closed("body_too_large"), closed("body_timeout")), (3.0, 1.0));
+    assert_eq!(h.create(1, config()).status, 201, "the plane still creates");
+    h.stop();
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use trove_hunt::TreasureHunt;
 
 use trove_journal::DataDirLock;
-use trove_server::control::{ControlInfo, ControlPlane};
+use trove_server::control::{ControlConfig, ControlInfo, ControlPlane};
 use trove_server::{Listeners, Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode, WriteIo};
 
@@ -83,6 +83,9 @@ pub struct LimitsFile {
     pub ws_message_max: Option<usize>,
     pub ws_frame_max: Option<usize>,
     pub ws_write_buffer_max: Option<usize>,
+    pub control_connections_max: Option<usize>,
+    pub control_header_timeout_ms: Option<u64>,
+    pub control_body_timeout_ms: Option<u64>,
 }
 
 /// Everything `serve` starts with.
@@ -96,6 +99,7 @@ pub struct ServeSettings {
     /// `engine.shards` once the directory is locked (`run`), since nothing
     /// in it is read before.
     pub shards_from_journal: bool,
+    pub control_limits: ControlConfig,
 }
 
 /// Defaults, then the file, then the flags. Errors name the key or flag.
@@ -197,10 +201,15 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut server.ws_message_max, lim.ws_message_max);
     set(&mut server.ws_frame_max, lim.ws_frame_max);
     set(&mut server.ws_write_buffer_max, lim.ws_write_buffer_max);
+    let mut control_limits = ControlConfig::default();
+    set(&mut control_limits.connections_max, lim.control_connections_max);
+    ms(lim.control_header_timeout_ms, &mut control_limits.header_timeout);
+    ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
 
     engine.validate()?;
     server.validate()?;
-    Ok(ServeSettings { engine, server, control, shards_from_journal })
+    control_limits.validate()?;
+    Ok(ServeSettings { engine, server, control, shards_from_journal, control_limits })
 }
 
 /// The shard count when none is given: the data directory's, if it has a
@@ -221,7 +230,13 @@ pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> u
 /// engine recover (and maybe repair) the journal. A start that fails after
 /// the directory was created removes it again.
 pub fn run(args: &Serve) -> Result<(), String> {
-    let ServeSettings { mut engine, server, control, shards_from_journal } = settings(args)?;
+    let ServeSettings { mut engine, server, control, shards_from_journal, control_limits } = settings(args)?;
+    // Before anything opens a file: both planes' caps must fit, so neither
+    // can take the descriptors the other or the journal needs. (A journal's
+    // own shard count is read only under its lock, below; the reserve
+    // counts the shards known now.)
+    let control_max = control.map_or(0, |_| control_limits.connections_max);
+    trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
     if args.console {
         // Before any runtime starts, so every task is seen.
         console_subscriber::init();
@@ -271,6 +286,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let control = match control_listener {
         Some(listener) => match ControlPlane::start_on(
             listener,
+            control_limits,
             engine.clone(),
             server.metrics_handle(),
             server.runtime_handle(),
