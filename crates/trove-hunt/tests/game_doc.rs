@@ -55,7 +55,7 @@ fn draw_treasures(c: &HuntConfig, round: u32) -> Vec<(u16, u16, u16)> {
 
 /// The canonical order: by 16 x 16 bucket in row order, then drawn order.
 fn canonical(c: &HuntConfig, mut drawn: Vec<(u16, u16, u16)>) -> Vec<(u16, u16, u16)> {
-    let buckets_x = (u32::from(c.width) + 15) / 16;
+    let buckets_x = u32::from(c.width).div_ceil(16);
     drawn.sort_by_key(|t| (u32::from(t.1) >> 4) * buckets_x + (u32::from(t.0) >> 4)); // stable
     drawn
 }

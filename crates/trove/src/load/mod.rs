@@ -1570,7 +1570,8 @@ mod tests {
 
     #[test]
     fn answers_take_chunks_whole_or_in_part() {
-        let chunk = |start_seq, end_seq| Chunk { start_seq, end_seq, intended_ns: start_seq, step: 0 };
+        let chunk =
+            |start_seq, end_seq| Chunk { start_seq, end_seq, intended_ns: start_seq, handed_ns: start_seq, step: 0 };
         let mut chunks: VecDeque<Chunk> = [chunk(1, 5), chunk(5, 9)].into();
         let mut seen = Vec::new();
         answered(&mut chunks, 7, |c, n| seen.push((c.start_seq, n)));
