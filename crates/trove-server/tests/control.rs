@@ -622,7 +622,19 @@ fn probes_status_openapi_and_routing_errors() {
     assert_eq!(s["journal_dir"], Value::Null);
     assert_eq!(s["tcp_addr"], h.tcp.to_string());
     assert_eq!(s["ws_addr"], Value::Null);
-    assert!(s["uptime_seconds"].as_f64().is_some_and(|u| u >= 0.0), "{s}");
+    // Uptime is positive and grows (polled: a coarse clock may take a while).
+    let uptime = s["uptime_seconds"].as_f64().expect("uptime_seconds is a number");
+    assert!(uptime > 0.0, "{s}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let later = h.get("/status").json()["uptime_seconds"].as_f64().unwrap();
+        assert!(later >= uptime, "uptime went back from {uptime} to {later}");
+        if later > uptime {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "uptime stayed at {uptime} s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(s["events_applied"], 0);
     assert_eq!(s["connections_open"], 0);
     assert_eq!(s["subscribers"], 0);
@@ -1091,7 +1103,12 @@ fn events_through_the_data_plane_show_in_reads_and_metrics() {
     assert!(m.sum("tokio_worker_busy_seconds_total") > 0.0);
     if cfg!(target_os = "linux") {
         assert!(m.value("process_resident_memory_bytes", &[]) > 0.0);
-        assert!(m.value("process_cpu_seconds_total", &[]) >= 0.0);
+        // The server runs in this process: its CPU time is at least what
+        // this process had used before the scrape, which is positive.
+        let before = own_cpu_seconds();
+        assert!(before > 0.0, "this test process has used CPU time");
+        let cpu = h.scrape().value("process_cpu_seconds_total", &[]);
+        assert!(cpu >= before, "process_cpu_seconds_total {cpu} is below the process's own {before}");
     }
     let busy = m.sum("trove_shard_busy_seconds_total");
     assert!(busy > 0.0, "the shards applied batches: {busy}");
@@ -1428,4 +1445,23 @@ fn bodies_are_bounded_in_size_before_reading_and_in_time() {
     assert_eq!((closed("body_too_large"), closed("body_timeout")), (3.0, 1.0));
     assert_eq!(h.create(1, config()).status, 201, "the plane still creates");
     h.stop();
+}
+
+/// This process's user and system CPU time from /proc/self/stat, after
+/// burning CPU until it is at least one clock tick (10 ms).
+#[cfg(target_os = "linux")]
+fn own_cpu_seconds() -> f64 {
+    let read = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    let mut x = 1u64;
+    while read() == 0.0 {
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    read()
 }

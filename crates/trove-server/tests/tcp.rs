@@ -90,9 +90,23 @@ impl Raw {
             }
             let mut chunk = [0u8; 65536];
             match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                // A read timeout is neither a frame nor a close.
+                Err(e) if is_timeout(&e) => panic!("no frame and no close within the read timeout: {e}"),
+                Err(_) => return None,
             }
+        }
+    }
+
+    /// Reads to the end and checks that the server closed the connection
+    /// (EOF or a reset) within the read timeout, not merely went quiet.
+    fn expect_closed(&mut self, what: &str) {
+        let mut sink = Vec::new();
+        match self.s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => panic!("{what}: the server did not close the connection: {e}"),
+            Err(_) => {} // reset: closed with unread bytes
         }
     }
 
@@ -144,6 +158,11 @@ impl Raw {
         }
         assert!(self.frame().is_none(), "the server closes after {code:?}");
     }
+}
+
+/// Whether a read failed for want of bytes within the read timeout.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 #[derive(Debug, PartialEq)]
@@ -351,7 +370,8 @@ fn a_slow_subscriber_gets_a_gap_notice_and_never_slows_the_engine() {
 fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
     let server = start(
         small_engine(),
-        ServerConfig { handshake_timeout: Duration::from_millis(300), frame_body_max: 4096, ..ServerConfig::default() },
+        // Long enough that a loaded machine never times out a HELLO sent at once.
+        ServerConfig { handshake_timeout: Duration::from_secs(3), frame_body_max: 4096, ..ServerConfig::default() },
     );
     let addr = server.tcp_addr();
     // A healthy producer, used between every attack.
@@ -450,10 +470,10 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
         }
         let _ = r.s.write_all(&bytes);
         let _ = r.s.shutdown(std::net::Shutdown::Write);
-        r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Read to the end: the server must close every such connection.
-        let mut sink = Vec::new();
-        let _ = r.s.read_to_end(&mut sink);
+        // Read to the end: the server must close every such connection
+        // (at the latest on the EOF that follows the bytes).
+        r.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        r.expect_closed(&format!("random connection {i}"));
         if i % 20 == 0 {
             check_good(&mut good);
         }
@@ -468,7 +488,9 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
 fn connection_limit_and_idle_timeout() {
     let server = start(
         small_engine(),
-        ServerConfig { connections_max: 2, idle_timeout: Duration::from_millis(300), ..ServerConfig::default() },
+        // Long enough that `_a` is still open when `c` connects, however
+        // slowly a loaded machine runs the test.
+        ServerConfig { connections_max: 2, idle_timeout: Duration::from_secs(3), ..ServerConfig::default() },
     );
     let addr = server.tcp_addr();
     let (_a, _) = Raw::hello(addr, 0, false);

@@ -42,6 +42,27 @@ fn recv(ws: &mut Ws) -> Value {
     }
 }
 
+/// Reads until the server closes the connection (a close frame, or the
+/// socket ends); anything else, a read timeout included, fails. Returns
+/// whether a message saying `unwanted` came first.
+fn expect_closed(ws: &mut Ws, unwanted: &str) -> bool {
+    use tungstenite::Error;
+    let mut saw_unwanted = false;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => return saw_unwanted,
+            Ok(Message::Text(t)) => saw_unwanted |= t.contains(unwanted),
+            Ok(_) => {}
+            Err(Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the server did not close the connection within the read timeout: {e}")
+            }
+            // A reset, or a socket that ended without a close frame: closed.
+            Err(Error::Io(_) | Error::Protocol(_)) => return saw_unwanted,
+            Err(e) => panic!("unexpected error while waiting for the close: {e}"),
+        }
+    }
+}
+
 fn create() -> Value {
     json!({"hunt": 1, "action": "create", "config": {"width": 32, "height": 32, "seed": 3,
         "treasures_per_round": 16, "value_min": 1, "value_max": 5, "dig_cooldown_ms": 0,
@@ -100,12 +121,7 @@ fn submit_subscribe_and_errors_over_json() {
     p.send(Message::Text("{nope".into())).unwrap();
     let err = recv(&mut p);
     assert_eq!(err["code"], "malformed");
-    loop {
-        match p.read() {
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
+    expect_closed(&mut p, "");
     // The watcher still works.
     send(&mut watcher, json!({"type": "ping", "nonce": 1}));
     assert_eq!(recv(&mut watcher)["type"], "pong");
@@ -119,14 +135,7 @@ fn oversized_messages_are_refused_by_the_limit() {
     let big = "x".repeat(10_000);
     let _ = p.send(Message::Text(json!({"type": "ping", "nonce": big}).to_string().into()));
     // The server drops the connection instead of buffering the message.
-    let closed = loop {
-        match p.read() {
-            Ok(Message::Close(_)) | Err(_) => break true,
-            Ok(Message::Text(t)) if t.contains("pong") => break false,
-            Ok(_) => {}
-        }
-    };
-    assert!(closed);
+    assert!(!expect_closed(&mut p, "pong"), "the oversized ping was answered");
     let mut q = connect(&server);
     send(&mut q, json!({"type": "ping", "nonce": 2}));
     assert_eq!(recv(&mut q)["nonce"], 2);

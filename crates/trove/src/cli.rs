@@ -233,6 +233,16 @@ pub struct BenchLoad {
     /// after it; past that the mode's run ends.
     #[arg(long, default_value_t = 10.0)]
     pub drain_timeout: f64,
+    /// After the knee, run a step at this many times it (e.g. 2.0) and
+    /// report its goodput against the knee's, BUSY answers per second and
+    /// the p99 of the admitted events. The knee is --knee, or else the
+    /// ramp's (--overload implies --ramp).
+    #[arg(long)]
+    pub overload: Option<f64>,
+    /// With --overload: the knee's goodput, events per second; a step at it
+    /// runs first (for --duration), then the overload step.
+    #[arg(long)]
+    pub knee: Option<f64>,
     /// Write every figure as JSON to this file (`-`: stdout).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,

@@ -8,7 +8,10 @@ use trove_shard::{FsyncPolicy, Mode};
 
 use crate::cli::BenchLoad;
 use crate::load::arrivals::Arrivals;
-use crate::load::{self, LoadArgs, RampArgs, ServerArgs};
+use crate::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
+
+/// Largest `--overload` factor: far past any knee already.
+const OVERLOAD_FACTOR_MAX: f64 = 100.0;
 use crate::workload_arg;
 
 fn positive(flag: &str, v: f64) -> Result<f64, String> {
@@ -52,7 +55,22 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
     if flags.metrics.is_some() && flags.target.is_none() {
         return Err("--metrics names the control plane of a --target".into());
     }
-    let ramp = flags.ramp || (flags.rate.is_none() && modes.len() > 1);
+    let overload = match (flags.overload, flags.knee) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("--knee is the knee for --overload: add --overload".into()),
+        (Some(factor), knee) => {
+            if !(factor.is_finite() && factor > 1.0 && factor <= OVERLOAD_FACTOR_MAX) {
+                return Err(format!("--overload must be above 1 and at most {OVERLOAD_FACTOR_MAX}, not {factor}"));
+            }
+            Some(OverloadArgs { factor, knee: knee.map(|k| positive("knee", k)).transpose()? })
+        }
+    };
+    // Without a knee given, the ramp finds it.
+    let ramp =
+        flags.ramp || (flags.rate.is_none() && modes.len() > 1) || overload.as_ref().is_some_and(|o| o.knee.is_none());
+    if flags.ramp && overload.as_ref().is_some_and(|o| o.knee.is_some()) {
+        return Err("--knee gives the knee: drop --ramp".into());
+    }
     let ramp_factor = positive("ramp-factor", flags.ramp_factor)?;
     let ramp_coarse = positive("ramp-coarse", flags.ramp_coarse)?;
     if ramp_factor <= 1.0 || ramp_coarse < 1.0 {
@@ -94,6 +112,7 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         linger: Duration::from_micros(flags.linger_us),
         drain_timeout: seconds("drain-timeout", flags.drain_timeout)?,
         progress: true,
+        overload,
     })
 }
 

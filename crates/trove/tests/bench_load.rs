@@ -74,13 +74,14 @@ fn a_single_run_reports_every_figure() {
     }
     assert_eq!(v["mode"], "sharded");
     assert_eq!(v["offered_events_per_s"], 20_000.0);
-    // Open loop at a rate far below capacity: everything offered is sent
-    // and acknowledged, and the achieved rate is the offered one.
+    // The schedule offers a second's worth of arrivals whatever the
+    // machine's speed; every one is sent and acknowledged (how fast is the
+    // machine's business: a loaded one may fall behind in the window).
     let offered = v["events_offered"].as_u64().unwrap();
     assert!((19_000..=21_000).contains(&offered), "{v}");
     assert_eq!(v["events_acked"].as_u64().unwrap(), offered, "{v}");
-    let achieved = v["achieved_events_per_s"].as_f64().unwrap();
-    assert!((15_000.0..25_000.0).contains(&achieved), "{v}");
+    assert_eq!(v["events_refused"].as_u64().unwrap(), 0, "{v}");
+    assert!(v["achieved_events_per_s"].as_f64().unwrap() > 0.0, "{v}");
     let lat = &v["latency_us"];
     assert!(lat["p50"].as_u64() <= lat["p99"].as_u64() && lat["p99"].as_u64() <= lat["max"].as_u64(), "{v}");
     // The subscriber saw the watched hunts' events.
@@ -88,8 +89,7 @@ fn a_single_run_reports_every_figure() {
     // The server's side came from its /metrics.
     assert!(v["server"]["cpu_cores"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["server"]["batch_events_mean"].as_f64().unwrap() > 0.0, "{v}");
-    assert_eq!(v["passed"], true, "{v}");
-    assert_eq!(v["failed_because"], serde_json::Value::Null, "{v}");
+    step_verdict_is_consistent(&v);
 
     // `--json -`: stdout is the JSON alone.
     let out = trove(&["bench", "--workload", &workload, "--rate", "5000", "--duration", "0.3", "--json", "-"]);
@@ -97,6 +97,20 @@ fn a_single_run_reports_every_figure() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     assert_eq!(v["offered_events_per_s"], 5000.0);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A step passes exactly when nothing is given as a reason to fail, and at
+/// these low rates the only admissible reason is the machine's speed: no
+/// refusal, no failed connection, no backlog left behind.
+fn step_verdict_is_consistent(step: &serde_json::Value) {
+    let why = step["failed_because"].as_str();
+    assert_eq!(step["passed"] == true, why.is_none(), "{step}");
+    if let Some(why) = why {
+        for bad in ["refused", "failed:", "not drained"] {
+            assert!(!why.contains(bad), "a step failed for more than speed ({bad}): {step}");
+        }
+        eprintln!("note: a step fell behind on this machine (speed is not checked here): {why}");
+    }
 }
 
 #[test]
@@ -137,13 +151,26 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
         assert_eq!(run["mode"], mode);
         assert_eq!(run["arrivals"], "poisson");
         let steps = run["steps"].as_array().unwrap();
-        // 5k, 10k, 20k (capped at --ramp-max): far below either knee.
-        assert_eq!(steps.len(), 3, "{run}");
+        // Which steps run depends on which pass, which depends on the
+        // machine's speed; what holds on any machine: steps are sorted,
+        // within the ramp's bounds, every event is acknowledged, and the
+        // knee is the highest passing step.
+        assert!(!steps.is_empty(), "{run}");
         let offered: Vec<f64> = steps.iter().map(|s| s["offered_events_per_s"].as_f64().unwrap()).collect();
-        assert_eq!(offered, [5000.0, 10000.0, 20000.0]);
-        assert!(steps.iter().all(|s| s["passed"] == true), "{run}");
-        assert_eq!(run["knee_offered_events_per_s"], 20000.0);
-        assert!(run["knee_events_per_s"].as_f64().unwrap() > 15_000.0);
+        assert!(offered.windows(2).all(|w| w[0] < w[1]), "{offered:?}");
+        assert!(offered.iter().all(|&o| (1000.0..=20000.0).contains(&o)), "{offered:?}");
+        for s in steps {
+            assert_eq!(s["events_acked"], s["events_offered"], "{s}");
+            step_verdict_is_consistent(s);
+        }
+        let knee = steps.iter().rev().find(|s| s["passed"] == true);
+        assert_eq!(
+            run["knee_offered_events_per_s"],
+            knee.map_or(serde_json::Value::Null, |s| s["offered_events_per_s"].clone())
+        );
+        if knee.is_none() {
+            eprintln!("note: no step of {mode} kept up on this machine");
+        }
     }
     assert_eq!(v["ratios"][0]["modes"], "sharded / task-per-event");
     for f in ["report.md", "achieved.svg", "p99.svg"] {
@@ -152,7 +179,55 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("task-per-event") && md.contains("knee"), "{md}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("knee ratio sharded / task-per-event"), "{stdout}");
+    assert!(stdout.contains("knee ratio sharded / task-per-event: "), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_overload_step_reports_goodput_busy_answers_and_admitted_latency() {
+    let dir = common::scratch_dir("bench-load-overload");
+    let workload = small_workload(&dir);
+    let json = dir.join("overload.json");
+    let out = trove(&[
+        "bench",
+        "--workload",
+        &workload,
+        "--overload",
+        "2",
+        "--knee",
+        "5000",
+        "--duration",
+        "0.5",
+        "--connections",
+        "2",
+        "--slo-ms",
+        "60000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let v = read_json(&json);
+    // A step at the knee given, then one at twice it.
+    let steps = v["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{v}");
+    assert_eq!(steps[0]["offered_events_per_s"], 5000.0, "{v}");
+    let o = &v["overload"];
+    assert_eq!(o["factor"], 2.0, "{v}");
+    assert_eq!(o["knee_events_per_s"], 5000.0, "{v}");
+    assert_eq!(o["offered_events_per_s"], 10000.0, "{v}");
+    assert_eq!(o["step"]["offered_events_per_s"], 10000.0, "{v}");
+    // Far below this server's capacity: everything is acknowledged.
+    assert_eq!(o["step"]["events_acked"], o["step"]["events_offered"], "{v}");
+    let goodput = o["goodput_events_per_s"].as_f64().unwrap();
+    assert!(goodput > 0.0, "{v}");
+    assert_eq!(o["goodput_over_knee"].as_f64().unwrap(), goodput / 5000.0, "{v}");
+    assert!(o["busy_replies_per_s"].as_f64().is_some(), "the server's BUSY count comes from /metrics: {v}");
+    let admitted = &o["step"]["admitted_latency_us"];
+    assert!(admitted["p99"].as_u64() <= admitted["max"].as_u64(), "{v}");
+    assert_eq!(o["admitted_p99_us"], admitted["p99"], "{v}");
+    assert_eq!(o["holds"], o["goodput_over_knee"].as_f64().unwrap() >= 0.95, "{v}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("overload 2.0x the knee"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -175,6 +250,9 @@ fn bad_flags_and_workloads_are_clear_errors() {
         (&["--metrics", "127.0.0.1:9"][..], "--metrics"),
         (&["--ramp", "--ramp-factor", "1"][..], "--ramp-factor"),
         (&["--slo-ms", "1e30"][..], "--slo-ms"),
+        (&["--knee", "5000"][..], "--overload"),
+        (&["--overload", "1"][..], "--overload"),
+        (&["--overload", "2", "--knee", "0"][..], "--knee"),
     ] {
         let mut all = vec!["bench"];
         all.extend_from_slice(args);

@@ -50,7 +50,7 @@ use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_workload::{Generator, WorkloadSpec};
 
 use self::arrivals::{Arrivals, SLOT_NS, Schedule};
-use self::model::{Comparison, FirstMoved, LatencyUs, ModeRun, Ratio, StepReport};
+use self::model::{Comparison, FirstMoved, LatencyUs, ModeRun, OverloadReport, Ratio, StepReport};
 use self::server::{ChildServer, ChildSpec};
 
 /// Events per latency record: a run of consecutive events of one slot
@@ -59,6 +59,9 @@ const CHUNK_EVENTS: u32 = 64;
 
 /// Achieved must reach this share of offered for a step to pass.
 const KEEP_UP: f64 = 0.95;
+
+/// Under `--overload`, goodput must stay at this share of the knee's.
+const GOODPUT_KEPT_MIN: f64 = 0.95;
 
 /// A ramp that finds no passing step comes down to this rate at the lowest.
 const RAMP_FLOOR: f64 = 1000.0;
@@ -98,6 +101,17 @@ pub struct LoadArgs {
     pub drain_timeout: Duration,
     /// Live progress on stderr (when it is a terminal).
     pub progress: bool,
+    /// After the knee (the ramp's, or the one given), a step at this many
+    /// times it.
+    pub overload: Option<OverloadArgs>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OverloadArgs {
+    /// The overload step offers this times the knee (above 1).
+    pub factor: f64,
+    /// The knee's goodput, events per second; `None`: the ramp finds it.
+    pub knee: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +250,8 @@ struct Chunk {
     start_seq: u64,
     end_seq: u64,
     intended_ns: u64,
+    /// When the pacer took the chunk to hand it to the SDK.
+    handed_ns: u64,
     step: u32,
 }
 
@@ -293,6 +309,8 @@ struct ConnInner {
     latencies: Latencies,
     /// Intended time to handed to the SDK, per chunk.
     send_lag: Latencies,
+    /// Handed to the SDK to acknowledged, per chunk.
+    admitted: Latencies,
     /// The acknowledgement stream ended in an error.
     failed: Option<String>,
     /// Events of batches the server refused, by step (not in `latencies`).
@@ -480,7 +498,8 @@ impl Conn {
             let intended_ns = slot.start_ns + arrivals::offset_ns(from, to, slot.n);
             // The chunk is known before its events can be acknowledged.
             let mut inner = lock(&self.shared.inner);
-            inner.chunks.push_back(Chunk { start_seq, end_seq: start_seq + u64::from(to - from), intended_ns, step });
+            let end_seq = start_seq + u64::from(to - from);
+            inner.chunks.push_back(Chunk { start_seq, end_seq, intended_ns, handed_ns: now, step });
             inner.send_lag.record(step, now.saturating_sub(intended_ns) / 1000, u64::from(to - from));
             drop(inner);
             self.chunk = (slot.start_ns, slot.n, from, to - from);
@@ -632,8 +651,11 @@ async fn read_acks(
         let end = ack.first_seq + u64::from(ack.count);
         acked_total.fetch_add(u64::from(ack.count), Relaxed);
         let mut inner = lock(&shared.inner);
-        let ConnInner { chunks, latencies, .. } = &mut *inner;
-        answered(chunks, end, |c, n| latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, n));
+        let ConnInner { chunks, latencies, admitted, .. } = &mut *inner;
+        answered(chunks, end, |c, n| {
+            latencies.record(c.step, now.saturating_sub(c.intended_ns) / 1000, n);
+            admitted.record(c.step, now.saturating_sub(c.handed_ns) / 1000, n);
+        });
     }
 }
 
@@ -845,6 +867,14 @@ impl Rig {
         }
         h
     }
+
+    fn step_admitted(&self, step: u32) -> Histogram<u64> {
+        let mut h = histogram();
+        for s in &self.shared {
+            lock(&s.inner).admitted.merge_into(step, &mut h);
+        }
+        h
+    }
 }
 
 impl Drop for Rig {
@@ -933,7 +963,9 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
     let mut stopped: Option<String> = None;
     match &args.ramp {
         None => {
-            let (s, stop) = run_step(args, &rig, mode, metrics, 0, args.rate, args.duration)?;
+            // With `--knee`, the single step is at the knee given.
+            let rate = args.overload.as_ref().and_then(|o| o.knee).unwrap_or(args.rate);
+            let (s, stop) = run_step(args, &rig, mode, metrics, 0, rate, args.duration)?;
             steps.push(s);
             stopped = stop;
         }
@@ -955,11 +987,57 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
             }
         }
     }
+    let mut overload = None;
+    if let (Some(o), None) = (&args.overload, &stopped) {
+        // The knee given, or the ramp's: the highest passing step.
+        let knee = match o.knee {
+            Some(k) => Some((k, k)),
+            None => steps
+                .iter()
+                .filter(|s| s.passed)
+                .max_by(|a, b| a.offered_events_per_s.total_cmp(&b.offered_events_per_s))
+                .map(|s| (s.offered_events_per_s, s.achieved_events_per_s)),
+        };
+        match knee {
+            None => say(&format!("{mode}: no step passed, so there is no knee to overload")),
+            Some((knee_offered, knee_goodput)) => {
+                let duration = args.ramp.as_ref().map_or(args.duration, |r| r.step);
+                let index = steps.iter().map(|s| s.step + 1).max().unwrap_or(0);
+                let (step, stop) = run_step(args, &rig, mode, metrics, index, knee_offered * o.factor, duration)?;
+                stopped = stop;
+                let slo_p99_ms = args.slo_p99.as_secs_f64() * 1e3;
+                let ratio = step.achieved_events_per_s / knee_goodput.max(1e-9);
+                let holds = ratio >= GOODPUT_KEPT_MIN && step.admitted_latency_us.p99 as f64 / 1e3 <= slo_p99_ms;
+                say(&format!(
+                    "{mode} overload {:.1}x: goodput {}/s = {:.1}% of the knee's {}/s; BUSY {}/s; admitted p99 {:.2} ms{}",
+                    o.factor,
+                    human(step.achieved_events_per_s),
+                    ratio * 100.0,
+                    human(knee_goodput),
+                    step.busy_replies_per_s.map_or("-".into(), human),
+                    step.admitted_latency_us.p99 as f64 / 1e3,
+                    if holds { "" } else { "  DOES NOT HOLD" },
+                ));
+                overload = Some(OverloadReport {
+                    factor: o.factor,
+                    knee_events_per_s: knee_goodput,
+                    offered_events_per_s: step.offered_events_per_s,
+                    goodput_events_per_s: step.achieved_events_per_s,
+                    goodput_over_knee: ratio,
+                    busy_replies_per_s: step.busy_replies_per_s,
+                    admitted_p99_us: step.admitted_latency_us.p99,
+                    slo_p99_ms,
+                    holds,
+                    step,
+                });
+            }
+        }
+    }
     drop(rig);
     if let Some(why) = &stopped {
         say(&format!("{mode}: stopped: {why}"));
     }
-    Ok(analyse(mode, args, steps))
+    Ok(ModeRun { overload, ..analyse(mode, args, steps) })
 }
 
 /// Runs one step on `rig` and reports it. The second value says why the
@@ -1016,6 +1094,7 @@ fn run_step(
     }
     let (ack_hist, acked) = rig.step_latency(index);
     let send_lag = latency(&rig.step_send_lag(index));
+    let admitted = latency(&rig.step_admitted(index));
     let mut upd_hist = histogram();
     let updates = lock(&rig.watch.latencies).merge_into(index, &mut upd_hist);
     let mut refused = 0;
@@ -1023,6 +1102,7 @@ fn run_step(
         let mut inner = lock(&s.inner);
         inner.latencies.collected(index);
         inner.send_lag.collected(index);
+        inner.admitted.collected(index);
         refused += inner.refused.iter().filter(|r| r.0 == index).map(|r| r.1).sum::<u64>();
         inner.refused.retain(|r| r.0 > index);
     }
@@ -1059,6 +1139,7 @@ fn run_step(
         events_sent: done.sent_in_window,
         events_acked: acked,
         latency_us: lat,
+        admitted_latency_us: admitted,
         send_lag_us: send_lag,
         update_latency_us: (updates > 0).then(|| latency(&upd_hist)),
         updates_measured: updates,
@@ -1073,7 +1154,9 @@ fn run_step(
             (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
             _ => None,
         },
+        busy_replies_per_s: None,
     };
+    let step = StepReport { busy_replies_per_s: step.server.as_ref().map(|v| v.busy_replies / seconds), ..step };
     say(&format!(
         "{mode} step {index}: offered {}/s achieved {}/s p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms{}{}{}",
         human(rate),
@@ -1224,6 +1307,7 @@ fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
         knee_reason,
         first_moved,
         steps,
+        overload: None,
     }
 }
 
@@ -1242,13 +1326,15 @@ pub struct SingleRun<'a> {
 pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
     let r = match (&outcome.comparison, outcome.runs.as_slice()) {
         (Some(c), _) => serde_json::to_string_pretty(c),
-        (None, [run]) if !ramp && run.steps.len() == 1 => serde_json::to_string_pretty(&SingleRun {
-            mode: &run.mode,
-            workload: &run.workload,
-            arrivals: &run.arrivals,
-            connections: run.connections,
-            step: &run.steps[0],
-        }),
+        (None, [run]) if !ramp && run.steps.len() == 1 && run.overload.is_none() => {
+            serde_json::to_string_pretty(&SingleRun {
+                mode: &run.mode,
+                workload: &run.workload,
+                arrivals: &run.arrivals,
+                connections: run.connections,
+                step: &run.steps[0],
+            })
+        }
         (None, [run]) => serde_json::to_string_pretty(run),
         (None, runs) => serde_json::to_string_pretty(runs),
     };
@@ -1287,6 +1373,23 @@ pub fn summary(outcome: &Outcome) -> String {
                 m.to
             )),
         );
+    }
+    for run in &outcome.runs {
+        if let Some(o) = &run.overload {
+            out += &format!(
+                "{}: overload {:.1}x the knee: offered {}/s, goodput {}/s = {:.1}% of the knee's {}/s, BUSY {}/s, admitted p99 {:.2} ms (SLO {} ms): {}\n",
+                run.mode,
+                o.factor,
+                human(o.offered_events_per_s),
+                human(o.goodput_events_per_s),
+                o.goodput_over_knee * 100.0,
+                human(o.knee_events_per_s),
+                o.busy_replies_per_s.map_or("-".into(), human),
+                o.admitted_p99_us as f64 / 1e3,
+                o.slo_p99_ms,
+                if o.holds { "holds" } else { "does not hold" },
+            );
+        }
     }
     for run in &outcome.runs {
         if let Some(r) = &run.knee_reason {
@@ -1368,6 +1471,7 @@ mod tests {
             linger: Duration::from_micros(1000),
             drain_timeout: Duration::from_secs(1),
             progress: false,
+            overload: None,
         }
     }
 
@@ -1382,6 +1486,7 @@ mod tests {
             events_sent: offered as u64,
             events_acked: achieved as u64,
             latency_us: lat,
+            admitted_latency_us: lat,
             send_lag_us: lat,
             update_latency_us: None,
             updates_measured: 0,
@@ -1397,6 +1502,7 @@ mod tests {
                 schedule_latency_p99_us: Some(100.0),
                 ..Default::default()
             }),
+            busy_replies_per_s: None,
         }
     }
 
@@ -1464,7 +1570,8 @@ mod tests {
 
     #[test]
     fn answers_take_chunks_whole_or_in_part() {
-        let chunk = |start_seq, end_seq| Chunk { start_seq, end_seq, intended_ns: start_seq, step: 0 };
+        let chunk =
+            |start_seq, end_seq| Chunk { start_seq, end_seq, intended_ns: start_seq, handed_ns: start_seq, step: 0 };
         let mut chunks: VecDeque<Chunk> = [chunk(1, 5), chunk(5, 9)].into();
         let mut seen = Vec::new();
         answered(&mut chunks, 7, |c, n| seen.push((c.start_seq, n)));

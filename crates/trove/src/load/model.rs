@@ -64,6 +64,13 @@ pub struct StepReport {
     pub events_acked: u64,
     /// Intended send time to acknowledgement.
     pub latency_us: LatencyUs,
+    /// Latency of the acknowledged events from when the generator handed
+    /// them to the SDK (after any wait in its own backlog) to their
+    /// acknowledgement: what an admitted event costs, BUSY resends and the
+    /// server's queues included. Equals `latency_us` less the send lag
+    /// while the generator keeps up; past the knee `latency_us` grows with
+    /// the backlog and this does not.
+    pub admitted_latency_us: LatencyUs,
     /// Intended send time to the event handed to the SDK: the generator's
     /// own delay (its tick, a full window, a busy client CPU).
     pub send_lag_us: LatencyUs,
@@ -96,6 +103,29 @@ pub struct StepReport {
     pub pacer_stalls: u64,
     /// Absent when the server's /metrics could not be scraped.
     pub server: Option<ServerStep>,
+    /// Batches the server answered BUSY per second of the step (from its
+    /// /metrics; absent without them).
+    pub busy_replies_per_s: Option<f64>,
+}
+
+/// `--overload FACTOR`: a step at FACTOR times the knee, against the knee.
+/// Goodput is the acknowledged events per second of that step
+/// (`step.achieved_events_per_s`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OverloadReport {
+    pub factor: f64,
+    /// The knee's goodput: `--knee`, or the ramp's knee.
+    pub knee_events_per_s: f64,
+    pub offered_events_per_s: f64,
+    pub goodput_events_per_s: f64,
+    pub goodput_over_knee: f64,
+    pub busy_replies_per_s: Option<f64>,
+    pub admitted_p99_us: u64,
+    pub slo_p99_ms: f64,
+    /// Goodput stayed at `GOODPUT_KEPT_MIN` of the knee or more and the
+    /// admitted events' p99 within the SLO.
+    pub holds: bool,
+    pub step: StepReport,
 }
 
 /// Which server metric moved first on the way to the knee.
@@ -130,6 +160,8 @@ pub struct ModeRun {
     /// Why the first step above the knee failed, in words.
     pub knee_reason: Option<String>,
     pub first_moved: Option<FirstMoved>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overload: Option<OverloadReport>,
 }
 
 /// `--modes a,b,...`: one ramp per mode, each on a fresh server.

@@ -878,6 +878,7 @@ mod tests {
             events_offered: (offered * 5.0) as u64,
             events_sent: (achieved * 5.0) as u64,
             events_acked: (achieved * 5.0) as u64,
+            admitted_latency_us: LatencyUs::default(),
             latency_us: LatencyUs {
                 p50: p99_us / 4,
                 p99: p99_us,
@@ -910,6 +911,7 @@ mod tests {
                 busy_replies: 0.0,
                 ingest_to_ack_p99_us: Some(1048.576),
             }),
+            busy_replies_per_s: None,
         }
     }
 
@@ -931,6 +933,7 @@ mod tests {
                 from: 0.0,
                 to: 1234.5,
             }),
+            overload: None,
             steps,
         }
     }
