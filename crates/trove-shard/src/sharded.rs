@@ -10,10 +10,15 @@
 //!
 //! Admission is all-or-nothing and bounded: a submit first reserves one
 //! queue slot on every shard it needs (an atomic counter per shard, at most
-//! `queue_batches_max`), and if any is full it releases what it took and
-//! answers `Busy`. The channel itself is unbounded, but nothing reaches it
-//! without a reservation, so a shard's queue never holds more than
-//! `queue_batches_max` batches of at most `batch_events_max` events.
+//! `queue_batches_max`) and room for its events there (at most
+//! `queue_events_max` queued, except that an empty queue takes any batch),
+//! and if any is full it releases what it took and answers `Busy`. The
+//! channel itself is unbounded, but nothing reaches it without a
+//! reservation, so a shard's queue never holds more than
+//! `queue_batches_max` batches, nor more than `queue_events_max` events
+//! plus one batch. The events bound is what keeps an admitted batch's wait
+//! short under overload: past capacity, producers get `Busy` instead of
+//! a place at the end of a long queue.
 //!
 //! A shard's input is a sequence of stamped batches; it could come from a
 //! partitioned log as well as from producers.
@@ -81,6 +86,9 @@ struct Shard<G: Game> {
     tx: Sender<Msg<G>>,
     /// Batches reserved or queued and not yet drained.
     queued: Arc<AtomicUsize>,
+    /// Events of those batches: what bounds the time a newly admitted
+    /// batch waits behind the queue (`queue_events_max`).
+    queued_events: Arc<AtomicUsize>,
     metrics: Arc<ShardMetrics>,
     thread: Mutex<Option<JoinHandle<Vec<(WorldId, u64)>>>>,
 }
@@ -105,6 +113,7 @@ impl<G: Game> Sharded<G> {
         for index in 0..config.shards {
             let (tx, rx) = std::sync::mpsc::channel();
             let queued = Arc::new(AtomicUsize::new(0));
+            let queued_events = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
             let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
@@ -128,6 +137,7 @@ impl<G: Game> Sharded<G> {
             let run = ShardLoop::<G> {
                 rx,
                 queued: queued.clone(),
+                queued_events: queued_events.clone(),
                 metrics: metrics.clone(),
                 state,
                 journal,
@@ -149,7 +159,7 @@ impl<G: Game> Sharded<G> {
                     run.run()
                 })
                 .map_err(|e| format!("starting shard thread {index}: {e}"))?;
-            shards.push(Shard { tx, queued, metrics, thread: Mutex::new(Some(thread)) });
+            shards.push(Shard { tx, queued, queued_events, metrics, thread: Mutex::new(Some(thread)) });
         }
         Ok(Self { shards })
     }
@@ -184,12 +194,28 @@ impl<G: Game> Sharded<G> {
             }
         }
         let involved = |s: usize| counts[s] > 0;
-        let max = inner.config.queue_batches_max;
+        let (batches_max, events_max) = (inner.config.queue_batches_max, inner.config.queue_events_max);
+        let release = |upto: usize| {
+            for u in (0..upto).filter(|&u| involved(u)) {
+                self.shards[u].queued.fetch_sub(1, SeqCst);
+                self.shards[u].queued_events.fetch_sub(counts[u] as usize, SeqCst);
+            }
+        };
         for s in 0..n {
-            if involved(s) && self.shards[s].queued.fetch_add(1, SeqCst) >= max {
-                for undo in (0..=s).filter(|&u| involved(u)) {
-                    self.shards[undo].queued.fetch_sub(1, SeqCst);
-                }
+            if !involved(s) {
+                continue;
+            }
+            let shard = &self.shards[s];
+            let batches_before = shard.queued.fetch_add(1, SeqCst);
+            let events_before = shard.queued_events.fetch_add(counts[s] as usize, SeqCst);
+            // An empty queue takes any batch (it may be larger than the
+            // bound); a queue with work takes one only while it stays
+            // within `queue_events_max` events, so what is admitted waits
+            // behind a bounded amount of work instead of growing the tail.
+            let full = batches_before >= batches_max
+                || (events_before > 0 && events_before + counts[s] as usize > events_max);
+            if full {
+                release(s + 1);
                 return Err(SubmitError::Busy);
             }
         }
@@ -197,9 +223,7 @@ impl<G: Game> Sharded<G> {
         // for `queued` to drain, so a reservation that sees `accepting` set
         // is always drained (see `ShardLoop::run`).
         if !inner.accepting.load(SeqCst) {
-            for s in (0..n).filter(|&s| involved(s)) {
-                self.shards[s].queued.fetch_sub(1, SeqCst);
-            }
+            release(n);
             return Err(SubmitError::ShuttingDown);
         }
 
@@ -297,6 +321,7 @@ struct JournalLink<G: Game> {
 struct ShardLoop<G: Game> {
     rx: Receiver<Msg<G>>,
     queued: Arc<AtomicUsize>,
+    queued_events: Arc<AtomicUsize>,
     metrics: Arc<ShardMetrics>,
     state: GameState<G>,
     /// The journal thread, if the engine journals.
@@ -362,6 +387,7 @@ impl<G: Game> ShardLoop<G> {
                 continue;
             }
             self.queued.fetch_sub(work.len(), SeqCst);
+            self.queued_events.fetch_sub(events, SeqCst);
             self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
             self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
             if self.failure.get().is_some() {

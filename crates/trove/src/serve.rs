@@ -58,6 +58,7 @@ pub struct ListenFile {
 pub struct EngineFile {
     pub batch_events_max: Option<usize>,
     pub queue_batches_max: Option<usize>,
+    pub queue_events_max: Option<usize>,
     pub drain_events_max: Option<usize>,
     pub worlds_max: Option<usize>,
     pub dedup_window_events: Option<usize>,
@@ -125,6 +126,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     };
     set(&mut engine.batch_events_max, e.batch_events_max);
     set(&mut engine.queue_batches_max, e.queue_batches_max);
+    set(&mut engine.queue_events_max, e.queue_events_max);
     set(&mut engine.drain_events_max, e.drain_events_max);
     set(&mut engine.worlds_max, e.worlds_max);
     set(&mut engine.dedup_window_events, e.dedup_window_events);
