@@ -9,6 +9,8 @@
 //! (xxHash's round), and `finish` applies MurmurHash3's 64-bit finaliser.
 //! Callers feed fields in a canonical order; smaller integers are widened.
 
+use std::sync::Arc;
+
 use crate::record::Record;
 
 const K1: u64 = 0x9E37_79B1_85EB_CA87;
@@ -71,6 +73,10 @@ impl StateHasher {
 /// Records up to this size are fingerprinted without an allocation.
 const FINGERPRINT_INLINE_BYTES: usize = 64;
 
+/// `record_fingerprints` encodes this many bytes of records at a time, on
+/// the stack, before it hashes them.
+const FINGERPRINT_CHUNK_BYTES: usize = 8192;
+
 /// A record's fingerprint: the low 32 bits of a [`StateHasher`] fed the
 /// record's full encoding (`Record::encode`) as little-endian u64 words,
 /// the last one padded with zeros. Deduplication keeps one per applied
@@ -81,18 +87,57 @@ const FINGERPRINT_INLINE_BYTES: usize = 64;
 /// two that differ collide with probability about 2^-32.
 #[inline]
 pub fn record_fingerprint<R: Record>(record: &R) -> u32 {
-    let mut h = StateHasher::new();
     if R::SIZE <= FINGERPRINT_INLINE_BYTES {
         let mut buf = [0u8; FINGERPRINT_INLINE_BYTES];
-        // The prefix form: no branch per kind for the games that have one.
-        let n = record.encode_prefix(&mut buf);
-        buf[n..R::SIZE].fill(0);
-        absorb_words(&mut h, &buf[..R::SIZE]);
+        encode_full(record, &mut buf[..R::SIZE]);
+        hash_encoding(&buf[..R::SIZE])
     } else {
         let mut buf = vec![0u8; R::SIZE];
         record.encode(&mut buf);
-        absorb_words(&mut h, &buf);
+        hash_encoding(&buf)
     }
+}
+
+/// The fingerprints of `records`, in order (`record_fingerprint` of each).
+///
+/// In two passes over chunks of records: encode every record of a chunk,
+/// then hash the encodings. Hashing a record right after encoding it reads
+/// words whose bytes were written by several narrower stores still in
+/// flight, which the CPU cannot forward: that stall was half the cost
+/// (treasure-hunt records: about 15 ns one at a time, 7-8 ns in two passes,
+/// on a loaded 2-core VM).
+pub fn record_fingerprints<'a, R: Record + 'a>(records: impl ExactSizeIterator<Item = &'a R>) -> Arc<[u32]> {
+    let mut out = Vec::with_capacity(records.len());
+    if R::SIZE == 0 || R::SIZE > FINGERPRINT_CHUNK_BYTES {
+        out.extend(records.map(record_fingerprint));
+        return out.into();
+    }
+    let per_chunk = FINGERPRINT_CHUNK_BYTES / R::SIZE;
+    let mut buf = [0u8; FINGERPRINT_CHUNK_BYTES];
+    let mut records = records.peekable();
+    while records.peek().is_some() {
+        let mut n = 0;
+        for (record, slot) in records.by_ref().take(per_chunk).zip(buf.chunks_exact_mut(R::SIZE)) {
+            encode_full(record, slot);
+            n += 1;
+        }
+        out.extend(buf[..n * R::SIZE].chunks_exact(R::SIZE).map(hash_encoding));
+    }
+    out.into()
+}
+
+/// Writes `record`'s full encoding to `out` (exactly `R::SIZE` bytes), by
+/// the prefix form: no branch per kind for the games that have one.
+#[inline]
+fn encode_full<R: Record>(record: &R, out: &mut [u8]) {
+    let n = record.encode_prefix(out);
+    out[n..].fill(0);
+}
+
+#[inline]
+fn hash_encoding(bytes: &[u8]) -> u32 {
+    let mut h = StateHasher::new();
+    absorb_words(&mut h, bytes);
     h.finish() as u32
 }
 
@@ -159,6 +204,24 @@ mod tests {
         }
         h.u64(0x0707_0707);
         assert_eq!(record_fingerprint(&long), h.finish() as u32);
+    }
+
+    #[test]
+    fn many_fingerprints_are_each_ones() {
+        let records: Vec<Bytes<32>> = (0..1000u32)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                b[31] = (i % 7) as u8;
+                Bytes(b)
+            })
+            .collect();
+        let one_by_one: Vec<u32> = records.iter().map(record_fingerprint).collect();
+        assert_eq!(&*record_fingerprints(records.iter()), &one_by_one[..], "across chunks of 256");
+        assert!(record_fingerprints(records[..0].iter()).is_empty());
+        let long = [Bytes([7u8; 100]), Bytes([8u8; 100])];
+        let want: Vec<u32> = long.iter().map(record_fingerprint).collect();
+        assert_eq!(&*record_fingerprints(long.iter()), &want[..]);
     }
 
     /// Pins the algorithm: if this fails, every recorded hash changed.

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprint};
+use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprints};
 use trove_journal::snapshot::{
     SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
 };
@@ -348,7 +348,7 @@ fn rebuild<G: Game>(
                 // As the running shard kept them: after a restart too, a
                 // retry of a replayed event is told from a reused sequence.
                 fingerprints: (producers.window() > 0)
-                    .then(|| entries[i..j].iter().map(|e| record_fingerprint(&e.stamped.event)).collect()),
+                    .then(|| record_fingerprints(entries[i..j].iter().map(|e| &e.stamped.event))),
                 skip: 0,
             };
             producers.record(producer, part);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprint};
+use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprints};
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::dedup::{AppliedPart, Dedup, Retry};
@@ -236,7 +236,7 @@ impl<G: Game> Sharded<G> {
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
             let positions = split.then(|| Arc::new(layout[part].clone()));
             // Here, on the producer's thread, not on the shard's.
-            let fingerprints: Arc<[u32]> = events.iter().map(|e| record_fingerprint(&e.event)).collect();
+            let fingerprints = record_fingerprints(events.iter().map(|e| &e.event));
             let work = Work {
                 submitted_at,
                 inbox: inbox.clone(),
