@@ -67,6 +67,15 @@ pub enum ClientError {
     /// The server refused one batch (BadBatch or BadSequence): none of its
     /// events was applied. The producer goes on with the next batch.
     BatchRefused { first_seq: u64, count: u32, error: ServerError },
+    /// The server answered a batch `sequence_reused`: some of its sequence
+    /// numbers (the message names the first) were already applied with
+    /// other events, so those events were not applied, and no outcome of
+    /// another event was passed off as theirs. The batch's other events
+    /// were handled as usual. Another process or an earlier run of this
+    /// one used this producer id with these numbers: give each producer
+    /// its own id, or continue above the numbers it used. The producer
+    /// goes on with the next batch.
+    SequenceReused { first_seq: u64, count: u32, error: ServerError },
     /// The server broke the protocol: a malformed frame, an answer that
     /// matches no request, a sequence that does not follow.
     Protocol(String),
@@ -97,7 +106,9 @@ impl ClientError {
     /// The server's error code, if the server sent one.
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Server(e) | ClientError::BatchRefused { error: e, .. } => e.code(),
+            ClientError::Server(e)
+            | ClientError::BatchRefused { error: e, .. }
+            | ClientError::SequenceReused { error: e, .. } => e.code(),
             ClientError::ReconnectFailed { last, .. } => last.server_code(),
             _ => None,
         }
@@ -113,6 +124,9 @@ impl fmt::Display for ClientError {
             ClientError::Server(e) => write!(f, "server error: {e}"),
             ClientError::BatchRefused { first_seq, count, error } => {
                 write!(f, "batch of {count} events from sequence {first_seq} refused: {error}")
+            }
+            ClientError::SequenceReused { first_seq, count, error } => {
+                write!(f, "batch of {count} events from sequence {first_seq} reuses sequence numbers: {error}")
             }
             ClientError::Protocol(m) => write!(f, "protocol violation by the server: {m}"),
             ClientError::Incompatible(m) => write!(f, "incompatible server: {m}"),

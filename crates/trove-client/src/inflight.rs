@@ -34,7 +34,8 @@ use crate::error::ServerError;
 pub(crate) enum Answer<O> {
     /// Applied (now or before); the outcomes if they were asked for.
     Acked(Option<Vec<O>>),
-    /// Refused for good (BadBatch, BadSequence); nothing applied.
+    /// Refused for good (BadBatch, BadSequence: nothing applied;
+    /// SequenceReused: the reused events not applied).
     Refused(ServerError),
 }
 

@@ -82,7 +82,7 @@ pub struct ProducerStats {
     pub batches_resent: u64,
     pub batches_acked: u64,
     pub events_acked: u64,
-    /// Batches refused for good (BadBatch, BadSequence).
+    /// Batches refused for good (BadBatch, BadSequence, SequenceReused).
     pub batches_refused: u64,
     /// BUSY answers.
     pub busy: u64,
@@ -523,8 +523,9 @@ impl<G: WireGame> fmt::Debug for Acks<G> {
 
 impl<G: WireGame> Acks<G> {
     /// The next answer, in sequence order: `Ok` for an acknowledged batch,
-    /// `Err(ClientError::BatchRefused)` for a batch the server refused
-    /// (the producer goes on), or the error that ended the producer.
+    /// `Err(ClientError::BatchRefused)` or `Err(ClientError::SequenceReused)`
+    /// for a batch the server refused (the producer goes on), or the error
+    /// that ended the producer.
     /// `None` once the producer is closed and every answer was taken.
     /// Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<AckedBatch<G>, ClientError>> {
@@ -798,7 +799,7 @@ impl<G: WireGame> Task<G> {
             Frame::Error { code, message } => {
                 let error = ServerError { raw_code: code, message: message.to_string() };
                 match error.code() {
-                    Some(ErrorCode::BadBatch | ErrorCode::BadSequence) => {
+                    Some(ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused) => {
                         self.inflight.on_refused(error).map_err(protocol)?;
                         self.shared.counters.batches_refused.fetch_add(1, Relaxed);
                     }
@@ -829,6 +830,9 @@ impl<G: WireGame> Task<G> {
                     batches += 1;
                     events += u64::from(count);
                     Ok(AckedBatch { first_seq, count, outcomes })
+                }
+                Answer::Refused(error) if error.code() == Some(ErrorCode::SequenceReused) => {
+                    Err(ClientError::SequenceReused { first_seq, count, error })
                 }
                 Answer::Refused(error) => Err(ClientError::BatchRefused { first_seq, count, error }),
             };

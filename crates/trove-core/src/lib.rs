@@ -30,7 +30,7 @@ pub mod state;
 pub mod worlds;
 
 pub use game::{Addressed, Game, Outcomes, Reader, Stamped, WorldId};
-pub use hash::StateHasher;
+pub use hash::{StateHasher, record_fingerprint, record_fingerprints};
 pub use record::Record;
 pub use rng::SplitMix64;
 pub use state::GameState;

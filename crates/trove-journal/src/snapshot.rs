@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `TROVESNP` |
-//! | 8 | 4 | format version (2; 1 is still read) |
+//! | 8 | 4 | format version (3; 1 and 2 are still read) |
 //! | 12 | 4 | shard index |
 //! | 16 | 8 | next batch: the snapshot holds every batch before it |
 //! | 24 | 8 | highest engine time applied, µs |
@@ -14,11 +14,14 @@
 //! | .. | .. | p producers (below) |
 //! | end - 4 | 4 | CRC32C of every byte before it |
 //!
-//! A producer, in version 2: id u64, last applied sequence u64, the
+//! A producer, in version 3: id u64, last applied sequence u64, the
 //! number n of recent outcomes kept u32, their sequences' form u32 (0:
 //! `first, first + 1, ...`; 1: n u32 offsets from `first` follow),
-//! `first` u64, the offsets if any, the outcome bytes' length u32, and n
-//! outcomes in the game's storage form (`Game::store_outcome`). In
+//! `first` u64, the offsets if any, the outcome bytes' length u32, n
+//! outcomes in the game's storage form (`Game::store_outcome`), then the
+//! number m (at most n) of fingerprints u32 and m u32 fingerprints
+//! (`trove_core::record_fingerprint`) of the newest m kept outcomes'
+//! events. Version 2 has no m and no fingerprints (none known); in
 //! version 1 a producer is only its id and last sequence (16 bytes).
 //!
 //! Written to `snapshot-<next batch>.tsnap.tmp`, synced, renamed, and the
@@ -28,7 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TROVESNP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEAD_BYTES: usize = 48;
 
 pub fn snapshot_name(next_batch: u64) -> String {
@@ -58,6 +61,9 @@ pub struct SnapshotProducer<'a> {
     pub kept: u32,
     /// The `kept` outcomes in the game's storage form.
     pub outcomes: &'a [u8],
+    /// The fingerprints of the newest `fingerprints.len()` (at most
+    /// `kept`) outcomes' events; the older ones have none known.
+    pub fingerprints: Vec<u32>,
 }
 
 /// A decoded snapshot, borrowing the worlds' and outcomes' bytes.
@@ -92,10 +98,11 @@ impl SnapshotBuilder {
 
     /// Adds a producer. `kept` outcomes, their bytes appended by `encode`,
     /// have the sequences `first_seq + offsets[i]` (`first_seq + i`
-    /// without offsets).
+    /// without offsets); `fingerprints` are the newest ones' events'.
     ///
     /// # Panics
-    /// If `offsets` has other than `kept` entries.
+    /// If `offsets` has other than `kept` entries, or `fingerprints` more.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_producer(
         &mut self,
         id: u64,
@@ -103,9 +110,11 @@ impl SnapshotBuilder {
         first_seq: u64,
         offsets: Option<&[u32]>,
         kept: u32,
+        fingerprints: &[u32],
         encode: impl FnOnce(&mut Vec<u8>),
     ) {
         assert!(offsets.is_none_or(|o| o.len() == kept as usize), "one offset per kept outcome");
+        assert!(fingerprints.len() <= kept as usize, "at most one fingerprint per kept outcome");
         let p = &mut self.producers;
         p.extend_from_slice(&id.to_le_bytes());
         p.extend_from_slice(&last_seq.to_le_bytes());
@@ -119,6 +128,10 @@ impl SnapshotBuilder {
         encode(&mut self.scratch);
         p.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
         p.extend_from_slice(&self.scratch);
+        p.extend_from_slice(&(fingerprints.len() as u32).to_le_bytes());
+        for f in fingerprints {
+            p.extend_from_slice(&f.to_le_bytes());
+        }
         self.producer_count += 1;
     }
 
@@ -141,7 +154,7 @@ impl SnapshotBuilder {
     }
 }
 
-/// Checks and splits a snapshot file's bytes (version 1 or 2).
+/// Checks and splits a snapshot file's bytes (version 1, 2 or 3).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
     if bytes.len() < HEAD_BYTES + 4 {
         return Err("shorter than a snapshot header".into());
@@ -155,7 +168,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
         return Err("bad magic".into());
     }
     let version = r.u32()?;
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!("unsupported snapshot version {version}"));
     }
     let meta = SnapshotMeta { shard: r.u32()?, next_batch: r.u64()?, last_time_us: r.u64()? };
@@ -175,10 +188,19 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
     for _ in 0..producer_count {
         let (id, last_seq) = (r.u64()?, r.u64()?);
         if version == 1 {
-            producers.push(SnapshotProducer { id, last_seq, first_seq: 0, offsets: None, kept: 0, outcomes: &[] });
+            let fingerprints = Vec::new();
+            producers.push(SnapshotProducer {
+                id,
+                last_seq,
+                first_seq: 0,
+                offsets: None,
+                kept: 0,
+                outcomes: &[],
+                fingerprints,
+            });
             continue;
         }
-        let producer = decode_producer(&mut r, id, last_seq).map_err(|e| format!("producer {id}: {e}"))?;
+        let producer = decode_producer(&mut r, version, id, last_seq).map_err(|e| format!("producer {id}: {e}"))?;
         producers.push(producer);
     }
     r.finish()?;
@@ -188,8 +210,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
     Ok(Snapshot { meta, worlds, producers })
 }
 
-/// The rest of a version-2 producer after its id and last sequence.
-fn decode_producer<'a>(r: &mut trove_core::Reader<'a>, id: u64, last_seq: u64) -> Result<SnapshotProducer<'a>, String> {
+/// The rest of a version-2 or -3 producer after its id and last sequence.
+fn decode_producer<'a>(
+    r: &mut trove_core::Reader<'a>,
+    version: u32,
+    id: u64,
+    last_seq: u64,
+) -> Result<SnapshotProducer<'a>, String> {
     let kept = r.u32()?;
     let form = r.u32()?;
     let first_seq = r.u64()?;
@@ -215,7 +242,16 @@ fn decode_producer<'a>(r: &mut trove_core::Reader<'a>, id: u64, last_seq: u64) -
     if kept as usize > len {
         return Err(format!("{kept} outcomes in {len} bytes"));
     }
-    Ok(SnapshotProducer { id, last_seq, first_seq, offsets, kept, outcomes })
+    let mut fingerprints = Vec::new();
+    if version >= 3 {
+        let m = r.u32()?;
+        if m > kept {
+            return Err(format!("{m} fingerprints for {kept} outcomes"));
+        }
+        let bytes = r.take(m as usize * 4)?;
+        fingerprints = bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    }
+    Ok(SnapshotProducer { id, last_seq, first_seq, offsets, kept, outcomes, fingerprints })
 }
 
 /// Writes a snapshot durably: temporary file, fsync, rename, directory fsync.
@@ -287,15 +323,23 @@ mod tests {
         let mut b = SnapshotBuilder::default();
         b.add(7, |out| out.extend_from_slice(b"seven"));
         b.add(9, |_| {});
-        b.add_producer(5, 10, 0, None, 0, |_| {});
-        b.add_producer(6, 40, 30, Some(&[0, 2, 10]), 3, |out| out.extend_from_slice(b"abc"));
-        b.add_producer(8, 12, 11, None, 2, |out| out.extend_from_slice(b"xy"));
+        b.add_producer(5, 10, 0, None, 0, &[], |_| {});
+        b.add_producer(6, 40, 30, Some(&[0, 2, 10]), 3, &[0xdead_beef, 7], |out| out.extend_from_slice(b"abc"));
+        b.add_producer(8, 12, 11, None, 2, &[], |out| out.extend_from_slice(b"xy"));
         let meta = SnapshotMeta { shard: 1, next_batch: 44, last_time_us: 99 };
         let bytes = b.finish(meta);
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, meta);
         assert_eq!(s.worlds, vec![(7, &b"seven"[..]), (9, &b""[..])]);
-        let none = SnapshotProducer { id: 5, last_seq: 10, first_seq: 0, offsets: None, kept: 0, outcomes: &[] };
+        let none = SnapshotProducer {
+            id: 5,
+            last_seq: 10,
+            first_seq: 0,
+            offsets: None,
+            kept: 0,
+            outcomes: &[],
+            fingerprints: Vec::new(),
+        };
         assert_eq!(s.producers[0], none);
         let split = SnapshotProducer {
             id: 6,
@@ -304,9 +348,11 @@ mod tests {
             offsets: Some(vec![0, 2, 10]),
             kept: 3,
             outcomes: b"abc",
+            fingerprints: vec![0xdead_beef, 7],
         };
         assert_eq!(s.producers[1], split);
         assert_eq!((s.producers[2].first_seq, s.producers[2].kept, s.producers[2].outcomes), (11, 2, &b"xy"[..]));
+        assert!(s.producers[2].fingerprints.is_empty());
         for i in 0..bytes.len() {
             let mut d = bytes.clone();
             d[i] ^= 4;
@@ -328,7 +374,7 @@ mod tests {
         let meta = SnapshotMeta { shard: 0, next_batch: 2, last_time_us: 0 };
         let build = |offsets: Option<&[u32]>, kept: u32, last_seq: u64, outcomes: &[u8]| {
             let mut b = SnapshotBuilder::default();
-            b.add_producer(1, last_seq, 10, offsets, kept, |out| out.extend_from_slice(outcomes));
+            b.add_producer(1, last_seq, 10, offsets, kept, &[], |out| out.extend_from_slice(outcomes));
             b.finish(meta)
         };
         assert!(decode_snapshot(&build(Some(&[0, 3]), 2, 13, b"ab")).is_ok());
@@ -347,9 +393,16 @@ mod tests {
         let mut content = build(None, 0, 5, b"").split_last_chunk::<4>().unwrap().0.to_vec();
         content[HEAD_BYTES + 20] = 2;
         assert!(decode_snapshot(&with_crc(content)).unwrap_err().contains("form"));
+        // More fingerprints than outcomes: the count is the last u32 before
+        // the fingerprints (here none) and the CRC.
+        let mut content = build(None, 2, 12, b"ab").split_last_chunk::<4>().unwrap().0.to_vec();
+        let at = content.len() - 4;
+        content[at] = 3;
+        content.extend_from_slice(&[0; 12]);
+        assert!(decode_snapshot(&with_crc(content)).unwrap_err().contains("3 fingerprints for 2 outcomes"));
         let mut b = SnapshotBuilder::default();
-        b.add_producer(2, 1, 0, None, 0, |_| {});
-        b.add_producer(1, 1, 0, None, 0, |_| {});
+        b.add_producer(2, 1, 0, None, 0, &[], |_| {});
+        b.add_producer(1, 1, 0, None, 0, &[], |_| {});
         assert!(decode_snapshot(&b.finish(meta)).unwrap_err().contains("out of order"));
     }
 
@@ -373,7 +426,57 @@ mod tests {
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, SnapshotMeta { shard: 3, next_batch: 44, last_time_us: 99 });
         assert_eq!(s.worlds, vec![(7, &b"hi"[..])]);
-        let p = SnapshotProducer { id: 5, last_seq: 10, first_seq: 0, offsets: None, kept: 0, outcomes: &[] };
+        let p = SnapshotProducer {
+            id: 5,
+            last_seq: 10,
+            first_seq: 0,
+            offsets: None,
+            kept: 0,
+            outcomes: &[],
+            fingerprints: Vec::new(),
+        };
         assert_eq!(s.producers, vec![p]);
+    }
+
+    /// A version-3 file without the fingerprint counts: what version 2
+    /// wrote.
+    fn as_version_2(v3: &[u8]) -> Vec<u8> {
+        let s = decode_snapshot(v3).unwrap();
+        let mut content = v3[..HEAD_BYTES].to_vec();
+        content[8..12].copy_from_slice(&2u32.to_le_bytes());
+        for (id, w) in &s.worlds {
+            content.extend_from_slice(&id.to_le_bytes());
+            content.extend_from_slice(&(w.len() as u32).to_le_bytes());
+            content.extend_from_slice(w);
+        }
+        for p in &s.producers {
+            assert!(p.fingerprints.is_empty(), "version 2 kept none");
+            content.extend_from_slice(&p.id.to_le_bytes());
+            content.extend_from_slice(&p.last_seq.to_le_bytes());
+            content.extend_from_slice(&p.kept.to_le_bytes());
+            content.extend_from_slice(&u32::from(p.offsets.is_some()).to_le_bytes());
+            content.extend_from_slice(&p.first_seq.to_le_bytes());
+            for o in p.offsets.as_deref().unwrap_or_default() {
+                content.extend_from_slice(&o.to_le_bytes());
+            }
+            content.extend_from_slice(&(p.outcomes.len() as u32).to_le_bytes());
+            content.extend_from_slice(p.outcomes);
+        }
+        with_crc(content)
+    }
+
+    #[test]
+    fn version_2_snapshots_are_still_read_without_fingerprints() {
+        let mut b = SnapshotBuilder::default();
+        b.add(7, |out| out.extend_from_slice(b"seven"));
+        b.add_producer(6, 40, 30, Some(&[0, 2, 10]), 3, &[], |out| out.extend_from_slice(b"abc"));
+        b.add_producer(8, 12, 11, None, 2, &[], |out| out.extend_from_slice(b"xy"));
+        let meta = SnapshotMeta { shard: 1, next_batch: 44, last_time_us: 99 };
+        let v3 = b.finish(meta);
+        let v2 = as_version_2(&v3);
+        assert_eq!(u32::from_le_bytes(v2[8..12].try_into().unwrap()), 2);
+        assert_eq!(v2.len(), v3.len() - 2 * 4, "a fingerprint count per producer less");
+        let (s2, s3) = (decode_snapshot(&v2).unwrap(), decode_snapshot(&v3).unwrap());
+        assert_eq!((s2.meta, &s2.worlds, &s2.producers), (s3.meta, &s3.worlds, &s3.producers));
     }
 }

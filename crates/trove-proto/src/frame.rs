@@ -134,10 +134,15 @@ pub enum ErrorCode {
     /// HELLO named a producer id that another connection still uses (one
     /// connection per producer at a time keeps its sequence in order).
     ProducerInUse = 15,
+    /// EVENTS reusing a sequence number the server already applied with
+    /// another event: those events are not applied; the frame's others are
+    /// handled as usual. Answers the frame in place of its ACK; the
+    /// connection stays.
+    SequenceReused = 16,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -153,6 +158,7 @@ impl ErrorCode {
         ErrorCode::BadSequence,
         ErrorCode::Internal,
         ErrorCode::ProducerInUse,
+        ErrorCode::SequenceReused,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -161,7 +167,10 @@ impl ErrorCode {
 
     /// Whether the sender closes the connection after this error.
     pub fn closes(self) -> bool {
-        !matches!(self, ErrorCode::BadBatch | ErrorCode::TooManySubscriptions | ErrorCode::BadSequence)
+        !matches!(
+            self,
+            ErrorCode::BadBatch | ErrorCode::TooManySubscriptions | ErrorCode::BadSequence | ErrorCode::SequenceReused
+        )
     }
 
     /// A stable snake_case name, for JSON and logs.
@@ -182,6 +191,7 @@ impl ErrorCode {
             ErrorCode::BadSequence => "bad_sequence",
             ErrorCode::Internal => "internal",
             ErrorCode::ProducerInUse => "producer_in_use",
+            ErrorCode::SequenceReused => "sequence_reused",
         }
     }
 }
@@ -801,6 +811,21 @@ mod tests {
         assert_eq!(split(&b[..7], 10), Ok(None));
         b[4] = 0x7F;
         assert_eq!(split(&b, 1 << 20), Err(FrameError::UnknownKind(0x7F)));
+    }
+
+    /// Codes are 1..=ALL.len() (servers count errors in an array indexed
+    /// by code), each with its own name; the ones answering one request
+    /// leave the connection open.
+    #[test]
+    fn error_codes_are_dense_and_named() {
+        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i + 1, "{c:?}");
+            assert_eq!(ErrorCode::from_u16(c as u16), Some(c));
+        }
+        let names: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::SequenceReused.name(), "sequence_reused");
+        assert!(!ErrorCode::SequenceReused.closes());
     }
 
     #[test]

@@ -142,8 +142,9 @@ pub struct ServerMetrics {
     pub events_in: AtomicU64,
     pub events_acked: AtomicU64,
     pub busy_replies: AtomicU64,
-    /// ERROR frames sent, by `ErrorCode` value (index 0 unused).
-    pub errors: [AtomicU64; 16],
+    /// ERROR frames sent, by `ErrorCode` value (index 0 unused; the codes
+    /// are 1..=ALL.len(), a test in trove-proto checks).
+    pub errors: [AtomicU64; trove_proto::ErrorCode::ALL.len() + 1],
     pub subscribers: AtomicU64,
     /// Bytes of the unfinished-frame budget held now, and the times a
     /// connection found it spent and waited.
@@ -492,6 +493,21 @@ pub(crate) fn poll_complete<G: WireGame>(
             None => std::task::Poll::Pending,
         },
     }
+}
+
+/// The message of a `sequence_reused` answer: which sequence numbers of
+/// the batch were reused (the first and how many), and what became of the
+/// rest. `reused` is not empty.
+pub(crate) fn sequence_reused_message(reused: &[u64]) -> String {
+    let first = reused[0];
+    let more = match reused.len() - 1 {
+        0 => String::new(),
+        n => format!(" (and {n} more of this batch)"),
+    };
+    format!(
+        "sequence {first}{more} was already applied with another event: not applied; the batch's other events \
+         were handled as usual"
+    )
 }
 
 /// A connection's subscriptions, one mailbox for all its hunts: the

@@ -29,7 +29,7 @@ use trove_proto::frame::{
 use trove_proto::{Frame, WireGame};
 use trove_shard::{Completed, Delivery, Producer, SubmitError};
 
-use crate::{Shared, Subscriptions, json::JsonGame, poll_complete};
+use crate::{Shared, Subscriptions, json::JsonGame, poll_complete, sequence_reused_message};
 
 /// Input buffer capacity every connection has without drawing on the
 /// budget: room for small frames and many of them per read.
@@ -557,7 +557,12 @@ impl<G: WireGame> Connection<G> {
         self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
         self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
         self.shared.metrics.frames_out.fetch_add(1, Relaxed);
-        if self.outcomes {
+        if !c.reused.is_empty() {
+            // Not an ACK: the outcomes of those events would be another
+            // event's (docs/protocol.md, `sequence_reused`).
+            self.shared.metrics.errors[ErrorCode::SequenceReused as usize].fetch_add(1, Relaxed);
+            frame::encode_error(&mut self.out, ErrorCode::SequenceReused, &sequence_reused_message(&c.reused));
+        } else if self.outcomes {
             let s = frame::begin(&mut self.out, Kind::Ack, frame::ACK_WITH_OUTCOMES);
             self.out.extend_from_slice(&first_seq.to_le_bytes());
             self.out.extend_from_slice(&count.to_le_bytes());

@@ -650,3 +650,106 @@ fn the_budget_must_hold_one_largest_frame() {
     assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
     assert!(ServerConfig::default().validate().is_ok());
 }
+
+/// A copy of `from` (what a `kill -9` would leave of a running server's
+/// data directory: the kernel holds every acknowledged write).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let path = e.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() { copy_dir(&path, &target) } else { std::fs::copy(&path, &target).map(drop).unwrap() }
+    }
+}
+
+/// Sends EVENTS and expects ERROR `sequence_reused` naming `seq`, with
+/// the connection left open.
+fn expect_reused(p: &mut Raw, first_seq: u64, events: &[HuntEvent], seq: u64) {
+    p.events(first_seq, events);
+    match p.decoded() {
+        Some(OwnedFrame::Error { code: ErrorCode::SequenceReused, message }) => {
+            assert!(message.contains(&format!("sequence {seq}")), "{message}");
+        }
+        other => panic!("expected ERROR sequence_reused for {seq}, got {other:?}"),
+    }
+}
+
+/// Sends EVENTS and returns the ACK's outcomes.
+fn expect_ack(p: &mut Raw, first_seq: u64, events: &[HuntEvent]) -> Vec<HuntOutcome> {
+    p.events(first_seq, events);
+    match p.decoded() {
+        Some(OwnedFrame::Ack { first_seq: f, count, outcomes: Some(o) }) if f == first_seq => {
+            assert_eq!(count as usize, events.len());
+            o
+        }
+        other => panic!("expected the ACK of {first_seq}, got {other:?}"),
+    }
+}
+
+/// A producer that resends sequence N with another event gets
+/// `sequence_reused`, never the first event's outcome, and the event is not
+/// applied; the same event again gets its original outcome. So after a
+/// restart from a snapshot, and after a crash (the journal replayed).
+#[test]
+fn a_reused_sequence_number_is_refused_not_answered_with_another_events_outcome() {
+    let dir = std::env::temp_dir().join(format!("trove-tcp-reused-{}", std::process::id()));
+    let crashed = dir.with_extension("crash");
+    for d in [&dir, &crashed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let journal = trove_shard::JournalConfig {
+        snapshot_interval: None,
+        ..trove_shard::JournalConfig::new(&dir, trove_shard::FsyncPolicy::Always)
+    };
+    let engine = EngineConfig { journal: Some(journal), ..small_engine() };
+    let server = start(engine.clone(), ServerConfig::default());
+    let (mut p, _) = Raw::hello(server.tcp_addr(), 31, true);
+    let first = [HuntEvent::create(1, config()), HuntEvent::join(1, 1), HuntEvent::join(1, 2)];
+    let original = expect_ack(&mut p, 1, &first);
+    assert!(matches!(original[1], HuntOutcome::Joined { .. }), "{original:?}");
+
+    // `join(player 5)` under player 1's sequence: refused, not "joined".
+    expect_reused(&mut p, 2, &[HuntEvent::join(1, 5)], 2);
+    // The same event again: its original outcome.
+    assert_eq!(expect_ack(&mut p, 2, &[HuntEvent::join(1, 1)]), original[1..2]);
+    // A batch reusing sequence 3 and going on with 4: the new event is
+    // applied, the reused one is not.
+    expect_reused(&mut p, 3, &[HuntEvent::join(1, 6), HuntEvent::join(1, 7)], 3);
+    assert_eq!(expect_ack(&mut p, 3, &[HuntEvent::join(1, 2), HuntEvent::join(1, 7)])[0], original[2]);
+    // Players 5 and 6 never joined; 7 did.
+    let o = expect_ack(&mut p, 5, &[HuntEvent::join(1, 5), HuntEvent::join(1, 6), HuntEvent::join(1, 7)]);
+    assert!(matches!(o[..2], [HuntOutcome::Joined { .. }, HuntOutcome::Joined { .. }]), "{o:?}");
+    assert_eq!(o[2], HuntOutcome::Rejected { reason: Reject::AlreadyJoined });
+    let acked = expect_ack(&mut p, 1, &first);
+    assert_eq!(acked, original, "a retry of the first batch");
+    let seven = expect_ack(&mut p, 4, &[HuntEvent::join(1, 7)]);
+    drop(p);
+    // What a crash would leave now: the journal alone, no snapshot.
+    copy_dir(&dir, &crashed);
+    let m = server.metrics();
+    assert!(m.errors.contains(&("sequence_reused", 2)), "{:?}", m.errors);
+    let engine_arc = server.engine().clone();
+    server.shutdown(Duration::from_secs(5));
+    Arc::try_unwrap(engine_arc).unwrap().shutdown();
+
+    for (label, from) in [("a snapshot", &dir), ("the journal", &crashed)] {
+        let mut engine = engine.clone();
+        engine.journal.as_mut().unwrap().dir = from.clone();
+        let server = start(engine, ServerConfig::default());
+        let (mut p, _) = Raw::hello(server.tcp_addr(), 31, true);
+        expect_reused(&mut p, 2, &[HuntEvent::join(1, 9)], 2);
+        expect_reused(&mut p, 4, &[HuntEvent::join(1, 9)], 4);
+        assert_eq!(expect_ack(&mut p, 1, &first), original, "restarted from {label}");
+        assert_eq!(expect_ack(&mut p, 4, &[HuntEvent::join(1, 7)]), seven, "restarted from {label}");
+        // Player 9 never joined.
+        let o = expect_ack(&mut p, 8, &[HuntEvent::join(1, 9)]);
+        assert!(matches!(o[0], HuntOutcome::Joined { .. }), "restarted from {label}: {o:?}");
+        drop(p);
+        let engine_arc = server.engine().clone();
+        server.shutdown(Duration::from_secs(5));
+        Arc::try_unwrap(engine_arc).unwrap().shutdown();
+    }
+    for d in [&dir, &crashed] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

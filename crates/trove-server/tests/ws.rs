@@ -179,3 +179,29 @@ fn a_closing_error_reaches_the_client_with_messages_queued_behind_it() {
     assert_eq!(close.reason.as_str(), "malformed");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// A sequence number reused with another event is answered `error`
+/// `sequence_reused` (the connection stays), never with the first event's
+/// outcome; the same event again gets its original outcome.
+#[test]
+fn a_reused_sequence_number_is_refused_over_json() {
+    let server = start(ServerConfig::default());
+    let mut p = connect(&server);
+    send(&mut p, json!({"type": "hello", "producer_id": 32, "outcomes": true}));
+    assert_eq!(recv(&mut p)["type"], "welcome");
+    let join = |player: u32| json!({"hunt": 1, "player": player, "action": "join"});
+    send(&mut p, json!({"type": "events", "first_seq": 1, "events": [create(), join(1)]}));
+    let ack = recv(&mut p);
+    assert_eq!(ack["outcomes"][1]["outcome"], "joined", "{ack}");
+    send(&mut p, json!({"type": "events", "first_seq": 2, "events": [join(5)]}));
+    let err = recv(&mut p);
+    assert_eq!((&err["type"], &err["code"]), (&json!("error"), &json!("sequence_reused")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("sequence 2"), "{err}");
+    send(&mut p, json!({"type": "events", "first_seq": 2, "events": [join(1)]}));
+    let again = recv(&mut p);
+    assert_eq!((&again["type"], &again["outcomes"][0]), (&json!("ack"), &ack["outcomes"][1]), "{again}");
+    // Player 5 never joined.
+    send(&mut p, json!({"type": "events", "first_seq": 3, "events": [join(5)]}));
+    assert_eq!(recv(&mut p)["outcomes"][0]["outcome"], "joined");
+    server.shutdown(Duration::from_secs(5));
+}

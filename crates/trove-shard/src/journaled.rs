@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use trove_core::{Game, GameState, Outcomes, Record, Stamped};
+use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprints};
 use trove_journal::snapshot::{
     SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
 };
@@ -28,7 +28,7 @@ use trove_journal::{
     shard_dir,
 };
 
-use crate::dedup::{AppliedPart, Dedup, KeptProducer};
+use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
 
@@ -122,13 +122,14 @@ pub(crate) fn snapshot_of<G: Game>(state: &GameState<G>, producers: &Dedup<G::Ou
 }
 
 /// A snapshot file's bytes: the worlds the shard encoded, and every
-/// producer's last sequence and kept outcomes (encoded here, on the
-/// journal thread).
+/// producer's last sequence, kept outcomes and their events' fingerprints
+/// (encoded here, on the journal thread).
 fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, next_batch: u64) -> Vec<u8> {
     let PendingSnapshot { mut worlds, last_time_us, producers } = snapshot;
     for p in &producers {
-        let (first_seq, offsets, outcomes) = p.flatten();
-        worlds.add_producer(p.id, p.last_seq, first_seq, offsets.as_deref(), outcomes.len() as u32, |out| {
+        let KeptRun { first_seq, offsets, outcomes, fingerprints } = p.flatten();
+        let kept = outcomes.len() as u32;
+        worlds.add_producer(p.id, p.last_seq, first_seq, offsets.as_deref(), kept, &fingerprints, |out| {
             for o in &outcomes {
                 G::store_outcome(o, out);
             }
@@ -303,7 +304,8 @@ fn rebuild<G: Game>(
                 .collect::<Result<Vec<_>, String>>()
                 .and_then(|o| r.finish().map(|()| o))
                 .map_err(|e| Damaged(format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id)))?;
-            producers.restore(p.id, p.last_seq, p.first_seq, p.offsets, outcomes);
+            let run = KeptRun { first_seq: p.first_seq, offsets: p.offsets, outcomes, fingerprints: p.fingerprints };
+            producers.restore(p.id, p.last_seq, run);
         }
         options.skip_below = snap.meta.next_batch;
         let _ = log.send((
@@ -348,6 +350,10 @@ fn rebuild<G: Game>(
                 first_seq,
                 positions: offsets.map(Arc::new),
                 outcomes: Arc::from(&out.direct[i..j]),
+                // As the running shard kept them: after a restart too, a
+                // retry of a replayed event is told from a reused sequence.
+                fingerprints: (producers.window() > 0)
+                    .then(|| record_fingerprints(entries[i..j].iter().map(|e| &e.stamped.event))),
                 skip: 0,
             };
             producers.record(producer, part);

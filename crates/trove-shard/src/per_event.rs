@@ -106,6 +106,8 @@ impl<G: Game> BatchSlot<G> {
                 part: 0,
                 outcomes,
                 broadcasts,
+                // The per-event modes keep no dedup window.
+                reused: Vec::new(),
                 submitted_at: self.submitted_at,
             });
         }

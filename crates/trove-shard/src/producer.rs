@@ -40,6 +40,9 @@ pub(crate) struct Part<G: Game> {
     pub outcomes: Arc<[G::Outcome]>,
     /// `event_index` relative to the part's events.
     pub broadcasts: Vec<Addressed<G::Broadcast>>,
+    /// Sequences of the part's events that reused a sequence number
+    /// already applied with another event (not applied), ascending.
+    pub reused: Vec<u64>,
     /// When `submit` accepted the batch (for stage latencies).
     pub submitted_at: Instant,
 }
@@ -100,6 +103,12 @@ pub struct Completed<G: Game> {
     pub outcomes: Vec<G::Outcome>,
     /// Broadcasts the batch caused; `event_index` indexes `outcomes`.
     pub broadcasts: Vec<Addressed<G::Broadcast>>,
+    /// Sequence numbers of the batch's events that were not applied
+    /// because the producer had already used them for other events (their
+    /// fingerprints differ from the applied ones'), ascending; their
+    /// outcomes answer nothing. Empty for a batch of new events and true
+    /// retries. A server refuses such a batch (`sequence_reused`).
+    pub reused: Vec<u64>,
     /// When `submit` accepted the batch.
     pub submitted_at: Instant,
 }
@@ -293,12 +302,15 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
             ticket: p.ticket,
             outcomes: part.outcomes.to_vec(),
             broadcasts: part.broadcasts,
+            reused: part.reused,
             submitted_at: p.submitted_at,
         };
     }
     let mut outcomes: Vec<Option<G::Outcome>> = vec![None; p.events];
     let mut broadcasts = Vec::new();
+    let mut reused = Vec::new();
     for (part, positions) in parts.zip(&p.layout) {
+        reused.extend_from_slice(&part.reused);
         for (&o, &at) in part.outcomes.iter().zip(positions) {
             outcomes[at as usize] = Some(o);
         }
@@ -309,10 +321,12 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
     }
     // Broadcasts of different shards interleave in event order.
     broadcasts.sort_by_key(|b| b.event_index);
+    reused.sort_unstable();
     Completed {
         ticket: p.ticket,
         outcomes: outcomes.into_iter().map(|o| o.expect("one outcome per event")).collect(),
         broadcasts,
+        reused,
         submitted_at: p.submitted_at,
     }
 }

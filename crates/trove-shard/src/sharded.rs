@@ -29,10 +29,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use trove_core::{Game, GameState, Outcomes, Stamped, WorldId};
+use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprints};
 
 use crate::clock::{ClockMode, EngineClock};
-use crate::dedup::{AppliedPart, Dedup};
+use crate::dedup::{AppliedPart, Dedup, Retry};
 use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
@@ -78,6 +78,10 @@ struct Work<G: Game> {
     /// already applied (filled by the shard).
     retried: Vec<u64>,
     events: Vec<Stamped<G::Event>>,
+    /// The fingerprint of each of the part's events as submitted (retried
+    /// ones first), computed by the submitting thread: the shard keeps
+    /// them to tell a retry from a reused sequence number.
+    fingerprints: Arc<[u32]>,
     /// When `submit` accepted the batch.
     submitted_at: Instant,
 }
@@ -255,6 +259,8 @@ impl<G: Game> Sharded<G> {
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
             let positions = split.then(|| Arc::new(layout[part].clone()));
+            // Here, on the producer's thread, not on the shard's.
+            let fingerprints = record_fingerprints(events.iter().map(|e| &e.event));
             let work = Work {
                 submitted_at,
                 inbox: inbox.clone(),
@@ -264,6 +270,7 @@ impl<G: Game> Sharded<G> {
                 positions,
                 retried: Vec::new(),
                 events,
+                fingerprints,
             };
             // The receiver lives until every reservation is drained.
             if shard.tx.send(Msg::Work(work)).is_err() {
@@ -469,12 +476,23 @@ impl<G: Game> ShardLoop<G> {
             for w in work.drain(..) {
                 let end = offset + w.events.len();
                 let retried = w.retried.len();
+                let mut reused = Vec::new();
                 let outcomes: Arc<[G::Outcome]> = if retried == 0 {
                     Arc::from(&out.direct[offset..end])
                 } else {
                     let log = self.producers.log(w.origin.producer);
                     let mut v: Vec<G::Outcome> = Vec::with_capacity(retried + w.events.len());
-                    v.extend(w.retried.iter().map(|&seq| log.lookup(seq).unwrap_or_else(G::duplicate_outcome)));
+                    for (&seq, &fingerprint) in w.retried.iter().zip(w.fingerprints.iter()) {
+                        v.push(match log.retry(seq, fingerprint) {
+                            Retry::Original(o) => o,
+                            Retry::Forgotten => G::duplicate_outcome(),
+                            // Never delivered: the batch is refused.
+                            Retry::Reused => {
+                                reused.push(seq);
+                                G::duplicate_outcome()
+                            }
+                        });
+                    }
                     v.extend_from_slice(&out.direct[offset..end]);
                     self.metrics.retries.fetch_add(retried as u64, Relaxed);
                     v.into()
@@ -483,6 +501,7 @@ impl<G: Game> ShardLoop<G> {
                     first_seq: w.origin.first_seq,
                     positions: w.positions.clone(),
                     outcomes: outcomes.clone(),
+                    fingerprints: Some(w.fingerprints.clone()),
                     skip: retried,
                 };
                 self.producers.record(w.origin.producer, applied);
@@ -496,7 +515,8 @@ impl<G: Game> ShardLoop<G> {
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
-                let part = Part { ticket: w.ticket, part: w.part, outcomes, broadcasts, submitted_at: w.submitted_at };
+                let part =
+                    Part { ticket: w.ticket, part: w.part, outcomes, broadcasts, reused, submitted_at: w.submitted_at };
                 if self.journal.is_some() && !w.events.is_empty() {
                     sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
                     parts.push(w.events);

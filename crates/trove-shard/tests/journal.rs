@@ -548,3 +548,94 @@ fn cfg_for(cfg: &EngineConfig, dir: &Path) -> EngineConfig {
     cfg.journal.as_mut().unwrap().dir = dir.to_path_buf();
     cfg
 }
+
+/// A sequence number reused for another event is refused
+/// (`Completed::reused`): never answered with the other event's outcome,
+/// never applied. The same event again still gets its original outcome.
+/// This holds in memory, after a restart from a snapshot, and after a crash
+/// (the journal replayed, no snapshot), for batches split across shards.
+#[test]
+fn a_reused_sequence_number_is_refused_in_memory_and_after_restarts() {
+    use trove_hunt::HuntOutcome;
+    let dir = temp_dir("reused");
+    let mut cfg = config(&dir, FsyncPolicy::Always, 2);
+    cfg.journal.as_mut().unwrap().snapshot_interval = None;
+    // Two hunts on different shards, so that batches split.
+    let a = 1;
+    let b = (2..100).find(|&h| trove_shard::sharded::shard_of(h, 2) != trove_shard::sharded::shard_of(a, 2)).unwrap();
+    let stamped = |events: &[HuntEvent]| events.iter().map(|&event| Stamped { time_us: 0, event }).collect::<Vec<_>>();
+    let run = |p: &mut trove_shard::Producer<TreasureHunt>, first_seq: u64, events: &[HuntEvent]| {
+        p.submit_at(first_seq, &mut stamped(events)).unwrap();
+        p.complete_timeout(Duration::from_secs(10)).expect("answered")
+    };
+    // Sequences 1..=6.
+    let first = [
+        HuntEvent::create(a, hunt_config(1)),
+        HuntEvent::create(b, hunt_config(2)),
+        HuntEvent::join(a, 1),
+        HuntEvent::join(b, 1),
+        HuntEvent::join(a, 2),
+        HuntEvent::join(b, 2),
+    ];
+    let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+    let mut p = engine.producer_with_id(9, 1);
+    let original = run(&mut p, 1, &first);
+    assert!(original.reused.is_empty());
+    assert!(original.outcomes[2..].iter().all(|o| matches!(o, HuntOutcome::Joined { .. })), "{original:?}");
+
+    // Round `r` reuses sequences 3..=6 and 7 + 2(r - 1) with players of
+    // its own, then shows they never joined.
+    let check = |engine: &Engine<TreasureHunt>, round: u64, label: &str| {
+        let mut p = engine.producer_with_id(9, 1);
+        let (pa, pb) = (10 + round as u32, 20 + round as u32);
+        // Sequences 3 and 6 reused with other players; 4 and 5 the same
+        // events again.
+        let c = run(
+            &mut p,
+            3,
+            &[HuntEvent::join(a, pa), HuntEvent::join(b, 1), HuntEvent::join(a, 2), HuntEvent::join(b, pb)],
+        );
+        assert_eq!(c.reused, vec![3, 6], "{label}");
+        assert_eq!(&c.outcomes[1..3], &original.outcomes[3..5], "{label}: the same events get their outcomes");
+        // The whole first batch again: a retry, answered as before.
+        let c = run(&mut p, 1, &first);
+        assert!(c.reused.is_empty(), "{label}");
+        assert_eq!(c.outcomes, original.outcomes, "{label}");
+        if round > 0 {
+            // What the previous round applied, in the previous process:
+            // the same events are retries, another one is refused.
+            let seq = 7 + 2 * (round - 1);
+            let (qa, qb) = (10 + round as u32 - 1, 20 + round as u32 - 1);
+            let c = run(&mut p, seq, &[HuntEvent::join(a, qa), HuntEvent::join(b, qb)]);
+            assert!(c.reused.is_empty(), "{label}: {c:?}");
+            assert!(c.outcomes.iter().all(|o| matches!(o, HuntOutcome::Joined { .. })), "{label}: {c:?}");
+            let c = run(&mut p, seq, &[HuntEvent::join(a, 99), HuntEvent::join(b, qb)]);
+            assert_eq!(c.reused, vec![seq], "{label}");
+        }
+        // The refused players never joined: under new numbers they do now.
+        let seq = 7 + 2 * round;
+        let c = run(&mut p, seq, &[HuntEvent::join(a, pa), HuntEvent::join(b, pb)]);
+        assert!(c.reused.is_empty(), "{label}");
+        assert!(c.outcomes.iter().all(|o| matches!(o, HuntOutcome::Joined { .. })), "{label}: {c:?}");
+    };
+    drop(p);
+    check(&engine, 0, "in memory");
+    // A crash now leaves the journal alone (no snapshot was taken).
+    let crashed = crash_image(&dir);
+    assert!(files(&shard_dir(&crashed, 0), ".tsnap").is_empty());
+    engine.shutdown();
+
+    // Restarted from its final snapshot.
+    assert!(!files(&shard_dir(&dir, 0), ".tsnap").is_empty());
+    let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+    check(&engine, 1, "from a snapshot");
+    engine.shutdown();
+    // Restarted from the journal alone.
+    let mut crash_cfg = cfg.clone();
+    crash_cfg.journal.as_mut().unwrap().dir = crashed.clone();
+    let engine = Engine::<TreasureHunt>::start(crash_cfg).unwrap();
+    check(&engine, 1, "from the journal");
+    engine.shutdown();
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&crashed).ok();
+}
