@@ -18,7 +18,17 @@ pub const WORLDS_MAX: usize = 8;
 /// empty `shard-000`.
 pub fn fresh_data_dir(target: &str) -> PathBuf {
     let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let dir = base.join(format!("trove-fuzz-{target}-{}", std::process::id()));
+    // Those of earlier runs whose process is gone.
+    let prefix = format!("trove-fuzz-{target}-");
+    for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(&prefix) {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(trove_journal::shard_dir(&dir, 0)).expect("scratch directory");
     let meta = format!(
