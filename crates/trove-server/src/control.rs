@@ -826,6 +826,19 @@ async fn list_hunts(
     ok(json!({"hunts": hunts.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), "next_after": next}))
 }
 
+/// Reads a `POST /hunts` body, `{"id": 7, "config": {...}}`, into the
+/// create event it asks for; the error names what is wrong (answered as
+/// 400 `bad_request`). Public for the fuzz target (fuzz/).
+pub fn parse_create_body(body: &[u8]) -> Result<HuntEvent, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let id = v.get("id").ok_or("missing field `id`")?;
+    if id.as_u64().and_then(|i| u32::try_from(i).ok()).is_none() {
+        return Err(format!("`id` must be an integer in 0..=4294967295, not {id}"));
+    }
+    let config = v.get("config").ok_or("missing field `config`")?;
+    TreasureHunt::event_from_json(&json!({"hunt": id, "action": "create", "config": config}))
+}
+
 /// Creates a hunt: `{"id": 7, "config": {...}}`. The create is an event
 /// like any other: journaled, and answered once durable.
 async fn create_hunt(
@@ -840,17 +853,7 @@ async fn create_hunt(
         }
         Err(e) => return error(e.status(), "bad_request", e.body_text()),
     };
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return bad(format!("the body is not JSON: {e}")),
-    };
-    let Some(id) = v.get("id") else { return bad("missing field `id`".into()) };
-    if id.as_u64().and_then(|i| u32::try_from(i).ok()).is_none() {
-        return bad(format!("`id` must be an integer in 0..=4294967295, not {id}"));
-    }
-    let Some(config) = v.get("config") else { return bad("missing field `config`".into()) };
-    let event = json!({"hunt": id, "action": "create", "config": config});
-    let event = match TreasureHunt::event_from_json(&event) {
+    let event = match parse_create_body(&body) {
         Ok(e) => e,
         Err(why) => return bad(why),
     };
