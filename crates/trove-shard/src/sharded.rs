@@ -205,19 +205,18 @@ impl<G: Game> Sharded<G> {
                 self.shards[u].queued_events.fetch_sub(counts[u] as usize, SeqCst);
             }
         };
-        for s in 0..n {
-            if !involved(s) {
+        for (s, (shard, &count)) in self.shards.iter().zip(counts.iter()).enumerate() {
+            if count == 0 {
                 continue;
             }
-            let shard = &self.shards[s];
             let batches_before = shard.queued.fetch_add(1, SeqCst);
-            let events_before = shard.queued_events.fetch_add(counts[s] as usize, SeqCst);
+            let events_before = shard.queued_events.fetch_add(count as usize, SeqCst);
             // An empty queue takes any batch (it may be larger than the
             // bound); a queue with work takes one only while it stays
             // within `queue_events_max` events, so what is admitted waits
             // behind a bounded amount of work instead of growing the tail.
-            let full = batches_before >= batches_max
-                || (events_before > 0 && events_before + counts[s] as usize > events_max);
+            let full =
+                batches_before >= batches_max || (events_before > 0 && events_before + count as usize > events_max);
             if full {
                 release(s + 1);
                 return Err(SubmitError::Busy);

@@ -486,6 +486,8 @@ fn a_drain_larger_than_a_frame_is_journaled_over_several_frames() {
     let dir = temp_dir("large-creates");
     let mut cfg = config(&dir, FsyncPolicy::Always, 1);
     (cfg.batch_events_max, cfg.drain_events_max, cfg.in_flight_events_max) = (1 << 20, 1 << 20, 1 << 21);
+    // Both batches must be admitted behind each other.
+    cfg.queue_events_max = 1 << 21;
     // Few worlds: the creates past them are refused, and journaled all
     // the same; the test needs their bytes, not hunts.
     cfg.worlds_max = 4;
