@@ -553,9 +553,11 @@ impl<G: WireGame> Connection<G> {
             unreachable!("answers ready are sent as soon as nothing is owed before them")
         };
         debug_assert_eq!(c.outcomes.len(), count as usize);
-        let waited = c.submitted_at.elapsed().as_nanos() as u64;
-        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        if c.reused.is_empty() {
+            let waited = c.submitted_at.elapsed().as_nanos() as u64;
+            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        }
         self.shared.metrics.frames_out.fetch_add(1, Relaxed);
         if !c.reused.is_empty() {
             // Not an ACK: the outcomes of those events would be another

@@ -474,9 +474,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
             unreachable!("ready answers are sent as soon as nothing is owed before them")
         };
-        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
-        let waited = c.submitted_at.elapsed().as_nanos() as u64;
-        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+        if c.reused.is_empty() {
+            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+            let waited = c.submitted_at.elapsed().as_nanos() as u64;
+            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+        }
         if !c.reused.is_empty() {
             // Not an ack: the outcomes of those events would be another
             // event's (docs/protocol.md, `sequence_reused`).

@@ -132,7 +132,10 @@ impl EngineConfig {
                 self.queue_batches_max >= 1 && self.queue_batches_max <= 1 << 16,
                 "queue_batches_max must be in 1..=65536",
             ),
-            (self.queue_events_max >= 1 && self.queue_events_max <= 1 << 30, "queue_events_max must be in 1..=2^30"),
+            (
+                self.queue_events_max >= self.batch_events_max && self.queue_events_max <= 1 << 30,
+                "queue_events_max must be in batch_events_max..=2^30 (a batch larger than it would wait for an empty queue)",
+            ),
             ((1..=DRAIN_EVENTS_LIMIT).contains(&self.drain_events_max), "drain_events_max must be in 1..=2^20"),
             (self.dedup_window_events <= DEDUP_WINDOW_LIMIT, "dedup_window_events must be at most 2^24"),
             (
@@ -464,13 +467,23 @@ impl<G: Game> Engine<G> {
         self.stop().0
     }
 
-    /// Stops an engine that never served (a start that failed after the
-    /// engine was up: a listener, the control plane) and removes its data
-    /// directory if this start created it: nothing in it was acknowledged
-    /// to anyone. `log` says what was removed or kept.
+    /// Stops an engine whose start failed after it was up (a listener,
+    /// the control plane) and removes its data directory if this start
+    /// created it and nothing was applied: a connection accepted from the
+    /// listen backlog before the failure may have had events applied and
+    /// acknowledged, and then the directory is kept. `log` says what was
+    /// removed or kept.
     pub fn abandon(self, log: &mut dyn FnMut(String)) {
-        if let (_, Some(lock)) = self.stop() {
+        let (fin, lock) = self.stop();
+        let Some(lock) = lock else { return };
+        if fin.events_applied == 0 {
             remove_if_created(lock, log);
+        } else {
+            log(format!(
+                "kept {}: {} events were applied before the start failed",
+                lock.dir().display(),
+                fin.events_applied
+            ));
         }
     }
 

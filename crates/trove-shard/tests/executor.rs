@@ -248,55 +248,51 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
 
 /// Admission counts events too (`queue_events_max`): past capacity a
 /// batch is refused rather than queued behind more work than the bound,
-/// an empty queue takes a batch of any size, and what is refused is
-/// handed back whole and taken once the queue has drained.
+/// and what is refused is handed back whole and taken once the queue has
+/// drained.
 #[test]
 fn a_shard_queue_is_bounded_in_events_too() {
     let cfg = EngineConfig {
         queue_events_max: 200,
-        batch_events_max: 1000,
+        batch_events_max: 200,
         drain_events_max: 1000,
         ..config(Mode::Sharded, 1)
     };
     let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
     // The shard is held in a query, so what is submitted stays queued.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let _answered = engine.query_world(0, move |_| {
-        let _ = held.recv_timeout(Duration::from_secs(120));
-    });
+    let hold = || {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let answered = engine.query_world(0, move |_| {
+            let _ = held.recv_timeout(Duration::from_secs(120));
+        });
+        (release, answered)
+    };
     let events = stream(0, 1, 1000);
-    assert!(events.len() >= 460);
+    assert!(events.len() >= 360);
     let mut p = engine.producer();
-    // Larger than the bound, into an empty queue: taken.
-    let mut first = events[..250].to_vec();
-    p.submit(&mut first).unwrap();
-    // Anything more would queue past 200 events: refused, handed back.
-    let mut second = events[250..260].to_vec();
+    let (release, _answered) = hold();
+    p.submit(&mut events[..150].to_vec()).unwrap();
+    // 150 + 60 would pass 200 events: refused, handed back whole.
+    let mut second = events[150..210].to_vec();
     assert_eq!(p.submit(&mut second), Err(SubmitError::Busy));
-    assert_eq!(second.len(), 10, "a refused batch is handed back whole");
+    assert_eq!(second.len(), 60, "a refused batch is handed back whole");
     release.send(()).unwrap();
     let c = p.complete_timeout(Duration::from_secs(60)).expect("the first batch");
-    assert_eq!(c.outcomes.len(), 250);
-    // Drained: the queue takes batches again while they fit.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let _answered = engine.query_world(0, move |_| {
-        let _ = held.recv_timeout(Duration::from_secs(120));
-    });
-    // (Queued behind the query, which the shard takes first.)
+    assert_eq!(c.outcomes.len(), 150);
+    // Drained (the next hold is queued ahead of what follows, and the
+    // shard takes it first): batches are taken again while they fit.
+    let (release, _answered) = hold();
     p.submit(&mut second).unwrap();
-    let mut third = events[260..400].to_vec();
-    let third_len = third.len();
-    // 10 + 140 <= 200: taken; 150 + 60 > 200: refused.
-    p.submit(&mut third).unwrap();
-    let mut fourth = events[400..460].to_vec();
-    assert_eq!(p.submit(&mut fourth), Err(SubmitError::Busy));
+    // 60 + 140 = 200: taken; one more event is not.
+    p.submit(&mut events[210..350].to_vec()).unwrap();
+    assert_eq!(p.submit(&mut events[350..351].to_vec()), Err(SubmitError::Busy));
     release.send(()).unwrap();
     let mut done = 0;
-    while done < 10 + third_len {
+    while done < 200 {
         done += p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len();
     }
     assert_eq!(engine.metrics().busy_replies, 2);
-    assert_eq!(engine.shutdown().events_applied, (250 + 10 + third_len) as u64);
+    assert_eq!(engine.shutdown().events_applied, 350);
 }
 
 #[test]

@@ -163,6 +163,8 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         shards: args.shards,
         pin_cores: args.pin_cores,
         batch_events_max: args.batch_events,
+        // The served default, or room for one batch of the size asked for.
+        queue_events_max: EngineConfig::default().queue_events_max.max(args.batch_events),
         clock: args.clock,
         worlds_max: spec.hunts as usize,
         journal: args.journal.clone(),

@@ -265,6 +265,14 @@ pub fn run(args: &Serve) -> Result<(), String> {
     if shards_from_journal && let Some(j) = &engine.journal {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         engine.shards = default_shards(Some(&j.dir), cores, server.io_workers);
+        // The journal's own count may be larger than the one reserved for
+        // above: check again before any shard opens a file.
+        if let Err(e) = trove_server::fds::reserve(server.connections_max, control_max, engine.shards) {
+            if let Some(lock) = lock {
+                let _ = lock.remove_created();
+            }
+            return Err(e.to_string());
+        }
     }
     let journal = engine.journal.as_ref().map(|j| format!("{} (fsync {})", j.dir.display(), j.fsync));
     let info = ControlInfo {
