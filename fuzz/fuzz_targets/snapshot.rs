@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
                 b.add(id, |out| out.extend_from_slice(world));
             }
             for p in &s.producers {
-                b.add_producer(p.id, p.last_seq, p.first_seq, p.offsets.as_deref(), p.kept, |out| {
+                let fingerprints = &p.fingerprints;
+                b.add_producer(p.id, p.last_seq, p.first_seq, p.offsets.as_deref(), p.kept, fingerprints, |out| {
                     out.extend_from_slice(p.outcomes)
                 });
             }
