@@ -11,12 +11,12 @@
 //! Admission is all-or-nothing and bounded: a submit first reserves one
 //! queue slot on every shard it needs (an atomic counter per shard, at most
 //! `queue_batches_max`) and room for its events there (at most
-//! `queue_events_max` queued, except that an empty queue takes any batch),
-//! and if any is full it releases what it took and answers `Busy`. The
-//! channel itself is unbounded, but nothing reaches it without a
+//! `queue_events_max` queued, which `validate` keeps at least one largest
+//! batch), and if any is full it releases what it took and answers `Busy`.
+//! The channel itself is unbounded, but nothing reaches it without a
 //! reservation, so a shard's queue never holds more than
-//! `queue_batches_max` batches, nor more than `queue_events_max` events
-//! plus one batch. The events bound is what keeps an admitted batch's wait
+//! `queue_batches_max` batches nor more than `queue_events_max` events.
+//! The events bound is what keeps an admitted batch's wait
 //! short under overload: past capacity, producers get `Busy` instead of
 //! a place at the end of a long queue.
 //!
@@ -211,10 +211,12 @@ impl<G: Game> Sharded<G> {
             }
             let batches_before = shard.queued.fetch_add(1, SeqCst);
             let events_before = shard.queued_events.fetch_add(count as usize, SeqCst);
-            // An empty queue takes any batch (it may be larger than the
-            // bound); a queue with work takes one only while it stays
-            // within `queue_events_max` events, so what is admitted waits
-            // behind a bounded amount of work instead of growing the tail.
+            // A queue takes a batch only while it stays within
+            // `queue_events_max` events, so what is admitted waits behind
+            // a bounded amount of work instead of growing the tail. (An
+            // empty queue takes any batch: `validate` keeps the bound at
+            // least `batch_events_max`, so this is a guard, not a way past
+            // the bound.)
             let full =
                 batches_before >= batches_max || (events_before > 0 && events_before + count as usize > events_max);
             if full {
