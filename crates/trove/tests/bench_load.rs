@@ -288,7 +288,7 @@ fn bad_flags_and_workloads_are_clear_errors() {
         (&["--ramp", "--ramp-factor", "1"][..], "--ramp-factor"),
         (&["--ramp", "--trials", "2"][..], "--trials must be odd"),
         (&["--ramp", "--trials", "99"][..], "--trials"),
-        (&["--ramp", "--warmup", "-1"][..], "--warmup"),
+        (&["--ramp", "--warmup=-1"][..], "--warmup"),
         (&["--slo-ms", "1e30"][..], "--slo-ms"),
         (&["--knee", "5000"][..], "--overload"),
         (&["--overload", "1"][..], "--overload"),

@@ -1391,7 +1391,14 @@ fn median_by<T: Copy>(v: &[T], key: impl Fn(&T) -> f64) -> T {
 /// median. The step passes when the median achieved keeps up with the
 /// median scheduled rate, the median p99 is within the SLO, no event was
 /// refused and nothing ended the run (`stopped`). Counts are summed.
-fn judge(index: u32, rate: f64, trials: Vec<StepReport>, slo: Duration, stopped: Option<&str>, cores: f64) -> StepReport {
+fn judge(
+    index: u32,
+    rate: f64,
+    trials: Vec<StepReport>,
+    slo: Duration,
+    stopped: Option<&str>,
+    cores: f64,
+) -> StepReport {
     assert!(!trials.is_empty(), "a step runs at least one trial");
     let n = trials.len();
     let u = |f: &dyn Fn(&StepReport) -> u64| {
@@ -1435,7 +1442,10 @@ fn judge(index: u32, rate: f64, trials: Vec<StepReport>, slo: Duration, stopped:
         ));
     }
     if latency.p99 as f64 / 1e3 > slo_ms {
-        why.push(format!("median p99 {:.1} ms left the {slo_ms} ms SLO (the trials' p99: {p99s} ms)", latency.p99 as f64 / 1e3));
+        why.push(format!(
+            "median p99 {:.1} ms left the {slo_ms} ms SLO (the trials' p99: {p99s} ms)",
+            latency.p99 as f64 / 1e3
+        ));
     }
     if refused > 0 {
         why.push(format!("{refused} events refused"));
@@ -1865,7 +1875,8 @@ mod tests {
     #[test]
     fn one_stalled_trial_of_three_does_not_fail_a_step() {
         // The second trial met a 13.3 ms stop of the machine.
-        let trials = vec![trial(7, 1e6, 1e6, 2_000, 0), trial(8, 1e6, 1e6, 12_600, 13_300), trial(9, 1e6, 1e6, 3_000, 0)];
+        let trials =
+            vec![trial(7, 1e6, 1e6, 2_000, 0), trial(8, 1e6, 1e6, 12_600, 13_300), trial(9, 1e6, 1e6, 3_000, 0)];
         let s = judge(2, 1e6, trials, SLO, None, 2.0);
         assert!(s.passed, "{s:?}");
         assert_eq!((s.step, s.failed_because, s.tail_cause), (2, None, None));
@@ -1903,41 +1914,51 @@ mod tests {
         // Refusals, and a trial that ended the run, fail the step whatever the medians.
         let mut refused = trial(1, 1e6, 1e6, 2_000, 0);
         refused.events_refused = 5;
-        let s = judge(0, 1e6, vec![trial(0, 1e6, 1e6, 2_000, 0), refused, trial(2, 1e6, 1e6, 2_000, 0)], SLO, None, 2.0);
+        let s =
+            judge(0, 1e6, vec![trial(0, 1e6, 1e6, 2_000, 0), refused, trial(2, 1e6, 1e6, 2_000, 0)], SLO, None, 2.0);
         assert!(!s.passed && s.failed_because.unwrap().contains("5 events refused"));
         let s = judge(0, 1e6, vec![trial(0, 1e6, 1e6, 2_000, 0)], SLO, Some("a connection failed: x"), 2.0);
         assert!(!s.passed && s.tail_cause.unwrap().starts_with("the pipeline"));
     }
 
-    #[test]
-    fn the_knee_comes_from_judged_steps_and_a_stall_moves_it_less() {
-        // Steps at 1..=5 M/s; the machine stalls once in one trial of the 2 M/s step.
-        let stall_at = |stalled: u32| {
-            (0..5u32)
-                .map(|k| {
-                    let rate = f64::from(k + 1) * 1e6;
-                    let p99 = |t: u32| if k == 1 && t == stalled { 13_000 } else if k == 4 { 20_000 } else { 3_000 };
-                    let trials = (0..3).map(|t| trial(k * 3 + t, rate, rate, p99(t), 0)).collect();
-                    judge(k, rate, trials, SLO, None, 2.0)
-                })
-                .collect::<Vec<_>>()
-        };
-        for stalled in 0..3 {
-            let run = analyse("sharded", &args(), None, stall_at(stalled));
-            assert_eq!(run.knee_offered_events_per_s, Some(4e6), "stall in trial {stalled}");
+    /// A ramp over judged steps against a server that keeps up to 5 M/s,
+    /// on a machine that stalls once, in trial `stalled` of the 2 M/s step.
+    fn ramp_with_a_stall(trials: u32, stalled: u32) -> ModeRun {
+        let r = ramp(1e6, 1e8);
+        let mut ladder = Ladder::new(&r);
+        let (mut rate, mut steps) = (r.from, Vec::new());
+        for k in 0..40u32 {
+            let p99 = |t: u32| match rate {
+                _ if rate > 5e6 => 20_000,
+                _ if rate == 2e6 && t == stalled => 13_000,
+                _ => 3_000,
+            };
+            let ts = (0..trials).map(|t| trial(k * trials + t, rate, rate, p99(t), 0)).collect();
+            let s = judge(k, rate, ts, SLO, None, 2.0);
+            let passed = s.passed;
+            steps.push(s);
+            match ladder.next(rate, passed) {
+                Some(next) => rate = next,
+                None => break,
+            }
         }
-        // Judged on one trial, the same stall would have capped the knee
-        // below the stalled step: the highest passing step before it.
-        let one_trial: Vec<StepReport> = stall_at(0)
-            .into_iter()
-            .map(|s| {
-                let t = &s.trials[0];
-                let p99 = if s.step == 1 { 13_000 } else { t.latency_us.p99 };
-                step(s.step, s.offered_events_per_s, s.offered_events_per_s, p99, 0.2)
-            })
-            .take_while(|s| s.passed)
-            .collect();
-        assert_eq!(one_trial.len(), 1);
+        analyse("sharded", &args(), None, steps)
+    }
+
+    #[test]
+    fn one_stall_cannot_cap_the_knee() {
+        // Judged on three trials, wherever the stall lands: 1, 2, 4, 8
+        // (fails), then 4 x 1.1^k up to the first above 5 M.
+        for stalled in 0..3 {
+            let run = ramp_with_a_stall(3, stalled);
+            let knee = run.knee_offered_events_per_s.unwrap();
+            assert!((knee - 4.84e6).abs() < 1.0, "stall in trial {stalled}: {knee}");
+        }
+        // One trial per step (the old rule): the stalled 2 M/s step fails
+        // and the ramp climbs from 1 M/s in fine steps below it.
+        let run = ramp_with_a_stall(1, 0);
+        let knee = run.knee_offered_events_per_s.unwrap();
+        assert!(knee < 2e6, "{knee}");
     }
 
     #[test]

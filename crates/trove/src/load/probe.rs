@@ -146,8 +146,12 @@ pub fn tail_cause(f: &TailFigures) -> String {
     let ms = |us: u64| us as f64 / 1e3;
     let p99 = ms(f.p99_us);
     let m = f.machine;
-    let machine =
-        format!("the machine's longest stall {:.1} ms ({} of 1 ms or more, {:.1} ms lost)", ms(m.max_us), m.count, ms(m.lost_us));
+    let machine = format!(
+        "the machine's longest stall {:.1} ms ({} of 1 ms or more, {:.1} ms lost)",
+        ms(m.max_us),
+        m.count,
+        ms(m.lost_us)
+    );
     if m.max_us >= STALL_MIN_NS / 1000 && m.max_us * 2 >= f.p99_us {
         return format!(
             "the machine: p99 {p99:.1} ms; the machine stopped for {:.1} ms during this trial ({} stalls of 1 ms or more, {:.1} ms lost)",
@@ -240,7 +244,10 @@ mod tests {
         f.p99_us = 12_600;
         f.machine = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 };
         let why = tail_cause(&f);
-        assert!(why.starts_with("the machine: p99 12.6 ms; the machine stopped for 13.3 ms during this trial"), "{why}");
+        assert!(
+            why.starts_with("the machine: p99 12.6 ms; the machine stopped for 13.3 ms during this trial"),
+            "{why}"
+        );
         // A stall far shorter than the tail does not explain it.
         f.p99_us = 50_000;
         assert!(tail_cause(&f).starts_with("the pipeline: p99 50.0 ms"), "{}", tail_cause(&f));

@@ -1278,7 +1278,12 @@ mod tests {
         assert!(report.contains("Warm-up (not counted): 2 s at 1.000 M events/s offered"), "{report}");
         assert!(report.contains("Step 1 (2.000 M events/s offered) failed: p99 42.000 ms"), "{report}");
         assert!(report.contains(&format!("Its tail: {cause}.")), "{report}");
-        assert!(report.contains("| 2 | 2.000 | 0.900 | 12.600 | 14.000 | 0.000 | 0.200 | 13.300 | 1 | 13.300 | no | the machine"), "{report}");
+        assert!(
+            report.contains(
+                "| 2 | 2.000 | 0.900 | 12.600 | 14.000 | 0.000 | 0.200 | 13.300 | 1 | 13.300 | no | the machine"
+            ),
+            "{report}"
+        );
         // The passing step has no such section.
         assert!(!report.contains("Step 0 ("), "{report}");
     }
