@@ -1056,7 +1056,8 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
         match knee {
             None => say(&format!("{mode}: no step passed, so there is no knee to overload")),
             Some((knee_offered, knee_goodput)) => {
-                let duration = args.ramp.as_ref().map_or(args.duration, |r| r.step);
+                // As long as a ramp step's trials together.
+                let duration = args.ramp.as_ref().map_or(args.duration, |r| r.step * r.trials);
                 let index = steps.iter().map(|s| s.step + 1).max().unwrap_or(0);
                 // A run index no trial used: past every step's trials and the warm-up.
                 let run_index = (index + 1) * args.ramp.as_ref().map_or(1, |r| r.trials) + 1;
@@ -1664,6 +1665,20 @@ pub fn summary(outcome: &Outcome) -> String {
                 o.slo_p99_ms,
                 if o.holds { "holds" } else { "does not hold" },
             );
+        }
+    }
+    for run in &outcome.runs {
+        if let Some(w) = &run.warmup {
+            out += &format!(
+                "{}: warm-up {:.1} s at {}/s (not counted): p99 {:.2} ms\n",
+                run.mode,
+                w.seconds,
+                human(w.offered_events_per_s),
+                w.latency_us.p99 as f64 / 1e3
+            );
+        }
+        if run.trials_per_step > 1 {
+            out += &format!("{}: each step judged on the median of {} trials\n", run.mode, run.trials_per_step);
         }
     }
     for run in &outcome.runs {
