@@ -46,7 +46,10 @@ pub struct ServerStep {
     pub ingest_to_ack_p99_us: Option<f64>,
 }
 
-/// One step of offered load.
+/// One step of offered load. A ramp step's figures are judged from its
+/// trials (`trials`): achieved, latencies and client CPU are their
+/// medians, counts their sums, stalls their worst, and the server's
+/// figures those of the median-p99 trial.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
     /// 0-based, in the order the steps ran.
