@@ -171,9 +171,19 @@ pub struct BenchLoad {
     /// The ramp stops at this offered rate.
     #[arg(long, default_value_t = 100_000_000.0)]
     pub ramp_max: f64,
-    /// Seconds each ramp step is held.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds each trial of a ramp step is held (a step runs --trials of
+    /// them).
+    #[arg(long, default_value_t = 1.0)]
     pub step_seconds: f64,
+    /// Trials per ramp step; the step is judged on their medians (odd, so
+    /// the median is one of them). 1: one trial decides.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::TRIALS_MAX)))]
+    pub trials: u32,
+    /// Seconds a ramp runs at its first rate before its first step, not
+    /// counted (a cold start: connections, caches, the server's first
+    /// batches). 0: none.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
     /// Most steps in a ramp.
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub steps_max: u32,

@@ -76,6 +76,12 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
     if ramp_factor <= 1.0 || ramp_coarse < 1.0 {
         return Err("--ramp-factor must be above 1 and --ramp-coarse at least 1".into());
     }
+    if flags.trials.is_multiple_of(2) {
+        return Err(format!(
+            "--trials must be odd (a step is judged on the middle trial's figures), not {}",
+            flags.trials
+        ));
+    }
     let slo_ms = positive("slo-ms", flags.slo_ms)?;
     if slo_ms > 3_600_000.0 {
         return Err("--slo-ms must be at most 3600000 (an hour)".into());
@@ -95,6 +101,11 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
                     max: positive("ramp-max", flags.ramp_max)?,
                     step: seconds("step-seconds", flags.step_seconds)?,
                     steps_max: flags.steps_max,
+                    trials: flags.trials,
+                    warmup: match flags.warmup {
+                        0.0 => Duration::ZERO,
+                        w => seconds("warmup", w)?,
+                    },
                 })
             })
             .transpose()?,

@@ -113,6 +113,28 @@ fn step_verdict_is_consistent(step: &serde_json::Value) {
     }
 }
 
+/// A ramp step holds its trials, each with its own figures, and the
+/// judged latency is one of theirs (the median); a failing step names its
+/// tail's cause.
+fn trials_are_reported(step: &serde_json::Value, trials: usize) {
+    let t = step["trials"].as_array().expect("trials");
+    assert_eq!(t.len(), trials, "{step}");
+    let mut p99s: Vec<u64> = t.iter().map(|t| t["latency_us"]["p99"].as_u64().expect("a trial's p99")).collect();
+    p99s.sort_unstable();
+    assert_eq!(step["latency_us"]["p99"].as_u64(), Some(p99s[trials / 2]), "{step}");
+    assert!(step["latency_us"]["p50"].as_u64().is_some(), "{step}");
+    for t in t {
+        for key in ["achieved_events_per_s", "send_lag_us", "pacer_stall_max_us", "machine_stalls", "passed"] {
+            assert!(t.get(key).is_some(), "missing {key} in a trial: {step}");
+        }
+        for key in ["max_us", "count", "lost_us"] {
+            assert!(t["machine_stalls"][key].as_u64().is_some(), "machine_stalls.{key}: {step}");
+        }
+    }
+    assert!(step["machine_stalls"]["max_us"].as_u64().is_some(), "{step}");
+    assert_eq!(step["passed"] == false, step["tail_cause"].is_string(), "{step}");
+}
+
 #[test]
 fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
     let dir = common::scratch_dir("bench-load-ramp");
@@ -129,8 +151,11 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
         "5000",
         "--ramp-max",
         "20000",
+        // Three trials of 0.5 s per step, after a 0.5 s warm-up.
         "--step-seconds",
-        "2",
+        "0.5",
+        "--warmup",
+        "0.5",
         // Behaviour, not speed: a loaded test machine must not fail a step.
         "--slo-ms",
         "60000",
@@ -162,7 +187,15 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
         for s in steps {
             assert_eq!(s["events_acked"], s["events_offered"], "{s}");
             step_verdict_is_consistent(s);
+            trials_are_reported(s, 3);
         }
+        // The rule is stated, and the warm-up reported apart from the steps.
+        assert_eq!(run["trials_per_step"], 3, "{run}");
+        assert!(run["judge"].as_str().unwrap().starts_with("median of 3 trials"), "{run}");
+        let warmup = &run["warmup"];
+        assert_eq!(warmup["offered_events_per_s"], 5000.0, "{run}");
+        assert!(warmup["seconds"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(warmup["machine_stalls"]["max_us"].as_u64().is_some(), "{run}");
         let knee = steps.iter().rev().find(|s| s["passed"] == true);
         assert_eq!(
             run["knee_offered_events_per_s"],
@@ -178,8 +211,12 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
     }
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("task-per-event") && md.contains("knee"), "{md}");
+    assert!(md.contains("Steps judged on: median of 3 trials") && md.contains("Warm-up (not counted)"), "{md}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("knee ratio sharded / task-per-event: "), "{stdout}");
+    assert!(stdout.contains("sharded: each step judged on the median of 3 trials"), "{stdout}");
+    // The warm-up's length as measured (0.5 s and a little).
+    assert!(stdout.contains("sharded: warm-up 0.") && stdout.contains(" s at 5k/s (not counted)"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -252,6 +289,9 @@ fn bad_flags_and_workloads_are_clear_errors() {
         (&["--target", "127.0.0.1:9", "--modes", "task-per-event"][..], "--target"),
         (&["--metrics", "127.0.0.1:9"][..], "--metrics"),
         (&["--ramp", "--ramp-factor", "1"][..], "--ramp-factor"),
+        (&["--ramp", "--trials", "2"][..], "--trials must be odd"),
+        (&["--ramp", "--trials", "99"][..], "--trials"),
+        (&["--ramp", "--warmup=-1"][..], "--warmup"),
         (&["--slo-ms", "1e30"][..], "--slo-ms"),
         (&["--knee", "5000"][..], "--overload"),
         (&["--overload", "1"][..], "--overload"),

@@ -13,7 +13,12 @@
 //! A step holds one offered rate for a while; a ramp climbs steps (coarse
 //! x2 until one fails, then +10% from the last that passed) to the knee:
 //! the highest step whose achieved rate kept up with the offered rate and
-//! whose p99 stayed within the SLO. Around each step the server's /metrics
+//! whose p99 stayed within the SLO. A ramp first warms up at its first
+//! rate (not counted), then runs each step as `trials` trials and judges
+//! it on their medians (`judge`), so one stall of the machine in one
+//! trial cannot decide a step. A probe thread (`probe.rs`) records the
+//! machine's stalls, and each failing trial's tail is put down to the
+//! machine, the generator's pacer, the CPUs or the pipeline. Around each step the server's /metrics
 //! is scraped (`scrape.rs`), and `analyse` names the server metric that
 //! crossed its saturation threshold first on the way to the knee.
 //!
@@ -25,12 +30,14 @@
 //! - `model.rs`: the figures (JSON as-is).
 //! - `arrivals.rs`: the arrival schedule.
 //! - `scrape.rs`: /metrics over HTTP, per-step server figures.
+//! - `probe.rs`: the machine-stall probe and the tail's attribution.
 //! - `server.rs`: the child server.
 //! - `report.rs`: `--report DIR`, Markdown and SVG.
 //! - here: connections, steps, ramps, the knee.
 
 pub mod arrivals;
 pub mod model;
+pub mod probe;
 pub mod report;
 pub mod scrape;
 pub mod server;
@@ -50,7 +57,11 @@ use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_workload::{Generator, WorkloadSpec};
 
 use self::arrivals::{Arrivals, SLOT_NS, Schedule};
-use self::model::{Comparison, FirstMoved, LatencyUs, ModeRun, OverloadReport, Ratio, StepReport};
+use self::model::{
+    Comparison, FirstMoved, LatencyUs, MachineStalls, ModeRun, OverloadReport, Ratio, StepReport, TrialReport,
+    WarmupReport,
+};
+use self::probe::{Probe, TailFigures};
 use self::server::{ChildServer, ChildSpec};
 
 /// Events per latency record: a run of consecutive events of one slot
@@ -122,9 +133,17 @@ pub struct RampArgs {
     /// Coarse steps until the first failure: rate x coarse.
     pub coarse: f64,
     pub max: f64,
+    /// Each trial of a step.
     pub step: Duration,
     pub steps_max: u32,
+    /// Trials per step (odd: the median is one of them).
+    pub trials: u32,
+    /// Held at `from` before the first step, not counted; zero: none.
+    pub warmup: Duration,
 }
+
+/// Most trials per step.
+pub const TRIALS_MAX: u32 = 15;
 
 /// The fresh servers' settings.
 #[derive(Clone, Debug)]
@@ -744,6 +763,8 @@ struct Rig {
     acked_total: Arc<AtomicU64>,
     clock: Clock,
     stop_updates: Arc<AtomicBool>,
+    /// Stalls of the machine over the whole run.
+    probe: Probe,
 }
 
 impl Rig {
@@ -841,6 +862,7 @@ impl Rig {
             .name("bench-pacer".into())
             .spawn(move || pacer(p))
             .map_err(|e| format!("pacer thread: {e}"))?;
+        let probe = Probe::start(clock.epoch)?;
         Ok(Self {
             runtime: Some(runtime),
             plans: Some(plans),
@@ -851,6 +873,7 @@ impl Rig {
             acked_total,
             clock,
             stop_updates,
+            probe,
         })
     }
 
@@ -961,23 +984,55 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
     let rig = Rig::start(args, addr)?;
     let mut steps: Vec<StepReport> = Vec::new();
     let mut stopped: Option<String> = None;
+    let mut warmup = None;
     match &args.ramp {
         None => {
             // With `--knee`, the single step is at the knee given.
             let rate = args.overload.as_ref().and_then(|o| o.knee).unwrap_or(args.rate);
-            let (s, stop) = run_step(args, &rig, mode, metrics, 0, rate, args.duration)?;
+            let (s, stop) = run_step(args, &rig, mode, metrics, 0, rate, args.duration, "step 0")?;
             steps.push(s);
             stopped = stop;
         }
         Some(ramp) => {
+            // Histograms are kept by run index: one per trial.
+            let mut run_index = 0;
+            if !ramp.warmup.is_zero() {
+                let (s, stop) = run_step(args, &rig, mode, metrics, run_index, ramp.from, ramp.warmup, "warm-up")?;
+                run_index += 1;
+                warmup = Some(s);
+                stopped = stop;
+            }
             let mut ladder = Ladder::new(ramp);
             let mut rate = ramp.from;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             for index in 0..ramp.steps_max {
-                let (s, stop) = run_step(args, &rig, mode, metrics, index, rate, ramp.step)?;
+                if stopped.is_some() {
+                    break;
+                }
+                let mut trials = Vec::new();
+                for t in 0..ramp.trials {
+                    let label = format!("step {index} trial {}/{}", t + 1, ramp.trials);
+                    let (s, stop) = run_step(args, &rig, mode, metrics, run_index, rate, ramp.step, &label)?;
+                    run_index += 1;
+                    trials.push(s);
+                    if stop.is_some() {
+                        stopped = stop;
+                        break;
+                    }
+                }
+                let s = judge(index, rate, trials, args.slo_p99, stopped.as_deref(), cores);
+                say(&format!(
+                    "{mode} step {index}: offered {}/s, judged on the median of {} trials: achieved {}/s p50 {:.2} ms p99 {:.2} ms{}",
+                    human(rate),
+                    s.trials.len(),
+                    human(s.achieved_events_per_s),
+                    s.latency_us.p50 as f64 / 1e3,
+                    s.latency_us.p99 as f64 / 1e3,
+                    s.tail_cause.as_ref().map_or(String::new(), |t| format!("  FAILED: {t}")),
+                ));
                 let passed = s.passed;
                 steps.push(s);
-                if stop.is_some() {
-                    stopped = stop;
+                if stopped.is_some() {
                     break;
                 }
                 match ladder.next(rate, passed) {
@@ -1001,9 +1056,15 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
         match knee {
             None => say(&format!("{mode}: no step passed, so there is no knee to overload")),
             Some((knee_offered, knee_goodput)) => {
-                let duration = args.ramp.as_ref().map_or(args.duration, |r| r.step);
+                // As long as a ramp step's trials together.
+                let duration = args.ramp.as_ref().map_or(args.duration, |r| r.step * r.trials);
                 let index = steps.iter().map(|s| s.step + 1).max().unwrap_or(0);
-                let (step, stop) = run_step(args, &rig, mode, metrics, index, knee_offered * o.factor, duration)?;
+                // A run index no trial used: past every step's trials and the warm-up.
+                let run_index = (index + 1) * args.ramp.as_ref().map_or(1, |r| r.trials) + 1;
+                let label = format!("overload step {index}");
+                let (step, stop) =
+                    run_step(args, &rig, mode, metrics, run_index, knee_offered * o.factor, duration, &label)?;
+                let step = StepReport { step: index, ..step };
                 stopped = stop;
                 let slo_p99_ms = args.slo_p99.as_secs_f64() * 1e3;
                 let ratio = step.achieved_events_per_s / knee_goodput.max(1e-9);
@@ -1037,11 +1098,14 @@ fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<Socke
     if let Some(why) = &stopped {
         say(&format!("{mode}: stopped: {why}"));
     }
-    Ok(ModeRun { overload, ..analyse(mode, args, steps) })
+    Ok(ModeRun { overload, ..analyse(mode, args, warmup, steps) })
 }
 
-/// Runs one step on `rig` and reports it. The second value says why the
+/// Runs one step (or one trial of a ramp step) on `rig` and reports it as
+/// a step of one trial; `index` keys its histograms and must not repeat,
+/// `label` names it on the progress lines. The second value says why the
 /// run cannot go on (a connection failed, or the step did not drain).
+#[allow(clippy::too_many_arguments)]
 fn run_step(
     args: &LoadArgs,
     rig: &Rig,
@@ -1050,6 +1114,7 @@ fn run_step(
     index: u32,
     rate: f64,
     duration: Duration,
+    label: &str,
 ) -> Result<(StepReport, Option<String>), String> {
     let duration = duration.max(Duration::from_millis(100));
     let start_ns = rig.clock.now_ns() + 50_000_000;
@@ -1087,6 +1152,9 @@ fn run_step(
     }
     let wait = args.drain_timeout + Duration::from_secs(5);
     let done = rig.replies.recv_timeout(wait).map_err(|_| "the pacer did not finish the step")?;
+    // The step's events were sent and acknowledged up to now: a stall
+    // while they drained held them up too.
+    let machine = rig.probe.within(start_ns, rig.clock.now_ns());
     // The updates of the step's last events are on their way.
     let until = Instant::now() + Duration::from_secs(1);
     while rig.watch.pending() > 0 && Instant::now() < until {
@@ -1130,6 +1198,38 @@ fn run_step(
         why.push(format!("a connection failed: {e}"));
     }
     let passed = why.is_empty();
+    let server = match (&scrape0, &scrape1) {
+        (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
+        _ => None,
+    };
+    let client_cpu_cores = cpu1.saturating_sub(cpu0).as_secs_f64() / seconds;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let tail_cause = (!passed).then(|| {
+        probe::tail_cause(&TailFigures {
+            p99_us: lat.p99,
+            send_lag_p99_us: send_lag.p99,
+            pacer_stall_max_us: done.stall_max_ns / 1000,
+            admitted_p99_us: admitted.p99,
+            machine,
+            cpu_cores_busy: server.as_ref().map(|v| v.cpu_cores + client_cpu_cores),
+            cores,
+        })
+    });
+    let trial = TrialReport {
+        trial: 0,
+        scheduled_events_per_s: offered,
+        achieved_events_per_s: achieved,
+        latency_us: lat,
+        send_lag_us: send_lag,
+        admitted_latency_us: admitted,
+        pacer_stall_max_us: done.stall_max_ns / 1000,
+        machine_stalls: machine,
+        client_cpu_cores,
+        server_cpu_cores: server.as_ref().map(|v| v.cpu_cores),
+        passed,
+        failed_because: (!passed).then(|| why.join("; ")),
+        tail_cause: tail_cause.clone(),
+    };
     let step = StepReport {
         step: index,
         offered_events_per_s: rate,
@@ -1147,18 +1247,18 @@ fn run_step(
         events_refused: refused,
         passed,
         failed_because: (!passed).then(|| why.join("; ")),
-        client_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / seconds,
+        client_cpu_cores,
         pacer_stall_max_us: done.stall_max_ns / 1000,
         pacer_stalls: done.stalls,
-        server: match (&scrape0, &scrape1) {
-            (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
-            _ => None,
-        },
+        server,
         busy_replies_per_s: None,
+        machine_stalls: machine,
+        tail_cause,
+        trials: vec![trial],
     };
     let step = StepReport { busy_replies_per_s: step.server.as_ref().map(|v| v.busy_replies / seconds), ..step };
     say(&format!(
-        "{mode} step {index}: offered {}/s achieved {}/s p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms{}{}{}",
+        "{mode} {label}: offered {}/s achieved {}/s p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms{}{}{}{}",
         human(rate),
         human(achieved),
         lat.p50 as f64 / 1e3,
@@ -1166,7 +1266,8 @@ fn run_step(
         lat.p999 as f64 / 1e3,
         step.update_latency_us.map_or(String::new(), |u| format!(" (update p99 {:.2} ms)", u.p99 as f64 / 1e3)),
         stall_note(&step),
-        if passed { "" } else { "  FAILED" }
+        machine_note(&step.machine_stalls),
+        step.tail_cause.as_ref().map_or(String::new(), |t| format!("  FAILED: {t}")),
     ));
     let stop = match (done.error, failed) {
         (Some(e), _) | (None, Some(e)) => Some(format!("a connection failed: {e}")),
@@ -1263,8 +1364,173 @@ fn stall_note(step: &StepReport) -> String {
     }
 }
 
-/// Sorts the steps, finds the knee and the first metric to move.
-fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
+/// Names the machine's stalls during a step, if the probe saw any.
+fn machine_note(m: &MachineStalls) -> String {
+    match m.count {
+        0 => String::new(),
+        n => format!(
+            " [the machine stalled {n} times for 1 ms or more, up to {:.1} ms, {:.1} ms lost]",
+            m.max_us as f64 / 1e3,
+            m.lost_us as f64 / 1e3
+        ),
+    }
+}
+
+/// The middle of `v` sorted by `key`; of an even count, the upper middle
+/// (the worse, for latencies).
+fn median_by<T: Copy>(v: &[T], key: impl Fn(&T) -> f64) -> T {
+    assert!(!v.is_empty(), "a median of nothing");
+    let mut sorted = v.to_vec();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted[v.len() / 2]
+}
+
+/// A ramp step judged from its trials (in the order they ran, at least
+/// one): achieved, each latency percentile and the client's CPU are the
+/// trials' medians (of an even count, the worse middle); the server's
+/// figures and the tail's cause are those of the trial whose p99 is the
+/// median. The step passes when the median achieved keeps up with the
+/// median scheduled rate, the median p99 is within the SLO, no event was
+/// refused and nothing ended the run (`stopped`). Counts are summed.
+fn judge(
+    index: u32,
+    rate: f64,
+    trials: Vec<StepReport>,
+    slo: Duration,
+    stopped: Option<&str>,
+    cores: f64,
+) -> StepReport {
+    assert!(!trials.is_empty(), "a step runs at least one trial");
+    let n = trials.len();
+    let u = |f: &dyn Fn(&StepReport) -> u64| {
+        let v: Vec<u64> = trials.iter().map(f).collect();
+        median_by(&v, |&x| x as f64)
+    };
+    let lat = |f: &dyn Fn(&StepReport) -> LatencyUs| LatencyUs {
+        p50: u(&|s| f(s).p50),
+        p99: u(&|s| f(s).p99),
+        p999: u(&|s| f(s).p999),
+        max: u(&|s| f(s).max),
+    };
+    let f64s = |f: &dyn Fn(&StepReport) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
+    // The worse middle of an even count: the lower achieved.
+    let lower = |v: Vec<f64>| median_by(&v, |&x| -x);
+    let achieved = lower(f64s(&|s| s.achieved_events_per_s));
+    let keep_up = lower(f64s(&|s| {
+        let scheduled = s.trials.first().map_or(s.offered_events_per_s, |t| t.scheduled_events_per_s);
+        s.achieved_events_per_s / scheduled.max(1e-9)
+    }));
+    let latency = lat(&|s| s.latency_us);
+    let updates: Vec<LatencyUs> = trials.iter().filter_map(|s| s.update_latency_us).collect();
+    let update_latency_us = (!updates.is_empty()).then(|| LatencyUs {
+        p50: median_by(&updates, |l| l.p50 as f64).p50,
+        p99: median_by(&updates, |l| l.p99 as f64).p99,
+        p999: median_by(&updates, |l| l.p999 as f64).p999,
+        max: median_by(&updates, |l| l.max as f64).max,
+    });
+    let order: Vec<usize> = (0..n).collect();
+    let mid = &trials[median_by(&order, |&i| trials[i].latency_us.p99 as f64)];
+    let refused: u64 = trials.iter().map(|s| s.events_refused).sum();
+    let slo_ms = slo.as_secs_f64() * 1e3;
+    let p99s = trials.iter().map(|s| format!("{:.1}", s.latency_us.p99 as f64 / 1e3)).collect::<Vec<_>>().join(", ");
+    let mut why = Vec::new();
+    if keep_up < KEEP_UP {
+        why.push(format!(
+            "median achieved {}/s fell behind offered {}/s ({:.1}% of the arrivals)",
+            human(achieved),
+            human(rate),
+            keep_up * 100.0
+        ));
+    }
+    if latency.p99 as f64 / 1e3 > slo_ms {
+        why.push(format!(
+            "median p99 {:.1} ms left the {slo_ms} ms SLO (the trials' p99: {p99s} ms)",
+            latency.p99 as f64 / 1e3
+        ));
+    }
+    if refused > 0 {
+        why.push(format!("{refused} events refused"));
+    }
+    if let Some(stop) = stopped {
+        why.push(stop.to_string());
+    }
+    let passed = why.is_empty();
+    let machine_stalls = MachineStalls {
+        max_us: trials.iter().map(|s| s.machine_stalls.max_us).max().unwrap_or(0),
+        count: trials.iter().map(|s| s.machine_stalls.count).sum(),
+        lost_us: trials.iter().map(|s| s.machine_stalls.lost_us).sum(),
+    };
+    let send_lag_us = lat(&|s| s.send_lag_us);
+    let admitted_latency_us = lat(&|s| s.admitted_latency_us);
+    let client_cpu_cores = median_by(&f64s(&|s| s.client_cpu_cores), |&x| x);
+    let tail_cause = (!passed).then(|| {
+        mid.tail_cause.clone().or_else(|| trials.iter().find_map(|s| s.tail_cause.clone())).unwrap_or_else(|| {
+            probe::tail_cause(&TailFigures {
+                p99_us: latency.p99,
+                send_lag_p99_us: send_lag_us.p99,
+                pacer_stall_max_us: mid.pacer_stall_max_us,
+                admitted_p99_us: admitted_latency_us.p99,
+                machine: mid.machine_stalls,
+                cpu_cores_busy: mid.server.as_ref().map(|v| v.cpu_cores + mid.client_cpu_cores),
+                cores,
+            })
+        })
+    });
+    StepReport {
+        step: index,
+        offered_events_per_s: rate,
+        achieved_events_per_s: achieved,
+        seconds: trials.iter().map(|s| s.seconds).sum(),
+        events_offered: trials.iter().map(|s| s.events_offered).sum(),
+        events_sent: trials.iter().map(|s| s.events_sent).sum(),
+        events_acked: trials.iter().map(|s| s.events_acked).sum(),
+        latency_us: latency,
+        admitted_latency_us,
+        send_lag_us,
+        update_latency_us,
+        updates_measured: trials.iter().map(|s| s.updates_measured).sum(),
+        update_gaps: trials.iter().map(|s| s.update_gaps).sum(),
+        events_refused: refused,
+        passed,
+        failed_because: (!passed).then(|| why.join("; ")),
+        client_cpu_cores,
+        pacer_stall_max_us: trials.iter().map(|s| s.pacer_stall_max_us).max().unwrap_or(0),
+        pacer_stalls: trials.iter().map(|s| s.pacer_stalls).sum(),
+        server: mid.server.clone(),
+        busy_replies_per_s: mid.busy_replies_per_s,
+        machine_stalls,
+        tail_cause,
+        trials: trials
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.trials.iter().map(move |t| TrialReport { trial: i as u32, ..t.clone() }))
+            .collect(),
+    }
+}
+
+/// The rule `judge` applies, in words, for the report.
+fn judge_rule(args: &LoadArgs) -> (u32, String) {
+    match &args.ramp {
+        None => (1, format!("one run of {} s", args.duration.as_secs_f64())),
+        Some(r) => (
+            r.trials,
+            format!(
+                "median of {} trials of {} s each: achieved, each latency percentile and the client's CPU are the \
+                 trials' medians, the server's figures those of the median-p99 trial; a step passes when the median \
+                 achieved is at least {}% of the arrivals, the median p99 is within the SLO, no event was refused and \
+                 every trial drained; a warm-up of {} s at the first rate runs first and is not counted",
+                r.trials,
+                r.step.as_secs_f64(),
+                KEEP_UP * 100.0,
+                r.warmup.as_secs_f64()
+            ),
+        ),
+    }
+}
+
+/// Sorts the steps, finds the knee and the first metric to move. The
+/// warm-up is reported apart and never judged.
+fn analyse(mode: &str, args: &LoadArgs, warmup: Option<StepReport>, mut steps: Vec<StepReport>) -> ModeRun {
     steps.sort_by(|a, b| a.offered_events_per_s.total_cmp(&b.offered_events_per_s));
     let knee = steps.iter().rposition(|s| s.passed);
     let slo_ms = args.slo_p99.as_secs_f64() * 1e3;
@@ -1272,7 +1538,8 @@ fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
     let above = steps.iter().skip(knee.map_or(0, |k| k + 1)).find(|s| !s.passed);
     let knee_reason = above.map(|s| {
         let why = s.failed_because.as_deref().unwrap_or("it failed");
-        format!("at {}/s offered: {why}{}", human(s.offered_events_per_s), stall_note(s))
+        let tail = s.tail_cause.as_ref().map_or(String::new(), |t| format!("; the tail: {t}"));
+        format!("at {}/s offered: {why}{}{tail}", human(s.offered_events_per_s), stall_note(s))
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // Up to the first failing step: what gave way on the way there.
@@ -1307,6 +1574,15 @@ fn analyse(mode: &str, args: &LoadArgs, mut steps: Vec<StepReport>) -> ModeRun {
         knee_reason,
         first_moved,
         steps,
+        trials_per_step: judge_rule(args).0,
+        judge: judge_rule(args).1,
+        warmup: warmup.map(|w| WarmupReport {
+            seconds: w.seconds,
+            offered_events_per_s: w.offered_events_per_s,
+            achieved_events_per_s: w.achieved_events_per_s,
+            latency_us: w.latency_us,
+            machine_stalls: w.machine_stalls,
+        }),
         overload: None,
     }
 }
@@ -1392,6 +1668,20 @@ pub fn summary(outcome: &Outcome) -> String {
         }
     }
     for run in &outcome.runs {
+        if let Some(w) = &run.warmup {
+            out += &format!(
+                "{}: warm-up {:.1} s at {}/s (not counted): p99 {:.2} ms\n",
+                run.mode,
+                w.seconds,
+                human(w.offered_events_per_s),
+                w.latency_us.p99 as f64 / 1e3
+            );
+        }
+        if run.trials_per_step > 1 {
+            out += &format!("{}: each step judged on the median of {} trials\n", run.mode, run.trials_per_step);
+        }
+    }
+    for run in &outcome.runs {
         if let Some(r) = &run.knee_reason {
             out += &format!("{}: the step above the knee failed {r}\n", run.mode);
         }
@@ -1409,7 +1699,16 @@ mod tests {
     use super::*;
 
     fn ramp(from: f64, max: f64) -> RampArgs {
-        RampArgs { from, factor: 1.1, coarse: 2.0, max, step: Duration::from_secs(1), steps_max: 100 }
+        RampArgs {
+            from,
+            factor: 1.1,
+            coarse: 2.0,
+            max,
+            step: Duration::from_secs(1),
+            steps_max: 100,
+            trials: 3,
+            warmup: Duration::from_secs(2),
+        }
     }
 
     /// The rates a ramp offers against a server that keeps up to `capacity`.
@@ -1503,6 +1802,9 @@ mod tests {
                 ..Default::default()
             }),
             busy_replies_per_s: None,
+            machine_stalls: MachineStalls::default(),
+            tail_cause: None,
+            trials: Vec::new(),
         }
     }
 
@@ -1516,7 +1818,7 @@ mod tests {
             step(3, 2.2e6, 2.2e6, 3000, 0.55),
             step(4, 2.42e6, 2.42e6, 12_000, 0.6),
         ];
-        let run = analyse("sharded", &args(), steps);
+        let run = analyse("sharded", &args(), None, steps);
         let offered: Vec<f64> = run.steps.iter().map(|s| s.offered_events_per_s).collect();
         assert_eq!(offered, [1e6, 2e6, 2.2e6, 2.42e6, 4e6]);
         assert_eq!(run.knee_events_per_s, Some(2.2e6));
@@ -1531,8 +1833,8 @@ mod tests {
 
     #[test]
     fn the_summary_is_a_side_by_side_table() {
-        let a = analyse("sharded", &args(), vec![step(0, 4e6, 4e6, 3000, 0.3), step(1, 8e6, 5e6, 90_000, 0.9)]);
-        let b = analyse("task-per-event", &args(), vec![step(0, 1e5, 1e5, 4000, 0.7)]);
+        let a = analyse("sharded", &args(), None, vec![step(0, 4e6, 4e6, 3000, 0.3), step(1, 8e6, 5e6, 90_000, 0.9)]);
+        let b = analyse("task-per-event", &args(), None, vec![step(0, 1e5, 1e5, 4000, 0.7)]);
         let runs = vec![a, b];
         let comparison = Some(compare(&runs, &args()));
         let text = summary(&Outcome { runs, comparison });
@@ -1548,7 +1850,7 @@ mod tests {
     fn the_knee_reason_names_a_stall_of_the_generator() {
         let mut above = step(1, 2e6, 2e6, 40_000, 0.3);
         (above.pacer_stall_max_us, above.pacer_stalls) = (28_400, 2);
-        let run = analyse("sharded", &args(), vec![step(0, 1e6, 1e6, 2000, 0.1), above]);
+        let run = analyse("sharded", &args(), None, vec![step(0, 1e6, 1e6, 2000, 0.1), above]);
         let reason = run.knee_reason.unwrap();
         assert!(reason.ends_with("p99 40.0 ms [the generator stalled 2 times, up to 28.4 ms]"), "{reason}");
         // A step without stalls says nothing of them.
@@ -1559,9 +1861,146 @@ mod tests {
         assert_eq!(stall_note(&quiet), " [the generator stalled once, 5.1 ms]");
     }
 
+    /// A trial as `run_step` reports it: a step of one trial.
+    fn trial(i: u32, rate: f64, achieved: f64, p99_us: u64, stall_us: u64) -> StepReport {
+        let mut s = step(i, rate, achieved, p99_us, 0.2);
+        s.machine_stalls = MachineStalls { max_us: stall_us, count: u64::from(stall_us > 0), lost_us: stall_us };
+        s.tail_cause = (!s.passed).then(|| format!("tail of trial {i}"));
+        s.send_lag_us = LatencyUs { p50: 100, p99: 200, p999: 300, max: 400 };
+        s.trials = vec![TrialReport {
+            trial: 0,
+            scheduled_events_per_s: rate,
+            achieved_events_per_s: achieved,
+            latency_us: s.latency_us,
+            send_lag_us: s.send_lag_us,
+            admitted_latency_us: s.admitted_latency_us,
+            pacer_stall_max_us: 0,
+            machine_stalls: s.machine_stalls,
+            client_cpu_cores: 0.1,
+            server_cpu_cores: None,
+            passed: s.passed,
+            failed_because: s.failed_because.clone(),
+            tail_cause: s.tail_cause.clone(),
+        }];
+        s
+    }
+
+    const SLO: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn one_stalled_trial_of_three_does_not_fail_a_step() {
+        // The second trial met a 13.3 ms stop of the machine.
+        let trials =
+            vec![trial(7, 1e6, 1e6, 2_000, 0), trial(8, 1e6, 1e6, 12_600, 13_300), trial(9, 1e6, 1e6, 3_000, 0)];
+        let s = judge(2, 1e6, trials, SLO, None, 2.0);
+        assert!(s.passed, "{s:?}");
+        assert_eq!((s.step, s.failed_because, s.tail_cause), (2, None, None));
+        // The judged figures are the medians; every trial is kept.
+        assert_eq!(s.latency_us.p99, 3_000);
+        assert_eq!(s.latency_us.p50, 1_500);
+        assert_eq!(s.trials.len(), 3);
+        assert_eq!(s.trials.iter().map(|t| t.trial).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(s.trials[1].latency_us.p99, 12_600);
+        assert!(!s.trials[1].passed);
+        assert_eq!(s.machine_stalls, MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 });
+        assert_eq!(s.events_offered, 3_000_000);
+        // A single trial (the old rule) would have failed on it.
+        let one = judge(2, 1e6, vec![trial(8, 1e6, 1e6, 12_600, 13_300)], SLO, None, 2.0);
+        assert!(!one.passed);
+    }
+
+    #[test]
+    fn two_bad_trials_of_three_fail_a_step_and_name_the_tail() {
+        let trials = vec![trial(0, 1e6, 1e6, 14_000, 0), trial(1, 1e6, 1e6, 2_000, 0), trial(2, 1e6, 1e6, 12_000, 0)];
+        let s = judge(0, 1e6, trials, SLO, None, 2.0);
+        assert!(!s.passed);
+        assert_eq!(s.latency_us.p99, 12_000);
+        let why = s.failed_because.unwrap();
+        assert!(why.contains("median p99 12.0 ms") && why.contains("14.0, 2.0, 12.0 ms"), "{why}");
+        // The tail's cause is the median trial's.
+        assert_eq!(s.tail_cause.as_deref(), Some("tail of trial 2"));
+        // Achieved: the median, against the arrivals.
+        let trials = vec![trial(0, 1e6, 0.5e6, 2_000, 0), trial(1, 1e6, 1e6, 2_000, 0), trial(2, 1e6, 0.9e6, 2_000, 0)];
+        let s = judge(0, 1e6, trials, SLO, None, 2.0);
+        assert!(!s.passed && s.achieved_events_per_s == 0.9e6, "{s:?}");
+        assert!(s.failed_because.unwrap().contains("median achieved 900k/s"));
+        // Failing without a failing median trial still names a cause.
+        assert!(s.tail_cause.is_some());
+        // Refusals, and a trial that ended the run, fail the step whatever the medians.
+        let mut refused = trial(1, 1e6, 1e6, 2_000, 0);
+        refused.events_refused = 5;
+        let s =
+            judge(0, 1e6, vec![trial(0, 1e6, 1e6, 2_000, 0), refused, trial(2, 1e6, 1e6, 2_000, 0)], SLO, None, 2.0);
+        assert!(!s.passed && s.failed_because.unwrap().contains("5 events refused"));
+        let s = judge(0, 1e6, vec![trial(0, 1e6, 1e6, 2_000, 0)], SLO, Some("a connection failed: x"), 2.0);
+        assert!(!s.passed && s.tail_cause.unwrap().starts_with("the pipeline"));
+    }
+
+    /// A ramp over judged steps against a server that keeps up to 5 M/s,
+    /// on a machine that stalls once, in trial `stalled` of the 2 M/s step.
+    fn ramp_with_a_stall(trials: u32, stalled: u32) -> ModeRun {
+        let r = ramp(1e6, 1e8);
+        let mut ladder = Ladder::new(&r);
+        let (mut rate, mut steps) = (r.from, Vec::new());
+        for k in 0..40u32 {
+            let p99 = |t: u32| match rate {
+                _ if rate > 5e6 => 20_000,
+                _ if rate == 2e6 && t == stalled => 13_000,
+                _ => 3_000,
+            };
+            let ts = (0..trials).map(|t| trial(k * trials + t, rate, rate, p99(t), 0)).collect();
+            let s = judge(k, rate, ts, SLO, None, 2.0);
+            let passed = s.passed;
+            steps.push(s);
+            match ladder.next(rate, passed) {
+                Some(next) => rate = next,
+                None => break,
+            }
+        }
+        analyse("sharded", &args(), None, steps)
+    }
+
+    #[test]
+    fn one_stall_cannot_cap_the_knee() {
+        // Judged on three trials, wherever the stall lands: 1, 2, 4, 8
+        // (fails), then 4 x 1.1^k up to the first above 5 M.
+        for stalled in 0..3 {
+            let run = ramp_with_a_stall(3, stalled);
+            let knee = run.knee_offered_events_per_s.unwrap();
+            assert!((knee - 4.84e6).abs() < 1.0, "stall in trial {stalled}: {knee}");
+        }
+        // One trial per step (the old rule): the stalled 2 M/s step fails
+        // and the ramp climbs from 1 M/s in fine steps below it.
+        let run = ramp_with_a_stall(1, 0);
+        let knee = run.knee_offered_events_per_s.unwrap();
+        assert!(knee < 2e6, "{knee}");
+    }
+
+    #[test]
+    fn the_warm_up_is_reported_apart_and_never_judged() {
+        // A cold start: the warm-up at the first rate fails badly.
+        let warmup = step(0, 1e6, 0.6e6, 50_000, 0.1);
+        let steps = vec![step(0, 1e6, 1e6, 2000, 0.1), step(1, 2e6, 2e6, 2500, 0.3), step(2, 4e6, 3e6, 90_000, 0.9)];
+        let run = analyse("sharded", &args(), Some(warmup), steps);
+        assert_eq!(run.steps.len(), 3);
+        assert_eq!(run.knee_offered_events_per_s, Some(2e6));
+        assert!(run.knee_reason.unwrap().contains("4.00M/s"));
+        let w = run.warmup.unwrap();
+        assert_eq!((w.offered_events_per_s, w.latency_us.p99), (1e6, 50_000));
+        assert_eq!(run.trials_per_step, 1);
+        // With a ramp, the rule is stated.
+        let mut a = args();
+        a.ramp = Some(ramp(1e6, 1e8));
+        let run = analyse("sharded", &a, None, vec![]);
+        assert_eq!(run.trials_per_step, 3);
+        assert!(run.judge.starts_with("median of 3 trials of 1 s each"), "{}", run.judge);
+        assert!(run.judge.contains("warm-up of 2 s"), "{}", run.judge);
+        assert_eq!(run.warmup, None);
+    }
+
     #[test]
     fn no_passing_step_means_no_knee() {
-        let run = analyse("x", &args(), vec![step(0, 1e6, 1e5, 50_000, 0.2)]);
+        let run = analyse("x", &args(), None, vec![step(0, 1e6, 1e5, 50_000, 0.2)]);
         assert_eq!(run.knee_events_per_s, None);
         let reason = run.knee_reason.unwrap();
         assert!(reason.contains("1.00M/s offered") && reason.contains("p99 50.0 ms"), "{reason}");

@@ -46,7 +46,10 @@ pub struct ServerStep {
     pub ingest_to_ack_p99_us: Option<f64>,
 }
 
-/// One step of offered load.
+/// One step of offered load. A ramp step's figures are judged from its
+/// trials (`trials`): achieved, latencies and client CPU are their
+/// medians, counts their sums, stalls their worst, and the server's
+/// figures those of the median-p99 trial.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
     /// 0-based, in the order the steps ran.
@@ -106,6 +109,71 @@ pub struct StepReport {
     /// Batches the server answered BUSY per second of the step (from its
     /// /metrics; absent without them).
     pub busy_replies_per_s: Option<f64>,
+    /// Stalls of the whole machine seen by the generator's probe thread
+    /// during the step (summed over its trials; `max_us` the longest).
+    pub machine_stalls: MachineStalls,
+    /// For a failing step: what its tail is put down to (the machine, the
+    /// generator's pacer, the CPUs, or the pipeline), with the figures.
+    /// The median trial's (see `trials`).
+    pub tail_cause: Option<String>,
+    /// The trials the step was judged on, in the order they ran. A ramp
+    /// step runs `ModeRun::trials_per_step` of them and takes the median
+    /// of each figure (see `ModeRun::judge`); a single run has one.
+    pub trials: Vec<TrialReport>,
+}
+
+/// Stalls of the machine during a trial, as the generator's probe thread
+/// saw them: a thread that sleeps `PROBE_INTERVAL` in a loop and records
+/// how late each wake-up is. A wake-up 1 ms or more late counts as a
+/// stall: the thread was due to run and nothing ran it (a paused VM, or
+/// every CPU busy). Since the probe only sleeps, it sees every stall of
+/// the machine longer than its interval, whatever the other threads do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MachineStalls {
+    /// The longest stall overlapping the trial, microseconds.
+    pub max_us: u64,
+    /// Stalls of 1 ms or more overlapping the trial.
+    pub count: u64,
+    /// Their total length, microseconds.
+    pub lost_us: u64,
+}
+
+/// One trial of a step: the step's rate held for `--step-seconds`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrialReport {
+    pub trial: u32,
+    /// Arrivals the schedule put in the trial, per second of it (the
+    /// offered rate, up to the arrivals' randomness).
+    pub scheduled_events_per_s: f64,
+    pub achieved_events_per_s: f64,
+    pub latency_us: LatencyUs,
+    /// The generator's own delay (its pacer): intended time to handed to the SDK.
+    pub send_lag_us: LatencyUs,
+    /// Handed to the SDK to acknowledged: the pipeline's share.
+    pub admitted_latency_us: LatencyUs,
+    /// The pacer thread's latest wake-up, microseconds.
+    pub pacer_stall_max_us: u64,
+    pub machine_stalls: MachineStalls,
+    pub client_cpu_cores: f64,
+    /// Absent without /metrics.
+    pub server_cpu_cores: Option<f64>,
+    /// This trial alone would have passed.
+    pub passed: bool,
+    pub failed_because: Option<String>,
+    /// For a failing trial: what its tail is put down to.
+    pub tail_cause: Option<String>,
+}
+
+/// The warm-up before a ramp's first measured step: held at the first
+/// step's rate, run like a step, and not counted (not in `steps`, not in
+/// the knee).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WarmupReport {
+    pub seconds: f64,
+    pub offered_events_per_s: f64,
+    pub achieved_events_per_s: f64,
+    pub latency_us: LatencyUs,
+    pub machine_stalls: MachineStalls,
 }
 
 /// `--overload FACTOR`: a step at FACTOR times the knee, against the knee.
@@ -160,6 +228,12 @@ pub struct ModeRun {
     /// Why the first step above the knee failed, in words.
     pub knee_reason: Option<String>,
     pub first_moved: Option<FirstMoved>,
+    /// Trials each step ran (1 for a single run).
+    pub trials_per_step: u32,
+    /// How a step is judged from its trials, in words.
+    pub judge: String,
+    /// The warm-up before the first step; absent if none ran.
+    pub warmup: Option<WarmupReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overload: Option<OverloadReport>,
 }

@@ -844,7 +844,67 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
             plain(f.to)
         ),
         None => writeln!(s, "first metric to move: none detected"),
+    }?;
+    trials_section(s, run)
+}
+
+/// How the steps were judged, the warm-up, and each failing step's trials
+/// with what their tails are put down to.
+fn trials_section(s: &mut String, run: &ModeRun) -> fmt::Result {
+    writeln!(s)?;
+    writeln!(s, "Steps judged on: {}.", md(&run.judge))?;
+    if let Some(w) = &run.warmup {
+        writeln!(
+            s,
+            "Warm-up (not counted): {} s at {} M events/s offered, {} achieved, p99 to ack {} ms, longest machine stall {} ms.",
+            plain(w.seconds),
+            mega(w.offered_events_per_s),
+            mega(w.achieved_events_per_s),
+            ms(w.latency_us.p99),
+            ms(w.machine_stalls.max_us)
+        )?;
     }
+    for step in run.steps.iter().filter(|step| !step.passed) {
+        writeln!(s)?;
+        writeln!(
+            s,
+            "Step {} ({} M events/s offered) failed: {}.",
+            step.step,
+            mega(step.offered_events_per_s),
+            step.failed_because.as_deref().map_or_else(|| "-".to_string(), md)
+        )?;
+        if let Some(t) = &step.tail_cause {
+            writeln!(s, "Its tail: {}.", md(t))?;
+        }
+        if !step.trials.is_empty() {
+            writeln!(s)?;
+            writeln!(
+                s,
+                "| trial | achieved M/s | p50 ack ms | p99 ack ms | max ack ms | p99 send lag ms | pacer stall max ms \
+                 | machine stall max ms | machine stalls | machine lost ms | passed | tail |"
+            )?;
+            writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|")?;
+            for t in &step.trials {
+                writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    t.trial,
+                    mega(t.achieved_events_per_s),
+                    ms(t.latency_us.p50),
+                    ms(t.latency_us.p99),
+                    ms(t.latency_us.max),
+                    ms(t.send_lag_us.p99),
+                    ms(t.pacer_stall_max_us),
+                    ms(t.machine_stalls.max_us),
+                    t.machine_stalls.count,
+                    ms(t.machine_stalls.lost_us),
+                    if t.passed { "yes" } else { "no" },
+                    t.tail_cause.as_deref().map_or_else(|| "-".to_string(), md)
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -912,6 +972,9 @@ mod tests {
                 ingest_to_ack_p99_us: Some(1048.576),
             }),
             busy_replies_per_s: None,
+            machine_stalls: Default::default(),
+            tail_cause: None,
+            trials: Vec::new(),
         }
     }
 
@@ -935,6 +998,9 @@ mod tests {
             }),
             overload: None,
             steps,
+            trials_per_step: 1,
+            judge: "one run".to_string(),
+            warmup: None,
         }
     }
 
@@ -1169,6 +1235,57 @@ mod tests {
         for (a, b) in written.iter().zip(&written_again) {
             assert_eq!(read(a), read(b));
         }
+    }
+
+    #[test]
+    fn the_report_states_the_rule_the_warm_up_and_each_failing_steps_trials() {
+        use super::super::model::{MachineStalls, TrialReport, WarmupReport};
+        let mut failing = step(1, 2e6, 2e6, 12_600, false);
+        let lat = LatencyUs { p50: 900, p99: 12_600, p999: 13_000, max: 14_000 };
+        let stall = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 };
+        let cause = "the machine: p99 12.6 ms; the machine stopped for 13.3 ms during this trial";
+        failing.tail_cause = Some(cause.to_string());
+        failing.trials = (0..3)
+            .map(|trial| TrialReport {
+                trial,
+                scheduled_events_per_s: 2e6,
+                achieved_events_per_s: 2e6,
+                latency_us: lat,
+                send_lag_us: LatencyUs::default(),
+                admitted_latency_us: lat,
+                pacer_stall_max_us: 200,
+                machine_stalls: stall,
+                client_cpu_cores: 0.3,
+                server_cpu_cores: Some(0.5),
+                passed: false,
+                failed_because: Some("p99".to_string()),
+                tail_cause: Some(cause.to_string()),
+            })
+            .collect();
+        let mut r = run("sharded", vec![step(0, 1e6, 1e6, 2_000, true), failing]);
+        r.judge = "median of 3 trials of 1 s each".to_string();
+        r.warmup = Some(WarmupReport {
+            seconds: 2.0,
+            offered_events_per_s: 1e6,
+            achieved_events_per_s: 0.9e6,
+            latency_us: lat,
+            machine_stalls: stall,
+        });
+        let tmp = TempDir::new("trials");
+        let written = write(&tmp.0, &[r], None, "trove bench --ramp").unwrap();
+        let report = read(&written[2]);
+        assert!(report.contains("Steps judged on: median of 3 trials of 1 s each."), "{report}");
+        assert!(report.contains("Warm-up (not counted): 2 s at 1.000 M events/s offered"), "{report}");
+        assert!(report.contains("Step 1 (2.000 M events/s offered) failed: p99 42.000 ms"), "{report}");
+        assert!(report.contains(&format!("Its tail: {cause}.")), "{report}");
+        assert!(
+            report.contains(
+                "| 2 | 2.000 | 0.900 | 12.600 | 14.000 | 0.000 | 0.200 | 13.300 | 1 | 13.300 | no | the machine"
+            ),
+            "{report}"
+        );
+        // The passing step has no such section.
+        assert!(!report.contains("Step 0 ("), "{report}");
     }
 
     #[test]
