@@ -53,6 +53,8 @@ pub struct ClientConfig {
     /// acknowledged and not yet taken from [`Acks`](crate::Acks).
     pub window_batches: u32,
     /// Events in those batches, at most (so a batch never holds more).
+    /// After a BUSY the producer allows fewer (halved, then grown back by
+    /// about one batch per window of ACKs; see `ProducerStats::events_allowed`).
     /// Keep it at or below the server's deduplication window
     /// ([`UNACKED_EVENTS_MAX_DEFAULT`]), or resends after a reconnect may be
     /// answered with `duplicate` outcomes instead of the originals (they
