@@ -214,6 +214,9 @@ pub struct Producer<G: WireGame> {
     opened_at: Instant,
     linger: Duration,
     window_batches_max: usize,
+    /// The open batch closes at this many events: the batch limit, or less
+    /// while the window is small (`EventWindow::batch_events`).
+    close_at: u32,
     producer_id: u64,
     task: Option<JoinHandle<()>>,
 }
@@ -251,7 +254,12 @@ impl<G: WireGame> Producer<G> {
                 free: Vec::new(),
                 window_batches: 0,
                 window_events: 0,
-                events_allowed: EventWindow::new(config.unacked_events_max as usize, cap as usize),
+                events_allowed: EventWindow::new(
+                    config.unacked_events_max as usize,
+                    cap as usize,
+                    config.queue_delay_target,
+                    Instant::now(),
+                ),
                 closed_end_seq: first_seq,
                 answered_through: first_seq - 1,
                 ready: VecDeque::new(),
@@ -283,6 +291,7 @@ impl<G: WireGame> Producer<G> {
             opened_at: Instant::now(),
             linger: config.linger,
             window_batches_max: config.window_batches as usize,
+            close_at: cap,
             producer_id: welcome.producer_id,
             task: Some(handle),
         };
@@ -333,7 +342,7 @@ impl<G: WireGame> Producer<G> {
     #[inline]
     pub fn send(&mut self, event: G::Event) -> Result<u64, SendError<G::Event>> {
         let n = self.open.len();
-        if (n == self.open.cap() || (n.is_multiple_of(LINGER_CHECK_EVERY) && n > 0))
+        if (n >= self.close_at || (n.is_multiple_of(LINGER_CHECK_EVERY) && n > 0))
             && let Err(e) = self.before_push()
         {
             return Err(if let Some(e) = e { SendError::Closed(event, e) } else { SendError::Full(event) });
@@ -342,7 +351,7 @@ impl<G: WireGame> Producer<G> {
             self.opened_at = Instant::now();
         }
         let seq = self.open.push(&event);
-        if self.open.is_full() {
+        if self.open.len() >= self.close_at {
             // Out it goes now, if the window has room; if not, the next
             // call tries again (and reports any failure).
             let _ = self.try_close_batch();
@@ -354,7 +363,7 @@ impl<G: WireGame> Producer<G> {
     /// lingered. `Err(None)`: no room; `Err(Some(e))`: failed.
     #[cold]
     fn before_push(&mut self) -> Result<(), Option<ClientError>> {
-        let full = self.open.is_full();
+        let full = self.open.len() >= self.close_at;
         if full || self.opened_at.elapsed() >= self.linger {
             match self.try_close_batch() {
                 Ok(true) => {}
@@ -385,7 +394,7 @@ impl<G: WireGame> Producer<G> {
     /// (without a lock or a clock read) while the open batch has room.
     #[inline]
     pub async fn ready(&mut self) -> Result<(), ClientError> {
-        if !self.open.is_full() {
+        if self.open.len() < self.close_at {
             return Ok(());
         }
         self.wait_to_close_batch().await
@@ -489,6 +498,7 @@ impl<G: WireGame> Producer<G> {
         st.window_batches += 1;
         st.window_events += count;
         st.closed_end_seq = self.open.next_seq();
+        self.close_at = st.events_allowed.batch_events() as u32;
         let fresh = st.free.pop().unwrap_or_else(|| vec![0; OpenBatch::<G::Event>::buf_len(self.open.cap())]);
         st.outbox.push_back(self.open.seal(fresh));
         drop(st);
@@ -799,7 +809,11 @@ impl<G: WireGame> Task<G> {
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),
                 };
-                self.inflight.on_ack(first_seq, count, outcomes).map_err(protocol)?;
+                let now = Instant::now();
+                let rtt = self.inflight.on_ack(first_seq, count, outcomes, now).map_err(protocol)?;
+                let mut st = self.shared.lock();
+                let next_seq = st.closed_end_seq;
+                st.events_allowed.on_acked(first_seq, count as usize, rtt, now, next_seq);
             }
             Frame::Busy { first_seq, count, retry_after_ms } => {
                 let wait = Duration::from_millis(u64::from(retry_after_ms));
@@ -843,7 +857,6 @@ impl<G: WireGame> Task<G> {
                 Answer::Acked(outcomes) => {
                     batches += 1;
                     events += u64::from(count);
-                    st.events_allowed.on_acked(count as usize);
                     Ok(AckedBatch { first_seq, count, outcomes })
                 }
                 Answer::Refused(error) if error.code() == Some(ErrorCode::SequenceReused) => {
