@@ -12,12 +12,6 @@ use crate::error::ClientError;
 /// window per producer, `dedup_window_events`).
 pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 65_536;
 
-/// Default `ClientConfig::queue_delay_target`: with the server's own queue
-/// bound (`queue_wait_max`, 5 ms by default) as a backstop, about a third
-/// of a 10 ms p99 target for the time an event waits past the path's own
-/// delay.
-pub const QUEUE_DELAY_TARGET_DEFAULT: Duration = Duration::from_millis(3);
-
 /// The longest `queue_delay_target` `validate` allows.
 const QUEUE_DELAY_TARGET_MAX: Duration = Duration::from_secs(60);
 
@@ -69,12 +63,16 @@ pub struct ClientConfig {
     /// answered with `duplicate` outcomes instead of the originals (they
     /// are still never applied twice).
     pub unacked_events_max: u32,
-    /// The queueing delay a producer accepts: when a batch's round trip
-    /// (write to ACK) exceeds the least seen lately by more than this, the
-    /// producer lets fewer events be unanswered (and closes smaller
-    /// batches), so that past the server's capacity events wait in the
-    /// application, not in the server's queues; ACKs within it grow the
-    /// window back. `None`: only BUSY shrinks the window. See
+    /// The queueing delay a producer accepts (`None` by default): when a
+    /// batch's round trip (write to ACK) exceeds the least seen lately by
+    /// more than this, the producer lets fewer events be unanswered (and
+    /// closes smaller batches), so that past the server's capacity events
+    /// wait in the application, not in the server's queues; ACKs within it
+    /// grow the window back. It trades throughput for latency: measured in
+    /// docs/benchmarks.md ("Overload"), 3 ms halved the admitted p99 past
+    /// capacity in memory but cost a closed-loop producer a third of its
+    /// throughput against a journal whose fsync wait varies by itself
+    /// (decision 0012). `None`: only BUSY shrinks the window. See
     /// `ProducerStats::events_allowed`.
     pub queue_delay_target: Option<Duration>,
     /// TCP connect plus handshake, per attempt.
@@ -106,7 +104,7 @@ impl ClientConfig {
             linger: Duration::from_millis(1),
             window_batches: 32,
             unacked_events_max: UNACKED_EVENTS_MAX_DEFAULT,
-            queue_delay_target: Some(QUEUE_DELAY_TARGET_DEFAULT),
+            queue_delay_target: None,
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(20),
             reconnect_backoff_initial: Duration::from_millis(50),

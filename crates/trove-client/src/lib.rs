@@ -50,7 +50,7 @@ mod inflight;
 mod producer;
 mod subscriber;
 
-pub use config::{ClientConfig, QUEUE_DELAY_TARGET_DEFAULT, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
+pub use config::{ClientConfig, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
 pub use error::{ClientError, SendError, ServerError};
 pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
 pub use subscriber::{Subscriber, Update};
