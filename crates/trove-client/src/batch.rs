@@ -64,7 +64,7 @@ impl<E: Record> OpenBatch<E> {
         self.count == 0
     }
 
-    #[inline]
+    #[cfg(test)]
     pub fn is_full(&self) -> bool {
         self.count == self.cap
     }
@@ -82,7 +82,7 @@ impl<E: Record> OpenBatch<E> {
     /// Encodes `event` into the frame; returns its sequence number.
     ///
     /// # Panics
-    /// If the batch is full (callers check `is_full` first).
+    /// If the batch is full (callers close it at `cap` events or before).
     #[inline]
     pub fn push(&mut self, event: &E) -> u64 {
         let at = EVENTS_FRAME_HEAD + self.count as usize * E::SIZE;

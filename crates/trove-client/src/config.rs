@@ -12,6 +12,9 @@ use crate::error::ClientError;
 /// window per producer, `dedup_window_events`).
 pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 65_536;
 
+/// The longest `queue_delay_target` `validate` allows.
+const QUEUE_DELAY_TARGET_MAX: Duration = Duration::from_secs(60);
+
 /// How to reach a trove server and how to batch, pipeline and reconnect.
 ///
 /// [`Subscriber`](crate::Subscriber) uses `addr`, `connect_timeout` and
@@ -53,11 +56,25 @@ pub struct ClientConfig {
     /// acknowledged and not yet taken from [`Acks`](crate::Acks).
     pub window_batches: u32,
     /// Events in those batches, at most (so a batch never holds more).
+    /// After a BUSY the producer allows fewer (halved, then grown back by
+    /// about one batch per window of ACKs; see `ProducerStats::events_allowed`).
     /// Keep it at or below the server's deduplication window
     /// ([`UNACKED_EVENTS_MAX_DEFAULT`]), or resends after a reconnect may be
     /// answered with `duplicate` outcomes instead of the originals (they
     /// are still never applied twice).
     pub unacked_events_max: u32,
+    /// The queueing delay a producer accepts (`None` by default): when a
+    /// batch's round trip (write to ACK) exceeds the least seen lately by
+    /// more than this, the producer lets fewer events be unanswered (and
+    /// closes smaller batches), so that past the server's capacity events
+    /// wait in the application, not in the server's queues; ACKs within it
+    /// grow the window back. It trades throughput for latency: measured in
+    /// docs/benchmarks.md ("Overload"), 3 ms halved the admitted p99 past
+    /// capacity in memory but cost a closed-loop producer a third of its
+    /// throughput against a journal whose fsync wait varies by itself
+    /// (decision 0012). `None`: only BUSY shrinks the window. See
+    /// `ProducerStats::events_allowed`.
+    pub queue_delay_target: Option<Duration>,
     /// TCP connect plus handshake, per attempt.
     pub connect_timeout: Duration,
     /// A PING goes out when nothing was written for this long, so that the
@@ -87,6 +104,7 @@ impl ClientConfig {
             linger: Duration::from_millis(1),
             window_batches: 32,
             unacked_events_max: UNACKED_EVENTS_MAX_DEFAULT,
+            queue_delay_target: None,
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(20),
             reconnect_backoff_initial: Duration::from_millis(50),
@@ -111,6 +129,9 @@ impl ClientConfig {
         }
         if self.unacked_events_max == 0 {
             return bad("unacked_events_max", "must be at least 1 (it also caps the batch size)");
+        }
+        if self.queue_delay_target.is_some_and(|d| d.is_zero() || d > QUEUE_DELAY_TARGET_MAX) {
+            return bad("queue_delay_target", "must be above zero and at most 60 s (or None)");
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above zero");
@@ -158,6 +179,10 @@ mod tests {
         assert_eq!(field(ClientConfig { batch_events_max: 0, ..base.clone() }), "batch_events_max");
         assert_eq!(field(ClientConfig { window_batches: 0, ..base.clone() }), "window_batches");
         assert_eq!(field(ClientConfig { unacked_events_max: 0, ..base.clone() }), "unacked_events_max");
+        let zero = Some(Duration::ZERO);
+        assert_eq!(field(ClientConfig { queue_delay_target: zero, ..base.clone() }), "queue_delay_target");
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(field(ClientConfig { queue_delay_target: hour, ..base.clone() }), "queue_delay_target");
         assert_eq!(field(ClientConfig { addr: String::new(), ..base }), "addr");
     }
 

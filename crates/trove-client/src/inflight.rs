@@ -56,6 +56,8 @@ struct Entry<O> {
     state: State<O>,
     /// Times the batch was written to a socket.
     sends: u32,
+    /// When it was last taken to be written.
+    sent_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -85,7 +87,7 @@ impl<O> Inflight<O> {
         if let Some(last) = self.entries.back() {
             assert_eq!(last.batch.end_seq(), batch.first_seq, "batches must be contiguous");
         }
-        self.entries.push_back(Entry { batch, state: State::Pending, sends: 0 });
+        self.entries.push_back(Entry { batch, state: State::Pending, sends: 0, sent_at: None });
     }
 
     /// The next batch to write, if sending is not paused: the oldest
@@ -98,6 +100,7 @@ impl<O> Inflight<O> {
         let e = self.entries.iter_mut().find(|e| matches!(e.state, State::Pending))?;
         e.state = State::Sent;
         e.sends += 1;
+        e.sent_at = Some(Instant::now());
         self.sent.push_back(e.batch.first_seq);
         Some((e.batch.first_seq, e.sends > 1))
     }
@@ -153,12 +156,22 @@ impl<O> Inflight<O> {
         Ok(e)
     }
 
-    pub fn on_ack(&mut self, first_seq: u64, count: u32, outcomes: Option<Vec<O>>) -> Result<(), String> {
+    /// Records an ACK; returns the batch's round trip, from being taken to
+    /// be written to `now`, if it was sent once (a resent batch's round
+    /// trip says nothing about the server's queue: Karn's rule).
+    pub fn on_ack(
+        &mut self,
+        first_seq: u64,
+        count: u32,
+        outcomes: Option<Vec<O>>,
+        now: Instant,
+    ) -> Result<Option<Duration>, String> {
         if outcomes.as_ref().is_some_and(|o| o.len() != count as usize) {
             return Err(format!("ACK of {count} events with another number of outcomes"));
         }
-        self.answered("ACK", Some((first_seq, count)))?.state = State::Answered(Answer::Acked(outcomes));
-        Ok(())
+        let e = self.answered("ACK", Some((first_seq, count)))?;
+        e.state = State::Answered(Answer::Acked(outcomes));
+        Ok(e.sent_at.filter(|_| e.sends == 1).map(|at| now.saturating_duration_since(at)))
     }
 
     pub fn on_busy(&mut self, first_seq: u64, count: u32, retry_after: Duration, now: Instant) -> Result<(), String> {
@@ -235,23 +248,37 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_gives_the_round_trip_of_a_batch_sent_once_only() {
+        let mut f = with(&[1, 1]);
+        assert_eq!(send_all(&mut f), vec![1, 2]);
+        let later = Instant::now() + Duration::from_millis(7);
+        let rtt = f.on_ack(1, 1, None, later).unwrap().expect("sent once");
+        assert!(rtt >= Duration::from_millis(7));
+        // Refused, then sent again: its round trip would count the pause.
+        f.on_busy(2, 1, Duration::ZERO, Instant::now()).unwrap();
+        assert!(f.resume(Instant::now()));
+        assert_eq!(send_all(&mut f), vec![2]);
+        assert_eq!(f.on_ack(2, 1, None, Instant::now()).unwrap(), None);
+    }
+
+    #[test]
     fn acks_match_in_order_and_carry_outcomes() {
         let mut f = with(&[2, 3]);
         assert_eq!(send_all(&mut f), vec![1, 3]);
         assert!(f.frame(3).is_some() && f.frame(2).is_none());
         // An answer for anything but the oldest unanswered frame is refused.
-        assert!(f.on_ack(3, 3, None).is_err());
+        assert!(f.on_ack(3, 3, None, Instant::now()).is_err());
         let mut f = with(&[2, 3]);
         send_all(&mut f);
-        assert!(f.on_ack(1, 3, None).is_err(), "count must match");
+        assert!(f.on_ack(1, 3, None, Instant::now()).is_err(), "count must match");
         let mut f = with(&[2, 3]);
         send_all(&mut f);
-        assert!(f.on_ack(1, 2, Some(vec![7])).is_err(), "one outcome per event");
-        f.on_ack(1, 2, Some(vec![7, 8])).unwrap();
-        f.on_ack(3, 3, None).unwrap();
+        assert!(f.on_ack(1, 2, Some(vec![7]), Instant::now()).is_err(), "one outcome per event");
+        f.on_ack(1, 2, Some(vec![7, 8]), Instant::now()).unwrap();
+        f.on_ack(3, 3, None, Instant::now()).unwrap();
         assert_eq!(popped(&mut f), vec![(1, Answer::Acked(Some(vec![7, 8]))), (3, Answer::Acked(None))]);
         assert!(f.is_empty());
-        assert!(f.on_ack(6, 1, None).is_err(), "nothing is owed");
+        assert!(f.on_ack(6, 1, None, Instant::now()).is_err(), "nothing is owed");
     }
 
     #[test]
@@ -260,7 +287,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut f = with(&[1, 1, 1, 1]);
         assert_eq!(send_all(&mut f), vec![1, 2, 3, 4]);
-        f.on_ack(1, 1, None).unwrap();
+        f.on_ack(1, 1, None, Instant::now()).unwrap();
         f.on_busy(2, 1, ms(5), t0).unwrap();
         assert_eq!(f.next_to_send(), None, "paused");
         // Frames 3 and 4 are still owed: no resume yet, even when due.
@@ -283,11 +310,11 @@ mod tests {
         let mut f = with(&[1, 1]);
         send_all(&mut f);
         f.on_busy(1, 1, Duration::ZERO, t0).unwrap();
-        f.on_ack(2, 1, None).unwrap();
+        f.on_ack(2, 1, None, Instant::now()).unwrap();
         assert!(f.pop_answered().is_none(), "batch 1 is not answered yet");
         assert!(f.resume(t0));
         assert_eq!(send_all(&mut f), vec![1]);
-        f.on_ack(1, 1, None).unwrap();
+        f.on_ack(1, 1, None, Instant::now()).unwrap();
         assert_eq!(popped(&mut f), vec![(1, Answer::Acked(None)), (2, Answer::Acked(None))]);
     }
 
@@ -296,9 +323,9 @@ mod tests {
         let t0 = Instant::now();
         let mut f = with(&[1, 2, 1, 1]);
         assert_eq!(send_all(&mut f), vec![1, 2, 4, 5]);
-        f.on_ack(1, 1, None).unwrap();
+        f.on_ack(1, 1, None, Instant::now()).unwrap();
         f.reconnected();
-        assert!(f.on_ack(2, 2, None).is_err(), "the old connection's frames are forgotten");
+        assert!(f.on_ack(2, 2, None, Instant::now()).is_err(), "the old connection's frames are forgotten");
         assert_eq!(f.next_to_send(), Some((2, true)));
         f.on_busy(2, 2, Duration::from_millis(3), t0).unwrap();
         // Reconnecting during a pause: the pause still runs its time.
@@ -314,7 +341,7 @@ mod tests {
         send_all(&mut f);
         let error = ServerError { raw_code: ErrorCode::BadBatch as u16, message: "no".into() };
         assert_eq!(f.on_refused(error.clone()), Ok((1, 1)));
-        f.on_ack(2, 1, None).unwrap();
+        f.on_ack(2, 1, None, Instant::now()).unwrap();
         assert_eq!(popped(&mut f), vec![(1, Answer::Refused(error)), (2, Answer::Acked(None))]);
     }
 }

@@ -4,7 +4,8 @@
 //! - [`Producer`]: sends a game's events. `send` encodes each event
 //!   straight into the open batch's EVENTS frame (no allocation, lock,
 //!   await or spawn per event); batches close when full, after `linger`,
-//!   or on `flush`; up to `window_batches` are in flight; BUSY answers and
+//!   or on `flush`; up to `window_batches` are in flight (and fewer events
+//!   after BUSY: the window halves, then grows back); BUSY answers and
 //!   lost connections are handled in the background by resending the
 //!   unanswered batches with their original sequence numbers, which the
 //!   server applies exactly once.
@@ -35,11 +36,14 @@
 //! - `batch.rs`: the open batch, encoded in place into its frame.
 //! - `inflight.rs`: unanswered batches: send order, answer matching, BUSY
 //!   pauses, resends after a reconnect, in-order completion (pure logic).
+//! - `congestion.rs`: the window in events, halved on BUSY and grown back
+//!   by ACKs (pure logic).
 //! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
 //! - `subscriber.rs`: [`Subscriber`] and its per-hunt sequence checks.
 
 mod batch;
 mod config;
+mod congestion;
 mod conn;
 mod error;
 mod inflight;

@@ -26,6 +26,7 @@ use trove_proto::{ErrorCode, Frame, Kind, WireGame};
 
 use crate::batch::{Batch, OpenBatch};
 use crate::config::ClientConfig;
+use crate::congestion::EventWindow;
 use crate::conn::{self, Conn, FrameBuf};
 use crate::error::{ClientError, SendError, ServerError};
 use crate::inflight::{Answer, Inflight};
@@ -88,6 +89,9 @@ pub struct ProducerStats {
     pub busy: u64,
     /// Connections made after the first.
     pub reconnects: u64,
+    /// Events the producer lets be unanswered now: `unacked_events_max`,
+    /// halved when the server answers BUSY, grown back by ACKs.
+    pub events_allowed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +118,10 @@ struct State<G: WireGame> {
     /// acknowledged when nobody holds the `Acks`), and their events.
     window_batches: usize,
     window_events: usize,
+    /// What `window_events` may reach (see `congestion`).
+    events_allowed: EventWindow,
+    /// The sequence after the last closed batch.
+    closed_end_seq: u64,
     /// Every sequence up to this one is answered.
     answered_through: u64,
     /// Answered batches for `Acks`, in sequence order, with the events to
@@ -163,7 +171,8 @@ impl<G: WireGame> Shared<G> {
 /// that stops sending for a while should `flush` or `idle_until` (a sleep
 /// that honours `linger`), or its last events wait for the next `send`.
 ///
-/// At most `window_batches` batches (and `unacked_events_max` events) are
+/// At most `window_batches` batches (and `unacked_events_max` events; after
+/// a BUSY, fewer: halved, then grown back one batch per window of ACKs) are
 /// closed and not yet released; a batch is released when its answer is
 /// taken from [`Acks`], or when it is answered if the `Acks` was dropped.
 /// When the window is full and the open batch too, `send` returns
@@ -205,7 +214,9 @@ pub struct Producer<G: WireGame> {
     opened_at: Instant,
     linger: Duration,
     window_batches_max: usize,
-    unacked_events_max: usize,
+    /// The open batch closes at this many events: the batch limit, or less
+    /// while the window is small (`EventWindow::batch_events`).
+    close_at: u32,
     producer_id: u64,
     task: Option<JoinHandle<()>>,
 }
@@ -243,6 +254,13 @@ impl<G: WireGame> Producer<G> {
                 free: Vec::new(),
                 window_batches: 0,
                 window_events: 0,
+                events_allowed: EventWindow::new(
+                    config.unacked_events_max as usize,
+                    cap as usize,
+                    config.queue_delay_target,
+                    Instant::now(),
+                ),
+                closed_end_seq: first_seq,
                 answered_through: first_seq - 1,
                 ready: VecDeque::new(),
                 acks_open: true,
@@ -273,7 +291,7 @@ impl<G: WireGame> Producer<G> {
             opened_at: Instant::now(),
             linger: config.linger,
             window_batches_max: config.window_batches as usize,
-            unacked_events_max: config.unacked_events_max as usize,
+            close_at: cap,
             producer_id: welcome.producer_id,
             task: Some(handle),
         };
@@ -311,6 +329,7 @@ impl<G: WireGame> Producer<G> {
             batches_refused: c.batches_refused.load(Relaxed),
             busy: c.busy.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
+            events_allowed: self.shared.lock().events_allowed.allowed() as u64,
         }
     }
 
@@ -323,7 +342,7 @@ impl<G: WireGame> Producer<G> {
     #[inline]
     pub fn send(&mut self, event: G::Event) -> Result<u64, SendError<G::Event>> {
         let n = self.open.len();
-        if (n == self.open.cap() || (n.is_multiple_of(LINGER_CHECK_EVERY) && n > 0))
+        if (n >= self.close_at || (n.is_multiple_of(LINGER_CHECK_EVERY) && n > 0))
             && let Err(e) = self.before_push()
         {
             return Err(if let Some(e) = e { SendError::Closed(event, e) } else { SendError::Full(event) });
@@ -332,7 +351,7 @@ impl<G: WireGame> Producer<G> {
             self.opened_at = Instant::now();
         }
         let seq = self.open.push(&event);
-        if self.open.is_full() {
+        if self.open.len() >= self.close_at {
             // Out it goes now, if the window has room; if not, the next
             // call tries again (and reports any failure).
             let _ = self.try_close_batch();
@@ -344,7 +363,7 @@ impl<G: WireGame> Producer<G> {
     /// lingered. `Err(None)`: no room; `Err(Some(e))`: failed.
     #[cold]
     fn before_push(&mut self) -> Result<(), Option<ClientError>> {
-        let full = self.open.is_full();
+        let full = self.open.len() >= self.close_at;
         if full || self.opened_at.elapsed() >= self.linger {
             match self.try_close_batch() {
                 Ok(true) => {}
@@ -375,7 +394,7 @@ impl<G: WireGame> Producer<G> {
     /// (without a lock or a clock read) while the open batch has room.
     #[inline]
     pub async fn ready(&mut self) -> Result<(), ClientError> {
-        if !self.open.is_full() {
+        if self.open.len() < self.close_at {
             return Ok(());
         }
         self.wait_to_close_batch().await
@@ -473,11 +492,13 @@ impl<G: WireGame> Producer<G> {
         if st.finished || st.closing {
             return Err(ClientError::Closed);
         }
-        if st.window_batches >= self.window_batches_max || st.window_events + count > self.unacked_events_max {
+        if st.window_batches >= self.window_batches_max || st.window_events + count > st.events_allowed.allowed() {
             return Ok(false);
         }
         st.window_batches += 1;
         st.window_events += count;
+        st.closed_end_seq = self.open.next_seq();
+        self.close_at = st.events_allowed.batch_events() as u32;
         let fresh = st.free.pop().unwrap_or_else(|| vec![0; OpenBatch::<G::Event>::buf_len(self.open.cap())]);
         st.outbox.push_back(self.open.seal(fresh));
         drop(st);
@@ -788,12 +809,19 @@ impl<G: WireGame> Task<G> {
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),
                 };
-                self.inflight.on_ack(first_seq, count, outcomes).map_err(protocol)?;
+                let now = Instant::now();
+                let rtt = self.inflight.on_ack(first_seq, count, outcomes, now).map_err(protocol)?;
+                let mut st = self.shared.lock();
+                let next_seq = st.closed_end_seq;
+                st.events_allowed.on_acked(first_seq, count as usize, rtt, now, next_seq);
             }
             Frame::Busy { first_seq, count, retry_after_ms } => {
                 let wait = Duration::from_millis(u64::from(retry_after_ms));
                 self.inflight.on_busy(first_seq, count, wait, Instant::now()).map_err(protocol)?;
                 self.shared.counters.busy.fetch_add(1, Relaxed);
+                let mut st = self.shared.lock();
+                let (unanswered, next_seq) = (st.window_events, st.closed_end_seq);
+                st.events_allowed.on_busy(first_seq, unanswered, next_seq);
             }
             Frame::Pong { .. } => {}
             Frame::Error { code, message } => {

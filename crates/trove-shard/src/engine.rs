@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use trove_core::state::combine_world_hashes;
 use trove_core::{Game, Stamped, WorldId};
@@ -71,6 +72,14 @@ pub struct EngineConfig {
     /// events in about 26 ms, against 256 batches of up to 65,536 events
     /// (seconds of work) with the batch bound alone.
     pub queue_events_max: usize,
+    /// The longest a newly admitted batch may expect to wait behind a
+    /// shard's queue: a shard that has work takes a batch only while its
+    /// queued events, at the rate the shard has been working them off,
+    /// come to at most this. `queue_events_max` bounds the queue's memory;
+    /// this bounds its delay, whatever the shard's rate (past capacity,
+    /// producers get `Busy` instead of a place at the end of a queue that
+    /// takes longer than the latency they were promised).
+    pub queue_wait_max: Duration,
     /// Events a shard drains into one `apply` at most.
     pub drain_events_max: usize,
     /// Per-event modes: events in flight before `submit` answers `Busy`.
@@ -101,6 +110,7 @@ impl Default for EngineConfig {
             batch_events_max: 65_536,
             queue_batches_max: 256,
             queue_events_max: 1 << 18,
+            queue_wait_max: QUEUE_WAIT_MAX_DEFAULT,
             drain_events_max: 65_536,
             in_flight_events_max: 1 << 20,
             worlds_max: 1 << 20,
@@ -112,6 +122,16 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// Default `queue_wait_max`: half of a 10 ms p99 target, so that an
+/// admitted batch's wait in the queue leaves the rest to the network, the
+/// apply, the journal and the ACK. (BUSY costs a producer a pause and a
+/// resend of everything behind the refused batch: a 2 ms bound answered
+/// 570 BUSY/s past capacity and cost 10% of goodput; decision 0012.)
+pub const QUEUE_WAIT_MAX_DEFAULT: Duration = Duration::from_millis(5);
+/// The range `validate` allows for `queue_wait_max`.
+pub const QUEUE_WAIT_MAX_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(100)..=Duration::from_secs(60);
 
 /// The largest `batch_events_max` and `drain_events_max` allowed.
 const BATCH_EVENTS_LIMIT: usize = 1 << 20;
@@ -137,6 +157,7 @@ impl EngineConfig {
                 self.queue_events_max >= self.batch_events_max && self.queue_events_max <= 1 << 30,
                 "queue_events_max must be in batch_events_max..=2^30 (a batch larger than it would wait for an empty queue)",
             ),
+            (QUEUE_WAIT_MAX_RANGE.contains(&self.queue_wait_max), "queue_wait_max must be in 100 us..=60 s"),
             ((1..=DRAIN_EVENTS_LIMIT).contains(&self.drain_events_max), "drain_events_max must be in 1..=2^20"),
             (self.dedup_window_events <= DEDUP_WINDOW_LIMIT, "dedup_window_events must be at most 2^24"),
             (

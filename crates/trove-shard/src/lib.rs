@@ -7,6 +7,9 @@
 //! - [`producer`]: [`Producer`], one producer's handle: `submit` a batch
 //!   (or get [`SubmitError::Busy`] at once), then collect [`Completed`]
 //!   batches, in submission order, with one outcome per event.
+//! - `admission`: the rule a shard's queue takes a batch by (bounded in
+//!   batches, events and expected wait) and the drain rate it judges the
+//!   wait by.
 //! - [`sharded`]: the default mode. N named threads, each owning the worlds
 //!   that hash to it; bounded admission; a shard drains what is queued,
 //!   stamps it, applies it as one batch and hands outcomes back per batch.
@@ -27,6 +30,7 @@
 //! Nothing on the sharded path spawns, awaits or locks per event: locks and
 //! allocations happen per batch.
 
+mod admission;
 pub mod clock;
 mod dedup;
 pub mod engine;

@@ -12,18 +12,19 @@
 //! queue slot on every shard it needs (an atomic counter per shard, at most
 //! `queue_batches_max`) and room for its events there (at most
 //! `queue_events_max` queued, which `validate` keeps at least one largest
-//! batch), and if any is full it releases what it took and answers `Busy`.
-//! The channel itself is unbounded, but nothing reaches it without a
-//! reservation, so a shard's queue never holds more than
+//! batch, and at most `queue_wait_max` of work at the shard's measured
+//! drain rate: `admission`), and if any is full it releases what it took
+//! and answers `Busy`. The channel itself is unbounded, but nothing reaches
+//! it without a reservation, so a shard's queue never holds more than
 //! `queue_batches_max` batches nor more than `queue_events_max` events.
-//! The events bound is what keeps an admitted batch's wait
-//! short under overload: past capacity, producers get `Busy` instead of
-//! a place at the end of a long queue.
+//! The wait bound is what keeps an admitted batch's wait short under
+//! overload: past capacity, producers get `Busy` instead of a place at the
+//! end of a long queue.
 //!
 //! A shard's input is a sequence of stamped batches; it could come from a
 //! partitioned log as well as from producers.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, SendError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprints};
 
+use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
 use crate::dedup::{AppliedPart, Dedup, Retry};
 use crate::engine::{EngineConfig, Inner};
@@ -93,6 +95,9 @@ struct Shard<G: Game> {
     /// Events of those batches: what bounds the time a newly admitted
     /// batch waits behind the queue (`queue_events_max`).
     queued_events: Arc<AtomicUsize>,
+    /// The shard's recent cost per drained event, in picoseconds
+    /// (`DrainRate`): what `queue_wait_max` is judged by.
+    ps_per_event: Arc<AtomicU64>,
     metrics: Arc<ShardMetrics>,
     thread: Mutex<Option<JoinHandle<Vec<(WorldId, u64)>>>>,
 }
@@ -138,10 +143,13 @@ impl<G: Game> Sharded<G> {
                     Dedup::new(config.dedup_window_events, config.dedup_producers_max),
                 ),
             };
+            let drain_rate = DrainRate::default();
+            let ps_per_event = drain_rate.published();
             let run = ShardLoop::<G> {
                 rx,
                 queued: queued.clone(),
                 queued_events: queued_events.clone(),
+                drain_rate,
                 metrics: metrics.clone(),
                 state,
                 journal,
@@ -163,7 +171,7 @@ impl<G: Game> Sharded<G> {
                     run.run()
                 })
                 .map_err(|e| format!("starting shard thread {index}: {e}"))?;
-            shards.push(Shard { tx, queued, queued_events, metrics, thread: Mutex::new(Some(thread)) });
+            shards.push(Shard { tx, queued, queued_events, ps_per_event, metrics, thread: Mutex::new(Some(thread)) });
         }
         Ok(Self { shards })
     }
@@ -198,7 +206,9 @@ impl<G: Game> Sharded<G> {
             }
         }
         let involved = |s: usize| counts[s] > 0;
-        let (batches_max, events_max) = (inner.config.queue_batches_max, inner.config.queue_events_max);
+        let c = &inner.config;
+        let bounds =
+            Bounds { batches_max: c.queue_batches_max, events_max: c.queue_events_max, wait_max: c.queue_wait_max };
         let release = |upto: usize| {
             for u in (0..upto).filter(|&u| involved(u)) {
                 self.shards[u].queued.fetch_sub(1, SeqCst);
@@ -211,15 +221,11 @@ impl<G: Game> Sharded<G> {
             }
             let batches_before = shard.queued.fetch_add(1, SeqCst);
             let events_before = shard.queued_events.fetch_add(count as usize, SeqCst);
-            // A queue takes a batch only while it stays within
-            // `queue_events_max` events, so what is admitted waits behind
-            // a bounded amount of work instead of growing the tail. (An
-            // empty queue takes any batch: `validate` keeps the bound at
-            // least `batch_events_max`, so this is a guard, not a way past
-            // the bound.)
-            let full =
-                batches_before >= batches_max || (events_before > 0 && events_before + count as usize > events_max);
-            if full {
+            // A queue takes a batch only while it stays within its bounds
+            // (`admission`), so what is admitted waits behind a bounded
+            // amount of work instead of growing the tail.
+            let queue = Queue { batches_before, events_before, count: count as usize };
+            if !admission::admits(queue, bounds, shard.ps_per_event.load(Relaxed)) {
                 release(s + 1);
                 return Err(SubmitError::Busy);
             }
@@ -330,6 +336,7 @@ struct ShardLoop<G: Game> {
     rx: Receiver<Msg<G>>,
     queued: Arc<AtomicUsize>,
     queued_events: Arc<AtomicUsize>,
+    drain_rate: DrainRate,
     metrics: Arc<ShardMetrics>,
     state: GameState<G>,
     /// The journal thread, if the engine journals.
@@ -552,7 +559,9 @@ impl<G: Game> ShardLoop<G> {
                 }
             }
 
-            self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
+            let busy = busy.elapsed();
+            self.drain_rate.record(events, busy);
+            self.metrics.busy_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
         }
         if let Some(JournalLink { jobs: journal, thread, .. }) = self.journal.take() {
             // A final snapshot makes the next start quick.

@@ -295,6 +295,55 @@ fn a_shard_queue_is_bounded_in_events_too() {
     assert_eq!(engine.shutdown().events_applied, 350);
 }
 
+/// Admission bounds the expected wait too (`queue_wait_max`): a shard that
+/// has been working its queue off slowly takes fewer events than the
+/// events bound allows, and any batch once its queue is empty.
+#[test]
+fn a_shard_queue_is_bounded_in_expected_wait() {
+    for (wait_max, refused) in [(Duration::from_millis(2), true), (Duration::from_secs(60), false)] {
+        let cfg = EngineConfig { queue_wait_max: wait_max, ..config(Mode::Sharded, 1) };
+        let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
+        let hold = || {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let answered = engine.query_world(0, move |_| {
+                let _ = held.recv_timeout(Duration::from_secs(120));
+            });
+            (release, answered)
+        };
+        let events = stream(0, 1, 200);
+        let mut p = engine.producer();
+        // One drain of 100 events that keeps the shard busy at least
+        // 100 ms (a query queued behind them runs in the same drain): the
+        // shard's measured cost is then 1 ms per event or more.
+        let (release, _answered) = hold();
+        p.submit(&mut events[..100].to_vec()).unwrap();
+        let _slow = engine.query_world(0, |_| std::thread::sleep(Duration::from_millis(100)));
+        release.send(()).unwrap();
+        let c = p.complete_timeout(Duration::from_secs(60)).expect("the first batch");
+        assert_eq!(c.outcomes.len(), 100);
+        // Held again: one event is taken by the empty queue; two more
+        // would be 3 ms of work at that rate, past a 2 ms wait.
+        let (release, _answered) = hold();
+        p.submit(&mut events[100..101].to_vec()).unwrap();
+        let mut third = events[101..103].to_vec();
+        let second_try = p.submit(&mut third);
+        assert_eq!(second_try == Err(SubmitError::Busy), refused, "queue_wait_max {wait_max:?}: {second_try:?}");
+        release.send(()).unwrap();
+        let mut done = 0;
+        while done < 1 + if refused { 0 } else { 2 } {
+            done += p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len();
+        }
+        if refused {
+            // The queue is empty again: the refused batch is taken.
+            assert_eq!(third.len(), 2, "a refused batch is handed back whole");
+            p.submit(&mut third).unwrap();
+            assert_eq!(p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len(), 2);
+        }
+        assert_eq!(engine.metrics().busy_replies, u64::from(refused));
+        assert_eq!(engine.shutdown().events_applied, 103);
+    }
+}
+
 #[test]
 fn shutdown_applies_everything_accepted_then_refuses() {
     for mode in Mode::ALL {

@@ -212,6 +212,12 @@ pub struct BenchLoad {
     /// Batches each connection keeps in flight at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub window: u32,
+    /// The SDK's `queue_delay_target`, microseconds: a connection lets
+    /// fewer events be unanswered when its round trips pass the least seen
+    /// by more than this (0, the SDK's default: only BUSY shrinks its
+    /// window).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000_000))]
+    pub queue_delay_target_us: u64,
     /// Hunts a subscriber watches to time updates (0: none).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub watch: u32,

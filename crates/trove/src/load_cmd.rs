@@ -116,6 +116,8 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         connections: flags.connections,
         batch_events: flags.batch,
         window_batches: flags.window,
+        queue_delay_target: (flags.queue_delay_target_us > 0)
+            .then(|| Duration::from_micros(flags.queue_delay_target_us)),
         watch_hunts: flags.watch,
         slo_p99: Duration::from_secs_f64(slo_ms / 1e3),
         client_workers: flags.client_workers as usize,

@@ -59,6 +59,9 @@ pub struct EngineFile {
     pub batch_events_max: Option<usize>,
     pub queue_batches_max: Option<usize>,
     pub queue_events_max: Option<usize>,
+    /// Microseconds of work a shard's queue may hold, at its measured rate,
+    /// before producers get BUSY (`EngineConfig::queue_wait_max`).
+    pub queue_wait_max_us: Option<u64>,
     pub drain_events_max: Option<usize>,
     pub worlds_max: Option<usize>,
     pub dedup_window_events: Option<usize>,
@@ -127,6 +130,9 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut engine.batch_events_max, e.batch_events_max);
     set(&mut engine.queue_batches_max, e.queue_batches_max);
     set(&mut engine.queue_events_max, e.queue_events_max);
+    if let Some(us) = e.queue_wait_max_us {
+        engine.queue_wait_max = Duration::from_micros(us);
+    }
     set(&mut engine.drain_events_max, e.drain_events_max);
     set(&mut engine.worlds_max, e.worlds_max);
     set(&mut engine.dedup_window_events, e.dedup_window_events);

@@ -99,6 +99,8 @@ pub struct LoadArgs {
     pub connections: u32,
     pub batch_events: u32,
     pub window_batches: u32,
+    /// The SDK's `queue_delay_target` for every connection.
+    pub queue_delay_target: Option<Duration>,
     /// Hunts whose updates a subscriber measures (0: no subscriber).
     pub watch_hunts: u32,
     pub slo_p99: Duration,
@@ -786,6 +788,7 @@ impl Rig {
                 let config = ClientConfig {
                     batch_events_max: args.batch_events,
                     window_batches: args.window_batches,
+                    queue_delay_target: args.queue_delay_target,
                     // The pacer closes batches; this only backs it up.
                     linger: Duration::from_millis(5),
                     // Acknowledgements only: a game server that needs each
@@ -1763,6 +1766,7 @@ mod tests {
             connections: 8,
             batch_events: 16,
             window_batches: 1,
+            queue_delay_target: None,
             watch_hunts: 0,
             slo_p99: Duration::from_millis(10),
             client_workers: 1,
