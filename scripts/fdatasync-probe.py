@@ -3,7 +3,7 @@
 N 4 KiB blocks (as the journal writes) and the fdatasync after it.
 Prints p50/p90/p99/max of each, in microseconds.
 
-    python3 scripts/fdatasync-probe.py [DIR] [--groups 2000] [--blocks 1]
+    python3 scripts/fdatasync-probe.py [DIR] [--groups 2000] [--blocks 1] [--gap-ms MS] [--prefill]
 """
 import argparse, mmap, os, time
 
@@ -11,6 +11,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("dir", nargs="?", default=".")
 ap.add_argument("--groups", type=int, default=2000)
 ap.add_argument("--blocks", type=int, default=1, help="4 KiB blocks per write")
+ap.add_argument("--gap-ms", type=float, default=0, help="sleep this long after each sync (0: back to back)")
 ap.add_argument("--prefill", action="store_true", help="write the whole file once first (no size or extent change per sync)")
 a = ap.parse_args()
 path = os.path.join(a.dir, f"fdatasync-probe-{os.getpid()}.tmp")
@@ -33,6 +34,8 @@ try:
         writes.append(t1 - t0)
         syncs.append(t2 - t1)
         offset += 4096 * a.blocks
+        if a.gap_ms:
+            time.sleep(a.gap_ms / 1000)
 finally:
     os.close(fd)
     os.unlink(path)
