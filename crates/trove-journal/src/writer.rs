@@ -335,14 +335,6 @@ impl JournalWriter {
         Ok(())
     }
 
-    /// A handle on the current segment for another thread to `fdatasync`
-    /// (`group`'s sync helper). A sync through it covers every byte this
-    /// writer had written to the segment when the sync began; a segment
-    /// this writer left was synced by the roll that left it.
-    pub fn sync_handle(&self) -> std::io::Result<File> {
-        self.file.try_clone()
-    }
-
     /// `fdatasync`s what was written, if anything.
     pub fn sync(&mut self) -> std::io::Result<bool> {
         if !self.unsynced {

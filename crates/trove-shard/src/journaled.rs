@@ -534,15 +534,7 @@ pub(crate) fn run_journal<G: Game>(
     // The loop's state (`jobs`, `waiting`) is only drained after a panic,
     // never read as if consistent: unwind safety holds for that use.
     let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        std::thread::scope(|scope| {
-            // `group`: the sync runs on a helper thread while this one
-            // encodes and writes the next group.
-            let helper = match policy {
-                FsyncPolicy::Group => Some(SyncHelper::start(scope, shard, writer.dir(), &metrics, failure)?),
-                _ => None,
-            };
-            journal_loop(&rx, writer, policy, &metrics, helper, &mut jobs, &mut waiting)
-        })
+        journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting)
     }));
     let result = looped.unwrap_or_else(|panic| {
         let what = panic
@@ -554,9 +546,8 @@ pub(crate) fn run_journal<G: Game>(
     });
     if let Err(reason) = result {
         // The first failure is the one producers hear about.
-        if failure.set(failed_message(shard, &reason)).is_ok() {
-            eprintln!("trove: {}", failure.get().map_or("", String::as_str));
-        }
+        let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
+        eprintln!("trove: {}", failure.get().map_or("", String::as_str));
         for (inbox, _) in waiting.drain(..) {
             inbox.fail();
         }
@@ -584,91 +575,11 @@ impl<G: Game> JournalJob<G> {
     }
 }
 
-fn failed_message(shard: u32, reason: &str) -> String {
-    format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged")
-}
-
-/// Acknowledgements waiting for a sync, with what they wait for.
-type Waiting<G> = Vec<(Arc<Inbox<G>>, Part<G>)>;
-
-/// `group`'s sync thread: it `fdatasync`s the segment the journal thread
-/// wrote to and releases the acknowledgements of every group handed to it
-/// before that sync began, while the journal thread encodes and writes the
-/// next group. A group's bytes are written before it is handed over, so a
-/// sync that begins after the hand-off covers them; a group in a segment
-/// the writer has since left was synced by the roll that left it.
-struct SyncHelper<G: Game> {
-    tx: std::sync::mpsc::Sender<(File, Waiting<G>)>,
-    /// Set by the helper when a sync fails (it has set the engine's
-    /// failure and told the producers): the journal thread stops too.
-    failed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<G: Game> SyncHelper<G> {
-    fn start<'scope>(
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        shard: u32,
-        _dir: &Path,
-        metrics: &'scope ShardMetrics,
-        failure: &'scope OnceLock<String>,
-    ) -> Result<Self, String> {
-        let (tx, rx) = std::sync::mpsc::channel::<(File, Waiting<G>)>();
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = failed.clone();
-        #[cfg(test)]
-        let dir = _dir.to_path_buf();
-        std::thread::Builder::new()
-            .name(format!("trove-sync-{shard}"))
-            .spawn_scoped(scope, move || {
-                let mut parts = Vec::new();
-                while let Ok((mut file, first)) = rx.recv() {
-                    parts.extend(first);
-                    // Everything handed over meanwhile goes into this sync
-                    // (of the newest segment: older ones were synced when
-                    // the writer rolled past them).
-                    while let Ok((newer, more)) = rx.try_recv() {
-                        file = newer;
-                        parts.extend(more);
-                    }
-                    if flag.load(Relaxed) {
-                        parts.drain(..).for_each(|(inbox, _): (Arc<Inbox<G>>, _)| inbox.fail());
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let synced = file.sync_data();
-                    #[cfg(test)]
-                    let synced = synced.and_then(|()| tests::sync_error_if_asked(&dir));
-                    if let Err(e) = synced {
-                        // Fail-stop, as for a failed sync on the journal
-                        // thread: nothing more is acknowledged.
-                        if failure.set(failed_message(shard, &format!("fdatasync: {e}"))).is_ok() {
-                            eprintln!("trove: {}", failure.get().map_or("", String::as_str));
-                        }
-                        flag.store(true, Relaxed);
-                        parts.drain(..).for_each(|(inbox, _)| inbox.fail());
-                        continue;
-                    }
-                    let durable_at = Instant::now();
-                    metrics.fsync_ns.record(durable_at.duration_since(started).as_nanos() as u64);
-                    metrics.fsyncs.fetch_add(1, Relaxed);
-                    for (inbox, part) in parts.drain(..) {
-                        let waited = durable_at.saturating_duration_since(part.submitted_at).as_nanos() as u64;
-                        metrics.ingest_to_durable_ns.record_n(waited, part.outcomes.len() as u64);
-                        inbox.deliver(part);
-                    }
-                }
-            })
-            .map_err(|e| format!("starting the sync thread: {e}"))?;
-        Ok(Self { tx, failed })
-    }
-}
-
 fn journal_loop<G: Game>(
     rx: &Receiver<JournalJob<G>>,
     mut writer: JournalWriter,
     policy: FsyncPolicy,
     metrics: &ShardMetrics,
-    helper: Option<SyncHelper<G>>,
     jobs: &mut VecDeque<JournalJob<G>>,
     waiting: &mut Vec<(Arc<Inbox<G>>, Part<G>)>,
 ) -> Result<(), String> {
@@ -689,9 +600,6 @@ fn journal_loop<G: Game>(
         }
         while let Ok(job) = rx.try_recv() {
             jobs.push_back(job);
-        }
-        if helper.as_ref().is_some_and(|h| h.failed.load(Relaxed)) {
-            return Err("its sync thread failed".into());
         }
         // One at a time, so that on a failure the jobs not handled are
         // still here to be answered.
@@ -731,9 +639,7 @@ fn journal_loop<G: Game>(
             // Group commit: this write's sync. Nothing is in flight (the
             // loop syncs before it takes the next jobs), and the next group
             // is whatever queued up meanwhile.
-            // `group`: the helper syncs, below.
-            FsyncPolicy::Group => false,
-            FsyncPolicy::Always => true,
+            FsyncPolicy::Group | FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => closing || last_sync.elapsed() >= every,
             FsyncPolicy::Never => closing,
         };
@@ -758,15 +664,7 @@ fn journal_loop<G: Game>(
             }
             last_sync = began;
         }
-        if let Some(h) = &helper {
-            if !waiting.is_empty() {
-                let file = writer.sync_handle().map_err(|e| format!("a handle on the segment for its sync: {e}"))?;
-                if let Err(std::sync::mpsc::SendError((_, parts))) = h.tx.send((file, std::mem::take(waiting))) {
-                    waiting.extend(parts);
-                    return Err("its sync thread ended".into());
-                }
-            }
-        } else if sync_now || policy == FsyncPolicy::Never {
+        if sync_now || policy == FsyncPolicy::Never {
             let durable_at = Instant::now();
             for (inbox, part) in waiting.drain(..) {
                 let waited = durable_at.saturating_duration_since(part.submitted_at).as_nanos() as u64;
@@ -917,50 +815,6 @@ mod tests {
     /// Fault injection: a journal thread writing under one of these
     /// directories panics at its next batch.
     static PANIC_IN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    /// Fault injection: `group`'s sync thread of a journal under one of
-    /// these directories gets an I/O error from its next sync.
-    static SYNC_FAILS_IN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-    pub(super) fn sync_error_if_asked(dir: &Path) -> std::io::Result<()> {
-        if SYNC_FAILS_IN.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| dir.starts_with(d)) {
-            return Err(std::io::Error::other("injected sync failure"));
-        }
-        Ok(())
-    }
-
-    /// Under `group` the sync runs on its own thread: a sync that fails
-    /// there fails the engine as one on the journal thread does: the
-    /// reason is the engine's failure, the producer waiting for that group
-    /// is told instead of acknowledged, and later batches are refused.
-    #[test]
-    fn a_failed_sync_under_group_fails_the_engine_and_its_producers() {
-        let dir = std::env::temp_dir().join(format!("trove-journal-sync-fails-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = EngineConfig {
-            shards: 1,
-            journal: Some(JournalConfig::new(&dir, FsyncPolicy::Group)),
-            ..EngineConfig::default()
-        };
-        let engine = Engine::<TreasureHunt>::start(config).unwrap();
-        let mut p = engine.producer();
-        let digs = |n: u32| (0..n).map(|i| Stamped { time_us: 0, event: HuntEvent::dig(1, i) }).collect::<Vec<_>>();
-        p.submit(&mut digs(10)).unwrap();
-        assert!(p.complete_timeout(Duration::from_secs(60)).is_some(), "acknowledged before the fault");
-
-        SYNC_FAILS_IN.lock().unwrap().push(dir.clone());
-        p.submit(&mut digs(10)).unwrap();
-        assert!(
-            p.complete_timeout(Duration::from_secs(120)).is_none(),
-            "a batch whose sync failed is never acknowledged"
-        );
-        let failure = engine.failure().map(str::to_string).expect("a failed sync is the engine's failure");
-        assert!(failure.contains("fdatasync") && failure.contains("injected sync failure"), "{failure}");
-        assert_eq!(p.submit(&mut digs(1)), Err(SubmitError::Failed));
-        SYNC_FAILS_IN.lock().unwrap().retain(|d| d != &dir);
-        engine.shutdown();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     pub(super) fn panic_if_asked(dir: &Path) {
         if PANIC_IN.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| dir.starts_with(d)) {
