@@ -7,8 +7,12 @@
 //! on with the next batch: applying overlaps writing and syncing. The
 //! journal thread writes whatever has queued up with one `write` (group
 //! commit) and releases acknowledgements when the fsync policy says the
-//! batch is durable: `always` after an `fdatasync` of it, `interval=<ms>`
-//! after the next periodic `fdatasync`, `never` after the `write`.
+//! batch is durable: `group` (the default) and `always` after an
+//! `fdatasync` of it, `interval=<ms>` after the next periodic `fdatasync`,
+//! `never` after the `write`. Under `group` the loop is the whole policy:
+//! it writes and syncs as soon as anything is pending, and what the shard
+//! hands it during a write and sync queues up for the next one, so the
+//! groups grow with the load (docs/decisions/0009-group-commit.md).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -632,7 +636,10 @@ fn journal_loop<G: Game>(
             }
         }
         let sync_now = match policy {
-            FsyncPolicy::Always => true,
+            // Group commit: this write's sync. Nothing is in flight (the
+            // loop syncs before it takes the next jobs), and the next group
+            // is whatever queued up meanwhile.
+            FsyncPolicy::Group | FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => closing || last_sync.elapsed() >= every,
             FsyncPolicy::Never => closing,
         };

@@ -63,6 +63,7 @@ fn journaled(dir: &Path, shards: usize) -> HashSet<(u64, u64)> {
 #[test]
 fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
     for (name, policy) in [
+        ("group", FsyncPolicy::Group),
         ("always", FsyncPolicy::Always),
         ("interval", FsyncPolicy::Interval(Duration::from_millis(5))),
         ("never", FsyncPolicy::Never),
@@ -116,6 +117,56 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
         engine.shutdown();
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// `group` (the default) is group commit without a timer: with one
+/// producer and one batch in flight, each acknowledgement comes after
+/// exactly one more `fdatasync` on every shard that wrote a part of the
+/// batch, and none on a shard that did not: the journal thread synced as
+/// soon as it had written, waited for no interval, and released the
+/// acknowledgement only after that sync (the counters move before the
+/// release; the events are in the files when it arrives).
+#[test]
+fn under_group_each_acknowledgement_waits_for_exactly_one_sync() {
+    assert_eq!(FsyncPolicy::default(), FsyncPolicy::Group, "group is the default");
+    let dir = temp_dir("group");
+    let mut cfg = config(&dir, FsyncPolicy::Group, 2);
+    // No periodic snapshot in the way (its segment roll syncs too, though
+    // it is not counted as a policy sync).
+    cfg.journal.as_mut().unwrap().snapshot_interval = None;
+    let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
+    let mut p = engine.producer();
+    let counters = |engine: &Engine<TreasureHunt>| {
+        engine.metrics().shards.iter().map(|s| (s.journal_bytes, s.fsyncs)).collect::<Vec<_>>()
+    };
+    let stream = events(0, 4000);
+    let mut acked = Vec::new();
+    let mut batches = 0;
+    for chunk in stream.chunks(100) {
+        let first = p.next_seq();
+        let mut batch = chunk.to_vec();
+        let before = counters(&engine);
+        while p.submit(&mut batch) == Err(SubmitError::Busy) {
+            std::thread::yield_now();
+        }
+        // A generous deadline: what is checked is the count, not the speed.
+        let c = p.complete_timeout(Duration::from_secs(60)).expect("acknowledged");
+        assert_eq!(c.outcomes.len(), chunk.len());
+        let after = counters(&engine);
+        for (shard, (b, a)) in before.iter().zip(&after).enumerate() {
+            let (wrote, synced) = (a.0 > b.0, a.1 - b.1);
+            assert_eq!(synced, u64::from(wrote), "shard {shard}: {b:?} -> {a:?} (bytes, fsyncs) for one batch");
+        }
+        assert!(before.iter().zip(&after).any(|(b, a)| a.0 > b.0), "the batch was written");
+        acked.extend((first..first + chunk.len() as u64).map(|seq| (p.id(), seq)));
+        let on_disk = journaled(&dir, 2);
+        assert!(acked[acked.len() - chunk.len()..].iter().all(|a| on_disk.contains(a)), "acknowledged, not journaled");
+        batches += 1;
+    }
+    let synced: u64 = engine.metrics().shards.iter().map(|s| s.fsyncs).sum();
+    assert!(synced >= batches, "{synced} fsyncs for {batches} batches: at least one per batch");
+    engine.shutdown();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -48,8 +48,8 @@ pub struct Serve {
     /// less the I/O workers, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
-    /// always, interval=<ms> or never [default: interval=5]. Acknowledgements
-    /// wait for the policy's durability point.
+    /// group, always, interval=<ms> or never [default: group].
+    /// Acknowledgements wait for the policy's durability point.
     #[arg(long)]
     pub fsync: Option<String>,
     /// Snapshot every this many milliseconds [default: 60000].
@@ -226,7 +226,8 @@ pub struct BenchLoad {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
     /// The fresh servers' journal: none (in memory; the per-event modes
-    /// have no journal), or always, interval=<ms>, never.
+    /// have no journal), or group (`trove serve`'s default), always,
+    /// interval=<ms>, never.
     #[arg(long, default_value = "none")]
     pub fsync: String,
     /// Threads of the fresh servers' I/O runtime.
@@ -288,8 +289,9 @@ pub struct BenchNet {
     /// journal, else the cores less the I/O workers, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
-    /// always, interval=<ms> or never; `none` runs the server in memory.
-    #[arg(long, default_value = "interval=5")]
+    /// group, always, interval=<ms> or never; `none` runs the server in
+    /// memory.
+    #[arg(long, default_value = "group")]
     pub fsync: String,
     /// Journal directory of the in-process server (default: a fresh
     /// temporary one, removed afterwards).
@@ -362,8 +364,8 @@ pub struct BenchEngine {
     /// Journal into this data directory (recovering what it holds first).
     #[arg(long)]
     pub data: Option<std::path::PathBuf>,
-    /// With --data: always, interval=<ms> or never.
-    #[arg(long, default_value = "interval=5")]
+    /// With --data: group, always, interval=<ms> or never.
+    #[arg(long, default_value = "group")]
     pub fsync: String,
     /// Outcomes kept per producer and shard to answer retries (0: retries
     /// are still never applied twice, but answered as duplicates).

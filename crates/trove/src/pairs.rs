@@ -109,7 +109,7 @@ pub fn engine(spec: &WorkloadSpec, bench: &EngineBenchArgs, n: u32) -> Result<Pa
 /// benchmark's own temporary one).
 pub fn net(spec: &WorkloadSpec, bench: &NetBenchArgs, n: u32) -> Result<PairsReport<NetReport>, String> {
     let Some(policy) = bench.fsync else {
-        return Err("--pairs compares none with a journal: give --fsync always, interval=<ms> or never".into());
+        return Err("--pairs compares none with a journal: give --fsync group, always, interval=<ms> or never".into());
     };
     if bench.target.is_some() {
         return Err("--pairs starts its own servers, without a journal and with one: drop --target".into());

@@ -140,7 +140,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     engine.pin_cores = args.pin || e.pin_cores.unwrap_or(false);
     engine.in_flight_events_max = engine.in_flight_events_max.max(engine.batch_events_max);
 
-    let fsync: FsyncPolicy = args.fsync.clone().or(file.fsync).unwrap_or_else(|| "interval=5".into()).parse()?;
+    let fsync: FsyncPolicy = args.fsync.clone().or(file.fsync).map_or(Ok(FsyncPolicy::default()), |s| s.parse())?;
     let journal_on = !args.no_journal && file.journal.unwrap_or(true) && engine.mode == Mode::Sharded;
     if journal_on {
         let dir = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from("trove-data"));
@@ -421,6 +421,11 @@ mod tests {
     fn the_shipped_config_lists_keys_the_server_takes() {
         let file: ServeFile = toml::from_str(include_str!("../../../config/trove.toml")).expect("config/trove.toml");
         assert_eq!(file.journal_io.as_deref(), Some("direct"));
-        assert_eq!(file.fsync.as_deref(), Some("interval=5"));
+        assert_eq!(file.fsync.as_deref(), Some("group"));
+        assert_eq!(
+            file.fsync.as_deref(),
+            Some(FsyncPolicy::default().to_string().as_str()),
+            "the file states the default"
+        );
     }
 }

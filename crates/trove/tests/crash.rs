@@ -109,7 +109,8 @@ fn acknowledged_events_survive_sigkill() {
     let mut killed_mid_load = 0;
     for cycle in 0..cycles {
         let lines_before = ack_lines(&acks);
-        let fsync = ["always", "interval=5", "never"][(cycle % 3) as usize];
+        // `group`, the default, first and most often.
+        let fsync = ["group", "always", "group", "interval=5", "never"][(cycle % 5) as usize];
         let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
             .args(["bench", "engine", "--shards", "2", "--events", "3000000", "--batch", "512", "--window", "8"])
             .args(["--clock", "wall", "--fsync", fsync, "--snapshot-ms", "40"])

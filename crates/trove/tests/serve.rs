@@ -957,6 +957,8 @@ fn a_journal_the_disk_refuses_stops_acknowledging_and_says_why() {
         }
     };
     assert_eq!(http_get(control, "/health").0, 200);
+    // No --fsync: the default policy, group commit.
+    assert!(server.stderr_now().contains("(fsync group)"), "{}", server.stderr_now());
 
     // Produce until the journal's segment passes 2 MiB (a few hundred
     // thousand events) and a write fails.
