@@ -1,7 +1,8 @@
 //! The data plane's memory under hostile peers, measured on a real `trove
 //! serve` process (its VmRSS): announced lengths cost nothing, and bytes
-//! of unfinished frames cost at most `unfinished_frame_bytes_max` across
-//! connections (docs/protocol.md, "Memory").
+//! of unfinished frames (TCP) and messages (WebSocket) cost at most
+//! `unfinished_frame_bytes_max` across connections (docs/protocol.md,
+//! "Memory").
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +20,12 @@ const BUDGET: u64 = 64 << 20;
 /// What docs/protocol.md allows per open TCP connection on top of the
 /// budget (buffers at their base, the task, the socket's bookkeeping).
 const PER_CONNECTION: u64 = 32 << 10;
+/// The same for an open WebSocket connection (its HTTP state, the
+/// library's buffers, the unbudgeted first 16 KiB of a message).
+const PER_WS_CONNECTION: u64 = 96 << 10;
+/// A WebSocket frame's payload one byte short of the default 1 MiB
+/// `ws_message_max`.
+const WS_PAYLOAD_FULL: usize = (1 << 20) - 1;
 /// Events in one EVENTS frame of a body one byte short of the default
 /// 1 MiB limit (and one more record would pass it).
 const EVENTS_FULL: u32 = 32767;
@@ -37,9 +44,12 @@ impl Drop for Serve {
 }
 
 impl Serve {
-    fn start(config: &std::path::Path) -> (Serve, SocketAddr, SocketAddr) {
+    /// Starts a server; returns its TCP (or WebSocket, with `ws`) and
+    /// control addresses.
+    fn start(config: &std::path::Path, ws: bool) -> (Serve, SocketAddr, SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args(["serve", "--no-journal", "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"])
+            .args(["serve", "--no-journal", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(["--ws", if ws { "127.0.0.1:0" } else { "off" }])
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
@@ -54,7 +64,12 @@ impl Serve {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                for (what, marker) in [("tcp", "protocol v1 on tcp://"), ("control", "control plane on http://")] {
+                let markers = [
+                    ("tcp", "protocol v1 on tcp://"),
+                    ("ws", "websocket (JSON) on ws://"),
+                    ("control", "control plane on http://"),
+                ];
+                for (what, marker) in markers {
                     if let Some(a) = line.split(marker).nth(1) {
                         let a = a.split('/').next().unwrap_or("").trim();
                         if let Ok(a) = a.parse() {
@@ -66,15 +81,17 @@ impl Serve {
             }
         });
         let serve = Serve { child, addrs, stderr };
-        let (mut tcp, mut control) = (None, None);
-        while tcp.is_none() || control.is_none() {
+        let (mut data, mut control) = (None, None);
+        let data_kind = if ws { "ws" } else { "tcp" };
+        while data.is_none() || control.is_none() {
             match serve.addrs.recv_timeout(Duration::from_secs(60)) {
-                Ok((w, a)) if w == "tcp" => tcp = Some(a),
-                Ok((_, a)) => control = Some(a),
+                Ok((w, a)) if w == data_kind => data = Some(a),
+                Ok((w, a)) if w == "control" => control = Some(a),
+                Ok(_) => {}
                 Err(e) => panic!("trove serve never got ready ({e}): {}", serve.stderr()),
             }
         }
-        (serve, tcp.expect("seen"), control.expect("seen"))
+        (serve, data.expect("seen"), control.expect("seen"))
     }
 
     fn stderr(&self) -> String {
@@ -183,7 +200,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
     std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
-    let (serve, addr, control) = Serve::start(&config);
+    let (serve, addr, control) = Serve::start(&config, false);
 
     // Warm up: one connection through a whole large frame and its ACK.
     let mut warm = connect(addr);
@@ -255,5 +272,168 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     after.write_all(&events_frame(1, EVENTS_FULL)).unwrap();
     after.read_exact(&mut ack).expect("ACK after the flood");
     assert_eq!(ack[4], Kind::Ack as u8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connects and completes the WebSocket upgrade.
+fn ws_connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    // Byte by byte up to the end of the response's head: nothing follows
+    // it until this side sends a message.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("the upgrade's answer");
+        head.push(byte[0]);
+        assert!(head.len() < 4096, "an answer head that never ends");
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A client frame's header (final, masked with a zero key, so the payload
+/// goes as it is) announcing `len` bytes of `opcode` (1 text, 2 binary).
+fn ws_header(opcode: u8, len: usize) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+/// A text frame of a `ping` whose nonce pads it to `len` bytes.
+fn ws_ping_frame(len: usize) -> Vec<u8> {
+    let prefix = r#"{"type":"ping","nonce":""#;
+    let pad = len - prefix.len() - 2;
+    let text = format!("{prefix}{}\"}}", "x".repeat(pad));
+    assert_eq!(text.len(), len);
+    let mut f = ws_header(1, len);
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// Reads one server frame (unmasked) and returns its opcode and payload.
+fn ws_read(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("a frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            usize::try_from(u64::from_be_bytes(l)).unwrap()
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x0f, payload)
+}
+
+/// Sends a ping padded to the largest message and reads its pong.
+fn ws_round_trip(s: &mut TcpStream) {
+    s.write_all(&ws_ping_frame(WS_PAYLOAD_FULL)).unwrap();
+    let (opcode, payload) = ws_read(s);
+    assert_eq!(opcode, 1, "a text message");
+    assert!(payload.starts_with(br#"{"type":"pong""#) || payload.windows(6).any(|w| w == b"\"pong\""));
+}
+
+#[test]
+fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its_bound() {
+    assert!(raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
+    let dir = std::env::temp_dir().join(format!("trove-memory-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("trove.toml");
+    std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
+    let (serve, addr, control) = Serve::start(&config, true);
+
+    // Warm up: one connection through a whole largest message and its answer.
+    let mut warm = ws_connect(addr);
+    ws_round_trip(&mut warm);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = serve.rss();
+    let bound = |connections: usize| idle + 2 * BUDGET + connections as u64 * PER_WS_CONNECTION;
+
+    // 1,000 connections announce a 1 MiB binary message and send 32 bytes.
+    let mut announced: Vec<TcpStream> = (0..CONNECTIONS).map(|_| ws_connect(addr)).collect();
+    for s in &mut announced {
+        let mut b = ws_header(2, WS_PAYLOAD_FULL);
+        b.extend_from_slice(&[7; 32]);
+        s.write_all(&b).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_announced = serve.rss();
+    eprintln!("idle {} MiB, 1,000 announced 1 MiB messages: {} MiB", idle >> 20, rss_announced >> 20);
+    assert!(
+        rss_announced <= bound(CONNECTIONS),
+        "RSS {rss_announced} above {} with 1,000 announced messages; stderr:\n{}",
+        bound(CONNECTIONS),
+        serve.stderr()
+    );
+
+    // 1,000 more send all of a 1 MiB text message but its last byte.
+    let mut unfinished: Vec<TcpStream> = (0..CONNECTIONS).map(|_| ws_connect(addr)).collect();
+    let mut message = ws_header(1, WS_PAYLOAD_FULL);
+    message.resize(message.len() + WS_PAYLOAD_FULL, b'x');
+    let written = write_all_until_stalled(&mut unfinished, &message[..message.len() - 1], 0);
+    let rss_unfinished = serve.rss();
+    eprintln!(
+        "budget held {:?}, waits {:?}",
+        metric(control, "trove_unfinished_frame_bytes"),
+        metric(control, "trove_unfinished_frame_waits_total")
+    );
+    eprintln!(
+        "{} MiB written by 1,000 unfinished messages: RSS {} MiB (bound {} MiB)",
+        written >> 20,
+        rss_unfinished >> 20,
+        bound(2 * CONNECTIONS) >> 20
+    );
+    assert!(written >= BUDGET, "the server read at least its budget: {written}");
+    assert!(
+        rss_unfinished <= bound(2 * CONNECTIONS),
+        "RSS {rss_unfinished} above {} with 1,000 unfinished messages; stderr:\n{}",
+        bound(2 * CONNECTIONS),
+        serve.stderr()
+    );
+    let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
+    assert!(held > 0 && held <= BUDGET, "budget held {held}");
+
+    // They close: the budget comes back whole, and RSS stays bounded.
+    drop(announced);
+    drop(unfinished);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = metric(control, "trove_unfinished_frame_bytes");
+        if held == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "budget still held after every connection closed: {held:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_closed = serve.rss();
+    eprintln!("after they closed: {} MiB", rss_closed >> 20);
+    assert!(rss_closed <= bound(2 * CONNECTIONS), "RSS {rss_closed} after close");
+
+    // And a largest message goes through as before.
+    let mut after = ws_connect(addr);
+    ws_round_trip(&mut after);
     let _ = std::fs::remove_dir_all(&dir);
 }
