@@ -15,8 +15,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use serde_json::{Value, json};

@@ -4,12 +4,13 @@
 //! `unfinished_frame_bytes_max` across connections (docs/protocol.md,
 //! "Memory").
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Serve;
 use trove_hunt::HuntEvent;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, VERSION};
 
@@ -30,81 +31,17 @@ const WS_PAYLOAD_FULL: usize = (1 << 20) - 1;
 /// 1 MiB limit (and one more record would pass it).
 const EVENTS_FULL: u32 = 32767;
 
-struct Serve {
-    child: Child,
-    addrs: mpsc::Receiver<(String, SocketAddr)>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    /// Starts a server; returns its TCP (or WebSocket, with `ws`) and
-    /// control addresses.
-    fn start(config: &std::path::Path, ws: bool) -> (Serve, SocketAddr, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args(["serve", "--no-journal", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"])
-            .args(["--ws", if ws { "127.0.0.1:0" } else { "off" }])
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove serve starts");
-        let pipe = child.stderr.take().expect("piped");
-        let (tx, addrs) = mpsc::channel();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let markers = [
-                    ("tcp", "protocol v1 on tcp://"),
-                    ("ws", "websocket (JSON) on ws://"),
-                    ("control", "control plane on http://"),
-                ];
-                for (what, marker) in markers {
-                    if let Some(a) = line.split(marker).nth(1) {
-                        let a = a.split('/').next().unwrap_or("").trim();
-                        if let Ok(a) = a.parse() {
-                            let _ = tx.send((what.to_string(), a));
-                        }
-                    }
-                }
-                log.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("{line}\n"));
-            }
-        });
-        let serve = Serve { child, addrs, stderr };
-        let (mut data, mut control) = (None, None);
-        let data_kind = if ws { "ws" } else { "tcp" };
-        while data.is_none() || control.is_none() {
-            match serve.addrs.recv_timeout(Duration::from_secs(60)) {
-                Ok((w, a)) if w == data_kind => data = Some(a),
-                Ok((w, a)) if w == "control" => control = Some(a),
-                Ok(_) => {}
-                Err(e) => panic!("trove serve never got ready ({e}): {}", serve.stderr()),
-            }
-        }
-        (serve, data.expect("seen"), control.expect("seen"))
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The process's resident set, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-        let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number");
-        kib << 10
-    }
+/// Starts a server under `config`; returns it with its TCP (or, with
+/// `ws`, WebSocket) and control addresses.
+fn start(config: &std::path::Path, ws: bool) -> (Serve, SocketAddr, SocketAddr) {
+    let mut args = vec!["--no-journal", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"];
+    args.extend(["--ws", if ws { "127.0.0.1:0" } else { "off" }, "--config"]);
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    args.push(config.into());
+    let mut serve = Serve::spawn(&args);
+    let at = serve.wait_listening();
+    let data = if ws { at.ws.expect("the WebSocket listener") } else { at.tcp };
+    (serve, data, at.control)
 }
 
 /// Raises this process's open-file limit to its hard limit (the child
@@ -200,7 +137,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
     std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
-    let (serve, addr, control) = Serve::start(&config, false);
+    let (serve, addr, control) = start(&config, false);
 
     // Warm up: one connection through a whole large frame and its ACK.
     let mut warm = connect(addr);
@@ -228,7 +165,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
         rss_announced <= bound(CONNECTIONS),
         "RSS {rss_announced} above {} with 1,000 announced frames; stderr:\n{}",
         bound(CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
 
     // 1,000 more send all of a 1 MiB frame but its last byte.
@@ -246,7 +183,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
         rss_unfinished <= bound(2 * CONNECTIONS),
         "RSS {rss_unfinished} above {} with 1,000 unfinished frames; stderr:\n{}",
         bound(2 * CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
     let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
     assert!(held <= BUDGET, "budget held {held}");
@@ -362,7 +299,7 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
     std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
-    let (serve, addr, control) = Serve::start(&config, true);
+    let (serve, addr, control) = start(&config, true);
 
     // Warm up: one connection through a whole largest message and its answer.
     let mut warm = ws_connect(addr);
@@ -386,7 +323,7 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
         rss_announced <= bound(CONNECTIONS),
         "RSS {rss_announced} above {} with 1,000 announced messages; stderr:\n{}",
         bound(CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
 
     // 1,000 more send all of a 1 MiB text message but its last byte.
@@ -411,7 +348,7 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
         rss_unfinished <= bound(2 * CONNECTIONS),
         "RSS {rss_unfinished} above {} with 1,000 unfinished messages; stderr:\n{}",
         bound(2 * CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
     let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
     assert!(held > 0 && held <= BUDGET, "budget held {held}");
