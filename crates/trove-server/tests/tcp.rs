@@ -753,3 +753,42 @@ fn a_reused_sequence_number_is_refused_not_answered_with_another_events_outcome(
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+#[test]
+fn refused_connections_spawn_no_task_and_leave_the_server_answering() {
+    let server = start(small_engine(), ServerConfig { connections_max: 1, ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let (mut held, _) = Raw::hello(addr, 0, false);
+    let runtime = server.runtime_handle();
+    let spawned_before = runtime.metrics().spawned_tasks_count();
+    const REFUSED: u64 = 300;
+    for _ in 0..REFUSED {
+        Raw::connect(addr).expect_error_and_close(ErrorCode::TooManyConnections);
+    }
+    let spawned = runtime.metrics().spawned_tasks_count() - spawned_before;
+    // A task per refused connection would be REFUSED more; a few are the
+    // runtime's own or the held connection's.
+    assert!(spawned < REFUSED / 10, "{spawned} tasks spawned for {REFUSED} refused connections");
+    let m = server.metrics();
+    assert!(m.connections_refused >= REFUSED, "{m:?}");
+    // The held connection is still served, and its slot goes to the next.
+    held.events(1, &[HuntEvent::join(5, 1)]);
+    assert!(matches!(held.decoded(), Some(OwnedFrame::Ack { first_seq: 1, count: 1, .. })));
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut next = Raw::connect(addr);
+        let mut b = Vec::new();
+        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        next.send(&b);
+        match next.frame() {
+            Some((Kind::Welcome, _, _)) => break,
+            // The held connection's slot is given back once its task ends.
+            Some((Kind::Error, _, _)) => {}
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown(Duration::from_secs(5));
+}
