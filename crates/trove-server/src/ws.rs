@@ -93,8 +93,10 @@ async fn upgrade<G: WireGame + JsonGame>(
         .max_write_buffer_size(c.ws_write_buffer_max)
         .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
-            // What the HTTP request took is read and gone.
-            meter.message_done();
+            // The request's own bytes stay counted until the first message
+            // is handled: what a client sent right behind the request has
+            // reached the library through hyper's buffer, possibly under
+            // the charge taken for it.
             WsConnection::new(shared, meter).run(socket).await;
         })
 }
