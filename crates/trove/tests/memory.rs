@@ -237,7 +237,12 @@ fn ws_connect(addr: SocketAddr) -> TcpStream {
 /// A client frame's header (final, masked with a zero key, so the payload
 /// goes as it is) announcing `len` bytes of `opcode` (1 text, 2 binary).
 fn ws_header(opcode: u8, len: usize) -> Vec<u8> {
-    let mut h = vec![0x80 | opcode];
+    ws_header_fin(opcode, len, true)
+}
+
+/// The same, final or not (`opcode` 0 continues a message).
+fn ws_header_fin(opcode: u8, len: usize, fin: bool) -> Vec<u8> {
+    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
     if len < 126 {
         h.push(0x80 | len as u8);
     } else if len <= 0xffff {
@@ -372,5 +377,63 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
     // And a largest message goes through as before.
     let mut after = ws_connect(addr);
     ws_round_trip(&mut after);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fragmented_websocket_messages_and_pings_pass_the_meter_and_give_its_budget_back() {
+    let dir = std::env::temp_dir().join(format!("trove-memory-ws-fragments-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("trove.toml");
+    std::fs::write(&config, "[limits]\nidle_timeout_ms = 600000\n").unwrap();
+    let (_serve, addr, control) = start(&config, true);
+    let mut s = ws_connect(addr);
+    // Three times: a 600 KiB ping message in 4 KiB fragments (past the
+    // unbudgeted 16 KiB, small frames: the meter's charge by bytes), with
+    // a WebSocket ping between fragments, then its pong.
+    for round in 0..3 {
+        let prefix = r#"{"type":"ping","nonce":""#;
+        let text = format!("{prefix}{}\"}}", "y".repeat((600 << 10) - prefix.len() - 2));
+        let mut wire = Vec::new();
+        for (i, piece) in text.as_bytes().chunks(4096).enumerate() {
+            let last = (i + 1) * 4096 >= text.len();
+            wire.extend(ws_header_fin(if i == 0 { 1 } else { 0 }, piece.len(), last));
+            wire.extend_from_slice(piece);
+            if i % 50 == 25 {
+                wire.extend(ws_header(9, 4));
+                wire.extend_from_slice(b"ping");
+            }
+        }
+        s.write_all(&wire).unwrap();
+        // Pongs for the pings, then the message's answer.
+        let answer = loop {
+            let (opcode, payload) = ws_read(&mut s);
+            match opcode {
+                10 => assert_eq!(payload, b"ping"),
+                1 => break payload,
+                other => panic!("round {round}: unexpected opcode {other}"),
+            }
+        };
+        assert!(
+            answer.windows(6).any(|w| w == b"\"pong\""),
+            "round {round}: {}",
+            String::from_utf8_lossy(&answer[..64])
+        );
+        // The charge went back once the message was handled.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(control, "trove_unfinished_frame_bytes") != Some(0) {
+            assert!(Instant::now() < deadline, "round {round}: budget still held");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // One large frame, over the message limit: refused on its header, the
+    // connection closed.
+    s.write_all(&ws_header(1, 2 << 20)).unwrap();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection must close (not time out): {e}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
