@@ -124,9 +124,10 @@ impl ServerConfig {
             ),
             (self.ws_message_max >= 1024, "ws_message_max must be at least 1024"),
             (
-                self.unfinished_frame_bytes_max >= ws::message_bytes_max(self.ws_message_max, self.ws_frame_max),
-                "unfinished_frame_bytes_max must hold one largest WebSocket message: at least \
-                 max(ws_message_max, ws_frame_max) + 65536",
+                self.ws_addr.is_none()
+                    || self.unfinished_frame_bytes_max >= ws::message_bytes_max(self.ws_message_max, self.ws_frame_max),
+                "with the WebSocket endpoint on, unfinished_frame_bytes_max must hold one largest WebSocket \
+                 message: at least max(ws_message_max, ws_frame_max) + 65536",
             ),
             (self.ws_frame_max >= 1024, "ws_frame_max must be at least 1024"),
             (self.ws_write_buffer_max >= 1024, "ws_write_buffer_max must be at least 1024"),

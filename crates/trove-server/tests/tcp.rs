@@ -644,7 +644,9 @@ fn unfinished_frames_share_one_budget_and_give_it_back() {
 
 #[test]
 fn the_budget_must_hold_one_largest_frame() {
-    let with = |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ..ServerConfig::default() };
+    // TCP's bound alone (the WebSocket endpoint adds its own, below).
+    let with =
+        |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: None, ..ServerConfig::default() };
     let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered");
     assert!(err.contains("unfinished_frame_bytes_max"), "{err}");
     assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
@@ -791,4 +793,16 @@ fn refused_connections_spawn_no_task_and_leave_the_server_answering() {
         std::thread::sleep(Duration::from_millis(20));
     }
     server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn with_the_websocket_endpoint_on_the_budget_must_hold_one_largest_message() {
+    let ws = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let with =
+        |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: ws, ..ServerConfig::default() };
+    let err = with((1 << 20) + HEADER_LEN).validate().expect_err("a 1 MiB message could never be read");
+    assert!(err.contains("WebSocket"), "{err}");
+    assert!(with((1 << 20) + (64 << 10)).validate().is_ok());
+    let off = ServerConfig { ws_addr: None, ..with((1 << 20) + HEADER_LEN) };
+    assert!(off.validate().is_ok(), "without the endpoint, TCP's bound alone");
 }
