@@ -67,7 +67,8 @@ pub struct ServerConfig {
     /// id to finish before it is refused.
     pub producer_wait: Duration,
     /// Bytes the TCP connections' input buffers may hold beyond their
-    /// `tcp::INBUF_BASE` each, together: what partly received frames (and
+    /// `tcp::INBUF_BASE` each, and the WebSocket connections' input past
+    /// `ws::WS_UNBUDGETED_BYTES` each, together: what partly received frames (and
     /// whole ones waiting for the window) cost. A connection that needs
     /// more waits, not reading, until others give some back; one that
     /// completes no frame for `idle_timeout` meanwhile is closed
@@ -122,6 +123,12 @@ impl ServerConfig {
                 "unfinished_frame_bytes_max must hold one largest frame: at least frame_body_max + 8",
             ),
             (self.ws_message_max >= 1024, "ws_message_max must be at least 1024"),
+            (
+                self.ws_addr.is_none()
+                    || self.unfinished_frame_bytes_max >= ws::message_bytes_max(self.ws_message_max, self.ws_frame_max),
+                "with the WebSocket endpoint on, unfinished_frame_bytes_max must hold one largest WebSocket \
+                 message: at least max(ws_message_max, ws_frame_max) + 65536",
+            ),
             (self.ws_frame_max >= 1024, "ws_frame_max must be at least 1024"),
             (self.ws_write_buffer_max >= 1024, "ws_write_buffer_max must be at least 1024"),
         ];

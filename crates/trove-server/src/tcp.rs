@@ -54,21 +54,29 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
+        let Some(slot) = shared.connection_slot() else {
+            refuse_full(&shared, &stream);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let Some(slot) = shared.connection_slot() else {
-                let mut out = Vec::new();
-                frame::encode_error(&mut out, ErrorCode::TooManyConnections, "the server is at its connection limit");
-                shared.metrics.errors[ErrorCode::TooManyConnections as usize].fetch_add(1, Relaxed);
-                let mut stream = stream;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
-                return;
-            };
             Connection::new(shared).run(stream).await;
             drop(slot);
         });
     }
+}
+
+/// Refuses a connection past `connections_max` from the accept loop
+/// itself, with no task: one non-blocking write of the typed ERROR (a new
+/// socket's send buffer takes it whole; if not, the peer sees the close
+/// alone), then the socket closes as it is dropped. A flood of refused
+/// connections costs the loop a write each, nothing that outlives it.
+fn refuse_full<G: WireGame>(shared: &Shared<G>, stream: &TcpStream) {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    frame::encode_error(&mut out, ErrorCode::TooManyConnections, "the server is at its connection limit");
+    shared.metrics.errors[ErrorCode::TooManyConnections as usize].fetch_add(1, Relaxed);
+    let _ = stream.try_write(&out);
 }
 
 /// Why a connection ends early.

@@ -2,15 +2,21 @@
 //! for browsers and tools (docs/protocol.md, "WebSocket").
 //!
 //! One task per connection, as on TCP. The upgrade sets every limit
-//! explicitly: message size, frame size and the write buffer.
+//! explicitly: message size, frame size and the write buffer. Input is
+//! under the server-wide `unfinished_frame_bytes_max` budget, as on TCP:
+//! [`Slotted`] meters the bytes read since the last whole message (see
+//! [`Meter`]), so what peers announce costs nothing and what they send
+//! costs at most the budget across connections.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use axum::extract::State;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -29,6 +35,21 @@ use crate::{Shared, Subscriptions, poll_complete};
 const JSON_ENTRIES_MAX: usize = 256;
 /// The WebSocket library's read buffer per connection.
 pub const WS_READ_BUFFER: usize = 16 << 10;
+/// Bytes a connection may read past its last whole message without
+/// budget: small messages, and control frames, never touch it.
+pub const WS_UNBUDGETED_BYTES: usize = WS_READ_BUFFER;
+/// What one message's frame headers may add to its payload on the wire
+/// (a header is at most 14 bytes: some 4,600 fragments).
+pub const WS_MESSAGE_HEADER_BYTES_MAX: usize = 64 << 10;
+
+/// The budget one WebSocket connection takes, at once, when its bytes
+/// since the last whole message pass [`WS_UNBUDGETED_BYTES`]: enough for
+/// the largest message the library accepts (or the largest frame, which
+/// it reads whole before checking the message size), with its headers.
+/// `ServerConfig::validate` keeps it within `unfinished_frame_bytes_max`.
+pub fn message_bytes_max(ws_message_max: usize, ws_frame_max: usize) -> usize {
+    ws_message_max.max(ws_frame_max).saturating_add(WS_MESSAGE_HEADER_BYTES_MAX)
+}
 
 /// How long a closing connection waits to send its last answers and for
 /// the peer's Close.
@@ -38,25 +59,45 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
     let mut stop = shared.shutdown.clone();
     let listener = SlotListener { inner: listener, shared: shared.clone() };
     let app = axum::Router::new().route("/", axum::routing::get(upgrade::<G>)).with_state(shared);
-    let _ = axum::serve(listener, app)
+    let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Meter<G>>())
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
 }
 
-async fn upgrade<G: WireGame + JsonGame>(State(shared): State<Arc<Shared<G>>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade<G: WireGame + JsonGame>(
+    State(shared): State<Arc<Shared<G>>>,
+    ConnectInfo(meter): ConnectInfo<Meter<G>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // The meter takes what follows the request's head for frames: a
+    // request with a body is not an upgrade.
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers.get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v != "0");
+    if has_body {
+        return axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::BAD_REQUEST,
+            "an upgrade request has no body",
+        ));
+    }
     let c = &shared.config;
     // The library reserves a frame's announced length (up to
     // `ws_frame_max`) on its header, assembles a message up to
     // `ws_message_max`, and reads in chunks of `read_buffer_size` (128 KiB
-    // by default, per connection, idle or not: 16 KiB here).
+    // by default, per connection, idle or not: 16 KiB here). The bytes it
+    // gets are metered against the budget by `Slotted`.
     ws.max_message_size(c.ws_message_max)
         .max_frame_size(c.ws_frame_max)
         .max_write_buffer_size(c.ws_write_buffer_max)
         .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
-            WsConnection::new(shared).run(socket).await;
+            // The request's own bytes stay counted until the first message
+            // is handled: what a client sent right behind the request has
+            // reached the library through hyper's buffer, possibly under
+            // the charge taken for it.
+            WsConnection::new(shared, meter).run(socket).await;
         })
 }
 
@@ -81,7 +122,23 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                         let first = Instant::now() + self.shared.config.handshake_timeout;
                         let quiet = self.shared.config.idle_timeout;
                         let deadline = Box::pin(tokio::time::sleep_until(first));
-                        return (Slotted { stream, _slot: slot, quiet, deadline }, addr);
+                        let meter = Meter(Arc::new(MeterState {
+                            shared: self.shared.clone(),
+                            read: AtomicUsize::new(0),
+                            mark: AtomicUsize::new(0),
+                            charged: AtomicUsize::new(0),
+                        }));
+                        let io = Slotted {
+                            stream,
+                            _slot: slot,
+                            quiet,
+                            deadline,
+                            meter,
+                            waiting: None,
+                            framing: Framing::default(),
+                            held: Vec::new(),
+                        };
+                        return (io, addr);
                     }
                 }
                 // Out of file descriptors, say: back off instead of spinning.
@@ -95,14 +152,265 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
     }
 }
 
-/// A WebSocket port's connection: holds its slot, and fails a read that
-/// waits longer than the handshake timeout for its first bytes or the idle
-/// timeout for later ones (a request that never ends holds nothing long).
+/// A WebSocket port's connection: holds its slot, meters its input against
+/// the unfinished-frame budget, and fails a read that waits longer than
+/// the handshake timeout for its first bytes or the idle timeout for later
+/// ones (a request that never ends holds nothing long).
 struct Slotted<G: WireGame> {
     stream: tokio::net::TcpStream,
     _slot: crate::ConnectionSlot<G>,
     quiet: std::time::Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    meter: Meter<G>,
+    /// A wait for budget under way (kept across polls: a read dropped by a
+    /// `select!` resumes it).
+    waiting: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    framing: Framing,
+    /// Bytes read but held back from the reader: from the last byte of a
+    /// large frame's header on, until the budget is taken (at most one
+    /// read, `WS_READ_BUFFER`).
+    held: Vec<u8>,
+}
+
+/// One connection's input meter, shared by its [`Slotted`] stream (which
+/// reads) and its [`WsConnection`] (which sees whole messages), both on the
+/// connection's one task.
+///
+/// The library reserves a frame's announced length on its header, but the
+/// memory it touches follows the bytes read (plus its read chunk), and a
+/// message's bytes are freed once the message is. So the bytes read since
+/// the last data message was handled bound what the connection holds: the
+/// first [`WS_UNBUDGETED_BYTES`] of them are free; past them the stream
+/// takes [`message_bytes_max`] of the budget at once (waiting, not
+/// reading, while it is spent, as a TCP connection does: it waits holding
+/// none, so the wait ends), reads no further than that, and gives it back
+/// when the message has been handled or the connection closes. A peer that
+/// sends more bytes than the largest message could take is closed.
+struct Meter<G: WireGame>(Arc<MeterState<G>>);
+
+impl<G: WireGame> Clone for Meter<G> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+/// How the upgrade handler finds its connection's meter.
+impl<G: WireGame + JsonGame> Connected<axum::serve::IncomingStream<'_, SlotListener<G>>> for Meter<G> {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, SlotListener<G>>) -> Self {
+        stream.io().meter.clone()
+    }
+}
+
+struct MeterState<G: WireGame> {
+    shared: Arc<Shared<G>>,
+    /// Bytes read from the socket, all told.
+    read: AtomicUsize,
+    /// `read` when the last data message was handled (less the control
+    /// frames handled since, which hold nothing once answered).
+    mark: AtomicUsize,
+    /// Budget held: 0 or `message_bytes_max`.
+    charged: AtomicUsize,
+}
+
+impl<G: WireGame> Meter<G> {
+    fn charge_bytes(&self) -> usize {
+        let c = &self.0.shared.config;
+        message_bytes_max(c.ws_message_max, c.ws_frame_max)
+    }
+
+    /// A data message was handled and dropped: what was read before now
+    /// is free again (the library keeps less than one read chunk of the
+    /// next frames, within `WS_UNBUDGETED_BYTES`), and the budget goes back.
+    fn message_done(&self) {
+        let m = &self.0;
+        m.mark.store(m.read.load(Relaxed), Relaxed);
+        m.shared.frame_budget.give_back(m.charged.swap(0, Relaxed));
+    }
+
+    /// A control frame of `payload` bytes was handled: its wire bytes
+    /// (a masked client header is 6 bytes) are free again, but not what an
+    /// unfinished fragmented message around it holds.
+    fn control_done(&self, payload: usize) {
+        let m = &self.0;
+        let read = m.read.load(Relaxed);
+        let _ = m.mark.fetch_update(Relaxed, Relaxed, |mark| Some((mark + payload + 6).min(read)));
+    }
+}
+
+impl<G: WireGame> Drop for MeterState<G> {
+    fn drop(&mut self) {
+        self.shared.frame_budget.give_back(*self.charged.get_mut());
+    }
+}
+
+/// Where a connection's bytes are: in the HTTP request, or in WebSocket
+/// frames (their headers parsed, so that a large frame's header can be
+/// held back until its budget is taken: the library reserves the announced
+/// length on the header, and with transparent huge pages touching any of
+/// it can make 2 MiB resident). No I/O: [`Slotted`] feeds it.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The upgrade request's head is over (an empty line after a
+    /// non-empty one, as the HTTP parser reads it; the handler refuses a
+    /// request with a body, so what follows is frames).
+    in_frames: bool,
+    /// Head scanning: a non-empty line was seen; then 1 after a `\n`, 2
+    /// after `\n\r`.
+    head_started: bool,
+    head_state: u8,
+    /// The current frame header's bytes so far.
+    header: [u8; 14],
+    header_len: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: u64,
+}
+
+/// What [`Framing::scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// All the bytes may go to the reader.
+    All,
+    /// Only the first n: the byte at n completes the header of a frame of
+    /// this many payload bytes, which needs budget first.
+    HoldFrom(usize, u64),
+}
+
+/// A frame header's length: 2 bytes, then 0, 2 or 8 of extended length,
+/// then 4 of mask when the mask bit is set. None until the second byte.
+fn frame_header_len(first_two: &[u8]) -> Option<usize> {
+    let b = *first_two.get(1)?;
+    let ext = match b & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    Some(2 + ext + if b & 0x80 != 0 { 4 } else { 0 })
+}
+
+fn frame_payload_len(header: &[u8]) -> u64 {
+    match header[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        127 => u64::from_be_bytes(header[2..10].try_into().expect("8 bytes")),
+        n => u64::from(n),
+    }
+}
+
+impl Framing {
+    /// Passes `bytes` (the next ones on the connection), stopping before
+    /// the last byte of a header that announces more than `free` payload
+    /// bytes (and no more than `frame_max`, which the library refuses on
+    /// the header, before reserving) unless `charged`. State advances only
+    /// over the bytes let through.
+    fn scan(&mut self, bytes: &[u8], free: u64, frame_max: u64, charged: bool) -> Scan {
+        let mut i = 0;
+        while i < bytes.len() {
+            if !self.in_frames {
+                let b = bytes[i];
+                i += 1;
+                self.head_state = match (self.head_state, b) {
+                    (_, b'\n') if self.head_state != 0 || !self.head_started => {
+                        if self.head_started {
+                            self.in_frames = true;
+                        }
+                        0
+                    }
+                    (_, b'\n') => 1,
+                    (1, b'\r') => 2,
+                    (_, b'\r') if !self.head_started => 0,
+                    _ => {
+                        self.head_started = true;
+                        0
+                    }
+                };
+                continue;
+            }
+            if self.payload_left > 0 {
+                let n = self.payload_left.min((bytes.len() - i) as u64);
+                self.payload_left -= n;
+                i += n as usize;
+                continue;
+            }
+            self.header[self.header_len] = bytes[i];
+            let complete = frame_header_len(&self.header[..self.header_len + 1]) == Some(self.header_len + 1);
+            if complete {
+                let len = frame_payload_len(&self.header[..self.header_len + 1]);
+                if len > free && len <= frame_max && !charged {
+                    return Scan::HoldFrom(i, len);
+                }
+                self.payload_left = len;
+                self.header_len = 0;
+            } else {
+                self.header_len += 1;
+            }
+            i += 1;
+        }
+        Scan::All
+    }
+}
+
+impl<G: WireGame> Slotted<G> {
+    /// Takes the connection's budget charge, or says it is waiting.
+    fn poll_charge(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let m = &self.meter.0;
+        if m.charged.load(Relaxed) > 0 {
+            return Poll::Ready(());
+        }
+        let bytes = self.meter.charge_bytes();
+        let shared = m.shared.clone();
+        let wait = self.waiting.get_or_insert_with(|| Box::pin(async move { shared.frame_budget.take(bytes).await }));
+        match wait.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.waiting = None;
+                self.meter.0.charged.store(bytes, Relaxed);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Bytes this connection may pass to its reader now (at least one),
+    /// after taking the budget if it needs it; an error once it passed
+    /// more without a whole message than the largest message takes.
+    fn poll_allowance(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>> {
+        let m = &self.meter.0;
+        let since = m.read.load(Relaxed) - m.mark.load(Relaxed);
+        let charged = m.charged.load(Relaxed);
+        if since < WS_UNBUDGETED_BYTES + charged {
+            return Poll::Ready(Ok(WS_UNBUDGETED_BYTES + charged - since));
+        }
+        if charged > 0 {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more bytes without a whole message than the largest message takes",
+            )));
+        }
+        match self.poll_charge(cx) {
+            Poll::Ready(()) => self.poll_allowance(cx),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_deadline(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no bytes within the handshake or idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Scans `bytes` (about to go to the reader): how many may go now.
+    /// Zero when a large frame's header starts them and the budget must be
+    /// taken first.
+    fn passable(&mut self, bytes: &[u8]) -> usize {
+        let charged = self.meter.0.charged.load(Relaxed) > 0;
+        let frame_max = self.meter.0.shared.config.ws_frame_max as u64;
+        match self.framing.scan(bytes, WS_UNBUDGETED_BYTES as u64, frame_max, charged) {
+            Scan::All => bytes.len(),
+            Scan::HoldFrom(n, _) => n,
+        }
+    }
 }
 
 impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
@@ -112,21 +420,67 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    this.deadline.as_mut().reset(Instant::now() + this.quiet);
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let allowed = match this.poll_allowance(cx) {
+            Poll::Ready(Ok(n)) => n.min(buf.remaining()).min(WS_READ_BUFFER),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            // Waiting for budget: the idle timeout still runs.
+            Poll::Pending => return this.poll_deadline(cx),
+        };
+        // Bytes held back before a large frame's header go first, once
+        // the budget is taken.
+        if !this.held.is_empty() {
+            let mut held = std::mem::take(&mut this.held);
+            let take = allowed.min(held.len());
+            let mut n = this.passable(&held[..take]);
+            if n == 0 {
+                match this.poll_charge(cx) {
+                    Poll::Ready(()) => n = this.passable(&held[..take]),
+                    Poll::Pending => {
+                        this.held = held;
+                        return this.poll_deadline(cx);
+                    }
                 }
-                Poll::Ready(r)
+                assert!(n > 0, "a charged connection passes any frame header");
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no bytes within the handshake or idle timeout",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            buf.put_slice(&held[..n]);
+            held.drain(..n);
+            // Kept only while it holds something.
+            this.held = if held.is_empty() { Vec::new() } else { held };
+            this.meter.0.read.fetch_add(n, Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(allowed));
+        let result = std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut part);
+        let got = part.filled().len();
+        match result {
+            Poll::Ready(Ok(())) if got > 0 => {
+                this.deadline.as_mut().reset(Instant::now() + this.quiet);
+                let fresh = &buf.initialize_unfilled_to(allowed)[..got];
+                let n = this.passable(fresh);
+                if n < got {
+                    this.held.extend_from_slice(&fresh[n..]);
+                }
+                buf.set_filled(before + n);
+                this.meter.0.read.fetch_add(n, Relaxed);
+                if n == 0 {
+                    // Nothing to give yet: wait for the budget (and wake).
+                    return match this.poll_charge(cx) {
+                        Poll::Ready(()) => {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        Poll::Pending => this.poll_deadline(cx),
+                    };
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_deadline(cx),
         }
     }
 }
@@ -168,6 +522,7 @@ enum Owed {
 
 struct WsConnection<G: WireGame + JsonGame> {
     shared: Arc<Shared<G>>,
+    meter: Meter<G>,
     producer: Option<Producer<G>>,
     /// Held while `producer` is.
     claim: Option<crate::ProducerClaim<G>>,
@@ -184,9 +539,10 @@ fn error_json(code: ErrorCode, message: &str) -> String {
 }
 
 impl<G: WireGame + JsonGame> WsConnection<G> {
-    fn new(shared: Arc<Shared<G>>) -> Self {
+    fn new(shared: Arc<Shared<G>>, meter: Meter<G>) -> Self {
         Self {
             shared,
+            meter,
             producer: None,
             claim: None,
             outcomes: true,
@@ -239,6 +595,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
+                drop(m);
+                self.meter.message_done();
             }
         }
     }
@@ -295,12 +653,16 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         Some(Ok(Message::Text(text))) => {
                             self.shared.metrics.frames_in.fetch_add(1, Relaxed);
                             self.shared.metrics.bytes_in.fetch_add(text.len() as u64, Relaxed);
-                            self.message(text.as_str()).await?;
+                            let handled = self.message(text.as_str()).await;
+                            drop(text);
+                            self.meter.message_done();
+                            handled?;
                         }
                         Some(Ok(Message::Binary(_))) => {
                             return Err((ErrorCode::Malformed, "messages are JSON text".into()));
                         }
-                        Some(Ok(_)) => {} // ping and pong frames: answered by the library
+                        // Ping and pong frames: answered by the library.
+                        Some(Ok(Message::Ping(b) | Message::Pong(b))) => self.meter.control_done(b.len()),
                     }
                 }
                 _ = tokio::time::sleep_until(idle_deadline), if !stopping && in_flight == 0 => {
@@ -536,5 +898,58 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Framing, Scan};
+
+    const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn header(len: u64) -> Vec<u8> {
+        let mut h = vec![0x82];
+        if len < 126 {
+            h.push(0x80 | len as u8);
+        } else if len <= 0xffff {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&len.to_be_bytes());
+        }
+        h.extend_from_slice(&[1, 2, 3, 4]);
+        h
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_empty_line_after_a_non_empty_one() {
+        for head in [&b"\r\nGET / HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\n\n", b"GET / HTTP/1.1\r\nA: b\n\r\n"] {
+            let mut f = Framing::default();
+            let mut bytes = head.to_vec();
+            bytes.extend_from_slice(&header(1 << 20));
+            assert_eq!(f.scan(&bytes, 16 << 10, 1 << 20, false), Scan::HoldFrom(bytes.len() - 1, 1 << 20));
+        }
+    }
+
+    #[test]
+    fn a_large_frames_header_is_held_back_until_charged_small_ones_pass() {
+        let mut f = Framing::default();
+        assert_eq!(f.scan(HEAD, 16 << 10, 1 << 20, false), Scan::All);
+        // Small frames, split anywhere, pass.
+        let mut small = header(100);
+        small.extend_from_slice(&[b'x'; 100]);
+        for piece in small.chunks(3) {
+            assert_eq!(f.scan(piece, 16 << 10, 1 << 20, false), Scan::All);
+        }
+        // A large one stops at its header's last byte, even split.
+        let big = header(1 << 20);
+        assert_eq!(f.scan(&big[..5], 16 << 10, 1 << 20, false), Scan::All);
+        assert_eq!(f.scan(&big[5..], 16 << 10, 1 << 20, false), Scan::HoldFrom(big.len() - 6, 1 << 20));
+        // Charged, it passes, with its payload.
+        assert_eq!(f.scan(&big[big.len() - 1..], 16 << 10, 1 << 20, true), Scan::All);
+        assert_eq!(f.scan(&vec![0; 1 << 20], 16 << 10, 1 << 20, false), Scan::All);
+        // Past the frame limit the library refuses it on the header: no charge.
+        assert_eq!(f.scan(&header(2 << 20), 16 << 10, 1 << 20, false), Scan::All);
     }
 }

@@ -644,7 +644,9 @@ fn unfinished_frames_share_one_budget_and_give_it_back() {
 
 #[test]
 fn the_budget_must_hold_one_largest_frame() {
-    let with = |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ..ServerConfig::default() };
+    // TCP's bound alone (the WebSocket endpoint adds its own, below).
+    let with =
+        |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: None, ..ServerConfig::default() };
     let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered");
     assert!(err.contains("unfinished_frame_bytes_max"), "{err}");
     assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
@@ -752,4 +754,55 @@ fn a_reused_sequence_number_is_refused_not_answered_with_another_events_outcome(
     for d in [&dir, &crashed] {
         std::fs::remove_dir_all(d).ok();
     }
+}
+
+#[test]
+fn refused_connections_spawn_no_task_and_leave_the_server_answering() {
+    let server = start(small_engine(), ServerConfig { connections_max: 1, ..ServerConfig::default() });
+    let addr = server.tcp_addr();
+    let (mut held, _) = Raw::hello(addr, 0, false);
+    let runtime = server.runtime_handle();
+    let spawned_before = runtime.metrics().spawned_tasks_count();
+    const REFUSED: u64 = 300;
+    for _ in 0..REFUSED {
+        Raw::connect(addr).expect_error_and_close(ErrorCode::TooManyConnections);
+    }
+    let spawned = runtime.metrics().spawned_tasks_count() - spawned_before;
+    // A task per refused connection would be REFUSED more; a few are the
+    // runtime's own or the held connection's.
+    assert!(spawned < REFUSED / 10, "{spawned} tasks spawned for {REFUSED} refused connections");
+    let m = server.metrics();
+    assert!(m.connections_refused >= REFUSED, "{m:?}");
+    // The held connection is still served, and its slot goes to the next.
+    held.events(1, &[HuntEvent::join(5, 1)]);
+    assert!(matches!(held.decoded(), Some(OwnedFrame::Ack { first_seq: 1, count: 1, .. })));
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut next = Raw::connect(addr);
+        let mut b = Vec::new();
+        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        next.send(&b);
+        match next.frame() {
+            Some((Kind::Welcome, _, _)) => break,
+            // The held connection's slot is given back once its task ends.
+            Some((Kind::Error, _, _)) => {}
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn with_the_websocket_endpoint_on_the_budget_must_hold_one_largest_message() {
+    let ws = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let with =
+        |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: ws, ..ServerConfig::default() };
+    let err = with((1 << 20) + HEADER_LEN).validate().expect_err("a 1 MiB message could never be read");
+    assert!(err.contains("WebSocket"), "{err}");
+    assert!(with((1 << 20) + (64 << 10)).validate().is_ok());
+    let off = ServerConfig { ws_addr: None, ..with((1 << 20) + HEADER_LEN) };
+    assert!(off.validate().is_ok(), "without the endpoint, TCP's bound alone");
 }

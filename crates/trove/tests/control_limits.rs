@@ -12,112 +12,21 @@
 //!
 //! A `Serve` guard kills its process when dropped.
 
-#[allow(dead_code)] // `workload_file` is for the other test binaries.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use common::Serve;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trove_proto::Frame;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, VERSION, hello_flags};
 
-/// How long a server may take to say it listens.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long any one answer may take on this loaded machine.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One `trove serve` under `sh -c "PRELUDE; exec trove serve ARGS"`.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Serve {
-    fn spawn(prelude: &str, args: &[&str]) -> Serve {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{prelude} && exec \"$0\" serve \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_trove"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove serve starts");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let log = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Serve { child, stderr, reader: Some(reader) }
-    }
-
-    fn stderr_now(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The data-plane and control-plane addresses, once both are listening.
-    fn wait_ready(&mut self) -> (SocketAddr, SocketAddr) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let log = self.stderr_now();
-            let after = |marker: &str, end: char| {
-                log.split(marker).nth(1).and_then(|r| r.split(end).next()).and_then(|a| a.trim().parse().ok())
-            };
-            if let (Some(tcp), Some(http)) =
-                (after("protocol v1 on tcp://", '\n'), after("control plane on http://", '/'))
-            {
-                return (tcp, http);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("trove serve exited ({status}) before it was ready:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "trove serve never got ready:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "trove serve did not exit:\n{}", self.stderr_now());
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        (status, self.stderr_now())
-    }
-
-    fn terminate(&mut self) -> (ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        assert!(status.success());
-        self.wait_exit()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// One request on its own connection: (status, body). Panics, naming the
 /// request, when no answer comes within `ANSWER_TIMEOUT`.
@@ -180,8 +89,8 @@ fn a_flooded_control_plane_leaves_the_data_plane_and_health_working() {
     let args = ["--data", data.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"];
     let mut args = args.to_vec();
     args.extend(["--shards", "1", "--config", config.to_str().unwrap()]);
-    let mut server = Serve::spawn("ulimit -n 256", &args);
-    let (tcp, control) = server.wait_ready();
+    let mut server = Serve::spawn_under("ulimit -n 256", &args);
+    let common::Listening { tcp, control, .. } = server.wait_listening();
 
     // 600 stalled requests, more than the process may open files: the cap
     // holds them to 32 (the oldest closed to make room), far below the limit.
@@ -211,7 +120,7 @@ fn a_flooded_control_plane_leaves_the_data_plane_and_health_working() {
         .unwrap_or_else(|| panic!("no trove_control_connections_open in\n{metrics}"));
     assert!(open <= 32.0, "{open} control connections open");
     drop((stalled, producers, refused));
-    let (status, stderr) = server.terminate();
+    let (status, stderr) = server.terminate(EXIT_TIMEOUT);
     assert!(status.success(), "exit {status}:\n{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -222,8 +131,8 @@ fn serve_refuses_to_start_when_the_caps_do_not_fit_the_open_file_limit() {
     let data = dir.join("data");
     let args = ["--data", data.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"];
     // The defaults: 1024 data-plane and 128 control-plane connections.
-    let mut server = Serve::spawn("ulimit -n 256", &args);
-    let (status, stderr) = server.wait_exit();
+    let mut server = Serve::spawn_under("ulimit -n 256", &args);
+    let (status, stderr) = server.wait_exit(EXIT_TIMEOUT);
     assert!(!status.success(), "started under a limit of 256:\n{stderr}");
     for part in ["open-file limit is 256", "connections_max 1024", "control_connections_max 128"] {
         assert!(stderr.contains(part), "`{part}` not in:\n{stderr}");
@@ -241,7 +150,7 @@ fn serve_refuses_to_start_when_the_caps_do_not_fit_the_open_file_limit() {
         std::fs::write(&config, format!("[limits]\n{key} = {value}\n")).unwrap();
         let mut with_config = args.to_vec();
         with_config.extend(["--config", config.to_str().unwrap()]);
-        let (status, stderr) = Serve::spawn("true", &with_config).wait_exit();
+        let (status, stderr) = Serve::spawn_under("true", &with_config).wait_exit(EXIT_TIMEOUT);
         assert!(!status.success() && stderr.contains(key), "{key} = {value}: exit {status}:\n{stderr}");
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -256,8 +165,8 @@ fn a_create_after_a_disk_failure_is_answered_and_the_probes_keep_answering() {
     args.extend(["--shards", "1"]);
     // Files of at most 64 blocks: the journal's segment fills after a few
     // hundred creates, and the write past it fails (EFBIG, as a full disk).
-    let mut server = Serve::spawn("trap '' XFSZ; ulimit -f 64", &args);
-    let (_, control) = server.wait_ready();
+    let mut server = Serve::spawn_under("trap '' XFSZ; ulimit -f 64", &args);
+    let control = server.wait_listening().control;
     assert_eq!(http(control, "GET", "/health", "").0, 200);
 
     // The same create again and again (each one an event in the journal)
@@ -285,7 +194,7 @@ fn a_create_after_a_disk_failure_is_answered_and_the_probes_keep_answering() {
         assert_eq!(http(control, "GET", "/ready", "").0, 503);
         assert_eq!(http(control, "GET", "/metrics", "").0, 200);
     }
-    let (status, stderr) = server.terminate();
+    let (status, stderr) = server.terminate(EXIT_TIMEOUT);
     assert!(!status.success() && stderr.contains("stopped after a failure"), "exit {status}:\n{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }

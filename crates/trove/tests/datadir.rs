@@ -20,16 +20,15 @@
 //! Every server binds 127.0.0.1 port 0 (`--ws off`, the control plane on a
 //! port of its own); a `Serve` guard kills its process when dropped.
 
-#[allow(dead_code)] // `workload_file` is for the other test binaries.
 mod common;
+
+use common::Serve;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use trove_client::{ClientConfig, Producer};
@@ -40,119 +39,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process may take to exit (a server drains for at most
 /// 10 s, then snapshots).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One `trove serve` process, its stderr collected by a thread. Killed and
-/// reaped when dropped, if still running.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    ready: mpsc::Receiver<SocketAddr>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Serve {
-    fn spawn(args: &[OsString]) -> Serve {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trove"));
-        command.arg("serve").args(args);
-        Serve::spawn_command(command)
-    }
-
-    /// `trove serve ARGS` with a limit of `kib` KiB on the size of a file
-    /// it writes (SIGXFSZ ignored: a write past it fails with EFBIG).
-    fn spawn_with_file_limit(args: &[OsString], kib: u64) -> Serve {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" serve \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_trove"))
-            .args(args);
-        Serve::spawn_command(command)
-    }
-
-    fn spawn_command(mut command: Command) -> Serve {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove serve starts");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, ready) = mpsc::channel();
-        let log = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("protocol v1 on tcp://").nth(1).and_then(|a| a.trim().parse().ok()) {
-                    let _ = tx.send(addr);
-                }
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Serve { child, stderr, ready, reader: Some(reader) }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr_now(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn wait_ready(&mut self) -> SocketAddr {
-        match self.ready.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(e) => panic!("trove serve never got ready ({e}); stderr:\n{}", self.stderr_now()),
-        }
-    }
-
-    /// The exit status if the process has ended.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits for the process to end (panics past `EXIT_TIMEOUT`); returns
-    /// its status and whole stderr.
-    fn wait_exit(&mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.exited() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "trove serve did not exit; stderr:\n{}", self.stderr_now());
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        (status, self.stderr_now())
-    }
-
-    /// SIGTERM, then a graceful exit: returns the final line's events
-    /// applied and state hash.
-    fn stop(&mut self) -> (u64, String) {
-        let status = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().expect("kill runs");
-        assert!(status.success());
-        let (status, stderr) = self.wait_exit();
-        assert!(status.success(), "SIGTERM must end trove serve with exit 0, got {status}; stderr:\n{stderr}");
-        let line = stderr.lines().find(|l| l.contains("stopped;")).expect("a final line");
-        let applied = line.split("stopped; ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
-        let hash = line.split("state hash ").nth(1).expect("a state hash").trim().to_string();
-        (applied.expect("events applied"), hash)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// `--data DATA --tcp TCP --ws off --control CONTROL --snapshot-ms 3600000`:
 /// no snapshot while a test compares bytes.
@@ -280,7 +166,7 @@ fn racing_starts_on_a_fresh_directory_one_serves_the_other_names_the_directory_a
             std::thread::sleep(Duration::from_millis(10));
         };
         let winner = 1 - loser;
-        let (status, stderr) = servers[loser].wait_exit();
+        let (status, stderr) = servers[loser].wait_exit(EXIT_TIMEOUT);
         assert!(!status.success(), "round {round}: the second start must fail; stderr:\n{stderr}");
         assert!(stderr.contains(&data.display().to_string()), "round {round}: names the directory:\n{stderr}");
         let pid = servers[winner].pid();
@@ -289,7 +175,7 @@ fn racing_starts_on_a_fresh_directory_one_serves_the_other_names_the_directory_a
 
         let addr = servers[winner].wait_ready();
         let acknowledged = produce(addr, 100 + round, 50);
-        let (applied, hash) = servers[winner].stop();
+        let (applied, hash) = servers[winner].stop(EXIT_TIMEOUT);
         assert_eq!(applied, acknowledged, "round {round}: the winner applied what it acknowledged");
         let hunt = u64::from(100 + round);
         assert_eq!(replayed(&data), (vec![hunt], hash), "round {round}: everything acknowledged is journaled");
@@ -320,13 +206,13 @@ fn a_second_start_on_a_live_directory_is_refused_and_changes_no_byte() {
     ];
     for (what, args, named) in cases {
         let mut second = Serve::spawn(&args);
-        let (status, stderr) = second.wait_exit();
+        let (status, stderr) = second.wait_exit(EXIT_TIMEOUT);
         assert!(!status.success(), "{what}: a second start must fail; stderr:\n{stderr}");
         assert!(stderr.contains(&named), "{what}: stderr names {named}:\n{stderr}");
         assert!(!stderr.contains("protocol v1 on tcp://"), "{what}: served:\n{stderr}");
         assert_unchanged(&data, &before, what);
     }
-    let second = Serve::spawn(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0")).wait_exit().1;
+    let second = Serve::spawn(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0")).wait_exit(EXIT_TIMEOUT).1;
     assert!(second.contains(&format!("pid {}", live.pid())), "names the live server's pid:\n{second}");
 
     // The read-only tools read the live directory, say so, and write
@@ -344,7 +230,7 @@ fn a_second_start_on_a_live_directory_is_refused_and_changes_no_byte() {
     // Still serving, on the same segment.
     assert_eq!(produce(addr, 101, 10), 11);
     assert!(std::fs::metadata(&segment).unwrap().len() > 64);
-    let (applied, hash) = live.stop();
+    let (applied, hash) = live.stop(EXIT_TIMEOUT);
     assert_eq!(applied, acknowledged + 11);
     assert_eq!(replayed(&data), (vec![100, 101], hash), "nothing acknowledged is lost");
     std::fs::remove_dir_all(&root).ok();
@@ -364,7 +250,7 @@ fn a_start_that_fails_leaves_no_new_directory_behind() {
         ("bad settings", bad_fsync, "sometimes"),
     ];
     for (what, args, named) in cases {
-        let (status, stderr) = Serve::spawn(&args).wait_exit();
+        let (status, stderr) = Serve::spawn(&args).wait_exit(EXIT_TIMEOUT);
         assert!(!status.success(), "{what}: exit {status}; stderr:\n{stderr}");
         assert!(stderr.contains(named), "{what}: names {named}:\n{stderr}");
         assert!(!root.join("new").exists(), "{what}: left {} behind", root.join("new").display());
@@ -372,13 +258,13 @@ fn a_start_that_fails_leaves_no_new_directory_behind() {
     // Past the lock: the lock file takes the pid, and a file size limit of
     // zero refuses that write. The directories this start made go again.
     let (status, stderr) =
-        Serve::spawn_with_file_limit(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0"), 0).wait_exit();
+        Serve::spawn_with_file_limit(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0"), 0).wait_exit(EXIT_TIMEOUT);
     assert!(!status.success(), "no room for the pid: exit {status}; stderr:\n{stderr}");
     assert!(!root.join("new").exists(), "a start that failed past the lock left {} behind", root.join("new").display());
     // A directory that existed stays, and so does what is in it.
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("keep"), "mine").unwrap();
-    let (status, stderr) = Serve::spawn(&serve_args(&data, &busy, "127.0.0.1:0")).wait_exit();
+    let (status, stderr) = Serve::spawn(&serve_args(&data, &busy, "127.0.0.1:0")).wait_exit(EXIT_TIMEOUT);
     assert!(!status.success(), "{stderr}");
     assert_eq!(std::fs::read_to_string(data.join("keep")).unwrap(), "mine");
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "nothing was written into it");
@@ -395,8 +281,8 @@ fn the_read_only_tools_change_no_byte_of_a_directory_a_start_would_repair() {
     produce(addr, 100, 30);
     // A crash: the open segment keeps its direct-write padding, which a
     // start cuts off.
-    server.child.kill().unwrap();
-    server.wait_exit();
+    server.signal("KILL");
+    server.wait_exit(EXIT_TIMEOUT);
     // What else a start would mend: a torn tail, an unfinished snapshot,
     // a meta of an older format.
     let shard = data.join("shard-000");
@@ -449,11 +335,11 @@ fn without_shards_given_a_journal_s_own_count_is_read_once_the_directory_is_lock
     args.extend(["--shards".into(), "3".into()]);
     let mut first = Serve::spawn(&args);
     first.wait_ready();
-    first.stop();
+    first.stop(EXIT_TIMEOUT);
     let mut second = Serve::spawn(&serve_args(&data, "127.0.0.1:0", "127.0.0.1:0"));
     second.wait_ready();
     let stderr = second.stderr_now();
     assert!(stderr.contains("with 3 shards"), "the journal's count, not the default:\n{stderr}");
-    second.stop();
+    second.stop(EXIT_TIMEOUT);
     std::fs::remove_dir_all(&root).ok();
 }

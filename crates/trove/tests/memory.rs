@@ -1,14 +1,16 @@
 //! The data plane's memory under hostile peers, measured on a real `trove
 //! serve` process (its VmRSS): announced lengths cost nothing, and bytes
-//! of unfinished frames cost at most `unfinished_frame_bytes_max` across
-//! connections (docs/protocol.md, "Memory").
+//! of unfinished frames (TCP) and messages (WebSocket) cost at most
+//! `unfinished_frame_bytes_max` across connections (docs/protocol.md,
+//! "Memory").
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Serve;
 use trove_hunt::HuntEvent;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, VERSION};
 
@@ -19,75 +21,27 @@ const BUDGET: u64 = 64 << 20;
 /// What docs/protocol.md allows per open TCP connection on top of the
 /// budget (buffers at their base, the task, the socket's bookkeeping).
 const PER_CONNECTION: u64 = 32 << 10;
+/// The same for an open WebSocket connection (its HTTP state, the
+/// library's buffers, the unbudgeted first 16 KiB of a message).
+const PER_WS_CONNECTION: u64 = 96 << 10;
+/// A WebSocket frame's payload one byte short of the default 1 MiB
+/// `ws_message_max`.
+const WS_PAYLOAD_FULL: usize = (1 << 20) - 1;
 /// Events in one EVENTS frame of a body one byte short of the default
 /// 1 MiB limit (and one more record would pass it).
 const EVENTS_FULL: u32 = 32767;
 
-struct Serve {
-    child: Child,
-    addrs: mpsc::Receiver<(String, SocketAddr)>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(config: &std::path::Path) -> (Serve, SocketAddr, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
-            .args(["serve", "--no-journal", "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"])
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove serve starts");
-        let pipe = child.stderr.take().expect("piped");
-        let (tx, addrs) = mpsc::channel();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                for (what, marker) in [("tcp", "protocol v1 on tcp://"), ("control", "control plane on http://")] {
-                    if let Some(a) = line.split(marker).nth(1) {
-                        let a = a.split('/').next().unwrap_or("").trim();
-                        if let Ok(a) = a.parse() {
-                            let _ = tx.send((what.to_string(), a));
-                        }
-                    }
-                }
-                log.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("{line}\n"));
-            }
-        });
-        let serve = Serve { child, addrs, stderr };
-        let (mut tcp, mut control) = (None, None);
-        while tcp.is_none() || control.is_none() {
-            match serve.addrs.recv_timeout(Duration::from_secs(60)) {
-                Ok((w, a)) if w == "tcp" => tcp = Some(a),
-                Ok((_, a)) => control = Some(a),
-                Err(e) => panic!("trove serve never got ready ({e}): {}", serve.stderr()),
-            }
-        }
-        (serve, tcp.expect("seen"), control.expect("seen"))
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The process's resident set, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-        let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number");
-        kib << 10
-    }
+/// Starts a server under `config`; returns it with its TCP (or, with
+/// `ws`, WebSocket) and control addresses.
+fn start(config: &std::path::Path, ws: bool) -> (Serve, SocketAddr, SocketAddr) {
+    let mut args = vec!["--no-journal", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"];
+    args.extend(["--ws", if ws { "127.0.0.1:0" } else { "off" }, "--config"]);
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    args.push(config.into());
+    let mut serve = Serve::spawn(&args);
+    let at = serve.wait_listening();
+    let data = if ws { at.ws.expect("the WebSocket listener") } else { at.tcp };
+    (serve, data, at.control)
 }
 
 /// Raises this process's open-file limit to its hard limit (the child
@@ -183,7 +137,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
     std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
-    let (serve, addr, control) = Serve::start(&config);
+    let (serve, addr, control) = start(&config, false);
 
     // Warm up: one connection through a whole large frame and its ACK.
     let mut warm = connect(addr);
@@ -211,7 +165,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
         rss_announced <= bound(CONNECTIONS),
         "RSS {rss_announced} above {} with 1,000 announced frames; stderr:\n{}",
         bound(CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
 
     // 1,000 more send all of a 1 MiB frame but its last byte.
@@ -229,7 +183,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
         rss_unfinished <= bound(2 * CONNECTIONS),
         "RSS {rss_unfinished} above {} with 1,000 unfinished frames; stderr:\n{}",
         bound(2 * CONNECTIONS),
-        serve.stderr()
+        serve.stderr_now()
     );
     let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
     assert!(held <= BUDGET, "budget held {held}");
@@ -255,5 +209,231 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     after.write_all(&events_frame(1, EVENTS_FULL)).unwrap();
     after.read_exact(&mut ack).expect("ACK after the flood");
     assert_eq!(ack[4], Kind::Ack as u8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connects and completes the WebSocket upgrade.
+fn ws_connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    // Byte by byte up to the end of the response's head: nothing follows
+    // it until this side sends a message.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("the upgrade's answer");
+        head.push(byte[0]);
+        assert!(head.len() < 4096, "an answer head that never ends");
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A client frame's header (final, masked with a zero key, so the payload
+/// goes as it is) announcing `len` bytes of `opcode` (1 text, 2 binary).
+fn ws_header(opcode: u8, len: usize) -> Vec<u8> {
+    ws_header_fin(opcode, len, true)
+}
+
+/// The same, final or not (`opcode` 0 continues a message).
+fn ws_header_fin(opcode: u8, len: usize, fin: bool) -> Vec<u8> {
+    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+/// A text frame of a `ping` whose nonce pads it to `len` bytes.
+fn ws_ping_frame(len: usize) -> Vec<u8> {
+    let prefix = r#"{"type":"ping","nonce":""#;
+    let pad = len - prefix.len() - 2;
+    let text = format!("{prefix}{}\"}}", "x".repeat(pad));
+    assert_eq!(text.len(), len);
+    let mut f = ws_header(1, len);
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// Reads one server frame (unmasked) and returns its opcode and payload.
+fn ws_read(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("a frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            usize::try_from(u64::from_be_bytes(l)).unwrap()
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x0f, payload)
+}
+
+/// Sends a ping padded to the largest message and reads its pong.
+fn ws_round_trip(s: &mut TcpStream) {
+    s.write_all(&ws_ping_frame(WS_PAYLOAD_FULL)).unwrap();
+    let (opcode, payload) = ws_read(s);
+    assert_eq!(opcode, 1, "a text message");
+    assert!(payload.starts_with(br#"{"type":"pong""#) || payload.windows(6).any(|w| w == b"\"pong\""));
+}
+
+#[test]
+fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its_bound() {
+    assert!(raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
+    let dir = std::env::temp_dir().join(format!("trove-memory-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("trove.toml");
+    std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
+    let (serve, addr, control) = start(&config, true);
+
+    // Warm up: one connection through a whole largest message and its answer.
+    let mut warm = ws_connect(addr);
+    ws_round_trip(&mut warm);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = serve.rss();
+    let bound = |connections: usize| idle + 2 * BUDGET + connections as u64 * PER_WS_CONNECTION;
+
+    // 1,000 connections announce a 1 MiB binary message and send 32 bytes.
+    let mut announced: Vec<TcpStream> = (0..CONNECTIONS).map(|_| ws_connect(addr)).collect();
+    for s in &mut announced {
+        let mut b = ws_header(2, WS_PAYLOAD_FULL);
+        b.extend_from_slice(&[7; 32]);
+        s.write_all(&b).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_announced = serve.rss();
+    eprintln!("idle {} MiB, 1,000 announced 1 MiB messages: {} MiB", idle >> 20, rss_announced >> 20);
+    assert!(
+        rss_announced <= bound(CONNECTIONS),
+        "RSS {rss_announced} above {} with 1,000 announced messages; stderr:\n{}",
+        bound(CONNECTIONS),
+        serve.stderr_now()
+    );
+
+    // 1,000 more send all of a 1 MiB text message but its last byte.
+    let mut unfinished: Vec<TcpStream> = (0..CONNECTIONS).map(|_| ws_connect(addr)).collect();
+    let mut message = ws_header(1, WS_PAYLOAD_FULL);
+    message.resize(message.len() + WS_PAYLOAD_FULL, b'x');
+    let written = write_all_until_stalled(&mut unfinished, &message[..message.len() - 1], 0);
+    let rss_unfinished = serve.rss();
+    eprintln!(
+        "budget held {:?}, waits {:?}",
+        metric(control, "trove_unfinished_frame_bytes"),
+        metric(control, "trove_unfinished_frame_waits_total")
+    );
+    eprintln!(
+        "{} MiB written by 1,000 unfinished messages: RSS {} MiB (bound {} MiB)",
+        written >> 20,
+        rss_unfinished >> 20,
+        bound(2 * CONNECTIONS) >> 20
+    );
+    assert!(written >= BUDGET, "the server read at least its budget: {written}");
+    assert!(
+        rss_unfinished <= bound(2 * CONNECTIONS),
+        "RSS {rss_unfinished} above {} with 1,000 unfinished messages; stderr:\n{}",
+        bound(2 * CONNECTIONS),
+        serve.stderr_now()
+    );
+    let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
+    assert!(held > 0 && held <= BUDGET, "budget held {held}");
+
+    // They close: the budget comes back whole, and RSS stays bounded.
+    drop(announced);
+    drop(unfinished);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = metric(control, "trove_unfinished_frame_bytes");
+        if held == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "budget still held after every connection closed: {held:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_closed = serve.rss();
+    eprintln!("after they closed: {} MiB", rss_closed >> 20);
+    assert!(rss_closed <= bound(2 * CONNECTIONS), "RSS {rss_closed} after close");
+
+    // And a largest message goes through as before.
+    let mut after = ws_connect(addr);
+    ws_round_trip(&mut after);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fragmented_websocket_messages_and_pings_pass_the_meter_and_give_its_budget_back() {
+    let dir = std::env::temp_dir().join(format!("trove-memory-ws-fragments-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("trove.toml");
+    std::fs::write(&config, "[limits]\nidle_timeout_ms = 600000\n").unwrap();
+    let (_serve, addr, control) = start(&config, true);
+    let mut s = ws_connect(addr);
+    // Three times: a 600 KiB ping message in 4 KiB fragments (past the
+    // unbudgeted 16 KiB, small frames: the meter's charge by bytes), with
+    // a WebSocket ping between fragments, then its pong.
+    for round in 0..3 {
+        let prefix = r#"{"type":"ping","nonce":""#;
+        let text = format!("{prefix}{}\"}}", "y".repeat((600 << 10) - prefix.len() - 2));
+        let mut wire = Vec::new();
+        for (i, piece) in text.as_bytes().chunks(4096).enumerate() {
+            let last = (i + 1) * 4096 >= text.len();
+            wire.extend(ws_header_fin(if i == 0 { 1 } else { 0 }, piece.len(), last));
+            wire.extend_from_slice(piece);
+            if i % 50 == 25 {
+                wire.extend(ws_header(9, 4));
+                wire.extend_from_slice(b"ping");
+            }
+        }
+        s.write_all(&wire).unwrap();
+        // Pongs for the pings, then the message's answer.
+        let answer = loop {
+            let (opcode, payload) = ws_read(&mut s);
+            match opcode {
+                10 => assert_eq!(payload, b"ping"),
+                1 => break payload,
+                other => panic!("round {round}: unexpected opcode {other}"),
+            }
+        };
+        assert!(
+            answer.windows(6).any(|w| w == b"\"pong\""),
+            "round {round}: {}",
+            String::from_utf8_lossy(&answer[..64])
+        );
+        // The charge went back once the message was handled.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(control, "trove_unfinished_frame_bytes") != Some(0) {
+            assert!(Instant::now() < deadline, "round {round}: budget still held");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // One large frame, over the message limit: refused on its header, the
+    // connection closed.
+    s.write_all(&ws_header(1, 2 << 20)).unwrap();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection must close (not time out): {e}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,18 +21,18 @@
 //! restart reuses the port. A `Serve` guard kills its process when dropped,
 //! so a failing test leaves nothing running.
 
-#[allow(dead_code)] // `workload_file` is for the other test binaries.
 mod common;
 
+use common::{Serve, send_signal};
+
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use trove_client::{
@@ -51,125 +51,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------
 // The server process.
-
-/// One `trove serve` process: stdout discarded, stderr collected by a
-/// thread. Killed (SIGKILL) and reaped when dropped, if still running.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    ready: mpsc::Receiver<SocketAddr>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Serve {
-    /// Starts `trove serve ARGS`; see [`Serve::wait_ready`].
-    fn spawn(args: &[OsString]) -> Serve {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trove"));
-        command.arg("serve").args(args);
-        Serve::spawn_command(command)
-    }
-
-    /// Starts `trove serve ARGS` under a limit on the size of the files it
-    /// writes (RLIMIT_FSIZE, in KiB), with SIGXFSZ ignored: a write past
-    /// the limit then fails with EFBIG, as a full disk fails one.
-    fn spawn_with_file_limit(args: &[OsString], kib: u64) -> Serve {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("trap '' XFSZ; ulimit -f {kib} && exec \"$0\" serve \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_trove"))
-            .args(args);
-        Serve::spawn_command(command)
-    }
-
-    fn spawn_command(mut command: Command) -> Serve {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("trove serve starts");
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, ready) = mpsc::channel();
-        let log = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("protocol v1 on tcp://").nth(1).and_then(|a| a.trim().parse().ok()) {
-                    let _ = tx.send(addr);
-                }
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Serve { child, stderr, ready, reader: Some(reader) }
-    }
-
-    /// Waits for the line announcing the TCP listener; returns its address.
-    fn wait_ready(&mut self) -> SocketAddr {
-        match self.ready.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = self.child.kill();
-                let status = self.child.wait();
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                panic!("trove serve never got ready ({e}); exit {status:?}; stderr:\n{}", self.stderr_now());
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr_now(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Sends `signal` (TERM, INT, KILL) with the `kill` command.
-    fn signal(&self, signal: &str) {
-        send_signal(self.pid(), signal);
-    }
-
-    /// Waits for the process to end; SIGKILLs it and panics if it has not
-    /// within `timeout`. Returns the exit status and the whole stderr.
-    fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("trove serve did not exit within {timeout:?}; stderr:\n{}", self.stderr_now());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        (status, self.stderr_now())
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill runs");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
 
 /// `--data DATA --tcp TCP --ws off EXTRA...`
 fn serve_args(data: &Path, tcp: &str, extra: &[&str]) -> Vec<OsString> {
