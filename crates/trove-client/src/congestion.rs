@@ -14,16 +14,18 @@
 //! - a round trip more than `queue_delay_target` above the base shrinks
 //!   the window in proportion to the excess (at most by half), once per
 //!   window of batches;
-//! - any other ACK grows it by about one batch per window of ACKs
-//!   (additive increase), up to `unacked_events_max`;
+//! - any other ACK of a batch sent after the last decrease grows it by one
+//!   largest batch per window of ACKs (additive increase), up to
+//!   `unacked_events_max`;
 //! - BUSY (the server's own queue bound) halves it, once per burst of
 //!   BUSY answers (the server refuses every frame behind a refused one);
 //! - it never shrinks below one largest batch, so a batch always fits an
 //!   empty window.
 //!
-//! Batches shrink with the window ([`EventWindow::batch_events`]): with a
-//! small window, full-size batches would leave events waiting in the open
-//! batch for window room, their latency counted all the same.
+//! Batches shrink with the window ([`EventWindow::batch_events`]), however
+//! it shrank: with a small window, full-size batches would leave events
+//! waiting in the open batch for window room, their latency counted all
+//! the same.
 
 use std::time::Duration;
 
@@ -99,10 +101,18 @@ impl EventWindow {
                 return;
             }
         }
-        if self.allowed < self.max {
-            let grow = (count * count / self.allowed).max(1);
+        // ACKs of batches sent before the last decrease (resends after a
+        // BUSY among them) say nothing about the smaller window.
+        if self.allowed < self.max && first_seq >= self.recover_seq {
+            let grow = (count as u64 * self.floor as u64 / self.allowed as u64).max(1) as usize;
             self.allowed = (self.allowed + grow).min(self.max);
         }
+    }
+
+    /// A new connection (perhaps to another server): the base round trip
+    /// is measured again; the window stays.
+    pub fn reconnected(&mut self, now: Instant) {
+        self.base = BaseRtt::new(now);
     }
 }
 
@@ -189,13 +199,17 @@ mod tests {
     }
 
     #[test]
-    fn it_grows_by_about_one_batch_per_window_of_acknowledgements() {
+    fn it_grows_by_one_batch_per_window_of_acknowledgements() {
         let now = Instant::now();
         let mut w = window(1 << 20, 1000);
         w.on_busy(1, 20_000, 20_001);
         assert_eq!(w.allowed(), 10_000);
-        // Ten batches of 1,000 with round trips at the base: one window's
-        // worth.
+        // ACKs of batches sent before the halving (resends too) do not
+        // grow it.
+        w.on_acked(1, 1000, Some(ms(1)), now, 20_001);
+        w.on_acked(10_001, 1000, None, now, 20_001);
+        assert_eq!(w.allowed(), 10_000);
+        // Ten batches of 1,000 sent after it: one window's worth.
         for k in 0..10 {
             w.on_acked(20_001 + k * 1000, 1000, Some(ms(1)), now, 40_001);
         }
@@ -204,6 +218,32 @@ mod tests {
         let before = w.allowed();
         w.on_acked(40_001, 1, None, now, 40_002);
         assert_eq!(w.allowed(), before + 1);
+    }
+
+    #[test]
+    fn growth_is_one_largest_batch_per_window_whatever_the_batch_size() {
+        let now = Instant::now();
+        let mut w = window(1 << 20, 16_384);
+        w.on_busy(1, 131_072, 131_073);
+        assert_eq!(w.allowed(), 65_536);
+        // Batches of a quarter of the window: a window's worth of them
+        // adds about one largest batch, not a quarter of the window each.
+        for k in 0..4 {
+            w.on_acked(131_073 + k * 16_384, 16_384, None, now, 200_000);
+        }
+        assert!((65_536 + 15_000..=65_536 + 16_384).contains(&w.allowed()), "{}", w.allowed());
+    }
+
+    #[test]
+    fn a_reconnect_measures_the_base_again() {
+        let now = Instant::now();
+        let mut w = window(65_536, 1000);
+        w.on_acked(1, 1000, Some(ms(1)), now, 100_001);
+        // A farther server: 20 ms round trips are its base, not queueing.
+        w.reconnected(now);
+        w.on_acked(1001, 1000, Some(ms(20)), now, 100_001);
+        w.on_acked(2001, 1000, Some(ms(21)), now, 100_001);
+        assert_eq!(w.allowed(), 65_536);
     }
 
     #[test]

@@ -164,7 +164,9 @@ impl<G: WireGame> Shared<G> {
 ///
 /// [`send`](Self::send) encodes the event into the open batch and returns
 /// its sequence number; it never waits and never allocates. The open batch
-/// is closed and handed to the producer's task when it is full, when
+/// is closed and handed to the producer's task when it is full (at
+/// `batch_events_max`, or a quarter of the window in events while the
+/// window is small: see below), when
 /// [`flush`](Self::flush) (or [`drain`](Self::drain), [`close`](Self::close))
 /// is called, or once it has been open for `linger` — noticed by `send`
 /// (every 64 events) and by [`idle_until`](Self::idle_until). A producer
@@ -172,8 +174,9 @@ impl<G: WireGame> Shared<G> {
 /// that honours `linger`), or its last events wait for the next `send`.
 ///
 /// At most `window_batches` batches (and `unacked_events_max` events; after
-/// a BUSY, fewer: halved, then grown back one batch per window of ACKs) are
-/// closed and not yet released; a batch is released when its answer is
+/// a BUSY, or round trips past `queue_delay_target` if set, fewer: shrunk,
+/// then grown back one batch per window of ACKs) are closed and not yet
+/// released; a batch is released when its answer is
 /// taken from [`Acks`], or when it is answered if the `Acks` was dropped.
 /// When the window is full and the open batch too, `send` returns
 /// [`SendError::Full`]; await [`ready`](Self::ready) (or use
@@ -661,6 +664,7 @@ impl<G: WireGame> Task<G> {
                     Ok(c) => {
                         conn = c;
                         self.inflight.reconnected();
+                        self.shared.lock().events_allowed.reconnected(Instant::now());
                         self.writing = None;
                         self.control.clear();
                         continue;

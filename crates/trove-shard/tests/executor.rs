@@ -256,6 +256,8 @@ fn a_shard_queue_is_bounded_in_events_too() {
         queue_events_max: 200,
         batch_events_max: 200,
         drain_events_max: 1000,
+        // Only the events bound is tested here.
+        queue_wait_max: Duration::from_secs(60),
         ..config(Mode::Sharded, 1)
     };
     let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
@@ -296,8 +298,8 @@ fn a_shard_queue_is_bounded_in_events_too() {
 }
 
 /// Admission bounds the expected wait too (`queue_wait_max`): a shard that
-/// has been working its queue off slowly takes fewer events than the
-/// events bound allows, and any batch once its queue is empty.
+/// has been working its queue off slowly takes a batch only behind less
+/// work than the bound, and any batch once its queue is empty.
 #[test]
 fn a_shard_queue_is_bounded_in_expected_wait() {
     for (wait_max, refused) in [(Duration::from_millis(2), true), (Duration::from_secs(60), false)] {
@@ -310,37 +312,44 @@ fn a_shard_queue_is_bounded_in_expected_wait() {
             });
             (release, answered)
         };
-        let events = stream(0, 1, 200);
+        let events = stream(0, 1, 1200);
         let mut p = engine.producer();
-        // One drain of 100 events that keeps the shard busy at least
-        // 100 ms (a query queued behind them runs in the same drain): the
-        // shard's measured cost is then 1 ms per event or more.
+        // One drain of 1,024 events (the least the shard measures) that
+        // keeps the shard busy at least 100 ms (a query queued behind them
+        // runs in the same drain): its measured cost is then about 100 us
+        // per event or more.
         let (release, _answered) = hold();
-        p.submit(&mut events[..100].to_vec()).unwrap();
+        p.submit(&mut events[..1024].to_vec()).unwrap();
         let _slow = engine.query_world(0, |_| std::thread::sleep(Duration::from_millis(100)));
         release.send(()).unwrap();
         let c = p.complete_timeout(Duration::from_secs(60)).expect("the first batch");
-        assert_eq!(c.outcomes.len(), 100);
-        // Held again: one event is taken by the empty queue; two more
-        // would be 3 ms of work at that rate, past a 2 ms wait.
+        assert_eq!(c.outcomes.len(), 1024);
+        // The drain is measured when it ends, after its outcomes are out.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while engine.metrics().shards[0].busy_ns < 100_000_000 {
+            assert!(std::time::Instant::now() < deadline, "the drain never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Held again: 50 events are taken by the empty queue; behind them
+        // one more would wait about 5 ms at that rate, past a 2 ms bound.
         let (release, _answered) = hold();
-        p.submit(&mut events[100..101].to_vec()).unwrap();
-        let mut third = events[101..103].to_vec();
-        let second_try = p.submit(&mut third);
+        p.submit(&mut events[1024..1074].to_vec()).unwrap();
+        let mut last = events[1074..1075].to_vec();
+        let second_try = p.submit(&mut last);
         assert_eq!(second_try == Err(SubmitError::Busy), refused, "queue_wait_max {wait_max:?}: {second_try:?}");
         release.send(()).unwrap();
         let mut done = 0;
-        while done < 1 + if refused { 0 } else { 2 } {
+        while done < 50 + if refused { 0 } else { 1 } {
             done += p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len();
         }
         if refused {
             // The queue is empty again: the refused batch is taken.
-            assert_eq!(third.len(), 2, "a refused batch is handed back whole");
-            p.submit(&mut third).unwrap();
-            assert_eq!(p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len(), 2);
+            assert_eq!(last.len(), 1, "a refused batch is handed back whole");
+            p.submit(&mut last).unwrap();
+            assert_eq!(p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len(), 1);
         }
         assert_eq!(engine.metrics().busy_replies, u64::from(refused));
-        assert_eq!(engine.shutdown().events_applied, 103);
+        assert_eq!(engine.shutdown().events_applied, 1075);
     }
 }
 

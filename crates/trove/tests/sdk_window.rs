@@ -27,6 +27,8 @@ where
         shards: 1,
         batch_events_max: BATCH as usize,
         queue_events_max,
+        // The engine's wait bound is not what these tests are about.
+        queue_wait_max: Duration::from_secs(60),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::<TreasureHunt>::start(engine).unwrap());
@@ -98,11 +100,10 @@ async fn busy_then_growth(engine: &Engine<TreasureHunt>, mut p: Producer<Treasur
     assert!(p.stats().busy > 0);
     let halved = p.stats().events_allowed;
     assert!(halved <= u64::from(UNACKED_EVENTS_MAX_DEFAULT) / 2, "after BUSY the window is {halved} events");
-    assert!(halved >= u64::from(BATCH), "never below one batch");
     assert_eq!(p.stats().events_acked, u64::from(60 * BATCH), "every event acknowledged after the resends");
 
     // One batch at a time now: nothing queues, nothing is refused, and
-    // each ACK grows the window by about a batch per window's worth.
+    // the ACKs grow the window by a batch per window's worth.
     let busy = p.stats().busy;
     let mut rounds = 0;
     while p.stats().events_allowed < u64::from(UNACKED_EVENTS_MAX_DEFAULT) {
@@ -159,7 +160,6 @@ async fn slow_round_trips(engine: &Engine<TreasureHunt>, mut p: Producer<Treasur
     p.drain().await.unwrap();
     let after = p.stats().events_allowed;
     assert!(after < before, "round trips of {held_for:?} against a base of at most {fastest:?}: {before} -> {after}");
-    assert!(after >= u64::from(BATCH), "never below one batch");
     assert_eq!(p.stats().busy, 0);
     let stats = p.close().await.unwrap();
     assert_eq!(engine.metrics().events_applied(), stats.events_acked, "each event applied exactly once");
