@@ -119,13 +119,13 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
     }
 }
 
-/// `group` (the default) is group commit without a timer: with one
-/// producer and one batch in flight, each acknowledgement comes after
-/// exactly one more `fdatasync` on every shard that wrote a part of the
-/// batch, and none on a shard that did not: the journal thread synced as
-/// soon as it had written, waited for no interval, and released the
-/// acknowledgement only after that sync (the counters move before the
-/// release; the events are in the files when it arrives).
+/// `group` (the default): with one producer and one batch in flight, each
+/// acknowledgement comes after exactly one more `fdatasync` on every shard
+/// that wrote a part of the batch, and none on a shard that did not, and
+/// only after that sync (the counters move before the release; the events
+/// are in the files when it arrives). That it waits for no timer is not
+/// shown here (`interval=<ms>` also syncs once per lone batch, later):
+/// it is the journal loop's rule, measured in docs/benchmarks.md.
 #[test]
 fn under_group_each_acknowledgement_waits_for_exactly_one_sync() {
     assert_eq!(FsyncPolicy::default(), FsyncPolicy::Group, "group is the default");
