@@ -1216,6 +1216,7 @@ fn run_step(
             machine,
             cpu_cores_busy: server.as_ref().map(|v| v.cpu_cores + client_cpu_cores),
             cores,
+            fsync_max_us: server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
         })
     });
     let trial = TrialReport {
@@ -1476,6 +1477,7 @@ fn judge(
                 machine: mid.machine_stalls,
                 cpu_cores_busy: mid.server.as_ref().map(|v| v.cpu_cores + mid.client_cpu_cores),
                 cores,
+                fsync_max_us: mid.server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
             })
         })
     });

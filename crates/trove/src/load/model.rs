@@ -44,6 +44,10 @@ pub struct ServerStep {
     /// step, microseconds (bucket bound): what of `latency_us` the server
     /// holds itself.
     pub ingest_to_ack_p99_us: Option<f64>,
+    /// The longest journal `fdatasync` of the step, microseconds (the
+    /// upper bound of the highest histogram bucket it reached); absent in
+    /// memory or if no sync ran.
+    pub fsync_max_us: Option<f64>,
 }
 
 /// One step of offered load. A ramp step's figures are judged from its

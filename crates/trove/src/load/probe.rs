@@ -132,16 +132,20 @@ pub struct TailFigures {
     /// Server plus client CPU, cores (absent without /metrics).
     pub cpu_cores_busy: Option<f64>,
     pub cores: f64,
+    /// The journal's longest `fdatasync` (absent in memory or without
+    /// /metrics).
+    pub fsync_max_us: Option<u64>,
 }
 
 /// Names what a failing trial's tail is put down to, with the figures:
 /// the machine when it stopped for at least half the p99 (an event that
 /// arrives as a stall begins waits it out, then behind the backlog it
 /// left); else the generator's pacer when its send lag or its own late
-/// wake-up is at least half the p99; else the CPUs when 3/4 of the
-/// machine's cores were busy; else the pipeline (admission to
-/// acknowledgement). Never "none": a tail nothing else explains is the
-/// pipeline's.
+/// wake-up is at least half the p99; else the journal's disk when one
+/// `fdatasync` took at least half the p99 (every acknowledgement of the
+/// group waits for it); else the CPUs when 3/4 of the machine's cores
+/// were busy; else the pipeline (admission to acknowledgement). Never
+/// "none": a tail nothing else explains is the pipeline's.
 pub fn tail_cause(f: &TailFigures) -> String {
     let ms = |us: u64| us as f64 / 1e3;
     let p99 = ms(f.p99_us);
@@ -166,6 +170,12 @@ pub fn tail_cause(f: &TailFigures) -> String {
             "the generator's pacer: p99 {p99:.1} ms; send lag p99 {:.1} ms, the pacer woke up to {:.1} ms late; {machine}",
             ms(f.send_lag_p99_us),
             ms(f.pacer_stall_max_us)
+        );
+    }
+    if let Some(sync) = f.fsync_max_us.filter(|&s| s * 2 >= f.p99_us) {
+        return format!(
+            "the journal's disk: p99 {p99:.1} ms; an fdatasync took up to {:.1} ms during this trial; {machine}",
+            ms(sync)
         );
     }
     if let Some(busy) = f.cpu_cores_busy.filter(|&b| b >= 0.75 * f.cores) {
@@ -236,6 +246,7 @@ mod tests {
             machine: MachineStalls { max_us: 1_200, count: 2, lost_us: 2_300 },
             cpu_cores_busy: Some(1.0),
             cores: 2.0,
+            fsync_max_us: None,
         }
     }
 
@@ -260,6 +271,14 @@ mod tests {
         f.send_lag_p99_us = 300;
         f.pacer_stall_max_us = 11_000;
         assert!(tail_cause(&f).starts_with("the generator's pacer"), "{}", tail_cause(&f));
+
+        let mut f = figures(40);
+        f.fsync_max_us = Some(33_554);
+        f.cpu_cores_busy = Some(1.7);
+        let why = tail_cause(&f);
+        assert!(why.starts_with("the journal's disk: p99 40.0 ms; an fdatasync took up to 33.6 ms"), "{why}");
+        f.fsync_max_us = Some(4_000);
+        assert!(tail_cause(&f).starts_with("the CPUs"), "a short sync does not explain it");
 
         let mut f = figures(20);
         f.cpu_cores_busy = Some(1.7);

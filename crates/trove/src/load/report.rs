@@ -970,6 +970,7 @@ mod tests {
                 schedule_latency_p99_us: (step > 2).then_some(35.0),
                 busy_replies: 0.0,
                 ingest_to_ack_p99_us: Some(1048.576),
+                fsync_max_us: None,
             }),
             busy_replies_per_s: None,
             machine_stalls: Default::default(),

@@ -142,7 +142,20 @@ pub fn server_step(a: &Scrape, b: &Scrape, seconds: f64) -> ServerStep {
         schedule_latency_p99_us: p99_us(a, b, "tokio_schedule_latency_seconds", &HOT_RUNTIMES),
         ingest_to_ack_p99_us: p99_us(a, b, "trove_ingest_to_acknowledged_seconds", &[""]),
         busy_replies: d("trove_busy_replies_total", &[]),
+        fsync_max_us: max_us(a, b, "trove_journal_fsync_seconds"),
     }
+}
+
+/// The upper bound of the highest bucket of the histogram `name` (in
+/// seconds, all series) that gained a count between the scrapes,
+/// microseconds; `None` if none did.
+fn max_us(a: &Scrape, b: &Scrape, name: &str) -> Option<f64> {
+    let delta = gained(a, b, name, &[""]);
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    bound_us(&delta, total)
 }
 
 /// p99 of the counts histogram `name` (in seconds) gained between the
@@ -151,16 +164,24 @@ fn p99_us(a: &Scrape, b: &Scrape, name: &str, series: &[&str]) -> Option<f64> {
     if !b.has(&format!("{name}_bucket")) {
         return None;
     }
-    let (before, after) = (a.buckets(name, series), b.buckets(name, series));
-    let delta: Vec<(f64, f64)> =
-        after.iter().map(|&(le, c)| (le, c - before.iter().find(|(b, _)| *b == le).map_or(0.0, |x| x.1))).collect();
+    let delta = gained(a, b, name, series);
     let total = delta.last()?.1;
     if total <= 0.0 {
         return Some(0.0);
     }
-    let want = total * 0.99;
+    bound_us(&delta, total * 0.99)
+}
+
+/// Each bucket's cumulative count gained between the scrapes.
+fn gained(a: &Scrape, b: &Scrape, name: &str, series: &[&str]) -> Vec<(f64, f64)> {
+    let (before, after) = (a.buckets(name, series), b.buckets(name, series));
+    after.iter().map(|&(le, c)| (le, c - before.iter().find(|(b, _)| *b == le).map_or(0.0, |x| x.1))).collect()
+}
+
+/// The upper bound of the first bucket holding `want` counts, in
+/// microseconds; the last finite bound if that is +Inf.
+fn bound_us(delta: &[(f64, f64)], want: f64) -> Option<f64> {
     let (le, _) = delta.iter().find(|(_, c)| *c >= want)?;
-    // The bucket's upper bound; the last finite bound if it is +Inf.
     let le = if le.is_finite() { *le } else { delta.iter().rev().find(|(b, _)| b.is_finite()).map_or(0.0, |x| x.0) };
     Some(le * 1e6)
 }
@@ -195,7 +216,10 @@ trove_shard_batch_events_sum{shard=\"0\"} 2100\ntrove_shard_batch_events_count{s
 trove_shard_queue_depth_events{shard=\"0\"} 9\n\
 tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"0.0001\"} 60\n\
 tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"0.001\"} 110\n\
-tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"+Inf\"} 110\n";
+tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"+Inf\"} 110\n\
+trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"0.001\"} 5\n\
+trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"0.016\"} 6\n\
+trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"+Inf\"} 6\n";
 
     #[test]
     fn a_step_is_the_difference_of_two_scrapes() {
@@ -209,6 +233,13 @@ tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"+Inf\"}
         assert_eq!(s.worker_busy_ratio, 0.5);
         // 100 schedules in the step: 50 under 100 us, 50 under 1 ms.
         assert_eq!(s.schedule_latency_p99_us, Some(1000.0));
+        // Five syncs under 1 ms, one under 16 ms; none before.
+        assert_eq!(s.fsync_max_us, Some(16_000.0));
+        // In memory: no journal histogram.
+        assert_eq!(server_step(&parse(A), &parse(A), 1.0).fsync_max_us, None);
+        let later = B.replace("le=\"0.001\"} 5", "le=\"0.001\"} 7").replace("} 6\n", "} 8\n");
+        // Two more syncs, both under 1 ms: the step's longest is 1 ms.
+        assert_eq!(server_step(&parse(B), &parse(&later), 1.0).fsync_max_us, Some(1000.0));
     }
 
     #[test]
