@@ -70,14 +70,32 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
 /// Refuses a connection past `connections_max` from the accept loop
 /// itself, with no task: one non-blocking write of the typed ERROR (a new
 /// socket's send buffer takes it whole; if not, the peer sees the close
-/// alone), then the socket closes as it is dropped. A flood of refused
-/// connections costs the loop a write each, nothing that outlives it.
+/// alone), then what the peer already sent (its HELLO, say) is read and
+/// dropped, without waiting, so that the close is a FIN, not a reset
+/// that could discard the ERROR; then the socket closes as it is
+/// dropped. A flood of refused connections costs the loop a write and a
+/// few reads each, nothing that outlives it.
 fn refuse_full<G: WireGame>(shared: &Shared<G>, stream: &TcpStream) {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     frame::encode_error(&mut out, ErrorCode::TooManyConnections, "the server is at its connection limit");
     shared.metrics.errors[ErrorCode::TooManyConnections as usize].fetch_add(1, Relaxed);
     let _ = stream.try_write(&out);
+    let mut sink = [0u8; REFUSED_DRAIN_CHUNK];
+    for _ in 0..REFUSED_DRAIN_READS_MAX {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            // The end, nothing more yet (WouldBlock), or an error.
+            _ => break,
+        }
+    }
 }
+
+/// What a refused connection's drain reads at a time, on the accept
+/// loop's stack.
+const REFUSED_DRAIN_CHUNK: usize = 1024;
+/// At most this many reads per refused connection (64 KiB): a peer that
+/// keeps sending still gets its reset, and the accept loop moves on.
+const REFUSED_DRAIN_READS_MAX: usize = 64;
 
 /// Why a connection ends early.
 enum Close {

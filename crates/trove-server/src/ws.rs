@@ -93,10 +93,10 @@ async fn upgrade<G: WireGame + JsonGame>(
         .max_write_buffer_size(c.ws_write_buffer_max)
         .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| async move {
-            // The request's own bytes stay counted until the first message
-            // is handled: what a client sent right behind the request has
-            // reached the library through hyper's buffer, possibly under
-            // the charge taken for it.
+            // The request's own bytes (at most WS_UNBUDGETED_BYTES) stay
+            // counted until the first message is handled; what the client
+            // sent behind them was held until the 101 and reaches the
+            // library under the meter, as frames.
             WsConnection::new(shared, meter).run(socket).await;
         })
 }
@@ -137,6 +137,8 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                             waiting: None,
                             framing: Framing::default(),
                             held: Vec::new(),
+                            charge_for: 0,
+                            read_waker: None,
                         };
                         return (io, addr);
                     }
@@ -152,10 +154,11 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
     }
 }
 
-/// A WebSocket port's connection: holds its slot, meters its input against
-/// the unfinished-frame budget, and fails a read that waits longer than
-/// the handshake timeout for its first bytes or the idle timeout for later
-/// ones (a request that never ends holds nothing long).
+/// A WebSocket port's connection: holds its slot, serves one HTTP request,
+/// meters its input against the unfinished-frame budget, and fails a read
+/// once the handshake timeout has passed since the accept without an
+/// upgrade (however the request's bytes trickle in), or, upgraded, once no
+/// byte arrived for the idle timeout.
 struct Slotted<G: WireGame> {
     stream: tokio::net::TcpStream,
     _slot: crate::ConnectionSlot<G>,
@@ -168,8 +171,15 @@ struct Slotted<G: WireGame> {
     framing: Framing,
     /// Bytes read but held back from the reader: from the last byte of a
     /// large frame's header on, until the budget is taken (at most one
-    /// read, `WS_READ_BUFFER`).
+    /// read, `WS_READ_BUFFER`), or after the request's head until it is
+    /// answered.
     held: Vec<u8>,
+    /// The data message the charge covers ([`Framing::current_message`]
+    /// when it was taken): a later message's large header waits for the
+    /// charge to be given back and taken again.
+    charge_for: u64,
+    /// A read waiting for the request's answer, woken when it is written.
+    read_waker: Option<std::task::Waker>,
 }
 
 /// One connection's input meter, shared by its [`Slotted`] stream (which
@@ -227,6 +237,12 @@ impl<G: WireGame> Meter<G> {
         m.shared.frame_budget.give_back(m.charged.swap(0, Relaxed));
     }
 
+    /// The connection holds a charge (a message over
+    /// [`WS_UNBUDGETED_BYTES`] is under way).
+    fn charged(&self) -> bool {
+        self.0.charged.load(Relaxed) > 0
+    }
+
     /// A control frame of `payload` bytes was handled: its wire bytes
     /// (a masked client header is 6 bytes) are free again, but not what an
     /// unfinished fragmented message around it holds.
@@ -243,26 +259,58 @@ impl<G: WireGame> Drop for MeterState<G> {
     }
 }
 
-/// Where a connection's bytes are: in the HTTP request, or in WebSocket
-/// frames (their headers parsed, so that a large frame's header can be
-/// held back until its budget is taken: the library reserves the announced
-/// length on the header, and with transparent huge pages touching any of
-/// it can make 2 MiB resident). No I/O: [`Slotted`] feeds it.
+/// Where a connection's bytes are: in the HTTP request, waiting for its
+/// answer, or in WebSocket frames (their headers parsed, so that a large
+/// frame's header can be held back until its budget is taken: the library
+/// reserves the announced length on the header, and with transparent huge
+/// pages touching any of it can make 2 MiB resident). No I/O: [`Slotted`]
+/// feeds it what it reads and what it writes.
 #[derive(Debug, Default)]
 struct Framing {
-    /// The upgrade request's head is over (an empty line after a
-    /// non-empty one, as the HTTP parser reads it; the handler refuses a
-    /// request with a body, so what follows is frames).
-    in_frames: bool,
+    phase: Phase,
     /// Head scanning: a non-empty line was seen; then 1 after a `\n`, 2
     /// after `\n\r`.
     head_started: bool,
     head_state: u8,
+    /// The first bytes written on the connection, up to the status code
+    /// (`HTTP/1.1 101`).
+    status: [u8; STATUS_LINE_PREFIX],
+    status_len: usize,
     /// The current frame header's bytes so far.
     header: [u8; 14],
     header_len: usize,
     /// Payload bytes of the current frame still to pass.
     payload_left: u64,
+    /// The current frame is the final one of a data message: the message
+    /// ends with its payload.
+    payload_ends_message: bool,
+    /// Data messages whose first frame's header has passed.
+    messages_started: u64,
+    /// A data message has started and its last payload byte not passed.
+    message_open: bool,
+}
+
+/// Bytes of a response's status line that say whether it is an upgrade:
+/// `HTTP/1.1 101`.
+const STATUS_LINE_PREFIX: usize = 12;
+
+/// Where a connection is, for [`Framing`].
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    /// Reading the one request's head (an empty line after a non-empty
+    /// one ends it, as the HTTP parser reads it).
+    #[default]
+    Head,
+    /// The head is over; nothing more passes until the answer's status
+    /// line says whether it upgrades (HTTP/1.1 keeps a connection alive
+    /// and reads pipelined requests: one request per connection here, so
+    /// that what follows a head is frames, or nothing).
+    Answer,
+    /// Upgraded (101): frames follow. The handler refuses an upgrade
+    /// request with a body.
+    Frames,
+    /// Answered with anything but 101: nothing more is read.
+    Refused,
 }
 
 /// What [`Framing::scan`] found.
@@ -271,8 +319,15 @@ enum Scan {
     /// All the bytes may go to the reader.
     All,
     /// Only the first n: the byte at n completes the header of a frame of
-    /// this many payload bytes, which needs budget first.
+    /// this many payload bytes, which needs budget first (or, charged, the
+    /// charge covers an earlier message: it must be given back and taken
+    /// again).
     HoldFrom(usize, u64),
+    /// Only the first n: the request's head ends there, and what follows
+    /// waits for the answer ([`Framing::answered`]).
+    AwaitAnswer(usize),
+    /// None: the request was refused, the connection reads no more.
+    Refused,
 }
 
 /// A frame header's length: 2 bytes, then 0, 2 or 8 of extended length,
@@ -296,56 +351,125 @@ fn frame_payload_len(header: &[u8]) -> u64 {
 }
 
 impl Framing {
-    /// Passes `bytes` (the next ones on the connection), stopping before
-    /// the last byte of a header that announces more than `free` payload
-    /// bytes (and no more than `frame_max`, which the library refuses on
-    /// the header, before reserving) unless `charged`. State advances only
-    /// over the bytes let through.
-    fn scan(&mut self, bytes: &[u8], free: u64, frame_max: u64, charged: bool) -> Scan {
+    /// The data message the next data frame belongs to: the open one, or
+    /// the next to start. A charge taken now covers it.
+    fn current_message(&self) -> u64 {
+        if self.message_open { self.messages_started } else { self.messages_started + 1 }
+    }
+
+    /// The connection is reading frames (upgraded).
+    fn in_frames(&self) -> bool {
+        self.phase == Phase::Frames
+    }
+
+    /// Bytes the server wrote (`written`, the next ones on the connection):
+    /// the answer's status line decides the phase once the head is over.
+    fn answered(&mut self, written: &[u8]) {
+        if self.status_len == STATUS_LINE_PREFIX {
+            return;
+        }
+        let n = written.len().min(STATUS_LINE_PREFIX - self.status_len);
+        self.status[self.status_len..self.status_len + n].copy_from_slice(&written[..n]);
+        self.status_len += n;
+        if self.status_len < STATUS_LINE_PREFIX {
+            return;
+        }
+        let upgrade = self.status.starts_with(b"HTTP/1.1 ") && self.status.ends_with(b"101");
+        // hyper answers only once the head is read: an answer before its
+        // end (none, in hyper) refuses too.
+        self.phase = if upgrade && self.phase == Phase::Answer { Phase::Frames } else { Phase::Refused };
+    }
+
+    /// Passes `bytes` (the next ones on the connection), stopping at the
+    /// end of the request's head until it is answered, and before the last
+    /// byte of a header that announces more than `free` payload bytes (and
+    /// no more than `frame_max`, which the library refuses on the header,
+    /// before reserving) unless `charged_for` names the data message it
+    /// belongs to ([`Framing::current_message`] when the charge was
+    /// taken). State advances only over the bytes let through.
+    fn scan(&mut self, bytes: &[u8], free: u64, frame_max: u64, charged_for: Option<u64>) -> Scan {
         let mut i = 0;
         while i < bytes.len() {
-            if !self.in_frames {
-                let b = bytes[i];
-                i += 1;
-                self.head_state = match (self.head_state, b) {
-                    (_, b'\n') if self.head_state != 0 || !self.head_started => {
-                        if self.head_started {
-                            self.in_frames = true;
+            match self.phase {
+                Phase::Head => {}
+                Phase::Answer => return Scan::AwaitAnswer(i),
+                Phase::Refused => return Scan::Refused,
+                Phase::Frames => {
+                    if self.payload_left > 0 {
+                        let n = self.payload_left.min((bytes.len() - i) as u64);
+                        self.payload_left -= n;
+                        i += n as usize;
+                        if self.payload_left == 0 && self.payload_ends_message {
+                            self.message_open = false;
                         }
-                        0
+                        continue;
                     }
-                    (_, b'\n') => 1,
-                    (1, b'\r') => 2,
-                    (_, b'\r') if !self.head_started => 0,
-                    _ => {
-                        self.head_started = true;
-                        0
+                    self.header[self.header_len] = bytes[i];
+                    let complete = frame_header_len(&self.header[..self.header_len + 1]) == Some(self.header_len + 1);
+                    if !complete {
+                        self.header_len += 1;
+                        i += 1;
+                        continue;
                     }
-                };
-                continue;
-            }
-            if self.payload_left > 0 {
-                let n = self.payload_left.min((bytes.len() - i) as u64);
-                self.payload_left -= n;
-                i += n as usize;
-                continue;
-            }
-            self.header[self.header_len] = bytes[i];
-            let complete = frame_header_len(&self.header[..self.header_len + 1]) == Some(self.header_len + 1);
-            if complete {
-                let len = frame_payload_len(&self.header[..self.header_len + 1]);
-                if len > free && len <= frame_max && !charged {
-                    return Scan::HoldFrom(i, len);
+                    let len = frame_payload_len(&self.header[..self.header_len + 1]);
+                    if len > free && len <= frame_max && charged_for != Some(self.current_message()) {
+                        return Scan::HoldFrom(i, len);
+                    }
+                    // Opcodes 8 and up are control frames, which may come
+                    // between a message's fragments; the others carry data.
+                    let data = self.header[0] & 0x08 == 0;
+                    let fin = self.header[0] & 0x80 != 0;
+                    if data {
+                        if !self.message_open {
+                            self.messages_started += 1;
+                            self.message_open = true;
+                        }
+                        self.payload_ends_message = fin;
+                        if fin && len == 0 {
+                            self.message_open = false;
+                        }
+                    } else {
+                        self.payload_ends_message = false;
+                    }
+                    self.payload_left = len;
+                    self.header_len = 0;
+                    i += 1;
+                    continue;
                 }
-                self.payload_left = len;
-                self.header_len = 0;
-            } else {
-                self.header_len += 1;
             }
+            let b = bytes[i];
             i += 1;
+            self.head_state = match (self.head_state, b) {
+                (_, b'\n') if self.head_state != 0 || !self.head_started => {
+                    if self.head_started {
+                        self.phase = Phase::Answer;
+                    }
+                    0
+                }
+                (_, b'\n') => 1,
+                (1, b'\r') => 2,
+                (_, b'\r') if !self.head_started => 0,
+                _ => {
+                    self.head_started = true;
+                    0
+                }
+            };
         }
         Scan::All
     }
+}
+
+/// Why [`Slotted::passable`] stopped short of the bytes it was given.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// It did not: all pass.
+    None,
+    /// A large frame's header: budget first.
+    Charge,
+    /// The request's head is over: its answer first.
+    Answer,
+    /// The request was refused: nothing more passes.
+    Refused,
 }
 
 impl<G: WireGame> Slotted<G> {
@@ -362,6 +486,10 @@ impl<G: WireGame> Slotted<G> {
             Poll::Ready(()) => {
                 self.waiting = None;
                 self.meter.0.charged.store(bytes, Relaxed);
+                // Every message the library completed has been handled
+                // (it reads only for a frame it lacks), so the charge
+                // covers the message under way, or the next one.
+                self.charge_for = self.framing.current_message();
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
@@ -370,10 +498,25 @@ impl<G: WireGame> Slotted<G> {
 
     /// Bytes this connection may pass to its reader now (at least one),
     /// after taking the budget if it needs it; an error once it passed
-    /// more without a whole message than the largest message takes.
+    /// more without a whole message than the largest message takes, or a
+    /// request head longer than [`WS_UNBUDGETED_BYTES`] (heads are not
+    /// charged: a slow one would hold budget until the handshake timeout).
     fn poll_allowance(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>> {
         let m = &self.meter.0;
         let since = m.read.load(Relaxed) - m.mark.load(Relaxed);
+        match self.framing.phase {
+            Phase::Head if since >= WS_UNBUDGETED_BYTES => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a request head longer than WS_UNBUDGETED_BYTES",
+                )));
+            }
+            Phase::Head => return Poll::Ready(Ok(WS_UNBUDGETED_BYTES - since)),
+            // What follows the head is held, at most one read, until the
+            // answer: it passes (as frames) under the allowance then.
+            Phase::Answer | Phase::Refused => return Poll::Ready(Ok(WS_READ_BUFFER)),
+            Phase::Frames => {}
+        }
         let charged = m.charged.load(Relaxed);
         if since < WS_UNBUDGETED_BYTES + charged {
             return Poll::Ready(Ok(WS_UNBUDGETED_BYTES + charged - since));
@@ -394,21 +537,48 @@ impl<G: WireGame> Slotted<G> {
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no bytes within the handshake or idle timeout",
+                "no upgrade within the handshake timeout, or no bytes within the idle timeout",
             ))),
             Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Scans `bytes` (about to go to the reader): how many may go now.
-    /// Zero when a large frame's header starts them and the budget must be
-    /// taken first.
-    fn passable(&mut self, bytes: &[u8]) -> usize {
-        let charged = self.meter.0.charged.load(Relaxed) > 0;
+    /// Scans `bytes` (about to go to the reader): how many may go now, and
+    /// why not all.
+    fn passable(&mut self, bytes: &[u8]) -> (usize, Stop) {
+        let charged_for = (self.meter.0.charged.load(Relaxed) > 0).then_some(self.charge_for);
         let frame_max = self.meter.0.shared.config.ws_frame_max as u64;
-        match self.framing.scan(bytes, WS_UNBUDGETED_BYTES as u64, frame_max, charged) {
-            Scan::All => bytes.len(),
-            Scan::HoldFrom(n, _) => n,
+        match self.framing.scan(bytes, WS_UNBUDGETED_BYTES as u64, frame_max, charged_for) {
+            Scan::All => (bytes.len(), Stop::None),
+            Scan::HoldFrom(n, _) => (n, Stop::Charge),
+            Scan::AwaitAnswer(n) => (n, Stop::Answer),
+            Scan::Refused => (0, Stop::Refused),
+        }
+    }
+
+    /// Nothing can pass now (`stop` says why): wait for the budget or the
+    /// answer (the handshake or idle deadline still runs), or end.
+    fn poll_stopped(&mut self, cx: &mut std::task::Context<'_>, stop: Stop) -> Poll<std::io::Result<bool>> {
+        match stop {
+            Stop::None => unreachable!("bytes pass unless stopped"),
+            // The end of input: hyper closes after its answer.
+            Stop::Refused => Poll::Ready(Ok(false)),
+            Stop::Answer => {
+                self.read_waker = Some(cx.waker().clone());
+                self.poll_deadline(cx).map_ok(|()| false)
+            }
+            // Held while charged: the charge covers an earlier message,
+            // which the library returned without reading on (it reads only
+            // for a frame it lacks) and which was not handled. Not hyper's
+            // and tungstenite's order: close rather than wait for nothing.
+            Stop::Charge if self.meter.0.charged.load(Relaxed) > 0 => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a large frame's header read before the previous message was handled",
+            ))),
+            Stop::Charge => match self.poll_charge(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(true)),
+                Poll::Pending => self.poll_deadline(cx).map_ok(|()| false),
+            },
         }
     }
 }
@@ -423,27 +593,37 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        if this.framing.phase == Phase::Refused {
+            // The end of input: one request per connection.
+            this.held = Vec::new();
+            return Poll::Ready(Ok(()));
+        }
         let allowed = match this.poll_allowance(cx) {
             Poll::Ready(Ok(n)) => n.min(buf.remaining()).min(WS_READ_BUFFER),
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             // Waiting for budget: the idle timeout still runs.
             Poll::Pending => return this.poll_deadline(cx),
         };
-        // Bytes held back before a large frame's header go first, once
-        // the budget is taken.
+        assert!(allowed > 0, "an allowance is at least one byte");
+        // Bytes held back (before a large frame's header, or after the
+        // request's head) go first, once the budget is taken or the
+        // request answered.
         if !this.held.is_empty() {
             let mut held = std::mem::take(&mut this.held);
             let take = allowed.min(held.len());
-            let mut n = this.passable(&held[..take]);
+            let (mut n, stop) = this.passable(&held[..take]);
             if n == 0 {
-                match this.poll_charge(cx) {
-                    Poll::Ready(()) => n = this.passable(&held[..take]),
-                    Poll::Pending => {
+                match this.poll_stopped(cx, stop) {
+                    Poll::Ready(Ok(true)) => {
+                        n = this.passable(&held[..take]).0;
+                        assert!(n > 0, "a connection charged for the message under way passes its headers");
+                    }
+                    Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                    other => {
                         this.held = held;
-                        return this.poll_deadline(cx);
+                        return other.map_ok(|_| ());
                     }
                 }
-                assert!(n > 0, "a charged connection passes any frame header");
             }
             buf.put_slice(&held[..n]);
             held.drain(..n);
@@ -458,22 +638,27 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
         let got = part.filled().len();
         match result {
             Poll::Ready(Ok(())) if got > 0 => {
-                this.deadline.as_mut().reset(Instant::now() + this.quiet);
+                // Until the upgrade, the handshake deadline stays fixed:
+                // a request sent a byte at a time ends with it.
+                if this.framing.in_frames() {
+                    this.deadline.as_mut().reset(Instant::now() + this.quiet);
+                }
                 let fresh = &buf.initialize_unfilled_to(allowed)[..got];
-                let n = this.passable(fresh);
+                let (n, stop) = this.passable(fresh);
                 if n < got {
                     this.held.extend_from_slice(&fresh[n..]);
                 }
                 buf.set_filled(before + n);
                 this.meter.0.read.fetch_add(n, Relaxed);
                 if n == 0 {
-                    // Nothing to give yet: wait for the budget (and wake).
-                    return match this.poll_charge(cx) {
-                        Poll::Ready(()) => {
+                    // Nothing to give yet: wait (and wake) for the budget
+                    // or the answer.
+                    return match this.poll_stopped(cx, stop) {
+                        Poll::Ready(Ok(true)) => {
                             cx.waker().wake_by_ref();
                             Poll::Pending
                         }
-                        Poll::Pending => this.poll_deadline(cx),
+                        other => other.map_ok(|_| ()),
                     };
                 }
                 Poll::Ready(Ok(()))
@@ -485,13 +670,36 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
     }
 }
 
+impl<G: WireGame> Slotted<G> {
+    /// `written` went out: until the answer's status line is whole, it
+    /// decides whether frames follow. A 101 starts the idle timeout and
+    /// releases what was held behind the head; anything else ends input.
+    fn wrote(&mut self, written: &[u8]) {
+        let before = self.framing.phase;
+        self.framing.answered(written);
+        if self.framing.phase != before {
+            if self.framing.in_frames() {
+                self.deadline.as_mut().reset(Instant::now() + self.quiet);
+            }
+            if let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 impl<G: WireGame> tokio::io::AsyncWrite for Slotted<G> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = std::pin::Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.wrote(&buf[..n]);
+        }
+        result
     }
 
     fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
@@ -507,7 +715,20 @@ impl<G: WireGame> tokio::io::AsyncWrite for Slotted<G> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = std::pin::Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            let mut left = n;
+            for b in bufs {
+                if left == 0 || this.framing.status_len == STATUS_LINE_PREFIX {
+                    break;
+                }
+                let k = left.min(b.len());
+                this.wrote(&b[..k]);
+                left -= k;
+            }
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -592,11 +813,16 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             // Until the peer's Close (the library answers nothing more), its
             // end of the stream, or the linger.
             while let Ok(Some(Ok(m))) = tokio::time::timeout_at(linger, socket.recv()).await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+                match m {
+                    Message::Close(_) => break,
+                    // A control frame between a message's fragments: the
+                    // message's charge stays.
+                    Message::Ping(b) | Message::Pong(b) => self.meter.control_done(b.len()),
+                    Message::Text(_) | Message::Binary(_) => {
+                        drop(m);
+                        self.meter.message_done();
+                    }
                 }
-                drop(m);
-                self.meter.message_done();
             }
         }
     }
@@ -647,7 +873,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     self.deliver();
                 }
                 msg = socket.recv(), if can_read => {
-                    idle_deadline = Instant::now() + config.idle_timeout;
+                    // A control frame keeps an idle connection open, but
+                    // not a charge: a message under way (control frames
+                    // come between its fragments) finishes within the idle
+                    // timeout of the last data message, or the connection
+                    // closes and gives its charge back.
+                    let control = matches!(msg, Some(Ok(Message::Ping(_) | Message::Pong(_))));
+                    if !control || !self.meter.charged() {
+                        idle_deadline = Instant::now() + config.idle_timeout;
+                    }
                     match msg {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                         Some(Ok(Message::Text(text))) => {
@@ -658,7 +892,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                             self.meter.message_done();
                             handled?;
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                        Some(Ok(Message::Binary(b))) => {
+                            // Its charge goes back now, not after the
+                            // answers owed and the close's linger.
+                            drop(b);
+                            self.meter.message_done();
                             return Err((ErrorCode::Malformed, "messages are JSON text".into()));
                         }
                         // Ping and pong frames: answered by the library.
@@ -903,12 +1141,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Framing, Scan};
+    use super::{Framing, Phase, Scan};
 
     const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    const FREE: u64 = 16 << 10;
+    const MAX: u64 = 1 << 20;
 
-    fn header(len: u64) -> Vec<u8> {
-        let mut h = vec![0x82];
+    /// A masked client frame header: `first` is FIN and opcode.
+    fn header_with(first: u8, len: u64) -> Vec<u8> {
+        let mut h = vec![first];
         if len < 126 {
             h.push(0x80 | len as u8);
         } else if len <= 0xffff {
@@ -922,34 +1163,106 @@ mod tests {
         h
     }
 
+    /// A final binary frame's header.
+    fn header(len: u64) -> Vec<u8> {
+        header_with(0x82, len)
+    }
+
+    /// Framing past an upgrade request answered 101.
+    fn upgraded() -> Framing {
+        let mut f = Framing::default();
+        assert_eq!(f.scan(HEAD, FREE, MAX, None), Scan::All);
+        f.answered(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(f.phase, Phase::Frames);
+        f
+    }
+
     #[test]
     fn the_head_ends_at_the_first_empty_line_after_a_non_empty_one() {
         for head in [&b"\r\nGET / HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\n\n", b"GET / HTTP/1.1\r\nA: b\n\r\n"] {
             let mut f = Framing::default();
             let mut bytes = head.to_vec();
             bytes.extend_from_slice(&header(1 << 20));
-            assert_eq!(f.scan(&bytes, 16 << 10, 1 << 20, false), Scan::HoldFrom(bytes.len() - 1, 1 << 20));
+            assert_eq!(f.scan(&bytes, FREE, MAX, None), Scan::AwaitAnswer(head.len()));
+            f.answered(b"HTTP/1.1 101 Switching Protocols\r\n");
+            let rest = &bytes[head.len()..];
+            assert_eq!(f.scan(rest, FREE, MAX, None), Scan::HoldFrom(rest.len() - 1, 1 << 20));
         }
     }
 
     #[test]
-    fn a_large_frames_header_is_held_back_until_charged_small_ones_pass() {
+    fn what_follows_a_head_waits_for_its_answer_and_a_refusal_ends_input() {
+        // A request pipelined behind one that is not an upgrade: nothing
+        // of it passes, whatever the answer's pieces.
         let mut f = Framing::default();
-        assert_eq!(f.scan(HEAD, 16 << 10, 1 << 20, false), Scan::All);
+        let mut bytes = b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let first = bytes.len();
+        bytes.extend_from_slice(HEAD);
+        bytes.extend_from_slice(&header(1 << 20));
+        assert_eq!(f.scan(&bytes, FREE, MAX, None), Scan::AwaitAnswer(first));
+        assert_eq!(f.scan(&bytes[first..], FREE, MAX, None), Scan::AwaitAnswer(0));
+        f.answered(b"HTTP/1.1 4");
+        assert_eq!(f.scan(&bytes[first..], FREE, MAX, None), Scan::AwaitAnswer(0));
+        f.answered(b"04 Not Found\r\n");
+        assert_eq!(f.phase, Phase::Refused);
+        assert_eq!(f.scan(&bytes[first..], FREE, MAX, None), Scan::Refused);
+        // A 101 answered before the head ended is no upgrade either.
+        let mut f = Framing::default();
+        assert_eq!(f.scan(&HEAD[..5], FREE, MAX, None), Scan::All);
+        f.answered(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(f.scan(&HEAD[5..], FREE, MAX, None), Scan::Refused);
+    }
+
+    #[test]
+    fn a_large_frames_header_is_held_back_until_charged_small_ones_pass() {
+        let mut f = upgraded();
         // Small frames, split anywhere, pass.
         let mut small = header(100);
         small.extend_from_slice(&[b'x'; 100]);
         for piece in small.chunks(3) {
-            assert_eq!(f.scan(piece, 16 << 10, 1 << 20, false), Scan::All);
+            assert_eq!(f.scan(piece, FREE, MAX, None), Scan::All);
         }
         // A large one stops at its header's last byte, even split.
         let big = header(1 << 20);
-        assert_eq!(f.scan(&big[..5], 16 << 10, 1 << 20, false), Scan::All);
-        assert_eq!(f.scan(&big[5..], 16 << 10, 1 << 20, false), Scan::HoldFrom(big.len() - 6, 1 << 20));
-        // Charged, it passes, with its payload.
-        assert_eq!(f.scan(&big[big.len() - 1..], 16 << 10, 1 << 20, true), Scan::All);
-        assert_eq!(f.scan(&vec![0; 1 << 20], 16 << 10, 1 << 20, false), Scan::All);
+        assert_eq!(f.scan(&big[..5], FREE, MAX, None), Scan::All);
+        assert_eq!(f.scan(&big[5..], FREE, MAX, None), Scan::HoldFrom(big.len() - 6, 1 << 20));
+        // Charged for it (the next message), it passes, with its payload.
+        assert_eq!(f.current_message(), 2);
+        assert_eq!(f.scan(&big[big.len() - 1..], FREE, MAX, Some(2)), Scan::All);
+        assert_eq!(f.scan(&vec![0; 1 << 20], FREE, MAX, None), Scan::All);
         // Past the frame limit the library refuses it on the header: no charge.
-        assert_eq!(f.scan(&header(2 << 20), 16 << 10, 1 << 20, false), Scan::All);
+        assert_eq!(f.scan(&header(2 << 20), FREE, MAX, None), Scan::All);
+    }
+
+    #[test]
+    fn the_next_messages_large_header_waits_for_a_charge_of_its_own() {
+        let mut f = upgraded();
+        // Message 1: a large first fragment, charged for it.
+        let mut a = header_with(0x02, 100 << 10);
+        a.resize(a.len() + (100 << 10), b'a');
+        assert_eq!(f.current_message(), 1);
+        assert_eq!(f.scan(&a, FREE, MAX, Some(1)), Scan::All);
+        // A ping between its fragments changes nothing.
+        let mut ping = header_with(0x89, 4);
+        ping.extend_from_slice(b"ping");
+        assert_eq!(f.scan(&ping, FREE, MAX, Some(1)), Scan::All);
+        // Its final fragment's last bytes, then message 2's 1 MiB header,
+        // in one read: the header is held though the connection is charged.
+        let mut last = header_with(0x80, 20 << 10);
+        last.resize(last.len() + (20 << 10), b'a');
+        let mut read = last.clone();
+        read.extend_from_slice(&header(1 << 20));
+        let hold = read.len() - 1;
+        assert_eq!(f.scan(&read, FREE, MAX, Some(1)), Scan::HoldFrom(hold, 1 << 20));
+        // Message 1 is over; a charge taken again covers message 2.
+        assert_eq!(f.current_message(), 2);
+        assert_eq!(f.scan(&read[hold..], FREE, MAX, Some(1)), Scan::HoldFrom(0, 1 << 20));
+        assert_eq!(f.scan(&read[hold..], FREE, MAX, Some(2)), Scan::All);
+        // A large continuation of message 2 passes under its charge.
+        assert_eq!(f.scan(&vec![0; 1 << 20], FREE, MAX, Some(2)), Scan::All);
+        assert_eq!(f.current_message(), 3);
+        // An empty final frame ends a message too.
+        assert_eq!(f.scan(&header_with(0x81, 0), FREE, MAX, None), Scan::All);
+        assert_eq!(f.current_message(), 4);
     }
 }

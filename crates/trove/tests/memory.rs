@@ -289,6 +289,28 @@ fn ws_read(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (h[0] & 0x0f, payload)
 }
 
+/// What one WebSocket connection charges with the defaults
+/// (`ws::message_bytes_max`: the 1 MiB limits and 64 KiB of headers).
+const WS_CHARGE: u64 = (1 << 20) + (64 << 10);
+
+/// Waits (a minute at most) until the server holds exactly `held` bytes of
+/// budget and has counted at least `waits` waits for it; returns the waits.
+fn wait_for_budget(control: SocketAddr, held: u64, waits: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now_held = metric(control, "trove_unfinished_frame_bytes");
+        let now_waits = metric(control, "trove_unfinished_frame_waits_total");
+        if now_held == Some(held) && now_waits.is_some_and(|w| w >= waits) {
+            return now_waits.unwrap_or(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "budget held {now_held:?} (expected {held}), waits {now_waits:?} (expected {waits} or more)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Sends a ping padded to the largest message and reads its pong.
 fn ws_round_trip(s: &mut TcpStream) {
     s.write_all(&ws_ping_frame(WS_PAYLOAD_FULL)).unwrap();
@@ -321,7 +343,10 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
         b.extend_from_slice(&[7; 32]);
         s.write_all(&b).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The server read them: the budget is spent in whole charges, and every
+    // other connection waits for one.
+    let charged = (BUDGET / WS_CHARGE) * WS_CHARGE;
+    let waits_announced = wait_for_budget(control, charged, CONNECTIONS as u64 - BUDGET / WS_CHARGE);
     let rss_announced = serve.rss();
     eprintln!("idle {} MiB, 1,000 announced 1 MiB messages: {} MiB", idle >> 20, rss_announced >> 20);
     assert!(
@@ -336,27 +361,23 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
     let mut message = ws_header(1, WS_PAYLOAD_FULL);
     message.resize(message.len() + WS_PAYLOAD_FULL, b'x');
     let written = write_all_until_stalled(&mut unfinished, &message[..message.len() - 1], 0);
+    // Each of them reached its message's header and waits for budget,
+    // which stays spent in whole charges.
+    let waits = wait_for_budget(control, charged, waits_announced + CONNECTIONS as u64);
     let rss_unfinished = serve.rss();
-    eprintln!(
-        "budget held {:?}, waits {:?}",
-        metric(control, "trove_unfinished_frame_bytes"),
-        metric(control, "trove_unfinished_frame_waits_total")
-    );
+    eprintln!("budget held {charged}, waits {waits}");
     eprintln!(
         "{} MiB written by 1,000 unfinished messages: RSS {} MiB (bound {} MiB)",
         written >> 20,
         rss_unfinished >> 20,
         bound(2 * CONNECTIONS) >> 20
     );
-    assert!(written >= BUDGET, "the server read at least its budget: {written}");
     assert!(
         rss_unfinished <= bound(2 * CONNECTIONS),
         "RSS {rss_unfinished} above {} with 1,000 unfinished messages; stderr:\n{}",
         bound(2 * CONNECTIONS),
         serve.stderr_now()
     );
-    let held = metric(control, "trove_unfinished_frame_bytes").expect("the gauge");
-    assert!(held > 0 && held <= BUDGET, "budget held {held}");
 
     // They close: the budget comes back whole, and RSS stays bounded.
     drop(announced);
@@ -435,5 +456,150 @@ fn fragmented_websocket_messages_and_pings_pass_the_meter_and_give_its_budget_ba
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Err(e) => panic!("the connection must close (not time out): {e}"),
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The WebSocket upgrade request `ws_connect` sends.
+const WS_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Reads until the server closes the connection (its end, or a reset:
+/// closing with unread input resets); None if it is still open after
+/// `wait`.
+fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(got),
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+    None
+}
+
+/// A server with the WebSocket endpoint under `limits` (TOML lines).
+fn start_ws(name: &str, limits: &str) -> (Serve, SocketAddr, SocketAddr, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("trove-memory-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("trove.toml");
+    std::fs::write(&config, format!("[limits]\n{limits}")).unwrap();
+    let (serve, addr, control) = start(&config, true);
+    (serve, addr, control, dir)
+}
+
+#[test]
+fn a_request_that_is_not_an_upgrade_ends_its_connection_before_a_pipelined_upgrade() {
+    let (_serve, addr, control, dir) = start_ws("ws-pipelined", "idle_timeout_ms = 600000\n");
+    // A 404, an upgrade and a 1 MiB binary message's header behind it, in
+    // one write: HTTP/1.1 would keep the connection and read the upgrade.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut bytes = b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
+    bytes.extend_from_slice(WS_UPGRADE);
+    bytes.extend(ws_header(2, WS_PAYLOAD_FULL));
+    bytes.extend_from_slice(&[7; 32]);
+    s.write_all(&bytes).unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(30)).expect("the connection closes after its 404");
+    let text = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(!text.contains(" 101 "), "upgraded behind a refused request: {text}");
+    assert_eq!(metric(control, "trove_unfinished_frame_bytes"), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_request_head_is_never_charged_and_ends_within_the_handshake_timeout() {
+    let (_serve, addr, control, dir) = start_ws("ws-head", "idle_timeout_ms = 600000\nhandshake_timeout_ms = 2000\n");
+    // A head over 16 KiB is refused, not charged.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(20 << 10));
+    let mut head = WS_UPGRADE[..WS_UPGRADE.len() - 2].to_vec();
+    head.extend_from_slice(pad.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let _ = s.write_all(&head);
+    let got = read_until_closed(&mut s, Duration::from_secs(30)).expect("a long head closes the connection");
+    assert!(!String::from_utf8_lossy(&got).contains(" 101 "), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(metric(control, "trove_unfinished_frame_bytes"), Some(0));
+    // A head sent a byte at a time ends with the handshake timeout, not
+    // the idle timeout counted from its last byte.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for &b in WS_UPGRADE.iter().take(WS_UPGRADE.len() - 1) {
+        if s.write_all(&[b]).is_err() || read_until_closed(&mut s, Duration::from_millis(300)).is_some() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head a byte at a time held its connection for {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn control_frames_do_not_keep_an_unfinished_messages_charge() {
+    let (_serve, addr, control, dir) = start_ws("ws-pongs", "idle_timeout_ms = 2000\n");
+    let mut s = ws_connect(addr);
+    // 20 KiB of a text message in 4 KiB fragments: past the unbudgeted
+    // 16 KiB, so charged.
+    let mut wire = Vec::new();
+    for i in 0..5 {
+        wire.extend(ws_header_fin(if i == 0 { 1 } else { 0 }, 4096, false));
+        wire.extend_from_slice(&[b'x'; 4096]);
+    }
+    s.write_all(&wire).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(control, "trove_unfinished_frame_bytes") == Some(0) {
+        assert!(Instant::now() < deadline, "the fragments never took the charge");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A pong every 300 ms: the message must still finish within the idle
+    // timeout, or the connection closes.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut chunk = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while !got.windows(12).any(|w| w == b"idle_timeout") {
+        assert!(Instant::now() < deadline, "pongs held a charge for a minute");
+        if s.write_all(&ws_header(10, 0)).is_err() {
+            break;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(got.windows(12).any(|w| w == b"idle_timeout"), "{}", String::from_utf8_lossy(&got));
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(control, "trove_unfinished_frame_bytes") != Some(0) {
+        assert!(Instant::now() < deadline, "the charge outlived its connection");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_binary_message_gives_its_charge_back_before_the_close() {
+    let (_serve, addr, control, dir) = start_ws("ws-binary", "idle_timeout_ms = 600000\n");
+    let mut s = ws_connect(addr);
+    let mut message = ws_header(2, 100 << 10);
+    message.resize(message.len() + (100 << 10), 7);
+    s.write_all(&message).unwrap();
+    // The error, then the Close frame.
+    let (opcode, payload) = ws_read(&mut s);
+    assert_eq!(opcode, 1);
+    assert!(payload.windows(9).any(|w| w == b"malformed"), "{}", String::from_utf8_lossy(&payload));
+    let (opcode, _) = ws_read(&mut s);
+    assert_eq!(opcode, 8, "a Close frame");
+    // The server lingers for this side's Close; the charge went back
+    // before its answers.
+    assert_eq!(metric(control, "trove_unfinished_frame_bytes"), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
