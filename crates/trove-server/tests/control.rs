@@ -43,7 +43,10 @@ impl Harness {
     fn start_with(journal: Option<JournalConfig>, limits: ControlConfig) -> Harness {
         let fsync = journal.as_ref().map_or("none".to_string(), |j| j.fsync.to_string());
         let journal_dir = journal.as_ref().map(|j| j.dir.display().to_string());
-        let engine = EngineConfig { shards: 2, journal, ..EngineConfig::default() };
+        // The wait bound is not what these tests are about (one counts
+        // BUSY answers and expects none).
+        let engine =
+            EngineConfig { shards: 2, journal, queue_wait_max: Duration::from_secs(60), ..EngineConfig::default() };
         let engine = Arc::new(Engine::<TreasureHunt>::start(engine).expect("engine"));
         let config =
             ServerConfig { tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)), ws_addr: None, ..ServerConfig::default() };

@@ -14,8 +14,16 @@ use tungstenite::Message;
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 fn start(config: ServerConfig) -> Server<TreasureHunt> {
-    let engine =
-        Arc::new(Engine::<TreasureHunt>::start(EngineConfig { shards: 2, ..EngineConfig::default() }).unwrap());
+    let engine = Arc::new(
+        Engine::<TreasureHunt>::start(EngineConfig {
+            shards: 2,
+            // Not what these tests are about: on a loaded machine it would
+            // turn their pipelining into BUSY.
+            queue_wait_max: Duration::from_secs(60),
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     Server::start(engine, ServerConfig { tcp_addr: any, ws_addr: Some(any), ..config }).unwrap()
 }

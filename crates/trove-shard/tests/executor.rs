@@ -11,7 +11,10 @@ use trove_shard::{ClockMode, Engine, EngineConfig, Mode, SubmitError};
 use trove_workload::{Clock, Generator, WorkloadSpec};
 
 fn config(mode: Mode, shards: usize) -> EngineConfig {
-    EngineConfig { mode, shards, clock: ClockMode::Supplied, ..EngineConfig::default() }
+    // The wait bound is tested on its own (`a_shard_queue_is_bounded_in_expected_wait`);
+    // elsewhere a loaded machine must not turn pipelining into BUSY.
+    let queue_wait_max = Duration::from_secs(60);
+    EngineConfig { mode, shards, clock: ClockMode::Supplied, queue_wait_max, ..EngineConfig::default() }
 }
 
 fn spec() -> WorkloadSpec {

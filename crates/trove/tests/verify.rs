@@ -37,9 +37,14 @@ fn journal(name: &str) -> (PathBuf, PathBuf, usize) {
     let _ = std::fs::remove_dir_all(&running);
     let mut journal = JournalConfig::new(&running, FsyncPolicy::Always);
     (journal.io, journal.snapshot_interval) = (WriteIo::Buffered, None);
-    let engine =
-        Engine::<TreasureHunt>::start(EngineConfig { shards: 1, journal: Some(journal), ..Default::default() })
-            .unwrap();
+    let engine = Engine::<TreasureHunt>::start(EngineConfig {
+        shards: 1,
+        journal: Some(journal),
+        // Submits below expect no BUSY, however loaded the machine.
+        queue_wait_max: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .unwrap();
     let mut p = engine.producer();
     for b in 0..3u32 {
         let mut batch: Vec<_> = (0..5).map(|i| Stamped { time_us: 0, event: HuntEvent::dig(b, i) }).collect();
