@@ -22,8 +22,8 @@
 //! - it never shrinks below one largest batch, so a batch always fits an
 //!   empty window.
 //!
-//! Batches shrink with the window ([`EventWindow::batch_events`]), however
-//! it shrank: with a small window, full-size batches would leave events
+//! Batches shrink with the window once it has shrunk
+//! ([`EventWindow::batch_events`]), however it shrank: with a small window, full-size batches would leave events
 //! waiting in the open batch for window room, their latency counted all
 //! the same.
 
@@ -69,9 +69,12 @@ impl EventWindow {
         self.allowed
     }
 
-    /// Where the open batch closes: a share of the window, within
-    /// `1..=floor` (the batch limit).
+    /// Where the open batch closes: the batch limit (`floor`) while the
+    /// window is whole, a quarter of it (at least 1) once it has shrunk.
     pub fn batch_events(&self) -> usize {
+        if self.allowed >= self.max {
+            return self.floor;
+        }
         (self.allowed / BATCHES_PER_WINDOW).clamp(1, self.floor)
     }
 
@@ -312,5 +315,12 @@ mod tests {
         assert_eq!(w.batch_events(), 8192);
         let small = window(3, 1);
         assert_eq!(small.batch_events(), 1);
+        // A window of two batches, whole: batches are not cut to a quarter
+        // of it; once it shrinks, they are.
+        let mut two = window(8192, 4096);
+        assert_eq!(two.batch_events(), 4096);
+        two.on_busy(1, 8192, 8193);
+        assert_eq!(two.allowed(), 4096);
+        assert_eq!(two.batch_events(), 1024);
     }
 }

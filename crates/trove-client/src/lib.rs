@@ -38,7 +38,8 @@
 //!   pauses, resends after a reconnect, in-order completion (pure logic).
 //! - `congestion.rs`: the window in events, halved on BUSY (and, opt-in,
 //!   shrunk on round trips past `queue_delay_target`), grown back by
-//!   ACKs; batches close at a quarter of it (pure logic).
+//!   ACKs; once it has shrunk, batches close at a quarter of it (pure
+//!   logic).
 //! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
 //! - `subscriber.rs`: [`Subscriber`] and its per-hunt sequence checks.
 

@@ -165,8 +165,8 @@ impl<G: WireGame> Shared<G> {
 /// [`send`](Self::send) encodes the event into the open batch and returns
 /// its sequence number; it never waits and never allocates. The open batch
 /// is closed and handed to the producer's task when it is full (at
-/// `batch_events_max`, or a quarter of the window in events while the
-/// window is small: see below), when
+/// `batch_events_max`, or a quarter of the window in events once the
+/// window has shrunk: see below), when
 /// [`flush`](Self::flush) (or [`drain`](Self::drain), [`close`](Self::close))
 /// is called, or once it has been open for `linger` — noticed by `send`
 /// (every 64 events) and by [`idle_until`](Self::idle_until). A producer
