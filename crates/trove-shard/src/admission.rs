@@ -70,8 +70,11 @@ pub(crate) fn expected_wait_ns(events: usize, ps_per_event: u64) -> u128 {
 /// drain). Small drains are left out: their fixed cost (a wakeup, a
 /// stamp, a hand-off) divided by a few events says nothing about the rate
 /// at which a queue is worked off, and a queue only forms when drains are
-/// large. The busy time counts whatever the shard did in the drain:
-/// queries and snapshots delay the queue as much as events do.
+/// large. The busy time counts what the shard did in the drain, queries
+/// included (they delay the queue as much as events do), but not the
+/// periodic snapshot: one copy of every world a minute would multiply a
+/// drain's cost per event and answer BUSY behind it for the next 20-30
+/// drains.
 ///
 /// Kept by the shard thread; read by submitting threads through
 /// [`published`](Self::published).
