@@ -249,6 +249,18 @@ fn a_full_queue_answers_busy_at_once_and_stays_bounded() {
     }
 }
 
+/// Holds the shard of world 0 in a query until the sender is used (or two
+/// minutes pass); the receiver answers when the query ends.
+fn hold_shard_of_world_0(
+    engine: &Engine<TreasureHunt>,
+) -> (std::sync::mpsc::Sender<()>, tokio::sync::oneshot::Receiver<()>) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let answered = engine.query_world(0, move |_| {
+        let _ = held.recv_timeout(Duration::from_secs(120));
+    });
+    (release, answered)
+}
+
 /// Admission counts events too (`queue_events_max`): past capacity a
 /// batch is refused rather than queued behind more work than the bound,
 /// and what is refused is handed back whole and taken once the queue has
@@ -265,13 +277,7 @@ fn a_shard_queue_is_bounded_in_events_too() {
     };
     let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
     // The shard is held in a query, so what is submitted stays queued.
-    let hold = || {
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let answered = engine.query_world(0, move |_| {
-            let _ = held.recv_timeout(Duration::from_secs(120));
-        });
-        (release, answered)
-    };
+    let hold = || hold_shard_of_world_0(&engine);
     let events = stream(0, 1, 1000);
     assert!(events.len() >= 360);
     let mut p = engine.producer();
@@ -308,13 +314,7 @@ fn a_shard_queue_is_bounded_in_expected_wait() {
     for (wait_max, refused) in [(Duration::from_millis(2), true), (Duration::from_secs(60), false)] {
         let cfg = EngineConfig { queue_wait_max: wait_max, ..config(Mode::Sharded, 1) };
         let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
-        let hold = || {
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let answered = engine.query_world(0, move |_| {
-                let _ = held.recv_timeout(Duration::from_secs(120));
-            });
-            (release, answered)
-        };
+        let hold = || hold_shard_of_world_0(&engine);
         let events = stream(0, 1, 1200);
         let mut p = engine.producer();
         // One drain of 1,024 events (the least the shard measures) that

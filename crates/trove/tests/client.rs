@@ -10,26 +10,12 @@ use std::time::Duration;
 
 use common::Serve;
 use trove_client::{ClientConfig, ClientError, Producer};
-use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, TreasureHunt};
+use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_proto::ErrorCode;
 
 /// A producer id of this test's own.
 const PRODUCER: u64 = 0x5e9_2e05ed;
 const HUNT: u32 = 19;
-
-fn hunt_config() -> HuntConfig {
-    HuntConfig {
-        width: 64,
-        height: 64,
-        seed: 7,
-        treasures_per_round: 8,
-        value_min: 1,
-        value_max: 10,
-        dig_cooldown_ms: 0,
-        step_max: 4,
-        players_max: 1000,
-    }
-}
 
 /// A producer with the fixed id, numbering from `first_seq`, sending one
 /// event per batch.
@@ -51,7 +37,7 @@ fn a_reused_sequence_number_with_another_event_is_a_typed_error_through_the_sdk(
         tokio::time::timeout(Duration::from_secs(120), async {
             // The first run: a hunt, and player 1 joins it at sequence 2.
             let (mut producer, mut acks) = Producer::<TreasureHunt>::connect(config(addr, 1)).await.expect("connects");
-            assert_eq!(producer.send_wait(HuntEvent::create(HUNT, hunt_config())).await.expect("send"), 1);
+            assert_eq!(producer.send_wait(HuntEvent::create(HUNT, common::hunt_config())).await.expect("send"), 1);
             assert_eq!(producer.send_wait(HuntEvent::join(HUNT, 1)).await.expect("send"), 2);
             producer.close().await.expect("close");
             let created = acks.next().await.expect("an answer").expect("acknowledged");

@@ -32,7 +32,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use trove_client::{ClientConfig, Producer};
-use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, TreasureHunt};
+use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 
 /// How long a server may take to say it listens (recovery included).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,20 +94,6 @@ fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Option<Vec<u8>>>, wha
     }
 }
 
-fn hunt_config() -> HuntConfig {
-    HuntConfig {
-        width: 64,
-        height: 64,
-        seed: 7,
-        treasures_per_round: 8,
-        value_min: 1,
-        value_max: 10,
-        dig_cooldown_ms: 0,
-        step_max: 4,
-        players_max: 1 << 10,
-    }
-}
-
 /// Creates hunt `hunt` and joins `joins` players to it through one
 /// producer; returns the events acknowledged (every one, or it panics).
 fn produce(addr: SocketAddr, hunt: u32, joins: u32) -> u64 {
@@ -123,7 +109,7 @@ fn produce(addr: SocketAddr, hunt: u32, joins: u32) -> u64 {
                 }
                 outcomes
             });
-            producer.send_wait(HuntEvent::create(hunt, hunt_config())).await.expect("send");
+            producer.send_wait(HuntEvent::create(hunt, common::hunt_config())).await.expect("send");
             for player in 0..joins {
                 producer.send_wait(HuntEvent::join(hunt, player)).await.expect("send");
             }

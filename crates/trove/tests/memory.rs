@@ -191,15 +191,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     // They close: the budget comes back whole, and RSS stays bounded.
     drop(announced);
     drop(unfinished);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let held = metric(control, "trove_unfinished_frame_bytes");
-        if held == Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "budget still held after every connection closed: {held:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_budget_free(control, "after every connection closed");
     let rss_closed = serve.rss();
     eprintln!("after they closed: {} MiB", rss_closed >> 20);
     assert!(rss_closed <= bound(2 * CONNECTIONS), "RSS {rss_closed} after close");
@@ -311,6 +303,20 @@ fn wait_for_budget(control: SocketAddr, held: u64, waits: u64) -> u64 {
     }
 }
 
+/// Waits (a minute at most) until the server holds no budget; `what` names
+/// the moment in the failure.
+fn wait_until_budget_free(control: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = metric(control, "trove_unfinished_frame_bytes");
+        if held == Some(0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: budget still held: {held:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends a ping padded to the largest message and reads its pong.
 fn ws_round_trip(s: &mut TcpStream) {
     s.write_all(&ws_ping_frame(WS_PAYLOAD_FULL)).unwrap();
@@ -382,15 +388,7 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
     // They close: the budget comes back whole, and RSS stays bounded.
     drop(announced);
     drop(unfinished);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let held = metric(control, "trove_unfinished_frame_bytes");
-        if held == Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "budget still held after every connection closed: {held:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_budget_free(control, "after every connection closed");
     let rss_closed = serve.rss();
     eprintln!("after they closed: {} MiB", rss_closed >> 20);
     assert!(rss_closed <= bound(2 * CONNECTIONS), "RSS {rss_closed} after close");
@@ -441,11 +439,7 @@ fn fragmented_websocket_messages_and_pings_pass_the_meter_and_give_its_budget_ba
             String::from_utf8_lossy(&answer[..64])
         );
         // The charge went back once the message was handled.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while metric(control, "trove_unfinished_frame_bytes") != Some(0) {
-            assert!(Instant::now() < deadline, "round {round}: budget still held");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_budget_free(control, &format!("round {round}"));
     }
     // One large frame, over the message limit: refused on its header, the
     // connection closed.
@@ -577,11 +571,7 @@ fn control_frames_do_not_keep_an_unfinished_messages_charge() {
     }
     assert!(got.windows(12).any(|w| w == b"idle_timeout"), "{}", String::from_utf8_lossy(&got));
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(control, "trove_unfinished_frame_bytes") != Some(0) {
-        assert!(Instant::now() < deadline, "the charge outlived its connection");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_budget_free(control, "the charge outlived its connection");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,6 +4,22 @@
 
 use std::path::PathBuf;
 
+/// A small hunt for tests that drive a server through the SDK: a 64x64
+/// map, up to 1,024 players, no dig cooldown.
+pub fn hunt_config() -> trove_hunt::HuntConfig {
+    trove_hunt::HuntConfig {
+        width: 64,
+        height: 64,
+        seed: 7,
+        treasures_per_round: 8,
+        value_min: 1,
+        value_max: 10,
+        dig_cooldown_ms: 0,
+        step_max: 4,
+        players_max: 1 << 10,
+    }
+}
+
 /// A fresh scratch directory for one test, named after it.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trove-{name}-{}", std::process::id()));
