@@ -286,6 +286,7 @@ impl<G: WireGame> Producer<G> {
             control: Vec::new(),
             writing: None,
             ping_nonce: 0,
+            acked: Vec::new(),
         };
         let handle = tokio::spawn(task.run(conn));
         let producer = Producer {
@@ -653,6 +654,9 @@ struct Task<G: WireGame> {
     control: Vec<u8>,
     writing: Option<Writing>,
     ping_nonce: u64,
+    /// ACKs read and not yet shown to the window (`first_seq`, `count`,
+    /// round trip): `deliver` applies them under the lock it takes anyway.
+    acked: Vec<(u64, u32, Option<Duration>)>,
 }
 
 impl<G: WireGame> Task<G> {
@@ -813,11 +817,8 @@ impl<G: WireGame> Task<G> {
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),
                 };
-                let now = Instant::now();
-                let rtt = self.inflight.on_ack(first_seq, count, outcomes, now).map_err(protocol)?;
-                let mut st = self.shared.lock();
-                let next_seq = st.closed_end_seq;
-                st.events_allowed.on_acked(first_seq, count as usize, rtt, now, next_seq);
+                let rtt = self.inflight.on_ack(first_seq, count, outcomes, Instant::now()).map_err(protocol)?;
+                self.acked.push((first_seq, count, rtt));
             }
             Frame::Busy { first_seq, count, retry_after_ms } => {
                 let wait = Duration::from_millis(u64::from(retry_after_ms));
@@ -849,10 +850,18 @@ impl<G: WireGame> Task<G> {
 
     /// Hands answered batches, oldest first, to `Acks` (or releases them),
     /// and recycles their buffers.
+    /// Shows the window the ACKs read (one lock for both).
     fn deliver(&mut self) {
-        let Some(first) = self.inflight.pop_answered() else { return };
+        let first = self.inflight.pop_answered();
+        if first.is_none() && self.acked.is_empty() {
+            return;
+        }
         let mut st = self.shared.lock();
-        let mut next = Some(first);
+        let (now, next_seq) = (Instant::now(), st.closed_end_seq);
+        for (first_seq, count, rtt) in self.acked.drain(..) {
+            st.events_allowed.on_acked(first_seq, count as usize, rtt, now, next_seq);
+        }
+        let mut next = first;
         let (mut batches, mut events) = (0, 0);
         while let Some((batch, answer)) = next {
             st.answered_through = batch.end_seq() - 1;
