@@ -19,7 +19,7 @@ use crate::lock::DataDirLock;
 use crate::segment::segment_name;
 
 /// When a written batch counts as durable, and so may be acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// Group commit, the default: after the write and an `fdatasync` of
     /// it, where the journal thread writes and syncs as soon as anything
@@ -27,6 +27,7 @@ pub enum FsyncPolicy {
     /// it during a sync goes into the next one. Batches grow with the load
     /// by themselves; an idle engine's batch waits for one write and one
     /// sync, never for a timer.
+    #[default]
     Group,
     /// After the write and an `fdatasync` of it. The journal thread runs
     /// the same loop as `Group` (docs/decisions/0009-group-commit.md); the
@@ -38,13 +39,6 @@ pub enum FsyncPolicy {
     /// lose acknowledged batches still in the page cache; a process crash
     /// (`kill -9`) cannot.
     Never,
-}
-
-/// `group`: a durable acknowledgement without a timer's wait.
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        Self::Group
-    }
 }
 
 impl std::str::FromStr for FsyncPolicy {
