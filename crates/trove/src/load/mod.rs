@@ -1389,6 +1389,16 @@ fn median_by<T: Copy>(v: &[T], key: impl Fn(&T) -> f64) -> T {
     sorted[v.len() / 2]
 }
 
+/// Each percentile's median, percentile by percentile.
+fn median_latency(v: &[LatencyUs]) -> LatencyUs {
+    LatencyUs {
+        p50: median_by(v, |l| l.p50 as f64).p50,
+        p99: median_by(v, |l| l.p99 as f64).p99,
+        p999: median_by(v, |l| l.p999 as f64).p999,
+        max: median_by(v, |l| l.max as f64).max,
+    }
+}
+
 /// A ramp step judged from its trials (in the order they ran, at least
 /// one): achieved, each latency percentile and the client's CPU are the
 /// trials' medians (of an even count, the worse middle); the server's
@@ -1406,16 +1416,7 @@ fn judge(
 ) -> StepReport {
     assert!(!trials.is_empty(), "a step runs at least one trial");
     let n = trials.len();
-    let u = |f: &dyn Fn(&StepReport) -> u64| {
-        let v: Vec<u64> = trials.iter().map(f).collect();
-        median_by(&v, |&x| x as f64)
-    };
-    let lat = |f: &dyn Fn(&StepReport) -> LatencyUs| LatencyUs {
-        p50: u(&|s| f(s).p50),
-        p99: u(&|s| f(s).p99),
-        p999: u(&|s| f(s).p999),
-        max: u(&|s| f(s).max),
-    };
+    let lat = |f: &dyn Fn(&StepReport) -> LatencyUs| median_latency(&trials.iter().map(f).collect::<Vec<_>>());
     let f64s = |f: &dyn Fn(&StepReport) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
     // The worse middle of an even count: the lower achieved.
     let lower = |v: Vec<f64>| median_by(&v, |&x| -x);
@@ -1426,12 +1427,7 @@ fn judge(
     }));
     let latency = lat(&|s| s.latency_us);
     let updates: Vec<LatencyUs> = trials.iter().filter_map(|s| s.update_latency_us).collect();
-    let update_latency_us = (!updates.is_empty()).then(|| LatencyUs {
-        p50: median_by(&updates, |l| l.p50 as f64).p50,
-        p99: median_by(&updates, |l| l.p99 as f64).p99,
-        p999: median_by(&updates, |l| l.p999 as f64).p999,
-        max: median_by(&updates, |l| l.max as f64).max,
-    });
+    let update_latency_us = (!updates.is_empty()).then(|| median_latency(&updates));
     let order: Vec<usize> = (0..n).collect();
     let mid = &trials[median_by(&order, |&i| trials[i].latency_us.p99 as f64)];
     let refused: u64 = trials.iter().map(|s| s.events_refused).sum();
