@@ -231,7 +231,7 @@ pub(crate) struct Shared<G: WireGame> {
 /// cannot make the server allocate, bytes that did arrive can cost at most
 /// this much across connections.
 pub(crate) struct FrameBudget {
-    held: AtomicUsize,
+    /// What is held is the `unfinished_frame_bytes` gauge itself.
     max: usize,
     released: tokio::sync::Notify,
     metrics: Arc<ServerMetrics>,
@@ -239,15 +239,13 @@ pub(crate) struct FrameBudget {
 
 impl FrameBudget {
     fn new(max: usize, metrics: Arc<ServerMetrics>) -> Self {
-        Self { held: AtomicUsize::new(0), max, released: tokio::sync::Notify::new(), metrics }
+        Self { max, released: tokio::sync::Notify::new(), metrics }
     }
 
     fn try_take(&self, bytes: usize) -> bool {
-        let taken = self.held.fetch_update(Relaxed, Relaxed, |h| h.checked_add(bytes).filter(|&t| t <= self.max));
-        if taken.is_ok() {
-            self.metrics.unfinished_frame_bytes.fetch_add(bytes as u64, Relaxed);
-        }
-        taken.is_ok()
+        let (bytes, max) = (bytes as u64, self.max as u64);
+        let held = &self.metrics.unfinished_frame_bytes;
+        held.fetch_update(Relaxed, Relaxed, |h| h.checked_add(bytes).filter(|&t| t <= max)).is_ok()
     }
 
     /// Takes `bytes`, waiting for other connections to give some back.
@@ -271,9 +269,8 @@ impl FrameBudget {
         if bytes == 0 {
             return;
         }
-        let before = self.held.fetch_sub(bytes, Relaxed);
-        assert!(before >= bytes, "gave back more budget than was taken");
-        self.metrics.unfinished_frame_bytes.fetch_sub(bytes as u64, Relaxed);
+        let before = self.metrics.unfinished_frame_bytes.fetch_sub(bytes as u64, Relaxed);
+        assert!(before >= bytes as u64, "gave back more budget than was taken");
         self.released.notify_waiters();
     }
 }
