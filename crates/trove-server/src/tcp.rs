@@ -579,18 +579,18 @@ impl<G: WireGame> Connection<G> {
             unreachable!("answers ready are sent as soon as nothing is owed before them")
         };
         debug_assert_eq!(c.outcomes.len(), count as usize);
-        if c.reused.is_empty() {
-            let waited = c.submitted_at.elapsed().as_nanos() as u64;
-            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
-        }
         self.shared.metrics.frames_out.fetch_add(1, Relaxed);
         if !c.reused.is_empty() {
             // Not an ACK: the outcomes of those events would be another
             // event's (docs/protocol.md, `sequence_reused`).
             self.shared.metrics.errors[ErrorCode::SequenceReused as usize].fetch_add(1, Relaxed);
             frame::encode_error(&mut self.out, ErrorCode::SequenceReused, &sequence_reused_message(&c.reused));
-        } else if self.outcomes {
+            return self.flush_ready();
+        }
+        let waited = c.submitted_at.elapsed().as_nanos() as u64;
+        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+        if self.outcomes {
             let s = frame::begin(&mut self.out, Kind::Ack, frame::ACK_WITH_OUTCOMES);
             self.out.extend_from_slice(&first_seq.to_le_bytes());
             self.out.extend_from_slice(&count.to_le_bytes());
@@ -600,6 +600,12 @@ impl<G: WireGame> Connection<G> {
         } else {
             frame::encode_ack(&mut self.out, first_seq, count, None);
         }
+        self.flush_ready();
+    }
+
+    /// Writes the answers that were waiting only for the batch just
+    /// answered.
+    fn flush_ready(&mut self) {
         while let Some(Owed::Ready(_)) = self.owed.front() {
             let Some(Owed::Ready(b)) = self.owed.pop_front() else { unreachable!() };
             self.out.extend_from_slice(&b);

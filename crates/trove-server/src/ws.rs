@@ -1074,17 +1074,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
             unreachable!("ready answers are sent as soon as nothing is owed before them")
         };
-        if c.reused.is_empty() {
-            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
-            let waited = c.submitted_at.elapsed().as_nanos() as u64;
-            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-        }
         if !c.reused.is_empty() {
             // Not an ack: the outcomes of those events would be another
             // event's (docs/protocol.md, `sequence_reused`).
             self.shared.metrics.errors[ErrorCode::SequenceReused as usize].fetch_add(1, Relaxed);
             self.out.push(error_json(ErrorCode::SequenceReused, &crate::sequence_reused_message(&c.reused)));
         } else {
+            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
+            let waited = c.submitted_at.elapsed().as_nanos() as u64;
+            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
             let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
             if self.outcomes {
                 ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());

@@ -139,8 +139,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
-        // Answered in `main`, with exit statuses of its own.
-        Command::Journal(Journal::Verify(_)) => Ok(()),
+        Command::Journal(Journal::Verify(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Journal(Journal::Inspect(args)) => journal_cmd::inspect(&args.data, args.hunt, args.limit),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
