@@ -244,7 +244,8 @@ pub fn run(args: &Serve) -> Result<(), String> {
     // own shard count is read only under its lock, below; the reserve
     // counts the shards known now.)
     let control_max = control.map_or(0, |_| control_limits.connections_max);
-    trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
+    let fds =
+        trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
     if args.console {
         // Before any runtime starts, so every task is seen.
         console_subscriber::init();
@@ -272,8 +273,9 @@ pub fn run(args: &Serve) -> Result<(), String> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         engine.shards = default_shards(Some(&j.dir), cores, server.io_workers);
         // The journal's own count may be larger than the one reserved for
-        // above: check again before any shard opens a file.
-        if let Err(e) = trove_server::fds::reserve(server.connections_max, control_max, engine.shards) {
+        // above: check again (against the limit already raised) before any
+        // shard opens a file.
+        if let Err(e) = trove_server::fds::check_budget(fds.limit, server.connections_max, control_max, engine.shards) {
             if let Some(lock) = lock {
                 let _ = lock.remove_created();
             }
