@@ -218,9 +218,48 @@ pub struct BenchLoad {
     /// window).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000_000))]
     pub queue_delay_target_us: u64,
-    /// Hunts a subscriber watches to time updates (0: none).
+    /// Hunts whose updates are timed, one subscriber connection each
+    /// (0: none); ignored with --subscribers.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub watch: u32,
+    /// Fan-out: open N subscriber connections (apart from the producers),
+    /// each watching one hunt, connected and subscribed before the first
+    /// step and kept for the run. Each step then reports the updates
+    /// delivered per second (entries and bytes), their latency p50/p99/max
+    /// from each event's intended send time (subscribers that keep up),
+    /// gaps (fast and slow apart), the server's CPU per delivered update
+    /// and the generator's own CPU on the subscribers. Every watcher of a
+    /// hunt gets every event of it: updates/s = sum over hunts of watchers
+    /// x that hunt's events/s. A fresh server admits them (connections_max);
+    /// a --target must allow N + --connections connections.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::load::fanout::SUBSCRIBERS_MAX)))]
+    pub subscribers: u32,
+    /// Which hunt each subscriber watches: zipf:S (drawn from a Zipf
+    /// distribution of exponent S over the hunts by number, hunt 0 the
+    /// most watched; seeded by the workload, so the same every run), all
+    /// (spread evenly over all hunts), or a hunt number (every subscriber
+    /// watches it: one hot hunt).
+    #[arg(long, default_value = "zipf:1.3")]
+    pub subscriber_hunts: String,
+    /// The subscribers speak WebSocket JSON (the server's WebSocket
+    /// endpoint) instead of TCP protocol v1.
+    #[arg(long)]
+    pub subscribers_ws: bool,
+    /// Of the --subscribers, K read deliberately slowly
+    /// (--slow-subscriber-bytes-per-s each, with a small socket receive
+    /// buffer); they are reported apart and not timed.
+    #[arg(long, default_value_t = 0)]
+    pub slow_subscribers: u32,
+    /// How fast a slow subscriber reads, bytes per second.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    pub slow_subscriber_bytes_per_s: u32,
+    /// Threads reading the subscribers' sockets (each a current-thread
+    /// runtime over its share of them) [default: 1, 2 from 1000 subscribers].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::fanout::THREADS_MAX)))]
+    pub subscriber_threads: Option<u32>,
+    /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
+    #[arg(long)]
+    pub target_ws: Option<std::net::SocketAddr>,
     /// The fresh servers' shards (sharded) or runtime workers (per-event
     /// modes) [default: the server's: the cores less its I/O workers].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]

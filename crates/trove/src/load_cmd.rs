@@ -8,6 +8,7 @@ use trove_shard::{FsyncPolicy, Mode};
 
 use crate::cli::BenchLoad;
 use crate::load::arrivals::Arrivals;
+use crate::load::fanout::{FleetArgs, HuntChoice};
 use crate::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
 
 /// Largest `--overload` factor: far past any knee already.
@@ -86,6 +87,13 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
     if slo_ms > 3_600_000.0 {
         return Err("--slo-ms must be at most 3600000 (an hour)".into());
     }
+    let fanout = fanout(flags, workload.hunts)?;
+    if flags.target_ws.is_some() && (flags.target.is_none() || !flags.subscribers_ws) {
+        return Err("--target-ws names the WebSocket listener of a --target, for --subscribers-ws".into());
+    }
+    if flags.subscribers_ws && flags.target.is_some() && flags.target_ws.is_none() {
+        return Err("--subscribers-ws against a --target needs its WebSocket address: --target-ws HOST:PORT".into());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("finding the trove binary: {e}"))?;
     Ok(LoadArgs {
         workload,
@@ -119,6 +127,8 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         queue_delay_target: (flags.queue_delay_target_us > 0)
             .then(|| Duration::from_micros(flags.queue_delay_target_us)),
         watch_hunts: flags.watch,
+        fanout,
+        target_ws: flags.target_ws,
         slo_p99: Duration::from_secs_f64(slo_ms / 1e3),
         client_workers: flags.client_workers as usize,
         tick: Duration::from_micros(flags.tick_us),
@@ -127,6 +137,34 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         progress: true,
         overload,
     })
+}
+
+/// The subscriber fleet the flags ask for, checked.
+fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
+    let hunts_choice = HuntChoice::parse(&flags.subscriber_hunts)?;
+    if flags.subscribers == 0 {
+        let fleet_flag = flags.subscribers_ws
+            || flags.slow_subscribers > 0
+            || flags.subscriber_threads.is_some()
+            || flags.subscriber_hunts != "zipf:1.3";
+        return if fleet_flag { Err("the subscriber flags need --subscribers N".into()) } else { Ok(None) };
+    }
+    if let HuntChoice::One(h) = hunts_choice
+        && h >= hunts
+    {
+        return Err(format!("--subscriber-hunts {h}: the workload has hunts 0..{hunts}"));
+    }
+    if flags.slow_subscribers > flags.subscribers {
+        return Err(format!("--slow-subscribers {} is more than --subscribers {}", flags.slow_subscribers, flags.subscribers));
+    }
+    Ok(Some(FleetArgs {
+        subscribers: flags.subscribers,
+        hunts: hunts_choice,
+        ws: flags.subscribers_ws,
+        slow: flags.slow_subscribers,
+        slow_bytes_per_s: flags.slow_subscriber_bytes_per_s,
+        threads: flags.subscriber_threads.unwrap_or(if flags.subscribers >= 1000 { 2 } else { 1 }),
+    }))
 }
 
 pub fn run(flags: &BenchLoad) -> Result<(), String> {

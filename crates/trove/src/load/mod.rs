@@ -31,11 +31,14 @@
 //! - `arrivals.rs`: the arrival schedule.
 //! - `scrape.rs`: /metrics over HTTP, per-step server figures.
 //! - `probe.rs`: the machine-stall probe and the tail's attribution.
+//! - `fanout.rs`: the subscribers (`--subscribers`, `--watch`) and the
+//!   pacer's log of intended send times they are timed against.
 //! - `server.rs`: the child server.
 //! - `report.rs`: `--report DIR`, Markdown and SVG.
 //! - here: connections, steps, ramps, the knee.
 
 pub mod arrivals;
+pub mod fanout;
 pub mod model;
 pub mod probe;
 pub mod report;
@@ -47,16 +50,17 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use trove_client::{ClientConfig, ClientError, Producer, SendError, Subscriber, Update, UpdateEntry};
+use trove_client::{ClientConfig, ClientError, Producer, SendError};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_workload::{Generator, WorkloadSpec};
 
 use self::arrivals::{Arrivals, SLOT_NS, Schedule};
+use self::fanout::{Fleet, FleetArgs, HuntChoice, SendLog};
 use self::model::{
     Comparison, FirstMoved, LatencyUs, MachineStalls, ModeRun, OverloadReport, Ratio, StepReport, TrialReport,
     WarmupReport,
@@ -101,8 +105,13 @@ pub struct LoadArgs {
     pub window_batches: u32,
     /// The SDK's `queue_delay_target` for every connection.
     pub queue_delay_target: Option<Duration>,
-    /// Hunts whose updates a subscriber measures (0: no subscriber).
+    /// Hunts whose updates a subscriber each measures (0: none); ignored
+    /// with `fanout`.
     pub watch_hunts: u32,
+    /// The subscriber fleet of `--subscribers N`.
+    pub fanout: Option<FleetArgs>,
+    /// With `target` and WebSocket subscribers: the target's WebSocket listener.
+    pub target_ws: Option<SocketAddr>,
     pub slo_p99: Duration,
     pub client_workers: usize,
     /// How often the pacer wakes to send what has arrived.
@@ -175,7 +184,7 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
     }
     let mut runs = Vec::new();
     if let Some(target) = args.target {
-        runs.push(run_mode(args, "target", target, args.target_metrics)?);
+        runs.push(run_mode(args, "target", target, args.target_ws, args.target_metrics)?);
     } else {
         for (i, mode) in args.modes.iter().enumerate() {
             let spec = ChildSpec {
@@ -185,10 +194,12 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
                 fsync: args.server.fsync.clone(),
                 data: std::env::temp_dir().join(format!("trove-bench-{}-{i}", std::process::id())),
                 io_workers: args.server.io_workers,
+                ws: args.fanout.as_ref().is_some_and(|f| f.ws),
+                connections_max: child_connections_max(args),
             };
             let child = ChildServer::start(&spec)?;
             say(&format!("{mode}: server on {} (metrics http://{}/metrics)", child.tcp, child.control));
-            let run = run_mode(args, mode, child.tcp, Some(child.control));
+            let run = run_mode(args, mode, child.tcp, child.ws, Some(child.control));
             child.stop(Duration::from_secs(10));
             runs.push(run?);
         }
@@ -342,53 +353,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The hunts whose updates are timed, and for each the intended send
-/// times of its events sent and not yet seen in an update, in order: a
-/// hunt's events come from one connection and are applied in send order,
-/// so the n-th APPLIED entry of its stream is the n-th event sent.
-#[derive(Debug)]
-struct Watch {
-    /// By hunt: index into `hunts`, or u32::MAX.
-    index: Vec<u32>,
-    hunts: Vec<Mutex<WatchedHunt>>,
-    latencies: Mutex<Latencies>,
-    gaps: AtomicU64,
-}
-
-#[derive(Debug)]
-struct WatchedHunt {
-    hunt: u32,
-    /// False after a gap: the stream and the queue no longer line up.
-    synced: bool,
-    queue: VecDeque<(u64, u32)>,
-}
-
-impl Watch {
-    fn new(spec: &WorkloadSpec, count: u32) -> Self {
-        let count = count.min(spec.hunts);
-        let mut index = vec![u32::MAX; spec.hunts as usize];
-        let mut hunts = Vec::new();
-        for i in 0..count {
-            // Spread over the hunt numbers, so over connections and shards;
-            // hunt 0 (the hottest of a skewed workload) is among them.
-            let h = (u64::from(i) * u64::from(spec.hunts) / u64::from(count)) as u32;
-            index[h as usize] = hunts.len() as u32;
-            hunts.push(Mutex::new(WatchedHunt { hunt: h, synced: true, queue: VecDeque::new() }));
-        }
-        Self { index, hunts, latencies: Mutex::default(), gaps: AtomicU64::new(0) }
-    }
-
-    #[inline]
-    fn slot(&self, hunt: u32) -> Option<&Mutex<WatchedHunt>> {
-        let i = *self.index.get(hunt as usize)?;
-        if i == u32::MAX { None } else { self.hunts.get(i as usize) }
-    }
-
-    fn pending(&self) -> usize {
-        self.hunts.iter().map(|h| lock(h)).filter(|h| h.synced).map(|h| h.queue.len()).sum()
-    }
-}
-
 /// The producer side of one connection, driven by the pacer thread.
 struct Conn {
     producer: Producer<TreasureHunt>,
@@ -432,7 +396,7 @@ impl Conn {
 
     /// Takes in the slots that have ended by `now` (within the step), sends
     /// what the window takes, and closes the open batch. Never waits.
-    fn pace(&mut self, now: u64, plan: &StepPlan, watch: &Watch, linger_ns: u64) -> Result<(), String> {
+    fn pace(&mut self, now: u64, plan: &StepPlan, log: &SendLog, linger_ns: u64) -> Result<(), String> {
         if let Some(schedule) = &mut self.schedule {
             while self.next_slot_ns + SLOT_NS <= now.min(plan.end_ns) {
                 let n = schedule.next_slot();
@@ -452,7 +416,7 @@ impl Conn {
             self.done.sent_in_window = self.sent;
         }
         let was_open = self.producer.open_events() > 0;
-        self.pump(now, plan.index, watch)?;
+        self.pump(now, plan.index, log)?;
         if !was_open && self.producer.open_events() > 0 {
             // Close enough: the batch opened during this tick.
             self.opened_ns = now;
@@ -486,7 +450,7 @@ impl Conn {
     }
 
     /// Sends backlog events in order until the window is full.
-    fn pump(&mut self, now: u64, step: u32, watch: &Watch) -> Result<(), String> {
+    fn pump(&mut self, now: u64, step: u32, log: &SendLog) -> Result<(), String> {
         loop {
             if let Some(e) = self.pending.take()
                 && !self.offer(e)?
@@ -498,12 +462,7 @@ impl Conn {
             let (slot_start, n, mut j, mut left) = self.chunk;
             while left > 0 {
                 let e = self.generator.next_event();
-                if let Some(w) = watch.slot(e.hunt) {
-                    let mut w = lock(w);
-                    if w.synced {
-                        w.queue.push_back((slot_start + arrivals::offset_ns(j, j + 1, n), step));
-                    }
-                }
+                log.record(e.hunt, slot_start + arrivals::offset_ns(j, j + 1, n), step);
                 j += 1;
                 left -= 1;
                 let sent = self.offer(e);
@@ -571,7 +530,7 @@ impl Conn {
 /// few hundred microseconds; tokio's timer has a resolution of 1 ms.
 struct Pacer {
     conns: Vec<Conn>,
-    watch: Arc<Watch>,
+    log: Arc<SendLog>,
     clock: Clock,
     arrivals: Arrivals,
     tick: Duration,
@@ -582,7 +541,7 @@ struct Pacer {
 }
 
 fn pacer(p: Pacer) -> Vec<Conn> {
-    let Pacer { mut conns, watch, clock, arrivals, tick, linger, drain_timeout, plans, replies } = p;
+    let Pacer { mut conns, log, clock, arrivals, tick, linger, drain_timeout, plans, replies } = p;
     'plans: while let Ok(plan) = plans.recv() {
         for c in &mut conns {
             c.begin(&plan, arrivals);
@@ -602,7 +561,7 @@ fn pacer(p: Pacer) -> Vec<Conn> {
             let now = clock.now_ns();
             let mut all = true;
             for c in conns.iter_mut().filter(|c| !c.finished) {
-                if let Err(e) = c.pace(now, &plan, &watch, linger.as_nanos() as u64) {
+                if let Err(e) = c.pace(now, &plan, &log, linger.as_nanos() as u64) {
                     c.done.error = Some(e);
                     c.finished = true;
                 } else if now >= plan.end_ns && c.drained() {
@@ -698,50 +657,6 @@ fn answered(chunks: &mut VecDeque<Chunk>, end: u64, mut f: impl FnMut(&Chunk, u6
     }
 }
 
-/// Reads the watched hunts' updates: each APPLIED entry is the next event
-/// sent to its hunt.
-async fn read_updates(mut sub: Subscriber<TreasureHunt>, watch: Arc<Watch>, clock: Clock, stop: Arc<AtomicBool>) {
-    while !stop.load(Relaxed) {
-        let next = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
-        let update = match next {
-            Err(_) => continue,
-            Ok(Some(Ok(u))) => u,
-            Ok(_) => return,
-        };
-        let now = clock.now_ns();
-        match update {
-            Update::Entries { hunt, entries, .. } => {
-                let Some(w) = watch.slot(hunt) else { continue };
-                let mut w = lock(w);
-                if !w.synced {
-                    continue;
-                }
-                let mut lat = lock(&watch.latencies);
-                for entry in &entries {
-                    if let UpdateEntry::Applied { .. } = entry {
-                        match w.queue.pop_front() {
-                            Some((at, step)) => lat.record(step, now.saturating_sub(at) / 1000, 1),
-                            None => {
-                                // More updates than events sent: stop timing this hunt.
-                                w.synced = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Update::Gap { hunt, .. } => {
-                watch.gaps.fetch_add(1, Relaxed);
-                if let Some(w) = watch.slot(hunt) {
-                    let mut w = lock(w);
-                    w.synced = false;
-                    w.queue.clear();
-                }
-            }
-        }
-    }
-}
-
 /// Client process CPU time.
 pub(crate) fn cpu_time() -> Duration {
     // utime + stime of this process from /proc/self/stat, in clock ticks.
@@ -753,7 +668,7 @@ pub(crate) fn cpu_time() -> Duration {
 }
 
 /// The client side of a mode's run: the SDK's tasks on a runtime, the
-/// pacer thread, the subscriber.
+/// pacer thread, the subscribers.
 struct Rig {
     /// Taken by `drop`, which stops the SDK's and the subscriber's tasks.
     runtime: Option<tokio::runtime::Runtime>,
@@ -761,16 +676,16 @@ struct Rig {
     replies: mpsc::Receiver<StepDone>,
     pacer: Option<std::thread::JoinHandle<Vec<Conn>>>,
     shared: Vec<Arc<ConnShared>>,
-    watch: Arc<Watch>,
+    /// The subscribers, if any.
+    fleet: Option<Fleet>,
     acked_total: Arc<AtomicU64>,
     clock: Clock,
-    stop_updates: Arc<AtomicBool>,
     /// Stalls of the machine over the whole run.
     probe: Probe,
 }
 
 impl Rig {
-    fn start(args: &LoadArgs, addr: SocketAddr) -> Result<Self, String> {
+    fn start(args: &LoadArgs, addr: SocketAddr, ws: Option<SocketAddr>) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.client_workers)
             .thread_name("bench-client")
@@ -779,7 +694,11 @@ impl Rig {
             .map_err(|e| format!("client runtime: {e}"))?;
         let clock = Clock { epoch: Instant::now() };
         let spec = &args.workload;
-        let watch = Arc::new(Watch::new(spec, args.watch_hunts));
+        let fleet_args = fleet_args(args);
+        let (hunts, log) = match &fleet_args {
+            Some(f) => Fleet::plan(f, spec.hunts, spec.seed)?,
+            None => (Vec::new(), Arc::new(SendLog::none())),
+        };
         let acked_total = Arc::new(AtomicU64::new(0));
         let began = Instant::now();
         say(&format!("setting up {} hunts and their players over {} connections", spec.hunts, args.connections));
@@ -832,27 +751,15 @@ impl Rig {
             });
         }
         say(&format!("setup acknowledged in {:.1} s", began.elapsed().as_secs_f64()));
-        let stop_updates = Arc::new(AtomicBool::new(false));
-        if !watch.hunts.is_empty() {
-            let (w, stop) = (watch.clone(), stop_updates.clone());
-            let hunts: Vec<u32> = watch.hunts.iter().map(|h| lock(h).hunt).collect();
-            let sub = runtime.block_on(async move {
-                let mut sub = Subscriber::<TreasureHunt>::connect(ClientConfig::new(addr.to_string()))
-                    .await
-                    .map_err(|e| format!("subscriber: {e}"))?;
-                for h in hunts {
-                    sub.subscribe(h).await.map_err(|e| format!("subscribing to hunt {h}: {e}"))?;
-                }
-                Ok::<_, String>(sub)
-            })?;
-            runtime.spawn(read_updates(sub, w, clock, stop));
-        }
+        // Subscribed before the pacer sends anything: every subscriber's
+        // stream and its hunt's log start together, at index 0.
+        let fleet = fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock)).transpose()?;
         let shared = conns.iter().map(|c| c.shared.clone()).collect();
         let (plans, plans_rx) = mpsc::channel();
         let (replies_tx, replies) = mpsc::channel();
         let p = Pacer {
             conns,
-            watch: watch.clone(),
+            log,
             clock,
             arrivals: args.arrivals,
             tick: args.tick,
@@ -872,10 +779,9 @@ impl Rig {
             replies,
             pacer: Some(pacer),
             shared,
-            watch,
+            fleet,
             acked_total,
             clock,
-            stop_updates,
             probe,
         })
     }
@@ -905,7 +811,7 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        self.stop_updates.store(true, Relaxed);
+        self.fleet.take();
         // The pacer ends when its plans do, handing back the producers.
         self.plans.take();
         let conns = self.pacer.take().and_then(|p| p.join().ok()).unwrap_or_default();
@@ -983,8 +889,14 @@ impl Ladder {
 }
 
 /// Runs one mode against the server at `addr`: a single step, or a ramp.
-fn run_mode(args: &LoadArgs, mode: &str, addr: SocketAddr, metrics: Option<SocketAddr>) -> Result<ModeRun, String> {
-    let rig = Rig::start(args, addr)?;
+fn run_mode(
+    args: &LoadArgs,
+    mode: &str,
+    addr: SocketAddr,
+    ws: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Result<ModeRun, String> {
+    let rig = Rig::start(args, addr, ws)?;
     let mut steps: Vec<StepReport> = Vec::new();
     let mut stopped: Option<String> = None;
     let mut warmup = None;
@@ -1130,6 +1042,7 @@ fn run_step(
     let scrape = |m: Option<SocketAddr>| m.and_then(|a| scrape::get(a, Duration::from_secs(2)).ok());
     sleep_until(rig.clock.at(start_ns));
     let (scrape0, acked0, cpu0, t0) = (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
+    let fan0 = rig.fleet.as_ref().map(Fleet::snapshot);
     let live = args.progress && std::io::stderr().is_terminal();
     while rig.clock.now_ns() < end_ns {
         let left = end_ns.saturating_sub(rig.clock.now_ns());
@@ -1149,6 +1062,7 @@ fn run_step(
     }
     // Read together, before the scrape (which may take a while).
     let (acked1, cpu1, seconds) = (rig.acked_total.load(Relaxed), cpu_time(), t0.elapsed().as_secs_f64().max(1e-9));
+    let fan1 = rig.fleet.as_ref().map(Fleet::snapshot);
     let scrape1 = scrape(metrics);
     if live {
         eprint!("\r{:100}\r", "");
@@ -1159,15 +1073,12 @@ fn run_step(
     // while they drained held them up too.
     let machine = rig.probe.within(start_ns, rig.clock.now_ns());
     // The updates of the step's last events are on their way.
-    let until = Instant::now() + Duration::from_secs(1);
-    while rig.watch.pending() > 0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
+    if let Some(f) = &rig.fleet {
+        f.settle(Duration::from_secs(1));
     }
     let (ack_hist, acked) = rig.step_latency(index);
     let send_lag = latency(&rig.step_send_lag(index));
     let admitted = latency(&rig.step_admitted(index));
-    let mut upd_hist = histogram();
-    let updates = lock(&rig.watch.latencies).merge_into(index, &mut upd_hist);
     let mut refused = 0;
     for s in &rig.shared {
         let mut inner = lock(&s.inner);
@@ -1177,9 +1088,8 @@ fn run_step(
         refused += inner.refused.iter().filter(|r| r.0 == index).map(|r| r.1).sum::<u64>();
         inner.refused.retain(|r| r.0 > index);
     }
-    lock(&rig.watch.latencies).collected(index);
-    let gaps = rig.watch.gaps.swap(0, Relaxed);
     let failed = rig.shared.iter().find_map(|s| lock(&s.inner).failed.clone());
+    let failed = failed.or_else(|| rig.fleet.as_ref().and_then(Fleet::error));
     let achieved = (acked1 - acked0) as f64 / seconds;
     let offered = done.offered as f64 / duration.as_secs_f64();
     let lat = latency(&ack_hist);
@@ -1206,6 +1116,7 @@ fn run_step(
         _ => None,
     };
     let client_cpu_cores = cpu1.saturating_sub(cpu0).as_secs_f64() / seconds;
+    let fanout = fanout_step(rig, index, fan0.as_ref().zip(fan1.as_ref()), server.as_ref().map(|v| v.cpu_cores * seconds));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tail_cause = (!passed).then(|| {
         probe::tail_cause(&TailFigures {
@@ -1245,9 +1156,9 @@ fn run_step(
         latency_us: lat,
         admitted_latency_us: admitted,
         send_lag_us: send_lag,
-        update_latency_us: (updates > 0).then(|| latency(&upd_hist)),
-        updates_measured: updates,
-        update_gaps: gaps,
+        update_latency_us: fanout.as_ref().and_then(|f| f.latency_us),
+        updates_measured: fanout.as_ref().map_or(0, |f| f.updates_timed),
+        update_gaps: fanout.as_ref().map_or(0, |f| f.gaps),
         events_refused: refused,
         passed,
         failed_because: (!passed).then(|| why.join("; ")),
@@ -1259,6 +1170,7 @@ fn run_step(
         machine_stalls: machine,
         tail_cause,
         trials: vec![trial],
+        fanout,
     };
     let step = StepReport { busy_replies_per_s: step.server.as_ref().map(|v| v.busy_replies / seconds), ..step };
     say(&format!(
@@ -1268,7 +1180,7 @@ fn run_step(
         lat.p50 as f64 / 1e3,
         lat.p99 as f64 / 1e3,
         lat.p999 as f64 / 1e3,
-        step.update_latency_us.map_or(String::new(), |u| format!(" (update p99 {:.2} ms)", u.p99 as f64 / 1e3)),
+        step.fanout.as_ref().map_or(String::new(), fanout_note),
         stall_note(&step),
         machine_note(&step.machine_stalls),
         step.tail_cause.as_ref().map_or(String::new(), |t| format!("  FAILED: {t}")),
@@ -1281,6 +1193,71 @@ fn run_step(
         _ => None,
     };
     Ok((step, stop))
+}
+
+/// The subscribers a run opens: `--subscribers`, or one per `--watch` hunt.
+fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
+    args.fanout.clone().or_else(|| {
+        (args.watch_hunts > 0).then(|| FleetArgs {
+            subscribers: args.watch_hunts.min(args.workload.hunts),
+            hunts: HuntChoice::All,
+            ws: false,
+            slow: 0,
+            slow_bytes_per_s: 1024,
+            threads: 1,
+        })
+    })
+}
+
+/// A fresh server's `connections_max` that admits the producers and the
+/// subscribers, when the default (1024) does not.
+fn child_connections_max(args: &LoadArgs) -> Option<u32> {
+    let need = args.connections + fleet_args(args).map_or(0, |f| f.subscribers) + 64;
+    (need > 1024).then_some(need)
+}
+
+fn start_fleet(
+    f: &FleetArgs,
+    hunts: Vec<u32>,
+    log: Arc<SendLog>,
+    tcp: SocketAddr,
+    ws: Option<SocketAddr>,
+    clock: Clock,
+) -> Result<Fleet, String> {
+    let addr = if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
+    let began = Instant::now();
+    let fleet = Fleet::start(f, hunts, log, addr, clock)?;
+    say(&format!(
+        "{} subscribers ({}{}) subscribed in {:.1} s",
+        f.subscribers,
+        if f.ws { "WebSocket" } else { "TCP" },
+        if f.slow > 0 { format!(", {} slow", f.slow) } else { String::new() },
+        began.elapsed().as_secs_f64()
+    ));
+    Ok(fleet)
+}
+
+/// The fan-out figures of step `index` between two snapshots.
+fn fanout_step(
+    rig: &Rig,
+    index: u32,
+    snaps: Option<(&fanout::Snapshot, &fanout::Snapshot)>,
+    server_cpu_s: Option<f64>,
+) -> Option<fanout::FanoutStep> {
+    let (f, (a, b)) = (rig.fleet.as_ref()?, snaps?);
+    Some(f.step(index, a, b, server_cpu_s))
+}
+
+/// The progress line's fan-out part.
+fn fanout_note(f: &fanout::FanoutStep) -> String {
+    let p99 = f.latency_us.map_or("-".into(), |u| format!("{:.2} ms", u.p99 as f64 / 1e3));
+    format!(
+        " (updates {}/s to {} subscribers, update p99 {p99}, gaps {}{})",
+        human(f.updates_per_s),
+        f.subscribers,
+        f.gaps,
+        if f.slow_subscribers > 0 { format!(", slow ones' gaps {}", f.slow_gaps) } else { String::new() }
+    )
 }
 
 /// Sleeps until `t`; returns how late it woke, past `t` (or past the
@@ -1501,6 +1478,7 @@ fn judge(
         busy_replies_per_s: mid.busy_replies_per_s,
         machine_stalls,
         tail_cause,
+        fanout: mid.fanout.clone(),
         trials: trials
             .iter()
             .enumerate()
@@ -1766,6 +1744,8 @@ mod tests {
             window_batches: 1,
             queue_delay_target: None,
             watch_hunts: 0,
+            fanout: None,
+            target_ws: None,
             slo_p99: Duration::from_millis(10),
             client_workers: 1,
             tick: Duration::from_micros(200),
@@ -1807,6 +1787,7 @@ mod tests {
             machine_stalls: MachineStalls::default(),
             tail_cause: None,
             trials: Vec::new(),
+            fanout: None,
         }
     }
 

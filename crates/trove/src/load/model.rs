@@ -124,6 +124,11 @@ pub struct StepReport {
     /// step runs `ModeRun::trials_per_step` of them and takes the median
     /// of each figure (see `ModeRun::judge`); a single run has one.
     pub trials: Vec<TrialReport>,
+    /// The subscribers' side (`--subscribers`, or `--watch`'s): updates
+    /// delivered, their latency, gaps, and what delivering them cost the
+    /// server and the generator. A ramp step's is its median-p99 trial's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<super::fanout::FanoutStep>,
 }
 
 /// Stalls of the machine during a trial, as the generator's probe thread

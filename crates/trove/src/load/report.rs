@@ -976,6 +976,7 @@ mod tests {
             machine_stalls: Default::default(),
             tail_cause: None,
             trials: Vec::new(),
+            fanout: None,
         }
     }
 

@@ -21,6 +21,10 @@ pub struct ChildSpec {
     pub fsync: Option<String>,
     pub data: PathBuf,
     pub io_workers: u32,
+    /// Listen for WebSocket too (on a port of its own).
+    pub ws: bool,
+    /// `[limits] connections_max` when the default (1024) is too few.
+    pub connections_max: Option<u32>,
 }
 
 /// A running child; killed when dropped.
@@ -29,6 +33,8 @@ pub struct ChildServer {
     child: Child,
     pub tcp: SocketAddr,
     pub control: SocketAddr,
+    /// The WebSocket listener, when asked for.
+    pub ws: Option<SocketAddr>,
     /// The child's stderr lines after the listen lines, for errors.
     log: mpsc::Receiver<String>,
     data: Option<PathBuf>,
@@ -44,12 +50,20 @@ impl ChildServer {
     pub fn start(spec: &ChildSpec) -> Result<Self, String> {
         let mut cmd = Command::new(&spec.exe);
         cmd.arg("serve")
-            .args(["--mode", &spec.mode, "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"])
+            .args(["--mode", &spec.mode, "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+            .args(["--ws", if spec.ws { "127.0.0.1:0" } else { "off" }])
             .args(["--io-workers", &spec.io_workers.to_string()]);
         if let Some(s) = spec.shards {
             cmd.args(["--shards", &s.to_string()]);
         }
         let mut data = None;
+        if let Some(max) = spec.connections_max {
+            // Only the limit: every other setting keeps its default or flag.
+            let path = spec.data.with_extension("toml");
+            std::fs::write(&path, format!("[limits]\nconnections_max = {max}\n"))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            cmd.arg("--config").arg(&path);
+        }
         match &spec.fsync {
             None => {
                 cmd.arg("--no-journal");
@@ -92,18 +106,21 @@ impl ChildServer {
             child,
             tcp: SocketAddr::from(([0, 0, 0, 0], 0)),
             control: SocketAddr::from(([0, 0, 0, 0], 0)),
+            ws: None,
             log,
             data,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut tcp, mut control) = (None, None);
         let mut seen = Vec::new();
-        while tcp.is_none() || control.is_none() {
+        let mut ws = None;
+        while tcp.is_none() || control.is_none() || (spec.ws && ws.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match server.log.recv_timeout(left) {
                 Ok(line) => {
                     tcp = tcp.or_else(|| addr_after(&line, "protocol v1 on tcp://"));
                     control = control.or_else(|| addr_after(&line, "control plane on http://"));
+                    ws = ws.or_else(|| addr_after(&line, "websocket (JSON) on ws://"));
                     seen.push(line);
                 }
                 Err(_) => {
@@ -117,6 +134,11 @@ impl ChildServer {
         }
         server.tcp = tcp.ok_or("no tcp address")?;
         server.control = control.ok_or("no control address")?;
+        server.ws = ws;
+        if spec.connections_max.is_some() {
+            // Read at start; not needed past it.
+            let _ = std::fs::remove_file(spec.data.with_extension("toml"));
+        }
         Ok(server)
     }
 
