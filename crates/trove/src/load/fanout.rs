@@ -34,6 +34,8 @@ use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
 use trove_proto::frame::{self, Frame, Kind, Sizes, entry_kind};
 
+use super::model::ModeRun;
+use super::scrape::Scrape;
 use super::{Clock, Latencies, LatencyUs, histogram, latency, lock};
 
 /// Most subscribers of a run.
@@ -385,6 +387,12 @@ pub struct FanoutStep {
     pub slow_bytes_per_s: f64,
     pub slow_gaps: u64,
     pub slow_gap_entries: u64,
+    /// Gaps the server opened, and entries it dropped, for subscribers
+    /// that fell behind (its /metrics). A slow reader meets its GAP only
+    /// after reading what was queued before it (its socket's and the
+    /// server's send buffers, megabytes on loopback): these count at once.
+    pub server_gaps: Option<u64>,
+    pub server_updates_dropped: Option<u64>,
     /// The server's CPU per delivered update (fast and slow), nanoseconds.
     pub server_cpu_ns_per_update: Option<f64>,
     /// The fleet threads' CPU, cores (1.0: one core busy).
@@ -421,6 +429,12 @@ struct ThreadPlan {
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), String>>,
     error: Arc<Mutex<Option<String>>>,
+}
+
+impl Snapshot {
+    pub fn seconds_since(&self, a: &Snapshot) -> f64 {
+        self.at.duration_since(a.at).as_secs_f64().max(1e-9)
+    }
 }
 
 impl Fleet {
@@ -538,8 +552,15 @@ impl Fleet {
     }
 
     /// The step `index`'s figures between two snapshots; forgets its latencies.
-    pub fn step(&self, index: u32, a: &Snapshot, b: &Snapshot, server_cpu_s: Option<f64>) -> FanoutStep {
-        let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    pub fn step(
+        &self,
+        index: u32,
+        (a, b): (&Snapshot, &Snapshot),
+        scrapes: Option<(&Scrape, &Scrape)>,
+        server_cpu_s: Option<f64>,
+    ) -> FanoutStep {
+        let server = |name: &str| scrapes.map(|(x, y)| (y.sum(name, &[]) - x.sum(name, &[])).max(0.0) as u64);
+        let secs = b.seconds_since(a);
         let (fast, slow) = (b.fast.since(a.fast), b.slow.since(a.slow));
         let mut h = histogram();
         let mut timed = 0;
@@ -568,6 +589,8 @@ impl Fleet {
             slow_bytes_per_s: slow.bytes as f64 / secs,
             slow_gaps: slow.gaps,
             slow_gap_entries: slow.gap_entries,
+            server_gaps: server("trove_update_gaps_total"),
+            server_updates_dropped: server("trove_updates_dropped_total"),
             server_cpu_ns_per_update: server_cpu_s.and_then(per),
             generator_cpu_cores: cpu / secs,
             generator_cpu_ns_per_update: per(cpu),
@@ -1154,6 +1177,100 @@ fn scan_ws(
         }
     }
     Ok(at)
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1e3)
+}
+
+fn per_update(ns: Option<f64>) -> String {
+    ns.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+/// The terminal summary's fan-out lines: one per step with subscribers.
+pub fn summary(run: &ModeRun) -> String {
+    let mut out = String::new();
+    for step in &run.steps {
+        let Some(f) = &step.fanout else { continue };
+        let lat = f.latency_us.map_or("-".into(), |l| format!("p50 {} p99 {} max {} ms", ms(l.p50), ms(l.p99), ms(l.max)));
+        out += &format!(
+            "{} step {}: {} {} subscribers over {} hunts: {} updates/s ({}B/s), update {lat}, gaps {}; \
+             server {} ns and generator {} ns of CPU per update (generator {:.2} cores)",
+            run.mode,
+            step.step,
+            f.subscribers,
+            f.transport,
+            f.hunts_watched,
+            super::human(f.updates_per_s),
+            super::human(f.bytes_per_s),
+            f.gaps,
+            per_update(f.server_cpu_ns_per_update),
+            per_update(f.generator_cpu_ns_per_update),
+            f.generator_cpu_cores,
+        );
+        if f.slow_subscribers > 0 {
+            out += &format!(
+                "; {} slow: {} updates/s, gaps seen {}, server gaps {}",
+                f.slow_subscribers,
+                super::human(f.slow_updates_per_s),
+                f.slow_gaps,
+                f.server_gaps.map_or("-".into(), |g| g.to_string())
+            );
+        }
+        out += "\n";
+    }
+    out
+}
+
+/// report.md's fan-out table, for a run with subscribers.
+pub fn markdown(s: &mut String, run: &ModeRun) -> std::fmt::Result {
+    use std::fmt::Write;
+    if run.steps.iter().all(|st| st.fanout.is_none()) {
+        return Ok(());
+    }
+    writeln!(s)?;
+    writeln!(s, "### Subscribers")?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Updates delivered to the subscribers that keep up, their latency from each event's intended send time, \
+         gaps, and the CPU per delivered update (fast and slow subscribers together) of the server and of the \
+         generator's subscriber threads."
+    )?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "| step | subscribers | transport | hunts | updates M/s | MB/s | p50 ms | p99 ms | max ms | untimed | gaps \
+         | slow | slow updates/s | slow gaps | server gaps | server ns/update | generator ns/update | generator cores |"
+    )?;
+    writeln!(s, "|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for step in &run.steps {
+        let Some(f) = &step.fanout else { continue };
+        let l = |g: fn(&LatencyUs) -> u64| f.latency_us.as_ref().map_or("-".into(), |x| ms(g(x)));
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} | {:.1} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} |",
+            step.step,
+            f.subscribers,
+            f.transport,
+            f.hunts_watched,
+            f.updates_per_s / 1e6,
+            f.bytes_per_s / 1e6,
+            l(|x| x.p50),
+            l(|x| x.p99),
+            l(|x| x.max),
+            f.updates_untimed,
+            f.gaps,
+            f.slow_subscribers,
+            f.slow_updates_per_s,
+            f.slow_gaps,
+            f.server_gaps.map_or("-".into(), |g| g.to_string()),
+            per_update(f.server_cpu_ns_per_update),
+            per_update(f.generator_cpu_ns_per_update),
+            f.generator_cpu_cores,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1116,7 +1116,7 @@ fn run_step(
         _ => None,
     };
     let client_cpu_cores = cpu1.saturating_sub(cpu0).as_secs_f64() / seconds;
-    let fanout = fanout_step(rig, index, fan0.as_ref().zip(fan1.as_ref()), server.as_ref().map(|v| v.cpu_cores * seconds));
+    let fanout = fanout_step(rig, index, fan0.as_ref().zip(fan1.as_ref()), scrape0.as_ref().zip(scrape1.as_ref()), server.as_ref());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tail_cause = (!passed).then(|| {
         probe::tail_cause(&TailFigures {
@@ -1242,10 +1242,12 @@ fn fanout_step(
     rig: &Rig,
     index: u32,
     snaps: Option<(&fanout::Snapshot, &fanout::Snapshot)>,
-    server_cpu_s: Option<f64>,
+    scrapes: Option<(&scrape::Scrape, &scrape::Scrape)>,
+    server: Option<&model::ServerStep>,
 ) -> Option<fanout::FanoutStep> {
-    let (f, (a, b)) = (rig.fleet.as_ref()?, snaps?);
-    Some(f.step(index, a, b, server_cpu_s))
+    let (f, snaps) = (rig.fleet.as_ref()?, snaps?);
+    let seconds = snaps.1.seconds_since(snaps.0);
+    Some(f.step(index, snaps, scrapes, server.map(|v| v.cpu_cores * seconds)))
 }
 
 /// The progress line's fan-out part.
@@ -1659,6 +1661,9 @@ pub fn summary(outcome: &Outcome) -> String {
         if run.trials_per_step > 1 {
             out += &format!("{}: each step judged on the median of {} trials\n", run.mode, run.trials_per_step);
         }
+    }
+    for run in &outcome.runs {
+        out += &fanout::summary(run);
     }
     for run in &outcome.runs {
         if let Some(r) = &run.knee_reason {

@@ -845,7 +845,8 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
         ),
         None => writeln!(s, "first metric to move: none detected"),
     }?;
-    trials_section(s, run)
+    trials_section(s, run)?;
+    super::fanout::markdown(s, run)
 }
 
 /// How the steps were judged, the warm-up, and each failing step's trials
