@@ -155,7 +155,10 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         return Err(format!("--subscriber-hunts {h}: the workload has hunts 0..{hunts}"));
     }
     if flags.slow_subscribers > flags.subscribers {
-        return Err(format!("--slow-subscribers {} is more than --subscribers {}", flags.slow_subscribers, flags.subscribers));
+        return Err(format!(
+            "--slow-subscribers {} is more than --subscribers {}",
+            flags.slow_subscribers, flags.subscribers
+        ));
     }
     Ok(Some(FleetArgs {
         subscribers: flags.subscribers,

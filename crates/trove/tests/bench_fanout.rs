@@ -74,7 +74,8 @@ fn fifty_tcp_subscribers_over_five_hunts_get_every_update() {
 
 #[test]
 fn websocket_subscribers_get_every_update() {
-    let (v, dir) = bench("bench-fanout-ws", 5, &["--subscribers", "20", "--subscriber-hunts", "all", "--subscribers-ws"]);
+    let (v, dir) =
+        bench("bench-fanout-ws", 5, &["--subscribers", "20", "--subscriber-hunts", "all", "--subscribers-ws"]);
     assert_eq!(v["fanout"]["transport"], "ws");
     every_update_delivered(&v, 4);
     std::fs::remove_dir_all(&dir).ok();

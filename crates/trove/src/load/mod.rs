@@ -49,8 +49,8 @@ use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -1116,7 +1116,13 @@ fn run_step(
         _ => None,
     };
     let client_cpu_cores = cpu1.saturating_sub(cpu0).as_secs_f64() / seconds;
-    let fanout = fanout_step(rig, index, fan0.as_ref().zip(fan1.as_ref()), scrape0.as_ref().zip(scrape1.as_ref()), server.as_ref());
+    let fanout = fanout_step(
+        rig,
+        index,
+        fan0.as_ref().zip(fan1.as_ref()),
+        scrape0.as_ref().zip(scrape1.as_ref()),
+        server.as_ref(),
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tail_cause = (!passed).then(|| {
         probe::tail_cause(&TailFigures {
@@ -1224,7 +1230,8 @@ fn start_fleet(
     ws: Option<SocketAddr>,
     clock: Clock,
 ) -> Result<Fleet, String> {
-    let addr = if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
+    let addr =
+        if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
     let began = Instant::now();
     let fleet = Fleet::start(f, hunts, log, addr, clock)?;
     say(&format!(
