@@ -257,6 +257,12 @@ pub struct BenchLoad {
     /// runtime over its share of them) [default: 1, 2 from 1000 subscribers].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::fanout::THREADS_MAX)))]
     pub subscriber_threads: Option<u32>,
+    /// A subscriber that read something waits this long before it reads
+    /// again, microseconds (0: it reads as soon as more is there), so one
+    /// read takes what came meanwhile, as a browser reading once a frame
+    /// (16,667) would. The wait counts in the update latency.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub subscriber_read_interval_us: u64,
     /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
     #[arg(long)]
     pub target_ws: Option<std::net::SocketAddr>,

@@ -146,6 +146,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         let fleet_flag = flags.subscribers_ws
             || flags.slow_subscribers > 0
             || flags.subscriber_threads.is_some()
+            || flags.subscriber_read_interval_us > 0
             || flags.subscriber_hunts != "zipf:1.3";
         return if fleet_flag { Err("the subscriber flags need --subscribers N".into()) } else { Ok(None) };
     }
@@ -167,6 +168,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         slow: flags.slow_subscribers,
         slow_bytes_per_s: flags.slow_subscriber_bytes_per_s,
         threads: flags.subscriber_threads.unwrap_or(if flags.subscribers >= 1000 { 2 } else { 1 }),
+        read_interval: Duration::from_micros(flags.subscriber_read_interval_us),
     }))
 }
 

@@ -141,6 +141,10 @@ pub struct FleetArgs {
     pub slow: u32,
     pub slow_bytes_per_s: u32,
     pub threads: u32,
+    /// A subscriber that read something waits this long before it reads
+    /// again (zero: it reads as soon as more is there), so that a read
+    /// takes what came in meanwhile: a browser reading once a frame.
+    pub read_interval: Duration,
 }
 
 /// A watched hunt's intended send times: slot `k & mask` holds the k-th
@@ -424,6 +428,7 @@ struct ThreadPlan {
     addr: SocketAddr,
     ws: bool,
     slow_bytes_per_s: u32,
+    read_interval: Duration,
     log: Arc<SendLog>,
     shared: Arc<ThreadShared>,
     subs_shared: Arc<Vec<SubShared>>,
@@ -483,6 +488,7 @@ impl Fleet {
                 addr,
                 ws: args.ws,
                 slow_bytes_per_s: args.slow_bytes_per_s,
+                read_interval: args.read_interval,
                 log: log.clone(),
                 shared: Arc::new(ThreadShared::default()),
                 subs_shared: subs.clone(),
@@ -666,7 +672,20 @@ fn fleet_thread(plan: ThreadPlan) {
     };
     let local = Rc::new(RefCell::new(Local { buf: Vec::new(), latencies: Latencies::default(), streams: Vec::new() }));
     let set = tokio::task::LocalSet::new();
-    let ThreadPlan { subs, addr, ws, slow_bytes_per_s, log, shared, subs_shared, clock, stop, ready, error } = plan;
+    let ThreadPlan {
+        subs,
+        addr,
+        ws,
+        slow_bytes_per_s,
+        read_interval,
+        log,
+        shared,
+        subs_shared,
+        clock,
+        stop,
+        ready,
+        error,
+    } = plan;
     set.block_on(&runtime, async move {
         let gate = Rc::new(tokio::sync::Semaphore::new(CONNECTING_MAX));
         for (i, hunt, slow) in subs {
@@ -688,6 +707,7 @@ fn fleet_thread(plan: ThreadPlan) {
                 local: local.clone(),
                 clock,
                 slow_bytes_per_s,
+                read_interval,
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
             tokio::task::spawn_local(async move {
@@ -770,6 +790,7 @@ struct Ctx {
     local: Rc<RefCell<Local>>,
     clock: Clock,
     slow_bytes_per_s: u32,
+    read_interval: Duration,
 }
 
 /// One subscriber's stream state.
@@ -909,6 +930,8 @@ async fn read_loop(stream: &TcpStream, mut sub: Sub, ctx: &Ctx) -> Result<(), St
         } else if !first {
             stream.readable().await.map_err(|e| who(e.to_string()))?;
         }
+        // Reads at most once an interval.
+        let paced = !sub.slow && !ctx.read_interval.is_zero();
         let mut local = ctx.local.borrow_mut();
         let Local { buf, latencies, .. } = &mut *local;
         let carried = sub.carry.len();
@@ -946,6 +969,9 @@ async fn read_loop(stream: &TcpStream, mut sub: Sub, ctx: &Ctx) -> Result<(), St
         s.applied.store(sub.applied, Relaxed);
         if !sub.synced {
             s.synced.store(false, Relaxed);
+        }
+        if paced && n > 0 {
+            tokio::time::sleep(ctx.read_interval).await;
         }
     }
 }

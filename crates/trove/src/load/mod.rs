@@ -1211,6 +1211,7 @@ fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
             slow: 0,
             slow_bytes_per_s: 1024,
             threads: 1,
+            read_interval: Duration::ZERO,
         })
     })
 }
