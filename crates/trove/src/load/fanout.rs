@@ -920,60 +920,66 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> Result<(), String> {
 async fn read_loop(stream: &TcpStream, mut sub: Sub, ctx: &Ctx) -> Result<(), String> {
     let (index, hunt) = (sub.index, sub.hunt);
     let who = move |e: String| format!("subscriber {index} (hunt {hunt}): {e}");
-    // A slow reader's budget per tick, at least one byte.
-    let slow_budget = (u64::from(ctx.slow_bytes_per_s) * SLOW_TICK.as_millis() as u64 / 1000).max(1) as usize;
     // What came with SUBSCRIBED is scanned first.
     let mut first = !sub.carry.is_empty();
+    // Reads at most once an interval.
+    let paced = !sub.slow && !ctx.read_interval.is_zero();
     loop {
         if sub.slow {
             tokio::time::sleep(SLOW_TICK).await;
         } else if !first {
             stream.readable().await.map_err(|e| who(e.to_string()))?;
         }
-        // Reads at most once an interval.
-        let paced = !sub.slow && !ctx.read_interval.is_zero();
-        let mut local = ctx.local.borrow_mut();
-        let Local { buf, latencies, .. } = &mut *local;
-        let carried = sub.carry.len();
-        let want = carried + if sub.slow { slow_budget } else { READ_CHUNK };
-        if buf.len() < want {
-            buf.resize(want, 0);
-        }
-        buf[..carried].copy_from_slice(&sub.carry);
-        let n = if first {
-            first = false;
-            0
-        } else {
-            match stream.try_read(&mut buf[carried..want]) {
-                Ok(0) => return Err(who("the server closed the connection".into())),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(who(e.to_string())),
-            }
-        };
-        let now_us = ctx.clock.now_ns() / 1000;
-        let mut tally = Tally { bytes: n as u64, ..Tally::default() };
-        let lat = if sub.slow { None } else { Some(latencies) };
-        let used = if sub.ws {
-            scan_ws(&buf[..carried + n], &mut sub, &ctx.log, now_us, lat, &mut tally)
-        } else {
-            scan_tcp(&buf[..carried + n], &mut sub, &ctx.log, now_us, lat, &mut tally)
-        };
-        let used = used.map_err(&who)?;
-        sub.carry.clear();
-        sub.carry.extend_from_slice(&buf[used..carried + n]);
-        drop(local);
-        let c = if sub.slow { &ctx.shared.slow } else { &ctx.shared.fast };
-        c.add(&tally);
-        let s = &ctx.subs[sub.index];
-        s.applied.store(sub.applied, Relaxed);
-        if !sub.synced {
-            s.synced.store(false, Relaxed);
-        }
+        let n = read_once(stream, &mut sub, ctx, std::mem::take(&mut first)).map_err(&who)?;
         if paced && n > 0 {
             tokio::time::sleep(ctx.read_interval).await;
         }
     }
+}
+
+/// One read (none when `carried_only`: what is carried is scanned) and
+/// its scan, in the thread's buffer; returns the bytes read (0 when the
+/// socket had none after all).
+fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -> Result<usize, String> {
+    // A slow reader's budget per tick, at least one byte.
+    let slow_budget = (u64::from(ctx.slow_bytes_per_s) * SLOW_TICK.as_millis() as u64 / 1000).max(1) as usize;
+    let mut local = ctx.local.borrow_mut();
+    let Local { buf, latencies, .. } = &mut *local;
+    let carried = sub.carry.len();
+    let want = carried + if sub.slow { slow_budget } else { READ_CHUNK };
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    buf[..carried].copy_from_slice(&sub.carry);
+    let n = if carried_only {
+        0
+    } else {
+        match stream.try_read(&mut buf[carried..want]) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let now_us = ctx.clock.now_ns() / 1000;
+    let mut tally = Tally { bytes: n as u64, ..Tally::default() };
+    let lat = if sub.slow { None } else { Some(latencies) };
+    let used = if sub.ws {
+        scan_ws(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+    } else {
+        scan_tcp(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+    }?;
+    sub.carry.clear();
+    sub.carry.extend_from_slice(&buf[used..carried + n]);
+    drop(local);
+    let c = if sub.slow { &ctx.shared.slow } else { &ctx.shared.fast };
+    c.add(&tally);
+    let s = &ctx.subs[sub.index];
+    s.applied.store(sub.applied, Relaxed);
+    if !sub.synced {
+        s.synced.store(false, Relaxed);
+    }
+    Ok(n)
 }
 
 /// Times the APPLIED entry just seen (the `sub.applied`-th).
