@@ -42,6 +42,7 @@
 //!   logic).
 //! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
 //! - `subscriber.rs`: [`Subscriber`] and its per-hunt sequence checks.
+//! - `task.rs`: the one spawn helper, which names tasks for tokio-console.
 
 mod batch;
 mod config;
@@ -51,6 +52,7 @@ mod error;
 mod inflight;
 mod producer;
 mod subscriber;
+mod task;
 
 pub use config::{ClientConfig, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
 pub use error::{ClientError, SendError, ServerError};

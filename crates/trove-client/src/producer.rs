@@ -288,7 +288,8 @@ impl<G: WireGame> Producer<G> {
             ping_nonce: 0,
             acked: Vec::new(),
         };
-        let handle = tokio::spawn(task.run(conn));
+        let name = format!("trove-client producer {} -> {}", welcome.producer_id, config.addr);
+        let handle = crate::task::spawn_named(&name, task.run(conn));
         let producer = Producer {
             shared: shared.clone(),
             open: OpenBatch::new(cap, first_seq),

@@ -210,7 +210,12 @@ impl ControlPlane {
             let _guard = runtime.enter();
             let listener =
                 tokio::net::TcpListener::from_std(std_listener).map_err(|e| format!("control plane listener: {e}"))?;
-            runtime.spawn(accept_loop(conns.clone(), listener, router(ctx), stopped))
+            let name = format!("control accept {addr}");
+            crate::task::spawn_named_on(
+                runtime.handle(),
+                &name,
+                accept_loop(conns.clone(), listener, router(ctx), stopped),
+            )
         };
         Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task), conns })
     }
@@ -416,7 +421,7 @@ async fn accept_loop(
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of file descriptors, say: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -425,7 +430,8 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        tokio::spawn(serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone()));
+        let connection = serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone());
+        crate::task::spawn_named(&format!("control conn {peer}"), connection);
     }
     drop(listener);
     while conns.open() > 0 {

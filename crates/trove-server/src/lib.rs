@@ -13,11 +13,13 @@
 //! - [`control`]: the HTTP control plane, on a runtime of its own.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - `task`: every spawn, named for tokio-console.
 
 pub mod control;
 pub mod fds;
 pub mod json;
 pub mod metrics;
+mod task;
 pub mod tcp;
 pub mod ws;
 
@@ -384,12 +386,15 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         let mut tasks = Vec::new();
         let _entered = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(tcp).map_err(|e| format!("TCP listener: {e}"))?;
-        tasks.push(runtime.spawn(tcp::accept_loop(shared.clone(), listener)));
+        let name = format!("tcp accept {tcp_addr}");
+        tasks.push(task::spawn_named_on(runtime.handle(), &name, tcp::accept_loop(shared.clone(), listener)));
         let mut ws_addr = None;
         if let Some(ws) = ws {
-            ws_addr = Some(ws.local_addr().map_err(|e| format!("WebSocket listener: {e}"))?);
+            let addr = ws.local_addr().map_err(|e| format!("WebSocket listener: {e}"))?;
+            ws_addr = Some(addr);
             let listener = tokio::net::TcpListener::from_std(ws).map_err(|e| format!("WebSocket listener: {e}"))?;
-            tasks.push(runtime.spawn(ws::accept_loop(shared.clone(), listener)));
+            let name = format!("ws accept {addr}");
+            tasks.push(task::spawn_named_on(runtime.handle(), &name, ws::accept_loop(shared.clone(), listener)));
         }
         drop(_entered);
         Ok(Self { runtime: Some(runtime), shared, stop, tcp_addr, ws_addr, tasks })

@@ -49,7 +49,7 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of file descriptors, say: back off instead of spinning.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
@@ -59,7 +59,7 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        crate::task::spawn_named(&format!("tcp conn {peer}"), async move {
             let _ = stream.set_nodelay(true);
             Connection::new(shared).run(stream).await;
             drop(slot);

@@ -97,7 +97,10 @@ async fn upgrade<G: WireGame + JsonGame>(
             // counted until the first message is handled; what the client
             // sent behind them was held until the 101 and reaches the
             // library under the meter, as frames.
-            WsConnection::new(shared, meter).run(socket).await;
+            // axum spawns this future unnamed; the connection runs in a
+            // task of its own, named for tokio-console (src/task.rs).
+            let name = format!("ws conn {}", meter.0.peer);
+            let _ = crate::task::spawn_named(&name, WsConnection::new(shared, meter).run(socket)).await;
         })
 }
 
@@ -124,6 +127,7 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                         let deadline = Box::pin(tokio::time::sleep_until(first));
                         let meter = Meter(Arc::new(MeterState {
                             shared: self.shared.clone(),
+                            peer: addr,
                             read: AtomicUsize::new(0),
                             mark: AtomicUsize::new(0),
                             charged: AtomicUsize::new(0),
@@ -213,6 +217,8 @@ impl<G: WireGame + JsonGame> Connected<axum::serve::IncomingStream<'_, SlotListe
 
 struct MeterState<G: WireGame> {
     shared: Arc<Shared<G>>,
+    /// The peer's address, for the connection task's name.
+    peer: std::net::SocketAddr,
     /// Bytes read from the socket, all told.
     read: AtomicUsize,
     /// `read` when the last data message was handled (less the control

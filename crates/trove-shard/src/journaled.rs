@@ -271,7 +271,7 @@ fn rebuild<G: Game>(
     mut producers: Dedup<G::Outcome>,
     options: RecoverOptions,
     log: &LogTx,
-    mut each: impl FnMut(u64, &[Entry<G::Event>]),
+    mut each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
 ) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), ReplayError> {
     let mut state = GameState::<G>::new(worlds_max);
     let mut options = options;
@@ -326,11 +326,11 @@ fn rebuild<G: Game>(
     let mut stamped = Vec::new();
     let mut last_report = Instant::now();
     let r = recover_shard::<G::Event>(dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
-        each(batch, entries);
         stamped.clear();
         stamped.extend(entries.iter().map(|e| e.stamped));
         producers.next_drain();
         state.apply(&stamped, &mut out);
+        each(batch, entries, &out.direct);
         // Record the outcomes in parts: consecutive entries of one producer
         // whose sequences increase within u32 offsets of the part's first.
         let mut i = 0;
@@ -442,7 +442,7 @@ pub(crate) fn recover<G: Game>(
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
         let (state, r, producers) =
-            rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _| {}).map_err(String::from)?;
+            rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _, _| {}).map_err(String::from)?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -750,6 +750,16 @@ pub fn replay<G: Game>(
     dir: &Path,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
 ) -> Result<Replayed, ReplayError> {
+    replay_outcomes::<G>(dir, |shard, batch, entries, _| each(shard, batch, entries))
+}
+
+/// [`replay`], with each batch's outcomes (`outcomes[i]` answers
+/// `entries[i]`, as the running engine answered it): `trove journal
+/// inspect` prints them.
+pub fn replay_outcomes<G: Game>(
+    dir: &Path,
+    mut each: impl FnMut(usize, u64, &[Entry<G::Event>], &[G::Outcome]) + Send,
+) -> Result<Replayed, ReplayError> {
     let meta = read_meta::<G>(dir).map_err(Unreadable)?;
     let shards = meta.shards;
     let mut r = Replayed {
@@ -784,7 +794,9 @@ pub fn replay<G: Game>(
             Dedup::new(0, usize::MAX),
             options,
             log,
-            |batch, entries| (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries),
+            |batch, entries, outcomes| {
+                (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries, outcomes)
+            },
         )?;
         Ok((state.world_hashes(), rec))
     })?;

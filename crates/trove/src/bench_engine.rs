@@ -293,10 +293,10 @@ impl std::fmt::Display for EngineReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode {}: {} shards, {} producers, batches of {}, window {}, journal {} (started in {:.2} s)",
+            "mode {}: {}, {}, batches of {}, window {}, journal {} (started in {:.2} s)",
             self.mode,
-            self.shards,
-            self.producers,
+            crate::plural(self.shards as u64, "shard"),
+            crate::plural(self.producers as u64, "producer"),
             self.batch_events,
             self.window_batches,
             self.journal,

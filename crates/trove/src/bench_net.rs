@@ -327,11 +327,11 @@ impl std::fmt::Display for NetReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode {}: {} shards, journal {}, {} connections, batches of {}, window {}, outcomes {}",
+            "mode {}: {}, journal {}, {}, batches of {}, window {}, outcomes {}",
             self.mode,
-            self.shards,
+            crate::plural(self.shards as u64, "shard"),
             self.journal,
-            self.connections,
+            crate::plural(self.connections as u64, "connection"),
             self.batch_events,
             self.window_batches,
             self.outcomes

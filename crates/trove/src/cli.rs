@@ -59,9 +59,10 @@ pub struct Serve {
     /// the damage (what follows is lost).
     #[arg(long)]
     pub repair: bool,
-    /// Protocol v1 listen address [default: 127.0.0.1:7400].
+    /// Protocol v1 listen address, host:port (a host name is resolved)
+    /// [default: 127.0.0.1:7400].
     #[arg(long)]
-    pub tcp: Option<std::net::SocketAddr>,
+    pub tcp: Option<String>,
     /// WebSocket listen address, or `off` [default: 127.0.0.1:7401].
     #[arg(long)]
     pub ws: Option<String>,
@@ -91,7 +92,11 @@ pub enum Journal {
     /// snapshot, a foreign file); 2 nothing checked (no journal there,
     /// another game's, an I/O error, a usage error).
     Verify(JournalVerify),
-    /// Print journaled events readably.
+    /// Print journaled events with their outcomes, readably or as JSON lines.
+    ///
+    /// Exit status: 0 printed (or the journal holds no event); 1 --hunt
+    /// names a hunt with no journaled event; 2 the journal could not be
+    /// read, or a usage error.
     Inspect(JournalInspect),
 }
 
@@ -116,6 +121,9 @@ pub struct JournalInspect {
     /// Print at most this many events.
     #[arg(long, default_value_t = 100)]
     pub limit: u64,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -454,4 +462,24 @@ pub struct BenchApply {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The command tree as `main` parses it: every option that takes a value
+/// takes a negative number too, so `--rate -5` is judged by the option's
+/// own check ("must be a positive number") instead of being taken for an
+/// unknown flag. No flag of trove's looks like a number.
+pub fn command() -> clap::Command {
+    fn negative_numbers(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a })
+            .mut_subcommands(negative_numbers)
+    }
+    negative_numbers(<Cli as clap::CommandFactory>::command())
+}
+
+/// Parses the process's arguments with [`command`]; on an error or
+/// `--help`, prints and exits as clap does.
+pub fn parse() -> Cli {
+    let mut matches = command().get_matches();
+    <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
 }

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde::Serialize;
-use trove_hunt::{HuntEvent, TreasureHunt};
+use trove_hunt::{Action, Band, HuntEvent, HuntOutcome, TreasureHunt};
 use trove_journal::format::Entry;
-use trove_shard::journaled::{ReplayError, replay as replay_journal};
+use trove_server::json::JsonGame;
+use trove_shard::journaled::{ReplayError, replay as replay_journal, replay_outcomes};
 
 /// `trove journal verify`'s exit status: every frame checked, nothing
 /// damaged (notes, such as an older meta file, may still be printed).
@@ -119,8 +120,11 @@ pub fn verify(data: &Path, json: bool) -> ExitCode {
         return ExitCode::from(code);
     }
     println!(
-        "{}: {} shards, {} batches, {} events, every CRC checked",
-        report.data, report.shards, report.batches, report.events
+        "{}: {}, {}, {}, every CRC checked",
+        report.data,
+        crate::plural(report.shards as u64, "shard"),
+        crate::plural(report.batches, "batch"),
+        crate::plural(report.events, "event")
     );
     if report.torn_tails > 0 {
         println!(
@@ -142,28 +146,163 @@ pub fn verify(data: &Path, json: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Prints events, oldest first, shard by shard.
-pub fn inspect(data: &Path, hunt: Option<u32>, limit: u64) -> Result<(), String> {
-    let mut printed = 0u64;
-    let mut line = |shard: usize, batch: u64, entries: &[Entry<HuntEvent>]| {
-        for e in entries {
-            if printed >= limit || hunt.is_some_and(|h| h != e.stamped.event.hunt) {
+/// `trove journal inspect`'s exit status when it printed what was asked.
+pub const INSPECT_FOUND: u8 = 0;
+/// `--hunt` named a hunt with no journaled event.
+pub const INSPECT_NO_SUCH_HUNT: u8 = 1;
+/// The journal could not be read (and usage errors, clap's 2).
+pub const INSPECT_UNREADABLE: u8 = 2;
+
+/// What `inspect` prints: every event with the outcome the engine gave it.
+#[derive(Debug)]
+pub struct InspectArgs<'a> {
+    pub data: &'a Path,
+    pub hunt: Option<u32>,
+    pub limit: u64,
+    pub json: bool,
+}
+
+/// Prints the journaled events (those since each shard's latest snapshot,
+/// which replaces the ones it covers) with their outcomes, oldest first,
+/// shard by shard: one
+/// readable line each, or one JSON object per line with `json`. Returns
+/// `INSPECT_FOUND`, `INSPECT_NO_SUCH_HUNT` (with `hunt`, when it has no
+/// event) or `INSPECT_UNREADABLE`.
+pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
+    let (hunt, limit, json) = (args.hunt, args.limit, args.json);
+    let mut matched = 0u64;
+    let mut failed: Option<String> = None;
+    let mut each = |shard: usize, batch: u64, entries: &[Entry<HuntEvent>], outcomes: &[HuntOutcome]| {
+        debug_assert_eq!(entries.len(), outcomes.len(), "one outcome per event");
+        for (e, outcome) in entries.iter().zip(outcomes) {
+            if hunt.is_some_and(|h| h != e.stamped.event.hunt) {
                 continue;
             }
-            let ev = &e.stamped.event;
-            println!(
-                "shard {shard} batch {batch} t={}us producer={} seq={} hunt={} player={} {:?}",
-                e.stamped.time_us, e.producer, e.producer_seq, ev.hunt, ev.player, ev.action
-            );
-            printed += 1;
+            matched += 1;
+            if matched > limit || failed.is_some() {
+                continue;
+            }
+            let line = if json { json_line(shard, batch, e, outcome) } else { Ok(text_line(shard, batch, e, outcome)) };
+            match line {
+                Ok(line) => println!("{line}"),
+                Err(err) => failed = Some(err),
+            }
         }
     };
-    note_live(data);
-    let r = replay_journal::<TreasureHunt>(data, &mut line)?;
+    note_live(args.data);
+    let r = match replay_outcomes::<TreasureHunt>(args.data, &mut each) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trove: error: {}", String::from(e));
+            return ExitCode::from(INSPECT_UNREADABLE);
+        }
+    };
+    if let Some(e) = failed {
+        eprintln!("trove: error: {e}");
+        return ExitCode::from(INSPECT_UNREADABLE);
+    }
     for n in &r.notes {
         eprintln!("note: {n}");
     }
-    Ok(())
+    if matched > limit {
+        eprintln!("trove: printed the first {limit} of {matched} events (--limit {limit})");
+    }
+    match hunt {
+        Some(h) if matched == 0 => {
+            eprintln!(
+                "trove: hunt {h} has no events in {}: {} journaled since the latest snapshot, none of hunt {h}",
+                args.data.display(),
+                crate::plural(r.events, "event")
+            );
+            ExitCode::from(INSPECT_NO_SUCH_HUNT)
+        }
+        None if matched == 0 => {
+            eprintln!(
+                "trove: {} holds no journaled events since the latest snapshot (a snapshot, taken every \
+                 snapshot_ms and at shutdown, replaces the events it covers)",
+                args.data.display()
+            );
+            ExitCode::from(INSPECT_FOUND)
+        }
+        _ => ExitCode::from(INSPECT_FOUND),
+    }
+}
+
+/// `shard 0 batch 3 t=1.250000s producer 7 seq 12: hunt 1 player 4 dig -> found a treasure worth 30 (score 120)`
+fn text_line(shard: usize, batch: u64, e: &Entry<HuntEvent>, outcome: &HuntOutcome) -> String {
+    let ev = &e.stamped.event;
+    let t = e.stamped.time_us;
+    let who = match ev.action {
+        // A create's `player` field is ignored.
+        Action::Create(_) => format!("hunt {}", ev.hunt),
+        _ => format!("hunt {} player {}", ev.hunt, ev.player),
+    };
+    format!(
+        "shard {shard} batch {batch} t={}.{:06}s producer {} seq {}: {who} {} -> {}",
+        t / 1_000_000,
+        t % 1_000_000,
+        e.producer,
+        e.producer_seq,
+        action_text(&ev.action),
+        outcome_text(outcome)
+    )
+}
+
+fn action_text(action: &Action) -> String {
+    match *action {
+        Action::Create(c) => format!(
+            "create {}x{} seed {}, {} treasures a round worth {}-{}, dig cooldown {} ms, steps up to {}, \
+             players below {}",
+            c.width,
+            c.height,
+            c.seed,
+            c.treasures_per_round,
+            c.value_min,
+            c.value_max,
+            c.dig_cooldown_ms,
+            c.step_max,
+            c.players_max
+        ),
+        Action::Join => "join".into(),
+        Action::Leave => "leave".into(),
+        Action::Move { dx, dy } => format!("move {dx:+} {dy:+}"),
+        Action::Dig => "dig".into(),
+        Action::Scan => "scan".into(),
+        Action::Invalid => "(a record naming no action)".into(),
+    }
+}
+
+fn outcome_text(outcome: &HuntOutcome) -> String {
+    match *outcome {
+        HuntOutcome::Created { round } => format!("created, round {round}"),
+        HuntOutcome::Joined { x, y, score } => format!("joined at ({x}, {y}), score {score}"),
+        HuntOutcome::Left => "left".into(),
+        HuntOutcome::Moved { x, y } => format!("now at ({x}, {y})"),
+        HuntOutcome::DigFound { value, score } => format!("found a treasure worth {value} (score {score})"),
+        HuntOutcome::DigNothing => "found nothing".into(),
+        HuntOutcome::Hint { band } => {
+            let band = match band {
+                Band::Hot => "hot (a treasure within 2 cells)",
+                Band::Warm => "warm (a treasure within 8 cells)",
+                Band::Cold => "cold (no treasure within 8 cells)",
+            };
+            band.into()
+        }
+        HuntOutcome::Rejected { reason } => format!("rejected: {}", reason.name()),
+    }
+}
+
+/// One JSON line: `{"shard", "batch", "time_us", "producer", "seq",
+/// "event": {...}, "outcome": {...}}`, the event and outcome in the
+/// WebSocket endpoint's JSON form (docs/protocol.md).
+fn json_line(shard: usize, batch: u64, e: &Entry<HuntEvent>, outcome: &HuntOutcome) -> Result<String, String> {
+    // Written out so the keys keep this order (a `Value` sorts them).
+    let event = serde_json::to_string(&TreasureHunt::event_to_json(&e.stamped.event)).map_err(|e| e.to_string())?;
+    let outcome = serde_json::to_string(&TreasureHunt::outcome_to_json(outcome)).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{{\"shard\":{shard},\"batch\":{batch},\"time_us\":{},\"producer\":{},\"seq\":{},\"event\":{event},\"outcome\":{outcome}}}",
+        e.stamped.time_us, e.producer, e.producer_seq
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -212,10 +351,10 @@ pub fn replay(data: &Path, json: bool) -> Result<(), String> {
             println!("note: {n}");
         }
         println!(
-            "replayed {} events in {} batches from {} shards in {:.2} s ({:.1} M events/s)",
-            report.events,
-            report.batches,
-            report.shards,
+            "replayed {} in {} from {} in {:.2} s ({:.1} M events/s)",
+            crate::plural(report.events, "event"),
+            crate::plural(report.batches, "batch"),
+            crate::plural(report.shards as u64, "shard"),
             seconds,
             report.events_per_s / 1e6
         );

@@ -24,3 +24,13 @@ pub mod load_cmd;
 pub mod pairs;
 pub mod serve;
 pub mod workload_arg;
+
+/// `n` and `word`, plural unless `n` is 1: "1 shard", "2 shards",
+/// "2 batches" (a word ending in s, x, z, ch or sh takes -es).
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        return format!("1 {word}");
+    }
+    let es = ["s", "x", "z", "ch", "sh"].iter().any(|end| word.ends_with(end));
+    format!("{n} {word}{}", if es { "es" } else { "s" })
+}

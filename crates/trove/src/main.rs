@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use trove::bench_engine::{self, EngineBenchArgs};
 use trove::bench_net::{self, NetBenchArgs};
 use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
@@ -49,10 +48,15 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = trove::cli::parse();
     // `journal verify` tells damage found (1) from nothing checked (2).
     if let Command::Journal(Journal::Verify(args)) = &cli.command {
         return journal_cmd::verify(&args.data, args.json);
+    }
+    // `journal inspect` tells a hunt with no events (1) from an error (2).
+    if let Command::Journal(Journal::Inspect(args)) = &cli.command {
+        let (data, hunt, limit, json) = (&args.data, args.hunt, args.limit, args.json);
+        return journal_cmd::inspect(&journal_cmd::InspectArgs { data, hunt, limit, json });
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,7 +144,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
         Command::Journal(Journal::Verify(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
-        Command::Journal(Journal::Inspect(args)) => journal_cmd::inspect(&args.data, args.hunt, args.limit),
+        Command::Journal(Journal::Inspect(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
 }

@@ -45,7 +45,8 @@ pub struct ServeFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
-    pub tcp: Option<SocketAddr>,
+    /// `host:port`; a host name is resolved ([`listen_addr`]).
+    pub tcp: Option<String>,
     /// An address, or "off".
     pub ws: Option<String>,
     /// The HTTP control plane: an address, or "off".
@@ -170,17 +171,19 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     }
 
     let l = &file.listen;
-    server.tcp_addr = args.tcp.or(l.tcp).unwrap_or(server.tcp_addr);
+    if let Some(tcp) = args.tcp.clone().or(l.tcp.clone()) {
+        server.tcp_addr = listen_addr("tcp", &tcp)?;
+    }
     if let Some(ws) = args.ws.clone().or(l.ws.clone()) {
         server.ws_addr = match ws.as_str() {
             "off" => None,
-            a => Some(a.parse().map_err(|e| format!("ws address `{a}`: {e}"))?),
+            a => Some(listen_addr("ws", a)?),
         };
     }
     let control = match args.control.clone().or(l.control.clone()).as_deref() {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
         Some("off") => None,
-        Some(a) => Some(a.parse().map_err(|e| format!("control address `{a}`: {e}"))?),
+        Some(a) => Some(listen_addr("control", a)?),
     };
     if let Some(n) = args.io_workers.map(|n| n as usize).or(l.io_workers) {
         server.io_workers = n;
@@ -321,7 +324,8 @@ pub fn run(args: &Serve) -> Result<(), String> {
     };
     ready.store(true, Ordering::Relaxed);
     eprintln!(
-        "trove: serving {mode} with {shards} shards; journal {}; recovered in {:.2}s",
+        "trove: serving {mode} with {}; journal {}; recovered in {:.2}s",
+        crate::plural(shards as u64, "shard"),
         journal.as_deref().unwrap_or("off (in memory)"),
         started.elapsed().as_secs_f64()
     );
@@ -399,6 +403,55 @@ impl Signals {
             }
         })
     }
+}
+
+/// Why a listen address (`--tcp`, `--ws`, `--control` or the config
+/// file's `[listen]`) names no address to bind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListenAddrError {
+    /// Not `host:port`, or the host name did not resolve.
+    Unresolved { what: &'static str, text: String, reason: String },
+    /// The host name resolved to no address at all.
+    Empty { what: &'static str, text: String },
+}
+
+impl std::fmt::Display for ListenAddrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddrError::Unresolved { what, text, reason } => {
+                write!(
+                    f,
+                    "{what} address `{text}`: {reason} (expected host:port, e.g. 127.0.0.1:7400 or localhost:7400)"
+                )
+            }
+            ListenAddrError::Empty { what, text } => write!(f, "{what} address `{text}` resolves to no address"),
+        }
+    }
+}
+
+impl From<ListenAddrError> for String {
+    fn from(e: ListenAddrError) -> String {
+        e.to_string()
+    }
+}
+
+/// Turns `host:port` into the address to bind: an IP address as it is, a
+/// host name (`localhost:7400`) through the system resolver. Of several
+/// addresses the first IPv4 one is taken (`localhost` is then 127.0.0.1,
+/// as the defaults are), else the first.
+pub fn listen_addr(what: &'static str, text: &str) -> Result<SocketAddr, ListenAddrError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let unresolved = |reason: String| ListenAddrError::Unresolved { what, text: text.to_string(), reason };
+    let addrs: Vec<SocketAddr> = text.to_socket_addrs().map_err(|e| unresolved(e.to_string()))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or(ListenAddrError::Empty { what, text: text.to_string() })
 }
 
 #[cfg(test)]

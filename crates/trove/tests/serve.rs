@@ -765,7 +765,7 @@ fn busy_under_overload_through_the_sdk() {
     args.extend(["--config".into(), config.into_os_string()]);
     let mut server = Serve::spawn(&args);
     let addr = server.wait_ready();
-    assert!(server.stderr_now().contains("with 1 shards"), "the file's settings apply:\n{}", server.stderr_now());
+    assert!(server.stderr_now().contains("with 1 shard;"), "the file's settings apply:\n{}", server.stderr_now());
     let rt = runtime();
 
     let producers = 3u32;
