@@ -1395,7 +1395,7 @@ fn stage_moved(base: &StepReport, s: &StepReport) -> Option<FirstMoved> {
     let before = p99_parts(base);
     p99_parts(s).into_iter().filter(|(name, _)| name.starts_with("stage_")).find_map(|(name, to)| {
         let from = before.iter().find(|(n, _)| *n == name).map_or(0.0, |p| p.1);
-        (to >= STAGE_MOVED_US_MIN && to >= 2.0 * from).then(|| FirstMoved {
+        (to >= STAGE_MOVED_US_MIN && to >= 2.0 * from).then_some(FirstMoved {
             metric: name,
             step: s.step,
             offered_events_per_s: s.offered_events_per_s,
