@@ -33,7 +33,8 @@ use std::time::Duration;
 use trove_proto::WireGame;
 use trove_proto::frame::FRAME_BODY_MAX_LIMIT;
 use trove_shard::Engine;
-use trove_shard::metrics::{HistogramSnapshot, Log2Histogram};
+use trove_shard::Stamps;
+use trove_shard::metrics::{Histogram, HistogramSnapshot};
 
 /// `unfinished_frame_bytes_max` by default: 64 frames of the default
 /// `frame_body_max` in the making at once.
@@ -160,10 +161,97 @@ pub struct ServerMetrics {
     pub unfinished_frame_bytes: AtomicU64,
     pub unfinished_frame_waits: AtomicU64,
     /// Per event: admission to its ACK written to the connection.
-    pub ingest_to_ack_ns: Log2Histogram,
+    pub ingest_to_ack_ns: Histogram,
     /// Per update and subscriber: admission of the oldest batch in its
     /// chunk to the update written to the connection.
-    pub ingest_to_update_ns: Log2Histogram,
+    pub ingest_to_update_ns: Histogram,
+    /// Per acknowledged event, by [`Stage`]: from its frame read to the
+    /// stage (cumulative, so every stage's percentile is comparable with
+    /// the whole path's). Recorded once per batch, when its ACK is written.
+    pub stage_ns: [Histogram; Stage::ALL.len()],
+}
+
+/// The stages of an event's path through the server, in order
+/// (`trove_stage_seconds{stage}`; docs/control.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Its frame (or WebSocket message) decoded into events.
+    Decoded,
+    /// Its batch queued to the shard (`submit` accepted it).
+    Admitted,
+    /// Its batch applied by the shard.
+    Applied,
+    /// The journal's write covering it returned (journaled engines).
+    Written,
+    /// The fdatasync covering it returned (journaled, unless `never`).
+    Synced,
+    /// Its ACK written to the socket (TCP: the write returned; WebSocket:
+    /// the ACK queued to be sent next).
+    Acknowledged,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] =
+        [Stage::Decoded, Stage::Admitted, Stage::Applied, Stage::Written, Stage::Synced, Stage::Acknowledged];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decoded => "decoded",
+            Stage::Admitted => "admitted",
+            Stage::Applied => "applied",
+            Stage::Written => "written",
+            Stage::Synced => "synced",
+            Stage::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// When a batch's frame was read (the read that brought its last bytes
+/// returned) and decoded: kept beside the batch until its ACK is written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrival {
+    pub read: std::time::Instant,
+    pub decoded: std::time::Instant,
+}
+
+/// One acknowledged batch's stage times, waiting for its ACK's write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Staged {
+    pub arrival: Arrival,
+    pub admitted: std::time::Instant,
+    pub stamps: Stamps,
+    pub events: u64,
+}
+
+impl Staged {
+    pub fn of<G: trove_core::Game>(arrival: Arrival, c: &trove_shard::Completed<G>, events: u32) -> Self {
+        let admitted = c.stamps.admitted.unwrap_or(c.submitted_at);
+        Staged { arrival, admitted, stamps: c.stamps, events: u64::from(events) }
+    }
+}
+
+impl ServerMetrics {
+    /// Records the stages of batches whose ACKs were written at `acked`:
+    /// one histogram update per stage and batch, never per event.
+    pub(crate) fn record_stages(&self, batches: impl IntoIterator<Item = Staged>, acked: std::time::Instant) {
+        for b in batches {
+            let read = b.arrival.read;
+            let since = |t: std::time::Instant| t.saturating_duration_since(read).as_nanos() as u64;
+            let at = [
+                Some(b.arrival.decoded),
+                Some(b.admitted),
+                b.stamps.applied,
+                b.stamps.written,
+                b.stamps.synced,
+                Some(acked),
+            ];
+            for (h, t) in self.stage_ns.iter().zip(at) {
+                if let Some(t) = t {
+                    h.record_n(since(t), b.events);
+                }
+            }
+        }
+    }
 }
 
 /// A plain copy of [`ServerMetrics`].
@@ -185,6 +273,8 @@ pub struct ServerMetricsSnapshot {
     pub unfinished_frame_waits: u64,
     pub ingest_to_ack_ns: HistogramSnapshot,
     pub ingest_to_update_ns: HistogramSnapshot,
+    /// By [`Stage::ALL`].
+    pub stage_ns: Vec<HistogramSnapshot>,
 }
 
 impl ServerMetrics {
@@ -209,6 +299,7 @@ impl ServerMetrics {
             unfinished_frame_waits: self.unfinished_frame_waits.load(Relaxed),
             ingest_to_ack_ns: self.ingest_to_ack_ns.snapshot(),
             ingest_to_update_ns: self.ingest_to_update_ns.snapshot(),
+            stage_ns: self.stage_ns.iter().map(Histogram::snapshot).collect(),
         }
     }
 }

@@ -44,12 +44,14 @@ impl Out {
         self.sample(name, "", value);
     }
 
-    /// A histogram of nanoseconds (or plain counts with `scale` 1), as
-    /// cumulative power-of-two buckets.
+    /// A histogram of nanoseconds (`scale` NS, `le` at [`LATENCY_BOUNDS_NS`])
+    /// or of plain counts (`scale` 1, `le` at [`COUNT_BOUNDS`]), as
+    /// cumulative buckets.
     fn histogram_samples(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, scale: f64) {
         let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in h.cumulative() {
-            // Bucket b holds values below 2^b: `le` 2^b is exact.
+        let bounds: &[u64] = if scale == 1.0 { &COUNT_BOUNDS } else { &LATENCY_BOUNDS_NS };
+        for (bound, count) in h.cumulative_at(bounds) {
+            // Each bound sits on a bucket edge (values below it): exact.
             let le = bound as f64 * scale;
             let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
         }
@@ -62,6 +64,75 @@ impl Out {
 }
 
 const NS: f64 = 1e-9;
+
+/// The `le` bounds of every latency histogram, in nanoseconds, each moved
+/// down to the bucket edge at or below it (10 us reads 9.984 us): every
+/// 10 us to 100 us, finer steps to 1 ms, then 1-2-5 to 10 s. 31 bounds and
+/// `+Inf`; the full resolution is in `trove_latency_fine_total`
+/// (decision 0015).
+const LATENCY_BOUNDS_NS: [u64; 31] = [
+    5_000,
+    10_000,
+    20_000,
+    30_000,
+    40_000,
+    50_000,
+    60_000,
+    70_000,
+    80_000,
+    90_000,
+    100_000,
+    150_000,
+    200_000,
+    250_000,
+    300_000,
+    400_000,
+    500_000,
+    750_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The `le` bounds of count histograms (events per batch): powers of two,
+/// bucket edges all.
+const COUNT_BOUNDS: [u64; 21] = {
+    let mut b = [0; 21];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = 1 << i;
+        i += 1;
+    }
+    b
+};
+
+impl Out {
+    /// The buckets of `h` that hold anything, one counter each, labelled
+    /// with the histogram and the bucket's lower edge in nanoseconds: what
+    /// `trove bench` reads percentiles from (to 8 us up to 524 us, 3.1%
+    /// above). At most `trove_shard::metrics::BUCKETS` series per histogram;
+    /// a step's latencies fill a few dozen.
+    fn fine_samples(&mut self, histogram: &str, labels: &str, h: &HistogramSnapshot) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (index, n) in h.nonzero() {
+            let from = trove_shard::metrics::bucket_low(index);
+            let _ = writeln!(
+                self.text,
+                "trove_latency_fine_total{{histogram=\"{histogram}\"{sep}{labels},from_ns=\"{from}\"}} {n}"
+            );
+        }
+    }
+}
 
 /// Process CPU seconds and resident bytes, from /proc (Linux).
 fn process_stats() -> Option<(f64, u64)> {
@@ -135,6 +206,7 @@ pub fn render(src: &MetricsSources) -> String {
         "Per update and subscriber: admission of the oldest batch in its chunk to the update written.",
     );
     o.histogram_samples("trove_ingest_to_update_pushed_seconds", "", &s.ingest_to_update_ns, NS);
+    stage_metrics(&mut o, &s);
 
     // Shards.
     o.family("trove_shard_queue_depth_batches", "gauge", "Batches waiting in the shard's queue.");
@@ -243,6 +315,31 @@ pub fn render(src: &MetricsSources) -> String {
     }
     runtime_metrics(&mut o, &runtimes);
     o.text
+}
+
+/// The whole path's stages, cumulative from the frame's read, and the
+/// fine buckets of the latencies `trove bench` breaks down.
+fn stage_metrics(o: &mut Out, s: &crate::ServerMetricsSnapshot) {
+    o.family(
+        "trove_stage_seconds",
+        "histogram",
+        "Per acknowledged event: from its frame read to the stage (decoded, admitted, applied, written, synced, \
+         acknowledged).",
+    );
+    for (stage, h) in crate::Stage::ALL.iter().zip(&s.stage_ns) {
+        o.histogram_samples("trove_stage_seconds", &format!("stage=\"{}\"", stage.name()), h, NS);
+    }
+    o.family(
+        "trove_latency_fine_total",
+        "counter",
+        "Events per fine bucket (from_ns: the bucket's lower edge, nanoseconds; 32 buckets per power of two) of \
+         trove_stage_seconds and trove_ingest_to_*_seconds; only buckets that hold anything.",
+    );
+    for (stage, h) in crate::Stage::ALL.iter().zip(&s.stage_ns) {
+        o.fine_samples("trove_stage_seconds", &format!("stage=\"{}\"", stage.name()), h);
+    }
+    o.fine_samples("trove_ingest_to_acknowledged_seconds", "", &s.ingest_to_ack_ns);
+    o.fine_samples("trove_ingest_to_update_pushed_seconds", "", &s.ingest_to_update_ns);
 }
 
 /// The tokio runtimes' own metrics; with `--cfg tokio_unstable` (the

@@ -29,7 +29,7 @@ use trove_proto::frame::{
 use trove_proto::{Frame, WireGame};
 use trove_shard::{Completed, Delivery, Producer, SubmitError};
 
-use crate::{Shared, Subscriptions, json::JsonGame, poll_complete, sequence_reused_message};
+use crate::{Arrival, Shared, Staged, Subscriptions, json::JsonGame, poll_complete, sequence_reused_message};
 
 /// Input buffer capacity every connection has without drawing on the
 /// budget: room for small frames and many of them per read.
@@ -114,7 +114,7 @@ impl From<FrameError> for Close {
 /// An answer owed to the peer, in frame order.
 enum Owed {
     /// A batch in the engine; its ACK goes out when it completes.
-    Batch { first_seq: u64, count: u32 },
+    Batch { first_seq: u64, count: u32, arrival: Arrival },
     /// An answer ready now, waiting for the batches before it.
     Ready(Vec<u8>),
 }
@@ -140,6 +140,10 @@ struct Connection<G: WireGame> {
     events: Vec<Stamped<G::Event>>,
     subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
+    /// When the last read returned: the frames it completed were read then.
+    read_at: std::time::Instant,
+    /// Batches answered in `out`, for the stage latencies once it is written.
+    staged: Vec<Staged>,
 }
 
 impl<G: WireGame> Connection<G> {
@@ -157,6 +161,8 @@ impl<G: WireGame> Connection<G> {
             events: Vec::new(),
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
+            read_at: std::time::Instant::now(),
+            staged: Vec::new(),
         }
     }
 
@@ -280,6 +286,7 @@ impl<G: WireGame> Connection<G> {
         }
         assert!(self.inbuf.capacity() > self.inbuf.len(), "a read needs room");
         let n = rd.read_buf(&mut self.inbuf).await.map_err(|_| Close::Io)?;
+        self.read_at = std::time::Instant::now();
         debug_assert!(self.charged == 0 || self.inbuf.len() <= frame_end.unwrap_or(0), "not past a large frame");
         self.shared.metrics.bytes_in.fetch_add(n as u64, Relaxed);
         Ok(n)
@@ -442,6 +449,9 @@ impl<G: WireGame> Connection<G> {
         write.await.map_err(|_| Close::Io)?.map_err(|_| Close::Io)?;
         self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
         self.out.clear();
+        if !self.staged.is_empty() {
+            self.shared.metrics.record_stages(self.staged.drain(..), std::time::Instant::now());
+        }
         Ok(())
     }
 
@@ -534,10 +544,11 @@ impl<G: WireGame> Connection<G> {
         self.events
             .extend(records.chunks_exact(G::Event::SIZE).map(|r| Stamped { time_us: 0, event: G::Event::decode(r) }));
         self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+        let arrival = Arrival { read: self.read_at, decoded: std::time::Instant::now() };
         match producer.submit_at(first_seq, &mut self.events) {
             Ok(_ticket) => {
                 self.busy_from = None;
-                self.owed.push_back(Owed::Batch { first_seq, count });
+                self.owed.push_back(Owed::Batch { first_seq, count, arrival });
             }
             Err(SubmitError::Busy) => {
                 self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
@@ -575,7 +586,7 @@ impl<G: WireGame> Connection<G> {
     }
 
     fn completed(&mut self, c: Completed<G>) {
-        let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
+        let Some(Owed::Batch { first_seq, count, arrival }) = self.owed.pop_front() else {
             unreachable!("answers ready are sent as soon as nothing is owed before them")
         };
         debug_assert_eq!(c.outcomes.len(), count as usize);
@@ -589,6 +600,7 @@ impl<G: WireGame> Connection<G> {
         }
         let waited = c.submitted_at.elapsed().as_nanos() as u64;
         self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+        self.staged.push(Staged::of(arrival, &c, count));
         self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
         if self.outcomes {
             let s = frame::begin(&mut self.out, Kind::Ack, frame::ACK_WITH_OUTCOMES);

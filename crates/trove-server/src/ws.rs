@@ -743,7 +743,7 @@ impl<G: WireGame> tokio::io::AsyncWrite for Slotted<G> {
 }
 
 enum Owed {
-    Batch { first_seq: u64, count: u32 },
+    Batch { first_seq: u64, count: u32, arrival: crate::Arrival },
     Ready(String),
 }
 
@@ -918,6 +918,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     }
 
     async fn message(&mut self, text: &str) -> Result<(), (ErrorCode, String)> {
+        // The message has just been received whole: its read.
+        let read = std::time::Instant::now();
         let malformed = |m: String| (ErrorCode::Malformed, m);
         let v: Value = serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
         let kind =
@@ -982,10 +984,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     return Ok(());
                 }
                 self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+                let arrival = crate::Arrival { read, decoded: std::time::Instant::now() };
                 match producer.submit_at(first_seq, &mut events) {
                     Ok(_) => {
                         self.busy_from = None;
-                        self.owed.push_back(Owed::Batch { first_seq, count });
+                        self.owed.push_back(Owed::Batch { first_seq, count, arrival });
                     }
                     Err(SubmitError::Busy) => {
                         self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
@@ -1077,7 +1080,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     }
 
     fn completed(&mut self, c: Completed<G>) {
-        let Some(Owed::Batch { first_seq, count }) = self.owed.pop_front() else {
+        let Some(Owed::Batch { first_seq, count, arrival }) = self.owed.pop_front() else {
             unreachable!("ready answers are sent as soon as nothing is owed before them")
         };
         if !c.reused.is_empty() {
@@ -1089,6 +1092,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
             let waited = c.submitted_at.elapsed().as_nanos() as u64;
             self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
+            let staged = crate::Staged::of(arrival, &c, count);
+            self.shared.metrics.record_stages([staged], std::time::Instant::now());
             let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
             if self.outcomes {
                 ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());

@@ -1115,6 +1115,7 @@ fn events_through_the_data_plane_show_in_reads_and_metrics() {
     }
     let busy = m.sum("trove_shard_busy_seconds_total");
     assert!(busy > 0.0, "the shards applied batches: {busy}");
+    the_stages_cover_every_acknowledged_event(&h, produced, false);
     for (_, ratio) in m.samples("trove_shard_busy_ratio") {
         assert!((0.0..=1.0).contains(&ratio), "{ratio}");
     }
@@ -1156,6 +1157,7 @@ fn a_journaled_engine_reports_its_journal_and_serves_its_hunts_after_a_restart()
     assert!(m.sum("trove_journal_fsync_seconds_sum") > 0.0);
     assert_eq!(m.value("trove_ingest_to_durable_seconds_count", &[]), applied as f64);
     assert_eq!(m.sum("trove_events_applied_total"), applied as f64);
+    the_stages_cover_every_acknowledged_event(&h, p.sent, true);
     let listed = h.get("/hunts").json();
     drop(p);
     let fin = h.stop();
@@ -1169,6 +1171,43 @@ fn a_journaled_engine_reports_its_journal_and_serves_its_hunts_after_a_restart()
     let m = h.scrape();
     assert_eq!(m.value("trove_events_rejected_total", &[("reason", "hunt_exists")]), 1.0);
     h.stop();
+}
+
+/// Every event the producer sent and had acknowledged passed each stage
+/// once in `trove_stage_seconds` (written and synced only `journaled`),
+/// the stages are cumulative (each one's sum at least the one before),
+/// and the fine buckets hold the same events.
+fn the_stages_cover_every_acknowledged_event(h: &Harness, sent: u64, journaled: bool) {
+    let acknowledged = [("stage", "acknowledged")];
+    // The ACK's stage is recorded once its write returned, which the
+    // client may see first: wait for it, generously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut m = h.scrape();
+    while m.value("trove_stage_seconds_count", &acknowledged) < sent as f64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        m = h.scrape();
+    }
+    let mut sum_before = 0.0;
+    for stage in ["decoded", "admitted", "applied", "written", "synced", "acknowledged"] {
+        let counted = journaled || !["written", "synced"].contains(&stage);
+        let count = m.value("trove_stage_seconds_count", &[("stage", stage)]);
+        assert_eq!(count, if counted { sent as f64 } else { 0.0 }, "stage {stage}");
+        let fine: f64 = m
+            .samples("trove_latency_fine_total")
+            .filter(|(l, _)| {
+                l.get("histogram").map(String::as_str) == Some("trove_stage_seconds")
+                    && l.get("stage").map(String::as_str) == Some(stage)
+            })
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(fine, count, "stage {stage}: the fine buckets hold its events");
+        if counted {
+            let sum = m.value("trove_stage_seconds_sum", &[("stage", stage)]);
+            assert!(sum >= sum_before, "stage {stage}: {sum} s before the stage before it ({sum_before} s)");
+            sum_before = sum;
+        }
+    }
+    assert!(sum_before > 0.0, "reading to acknowledging took some time");
 }
 
 // ---------------------------------------------------------------------------

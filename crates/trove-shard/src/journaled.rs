@@ -585,6 +585,8 @@ fn journal_loop<G: Game>(
 ) -> Result<(), String> {
     let mut last_sync = Instant::now();
     let mut closing = false;
+    // `waiting[unwritten..]`: parts no write has covered yet.
+    let mut unwritten = 0;
     while !closing {
         let received = match policy {
             FsyncPolicy::Interval(every) if !waiting.is_empty() => {
@@ -656,21 +658,32 @@ fn journal_loop<G: Game>(
         // acknowledgement is released.
         let written = writer.flush().map_err(|e| format!("write: {e}"))?;
         metrics.journal_bytes.fetch_add(written, Relaxed);
+        // The parts this write covered (those added since the last one).
+        let written_at = Instant::now();
+        for (_, part) in &mut waiting[unwritten..] {
+            part.stamps.written = Some(written_at);
+        }
+        unwritten = waiting.len();
+        let mut synced_at = None;
         if sync_now {
             let started = Instant::now();
             if writer.sync().map_err(|e| format!("fdatasync: {e}"))? {
-                metrics.fsync_ns.record(started.elapsed().as_nanos() as u64);
+                let now = Instant::now();
+                metrics.fsync_ns.record(now.saturating_duration_since(started).as_nanos() as u64);
                 metrics.fsyncs.fetch_add(1, Relaxed);
+                synced_at = Some(now);
             }
             last_sync = began;
         }
         if sync_now || policy == FsyncPolicy::Never {
-            let durable_at = Instant::now();
-            for (inbox, part) in waiting.drain(..) {
+            let durable_at = synced_at.unwrap_or_else(Instant::now);
+            for (inbox, mut part) in waiting.drain(..) {
                 let waited = durable_at.saturating_duration_since(part.submitted_at).as_nanos() as u64;
                 metrics.ingest_to_durable_ns.record_n(waited, part.outcomes.len() as u64);
+                part.stamps.synced = synced_at;
                 inbox.deliver(part);
             }
+            unwritten = 0;
         }
     }
     Ok(())

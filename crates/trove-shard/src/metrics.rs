@@ -5,24 +5,61 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-const BUCKETS: usize = 48;
+/// Linear sub-buckets per power of two: 2^`SUB_BITS`. Every bucket from 32
+/// up is at most 1/32 (3.1%) of its lower bound wide.
+const SUB_BITS: u32 = 5;
+const SUB: u64 = 1 << SUB_BITS;
+/// Buckets of a [`Histogram`]: values 0..32 one each, then 32 per power of
+/// two up to the last bucket, which holds everything from
+/// `bucket_low(BUCKETS - 1)` (63 * 2^30, 67.6 s in nanoseconds) up.
+pub const BUCKETS: usize = 1024;
 
-/// A histogram with power-of-two buckets: bucket `b` counts values `v`
-/// with `2^(b-1) <= v < 2^b` (bucket 0 counts zeros).
+/// The bucket holding `value`: the value itself below 32, then `shift * 32
+/// + (value >> shift)` where `shift` keeps `value >> shift` in 32..64.
+#[inline]
+pub fn bucket_index(value: u64) -> usize {
+    if value < SUB {
+        return value as usize;
+    }
+    let shift = 63 - value.leading_zeros() - SUB_BITS;
+    let index = ((shift as u64) << SUB_BITS) + (value >> shift);
+    (index as usize).min(BUCKETS - 1)
+}
+
+/// The smallest value bucket `index` holds (clamped to the last bucket).
+pub fn bucket_low(index: usize) -> u64 {
+    let index = index.min(BUCKETS - 1) as u64;
+    if index < SUB {
+        return index;
+    }
+    let shift = (index >> SUB_BITS) - 1;
+    (SUB + (index & (SUB - 1))) << shift
+}
+
+/// The smallest value above bucket `index` (`u64::MAX` for the last one).
+pub fn bucket_high(index: usize) -> u64 {
+    if index + 1 >= BUCKETS { u64::MAX } else { bucket_low(index + 1) }
+}
+
+/// A log-linear histogram of `u64` values (nanoseconds, or counts): exact
+/// below 32, then 32 linear buckets per power of two, so 2 us wide at
+/// 100 us, 8 us wide up to 524 us, 3.1% of the value above, up to 67.6 s.
+/// Recording is two relaxed atomic adds, once per batch (`record_n`).
+/// Decision 0015 says why this shape.
 #[derive(Debug)]
-pub struct Log2Histogram {
-    buckets: [AtomicU64; BUCKETS],
+pub struct Histogram {
+    buckets: Box<[AtomicU64; BUCKETS]>,
     /// Sum of the recorded values (wrapping), for means and Prometheus.
     sum: AtomicU64,
 }
 
-impl Default for Log2Histogram {
+impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
+        Self { buckets: Box::new(std::array::from_fn(|_| AtomicU64::new(0))), sum: AtomicU64::new(0) }
     }
 }
 
-impl Log2Histogram {
+impl Histogram {
     #[inline]
     pub fn record(&self, value: u64) {
         self.record_n(value, 1);
@@ -34,8 +71,7 @@ impl Log2Histogram {
         if n == 0 {
             return;
         }
-        let b = (64 - value.leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[b].fetch_add(n, Relaxed);
+        self.buckets[bucket_index(value)].fetch_add(n, Relaxed);
         self.sum.fetch_add(value.wrapping_mul(n), Relaxed);
     }
 
@@ -47,7 +83,8 @@ impl Log2Histogram {
     }
 }
 
-/// A copy of a [`Log2Histogram`].
+/// A copy of a [`Histogram`]: `buckets[i]` counts the values of bucket `i`
+/// (see [`bucket_low`]); shorter than [`BUCKETS`] means the rest are 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistogramSnapshot {
     pub buckets: Vec<u64>,
@@ -56,21 +93,23 @@ pub struct HistogramSnapshot {
 
 impl HistogramSnapshot {
     pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
+        self.buckets.iter().fold(0u64, |a, &n| a.saturating_add(n))
     }
 
-    /// Upper bound of the bucket holding quantile `q` (0..=1), or 0 if empty.
+    /// Upper bound of the bucket holding quantile `q` (0..=1): the
+    /// smallest value above it, less one (the value itself below 32); 0
+    /// if empty, `u64::MAX` in the last bucket.
     pub fn quantile_upper_bound(&self, q: f64) -> u64 {
         let total = self.count();
         if total == 0 {
             return 0;
         }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0u64;
         for (b, &n) in self.buckets.iter().enumerate() {
-            seen += n;
+            seen = seen.saturating_add(n);
             if seen >= rank {
-                return if b == 0 { 0 } else { (1u64 << b) - 1 };
+                return if b + 1 >= BUCKETS { u64::MAX } else { bucket_low(b + 1) - 1 };
             }
         }
         u64::MAX
@@ -81,22 +120,48 @@ impl HistogramSnapshot {
             self.buckets.resize(other.buckets.len(), 0);
         }
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         self.sum = self.sum.wrapping_add(other.sum);
     }
 
-    /// Prometheus-style cumulative buckets, always the same set: `(bound,
-    /// count of values below it)` for every power-of-two bound; the last
-    /// bucket (values from 2^46 up) is left to `+Inf`, which is `count()`.
-    pub fn cumulative(&self) -> Vec<(u64, u64)> {
-        let mut seen = 0;
-        (0..BUCKETS - 1)
-            .map(|b| {
-                seen += self.buckets.get(b).copied().unwrap_or(0);
-                (1u64 << b, seen)
-            })
-            .collect()
+    /// What was recorded after `earlier` (a snapshot of the same
+    /// histogram taken before): counts never go below 0.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)));
+        HistogramSnapshot { buckets: buckets.collect(), sum: self.sum.wrapping_sub(earlier.sum) }
+    }
+
+    /// Cumulative counts at `bounds` (ascending): `(bound, count of values
+    /// below it)`, where each bound is first moved down to the bucket edge
+    /// at or below it, so every count is exact. Bounds that fall on the
+    /// same edge are given once.
+    pub fn cumulative_at(&self, bounds: &[u64]) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(bounds.len());
+        let mut seen = 0u64;
+        let mut next = 0usize;
+        for &bound in bounds {
+            let index = bucket_index(bound);
+            let edge = bucket_low(index);
+            if out.last().is_some_and(|&(e, _)| e >= edge) {
+                continue;
+            }
+            while next < index {
+                seen = seen.saturating_add(self.buckets.get(next).copied().unwrap_or(0));
+                next += 1;
+            }
+            out.push((edge, seen));
+        }
+        out
+    }
+
+    /// The buckets that hold anything: `(index, count)`.
+    pub fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.buckets.iter().copied().enumerate().filter(|&(_, n)| n > 0)
     }
 }
 
@@ -119,15 +184,15 @@ pub struct ShardMetrics {
     /// Times the shard parked and was woken.
     pub wakeups: AtomicU64,
     /// Events per applied batch.
-    pub batch_events: Log2Histogram,
+    pub batch_events: Histogram,
     /// Nanoseconds per applied batch.
-    pub apply_ns: Log2Histogram,
+    pub apply_ns: Histogram,
     /// Per event: nanoseconds from `submit` accepting its batch to its
     /// batch applied.
-    pub ingest_to_applied_ns: Log2Histogram,
+    pub ingest_to_applied_ns: Histogram,
     /// Per event, with a journal: from `submit` to the fsync policy's
     /// durability point (when its acknowledgement is released).
-    pub ingest_to_durable_ns: Log2Histogram,
+    pub ingest_to_durable_ns: Histogram,
     /// Rejections by the game's reason index.
     pub rejections: Vec<AtomicU64>,
     /// Bytes the journal thread wrote.
@@ -135,7 +200,7 @@ pub struct ShardMetrics {
     /// `fdatasync` calls that had something to sync.
     pub fsyncs: AtomicU64,
     /// Nanoseconds per `fdatasync`.
-    pub fsync_ns: Log2Histogram,
+    pub fsync_ns: Histogram,
     /// Retried events answered without being applied again.
     pub retries: AtomicU64,
     /// Snapshots written.
@@ -155,14 +220,14 @@ impl ShardMetrics {
             busy_ns: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
-            batch_events: Log2Histogram::default(),
-            apply_ns: Log2Histogram::default(),
-            ingest_to_applied_ns: Log2Histogram::default(),
-            ingest_to_durable_ns: Log2Histogram::default(),
+            batch_events: Histogram::default(),
+            apply_ns: Histogram::default(),
+            ingest_to_applied_ns: Histogram::default(),
+            ingest_to_durable_ns: Histogram::default(),
             rejections: (0..rejection_reasons).map(|_| AtomicU64::new(0)).collect(),
             journal_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
-            fsync_ns: Log2Histogram::default(),
+            fsync_ns: Histogram::default(),
             retries: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
@@ -246,21 +311,101 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log2_buckets_and_quantiles() {
-        let h = Log2Histogram::default();
+    fn buckets_are_exact_below_32_then_32_per_power_of_two() {
+        for v in 0..32 {
+            assert_eq!(bucket_index(v), v as usize);
+            assert_eq!(bucket_low(v as usize), v);
+        }
+        assert_eq!(bucket_index(32), 32);
+        assert_eq!(bucket_index(63), 63);
+        assert_eq!(bucket_index(64), 64);
+        assert_eq!(bucket_index(65), 64);
+        assert_eq!(bucket_index(66), 65);
+        // Every bucket's edges hold: low is in it, low - 1 is not, and
+        // the edges climb without a gap.
+        for i in 1..BUCKETS {
+            let low = bucket_low(i);
+            assert_eq!(bucket_index(low), i, "bucket {i}");
+            assert_eq!(bucket_index(low - 1), i - 1, "below bucket {i}");
+            assert!(bucket_high(i) > low);
+        }
+        assert_eq!(bucket_low(BUCKETS - 1), 63 << 30);
+        assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
+        assert_eq!(bucket_high(BUCKETS - 1), u64::MAX);
+    }
+
+    #[test]
+    fn ten_microseconds_are_resolved_up_to_300_and_three_per_cent_above() {
+        // Nanoseconds: every bucket from 0 to 524 us is at most 8.2 us wide.
+        for i in 0..bucket_index(524_000) {
+            assert!(bucket_high(i) - bucket_low(i) <= 8_192, "bucket {i} at {} ns", bucket_low(i));
+        }
+        // 100, 110, ..., 300 us land in different buckets.
+        let steps: Vec<usize> = (10..=30).map(|k| bucket_index(k * 10_000)).collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+        // Above: no bucket wider than 1/32 of its lower bound, up to 60 s.
+        for i in 32..bucket_index(60_000_000_000) {
+            let (low, high) = (bucket_low(i), bucket_high(i));
+            assert!((high - low) * 32 <= low, "bucket {i}: {low}..{high}");
+        }
+    }
+
+    #[test]
+    fn quantiles_and_extremes() {
+        let h = Histogram::default();
         for v in [0, 1, 2, 3, 1000, 1000, 1000, 1000] {
             h.record(v);
         }
         let s = h.snapshot();
         assert_eq!(s.count(), 8);
-        assert_eq!(s.buckets[0], 1);
-        assert_eq!(s.buckets[1], 1);
-        assert_eq!(s.buckets[2], 2);
-        assert_eq!(s.buckets[10], 4);
         assert_eq!(s.quantile_upper_bound(0.25), 1);
         assert_eq!(s.quantile_upper_bound(0.5), 3);
-        assert_eq!(s.quantile_upper_bound(0.75), 1023);
+        // 1000 is in 992..1024 (shift 4: 16 wide).
+        assert_eq!(s.quantile_upper_bound(0.75), 1007);
+        assert!(s.quantile_upper_bound(0.75) >= 1000);
+        assert_eq!(HistogramSnapshot::default().quantile_upper_bound(0.99), 0);
+        // No panic at the ends, nor with nonsense quantiles.
         h.record(u64::MAX);
-        assert_eq!(h.snapshot().buckets[BUCKETS - 1], 1);
+        h.record_n(u64::MAX, 1 << 40);
+        h.record_n(5, 0);
+        let s = h.snapshot();
+        assert_eq!(s.quantile_upper_bound(1.0), u64::MAX);
+        assert_eq!(s.quantile_upper_bound(f64::NAN), 0);
+        assert_eq!(s.quantile_upper_bound(-1.0), 0);
+        assert_eq!(s.quantile_upper_bound(2.0), u64::MAX);
+    }
+
+    #[test]
+    fn percentiles_from_the_difference_of_two_snapshots() {
+        let h = Histogram::default();
+        // Before the step: a slow start that must not count in it.
+        h.record_n(5_000_000, 100);
+        let before = h.snapshot();
+        // The step: 90 events at 120 us, 10 at 250 us (one batch each).
+        h.record_n(120_000, 90);
+        h.record_n(250_000, 10);
+        let step = h.snapshot().since(&before);
+        assert_eq!(step.count(), 100);
+        assert_eq!(step.sum, 90 * 120_000 + 10 * 250_000);
+        let p50 = step.quantile_upper_bound(0.5);
+        let p99 = step.quantile_upper_bound(0.99);
+        assert!((120_000..122_000).contains(&p50), "{p50}");
+        assert!((250_000..254_000).contains(&p99), "{p99}");
+        // Counts that went backwards (a restarted server) read 0, not a panic.
+        assert_eq!(before.since(&h.snapshot()).count(), 0);
+    }
+
+    #[test]
+    fn cumulative_counts_sit_on_bucket_edges() {
+        let h = Histogram::default();
+        for v in [5_000, 9_000, 10_000, 10_100, 2_000_000] {
+            h.record(v);
+        }
+        let c = h.snapshot().cumulative_at(&[10_000, 10_050, 1_000_000, u64::MAX]);
+        // 10 us is moved down to 9984 (39 * 256); 10_050 falls on the same edge.
+        assert_eq!(c[0], (9_984, 2));
+        assert_eq!(c[1], (999_424, 4));
+        assert_eq!(c[2], (63 << 30, 5));
+        assert_eq!(c.len(), 3);
     }
 }

@@ -31,7 +31,7 @@ use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Inner, Mode};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
-use crate::producer::{Inbox, Origin, Part, SubmitError};
+use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::updates::{Hub, Staging};
 
 const STRIPES: usize = 64;
@@ -109,6 +109,11 @@ impl<G: Game> BatchSlot<G> {
                 // The per-event modes keep no dedup window.
                 reused: Vec::new(),
                 submitted_at: self.submitted_at,
+                stamps: Stamps {
+                    admitted: Some(self.submitted_at),
+                    applied: Some(Instant::now()),
+                    ..Stamps::default()
+                },
             });
         }
     }

@@ -45,6 +45,39 @@ pub(crate) struct Part<G: Game> {
     pub reused: Vec<u64>,
     /// When `submit` accepted the batch (for stage latencies).
     pub submitted_at: Instant,
+    pub stamps: Stamps,
+}
+
+/// When a batch passed the stages after its admission, for the stage
+/// latencies (`/metrics`, `trove_stage_seconds`): one clock read per
+/// drained batch, write and sync, shared by the parts they cover, never
+/// one per event. A stage the batch did not pass (no journal, `never`,
+/// a per-event mode's write) is `None`. For a batch split over shards,
+/// each stage is its last part's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamps {
+    /// The engine accepted it (`submit`; `Completed::submitted_at` is the
+    /// producer's own reading, taken after `submit` returned).
+    pub admitted: Option<Instant>,
+    /// The shard applied it.
+    pub applied: Option<Instant>,
+    /// The journal's write of it returned.
+    pub written: Option<Instant>,
+    /// The fdatasync covering it returned.
+    pub synced: Option<Instant>,
+}
+
+impl Stamps {
+    /// Each stage at the later of the two: a batch is through a stage
+    /// when its last part is.
+    pub fn latest(self, other: Stamps) -> Stamps {
+        Stamps {
+            admitted: self.admitted.max(other.admitted),
+            applied: self.applied.max(other.applied),
+            written: self.written.max(other.written),
+            synced: self.synced.max(other.synced),
+        }
+    }
 }
 
 /// Where shards put a producer's finished parts. One lock per part, never
@@ -111,6 +144,8 @@ pub struct Completed<G: Game> {
     pub reused: Vec<u64>,
     /// When `submit` accepted the batch.
     pub submitted_at: Instant,
+    /// When it passed the later stages.
+    pub stamps: Stamps,
 }
 
 #[derive(Debug)]
@@ -304,13 +339,16 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
             broadcasts: part.broadcasts,
             reused: part.reused,
             submitted_at: p.submitted_at,
+            stamps: part.stamps,
         };
     }
     let mut outcomes: Vec<Option<G::Outcome>> = vec![None; p.events];
     let mut broadcasts = Vec::new();
     let mut reused = Vec::new();
+    let mut stamps = Stamps::default();
     for (part, positions) in parts.zip(&p.layout) {
         reused.extend_from_slice(&part.reused);
+        stamps = stamps.latest(part.stamps);
         for (&o, &at) in part.outcomes.iter().zip(positions) {
             outcomes[at as usize] = Some(o);
         }
@@ -328,5 +366,6 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
         broadcasts,
         reused,
         submitted_at: p.submitted_at,
+        stamps,
     }
 }

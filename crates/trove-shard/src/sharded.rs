@@ -38,7 +38,7 @@ use crate::dedup::{AppliedPart, Dedup, Retry};
 use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
-use crate::producer::{Inbox, Origin, Part, SubmitError};
+use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::updates::{Hub, Staging};
 
 /// The shard that owns `world` among `shards`.
@@ -523,8 +523,16 @@ impl<G: Game> ShardLoop<G> {
                     broadcasts.push(b);
                     next_broadcast += 1;
                 }
-                let part =
-                    Part { ticket: w.ticket, part: w.part, outcomes, broadcasts, reused, submitted_at: w.submitted_at };
+                let stamps = Stamps { admitted: Some(w.submitted_at), applied: Some(applied_at), ..Stamps::default() };
+                let part = Part {
+                    ticket: w.ticket,
+                    part: w.part,
+                    outcomes,
+                    broadcasts,
+                    reused,
+                    submitted_at: w.submitted_at,
+                    stamps,
+                };
                 if self.journal.is_some() && !w.events.is_empty() {
                     sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
                     parts.push(w.events);

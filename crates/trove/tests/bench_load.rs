@@ -89,6 +89,24 @@ fn a_single_run_reports_every_figure() {
     // The server's side came from its /metrics.
     assert!(v["server"]["cpu_cores"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["server"]["batch_events_mean"].as_f64().unwrap() > 0.0, "{v}");
+    // The server's stages over the step, in path order (the bench's
+    // server runs in memory: no written, no synced; tests/control.rs
+    // checks those with a journal), and where the p50 and the p99 went.
+    let stages: Vec<&str> =
+        v["server"]["stages"].as_array().expect("stages").iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["decoded", "admitted", "applied", "acknowledged"], "{v}");
+    for s in v["server"]["stages"].as_array().unwrap() {
+        assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["p50_us"].as_f64().unwrap() <= s["p99_us"].as_f64().unwrap(), "{s}");
+    }
+    let breakdown = v["latency_breakdown"].as_array().expect("latency_breakdown");
+    assert_eq!(breakdown.iter().map(|b| b["percentile"].as_str().unwrap()).collect::<Vec<_>>(), ["p50", "p99"]);
+    for b in breakdown {
+        assert_eq!(b["stages"].as_array().unwrap().len(), 4, "{b}");
+        assert!(b["server_us"].as_f64().unwrap() > 0.0, "{b}");
+        assert!(b["rest_us"].as_f64().unwrap() >= 0.0, "{b}");
+        assert!(b["client_us"].as_u64().is_some() && b["send_lag_us"].as_u64().is_some(), "{b}");
+    }
     step_verdict_is_consistent(&v);
 
     // `--json -`: stdout is the JSON alone.
@@ -188,6 +206,10 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
             assert_eq!(s["events_acked"], s["events_offered"], "{s}");
             step_verdict_is_consistent(s);
             trials_are_reported(s, 3);
+            // Where its p50 and p99 went, from the median trial's scrapes.
+            let b = s["latency_breakdown"].as_array().expect("latency_breakdown");
+            assert_eq!(b.len(), 2, "{s}");
+            assert!(b[1]["stages"].as_array().unwrap().iter().any(|x| x["stage"] == "applied"), "{s}");
         }
         // The rule is stated, and the warm-up reported apart from the steps.
         assert_eq!(run["trials_per_step"], 3, "{run}");
@@ -212,7 +234,10 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("task-per-event") && md.contains("knee"), "{md}");
     assert!(md.contains("Steps judged on: median of 3 trials") && md.contains("Warm-up (not counted)"), "{md}");
+    assert!(md.contains("Where the latency goes, ms") && md.contains("| client+network |"), "{md}");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trove bench:   p99 ") && stderr.contains(" + client+network "), "{stderr}");
     assert!(stdout.contains("knee ratio sharded / task-per-event: "), "{stdout}");
     assert!(stdout.contains("sharded: each step judged on the median of 3 trials"), "{stdout}");
     // The warm-up's length as measured (0.5 s and a little).

@@ -1125,16 +1125,21 @@ fn run_step(
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tail_cause = (!passed).then(|| {
-        probe::tail_cause(&TailFigures {
-            p99_us: lat.p99,
-            send_lag_p99_us: send_lag.p99,
-            pacer_stall_max_us: done.stall_max_ns / 1000,
-            admitted_p99_us: admitted.p99,
-            machine,
-            cpu_cores_busy: server.as_ref().map(|v| v.cpu_cores + client_cpu_cores),
-            cores,
-            fsync_max_us: server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
-        })
+        probe::tail_cause(
+            &TailFigures {
+                p99_us: lat.p99,
+                send_lag_p99_us: send_lag.p99,
+                pacer_stall_max_us: done.stall_max_ns / 1000,
+                admitted_p99_us: admitted.p99,
+                machine,
+                cpu_cores_busy: server.as_ref().map(|v| v.cpu_cores + client_cpu_cores),
+                cores,
+                fsync_max_us: server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
+                server_p99_us: None,
+                stage_p99_max: None,
+            }
+            .with_stages(&model::LatencyBreakdown::of_step(&lat, &send_lag, server.as_ref())),
+        )
     });
     let trial = TrialReport {
         trial: 0,
@@ -1171,6 +1176,7 @@ fn run_step(
         client_cpu_cores,
         pacer_stall_max_us: done.stall_max_ns / 1000,
         pacer_stalls: done.stalls,
+        latency_breakdown: model::LatencyBreakdown::of_step(&lat, &send_lag, server.as_ref()),
         server,
         busy_replies_per_s: None,
         machine_stalls: machine,
@@ -1191,6 +1197,9 @@ fn run_step(
         machine_note(&step.machine_stalls),
         step.tail_cause.as_ref().map_or(String::new(), |t| format!("  FAILED: {t}")),
     ));
+    for b in &step.latency_breakdown {
+        say(&format!("  {}", b.line()));
+    }
     let stop = match (done.error, failed) {
         (Some(e), _) | (None, Some(e)) => Some(format!("a connection failed: {e}")),
         (None, None) if !done.drained => {
@@ -1346,6 +1355,66 @@ const THRESHOLDS: [Threshold; 6] = [
     },
 ];
 
+/// A server stage's share of the p99 (`LatencyBreakdown`) has moved when
+/// it is at least this many microseconds and twice the lowest step's.
+const STAGE_MOVED_US_MIN: f64 = 250.0;
+
+/// The parts of a step's p99 that `first_moved` can name beside the
+/// `THRESHOLDS`: each server stage's share (`stage_<name>_p99_us`), the
+/// client side left over (`client_and_network_p99_us`), and the
+/// generator's own measures (`send_lag_p99_us`, `pacer_stall_max_us`,
+/// `machine_stall_max_us`). Microseconds.
+fn p99_parts(s: &StepReport) -> Vec<(String, f64)> {
+    let mut parts = Vec::new();
+    if let Some(b) = s.latency_breakdown.iter().find(|b| b.percentile == "p99") {
+        parts.extend(b.stages.iter().map(|st| (format!("stage_{}_p99_us", st.stage), st.us)));
+        parts.push(("client_and_network_p99_us".to_string(), b.rest_us));
+    }
+    parts.push(("send_lag_p99_us".to_string(), s.send_lag_us.p99 as f64));
+    parts.push(("pacer_stall_max_us".to_string(), s.pacer_stall_max_us as f64));
+    parts.push(("machine_stall_max_us".to_string(), s.machine_stalls.max_us as f64));
+    parts
+}
+
+/// The first server stage whose p99 share at `s` reached
+/// `STAGE_MOVED_US_MIN` and twice its share at `base`.
+fn stage_moved(base: &StepReport, s: &StepReport) -> Option<FirstMoved> {
+    let before = p99_parts(base);
+    p99_parts(s).into_iter().filter(|(name, _)| name.starts_with("stage_")).find_map(|(name, to)| {
+        let from = before.iter().find(|(n, _)| *n == name).map_or(0.0, |p| p.1);
+        (to >= STAGE_MOVED_US_MIN && to >= 2.0 * from).then_some(FirstMoved {
+            metric: name,
+            step: s.step,
+            offered_events_per_s: s.offered_events_per_s,
+            from,
+            to,
+        })
+    })
+}
+
+/// For a failing step nothing crossed a threshold on the way to: the part
+/// of its p99 that grew most since `base` (the largest part if `base` is
+/// the step itself). With no server stage growing, that is one of the
+/// generator's or the client side's measures, which it then names.
+fn grew_most(base: &StepReport, failed: &StepReport) -> Option<FirstMoved> {
+    let before = p99_parts(base);
+    let same = base.step == failed.step;
+    p99_parts(failed)
+        .into_iter()
+        .map(|(name, to)| {
+            let from = if same { 0.0 } else { before.iter().find(|(n, _)| *n == name).map_or(0.0, |p| p.1) };
+            (name, from, to)
+        })
+        .max_by(|a, b| (a.2 - a.1).total_cmp(&(b.2 - b.1)))
+        .map(|(metric, from, to)| FirstMoved {
+            metric,
+            step: failed.step,
+            offered_events_per_s: failed.offered_events_per_s,
+            from,
+            to,
+        })
+}
+
 /// Names the generator's own stalls of a step, if it had any.
 fn stall_note(step: &StepReport) -> String {
     match step.pacer_stalls {
@@ -1452,16 +1521,25 @@ fn judge(
     let client_cpu_cores = median_by(&f64s(&|s| s.client_cpu_cores), |&x| x);
     let tail_cause = (!passed).then(|| {
         mid.tail_cause.clone().or_else(|| trials.iter().find_map(|s| s.tail_cause.clone())).unwrap_or_else(|| {
-            probe::tail_cause(&TailFigures {
-                p99_us: latency.p99,
-                send_lag_p99_us: send_lag_us.p99,
-                pacer_stall_max_us: mid.pacer_stall_max_us,
-                admitted_p99_us: admitted_latency_us.p99,
-                machine: mid.machine_stalls,
-                cpu_cores_busy: mid.server.as_ref().map(|v| v.cpu_cores + mid.client_cpu_cores),
-                cores,
-                fsync_max_us: mid.server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
-            })
+            probe::tail_cause(
+                &TailFigures {
+                    p99_us: latency.p99,
+                    send_lag_p99_us: send_lag_us.p99,
+                    pacer_stall_max_us: mid.pacer_stall_max_us,
+                    admitted_p99_us: admitted_latency_us.p99,
+                    machine: mid.machine_stalls,
+                    cpu_cores_busy: mid.server.as_ref().map(|v| v.cpu_cores + mid.client_cpu_cores),
+                    cores,
+                    fsync_max_us: mid.server.as_ref().and_then(|v| v.fsync_max_us).map(|us| us as u64),
+                    server_p99_us: None,
+                    stage_p99_max: None,
+                }
+                .with_stages(&model::LatencyBreakdown::of_step(
+                    &latency,
+                    &send_lag_us,
+                    mid.server.as_ref(),
+                )),
+            )
         })
     });
     StepReport {
@@ -1484,6 +1562,7 @@ fn judge(
         client_cpu_cores,
         pacer_stall_max_us: trials.iter().map(|s| s.pacer_stall_max_us).max().unwrap_or(0),
         pacer_stalls: trials.iter().map(|s| s.pacer_stalls).sum(),
+        latency_breakdown: model::LatencyBreakdown::of_step(&latency, &send_lag_us, mid.server.as_ref()),
         server: mid.server.clone(),
         busy_replies_per_s: mid.busy_replies_per_s,
         machine_stalls,
@@ -1550,6 +1629,15 @@ fn analyse(mode: &str, args: &LoadArgs, warmup: Option<StepReport>, mut steps: V
                     break 'steps;
                 }
             }
+            if let Some(m) = stage_moved(base, s) {
+                first_moved = Some(m);
+                break 'steps;
+            }
+        }
+        // A failing step always names something: what grew most on the
+        // way to it.
+        if first_moved.is_none() && steps[..upto].last().is_some_and(|s| !s.passed) {
+            first_moved = grew_most(base, &steps[upto - 1]);
         }
     }
     ModeRun {
@@ -1796,6 +1884,7 @@ mod tests {
                 schedule_latency_p99_us: Some(100.0),
                 ..Default::default()
             }),
+            latency_breakdown: Vec::new(),
             busy_replies_per_s: None,
             machine_stalls: MachineStalls::default(),
             tail_cause: None,
@@ -1825,6 +1914,63 @@ mod tests {
         let moved = run.first_moved.unwrap();
         assert_eq!((moved.metric.as_str(), moved.step), ("worker_busy_ratio", 3));
         assert_eq!((moved.from, moved.to), (0.1, 0.55));
+    }
+
+    /// `s` with server stages at these p99s (cumulative from the read, us;
+    /// p50 a tenth) and the breakdown they give.
+    fn staged(mut s: StepReport, p99s: [f64; 6]) -> StepReport {
+        let stages = scrape::STAGES
+            .iter()
+            .zip(p99s)
+            .map(|(stage, p99)| model::StageLatency {
+                stage: stage.to_string(),
+                events: 100,
+                p50_us: p99 / 10.0,
+                p99_us: p99,
+            })
+            .collect();
+        let server = s.server.as_mut().expect("a server");
+        server.stages = stages;
+        s.latency_breakdown = model::LatencyBreakdown::of_step(&s.latency_us, &s.send_lag_us, s.server.as_ref());
+        s
+    }
+
+    #[test]
+    fn a_failing_step_below_saturation_names_the_stage_that_grew_first() {
+        // Nothing of THRESHOLDS moves (busy 0.1-0.2, no queue, no BUSY).
+        let quiet = [20.0, 30.0, 60.0, 80.0, 400.0, 450.0];
+        let mut steps = vec![staged(step(0, 1e6, 1e6, 2000, 0.1), quiet)];
+        // At 2M the sync's share doubles past 250 us: it moved first,
+        // before the step at 4M failed on it.
+        steps.push(staged(step(1, 2e6, 2e6, 3000, 0.1), [20.0, 30.0, 60.0, 80.0, 1_400.0, 1_450.0]));
+        steps.push(staged(step(2, 4e6, 4e6, 12_000, 0.2), [20.0, 30.0, 60.0, 80.0, 11_000.0, 11_100.0]));
+        let run = analyse("sharded", &args(), None, steps);
+        let moved = run.first_moved.expect("a failing step names what moved");
+        assert_eq!((moved.metric.as_str(), moved.step), ("stage_synced_p99_us", 1));
+        assert_eq!((moved.from, moved.to), (320.0, 1_320.0));
+        let b = &run.steps[2].latency_breakdown[1];
+        assert_eq!(
+            b.line(),
+            "p99 12.000 ms = send lag 12.000 + decoded 0.020 + admitted 0.010 + applied 0.030 + written 0.020 + synced 10.920 + acknowledged 0.100 + client+network 0.000"
+        );
+
+        // Nothing grew on the server: the generator's side is named, with
+        // the measure that points there.
+        let mut calm = step(1, 2e6, 2e6, 30_000, 0.1);
+        calm.send_lag_us = LatencyUs { p50: 100, p99: 25_000, p999: 26_000, max: 27_000 };
+        let mut base = step(0, 1e6, 1e6, 2000, 0.1);
+        base.send_lag_us = LatencyUs { p50: 100, p99: 300, p999: 400, max: 500 };
+        let run = analyse("sharded", &args(), None, vec![staged(base, quiet), staged(calm, quiet)]);
+        let moved = run.first_moved.expect("named");
+        assert_eq!((moved.metric.as_str(), moved.step, moved.from, moved.to), ("send_lag_p99_us", 1, 300.0, 25_000.0));
+
+        // Without any server figures, a lone failing step still names one.
+        let mut alone = step(0, 1e6, 1e6, 30_000, 0.1);
+        alone.server = None;
+        let moved = analyse("sharded", &args(), None, vec![alone]).first_moved.expect("named");
+        assert_eq!(moved.metric, "send_lag_p99_us");
+        // A run that never failed may name nothing.
+        assert!(analyse("sharded", &args(), None, vec![step(0, 1e6, 1e6, 2000, 0.1)]).first_moved.is_none());
     }
 
     #[test]
@@ -2000,7 +2146,9 @@ mod tests {
         assert_eq!(run.knee_events_per_s, None);
         let reason = run.knee_reason.unwrap();
         assert!(reason.contains("1.00M/s offered") && reason.contains("p99 50.0 ms"), "{reason}");
-        assert_eq!(run.first_moved, None);
+        // A failing step always names something: here its largest part,
+        // the generator's send lag (the fixture's equals its latency).
+        assert_eq!(run.first_moved.map(|m| m.metric).as_deref(), Some("send_lag_p99_us"));
     }
 
     #[test]

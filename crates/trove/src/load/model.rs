@@ -48,6 +48,102 @@ pub struct ServerStep {
     /// upper bound of the highest histogram bucket it reached); absent in
     /// memory or if no sync ran.
     pub fsync_max_us: Option<f64>,
+    /// The server's stages over the step, in path order, each cumulative
+    /// from the frame's read (`trove_stage_seconds`); only the stages the
+    /// step's events passed (no `written`/`synced` in memory), empty
+    /// from a server without them.
+    pub stages: Vec<StageLatency>,
+}
+
+/// One server stage over a step: percentiles of the time from an event's
+/// frame read to the stage, microseconds (upper bucket bounds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StageLatency {
+    /// decoded, admitted, applied, written, synced or acknowledged.
+    pub stage: String,
+    /// Events counted in the stage during the step.
+    pub events: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Where one percentile of a step's latency goes: the client's latency at
+/// that percentile, the generator's send lag, each server stage's share
+/// (the stage's cumulative percentile less the one before it; read to
+/// decoded first), and the rest. Percentiles of parts do not add up to
+/// the percentile of the whole: this is an attribution, exact only when
+/// the slow events are slow in every part. `rest_us` is the client's
+/// latency less the send lag and the server's read-to-ACK-written time:
+/// the SDK, the network and both kernels (never below 0).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyBreakdown {
+    /// "p50" or "p99".
+    pub percentile: String,
+    /// `latency_us` at this percentile: intended send to ACK read.
+    pub client_us: u64,
+    /// `send_lag_us` at this percentile: the generator's own delay.
+    pub send_lag_us: u64,
+    /// Read to ACK written, at this percentile.
+    pub server_us: f64,
+    /// Per stage, in path order: its share of `server_us`.
+    pub stages: Vec<StageShare>,
+    pub rest_us: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StageShare {
+    /// The stage reached (its share is the time from the stage before).
+    pub stage: String,
+    pub us: f64,
+}
+
+impl LatencyBreakdown {
+    /// The breakdown of percentile `name` (p50 or p99) of a step.
+    pub fn of(name: &str, client: &LatencyUs, send_lag: &LatencyUs, stages: &[StageLatency]) -> Self {
+        let pick = |l: &LatencyUs| if name == "p50" { l.p50 } else { l.p99 };
+        let at = |s: &StageLatency| if name == "p50" { s.p50_us } else { s.p99_us };
+        let mut before = 0.0;
+        let shares = stages
+            .iter()
+            .map(|s| {
+                // Cumulative percentiles of different stages may dip (a
+                // stage passed by fewer events): a share is never negative.
+                let us = (at(s) - before).max(0.0);
+                before = before.max(at(s));
+                StageShare { stage: s.stage.clone(), us }
+            })
+            .collect();
+        let server_us = stages.iter().find(|s| s.stage == "acknowledged").map_or(before, at);
+        let (client_us, send_lag_us) = (pick(client), pick(send_lag));
+        LatencyBreakdown {
+            percentile: name.into(),
+            client_us,
+            send_lag_us,
+            server_us,
+            stages: shares,
+            rest_us: (client_us as f64 - send_lag_us as f64 - server_us).max(0.0),
+        }
+    }
+
+    /// One line: `p99 12.3 ms = send lag 0.1 + decoded 0.0 + ... + rest 1.2`
+    /// (milliseconds).
+    pub fn line(&self) -> String {
+        let ms = |us: f64| format!("{:.3}", us / 1e3);
+        let mut parts = vec![format!("send lag {}", ms(self.send_lag_us as f64))];
+        parts.extend(self.stages.iter().map(|st| format!("{} {}", st.stage, ms(st.us))));
+        parts.push(format!("client+network {}", ms(self.rest_us)));
+        format!("{} {} ms = {}", self.percentile, ms(self.client_us as f64), parts.join(" + "))
+    }
+
+    /// The p50 and p99 breakdowns of a step; empty without server stages.
+    pub fn of_step(client: &LatencyUs, send_lag: &LatencyUs, server: Option<&ServerStep>) -> Vec<Self> {
+        match server {
+            Some(v) if !v.stages.is_empty() => {
+                ["p50", "p99"].iter().map(|p| Self::of(p, client, send_lag, &v.stages)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// One step of offered load. A ramp step's figures are judged from its
@@ -110,6 +206,10 @@ pub struct StepReport {
     pub pacer_stalls: u64,
     /// Absent when the server's /metrics could not be scraped.
     pub server: Option<ServerStep>,
+    /// Where the p50 and the p99 of `latency_us` go: the generator, each
+    /// server stage, the rest (client and network); empty without the
+    /// server's stage metrics.
+    pub latency_breakdown: Vec<LatencyBreakdown>,
     /// Batches the server answered BUSY per second of the step (from its
     /// /metrics; absent without them).
     pub busy_replies_per_s: Option<f64>,

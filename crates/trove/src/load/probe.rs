@@ -135,6 +135,24 @@ pub struct TailFigures {
     /// The journal's longest `fdatasync` (absent in memory or without
     /// /metrics).
     pub fsync_max_us: Option<u64>,
+    /// The server's own p99, frame read to ACK written, and its largest
+    /// stage share at p99 (`LatencyBreakdown`); absent without the
+    /// server's stage metrics.
+    pub server_p99_us: Option<u64>,
+    pub stage_p99_max: Option<(&'static str, u64)>,
+}
+
+impl TailFigures {
+    /// The server figures of a step's p99 breakdown.
+    pub fn with_stages(self, breakdown: &[super::model::LatencyBreakdown]) -> Self {
+        let Some(p99) = breakdown.iter().find(|b| b.percentile == "p99") else { return self };
+        let largest = p99.stages.iter().max_by(|a, b| a.us.total_cmp(&b.us));
+        let stage = largest.and_then(|s| {
+            let name = super::scrape::STAGES.iter().find(|n| **n == s.stage)?;
+            Some((*name, s.us as u64))
+        });
+        TailFigures { server_p99_us: Some(p99.server_us as u64), stage_p99_max: stage, ..self }
+    }
 }
 
 /// Names what a failing trial's tail is put down to, with the figures:
@@ -144,8 +162,11 @@ pub struct TailFigures {
 /// wake-up is at least half the p99; else the journal's disk when one
 /// `fdatasync` took at least half the p99 (every acknowledgement of the
 /// group waits for it); else the CPUs when 3/4 of the machine's cores
-/// were busy; else the pipeline (admission to acknowledgement). Never
-/// "none": a tail nothing else explains is the pipeline's.
+/// were busy; else, when the server's own read-to-ACK p99 is under half
+/// the client's, the client side (the SDK, the network, the kernels);
+/// else the pipeline (admission to acknowledgement), with its largest
+/// stage at p99 when the server reports stages. Never "none": a tail
+/// nothing else explains is the pipeline's or the client side's.
 pub fn tail_cause(f: &TailFigures) -> String {
     let ms = |us: u64| us as f64 / 1e3;
     let p99 = ms(f.p99_us);
@@ -181,8 +202,23 @@ pub fn tail_cause(f: &TailFigures) -> String {
     if let Some(busy) = f.cpu_cores_busy.filter(|&b| b >= 0.75 * f.cores) {
         return format!("the CPUs: p99 {p99:.1} ms with {busy:.2} of {} cores busy; {machine}", f.cores);
     }
+    if let Some(server) = f.server_p99_us.filter(|&s| s * 2 < f.p99_us) {
+        return format!(
+            "the client side: p99 {p99:.1} ms, of which the server held {:.1} ms (frame read to ACK written) and the \
+             generator's send lag {:.1} ms; the rest is the SDK, the network and the kernels; {machine}",
+            ms(server),
+            ms(f.send_lag_p99_us)
+        );
+    }
+    let stage = f.stage_p99_max.map_or(String::new(), |(name, us)| {
+        format!(
+            ", its largest stage at p99 `{name}` {:.2} ms of the server's {:.2} ms",
+            ms(us),
+            ms(f.server_p99_us.unwrap_or(0))
+        )
+    });
     format!(
-        "the pipeline: p99 {p99:.1} ms, admitted to acknowledged p99 {:.1} ms; send lag p99 {:.1} ms; {machine}",
+        "the pipeline: p99 {p99:.1} ms, admitted to acknowledged p99 {:.1} ms{stage}; send lag p99 {:.1} ms; {machine}",
         ms(f.admitted_p99_us),
         ms(f.send_lag_p99_us)
     )
@@ -247,6 +283,8 @@ mod tests {
             cpu_cores_busy: Some(1.0),
             cores: 2.0,
             fsync_max_us: None,
+            server_p99_us: None,
+            stage_p99_max: None,
         }
     }
 
@@ -291,5 +329,27 @@ mod tests {
         // Without /metrics, no CPU figure: still an answer.
         let f = TailFigures { cpu_cores_busy: None, ..figures(20) };
         assert!(tail_cause(&f).starts_with("the pipeline"));
+
+        // With the server's stages: its largest stage at p99 is named...
+        let shares = |server_us: f64| {
+            let stage = |stage: &str, us: f64| super::super::model::StageShare { stage: stage.into(), us };
+            vec![super::super::model::LatencyBreakdown {
+                percentile: "p99".into(),
+                client_us: 20_000,
+                send_lag_us: 300,
+                server_us,
+                stages: vec![
+                    stage("applied", 0.1 * server_us),
+                    stage("synced", 0.8 * server_us),
+                    stage("acknowledged", 0.1 * server_us),
+                ],
+                rest_us: 20_000.0 - 300.0 - server_us,
+            }]
+        };
+        let why = tail_cause(&figures(20).with_stages(&shares(15_000.0)));
+        assert!(why.starts_with("the pipeline: p99 20.0 ms, admitted to acknowledged p99 19.5 ms, its largest stage at p99 `synced` 12.00 ms of the server's 15.00 ms"), "{why}");
+        // ... and a server that held under half the tail points at the client side.
+        let why = tail_cause(&figures(20).with_stages(&shares(2_000.0)));
+        assert!(why.starts_with("the client side: p99 20.0 ms, of which the server held 2.0 ms"), "{why}");
     }
 }

@@ -813,6 +813,7 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
             writeln!(s, "| {} |", if step.passed { "yes" } else { "no" })?;
         }
     }
+    breakdown_section(s, run)?;
     writeln!(s)?;
     let reason = run.knee_reason.as_deref().map(md);
     match run.knee_events_per_s {
@@ -847,6 +848,51 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
     }?;
     trials_section(s, run)?;
     super::fanout::markdown(s, run)
+}
+
+/// Where each step's p50 and p99 go (`LatencyBreakdown`): the generator's
+/// send lag, each server stage's share, the client and network's rest.
+/// Nothing when no step has the server's stage metrics.
+fn breakdown_section(s: &mut String, run: &ModeRun) -> fmt::Result {
+    let stages: Vec<&str> = super::scrape::STAGES
+        .iter()
+        .copied()
+        .filter(|st| {
+            run.steps.iter().flat_map(|x| &x.latency_breakdown).any(|b| b.stages.iter().any(|v| v.stage == *st))
+        })
+        .collect();
+    if stages.is_empty() {
+        return Ok(());
+    }
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Where the latency goes, ms: each server stage's share of the percentile (that stage's percentile from the \
+         frame's read, less the stage before's), from the server's fine histograms over the step; the rest is the \
+         client and the network. Percentiles of parts do not add up exactly to the whole's."
+    )?;
+    writeln!(s)?;
+    write!(s, "| step | percentile | client | send lag |")?;
+    for st in &stages {
+        write!(s, " {st} |")?;
+    }
+    writeln!(s, " server | client+network |")?;
+    write!(s, "|---:|:---:|---:|---:|")?;
+    for _ in &stages {
+        write!(s, "---:|")?;
+    }
+    writeln!(s, "---:|---:|")?;
+    for step in &run.steps {
+        for b in &step.latency_breakdown {
+            write!(s, "| {} | {} | {} | {} |", step.step, b.percentile, ms(b.client_us), ms(b.send_lag_us))?;
+            for st in &stages {
+                let share = b.stages.iter().find(|v| v.stage == *st);
+                write!(s, " {} |", share.map_or_else(|| "-".to_string(), |v| num(v.us / 1e3, 3)))?;
+            }
+            writeln!(s, " {} | {} |", num(b.server_us / 1e3, 3), num(b.rest_us / 1e3, 3))?;
+        }
+    }
+    Ok(())
 }
 
 /// How the steps were judged, the warm-up, and each failing step's trials
@@ -910,7 +956,7 @@ fn trials_section(s: &mut String, run: &ModeRun) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{FirstMoved, LatencyUs, Ratio, ServerStep};
+    use super::super::model::{FirstMoved, LatencyBreakdown, LatencyUs, Ratio, ServerStep, StageLatency};
     use super::*;
 
     /// A directory of its own under the temp dir, removed on drop.
@@ -972,7 +1018,9 @@ mod tests {
                 busy_replies: 0.0,
                 ingest_to_ack_p99_us: Some(1048.576),
                 fsync_max_us: None,
+                stages: Vec::new(),
             }),
+            latency_breakdown: Vec::new(),
             busy_replies_per_s: None,
             machine_stalls: Default::default(),
             tail_cause: None,
@@ -1172,7 +1220,16 @@ mod tests {
     #[test]
     fn writes_charts_and_report_for_two_modes() {
         let tmp = TempDir::new("two-modes");
-        let runs = [sharded(), task_per_event()];
+        let mut runs = [sharded(), task_per_event()];
+        // One step with the server's stages (in memory: no written, synced).
+        let nine = runs[0].steps.iter_mut().find(|s| s.step == 9).unwrap();
+        let stages: Vec<StageLatency> =
+            [("decoded", 15.0), ("admitted", 40.0), ("applied", 900.0), ("acknowledged", 1_000.0)]
+                .iter()
+                .map(|&(stage, p99_us)| StageLatency { stage: stage.into(), events: 10, p50_us: p99_us / 4.0, p99_us })
+                .collect();
+        nine.server.as_mut().unwrap().stages = stages;
+        nine.latency_breakdown = LatencyBreakdown::of_step(&nine.latency_us, &nine.send_lag_us, nine.server.as_ref());
         let comparison = comparison(&runs);
         let command = "trove bench load --modes sharded,task-per-event --report out";
         let written = write(&tmp.0, &runs, Some(&comparison), command).unwrap();
@@ -1228,6 +1285,17 @@ mod tests {
             "| 1 | 1.000 | 0.999 | 0.275 | 1.100 | 2.200 | - | 0.400 | 3.000 | 0.80 | - | - | - | - | - | - | - | - | yes |"
         ));
         assert!(report.contains("| 9 | 14.000 | 12.400 | 10.500 | 42.000 | 84.000 | - | 0.400 | 27.000 | 0.80 | 1.50 | 1.05 | 90 | 64.0 | 0.02 | 0.01 | 0.40 | 35.0 | no |"));
+        // Where step 9's latency went: only the stages it has.
+        assert!(report.contains("| step | percentile | client | send lag | decoded | admitted | applied | acknowledged | server | client+network |"), "{report}");
+        assert!(
+            report.contains("| 9 | p50 | 10.500 | 0.100 | 0.004 | 0.006 | 0.215 | 0.025 | 0.250 | 10.150 |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| 9 | p99 | 42.000 | 0.400 | 0.015 | 0.025 | 0.860 | 0.100 | 1.000 | 40.600 |"),
+            "{report}"
+        );
+        assert_eq!(report.matches("Where the latency goes").count(), 1, "only the run with stages");
         // 10 + 5 step rows, each with 19 columns.
         let rows: Vec<_> = report.lines().filter(|l| l.starts_with("| ") && l.matches(" | ").count() == 18).collect();
         assert_eq!(rows.len(), 2 + 15, "{rows:#?}");
