@@ -514,3 +514,133 @@ impl<G: Game> Hub<G> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trove_core::Outcomes;
+    use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
+
+    type Hunt = TreasureHunt;
+
+    /// Publishes one event of `world` as one batch.
+    fn publish_one(hub: &Hub<Hunt>, staging: &mut Staging<Hunt>, world: WorldId, player: u32) {
+        let events = [Stamped { time_us: 1, event: HuntEvent::join(world, player) }];
+        let mut out = Outcomes::with_capacity(1);
+        out.direct.push(HuntOutcome::Left);
+        hub.publish(&events, &out, staging, Instant::now());
+    }
+
+    fn chunks(taken: &[Delivery<Hunt>]) -> Vec<u64> {
+        taken
+            .iter()
+            .map(|d| match d {
+                Delivery::Chunk(c) => c.first_seq,
+                Delivery::Gap { .. } => panic!("an unbounded mailbox has no gap"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_of_one_world_published_by_several_threads_arrive_in_their_numbers_order() {
+        const THREADS: u32 = 4;
+        const BATCHES: u32 = 2000;
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        let mailbox = Mailbox::new(usize::MAX >> 1);
+        let first = hub.subscribe(7, &mailbox);
+        let publishers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    let mut staging = Staging::default();
+                    for _ in 0..BATCHES {
+                        publish_one(&hub, &mut staging, 7, t);
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        let mut taken = Vec::new();
+        mailbox.take(&mut taken);
+        let got = chunks(&taken);
+        assert_eq!(got.len(), (THREADS * BATCHES) as usize);
+        assert_eq!(got[0], first);
+        let out_of_order = got.windows(2).position(|w| w[1] != w[0] + 1);
+        assert_eq!(out_of_order, None, "chunks out of their numbers' order");
+    }
+
+    #[test]
+    fn a_subscriber_is_woken_once_per_take_however_many_chunks_come() {
+        let hub: Hub<Hunt> = Hub::default();
+        let mailbox = Mailbox::new(1 << 20);
+        hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        for p in 0..100 {
+            publish_one(&hub, &mut staging, 7, p);
+        }
+        assert_eq!((hub.metrics().wakeups, hub.metrics().chunk_deliveries), (1, 100));
+        let mut taken = Vec::new();
+        mailbox.take(&mut taken);
+        assert_eq!(taken.len(), 100);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 2);
+    }
+
+    #[test]
+    fn no_chunk_of_a_world_reaches_a_mailbox_after_its_unsubscribe_returns() {
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        // A second subscriber keeps the topic (and its publishes) alive.
+        let keeper = Mailbox::new(1);
+        hub.subscribe(7, &keeper);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut staging = Staging::default();
+                while !stop.load(Relaxed) {
+                    publish_one(&hub, &mut staging, 7, 0);
+                }
+            })
+        };
+        let mailbox = Mailbox::new(usize::MAX >> 1);
+        let mut taken = Vec::new();
+        for _ in 0..200 {
+            let before = hub.metrics().chunks_published;
+            hub.subscribe(7, &mailbox);
+            while hub.metrics().chunks_published < before + 2 {
+                std::thread::yield_now();
+            }
+            assert!(hub.unsubscribe(7, &mailbox));
+            mailbox.take(&mut taken);
+            taken.clear();
+            // Two more chunks published: any push begun before the
+            // unsubscribe has ended.
+            let after = hub.metrics().chunks_published;
+            while hub.metrics().chunks_published < after + 2 {
+                std::thread::yield_now();
+            }
+            mailbox.take(&mut taken);
+            assert!(taken.is_empty(), "{} deliveries after the unsubscribe", taken.len());
+        }
+        stop.store(true, Relaxed);
+        publisher.join().unwrap();
+        assert_eq!(hub.metrics().subscriptions, 1);
+    }
+
+    #[test]
+    fn closed_mailboxes_are_pruned_at_the_next_publish() {
+        let hub: Hub<Hunt> = Hub::default();
+        let (a, b) = (Mailbox::new(16), Mailbox::new(16));
+        hub.subscribe(7, &a);
+        hub.subscribe(7, &b);
+        a.close();
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (1, 1));
+        b.close();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (0, 0));
+    }
+}
