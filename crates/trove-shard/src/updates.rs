@@ -455,6 +455,11 @@ impl<G: Game> Hub<G> {
                 encoded_text: OnceLock::new(),
                 ingested_at,
             });
+            // Counted before the pushes: a subscriber that has the chunk
+            // sees it counted.
+            self.counters.updates_published.fetch_add(n as u64, Relaxed);
+            self.counters.chunks_published.fetch_add(1, Relaxed);
+            self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
             o.turn.wait(o.ticket);
             let (mut closed, mut woken) = (false, 0u64);
             for m in o.subscribers.iter() {
@@ -469,9 +474,6 @@ impl<G: Game> Hub<G> {
             if closed {
                 staging.closed_in.push(o.world);
             }
-            self.counters.updates_published.fetch_add(n as u64, Relaxed);
-            self.counters.chunks_published.fetch_add(1, Relaxed);
-            self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
         }
         if !staging.closed_in.is_empty() {
             self.prune(&mut staging.closed_in);

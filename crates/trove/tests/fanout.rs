@@ -517,7 +517,7 @@ fn wait_open_files(pid: u32, want: usize) {
 }
 
 /// 2,000 TCP subscribers and 100 WebSocket ones over 40 hunts connect,
-/// subscribe, get an update and disconnect, three times: every time the
+/// subscribe, get an update and disconnect, six times: every time the
 /// server goes back to its open files, connections, subscriptions and
 /// watched hunts from before, and its memory does not grow round after
 /// round.
@@ -526,7 +526,7 @@ fn thousands_of_subscribers_come_and_go_without_leaking() {
     const TCP_SUBSCRIBERS: usize = 2000;
     const WS_SUBSCRIBERS: usize = 100;
     const HUNTS: u32 = 40;
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 6;
     assert!(raise_file_limit() >= 2 * (TCP_SUBSCRIBERS + WS_SUBSCRIBERS) as u64 + 200, "the test needs more files");
     let (serve, tcp, ws, control, dir) = start("fanout-churn", "connections_max = 2200\nidle_timeout_ms = 600000");
     let pid = serve.pid();
@@ -571,11 +571,14 @@ fn thousands_of_subscribers_come_and_go_without_leaking() {
         wait_metric(control, "trove_subscriptions", 0);
         wait_metric(control, "trove_subscribed_hunts", 0);
         wait_open_files(pid, files);
+        // From round 1 on (the allocator has kept what round 0 freed for
+        // reuse): a connection's state leaked would be tens of KiB each,
+        // some 50 MiB a round.
         let rss = serve.rss();
-        if round == 0 {
+        if round == 1 {
             rss_first = rss;
-        } else {
-            assert!(rss <= rss_first + (32 << 20), "round {round}: {rss} bytes resident, after {rss_first} in round 0");
+        } else if round > 1 {
+            assert!(rss <= rss_first + (64 << 20), "round {round}: {rss} bytes resident, after {rss_first} in round 1");
         }
     }
     drop(serve);
