@@ -22,7 +22,7 @@
 //! range is remembered per world, coalesced, and handed to the subscriber
 //! as a [`Delivery::Gap`] in its place in the stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
@@ -34,6 +34,7 @@ use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
 
 type IdMap<V> = HashMap<WorldId, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<WorldId, BuildHasherDefault<IdHasher>>;
 
 /// One entry of a world's update stream.
 #[derive(Clone, Debug)]
@@ -300,6 +301,10 @@ pub struct HubMetrics {
 #[derive(Debug)]
 struct Topics<G: Game> {
     live: IdMap<Topic<G>>,
+    /// The keys of `live`, copied on write (when a topic starts or is
+    /// retired): a publish clones it under the lock and stages its batch
+    /// against it after, not per event under the lock.
+    watched: Arc<IdSet>,
     /// Where a new topic's numbering starts: past every number a retired
     /// topic reached, so no world's sequence goes back while the engine
     /// runs, and no per-world memory outlives its subscribers.
@@ -320,7 +325,7 @@ pub struct Hub<G: Game> {
 impl<G: Game> Default for Hub<G> {
     fn default() -> Self {
         Self {
-            topics: Mutex::new(Topics { live: IdMap::default(), resume_at: 1 }),
+            topics: Mutex::new(Topics { live: IdMap::default(), watched: Arc::default(), resume_at: 1 }),
             live: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
@@ -352,9 +357,10 @@ impl<G: Game> Hub<G> {
     /// first update it will get. Subscribing twice is a no-op.
     pub fn subscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> u64 {
         let mut t = self.lock();
-        let Topics { live, resume_at } = &mut *t;
+        let Topics { live, watched, resume_at } = &mut *t;
         let topic = live.entry(world).or_insert_with(|| {
             self.live.fetch_add(1, Relaxed);
+            Arc::make_mut(watched).insert(world);
             Topic { next_seq: *resume_at, subscribers: Arc::new([]), turn: Arc::default(), next_ticket: 0 }
         });
         if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
@@ -391,6 +397,7 @@ impl<G: Game> Hub<G> {
 
     fn retire(&self, t: &mut Topics<G>, world: WorldId) {
         if let Some(topic) = t.live.remove(&world) {
+            Arc::make_mut(&mut t.watched).remove(&world);
             t.resume_at = t.resume_at.max(topic.next_seq);
             self.live.fetch_sub(1, Relaxed);
         }
@@ -408,19 +415,25 @@ impl<G: Game> Hub<G> {
         if self.live.load(Relaxed) == 0 {
             return;
         }
-        let mut t = self.lock();
+        // Staged outside the lock, against the worlds watched now: a world
+        // watched from the next moment on starts with the next batch (its
+        // first subscriber's `next_seq` is not used by this one), and one
+        // retired meanwhile is skipped below.
+        let watched = self.lock().watched.clone();
         let mut broadcasts = out.broadcasts.iter().peekable();
         for (i, (event, outcome)) in events.iter().zip(&out.direct).enumerate() {
             let world = G::world_of(&event.event);
-            if t.live.contains_key(&world) {
+            if watched.contains(&world) {
                 staging.by_world.entry(world).or_default().push(Update::Applied { event: *event, outcome: *outcome });
             }
             while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
-                if t.live.contains_key(&b.world) {
+                if watched.contains(&b.world) {
                     staging.by_world.entry(b.world).or_default().push(Update::Broadcast(b.body.clone()));
                 }
             }
         }
+        drop(watched);
+        let mut t = self.lock();
         for (&world, updates) in &mut staging.by_world {
             if updates.is_empty() {
                 continue;
