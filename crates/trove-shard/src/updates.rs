@@ -7,9 +7,11 @@
 //! shared by every subscriber) into each subscriber's [`Mailbox`]. With no
 //! subscriber anywhere, publishing is one relaxed load.
 //!
-//! The hub's one lock is held only to number chunks and to clone each
-//! world's subscriber list (an `Arc<[_]>`, replaced whole on subscribe and
-//! unsubscribe): the pushes, one mailbox lock each, happen after it is
+//! The hub's one lock is held only to clone the set of watched worlds
+//! (the batch is staged against it outside the lock), then to number
+//! chunks and to clone each world's subscriber list (an `Arc<[_]>`,
+//! replaced whole on subscribe and unsubscribe): the pushes, one mailbox
+//! lock each, happen after it is
 //! released, so a hunt with thousands of watchers does not hold up the
 //! other shards' publishes. A world's chunks are pushed in the order they
 //! were numbered: each takes a ticket of its world's [`Turn`] under the
