@@ -169,6 +169,18 @@ pub struct ServerMetrics {
     /// stage (cumulative, so every stage's percentile is comparable with
     /// the whole path's). Recorded once per batch, when its ACK is written.
     pub stage_ns: [Histogram; Stage::ALL.len()],
+    /// Chunks encoded for the wire, by transport (0 TCP, 1 WebSocket):
+    /// once per chunk and transport, shared by its subscribers.
+    pub update_encodings: [AtomicU64; 2],
+    /// Chunks queued for writing on connections (one per subscriber).
+    pub update_chunks_sent: AtomicU64,
+    /// Update bytes (UPDATE and GAP frames, or JSON messages) taken from
+    /// mailboxes and not yet written, all connections together, and the
+    /// most one connection ever held: a connection whose socket does not
+    /// drain stops taking, so this stays within one take of its mailbox
+    /// (`subscriber_updates_max` entries, encoded).
+    pub update_bytes_queued: AtomicU64,
+    pub update_bytes_queued_connection_max: AtomicU64,
 }
 
 /// The stages of an event's path through the server, in order
@@ -252,6 +264,18 @@ impl ServerMetrics {
             }
         }
     }
+
+    /// A connection has `bytes` more update bytes waiting in its output,
+    /// `pending` in all.
+    pub(crate) fn updates_queued(&self, bytes: usize, pending: usize) {
+        self.update_bytes_queued.fetch_add(bytes as u64, Relaxed);
+        self.update_bytes_queued_connection_max.fetch_max(pending as u64, Relaxed);
+    }
+
+    /// A connection wrote (or dropped) its `pending` update bytes.
+    pub(crate) fn updates_written(&self, pending: &mut usize) {
+        self.update_bytes_queued.fetch_sub(std::mem::take(pending) as u64, Relaxed);
+    }
 }
 
 /// A plain copy of [`ServerMetrics`].
@@ -275,6 +299,11 @@ pub struct ServerMetricsSnapshot {
     pub ingest_to_update_ns: HistogramSnapshot,
     /// By [`Stage::ALL`].
     pub stage_ns: Vec<HistogramSnapshot>,
+    pub update_encodings_tcp: u64,
+    pub update_encodings_ws: u64,
+    pub update_chunks_sent: u64,
+    pub update_bytes_queued: u64,
+    pub update_bytes_queued_connection_max: u64,
 }
 
 impl ServerMetrics {
@@ -300,6 +329,11 @@ impl ServerMetrics {
             ingest_to_ack_ns: self.ingest_to_ack_ns.snapshot(),
             ingest_to_update_ns: self.ingest_to_update_ns.snapshot(),
             stage_ns: self.stage_ns.iter().map(Histogram::snapshot).collect(),
+            update_encodings_tcp: self.update_encodings[0].load(Relaxed),
+            update_encodings_ws: self.update_encodings[1].load(Relaxed),
+            update_chunks_sent: self.update_chunks_sent.load(Relaxed),
+            update_bytes_queued: self.update_bytes_queued.load(Relaxed),
+            update_bytes_queued_connection_max: self.update_bytes_queued_connection_max.load(Relaxed),
         }
     }
 }

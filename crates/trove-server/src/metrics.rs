@@ -300,6 +300,49 @@ pub fn render(src: &MetricsSources) -> String {
         hub.updates_dropped,
     );
     o.one("trove_update_gaps_total", "counter", "Gaps opened for subscribers that fell behind.", hub.gaps);
+    o.one(
+        "trove_update_chunks_published_total",
+        "counter",
+        "Chunks published: one per applied batch and subscribed hunt it touched.",
+        hub.chunks_published,
+    );
+    o.one(
+        "trove_update_chunk_deliveries_total",
+        "counter",
+        "Chunks (one batch's updates of one hunt) pushed to subscribers' queues, one per subscriber.",
+        hub.chunk_deliveries,
+    );
+    o.one(
+        "trove_subscriber_wakeups_total",
+        "counter",
+        "Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).",
+        hub.wakeups,
+    );
+    o.family(
+        "trove_update_encodings_total",
+        "counter",
+        "Chunks encoded for the wire, by transport: once per chunk, shared by every subscriber.",
+    );
+    o.sample("trove_update_encodings_total", "transport=\"tcp\"", s.update_encodings_tcp);
+    o.sample("trove_update_encodings_total", "transport=\"ws\"", s.update_encodings_ws);
+    o.one(
+        "trove_update_chunks_sent_total",
+        "counter",
+        "Chunks queued for writing on subscriber connections.",
+        s.update_chunks_sent,
+    );
+    o.one(
+        "trove_update_bytes_queued",
+        "gauge",
+        "Update bytes taken from subscribers' queues and not yet written, all connections.",
+        s.update_bytes_queued,
+    );
+    o.one(
+        "trove_update_bytes_queued_connection_max",
+        "gauge",
+        "The most update bytes one connection held unwritten since the start.",
+        s.update_bytes_queued_connection_max,
+    );
 
     // The process.
     if let Some((cpu, rss)) = process_stats() {

@@ -130,7 +130,13 @@ struct Connection<G: WireGame> {
     charged: usize,
     /// Bytes of `inbuf` already consumed.
     consumed: usize,
+    /// Bytes to write: answers and updates, written whole (one write while
+    /// the socket takes them) before anything more is read or taken from
+    /// the mailbox. A peer that does not read leaves its updates in the
+    /// mailbox, which is bounded, so this holds at most one take.
     out: Vec<u8>,
+    /// Bytes of `out` that are updates (in the `update_bytes_queued` gauge).
+    out_update_bytes: usize,
     owed: VecDeque<Owed>,
     outcomes: bool,
     /// After a BUSY at this sequence, EVENTS beyond it are refused until
@@ -155,6 +161,7 @@ impl<G: WireGame> Connection<G> {
             consumed: 0,
             // Grows with the answers owed; an idle connection holds none.
             out: Vec::new(),
+            out_update_bytes: 0,
             owed: VecDeque::new(),
             outcomes: false,
             busy_from: None,
@@ -181,6 +188,7 @@ impl<G: WireGame> Connection<G> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.write_all(&self.out)).await;
         }
         let _ = wr.shutdown().await;
+        self.shared.metrics.updates_written(&mut self.out_update_bytes);
         self.unsubscribe_all();
         // What the buffer held goes back to the budget now, not after the
         // linger below (which reads into the base capacity alone).
@@ -448,6 +456,7 @@ impl<G: WireGame> Connection<G> {
         let write = tokio::time::timeout(self.shared.config.idle_timeout, wr.write_all(&self.out));
         write.await.map_err(|_| Close::Io)?.map_err(|_| Close::Io)?;
         self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
+        self.shared.metrics.updates_written(&mut self.out_update_bytes);
         self.out.clear();
         if !self.staged.is_empty() {
             self.shared.metrics.record_stages(self.staged.drain(..), std::time::Instant::now());
@@ -624,16 +633,26 @@ impl<G: WireGame> Connection<G> {
         }
     }
 
-    /// Moves the mailbox's deliveries into `out`.
+    /// Moves the mailbox's deliveries into `out` (all of them: one wakeup,
+    /// one write). Each chunk is encoded once, by the first connection
+    /// that sends it, and copied by the others.
     fn deliver(&mut self) {
         self.subscriptions.take(&mut self.deliveries);
+        if self.deliveries.is_empty() {
+            return;
+        }
         let max = self.shared.config.frame_body_max;
+        let before = self.out.len();
         for d in self.deliveries.drain(..) {
             self.shared.metrics.frames_out.fetch_add(1, Relaxed);
             match d {
                 Delivery::Chunk(chunk) => {
-                    let bytes = chunk.encoded.get_or_init(|| encode_chunk::<G>(&chunk, max));
+                    let bytes = chunk.encoded.get_or_init(|| {
+                        self.shared.metrics.update_encodings[0].fetch_add(1, Relaxed);
+                        encode_chunk::<G>(&chunk, max)
+                    });
                     self.out.extend_from_slice(bytes);
+                    self.shared.metrics.update_chunks_sent.fetch_add(1, Relaxed);
                     let waited = chunk.ingested_at.elapsed().as_nanos() as u64;
                     self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
                 }
@@ -642,6 +661,9 @@ impl<G: WireGame> Connection<G> {
                 }
             }
         }
+        let added = self.out.len() - before;
+        self.out_update_bytes += added;
+        self.shared.metrics.updates_queued(added, self.out_update_bytes);
     }
 }
 

@@ -756,7 +756,11 @@ struct WsConnection<G: WireGame + JsonGame> {
     outcomes: bool,
     owed: VecDeque<Owed>,
     busy_from: Option<u64>,
+    /// Messages to write, all before anything more is read or taken from
+    /// the mailbox (see [`WsConnection::write_out`]).
     out: Vec<String>,
+    /// Bytes of `out` that are updates (in the `update_bytes_queued` gauge).
+    out_update_bytes: usize,
     subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
 }
@@ -776,6 +780,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             owed: VecDeque::new(),
             busy_from: None,
             out: Vec::new(),
+            out_update_bytes: 0,
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
         }
@@ -813,6 +818,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 break;
             }
         }
+        self.shared.metrics.updates_written(&mut self.out_update_bytes);
         self.subscriptions.close(&self.shared);
         self.claim = None;
         if sent && matches!(tokio::time::timeout_at(linger, socket.send(Message::Close(close))).await, Ok(Ok(()))) {
@@ -851,13 +857,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let mut stopping = *stop.borrow();
         let mut idle_deadline = Instant::now() + config.idle_timeout;
         loop {
-            for m in self.out.drain(..) {
-                self.shared.metrics.frames_out.fetch_add(1, Relaxed);
-                let send = tokio::time::timeout(config.idle_timeout, socket.send(Message::Text(m.into())));
-                send.await
-                    .map_err(|_| (ErrorCode::IdleTimeout, String::new()))?
-                    .map_err(|_| (ErrorCode::Internal, String::new()))?;
-            }
+            self.write_out(socket).await?;
             let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);
             if stopping && in_flight == 0 {
                 return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
@@ -915,6 +915,32 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 _ = stop.changed(), if !stopping => stopping = true,
             }
         }
+    }
+
+    /// Writes `out`: every message queued (the library frames them into
+    /// its write buffer, writing when it passes `write_buffer_size`), then
+    /// one flush. While the socket does not drain, this waits, and nothing
+    /// more is taken from the mailbox: `out` holds at most one take.
+    async fn write_out(&mut self, socket: &mut WebSocket) -> Result<(), (ErrorCode, String)> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let idle_timeout = self.shared.config.idle_timeout;
+        let metrics = self.shared.metrics.clone();
+        let out = &mut self.out;
+        let write = async {
+            let mut socket = std::pin::Pin::new(socket);
+            for m in out.drain(..) {
+                metrics.frames_out.fetch_add(1, Relaxed);
+                poll_fn(|cx| futures_sink::Sink::poll_ready(socket.as_mut(), cx)).await?;
+                futures_sink::Sink::start_send(socket.as_mut(), Message::Text(m.into()))?;
+            }
+            poll_fn(|cx| futures_sink::Sink::poll_flush(socket.as_mut(), cx)).await
+        };
+        let written = tokio::time::timeout(idle_timeout, write).await;
+        // Written, or the connection ends: either way no longer queued.
+        self.shared.metrics.updates_written(&mut self.out_update_bytes);
+        written.map_err(|_| (ErrorCode::IdleTimeout, String::new()))?.map_err(|_| (ErrorCode::Internal, String::new()))
     }
 
     async fn message(&mut self, text: &str) -> Result<(), (ErrorCode, String)> {
@@ -1106,14 +1132,19 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         }
     }
 
+    /// Moves the mailbox's deliveries into `out` (all of them: one wakeup,
+    /// one flush). Each chunk is encoded once, by the first connection
+    /// that sends it, and copied by the others.
     fn deliver(&mut self) {
         self.subscriptions.take(&mut self.deliveries);
+        let mut added = 0;
         for d in self.deliveries.drain(..) {
             match d {
                 Delivery::Chunk(chunk) => {
                     // Messages of at most JSON_ENTRIES_MAX entries, so that one
                     // stays far below the write buffer bound.
                     let texts = chunk.encoded_text.get_or_init(|| {
+                        self.shared.metrics.update_encodings[1].fetch_add(1, Relaxed);
                         chunk
                             .updates
                             .chunks(JSON_ENTRIES_MAX)
@@ -1136,14 +1167,23 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                             })
                             .collect()
                     });
+                    added += texts.iter().map(String::len).sum::<usize>();
                     self.out.extend(texts.iter().cloned());
+                    self.shared.metrics.update_chunks_sent.fetch_add(1, Relaxed);
                     let waited = chunk.ingested_at.elapsed().as_nanos() as u64;
                     self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
                 }
-                Delivery::Gap { world, first_missed, missed } => self.out.push(
-                    json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed}).to_string(),
-                ),
+                Delivery::Gap { world, first_missed, missed } => {
+                    let gap = json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed});
+                    let text = gap.to_string();
+                    added += text.len();
+                    self.out.push(text);
+                }
             }
+        }
+        if added > 0 {
+            self.out_update_bytes += added;
+            self.shared.metrics.updates_queued(added, self.out_update_bytes);
         }
     }
 }

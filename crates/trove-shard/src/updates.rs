@@ -7,23 +7,36 @@
 //! shared by every subscriber) into each subscriber's [`Mailbox`]. With no
 //! subscriber anywhere, publishing is one relaxed load.
 //!
+//! The hub's one lock is held only to clone the set of watched worlds
+//! (the batch is staged against it outside the lock), then to number
+//! chunks and to clone each world's subscriber list (an `Arc<[_]>`,
+//! replaced whole on subscribe and unsubscribe): the pushes, one mailbox
+//! lock each, happen after it is
+//! released, so a hunt with thousands of watchers does not hold up the
+//! other shards' publishes. A world's chunks are pushed in the order they
+//! were numbered: each takes a ticket of its world's [`Turn`] under the
+//! lock and pushes when its turn comes (at once, unless two threads
+//! publish the same world). Unsubscribing takes a turn too, so that no
+//! chunk of the world reaches the mailbox after it returns.
+//!
 //! A mailbox is bounded (in updates). A subscriber that does not keep up
 //! loses chunks, never stalls the shard or other subscribers: the dropped
 //! range is remembered per world, coalesced, and handed to the subscriber
 //! as a [`Delivery::Gap`] in its place in the stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
 
 type IdMap<V> = HashMap<WorldId, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<WorldId, BuildHasherDefault<IdHasher>>;
 
 /// One entry of a world's update stream.
 #[derive(Clone, Debug)]
@@ -61,6 +74,19 @@ pub enum Delivery<G: Game> {
         first_missed: u64,
         missed: u64,
     },
+}
+
+/// What [`Mailbox::push`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Queued into an empty mailbox, and woke its subscriber.
+    Woken,
+    /// Queued behind others (the subscriber is already woken).
+    Queued,
+    /// Recorded as missed: the mailbox is full.
+    Dropped,
+    /// The subscriber has closed the mailbox.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -102,14 +128,16 @@ impl<G: Game> Mailbox<G> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a chunk, or records it as missed. Returns false once the
-    /// subscriber has closed the mailbox.
-    fn push(&self, chunk: &Arc<Chunk<G>>, hub: &HubCounters) -> bool {
+    /// Queues a chunk, or records it as missed.
+    ///
+    /// The subscriber is woken only when the mailbox goes from empty to
+    /// not empty: until it takes, one wakeup covers every later push.
+    fn push(&self, chunk: &Arc<Chunk<G>>, hub: &HubCounters) -> Pushed {
         let n = chunk.updates.len();
-        {
+        let wake = {
             let mut s = self.lock();
             if s.closed {
-                return false;
+                return Pushed::Closed;
             }
             if s.updates > 0 && s.updates + n > self.updates_max {
                 let gap = s.gaps.entry(chunk.world).or_insert_with(|| {
@@ -118,16 +146,26 @@ impl<G: Game> Mailbox<G> {
                 });
                 gap.1 += n as u64;
                 hub.updates_dropped.fetch_add(n as u64, Relaxed);
-                return true;
+                return Pushed::Dropped;
             }
+            let wake = s.items.is_empty();
             if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
                 s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
             }
             s.items.push_back(Delivery::Chunk(chunk.clone()));
             s.updates += n;
+            wake
+        };
+        if wake {
+            self.notify.notify_one();
+            Pushed::Woken
+        } else {
+            Pushed::Queued
         }
-        self.notify.notify_one();
-        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Moves everything queued to `into`, then the gaps still pending (a
@@ -158,10 +196,78 @@ impl<G: Game> Mailbox<G> {
     }
 }
 
+/// Orders the pushes of one world's chunks (and unsubscriptions) as
+/// their tickets were taken under the hub's lock. Its turn is almost
+/// always a ticket's at once (one shard publishes a world): then waiting
+/// and passing are an atomic load and store, no lock and no system call.
+#[derive(Debug, Default)]
+struct Turn {
+    /// The ticket whose turn it is.
+    serving: AtomicU64,
+    /// Threads asleep in [`Turn::wait`] (counted under `sleep`).
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    passed: Condvar,
+}
+
+impl Turn {
+    fn wait(&self, ticket: u64) {
+        if self.serving.load(SeqCst) == ticket {
+            return;
+        }
+        let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_add(1, SeqCst);
+        // Checked after counting itself a sleeper: a pass that stores
+        // `serving` after this load sees the count and wakes it.
+        while self.serving.load(SeqCst) != ticket {
+            assert!(self.serving.load(SeqCst) < ticket, "a ticket is served once");
+            guard = self.passed.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    fn pass(&self, ticket: u64) {
+        let was = self.serving.swap(ticket + 1, SeqCst);
+        assert_eq!(was, ticket, "only the ticket served passes the turn");
+        if self.sleepers.load(SeqCst) > 0 {
+            // Taking the lock orders this after a sleeper's check.
+            drop(self.sleep.lock().unwrap_or_else(|e| e.into_inner()));
+            self.passed.notify_all();
+        }
+    }
+}
+
+type Subscribers<G> = Arc<[Arc<Mailbox<G>>]>;
+
 #[derive(Debug)]
 struct Topic<G: Game> {
     next_seq: u64,
-    subscribers: Vec<Arc<Mailbox<G>>>,
+    /// Copied on write: a publish clones the `Arc` under the lock and
+    /// pushes to the list it got, outside it.
+    subscribers: Subscribers<G>,
+    turn: Arc<Turn>,
+    /// The next ticket of `turn`.
+    next_ticket: u64,
+}
+
+impl<G: Game> Topic<G> {
+    fn ticket(&mut self) -> (Arc<Turn>, u64) {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        (self.turn.clone(), t)
+    }
+}
+
+/// A numbered chunk's contents, waiting (in [`Staging`]) to be pushed
+/// once the hub's lock is released.
+#[derive(Debug)]
+struct Outgoing<G: Game> {
+    world: WorldId,
+    first_seq: u64,
+    updates: Vec<Update<G>>,
+    subscribers: Subscribers<G>,
+    turn: Arc<Turn>,
+    ticket: u64,
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +276,8 @@ struct HubCounters {
     chunks_published: AtomicU64,
     updates_dropped: AtomicU64,
     gaps: AtomicU64,
+    deliveries: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 /// Hub counters, for metrics.
@@ -185,11 +293,20 @@ pub struct HubMetrics {
     pub updates_dropped: u64,
     /// Gaps opened (each reaches its subscriber as one notice).
     pub gaps: u64,
+    /// Chunks pushed into mailboxes (one chunk to 100 subscribers counts
+    /// 100), queued or dropped.
+    pub chunk_deliveries: u64,
+    /// Subscribers woken: at most one per mailbox between two takes.
+    pub wakeups: u64,
 }
 
 #[derive(Debug)]
 struct Topics<G: Game> {
     live: IdMap<Topic<G>>,
+    /// The keys of `live`, copied on write (when a topic starts or is
+    /// retired): a publish clones it under the lock and stages its batch
+    /// against it after, not per event under the lock.
+    watched: Arc<IdSet>,
     /// Where a new topic's numbering starts: past every number a retired
     /// topic reached, so no world's sequence goes back while the engine
     /// runs, and no per-world memory outlives its subscribers.
@@ -210,7 +327,7 @@ pub struct Hub<G: Game> {
 impl<G: Game> Default for Hub<G> {
     fn default() -> Self {
         Self {
-            topics: Mutex::new(Topics { live: IdMap::default(), resume_at: 1 }),
+            topics: Mutex::new(Topics { live: IdMap::default(), watched: Arc::default(), resume_at: 1 }),
             live: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
@@ -222,11 +339,14 @@ impl<G: Game> Default for Hub<G> {
 #[derive(Debug)]
 pub struct Staging<G: Game> {
     by_world: IdMap<Vec<Update<G>>>,
+    outgoing: Vec<Outgoing<G>>,
+    /// Worlds where a push found a closed mailbox.
+    closed_in: Vec<WorldId>,
 }
 
 impl<G: Game> Default for Staging<G> {
     fn default() -> Self {
-        Self { by_world: IdMap::default() }
+        Self { by_world: IdMap::default(), outgoing: Vec::new(), closed_in: Vec::new() }
     }
 }
 
@@ -239,37 +359,47 @@ impl<G: Game> Hub<G> {
     /// first update it will get. Subscribing twice is a no-op.
     pub fn subscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> u64 {
         let mut t = self.lock();
-        let Topics { live, resume_at } = &mut *t;
+        let Topics { live, watched, resume_at } = &mut *t;
         let topic = live.entry(world).or_insert_with(|| {
             self.live.fetch_add(1, Relaxed);
-            Topic { next_seq: *resume_at, subscribers: Vec::new() }
+            Arc::make_mut(watched).insert(world);
+            Topic { next_seq: *resume_at, subscribers: Arc::new([]), turn: Arc::default(), next_ticket: 0 }
         });
         if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
-            topic.subscribers.push(mailbox.clone());
+            // Chunks numbered from here on are pushed to the new list; the
+            // ones numbered before go to the old list, without this one.
+            topic.subscribers = topic.subscribers.iter().cloned().chain([mailbox.clone()]).collect();
             self.subscriptions.fetch_add(1, Relaxed);
         }
         topic.next_seq
     }
 
     /// Unsubscribes; returns whether it was subscribed. Updates already in
-    /// the mailbox stay there.
+    /// the mailbox stay there; none of the world's comes after the return
+    /// (it waits for the pushes of chunks numbered before it, if any is
+    /// under way).
     pub fn unsubscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> bool {
         let mut t = self.lock();
         let Some(topic) = t.live.get_mut(&world) else { return false };
-        let before = topic.subscribers.len();
-        topic.subscribers.retain(|m| !Arc::ptr_eq(m, mailbox));
-        let removed = topic.subscribers.len() < before;
-        if removed {
-            self.subscriptions.fetch_sub(1, Relaxed);
+        let removed = topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox));
+        if !removed {
+            return false;
         }
+        topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
+        self.subscriptions.fetch_sub(1, Relaxed);
+        let (turn, ticket) = topic.ticket();
         if topic.subscribers.is_empty() {
             self.retire(&mut t, world);
         }
-        removed
+        drop(t);
+        turn.wait(ticket);
+        turn.pass(ticket);
+        true
     }
 
     fn retire(&self, t: &mut Topics<G>, world: WorldId) {
         if let Some(topic) = t.live.remove(&world) {
+            Arc::make_mut(&mut t.watched).remove(&world);
             t.resume_at = t.resume_at.max(topic.next_seq);
             self.live.fetch_sub(1, Relaxed);
         }
@@ -287,19 +417,25 @@ impl<G: Game> Hub<G> {
         if self.live.load(Relaxed) == 0 {
             return;
         }
-        let mut t = self.lock();
+        // Staged outside the lock, against the worlds watched now: a world
+        // watched from the next moment on starts with the next batch (its
+        // first subscriber's `next_seq` is not used by this one), and one
+        // retired meanwhile is skipped below.
+        let watched = self.lock().watched.clone();
         let mut broadcasts = out.broadcasts.iter().peekable();
         for (i, (event, outcome)) in events.iter().zip(&out.direct).enumerate() {
             let world = G::world_of(&event.event);
-            if t.live.contains_key(&world) {
+            if watched.contains(&world) {
                 staging.by_world.entry(world).or_default().push(Update::Applied { event: *event, outcome: *outcome });
             }
             while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
-                if t.live.contains_key(&b.world) {
+                if watched.contains(&b.world) {
                     staging.by_world.entry(b.world).or_default().push(Update::Broadcast(b.body.clone()));
                 }
             }
         }
+        drop(watched);
+        let mut t = self.lock();
         for (&world, updates) in &mut staging.by_world {
             if updates.is_empty() {
                 continue;
@@ -309,27 +445,75 @@ impl<G: Game> Hub<G> {
                 continue;
             };
             let n = updates.len();
-            let chunk = Arc::new(Chunk {
+            let first_seq = topic.next_seq;
+            topic.next_seq += n as u64;
+            let (turn, ticket) = topic.ticket();
+            staging.outgoing.push(Outgoing {
                 world,
-                first_seq: topic.next_seq,
+                first_seq,
                 updates: std::mem::replace(updates, Vec::with_capacity(n)),
+                subscribers: topic.subscribers.clone(),
+                turn,
+                ticket,
+            });
+        }
+        drop(t);
+        // The pushes, outside the lock: one mailbox lock each, and a wakeup
+        // for a mailbox that was empty.
+        for o in staging.outgoing.drain(..) {
+            let n = o.updates.len();
+            let chunk = Arc::new(Chunk {
+                world: o.world,
+                first_seq: o.first_seq,
+                updates: o.updates,
                 encoded: OnceLock::new(),
                 encoded_text: OnceLock::new(),
                 ingested_at,
             });
-            topic.next_seq += n as u64;
-            let before = topic.subscribers.len();
-            topic.subscribers.retain(|m| m.push(&chunk, &self.counters));
-            self.subscriptions.fetch_sub(before - topic.subscribers.len(), Relaxed);
+            // Counted before the pushes: a subscriber that has the chunk
+            // sees it counted.
             self.counters.updates_published.fetch_add(n as u64, Relaxed);
             self.counters.chunks_published.fetch_add(1, Relaxed);
-            if topic.subscribers.is_empty() {
-                self.retire(&mut t, world);
+            self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
+            o.turn.wait(o.ticket);
+            let (mut closed, mut woken) = (false, 0u64);
+            for m in o.subscribers.iter() {
+                match m.push(&chunk, &self.counters) {
+                    Pushed::Woken => woken += 1,
+                    Pushed::Queued | Pushed::Dropped => {}
+                    Pushed::Closed => closed = true,
+                }
             }
+            o.turn.pass(o.ticket);
+            self.counters.wakeups.fetch_add(woken, Relaxed);
+            if closed {
+                staging.closed_in.push(o.world);
+            }
+        }
+        if !staging.closed_in.is_empty() {
+            self.prune(&mut staging.closed_in);
         }
         // Worlds staged once keep an empty buffer; bound what stays.
         if staging.by_world.len() > 1024 {
             staging.by_world.clear();
+        }
+    }
+
+    /// Drops the closed mailboxes of `worlds` (the subscriber closed
+    /// without unsubscribing), and the topics left without subscribers.
+    fn prune(&self, worlds: &mut Vec<WorldId>) {
+        let mut t = self.lock();
+        for world in worlds.drain(..) {
+            let Some(topic) = t.live.get_mut(&world) else { continue };
+            let open: Vec<_> = topic.subscribers.iter().filter(|m| !m.is_closed()).cloned().collect();
+            if open.len() == topic.subscribers.len() {
+                continue;
+            }
+            self.subscriptions.fetch_sub(topic.subscribers.len() - open.len(), Relaxed);
+            topic.subscribers = open.into();
+            if topic.subscribers.is_empty() {
+                self.retire(&mut t, world);
+            }
         }
     }
 
@@ -342,6 +526,138 @@ impl<G: Game> Hub<G> {
             chunks_published: c.chunks_published.load(Relaxed),
             updates_dropped: c.updates_dropped.load(Relaxed),
             gaps: c.gaps.load(Relaxed),
+            chunk_deliveries: c.deliveries.load(Relaxed),
+            wakeups: c.wakeups.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trove_core::Outcomes;
+    use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
+
+    type Hunt = TreasureHunt;
+
+    /// Publishes one event of `world` as one batch.
+    fn publish_one(hub: &Hub<Hunt>, staging: &mut Staging<Hunt>, world: WorldId, player: u32) {
+        let events = [Stamped { time_us: 1, event: HuntEvent::join(world, player) }];
+        let mut out = Outcomes::with_capacity(1);
+        out.direct.push(HuntOutcome::Left);
+        hub.publish(&events, &out, staging, Instant::now());
+    }
+
+    fn chunks(taken: &[Delivery<Hunt>]) -> Vec<u64> {
+        taken
+            .iter()
+            .map(|d| match d {
+                Delivery::Chunk(c) => c.first_seq,
+                Delivery::Gap { .. } => panic!("an unbounded mailbox has no gap"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_of_one_world_published_by_several_threads_arrive_in_their_numbers_order() {
+        const THREADS: u32 = 4;
+        const BATCHES: u32 = 2000;
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        let mailbox = Mailbox::new(usize::MAX >> 1);
+        let first = hub.subscribe(7, &mailbox);
+        let publishers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    let mut staging = Staging::default();
+                    for _ in 0..BATCHES {
+                        publish_one(&hub, &mut staging, 7, t);
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        let mut taken = Vec::new();
+        mailbox.take(&mut taken);
+        let got = chunks(&taken);
+        assert_eq!(got.len(), (THREADS * BATCHES) as usize);
+        assert_eq!(got[0], first);
+        let out_of_order = got.windows(2).position(|w| w[1] != w[0] + 1);
+        assert_eq!(out_of_order, None, "chunks out of their numbers' order");
+    }
+
+    #[test]
+    fn a_subscriber_is_woken_once_per_take_however_many_chunks_come() {
+        let hub: Hub<Hunt> = Hub::default();
+        let mailbox = Mailbox::new(1 << 20);
+        hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        for p in 0..100 {
+            publish_one(&hub, &mut staging, 7, p);
+        }
+        assert_eq!((hub.metrics().wakeups, hub.metrics().chunk_deliveries), (1, 100));
+        let mut taken = Vec::new();
+        mailbox.take(&mut taken);
+        assert_eq!(taken.len(), 100);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 2);
+    }
+
+    #[test]
+    fn no_chunk_of_a_world_reaches_a_mailbox_after_its_unsubscribe_returns() {
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        // A second subscriber keeps the topic (and its publishes) alive.
+        let keeper = Mailbox::new(1);
+        hub.subscribe(7, &keeper);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut staging = Staging::default();
+                while !stop.load(Relaxed) {
+                    publish_one(&hub, &mut staging, 7, 0);
+                }
+            })
+        };
+        let mailbox = Mailbox::new(usize::MAX >> 1);
+        let mut taken = Vec::new();
+        for _ in 0..200 {
+            let before = hub.metrics().chunks_published;
+            hub.subscribe(7, &mailbox);
+            while hub.metrics().chunks_published < before + 2 {
+                std::thread::yield_now();
+            }
+            assert!(hub.unsubscribe(7, &mailbox));
+            mailbox.take(&mut taken);
+            taken.clear();
+            // Two more chunks published: any push begun before the
+            // unsubscribe has ended.
+            let after = hub.metrics().chunks_published;
+            while hub.metrics().chunks_published < after + 2 {
+                std::thread::yield_now();
+            }
+            mailbox.take(&mut taken);
+            assert!(taken.is_empty(), "{} deliveries after the unsubscribe", taken.len());
+        }
+        stop.store(true, Relaxed);
+        publisher.join().unwrap();
+        assert_eq!(hub.metrics().subscriptions, 1);
+    }
+
+    #[test]
+    fn closed_mailboxes_are_pruned_at_the_next_publish() {
+        let hub: Hub<Hunt> = Hub::default();
+        let (a, b) = (Mailbox::new(16), Mailbox::new(16));
+        hub.subscribe(7, &a);
+        hub.subscribe(7, &b);
+        a.close();
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (1, 1));
+        b.close();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (0, 0));
     }
 }
