@@ -606,12 +606,14 @@ async fn read_acks(
     shared: Arc<ConnShared>,
     acked_total: Arc<AtomicU64>,
     clock: Clock,
+    on_refused: impl Fn() + Send + 'static,
 ) {
     while let Some(ack) = acks.next().await {
         let ack = match ack {
             Ok(a) => a,
             Err(ClientError::BatchRefused { first_seq, count, .. }) => {
                 // The producer goes on; the refused events are counted, not timed.
+                on_refused();
                 let mut inner = lock(&shared.inner);
                 let ConnInner { chunks, refused, .. } = &mut *inner;
                 answered(chunks, first_seq + u64::from(count), |c, n| {
@@ -717,12 +719,15 @@ impl Rig {
                 };
                 let mut generator = Generator::partition(spec, part, args.connections);
                 let acked_total = acked_total.clone();
+                // Its watched hunts' logs no longer follow their streams.
+                let (log, parts) = (log.clone(), args.connections);
+                let on_refused = move || log.refused(part, parts);
                 runtime.spawn(async move {
                     let (mut producer, acks) = Producer::<TreasureHunt>::connect(config)
                         .await
                         .map_err(|e| format!("connecting to {addr}: {e}"))?;
                     let shared = Arc::new(ConnShared::default());
-                    tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock));
+                    tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock, on_refused));
                     for e in generator.setup() {
                         producer.send_wait(e).await.map_err(|e| format!("setup: {e}"))?;
                     }
@@ -1074,7 +1079,7 @@ fn run_step(
     let machine = rig.probe.within(start_ns, rig.clock.now_ns());
     // The updates of the step's last events are on their way.
     if let Some(f) = &rig.fleet {
-        f.settle(Duration::from_secs(1));
+        f.settle(args.drain_timeout);
     }
     let (ack_hist, acked) = rig.step_latency(index);
     let send_lag = latency(&rig.step_send_lag(index));
