@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 /// A small hunt for tests that drive a server through the SDK: a 64x64
 /// map, up to 1,024 players, no dig cooldown.
@@ -18,6 +19,27 @@ pub fn hunt_config() -> trove_hunt::HuntConfig {
         step_max: 4,
         players_max: 1 << 10,
     }
+}
+
+/// Runs the `trove` binary with `args` to its end.
+pub fn trove(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
+}
+
+/// Asserts the run succeeded, showing its output if not.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A JSON file's value.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("json file")).expect("valid JSON")
 }
 
 /// A fresh scratch directory for one test, named after it.
