@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 /// A small hunt for tests that drive a server through the SDK: a 64x64
 /// map, up to 1,024 players, no dig cooldown.
@@ -22,12 +21,12 @@ pub fn hunt_config() -> trove_hunt::HuntConfig {
 }
 
 /// Runs the `trove` binary with `args` to its end.
-pub fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
+pub fn trove(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
 }
 
 /// Asserts the run succeeded, showing its output if not.
-pub fn ok(out: &Output) {
+pub fn ok(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "status {}\nstdout: {}\nstderr: {}",
