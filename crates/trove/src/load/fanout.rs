@@ -1279,7 +1279,7 @@ fn ws_frame(buf: &[u8]) -> Result<Option<(u8, std::ops::Range<usize>)>, String> 
 /// Reads the upgrade's answer, then `subscribed`: true once subscribed.
 fn ws_setup(buf: &[u8], at: &mut usize, sub: &mut Sub, head_read: &mut bool) -> Result<bool, String> {
     if !*head_read {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(false) };
+        let Some(end) = find(buf, b"\r\n\r\n") else { return Ok(false) };
         if !buf.starts_with(b"HTTP/1.1 101") {
             let line = String::from_utf8_lossy(&buf[..end.min(200)]).into_owned();
             return Err(format!("the WebSocket upgrade was answered {line}"));
@@ -1310,7 +1310,7 @@ fn json_u64(msg: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Scans the whole WebSocket frames at the front of `buf`. An `update`
@@ -1327,6 +1327,9 @@ fn scan_ws(
     tally: &mut Tally,
 ) -> Result<usize, String> {
     const KIND: &[u8] = br#""kind":""#;
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KIND));
+    let kind = &*FINDER;
     let mut at = 0;
     while let Some((op, range)) = ws_frame(&buf[at..])? {
         let msg = &buf[at + range.start..at + range.end];
@@ -1345,16 +1348,14 @@ fn scan_ws(
                 tally.desynced += 1;
             }
             let mut count = 0u64;
-            let mut rest = msg;
-            while let Some(i) = find(rest, KIND) {
-                let v = &rest[i + KIND.len()..];
+            for i in kind.find_iter(msg) {
+                let v = &msg[i + KIND.len()..];
                 count += 1;
                 if v.starts_with(b"applied\"") {
                     applied(sub, log, now_us, &mut lat, tally);
                 } else if !v.starts_with(b"broadcast\"") {
                     return Err("an update entry of an unknown kind".into());
                 }
-                rest = v;
             }
             sub.next_seq = first_seq.checked_add(count).ok_or("an update past sequence 2^64")?;
             tally.entries += count;
