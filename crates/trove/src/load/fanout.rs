@@ -1075,19 +1075,35 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
     let slow_budget = (u64::from(ctx.slow_bytes_per_s) * SLOW_TICK.as_millis() as u64 / 1000).max(1) as usize;
     let mut local = ctx.local.borrow_mut();
     let Local { buf, latencies, .. } = &mut *local;
-    let carried = sub.carry.len();
-    let want = carried + if sub.slow { slow_budget } else { READ_CHUNK };
-    if buf.len() < want {
-        buf.resize(want, 0);
+    let mut carry = std::mem::take(&mut sub.carry);
+    let carried = carry.len();
+    let room = if sub.slow { slow_budget } else { READ_CHUNK };
+    // A large frame under way is read on into its own carry, so that
+    // what came before is not copied again on every read (quadratic in
+    // the frame's size); otherwise the carry is copied into the thread's
+    // buffer, and what is read goes after it.
+    let direct = carried >= CARRY_KEEP;
+    if !direct {
+        if buf.len() < carried + room {
+            buf.resize(carried + room, 0);
+        }
+        buf[..carried].copy_from_slice(&carry);
     }
-    buf[..carried].copy_from_slice(&sub.carry);
+    let work: &mut Vec<u8> = if direct { &mut carry } else { buf };
+    if work.len() < carried + room {
+        work.resize(carried + room, 0);
+    }
     let n = if carried_only {
         0
     } else {
-        match stream.try_read(&mut buf[carried..want]) {
+        match stream.try_read(&mut work[carried..carried + room]) {
             Ok(0) => return Err("the server closed the connection".into()),
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                carry.truncate(carried);
+                sub.carry = carry;
+                return Ok(0);
+            }
             Err(e) => return Err(e.to_string()),
         }
     };
@@ -1095,16 +1111,22 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
     let mut tally = Tally { bytes: n as u64, ..Tally::default() };
     let lat = if sub.slow { None } else { Some(latencies) };
     let used = if sub.ws {
-        scan_ws(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_ws(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
     } else {
-        scan_tcp(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_tcp(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
     }?;
-    sub.carry.clear();
-    sub.carry.extend_from_slice(&buf[used..carried + n]);
-    if sub.carry.capacity() > CARRY_KEEP && sub.carry.len() < CARRY_KEEP / 4 {
-        // A large frame went by: do not keep its room per subscriber.
-        sub.carry.shrink_to(CARRY_KEEP / 4);
+    if direct {
+        carry.truncate(carried + n);
+        carry.drain(..used);
+    } else {
+        carry.clear();
+        carry.extend_from_slice(&buf[used..carried + n]);
     }
+    if carry.capacity() > CARRY_KEEP && carry.len() < CARRY_KEEP / 4 {
+        // A large frame went by: do not keep its room per subscriber.
+        carry.shrink_to(CARRY_KEEP / 4);
+    }
+    sub.carry = carry;
     drop(local);
     let c = if sub.slow { &ctx.shared.slow } else { &ctx.shared.fast };
     c.add(&tally);
@@ -1756,5 +1778,63 @@ mod tests {
         let s1 = fleet.step(1, (&c, &d), None, None);
         assert_eq!((s1.gaps, s1.updates_untimed, s1.updates_timed, s1.updates_late), (2, 0, 5, 2));
         assert!(lock(&thread.latencies).steps.is_empty());
+    }
+    #[test]
+    fn a_frame_larger_than_a_read_is_read_on_into_its_carry() {
+        // One UPDATE of 6,000 APPLIED entries (about 400 KiB, over
+        // READ_CHUNK), then a small one, through a loopback socket.
+        const N: u32 = 6000;
+        let log = Arc::new(SendLog::new(4, &[3]));
+        for k in 0..u64::from(N) + 1 {
+            log.record(3, k, 0);
+        }
+        let mut out = Vec::new();
+        update_frame(&mut out, 3, 10, N);
+        update_frame(&mut out, 3, 10 + u64::from(N), 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = listener.accept().unwrap();
+            for piece in out.chunks(100 << 10) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Held open until the reader is done.
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        let shared = Arc::new(ThreadShared::default());
+        let ctx = Ctx {
+            log,
+            shared: shared.clone(),
+            subs: Arc::new(vec![SubShared::default()]),
+            local: Rc::new(RefCell::new(Local {
+                buf: Vec::new(),
+                latencies: Latencies::default(),
+                streams: Vec::new(),
+            })),
+            clock: Clock { epoch: Instant::now() },
+            slow_bytes_per_s: 1,
+            read_interval: Duration::ZERO,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sub, reads) = runtime.block_on(async {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sub, mut reads) = (sub(), 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sub.applied < u64::from(N) + 1 && Instant::now() < deadline {
+                stream.readable().await.unwrap();
+                if read_once(&stream, &mut sub, &ctx, false).unwrap() > 0 {
+                    reads += 1;
+                }
+            }
+            (sub, reads)
+        });
+        writer.join().unwrap();
+        let c = shared.fast.read();
+        assert_eq!((c.entries, c.untimed, c.desynced, sub.applied), (u64::from(N) + 1, 0, 0, u64::from(N) + 1));
+        assert!(sub.carry.is_empty() && sub.next_seq == 11 + u64::from(N) && reads > 1, "{reads}");
+        assert!(sub.carry.capacity() <= CARRY_KEEP, "{}", sub.carry.capacity());
+        assert_eq!(ctx.local.borrow().latencies.steps[0].2, u64::from(N) + 1);
     }
 }
