@@ -544,16 +544,18 @@ impl Fleet {
 
     /// Connects and subscribes every subscriber (to `addr`: the TCP
     /// listener, or the WebSocket one); returns once all are subscribed.
+    /// `producers`: the run's producer connections, which need files too.
     pub(super) fn start(
         args: &FleetArgs,
         assigned: Vec<u32>,
         log: Arc<SendLog>,
         addr: SocketAddr,
         clock: Clock,
+        producers: u32,
     ) -> Result<Self, String> {
         let n = assigned.len();
         assert!(n == args.subscribers as usize && args.slow <= args.subscribers);
-        check_open_files(n)?;
+        check_open_files(n, producers)?;
         let threads_n = (args.threads.max(1) as usize).min(n.max(1));
         let subs: Arc<Vec<SubShared>> = Arc::new((0..n).map(|_| SubShared::default()).collect());
         let stop = Arc::new(AtomicBool::new(false));
@@ -738,14 +740,16 @@ impl Drop for Fleet {
 }
 
 /// The generator's open-file limit must cover the subscribers' sockets,
-/// the producers' and a reserve; raised to the hard limit if need be.
-fn check_open_files(subscribers: usize) -> Result<(), String> {
+/// the producers' and a reserve (the runtimes, files, scrapes); raised to
+/// the hard limit if need be.
+fn check_open_files(subscribers: usize, producers: u32) -> Result<(), String> {
     const RESERVE: u64 = 256;
-    let need = subscribers as u64 + RESERVE;
+    let need = subscribers as u64 + u64::from(producers) + RESERVE;
     let limit = trove_server::fds::raise_open_files_limit().map_err(|e| format!("the open-file limit: {e}"))?;
     if limit < need {
         return Err(format!(
-            "{subscribers} subscribers need about {need} open files; the limit is {limit} (raise it: ulimit -n)"
+            "{subscribers} subscribers and {producers} producers need about {need} open files; the limit is {limit} \
+             (raise it: ulimit -n)"
         ));
     }
     Ok(())

@@ -758,7 +758,8 @@ impl Rig {
         say(&format!("setup acknowledged in {:.1} s", began.elapsed().as_secs_f64()));
         // Subscribed before the pacer sends anything: every subscriber's
         // stream and its hunt's log start together, at index 0.
-        let fleet = fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock)).transpose()?;
+        let fleet =
+            fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock, args.connections)).transpose()?;
         let shared = conns.iter().map(|c| c.shared.clone()).collect();
         let (plans, plans_rx) = mpsc::channel();
         let (replies_tx, replies) = mpsc::channel();
@@ -1235,11 +1236,12 @@ fn start_fleet(
     tcp: SocketAddr,
     ws: Option<SocketAddr>,
     clock: Clock,
+    producers: u32,
 ) -> Result<Fleet, String> {
     let addr =
         if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
     let began = Instant::now();
-    let fleet = Fleet::start(f, hunts, log, addr, clock)?;
+    let fleet = Fleet::start(f, hunts, log, addr, clock, producers)?;
     say(&format!(
         "{} subscribers ({}{}) subscribed in {:.1} s",
         f.subscribers,
