@@ -1268,8 +1268,10 @@ fn fanout_step(
 /// The progress line's fan-out part.
 fn fanout_note(f: &fanout::FanoutStep) -> String {
     let p99 = f.latency_us.map_or("-".into(), |u| format!("{:.2} ms", u.p99 as f64 / 1e3));
+    // Updates read more than the log behind are in it as lower bounds.
+    let bound = if f.updates_lower_bound > 0 { " or more" } else { "" };
     format!(
-        " (updates {}/s to {} subscribers, update p99 {p99}, gaps {}{})",
+        " (updates {}/s to {} subscribers, update p99 {p99}{bound}, gaps {}{})",
         human(f.updates_per_s),
         f.subscribers,
         f.gaps,
