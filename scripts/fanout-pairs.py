@@ -5,8 +5,13 @@ Runs `trove bench BENCH_ARGS --watch 0` (without) and `trove bench
 BENCH_ARGS FANOUT_ARGS` (with) in turn, PAIRS times, each writing its
 --json, and prints the medians of achieved rate, p99 to the ACK and the
 knee (with --ramp) of each side and their ratio (with / without), plus the
-fan-out figures of the runs with subscribers. Pairs are interleaved so a
-change in the machine's load hits both sides alike.
+fan-out figures of the runs with subscribers and the server's fan-out
+cost per delivered update: per pair, (server CPU with - server CPU per
+event without x events achieved with) / updates delivered, that is all of
+the server's CPU less what its ingest took in the run without subscribers
+(the JSON's `server_cpu_ns_per_update` is all of it, ingest included).
+Pairs are interleaved so a change in the machine's load hits both sides
+alike.
 
     scripts/fanout-pairs.py [--pairs 3] [--trove target/release/trove] \\
         -- --rate 2000000 --duration 5 \\
@@ -45,14 +50,35 @@ def steps(doc):
 
 
 def figures(doc):
-    """(achieved, ack p99 ms, knee or None, fan-out of the top step or None)."""
+    """(achieved, ack p99 ms, knee or None, fan-out of the top step or None,
+    server CPU cores of the top step or None)."""
     ss = steps(doc)
     knee = doc.get("knee_events_per_s")
     # A ramp: the knee's step; a single run: its one step.
     top = ss[0]
     if knee is not None:
         top = max((s for s in ss if s.get("passed")), key=lambda s: s["offered_events_per_s"], default=top)
-    return top["achieved_events_per_s"], top["latency_us"]["p99"] / 1e3, knee, top.get("fanout")
+    server = top.get("server") or {}
+    return (
+        top["achieved_events_per_s"],
+        top["latency_us"]["p99"] / 1e3,
+        knee,
+        top.get("fanout"),
+        server.get("cpu_cores"),
+    )
+
+
+def fanout_cost_ns(without, with_):
+    """The server's CPU per delivered update beyond its ingest: (cores with
+    - cores without scaled to the events achieved with) / updates per second."""
+    achieved0, cores0 = without[0], without[4]
+    achieved1, fan, cores1 = with_[0], with_[3], with_[4]
+    if not fan or cores0 is None or cores1 is None or not achieved0:
+        return None
+    updates = fan.get("updates_per_s", 0) + fan.get("slow_updates_per_s", 0)
+    if updates <= 0:
+        return None
+    return (cores1 - cores0 * achieved1 / achieved0) * 1e9 / updates
 
 
 def run(trove, args, path):
@@ -107,11 +133,17 @@ def main():
             return med([f.get(key) for f in fans])
         lat = [f["latency_us"] for f in fans if f.get("latency_us")]
         p99 = med([x["p99"] / 1e3 for x in lat])
+        cost = med([fanout_cost_ns(a, b) for a, b in zip(without, with_)])
+        lower = med([f.get("updates_lower_bound") for f in fans])
+        untimed = med([f.get("updates_untimed") for f in fans])
+        late = med([f.get("updates_late") for f in fans])
+        busiest = med([f.get("generator_busiest_thread_cores") for f in fans])
         print(
             f"with: updates {fmt(m('updates_per_s'), '/s')}, update p99 {fmt(p99)} ms, "
             f"gaps {m('gaps')}, slow gaps {m('slow_gaps')}, server gaps {m('server_gaps')}, "
-            f"server {fmt(m('server_cpu_ns_per_update'))} ns/update, "
-            f"generator {fmt(m('generator_cpu_ns_per_update'))} ns/update ({fmt(m('generator_cpu_cores'))} cores) "
+            f"server fan-out {fmt(cost)} ns/update (all its CPU: {fmt(m('server_cpu_ns_per_update'))}), "
+            f"generator {fmt(m('generator_cpu_ns_per_update'))} ns/update ({fmt(m('generator_cpu_cores'))} cores, "
+            f"busiest thread {fmt(busiest)}), p99 lower bounds {lower}, untimed {untimed}, late {late} "
             "(medians)"
         )
 

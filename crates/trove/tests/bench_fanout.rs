@@ -3,29 +3,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{ok, read_json, trove};
 
 fn workload(dir: &std::path::Path, hunts: u32) -> String {
     let edits = [("hunts = 1000", &*format!("hunts = {hunts}")), ("players_per_hunt = 1000", "players_per_hunt = 50")];
     common::workload_file(dir, "small.toml", &edits).to_str().unwrap().to_string()
-}
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("json file")).expect("valid JSON")
 }
 
 /// Runs a single step with the subscriber flags `extra`; returns its JSON.
@@ -52,12 +34,17 @@ fn every_update_delivered(v: &serde_json::Value, watchers_per_hunt: u64) {
     assert!(acked > 0, "{v}");
     assert_eq!(u(f, "updates_timed"), watchers_per_hunt * acked, "{f}");
     assert_eq!((u(f, "gaps"), u(f, "updates_untimed"), u(f, "desynced")), (0, 0, 0), "{f}");
+    // None read more than a ring behind, or after the step was reported.
+    assert_eq!((u(f, "updates_lower_bound"), u(f, "updates_late"), u(f, "updates_reordered")), (0, 0, 0), "{f}");
     let lat = &f["latency_us"];
     assert!(u(lat, "p50") <= u(lat, "p99") && u(lat, "p99") <= u(lat, "max"), "{f}");
     // Entries counted include the broadcasts the events caused.
     assert!(f["updates_per_s"].as_f64().unwrap() > 0.0 && f["bytes_per_s"].as_f64().unwrap() > 0.0, "{f}");
     assert!(f["generator_cpu_cores"].as_f64().unwrap() > 0.0, "{f}");
-    assert!(f["server_cpu_ns_per_update"].as_f64().unwrap() > 0.0, "{f}");
+    // Null when a /metrics scrape did not answer in time (a loaded machine).
+    if let Some(cpu) = f["server_cpu_ns_per_update"].as_f64() {
+        assert!(cpu > 0.0, "{f}");
+    }
     // The step's own update figures are the fleet's.
     assert_eq!(v["updates_measured"], f["updates_timed"]);
     assert_eq!(v["update_latency_us"], f["latency_us"]);
@@ -118,7 +105,11 @@ fn slow_subscribers_get_gaps_and_are_reported_apart() {
     let dir = common::scratch_dir("bench-fanout-slow");
     let workload = workload(&dir, 1);
     let config = dir.join("serve.toml");
-    std::fs::write(&config, "[limits]\nsubscriber_updates_max = 4096\n").unwrap();
+    // A small queue (the default is 65,536) and a 5 s run, so the slow
+    // readers' backlog passes it and their socket buffers by far (4,096
+    // and 4 s left a margin of about a tenth, which a busy machine can
+    // eat), while the fast ones still have about a second of slack.
+    std::fs::write(&config, "[limits]\nsubscriber_updates_max = 1024\n").unwrap();
     let mut serve = common::Serve::spawn(&[
         "--tcp",
         "127.0.0.1:0",
@@ -145,7 +136,7 @@ fn slow_subscribers_get_gaps_and_are_reported_apart() {
         "--rate",
         "20000",
         "--duration",
-        "4",
+        "5",
         "--slo-ms",
         "60000",
         "--subscribers",

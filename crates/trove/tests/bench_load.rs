@@ -4,29 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn trove(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{ok, read_json, trove};
 
 fn small_workload(dir: &std::path::Path) -> String {
     let edits = [("hunts = 1000", "hunts = 40"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
     common::workload_file(dir, "small.toml", &edits).to_str().unwrap().to_string()
-}
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("json file")).expect("valid JSON")
 }
 
 #[test]

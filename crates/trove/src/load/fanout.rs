@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -44,11 +44,19 @@ pub const SUBSCRIBERS_MAX: u32 = 100_000;
 pub const THREADS_MAX: u32 = 64;
 /// Intended-time log entries over all watched hunts (8 bytes each): 64 MiB.
 const LOG_ENTRIES_MAX: usize = 1 << 23;
+/// And at most this many per subscriber (1 MiB, about its socket
+/// buffers' worth), so a few watchers (`--watch 8`, the default) do not
+/// cost 64 MiB: 8 subscribers on 8 hunts get 2^17 entries a hunt, 26 s
+/// of a hunt's events at 5 M events/s over 1,000 hunts.
+const LOG_ENTRIES_PER_SUBSCRIBER: usize = 1 << 17;
 /// A watched hunt's ring holds between these many entries.
 const RING_MIN: usize = 16;
 const RING_MAX: usize = 1 << 20;
 /// The per-thread read buffer beyond the largest frame.
 const READ_CHUNK: usize = 256 << 10;
+/// A subscriber's carried partial frame keeps at most this much room
+/// once it is small again.
+const CARRY_KEEP: usize = 64 << 10;
 /// Connections a fleet thread sets up at once.
 const CONNECTING_MAX: usize = 128;
 /// How long setting up the fleet may take, plus a millisecond per subscriber.
@@ -152,6 +160,9 @@ pub struct FleetArgs {
 #[derive(Debug)]
 struct Ring {
     head: AtomicU64,
+    /// The stream no longer follows the log: a batch holding some of its
+    /// logged events was refused (logged, never applied).
+    desynced: AtomicBool,
     mask: u64,
     shift: u32,
     slots: Box<[AtomicU64]>,
@@ -173,6 +184,7 @@ impl Ring {
         assert!(size.is_power_of_two() && (RING_MIN..=RING_MAX).contains(&size), "ring size {size}");
         Self {
             head: AtomicU64::new(0),
+            desynced: AtomicBool::new(false),
             mask: size as u64 - 1,
             shift: size.trailing_zeros(),
             slots: (0..size).map(|_| AtomicU64::new(u64::MAX)).collect(),
@@ -210,11 +222,25 @@ impl Ring {
         }
         Logged::At(v >> (STEP_BITS + LAP_BITS), ((v >> LAP_BITS) & ((1 << STEP_BITS) - 1)) as u32)
     }
+
+    /// For an overwritten index: a later entry still held (the oldest
+    /// one, else the newest), whose intended time is no earlier than the
+    /// lost one's (the pacer logs a hunt's events in intended-time
+    /// order), so `now` less it is a lower bound of the lost latency.
+    fn held_after_overwritten(&self) -> Option<(u64, u32)> {
+        let head = self.head.load(Acquire);
+        let oldest = head.saturating_sub(self.mask + 1);
+        [oldest, oldest + ((self.mask + 1) >> 1), head.saturating_sub(1)].into_iter().find_map(|k| match self.get(k) {
+            Logged::At(us, step) => Some((us, step)),
+            _ => None,
+        })
+    }
 }
 
 /// The intended send times of the watched hunts' events, written by the
 /// pacer as it generates them. Bounded: at most [`LOG_ENTRIES_MAX`]
-/// entries over all hunts (at least [`RING_MIN`] per hunt).
+/// entries over all hunts and [`LOG_ENTRIES_PER_SUBSCRIBER`] per
+/// subscriber (at least [`RING_MIN`] per hunt).
 #[derive(Debug)]
 pub struct SendLog {
     /// By hunt: index into `rings`, or u32::MAX.
@@ -232,7 +258,8 @@ impl SendLog {
                 distinct += 1;
             }
         }
-        let per = LOG_ENTRIES_MAX.checked_div(distinct).unwrap_or(RING_MIN).max(1);
+        let budget = LOG_ENTRIES_MAX.min(watched.len().saturating_mul(LOG_ENTRIES_PER_SUBSCRIBER));
+        let per = budget.checked_div(distinct).unwrap_or(RING_MIN).max(1);
         let size = (1usize << per.ilog2()).clamp(RING_MIN, RING_MAX);
         Self { index, rings: (0..distinct).map(|_| Ring::new(size)).collect() }
     }
@@ -261,6 +288,23 @@ impl SendLog {
     fn head(&self, hunt: u32) -> u64 {
         self.ring(hunt).map_or(0, |r| r.head.load(Acquire))
     }
+
+    /// Producer connection `part` of `parts` (which sends the hunts `h`
+    /// with `h % parts == part`, as `Generator::partition` cuts them) had
+    /// a batch refused: its events were logged but never applied, so its
+    /// watched hunts' streams no longer line up with the log. Their
+    /// subscribers stop timing them.
+    pub fn refused(&self, part: u32, parts: u32) {
+        for (h, &i) in self.index.iter().enumerate() {
+            if i != u32::MAX && (h as u64) % u64::from(parts.max(1)) == u64::from(part) {
+                self.rings[i as usize].desynced.store(true, Relaxed);
+            }
+        }
+    }
+
+    fn desynced(&self, hunt: u32) -> bool {
+        self.ring(hunt).is_some_and(|r| r.desynced.load(Relaxed))
+    }
 }
 
 /// Counters of one thread's fast or slow subscribers (one writer).
@@ -270,10 +314,18 @@ struct Counters {
     bytes: AtomicU64,
     gaps: AtomicU64,
     gap_entries: AtomicU64,
-    /// Entries not timed: overwritten in the log, or after a GAP.
+    /// APPLIED entries not timed: after a GAP, once desynced, or read
+    /// before their matched intended time (`reordered`).
     untimed: AtomicU64,
+    /// APPLIED entries whose log slot was overwritten, timed as a lower
+    /// bound (from a later entry's intended time).
+    lower_bound: AtomicU64,
+    /// APPLIED entries read before the intended time they were matched
+    /// with: the stream is out of the pacer's order (a BUSY resend).
+    reordered: AtomicU64,
     /// Streams that stopped lining up with the log (more entries than
-    /// events sent, or a hole in the numbering without a GAP).
+    /// events sent, a hole in the numbering without a GAP, or a refused
+    /// batch).
     desynced: AtomicU64,
 }
 
@@ -284,6 +336,8 @@ struct Count {
     gaps: u64,
     gap_entries: u64,
     untimed: u64,
+    lower_bound: u64,
+    reordered: u64,
     desynced: u64,
 }
 
@@ -295,6 +349,8 @@ impl Counters {
             gaps: self.gaps.load(Relaxed),
             gap_entries: self.gap_entries.load(Relaxed),
             untimed: self.untimed.load(Relaxed),
+            lower_bound: self.lower_bound.load(Relaxed),
+            reordered: self.reordered.load(Relaxed),
             desynced: self.desynced.load(Relaxed),
         }
     }
@@ -302,10 +358,12 @@ impl Counters {
     fn add(&self, t: &Tally) {
         self.entries.fetch_add(t.entries, Relaxed);
         self.bytes.fetch_add(t.bytes, Relaxed);
-        if t.gaps + t.untimed + t.desynced > 0 {
+        if t.gaps + t.untimed + t.lower_bound + t.desynced > 0 {
             self.gaps.fetch_add(t.gaps, Relaxed);
             self.gap_entries.fetch_add(t.gap_entries, Relaxed);
             self.untimed.fetch_add(t.untimed, Relaxed);
+            self.lower_bound.fetch_add(t.lower_bound, Relaxed);
+            self.reordered.fetch_add(t.reordered, Relaxed);
             self.desynced.fetch_add(t.desynced, Relaxed);
         }
     }
@@ -319,6 +377,8 @@ impl Count {
             gaps: self.gaps - o.gaps,
             gap_entries: self.gap_entries - o.gap_entries,
             untimed: self.untimed - o.untimed,
+            lower_bound: self.lower_bound - o.lower_bound,
+            reordered: self.reordered - o.reordered,
             desynced: self.desynced - o.desynced,
         }
     }
@@ -330,6 +390,8 @@ impl Count {
             gaps: self.gaps + o.gaps,
             gap_entries: self.gap_entries + o.gap_entries,
             untimed: self.untimed + o.untimed,
+            lower_bound: self.lower_bound + o.lower_bound,
+            reordered: self.reordered + o.reordered,
             desynced: self.desynced + o.desynced,
         }
     }
@@ -346,8 +408,11 @@ struct ThreadShared {
     flushes: AtomicU64,
 }
 
-/// A subscriber's progress, for `pending`.
+/// A subscriber's progress, for `pending`: one cache line each, as its
+/// thread stores `applied` on every read and neighbours belong to other
+/// threads.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct SubShared {
     /// APPLIED entries seen.
     applied: AtomicU64,
@@ -362,6 +427,8 @@ pub struct Snapshot {
     slow: Count,
     /// CPU time of the fleet's threads.
     cpu: Duration,
+    /// CPU time of each fleet thread.
+    thread_cpu: Vec<Duration>,
     at: Instant,
 }
 
@@ -381,10 +448,25 @@ pub struct FanoutStep {
     pub bytes_per_s: f64,
     /// Update latency of the subscribers that keep up: from the event's
     /// intended send time to its APPLIED entry read by the subscriber.
+    /// Includes the `updates_lower_bound` ones, so a figure is itself at
+    /// least what it says when those are not zero.
     pub latency_us: Option<LatencyUs>,
+    /// APPLIED entries in `latency_us` (the step's, read up to the settle
+    /// after the step).
     pub updates_timed: u64,
-    /// Entries not timed: overwritten in the log, or after a GAP.
+    /// Of those, entries read more than the log's ring behind (their slot
+    /// overwritten): timed from a later event's intended time, a lower bound.
+    pub updates_lower_bound: u64,
+    /// Entries of earlier steps read after those steps were reported
+    /// (the settle after a step gave up): in no step's latency.
+    pub updates_late: u64,
+    /// APPLIED entries not timed: after a GAP, once desynced, or reordered.
+    /// This and the counts below run from the last step's settle to this
+    /// one's (the rates above cover the step's window only).
     pub updates_untimed: u64,
+    /// APPLIED entries read before the intended time they were matched
+    /// with (BUSY resends reorder a hunt's events): not timed.
+    pub updates_reordered: u64,
     /// Streams that stopped lining up with what was sent.
     pub desynced: u64,
     pub gaps: u64,
@@ -399,10 +481,16 @@ pub struct FanoutStep {
     /// server's send buffers, megabytes on loopback): these count at once.
     pub server_gaps: Option<u64>,
     pub server_updates_dropped: Option<u64>,
-    /// The server's CPU per delivered update (fast and slow), nanoseconds.
+    /// All of the server's CPU in the step (ingest included) per delivered
+    /// update (fast and slow), nanoseconds. Not the fan-out's own cost:
+    /// scripts/fanout-pairs.py takes the difference to a run without
+    /// subscribers for that.
     pub server_cpu_ns_per_update: Option<f64>,
-    /// The fleet threads' CPU, cores (1.0: one core busy).
+    /// The fleet threads' CPU, cores (1.0: one core busy), summed.
     pub generator_cpu_cores: f64,
+    /// The busiest fleet thread's CPU, cores: at about 0.9 or more that
+    /// thread may be what holds the subscribers back.
+    pub generator_busiest_thread_cores: f64,
     /// The fleet threads' CPU per delivered update, nanoseconds.
     pub generator_cpu_ns_per_update: Option<f64>,
 }
@@ -419,6 +507,8 @@ pub struct Fleet {
     joins: Vec<std::thread::JoinHandle<()>>,
     error: Arc<Mutex<Option<String>>>,
     hunts_watched: u32,
+    /// The counters at the last step's settle: the next step counts from them.
+    counted: Mutex<Option<Snapshot>>,
 }
 
 /// What a fleet thread is given.
@@ -454,16 +544,18 @@ impl Fleet {
 
     /// Connects and subscribes every subscriber (to `addr`: the TCP
     /// listener, or the WebSocket one); returns once all are subscribed.
+    /// `producers`: the run's producer connections, which need files too.
     pub(super) fn start(
         args: &FleetArgs,
         assigned: Vec<u32>,
         log: Arc<SendLog>,
         addr: SocketAddr,
         clock: Clock,
+        producers: u32,
     ) -> Result<Self, String> {
         let n = assigned.len();
         assert!(n == args.subscribers as usize && args.slow <= args.subscribers);
-        check_open_files(n)?;
+        check_open_files(n, producers)?;
         let threads_n = (args.threads.max(1) as usize).min(n.max(1));
         let subs: Arc<Vec<SubShared>> = Arc::new((0..n).map(|_| SubShared::default()).collect());
         let stop = Arc::new(AtomicBool::new(false));
@@ -479,6 +571,7 @@ impl Fleet {
             stop: stop.clone(),
             joins: Vec::new(),
             error: error.clone(),
+            counted: Mutex::new(None),
         };
         let slow_from = n - args.slow as usize;
         for t in 0..threads_n {
@@ -520,12 +613,19 @@ impl Fleet {
 
     /// Counters and CPU now.
     pub fn snapshot(&self) -> Snapshot {
-        let mut s =
-            Snapshot { fast: Count::default(), slow: Count::default(), cpu: Duration::ZERO, at: Instant::now() };
+        let mut s = Snapshot {
+            fast: Count::default(),
+            slow: Count::default(),
+            cpu: Duration::ZERO,
+            thread_cpu: Vec::with_capacity(self.threads.len()),
+            at: Instant::now(),
+        };
         for t in &self.threads {
             s.fast = s.fast.plus(t.fast.read());
             s.slow = s.slow.plus(t.slow.read());
-            s.cpu += thread_cpu(t.tid.load(Relaxed));
+            let cpu = thread_cpu(t.tid.load(Relaxed));
+            s.cpu += cpu;
+            s.thread_cpu.push(cpu);
         }
         s
     }
@@ -535,13 +635,15 @@ impl Fleet {
     pub fn pending(&self) -> u64 {
         let fast = self.hunts.len() - self.args.slow as usize;
         (0..fast)
-            .filter(|&i| self.subs[i].synced.load(Relaxed))
+            .filter(|&i| self.subs[i].synced.load(Relaxed) && !self.log.desynced(self.hunts[i]))
             .map(|i| self.log.head(self.hunts[i]).saturating_sub(self.subs[i].applied.load(Relaxed)))
             .sum()
     }
 
-    /// Waits (bounded) for the fast subscribers to read what was sent, and
-    /// for every thread to flush its latencies after that.
+    /// Waits (bounded by `within`: the bench gives its drain timeout) for
+    /// the fast subscribers to read what was sent, and for every thread to
+    /// flush its latencies after that. Whatever is read later counts as
+    /// `updates_late`.
     pub fn settle(&self, within: Duration) {
         let until = Instant::now() + within;
         while self.pending() > 0 && Instant::now() < until {
@@ -560,7 +662,9 @@ impl Fleet {
         lock(&self.error).clone()
     }
 
-    /// The step `index`'s figures between two snapshots; forgets its latencies.
+    /// The step `index`'s figures: rates between the window's two
+    /// snapshots, counts from the last step's settle to now (call it after
+    /// `settle`); forgets its latencies and any left of earlier steps.
     pub fn step(
         &self,
         index: u32,
@@ -571,15 +675,30 @@ impl Fleet {
         let server = |name: &str| scrapes.map(|(x, y)| (y.sum(name, &[]) - x.sum(name, &[])).max(0.0) as u64);
         let secs = b.seconds_since(a);
         let (fast, slow) = (b.fast.since(a.fast), b.slow.since(a.slow));
+        let settled = self.snapshot();
+        let (fast_n, slow_n) = {
+            let mut counted = lock(&self.counted);
+            let base = counted.take().unwrap_or_else(|| a.clone());
+            let n = (settled.fast.since(base.fast), settled.slow.since(base.slow));
+            *counted = Some(settled);
+            n
+        };
         let mut h = histogram();
-        let mut timed = 0;
+        let (mut timed, mut late) = (0, 0);
         for t in &self.threads {
             let mut l = lock(&t.latencies);
             timed += l.merge_into(index, &mut h);
+            late += l.steps.iter().filter(|s| s.0 < index).map(|s| s.2).sum::<u64>();
             l.collected(index);
         }
         let delivered = fast.entries + slow.entries;
         let cpu = b.cpu.saturating_sub(a.cpu).as_secs_f64();
+        let busiest = b
+            .thread_cpu
+            .iter()
+            .zip(&a.thread_cpu)
+            .map(|(y, x)| y.saturating_sub(*x).as_secs_f64() / secs)
+            .fold(0.0, f64::max);
         let per = |s: f64| (delivered > 0).then(|| s * 1e9 / delivered as f64);
         FanoutStep {
             subscribers: self.args.subscribers,
@@ -590,18 +709,22 @@ impl Fleet {
             bytes_per_s: fast.bytes as f64 / secs,
             latency_us: (timed > 0).then(|| latency(&h)),
             updates_timed: timed,
-            updates_untimed: fast.untimed,
-            desynced: fast.desynced,
-            gaps: fast.gaps,
-            gap_entries: fast.gap_entries,
+            updates_lower_bound: fast_n.lower_bound,
+            updates_late: late,
+            updates_untimed: fast_n.untimed,
+            updates_reordered: fast_n.reordered,
+            desynced: fast_n.desynced,
+            gaps: fast_n.gaps,
+            gap_entries: fast_n.gap_entries,
             slow_updates_per_s: slow.entries as f64 / secs,
             slow_bytes_per_s: slow.bytes as f64 / secs,
-            slow_gaps: slow.gaps,
-            slow_gap_entries: slow.gap_entries,
+            slow_gaps: slow_n.gaps,
+            slow_gap_entries: slow_n.gap_entries,
             server_gaps: server("trove_update_gaps_total"),
             server_updates_dropped: server("trove_updates_dropped_total"),
             server_cpu_ns_per_update: server_cpu_s.and_then(per),
             generator_cpu_cores: cpu / secs,
+            generator_busiest_thread_cores: busiest,
             generator_cpu_ns_per_update: per(cpu),
         }
     }
@@ -617,14 +740,16 @@ impl Drop for Fleet {
 }
 
 /// The generator's open-file limit must cover the subscribers' sockets,
-/// the producers' and a reserve; raised to the hard limit if need be.
-fn check_open_files(subscribers: usize) -> Result<(), String> {
+/// the producers' and a reserve (the runtimes, files, scrapes); raised to
+/// the hard limit if need be.
+fn check_open_files(subscribers: usize, producers: u32) -> Result<(), String> {
     const RESERVE: u64 = 256;
-    let need = subscribers as u64 + RESERVE;
+    let need = subscribers as u64 + u64::from(producers) + RESERVE;
     let limit = trove_server::fds::raise_open_files_limit().map_err(|e| format!("the open-file limit: {e}"))?;
     if limit < need {
         return Err(format!(
-            "{subscribers} subscribers need about {need} open files; the limit is {limit} (raise it: ulimit -n)"
+            "{subscribers} subscribers and {producers} producers need about {need} open files; the limit is {limit} \
+             (raise it: ulimit -n)"
         ));
     }
     Ok(())
@@ -657,8 +782,9 @@ struct Local {
     /// The read buffer: a carried partial frame, then what is read.
     buf: Vec<u8>,
     latencies: Latencies,
-    /// Every connection, to ping (and whether it speaks WebSocket).
-    streams: Vec<(Rc<TcpStream>, bool)>,
+    /// Every live connection, to ping (and whether it speaks WebSocket);
+    /// a subscriber's task owns its stream, so one that ended is gone.
+    streams: Vec<(Weak<TcpStream>, bool)>,
 }
 
 fn fleet_thread(plan: ThreadPlan) {
@@ -710,7 +836,8 @@ fn fleet_thread(plan: ThreadPlan) {
                 read_interval,
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
-            tokio::task::spawn_local(async move {
+            let watch_error = error.clone();
+            let task = tokio::task::spawn_local(async move {
                 let permit = gate.acquire().await;
                 let conn = tokio::time::timeout(SETUP_TIMEOUT, connect(addr, sub, &ctx)).await;
                 drop(permit);
@@ -726,13 +853,22 @@ fn fleet_thread(plan: ThreadPlan) {
                     }
                 };
                 let stream = Rc::new(stream);
-                ctx.local.borrow_mut().streams.push((stream.clone(), sub.ws));
+                ctx.local.borrow_mut().streams.push((Rc::downgrade(&stream), sub.ws));
                 let _ = ready.send(Ok(()));
                 drop(ready);
                 if let Err(e) = read_loop(&stream, sub, &ctx).await
                     && !stop.load(Relaxed)
                 {
                     lock(&error).get_or_insert(e);
+                }
+            });
+            // A task that panicked (a bug: hostile input is an error) is
+            // not lost silently.
+            tokio::task::spawn_local(async move {
+                if let Err(e) = task.await
+                    && e.is_panic()
+                {
+                    lock(&watch_error).get_or_insert_with(|| format!("subscriber {i}: its task panicked"));
                 }
             });
         }
@@ -750,12 +886,14 @@ fn fleet_thread(plan: ThreadPlan) {
             if Instant::now() >= next_ping {
                 // Tiny frames into sockets that send nothing else: a full
                 // send buffer (never seen) would skip a ping, or cut one.
-                for (s, ws) in &local.borrow().streams {
+                local.borrow_mut().streams.retain(|(s, ws)| {
+                    let Some(s) = s.upgrade() else { return false };
                     let ping = if *ws { &ping_ws } else { &ping_tcp };
                     if matches!(s.try_write(ping), Ok(n) if n < ping.len()) {
                         lock(&error).get_or_insert_with(|| "a ping was cut short".into());
                     }
-                }
+                    true
+                });
                 next_ping = Instant::now() + PING_EVERY;
             }
             {
@@ -820,6 +958,8 @@ struct Tally {
     gaps: u64,
     gap_entries: u64,
     untimed: u64,
+    lower_bound: u64,
+    reordered: u64,
     desynced: u64,
 }
 
@@ -882,7 +1022,8 @@ fn tcp_setup(buf: &[u8], at: &mut usize, sub: &mut Sub) -> Result<bool, String> 
         let f = frame::decode(header, body, SIZES).map_err(|e| e.to_string())?;
         *at += total;
         match f {
-            Frame::Welcome(w) => sub.frame_max = w.frame_body_max as usize,
+            // The server's word, within the protocol's limit.
+            Frame::Welcome(w) => sub.frame_max = w.frame_body_max.min(frame::FRAME_BODY_MAX_LIMIT) as usize,
             Frame::Subscribed { hunt, next_seq } if hunt == sub.hunt => {
                 sub.next_seq = next_seq;
                 return Ok(true);
@@ -945,19 +1086,35 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
     let slow_budget = (u64::from(ctx.slow_bytes_per_s) * SLOW_TICK.as_millis() as u64 / 1000).max(1) as usize;
     let mut local = ctx.local.borrow_mut();
     let Local { buf, latencies, .. } = &mut *local;
-    let carried = sub.carry.len();
-    let want = carried + if sub.slow { slow_budget } else { READ_CHUNK };
-    if buf.len() < want {
-        buf.resize(want, 0);
+    let mut carry = std::mem::take(&mut sub.carry);
+    let carried = carry.len();
+    let room = if sub.slow { slow_budget } else { READ_CHUNK };
+    // A large frame under way is read on into its own carry, so that
+    // what came before is not copied again on every read (quadratic in
+    // the frame's size); otherwise the carry is copied into the thread's
+    // buffer, and what is read goes after it.
+    let direct = carried >= CARRY_KEEP;
+    if !direct {
+        if buf.len() < carried + room {
+            buf.resize(carried + room, 0);
+        }
+        buf[..carried].copy_from_slice(&carry);
     }
-    buf[..carried].copy_from_slice(&sub.carry);
+    let work: &mut Vec<u8> = if direct { &mut carry } else { buf };
+    if work.len() < carried + room {
+        work.resize(carried + room, 0);
+    }
     let n = if carried_only {
         0
     } else {
-        match stream.try_read(&mut buf[carried..want]) {
+        match stream.try_read(&mut work[carried..carried + room]) {
             Ok(0) => return Err("the server closed the connection".into()),
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                carry.truncate(carried);
+                sub.carry = carry;
+                return Ok(0);
+            }
             Err(e) => return Err(e.to_string()),
         }
     };
@@ -965,12 +1122,22 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
     let mut tally = Tally { bytes: n as u64, ..Tally::default() };
     let lat = if sub.slow { None } else { Some(latencies) };
     let used = if sub.ws {
-        scan_ws(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_ws(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
     } else {
-        scan_tcp(&buf[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_tcp(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
     }?;
-    sub.carry.clear();
-    sub.carry.extend_from_slice(&buf[used..carried + n]);
+    if direct {
+        carry.truncate(carried + n);
+        carry.drain(..used);
+    } else {
+        carry.clear();
+        carry.extend_from_slice(&buf[used..carried + n]);
+    }
+    if carry.capacity() > CARRY_KEEP && carry.len() < CARRY_KEEP / 4 {
+        // A large frame went by: do not keep its room per subscriber.
+        carry.shrink_to(CARRY_KEEP / 4);
+    }
+    sub.carry = carry;
     drop(local);
     let c = if sub.slow { &ctx.shared.slow } else { &ctx.shared.fast };
     c.add(&tally);
@@ -992,9 +1159,29 @@ fn applied(sub: &mut Sub, log: &SendLog, now_us: u64, lat: &mut Option<&mut Late
         return;
     }
     let Some(lat) = lat else { return };
-    match log.ring(sub.hunt).map_or(Logged::Ahead, |r| r.get(k)) {
-        Logged::At(us, step) => lat.record(step, now_us.saturating_sub(us), 1),
-        Logged::Overwritten => tally.untimed += 1,
+    let Some(ring) = log.ring(sub.hunt) else { return };
+    if ring.desynced.load(Relaxed) {
+        // A refused batch: logged events that were never applied.
+        sub.synced = false;
+        tally.desynced += 1;
+        tally.untimed += 1;
+        return;
+    }
+    match ring.get(k) {
+        Logged::At(us, _) if now_us < us => {
+            // Read before its matched send: out of the pacer's order.
+            tally.reordered += 1;
+            tally.untimed += 1;
+        }
+        Logged::At(us, step) => lat.record(step, now_us - us, 1),
+        Logged::Overwritten => match ring.held_after_overwritten() {
+            // The reader is more than a ring behind: at least this late.
+            Some((us, step)) => {
+                lat.record(step, now_us.saturating_sub(us), 1);
+                tally.lower_bound += 1;
+            }
+            None => tally.untimed += 1,
+        },
         Logged::Ahead => {
             // More updates than events sent: the stream no longer lines up.
             sub.synced = false;
@@ -1034,7 +1221,7 @@ fn scan_tcp(
                     sub.synced = false;
                     tally.desynced += 1;
                 }
-                sub.next_seq = first_seq + u64::from(count);
+                sub.next_seq = first_seq.checked_add(u64::from(count)).ok_or("an UPDATE past sequence 2^64")?;
                 let mut seen = 0u32;
                 for e in frame::entries(&body[frame::UPDATE_HEAD_LEN..]) {
                     let (kind, _) = e.map_err(|e| format!("UPDATE: {e}"))?;
@@ -1125,7 +1312,7 @@ fn ws_frame(buf: &[u8]) -> Result<Option<(u8, std::ops::Range<usize>)>, String> 
 /// Reads the upgrade's answer, then `subscribed`: true once subscribed.
 fn ws_setup(buf: &[u8], at: &mut usize, sub: &mut Sub, head_read: &mut bool) -> Result<bool, String> {
     if !*head_read {
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(false) };
+        let Some(end) = find(buf, b"\r\n\r\n") else { return Ok(false) };
         if !buf.starts_with(b"HTTP/1.1 101") {
             let line = String::from_utf8_lossy(&buf[..end.min(200)]).into_owned();
             return Err(format!("the WebSocket upgrade was answered {line}"));
@@ -1156,7 +1343,7 @@ fn json_u64(msg: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Scans the whole WebSocket frames at the front of `buf`. An `update`
@@ -1173,6 +1360,9 @@ fn scan_ws(
     tally: &mut Tally,
 ) -> Result<usize, String> {
     const KIND: &[u8] = br#""kind":""#;
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KIND));
+    let kind = &*FINDER;
     let mut at = 0;
     while let Some((op, range)) = ws_frame(&buf[at..])? {
         let msg = &buf[at + range.start..at + range.end];
@@ -1191,18 +1381,16 @@ fn scan_ws(
                 tally.desynced += 1;
             }
             let mut count = 0u64;
-            let mut rest = msg;
-            while let Some(i) = find(rest, KIND) {
-                let v = &rest[i + KIND.len()..];
+            for i in kind.find_iter(msg) {
+                let v = &msg[i + KIND.len()..];
                 count += 1;
                 if v.starts_with(b"applied\"") {
                     applied(sub, log, now_us, &mut lat, tally);
                 } else if !v.starts_with(b"broadcast\"") {
                     return Err("an update entry of an unknown kind".into());
                 }
-                rest = v;
             }
-            sub.next_seq = first_seq + count;
+            sub.next_seq = first_seq.checked_add(count).ok_or("an update past sequence 2^64")?;
             tally.entries += count;
         } else if msg.ends_with(br#""type":"gap"}"#) {
             let first = json_u64(msg, br#""first_missed":"#).ok_or("a gap without first_missed")?;
@@ -1220,6 +1408,14 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1e3)
 }
 
+/// A fleet thread this busy may itself hold the subscribers back.
+pub const GENERATOR_BOUND_CORES: f64 = 0.9;
+
+/// The step's busiest fleet thread was near a full core.
+pub fn generator_bound(f: &FanoutStep) -> bool {
+    f.generator_busiest_thread_cores >= GENERATOR_BOUND_CORES
+}
+
 fn per_update(ns: Option<f64>) -> String {
     ns.map_or("-".into(), |v| format!("{v:.0}"))
 }
@@ -1232,8 +1428,10 @@ pub fn summary(run: &ModeRun) -> String {
         let lat =
             f.latency_us.map_or("-".into(), |l| format!("p50 {} p99 {} max {} ms", ms(l.p50), ms(l.p99), ms(l.max)));
         out += &format!(
-            "{} step {}: {} {} subscribers over {} hunts: {} updates/s ({}B/s), update {lat}, gaps {}; \
-             server {} ns and generator {} ns of CPU per update (generator {:.2} cores)",
+            "{} step {}: {} {} subscribers over {} hunts: {} updates/s ({}B/s), update {lat} \
+             ({} timed, {} of them lower bounds; {} untimed, {} late), gaps {}; \
+             server (all of it) {} ns and generator {} ns of CPU per update \
+             (generator {:.2} cores, busiest thread {:.2}{})",
             run.mode,
             step.step,
             f.subscribers,
@@ -1241,10 +1439,16 @@ pub fn summary(run: &ModeRun) -> String {
             f.hunts_watched,
             super::human(f.updates_per_s),
             super::human(f.bytes_per_s),
+            f.updates_timed,
+            f.updates_lower_bound,
+            f.updates_untimed,
+            f.updates_late,
             f.gaps,
             per_update(f.server_cpu_ns_per_update),
             per_update(f.generator_cpu_ns_per_update),
             f.generator_cpu_cores,
+            f.generator_busiest_thread_cores,
+            if generator_bound(f) { ": GENERATOR-BOUND" } else { "" },
         );
         if f.slow_subscribers > 0 {
             out += &format!(
@@ -1272,22 +1476,30 @@ pub fn markdown(s: &mut String, run: &ModeRun) -> std::fmt::Result {
     writeln!(
         s,
         "Updates delivered to the subscribers that keep up, their latency from each event's intended send time, \
-         gaps, and the CPU per delivered update (fast and slow subscribers together) of the server and of the \
-         generator's subscriber threads."
+         gaps, and the CPU per delivered update (fast and slow subscribers together) of the server (all of its \
+         CPU, ingest included) and of the generator's subscriber threads. Lower bounds: updates read more than \
+         the log's ring behind, in the latency as at least that late; untimed: after a gap, desynced or \
+         reordered; late: read after their step was reported. A busiest fleet thread at {GENERATOR_BOUND_CORES} \
+         cores or more may be what held the subscribers back."
     )?;
     writeln!(s)?;
     writeln!(
         s,
-        "| step | subscribers | transport | hunts | updates M/s | MB/s | p50 ms | p99 ms | max ms | untimed | gaps \
-         | slow | slow updates/s | slow gaps | server gaps | server ns/update | generator ns/update | generator cores |"
+        "| step | subscribers | transport | hunts | updates M/s | MB/s | p50 ms | p99 ms | max ms | lower bounds \
+         | untimed | late | gaps | slow | slow updates/s | slow gaps | server gaps | server ns/update \
+         | generator ns/update | generator cores | busiest thread |"
     )?;
-    writeln!(s, "|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        s,
+        "|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     for step in &run.steps {
         let Some(f) = &step.fanout else { continue };
         let l = |g: fn(&LatencyUs) -> u64| f.latency_us.as_ref().map_or("-".into(), |x| ms(g(x)));
         writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.1} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {:.3} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} \
+             | {:.2} | {:.2}{} |",
             step.step,
             f.subscribers,
             f.transport,
@@ -1297,7 +1509,9 @@ pub fn markdown(s: &mut String, run: &ModeRun) -> std::fmt::Result {
             l(|x| x.p50),
             l(|x| x.p99),
             l(|x| x.max),
+            f.updates_lower_bound,
             f.updates_untimed,
+            f.updates_late,
             f.gaps,
             f.slow_subscribers,
             f.slow_updates_per_s,
@@ -1306,6 +1520,8 @@ pub fn markdown(s: &mut String, run: &ModeRun) -> std::fmt::Result {
             per_update(f.server_cpu_ns_per_update),
             per_update(f.generator_cpu_ns_per_update),
             f.generator_cpu_cores,
+            f.generator_busiest_thread_cores,
+            if generator_bound(f) { " (bound?)" } else { "" },
         )?;
     }
     Ok(())
@@ -1357,6 +1573,12 @@ mod tests {
         let many: Vec<u32> = (0..100_000).collect();
         let big = SendLog::new(100_000, &many);
         assert!(big.rings.iter().map(|r| r.slots.len()).sum::<usize>() <= LOG_ENTRIES_MAX.max(RING_MIN * 100_000));
+        // A few watchers (`--watch 8`) get a few MiB, not the whole 64.
+        let eight: Vec<u32> = (0..8).map(|i| i * 125).collect();
+        let small = SendLog::new(1000, &eight);
+        assert_eq!(small.rings.iter().map(|r| r.slots.len()).sum::<usize>(), 8 * LOG_ENTRIES_PER_SUBSCRIBER);
+        // A hot hunt's many watchers get the largest ring.
+        assert_eq!(SendLog::new(10, &[2; 5000]).rings[0].slots.len(), RING_MAX);
     }
 
     fn sub() -> Sub {
@@ -1434,5 +1656,202 @@ mod tests {
         let mut h = histogram();
         assert_eq!(lat.merge_into(1, &mut h), 1);
         assert!(h.equivalent(h.max(), 500), "{}", h.max());
+    }
+    fn update_frame(out: &mut Vec<u8>, hunt: u32, first_seq: u64, applied: u32) {
+        let s = frame::begin_update(out, hunt, first_seq);
+        for _ in 0..applied {
+            frame::push_entry(out, entry_kind::APPLIED, |o| o.extend_from_slice(&[0u8; 56]));
+        }
+        frame::end_update(out, s, applied);
+    }
+
+    #[test]
+    fn an_overwritten_entry_is_timed_as_a_lower_bound() {
+        let log = SendLog::new(4, &[3]);
+        let size = log.ring(3).unwrap().mask + 1;
+        // Entries 0..size+2 sent 1 ms apart from 1 s; the subscriber reads
+        // the first three when 0..2 are overwritten.
+        for k in 0..size + 2 {
+            log.record(3, (1_000 + k) * 1_000_000, 4);
+        }
+        let mut out = Vec::new();
+        update_frame(&mut out, 3, 10, 3);
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        let now_us = (1_000 + size + 10) * 1000;
+        scan_tcp(&out, &mut sub, &log, now_us, Some(&mut lat), &mut t).unwrap();
+        // 0 and 1 overwritten: at least now less the oldest held (entry 2).
+        assert_eq!((t.lower_bound, t.untimed, t.desynced), (2, 0, 0));
+        let mut h = histogram();
+        assert_eq!(lat.merge_into(4, &mut h), 3);
+        assert!(h.equivalent(h.min(), (size + 8) * 1000), "{} {}", h.min(), size + 8);
+        assert!(h.equivalent(h.max(), (size + 8) * 1000), "{}", h.max());
+    }
+
+    #[test]
+    fn an_entry_read_before_its_send_is_counted_as_reordered() {
+        let log = SendLog::new(4, &[3]);
+        log.record(3, 5_000_000, 0);
+        log.record(3, 9_000_000, 0);
+        let mut out = Vec::new();
+        update_frame(&mut out, 3, 10, 2);
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        // Read at 6 ms: the second was matched with 9 ms.
+        scan_tcp(&out, &mut sub, &log, 6_000, Some(&mut lat), &mut t).unwrap();
+        assert_eq!((t.reordered, t.untimed), (1, 1));
+        assert_eq!(lat.merge_into(0, &mut histogram()), 1);
+    }
+
+    #[test]
+    fn a_refused_batch_stops_timing_its_connections_hunts() {
+        let log = SendLog::new(6, &[1, 2, 4]);
+        for h in [1, 2, 4] {
+            log.record(h, 1_000_000, 0);
+        }
+        // Connection 1 of 3 sends hunts 1 and 4.
+        log.refused(1, 3);
+        assert!(log.desynced(1) && log.desynced(4) && !log.desynced(2));
+        let mut out = Vec::new();
+        update_frame(&mut out, 4, 10, 1);
+        let (mut sub, mut lat, mut t) = (Sub { hunt: 4, ..sub() }, Latencies::default(), Tally::default());
+        scan_tcp(&out, &mut sub, &log, 2_000, Some(&mut lat), &mut t).unwrap();
+        assert_eq!((t.desynced, t.untimed), (1, 1));
+        assert!(!sub.synced && lat.merge_into(0, &mut histogram()) == 0);
+    }
+
+    #[test]
+    fn hostile_sequence_numbers_and_frame_sizes_are_errors() {
+        let log = SendLog::new(4, &[3]);
+        let mut out = Vec::new();
+        update_frame(&mut out, 3, u64::MAX, 2);
+        let (mut hostile, mut t) = (Sub { next_seq: u64::MAX, ..sub() }, Tally::default());
+        let e = scan_tcp(&out, &mut hostile, &log, 1, None, &mut t).unwrap_err();
+        assert!(e.contains("2^64"), "{e}");
+        let m = format!(r#"{{"entries":[{{"kind":"applied"}}],"first_seq":{},"hunt":3,"type":"update"}}"#, u64::MAX);
+        let mut buf = vec![0x81, 126];
+        buf.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        buf.extend_from_slice(m.as_bytes());
+        let e = scan_ws(&buf, &mut hostile, &log, 1, None, &mut t).unwrap_err();
+        assert!(e.contains("2^64"), "{e}");
+        // A WELCOME's frame size is taken up to the protocol's limit.
+        let mut w = Vec::new();
+        frame::encode_welcome(
+            &mut w,
+            &frame::Welcome {
+                version: frame::VERSION,
+                flags: 0,
+                producer_id: 1,
+                frame_body_max: u32::MAX,
+                batch_events_max: 1,
+                record_size: 32,
+                outcome_size: 16,
+            },
+        );
+        let mut fresh = sub();
+        tcp_setup(&w, &mut 0, &mut fresh).unwrap();
+        assert_eq!(fresh.frame_max, frame::FRAME_BODY_MAX_LIMIT as usize);
+    }
+
+    /// A fleet without threads, for `step`.
+    fn idle_fleet(thread: Arc<ThreadShared>) -> Fleet {
+        Fleet {
+            args: FleetArgs {
+                subscribers: 1,
+                hunts: HuntChoice::All,
+                ws: false,
+                slow: 0,
+                slow_bytes_per_s: 1,
+                threads: 1,
+                read_interval: Duration::ZERO,
+            },
+            log: Arc::new(SendLog::new(1, &[0])),
+            hunts: vec![0],
+            threads: vec![thread],
+            subs: Arc::new(vec![SubShared::default()]),
+            stop: Arc::new(AtomicBool::new(false)),
+            joins: Vec::new(),
+            error: Arc::new(Mutex::new(None)),
+            hunts_watched: 1,
+            counted: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn counts_run_from_settle_to_settle_and_late_updates_are_counted() {
+        let thread = Arc::new(ThreadShared::default());
+        let fleet = idle_fleet(thread.clone());
+        let (a, b) = (fleet.snapshot(), fleet.snapshot());
+        // During the drain and settle after the window: a gap and an
+        // untimed entry.
+        thread.fast.add(&Tally { gaps: 1, untimed: 1, ..Tally::default() });
+        lock(&thread.latencies).record(0, 500, 3);
+        let s0 = fleet.step(0, (&a, &b), None, None);
+        assert_eq!((s0.gaps, s0.updates_untimed, s0.updates_timed, s0.updates_late), (1, 1, 3, 0));
+        // Step 0's updates read after its report, then step 1.
+        lock(&thread.latencies).record(0, 900_000, 2);
+        let c = fleet.snapshot();
+        thread.fast.add(&Tally { gaps: 2, ..Tally::default() });
+        lock(&thread.latencies).record(1, 700, 5);
+        let d = fleet.snapshot();
+        let s1 = fleet.step(1, (&c, &d), None, None);
+        assert_eq!((s1.gaps, s1.updates_untimed, s1.updates_timed, s1.updates_late), (2, 0, 5, 2));
+        assert!(lock(&thread.latencies).steps.is_empty());
+    }
+    #[test]
+    fn a_frame_larger_than_a_read_is_read_on_into_its_carry() {
+        // One UPDATE of 6,000 APPLIED entries (about 400 KiB, over
+        // READ_CHUNK), then a small one, through a loopback socket.
+        const N: u32 = 6000;
+        let log = Arc::new(SendLog::new(4, &[3]));
+        for k in 0..u64::from(N) + 1 {
+            log.record(3, k, 0);
+        }
+        let mut out = Vec::new();
+        update_frame(&mut out, 3, 10, N);
+        update_frame(&mut out, 3, 10 + u64::from(N), 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = listener.accept().unwrap();
+            for piece in out.chunks(100 << 10) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Held open until the reader is done.
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        let shared = Arc::new(ThreadShared::default());
+        let ctx = Ctx {
+            log,
+            shared: shared.clone(),
+            subs: Arc::new(vec![SubShared::default()]),
+            local: Rc::new(RefCell::new(Local {
+                buf: Vec::new(),
+                latencies: Latencies::default(),
+                streams: Vec::new(),
+            })),
+            clock: Clock { epoch: Instant::now() },
+            slow_bytes_per_s: 1,
+            read_interval: Duration::ZERO,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sub, reads) = runtime.block_on(async {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sub, mut reads) = (sub(), 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sub.applied < u64::from(N) + 1 && Instant::now() < deadline {
+                stream.readable().await.unwrap();
+                if read_once(&stream, &mut sub, &ctx, false).unwrap() > 0 {
+                    reads += 1;
+                }
+            }
+            (sub, reads)
+        });
+        writer.join().unwrap();
+        let c = shared.fast.read();
+        assert_eq!((c.entries, c.untimed, c.desynced, sub.applied), (u64::from(N) + 1, 0, 0, u64::from(N) + 1));
+        assert!(sub.carry.is_empty() && sub.next_seq == 11 + u64::from(N) && reads > 1, "{reads}");
+        assert!(sub.carry.capacity() <= CARRY_KEEP, "{}", sub.carry.capacity());
+        assert_eq!(ctx.local.borrow().latencies.steps[0].2, u64::from(N) + 1);
     }
 }

@@ -606,12 +606,14 @@ async fn read_acks(
     shared: Arc<ConnShared>,
     acked_total: Arc<AtomicU64>,
     clock: Clock,
+    on_refused: impl Fn() + Send + 'static,
 ) {
     while let Some(ack) = acks.next().await {
         let ack = match ack {
             Ok(a) => a,
             Err(ClientError::BatchRefused { first_seq, count, .. }) => {
                 // The producer goes on; the refused events are counted, not timed.
+                on_refused();
                 let mut inner = lock(&shared.inner);
                 let ConnInner { chunks, refused, .. } = &mut *inner;
                 answered(chunks, first_seq + u64::from(count), |c, n| {
@@ -717,12 +719,15 @@ impl Rig {
                 };
                 let mut generator = Generator::partition(spec, part, args.connections);
                 let acked_total = acked_total.clone();
+                // Its watched hunts' logs no longer follow their streams.
+                let (log, parts) = (log.clone(), args.connections);
+                let on_refused = move || log.refused(part, parts);
                 runtime.spawn(async move {
                     let (mut producer, acks) = Producer::<TreasureHunt>::connect(config)
                         .await
                         .map_err(|e| format!("connecting to {addr}: {e}"))?;
                     let shared = Arc::new(ConnShared::default());
-                    tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock));
+                    tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock, on_refused));
                     for e in generator.setup() {
                         producer.send_wait(e).await.map_err(|e| format!("setup: {e}"))?;
                     }
@@ -753,7 +758,8 @@ impl Rig {
         say(&format!("setup acknowledged in {:.1} s", began.elapsed().as_secs_f64()));
         // Subscribed before the pacer sends anything: every subscriber's
         // stream and its hunt's log start together, at index 0.
-        let fleet = fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock)).transpose()?;
+        let fleet =
+            fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock, args.connections)).transpose()?;
         let shared = conns.iter().map(|c| c.shared.clone()).collect();
         let (plans, plans_rx) = mpsc::channel();
         let (replies_tx, replies) = mpsc::channel();
@@ -1074,7 +1080,7 @@ fn run_step(
     let machine = rig.probe.within(start_ns, rig.clock.now_ns());
     // The updates of the step's last events are on their way.
     if let Some(f) = &rig.fleet {
-        f.settle(Duration::from_secs(1));
+        f.settle(args.drain_timeout);
     }
     let (ack_hist, acked) = rig.step_latency(index);
     let send_lag = latency(&rig.step_send_lag(index));
@@ -1239,11 +1245,12 @@ fn start_fleet(
     tcp: SocketAddr,
     ws: Option<SocketAddr>,
     clock: Clock,
+    producers: u32,
 ) -> Result<Fleet, String> {
     let addr =
         if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
     let began = Instant::now();
-    let fleet = Fleet::start(f, hunts, log, addr, clock)?;
+    let fleet = Fleet::start(f, hunts, log, addr, clock, producers)?;
     say(&format!(
         "{} subscribers ({}{}) subscribed in {:.1} s",
         f.subscribers,
@@ -1270,8 +1277,10 @@ fn fanout_step(
 /// The progress line's fan-out part.
 fn fanout_note(f: &fanout::FanoutStep) -> String {
     let p99 = f.latency_us.map_or("-".into(), |u| format!("{:.2} ms", u.p99 as f64 / 1e3));
+    // Updates read more than the log behind are in it as lower bounds.
+    let bound = if f.updates_lower_bound > 0 { " or more" } else { "" };
     format!(
-        " (updates {}/s to {} subscribers, update p99 {p99}, gaps {}{})",
+        " (updates {}/s to {} subscribers, update p99 {p99}{bound}, gaps {}{})",
         human(f.updates_per_s),
         f.subscribers,
         f.gaps,

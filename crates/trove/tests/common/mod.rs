@@ -20,6 +20,27 @@ pub fn hunt_config() -> trove_hunt::HuntConfig {
     }
 }
 
+/// Runs the `trove` binary with `args` to its end.
+pub fn trove(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trove")).args(args).output().expect("trove runs")
+}
+
+/// Asserts the run succeeded, showing its output if not.
+pub fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A JSON file's value.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("json file")).expect("valid JSON")
+}
+
 /// A fresh scratch directory for one test, named after it.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trove-{name}-{}", std::process::id()));
