@@ -23,6 +23,16 @@
 //! loses chunks, never stalls the shard or other subscribers: the dropped
 //! range is remembered per world, coalesced, and handed to the subscriber
 //! as a [`Delivery::Gap`] in its place in the stream.
+//!
+//! A hub may pace wakeups ([`Hub::set_push_interval`]): one ticker thread
+//! advances a coarse epoch once per interval (only while some mailbox
+//! waits for it). A mailbox that goes from empty to not empty wakes its
+//! subscriber at once if it was last woken in an earlier epoch (the first
+//! update after a quiet spell has no added latency); otherwise it enters
+//! the ticker's list, once, and is woken at the next tick. So a busy
+//! subscriber connection wakes (and writes) about once per interval, with
+//! everything queued since, instead of once per applied batch
+//! (docs/decisions/0017-paced-fan-out.md).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -30,7 +40,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
@@ -81,8 +91,12 @@ pub enum Delivery<G: Game> {
 enum Pushed {
     /// Queued into an empty mailbox, and woke its subscriber.
     Woken,
-    /// Queued behind others (the subscriber is already woken).
+    /// Queued behind others (the subscriber is already woken, or will be
+    /// at the next tick).
     Queued,
+    /// Queued into an empty mailbox woken in this epoch already: left to
+    /// the ticker.
+    Deferred,
     /// Recorded as missed: the mailbox is full.
     Dropped,
     /// The subscriber has closed the mailbox.
@@ -97,6 +111,10 @@ struct MailboxState<G: Game> {
     /// Per world: the range dropped since the last chunk queued.
     gaps: IdMap<(u64, u64)>,
     closed: bool,
+    /// The pacer's epoch when the subscriber was last woken (paced hubs).
+    woken_epoch: u64,
+    /// In the pacer's list, waiting for the next tick to be woken.
+    deferred: bool,
 }
 
 /// One subscriber's bounded queue of deliveries (one per connection, for
@@ -118,6 +136,8 @@ impl<G: Game> Mailbox<G> {
                 updates: 0,
                 gaps: IdMap::default(),
                 closed: false,
+                woken_epoch: 0,
+                deferred: false,
             }),
             notify: tokio::sync::Notify::new(),
             updates_max,
@@ -131,10 +151,12 @@ impl<G: Game> Mailbox<G> {
     /// Queues a chunk, or records it as missed.
     ///
     /// The subscriber is woken only when the mailbox goes from empty to
-    /// not empty: until it takes, one wakeup covers every later push.
-    fn push(&self, chunk: &Arc<Chunk<G>>, hub: &HubCounters) -> Pushed {
+    /// not empty: until it takes, one wakeup covers every later push. With
+    /// a `pacer`, a mailbox woken in the current epoch already is left to
+    /// the ticker instead (woken at the next tick).
+    fn push(self: &Arc<Self>, chunk: &Arc<Chunk<G>>, hub: &HubCounters, pacer: Option<&Pacer<G>>) -> Pushed {
         let n = chunk.updates.len();
-        let wake = {
+        let pushed = {
             let mut s = self.lock();
             if s.closed {
                 return Pushed::Closed;
@@ -148,20 +170,45 @@ impl<G: Game> Mailbox<G> {
                 hub.updates_dropped.fetch_add(n as u64, Relaxed);
                 return Pushed::Dropped;
             }
-            let wake = s.items.is_empty();
+            let was_empty = s.items.is_empty();
             if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
                 s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
             }
             s.items.push_back(Delivery::Chunk(chunk.clone()));
             s.updates += n;
-            wake
+            if !was_empty || s.deferred {
+                Pushed::Queued
+            } else if let Some(pacer) = pacer {
+                let epoch = pacer.shared.epoch.load(Relaxed);
+                if s.woken_epoch < epoch || epoch == EPOCH_UNPACED {
+                    s.woken_epoch = epoch;
+                    Pushed::Woken
+                } else {
+                    s.deferred = true;
+                    Pushed::Deferred
+                }
+            } else {
+                Pushed::Woken
+            }
         };
-        if wake {
-            self.notify.notify_one();
-            Pushed::Woken
-        } else {
-            Pushed::Queued
+        match pushed {
+            Pushed::Woken => self.notify.notify_one(),
+            // Outside the mailbox's lock: the ticker takes it to wake.
+            Pushed::Deferred => pacer.expect("deferred only when paced").defer(self.clone()),
+            _ => {}
         }
+        pushed
+    }
+
+    /// Wakes a mailbox the ticker took from its list (in `epoch`).
+    fn wake_deferred(&self, epoch: u64) {
+        {
+            let mut s = self.lock();
+            debug_assert!(s.deferred, "only a deferred mailbox is in the ticker's list");
+            s.deferred = false;
+            s.woken_epoch = epoch;
+        }
+        self.notify.notify_one();
     }
 
     fn is_closed(&self) -> bool {
@@ -237,6 +284,128 @@ impl Turn {
     }
 }
 
+/// The epoch of a pacer whose ticker could not start: every push wakes.
+const EPOCH_UNPACED: u64 = u64::MAX;
+
+/// Paces the wakeups of a hub's mailboxes ([`Hub::set_push_interval`]):
+/// one ticker thread for the whole hub, never a timer per connection.
+#[derive(Debug)]
+struct Pacer<G: Game> {
+    shared: Arc<PacerShared<G>>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct PacerShared<G: Game> {
+    interval: Duration,
+    /// Advanced by one at each tick.
+    epoch: AtomicU64,
+    ticks: Mutex<TickerState<G>>,
+    /// Signalled when a mailbox enters an idle ticker's list, and on stop.
+    work: Condvar,
+    /// Subscribers woken by the ticker.
+    wakeups: AtomicU64,
+}
+
+#[derive(Debug)]
+struct TickerState<G: Game> {
+    /// Mailboxes to wake at the next tick (each at most once: its
+    /// `deferred` flag).
+    deferred: Vec<Arc<Mailbox<G>>>,
+    /// The ticker waits for `work` (nothing was deferred at its last tick).
+    idle: bool,
+    started: bool,
+    stop: bool,
+}
+
+impl<G: Game> Pacer<G> {
+    fn new(interval: Duration) -> Self {
+        assert!(!interval.is_zero(), "an interval of zero is no pacing");
+        Self {
+            shared: Arc::new(PacerShared {
+                interval,
+                epoch: AtomicU64::new(1),
+                ticks: Mutex::new(TickerState { deferred: Vec::new(), idle: false, started: false, stop: false }),
+                work: Condvar::new(),
+                wakeups: AtomicU64::new(0),
+            }),
+            ticker: Mutex::new(None),
+        }
+    }
+
+    /// Hands a mailbox to the ticker, starting it the first time.
+    fn defer(&self, mailbox: Arc<Mailbox<G>>) {
+        let shared = &self.shared;
+        let mut t = shared.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.started {
+            t.started = true;
+            let ticking = shared.clone();
+            match std::thread::Builder::new().name("trove-push-tick".into()).spawn(move || ticking.run()) {
+                Ok(handle) => *self.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+                // No ticker: no pacing, rather than a mailbox never woken.
+                Err(_) => shared.epoch.store(EPOCH_UNPACED, Relaxed),
+            }
+        }
+        if shared.epoch.load(Relaxed) == EPOCH_UNPACED {
+            drop(t);
+            shared.wakeups.fetch_add(1, Relaxed);
+            mailbox.wake_deferred(EPOCH_UNPACED);
+            return;
+        }
+        t.deferred.push(mailbox);
+        if t.idle {
+            t.idle = false;
+            shared.work.notify_one();
+        }
+    }
+}
+
+impl<G: Game> PacerShared<G> {
+    /// The ticker: waits an interval, advances the epoch and wakes the
+    /// mailboxes deferred meanwhile; after a tick with none, waits for a
+    /// mailbox to be deferred.
+    fn run(&self) {
+        let mut waking = Vec::new();
+        let mut t = self.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            t = self.work.wait_timeout_while(t, self.interval, |t| !t.stop).unwrap_or_else(|e| e.into_inner()).0;
+            if t.stop {
+                return;
+            }
+            let epoch = self.epoch.fetch_add(1, Relaxed) + 1;
+            assert!(epoch < EPOCH_UNPACED, "epochs do not run out");
+            std::mem::swap(&mut waking, &mut t.deferred);
+            if waking.is_empty() {
+                // Every mailbox was woken in an earlier epoch now: the next
+                // push to each wakes it at once; a second one in this epoch
+                // brings the ticker back.
+                t.idle = true;
+                t = self.work.wait_while(t, |t| t.idle && !t.stop).unwrap_or_else(|e| e.into_inner());
+                if t.stop {
+                    return;
+                }
+                continue;
+            }
+            drop(t);
+            self.wakeups.fetch_add(waking.len() as u64, Relaxed);
+            for m in waking.drain(..) {
+                m.wake_deferred(epoch);
+            }
+            t = self.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl<G: Game> Drop for Pacer<G> {
+    fn drop(&mut self) {
+        self.shared.ticks.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.shared.work.notify_all();
+        if let Some(handle) = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 type Subscribers<G> = Arc<[Arc<Mailbox<G>>]>;
 
 #[derive(Debug)]
@@ -296,8 +465,11 @@ pub struct HubMetrics {
     /// Chunks pushed into mailboxes (one chunk to 100 subscribers counts
     /// 100), queued or dropped.
     pub chunk_deliveries: u64,
-    /// Subscribers woken: at most one per mailbox between two takes.
+    /// Subscribers woken: at most one per mailbox between two takes (and,
+    /// paced, about one per mailbox per push interval).
     pub wakeups: u64,
+    /// Of `wakeups`, those the pacer's ticker made (deferred to its tick).
+    pub wakeups_deferred: u64,
 }
 
 #[derive(Debug)]
@@ -322,6 +494,8 @@ pub struct Hub<G: Game> {
     live: AtomicUsize,
     subscriptions: AtomicUsize,
     counters: HubCounters,
+    /// Set once, before subscribers come, for paced wakeups.
+    pacer: OnceLock<Pacer<G>>,
 }
 
 impl<G: Game> Default for Hub<G> {
@@ -331,6 +505,7 @@ impl<G: Game> Default for Hub<G> {
             live: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
+            pacer: OnceLock::new(),
         }
     }
 }
@@ -353,6 +528,24 @@ impl<G: Game> Default for Staging<G> {
 impl<G: Game> Hub<G> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Topics<G>> {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Paces wakeups: a mailbox woken less than about `interval` ago is
+    /// woken again at the ticker's next tick, not at once. Zero (the
+    /// default) wakes at once, always. Set once, before anyone subscribes;
+    /// a second, different interval is refused.
+    pub fn set_push_interval(&self, interval: Duration) -> Result<(), String> {
+        if interval.is_zero() {
+            return match self.pacer.get() {
+                None => Ok(()),
+                Some(_) => Err("the push interval is set already".into()),
+            };
+        }
+        let pacer = self.pacer.get_or_init(|| Pacer::new(interval));
+        if pacer.shared.interval != interval {
+            return Err("the push interval is set already".into());
+        }
+        Ok(())
     }
 
     /// Subscribes `mailbox` to `world`; returns the sequence number of the
@@ -477,10 +670,11 @@ impl<G: Game> Hub<G> {
             self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
             o.turn.wait(o.ticket);
             let (mut closed, mut woken) = (false, 0u64);
+            let pacer = self.pacer.get();
             for m in o.subscribers.iter() {
-                match m.push(&chunk, &self.counters) {
+                match m.push(&chunk, &self.counters, pacer) {
                     Pushed::Woken => woken += 1,
-                    Pushed::Queued | Pushed::Dropped => {}
+                    Pushed::Queued | Pushed::Deferred | Pushed::Dropped => {}
                     Pushed::Closed => closed = true,
                 }
             }
@@ -519,6 +713,7 @@ impl<G: Game> Hub<G> {
 
     pub fn metrics(&self) -> HubMetrics {
         let c = &self.counters;
+        let deferred = self.pacer.get().map_or(0, |p| p.shared.wakeups.load(Relaxed));
         HubMetrics {
             topics: self.live.load(Relaxed) as u64,
             subscriptions: self.subscriptions.load(Relaxed) as u64,
@@ -527,7 +722,8 @@ impl<G: Game> Hub<G> {
             updates_dropped: c.updates_dropped.load(Relaxed),
             gaps: c.gaps.load(Relaxed),
             chunk_deliveries: c.deliveries.load(Relaxed),
-            wakeups: c.wakeups.load(Relaxed),
+            wakeups: c.wakeups.load(Relaxed) + deferred,
+            wakeups_deferred: deferred,
         }
     }
 }
