@@ -266,8 +266,14 @@ impl Turn {
         self.sleepers.fetch_add(1, SeqCst);
         // Checked after counting itself a sleeper: a pass that stores
         // `serving` after this load sees the count and wakes it.
-        while self.serving.load(SeqCst) != ticket {
-            assert!(self.serving.load(SeqCst) < ticket, "a ticket is served once");
+        loop {
+            // One load for the test and the assertion: with two, the turn
+            // could come between them and fail the assertion.
+            let serving = self.serving.load(SeqCst);
+            if serving == ticket {
+                break;
+            }
+            assert!(serving < ticket, "a ticket is served once");
             guard = self.passed.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         self.sleepers.fetch_sub(1, SeqCst);
