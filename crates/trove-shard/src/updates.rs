@@ -849,6 +849,74 @@ mod tests {
     }
 
     #[test]
+    fn paced_a_mailbox_woken_in_this_epoch_waits_for_the_tick_and_loses_nothing() {
+        let hub: Hub<Hunt> = Hub::default();
+        hub.set_push_interval(Duration::from_millis(100)).unwrap();
+        let mailbox = Mailbox::new(1 << 20);
+        let first = hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        let mut taken = Vec::new();
+        // Taken after each publish: unpaced, each would be a wakeup.
+        for p in 0..100 {
+            publish_one(&hub, &mut staging, 7, p);
+            mailbox.take(&mut taken);
+        }
+        let m = hub.metrics();
+        assert_eq!(m.chunk_deliveries, 100);
+        // The first at once; the rest wait for a tick (one, maybe two,
+        // however slow the machine).
+        assert!(m.wakeups <= 10, "{} wakeups for 100 chunks taken one by one", m.wakeups);
+        let got = chunks(&taken);
+        assert_eq!(got, (first..first + 100).collect::<Vec<_>>(), "every chunk, in order");
+        // The one left to the ticker is woken by it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.metrics().wakeups_deferred == 0 {
+            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn paced_the_first_push_after_a_quiet_spell_wakes_at_once() {
+        let hub: Hub<Hunt> = Hub::default();
+        // Far longer than the test: only the immediate path can wake.
+        hub.set_push_interval(Duration::from_secs(1)).unwrap();
+        let (a, b) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
+        hub.subscribe(7, &a);
+        hub.subscribe(8, &b);
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 1, "never woken before: at once");
+        publish_one(&hub, &mut staging, 8, 0);
+        assert_eq!(hub.metrics().wakeups, 2, "another mailbox's wakeup does not delay this one");
+        let mut taken = Vec::new();
+        a.take(&mut taken);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().wakeups, hub.metrics().wakeups_deferred), (2, 0), "woken this epoch: deferred");
+        // After the tick (and a quiet one after it) the next push wakes at
+        // once again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.metrics().wakeups_deferred == 0 {
+            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        a.take(&mut taken);
+        std::thread::sleep(Duration::from_millis(2200));
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 4, "quiet for a tick: at once");
+    }
+
+    #[test]
+    fn the_push_interval_is_set_once() {
+        let hub: Hub<Hunt> = Hub::default();
+        assert!(hub.set_push_interval(Duration::ZERO).is_ok());
+        assert!(hub.set_push_interval(Duration::from_millis(5)).is_ok());
+        assert!(hub.set_push_interval(Duration::from_millis(5)).is_ok(), "the same again");
+        assert!(hub.set_push_interval(Duration::from_millis(6)).is_err());
+        assert!(hub.set_push_interval(Duration::ZERO).is_err());
+    }
+
+    #[test]
     fn closed_mailboxes_are_pruned_at_the_next_publish() {
         let hub: Hub<Hunt> = Hub::default();
         let (a, b) = (Mailbox::new(16), Mailbox::new(16));
