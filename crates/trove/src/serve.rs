@@ -486,5 +486,10 @@ mod tests {
             Some(FsyncPolicy::default().to_string().as_str()),
             "the file states the default"
         );
+        assert_eq!(
+            file.limits.subscriber_push_interval_ms,
+            Some(trove_server::SUBSCRIBER_PUSH_INTERVAL_DEFAULT.as_millis() as u64),
+            "the file states the default push interval"
+        );
     }
 }
