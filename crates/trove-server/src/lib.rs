@@ -66,6 +66,12 @@ pub struct ServerConfig {
     /// Updates queued for one subscriber connection before it loses some
     /// (and gets a gap notice).
     pub subscriber_updates_max: usize,
+    /// A subscriber connection is woken (and writes) at most about once
+    /// per interval: the first update after a quiet spell goes out at once,
+    /// later ones at the next tick of one hub-wide ticker, together. Zero
+    /// wakes it for every applied batch
+    /// (docs/decisions/0017-paced-fan-out.md).
+    pub subscriber_push_interval: Duration,
     /// How long a HELLO waits for another connection of the same producer
     /// id to finish before it is refused.
     pub producer_wait: Duration,
@@ -85,6 +91,12 @@ pub struct ServerConfig {
     pub ws_write_buffer_max: usize,
 }
 
+/// `ServerConfig::subscriber_push_interval` unless set: about a third of a
+/// 60 Hz frame (docs/decisions/0017-paced-fan-out.md).
+pub const SUBSCRIBER_PUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(5);
+/// Longer would hold updates back for longer than any watcher waits.
+pub const SUBSCRIBER_PUSH_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -98,6 +110,7 @@ impl Default for ServerConfig {
             window_batches: 64,
             subscriptions_max: 64,
             subscriber_updates_max: 65_536,
+            subscriber_push_interval: SUBSCRIBER_PUSH_INTERVAL_DEFAULT,
             producer_wait: Duration::from_secs(5),
             unfinished_frame_bytes_max: UNFINISHED_FRAME_BYTES_MAX_DEFAULT,
             ws_message_max: 1 << 20,
@@ -121,6 +134,10 @@ impl ServerConfig {
             (self.window_batches >= 1 && self.window_batches <= 4096, "window_batches must be in 1..=4096"),
             (self.subscriptions_max <= 65_536, "subscriptions_max must be at most 65536"),
             (self.subscriber_updates_max >= 1, "subscriber_updates_max must be at least 1"),
+            (
+                self.subscriber_push_interval <= SUBSCRIBER_PUSH_INTERVAL_MAX,
+                "subscriber_push_interval_ms must be in 0..=1000",
+            ),
             (
                 self.unfinished_frame_bytes_max >= tcp::frame_buffer_bytes_max(self.frame_body_max),
                 "unfinished_frame_bytes_max must hold one largest frame: at least frame_body_max + 8",
@@ -495,6 +512,7 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         builder.enable_metrics_schedule_latency_histogram();
         let runtime = builder.build().map_err(|e| format!("starting the I/O runtime: {e}"))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        engine.hub().set_push_interval(config.subscriber_push_interval)?;
         let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             engine,

@@ -318,6 +318,12 @@ pub fn render(src: &MetricsSources) -> String {
         "Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).",
         hub.wakeups,
     );
+    o.one(
+        "trove_subscriber_wakeups_deferred_total",
+        "counter",
+        "Of trove_subscriber_wakeups_total, those the push ticker made (woken in its interval already).",
+        hub.wakeups_deferred,
+    );
     o.family(
         "trove_update_encodings_total",
         "counter",

@@ -23,6 +23,16 @@
 //! loses chunks, never stalls the shard or other subscribers: the dropped
 //! range is remembered per world, coalesced, and handed to the subscriber
 //! as a [`Delivery::Gap`] in its place in the stream.
+//!
+//! A hub may pace wakeups ([`Hub::set_push_interval`]): one ticker thread
+//! advances a coarse epoch once per interval (only while some mailbox
+//! waits for it). A mailbox that goes from empty to not empty wakes its
+//! subscriber at once if it was last woken in an earlier epoch (the first
+//! update after a quiet spell has no added latency); otherwise it enters
+//! the ticker's list, once, and is woken at the next tick. So a busy
+//! subscriber connection wakes (and writes) about once per interval, with
+//! everything queued since, instead of once per applied batch
+//! (docs/decisions/0017-paced-fan-out.md).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -30,7 +40,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
@@ -81,8 +91,12 @@ pub enum Delivery<G: Game> {
 enum Pushed {
     /// Queued into an empty mailbox, and woke its subscriber.
     Woken,
-    /// Queued behind others (the subscriber is already woken).
+    /// Queued behind others (the subscriber is already woken, or will be
+    /// at the next tick).
     Queued,
+    /// Queued into an empty mailbox woken in this epoch already: left to
+    /// the ticker.
+    Deferred,
     /// Recorded as missed: the mailbox is full.
     Dropped,
     /// The subscriber has closed the mailbox.
@@ -97,6 +111,10 @@ struct MailboxState<G: Game> {
     /// Per world: the range dropped since the last chunk queued.
     gaps: IdMap<(u64, u64)>,
     closed: bool,
+    /// The pacer's epoch when the subscriber was last woken (paced hubs).
+    woken_epoch: u64,
+    /// In the pacer's list, waiting for the next tick to be woken.
+    deferred: bool,
 }
 
 /// One subscriber's bounded queue of deliveries (one per connection, for
@@ -118,6 +136,8 @@ impl<G: Game> Mailbox<G> {
                 updates: 0,
                 gaps: IdMap::default(),
                 closed: false,
+                woken_epoch: 0,
+                deferred: false,
             }),
             notify: tokio::sync::Notify::new(),
             updates_max,
@@ -131,10 +151,12 @@ impl<G: Game> Mailbox<G> {
     /// Queues a chunk, or records it as missed.
     ///
     /// The subscriber is woken only when the mailbox goes from empty to
-    /// not empty: until it takes, one wakeup covers every later push.
-    fn push(&self, chunk: &Arc<Chunk<G>>, hub: &HubCounters) -> Pushed {
+    /// not empty: until it takes, one wakeup covers every later push. With
+    /// a `pacer`, a mailbox woken in the current epoch already is left to
+    /// the ticker instead (woken at the next tick).
+    fn push(self: &Arc<Self>, chunk: &Arc<Chunk<G>>, hub: &HubCounters, pacer: Option<&Pacer<G>>) -> Pushed {
         let n = chunk.updates.len();
-        let wake = {
+        let pushed = {
             let mut s = self.lock();
             if s.closed {
                 return Pushed::Closed;
@@ -148,20 +170,45 @@ impl<G: Game> Mailbox<G> {
                 hub.updates_dropped.fetch_add(n as u64, Relaxed);
                 return Pushed::Dropped;
             }
-            let wake = s.items.is_empty();
+            let was_empty = s.items.is_empty();
             if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
                 s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
             }
             s.items.push_back(Delivery::Chunk(chunk.clone()));
             s.updates += n;
-            wake
+            if !was_empty || s.deferred {
+                Pushed::Queued
+            } else if let Some(pacer) = pacer {
+                let epoch = pacer.shared.epoch.load(Relaxed);
+                if s.woken_epoch < epoch || epoch == EPOCH_UNPACED {
+                    s.woken_epoch = epoch;
+                    Pushed::Woken
+                } else {
+                    s.deferred = true;
+                    Pushed::Deferred
+                }
+            } else {
+                Pushed::Woken
+            }
         };
-        if wake {
-            self.notify.notify_one();
-            Pushed::Woken
-        } else {
-            Pushed::Queued
+        match pushed {
+            Pushed::Woken => self.notify.notify_one(),
+            // Outside the mailbox's lock: the ticker takes it to wake.
+            Pushed::Deferred => pacer.expect("deferred only when paced").defer(self.clone()),
+            _ => {}
         }
+        pushed
+    }
+
+    /// Wakes a mailbox the ticker took from its list (in `epoch`).
+    fn wake_deferred(&self, epoch: u64) {
+        {
+            let mut s = self.lock();
+            debug_assert!(s.deferred, "only a deferred mailbox is in the ticker's list");
+            s.deferred = false;
+            s.woken_epoch = epoch;
+        }
+        self.notify.notify_one();
     }
 
     fn is_closed(&self) -> bool {
@@ -219,8 +266,14 @@ impl Turn {
         self.sleepers.fetch_add(1, SeqCst);
         // Checked after counting itself a sleeper: a pass that stores
         // `serving` after this load sees the count and wakes it.
-        while self.serving.load(SeqCst) != ticket {
-            assert!(self.serving.load(SeqCst) < ticket, "a ticket is served once");
+        loop {
+            // One load for the test and the assertion: with two, the turn
+            // could come between them and fail the assertion.
+            let serving = self.serving.load(SeqCst);
+            if serving == ticket {
+                break;
+            }
+            assert!(serving < ticket, "a ticket is served once");
             guard = self.passed.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         self.sleepers.fetch_sub(1, SeqCst);
@@ -233,6 +286,128 @@ impl Turn {
             // Taking the lock orders this after a sleeper's check.
             drop(self.sleep.lock().unwrap_or_else(|e| e.into_inner()));
             self.passed.notify_all();
+        }
+    }
+}
+
+/// The epoch of a pacer whose ticker could not start: every push wakes.
+const EPOCH_UNPACED: u64 = u64::MAX;
+
+/// Paces the wakeups of a hub's mailboxes ([`Hub::set_push_interval`]):
+/// one ticker thread for the whole hub, never a timer per connection.
+#[derive(Debug)]
+struct Pacer<G: Game> {
+    shared: Arc<PacerShared<G>>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct PacerShared<G: Game> {
+    interval: Duration,
+    /// Advanced by one at each tick.
+    epoch: AtomicU64,
+    ticks: Mutex<TickerState<G>>,
+    /// Signalled when a mailbox enters an idle ticker's list, and on stop.
+    work: Condvar,
+    /// Subscribers woken by the ticker.
+    wakeups: AtomicU64,
+}
+
+#[derive(Debug)]
+struct TickerState<G: Game> {
+    /// Mailboxes to wake at the next tick (each at most once: its
+    /// `deferred` flag).
+    deferred: Vec<Arc<Mailbox<G>>>,
+    /// The ticker waits for `work` (nothing was deferred at its last tick).
+    idle: bool,
+    started: bool,
+    stop: bool,
+}
+
+impl<G: Game> Pacer<G> {
+    fn new(interval: Duration) -> Self {
+        assert!(!interval.is_zero(), "an interval of zero is no pacing");
+        Self {
+            shared: Arc::new(PacerShared {
+                interval,
+                epoch: AtomicU64::new(1),
+                ticks: Mutex::new(TickerState { deferred: Vec::new(), idle: false, started: false, stop: false }),
+                work: Condvar::new(),
+                wakeups: AtomicU64::new(0),
+            }),
+            ticker: Mutex::new(None),
+        }
+    }
+
+    /// Hands a mailbox to the ticker, starting it the first time.
+    fn defer(&self, mailbox: Arc<Mailbox<G>>) {
+        let shared = &self.shared;
+        let mut t = shared.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.started {
+            t.started = true;
+            let ticking = shared.clone();
+            match std::thread::Builder::new().name("trove-push-tick".into()).spawn(move || ticking.run()) {
+                Ok(handle) => *self.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+                // No ticker: no pacing, rather than a mailbox never woken.
+                Err(_) => shared.epoch.store(EPOCH_UNPACED, Relaxed),
+            }
+        }
+        if shared.epoch.load(Relaxed) == EPOCH_UNPACED {
+            drop(t);
+            shared.wakeups.fetch_add(1, Relaxed);
+            mailbox.wake_deferred(EPOCH_UNPACED);
+            return;
+        }
+        t.deferred.push(mailbox);
+        if t.idle {
+            t.idle = false;
+            shared.work.notify_one();
+        }
+    }
+}
+
+impl<G: Game> PacerShared<G> {
+    /// The ticker: waits an interval, advances the epoch and wakes the
+    /// mailboxes deferred meanwhile; after a tick with none, waits for a
+    /// mailbox to be deferred.
+    fn run(&self) {
+        let mut waking = Vec::new();
+        let mut t = self.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            t = self.work.wait_timeout_while(t, self.interval, |t| !t.stop).unwrap_or_else(|e| e.into_inner()).0;
+            if t.stop {
+                return;
+            }
+            let epoch = self.epoch.fetch_add(1, Relaxed) + 1;
+            assert!(epoch < EPOCH_UNPACED, "epochs do not run out");
+            std::mem::swap(&mut waking, &mut t.deferred);
+            if waking.is_empty() {
+                // Every mailbox was woken in an earlier epoch now: the next
+                // push to each wakes it at once; a second one in this epoch
+                // brings the ticker back.
+                t.idle = true;
+                t = self.work.wait_while(t, |t| t.idle && !t.stop).unwrap_or_else(|e| e.into_inner());
+                if t.stop {
+                    return;
+                }
+                continue;
+            }
+            drop(t);
+            self.wakeups.fetch_add(waking.len() as u64, Relaxed);
+            for m in waking.drain(..) {
+                m.wake_deferred(epoch);
+            }
+            t = self.ticks.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl<G: Game> Drop for Pacer<G> {
+    fn drop(&mut self) {
+        self.shared.ticks.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.shared.work.notify_all();
+        if let Some(handle) = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
         }
     }
 }
@@ -296,8 +471,11 @@ pub struct HubMetrics {
     /// Chunks pushed into mailboxes (one chunk to 100 subscribers counts
     /// 100), queued or dropped.
     pub chunk_deliveries: u64,
-    /// Subscribers woken: at most one per mailbox between two takes.
+    /// Subscribers woken: at most one per mailbox between two takes (and,
+    /// paced, about one per mailbox per push interval).
     pub wakeups: u64,
+    /// Of `wakeups`, those the pacer's ticker made (deferred to its tick).
+    pub wakeups_deferred: u64,
 }
 
 #[derive(Debug)]
@@ -322,6 +500,8 @@ pub struct Hub<G: Game> {
     live: AtomicUsize,
     subscriptions: AtomicUsize,
     counters: HubCounters,
+    /// Set once, before subscribers come, for paced wakeups.
+    pacer: OnceLock<Pacer<G>>,
 }
 
 impl<G: Game> Default for Hub<G> {
@@ -331,6 +511,7 @@ impl<G: Game> Default for Hub<G> {
             live: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
+            pacer: OnceLock::new(),
         }
     }
 }
@@ -353,6 +534,24 @@ impl<G: Game> Default for Staging<G> {
 impl<G: Game> Hub<G> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Topics<G>> {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Paces wakeups: a mailbox woken less than about `interval` ago is
+    /// woken again at the ticker's next tick, not at once. Zero (the
+    /// default) wakes at once, always. Set once, before anyone subscribes;
+    /// a second, different interval is refused.
+    pub fn set_push_interval(&self, interval: Duration) -> Result<(), String> {
+        if interval.is_zero() {
+            return match self.pacer.get() {
+                None => Ok(()),
+                Some(_) => Err("the push interval is set already".into()),
+            };
+        }
+        let pacer = self.pacer.get_or_init(|| Pacer::new(interval));
+        if pacer.shared.interval != interval {
+            return Err("the push interval is set already".into());
+        }
+        Ok(())
     }
 
     /// Subscribes `mailbox` to `world`; returns the sequence number of the
@@ -477,10 +676,11 @@ impl<G: Game> Hub<G> {
             self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
             o.turn.wait(o.ticket);
             let (mut closed, mut woken) = (false, 0u64);
+            let pacer = self.pacer.get();
             for m in o.subscribers.iter() {
-                match m.push(&chunk, &self.counters) {
+                match m.push(&chunk, &self.counters, pacer) {
                     Pushed::Woken => woken += 1,
-                    Pushed::Queued | Pushed::Dropped => {}
+                    Pushed::Queued | Pushed::Deferred | Pushed::Dropped => {}
                     Pushed::Closed => closed = true,
                 }
             }
@@ -519,6 +719,7 @@ impl<G: Game> Hub<G> {
 
     pub fn metrics(&self) -> HubMetrics {
         let c = &self.counters;
+        let deferred = self.pacer.get().map_or(0, |p| p.shared.wakeups.load(Relaxed));
         HubMetrics {
             topics: self.live.load(Relaxed) as u64,
             subscriptions: self.subscriptions.load(Relaxed) as u64,
@@ -527,7 +728,8 @@ impl<G: Game> Hub<G> {
             updates_dropped: c.updates_dropped.load(Relaxed),
             gaps: c.gaps.load(Relaxed),
             chunk_deliveries: c.deliveries.load(Relaxed),
-            wakeups: c.wakeups.load(Relaxed),
+            wakeups: c.wakeups.load(Relaxed) + deferred,
+            wakeups_deferred: deferred,
         }
     }
 }
@@ -644,6 +846,74 @@ mod tests {
         stop.store(true, Relaxed);
         publisher.join().unwrap();
         assert_eq!(hub.metrics().subscriptions, 1);
+    }
+
+    #[test]
+    fn paced_a_mailbox_woken_in_this_epoch_waits_for_the_tick_and_loses_nothing() {
+        let hub: Hub<Hunt> = Hub::default();
+        hub.set_push_interval(Duration::from_millis(100)).unwrap();
+        let mailbox = Mailbox::new(1 << 20);
+        let first = hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        let mut taken = Vec::new();
+        // Taken after each publish: unpaced, each would be a wakeup.
+        for p in 0..100 {
+            publish_one(&hub, &mut staging, 7, p);
+            mailbox.take(&mut taken);
+        }
+        let m = hub.metrics();
+        assert_eq!(m.chunk_deliveries, 100);
+        // The first at once; the rest wait for a tick (one, maybe two,
+        // however slow the machine).
+        assert!(m.wakeups <= 10, "{} wakeups for 100 chunks taken one by one", m.wakeups);
+        let got = chunks(&taken);
+        assert_eq!(got, (first..first + 100).collect::<Vec<_>>(), "every chunk, in order");
+        // The one left to the ticker is woken by it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.metrics().wakeups_deferred == 0 {
+            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn paced_the_first_push_after_a_quiet_spell_wakes_at_once() {
+        let hub: Hub<Hunt> = Hub::default();
+        // Far longer than the test: only the immediate path can wake.
+        hub.set_push_interval(Duration::from_secs(1)).unwrap();
+        let (a, b) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
+        hub.subscribe(7, &a);
+        hub.subscribe(8, &b);
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 1, "never woken before: at once");
+        publish_one(&hub, &mut staging, 8, 0);
+        assert_eq!(hub.metrics().wakeups, 2, "another mailbox's wakeup does not delay this one");
+        let mut taken = Vec::new();
+        a.take(&mut taken);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!((hub.metrics().wakeups, hub.metrics().wakeups_deferred), (2, 0), "woken this epoch: deferred");
+        // After the tick (and a quiet one after it) the next push wakes at
+        // once again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.metrics().wakeups_deferred == 0 {
+            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        a.take(&mut taken);
+        std::thread::sleep(Duration::from_millis(2200));
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 4, "quiet for a tick: at once");
+    }
+
+    #[test]
+    fn the_push_interval_is_set_once() {
+        let hub: Hub<Hunt> = Hub::default();
+        assert!(hub.set_push_interval(Duration::ZERO).is_ok());
+        assert!(hub.set_push_interval(Duration::from_millis(5)).is_ok());
+        assert!(hub.set_push_interval(Duration::from_millis(5)).is_ok(), "the same again");
+        assert!(hub.set_push_interval(Duration::from_millis(6)).is_err());
+        assert!(hub.set_push_interval(Duration::ZERO).is_err());
     }
 
     #[test]

@@ -271,6 +271,11 @@ pub struct BenchLoad {
     /// (16,667) would. The wait counts in the update latency.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub subscriber_read_interval_us: u64,
+    /// The fresh servers' `[limits] subscriber_push_interval_ms` (how often
+    /// at most a subscriber connection is woken; 0: for every applied
+    /// batch) [default: the server's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub subscriber_push_interval_ms: Option<u64>,
     /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
     #[arg(long)]
     pub target_ws: Option<std::net::SocketAddr>,

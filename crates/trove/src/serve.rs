@@ -80,6 +80,9 @@ pub struct LimitsFile {
     pub window_batches: Option<usize>,
     pub subscriptions_max: Option<usize>,
     pub subscriber_updates_max: Option<usize>,
+    /// At most about one wakeup (and write) per subscriber connection per
+    /// this many milliseconds; 0 wakes it for every applied batch.
+    pub subscriber_push_interval_ms: Option<u64>,
     pub producer_wait_ms: Option<u64>,
     /// Bytes all TCP connections' unfinished frames may hold together
     /// (beyond 16 KiB each); at least `frame_body_max` + 8. Past it a
@@ -205,6 +208,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     ms(lim.handshake_timeout_ms, &mut server.handshake_timeout);
     ms(lim.idle_timeout_ms, &mut server.idle_timeout);
     ms(lim.producer_wait_ms, &mut server.producer_wait);
+    ms(lim.subscriber_push_interval_ms, &mut server.subscriber_push_interval);
     set(&mut server.window_batches, lim.window_batches);
     set(&mut server.subscriptions_max, lim.subscriptions_max);
     set(&mut server.subscriber_updates_max, lim.subscriber_updates_max);
@@ -481,6 +485,11 @@ mod tests {
             file.fsync.as_deref(),
             Some(FsyncPolicy::default().to_string().as_str()),
             "the file states the default"
+        );
+        assert_eq!(
+            file.limits.subscriber_push_interval_ms,
+            Some(trove_server::SUBSCRIBER_PUSH_INTERVAL_DEFAULT.as_millis() as u64),
+            "the file states the default push interval"
         );
     }
 }

@@ -164,6 +164,8 @@ pub struct ServerArgs {
     /// `None`: in memory.
     pub fsync: Option<String>,
     pub io_workers: u32,
+    /// `[limits] subscriber_push_interval_ms`, when given.
+    pub subscriber_push_interval_ms: Option<u64>,
 }
 
 /// What a run produces: one mode's runs, or several side by side.
@@ -196,6 +198,7 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
                 io_workers: args.server.io_workers,
                 ws: args.fanout.as_ref().is_some_and(|f| f.ws),
                 connections_max: child_connections_max(args),
+                subscriber_push_interval_ms: args.server.subscriber_push_interval_ms,
             };
             let child = ChildServer::start(&spec)?;
             say(&format!("{mode}: server on {} (metrics http://{}/metrics)", child.tcp, child.control));
@@ -1848,7 +1851,13 @@ mod tests {
             modes: vec!["sharded".into()],
             target: None,
             target_metrics: None,
-            server: ServerArgs { exe: PathBuf::new(), shards: None, fsync: None, io_workers: 1 },
+            server: ServerArgs {
+                exe: PathBuf::new(),
+                shards: None,
+                fsync: None,
+                io_workers: 1,
+                subscriber_push_interval_ms: None,
+            },
             connections: 8,
             batch_events: 16,
             window_batches: 1,

@@ -25,6 +25,8 @@ pub struct ChildSpec {
     pub ws: bool,
     /// `[limits] connections_max` when the default (1024) is too few.
     pub connections_max: Option<u32>,
+    /// `[limits] subscriber_push_interval_ms`, when not the default.
+    pub subscriber_push_interval_ms: Option<u64>,
 }
 
 /// A running child; killed when dropped.
@@ -57,11 +59,17 @@ impl ChildServer {
             cmd.args(["--shards", &s.to_string()]);
         }
         let mut data = None;
-        if let Some(max) = spec.connections_max {
-            // Only the limit: every other setting keeps its default or flag.
+        if spec.connections_max.is_some() || spec.subscriber_push_interval_ms.is_some() {
+            // Only these limits: every other setting keeps its default or flag.
+            let mut limits = String::from("[limits]\n");
+            if let Some(max) = spec.connections_max {
+                limits += &format!("connections_max = {max}\n");
+            }
+            if let Some(ms) = spec.subscriber_push_interval_ms {
+                limits += &format!("subscriber_push_interval_ms = {ms}\n");
+            }
             let path = spec.data.with_extension("toml");
-            std::fs::write(&path, format!("[limits]\nconnections_max = {max}\n"))
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            std::fs::write(&path, limits).map_err(|e| format!("writing {}: {e}", path.display()))?;
             cmd.arg("--config").arg(&path);
         }
         match &spec.fsync {
