@@ -165,11 +165,13 @@ pub struct InspectArgs<'a> {
 }
 
 /// Prints the journaled events (those since each shard's latest snapshot,
-/// which replaces the ones it covers) with their outcomes, oldest first,
-/// shard by shard: one
+/// which replaces the ones it covers) with their outcomes, shard by shard
+/// (the shards replayed one after another, so the order and what `limit`
+/// keeps are the same on every run), each shard's oldest first: one
 /// readable line each, or one JSON object per line with `json`. Returns
-/// `INSPECT_FOUND`, `INSPECT_NO_SUCH_HUNT` (with `hunt`, when it has no
-/// event) or `INSPECT_UNREADABLE`.
+/// `INSPECT_FOUND` (also when the reader closed the pipe: `| head`),
+/// `INSPECT_NO_SUCH_HUNT` (with `hunt`, when it has no event) or
+/// `INSPECT_UNREADABLE`.
 pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     let (hunt, limit, json) = (args.hunt, args.limit, args.json);
     let mut matched = 0u64;
