@@ -44,29 +44,53 @@ impl Out {
         self.sample(name, "", value);
     }
 
-    /// A histogram of nanoseconds (`scale` NS, `le` at [`LATENCY_BOUNDS_NS`])
-    /// or of plain counts (`scale` 1, `le` at [`COUNT_BOUNDS`]), as
-    /// cumulative buckets.
-    fn histogram_samples(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, scale: f64) {
+    /// A histogram of nanoseconds (shown in seconds, `le` at
+    /// [`LATENCY_BOUNDS_NS`]) or of plain counts (`le` at [`COUNT_BOUNDS`]),
+    /// as cumulative buckets. `le` is a bucket edge less one, so that it
+    /// counts the values less than or equal to it, as Prometheus reads it
+    /// ([`HistogramSnapshot::cumulative_at`]).
+    fn histogram_samples(&mut self, name: &str, labels: &str, h: &HistogramSnapshot, unit: Unit) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let bounds: &[u64] = if scale == 1.0 { &COUNT_BOUNDS } else { &LATENCY_BOUNDS_NS };
-        for (bound, count) in h.cumulative_at(bounds) {
-            // Each bound sits on a bucket edge (values below it): exact.
-            let le = bound as f64 * scale;
-            let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
+        let bounds: &[u64] = match unit {
+            Unit::Count => &COUNT_BOUNDS,
+            Unit::Nanoseconds => &LATENCY_BOUNDS_NS,
+        };
+        for (le, count) in h.cumulative_at(bounds) {
+            let _ = match unit {
+                Unit::Count => writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}"),
+                Unit::Nanoseconds => writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {count}", secs(le)),
+            };
         }
         let total = h.count();
         let _ = writeln!(self.text, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(self.text, "{name}_sum{braces} {}", h.sum as f64 * scale);
+        let _ = match unit {
+            Unit::Count => writeln!(self.text, "{name}_sum{braces} {}", h.sum),
+            Unit::Nanoseconds => writeln!(self.text, "{name}_sum{braces} {}", h.sum as f64 / NS_PER_S),
+        };
         let _ = writeln!(self.text, "{name}_count{braces} {total}");
     }
 }
 
-const NS: f64 = 1e-9;
+/// What a histogram's values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    Nanoseconds,
+    Count,
+}
+
+const NS_PER_S: f64 = 1e9;
+
+/// Nanoseconds in seconds, divided (not multiplied by 1e-9) so that the
+/// shortest form prints: 9983 ns is `0.000009983`, not
+/// `0.000009983000000000001`.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / NS_PER_S
+}
 
 /// The `le` bounds of every latency histogram, in nanoseconds, each moved
-/// down to the bucket edge at or below it (10 us reads 9.984 us): every
+/// down to the bucket edge at or below it and printed less one nanosecond
+/// (10 us reads `le="0.000009983"`: values up to 9983 ns): every
 /// 10 us to 100 us, finer steps to 1 ms, then 1-2-5 to 10 s. 31 bounds and
 /// `+Inf`; the full resolution is in `trove_latency_fine_total`
 /// (decision 0015).
@@ -105,7 +129,8 @@ const LATENCY_BOUNDS_NS: [u64; 31] = [
 ];
 
 /// The `le` bounds of count histograms (events per batch): powers of two,
-/// bucket edges all.
+/// bucket edges all, printed less one (`le="0"`, `"1"`, `"3"`, `"7"`, ...:
+/// a batch of exactly 2^k events is under `le` 2^(k+1)-1).
 const COUNT_BOUNDS: [u64; 21] = {
     let mut b = [0; 21];
     let mut i = 0;
@@ -191,21 +216,31 @@ pub fn render(src: &MetricsSources) -> String {
         h
     };
     o.family("trove_ingest_to_applied_seconds", "histogram", "Per event: admission to its batch applied.");
-    o.histogram_samples("trove_ingest_to_applied_seconds", "", &merged(|sh| &sh.ingest_to_applied_ns), NS);
+    o.histogram_samples(
+        "trove_ingest_to_applied_seconds",
+        "",
+        &merged(|sh| &sh.ingest_to_applied_ns),
+        Unit::Nanoseconds,
+    );
     o.family(
         "trove_ingest_to_durable_seconds",
         "histogram",
         "Per event: admission to the fsync policy's durability point (journaled engines).",
     );
-    o.histogram_samples("trove_ingest_to_durable_seconds", "", &merged(|sh| &sh.ingest_to_durable_ns), NS);
+    o.histogram_samples(
+        "trove_ingest_to_durable_seconds",
+        "",
+        &merged(|sh| &sh.ingest_to_durable_ns),
+        Unit::Nanoseconds,
+    );
     o.family("trove_ingest_to_acknowledged_seconds", "histogram", "Per event: admission to its ACK written.");
-    o.histogram_samples("trove_ingest_to_acknowledged_seconds", "", &s.ingest_to_ack_ns, NS);
+    o.histogram_samples("trove_ingest_to_acknowledged_seconds", "", &s.ingest_to_ack_ns, Unit::Nanoseconds);
     o.family(
         "trove_ingest_to_update_pushed_seconds",
         "histogram",
         "Per update and subscriber: admission of the oldest batch in its chunk to the update written.",
     );
-    o.histogram_samples("trove_ingest_to_update_pushed_seconds", "", &s.ingest_to_update_ns, NS);
+    o.histogram_samples("trove_ingest_to_update_pushed_seconds", "", &s.ingest_to_update_ns, Unit::Nanoseconds);
     stage_metrics(&mut o, &s);
 
     // Shards.
@@ -219,11 +254,11 @@ pub fn render(src: &MetricsSources) -> String {
     }
     o.family("trove_shard_busy_seconds_total", "counter", "Time the shard spent stamping, applying and handing back.");
     for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_busy_seconds_total", &format!("shard=\"{i}\""), sh.busy_ns as f64 * NS);
+        o.sample("trove_shard_busy_seconds_total", &format!("shard=\"{i}\""), secs(sh.busy_ns));
     }
     o.family("trove_shard_idle_seconds_total", "counter", "Time the shard spent parked, waiting for work.");
     for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_idle_seconds_total", &format!("shard=\"{i}\""), sh.idle_ns as f64 * NS);
+        o.sample("trove_shard_idle_seconds_total", &format!("shard=\"{i}\""), secs(sh.idle_ns));
     }
     o.family("trove_shard_busy_ratio", "gauge", "Busy time over busy plus idle time since start.");
     for (i, sh) in e.shards.iter().enumerate() {
@@ -235,11 +270,11 @@ pub fn render(src: &MetricsSources) -> String {
     }
     o.family("trove_shard_batch_events", "histogram", "Events per applied batch.");
     for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_shard_batch_events", &format!("shard=\"{i}\""), &sh.batch_events, 1.0);
+        o.histogram_samples("trove_shard_batch_events", &format!("shard=\"{i}\""), &sh.batch_events, Unit::Count);
     }
     o.family("trove_shard_apply_seconds", "histogram", "Time to apply one batch.");
     for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_shard_apply_seconds", &format!("shard=\"{i}\""), &sh.apply_ns, NS);
+        o.histogram_samples("trove_shard_apply_seconds", &format!("shard=\"{i}\""), &sh.apply_ns, Unit::Nanoseconds);
     }
 
     // Journal.
@@ -249,7 +284,7 @@ pub fn render(src: &MetricsSources) -> String {
     }
     o.family("trove_journal_fsync_seconds", "histogram", "Time per fdatasync of the journal.");
     for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_journal_fsync_seconds", &format!("shard=\"{i}\""), &sh.fsync_ns, NS);
+        o.histogram_samples("trove_journal_fsync_seconds", &format!("shard=\"{i}\""), &sh.fsync_ns, Unit::Nanoseconds);
     }
     o.family("trove_snapshots_total", "counter", "Snapshots written.");
     for (i, sh) in e.shards.iter().enumerate() {
@@ -376,7 +411,7 @@ fn stage_metrics(o: &mut Out, s: &crate::ServerMetricsSnapshot) {
          acknowledged).",
     );
     for (stage, h) in crate::Stage::ALL.iter().zip(&s.stage_ns) {
-        o.histogram_samples("trove_stage_seconds", &format!("stage=\"{}\"", stage.name()), h, NS);
+        o.histogram_samples("trove_stage_seconds", &format!("stage=\"{}\"", stage.name()), h, Unit::Nanoseconds);
     }
     o.family(
         "trove_latency_fine_total",
@@ -484,5 +519,62 @@ fn runtime_metrics(o: &mut Out, runtimes: &[(&str, &tokio::runtime::Handle)]) {
         for (rt, h) in runtimes {
             o.sample("tokio_remote_schedules_total", &format!("runtime=\"{rt}\""), h.metrics().remote_schedule_count());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trove_shard::metrics::Histogram;
+
+    use super::{Out, Unit};
+
+    fn render(values: &[u64], unit: Unit) -> String {
+        let h = Histogram::default();
+        for &v in values {
+            h.record(v);
+        }
+        let mut out = Out { text: String::new() };
+        out.histogram_samples("h", "x=\"1\"", &h.snapshot(), unit);
+        out.text
+    }
+
+    /// `le` counts the values less than or equal to it, as Prometheus
+    /// reads it: a batch of 0 events is under `le="0"`, one of exactly 2
+    /// under `le="3"` (not `le="1"`).
+    #[test]
+    fn count_buckets_are_less_or_equal() {
+        let text = render(&[0, 1, 2, 2, 4], Unit::Count);
+        for line in [
+            "h_bucket{x=\"1\",le=\"0\"} 1\n",
+            "h_bucket{x=\"1\",le=\"1\"} 2\n",
+            "h_bucket{x=\"1\",le=\"3\"} 4\n",
+            "h_bucket{x=\"1\",le=\"7\"} 5\n",
+            "h_bucket{x=\"1\",le=\"1048575\"} 5\n",
+            "h_bucket{x=\"1\",le=\"+Inf\"} 5\n",
+            "h_sum{x=\"1\"} 9\n",
+            "h_count{x=\"1\"} 5\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    /// Latency bounds in seconds, in their shortest form: 10 us is moved
+    /// down to the bucket edge 9984 ns, and `le` is 9983 ns.
+    #[test]
+    fn latency_buckets_print_short_exact_bounds() {
+        let text = render(&[9_983, 9_984, 1_000_000_000], Unit::Nanoseconds);
+        for line in [
+            "h_bucket{x=\"1\",le=\"0.000004991\"} 0\n",
+            "h_bucket{x=\"1\",le=\"0.000009983\"} 1\n",
+            "h_bucket{x=\"1\",le=\"0.000019967\"} 2\n",
+            "h_bucket{x=\"1\",le=\"0.989855743\"} 2\n",
+            "h_bucket{x=\"1\",le=\"1.979711487\"} 3\n",
+            "h_bucket{x=\"1\",le=\"+Inf\"} 3\n",
+            "h_sum{x=\"1\"} 1.000019967\n",
+            "h_count{x=\"1\"} 3\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("00000000001"), "no float noise:\n{text}");
     }
 }

@@ -14,13 +14,37 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use trove_core::{Outcomes, Stamped};
+use trove_core::{Game, Outcomes, Stamped};
 use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_shard::updates::{Delivery, Hub, Mailbox, Staging};
 
 /// Events per published batch, all of the watched world.
 const BATCH_EVENTS: usize = 16;
 const WORLD: u32 = 7;
+
+/// Times `iters` publishes of one batch (`events` and their outcomes) into
+/// `hub`; after each, outside the timing, empties `mailboxes` so that
+/// every push queues.
+fn time_publishes(
+    iters: u64,
+    hub: &Hub<TreasureHunt>,
+    (events, out): (&[Stamped<HuntEvent>], &Outcomes<HuntOutcome, <TreasureHunt as Game>::Broadcast>),
+    staging: &mut Staging<TreasureHunt>,
+    mailboxes: &[Arc<Mailbox<TreasureHunt>>],
+    taken: &mut Vec<Delivery<TreasureHunt>>,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        hub.publish(events, out, staging, start);
+        spent += start.elapsed();
+        for m in mailboxes {
+            m.take(taken);
+            taken.clear();
+        }
+    }
+    spent
+}
 
 fn publish(c: &mut Criterion) {
     let events: Vec<Stamped<HuntEvent>> =
@@ -40,19 +64,7 @@ fn publish(c: &mut Criterion) {
         // Counted per delivered chunk: one publish delivers `subscribers`.
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
-            b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    hub.publish(&events, &out, &mut staging, start);
-                    spent += start.elapsed();
-                    for m in &mailboxes {
-                        m.take(&mut taken);
-                        taken.clear();
-                    }
-                }
-                spent
-            });
+            b.iter_custom(|iters| time_publishes(iters, &hub, (&events, &out), &mut staging, &mailboxes, &mut taken));
         });
         assert_eq!(hub.metrics().subscriptions, subscribers as u64);
     }
@@ -97,15 +109,7 @@ fn publish_beside_hot_world(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.bench_function("quiet_world_1_subscriber", |b| {
         b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                hub.publish(&events, &out, &mut staging, start);
-                spent += start.elapsed();
-                quiet.take(&mut taken);
-                taken.clear();
-            }
-            spent
+            time_publishes(iters, &hub, (&events, &out), &mut staging, std::slice::from_ref(&quiet), &mut taken)
         });
     });
     group.finish();

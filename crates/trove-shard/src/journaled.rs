@@ -16,8 +16,10 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, OnceLock};
@@ -393,28 +395,55 @@ enum Level {
 
 type LogTx = std::sync::mpsc::Sender<(Level, String)>;
 
-/// Runs `work` for every shard on its own thread (shards are independent,
-/// so recovery and replay use every core), passing log lines to `log` as
-/// they come.
+/// How [`per_shard`] runs the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// All at once, each on its own thread (shards are independent, so
+    /// recovery and replay use every core).
+    Parallel,
+    /// One after another, shard 0 first: a caller printing what it is
+    /// given sees every batch of a shard before the next shard's, in the
+    /// same order on every run.
+    InOrder,
+}
+
+/// Runs `work` for every shard on a thread of its own, passing log lines to
+/// `log` as they come. The results are in shard order.
 fn per_shard<T: Send, E: Send + From<String>>(
     shards: usize,
+    order: Order,
     log: &mut dyn FnMut(Level, String),
     work: impl Fn(usize, &LogTx) -> Result<T, E> + Sync,
 ) -> Result<Vec<T>, E> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shards)
-            .map(|i| {
-                let (tx, work) = (tx.clone(), &work);
-                scope.spawn(move || work(i, &tx))
-            })
-            .collect();
-        drop(tx);
-        for (level, line) in rx {
-            log(level, line);
+    let run = |range: std::ops::Range<usize>, log: &mut dyn FnMut(Level, String)| -> Result<Vec<T>, E> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = range
+                .map(|i| {
+                    let (tx, work) = (tx.clone(), &work);
+                    scope.spawn(move || work(i, &tx))
+                })
+                .collect();
+            drop(tx);
+            for (level, line) in rx {
+                log(level, line);
+            }
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| E::from("recovery thread panicked".to_string()))?)
+                .collect()
+        })
+    };
+    match order {
+        Order::Parallel => run(0..shards, log),
+        Order::InOrder => {
+            let mut done = Vec::with_capacity(shards);
+            for i in 0..shards {
+                done.extend(run(i..i + 1, log)?);
+            }
+            Ok(done)
         }
-        handles.into_iter().map(|h| h.join().map_err(|_| E::from("recovery thread panicked".to_string()))?).collect()
-    })
+    }
 }
 
 /// Rebuilds every shard's state from its snapshot and journal and opens the
@@ -431,7 +460,7 @@ pub(crate) fn recover<G: Game>(
 ) -> Result<Vec<RecoveredShard<G>>, String> {
     assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
     let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
-    let mut recovered = per_shard::<_, String>(shards, &mut |_, line| log(line), |index, log| {
+    let mut recovered = per_shard::<_, String>(shards, Order::Parallel, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
         let options = RecoverOptions {
@@ -708,6 +737,10 @@ pub struct Replayed {
     /// valid after it: a torn write or damage, which cannot be told apart
     /// (`Recovered::damaged_last_frames`).
     pub damaged_last_frames: u64,
+    /// The callback of [`replay_outcomes`] asked to stop: the shard it
+    /// stopped in was replayed to its end without calling it, later shards
+    /// were not read, and the counts and hashes cover the shards read.
+    pub stopped: bool,
 }
 
 /// Why an offline replay (or recovery) stopped.
@@ -759,19 +792,36 @@ pub fn recorded_shards<G: Game>(dir: &Path) -> Result<usize, String> {
 
 /// Rebuilds the state from a data directory's journal without changing any
 /// file, calling `each` with every journaled batch (for inspection tools).
+/// The shards replay at once, on a thread each: the calls of different
+/// shards interleave.
 pub fn replay<G: Game>(
     dir: &Path,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>]) + Send,
 ) -> Result<Replayed, ReplayError> {
-    replay_outcomes::<G>(dir, |shard, batch, entries, _| each(shard, batch, entries))
+    replay_with::<G>(dir, Order::Parallel, |shard, batch, entries, _| {
+        each(shard, batch, entries);
+        ControlFlow::Continue(())
+    })
 }
 
 /// [`replay`], with each batch's outcomes (`outcomes[i]` answers
-/// `entries[i]`, as the running engine answered it): `trove journal
-/// inspect` prints them.
+/// `entries[i]`, as the running engine answered it), one shard after
+/// another: `each` sees shard 0's batches oldest first, then shard 1's, and
+/// so on, the same on every run (`trove journal inspect` prints them). When
+/// `each` breaks, it is not called again and the shards after the current
+/// one are not read: the result then covers part of the journal
+/// (`Replayed::stopped`).
 pub fn replay_outcomes<G: Game>(
     dir: &Path,
-    mut each: impl FnMut(usize, u64, &[Entry<G::Event>], &[G::Outcome]) + Send,
+    each: impl FnMut(usize, u64, &[Entry<G::Event>], &[G::Outcome]) -> ControlFlow<()> + Send,
+) -> Result<Replayed, ReplayError> {
+    replay_with::<G>(dir, Order::InOrder, each)
+}
+
+fn replay_with<G: Game>(
+    dir: &Path,
+    order: Order,
+    mut each: impl FnMut(usize, u64, &[Entry<G::Event>], &[G::Outcome]) -> ControlFlow<()> + Send,
 ) -> Result<Replayed, ReplayError> {
     let meta = read_meta::<G>(dir).map_err(Unreadable)?;
     let shards = meta.shards;
@@ -784,8 +834,10 @@ pub fn replay_outcomes<G: Game>(
         notes: Vec::new(),
         torn_tails: 0,
         damaged_last_frames: 0,
+        stopped: false,
     };
     let each = Mutex::new(&mut each);
+    let stopped = AtomicBool::new(false);
     let mut notes = Vec::new();
     // The rules refuse creates past the bound the engine ran with.
     let worlds_max = meta.worlds_max.unwrap_or_else(|| {
@@ -799,7 +851,10 @@ pub fn replay_outcomes<G: Game>(
         Level::Note => notes.push(line),
         Level::Info => eprintln!("trove: {line}"),
     };
-    let shards_done = per_shard::<_, ReplayError>(shards, &mut to_notes, |index, log| {
+    let shards_done = per_shard::<_, ReplayError>(shards, order, &mut to_notes, |index, log| {
+        if stopped.load(Relaxed) {
+            return Ok(None);
+        }
         let (state, rec, _) = rebuild::<G>(
             &shard_dir(dir, index),
             index,
@@ -808,12 +863,16 @@ pub fn replay_outcomes<G: Game>(
             options,
             log,
             |batch, entries, outcomes| {
-                (*each.lock().unwrap_or_else(|e| e.into_inner()))(index, batch, entries, outcomes)
+                let mut each = each.lock().unwrap_or_else(|e| e.into_inner());
+                if !stopped.load(Relaxed) && (*each)(index, batch, entries, outcomes).is_break() {
+                    stopped.store(true, Relaxed);
+                }
             },
         )?;
-        Ok((state.world_hashes(), rec))
+        Ok(Some((state.world_hashes(), rec)))
     })?;
-    for (hashes, rec) in shards_done {
+    r.stopped = stopped.into_inner();
+    for (hashes, rec) in shards_done.into_iter().flatten() {
         r.batches += rec.batches;
         r.events += rec.events;
         r.torn_tails += rec.torn_tails;

@@ -9,6 +9,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A server's HOST:PORT to connect to (`--target`, `--metrics`,
+/// `--target-ws`), as the listen addresses are read
+/// ([`crate::serve::listen_addr`]): an IP address as it is, a host name
+/// (`localhost:7400`) through the system resolver, once, when the
+/// arguments are parsed; the first IPv4 address of several.
+fn host_port(text: &str) -> Result<std::net::SocketAddr, String> {
+    crate::serve::listen_addr("server", text).map_err(String::from)
+}
+
 // Parsed once per process: the size of the bench flags does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -203,10 +212,10 @@ pub struct BenchLoad {
     #[arg(long, default_value = "sharded", value_delimiter = ',')]
     pub modes: Vec<String>,
     /// Drive a server that is already running at HOST:PORT instead.
-    #[arg(long)]
+    #[arg(long, value_parser = host_port)]
     pub target: Option<std::net::SocketAddr>,
     /// With --target: its control plane HOST:PORT, to scrape /metrics.
-    #[arg(long)]
+    #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Producer connections; each owns a partition of the hunts and offers
     /// its share of the rate. The server pays per frame, so more
@@ -277,7 +286,7 @@ pub struct BenchLoad {
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub subscriber_push_interval_ms: Option<u64>,
     /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
-    #[arg(long)]
+    #[arg(long, value_parser = host_port)]
     pub target_ws: Option<std::net::SocketAddr>,
     /// The fresh servers' shards (sharded) or runtime workers (per-event
     /// modes) [default: the server's: the cores less its I/O workers].
@@ -381,7 +390,7 @@ pub struct BenchNet {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub client_workers: u32,
     /// Drive a server that is already running at HOST:PORT instead.
-    #[arg(long)]
+    #[arg(long, value_parser = host_port)]
     pub target: Option<std::net::SocketAddr>,
     /// Run N interleaved pairs, in memory then with --fsync's journal (a
     /// fresh directory for each: under --data if given), and report each
@@ -487,4 +496,36 @@ pub fn command() -> clap::Command {
 pub fn parse() -> Cli {
     let mut matches = command().get_matches();
     <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// `trove bench`'s server addresses take host names, as the listen
+    /// addresses do, resolved when the arguments are parsed; what does not
+    /// resolve is a usage error naming the address.
+    #[test]
+    fn bench_addresses_take_host_names() {
+        let cli = Cli::try_parse_from([
+            "trove",
+            "bench",
+            "--target",
+            "localhost:7400",
+            "--metrics",
+            "127.0.0.1:7401",
+            "--subscribers-ws",
+            "--target-ws",
+            "localhost:7402",
+        ])
+        .expect("parses");
+        let Command::Bench(b) = cli.command else { panic!("a bench") };
+        assert_eq!(b.load.target, Some("127.0.0.1:7400".parse().unwrap()));
+        assert_eq!(b.load.metrics, Some("127.0.0.1:7401".parse().unwrap()));
+        assert_eq!(b.load.target_ws, Some("127.0.0.1:7402".parse().unwrap()));
+        let e = Cli::try_parse_from(["trove", "bench", "--target-ws", "no port"]).unwrap_err().to_string();
+        assert!(e.contains("server address `no port`") && e.contains("expected host:port"), "{e}");
+    }
 }

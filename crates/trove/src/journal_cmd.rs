@@ -4,6 +4,8 @@
 //! server runs, and then say so on stderr (the tail they read may be
 //! mid-write, and is then reported as a torn tail, not cut off).
 
+use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -163,15 +165,22 @@ pub struct InspectArgs<'a> {
 }
 
 /// Prints the journaled events (those since each shard's latest snapshot,
-/// which replaces the ones it covers) with their outcomes, oldest first,
-/// shard by shard: one
+/// which replaces the ones it covers) with their outcomes, shard by shard
+/// (the shards replayed one after another, so the order and what `limit`
+/// keeps are the same on every run), each shard's oldest first: one
 /// readable line each, or one JSON object per line with `json`. Returns
-/// `INSPECT_FOUND`, `INSPECT_NO_SUCH_HUNT` (with `hunt`, when it has no
-/// event) or `INSPECT_UNREADABLE`.
+/// `INSPECT_FOUND` (also when the reader closed the pipe: `| head`),
+/// `INSPECT_NO_SUCH_HUNT` (with `hunt`, when it has no event) or
+/// `INSPECT_UNREADABLE`.
 pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     let (hunt, limit, json) = (args.hunt, args.limit, args.json);
     let mut matched = 0u64;
     let mut failed: Option<String> = None;
+    // Written through a buffer with `writeln!`: a failed write (the reader
+    // went away, as `inspect | head` does) is an error value, not a panic
+    // in the replay thread. (A `StdoutLock` cannot move to that thread.)
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut closed = false;
     let mut each = |shard: usize, batch: u64, entries: &[Entry<HuntEvent>], outcomes: &[HuntOutcome]| {
         debug_assert_eq!(entries.len(), outcomes.len(), "one outcome per event");
         for (e, outcome) in entries.iter().zip(outcomes) {
@@ -179,18 +188,40 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
                 continue;
             }
             matched += 1;
-            if matched > limit || failed.is_some() {
+            if matched > limit {
+                // Still counted, for the closing "printed the first N of M".
                 continue;
             }
             let line = if json { json_line(shard, batch, e, outcome) } else { Ok(text_line(shard, batch, e, outcome)) };
-            match line {
-                Ok(line) => println!("{line}"),
-                Err(err) => failed = Some(err),
+            let written = match line {
+                Ok(line) => writeln!(out, "{line}"),
+                Err(err) => {
+                    failed = Some(err);
+                    return ControlFlow::Break(());
+                }
+            };
+            if let Err(err) = written {
+                if err.kind() == std::io::ErrorKind::BrokenPipe {
+                    closed = true;
+                } else {
+                    failed = Some(format!("writing to stdout: {err}"));
+                }
+                return ControlFlow::Break(());
             }
         }
+        ControlFlow::Continue(())
     };
     note_live(args.data);
-    let r = match replay_outcomes::<TreasureHunt>(args.data, &mut each) {
+    let replayed = replay_outcomes::<TreasureHunt>(args.data, &mut each);
+    if let Err(err) = out.flush() {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            closed = true;
+        } else if failed.is_none() {
+            failed = Some(format!("writing to stdout: {err}"));
+        }
+    }
+    drop(out);
+    let r = match replayed {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trove: error: {}", String::from(e));
@@ -200,6 +231,11 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     if let Some(e) = failed {
         eprintln!("trove: error: {e}");
         return ExitCode::from(INSPECT_UNREADABLE);
+    }
+    if closed {
+        // Whoever read the output has what it wanted (`| head`): not an
+        // error, and nothing more to say.
+        return ExitCode::from(INSPECT_FOUND);
     }
     for n in &r.notes {
         eprintln!("note: {n}");

@@ -217,25 +217,11 @@ fn tcp_follow(s: &mut TcpStream, hunt: u32, stream: &mut Stream, done: impl Fn(&
 
 /// Connects to the WebSocket endpoint and completes the upgrade.
 fn ws_connect(addr: SocketAddr) -> TcpStream {
-    ws_upgrade(TcpStream::connect(addr).expect("connect"))
+    common::ws_connect(addr, PATIENCE)
 }
 
-fn ws_upgrade(mut s: TcpStream) -> TcpStream {
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).expect("the upgrade's answer");
-        head.push(byte[0]);
-        assert!(head.len() < 4096, "an answer head that never ends");
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    s
+fn ws_upgrade(s: TcpStream) -> TcpStream {
+    common::ws_upgrade(s, PATIENCE)
 }
 
 /// Sends one text message (masked with a zero key: the payload as it is).
@@ -251,24 +237,8 @@ fn ws_send(s: &mut TcpStream, v: &Value) {
 
 /// Reads one text message (the server sends each in one frame).
 fn ws_recv(s: &mut TcpStream) -> Value {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).expect("a frame");
-    assert_eq!(h[0], 0x81, "a final text frame");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).unwrap();
-            usize::try_from(u64::from_be_bytes(l)).unwrap()
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).unwrap();
+    let (first, payload) = common::ws_read_frame(s);
+    assert_eq!(first, 0x81, "a final text frame");
     serde_json::from_slice(&payload).expect("JSON")
 }
 

@@ -145,3 +145,108 @@ fn inspect_prints_events_with_their_outcomes_as_text_and_as_json_lines() {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Journals, in `shards` shards: `hunts` hunts created, then `rounds`
+/// submits of one join per hunt (so every shard journals about `rounds`
+/// batches); copies `data` to `copy` while the engine runs. Returns how
+/// many events were journaled.
+fn write_sharded_journal(data: &Path, copy: &Path, shards: usize, hunts: u32, rounds: u32) -> usize {
+    let config = EngineConfig {
+        shards,
+        clock: ClockMode::Supplied,
+        journal: Some(JournalConfig::new(data, FsyncPolicy::Group)),
+        queue_wait_max: Duration::from_secs(60),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::<TreasureHunt>::start(config).unwrap();
+    let mut producer = engine.producer();
+    let mut events = 0;
+    for round in 0..=rounds {
+        let time_us = 1_000_000 + u64::from(round) * 1_000;
+        let mut batch: Vec<_> = (1..=hunts)
+            .map(|hunt| {
+                let action = if round == 0 { Action::Create(common::hunt_config()) } else { Action::Join };
+                Stamped { time_us, event: HuntEvent { hunt, player: round, action } }
+            })
+            .collect();
+        events += batch.len();
+        while producer.submit(&mut batch) == Err(SubmitError::Busy) {
+            std::thread::yield_now();
+        }
+        producer.complete_timeout(Duration::from_secs(60)).expect("acknowledged");
+    }
+    copy_journal(data, copy);
+    engine.shutdown();
+    events
+}
+
+/// With several shards, the replay runs shard after shard: the lines come
+/// shard 0 first, each shard's batches oldest first, the same on every run,
+/// and `--limit N` prints the first N of them.
+#[test]
+fn inspect_prints_shard_by_shard_in_the_same_order_every_run() {
+    let root = common::scratch_dir("journal-inspect-shards");
+    let (live, data) = (root.join("live"), root.join("data"));
+    let events = write_sharded_journal(&live, &data, 4, 16, 60);
+    let dir = data.to_str().unwrap();
+
+    let all = ["journal", "inspect", "--data", dir, "--limit", "1000000"];
+    let out = trove(&all);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let full = text(&out.stdout);
+    let lines: Vec<&str> = full.lines().collect();
+    assert_eq!(lines.len(), events, "one line per event");
+    // `shard S batch B ...`: (S, B) never goes back.
+    let keys: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!((w[0], w[2]), ("shard", "batch"), "{l}");
+            (w[1].parse().unwrap(), w[3].parse().unwrap())
+        })
+        .collect();
+    assert!(keys.windows(2).all(|k| k[0] <= k[1]), "shard by shard, oldest first:\n{full}");
+    let shards_seen: std::collections::BTreeSet<u64> = keys.iter().map(|k| k.0).collect();
+    assert!(shards_seen.len() >= 2, "the hunts spread over several shards: {shards_seen:?}");
+
+    for _ in 0..3 {
+        let again = trove(&all);
+        assert_eq!(again.status.code(), Some(0), "stderr: {}", text(&again.stderr));
+        assert_eq!(text(&again.stdout), full, "the same lines in the same order on every run");
+        let limited = trove(&["journal", "inspect", "--data", dir, "--limit", "25"]);
+        assert_eq!(limited.status.code(), Some(0), "stderr: {}", text(&limited.stderr));
+        assert_eq!(text(&limited.stdout).lines().collect::<Vec<_>>(), lines[..25], "--limit prints the first lines");
+        assert!(text(&limited.stderr).contains(&format!("printed the first 25 of {events} events")));
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// `trove journal inspect | head`: the reader closing the pipe ends the
+/// output quietly, exit 0, not a failed journal read.
+#[test]
+fn inspect_into_a_closed_pipe_stops_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let root = common::scratch_dir("journal-inspect-pipe");
+    let (live, data) = (root.join("live"), root.join("data"));
+    // Far more output than a pipe buffers (64 KiB on Linux), so the writer
+    // meets the closed pipe.
+    write_sharded_journal(&live, &data, 2, 16, 300);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trove"))
+        .args(["journal", "inspect", "--data", data.to_str().unwrap(), "--limit", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("trove runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("shard 0 batch "), "{first}");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{stderr}");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -206,24 +206,7 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
 
 /// Connects and completes the WebSocket upgrade.
 fn ws_connect(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    // Byte by byte up to the end of the response's head: nothing follows
-    // it until this side sends a message.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).expect("the upgrade's answer");
-        head.push(byte[0]);
-        assert!(head.len() < 4096, "an answer head that never ends");
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    s
+    common::ws_connect(addr, Duration::from_secs(60))
 }
 
 /// A client frame's header (final, masked with a zero key, so the payload
@@ -261,24 +244,8 @@ fn ws_ping_frame(len: usize) -> Vec<u8> {
 
 /// Reads one server frame (unmasked) and returns its opcode and payload.
 fn ws_read(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).expect("a frame");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).unwrap();
-            usize::try_from(u64::from_be_bytes(l)).unwrap()
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).unwrap();
-    (h[0] & 0x0f, payload)
+    let (first, payload) = common::ws_read_frame(s);
+    (first & 0x0f, payload)
 }
 
 /// What one WebSocket connection charges with the defaults
@@ -453,10 +420,6 @@ fn fragmented_websocket_messages_and_pings_pass_the_meter_and_give_its_budget_ba
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The WebSocket upgrade request `ws_connect` sends.
-const WS_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 /// Reads until the server closes the connection (its end, or a reset:
 /// closing with unread input resets); None if it is still open after
 /// `wait`.
@@ -494,7 +457,7 @@ fn a_request_that_is_not_an_upgrade_ends_its_connection_before_a_pipelined_upgra
     // one write: HTTP/1.1 would keep the connection and read the upgrade.
     let mut s = TcpStream::connect(addr).unwrap();
     let mut bytes = b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
-    bytes.extend_from_slice(WS_UPGRADE);
+    bytes.extend_from_slice(common::WS_UPGRADE);
     bytes.extend(ws_header(2, WS_PAYLOAD_FULL));
     bytes.extend_from_slice(&[7; 32]);
     s.write_all(&bytes).unwrap();
@@ -512,7 +475,7 @@ fn a_request_head_is_never_charged_and_ends_within_the_handshake_timeout() {
     // A head over 16 KiB is refused, not charged.
     let mut s = TcpStream::connect(addr).unwrap();
     let pad = format!("X-Pad: {}\r\n", "p".repeat(20 << 10));
-    let mut head = WS_UPGRADE[..WS_UPGRADE.len() - 2].to_vec();
+    let mut head = common::WS_UPGRADE[..common::WS_UPGRADE.len() - 2].to_vec();
     head.extend_from_slice(pad.as_bytes());
     head.extend_from_slice(b"\r\n");
     let _ = s.write_all(&head);
@@ -524,7 +487,7 @@ fn a_request_head_is_never_charged_and_ends_within_the_handshake_timeout() {
     let mut s = TcpStream::connect(addr).unwrap();
     let started = Instant::now();
     let mut closed = false;
-    for &b in WS_UPGRADE.iter().take(WS_UPGRADE.len() - 1) {
+    for &b in common::WS_UPGRADE.iter().take(common::WS_UPGRADE.len() - 1) {
         if s.write_all(&[b]).is_err() || read_until_closed(&mut s, Duration::from_millis(300)).is_some() {
             closed = true;
             break;

@@ -248,3 +248,55 @@ pub fn send_signal(pid: u32, signal: &str) {
         std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill runs");
     assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
+
+/// The WebSocket upgrade request [`ws_upgrade`] sends (a fixed key).
+pub const WS_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Connects to a WebSocket endpoint and completes the upgrade; reads wait
+/// up to `read_timeout`.
+pub fn ws_connect(addr: std::net::SocketAddr, read_timeout: std::time::Duration) -> std::net::TcpStream {
+    ws_upgrade(std::net::TcpStream::connect(addr).expect("connect"), read_timeout)
+}
+
+/// Completes the WebSocket upgrade on a connected stream.
+pub fn ws_upgrade(mut s: std::net::TcpStream, read_timeout: std::time::Duration) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s.write_all(WS_UPGRADE).unwrap();
+    // Byte by byte up to the end of the response's head: nothing follows
+    // it until this side sends a message.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("the upgrade's answer");
+        head.push(byte[0]);
+        assert!(head.len() < 4096, "an answer head that never ends");
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Reads one server frame (unmasked): its first byte (FIN and opcode) and
+/// its payload.
+pub fn ws_read_frame(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("a frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            usize::try_from(u64::from_be_bytes(l)).unwrap()
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0], payload)
+}
