@@ -27,9 +27,9 @@
 //! A hub may pace wakeups ([`Hub::set_push_interval`]): one ticker thread
 //! advances a coarse epoch once per interval (only while some mailbox
 //! waits for it). A mailbox that goes from empty to not empty wakes its
-//! subscriber at once if it was last woken in an earlier epoch (the first
-//! update after a quiet spell has no added latency); otherwise it enters
-//! the ticker's list, once, and is woken at the next tick. So a busy
+//! subscriber at once if it was last woken before the previous epoch (the
+//! first update after a quiet spell has no added latency); otherwise it
+//! enters the ticker's list, once, and is woken at the next tick. So a busy
 //! subscriber connection wakes (and writes) about once per interval, with
 //! everything queued since, instead of once per applied batch
 //! (docs/decisions/0017-paced-fan-out.md).
@@ -94,8 +94,8 @@ enum Pushed {
     /// Queued behind others (the subscriber is already woken, or will be
     /// at the next tick).
     Queued,
-    /// Queued into an empty mailbox woken in this epoch already: left to
-    /// the ticker.
+    /// Queued into an empty mailbox woken in this or the previous epoch:
+    /// left to the ticker.
     Deferred,
     /// Recorded as missed: the mailbox is full.
     Dropped,
@@ -152,8 +152,8 @@ impl<G: Game> Mailbox<G> {
     ///
     /// The subscriber is woken only when the mailbox goes from empty to
     /// not empty: until it takes, one wakeup covers every later push. With
-    /// a `pacer`, a mailbox woken in the current epoch already is left to
-    /// the ticker instead (woken at the next tick).
+    /// a `pacer`, a mailbox woken in the current or the previous epoch is
+    /// left to the ticker instead (woken at the next tick).
     fn push(self: &Arc<Self>, chunk: &Arc<Chunk<G>>, hub: &HubCounters, pacer: Option<&Pacer<G>>) -> Pushed {
         let n = chunk.updates.len();
         let pushed = {
@@ -180,7 +180,12 @@ impl<G: Game> Mailbox<G> {
                 Pushed::Queued
             } else if let Some(pacer) = pacer {
                 let epoch = pacer.shared.epoch.load(Relaxed);
-                if s.woken_epoch < epoch || epoch == EPOCH_UNPACED {
+                // At once only after a whole quiet epoch: a subscriber woken
+                // in the previous epoch (by a push or the tick) is busy, and
+                // waits for the tick, so a steady stream wakes it once per
+                // interval rather than twice (at the tick and at the first
+                // push after it).
+                if s.woken_epoch.saturating_add(1) < epoch || epoch == EPOCH_UNPACED {
                     s.woken_epoch = epoch;
                     Pushed::Woken
                 } else {
@@ -330,7 +335,9 @@ impl<G: Game> Pacer<G> {
         Self {
             shared: Arc::new(PacerShared {
                 interval,
-                epoch: AtomicU64::new(1),
+                // Two past a fresh mailbox's `woken_epoch` (0): its first push wakes
+                // at once.
+                epoch: AtomicU64::new(2),
                 ticks: Mutex::new(TickerState { deferred: Vec::new(), idle: false, started: false, stop: false }),
                 work: Condvar::new(),
                 wakeups: AtomicU64::new(0),
@@ -382,9 +389,13 @@ impl<G: Game> PacerShared<G> {
             assert!(epoch < EPOCH_UNPACED, "epochs do not run out");
             std::mem::swap(&mut waking, &mut t.deferred);
             if waking.is_empty() {
-                // Every mailbox was woken in an earlier epoch now: the next
-                // push to each wakes it at once; a second one in this epoch
-                // brings the ticker back.
+                // A whole interval passed with nothing deferred. While the
+                // ticker sleeps the epoch stands still, so advance it once
+                // more: every mailbox is then a whole epoch past its last
+                // wakeup, and the next push to each wakes it at once; a
+                // second one in this epoch brings the ticker back.
+                let epoch = self.epoch.fetch_add(1, Relaxed) + 1;
+                assert!(epoch < EPOCH_UNPACED, "epochs do not run out");
                 t.idle = true;
                 t = self.work.wait_while(t, |t| t.idle && !t.stop).unwrap_or_else(|e| e.into_inner());
                 if t.stop {
@@ -904,6 +915,35 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2200));
         publish_one(&hub, &mut staging, 7, 0);
         assert_eq!(hub.metrics().wakeups, 4, "quiet for a tick: at once");
+    }
+
+    #[test]
+    fn paced_a_subscriber_woken_in_the_previous_epoch_waits_for_the_tick() {
+        let hub: Hub<Hunt> = Hub::default();
+        // Far longer than the test: the epochs are moved by hand.
+        hub.set_push_interval(Duration::from_secs(60)).unwrap();
+        let mailbox = Mailbox::new(1 << 20);
+        hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        let mut taken = Vec::new();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 1, "never woken: at once");
+        mailbox.take(&mut taken);
+        let epoch = &hub.pacer.get().expect("paced").shared.epoch;
+        // The next epoch: woken in the previous one, so busy; a steady
+        // stream is woken by the tick alone, once an interval.
+        epoch.fetch_add(1, Relaxed);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 1, "woken in the previous epoch: left to the tick");
+        assert!(mailbox.lock().deferred);
+        // A whole quiet epoch later (the deferred wakeup done by hand, as
+        // the ticker would), the next push wakes at once.
+        mailbox.wake_deferred(epoch.load(Relaxed));
+        mailbox.take(&mut taken);
+        epoch.fetch_add(2, Relaxed);
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 2, "quiet for a whole epoch: at once");
+        assert_eq!(chunks(&taken).len(), 2);
     }
 
     #[test]
