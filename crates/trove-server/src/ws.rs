@@ -228,9 +228,10 @@ struct MeterState<G: WireGame> {
     mark: AtomicUsize,
     /// Budget held: 0 or `message_bytes_max`.
     charged: AtomicUsize,
-    /// When the last read that passed frame bytes returned, in nanoseconds
-    /// since `origin`: a message handled was completed by that read, as
-    /// the library reads no further than a whole message.
+    /// When the last read that passed bytes to the library returned, in
+    /// nanoseconds since `origin`. The library reads only when it holds no
+    /// whole message, so when it hands one over, this is the read that
+    /// brought its last bytes.
     read_at_ns: AtomicU64,
     origin: std::time::Instant,
 }
@@ -250,9 +251,10 @@ impl<G: WireGame> Meter<G> {
         m.shared.frame_budget.give_back(m.charged.swap(0, Relaxed));
     }
 
-    /// When the last read that passed frame bytes returned: the read that
-    /// brought the last bytes of the message being handled (the same
-    /// point as a TCP connection's `read_at`).
+    /// When the last read that passed bytes returned: for the message
+    /// being handled, the read that brought its last bytes (the same point
+    /// as a TCP connection's `read_at`; bytes held back for budget count
+    /// when they pass).
     fn read_at(&self) -> std::time::Instant {
         let m = &self.0;
         m.origin + std::time::Duration::from_nanos(m.read_at_ns.load(Relaxed))

@@ -722,14 +722,21 @@ impl<G: Game> Hub<G> {
             staging.outgoing.push(Outgoing {
                 world,
                 first_seq,
-                // Taken whole: the next batch's vector is allocated by its
-                // first update, outside the lock.
+                // Taken whole; the next batch's vector is allocated below,
+                // outside the lock.
                 updates: std::mem::take(updates),
                 subscribers: topic.subscribers.clone(),
                 ticket: topic.ticket(),
             });
         }
         drop(t);
+        // Sized as this batch's: one allocation for a world's next batch,
+        // not a growth from empty.
+        for o in &staging.outgoing {
+            if let Some(updates) = staging.by_world.get_mut(&o.world) {
+                updates.reserve_exact(o.updates.len());
+            }
+        }
         // The pushes, outside the lock: one mailbox lock each, and a wakeup
         // for a mailbox that was empty.
         for o in staging.outgoing.drain(..) {
