@@ -704,12 +704,14 @@ impl<G: WireGame> Subscriptions<G> {
         }
     }
 
-    /// Ends every subscription; the hub drops the mailbox.
+    /// Ends every subscription; the hub drops the mailbox. Closed first,
+    /// the mailbox refuses pushes: the unsubscribes do not wait for a
+    /// push under way (one to thousands of subscribers).
     pub fn close(&mut self, shared: &Shared<G>) {
         if let Some(m) = self.mailbox.take() {
             m.close();
             for w in self.worlds.drain(..) {
-                shared.engine.hub().unsubscribe(w, &m);
+                shared.engine.hub().unsubscribe_closed(w, &m);
                 shared.metrics.subscribers.fetch_sub(1, Relaxed);
             }
         }

@@ -11,8 +11,8 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::task::Poll;
 
 use axum::extract::State;
@@ -131,6 +131,8 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                             read: AtomicUsize::new(0),
                             mark: AtomicUsize::new(0),
                             charged: AtomicUsize::new(0),
+                            read_at_ns: AtomicU64::new(0),
+                            origin: std::time::Instant::now(),
                         }));
                         let io = Slotted {
                             stream,
@@ -226,6 +228,12 @@ struct MeterState<G: WireGame> {
     mark: AtomicUsize,
     /// Budget held: 0 or `message_bytes_max`.
     charged: AtomicUsize,
+    /// When the last read that passed bytes to the library returned, in
+    /// nanoseconds since `origin`. The library reads only when it holds no
+    /// whole message, so when it hands one over, this is the read that
+    /// brought its last bytes.
+    read_at_ns: AtomicU64,
+    origin: std::time::Instant,
 }
 
 impl<G: WireGame> Meter<G> {
@@ -241,6 +249,23 @@ impl<G: WireGame> Meter<G> {
         let m = &self.0;
         m.mark.store(m.read.load(Relaxed), Relaxed);
         m.shared.frame_budget.give_back(m.charged.swap(0, Relaxed));
+    }
+
+    /// When the last read that passed bytes returned: for the message
+    /// being handled, the read that brought its last bytes (the same point
+    /// as a TCP connection's `read_at`; bytes held back for budget count
+    /// when they pass).
+    fn read_at(&self) -> std::time::Instant {
+        let m = &self.0;
+        m.origin + std::time::Duration::from_nanos(m.read_at_ns.load(Relaxed))
+    }
+
+    /// Bytes passed to the library now.
+    fn passed(&self, n: usize) {
+        let m = &self.0;
+        m.read.fetch_add(n, Relaxed);
+        let since = m.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        m.read_at_ns.store(since, Relaxed);
     }
 
     /// The connection holds a charge (a message over
@@ -635,7 +660,7 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
             held.drain(..n);
             // Kept only while it holds something.
             this.held = if held.is_empty() { Vec::new() } else { held };
-            this.meter.0.read.fetch_add(n, Relaxed);
+            this.meter.passed(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -655,7 +680,9 @@ impl<G: WireGame> tokio::io::AsyncRead for Slotted<G> {
                     this.held.extend_from_slice(&fresh[n..]);
                 }
                 buf.set_filled(before + n);
-                this.meter.0.read.fetch_add(n, Relaxed);
+                if n > 0 {
+                    this.meter.passed(n);
+                }
                 if n == 0 {
                     // Nothing to give yet: wait (and wake) for the budget
                     // or the answer.
@@ -763,6 +790,9 @@ struct WsConnection<G: WireGame + JsonGame> {
     out_update_bytes: usize,
     subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
+    /// Batches answered in `out`, for the stage latencies once it is
+    /// flushed (as TCP records them once its write returns).
+    staged: Vec<crate::Staged>,
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -783,6 +813,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             out_update_bytes: 0,
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
+            staged: Vec::new(),
         }
     }
 
@@ -819,6 +850,9 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             }
         }
         self.shared.metrics.updates_written(&mut self.out_update_bytes);
+        if sent && !self.staged.is_empty() {
+            self.shared.metrics.record_stages(self.staged.drain(..), std::time::Instant::now());
+        }
         self.subscriptions.close(&self.shared);
         self.claim = None;
         if sent && matches!(tokio::time::timeout_at(linger, socket.send(Message::Close(close))).await, Ok(Ok(()))) {
@@ -940,12 +974,21 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let written = tokio::time::timeout(idle_timeout, write).await;
         // Written, or the connection ends: either way no longer queued.
         self.shared.metrics.updates_written(&mut self.out_update_bytes);
-        written.map_err(|_| (ErrorCode::IdleTimeout, String::new()))?.map_err(|_| (ErrorCode::Internal, String::new()))
+        written
+            .map_err(|_| (ErrorCode::IdleTimeout, String::new()))?
+            .map_err(|_| (ErrorCode::Internal, String::new()))?;
+        // The flush returned: the ACKs are with the kernel, as a TCP
+        // connection's are when its write returns.
+        if !self.staged.is_empty() {
+            self.shared.metrics.record_stages(self.staged.drain(..), std::time::Instant::now());
+        }
+        Ok(())
     }
 
     async fn message(&mut self, text: &str) -> Result<(), (ErrorCode, String)> {
-        // The message has just been received whole: its read.
-        let read = std::time::Instant::now();
+        // The read that brought the message's last bytes (not now: the
+        // library may have held it while earlier ones were handled).
+        let read = self.meter.read_at();
         let malformed = |m: String| (ErrorCode::Malformed, m);
         let v: Value = serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
         let kind =
@@ -1118,8 +1161,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
             let waited = c.submitted_at.elapsed().as_nanos() as u64;
             self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-            let staged = crate::Staged::of(arrival, &c, count);
-            self.shared.metrics.record_stages([staged], std::time::Instant::now());
+            // Recorded once `out` is flushed (`write_out`).
+            self.staged.push(crate::Staged::of(arrival, &c, count));
             let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
             if self.outcomes {
                 ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());
@@ -1137,7 +1180,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     /// that sends it, and copied by the others.
     fn deliver(&mut self) {
         self.subscriptions.take(&mut self.deliveries);
-        let mut added = 0;
+        let (mut added, mut chunks) = (0, 0);
         for d in self.deliveries.drain(..) {
             match d {
                 Delivery::Chunk(chunk) => {
@@ -1169,7 +1212,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     });
                     added += texts.iter().map(String::len).sum::<usize>();
                     self.out.extend(texts.iter().cloned());
-                    self.shared.metrics.update_chunks_sent.fetch_add(1, Relaxed);
+                    chunks += 1;
                     let waited = chunk.ingested_at.elapsed().as_nanos() as u64;
                     self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
                 }
@@ -1180,6 +1223,10 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     self.out.push(text);
                 }
             }
+        }
+        // Once per take: the counter's cache line is every worker's.
+        if chunks > 0 {
+            self.shared.metrics.update_chunks_sent.fetch_add(chunks, Relaxed);
         }
         if added > 0 {
             self.out_update_bytes += added;

@@ -213,3 +213,61 @@ fn a_reused_sequence_number_is_refused_over_json() {
     assert_eq!(recv(&mut p)["outcomes"][0]["outcome"], "joined");
     server.shutdown(Duration::from_secs(5));
 }
+
+/// The `acknowledged` stage of a batch is recorded once its ACK's write
+/// returned, as over TCP, not when the ACK is queued: a client that stops
+/// reading holds it back (and every ACK behind it).
+#[test]
+fn the_acknowledged_stage_waits_for_the_acks_write() {
+    const EVENTS: usize = 200;
+    const BATCHES_MAX: u64 = 4000;
+    let server = start(ServerConfig::default());
+    let mut p = connect(&server);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = p.get_ref() {
+        // Once the server stops reading (its writes blocked), this client's
+        // sends end too, instead of hanging the test.
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    send(&mut p, json!({"type": "hello", "outcomes": true}));
+    // Rejected (no such hunt), each with an outcome in its ACK.
+    let events: Vec<Value> = (0..EVENTS).map(|i| json!({"hunt": 9, "player": i, "action": "join"})).collect();
+    let acked_stage = |s: &Server<TreasureHunt>| s.metrics().stage_ns.last().unwrap().count();
+    // The client does not read: the ACKs fill the socket's buffers until
+    // a write blocks. Its batch is acknowledged by the engine, but its ACK
+    // not written.
+    let mut sent = 0u64;
+    let stalled = loop {
+        assert!(sent < BATCHES_MAX, "{BATCHES_MAX} batches and the server's writes never blocked");
+        if p.send(Message::Text(json!({"type": "events", "events": events}).to_string().into())).is_err() {
+            break false;
+        }
+        sent += 1;
+        let m = server.metrics();
+        if m.events_acked > acked_stage(&server) {
+            // Maybe an ACK between its queueing and its write: the same a
+            // while later means the write is blocked.
+            std::thread::sleep(Duration::from_millis(500));
+            let again = server.metrics().events_acked;
+            if again == m.events_acked && again > acked_stage(&server) {
+                break true;
+            }
+        }
+    };
+    let (acked, staged) = (server.metrics().events_acked, acked_stage(&server));
+    assert!(stalled, "the writes blocked, yet every acknowledged event's stage was recorded ({acked} and {staged})");
+    assert!(acked > staged);
+    // Read, and every ACK's stage follows its write.
+    assert_eq!(recv(&mut p)["type"], "welcome");
+    let mut acks = 0;
+    while acks < sent {
+        let v = recv(&mut p);
+        assert_eq!(v["type"], "ack", "{v}");
+        acks += 1;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked_stage(&server) < sent * EVENTS as u64 {
+        assert!(std::time::Instant::now() < deadline, "the stages of the ACKs read were not recorded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.metrics().events_acked, sent * EVENTS as u64);
+}

@@ -17,7 +17,10 @@
 //! were numbered: each takes a ticket of its world's [`Turn`] under the
 //! lock and pushes when its turn comes (at once, unless two threads
 //! publish the same world). Unsubscribing takes a turn too, so that no
-//! chunk of the world reaches the mailbox after it returns.
+//! chunk of the world reaches the mailbox after it returns (a closed
+//! mailbox refuses pushes, so its unsubscribe skips the wait). A ticket
+//! passes its turn when dropped, so a push that panics does not block
+//! the world's later pushes and unsubscribes.
 //!
 //! A mailbox is bounded (in updates). A subscriber that does not keep up
 //! loses chunks, never stalls the shard or other subscribers: the dropped
@@ -124,6 +127,9 @@ pub struct Mailbox<G: Game> {
     state: Mutex<MailboxState<G>>,
     notify: tokio::sync::Notify,
     updates_max: usize,
+    /// Tests: the next push panics (a fault inside a turn).
+    #[cfg(test)]
+    push_panics: std::sync::atomic::AtomicBool,
 }
 
 impl<G: Game> Mailbox<G> {
@@ -141,6 +147,8 @@ impl<G: Game> Mailbox<G> {
             }),
             notify: tokio::sync::Notify::new(),
             updates_max,
+            #[cfg(test)]
+            push_panics: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -156,6 +164,10 @@ impl<G: Game> Mailbox<G> {
     /// left to the ticker instead (woken at the next tick).
     fn push(self: &Arc<Self>, chunk: &Arc<Chunk<G>>, hub: &HubCounters, pacer: Option<&Pacer<G>>) -> Pushed {
         let n = chunk.updates.len();
+        #[cfg(test)]
+        if self.push_panics.load(Relaxed) {
+            panic!("a push that panics (test)");
+        }
         let pushed = {
             let mut s = self.lock();
             if s.closed {
@@ -437,10 +449,36 @@ struct Topic<G: Game> {
 }
 
 impl<G: Game> Topic<G> {
-    fn ticket(&mut self) -> (Arc<Turn>, u64) {
-        let t = self.next_ticket;
+    fn ticket(&mut self) -> Ticket {
+        let number = self.next_ticket;
         self.next_ticket += 1;
-        (self.turn.clone(), t)
+        Ticket { turn: self.turn.clone(), number }
+    }
+}
+
+/// A place in a [`Turn`]'s line. Dropped, it waits for its turn and
+/// passes it: so the turn moves on however its holder ends (a push that
+/// panics, or one never started because an earlier one of the same batch
+/// panicked), and the world's later pushes and unsubscribes are not
+/// blocked for good.
+#[derive(Debug)]
+struct Ticket {
+    turn: Arc<Turn>,
+    number: u64,
+}
+
+impl Ticket {
+    /// Waits for this ticket's turn; the turn passes when it is dropped.
+    fn wait(&self) {
+        self.turn.wait(self.number);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Returns at once when `wait` ran.
+        self.turn.wait(self.number);
+        self.turn.pass(self.number);
     }
 }
 
@@ -452,8 +490,7 @@ struct Outgoing<G: Game> {
     first_seq: u64,
     updates: Vec<Update<G>>,
     subscribers: Subscribers<G>,
-    turn: Arc<Turn>,
-    ticket: u64,
+    ticket: Ticket,
 }
 
 #[derive(Debug, Default)]
@@ -530,7 +567,13 @@ impl<G: Game> Default for Hub<G> {
 /// A publisher's reusable buffers (one per shard).
 #[derive(Debug)]
 pub struct Staging<G: Game> {
+    /// The batch's updates per world; a world's vector is taken whole
+    /// into its chunk, so the entries left are empty (no allocation).
     by_world: IdMap<Vec<Update<G>>>,
+    /// The worlds of `by_world` with updates in this batch, so the hub's
+    /// lock visits only them, never the empty entries left by earlier
+    /// batches.
+    touched: Vec<WorldId>,
     outgoing: Vec<Outgoing<G>>,
     /// Worlds where a push found a closed mailbox.
     closed_in: Vec<WorldId>,
@@ -538,7 +581,17 @@ pub struct Staging<G: Game> {
 
 impl<G: Game> Default for Staging<G> {
     fn default() -> Self {
-        Self { by_world: IdMap::default(), outgoing: Vec::new(), closed_in: Vec::new() }
+        Self { by_world: IdMap::default(), touched: Vec::new(), outgoing: Vec::new(), closed_in: Vec::new() }
+    }
+}
+
+impl<G: Game> Staging<G> {
+    fn stage(&mut self, world: WorldId, update: Update<G>) {
+        let updates = self.by_world.entry(world).or_default();
+        if updates.is_empty() {
+            self.touched.push(world);
+        }
+        updates.push(update);
     }
 }
 
@@ -597,13 +650,34 @@ impl<G: Game> Hub<G> {
         }
         topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
         self.subscriptions.fetch_sub(1, Relaxed);
-        let (turn, ticket) = topic.ticket();
+        let ticket = topic.ticket();
         if topic.subscribers.is_empty() {
             self.retire(&mut t, world);
         }
         drop(t);
-        turn.wait(ticket);
-        turn.pass(ticket);
+        // Waits for the pushes numbered before, and passes the turn.
+        drop(ticket);
+        true
+    }
+
+    /// Unsubscribes a mailbox already closed ([`Mailbox::close`]); returns
+    /// whether it was subscribed. Unlike [`Hub::unsubscribe`] it does not
+    /// wait for the world's pushes under way: a closed mailbox refuses
+    /// them, and a subscriber that closes its connection should not hold
+    /// an I/O worker behind a push to thousands of mailboxes.
+    pub fn unsubscribe_closed(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> bool {
+        assert!(mailbox.is_closed(), "only a closed mailbox skips the wait");
+        let mut t = self.lock();
+        let Some(topic) = t.live.get_mut(&world) else { return false };
+        let removed = topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox));
+        if !removed {
+            return false;
+        }
+        topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
+        self.subscriptions.fetch_sub(1, Relaxed);
+        if topic.subscribers.is_empty() {
+            self.retire(&mut t, world);
+        }
         true
     }
 
@@ -636,20 +710,19 @@ impl<G: Game> Hub<G> {
         for (i, (event, outcome)) in events.iter().zip(&out.direct).enumerate() {
             let world = G::world_of(&event.event);
             if watched.contains(&world) {
-                staging.by_world.entry(world).or_default().push(Update::Applied { event: *event, outcome: *outcome });
+                staging.stage(world, Update::Applied { event: *event, outcome: *outcome });
             }
             while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
                 if watched.contains(&b.world) {
-                    staging.by_world.entry(b.world).or_default().push(Update::Broadcast(b.body.clone()));
+                    staging.stage(b.world, Update::Broadcast(b.body.clone()));
                 }
             }
         }
         drop(watched);
         let mut t = self.lock();
-        for (&world, updates) in &mut staging.by_world {
-            if updates.is_empty() {
-                continue;
-            }
+        for world in staging.touched.drain(..) {
+            let updates = staging.by_world.get_mut(&world).expect("a touched world is staged");
+            debug_assert!(!updates.is_empty(), "a world is touched by its first update");
             let Some(topic) = t.live.get_mut(&world) else {
                 updates.clear();
                 continue;
@@ -657,17 +730,24 @@ impl<G: Game> Hub<G> {
             let n = updates.len();
             let first_seq = topic.next_seq;
             topic.next_seq += n as u64;
-            let (turn, ticket) = topic.ticket();
             staging.outgoing.push(Outgoing {
                 world,
                 first_seq,
-                updates: std::mem::replace(updates, Vec::with_capacity(n)),
+                // Taken whole; the next batch's vector is allocated below,
+                // outside the lock.
+                updates: std::mem::take(updates),
                 subscribers: topic.subscribers.clone(),
-                turn,
-                ticket,
+                ticket: topic.ticket(),
             });
         }
         drop(t);
+        // Sized as this batch's: one allocation for a world's next batch,
+        // not a growth from empty.
+        for o in &staging.outgoing {
+            if let Some(updates) = staging.by_world.get_mut(&o.world) {
+                updates.reserve_exact(o.updates.len());
+            }
+        }
         // The pushes, outside the lock: one mailbox lock each, and a wakeup
         // for a mailbox that was empty.
         for o in staging.outgoing.drain(..) {
@@ -685,7 +765,7 @@ impl<G: Game> Hub<G> {
             self.counters.updates_published.fetch_add(n as u64, Relaxed);
             self.counters.chunks_published.fetch_add(1, Relaxed);
             self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
-            o.turn.wait(o.ticket);
+            o.ticket.wait();
             let (mut closed, mut woken) = (false, 0u64);
             let pacer = self.pacer.get();
             for m in o.subscribers.iter() {
@@ -695,7 +775,8 @@ impl<G: Game> Hub<G> {
                     Pushed::Closed => closed = true,
                 }
             }
-            o.turn.pass(o.ticket);
+            // Passes the turn (on a panic above, unwinding drops it too).
+            drop(o.ticket);
             self.counters.wakeups.fetch_add(woken, Relaxed);
             if closed {
                 staging.closed_in.push(o.world);
@@ -969,5 +1050,82 @@ mod tests {
         b.close();
         publish_one(&hub, &mut staging, 7, 0);
         assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (0, 0));
+    }
+
+    /// Runs `f` on a thread; whether it returned within a generous
+    /// deadline (a thread still blocked is left behind).
+    fn returns_in_time(f: impl FnOnce() + Send + 'static) -> bool {
+        let thread = std::thread::spawn(f);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !thread.is_finished() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().is_ok()
+    }
+
+    #[test]
+    fn a_push_that_panics_passes_the_turn_and_a_later_unsubscribe_returns() {
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        let (faulty, other) = (Mailbox::new(16), Mailbox::new(16));
+        hub.subscribe(7, &faulty);
+        hub.subscribe(7, &other);
+        faulty.push_panics.store(true, Relaxed);
+        let mut staging = Staging::default();
+        let publish = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            publish_one(&hub, &mut staging, 7, 0);
+        }));
+        assert!(publish.is_err(), "the push panicked");
+        faulty.push_panics.store(false, Relaxed);
+        let unsubscribe = {
+            let (hub, faulty) = (hub.clone(), faulty.clone());
+            move || assert!(hub.unsubscribe(7, &faulty))
+        };
+        assert!(returns_in_time(unsubscribe), "the unsubscribe waits for a turn never passed");
+        // The world's later chunks still flow.
+        let mut taken = Vec::new();
+        other.take(&mut taken);
+        taken.clear();
+        publish_one(&hub, &mut staging, 7, 1);
+        other.take(&mut taken);
+        assert_eq!(taken.len(), 1);
+    }
+
+    #[test]
+    fn a_closed_mailbox_unsubscribes_without_waiting_for_a_push_under_way() {
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        let (closed, live) = (Mailbox::new(16), Mailbox::new(16));
+        hub.subscribe(7, &closed);
+        hub.subscribe(7, &live);
+        // A push under way: its ticket served and not yet passed.
+        let held = hub.lock().live.get_mut(&7).unwrap().ticket();
+        held.wait();
+        closed.close();
+        let unsubscribe = {
+            let (hub, closed) = (hub.clone(), closed.clone());
+            move || assert!(hub.unsubscribe_closed(7, &closed))
+        };
+        assert!(returns_in_time(unsubscribe), "a closed mailbox waited for the turn");
+        assert_eq!(hub.metrics().subscriptions, 1);
+        // A live unsubscribe waits for it.
+        let (done, unsubscribe) = {
+            let (hub, live) = (hub.clone(), live.clone());
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = done.clone();
+            (
+                done,
+                std::thread::spawn(move || {
+                    assert!(hub.unsubscribe(7, &live));
+                    flag.store(true, Relaxed);
+                }),
+            )
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!done.load(Relaxed), "a live unsubscribe returned before the push under way ended");
+        drop(held);
+        unsubscribe.join().unwrap();
+        assert_eq!(hub.metrics(), HubMetrics::default());
     }
 }
