@@ -8,7 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trove_hunt::{HuntConfig, HuntEvent, TreasureHunt};
+use trove_hunt::{HuntEvent, TreasureHunt};
+mod common;
+
+use common::hunt_config;
 use trove_proto::Frame;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, Sizes, VERSION};
 use trove_server::{Server, ServerConfig};
@@ -28,20 +31,6 @@ fn start(push_interval: Duration) -> Server<TreasureHunt> {
         ..ServerConfig::default()
     };
     Server::start(engine, server).unwrap()
-}
-
-fn hunt_config() -> HuntConfig {
-    HuntConfig {
-        width: 64,
-        height: 64,
-        seed: 7,
-        treasures_per_round: 64,
-        value_min: 1,
-        value_max: 9,
-        dig_cooldown_ms: 0,
-        step_max: 4,
-        players_max: 1000,
-    }
 }
 
 /// What the tests read: which frame, and for an UPDATE its numbers.

@@ -6,8 +6,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::hunt_config;
 use trove_core::{Record, Stamped};
-use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, Reject, TreasureHunt};
+use trove_hunt::{HuntEvent, HuntOutcome, Reject, TreasureHunt};
 use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind, Sizes, VERSION, hello_flags};
 use trove_proto::wire::{UpdateEntry, decode_entries, decode_outcomes};
 use trove_proto::{Frame, WireGame};
@@ -15,20 +18,6 @@ use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
 
 const SIZES: Sizes = Sizes { record: 32, outcome: 16 };
-
-fn config() -> HuntConfig {
-    HuntConfig {
-        width: 64,
-        height: 64,
-        seed: 7,
-        treasures_per_round: 64,
-        value_min: 1,
-        value_max: 9,
-        dig_cooldown_ms: 0,
-        step_max: 4,
-        players_max: 1000,
-    }
-}
 
 fn start(engine: EngineConfig, server: ServerConfig) -> Server<TreasureHunt> {
     let engine = Arc::new(Engine::<TreasureHunt>::start(engine).unwrap());
@@ -193,7 +182,7 @@ fn produce_acknowledge_and_subscribe_end_to_end() {
 
     let (mut p, id) = Raw::hello(addr, 0, true);
     assert_ne!(id, 0, "the server assigns an id");
-    let mut sent = vec![HuntEvent::create(1, config())];
+    let mut sent = vec![HuntEvent::create(1, hunt_config())];
     sent.extend(players(1, 10));
     p.events(1, &sent);
     let more = vec![HuntEvent::move_by(1, 3, 1, 1), HuntEvent::dig(1, 3), HuntEvent::scan(1, 4), HuntEvent::join(1, 3)];
@@ -242,7 +231,7 @@ fn a_resent_batch_is_answered_with_its_outcomes_and_applied_once() {
     let server = start(small_engine(), ServerConfig::default());
     let addr = server.tcp_addr();
     let (mut p, _) = Raw::hello(addr, 4242, true);
-    let mut events = vec![HuntEvent::create(5, config())];
+    let mut events = vec![HuntEvent::create(5, hunt_config())];
     events.extend(players(5, 100));
     p.events(1, &events);
     let Some(OwnedFrame::Ack { outcomes: Some(first), .. }) = p.decoded() else { panic!() };
@@ -274,7 +263,7 @@ fn overload_is_answered_busy_and_resends_are_applied_exactly_once() {
     let server = start(engine, ServerConfig { window_batches: 256, ..ServerConfig::default() });
     let addr = server.tcp_addr();
     let (mut p, _) = Raw::hello(addr, 77, false);
-    let mut setup = vec![HuntEvent::create(1, config())];
+    let mut setup = vec![HuntEvent::create(1, hunt_config())];
     setup.extend(players(1, 1000));
     p.events(1, &setup);
     assert!(matches!(p.decoded(), Some(OwnedFrame::Ack { first_seq: 1, .. })));
@@ -324,7 +313,7 @@ fn a_slow_subscriber_gets_a_gap_notice_and_never_slows_the_engine() {
     let (mut fast, _) = Raw::hello(addr, 0, false);
     fast.subscribe(3);
     let (mut p, _) = Raw::hello(addr, 0, false);
-    let mut events = vec![HuntEvent::create(3, config())];
+    let mut events = vec![HuntEvent::create(3, hunt_config())];
     events.extend(players(3, 1000));
     p.events(1, &events);
     let mut seq = 1 + events.len() as u64;
@@ -378,7 +367,7 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
     let addr = server.tcp_addr();
     // A healthy producer, used between every attack.
     let (mut good, _) = Raw::hello(addr, 0, true);
-    good.events(1, &[HuntEvent::create(9, config())]);
+    good.events(1, &[HuntEvent::create(9, hunt_config())]);
     assert!(matches!(good.decoded(), Some(OwnedFrame::Ack { .. })));
     let mut seq = 2;
     let mut check_good = |good: &mut Raw| {
@@ -708,7 +697,7 @@ fn a_reused_sequence_number_is_refused_not_answered_with_another_events_outcome(
     let engine = EngineConfig { journal: Some(journal), ..small_engine() };
     let server = start(engine.clone(), ServerConfig::default());
     let (mut p, _) = Raw::hello(server.tcp_addr(), 31, true);
-    let first = [HuntEvent::create(1, config()), HuntEvent::join(1, 1), HuntEvent::join(1, 2)];
+    let first = [HuntEvent::create(1, hunt_config()), HuntEvent::join(1, 1), HuntEvent::join(1, 2)];
     let original = expect_ack(&mut p, 1, &first);
     assert!(matches!(original[1], HuntOutcome::Joined { .. }), "{original:?}");
 

@@ -837,6 +837,15 @@ mod tests {
         hub.publish(&events, &out, staging, Instant::now());
     }
 
+    /// Waits (generously) until the ticker has woken a deferred mailbox.
+    fn wait_for_the_tick(hub: &Hub<Hunt>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.metrics().wakeups_deferred == 0 {
+            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn chunks(taken: &[Delivery<Hunt>]) -> Vec<u64> {
         taken
             .iter()
@@ -956,11 +965,7 @@ mod tests {
         let got = chunks(&taken);
         assert_eq!(got, (first..first + 100).collect::<Vec<_>>(), "every chunk, in order");
         // The one left to the ticker is woken by it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while hub.metrics().wakeups_deferred == 0 {
-            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_the_tick(&hub);
     }
 
     #[test]
@@ -982,11 +987,7 @@ mod tests {
         assert_eq!((hub.metrics().wakeups, hub.metrics().wakeups_deferred), (2, 0), "woken just now: deferred");
         // After the tick (and a quiet one after it) the next push wakes at
         // once again.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while hub.metrics().wakeups_deferred == 0 {
-            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_the_tick(&hub);
         a.take(&mut taken);
         std::thread::sleep(Duration::from_millis(2200));
         publish_one(&hub, &mut staging, 7, 0);
@@ -1007,11 +1008,7 @@ mod tests {
         // Woken just now: the next waits for the tick (and starts the ticker).
         publish_one(&hub, &mut staging, 7, 0);
         assert_eq!((hub.metrics().wakeups, hub.metrics().wakeups_deferred), (1, 0), "woken just now: deferred");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while hub.metrics().wakeups_deferred == 0 {
-            assert!(Instant::now() < deadline, "the ticker never woke the deferred mailbox");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_the_tick(&hub);
         mailbox.take(&mut taken);
         // Sparse updates, each more than an interval after the last, while
         // the ticker sleeps (a tick found nothing to wake): every one at once.

@@ -48,20 +48,6 @@ fn start(name: &str, limits: &str) -> (Serve, SocketAddr, SocketAddr, SocketAddr
     (serve, at.tcp, at.ws.expect("the WebSocket listener"), at.control, dir)
 }
 
-/// Raises this process's open-file limit to its hard limit (the server
-/// inherits it).
-#[allow(unsafe_code)]
-fn raise_file_limit() -> u64 {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
-        l.rlim_cur = l.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
-    }
-    l.rlim_cur
-}
-
 /// One `/metrics` sample's value (`name` with its labels, if any).
 fn metric(control: SocketAddr, name: &str) -> Option<u64> {
     let mut s = TcpStream::connect(control).ok()?;
@@ -511,7 +497,10 @@ fn thousands_of_subscribers_come_and_go_without_leaking() {
     const WS_SUBSCRIBERS: usize = 100;
     const HUNTS: u32 = 40;
     const ROUNDS: usize = 6;
-    assert!(raise_file_limit() >= 2 * (TCP_SUBSCRIBERS + WS_SUBSCRIBERS) as u64 + 200, "the test needs more files");
+    assert!(
+        common::raise_file_limit() >= 2 * (TCP_SUBSCRIBERS + WS_SUBSCRIBERS) as u64 + 200,
+        "the test needs more files"
+    );
     let (serve, tcp, ws, control, dir) = start("fanout-churn", "connections_max = 2200\nidle_timeout_ms = 600000");
     let pid = serve.pid();
     let hunts: Vec<u32> = (0..HUNTS).map(|h| 300 + h).collect();

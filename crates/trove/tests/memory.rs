@@ -44,20 +44,6 @@ fn start(config: &std::path::Path, ws: bool) -> (Serve, SocketAddr, SocketAddr) 
     (serve, data, at.control)
 }
 
-/// Raises this process's open-file limit to its hard limit (the child
-/// inherits it): 2,000 connections need more than the usual 1024.
-#[allow(unsafe_code)]
-fn raise_file_limit() -> u64 {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
-        l.rlim_cur = l.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
-    }
-    l.rlim_cur
-}
-
 /// Connects and completes the handshake.
 fn connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -132,7 +118,7 @@ fn metric(control: SocketAddr, name: &str) -> Option<u64> {
 
 #[test]
 fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
-    assert!(raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
+    assert!(common::raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
     let dir = std::env::temp_dir().join(format!("trove-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
@@ -294,7 +280,7 @@ fn ws_round_trip(s: &mut TcpStream) {
 
 #[test]
 fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its_bound() {
-    assert!(raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
+    assert!(common::raise_file_limit() >= 2 * CONNECTIONS as u64 + 200, "the test needs 2,200 open files");
     let dir = std::env::temp_dir().join(format!("trove-memory-ws-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");

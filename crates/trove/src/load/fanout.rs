@@ -329,6 +329,8 @@ struct Counters {
     desynced: AtomicU64,
 }
 
+/// A subscriber's counts: what one scan of read bytes found, or the
+/// totals of [`Counters`] at a moment.
 #[derive(Clone, Copy, Debug, Default)]
 struct Count {
     entries: u64,
@@ -355,7 +357,7 @@ impl Counters {
         }
     }
 
-    fn add(&self, t: &Tally) {
+    fn add(&self, t: &Count) {
         self.entries.fetch_add(t.entries, Relaxed);
         self.bytes.fetch_add(t.bytes, Relaxed);
         if t.gaps + t.untimed + t.lower_bound + t.desynced > 0 {
@@ -950,19 +952,6 @@ struct Sub {
     frame_max: usize,
 }
 
-/// What one scan of read bytes found.
-#[derive(Debug, Default)]
-struct Tally {
-    entries: u64,
-    bytes: u64,
-    gaps: u64,
-    gap_entries: u64,
-    untimed: u64,
-    lower_bound: u64,
-    reordered: u64,
-    desynced: u64,
-}
-
 async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result<(TcpStream, Sub), String> {
     let (index, hunt) = (sub.index, sub.hunt);
     let who = move |e: String| format!("subscriber {index} (hunt {hunt}): {e}");
@@ -1119,7 +1108,7 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
         }
     };
     let now_us = ctx.clock.now_ns() / 1000;
-    let mut tally = Tally { bytes: n as u64, ..Tally::default() };
+    let mut tally = Count { bytes: n as u64, ..Count::default() };
     let lat = if sub.slow { None } else { Some(latencies) };
     let used = if sub.ws {
         scan_ws(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
@@ -1151,7 +1140,7 @@ fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_only: bool) -
 
 /// Times the APPLIED entry just seen (the `sub.applied`-th).
 #[inline]
-fn applied(sub: &mut Sub, log: &SendLog, now_us: u64, lat: &mut Option<&mut Latencies>, tally: &mut Tally) {
+fn applied(sub: &mut Sub, log: &SendLog, now_us: u64, lat: &mut Option<&mut Latencies>, tally: &mut Count) {
     let k = sub.applied;
     sub.applied += 1;
     if !sub.synced {
@@ -1199,7 +1188,7 @@ fn scan_tcp(
     log: &SendLog,
     now_us: u64,
     mut lat: Option<&mut Latencies>,
-    tally: &mut Tally,
+    tally: &mut Count,
 ) -> Result<usize, String> {
     let mut at = 0;
     while let Some((header, total)) = frame::split(&buf[at..], sub.frame_max as u32).map_err(|e| e.to_string())? {
@@ -1246,7 +1235,7 @@ fn scan_tcp(
     Ok(at)
 }
 
-fn gap(sub: &mut Sub, first_missed: u64, missed: u64, tally: &mut Tally) {
+fn gap(sub: &mut Sub, first_missed: u64, missed: u64, tally: &mut Count) {
     tally.gaps += 1;
     tally.gap_entries += missed;
     // The log's index no longer follows the stream.
@@ -1357,7 +1346,7 @@ fn scan_ws(
     log: &SendLog,
     now_us: u64,
     mut lat: Option<&mut Latencies>,
-    tally: &mut Tally,
+    tally: &mut Count,
 ) -> Result<usize, String> {
     const KIND: &[u8] = br#""kind":""#;
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -1612,7 +1601,7 @@ mod tests {
         let s = frame::begin_update(&mut out, 3, 18);
         frame::push_entry(&mut out, entry_kind::APPLIED, |o| o.extend_from_slice(&[0u8; 56]));
         frame::end_update(&mut out, s, 1);
-        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         // A partial frame is left for the next read.
         let used = scan_tcp(&out[..whole - 1], &mut sub, &log, 3000, Some(&mut lat), &mut t).unwrap();
         assert_eq!((used, t.entries), (0, 0));
@@ -1648,7 +1637,7 @@ mod tests {
             f.extend_from_slice(m.as_bytes());
             buf.extend_from_slice(&f);
         }
-        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         let used = scan_ws(&buf, &mut sub, &log, 1500, Some(&mut lat), &mut t).unwrap();
         assert_eq!(used, buf.len());
         assert_eq!((t.entries, t.gaps, t.gap_entries, t.desynced), (2, 1, 4, 0));
@@ -1676,7 +1665,7 @@ mod tests {
         }
         let mut out = Vec::new();
         update_frame(&mut out, 3, 10, 3);
-        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         let now_us = (1_000 + size + 10) * 1000;
         scan_tcp(&out, &mut sub, &log, now_us, Some(&mut lat), &mut t).unwrap();
         // 0 and 1 overwritten: at least now less the oldest held (entry 2).
@@ -1694,7 +1683,7 @@ mod tests {
         log.record(3, 9_000_000, 0);
         let mut out = Vec::new();
         update_frame(&mut out, 3, 10, 2);
-        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Tally::default());
+        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         // Read at 6 ms: the second was matched with 9 ms.
         scan_tcp(&out, &mut sub, &log, 6_000, Some(&mut lat), &mut t).unwrap();
         assert_eq!((t.reordered, t.untimed), (1, 1));
@@ -1712,7 +1701,7 @@ mod tests {
         assert!(log.desynced(1) && log.desynced(4) && !log.desynced(2));
         let mut out = Vec::new();
         update_frame(&mut out, 4, 10, 1);
-        let (mut sub, mut lat, mut t) = (Sub { hunt: 4, ..sub() }, Latencies::default(), Tally::default());
+        let (mut sub, mut lat, mut t) = (Sub { hunt: 4, ..sub() }, Latencies::default(), Count::default());
         scan_tcp(&out, &mut sub, &log, 2_000, Some(&mut lat), &mut t).unwrap();
         assert_eq!((t.desynced, t.untimed), (1, 1));
         assert!(!sub.synced && lat.merge_into(0, &mut histogram()) == 0);
@@ -1723,7 +1712,7 @@ mod tests {
         let log = SendLog::new(4, &[3]);
         let mut out = Vec::new();
         update_frame(&mut out, 3, u64::MAX, 2);
-        let (mut hostile, mut t) = (Sub { next_seq: u64::MAX, ..sub() }, Tally::default());
+        let (mut hostile, mut t) = (Sub { next_seq: u64::MAX, ..sub() }, Count::default());
         let e = scan_tcp(&out, &mut hostile, &log, 1, None, &mut t).unwrap_err();
         assert!(e.contains("2^64"), "{e}");
         let m = format!(r#"{{"entries":[{{"kind":"applied"}}],"first_seq":{},"hunt":3,"type":"update"}}"#, u64::MAX);
@@ -1782,14 +1771,14 @@ mod tests {
         let (a, b) = (fleet.snapshot(), fleet.snapshot());
         // During the drain and settle after the window: a gap and an
         // untimed entry.
-        thread.fast.add(&Tally { gaps: 1, untimed: 1, ..Tally::default() });
+        thread.fast.add(&Count { gaps: 1, untimed: 1, ..Count::default() });
         lock(&thread.latencies).record(0, 500, 3);
         let s0 = fleet.step(0, (&a, &b), None, None);
         assert_eq!((s0.gaps, s0.updates_untimed, s0.updates_timed, s0.updates_late), (1, 1, 3, 0));
         // Step 0's updates read after its report, then step 1.
         lock(&thread.latencies).record(0, 900_000, 2);
         let c = fleet.snapshot();
-        thread.fast.add(&Tally { gaps: 2, ..Tally::default() });
+        thread.fast.add(&Count { gaps: 2, ..Count::default() });
         lock(&thread.latencies).record(1, 700, 5);
         let d = fleet.snapshot();
         let s1 = fleet.step(1, (&c, &d), None, None);

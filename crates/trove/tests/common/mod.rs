@@ -4,6 +4,21 @@
 
 use std::path::PathBuf;
 
+/// Raises this process's open-file limit to its hard limit (a server it
+/// starts inherits it): thousands of connections need more than the
+/// usual 1,024. Returns the limit now in force.
+#[allow(unsafe_code)]
+pub fn raise_file_limit() -> u64 {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    l.rlim_cur
+}
+
 /// A small hunt for tests that drive a server through the SDK: a 64x64
 /// map, up to 1,024 players, no dig cooldown.
 pub fn hunt_config() -> trove_hunt::HuntConfig {
