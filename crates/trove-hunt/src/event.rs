@@ -127,7 +127,7 @@ impl HuntEvent {
     ///
     /// The kinds come in no predictable order, and a `match` on them
     /// compiled to a jump table whose mispredictions took about a third of
-    /// the journal encoder's time (docs/benchmarks.md). So both are read
+    /// the journal encoder's time (docs/decisions/0031). So both are read
     /// from `Action`'s defined layout instead: the discriminant byte is the
     /// kind, and a move's `dx` and `dy` are the two `i16`s at offsets 2 and
     /// 4. Those bytes are read whatever the kind (as possibly uninitialised

@@ -12,7 +12,7 @@
 //! `never` after the `write`. Under `group` the loop is the whole policy:
 //! it writes and syncs as soon as anything is pending, and what the shard
 //! hands it during a write and sync queues up for the next one, so the
-//! groups grow with the load (docs/decisions/0009-group-commit.md).
+//! groups grow with the load (docs/decisions/0009).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -678,7 +678,7 @@ fn journal_loop<G: Game>(
         // frames held back for the sync would make the sync wait for their
         // write, and the write and the sync are the acknowledgement's
         // latency (held until 512 KiB or the sync: 8% less throughput in
-        // `bench engine`, docs/benchmarks.md). The interval runs from the
+        // `bench engine`, docs/decisions/0028). The interval runs from the
         // start of one sync's write to the start of the next: a fixed
         // cadence, not one stretched by the time each write and sync take.
         let began = Instant::now();

@@ -551,7 +551,7 @@ impl<G: Game> ShardLoop<G> {
             // The drain buffer stays here, warm for the next drain: the
             // journal gets the producers' parts (`JournalJob::Batch`). A
             // buffer that went to the journal thread and came back was cold:
-            // that cost the shard 7-11 ns per event (docs/benchmarks.md).
+            // that cost the shard 7-11 ns per event (docs/decisions/0029).
             batch.clear();
             if let Some(JournalLink { jobs: journal, .. }) = &self.journal {
                 let time_us = (self.clock_mode == ClockMode::Wall).then_some(time_us);

@@ -128,7 +128,7 @@ fn every_acknowledged_event_is_in_the_journal_under_every_policy() {
 /// only after that sync (the counters move before the release; the events
 /// are in the files when it arrives). That it waits for no timer is not
 /// shown here (`interval=<ms>` also syncs once per lone batch, later):
-/// it is the journal loop's rule, measured in docs/benchmarks.md.
+/// it is the journal loop's rule, measured in docs/decisions/0009.
 #[test]
 fn under_group_each_acknowledgement_waits_for_exactly_one_sync() {
     assert_eq!(FsyncPolicy::default(), FsyncPolicy::Group, "group is the default");

@@ -12,7 +12,7 @@ use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 /// shootdowns on both cores. mimalloc frees them into per-thread pages and
 /// asks for transparent huge pages for its own regions, so the player
 /// table's random reads stop missing the TLB (`MIMALLOC_ALLOW_THP=0` turns
-/// that off). docs/benchmarks.md, "The allocator", has the measurements.
+/// that off). docs/decisions/0023 has the measurements.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -33,7 +33,7 @@ unsafe extern "C" {
 /// and on a VM that reports free pages to its host (virtio-balloon, as on
 /// this project's machines) each return makes the host drop and later
 /// re-provide those pages, which stalled the journal's writes and syncs
-/// for 100-400 ms at a time (docs/benchmarks.md, "Memory given back").
+/// for 100-400 ms at a time (docs/decisions/0024).
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: `mi_option_set` stores a value in mimalloc's option

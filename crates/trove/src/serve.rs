@@ -231,7 +231,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
 /// journal already (its shard count cannot change); else the cores the I/O
 /// runtime leaves, at least one. On 2 cores that is one shard and one I/O
 /// thread: there the `trove bench` knee was 8.1-9.3 M/s with one shard and
-/// 4.6-7.0 M/s with two competing with the I/O thread (docs/benchmarks.md).
+/// 4.6-7.0 M/s with two competing with the I/O thread (docs/decisions/0032).
 pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> usize {
     data.and_then(|d| trove_shard::journaled::recorded_shards::<TreasureHunt>(d).ok())
         .unwrap_or_else(|| cores.saturating_sub(io_workers).max(1))
