@@ -9,6 +9,8 @@
 //!
 //! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
 //! - [`ws`]: the same semantics as JSON over WebSocket.
+//! - `session`: the exactly-once session rules both endpoints drive
+//!   (answers in frame order, BUSY then resend), free of sockets.
 //! - [`json`]: the game's JSON form, for the WebSocket endpoint.
 //! - [`control`]: the HTTP control plane, on a runtime of its own.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
@@ -19,6 +21,7 @@ pub mod control;
 pub mod fds;
 pub mod json;
 pub mod metrics;
+mod session;
 mod task;
 pub mod tcp;
 pub mod ws;
@@ -257,6 +260,22 @@ impl Staged {
         let admitted = c.stamps.admitted.unwrap_or(c.submitted_at);
         Staged { arrival, admitted, stamps: c.stamps, events: u64::from(events) }
     }
+}
+
+/// Records an ACK about to be sent: the events acknowledged, the
+/// admission-to-ACK latency, and the batch's stage times, kept in `staged`
+/// until the ACK is written (`ServerMetrics::record_stages`).
+pub(crate) fn record_ack<G: trove_core::Game>(
+    metrics: &ServerMetrics,
+    staged: &mut Vec<Staged>,
+    batch: &session::Batch,
+    c: &trove_shard::Completed<G>,
+) {
+    debug_assert_eq!(c.outcomes.len(), batch.count as usize, "one outcome per event of the batch");
+    let events = u64::from(batch.count);
+    metrics.events_acked.fetch_add(events, Relaxed);
+    metrics.ingest_to_ack_ns.record_n(c.submitted_at.elapsed().as_nanos() as u64, events);
+    staged.push(Staged::of(batch.arrival, c, batch.count));
 }
 
 impl ServerMetrics {
@@ -645,21 +664,6 @@ pub(crate) fn poll_complete<G: WireGame>(
             None => std::task::Poll::Pending,
         },
     }
-}
-
-/// The message of a `sequence_reused` answer: which sequence numbers of
-/// the batch were reused (the first and how many), and what became of the
-/// rest. `reused` is not empty.
-pub(crate) fn sequence_reused_message(reused: &[u64]) -> String {
-    let first = reused[0];
-    let more = match reused.len() - 1 {
-        0 => String::new(),
-        n => format!(" (and {n} more of this batch)"),
-    };
-    format!(
-        "sequence {first}{more} was already applied with another event: not applied; the batch's other events \
-         were handled as usual"
-    )
 }
 
 /// A connection's subscriptions, one mailbox for all its hunts: the
