@@ -41,13 +41,15 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trove_core::Stamped;
-use trove_hunt::{HuntEvent, HuntOutcome, Reject, TreasureHunt};
+use trove_core::{Game, Stamped};
 use trove_shard::{Engine, Producer, SubmitError};
 
-use crate::ServerMetrics;
-use crate::json::{JsonGame, config_json, top_json};
+use crate::error::{InvalidConfig, JsonError, StartError};
+use crate::json::JsonGame;
 use crate::metrics::{self, MetricsSources};
+use crate::{ServerMetrics, bind};
+
+pub use crate::json::parse_create_body;
 
 /// Largest request body, in bytes: a longer announced length is answered
 /// 413 before a byte of the body is read, and a chunked body is cut off
@@ -94,7 +96,7 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let hour = Duration::from_secs(3600);
         let checks = [
             (
@@ -110,8 +112,37 @@ impl ControlConfig {
                 "control_body_timeout_ms must be in 1..=3600000",
             ),
         ];
-        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(InvalidConfig(msg)))
     }
+}
+
+/// What the control plane needs of a game beyond its JSON form: the views
+/// of one of its worlds the read routes answer with, and the event that
+/// creates a world. The routes keep their names (`/hunts`, docs/control.md).
+pub trait ControlGame: JsonGame {
+    /// A world in a listing (`GET /hunts`); its detail starts with it.
+    fn world_summary(world: &Self::World) -> Value;
+    /// `GET /hunts/{id}`.
+    fn world_detail(world: &Self::World) -> Value;
+    /// `GET /hunts/{id}/leaderboard`.
+    fn world_leaderboard(world: &Self::World) -> Value;
+    /// `GET /hunts/{id}/players/{player}`: `None` when the player is not
+    /// in the world.
+    fn world_player(world: &Self::World, player: u32) -> Option<Value>;
+    /// The create event a `POST /hunts` body asks for; the bytes come from
+    /// a client.
+    fn create_from_body(body: &[u8]) -> Result<Self::Event, JsonError>;
+    /// The answer to a create event's outcome.
+    fn create_answer(event: &Self::Event, outcome: &Self::Outcome) -> CreateAnswer;
+}
+
+/// How `POST /hunts` answers a create's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreateAnswer {
+    /// 201 with this body.
+    Created(Value),
+    /// An error body `{"error": code, "message": ...}` with this status.
+    Refused { status: StatusCode, code: &'static str, message: String },
 }
 
 /// What the control plane reports about the engine it serves.
@@ -126,14 +157,14 @@ pub struct ControlInfo {
     pub ws_addr: Option<SocketAddr>,
 }
 
-struct Ctx {
-    engine: Arc<Engine<TreasureHunt>>,
+struct Ctx<G: Game> {
+    engine: Arc<Engine<G>>,
     /// One producer for every state-changing request, so the engine's
     /// per-producer tables hold one entry for the control plane.
-    producer: tokio::sync::Mutex<Producer<TreasureHunt>>,
+    producer: tokio::sync::Mutex<Producer<G>>,
     info: ControlInfo,
     started: Instant,
-    sources: MetricsSources,
+    sources: MetricsSources<G>,
     ready: Arc<AtomicBool>,
     conns: Arc<Conns>,
 }
@@ -153,33 +184,42 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+/// What a control plane serves and reports on, besides its listener.
+#[derive(Debug)]
+pub struct ControlParts<G: Game> {
+    pub config: ControlConfig,
+    pub engine: Arc<Engine<G>>,
+    /// The data plane's counters, for `/metrics` and `/status`.
+    pub server_metrics: Arc<ServerMetrics>,
+    /// The data plane's runtime, for its tokio metrics.
+    pub data_plane: tokio::runtime::Handle,
+    pub info: ControlInfo,
+    /// `/ready` answers 200 while it holds.
+    pub ready: Arc<AtomicBool>,
+}
+
 impl ControlPlane {
     /// Binds `addr` and serves on a runtime of its own.
-    pub fn start(
+    pub fn start<G: ControlGame>(
         addr: SocketAddr,
         config: ControlConfig,
-        engine: Arc<Engine<TreasureHunt>>,
+        engine: Arc<Engine<G>>,
         server_metrics: Arc<ServerMetrics>,
         data_plane: tokio::runtime::Handle,
         info: ControlInfo,
         ready: Arc<AtomicBool>,
-    ) -> Result<Self, String> {
-        let listener =
-            std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?;
-        Self::start_on(listener, config, engine, server_metrics, data_plane, info, ready)
+    ) -> Result<Self, StartError> {
+        let listener = bind(addr, "control plane")?;
+        Self::start_on(listener, ControlParts { config, engine, server_metrics, data_plane, info, ready })
     }
 
     /// Serves on a listener bound already (`trove serve` binds it before
     /// the engine recovers anything), on a runtime of its own.
-    pub fn start_on(
+    pub fn start_on<G: ControlGame>(
         std_listener: std::net::TcpListener,
-        config: ControlConfig,
-        engine: Arc<Engine<TreasureHunt>>,
-        server_metrics: Arc<ServerMetrics>,
-        data_plane: tokio::runtime::Handle,
-        info: ControlInfo,
-        ready: Arc<AtomicBool>,
-    ) -> Result<Self, String> {
+        parts: ControlParts<G>,
+    ) -> Result<Self, StartError> {
+        let ControlParts { config, engine, server_metrics, data_plane, info, ready } = parts;
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -187,9 +227,10 @@ impl ControlPlane {
             .enable_io()
             .enable_time()
             .build()
-            .map_err(|e| format!("starting the control runtime: {e}"))?;
-        std_listener.set_nonblocking(true).map_err(|e| format!("control plane listener: {e}"))?;
-        let addr = std_listener.local_addr().map_err(|e| format!("control plane listener: {e}"))?;
+            .map_err(|source| StartError::Runtime { what: "control", source })?;
+        let listener_error = |source| StartError::Listener { what: "control plane", source };
+        std_listener.set_nonblocking(true).map_err(listener_error)?;
+        let addr = std_listener.local_addr().map_err(listener_error)?;
         let conns = Arc::new(Conns::new(config));
         let ctx = Arc::new(Ctx {
             producer: tokio::sync::Mutex::new(engine.producer()),
@@ -208,8 +249,7 @@ impl ControlPlane {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = {
             let _guard = runtime.enter();
-            let listener =
-                tokio::net::TcpListener::from_std(std_listener).map_err(|e| format!("control plane listener: {e}"))?;
+            let listener = tokio::net::TcpListener::from_std(std_listener).map_err(listener_error)?;
             let name = format!("control accept {addr}");
             crate::task::spawn_named_on(
                 runtime.handle(),
@@ -627,17 +667,17 @@ fn render_connections(conns: &Conns, out: &mut String) {
     }
 }
 
-fn router(ctx: Arc<Ctx>) -> Router {
+fn router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/status", get(status))
-        .route("/metrics", get(prometheus))
+        .route("/health", get(health::<G>))
+        .route("/ready", get(ready::<G>))
+        .route("/status", get(status::<G>))
+        .route("/metrics", get(prometheus::<G>))
         .route("/openapi.json", get(openapi))
-        .route("/hunts", get(list_hunts).post(create_hunt))
-        .route("/hunts/{id}", get(hunt_detail))
-        .route("/hunts/{id}/leaderboard", get(leaderboard))
-        .route("/hunts/{id}/players/{player}", get(player_detail))
+        .route("/hunts", get(list_hunts::<G>).post(create_hunt::<G>))
+        .route("/hunts/{id}", get(hunt_detail::<G>))
+        .route("/hunts/{id}/leaderboard", get(leaderboard::<G>))
+        .route("/hunts/{id}/players/{player}", get(player_detail::<G>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here".into())
@@ -658,14 +698,14 @@ fn ok(value: Value) -> Response {
 
 /// Live unless the engine failed (its journal could not write or sync):
 /// then it will never acknowledge again, and a restart is what recovers.
-async fn health(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn health<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     match ctx.engine.failure() {
         None => ok(json!({"status": "ok"})),
         Some(reason) => error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason.to_string()),
     }
 }
 
-async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn ready<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     if let Some(reason) = ctx.engine.failure() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason.to_string());
     }
@@ -676,12 +716,12 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
     }
 }
 
-async fn status(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn status<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     let m = ctx.engine.metrics();
     let s = ctx.sources.server.snapshot();
     ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "game": "treasure-hunt",
+        "game": G::NAME,
         "mode": ctx.info.mode,
         "shards": ctx.info.shards,
         "fsync": ctx.info.fsync,
@@ -702,7 +742,7 @@ async fn status(State(ctx): State<Arc<Ctx>>) -> Response {
     }))
 }
 
-async fn prometheus(State(ctx): State<Arc<Ctx>>) -> Response {
+async fn prometheus<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     let mut text = metrics::render(&ctx.sources);
     render_connections(&ctx.conns, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
@@ -719,10 +759,10 @@ fn parse_id(raw: &str, what: &str) -> Result<u32, Response> {
 }
 
 /// Reads a hunt on its shard, or answers 404.
-async fn with_hunt(
-    ctx: &Ctx,
+async fn with_hunt<G: ControlGame>(
+    ctx: &Ctx<G>,
     raw: &str,
-    f: impl FnOnce(&trove_hunt::Hunt) -> Value + Send + 'static,
+    f: impl FnOnce(&G::World) -> Value + Send + 'static,
 ) -> Result<Value, Response> {
     let id = parse_id(raw, "hunt id")?;
     let answer = ctx.engine.query_world(id, move |h| h.map(f));
@@ -735,40 +775,29 @@ async fn with_hunt(
     }
 }
 
-fn summary(h: &trove_hunt::Hunt) -> Value {
-    json!({"id": h.id(), "round": h.round(), "players": h.players_joined(), "treasures_left": h.treasures_left()})
-}
-
 type PathArg<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
 fn path_error(e: axum::extract::rejection::PathRejection) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
 }
 
-async fn hunt_detail(State(ctx): State<Arc<Ctx>>, id: PathArg<String>) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return path_error(e),
-    };
-    let detail = with_hunt(&ctx, &id, |h| {
-        let mut v = summary(h);
-        v["config"] = config_json(h.config());
-        v["leaderboard"] = top_json(h.leaderboard());
-        v
-    });
-    detail.await.map_or_else(|e| e, ok)
+/// A hunt's view on its shard: `GET /hunts/{id}` and its leaderboard.
+async fn hunt_view<G: ControlGame>(ctx: &Ctx<G>, id: PathArg<String>, view: fn(&G::World) -> Value) -> Response {
+    match id {
+        Ok(Path(id)) => with_hunt(ctx, &id, view).await.map_or_else(|e| e, ok),
+        Err(e) => path_error(e),
+    }
 }
 
-async fn leaderboard(State(ctx): State<Arc<Ctx>>, id: PathArg<String>) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return path_error(e),
-    };
-    let board = with_hunt(&ctx, &id, |h| json!({"id": h.id(), "round": h.round(), "top": top_json(h.leaderboard())}));
-    board.await.map_or_else(|e| e, ok)
+async fn hunt_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {
+    hunt_view(&ctx, id, G::world_detail).await
 }
 
-async fn player_detail(State(ctx): State<Arc<Ctx>>, ids: PathArg<(String, String)>) -> Response {
+async fn leaderboard<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {
+    hunt_view(&ctx, id, G::world_leaderboard).await
+}
+
+async fn player_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, ids: PathArg<(String, String)>) -> Response {
     let (id, player) = match ids {
         Ok(Path(ids)) => ids,
         Err(e) => return path_error(e),
@@ -777,10 +806,7 @@ async fn player_detail(State(ctx): State<Arc<Ctx>>, ids: PathArg<(String, String
         Ok(p) => p,
         Err(e) => return e,
     };
-    let found = with_hunt(&ctx, &id, move |h| match h.player(player).filter(|p| p.joined()) {
-        Some(p) => json!({"hunt": h.id(), "player": player, "x": p.x, "y": p.y, "score": p.score, "round": h.round()}),
-        None => Value::Null,
-    });
+    let found = with_hunt(&ctx, &id, move |h| G::world_player(h, player).unwrap_or(Value::Null));
     match found.await {
         Ok(Value::Null) => {
             error(StatusCode::NOT_FOUND, "unknown_player", format!("player {player} is not in hunt {id}"))
@@ -798,8 +824,8 @@ struct Page {
 
 const LIST_LIMIT_MAX: usize = 1000;
 
-async fn list_hunts(
-    State(ctx): State<Arc<Ctx>>,
+async fn list_hunts<G: ControlGame>(
+    State(ctx): State<Arc<Ctx<G>>>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(page)) = page else {
@@ -815,7 +841,7 @@ async fn list_hunts(
     }
     // Every shard sends its first `limit + 1` hunts past `after` (one past
     // the page, to know whether there is a next); keep the lowest ids.
-    let mut rx = ctx.engine.query_world_page(page.after, limit + 1, |id, h| (id, summary(h)));
+    let mut rx = ctx.engine.query_world_page(page.after, limit + 1, |id, h| (id, G::world_summary(h)));
     let mut hunts: Vec<(u32, Value)> = Vec::new();
     let collect = async {
         while let Some(x) = rx.recv().await {
@@ -832,26 +858,12 @@ async fn list_hunts(
     ok(json!({"hunts": hunts.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), "next_after": next}))
 }
 
-/// Reads a `POST /hunts` body, `{"id": 7, "config": {...}}`, into the
-/// create event it asks for; the error names what is wrong (answered as
-/// 400 `bad_request`). Public for the fuzz target (fuzz/).
-pub fn parse_create_body(body: &[u8]) -> Result<HuntEvent, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let id = v.get("id").ok_or("missing field `id`")?;
-    if id.as_u64().and_then(|i| u32::try_from(i).ok()).is_none() {
-        return Err(format!("`id` must be an integer in 0..=4294967295, not {id}"));
-    }
-    let config = v.get("config").ok_or("missing field `config`")?;
-    TreasureHunt::event_from_json(&json!({"hunt": id, "action": "create", "config": config}))
-}
-
 /// Creates a hunt: `{"id": 7, "config": {...}}`. The create is an event
 /// like any other: journaled, and answered once durable.
-async fn create_hunt(
-    State(ctx): State<Arc<Ctx>>,
+async fn create_hunt<G: ControlGame>(
+    State(ctx): State<Arc<Ctx<G>>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_request", m);
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -859,34 +871,23 @@ async fn create_hunt(
         }
         Err(e) => return error(e.status(), "bad_request", e.body_text()),
     };
-    let event = match parse_create_body(&body) {
+    let event = match G::create_from_body(&body) {
         Ok(e) => e,
-        Err(why) => return bad(why),
+        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_request", why.to_string()),
     };
     let outcome = match submit_one(&ctx, event).await {
         Ok(o) => o,
         Err(response) => return response,
     };
-    match outcome {
-        HuntOutcome::Created { round } => {
-            (StatusCode::CREATED, axum::Json(json!({"id": event.hunt, "round": round}))).into_response()
-        }
-        HuntOutcome::Rejected { reason: Reject::HuntExists } => {
-            error(StatusCode::CONFLICT, "hunt_exists", format!("hunt {} exists", event.hunt))
-        }
-        HuntOutcome::Rejected { reason: Reject::TooManyHunts } => error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "too_many_hunts",
-            "the engine holds as many hunts as it is configured for".into(),
-        ),
-        HuntOutcome::Rejected { reason } => error(StatusCode::UNPROCESSABLE_ENTITY, reason.name(), "rejected".into()),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
+    match G::create_answer(&event, &outcome) {
+        CreateAnswer::Created(v) => (StatusCode::CREATED, axum::Json(v)).into_response(),
+        CreateAnswer::Refused { status, code, message } => error(status, code, message),
     }
 }
 
 /// Submits one event through the control plane's producer and waits for
 /// its outcome (after the journal's durability point).
-async fn submit_one(ctx: &Ctx, event: HuntEvent) -> Result<HuntOutcome, Response> {
+async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::Outcome, Response> {
     let mut producer = ctx.producer.lock().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // The engine failed: its batches in flight never complete, and

@@ -1,37 +1,45 @@
 //! The game's JSON form, for the WebSocket endpoint (docs/protocol.md,
-//! "WebSocket"). Field names follow the Rust types in snake_case.
+//! "WebSocket") and the control plane's hunt routes (docs/control.md).
+//! Field names follow the Rust types in snake_case. The one file of
+//! trove-server that knows the treasure hunt: the endpoints and the
+//! control plane are generic over the game ([`JsonGame`],
+//! [`ControlGame`]).
 
 use serde_json::{Value, json};
 use trove_core::Game;
-use trove_hunt::{Action, HuntBroadcast, HuntConfig, HuntEvent, HuntOutcome, Top10, TreasureHunt};
+use trove_hunt::{Action, Hunt, HuntBroadcast, HuntConfig, HuntEvent, HuntOutcome, Reject, Top10, TreasureHunt};
+
+use crate::control::{ControlGame, CreateAnswer};
+
+pub use crate::error::JsonError;
 
 /// A game the JSON endpoint can carry.
 pub trait JsonGame: Game {
     /// Reads an event; the value comes from a client: check everything and
     /// name the field that is wrong.
-    fn event_from_json(v: &Value) -> Result<Self::Event, String>;
+    fn event_from_json(v: &Value) -> Result<Self::Event, JsonError>;
     fn event_to_json(e: &Self::Event) -> Value;
     fn outcome_to_json(o: &Self::Outcome) -> Value;
     fn broadcast_to_json(b: &Self::Broadcast) -> Value;
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, String> {
-    v.get(name).ok_or_else(|| format!("missing field `{name}`"))
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, JsonError> {
+    v.get(name).ok_or_else(|| JsonError::Missing(name.into()))
 }
 
-fn uint<T: TryFrom<u64>>(v: &Value, name: &str) -> Result<T, String> {
-    let x = field(v, name)?.as_u64().ok_or_else(|| format!("`{name}` must be a non-negative integer"))?;
-    T::try_from(x).map_err(|_| format!("`{name}` = {x} is out of range"))
+fn uint<T: TryFrom<u64>>(v: &Value, name: &str) -> Result<T, JsonError> {
+    let x = field(v, name)?.as_u64().ok_or_else(|| JsonError::NotUnsigned(name.into()))?;
+    T::try_from(x).map_err(|_| JsonError::OutOfRange { field: name.into(), value: x.into() })
 }
 
 /// A field of an event's `config` object; errors name it `config.<name>`.
-fn config_uint<T: TryFrom<u64>>(c: &Value, name: &str) -> Result<T, String> {
-    uint(c, name).map_err(|e| e.replacen(&format!("`{name}`"), &format!("`config.{name}`"), 1))
+fn config_uint<T: TryFrom<u64>>(c: &Value, name: &str) -> Result<T, JsonError> {
+    uint(c, name).map_err(JsonError::in_config)
 }
 
-fn int16(v: &Value, name: &str) -> Result<i16, String> {
-    let x = field(v, name)?.as_i64().ok_or_else(|| format!("`{name}` must be an integer"))?;
-    i16::try_from(x).map_err(|_| format!("`{name}` = {x} is out of range"))
+fn int16(v: &Value, name: &str) -> Result<i16, JsonError> {
+    let x = field(v, name)?.as_i64().ok_or_else(|| JsonError::NotAnInteger(name.into()))?;
+    i16::try_from(x).map_err(|_| JsonError::OutOfRange { field: name.into(), value: x.into() })
 }
 
 /// A hunt's config, as events and the control plane show it.
@@ -50,12 +58,12 @@ pub(crate) fn top_json(top: &Top10) -> Value {
 }
 
 impl JsonGame for TreasureHunt {
-    fn event_from_json(v: &Value) -> Result<HuntEvent, String> {
+    fn event_from_json(v: &Value) -> Result<HuntEvent, JsonError> {
         if !v.is_object() {
-            return Err("an event must be an object".into());
+            return Err(JsonError::NotAnObject);
         }
         let hunt = uint(v, "hunt")?;
-        let action = field(v, "action")?.as_str().ok_or("`action` must be a string")?;
+        let action = field(v, "action")?.as_str().ok_or_else(|| JsonError::NotAString("action".into()))?;
         let player = || uint::<u32>(v, "player");
         Ok(match action {
             "create" => {
@@ -71,7 +79,7 @@ impl JsonGame for TreasureHunt {
                     step_max: config_uint(c, "step_max")?,
                     players_max: config_uint(c, "players_max")?,
                 };
-                config.validate().map_err(|e| format!("config.{e}"))?;
+                config.validate().map_err(|e| JsonError::Config(e.to_string()))?;
                 HuntEvent::create(hunt, config)
             }
             "join" => HuntEvent::join(hunt, player()?),
@@ -80,7 +88,7 @@ impl JsonGame for TreasureHunt {
             "dig" => HuntEvent::dig(hunt, player()?),
             "scan" => HuntEvent::scan(hunt, player()?),
             other => {
-                return Err(format!("unknown action `{other}`: expected create, join, leave, move, dig or scan"));
+                return Err(JsonError::UnknownAction(other.into()));
             }
         })
     }
@@ -126,6 +134,65 @@ impl JsonGame for TreasureHunt {
     }
 }
 
+/// Reads a `POST /hunts` body, `{"id": 7, "config": {...}}`, into the
+/// create event it asks for; the error names what is wrong (answered as
+/// 400 `bad_request`). Public for the fuzz target (fuzz/).
+pub fn parse_create_body(body: &[u8]) -> Result<HuntEvent, JsonError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| JsonError::NotJson(e.to_string()))?;
+    let id = field(&v, "id")?;
+    if id.as_u64().and_then(|i| u32::try_from(i).ok()).is_none() {
+        return Err(JsonError::BadId(id.to_string()));
+    }
+    let config = field(&v, "config")?;
+    TreasureHunt::event_from_json(&json!({"hunt": id, "action": "create", "config": config}))
+}
+
+impl ControlGame for TreasureHunt {
+    fn world_summary(h: &Hunt) -> Value {
+        json!({"id": h.id(), "round": h.round(), "players": h.players_joined(), "treasures_left": h.treasures_left()})
+    }
+
+    fn world_detail(h: &Hunt) -> Value {
+        let mut v = Self::world_summary(h);
+        v["config"] = config_json(h.config());
+        v["leaderboard"] = top_json(h.leaderboard());
+        v
+    }
+
+    fn world_leaderboard(h: &Hunt) -> Value {
+        json!({"id": h.id(), "round": h.round(), "top": top_json(h.leaderboard())})
+    }
+
+    fn world_player(h: &Hunt, player: u32) -> Option<Value> {
+        let p = h.player(player).filter(|p| p.joined())?;
+        Some(json!({"hunt": h.id(), "player": player, "x": p.x, "y": p.y, "score": p.score, "round": h.round()}))
+    }
+
+    fn create_from_body(body: &[u8]) -> Result<HuntEvent, JsonError> {
+        parse_create_body(body)
+    }
+
+    fn create_answer(event: &HuntEvent, outcome: &HuntOutcome) -> CreateAnswer {
+        use axum::http::StatusCode;
+        let refused = |status, code, message| CreateAnswer::Refused { status, code, message };
+        match *outcome {
+            HuntOutcome::Created { round } => CreateAnswer::Created(json!({"id": event.hunt, "round": round})),
+            HuntOutcome::Rejected { reason: Reject::HuntExists } => {
+                refused(StatusCode::CONFLICT, "hunt_exists", format!("hunt {} exists", event.hunt))
+            }
+            HuntOutcome::Rejected { reason: Reject::TooManyHunts } => refused(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "too_many_hunts",
+                "the engine holds as many hunts as it is configured for".into(),
+            ),
+            HuntOutcome::Rejected { reason } => {
+                refused(StatusCode::UNPROCESSABLE_ENTITY, reason.name(), "rejected".into())
+            }
+            other => refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +223,7 @@ mod tests {
         for e in events {
             assert_eq!(TreasureHunt::event_from_json(&TreasureHunt::event_to_json(&e)), Ok(e));
         }
-        let err = |v: Value| TreasureHunt::event_from_json(&v).unwrap_err();
+        let err = |v: Value| TreasureHunt::event_from_json(&v).unwrap_err().to_string();
         assert!(err(json!({"action": "join", "player": 1})).contains("`hunt`"));
         assert!(err(json!({"hunt": 1, "action": "move", "player": 1, "dx": 40000, "dy": 0})).contains("`dx`"));
         assert!(err(json!({"hunt": 1, "action": "fly", "player": 1})).contains("fly"));
@@ -165,5 +232,23 @@ mod tests {
             "treasures_per_round": 1, "value_min": 1, "value_max": 1, "dig_cooldown_ms": 0, "step_max": 1,
             "players_max": 1}});
         assert!(err(bad).contains("config.width"));
+        // The messages are the ones clients have always read.
+        assert_eq!(err(json!(5)), "an event must be an object");
+        assert_eq!(err(json!({"hunt": 1, "action": 3})), "`action` must be a string");
+        assert_eq!(err(json!({"hunt": 1, "action": "join", "player": -2})), "`player` must be a non-negative integer");
+        assert_eq!(err(json!({"hunt": 1, "action": "move", "player": 1, "dx": "a"})), "`dx` must be an integer");
+        assert_eq!(
+            err(json!({"hunt": 1, "action": "move", "player": 1, "dx": -40000, "dy": 0})),
+            "`dx` = -40000 is out of range"
+        );
+        assert_eq!(err(json!({"hunt": 1, "action": "create", "config": {}})), "missing field `config.width`");
+        assert_eq!(
+            err(json!({"hunt": 1, "action": "create", "config": {"width": 70000}})),
+            "`config.width` = 70000 is out of range"
+        );
+        assert_eq!(
+            err(json!({"hunt": 1, "action": "fly"})),
+            "unknown action `fly`: expected create, join, leave, move, dig or scan"
+        );
     }
 }

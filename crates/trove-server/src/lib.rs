@@ -9,16 +9,22 @@
 //!
 //! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
 //! - [`ws`]: the same semantics as JSON over WebSocket.
-//! - [`json`]: the game's JSON form, for the WebSocket endpoint.
+//! - `session`: the exactly-once session rules both endpoints drive
+//!   (answers in frame order, BUSY then resend), free of sockets.
+//! - [`json`]: the game's JSON form, for the WebSocket endpoint and the
+//!   control plane's hunt routes: the one file that knows the treasure hunt.
 //! - [`control`]: the HTTP control plane, on a runtime of its own.
+//! - [`error`]: the typed errors of the public API.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `task`: every spawn, named for tokio-console.
 
 pub mod control;
+pub mod error;
 pub mod fds;
 pub mod json;
 pub mod metrics;
+mod session;
 mod task;
 pub mod tcp;
 pub mod ws;
@@ -35,6 +41,8 @@ use trove_proto::frame::FRAME_BODY_MAX_LIMIT;
 use trove_shard::Engine;
 use trove_shard::Stamps;
 use trove_shard::metrics::{Histogram, HistogramSnapshot};
+
+pub use crate::error::{InvalidConfig, StartError};
 
 /// `unfinished_frame_bytes_max` by default: 64 frames of the default
 /// `frame_body_max` in the making at once.
@@ -121,7 +129,7 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let checks = [
             (self.io_workers >= 1 && self.io_workers <= 256, "io_workers must be in 1..=256"),
             (self.connections_max >= 1, "connections_max must be at least 1"),
@@ -152,7 +160,7 @@ impl ServerConfig {
             (self.ws_frame_max >= 1024, "ws_frame_max must be at least 1024"),
             (self.ws_write_buffer_max >= 1024, "ws_write_buffer_max must be at least 1024"),
         ];
-        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(InvalidConfig(msg)))
     }
 }
 
@@ -257,6 +265,22 @@ impl Staged {
         let admitted = c.stamps.admitted.unwrap_or(c.submitted_at);
         Staged { arrival, admitted, stamps: c.stamps, events: u64::from(events) }
     }
+}
+
+/// Records an ACK about to be sent: the events acknowledged, the
+/// admission-to-ACK latency, and the batch's stage times, kept in `staged`
+/// until the ACK is written (`ServerMetrics::record_stages`).
+pub(crate) fn record_ack<G: trove_core::Game>(
+    metrics: &ServerMetrics,
+    staged: &mut Vec<Staged>,
+    batch: &session::Batch,
+    c: &trove_shard::Completed<G>,
+) {
+    debug_assert_eq!(c.outcomes.len(), batch.count as usize, "one outcome per event of the batch");
+    let events = u64::from(batch.count);
+    metrics.events_acked.fetch_add(events, Relaxed);
+    metrics.ingest_to_ack_ns.record_n(c.submitted_at.elapsed().as_nanos() as u64, events);
+    staged.push(Staged::of(batch.arrival, c, batch.count));
 }
 
 impl ServerMetrics {
@@ -492,7 +516,7 @@ impl<G: WireGame + json::JsonGame> std::fmt::Debug for Server<G> {
 
 impl<G: WireGame + json::JsonGame> Server<G> {
     /// Binds the listeners and starts serving `engine`.
-    pub fn start(engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, String> {
+    pub fn start(engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, StartError> {
         config.validate()?;
         let listeners = Listeners::bind(&config)?;
         Self::start_on(listeners, engine, config)
@@ -502,7 +526,7 @@ impl<G: WireGame + json::JsonGame> Server<G> {
     /// binds them before the engine recovers anything, so that a busy port
     /// fails a start before it has changed the data directory). The
     /// addresses in `config` are not used: the listeners' are.
-    pub fn start_on(listeners: Listeners, engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, String> {
+    pub fn start_on(listeners: Listeners, engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, StartError> {
         config.validate()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(config.io_workers).thread_name("trove-io").enable_io().enable_time();
@@ -510,9 +534,12 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         // queueing, exported by /metrics (two clock reads per wakeup).
         #[cfg(tokio_unstable)]
         builder.enable_metrics_schedule_latency_histogram();
-        let runtime = builder.build().map_err(|e| format!("starting the I/O runtime: {e}"))?;
+        let runtime = builder.build().map_err(|source| StartError::Runtime { what: "I/O", source })?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        engine.hub().set_push_interval(config.subscriber_push_interval)?;
+        engine
+            .hub()
+            .set_push_interval(config.subscriber_push_interval)
+            .map_err(|e| StartError::PushInterval(e.to_string()))?;
         let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             engine,
@@ -525,17 +552,19 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             shutdown,
         });
         let Listeners { tcp, ws } = listeners;
-        let tcp_addr = tcp.local_addr().map_err(|e| format!("TCP listener: {e}"))?;
+        let tcp_addr = tcp.local_addr().map_err(|source| StartError::Listener { what: "TCP", source })?;
         let mut tasks = Vec::new();
         let _entered = runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(tcp).map_err(|e| format!("TCP listener: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::from_std(tcp).map_err(|source| StartError::Listener { what: "TCP", source })?;
         let name = format!("tcp accept {tcp_addr}");
         tasks.push(task::spawn_named_on(runtime.handle(), &name, tcp::accept_loop(shared.clone(), listener)));
         let mut ws_addr = None;
         if let Some(ws) = ws {
-            let addr = ws.local_addr().map_err(|e| format!("WebSocket listener: {e}"))?;
+            let addr = ws.local_addr().map_err(|source| StartError::Listener { what: "WebSocket", source })?;
             ws_addr = Some(addr);
-            let listener = tokio::net::TcpListener::from_std(ws).map_err(|e| format!("WebSocket listener: {e}"))?;
+            let listener = tokio::net::TcpListener::from_std(ws)
+                .map_err(|source| StartError::Listener { what: "WebSocket", source })?;
             let name = format!("ws accept {addr}");
             tasks.push(task::spawn_named_on(runtime.handle(), &name, ws::accept_loop(shared.clone(), listener)));
         }
@@ -606,7 +635,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `config`'s TCP address and, unless it is off, its WebSocket
     /// one.
-    pub fn bind(config: &ServerConfig) -> Result<Self, String> {
+    pub fn bind(config: &ServerConfig) -> Result<Self, StartError> {
         let tcp = bind(config.tcp_addr, "TCP")?;
         let ws = config.ws_addr.map(|addr| bind(addr, "WebSocket")).transpose()?;
         Ok(Self { tcp, ws })
@@ -614,21 +643,22 @@ impl Listeners {
 }
 
 /// Binds a nonblocking listener (tokio takes it over).
-fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
-    let l = std::net::TcpListener::bind(addr).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
-    l.set_nonblocking(true).map_err(|e| format!("{what} listener on {addr}: {e}"))?;
+pub(crate) fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, StartError> {
+    let bound = |source| StartError::Bind { what, addr, source };
+    let l = std::net::TcpListener::bind(addr).map_err(bound)?;
+    l.set_nonblocking(true).map_err(bound)?;
     Ok(l)
 }
 
 /// Why a `submit` answered `SubmitError::Failed`, for the client: the
 /// engine's own reason (its journal could not write or sync).
-pub(crate) fn failure_reason<G: WireGame>(producer: &trove_shard::Producer<G>) -> String {
+pub(crate) fn failure_reason<G: trove_core::Game>(producer: &trove_shard::Producer<G>) -> String {
     producer.failure().unwrap_or("the engine failed").to_string()
 }
 
 /// Polls a producer for its oldest completed batch, registering the task's
 /// waker with the engine when none is ready.
-pub(crate) fn poll_complete<G: WireGame>(
+pub(crate) fn poll_complete<G: trove_core::Game>(
     producer: &mut trove_shard::Producer<G>,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Result<trove_shard::Completed<G>, String>> {
@@ -645,21 +675,6 @@ pub(crate) fn poll_complete<G: WireGame>(
             None => std::task::Poll::Pending,
         },
     }
-}
-
-/// The message of a `sequence_reused` answer: which sequence numbers of
-/// the batch were reused (the first and how many), and what became of the
-/// rest. `reused` is not empty.
-pub(crate) fn sequence_reused_message(reused: &[u64]) -> String {
-    let first = reused[0];
-    let more = match reused.len() - 1 {
-        0 => String::new(),
-        n => format!(" (and {n} more of this batch)"),
-    };
-    format!(
-        "sequence {first}{more} was already applied with another event: not applied; the batch's other events \
-         were handled as usual"
-    )
 }
 
 /// A connection's subscriptions, one mailbox for all its hunts: the

@@ -7,15 +7,15 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use trove_hunt::TreasureHunt;
-use trove_shard::{Engine, HistogramSnapshot};
+use trove_core::Game;
+use trove_shard::{Engine, HistogramSnapshot, ShardMetricsSnapshot};
 
 use crate::ServerMetrics;
 
 /// Where the figures come from.
 #[derive(Clone, Debug)]
-pub struct MetricsSources {
-    pub engine: Arc<Engine<TreasureHunt>>,
+pub struct MetricsSources<G: Game> {
+    pub engine: Arc<Engine<G>>,
     pub server: Arc<ServerMetrics>,
     pub data_plane: tokio::runtime::Handle,
     pub control_plane: tokio::runtime::Handle,
@@ -26,6 +26,36 @@ struct Out {
 }
 
 impl Out {
+    /// A family with one sample per shard, labelled `shard`.
+    fn per_shard<T: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        shards: &[ShardMetricsSnapshot],
+        value: impl Fn(&ShardMetricsSnapshot) -> T,
+    ) {
+        self.family(name, kind, help);
+        for (i, sh) in shards.iter().enumerate() {
+            self.sample(name, &format!("shard=\"{i}\""), value(sh));
+        }
+    }
+
+    /// A histogram family with one histogram per shard, labelled `shard`.
+    fn per_shard_histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        shards: &[ShardMetricsSnapshot],
+        unit: Unit,
+        histogram: impl Fn(&ShardMetricsSnapshot) -> &HistogramSnapshot,
+    ) {
+        self.family(name, "histogram", help);
+        for (i, sh) in shards.iter().enumerate() {
+            self.histogram_samples(name, &format!("shard=\"{i}\""), histogram(sh), unit);
+        }
+    }
+
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
@@ -36,6 +66,19 @@ impl Out {
             let _ = writeln!(self.text, "{name} {value}");
         } else {
             let _ = writeln!(self.text, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// Families of one sample each: `families` holds a line `name kind
+    /// help` per value of `values`, in order.
+    fn ones(&mut self, families: &str, values: &[u64]) {
+        assert_eq!(families.lines().count(), values.len(), "a family per value");
+        for (line, value) in families.lines().zip(values) {
+            let mut words = line.splitn(3, ' ');
+            let (Some(name), Some(kind), Some(help)) = (words.next(), words.next(), words.next()) else {
+                unreachable!("a family line is `name kind help`: {line}")
+            };
+            self.one(name, kind, help, value);
         }
     }
 
@@ -172,17 +215,52 @@ fn process_stats() -> Option<(f64, u64)> {
     Some((ticks as f64 / 100.0, rss_kib * 1024))
 }
 
-pub fn render(src: &MetricsSources) -> String {
+/// Families of one sample each, one a line: `name kind help`, in the
+/// order of the values `render` passes with them.
+const CONNECTION_FAMILIES: &str = "\
+trove_connections_open gauge Open data-plane connections (TCP and WebSocket).
+trove_connections_accepted_total counter Data-plane connections accepted.
+trove_connections_refused_total counter Connections refused at the connection limit.
+trove_frames_received_total counter Frames (and JSON messages) received.
+trove_frames_sent_total counter Frames (and JSON messages) sent.
+trove_received_bytes_total counter Bytes read from data-plane sockets.
+trove_sent_bytes_total counter Bytes written to TCP data-plane sockets.
+trove_unfinished_frame_bytes gauge Input-buffer bytes held for frames being received, against unfinished_frame_bytes_max.
+trove_unfinished_frame_waits_total counter Times a connection found the unfinished-frame budget spent and stopped reading.
+";
+
+/// Families of one sample each, one a line: `name kind help`, in the
+/// order of the values `render` passes with them.
+const SUBSCRIPTION_FAMILIES: &str = "\
+trove_subscriptions gauge Subscriptions (a connection subscribed to two hunts counts twice).
+trove_subscribed_hunts gauge Hunts with at least one subscriber.
+trove_updates_published_total counter Updates published to subscribed hunts.
+trove_updates_dropped_total counter Updates dropped for subscribers that fell behind.
+trove_update_gaps_total counter Gaps opened for subscribers that fell behind.
+trove_update_chunks_published_total counter Chunks published: one per applied batch and subscribed hunt it touched.
+trove_update_chunk_deliveries_total counter Chunks (one batch's updates of one hunt) pushed to subscribers' queues, one per subscriber.
+trove_subscriber_wakeups_total counter Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).
+trove_subscriber_wakeups_deferred_total counter Of trove_subscriber_wakeups_total, those the push ticker made (woken in its interval already).
+";
+
+/// Families of one sample each, one a line: `name kind help`, in the
+/// order of the values `render` passes with them.
+const UPDATE_BYTES_FAMILIES: &str = "\
+trove_update_chunks_sent_total counter Chunks queued for writing on subscriber connections.
+trove_update_bytes_queued gauge Update bytes taken from subscribers' queues and not yet written, all connections.
+trove_update_bytes_queued_connection_max gauge The most update bytes one connection held unwritten since the start.
+";
+
+pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
     let mut o = Out { text: String::with_capacity(16 << 10) };
     let e = src.engine.metrics();
     let s = src.server.snapshot();
     let hub = src.engine.hub().metrics();
 
     o.one("trove_events_received_total", "counter", "Events received in EVENTS frames and JSON batches.", s.events_in);
-    o.family("trove_events_applied_total", "counter", "Events applied, per shard.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_events_applied_total", &format!("shard=\"{i}\""), sh.events_applied);
-    }
+    o.per_shard("trove_events_applied_total", "counter", "Events applied, per shard.", &e.shards, |sh| {
+        sh.events_applied
+    });
     o.family("trove_events_rejected_total", "counter", "Events the rules rejected, by reason.");
     let mut reasons: Vec<(&str, u64)> = Vec::new();
     for sh in &e.shards {
@@ -208,7 +286,7 @@ pub fn render(src: &MetricsSources) -> String {
     );
 
     // Stage latencies, per event, from the batch's admission.
-    let merged = |f: fn(&trove_shard::ShardMetricsSnapshot) -> &HistogramSnapshot| {
+    let merged = |f: fn(&ShardMetricsSnapshot) -> &HistogramSnapshot| {
         let mut h = HistogramSnapshot::default();
         for sh in &e.shards {
             h.merge(f(sh));
@@ -244,120 +322,92 @@ pub fn render(src: &MetricsSources) -> String {
     stage_metrics(&mut o, &s);
 
     // Shards.
-    o.family("trove_shard_queue_depth_batches", "gauge", "Batches waiting in the shard's queue.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_queue_depth_batches", &format!("shard=\"{i}\""), sh.queue_depth_batches);
-    }
-    o.family("trove_shard_queue_depth_events", "gauge", "Events waiting in the shard's queue.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_queue_depth_events", &format!("shard=\"{i}\""), sh.queue_depth_events);
-    }
-    o.family("trove_shard_busy_seconds_total", "counter", "Time the shard spent stamping, applying and handing back.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_busy_seconds_total", &format!("shard=\"{i}\""), secs(sh.busy_ns));
-    }
-    o.family("trove_shard_idle_seconds_total", "counter", "Time the shard spent parked, waiting for work.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_idle_seconds_total", &format!("shard=\"{i}\""), secs(sh.idle_ns));
-    }
-    o.family("trove_shard_busy_ratio", "gauge", "Busy time over busy plus idle time since start.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_busy_ratio", &format!("shard=\"{i}\""), sh.busy_ratio());
-    }
-    o.family("trove_shard_wakeups_total", "counter", "Times the shard parked and was woken.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_shard_wakeups_total", &format!("shard=\"{i}\""), sh.wakeups);
-    }
-    o.family("trove_shard_batch_events", "histogram", "Events per applied batch.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_shard_batch_events", &format!("shard=\"{i}\""), &sh.batch_events, Unit::Count);
-    }
-    o.family("trove_shard_apply_seconds", "histogram", "Time to apply one batch.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_shard_apply_seconds", &format!("shard=\"{i}\""), &sh.apply_ns, Unit::Nanoseconds);
-    }
+    o.per_shard("trove_shard_queue_depth_batches", "gauge", "Batches waiting in the shard's queue.", &e.shards, |sh| {
+        sh.queue_depth_batches
+    });
+    o.per_shard("trove_shard_queue_depth_events", "gauge", "Events waiting in the shard's queue.", &e.shards, |sh| {
+        sh.queue_depth_events
+    });
+    o.per_shard(
+        "trove_shard_busy_seconds_total",
+        "counter",
+        "Time the shard spent stamping, applying and handing back.",
+        &e.shards,
+        |sh| secs(sh.busy_ns),
+    );
+    o.per_shard(
+        "trove_shard_idle_seconds_total",
+        "counter",
+        "Time the shard spent parked, waiting for work.",
+        &e.shards,
+        |sh| secs(sh.idle_ns),
+    );
+    o.per_shard(
+        "trove_shard_busy_ratio",
+        "gauge",
+        "Busy time over busy plus idle time since start.",
+        &e.shards,
+        |sh| sh.busy_ratio(),
+    );
+    o.per_shard("trove_shard_wakeups_total", "counter", "Times the shard parked and was woken.", &e.shards, |sh| {
+        sh.wakeups
+    });
+    o.per_shard_histogram("trove_shard_batch_events", "Events per applied batch.", &e.shards, Unit::Count, |sh| {
+        &sh.batch_events
+    });
+    o.per_shard_histogram(
+        "trove_shard_apply_seconds",
+        "Time to apply one batch.",
+        &e.shards,
+        Unit::Nanoseconds,
+        |sh| &sh.apply_ns,
+    );
 
     // Journal.
-    o.family("trove_journal_written_bytes_total", "counter", "Bytes written to the journal.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_journal_written_bytes_total", &format!("shard=\"{i}\""), sh.journal_bytes);
-    }
-    o.family("trove_journal_fsync_seconds", "histogram", "Time per fdatasync of the journal.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.histogram_samples("trove_journal_fsync_seconds", &format!("shard=\"{i}\""), &sh.fsync_ns, Unit::Nanoseconds);
-    }
-    o.family("trove_snapshots_total", "counter", "Snapshots written.");
-    for (i, sh) in e.shards.iter().enumerate() {
-        o.sample("trove_snapshots_total", &format!("shard=\"{i}\""), sh.snapshots);
-    }
+    o.per_shard("trove_journal_written_bytes_total", "counter", "Bytes written to the journal.", &e.shards, |sh| {
+        sh.journal_bytes
+    });
+    o.per_shard_histogram(
+        "trove_journal_fsync_seconds",
+        "Time per fdatasync of the journal.",
+        &e.shards,
+        Unit::Nanoseconds,
+        |sh| &sh.fsync_ns,
+    );
+    o.per_shard("trove_snapshots_total", "counter", "Snapshots written.", &e.shards, |sh| sh.snapshots);
 
     // Connections and subscriptions.
-    o.one("trove_connections_open", "gauge", "Open data-plane connections (TCP and WebSocket).", s.connections_open);
-    o.one("trove_connections_accepted_total", "counter", "Data-plane connections accepted.", s.connections_accepted);
-    o.one(
-        "trove_connections_refused_total",
-        "counter",
-        "Connections refused at the connection limit.",
-        s.connections_refused,
-    );
-    o.one("trove_frames_received_total", "counter", "Frames (and JSON messages) received.", s.frames_in);
-    o.one("trove_frames_sent_total", "counter", "Frames (and JSON messages) sent.", s.frames_out);
-    o.one("trove_received_bytes_total", "counter", "Bytes read from data-plane sockets.", s.bytes_in);
-    o.one("trove_sent_bytes_total", "counter", "Bytes written to TCP data-plane sockets.", s.bytes_out);
-    o.one(
-        "trove_unfinished_frame_bytes",
-        "gauge",
-        "Input-buffer bytes held for frames being received, against unfinished_frame_bytes_max.",
-        s.unfinished_frame_bytes,
-    );
-    o.one(
-        "trove_unfinished_frame_waits_total",
-        "counter",
-        "Times a connection found the unfinished-frame budget spent and stopped reading.",
-        s.unfinished_frame_waits,
+    o.ones(
+        CONNECTION_FAMILIES,
+        &[
+            s.connections_open,
+            s.connections_accepted,
+            s.connections_refused,
+            s.frames_in,
+            s.frames_out,
+            s.bytes_in,
+            s.bytes_out,
+            s.unfinished_frame_bytes,
+            s.unfinished_frame_waits,
+        ],
     );
     o.family("trove_protocol_errors_total", "counter", "ERROR frames sent, by code.");
     for (code, n) in &s.errors {
         o.sample("trove_protocol_errors_total", &format!("code=\"{code}\""), n);
     }
-    o.one(
-        "trove_subscriptions",
-        "gauge",
-        "Subscriptions (a connection subscribed to two hunts counts twice).",
-        hub.subscriptions,
-    );
-    o.one("trove_subscribed_hunts", "gauge", "Hunts with at least one subscriber.", hub.topics);
-    o.one("trove_updates_published_total", "counter", "Updates published to subscribed hunts.", hub.updates_published);
-    o.one(
-        "trove_updates_dropped_total",
-        "counter",
-        "Updates dropped for subscribers that fell behind.",
-        hub.updates_dropped,
-    );
-    o.one("trove_update_gaps_total", "counter", "Gaps opened for subscribers that fell behind.", hub.gaps);
-    o.one(
-        "trove_update_chunks_published_total",
-        "counter",
-        "Chunks published: one per applied batch and subscribed hunt it touched.",
-        hub.chunks_published,
-    );
-    o.one(
-        "trove_update_chunk_deliveries_total",
-        "counter",
-        "Chunks (one batch's updates of one hunt) pushed to subscribers' queues, one per subscriber.",
-        hub.chunk_deliveries,
-    );
-    o.one(
-        "trove_subscriber_wakeups_total",
-        "counter",
-        "Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).",
-        hub.wakeups,
-    );
-    o.one(
-        "trove_subscriber_wakeups_deferred_total",
-        "counter",
-        "Of trove_subscriber_wakeups_total, those the push ticker made (woken in its interval already).",
-        hub.wakeups_deferred,
+    o.ones(
+        SUBSCRIPTION_FAMILIES,
+        &[
+            hub.subscriptions,
+            hub.topics,
+            hub.updates_published,
+            hub.updates_dropped,
+            hub.gaps,
+            hub.chunks_published,
+            hub.chunk_deliveries,
+            hub.wakeups,
+            hub.wakeups_deferred,
+        ],
     );
     o.family(
         "trove_update_encodings_total",
@@ -366,24 +416,7 @@ pub fn render(src: &MetricsSources) -> String {
     );
     o.sample("trove_update_encodings_total", "transport=\"tcp\"", s.update_encodings_tcp);
     o.sample("trove_update_encodings_total", "transport=\"ws\"", s.update_encodings_ws);
-    o.one(
-        "trove_update_chunks_sent_total",
-        "counter",
-        "Chunks queued for writing on subscriber connections.",
-        s.update_chunks_sent,
-    );
-    o.one(
-        "trove_update_bytes_queued",
-        "gauge",
-        "Update bytes taken from subscribers' queues and not yet written, all connections.",
-        s.update_bytes_queued,
-    );
-    o.one(
-        "trove_update_bytes_queued_connection_max",
-        "gauge",
-        "The most update bytes one connection held unwritten since the start.",
-        s.update_bytes_queued_connection_max,
-    );
+    o.ones(UPDATE_BYTES_FAMILIES, &[s.update_chunks_sent, s.update_bytes_queued, s.update_bytes_queued_connection_max]);
 
     // The process.
     if let Some((cpu, rss)) = process_stats() {
@@ -555,6 +588,25 @@ mod tests {
             "h_count{x=\"1\"} 5\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    /// Each line of a family table names the value at its place.
+    #[test]
+    fn family_tables_pair_each_line_with_its_value() {
+        let mut out = Out { text: String::new() };
+        out.ones("a_total counter The a's.\nb gauge The b's, with spaces.\n", &[1, 2]);
+        assert_eq!(
+            out.text,
+            "# HELP a_total The a's.\n# TYPE a_total counter\na_total 1\n\
+             # HELP b The b's, with spaces.\n# TYPE b gauge\nb 2\n"
+        );
+        for table in [super::CONNECTION_FAMILIES, super::SUBSCRIPTION_FAMILIES, super::UPDATE_BYTES_FAMILIES] {
+            for line in table.lines() {
+                let words: Vec<&str> = line.splitn(3, ' ').collect();
+                assert!(words.len() == 3 && ["counter", "gauge"].contains(&words[1]), "{line}");
+                assert_eq!(words[0].ends_with("_total"), words[1] == "counter", "{line}");
+            }
         }
     }
 

@@ -13,7 +13,6 @@
 //! `unfinished_frame_bytes_max` (waiting, not reading, while it is spent)
 //! and given back when the buffer shrinks or the connection closes.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,9 +26,10 @@ use trove_proto::frame::{
     self, ErrorCode, FrameError, HEADER_LEN, HELLO_BODY_MAX, Hello, Kind, MAGIC, Sizes, VERSION, Welcome, hello_flags,
 };
 use trove_proto::{Frame, WireGame};
-use trove_shard::{Completed, Delivery, Producer, SubmitError};
+use trove_shard::{Completed, Delivery, Producer};
 
-use crate::{Arrival, Shared, Staged, Subscriptions, json::JsonGame, poll_complete, sequence_reused_message};
+use crate::session::{Admission, Answer, Batch, Refusal, Session};
+use crate::{Arrival, Shared, Staged, Subscriptions, json::JsonGame, poll_complete};
 
 /// Input buffer capacity every connection has without drawing on the
 /// budget: room for small frames and many of them per read.
@@ -39,8 +39,6 @@ pub const INBUF_BASE: usize = 16 << 10;
 pub(crate) fn frame_buffer_bytes_max(frame_body_max: u32) -> usize {
     HEADER_LEN + frame_body_max as usize
 }
-/// What BUSY tells producers to wait.
-const BUSY_RETRY_MS: u32 = 1;
 
 pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, listener: TcpListener) {
     let mut stop = shared.shutdown.clone();
@@ -111,14 +109,6 @@ impl From<FrameError> for Close {
     }
 }
 
-/// An answer owed to the peer, in frame order.
-enum Owed {
-    /// A batch in the engine; its ACK goes out when it completes.
-    Batch { first_seq: u64, count: u32, arrival: Arrival },
-    /// An answer ready now, waiting for the batches before it.
-    Ready(Vec<u8>),
-}
-
 struct Connection<G: WireGame> {
     shared: Arc<Shared<G>>,
     /// Frames as they arrive; its capacity beyond [`INBUF_BASE`] is
@@ -137,12 +127,9 @@ struct Connection<G: WireGame> {
     out: Vec<u8>,
     /// Bytes of `out` that are updates (in the `update_bytes_queued` gauge).
     out_update_bytes: usize,
-    owed: VecDeque<Owed>,
+    /// Answers owed in frame order, and the BUSY rule.
+    session: Session,
     outcomes: bool,
-    /// After a BUSY at this sequence, EVENTS beyond it are refused until
-    /// the producer resends from it: a producer's events must reach the
-    /// engine in sequence order for retries to be recognised.
-    busy_from: Option<u64>,
     events: Vec<Stamped<G::Event>>,
     subscriptions: Subscriptions<G>,
     deliveries: Vec<Delivery<G>>,
@@ -155,6 +142,7 @@ struct Connection<G: WireGame> {
 impl<G: WireGame> Connection<G> {
     fn new(shared: Arc<Shared<G>>) -> Self {
         Self {
+            session: Session::new(shared.config.window_batches),
             shared,
             inbuf: Vec::with_capacity(INBUF_BASE),
             charged: 0,
@@ -162,9 +150,7 @@ impl<G: WireGame> Connection<G> {
             // Grows with the answers owed; an idle connection holds none.
             out: Vec::new(),
             out_update_bytes: 0,
-            owed: VecDeque::new(),
             outcomes: false,
-            busy_from: None,
             events: Vec::new(),
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
@@ -404,6 +390,7 @@ impl<G: WireGame> Connection<G> {
             }
             let in_flight = producer.in_flight();
             if (eof || stopping) && in_flight == 0 {
+                assert_eq!(self.session.owed(), 0, "no batch in flight: every answer owed went out");
                 if stopping && !eof {
                     return Err(Close::Error(ErrorCode::ShuttingDown, "the server is shutting down".into()));
                 }
@@ -412,7 +399,7 @@ impl<G: WireGame> Connection<G> {
             // Answers owed (batches in the engine and refusals queued
             // behind them) bound what is read: a flood of refused frames
             // cannot grow `owed` while a batch waits for its durability.
-            let can_read = !eof && !stopping && self.owed.len() < config.window_batches && !self.frame_buffered();
+            let can_read = !eof && !stopping && self.session.window_open() && !self.frame_buffered();
             let subscribed = self.subscriptions.mailbox();
             // Not biased: a busy subscription must not starve reading, the
             // idle timer or shutdown.
@@ -467,7 +454,7 @@ impl<G: WireGame> Connection<G> {
     /// Handles the whole frames buffered, while the window has room.
     fn process(&mut self, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
         let max = self.shared.config.frame_body_max;
-        while self.owed.len() < self.shared.config.window_batches {
+        while self.session.window_open() {
             let Some((h, total)) = frame::split(&self.inbuf[self.consumed..], max)? else { return Ok(()) };
             let start = self.consumed;
             self.consumed += total;
@@ -531,105 +518,46 @@ impl<G: WireGame> Connection<G> {
         records: &[u8],
         batch_events_max: usize,
     ) {
-        let refuse = |code: ErrorCode, message: String| {
-            let mut b = Vec::new();
-            frame::encode_error(&mut b, code, &message);
-            b
-        };
-        if count == 0 || count as usize > batch_events_max {
-            self.shared.metrics.errors[ErrorCode::BadBatch as usize].fetch_add(1, Relaxed);
-            let b = refuse(ErrorCode::BadBatch, format!("{count} events: a batch holds 1..={batch_events_max}"));
-            return self.answer(b);
-        }
-        if first_seq == 0 || first_seq.checked_add(u64::from(count)).is_none() {
-            self.shared.metrics.errors[ErrorCode::BadSequence as usize].fetch_add(1, Relaxed);
-            let b = refuse(ErrorCode::BadSequence, format!("sequence {first_seq} + {count} is not valid"));
-            return self.answer(b);
-        }
-        if self.busy_from.is_some_and(|from| first_seq > from) {
-            return self.busy(first_seq, count);
+        let checked = Session::check_count(count as usize, batch_events_max)
+            .and_then(|_| self.session.check_sequence(first_seq, count));
+        if let Err(refusal) = checked {
+            return self.refuse(refusal);
         }
         self.events.clear();
         self.events
             .extend(records.chunks_exact(G::Event::SIZE).map(|r| Stamped { time_us: 0, event: G::Event::decode(r) }));
         self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
         let arrival = Arrival { read: self.read_at, decoded: std::time::Instant::now() };
-        match producer.submit_at(first_seq, &mut self.events) {
-            Ok(_ticket) => {
-                self.busy_from = None;
-                self.owed.push_back(Owed::Batch { first_seq, count, arrival });
-            }
-            Err(SubmitError::Busy) => {
-                self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
-                self.busy(first_seq, count);
-            }
-            Err(SubmitError::BadSize) => {
-                let b = refuse(ErrorCode::BadBatch, format!("{count} events were refused by the engine"));
-                self.answer(b);
-            }
-            Err(SubmitError::ShuttingDown) => {
-                let b = refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
-                self.answer(b);
+        let submitted = producer.submit_at(first_seq, &mut self.events).map(drop);
+        match self.session.submitted(Batch { first_seq, count, arrival }, submitted) {
+            Admission::Owed => {}
+            Admission::Refused(refusal) => self.refuse(refusal),
+            Admission::ShuttingDown => {
+                self.refuse(Refusal::error(ErrorCode::ShuttingDown, "the server is shutting down".into()));
             }
             // Not accepted; the connection loop closes the connection with
             // the failure's reason once what was acknowledged is sent.
-            Err(SubmitError::Failed) => {}
+            Admission::Failed => {}
         }
     }
 
-    fn busy(&mut self, first_seq: u64, count: u32) {
-        self.shared.metrics.busy_replies.fetch_add(1, Relaxed);
-        let mut b = Vec::with_capacity(HEADER_LEN + 16);
-        frame::encode_busy(&mut b, first_seq, count, BUSY_RETRY_MS);
-        self.answer(b);
-    }
-
-    /// Sends an answer now, or after the batches still owed before it.
-    fn answer(&mut self, bytes: Vec<u8>) {
-        self.shared.metrics.frames_out.fetch_add(1, Relaxed);
-        if self.owed.is_empty() {
-            self.out.extend_from_slice(&bytes);
-        } else {
-            self.owed.push_back(Owed::Ready(bytes));
+    /// Sends a refusal now, or after the batches still owed before it.
+    fn refuse(&mut self, refusal: Refusal) {
+        if let Some(refusal) = self.session.answer(refusal) {
+            encode_refusal(&self.shared.metrics, &mut self.out, &refusal);
         }
     }
 
     fn completed(&mut self, c: Completed<G>) {
-        let Some(Owed::Batch { first_seq, count, arrival }) = self.owed.pop_front() else {
-            unreachable!("answers ready are sent as soon as nothing is owed before them")
-        };
-        debug_assert_eq!(c.outcomes.len(), count as usize);
-        self.shared.metrics.frames_out.fetch_add(1, Relaxed);
-        if !c.reused.is_empty() {
-            // Not an ACK: the outcomes of those events would be another
-            // event's (docs/protocol.md, `sequence_reused`).
-            self.shared.metrics.errors[ErrorCode::SequenceReused as usize].fetch_add(1, Relaxed);
-            frame::encode_error(&mut self.out, ErrorCode::SequenceReused, &sequence_reused_message(&c.reused));
-            return self.flush_ready();
-        }
-        let waited = c.submitted_at.elapsed().as_nanos() as u64;
-        self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-        self.staged.push(Staged::of(arrival, &c, count));
-        self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
-        if self.outcomes {
-            let s = frame::begin(&mut self.out, Kind::Ack, frame::ACK_WITH_OUTCOMES);
-            self.out.extend_from_slice(&first_seq.to_le_bytes());
-            self.out.extend_from_slice(&count.to_le_bytes());
-            self.out.extend_from_slice(&[0; 4]);
-            trove_proto::wire::encode_outcomes::<G>(&c.outcomes, &mut self.out);
-            frame::end(&mut self.out, s);
-        } else {
-            frame::encode_ack(&mut self.out, first_seq, count, None);
-        }
-        self.flush_ready();
-    }
-
-    /// Writes the answers that were waiting only for the batch just
-    /// answered.
-    fn flush_ready(&mut self) {
-        while let Some(Owed::Ready(_)) = self.owed.front() {
-            let Some(Owed::Ready(b)) = self.owed.pop_front() else { unreachable!() };
-            self.out.extend_from_slice(&b);
+        let metrics = &self.shared.metrics;
+        for answer in self.session.completed(&c.reused) {
+            match answer {
+                Answer::Ack(batch) => {
+                    crate::record_ack(metrics, &mut self.staged, &batch, &c);
+                    encode_ack::<G>(metrics, &mut self.out, &batch, self.outcomes.then_some(&c.outcomes[..]));
+                }
+                Answer::Refusal(refusal) => encode_refusal(metrics, &mut self.out, &refusal),
+            }
         }
     }
 
@@ -671,6 +599,41 @@ impl<G: WireGame> Connection<G> {
         let added = self.out.len() - before;
         self.out_update_bytes += added;
         self.shared.metrics.updates_queued(added, self.out_update_bytes);
+    }
+}
+
+/// An ACK frame, with the batch's outcomes when the producer asked for
+/// them, counted as sent.
+fn encode_ack<G: WireGame>(
+    metrics: &crate::ServerMetrics,
+    out: &mut Vec<u8>,
+    batch: &Batch,
+    outcomes: Option<&[G::Outcome]>,
+) {
+    metrics.frames_out.fetch_add(1, Relaxed);
+    let Some(outcomes) = outcomes else {
+        return frame::encode_ack(out, batch.first_seq, batch.count, None);
+    };
+    let s = frame::begin(out, Kind::Ack, frame::ACK_WITH_OUTCOMES);
+    out.extend_from_slice(&batch.first_seq.to_le_bytes());
+    out.extend_from_slice(&batch.count.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    trove_proto::wire::encode_outcomes::<G>(outcomes, out);
+    frame::end(out, s);
+}
+
+/// A refusal as its frame (BUSY or ERROR), counted as sent.
+fn encode_refusal(metrics: &crate::ServerMetrics, out: &mut Vec<u8>, refusal: &Refusal) {
+    metrics.frames_out.fetch_add(1, Relaxed);
+    match refusal {
+        Refusal::Busy { first_seq, count, retry_after_ms } => {
+            metrics.busy_replies.fetch_add(1, Relaxed);
+            frame::encode_busy(out, *first_seq, *count, *retry_after_ms);
+        }
+        Refusal::Error { code, message } => {
+            metrics.errors[*code as usize].fetch_add(1, Relaxed);
+            frame::encode_error(out, *code, message);
+        }
     }
 }
 

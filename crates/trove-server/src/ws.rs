@@ -8,7 +8,6 @@
 //! [`Meter`]), so what peers announce costs nothing and what they send
 //! costs at most the budget across connections.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,9 +25,10 @@ use tokio::time::Instant;
 
 use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
-use trove_shard::{Completed, Delivery, Producer, SubmitError, Update};
+use trove_shard::{Completed, Delivery, Producer, Update};
 
 use crate::json::JsonGame;
+use crate::session::{Admission, Answer, Batch, Refusal, Session};
 use crate::{Shared, Subscriptions, poll_complete};
 
 /// Entries per JSON update message.
@@ -769,11 +769,6 @@ impl<G: WireGame> tokio::io::AsyncWrite for Slotted<G> {
     }
 }
 
-enum Owed {
-    Batch { first_seq: u64, count: u32, arrival: crate::Arrival },
-    Ready(String),
-}
-
 struct WsConnection<G: WireGame + JsonGame> {
     shared: Arc<Shared<G>>,
     meter: Meter<G>,
@@ -781,8 +776,8 @@ struct WsConnection<G: WireGame + JsonGame> {
     /// Held while `producer` is.
     claim: Option<crate::ProducerClaim<G>>,
     outcomes: bool,
-    owed: VecDeque<Owed>,
-    busy_from: Option<u64>,
+    /// Answers owed in frame order, and the BUSY rule.
+    session: Session,
     /// Messages to write, all before anything more is read or taken from
     /// the mailbox (see [`WsConnection::write_out`]).
     out: Vec<String>,
@@ -799,16 +794,30 @@ fn error_json(code: ErrorCode, message: &str) -> String {
     json!({"type": "error", "code": code.name(), "message": message}).to_string()
 }
 
+/// A refusal as its message (`busy` or `error`), counted as sent.
+fn refusal_json(metrics: &crate::ServerMetrics, refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Busy { first_seq, count, retry_after_ms } => {
+            metrics.busy_replies.fetch_add(1, Relaxed);
+            json!({"type": "busy", "first_seq": first_seq, "count": count, "retry_after_ms": retry_after_ms})
+                .to_string()
+        }
+        Refusal::Error { code, message } => {
+            metrics.errors[*code as usize].fetch_add(1, Relaxed);
+            error_json(*code, message)
+        }
+    }
+}
+
 impl<G: WireGame + JsonGame> WsConnection<G> {
     fn new(shared: Arc<Shared<G>>, meter: Meter<G>) -> Self {
         Self {
+            session: Session::new(shared.config.window_batches),
             shared,
             meter,
             producer: None,
             claim: None,
             outcomes: true,
-            owed: VecDeque::new(),
-            busy_from: None,
             out: Vec::new(),
             out_update_bytes: 0,
             subscriptions: Subscriptions::new(),
@@ -894,9 +903,10 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             self.write_out(socket).await?;
             let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);
             if stopping && in_flight == 0 {
+                assert_eq!(self.session.owed(), 0, "no batch in flight: every answer owed went out");
                 return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
             }
-            let can_read = !stopping && self.owed.len() < config.window_batches;
+            let can_read = !stopping && self.session.window_open();
             let subscribed = self.subscriptions.mailbox();
             let producer = &mut self.producer;
             tokio::select! {
@@ -1015,61 +1025,47 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     .get("events")
                     .and_then(Value::as_array)
                     .ok_or_else(|| malformed("missing array `events`".into()))?;
-                let max = self.shared.engine.config().batch_events_max;
-                if list.is_empty() || list.len() > max {
-                    self.refuse(ErrorCode::BadBatch, format!("{} events: a batch holds 1..={max}", list.len()));
-                    return Ok(());
-                }
+                let count = match Session::check_count(list.len(), self.shared.engine.config().batch_events_max) {
+                    Ok(count) => count,
+                    Err(refusal) => {
+                        self.refuse(refusal);
+                        return Ok(());
+                    }
+                };
                 let mut events = Vec::with_capacity(list.len());
                 for (i, e) in list.iter().enumerate() {
                     match G::event_from_json(e) {
                         Ok(event) => events.push(Stamped { time_us: 0, event }),
                         Err(why) => {
-                            self.refuse(ErrorCode::Malformed, format!("events[{i}]: {why}"));
+                            self.refuse(Refusal::error(ErrorCode::Malformed, format!("events[{i}]: {why}")));
                             return Ok(());
                         }
                     }
                 }
                 let producer = self.producer.as_mut().expect("started above");
                 let first_seq = match v.get("first_seq") {
-                    // After a BUSY, implicit numbering would give the next
-                    // batch the refused one's numbers and let it overtake:
-                    // only an explicit resend clears the refusal.
-                    None | Some(Value::Null) if self.busy_from.is_some() => {
-                        let from = self.busy_from.unwrap_or(0);
-                        self.busy(from, events.len() as u32);
+                    None | Some(Value::Null) => self.session.implicit_sequence(producer.next_seq(), count),
+                    Some(x) => Ok(x.as_u64().ok_or_else(|| malformed("`first_seq` must be an integer".into()))?),
+                };
+                let checked =
+                    first_seq.and_then(|first_seq| self.session.check_sequence(first_seq, count).map(|()| first_seq));
+                let first_seq = match checked {
+                    Ok(first_seq) => first_seq,
+                    Err(refusal) => {
+                        self.refuse(refusal);
                         return Ok(());
                     }
-                    None | Some(Value::Null) => producer.next_seq(),
-                    Some(x) => x.as_u64().ok_or_else(|| malformed("`first_seq` must be an integer".into()))?,
                 };
-                let count = events.len() as u32;
-                if first_seq == 0 || first_seq.checked_add(u64::from(count)).is_none() {
-                    self.refuse(ErrorCode::BadSequence, format!("sequence {first_seq} + {count} is not valid"));
-                    return Ok(());
-                }
-                if self.busy_from.is_some_and(|from| first_seq > from) {
-                    self.busy(first_seq, count);
-                    return Ok(());
-                }
                 self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
                 let arrival = crate::Arrival { read, decoded: std::time::Instant::now() };
-                match producer.submit_at(first_seq, &mut events) {
-                    Ok(_) => {
-                        self.busy_from = None;
-                        self.owed.push_back(Owed::Batch { first_seq, count, arrival });
-                    }
-                    Err(SubmitError::Busy) => {
-                        self.busy_from = Some(self.busy_from.map_or(first_seq, |f| f.min(first_seq)));
-                        self.busy(first_seq, count);
-                    }
-                    Err(SubmitError::BadSize) => self.refuse(ErrorCode::BadBatch, "refused by the engine".into()),
-                    Err(SubmitError::ShuttingDown) => {
+                let submitted = producer.submit_at(first_seq, &mut events).map(drop);
+                match self.session.submitted(Batch { first_seq, count, arrival }, submitted) {
+                    Admission::Owed => {}
+                    Admission::Refused(refusal) => self.refuse(refusal),
+                    Admission::ShuttingDown => {
                         return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
                     }
-                    Err(SubmitError::Failed) => {
-                        return Err((ErrorCode::Internal, crate::failure_reason(producer)));
-                    }
+                    Admission::Failed => return Err((ErrorCode::Internal, crate::failure_reason(producer))),
                 }
             }
             "subscribe" | "unsubscribe" => {
@@ -1130,48 +1126,29 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         }
     }
 
-    fn refuse(&mut self, code: ErrorCode, message: String) {
-        self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
-        self.answer(error_json(code, &message));
-    }
-
-    fn busy(&mut self, first_seq: u64, count: u32) {
-        self.shared.metrics.busy_replies.fetch_add(1, Relaxed);
-        self.answer(json!({"type": "busy", "first_seq": first_seq, "count": count, "retry_after_ms": 1}).to_string());
-    }
-
-    fn answer(&mut self, text: String) {
-        if self.owed.is_empty() {
-            self.out.push(text);
-        } else {
-            self.owed.push_back(Owed::Ready(text));
+    /// Sends a refusal now, or after the batches still owed before it.
+    fn refuse(&mut self, refusal: Refusal) {
+        if let Some(refusal) = self.session.answer(refusal) {
+            self.out.push(refusal_json(&self.shared.metrics, &refusal));
         }
     }
 
     fn completed(&mut self, c: Completed<G>) {
-        let Some(Owed::Batch { first_seq, count, arrival }) = self.owed.pop_front() else {
-            unreachable!("ready answers are sent as soon as nothing is owed before them")
-        };
-        if !c.reused.is_empty() {
-            // Not an ack: the outcomes of those events would be another
-            // event's (docs/protocol.md, `sequence_reused`).
-            self.shared.metrics.errors[ErrorCode::SequenceReused as usize].fetch_add(1, Relaxed);
-            self.out.push(error_json(ErrorCode::SequenceReused, &crate::sequence_reused_message(&c.reused)));
-        } else {
-            self.shared.metrics.events_acked.fetch_add(u64::from(count), Relaxed);
-            let waited = c.submitted_at.elapsed().as_nanos() as u64;
-            self.shared.metrics.ingest_to_ack_ns.record_n(waited, u64::from(count));
-            // Recorded once `out` is flushed (`write_out`).
-            self.staged.push(crate::Staged::of(arrival, &c, count));
-            let mut ack = json!({"type": "ack", "first_seq": first_seq, "count": count});
-            if self.outcomes {
-                ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());
-            }
-            self.out.push(ack.to_string());
-        }
-        while let Some(Owed::Ready(_)) = self.owed.front() {
-            let Some(Owed::Ready(t)) = self.owed.pop_front() else { unreachable!() };
-            self.out.push(t);
+        let metrics = &self.shared.metrics;
+        for answer in self.session.completed(&c.reused) {
+            let text = match answer {
+                Answer::Ack(batch) => {
+                    // Its stages are recorded once `out` is flushed (`write_out`).
+                    crate::record_ack(metrics, &mut self.staged, &batch, &c);
+                    let mut ack = json!({"type": "ack", "first_seq": batch.first_seq, "count": batch.count});
+                    if self.outcomes {
+                        ack["outcomes"] = Value::Array(c.outcomes.iter().map(G::outcome_to_json).collect());
+                    }
+                    ack.to_string()
+                }
+                Answer::Refusal(refusal) => refusal_json(metrics, &refusal),
+            };
+            self.out.push(text);
         }
     }
 

@@ -186,5 +186,5 @@ fn paced_the_first_update_after_a_quiet_spell_is_pushed_at_once() {
 #[test]
 fn a_push_interval_over_the_limit_is_refused() {
     let config = ServerConfig { subscriber_push_interval: Duration::from_millis(1001), ..ServerConfig::default() };
-    assert!(config.validate().unwrap_err().contains("subscriber_push_interval_ms"));
+    assert!(config.validate().unwrap_err().to_string().contains("subscriber_push_interval_ms"));
 }

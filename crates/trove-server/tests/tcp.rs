@@ -638,7 +638,7 @@ fn the_budget_must_hold_one_largest_frame() {
     // TCP's bound alone (the WebSocket endpoint adds its own, below).
     let with =
         |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: None, ..ServerConfig::default() };
-    let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered");
+    let err = with(1 << 20).validate().expect_err("a 1 MiB frame could never be buffered").to_string();
     assert!(err.contains("unfinished_frame_bytes_max"), "{err}");
     assert!(with((1 << 20) + HEADER_LEN).validate().is_ok());
     assert!(ServerConfig::default().validate().is_ok());
@@ -791,7 +791,7 @@ fn with_the_websocket_endpoint_on_the_budget_must_hold_one_largest_message() {
     let ws = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     let with =
         |budget: usize| ServerConfig { unfinished_frame_bytes_max: budget, ws_addr: ws, ..ServerConfig::default() };
-    let err = with((1 << 20) + HEADER_LEN).validate().expect_err("a 1 MiB message could never be read");
+    let err = with((1 << 20) + HEADER_LEN).validate().expect_err("a 1 MiB message could never be read").to_string();
     assert!(err.contains("WebSocket"), "{err}");
     assert!(with((1 << 20) + (64 << 10)).validate().is_ok());
     let off = ServerConfig { ws_addr: None, ..with((1 << 20) + HEADER_LEN) };

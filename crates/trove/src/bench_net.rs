@@ -224,7 +224,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
                 connections_max: 4096,
                 ..ServerConfig::default()
             };
-            let server = Server::start(engine, server)?;
+            let server = Server::start(engine, server).map_err(|e| e.to_string())?;
             let a = server.tcp_addr();
             local = Some(server);
             a

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use trove_hunt::TreasureHunt;
 
 use trove_journal::DataDirLock;
-use trove_server::control::{ControlConfig, ControlInfo, ControlPlane};
+use trove_server::control::{ControlConfig, ControlInfo, ControlParts, ControlPlane};
 use trove_server::{Listeners, Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode, WriteIo};
 
@@ -222,8 +222,8 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
 
     engine.validate()?;
-    server.validate()?;
-    control_limits.validate()?;
+    server.validate().map_err(|e| e.to_string())?;
+    control_limits.validate().map_err(|e| e.to_string())?;
     Ok(ServeSettings { engine, server, control, shards_from_journal, control_limits })
 }
 
@@ -265,7 +265,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     // after the ready lines, drains and stops like any other instead of
     // killing the process (the default action) before it drains.
     let signals = Signals::install()?;
-    let listeners = Listeners::bind(&server)?;
+    let listeners = Listeners::bind(&server).map_err(|e| e.to_string())?;
     let control_listener = match control {
         Some(addr) => {
             Some(std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?)
@@ -305,23 +305,25 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log)?);
     let server = match Server::start_on(listeners, engine.clone(), server) {
         Ok(s) => s,
-        Err(e) => return Err(abandon(engine, e)),
+        Err(e) => return Err(abandon(engine, e.to_string())),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let control = match control_listener {
         Some(listener) => match ControlPlane::start_on(
             listener,
-            control_limits,
-            engine.clone(),
-            server.metrics_handle(),
-            server.runtime_handle(),
-            ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
-            ready.clone(),
+            ControlParts {
+                config: control_limits,
+                engine: engine.clone(),
+                server_metrics: server.metrics_handle(),
+                data_plane: server.runtime_handle(),
+                info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
+                ready: ready.clone(),
+            },
         ) {
             Ok(c) => Some(c),
             Err(e) => {
                 server.shutdown(Duration::ZERO);
-                return Err(abandon(engine, e));
+                return Err(abandon(engine, e.to_string()));
             }
         },
         None => None,
