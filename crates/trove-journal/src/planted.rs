@@ -17,6 +17,12 @@ pub enum Planted {
     /// `remove_covered` also removes the segment the snapshot's batch
     /// starts (which the writer is appending to).
     RemoveUncovered,
+    /// The simulator's dedup (`trove-sim` `dedup.rs`, until the shard
+    /// core takes its place) leaves its producers out of a snapshot.
+    ForgetDedupAtSnapshot,
+    /// The simulator's dedup applies a retry of a producer's last event
+    /// again.
+    ApplyRetryTwice,
 }
 
 impl std::str::FromStr for Planted {
@@ -28,9 +34,12 @@ impl std::str::FromStr for Planted {
             "skip-crc" => Self::SkipCrc,
             "keep-covered" => Self::KeepCovered,
             "remove-uncovered" => Self::RemoveUncovered,
+            "forget-dedup-at-snapshot" => Self::ForgetDedupAtSnapshot,
+            "apply-retry-twice" => Self::ApplyRetryTwice,
             _ => {
                 return Err(format!(
-                    "unknown planted bug `{s}`: none, ack-before-sync, skip-crc, keep-covered, remove-uncovered"
+                    "unknown planted bug `{s}`: none, ack-before-sync, skip-crc, keep-covered, remove-uncovered, \
+                     forget-dedup-at-snapshot, apply-retry-twice"
                 ));
             }
         })

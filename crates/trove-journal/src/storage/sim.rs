@@ -96,6 +96,9 @@ struct Disk {
     generation: u64,
     time_us: u64,
     log: Vec<String>,
+    /// Bit flips and misdirected writes so far: damage to data a sync
+    /// covered, which recovery must report.
+    damage: u64,
 }
 
 /// The in-memory disk. Clones share it.
@@ -196,6 +199,7 @@ impl Disk {
         if chance(&mut self.rng, self.faults.misdirect_ppm) {
             let len = self.inodes[ino].data.len() as u64;
             durable_offset = self.rng.next_u64() % (len + 1);
+            self.damage += 1;
             self.note(format!(
                 "misdirected write of {} bytes: meant for {offset}, lands at {durable_offset}",
                 bytes.len()
@@ -283,6 +287,7 @@ impl Disk {
                 let inode = &mut self.inodes[ino];
                 inode.durable[(bit / 8) as usize] ^= 1 << (bit % 8);
                 inode.data = inode.durable.clone();
+                self.damage += 1;
                 self.note(format!("bit rot: bit {} of byte {} in {}", bit % 8, bit / 8, path.display()));
             }
         }
@@ -312,6 +317,7 @@ impl SimStorage {
             generation: 0,
             time_us: 0,
             log: Vec::new(),
+            damage: 0,
         };
         Self { disk: Arc::new(Mutex::new(disk)) }
     }
@@ -366,6 +372,12 @@ impl SimStorage {
         d.crashed = false;
         d.crash_at_op = None;
         d.generation += 1;
+    }
+
+    /// How many faults damaged data a sync may have covered (bit rot,
+    /// misdirected writes).
+    pub fn damage(&self) -> u64 {
+        self.disk().damage
     }
 
     /// The faults injected so far, one line each.
