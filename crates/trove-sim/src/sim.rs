@@ -285,7 +285,6 @@ impl Sim {
             };
             for (id, world) in &snap.worlds {
                 let restored = TreasureHunt::decode_world(*id, world)
-                    .map_err(|e| format!("{e}"))
                     .and_then(|w| state.restore_world(*id, w).map_err(|e| format!("{e:?}")));
                 if let Err(e) = restored {
                     return Err(self.refused(format!("snapshot {}: world {id}: {e}", path.display())));
