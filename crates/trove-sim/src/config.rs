@@ -72,6 +72,7 @@ impl SimConfig {
             sync_error_ppm: sometimes(&mut rng, 250, 40_000),
             bit_rot_ppm: sometimes(&mut rng, 150, 1_000_000),
             latency_us_max: if rng.below(2) == 0 { 0 } else { u64::from(rng.below(5000)) },
+            direct_refused_ppm: 0,
         };
         let mut spec = WorkloadSpec::standard();
         spec.name = "sim".into();
@@ -84,7 +85,7 @@ impl SimConfig {
         spec.dig_cooldown_ms = 1;
         spec.mix.join_leave = 5;
         debug_assert!(spec.validate().is_ok());
-        Self {
+        let mut config = Self {
             seed,
             fsync,
             io,
@@ -98,7 +99,10 @@ impl SimConfig {
             batch_events_max: 1 + rng.below(BATCH_EVENTS_MAX),
             snapshot_ppm: pick(&mut rng, &[0, 20_000, 80_000, 250_000]),
             crash_ppm: pick(&mut rng, &[300_000, 700_000, 1_000_000]),
-        }
+        };
+        // Drawn last, so that adding it moved no other setting of a seed.
+        config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
+        config
     }
 
     /// One line for the report.
@@ -106,7 +110,8 @@ impl SimConfig {
         let f = &self.faults;
         format!(
             "fsync {}, io {:?}, segments of {} B, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
-             crashes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {}, latency up to {} us",
+             crashes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
+             latency up to {} us",
             self.fsync,
             self.io,
             self.segment_bytes_max,
@@ -121,6 +126,7 @@ impl SimConfig {
             f.misdirect_ppm,
             f.sync_error_ppm,
             f.bit_rot_ppm,
+            f.direct_refused_ppm,
             f.latency_us_max
         )
     }

@@ -39,7 +39,9 @@ fn the_seeds_cover_crashes_snapshots_and_every_fault() {
     for what in ["restart", "snapshot at batch", "a crash is planned", "torn tails", "the engine stops"] {
         assert!(events.contains(what), "no run did `{what}`");
     }
-    for what in ["lost", "torn", "misdirected write", "fdatasync error", "bit rot", "directory changes kept"] {
+    for what in
+        ["lost", "torn", "misdirected write", "fdatasync error", "bit rot", "directory changes kept", "O_DIRECT"]
+    {
         assert!(faults.contains(what), "no run injected `{what}`");
     }
 }

@@ -43,6 +43,10 @@ pub struct SimFaults {
     pub bit_rot_ppm: u32,
     /// Each operation takes up to this long in simulated time (0: none).
     pub latency_us_max: u64,
+    /// `O_DIRECT` is refused (`EINVAL`): at an open asking for it, or at
+    /// a write through a file opened with it (some file systems take the
+    /// flag and refuse the write).
+    pub direct_refused_ppm: u32,
 }
 
 /// Files are at most this long: a bound on the simulator's memory, and a
@@ -417,6 +421,8 @@ struct SimFile {
     storage: SimStorage,
     ino: usize,
     generation: u64,
+    /// Opened with `O_DIRECT`.
+    direct: bool,
 }
 
 impl SimFile {
@@ -434,7 +440,14 @@ impl SimFile {
 
 impl StorageFile for SimFile {
     fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        self.run(|d, ino| d.write(ino, bytes, offset))
+        let direct = self.direct;
+        self.run(|d, ino| {
+            if direct && chance(&mut d.rng, d.faults.direct_refused_ppm) {
+                d.note(format!("O_DIRECT write of {} bytes refused (EINVAL)", bytes.len()));
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            d.write(ino, bytes, offset)
+        })
     }
 
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
@@ -485,13 +498,20 @@ impl Storage for SimStorage {
             }
         })?;
         let generation = self.disk().generation;
-        Ok(Box::new(SimFile { storage: self.clone(), ino, generation }))
+        Ok(Box::new(SimFile { storage: self.clone(), ino, generation, direct: false }))
     }
 
     fn open_write(&self, path: &Path, direct: bool) -> std::io::Result<(Box<dyn StorageFile>, bool)> {
-        let ino = self.run(|d| d.file(path))?;
+        let (ino, direct) = self.run(|d| {
+            let ino = d.file(path)?;
+            if direct && chance(&mut d.rng, d.faults.direct_refused_ppm) {
+                d.note(format!("O_DIRECT refused at the open of {}", path.display()));
+                return Ok((ino, false));
+            }
+            Ok((ino, direct))
+        })?;
         let generation = self.disk().generation;
-        Ok((Box::new(SimFile { storage: self.clone(), ino, generation }), direct))
+        Ok((Box::new(SimFile { storage: self.clone(), ino, generation, direct }), direct))
     }
 
     fn read(&self, path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
@@ -641,6 +661,32 @@ mod tests {
         let mut f = s.open_write(Path::new("/d/a"), false).unwrap().0;
         assert!(f.sync_data().is_err());
         assert!(s.log().iter().any(|l| l.contains("fdatasync error")), "{:?}", s.log());
+    }
+
+    /// Over seeds, an unsynced creation and an unsynced removal are each
+    /// sometimes kept and sometimes undone by a crash; a synced one never
+    /// is.
+    #[test]
+    fn directory_changes_are_durable_only_after_a_directory_sync() {
+        let (mut created, mut removed) = ([0; 2], [0; 2]);
+        for seed in 0..64 {
+            let s = SimStorage::new(seed, SimFaults::default());
+            let dir = Path::new("/d");
+            s.create_dir(dir).unwrap();
+            s.sync_dir(Path::new("/")).unwrap();
+            for name in ["synced", "doomed"] {
+                s.create(&dir.join(name), true).unwrap().sync_all().unwrap();
+            }
+            s.sync_dir(dir).unwrap();
+            s.create(&dir.join("new"), true).unwrap().sync_all().unwrap();
+            s.remove(&dir.join("doomed")).unwrap();
+            s.restart();
+            let names = s.list(dir).unwrap();
+            assert!(names.contains(&dir.join("synced")), "seed {seed}");
+            created[usize::from(names.contains(&dir.join("new")))] += 1;
+            removed[usize::from(names.contains(&dir.join("doomed")))] += 1;
+        }
+        assert!(created.iter().chain(&removed).all(|&n| n > 0), "{created:?} {removed:?}");
     }
 
     #[test]
