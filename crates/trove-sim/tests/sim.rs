@@ -111,3 +111,30 @@ fn seed_14_a_crash_alone_can_stop_start_up_and_repair_loses_nothing_acknowledged
     assert_eq!(r.verdict, Verdict::Passed);
     assert!(r.repairs >= 1, "{:#?}", r.events);
 }
+
+/// The simulator and its disk read no clock, start no thread, touch no
+/// file and draw no unseeded randomness: a seed is the whole input.
+/// (`main.rs` times the run for seeds/s; it is not the simulation.)
+#[test]
+fn the_simulation_names_no_clock_thread_file_or_unseeded_randomness() {
+    const FORBIDDEN: [&str; 10] = [
+        "Instant",
+        "SystemTime",
+        "std::thread",
+        "std::fs",
+        "std::env",
+        "RandomState",
+        "HashMap",
+        "HashSet",
+        "thread_rng",
+        "getrandom",
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = ["src/lib.rs", "src/sim.rs", "src/dedup.rs", "src/config.rs", "../trove-journal/src/storage/sim.rs"];
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for word in FORBIDDEN {
+            assert!(!text.contains(word), "{file} mentions `{word}`");
+        }
+    }
+}
