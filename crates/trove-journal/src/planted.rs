@@ -17,6 +17,9 @@ pub enum Planted {
     /// `remove_covered` also removes the segment the snapshot's batch
     /// starts (which the writer is appending to).
     RemoveUncovered,
+    /// A new segment's directory entry is not synced: a crash can take
+    /// the segment away with its synced, acknowledged frames.
+    SkipSegmentDirSync,
     /// The simulator's dedup (`trove-sim` `dedup.rs`, until the shard
     /// core takes its place) leaves its producers out of a snapshot.
     ForgetDedupAtSnapshot,
@@ -34,12 +37,13 @@ impl std::str::FromStr for Planted {
             "skip-crc" => Self::SkipCrc,
             "keep-covered" => Self::KeepCovered,
             "remove-uncovered" => Self::RemoveUncovered,
+            "skip-segment-dir-sync" => Self::SkipSegmentDirSync,
             "forget-dedup-at-snapshot" => Self::ForgetDedupAtSnapshot,
             "apply-retry-twice" => Self::ApplyRetryTwice,
             _ => {
                 return Err(format!(
                     "unknown planted bug `{s}`: none, ack-before-sync, skip-crc, keep-covered, remove-uncovered, \
-                     forget-dedup-at-snapshot, apply-retry-twice"
+                     skip-segment-dir-sync, forget-dedup-at-snapshot, apply-retry-twice"
                 ));
             }
         })

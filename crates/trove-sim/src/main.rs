@@ -22,7 +22,7 @@ struct Args {
     from: u64,
     /// Switch on a planted mistake (builds with the `planted` feature):
     /// ack-before-sync, skip-crc, keep-covered, remove-uncovered,
-    /// forget-dedup-at-snapshot, apply-retry-twice.
+    /// skip-segment-dir-sync, forget-dedup-at-snapshot, apply-retry-twice.
     #[arg(long)]
     planted: Option<String>,
 }

@@ -89,6 +89,11 @@ fn planted_remove_uncovered_segment_is_found() {
 }
 
 #[test]
+fn planted_skip_segment_dir_sync_is_found() {
+    assert!(seeds_to_find(Planted::SkipSegmentDirSync, 100) <= 100);
+}
+
+#[test]
 fn planted_forget_dedup_at_snapshot_is_found() {
     assert!(seeds_to_find(Planted::ForgetDedupAtSnapshot, 100) <= 100);
 }
