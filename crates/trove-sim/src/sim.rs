@@ -539,7 +539,10 @@ impl Sim {
         let dir = Path::new(SHARD_DIR);
         shard.writer.roll_at_snapshot().map_err(|e| self.io_stop("starting a segment for a snapshot", e))?;
         write_snapshot_in(&*storage, dir, next_batch, &bytes).map_err(|e| self.io_stop("writing a snapshot", e))?;
-        let removed = remove_covered_in(&*storage, dir, next_batch).map_err(|e| self.io_stop("removing", e))?;
+        let removed = remove_covered_in(&*storage, dir, next_batch).map_err(|e| {
+            self.note(format!("snapshot at batch {next_batch} renamed, then stopped while removing what it covers"));
+            self.io_stop("removing what a snapshot covers", e)
+        })?;
         self.note(format!("snapshot at batch {next_batch}, {} files removed", removed.len()));
         let segments = list_segments_in(&*storage, dir).map_err(|e| self.io_stop("listing", e))?;
         let covered = covered_segments(&segments, next_batch);
