@@ -302,13 +302,16 @@ impl Sim {
             segment_bytes_max: self.cfg.segment_bytes_max,
             skip_below,
         };
-        let mut differs = None;
+        // The first batch applied that is not the one written under its
+        // sequence, and the sequence the next applied batch must have.
+        let (mut differs, mut next_applied) = (None, skip_below.max(1));
         let (mut out, mut stamped) = (Outcomes::default(), Vec::new());
         let written = &self.written;
         let recovered = recover_shard_in::<HuntEvent>(&*storage, dir, SHARD, options, |batch, entries| {
-            if differs.is_none() && written.get(&batch).map(Vec::as_slice) != Some(entries) {
+            if differs.is_none() && (batch != next_applied || written.get(&batch).map(Vec::as_slice) != Some(entries)) {
                 differs = Some(batch);
             }
+            next_applied = batch + 1;
             stamped.clear();
             stamped.extend(entries.iter().map(|e| e.stamped));
             state.apply(&stamped, &mut out);
@@ -324,7 +327,15 @@ impl Sim {
         };
         if let Some(batch) = differs {
             return Err(Stop::End(Verdict::Failed(format!(
-                "recovery applied batch {batch}, which is not the batch written as {batch}: damaged data applied"
+                "recovery applied batch {batch}, which is not the batch written as {batch} or not the next one: \
+                 damaged or misplaced data applied"
+            ))));
+        }
+        if next_applied < recovered.next_batch {
+            return Err(Stop::End(Verdict::Failed(format!(
+                "recovery continues at batch {}, but applied batches only up to {}",
+                recovered.next_batch,
+                next_applied - 1
             ))));
         }
         self.note(format!(
