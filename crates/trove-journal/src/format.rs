@@ -488,7 +488,7 @@ pub struct Body<'a> {
 
 /// Checks a body against its CRC and its own counts and lengths.
 pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameError> {
-    if crc32c::crc32c(body) != crc {
+    if crc32c::crc32c(body) != crc && !crate::planted::on(crate::planted::Planted::SkipCrc) {
         return Err(FrameError::BadChecksum);
     }
     if body.len() < BODY_HEAD_BYTES {

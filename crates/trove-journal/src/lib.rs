@@ -22,18 +22,26 @@
 //!   repairing a torn tail, and feeding every batch to a callback.
 //! - [`snapshot`]: snapshot files (a shard's state at a batch boundary),
 //!   written atomically, and the removal of what they make unnecessary.
+//! - [`storage`]: [`Storage`], the file operations all of the above do,
+//!   on the real file system ([`FsStorage`]) or on the simulator's
+//!   in-memory disk with faults ([`SimStorage`]).
+//! - [`planted`]: test-only planted mistakes (the `planted` feature).
 
 pub mod format;
 pub mod lock;
+#[doc(hidden)]
+pub mod planted;
 pub mod recover;
 pub mod segment;
 pub mod snapshot;
+pub mod storage;
 pub mod writer;
 
 pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};
 pub use lock::{DataDirLock, LockError};
-pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
-pub use writer::{FsyncPolicy, JournalWriter, WriteIo, create_dir_durably};
+pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard, recover_shard_in};
+pub use storage::{FsStorage, SimFaults, SimStorage, Storage, StorageFile};
+pub use writer::{FsyncPolicy, JournalWriter, WriteIo, create_dir_durably, create_dir_durably_in};
 
 /// The directory of shard `index` under a data directory.
 pub fn shard_dir(data: &std::path::Path, index: usize) -> std::path::PathBuf {

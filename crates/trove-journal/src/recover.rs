@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use trove_core::Record;
 
 use crate::format::{Body, Entry, FrameError, SegmentHeader, decode_segment_header, encode_segment_header};
-use crate::segment::{Scan, covered_segments, list_segments, read_segment, salvage_header, scan, scan_frames};
+use crate::segment::{Scan, covered_segments, list_segments_in, salvage_header, scan, scan_frames};
+use crate::storage::{FsStorage, Storage};
 
 /// Why a journal cannot be used.
 #[derive(Debug)]
@@ -117,19 +118,30 @@ pub fn recover_shard<E: Record>(
     dir: &Path,
     shard: u32,
     options: RecoverOptions,
+    apply: impl FnMut(u64, &[Entry<E>]),
+) -> Result<Recovered, JournalError> {
+    recover_shard_in(&FsStorage, dir, shard, options, apply)
+}
+
+/// `recover_shard` on `storage`.
+pub fn recover_shard_in<E: Record>(
+    storage: &dyn Storage,
+    dir: &Path,
+    shard: u32,
+    options: RecoverOptions,
     mut apply: impl FnMut(u64, &[Entry<E>]),
 ) -> Result<Recovered, JournalError> {
     let mut r = Recovered { next_batch: 1, ..Recovered::default() };
-    if !dir.exists() {
+    if !storage.exists(dir) {
         return Ok(r);
     }
-    let segments = list_segments(dir).map_err(io(dir))?;
+    let segments = list_segments_in(storage, dir).map_err(io(dir))?;
     let segments = &segments[covered_segments(&segments, options.skip_below)..];
     let mut expected: Option<u64> = None;
     let mut entries = Vec::new();
     for (i, path) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        let bytes = read_segment(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
+        let bytes = storage.read(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         // A damaged header costs only the header when the rest agrees
         // (`salvage_header`): a repair keeps the segment's frames that
@@ -170,15 +182,15 @@ pub fn recover_shard<E: Record>(
                     return Err(corrupt(16, reason));
                 }
                 for later in &segments[i..] {
-                    std::fs::remove_file(later).map_err(io(later))?;
+                    storage.remove(later).map_err(io(later))?;
                     r.notes.push(format!("repair: removed {} ({reason})", later.display()));
                 }
-                sync_dir(dir)?;
+                sync_dir(storage, dir)?;
                 break;
             }
             expected = Some(h.first_batch);
             if let Some(damage) = &header_damage {
-                rewrite_header(path, &h)?;
+                rewrite_header(storage, path, &h)?;
                 r.notes.push(format!(
                     "repair: wrote the damaged header of {} again ({damage}); its first batch {} is the file \
                      name's and its first frame's",
@@ -262,8 +274,8 @@ pub fn recover_shard<E: Record>(
             // frames: a crash while the segment was being created (or a
             // repair): drop the file.
             if options.truncate_torn_tail || options.repair {
-                std::fs::remove_file(path).map_err(io(path))?;
-                sync_dir(dir)?;
+                storage.remove(path).map_err(io(path))?;
+                sync_dir(storage, dir)?;
                 r.notes.push(format!("{what}: removed {} (its header is {reason})", path.display()));
             } else {
                 r.notes.push(format!("{what}: ignoring {} (its header is {reason})", path.display()));
@@ -272,7 +284,7 @@ pub fn recover_shard<E: Record>(
         } else {
             let dropped = file_len - offset;
             if options.truncate_torn_tail || options.repair {
-                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path))?;
+                let mut f = storage.open_write(path, false).map_err(io(path))?.0;
                 f.set_len(offset).map_err(io(path))?;
                 f.sync_all().map_err(io(path))?;
                 r.notes.push(format!(
@@ -289,10 +301,10 @@ pub fn recover_shard<E: Record>(
         }
         if !torn {
             for later in &segments[i + 1..] {
-                std::fs::remove_file(later).map_err(io(later))?;
+                storage.remove(later).map_err(io(later))?;
                 r.notes.push(format!("repair: removed {}", later.display()));
             }
-            sync_dir(dir)?;
+            sync_dir(storage, dir)?;
         }
         break;
     }
@@ -307,16 +319,15 @@ pub fn recover_shard<E: Record>(
 }
 
 /// Writes a segment's header again (a repair of a damaged one), durably.
-fn rewrite_header(path: &Path, header: &SegmentHeader) -> Result<(), JournalError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io(path))?;
-    f.write_all_at(&encode_segment_header(header), 0).map_err(io(path))?;
+fn rewrite_header(storage: &dyn Storage, path: &Path, header: &SegmentHeader) -> Result<(), JournalError> {
+    let mut f = storage.open_write(path, false).map_err(io(path))?.0;
+    f.write_at(&encode_segment_header(header), 0).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
 
 /// Makes removals in `dir` durable, so that a removed file cannot come
 /// back after a power loss (a torn segment would then be found and
 /// removed again, but a segment a repair dropped must stay dropped).
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
+fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
+    storage.sync_dir(dir).map_err(io(dir))
 }

@@ -8,6 +8,7 @@ use crate::format::{
     Body, FRAME_HEAD_BYTES, FRAME_MAGIC, FrameError, SEGMENT_HEADER_BYTES, SegmentHeader, decode_body,
     decode_frame_head, decode_segment_header,
 };
+use crate::storage::{FsStorage, Storage};
 use crate::writer::DIRECT_BLOCK;
 
 /// Segment files are named by the first batch they hold, so that sorting
@@ -18,9 +19,13 @@ pub fn segment_name(first_batch: u64) -> String {
 
 /// The segment files of a shard directory, in batch order.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    list_segments_in(&FsStorage, dir)
+}
+
+/// `list_segments` on `storage`.
+pub fn list_segments_in(storage: &dyn Storage, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for path in storage.list(dir)? {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("segment-") && name.ends_with(".tjl") {
             found.push(path);
@@ -195,12 +200,5 @@ fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
 
 /// Reads a whole segment file, refusing one larger than `bytes_max`.
 pub fn read_segment(path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
-    let len = std::fs::metadata(path)?.len();
-    if len > bytes_max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is {len} bytes, above the {bytes_max}-byte segment limit", path.display()),
-        ));
-    }
-    std::fs::read(path)
+    FsStorage.read(path, bytes_max)
 }

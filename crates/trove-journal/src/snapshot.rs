@@ -27,8 +27,10 @@
 //! Written to `snapshot-<next batch>.tsnap.tmp`, synced, renamed, and the
 //! directory synced: a snapshot file is complete or absent.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::planted::{Planted, on as planted};
+use crate::storage::{FsStorage, Storage};
 
 const MAGIC: &[u8; 8] = b"TROVESNP";
 const VERSION: u32 = 3;
@@ -256,26 +258,40 @@ fn decode_producer<'a>(
 
 /// Writes a snapshot durably: temporary file, fsync, rename, directory fsync.
 pub fn write_snapshot(dir: &Path, next_batch: u64, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    write_snapshot_in(&FsStorage, dir, next_batch, bytes)
+}
+
+/// `write_snapshot` on `storage`.
+pub fn write_snapshot_in(storage: &dyn Storage, dir: &Path, next_batch: u64, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(snapshot_name(next_batch));
     let tmp = dir.join(format!("{}.tmp", snapshot_name(next_batch)));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
+    let mut f = storage.create(&tmp, false)?;
+    f.write_at(bytes, 0)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)?;
     Ok(path)
+}
+
+/// Reads a snapshot file whole (`decode_snapshot` checks it).
+pub fn read_snapshot_in(storage: &dyn Storage, path: &Path, bytes_max: u64) -> std::io::Result<Vec<u8>> {
+    storage.read(path, bytes_max)
 }
 
 /// The snapshot files of a shard directory, oldest first, and the leftover
 /// temporary files of snapshots that were being written at a crash.
 pub fn list_snapshots(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    list_snapshots_in(&FsStorage, dir)
+}
+
+/// `list_snapshots` on `storage`.
+pub fn list_snapshots_in(storage: &dyn Storage, dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut done, mut tmp) = (Vec::new(), Vec::new());
-    if !dir.exists() {
+    if !storage.exists(dir) {
         return Ok((done, tmp));
     }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for path in storage.list(dir)? {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("snapshot-") {
             if name.ends_with(".tsnap") {
@@ -294,22 +310,32 @@ pub fn list_snapshots(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>
 /// but the last segment starting at or before `next_batch`). Returns what
 /// was removed.
 pub fn remove_covered(dir: &Path, next_batch: u64) -> std::io::Result<Vec<PathBuf>> {
+    remove_covered_in(&FsStorage, dir, next_batch)
+}
+
+/// `remove_covered` on `storage`.
+pub fn remove_covered_in(storage: &dyn Storage, dir: &Path, next_batch: u64) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let (snapshots, _) = list_snapshots(dir)?;
+    let (snapshots, _) = list_snapshots_in(storage, dir)?;
     for s in snapshots {
         if s.file_name().and_then(|n| n.to_str()) < Some(&snapshot_name(next_batch)) {
-            std::fs::remove_file(&s)?;
+            storage.remove(&s)?;
             removed.push(s);
         }
     }
-    let segments = crate::segment::list_segments(dir)?;
-    let keep_from = crate::segment::covered_segments(&segments, next_batch);
+    let segments = crate::segment::list_segments_in(storage, dir)?;
+    let mut keep_from = crate::segment::covered_segments(&segments, next_batch);
+    if planted(Planted::KeepCovered) {
+        keep_from = 0;
+    } else if planted(Planted::RemoveUncovered) {
+        keep_from = (keep_from + 1).min(segments.len());
+    }
     for s in &segments[..keep_from] {
-        std::fs::remove_file(s)?;
+        storage.remove(s)?;
         removed.push(s.clone());
     }
     if !removed.is_empty() {
-        std::fs::File::open(dir)?.sync_all()?;
+        storage.sync_dir(dir)?;
     }
     Ok(removed)
 }

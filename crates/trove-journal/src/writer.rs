@@ -1,8 +1,5 @@
 //! Appending to a shard's journal.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +13,9 @@ use crate::format::{
     SegmentHeader, encode_entries, encode_frame_parts, encode_segment_header, event_bytes_max,
 };
 use crate::lock::DataDirLock;
+use crate::planted::{Planted, on as planted};
 use crate::segment::segment_name;
+use crate::storage::{FsStorage, Storage, StorageFile};
 
 /// When a written batch counts as durable, and so may be acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,12 +93,14 @@ pub const DIRECT_BLOCK: usize = 4096;
 /// file in one `write` per `flush`: the group commit.
 #[derive(Debug)]
 pub struct JournalWriter {
+    /// Where the files are: the real file system but in the simulator.
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     shard: u32,
     record_size: u32,
     /// The current segment.
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     io: WriteIo,
     /// The segment's length in valid bytes (header and frames); with
     /// `Direct`, the file may be longer by its zero padding.
@@ -137,19 +138,35 @@ impl JournalWriter {
         segment_bytes_max: u64,
         io: WriteIo,
     ) -> std::io::Result<Self> {
-        create_dir_durably(dir)?;
+        Self::open_in(Arc::new(FsStorage), dir, shard, record_size, next_batch, tail, segment_bytes_max, io)
+    }
+
+    /// `open` on `storage` (the simulator's disk, or the real one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_in(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        shard: u32,
+        record_size: u32,
+        next_batch: u64,
+        tail: Option<(PathBuf, u64)>,
+        segment_bytes_max: u64,
+        io: WriteIo,
+    ) -> std::io::Result<Self> {
+        create_dir_durably_in(&*storage, dir)?;
         let (path, segment_bytes) = match tail {
             Some((path, valid_end)) => {
-                let file = OpenOptions::new().write(true).open(&path)?;
+                let mut file = storage.open_write(&path, false)?.0;
                 // Drops a torn tail or the zero padding of direct writes.
                 file.set_len(valid_end)?;
                 file.sync_all()?;
                 (path, valid_end)
             }
-            None => create_segment(dir, shard, record_size, next_batch)?,
+            None => create_segment(&*storage, dir, shard, record_size, next_batch)?,
         };
-        let (file, io) = open_segment(&path, io)?;
+        let (file, io) = open_segment(&*storage, &path, io)?;
         let mut writer = Self {
+            storage,
             dir: dir.to_path_buf(),
             shard,
             record_size,
@@ -183,6 +200,11 @@ impl JournalWriter {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The storage this writer's files are on.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     pub fn shard(&self) -> u32 {
@@ -257,7 +279,8 @@ impl JournalWriter {
         }
         match self.io {
             WriteIo::Buffered => {
-                self.file.write_all(&self.buf)?;
+                // At the end of the valid bytes, which is the file's end.
+                self.file.write_at(&self.buf, self.segment_bytes)?;
                 self.buf.clear();
             }
             WriteIo::Direct => self.write_direct()?,
@@ -292,15 +315,14 @@ impl JournalWriter {
             self.skip = skip;
         }
         self.buf.resize(skip + padded, 0);
-        match self.file.write_all_at(&self.buf[skip..], block_start) {
+        match self.file.write_at(&self.buf[skip..], block_start) {
             Ok(()) => {}
             // A file system that opens with `O_DIRECT` but refuses the
             // write: go on buffered from the valid end (a later buffered
             // write covers any padding before it).
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let mut file = OpenOptions::new().write(true).open(&self.path)?;
-                file.seek(SeekFrom::Start(self.segment_bytes))?;
-                file.write_all(&self.buf[skip + tail..skip + len])?;
+                let mut file = self.storage.open_write(&self.path, false)?.0;
+                file.write_at(&self.buf[skip + tail..skip + len], self.segment_bytes)?;
                 (self.file, self.io) = (file, WriteIo::Buffered);
                 (self.skip, self.frames_at) = (0, 0);
                 self.buf.clear();
@@ -323,7 +345,7 @@ impl JournalWriter {
         if self.io == WriteIo::Direct {
             let partial = (self.segment_bytes % DIRECT_BLOCK as u64) as usize;
             self.buf.resize(partial, 0);
-            File::open(&self.path)?.read_exact_at(&mut self.buf, self.segment_bytes - partial as u64)?;
+            self.storage.read_at(&self.path, &mut self.buf, self.segment_bytes - partial as u64)?;
             self.frames_at = partial;
         }
         Ok(())
@@ -334,7 +356,9 @@ impl JournalWriter {
         if !self.unsynced {
             return Ok(false);
         }
-        self.file.sync_data()?;
+        if !planted(Planted::AckBeforeSync) {
+            self.file.sync_data()?;
+        }
         self.unsynced = false;
         Ok(true)
     }
@@ -362,8 +386,8 @@ impl JournalWriter {
         // The frames appended so far start at batch `next_batch - pending`.
         let frames = self.buf.split_off(self.frames_at);
         let first = self.next_batch - count_frames(&frames);
-        let (path, segment_bytes) = create_segment(&self.dir, self.shard, self.record_size, first)?;
-        (self.file, self.io) = open_segment(&path, self.io)?;
+        let (path, segment_bytes) = create_segment(&*self.storage, &self.dir, self.shard, self.record_size, first)?;
+        (self.file, self.io) = open_segment(&*self.storage, &path, self.io)?;
         self.path = path;
         self.segment_bytes = segment_bytes;
         self.load_tail()?;
@@ -454,16 +478,21 @@ fn count_frames(buf: &[u8]) -> u64 {
 /// the directory that holds it: a segment synced into a directory whose
 /// own entry a power loss could take away would not be durable.
 pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
+    create_dir_durably_in(&FsStorage, dir)
+}
+
+/// `create_dir_durably` on `storage`.
+pub fn create_dir_durably_in(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
+    if storage.is_dir(dir) {
         return Ok(());
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent {
-        create_dir_durably(parent)?;
+        create_dir_durably_in(storage, parent)?;
     }
-    match std::fs::create_dir(dir) {
-        Ok(()) => File::open(parent.unwrap_or(Path::new(".")))?.sync_all(),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+    match storage.create_dir(dir) {
+        Ok(()) => storage.sync_dir(parent.unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && storage.is_dir(dir) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -471,28 +500,29 @@ pub fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
 /// Creates a segment file with its header, durably: the header and the
 /// directory entry are synced before any frame goes in. Returns its path
 /// and length.
-fn create_segment(dir: &Path, shard: u32, record_size: u32, first_batch: u64) -> std::io::Result<(PathBuf, u64)> {
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    shard: u32,
+    record_size: u32,
+    first_batch: u64,
+) -> std::io::Result<(PathBuf, u64)> {
     let path = dir.join(segment_name(first_batch));
-    let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
-    file.write_all(&encode_segment_header(&SegmentHeader { shard, first_batch, record_size }))?;
+    let mut file = storage.create(&path, true)?;
+    file.write_at(&encode_segment_header(&SegmentHeader { shard, first_batch, record_size }), 0)?;
     file.sync_all()?;
-    File::open(dir)?.sync_all()?;
+    if !planted(Planted::SkipSegmentDirSync) {
+        storage.sync_dir(dir)?;
+    }
     Ok((path, SEGMENT_HEADER_BYTES as u64))
 }
 
 /// Opens a segment for appending: with `O_DIRECT` if asked and the file
-/// system takes it, else buffered and positioned at the end.
-fn open_segment(path: &Path, io: WriteIo) -> std::io::Result<(File, WriteIo)> {
-    if io == WriteIo::Direct {
-        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => return Ok((file, WriteIo::Direct)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let mut file = OpenOptions::new().write(true).open(path)?;
-    file.seek(SeekFrom::End(0))?;
-    Ok((file, WriteIo::Buffered))
+/// system takes it, else buffered (writes go at the valid end, which is
+/// the file's end).
+fn open_segment(storage: &dyn Storage, path: &Path, io: WriteIo) -> std::io::Result<(Box<dyn StorageFile>, WriteIo)> {
+    let (file, direct) = storage.open_write(path, io == WriteIo::Direct)?;
+    Ok((file, if direct { WriteIo::Direct } else { WriteIo::Buffered }))
 }
 
 #[cfg(test)]

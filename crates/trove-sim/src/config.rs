@@ -1,0 +1,133 @@
+//! What one run does, all drawn from its seed.
+
+use std::time::Duration;
+
+use trove_core::SplitMix64;
+use trove_core::rng::mix64;
+use trove_journal::{FsyncPolicy, SimFaults, WriteIo};
+use trove_workload::WorkloadSpec;
+
+/// Sub-seeds: one stream per concern, so that a change in how one is
+/// drawn does not move the others.
+pub(crate) const STREAM_CONFIG: u64 = 0xC0F1_6000;
+pub(crate) const STREAM_DISK: u64 = 0xD15C_0000;
+pub(crate) const STREAM_RUN: u64 = 0x5100_0000;
+
+/// Bounds of a run: small enough that a few hundred seeds run in seconds
+/// in a debug build, large enough for several segments, snapshots and
+/// crashes per run.
+pub const STEPS_MAX: u32 = 160;
+pub const PRODUCERS_MAX: u32 = 4;
+pub const BATCH_EVENTS_MAX: u32 = 24;
+pub const BOOTS_MAX: u32 = 8;
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// `Never` is left out: it acknowledges at the write, and a power cut
+    /// losing those acknowledgements is its documented contract.
+    pub fsync: FsyncPolicy,
+    pub io: WriteIo,
+    pub segment_bytes_max: u64,
+    pub faults: SimFaults,
+    pub spec: WorkloadSpec,
+    pub producers: u32,
+    /// Simulated time between steps, µs.
+    pub step_us: u64,
+    pub steps: u32,
+    /// Events a producer sends per step, at most.
+    pub send_max: u32,
+    /// Events the shard drains per batch, at most.
+    pub batch_events_max: u32,
+    /// Chance per step of a snapshot, and per boot of a crash planned
+    /// within it, in parts per million.
+    pub snapshot_ppm: u32,
+    pub crash_ppm: u32,
+}
+
+fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
+    items[rng.below(items.len() as u32) as usize]
+}
+
+/// `ppm` with probability `share` in 1000, else 0.
+fn sometimes(rng: &mut SplitMix64, share: u32, ppm_max: u32) -> u32 {
+    if rng.below(1000) < share { 1 + rng.below(ppm_max) } else { 0 }
+}
+
+impl SimConfig {
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(mix64(seed ^ STREAM_CONFIG));
+        let fsync = match rng.below(4) {
+            0 => FsyncPolicy::Always,
+            1 => FsyncPolicy::Interval(Duration::from_millis(u64::from(1 + rng.below(20)))),
+            _ => FsyncPolicy::Group,
+        };
+        let io = if rng.below(2) == 0 { WriteIo::Direct } else { WriteIo::Buffered };
+        let segment_bytes_max = pick(&mut rng, &[2048, 4096, 8192, 1 << 16]);
+        let faults = SimFaults {
+            crash_lose_ppm: sometimes(&mut rng, 800, 600_000),
+            crash_torn_ppm: sometimes(&mut rng, 600, 400_000),
+            misdirect_ppm: sometimes(&mut rng, 100, 30_000),
+            sync_error_ppm: sometimes(&mut rng, 250, 40_000),
+            bit_rot_ppm: sometimes(&mut rng, 150, 1_000_000),
+            latency_us_max: if rng.below(2) == 0 { 0 } else { u64::from(rng.below(5000)) },
+            direct_refused_ppm: 0,
+        };
+        let mut spec = WorkloadSpec::standard();
+        spec.name = "sim".into();
+        spec.seed = mix64(seed);
+        spec.hunts = 1 + rng.below(4);
+        spec.players_per_hunt = 2 + rng.below(10);
+        spec.map_width = 16;
+        spec.map_height = 16;
+        spec.treasures_per_round = 4;
+        spec.dig_cooldown_ms = 1;
+        spec.mix.join_leave = 5;
+        debug_assert!(spec.validate().is_ok());
+        let mut config = Self {
+            seed,
+            fsync,
+            io,
+            segment_bytes_max,
+            faults,
+            spec,
+            producers: 1 + rng.below(PRODUCERS_MAX),
+            step_us: u64::from(100 + rng.below(5000)),
+            steps: 20 + rng.below(STEPS_MAX - 20),
+            send_max: 1 + rng.below(6),
+            batch_events_max: 1 + rng.below(BATCH_EVENTS_MAX),
+            snapshot_ppm: pick(&mut rng, &[0, 20_000, 80_000, 250_000]),
+            crash_ppm: pick(&mut rng, &[300_000, 700_000, 1_000_000]),
+        };
+        // Drawn last, so that adding it moved no other setting of a seed.
+        config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
+        config
+    }
+
+    /// One line for the report.
+    pub fn summary(&self) -> String {
+        let f = &self.faults;
+        format!(
+            "fsync {}, io {:?}, segments of {} B, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
+             crashes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
+             latency up to {} us",
+            self.fsync,
+            self.io,
+            self.segment_bytes_max,
+            self.producers,
+            self.steps,
+            self.spec.hunts,
+            self.spec.players_per_hunt,
+            self.snapshot_ppm,
+            self.crash_ppm,
+            f.crash_lose_ppm,
+            f.crash_torn_ppm,
+            f.misdirect_ppm,
+            f.sync_error_ppm,
+            f.bit_rot_ppm,
+            f.direct_refused_ppm,
+            f.latency_us_max
+        )
+    }
+}
