@@ -194,7 +194,7 @@ pub struct BenchLoad {
     pub step_seconds: f64,
     /// Trials per ramp step; the step is judged on their medians (odd, so
     /// the median is one of them). 1: one trial decides.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::TRIALS_MAX)))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(trove_bench::load::TRIALS_MAX)))]
     pub trials: u32,
     /// Seconds a ramp runs at its first rate before its first step, not
     /// counted (a cold start: connections, caches, the server's first
@@ -249,7 +249,7 @@ pub struct BenchLoad {
     /// hunt gets every event of it: updates/s = sum over hunts of watchers
     /// x that hunt's events/s. A fresh server admits them (connections_max);
     /// a --target must allow N + --connections connections.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::load::fanout::SUBSCRIBERS_MAX)))]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(trove_bench::load::fanout::SUBSCRIBERS_MAX)))]
     pub subscribers: u32,
     /// Which hunt each subscriber watches: zipf:S (drawn from a Zipf
     /// distribution of exponent S over the hunts by number, hunt 0 the
@@ -272,7 +272,7 @@ pub struct BenchLoad {
     pub slow_subscriber_bytes_per_s: u32,
     /// Threads reading the subscribers' sockets (each a current-thread
     /// runtime over its share of them) [default: 1, 2 from 1000 subscribers].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::fanout::THREADS_MAX)))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(trove_bench::load::fanout::THREADS_MAX)))]
     pub subscriber_threads: Option<u32>,
     /// A subscriber that read something waits this long before it reads
     /// again, microseconds (0: it reads as soon as more is there), so one

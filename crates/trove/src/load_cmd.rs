@@ -7,13 +7,13 @@ use std::time::Duration;
 use trove_shard::{FsyncPolicy, Mode};
 
 use crate::cli::BenchLoad;
-use crate::load::arrivals::Arrivals;
-use crate::load::fanout::{FleetArgs, HuntChoice};
-use crate::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
+use trove_bench::load::arrivals::Arrivals;
+use trove_bench::load::fanout::{FleetArgs, HuntChoice};
+use trove_bench::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
 
 /// Largest `--overload` factor: far past any knee already.
 const OVERLOAD_FACTOR_MAX: f64 = 100.0;
-use crate::workload_arg;
+use trove_bench::workload_arg;
 
 fn positive(flag: &str, v: f64) -> Result<f64, String> {
     if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("--{flag} must be a positive number, not {v}")) }

@@ -1,9 +1,10 @@
 use std::process::ExitCode;
 
-use trove::bench_engine::{self, EngineBenchArgs};
-use trove::bench_net::{self, NetBenchArgs};
 use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
-use trove::{bench_apply, journal_cmd, pairs, workload_arg};
+use trove::journal_cmd;
+use trove_bench::engine::{self as bench_engine, EngineBenchArgs};
+use trove_bench::net::{self as bench_net, NetBenchArgs};
+use trove_bench::{apply as bench_apply, pairs, workload_arg};
 use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
 
 /// mimalloc instead of glibc's malloc: batches are allocated on one thread

@@ -25,7 +25,7 @@ use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
 use trove_workload::{Generator, WorkloadSpec};
 
-use crate::bench_engine::LatencyUs;
+use crate::engine::LatencyUs;
 
 #[derive(Debug, Clone)]
 pub struct NetBenchArgs {
