@@ -5,14 +5,12 @@
 //!
 //! - [`cli`]: the clap command tree.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
-//! - [`load_cmd`]: `trove bench`'s flags checked and turned into a run.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //!
 //! The benchmarks themselves are the `trove-bench` crate.
 
 pub mod cli;
 pub mod journal_cmd;
-pub mod load_cmd;
 pub mod serve;
 
 pub use trove_bench::plural;
