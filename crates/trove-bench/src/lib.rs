@@ -14,27 +14,26 @@
 //! - [`load`]: `trove bench` itself, the open-loop load generator.
 //! - [`load_cmd`]: its flags checked and turned into a run.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
+//! - [`text`]: numbers and counts as the reports print them.
+//! - [`chart`]: a small SVG line chart on log axes (the `--report` charts).
+//! - [`http`], [`prometheus`]: a small HTTP/1.1 client and the Prometheus
+//!   text format, for `/metrics` (and the tests that drive a server).
 
 pub mod apply;
+pub mod chart;
 pub mod cli;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod load;
 pub mod load_cmd;
 pub mod net;
 pub mod pairs;
+pub mod prometheus;
+pub mod text;
 pub mod workload_arg;
 
 pub use command::{ServeShards, run};
 pub use error::Error;
-
-/// `n` and `word`, plural unless `n` is 1: "1 shard", "2 shards",
-/// "2 batches" (a word ending in s, x, z, ch or sh takes -es).
-pub fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        return format!("1 {word}");
-    }
-    let es = ["s", "x", "z", "ch", "sh"].iter().any(|end| word.ends_with(end));
-    format!("{n} {word}{}", if es { "es" } else { "s" })
-}
+pub use text::plural;

@@ -1426,8 +1426,8 @@ pub fn summary(run: &ModeRun) -> String {
             f.subscribers,
             f.transport,
             f.hunts_watched,
-            super::human(f.updates_per_s),
-            super::human(f.bytes_per_s),
+            crate::text::human(f.updates_per_s),
+            crate::text::human(f.bytes_per_s),
             f.updates_timed,
             f.updates_lower_bound,
             f.updates_untimed,
@@ -1443,7 +1443,7 @@ pub fn summary(run: &ModeRun) -> String {
             out += &format!(
                 "; {} slow: {} updates/s, gaps seen {}, server gaps {}",
                 f.slow_subscribers,
-                super::human(f.slow_updates_per_s),
+                crate::text::human(f.slow_updates_per_s),
                 f.slow_gaps,
                 f.server_gaps.map_or("-".into(), |g| g.to_string())
             );

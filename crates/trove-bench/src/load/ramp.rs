@@ -12,8 +12,8 @@ use super::model::{
 use super::probe::{self, TailFigures};
 use super::rig::Rig;
 use super::step::run_step;
-use super::summary::human;
 use super::{LoadArgs, RampArgs, say};
+use crate::text::human;
 
 /// Achieved must reach this share of offered for a step to pass.
 pub(super) const KEEP_UP: f64 = 0.95;

@@ -15,8 +15,8 @@ use super::pacer::{StepDone, StepPlan, sleep_until};
 use super::probe::{self, TailFigures};
 use super::ramp::{KEEP_UP, machine_note, stall_note};
 use super::rig::{Rig, cpu_time};
-use super::summary::human;
 use super::{LoadArgs, say, scrape};
+use crate::text::human;
 
 /// Runs one step (or one trial of a ramp step) on `rig` and reports it as
 /// a step of one trial; `index` keys its histograms and must not repeat,

@@ -2,17 +2,7 @@
 
 use super::model::StepReport;
 use super::{Outcome, fanout};
-
-/// 1.25M, 250k, 900.
-pub fn human(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
-}
+use crate::text::human;
 
 /// The single-run JSON: one step with its mode and workload.
 #[derive(Debug, serde::Serialize)]
