@@ -279,12 +279,8 @@ pub struct BenchNet {
     /// pair's ratio and their median.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub pairs: Option<u32>,
-    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
-    #[arg(long, default_value = "standard")]
-    pub workload: String,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -336,12 +332,8 @@ pub struct BenchEngine {
     /// afterwards), and report each pair's ratio and their median.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub pairs: Option<u32>,
-    /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
-    #[arg(long, default_value = "standard")]
-    pub workload: String,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +344,14 @@ pub struct BenchApply {
     /// Events per applied batch, as a shard would drain them.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub batch: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What `bench apply`, `bench engine` and `bench net` share: the workload
+/// and how the report is printed.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// A built-in workload (standard, hot, join-storm) or a workload TOML file.
     #[arg(long, default_value = "standard")]
     pub workload: String,

@@ -20,24 +20,24 @@ pub type ServeShards = fn(Option<&Path>, usize, usize) -> usize;
 pub fn run(bench: &Bench, serve_shards: ServeShards) -> Result<(), Error> {
     match &bench.command {
         Some(BenchCommand::Apply(args)) => {
-            let spec = workload_arg::resolve(&args.workload)?;
+            let spec = workload_arg::resolve(&args.run.workload)?;
             let report = apply::run(&spec, args.events, args.batch);
-            print_report(&report, args.json)
+            print_report(&report, args.run.json)
         }
         Some(BenchCommand::Engine(args)) => {
-            let spec = workload_arg::resolve(&args.workload)?;
+            let spec = workload_arg::resolve(&args.run.workload)?;
             let bench = engine_args(args).map_err(Error::Usage)?;
             match args.pairs {
-                None => print_report(&engine::run(&spec, &bench).map_err(Error::Run)?, args.json),
-                Some(n) => print_report(&pairs::engine(&spec, &bench, n).map_err(Error::Run)?, args.json),
+                None => print_report(&engine::run(&spec, &bench).map_err(Error::Run)?, args.run.json),
+                Some(n) => print_report(&pairs::engine(&spec, &bench, n).map_err(Error::Run)?, args.run.json),
             }
         }
         Some(BenchCommand::Net(args)) => {
-            let spec = workload_arg::resolve(&args.workload)?;
+            let spec = workload_arg::resolve(&args.run.workload)?;
             let bench = net_args(args, serve_shards).map_err(Error::Usage)?;
             match args.pairs {
-                None => print_report(&net::run(&spec, &bench).map_err(Error::Run)?, args.json),
-                Some(n) => print_report(&pairs::net(&spec, &bench, n).map_err(Error::Run)?, args.json),
+                None => print_report(&net::run(&spec, &bench).map_err(Error::Run)?, args.run.json),
+                Some(n) => print_report(&pairs::net(&spec, &bench, n).map_err(Error::Run)?, args.run.json),
             }
         }
         None => load_cmd::run(&bench.load),

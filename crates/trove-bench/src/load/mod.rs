@@ -74,7 +74,7 @@ use self::latency::{Latencies, histogram, latency};
 use self::model::{Comparison, LatencyUs, ModeRun, Ratio};
 use self::ramp::run_mode;
 use self::rig::child_connections_max;
-pub(crate) use self::rig::cpu_time;
+pub(crate) use self::rig::{client_runtime, cpu_time};
 use self::server::{ChildServer, ChildSpec};
 pub use self::summary::{SingleRun, summary, to_json};
 

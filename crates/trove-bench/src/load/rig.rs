@@ -30,6 +30,17 @@ pub(crate) fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The runtime the SDK's tasks run on, `workers` threads named
+/// `bench-client`.
+pub(crate) fn client_runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))
+}
+
 /// The client side of a mode's run: the SDK's tasks on a runtime, the
 /// pacer thread, the subscribers.
 pub(super) struct Rig {
@@ -49,12 +60,7 @@ pub(super) struct Rig {
 
 impl Rig {
     pub(super) fn start(args: &LoadArgs, addr: SocketAddr, ws: Option<SocketAddr>) -> Result<Self, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.client_workers)
-            .thread_name("bench-client")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("client runtime: {e}"))?;
+        let runtime = client_runtime(args.client_workers)?;
         let clock = Clock { epoch: Instant::now() };
         let spec = &args.workload;
         let fleet_args = fleet_args(args);
