@@ -14,6 +14,7 @@
 //! - [`load`]: `trove bench` itself, the open-loop load generator.
 //! - [`load_cmd`]: its flags checked and turned into a run.
 //! - [`workload_arg`]: resolving `--workload NAME|FILE`.
+//! - [`dev`]: helpers for tests (`TempDir`), shared with the other crates'.
 //! - [`text`]: numbers and counts as the reports print them.
 //! - [`chart`]: a small SVG line chart on log axes (the `--report` charts).
 //! - [`http`], [`prometheus`]: a small HTTP/1.1 client and the Prometheus
@@ -23,6 +24,7 @@ pub mod apply;
 pub mod chart;
 pub mod cli;
 pub mod command;
+pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod http;

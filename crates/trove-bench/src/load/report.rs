@@ -459,24 +459,9 @@ fn trials_section(s: &mut String, run: &ModeRun) -> fmt::Result {
 mod tests {
     use super::super::model::{FirstMoved, LatencyBreakdown, LatencyUs, Ratio, ServerStep, StageLatency};
     use super::*;
+    use crate::dev::TempDir;
 
     /// A directory of its own under the temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("trove-report-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn step(step: u32, offered: f64, achieved: f64, p99_us: u64, passed: bool) -> StepReport {
         StepReport {
             step,
@@ -720,7 +705,7 @@ mod tests {
 
     #[test]
     fn writes_charts_and_report_for_two_modes() {
-        let tmp = TempDir::new("two-modes");
+        let tmp = TempDir::new("report-two-modes");
         let mut runs = [sharded(), task_per_event()];
         // One step with the server's stages (in memory: no written, synced).
         let nine = runs[0].steps.iter_mut().find(|s| s.step == 9).unwrap();
@@ -802,7 +787,7 @@ mod tests {
         assert_eq!(rows.len(), 2 + 15, "{rows:#?}");
 
         // Deterministic.
-        let again = TempDir::new("two-modes-again");
+        let again = TempDir::new("report-two-modes-again");
         let written_again = write(&again.0, &runs, Some(&comparison), command).unwrap();
         for (a, b) in written.iter().zip(&written_again) {
             assert_eq!(read(a), read(b));
@@ -843,7 +828,7 @@ mod tests {
             latency_us: lat,
             machine_stalls: stall,
         });
-        let tmp = TempDir::new("trials");
+        let tmp = TempDir::new("report-trials");
         let written = write(&tmp.0, &[r], None, "trove bench --ramp").unwrap();
         let report = read(&written[2]);
         assert!(report.contains("Steps judged on: median of 3 trials of 1 s each."), "{report}");
@@ -862,7 +847,7 @@ mod tests {
 
     #[test]
     fn degenerate_inputs_do_not_panic() {
-        let tmp = TempDir::new("degenerate");
+        let tmp = TempDir::new("report-degenerate");
         let mut weird = run("a<b & \"c\" | d\n", vec![step(0, 1e6, 1e6, 500, true)]);
         weird.workload = "w&<>".to_string();
         let mut bad_values = run(
