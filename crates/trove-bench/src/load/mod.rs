@@ -150,9 +150,10 @@ pub struct RampArgs {
 /// Most trials per step.
 pub const TRIALS_MAX: u32 = 15;
 
-/// The fresh servers' settings.
+/// The fresh servers' settings, every mode's the same.
 #[derive(Clone, Debug)]
 pub struct ServerArgs {
+    /// The trove binary.
     pub exe: PathBuf,
     pub shards: Option<u32>,
     /// `None`: in memory.
@@ -184,15 +185,11 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
     } else {
         for (i, mode) in args.modes.iter().enumerate() {
             let spec = ChildSpec {
-                exe: args.server.exe.clone(),
+                server: args.server.clone(),
                 mode: mode.clone(),
-                shards: args.server.shards,
-                fsync: args.server.fsync.clone(),
                 data: std::env::temp_dir().join(format!("trove-bench-{}-{i}", std::process::id())),
-                io_workers: args.server.io_workers,
                 ws: args.fanout.as_ref().is_some_and(|f| f.ws),
                 connections_max: child_connections_max(args),
-                subscriber_push_interval_ms: args.server.subscriber_push_interval_ms,
             };
             let child = ChildServer::start(&spec)?;
             say(&format!("{mode}: server on {} (metrics http://{}/metrics)", child.tcp, child.control));
