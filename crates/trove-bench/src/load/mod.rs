@@ -76,7 +76,7 @@ use self::ramp::run_mode;
 use self::rig::child_connections_max;
 pub(crate) use self::rig::{client_runtime, cpu_time};
 use self::server::{ChildServer, ChildSpec};
-pub use self::summary::{SingleRun, summary, to_json};
+pub use self::summary::{summary, to_json};
 
 /// Everything a run is given.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::model::{ServerStep, StageLatency};
 use crate::http;
-pub use crate::prometheus::{Sample, Scrape, parse};
+pub use crate::prometheus::{Scrape, parse};
 
 /// GET /metrics from the control plane at `addr`.
 pub fn get(addr: SocketAddr, timeout: Duration) -> Result<Scrape, String> {

@@ -48,7 +48,7 @@ mod reader;
 mod send_log;
 mod ws;
 
-pub use self::figures::{GENERATOR_BOUND_CORES, generator_bound, markdown, summary};
+pub use self::figures::{markdown, summary};
 use self::reader::{Count, SubShared, ThreadShared, fleet_thread, thread_cpu};
 pub use self::send_log::SendLog;
 

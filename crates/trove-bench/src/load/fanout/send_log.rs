@@ -126,10 +126,6 @@ impl SendLog {
         Self { index: Vec::new(), rings: Vec::new() }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rings.is_empty()
-    }
-
     pub(super) fn ring(&self, hunt: u32) -> Option<&Ring> {
         let i = *self.index.get(hunt as usize)?;
         self.rings.get(i as usize)
