@@ -491,10 +491,11 @@ pub(super) fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_on
     let now_us = ctx.clock.now_ns() / 1000;
     let mut tally = Count { bytes: n as u64, ..Count::default() };
     let lat = if sub.slow { None } else { Some(latencies) };
+    let mut scan = Scan { log: &ctx.log, now_us, lat, tally: &mut tally };
     let used = if sub.ws {
-        scan_ws(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_ws(&work[..carried + n], sub, &mut scan)
     } else {
-        scan_tcp(&work[..carried + n], sub, &ctx.log, now_us, lat, &mut tally)
+        scan_tcp(&work[..carried + n], sub, &mut scan)
     }?;
     if direct {
         carry.truncate(carried + n);
@@ -519,9 +520,21 @@ pub(super) fn read_once(stream: &TcpStream, sub: &mut Sub, ctx: &Ctx, carried_on
     Ok(n)
 }
 
+/// What a scan of read bytes times its APPLIED entries against and
+/// counts into: the send log, the time of the read, the thread's
+/// latencies (none for a slow subscriber), the read's tally.
+pub(super) struct Scan<'a> {
+    pub(super) log: &'a SendLog,
+    pub(super) now_us: u64,
+    pub(super) lat: Option<&'a mut Latencies>,
+    pub(super) tally: &'a mut Count,
+}
+
 /// Times the APPLIED entry just seen (the `sub.applied`-th).
 #[inline]
-pub(super) fn applied(sub: &mut Sub, log: &SendLog, now_us: u64, lat: &mut Option<&mut Latencies>, tally: &mut Count) {
+pub(super) fn applied(sub: &mut Sub, scan: &mut Scan<'_>) {
+    let Scan { log, now_us, lat, tally } = scan;
+    let (log, now_us) = (*log, *now_us);
     let k = sub.applied;
     sub.applied += 1;
     if !sub.synced {
@@ -563,14 +576,7 @@ pub(super) fn applied(sub: &mut Sub, log: &SendLog, now_us: u64, lat: &mut Optio
 
 /// Scans the whole frames at the front of `buf`; returns the bytes they
 /// take (the rest is an unfinished frame).
-pub(super) fn scan_tcp(
-    buf: &[u8],
-    sub: &mut Sub,
-    log: &SendLog,
-    now_us: u64,
-    mut lat: Option<&mut Latencies>,
-    tally: &mut Count,
-) -> Result<usize, String> {
+pub(super) fn scan_tcp(buf: &[u8], sub: &mut Sub, scan: &mut Scan<'_>) -> Result<usize, String> {
     let mut at = 0;
     while let Some((header, total)) = frame::split(&buf[at..], sub.frame_max as u32).map_err(|e| e.to_string())? {
         let body = &buf[at + frame::HEADER_LEN..at + total];
@@ -589,7 +595,7 @@ pub(super) fn scan_tcp(
                 if first_seq != sub.next_seq && sub.synced {
                     // A hole without a GAP: stop timing, go on counting.
                     sub.synced = false;
-                    tally.desynced += 1;
+                    scan.tally.desynced += 1;
                 }
                 sub.next_seq = first_seq.checked_add(u64::from(count)).ok_or("an UPDATE past sequence 2^64")?;
                 let mut seen = 0u32;
@@ -597,16 +603,16 @@ pub(super) fn scan_tcp(
                     let (kind, _) = e.map_err(|e| format!("UPDATE: {e}"))?;
                     seen += 1;
                     if kind == entry_kind::APPLIED {
-                        applied(sub, log, now_us, &mut lat, tally);
+                        applied(sub, scan);
                     }
                 }
                 if seen != count {
                     return Err(format!("an UPDATE of {count} entries holds {seen}"));
                 }
-                tally.entries += u64::from(count);
+                scan.tally.entries += u64::from(count);
             }
             _ => match frame::decode(header, body, SIZES).map_err(|e| e.to_string())? {
-                Frame::Gap { first_missed, missed, .. } => gap(sub, first_missed, missed, tally),
+                Frame::Gap { first_missed, missed, .. } => gap(sub, first_missed, missed, scan.tally),
                 Frame::Pong { .. } | Frame::Subscribed { .. } => {}
                 Frame::Error { code, message } => return Err(format!("server error {code}: {message}")),
                 other => return Err(format!("unexpected {} frame", kind_of(&other))),
@@ -662,9 +668,15 @@ mod tests {
         frame::end_update(&mut out, s, 1);
         let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         // A partial frame is left for the next read.
-        let used = scan_tcp(&out[..whole - 1], &mut sub, &log, 3000, Some(&mut lat), &mut t).unwrap();
+        let used = scan_tcp(
+            &out[..whole - 1],
+            &mut sub,
+            &mut Scan { log: &log, now_us: 3000, lat: Some(&mut lat), tally: &mut t },
+        )
+        .unwrap();
         assert_eq!((used, t.entries), (0, 0));
-        let used = scan_tcp(&out, &mut sub, &log, 3000, Some(&mut lat), &mut t).unwrap();
+        let used = scan_tcp(&out, &mut sub, &mut Scan { log: &log, now_us: 3000, lat: Some(&mut lat), tally: &mut t })
+            .unwrap();
         assert_eq!(used, out.len());
         assert_eq!((t.entries, t.gaps, t.gap_entries, t.untimed, t.desynced), (4, 1, 5, 1, 0));
         let mut h = histogram();
@@ -694,7 +706,7 @@ mod tests {
         update_frame(&mut out, 3, 10, 3);
         let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         let now_us = (1_000 + size + 10) * 1000;
-        scan_tcp(&out, &mut sub, &log, now_us, Some(&mut lat), &mut t).unwrap();
+        scan_tcp(&out, &mut sub, &mut Scan { log: &log, now_us, lat: Some(&mut lat), tally: &mut t }).unwrap();
         // 0 and 1 overwritten: at least now less the oldest held (entry 2).
         assert_eq!((t.lower_bound, t.untimed, t.desynced), (2, 0, 0));
         let mut h = histogram();
@@ -712,7 +724,7 @@ mod tests {
         update_frame(&mut out, 3, 10, 2);
         let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
         // Read at 6 ms: the second was matched with 9 ms.
-        scan_tcp(&out, &mut sub, &log, 6_000, Some(&mut lat), &mut t).unwrap();
+        scan_tcp(&out, &mut sub, &mut Scan { log: &log, now_us: 6_000, lat: Some(&mut lat), tally: &mut t }).unwrap();
         assert_eq!((t.reordered, t.untimed), (1, 1));
         assert_eq!(lat.merge_into(0, &mut histogram()), 1);
     }
@@ -729,7 +741,7 @@ mod tests {
         let mut out = Vec::new();
         update_frame(&mut out, 4, 10, 1);
         let (mut sub, mut lat, mut t) = (Sub { hunt: 4, ..sub() }, Latencies::default(), Count::default());
-        scan_tcp(&out, &mut sub, &log, 2_000, Some(&mut lat), &mut t).unwrap();
+        scan_tcp(&out, &mut sub, &mut Scan { log: &log, now_us: 2_000, lat: Some(&mut lat), tally: &mut t }).unwrap();
         assert_eq!((t.desynced, t.untimed), (1, 1));
         assert!(!sub.synced && lat.merge_into(0, &mut histogram()) == 0);
     }
@@ -740,13 +752,13 @@ mod tests {
         let mut out = Vec::new();
         update_frame(&mut out, 3, u64::MAX, 2);
         let (mut hostile, mut t) = (Sub { next_seq: u64::MAX, ..sub() }, Count::default());
-        let e = scan_tcp(&out, &mut hostile, &log, 1, None, &mut t).unwrap_err();
+        let e = scan_tcp(&out, &mut hostile, &mut Scan { log: &log, now_us: 1, lat: None, tally: &mut t }).unwrap_err();
         assert!(e.contains("2^64"), "{e}");
         let m = format!(r#"{{"entries":[{{"kind":"applied"}}],"first_seq":{},"hunt":3,"type":"update"}}"#, u64::MAX);
         let mut buf = vec![0x81, 126];
         buf.extend_from_slice(&(m.len() as u16).to_be_bytes());
         buf.extend_from_slice(m.as_bytes());
-        let e = scan_ws(&buf, &mut hostile, &log, 1, None, &mut t).unwrap_err();
+        let e = scan_ws(&buf, &mut hostile, &mut Scan { log: &log, now_us: 1, lat: None, tally: &mut t }).unwrap_err();
         assert!(e.contains("2^64"), "{e}");
         // A WELCOME's frame size is taken up to the protocol's limit.
         let mut w = Vec::new();
@@ -849,7 +861,8 @@ mod tests {
             buf.extend_from_slice(&f);
         }
         let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
-        let used = scan_ws(&buf, &mut sub, &log, 1500, Some(&mut lat), &mut t).unwrap();
+        let used =
+            scan_ws(&buf, &mut sub, &mut Scan { log: &log, now_us: 1500, lat: Some(&mut lat), tally: &mut t }).unwrap();
         assert_eq!(used, buf.len());
         assert_eq!((t.entries, t.gaps, t.gap_entries, t.desynced), (2, 1, 4, 0));
         assert_eq!((sub.applied, sub.next_seq, sub.synced), (1, 16, false));

@@ -6,10 +6,8 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::super::Latencies;
 use super::WS_MESSAGE_MAX;
-use super::reader::{Count, Sub, applied, gap, write_all};
-use super::send_log::SendLog;
+use super::reader::{Scan, Sub, applied, gap, write_all};
 
 pub(super) async fn ws_handshake(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
     let req = format!(
@@ -105,14 +103,7 @@ pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// "first_seq":N,"hunt":H,"type":"update"}`) is counted by its
 /// `"kind":"applied"` and `"kind":"broadcast"` (no other field of an
 /// entry is named `kind`).
-pub(super) fn scan_ws(
-    buf: &[u8],
-    sub: &mut Sub,
-    log: &SendLog,
-    now_us: u64,
-    mut lat: Option<&mut Latencies>,
-    tally: &mut Count,
-) -> Result<usize, String> {
+pub(super) fn scan_ws(buf: &[u8], sub: &mut Sub, scan: &mut Scan<'_>) -> Result<usize, String> {
     const KIND: &[u8] = br#""kind":""#;
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KIND));
@@ -132,24 +123,24 @@ pub(super) fn scan_ws(
             let first_seq = json_u64(&msg[tail..], br#""first_seq":"#).ok_or("an update without first_seq")?;
             if first_seq != sub.next_seq && sub.synced {
                 sub.synced = false;
-                tally.desynced += 1;
+                scan.tally.desynced += 1;
             }
             let mut count = 0u64;
             for i in kind.find_iter(msg) {
                 let v = &msg[i + KIND.len()..];
                 count += 1;
                 if v.starts_with(b"applied\"") {
-                    applied(sub, log, now_us, &mut lat, tally);
+                    applied(sub, scan);
                 } else if !v.starts_with(b"broadcast\"") {
                     return Err("an update entry of an unknown kind".into());
                 }
             }
             sub.next_seq = first_seq.checked_add(count).ok_or("an update past sequence 2^64")?;
-            tally.entries += count;
+            scan.tally.entries += count;
         } else if msg.ends_with(br#""type":"gap"}"#) {
             let first = json_u64(msg, br#""first_missed":"#).ok_or("a gap without first_missed")?;
             let missed = json_u64(msg, br#""missed":"#).ok_or("a gap without missed")?;
-            gap(sub, first, missed, tally);
+            gap(sub, first, missed, scan.tally);
         } else if msg.ends_with(br#""type":"pong"}"#) || msg.ends_with(br#""type":"subscribed"}"#) {
         } else {
             return Err(format!("unexpected message: {}", String::from_utf8_lossy(&msg[..msg.len().min(200)])));
