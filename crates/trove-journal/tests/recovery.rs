@@ -1,7 +1,8 @@
 //! Crash cases of docs/journal.md, on real files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use trove_bench::dev::TempDir;
 use trove_core::Stamped;
 use trove_hunt::HuntEvent;
 use trove_journal::segment::list_segments;
@@ -9,26 +10,8 @@ use trove_journal::{Entry, JournalError, JournalWriter, RecoverOptions, WriteIo,
 
 /// A test's own directory, removed when the test ends (a failing test's
 /// too, as it unwinds).
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("trove-journal-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+    TempDir::new(&format!("journal-{name}"))
 }
 
 fn batch(b: u64, n: u64) -> Vec<Entry<HuntEvent>> {

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use trove_bench::dev::TempDir;
+use trove_bench::http::{Reply, parse_reply};
 use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_proto::Frame;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, VERSION, hello_flags};
@@ -115,39 +117,16 @@ fn config() -> Value {
     })
 }
 
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("trove-control-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------
-// A blocking HTTP/1.1 client: one request per connection.
+// The HTTP/1.1 client (trove-bench's), and what the tests read of a reply.
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// What the tests read of a reply beyond its status, headers and body.
+trait ReplyExt {
+    fn json(&self) -> Value;
+    fn error(&self, status: u16, code: &str) -> String;
 }
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
+impl ReplyExt for Reply {
     fn json(&self) -> Value {
         let ct = self.header("content-type").unwrap_or_default();
         assert!(ct.starts_with("application/json"), "content type `{ct}` for {}: {}", self.status, self.body);
@@ -169,60 +148,8 @@ impl Reply {
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: reading the reply: {e}"));
-    parse_reply(&raw).unwrap_or_else(|e| panic!("{method} {path}: {e}: {:?}", String::from_utf8_lossy(&raw)))
-}
-
-fn parse_reply(raw: &[u8]) -> Result<Reply, String> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|e| e.to_string())?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
-    let mut parts = status_line.splitn(3, ' ');
-    if parts.next() != Some("HTTP/1.1") {
-        return Err(format!("bad status line `{status_line}`"));
-    }
-    let status = parts.next().and_then(|s| s.parse().ok()).ok_or("bad status code")?;
-    let headers: Vec<(String, String)> = lines
-        .map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or("bad header"))
-        .collect::<Result<_, _>>()?;
-    let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    let rest = &raw[end + 4..];
-    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().map_err(|_| "bad content-length")?;
-        rest.get(..len).ok_or("body shorter than content-length")?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    let body = String::from_utf8(body).map_err(|e| e.to_string())?;
-    Ok(Reply { status, headers, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
-        let size = std::str::from_utf8(&b[..eol]).map_err(|e| e.to_string())?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).map_err(|e| e.to_string())?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(b.get(..size).ok_or("short chunk")?);
-        b = b.get(size + 2..).ok_or("short chunk")?;
-    }
+    trove_bench::http::request(addr, method, path, body, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 // ---------------------------------------------------------------------------

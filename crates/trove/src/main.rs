@@ -1,10 +1,7 @@
 use std::process::ExitCode;
 
-use trove::bench_engine::{self, EngineBenchArgs};
-use trove::bench_net::{self, NetBenchArgs};
-use trove::cli::{Bench, BenchCommand, Cli, Command, Journal};
-use trove::{bench_apply, journal_cmd, pairs, workload_arg};
-use trove_shard::{ClockMode, FsyncPolicy, JournalConfig, Mode};
+use trove::cli::{Cli, Command, Journal};
+use trove::journal_cmd;
 
 /// mimalloc instead of glibc's malloc: batches are allocated on one thread
 /// and freed on another (I/O thread -> shard -> journal), which glibc
@@ -70,90 +67,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => trove::serve::run(&args),
-        Command::Bench(Bench { command: Some(BenchCommand::Apply(args)), .. }) => {
-            let spec = workload_arg::resolve(&args.workload)?;
-            let report = bench_apply::run(&spec, args.events, args.batch);
-            print_report(&report, args.json)
-        }
-        Command::Bench(Bench { command: Some(BenchCommand::Engine(args)), .. }) => {
-            let spec = workload_arg::resolve(&args.workload)?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let bench = EngineBenchArgs {
-                mode: Mode::parse(&args.mode)?,
-                shards: args.shards.map_or(cores, |s| s as usize),
-                producers: args.producers,
-                events: args.events,
-                batch_events: args.batch as usize,
-                window: args.window as usize,
-                pin_cores: args.pin,
-                clock: match args.clock.as_str() {
-                    "supplied" => ClockMode::Supplied,
-                    "wall" => ClockMode::Wall,
-                    other => return Err(format!("unknown clock `{other}`: expected supplied or wall")),
-                },
-                journal: match &args.data {
-                    Some(dir) => {
-                        let mut j = JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>()?);
-                        if let Some(ms) = args.snapshot_ms {
-                            j.snapshot_interval = Some(std::time::Duration::from_millis(ms));
-                        }
-                        Some(j)
-                    }
-                    None => None,
-                },
-                ack_log: args.ack_log.clone(),
-                dedup_window: args.dedup_window as usize,
-            };
-            match args.pairs {
-                None => print_report(&bench_engine::run(&spec, &bench)?, args.json),
-                Some(n) => print_report(&pairs::engine(&spec, &bench, n)?, args.json),
-            }
-        }
-        Command::Bench(Bench { command: Some(BenchCommand::Net(args)), .. }) => {
-            let spec = workload_arg::resolve(&args.workload)?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let bench = NetBenchArgs {
-                mode: Mode::parse(&args.mode)?,
-                // As `trove serve` picks them: the server here is one.
-                shards: args.shards.map_or_else(
-                    || trove::serve::default_shards(args.data.as_deref(), cores, args.io_workers as usize),
-                    |s| s as usize,
-                ),
-                fsync: match args.fsync.as_str() {
-                    "none" => None,
-                    p => Some(p.parse::<FsyncPolicy>()?),
-                },
-                data: args.data.clone(),
-                connections: args.connections,
-                events: args.events,
-                batch_events: args.batch,
-                window_batches: args.window,
-                linger: std::time::Duration::from_micros(args.linger_us),
-                outcomes: args.outcomes,
-                io_workers: args.io_workers as usize,
-                client_workers: args.client_workers as usize,
-                target: args.target,
-            };
-            if bench.fsync.is_some() && bench.mode != Mode::Sharded {
-                return Err(format!("--mode {} runs without a journal: add --fsync none", bench.mode.name()));
-            }
-            match args.pairs {
-                None => print_report(&bench_net::run(&spec, &bench)?, args.json),
-                Some(n) => print_report(&pairs::net(&spec, &bench, n)?, args.json),
-            }
-        }
-        Command::Bench(Bench { command: None, load }) => trove::load_cmd::run(&load),
+        Command::Bench(bench) => trove_bench::run(&bench, trove::serve::default_shards).map_err(|e| e.to_string()),
         Command::Journal(Journal::Verify(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Journal(Journal::Inspect(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
-}
-
-fn print_report<R: serde::Serialize + std::fmt::Display>(report: &R, json: bool) -> Result<(), String> {
-    if json {
-        println!("{}", serde_json::to_string(report).map_err(|e| e.to_string())?);
-    } else {
-        println!("{report}");
-    }
-    Ok(())
 }

@@ -223,7 +223,7 @@ fn a_ramp_of_two_modes_finds_knees_and_writes_a_report() {
     assert!(stdout.contains("knee ratio sharded / task-per-event: "), "{stdout}");
     assert!(stdout.contains("sharded: each step judged on the median of 3 trials"), "{stdout}");
     // The warm-up's length as measured (0.5 s and a little).
-    assert!(stdout.contains("sharded: warm-up 0.") && stdout.contains(" s at 5k/s (not counted)"), "{stdout}");
+    assert!(stdout.contains("sharded: warm-up 0.") && stdout.contains(" s at 5.00k/s (not counted)"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

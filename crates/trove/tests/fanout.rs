@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Serve;
+use common::{Serve, metric};
 use serde_json::{Value, json};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_proto::WireGame;
@@ -46,16 +46,6 @@ fn start(name: &str, limits: &str) -> (Serve, SocketAddr, SocketAddr, SocketAddr
     ]);
     let at = serve.wait_listening();
     (serve, at.tcp, at.ws.expect("the WebSocket listener"), at.control, dir)
-}
-
-/// One `/metrics` sample's value (`name` with its labels, if any).
-fn metric(control: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(control).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn metric_now(control: SocketAddr, name: &str) -> u64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Serve;
+use common::{Serve, metric};
 use trove_hunt::HuntEvent;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, VERSION};
 
@@ -104,16 +104,6 @@ fn write_all_until_stalled(streams: &mut [TcpStream], bytes: &[u8], from: usize)
         s.set_nonblocking(false).unwrap();
     }
     total
-}
-
-/// One `/metrics` sample's value.
-fn metric(control: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(control).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]

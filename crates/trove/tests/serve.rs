@@ -810,14 +810,8 @@ fn busy_under_overload_through_the_sdk() {
 
 /// `GET path` on the control plane: (status, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("control plane connects");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: trove\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("an answer");
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {text}"));
-    (status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    let reply = trove_bench::http::get(addr, path, Duration::from_secs(10)).expect("an answer");
+    (reply.status, reply.body)
 }
 
 #[test]

@@ -315,3 +315,12 @@ pub fn ws_read_frame(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     s.read_exact(&mut payload).unwrap();
     (h[0], payload)
 }
+
+/// One `/metrics` series' value as a count (`name` with its labels as the
+/// server writes them, if any); `None` if the control plane does not
+/// answer or has no such series.
+pub fn metric(control: std::net::SocketAddr, name: &str) -> Option<u64> {
+    let reply = trove_bench::http::get(control, "/metrics", std::time::Duration::from_secs(30)).ok()?;
+    let value = trove_bench::prometheus::parse(&reply.body).value(name)?;
+    (value >= 0.0 && value.fract() == 0.0).then_some(value as u64)
+}

@@ -16,8 +16,8 @@ use serde::Serialize;
 use trove_shard::JournalConfig;
 use trove_workload::WorkloadSpec;
 
-use crate::bench_engine::{self, EngineBenchArgs, EngineReport};
-use crate::bench_net::{self, NetBenchArgs, NetReport};
+use crate::engine::{self, EngineBenchArgs, EngineReport};
+use crate::net::{self, NetBenchArgs, NetReport};
 
 /// Most pairs one command runs.
 pub const PAIRS_MAX: u32 = 100;
@@ -96,10 +96,10 @@ pub fn engine(spec: &WorkloadSpec, bench: &EngineBenchArgs, n: u32) -> Result<Pa
         &journal.fsync.to_string(),
         |r: &EngineReport| r.events_per_s,
         |k| match k {
-            None => bench_engine::run(spec, &EngineBenchArgs { journal: None, ..bench.clone() }),
+            None => engine::run(spec, &EngineBenchArgs { journal: None, ..bench.clone() }),
             Some(k) => in_pair_dir(&journal.dir, k, |dir| {
                 let journal = Some(JournalConfig { dir: dir.to_path_buf(), ..journal.clone() });
-                bench_engine::run(spec, &EngineBenchArgs { journal, ..bench.clone() })
+                engine::run(spec, &EngineBenchArgs { journal, ..bench.clone() })
             }),
         },
     )
@@ -120,10 +120,10 @@ pub fn net(spec: &WorkloadSpec, bench: &NetBenchArgs, n: u32) -> Result<PairsRep
         &policy.to_string(),
         |r: &NetReport| r.acked_events_per_s,
         |k| match (k, &bench.data) {
-            (None, _) => bench_net::run(spec, &NetBenchArgs { fsync: None, data: None, ..bench.clone() }),
-            (Some(_), None) => bench_net::run(spec, bench),
+            (None, _) => net::run(spec, &NetBenchArgs { fsync: None, data: None, ..bench.clone() }),
+            (Some(_), None) => net::run(spec, bench),
             (Some(k), Some(base)) => in_pair_dir(base, k, |dir| {
-                bench_net::run(spec, &NetBenchArgs { data: Some(dir.to_path_buf()), ..bench.clone() })
+                net::run(spec, &NetBenchArgs { data: Some(dir.to_path_buf()), ..bench.clone() })
             }),
         },
     )

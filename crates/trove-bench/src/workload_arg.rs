@@ -4,12 +4,18 @@ use std::io::Read;
 
 use trove_workload::WorkloadSpec;
 
+use crate::error::Error;
+
 /// Workload files are small; a larger one is a mistake (or hostile).
 const WORKLOAD_FILE_BYTES_MAX: u64 = 1 << 20;
 
 /// Resolves a built-in workload name (`WorkloadSpec::BUILTIN_NAMES`) or a
 /// TOML file path.
-pub fn resolve(arg: &str) -> Result<WorkloadSpec, String> {
+pub fn resolve(arg: &str) -> Result<WorkloadSpec, Error> {
+    resolve_text(arg).map_err(Error::Workload)
+}
+
+fn resolve_text(arg: &str) -> Result<WorkloadSpec, String> {
     if let Some(spec) = WorkloadSpec::builtin(arg) {
         return Ok(spec);
     }
@@ -39,6 +45,8 @@ mod tests {
         assert!(resolve("hot").unwrap().hunt_zipf > 0.0);
         assert!(resolve("join-storm").unwrap().storm.is_some());
         let e = resolve("/no/such/workload.toml").unwrap_err();
+        assert!(matches!(e, Error::Workload(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("/no/such/workload.toml") && e.contains("(standard, hot, join-storm)"), "{e}");
     }
 }

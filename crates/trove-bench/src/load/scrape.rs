@@ -1,144 +1,20 @@
-//! Scraping the server's `/metrics` (Prometheus text format) over plain
-//! HTTP/1.1, and the per-step figures derived from two scrapes.
+//! Scraping the server's `/metrics` (`crate::http`, `crate::prometheus`),
+//! and the per-step figures derived from two scrapes.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use trove_shard::HistogramSnapshot;
-use trove_shard::metrics::{BUCKETS, bucket_index};
-
 use super::model::{ServerStep, StageLatency};
-
-/// At most this much of a scrape is read (ours are tens of KiB).
-const BODY_BYTES_MAX: u64 = 16 << 20;
-
-/// One sample: name, labels as written (without braces), value.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: String,
-    pub value: f64,
-}
-
-/// A parsed scrape.
-#[derive(Clone, Debug, Default)]
-pub struct Scrape {
-    pub samples: Vec<Sample>,
-}
+use crate::http;
+pub use crate::prometheus::{Scrape, parse};
 
 /// GET /metrics from the control plane at `addr`.
 pub fn get(addr: SocketAddr, timeout: Duration) -> Result<Scrape, String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).and_then(|()| s.set_write_timeout(Some(timeout))).map_err(|e| e.to_string())?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(BODY_BYTES_MAX).read_to_end(&mut raw).map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
-    let text = String::from_utf8(raw).map_err(|_| format!("http://{addr}/metrics: not UTF-8"))?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("http://{addr}/metrics: no HTTP header"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(format!("http://{addr}/metrics answered `{status}`"));
+    let reply = http::get(addr, "/metrics", timeout).map_err(|e| e.to_string())?;
+    if reply.status != 200 {
+        return Err(format!("http://{addr}/metrics answered {}", reply.status));
     }
-    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked")) {
-        return Ok(parse(&unchunk(body)?));
-    }
-    Ok(parse(body))
-}
-
-fn unchunk(mut body: &str) -> Result<String, String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").ok_or("bad chunked body")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size `{size}`"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).ok_or("truncated chunk")?;
-        out.push_str(chunk);
-        body = rest.get(size..).and_then(|r| r.strip_prefix("\r\n")).ok_or("bad chunk end")?;
-    }
-}
-
-/// Parses the text format; lines that do not parse are skipped.
-pub fn parse(text: &str) -> Scrape {
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.strip_suffix('}').unwrap_or(l)),
-            None => (series, ""),
-        };
-        samples.push(Sample { name: name.to_string(), labels: labels.to_string(), value });
-    }
-    Scrape { samples }
-}
-
-impl Scrape {
-    /// The sum of `name`'s samples whose labels contain every one of `with`.
-    pub fn sum(&self, name: &str, with: &[&str]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name && with.iter().all(|w| s.labels.contains(w)))
-            .map(|s| s.value)
-            .sum()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.samples.iter().any(|s| s.name == name)
-    }
-
-    /// Cumulative bucket counts of histogram `name` summed over series
-    /// whose labels contain one of `series`, by upper bound.
-    fn buckets(&self, name: &str, series: &[&str]) -> Vec<(f64, f64)> {
-        let mut out: Vec<(f64, f64)> = Vec::new();
-        let bucket = format!("{name}_bucket");
-        for s in self.samples.iter().filter(|s| s.name == bucket && series.iter().any(|r| s.labels.contains(r))) {
-            let Some(le) = s.labels.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
-            if le.is_nan() {
-                continue;
-            }
-            match out.iter_mut().find(|(b, _)| *b == le) {
-                Some((_, c)) => *c += s.value,
-                None => out.push((le, s.value)),
-            }
-        }
-        out.sort_by(|a, b| a.0.total_cmp(&b.0));
-        out
-    }
-}
-
-impl Scrape {
-    /// The fine buckets (`trove_latency_fine_total`) of `histogram`, over
-    /// the series whose labels contain every one of `with`.
-    pub fn fine(&self, histogram: &str, with: &[&str]) -> HistogramSnapshot {
-        let mut buckets = vec![0u64; BUCKETS];
-        let which = format!("histogram=\"{histogram}\"");
-        let series = self.samples.iter().filter(|s| {
-            s.name == "trove_latency_fine_total"
-                && s.labels.contains(&which)
-                && with.iter().all(|w| s.labels.contains(w))
-        });
-        for s in series {
-            let from = s.labels.split("from_ns=\"").nth(1).and_then(|r| r.split('"').next());
-            let Some(from) = from.and_then(|f| f.parse::<u64>().ok()) else { continue };
-            // A hostile or garbled count is clamped, never a panic.
-            let n = if s.value.is_finite() && s.value > 0.0 { s.value.min(u64::MAX as f64) as u64 } else { 0 };
-            let b = &mut buckets[bucket_index(from)];
-            *b = b.saturating_add(n);
-        }
-        HistogramSnapshot { buckets, sum: 0 }
-    }
+    Ok(parse(&reply.body))
 }
 
 /// The server's stages, in path order (`trove_stage_seconds{stage}`).
@@ -323,19 +199,5 @@ trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"+Inf\"} 6\n";
         assert!((300.0..=310.0).contains(&s[1].p99_us), "{:?}", s[1]);
         // No fine buckets at all (an older server): no stages.
         assert!(stage_latencies(&parse(A), &parse(B)).is_empty());
-    }
-
-    #[test]
-    fn parse_skips_what_it_cannot_read() {
-        let s = parse("a 1\nb{x=\"1\"} 2.5\nc notanumber\n\n# c 3\nnospace\n");
-        assert_eq!(s.samples.len(), 2);
-        assert_eq!(s.sum("b", &["x=\"1\""]), 2.5);
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(unchunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
-        assert!(unchunk("zz\r\n").is_err());
-        assert!(unchunk("9\r\nab\r\n").is_err());
     }
 }

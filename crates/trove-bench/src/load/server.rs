@@ -9,24 +9,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::ServerArgs;
+
 /// How the child is started.
 #[derive(Clone, Debug)]
 pub struct ChildSpec {
-    /// The trove binary.
-    pub exe: PathBuf,
+    /// The binary and the settings every mode's server shares (its
+    /// `fsync`: `None` is `--no-journal`; else the policy, journaling
+    /// into `data`).
+    pub server: ServerArgs,
     /// sharded, task-per-event or spawn-blocking-per-event.
     pub mode: String,
-    pub shards: Option<u32>,
-    /// `None`: `--no-journal`; else the fsync policy, journaling into `data`.
-    pub fsync: Option<String>,
     pub data: PathBuf,
-    pub io_workers: u32,
     /// Listen for WebSocket too (on a port of its own).
     pub ws: bool,
     /// `[limits] connections_max` when the default (1024) is too few.
     pub connections_max: Option<u32>,
-    /// `[limits] subscriber_push_interval_ms`, when not the default.
-    pub subscriber_push_interval_ms: Option<u64>,
 }
 
 /// A running child; killed when dropped.
@@ -50,29 +48,29 @@ const LINE_CHARS: usize = 1000;
 
 impl ChildServer {
     pub fn start(spec: &ChildSpec) -> Result<Self, String> {
-        let mut cmd = Command::new(&spec.exe);
+        let mut cmd = Command::new(&spec.server.exe);
         cmd.arg("serve")
             .args(["--mode", &spec.mode, "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"])
             .args(["--ws", if spec.ws { "127.0.0.1:0" } else { "off" }])
-            .args(["--io-workers", &spec.io_workers.to_string()]);
-        if let Some(s) = spec.shards {
+            .args(["--io-workers", &spec.server.io_workers.to_string()]);
+        if let Some(s) = spec.server.shards {
             cmd.args(["--shards", &s.to_string()]);
         }
         let mut data = None;
-        if spec.connections_max.is_some() || spec.subscriber_push_interval_ms.is_some() {
+        if spec.connections_max.is_some() || spec.server.subscriber_push_interval_ms.is_some() {
             // Only these limits: every other setting keeps its default or flag.
             let mut limits = String::from("[limits]\n");
             if let Some(max) = spec.connections_max {
                 limits += &format!("connections_max = {max}\n");
             }
-            if let Some(ms) = spec.subscriber_push_interval_ms {
+            if let Some(ms) = spec.server.subscriber_push_interval_ms {
                 limits += &format!("subscriber_push_interval_ms = {ms}\n");
             }
             let path = spec.data.with_extension("toml");
             std::fs::write(&path, limits).map_err(|e| format!("writing {}: {e}", path.display()))?;
             cmd.arg("--config").arg(&path);
         }
-        match &spec.fsync {
+        match &spec.server.fsync {
             None => {
                 cmd.arg("--no-journal");
             }
@@ -87,7 +85,7 @@ impl ChildServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("starting {} serve: {e}", spec.exe.display()))?;
+            .map_err(|e| format!("starting {} serve: {e}", spec.server.exe.display()))?;
         let Some(stderr) = child.stderr.take() else {
             let _ = child.kill();
             let _ = child.wait();

@@ -25,7 +25,7 @@ use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
 use trove_workload::{Generator, WorkloadSpec};
 
-use crate::bench_engine::LatencyUs;
+use crate::engine::LatencyUs;
 
 #[derive(Debug, Clone)]
 pub struct NetBenchArgs {
@@ -231,12 +231,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_workers)
-        .thread_name("bench-client")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("client runtime: {e}"))?;
+    let runtime = crate::load::client_runtime(args.client_workers)?;
     let n = args.connections as usize;
     let start = Arc::new(Barrier::new(n + 1));
     let setup_done = Arc::new(Barrier::new(n + 1));

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use trove_shard::{FsyncPolicy, Mode};
 
+use trove_workload::WorkloadSpec;
+
 use crate::cli::BenchLoad;
+use crate::error::Error;
 use crate::load::arrivals::Arrivals;
 use crate::load::fanout::{FleetArgs, HuntChoice};
 use crate::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
+use crate::workload_arg;
 
 /// Largest `--overload` factor: far past any knee already.
 const OVERLOAD_FACTOR_MAX: f64 = 100.0;
-use crate::workload_arg;
 
 fn positive(flag: &str, v: f64) -> Result<f64, String> {
     if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("--{flag} must be a positive number, not {v}")) }
@@ -28,14 +31,19 @@ fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
 }
 
 /// The run `flags` ask for, checked.
-pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
+pub fn args(flags: &BenchLoad) -> Result<LoadArgs, Error> {
     let workload = workload_arg::resolve(&flags.workload)?;
+    checked(flags, workload).map_err(Error::Usage)
+}
+
+/// The run `flags` ask for with `workload`, checked.
+fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String> {
     let modes: Vec<String> = flags.modes.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
     if modes.is_empty() {
         return Err("--modes names no mode".into());
     }
     for m in &modes {
-        Mode::parse(m)?;
+        Mode::parse(m).map_err(|e| e.to_string())?;
     }
     if modes.iter().enumerate().any(|(i, m)| modes[..i].contains(m)) {
         return Err("--modes names a mode twice".into());
@@ -43,7 +51,7 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
     let fsync = match flags.fsync.as_str() {
         "none" => None,
         p => {
-            p.parse::<FsyncPolicy>()?;
+            p.parse::<FsyncPolicy>().map_err(|e| e.to_string())?;
             if let Some(m) = modes.iter().find(|m| m.as_str() != "sharded") {
                 return Err(format!("--modes {m} runs without a journal: compare modes with --fsync none"));
             }
@@ -178,9 +186,11 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
     }))
 }
 
-pub fn run(flags: &BenchLoad) -> Result<(), String> {
+/// Runs the load generator as `flags` say, prints its summary and writes
+/// `--json` and `--report`.
+pub fn run(flags: &BenchLoad) -> Result<(), Error> {
     let args = args(flags)?;
-    let outcome = load::run(&args)?;
+    let outcome = load::run(&args).map_err(Error::Run)?;
     // With --json - the JSON alone goes to stdout.
     if flags.json.as_ref().is_some_and(|p| p.as_os_str() == "-") {
         eprintln!("{}", load::summary(&outcome));
@@ -188,17 +198,19 @@ pub fn run(flags: &BenchLoad) -> Result<(), String> {
         println!("{}", load::summary(&outcome));
     }
     if let Some(path) = &flags.json {
-        let json = load::to_json(&outcome, args.ramp.is_some())?;
+        let json = load::to_json(&outcome, args.ramp.is_some()).map_err(Error::Run)?;
         if path.as_os_str() == "-" {
             println!("{json}");
         } else {
-            let mut f = std::fs::File::create(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
-            writeln!(f, "{json}").map_err(|e| format!("writing {}: {e}", path.display()))?;
+            let write = |source| Error::Write { path: path.clone(), source };
+            let mut f = std::fs::File::create(path).map_err(write)?;
+            writeln!(f, "{json}").map_err(write)?;
         }
     }
     if let Some(dir) = &flags.report {
         let command = std::env::args().map(|a| shell_word(&a)).collect::<Vec<_>>().join(" ");
-        let written = load::report::write(dir, &outcome.runs, outcome.comparison.as_ref(), &command)?;
+        let written =
+            load::report::write(dir, &outcome.runs, outcome.comparison.as_ref(), &command).map_err(Error::Report)?;
         for p in written {
             eprintln!("trove bench: wrote {}", p.display());
         }

@@ -1,0 +1,115 @@
+//! What a run prints and writes: the terminal summary and the JSON.
+
+use super::model::StepReport;
+use super::{Outcome, fanout};
+use crate::text::human;
+
+/// The single-run JSON: one step with its mode and workload.
+#[derive(Debug, serde::Serialize)]
+pub struct SingleRun<'a> {
+    pub mode: &'a str,
+    pub workload: &'a str,
+    pub arrivals: &'a str,
+    pub connections: u32,
+    #[serde(flatten)]
+    pub step: &'a StepReport,
+}
+
+/// The JSON document of a run: a single step, one mode's ramp, or a comparison.
+pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
+    let r = match (&outcome.comparison, outcome.runs.as_slice()) {
+        (Some(c), _) => serde_json::to_string_pretty(c),
+        (None, [run]) if !ramp && run.steps.len() == 1 && run.overload.is_none() => {
+            serde_json::to_string_pretty(&SingleRun {
+                mode: &run.mode,
+                workload: &run.workload,
+                arrivals: &run.arrivals,
+                connections: run.connections,
+                step: &run.steps[0],
+            })
+        }
+        (None, [run]) => serde_json::to_string_pretty(run),
+        (None, runs) => serde_json::to_string_pretty(runs),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// The terminal summary.
+pub fn summary(outcome: &Outcome) -> String {
+    let mut out = String::new();
+    // Side by side: one row per mode, the knee's figures and the ratio of
+    // the first mode's knee to this one's.
+    let first_knee = outcome.runs.first().and_then(|r| r.knee_events_per_s);
+    out += &format!(
+        "{:<26} {:>12} {:>10} {:>10} {:>8}  {}\n",
+        "mode", "knee ev/s", "p50 ms", "p99 ms", "ratio", "first to move"
+    );
+    for run in &outcome.runs {
+        let at_knee = run.steps.iter().find(|s| Some(s.offered_events_per_s) == run.knee_offered_events_per_s);
+        let ms = |us: u64| format!("{:.2}", us as f64 / 1e3);
+        let ratio = match (first_knee, run.knee_events_per_s) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "{:<26} {:>12} {:>10} {:>10} {:>8}  {}\n",
+            run.mode,
+            run.knee_events_per_s.map_or("none".into(), human),
+            at_knee.map_or("-".into(), |s| ms(s.latency_us.p50)),
+            at_knee.map_or("-".into(), |s| ms(s.latency_us.p99)),
+            ratio,
+            run.first_moved.as_ref().map_or("-".into(), |m| format!(
+                "{} at {}/s ({:.3} -> {:.3})",
+                m.metric,
+                human(m.offered_events_per_s),
+                m.from,
+                m.to
+            )),
+        );
+    }
+    for run in &outcome.runs {
+        if let Some(o) = &run.overload {
+            out += &format!(
+                "{}: overload {:.1}x the knee: offered {}/s, goodput {}/s = {:.1}% of the knee's {}/s, BUSY {}/s, admitted p99 {:.2} ms (SLO {} ms): {}\n",
+                run.mode,
+                o.factor,
+                human(o.offered_events_per_s),
+                human(o.goodput_events_per_s),
+                o.goodput_over_knee * 100.0,
+                human(o.knee_events_per_s),
+                o.busy_replies_per_s.map_or("-".into(), human),
+                o.admitted_p99_us as f64 / 1e3,
+                o.slo_p99_ms,
+                if o.holds { "holds" } else { "does not hold" },
+            );
+        }
+    }
+    for run in &outcome.runs {
+        if let Some(w) = &run.warmup {
+            out += &format!(
+                "{}: warm-up {:.1} s at {}/s (not counted): p99 {:.2} ms\n",
+                run.mode,
+                w.seconds,
+                human(w.offered_events_per_s),
+                w.latency_us.p99 as f64 / 1e3
+            );
+        }
+        if run.trials_per_step > 1 {
+            out += &format!("{}: each step judged on the median of {} trials\n", run.mode, run.trials_per_step);
+        }
+    }
+    for run in &outcome.runs {
+        out += &fanout::summary(run);
+    }
+    for run in &outcome.runs {
+        if let Some(r) = &run.knee_reason {
+            out += &format!("{}: the step above the knee failed {r}\n", run.mode);
+        }
+    }
+    if let Some(c) = &outcome.comparison {
+        for r in &c.ratios {
+            out += &format!("knee ratio {}: {}\n", r.modes, r.knee_ratio.map_or("-".into(), |x| format!("{x:.1}x")));
+        }
+    }
+    out.trim_end().to_string()
+}
