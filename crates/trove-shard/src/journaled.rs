@@ -69,7 +69,8 @@ impl JournalConfig {
 }
 
 /// The events of one drained batch that came from one producer batch part.
-pub(crate) struct Source {
+#[derive(Debug)]
+pub struct Source {
     pub origin: Origin,
     /// Positions of these events in the producer's batch (their sequence
     /// offsets); `None` when the part is the whole batch, in order.

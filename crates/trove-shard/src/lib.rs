@@ -38,6 +38,7 @@ pub mod journaled;
 pub mod metrics;
 pub mod per_event;
 pub mod producer;
+pub mod shard_core;
 pub mod sharded;
 pub mod updates;
 
@@ -45,6 +46,7 @@ pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
 pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
-pub use producer::{Completed, Producer, Stamps, SubmitError};
+pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
+pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};
 pub use trove_journal::{FsyncPolicy, WriteIo};
 pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};
