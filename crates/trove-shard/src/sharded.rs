@@ -1,12 +1,14 @@
 //! The default mode: state-owning shard threads fed in batches.
 //!
-//! Each shard thread owns a `GameState` holding the worlds that hash to it;
-//! no other thread touches that state, so applying takes no lock. Producers
-//! split a batch by shard and queue each part on its shard's channel. A
-//! shard parks until work arrives, drains what is queued (up to
-//! `drain_events_max` events), stamps it, applies it as one batch, and hands
-//! each part's outcomes back to its producer: one lock and one wake per
-//! part, never per event.
+//! Each shard thread owns a [`ShardCore`] holding the worlds that hash to
+//! it; no other thread touches that state, so applying takes no lock.
+//! Producers split a batch by shard and queue each part on its shard's
+//! channel. A shard parks until work arrives, drains what is queued (up to
+//! `drain_events_max` events), reads the clock once, and drives its core,
+//! which takes retries out, stamps and applies the batch and answers each
+//! part; the thread hands each part's outcomes back to its producer (or,
+//! journaling, the batch to its journal thread): one lock and one wake per
+//! part, never per event. The thread decides nothing the core could.
 //!
 //! Admission is all-or-nothing and bounded: a submit first reserves one
 //! queue slot on every shard it needs (an atomic counter per shard, at most
