@@ -434,8 +434,8 @@ impl<G: Game> ShardLoop<G> {
             match (handoff, &self.journal) {
                 (Handoff::Deliver(answers), None) => {
                     for a in answers {
-                        let inbox = a.reply.inbox.clone();
-                        inbox.deliver(part_of(a, applied_at));
+                        let (inbox, part) = part_of(a, applied_at);
+                        inbox.deliver(part);
                     }
                 }
                 (Handoff::Journal(batch), Some(JournalLink { jobs, .. })) => {
@@ -475,10 +475,10 @@ impl<G: Game> ShardLoop<G> {
     }
 }
 
-/// The part a producer's inbox gets for a core's answer.
-fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> Part<G> {
-    let Reply { ticket, part, submitted_at, .. } = a.reply;
-    Part {
+/// A core's answer as the part its producer's inbox gets.
+fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> (Arc<Inbox<G>>, Part<G>) {
+    let Reply { inbox, ticket, part, submitted_at } = a.reply;
+    let part = Part {
         ticket,
         part,
         outcomes: a.outcomes,
@@ -486,7 +486,8 @@ fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> Part<G> {
         reused: a.reused,
         submitted_at,
         stamps: Stamps { admitted: Some(submitted_at), applied: Some(applied_at), ..Stamps::default() },
-    }
+    };
+    (inbox, part)
 }
 
 /// The journal thread's job for a core's journal batch: its answers go
@@ -495,6 +496,6 @@ fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> Part<G> {
 /// the journal gets the producers' parts.)
 fn journal_job<G: Game>(batch: JournalBatch<G, Reply<G>>, applied_at: Instant) -> JournalJob<G> {
     let JournalBatch { parts, time_us, sources, waiting } = batch;
-    let deliveries = waiting.into_iter().map(|a| (a.reply.inbox.clone(), part_of(a, applied_at))).collect();
+    let deliveries = waiting.into_iter().map(|a| part_of(a, applied_at)).collect();
     JournalJob::Batch { parts, time_us, sources, deliveries }
 }
