@@ -164,6 +164,15 @@ pub struct Failed;
 /// writes it, and drops the segments it covers.
 pub struct Snapshot<G: Game>(pub(crate) PendingSnapshot<G>);
 
+impl<G: Game> Snapshot<G> {
+    /// The snapshot file's bytes (`docs/journal.md`), for shard `shard`
+    /// of a journal whose next batch is `next_batch`: what a journal
+    /// writes, real or simulated.
+    pub fn encode(self, shard: u32, next_batch: u64) -> Vec<u8> {
+        crate::journaled::snapshot_bytes(self.0, shard, next_batch)
+    }
+}
+
 impl<G: Game> std::fmt::Debug for Snapshot<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot").finish_non_exhaustive()
@@ -653,6 +662,18 @@ mod tests {
         assert!(!ShardCore::<Hunt>::new(config).snapshot_due(s(1_000)), "no interval: only when asked");
         config.snapshot_interval = Some(s(1));
         assert!(ShardCore::<Hunt>::new(config).snapshot_due(s(1)));
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_state_and_the_producers_after_the_last_batch() {
+        let mut c = core(true);
+        let _ = drain(&mut c, vec![part(0, 1, 1, &[create(), HuntEvent::join(HUNT, 1)])]);
+        let bytes = c.snapshot(Duration::from_secs(1)).encode(3, 9);
+        let decoded = trove_journal::snapshot::decode_snapshot(&bytes).expect("a snapshot reads back");
+        assert_eq!((decoded.meta.shard, decoded.meta.next_batch, decoded.meta.last_time_us), (3, 9, 1_000));
+        assert_eq!(decoded.worlds.iter().map(|&(id, _)| id).collect::<Vec<_>>(), [HUNT]);
+        assert_eq!(decoded.producers.len(), 1);
+        assert_eq!((decoded.producers[0].id, decoded.producers[0].last_seq), (1, 2));
     }
 
     #[test]
