@@ -114,6 +114,7 @@ impl<G: Game> BatchSlot<G> {
                     applied: Some(Instant::now()),
                     ..Stamps::default()
                 },
+                after_journal: false,
             });
         }
     }

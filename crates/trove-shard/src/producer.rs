@@ -44,6 +44,9 @@ pub(crate) struct Part<G: Game> {
     /// When `submit` accepted the batch (for stage latencies).
     pub submitted_at: Instant,
     pub stamps: Stamps,
+    /// Its batch was journaled: only the journal thread delivers it, once
+    /// the batch is written (and synced, as the policy says).
+    pub after_journal: bool,
 }
 
 /// When a batch passed the stages after its admission, for the stage
@@ -138,6 +141,12 @@ impl<G: Game> Inbox<G> {
     }
 
     pub fn deliver(&self, part: Part<G>) {
+        // No acknowledgement before its durability point: the journal
+        // thread stamps every part it releases as written first.
+        assert!(
+            !part.after_journal || part.stamps.written.is_some(),
+            "a journaled batch's answer was delivered before the journal wrote it"
+        );
         let waker = {
             let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             state.parts.push(part);
@@ -388,5 +397,41 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
         reused,
         submitted_at: p.submitted_at,
         stamps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use trove_hunt::TreasureHunt;
+
+    use super::*;
+
+    fn part(after_journal: bool, written: Option<Instant>) -> Part<TreasureHunt> {
+        Part {
+            ticket: 0,
+            part: 0,
+            outcomes: Arc::from(Vec::new()),
+            broadcasts: Vec::new(),
+            reused: Vec::new(),
+            submitted_at: Instant::now(),
+            stamps: Stamps { written, ..Stamps::default() },
+            after_journal,
+        }
+    }
+
+    #[test]
+    fn a_journaled_answer_is_delivered_once_written_and_others_at_once() {
+        let inbox = Inbox::<TreasureHunt>::new();
+        inbox.deliver(part(false, None));
+        inbox.deliver(part(true, Some(Instant::now())));
+        assert_eq!(inbox.parts.lock().unwrap().parts.len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "before the journal wrote it")]
+    fn a_journaled_answer_is_never_delivered_before_the_journal_wrote_it() {
+        Inbox::<TreasureHunt>::new().deliver(part(true, None));
     }
 }

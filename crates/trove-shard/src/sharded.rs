@@ -434,7 +434,7 @@ impl<G: Game> ShardLoop<G> {
             match (handoff, &self.journal) {
                 (Handoff::Deliver(answers), None) => {
                     for a in answers {
-                        let (inbox, part) = part_of(a, applied_at);
+                        let (inbox, part) = part_of(a, applied_at, false);
                         inbox.deliver(part);
                     }
                 }
@@ -475,8 +475,9 @@ impl<G: Game> ShardLoop<G> {
     }
 }
 
-/// A core's answer as the part its producer's inbox gets.
-fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> (Arc<Inbox<G>>, Part<G>) {
+/// A core's answer as the part its producer's inbox gets; `after_journal`:
+/// its batch goes to the journal, which alone may deliver it.
+fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant, after_journal: bool) -> (Arc<Inbox<G>>, Part<G>) {
     let Reply { inbox, ticket, part, submitted_at } = a.reply;
     let part = Part {
         ticket,
@@ -486,6 +487,7 @@ fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> (Arc<Inbox<G
         reused: a.reused,
         submitted_at,
         stamps: Stamps { admitted: Some(submitted_at), applied: Some(applied_at), ..Stamps::default() },
+        after_journal,
     };
     (inbox, part)
 }
@@ -496,6 +498,6 @@ fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant) -> (Arc<Inbox<G
 /// the journal gets the producers' parts.)
 fn journal_job<G: Game>(batch: JournalBatch<G, Reply<G>>, applied_at: Instant) -> JournalJob<G> {
     let JournalBatch { parts, time_us, sources, waiting } = batch;
-    let deliveries = waiting.into_iter().map(|a| part_of(a, applied_at)).collect();
+    let deliveries = waiting.into_iter().map(|a| part_of(a, applied_at, true)).collect();
     JournalJob::Batch { parts, time_us, sources, deliveries }
 }
