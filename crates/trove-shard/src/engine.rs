@@ -12,7 +12,7 @@ use crate::clock::{ClockMode, EngineClock};
 use crate::journaled::{JournalConfig, recover};
 use crate::metrics::EngineMetrics;
 use crate::per_event::PerEvent;
-use crate::producer::{Inbox, Origin, Producer, SubmitError};
+use crate::producer::{Inbox, Intake, Origin, Producer, SubmitError};
 use crate::sharded::Sharded;
 use crate::updates::Hub;
 
@@ -207,10 +207,8 @@ impl<G: Game> std::fmt::Debug for Inner<G> {
     }
 }
 
-impl<G: Game> Inner<G> {
-    /// Queues a batch; returns the positions of each part's events. Takes
-    /// the events only on success.
-    pub fn submit(
+impl<G: Game> Intake<G> for Inner<G> {
+    fn submit(
         &self,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
@@ -218,13 +216,21 @@ impl<G: Game> Inner<G> {
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let result = match &self.backend {
-            Backend::Sharded(s) => s.submit(self, inbox, ticket, origin, events),
-            Backend::PerEvent(p) => p.submit(self, inbox, ticket, origin, events),
+            Backend::Sharded(s) => s.submit(&self.accepting, inbox, ticket, origin, events),
+            Backend::PerEvent(p) => p.submit(&self.accepting, self.clock, inbox, ticket, origin, events),
         };
         if result == Err(SubmitError::Busy) {
             self.busy_replies.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    fn batch_events_max(&self) -> usize {
+        self.config.batch_events_max
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 }
 

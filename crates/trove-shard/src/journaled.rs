@@ -69,7 +69,8 @@ impl JournalConfig {
 }
 
 /// The events of one drained batch that came from one producer batch part.
-pub(crate) struct Source {
+#[derive(Debug)]
+pub struct Source {
     pub origin: Origin,
     /// Positions of these events in the producer's batch (their sequence
     /// offsets); `None` when the part is the whole batch, in order.
@@ -130,7 +131,7 @@ pub(crate) fn snapshot_of<G: Game>(state: &GameState<G>, producers: &Dedup<G::Ou
 /// A snapshot file's bytes: the worlds the shard encoded, and every
 /// producer's last sequence, kept outcomes and their events' fingerprints
 /// (encoded here, on the journal thread).
-fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, next_batch: u64) -> Vec<u8> {
+pub(crate) fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, next_batch: u64) -> Vec<u8> {
     let PendingSnapshot { mut worlds, last_time_us, producers } = snapshot;
     for p in &producers {
         let KeptRun { first_seq, offsets, outcomes, fingerprints } = p.flatten();

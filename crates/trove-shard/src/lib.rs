@@ -6,13 +6,22 @@
 //!   API: `producer()`, `metrics()`, `shutdown()`.
 //! - [`producer`]: [`Producer`], one producer's handle: `submit` a batch
 //!   (or get [`SubmitError::Busy`] at once), then collect [`Completed`]
-//!   batches, in submission order, with one outcome per event.
+//!   batches, in submission order, with one outcome per event. It submits
+//!   through `Intake`, which the engine implements: nothing below
+//!   `engine` knows the engine's state.
+//! - [`shard_core`]: [`ShardCore`], one shard's decisions with no I/O:
+//!   given a drained batch of [`WorkPart`]s and the engine time, it takes
+//!   retries out, applies, and returns each part's [`Answer`], to deliver
+//!   now or inside the [`JournalBatch`] that must be durable first
+//!   ([`Handoff`]); it says when a snapshot is due by a `now` its caller
+//!   passes. The shard thread drives it; so can a simulator.
 //! - `admission`: the rule a shard's queue takes a batch by (bounded in
 //!   batches, events and expected wait) and the drain rate it judges the
 //!   wait by.
 //! - [`sharded`]: the default mode. N named threads, each owning the worlds
-//!   that hash to it; bounded admission; a shard drains what is queued,
-//!   stamps it, applies it as one batch and hands outcomes back per batch.
+//!   that hash to it (in its `ShardCore`); bounded admission; a shard
+//!   drains what is queued, reads the clock once, drives its core, and
+//!   hands outcomes back (or to its journal thread) per batch.
 //! - [`journaled`]: recovery from the journal at start, and the journal
 //!   thread per shard that releases acknowledgements only when the fsync
 //!   policy's durability point is reached.
@@ -38,6 +47,7 @@ pub mod journaled;
 pub mod metrics;
 pub mod per_event;
 pub mod producer;
+pub mod shard_core;
 pub mod sharded;
 pub mod updates;
 
@@ -45,6 +55,7 @@ pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
 pub use journaled::JournalConfig;
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
-pub use producer::{Completed, Producer, Stamps, SubmitError};
+pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
+pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};
 pub use trove_journal::{FsyncPolicy, WriteIo};
 pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};

@@ -21,7 +21,7 @@
 //! that `submit` answers `Busy`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
-use crate::engine::{EngineConfig, Inner, Mode};
+use crate::engine::{EngineConfig, Mode};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::updates::{Hub, Staging};
@@ -114,6 +114,7 @@ impl<G: Game> BatchSlot<G> {
                     applied: Some(Instant::now()),
                     ..Stamps::default()
                 },
+                after_journal: false,
             });
         }
     }
@@ -128,6 +129,9 @@ pub(crate) struct PerEvent<G: Game> {
     metrics: Arc<ShardMetrics>,
     blocking: bool,
     hub: Arc<Hub<G>>,
+    /// `EngineConfig::in_flight_events_max`: admission's bound.
+    in_flight_events_max: usize,
+    clock_mode: ClockMode,
 }
 
 impl<G: Game> PerEvent<G> {
@@ -162,23 +166,28 @@ impl<G: Game> PerEvent<G> {
             metrics: Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len())),
             blocking: config.mode == Mode::SpawnBlockingPerEvent,
             hub,
+            in_flight_events_max: config.in_flight_events_max,
+            clock_mode: config.clock,
         })
     }
 
+    /// Admits a batch: `accepting` is the engine's (cleared at shutdown),
+    /// `clock` its engine time.
     pub fn submit(
         &self,
-        inner: &Inner<G>,
+        accepting: &AtomicBool,
+        clock: EngineClock,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
         _origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
         let n = events.len();
-        if self.in_flight.fetch_add(n, SeqCst) + n > inner.config.in_flight_events_max {
+        if self.in_flight.fetch_add(n, SeqCst) + n > self.in_flight_events_max {
             self.in_flight.fetch_sub(n, SeqCst);
             return Err(SubmitError::Busy);
         }
-        if !inner.accepting.load(SeqCst) {
+        if !accepting.load(SeqCst) {
             self.in_flight.fetch_sub(n, SeqCst);
             return Err(SubmitError::ShuttingDown);
         }
@@ -189,7 +198,7 @@ impl<G: Game> PerEvent<G> {
             done: Mutex::new((vec![None; n], Vec::new())),
             remaining: AtomicUsize::new(n),
         });
-        let clock = (inner.config.clock == ClockMode::Wall).then_some(inner.clock);
+        let clock = (self.clock_mode == ClockMode::Wall).then_some(clock);
         for (index, stamped) in std::mem::take(events).into_iter().enumerate() {
             let cell = self.table.cell(G::world_of(&stamped.event));
             let (next, mine) = oneshot::channel();

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use trove_core::{Addressed, Game, Stamped};
 
-use crate::engine::Inner;
-
 /// Why a batch was not accepted. Nothing of it was queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubmitError {
@@ -26,7 +24,7 @@ pub enum SubmitError {
 /// Who sent a batch: the producer and the sequence number of its first
 /// event (the others follow consecutively, in submission order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Origin {
+pub struct Origin {
     pub producer: u64,
     pub first_seq: u64,
 }
@@ -46,6 +44,9 @@ pub(crate) struct Part<G: Game> {
     /// When `submit` accepted the batch (for stage latencies).
     pub submitted_at: Instant,
     pub stamps: Stamps,
+    /// Its batch was journaled: only the journal thread delivers it, once
+    /// the batch is written (and synced, as the policy says).
+    pub after_journal: bool,
 }
 
 /// When a batch passed the stages after its admission, for the stage
@@ -80,6 +81,29 @@ impl Stamps {
     }
 }
 
+/// What a producer submits through: the engine's admission, whichever
+/// mode runs it. The producer holds only this, not the engine: admission
+/// (`Sharded::submit`, `PerEvent::submit`) takes the queues, bounds and
+/// flags it needs, and the engine (`engine.rs`, above every mode) ties
+/// them together.
+pub(crate) trait Intake<G: Game>: Send + Sync + std::fmt::Debug {
+    /// Queues a batch; returns the positions of each part's events. Takes
+    /// the events only on success.
+    fn submit(
+        &self,
+        inbox: &Arc<Inbox<G>>,
+        ticket: u64,
+        origin: Origin,
+        events: &mut Vec<Stamped<G::Event>>,
+    ) -> Result<Vec<Vec<u32>>, SubmitError>;
+
+    /// The largest batch `submit` takes (`EngineConfig::batch_events_max`).
+    fn batch_events_max(&self) -> usize;
+
+    /// Why the engine stopped acknowledging, if it did.
+    fn failure(&self) -> Option<&str>;
+}
+
 /// Where shards put a producer's finished parts. One lock per part, never
 /// per event.
 #[derive(Debug)]
@@ -93,7 +117,7 @@ struct InboxState<G: Game> {
     parts: Vec<Part<G>>,
     waker: Option<Waker>,
     /// Some of this producer's batches will never complete: the engine
-    /// failed (see `Inner::failure`).
+    /// failed (see `Intake::failure`).
     failed: bool,
 }
 
@@ -103,7 +127,7 @@ impl<G: Game> Inbox<G> {
     }
 
     /// Tells the producer that batches it waits for will never complete
-    /// (after `Inner::failure` is set), and wakes it.
+    /// (after the engine's failure is set), and wakes it.
     pub fn fail(&self) {
         let waker = {
             let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +141,12 @@ impl<G: Game> Inbox<G> {
     }
 
     pub fn deliver(&self, part: Part<G>) {
+        // No acknowledgement before its durability point: the journal
+        // thread stamps every part it releases as written first.
+        assert!(
+            !part.after_journal || part.stamps.written.is_some(),
+            "a journaled batch's answer was delivered before the journal wrote it"
+        );
         let waker = {
             let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             state.parts.push(part);
@@ -164,7 +194,7 @@ struct Pending<G: Game> {
 /// in submission order per world, and complete in submission order.
 #[derive(Debug)]
 pub struct Producer<G: Game> {
-    engine: Arc<Inner<G>>,
+    engine: Arc<dyn Intake<G>>,
     inbox: Arc<Inbox<G>>,
     /// Journaled with every event, with its sequence number.
     id: u64,
@@ -177,7 +207,7 @@ pub struct Producer<G: Game> {
 }
 
 impl<G: Game> Producer<G> {
-    pub(crate) fn new(engine: Arc<Inner<G>>, id: u64, next_seq: u64) -> Self {
+    pub(crate) fn new(engine: Arc<dyn Intake<G>>, id: u64, next_seq: u64) -> Self {
         Self {
             engine,
             inbox: Arc::new(Inbox::new()),
@@ -205,7 +235,7 @@ impl<G: Game> Producer<G> {
     /// `ClockMode::Wall` the stamps are overwritten by the engine; with
     /// `Supplied` they are kept.
     pub fn submit(&mut self, events: &mut Vec<Stamped<G::Event>>) -> Result<u64, SubmitError> {
-        if events.is_empty() || events.len() > self.engine.config.batch_events_max {
+        if events.is_empty() || events.len() > self.engine.batch_events_max() {
             return Err(SubmitError::BadSize);
         }
         if self.next_seq.checked_add(events.len() as u64).is_none() {
@@ -269,7 +299,7 @@ impl<G: Game> Producer<G> {
     /// not write or sync). Batches still in flight then never complete, and
     /// every later `submit` answers `SubmitError::Failed`.
     pub fn failure(&self) -> Option<&str> {
-        self.engine.failure.get().map(String::as_str)
+        self.engine.failure()
     }
 
     /// Like `try_complete`, waiting up to `timeout` for the oldest batch.
@@ -367,5 +397,41 @@ fn assemble<G: Game>(p: Pending<G>) -> Completed<G> {
         reused,
         submitted_at: p.submitted_at,
         stamps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use trove_hunt::TreasureHunt;
+
+    use super::*;
+
+    fn part(after_journal: bool, written: Option<Instant>) -> Part<TreasureHunt> {
+        Part {
+            ticket: 0,
+            part: 0,
+            outcomes: Arc::from(Vec::new()),
+            broadcasts: Vec::new(),
+            reused: Vec::new(),
+            submitted_at: Instant::now(),
+            stamps: Stamps { written, ..Stamps::default() },
+            after_journal,
+        }
+    }
+
+    #[test]
+    fn a_journaled_answer_is_delivered_once_written_and_others_at_once() {
+        let inbox = Inbox::<TreasureHunt>::new();
+        inbox.deliver(part(false, None));
+        inbox.deliver(part(true, Some(Instant::now())));
+        assert_eq!(inbox.parts.lock().unwrap().parts.len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "before the journal wrote it")]
+    fn a_journaled_answer_is_never_delivered_before_the_journal_wrote_it() {
+        Inbox::<TreasureHunt>::new().deliver(part(true, None));
     }
 }

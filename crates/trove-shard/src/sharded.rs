@@ -1,12 +1,14 @@
 //! The default mode: state-owning shard threads fed in batches.
 //!
-//! Each shard thread owns a `GameState` holding the worlds that hash to it;
-//! no other thread touches that state, so applying takes no lock. Producers
-//! split a batch by shard and queue each part on its shard's channel. A
-//! shard parks until work arrives, drains what is queued (up to
-//! `drain_events_max` events), stamps it, applies it as one batch, and hands
-//! each part's outcomes back to its producer: one lock and one wake per
-//! part, never per event.
+//! Each shard thread owns a [`ShardCore`] holding the worlds that hash to
+//! it; no other thread touches that state, so applying takes no lock.
+//! Producers split a batch by shard and queue each part on its shard's
+//! channel. A shard parks until work arrives, drains what is queued (up to
+//! `drain_events_max` events), reads the clock once, and drives its core,
+//! which takes retries out, stamps and applies the batch and answers each
+//! part; the thread hands each part's outcomes back to its producer (or,
+//! journaling, the batch to its journal thread): one lock and one wake per
+//! part, never per event. The thread decides nothing the core could.
 //!
 //! Admission is all-or-nothing and bounded: a submit first reserves one
 //! queue slot on every shard it needs (an atomic counter per shard, at most
@@ -24,22 +26,22 @@
 //! A shard's input is a sequence of stamped batches; it could come from a
 //! partitioned log as well as from producers.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, SendError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprints};
+use trove_core::{Game, GameState, Stamped, WorldId};
 
 use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
-use crate::dedup::{AppliedPart, Dedup, Retry};
-use crate::engine::{EngineConfig, Inner};
-use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
+use crate::engine::EngineConfig;
+use crate::journaled::{JournalJob, RecoveredShard, run_journal};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
-use crate::updates::{Hub, Staging};
+use crate::shard_core::{Answer, CoreConfig, Handoff, JournalBatch, ShardCore, WorkPart};
+use crate::updates::Hub;
 
 /// The shard that owns `world` among `shards`.
 #[inline]
@@ -68,25 +70,17 @@ enum Msg<G: Game> {
     Stop,
 }
 
-struct Work<G: Game> {
+/// Where a part's answer goes, and when it was admitted: the threaded
+/// shard's reply token in its core's `WorkPart`s.
+struct Reply<G: Game> {
     inbox: Arc<Inbox<G>>,
     ticket: u64,
     part: u32,
-    origin: Origin,
-    /// The part's positions in its batch (its events' sequence offsets);
-    /// `None` for a whole batch.
-    positions: Option<Arc<Vec<u32>>>,
-    /// Sequences of the part's first events that were retries of events
-    /// already applied (filled by the shard).
-    retried: Vec<u64>,
-    events: Vec<Stamped<G::Event>>,
-    /// The fingerprint of each of the part's events as submitted (retried
-    /// ones first), computed by the submitting thread: the shard keeps
-    /// them to tell a retry from a reused sequence number.
-    fingerprints: Arc<[u32]>,
     /// When `submit` accepted the batch.
     submitted_at: Instant,
 }
+
+type Work<G> = WorkPart<G, Reply<G>>;
 
 struct Shard<G: Game> {
     tx: Sender<Msg<G>>,
@@ -104,6 +98,11 @@ struct Shard<G: Game> {
 
 pub(crate) struct Sharded<G: Game> {
     shards: Vec<Shard<G>>,
+    /// Every shard queue's bounds (from `EngineConfig`).
+    bounds: Bounds,
+    /// The engine's failure (set by a journal thread): once set, `submit`
+    /// answers `Failed`.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl<G: Game> Sharded<G> {
@@ -125,7 +124,14 @@ impl<G: Game> Sharded<G> {
             let queued_events = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
-            let (state, journal, producers) = match recovered.as_mut().and_then(Iterator::next) {
+            let core_config = CoreConfig {
+                worlds_max: config.worlds_max,
+                dedup_window_events: config.dedup_window_events,
+                dedup_producers_max: config.dedup_producers_max,
+                journaled: config.journal.is_some(),
+                snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
+            };
+            let (shard_core, journal) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
                     let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
@@ -135,14 +141,12 @@ impl<G: Game> Sharded<G> {
                         .name(format!("trove-journal-{index}"))
                         .spawn(move || run_journal::<G>(jrx, writer, policy, m, &f))
                         .map_err(|e| format!("starting journal thread {index}: {e}"))?;
-                    (r.state, Some(JournalLink { jobs: jtx, thread }), r.producers)
+                    let shard_core = ShardCore::with_state(r.state, r.producers, core_config);
+                    (shard_core, Some(JournalLink { jobs: jtx, thread }))
                 }
-                None => (
-                    GameState::new(config.worlds_max),
-                    None,
-                    Dedup::new(config.dedup_window_events, config.dedup_producers_max),
-                ),
+                None => (ShardCore::new(core_config), None),
             };
+            assert_eq!(journal.is_some(), core_config.journaled, "a journaled engine recovers every shard");
             let drain_rate = DrainRate::default();
             let ps_per_event = drain_rate.published();
             let run = ShardLoop::<G> {
@@ -151,12 +155,10 @@ impl<G: Game> Sharded<G> {
                 queued_events: queued_events.clone(),
                 drain_rate,
                 metrics: metrics.clone(),
-                state,
+                core: shard_core,
                 journal,
                 failure: failure.clone(),
-                producers,
-                snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
-                last_snapshot: Instant::now(),
+                started: Instant::now(),
                 drain_events_max: config.drain_events_max,
                 clock_mode: config.clock,
                 clock,
@@ -173,18 +175,25 @@ impl<G: Game> Sharded<G> {
                 .map_err(|e| format!("starting shard thread {index}: {e}"))?;
             shards.push(Shard { tx, queued, queued_events, ps_per_event, metrics, thread: Mutex::new(Some(thread)) });
         }
-        Ok(Self { shards })
+        let bounds = Bounds {
+            batches_max: config.queue_batches_max,
+            events_max: config.queue_events_max,
+            wait_max: config.queue_wait_max,
+        };
+        Ok(Self { shards, bounds, failure })
     }
 
+    /// Admits a batch, all or nothing (see the module docs). `accepting`
+    /// is the engine's: cleared at shutdown, before the queues close.
     pub fn submit(
         &self,
-        inner: &Inner<G>,
+        accepting: &AtomicBool,
         inbox: &Arc<Inbox<G>>,
         ticket: u64,
         origin: Origin,
         events: &mut Vec<Stamped<G::Event>>,
     ) -> Result<Vec<Vec<u32>>, SubmitError> {
-        if inner.failure.get().is_some() {
+        if self.failure.get().is_some() {
             return Err(SubmitError::Failed);
         }
         let n = self.shards.len();
@@ -206,9 +215,7 @@ impl<G: Game> Sharded<G> {
             }
         }
         let involved = |s: usize| counts[s] > 0;
-        let c = &inner.config;
-        let bounds =
-            Bounds { batches_max: c.queue_batches_max, events_max: c.queue_events_max, wait_max: c.queue_wait_max };
+        let bounds = self.bounds;
         let release = |upto: usize| {
             for u in (0..upto).filter(|&u| involved(u)) {
                 self.shards[u].queued.fetch_sub(1, SeqCst);
@@ -233,7 +240,7 @@ impl<G: Game> Sharded<G> {
         // Checked after reserving: shutdown clears `accepting` and then waits
         // for `queued` to drain, so a reservation that sees `accepting` set
         // is always drained (see `ShardLoop::run`).
-        if !inner.accepting.load(SeqCst) {
+        if !accepting.load(SeqCst) {
             release(n);
             return Err(SubmitError::ShuttingDown);
         }
@@ -266,19 +273,10 @@ impl<G: Game> Sharded<G> {
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
             shard.metrics.queue_depth_events.fetch_add(events.len() as u64, Relaxed);
             let positions = split.then(|| Arc::new(layout[part].clone()));
-            // Here, on the producer's thread, not on the shard's.
-            let fingerprints = record_fingerprints(events.iter().map(|e| &e.event));
-            let work = Work {
-                submitted_at,
-                inbox: inbox.clone(),
-                ticket,
-                part: part as u32,
-                origin,
-                positions,
-                retried: Vec::new(),
-                events,
-                fingerprints,
-            };
+            let reply = Reply { inbox: inbox.clone(), ticket, part: part as u32, submitted_at };
+            // Here, on the producer's thread, not on the shard's: the
+            // events' fingerprints.
+            let work = WorkPart::new(reply, origin, positions, events);
             // The receiver lives until every reservation is drained.
             if shard.tx.send(Msg::Work(work)).is_err() {
                 unreachable!("shard {s} stopped while holding a reservation");
@@ -317,14 +315,6 @@ impl<G: Game> Sharded<G> {
     }
 }
 
-impl<G: Game> Work<G> {
-    /// The producer sequence of the part's `k`-th (remaining) event.
-    #[inline]
-    fn seq(&self, k: usize) -> u64 {
-        self.origin.first_seq + self.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]))
-    }
-}
-
 /// A shard's side of its journal thread.
 struct JournalLink<G: Game> {
     /// Applied batches go there, and their acknowledgements with them.
@@ -332,23 +322,23 @@ struct JournalLink<G: Game> {
     thread: JoinHandle<()>,
 }
 
+/// The shard thread: parks, drains, reads the clock, and drives its
+/// [`ShardCore`], which decides; this loop does the rest (queues, metrics,
+/// the journal hand-off, deliveries, snapshot timing).
 struct ShardLoop<G: Game> {
     rx: Receiver<Msg<G>>,
     queued: Arc<AtomicUsize>,
     queued_events: Arc<AtomicUsize>,
     drain_rate: DrainRate,
     metrics: Arc<ShardMetrics>,
-    state: GameState<G>,
+    core: ShardCore<G>,
     /// The journal thread, if the engine journals.
     journal: Option<JournalLink<G>>,
-    /// The engine's failure (see `Inner::failure`): once set, work is
-    /// answered with it, not applied.
+    /// The engine's failure: once set, work is answered with it, not
+    /// applied (`ShardCore::fail`).
     failure: Arc<OnceLock<String>>,
-    /// Every producer's last applied sequence and recent outcomes: retries
-    /// are answered, never applied twice.
-    producers: Dedup<G::Outcome>,
-    snapshot_interval: Option<Duration>,
-    last_snapshot: Instant,
+    /// The epoch of the `now` the core's snapshot timing is given.
+    started: Instant,
     drain_events_max: usize,
     clock_mode: ClockMode,
     clock: EngineClock,
@@ -359,34 +349,29 @@ struct ShardLoop<G: Game> {
 impl<G: Game> ShardLoop<G> {
     fn run(mut self) -> Vec<(WorldId, u64)> {
         let mut work: Vec<Work<G>> = Vec::new();
-        let mut batch: Vec<Stamped<G::Event>> = Vec::new();
-        let mut out = Outcomes::default();
-        let mut rejections = vec![0u64; G::REJECTION_NAMES.len()];
         let mut stopping = false;
-        let mut time_us = 0u64;
-        let mut staging = Staging::default();
         loop {
             if !stopping {
                 // Park until there is work: an idle shard costs nothing.
                 let idle = Instant::now();
                 match self.rx.recv() {
                     Ok(Msg::Work(w)) => work.push(w),
-                    Ok(Msg::Query(q)) => q(&self.state),
+                    Ok(Msg::Query(q)) => q(self.core.state()),
                     Ok(Msg::Stop) | Err(_) => stopping = true,
                 }
                 self.metrics.idle_ns.fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
                 self.metrics.wakeups.fetch_add(1, Relaxed);
             }
             let busy = Instant::now();
-            let mut events: usize = work.iter().map(|w| w.events.len()).sum();
+            let mut events: usize = work.iter().map(|w| w.events().len()).sum();
             while events < self.drain_events_max {
                 match self.rx.try_recv() {
                     Ok(Msg::Work(w)) => {
-                        events += w.events.len();
+                        events += w.events().len();
                         work.push(w);
                     }
                     // Between batches: it sees everything applied so far.
-                    Ok(Msg::Query(q)) => q(&self.state),
+                    Ok(Msg::Query(q)) => q(self.core.state()),
                     Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => stopping = true,
                     Err(TryRecvError::Empty) => break,
                 }
@@ -406,161 +391,62 @@ impl<G: Game> ShardLoop<G> {
             self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
             self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
             if self.failure.get().is_some() {
-                // The journal failed: nothing more can be made durable, so
-                // nothing more is applied; its producers are told.
-                for w in work.drain(..) {
-                    w.inbox.fail();
-                }
-                continue;
-            }
-
-            // Retries: a producer's events reach this shard in increasing
-            // sequence order, so the retried events of a part are a prefix
-            // of it. Take them out; they are answered after the apply.
-            self.producers.next_drain();
-            for w in &mut work {
-                let log = self.producers.log(w.origin.producer);
-                let retried = (0..w.events.len()).take_while(|&k| w.seq(k) <= log.last_seq).count();
-                if retried > 0 {
-                    w.retried = (0..retried).map(|k| w.seq(k)).collect();
-                    w.events.drain(..retried);
-                    match &mut w.positions {
-                        Some(p) => w.positions = Some(Arc::new(p[retried..].to_vec())),
-                        None => w.origin.first_seq += retried as u64,
-                    }
-                }
-                if let Some(k) = w.events.len().checked_sub(1) {
-                    log.last_seq = log.last_seq.max(w.seq(k));
-                }
+                self.core.fail();
             }
 
             // Stamp: one clock read per drained batch.
-            if self.clock_mode == ClockMode::Wall {
-                time_us = time_us.max(self.clock.now_us());
-            }
-            for w in &work {
-                match self.clock_mode {
-                    ClockMode::Wall => batch.extend(w.events.iter().map(|e| Stamped { time_us, event: e.event })),
-                    ClockMode::Supplied => batch.extend_from_slice(&w.events),
-                }
-            }
-
-            let applied = batch.len() as u64;
+            let time_us = (self.clock_mode == ClockMode::Wall).then(|| self.clock.now_us());
             let apply = Instant::now();
-            self.state.apply(&batch, &mut out);
+            let Ok(applied) = self.core.apply(&mut work, time_us) else {
+                // The journal failed: nothing more can be made durable, so
+                // nothing more is applied; its producers are told.
+                for w in work.drain(..) {
+                    w.reply.inbox.fail();
+                }
+                continue;
+            };
             let applied_at = Instant::now();
             self.metrics.apply_ns.record(applied_at.duration_since(apply).as_nanos() as u64);
             for w in &work {
-                let waited = applied_at.saturating_duration_since(w.submitted_at).as_nanos() as u64;
-                self.metrics.ingest_to_applied_ns.record_n(waited, w.events.len() as u64);
+                let waited = applied_at.saturating_duration_since(w.reply.submitted_at).as_nanos() as u64;
+                self.metrics.ingest_to_applied_ns.record_n(waited, w.events().len() as u64);
             }
-            let ingested_at = work.iter().map(|w| w.submitted_at).min().unwrap_or(applied_at);
-            self.hub.publish(&batch, &out, &mut staging, ingested_at);
-            for o in &out.direct {
-                if let Some(r) = G::rejection(o) {
-                    rejections[r] += 1;
-                }
-            }
+            let ingested_at = work.iter().map(|w| w.reply.submitted_at).min().unwrap_or(applied_at);
+            self.core.publish(&self.hub, ingested_at);
+            let submissions = work.len() as u64;
+            let handoff = self.core.hand_off(&mut work);
             // Counted before any outcome is handed back, so a producer that
             // sees its outcomes sees them counted.
             let m = &self.metrics;
-            m.events_applied.fetch_add(applied, Relaxed);
+            m.events_applied.fetch_add(applied.events as u64, Relaxed);
             m.batches_applied.fetch_add(1, Relaxed);
-            m.submissions.fetch_add(work.len() as u64, Relaxed);
+            m.submissions.fetch_add(submissions, Relaxed);
             m.batch_events.record(events as u64);
-            for (counter, n) in m.rejections.iter().zip(&mut rejections) {
-                if *n > 0 {
-                    counter.fetch_add(std::mem::take(n), Relaxed);
-                }
+            if applied.retried > 0 {
+                m.retries.fetch_add(applied.retried as u64, Relaxed);
+            }
+            for (r, n) in self.core.take_rejections() {
+                m.rejections[r].fetch_add(n, Relaxed);
             }
 
             // Each part's outcomes and broadcasts: to its producer now, or,
             // when journaling, once the journal has made the batch durable.
-            let mut offset = 0;
-            let mut next_broadcast = 0;
-            let mut deliveries = Vec::with_capacity(if self.journal.is_some() { work.len() } else { 0 });
-            let mut sources = Vec::with_capacity(deliveries.capacity());
-            let mut parts = Vec::with_capacity(deliveries.capacity());
-            for w in work.drain(..) {
-                let end = offset + w.events.len();
-                let retried = w.retried.len();
-                let mut reused = Vec::new();
-                let outcomes: Arc<[G::Outcome]> = if retried == 0 {
-                    Arc::from(&out.direct[offset..end])
-                } else {
-                    let log = self.producers.log(w.origin.producer);
-                    let mut v: Vec<G::Outcome> = Vec::with_capacity(retried + w.events.len());
-                    for (&seq, &fingerprint) in w.retried.iter().zip(w.fingerprints.iter()) {
-                        v.push(match log.retry(seq, fingerprint) {
-                            Retry::Original(o) => o,
-                            Retry::Forgotten => G::duplicate_outcome(),
-                            // Never delivered: the batch is refused.
-                            Retry::Reused => {
-                                reused.push(seq);
-                                G::duplicate_outcome()
-                            }
-                        });
+            match (handoff, &self.journal) {
+                (Handoff::Deliver(answers), None) => {
+                    for a in answers {
+                        let (inbox, part) = part_of(a, applied_at, false);
+                        inbox.deliver(part);
                     }
-                    v.extend_from_slice(&out.direct[offset..end]);
-                    self.metrics.retries.fetch_add(retried as u64, Relaxed);
-                    v.into()
-                };
-                let applied = AppliedPart {
-                    first_seq: w.origin.first_seq,
-                    positions: w.positions.clone(),
-                    outcomes: outcomes.clone(),
-                    fingerprints: Some(w.fingerprints.clone()),
-                    skip: retried,
-                };
-                self.producers.record(w.origin.producer, applied);
-                let mut broadcasts = Vec::new();
-                while let Some(b) = out.broadcasts.get(next_broadcast) {
-                    if b.event_index as usize >= end {
-                        break;
+                }
+                (Handoff::Journal(batch), Some(JournalLink { jobs, .. })) => {
+                    // The journal thread only stops early when the disk
+                    // failed (fail-stop, `failure` set): then this batch is
+                    // never acknowledged, and later work is not applied.
+                    if let Err(SendError(job)) = jobs.send(journal_job(batch, applied_at)) {
+                        job.fail_producers();
                     }
-                    let mut b = b.clone();
-                    b.event_index = b.event_index - offset as u32 + retried as u32;
-                    broadcasts.push(b);
-                    next_broadcast += 1;
                 }
-                let stamps = Stamps { admitted: Some(w.submitted_at), applied: Some(applied_at), ..Stamps::default() };
-                let part = Part {
-                    ticket: w.ticket,
-                    part: w.part,
-                    outcomes,
-                    broadcasts,
-                    reused,
-                    submitted_at: w.submitted_at,
-                    stamps,
-                };
-                if self.journal.is_some() && !w.events.is_empty() {
-                    sources.push(Source { origin: w.origin, positions: w.positions, len: w.events.len() });
-                    parts.push(w.events);
-                    deliveries.push((w.inbox, part));
-                } else if self.journal.is_some() {
-                    // Only retries: nothing new to make durable, but earlier
-                    // parts of this batch may still be on their way; keep
-                    // the acknowledgement in order behind them.
-                    deliveries.push((w.inbox, part));
-                } else {
-                    w.inbox.deliver(part);
-                }
-                offset = end;
-            }
-            out.clear();
-            // The drain buffer stays here, warm for the next drain: the
-            // journal gets the producers' parts (`JournalJob::Batch`). A
-            // buffer that went to the journal thread and came back was cold:
-            // that cost the shard 7-11 ns per event (docs/decisions/0029).
-            batch.clear();
-            if let Some(JournalLink { jobs: journal, .. }) = &self.journal {
-                let time_us = (self.clock_mode == ClockMode::Wall).then_some(time_us);
-                // The journal thread only stops early when the disk failed
-                // (fail-stop, `failure` set): then this batch is never
-                // acknowledged, and later work is not applied.
-                if let Err(SendError(job)) = journal.send(JournalJob::Batch { parts, time_us, sources, deliveries }) {
-                    job.fail_producers();
-                }
+                _ => unreachable!("a core is journaled exactly when its shard has a journal"),
             }
             // The drain's own work, for the rate admission judges a queue's
             // wait by. A periodic snapshot (a copy of every world, once a
@@ -568,23 +454,50 @@ impl<G: Game> ShardLoop<G> {
             // one drain's cost per event and answer BUSY to the queue
             // behind it for the next 20-30 drains, once a minute.
             self.drain_rate.record(events, busy.elapsed());
-            if let Some(JournalLink { jobs: journal, .. }) = &self.journal
-                && self.snapshot_interval.is_some_and(|every| self.last_snapshot.elapsed() >= every)
-            {
-                let _ = journal.send(JournalJob::Snapshot(snapshot_of(&self.state, &self.producers)));
-                self.last_snapshot = Instant::now();
+            if let Some(JournalLink { jobs, .. }) = &self.journal {
+                let now = self.started.elapsed();
+                if self.core.snapshot_due(now) {
+                    let _ = jobs.send(JournalJob::Snapshot(self.core.snapshot(now).0));
+                }
             }
 
             self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
         }
-        if let Some(JournalLink { jobs: journal, thread, .. }) = self.journal.take() {
+        if let Some(JournalLink { jobs, thread }) = self.journal.take() {
             // A final snapshot makes the next start quick.
-            let _ = journal.send(JournalJob::Snapshot(snapshot_of(&self.state, &self.producers)));
-            drop(journal);
+            let _ = jobs.send(JournalJob::Snapshot(self.core.snapshot(self.started.elapsed()).0));
+            drop(jobs);
             // Everything written, synced and acknowledged before shutdown
             // returns.
             thread.join().expect("journal thread panicked");
         }
-        self.state.world_hashes()
+        self.core.world_hashes()
     }
+}
+
+/// A core's answer as the part its producer's inbox gets; `after_journal`:
+/// its batch goes to the journal, which alone may deliver it.
+fn part_of<G: Game>(a: Answer<G, Reply<G>>, applied_at: Instant, after_journal: bool) -> (Arc<Inbox<G>>, Part<G>) {
+    let Reply { inbox, ticket, part, submitted_at } = a.reply;
+    let part = Part {
+        ticket,
+        part,
+        outcomes: a.outcomes,
+        broadcasts: a.broadcasts,
+        reused: a.reused,
+        submitted_at,
+        stamps: Stamps { admitted: Some(submitted_at), applied: Some(applied_at), ..Stamps::default() },
+        after_journal,
+    };
+    (inbox, part)
+}
+
+/// The journal thread's job for a core's journal batch: its answers go
+/// with it, released by the journal thread at the batch's durability
+/// point. (The drain buffer stays in the core, warm for the next drain:
+/// the journal gets the producers' parts.)
+fn journal_job<G: Game>(batch: JournalBatch<G, Reply<G>>, applied_at: Instant) -> JournalJob<G> {
+    let JournalBatch { parts, time_us, sources, waiting } = batch;
+    let deliveries = waiting.into_iter().map(|a| part_of(a, applied_at, true)).collect();
+    JournalJob::Batch { parts, time_us, sources, deliveries }
 }
