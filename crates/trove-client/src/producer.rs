@@ -813,7 +813,7 @@ impl<G: WireGame> Task<G> {
         match f {
             Frame::Ack { first_seq, count, outcomes } => {
                 let outcomes = match (outcomes, self.config.want_outcomes) {
-                    (Some(bytes), true) => Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(protocol)?),
+                    (Some(bytes), true) => Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(|e| protocol(e.to_string()))?),
                     (None, false) => None,
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),

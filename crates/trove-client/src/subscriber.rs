@@ -378,7 +378,7 @@ impl<G: WireGame> Subscriber<G> {
                 Frame::Subscribed { hunt, next_seq } => self.subs.on_subscribed(hunt, next_seq).map_err(protocol)?,
                 Frame::Update { hunt, first_seq, count, entries } => {
                     self.subs.on_update(hunt, first_seq, count).map_err(protocol)?;
-                    let entries = trove_proto::wire::decode_entries::<G>(entries).map_err(protocol)?;
+                    let entries = trove_proto::wire::decode_entries::<G>(entries).map_err(|e| protocol(e.to_string()))?;
                     self.queued.push_back(Update::Entries { hunt, first_seq, entries });
                 }
                 Frame::Gap { hunt, first_missed, missed } => {
