@@ -33,7 +33,8 @@ pub mod writer;
 pub use format::{Entry, FrameError, Run, SEGMENT_HEADER_BYTES};
 pub use lock::{DataDirLock, LockError};
 pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard};
-pub use writer::{FsyncPolicy, JournalWriter, WriteIo, create_dir_durably};
+pub use snapshot::SnapshotError;
+pub use writer::{FsyncPolicy, JournalWriter, ParseFsyncError, WriteIo, create_dir_durably};
 
 /// The directory of shard `index` under a data directory.
 pub fn shard_dir(data: &std::path::Path, index: usize) -> std::path::PathBuf {
