@@ -512,7 +512,7 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         builder.enable_metrics_schedule_latency_histogram();
         let runtime = builder.build().map_err(|e| format!("starting the I/O runtime: {e}"))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        engine.hub().set_push_interval(config.subscriber_push_interval)?;
+        engine.hub().set_push_interval(config.subscriber_push_interval).map_err(|e| e.to_string())?;
         let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             engine,

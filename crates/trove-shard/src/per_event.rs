@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
+use crate::error::StartError;
 use crate::engine::{EngineConfig, Inner, Mode};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
@@ -135,12 +136,12 @@ impl<G: Game> PerEvent<G> {
         &self.handle
     }
 
-    pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, String> {
+    pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.shards)
             .thread_name("trove-worker")
             .build()
-            .map_err(|e| format!("starting the tokio runtime: {e}"))?;
+            .map_err(|source| StartError::Spawn { what: "the tokio runtime".into(), source })?;
         let handle = runtime.handle().clone();
         let (writer, mut rx) = mpsc::channel::<WriterMsg>(WRITER_QUEUE);
         handle.spawn(async move {

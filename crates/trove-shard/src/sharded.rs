@@ -34,6 +34,7 @@ use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprint
 
 use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
+use crate::error::StartError;
 use crate::dedup::{AppliedPart, Dedup, Retry};
 use crate::engine::{EngineConfig, Inner};
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
@@ -115,7 +116,7 @@ impl<G: Game> Sharded<G> {
         recovered: Option<Vec<RecoveredShard<G>>>,
         hub: Arc<Hub<G>>,
         failure: Arc<OnceLock<String>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut recovered = recovered.map(Vec::into_iter);
         let mut shards = Vec::with_capacity(config.shards);
@@ -134,7 +135,7 @@ impl<G: Game> Sharded<G> {
                     let thread = std::thread::Builder::new()
                         .name(format!("trove-journal-{index}"))
                         .spawn(move || run_journal::<G>(jrx, writer, policy, m, &f))
-                        .map_err(|e| format!("starting journal thread {index}: {e}"))?;
+                        .map_err(|source| StartError::Spawn { what: format!("journal thread {index}"), source })?;
                     (r.state, Some(JournalLink { jobs: jtx, thread }), r.producers)
                 }
                 None => (
@@ -170,7 +171,7 @@ impl<G: Game> Sharded<G> {
                     }
                     run.run()
                 })
-                .map_err(|e| format!("starting shard thread {index}: {e}"))?;
+                .map_err(|source| StartError::Spawn { what: format!("shard thread {index}"), source })?;
             shards.push(Shard { tx, queued, queued_events, ps_per_event, metrics, thread: Mutex::new(Some(thread)) });
         }
         Ok(Self { shards })

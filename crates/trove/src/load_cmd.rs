@@ -35,7 +35,7 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
         return Err("--modes names no mode".into());
     }
     for m in &modes {
-        Mode::parse(m)?;
+        Mode::parse(m).map_err(|e| e.to_string())?;
     }
     if modes.iter().enumerate().any(|(i, m)| modes[..i].contains(m)) {
         return Err("--modes names a mode twice".into());
@@ -43,7 +43,7 @@ pub fn args(flags: &BenchLoad) -> Result<LoadArgs, String> {
     let fsync = match flags.fsync.as_str() {
         "none" => None,
         p => {
-            p.parse::<FsyncPolicy>()?;
+            p.parse::<FsyncPolicy>().map_err(|e| e.to_string())?;
             if let Some(m) = modes.iter().find(|m| m.as_str() != "sharded") {
                 return Err(format!("--modes {m} runs without a journal: compare modes with --fsync none"));
             }

@@ -79,7 +79,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let spec = workload_arg::resolve(&args.workload)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bench = EngineBenchArgs {
-                mode: Mode::parse(&args.mode)?,
+                mode: Mode::parse(&args.mode).map_err(|e| e.to_string())?,
                 shards: args.shards.map_or(cores, |s| s as usize),
                 producers: args.producers,
                 events: args.events,
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 journal: match &args.data {
                     Some(dir) => {
-                        let mut j = JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>()?);
+                        let mut j = JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>().map_err(|e| e.to_string())?);
                         if let Some(ms) = args.snapshot_ms {
                             j.snapshot_interval = Some(std::time::Duration::from_millis(ms));
                         }
@@ -113,7 +113,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let spec = workload_arg::resolve(&args.workload)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let bench = NetBenchArgs {
-                mode: Mode::parse(&args.mode)?,
+                mode: Mode::parse(&args.mode).map_err(|e| e.to_string())?,
                 // As `trove serve` picks them: the server here is one.
                 shards: args.shards.map_or_else(
                     || trove::serve::default_shards(args.data.as_deref(), cores, args.io_workers as usize),
@@ -121,7 +121,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 ),
                 fsync: match args.fsync.as_str() {
                     "none" => None,
-                    p => Some(p.parse::<FsyncPolicy>()?),
+                    p => Some(p.parse::<FsyncPolicy>().map_err(|e| e.to_string())?),
                 },
                 data: args.data.clone(),
                 connections: args.connections,
