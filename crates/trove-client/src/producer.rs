@@ -813,7 +813,9 @@ impl<G: WireGame> Task<G> {
         match f {
             Frame::Ack { first_seq, count, outcomes } => {
                 let outcomes = match (outcomes, self.config.want_outcomes) {
-                    (Some(bytes), true) => Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(|e| protocol(e.to_string()))?),
+                    (Some(bytes), true) => {
+                        Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(|e| protocol(e.to_string()))?)
+                    }
                     (None, false) => None,
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),
@@ -972,16 +974,9 @@ mod tests {
     use super::*;
     use trove_hunt::{HuntOutcome, TreasureHunt};
 
+    /// A server that takes batches larger than any the client builds.
     fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            flags: hello_flags::OUTCOMES,
-            producer_id: 7,
-            frame_body_max: 1 << 20,
-            batch_events_max: 65_536,
-            record_size: 32,
-            outcome_size: 16,
-        }
+        Welcome { batch_events_max: 65_536, ..conn::test_welcome() }
     }
 
     #[test]

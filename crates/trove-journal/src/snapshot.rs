@@ -220,7 +220,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, SnapshotError> {
             });
             continue;
         }
-        let producer = decode_producer(&mut r, version, id, last_seq).map_err(|e| e.within(format_args!("producer {id}")))?;
+        let producer =
+            decode_producer(&mut r, version, id, last_seq).map_err(|e| e.within(format_args!("producer {id}")))?;
         producers.push(producer);
     }
     r.finish()?;
@@ -338,6 +339,12 @@ pub fn remove_covered(dir: &Path, next_batch: u64) -> std::io::Result<Vec<PathBu
 mod tests {
     use super::*;
 
+    /// A producer whose outcomes are all forgotten: only its last sequence
+    /// is kept.
+    fn producer_keeping_nothing(id: u64, last_seq: u64) -> SnapshotProducer<'static> {
+        SnapshotProducer { id, last_seq, first_seq: 0, offsets: None, kept: 0, outcomes: &[], fingerprints: Vec::new() }
+    }
+
     #[test]
     fn round_trips_and_rejects_damage() {
         let mut b = SnapshotBuilder::default();
@@ -351,15 +358,7 @@ mod tests {
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, meta);
         assert_eq!(s.worlds, vec![(7, &b"seven"[..]), (9, &b""[..])]);
-        let none = SnapshotProducer {
-            id: 5,
-            last_seq: 10,
-            first_seq: 0,
-            offsets: None,
-            kept: 0,
-            outcomes: &[],
-            fingerprints: Vec::new(),
-        };
+        let none = producer_keeping_nothing(5, 10);
         assert_eq!(s.producers[0], none);
         let split = SnapshotProducer {
             id: 6,
@@ -446,15 +445,7 @@ mod tests {
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, SnapshotMeta { shard: 3, next_batch: 44, last_time_us: 99 });
         assert_eq!(s.worlds, vec![(7, &b"hi"[..])]);
-        let p = SnapshotProducer {
-            id: 5,
-            last_seq: 10,
-            first_seq: 0,
-            offsets: None,
-            kept: 0,
-            outcomes: &[],
-            fingerprints: Vec::new(),
-        };
+        let p = producer_keeping_nothing(5, 10);
         assert_eq!(s.producers, vec![p]);
     }
 
