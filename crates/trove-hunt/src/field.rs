@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
-use trove_core::SplitMix64;
 use trove_core::InvariantError;
+use trove_core::SplitMix64;
 use trove_core::hash::StateHasher;
 use trove_core::rng::mix64;
 use trove_core::worlds::IdHasher;

@@ -447,7 +447,8 @@ impl Hunt {
                 "{} scorers in a round of {} treasures",
                 self.scorers.len(),
                 self.config.treasures_per_round
-            ).into());
+            )
+            .into());
         }
         if joined != self.players_joined {
             return Err(format!("{joined} players joined but count says {}", self.players_joined).into());
@@ -457,7 +458,8 @@ impl Hunt {
                 "scores sum to {total}, claimed value is {}, running total {}",
                 self.field.claimed_value(),
                 self.round_score_total
-            ).into());
+            )
+            .into());
         }
         let brute = Top10::from_scores(
             self.players.iter().enumerate().map(|(i, p)| Entry { player: i as u32, score: p.score }),

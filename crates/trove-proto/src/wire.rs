@@ -69,7 +69,9 @@ pub fn decode_entries<G: WireGame>(entries: &[u8]) -> Result<Vec<UpdateEntry<G>>
         out.push(match kind {
             entry_kind::APPLIED => {
                 if payload.len() != applied_len::<G>() {
-                    return Err(format!("applied entry of {} bytes, expected {}", payload.len(), applied_len::<G>()).into());
+                    return Err(
+                        format!("applied entry of {} bytes, expected {}", payload.len(), applied_len::<G>()).into()
+                    );
                 }
                 let time_us = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
                 let event = G::Event::decode(&payload[8..]);

@@ -428,10 +428,7 @@ fn per_shard<T: Send, E: Send + From<RecoveryPanicked>>(
             for (level, line) in rx {
                 log(level, line);
             }
-            handles
-                .into_iter()
-                .map(|h| h.join().map_err(|_| E::from(RecoveryPanicked))?)
-                .collect()
+            handles.into_iter().map(|h| h.join().map_err(|_| E::from(RecoveryPanicked))?).collect()
         })
     };
     match order {
@@ -470,8 +467,7 @@ pub(crate) fn recover<G: Game>(
             skip_below: 0,
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
-        let (state, r, producers) =
-            rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _, _| {})?;
+        let (state, r, producers) = rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _, _| {})?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,

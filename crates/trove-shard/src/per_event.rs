@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
-use crate::error::StartError;
 use crate::engine::{EngineConfig, Inner, Mode};
+use crate::error::StartError;
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::updates::{Hub, Staging};

@@ -34,9 +34,9 @@ use trove_core::{Game, GameState, Outcomes, Stamped, WorldId, record_fingerprint
 
 use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
-use crate::error::StartError;
 use crate::dedup::{AppliedPart, Dedup, Retry};
 use crate::engine::{EngineConfig, Inner};
+use crate::error::StartError;
 use crate::journaled::{JournalJob, RecoveredShard, Source, run_journal, snapshot_of};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};

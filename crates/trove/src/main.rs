@@ -93,7 +93,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 journal: match &args.data {
                     Some(dir) => {
-                        let mut j = JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>().map_err(|e| e.to_string())?);
+                        let mut j =
+                            JournalConfig::new(dir, args.fsync.parse::<FsyncPolicy>().map_err(|e| e.to_string())?);
                         if let Some(ms) = args.snapshot_ms {
                             j.snapshot_interval = Some(std::time::Duration::from_millis(ms));
                         }

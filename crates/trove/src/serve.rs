@@ -144,7 +144,12 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     engine.pin_cores = args.pin || e.pin_cores.unwrap_or(false);
     engine.in_flight_events_max = engine.in_flight_events_max.max(engine.batch_events_max);
 
-    let fsync: FsyncPolicy = args.fsync.clone().or(file.fsync).map_or(Ok(FsyncPolicy::default()), |s| s.parse()).map_err(|e| e.to_string())?;
+    let fsync: FsyncPolicy = args
+        .fsync
+        .clone()
+        .or(file.fsync)
+        .map_or(Ok(FsyncPolicy::default()), |s| s.parse())
+        .map_err(|e| e.to_string())?;
     let journal_on = !args.no_journal && file.journal.unwrap_or(true) && engine.mode == Mode::Sharded;
     if journal_on {
         let dir = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from("trove-data"));
