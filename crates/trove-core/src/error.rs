@@ -104,3 +104,29 @@ impl From<&str> for InvariantError {
         Self::new(broken)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Reader;
+
+    #[test]
+    fn a_reader_says_where_it_ran_out_and_what_was_left() {
+        let mut r = Reader::new(&[1, 2, 3]);
+        assert_eq!(r.u16(), Ok(0x0201));
+        assert_eq!(r.u32(), Err(DecodeError::Truncated { at: 2, wanted: 4 }));
+        assert_eq!(Reader::new(&[1, 2, 3]).finish(), Err(DecodeError::LeftOver { bytes: 3 }));
+        // The messages are the ones the strings said before.
+        assert_eq!(DecodeError::Truncated { at: 2, wanted: 4 }.to_string(), "truncated at byte 2 (wanted 4 more)");
+        assert_eq!(DecodeError::LeftOver { bytes: 3 }.to_string(), "3 bytes left over");
+        let e = DecodeError::from("bad kind").within("producer 5");
+        assert_eq!(e, DecodeError::Invalid("producer 5: bad kind".into()));
+    }
+
+    #[test]
+    fn an_invariant_error_names_its_world_once_placed() {
+        let e = InvariantError::new("two treasures at (1, 2)");
+        assert_eq!(e.to_string(), "two treasures at (1, 2)");
+        assert_eq!(e.in_world(7).to_string(), "world 7: two treasures at (1, 2)");
+    }
+}
