@@ -92,59 +92,69 @@ impl Subscriptions {
         true
     }
 
-    fn on_subscribed(&mut self, world: u32, next_seq: u64) -> Result<(), String> {
+    fn on_subscribed(&mut self, world: u32, next_seq: u64) -> Result<(), ClientError> {
         let Some(at) = self.asked.iter().position(|&h| h == world) else {
-            return Err(format!("SUBSCRIBED for world {world}, which was not asked for"));
+            return Err(ClientError::Protocol(format!("SUBSCRIBED for world {world}, which was not asked for")));
         };
         self.asked.remove(at);
-        let s = self.worlds.get_mut(&world).ok_or("subscription lost")?;
+        let s = self.worlds.get_mut(&world).ok_or_else(|| ClientError::Protocol("subscription lost".into()))?;
         *s = match *s {
             Sub::Asked { leave: false } => Sub::Active { next_seq },
             Sub::Asked { leave: true } => Sub::Leaving { next_seq },
-            other => return Err(format!("SUBSCRIBED for world {world} in state {other:?}")),
+            other => return Err(ClientError::Protocol(format!("SUBSCRIBED for world {world} in state {other:?}"))),
         };
         Ok(())
     }
 
-    fn on_refused(&mut self, error: ServerError) -> Result<u32, String> {
-        let world = self.asked.pop_front().ok_or_else(|| format!("{error} with no SUBSCRIBE unanswered"))?;
+    fn on_refused(&mut self, error: ServerError) -> Result<u32, ClientError> {
+        let world = self
+            .asked
+            .pop_front()
+            .ok_or_else(|| ClientError::Protocol(format!("{error} with no SUBSCRIBE unanswered")))?;
         self.worlds.remove(&world);
         self.refused.insert(world, error);
         Ok(world)
     }
 
-    fn stream_of(&mut self, world: u32, what: &str) -> Result<&mut u64, String> {
+    fn stream_of(&mut self, world: u32, what: &str) -> Result<&mut u64, ClientError> {
         match self.worlds.get_mut(&world) {
             Some(Sub::Active { next_seq } | Sub::Leaving { next_seq }) => Ok(next_seq),
-            other => Err(format!("{what} for world {world}, which is {other:?}")),
+            other => Err(ClientError::Protocol(format!("{what} for world {world}, which is {other:?}"))),
         }
     }
 
-    fn on_update(&mut self, world: u32, first_seq: u64, count: u32) -> Result<(), String> {
+    fn on_update(&mut self, world: u32, first_seq: u64, count: u32) -> Result<(), ClientError> {
         let next = self.stream_of(world, "UPDATE")?;
         if first_seq != *next {
-            return Err(format!("UPDATE of world {world} starts at {first_seq}, expected {next}"));
+            return Err(ClientError::Protocol(format!(
+                "UPDATE of world {world} starts at {first_seq}, expected {next}"
+            )));
         }
-        *next = first_seq.checked_add(u64::from(count)).ok_or("update sequence overflows")?;
+        *next = first_seq
+            .checked_add(u64::from(count))
+            .ok_or_else(|| ClientError::Protocol("update sequence overflows".into()))?;
         Ok(())
     }
 
-    fn on_gap(&mut self, world: u32, first_missed: u64, missed: u64) -> Result<(), String> {
+    fn on_gap(&mut self, world: u32, first_missed: u64, missed: u64) -> Result<(), ClientError> {
         let next = self.stream_of(world, "GAP")?;
         if first_missed != *next {
-            return Err(format!("GAP of world {world} starts at {first_missed}, expected {next}"));
+            return Err(ClientError::Protocol(format!(
+                "GAP of world {world} starts at {first_missed}, expected {next}"
+            )));
         }
-        *next = first_missed.checked_add(missed).ok_or("gap sequence overflows")?;
+        *next =
+            first_missed.checked_add(missed).ok_or_else(|| ClientError::Protocol("gap sequence overflows".into()))?;
         Ok(())
     }
 
-    fn on_unsubscribed(&mut self, world: u32) -> Result<(), String> {
+    fn on_unsubscribed(&mut self, world: u32) -> Result<(), ClientError> {
         match self.worlds.get(&world) {
             Some(Sub::Leaving { .. }) => {
                 self.worlds.remove(&world);
                 Ok(())
             }
-            other => Err(format!("UNSUBSCRIBED for world {world}, which is {other:?}")),
+            other => Err(ClientError::Protocol(format!("UNSUBSCRIBED for world {world}, which is {other:?}"))),
         }
     }
 }
@@ -376,25 +386,23 @@ impl<G: WireGame> Subscriber<G> {
             let f = conn::decode_server_frame::<G>(header, body)?;
             let protocol = ClientError::Protocol;
             match f {
-                Frame::Subscribed { hunt: world, next_seq } => {
-                    self.subs.on_subscribed(world, next_seq).map_err(protocol)?
-                }
+                Frame::Subscribed { hunt: world, next_seq } => self.subs.on_subscribed(world, next_seq)?,
                 Frame::Update { hunt: world, first_seq, count, entries } => {
-                    self.subs.on_update(world, first_seq, count).map_err(protocol)?;
+                    self.subs.on_update(world, first_seq, count)?;
                     let entries =
                         trove_proto::wire::decode_entries::<G>(entries).map_err(|e| protocol(e.to_string()))?;
                     self.queued.push_back(Update::Entries { world, first_seq, entries });
                 }
                 Frame::Gap { hunt: world, first_missed, missed } => {
-                    self.subs.on_gap(world, first_missed, missed).map_err(protocol)?;
+                    self.subs.on_gap(world, first_missed, missed)?;
                     self.queued.push_back(Update::Gap { world, first_missed, missed });
                 }
-                Frame::Unsubscribed { hunt: world } => self.subs.on_unsubscribed(world).map_err(protocol)?,
+                Frame::Unsubscribed { hunt: world } => self.subs.on_unsubscribed(world)?,
                 Frame::Pong { .. } => {}
                 Frame::Error { code, message } => {
                     let error = ServerError { raw_code: code, message: message.to_string() };
                     if error.code() == Some(ErrorCode::TooManySubscriptions) {
-                        self.subs.on_refused(error).map_err(protocol)?;
+                        self.subs.on_refused(error)?;
                     } else if error.closes() {
                         return Err(ClientError::Server(error));
                     } else {
@@ -438,7 +446,7 @@ mod tests {
         let mut s = Subscriptions::default();
         s.ask(1);
         s.ask(2);
-        assert_eq!(s.on_refused(refusal()), Ok(1));
+        assert_eq!(s.on_refused(refusal()).unwrap(), 1);
         s.on_subscribed(2, 1).unwrap();
         assert!(s.refused.contains_key(&1) && !s.worlds.contains_key(&1));
         assert!(s.on_refused(refusal()).is_err(), "nothing asked");
