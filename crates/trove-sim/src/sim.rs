@@ -285,6 +285,7 @@ impl Sim {
             };
             for (id, world) in &snap.worlds {
                 let restored = TreasureHunt::decode_world(*id, world)
+                    .map_err(|e| e.to_string())
                     .and_then(|w| state.restore_world(*id, w).map_err(|e| format!("{e:?}")));
                 if let Err(e) = restored {
                     return Err(self.refused(format!("snapshot {}: world {id}: {e}", path.display())));
