@@ -639,22 +639,7 @@ impl<G: Game> Hub<G> {
     /// (it waits for the pushes of chunks numbered before it, if any is
     /// under way).
     pub fn unsubscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> bool {
-        let mut t = self.lock();
-        let Some(topic) = t.live.get_mut(&world) else { return false };
-        let removed = topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox));
-        if !removed {
-            return false;
-        }
-        topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
-        self.subscriptions.fetch_sub(1, Relaxed);
-        let ticket = topic.ticket();
-        if topic.subscribers.is_empty() {
-            self.retire(&mut t, world);
-        }
-        drop(t);
-        // Waits for the pushes numbered before, and passes the turn.
-        drop(ticket);
-        true
+        self.remove(world, mailbox, true)
     }
 
     /// Unsubscribes a mailbox already closed ([`Mailbox::close`]); returns
@@ -664,6 +649,12 @@ impl<G: Game> Hub<G> {
     /// an I/O worker behind a push to thousands of mailboxes.
     pub fn unsubscribe_closed(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> bool {
         assert!(mailbox.is_closed(), "only a closed mailbox skips the wait");
+        self.remove(world, mailbox, false)
+    }
+
+    /// Takes `mailbox` off `world`'s list (copied on write); with `wait`,
+    /// waits for the world's pushes numbered before, then passes the turn.
+    fn remove(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>, wait: bool) -> bool {
         let mut t = self.lock();
         let Some(topic) = t.live.get_mut(&world) else { return false };
         let removed = topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox));
@@ -672,9 +663,13 @@ impl<G: Game> Hub<G> {
         }
         topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
         self.subscriptions.fetch_sub(1, Relaxed);
+        let ticket = wait.then(|| topic.ticket());
         if topic.subscribers.is_empty() {
             self.retire(&mut t, world);
         }
+        drop(t);
+        // Waits for the pushes numbered before, and passes the turn.
+        drop(ticket);
         true
     }
 
