@@ -27,16 +27,17 @@ use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprints};
 use trove_journal::snapshot::{
-    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
+    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots_in, remove_covered, write_snapshot,
 };
 use trove_journal::{
-    DataDirLock, Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, create_dir_durably, recover_shard,
-    shard_dir,
+    DataDirLock, Entry, FsStorage, FsyncPolicy, JournalWriter, RecoverOptions, Run, Storage, WriteIo,
+    create_dir_durably, recover_shard_in, shard_dir,
 };
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
+use crate::shard_core::{CoreConfig, ShardCore};
 
 /// Where and how the engine journals.
 #[derive(Clone, Debug)]
@@ -166,6 +167,10 @@ fn take_snapshot<G: Game>(writer: &mut JournalWriter, snapshot: PendingSnapshot<
 
 const META_FILE: &str = "trove.meta";
 
+/// The largest snapshot file start-up reads (a shard's worlds and its
+/// producers' kept outcomes): a bigger one is refused, not allocated.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+
 /// What a data directory's journal was made with (`trove.meta`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Meta {
@@ -265,9 +270,12 @@ fn write_meta(dir: &Path, meta: &str) -> Result<(), String> {
 }
 
 /// One shard's state rebuilt from its newest snapshot and the journal after
-/// it. `truncate` repairs a torn tail (start-up) instead of just reporting it
-/// (offline tools). Lines for the log go to `log`.
+/// it, read through `storage`. `truncate` repairs a torn tail (start-up)
+/// instead of just reporting it (offline tools). Lines for the log go to
+/// `log`.
+#[allow(clippy::too_many_arguments)]
 fn rebuild<G: Game>(
+    storage: &dyn Storage,
     dir: &Path,
     index: usize,
     worlds_max: usize,
@@ -279,18 +287,20 @@ fn rebuild<G: Game>(
     let mut state = GameState::<G>::new(worlds_max);
     let mut options = options;
     let (snapshots, leftovers) =
-        list_snapshots(dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
+        list_snapshots_in(storage, dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
     for tmp in leftovers {
         // A snapshot being written when the engine stopped: never renamed,
         // so never used.
         if options.truncate_torn_tail {
-            std::fs::remove_file(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
+            storage.remove(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
             let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
         }
     }
     if let Some(path) = snapshots.last() {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
+        let bytes = storage
+            .read(path, SNAPSHOT_BYTES_MAX)
+            .map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
         let snap =
             decode_snapshot(&bytes).map_err(|e| Damaged(format!("snapshot {} is damaged: {e}", path.display())))?;
         if snap.meta.shard != index as u32 {
@@ -328,7 +338,7 @@ fn rebuild<G: Game>(
     let mut out = Outcomes::default();
     let mut stamped = Vec::new();
     let mut last_report = Instant::now();
-    let r = recover_shard::<G::Event>(dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
+    let r = recover_shard_in::<G::Event>(storage, dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
         stamped.clear();
         stamped.extend(entries.iter().map(|e| e.stamped));
         producers.next_drain();
@@ -384,6 +394,45 @@ fn rebuild<G: Game>(
     }
     state.restore_time(r.last_time_us);
     Ok((state, r, producers))
+}
+
+/// One shard recovered as start-up recovers it (its newest snapshot, the
+/// journal after it, the dedup state rebuilt from both), ready to run:
+/// what [`recover_core_in`] returns.
+#[derive(Debug)]
+pub struct RecoveredCore<G: Game> {
+    pub core: ShardCore<G>,
+    /// What the journal held: where appending resumes (`next_batch`,
+    /// `tail`), and what was repaired (`notes`).
+    pub journal: trove_journal::Recovered,
+    /// The recovery's notes (repairs, removed unfinished snapshots).
+    pub log: Vec<String>,
+}
+
+/// Recovers shard `index` from `dir` through `storage` exactly as
+/// start-up does for each shard (the same snapshot loading, replay and
+/// dedup rebuild), and builds the [`ShardCore`] that continues from it
+/// with `config`: the way to start a core from recovered state outside the
+/// engine (the simulator, `crates/trove-sim`, on a simulated disk).
+/// `each` sees every replayed batch with its outcomes. The caller opens
+/// the journal for appending at `journal.next_batch` / `journal.tail`.
+/// `options.skip_below` is set from the snapshot.
+pub fn recover_core_in<G: Game>(
+    storage: &dyn Storage,
+    dir: &Path,
+    index: usize,
+    config: CoreConfig,
+    options: RecoverOptions,
+    each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
+) -> Result<RecoveredCore<G>, ReplayError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dedup = Dedup::new(config.dedup_window_events, config.dedup_producers_max);
+    let rebuilt = rebuild::<G>(storage, dir, index, config.worlds_max, dedup, options, &tx, each);
+    drop(tx);
+    // Notes only: progress lines carry wall-clock timings.
+    let log = rx.try_iter().filter(|(level, _)| *level == Level::Note).map(|(_, line)| line).collect();
+    let (state, journal, producers) = rebuilt?;
+    Ok(RecoveredCore { core: ShardCore::with_state(state, producers, config), journal, log })
 }
 
 /// What a recovery log line is: progress and facts, or something that was
@@ -472,7 +521,7 @@ pub(crate) fn recover<G: Game>(
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
         let (state, r, producers) =
-            rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _, _| {}).map_err(String::from)?;
+            rebuild::<G>(&FsStorage, &dir, index, recorded, dedup, options, log, |_, _, _| {}).map_err(String::from)?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -857,6 +906,7 @@ fn replay_with<G: Game>(
             return Ok(None);
         }
         let (state, rec, _) = rebuild::<G>(
+            &FsStorage,
             &shard_dir(dir, index),
             index,
             worlds_max,

@@ -53,7 +53,7 @@ pub mod updates;
 
 pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
-pub use journaled::JournalConfig;
+pub use journaled::{JournalConfig, RecoveredCore, recover_core_in};
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
 pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};

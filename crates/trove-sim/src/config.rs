@@ -44,6 +44,17 @@ pub struct SimConfig {
     /// within it, in parts per million.
     pub snapshot_ppm: u32,
     pub crash_ppm: u32,
+    /// Outcomes the shard core keeps per producer to answer retries with
+    /// (0: every retry is answered `duplicate`).
+    pub dedup_window_events: usize,
+    /// The shard's queue, in batch parts: a producer batch arriving at a
+    /// full queue is refused (BUSY) and sent again.
+    pub queue_parts_max: usize,
+    /// Chance per step and producer that its connection drops (it resends
+    /// every unanswered batch), and that it sends a batch reusing an
+    /// applied sequence with another event, in parts per million.
+    pub drop_ppm: u32,
+    pub reuse_ppm: u32,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -99,9 +110,17 @@ impl SimConfig {
             batch_events_max: 1 + rng.below(BATCH_EVENTS_MAX),
             snapshot_ppm: pick(&mut rng, &[0, 20_000, 80_000, 250_000]),
             crash_ppm: pick(&mut rng, &[300_000, 700_000, 1_000_000]),
+            dedup_window_events: 0,
+            queue_parts_max: 0,
+            drop_ppm: 0,
+            reuse_ppm: 0,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
+        config.dedup_window_events = pick(&mut rng, &[0, 4, 64, 1024]);
+        config.queue_parts_max = pick(&mut rng, &[1, 2, 4, 64]);
+        config.drop_ppm = sometimes(&mut rng, 500, 100_000);
+        config.reuse_ppm = sometimes(&mut rng, 300, 50_000);
         config
     }
 
@@ -110,7 +129,7 @@ impl SimConfig {
         let f = &self.faults;
         format!(
             "fsync {}, io {:?}, segments of {} B, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
-             crashes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
+             crashes {} ppm, dedup window {}, queue {} parts, drops {} ppm, reuses {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
              latency up to {} us",
             self.fsync,
             self.io,
@@ -121,6 +140,10 @@ impl SimConfig {
             self.spec.players_per_hunt,
             self.snapshot_ppm,
             self.crash_ppm,
+            self.dedup_window_events,
+            self.queue_parts_max,
+            self.drop_ppm,
+            self.reuse_ppm,
             f.crash_lose_ppm,
             f.crash_torn_ppm,
             f.misdirect_ppm,

@@ -1,32 +1,30 @@
-//! One run: producers, a shard, the real journal on the simulated disk,
-//! crashes and the real recovery, on a simulated clock.
+//! One run: producers on a simulated network, the real shard core, the
+//! real journal on the simulated disk, crashes and the engine's recovery,
+//! on a simulated clock.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use trove_core::rng::mix64;
 use trove_core::{Game, GameState, Outcomes, Record, SplitMix64, Stamped};
-use trove_hunt::{HuntEvent, TreasureHunt};
+use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_journal::segment::{covered_segments, list_segments_in};
-use trove_journal::snapshot::{
-    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots_in, remove_covered_in, write_snapshot_in,
-};
+use trove_journal::snapshot::{decode_snapshot, list_snapshots_in, remove_covered_in, write_snapshot_in};
 use trove_journal::{
-    Entry, FsyncPolicy, JournalError, JournalWriter, RecoverOptions, Recovered, Run, SimFaults, SimStorage, Storage,
-    recover_shard_in,
+    Entry, FsyncPolicy, JournalWriter, RecoverOptions, Recovered, Run, SimFaults, SimStorage, Storage,
 };
+use trove_shard::journaled::{ReplayError, SNAPSHOT_BYTES_MAX};
+use trove_shard::{Answer, CoreConfig, Handoff, Origin, RecoveredCore, ShardCore, WorkPart, recover_core_in};
 use trove_workload::Generator;
 
-use crate::config::{BOOTS_MAX, STREAM_DISK, STREAM_RUN, SimConfig};
-use crate::dedup::{Admit, Dedup};
+use crate::config::{BOOTS_MAX, PRODUCERS_MAX, STREAM_DISK, STREAM_RUN, SimConfig};
 
 /// The shard's directory on the simulated disk.
 pub const SHARD_DIR: &str = "/data/shard-000";
 const SHARD: u32 = 0;
 const WORLDS_MAX: usize = 64;
-/// The largest snapshot file read back.
-const SNAPSHOT_BYTES_MAX: u64 = 64 << 20;
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,23 +94,54 @@ enum Stop {
     End(Verdict),
 }
 
+/// A batch a producer sent (or will send): its first sequence and events.
+struct Sent {
+    first_seq: u64,
+    events: Vec<HuntEvent>,
+}
+
 struct Producer {
     id: u64,
     next_seq: u64,
     /// Every sequence up to here is acknowledged.
     acked: u64,
-    /// Sent and not yet acknowledged, in sequence order: resent after a
-    /// restart.
-    unacked: VecDeque<(u64, HuntEvent)>,
+    /// Not yet answered, in sequence order: `unacked[..sent]` are on the
+    /// connection; the rest wait to be sent (after a BUSY, a dropped
+    /// connection or a restart, they are sent again, with their original
+    /// sequences).
+    unacked: VecDeque<Sent>,
+    sent: usize,
+    /// The connection: answers to an earlier one are lost with it.
+    epoch: u64,
+    /// Every event sent, by sequence: what a reused sequence must differ
+    /// from.
+    history: BTreeMap<u64, HuntEvent>,
+    /// The outcome the shard first answered each event with (kept for
+    /// events the journal holds): a retry must get the same, or the
+    /// documented duplicate answer once the window has forgotten it.
+    outcomes: BTreeMap<u64, HuntOutcome>,
 }
 
+/// Where an answer goes: the producer (by index), its connection, and the
+/// batch it answers.
+#[derive(Clone, Copy, Debug)]
+struct Reply {
+    producer: usize,
+    epoch: u64,
+    first_seq: u64,
+    /// A rogue batch reusing an applied sequence with another event: it
+    /// must be answered as a duplicate and never applied.
+    reused: bool,
+}
+
+type Part = WorkPart<TreasureHunt, Reply>;
+
 struct Shard {
-    state: GameState<TreasureHunt>,
-    dedup: Dedup,
+    core: ShardCore<TreasureHunt>,
     writer: JournalWriter,
-    /// Batches written and not yet durable: each producer's highest
-    /// sequence in it.
-    pending: BTreeMap<u64, Vec<(usize, u64)>>,
+    /// Answers waiting for the durability point of what was written
+    /// before them.
+    pending: Vec<Answer<TreasureHunt, Reply>>,
     last_sync_us: u64,
 }
 
@@ -124,8 +153,8 @@ struct Sim {
     generator: Generator,
     setup: VecDeque<HuntEvent>,
     producers: Vec<Producer>,
-    /// Events sent and not yet drained by the shard.
-    inbox: VecDeque<(usize, u64, HuntEvent)>,
+    /// The shard's queue: parts arrived and not yet drained.
+    inbox: VecDeque<Part>,
     /// Every batch the writer took, by sequence, as the journal must give
     /// it back: cut at each recovery to what it recovered.
     written: BTreeMap<u64, Vec<Entry<HuntEvent>>>,
@@ -153,7 +182,16 @@ impl Sim {
         let mut generator = Generator::new(&cfg.spec);
         let setup = generator.setup().into();
         let producers = (0..cfg.producers)
-            .map(|i| Producer { id: 100 + u64::from(i), next_seq: 1, acked: 0, unacked: VecDeque::new() })
+            .map(|i| Producer {
+                id: 100 + u64::from(i),
+                next_seq: 1,
+                acked: 0,
+                unacked: VecDeque::new(),
+                sent: 0,
+                epoch: 0,
+                history: BTreeMap::new(),
+                outcomes: BTreeMap::new(),
+            })
             .collect();
         Self {
             storage: Arc::new(disk.clone()),
@@ -223,19 +261,16 @@ impl Sim {
         }
     }
 
-    /// The machine comes back: the disk keeps what a crash keeps, and the
-    /// producers resend everything not acknowledged.
+    /// The machine comes back: the disk keeps what a crash keeps, every
+    /// connection is gone (and the answers on it), and the producers will
+    /// resend everything not answered.
     fn restart(&mut self) {
         self.disk.restart();
         self.note("restart".into());
         self.inbox.clear();
-        let longest = self.producers.iter().map(|p| p.unacked.len()).max().unwrap_or(0);
-        for k in 0..longest {
-            for (i, p) in self.producers.iter().enumerate() {
-                if let Some(&(seq, event)) = p.unacked.get(k) {
-                    self.inbox.push_back((i, seq, event));
-                }
-            }
+        for p in &mut self.producers {
+            p.epoch += 1;
+            p.sent = 0;
         }
     }
 
@@ -265,65 +300,64 @@ impl Sim {
         }
     }
 
-    /// The real recovery: the newest snapshot, then the journal after it,
-    /// then the checks, then a writer appending where it ends.
+    fn core_config(&self) -> CoreConfig {
+        CoreConfig {
+            worlds_max: WORLDS_MAX,
+            dedup_window_events: self.cfg.dedup_window_events,
+            dedup_producers_max: PRODUCERS_MAX as usize,
+            journaled: true,
+            // Snapshots are the seed's to time (`snapshot_ppm`).
+            snapshot_interval: None,
+        }
+    }
+
+    /// The engine's recovery (`recover_core_in`: the newest snapshot, the
+    /// journal after it, the dedup state rebuilt), then the checks, then a
+    /// writer appending where it ends.
     fn boot(&mut self) -> Result<Shard, Stop> {
         let storage = Arc::clone(&self.storage);
         let dir = Path::new(SHARD_DIR);
-        let mut state = GameState::<TreasureHunt>::new(WORLDS_MAX);
-        let mut dedup = Dedup::default();
-        let (snapshots, leftovers) = list_snapshots_in(&*storage, dir).map_err(|e| self.io_stop("listing", e))?;
-        for tmp in leftovers {
-            storage.remove(&tmp).map_err(|e| self.io_stop("removing an unfinished snapshot", e))?;
-        }
-        let mut skip_below = 0;
-        if let Some(path) = snapshots.last() {
-            let bytes = storage.read(path, SNAPSHOT_BYTES_MAX).map_err(|e| self.io_stop("reading a snapshot", e))?;
-            let snap = match decode_snapshot(&bytes) {
-                Ok(snap) => snap,
-                Err(e) => return Err(self.refused(format!("snapshot {} is damaged: {e}", path.display()))),
-            };
-            for (id, world) in &snap.worlds {
-                let restored = TreasureHunt::decode_world(*id, world)
-                    .and_then(|w| state.restore_world(*id, w).map_err(|e| format!("{e:?}")));
-                if let Err(e) = restored {
-                    return Err(self.refused(format!("snapshot {}: world {id}: {e}", path.display())));
-                }
-            }
-            state.restore_time(snap.meta.last_time_us);
-            for p in &snap.producers {
-                dedup.restore(p.id, p.last_seq);
-            }
-            skip_below = snap.meta.next_batch;
-        }
         let options = RecoverOptions {
             truncate_torn_tail: true,
             repair: self.repair,
             segment_bytes_max: self.cfg.segment_bytes_max,
-            skip_below,
+            skip_below: 0,
         };
         // The first batch applied that is not the one written under its
-        // sequence, and the sequence the next applied batch must have.
-        let (mut differs, mut next_applied) = (None, skip_below.max(1));
-        let (mut out, mut stamped) = (Outcomes::default(), Vec::new());
+        // sequence, and the sequence of the last one applied.
+        let (mut differs, mut first_applied, mut last_applied) = (None, None, 0);
         let written = &self.written;
-        let recovered = recover_shard_in::<HuntEvent>(&*storage, dir, SHARD, options, |batch, entries| {
-            if differs.is_none() && (batch != next_applied || written.get(&batch).map(Vec::as_slice) != Some(entries)) {
-                differs = Some(batch);
-            }
-            next_applied = batch + 1;
-            stamped.clear();
-            stamped.extend(entries.iter().map(|e| e.stamped));
-            state.apply(&stamped, &mut out);
-            out.clear();
-            for e in entries {
-                dedup.replayed(e.producer, e.producer_seq);
-            }
-        });
-        let recovered = match recovered {
+        let recovered = recover_core_in::<TreasureHunt>(
+            &*storage,
+            dir,
+            SHARD as usize,
+            self.core_config(),
+            options,
+            |batch, entries, _| {
+                if differs.is_none()
+                    && ((last_applied > 0 && batch != last_applied + 1)
+                        || written.get(&batch).map(Vec::as_slice) != Some(entries))
+                {
+                    differs = Some(batch);
+                }
+                first_applied.get_or_insert(batch);
+                last_applied = batch;
+            },
+        );
+        let RecoveredCore { core, journal: recovered, log } = match recovered {
             Ok(r) => r,
-            Err(JournalError::Io { source, .. }) => return Err(self.io_stop("recovery", source)),
-            Err(e) => return Err(self.refused(e.to_string())),
+            Err(ReplayError::Damaged(reason)) => return Err(self.refused(reason)),
+            Err(ReplayError::Unreadable(reason)) => {
+                if self.disk.crashed() {
+                    return Err(Stop::Crash);
+                }
+                if reason.contains(&format!("os error {}", libc::EIO)) {
+                    self.note(format!("recovery: {reason}: the engine stops"));
+                    self.disk.crash();
+                    return Err(Stop::Crash);
+                }
+                return Err(Stop::End(Verdict::Failed(format!("recovery: unexpected I/O error: {reason}"))));
+            }
         };
         if let Some(batch) = differs {
             return Err(Stop::End(Verdict::Failed(format!(
@@ -331,23 +365,31 @@ impl Sim {
                  damaged or misplaced data applied"
             ))));
         }
-        if next_applied < recovered.next_batch {
+        // The newest snapshot covers everything below its batch: replay
+        // starts there, none skipped.
+        let from = self.snapshot_batch()?;
+        if first_applied.is_some_and(|b| b != from)
+            || (first_applied.is_some() && last_applied + 1 != recovered.next_batch)
+        {
             return Err(Stop::End(Verdict::Failed(format!(
-                "recovery continues at batch {}, but applied batches only up to {}",
-                recovered.next_batch,
-                next_applied - 1
+                "recovery continues at batch {} after the snapshot at {from}, but applied batches {first_applied:?} to \
+                 {last_applied}",
+                recovered.next_batch
             ))));
         }
+        for line in log {
+            self.note(format!("recovery: {line}"));
+        }
         self.note(format!(
-            "boot {}: recovered through batch {} (snapshot at {skip_below}, {} segments, {} torn tails, {} damaged \
-             last frames)",
+            "boot {}: recovered through batch {} (replayed from {from}, {} segments, {} torn tails, {} damaged last \
+             frames)",
             self.boots,
             recovered.next_batch - 1,
             recovered.segments,
             recovered.torn_tails,
             recovered.damaged_last_frames
         ));
-        self.check(&recovered, &state, &dedup)?;
+        self.check(&recovered, &core)?;
         let writer = JournalWriter::open_in(
             Arc::clone(&self.storage),
             dir,
@@ -359,12 +401,23 @@ impl Sim {
             self.cfg.io,
         )
         .map_err(|e| self.io_stop("opening the journal", e))?;
-        Ok(Shard { state, dedup, writer, pending: BTreeMap::new(), last_sync_us: self.now_us() })
+        Ok(Shard { core, writer, pending: Vec::new(), last_sync_us: self.now_us() })
+    }
+
+    /// The batch the newest snapshot continues at (1: none).
+    fn snapshot_batch(&mut self) -> Result<u64, Stop> {
+        let dir = Path::new(SHARD_DIR);
+        let (snapshots, _) = list_snapshots_in(&*self.storage, dir).map_err(|e| self.io_stop("listing", e))?;
+        let Some(path) = snapshots.last() else { return Ok(1) };
+        let bytes = self.storage.read(path, SNAPSHOT_BYTES_MAX).map_err(|e| self.io_stop("reading a snapshot", e))?;
+        decode_snapshot(&bytes)
+            .map(|s| s.meta.next_batch)
+            .map_err(|e| Stop::End(Verdict::Failed(format!("recovery used a damaged snapshot: {e}"))))
     }
 
     /// The checks after a recovery, against what the simulator knows was
     /// written and acknowledged.
-    fn check(&mut self, r: &Recovered, state: &GameState<TreasureHunt>, dedup: &Dedup) -> Result<(), Stop> {
+    fn check(&mut self, r: &Recovered, core: &ShardCore<TreasureHunt>) -> Result<(), Stop> {
         let fail = |why: String| Err(Stop::End(Verdict::Failed(why)));
         let next = r.next_batch;
         let below = self.written.range(..next).count() as u64;
@@ -394,11 +447,11 @@ impl Sim {
             out.clear();
         }
         for (i, p) in self.producers.iter().enumerate() {
-            if dedup.last_seq(p.id) != last[i] {
+            if core.last_seq(p.id) != last[i] {
                 return fail(format!(
                     "producer {}: the recovered dedup state says last sequence {}, the recovered journal {}",
                     p.id,
-                    dedup.last_seq(p.id),
+                    core.last_seq(p.id),
                     last[i]
                 ));
             }
@@ -420,6 +473,7 @@ impl Sim {
             }
             return fail(what);
         }
+        let state = core.state();
         if state.state_hash() != replay.state_hash() {
             return fail(format!(
                 "the recovered state (snapshot and journal) hashes to {:016x}, a replay of the recovered journal \
@@ -431,12 +485,10 @@ impl Sim {
         if let Err(e) = state.check() {
             return fail(format!("the recovered state breaks the rules' invariants: {e}"));
         }
-        // What was recovered is durable: retries of it are answered.
+        // Outcomes of events the journal lost were never durable: a resend
+        // applies them afresh.
         for (i, p) in self.producers.iter_mut().enumerate() {
-            p.acked = p.acked.max(last[i]);
-            while p.unacked.front().is_some_and(|&(seq, _)| seq <= p.acked) {
-                p.unacked.pop_front();
-            }
+            p.outcomes.split_off(&(last[i] + 1));
         }
         Ok(())
     }
@@ -449,49 +501,108 @@ impl Sim {
         self.setup.pop_front().unwrap_or_else(|| self.generator.next_event())
     }
 
+    /// One step of the network: producers make new batches, connections
+    /// drop (the producer resends every unanswered batch), and what is
+    /// unsent goes to the shard's queue until it refuses (BUSY).
+    fn network(&mut self) {
+        for i in 0..self.producers.len() {
+            let n = self.rng.below(self.cfg.send_max + 1);
+            if n > 0 {
+                let events: Vec<HuntEvent> = (0..n).map(|_| self.next_event()).collect();
+                let p = &mut self.producers[i];
+                let first_seq = p.next_seq;
+                p.next_seq += u64::from(n);
+                for (k, &e) in events.iter().enumerate() {
+                    p.history.insert(first_seq + k as u64, e);
+                }
+                p.unacked.push_back(Sent { first_seq, events });
+            }
+            if chance(&mut self.rng, self.cfg.drop_ppm) {
+                let p = &mut self.producers[i];
+                p.epoch += 1;
+                p.sent = 0;
+                let id = p.id;
+                self.inbox.retain(|w| w.origin().producer != id);
+                self.note(format!("producer {id}'s connection drops: it resends every unanswered batch"));
+            }
+            if chance(&mut self.rng, self.cfg.reuse_ppm) && self.producers[i].acked > 0 {
+                let p = &self.producers[i];
+                let seq = 1 + self.rng.next_u64() % p.acked;
+                let event = self.next_event();
+                let p = &self.producers[i];
+                if p.history.get(&seq) != Some(&event) && self.inbox.len() < self.cfg.queue_parts_max {
+                    let reply = Reply { producer: i, epoch: p.epoch, first_seq: seq, reused: true };
+                    let origin = Origin { producer: p.id, first_seq: seq };
+                    self.inbox.push_back(WorkPart::new(reply, origin, None, vec![Stamped { time_us: 0, event }]));
+                    let id = p.id;
+                    self.note(format!("producer {id} reuses sequence {seq} with another event"));
+                }
+            }
+            loop {
+                let p = &self.producers[i];
+                let Some(batch) = p.unacked.get(p.sent) else { break };
+                if self.inbox.len() >= self.cfg.queue_parts_max {
+                    // BUSY: the whole batch refused; sent again next step.
+                    break;
+                }
+                let reply = Reply { producer: i, epoch: p.epoch, first_seq: batch.first_seq, reused: false };
+                let origin = Origin { producer: p.id, first_seq: batch.first_seq };
+                let events = batch.events.iter().map(|&event| Stamped { time_us: 0, event }).collect();
+                self.inbox.push_back(WorkPart::new(reply, origin, None, events));
+                self.producers[i].sent += 1;
+            }
+        }
+    }
+
     /// Runs steps until the last one (then syncs and returns) or a stop.
     fn drive(&mut self, shard: &mut Shard) -> Result<(), Stop> {
-        let (mut out, mut admitted, mut stamped) = (Outcomes::default(), Vec::new(), Vec::new());
+        let mut work: Vec<Part> = Vec::new();
         while self.step < self.cfg.steps {
             self.step += 1;
             self.clock_us += self.cfg.step_us;
             let now = self.now_us();
-            for i in 0..self.producers.len() {
-                for _ in 0..self.rng.below(self.cfg.send_max + 1) {
-                    let event = self.next_event();
-                    let p = &mut self.producers[i];
-                    let seq = p.next_seq;
-                    p.next_seq += 1;
-                    p.unacked.push_back((seq, event));
-                    self.inbox.push_back((i, seq, event));
-                }
+            self.network();
+            let mut events = 0;
+            while events < self.cfg.batch_events_max as usize {
+                let Some(part) = self.inbox.pop_front() else { break };
+                events += part.events().len();
+                work.push(part);
             }
-            admitted.clear();
-            for _ in 0..self.cfg.batch_events_max {
-                let Some((i, seq, event)) = self.inbox.pop_front() else { break };
-                let producer = self.producers[i].id;
-                if shard.dedup.admit(producer, seq) == Admit::Apply {
-                    admitted.push(Entry { producer, producer_seq: seq, stamped: Stamped { time_us: now, event } });
+            if !work.is_empty() {
+                if shard.core.apply(&mut work, Some(now)).is_err() {
+                    return Err(Stop::End(Verdict::Failed("the core failed without a journal error".into())));
                 }
-            }
-            if !admitted.is_empty() {
-                stamped.clear();
-                stamped.extend(admitted.iter().map(|e: &Entry<HuntEvent>| e.stamped));
-                shard.state.apply(&stamped, &mut out);
-                out.clear();
-                let runs = runs_of(&admitted);
-                let batches = shard.writer.append_parts(&runs, &[stamped.as_slice()], None);
-                assert_eq!(batches.end - batches.start, 1, "a simulated batch fits one frame");
-                self.written.insert(batches.start, admitted.clone());
-                let mut highest: Vec<(usize, u64)> = Vec::new();
-                for e in &admitted {
-                    let i = (e.producer - 100) as usize;
-                    match highest.iter_mut().find(|(j, _)| *j == i) {
-                        Some(h) => h.1 = h.1.max(e.producer_seq),
-                        None => highest.push((i, e.producer_seq)),
+                let batch = match shard.core.hand_off(&mut work) {
+                    Handoff::Journal(batch) => batch,
+                    Handoff::Deliver(_) => {
+                        return Err(Stop::End(Verdict::Failed("a journaled core answered without its journal".into())));
                     }
+                };
+                self.answered(&batch.waiting)?;
+                if !batch.parts.is_empty() {
+                    let runs: Vec<Run<'_>> = batch
+                        .sources
+                        .iter()
+                        .map(|s| Run {
+                            producer: s.origin.producer,
+                            first_seq: s.origin.first_seq,
+                            len: s.len,
+                            offsets: s.positions.as_deref().map(Vec::as_slice),
+                        })
+                        .collect();
+                    let batches = shard.writer.append_parts(&runs, &batch.parts, batch.time_us);
+                    assert_eq!(batches.end - batches.start, 1, "a simulated batch fits one frame");
+                    let mut entries = Vec::new();
+                    for (s, part) in batch.sources.iter().zip(&batch.parts) {
+                        for (k, e) in part.iter().enumerate() {
+                            let seq = s.origin.first_seq + s.positions.as_ref().map_or(k as u64, |p| u64::from(p[k]));
+                            let stamped = Stamped { time_us: batch.time_us.unwrap_or(e.time_us), event: e.event };
+                            entries.push(Entry { producer: s.origin.producer, producer_seq: seq, stamped });
+                        }
+                    }
+                    self.written.insert(batches.start, entries);
                 }
-                shard.pending.insert(batches.start, highest);
+                shard.pending.extend(batch.waiting);
                 shard.writer.flush().map_err(|e| self.io_stop("write", e))?;
             }
             let due = match self.cfg.fsync {
@@ -501,48 +612,98 @@ impl Sim {
             if due {
                 shard.writer.sync().map_err(|e| self.io_stop("fdatasync", e))?;
                 shard.last_sync_us = now;
-                self.acknowledge(shard);
+                self.acknowledge(shard)?;
             }
             if chance(&mut self.rng, self.cfg.snapshot_ppm) {
-                self.snapshot(shard)?;
+                self.snapshot(shard, now)?;
             }
         }
         shard.writer.flush().map_err(|e| self.io_stop("write", e))?;
         shard.writer.sync().map_err(|e| self.io_stop("fdatasync", e))?;
-        self.acknowledge(shard);
-        Ok(())
+        self.acknowledge(shard)
     }
 
-    /// Releases the acknowledgements of every batch the writer has made
-    /// durable: all it took, after a successful sync.
-    fn acknowledge(&mut self, shard: &mut Shard) {
-        let durable = shard.writer.next_batch() - 1;
-        let later = shard.pending.split_off(&(durable + 1));
-        for (_, highest) in std::mem::replace(&mut shard.pending, later) {
-            for (i, seq) in highest {
-                let p = &mut self.producers[i];
-                p.acked = p.acked.max(seq);
-                while p.unacked.front().is_some_and(|&(s, _)| s <= p.acked) {
-                    p.unacked.pop_front();
+    /// Checks a batch's answers as the core made them (before any is
+    /// released): a reused sequence is answered as a duplicate; a retry
+    /// gets its original outcome (or the duplicate answer, once the window
+    /// has forgotten it).
+    fn answered(&mut self, answers: &[Answer<TreasureHunt, Reply>]) -> Result<(), Stop> {
+        let duplicate = TreasureHunt::duplicate_outcome();
+        for a in answers {
+            let r = a.reply;
+            let p = &mut self.producers[r.producer];
+            if r.reused {
+                if *a.outcomes != [duplicate] {
+                    return Err(Stop::End(Verdict::Failed(format!(
+                        "producer {}: sequence {} reused with another event was answered {:?}, not as a duplicate",
+                        p.id, r.first_seq, a.outcomes
+                    ))));
+                }
+                continue;
+            }
+            if !a.reused.is_empty() {
+                return Err(Stop::End(Verdict::Failed(format!(
+                    "producer {}: a resend of sequences from {} was taken for a reuse: {:?}",
+                    p.id, r.first_seq, a.reused
+                ))));
+            }
+            for (k, o) in a.outcomes.iter().enumerate() {
+                let seq = r.first_seq + k as u64;
+                match p.outcomes.get(&seq) {
+                    Some(first) if first != o && *o != duplicate => {
+                        return Err(Stop::End(Verdict::Failed(format!(
+                            "producer {}: event {seq} answered {o:?}, first answered {first:?}: a retry must get its \
+                             original outcome",
+                            p.id
+                        ))));
+                    }
+                    Some(_) => {}
+                    None => {
+                        p.outcomes.insert(seq, *o);
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Releases every answer waiting: the writer has made everything
+    /// before them durable. An answer on a connection since dropped is
+    /// lost with it.
+    fn acknowledge(&mut self, shard: &mut Shard) -> Result<(), Stop> {
+        for a in shard.pending.drain(..) {
+            let r = a.reply;
+            let p = &mut self.producers[r.producer];
+            if r.reused || r.epoch != p.epoch {
+                continue;
+            }
+            match p.unacked.front() {
+                Some(b) if b.first_seq == r.first_seq => {
+                    let b = p.unacked.pop_front().expect("a front");
+                    p.acked = p.acked.max(b.first_seq + b.events.len() as u64 - 1);
+                    p.sent -= 1;
+                }
+                front => {
+                    return Err(Stop::End(Verdict::Failed(format!(
+                        "producer {}: the answer to the batch from {} arrived while the oldest unanswered is from {:?}",
+                        p.id,
+                        r.first_seq,
+                        front.map(|b| b.first_seq)
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A snapshot as the engine takes one (`take_snapshot` in
-    /// trove-shard's journaled.rs): every batch before it written and
-    /// synced with a segment starting at its batch, then the snapshot made
-    /// durable, then what it covers removed.
-    fn snapshot(&mut self, shard: &mut Shard) -> Result<(), Stop> {
+    /// trove-shard's journaled.rs): the core's state encoded for the
+    /// writer's next batch, every batch before it written and synced with
+    /// a segment starting at its batch, then the snapshot made durable,
+    /// then what it covers removed.
+    fn snapshot(&mut self, shard: &mut Shard, now: u64) -> Result<(), Stop> {
         let next_batch = shard.writer.next_batch();
-        let mut b = SnapshotBuilder::default();
-        for (id, world) in shard.state.worlds().iter_sorted() {
-            b.add(id, |out| TreasureHunt::encode_world(world, out));
-        }
-        for (producer, last_seq) in shard.dedup.export() {
-            b.add_producer(producer, last_seq, 0, None, 0, &[], |_| {});
-        }
-        let bytes = b.finish(SnapshotMeta { shard: SHARD, next_batch, last_time_us: shard.state.time_us() });
+        let bytes = shard.core.snapshot(Duration::from_micros(now)).encode(SHARD, next_batch);
         if let Err(e) = decode_snapshot(&bytes) {
             return Err(Stop::End(Verdict::Failed(format!("a snapshot fails its own check: {e}"))));
         }
@@ -564,17 +725,4 @@ impl Sim {
         }
         Ok(())
     }
-}
-
-/// The runs of a batch: consecutive events of one producer with
-/// consecutive sequences.
-fn runs_of(entries: &[Entry<HuntEvent>]) -> Vec<Run<'static>> {
-    let mut runs: Vec<Run<'static>> = Vec::new();
-    for e in entries {
-        match runs.last_mut() {
-            Some(r) if r.producer == e.producer && r.first_seq + r.len as u64 == e.producer_seq => r.len += 1,
-            _ => runs.push(Run { producer: e.producer, first_seq: e.producer_seq, len: 1, offsets: None }),
-        }
-    }
-    runs
 }
