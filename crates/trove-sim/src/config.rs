@@ -20,6 +20,7 @@ pub const STEPS_MAX: u32 = 160;
 pub const PRODUCERS_MAX: u32 = 4;
 pub const BATCH_EVENTS_MAX: u32 = 24;
 pub const BOOTS_MAX: u32 = 8;
+pub const SHARDS_MAX: u32 = 3;
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct SimConfig {
     pub faults: SimFaults,
     pub spec: WorkloadSpec,
     pub producers: u32,
+    /// Shards: the worlds split among them by trove-shard's `shard_of`.
+    pub shards: u32,
     /// Simulated time between steps, µs.
     pub step_us: u64,
     pub steps: u32,
@@ -114,6 +117,7 @@ impl SimConfig {
             queue_parts_max: 0,
             drop_ppm: 0,
             reuse_ppm: 0,
+            shards: 1,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
@@ -121,6 +125,7 @@ impl SimConfig {
         config.queue_parts_max = pick(&mut rng, &[1, 2, 4, 64]);
         config.drop_ppm = sometimes(&mut rng, 500, 100_000);
         config.reuse_ppm = sometimes(&mut rng, 300, 50_000);
+        config.shards = 1 + rng.below(SHARDS_MAX);
         config
     }
 
@@ -128,12 +133,13 @@ impl SimConfig {
     pub fn summary(&self) -> String {
         let f = &self.faults;
         format!(
-            "fsync {}, io {:?}, segments of {} B, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
+            "fsync {}, io {:?}, segments of {} B, {} shards, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
              crashes {} ppm, dedup window {}, queue {} parts, drops {} ppm, reuses {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
              latency up to {} us",
             self.fsync,
             self.io,
             self.segment_bytes_max,
+            self.shards,
             self.producers,
             self.steps,
             self.spec.hunts,
