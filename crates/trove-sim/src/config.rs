@@ -12,6 +12,7 @@ use trove_workload::WorkloadSpec;
 pub(crate) const STREAM_CONFIG: u64 = 0xC0F1_6000;
 pub(crate) const STREAM_DISK: u64 = 0xD15C_0000;
 pub(crate) const STREAM_RUN: u64 = 0x5100_0000;
+pub(crate) const STREAM_SUBSCRIBERS: u64 = 0x5B5C_0000;
 
 /// Bounds of a run: small enough that a few hundred seeds run in seconds
 /// in a debug build, large enough for several segments, snapshots and
@@ -21,6 +22,8 @@ pub const PRODUCERS_MAX: u32 = 4;
 pub const BATCH_EVENTS_MAX: u32 = 24;
 pub const BOOTS_MAX: u32 = 8;
 pub const SHARDS_MAX: u32 = 3;
+/// Subscribers per boot, at most.
+pub const SUBSCRIBERS_MAX: usize = 3;
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -58,6 +61,11 @@ pub struct SimConfig {
     /// applied sequence with another event, in parts per million.
     pub drop_ppm: u32,
     pub reuse_ppm: u32,
+    /// Chance per step of a new subscriber (to a hunt the seed picks), in
+    /// parts per million, and the updates its mailbox holds: a subscriber
+    /// that falls behind gets a gap notice.
+    pub subscribe_ppm: u32,
+    pub mailbox_updates_max: usize,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -118,6 +126,8 @@ impl SimConfig {
             drop_ppm: 0,
             reuse_ppm: 0,
             shards: 1,
+            subscribe_ppm: 0,
+            mailbox_updates_max: 0,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
@@ -126,6 +136,8 @@ impl SimConfig {
         config.drop_ppm = sometimes(&mut rng, 500, 100_000);
         config.reuse_ppm = sometimes(&mut rng, 300, 50_000);
         config.shards = 1 + rng.below(SHARDS_MAX);
+        config.subscribe_ppm = sometimes(&mut rng, 700, 200_000);
+        config.mailbox_updates_max = pick(&mut rng, &[1, 4, 16, 1024]);
         config
     }
 

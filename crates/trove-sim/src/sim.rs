@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trove_core::rng::mix64;
-use trove_core::{Game, GameState, Outcomes, Record, SplitMix64, Stamped};
+use trove_core::{Game, GameState, Outcomes, Record, SplitMix64, Stamped, WorldId};
 use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_journal::segment::{covered_segments, list_segments_in};
 use trove_journal::snapshot::{decode_snapshot, list_snapshots_in, remove_covered_in, write_snapshot_in};
@@ -17,10 +17,15 @@ use trove_journal::{
 };
 use trove_shard::journaled::{ReplayError, SNAPSHOT_BYTES_MAX};
 use trove_shard::sharded::shard_of;
-use trove_shard::{Answer, CoreConfig, Handoff, Origin, RecoveredCore, ShardCore, WorkPart, recover_core_in};
+use trove_shard::{
+    Answer, CoreConfig, Delivery, Handoff, Hub, Mailbox, Origin, RecoveredCore, ShardCore, Update, WorkPart,
+    recover_core_in,
+};
 use trove_workload::Generator;
 
-use crate::config::{BOOTS_MAX, PRODUCERS_MAX, STREAM_DISK, STREAM_RUN, SimConfig};
+use crate::config::{
+    BOOTS_MAX, PRODUCERS_MAX, STREAM_DISK, STREAM_RUN, STREAM_SUBSCRIBERS, SUBSCRIBERS_MAX, SimConfig,
+};
 
 /// The data directory on the simulated disk: shard `i` journals in
 /// `shard-00i` under it.
@@ -149,8 +154,32 @@ struct Shard {
     last_sync_us: u64,
 }
 
+/// A subscriber to one hunt's updates through the real `Hub`, for one
+/// boot (a restart drops every subscription).
+struct Subscriber {
+    world: WorldId,
+    mailbox: Arc<Mailbox<TreasureHunt>>,
+    /// The number of the next update it must see (or a gap from there).
+    next: u64,
+    /// Its hunt's update stream this boot, up to here, is behind it: the
+    /// update numbered `next` is the stream's entry `cursor`.
+    cursor: usize,
+}
+
 struct Sim {
     cfg: SimConfig,
+    hub: Hub<TreasureHunt>,
+    subscribers: Vec<Subscriber>,
+    /// The subscribers' own stream: they move no other draw of a seed.
+    subscriber_rng: SplitMix64,
+    /// Each hunt's update stream this boot, as the hub must number it:
+    /// each applied event (`Some`), then its broadcasts to the hunt
+    /// (`None`).
+    applied: BTreeMap<WorldId, Vec<Option<HuntEvent>>>,
+    /// The hub stamps chunks with when their batch came in, for a latency
+    /// histogram the simulation never reads: one reading per run, never an
+    /// input to a decision.
+    hub_stamp: std::time::Instant,
     disk: SimStorage,
     storage: Arc<dyn Storage>,
     rng: SplitMix64,
@@ -202,6 +231,11 @@ impl Sim {
             })
             .collect();
         Self {
+            hub: Hub::default(),
+            subscribers: Vec::new(),
+            subscriber_rng: SplitMix64::new(mix64(cfg.seed ^ STREAM_SUBSCRIBERS)),
+            applied: BTreeMap::new(),
+            hub_stamp: std::time::Instant::now(), // not an input: see `hub_stamp`
             storage: Arc::new(disk.clone()),
             disk,
             rng: SplitMix64::new(mix64(cfg.seed ^ STREAM_RUN)),
@@ -264,6 +298,12 @@ impl Sim {
                 Err(Stop::Crash | Stop::Refused) => {}
                 Err(Stop::End(verdict)) => return verdict,
             }
+            // What the subscribers were sent before the machine went down.
+            for k in 0..self.subscribers.len() {
+                if let Err(Stop::End(verdict)) = self.take_updates(k) {
+                    return verdict;
+                }
+            }
             drop(shards);
             self.restart();
         }
@@ -275,6 +315,8 @@ impl Sim {
     fn restart(&mut self) {
         self.disk.restart();
         self.note("restart".into());
+        (self.hub, self.subscribers) = (Hub::default(), Vec::new());
+        self.applied.clear();
         for inbox in &mut self.inbox {
             inbox.clear();
         }
@@ -630,6 +672,7 @@ impl Sim {
             self.step += 1;
             self.clock_us += self.cfg.step_us;
             self.network();
+            self.subscribe();
             for (index, shard) in shards.iter_mut().enumerate() {
                 let now = self.now_us();
                 let mut events = 0;
@@ -642,11 +685,15 @@ impl Sim {
                     if shard.core.apply(&mut work, Some(now)).is_err() {
                         return fail("the core failed without a journal error".into());
                     }
+                    let news: Vec<Vec<HuntEvent>> =
+                        work.iter().map(|w| w.events().iter().map(|e| e.event).collect()).collect();
+                    shard.core.publish(&self.hub, self.hub_stamp);
                     let batch = match shard.core.hand_off(&mut work) {
                         Handoff::Journal(batch) => batch,
                         Handoff::Deliver(_) => return fail("a journaled core answered without its journal".into()),
                     };
                     self.answered(&batch.waiting)?;
+                    self.stream(&batch.waiting, &news);
                     if !batch.parts.is_empty() {
                         let runs: Vec<Run<'_>> = batch
                             .sources
@@ -687,11 +734,98 @@ impl Sim {
                     self.snapshot(index, shard, now)?;
                 }
             }
+            for k in 0..self.subscribers.len() {
+                if self.subscriber_rng.below(2) == 0 {
+                    self.take_updates(k)?;
+                }
+            }
         }
         for shard in shards.iter_mut() {
             shard.writer.flush().map_err(|e| self.io_stop("write", e))?;
             shard.writer.sync().map_err(|e| self.io_stop("fdatasync", e))?;
             self.acknowledge(shard)?;
+        }
+        Ok(())
+    }
+
+    /// Perhaps a new subscriber, to a hunt the seed picks.
+    fn subscribe(&mut self) {
+        if self.subscribers.len() >= SUBSCRIBERS_MAX || !chance(&mut self.subscriber_rng, self.cfg.subscribe_ppm) {
+            return;
+        }
+        let world = self.subscriber_rng.below(self.cfg.spec.hunts);
+        let mailbox = Mailbox::new(self.cfg.mailbox_updates_max);
+        let next = self.hub.subscribe(world, &mailbox);
+        let cursor = self.applied.get(&world).map_or(0, Vec::len);
+        self.subscribers.push(Subscriber { world, mailbox, next, cursor });
+        self.note(format!("a subscriber to hunt {world} (mailbox of {} updates)", self.cfg.mailbox_updates_max));
+    }
+
+    /// Extends each hunt's update stream with a batch: every new event of
+    /// every part in drain order (`news`), each followed by its broadcasts
+    /// (the answers carry them, numbered from the part's first submitted
+    /// event: retries first).
+    fn stream(&mut self, answers: &[Answer<TreasureHunt, Reply>], news: &[Vec<HuntEvent>]) {
+        for (a, events) in answers.iter().zip(news) {
+            let retried = a.outcomes.len() - events.len();
+            for (i, e) in events.iter().enumerate() {
+                self.applied.entry(TreasureHunt::world_of(e)).or_default().push(Some(*e));
+                for b in a.broadcasts.iter().filter(|b| b.event_index as usize == retried + i) {
+                    self.applied.entry(b.world).or_default().push(None);
+                }
+            }
+        }
+    }
+
+    /// Subscriber `k` takes what its mailbox holds: its hunt's updates, in
+    /// order, numbered consecutively, each the hunt's applied event or
+    /// broadcast under that number, or a gap notice in their place.
+    fn take_updates(&mut self, k: usize) -> Result<(), Stop> {
+        let mut got = Vec::new();
+        self.subscribers[k].mailbox.take(&mut got);
+        let sub = &mut self.subscribers[k];
+        let stream = self.applied.get(&sub.world).map_or(&[][..], Vec::as_slice);
+        for d in got {
+            match d {
+                Delivery::Gap { world, first_missed, missed } => {
+                    if world != sub.world || first_missed != sub.next || missed == 0 {
+                        return fail(format!(
+                            "a subscriber to hunt {} at update {} got a gap of {missed} in hunt {world} from \
+                             {first_missed}",
+                            sub.world, sub.next
+                        ));
+                    }
+                    sub.next += missed;
+                    sub.cursor += missed as usize;
+                    if !self.events.last().is_some_and(|l| l.ends_with("a gap notice")) {
+                        let line = format!("step {}: a subscriber to hunt {world} gets a gap notice", self.step);
+                        self.events.push(line);
+                    }
+                }
+                Delivery::Chunk(c) => {
+                    if c.world != sub.world || c.first_seq != sub.next {
+                        return fail(format!(
+                            "a subscriber to hunt {} at update {} got updates of hunt {} from {}: out of order",
+                            sub.world, sub.next, c.world, c.first_seq
+                        ));
+                    }
+                    for u in &c.updates {
+                        let due = stream.get(sub.cursor);
+                        let right = match u {
+                            Update::Applied { event, .. } => due == Some(&Some(event.event)),
+                            Update::Broadcast(_) => due == Some(&None),
+                        };
+                        if !right {
+                            return fail(format!(
+                                "a subscriber to hunt {} got as update {} {u:?}, where the hunt's stream has {due:?}",
+                                sub.world, sub.next
+                            ));
+                        }
+                        sub.next += 1;
+                        sub.cursor += 1;
+                    }
+                }
+            }
         }
         Ok(())
     }
