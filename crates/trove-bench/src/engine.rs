@@ -172,7 +172,7 @@ pub fn run(spec: &WorkloadSpec, args: &EngineBenchArgs) -> Result<EngineReport, 
         ..EngineConfig::default()
     };
     let starting = Instant::now();
-    let engine = Engine::<TreasureHunt>::start(config)?;
+    let engine = Engine::<TreasureHunt>::start(config).map_err(|e| e.to_string())?;
     let start_seconds = starting.elapsed().as_secs_f64();
     let ack_log = match &args.ack_log {
         Some(path) => Some(Mutex::new(

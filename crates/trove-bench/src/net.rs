@@ -216,7 +216,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
                 None => None,
             };
             let engine = EngineConfig { mode: args.mode, shards: args.shards, journal, ..EngineConfig::default() };
-            let engine = Arc::new(Engine::<TreasureHunt>::start(engine)?);
+            let engine = Arc::new(Engine::<TreasureHunt>::start(engine).map_err(|e| e.to_string())?);
             let server = ServerConfig {
                 tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ws_addr: None,

@@ -95,7 +95,7 @@ async fn run(addr: &str, hunts: &[u32]) -> Result<(), ClientError> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some(update) = sub.next().await {
         match update? {
-            Update::Entries { hunt, first_seq, entries } => {
+            Update::Entries { world: hunt, first_seq, entries } => {
                 for (seq, entry) in (first_seq..).zip(&entries) {
                     let line = match entry {
                         UpdateEntry::Applied { event, outcome } => format!(
@@ -113,7 +113,7 @@ async fn run(addr: &str, hunts: &[u32]) -> Result<(), ClientError> {
                     }
                 }
             }
-            Update::Gap { hunt, first_missed, missed } => {
+            Update::Gap { world: hunt, first_missed, missed } => {
                 let last = first_missed + missed.saturating_sub(1);
                 if writeln!(out, "hunt {hunt} -- gap: missed #{first_missed}..=#{last} ({missed} updates), too slow --")
                     .is_err()

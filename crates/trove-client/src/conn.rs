@@ -192,23 +192,28 @@ pub(crate) fn decode_server_frame<'a, G: WireGame>(header: Header, body: &'a [u8
     frame::decode(header, body, sizes::<G>()).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// A WELCOME for the treasure hunt with outcomes, for the tests of this
+/// crate.
+#[cfg(test)]
+pub(crate) fn test_welcome() -> Welcome {
+    Welcome {
+        version: 1,
+        flags: frame::hello_flags::OUTCOMES,
+        producer_id: 7,
+        frame_body_max: 1 << 20,
+        batch_events_max: 4096,
+        record_size: 32,
+        outcome_size: 16,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use trove_hunt::TreasureHunt;
-    use trove_proto::frame::hello_flags;
 
-    fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            flags: hello_flags::OUTCOMES,
-            producer_id: 7,
-            frame_body_max: 1 << 20,
-            batch_events_max: 4096,
-            record_size: 32,
-            outcome_size: 16,
-        }
-    }
+    use crate::conn::test_welcome as welcome;
+    use trove_proto::frame::hello_flags;
 
     #[test]
     fn welcome_is_checked() {

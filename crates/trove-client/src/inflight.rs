@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::batch::Batch;
-use crate::error::ServerError;
+use crate::error::{ClientError, ServerError};
 
 /// How the server answered a batch.
 #[derive(Debug, PartialEq)]
@@ -135,22 +135,30 @@ impl<O> Inflight<O> {
 
     /// Takes the oldest unanswered frame for an answer to `first_seq` and
     /// `count` (`None`: an ERROR, which names no batch).
-    fn answered(&mut self, what: &str, seq_count: Option<(u64, u32)>) -> Result<&mut Entry<O>, String> {
+    fn answered(&mut self, what: &str, seq_count: Option<(u64, u32)>) -> Result<&mut Entry<O>, ClientError> {
         let Some(&owed) = self.sent.front() else {
-            return Err(format!("{what} with no EVENTS frame unanswered"));
+            return Err(ClientError::Protocol(format!("{what} with no EVENTS frame unanswered")));
         };
         if let Some((first_seq, _)) = seq_count
             && first_seq != owed
         {
-            return Err(format!("{what} for sequence {first_seq}, but the oldest frame unanswered starts at {owed}"));
+            return Err(ClientError::Protocol(format!(
+                "{what} for sequence {first_seq}, but the oldest frame unanswered starts at {owed}"
+            )));
         }
         self.sent.pop_front();
-        let i = self.entries.binary_search_by_key(&owed, |e| e.batch.first_seq).map_err(|_| "batch lost")?;
+        let i = self
+            .entries
+            .binary_search_by_key(&owed, |e| e.batch.first_seq)
+            .map_err(|_| ClientError::Protocol("batch lost".into()))?;
         let e = &mut self.entries[i];
         if let Some((_, count)) = seq_count
             && count != e.batch.count
         {
-            return Err(format!("{what} for {count} events from {owed}; the batch has {}", e.batch.count));
+            return Err(ClientError::Protocol(format!(
+                "{what} for {count} events from {owed}; the batch has {}",
+                e.batch.count
+            )));
         }
         debug_assert!(matches!(e.state, State::Sent));
         Ok(e)
@@ -165,16 +173,22 @@ impl<O> Inflight<O> {
         count: u32,
         outcomes: Option<Vec<O>>,
         now: Instant,
-    ) -> Result<Option<Duration>, String> {
+    ) -> Result<Option<Duration>, ClientError> {
         if outcomes.as_ref().is_some_and(|o| o.len() != count as usize) {
-            return Err(format!("ACK of {count} events with another number of outcomes"));
+            return Err(ClientError::Protocol(format!("ACK of {count} events with another number of outcomes")));
         }
         let e = self.answered("ACK", Some((first_seq, count)))?;
         e.state = State::Answered(Answer::Acked(outcomes));
         Ok(e.sent_at.filter(|_| e.sends == 1).map(|at| now.saturating_duration_since(at)))
     }
 
-    pub fn on_busy(&mut self, first_seq: u64, count: u32, retry_after: Duration, now: Instant) -> Result<(), String> {
+    pub fn on_busy(
+        &mut self,
+        first_seq: u64,
+        count: u32,
+        retry_after: Duration,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         self.answered("BUSY", Some((first_seq, count)))?.state = State::Busy;
         let at = now + retry_after;
         self.resume_at = Some(self.resume_at.map_or(at, |r| r.max(at)));
@@ -182,7 +196,7 @@ impl<O> Inflight<O> {
     }
 
     /// A non-closing ERROR for an EVENTS frame; returns the batch refused.
-    pub fn on_refused(&mut self, error: ServerError) -> Result<(u64, u32), String> {
+    pub fn on_refused(&mut self, error: ServerError) -> Result<(u64, u32), ClientError> {
         let e = self.answered("ERROR", None)?;
         e.state = State::Answered(Answer::Refused(error));
         Ok((e.batch.first_seq, e.batch.count))
@@ -340,7 +354,7 @@ mod tests {
         let mut f = with(&[1, 1]);
         send_all(&mut f);
         let error = ServerError { raw_code: ErrorCode::BadBatch as u16, message: "no".into() };
-        assert_eq!(f.on_refused(error.clone()), Ok((1, 1)));
+        assert_eq!(f.on_refused(error.clone()).unwrap(), (1, 1));
         f.on_ack(2, 1, None, Instant::now()).unwrap();
         assert_eq!(popped(&mut f), vec![(1, Answer::Refused(error)), (2, Answer::Acked(None))]);
     }

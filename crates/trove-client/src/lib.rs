@@ -12,9 +12,10 @@
 //! - [`Acks`]: the producer's answers, in order: [`AckedBatch`] with one
 //!   typed outcome per event (`G::Outcome`, for the treasure hunt
 //!   [`trove_hunt::HuntOutcome`]).
-//! - [`Subscriber`]: a connection that subscribes to hunts and yields
-//!   their [`Update`]s: applied events with their outcomes, broadcasts, and
-//!   gaps where the server dropped updates for a slow subscriber.
+//! - [`Subscriber`]: a connection that subscribes to worlds (hunts, for the
+//!   treasure hunt) and yields their [`Update`]s: applied events with their
+//!   outcomes, broadcasts, and gaps where the server dropped updates for a
+//!   slow subscriber.
 //!
 //! Both are generic over the game (`G: trove_proto::WireGame`); the
 //! treasure hunt is `trove_hunt::TreasureHunt`. Examples:
@@ -41,7 +42,7 @@
 //!   ACKs; once it has shrunk, batches close at a quarter of it (pure
 //!   logic).
 //! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
-//! - `subscriber.rs`: [`Subscriber`] and its per-hunt sequence checks.
+//! - `subscriber.rs`: [`Subscriber`] and its per-world sequence checks.
 //! - `task.rs`: the one spawn helper, which names tasks for tokio-console.
 
 mod batch;

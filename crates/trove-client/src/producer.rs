@@ -813,17 +813,19 @@ impl<G: WireGame> Task<G> {
         match f {
             Frame::Ack { first_seq, count, outcomes } => {
                 let outcomes = match (outcomes, self.config.want_outcomes) {
-                    (Some(bytes), true) => Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(protocol)?),
+                    (Some(bytes), true) => {
+                        Some(trove_proto::wire::decode_outcomes::<G>(bytes).map_err(|e| protocol(e.to_string()))?)
+                    }
                     (None, false) => None,
                     (Some(_), false) => return Err(protocol("ACK with outcomes that were not asked for".into())),
                     (None, true) => return Err(protocol("ACK without the outcomes asked for".into())),
                 };
-                let rtt = self.inflight.on_ack(first_seq, count, outcomes, Instant::now()).map_err(protocol)?;
+                let rtt = self.inflight.on_ack(first_seq, count, outcomes, Instant::now()).map_err(End::Fatal)?;
                 self.acked.push((first_seq, count, rtt));
             }
             Frame::Busy { first_seq, count, retry_after_ms } => {
                 let wait = Duration::from_millis(u64::from(retry_after_ms));
-                self.inflight.on_busy(first_seq, count, wait, Instant::now()).map_err(protocol)?;
+                self.inflight.on_busy(first_seq, count, wait, Instant::now()).map_err(End::Fatal)?;
                 self.shared.counters.busy.fetch_add(1, Relaxed);
                 let mut st = self.shared.lock();
                 let (unanswered, next_seq) = (st.window_events, st.closed_end_seq);
@@ -834,7 +836,7 @@ impl<G: WireGame> Task<G> {
                 let error = ServerError { raw_code: code, message: message.to_string() };
                 match error.code() {
                     Some(ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused) => {
-                        self.inflight.on_refused(error).map_err(protocol)?;
+                        self.inflight.on_refused(error).map_err(End::Fatal)?;
                         self.shared.counters.batches_refused.fetch_add(1, Relaxed);
                     }
                     _ if !error.closes() => {
@@ -972,16 +974,9 @@ mod tests {
     use super::*;
     use trove_hunt::{HuntOutcome, TreasureHunt};
 
+    /// A server that takes batches larger than any the client builds.
     fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            flags: hello_flags::OUTCOMES,
-            producer_id: 7,
-            frame_body_max: 1 << 20,
-            batch_events_max: 65_536,
-            record_size: 32,
-            outcome_size: 16,
-        }
+        Welcome { batch_events_max: 65_536, ..conn::test_welcome() }
     }
 
     #[test]

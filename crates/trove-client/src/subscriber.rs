@@ -1,5 +1,6 @@
-//! The subscriber: a hunt's (a world's) live stream of applied events and
-//! broadcasts, with gaps where the server dropped updates for us.
+//! The subscriber: a world's live stream (for the treasure hunt, a hunt's)
+//! of applied events and broadcasts, with gaps where the server dropped
+//! updates for us.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -20,20 +21,20 @@ use crate::error::{ClientError, ServerError};
 /// One item of a subscription stream.
 #[derive(Clone, Debug)]
 pub enum Update<G: WireGame> {
-    /// Consecutive entries of `hunt`'s stream; `entries[i]` has sequence
+    /// Consecutive entries of `world`'s stream; `entries[i]` has sequence
     /// number `first_seq + i`. An `Applied` entry is followed by the
     /// broadcasts its event caused.
-    Entries { hunt: u32, first_seq: u64, entries: Vec<UpdateEntry<G>> },
+    Entries { world: u32, first_seq: u64, entries: Vec<UpdateEntry<G>> },
     /// The server dropped entries `first_missed .. first_missed + missed`
-    /// of `hunt` because this subscriber fell behind; the stream goes on
+    /// of `world` because this subscriber fell behind; the stream goes on
     /// at `first_missed + missed`.
-    Gap { hunt: u32, first_missed: u64, missed: u64 },
+    Gap { world: u32, first_missed: u64, missed: u64 },
 }
 
 impl<G: WireGame> Update<G> {
-    pub fn hunt(&self) -> u32 {
+    pub fn world(&self) -> u32 {
         match self {
-            Update::Entries { hunt, .. } | Update::Gap { hunt, .. } => *hunt,
+            Update::Entries { world, .. } | Update::Gap { world, .. } => *world,
         }
     }
 }
@@ -54,7 +55,7 @@ enum Sub {
 /// streams. Pure bookkeeping, tested without a network.
 #[derive(Debug, Default)]
 struct Subscriptions {
-    hunts: BTreeMap<u32, Sub>,
+    worlds: BTreeMap<u32, Sub>,
     /// SUBSCRIBEs not yet answered, in the order sent: a refusal (ERROR
     /// TooManySubscriptions) answers the oldest.
     asked: VecDeque<u32>,
@@ -64,23 +65,23 @@ struct Subscriptions {
 
 impl Subscriptions {
     fn is_empty(&self) -> bool {
-        self.hunts.is_empty()
+        self.worlds.is_empty()
     }
 
-    /// Whether a SUBSCRIBE must be sent for `hunt`.
-    fn ask(&mut self, hunt: u32) -> bool {
-        if self.hunts.contains_key(&hunt) {
+    /// Whether a SUBSCRIBE must be sent for `world`.
+    fn ask(&mut self, world: u32) -> bool {
+        if self.worlds.contains_key(&world) {
             return false;
         }
-        self.refused.remove(&hunt);
-        self.hunts.insert(hunt, Sub::Asked { leave: false });
-        self.asked.push_back(hunt);
+        self.refused.remove(&world);
+        self.worlds.insert(world, Sub::Asked { leave: false });
+        self.asked.push_back(world);
         true
     }
 
-    /// Whether an UNSUBSCRIBE must be sent for `hunt`.
-    fn leave(&mut self, hunt: u32) -> bool {
-        match self.hunts.get_mut(&hunt) {
+    /// Whether an UNSUBSCRIBE must be sent for `world`.
+    fn leave(&mut self, world: u32) -> bool {
+        match self.worlds.get_mut(&world) {
             Some(Sub::Asked { leave }) if !*leave => *leave = true,
             Some(s @ Sub::Active { .. }) => {
                 let Sub::Active { next_seq } = *s else { unreachable!() };
@@ -91,64 +92,74 @@ impl Subscriptions {
         true
     }
 
-    fn on_subscribed(&mut self, hunt: u32, next_seq: u64) -> Result<(), String> {
-        let Some(at) = self.asked.iter().position(|&h| h == hunt) else {
-            return Err(format!("SUBSCRIBED for hunt {hunt}, which was not asked for"));
+    fn on_subscribed(&mut self, world: u32, next_seq: u64) -> Result<(), ClientError> {
+        let Some(at) = self.asked.iter().position(|&h| h == world) else {
+            return Err(ClientError::Protocol(format!("SUBSCRIBED for world {world}, which was not asked for")));
         };
         self.asked.remove(at);
-        let s = self.hunts.get_mut(&hunt).ok_or("subscription lost")?;
+        let s = self.worlds.get_mut(&world).ok_or_else(|| ClientError::Protocol("subscription lost".into()))?;
         *s = match *s {
             Sub::Asked { leave: false } => Sub::Active { next_seq },
             Sub::Asked { leave: true } => Sub::Leaving { next_seq },
-            other => return Err(format!("SUBSCRIBED for hunt {hunt} in state {other:?}")),
+            other => return Err(ClientError::Protocol(format!("SUBSCRIBED for world {world} in state {other:?}"))),
         };
         Ok(())
     }
 
-    fn on_refused(&mut self, error: ServerError) -> Result<u32, String> {
-        let hunt = self.asked.pop_front().ok_or_else(|| format!("{error} with no SUBSCRIBE unanswered"))?;
-        self.hunts.remove(&hunt);
-        self.refused.insert(hunt, error);
-        Ok(hunt)
+    fn on_refused(&mut self, error: ServerError) -> Result<u32, ClientError> {
+        let world = self
+            .asked
+            .pop_front()
+            .ok_or_else(|| ClientError::Protocol(format!("{error} with no SUBSCRIBE unanswered")))?;
+        self.worlds.remove(&world);
+        self.refused.insert(world, error);
+        Ok(world)
     }
 
-    fn stream_of(&mut self, hunt: u32, what: &str) -> Result<&mut u64, String> {
-        match self.hunts.get_mut(&hunt) {
+    fn stream_of(&mut self, world: u32, what: &str) -> Result<&mut u64, ClientError> {
+        match self.worlds.get_mut(&world) {
             Some(Sub::Active { next_seq } | Sub::Leaving { next_seq }) => Ok(next_seq),
-            other => Err(format!("{what} for hunt {hunt}, which is {other:?}")),
+            other => Err(ClientError::Protocol(format!("{what} for world {world}, which is {other:?}"))),
         }
     }
 
-    fn on_update(&mut self, hunt: u32, first_seq: u64, count: u32) -> Result<(), String> {
-        let next = self.stream_of(hunt, "UPDATE")?;
+    fn on_update(&mut self, world: u32, first_seq: u64, count: u32) -> Result<(), ClientError> {
+        let next = self.stream_of(world, "UPDATE")?;
         if first_seq != *next {
-            return Err(format!("UPDATE of hunt {hunt} starts at {first_seq}, expected {next}"));
+            return Err(ClientError::Protocol(format!(
+                "UPDATE of world {world} starts at {first_seq}, expected {next}"
+            )));
         }
-        *next = first_seq.checked_add(u64::from(count)).ok_or("update sequence overflows")?;
+        *next = first_seq
+            .checked_add(u64::from(count))
+            .ok_or_else(|| ClientError::Protocol("update sequence overflows".into()))?;
         Ok(())
     }
 
-    fn on_gap(&mut self, hunt: u32, first_missed: u64, missed: u64) -> Result<(), String> {
-        let next = self.stream_of(hunt, "GAP")?;
+    fn on_gap(&mut self, world: u32, first_missed: u64, missed: u64) -> Result<(), ClientError> {
+        let next = self.stream_of(world, "GAP")?;
         if first_missed != *next {
-            return Err(format!("GAP of hunt {hunt} starts at {first_missed}, expected {next}"));
+            return Err(ClientError::Protocol(format!(
+                "GAP of world {world} starts at {first_missed}, expected {next}"
+            )));
         }
-        *next = first_missed.checked_add(missed).ok_or("gap sequence overflows")?;
+        *next =
+            first_missed.checked_add(missed).ok_or_else(|| ClientError::Protocol("gap sequence overflows".into()))?;
         Ok(())
     }
 
-    fn on_unsubscribed(&mut self, hunt: u32) -> Result<(), String> {
-        match self.hunts.get(&hunt) {
+    fn on_unsubscribed(&mut self, world: u32) -> Result<(), ClientError> {
+        match self.worlds.get(&world) {
             Some(Sub::Leaving { .. }) => {
-                self.hunts.remove(&hunt);
+                self.worlds.remove(&world);
                 Ok(())
             }
-            other => Err(format!("UNSUBSCRIBED for hunt {hunt}, which is {other:?}")),
+            other => Err(ClientError::Protocol(format!("UNSUBSCRIBED for world {world}, which is {other:?}"))),
         }
     }
 }
 
-/// A connection that watches hunts: [`subscribe`](Self::subscribe), then
+/// A connection that watches worlds: [`subscribe`](Self::subscribe), then
 /// read [`next`](Self::next) in a loop.
 ///
 /// The subscriber has no task of its own: the socket is read while `next`
@@ -198,7 +209,7 @@ impl<G: WireGame> fmt::Debug for Subscriber<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriber")
             .field("game", &G::NAME)
-            .field("subscriptions", &self.subs.hunts)
+            .field("subscriptions", &self.subs.worlds)
             .field("queued", &self.queued.len())
             .field("failed", &self.failed)
             .finish_non_exhaustive()
@@ -236,32 +247,32 @@ impl<G: WireGame> Subscriber<G> {
         self.producer_id
     }
 
-    /// The hunts subscribed to (or being subscribed or unsubscribed).
+    /// The worlds subscribed to (or being subscribed or unsubscribed).
     pub fn subscriptions(&self) -> impl Iterator<Item = u32> + '_ {
-        self.subs.hunts.keys().copied()
+        self.subs.worlds.keys().copied()
     }
 
-    /// Subscribes to `hunt` and waits for the server's SUBSCRIBED. Returns
+    /// Subscribes to `world` and waits for the server's SUBSCRIBED. Returns
     /// the sequence number of the next entry of the stream. Already
     /// subscribed: returns at once. Refused (the connection's subscription
     /// limit, `too_many_subscriptions`): `ClientError::Server`, and the
-    /// connection stays usable. Updates of other hunts that arrive
+    /// connection stays usable. Updates of other worlds that arrive
     /// meanwhile are kept for `next`.
-    pub async fn subscribe(&mut self, hunt: u32) -> Result<u64, ClientError> {
+    pub async fn subscribe(&mut self, world: u32) -> Result<u64, ClientError> {
         self.check()?;
         let mut asked = false;
         loop {
-            match self.subs.hunts.get(&hunt) {
+            match self.subs.worlds.get(&world) {
                 Some(Sub::Active { next_seq }) => return Ok(*next_seq),
                 // Waiting for SUBSCRIBED, or for an unsubscription (of an
                 // earlier, cancelled call) to finish before asking again.
                 Some(Sub::Asked { .. } | Sub::Leaving { .. }) => {}
                 None => {
-                    if asked && let Some(error) = self.subs.refused.remove(&hunt) {
+                    if asked && let Some(error) = self.subs.refused.remove(&world) {
                         return Err(ClientError::Server(error));
                     }
-                    asked = self.subs.ask(hunt);
-                    frame::encode_u32_frame(&mut self.out, Kind::Subscribe, hunt);
+                    asked = self.subs.ask(world);
+                    frame::encode_u32_frame(&mut self.out, Kind::Subscribe, world);
                     continue;
                 }
             }
@@ -269,21 +280,21 @@ impl<G: WireGame> Subscriber<G> {
         }
     }
 
-    /// Unsubscribes from `hunt` and waits for the server's UNSUBSCRIBED.
-    /// Entries of `hunt` that arrived before it are still returned by
+    /// Unsubscribes from `world` and waits for the server's UNSUBSCRIBED.
+    /// Entries of `world` that arrived before it are still returned by
     /// `next`. Not subscribed: returns at once.
-    pub async fn unsubscribe(&mut self, hunt: u32) -> Result<(), ClientError> {
+    pub async fn unsubscribe(&mut self, world: u32) -> Result<(), ClientError> {
         self.check()?;
-        if self.subs.leave(hunt) {
-            frame::encode_u32_frame(&mut self.out, Kind::Unsubscribe, hunt);
+        if self.subs.leave(world) {
+            frame::encode_u32_frame(&mut self.out, Kind::Unsubscribe, world);
         }
-        while self.subs.hunts.contains_key(&hunt) {
+        while self.subs.worlds.contains_key(&world) {
             self.step().await?;
         }
         Ok(())
     }
 
-    /// The next update of any subscribed hunt. `None` when nothing is
+    /// The next update of any subscribed world. `None` when nothing is
     /// subscribed and nothing is left to return, or after the error that
     /// ended the connection was returned. Cancel-safe: usable in
     /// `tokio::select!`.
@@ -375,22 +386,23 @@ impl<G: WireGame> Subscriber<G> {
             let f = conn::decode_server_frame::<G>(header, body)?;
             let protocol = ClientError::Protocol;
             match f {
-                Frame::Subscribed { hunt, next_seq } => self.subs.on_subscribed(hunt, next_seq).map_err(protocol)?,
-                Frame::Update { hunt, first_seq, count, entries } => {
-                    self.subs.on_update(hunt, first_seq, count).map_err(protocol)?;
-                    let entries = trove_proto::wire::decode_entries::<G>(entries).map_err(protocol)?;
-                    self.queued.push_back(Update::Entries { hunt, first_seq, entries });
+                Frame::Subscribed { hunt: world, next_seq } => self.subs.on_subscribed(world, next_seq)?,
+                Frame::Update { hunt: world, first_seq, count, entries } => {
+                    self.subs.on_update(world, first_seq, count)?;
+                    let entries =
+                        trove_proto::wire::decode_entries::<G>(entries).map_err(|e| protocol(e.to_string()))?;
+                    self.queued.push_back(Update::Entries { world, first_seq, entries });
                 }
-                Frame::Gap { hunt, first_missed, missed } => {
-                    self.subs.on_gap(hunt, first_missed, missed).map_err(protocol)?;
-                    self.queued.push_back(Update::Gap { hunt, first_missed, missed });
+                Frame::Gap { hunt: world, first_missed, missed } => {
+                    self.subs.on_gap(world, first_missed, missed)?;
+                    self.queued.push_back(Update::Gap { world, first_missed, missed });
                 }
-                Frame::Unsubscribed { hunt } => self.subs.on_unsubscribed(hunt).map_err(protocol)?,
+                Frame::Unsubscribed { hunt: world } => self.subs.on_unsubscribed(world)?,
                 Frame::Pong { .. } => {}
                 Frame::Error { code, message } => {
                     let error = ServerError { raw_code: code, message: message.to_string() };
                     if error.code() == Some(ErrorCode::TooManySubscriptions) {
-                        self.subs.on_refused(error).map_err(protocol)?;
+                        self.subs.on_refused(error)?;
                     } else if error.closes() {
                         return Err(ClientError::Server(error));
                     } else {
@@ -434,9 +446,9 @@ mod tests {
         let mut s = Subscriptions::default();
         s.ask(1);
         s.ask(2);
-        assert_eq!(s.on_refused(refusal()), Ok(1));
+        assert_eq!(s.on_refused(refusal()).unwrap(), 1);
         s.on_subscribed(2, 1).unwrap();
-        assert!(s.refused.contains_key(&1) && !s.hunts.contains_key(&1));
+        assert!(s.refused.contains_key(&1) && !s.worlds.contains_key(&1));
         assert!(s.on_refused(refusal()).is_err(), "nothing asked");
         assert!(s.on_subscribed(3, 1).is_err(), "never asked");
         // Asking again clears an old refusal.

@@ -1,5 +1,6 @@
 //! The game trait and the envelopes around it.
 
+use crate::error::{DecodeError, InvariantError};
 use crate::hash::StateHasher;
 use crate::record::Record;
 use crate::worlds::Worlds;
@@ -110,7 +111,7 @@ pub trait Game: Send + 'static {
 
     /// Checks the world's invariants exhaustively; returns a description of
     /// the first one that fails. Tests call it; it may be slow.
-    fn check_world(_world: &Self::World) -> Result<(), String> {
+    fn check_world(_world: &Self::World) -> Result<(), InvariantError> {
         Ok(())
     }
 
@@ -125,14 +126,14 @@ pub trait Game: Send + 'static {
 
     /// Reads back one `store_outcome`. The bytes come from a file: check
     /// everything, never panic.
-    fn load_outcome(r: &mut Reader<'_>) -> Result<Self::Outcome, String>;
+    fn load_outcome(r: &mut Reader<'_>) -> Result<Self::Outcome, DecodeError>;
 
     /// Appends a world's whole state to `out`, for snapshots.
     fn encode_world(world: &Self::World, out: &mut Vec<u8>);
 
     /// Rebuilds a world from `encode_world`'s bytes. The bytes come from a
     /// file: check everything, never panic, allocate only what they justify.
-    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Self::World, String>;
+    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Self::World, DecodeError>;
 }
 
 /// A bounds-checked little-endian reader for `Game::decode_world`.
@@ -147,27 +148,27 @@ impl<'a> Reader<'a> {
         Self { bytes, at: 0 }
     }
 
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.at))?;
+        let end = end.ok_or(DecodeError::Truncated { at: self.at, wanted: n })?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
 
-    pub fn u8(&mut self) -> Result<u8, String> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    pub fn u16(&mut self) -> Result<u16, String> {
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
 
-    pub fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
-    pub fn u64(&mut self) -> Result<u64, String> {
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
@@ -176,7 +177,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless every byte was read.
-    pub fn finish(self) -> Result<(), String> {
-        if self.at == self.bytes.len() { Ok(()) } else { Err(format!("{} bytes left over", self.remaining())) }
+    pub fn finish(self) -> Result<(), DecodeError> {
+        if self.at == self.bytes.len() { Ok(()) } else { Err(DecodeError::LeftOver { bytes: self.remaining() }) }
     }
 }

@@ -14,6 +14,9 @@
 //!   the unit a shard, a replay or a test applies batches to and hashes.
 //! - [`hash`]: [`StateHasher`], a stable 64-bit hash used to compare states
 //!   across runs, machines, replays and batchings.
+//! - [`error`]: [`DecodeError`] (bytes that do not decode) and
+//!   [`InvariantError`] (a check that fails), written by hand: this crate
+//!   has no dependencies.
 //! - [`rng`]: [`SplitMix64`], the only source of randomness a game may use,
 //!   always seeded from journaled data.
 //!
@@ -22,6 +25,7 @@
 //! This crate and every game built on it read no clock, no unseeded random
 //! source, no file and no socket. Time and seeds arrive inside events.
 
+pub mod error;
 pub mod game;
 pub mod hash;
 pub mod record;
@@ -29,6 +33,7 @@ pub mod rng;
 pub mod state;
 pub mod worlds;
 
+pub use error::{DecodeError, InvariantError};
 pub use game::{Addressed, Game, Outcomes, Reader, Stamped, WorldId};
 pub use hash::{StateHasher, record_fingerprint, record_fingerprints};
 pub use record::Record;

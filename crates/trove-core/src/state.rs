@@ -1,5 +1,6 @@
 //! A game's whole state on one shard.
 
+use crate::error::InvariantError;
 use crate::game::{Game, Outcomes, Stamped, WorldId};
 use crate::hash::StateHasher;
 use crate::worlds::Worlds;
@@ -96,9 +97,9 @@ impl<G: Game> GameState<G> {
     }
 
     /// Runs the game's exhaustive invariant check on every world.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvariantError> {
         for (id, w) in self.worlds.iter_sorted() {
-            G::check_world(w).map_err(|e| format!("world {id}: {e}"))?;
+            G::check_world(w).map_err(|e| e.in_world(id))?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
+use trove_core::InvariantError;
 use trove_core::SplitMix64;
 use trove_core::hash::StateHasher;
 use trove_core::rng::mix64;
@@ -206,22 +207,22 @@ impl TreasureField {
     }
 
     /// Exhaustive check of the field's own bookkeeping.
-    pub fn check(&self, config: &HuntConfig) -> Result<(), String> {
+    pub fn check(&self, config: &HuntConfig) -> Result<(), InvariantError> {
         let unclaimed = self.treasures().filter(|t| !t.claimed).count() as u32;
         if unclaimed != self.unclaimed {
-            return Err(format!("unclaimed count {} but {} flags", self.unclaimed, unclaimed));
+            return Err(format!("unclaimed count {} but {} flags", self.unclaimed, unclaimed).into());
         }
         let claimed: u64 = self.treasures().filter(|t| t.claimed).map(|t| u64::from(t.value)).sum();
         if claimed != self.claimed_value {
-            return Err(format!("claimed value {} but treasures sum to {}", self.claimed_value, claimed));
+            return Err(format!("claimed value {} but treasures sum to {}", self.claimed_value, claimed).into());
         }
         let mut cells = HashSet::new();
         for t in self.treasures() {
             if t.x >= config.width || t.y >= config.height {
-                return Err(format!("treasure off the map at ({}, {})", t.x, t.y));
+                return Err(format!("treasure off the map at ({}, {})", t.x, t.y).into());
             }
             if !cells.insert((t.x, t.y)) {
-                return Err(format!("two treasures at ({}, {})", t.x, t.y));
+                return Err(format!("two treasures at ({}, {})", t.x, t.y).into());
             }
         }
         Ok(())
@@ -304,7 +305,7 @@ mod tests {
                     prop_assert_eq!(f.claim(x, y), None, "claimed at most once");
                 }
             }
-            f.check(&c).map_err(TestCaseError::fail)?;
+            f.check(&c).map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
     }
 }

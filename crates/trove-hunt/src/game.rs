@@ -1,6 +1,6 @@
 //! The treasure hunt as a `trove_core::Game`.
 
-use trove_core::{Game, InsertError, Outcomes, Stamped, StateHasher, WorldId, Worlds};
+use trove_core::{DecodeError, Game, InsertError, InvariantError, Outcomes, Stamped, StateHasher, WorldId, Worlds};
 
 use crate::event::{Action, HuntEvent};
 use crate::hunt::Hunt;
@@ -82,7 +82,7 @@ impl Game for TreasureHunt {
         world.hash_state(hasher);
     }
 
-    fn check_world(world: &Hunt) -> Result<(), String> {
+    fn check_world(world: &Hunt) -> Result<(), InvariantError> {
         world.check()
     }
 
@@ -94,7 +94,7 @@ impl Game for TreasureHunt {
         outcome.encode(out);
     }
 
-    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, String> {
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, DecodeError> {
         HuntOutcome::decode(r)
     }
 
@@ -102,7 +102,7 @@ impl Game for TreasureHunt {
         world.encode_state(out);
     }
 
-    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Hunt, String> {
+    fn decode_world(id: WorldId, bytes: &[u8]) -> Result<Hunt, DecodeError> {
         Hunt::decode_state(id, bytes)
     }
 }

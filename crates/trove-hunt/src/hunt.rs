@@ -2,7 +2,7 @@
 
 use trove_core::hash::StateHasher;
 use trove_core::rng::mix64;
-use trove_core::{Outcomes, WorldId};
+use trove_core::{DecodeError, InvariantError, Outcomes, WorldId};
 
 use crate::event::{Action, HuntConfig};
 use crate::field::TreasureField;
@@ -351,17 +351,17 @@ impl Hunt {
 
     /// Rebuilds a hunt from `encode_state`'s bytes, checking everything:
     /// the bytes come from a file.
-    pub fn decode_state(id: WorldId, bytes: &[u8]) -> Result<Self, String> {
+    pub fn decode_state(id: WorldId, bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = trove_core::Reader::new(bytes);
         let version = r.u8()?;
         if version != 1 {
-            return Err(format!("hunt state version {version} is not 1"));
+            return Err(format!("hunt state version {version} is not 1").into());
         }
         let create = <crate::event::HuntEvent as trove_core::Record>::decode(r.take(32)?);
         let Action::Create(config) = create.action else { return Err("no hunt config".into()) };
-        config.validate().map_err(|e| format!("hunt config: {e}"))?;
+        config.validate().map_err(|e| DecodeError::from(e.to_string()).within("hunt config"))?;
         if create.hunt != id {
-            return Err(format!("hunt id {} stored under id {id}", create.hunt));
+            return Err(format!("hunt id {} stored under id {id}", create.hunt).into());
         }
         let round = r.u32()?;
         if round == 0 {
@@ -374,18 +374,18 @@ impl Hunt {
         }
         let len = r.u32()? as usize;
         if len > config.players_max as usize {
-            return Err(format!("{len} player slots above players_max {}", config.players_max));
+            return Err(format!("{len} player slots above players_max {}", config.players_max).into());
         }
         let used = r.u32()? as usize;
         if used > len || used.saturating_mul(20) > r.remaining() {
-            return Err(format!("{used} used player slots of {len}"));
+            return Err(format!("{used} used player slots of {len}").into());
         }
         hunt.players = vec![Player::default(); len];
         let mut previous = None;
         for _ in 0..used {
             let i = r.u32()? as usize;
             if i >= len || previous.is_some_and(|p| p >= i) {
-                return Err(format!("player slot {i} out of order or range"));
+                return Err(format!("player slot {i} out of order or range").into());
             }
             previous = Some(i);
             let p = Player { x: r.u16()?, y: r.u16()?, score: r.u32()?, state: r.u64()? };
@@ -397,25 +397,25 @@ impl Hunt {
         }
         let scorers = r.u32()? as usize;
         if scorers > usize::from(config.treasures_per_round) {
-            return Err(format!("{scorers} scorers in a round of {} treasures", config.treasures_per_round));
+            return Err(format!("{scorers} scorers in a round of {} treasures", config.treasures_per_round).into());
         }
         hunt.scorers = (0..scorers).map(|_| r.u32()).collect::<Result<_, _>>()?;
         let claimed = r.u32()? as usize;
         if claimed > usize::from(config.treasures_per_round) {
-            return Err(format!("{claimed} claimed treasures of {}", config.treasures_per_round));
+            return Err(format!("{claimed} claimed treasures of {}", config.treasures_per_round).into());
         }
         for _ in 0..claimed {
             let i = r.u32()? as usize;
             if !hunt.field.restore_claim(i) {
-                return Err(format!("treasure {i} cannot be claimed"));
+                return Err(format!("treasure {i} cannot be claimed").into());
             }
         }
         let top = usize::from(r.u8()?);
         if top > Top10::CAPACITY {
-            return Err(format!("leaderboard of {top} entries"));
+            return Err(format!("leaderboard of {top} entries").into());
         }
         let entries: Vec<Entry> =
-            (0..top).map(|_| Ok(Entry { player: r.u32()?, score: r.u32()? })).collect::<Result<_, String>>()?;
+            (0..top).map(|_| Ok(Entry { player: r.u32()?, score: r.u32()? })).collect::<Result<_, DecodeError>>()?;
         // Rebuilt from the stored entries; `check` below compares it with
         // the board the players' scores give.
         hunt.top = Top10::from_scores(entries);
@@ -426,7 +426,7 @@ impl Hunt {
     }
 
     /// Checks every invariant from scratch (slow; tests call it).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvariantError> {
         self.field.check(&self.config)?;
         let mut total = 0u64;
         let mut joined = 0u32;
@@ -434,12 +434,12 @@ impl Hunt {
             if p.joined() {
                 joined += 1;
                 if p.x >= self.config.width || p.y >= self.config.height {
-                    return Err(format!("player {i} off the map at ({}, {})", p.x, p.y));
+                    return Err(format!("player {i} off the map at ({}, {})", p.x, p.y).into());
                 }
             }
             total += u64::from(p.score);
             if (p.score > 0) != self.scorers.contains(&(i as u32)) {
-                return Err(format!("player {i} has score {} but scorers list says otherwise", p.score));
+                return Err(format!("player {i} has score {} but scorers list says otherwise", p.score).into());
             }
         }
         if self.scorers.len() > usize::from(self.config.treasures_per_round) {
@@ -447,23 +447,25 @@ impl Hunt {
                 "{} scorers in a round of {} treasures",
                 self.scorers.len(),
                 self.config.treasures_per_round
-            ));
+            )
+            .into());
         }
         if joined != self.players_joined {
-            return Err(format!("{joined} players joined but count says {}", self.players_joined));
+            return Err(format!("{joined} players joined but count says {}", self.players_joined).into());
         }
         if total != self.field.claimed_value() || total != self.round_score_total {
             return Err(format!(
                 "scores sum to {total}, claimed value is {}, running total {}",
                 self.field.claimed_value(),
                 self.round_score_total
-            ));
+            )
+            .into());
         }
         let brute = Top10::from_scores(
             self.players.iter().enumerate().map(|(i, p)| Entry { player: i as u32, score: p.score }),
         );
         if brute != self.top {
-            return Err(format!("leaderboard {:?} but scores give {:?}", self.top, brute));
+            return Err(format!("leaderboard {:?} but scores give {:?}", self.top, brute).into());
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! What the rules answer.
 
+use trove_core::DecodeError;
+
 use crate::leaderboard::Top10;
 
 /// The answer to one event, for the producer that sent it.
@@ -85,7 +87,7 @@ impl HuntOutcome {
     }
 
     /// Reads one `encode`d outcome.
-    pub fn decode(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, String> {
+    pub fn decode(r: &mut trove_core::Reader<'_>) -> Result<HuntOutcome, DecodeError> {
         Ok(match r.u8()? {
             CREATED => HuntOutcome::Created { round: r.u32()? },
             JOINED => HuntOutcome::Joined { x: r.u16()?, y: r.u16()?, score: r.u32()? },
@@ -95,7 +97,7 @@ impl HuntOutcome {
             DIG_NOTHING => HuntOutcome::DigNothing,
             HINT => HuntOutcome::Hint { band: Band::from_byte(r.u8()?)? },
             REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(r.u8()?)? },
-            kind => return Err(format!("unknown outcome kind {kind}")),
+            kind => return Err(format!("unknown outcome kind {kind}").into()),
         })
     }
 }
@@ -143,18 +145,18 @@ pub enum Reject {
 
 impl Band {
     /// The band whose byte value is `b`.
-    pub fn from_byte(b: u8) -> Result<Band, String> {
+    pub fn from_byte(b: u8) -> Result<Band, DecodeError> {
         [Band::Hot, Band::Warm, Band::Cold]
             .into_iter()
             .find(|x| *x as u8 == b)
-            .ok_or_else(|| format!("unknown band {b}"))
+            .ok_or_else(|| format!("unknown band {b}").into())
     }
 }
 
 impl Reject {
     /// The reason whose byte value is `b`.
-    pub fn from_byte(b: u8) -> Result<Reject, String> {
-        Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown rejection reason {b}"))
+    pub fn from_byte(b: u8) -> Result<Reject, DecodeError> {
+        Reject::ALL.into_iter().find(|x| *x as u8 == b).ok_or_else(|| format!("unknown rejection reason {b}").into())
     }
 
     pub const ALL: [Reject; 11] = [

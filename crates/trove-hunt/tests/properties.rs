@@ -77,7 +77,7 @@ proptest! {
         let mut out = Outcomes::default();
         for e in &events {
             state.apply(std::slice::from_ref(e), &mut out);
-            state.check().map_err(TestCaseError::fail)?;
+            state.check().map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
         prop_assert_eq!(out.direct.len(), events.len());
     }

@@ -63,7 +63,7 @@ fn damaged_snapshots_are_refused() {
     let state = played(1, 500);
     let mut bytes = Vec::new();
     TreasureHunt::encode_world(state.worlds().get(3).unwrap(), &mut bytes);
-    assert!(Hunt::decode_state(4, &bytes).unwrap_err().contains("stored under"));
+    assert!(Hunt::decode_state(4, &bytes).unwrap_err().to_string().contains("stored under"));
     assert!(Hunt::decode_state(3, &bytes[..bytes.len() - 1]).is_err());
     let mut longer = bytes.clone();
     longer.push(0);

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use crate::planted::{Planted, on as planted};
 use crate::storage::{FsStorage, Storage};
+use trove_core::DecodeError;
 
 const MAGIC: &[u8; 8] = b"TROVESNP";
 const VERSION: u32 = 3;
@@ -156,29 +157,47 @@ impl SnapshotBuilder {
     }
 }
 
+/// Why a snapshot file's bytes were refused. Start-up never uses a snapshot
+/// it refuses: it reports the file as damaged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("shorter than a snapshot header")]
+    Short,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported snapshot version {0}")]
+    Version(u32),
+    /// The checksum holds but the content does not decode (a bug in the
+    /// writer, or damage the checksum missed).
+    #[error(transparent)]
+    Content(#[from] DecodeError),
+}
+
 /// Checks and splits a snapshot file's bytes (version 1, 2 or 3).
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, SnapshotError> {
     if bytes.len() < HEAD_BYTES + 4 {
-        return Err("shorter than a snapshot header".into());
+        return Err(SnapshotError::Short);
     }
     let (content, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(content) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err("checksum mismatch".into());
+        return Err(SnapshotError::Checksum);
     }
     let mut r = trove_core::Reader::new(content);
     if r.take(8)? != MAGIC {
-        return Err("bad magic".into());
+        return Err(SnapshotError::Magic);
     }
     let version = r.u32()?;
     if !(1..=VERSION).contains(&version) {
-        return Err(format!("unsupported snapshot version {version}"));
+        return Err(SnapshotError::Version(version));
     }
     let meta = SnapshotMeta { shard: r.u32()?, next_batch: r.u64()?, last_time_us: r.u64()? };
     let world_count = r.u32()? as usize;
     let producer_count = r.u32()? as usize;
     r.take(8)?;
     if world_count > r.remaining() / 8 || producer_count > r.remaining() / 16 {
-        return Err(format!("{world_count} worlds and {producer_count} producers cannot fit"));
+        return Err(DecodeError::from(format!("{world_count} worlds and {producer_count} producers cannot fit")).into());
     }
     let mut worlds = Vec::with_capacity(world_count);
     for _ in 0..world_count {
@@ -202,12 +221,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
             });
             continue;
         }
-        let producer = decode_producer(&mut r, version, id, last_seq).map_err(|e| format!("producer {id}: {e}"))?;
+        let producer =
+            decode_producer(&mut r, version, id, last_seq).map_err(|e| e.within(format_args!("producer {id}")))?;
         producers.push(producer);
     }
     r.finish()?;
     if producers.windows(2).any(|w| w[0].id >= w[1].id) {
-        return Err("producers out of order".into());
+        return Err(DecodeError::from("producers out of order").into());
     }
     Ok(Snapshot { meta, worlds, producers })
 }
@@ -218,7 +238,7 @@ fn decode_producer<'a>(
     version: u32,
     id: u64,
     last_seq: u64,
-) -> Result<SnapshotProducer<'a>, String> {
+) -> Result<SnapshotProducer<'a>, DecodeError> {
     let kept = r.u32()?;
     let form = r.u32()?;
     let first_seq = r.u64()?;
@@ -233,22 +253,22 @@ fn decode_producer<'a>(
             }
             Some(offsets)
         }
-        _ => return Err(format!("unknown sequence form {form}")),
+        _ => return Err(format!("unknown sequence form {form}").into()),
     };
     let span = offsets.as_ref().and_then(|o| o.last()).map_or(u64::from(kept.saturating_sub(1)), |&o| u64::from(o));
     if kept > 0 && first_seq.checked_add(span).is_none_or(|last| last > last_seq) {
-        return Err(format!("kept outcomes reach past the last sequence {last_seq}"));
+        return Err(format!("kept outcomes reach past the last sequence {last_seq}").into());
     }
     let len = r.u32()? as usize;
     let outcomes = r.take(len)?;
     if kept as usize > len {
-        return Err(format!("{kept} outcomes in {len} bytes"));
+        return Err(format!("{kept} outcomes in {len} bytes").into());
     }
     let mut fingerprints = Vec::new();
     if version >= 3 {
         let m = r.u32()?;
         if m > kept {
-            return Err(format!("{m} fingerprints for {kept} outcomes"));
+            return Err(format!("{m} fingerprints for {kept} outcomes").into());
         }
         let bytes = r.take(m as usize * 4)?;
         fingerprints = bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
@@ -344,6 +364,12 @@ pub fn remove_covered_in(storage: &dyn Storage, dir: &Path, next_batch: u64) -> 
 mod tests {
     use super::*;
 
+    /// A producer whose outcomes are all forgotten: only its last sequence
+    /// is kept.
+    fn producer_keeping_nothing(id: u64, last_seq: u64) -> SnapshotProducer<'static> {
+        SnapshotProducer { id, last_seq, first_seq: 0, offsets: None, kept: 0, outcomes: &[], fingerprints: Vec::new() }
+    }
+
     #[test]
     fn round_trips_and_rejects_damage() {
         let mut b = SnapshotBuilder::default();
@@ -357,15 +383,7 @@ mod tests {
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, meta);
         assert_eq!(s.worlds, vec![(7, &b"seven"[..]), (9, &b""[..])]);
-        let none = SnapshotProducer {
-            id: 5,
-            last_seq: 10,
-            first_seq: 0,
-            offsets: None,
-            kept: 0,
-            outcomes: &[],
-            fingerprints: Vec::new(),
-        };
+        let none = producer_keeping_nothing(5, 10);
         assert_eq!(s.producers[0], none);
         let split = SnapshotProducer {
             id: 6,
@@ -413,23 +431,23 @@ mod tests {
         ];
         for (bytes, why) in refused {
             let err = decode_snapshot(&bytes).unwrap_err();
-            assert!(err.contains(why), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
         }
         // An unknown form, and producers out of order.
         let mut content = build(None, 0, 5, b"").split_last_chunk::<4>().unwrap().0.to_vec();
         content[HEAD_BYTES + 20] = 2;
-        assert!(decode_snapshot(&with_crc(content)).unwrap_err().contains("form"));
+        assert!(decode_snapshot(&with_crc(content)).unwrap_err().to_string().contains("form"));
         // More fingerprints than outcomes: the count is the last u32 before
         // the fingerprints (here none) and the CRC.
         let mut content = build(None, 2, 12, b"ab").split_last_chunk::<4>().unwrap().0.to_vec();
         let at = content.len() - 4;
         content[at] = 3;
         content.extend_from_slice(&[0; 12]);
-        assert!(decode_snapshot(&with_crc(content)).unwrap_err().contains("3 fingerprints for 2 outcomes"));
+        assert!(decode_snapshot(&with_crc(content)).unwrap_err().to_string().contains("3 fingerprints for 2 outcomes"));
         let mut b = SnapshotBuilder::default();
         b.add_producer(2, 1, 0, None, 0, &[], |_| {});
         b.add_producer(1, 1, 0, None, 0, &[], |_| {});
-        assert!(decode_snapshot(&b.finish(meta)).unwrap_err().contains("out of order"));
+        assert!(decode_snapshot(&b.finish(meta)).unwrap_err().to_string().contains("out of order"));
     }
 
     #[test]
@@ -452,15 +470,7 @@ mod tests {
         let s = decode_snapshot(&bytes).unwrap();
         assert_eq!(s.meta, SnapshotMeta { shard: 3, next_batch: 44, last_time_us: 99 });
         assert_eq!(s.worlds, vec![(7, &b"hi"[..])]);
-        let p = SnapshotProducer {
-            id: 5,
-            last_seq: 10,
-            first_seq: 0,
-            offsets: None,
-            kept: 0,
-            outcomes: &[],
-            fingerprints: Vec::new(),
-        };
+        let p = producer_keeping_nothing(5, 10);
         assert_eq!(s.producers, vec![p]);
     }
 

@@ -40,18 +40,21 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// A `--fsync` value that names no policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad fsync policy `{0}`: expected group, always, never or interval=<ms> with ms in 1..=60000")]
+pub struct ParseFsyncError(pub String);
+
 impl std::str::FromStr for FsyncPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseFsyncError;
+    fn from_str(s: &str) -> Result<Self, ParseFsyncError> {
         match s {
             "group" => Ok(Self::Group),
             "always" => Ok(Self::Always),
             "never" => Ok(Self::Never),
             _ => match s.strip_prefix("interval=").map(str::parse::<u64>) {
                 Some(Ok(ms)) if (1..=60_000).contains(&ms) => Ok(Self::Interval(Duration::from_millis(ms))),
-                _ => Err(format!(
-                    "bad fsync policy `{s}`: expected group, always, never or interval=<ms> with ms in 1..=60000"
-                )),
+                _ => Err(ParseFsyncError(s.to_string())),
             },
         }
     }

@@ -74,24 +74,27 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 14] = [
+        Kind::Hello,
+        Kind::Events,
+        Kind::Subscribe,
+        Kind::Unsubscribe,
+        Kind::Ping,
+        Kind::Welcome,
+        Kind::Ack,
+        Kind::Busy,
+        Kind::Subscribed,
+        Kind::Update,
+        Kind::Gap,
+        Kind::Unsubscribed,
+        Kind::Pong,
+        Kind::Error,
+    ];
+
+    /// The kind whose byte is `b` (the values are written once, in the
+    /// enum).
     pub fn from_u8(b: u8) -> Option<Kind> {
-        Some(match b {
-            0x01 => Kind::Hello,
-            0x02 => Kind::Events,
-            0x03 => Kind::Subscribe,
-            0x04 => Kind::Unsubscribe,
-            0x05 => Kind::Ping,
-            0x81 => Kind::Welcome,
-            0x82 => Kind::Ack,
-            0x83 => Kind::Busy,
-            0x84 => Kind::Subscribed,
-            0x85 => Kind::Update,
-            0x86 => Kind::Gap,
-            0x87 => Kind::Unsubscribed,
-            0x88 => Kind::Pong,
-            0x8F => Kind::Error,
-            _ => return None,
-        })
+        Kind::ALL.into_iter().find(|&k| k as u8 == b)
     }
 
     /// Sent by clients (the server refuses the others, and vice versa).
@@ -718,6 +721,16 @@ mod tests {
         let (h, total) = split(bytes, FRAME_BODY_MAX_DEFAULT).unwrap().unwrap();
         assert_eq!(total, bytes.len());
         decode(h, &bytes[HEADER_LEN..total], SIZES).unwrap()
+    }
+
+    #[test]
+    fn every_kind_is_read_back_from_its_byte_and_no_other() {
+        // The kind bytes of docs/protocol.md.
+        let known: Vec<u8> = (0x01..=0x05).chain(0x81..=0x88).chain([0x8F]).collect();
+        for b in 0..=u8::MAX {
+            let kind = Kind::from_u8(b);
+            assert_eq!(kind.map(|k| k as u8), known.contains(&b).then_some(b), "byte {b:#04x}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The treasure hunt on the wire (docs/protocol.md, "Treasure-hunt
 //! payloads").
 
+use trove_core::DecodeError;
 use trove_hunt::{Band, Entry, HuntBroadcast, HuntOutcome, Reject, Top10, TreasureHunt};
 
 use crate::wire::WireGame;
@@ -32,13 +33,13 @@ fn push_top(out: &mut Vec<u8>, round: u32, top: &Top10) {
     }
 }
 
-fn read_top(b: &[u8]) -> Result<(u32, Top10), String> {
+fn read_top(b: &[u8]) -> Result<(u32, Top10), DecodeError> {
     if b.len() < 8 {
         return Err("leaderboard head truncated".into());
     }
     let len = usize::from(b[4]);
     if len > Top10::CAPACITY || b.len() != 8 + 8 * len {
-        return Err(format!("leaderboard of {len} entries in {} bytes", b.len()));
+        return Err(format!("leaderboard of {len} entries in {} bytes", b.len()).into());
     }
     let entries: Vec<Entry> =
         b[8..].chunks_exact(8).map(|c| Entry { player: u32_at(c, 0), score: u32_at(c, 4) }).collect();
@@ -73,7 +74,7 @@ impl WireGame for TreasureHunt {
         out[8..12].copy_from_slice(&wide.to_le_bytes());
     }
 
-    fn decode_outcome(b: &[u8]) -> Result<HuntOutcome, String> {
+    fn decode_outcome(b: &[u8]) -> Result<HuntOutcome, DecodeError> {
         use outcome_kind::*;
         let b = b.get(..16).ok_or("outcome shorter than 16 bytes")?;
         let (x, y, wide) = (u16_at(b, 2), u16_at(b, 4), u32_at(b, 8));
@@ -86,7 +87,7 @@ impl WireGame for TreasureHunt {
             DIG_NOTHING => HuntOutcome::DigNothing,
             HINT => HuntOutcome::Hint { band: Band::from_byte(b[1])? },
             REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(b[1])? },
-            k => return Err(format!("unknown outcome kind {k}")),
+            k => return Err(format!("unknown outcome kind {k}").into()),
         })
     }
 
@@ -115,7 +116,7 @@ impl WireGame for TreasureHunt {
         }
     }
 
-    fn decode_broadcast(b: &[u8]) -> Result<HuntBroadcast, String> {
+    fn decode_broadcast(b: &[u8]) -> Result<HuntBroadcast, DecodeError> {
         use broadcast_kind::*;
         if b.len() < 4 {
             return Err("broadcast shorter than its head".into());
@@ -124,7 +125,7 @@ impl WireGame for TreasureHunt {
         Ok(match b[0] {
             TREASURE_FOUND => {
                 if body.len() != 24 {
-                    return Err(format!("treasure_found of {} bytes, expected 24", body.len()));
+                    return Err(format!("treasure_found of {} bytes, expected 24", body.len()).into());
                 }
                 HuntBroadcast::TreasureFound {
                     round: u32_at(body, 0),
@@ -144,7 +145,7 @@ impl WireGame for TreasureHunt {
                 let (round, top) = read_top(body)?;
                 HuntBroadcast::RoundFinished { round, top }
             }
-            k => return Err(format!("unknown broadcast kind {k}")),
+            k => return Err(format!("unknown broadcast kind {k}").into()),
         })
     }
 }

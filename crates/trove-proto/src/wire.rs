@@ -1,7 +1,7 @@
 //! How a game's outcomes and broadcasts travel: the game-specific half of
 //! the protocol. Events are [`trove_core::Record`]s already.
 
-use trove_core::{Game, Record, Stamped};
+use trove_core::{DecodeError, Game, Record, Stamped};
 
 use crate::frame::{self, entry_kind};
 
@@ -13,11 +13,11 @@ pub trait WireGame: Game {
     /// Writes exactly `OUTCOME_SIZE` bytes to the front of `out`.
     fn encode_outcome(outcome: &Self::Outcome, out: &mut [u8]);
     /// Reads an outcome; the bytes come from a peer: check everything.
-    fn decode_outcome(bytes: &[u8]) -> Result<Self::Outcome, String>;
+    fn decode_outcome(bytes: &[u8]) -> Result<Self::Outcome, DecodeError>;
     /// Appends a broadcast (at most `u16::MAX` bytes).
     fn encode_broadcast(broadcast: &Self::Broadcast, out: &mut Vec<u8>);
     /// Reads a broadcast; the bytes come from a peer: check everything.
-    fn decode_broadcast(bytes: &[u8]) -> Result<Self::Broadcast, String>;
+    fn decode_broadcast(bytes: &[u8]) -> Result<Self::Broadcast, DecodeError>;
 }
 
 /// One entry of a hunt's update stream.
@@ -62,14 +62,16 @@ pub fn push_broadcast<G: WireGame>(out: &mut Vec<u8>, broadcast: &G::Broadcast) 
 }
 
 /// Decodes an UPDATE's entries (as checked by `frame::decode`).
-pub fn decode_entries<G: WireGame>(entries: &[u8]) -> Result<Vec<UpdateEntry<G>>, String> {
+pub fn decode_entries<G: WireGame>(entries: &[u8]) -> Result<Vec<UpdateEntry<G>>, DecodeError> {
     let mut out = Vec::new();
     for e in frame::entries(entries) {
-        let (kind, payload) = e.map_err(str::to_string)?;
+        let (kind, payload) = e?;
         out.push(match kind {
             entry_kind::APPLIED => {
                 if payload.len() != applied_len::<G>() {
-                    return Err(format!("applied entry of {} bytes, expected {}", payload.len(), applied_len::<G>()));
+                    return Err(
+                        format!("applied entry of {} bytes, expected {}", payload.len(), applied_len::<G>()).into()
+                    );
                 }
                 let time_us = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
                 let event = G::Event::decode(&payload[8..]);
@@ -83,9 +85,9 @@ pub fn decode_entries<G: WireGame>(entries: &[u8]) -> Result<Vec<UpdateEntry<G>>
 }
 
 /// Decodes an ACK's outcomes.
-pub fn decode_outcomes<G: WireGame>(bytes: &[u8]) -> Result<Vec<G::Outcome>, String> {
+pub fn decode_outcomes<G: WireGame>(bytes: &[u8]) -> Result<Vec<G::Outcome>, DecodeError> {
     if !bytes.len().is_multiple_of(G::OUTCOME_SIZE) {
-        return Err(format!("{} bytes is not a whole number of outcomes", bytes.len()));
+        return Err(format!("{} bytes is not a whole number of outcomes", bytes.len()).into());
     }
     // A loop into a vector of the right size: `collect` into a `Result`
     // cannot size it from the start.

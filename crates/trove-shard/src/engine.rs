@@ -9,6 +9,7 @@ use trove_core::{Game, Stamped, WorldId};
 use trove_journal::DataDirLock;
 
 use crate::clock::{ClockMode, EngineClock};
+use crate::error::{ConfigError, StartError, UnknownMode};
 use crate::journaled::{JournalConfig, recover};
 use crate::metrics::EngineMetrics;
 use crate::per_event::PerEvent;
@@ -45,11 +46,8 @@ impl Mode {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown mode `{s}`: expected sharded, task-per-event or spawn-blocking-per-event"))
+    pub fn parse(s: &str) -> Result<Self, UnknownMode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| UnknownMode(s.to_string()))
     }
 }
 
@@ -145,7 +143,7 @@ const DEDUP_WINDOW_LIMIT: usize = 1 << 24;
 const _: () = assert!(DRAIN_EVENTS_LIMIT - 1 + BATCH_EVENTS_LIMIT <= trove_journal::format::FRAME_EVENTS_MAX);
 
 impl EngineConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let checks = [
             (self.shards >= 1 && self.shards <= 1024, "shards must be in 1..=1024"),
             ((1..=BATCH_EVENTS_LIMIT).contains(&self.batch_events_max), "batch_events_max must be in 1..=2^20"),
@@ -166,9 +164,9 @@ impl EngineConfig {
             ),
             (self.worlds_max >= 1, "worlds_max must be at least 1"),
         ];
-        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |(_, msg)| Err(msg.to_string()))?;
+        checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(ConfigError::OutOfRange(msg)))?;
         if self.journal.is_some() && self.mode != Mode::Sharded {
-            return Err(format!("the journal runs in sharded mode only, not {}", self.mode.name()));
+            return Err(ConfigError::JournalNeedsSharded(self.mode));
         }
         Ok(())
     }
@@ -258,17 +256,17 @@ pub struct FinalState {
 
 impl<G: Game> Engine<G> {
     /// Starts an engine; recovery progress and repairs are logged to stderr.
-    pub fn start(config: EngineConfig) -> Result<Self, String> {
+    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         Self::start_logged(config, &mut |line| eprintln!("trove: {line}"))
     }
 
     /// Starts an engine: locks its data directory (if it journals), then
     /// recovers its state from the journal and starts the shards. `log`
     /// gets one line per repair and progress lines during a long replay.
-    pub fn start_logged(config: EngineConfig, log: &mut dyn FnMut(String)) -> Result<Self, String> {
+    pub fn start_logged(config: EngineConfig, log: &mut dyn FnMut(String)) -> Result<Self, StartError> {
         config.validate()?;
         let lock = match &config.journal {
-            Some(j) => Some(DataDirLock::acquire(&j.dir).map_err(|e| e.to_string())?),
+            Some(j) => Some(DataDirLock::acquire(&j.dir)?),
             None => None,
         };
         Self::start_with_lock(config, lock, log)
@@ -284,16 +282,15 @@ impl<G: Game> Engine<G> {
         config: EngineConfig,
         lock: Option<DataDirLock>,
         log: &mut dyn FnMut(String),
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         match (&config.journal, &lock) {
             (Some(j), Some(l)) if l.dir() == j.dir => {}
             (None, None) => {}
             (j, l) => {
-                return Err(format!(
-                    "the engine's data directory is {:?} but the lock given is {:?}",
-                    j.as_ref().map(|j| &j.dir),
-                    l.as_ref().map(|l| l.dir())
-                ));
+                return Err(StartError::WrongLock {
+                    dir: j.as_ref().map(|j| j.dir.clone()),
+                    lock: l.as_ref().map(|l| l.dir().to_path_buf()),
+                });
             }
         }
         let lock = lock.map(Arc::new);
@@ -312,7 +309,7 @@ impl<G: Game> Engine<G> {
         config: EngineConfig,
         lock: Option<Arc<DataDirLock>>,
         log: &mut dyn FnMut(String),
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let recovered = match (&config.journal, &lock) {
             (Some(j), Some(lock)) => Some(recover::<G>(
@@ -338,7 +335,7 @@ impl<G: Game> Engine<G> {
             .max()
         {
             None => ASSIGNED_PRODUCER_IDS,
-            Some(m) => m.checked_add(1).ok_or("every assignable producer id is used")?,
+            Some(m) => m.checked_add(1).ok_or(StartError::ProducerIdsExhausted)?,
         };
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let hub = Arc::new(Hub::default());

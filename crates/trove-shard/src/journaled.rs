@@ -35,6 +35,7 @@ use trove_journal::{
 };
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
+use crate::error::{MetaError, StartError};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
 use crate::shard_core::{CoreConfig, ShardCore};
@@ -225,7 +226,7 @@ impl Meta {
 /// `format=1` or `format=2` meta before this engine writes anything: an
 /// older engine then refuses the directory by name instead of reading the
 /// first frame it cannot parse as a torn tail and cutting it off.
-fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<usize, String> {
+fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<usize, MetaError> {
     let want = Meta { format: META_FORMAT, shards, worlds_max: Some(worlds_max) };
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
@@ -238,20 +239,19 @@ fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<u
                 }
                 Ok(recorded)
             }
-            _ => Err(format!(
-                "{} was written by an engine with other settings:\n{text}this engine has:\n{}(the shard count of \
-                 a data directory cannot change)",
-                path.display(),
-                want.text::<G>()
-            )),
+            _ => Err(MetaError::Mismatch { path, found: text, want: want.text::<G>() }),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir_durably(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            create_dir_durably(dir).map_err(meta_io("creating", dir))?;
             write_meta(dir, &want.text::<G>())?;
             Ok(worlds_max)
         }
-        Err(e) => Err(format!("reading {}: {e}", path.display())),
+        Err(e) => Err(meta_io("reading", &path)(e)),
     }
+}
+
+fn meta_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MetaError + 'a {
+    move |source| MetaError::Io { action, path: path.to_path_buf(), source }
 }
 
 /// The data directory's format: 2 since the journal packs records, 3 since
@@ -260,13 +260,13 @@ const META_FORMAT: u32 = 3;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.
-fn write_meta(dir: &Path, meta: &str) -> Result<(), String> {
+fn write_meta(dir: &Path, meta: &str) -> Result<(), MetaError> {
     let tmp = dir.join(format!("{META_FILE}.tmp"));
-    std::fs::write(&tmp, meta).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+    std::fs::write(&tmp, meta).map_err(meta_io("writing", &tmp))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(meta_io("syncing", &tmp))?;
     let path = dir.join(META_FILE);
-    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
+    std::fs::rename(&tmp, &path).map_err(meta_io("renaming", &tmp))?;
+    File::open(dir).and_then(|f| f.sync_all()).map_err(meta_io("syncing", dir))
 }
 
 /// One shard's state rebuilt from its newest snapshot and the journal after
@@ -318,7 +318,7 @@ fn rebuild<G: Game>(
             let mut r = trove_core::Reader::new(p.outcomes);
             let outcomes = (0..p.kept)
                 .map(|_| G::load_outcome(&mut r))
-                .collect::<Result<Vec<_>, String>>()
+                .collect::<Result<Vec<_>, _>>()
                 .and_then(|o| r.finish().map(|()| o))
                 .map_err(|e| Damaged(format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id)))?;
             let run = KeptRun { first_seq: p.first_seq, offsets: p.offsets, outcomes, fingerprints: p.fingerprints };
@@ -459,7 +459,7 @@ enum Order {
 
 /// Runs `work` for every shard on a thread of its own, passing log lines to
 /// `log` as they come. The results are in shard order.
-fn per_shard<T: Send, E: Send + From<String>>(
+fn per_shard<T: Send, E: Send + From<RecoveryPanicked>>(
     shards: usize,
     order: Order,
     log: &mut dyn FnMut(Level, String),
@@ -478,10 +478,7 @@ fn per_shard<T: Send, E: Send + From<String>>(
             for (level, line) in rx {
                 log(level, line);
             }
-            handles
-                .into_iter()
-                .map(|h| h.join().map_err(|_| E::from("recovery thread panicked".to_string()))?)
-                .collect()
+            handles.into_iter().map(|h| h.join().map_err(|_| E::from(RecoveryPanicked))?).collect()
         })
     };
     match order {
@@ -507,10 +504,10 @@ pub(crate) fn recover<G: Game>(
     worlds_max: usize,
     (dedup_window, dedup_producers_max): (usize, usize),
     log: &mut dyn FnMut(String),
-) -> Result<Vec<RecoveredShard<G>>, String> {
+) -> Result<Vec<RecoveredShard<G>>, StartError> {
     assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
     let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
-    let mut recovered = per_shard::<_, String>(shards, Order::Parallel, &mut |_, line| log(line), |index, log| {
+    let mut recovered = per_shard::<_, StartError>(shards, Order::Parallel, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
         let options = RecoverOptions {
@@ -520,8 +517,7 @@ pub(crate) fn recover<G: Game>(
             skip_below: 0,
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
-        let (state, r, producers) =
-            rebuild::<G>(&FsStorage, &dir, index, recorded, dedup, options, log, |_, _, _| {}).map_err(String::from)?;
+        let (state, r, producers) = rebuild::<G>(&FsStorage, &dir, index, recorded, dedup, options, log, |_, _, _| {})?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -543,7 +539,7 @@ pub(crate) fn recover<G: Game>(
             journal.segment_bytes_max,
             journal.io,
         )
-        .map_err(|e| format!("opening the journal of shard {index} in {}: {e}", dir.display()))?;
+        .map_err(|e| StartError::Io(format!("opening the journal of shard {index} in {}: {e}", dir.display())))?;
         writer.hold(lock.clone());
         if writer.io() != journal.io {
             let _ = log.send((
@@ -576,20 +572,16 @@ fn change_worlds_max<G: Game>(
     from: usize,
     to: usize,
     recovered: &mut [RecoveredShard<G>],
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     // A bound refused at shard k leaves shards before it snapshotted, which
     // changes nothing: the meta still has the old bound.
     for (index, r) in recovered.iter_mut().enumerate() {
-        r.state.set_worlds_max(to).map_err(|held| {
-            format!(
-                "shard {index} holds {held} worlds, more than worlds_max = {to} (the journal was written with {from})"
-            )
-        })?;
+        r.state.set_worlds_max(to).map_err(|held| StartError::TooManyWorlds { shard: index, held, to, from })?;
         take_snapshot(&mut r.writer, snapshot_of(&r.state, &r.producers))
-            .map_err(|e| format!("shard {index}: changing worlds_max: {e}"))?;
+            .map_err(|reason| StartError::Snapshot { shard: index, reason })?;
     }
     let meta = Meta { format: META_FORMAT, shards, worlds_max: Some(to) };
-    write_meta(&journal.dir, &meta.text::<G>())
+    Ok(write_meta(&journal.dir, &meta.text::<G>())?)
 }
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
@@ -815,28 +807,42 @@ impl std::fmt::Display for ReplayError {
 
 impl std::error::Error for ReplayError {}
 
-impl From<String> for ReplayError {
-    fn from(message: String) -> Self {
-        Unreadable(message)
+/// A recovery thread panicked: a bug, reported as the failure of the
+/// recovery or replay it was part of.
+#[derive(Debug)]
+struct RecoveryPanicked;
+
+impl From<RecoveryPanicked> for ReplayError {
+    fn from(_: RecoveryPanicked) -> Self {
+        Unreadable("recovery thread panicked".to_string())
     }
 }
 
-impl From<ReplayError> for String {
-    fn from(e: ReplayError) -> String {
-        e.to_string()
+impl From<RecoveryPanicked> for StartError {
+    fn from(_: RecoveryPanicked) -> Self {
+        StartError::Panicked
+    }
+}
+
+/// At start-up, damage is corruption and the rest is I/O.
+impl From<ReplayError> for StartError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            Damaged(m) => StartError::Corrupt(m),
+            Unreadable(m) => StartError::Io(m),
+        }
     }
 }
 
 /// Reads a data directory's meta file, for game `G`.
-fn read_meta<G: Game>(dir: &Path) -> Result<Meta, String> {
+fn read_meta<G: Game>(dir: &Path) -> Result<Meta, MetaError> {
     let path = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Meta::parse::<G>(&text)
-        .ok_or_else(|| format!("{} describes no {} journal this engine reads:\n{text}", path.display(), G::NAME))
+    let text = std::fs::read_to_string(&path).map_err(meta_io("reading", &path))?;
+    Meta::parse::<G>(&text).ok_or(MetaError::Unknown { path, game: G::NAME, found: text })
 }
 
 /// The shard count recorded in a data directory's meta file.
-pub fn recorded_shards<G: Game>(dir: &Path) -> Result<usize, String> {
+pub fn recorded_shards<G: Game>(dir: &Path) -> Result<usize, MetaError> {
     read_meta::<G>(dir).map(|m| m.shards)
 }
 
@@ -873,7 +879,7 @@ fn replay_with<G: Game>(
     order: Order,
     mut each: impl FnMut(usize, u64, &[Entry<G::Event>], &[G::Outcome]) -> ControlFlow<()> + Send,
 ) -> Result<Replayed, ReplayError> {
-    let meta = read_meta::<G>(dir).map_err(Unreadable)?;
+    let meta = read_meta::<G>(dir).map_err(|e| Unreadable(e.to_string()))?;
     let shards = meta.shards;
     let mut r = Replayed {
         shards,

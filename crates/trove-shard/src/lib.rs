@@ -43,6 +43,7 @@ mod admission;
 pub mod clock;
 mod dedup;
 pub mod engine;
+pub mod error;
 pub mod journaled;
 pub mod metrics;
 pub mod per_event;
@@ -53,6 +54,7 @@ pub mod updates;
 
 pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
+pub use error::{ConfigError, MetaError, PushIntervalSet, StartError, UnknownMode};
 pub use journaled::{JournalConfig, RecoveredCore, recover_core_in};
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};

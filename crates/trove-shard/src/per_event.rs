@@ -30,6 +30,7 @@ use trove_core::{Addressed, Game, GameState, Outcomes, Stamped, WorldId};
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::{EngineConfig, Mode};
+use crate::error::StartError;
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::updates::{Hub, Staging};
@@ -139,12 +140,12 @@ impl<G: Game> PerEvent<G> {
         &self.handle
     }
 
-    pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, String> {
+    pub fn start(config: &EngineConfig, hub: Arc<Hub<G>>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.shards)
             .thread_name("trove-worker")
             .build()
-            .map_err(|e| format!("starting the tokio runtime: {e}"))?;
+            .map_err(|source| StartError::Spawn { what: "the tokio runtime".into(), source })?;
         let handle = runtime.handle().clone();
         let (writer, mut rx) = mpsc::channel::<WriterMsg>(WRITER_QUEUE);
         handle.spawn(async move {

@@ -37,6 +37,7 @@ use trove_core::{Game, GameState, Stamped, WorldId};
 use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::EngineConfig;
+use crate::error::StartError;
 use crate::journaled::{JournalJob, RecoveredShard, run_journal};
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
 use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
@@ -114,7 +115,7 @@ impl<G: Game> Sharded<G> {
         recovered: Option<Vec<RecoveredShard<G>>>,
         hub: Arc<Hub<G>>,
         failure: Arc<OnceLock<String>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut recovered = recovered.map(Vec::into_iter);
         let mut shards = Vec::with_capacity(config.shards);
@@ -140,7 +141,7 @@ impl<G: Game> Sharded<G> {
                     let thread = std::thread::Builder::new()
                         .name(format!("trove-journal-{index}"))
                         .spawn(move || run_journal::<G>(jrx, writer, policy, m, &f))
-                        .map_err(|e| format!("starting journal thread {index}: {e}"))?;
+                        .map_err(|source| StartError::Spawn { what: format!("journal thread {index}"), source })?;
                     let shard_core = ShardCore::with_state(r.state, r.producers, core_config);
                     (shard_core, Some(JournalLink { jobs: jtx, thread }))
                 }
@@ -172,7 +173,7 @@ impl<G: Game> Sharded<G> {
                     }
                     run.run()
                 })
-                .map_err(|e| format!("starting shard thread {index}: {e}"))?;
+                .map_err(|source| StartError::Spawn { what: format!("shard thread {index}"), source })?;
             shards.push(Shard { tx, queued, queued_events, ps_per_event, metrics, thread: Mutex::new(Some(thread)) });
         }
         let bounds = Bounds {

@@ -49,6 +49,8 @@ use std::time::{Duration, Instant};
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
 
+use crate::error::PushIntervalSet;
+
 type IdMap<V> = HashMap<WorldId, V, BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<WorldId, BuildHasherDefault<IdHasher>>;
 
@@ -599,16 +601,16 @@ impl<G: Game> Hub<G> {
     /// woken again at the ticker's next tick, not at once. Zero (the
     /// default) wakes at once, always. Set once, before anyone subscribes;
     /// a second, different interval is refused.
-    pub fn set_push_interval(&self, interval: Duration) -> Result<(), String> {
+    pub fn set_push_interval(&self, interval: Duration) -> Result<(), PushIntervalSet> {
         if interval.is_zero() {
             return match self.pacer.get() {
                 None => Ok(()),
-                Some(_) => Err("the push interval is set already".into()),
+                Some(_) => Err(PushIntervalSet),
             };
         }
         let pacer = self.pacer.get_or_init(|| Pacer::new(interval));
         if pacer.shared.interval != interval {
-            return Err("the push interval is set already".into());
+            return Err(PushIntervalSet);
         }
         Ok(())
     }

@@ -182,13 +182,13 @@ impl Game for Gated {
     fn store_outcome(o: &u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&o.to_le_bytes());
     }
-    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u32, String> {
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u32, trove_core::DecodeError> {
         r.u32()
     }
     fn encode_world(w: &u64, out: &mut Vec<u8>) {
         out.extend_from_slice(&w.to_le_bytes());
     }
-    fn decode_world(_: WorldId, b: &[u8]) -> Result<u64, String> {
+    fn decode_world(_: WorldId, b: &[u8]) -> Result<u64, trove_core::DecodeError> {
         let mut r = trove_core::Reader::new(b);
         let w = r.u64()?;
         r.finish().map(|()| w)
@@ -427,11 +427,11 @@ impl Game for Clocked {
     fn store_outcome(o: &u64, out: &mut Vec<u8>) {
         out.extend_from_slice(&o.to_le_bytes());
     }
-    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u64, String> {
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<u64, trove_core::DecodeError> {
         r.u64()
     }
     fn encode_world(_: &(), _: &mut Vec<u8>) {}
-    fn decode_world(_: WorldId, b: &[u8]) -> Result<(), String> {
+    fn decode_world(_: WorldId, b: &[u8]) -> Result<(), trove_core::DecodeError> {
         trove_core::Reader::new(b).finish()
     }
 }

@@ -9,7 +9,9 @@ use trove_core::Stamped;
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_journal::{RecoverOptions, recover_shard, shard_dir};
 use trove_shard::journaled::replay;
-use trove_shard::{ClockMode, Engine, EngineConfig, FsyncPolicy, JournalConfig, SubmitError};
+use trove_shard::{
+    ClockMode, ConfigError, Engine, EngineConfig, FsyncPolicy, JournalConfig, MetaError, StartError, SubmitError,
+};
 use trove_workload::{Clock, Generator, WorkloadSpec};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -222,7 +224,8 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
 
     // The shard count of a data directory cannot change.
     let err = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 3)).unwrap_err();
-    assert!(err.contains("shard count"), "{err}");
+    assert!(matches!(err, StartError::Meta(MetaError::Mismatch { .. })), "{err:?}");
+    assert!(err.to_string().contains("shard count"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -248,7 +251,8 @@ fn an_older_directory_is_marked_format_three_on_start() {
     }
     // Another shard count is still refused, whatever the format.
     let err = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 3)).unwrap_err();
-    assert!(err.contains("cannot change"), "{err}");
+    assert!(matches!(err, StartError::Meta(MetaError::Mismatch { .. })), "{err:?}");
+    assert!(err.to_string().contains("cannot change"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -256,7 +260,9 @@ fn an_older_directory_is_marked_format_three_on_start() {
 fn journal_requires_the_sharded_mode() {
     let dir = temp_dir("mode");
     let cfg = EngineConfig { mode: trove_shard::Mode::TaskPerEvent, ..config(&dir, FsyncPolicy::Always, 1) };
-    assert!(Engine::<TreasureHunt>::start(cfg).unwrap_err().contains("sharded mode only"));
+    let err = Engine::<TreasureHunt>::start(cfg).unwrap_err();
+    assert!(matches!(err, StartError::Config(ConfigError::JournalNeedsSharded(_))), "{err:?}");
+    assert!(err.to_string().contains("sharded mode only"));
 }
 
 fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -325,6 +331,8 @@ fn snapshots_replace_old_segments_and_restarts_load_them() {
     bytes[mid] ^= 1;
     std::fs::write(&snap, &bytes).unwrap();
     let err = Engine::<TreasureHunt>::start(cfg).unwrap_err();
+    assert!(matches!(err, StartError::Corrupt(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("damaged") && err.contains(snap.file_name().unwrap().to_str().unwrap()), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -474,6 +482,8 @@ fn worlds_max_is_recorded_and_a_new_one_starts_after_a_snapshot() {
 
     // A bound below what a shard holds is refused by name.
     let err = Engine::<TreasureHunt>::start(cfg(&crashed, 4)).unwrap_err();
+    assert!(matches!(err, StartError::TooManyWorlds { held: 10, to: 4, .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("holds 10 worlds") && err.contains("worlds_max = 4"), "{err}");
     assert!(std::fs::read_to_string(crashed.join("trove.meta")).unwrap().contains("worlds_max=10\n"));
     for d in [&dir, &crashed, &crashed_again] {

@@ -196,7 +196,7 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
             let written = match line {
                 Ok(line) => writeln!(out, "{line}"),
                 Err(err) => {
-                    failed = Some(err);
+                    failed = Some(err.to_string());
                     return ControlFlow::Break(());
                 }
             };
@@ -224,7 +224,7 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     let r = match replayed {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("trove: error: {}", String::from(e));
+            eprintln!("trove: error: {e}");
             return ExitCode::from(INSPECT_UNREADABLE);
         }
     };
@@ -331,10 +331,15 @@ fn outcome_text(outcome: &HuntOutcome) -> String {
 /// One JSON line: `{"shard", "batch", "time_us", "producer", "seq",
 /// "event": {...}, "outcome": {...}}`, the event and outcome in the
 /// WebSocket endpoint's JSON form (docs/protocol.md).
-fn json_line(shard: usize, batch: u64, e: &Entry<HuntEvent>, outcome: &HuntOutcome) -> Result<String, String> {
+fn json_line(
+    shard: usize,
+    batch: u64,
+    e: &Entry<HuntEvent>,
+    outcome: &HuntOutcome,
+) -> Result<String, serde_json::Error> {
     // Written out so the keys keep this order (a `Value` sorts them).
-    let event = serde_json::to_string(&TreasureHunt::event_to_json(&e.stamped.event)).map_err(|e| e.to_string())?;
-    let outcome = serde_json::to_string(&TreasureHunt::outcome_to_json(outcome)).map_err(|e| e.to_string())?;
+    let event = serde_json::to_string(&TreasureHunt::event_to_json(&e.stamped.event))?;
+    let outcome = serde_json::to_string(&TreasureHunt::outcome_to_json(outcome))?;
     Ok(format!(
         "{{\"shard\":{shard},\"batch\":{batch},\"time_us\":{},\"producer\":{},\"seq\":{},\"event\":{event},\"outcome\":{outcome}}}",
         e.stamped.time_us, e.producer, e.producer_seq
@@ -364,7 +369,7 @@ struct HuntHash {
 pub fn replay(data: &Path, json: bool) -> Result<(), String> {
     note_live(data);
     let started = std::time::Instant::now();
-    let r = replay_journal::<TreasureHunt>(data, |_, _, _| {})?;
+    let r = replay_journal::<TreasureHunt>(data, |_, _, _| {}).map_err(|e| e.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
     let report = ReplayReport {
         data: data.display().to_string(),

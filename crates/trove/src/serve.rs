@@ -123,7 +123,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     let mut server = ServerConfig::default();
 
     let mode = args.mode.clone().or(file.mode).unwrap_or_else(|| "sharded".into());
-    engine.mode = Mode::parse(&mode)?;
+    engine.mode = Mode::parse(&mode).map_err(|e| e.to_string())?;
     let shards_given = args.shards.map(|s| s as usize).or(file.shards);
     let e = &file.engine;
     let set = |target: &mut usize, v: Option<usize>| {
@@ -144,7 +144,12 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     engine.pin_cores = args.pin || e.pin_cores.unwrap_or(false);
     engine.in_flight_events_max = engine.in_flight_events_max.max(engine.batch_events_max);
 
-    let fsync: FsyncPolicy = args.fsync.clone().or(file.fsync).map_or(Ok(FsyncPolicy::default()), |s| s.parse())?;
+    let fsync: FsyncPolicy = args
+        .fsync
+        .clone()
+        .or(file.fsync)
+        .map_or(Ok(FsyncPolicy::default()), |s| s.parse())
+        .map_err(|e| e.to_string())?;
     let journal_on = !args.no_journal && file.journal.unwrap_or(true) && engine.mode == Mode::Sharded;
     if journal_on {
         let dir = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from("trove-data"));
@@ -221,7 +226,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     ms(lim.control_header_timeout_ms, &mut control_limits.header_timeout);
     ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
 
-    engine.validate()?;
+    engine.validate().map_err(|e| e.to_string())?;
     server.validate().map_err(|e| e.to_string())?;
     control_limits.validate().map_err(|e| e.to_string())?;
     Ok(ServeSettings { engine, server, control, shards_from_journal, control_limits })
@@ -302,7 +307,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let shards = engine.shards;
     let started = std::time::Instant::now();
     let mut log = |line: String| eprintln!("trove: {line}");
-    let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log)?);
+    let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log).map_err(|e| e.to_string())?);
     let server = match Server::start_on(listeners, engine.clone(), server) {
         Ok(s) => s,
         Err(e) => return Err(abandon(engine, e.to_string())),

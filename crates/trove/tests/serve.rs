@@ -507,7 +507,7 @@ fn sdk_produce_acknowledge_subscribe_end_to_end() {
     let mut entries = Vec::new();
     for u in updates {
         match u {
-            Update::Entries { hunt, first_seq, entries: e } => {
+            Update::Entries { world: hunt, first_seq, entries: e } => {
                 assert_eq!(hunt, HUNT);
                 assert_eq!(first_seq, next, "consecutive updates");
                 next += e.len() as u64;

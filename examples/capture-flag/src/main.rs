@@ -128,12 +128,12 @@ impl Game for CaptureTheFlag {
         }
     }
 
-    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<FlagOutcome, String> {
+    fn load_outcome(r: &mut trove_core::Reader<'_>) -> Result<FlagOutcome, trove_core::DecodeError> {
         match r.u8()? {
             1 => Ok(FlagOutcome::Created),
             2 => Ok(FlagOutcome::Captured { team: r.u8()?, captures: r.u32()? }),
             3 => Ok(FlagOutcome::Rejected),
-            k => Err(format!("unknown outcome kind {k}")),
+            k => Err(format!("unknown outcome kind {k}").into()),
         }
     }
 
@@ -143,12 +143,12 @@ impl Game for CaptureTheFlag {
         }
     }
 
-    fn decode_world(_id: WorldId, bytes: &[u8]) -> Result<FlagMatch, String> {
+    fn decode_world(_id: WorldId, bytes: &[u8]) -> Result<FlagMatch, trove_core::DecodeError> {
         let mut r = trove_core::Reader::new(bytes);
         let m = FlagMatch { limit: r.u32()?, captures: [r.u32()?, r.u32()?], games_won: [r.u32()?, r.u32()?] };
         r.finish()?;
         if m.limit == 0 || m.captures.iter().any(|&c| c >= m.limit) {
-            return Err(format!("impossible match state {m:?}"));
+            return Err(format!("impossible match state {m:?}").into());
         }
         Ok(m)
     }

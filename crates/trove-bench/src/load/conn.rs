@@ -162,7 +162,8 @@ impl Conn {
                 return Ok(());
             }
             // The chunk's events straight into the SDK (not through
-            // `pending`, whose store and reload cost the pacer 13%).
+            // `pending`, whose store and reload cost the pacer 13%:
+            // docs/decisions/0033).
             let (slot_start, n, mut j, mut left) = self.chunk;
             while left > 0 {
                 let e = self.generator.next_event();

@@ -36,14 +36,14 @@ pub(super) struct StepDone {
 
 /// A pacer this late for a tick counts as stalled: beyond the run-queue
 /// waits of a busy 2-core machine (at most 2.7 ms for any thread of client
-/// or server over 2 s at 5.6 M/s, by `perf sched`; 35-70 us on average).
+/// or server over 2 s at 5.6 M/s, by `perf sched`; 35-70 us on average; docs/decisions/0033).
 pub(super) const STALL_NS: u64 = 5_000_000;
 
 /// The pacer: one thread that wakes every `tick`, takes in each
 /// connection's arrivals and hands them to the SDK (`send`, `try_flush`:
 /// no await, no lock but the SDK's per batch). The SDK's tasks on the
 /// client runtime do the I/O. A thread with `sleep` keeps a tick of a
-/// few hundred microseconds; tokio's timer has a resolution of 1 ms.
+/// few hundred microseconds; tokio's timer has a resolution of 1 ms (docs/decisions/0033).
 pub(super) struct Pacer {
     pub(super) conns: Vec<Conn>,
     pub(super) log: Arc<SendLog>,
