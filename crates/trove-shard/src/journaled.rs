@@ -15,7 +15,6 @@
 //! groups grow with the load (docs/decisions/0009).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use trove_journal::snapshot::{
 };
 use trove_journal::{
     DataDirLock, Entry, FsStorage, FsyncPolicy, JournalWriter, RecoverOptions, Run, Storage, WriteIo,
-    create_dir_durably, recover_shard_in, shard_dir,
+    create_dir_durably_in, recover_shard_in, shard_dir,
 };
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
@@ -226,24 +225,35 @@ impl Meta {
 /// `format=1` or `format=2` meta before this engine writes anything: an
 /// older engine then refuses the directory by name instead of reading the
 /// first frame it cannot parse as a torn tail and cutting it off.
-fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<usize, MetaError> {
+///
+/// Start-up checks `dir` on the real file system; the simulator
+/// (`crates/trove-sim`) checks it on its simulated disk, through `storage`.
+pub fn check_meta<G: Game>(
+    storage: &dyn Storage,
+    dir: &Path,
+    shards: usize,
+    worlds_max: usize,
+) -> Result<usize, MetaError> {
     let want = Meta { format: META_FORMAT, shards, worlds_max: Some(worlds_max) };
     let path = dir.join(META_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match Meta::parse::<G>(&text) {
-            Some(found) if found.shards == shards => {
-                let recorded = found.worlds_max.unwrap_or(worlds_max);
-                let upgraded = Meta { worlds_max: Some(recorded), ..want };
-                if found != upgraded {
-                    write_meta(dir, &upgraded.text::<G>())?;
+    match storage.read(&path, META_BYTES_MAX) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            match Meta::parse::<G>(&text) {
+                Some(found) if found.shards == shards => {
+                    let recorded = found.worlds_max.unwrap_or(worlds_max);
+                    let upgraded = Meta { worlds_max: Some(recorded), ..want };
+                    if found != upgraded {
+                        write_meta(storage, dir, &upgraded.text::<G>())?;
+                    }
+                    Ok(recorded)
                 }
-                Ok(recorded)
+                _ => Err(MetaError::Mismatch { path, found: text, want: want.text::<G>() }),
             }
-            _ => Err(MetaError::Mismatch { path, found: text, want: want.text::<G>() }),
-        },
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir_durably(dir).map_err(meta_io("creating", dir))?;
-            write_meta(dir, &want.text::<G>())?;
+            create_dir_durably_in(storage, dir).map_err(meta_io("creating", dir))?;
+            write_meta(storage, dir, &want.text::<G>())?;
             Ok(worlds_max)
         }
         Err(e) => Err(meta_io("reading", &path)(e)),
@@ -254,19 +264,24 @@ fn meta_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Err
     move |source| MetaError::Io { action, path: path.to_path_buf(), source }
 }
 
+/// The largest meta file read (a real one is a few lines).
+const META_BYTES_MAX: u64 = 4096;
+
 /// The data directory's format: 2 since the journal packs records, 3 since
 /// runs may hold their offsets as a bitmap.
 const META_FORMAT: u32 = 3;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.
-fn write_meta(dir: &Path, meta: &str) -> Result<(), MetaError> {
+fn write_meta(storage: &dyn Storage, dir: &Path, meta: &str) -> Result<(), MetaError> {
     let tmp = dir.join(format!("{META_FILE}.tmp"));
-    std::fs::write(&tmp, meta).map_err(meta_io("writing", &tmp))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(meta_io("syncing", &tmp))?;
+    let mut file = storage.create(&tmp, false).map_err(meta_io("writing", &tmp))?;
+    file.write_at(meta.as_bytes(), 0).map_err(meta_io("writing", &tmp))?;
+    file.sync_all().map_err(meta_io("syncing", &tmp))?;
+    drop(file);
     let path = dir.join(META_FILE);
-    std::fs::rename(&tmp, &path).map_err(meta_io("renaming", &tmp))?;
-    File::open(dir).and_then(|f| f.sync_all()).map_err(meta_io("syncing", dir))
+    storage.rename(&tmp, &path).map_err(meta_io("renaming", &tmp))?;
+    storage.sync_dir(dir).map_err(meta_io("syncing", dir))
 }
 
 /// One shard's state rebuilt from its newest snapshot and the journal after
@@ -506,7 +521,7 @@ pub(crate) fn recover<G: Game>(
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, StartError> {
     assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
-    let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
+    let recorded = check_meta::<G>(&FsStorage, &journal.dir, shards, worlds_max)?;
     let mut recovered = per_shard::<_, StartError>(shards, Order::Parallel, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
@@ -581,7 +596,7 @@ fn change_worlds_max<G: Game>(
             .map_err(|reason| StartError::Snapshot { shard: index, reason })?;
     }
     let meta = Meta { format: META_FORMAT, shards, worlds_max: Some(to) };
-    Ok(write_meta(&journal.dir, &meta.text::<G>())?)
+    Ok(write_meta(&FsStorage, &journal.dir, &meta.text::<G>())?)
 }
 
 /// The journal thread of one shard. Returns when the shard hangs up, after

@@ -13,6 +13,7 @@ pub(crate) const STREAM_CONFIG: u64 = 0xC0F1_6000;
 pub(crate) const STREAM_DISK: u64 = 0xD15C_0000;
 pub(crate) const STREAM_RUN: u64 = 0x5100_0000;
 pub(crate) const STREAM_SUBSCRIBERS: u64 = 0x5B5C_0000;
+pub(crate) const STREAM_OPERATOR: u64 = 0x0BE4_0000;
 
 /// Bounds of a run: small enough that a few hundred seeds run in seconds
 /// in a debug build, large enough for several segments, snapshots and
@@ -66,6 +67,9 @@ pub struct SimConfig {
     /// that falls behind gets a gap notice.
     pub subscribe_ppm: u32,
     pub mailbox_updates_max: usize,
+    /// Chance per boot that the operator first starts with another shard
+    /// count (which the meta check must refuse), in parts per million.
+    pub reshard_ppm: u32,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -128,6 +132,7 @@ impl SimConfig {
             shards: 1,
             subscribe_ppm: 0,
             mailbox_updates_max: 0,
+            reshard_ppm: 0,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
@@ -138,6 +143,7 @@ impl SimConfig {
         config.shards = 1 + rng.below(SHARDS_MAX);
         config.subscribe_ppm = sometimes(&mut rng, 700, 200_000);
         config.mailbox_updates_max = pick(&mut rng, &[1, 4, 16, 1024]);
+        config.reshard_ppm = sometimes(&mut rng, 300, 500_000);
         config
     }
 

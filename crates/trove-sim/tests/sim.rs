@@ -52,6 +52,8 @@ fn the_seeds_cover_crashes_snapshots_and_every_fault() {
         // Subscribers through the real hub, some falling behind.
         "a subscriber to hunt",
         "gets a gap notice",
+        // The operator restarts with another shard count: refused.
+        "is refused by the meta check",
     ];
     for what in wanted {
         assert!(events.contains(what), "no run did `{what}`");
@@ -63,18 +65,23 @@ fn the_seeds_cover_crashes_snapshots_and_every_fault() {
     }
 }
 
-/// Seed 10827 (1427 before the simulator drove the shard core and the
-/// network, which moved every seed's run): bit rot hit synced frames while
-/// recoveries (with `--repair`) kept crashing before they returned their
-/// notes; the last recovery found a clean journal without acknowledged
-/// frames. The loss is the documented cost of damage (decision 0006),
-/// reported by the interrupted recoveries: the simulator must not call it
-/// a silent loss.
+/// Seed 176: damage to the last frame of a segment holding an
+/// acknowledged batch is cut off like a torn write (the format cannot tell
+/// them apart: decision 0006), and the recovery reports it: the
+/// simulator must call the loss detected, not silent. (The variant where
+/// the reporting recovery crashed before returning its note, seed 1427
+/// and then 10827, is reached by none of the first 30,000 seeds since the
+/// meta check runs at every boot; `Sim::recovery_interrupted` still
+/// covers it.)
 #[test]
-fn seed_10827_loss_to_damage_reported_by_an_interrupted_recovery() {
+fn seed_176_loss_to_damage_of_the_last_frame_is_reported() {
     set(Planted::None);
-    let r = run(10827);
-    assert!(matches!(r.verdict, Verdict::Detected(_)), "{:?}", r.verdict);
+    let r = run(176);
+    match &r.verdict {
+        Verdict::Detected(why) => assert!(why.contains("acknowledged events lost"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(r.events.iter().any(|e| e.contains("to damage the recovery reported: torn tail or damaged last frame")));
 }
 
 /// Runs seeds from 0 with `bug` planted; returns how many it took to fail.
@@ -94,7 +101,9 @@ fn planted_ack_before_sync_is_found() {
 
 #[test]
 fn planted_skip_crc_is_found() {
-    assert!(seeds_to_find(Planted::SkipCrc, 100) <= 100);
+    // Bit rot must hit a frame recovery reads: rarer since the meta file
+    // (also rotted by the disk) is on it (353 seeds when measured).
+    assert!(seeds_to_find(Planted::SkipCrc, 1000) <= 1000);
 }
 
 #[test]
