@@ -903,6 +903,10 @@ impl Sim {
                         ));
                     }
                     Some(_) => {}
+                    // `duplicate` is no event's own outcome: a window that
+                    // forgot it may remember it again after a restart
+                    // (replayed from the journal), with the original.
+                    None if *o == duplicate => {}
                     None => {
                         p.outcomes.insert(seq, *o);
                     }
