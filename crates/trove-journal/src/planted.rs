@@ -20,11 +20,11 @@ pub enum Planted {
     /// A new segment's directory entry is not synced: a crash can take
     /// the segment away with its synced, acknowledged frames.
     SkipSegmentDirSync,
-    /// The simulator's dedup (`trove-sim` `dedup.rs`, until the shard
-    /// core takes its place) leaves its producers out of a snapshot.
+    /// The shard core's dedup (trove-shard, with its `planted` feature)
+    /// leaves its producers out of a snapshot.
     ForgetDedupAtSnapshot,
-    /// The simulator's dedup applies a retry of a producer's last event
-    /// again.
+    /// The shard core (trove-shard, with its `planted` feature) applies a
+    /// retry of a producer's last applied event again.
     ApplyRetryTwice,
 }
 

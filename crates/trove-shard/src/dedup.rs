@@ -233,6 +233,10 @@ impl<O: Copy> Dedup<O> {
     /// producer, for a snapshot. The parts are shared, not copied: this
     /// runs on the shard thread, the encoding on the journal thread.
     pub fn export(&self) -> Vec<KeptProducer<O>> {
+        #[cfg(feature = "planted")]
+        if trove_journal::planted::on(trove_journal::planted::Planted::ForgetDedupAtSnapshot) {
+            return Vec::new();
+        }
         let mut v: Vec<KeptProducer<O>> = self
             .logs
             .iter()

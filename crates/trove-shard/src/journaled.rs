@@ -15,7 +15,6 @@
 //! groups grow with the load (docs/decisions/0009).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +26,18 @@ use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprints};
 use trove_journal::snapshot::{
-    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots, remove_covered, write_snapshot,
+    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots_in, remove_covered, write_snapshot,
 };
 use trove_journal::{
-    DataDirLock, Entry, FsyncPolicy, JournalWriter, RecoverOptions, Run, WriteIo, create_dir_durably, recover_shard,
-    shard_dir,
+    DataDirLock, Entry, FsStorage, FsyncPolicy, JournalWriter, RecoverOptions, Run, Storage, WriteIo,
+    create_dir_durably_in, recover_shard_in, shard_dir,
 };
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
 use crate::error::{MetaError, StartError};
 use crate::metrics::ShardMetrics;
 use crate::producer::{Inbox, Origin, Part};
+use crate::shard_core::{CoreConfig, ShardCore};
 
 /// Where and how the engine journals.
 #[derive(Clone, Debug)]
@@ -167,6 +167,10 @@ fn take_snapshot<G: Game>(writer: &mut JournalWriter, snapshot: PendingSnapshot<
 
 const META_FILE: &str = "trove.meta";
 
+/// The largest snapshot file start-up reads (a shard's worlds and its
+/// producers' kept outcomes): a bigger one is refused, not allocated.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+
 /// What a data directory's journal was made with (`trove.meta`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Meta {
@@ -221,24 +225,35 @@ impl Meta {
 /// `format=1` or `format=2` meta before this engine writes anything: an
 /// older engine then refuses the directory by name instead of reading the
 /// first frame it cannot parse as a torn tail and cutting it off.
-fn check_meta<G: Game>(dir: &Path, shards: usize, worlds_max: usize) -> Result<usize, MetaError> {
+///
+/// Start-up checks `dir` on the real file system; the simulator
+/// (`crates/trove-sim`) checks it on its simulated disk, through `storage`.
+pub fn check_meta<G: Game>(
+    storage: &dyn Storage,
+    dir: &Path,
+    shards: usize,
+    worlds_max: usize,
+) -> Result<usize, MetaError> {
     let want = Meta { format: META_FORMAT, shards, worlds_max: Some(worlds_max) };
     let path = dir.join(META_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match Meta::parse::<G>(&text) {
-            Some(found) if found.shards == shards => {
-                let recorded = found.worlds_max.unwrap_or(worlds_max);
-                let upgraded = Meta { worlds_max: Some(recorded), ..want };
-                if found != upgraded {
-                    write_meta(dir, &upgraded.text::<G>())?;
+    match storage.read(&path, META_BYTES_MAX) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            match Meta::parse::<G>(&text) {
+                Some(found) if found.shards == shards => {
+                    let recorded = found.worlds_max.unwrap_or(worlds_max);
+                    let upgraded = Meta { worlds_max: Some(recorded), ..want };
+                    if found != upgraded {
+                        write_meta(storage, dir, &upgraded.text::<G>())?;
+                    }
+                    Ok(recorded)
                 }
-                Ok(recorded)
+                _ => Err(MetaError::Mismatch { path, found: text, want: want.text::<G>() }),
             }
-            _ => Err(MetaError::Mismatch { path, found: text, want: want.text::<G>() }),
-        },
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir_durably(dir).map_err(meta_io("creating", dir))?;
-            write_meta(dir, &want.text::<G>())?;
+            create_dir_durably_in(storage, dir).map_err(meta_io("creating", dir))?;
+            write_meta(storage, dir, &want.text::<G>())?;
             Ok(worlds_max)
         }
         Err(e) => Err(meta_io("reading", &path)(e)),
@@ -249,25 +264,33 @@ fn meta_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Err
     move |source| MetaError::Io { action, path: path.to_path_buf(), source }
 }
 
+/// The largest meta file read (a real one is a few lines).
+const META_BYTES_MAX: u64 = 4096;
+
 /// The data directory's format: 2 since the journal packs records, 3 since
 /// runs may hold their offsets as a bitmap.
 const META_FORMAT: u32 = 3;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.
-fn write_meta(dir: &Path, meta: &str) -> Result<(), MetaError> {
+fn write_meta(storage: &dyn Storage, dir: &Path, meta: &str) -> Result<(), MetaError> {
     let tmp = dir.join(format!("{META_FILE}.tmp"));
-    std::fs::write(&tmp, meta).map_err(meta_io("writing", &tmp))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(meta_io("syncing", &tmp))?;
+    let mut file = storage.create(&tmp, false).map_err(meta_io("writing", &tmp))?;
+    file.write_at(meta.as_bytes(), 0).map_err(meta_io("writing", &tmp))?;
+    file.sync_all().map_err(meta_io("syncing", &tmp))?;
+    drop(file);
     let path = dir.join(META_FILE);
-    std::fs::rename(&tmp, &path).map_err(meta_io("renaming", &tmp))?;
-    File::open(dir).and_then(|f| f.sync_all()).map_err(meta_io("syncing", dir))
+    storage.rename(&tmp, &path).map_err(meta_io("renaming", &tmp))?;
+    storage.sync_dir(dir).map_err(meta_io("syncing", dir))
 }
 
 /// One shard's state rebuilt from its newest snapshot and the journal after
-/// it. `truncate` repairs a torn tail (start-up) instead of just reporting it
-/// (offline tools). Lines for the log go to `log`.
+/// it, read through `storage`. `truncate` repairs a torn tail (start-up)
+/// instead of just reporting it (offline tools). Lines for the log go to
+/// `log`.
+#[allow(clippy::too_many_arguments)]
 fn rebuild<G: Game>(
+    storage: &dyn Storage,
     dir: &Path,
     index: usize,
     worlds_max: usize,
@@ -279,18 +302,20 @@ fn rebuild<G: Game>(
     let mut state = GameState::<G>::new(worlds_max);
     let mut options = options;
     let (snapshots, leftovers) =
-        list_snapshots(dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
+        list_snapshots_in(storage, dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
     for tmp in leftovers {
         // A snapshot being written when the engine stopped: never renamed,
         // so never used.
         if options.truncate_torn_tail {
-            std::fs::remove_file(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
+            storage.remove(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
             let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
         }
     }
     if let Some(path) = snapshots.last() {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
+        let bytes = storage
+            .read(path, SNAPSHOT_BYTES_MAX)
+            .map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
         let snap =
             decode_snapshot(&bytes).map_err(|e| Damaged(format!("snapshot {} is damaged: {e}", path.display())))?;
         if snap.meta.shard != index as u32 {
@@ -328,7 +353,7 @@ fn rebuild<G: Game>(
     let mut out = Outcomes::default();
     let mut stamped = Vec::new();
     let mut last_report = Instant::now();
-    let r = recover_shard::<G::Event>(dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
+    let r = recover_shard_in::<G::Event>(storage, dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
         stamped.clear();
         stamped.extend(entries.iter().map(|e| e.stamped));
         producers.next_drain();
@@ -384,6 +409,45 @@ fn rebuild<G: Game>(
     }
     state.restore_time(r.last_time_us);
     Ok((state, r, producers))
+}
+
+/// One shard recovered as start-up recovers it (its newest snapshot, the
+/// journal after it, the dedup state rebuilt from both), ready to run:
+/// what [`recover_core_in`] returns.
+#[derive(Debug)]
+pub struct RecoveredCore<G: Game> {
+    pub core: ShardCore<G>,
+    /// What the journal held: where appending resumes (`next_batch`,
+    /// `tail`), and what was repaired (`notes`).
+    pub journal: trove_journal::Recovered,
+    /// The recovery's notes (repairs, removed unfinished snapshots).
+    pub log: Vec<String>,
+}
+
+/// Recovers shard `index` from `dir` through `storage` exactly as
+/// start-up does for each shard (the same snapshot loading, replay and
+/// dedup rebuild), and builds the [`ShardCore`] that continues from it
+/// with `config`: the way to start a core from recovered state outside the
+/// engine (the simulator, `crates/trove-sim`, on a simulated disk).
+/// `each` sees every replayed batch with its outcomes. The caller opens
+/// the journal for appending at `journal.next_batch` / `journal.tail`.
+/// `options.skip_below` is set from the snapshot.
+pub fn recover_core_in<G: Game>(
+    storage: &dyn Storage,
+    dir: &Path,
+    index: usize,
+    config: CoreConfig,
+    options: RecoverOptions,
+    each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
+) -> Result<RecoveredCore<G>, ReplayError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dedup = Dedup::new(config.dedup_window_events, config.dedup_producers_max);
+    let rebuilt = rebuild::<G>(storage, dir, index, config.worlds_max, dedup, options, &tx, each);
+    drop(tx);
+    // Notes only: progress lines carry wall-clock timings.
+    let log = rx.try_iter().filter(|(level, _)| *level == Level::Note).map(|(_, line)| line).collect();
+    let (state, journal, producers) = rebuilt?;
+    Ok(RecoveredCore { core: ShardCore::with_state(state, producers, config), journal, log })
 }
 
 /// What a recovery log line is: progress and facts, or something that was
@@ -457,7 +521,7 @@ pub(crate) fn recover<G: Game>(
     log: &mut dyn FnMut(String),
 ) -> Result<Vec<RecoveredShard<G>>, StartError> {
     assert_eq!(lock.dir(), journal.dir, "recovery runs under its own directory's lock");
-    let recorded = check_meta::<G>(&journal.dir, shards, worlds_max)?;
+    let recorded = check_meta::<G>(&FsStorage, &journal.dir, shards, worlds_max)?;
     let mut recovered = per_shard::<_, StartError>(shards, Order::Parallel, &mut |_, line| log(line), |index, log| {
         let dir = shard_dir(&journal.dir, index);
         let started = Instant::now();
@@ -468,7 +532,7 @@ pub(crate) fn recover<G: Game>(
             skip_below: 0,
         };
         let dedup = Dedup::new(dedup_window, dedup_producers_max);
-        let (state, r, producers) = rebuild::<G>(&dir, index, recorded, dedup, options, log, |_, _, _| {})?;
+        let (state, r, producers) = rebuild::<G>(&FsStorage, &dir, index, recorded, dedup, options, log, |_, _, _| {})?;
         if r.batches > 0 {
             let _ = log.send((
                 Level::Info,
@@ -532,7 +596,7 @@ fn change_worlds_max<G: Game>(
             .map_err(|reason| StartError::Snapshot { shard: index, reason })?;
     }
     let meta = Meta { format: META_FORMAT, shards, worlds_max: Some(to) };
-    Ok(write_meta(&journal.dir, &meta.text::<G>())?)
+    Ok(write_meta(&FsStorage, &journal.dir, &meta.text::<G>())?)
 }
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
@@ -863,6 +927,7 @@ fn replay_with<G: Game>(
             return Ok(None);
         }
         let (state, rec, _) = rebuild::<G>(
+            &FsStorage,
             &shard_dir(dir, index),
             index,
             worlds_max,

@@ -24,7 +24,9 @@
 //!   hands outcomes back (or to its journal thread) per batch.
 //! - [`journaled`]: recovery from the journal at start, and the journal
 //!   thread per shard that releases acknowledgements only when the fsync
-//!   policy's durability point is reached.
+//!   policy's durability point is reached; [`recover_core_in`], one
+//!   shard's start-up recovery on any `Storage`, returning the
+//!   [`ShardCore`] that continues (the simulator's way in).
 //! - [`per_event`]: the two baseline modes the engine exists to beat: a
 //!   tokio task per event awaiting its world's async mutex and the hand-off
 //!   of its outcome, and a `spawn_blocking` per event.
@@ -55,7 +57,7 @@ pub mod updates;
 pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
 pub use error::{ConfigError, MetaError, PushIntervalSet, StartError, UnknownMode};
-pub use journaled::JournalConfig;
+pub use journaled::{JournalConfig, RecoveredCore, recover_core_in};
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
 pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
 pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};

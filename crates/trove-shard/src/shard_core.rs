@@ -293,7 +293,19 @@ impl<G: Game> ShardCore<G> {
                 "a part's sequences do not continue strictly upward"
             );
             let log = self.producers.log(w.origin.producer);
-            let retried = (0..w.events.len()).take_while(|&k| w.seq(k) <= log.last_seq).count();
+            #[cfg_attr(not(feature = "planted"), allow(unused_mut))]
+            let mut retried = (0..w.events.len()).take_while(|&k| w.seq(k) <= log.last_seq).count();
+            // Planted (the simulator's tests only; compiled out otherwise):
+            // a retry of the producer's last applied event is applied again.
+            #[cfg(feature = "planted")]
+            let planted_again = retried > 0
+                && w.seq(retried - 1) == log.last_seq
+                && trove_journal::planted::on(trove_journal::planted::Planted::ApplyRetryTwice);
+            #[cfg(feature = "planted")]
+            if planted_again {
+                retried -= 1;
+                log.last_seq -= 1;
+            }
             if retried > 0 {
                 w.retried = (0..retried).map(|k| w.seq(k)).collect();
                 w.events.drain(..retried);

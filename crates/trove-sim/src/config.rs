@@ -12,6 +12,8 @@ use trove_workload::WorkloadSpec;
 pub(crate) const STREAM_CONFIG: u64 = 0xC0F1_6000;
 pub(crate) const STREAM_DISK: u64 = 0xD15C_0000;
 pub(crate) const STREAM_RUN: u64 = 0x5100_0000;
+pub(crate) const STREAM_SUBSCRIBERS: u64 = 0x5B5C_0000;
+pub(crate) const STREAM_OPERATOR: u64 = 0x0BE4_0000;
 
 /// Bounds of a run: small enough that a few hundred seeds run in seconds
 /// in a debug build, large enough for several segments, snapshots and
@@ -20,6 +22,9 @@ pub const STEPS_MAX: u32 = 160;
 pub const PRODUCERS_MAX: u32 = 4;
 pub const BATCH_EVENTS_MAX: u32 = 24;
 pub const BOOTS_MAX: u32 = 8;
+pub const SHARDS_MAX: u32 = 3;
+/// Subscribers per boot, at most.
+pub const SUBSCRIBERS_MAX: usize = 3;
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -33,6 +38,8 @@ pub struct SimConfig {
     pub faults: SimFaults,
     pub spec: WorkloadSpec,
     pub producers: u32,
+    /// Shards: the worlds split among them by trove-shard's `shard_of`.
+    pub shards: u32,
     /// Simulated time between steps, µs.
     pub step_us: u64,
     pub steps: u32,
@@ -44,6 +51,25 @@ pub struct SimConfig {
     /// within it, in parts per million.
     pub snapshot_ppm: u32,
     pub crash_ppm: u32,
+    /// Outcomes the shard core keeps per producer to answer retries with
+    /// (0: every retry is answered `duplicate`).
+    pub dedup_window_events: usize,
+    /// The shard's queue, in batch parts: a producer batch arriving at a
+    /// full queue is refused (BUSY) and sent again.
+    pub queue_parts_max: usize,
+    /// Chance per step and producer that its connection drops (it resends
+    /// every unanswered batch), and that it sends a batch reusing an
+    /// applied sequence with another event, in parts per million.
+    pub drop_ppm: u32,
+    pub reuse_ppm: u32,
+    /// Chance per step of a new subscriber (to a hunt the seed picks), in
+    /// parts per million, and the updates its mailbox holds: a subscriber
+    /// that falls behind gets a gap notice.
+    pub subscribe_ppm: u32,
+    pub mailbox_updates_max: usize,
+    /// Chance per boot that the operator first starts with another shard
+    /// count (which the meta check must refuse), in parts per million.
+    pub reshard_ppm: u32,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -99,9 +125,25 @@ impl SimConfig {
             batch_events_max: 1 + rng.below(BATCH_EVENTS_MAX),
             snapshot_ppm: pick(&mut rng, &[0, 20_000, 80_000, 250_000]),
             crash_ppm: pick(&mut rng, &[300_000, 700_000, 1_000_000]),
+            dedup_window_events: 0,
+            queue_parts_max: 0,
+            drop_ppm: 0,
+            reuse_ppm: 0,
+            shards: 1,
+            subscribe_ppm: 0,
+            mailbox_updates_max: 0,
+            reshard_ppm: 0,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
+        config.dedup_window_events = pick(&mut rng, &[0, 4, 64, 1024]);
+        config.queue_parts_max = pick(&mut rng, &[1, 2, 4, 64]);
+        config.drop_ppm = sometimes(&mut rng, 500, 100_000);
+        config.reuse_ppm = sometimes(&mut rng, 300, 50_000);
+        config.shards = 1 + rng.below(SHARDS_MAX);
+        config.subscribe_ppm = sometimes(&mut rng, 700, 200_000);
+        config.mailbox_updates_max = pick(&mut rng, &[1, 4, 16, 1024]);
+        config.reshard_ppm = sometimes(&mut rng, 300, 500_000);
         config
     }
 
@@ -109,18 +151,23 @@ impl SimConfig {
     pub fn summary(&self) -> String {
         let f = &self.faults;
         format!(
-            "fsync {}, io {:?}, segments of {} B, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
-             crashes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
+            "fsync {}, io {:?}, segments of {} B, {} shards, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
+             crashes {} ppm, dedup window {}, queue {} parts, drops {} ppm, reuses {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
              latency up to {} us",
             self.fsync,
             self.io,
             self.segment_bytes_max,
+            self.shards,
             self.producers,
             self.steps,
             self.spec.hunts,
             self.spec.players_per_hunt,
             self.snapshot_ppm,
             self.crash_ppm,
+            self.dedup_window_events,
+            self.queue_parts_max,
+            self.drop_ppm,
+            self.reuse_ppm,
             f.crash_lose_ppm,
             f.crash_torn_ppm,
             f.misdirect_ppm,

@@ -1,34 +1,38 @@
-//! Deterministic simulation of the journal under disk faults.
+//! Deterministic simulation of a shard under network and disk faults.
 //!
 //! One seed decides everything: the workload (trove-workload's
-//! `Generator`, the treasure hunt), the producers' sends, the shard's
-//! batches, the fsync policy, the snapshots, the crashes and every fault
-//! of the simulated disk. The shard applies batches with trove-core's
-//! `GameState` and hands them to the REAL `JournalWriter` on a
-//! `SimStorage`; acknowledgements leave only at the durability point the
-//! writer reports. After each crash the REAL recovery (the newest
-//! snapshot, then `recover_shard`) runs on what the disk kept, and the
-//! checks run: every acknowledged event is in the recovered state exactly
-//! once; the recovered state hashes as a replay of the recovered journal
-//! does; nothing damaged is applied (damage must be reported). No clock,
-//! no thread, no file: a seed replays exactly.
+//! `Generator`, the treasure hunt), the producers' batches, the network
+//! (connection drops, after which a producer resends every unanswered
+//! batch with its original sequences; a bounded queue refusing whole
+//! batches, BUSY; batches reusing an applied sequence with another
+//! event), the fsync policy, the snapshots, the crashes and every fault of
+//! the simulated disk. The REAL shard core (trove-shard's `ShardCore`)
+//! takes the batches as `WorkPart`s, deduplicates, applies and hands its
+//! journal batches to the REAL `JournalWriter` on a `SimStorage`; answers
+//! are released only at the durability point the writer reports, and
+//! snapshots are the core's, written as the engine writes them. After each
+//! crash the engine's own recovery (`trove_shard::recover_core_in`: the
+//! newest snapshot, `recover_shard`, the dedup state rebuilt) runs on what
+//! the disk kept and builds the next core, and the checks run: every
+//! acknowledged event is in the recovered state exactly once; the
+//! recovered state hashes as a replay of the recovered journal does; the
+//! recovered dedup state matches the journal; a retry gets its original
+//! outcome (or `duplicate` once the window forgot it); a reused sequence
+//! is answered `duplicate` and never applied; nothing damaged is applied
+//! (damage must be reported). No clock, no thread, no file: a seed
+//! replays exactly.
 //!
 //! # Layout
 //!
 //! - [`config`]: [`SimConfig`], one run's settings drawn from its seed.
-//! - [`dedup`]: [`Dedup`], the per-producer bookkeeping that applies each
-//!   event once: minimal, and alone in its module so that the shard core
-//!   can take its place.
 //! - [`sim`]: [`run`], one run: producers, shard, journal, crashes,
-//!   recovery and the checks; its [`Report`] and [`Verdict`].
+//!   network, recovery and the checks; its [`Report`] and [`Verdict`].
 //! - `main.rs`: the `trove-sim` binary (`--seed S`, `--seeds N`).
 
 pub mod config;
-pub mod dedup;
 pub mod sim;
 
 pub use config::SimConfig;
-pub use dedup::Dedup;
 pub use sim::{Report, Verdict, run};
 
 /// The first failing seed of `count` seeds from `from`, and how many ran.
