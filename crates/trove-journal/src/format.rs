@@ -829,6 +829,49 @@ mod tests {
         assert!(decode(&kind7).is_err());
     }
 
+    /// The sync mark round-trips; a frame without one (versions 1-3)
+    /// reads as `None`; a mark past the frame's own batch, or a nonzero
+    /// field without the flag, is damage.
+    #[test]
+    fn the_sync_mark_round_trips_and_impossible_ones_are_refused() {
+        let decode = |buf: &[u8]| {
+            let (len, crc) = decode_frame_head(buf)?;
+            decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).map(|b| b.durable_below)
+        };
+        let reseal = |buf: &mut Vec<u8>| {
+            let body_crc = crc32c::crc32c(&buf[FRAME_HEAD_BYTES..]);
+            buf[8..12].copy_from_slice(&body_crc.to_le_bytes());
+            let head_crc = crc32c::crc32c(&buf[..12]);
+            buf[12..16].copy_from_slice(&head_crc.to_le_bytes());
+        };
+        for (batch, durable_below) in [(1, 1), (9, 1), (9, 9), (1 << 40, (1 << 40) - 3)] {
+            let mut buf = Vec::new();
+            encode_entries(batch, durable_below, &entries(2), &mut buf);
+            assert_eq!(decode(&buf), Ok(Some(durable_below)));
+        }
+        // More unsynced batches than a u32 holds: stored as the most it
+        // holds, proving less, never more.
+        let mut buf = Vec::new();
+        encode_entries(1 << 40, 1, &entries(2), &mut buf);
+        assert_eq!(decode(&buf), Ok(Some((1 << 40) - u64::from(u32::MAX))));
+
+        let events: Vec<_> = entries(2).iter().map(|e| e.stamped).collect();
+        let runs = [Run { producer: 7, first_seq: 100, len: 2, offsets: None }];
+        let mut unmarked = Vec::new();
+        encode_frame(5, &runs, &events, &mut unmarked);
+        assert_eq!(decode(&unmarked), Ok(None));
+        let field = FRAME_HEAD_BYTES + 28;
+        let mut stray = unmarked.clone();
+        stray[field] = 1;
+        reseal(&mut stray);
+        assert!(decode(&stray).is_err(), "a nonzero field without the flag");
+        let mut past = Vec::new();
+        encode_entries(5, 5, &entries(2), &mut past);
+        past[field..field + 4].copy_from_slice(&6u32.to_le_bytes());
+        reseal(&mut past);
+        assert!(decode(&past).is_err(), "unsynced batches before batch 1");
+    }
+
     #[test]
     fn every_flipped_bit_is_detected() {
         let mut buf = Vec::new();

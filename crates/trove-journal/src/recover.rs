@@ -261,9 +261,7 @@ pub fn recover_shard_in<E: Record>(
                 }
                 ((bad.offset, reason, torn, bad.cut_short, bad.valid_frame_after), header.is_some(), file_len)
             }
-            Err(OutOfSequence { offset, reason }) => {
-                ((offset, reason, false, false, false), true, bytes.len() as u64)
-            }
+            Err(OutOfSequence { offset, reason }) => ((offset, reason, false, false, false), true, bytes.len() as u64),
         };
         let (offset, reason, torn, cut_short, unsynced_after) = bad;
         if !torn && !options.repair {

@@ -535,3 +535,27 @@ fn frames_without_a_mark_keep_the_old_rule() {
     let (seen, r) = start_up(&dir).unwrap();
     assert_eq!((seen, r.damaged_last_frames), (vec![1], 1), "{:?}", r.notes);
 }
+
+/// Start-up's recovery does not cut a torn tail itself: the writer opened
+/// at its tail does, after the note is returned. A crash before that (the
+/// recovery interrupted) leaves the bytes for the next start to find and
+/// report again, so a cut is never durable without its note.
+#[test]
+fn recovery_leaves_the_cut_to_the_writer_opened_after_its_note() {
+    let dir = temp_dir("cut-after-note");
+    let sizes = write(&dir, 3, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[sizes[1] as usize + 16 + 40] ^= 0x01; // the last frame's body
+    std::fs::write(&path, &bytes).unwrap();
+    for _ in 0..2 {
+        // Recovery, then "a crash": no writer opened.
+        let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        assert!(r.notes[0].contains("damaged last frame"), "{:?}", r.notes);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut before the note is out");
+    }
+    let (_, r) = start_up(&dir).unwrap();
+    assert_eq!(r.damaged_last_frames, 1);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), sizes[1], "the writer cut it");
+}

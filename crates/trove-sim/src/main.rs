@@ -35,10 +35,7 @@ fn print_report(r: &Report) {
     for line in &r.faults {
         println!("  fault: {line}");
     }
-    println!(
-        "  {} boots, {} batches recovered, {} events acknowledged",
-        r.boots, r.batches, r.acked
-    );
+    println!("  {} boots, {} batches recovered, {} events acknowledged", r.boots, r.batches, r.acked);
     match &r.verdict {
         Verdict::Passed => println!("seed {}: passed", r.seed),
         Verdict::Detected(why) => println!("seed {}: passed (damage detected: {why})", r.seed),

@@ -55,11 +55,13 @@ fn the_seeds_cover_crashes_snapshots_and_every_fault() {
     }
 }
 
-/// Seed 1427: a recovery cut a damaged last frame (bit rot) and crashed
-/// before it returned its note; the next recovery found a clean journal
-/// without the acknowledged frame. The loss is the documented cost of
-/// damage to the last frame (decision 0006), reported by the interrupted
-/// recovery: the simulator must not call it a silent loss.
+/// Seed 1427: bit rot in the last frame, then a crash during the recovery
+/// after it. When recovery cut the damaged frame itself, the cut was
+/// durable and its note never returned: the next recovery found a clean
+/// journal without the acknowledged frame, a loss nobody reported (the
+/// simulator used to excuse it). Now the writer opened after recovery
+/// cuts, so the recovery that finishes reports it: the documented cost of
+/// damage to the last frame (decision 0006), detected, not silent.
 #[test]
 fn seed_1427_loss_to_damage_reported_by_an_interrupted_recovery() {
     set(Planted::None);
