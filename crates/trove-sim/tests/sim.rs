@@ -63,7 +63,7 @@ fn the_seeds_cover_crashes_snapshots_and_every_fault() {
 /// cuts, so the recovery that finishes reports it: the documented cost of
 /// damage to the last frame (decision 0006), detected, not silent.
 #[test]
-fn seed_1427_loss_to_damage_reported_by_an_interrupted_recovery() {
+fn seed_1427_loss_to_damage_is_reported_by_the_recovery_that_cuts_it() {
     set(Planted::None);
     let r = run(1427);
     assert!(matches!(r.verdict, Verdict::Detected(_)), "{:?}", r.verdict);
