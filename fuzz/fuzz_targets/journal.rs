@@ -1,6 +1,7 @@
 //! The journal's start-up path on arbitrary segment files: what `trove
 //! serve` does with a data directory (recover: read every segment, cut a
-//! torn tail, or with `--repair` cut at corruption) and what `trove
+//! torn tail (by opening the writer there), or with `--repair` cut at
+//! corruption) and what `trove
 //! journal verify` does (replay through the game without writing).
 //!
 //! Input: a mode byte, then the segment's bytes. Mode bit 0: make the
@@ -22,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_journal::format::decode_segment_header;
 use trove_journal::segment::segment_name;
-use trove_journal::{RecoverOptions, recover_shard, shard_dir};
+use trove_journal::{JournalWriter, RecoverOptions, WriteIo, recover_shard, shard_dir};
 use trove_shard::journaled::replay;
 
 static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -67,6 +68,11 @@ fuzz_target!(|data: &[u8]| {
     let first = recover_shard::<HuntEvent>(&shard, 0, options, |_, entries| applied += entries.len() as u64);
     let Ok(first) = first else { return };
     assert_eq!(applied, first.events);
+    // Start-up then opens the writer where recovery ended, which cuts a
+    // torn tail (recovery leaves the cut to it, after its note).
+    let tail = first.tail.clone();
+    JournalWriter::open(&shard, 0, 32, first.next_batch, tail, 1 << 26, WriteIo::Buffered)
+        .unwrap_or_else(|e| panic!("start-up cannot open the journal it recovered: {e} ({:?})", first.notes));
     if let Ok(v) = &verified {
         // Verify found no corruption: start-up cut at most a torn tail,
         // which verify skipped too.

@@ -50,7 +50,7 @@ fn frames(c: &mut Criterion) {
                 };
                 // As the engine's journal thread does: the drain's parts
                 // and the one time the shard stamped them with.
-                encode_frame_parts(i as u64 + 1, &[run], &[mine], Some(1_000), &mut buf);
+                encode_frame_parts(i as u64 + 1, i as u64 + 1, &[run], &[mine], Some(1_000), &mut buf);
             }
             buf.len()
         })

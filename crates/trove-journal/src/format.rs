@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `TROVEJNL` |
-//! | 8 | 4 | format version (3; 1 and 2 are read too) |
+//! | 8 | 4 | format version (4; 1 to 3 are read too) |
 //! | 12 | 4 | shard index |
 //! | 16 | 8 | sequence of the first batch in this segment |
 //! | 24 | 4 | event record size in bytes |
@@ -25,7 +25,10 @@
 //! | 16 | .. | body |
 //!
 //! Body: a 32-byte head (batch sequence u64, event count n u32, run count
-//! m u32, base time µs u64, flags u32, zero u32), then m runs of 24 bytes
+//! m u32, base time µs u64, flags u32, unsynced batches u32: with body
+//! flag bit 4, since version 4, how many batches before this one were not
+//! yet covered by a completed `fdatasync` when it was encoded; zero
+//! otherwise), then m runs of 24 bytes
 //! (producer u64, first producer sequence u64, events k u32, flags u32:
 //! low byte 1 = k u32 offsets follow, 2 = k u16 offsets follow, 3 = a
 //! bitmap of the offsets follows, its length in bytes in the upper 24
@@ -47,7 +50,7 @@
 use trove_core::{Record, Stamped};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"TROVEJNL";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version still read: an engine of version 1 never wrote
 /// packed records.
 pub const FORMAT_VERSION_MIN: u32 = 1;
@@ -67,6 +70,15 @@ const BODY_TRIMMED: u32 = 4;
 /// hunt id below 65,536 in a u32, a step of -4..4 in an i16), and the
 /// disk's bandwidth under an `interval` sync is what bounds the journal.
 const BODY_PACKED: u32 = 8;
+/// The body head's last u32 holds the frame's sync mark (format version
+/// 4): how many batches before this one were not yet covered by a
+/// completed `fdatasync` when the writer encoded it, so that every batch
+/// below `batch - that` was durable then. Recovery uses it to tell a
+/// damaged frame that a sync covered (corruption) from unsynced bytes a
+/// crash tore while keeping later ones (docs/decisions/0036-synced-through-marker.md).
+/// Without the flag (versions 1-3) the field is zero and the frame proves
+/// nothing either way.
+const BODY_SYNC_MARK: u32 = 16;
 const RUN_OFFSETS_U32: u32 = 1;
 const RUN_OFFSETS_U16: u32 = 2;
 /// The run's offsets as a bitmap (format version 3): bit `x` of the bitmap
@@ -243,28 +255,36 @@ pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, FrameError> {
 /// # Panics
 /// If the runs do not cover the events exactly, or the frame would exceed
 /// `FRAME_BODY_BYTES_MAX` (the engine bounds batches well below it).
+///
+/// The frame carries no sync mark (as versions 1-3 wrote them): for tools
+/// and tests; the writer uses `encode_frame_parts`.
 pub fn encode_frame<E: Record>(batch: u64, runs: &[Run<'_>], events: &[Stamped<E>], out: &mut Vec<u8>) {
-    encode_frame_as(batch, runs, &[events], None, out, E::PACKED);
+    encode_frame_as(batch, None, runs, &[events], None, out, E::PACKED);
 }
 
 /// `encode_frame` for a batch held in parts (one after the other, as the
 /// producers' batches came), each event at `time_us` if given, else at
 /// its own time. A shard hands its journal the parts it drained, so the
 /// events are not copied into one buffer for the journal's sake.
+///
+/// `durable_below` is the sync mark: every batch below it was covered by a
+/// completed `fdatasync` when this frame was encoded (at most `batch`).
 pub fn encode_frame_parts<E: Record, P: AsRef<[Stamped<E>]>>(
     batch: u64,
+    durable_below: u64,
     runs: &[Run<'_>],
     parts: &[P],
     time_us: Option<u64>,
     out: &mut Vec<u8>,
 ) {
-    encode_frame_as(batch, runs, parts, time_us, out, E::PACKED);
+    encode_frame_as(batch, Some(durable_below), runs, parts, time_us, out, E::PACKED);
 }
 
 /// `encode_frame_parts`, packed or (as version 1 wrote records up to 255
 /// bytes) trimmed.
 fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     batch: u64,
+    durable_below: Option<u64>,
     runs: &[Run<'_>],
     parts: &[P],
     time_us: Option<u64>,
@@ -290,7 +310,16 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
         _ => BODY_TIMES_U64,
     };
     let trimmed = !packed && E::SIZE <= usize::from(u8::MAX);
+    // The batches before this one not known durable. More than a u32
+    // holds (over 4 billion batches without a sync: only thinkable under
+    // `never`, which promises nothing to a power loss) is stored as the
+    // most a u32 holds: the frame then proves less than it could, never more.
+    let unsynced = durable_below.map(|d| {
+        assert!(d <= batch, "a frame is not durable before it is written: {d} > {batch}");
+        u32::try_from(batch - d).unwrap_or(u32::MAX)
+    });
     let flags = times
+        | if unsynced.is_some() { BODY_SYNC_MARK } else { 0 }
         | if packed {
             BODY_PACKED
         } else if trimmed {
@@ -305,7 +334,7 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
     out.extend_from_slice(&lo.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&unsynced.unwrap_or(0).to_le_bytes());
     let runs_at = out.len();
     for r in runs {
         out.extend_from_slice(&r.producer.to_le_bytes());
@@ -437,7 +466,8 @@ fn put_records<E: Record, P: AsRef<[Stamped<E>]>>(
 
 /// Groups entries into runs of consecutive sequences of one producer (for
 /// tools and tests that hold entries rather than a shard's batch).
-pub fn encode_entries<E: Record>(batch: u64, entries: &[Entry<E>], out: &mut Vec<u8>) {
+/// `durable_below` as for `encode_frame_parts`.
+pub fn encode_entries<E: Record>(batch: u64, durable_below: u64, entries: &[Entry<E>], out: &mut Vec<u8>) {
     let mut runs = Vec::new();
     let mut i = 0;
     while i < entries.len() {
@@ -452,7 +482,7 @@ pub fn encode_entries<E: Record>(batch: u64, entries: &[Entry<E>], out: &mut Vec
         i = j;
     }
     let events: Vec<Stamped<E>> = entries.iter().map(|e| e.stamped).collect();
-    encode_frame(batch, &runs, &events, out);
+    encode_frame_as(batch, Some(durable_below), &runs, &[events.as_slice()], None, out, E::PACKED);
 }
 
 /// Checks a frame head; returns the body length and CRC it promises.
@@ -478,6 +508,10 @@ pub fn decode_frame_head(b: &[u8]) -> Result<(usize, u32), FrameError> {
 pub struct Body<'a> {
     pub batch: u64,
     pub count: usize,
+    /// The frame's sync mark (format version 4): every batch below this
+    /// was covered by a completed `fdatasync` when the frame was encoded.
+    /// `None` for a frame of versions 1-3, which recorded nothing.
+    pub durable_below: Option<u64>,
     base_time_us: u64,
     flags: u32,
     runs: &'a [u8],
@@ -500,12 +534,20 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     }
     let run_count = u32_at(body, 12) as usize;
     let flags = u32_at(body, 24);
-    if flags & !(BODY_TIMES_MASK | BODY_TRIMMED | BODY_PACKED) != 0
+    if flags & !(BODY_TIMES_MASK | BODY_TRIMMED | BODY_PACKED | BODY_SYNC_MARK) != 0
         || flags & (BODY_TRIMMED | BODY_PACKED) == BODY_TRIMMED | BODY_PACKED
         || (flags & BODY_PACKED != 0 && !E::PACKED)
     {
         return Err(FrameError::BadLength(u64::from(flags)));
     }
+    let batch = u64_at(body, 0);
+    let unsynced = u32_at(body, 28);
+    let durable_below = match flags & BODY_SYNC_MARK {
+        0 if unsynced == 0 => None,
+        // Without the mark the field is zero, as versions 1-3 wrote it.
+        0 => return Err(FrameError::BadLength(u64::from(unsynced))),
+        _ => Some(batch.checked_sub(u64::from(unsynced)).ok_or(FrameError::BadLength(u64::from(unsynced)))?),
+    };
     let time_bytes = match flags & BODY_TIMES_MASK {
         0 => 0,
         BODY_TIMES_U32 => 4,
@@ -576,7 +618,7 @@ pub fn decode_body<E: Record>(body: &[u8], crc: u32) -> Result<Body<'_>, FrameEr
     } else if records.len() as u64 != count as u64 * E::SIZE as u64 {
         return Err(FrameError::BadLength(records.len() as u64));
     }
-    Ok(Body { batch: u64_at(body, 0), count, base_time_us: u64_at(body, 16), flags, runs, offsets, times, records })
+    Ok(Body { batch, count, durable_below, base_time_us: u64_at(body, 16), flags, runs, offsets, times, records })
 }
 
 impl Body<'_> {
@@ -676,7 +718,7 @@ mod tests {
     #[test]
     fn frame_round_trips() {
         let mut buf = Vec::new();
-        encode_entries(42, &entries(5), &mut buf);
+        encode_entries(42, 40, &entries(5), &mut buf);
         let (len, crc) = decode_frame_head(&buf).unwrap();
         assert_eq!(buf.len(), FRAME_HEAD_BYTES + len);
         let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..], crc).unwrap();
@@ -696,14 +738,14 @@ mod tests {
         let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
         let parts = [&events[..12], &events[12..12], &events[12..]];
         let (mut whole, mut split) = (Vec::new(), Vec::new());
-        encode_frame(3, &runs, &events, &mut whole);
-        encode_frame_parts(3, &runs, &parts, None, &mut split);
+        encode_frame_as(3, Some(3), &runs, &[&events], None, &mut whole, true);
+        encode_frame_parts(3, 3, &runs, &parts, None, &mut split);
         assert_eq!(split, whole);
 
         let stamped: Vec<_> = events.iter().map(|e| Stamped { time_us: 5_000, event: e.event }).collect();
         let (mut whole, mut split) = (Vec::new(), Vec::new());
-        encode_frame(3, &runs, &stamped, &mut whole);
-        encode_frame_parts(3, &runs, &parts, Some(5_000), &mut split);
+        encode_frame_as(3, Some(3), &runs, &[&stamped], None, &mut whole, true);
+        encode_frame_parts(3, 3, &runs, &parts, Some(5_000), &mut split);
         assert_eq!(split, whole);
         let (len, crc) = decode_frame_head(&split).unwrap();
         let body = decode_body::<HuntEvent>(&split[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
@@ -735,7 +777,8 @@ mod tests {
         assert!(decode_segment_header(&with_version(1)).is_ok());
         assert!(decode_segment_header(&with_version(2)).is_ok());
         assert!(decode_segment_header(&with_version(FORMAT_VERSION)).is_ok());
-        assert_eq!(decode_segment_header(&with_version(4)), Err(FrameError::BadVersion(4)));
+        assert!(decode_segment_header(&with_version(3)).is_ok());
+        assert_eq!(decode_segment_header(&with_version(5)), Err(FrameError::BadVersion(5)));
         assert_eq!(decode_segment_header(&with_version(0)), Err(FrameError::BadVersion(0)));
 
         // A version-1 frame: the same events, trimmed.
@@ -743,8 +786,8 @@ mod tests {
         let runs = [Run { producer: 7, first_seq: 1, len: entries.len(), offsets: None }];
         let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
         let (mut trimmed, mut packed) = (Vec::new(), Vec::new());
-        encode_frame_as(5, &runs, &[&events], None, &mut trimmed, false);
-        encode_frame_as(5, &runs, &[&events], None, &mut packed, true);
+        encode_frame_as(5, None, &runs, &[&events], None, &mut trimmed, false);
+        encode_frame_as(5, None, &runs, &[&events], None, &mut packed, true);
         assert!(packed.len() < trimmed.len());
         for buf in [&trimmed, &packed] {
             let (len, crc) = decode_frame_head(buf).unwrap();
@@ -786,10 +829,53 @@ mod tests {
         assert!(decode(&kind7).is_err());
     }
 
+    /// The sync mark round-trips; a frame without one (versions 1-3)
+    /// reads as `None`; a mark past the frame's own batch, or a nonzero
+    /// field without the flag, is damage.
+    #[test]
+    fn the_sync_mark_round_trips_and_impossible_ones_are_refused() {
+        let decode = |buf: &[u8]| {
+            let (len, crc) = decode_frame_head(buf)?;
+            decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).map(|b| b.durable_below)
+        };
+        let reseal = |buf: &mut Vec<u8>| {
+            let body_crc = crc32c::crc32c(&buf[FRAME_HEAD_BYTES..]);
+            buf[8..12].copy_from_slice(&body_crc.to_le_bytes());
+            let head_crc = crc32c::crc32c(&buf[..12]);
+            buf[12..16].copy_from_slice(&head_crc.to_le_bytes());
+        };
+        for (batch, durable_below) in [(1, 1), (9, 1), (9, 9), (1 << 40, (1 << 40) - 3)] {
+            let mut buf = Vec::new();
+            encode_entries(batch, durable_below, &entries(2), &mut buf);
+            assert_eq!(decode(&buf), Ok(Some(durable_below)));
+        }
+        // More unsynced batches than a u32 holds: stored as the most it
+        // holds, proving less, never more.
+        let mut buf = Vec::new();
+        encode_entries(1 << 40, 1, &entries(2), &mut buf);
+        assert_eq!(decode(&buf), Ok(Some((1 << 40) - u64::from(u32::MAX))));
+
+        let events: Vec<_> = entries(2).iter().map(|e| e.stamped).collect();
+        let runs = [Run { producer: 7, first_seq: 100, len: 2, offsets: None }];
+        let mut unmarked = Vec::new();
+        encode_frame(5, &runs, &events, &mut unmarked);
+        assert_eq!(decode(&unmarked), Ok(None));
+        let field = FRAME_HEAD_BYTES + 28;
+        let mut stray = unmarked.clone();
+        stray[field] = 1;
+        reseal(&mut stray);
+        assert!(decode(&stray).is_err(), "a nonzero field without the flag");
+        let mut past = Vec::new();
+        encode_entries(5, 5, &entries(2), &mut past);
+        past[field..field + 4].copy_from_slice(&6u32.to_le_bytes());
+        reseal(&mut past);
+        assert!(decode(&past).is_err(), "unsynced batches before batch 1");
+    }
+
     #[test]
     fn every_flipped_bit_is_detected() {
         let mut buf = Vec::new();
-        encode_entries(1, &entries(3), &mut buf);
+        encode_entries(1, 1, &entries(3), &mut buf);
         for bit in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
@@ -918,7 +1004,7 @@ mod tests {
             stamped: Stamped { time_us: t, event: HuntEvent::dig(1, 1) },
         });
         let mut buf = Vec::new();
-        encode_entries(1, &events, &mut buf);
+        encode_entries(1, 1, &events, &mut buf);
         let (len, crc) = decode_frame_head(&buf).unwrap();
         let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
         assert_eq!(body.entries::<HuntEvent>().collect::<Vec<_>>(), events);
@@ -951,7 +1037,7 @@ mod tests {
                 })
                 .collect();
             let mut buf = Vec::new();
-            encode_entries(9, &events, &mut buf);
+            encode_entries(9, 9, &events, &mut buf);
             let (len, crc) = decode_frame_head(&buf).unwrap();
             prop_assert_eq!(buf.len(), FRAME_HEAD_BYTES + len);
             let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..], crc).unwrap();
@@ -996,7 +1082,7 @@ mod tests {
         #[test]
         fn frames_round_trip(n in 0u64..50, batch: u64) {
             let mut buf = Vec::new();
-            encode_entries(batch, &entries(n), &mut buf);
+            encode_entries(batch, batch, &entries(n), &mut buf);
             let (len, crc) = decode_frame_head(&buf).unwrap();
             let body = decode_body::<HuntEvent>(&buf[FRAME_HEAD_BYTES..FRAME_HEAD_BYTES + len], crc).unwrap();
             prop_assert_eq!(body.batch, batch);
@@ -1090,7 +1176,7 @@ mod tests {
             })
             .collect();
         let mut buf = Vec::new();
-        encode_frame_as(1 + r(1 << 40), &runs, &[&events], None, &mut buf, r(4) != 0);
+        encode_frame_as(1 + r(1 << 40), None, &runs, &[&events], None, &mut buf, r(4) != 0);
         let mut want = Vec::with_capacity(n);
         let mut at = 0;
         for run in &runs {

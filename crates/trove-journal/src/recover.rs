@@ -70,8 +70,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecoverOptions {
-    /// Cut a torn tail off the files (start-up). Off for read-only tools,
-    /// which then just stop reading there.
+    /// Start-up: a torn tail is to be cut off. Recovery does not cut it
+    /// itself: it returns the end of the valid frames as `tail`, and the
+    /// `JournalWriter` opened there cuts the rest, once the note saying so
+    /// is out (a crash between leaves the bytes to be found and reported
+    /// again). Off for read-only tools, which then just stop reading there.
     pub truncate_torn_tail: bool,
     /// Also cut the journal at corruption in the middle (and drop every
     /// later segment). The operator's explicit choice.
@@ -234,40 +237,55 @@ pub fn recover_shard_in<E: Record>(
                 continue;
             }
             Ok(Scan { bad: Some(bad), header, file_len, .. }) => {
-                let torn = last && !bad.valid_frame_after;
+                // A torn tail: nothing valid after the bad frame, or valid
+                // frames none of which shows that a sync covered it (a
+                // crash kept later unsynced writes and tore an earlier
+                // one: decision 0036). Only in the last segment: a later
+                // segment is created after this one was synced.
+                let torn = last && !bad.synced_after;
                 let mut reason = bad.error.to_string();
                 if torn && bad.cut_short && header.is_some() {
-                    reason = match bad.error {
-                        FrameError::Short => "a write cut short: the last frame runs past the end of the file",
-                        _ => "a write cut short: zeros after the last valid frame",
+                    reason = match (bad.error, bad.valid_frame_after) {
+                        (_, true) => "a write lost or cut short: unsynced frames follow it",
+                        (FrameError::Short, false) => "a write cut short: the last frame runs past the end of the file",
+                        (_, false) => "a write cut short: zeros after the last valid frame",
                     }
                     .to_string();
+                } else if torn && bad.valid_frame_after {
+                    reason.push_str("; the valid frames after it were written before any sync covered it");
+                } else if bad.valid_frame_after && header.is_some() {
+                    reason.push_str("; a later frame shows a completed sync covered it");
                 }
                 if header.is_none() && bad.valid_frame_after && !options.repair {
                     reason.push_str(" in the segment header; a repair keeps the frames after it that check");
                 }
-                ((bad.offset, reason, torn, bad.cut_short), header.is_some(), file_len)
+                ((bad.offset, reason, torn, bad.cut_short, bad.valid_frame_after), header.is_some(), file_len)
             }
-            Err(OutOfSequence { offset, reason }) => ((offset, reason, false, false), true, bytes.len() as u64),
+            Err(OutOfSequence { offset, reason }) => ((offset, reason, false, false, false), true, bytes.len() as u64),
         };
-        let (offset, reason, torn, cut_short) = bad;
+        let (offset, reason, torn, cut_short, unsynced_after) = bad;
         if !torn && !options.repair {
             return Err(corrupt(offset, reason));
         }
-        // A tail is torn when nothing valid follows the bad bytes. If they
-        // are a write cut short, that is all it can be; a whole last frame
-        // that fails its checksum may be a torn write or damage on disk,
-        // which the format cannot tell apart.
-        let what = match (torn, cut_short) {
-            (true, true) => {
+        // A tail is torn when nothing valid follows the bad bytes, or
+        // nothing after them shows they were synced. If they are a write
+        // cut short, that is all they can be; a whole frame that fails its
+        // checksum may be a torn write or damage on disk to the last group
+        // synced, which the format cannot tell apart.
+        let what = match (torn, cut_short, unsynced_after) {
+            (true, true, _) => {
                 r.torn_tails += 1;
                 "torn tail"
             }
-            (true, false) => {
+            (true, false, false) => {
                 r.damaged_last_frames += 1;
                 "torn tail or damaged last frame (cannot be told apart)"
             }
-            (false, _) => "corruption (repair requested)",
+            (true, false, true) => {
+                r.damaged_last_frames += 1;
+                "torn tail or damaged last group (cannot be told apart)"
+            }
+            (false, _, _) => "corruption (repair requested)",
         };
         if !header_ok {
             // The segment's own header is damaged and nothing places its
@@ -283,7 +301,17 @@ pub fn recover_shard_in<E: Record>(
             r.segments -= 1;
         } else {
             let dropped = file_len - offset;
-            if options.truncate_torn_tail || options.repair {
+            if torn && options.truncate_torn_tail {
+                // Cut by the writer that opens `tail` (`JournalWriter::open`
+                // truncates there and syncs), after this note has been
+                // returned and logged: a crash in between leaves the bytes
+                // for the next start to find and report again, so a cut
+                // is never durable without its note.
+                r.notes.push(format!(
+                    "{what}: truncated {} at byte {offset} ({dropped} bytes dropped: {reason})",
+                    path.display()
+                ));
+            } else if options.truncate_torn_tail || options.repair {
                 let mut f = storage.open_write(path, false).map_err(io(path))?.0;
                 f.set_len(offset).map_err(io(path))?;
                 f.sync_all().map_err(io(path))?;

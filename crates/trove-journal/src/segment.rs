@@ -69,23 +69,43 @@ pub fn salvage_header<E: Record>(path: &Path, bytes: &[u8], shard: u32) -> Optio
 pub struct BadFrame {
     pub offset: u64,
     pub error: FrameError,
-    /// A valid frame follows the bad one: this is damage in the middle of
-    /// the log, not a write cut short by a crash.
+    /// A valid frame follows the bad one somewhere later in the segment.
     pub valid_frame_after: bool,
-    /// The bytes from `offset` on are a write cut short: a frame that runs
-    /// past the end of the file (its head, whose CRC covers the length,
-    /// says so) or fewer bytes than a head, or nothing but zeros. No
-    /// flipped bit in a whole frame looks like that. Otherwise (a whole
-    /// frame whose body fails its CRC, or a head that fails its own) the
-    /// last frame may be damaged on disk or torn by a crash: the format
-    /// cannot tell the two apart (docs/decisions/0006-damaged-last-frame.md).
+    /// A valid frame after the bad one shows that a completed `fdatasync`
+    /// covered the bad frame's batch (its sync mark is past it), or cannot
+    /// rule that out (a frame of a version before the mark, a bad frame
+    /// whose batch is unknown, or a search that gave up): the bad bytes
+    /// were synced, so this is damage, not a crash. When valid frames
+    /// follow but none shows it, everything from the bad frame on was
+    /// unsynced when the last of them was written, and a crash that kept
+    /// later unsynced writes and tore an earlier one explains it
+    /// (docs/decisions/0036-synced-through-marker.md).
+    pub synced_after: bool,
+    /// The bytes from `offset` on (up to the next valid frame, if any) are
+    /// a write cut short: a frame that runs past the end of the file (its
+    /// head, whose CRC covers the length, says so) or fewer bytes than a
+    /// head, or nothing but zeros. No flipped bit in a whole frame looks
+    /// like that. Otherwise (a whole frame whose body fails its CRC, or a
+    /// head that fails its own) the frame may be damaged on disk or torn
+    /// by a crash: the format cannot tell the two apart
+    /// (docs/decisions/0006-damaged-last-frame.md).
     pub cut_short: bool,
 }
 
 impl BadFrame {
-    fn at<E: Record>(bytes: &[u8], at: usize, error: FrameError, search_from: usize) -> Self {
-        let cut_short = error == FrameError::Short || bytes[at.min(bytes.len())..].iter().all(|&b| b == 0);
-        BadFrame { offset: at as u64, error, valid_frame_after: valid_frame_from::<E>(bytes, search_from), cut_short }
+    /// The bad frame at `at`, which should hold batch `batch` (`None`:
+    /// unknown, as for a damaged segment header).
+    fn at<E: Record>(bytes: &[u8], at: usize, error: FrameError, search_from: usize, batch: Option<u64>) -> Self {
+        let after = frames_after::<E>(bytes, search_from, batch);
+        let until = after.first_valid.unwrap_or(bytes.len()).max(at.min(bytes.len()));
+        let cut_short = error == FrameError::Short || bytes[at.min(bytes.len())..until].iter().all(|&b| b == 0);
+        BadFrame {
+            offset: at as u64,
+            error,
+            valid_frame_after: after.first_valid.is_some(),
+            synced_after: after.synced,
+            cut_short,
+        }
     }
 }
 
@@ -107,7 +127,7 @@ pub fn scan<E: Record, X>(bytes: &[u8], visit: impl FnMut(u64, Body<'_>) -> Resu
     match decode_segment_header(bytes) {
         Ok(header) => scan_frames::<E, X>(bytes, header, visit),
         Err(error) => {
-            let bad = BadFrame::at::<E>(bytes, 0, error, 1);
+            let bad = BadFrame::at::<E>(bytes, 0, error, 1, None);
             Ok(Scan { header: None, valid_end: 0, file_len: bytes.len() as u64, frames: 0, bad: Some(bad) })
         }
     }
@@ -123,16 +143,19 @@ pub fn scan_frames<E: Record, X>(
     let file_len = bytes.len() as u64;
     let mut at = SEGMENT_HEADER_BYTES;
     let mut frames = 0;
+    // The batch the next frame should hold.
+    let mut batch = header.first_batch;
     while at < bytes.len() {
         match frame_at::<E>(bytes, at) {
             Ok((body, next)) => {
+                batch = body.batch.wrapping_add(1);
                 visit(at as u64, body)?;
                 frames += 1;
                 at = next;
             }
             Err(_) if is_direct_padding(bytes, at) => break,
             Err(error) => {
-                let bad = BadFrame::at::<E>(bytes, at, error, at + 1);
+                let bad = BadFrame::at::<E>(bytes, at, error, at + 1, Some(batch));
                 return Ok(Scan { header: Some(header), valid_end: at as u64, file_len, frames, bad: Some(bad) });
             }
         }
@@ -165,7 +188,7 @@ fn body_at<E: Record>(bytes: &[u8], at: usize, (len, crc): (usize, u32)) -> Resu
 }
 
 /// Candidate frames, and body bytes checked in all, that
-/// `valid_frame_from` allows itself before it gives up and answers "yes":
+/// `frames_after` allows itself before it gives up and answers "synced":
 /// a hostile file full of fake frame heads (each with a valid head CRC and
 /// a 64 MiB length) must not make recovery quadratic or read gigabytes.
 /// Answering yes is the safe side: corruption stops start-up instead of
@@ -173,29 +196,45 @@ fn body_at<E: Record>(bytes: &[u8], at: usize, (len, crc): (usize, u32)) -> Resu
 const CANDIDATES_MAX: usize = 4096;
 const CANDIDATE_BYTES_MAX: u64 = 256 << 20;
 
-/// Whether any valid frame starts at or after `from`.
-fn valid_frame_from<E: Record>(bytes: &[u8], from: usize) -> bool {
+/// What follows a bad frame: where the first valid frame starts, and
+/// whether any valid frame shows that batch `batch` was durable.
+struct After {
+    first_valid: Option<usize>,
+    synced: bool,
+}
+
+/// Looks for valid frames at or after `from` (every offset: the bad bytes
+/// may be any length), and whether one of them shows that a completed
+/// `fdatasync` covered batch `batch` (its sync mark is past it). A frame
+/// without a mark (versions 1-3), an unknown `batch`, or a search past its
+/// budget counts as showing it: the safe side, where start-up stops
+/// instead of cutting.
+fn frames_after<E: Record>(bytes: &[u8], from: usize, batch: Option<u64>) -> After {
     let mut at = from;
     let (mut candidates, mut checked) = (0, 0u64);
+    let mut first_valid = None;
     while at + FRAME_HEAD_BYTES <= bytes.len() {
-        match bytes[at..].windows(4).position(|w| w == FRAME_MAGIC) {
-            Some(i) => {
-                candidates += 1;
-                if candidates > CANDIDATES_MAX || checked > CANDIDATE_BYTES_MAX {
-                    return true;
-                }
-                if let Ok(head) = decode_frame_head(&bytes[at + i..]) {
-                    checked += head.0 as u64;
-                    if body_at::<E>(bytes, at + i, head).is_ok() {
-                        return true;
-                    }
-                }
-                at += i + 1;
-            }
-            None => return false,
+        let Some(i) = bytes[at..].windows(4).position(|w| w == FRAME_MAGIC) else { break };
+        candidates += 1;
+        if candidates > CANDIDATES_MAX || checked > CANDIDATE_BYTES_MAX {
+            return After { first_valid: Some(first_valid.unwrap_or(at + i)), synced: true };
         }
+        if let Ok(head) = decode_frame_head(&bytes[at + i..]) {
+            checked += head.0 as u64;
+            if let Ok((body, _)) = body_at::<E>(bytes, at + i, head) {
+                first_valid.get_or_insert(at + i);
+                let shows = match (body.durable_below, batch) {
+                    (Some(durable_below), Some(batch)) => durable_below > batch,
+                    _ => true,
+                };
+                if shows {
+                    return After { first_valid, synced: true };
+                }
+            }
+        }
+        at += i + 1;
     }
-    false
+    After { first_valid, synced: false }
 }
 
 /// Reads a whole segment file, refusing one larger than `bytes_max`.

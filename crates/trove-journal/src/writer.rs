@@ -121,6 +121,13 @@ pub struct JournalWriter {
     frames_at: usize,
     /// Bytes written since the last sync.
     unsynced: bool,
+    /// Every batch below this has been written (`flush`).
+    written_below: u64,
+    /// Every batch below this is covered by a completed `fdatasync`: the
+    /// sync mark each frame carries when it is encoded, which lets
+    /// recovery tell unsynced bytes a crash tore from damage to synced
+    /// ones (docs/decisions/0036-synced-through-marker.md).
+    durable_below: u64,
     /// The data directory's lock, kept while this writer may write: an
     /// engine dropped without `shutdown` lets its journal threads finish
     /// on their own, and no other engine may start on the directory
@@ -183,6 +190,11 @@ impl JournalWriter {
             skip: 0,
             frames_at: 0,
             unsynced: false,
+            // Opening made the tail durable (`set_len` and `sync_all`), or
+            // started a new segment after batches that a snapshot or
+            // synced segments hold.
+            written_below: next_batch,
+            durable_below: next_batch,
             _lock: None,
         };
         writer.load_tail()?;
@@ -246,7 +258,7 @@ impl JournalWriter {
         let first = self.next_batch;
         let splits = frame_splits::<E>(runs, time_us.is_some(), FRAME_BODY_BYTES_MAX, FRAME_EVENTS_MAX);
         if splits.len() <= 1 {
-            encode_frame_parts(first, runs, parts, time_us, &mut self.buf);
+            encode_frame_parts(first, self.durable_below, runs, parts, time_us, &mut self.buf);
             self.next_batch += 1;
             return first..self.next_batch;
         }
@@ -254,7 +266,7 @@ impl JournalWriter {
         let mut from = 0;
         for &to in &splits {
             let (sub_runs, sub_parts) = (runs_between(runs, from, to), parts_between(&slices, from, to));
-            encode_frame_parts(self.next_batch, &sub_runs, &sub_parts, time_us, &mut self.buf);
+            encode_frame_parts(self.next_batch, self.durable_below, &sub_runs, &sub_parts, time_us, &mut self.buf);
             self.next_batch += 1;
             from = to;
         }
@@ -265,7 +277,7 @@ impl JournalWriter {
     pub fn append_entries<E: Record>(&mut self, entries: &[Entry<E>]) -> u64 {
         debug_assert_eq!(E::SIZE as u32, self.record_size);
         let batch = self.next_batch;
-        encode_entries(batch, entries, &mut self.buf);
+        encode_entries(batch, self.durable_below, entries, &mut self.buf);
         self.next_batch += 1;
         batch
     }
@@ -290,6 +302,7 @@ impl JournalWriter {
         }
         self.segment_bytes += n;
         self.unsynced = true;
+        self.written_below = self.next_batch;
         Ok(n)
     }
 
@@ -363,6 +376,7 @@ impl JournalWriter {
             self.file.sync_data()?;
         }
         self.unsynced = false;
+        self.durable_below = self.written_below;
         Ok(true)
     }
 
@@ -389,6 +403,10 @@ impl JournalWriter {
         // The frames appended so far start at batch `next_batch - pending`.
         let frames = self.buf.split_off(self.frames_at);
         let first = self.next_batch - count_frames(&frames);
+        // Every batch before the frames moving on is in the segment just
+        // synced. (Those frames were encoded with the mark they had; a
+        // later frame carries this one.)
+        self.durable_below = self.durable_below.max(first);
         let (path, segment_bytes) = create_segment(&*self.storage, &self.dir, self.shard, self.record_size, first)?;
         (self.file, self.io) = open_segment(&*self.storage, &path, self.io)?;
         self.path = path;
@@ -563,7 +581,7 @@ mod tests {
             for &to in &splits {
                 let mut out = Vec::new();
                 let (r, p) = (runs_between(&runs, from, to), parts_between(&parts, from, to));
-                encode_frame_parts(7, &r, &p, Some(5), &mut out);
+                encode_frame_parts(7, 7, &r, &p, Some(5), &mut out);
                 let (len, crc) = decode_frame_head(&out).unwrap();
                 assert!(len <= body_max, "{len} > {body_max}");
                 let body = decode_body::<HuntEvent>(&out[16..], crc).unwrap();

@@ -50,6 +50,14 @@ fn read_all(dir: &Path, o: RecoverOptions) -> Result<(Vec<u64>, trove_journal::R
     Ok((seen, r))
 }
 
+/// Start-up as the engine does it: recovery, then the writer opened where
+/// it ended, which cuts a torn tail off (after recovery's note).
+fn start_up(dir: &Path) -> Result<(Vec<u64>, trove_journal::Recovered), JournalError> {
+    let (seen, r) = read_all(dir, opts(true, false))?;
+    JournalWriter::open(dir, 0, 32, r.next_batch, r.tail.clone(), 1 << 20, WriteIo::Buffered).unwrap();
+    Ok((seen, r))
+}
+
 #[test]
 fn reads_back_what_was_written_across_segments() {
     let dir = temp_dir("roll");
@@ -76,7 +84,7 @@ fn a_tail_torn_at_every_byte_recovers_the_valid_prefix() {
     let last_start = sizes[2] as usize;
     for cut in last_start + 1..full.len() {
         std::fs::write(&path, &full[..cut]).unwrap();
-        let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+        let (seen, r) = start_up(&dir).unwrap();
         assert_eq!(seen, vec![1, 2, 3], "cut at {cut}");
         assert_eq!(r.next_batch, 4);
         assert!(r.notes[0].contains("torn tail"), "{:?}", r.notes);
@@ -250,7 +258,7 @@ fn zeros_that_are_not_direct_padding_are_a_torn_tail() {
         let mut zeros = full.clone();
         zeros.resize(len, 0);
         std::fs::write(&path, &zeros).unwrap();
-        let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+        let (seen, r) = start_up(&dir).unwrap();
         assert_eq!(seen.len(), 3);
         assert!(r.notes[0].contains("torn tail"), "{len}: {:?}", r.notes);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), full.len() as u64);
@@ -422,4 +430,132 @@ fn a_damaged_last_frame_is_reported_apart_from_a_torn_tail() {
             assert_eq!(told_apart, damaged == 1, "{name}: {:?}", r.notes);
         }
     }
+}
+
+/// Writes batches 1..=`batches` with one flush each, syncing after those
+/// in `synced`; returns the segment's path and where each frame starts.
+fn write_syncing(dir: &Path, batches: u64, synced: &[u64]) -> (std::path::PathBuf, Vec<usize>) {
+    let mut w = JournalWriter::open(dir, 0, 32, 1, None, 1 << 20, WriteIo::Buffered).unwrap();
+    let path = list_segments(dir).unwrap()[0].clone();
+    let mut starts = Vec::new();
+    for b in 1..=batches {
+        starts.push(std::fs::metadata(&path).unwrap().len() as usize);
+        w.append_entries(&batch(b, 3));
+        w.flush().unwrap();
+        if synced.contains(&b) {
+            w.sync().unwrap();
+        }
+    }
+    (path, starts)
+}
+
+/// Issue 22, item 5 (decision 0036): a crash that keeps a later unsynced
+/// write and tears an earlier one leaves a bad frame with a valid frame
+/// after it. That frame's sync mark says batch 2 was not yet durable when
+/// it was written, so no synced byte is damaged: start-up cuts at the bad
+/// frame as a torn tail instead of refusing the journal as corrupt.
+#[test]
+fn a_torn_frame_followed_only_by_unsynced_frames_is_a_torn_tail() {
+    let dir = temp_dir("torn-middle");
+    // Batch 1 synced; batches 2 and 3 written, not synced (batch 3's mark:
+    // durable below 2).
+    let (path, starts) = write_syncing(&dir, 3, &[1]);
+    let full = std::fs::read(&path).unwrap();
+    let mut flipped = full.clone();
+    flipped[starts[1] + 16 + 40] ^= 0x01; // in batch 2's body
+    let mut zeroed = full.clone();
+    zeroed[starts[1]..starts[2]].fill(0); // batch 2's write lost
+    for (name, bytes, (torn, damaged), word) in [
+        ("torn", flipped, (0, 1), "torn tail or damaged last group (cannot be told apart)"),
+        ("lost", zeroed, (1, 0), "torn tail: truncated"),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        // Read-only: nothing changes, and it says what start-up will cut.
+        let (seen, r) = read_all(&dir, opts(false, false)).unwrap();
+        assert_eq!(seen, vec![1], "{name}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: a read-only recovery changes nothing");
+        assert_eq!((r.torn_tails, r.damaged_last_frames), (torn, damaged), "{name}: {:?}", r.notes);
+        let (seen, r) = start_up(&dir).unwrap();
+        assert_eq!((seen, r.next_batch), (vec![1], 2), "{name}");
+        assert!(r.notes.len() == 1 && r.notes[0].starts_with(word), "{name}: {:?}", r.notes);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), starts[1] as u64, "{name}: cut at the bad frame");
+        // And a second start finds a clean journal.
+        assert!(start_up(&dir).unwrap().1.notes.is_empty(), "{name}");
+    }
+}
+
+/// The same damage where a later frame's mark shows that a completed sync
+/// covered batch 2 (it was synced before batch 3 was written): damage to
+/// synced data, which start-up refuses as corruption, changing nothing.
+#[test]
+fn a_damaged_frame_a_later_mark_shows_synced_is_corruption() {
+    let dir = temp_dir("synced-middle");
+    // Batches 1 and 2 synced, then batch 3 written (its mark: durable
+    // below 3), not synced.
+    let (path, starts) = write_syncing(&dir, 3, &[1, 2]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[starts[1] + 16 + 40] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    match start_up(&dir) {
+        Err(JournalError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, starts[1] as u64);
+            assert!(reason.contains("checksum") && reason.contains("sync covered it"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "a refused start changes nothing");
+}
+
+/// Frames of versions 1-3 carry no sync mark: a valid one after a bad
+/// frame proves nothing about what was synced, so the rule stays what it
+/// was for them: corruption.
+#[test]
+fn frames_without_a_mark_keep_the_old_rule() {
+    use trove_journal::format::{SegmentHeader, encode_entries, encode_frame, encode_segment_header};
+    let dir = temp_dir("unmarked");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let mut bytes = encode_segment_header(&SegmentHeader { shard: 0, first_batch: 1, record_size: 32 }).to_vec();
+    let mut starts = Vec::new();
+    for b in 1..=3 {
+        starts.push(bytes.len());
+        let entries = batch(b, 3);
+        let events: Vec<_> = entries.iter().map(|e| e.stamped).collect();
+        let run = trove_journal::Run { producer: 1, first_seq: b * 100, len: 3, offsets: None };
+        encode_frame(b, &[run], &events, &mut bytes);
+    }
+    let path = dir.join(trove_journal::segment::segment_name(1));
+    bytes[starts[1] + 16 + 40] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(start_up(&dir), Err(JournalError::Corrupt { .. })));
+    // With batch 3 marked "durable below 2" instead, the same damage is a
+    // torn tail.
+    bytes.truncate(starts[2]);
+    encode_entries(3, 2, &batch(3, 3), &mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    let (seen, r) = start_up(&dir).unwrap();
+    assert_eq!((seen, r.damaged_last_frames), (vec![1], 1), "{:?}", r.notes);
+}
+
+/// Start-up's recovery does not cut a torn tail itself: the writer opened
+/// at its tail does, after the note is returned. A crash before that (the
+/// recovery interrupted) leaves the bytes for the next start to find and
+/// report again, so a cut is never durable without its note.
+#[test]
+fn recovery_leaves_the_cut_to_the_writer_opened_after_its_note() {
+    let dir = temp_dir("cut-after-note");
+    let sizes = write(&dir, 3, 1 << 20);
+    let path = list_segments(&dir).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[sizes[1] as usize + 16 + 40] ^= 0x01; // the last frame's body
+    std::fs::write(&path, &bytes).unwrap();
+    for _ in 0..2 {
+        // Recovery, then "a crash": no writer opened.
+        let (seen, r) = read_all(&dir, opts(true, false)).unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        assert!(r.notes[0].contains("damaged last frame"), "{:?}", r.notes);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut before the note is out");
+    }
+    let (_, r) = start_up(&dir).unwrap();
+    assert_eq!(r.damaged_last_frames, 1);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), sizes[1], "the writer cut it");
 }

@@ -221,8 +221,8 @@ impl Meta {
 /// one, or, for a new directory or a meta that records none (written
 /// before it was), this engine's.
 ///
-/// `format=3` (offset bitmaps, journal format version 3) replaces a
-/// `format=1` or `format=2` meta before this engine writes anything: an
+/// `format=4` (sync marks, journal format version 4) replaces a
+/// `format=1`, `2` or `3` meta before this engine writes anything: an
 /// older engine then refuses the directory by name instead of reading the
 /// first frame it cannot parse as a torn tail and cutting it off.
 ///
@@ -268,8 +268,8 @@ fn meta_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Err
 const META_BYTES_MAX: u64 = 4096;
 
 /// The data directory's format: 2 since the journal packs records, 3 since
-/// runs may hold their offsets as a bitmap.
-const META_FORMAT: u32 = 3;
+/// runs may hold their offsets as a bitmap, 4 since frames carry a sync mark.
+const META_FORMAT: u32 = 4;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.

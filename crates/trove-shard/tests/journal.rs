@@ -229,23 +229,24 @@ fn restart_rebuilds_the_state_and_replay_agrees() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A data directory of format 1 (trimmed records) or 2 (no offset bitmaps)
-/// is taken over and marked format 3 before anything new is written, so an
-/// older engine refuses it by name; other settings are still refused.
+/// A data directory of format 1 (trimmed records), 2 (no offset bitmaps)
+/// or 3 (no sync marks) is taken over and marked format 4 before anything
+/// new is written, so an older engine refuses it by name; other settings
+/// are still refused.
 #[test]
-fn an_older_directory_is_marked_format_three_on_start() {
+fn an_older_directory_is_marked_format_four_on_start() {
     let dir = temp_dir("meta");
     let meta = |format: u32| format!("format={format}\ngame=treasure-hunt\nrecord_size=32\nshards=2\n");
-    for old in [1, 2] {
+    for old in [1, 2, 3] {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("trove.meta"), meta(old)).unwrap();
         let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
-        // Marked format 3, and the engine's worlds_max recorded (a meta of
-        // these formats records none).
-        let now = format!("{}worlds_max=1048576\n", meta(3));
+        // Marked format 4, and the engine's worlds_max recorded (a meta
+        // without one records none).
+        let now = format!("{}worlds_max=1048576\n", meta(4));
         assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), now);
         drop(engine.shutdown());
-        if old == 1 {
+        if old < 3 {
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }

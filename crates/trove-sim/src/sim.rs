@@ -62,10 +62,6 @@ pub struct Report {
     /// The faults the disk injected, one line each.
     pub faults: Vec<String>,
     pub boots: u32,
-    /// Start-ups that refused a journal no injected damage touched (a
-    /// crash alone left it so): the operator's `--repair` ran, and the
-    /// checks after it held (nothing acknowledged lost).
-    pub repairs: u32,
     pub batches: u64,
     pub acked: u64,
 }
@@ -82,7 +78,6 @@ pub fn run(seed: u64) -> Report {
         events: sim.events,
         faults: sim.disk.log(),
         boots: sim.boots,
-        repairs: sim.repairs,
         batches: sim.written.iter().map(|w| w.len() as u64).sum(),
         acked: sim.producers.iter().map(|p| p.acked).sum(),
     }
@@ -93,9 +88,6 @@ enum Stop {
     /// The machine went down (a planned crash, or a journal error that
     /// stops the engine): restart and recover.
     Crash,
-    /// Recovery refused a journal no injected damage touched: the
-    /// operator repairs (a pass if nothing acknowledged is lost).
-    Refused,
     /// The run is over.
     End(Verdict),
 }
@@ -197,14 +189,6 @@ struct Sim {
     step: u32,
     clock_us: u64,
     boots: u32,
-    /// A recovery crashed since the last one that finished. What it did
-    /// before the crash (cutting a damaged last frame) is durable, but the
-    /// note saying so was never returned: the next recovery finds nothing
-    /// to report.
-    recovery_interrupted: bool,
-    /// The next recovery repairs (the operator's `--repair`).
-    repair: bool,
-    repairs: u32,
 }
 
 fn chance(rng: &mut SplitMix64, ppm: u32) -> bool {
@@ -251,9 +235,6 @@ impl Sim {
             step: 0,
             clock_us: 0,
             boots: 0,
-            recovery_interrupted: false,
-            repair: false,
-            repairs: 0,
             cfg,
         }
     }
@@ -279,26 +260,18 @@ impl Sim {
             let mut shards = match self.boot() {
                 Ok(shards) => shards,
                 Err(Stop::Crash) => {
-                    self.recovery_interrupted = true;
                     self.restart();
-                    continue;
-                }
-                Err(Stop::Refused) => {
-                    self.repair = true;
-                    self.repairs += 1;
-                    self.note("the operator starts with --repair".into());
                     continue;
                 }
                 Err(Stop::End(verdict)) => return verdict,
             };
-            (self.recovery_interrupted, self.repair) = (false, false);
             if self.step >= self.cfg.steps {
                 self.note("recovered after the last step: every check held".into());
                 return Verdict::Passed;
             }
             match self.drive(&mut shards) {
                 Ok(()) => self.note("last step done: power cut".into()),
-                Err(Stop::Crash | Stop::Refused) => {}
+                Err(Stop::Crash) => {}
                 Err(Stop::End(verdict)) => return verdict,
             }
             // What the subscribers were sent before the machine went down.
@@ -346,15 +319,16 @@ impl Sim {
         Stop::End(Verdict::Failed(format!("{what}: unexpected I/O error: {e}")))
     }
 
-    /// Recovery refused what it found.
+    /// Recovery refused what it found: right only for damage the disk
+    /// injected. A crash alone (unsynced writes lost, torn or kept out of
+    /// order) never damages a synced byte, so start-up must not need the
+    /// operator after one (decision 0036).
     fn refused(&mut self, reason: String) -> Stop {
         self.note(format!("recovery refused: {reason}"));
         if self.disk.damage() > 0 {
             Stop::End(Verdict::Detected(reason))
-        } else if self.repair {
-            Stop::End(Verdict::Failed(format!("refused even with --repair: {reason}")))
         } else {
-            Stop::Refused
+            Stop::End(Verdict::Failed(format!("a crash alone stopped start-up: {reason}")))
         }
     }
 
@@ -438,7 +412,7 @@ impl Sim {
         let dir = shard_dir(Path::new(DATA_DIR), index);
         let options = RecoverOptions {
             truncate_torn_tail: true,
-            repair: self.repair,
+            repair: false,
             segment_bytes_max: self.cfg.segment_bytes_max,
             skip_below: 0,
         };
@@ -601,8 +575,11 @@ impl Sim {
         if !lost.is_empty() {
             let what = format!("acknowledged events lost: {}", lost.join(", "));
             // Damage to the last frame is cut off like a torn write (the
-            // format cannot tell them apart: decision 0006), and reported.
-            if self.disk.damage() > 0 && (!notes.is_empty() || self.recovery_interrupted) {
+            // format cannot tell them apart: decision 0006), and reported
+            // by this recovery: recovery cuts nothing itself, the writer
+            // opened after it does, so a crash cannot make a cut durable
+            // without its note.
+            if self.disk.damage() > 0 && !notes.is_empty() {
                 self.note(format!("{what} (to damage the recovery reported: {})", notes.join("; ")));
                 return Err(Stop::End(Verdict::Detected(what)));
             }

@@ -4,6 +4,7 @@
 //! server runs, and then say so on stderr (the tail they read may be
 //! mid-write, and is then reported as a torn tail, not cut off).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use trove_hunt::{Action, Band, HuntEvent, HuntOutcome, TreasureHunt};
 use trove_journal::format::Entry;
+use trove_journal::segment::{list_segments, read_segment, scan};
 use trove_server::json::JsonGame;
 use trove_shard::journaled::{ReplayError, replay as replay_journal, replay_outcomes};
 
@@ -36,12 +38,16 @@ struct VerifyReport {
     batches: u64,
     events: u64,
     /// Shards whose journal ends in a write cut short: a frame running
-    /// past the end of the file, or zeros after the last valid frame.
-    /// Start-up truncates it; nothing acknowledged is in it.
+    /// past the end of the file, or zeros after the last valid frame (or
+    /// before valid frames none of which was written after a sync covered
+    /// them: decision 0036). Start-up truncates it; nothing acknowledged
+    /// is in it.
     torn_tails: u64,
-    /// Shards whose last frame is whole but fails its checksum, with
-    /// nothing valid after it: a torn write or damage on disk, which the
-    /// format cannot tell apart. Start-up truncates it as a torn tail.
+    /// Shards whose journal ends in a whole frame that fails its checksum,
+    /// with nothing valid after it, or only frames written before any sync
+    /// covered it: a torn write or damage on disk to the last frame or
+    /// group synced, which the format cannot tell apart. Start-up
+    /// truncates it as a torn tail.
     damaged_last_frames: u64,
     /// Damage start-up refuses, or why nothing could be checked.
     error: Option<String>,
@@ -130,14 +136,15 @@ pub fn verify(data: &Path, json: bool) -> ExitCode {
     );
     if report.torn_tails > 0 {
         println!(
-            "torn tails: {} (a write cut short: bytes past the last valid frame; start-up cuts them off)",
+            "torn tails: {} (a write cut short or lost: bytes past the last valid frame, or before frames no \
+             sync covered; start-up cuts them off)",
             report.torn_tails
         );
     }
     if report.damaged_last_frames > 0 {
         println!(
-            "damaged last frames: {} (the last frame's checksum fails; cannot be told from a torn write; \
-             start-up cuts it off)",
+            "damaged last frames: {} (a frame's checksum fails and nothing after it was written after a sync \
+             covered it; cannot be told from a torn write; start-up cuts it off)",
             report.damaged_last_frames
         );
     }
@@ -181,7 +188,9 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     // in the replay thread. (A `StdoutLock` cannot move to that thread.)
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let mut closed = false;
+    let marks = sync_marks(args.data);
     let mut each = |shard: usize, batch: u64, entries: &[Entry<HuntEvent>], outcomes: &[HuntOutcome]| {
+        let mark = marks.get(shard).and_then(|m| m.get(&batch)).copied();
         debug_assert_eq!(entries.len(), outcomes.len(), "one outcome per event");
         for (e, outcome) in entries.iter().zip(outcomes) {
             if hunt.is_some_and(|h| h != e.stamped.event.hunt) {
@@ -192,7 +201,11 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
                 // Still counted, for the closing "printed the first N of M".
                 continue;
             }
-            let line = if json { json_line(shard, batch, e, outcome) } else { Ok(text_line(shard, batch, e, outcome)) };
+            let line = if json {
+                json_line(shard, batch, mark, e, outcome)
+            } else {
+                Ok(text_line(shard, batch, mark, e, outcome))
+            };
             let written = match line {
                 Ok(line) => writeln!(out, "{line}"),
                 Err(err) => {
@@ -264,8 +277,39 @@ pub fn inspect(args: &InspectArgs<'_>) -> ExitCode {
     }
 }
 
-/// `shard 0 batch 3 t=1.250000s producer 7 seq 12: hunt 1 player 4 dig -> found a treasure worth 30 (score 120)`
-fn text_line(shard: usize, batch: u64, e: &Entry<HuntEvent>, outcome: &HuntOutcome) -> String {
+/// Each shard's frames' sync marks by batch (`Body::durable_below`: every
+/// batch below it was durable when the frame was written), read in a pass
+/// of their own, since a replay hands its callback events, not frames.
+/// Frames of versions 1-3 have none. Best effort: a segment that cannot be
+/// read is skipped here (the replay reports it).
+fn sync_marks(data: &Path) -> Vec<HashMap<u64, u64>> {
+    let mut shards = Vec::new();
+    loop {
+        let dir = trove_journal::shard_dir(data, shards.len());
+        if !dir.is_dir() {
+            return shards;
+        }
+        let mut marks = HashMap::new();
+        for path in list_segments(&dir).unwrap_or_default() {
+            let Ok(bytes) = read_segment(&path, SEGMENT_READ_BYTES_MAX) else { continue };
+            let _ = scan::<HuntEvent, ()>(&bytes, |_, body| {
+                if let Some(durable_below) = body.durable_below {
+                    marks.insert(body.batch, durable_below);
+                }
+                Ok(())
+            });
+        }
+        shards.push(marks);
+    }
+}
+
+/// The largest segment `sync_marks` reads (as the offline replay).
+const SEGMENT_READ_BYTES_MAX: u64 = u64::MAX / 4;
+
+/// `shard 0 batch 3 (durable below 3) t=1.250000s producer 7 seq 12: hunt 1 player 4 dig -> found a treasure worth 30 (score 120)`
+///
+/// The parenthesis is the frame's sync mark (none for a frame of versions 1-3).
+fn text_line(shard: usize, batch: u64, mark: Option<u64>, e: &Entry<HuntEvent>, outcome: &HuntOutcome) -> String {
     let ev = &e.stamped.event;
     let t = e.stamped.time_us;
     let who = match ev.action {
@@ -273,8 +317,9 @@ fn text_line(shard: usize, batch: u64, e: &Entry<HuntEvent>, outcome: &HuntOutco
         Action::Create(_) => format!("hunt {}", ev.hunt),
         _ => format!("hunt {} player {}", ev.hunt, ev.player),
     };
+    let mark = mark.map_or(String::new(), |d| format!(" (durable below {d})"));
     format!(
-        "shard {shard} batch {batch} t={}.{:06}s producer {} seq {}: {who} {} -> {}",
+        "shard {shard} batch {batch}{mark} t={}.{:06}s producer {} seq {}: {who} {} -> {}",
         t / 1_000_000,
         t % 1_000_000,
         e.producer,
@@ -328,12 +373,14 @@ fn outcome_text(outcome: &HuntOutcome) -> String {
     }
 }
 
-/// One JSON line: `{"shard", "batch", "time_us", "producer", "seq",
-/// "event": {...}, "outcome": {...}}`, the event and outcome in the
-/// WebSocket endpoint's JSON form (docs/protocol.md).
+/// One JSON line: `{"shard", "batch", "durable_below", "time_us",
+/// "producer", "seq", "event": {...}, "outcome": {...}}`, the event and
+/// outcome in the WebSocket endpoint's JSON form (docs/protocol.md);
+/// `durable_below` is the frame's sync mark, `null` for versions 1-3.
 fn json_line(
     shard: usize,
     batch: u64,
+    mark: Option<u64>,
     e: &Entry<HuntEvent>,
     outcome: &HuntOutcome,
 ) -> Result<String, serde_json::Error> {
@@ -341,8 +388,11 @@ fn json_line(
     let event = serde_json::to_string(&TreasureHunt::event_to_json(&e.stamped.event))?;
     let outcome = serde_json::to_string(&TreasureHunt::outcome_to_json(outcome))?;
     Ok(format!(
-        "{{\"shard\":{shard},\"batch\":{batch},\"time_us\":{},\"producer\":{},\"seq\":{},\"event\":{event},\"outcome\":{outcome}}}",
-        e.stamped.time_us, e.producer, e.producer_seq
+        "{{\"shard\":{shard},\"batch\":{batch},\"durable_below\":{},\"time_us\":{},\"producer\":{},\"seq\":{},\"event\":{event},\"outcome\":{outcome}}}",
+        mark.map_or("null".to_string(), |d| d.to_string()),
+        e.stamped.time_us,
+        e.producer,
+        e.producer_seq
     ))
 }
 

@@ -282,8 +282,8 @@ fn the_read_only_tools_change_no_byte_of_a_directory_a_start_would_repair() {
     std::fs::write(&segment, bytes).unwrap();
     std::fs::write(shard.join("snapshot-00000000000000000002.tsnap.tmp"), b"half a snapshot").unwrap();
     let meta = std::fs::read_to_string(data.join("trove.meta")).unwrap();
-    assert!(meta.starts_with("format=3\n"), "{meta}");
-    std::fs::write(data.join("trove.meta"), meta.replacen("format=3", "format=2", 1)).unwrap();
+    assert!(meta.starts_with("format=4\n"), "{meta}");
+    std::fs::write(data.join("trove.meta"), meta.replacen("format=4", "format=2", 1)).unwrap();
     let before = contents(&data);
 
     for tool in

@@ -83,6 +83,7 @@ fn inspect_prints_events_with_their_outcomes_as_text_and_as_json_lines() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 6, "one line per event:\n{stdout}");
     assert!(lines[0].contains("t=1.000000s") && lines[0].contains("hunt 1 create 64x64"), "{}", lines[0]);
+    assert!(lines[0].contains(" (durable below "), "the frame's sync mark: {}", lines[0]);
     assert!(lines[0].contains("-> created, round "), "{}", lines[0]);
     assert!(lines[1].contains("hunt 1 player 4 join -> joined at ("), "{}", lines[1]);
     assert!(lines[2].contains("move +1 -2 -> now at ("), "{}", lines[2]);
@@ -109,6 +110,8 @@ fn inspect_prints_events_with_their_outcomes_as_text_and_as_json_lines() {
         for key in ["batch", "producer", "seq"] {
             assert!(o[key].is_u64(), "{key} in {o}");
         }
+        // The frame's sync mark: at most its own batch.
+        assert!(o["durable_below"].as_u64().is_some_and(|d| d <= o["batch"].as_u64().unwrap()), "{o}");
     }
 
     // One hunt, and a limit: the rest is counted on stderr.

@@ -32,7 +32,7 @@ pub fn fresh_data_dir(target: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(trove_journal::shard_dir(&dir, 0)).expect("scratch directory");
     let meta = format!(
-        "format=3\ngame={}\nrecord_size={}\nshards=1\nworlds_max={WORLDS_MAX}\n",
+        "format=4\ngame={}\nrecord_size={}\nshards=1\nworlds_max={WORLDS_MAX}\n",
         TreasureHunt::NAME,
         <TreasureHunt as Game>::Event::SIZE
     );
