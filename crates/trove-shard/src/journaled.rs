@@ -194,12 +194,32 @@ impl Meta {
         if let Some(n) = self.worlds_max {
             text.push_str(&format!("worlds_max={n}\n"));
         }
+        if self.format >= META_CHECKED_FORMAT {
+            let check = crc32c::crc32c(text.as_bytes());
+            text.push_str(&format!("check={check:08x}\n"));
+        }
         text
     }
 
     /// Parses a meta file of this game (`None`: another game, record size
     /// or format, or not a meta file).
     fn parse<G: Game>(text: &str) -> Option<Self> {
+        // From format 4 the last line checks the others: a flipped bit
+        // that still parses (a digit of `shards` or `worlds_max`) must not
+        // change what the journal is read with.
+        let checked = text.starts_with("format=")
+            && !text.starts_with("format=1\n")
+            && !text.starts_with("format=2\n")
+            && !text.starts_with("format=3\n");
+        let text = if checked {
+            let body = text.strip_suffix('\n')?;
+            let at = body.rfind('\n')? + 1;
+            // Exactly as written: eight lower-case hex digits.
+            (body[at..] == format!("check={:08x}", crc32c::crc32c(&text.as_bytes()[..at]))).then_some(())?;
+            &text[..at]
+        } else {
+            text
+        };
         let mut lines = text.lines();
         let mut field = |name: &str| lines.next()?.strip_prefix(name)?.strip_prefix('=').map(str::to_owned);
         let format = field("format")?.parse().ok().filter(|f| (1..=META_FORMAT).contains(f))?;
@@ -210,7 +230,11 @@ impl Meta {
             None => None,
             Some(line) => Some(line.strip_prefix("worlds_max=")?.parse().ok().filter(|&n| n >= 1)?),
         };
-        lines.next().is_none().then_some(Meta { format, shards, worlds_max })
+        (lines.next().is_none() && (format >= META_CHECKED_FORMAT) == checked).then_some(Meta {
+            format,
+            shards,
+            worlds_max,
+        })
     }
 }
 
@@ -268,8 +292,12 @@ fn meta_io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Err
 const META_BYTES_MAX: u64 = 4096;
 
 /// The data directory's format: 2 since the journal packs records, 3 since
-/// runs may hold their offsets as a bitmap, 4 since frames carry a sync mark.
+/// runs may hold their offsets as a bitmap, 4 since frames carry a sync mark
+/// and the meta ends in a checksum of its other lines (`check=`, CRC32C).
 const META_FORMAT: u32 = 4;
+
+/// The first format whose meta carries its `check=` line.
+const META_CHECKED_FORMAT: u32 = 4;
 
 /// Replaces `trove.meta` atomically: a temporary file, fsynced, renamed,
 /// the directory fsynced.
@@ -966,7 +994,35 @@ mod tests {
     use trove_core::Stamped;
     use trove_hunt::{HuntEvent, TreasureHunt};
 
+    use super::{META_FORMAT, Meta};
     use crate::{Engine, EngineConfig, FsyncPolicy, JournalConfig, SubmitError};
+
+    /// A meta of today's format ends in a checksum of its other lines, so
+    /// no single flipped bit reads as another meta (trove-sim seed 365
+    /// turned `worlds_max=64` into `65`, and start-up replayed the journal
+    /// with the wrong bound); older formats, which have no check line,
+    /// still parse.
+    #[test]
+    fn a_flipped_bit_in_the_meta_never_reads_as_another_meta() {
+        let meta = Meta { format: META_FORMAT, shards: 3, worlds_max: Some(64) };
+        let text = meta.text::<TreasureHunt>();
+        assert!(text.lines().last().is_some_and(|l| l.starts_with("check=")), "{text}");
+        assert_eq!(Meta::parse::<TreasureHunt>(&text), Some(meta));
+        let bytes = text.as_bytes();
+        for i in 0..bytes.len() * 8 {
+            let mut rotten = bytes.to_vec();
+            rotten[i / 8] ^= 1 << (i % 8);
+            let Ok(rotten) = String::from_utf8(rotten) else { continue };
+            let parsed = Meta::parse::<TreasureHunt>(&rotten);
+            assert!(parsed.is_none(), "bit {i} flipped still reads as {parsed:?}:\n{rotten}");
+        }
+        let old = "format=3\ngame=treasure-hunt\nrecord_size=32\nshards=3\nworlds_max=64\n";
+        assert_eq!(Meta::parse::<TreasureHunt>(old), Some(Meta { format: 3, shards: 3, worlds_max: Some(64) }));
+        // A check line where the format has none, or none where it has one.
+        assert_eq!(Meta::parse::<TreasureHunt>(&format!("{old}check=00000000\n")), None);
+        let unchecked = text.lines().filter(|l| !l.starts_with("check=")).map(|l| format!("{l}\n")).collect::<String>();
+        assert_eq!(Meta::parse::<TreasureHunt>(&unchecked), None);
+    }
 
     /// Fault injection: a journal thread writing under one of these
     /// directories panics at its next batch.

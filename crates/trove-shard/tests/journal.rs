@@ -242,8 +242,9 @@ fn an_older_directory_is_marked_format_four_on_start() {
         std::fs::write(dir.join("trove.meta"), meta(old)).unwrap();
         let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
         // Marked format 4, and the engine's worlds_max recorded (a meta
-        // without one records none).
+        // without one records none), then the CRC32C of those lines.
         let now = format!("{}worlds_max=1048576\n", meta(4));
+        let now = format!("{now}check={:08x}\n", crc32c::crc32c(now.as_bytes()));
         assert_eq!(std::fs::read_to_string(dir.join("trove.meta")).unwrap(), now);
         drop(engine.shutdown());
         if old < 3 {

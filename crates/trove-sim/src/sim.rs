@@ -368,16 +368,11 @@ impl Sim {
         }
         match check_meta::<TreasureHunt>(&*self.storage, data, shards, WORLDS_MAX) {
             Ok(WORLDS_MAX) => {}
+            // The meta ends in a checksum (format 4): rot that still
+            // parses is refused like any other, never read as another
+            // bound.
             Ok(n) => {
-                let what = format!("the meta check says worlds_max {n}, the journal was written with {WORLDS_MAX}");
-                // trove.meta carries no checksum: bit rot in it can parse
-                // (a finding, reported; the meta's format is not this
-                // simulator's to change). Anything else is a failure.
-                if self.disk.log().iter().any(|f| f.contains("bit rot") && f.contains("trove.meta")) {
-                    self.note(format!("{what}: bit rot in trove.meta, which no checksum guards, went unnoticed"));
-                    return Err(Stop::End(Verdict::Detected(format!("{what} (UNDETECTED bit rot in trove.meta)"))));
-                }
-                return fail(what);
+                return fail(format!("the meta check says worlds_max {n}, the journal was written with {WORLDS_MAX}"));
             }
             Err(MetaError::Io { source, .. }) => return Err(self.io_stop("checking the meta", source)),
             Err(e) => return Err(self.refused(e.to_string())),

@@ -82,18 +82,19 @@ fn seed_176_loss_to_damage_of_the_last_frame_is_reported() {
     assert!(r.events.iter().any(|e| e.contains("to damage the recovery reported: torn tail or damaged last frame")));
 }
 
-/// Seed 365: bit rot in `trove.meta` (which carries no checksum) turned
-/// `worlds_max=64` into `65`, and the meta check accepted it: a finding
-/// (decision 0035), pinned here so that it stays named, not a pass. 3 of
-/// the first 10,000 seeds (365, 2539, 9422) reach it; 308 more end at a
-/// meta the rot made unparsable, which start-up refuses. Once the meta is
-/// checksummed this run ends at a refusal instead: update this test.
+/// Seed 365: bit rot in `trove.meta` turned `worlds_max=64` into `65`,
+/// and the meta check accepted it (3 of the first 10,000 seeds reached
+/// it: 365, 2539, 9422). The meta now ends in a checksum of its lines
+/// (format 4, docs/journal.md), so the rot is refused by name at start-up
+/// and the run ends detected, with nothing read under the wrong bound.
 #[test]
-fn seed_365_bit_rot_in_the_meta_that_still_parses_is_not_detected() {
+fn seed_365_bit_rot_in_the_meta_is_refused() {
     set(Planted::None);
-    match run(365).verdict {
-        Verdict::Detected(why) => assert!(why.contains("UNDETECTED bit rot in trove.meta"), "{why}"),
-        other => panic!("{other:?}"),
+    for seed in [365, 2539, 9422] {
+        match run(seed).verdict {
+            Verdict::Detected(why) => assert!(why.contains("trove.meta"), "seed {seed}: {why}"),
+            other => panic!("seed {seed}: {other:?}"),
+        }
     }
 }
 

@@ -106,7 +106,7 @@ fn verify_reports_damage_by_kind_with_distinct_exit_statuses() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stdout(&out)
-            .contains("damaged last frames: 1 (the last frame's checksum fails; cannot be told from a torn write"),
+            .contains("damaged last frames: 1 (a frame's checksum fails and nothing after it was written after a sync"),
         "{}",
         stdout(&out)
     );

@@ -36,6 +36,8 @@ pub fn fresh_data_dir(target: &str) -> PathBuf {
         TreasureHunt::NAME,
         <TreasureHunt as Game>::Event::SIZE
     );
+    // Format 4's meta ends in a CRC32C of its other lines.
+    let meta = format!("{meta}check={:08x}\n", crc32c::crc32c(meta.as_bytes()));
     std::fs::write(dir.join("trove.meta"), meta).expect("meta file");
     dir
 }
