@@ -8,7 +8,10 @@ use clap::Parser;
 use trove_sim::{Report, Verdict, run};
 
 #[derive(Debug, Parser)]
-#[command(name = "trove-sim", about = "Deterministic simulation of the journal under disk faults")]
+#[command(
+    name = "trove-sim",
+    about = "Deterministic simulation of the engine (shard cores, journal, hub, recovery) under disk and network faults"
+)]
 struct Args {
     /// Replay one seed exactly, printing its settings, what it did and
     /// the faults it injected.
