@@ -313,7 +313,9 @@ fn encode_frame_as<E: Record, P: AsRef<[Stamped<E>]>>(
     // The batches before this one not known durable. More than a u32
     // holds (over 4 billion batches without a sync: only thinkable under
     // `never`, which promises nothing to a power loss) is stored as the
-    // most a u32 holds: the frame then proves less than it could, never more.
+    // most a u32 holds: the frame's mark then claims more was synced than
+    // was, which only makes recovery refuse where it could have cut (the
+    // safe side).
     let unsynced = durable_below.map(|d| {
         assert!(d <= batch, "a frame is not durable before it is written: {d} > {batch}");
         u32::try_from(batch - d).unwrap_or(u32::MAX)
@@ -850,7 +852,7 @@ mod tests {
             assert_eq!(decode(&buf), Ok(Some(durable_below)));
         }
         // More unsynced batches than a u32 holds: stored as the most it
-        // holds, proving less, never more.
+        // holds, so the mark claims more (recovery refuses; the safe side).
         let mut buf = Vec::new();
         encode_entries(1 << 40, 1, &entries(2), &mut buf);
         assert_eq!(decode(&buf), Ok(Some((1 << 40) - u64::from(u32::MAX))));

@@ -304,9 +304,10 @@ pub fn recover_shard_in<E: Record>(
             if torn && options.truncate_torn_tail {
                 // Cut by the writer that opens `tail` (`JournalWriter::open`
                 // truncates there and syncs), after this note has been
-                // returned and logged: a crash in between leaves the bytes
-                // for the next start to find and report again, so a cut
-                // is never durable without its note.
+                // returned: a crash during recovery leaves the bytes for
+                // the next start to find and report again (the note is
+                // logged by another thread, so a crash right after the
+                // writer's cut can still lose the line: decision 0036).
                 r.notes.push(format!(
                     "{what}: truncated {} at byte {offset} ({dropped} bytes dropped: {reason})",
                     path.display()

@@ -839,6 +839,12 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             Err((code, message)) => {
                 if code != ErrorCode::Internal {
                     self.complete_owed().await;
+                } else {
+                    // The engine failed: what completed before the failure
+                    // is still answered (as on TCP); nothing more will be.
+                    while let Some(c) = self.producer.as_mut().and_then(Producer::try_complete) {
+                        self.completed(c);
+                    }
                 }
                 self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
                 self.out.push(error_json(code, &message));
