@@ -79,6 +79,19 @@ pub struct Source {
     pub len: usize,
 }
 
+impl Source {
+    /// The journal's run for these events: their producer, sequences and
+    /// count.
+    pub fn run(&self) -> Run<'_> {
+        Run {
+            producer: self.origin.producer,
+            first_seq: self.origin.first_seq,
+            len: self.len,
+            offsets: self.positions.as_deref().map(Vec::as_slice),
+        }
+    }
+}
+
 /// What a shard hands its journal thread, in apply order.
 pub(crate) enum JournalJob<G: Game> {
     /// A batch the shard applied.
@@ -727,15 +740,7 @@ fn journal_loop<G: Game>(
                     waiting.extend(deliveries);
                 }
                 JournalJob::Batch { parts, time_us, sources, deliveries } => {
-                    let runs: Vec<Run<'_>> = sources
-                        .iter()
-                        .map(|s| Run {
-                            producer: s.origin.producer,
-                            first_seq: s.origin.first_seq,
-                            len: s.len,
-                            offsets: s.positions.as_deref().map(Vec::as_slice),
-                        })
-                        .collect();
+                    let runs: Vec<Run<'_>> = sources.iter().map(Source::run).collect();
                     // Waiting before the encoding: should it panic, these
                     // producers are told with the others.
                     waiting.extend(deliveries);

@@ -705,16 +705,7 @@ impl Sim {
                     self.answered(&batch.waiting)?;
                     self.stream(&batch.waiting, &news);
                     if !batch.parts.is_empty() {
-                        let runs: Vec<Run<'_>> = batch
-                            .sources
-                            .iter()
-                            .map(|s| Run {
-                                producer: s.origin.producer,
-                                first_seq: s.origin.first_seq,
-                                len: s.len,
-                                offsets: s.positions.as_deref().map(Vec::as_slice),
-                            })
-                            .collect();
+                        let runs: Vec<Run<'_>> = batch.sources.iter().map(|s| s.run()).collect();
                         let batches = shard.writer.append_parts(&runs, &batch.parts, batch.time_us);
                         assert_eq!(batches.end - batches.start, 1, "a simulated batch fits one frame");
                         let mut entries = Vec::new();
