@@ -28,6 +28,7 @@
 pub mod error;
 pub mod game;
 pub mod hash;
+pub mod placement;
 pub mod record;
 pub mod rng;
 pub mod state;
@@ -36,6 +37,7 @@ pub mod worlds;
 pub use error::{DecodeError, InvariantError};
 pub use game::{Addressed, Game, Outcomes, Reader, Stamped, WorldId};
 pub use hash::{StateHasher, record_fingerprint, record_fingerprints};
+pub use placement::shard_of;
 pub use record::Record;
 pub use rng::SplitMix64;
 pub use state::GameState;

@@ -44,11 +44,7 @@ use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
 use crate::shard_core::{Answer, CoreConfig, Handoff, JournalBatch, ShardCore, WorkPart};
 use crate::updates::Hub;
 
-/// The shard that owns `world` among `shards`.
-#[inline]
-pub fn shard_of(world: WorldId, shards: usize) -> usize {
-    (((u64::from(world).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) % shards as u64) as usize
-}
+pub use trove_core::shard_of;
 
 /// Applied batches (and snapshots) a shard may hand its journal thread
 /// before it waits for the disk: a slow disk slows the shard, whose full
