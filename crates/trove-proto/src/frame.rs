@@ -142,10 +142,18 @@ pub enum ErrorCode {
     /// handled as usual. Answers the frame in place of its ACK; the
     /// connection stays.
     SequenceReused = 16,
+    /// Cluster mode: an event of the frame belongs to a partition this
+    /// node does not own now; nothing of it applied. The message names
+    /// the owner if one is known; a client fetches `GET /cluster` and
+    /// reconnects there.
+    NotOwner = 17,
+    /// Cluster mode: the partition's log could not make the batch durable
+    /// (no quorum, a timeout); nothing of it acknowledged. Resend later.
+    Unavailable = 18,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -162,6 +170,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ProducerInUse,
         ErrorCode::SequenceReused,
+        ErrorCode::NotOwner,
+        ErrorCode::Unavailable,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -195,6 +205,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ProducerInUse => "producer_in_use",
             ErrorCode::SequenceReused => "sequence_reused",
+            ErrorCode::NotOwner => "not_owner",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

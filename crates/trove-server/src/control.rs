@@ -167,6 +167,8 @@ struct Ctx<G: Game> {
     sources: MetricsSources<G>,
     ready: Arc<AtomicBool>,
     conns: Arc<Conns>,
+    /// Cluster mode: who owns the partitions this node does not.
+    owners: Option<Arc<dyn crate::Owners>>,
 }
 
 /// A running control plane.
@@ -196,6 +198,9 @@ pub struct ControlParts<G: Game> {
     pub info: ControlInfo,
     /// `/ready` answers 200 while it holds.
     pub ready: Arc<AtomicBool>,
+    /// Cluster mode: who owns the partitions this node does not (`None`
+    /// outside a cluster).
+    pub owners: Option<Arc<dyn crate::Owners>>,
 }
 
 impl ControlPlane {
@@ -210,7 +215,7 @@ impl ControlPlane {
         ready: Arc<AtomicBool>,
     ) -> Result<Self, StartError> {
         let listener = bind(addr, "control plane")?;
-        Self::start_on(listener, ControlParts { config, engine, server_metrics, data_plane, info, ready })
+        Self::start_on(listener, ControlParts { config, engine, server_metrics, data_plane, info, ready, owners: None })
     }
 
     /// Serves on a listener bound already (`trove serve` binds it before
@@ -219,7 +224,7 @@ impl ControlPlane {
         std_listener: std::net::TcpListener,
         parts: ControlParts<G>,
     ) -> Result<Self, StartError> {
-        let ControlParts { config, engine, server_metrics, data_plane, info, ready } = parts;
+        let ControlParts { config, engine, server_metrics, data_plane, info, ready, owners } = parts;
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -245,6 +250,7 @@ impl ControlPlane {
             },
             ready,
             conns: conns.clone(),
+            owners,
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = {
@@ -893,7 +899,10 @@ async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::
     // The engine failed: its batches in flight never complete, and
     // `poll_complete` says so at once (Ready(Err)) every time it is asked,
     // so each wait below must end on that answer, not loop on it.
-    let failed = |reason: String| error(StatusCode::SERVICE_UNAVAILABLE, "failed", reason);
+    let failed = |lost: trove_shard::Lost| match lost {
+        trove_shard::Lost::Deposed { .. } => error(StatusCode::MISDIRECTED_REQUEST, "not_owner", lost.reason().into()),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "failed", lost.reason().into()),
+    };
     // A request that timed out left its batch in flight: take its answer
     // first, so this one gets its own.
     while producer.in_flight() > 0 {
@@ -919,7 +928,20 @@ async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::
             Err(SubmitError::Busy) => {
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the engine is saturated; retry".into()));
             }
-            Err(SubmitError::Failed) => return Err(failed(crate::failure_reason(&producer))),
+            Err(SubmitError::Failed) => {
+                return Err(failed(trove_shard::Lost::Failed(crate::failure_reason(&producer))));
+            }
+            Err(SubmitError::NotOwner { shard }) => {
+                let owner = match &ctx.owners {
+                    Some(o) => o.describe_owner(shard),
+                    None => format!("partition {shard} is not served here"),
+                };
+                return Err(error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "not_owner",
+                    format!("this node does not own partition {shard}: {owner}"),
+                ));
+            }
             Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:?}"))),
         }
     }

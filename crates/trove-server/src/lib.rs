@@ -392,6 +392,8 @@ pub(crate) struct Shared<G: WireGame> {
     /// Bytes the connections' input buffers hold beyond their base.
     pub frame_budget: FrameBudget,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Cluster mode: who owns the partitions this node does not.
+    pub owners: Option<Arc<dyn Owners>>,
 }
 
 /// The server-wide budget for unfinished frames
@@ -527,6 +529,17 @@ impl<G: WireGame + json::JsonGame> Server<G> {
     /// fails a start before it has changed the data directory). The
     /// addresses in `config` are not used: the listeners' are.
     pub fn start_on(listeners: Listeners, engine: Arc<Engine<G>>, config: ServerConfig) -> Result<Self, StartError> {
+        Self::start_node(listeners, engine, config, None)
+    }
+
+    /// [`Server::start_on`] for a node of a cluster: `owners` names the
+    /// owner of a partition this node refuses events for (`not_owner`).
+    pub fn start_node(
+        listeners: Listeners,
+        engine: Arc<Engine<G>>,
+        config: ServerConfig,
+        owners: Option<Arc<dyn Owners>>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(config.io_workers).thread_name("trove-io").enable_io().enable_time();
@@ -550,6 +563,7 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             connections: AtomicUsize::new(0),
             frame_budget: FrameBudget::new(config.unfinished_frame_bytes_max, metrics),
             shutdown,
+            owners,
         });
         let Listeners { tcp, ws } = listeners;
         let tcp_addr = tcp.local_addr().map_err(|source| StartError::Listener { what: "TCP", source })?;
@@ -656,12 +670,44 @@ pub(crate) fn failure_reason<G: trove_core::Game>(producer: &trove_shard::Produc
     producer.failure().unwrap_or("the engine failed").to_string()
 }
 
+/// What a node of a cluster tells clients about partitions' owners
+/// (cluster mode; `trove-cluster` implements it).
+pub trait Owners: Send + Sync + std::fmt::Debug + 'static {
+    /// Who owns `partition` now, for people: `partition 3 is owned by node
+    /// b at 127.0.0.1:7400 (epoch 12)`, or `partition 3 has no owner now`.
+    fn describe_owner(&self, partition: usize) -> String;
+}
+
+impl<G: WireGame> Shared<G> {
+    /// The ERROR for a batch refused because this node does not own
+    /// `shard`'s partition.
+    pub(crate) fn not_owner(&self, shard: usize) -> (trove_proto::ErrorCode, String) {
+        let owner = match &self.owners {
+            Some(o) => o.describe_owner(shard),
+            None => format!("partition {shard} is not served here"),
+        };
+        (trove_proto::ErrorCode::NotOwner, format!("this node does not own partition {shard}: {owner}"))
+    }
+
+    /// The ERROR for batches in flight that will never complete.
+    pub(crate) fn lost(&self, lost: trove_shard::Lost) -> (trove_proto::ErrorCode, String) {
+        match lost {
+            trove_shard::Lost::Failed(reason) => (trove_proto::ErrorCode::Internal, reason),
+            trove_shard::Lost::Deposed { shard, reason } => {
+                let (code, owner) = self.not_owner(shard);
+                (code, format!("{reason}; {owner}"))
+            }
+            trove_shard::Lost::Unavailable { reason, .. } => (trove_proto::ErrorCode::Unavailable, reason),
+        }
+    }
+}
+
 /// Polls a producer for its oldest completed batch, registering the task's
 /// waker with the engine when none is ready.
 pub(crate) fn poll_complete<G: trove_core::Game>(
     producer: &mut trove_shard::Producer<G>,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Result<trove_shard::Completed<G>, String>> {
+) -> std::task::Poll<Result<trove_shard::Completed<G>, trove_shard::Lost>> {
     if let Some(c) = producer.try_complete() {
         return std::task::Poll::Ready(Ok(c));
     }
@@ -670,8 +716,8 @@ pub(crate) fn poll_complete<G: trove_core::Game>(
         Some(c) => std::task::Poll::Ready(Ok(c)),
         // Batches in flight that will never complete: the connection is
         // told why and closed (its producer retries elsewhere or later).
-        None => match producer.failure() {
-            Some(reason) => std::task::Poll::Ready(Err(reason.to_string())),
+        None => match producer.lost() {
+            Some(lost) => std::task::Poll::Ready(Err(lost)),
             None => std::task::Poll::Pending,
         },
     }

@@ -82,6 +82,10 @@ pub(crate) enum Admission {
     /// endpoint closes with the failure's reason once what completed is
     /// sent.
     Failed,
+    /// Cluster mode: an event of the batch belongs to a partition this node
+    /// does not own now (shard `shard`): nothing of it applied; the endpoint
+    /// answers what is owed, then `not_owner`, and closes.
+    NotOwner { shard: usize },
 }
 
 /// An answer owed to the peer, in frame order.
@@ -177,6 +181,7 @@ impl Session {
             )),
             Err(SubmitError::ShuttingDown) => Admission::ShuttingDown,
             Err(SubmitError::Failed) => Admission::Failed,
+            Err(SubmitError::NotOwner { shard }) => Admission::NotOwner { shard },
         }
     }
 

@@ -137,6 +137,10 @@ struct Connection<G: WireGame> {
     read_at: std::time::Instant,
     /// Batches answered in `out`, for the stage latencies once it is written.
     staged: Vec<Staged>,
+    /// Cluster mode: a batch was refused `not_owner`; nothing more is read,
+    /// the answers owed before it go out, then this ERROR, and the
+    /// connection closes.
+    closing: Option<(ErrorCode, String)>,
 }
 
 impl<G: WireGame> Connection<G> {
@@ -156,6 +160,7 @@ impl<G: WireGame> Connection<G> {
             deliveries: Vec::new(),
             read_at: std::time::Instant::now(),
             staged: Vec::new(),
+            closing: None,
         }
     }
 
@@ -389,6 +394,12 @@ impl<G: WireGame> Connection<G> {
                 return Err(Close::Error(ErrorCode::Internal, reason));
             }
             let in_flight = producer.in_flight();
+            if in_flight == 0
+                && let Some((code, message)) = self.closing.take()
+            {
+                // The answers owed before the refused batch are out.
+                return Err(Close::Error(code, message));
+            }
             if (eof || stopping) && in_flight == 0 {
                 assert_eq!(self.session.owed(), 0, "no batch in flight: every answer owed went out");
                 if stopping && !eof {
@@ -399,13 +410,17 @@ impl<G: WireGame> Connection<G> {
             // Answers owed (batches in the engine and refusals queued
             // behind them) bound what is read: a flood of refused frames
             // cannot grow `owed` while a batch waits for its durability.
-            let can_read = !eof && !stopping && self.session.window_open() && !self.frame_buffered();
+            let can_read =
+                !eof && !stopping && self.closing.is_none() && self.session.window_open() && !self.frame_buffered();
             let subscribed = self.subscriptions.mailbox();
             // Not biased: a busy subscription must not starve reading, the
             // idle timer or shutdown.
             tokio::select! {
                 c = poll_fn(|cx| poll_complete(&mut producer, cx)), if in_flight > 0 => {
-                    let c = c.map_err(|reason| Close::Error(ErrorCode::Internal, reason))?;
+                    let c = c.map_err(|lost| {
+                        let (code, message) = self.shared.lost(lost);
+                        Close::Error(code, message)
+                    })?;
                     self.completed(c);
                     while let Some(c) = producer.try_complete() {
                         self.completed(c);
@@ -454,7 +469,7 @@ impl<G: WireGame> Connection<G> {
     /// Handles the whole frames buffered, while the window has room.
     fn process(&mut self, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
         let max = self.shared.config.frame_body_max;
-        while self.session.window_open() {
+        while self.session.window_open() && self.closing.is_none() {
             let Some((h, total)) = frame::split(&self.inbuf[self.consumed..], max)? else { return Ok(()) };
             let start = self.consumed;
             self.consumed += total;
@@ -538,6 +553,7 @@ impl<G: WireGame> Connection<G> {
             // Not accepted; the connection loop closes the connection with
             // the failure's reason once what was acknowledged is sent.
             Admission::Failed => {}
+            Admission::NotOwner { shard } => self.closing = Some(self.shared.not_owner(shard)),
         }
     }
 

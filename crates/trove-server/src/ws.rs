@@ -920,7 +920,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     Some(p) => poll_complete(p, cx),
                     None => Poll::Pending,
                 }), if in_flight > 0 => {
-                    self.completed(c.map_err(|reason| (ErrorCode::Internal, reason))?);
+                    self.completed(c.map_err(|lost| self.shared.lost(lost))?);
                     while let Some(c) = self.producer.as_mut().and_then(Producer::try_complete) {
                         self.completed(c);
                     }
@@ -1072,6 +1072,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
                     }
                     Admission::Failed => return Err((ErrorCode::Internal, crate::failure_reason(producer))),
+                    Admission::NotOwner { shard } => return Err(self.shared.not_owner(shard)),
                 }
             }
             "subscribe" | "unsubscribe" => {

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use trove_core::state::combine_world_hashes;
 use trove_core::{Game, Stamped, WorldId};
-use trove_journal::DataDirLock;
+use trove_journal::{DataDirLock, FsyncPolicy};
 
 use crate::clock::{ClockMode, EngineClock};
 use crate::error::{ConfigError, StartError, UnknownMode};
 use crate::journaled::{JournalConfig, recover};
+use crate::log::ShardLog;
 use crate::metrics::EngineMetrics;
 use crate::per_event::PerEvent;
 use crate::producer::{Inbox, Intake, Origin, Producer, SubmitError};
-use crate::sharded::Sharded;
+use crate::shard_core::ShardCore;
+use crate::sharded::{OwnershipError, ShardState, Sharded};
 use crate::updates::Hub;
 
 /// Producer ids from here up are assigned by the engine
@@ -97,6 +99,11 @@ pub struct EngineConfig {
     /// Sharded mode: producers a shard remembers; past that, the one idle
     /// the longest is forgotten.
     pub dedup_producers_max: usize,
+    /// Cluster mode (sharded, no `journal`): the shards are a cluster's
+    /// partitions and start vacant; a shard applies only between
+    /// `install_shard` (with its state and its partition's log) and
+    /// `vacate_shard`, and admission answers `NotOwner` for the rest.
+    pub cluster: bool,
 }
 
 impl Default for EngineConfig {
@@ -117,6 +124,7 @@ impl Default for EngineConfig {
             journal: None,
             dedup_window_events: 65_536,
             dedup_producers_max: 1024,
+            cluster: false,
         }
     }
 }
@@ -167,6 +175,9 @@ impl EngineConfig {
         checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(ConfigError::OutOfRange(msg)))?;
         if self.journal.is_some() && self.mode != Mode::Sharded {
             return Err(ConfigError::JournalNeedsSharded(self.mode));
+        }
+        if self.cluster && (self.journal.is_some() || self.mode != Mode::Sharded) {
+            return Err(ConfigError::ClusterAlone);
         }
         Ok(())
     }
@@ -337,6 +348,21 @@ impl<G: Game> Engine<G> {
             None => ASSIGNED_PRODUCER_IDS,
             Some(m) => m.checked_add(1).ok_or(StartError::ProducerIdsExhausted)?,
         };
+        // In a cluster, a partition's producers come from every node: ids
+        // this node hands out start at a random point of the top half, so
+        // that two nodes (or two starts of one) never hand out the same id
+        // and have one's events taken for the other's retries.
+        let producer_id_next = if config.cluster {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+            );
+            h.write_u32(std::process::id());
+            ASSIGNED_PRODUCER_IDS + (h.finish() >> 2)
+        } else {
+            producer_id_next
+        };
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let hub = Arc::new(Hub::default());
         let failure = Arc::new(OnceLock::new());
@@ -470,6 +496,44 @@ impl<G: Game> Engine<G> {
     /// restart recovers what was durable.
     pub fn failure(&self) -> Option<&str> {
         self.inner.failure.get().map(String::as_str)
+    }
+
+    /// Cluster mode: shard `index` owns its partition from now on, with
+    /// `core` (the partition's state, recovered from its log, journaled)
+    /// and `log` to make what it applies durable under `policy`.
+    /// Admission takes its events once this returns.
+    pub fn install_shard<L: ShardLog<G::Event>>(
+        &self,
+        index: usize,
+        core: ShardCore<G>,
+        log: L,
+        policy: FsyncPolicy,
+    ) -> Result<(), OwnershipError> {
+        match &self.inner.backend {
+            Backend::Sharded(s) if self.inner.config.cluster => s.install(index, core, log, policy),
+            _ => Err(OwnershipError::NotACluster),
+        }
+    }
+
+    /// Cluster mode: shard `index` gives its partition up: admission stops
+    /// at once, what was admitted is applied and made durable (or failed),
+    /// with a snapshot after it if `snapshot`; returns when its log
+    /// thread has ended. Then the shard is vacant.
+    pub fn vacate_shard(&self, index: usize, snapshot: bool) -> Result<(), OwnershipError> {
+        match &self.inner.backend {
+            Backend::Sharded(s) if self.inner.config.cluster => s.vacate(index, snapshot),
+            _ => Err(OwnershipError::NotACluster),
+        }
+    }
+
+    /// Each shard's standing: `Vacant`, `Owned`, or `Lost` (its log was
+    /// fenced or unavailable: vacate it). Outside cluster mode every shard
+    /// is `Owned`.
+    pub fn shard_states(&self) -> Vec<ShardState> {
+        match &self.inner.backend {
+            Backend::Sharded(s) => s.states(),
+            Backend::PerEvent(_) => vec![ShardState::Owned],
+        }
     }
 
     /// A snapshot of every shard's metrics; never stops a shard.

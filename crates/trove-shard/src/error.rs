@@ -25,6 +25,10 @@ pub enum ConfigError {
     /// A journal asked for in a mode that does not journal.
     #[error("the journal runs in sharded mode only, not {}", .0.name())]
     JournalNeedsSharded(Mode),
+    /// Cluster mode is sharded and journals to each partition's log, not a
+    /// data directory.
+    #[error("cluster mode runs sharded, with no local journal")]
+    ClusterAlone,
 }
 
 /// Why a data directory's meta file (`trove.meta`: the game, record size,

@@ -25,9 +25,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use trove_core::{Game, GameState, Outcomes, Record, Stamped, record_fingerprints};
-use trove_journal::snapshot::{
-    SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots_in, remove_covered, write_snapshot,
-};
+use trove_journal::snapshot::{SnapshotBuilder, SnapshotMeta, decode_snapshot, list_snapshots_in};
 use trove_journal::{
     DataDirLock, Entry, FsStorage, FsyncPolicy, JournalWriter, RecoverOptions, Run, Storage, WriteIo,
     create_dir_durably_in, recover_shard_in, shard_dir,
@@ -35,9 +33,11 @@ use trove_journal::{
 
 use crate::dedup::{AppliedPart, Dedup, KeptProducer, KeptRun};
 use crate::error::{MetaError, StartError};
+use crate::log::{LogError, LogErrorKind, ShardLog};
 use crate::metrics::ShardMetrics;
-use crate::producer::{Inbox, Origin, Part};
+use crate::producer::{Inbox, Lost, Origin, Part};
 use crate::shard_core::{CoreConfig, ShardCore};
+use crate::sharded::Standing;
 
 /// Where and how the engine journals.
 #[derive(Clone, Debug)]
@@ -157,25 +157,6 @@ pub(crate) fn snapshot_bytes<G: Game>(snapshot: PendingSnapshot<G>, shard: u32, 
         });
     }
     worlds.finish(SnapshotMeta { shard, next_batch, last_time_us })
-}
-
-/// Makes a snapshot of the state after every batch before the writer's
-/// next one durable, then removes what it covers. Order matters for
-/// crashes: first every batch before the snapshot is written and synced
-/// and a segment starting at the snapshot's batch exists; only then is
-/// the snapshot made durable; only then are covered files removed. A
-/// crash between any two steps leaves a complete journal. Returns the
-/// snapshot's size.
-fn take_snapshot<G: Game>(writer: &mut JournalWriter, snapshot: PendingSnapshot<G>) -> Result<usize, String> {
-    let next_batch = writer.next_batch();
-    let bytes = snapshot_bytes(snapshot, writer.shard(), next_batch);
-    // Read back before anything is replaced: a snapshot start-up would
-    // refuse must never take the place of the journal it covers.
-    decode_snapshot(&bytes).map_err(|e| format!("a snapshot failed its own check: {e}"))?;
-    writer.roll_at_snapshot().map_err(|e| format!("starting a segment for a snapshot: {e}"))?;
-    write_snapshot(writer.dir(), next_batch, &bytes).map_err(|e| format!("writing a snapshot: {e}"))?;
-    remove_covered(writer.dir(), next_batch).map_err(|e| format!("removing journal files a snapshot covers: {e}"))?;
-    Ok(bytes.len())
 }
 
 const META_FILE: &str = "trove.meta";
@@ -325,81 +306,71 @@ fn write_meta(storage: &dyn Storage, dir: &Path, meta: &str) -> Result<(), MetaE
     storage.sync_dir(dir).map_err(meta_io("syncing", dir))
 }
 
-/// One shard's state rebuilt from its newest snapshot and the journal after
-/// it, read through `storage`. `truncate` repairs a torn tail (start-up)
-/// instead of just reporting it (offline tools). Lines for the log go to
-/// `log`.
-#[allow(clippy::too_many_arguments)]
-fn rebuild<G: Game>(
-    storage: &dyn Storage,
-    dir: &Path,
+/// One shard's state rebuilt as recovery rebuilds it: a snapshot, then
+/// the batches after it, applied with the dedup history rebuilt from both.
+/// Start-up feeds it from segment files (`rebuild`); a cluster node from a
+/// partition's snapshot object and stream (`crates/trove-cluster`).
+pub struct Rebuild<G: Game> {
     index: usize,
-    worlds_max: usize,
-    mut producers: Dedup<G::Outcome>,
-    options: RecoverOptions,
-    log: &LogTx,
-    mut each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
-) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), ReplayError> {
-    let mut state = GameState::<G>::new(worlds_max);
-    let mut options = options;
-    let (snapshots, leftovers) =
-        list_snapshots_in(storage, dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
-    for tmp in leftovers {
-        // A snapshot being written when the engine stopped: never renamed,
-        // so never used.
-        if options.truncate_torn_tail {
-            storage.remove(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
-            let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
+    state: GameState<G>,
+    producers: Dedup<G::Outcome>,
+    out: Outcomes<G::Outcome, G::Broadcast>,
+    stamped: Vec<Stamped<G::Event>>,
+}
+
+impl<G: Game> std::fmt::Debug for Rebuild<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rebuild").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl<G: Game> Rebuild<G> {
+    /// An empty shard `index`, as `config` bounds it.
+    pub fn new(index: usize, config: CoreConfig) -> Self {
+        Self {
+            index,
+            state: GameState::new(config.worlds_max),
+            producers: Dedup::new(config.dedup_window_events, config.dedup_producers_max),
+            out: Outcomes::default(),
+            stamped: Vec::new(),
         }
     }
-    if let Some(path) = snapshots.last() {
-        let started = Instant::now();
-        let bytes = storage
-            .read(path, SNAPSHOT_BYTES_MAX)
-            .map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
-        let snap =
-            decode_snapshot(&bytes).map_err(|e| Damaged(format!("snapshot {} is damaged: {e}", path.display())))?;
-        if snap.meta.shard != index as u32 {
-            return Err(Damaged(format!("{} is a snapshot of shard {}", path.display(), snap.meta.shard)));
+
+    /// Loads a snapshot's worlds, time and producers (on an empty
+    /// rebuild); returns its meta and its world count. A snapshot of
+    /// another shard, or one that does not decode, is refused.
+    pub fn load_snapshot(&mut self, bytes: &[u8]) -> Result<(SnapshotMeta, usize), String> {
+        let snap = decode_snapshot(bytes).map_err(|e| format!("damaged: {e}"))?;
+        if snap.meta.shard != self.index as u32 {
+            return Err(format!("a snapshot of shard {}, not {}", snap.meta.shard, self.index));
         }
         for (id, world) in &snap.worlds {
-            let world = G::decode_world(*id, world)
-                .map_err(|e| Damaged(format!("snapshot {}: world {id}: {e}", path.display())))?;
-            state
-                .restore_world(*id, world)
-                .map_err(|e| Damaged(format!("snapshot {}: world {id}: {e:?}", path.display())))?;
+            let world = G::decode_world(*id, world).map_err(|e| format!("world {id}: {e}"))?;
+            self.state.restore_world(*id, world).map_err(|e| format!("world {id}: {e:?}"))?;
         }
-        state.restore_time(snap.meta.last_time_us);
+        self.state.restore_time(snap.meta.last_time_us);
         for p in snap.producers {
             let mut r = trove_core::Reader::new(p.outcomes);
             let outcomes = (0..p.kept)
                 .map(|_| G::load_outcome(&mut r))
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|o| r.finish().map(|()| o))
-                .map_err(|e| Damaged(format!("snapshot {}: producer {}'s outcomes: {e}", path.display(), p.id)))?;
+                .map_err(|e| format!("producer {}'s outcomes: {e}", p.id))?;
             let run = KeptRun { first_seq: p.first_seq, offsets: p.offsets, outcomes, fingerprints: p.fingerprints };
-            producers.restore(p.id, p.last_seq, run);
+            self.producers.restore(p.id, p.last_seq, run);
         }
-        options.skip_below = snap.meta.next_batch;
-        let _ = log.send((
-            Level::Info,
-            format!(
-                "shard {index}: loaded {} ({} worlds) in {:.2} s",
-                path.display(),
-                snap.worlds.len(),
-                started.elapsed().as_secs_f64()
-            ),
-        ));
+        Ok((snap.meta, snap.worlds.len()))
     }
-    let mut out = Outcomes::default();
-    let mut stamped = Vec::new();
-    let mut last_report = Instant::now();
-    let r = recover_shard_in::<G::Event>(storage, dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
-        stamped.clear();
-        stamped.extend(entries.iter().map(|e| e.stamped));
-        producers.next_drain();
-        state.apply(&stamped, &mut out);
-        each(batch, entries, &out.direct);
+
+    /// Applies one journaled batch as the shard applied it, and records
+    /// its producers' sequences and outcomes for their retries; returns
+    /// the batch's outcomes.
+    pub fn apply(&mut self, entries: &[Entry<G::Event>]) -> &[G::Outcome] {
+        self.out.clear();
+        self.stamped.clear();
+        self.stamped.extend(entries.iter().map(|e| e.stamped));
+        self.producers.next_drain();
+        self.state.apply(&self.stamped, &mut self.out);
         // Record the outcomes in parts: consecutive entries of one producer
         // whose sequences increase within u32 offsets of the part's first.
         let mut i = 0;
@@ -422,21 +393,84 @@ fn rebuild<G: Game>(
             let part = AppliedPart {
                 first_seq,
                 positions: offsets.map(Arc::new),
-                outcomes: Arc::from(&out.direct[i..j]),
+                outcomes: Arc::from(&self.out.direct[i..j]),
                 // As the running shard kept them: after a restart too, a
                 // retry of a replayed event is told from a reused sequence.
-                fingerprints: (producers.window() > 0)
+                fingerprints: (self.producers.window() > 0)
                     .then(|| record_fingerprints(entries[i..j].iter().map(|e| &e.stamped.event))),
                 skip: 0,
             };
-            producers.record(producer, part);
+            self.producers.record(producer, part);
             i = j;
         }
-        out.clear();
+        &self.out.direct
+    }
+
+    /// The state so far.
+    pub fn state(&self) -> &GameState<G> {
+        &self.state
+    }
+
+    /// The core that continues from here, journaled (its answers wait for
+    /// its log).
+    pub fn into_core(self, config: CoreConfig) -> ShardCore<G> {
+        ShardCore::with_state(self.state, self.producers, config)
+    }
+}
+
+/// One shard's state rebuilt from its newest snapshot and the journal after
+/// it, read through `storage`. `truncate` repairs a torn tail (start-up)
+/// instead of just reporting it (offline tools). Lines for the log go to
+/// `log`.
+#[allow(clippy::too_many_arguments)]
+fn rebuild<G: Game>(
+    storage: &dyn Storage,
+    dir: &Path,
+    index: usize,
+    worlds_max: usize,
+    producers: Dedup<G::Outcome>,
+    options: RecoverOptions,
+    log: &LogTx,
+    mut each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
+) -> Result<(GameState<G>, trove_journal::Recovered, Dedup<G::Outcome>), ReplayError> {
+    let state = GameState::<G>::new(worlds_max);
+    let mut options = options;
+    let (snapshots, leftovers) =
+        list_snapshots_in(storage, dir).map_err(|e| Unreadable(format!("listing {}: {e}", dir.display())))?;
+    for tmp in leftovers {
+        // A snapshot being written when the engine stopped: never renamed,
+        // so never used.
+        if options.truncate_torn_tail {
+            storage.remove(&tmp).map_err(|e| Unreadable(format!("removing {}: {e}", tmp.display())))?;
+            let _ = log.send((Level::Note, format!("shard {index}: removed unfinished snapshot {}", tmp.display())));
+        }
+    }
+    let mut rebuilt = Rebuild::<G> { index, state, producers, out: Outcomes::default(), stamped: Vec::new() };
+    if let Some(path) = snapshots.last() {
+        let started = Instant::now();
+        let bytes = storage
+            .read(path, SNAPSHOT_BYTES_MAX)
+            .map_err(|e| Unreadable(format!("reading {}: {e}", path.display())))?;
+        let (meta, worlds) =
+            rebuilt.load_snapshot(&bytes).map_err(|e| Damaged(format!("snapshot {}: {e}", path.display())))?;
+        options.skip_below = meta.next_batch;
+        let _ = log.send((
+            Level::Info,
+            format!(
+                "shard {index}: loaded {} ({worlds} worlds) in {:.2} s",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            ),
+        ));
+    }
+    let mut last_report = Instant::now();
+    let r = recover_shard_in::<G::Event>(storage, dir, index as u32, options, |batch, entries: &[Entry<G::Event>]| {
+        let outcomes = rebuilt.apply(entries);
+        each(batch, entries, outcomes);
         if last_report.elapsed().as_secs() >= 1 {
             let _ = log.send((
                 Level::Info,
-                format!("shard {index}: replayed through batch {batch}, {} events", state.events_applied()),
+                format!("shard {index}: replayed through batch {batch}, {} events", rebuilt.state.events_applied()),
             ));
             last_report = Instant::now();
         }
@@ -445,6 +479,7 @@ fn rebuild<G: Game>(
         trove_journal::JournalError::Io { .. } => Unreadable(e.to_string()),
         _ => Damaged(e.to_string()),
     })?;
+    let Rebuild { mut state, producers, .. } = rebuilt;
     for note in &r.notes {
         let _ = log.send((Level::Note, format!("shard {index}: {note}")));
     }
@@ -633,8 +668,13 @@ fn change_worlds_max<G: Game>(
     // changes nothing: the meta still has the old bound.
     for (index, r) in recovered.iter_mut().enumerate() {
         r.state.set_worlds_max(to).map_err(|held| StartError::TooManyWorlds { shard: index, held, to, from })?;
-        take_snapshot(&mut r.writer, snapshot_of(&r.state, &r.producers))
-            .map_err(|reason| StartError::Snapshot { shard: index, reason })?;
+        let snapshot = snapshot_of(&r.state, &r.producers);
+        let shard = r.writer.shard();
+        let mut snapshot = Some(snapshot);
+        ShardLog::<G::Event>::snapshot(&mut r.writer, &mut |next_batch| {
+            snapshot_bytes(snapshot.take().expect("a snapshot is encoded once"), shard, next_batch)
+        })
+        .map_err(|e| StartError::Snapshot { shard: index, reason: e.message })?;
     }
     let meta = Meta { format: META_FORMAT, shards, worlds_max: Some(to) };
     Ok(write_meta(&FsStorage, &journal.dir, &meta.text::<G>())?)
@@ -642,26 +682,30 @@ fn change_worlds_max<G: Game>(
 
 /// The journal thread of one shard. Returns when the shard hangs up, after
 /// writing, syncing and acknowledging everything it was given; or, if the
-/// disk refuses a write or a sync, or anything in the loop panics, at once
-/// (fail-stop): it records why in `failure`, releases no further
-/// acknowledgement, and tells every producer waiting for one. A panic is
-/// caught here, not left to end the thread: a journal thread that died
-/// without setting `failure` would leave `/health` saying ok while every
-/// producer waited for acknowledgements that never come.
-pub(crate) fn run_journal<G: Game>(
+/// log refuses a write or a sync, or anything in the loop panics, at once
+/// (fail-stop): it records why, releases no further acknowledgement, and
+/// tells every producer waiting for one. A local journal's failure is the
+/// engine's (`failure`: nothing more is applied anywhere); a cluster log's
+/// fencing or unavailability is this shard's alone (`standing`: the shard
+/// stops owning its partition). A panic is caught here, not left to end
+/// the thread: a journal thread that died without saying so would leave
+/// `/health` saying ok while every producer waited for acknowledgements
+/// that never come.
+pub(crate) fn run_journal<G: Game, L: ShardLog<G::Event>>(
     rx: Receiver<JournalJob<G>>,
-    writer: JournalWriter,
+    log: L,
     policy: FsyncPolicy,
     metrics: Arc<ShardMetrics>,
     failure: &OnceLock<String>,
+    standing: &Standing,
 ) {
     let mut waiting: Vec<(Arc<Inbox<G>>, Part<G>)> = Vec::new();
     let mut jobs = VecDeque::new();
-    let shard = writer.shard();
+    let shard = log.shard();
     // The loop's state (`jobs`, `waiting`) is only drained after a panic,
     // never read as if consistent: unwind safety holds for that use.
     let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        journal_loop(&rx, writer, policy, &metrics, &mut jobs, &mut waiting)
+        journal_loop(&rx, log, policy, &metrics, &mut jobs, &mut waiting)
     }));
     let result = looped.unwrap_or_else(|panic| {
         let what = panic
@@ -669,47 +713,67 @@ pub(crate) fn run_journal<G: Game>(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        Err(format!("the journal thread panicked: {what}"))
+        Err(LogError::io(format!("the journal thread panicked: {what}")))
     });
-    if let Err(reason) = result {
-        // The first failure is the one producers hear about.
-        let _ = failure.set(format!("the journal of shard {shard} failed ({reason}); nothing more is acknowledged"));
-        eprintln!("trove: {}", failure.get().map_or("", String::as_str));
+    if let Err(e) = result {
+        let shard = shard as usize;
+        let lost = match e.kind {
+            LogErrorKind::Io => {
+                // The first failure is the one producers hear about.
+                let _ = failure
+                    .set(format!("the journal of shard {shard} failed ({}); nothing more is acknowledged", e.message));
+                let reason = failure.get().map_or("", String::as_str);
+                eprintln!("trove: {reason}");
+                Lost::Failed(reason.to_string())
+            }
+            LogErrorKind::Fenced => Lost::Deposed {
+                shard,
+                reason: format!("partition {shard} was taken over by another node ({})", e.message),
+            },
+            LogErrorKind::Unavailable => Lost::Unavailable {
+                shard,
+                reason: format!("the log of partition {shard} could not make a batch durable ({})", e.message),
+            },
+        };
+        if !matches!(lost, Lost::Failed(_)) {
+            eprintln!("trove: {}", lost.reason());
+            standing.lose(lost.clone());
+        }
         for (inbox, _) in waiting.drain(..) {
-            inbox.fail();
+            inbox.lose(lost.clone());
         }
         // Jobs taken but not handled, then whatever the shard still sends
-        // (it applies nothing once `failure` is set, but a batch may be on
-        // its way) until it hangs up at shutdown: every producer is told.
+        // (it applies nothing once the loss is set, but a batch may be on
+        // its way) until it hangs up: every producer is told.
         for job in jobs.drain(..) {
-            job.fail_producers();
+            job.fail_producers(&lost);
         }
         while let Ok(job) = rx.recv() {
-            job.fail_producers();
+            job.fail_producers(&lost);
         }
     }
 }
 
 impl<G: Game> JournalJob<G> {
     /// Tells the producers of this job's batches that it will never be
-    /// acknowledged.
-    pub(crate) fn fail_producers(self) {
+    /// acknowledged, and why.
+    pub(crate) fn fail_producers(self, lost: &Lost) {
         if let JournalJob::Batch { deliveries, .. } = self {
             for (inbox, _) in deliveries {
-                inbox.fail();
+                inbox.lose(lost.clone());
             }
         }
     }
 }
 
-fn journal_loop<G: Game>(
+fn journal_loop<G: Game, L: ShardLog<G::Event>>(
     rx: &Receiver<JournalJob<G>>,
-    mut writer: JournalWriter,
+    mut log: L,
     policy: FsyncPolicy,
     metrics: &ShardMetrics,
     jobs: &mut VecDeque<JournalJob<G>>,
     waiting: &mut Vec<(Arc<Inbox<G>>, Part<G>)>,
-) -> Result<(), String> {
+) -> Result<(), LogError> {
     let mut last_sync = Instant::now();
     let mut closing = false;
     // `waiting[unwritten..]`: parts no write has covered yet.
@@ -744,13 +808,18 @@ fn journal_loop<G: Game>(
                     // Waiting before the encoding: should it panic, these
                     // producers are told with the others.
                     waiting.extend(deliveries);
-                    #[cfg(test)]
-                    tests::panic_if_asked(writer.dir());
-                    writer.append_parts(&runs, &parts, time_us);
+                    log.test_hook();
+                    log.append(&runs, &parts, time_us);
                 }
                 JournalJob::Snapshot(snapshot) => {
-                    // Fail-stop as for batches if the disk refuses.
-                    let bytes = take_snapshot(&mut writer, snapshot)?;
+                    // What the snapshot covers must be durable first, and
+                    // its acknowledgements are released with it.
+                    let mut snapshot = Some(snapshot);
+                    let shard = log.shard();
+                    let bytes = log.snapshot(&mut |next_batch| {
+                        let s = snapshot.take().expect("a snapshot is encoded once");
+                        snapshot_bytes(s, shard, next_batch)
+                    })?;
                     metrics.snapshots.fetch_add(1, Relaxed);
                     metrics.snapshot_bytes.store(bytes as u64, Relaxed);
                 }
@@ -772,10 +841,10 @@ fn journal_loop<G: Game>(
         // start of one sync's write to the start of the next: a fixed
         // cadence, not one stretched by the time each write and sync take.
         let began = Instant::now();
-        // Fail-stop: if the disk refuses a write or a sync, nothing more
+        // Fail-stop: if the log refuses a write or a sync, nothing more
         // can be promised, so the journal thread stops here and no further
         // acknowledgement is released.
-        let written = writer.flush().map_err(|e| format!("write: {e}"))?;
+        let written = log.write()?;
         metrics.journal_bytes.fetch_add(written, Relaxed);
         // The parts this write covered (those added since the last one).
         let written_at = Instant::now();
@@ -786,7 +855,7 @@ fn journal_loop<G: Game>(
         let mut synced_at = None;
         if sync_now {
             let started = Instant::now();
-            if writer.sync().map_err(|e| format!("fdatasync: {e}"))? {
+            if log.sync()? {
                 let now = Instant::now();
                 metrics.fsync_ns.record(now.saturating_duration_since(started).as_nanos() as u64);
                 metrics.fsyncs.fetch_add(1, Relaxed);
@@ -991,7 +1060,7 @@ fn replay_with<G: Game>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
@@ -1033,7 +1102,7 @@ mod tests {
     /// directories panics at its next batch.
     static PANIC_IN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-    pub(super) fn panic_if_asked(dir: &Path) {
+    pub(crate) fn panic_if_asked(dir: &Path) {
         if PANIC_IN.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|d| dir.starts_with(d)) {
             panic!("injected journal panic");
         }

@@ -19,6 +19,33 @@ pub enum SubmitError {
     /// The engine stopped acknowledging: its journal could not write or
     /// sync (`Producer::failure` says why). Nothing more is accepted.
     Failed,
+    /// Cluster mode: the batch has an event for a shard (a partition) that
+    /// this node does not own now (`Engine::install_shard`).
+    NotOwner { shard: usize },
+}
+
+/// Why batches a producer waits for will never complete (`Producer::lost`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// The engine failed: its journal could not write or sync
+    /// (`Engine::failure`). Nothing more is accepted.
+    Failed(String),
+    /// Cluster mode: another node appended to the log of a shard the batch
+    /// went to before it was durable here: this node was deposed. The
+    /// batch was not acknowledged; the partition's new owner takes it.
+    Deposed { shard: usize, reason: String },
+    /// Cluster mode: the log of a shard the batch went to could not make it
+    /// durable (no quorum, a timeout). Not acknowledged; resend later.
+    Unavailable { shard: usize, reason: String },
+}
+
+impl Lost {
+    /// The reason, for people.
+    pub fn reason(&self) -> &str {
+        match self {
+            Lost::Failed(r) | Lost::Deposed { reason: r, .. } | Lost::Unavailable { reason: r, .. } => r,
+        }
+    }
 }
 
 /// Who sent a batch: the producer and the sequence number of its first
@@ -117,21 +144,22 @@ struct InboxState<G: Game> {
     parts: Vec<Part<G>>,
     waker: Option<Waker>,
     /// Some of this producer's batches will never complete: the engine
-    /// failed (see `Intake::failure`).
-    failed: bool,
+    /// failed (see `Intake::failure`; `Lost::Failed`), or, in cluster
+    /// mode, a shard lost its partition (the first loss is kept).
+    lost: Option<Lost>,
 }
 
 impl<G: Game> Inbox<G> {
     pub fn new() -> Self {
-        Self { parts: Mutex::new(InboxState { parts: Vec::new(), waker: None, failed: false }), ready: Condvar::new() }
+        Self { parts: Mutex::new(InboxState { parts: Vec::new(), waker: None, lost: None }), ready: Condvar::new() }
     }
 
-    /// Tells the producer that batches it waits for will never complete
-    /// (after the engine's failure is set), and wakes it.
-    pub fn fail(&self) {
+    /// Tells the producer that batches it waits for will never complete,
+    /// and why, and wakes it. The first loss is the one kept.
+    pub fn lose(&self, lost: Lost) {
         let waker = {
             let mut state = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-            state.failed = true;
+            state.lost.get_or_insert(lost);
             state.waker.take()
         };
         self.ready.notify_all();
@@ -302,6 +330,17 @@ impl<G: Game> Producer<G> {
         self.engine.failure()
     }
 
+    /// Why batches in flight will never complete, if some will not: the
+    /// engine's failure first, else the first shard loss this producer
+    /// was told of (cluster mode).
+    pub fn lost(&self) -> Option<Lost> {
+        if let Some(reason) = self.engine.failure() {
+            return Some(Lost::Failed(reason.to_string()));
+        }
+        let state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
+        state.lost.clone().filter(|l| !matches!(l, Lost::Failed(_)))
+    }
+
     /// Like `try_complete`, waiting up to `timeout` for the oldest batch.
     /// `None` at once if the engine failed (see `failure`).
     pub fn complete_timeout(&mut self, timeout: Duration) -> Option<Completed<G>> {
@@ -318,7 +357,7 @@ impl<G: Game> Producer<G> {
                 return None;
             }
             let state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
-            if state.failed && state.parts.is_empty() {
+            if state.lost.is_some() && state.parts.is_empty() {
                 return None;
             }
             if state.parts.is_empty() {
@@ -331,7 +370,7 @@ impl<G: Game> Producer<G> {
     /// callers; the tokio I/O layer uses this).
     pub fn register_waker(&self, waker: &Waker) {
         let mut state = self.inbox.parts.lock().unwrap_or_else(|e| e.into_inner());
-        if state.parts.is_empty() && !state.failed {
+        if state.parts.is_empty() && state.lost.is_none() {
             state.waker = Some(waker.clone());
         } else {
             waker.wake_by_ref();

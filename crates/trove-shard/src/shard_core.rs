@@ -270,6 +270,11 @@ impl<G: Game> ShardCore<G> {
         self.failed
     }
 
+    /// Whether answers wait for a log ([`Handoff::Journal`]).
+    pub fn journaled(&self) -> bool {
+        self.journaled
+    }
+
     /// Takes retries out of `work` and applies the rest as one batch.
     ///
     /// `time_us`: `Some(now)` stamps every new event with the engine time

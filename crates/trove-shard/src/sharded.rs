@@ -33,14 +33,16 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use trove_core::{Game, GameState, Stamped, WorldId};
+use trove_journal::FsyncPolicy;
 
 use crate::admission::{self, Bounds, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::EngineConfig;
 use crate::error::StartError;
 use crate::journaled::{JournalJob, RecoveredShard, run_journal};
+use crate::log::ShardLog;
 use crate::metrics::{ShardMetrics, ShardMetricsSnapshot};
-use crate::producer::{Inbox, Origin, Part, Stamps, SubmitError};
+use crate::producer::{Inbox, Lost, Origin, Part, Stamps, SubmitError};
 use crate::shard_core::{Answer, CoreConfig, Handoff, JournalBatch, ShardCore, WorkPart};
 use crate::updates::Hub;
 
@@ -63,8 +65,82 @@ pub(crate) type Query<G> = Box<dyn FnOnce(&GameState<G>) + Send>;
 enum Msg<G: Game> {
     Work(Work<G>),
     Query(Query<G>),
+    /// Cluster mode: from now on the shard owns its partition, with this
+    /// state and log (`Sharded::install`).
+    Install(Box<Installed<G>>),
+    /// Cluster mode: the shard gives its partition up, after applying
+    /// everything admitted before (`Sharded::vacate`).
+    Vacate(Vacate),
     /// Sent once at shutdown, after `accepting` is cleared.
     Stop,
+}
+
+/// A partition's state and log, handed to its shard thread.
+struct Installed<G: Game> {
+    core: ShardCore<G>,
+    journal: JournalLink<G>,
+}
+
+/// How a shard gives its partition up.
+struct Vacate {
+    /// Snapshot the state into the log first (a clean hand-over: the next
+    /// owner replays little).
+    snapshot: bool,
+    /// Told when the log thread has ended: every batch applied here was
+    /// acknowledged or failed.
+    done: SyncSender<()>,
+}
+
+/// A shard's standing in cluster mode, shared by admission, the shard
+/// thread and its log thread. Outside cluster mode a shard is always
+/// owned and never lost.
+#[derive(Debug, Default)]
+pub(crate) struct Standing {
+    /// Admission takes batches for this shard only while set.
+    owned: AtomicBool,
+    /// Set when the shard's log was fenced or unavailable: the shard
+    /// applies nothing more until it is vacated and installed again.
+    lost_flag: AtomicBool,
+    lost: Mutex<Option<Lost>>,
+}
+
+impl Standing {
+    fn owned() -> Self {
+        Self { owned: AtomicBool::new(true), ..Self::default() }
+    }
+
+    /// The shard's log lost its partition (`Lost::Deposed` or
+    /// `Lost::Unavailable`): admission stops at once, and the shard
+    /// answers what it still drains with `lost`.
+    pub(crate) fn lose(&self, lost: Lost) {
+        self.owned.store(false, SeqCst);
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(lost);
+        self.lost_flag.store(true, SeqCst);
+    }
+
+    fn loss(&self) -> Option<Lost> {
+        if !self.lost_flag.load(Relaxed) {
+            return None;
+        }
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn clear_loss(&self) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.lost_flag.store(false, SeqCst);
+    }
+}
+
+/// A shard's state in cluster mode, as `Engine::shard_states` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardState {
+    /// Holds no partition: admission refuses its events (`NotOwner`).
+    Vacant,
+    /// Owns its partition and applies.
+    Owned,
+    /// Its log lost the partition (fenced or unavailable): it applies
+    /// nothing until vacated.
+    Lost(Lost),
 }
 
 /// Where a part's answer goes, and when it was admitted: the threaded
@@ -90,6 +166,7 @@ struct Shard<G: Game> {
     /// (`DrainRate`): what `queue_wait_max` is judged by.
     ps_per_event: Arc<AtomicU64>,
     metrics: Arc<ShardMetrics>,
+    standing: Arc<Standing>,
     thread: Mutex<Option<JoinHandle<Vec<(WorldId, u64)>>>>,
 }
 
@@ -100,6 +177,8 @@ pub(crate) struct Sharded<G: Game> {
     /// The engine's failure (set by a journal thread): once set, `submit`
     /// answers `Failed`.
     failure: Arc<OnceLock<String>>,
+    /// Serialises `install` and `vacate` (cluster mode's control calls).
+    ownership: Mutex<()>,
 }
 
 impl<G: Game> Sharded<G> {
@@ -121,29 +200,20 @@ impl<G: Game> Sharded<G> {
             let queued_events = Arc::new(AtomicUsize::new(0));
             let metrics = Arc::new(ShardMetrics::new(G::REJECTION_NAMES.len()));
             let core = (config.pin_cores && !cores.is_empty()).then(|| cores[index % cores.len()]);
-            let core_config = CoreConfig {
-                worlds_max: config.worlds_max,
-                dedup_window_events: config.dedup_window_events,
-                dedup_producers_max: config.dedup_producers_max,
-                journaled: config.journal.is_some(),
-                snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
-            };
+            let core_config = core_config_of(config);
+            // In cluster mode a shard starts vacant: it owns nothing until
+            // its partition is installed.
+            let standing = Arc::new(if config.cluster { Standing::default() } else { Standing::owned() });
             let (shard_core, journal) = match recovered.as_mut().and_then(Iterator::next) {
                 Some(r) => {
                     let policy = config.journal.as_ref().expect("journal config").fsync;
-                    let (jtx, jrx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
-                    let (m, f) = (metrics.clone(), failure.clone());
-                    let writer = r.writer;
-                    let thread = std::thread::Builder::new()
-                        .name(format!("trove-journal-{index}"))
-                        .spawn(move || run_journal::<G>(jrx, writer, policy, m, &f))
-                        .map_err(|source| StartError::Spawn { what: format!("journal thread {index}"), source })?;
+                    let link = JournalLink::spawn(index, r.writer, policy, &metrics, &failure, &standing)?;
                     let shard_core = ShardCore::with_state(r.state, r.producers, core_config);
-                    (shard_core, Some(JournalLink { jobs: jtx, thread }))
+                    (shard_core, Some(link))
                 }
                 None => (ShardCore::new(core_config), None),
             };
-            assert_eq!(journal.is_some(), core_config.journaled, "a journaled engine recovers every shard");
+            assert_eq!(journal.is_some(), config.journal.is_some(), "a journaled engine recovers every shard");
             let drain_rate = DrainRate::default();
             let ps_per_event = drain_rate.published();
             let run = ShardLoop::<G> {
@@ -155,6 +225,8 @@ impl<G: Game> Sharded<G> {
                 core: shard_core,
                 journal,
                 failure: failure.clone(),
+                standing: standing.clone(),
+                core_config,
                 started: Instant::now(),
                 drain_events_max: config.drain_events_max,
                 clock_mode: config.clock,
@@ -170,14 +242,82 @@ impl<G: Game> Sharded<G> {
                     run.run()
                 })
                 .map_err(|source| StartError::Spawn { what: format!("shard thread {index}"), source })?;
-            shards.push(Shard { tx, queued, queued_events, ps_per_event, metrics, thread: Mutex::new(Some(thread)) });
+            shards.push(Shard {
+                tx,
+                queued,
+                queued_events,
+                ps_per_event,
+                metrics,
+                standing,
+                thread: Mutex::new(Some(thread)),
+            });
         }
         let bounds = Bounds {
             batches_max: config.queue_batches_max,
             events_max: config.queue_events_max,
             wait_max: config.queue_wait_max,
         };
-        Ok(Self { shards, bounds, failure })
+        Ok(Self { shards, bounds, failure, ownership: Mutex::new(()) })
+    }
+
+    /// Cluster mode: shard `index` owns its partition from now on, with
+    /// `core` (recovered from the partition's log, journaled) and `log` to
+    /// make what it applies durable, under `policy`. Admission takes its
+    /// events once this returns.
+    pub fn install<L: ShardLog<G::Event>>(
+        &self,
+        index: usize,
+        core: ShardCore<G>,
+        log: L,
+        policy: FsyncPolicy,
+    ) -> Result<(), OwnershipError> {
+        assert!(core.journaled(), "an installed shard answers only through its log");
+        let _serial = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self.shards.get(index).ok_or(OwnershipError::NoSuchShard { index, shards: self.shards.len() })?;
+        if shard.standing.owned.load(SeqCst) || shard.standing.lost_flag.load(SeqCst) {
+            return Err(OwnershipError::NotVacant { index });
+        }
+        let journal = JournalLink::spawn(index, log, policy, &shard.metrics, &self.failure, &shard.standing)
+            .map_err(|e| OwnershipError::Spawn(e.to_string()))?;
+        if shard.tx.send(Msg::Install(Box::new(Installed { core, journal }))).is_err() {
+            return Err(OwnershipError::Stopped);
+        }
+        // After the message: whatever admission takes from now on is
+        // queued behind the installation.
+        shard.standing.owned.store(true, SeqCst);
+        Ok(())
+    }
+
+    /// Cluster mode: shard `index` gives its partition up. Admission stops
+    /// taking its events at once; everything admitted before is applied
+    /// and handed to the log, `snapshot` asks for a snapshot after it, and
+    /// this returns when the log thread has ended (every batch
+    /// acknowledged or failed). Then the shard is vacant and holds no
+    /// state. Vacating a vacant shard does nothing.
+    pub fn vacate(&self, index: usize, snapshot: bool) -> Result<(), OwnershipError> {
+        let _serial = self.ownership.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self.shards.get(index).ok_or(OwnershipError::NoSuchShard { index, shards: self.shards.len() })?;
+        shard.standing.owned.store(false, SeqCst);
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if shard.tx.send(Msg::Vacate(Vacate { snapshot, done })).is_err() {
+            return Err(OwnershipError::Stopped);
+        }
+        wait.recv().map_err(|_| OwnershipError::Stopped)?;
+        shard.standing.clear_loss();
+        Ok(())
+    }
+
+    /// Each shard's standing (cluster mode; outside it every shard is
+    /// `Owned`).
+    pub fn states(&self) -> Vec<ShardState> {
+        self.shards
+            .iter()
+            .map(|s| match s.standing.loss() {
+                Some(lost) => ShardState::Lost(lost),
+                None if s.standing.owned.load(SeqCst) => ShardState::Owned,
+                None => ShardState::Vacant,
+            })
+            .collect()
     }
 
     /// Admits a batch, all or nothing (see the module docs). `accepting`
@@ -223,6 +363,10 @@ impl<G: Game> Sharded<G> {
             if count == 0 {
                 continue;
             }
+            if !shard.standing.owned.load(Relaxed) {
+                release(s);
+                return Err(SubmitError::NotOwner { shard: s });
+            }
             let batches_before = shard.queued.fetch_add(1, SeqCst);
             let events_before = shard.queued_events.fetch_add(count as usize, SeqCst);
             // A queue takes a batch only while it stays within its bounds
@@ -240,6 +384,12 @@ impl<G: Game> Sharded<G> {
         if !accepting.load(SeqCst) {
             release(n);
             return Err(SubmitError::ShuttingDown);
+        }
+        // Checked again after reserving, for the same reason: `vacate`
+        // clears `owned` and then waits for the reservations to drain.
+        if let Some(s) = (0..n).find(|&s| involved(s) && !self.shards[s].standing.owned.load(SeqCst)) {
+            release(n);
+            return Err(SubmitError::NotOwner { shard: s });
         }
 
         // Committed: split by shard, remembering where each event came from.
@@ -319,6 +469,62 @@ struct JournalLink<G: Game> {
     thread: JoinHandle<()>,
 }
 
+impl<G: Game> JournalLink<G> {
+    /// Starts shard `index`'s journal thread over `log`.
+    fn spawn<L: ShardLog<G::Event>>(
+        index: usize,
+        log: L,
+        policy: FsyncPolicy,
+        metrics: &Arc<ShardMetrics>,
+        failure: &Arc<OnceLock<String>>,
+        standing: &Arc<Standing>,
+    ) -> Result<Self, StartError> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel(JOURNAL_QUEUE_JOBS);
+        let (m, f, st) = (metrics.clone(), failure.clone(), standing.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("trove-journal-{index}"))
+            .spawn(move || run_journal::<G, L>(rx, log, policy, m, &f, &st))
+            .map_err(|source| StartError::Spawn { what: format!("journal thread {index}"), source })?;
+        Ok(Self { jobs, thread })
+    }
+
+    /// Sends a final snapshot if asked, hangs up and waits for the thread:
+    /// everything sent was written, synced and acknowledged, or failed.
+    fn close<F: FnOnce() -> JournalJob<G>>(self, snapshot: Option<F>) {
+        if let Some(s) = snapshot {
+            let _ = self.jobs.send(s());
+        }
+        drop(self.jobs);
+        self.thread.join().expect("journal thread panicked");
+    }
+}
+
+/// What every shard core of `config` is built with.
+fn core_config_of(config: &EngineConfig) -> CoreConfig {
+    CoreConfig {
+        worlds_max: config.worlds_max,
+        dedup_window_events: config.dedup_window_events,
+        dedup_producers_max: config.dedup_producers_max,
+        journaled: config.journal.is_some(),
+        snapshot_interval: config.journal.as_ref().and_then(|j| j.snapshot_interval),
+    }
+}
+
+/// Why `install` or `vacate` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    #[error("there is no shard {index} (the engine has {shards})")]
+    NoSuchShard { index: usize, shards: usize },
+    #[error("shard {index} is not vacant: vacate it first")]
+    NotVacant { index: usize },
+    #[error("the engine is stopping")]
+    Stopped,
+    #[error("the engine is not in cluster mode")]
+    NotACluster,
+    #[error("{0}")]
+    Spawn(String),
+}
+
 /// The shard thread: parks, drains, reads the clock, and drives its
 /// [`ShardCore`], which decides; this loop does the rest (queues, metrics,
 /// the journal hand-off, deliveries, snapshot timing).
@@ -329,11 +535,17 @@ struct ShardLoop<G: Game> {
     drain_rate: DrainRate,
     metrics: Arc<ShardMetrics>,
     core: ShardCore<G>,
-    /// The journal thread, if the engine journals.
+    /// The journal thread, if the engine journals (in cluster mode: while
+    /// the shard owns its partition).
     journal: Option<JournalLink<G>>,
     /// The engine's failure: once set, work is answered with it, not
     /// applied (`ShardCore::fail`).
     failure: Arc<OnceLock<String>>,
+    /// Cluster mode: whether the shard owns its partition, and whether its
+    /// log lost it.
+    standing: Arc<Standing>,
+    /// What a vacated shard's empty core is built with.
+    core_config: CoreConfig,
     /// The epoch of the `now` the core's snapshot timing is given.
     started: Instant,
     drain_events_max: usize,
@@ -344,17 +556,53 @@ struct ShardLoop<G: Game> {
 }
 
 impl<G: Game> ShardLoop<G> {
+    /// Handles a message that is not work; `Stop` sets `stopping`.
+    fn control(&mut self, msg: Msg<G>, stopping: &mut bool, vacating: &mut Option<Vacate>) {
+        match msg {
+            Msg::Work(_) => unreachable!("work is drained by the loop"),
+            // Between batches: it sees everything applied so far.
+            Msg::Query(q) => q(self.core.state()),
+            Msg::Install(installed) => {
+                let Installed { core, journal } = *installed;
+                assert!(self.journal.is_none(), "a shard is installed only while vacant");
+                self.core = core;
+                self.journal = Some(journal);
+                self.started = Instant::now();
+            }
+            Msg::Vacate(v) => {
+                *vacating = Some(v);
+            }
+            Msg::Stop => *stopping = true,
+        }
+    }
+
+    /// Gives the partition up once nothing admitted is left: a snapshot if
+    /// asked, the log thread closed (every batch acknowledged or failed),
+    /// an empty core in place of the state.
+    fn vacate(&mut self, v: Vacate) {
+        if let Some(link) = self.journal.take() {
+            let snapshot = (v.snapshot && !self.core.failed()).then(|| {
+                let s = self.core.snapshot(self.started.elapsed()).0;
+                move || JournalJob::Snapshot(s)
+            });
+            link.close(snapshot);
+        }
+        self.core = ShardCore::new(self.core_config);
+        let _ = v.done.send(());
+    }
+
     fn run(mut self) -> Vec<(WorldId, u64)> {
         let mut work: Vec<Work<G>> = Vec::new();
         let mut stopping = false;
+        let mut vacating: Option<Vacate> = None;
         loop {
-            if !stopping {
+            if !stopping && vacating.is_none() {
                 // Park until there is work: an idle shard costs nothing.
                 let idle = Instant::now();
                 match self.rx.recv() {
                     Ok(Msg::Work(w)) => work.push(w),
-                    Ok(Msg::Query(q)) => q(self.core.state()),
-                    Ok(Msg::Stop) | Err(_) => stopping = true,
+                    Ok(msg) => self.control(msg, &mut stopping, &mut vacating),
+                    Err(_) => stopping = true,
                 }
                 self.metrics.idle_ns.fetch_add(idle.elapsed().as_nanos() as u64, Relaxed);
                 self.metrics.wakeups.fetch_add(1, Relaxed);
@@ -367,16 +615,19 @@ impl<G: Game> ShardLoop<G> {
                         events += w.events().len();
                         work.push(w);
                     }
-                    // Between batches: it sees everything applied so far.
-                    Ok(Msg::Query(q)) => q(self.core.state()),
-                    Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => stopping = true,
+                    Ok(msg) => self.control(msg, &mut stopping, &mut vacating),
+                    Err(TryRecvError::Disconnected) => stopping = true,
                     Err(TryRecvError::Empty) => break,
                 }
             }
             if work.is_empty() {
-                if stopping {
+                if stopping || vacating.is_some() {
                     // A producer may hold a reservation it has not sent yet.
                     if self.queued.load(SeqCst) == 0 {
+                        if let Some(v) = vacating.take() {
+                            self.vacate(v);
+                            continue;
+                        }
                         break;
                     }
                     std::thread::yield_now();
@@ -387,7 +638,8 @@ impl<G: Game> ShardLoop<G> {
             self.queued_events.fetch_sub(events, SeqCst);
             self.metrics.queue_depth_batches.fetch_sub(work.len() as u64, Relaxed);
             self.metrics.queue_depth_events.fetch_sub(events as u64, Relaxed);
-            if self.failure.get().is_some() {
+            let lost = self.standing.loss();
+            if self.failure.get().is_some() || lost.is_some() {
                 self.core.fail();
             }
 
@@ -395,10 +647,15 @@ impl<G: Game> ShardLoop<G> {
             let time_us = (self.clock_mode == ClockMode::Wall).then(|| self.clock.now_us());
             let apply = Instant::now();
             let Ok(applied) = self.core.apply(&mut work, time_us) else {
-                // The journal failed: nothing more can be made durable, so
+                // The journal failed (or, in cluster mode, the partition's
+                // log was lost): nothing more can be made durable, so
                 // nothing more is applied; its producers are told.
+                let lost = self
+                    .standing
+                    .loss()
+                    .unwrap_or_else(|| Lost::Failed(self.failure.get().cloned().unwrap_or_default()));
                 for w in work.drain(..) {
-                    w.reply.inbox.fail();
+                    w.reply.inbox.lose(lost.clone());
                 }
                 continue;
             };
@@ -440,7 +697,11 @@ impl<G: Game> ShardLoop<G> {
                     // failed (fail-stop, `failure` set): then this batch is
                     // never acknowledged, and later work is not applied.
                     if let Err(SendError(job)) = jobs.send(journal_job(batch, applied_at)) {
-                        job.fail_producers();
+                        let lost = self
+                            .standing
+                            .loss()
+                            .unwrap_or_else(|| Lost::Failed(self.failure.get().cloned().unwrap_or_default()));
+                        job.fail_producers(&lost);
                     }
                 }
                 _ => unreachable!("a core is journaled exactly when its shard has a journal"),
@@ -460,13 +721,11 @@ impl<G: Game> ShardLoop<G> {
 
             self.metrics.busy_ns.fetch_add(busy.elapsed().as_nanos() as u64, Relaxed);
         }
-        if let Some(JournalLink { jobs, thread }) = self.journal.take() {
-            // A final snapshot makes the next start quick.
-            let _ = jobs.send(JournalJob::Snapshot(self.core.snapshot(self.started.elapsed()).0));
-            drop(jobs);
-            // Everything written, synced and acknowledged before shutdown
-            // returns.
-            thread.join().expect("journal thread panicked");
+        if let Some(link) = self.journal.take() {
+            // A final snapshot makes the next start quick. Everything
+            // written, synced and acknowledged before shutdown returns.
+            let s = self.core.snapshot(self.started.elapsed()).0;
+            link.close(Some(move || JournalJob::Snapshot(s)));
         }
         self.core.world_hashes()
     }

@@ -323,6 +323,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
                 data_plane: server.runtime_handle(),
                 info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
                 ready: ready.clone(),
+                owners: None,
             },
         ) {
             Ok(c) => Some(c),
