@@ -32,6 +32,12 @@ pub enum Unavailability {
     /// The connection to NATS is down (the client reconnects by itself).
     #[error("disconnected from NATS")]
     Disconnected,
+    /// The stream's leader counts a message past `expected` that is not
+    /// committed (a try without quorum, which may still commit or vanish):
+    /// whether this writer is fenced is not known yet.
+    #[error("expected last sequence {expected}, the leader is at {} with nothing committed past it yet (a try without quorum)",
+        actual.map_or_else(|| "a later one".to_string(), |a| a.to_string()))]
+    Uncommitted { expected: u64, actual: Option<u64> },
 }
 
 /// What a call of this crate fails with.

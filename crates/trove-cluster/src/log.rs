@@ -9,12 +9,15 @@
 //! empty payload, header `Trove-Fence: <epoch>`), so the deposed owner's
 //! next append fails even if it never noticed it lost the lease.
 //!
-//! An append also carries `Nats-Msg-Id` (the caller's id for the frame),
-//! so that after an append whose acknowledgement was lost
-//! ([`ClusterError::Unavailable`]) the writer can ask whether it landed
-//! ([`PartitionLog::appended_as`]). A plain retry cannot tell: JetStream
-//! checks the expected last sequence before the message id, so the retry
-//! of a landed append is refused as fenced (nothing is stored twice).
+//! A refusal is not yet a fence: JetStream checks the expected sequence
+//! against its leader's sequence, which counts messages proposed and not
+//! yet committed (a try that timed out without quorum), and it checks it
+//! before the message id (`Nats-Msg-Id`, the caller's name for the
+//! payload), so a retry of a try that did land is refused too. On a
+//! refusal the log reads the message after the expected sequence: ours
+//! (an earlier try landed) is success, another writer's is
+//! [`ClusterError::Fenced`], none yet is
+//! [`ClusterError::Unavailable`] ([`Unavailability::Uncommitted`]).
 
 use std::time::Duration;
 
@@ -26,7 +29,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::Nats;
-use crate::error::{ClusterError, bounded, chain, classify};
+use crate::error::{ClusterError, Unavailability, bounded, chain, classify};
 
 /// The header a fence message carries: the new owner's lease epoch.
 pub const FENCE_HEADER: &str = "Trove-Fence";
@@ -143,7 +146,8 @@ impl PartitionLog {
     /// to be `expected_last_seq`, without waiting for its acknowledgement:
     /// [`PendingAppend::wait`] waits. Appends sent in a row may pipeline
     /// (each expecting the one before's sequence, `expected + 1`, ...).
-    /// `msg_id` (non-empty) makes a retry idempotent.
+    /// `msg_id` names this payload (non-empty: a retry of the same payload
+    /// with the same id and expectation returns the sequence it landed at).
     pub async fn start_append(
         &self,
         expected_last_seq: u64,
@@ -156,10 +160,16 @@ impl PartitionLog {
         if !msg_id.is_empty() {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         }
-        self.send(expected_last_seq, headers, payload).await
+        self.send(expected_last_seq, headers, payload, msg_id).await
     }
 
-    async fn send(&self, expected: u64, headers: HeaderMap, payload: Bytes) -> Result<PendingAppend, ClusterError> {
+    async fn send(
+        &self,
+        expected: u64,
+        headers: HeaderMap,
+        payload: Bytes,
+        msg_id: &str,
+    ) -> Result<PendingAppend, ClusterError> {
         let what = format!("appending to partition {}", self.partition);
         let timeout = self.nats.request_timeout();
         let ack = bounded(&what, timeout, async {
@@ -170,14 +180,17 @@ impl PartitionLog {
                 .map_err(|e| publish_error(&what, self.partition, expected, &e, timeout))
         })
         .await?;
-        Ok(PendingAppend { partition: self.partition, expected, timeout, ack })
+        Ok(PendingAppend { log: self.clone(), msg_id: msg_id.to_string(), expected, timeout, ack })
     }
 
     /// Appends `payload` expecting the stream's last sequence to be
     /// `expected_last_seq`; returns its sequence once JetStream
     /// acknowledged it (stored on a quorum of the replicas). Fails with
-    /// [`ClusterError::Fenced`] if another writer appended since, and
-    /// [`ClusterError::Unavailable`] if no quorum answered in time.
+    /// [`ClusterError::Fenced`] if another writer's message (or a fence)
+    /// follows `expected_last_seq`, and [`ClusterError::Unavailable`] if
+    /// no quorum answered in time. If an earlier try of this `msg_id` with
+    /// this expectation landed (its acknowledgement lost), returns its
+    /// sequence: nothing is stored twice.
     pub async fn append(&self, expected_last_seq: u64, payload: Bytes, msg_id: &str) -> Result<u64, ClusterError> {
         self.start_append(expected_last_seq, payload, msg_id).await?.wait().await
     }
@@ -185,35 +198,69 @@ impl PartitionLog {
     /// Appends a fence for `epoch` (empty payload, header
     /// [`FENCE_HEADER`]) expecting the last sequence `expected_last_seq`:
     /// every writer that still expects an older sequence is refused from
-    /// now on. Returns the fence's sequence.
+    /// now on. Returns the fence's sequence (a retry after an unknown
+    /// outcome is recognised as [`PartitionLog::append`]'s are: the fence
+    /// carries the message id `fence-<epoch>`).
     pub async fn fence(&self, expected_last_seq: u64, epoch: u64) -> Result<u64, ClusterError> {
+        let msg_id = format!("fence-{epoch}");
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, expected_last_seq.to_string().as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         headers.insert(FENCE_HEADER, epoch.to_string().as_str());
-        self.send(expected_last_seq, headers, Bytes::new()).await?.wait().await
+        self.send(expected_last_seq, headers, Bytes::new(), &msg_id).await?.wait().await
     }
 
-    /// Whether an append of `msg_id` that expected `expected_last_seq`
-    /// landed: `Some(its sequence)` if the message right after
-    /// `expected_last_seq` carries `msg_id`. For an append whose outcome
-    /// is unknown (it failed [`ClusterError::Unavailable`]: its
-    /// acknowledgement may be what was lost). A retry cannot tell: JetStream
-    /// checks the expected sequence before the message id, so a retry of a
-    /// landed append is [`ClusterError::Fenced`], not a duplicate.
-    pub async fn appended_as(&self, expected_last_seq: u64, msg_id: &str) -> Result<Option<u64>, ClusterError> {
-        let seq = expected_last_seq + 1;
+    /// A write expecting `expected` was refused for a wrong last sequence
+    /// (the stream's leader says `actual`). JetStream counts messages it
+    /// has proposed but not committed (a try without quorum) in that
+    /// sequence, so the refusal alone does not say another writer won:
+    /// read what follows `expected`. Ours (`msg_id`: an earlier try that
+    /// landed): its sequence. Another's: [`ClusterError::Fenced`]. Nothing
+    /// committed there yet: [`Unavailability::Uncommitted`].
+    async fn resolve_refusal(&self, expected: u64, msg_id: &str, actual: Option<u64>) -> Result<u64, ClusterError> {
+        let fenced = ClusterError::Fenced { partition: self.partition, expected, actual };
+        match self.message_at(expected + 1).await? {
+            Some(id) if !msg_id.is_empty() && id.as_deref() == Some(msg_id) => Ok(expected + 1),
+            Some(_) => Err(fenced),
+            None => {
+                let bounds = self.bounds().await?;
+                if bounds.last <= expected {
+                    Err(ClusterError::Unavailable {
+                        what: format!("appending to partition {}", self.partition),
+                        why: Unavailability::Uncommitted { expected, actual },
+                    })
+                } else {
+                    // Purged past it: the writer is far behind.
+                    Err(fenced)
+                }
+            }
+        }
+    }
+
+    /// The message id of the message at `seq`: `None` if there is no
+    /// message there, `Some(None)` if it has no id. Read from the stream's
+    /// leader (committed messages only).
+    async fn message_at(&self, seq: u64) -> Result<Option<Option<String>>, ClusterError> {
         let what = format!("reading partition {} at {seq}", self.partition);
         let timeout = self.nats.request_timeout();
-        let message = bounded(&what, timeout, async {
+        bounded(&what, timeout, async {
             match self.stream.get_raw_message(seq).await {
-                Ok(m) => Ok(Some(m)),
+                Ok(m) => Ok(Some(m.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_string()))),
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 Err(e) => Err(classify(what.as_str(), &e, timeout)),
             }
         })
-        .await?;
-        let id = message.as_ref().and_then(|m| m.headers.get(async_nats::header::NATS_MESSAGE_ID));
-        Ok((id.map(|v| v.as_str()) == Some(msg_id) && !msg_id.is_empty()).then_some(seq))
+        .await
+    }
+
+    /// Whether an append of `msg_id` that expected `expected_last_seq`
+    /// landed: `Some(its sequence)` if the message right after
+    /// `expected_last_seq` carries `msg_id` (for a writer that gave up on
+    /// an append whose outcome is unknown, and wants to know).
+    pub async fn appended_as(&self, expected_last_seq: u64, msg_id: &str) -> Result<Option<u64>, ClusterError> {
+        let seq = expected_last_seq + 1;
+        let id = self.message_at(seq).await?.flatten();
+        Ok((!msg_id.is_empty() && id.as_deref() == Some(msg_id)).then_some(seq))
     }
 
     /// Reads the stream from `from_seq` (or its first sequence, if that
@@ -267,7 +314,9 @@ impl PartitionLog {
 
 /// An append sent and not yet acknowledged.
 pub struct PendingAppend {
-    partition: u32,
+    /// To read what follows `expected` if the append is refused.
+    log: PartitionLog,
+    msg_id: String,
     expected: u64,
     timeout: Duration,
     ack: PublishAckFuture,
@@ -275,22 +324,30 @@ pub struct PendingAppend {
 
 impl std::fmt::Debug for PendingAppend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingAppend").field("partition", &self.partition).field("expected", &self.expected).finish()
+        f.debug_struct("PendingAppend")
+            .field("partition", &self.log.partition)
+            .field("expected", &self.expected)
+            .field("msg_id", &self.msg_id)
+            .finish()
     }
 }
 
 impl PendingAppend {
-    /// Waits for the acknowledgement: the message's sequence (for a
-    /// duplicate `Nats-Msg-Id`, the first one's).
+    /// Waits for the acknowledgement: the message's sequence. A refusal
+    /// for a wrong last sequence is resolved by reading what follows the
+    /// expected one ([`PartitionLog::append`] says how).
     pub async fn wait(self) -> Result<u64, ClusterError> {
-        let what = format!("appending to partition {}", self.partition);
-        let (partition, expected, timeout) = (self.partition, self.expected, self.timeout);
+        let PendingAppend { log, msg_id, expected, timeout, ack } = self;
+        let what = format!("appending to partition {}", log.partition);
         // The client's ack timeout is the same; this bounds it for sure.
-        let ack = self.ack;
-        bounded(&what, timeout + Duration::from_millis(500), async {
-            ack.await.map(|ack| ack.sequence).map_err(|e| publish_error(&what, partition, expected, &e, timeout))
+        let acked = bounded(&what, timeout + Duration::from_millis(500), async {
+            ack.await.map(|ack| ack.sequence).map_err(|e| publish_error(&what, log.partition, expected, &e, timeout))
         })
-        .await
+        .await;
+        match acked {
+            Err(ClusterError::Fenced { actual, .. }) => log.resolve_refusal(expected, &msg_id, actual).await,
+            r => r,
+        }
     }
 }
 

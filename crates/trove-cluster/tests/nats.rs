@@ -227,13 +227,14 @@ async fn the_log_appends_in_order_and_fences_stale_writers() {
     assert!(read_all(&log, 41).await.is_empty());
 
     // A retried append (same message id, same expectation) that had
-    // landed is refused as fenced (JetStream checks the expected sequence
-    // before the id), not stored twice; the writer asks whether it landed.
-    match log.append(39, payload(40), "w1-40").await {
-        Err(ClusterError::Fenced { expected: 39, actual: Some(40), .. }) => {}
-        r => panic!("a retry of a landed append: {r:?}"),
-    }
+    // landed is answered with its sequence, not stored twice; another
+    // payload with that expectation is fenced.
+    assert_eq!(log.append(39, payload(40), "w1-40").await.unwrap(), 40);
     assert_eq!(log.last_seq().await.unwrap(), 40);
+    match log.append(39, payload(40), "w1-40-other").await {
+        Err(ClusterError::Fenced { expected: 39, actual: Some(40), .. }) => {}
+        r => panic!("an append after a stale expectation: {r:?}"),
+    }
     assert_eq!(log.appended_as(39, "w1-40").await.unwrap(), Some(40));
     assert_eq!(log.appended_as(39, "w1-41").await.unwrap(), None, "another's message taken for ours");
     assert_eq!(log.appended_as(40, "w1-41").await.unwrap(), None, "a message past the end");
