@@ -16,6 +16,8 @@
 //! - `load_cmd`: its flags checked and turned into a run.
 //! - `workload_arg`: resolving `--workload NAME|FILE`.
 //! - [`dev`]: helpers for tests (`TempDir`), shared with the other crates'.
+//! - [`nats`]: real `nats-server` processes for tests (`NatsServer`,
+//!   `NatsCluster`), the JetStream under cluster mode's tests.
 //! - [`text`]: numbers and counts as the reports print them.
 //! - `chart`: a small SVG line chart on log axes (the `--report` charts).
 //! - [`http`], [`prometheus`]: a small HTTP/1.1 client and the Prometheus
@@ -31,6 +33,7 @@ pub mod error;
 pub mod http;
 mod load;
 mod load_cmd;
+pub mod nats;
 mod net;
 mod pairs;
 pub mod prometheus;
