@@ -142,10 +142,19 @@ pub enum ErrorCode {
     /// handled as usual. Answers the frame in place of its ACK; the
     /// connection stays.
     SequenceReused = 16,
+    /// EVENTS for a world in a partition this cluster node does not own
+    /// now: nothing of the frame applied. The message names the owner, if
+    /// any; a client fetches the cluster map (`GET /cluster` on the control
+    /// plane) and reconnects to the partition's owner.
+    NotOwner = 17,
+    /// The cluster's log could not make a batch durable (no JetStream
+    /// quorum, a publish timed out): nothing of it acknowledged; resend
+    /// after a backoff.
+    Unavailable = 18,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -162,6 +171,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ProducerInUse,
         ErrorCode::SequenceReused,
+        ErrorCode::NotOwner,
+        ErrorCode::Unavailable,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -195,6 +206,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::ProducerInUse => "producer_in_use",
             ErrorCode::SequenceReused => "sequence_reused",
+            ErrorCode::NotOwner => "not_owner",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -839,6 +852,12 @@ mod tests {
         assert_eq!(names.len(), ErrorCode::ALL.len());
         assert_eq!(ErrorCode::SequenceReused.name(), "sequence_reused");
         assert!(!ErrorCode::SequenceReused.closes());
+        // The cluster's codes (docs/protocol.md): both close the connection.
+        assert_eq!(ErrorCode::from_u16(17), Some(ErrorCode::NotOwner));
+        assert_eq!(ErrorCode::from_u16(18), Some(ErrorCode::Unavailable));
+        assert_eq!(ErrorCode::from_u16(19), None);
+        assert_eq!((ErrorCode::NotOwner.name(), ErrorCode::Unavailable.name()), ("not_owner", "unavailable"));
+        assert!(ErrorCode::NotOwner.closes() && ErrorCode::Unavailable.closes());
     }
 
     #[test]
