@@ -254,9 +254,8 @@ pub(crate) struct HttpReply {
 async fn get(addr: &str, path: &str, limit: usize) -> Result<HttpReply, MapError> {
     let io = |during| move |e| MapError::Io { during, source: Arc::new(e) };
     let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(io("sending the request"))?;
     let mut parser = ReplyParser::new(limit);
     let mut buf = Vec::with_capacity(READ_CHUNK);
@@ -565,7 +564,8 @@ mod tests {
         for (i, f) in malformed.iter().enumerate() {
             assert!(matches!(with(f), Err(MapError::Json(_))), "case {i}: {:?}", with(f));
         }
-        let too_many = json!({"cluster": "c", "partitions": CLUSTER_PARTITIONS_MAX + 1, "node": "a", "nodes": [], "map": []});
+        let too_many =
+            json!({"cluster": "c", "partitions": CLUSTER_PARTITIONS_MAX + 1, "node": "a", "nodes": [], "map": []});
         assert!(matches!(parse(&too_many), Err(MapError::Invalid(_))));
         // Not JSON, cut short, nested past serde's limit, not UTF-8.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -184,7 +184,10 @@ impl<G: WireGame> ClusterProducer<G> {
         let base_id = config.producer_id.unwrap_or_else(random_producer_id);
         if (0..partitions).any(|p| partition_producer_id(base_id, p) == 0) {
             // One base in 2^63 per partition: choose another.
-            return Err(ClientError::Config { field: "producer_id", reason: "derives the id 0 for a partition".into() });
+            return Err(ClientError::Config {
+                field: "producer_id",
+                reason: "derives the id 0 for a partition".into(),
+            });
         }
         // Room for a window of answers; each partition's forwarding task
         // holds one more while it waits, and its producer's window bounds
@@ -349,6 +352,7 @@ impl<G: WireGame> ClusterProducer<G> {
                 resolver: self.resolver.clone(),
                 partition,
                 current: None,
+                refused: false,
                 failover_timeout: self.config.failover_timeout,
             });
             let (producer, acks) = Producer::<G>::connect_routed(client, route).await?;

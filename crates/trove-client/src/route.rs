@@ -66,6 +66,8 @@ pub(crate) struct ClusterRoute {
     pub partition: u32,
     /// The owner connected to (or tried) last.
     pub current: Option<Target>,
+    /// `current` answered `not_owner`: only a later owner will do.
+    pub refused: bool,
     /// How long the producer looks for a partition's owner before it gives
     /// up (with `ClientError::ReconnectFailed`).
     pub failover_timeout: Duration,
@@ -83,12 +85,15 @@ impl Route {
         match self {
             Route::Fixed => conn::connect::<G>(&config.addr, config.connect_timeout, hello).await,
             Route::Cluster(route) => {
-                let after = match why {
-                    Why::First => None,
-                    Why::Lost => Some((route.current.clone(), false)),
-                    Why::Moved => Some((route.current.clone(), true)),
-                };
+                // A refusal holds until another owner is tried: the
+                // attempts in between (no owner yet, a lagging map) must
+                // not lead back to the node that refused.
+                route.refused |= why == Why::Moved;
+                let after = (why != Why::First).then(|| (route.current.clone(), route.refused));
                 let target = route.resolver.owner(route.partition, after).await?;
+                if route.current.as_ref().is_none_or(|c| c.epoch != target.epoch || c.tcp != target.tcp) {
+                    route.refused = false;
+                }
                 let result = conn::connect::<G>(&target.tcp, config.connect_timeout, hello).await;
                 route.current = Some(target);
                 result
