@@ -376,3 +376,104 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
     });
     server.shutdown(Duration::from_secs(5));
 }
+
+/// A real trove server on loopback (in memory), as one node of a cluster.
+struct Node {
+    server: trove_server::Server<TreasureHunt>,
+}
+
+impl Node {
+    fn start() -> Node {
+        let engine = trove_shard::EngineConfig { shards: 1, ..trove_shard::EngineConfig::default() };
+        let engine = Arc::new(trove_shard::Engine::<TreasureHunt>::start(engine).expect("engine"));
+        let config = trove_server::ServerConfig {
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ws_addr: None,
+            ..trove_server::ServerConfig::default()
+        };
+        Node { server: trove_server::Server::start(engine, config).expect("data plane") }
+    }
+
+    fn tcp(&self) -> String {
+        self.server.tcp_addr().to_string()
+    }
+}
+
+/// The owner of the one partition stops (its connections end with
+/// `shutting_down`, then nothing listens there); the maps name it until
+/// it has stopped, then another node with a later epoch. The producer
+/// reconnects there and every event, before and after, is acknowledged
+/// once, in order.
+#[test]
+fn a_partition_follows_a_lost_node_to_its_next_owner() {
+    let (first, second) = (Node::start(), Node::start());
+    let (old, new) = (first.tcp(), second.tcp());
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let moved = Arc::new(AtomicBool::new(false));
+            let is_moved = moved.clone();
+            let (before, after) =
+                (map("x:1", &[Some((&old, 1))]).to_string(), map("x:1", &[Some((&new, 2))]).to_string());
+            let (seed, _) = canned(
+                move |_| with_length("200 OK", if is_moved.load(Ordering::SeqCst) { &after } else { &before }),
+                1,
+            )
+            .await;
+            let mut config = ClusterConfig::new([seed.to_string()]);
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(100);
+            config.client.batch_events_max = 8;
+            let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            for i in 0..20 {
+                assert_eq!(producer.send_wait(HuntEvent::join(1, i)).await.expect("sent"), (0, u64::from(i) + 1));
+            }
+            producer.drain().await.expect("the first node answers");
+            // Off the runtime's threads: shutting down blocks.
+            tokio::task::spawn_blocking(move || first.server.shutdown(Duration::from_secs(5))).await.unwrap();
+            moved.store(true, Ordering::SeqCst);
+            for i in 20..40 {
+                assert_eq!(producer.send_wait(HuntEvent::join(1, i)).await.expect("sent"), (0, u64::from(i) + 1));
+            }
+            let stats = producer.close().await.expect("drains at the next owner");
+            let mut acked = Vec::new();
+            while let Some((p, answer)) = acks.next().await {
+                assert_eq!(p, 0);
+                acked.extend(answer.expect("acknowledged").seqs());
+            }
+            assert_eq!(acked, (1..=40).collect::<Vec<_>>());
+            assert_eq!(stats[0].1.reconnects, 1, "{stats:?}");
+        })
+        .await
+        .expect("within the deadline");
+    });
+    second.server.shutdown(Duration::from_secs(5));
+}
+
+/// While no node owns the partition, the producer looks again with
+/// backoff, and gives up after `failover_timeout` with a typed error that
+/// says why.
+#[test]
+fn no_owner_for_longer_than_the_failover_timeout_is_a_typed_error() {
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let body = map("x:1", &[None, None]).to_string();
+            let (seed, heads) = canned(move |_| with_length("200 OK", &body), 1).await;
+            let mut config = ClusterConfig::new([seed.to_string()]);
+            config.failover_timeout = Duration::from_millis(500);
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(50);
+            let (mut producer, _acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            let hunt = (1..).find(|&h| shard_of(h, 2) == 1).unwrap();
+            match producer.send_wait(HuntEvent::join(hunt, 1)).await {
+                Err(ClientError::ReconnectFailed { attempts, last }) => {
+                    assert!(attempts >= 2, "it looked again: {attempts}");
+                    assert!(matches!(*last, ClientError::NoOwner { partition: 1 }), "{last:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(heads.lock().unwrap().len() >= 2, "the map was fetched again");
+        })
+        .await
+        .expect("within the deadline");
+    });
+}

@@ -1457,8 +1457,19 @@ fn cluster_map_is_served_from_the_view_given() {
     let r = h.get("/cluster");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), map);
+    // The SDK reads it as a cluster producer does: the same owners.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sdk = rt
+        .block_on(trove_client::fetch_cluster_map(&h.http.to_string(), Duration::from_secs(30)))
+        .expect("the SDK reads the map");
+    assert_eq!((sdk.cluster.as_str(), sdk.partitions, sdk.node.as_str()), ("trove", 2, "a"));
+    let first = sdk.owner_of(0).expect("partition 0 is owned");
+    assert_eq!((first.node.tcp.as_str(), first.epoch), ("127.0.0.1:7400", 41));
+    assert_eq!(sdk.owner_of(1), None);
     // A node that leaves its cluster (the view says `None`) answers 404 again.
     *view.lock().unwrap() = None;
     h.get("/cluster").error(404, "not_a_cluster");
+    let gone = rt.block_on(trove_client::fetch_cluster_map(&h.http.to_string(), Duration::from_secs(30)));
+    assert!(matches!(gone, Err(trove_client::MapError::NotACluster)), "{gone:?}");
     h.stop();
 }
