@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use trove_proto::ErrorCode;
 
+use crate::cluster::MapError;
+
 /// An ERROR frame from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerError {
@@ -26,8 +28,11 @@ impl ServerError {
         self.code().is_none_or(ErrorCode::closes)
     }
 
-    /// Whether a new connection may succeed where this one failed: the
-    /// server went idle, busy, away or briefly wrong, not the client.
+    /// Whether a new connection to the same server may succeed where this
+    /// one failed: the server went idle, busy, away or briefly wrong, not
+    /// the client. (`not_owner` is not: that server will not take the
+    /// events; a [`ClusterProducer`](crate::ClusterProducer) follows it to
+    /// the partition's owner.)
     pub fn retryable(&self) -> bool {
         matches!(
             self.code(),
@@ -38,6 +43,7 @@ impl ServerError {
                     | ErrorCode::ShuttingDown
                     | ErrorCode::Internal
                     | ErrorCode::ProducerInUse
+                    | ErrorCode::Unavailable
             )
         )
     }
@@ -82,6 +88,13 @@ pub enum ClientError {
     /// The server speaks the protocol but cannot serve this client: another
     /// version, another game (record or outcome size), missing features.
     Incompatible(String),
+    /// The cluster map could not be fetched from `addr` (a seed or a
+    /// node's control plane), or was not usable; the last of the addresses
+    /// tried.
+    Map { addr: String, error: MapError },
+    /// No node owns the partition now (a failover under way), or the maps
+    /// still name the node that refused its events.
+    NoOwner { partition: u32 },
     /// The producer lost its connection and could not get a new one.
     ReconnectFailed { attempts: u32, last: Box<ClientError> },
     /// The producer or subscriber was closed (or dropped) first.
@@ -97,7 +110,7 @@ impl ClientError {
     /// or the server asked it to come back later).
     pub fn retryable(&self) -> bool {
         match self {
-            ClientError::Io { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Io { .. } | ClientError::Timeout { .. } | ClientError::NoOwner { .. } => true,
             ClientError::Server(e) => e.retryable(),
             _ => false,
         }
@@ -130,6 +143,10 @@ impl fmt::Display for ClientError {
             }
             ClientError::Protocol(m) => write!(f, "protocol violation by the server: {m}"),
             ClientError::Incompatible(m) => write!(f, "incompatible server: {m}"),
+            ClientError::Map { addr, error } => write!(f, "cluster map from {addr}: {error}"),
+            ClientError::NoOwner { partition } => {
+                write!(f, "no node owns partition {partition} now (or the map still names the one that refused it)")
+            }
             ClientError::ReconnectFailed { attempts, last } => {
                 write!(f, "gave up reconnecting after {attempts} attempts; last error: {last}")
             }
@@ -143,6 +160,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Io { source, .. } => Some(source.as_ref()),
             ClientError::ReconnectFailed { last, .. } => Some(last.as_ref()),
+            ClientError::Map { error, .. } => Some(error),
             _ => None,
         }
     }

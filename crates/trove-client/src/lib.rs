@@ -17,6 +17,13 @@
 //!   outcomes, broadcasts, and gaps where the server dropped updates for a
 //!   slow subscriber.
 //!
+//! - [`ClusterProducer`]: sends to a cluster: each event to the node that
+//!   owns its world's partition (the map from `GET /cluster` on any node's
+//!   control plane), through one `Producer` per partition that follows
+//!   its partition when it moves (`not_owner`, a lost node), resending
+//!   unanswered batches to the new owner; [`ClusterAcks`] merges their
+//!   answers.
+//!
 //! Both are generic over the game (`G: trove_proto::WireGame`); the
 //! treasure hunt is `trove_hunt::TreasureHunt`. Examples:
 //! `examples/producer.rs` (a game server) and `examples/spectator.rs`.
@@ -42,19 +49,34 @@
 //!   ACKs; once it has shrunk, batches close at a quarter of it (pure
 //!   logic).
 //! - `producer.rs`: [`Producer`], [`Acks`] and the producer's task.
+//! - `route.rs`: where a producer's connections go: a fixed address, or
+//!   its partition's owner, found again in the cluster map after a move
+//!   (the resolver, and the retry rules as pure functions).
+//! - `cluster.rs`: [`ClusterMap`] and its bounded `GET /cluster` (a
+//!   one-pass HTTP/1.1 reply parser, a size cap, a timeout), and the
+//!   producer ids a cluster producer derives per partition.
+//! - `cluster_producer.rs`: [`ClusterProducer`], [`ClusterAcks`].
 //! - `subscriber.rs`: [`Subscriber`] and its per-world sequence checks.
 //! - `task.rs`: the one spawn helper, which names tasks for tokio-console.
 
 mod batch;
+mod cluster;
+mod cluster_producer;
 mod config;
 mod congestion;
 mod conn;
 mod error;
 mod inflight;
 mod producer;
+mod route;
 mod subscriber;
 mod task;
 
+pub use cluster::{
+    CLUSTER_NAME_BYTES_MAX, CLUSTER_NODES_MAX, CLUSTER_PARTITIONS_MAX, CLUSTER_REPLY_BYTES_MAX, ClusterMap,
+    ClusterNode, MapError, PartitionOwner, fetch_cluster_map, partition_producer_id,
+};
+pub use cluster_producer::{CLUSTER_SEEDS_MAX, ClusterAck, ClusterAcks, ClusterConfig, ClusterProducer};
 pub use config::{ClientConfig, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
 pub use error::{ClientError, SendError, ServerError};
 pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
@@ -89,5 +111,19 @@ mod tests {
         send(Subscriber::<TreasureHunt>::connect(ClientConfig::new("x:1")));
         send(p.close());
         send((a, s));
+    }
+
+    #[allow(dead_code)]
+    fn cluster_handles_and_futures_are_send(mut p: ClusterProducer<TreasureHunt>, mut a: ClusterAcks<TreasureHunt>) {
+        send(p.ready());
+        send(p.send_wait(HuntEvent::default()));
+        send(p.flush());
+        send(p.drain());
+        send(p.idle_until(tokio::time::Instant::now()));
+        send(a.next());
+        send(ClusterProducer::<TreasureHunt>::connect(ClusterConfig::new(["x:1"])));
+        send(fetch_cluster_map("x:1", std::time::Duration::from_secs(1)));
+        send(p.close());
+        send(a);
     }
 }

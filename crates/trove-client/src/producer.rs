@@ -30,6 +30,7 @@ use crate::congestion::EventWindow;
 use crate::conn::{self, Conn, FrameBuf};
 use crate::error::{ClientError, SendError, ServerError};
 use crate::inflight::{Answer, Inflight};
+use crate::route::{Route, Why};
 
 /// `send` looks at the clock (for `linger`) once per this many events.
 const LINGER_CHECK_EVERY: u32 = 64;
@@ -242,10 +243,28 @@ impl<G: WireGame> Producer<G> {
     ///
     /// Returns the producer and the stream of its acknowledgements.
     pub async fn connect(config: ClientConfig) -> Result<(Producer<G>, Acks<G>), ClientError> {
+        Self::connect_routed(config, Route::Fixed).await
+    }
+
+    /// `connect`, through `route`. A cluster route retries the first
+    /// connection as it retries a reconnect (the partition's owner may be
+    /// moving); a fixed one does not.
+    pub(crate) async fn connect_routed(
+        mut config: ClientConfig,
+        mut route: Route,
+    ) -> Result<(Producer<G>, Acks<G>), ClientError> {
         config.validate()?;
         let flags = if config.want_outcomes { hello_flags::OUTCOMES } else { 0 };
         let mut hello = Hello { version: VERSION, flags, producer_id: config.initial_producer_id() };
-        let conn = conn::connect::<G>(&config.addr, config.connect_timeout, hello).await?;
+        let conn = match route.failover_timeout() {
+            None => route.connect::<G>(&config, hello, Why::First).await?,
+            Some(timeout) => first_connection::<G>(&mut route, &config, hello, timeout).await?,
+        };
+        if let Route::Cluster(c) = &route
+            && let Some(target) = &c.current
+        {
+            config.addr.clone_from(&target.tcp);
+        }
         let welcome = conn.welcome;
         // Later connections present the id the server assigned, if it did.
         hello.producer_id = welcome.producer_id;
@@ -282,13 +301,17 @@ impl<G: WireGame> Producer<G> {
             batch_cap: cap,
             window_batches_max: config.window_batches as usize,
             config: config.clone(),
+            route,
             inflight: Inflight::default(),
             control: Vec::new(),
             writing: None,
             ping_nonce: 0,
             acked: Vec::new(),
         };
-        let name = format!("trove-client producer {} -> {}", welcome.producer_id, config.addr);
+        let name = match task.route.partition() {
+            None => format!("trove-client producer {} -> {}", welcome.producer_id, config.addr),
+            Some(p) => format!("trove-client producer {} partition {p} -> {}", welcome.producer_id, config.addr),
+        };
         let handle = crate::task::spawn_named(&name, task.run(conn));
         let producer = Producer {
             shared: shared.clone(),
@@ -646,6 +669,8 @@ enum Writing {
 struct Task<G: WireGame> {
     shared: Arc<Shared<G>>,
     config: ClientConfig,
+    /// Where (re)connections go.
+    route: Route,
     /// What every connection presents.
     hello: Hello,
     batch_cap: u32,
@@ -842,8 +867,10 @@ impl<G: WireGame> Task<G> {
                     _ if !error.closes() => {
                         return Err(protocol(format!("unexpected ERROR for a producer: {error}")));
                     }
-                    _ if error.retryable() => return Err(End::Retry(ClientError::Server(error))),
-                    _ => return Err(End::Fatal(ClientError::Server(error))),
+                    _ => {
+                        let e = ClientError::Server(error);
+                        return Err(if self.route.retryable(&e) { End::Retry(e) } else { End::Fatal(e) });
+                    }
                 }
             }
             other => return Err(protocol(format!("unexpected {:?} frame", conn::kind_of(&other)))),
@@ -921,8 +948,11 @@ impl<G: WireGame> Task<G> {
         let mut delay = Duration::ZERO;
         let mut last = cause;
         let mut attempts = 0u32;
+        let give_up_at = self.route.failover_timeout().map(|t| Instant::now() + t);
         loop {
-            if self.config.reconnect_attempts_max.is_some_and(|max| attempts >= max) {
+            if self.config.reconnect_attempts_max.is_some_and(|max| attempts >= max)
+                || give_up_at.is_some_and(|at| Instant::now() + delay >= at)
+            {
                 return Err(End::Fatal(ClientError::ReconnectFailed { attempts, last: Box::new(last) }));
             }
             attempts += 1;
@@ -937,15 +967,15 @@ impl<G: WireGame> Task<G> {
                     }
                 }
             }
-            match conn::connect::<G>(&self.config.addr, self.config.connect_timeout, self.hello).await {
+            match self.route.connect::<G>(&self.config, self.hello, Why::after(&last)).await {
                 Ok(c) => {
                     self.check_limits(&c.welcome).map_err(End::Fatal)?;
                     self.shared.counters.reconnects.fetch_add(1, Relaxed);
                     return Ok(c);
                 }
-                Err(e) if e.retryable() => {
+                Err(e) if self.route.retryable(&e) => {
                     last = e;
-                    delay = (delay * 2).clamp(self.config.reconnect_backoff_initial, self.config.reconnect_backoff_max);
+                    delay = next_backoff(delay, &self.config);
                 }
                 Err(e) => return Err(End::Fatal(e)),
             }
@@ -962,6 +992,42 @@ impl<G: WireGame> Task<G> {
             )));
         }
         Ok(())
+    }
+}
+
+/// The wait before the next connection attempt: the initial backoff,
+/// then doubled per failure up to the most.
+fn next_backoff(delay: Duration, config: &ClientConfig) -> Duration {
+    (delay * 2).clamp(config.reconnect_backoff_initial, config.reconnect_backoff_max)
+}
+
+/// A cluster producer's first connection to its partition's owner: tried
+/// again (with the map fetched again, and backoff) while the errors are
+/// ones a failover explains, for at most `timeout` and the configured
+/// attempts.
+async fn first_connection<G: WireGame>(
+    route: &mut Route,
+    config: &ClientConfig,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<Conn, ClientError> {
+    let give_up_at = Instant::now() + timeout;
+    let mut why = Why::First;
+    let mut delay = Duration::ZERO;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let last = match route.connect::<G>(config, hello, why).await {
+            Ok(c) => return Ok(c),
+            Err(e) if route.retryable(&e) => e,
+            Err(e) => return Err(e),
+        };
+        delay = next_backoff(delay, config);
+        if config.reconnect_attempts_max.is_some_and(|max| attempts >= max) || Instant::now() + delay >= give_up_at {
+            return Err(ClientError::ReconnectFailed { attempts, last: Box::new(last) });
+        }
+        why = Why::after(&last);
+        tokio::time::sleep(delay).await;
     }
 }
 

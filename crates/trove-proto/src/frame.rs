@@ -142,13 +142,14 @@ pub enum ErrorCode {
     /// handled as usual. Answers the frame in place of its ACK; the
     /// connection stays.
     SequenceReused = 16,
-    /// Cluster mode: an event of the frame belongs to a partition this
-    /// node does not own now; nothing of it applied. The message names
-    /// the owner if one is known; a client fetches `GET /cluster` and
-    /// reconnects there.
+    /// EVENTS for a world in a partition this cluster node does not own
+    /// now: nothing of the frame applied. The message names the owner, if
+    /// any; a client fetches the cluster map (`GET /cluster` on the control
+    /// plane) and reconnects to the partition's owner.
     NotOwner = 17,
-    /// Cluster mode: the partition's log could not make the batch durable
-    /// (no quorum, a timeout); nothing of it acknowledged. Resend later.
+    /// The cluster's log could not make a batch durable (no JetStream
+    /// quorum, a publish timed out): nothing of it acknowledged; resend
+    /// after a backoff.
     Unavailable = 18,
 }
 
@@ -851,6 +852,12 @@ mod tests {
         assert_eq!(names.len(), ErrorCode::ALL.len());
         assert_eq!(ErrorCode::SequenceReused.name(), "sequence_reused");
         assert!(!ErrorCode::SequenceReused.closes());
+        // The cluster's codes (docs/protocol.md): both close the connection.
+        assert_eq!(ErrorCode::from_u16(17), Some(ErrorCode::NotOwner));
+        assert_eq!(ErrorCode::from_u16(18), Some(ErrorCode::Unavailable));
+        assert_eq!(ErrorCode::from_u16(19), None);
+        assert_eq!((ErrorCode::NotOwner.name(), ErrorCode::Unavailable.name()), ("not_owner", "unavailable"));
+        assert!(ErrorCode::NotOwner.closes() && ErrorCode::Unavailable.closes());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -145,6 +145,26 @@ pub enum CreateAnswer {
     Refused { status: StatusCode, code: &'static str, message: String },
 }
 
+/// What `GET /cluster` answers: this node's view of its cluster, as
+/// docs/control.md shows it (`{"cluster", "partitions", "node", "nodes",
+/// "map"}`), or `None` while the node is not in a cluster (404
+/// `not_a_cluster`). The cluster side implements it; it is asked once per
+/// request on the control plane's one thread, so it answers from memory
+/// (a copy of the lease table), never by waiting on the network.
+pub trait ClusterView: Send + Sync + 'static {
+    fn cluster_view(&self) -> Option<Value>;
+}
+
+impl<F: Fn() -> Option<Value> + Send + Sync + 'static> ClusterView for F {
+    fn cluster_view(&self) -> Option<Value> {
+        self()
+    }
+}
+
+/// The view `GET /cluster` renders, set once the node knows its cluster
+/// (`ControlPlane::set_cluster_view`); `None` until then.
+type ClusterSlot = Arc<RwLock<Option<Arc<dyn ClusterView>>>>;
+
 /// What the control plane reports about the engine it serves.
 #[derive(Clone, Debug)]
 pub struct ControlInfo {
@@ -169,6 +189,7 @@ struct Ctx<G: Game> {
     conns: Arc<Conns>,
     /// Cluster mode: who owns the partitions this node does not.
     owners: Option<Arc<dyn crate::Owners>>,
+    cluster: ClusterSlot,
 }
 
 /// A running control plane.
@@ -178,6 +199,7 @@ pub struct ControlPlane {
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     conns: Arc<Conns>,
+    cluster: ClusterSlot,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -237,6 +259,7 @@ impl ControlPlane {
         std_listener.set_nonblocking(true).map_err(listener_error)?;
         let addr = std_listener.local_addr().map_err(listener_error)?;
         let conns = Arc::new(Conns::new(config));
+        let cluster: ClusterSlot = Arc::new(RwLock::new(None));
         let ctx = Arc::new(Ctx {
             producer: tokio::sync::Mutex::new(engine.producer()),
             engine: engine.clone(),
@@ -251,6 +274,7 @@ impl ControlPlane {
             ready,
             conns: conns.clone(),
             owners,
+            cluster: cluster.clone(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = {
@@ -263,7 +287,14 @@ impl ControlPlane {
                 accept_loop(conns.clone(), listener, router(ctx), stopped),
             )
         };
-        Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task), conns })
+        Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task), conns, cluster })
+    }
+
+    /// Makes `GET /cluster` answer `view` (until now: 404 `not_a_cluster`).
+    /// A node joins its cluster after its control plane is up, so this is
+    /// set on the running plane.
+    pub fn set_cluster_view(&self, view: Arc<dyn ClusterView>) {
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Some(view);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -680,6 +711,7 @@ fn router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
         .route("/status", get(status::<G>))
         .route("/metrics", get(prometheus::<G>))
         .route("/openapi.json", get(openapi))
+        .route("/cluster", get(cluster::<G>))
         .route("/hunts", get(list_hunts::<G>).post(create_hunt::<G>))
         .route("/hunts/{id}", get(hunt_detail::<G>))
         .route("/hunts/{id}/leaderboard", get(leaderboard::<G>))
@@ -752,6 +784,15 @@ async fn prometheus<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response 
     let mut text = metrics::render(&ctx.sources);
     render_connections(&ctx.conns, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// The partition map, from the view the cluster side gave the plane.
+async fn cluster<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
+    let view = ctx.cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match view.and_then(|v| v.cluster_view()) {
+        Some(map) => ok(map),
+        None => error(StatusCode::NOT_FOUND, "not_a_cluster", "this node is not in a cluster".into()),
+    }
 }
 
 async fn openapi() -> Response {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -605,6 +605,7 @@ fn probes_status_openapi_and_routing_errors() {
         ("/status", vec!["get"]),
         ("/metrics", vec!["get"]),
         ("/openapi.json", vec!["get"]),
+        ("/cluster", vec!["get"]),
         ("/hunts", vec!["get", "post"]),
         ("/hunts/{id}", vec!["get"]),
         ("/hunts/{id}/leaderboard", vec!["get"]),
@@ -1433,4 +1434,42 @@ fn own_cpu_seconds() -> f64 {
         }
     }
     read()
+}
+
+/// `GET /cluster`: 404 `not_a_cluster` until the cluster side gives the
+/// plane its view, then that view, asked afresh on every request.
+#[test]
+fn cluster_map_is_served_from_the_view_given() {
+    let h = Harness::start(None);
+    h.get("/cluster").error(404, "not_a_cluster");
+    let owner = json!({"node": "a", "tcp": "127.0.0.1:7400", "ws": "127.0.0.1:7401", "control": "127.0.0.1:7480"});
+    let map = json!({
+        "cluster": "trove", "partitions": 2, "node": "a", "nodes": [owner],
+        "map": [
+            {"partition": 0, "owner": owner, "epoch": 41},
+            {"partition": 1, "owner": null, "epoch": null},
+        ],
+    });
+    let view = Arc::new(Mutex::new(Some(map.clone())));
+    let shared = view.clone();
+    let provider = move || shared.lock().unwrap().clone();
+    h.control.as_ref().unwrap().set_cluster_view(Arc::new(provider));
+    let r = h.get("/cluster");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), map);
+    // The SDK reads it as a cluster producer does: the same owners.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sdk = rt
+        .block_on(trove_client::fetch_cluster_map(&h.http.to_string(), Duration::from_secs(30)))
+        .expect("the SDK reads the map");
+    assert_eq!((sdk.cluster.as_str(), sdk.partitions, sdk.node.as_str()), ("trove", 2, "a"));
+    let first = sdk.owner_of(0).expect("partition 0 is owned");
+    assert_eq!((first.node.tcp.as_str(), first.epoch), ("127.0.0.1:7400", 41));
+    assert_eq!(sdk.owner_of(1), None);
+    // A node that leaves its cluster (the view says `None`) answers 404 again.
+    *view.lock().unwrap() = None;
+    h.get("/cluster").error(404, "not_a_cluster");
+    let gone = rt.block_on(trove_client::fetch_cluster_map(&h.http.to_string(), Duration::from_secs(30)));
+    assert!(matches!(gone, Err(trove_client::MapError::NotACluster)), "{gone:?}");
+    h.stop();
 }
