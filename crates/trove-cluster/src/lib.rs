@@ -26,8 +26,12 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod log;
+pub mod metrics;
 pub mod names;
+pub mod node;
+pub mod recover;
 pub mod snapshots;
+pub mod stream_log;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +43,11 @@ pub use error::{ClusterError, Unavailability};
 pub use lease::{Lease, Leases, Owner};
 pub use log::{LogBounds, LogEntry, LogReader, PartitionLog, PendingAppend};
 pub use names::Names;
+pub use metrics::ClusterMetrics;
+pub use node::{Node, View};
+pub use recover::{RecoverError, RecoveredPartition, recover_partition};
 pub use snapshots::Snapshots;
+pub use stream_log::StreamLog;
 
 use crate::error::{bounded, classify};
 

@@ -42,7 +42,9 @@ pub use lock::{DataDirLock, LockError};
 pub use recover::{JournalError, RecoverOptions, Recovered, recover_shard, recover_shard_in};
 pub use snapshot::SnapshotError;
 pub use storage::{FsStorage, SimFaults, SimStorage, Storage, StorageFile};
-pub use writer::{FsyncPolicy, JournalWriter, ParseFsyncError, WriteIo, create_dir_durably, create_dir_durably_in};
+pub use writer::{
+    FsyncPolicy, JournalWriter, ParseFsyncError, WriteIo, create_dir_durably, create_dir_durably_in, encode_bounded,
+};
 
 /// The directory of shard `index` under a data directory.
 pub fn shard_dir(data: &std::path::Path, index: usize) -> std::path::PathBuf {

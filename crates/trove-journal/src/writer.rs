@@ -450,6 +450,37 @@ pub fn frame_splits<E: Record>(
     ends
 }
 
+/// Encodes a batch held in parts as frames of at most `body_bytes_max`
+/// body bytes and `events_max` events each, numbered from `first_batch`,
+/// each with the sync mark `durable_below`; `frame` gets each frame's
+/// number and bytes, in order. For a log whose records are bounded in size
+/// (a cluster's stream, one frame per message); replaying the frames one
+/// after the other applies what the one batch applied
+/// (docs/decisions/0005-journal-frames-bounded-in-bytes.md).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_bounded<E: Record, P: AsRef<[Stamped<E>]>>(
+    first_batch: u64,
+    durable_below: u64,
+    runs: &[Run<'_>],
+    parts: &[P],
+    time_us: Option<u64>,
+    body_bytes_max: usize,
+    events_max: usize,
+    mut frame: impl FnMut(u64, Vec<u8>),
+) {
+    let splits = frame_splits::<E>(runs, time_us.is_some(), body_bytes_max, events_max);
+    let slices: Vec<&[Stamped<E>]> = parts.iter().map(AsRef::as_ref).collect();
+    let (mut from, mut batch) = (0, first_batch);
+    for &to in &splits {
+        let (sub_runs, sub_parts) = (runs_between(runs, from, to), parts_between(&slices, from, to));
+        let mut out = Vec::new();
+        encode_frame_parts(batch, durable_below, &sub_runs, &sub_parts, time_us, &mut out);
+        frame(batch, out);
+        batch += 1;
+        from = to;
+    }
+}
+
 /// The runs covering events `from..to` of a batch: a run cut at the edge
 /// keeps its producer, and its first sequence moves on by the events cut
 /// off (or, with offsets, keeps it and takes its share of the offsets).

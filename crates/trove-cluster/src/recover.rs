@@ -1,0 +1,95 @@
+//! A partition rebuilt from the cluster: its newest snapshot from the
+//! object store, then every message of its stream after it, through the
+//! same `Rebuild` start-up recovery uses on a local journal, so the state,
+//! the dedup history and the state hash are what the previous owner had
+//! for everything it made durable.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use trove_core::Game;
+use trove_journal::format::{FRAME_HEAD_BYTES, decode_body, decode_frame_head};
+use trove_shard::CoreConfig;
+use trove_shard::journaled::Rebuild;
+
+use crate::metrics::ClusterMetrics;
+use crate::{ClusterError, PartitionLog, Snapshots};
+
+/// Why a partition could not be rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// NATS did not answer (no quorum, a timeout, ...): try again later.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The snapshot or a message does not decode, or a message is out of
+    /// place: never applied, never skipped.
+    #[error("partition {partition}: {message}")]
+    Damaged { partition: u32, message: String },
+}
+
+/// What a partition was rebuilt to.
+#[derive(Debug)]
+pub struct RecoveredPartition<G: Game> {
+    pub rebuilt: Rebuild<G>,
+    /// The stream's last sequence read (fences included).
+    pub last: u64,
+    /// Messages applied after the snapshot.
+    pub replayed: u64,
+    /// The snapshot's `next_batch` (1 without a snapshot).
+    pub from: u64,
+}
+
+/// Rebuilds partition `log.partition()` as of the stream's last sequence
+/// when the read starts. `each(seq, entries, outcomes)` sees every
+/// replayed batch (for `trove replay --cluster`).
+pub async fn recover_partition<G: Game>(
+    log: &PartitionLog,
+    snapshots: &Snapshots,
+    config: CoreConfig,
+    metrics: Option<&ClusterMetrics>,
+    mut each: impl FnMut(u64, &[trove_journal::Entry<G::Event>], &[G::Outcome]),
+) -> Result<RecoveredPartition<G>, RecoverError> {
+    let partition = log.partition();
+    let damaged = |message: String| RecoverError::Damaged { partition, message };
+    let mut rebuilt = Rebuild::<G>::new(partition as usize, config);
+    let mut from = 1;
+    if let Some(bytes) = snapshots.get(partition).await? {
+        let (meta, _) = rebuilt.load_snapshot(&bytes).map_err(|e| damaged(format!("its snapshot: {e}")))?;
+        from = meta.next_batch.max(1);
+    }
+    let bounds = log.bounds().await?;
+    // A purge follows the snapshot that covers it: a stream that starts
+    // past the snapshot lost messages nothing holds.
+    if bounds.first > from && bounds.last >= bounds.first {
+        return Err(damaged(format!(
+            "the stream starts at {} but the snapshot covers only what is below {from}",
+            bounds.first
+        )));
+    }
+    let mut reader = log.read(from).await?;
+    let mut replayed = 0;
+    let mut entries = Vec::new();
+    while let Some(m) = reader.next().await? {
+        if m.fence.is_some() {
+            continue;
+        }
+        let frame = &m.payload[..];
+        let (len, crc) = decode_frame_head(frame).map_err(|e| damaged(format!("message {}: {e}", m.seq)))?;
+        if frame.len() != FRAME_HEAD_BYTES + len {
+            return Err(damaged(format!("message {}: {} bytes, its frame says {}", m.seq, frame.len(), len)));
+        }
+        let body = decode_body::<G::Event>(&frame[FRAME_HEAD_BYTES..], crc)
+            .map_err(|e| damaged(format!("message {}: {e}", m.seq)))?;
+        if body.batch != m.seq {
+            return Err(damaged(format!("message {} holds batch {}: out of place", m.seq, body.batch)));
+        }
+        entries.clear();
+        entries.extend(body.entries::<G::Event>());
+        let outcomes = rebuilt.apply(&entries);
+        each(m.seq, &entries, outcomes);
+        replayed += 1;
+        if let Some(metrics) = metrics {
+            metrics.replayed_messages.fetch_add(1, Relaxed);
+        }
+    }
+    Ok(RecoveredPartition { rebuilt, last: reader.last(), replayed, from })
+}
