@@ -123,6 +123,27 @@ pub async fn ensure(nats: &Nats, wanted: &ClusterConfig) -> Result<ClusterConfig
     Ok(cluster)
 }
 
+/// The cluster's config, if it has been created (read only: nothing is
+/// created; for `trove replay --cluster` and for a node that adopts the
+/// partition count it was not given).
+pub async fn read(nats: &Nats) -> Result<Option<ClusterConfig>, ClusterError> {
+    let what = "cluster config";
+    let timeout = nats.request_timeout();
+    let bucket = nats.names().config_bucket();
+    let store = bounded(what, timeout, async {
+        match nats.jetstream().get_key_value(bucket.as_str()).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket => Ok(None),
+            Err(e) => Err(classify(what, &e, timeout)),
+        }
+    })
+    .await?;
+    let Some(store) = store else { return Ok(None) };
+    let stored =
+        bounded(what, timeout, async { store.get(CONFIG_KEY).await.map_err(|e| classify(what, &e, timeout)) }).await?;
+    stored.map(|bytes| parse(&bytes)).transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ pub use lease::{Lease, Leases, Owner};
 pub use log::{LogBounds, LogEntry, LogReader, PartitionLog, PendingAppend};
 pub use names::Names;
 pub use metrics::ClusterMetrics;
-pub use node::{Node, View};
+pub use node::{MapView, Node, View};
 pub use recover::{RecoverError, RecoveredPartition, recover_partition};
 pub use snapshots::Snapshots;
 pub use stream_log::StreamLog;

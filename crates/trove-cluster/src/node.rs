@@ -53,6 +53,53 @@ pub struct View {
     pub nodes: Vec<Owner>,
 }
 
+/// The partition map as a node last read it, shared with the planes that
+/// show it.
+#[derive(Clone, Debug)]
+pub struct MapView {
+    view: Arc<Mutex<View>>,
+    cluster: String,
+    partitions: u32,
+    me: String,
+}
+
+impl MapView {
+    pub fn view(&self) -> View {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `GET /cluster`'s body (docs/control.md).
+    pub fn map_json(&self) -> serde_json::Value {
+        let view = self.view();
+        let node = |o: &Owner| serde_json::json!({"node": o.node, "tcp": o.tcp, "ws": o.ws, "control": o.control});
+        let map: Vec<_> = (0..self.partitions as usize)
+            .map(|p| match view.owners.get(p).and_then(Option::as_ref) {
+                Some((o, epoch)) => serde_json::json!({"partition": p, "owner": node(o), "epoch": epoch}),
+                None => serde_json::json!({"partition": p, "owner": null, "epoch": null}),
+            })
+            .collect();
+        serde_json::json!({
+            "cluster": self.cluster,
+            "partitions": self.partitions,
+            "node": self.me,
+            "nodes": view.nodes.iter().map(node).collect::<Vec<_>>(),
+            "map": map,
+        })
+    }
+
+    /// Who owns `partition`, for a `not_owner` message.
+    pub fn describe_owner(&self, partition: usize) -> String {
+        let view = self.view();
+        match view.owners.get(partition).and_then(Option::as_ref) {
+            Some((o, epoch)) if o.node != self.me => {
+                format!("partition {partition} is owned by node {} at {} (epoch {epoch})", o.node, o.tcp)
+            }
+            Some((_, epoch)) => format!("partition {partition} is being moved by this node (epoch {epoch})"),
+            None => format!("partition {partition} has no owner now"),
+        }
+    }
+}
+
 /// A node of a cluster, running.
 pub struct Node<G: Game> {
     shared: Arc<Shared<G>>,
@@ -73,7 +120,7 @@ struct Shared<G: Game> {
     config: ClusterConfig,
     core: CoreConfig,
     metrics: Arc<ClusterMetrics>,
-    view: Mutex<View>,
+    view: Arc<Mutex<View>>,
     stop: AtomicBool,
 }
 
@@ -99,7 +146,7 @@ impl<G: Game> Node<G> {
             config,
             core: CoreConfig { journaled: true, ..core },
             metrics,
-            view: Mutex::new(View::default()),
+            view: Arc::new(Mutex::new(View::default())),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -107,40 +154,14 @@ impl<G: Game> Node<G> {
         Ok(Node { shared, thread: Some(thread) })
     }
 
-    /// The partition map as this node last read it.
-    pub fn view(&self) -> View {
-        self.shared.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// `GET /cluster`'s body (docs/control.md).
-    pub fn map_json(&self) -> serde_json::Value {
-        let view = self.view();
-        let node = |o: &Owner| serde_json::json!({"node": o.node, "tcp": o.tcp, "ws": o.ws, "control": o.control});
-        let partitions = self.shared.config.partitions as usize;
-        let map: Vec<_> = (0..partitions)
-            .map(|p| match view.owners.get(p).and_then(Option::as_ref) {
-                Some((o, epoch)) => serde_json::json!({"partition": p, "owner": node(o), "epoch": epoch}),
-                None => serde_json::json!({"partition": p, "owner": null, "epoch": null}),
-            })
-            .collect();
-        serde_json::json!({
-            "cluster": self.shared.nats.names().cluster(),
-            "partitions": partitions,
-            "node": self.shared.me.node,
-            "nodes": view.nodes.iter().map(node).collect::<Vec<_>>(),
-            "map": map,
-        })
-    }
-
-    /// Who owns `partition`, for a `not_owner` message.
-    pub fn describe_owner(&self, partition: usize) -> String {
-        let view = self.view();
-        match view.owners.get(partition).and_then(Option::as_ref) {
-            Some((o, epoch)) if o.node != self.shared.me.node => {
-                format!("partition {partition} is owned by node {} at {} (epoch {epoch})", o.node, o.tcp)
-            }
-            Some((_, epoch)) => format!("partition {partition} is being taken over by this node (epoch {epoch})"),
-            None => format!("partition {partition} has no owner now"),
+    /// The partition map as this node reads it, every tick: for `GET
+    /// /cluster` and `not_owner` messages.
+    pub fn map_view(&self) -> MapView {
+        MapView {
+            view: self.shared.view.clone(),
+            cluster: self.shared.nats.names().cluster().to_string(),
+            partitions: self.shared.config.partitions,
+            me: self.shared.me.node.clone(),
         }
     }
 

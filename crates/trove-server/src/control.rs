@@ -837,7 +837,20 @@ async fn hunt_view<G: ControlGame>(ctx: &Ctx<G>, id: PathArg<String>, view: fn(&
 }
 
 async fn hunt_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {
-    hunt_view(&ctx, id, G::world_detail).await
+    hunt_view(&ctx, id, detail_with_hash::<G>).await
+}
+
+/// A hunt's detail and its state hash (the hash `trove replay` prints for
+/// it: a running node and an offline replay of its journal or stream can
+/// be compared hunt by hunt).
+fn detail_with_hash<G: ControlGame>(world: &G::World) -> Value {
+    let mut detail = G::world_detail(world);
+    let mut h = trove_core::StateHasher::new();
+    G::hash_world(world, &mut h);
+    if let Value::Object(fields) = &mut detail {
+        fields.insert("state_hash".into(), Value::String(format!("{:016x}", h.finish())));
+    }
+    detail
 }
 
 async fn leaderboard<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {

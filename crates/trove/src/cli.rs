@@ -81,6 +81,32 @@ pub struct Serve {
     /// Pin shard threads to cores.
     #[arg(long)]
     pub pin: bool,
+    /// Join a cluster on NATS JetStream: its servers,
+    /// nats://HOST:PORT[,nats://HOST:PORT...]. Each partition's log is a
+    /// replicated stream there instead of a local journal (docs/cluster.md).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster, a short token of [a-z0-9_-]
+    /// [default: node-<tcp port>].
+    #[arg(long, requires = "cluster")]
+    pub node: Option<String>,
+    /// The cluster's name: its streams and buckets are named after it
+    /// [default: trove].
+    #[arg(long, requires = "cluster")]
+    pub cluster_name: Option<String>,
+    /// Partitions, if this node creates the cluster (fixed from then on)
+    /// [default: 8].
+    #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub partitions: Option<u32>,
+    /// JetStream replicas of the cluster's streams and buckets: 1 on one
+    /// NATS server, 3 on a 3-server NATS cluster [default: 1].
+    #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub replicas: Option<u32>,
+    /// How long a partition's lease lasts unrenewed, in milliseconds, if
+    /// this node creates the cluster: a dead node's partitions move after
+    /// it [default: 3000].
+    #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +158,13 @@ pub struct Replay {
     /// The data directory.
     #[arg(long, default_value = "trove-data")]
     pub data: std::path::PathBuf,
+    /// Replay a cluster's partition streams instead (reading only):
+    /// nats://HOST:PORT[,...].
+    #[arg(long, conflicts_with = "data")]
+    pub cluster: Option<String>,
+    /// The cluster's name [default: trove].
+    #[arg(long, requires = "cluster")]
+    pub cluster_name: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

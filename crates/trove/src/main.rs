@@ -70,6 +70,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(bench) => trove_bench::run(&bench, trove::serve::default_shards).map_err(|e| e.to_string()),
         Command::Journal(Journal::Verify(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Journal(Journal::Inspect(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
+        Command::Replay(args) if args.cluster.is_some() => cluster_cmd::replay(&args),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
     }
 }

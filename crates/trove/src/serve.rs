@@ -150,6 +150,11 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
         .or(file.fsync)
         .map_or(Ok(FsyncPolicy::default()), |s| s.parse())
         .map_err(|e| e.to_string())?;
+    if args.cluster.is_some() && (args.data.is_some() || args.no_journal || engine.mode != Mode::Sharded) {
+        return Err("--cluster: a cluster node runs sharded and journals to the cluster's streams; \
+                    --data, --no-journal and the per-event modes do not apply"
+            .into());
+    }
     let journal_on = !args.no_journal && file.journal.unwrap_or(true) && engine.mode == Mode::Sharded;
     if journal_on {
         let dir = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from("trove-data"));
@@ -242,6 +247,9 @@ pub fn default_shards(data: Option<&Path>, cores: usize, io_workers: usize) -> u
         .unwrap_or_else(|| cores.saturating_sub(io_workers).max(1))
 }
 
+/// How often a cluster node snapshots a partition unless told.
+const SNAPSHOT_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Runs until SIGINT or SIGTERM, then drains and stops.
 ///
 /// Start-up order: every listener is bound first, so a busy port fails the
@@ -277,6 +285,20 @@ pub fn run(args: &Serve) -> Result<(), String> {
         }
         None => None,
     };
+    if args.cluster.is_some() {
+        // A cluster node journals to its partitions' streams: no data
+        // directory is locked or read.
+        let snapshot_interval = engine.journal.as_ref().and_then(|j| j.snapshot_interval).unwrap_or(SNAPSHOT_DEFAULT);
+        let start = crate::cluster_cmd::NodeStart {
+            engine,
+            server,
+            control_limits,
+            listeners,
+            control_listener,
+            snapshot_interval,
+        };
+        return crate::cluster_cmd::serve(args, start, move || signals.wait());
+    }
     let lock = match &engine.journal {
         Some(j) => Some(DataDirLock::acquire(&j.dir).map_err(|e| e.to_string())?),
         None => None,

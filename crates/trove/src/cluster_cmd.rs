@@ -1,0 +1,241 @@
+//! `trove serve --cluster`: a node of a cluster on NATS JetStream, and
+//! `trove replay --cluster`: a cluster's partitions rebuilt offline from
+//! their snapshots and streams (docs/cluster.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use trove_cluster::config::CONFIG_FORMAT;
+use trove_cluster::{ClusterConfig, ClusterMetrics, MapView, Nats, Node, Owner};
+use trove_core::{Game, Record};
+use trove_hunt::TreasureHunt;
+use trove_server::control::{ControlConfig, ControlInfo, ControlParts, ControlPlane};
+use trove_server::{Listeners, Server, ServerConfig};
+use trove_shard::{CoreConfig, Engine, EngineConfig};
+
+use crate::cli::{Replay, Serve};
+
+/// Partitions of a cluster this node creates, unless `--partitions` says.
+pub const PARTITIONS_DEFAULT: u32 = 8;
+/// The cluster's name unless `--cluster-name` says.
+pub const CLUSTER_NAME_DEFAULT: &str = "trove";
+/// A lease's TTL unless `--lease-ms` says.
+pub const LEASE_MS_DEFAULT: u64 = 3000;
+
+/// The `--cluster` list: NATS URLs, comma-separated.
+fn urls(list: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    if urls.is_empty() {
+        return Err("--cluster: no NATS server given (nats://HOST:PORT[,...])".into());
+    }
+    Ok(urls)
+}
+
+/// The runtime the NATS client's tasks run on: one worker, apart from the
+/// data plane's, so a saturated data plane does not delay lease renewals.
+fn nats_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("trove-nats")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("NATS runtime: {e}"))
+}
+
+/// `not_owner` messages from the node's map.
+#[derive(Debug)]
+struct NodeOwners(MapView);
+
+impl trove_server::Owners for NodeOwners {
+    fn describe_owner(&self, partition: usize) -> String {
+        self.0.describe_owner(partition)
+    }
+}
+
+/// What `serve` hands over to a cluster node's start.
+pub struct NodeStart {
+    pub engine: EngineConfig,
+    pub server: ServerConfig,
+    pub control_limits: ControlConfig,
+    pub listeners: Listeners,
+    pub control_listener: Option<std::net::TcpListener>,
+    pub snapshot_interval: Duration,
+}
+
+/// Runs a cluster node until `wait` returns (a signal), then hands its
+/// partitions over and stops.
+pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str) -> Result<(), String> {
+    let NodeStart { mut engine, server, control_limits, listeners, control_listener, snapshot_interval } = start;
+    let list = args.cluster.as_deref().expect("cluster mode");
+    let urls = urls(list)?;
+    let tcp = listeners.tcp.local_addr().map_err(|e| format!("TCP listener: {e}"))?;
+    let ws = listeners.ws.as_ref().and_then(|l| l.local_addr().ok());
+    let control = control_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let node = args.node.clone().unwrap_or_else(|| format!("node-{}", tcp.port()));
+    trove_cluster::names::validate_token("--node", &node).map_err(|e| e.to_string())?;
+    let name = args.cluster_name.as_deref().unwrap_or(CLUSTER_NAME_DEFAULT);
+    let replicas = args.replicas.unwrap_or(1) as usize;
+    let lease = Duration::from_millis(args.lease_ms.unwrap_or(LEASE_MS_DEFAULT));
+    let runtime = nats_runtime()?;
+    let nats = runtime.block_on(Nats::connect(&urls, name, replicas, lease)).map_err(|e| e.to_string())?;
+    // A node that joins takes the cluster's partition count and bound
+    // unless it names others, which must then match (a typed error).
+    let existing = runtime.block_on(trove_cluster::config::read(&nats)).ok().flatten();
+    let wanted = ClusterConfig {
+        format: CONFIG_FORMAT,
+        game: TreasureHunt::NAME.to_string(),
+        record_size: <TreasureHunt as Game>::Event::SIZE as u32,
+        partitions: args.partitions.or(existing.as_ref().map(|c| c.partitions)).unwrap_or(PARTITIONS_DEFAULT),
+        worlds_max: existing.as_ref().map_or(engine.worlds_max as u64, |c| c.worlds_max),
+    };
+    let config = runtime.block_on(nats.ensure_config(&wanted)).map_err(|e| e.to_string())?;
+    engine.cluster = true;
+    engine.journal = None;
+    engine.shards = config.partitions as usize;
+    engine.worlds_max = usize::try_from(config.worlds_max).map_err(|_| "the cluster's worlds_max is too large")?;
+    engine.validate().map_err(|e| e.to_string())?;
+    let core = CoreConfig {
+        worlds_max: engine.worlds_max,
+        dedup_window_events: engine.dedup_window_events,
+        dedup_producers_max: engine.dedup_producers_max,
+        journaled: true,
+        snapshot_interval: Some(snapshot_interval),
+    };
+    let shards = engine.shards;
+    let engine = Arc::new(Engine::<TreasureHunt>::start(engine).map_err(|e| e.to_string())?);
+    let me = Owner {
+        node: node.clone(),
+        tcp: tcp.to_string(),
+        ws: ws.map(|a| a.to_string()).unwrap_or_default(),
+        control: control.map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let metrics = Arc::new(ClusterMetrics::default());
+    let cluster_node = Node::start(nats, runtime.handle().clone(), engine.clone(), me, config.clone(), core, metrics)
+        .map_err(|e| format!("the cluster thread: {e}"))?;
+    let view = cluster_node.map_view();
+    let owners: Arc<dyn trove_server::Owners> = Arc::new(NodeOwners(view.clone()));
+    let server = Server::start_node(listeners, engine.clone(), server, Some(owners.clone()))
+        .map_err(|e| e.to_string())?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let info = ControlInfo {
+        mode: "sharded",
+        shards,
+        fsync: format!("cluster {name}"),
+        journal_dir: None,
+        tcp_addr: server.tcp_addr(),
+        ws_addr: server.ws_addr(),
+    };
+    let control = match control_listener {
+        Some(listener) => {
+            let parts = ControlParts {
+                config: control_limits,
+                engine: engine.clone(),
+                server_metrics: server.metrics_handle(),
+                data_plane: server.runtime_handle(),
+                info,
+                ready: ready.clone(),
+                owners: Some(owners),
+            };
+            let plane = ControlPlane::start_on(listener, parts).map_err(|e| e.to_string())?;
+            let map = view.clone();
+            plane.set_cluster_view(Arc::new(move || Some(map.map_json())));
+            Some(plane)
+        }
+        None => None,
+    };
+    ready.store(true, Ordering::Relaxed);
+    eprintln!(
+        "trove: node {node} of cluster {name} on {} ({} partitions, {replicas} replica(s), lease {} ms)",
+        urls.join(","),
+        config.partitions,
+        lease.as_millis()
+    );
+    eprintln!("trove: protocol v1 on tcp://{}", server.tcp_addr());
+    if let Some(ws) = server.ws_addr() {
+        eprintln!("trove: websocket (JSON) on ws://{ws}/");
+    }
+    if let Some(c) = &control {
+        eprintln!("trove: control plane on http://{}/ (/cluster, /metrics, /openapi.json)", c.addr());
+    }
+    let signal = wait();
+    eprintln!("trove: {signal}: handing partitions over");
+    ready.store(false, Ordering::Relaxed);
+    cluster_node.leave();
+    server.shutdown(Duration::from_secs(10));
+    if let Some(c) = control {
+        c.shutdown();
+    }
+    let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
+    let fin = engine.shutdown();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("trove: stopped; {} events applied here", fin.events_applied);
+    Ok(())
+}
+
+/// `trove replay --cluster`: every partition rebuilt from its snapshot
+/// and stream, as a node taking it over would; prints each hunt's hash
+/// and the state hash, as `trove replay` does for a data directory.
+pub fn replay(args: &Replay) -> Result<(), String> {
+    let urls = urls(args.cluster.as_deref().expect("cluster replay"))?;
+    let name = args.cluster_name.as_deref().unwrap_or(CLUSTER_NAME_DEFAULT);
+    let runtime = nats_runtime()?;
+    let started = std::time::Instant::now();
+    let (hashes, messages, partitions) = runtime.block_on(async {
+        let nats =
+            Nats::connect(&urls, name, 1, Duration::from_millis(LEASE_MS_DEFAULT)).await.map_err(|e| e.to_string())?;
+        let config = trove_cluster::config::read(&nats)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("cluster {name} has no config: it was never created on these servers"))?;
+        let snapshots = nats.snapshots().await.map_err(|e| e.to_string())?;
+        let core = CoreConfig {
+            worlds_max: usize::try_from(config.worlds_max).unwrap_or(usize::MAX),
+            dedup_window_events: 0,
+            dedup_producers_max: 1,
+            journaled: true,
+            snapshot_interval: None,
+        };
+        let mut hashes = Vec::new();
+        let mut messages = 0;
+        for p in 0..config.partitions {
+            let log = nats.log(p).await.map_err(|e| e.to_string())?;
+            let r = trove_cluster::recover_partition::<TreasureHunt>(&log, &snapshots, core, None, |_, _, _| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            messages += r.replayed;
+            hashes.extend(r.rebuilt.state().world_hashes());
+        }
+        Ok::<_, String>((hashes, messages, config.partitions))
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let state_hash = trove_core::state::combine_world_hashes(hashes.clone());
+    let mut hashes = hashes;
+    hashes.sort_unstable_by_key(|&(id, _)| id);
+    if args.json {
+        let hunts: Vec<_> = hashes
+            .iter()
+            .map(|&(hunt, h)| serde_json::json!({"hunt": hunt, "state_hash": format!("{h:016x}")}))
+            .collect();
+        let report = serde_json::json!({
+            "cluster": name,
+            "partitions": partitions,
+            "messages": messages,
+            "seconds": started.elapsed().as_secs_f64(),
+            "hunts": hunts,
+            "state_hash": format!("{state_hash:016x}"),
+        });
+        println!("{report}");
+    } else {
+        for (hunt, h) in &hashes {
+            println!("hunt {hunt} {h:016x}");
+        }
+        println!(
+            "replayed {} from {} partitions of cluster {name} in {:.2} s; state hash {state_hash:016x}",
+            crate::plural(messages, "message"),
+            partitions,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
