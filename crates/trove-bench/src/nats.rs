@@ -82,6 +82,8 @@ pub struct NatsServer {
     ports: Ports,
     /// Route ports of the other servers of its cluster (empty: alone).
     peers: Vec<u16>,
+    /// More settings for its `jetstream { }` block.
+    jetstream_extra: String,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -89,16 +91,29 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a lone server and waits until JetStream is ready.
     pub fn start() -> NatsServer {
-        let s = NatsServer::spawn_fresh("n0");
+        NatsServer::start_with_jetstream("")
+    }
+
+    /// [`NatsServer::start`] with `extra` inside its `jetstream { }` block
+    /// (e.g. `sync_interval: always`, to fsync every message).
+    pub fn start_with_jetstream(extra: &str) -> NatsServer {
+        let s = NatsServer::spawn_fresh("n0", extra);
         s.wait_ready();
         s
     }
 
     /// A lone server named `name` on fresh ports, retried with fresh
     /// ports if it exits at once (a port taken).
-    fn spawn_fresh(name: &str) -> NatsServer {
+    fn spawn_fresh(name: &str, jetstream_extra: &str) -> NatsServer {
         let dir = TempDir::new(&format!("nats-{name}"));
-        let mut s = NatsServer { name: name.to_string(), peers: Vec::new(), ports: Ports::fresh(), dir, child: None };
+        let mut s = NatsServer {
+            name: name.to_string(),
+            peers: Vec::new(),
+            ports: Ports::fresh(),
+            jetstream_extra: jetstream_extra.to_string(),
+            dir,
+            child: None,
+        };
         for attempt in 1..=BIND_ATTEMPTS_MAX {
             s.spawn();
             if s.wait_listening().is_ok() {
@@ -115,11 +130,12 @@ impl NatsServer {
         let store = self.dir.join("store");
         let mut c = format!(
             "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-             jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 4GB }}\n",
+             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 4GB\n  {extra}\n}}\n",
             name = self.name,
             client = self.ports.client,
             monitor = self.ports.monitor,
             store = store.display(),
+            extra = self.jetstream_extra,
         );
         if !self.peers.is_empty() {
             let routes: Vec<String> = self.peers.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
@@ -309,8 +325,14 @@ impl NatsCluster {
             for (i, p) in ports.iter().enumerate() {
                 let name = format!("n{i}");
                 let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, q)| q.route).collect();
-                let mut s =
-                    NatsServer { dir: TempDir::new(&format!("nats-{name}")), name, ports: *p, peers, child: None };
+                let mut s = NatsServer {
+                    dir: TempDir::new(&format!("nats-{name}")),
+                    name,
+                    ports: *p,
+                    peers,
+                    jetstream_extra: String::new(),
+                    child: None,
+                };
                 s.spawn();
                 servers.push(s);
             }
