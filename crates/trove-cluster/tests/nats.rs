@@ -348,3 +348,54 @@ async fn snapshots_put_get_overwrite_and_refuse_the_oversized() {
         r => panic!("an oversized snapshot was read: {r:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_makes_calls_unavailable_and_a_retry_finds_what_landed() {
+    let server = server_or_skip!("a_paused_server_makes_calls_unavailable_and_a_retry_finds_what_landed");
+    let nats = connect(&server, "paused", Duration::from_secs(3)).await;
+    let log = nats.log(0).await.unwrap();
+    let leases = nats.leases();
+    assert_eq!(log.append(0, Bytes::from_static(b"a"), "a").await.unwrap(), 1);
+
+    // SIGSTOP: the socket stays open and nothing answers. Every call fails
+    // Unavailable within its bound (2 s requests, a few requests a call)
+    // instead of waiting forever.
+    server.pause();
+    let start = Instant::now();
+    match log.append(1, Bytes::from_static(b"b"), "b").await {
+        Err(e) => assert!(e.is_unavailable(), "{e}"),
+        Ok(seq) => panic!("acknowledged at {seq} by a stopped server"),
+    }
+    assert!(leases.acquire(5, &owner("a")).await.unwrap_err().is_unavailable());
+    assert!(leases.owners(1).await.unwrap_err().is_unavailable());
+    assert!(log.last_seq().await.unwrap_err().is_unavailable());
+    assert!(start.elapsed() < Duration::from_secs(30), "the calls took {:?}", start.elapsed());
+
+    // SIGCONT: the server reads the append it was sent while stopped and
+    // stores it. The writer's retry (same id, same expectation) is told
+    // its sequence, and the message is there once.
+    server.resume();
+    let start = Instant::now();
+    let last = loop {
+        match log.last_seq().await {
+            Ok(last) => break last,
+            Err(e) if e.is_unavailable() && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after SIGCONT: {e}"),
+        }
+    };
+    assert_eq!(last, 2, "the append sent to the stopped server was not stored on SIGCONT");
+    let seq = loop {
+        match log.append(1, Bytes::from_static(b"b"), "b").await {
+            Ok(seq) => break seq,
+            Err(e) if e.is_unavailable() && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after SIGCONT: {e}"),
+        }
+    };
+    assert_eq!(seq, 2);
+    let all = read_all(&log, 1).await;
+    assert_eq!(all.iter().map(|e| (e.seq, &e.payload[..])).collect::<Vec<_>>(), vec![(1, &b"a"[..]), (2, &b"b"[..])]);
+}
