@@ -126,7 +126,9 @@ async fn a_replicated_log_survives_one_server_and_refuses_without_quorum() {
         match log.append(last, Bytes::from_static(b"no quorum"), &format!("nq-{refused}")).await {
             Err(e) if e.is_unavailable() => {
                 refused += 1;
-                assert!(before.elapsed() < Duration::from_secs(10), "an append took {:?} to fail", before.elapsed());
+                // Bounded by construction (a few 2 s requests), whatever
+                // the machine's load: a hang would run far past this.
+                assert!(before.elapsed() < Duration::from_secs(20), "an append took {:?} to fail", before.elapsed());
             }
             // The leader may not have noticed yet: it cannot commit
             // without a quorum, so no acknowledgement arrives.
