@@ -110,6 +110,29 @@ async fn hostile_values_in_kv_are_typed_errors() {
     let leases = js.get_key_value(nats.names().leases_bucket()).await.unwrap();
     leases.put("p1", Bytes::from_static(b"\x00\xff not json")).await.unwrap();
     assert!(matches!(nats.leases().owners(4).await, Err(ClusterError::Malformed { .. })));
+    // A stream under a partition's name that would drop messages, or
+    // listens on another subject, is refused, not used as a journal.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: nats.names().stream(0),
+        subjects: vec![nats.names().subject(0)],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(nats.log(0).await, Err(ClusterError::ConfigMismatch { field: "stream limits", .. })));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: nats.names().stream(1),
+        subjects: vec!["elsewhere".to_string()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(nats.log(1).await, Err(ClusterError::ConfigMismatch { field: "stream subjects", .. })));
+    // The streams this crate makes pass its own check.
+    nats.log(2).await.unwrap();
+    nats.log(2).await.unwrap();
+
     // Nobody listening: a typed Connect error, not a hang.
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let start = Instant::now();
