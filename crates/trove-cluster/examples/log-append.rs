@@ -1,7 +1,9 @@
 //! Append throughput and acknowledgement latency of one partition's log
 //! on a single nats-server (JetStream R1, loopback), without the engine:
 //! payloads of 4 KiB, 64 KiB and 512 KiB, one append in flight (as the
-//! engine's journal thread does per partition) or several pipelined, with
+//! engine's journal thread does per partition), 8 pipelined on one
+//! partition, or 8 partitions with one in flight each (the engine's shape
+//! with 8 partitions on one node), with
 //! JetStream's default sync (the OS writes back; fsync every 2 minutes)
 //! and with `sync_interval: always` (an fsync per message, what trove's
 //! local journal does).
@@ -20,12 +22,33 @@ use trove_bench::nats::{NatsServer, nats_server_available, skip_message};
 use trove_cluster::{Nats, PendingAppend};
 
 const PAYLOADS: [usize; 3] = [4 << 10, 64 << 10, 512 << 10];
-const DEPTHS: [usize; 2] = [1, 8];
+/// (partitions written at once, appends in flight on each)
+const SHAPES: [(u32, usize); 3] = [(1, 1), (1, 8), (8, 1)];
 
 struct Cell {
     appends: u64,
     seconds: f64,
     latency_us: Histogram<u64>,
+}
+
+/// `partitions` partitions from `first` on, each written as [`run`] does,
+/// at once; their counts and latencies merged.
+async fn run_partitions(nats: &Nats, first: u32, partitions: u32, payload: usize, depth: usize, seconds: f64) -> Cell {
+    let tasks: Vec<_> = (first..first + partitions)
+        .map(|p| {
+            let nats = nats.clone();
+            tokio::spawn(async move { run(&nats, p, payload, depth, seconds).await })
+        })
+        .collect();
+    let mut total =
+        Cell { appends: 0, seconds: 0.0, latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap() };
+    for t in tasks {
+        let c = t.await.expect("a partition's run");
+        total.appends += c.appends;
+        total.seconds = total.seconds.max(c.seconds);
+        total.latency_us.add(&c.latency_us).expect("same bounds");
+    }
+    total
 }
 
 /// Appends `payload`-byte messages to `partition` for `seconds`, with up
@@ -64,19 +87,19 @@ async fn main() {
         std::process::exit(2);
     }
     let seconds: f64 = std::env::args().nth(1).map(|s| s.parse().expect("SECONDS_PER_CELL")).unwrap_or(2.0);
-    println!("sync     payload  depth  appends/s      MB/s   p50_us   p99_us   max_us");
+    println!("sync     payload  partitions  depth  appends/s      MB/s   p50_us   p99_us   max_us");
     for (sync, extra) in [("default", ""), ("always", "sync_interval: always")] {
         let server = NatsServer::start_with_jetstream(extra);
         let nats = Nats::connect(&[server.url()], "bench", 1, Duration::from_secs(3)).await.expect("connect");
         let mut partition = 0;
         for payload in PAYLOADS {
-            for depth in DEPTHS {
-                let c = run(&nats, partition, payload, depth, seconds).await;
-                partition += 1;
+            for (partitions, depth) in SHAPES {
+                let c = run_partitions(&nats, partition, partitions, payload, depth, seconds).await;
+                partition += partitions;
                 let rate = c.appends as f64 / c.seconds;
                 let h = &c.latency_us;
                 println!(
-                    "{sync:<8} {:>5}KiB  {depth:>5}  {rate:>9.0}  {:>8.1}  {:>7}  {:>7}  {:>7}",
+                    "{sync:<8} {:>5}KiB  {partitions:>10}  {depth:>5}  {rate:>9.0}  {:>8.1}  {:>7}  {:>7}  {:>7}",
                     payload >> 10,
                     rate * payload as f64 / 1e6,
                     h.value_at_quantile(0.5),
