@@ -430,3 +430,55 @@ async fn a_paused_server_makes_calls_unavailable_and_a_retry_finds_what_landed()
     let all = read_all(&log, 1).await;
     assert_eq!(all.iter().map(|e| (e.seq, &e.payload[..])).collect::<Vec<_>>(), vec![(1, &b"a"[..]), (2, &b"b"[..])]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_fences_the_deposed_owner() {
+    let server = server_or_skip!("a_takeover_fences_the_deposed_owner");
+    // Two nodes, each with its own connection.
+    let ttl = Duration::from_secs(1);
+    let node_a = connect(&server, "takeover", ttl).await;
+    let node_b = connect(&server, "takeover", ttl).await;
+    let (a, b) = (owner("a"), owner("b"));
+
+    // a owns partition 4 and appends.
+    let lease_a = node_a.leases().acquire(4, &a).await.unwrap().expect("free");
+    let log_a = node_a.log(4).await.unwrap();
+    let mut last_a = log_a.last_seq().await.unwrap();
+    let fence_a = log_a.fence(last_a, lease_a.epoch).await.unwrap();
+    last_a = fence_a;
+    for i in 0..5 {
+        last_a = log_a.append(last_a, Bytes::from(format!("a{i}")), &format!("a-{i}")).await.unwrap();
+    }
+
+    // a stalls (stops renewing, as a SIGSTOPped node does); b takes the
+    // partition once the lease expires, replays to the end and fences.
+    let start = Instant::now();
+    let lease_b = loop {
+        if let Some(l) = node_b.leases().acquire(4, &b).await.unwrap() {
+            break l;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the stalled owner's lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(lease_b.epoch > lease_a.revision);
+    let log_b = node_b.log(4).await.unwrap();
+    let replayed = read_all(&log_b, 1).await;
+    let data: Vec<&[u8]> = replayed.iter().filter(|e| e.fence.is_none()).map(|e| &e.payload[..]).collect();
+    assert_eq!(data, vec![&b"a0"[..], b"a1", b"a2", b"a3", b"a4"]);
+    assert_eq!(replayed[0].fence, Some(lease_a.epoch));
+    let last_b = replayed.last().unwrap().seq;
+    let fence_b = log_b.fence(last_b, lease_b.epoch).await.unwrap();
+
+    // a wakes up: its append is fenced, its renew fails, its release
+    // leaves b's lease alone; b appends on.
+    match log_a.append(last_a, Bytes::from_static(b"stale"), "a-stale").await {
+        Err(ClusterError::Fenced { partition: 4, expected, actual }) => {
+            assert_eq!((expected, actual), (last_a, Some(fence_b)));
+        }
+        r => panic!("the deposed owner appended: {r:?}"),
+    }
+    assert_eq!(node_a.leases().renew(&lease_a).await.unwrap(), None);
+    assert!(!node_a.leases().release(lease_a).await.unwrap());
+    assert_eq!(log_b.append(fence_b, Bytes::from_static(b"b0"), "b-0").await.unwrap(), fence_b + 1);
+    assert_eq!(node_a.leases().owners(5).await.unwrap()[4], Some((b, lease_b.epoch)));
+}
