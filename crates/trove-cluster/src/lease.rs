@@ -164,7 +164,9 @@ impl Leases {
     /// Each partition `0..partitions`'s live owner and epoch, `None` where
     /// nobody holds it. A read may lag a write by a moment (KV reads may
     /// be served by any replica): the map is advice, the fenced log is
-    /// the truth.
+    /// the truth. One request per partition: a caller that answers the
+    /// map often (`GET /cluster`) keeps it a moment rather than asking
+    /// per request.
     pub async fn owners(&self, partitions: u32) -> Result<Vec<Option<(Owner, u64)>>, ClusterError> {
         let timeout = self.nats.request_timeout();
         let mut map = Vec::with_capacity(partitions as usize);

@@ -7,13 +7,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use trove_bench::nats::{NatsServer, nats_server_available, skip_message};
+use trove_bench::nats::{NatsServer, nats_server_or_skip};
 use trove_cluster::{ClusterConfig, ClusterError, LogEntry, Nats, Owner, PartitionLog};
 
 macro_rules! server_or_skip {
     ($test:expr) => {{
-        if !nats_server_available() {
-            eprintln!("{}", skip_message($test));
+        if !nats_server_or_skip($test) {
             return;
         }
         NatsServer::start()

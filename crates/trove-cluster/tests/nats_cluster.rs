@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use trove_bench::nats::{NatsCluster, nats_server_available, skip_message};
+use trove_bench::nats::{NatsCluster, nats_server_or_skip};
 use trove_cluster::{ClusterError, Nats, PartitionLog};
 
 /// How long the test waits for the cluster to serve again after a kill
@@ -76,8 +76,7 @@ async fn assert_holds(log: &PartitionLog, expected: &[Bytes]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_log_survives_one_server_and_refuses_without_quorum() {
-    if !nats_server_available() {
-        eprintln!("{}", skip_message("a_replicated_log_survives_one_server_and_refuses_without_quorum"));
+    if !nats_server_or_skip("a_replicated_log_survives_one_server_and_refuses_without_quorum") {
         return;
     }
     let mut cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3)).await.unwrap();
