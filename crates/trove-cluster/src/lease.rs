@@ -109,7 +109,11 @@ impl Leases {
     }
 
     /// Takes partition `partition` for `owner` if nobody holds it: `None`
-    /// when another holder's lease is live.
+    /// when another holder's lease is live. An acquire that failed
+    /// `Unavailable` may still have created the lease (its answer was
+    /// what got lost): until that lease expires, unrenewed, the partition
+    /// reads as held, by `owner` (safe: nobody appends under it; it costs
+    /// one TTL).
     pub async fn acquire(&self, partition: u32, owner: &Owner) -> Result<Option<Lease>, ClusterError> {
         let what = format!("acquiring the lease of partition {partition}");
         let value = Self::encode(owner, None)?;

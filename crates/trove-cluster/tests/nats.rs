@@ -325,8 +325,8 @@ async fn the_log_appends_in_order_and_fences_stale_writers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_holds_a_bounded_batch_and_sees_only_what_was_there() {
-    let server = server_or_skip!("a_read_holds_a_bounded_batch_and_sees_only_what_was_there");
+async fn a_read_streams_large_messages_and_sees_only_what_was_there() {
+    let server = server_or_skip!("a_read_streams_large_messages_and_sees_only_what_was_there");
     let nats = connect(&server, "readers", Duration::from_secs(3)).await;
     let log = nats.log(2).await.unwrap();
     // Large messages: a read of them all must stream, not load them.
