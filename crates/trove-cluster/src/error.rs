@@ -32,6 +32,10 @@ pub enum Unavailability {
     /// The connection to NATS is down (the client reconnects by itself).
     #[error("disconnected from NATS")]
     Disconnected,
+    /// JetStream has not the resources: its storage limit is reached, or
+    /// too few servers for the replicas asked.
+    #[error("JetStream is out of resources (storage full, or too few servers for the replicas): {0}")]
+    InsufficientResources(String),
     /// The stream's leader counts a message past `expected` that is not
     /// committed (a try without quorum, which may still commit or vanish):
     /// whether this writer is fenced is not known yet.
@@ -86,14 +90,13 @@ impl ClusterError {
 }
 
 /// JetStream API error codes that mean "no quorum or leader now".
-const NO_QUORUM_CODES: [ErrorCode; 7] = [
+const NO_QUORUM_CODES: [ErrorCode; 6] = [
     ErrorCode::CLUSTER_NOT_AVAILABLE,
-    ErrorCode::CLUSTER_NO_PEERS,
     ErrorCode::CLUSTER_INCOMPLETE,
     ErrorCode::CLUSTER_NOT_LEADER,
     ErrorCode::CLUSTER_NOT_ACTIVE,
     ErrorCode::STREAM_OFFLINE,
-    ErrorCode::INSUFFICIENT_RESOURCES,
+    ErrorCode::CLUSTER_NO_PEERS,
 ];
 
 /// Turns an async-nats error met while doing `what` into a
@@ -129,10 +132,13 @@ pub(crate) fn classify(
                 _ => {}
             }
         }
-        if let Some(j) = e.downcast_ref::<jetstream::Error>()
-            && (NO_QUORUM_CODES.contains(&j.error_code()) || j.code() == 503)
-        {
-            return unavailable(Unavailability::NoQuorum(j.to_string()));
+        if let Some(j) = e.downcast_ref::<jetstream::Error>() {
+            if j.error_code() == ErrorCode::INSUFFICIENT_RESOURCES {
+                return unavailable(Unavailability::InsufficientResources(j.to_string()));
+            }
+            if NO_QUORUM_CODES.contains(&j.error_code()) || j.code() == 503 {
+                return unavailable(Unavailability::NoQuorum(j.to_string()));
+            }
         }
         next = e.source();
     }

@@ -109,7 +109,11 @@ impl Leases {
     }
 
     /// Takes partition `partition` for `owner` if nobody holds it: `None`
-    /// when another holder's lease is live.
+    /// when another holder's lease is live. An acquire that failed
+    /// `Unavailable` may still have created the lease (its answer was
+    /// what got lost): until that lease expires, unrenewed, the partition
+    /// reads as held, by `owner` (safe: nobody appends under it; it costs
+    /// one TTL).
     pub async fn acquire(&self, partition: u32, owner: &Owner) -> Result<Option<Lease>, ClusterError> {
         let what = format!("acquiring the lease of partition {partition}");
         let value = Self::encode(owner, None)?;
@@ -164,7 +168,9 @@ impl Leases {
     /// Each partition `0..partitions`'s live owner and epoch, `None` where
     /// nobody holds it. A read may lag a write by a moment (KV reads may
     /// be served by any replica): the map is advice, the fenced log is
-    /// the truth.
+    /// the truth. One request per partition: a caller that answers the
+    /// map often (`GET /cluster`) keeps it a moment rather than asking
+    /// per request.
     pub async fn owners(&self, partitions: u32) -> Result<Vec<Option<(Owner, u64)>>, ClusterError> {
         let timeout = self.nats.request_timeout();
         let mut map = Vec::with_capacity(partitions as usize);

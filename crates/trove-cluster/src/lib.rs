@@ -180,6 +180,13 @@ impl Nats {
         self.inner.lease_ttl
     }
 
+    /// How often a holder renews its leases and a node announces itself:
+    /// a third of [`Nats::lease_ttl`], so two renewals can fail before the
+    /// lease expires.
+    pub fn renew_interval(&self) -> Duration {
+        self.inner.lease_ttl / 3
+    }
+
     /// The largest payload an append may carry: the server's
     /// `max_payload` less [`log::HEADERS_BYTES_RESERVED`] for headers.
     /// The journal side splits frames below it.

@@ -19,6 +19,7 @@
 //! [`ClusterError::Fenced`], none yet is
 //! [`ClusterError::Unavailable`] ([`Unavailability::Uncommitted`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -62,14 +63,27 @@ pub struct LogBounds {
     pub last: u64,
 }
 
-/// One partition's stream.
+/// One partition's stream; cheap to clone (an append in flight holds one).
 #[derive(Clone, Debug)]
 pub struct PartitionLog {
+    inner: Arc<LogInner>,
+}
+
+/// What the clones of a [`PartitionLog`] share.
+#[derive(Debug)]
+pub struct LogInner {
     nats: Nats,
     partition: u32,
     stream_name: String,
     subject: String,
     stream: stream::Stream,
+}
+
+impl std::ops::Deref for PartitionLog {
+    type Target = LogInner;
+    fn deref(&self) -> &LogInner {
+        &self.inner
+    }
 }
 
 impl PartitionLog {
@@ -96,6 +110,7 @@ impl PartitionLog {
             allow_direct: true,
             ..Default::default()
         };
+        let wanted = config.clone();
         let stream = bounded(&what, timeout * 2, async {
             match js.get_stream(&stream_name).await {
                 Ok(s) => Ok(s),
@@ -106,7 +121,8 @@ impl PartitionLog {
             }
         })
         .await?;
-        Ok(PartitionLog { nats: nats.clone(), partition, stream_name, subject, stream })
+        check_stream(&stream.cached_info().config, &wanted)?;
+        Ok(PartitionLog { inner: Arc::new(LogInner { nats: nats.clone(), partition, stream_name, subject, stream }) })
     }
 
     /// Its partition.
@@ -349,6 +365,37 @@ impl PendingAppend {
             r => r,
         }
     }
+}
+
+/// Checks that a stream found under a partition's name is one this node
+/// can use as its journal: its subject, the cluster's replicas, and no
+/// limit that would drop messages (it may have been made by hand, or by a
+/// node started with other `--replicas`).
+fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), ClusterError> {
+    let mismatch =
+        |field: &'static str, found: String, wanted: String| Err(ClusterError::ConfigMismatch { field, found, wanted });
+    if found.subjects != wanted.subjects {
+        return mismatch("stream subjects", format!("{:?}", found.subjects), format!("{:?}", wanted.subjects));
+    }
+    if found.num_replicas != wanted.num_replicas {
+        return mismatch("replicas", found.num_replicas.to_string(), wanted.num_replicas.to_string());
+    }
+    let drops = found.max_messages > 0
+        || found.max_bytes > 0
+        || found.max_age > Duration::ZERO
+        || found.max_messages_per_subject > 0
+        || found.retention != stream::RetentionPolicy::Limits;
+    if drops {
+        return mismatch(
+            "stream limits",
+            format!(
+                "max_msgs {} max_bytes {} max_age {:?} max_msgs_per_subject {} retention {:?}",
+                found.max_messages, found.max_bytes, found.max_age, found.max_messages_per_subject, found.retention
+            ),
+            "none that drop messages (limits retention)".to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// A publish's error: a wrong last sequence is [`ClusterError::Fenced`].

@@ -7,13 +7,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use trove_bench::nats::{NatsServer, nats_server_available, skip_message};
+use trove_bench::nats::{NatsServer, nats_server_or_skip};
 use trove_cluster::{ClusterConfig, ClusterError, LogEntry, Nats, Owner, PartitionLog};
 
 macro_rules! server_or_skip {
     ($test:expr) => {{
-        if !nats_server_available() {
-            eprintln!("{}", skip_message($test));
+        if !nats_server_or_skip($test) {
             return;
         }
         NatsServer::start()
@@ -110,6 +109,37 @@ async fn hostile_values_in_kv_are_typed_errors() {
     let leases = js.get_key_value(nats.names().leases_bucket()).await.unwrap();
     leases.put("p1", Bytes::from_static(b"\x00\xff not json")).await.unwrap();
     assert!(matches!(nats.leases().owners(4).await, Err(ClusterError::Malformed { .. })));
+    // A stream under a partition's name that would drop messages, or
+    // listens on another subject, is refused, not used as a journal.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: nats.names().stream(0),
+        subjects: vec![nats.names().subject(0)],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(nats.log(0).await, Err(ClusterError::ConfigMismatch { field: "stream limits", .. })));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: nats.names().stream(1),
+        subjects: vec!["elsewhere".to_string()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(nats.log(1).await, Err(ClusterError::ConfigMismatch { field: "stream subjects", .. })));
+    // The streams this crate makes pass its own check.
+    nats.log(2).await.unwrap();
+    nats.log(2).await.unwrap();
+
+    // Nobody listening: a typed Connect error, not a hang.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start = Instant::now();
+    match Nats::connect(&[format!("nats://127.0.0.1:{unused}")], "hostile", 1, Duration::from_secs(3)).await {
+        Err(ClusterError::Connect { .. }) => {}
+        r => panic!("connected to nothing: {r:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(30));
     // And bad names never reach NATS.
     assert!(matches!(
         Nats::connect(&[server.url()], "Bad.Name", 1, Duration::from_secs(3)).await,
@@ -295,8 +325,8 @@ async fn the_log_appends_in_order_and_fences_stale_writers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_holds_a_bounded_batch_and_sees_only_what_was_there() {
-    let server = server_or_skip!("a_read_holds_a_bounded_batch_and_sees_only_what_was_there");
+async fn a_read_streams_large_messages_and_sees_only_what_was_there() {
+    let server = server_or_skip!("a_read_streams_large_messages_and_sees_only_what_was_there");
     let nats = connect(&server, "readers", Duration::from_secs(3)).await;
     let log = nats.log(2).await.unwrap();
     // Large messages: a read of them all must stream, not load them.
@@ -347,4 +377,107 @@ async fn snapshots_put_get_overwrite_and_refuse_the_oversized() {
         Err(ClusterError::TooLarge { bytes: 1000, max: 999, .. }) => {}
         r => panic!("an oversized snapshot was read: {r:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_makes_calls_unavailable_and_a_retry_finds_what_landed() {
+    let server = server_or_skip!("a_paused_server_makes_calls_unavailable_and_a_retry_finds_what_landed");
+    let nats = connect(&server, "paused", Duration::from_secs(3)).await;
+    let log = nats.log(0).await.unwrap();
+    let leases = nats.leases();
+    assert_eq!(log.append(0, Bytes::from_static(b"a"), "a").await.unwrap(), 1);
+
+    // SIGSTOP: the socket stays open and nothing answers. Every call fails
+    // Unavailable within its bound (2 s requests, a few requests a call)
+    // instead of waiting forever.
+    server.pause();
+    let start = Instant::now();
+    match log.append(1, Bytes::from_static(b"b"), "b").await {
+        Err(e) => assert!(e.is_unavailable(), "{e}"),
+        Ok(seq) => panic!("acknowledged at {seq} by a stopped server"),
+    }
+    assert!(leases.acquire(5, &owner("a")).await.unwrap_err().is_unavailable());
+    assert!(leases.owners(1).await.unwrap_err().is_unavailable());
+    assert!(log.last_seq().await.unwrap_err().is_unavailable());
+    assert!(start.elapsed() < Duration::from_secs(45), "the calls took {:?}", start.elapsed());
+
+    // SIGCONT: the server reads the append it was sent while stopped and
+    // stores it. The writer's retry (same id, same expectation) is told
+    // its sequence, and the message is there once.
+    server.resume();
+    let start = Instant::now();
+    let last = loop {
+        match log.last_seq().await {
+            Ok(last) => break last,
+            Err(e) if e.is_unavailable() && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after SIGCONT: {e}"),
+        }
+    };
+    assert_eq!(last, 2, "the append sent to the stopped server was not stored on SIGCONT");
+    let seq = loop {
+        match log.append(1, Bytes::from_static(b"b"), "b").await {
+            Ok(seq) => break seq,
+            Err(e) if e.is_unavailable() && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after SIGCONT: {e}"),
+        }
+    };
+    assert_eq!(seq, 2);
+    let all = read_all(&log, 1).await;
+    assert_eq!(all.iter().map(|e| (e.seq, &e.payload[..])).collect::<Vec<_>>(), vec![(1, &b"a"[..]), (2, &b"b"[..])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_fences_the_deposed_owner() {
+    let server = server_or_skip!("a_takeover_fences_the_deposed_owner");
+    // Two nodes, each with its own connection.
+    let ttl = Duration::from_secs(1);
+    let node_a = connect(&server, "takeover", ttl).await;
+    let node_b = connect(&server, "takeover", ttl).await;
+    let (a, b) = (owner("a"), owner("b"));
+
+    // a owns partition 4 and appends.
+    let lease_a = node_a.leases().acquire(4, &a).await.unwrap().expect("free");
+    let log_a = node_a.log(4).await.unwrap();
+    let mut last_a = log_a.last_seq().await.unwrap();
+    let fence_a = log_a.fence(last_a, lease_a.epoch).await.unwrap();
+    last_a = fence_a;
+    for i in 0..5 {
+        last_a = log_a.append(last_a, Bytes::from(format!("a{i}")), &format!("a-{i}")).await.unwrap();
+    }
+
+    // a stalls (stops renewing, as a SIGSTOPped node does); b takes the
+    // partition once the lease expires, replays to the end and fences.
+    let start = Instant::now();
+    let lease_b = loop {
+        if let Some(l) = node_b.leases().acquire(4, &b).await.unwrap() {
+            break l;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the stalled owner's lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(lease_b.epoch > lease_a.revision);
+    let log_b = node_b.log(4).await.unwrap();
+    let replayed = read_all(&log_b, 1).await;
+    let data: Vec<&[u8]> = replayed.iter().filter(|e| e.fence.is_none()).map(|e| &e.payload[..]).collect();
+    assert_eq!(data, vec![&b"a0"[..], b"a1", b"a2", b"a3", b"a4"]);
+    assert_eq!(replayed[0].fence, Some(lease_a.epoch));
+    let last_b = replayed.last().unwrap().seq;
+    let fence_b = log_b.fence(last_b, lease_b.epoch).await.unwrap();
+
+    // a wakes up: its append is fenced, its renew fails, its release
+    // leaves b's lease alone; b appends on.
+    match log_a.append(last_a, Bytes::from_static(b"stale"), "a-stale").await {
+        Err(ClusterError::Fenced { partition: 4, expected, actual }) => {
+            assert_eq!((expected, actual), (last_a, Some(fence_b)));
+        }
+        r => panic!("the deposed owner appended: {r:?}"),
+    }
+    assert_eq!(node_a.leases().renew(&lease_a).await.unwrap(), None);
+    assert!(!node_a.leases().release(lease_a).await.unwrap());
+    assert_eq!(log_b.append(fence_b, Bytes::from_static(b"b0"), "b-0").await.unwrap(), fence_b + 1);
+    assert_eq!(node_a.leases().owners(5).await.unwrap()[4], Some((b, lease_b.epoch)));
 }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use trove_bench::nats::{NatsCluster, nats_server_available, skip_message};
+use trove_bench::nats::{NatsCluster, nats_server_or_skip};
 use trove_cluster::{ClusterError, Nats, PartitionLog};
 
 /// How long the test waits for the cluster to serve again after a kill
@@ -76,8 +76,7 @@ async fn assert_holds(log: &PartitionLog, expected: &[Bytes]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_log_survives_one_server_and_refuses_without_quorum() {
-    if !nats_server_available() {
-        eprintln!("{}", skip_message("a_replicated_log_survives_one_server_and_refuses_without_quorum"));
+    if !nats_server_or_skip("a_replicated_log_survives_one_server_and_refuses_without_quorum") {
         return;
     }
     let mut cluster = tokio::task::spawn_blocking(|| NatsCluster::start(3)).await.unwrap();
@@ -126,7 +125,9 @@ async fn a_replicated_log_survives_one_server_and_refuses_without_quorum() {
         match log.append(last, Bytes::from_static(b"no quorum"), &format!("nq-{refused}")).await {
             Err(e) if e.is_unavailable() => {
                 refused += 1;
-                assert!(before.elapsed() < Duration::from_secs(10), "an append took {:?} to fail", before.elapsed());
+                // Bounded by construction (a few 2 s requests), whatever
+                // the machine's load: a hang would run far past this.
+                assert!(before.elapsed() < Duration::from_secs(20), "an append took {:?} to fail", before.elapsed());
             }
             // The leader may not have noticed yet: it cannot commit
             // without a quorum, so no acknowledgement arrives.
