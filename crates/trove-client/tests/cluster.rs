@@ -224,8 +224,10 @@ fn a_cluster_producer_asks_each_seed_in_turn_and_names_the_last_failure() {
     });
 }
 
-/// A node that no longer owns partition 0: it answers HELLO with WELCOME
-/// and the first EVENTS frame with `not_owner`, then closes. Counts its
+/// A node that refuses every batch with `code` (`not_owner`: it no longer
+/// owns partition 0; `unavailable`: its log has no quorum): it answers
+/// HELLO with WELCOME and the first EVENTS frame with the error, then
+/// closes. Counts its
 /// connections and records the producer id and first sequence presented.
 struct Refuser {
     addr: SocketAddr,
@@ -235,7 +237,7 @@ struct Refuser {
     refused: Arc<AtomicBool>,
 }
 
-async fn refuser() -> Refuser {
+async fn refuser(code: ErrorCode) -> Refuser {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = Refuser {
         addr: listener.local_addr().unwrap(),
@@ -274,7 +276,7 @@ async fn refuser() -> Refuser {
                         }
                         Ok(Frame::Events { first_seq: f, .. }) => {
                             first_seq.store(f, Ordering::SeqCst);
-                            frame::encode_error(&mut out, ErrorCode::NotOwner, "partition 0 is owned by node b");
+                            frame::encode_error(&mut out, code, "partition 0 is owned by node b, or no quorum");
                             let _ = s.write_all(&out).await;
                             refused.store(true, Ordering::SeqCst);
                             break 'conn;
@@ -314,7 +316,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
     let real = server.tcp_addr().to_string();
     runtime().block_on(async {
         tokio::time::timeout(DEADLINE, async {
-            let refuser = refuser().await;
+            let refuser = refuser(ErrorCode::NotOwner).await;
             let old = refuser.addr.to_string();
             // The maps: partition 0 at the refusing node (epoch 3) until it
             // has refused and two more maps were served, then at the real
@@ -472,6 +474,35 @@ fn no_owner_for_longer_than_the_failover_timeout_is_a_typed_error() {
                 other => panic!("{other:?}"),
             }
             assert!(heads.lock().unwrap().len() >= 2, "the map was fetched again");
+        })
+        .await
+        .expect("within the deadline");
+    });
+}
+
+/// A node that takes every connection and refuses every batch
+/// (`unavailable`): the producer resends after a backoff, and the
+/// connections that got no answer count against `reconnect_attempts_max`,
+/// so it ends with a typed error instead of reconnecting forever.
+#[test]
+fn a_node_that_refuses_every_batch_ends_the_producer_in_bounded_attempts() {
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let refuser = refuser(ErrorCode::Unavailable).await;
+            let mut config = trove_client::ClientConfig::new(refuser.addr.to_string());
+            config.reconnect_backoff_initial = Duration::from_millis(5);
+            config.reconnect_backoff_max = Duration::from_millis(20);
+            config.reconnect_attempts_max = Some(3);
+            let (mut producer, _acks) =
+                trove_client::Producer::<TreasureHunt>::connect(config).await.expect("connects");
+            producer.send_wait(HuntEvent::join(1, 1)).await.expect("sent");
+            match producer.drain().await {
+                Err(ClientError::ReconnectFailed { attempts: 3, last }) => {
+                    assert_eq!(last.server_code(), Some(ErrorCode::Unavailable), "{last}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(refuser.connections.load(Ordering::SeqCst), 4, "the first connection and 3 attempts");
         })
         .await
         .expect("within the deadline");
