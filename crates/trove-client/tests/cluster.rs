@@ -337,7 +337,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
             )
             .await;
             let mut config = ClusterConfig::new([seed.to_string()]);
-            config.producer_id = Some(0xc1a5_7e4);
+            config.producer_id = Some(0x0c1a_57e4);
             config.client.reconnect_backoff_initial = Duration::from_millis(10);
             config.client.reconnect_backoff_max = Duration::from_millis(100);
             config.client.batch_events_max = 16;
@@ -365,7 +365,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
             }
             assert!(refuser.refused.load(Ordering::SeqCst), "partition 0 went to the refusing node first");
             assert_eq!(refuser.first_seq.load(Ordering::SeqCst), 1);
-            let id = trove_client::partition_producer_id(0xc1a5_7e4, 0);
+            let id = trove_client::partition_producer_id(0x0c1a_57e4, 0);
             assert_eq!(refuser.producer_id.load(Ordering::SeqCst), id, "the derived id for partition 0");
             assert_eq!(refuser.connections.load(Ordering::SeqCst), 1, "never back to the node that refused");
             assert!(served_after.load(Ordering::SeqCst) >= 3, "the lagging maps were fetched and passed over");
