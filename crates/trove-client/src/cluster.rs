@@ -206,9 +206,17 @@ fn check_name(what: &str, s: &str) -> Result<(), MapError> {
 
 fn check_node(n: &ClusterNode) -> Result<(), MapError> {
     check_name("node", &n.node)?;
-    check_name("tcp", &n.tcp)?;
-    for s in [&n.ws, &n.control].into_iter().flatten() {
-        check_name("address", s)?;
+    for (what, a) in [("tcp", Some(&n.tcp)), ("ws", n.ws.as_ref()), ("control", n.control.as_ref())] {
+        let Some(a) = a else { continue };
+        check_name(what, a)?;
+        // An address goes into a connect and, for `control`, into the
+        // Host header of the next map request: no spaces or control bytes.
+        if !a.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(MapError::Invalid(format!(
+                "{what} address `{}` holds a space or control byte",
+                cut(a).escape_debug()
+            )));
+        }
     }
     Ok(())
 }
@@ -540,7 +548,9 @@ mod tests {
             f(&mut v);
             parse(&v)
         };
-        let invalid: [&dyn Fn(&mut serde_json::Value); 9] = [
+        let invalid: [&dyn Fn(&mut serde_json::Value); 11] = [
+            &|v| v["nodes"][0]["control"] = json!("a:1\r\nX-Evil: 1"),
+            &|v| v["map"][1]["owner"]["tcp"] = json!("a :1"),
             &|v| v["partitions"] = json!(0),
             &|v| v["partitions"] = json!(3),
             &|v| v["map"][1]["partition"] = json!(1),

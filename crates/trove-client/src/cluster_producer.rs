@@ -113,7 +113,11 @@ pub type ClusterAck<G> = (u32, Result<AckedBatch<G>, ClientError>);
 /// looks again, for at most `failover_timeout`; `unavailable` (the
 /// cluster's log could not make a batch durable) is resent after the same
 /// backoff. Giving up ends that partition's producer with
-/// `ClientError::ReconnectFailed`, which names the last error.
+/// `ClientError::ReconnectFailed`, which names the last error; that
+/// partition then answers `send` with [`SendError::Closed`] (whether its
+/// unanswered events were applied is unknown: a new `ClusterProducer`
+/// with the same `producer_id` and `first_seq` resending them finds out),
+/// while the other partitions go on.
 ///
 /// Sequence numbers are per partition: `send` returns the partition and
 /// the number, and [`ClusterAcks`] yields each partition's answers in
