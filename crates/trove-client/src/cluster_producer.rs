@@ -115,9 +115,8 @@ pub type ClusterAck<G> = (u32, Result<AckedBatch<G>, ClientError>);
 /// backoff. Giving up ends that partition's producer with
 /// `ClientError::ReconnectFailed`, which names the last error; that
 /// partition then answers `send` with [`SendError::Closed`] (whether its
-/// unanswered events were applied is unknown: a new `ClusterProducer`
-/// with the same `producer_id` and `first_seq` resending them finds out),
-/// while the other partitions go on.
+/// events not yet acknowledged were applied is unknown, as after a single
+/// producer gives up), while the other partitions go on.
 ///
 /// Sequence numbers are per partition: `send` returns the partition and
 /// the number, and [`ClusterAcks`] yields each partition's answers in
