@@ -508,3 +508,41 @@ fn a_node_that_refuses_every_batch_ends_the_producer_in_bounded_attempts() {
         .expect("within the deadline");
     });
 }
+
+/// The only seed's maps lag for good (they name the node that refused),
+/// but they list another node's control plane, whose map names the later
+/// owner: the producer learns that source from the map and finds the
+/// owner there.
+#[test]
+fn maps_are_also_fetched_from_the_control_planes_a_map_lists() {
+    let node = Node::start();
+    let real = node.tcp();
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let refuser = refuser(ErrorCode::NotOwner).await;
+            let after = map("x:1", &[Some((&real, 7))]).to_string();
+            let (fresh, fresh_heads) = canned(move |_| with_length("200 OK", &after), 1).await;
+            let before = map(&fresh.to_string(), &[Some((&refuser.addr.to_string(), 3))]).to_string();
+            let (lagging, _) = canned(move |_| with_length("200 OK", &before), 1).await;
+            let mut config = ClusterConfig::new([lagging.to_string()]);
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(100);
+            let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            assert!(fresh_heads.lock().unwrap().is_empty(), "the first map came from the seed");
+            for i in 0..10 {
+                assert_eq!(producer.send_wait(HuntEvent::join(1, i)).await.expect("sent"), (0, u64::from(i) + 1));
+            }
+            producer.close().await.expect("drains at the later owner");
+            let mut acked = Vec::new();
+            while let Some((_, answer)) = acks.next().await {
+                acked.extend(answer.expect("acknowledged").seqs());
+            }
+            assert_eq!(acked, (1..=10).collect::<Vec<_>>());
+            assert_eq!(refuser.connections.load(Ordering::SeqCst), 1);
+            assert!(!fresh_heads.lock().unwrap().is_empty(), "the listed control plane was asked");
+        })
+        .await
+        .expect("within the deadline");
+    });
+    node.server.shutdown(Duration::from_secs(5));
+}
