@@ -326,6 +326,12 @@ impl<G: WireGame> ClusterProducer<G> {
     /// closed either way).
     pub async fn close(mut self) -> Result<Vec<(u32, ProducerStats)>, ClientError> {
         self.acks = None;
+        // Every partition's last batch goes out first, so that they drain
+        // side by side while the closes below wait one after another. A
+        // failure here is the close's to report.
+        for p in self.producers.iter_mut().flatten() {
+            let _ = p.flush().await;
+        }
         let mut stats = Vec::new();
         let mut first_error = None;
         for (i, p) in self.producers.iter_mut().enumerate() {
