@@ -546,3 +546,129 @@ fn maps_are_also_fetched_from_the_control_planes_a_map_lists() {
     });
     node.server.shutdown(Duration::from_secs(5));
 }
+
+/// A node that loses its partition after applying batches it never
+/// acknowledged: a proxy in front of a trove server that forwards the
+/// first `forward` ACKs, swallows the next `swallow` (the server applied
+/// those batches), then closes both sides. Reports when it has closed.
+async fn lossy_proxy(upstream: SocketAddr, forward: usize, swallow: usize) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let done = closed.clone();
+    tokio::spawn(async move {
+        let Ok((client, _)) = listener.accept().await else { return };
+        let server = TcpStream::connect(upstream).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        });
+        let (mut buf, mut b) = (Vec::new(), vec![0u8; 64 << 10]);
+        let (mut acks, mut swallowed) = (0, 0);
+        'pump: loop {
+            match sr.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+            while let Ok(Some((header, total))) = frame::split(&buf, 1 << 20) {
+                let bytes: Vec<u8> = buf.drain(..total).collect();
+                if header.kind == trove_proto::Kind::Ack {
+                    acks += 1;
+                    if acks > forward {
+                        swallowed += 1;
+                        if swallowed == swallow {
+                            break 'pump;
+                        }
+                        continue;
+                    }
+                }
+                if cw.write_all(&bytes).await.is_err() {
+                    break 'pump;
+                }
+            }
+        }
+        up.abort();
+        drop((cw, sr));
+        done.store(true, Ordering::SeqCst);
+        // No second connection: the map names the next owner by then.
+        drop(listener);
+    });
+    (addr, closed)
+}
+
+/// The partition's state moves with it: two servers on one engine stand
+/// for the old and the new owner. The old one applies batches it never
+/// acknowledges and goes away; the producer follows the map to the new
+/// one and resends them with their original sequence numbers, and each
+/// event is applied once: every join is answered `Joined` (a second join
+/// of a player would be refused), and the hunt holds exactly the players
+/// sent.
+#[test]
+fn resends_after_a_move_are_applied_once_where_the_state_moved_to() {
+    let engine = trove_shard::EngineConfig { shards: 1, ..trove_shard::EngineConfig::default() };
+    let engine = Arc::new(trove_shard::Engine::<TreasureHunt>::start(engine).expect("engine"));
+    let start = |engine: &Arc<trove_shard::Engine<TreasureHunt>>| {
+        let config = trove_server::ServerConfig {
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ws_addr: None,
+            ..trove_server::ServerConfig::default()
+        };
+        trove_server::Server::start(engine.clone(), config).expect("data plane")
+    };
+    let (old_server, new_server) = (start(&engine), start(&engine));
+    const PLAYERS: u32 = 60;
+    const HUNT: u32 = 77;
+    let hunt_config = trove_hunt::HuntConfig {
+        width: 64,
+        height: 64,
+        seed: 7,
+        treasures_per_round: 8,
+        value_min: 1,
+        value_max: 10,
+        dig_cooldown_ms: 0,
+        step_max: 4,
+        players_max: 1 << 10,
+    };
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let (proxy, closed) = lossy_proxy(old_server.tcp_addr(), 3, 2).await;
+            let new = new_server.tcp_addr().to_string();
+            let (before, after) =
+                (map("x:1", &[Some((&proxy.to_string(), 1))]).to_string(), map("x:1", &[Some((&new, 2))]).to_string());
+            let (seed, _) =
+                canned(move |_| with_length("200 OK", if closed.load(Ordering::SeqCst) { &after } else { &before }), 1)
+                    .await;
+            let mut config = ClusterConfig::new([seed.to_string()]);
+            config.client.batch_events_max = 4;
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(100);
+            let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            producer.send_wait(HuntEvent::create(HUNT, hunt_config)).await.expect("sent");
+            for player in 0..PLAYERS {
+                producer.send_wait(HuntEvent::join(HUNT, player)).await.expect("sent");
+            }
+            let stats = producer.close().await.expect("drains at the new owner");
+            let mut outcomes = Vec::new();
+            while let Some((_, answer)) = acks.next().await {
+                let batch = answer.expect("acknowledged");
+                assert_eq!(batch.first_seq, outcomes.len() as u64 + 1, "in order, none twice");
+                outcomes.extend(batch.outcomes.expect("outcomes"));
+            }
+            assert_eq!(outcomes.len() as u32, PLAYERS + 1);
+            assert!(matches!(outcomes[0], trove_hunt::HuntOutcome::Created { .. }), "{:?}", outcomes[0]);
+            for (i, o) in outcomes[1..].iter().enumerate() {
+                assert!(matches!(o, trove_hunt::HuntOutcome::Joined { .. }), "join {i} answered {o:?}");
+            }
+            let s = stats[0].1;
+            assert_eq!(s.reconnects, 1, "{s:?}");
+            assert!(s.batches_resent >= 2, "the swallowed batches went again: {s:?}");
+        })
+        .await
+        .expect("within the deadline");
+    });
+    let joined = runtime().block_on(engine.query_world(HUNT, |h| h.map(trove_hunt::Hunt::players_joined)));
+    assert_eq!(joined.expect("the shard answers"), Some(PLAYERS), "each player joined once");
+    old_server.shutdown(Duration::from_secs(5));
+    new_server.shutdown(Duration::from_secs(5));
+}
