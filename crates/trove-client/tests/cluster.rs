@@ -588,11 +588,12 @@ async fn lossy_proxy(upstream: SocketAddr, forward: usize, swallow: usize) -> (S
                 }
             }
         }
+        // The map names the next owner, and nothing listens here, before
+        // the producer can notice the loss.
+        done.store(true, Ordering::SeqCst);
+        drop(listener);
         up.abort();
         drop((cw, sr));
-        done.store(true, Ordering::SeqCst);
-        // No second connection: the map names the next owner by then.
-        drop(listener);
     });
     (addr, closed)
 }
