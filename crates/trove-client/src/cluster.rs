@@ -206,9 +206,17 @@ fn check_name(what: &str, s: &str) -> Result<(), MapError> {
 
 fn check_node(n: &ClusterNode) -> Result<(), MapError> {
     check_name("node", &n.node)?;
-    check_name("tcp", &n.tcp)?;
-    for s in [&n.ws, &n.control].into_iter().flatten() {
-        check_name("address", s)?;
+    for (what, a) in [("tcp", Some(&n.tcp)), ("ws", n.ws.as_ref()), ("control", n.control.as_ref())] {
+        let Some(a) = a else { continue };
+        check_name(what, a)?;
+        // An address goes into a connect and, for `control`, into the
+        // Host header of the next map request: no spaces or control bytes.
+        if !a.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(MapError::Invalid(format!(
+                "{what} address `{}` holds a space or control byte",
+                cut(a).escape_debug()
+            )));
+        }
     }
     Ok(())
 }
@@ -540,7 +548,9 @@ mod tests {
             f(&mut v);
             parse(&v)
         };
-        let invalid: [&dyn Fn(&mut serde_json::Value); 9] = [
+        let invalid: [&dyn Fn(&mut serde_json::Value); 11] = [
+            &|v| v["nodes"][0]["control"] = json!("a:1\r\nX-Evil: 1"),
+            &|v| v["map"][1]["owner"]["tcp"] = json!("a :1"),
             &|v| v["partitions"] = json!(0),
             &|v| v["partitions"] = json!(3),
             &|v| v["map"][1]["partition"] = json!(1),
@@ -656,6 +666,68 @@ mod tests {
         assert!(matches!(parse_reply(&[b'x'; 1025], 1 << 10), Err(MapError::TooLarge { limit: 1024 })));
         let long_line = [&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..], &[b'0'; 9000]].concat();
         assert!(matches!(ReplyParser::new(1 << 20).advance(&long_line, false), Err(MapError::Http(_))));
+    }
+
+    /// Hostile replies by the thousand: valid ones with bytes flipped,
+    /// inserted, dropped or cut, fed in random pieces. The parser and the
+    /// map check answer each with a reply or a typed error, never a panic,
+    /// and never hold more than the limit.
+    #[test]
+    fn mutated_replies_never_panic() {
+        let body = example().to_string();
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for c in body.as_bytes().chunks(17) {
+            chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            chunked.extend_from_slice(c);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let length = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let limit = 2048;
+        let (mut replies, mut maps) = (0, 0);
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 { chunked.clone() } else { length.clone() };
+            for _ in 0..1 + rand(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rand(bytes.len());
+                match rand(4) {
+                    0 => bytes[at] ^= 1 << rand(8),
+                    1 => bytes.insert(at, [b'\r', b'\n', b'0', b';', b'{', b'"', 0xFF][rand(7)]),
+                    2 => drop(bytes.remove(at)),
+                    _ => bytes.truncate(at),
+                }
+            }
+            let mut p = ReplyParser::new(limit);
+            let mut end = 0;
+            let mut got = None;
+            while end < bytes.len() {
+                end = (end + 1 + rand(64)).min(bytes.len());
+                match p.advance(&bytes[..end], false) {
+                    Ok(None) => {}
+                    other => {
+                        got = Some(other);
+                        break;
+                    }
+                }
+            }
+            let got = got.unwrap_or_else(|| p.advance(&bytes, true));
+            if let Ok(Some(reply)) = got {
+                assert!(reply.body.len() <= limit);
+                replies += 1;
+                maps += usize::from(ClusterMap::parse(&reply.body).is_ok());
+            }
+        }
+        // The mutations leave some replies whole, and some maps valid.
+        assert!(replies > 1000 && maps > 100, "{replies} replies, {maps} maps");
     }
 
     #[test]

@@ -113,7 +113,10 @@ pub type ClusterAck<G> = (u32, Result<AckedBatch<G>, ClientError>);
 /// looks again, for at most `failover_timeout`; `unavailable` (the
 /// cluster's log could not make a batch durable) is resent after the same
 /// backoff. Giving up ends that partition's producer with
-/// `ClientError::ReconnectFailed`, which names the last error.
+/// `ClientError::ReconnectFailed`, which names the last error; that
+/// partition then answers `send` with [`SendError::Closed`] (whether its
+/// events not yet acknowledged were applied is unknown, as after a single
+/// producer gives up), while the other partitions go on.
 ///
 /// Sequence numbers are per partition: `send` returns the partition and
 /// the number, and [`ClusterAcks`] yields each partition's answers in
@@ -323,6 +326,12 @@ impl<G: WireGame> ClusterProducer<G> {
     /// closed either way).
     pub async fn close(mut self) -> Result<Vec<(u32, ProducerStats)>, ClientError> {
         self.acks = None;
+        // Every partition's last batch goes out first, so that they drain
+        // side by side while the closes below wait one after another. A
+        // failure here is the close's to report.
+        for p in self.producers.iter_mut().flatten() {
+            let _ = p.flush().await;
+        }
         let mut stats = Vec::new();
         let mut first_error = None;
         for (i, p) in self.producers.iter_mut().enumerate() {

@@ -86,9 +86,12 @@ pub struct ClientConfig {
     pub reconnect_backoff_initial: Duration,
     /// Longest wait between reconnect attempts.
     pub reconnect_backoff_max: Duration,
-    /// Failed reconnect attempts in a row before the producer gives up
-    /// (`ClientError::ReconnectFailed`); `None` never gives up. The default,
-    /// 20, with the default backoff, gives a server about 30 s to return.
+    /// Reconnect attempts in a row, without an answer to a batch in
+    /// between, before the producer gives up (`ClientError::ReconnectFailed`);
+    /// `None` never gives up. A connection made that ends before any batch
+    /// is answered (the server refuses them all: `unavailable`, say) counts
+    /// as one, and the backoff goes on growing across it. The default, 20,
+    /// with the default backoff, gives a server about 30 s to return.
     pub reconnect_attempts_max: Option<u32>,
 }
 

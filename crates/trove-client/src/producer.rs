@@ -302,6 +302,7 @@ impl<G: WireGame> Producer<G> {
             window_batches_max: config.window_batches as usize,
             config: config.clone(),
             route,
+            streak: None,
             inflight: Inflight::default(),
             control: Vec::new(),
             writing: None,
@@ -656,6 +657,15 @@ enum End {
     Fatal(ClientError),
 }
 
+/// A run of reconnects without an answer to a batch in between.
+#[derive(Clone, Copy, Debug)]
+struct Streak {
+    since: Instant,
+    attempts: u32,
+    /// The wait before the next attempt.
+    delay: Duration,
+}
+
 /// What is being written.
 #[derive(Clone, Copy, Debug)]
 enum Writing {
@@ -671,6 +681,12 @@ struct Task<G: WireGame> {
     config: ClientConfig,
     /// Where (re)connections go.
     route: Route,
+    /// Reconnects since the last answer to a batch. They share one budget
+    /// of attempts, one backoff and one failover deadline, so a server
+    /// that takes connections and refuses every batch (`unavailable`, a
+    /// node that keeps answering `not_owner`) ends the producer in bounded
+    /// time too, not one connection at a time forever.
+    streak: Option<Streak>,
     /// What every connection presents.
     hello: Hello,
     batch_cap: u32,
@@ -847,6 +863,7 @@ impl<G: WireGame> Task<G> {
                 };
                 let rtt = self.inflight.on_ack(first_seq, count, outcomes, Instant::now()).map_err(End::Fatal)?;
                 self.acked.push((first_seq, count, rtt));
+                self.streak = None;
             }
             Frame::Busy { first_seq, count, retry_after_ms } => {
                 let wait = Duration::from_millis(u64::from(retry_after_ms));
@@ -863,6 +880,7 @@ impl<G: WireGame> Task<G> {
                     Some(ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused) => {
                         self.inflight.on_refused(error).map_err(End::Fatal)?;
                         self.shared.counters.batches_refused.fetch_add(1, Relaxed);
+                        self.streak = None;
                     }
                     _ if !error.closes() => {
                         return Err(protocol(format!("unexpected ERROR for a producer: {error}")));
@@ -944,18 +962,24 @@ impl<G: WireGame> Task<G> {
             }
             self.shared.wake_task.notified().await;
         }
-        // The first attempt goes at once, the next ones after a backoff.
-        let mut delay = Duration::ZERO;
+        // The first attempt of a streak goes at once (after `unavailable`:
+        // after the initial backoff), the next ones after a backoff.
+        let mut streak =
+            self.streak.take().unwrap_or(Streak { since: Instant::now(), attempts: 0, delay: Duration::ZERO });
+        if cause.server_code() == Some(ErrorCode::Unavailable) {
+            streak.delay = streak.delay.max(self.config.reconnect_backoff_initial);
+        }
         let mut last = cause;
-        let mut attempts = 0u32;
-        let give_up_at = self.route.failover_timeout().map(|t| Instant::now() + t);
+        let give_up_at = self.route.failover_timeout().map(|t| streak.since + t);
         loop {
-            if self.config.reconnect_attempts_max.is_some_and(|max| attempts >= max)
+            let delay = streak.delay;
+            if self.config.reconnect_attempts_max.is_some_and(|max| streak.attempts >= max)
                 || give_up_at.is_some_and(|at| Instant::now() + delay >= at)
             {
+                let attempts = streak.attempts;
                 return Err(End::Fatal(ClientError::ReconnectFailed { attempts, last: Box::new(last) }));
             }
-            attempts += 1;
+            streak.attempts += 1;
             let wake_at = Instant::now() + delay;
             loop {
                 tokio::select! {
@@ -971,11 +995,15 @@ impl<G: WireGame> Task<G> {
                 Ok(c) => {
                     self.check_limits(&c.welcome).map_err(End::Fatal)?;
                     self.shared.counters.reconnects.fetch_add(1, Relaxed);
+                    // Until an answer shows progress, a new loss continues
+                    // this streak, with the next backoff.
+                    streak.delay = next_backoff(delay, &self.config);
+                    self.streak = Some(streak);
                     return Ok(c);
                 }
                 Err(e) if self.route.retryable(&e) => {
                     last = e;
-                    delay = next_backoff(delay, &self.config);
+                    streak.delay = next_backoff(delay, &self.config);
                 }
                 Err(e) => return Err(End::Fatal(e)),
             }

@@ -225,8 +225,9 @@ impl Resolver {
     /// first connection (the map held will do); else the target connected
     /// to last and whether it refused the partition: then a map fetched
     /// since that target was chosen, from each source in turn until one
-    /// names an owner `pick` takes. If none does, the latest owner seen
-    /// (after a lost connection), or `NoOwner`.
+    /// names an owner `pick` takes. If none does, `NoOwner` (an older owner
+    /// than the last cannot hold the partition now: epochs only grow), or
+    /// the last source's error if no source gave a map.
     pub async fn owner(&self, partition: u32, after: Option<(Option<Target>, bool)>) -> Result<Target, ClientError> {
         let mut st = self.state.lock().await;
         let target = |st: &ResolverState, o: &PartitionOwner| Target {
@@ -250,7 +251,6 @@ impl Resolver {
         {
             return Ok(target(&st, o));
         }
-        let mut fallback: Option<PartitionOwner> = None;
         let mut answered = false;
         let mut error = None;
         let n = st.sources.len();
@@ -278,24 +278,14 @@ impl Resolver {
             st.learn(&map);
             let owner = map.owner_of(partition).cloned();
             st.map = map;
-            match pick(owner.as_ref(), rule) {
-                Pick::Use => return Ok(target(&st, owner.as_ref().expect("picked"))),
-                Pick::Stale | Pick::None => {
-                    if let Some(o) = owner
-                        && fallback.as_ref().is_none_or(|f| o.epoch > f.epoch)
-                    {
-                        fallback = Some(o);
-                    }
-                }
+            if let Some(o) = owner.filter(|o| pick(Some(o), rule) == Pick::Use) {
+                return Ok(target(&st, &o));
             }
         }
-        match fallback {
-            // A lost connection: the owner the maps name is the one to try
-            // again, even if it is the same.
-            Some(o) if !refused => Ok(target(&st, &o)),
-            _ if answered => Err(ClientError::NoOwner { partition }),
-            _ => Err(error.unwrap_or(ClientError::NoOwner { partition })),
+        if answered {
+            return Err(ClientError::NoOwner { partition });
         }
+        Err(error.unwrap_or(ClientError::NoOwner { partition }))
     }
 }
 

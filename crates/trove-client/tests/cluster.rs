@@ -224,8 +224,10 @@ fn a_cluster_producer_asks_each_seed_in_turn_and_names_the_last_failure() {
     });
 }
 
-/// A node that no longer owns partition 0: it answers HELLO with WELCOME
-/// and the first EVENTS frame with `not_owner`, then closes. Counts its
+/// A node that refuses every batch with `code` (`not_owner`: it no longer
+/// owns partition 0; `unavailable`: its log has no quorum): it answers
+/// HELLO with WELCOME and the first EVENTS frame with the error, then
+/// closes. Counts its
 /// connections and records the producer id and first sequence presented.
 struct Refuser {
     addr: SocketAddr,
@@ -235,7 +237,7 @@ struct Refuser {
     refused: Arc<AtomicBool>,
 }
 
-async fn refuser() -> Refuser {
+async fn refuser(code: ErrorCode) -> Refuser {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = Refuser {
         addr: listener.local_addr().unwrap(),
@@ -274,7 +276,7 @@ async fn refuser() -> Refuser {
                         }
                         Ok(Frame::Events { first_seq: f, .. }) => {
                             first_seq.store(f, Ordering::SeqCst);
-                            frame::encode_error(&mut out, ErrorCode::NotOwner, "partition 0 is owned by node b");
+                            frame::encode_error(&mut out, code, "partition 0 is owned by node b, or no quorum");
                             let _ = s.write_all(&out).await;
                             refused.store(true, Ordering::SeqCst);
                             break 'conn;
@@ -314,7 +316,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
     let real = server.tcp_addr().to_string();
     runtime().block_on(async {
         tokio::time::timeout(DEADLINE, async {
-            let refuser = refuser().await;
+            let refuser = refuser(ErrorCode::NotOwner).await;
             let old = refuser.addr.to_string();
             // The maps: partition 0 at the refusing node (epoch 3) until it
             // has refused and two more maps were served, then at the real
@@ -335,7 +337,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
             )
             .await;
             let mut config = ClusterConfig::new([seed.to_string()]);
-            config.producer_id = Some(0xc1a5_7e4);
+            config.producer_id = Some(0x0c1a_57e4);
             config.client.reconnect_backoff_initial = Duration::from_millis(10);
             config.client.reconnect_backoff_max = Duration::from_millis(100);
             config.client.batch_events_max = 16;
@@ -363,7 +365,7 @@ fn a_partition_follows_not_owner_to_the_later_owner_past_lagging_maps() {
             }
             assert!(refuser.refused.load(Ordering::SeqCst), "partition 0 went to the refusing node first");
             assert_eq!(refuser.first_seq.load(Ordering::SeqCst), 1);
-            let id = trove_client::partition_producer_id(0xc1a5_7e4, 0);
+            let id = trove_client::partition_producer_id(0x0c1a_57e4, 0);
             assert_eq!(refuser.producer_id.load(Ordering::SeqCst), id, "the derived id for partition 0");
             assert_eq!(refuser.connections.load(Ordering::SeqCst), 1, "never back to the node that refused");
             assert!(served_after.load(Ordering::SeqCst) >= 3, "the lagging maps were fetched and passed over");
@@ -476,4 +478,198 @@ fn no_owner_for_longer_than_the_failover_timeout_is_a_typed_error() {
         .await
         .expect("within the deadline");
     });
+}
+
+/// A node that takes every connection and refuses every batch
+/// (`unavailable`): the producer resends after a backoff, and the
+/// connections that got no answer count against `reconnect_attempts_max`,
+/// so it ends with a typed error instead of reconnecting forever.
+#[test]
+fn a_node_that_refuses_every_batch_ends_the_producer_in_bounded_attempts() {
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let refuser = refuser(ErrorCode::Unavailable).await;
+            let mut config = trove_client::ClientConfig::new(refuser.addr.to_string());
+            config.reconnect_backoff_initial = Duration::from_millis(5);
+            config.reconnect_backoff_max = Duration::from_millis(20);
+            config.reconnect_attempts_max = Some(3);
+            let (mut producer, _acks) =
+                trove_client::Producer::<TreasureHunt>::connect(config).await.expect("connects");
+            producer.send_wait(HuntEvent::join(1, 1)).await.expect("sent");
+            match producer.drain().await {
+                Err(ClientError::ReconnectFailed { attempts: 3, last }) => {
+                    assert_eq!(last.server_code(), Some(ErrorCode::Unavailable), "{last}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(refuser.connections.load(Ordering::SeqCst), 4, "the first connection and 3 attempts");
+        })
+        .await
+        .expect("within the deadline");
+    });
+}
+
+/// The only seed's maps lag for good (they name the node that refused),
+/// but they list another node's control plane, whose map names the later
+/// owner: the producer learns that source from the map and finds the
+/// owner there.
+#[test]
+fn maps_are_also_fetched_from_the_control_planes_a_map_lists() {
+    let node = Node::start();
+    let real = node.tcp();
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let refuser = refuser(ErrorCode::NotOwner).await;
+            let after = map("x:1", &[Some((&real, 7))]).to_string();
+            let (fresh, fresh_heads) = canned(move |_| with_length("200 OK", &after), 1).await;
+            let before = map(&fresh.to_string(), &[Some((&refuser.addr.to_string(), 3))]).to_string();
+            let (lagging, _) = canned(move |_| with_length("200 OK", &before), 1).await;
+            let mut config = ClusterConfig::new([lagging.to_string()]);
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(100);
+            let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            assert!(fresh_heads.lock().unwrap().is_empty(), "the first map came from the seed");
+            for i in 0..10 {
+                assert_eq!(producer.send_wait(HuntEvent::join(1, i)).await.expect("sent"), (0, u64::from(i) + 1));
+            }
+            producer.close().await.expect("drains at the later owner");
+            let mut acked = Vec::new();
+            while let Some((_, answer)) = acks.next().await {
+                acked.extend(answer.expect("acknowledged").seqs());
+            }
+            assert_eq!(acked, (1..=10).collect::<Vec<_>>());
+            assert_eq!(refuser.connections.load(Ordering::SeqCst), 1);
+            assert!(!fresh_heads.lock().unwrap().is_empty(), "the listed control plane was asked");
+        })
+        .await
+        .expect("within the deadline");
+    });
+    node.server.shutdown(Duration::from_secs(5));
+}
+
+/// A node that loses its partition after applying batches it never
+/// acknowledged: a proxy in front of a trove server that forwards the
+/// first `forward` ACKs, swallows the next `swallow` (the server applied
+/// those batches), then closes both sides. Reports when it has closed.
+async fn lossy_proxy(upstream: SocketAddr, forward: usize, swallow: usize) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let done = closed.clone();
+    tokio::spawn(async move {
+        let Ok((client, _)) = listener.accept().await else { return };
+        let server = TcpStream::connect(upstream).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        });
+        let (mut buf, mut b) = (Vec::new(), vec![0u8; 64 << 10]);
+        let (mut acks, mut swallowed) = (0, 0);
+        'pump: loop {
+            match sr.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+            while let Ok(Some((header, total))) = frame::split(&buf, 1 << 20) {
+                let bytes: Vec<u8> = buf.drain(..total).collect();
+                if header.kind == trove_proto::Kind::Ack {
+                    acks += 1;
+                    if acks > forward {
+                        swallowed += 1;
+                        if swallowed == swallow {
+                            break 'pump;
+                        }
+                        continue;
+                    }
+                }
+                if cw.write_all(&bytes).await.is_err() {
+                    break 'pump;
+                }
+            }
+        }
+        // The map names the next owner, and nothing listens here, before
+        // the producer can notice the loss.
+        done.store(true, Ordering::SeqCst);
+        drop(listener);
+        up.abort();
+        drop((cw, sr));
+    });
+    (addr, closed)
+}
+
+/// The partition's state moves with it: two servers on one engine stand
+/// for the old and the new owner. The old one applies batches it never
+/// acknowledges and goes away; the producer follows the map to the new
+/// one and resends them with their original sequence numbers, and each
+/// event is applied once: every join is answered `Joined` (a second join
+/// of a player would be refused), and the hunt holds exactly the players
+/// sent.
+#[test]
+fn resends_after_a_move_are_applied_once_where_the_state_moved_to() {
+    let engine = trove_shard::EngineConfig { shards: 1, ..trove_shard::EngineConfig::default() };
+    let engine = Arc::new(trove_shard::Engine::<TreasureHunt>::start(engine).expect("engine"));
+    let start = |engine: &Arc<trove_shard::Engine<TreasureHunt>>| {
+        let config = trove_server::ServerConfig {
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ws_addr: None,
+            ..trove_server::ServerConfig::default()
+        };
+        trove_server::Server::start(engine.clone(), config).expect("data plane")
+    };
+    let (old_server, new_server) = (start(&engine), start(&engine));
+    const PLAYERS: u32 = 60;
+    const HUNT: u32 = 77;
+    let hunt_config = trove_hunt::HuntConfig {
+        width: 64,
+        height: 64,
+        seed: 7,
+        treasures_per_round: 8,
+        value_min: 1,
+        value_max: 10,
+        dig_cooldown_ms: 0,
+        step_max: 4,
+        players_max: 1 << 10,
+    };
+    runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            let (proxy, closed) = lossy_proxy(old_server.tcp_addr(), 3, 2).await;
+            let new = new_server.tcp_addr().to_string();
+            let (before, after) =
+                (map("x:1", &[Some((&proxy.to_string(), 1))]).to_string(), map("x:1", &[Some((&new, 2))]).to_string());
+            let (seed, _) =
+                canned(move |_| with_length("200 OK", if closed.load(Ordering::SeqCst) { &after } else { &before }), 1)
+                    .await;
+            let mut config = ClusterConfig::new([seed.to_string()]);
+            config.client.batch_events_max = 4;
+            config.client.reconnect_backoff_initial = Duration::from_millis(10);
+            config.client.reconnect_backoff_max = Duration::from_millis(100);
+            let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("the map");
+            producer.send_wait(HuntEvent::create(HUNT, hunt_config)).await.expect("sent");
+            for player in 0..PLAYERS {
+                producer.send_wait(HuntEvent::join(HUNT, player)).await.expect("sent");
+            }
+            let stats = producer.close().await.expect("drains at the new owner");
+            let mut outcomes = Vec::new();
+            while let Some((_, answer)) = acks.next().await {
+                let batch = answer.expect("acknowledged");
+                assert_eq!(batch.first_seq, outcomes.len() as u64 + 1, "in order, none twice");
+                outcomes.extend(batch.outcomes.expect("outcomes"));
+            }
+            assert_eq!(outcomes.len() as u32, PLAYERS + 1);
+            assert!(matches!(outcomes[0], trove_hunt::HuntOutcome::Created { .. }), "{:?}", outcomes[0]);
+            for (i, o) in outcomes[1..].iter().enumerate() {
+                assert!(matches!(o, trove_hunt::HuntOutcome::Joined { .. }), "join {i} answered {o:?}");
+            }
+            let s = stats[0].1;
+            assert_eq!(s.reconnects, 1, "{s:?}");
+            assert!(s.batches_resent >= 2, "the swallowed batches went again: {s:?}");
+        })
+        .await
+        .expect("within the deadline");
+    });
+    let joined = runtime().block_on(engine.query_world(HUNT, |h| h.map(trove_hunt::Hunt::players_joined)));
+    assert_eq!(joined.expect("the shard answers"), Some(PLAYERS), "each player joined once");
+    old_server.shutdown(Duration::from_secs(5));
+    new_server.shutdown(Duration::from_secs(5));
 }

@@ -10,6 +10,7 @@
 //! The benchmarks themselves are the `trove-bench` crate.
 
 pub mod cli;
+pub mod cluster_cmd;
 pub mod journal_cmd;
 pub mod serve;
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use trove::cli::{Cli, Command, Journal};
-use trove::journal_cmd;
+use trove::{cluster_cmd, journal_cmd};
 
 /// mimalloc instead of glibc's malloc: batches are allocated on one thread
 /// and freed on another (I/O thread -> shard -> journal), which glibc
