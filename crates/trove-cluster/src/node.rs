@@ -71,7 +71,9 @@ impl MapView {
     /// `GET /cluster`'s body (docs/control.md).
     pub fn map_json(&self) -> serde_json::Value {
         let view = self.view();
-        let node = |o: &Owner| serde_json::json!({"node": o.node, "tcp": o.tcp, "ws": o.ws, "control": o.control});
+        // An endpoint a node does not serve (`--ws off`) is null.
+        let addr = |a: &str| (!a.is_empty()).then(|| a.to_string());
+        let node = |o: &Owner| serde_json::json!({"node": o.node, "tcp": o.tcp, "ws": addr(&o.ws), "control": addr(&o.control)});
         let map: Vec<_> = (0..self.partitions as usize)
             .map(|p| match view.owners.get(p).and_then(Option::as_ref) {
                 Some((o, epoch)) => serde_json::json!({"partition": p, "owner": node(o), "epoch": epoch}),

@@ -139,8 +139,7 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
             let expected = self.last + self.sent.len() as u64;
             let msg_id = format!("p{}-e{}-s{}", self.partition, self.epoch, expected + 1);
             bytes += frame.len() as u64;
-            let pending =
-                self.runtime.block_on(self.log.start_append(expected, frame, &msg_id)).map_err(log_error)?;
+            let pending = self.runtime.block_on(self.log.start_append(expected, frame, &msg_id)).map_err(log_error)?;
             self.sent.push(pending);
         }
         self.metrics.appended_bytes.fetch_add(bytes, Relaxed);

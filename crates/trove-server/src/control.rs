@@ -812,9 +812,28 @@ async fn with_hunt<G: ControlGame>(
     f: impl FnOnce(&G::World) -> Value + Send + 'static,
 ) -> Result<Value, Response> {
     let id = parse_id(raw, "hunt id")?;
+    // Cluster mode: a hunt of a partition another node owns is not
+    // "unknown" here; the answer names the owner (asked again after the
+    // read, for a partition that moved meanwhile).
+    let not_owner = || {
+        let shard = trove_core::shard_of(id, ctx.info.shards.max(1));
+        let owner = match &ctx.owners {
+            Some(o) => o.describe_owner(shard),
+            None => format!("partition {shard} is not served here"),
+        };
+        error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_owner",
+            format!("this node does not own partition {shard}: {owner}"),
+        )
+    };
+    if !ctx.engine.owns_world(id) {
+        return Err(not_owner());
+    }
     let answer = ctx.engine.query_world(id, move |h| h.map(f));
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
         Ok(Ok(Some(v))) => Ok(v),
+        Ok(Ok(None)) if !ctx.engine.owns_world(id) => Err(not_owner()),
         Ok(Ok(None)) => Err(error(StatusCode::NOT_FOUND, "unknown_hunt", format!("no hunt {id}"))),
         Ok(Err(_)) | Err(_) => {
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine did not answer in time".into()))

@@ -536,6 +536,17 @@ impl<G: Game> Engine<G> {
         }
     }
 
+    /// Whether this engine serves `world` now: always, outside cluster
+    /// mode; in it, while the shard of the world's partition is owned.
+    pub fn owns_world(&self, world: WorldId) -> bool {
+        match &self.inner.backend {
+            Backend::Sharded(s) if self.inner.config.cluster => {
+                s.owns(crate::sharded::shard_of(world, s.shard_count()))
+            }
+            _ => true,
+        }
+    }
+
     /// A snapshot of every shard's metrics; never stops a shard.
     pub fn metrics(&self) -> EngineMetrics {
         let shards = match &self.inner.backend {

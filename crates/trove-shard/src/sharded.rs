@@ -307,6 +307,13 @@ impl<G: Game> Sharded<G> {
         Ok(())
     }
 
+    /// Whether shard `index` owns its partition now (and its log has not
+    /// lost it).
+    pub fn owns(&self, index: usize) -> bool {
+        let s = &self.shards[index].standing;
+        s.owned.load(SeqCst) && !s.lost_flag.load(SeqCst)
+    }
+
     /// Each shard's standing (cluster mode; outside it every shard is
     /// `Owned`).
     pub fn states(&self) -> Vec<ShardState> {

@@ -54,6 +54,7 @@ impl trove_server::Owners for NodeOwners {
 }
 
 /// What `serve` hands over to a cluster node's start.
+#[derive(Debug)]
 pub struct NodeStart {
     pub engine: EngineConfig,
     pub server: ServerConfig,
@@ -79,6 +80,8 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let lease = Duration::from_millis(args.lease_ms.unwrap_or(LEASE_MS_DEFAULT));
     let runtime = nats_runtime()?;
     let nats = runtime.block_on(Nats::connect(&urls, name, replicas, lease)).map_err(|e| e.to_string())?;
+    // The first node's TTL holds for the cluster.
+    let ttl = nats.lease_ttl();
     // A node that joins takes the cluster's partition count and bound
     // unless it names others, which must then match (a typed error).
     let existing = runtime.block_on(trove_cluster::config::read(&nats)).ok().flatten();
@@ -115,8 +118,8 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         .map_err(|e| format!("the cluster thread: {e}"))?;
     let view = cluster_node.map_view();
     let owners: Arc<dyn trove_server::Owners> = Arc::new(NodeOwners(view.clone()));
-    let server = Server::start_node(listeners, engine.clone(), server, Some(owners.clone()))
-        .map_err(|e| e.to_string())?;
+    let server =
+        Server::start_node(listeners, engine.clone(), server, Some(owners.clone())).map_err(|e| e.to_string())?;
     let ready = Arc::new(AtomicBool::new(false));
     let info = ControlInfo {
         mode: "sharded",
@@ -149,7 +152,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         "trove: node {node} of cluster {name} on {} ({} partitions, {replicas} replica(s), lease {} ms)",
         urls.join(","),
         config.partitions,
-        lease.as_millis()
+        ttl.as_millis()
     );
     eprintln!("trove: protocol v1 on tcp://{}", server.tcp_addr());
     if let Some(ws) = server.ws_addr() {
