@@ -63,7 +63,12 @@ impl ClusterConfig {
         Self {
             seeds: seeds.into_iter().map(Into::into).collect(),
             producer_id: None,
-            client: ClientConfig::new("(the partition's owner)"),
+            client: ClientConfig {
+                // A stalled node keeps its sockets open: its partitions'
+                // producers give up on it and follow the partition.
+                answer_timeout: Some(CLUSTER_ANSWER_TIMEOUT),
+                ..ClientConfig::new("(the partition's owner)")
+            },
             map_timeout: Duration::from_secs(2),
             failover_timeout: Duration::from_secs(30),
         }
@@ -89,6 +94,12 @@ impl ClusterConfig {
         self.client.validate()
     }
 }
+
+/// [`ClusterConfig::new`]'s `client.answer_timeout`: longer than a
+/// takeover's usual few seconds would only delay a stalled node's
+/// partitions, shorter would resend batches a slow but live node is about
+/// to answer (harmless: they are applied once).
+pub const CLUSTER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One answer of a [`ClusterAcks`]: the partition and its producer's
 /// answer.

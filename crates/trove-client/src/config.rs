@@ -77,6 +77,15 @@ pub struct ClientConfig {
     pub queue_delay_target: Option<Duration>,
     /// TCP connect plus handshake, per attempt.
     pub connect_timeout: Duration,
+    /// A batch sent and not answered for this long ends the connection,
+    /// which is then made again and every unanswered batch resent with
+    /// its sequence numbers (applied once, whatever happened to the
+    /// first send). For a server that stopped without closing its
+    /// sockets: a stalled process, a frozen VM. `None` (the default for a
+    /// single server): wait as long as the connection stays open.
+    /// [`ClusterConfig::new`](crate::ClusterConfig::new) sets 5 s, so that
+    /// a stalled node's partitions follow their new owner.
+    pub answer_timeout: Option<Duration>,
     /// A PING goes out when nothing was written for this long, so that the
     /// server (idle timeout 60 s by default) keeps the connection.
     pub ping_interval: Duration,
@@ -109,6 +118,7 @@ impl ClientConfig {
             unacked_events_max: UNACKED_EVENTS_MAX_DEFAULT,
             queue_delay_target: None,
             connect_timeout: Duration::from_secs(5),
+            answer_timeout: None,
             ping_interval: Duration::from_secs(20),
             reconnect_backoff_initial: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),

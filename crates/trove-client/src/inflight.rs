@@ -105,6 +105,14 @@ impl<O> Inflight<O> {
         Some((e.batch.first_seq, e.sends > 1))
     }
 
+    /// When the oldest batch sent on this connection and not yet answered
+    /// was written (`None`: every batch sent was answered).
+    pub fn oldest_unanswered_at(&self) -> Option<Instant> {
+        let first = *self.sent.front()?;
+        let i = self.entries.binary_search_by_key(&first, |e| e.batch.first_seq).ok()?;
+        self.entries[i].sent_at
+    }
+
     /// The frame of the batch starting at `first_seq`, while it is kept.
     pub fn frame(&self, first_seq: u64) -> Option<&[u8]> {
         let i = self.entries.binary_search_by_key(&first_seq, |e| e.batch.first_seq).ok()?;

@@ -759,6 +759,8 @@ impl<G: WireGame> Task<G> {
                 },
             };
             let resume_at = self.inflight.resume_deadline();
+            let answer_due =
+                self.config.answer_timeout.and_then(|t| self.inflight.oldest_unanswered_at().map(|at| at + t));
             tokio::select! {
                 biased;
                 n = frames.fill(&mut rd) => {
@@ -782,6 +784,13 @@ impl<G: WireGame> Task<G> {
                 }
                 _ = self.shared.wake_task.notified() => {}
                 _ = async { tokio::time::sleep_until(resume_at.expect("guarded")).await }, if resume_at.is_some() => {}
+                _ = async { tokio::time::sleep_until(answer_due.expect("guarded")).await }, if answer_due.is_some() => {
+                    // Still the same batch unanswered (the loop recomputes
+                    // the deadline from the oldest one each pass).
+                    if self.inflight.oldest_unanswered_at().is_some_and(|at| at + self.config.answer_timeout.unwrap_or_default() <= Instant::now()) {
+                        return Err(End::Retry(ClientError::Timeout { during: "waiting for an answer" }));
+                    }
+                }
                 _ = &mut ping => {
                     let due = last_write + ping_interval;
                     if due <= Instant::now() {

@@ -185,8 +185,10 @@ pub fn replay(args: &Replay) -> Result<(), String> {
     let runtime = nats_runtime()?;
     let started = std::time::Instant::now();
     let (hashes, messages, partitions) = runtime.block_on(async {
-        let nats =
-            Nats::connect(&urls, name, 1, Duration::from_millis(LEASE_MS_DEFAULT)).await.map_err(|e| e.to_string())?;
+        let replicas = args.replicas as usize;
+        let nats = Nats::connect(&urls, name, replicas, Duration::from_millis(LEASE_MS_DEFAULT))
+            .await
+            .map_err(|e| e.to_string())?;
         let config = trove_cluster::config::read(&nats)
             .await
             .map_err(|e| e.to_string())?

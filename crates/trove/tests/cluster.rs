@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Listening, Serve};
-use trove_bench::nats::{NatsServer, nats_server_or_skip};
-use trove_client::{ClientConfig, ClusterConfig, ClusterProducer};
+use trove_bench::nats::{NatsCluster, NatsServer, nats_server_or_skip};
+use trove_client::{ClusterConfig, ClusterProducer};
 use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, TreasureHunt};
 
 /// Hunts the producers join players to (spread over the partitions).
@@ -108,11 +108,9 @@ struct Seen {
 /// Joins players to the hunts through a `ClusterProducer` until `stop`,
 /// at about `rate` events/s; returns when every sent event is answered.
 async fn produce(seeds: Vec<String>, rate: u64, seen: Arc<Mutex<Seen>>, stop: Arc<std::sync::atomic::AtomicBool>) {
-    let config = ClusterConfig {
-        client: ClientConfig { want_outcomes: true, linger: Duration::from_millis(2), ..ClientConfig::new("-") },
-        failover_timeout: DEADLINE,
-        ..ClusterConfig::new(seeds)
-    };
+    let mut config = ClusterConfig { failover_timeout: DEADLINE, ..ClusterConfig::new(seeds) };
+    config.client.want_outcomes = true;
+    config.client.linger = Duration::from_millis(2);
     let (mut producer, mut acks) = ClusterProducer::<TreasureHunt>::connect(config).await.expect("connects");
     // Which hunt each (partition, sequence) joined a player to.
     let sent: Arc<Mutex<HashMap<(u32, u64), u32>>> = Arc::default();
@@ -177,9 +175,9 @@ fn start_producing(
 
 /// Every hunt's player count on the nodes equals its acknowledged joins,
 /// and its state hash equals the offline replay's.
-fn check_hunts(nodes: &[&Node], urls: &str, seen: &Seen) {
+fn check_hunts(nodes: &[&Node], urls: &str, replicas: &str, seen: &Seen) {
     assert!(seen.wrong.is_empty(), "answers other than Joined: {:?}", &seen.wrong[..seen.wrong.len().min(5)]);
-    let replay = common::trove(&["replay", "--cluster", urls, "--json"]);
+    let replay = common::trove(&["replay", "--cluster", urls, "--replicas", replicas, "--json"]);
     common::ok(&replay);
     let replayed: serde_json::Value = serde_json::from_slice(&replay.stdout).expect("replay JSON");
     let replayed: HashMap<u64, String> = replayed["hunts"]
@@ -265,5 +263,123 @@ fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
         failovers[0], failovers[10], failovers[19]
     );
     let refs: Vec<&Node> = nodes.iter().collect();
-    check_hunts(&refs, &urls, &seen);
+    check_hunts(&refs, &urls, "1", &seen);
+}
+
+/// Acknowledgements counted so far.
+fn acked(seen: &Mutex<Seen>) -> u64 {
+    seen.lock().unwrap().acked
+}
+
+/// Waits until more than `since` events are acknowledged.
+fn wait_acks_past(seen: &Mutex<Seen>, since: u64, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while acked(seen) <= since {
+        assert!(Instant::now() < deadline, "{what}: no acknowledgement within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two nodes on a 3-server NATS cluster, every stream and bucket with 3
+/// replicas. One NATS server killed: the cluster keeps acknowledging. A
+/// second one killed: no quorum, so nothing is acknowledged (the nodes'
+/// logs say the batches could not be made durable, or the leases could
+/// not be renewed, and the producers wait and resend). Both back: it
+/// acknowledges again, and nothing acknowledged before was lost.
+#[test]
+fn with_three_replicas_one_nats_server_may_die_and_two_stop_the_acknowledgements() {
+    if !nats_server_or_skip("with_three_replicas_one_nats_server_may_die_and_two_stop_the_acknowledgements") {
+        return;
+    }
+    common::raise_file_limit();
+    let mut nats = NatsCluster::start(3);
+    let urls = nats.urls().join(",");
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::start(&urls, n, &["--replicas", "3"])).collect();
+    wait_owned(&nodes[0], &["a", "b"]);
+    let seeds: Vec<String> = nodes.iter().map(|n| n.at.control.to_string()).collect();
+    let (seen, stop, producer) = start_producing(seeds, 5_000);
+    wait_acks_past(&seen, 1_000, "before any kill");
+
+    nats.kill(2);
+    let before = acked(&seen);
+    wait_acks_past(&seen, before + 2_000, "with one NATS server of three dead");
+
+    nats.kill(1);
+    // What was in flight settles (acknowledged or refused); then nothing
+    // more is acknowledged while the quorum is gone.
+    std::thread::sleep(Duration::from_secs(4));
+    let stalled = acked(&seen);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(acked(&seen), stalled, "acknowledged without a quorum");
+    let logs: String = nodes.iter().map(|n| n.serve.stderr_now()).collect();
+    assert!(
+        logs.contains("could not make a batch durable") || logs.contains("could not renew the lease"),
+        "the nodes never said the cluster's log was unavailable:\n{logs}"
+    );
+
+    nats.restart(1);
+    nats.restart(2);
+    wait_acks_past(&seen, stalled + 2_000, "after the quorum came back");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().expect("the producer finished: every event answered");
+    let seen = seen.lock().unwrap();
+    wait_owned(&nodes[0], &["a", "b"]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    check_hunts(&refs, &urls, "3", &seen);
+}
+
+/// The owner of the most partitions stops (SIGSTOP) for twice its lease:
+/// the other node takes its partitions over and fences their streams.
+/// When it resumes (SIGCONT) it still holds batches it applied before the
+/// stop; their appends are refused, it gives those partitions up, and
+/// its producers follow the partitions to the new owner. Nothing
+/// acknowledged is lost, nothing is applied twice.
+#[test]
+fn a_deposed_owner_that_comes_back_cannot_append() {
+    if !nats_server_or_skip("a_deposed_owner_that_comes_back_cannot_append") {
+        return;
+    }
+    common::raise_file_limit();
+    let nats = NatsServer::start();
+    let urls = nats.url();
+    let nodes: Vec<Node> = ["a", "b"].iter().map(|n| Node::start(&urls, n, &[])).collect();
+    wait_owned(&nodes[0], &["a", "b"]);
+    let seeds: Vec<String> = nodes.iter().map(|n| n.at.control.to_string()).collect();
+    let (seen, stop, producer) = start_producing(seeds, 20_000);
+    wait_acks_past(&seen, 2_000, "before the stop");
+    let map = wait_owned(&nodes[0], &["a", "b"]);
+    let victim = busiest(&map, &nodes);
+    let other = 1 - victim;
+    nodes[victim].serve.signal("STOP");
+    // The other node takes every partition over.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if owners(&nodes[other]).is_some_and(|m| m.iter().all(|o| o.as_deref() == Some(nodes[other].name.as_str()))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partitions never moved off the stopped node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = acked(&seen);
+    wait_acks_past(&seen, moved + 2_000, "with the owner stopped");
+    nodes[victim].serve.signal("CONT");
+    // Back, it learns it lost its leases (or is refused by a fence) and
+    // gives the partitions up; the cluster rebalances.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = nodes[victim].serve.stderr_now();
+        if log.contains("lost the lease") || log.contains("taken over by another node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resumed node never noticed it was deposed:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_owned(&nodes[0], &["a", "b"]);
+    let resumed = acked(&seen);
+    wait_acks_past(&seen, resumed + 2_000, "after the resume");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().expect("the producer finished: every event answered");
+    let seen = seen.lock().unwrap();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    check_hunts(&refs, &urls, "1", &seen);
 }
