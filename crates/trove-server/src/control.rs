@@ -153,6 +153,10 @@ pub enum CreateAnswer {
 /// (a copy of the lease table), never by waiting on the network.
 pub trait ClusterView: Send + Sync + 'static {
     fn cluster_view(&self) -> Option<Value>;
+
+    /// The cluster side's figures for `/metrics` (`trove_cluster_*`),
+    /// written after the engine's and the server's.
+    fn metrics(&self, _families: &mut metrics::Families) {}
 }
 
 impl<F: Fn() -> Option<Value> + Send + Sync + 'static> ClusterView for F {
@@ -783,6 +787,12 @@ async fn status<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
 async fn prometheus<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     let mut text = metrics::render(&ctx.sources);
     render_connections(&ctx.conns, &mut text);
+    let view = ctx.cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(view) = view {
+        let mut families = metrics::Families::new();
+        view.metrics(&mut families);
+        text.push_str(&families.into_text());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

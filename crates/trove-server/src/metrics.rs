@@ -115,6 +115,43 @@ impl Out {
     }
 }
 
+/// Prometheus families kept outside the engine and the server (a cluster
+/// node's, `trove_cluster_*`), written after the server's own
+/// ([`crate::control::ClusterView::metrics`]).
+pub struct Families {
+    out: Out,
+}
+
+impl std::fmt::Debug for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Families").field("bytes", &self.out.text.len()).finish()
+    }
+}
+
+impl Families {
+    pub(crate) fn new() -> Self {
+        Self { out: Out { text: String::new() } }
+    }
+
+    pub(crate) fn into_text(self) -> String {
+        self.out.text
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.out.one(name, "counter", help, value);
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.out.one(name, "gauge", help, value);
+    }
+
+    /// A histogram of nanoseconds, shown in seconds.
+    pub fn seconds(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.out.family(name, "histogram", help);
+        self.out.histogram_samples(name, "", h, Unit::Nanoseconds);
+    }
+}
+
 /// What a histogram's values are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Unit {

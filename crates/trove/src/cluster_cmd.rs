@@ -53,6 +53,61 @@ impl trove_server::Owners for NodeOwners {
     }
 }
 
+/// `GET /cluster` and the `trove_cluster_*` families of `/metrics`, from
+/// the node's map and counters.
+struct NodeView {
+    map: MapView,
+    metrics: Arc<ClusterMetrics>,
+}
+
+impl trove_server::control::ClusterView for NodeView {
+    fn cluster_view(&self) -> Option<serde_json::Value> {
+        Some(self.map.map_json())
+    }
+
+    fn metrics(&self, f: &mut trove_server::metrics::Families) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        f.gauge("trove_cluster_partitions_owned", "Partitions this node owns now.", m.partitions_owned.load(Relaxed));
+        f.counter(
+            "trove_cluster_appends_total",
+            "Messages appended to partition streams and acknowledged by JetStream.",
+            m.appends.load(Relaxed),
+        );
+        f.counter("trove_cluster_appended_bytes_total", "Bytes of those messages.", m.appended_bytes.load(Relaxed));
+        f.seconds(
+            "trove_cluster_append_ack_seconds",
+            "From sending a write's messages to JetStream's last acknowledgement (the durability point).",
+            &m.append_ack_ns.snapshot(),
+        );
+        f.seconds("trove_cluster_lease_renew_seconds", "A lease renewal's round trip.", &m.lease_renew_ns.snapshot());
+        f.counter("trove_cluster_takeovers_total", "Partitions this node took over.", m.takeovers.load(Relaxed));
+        f.counter(
+            "trove_cluster_failovers_total",
+            "Takeovers of a partition whose last owner did not hand it over (it died or stalled).",
+            m.failovers.load(Relaxed),
+        );
+        f.seconds(
+            "trove_cluster_takeover_seconds",
+            "From acquiring a lease to serving the partition: snapshot, replay, fence.",
+            &m.takeover_ns.snapshot(),
+        );
+        f.counter(
+            "trove_cluster_replayed_messages_total",
+            "Stream messages replayed by takeovers (replay progress).",
+            m.replayed_messages.load(Relaxed),
+        );
+        f.counter("trove_cluster_leases_lost_total", "Leases this node lost.", m.leases_lost.load(Relaxed));
+        f.counter(
+            "trove_cluster_partitions_lost_total",
+            "Partitions whose log was fenced or unavailable while owned here.",
+            m.partitions_lost.load(Relaxed),
+        );
+        f.counter("trove_cluster_released_total", "Partitions handed over cleanly.", m.released.load(Relaxed));
+        f.counter("trove_cluster_snapshots_total", "Snapshots stored in the object store.", m.snapshots.load(Relaxed));
+    }
+}
+
 /// What `serve` hands over to a cluster node's start.
 #[derive(Debug)]
 pub struct NodeStart {
@@ -141,8 +196,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
                 owners: Some(owners),
             };
             let plane = ControlPlane::start_on(listener, parts).map_err(|e| e.to_string())?;
-            let map = view.clone();
-            plane.set_cluster_view(Arc::new(move || Some(map.map_json())));
+            plane.set_cluster_view(Arc::new(NodeView { map: view.clone(), metrics: cluster_node.metrics().clone() }));
             Some(plane)
         }
         None => None,
