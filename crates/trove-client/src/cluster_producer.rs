@@ -67,6 +67,12 @@ impl ClusterConfig {
                 // A stalled node keeps its sockets open: its partitions'
                 // producers give up on it and follow the partition.
                 answer_timeout: Some(CLUSTER_ANSWER_TIMEOUT),
+                // A failover is a few seconds of a partition without an
+                // owner: look again often (a map fetch and a connect on
+                // the nodes' network), and let `failover_timeout`, not an
+                // attempt count, decide when to give up.
+                reconnect_backoff_max: CLUSTER_BACKOFF_MAX,
+                reconnect_attempts_max: None,
                 ..ClientConfig::new("(the partition's owner)")
             },
             map_timeout: Duration::from_secs(2),
@@ -100,6 +106,11 @@ impl ClusterConfig {
 /// partitions, shorter would resend batches a slow but live node is about
 /// to answer (harmless: they are applied once).
 pub const CLUSTER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`ClusterConfig::new`]'s `client.reconnect_backoff_max`: the longest a
+/// partition's producer waits between two looks for its owner, so that it
+/// follows a partition within a quarter second of its takeover.
+pub const CLUSTER_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// One answer of a [`ClusterAcks`]: the partition and its producer's
 /// answer.

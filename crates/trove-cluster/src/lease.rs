@@ -182,9 +182,12 @@ impl Leases {
             })
             .await?;
             map.push(match entry {
+                // A value that does not parse (written by hand, or by
+                // another program) names no node to send clients to: the
+                // partition shows no owner, and nobody can acquire it until
+                // the key expires. One bad key must not hide the others.
                 Some(e) if e.operation == Operation::Put => {
-                    let (owner, epoch) = parse_value(&what, &e.value)?;
-                    Some((owner, epoch.unwrap_or(e.revision)))
+                    parse_value(&what, &e.value).ok().map(|(owner, epoch)| (owner, epoch.unwrap_or(e.revision)))
                 }
                 _ => None,
             });
@@ -203,6 +206,17 @@ impl Leases {
         })
         .await?;
         Ok(())
+    }
+
+    /// Removes `node` from the nodes bucket (a clean leave: the others
+    /// count it gone at once, not a TTL later).
+    pub async fn depart(&self, node: &str) -> Result<(), ClusterError> {
+        let what = format!("removing node {node}");
+        let timeout = self.nats.request_timeout();
+        bounded(&what, timeout, async {
+            self.nats.inner.nodes.delete(node).await.map_err(|e| classify(what.as_str(), &e, timeout))
+        })
+        .await
     }
 
     /// The nodes announced within the last TTL, by name (at most

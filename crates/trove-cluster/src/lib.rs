@@ -66,6 +66,10 @@ pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(3);
 /// JetStream's expiry is not finer than that).
 pub const LEASE_TTL_MIN: Duration = Duration::from_millis(500);
 
+/// The longest lease TTL a cluster may have (a dead node's partitions
+/// wait this long).
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(60);
+
 /// JetStream replicas are at most this (NATS's own limit).
 pub const REPLICAS_MAX: usize = 5;
 
@@ -120,8 +124,10 @@ impl Nats {
         if replicas == 0 || replicas > REPLICAS_MAX {
             return Err(connect_error(format!("replicas {replicas} is not in 1..={REPLICAS_MAX}")));
         }
-        if lease_ttl < LEASE_TTL_MIN {
-            return Err(connect_error(format!("lease TTL {lease_ttl:?} is under {LEASE_TTL_MIN:?}")));
+        if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&lease_ttl) {
+            return Err(connect_error(format!(
+                "lease TTL {lease_ttl:?} is outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"
+            )));
         }
         let mut addrs = Vec::with_capacity(urls.len());
         for u in urls {
@@ -155,6 +161,13 @@ impl Nats {
         let leases = open_kv(&jetstream, request_timeout, presence(names.leases_bucket())).await?;
         let nodes = open_kv(&jetstream, request_timeout, presence(names.nodes_bucket())).await?;
         let lease_ttl = leases.stream.cached_info().config.max_age;
+        // The bucket is outside data: a TTL of 0 (no expiry) or of hours
+        // would make leases never move, or the node's ticks spin.
+        if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&lease_ttl) {
+            return Err(connect_error(format!(
+                "the leases bucket's TTL is {lease_ttl:?}, outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"
+            )));
+        }
         let nats = Inner { client, jetstream, names, replicas, request_timeout, lease_ttl, leases, nodes };
         Ok(Nats { inner: Arc::new(nats) })
     }

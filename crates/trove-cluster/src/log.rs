@@ -226,6 +226,20 @@ impl PartitionLog {
         self.send(expected_last_seq, headers, Bytes::new(), &msg_id).await?.wait().await
     }
 
+    /// Appends a fence-like marker for `epoch` (empty payload, header
+    /// [`FENCE_HEADER`], skipped by replay) expecting `expected_last_seq`:
+    /// proof, before a snapshot is stored, that this writer still owns the
+    /// stream (a deposed one is refused here, as at any append). Its
+    /// message id names its place, so a retry is recognised.
+    pub async fn mark(&self, expected_last_seq: u64, epoch: u64) -> Result<u64, ClusterError> {
+        let msg_id = format!("mark-{epoch}-{}", expected_last_seq + 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, expected_last_seq.to_string().as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        headers.insert(FENCE_HEADER, epoch.to_string().as_str());
+        self.send(expected_last_seq, headers, Bytes::new(), &msg_id).await?.wait().await
+    }
+
     /// A write expecting `expected` was refused for a wrong last sequence
     /// (the stream's leader says `actual`). JetStream counts messages it
     /// has proposed but not committed (a try without quorum) in that

@@ -37,4 +37,7 @@ pub struct ClusterMetrics {
     pub released: AtomicU64,
     /// Snapshots stored in the object store.
     pub snapshots: AtomicU64,
+    /// Snapshots not stored (or streams not purged after one): the stream
+    /// keeps what it held.
+    pub snapshot_failures: AtomicU64,
 }

@@ -45,6 +45,10 @@ use crate::{ClusterConfig, ClusterError, Lease, Nats, Owner};
 /// batch); the rebuild reads again.
 const FENCE_ATTEMPTS_MAX: usize = 3;
 
+/// The tick while some partition has no owner: the map is read this
+/// often until it settles. Each read is one KV get per partition.
+const UNSETTLED_TICK: Duration = Duration::from_millis(200);
+
 /// What the node knows of the cluster, refreshed every tick: for `GET
 /// /cluster` and for `not_owner` messages.
 #[derive(Clone, Debug, Default)]
@@ -89,6 +93,12 @@ impl MapView {
         })
     }
 
+    /// Whether this node holds `partition`'s lease, as far as it knows
+    /// (set at once when it acquires one, before the takeover's replay).
+    pub fn held_here(&self, partition: usize) -> bool {
+        self.view().owners.get(partition).and_then(Option::as_ref).is_some_and(|(o, _)| o.node == self.me)
+    }
+
     /// Who owns `partition`, for a `not_owner` message.
     pub fn describe_owner(&self, partition: usize) -> String {
         let view = self.view();
@@ -96,7 +106,7 @@ impl MapView {
             Some((o, epoch)) if o.node != self.me => {
                 format!("partition {partition} is owned by node {} at {} (epoch {epoch})", o.node, o.tcp)
             }
-            Some((_, epoch)) => format!("partition {partition} is being moved by this node (epoch {epoch})"),
+            Some((_, epoch)) => format!("partition {partition} is being taken over by this node (epoch {epoch})"),
             None => format!("partition {partition} has no owner now"),
         }
     }
@@ -123,7 +133,19 @@ struct Shared<G: Game> {
     core: CoreConfig,
     metrics: Arc<ClusterMetrics>,
     view: Arc<Mutex<View>>,
+    /// The leases this node holds, renewed by the renewal thread while the
+    /// node thread replays, snapshots or hands over (each can take longer
+    /// than a lease lasts).
+    held: Mutex<BTreeMap<u32, Held>>,
+    /// Partitions whose lease the renewal thread lost: the node thread
+    /// vacates them.
+    lost_leases: Mutex<Vec<u32>>,
+    /// Partitions seen without an owner, since when (the node thread's).
+    free_since: Mutex<BTreeMap<u32, Instant>>,
     stop: AtomicBool,
+    /// Set when the node thread has handed everything over: the renewal
+    /// thread stops then (it renews until the last release).
+    done: AtomicBool,
 }
 
 impl<G: Game> Node<G> {
@@ -149,10 +171,20 @@ impl<G: Game> Node<G> {
             core: CoreConfig { journaled: true, ..core },
             metrics,
             view: Arc::new(Mutex::new(View::default())),
+            held: Mutex::new(BTreeMap::new()),
+            lost_leases: Mutex::new(Vec::new()),
+            free_since: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
+            done: AtomicBool::new(false),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("trove-cluster".into()).spawn(move || run(&s))?;
+        let renewer = std::thread::Builder::new().name("trove-leases".into()).spawn(move || renew_loop(&s))?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("trove-cluster".into()).spawn(move || {
+            run(&s);
+            s.done.store(true, SeqCst);
+            let _ = renewer.join();
+        })?;
         Ok(Node { shared, thread: Some(thread) })
     }
 
@@ -198,22 +230,83 @@ struct Held {
 }
 
 fn run<G: Game>(s: &Shared<G>) {
-    let ttl = s.nats.lease_ttl();
-    let tick = ttl / 3;
-    let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    let tick = s.nats.lease_ttl() / 3;
     while !s.stop.load(SeqCst) {
         let began = Instant::now();
-        s.tick(&mut held, ttl);
-        s.metrics.partitions_owned.store(held.len() as u64, Relaxed);
+        let settled = s.tick();
+        // A partition without an owner is looked at again soon: a dead
+        // node's partitions are taken over within `UNSETTLED_TICK` of
+        // their leases' expiry, not within a third of the TTL.
+        let next = if settled { tick } else { tick.min(UNSETTLED_TICK) };
         // Sleep in small steps, so that leaving is prompt.
-        while !s.stop.load(SeqCst) && began.elapsed() < tick {
+        while !s.stop.load(SeqCst) && began.elapsed() < next {
             std::thread::sleep(Duration::from_millis(20).min(tick));
         }
     }
-    for (p, h) in std::mem::take(&mut held) {
+    let held = std::mem::take(&mut *s.held.lock().unwrap_or_else(|e| e.into_inner()));
+    for (p, h) in held {
         s.release(p, h, true);
     }
     s.metrics.partitions_owned.store(0, Relaxed);
+    // Gone from the map at once, so that the others take its share now.
+    if let Err(e) = s.block_on(s.nats.leases().depart(&s.me.node)) {
+        s.log(format!("leaving the nodes list: {e} (it expires within the TTL)"));
+    }
+}
+
+/// The renewal thread: every third of the TTL, announces the node and
+/// renews every lease held; a lease it could not renew within its TTL,
+/// or found taken, goes to `lost_leases`.
+fn renew_loop<G: Game>(s: &Shared<G>) {
+    let ttl = s.nats.lease_ttl();
+    let tick = ttl / 3;
+    let leases = s.nats.leases();
+    while !s.done.load(SeqCst) {
+        let began = Instant::now();
+        if !s.stop.load(SeqCst)
+            && let Err(e) = s.block_on(leases.announce(&s.me))
+        {
+            s.log(format!("announcing: {e}"));
+        }
+        let now_held: Vec<(u32, Lease, Instant)> = {
+            let held = s.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter().map(|(&p, h)| (p, h.lease.clone(), h.renewed)).collect()
+        };
+        for (p, lease, renewed) in now_held {
+            let started = Instant::now();
+            let outcome = s.block_on(leases.renew(&lease));
+            let mut held = s.held.lock().unwrap_or_else(|e| e.into_inner());
+            // Released meanwhile (or taken anew): not this renewal's.
+            if held.get(&p).is_none_or(|h| h.lease.epoch != lease.epoch) {
+                continue;
+            }
+            let lost = match outcome {
+                Ok(Some(lease)) => {
+                    s.metrics.lease_renew_ns.record(started.elapsed().as_nanos() as u64);
+                    held.insert(p, Held { lease, renewed: started });
+                    None
+                }
+                Ok(None) => Some(format!("lost the lease of partition {p}")),
+                Err(e) if renewed.elapsed() >= ttl => {
+                    Some(format!("could not renew the lease of partition {p} within its TTL ({e})"))
+                }
+                Err(e) => {
+                    s.log(format!("renewing the lease of partition {p}: {e}"));
+                    None
+                }
+            };
+            if let Some(why) = lost {
+                held.remove(&p);
+                drop(held);
+                s.log(why);
+                s.metrics.leases_lost.fetch_add(1, Relaxed);
+                s.lost_leases.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+            }
+        }
+        while !s.done.load(SeqCst) && began.elapsed() < tick {
+            std::thread::sleep(Duration::from_millis(20).min(tick));
+        }
+    }
 }
 
 impl<G: Game> Shared<G> {
@@ -225,36 +318,29 @@ impl<G: Game> Shared<G> {
         eprintln!("trove: cluster node {}: {line}", self.me.node);
     }
 
-    fn tick(&self, held: &mut BTreeMap<u32, Held>, ttl: Duration) {
+    /// One tick; returns whether the map looked settled (every partition
+    /// owned).
+    fn tick(&self) -> bool {
         let leases = self.nats.leases();
-        if let Err(e) = self.block_on(leases.announce(&self.me)) {
-            self.log(format!("announcing: {e}"));
-        }
-        // Renew; a lease not renewed within its TTL is gone, whatever the
-        // reason.
-        let partitions: Vec<u32> = held.keys().copied().collect();
-        for p in partitions {
-            let h = held.get_mut(&p).expect("listed");
-            let started = Instant::now();
-            match self.block_on(leases.renew(&h.lease)) {
-                Ok(Some(lease)) => {
-                    self.metrics.lease_renew_ns.record(started.elapsed().as_nanos() as u64);
-                    *h = Held { lease, renewed: Instant::now() };
-                }
-                Ok(None) => {
-                    self.log(format!("lost the lease of partition {p}"));
-                    self.metrics.leases_lost.fetch_add(1, Relaxed);
-                    let h = held.remove(&p).expect("listed");
-                    self.drop_partition(p, h, false);
-                }
-                Err(e) if h.renewed.elapsed() >= ttl => {
-                    self.log(format!("could not renew the lease of partition {p} within its TTL ({e})"));
-                    self.metrics.leases_lost.fetch_add(1, Relaxed);
-                    let h = held.remove(&p).expect("listed");
-                    self.drop_partition(p, h, false);
-                }
-                Err(e) => self.log(format!("renewing the lease of partition {p}: {e}")),
+        // The engine failed (a local fault, e.g. a panic in a journal
+        // thread): nothing here will be acknowledged again, so everything
+        // is given up for the others to take, as if this node had died.
+        if let Some(reason) = self.engine.failure() {
+            let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+            if !held.is_empty() {
+                self.log(format!("the engine failed ({reason}): giving every partition up"));
             }
+            for (p, h) in held {
+                self.set_owner(p, None);
+                let _ = self.block_on(leases.release(h.lease));
+            }
+            return true;
+        }
+        // Leases the renewal thread lost: another node may own those
+        // partitions already, so no snapshot.
+        let lost = std::mem::take(&mut *self.lost_leases.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in lost {
+            self.drop_partition(p);
         }
         // A shard whose log was fenced or unavailable gives its partition
         // up: its state is not what the stream holds any more.
@@ -262,11 +348,10 @@ impl<G: Game> Shared<G> {
             if let ShardState::Lost(lost) = state {
                 self.log(format!("partition {p}: {}", lost.reason()));
                 self.metrics.partitions_lost.fetch_add(1, Relaxed);
-                match held.remove(&(p as u32)) {
+                let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&(p as u32));
+                match held {
                     Some(h) => self.release(p as u32, h, false),
-                    None => {
-                        let _ = self.engine.vacate_shard(p, false);
-                    }
+                    None => self.drop_partition(p as u32),
                 }
             }
         }
@@ -276,48 +361,75 @@ impl<G: Game> Shared<G> {
             (Ok(owners), Ok(nodes)) => View { owners, nodes },
             (Err(e), _) | (_, Err(e)) => {
                 self.log(format!("reading the partition map: {e}"));
-                return;
+                return false;
             }
         };
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view.clone();
         let alive = view.nodes.len().max(1) as u32;
         let target = partitions.div_ceil(alive) as usize;
-        if held.len() < target {
+        let settled = view.owners.iter().all(Option::is_some);
+        let held_now = || self.held.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let holds = |p: u32| self.held.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&p);
+        // How long each partition has been seen without an owner: one free
+        // for a whole TTL is taken whatever the balance says (its rightful
+        // taker may be alive in the nodes list but unable to serve).
+        let now = Instant::now();
+        let stale = {
+            let mut free = self.free_since.lock().unwrap_or_else(|e| e.into_inner());
+            free.retain(|p, _| view.owners[*p as usize].is_none());
+            for (p, o) in view.owners.iter().enumerate() {
+                if o.is_none() {
+                    free.entry(p as u32).or_insert(now);
+                }
+            }
+            let ttl = self.nats.lease_ttl();
+            free.iter().filter(|(_, since)| now.duration_since(**since) >= ttl).map(|(&p, _)| p).collect::<Vec<_>>()
+        };
+        if held_now() < target || !stale.is_empty() {
             // Free partitions, from a point of this node's own so that
             // nodes starting together do not all race for the same ones.
-            let start = (crc32c::crc32c(self.me.node.as_bytes()) % partitions) as u32;
+            let start = crc32c::crc32c(self.me.node.as_bytes()) % partitions;
             for k in 0..partitions {
                 let p = (start + k) % partitions;
-                if held.len() >= target || self.stop.load(SeqCst) {
+                if self.stop.load(SeqCst) {
                     break;
                 }
-                if view.owners[p as usize].is_none() && !held.contains_key(&p) {
-                    match self.take_over(p) {
-                        Ok(Some(h)) => {
-                            held.insert(p, h);
-                        }
-                        Ok(None) => {}
-                        Err(e) => self.log(format!("taking partition {p} over: {e}")),
+                let wanted = held_now() < target || stale.contains(&p);
+                if wanted && view.owners[p as usize].is_none() && !holds(p) {
+                    if let Err(e) = self.take_over(p) {
+                        self.log(format!("taking partition {p} over: {e}"));
                     }
                 }
             }
-        } else if held.len() > target && view.owners.iter().all(Option::is_some) {
+        } else if held_now() > target && settled {
             // A node joined: hand one partition over per tick, cleanly, so
             // that the cluster converges without a stampede.
-            if let Some((&p, _)) = held.iter().next_back() {
-                let h = held.remove(&p).expect("listed");
-                self.log(format!("handing partition {p} over ({} held, {target} wanted)", held.len() + 1));
+            let last = {
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                let p = held.keys().next_back().copied();
+                p.and_then(|p| held.remove(&p).map(|h| (p, h)))
+            };
+            if let Some((p, h)) = last {
+                self.log(format!("handing partition {p} over ({} held, {target} wanted)", held_now() + 1));
                 self.release(p, h, true);
             }
         }
+        self.metrics.partitions_owned.store(held_now() as u64, Relaxed);
+        settled
     }
 
     /// Acquires partition `p`'s lease and, if it got it, rebuilds and
-    /// installs the partition. `None`: another node holds it.
-    fn take_over(&self, p: u32) -> Result<Option<Held>, TakeoverError> {
+    /// installs the partition. The lease is renewed (by the renewal
+    /// thread) from the moment it is acquired, through the replay.
+    fn take_over(&self, p: u32) -> Result<(), TakeoverError> {
         let leases = self.nats.leases();
-        let Some(lease) = self.block_on(leases.acquire(p, &self.me))? else { return Ok(None) };
+        let Some(lease) = self.block_on(leases.acquire(p, &self.me))? else { return Ok(()) };
         let started = Instant::now();
+        let epoch = lease.epoch;
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(p, Held { lease: lease.clone(), renewed: started });
+        // Ours from now on, in what this node tells clients: a batch that
+        // reaches it before the shard serves is told to resend here.
+        self.set_owner(p, Some((self.me.clone(), epoch)));
         match self.install(p, &lease) {
             Ok(replayed) => {
                 let took = started.elapsed();
@@ -329,16 +441,28 @@ impl<G: Game> Shared<G> {
                 }
                 self.metrics.takeover_ns.record(took.as_nanos() as u64);
                 self.log(format!(
-                    "serving partition {p} (epoch {}, {replayed} messages replayed in {:.3} s)",
-                    lease.epoch,
+                    "serving partition {p} (epoch {epoch}, {replayed} messages replayed in {:.3} s)",
                     took.as_secs_f64()
                 ));
-                Ok(Some(Held { lease, renewed: started }))
+                Ok(())
             }
             Err(e) => {
-                let _ = self.block_on(leases.release(lease));
+                let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+                self.set_owner(p, None);
+                if let Some(h) = held {
+                    let _ = self.block_on(leases.release(h.lease));
+                }
                 Err(e)
             }
+        }
+    }
+
+    /// Records `p`'s owner in the view at once (the next tick reads the
+    /// whole map again).
+    fn set_owner(&self, p: u32, owner: Option<(Owner, u64)>) {
+        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = view.owners.get_mut(p as usize) {
+            *slot = owner;
         }
     }
 
@@ -374,12 +498,13 @@ impl<G: Game> Shared<G> {
         Err(TakeoverError::Install(format!("the stream kept moving under {FENCE_ATTEMPTS_MAX} fences")))
     }
 
-    /// Gives partition `p` up: its shard vacated (with a snapshot on a
-    /// clean hand-over), then its lease released.
+    /// Gives partition `p` up (already out of `held`): its shard vacated
+    /// (with a snapshot on a clean hand-over), then its lease released.
     fn release(&self, p: u32, h: Held, snapshot: bool) {
         if let Err(e) = self.engine.vacate_shard(p as usize, snapshot) {
             self.log(format!("vacating partition {p}: {e}"));
         }
+        self.set_owner(p, None);
         match self.block_on(self.nats.leases().release(h.lease)) {
             Ok(_) => {
                 if snapshot {
@@ -392,10 +517,11 @@ impl<G: Game> Shared<G> {
 
     /// A partition whose lease is gone: its shard vacated without a
     /// snapshot (another node may own it already).
-    fn drop_partition(&self, p: u32, _h: Held, snapshot: bool) {
-        if let Err(e) = self.engine.vacate_shard(p as usize, snapshot) {
+    fn drop_partition(&self, p: u32) {
+        if let Err(e) = self.engine.vacate_shard(p as usize, false) {
             self.log(format!("vacating partition {p}: {e}"));
         }
+        self.set_owner(p, None);
     }
 }
 

@@ -57,18 +57,37 @@ pub async fn recover_partition<G: Game>(
         from = meta.next_batch.max(1);
     }
     let bounds = log.bounds().await?;
+    let written = bounds.last > 0;
     // A purge follows the snapshot that covers it: a stream that starts
-    // past the snapshot lost messages nothing holds.
-    if bounds.first > from && bounds.last >= bounds.first {
+    // past the snapshot (purged to empty included: first = last + 1) lost
+    // messages nothing holds here, and a snapshot past the stream's end
+    // covers messages the stream does not have (a stream made anew). Both
+    // are refused, not read around: another owner's newer snapshot may be
+    // on its way (the takeover is tried again).
+    if written && bounds.first > from {
         return Err(damaged(format!(
             "the stream starts at {} but the snapshot covers only what is below {from}",
             bounds.first
         )));
     }
+    if from > bounds.last + 1 {
+        return Err(damaged(format!("the snapshot covers up to {from}, past the stream's end at {}", bounds.last)));
+    }
     let mut reader = log.read(from).await?;
     let mut replayed = 0;
     let mut entries = Vec::new();
+    // Every sequence from `from` on, none skipped (a purge during the read
+    // would skip some).
+    let mut expected = from;
     while let Some(m) = reader.next().await? {
+        if m.seq != expected {
+            return Err(damaged(format!(
+                "message {} follows {}: messages were removed during the read",
+                m.seq,
+                expected - 1
+            )));
+        }
+        expected += 1;
         if m.fence.is_some() {
             continue;
         }
@@ -90,6 +109,9 @@ pub async fn recover_partition<G: Game>(
         if let Some(metrics) = metrics {
             metrics.replayed_messages.fetch_add(1, Relaxed);
         }
+    }
+    if written && expected != reader.last() + 1 {
+        return Err(damaged(format!("the read ended at {} short of {}", expected - 1, reader.last())));
     }
     Ok(RecoveredPartition { rebuilt, last: reader.last(), replayed, from })
 }

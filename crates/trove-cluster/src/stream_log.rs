@@ -111,6 +111,14 @@ fn log_error(e: ClusterError) -> LogError {
     LogError { kind, message: e.to_string() }
 }
 
+/// An acknowledgement at a sequence the append did not expect.
+fn out_of_place(partition: u32, seq: u64, last: u64) -> LogError {
+    LogError {
+        kind: LogErrorKind::Fenced,
+        message: format!("partition {partition}: an append was acknowledged at {seq}, expected {}", last + 1),
+    }
+}
+
 impl<E: Record> ShardLog<E> for StreamLog<E> {
     fn shard(&self) -> u32 {
         self.partition
@@ -155,8 +163,10 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
             let seq = self.runtime.block_on(pending.wait()).map_err(log_error)?;
             // Each append expected the one before it: anything else would
             // be another writer's message in between, which JetStream
-            // refuses.
-            assert_eq!(seq, self.last + 1, "partition {}: an append landed out of place", self.partition);
+            // refuses; a server that says otherwise is not trusted.
+            if seq != self.last + 1 {
+                return Err(out_of_place(self.partition, seq, self.last));
+            }
             self.last = seq;
             self.metrics.appends.fetch_add(1, Relaxed);
         }
@@ -164,22 +174,42 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
         Ok(true)
     }
 
-    /// Everything before the snapshot is appended and acknowledged first;
+    /// Everything before the snapshot is appended and acknowledged first,
+    /// then a marker is appended (fenced like any append: a deposed owner
+    /// stops here, before it could store a snapshot over its successor's);
     /// then the snapshot is stored, covering every sequence below
     /// `last + 1`; only then is the stream purged below it. A crash
     /// between the two leaves both, and recovery reads the snapshot and
     /// the messages after it.
+    ///
+    /// Once the batches are durable their acknowledgements are owed
+    /// whatever happens to the snapshot: a snapshot that cannot be stored
+    /// or a purge that fails is logged and counted, and the stream keeps
+    /// what it held (the next snapshot tries again).
     fn snapshot(&mut self, bytes: &mut dyn FnMut(u64) -> Vec<u8>) -> Result<usize, LogError> {
         ShardLog::<E>::write(self)?;
         ShardLog::<E>::sync(self)?;
+        let mark = self.runtime.block_on(self.log.mark(self.last, self.epoch)).map_err(log_error)?;
+        if mark != self.last + 1 {
+            return Err(out_of_place(self.partition, mark, self.last));
+        }
+        self.last = mark;
         let next = self.last + 1;
         let bytes = bytes(next);
-        trove_journal::snapshot::decode_snapshot(&bytes).map_err(|e| LogError {
-            kind: LogErrorKind::Unavailable,
-            message: format!("a snapshot failed its own check: {e}"),
-        })?;
-        self.runtime.block_on(self.snapshots.put(self.partition, &bytes)).map_err(log_error)?;
-        self.runtime.block_on(self.log.purge_below(next)).map_err(log_error)?;
+        if let Err(e) = trove_journal::snapshot::decode_snapshot(&bytes) {
+            eprintln!("trove: partition {}: a snapshot failed its own check ({e}); not stored", self.partition);
+            self.metrics.snapshot_failures.fetch_add(1, Relaxed);
+            return Ok(0);
+        }
+        if let Err(e) = self.runtime.block_on(self.snapshots.put(self.partition, &bytes)) {
+            eprintln!("trove: partition {}: storing a snapshot: {e}; the stream is kept", self.partition);
+            self.metrics.snapshot_failures.fetch_add(1, Relaxed);
+            return Ok(0);
+        }
+        if let Err(e) = self.runtime.block_on(self.log.purge_below(next)) {
+            eprintln!("trove: partition {}: purging below its snapshot: {e}", self.partition);
+            self.metrics.snapshot_failures.fetch_add(1, Relaxed);
+        }
         self.metrics.snapshots.fetch_add(1, Relaxed);
         Ok(bytes.len())
     }

@@ -991,6 +991,11 @@ async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::
     while producer.in_flight() > 0 {
         match tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await {
             Ok(Ok(_)) => {}
+            // Cluster mode: that batch's partition was lost; this request
+            // starts afresh on a new producer (the loss stays with the old).
+            Ok(Err(trove_shard::Lost::Deposed { .. } | trove_shard::Lost::Unavailable { .. })) => {
+                *producer = ctx.engine.producer();
+            }
             Ok(Err(reason)) => return Err(failed(reason)),
             Err(_) => {
                 return Err(error(
@@ -1031,6 +1036,11 @@ async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::
     let done = tokio::time::timeout_at(deadline, poll_fn(|cx| crate::poll_complete(&mut producer, cx))).await;
     match done {
         Ok(Ok(c)) => Ok(c.outcomes[0]),
+        Ok(Err(lost @ (trove_shard::Lost::Deposed { .. } | trove_shard::Lost::Unavailable { .. }))) => {
+            // The next request must not inherit this loss.
+            *producer = ctx.engine.producer();
+            Err(failed(lost))
+        }
         Ok(Err(reason)) => Err(failed(reason)),
         Err(_) => Err(error(StatusCode::GATEWAY_TIMEOUT, "timeout", "the event was not answered in time".into())),
     }

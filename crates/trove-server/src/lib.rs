@@ -676,12 +676,26 @@ pub trait Owners: Send + Sync + std::fmt::Debug + 'static {
     /// Who owns `partition` now, for people: `partition 3 is owned by node
     /// b at 127.0.0.1:7400 (epoch 12)`, or `partition 3 has no owner now`.
     fn describe_owner(&self, partition: usize) -> String;
+
+    /// Whether this node holds `partition`'s lease while its shard is not
+    /// serving yet (a takeover under way): then a refused batch is told
+    /// `unavailable` (resend here shortly), not `not_owner` (which sends
+    /// the client to look for another owner).
+    fn taking_over(&self, _partition: usize) -> bool {
+        false
+    }
 }
 
 impl<G: WireGame> Shared<G> {
     /// The ERROR for a batch refused because this node does not own
     /// `shard`'s partition.
     pub(crate) fn not_owner(&self, shard: usize) -> (trove_proto::ErrorCode, String) {
+        if self.owners.as_ref().is_some_and(|o| o.taking_over(shard)) {
+            return (
+                trove_proto::ErrorCode::Unavailable,
+                format!("partition {shard} is being taken over by this node; resend shortly"),
+            );
+        }
         let owner = match &self.owners {
             Some(o) => o.describe_owner(shard),
             None => format!("partition {shard} is not served here"),

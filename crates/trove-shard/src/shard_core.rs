@@ -228,13 +228,16 @@ impl<G: Game> ShardCore<G> {
 
     /// A shard that starts from a recovered state and dedup history.
     pub(crate) fn with_state(state: GameState<G>, producers: Dedup<G::Outcome>, config: CoreConfig) -> Self {
+        // Stamps continue from the state's last time: a partition that
+        // moves to a node whose clock is behind never goes back in time.
+        let time_us = state.time_us();
         Self {
             state,
             producers,
             journaled: config.journaled,
             snapshot_interval: config.snapshot_interval,
             last_snapshot: Duration::ZERO,
-            time_us: 0,
+            time_us,
             stamped_us: None,
             batch: Vec::new(),
             out: Outcomes::default(),

@@ -51,6 +51,10 @@ impl trove_server::Owners for NodeOwners {
     fn describe_owner(&self, partition: usize) -> String {
         self.0.describe_owner(partition)
     }
+
+    fn taking_over(&self, partition: usize) -> bool {
+        self.0.held_here(partition)
+    }
 }
 
 /// `GET /cluster` and the `trove_cluster_*` families of `/metrics`, from
@@ -105,6 +109,11 @@ impl trove_server::control::ClusterView for NodeView {
         );
         f.counter("trove_cluster_released_total", "Partitions handed over cleanly.", m.released.load(Relaxed));
         f.counter("trove_cluster_snapshots_total", "Snapshots stored in the object store.", m.snapshots.load(Relaxed));
+        f.counter(
+            "trove_cluster_snapshot_failures_total",
+            "Snapshots not stored, or streams not purged after one (the stream keeps what it held).",
+            m.snapshot_failures.load(Relaxed),
+        );
     }
 }
 
@@ -150,6 +159,12 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let config = runtime.block_on(nats.ensure_config(&wanted)).map_err(|e| e.to_string())?;
     engine.cluster = true;
     engine.journal = None;
+    // Engine time on a cluster's nodes counts from one origin (the wall
+    // clock's), so that a partition moving between nodes started at
+    // different times keeps its times close to what they were; a shard
+    // never stamps below its partition's last time in any case.
+    engine.clock_base_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     engine.shards = config.partitions as usize;
     engine.worlds_max = usize::try_from(config.worlds_max).map_err(|_| "the cluster's worlds_max is too large")?;
     engine.validate().map_err(|e| e.to_string())?;
