@@ -77,3 +77,20 @@ fn every_planted_cluster_mistake_is_found() {
         }
     }
 }
+
+/// The shard core's own planted mistakes (trove-shard's `planted`
+/// feature) are found over the cluster's log too: a retry applied twice
+/// (exactly-once in the stream's history), and dedup state forgotten at a
+/// snapshot (a resend after a takeover from that snapshot applied again).
+#[test]
+fn the_cores_planted_mistakes_are_found_over_the_cluster_log() {
+    use trove_journal::planted::{Planted, set};
+    for bug in [Planted::ApplyRetryTwice, Planted::ForgetDedupAtSnapshot] {
+        set(bug);
+        let (failed, ran) = first_cluster_failure(0, SEEDS, ClusterBug::None);
+        set(Planted::None);
+        let Some(r) = failed else { panic!("{bug:?}: not found in {ran} seeds") };
+        assert!(r.verdict.failed(), "{bug:?}");
+        eprintln!("{bug:?}: seed {} after {ran} seeds: {:?}", r.seed, r.verdict);
+    }
+}
