@@ -612,6 +612,16 @@ impl Cluster {
                 let id = trove_cluster::log::fence_msg_id(epoch);
                 stream.lock().unwrap_or_else(|e| e.into_inner()).append(last, None, Vec::new(), id, Some(epoch), epoch)
             };
+            // The rebuild is what a replay of the whole stream to `last`
+            // makes: the snapshot and the purge lost nothing.
+            let full = self.replay_hash(p, last)?;
+            if rebuilt.state().state_hash() != full {
+                return Err(format!(
+                    "partition {p}: a rebuild from snapshot and stream to {last} hashes to {:016x}, a replay of the \
+                     stream from 1 to {full:016x}",
+                    rebuilt.state().state_hash()
+                ));
+            }
             match fenced {
                 Ok(fence) => {
                     let fence_id = (self.bug != ClusterBug::SkipFence).then(|| trove_cluster::log::fence_msg_id(epoch));
@@ -686,6 +696,22 @@ impl Cluster {
             replayed += 1;
         }
         Ok((rebuilt, last, replayed))
+    }
+
+    /// The state hash of a replay of partition `p`'s whole history, every
+    /// message to `last`.
+    fn replay_hash(&self, p: usize, last: u64) -> Fail<u64> {
+        let stream = self.streams[p].lock().unwrap_or_else(|e| e.into_inner());
+        let mut replay = GameState::<TreasureHunt>::new(WORLDS_MAX);
+        let (mut out, mut entries) = (Outcomes::default(), Vec::new());
+        for m in stream.history().range(..=last).map(|(_, m)| m).filter(|m| m.fence.is_none()) {
+            trove_cluster::recover::decode_message::<HuntEvent>(m.seq, &m.payload, &mut entries)
+                .map_err(|e| format!("partition {p}: {e}"))?;
+            let stamped: Vec<Stamped<HuntEvent>> = entries.iter().map(|e| e.stamped).collect();
+            replay.apply(&stamped, &mut out);
+            out.clear();
+        }
+        Ok(replay.state_hash())
     }
 
     /// A clean hand-over: a snapshot, then the lease released.
