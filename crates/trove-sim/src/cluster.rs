@@ -814,8 +814,8 @@ impl Cluster {
         // append acknowledged.
         if appended && self.serving[p] > epoch {
             return Err(format!(
-                "node {n}, deposed from partition {p} (epoch {epoch}), had an append acknowledged after epoch {}'s \
-                 fence",
+                "node {n}, deposed from partition {p} (epoch {epoch}), had an append acknowledged after epoch {} \
+                 took the partition over (and fenced it)",
                 self.serving[p]
             ));
         }
