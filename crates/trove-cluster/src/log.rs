@@ -44,6 +44,11 @@ pub const HEADERS_BYTES_RESERVED: usize = 512;
 /// at most `max_payload` bytes, what a read holds is bounded.
 pub const READ_BATCH_MESSAGES_MAX: i64 = 16;
 
+/// The message id of the fence for lease `epoch`.
+pub fn fence_msg_id(epoch: u64) -> String {
+    format!("fence-{epoch}")
+}
+
 /// One message read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -218,7 +223,7 @@ impl PartitionLog {
     /// outcome is recognised as [`PartitionLog::append`]'s are: the fence
     /// carries the message id `fence-<epoch>`).
     pub async fn fence(&self, expected_last_seq: u64, epoch: u64) -> Result<u64, ClusterError> {
-        let msg_id = format!("fence-{epoch}");
+        let msg_id = fence_msg_id(epoch);
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, expected_last_seq.to_string().as_str());
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());

@@ -6,13 +6,34 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use trove_core::Game;
+use trove_core::{Game, Record};
+use trove_journal::Entry;
 use trove_journal::format::{FRAME_HEAD_BYTES, decode_body, decode_frame_head};
 use trove_shard::CoreConfig;
 use trove_shard::journaled::Rebuild;
 
 use crate::metrics::ClusterMetrics;
 use crate::{ClusterError, PartitionLog, Snapshots};
+
+/// Decodes one message of a partition's stream (not a fence) into
+/// `entries` (cleared first): one journal frame, whole, whose batch is the
+/// message's sequence `seq`. Anything else is damage, never applied: a
+/// short or long payload, a bad checksum, a frame out of place. Pure, so
+/// that the simulator's model of the stream (trove-sim `cluster.rs`)
+/// replays through exactly this.
+pub fn decode_message<E: Record>(seq: u64, payload: &[u8], entries: &mut Vec<Entry<E>>) -> Result<(), String> {
+    let (len, crc) = decode_frame_head(payload).map_err(|e| format!("message {seq}: {e}"))?;
+    if payload.len() != FRAME_HEAD_BYTES + len {
+        return Err(format!("message {seq}: {} bytes, its frame says {len}", payload.len()));
+    }
+    let body = decode_body::<E>(&payload[FRAME_HEAD_BYTES..], crc).map_err(|e| format!("message {seq}: {e}"))?;
+    if body.batch != seq {
+        return Err(format!("message {seq} holds batch {}: out of place", body.batch));
+    }
+    entries.clear();
+    entries.extend(body.entries::<E>());
+    Ok(())
+}
 
 /// Why a partition could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +67,7 @@ pub async fn recover_partition<G: Game>(
     snapshots: &Snapshots,
     config: CoreConfig,
     metrics: Option<&ClusterMetrics>,
-    mut each: impl FnMut(u64, &[trove_journal::Entry<G::Event>], &[G::Outcome]),
+    mut each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
 ) -> Result<RecoveredPartition<G>, RecoverError> {
     let partition = log.partition();
     let damaged = |message: String| RecoverError::Damaged { partition, message };
@@ -91,18 +112,7 @@ pub async fn recover_partition<G: Game>(
         if m.fence.is_some() {
             continue;
         }
-        let frame = &m.payload[..];
-        let (len, crc) = decode_frame_head(frame).map_err(|e| damaged(format!("message {}: {e}", m.seq)))?;
-        if frame.len() != FRAME_HEAD_BYTES + len {
-            return Err(damaged(format!("message {}: {} bytes, its frame says {}", m.seq, frame.len(), len)));
-        }
-        let body = decode_body::<G::Event>(&frame[FRAME_HEAD_BYTES..], crc)
-            .map_err(|e| damaged(format!("message {}: {e}", m.seq)))?;
-        if body.batch != m.seq {
-            return Err(damaged(format!("message {} holds batch {}: out of place", m.seq, body.batch)));
-        }
-        entries.clear();
-        entries.extend(body.entries::<G::Event>());
+        decode_message::<G::Event>(m.seq, &m.payload, &mut entries).map_err(damaged)?;
         let outcomes = rebuilt.apply(&entries);
         each(m.seq, &entries, outcomes);
         replayed += 1;

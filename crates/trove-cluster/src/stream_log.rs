@@ -102,6 +102,37 @@ impl<E> StreamLog<E> {
     }
 }
 
+/// Encodes an applied batch as a stream's messages: journal frames of at
+/// most `body_bytes_max` body bytes, numbered from `first_seq` (the stream
+/// sequence each must land at), one message each, in order. Shared with
+/// the simulator's model of the stream (trove-sim `cluster.rs`).
+pub fn encode_messages<E: Record>(
+    first_seq: u64,
+    durable_below: u64,
+    runs: &[Run<'_>],
+    parts: &[Vec<Stamped<E>>],
+    time_us: Option<u64>,
+    body_bytes_max: usize,
+    mut message: impl FnMut(Vec<u8>),
+) {
+    trove_journal::encode_bounded(
+        first_seq,
+        durable_below,
+        runs,
+        parts,
+        time_us,
+        body_bytes_max,
+        FRAME_EVENTS_MAX,
+        |_, frame| message(frame),
+    );
+}
+
+/// The message id of an owner's append at stream sequence `seq` under
+/// lease `epoch`: a retry of the same append is recognised by it.
+pub fn append_msg_id(partition: u32, epoch: u64, seq: u64) -> String {
+    format!("p{partition}-e{epoch}-s{seq}")
+}
+
 /// A cluster error as the journal thread takes it: someone else's append
 /// is `Fenced`; anything else means the batch could not be made durable
 /// now (`Unavailable`). Never `Io`: a cluster's log failing stops its
@@ -128,16 +159,9 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
         let first = self.next_seq();
         let durable_below = self.last + 1;
         let encoded = &mut self.encoded;
-        trove_journal::encode_bounded(
-            first,
-            durable_below,
-            runs,
-            parts,
-            time_us,
-            self.body_bytes_max,
-            FRAME_EVENTS_MAX,
-            |_, frame| encoded.push(Bytes::from(frame)),
-        );
+        encode_messages(first, durable_below, runs, parts, time_us, self.body_bytes_max, |frame| {
+            encoded.push(Bytes::from(frame))
+        });
     }
 
     fn write(&mut self) -> Result<u64, LogError> {
@@ -145,7 +169,7 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
         let frames = std::mem::take(&mut self.encoded);
         for frame in frames {
             let expected = self.last + self.sent.len() as u64;
-            let msg_id = format!("p{}-e{}-s{}", self.partition, self.epoch, expected + 1);
+            let msg_id = append_msg_id(self.partition, self.epoch, expected + 1);
             bytes += frame.len() as u64;
             let pending = self.runtime.block_on(self.log.start_append(expected, frame, &msg_id)).map_err(log_error)?;
             self.sent.push(pending);

@@ -27,13 +27,23 @@
 //! - [`config`]: [`SimConfig`], one run's settings drawn from its seed.
 //! - [`sim`]: [`run`], one run: producers, shard, journal, crashes,
 //!   network, recovery and the checks; its [`Report`] and [`Verdict`].
-//! - `main.rs`: the `trove-sim` binary (`--seed S`, `--seeds N`).
+//! - [`cluster`]: [`run_cluster`], the cluster mode: nodes owning
+//!   partitions through leases, each partition's log a simulated
+//!   JetStream stream ([`stream`]: `SimStream` and `SimLog`, the
+//!   `ShardLog` over it), crashes, stalls past the lease, takeovers through
+//!   the real `Rebuild`, fences; decision 0039.
+//! - `main.rs`: the `trove-sim` binary (`--seed S`, `--seeds N`,
+//!   `--cluster`).
 
+pub mod cluster;
 pub mod config;
 pub mod sim;
+pub mod stream;
 
+pub use cluster::{ClusterReport, first_cluster_failure, run_cluster, run_cluster_with};
 pub use config::SimConfig;
 pub use sim::{Report, Verdict, run};
+pub use stream::ClusterBug;
 
 /// The first failing seed of `count` seeds from `from`, and how many ran.
 pub fn first_failure(from: u64, count: u64) -> (Option<Report>, u64) {
