@@ -264,6 +264,18 @@ impl NatsServer {
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {
             signal(pid, "STOP");
+            // Returns once the process is stopped (state `T` in
+            // /proc/PID/stat), not merely signalled.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                if matches!(state, Some('T' | 't')) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("nats-server {pid} did not stop after SIGSTOP");
         }
     }
 

@@ -44,7 +44,13 @@ pub const HEADERS_BYTES_RESERVED: usize = 512;
 /// at most `max_payload` bytes, what a read holds is bounded.
 pub const READ_BATCH_MESSAGES_MAX: i64 = 16;
 
-/// The message id of the fence for lease `epoch`.
+/// The message id of the marker an owner under `epoch` appends at `seq`
+/// before it stores a snapshot ([`PartitionLog::mark`]).
+pub fn mark_msg_id(epoch: u64, seq: u64) -> String {
+    format!("mark-{epoch}-{seq}")
+}
+
+/// The message id of the fence a new owner under `epoch` appends.
 pub fn fence_msg_id(epoch: u64) -> String {
     format!("fence-{epoch}")
 }
@@ -184,6 +190,31 @@ impl PartitionLog {
         self.send(expected_last_seq, headers, payload, msg_id).await
     }
 
+    /// [`PartitionLog::start_append`] that also expects the stream's last
+    /// message to be `expected_last_id` (`Nats-Expected-Last-Msg-Id`). A
+    /// writer pipelining several messages expects each one's predecessor
+    /// by id as well as by sequence: if its first message is refused
+    /// because a new owner's fence took that sequence, the second, which
+    /// expects exactly the fence's sequence, is refused too, instead of
+    /// landing after the fence (the simulator's `sequence-only` case,
+    /// docs/decisions/0039).
+    pub async fn start_append_after(
+        &self,
+        expected_last_seq: u64,
+        expected_last_id: &str,
+        payload: Bytes,
+        msg_id: &str,
+    ) -> Result<PendingAppend, ClusterError> {
+        self.check_size(&payload)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, expected_last_seq.to_string().as_str());
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, expected_last_id);
+        if !msg_id.is_empty() {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        }
+        self.send(expected_last_seq, headers, payload, msg_id).await
+    }
+
     async fn send(
         &self,
         expected: u64,
@@ -237,7 +268,7 @@ impl PartitionLog {
     /// stream (a deposed one is refused here, as at any append). Its
     /// message id names its place, so a retry is recognised.
     pub async fn mark(&self, expected_last_seq: u64, epoch: u64) -> Result<u64, ClusterError> {
-        let msg_id = format!("mark-{epoch}-{}", expected_last_seq + 1);
+        let msg_id = mark_msg_id(epoch, expected_last_seq + 1);
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, expected_last_seq.to_string().as_str());
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());

@@ -395,10 +395,12 @@ impl<G: Game> Shared<G> {
                     break;
                 }
                 let wanted = held_now() < target || stale.contains(&p);
-                if wanted && view.owners[p as usize].is_none() && !holds(p) {
-                    if let Err(e) = self.take_over(p) {
-                        self.log(format!("taking partition {p} over: {e}"));
-                    }
+                if wanted
+                    && view.owners[p as usize].is_none()
+                    && !holds(p)
+                    && let Err(e) = self.take_over(p)
+                {
+                    self.log(format!("taking partition {p} over: {e}"));
                 }
             }
         } else if held_now() > target && settled {

@@ -24,6 +24,10 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 /// are requests of their own, each bounded by the request timeout).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A stored snapshot's description: `next=<first sequence it does not
+/// cover>`.
+const NEXT_PREFIX: &str = "next=";
+
 /// A cluster's snapshots.
 #[derive(Clone)]
 pub struct Snapshots {
@@ -88,6 +92,60 @@ impl Snapshots {
         })
         .await?;
         Ok(())
+    }
+
+    /// Stores `bytes`, a snapshot that covers the stream below `next`, as
+    /// partition `partition`'s, unless the one stored covers as much or
+    /// more: an owner deposed while it was snapshotting must not put an
+    /// older snapshot in place of its successor's, whose purge already
+    /// removed what the older one would need (the simulator's
+    /// `snapshot-replaces` case, docs/decisions/0039). Returns whether it
+    /// stored it. (A read, then a put: a writer that stalls between the two
+    /// can still race; the fenced marker before every snapshot makes a
+    /// deposed writer rare here, and recovery refuses, never misreads, the
+    /// stream a lost race leaves.)
+    pub async fn put_newer(&self, partition: u32, next: u64, bytes: &[u8]) -> Result<bool, ClusterError> {
+        let what = format!("storing partition {partition}'s snapshot");
+        if bytes.len() as u64 > self.bytes_max {
+            return Err(ClusterError::TooLarge { what, bytes: bytes.len() as u64, max: self.bytes_max });
+        }
+        let name = self.nats.names().snapshot_object(partition);
+        let timeout = self.nats.request_timeout();
+        if let Some(stored) = self.stored_next(&name, timeout).await?
+            && stored >= next
+        {
+            return Ok(false);
+        }
+        let meta = object_store::ObjectMetadata {
+            name: name.clone(),
+            description: Some(format!("{NEXT_PREFIX}{next}")),
+            ..Default::default()
+        };
+        let mut reader = bytes;
+        bounded(&what, SNAPSHOT_TIMEOUT, async {
+            self.store.put(meta, &mut reader).await.map_err(|e| classify(what.as_str(), &e, timeout))
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// The `next` the stored snapshot named `name` covers, from its
+    /// description (`None`: none stored, or stored without one).
+    async fn stored_next(&self, name: &str, timeout: Duration) -> Result<Option<u64>, ClusterError> {
+        let what = format!("reading {name}'s info");
+        bounded(&what, timeout, async {
+            match self.store.info(name).await {
+                Ok(info) if !info.deleted => Ok(info
+                    .description
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix(NEXT_PREFIX))
+                    .and_then(|n| n.parse().ok())),
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+                Err(e) => Err(classify(what.as_str(), &e, timeout)),
+            }
+        })
+        .await
     }
 
     /// Partition `partition`'s snapshot, `None` if it has none.

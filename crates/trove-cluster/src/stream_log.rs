@@ -47,6 +47,9 @@ pub struct StreamLog<E> {
     /// The stream's last sequence as this owner knows it: the next append
     /// expects it.
     last: u64,
+    /// The id of the message at `last` (this owner's fence, marker or
+    /// append): the next append expects it too.
+    last_id: String,
     /// Frames encoded and not yet sent, one message each.
     encoded: Vec<Bytes>,
     /// Sent and not yet acknowledged, in order.
@@ -69,8 +72,9 @@ impl<E> std::fmt::Debug for StreamLog<E> {
 }
 
 impl<E> StreamLog<E> {
-    /// The log of a partition whose stream ends at `last` (the new
-    /// owner's fence), appended to under lease `epoch`.
+    /// The log of a partition whose stream ends at `last`, the new owner's
+    /// fence (`crate::log::fence_msg_id(epoch)`), appended to under lease
+    /// `epoch`.
     pub fn new(
         log: PartitionLog,
         snapshots: Snapshots,
@@ -88,6 +92,7 @@ impl<E> StreamLog<E> {
             partition,
             epoch,
             last,
+            last_id: crate::log::fence_msg_id(epoch),
             encoded: Vec::new(),
             sent: Vec::new(),
             body_bytes_max: payload_max.saturating_sub(FRAME_HEAD_BYTES),
@@ -170,8 +175,17 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
         for frame in frames {
             let expected = self.last + self.sent.len() as u64;
             let msg_id = append_msg_id(self.partition, self.epoch, expected + 1);
+            // The predecessor by id as well as by sequence: a pipelined
+            // message must not land after another owner's fence.
+            let after = match self.sent.is_empty() {
+                true => self.last_id.clone(),
+                false => append_msg_id(self.partition, self.epoch, expected),
+            };
             bytes += frame.len() as u64;
-            let pending = self.runtime.block_on(self.log.start_append(expected, frame, &msg_id)).map_err(log_error)?;
+            let pending = self
+                .runtime
+                .block_on(self.log.start_append_after(expected, &after, frame, &msg_id))
+                .map_err(log_error)?;
             self.sent.push(pending);
         }
         self.metrics.appended_bytes.fetch_add(bytes, Relaxed);
@@ -192,6 +206,7 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
                 return Err(out_of_place(self.partition, seq, self.last));
             }
             self.last = seq;
+            self.last_id = append_msg_id(self.partition, self.epoch, seq);
             self.metrics.appends.fetch_add(1, Relaxed);
         }
         self.metrics.append_ack_ns.record(started.elapsed().as_nanos() as u64);
@@ -218,6 +233,7 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
             return Err(out_of_place(self.partition, mark, self.last));
         }
         self.last = mark;
+        self.last_id = crate::log::mark_msg_id(self.epoch, mark);
         let next = self.last + 1;
         let bytes = bytes(next);
         if let Err(e) = trove_journal::snapshot::decode_snapshot(&bytes) {
@@ -225,10 +241,20 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
             self.metrics.snapshot_failures.fetch_add(1, Relaxed);
             return Ok(0);
         }
-        if let Err(e) = self.runtime.block_on(self.snapshots.put(self.partition, &bytes)) {
-            eprintln!("trove: partition {}: storing a snapshot: {e}; the stream is kept", self.partition);
-            self.metrics.snapshot_failures.fetch_add(1, Relaxed);
-            return Ok(0);
+        match self.runtime.block_on(self.snapshots.put_newer(self.partition, next, &bytes)) {
+            Ok(true) => {}
+            Ok(false) => {
+                // A newer one is stored: another owner took over meanwhile.
+                return Err(LogError {
+                    kind: LogErrorKind::Fenced,
+                    message: format!("partition {}: a newer snapshot is stored", self.partition),
+                });
+            }
+            Err(e) => {
+                eprintln!("trove: partition {}: storing a snapshot: {e}; the stream is kept", self.partition);
+                self.metrics.snapshot_failures.fetch_add(1, Relaxed);
+                return Ok(0);
+            }
         }
         if let Err(e) = self.runtime.block_on(self.log.purge_below(next)) {
             eprintln!("trove: partition {}: purging below its snapshot: {e}", self.partition);
