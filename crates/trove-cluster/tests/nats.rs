@@ -112,13 +112,7 @@ async fn hostile_values_in_kv_are_typed_errors() {
     // others), and nobody can acquire it while the key lives.
     let map = nats.leases().owners(4).await.unwrap();
     assert!(map[1].is_none());
-    let me = trove_cluster::Owner {
-        node: "n".into(),
-        tcp: "127.0.0.1:1".into(),
-        ws: String::new(),
-        control: String::new(),
-    };
-    assert!(nats.leases().acquire(1, &me).await.unwrap().is_none());
+    assert!(nats.leases().acquire(1, &owner("n")).await.unwrap().is_none());
     // A stream under a partition's name that would drop messages, or
     // listens on another subject, is refused, not used as a journal.
     js.create_stream(async_nats::jetstream::stream::Config {
