@@ -29,8 +29,12 @@ use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, TreasureHunt};
 const HUNTS: u32 = 24;
 /// Every wait's bound: the tests check behaviour, not speed.
 const DEADLINE: Duration = Duration::from_secs(60);
-/// The lease TTL the first node creates the cluster with.
-const LEASE_MS: &str = "1500";
+/// The lease TTL the first node creates the cluster with
+/// (`TROVE_TEST_LEASE_MS` overrides it, to measure failover with the
+/// default, 3000).
+fn lease_ms() -> String {
+    std::env::var("TROVE_TEST_LEASE_MS").unwrap_or_else(|_| "1500".into())
+}
 
 fn hunt_config() -> HuntConfig {
     HuntConfig { players_max: 1 << 20, ..common::hunt_config() }
@@ -45,6 +49,7 @@ struct Node {
 
 impl Node {
     fn start(urls: &str, name: &str, extra: &[&str]) -> Node {
+        let lease = lease_ms();
         let mut args = vec![
             "--cluster",
             urls,
@@ -57,7 +62,7 @@ impl Node {
             "--control",
             "127.0.0.1:0",
             "--lease-ms",
-            LEASE_MS,
+            &lease,
             "--snapshot-ms",
             "2000",
         ];
