@@ -45,6 +45,11 @@ pub enum RecoverError {
     /// place: never applied, never skipped.
     #[error("partition {partition}: {message}")]
     Damaged { partition: u32, message: String },
+    /// The stream changed under the read (its owner snapshotted and
+    /// purged meanwhile): nothing was applied from a partial read; read
+    /// again.
+    #[error("partition {partition}: {message}")]
+    Raced { partition: u32, message: String },
 }
 
 /// What a partition was rebuilt to.
@@ -102,11 +107,10 @@ pub async fn recover_partition<G: Game>(
     let mut expected = from;
     while let Some(m) = reader.next().await? {
         if m.seq != expected {
-            return Err(damaged(format!(
-                "message {} follows {}: messages were removed during the read",
-                m.seq,
-                expected - 1
-            )));
+            return Err(RecoverError::Raced {
+                partition,
+                message: format!("message {} follows {}: messages were removed during the read", m.seq, expected - 1),
+            });
         }
         expected += 1;
         if m.fence.is_some() {
@@ -121,7 +125,14 @@ pub async fn recover_partition<G: Game>(
         }
     }
     if written && expected != reader.last() + 1 {
-        return Err(damaged(format!("the read ended at {} short of {}", expected - 1, reader.last())));
+        return Err(RecoverError::Raced {
+            partition,
+            message: format!(
+                "the read ended at {} short of {}: messages were removed during it",
+                expected - 1,
+                reader.last()
+            ),
+        });
     }
     Ok(RecoveredPartition { rebuilt, last: reader.last(), replayed, from })
 }

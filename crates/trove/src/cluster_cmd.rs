@@ -20,6 +20,10 @@ use crate::cli::{Replay, Serve};
 pub const PARTITIONS_DEFAULT: u32 = 8;
 /// The cluster's name unless `--cluster-name` says.
 pub const CLUSTER_NAME_DEFAULT: &str = "trove";
+/// Reads of one partition `trove replay --cluster` makes while its live
+/// owner's snapshots purge the stream under it.
+const REPLAY_ATTEMPTS_MAX: usize = 5;
+
 /// A lease's TTL unless `--lease-ms` says.
 pub const LEASE_MS_DEFAULT: u64 = 3000;
 
@@ -41,6 +45,35 @@ fn nats_runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("NATS runtime: {e}"))
+}
+
+/// How long a starting node waits for its NATS servers to answer
+/// (JetStream electing its leaders after a restart).
+const START_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Connects to the cluster, and creates its config or adopts the one
+/// there: a joining node takes the cluster's partition count and
+/// `worlds_max` unless it names another count, which must then match (a
+/// typed error).
+async fn join(
+    urls: &[String],
+    name: &str,
+    replicas: usize,
+    lease: Duration,
+    partitions: Option<u32>,
+    worlds_max: u64,
+) -> Result<(Nats, ClusterConfig), trove_cluster::ClusterError> {
+    let nats = Nats::connect(urls, name, replicas, lease).await?;
+    let existing = trove_cluster::config::read(&nats).await.ok().flatten();
+    let wanted = ClusterConfig {
+        format: CONFIG_FORMAT,
+        game: TreasureHunt::NAME.to_string(),
+        record_size: <TreasureHunt as Game>::Event::SIZE as u32,
+        partitions: partitions.or(existing.as_ref().map(|c| c.partitions)).unwrap_or(PARTITIONS_DEFAULT),
+        worlds_max: existing.as_ref().map_or(worlds_max, |c| c.worlds_max),
+    };
+    let config = nats.ensure_config(&wanted).await?;
+    Ok((nats, config))
 }
 
 /// `not_owner` messages from the node's map.
@@ -143,20 +176,24 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let replicas = args.replicas.unwrap_or(1) as usize;
     let lease = Duration::from_millis(args.lease_ms.unwrap_or(LEASE_MS_DEFAULT));
     let runtime = nats_runtime()?;
-    let nats = runtime.block_on(Nats::connect(&urls, name, replicas, lease)).map_err(|e| e.to_string())?;
+    let worlds_max = engine.worlds_max as u64;
+    // A cluster just started (or electing its leaders) answers "no
+    // responders" for a moment: a start waits for it, a bounded time, and
+    // fails with anything else at once.
+    let joined = runtime.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            match join(&urls, name, replicas, lease, args.partitions, worlds_max).await {
+                Err(e) if e.is_unavailable() && started.elapsed() < START_WAIT_MAX => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => break r,
+            }
+        }
+    });
+    let (nats, config) = joined.map_err(|e| e.to_string())?;
     // The first node's TTL holds for the cluster.
     let ttl = nats.lease_ttl();
-    // A node that joins takes the cluster's partition count and bound
-    // unless it names others, which must then match (a typed error).
-    let existing = runtime.block_on(trove_cluster::config::read(&nats)).ok().flatten();
-    let wanted = ClusterConfig {
-        format: CONFIG_FORMAT,
-        game: TreasureHunt::NAME.to_string(),
-        record_size: <TreasureHunt as Game>::Event::SIZE as u32,
-        partitions: args.partitions.or(existing.as_ref().map(|c| c.partitions)).unwrap_or(PARTITIONS_DEFAULT),
-        worlds_max: existing.as_ref().map_or(engine.worlds_max as u64, |c| c.worlds_max),
-    };
-    let config = runtime.block_on(nats.ensure_config(&wanted)).map_err(|e| e.to_string())?;
     engine.cluster = true;
     engine.journal = None;
     // Engine time on a cluster's nodes counts from one origin (the wall
@@ -274,9 +311,16 @@ pub fn replay(args: &Replay) -> Result<(), String> {
         let mut messages = 0;
         for p in 0..config.partitions {
             let log = nats.log(p).await.map_err(|e| e.to_string())?;
-            let r = trove_cluster::recover_partition::<TreasureHunt>(&log, &snapshots, core, None, |_, _, _| {})
-                .await
-                .map_err(|e| e.to_string())?;
+            // A live owner may snapshot and purge under the read: read
+            // again from its newer snapshot.
+            let mut attempt = 0;
+            let r = loop {
+                match trove_cluster::recover_partition::<TreasureHunt>(&log, &snapshots, core, None, |_, _, _| {}).await
+                {
+                    Err(trove_cluster::RecoverError::Raced { .. }) if attempt < REPLAY_ATTEMPTS_MAX => attempt += 1,
+                    r => break r.map_err(|e| e.to_string())?,
+                }
+            };
             messages += r.replayed;
             hashes.extend(r.rebuilt.state().world_hashes());
         }

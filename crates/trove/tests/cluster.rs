@@ -217,17 +217,19 @@ fn busiest(map: &[String], nodes: &[Node]) -> usize {
     (0..nodes.len()).max_by_key(|&i| map.iter().filter(|o| **o == nodes[i].name).count()).unwrap()
 }
 
-/// Three nodes on one NATS server; 20 times the owner of the most
-/// partitions is killed with SIGKILL under load and started again.
+/// Three nodes on three NATS servers (every stream and bucket with 3
+/// replicas); 20 times the owner of the most partitions is killed with
+/// SIGKILL under load and started again.
 #[test]
 fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
     if !nats_server_or_skip("a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost") {
         return;
     }
     common::raise_file_limit();
-    let nats = NatsServer::start();
-    let urls = nats.url();
-    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::start(&urls, n, &[])).collect();
+    let nats = NatsCluster::start(3);
+    let urls = nats.urls().join(",");
+    let replicas = ["--replicas", "3"];
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::start(&urls, n, &replicas)).collect();
     wait_owned(&nodes[0], &["a", "b", "c"]);
     let seeds: Vec<String> = nodes.iter().map(|n| n.at.control.to_string()).collect();
     let (seen, stop, producer) = start_producing(seeds, 20_000);
@@ -256,7 +258,7 @@ fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
         }
         failovers.push(killed.elapsed());
         let name = nodes[victim].name.clone();
-        nodes[victim] = Node::start(&urls, &name, &[]);
+        nodes[victim] = Node::start(&urls, &name, &replicas);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer.join().expect("the producer finished: every event answered");
@@ -268,7 +270,7 @@ fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
         failovers[0], failovers[10], failovers[19]
     );
     let refs: Vec<&Node> = nodes.iter().collect();
-    check_hunts(&refs, &urls, "1", &seen);
+    check_hunts(&refs, &urls, "3", &seen);
     // The cluster's figures are in /metrics: the nodes that survived took
     // partitions over from killed ones.
     let mut failovers = 0;
