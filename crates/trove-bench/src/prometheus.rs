@@ -110,6 +110,36 @@ impl Scrape {
     }
 }
 
+/// `promtool check metrics` on a scrape, when promtool is installed (CI
+/// installs it): panics, with promtool's words, on a scrape it refuses.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("note: promtool is not on PATH; skipping `promtool check metrics` (CI installs it)");
+            return;
+        }
+        Err(e) => panic!("running promtool: {e}"),
+    };
+    child.stdin.take().expect("piped").write_all(text.as_bytes()).expect("promtool reads its input");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

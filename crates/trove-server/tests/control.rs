@@ -95,7 +95,7 @@ impl Harness {
         let ct = r.header("content-type").unwrap_or_default();
         assert!(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), "content type {ct}");
         let scrape = Scrape::parse(&r.body).unwrap_or_else(|e| panic!("invalid exposition: {e}\n{}", r.body));
-        promtool_check(&r.body);
+        trove_bench::prometheus::promtool_check(&r.body);
         scrape
     }
 
@@ -495,34 +495,6 @@ fn check_histogram(name: &str, f: &Family) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `promtool check metrics` on the scrape, when promtool is installed.
-fn promtool_check(text: &str) {
-    use std::process::{Command, Stdio};
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("note: promtool is not on PATH; skipping `promtool check metrics` (CI installs it)");
-            return;
-        }
-        Err(e) => panic!("running promtool: {e}"),
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------

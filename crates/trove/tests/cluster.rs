@@ -283,35 +283,10 @@ fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
         ] {
             assert!(text.contains(family), "{family} missing from {}'s /metrics", n.name);
         }
-        promtool_check(&text);
+        trove_bench::prometheus::promtool_check(&text);
         failovers += common::metric(n.at.control, "trove_cluster_failovers_total").unwrap_or(0);
     }
     assert!(failovers > 0, "no node counted a failover");
-}
-
-/// `promtool check metrics` on a scrape, when promtool is installed (CI
-/// installs it).
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("note: promtool is not on PATH; skipping `promtool check metrics` (CI installs it)");
-        return;
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Acknowledgements counted so far.
