@@ -290,14 +290,18 @@ impl PartitionLog {
             Some(_) => Err(fenced),
             None => {
                 let bounds = self.bounds().await?;
-                if bounds.last <= expected {
+                if bounds.first > expected + 1 {
+                    // Purged past it: the writer is far behind.
+                    Err(fenced)
+                } else {
+                    // Nothing committed there yet, or a replica that has
+                    // not applied it yet answered the read (direct gets
+                    // may be served by any replica): whose message it is
+                    // cannot be told now, so the writer asks again later.
                     Err(ClusterError::Unavailable {
                         what: format!("appending to partition {}", self.partition),
                         why: Unavailability::Uncommitted { expected, actual },
                     })
-                } else {
-                    // Purged past it: the writer is far behind.
-                    Err(fenced)
                 }
             }
         }

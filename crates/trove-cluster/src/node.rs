@@ -243,8 +243,16 @@ fn run<G: Game>(s: &Shared<G>) {
             std::thread::sleep(Duration::from_millis(20).min(tick));
         }
     }
-    let held = std::mem::take(&mut *s.held.lock().unwrap_or_else(|e| e.into_inner()));
-    for (p, h) in held {
+    // One at a time, each taken out of `held` only when its turn comes:
+    // the renewal thread keeps renewing the others while the earlier ones
+    // drain and snapshot (a long leave must not let them lapse).
+    loop {
+        let next = {
+            let mut held = s.held.lock().unwrap_or_else(|e| e.into_inner());
+            let p = held.keys().next().copied();
+            p.and_then(|p| held.remove(&p).map(|h| (p, h)))
+        };
+        let Some((p, h)) = next else { break };
         s.release(p, h, true);
     }
     s.metrics.partitions_owned.store(0, Relaxed);

@@ -28,6 +28,10 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// cover>`.
 const NEXT_PREFIX: &str = "next=";
 
+/// Snapshot objects a partition may have at once (normally one, two while
+/// one replaces another): more is not a trove-made store.
+const SNAPSHOT_OBJECTS_MAX: usize = 1 << 16;
+
 /// A cluster's snapshots.
 #[derive(Clone)]
 pub struct Snapshots {
@@ -95,55 +99,80 @@ impl Snapshots {
     }
 
     /// Stores `bytes`, a snapshot that covers the stream below `next`, as
-    /// partition `partition`'s, unless the one stored covers as much or
-    /// more: an owner deposed while it was snapshotting must not put an
-    /// older snapshot in place of its successor's, whose purge already
+    /// partition `partition`'s, unless one stored covers as much or more.
+    /// Each snapshot is an object of its own, named after what it covers
+    /// (`p<N>-<next>`), and [`Snapshots::get`] reads the one that covers
+    /// most: an owner deposed while it was snapshotting can store an older
+    /// snapshot, but never in place of its successor's, whose purge already
     /// removed what the older one would need (the simulator's
-    /// `snapshot-replaces` case, docs/decisions/0039). Returns whether it
-    /// stored it. (A read, then a put: a writer that stalls between the two
-    /// can still race; the fenced marker before every snapshot makes a
-    /// deposed writer rare here, and recovery refuses, never misreads, the
-    /// stream a lost race leaves.)
+    /// `snapshot-replaces` case, docs/decisions/0039). Older objects of the
+    /// partition are then removed (best effort). Returns whether it stored
+    /// it.
     pub async fn put_newer(&self, partition: u32, next: u64, bytes: &[u8]) -> Result<bool, ClusterError> {
         let what = format!("storing partition {partition}'s snapshot");
         if bytes.len() as u64 > self.bytes_max {
             return Err(ClusterError::TooLarge { what, bytes: bytes.len() as u64, max: self.bytes_max });
         }
-        let name = self.nats.names().snapshot_object(partition);
-        let timeout = self.nats.request_timeout();
-        if let Some(stored) = self.stored_next(&name, timeout).await?
-            && stored >= next
-        {
+        let stored = self.objects_of(partition).await?;
+        if stored.iter().any(|&(_, n)| n >= next) {
             return Ok(false);
         }
+        let name = format!("{}-{next:020}", self.nats.names().snapshot_object(partition));
         let meta = object_store::ObjectMetadata {
             name: name.clone(),
             description: Some(format!("{NEXT_PREFIX}{next}")),
             ..Default::default()
         };
+        let timeout = self.nats.request_timeout();
         let mut reader = bytes;
         bounded(&what, SNAPSHOT_TIMEOUT, async {
             self.store.put(meta, &mut reader).await.map_err(|e| classify(what.as_str(), &e, timeout))
         })
         .await?;
+        for (old, n) in stored {
+            if n < next {
+                let deleting =
+                    async { self.store.delete(old.as_str()).await.map_err(|e| classify(what.as_str(), &e, timeout)) };
+                let _ = bounded(&what, timeout, deleting).await;
+            }
+        }
         Ok(true)
     }
 
-    /// The `next` the stored snapshot named `name` covers, from its
-    /// description (`None`: none stored, or stored without one).
-    async fn stored_next(&self, name: &str, timeout: Duration) -> Result<Option<u64>, ClusterError> {
-        let what = format!("reading {name}'s info");
-        bounded(&what, timeout, async {
-            match self.store.info(name).await {
-                Ok(info) if !info.deleted => Ok(info
-                    .description
-                    .as_deref()
-                    .and_then(|d| d.strip_prefix(NEXT_PREFIX))
-                    .and_then(|n| n.parse().ok())),
-                Ok(_) => Ok(None),
-                Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
-                Err(e) => Err(classify(what.as_str(), &e, timeout)),
+    /// Partition `partition`'s snapshot objects and the `next` each
+    /// covers: `p<N>-<next>` objects, and a `p<N>` object ([`Snapshots::put`])
+    /// as covering its description's `next=`, or 0.
+    async fn objects_of(&self, partition: u32) -> Result<Vec<(String, u64)>, ClusterError> {
+        use futures_util::StreamExt;
+        let what = format!("listing partition {partition}'s snapshots");
+        let base = self.nats.names().snapshot_object(partition);
+        let timeout = self.nats.request_timeout();
+        bounded(&what, SNAPSHOT_TIMEOUT, async {
+            let mut list = self.store.list().await.map_err(|e| classify(what.as_str(), &e, timeout))?;
+            let mut out = Vec::new();
+            while let Some(info) = list.next().await {
+                let info = info.map_err(|e| classify(what.as_str(), &e, timeout))?;
+                if info.deleted {
+                    continue;
+                }
+                let next = if info.name == base {
+                    info.description.as_deref().and_then(|d| d.strip_prefix(NEXT_PREFIX)).and_then(|n| n.parse().ok())
+                } else {
+                    info.name.strip_prefix(base.as_str()).and_then(|r| r.strip_prefix('-')).and_then(|n| n.parse().ok())
+                };
+                match next {
+                    Some(n) => out.push((info.name, n)),
+                    None if info.name == base => out.push((info.name, 0)),
+                    None => {}
+                }
+                if out.len() > SNAPSHOT_OBJECTS_MAX {
+                    return Err(ClusterError::Malformed {
+                        what: what.clone(),
+                        message: format!("more than {SNAPSHOT_OBJECTS_MAX} snapshot objects"),
+                    });
+                }
             }
+            Ok(out)
         })
         .await
     }
@@ -151,7 +180,10 @@ impl Snapshots {
     /// Partition `partition`'s snapshot, `None` if it has none.
     pub async fn get(&self, partition: u32) -> Result<Option<Bytes>, ClusterError> {
         let what = format!("reading partition {partition}'s snapshot");
-        let name = self.nats.names().snapshot_object(partition);
+        // The one that covers most (see `put_newer`).
+        let Some((name, _)) = self.objects_of(partition).await?.into_iter().max_by_key(|&(_, n)| n) else {
+            return Ok(None);
+        };
         let timeout = self.nats.request_timeout();
         bounded(&what, SNAPSHOT_TIMEOUT, async {
             let info = match self.store.info(name.as_str()).await {
