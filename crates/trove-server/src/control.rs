@@ -825,18 +825,7 @@ async fn with_hunt<G: ControlGame>(
     // Cluster mode: a hunt of a partition another node owns is not
     // "unknown" here; the answer names the owner (asked again after the
     // read, for a partition that moved meanwhile).
-    let not_owner = || {
-        let shard = trove_core::shard_of(id, ctx.info.shards.max(1));
-        let owner = match &ctx.owners {
-            Some(o) => o.describe_owner(shard),
-            None => format!("partition {shard} is not served here"),
-        };
-        error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "not_owner",
-            format!("this node does not own partition {shard}: {owner}"),
-        )
-    };
+    let not_owner = || not_owner_error(ctx, trove_core::shard_of(id, ctx.info.shards.max(1)));
     if !ctx.engine.owns_world(id) {
         return Err(not_owner());
     }
@@ -849,6 +838,12 @@ async fn with_hunt<G: ControlGame>(
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine did not answer in time".into()))
         }
     }
+}
+
+/// 421 `not_owner`: another node owns `shard`'s partition (cluster mode).
+fn not_owner_error<G: Game>(ctx: &Ctx<G>, shard: usize) -> Response {
+    let message = crate::not_owner_message(ctx.owners.as_deref(), shard);
+    error(StatusCode::MISDIRECTED_REQUEST, "not_owner", message)
 }
 
 type PathArg<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
@@ -1019,17 +1014,7 @@ async fn submit_one<G: ControlGame>(ctx: &Ctx<G>, event: G::Event) -> Result<G::
             Err(SubmitError::Failed) => {
                 return Err(failed(trove_shard::Lost::Failed(crate::failure_reason(&producer))));
             }
-            Err(SubmitError::NotOwner { shard }) => {
-                let owner = match &ctx.owners {
-                    Some(o) => o.describe_owner(shard),
-                    None => format!("partition {shard} is not served here"),
-                };
-                return Err(error(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "not_owner",
-                    format!("this node does not own partition {shard}: {owner}"),
-                ));
-            }
+            Err(SubmitError::NotOwner { shard }) => return Err(not_owner_error(ctx, shard)),
             Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:?}"))),
         }
     }

@@ -686,6 +686,16 @@ pub trait Owners: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// What `not_owner` says (the data plane's ERROR and the control plane's
+/// 421): this node does not own `shard`'s partition, and who does.
+pub(crate) fn not_owner_message(owners: Option<&dyn Owners>, shard: usize) -> String {
+    let owner = match owners {
+        Some(o) => o.describe_owner(shard),
+        None => format!("partition {shard} is not served here"),
+    };
+    format!("this node does not own partition {shard}: {owner}")
+}
+
 impl<G: WireGame> Shared<G> {
     /// The ERROR for a batch refused because this node does not own
     /// `shard`'s partition.
@@ -696,11 +706,7 @@ impl<G: WireGame> Shared<G> {
                 format!("partition {shard} is being taken over by this node; resend shortly"),
             );
         }
-        let owner = match &self.owners {
-            Some(o) => o.describe_owner(shard),
-            None => format!("partition {shard} is not served here"),
-        };
-        (trove_proto::ErrorCode::NotOwner, format!("this node does not own partition {shard}: {owner}"))
+        (trove_proto::ErrorCode::NotOwner, not_owner_message(self.owners.as_deref(), shard))
     }
 
     /// The ERROR for batches in flight that will never complete.
