@@ -511,10 +511,7 @@ impl<G: Game> Shared<G> {
     /// Gives partition `p` up (already out of `held`): its shard vacated
     /// (with a snapshot on a clean hand-over), then its lease released.
     fn release(&self, p: u32, h: Held, snapshot: bool) {
-        if let Err(e) = self.engine.vacate_shard(p as usize, snapshot) {
-            self.log(format!("vacating partition {p}: {e}"));
-        }
-        self.set_owner(p, None);
+        self.vacate(p, snapshot);
         match self.block_on(self.nats.leases().release(h.lease)) {
             Ok(_) => {
                 if snapshot {
@@ -528,7 +525,13 @@ impl<G: Game> Shared<G> {
     /// A partition whose lease is gone: its shard vacated without a
     /// snapshot (another node may own it already).
     fn drop_partition(&self, p: u32) {
-        if let Err(e) = self.engine.vacate_shard(p as usize, false) {
+        self.vacate(p, false);
+    }
+
+    /// Vacates `p`'s shard (a snapshot first if `snapshot`) and clears it
+    /// from the view.
+    fn vacate(&self, p: u32, snapshot: bool) {
+        if let Err(e) = self.engine.vacate_shard(p as usize, snapshot) {
             self.log(format!("vacating partition {p}: {e}"));
         }
         self.set_owner(p, None);
