@@ -92,7 +92,12 @@ impl Leases {
     }
 
     fn store(&self) -> &kv::Store {
-        &self.nats.inner.leases
+        &self.presence().leases
+    }
+
+    fn presence(&self) -> &crate::Presence {
+        // `Nats::leases` refuses a reader's connection.
+        self.nats.inner.presence.as_ref().expect("a node's connection has the presence buckets")
     }
 
     fn encode(owner: &Owner, epoch: Option<u64>) -> Result<bytes::Bytes, ClusterError> {
@@ -202,7 +207,7 @@ impl Leases {
         let value = Self::encode(owner, None)?;
         let timeout = self.nats.request_timeout();
         bounded(&what, timeout, async {
-            self.nats.inner.nodes.put(&owner.node, value).await.map_err(|e| classify(what.as_str(), &e, timeout))
+            self.presence().nodes.put(&owner.node, value).await.map_err(|e| classify(what.as_str(), &e, timeout))
         })
         .await?;
         Ok(())
@@ -214,7 +219,7 @@ impl Leases {
         let what = format!("removing node {node}");
         let timeout = self.nats.request_timeout();
         bounded(&what, timeout, async {
-            self.nats.inner.nodes.delete(node).await.map_err(|e| classify(what.as_str(), &e, timeout))
+            self.presence().nodes.delete(node).await.map_err(|e| classify(what.as_str(), &e, timeout))
         })
         .await
     }
@@ -224,7 +229,7 @@ impl Leases {
     pub async fn nodes(&self) -> Result<Vec<Owner>, ClusterError> {
         let what = "listing the cluster's nodes";
         let timeout = self.nats.request_timeout();
-        let nodes = &self.nats.inner.nodes;
+        let nodes = &self.presence().nodes;
         let keys = bounded(what, timeout * 2, async {
             let mut keys = nodes.keys().await.map_err(|e| classify(what, &e, timeout))?;
             let mut out = Vec::new();

@@ -88,6 +88,14 @@ pub(crate) struct Inner {
     request_timeout: Duration,
     /// The leases bucket's `max_age`: the TTL its creator chose.
     lease_ttl: Duration,
+    /// The leases and nodes buckets; `None` on a reader's connection
+    /// ([`Nats::connect_reader`]), which creates nothing.
+    pub(crate) presence: Option<Presence>,
+}
+
+/// The buckets a node's leases and presence live in.
+#[derive(Debug)]
+pub(crate) struct Presence {
     pub(crate) leases: kv::Store,
     pub(crate) nodes: kv::Store,
 }
@@ -115,40 +123,19 @@ impl Nats {
         lease_ttl: Duration,
         request_timeout: Duration,
     ) -> Result<Nats, ClusterError> {
-        let names = Names::new(cluster)?;
-        let joined = urls.join(",");
-        let connect_error = |message: String| ClusterError::Connect { urls: joined.clone(), message };
-        if urls.is_empty() {
-            return Err(connect_error("no server given".to_string()));
-        }
         if replicas == 0 || replicas > REPLICAS_MAX {
-            return Err(connect_error(format!("replicas {replicas} is not in 1..={REPLICAS_MAX}")));
+            return Err(ClusterError::Connect {
+                urls: urls.join(","),
+                message: format!("replicas {replicas} is not in 1..={REPLICAS_MAX}"),
+            });
         }
         if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&lease_ttl) {
-            return Err(connect_error(format!(
-                "lease TTL {lease_ttl:?} is outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"
-            )));
+            return Err(ClusterError::Connect {
+                urls: urls.join(","),
+                message: format!("lease TTL {lease_ttl:?} is outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"),
+            });
         }
-        let mut addrs = Vec::with_capacity(urls.len());
-        for u in urls {
-            addrs.push(u.parse::<async_nats::ServerAddr>().map_err(|e| connect_error(format!("{u}: {e}")))?);
-        }
-        let options = async_nats::ConnectOptions::new()
-            .connection_timeout(request_timeout)
-            .request_timeout(Some(request_timeout))
-            .name(format!("trove {cluster}"))
-            // Back to a restarted server quickly, not after the default
-            // backoff of up to seconds.
-            .reconnect_delay_callback(|attempts| Duration::from_millis(100 * attempts.min(10) as u64));
-        let client = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addrs)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(connect_error(error::chain(&e))),
-            Err(_) => return Err(connect_error(format!("no server answered within {CONNECT_TIMEOUT:?}"))),
-        };
-        let jetstream = jetstream::ContextBuilder::new()
-            .timeout(request_timeout)
-            .ack_timeout(request_timeout)
-            .build(client.clone());
+        let (client, jetstream, names) = dial(urls, cluster, request_timeout).await?;
         let presence = |bucket: String| kv::Config {
             bucket,
             history: 1,
@@ -164,11 +151,34 @@ impl Nats {
         // The bucket is outside data: a TTL of 0 (no expiry) or of hours
         // would make leases never move, or the node's ticks spin.
         if !(LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(&lease_ttl) {
-            return Err(connect_error(format!(
-                "the leases bucket's TTL is {lease_ttl:?}, outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"
-            )));
+            return Err(ClusterError::Connect {
+                urls: urls.join(","),
+                message: format!(
+                    "the leases bucket's TTL is {lease_ttl:?}, outside {LEASE_TTL_MIN:?}..={LEASE_TTL_MAX:?}"
+                ),
+            });
         }
-        let nats = Inner { client, jetstream, names, replicas, request_timeout, lease_ttl, leases, nodes };
+        let presence = Some(Presence { leases, nodes });
+        let nats = Inner { client, jetstream, names, replicas, request_timeout, lease_ttl, presence };
+        Ok(Nats { inner: Arc::new(nats) })
+    }
+
+    /// A connection that only reads (`trove replay --cluster`): it creates
+    /// no bucket, stream or object store, and takes no lease. Open what
+    /// exists with [`Nats::open_log`] and [`Nats::open_snapshots`].
+    pub async fn connect_reader(urls: &[String], cluster: &str) -> Result<Nats, ClusterError> {
+        let (client, jetstream, names) = dial(urls, cluster, REQUEST_TIMEOUT).await?;
+        let nats = Inner {
+            client,
+            jetstream,
+            names,
+            // Nothing is created through this connection: no replicas or
+            // TTL of its own.
+            replicas: 0,
+            request_timeout: REQUEST_TIMEOUT,
+            lease_ttl: LEASE_TTL_DEFAULT,
+            presence: None,
+        };
         Ok(Nats { inner: Arc::new(nats) })
     }
 
@@ -177,7 +187,8 @@ impl Nats {
         &self.inner.names
     }
 
-    /// Replicas of every stream and bucket this connection creates.
+    /// Replicas of every stream and bucket this connection creates (0 on
+    /// a reader's, which creates none).
     pub fn replicas(&self) -> usize {
         self.inner.replicas
     }
@@ -213,7 +224,13 @@ impl Nats {
     }
 
     /// The cluster's leases and node presence.
+    ///
+    /// # Panics
+    ///
+    /// On a reader's connection ([`Nats::connect_reader`]): a reader
+    /// takes no lease, and only a node's code asks for them.
     pub fn leases(&self) -> Leases {
+        assert!(self.inner.presence.is_some(), "a reader's connection has no leases");
         Leases::new(self.clone())
     }
 
@@ -231,6 +248,52 @@ impl Nats {
     pub async fn snapshots(&self) -> Result<Snapshots, ClusterError> {
         Snapshots::open(self).await
     }
+
+    /// Partition `partition`'s log if its stream exists (nothing is
+    /// created): `None` for a partition never written.
+    pub async fn open_log(&self, partition: u32) -> Result<Option<PartitionLog>, ClusterError> {
+        PartitionLog::open_existing(self, partition).await
+    }
+
+    /// The cluster's snapshots if its object store exists (nothing is
+    /// created).
+    pub async fn open_snapshots(&self) -> Result<Option<Snapshots>, ClusterError> {
+        Snapshots::open_existing(self).await
+    }
+}
+
+/// Connects to the first reachable server of `urls` for cluster
+/// `cluster`: the client, its JetStream context and the cluster's names.
+async fn dial(
+    urls: &[String],
+    cluster: &str,
+    request_timeout: Duration,
+) -> Result<(async_nats::Client, jetstream::Context, Names), ClusterError> {
+    let names = Names::new(cluster)?;
+    let joined = urls.join(",");
+    let connect_error = |message: String| ClusterError::Connect { urls: joined.clone(), message };
+    if urls.is_empty() {
+        return Err(connect_error("no server given".to_string()));
+    }
+    let mut addrs = Vec::with_capacity(urls.len());
+    for u in urls {
+        addrs.push(u.parse::<async_nats::ServerAddr>().map_err(|e| connect_error(format!("{u}: {e}")))?);
+    }
+    let options = async_nats::ConnectOptions::new()
+        .connection_timeout(request_timeout)
+        .request_timeout(Some(request_timeout))
+        .name(format!("trove {cluster}"))
+        // Back to a restarted server quickly, not after the default
+        // backoff of up to seconds.
+        .reconnect_delay_callback(|attempts| Duration::from_millis(100 * attempts.min(10) as u64));
+    let client = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(addrs)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(connect_error(error::chain(&e))),
+        Err(_) => return Err(connect_error(format!("no server answered within {CONNECT_TIMEOUT:?}"))),
+    };
+    let jetstream =
+        jetstream::ContextBuilder::new().timeout(request_timeout).ack_timeout(request_timeout).build(client.clone());
+    Ok((client, jetstream, names))
 }
 
 /// Opens KV bucket `config.bucket`, creating it with `config` if absent
@@ -260,7 +323,7 @@ pub(crate) async fn open_kv(
 }
 
 /// Whether a KV open failed because the bucket's stream does not exist.
-fn is_stream_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_stream_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
         if let Some(g) = err.downcast_ref::<jetstream::context::GetStreamError>()

@@ -136,6 +136,35 @@ impl PartitionLog {
         Ok(PartitionLog { inner: Arc::new(LogInner { nats: nats.clone(), partition, stream_name, subject, stream }) })
     }
 
+    /// Opens partition `partition`'s stream if it exists, creating
+    /// nothing (for a reader: `trove replay --cluster`); `None` if the
+    /// partition was never written. Its replicas are whatever the cluster
+    /// made it with; its subject and limits are checked as on a node.
+    pub async fn open_existing(nats: &Nats, partition: u32) -> Result<Option<PartitionLog>, ClusterError> {
+        let names = nats.names();
+        let stream_name = names.stream(partition);
+        let subject = names.subject(partition);
+        let what = format!("opening stream {stream_name}");
+        let timeout = nats.request_timeout();
+        let js = nats.jetstream();
+        let stream = bounded(&what, timeout * 2, async {
+            match js.get_stream(&stream_name).await {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(classify(what.as_str(), &e, timeout)),
+            }
+        })
+        .await?;
+        let Some(stream) = stream else { return Ok(None) };
+        let found = &stream.cached_info().config;
+        let wanted =
+            stream::Config { subjects: vec![subject.clone()], num_replicas: found.num_replicas, ..Default::default() };
+        check_stream(found, &wanted)?;
+        Ok(Some(PartitionLog {
+            inner: Arc::new(LogInner { nats: nats.clone(), partition, stream_name, subject, stream }),
+        }))
+    }
+
     /// Its partition.
     pub fn partition(&self) -> u32 {
         self.partition

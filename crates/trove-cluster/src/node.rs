@@ -482,8 +482,13 @@ impl<G: Game> Shared<G> {
         let log = self.block_on(self.nats.log(p))?;
         let snapshots = self.block_on(self.nats.snapshots())?;
         for _ in 0..FENCE_ATTEMPTS_MAX {
-            let recovered =
-                self.block_on(recover_partition::<G>(&log, &snapshots, self.core, Some(&self.metrics), |_, _, _| {}))?;
+            let recovered = self.block_on(recover_partition::<G>(
+                &log,
+                Some(&snapshots),
+                self.core,
+                Some(&self.metrics),
+                |_, _, _| {},
+            ))?;
             let fence = match self.block_on(log.fence(recovered.last, lease.epoch)) {
                 Ok(seq) => seq,
                 // Another writer appended after the read: read again.

@@ -66,10 +66,11 @@ pub struct RecoveredPartition<G: Game> {
 
 /// Rebuilds partition `log.partition()` as of the stream's last sequence
 /// when the read starts. `each(seq, entries, outcomes)` sees every
-/// replayed batch (for `trove replay --cluster`).
+/// replayed batch (for `trove replay --cluster`). `snapshots` is `None`
+/// for a reader that found no object store (the cluster never took one).
 pub async fn recover_partition<G: Game>(
     log: &PartitionLog,
-    snapshots: &Snapshots,
+    snapshots: Option<&Snapshots>,
     config: CoreConfig,
     metrics: Option<&ClusterMetrics>,
     mut each: impl FnMut(u64, &[Entry<G::Event>], &[G::Outcome]),
@@ -78,7 +79,11 @@ pub async fn recover_partition<G: Game>(
     let damaged = |message: String| RecoverError::Damaged { partition, message };
     let mut rebuilt = Rebuild::<G>::new(partition as usize, config);
     let mut from = 1;
-    if let Some(bytes) = snapshots.get(partition).await? {
+    let snapshot = match snapshots {
+        Some(s) => s.get(partition).await?,
+        None => None,
+    };
+    if let Some(bytes) = snapshot {
         let (meta, _) = rebuilt.load_snapshot(&bytes).map_err(|e| damaged(format!("its snapshot: {e}")))?;
         from = meta.next_batch.max(1);
     }
@@ -91,6 +96,17 @@ pub async fn recover_partition<G: Game>(
     // are refused, not read around: another owner's newer snapshot may be
     // on its way (the takeover is tried again).
     if written && bounds.first > from {
+        // Read live (`trove replay --cluster` beside a running owner), the
+        // owner may have stored a newer snapshot and purged below it
+        // between our snapshot read and the bounds: a race, read again.
+        if let Some(s) = snapshots
+            && s.newest_next(partition).await?.is_some_and(|next| next > from)
+        {
+            return Err(RecoverError::Raced {
+                partition,
+                message: format!("the stream was purged to {} after a newer snapshot than ours", bounds.first),
+            });
+        }
         return Err(damaged(format!(
             "the stream starts at {} but the snapshot covers only what is below {from}",
             bounds.first

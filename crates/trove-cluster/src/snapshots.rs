@@ -81,6 +81,24 @@ impl Snapshots {
         Ok(Snapshots { nats: nats.clone(), store, bytes_max })
     }
 
+    /// Opens the cluster's object store if it exists, creating nothing
+    /// (for a reader: `trove replay --cluster`).
+    pub async fn open_existing(nats: &Nats) -> Result<Option<Snapshots>, ClusterError> {
+        let bucket = nats.names().snapshots_bucket();
+        let what = format!("opening object store {bucket}");
+        let timeout = nats.request_timeout();
+        let js = nats.jetstream();
+        let store = bounded(&what, timeout * 2, async {
+            match js.get_object_store(&bucket).await {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if crate::is_stream_not_found(&e) => Ok(None),
+                Err(e) => Err(classify(what.as_str(), &e, timeout)),
+            }
+        })
+        .await?;
+        Ok(store.map(|store| Snapshots { nats: nats.clone(), store, bytes_max: SNAPSHOT_BYTES_MAX }))
+    }
+
     /// Stores `bytes` as partition `partition`'s snapshot, replacing the
     /// one before (the old one stays readable until the new one is whole).
     pub async fn put(&self, partition: u32, bytes: &[u8]) -> Result<(), ClusterError> {
@@ -137,6 +155,12 @@ impl Snapshots {
             }
         }
         Ok(true)
+    }
+
+    /// The `next` of partition `partition`'s newest snapshot (what
+    /// [`Snapshots::get`] would read), without reading it.
+    pub async fn newest_next(&self, partition: u32) -> Result<Option<u64>, ClusterError> {
+        Ok(self.objects_of(partition).await?.into_iter().map(|(_, n)| n).max())
     }
 
     /// Partition `partition`'s snapshot objects and the `next` each

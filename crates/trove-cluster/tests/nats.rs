@@ -485,3 +485,42 @@ async fn a_takeover_fences_the_deposed_owner() {
     assert_eq!(log_b.append(fence_b, Bytes::from_static(b"b0"), "b-0").await.unwrap(), fence_b + 1);
     assert_eq!(node_a.leases().owners(5).await.unwrap()[4], Some((b, lease_b.epoch)));
 }
+
+/// The JetStream streams on the server (KV buckets and object stores are
+/// streams too), sorted.
+async fn stream_names(nats: &Nats) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let mut names: Vec<String> = nats.jetstream().stream_names().try_collect().await.expect("stream names");
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_creates_nothing_and_reads_what_a_node_wrote() {
+    let server = server_or_skip!("a_reader_creates_nothing_and_reads_what_a_node_wrote");
+    // On an empty server: nothing to open, and nothing made by looking.
+    let reader = Nats::connect_reader(&[server.url()], "rd").await.expect("reader");
+    assert!(trove_cluster::config::read(&reader).await.unwrap().is_none());
+    assert!(reader.open_log(0).await.unwrap().is_none());
+    assert!(reader.open_snapshots().await.unwrap().is_none());
+    assert_eq!(stream_names(&reader).await, Vec::<String>::new(), "a reader created streams or buckets");
+
+    // A node's connection creates the presence buckets; its partition 1
+    // gets a stream and a snapshot, partition 0 nothing.
+    let node = connect(&server, "rd", Duration::from_secs(3)).await;
+    node.ensure_config(&config(2)).await.unwrap();
+    let log = node.log(1).await.unwrap();
+    log.append(0, Bytes::from_static(b"one"), "m1").await.unwrap();
+    node.snapshots().await.unwrap().put_newer(1, 2, b"snap").await.unwrap();
+    let before = stream_names(&reader).await;
+    assert!(before.len() >= 4, "config, leases, nodes, a stream, the object store: {before:?}");
+
+    assert!(reader.open_log(0).await.unwrap().is_none(), "partition 0 was never written");
+    let read = reader.open_log(1).await.unwrap().expect("partition 1's stream");
+    let entries = read_all(&read, 1).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(&entries[0].payload[..], b"one");
+    let snapshots = reader.open_snapshots().await.unwrap().expect("the object store");
+    assert_eq!(&snapshots.get(1).await.unwrap().expect("partition 1's snapshot")[..], b"snap");
+    assert_eq!(stream_names(&reader).await, before, "the reader created something");
+}

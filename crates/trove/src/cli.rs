@@ -165,10 +165,6 @@ pub struct Replay {
     /// The cluster's name [default: trove].
     #[arg(long, requires = "cluster")]
     pub cluster_name: Option<String>,
-    /// The replicas the cluster was created with (its streams are checked
-    /// against it).
-    #[arg(long, requires = "cluster", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
-    pub replicas: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -291,15 +291,13 @@ pub fn replay(args: &Replay) -> Result<(), String> {
     let runtime = nats_runtime()?;
     let started = std::time::Instant::now();
     let (hashes, messages, partitions) = runtime.block_on(async {
-        let replicas = args.replicas as usize;
-        let nats = Nats::connect(&urls, name, replicas, Duration::from_millis(LEASE_MS_DEFAULT))
-            .await
-            .map_err(|e| e.to_string())?;
+        // A reader's connection: nothing is created, no lease taken.
+        let nats = Nats::connect_reader(&urls, name).await.map_err(|e| e.to_string())?;
         let config = trove_cluster::config::read(&nats)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("cluster {name} has no config: it was never created on these servers"))?;
-        let snapshots = nats.snapshots().await.map_err(|e| e.to_string())?;
+        let snapshots = nats.open_snapshots().await.map_err(|e| e.to_string())?;
         let core = CoreConfig {
             worlds_max: usize::try_from(config.worlds_max).unwrap_or(usize::MAX),
             dedup_window_events: 0,
@@ -310,12 +308,20 @@ pub fn replay(args: &Replay) -> Result<(), String> {
         let mut hashes = Vec::new();
         let mut messages = 0;
         for p in 0..config.partitions {
-            let log = nats.log(p).await.map_err(|e| e.to_string())?;
+            // A partition never written has no stream yet: it holds no hunt.
+            let Some(log) = nats.open_log(p).await.map_err(|e| e.to_string())? else { continue };
             // A live owner may snapshot and purge under the read: read
             // again from its newer snapshot.
             let mut attempt = 0;
             let r = loop {
-                match trove_cluster::recover_partition::<TreasureHunt>(&log, &snapshots, core, None, |_, _, _| {}).await
+                match trove_cluster::recover_partition::<TreasureHunt>(
+                    &log,
+                    snapshots.as_ref(),
+                    core,
+                    None,
+                    |_, _, _| {},
+                )
+                .await
                 {
                     Err(trove_cluster::RecoverError::Raced { .. }) if attempt < REPLAY_ATTEMPTS_MAX => attempt += 1,
                     r => break r.map_err(|e| e.to_string())?,

@@ -180,9 +180,9 @@ fn start_producing(
 
 /// Every hunt's player count on the nodes equals its acknowledged joins,
 /// and its state hash equals the offline replay's.
-fn check_hunts(nodes: &[&Node], urls: &str, replicas: &str, seen: &Seen) {
+fn check_hunts(nodes: &[&Node], urls: &str, seen: &Seen) {
     assert!(seen.wrong.is_empty(), "answers other than Joined: {:?}", &seen.wrong[..seen.wrong.len().min(5)]);
-    let replay = common::trove(&["replay", "--cluster", urls, "--replicas", replicas, "--json"]);
+    let replay = common::trove(&["replay", "--cluster", urls, "--json"]);
     common::ok(&replay);
     let replayed: serde_json::Value = serde_json::from_slice(&replay.stdout).expect("replay JSON");
     let replayed: HashMap<u64, String> = replayed["hunts"]
@@ -270,7 +270,7 @@ fn a_killed_owners_partitions_move_and_nothing_acknowledged_is_lost() {
         failovers[0], failovers[10], failovers[19]
     );
     let refs: Vec<&Node> = nodes.iter().collect();
-    check_hunts(&refs, &urls, "3", &seen);
+    check_hunts(&refs, &urls, &seen);
     // The cluster's figures are in /metrics: the nodes that survived took
     // partitions over from killed ones.
     let mut failovers = 0;
@@ -348,7 +348,7 @@ fn with_three_replicas_one_nats_server_may_die_and_two_stop_the_acknowledgements
     let seen = seen.lock().unwrap();
     wait_owned(&nodes[0], &["a", "b"]);
     let refs: Vec<&Node> = nodes.iter().collect();
-    check_hunts(&refs, &urls, "3", &seen);
+    check_hunts(&refs, &urls, &seen);
 }
 
 /// The owner of the most partitions stops (SIGSTOP) for twice its lease:
@@ -404,5 +404,5 @@ fn a_deposed_owner_that_comes_back_cannot_append() {
     producer.join().expect("the producer finished: every event answered");
     let seen = seen.lock().unwrap();
     let refs: Vec<&Node> = nodes.iter().collect();
-    check_hunts(&refs, &urls, "1", &seen);
+    check_hunts(&refs, &urls, &seen);
 }
