@@ -32,6 +32,12 @@ pub struct ClusterConfig {
     pub partitions: u32,
     /// Worlds (hunts) a partition holds at most.
     pub worlds_max: u64,
+    /// Events of each producer's history kept for exactly-once
+    /// (`EngineConfig::dedup_window_events`): a partition's dedup state
+    /// moves with it, so every owner keeps the same window.
+    pub dedup_window_events: u64,
+    /// Producers a partition remembers (`EngineConfig::dedup_producers_max`).
+    pub dedup_producers_max: u64,
 }
 
 impl ClusterConfig {
@@ -52,12 +58,14 @@ impl ClusterConfig {
     /// The first field where `self` (the cluster's) differs from `wanted`
     /// (this node's), as [`ClusterError::ConfigMismatch`].
     fn check(&self, wanted: &ClusterConfig) -> Result<(), ClusterError> {
-        let fields: [(&'static str, String, String); 5] = [
+        let fields: [(&'static str, String, String); 7] = [
             ("format", self.format.to_string(), wanted.format.to_string()),
             ("game", self.game.clone(), wanted.game.clone()),
             ("record_size", self.record_size.to_string(), wanted.record_size.to_string()),
             ("partitions", self.partitions.to_string(), wanted.partitions.to_string()),
             ("worlds_max", self.worlds_max.to_string(), wanted.worlds_max.to_string()),
+            ("dedup_window_events", self.dedup_window_events.to_string(), wanted.dedup_window_events.to_string()),
+            ("dedup_producers_max", self.dedup_producers_max.to_string(), wanted.dedup_producers_max.to_string()),
         ];
         for (field, found, want) in fields {
             if found != want {
@@ -149,14 +157,29 @@ mod tests {
     use super::*;
 
     fn config() -> ClusterConfig {
-        ClusterConfig { format: 1, game: "treasure-hunt".to_string(), record_size: 32, partitions: 8, worlds_max: 1024 }
+        ClusterConfig {
+            format: 1,
+            game: "treasure-hunt".to_string(),
+            record_size: 32,
+            partitions: 8,
+            worlds_max: 1024,
+            dedup_window_events: 65_536,
+            dedup_producers_max: 1024,
+        }
     }
 
     #[test]
     fn the_json_is_the_designs() {
         let json = serde_json::to_string(&config()).unwrap();
-        assert_eq!(json, r#"{"format":1,"game":"treasure-hunt","record_size":32,"partitions":8,"worlds_max":1024}"#);
+        assert_eq!(
+            json,
+            r#"{"format":1,"game":"treasure-hunt","record_size":32,"partitions":8,"worlds_max":1024,"dedup_window_events":65536,"dedup_producers_max":1024}"#
+        );
         assert_eq!(parse(json.as_bytes()).unwrap(), config());
+        // A config without the dedup bounds (written before they were
+        // recorded) is refused, not read with bounds of zero.
+        let old = r#"{"format":1,"game":"treasure-hunt","record_size":32,"partitions":8,"worlds_max":1024}"#;
+        assert!(matches!(parse(old.as_bytes()), Err(ClusterError::Malformed { .. })));
     }
 
     #[test]
@@ -177,5 +200,11 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert!(config().check(&config()).is_ok());
+        let mut other = config();
+        other.dedup_window_events = 0;
+        assert!(matches!(
+            config().check(&other),
+            Err(ClusterError::ConfigMismatch { field: "dedup_window_events", .. })
+        ));
     }
 }

@@ -24,7 +24,15 @@ async fn connect(server: &NatsServer, cluster: &str, lease_ttl: Duration) -> Nat
 }
 
 fn config(partitions: u32) -> ClusterConfig {
-    ClusterConfig { format: 1, game: "treasure-hunt".to_string(), record_size: 32, partitions, worlds_max: 4096 }
+    ClusterConfig {
+        format: 1,
+        game: "treasure-hunt".to_string(),
+        record_size: 32,
+        partitions,
+        worlds_max: 4096,
+        dedup_window_events: 65_536,
+        dedup_producers_max: 1024,
+    }
 }
 
 fn owner(node: &str) -> Owner {

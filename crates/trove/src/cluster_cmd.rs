@@ -52,9 +52,9 @@ fn nats_runtime() -> Result<tokio::runtime::Runtime, String> {
 const START_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Connects to the cluster, and creates its config or adopts the one
-/// there: a joining node takes the cluster's partition count and
-/// `worlds_max` unless it names another count, which must then match (a
-/// typed error).
+/// there: a joining node takes the cluster's partition count, `worlds_max`
+/// and dedup bounds, unless it names another count, which must then match
+/// (a typed error).
 async fn join(
     urls: &[String],
     name: &str,
@@ -62,6 +62,7 @@ async fn join(
     lease: Duration,
     partitions: Option<u32>,
     worlds_max: u64,
+    dedup: (u64, u64),
 ) -> Result<(Nats, ClusterConfig), trove_cluster::ClusterError> {
     let nats = Nats::connect(urls, name, replicas, lease).await?;
     let existing = trove_cluster::config::read(&nats).await.ok().flatten();
@@ -71,6 +72,8 @@ async fn join(
         record_size: <TreasureHunt as Game>::Event::SIZE as u32,
         partitions: partitions.or(existing.as_ref().map(|c| c.partitions)).unwrap_or(PARTITIONS_DEFAULT),
         worlds_max: existing.as_ref().map_or(worlds_max, |c| c.worlds_max),
+        dedup_window_events: existing.as_ref().map_or(dedup.0, |c| c.dedup_window_events),
+        dedup_producers_max: existing.as_ref().map_or(dedup.1, |c| c.dedup_producers_max),
     };
     let config = nats.ensure_config(&wanted).await?;
     Ok((nats, config))
@@ -177,13 +180,14 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let lease = Duration::from_millis(args.lease_ms.unwrap_or(LEASE_MS_DEFAULT));
     let runtime = nats_runtime()?;
     let worlds_max = engine.worlds_max as u64;
+    let dedup = (engine.dedup_window_events as u64, engine.dedup_producers_max as u64);
     // A cluster just started (or electing its leaders) answers "no
     // responders" for a moment: a start waits for it, a bounded time, and
     // fails with anything else at once.
     let joined = runtime.block_on(async {
         let started = std::time::Instant::now();
         loop {
-            match join(&urls, name, replicas, lease, args.partitions, worlds_max).await {
+            match join(&urls, name, replicas, lease, args.partitions, worlds_max, dedup).await {
                 Err(e) if e.is_unavailable() && started.elapsed() < START_WAIT_MAX => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -204,6 +208,12 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     engine.shards = config.partitions as usize;
     engine.worlds_max = usize::try_from(config.worlds_max).map_err(|_| "the cluster's worlds_max is too large")?;
+    // Checked with the rest by `validate` (the stored config is outside
+    // data).
+    engine.dedup_window_events =
+        usize::try_from(config.dedup_window_events).map_err(|_| "the cluster's dedup_window_events is too large")?;
+    engine.dedup_producers_max =
+        usize::try_from(config.dedup_producers_max).map_err(|_| "the cluster's dedup_producers_max is too large")?;
     engine.validate().map_err(|e| e.to_string())?;
     let core = CoreConfig {
         worlds_max: engine.worlds_max,
