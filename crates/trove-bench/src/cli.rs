@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 /// address as it is, a host name (`localhost:7400`) through the system
 /// resolver, once, when the arguments are parsed; the first IPv4 address
 /// of several.
-fn host_port(text: &str) -> Result<std::net::SocketAddr, String> {
+pub fn host_port(text: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = text.parse() {
         return Ok(addr);

@@ -26,6 +26,57 @@ pub enum Command {
     Journal(Journal),
     /// Rebuild the state from a journal offline and print its hashes.
     Replay(Replay),
+    /// Watch a hunt live: players, round, top 10, last finds, events/s and
+    /// gaps (a screen on a terminal; a line per change when piped).
+    Watch(Watch),
+    /// Send events (JSON lines, as on the WebSocket endpoint) from the
+    /// arguments, a file or standard input; prints each outcome as JSON.
+    Send(Send),
+}
+
+/// The server a client command talks to.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server's TCP data plane, HOST:PORT (a host name is resolved).
+    #[arg(long, default_value = "127.0.0.1:7400", value_parser = trove_bench::cli::host_port)]
+    pub target: std::net::SocketAddr,
+}
+
+impl ClientArgs {
+    /// The SDK's config for it.
+    pub fn config(&self) -> trove_client::ClientConfig {
+        trove_client::ClientConfig::new(self.target.to_string())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Watch {
+    /// The hunt to watch.
+    pub hunt: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The server's control plane, HOST:PORT: the players, round and top 10
+    /// at the start and after a gap or a reconnect come from it.
+    #[arg(long, value_parser = trove_bench::cli::host_port)]
+    pub control: Option<std::net::SocketAddr>,
+    /// A line per change even on a terminal (piped output always is).
+    #[arg(long)]
+    pub plain: bool,
+    /// Stop after this many seconds [default: until Ctrl-C].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400 * 365))]
+    pub seconds: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct Send {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// JSON lines of events to send (`-` for standard input).
+    #[arg(long, conflicts_with = "events")]
+    pub file: Option<std::path::PathBuf>,
+    /// Events, one JSON object each, e.g.
+    /// '{"hunt": 1, "player": 5, "action": "join"}'.
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -6,12 +6,16 @@
 //! - [`cli`]: the clap command tree.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
+//! - [`watch`], [`send`]: `trove watch` and `trove send`, clients on the
+//!   Rust SDK.
 //!
 //! The benchmarks themselves are the `trove-bench` crate.
 
 pub mod cli;
 pub mod cluster_cmd;
 pub mod journal_cmd;
+pub mod send;
 pub mod serve;
+pub mod watch;
 
 pub use trove_bench::plural;

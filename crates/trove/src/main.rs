@@ -72,5 +72,20 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Journal(Journal::Inspect(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Replay(args) if args.cluster.is_some() => cluster_cmd::replay(&args),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
+        Command::Watch(args) => trove::watch::run(trove::watch::WatchArgs {
+            hunt: args.hunt,
+            client: args.client.config(),
+            control: args.control,
+            plain: args.plain,
+            duration: args.seconds.map(std::time::Duration::from_secs),
+        }),
+        Command::Send(args) => {
+            let input = match (args.file, args.events.is_empty()) {
+                (Some(file), _) => trove::send::Input::File(file),
+                (None, false) => trove::send::Input::Args(args.events),
+                (None, true) => return Err("give events as arguments, or --file FILE (- for standard input)".into()),
+            };
+            trove::send::run(trove::send::SendArgs { client: args.client.config(), input }).map(|_| ())
+        }
     }
 }
