@@ -1,0 +1,274 @@
+// Every message from the server is hostile: a tiny fake WebSocket server
+// (the `ws` package's) sends malformed JSON, unknown types, wrong shapes
+// and huge numbers; each is a typed error, never an uncaught exception or
+// a hang. And 64-bit integers are read exactly.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { WebSocketServer, type WebSocket as WsSocket } from "ws";
+
+import {
+  ClosedError,
+  ProtocolError,
+  Producer,
+  ReconnectFailedError,
+  ServerError,
+  Subscriber,
+  type SubscriberItem,
+  type TroveError,
+  decodeOutcome,
+  join,
+  parseJson,
+} from "../src/index.js";
+import { within } from "./harness.js";
+
+/** What the fake server does with each client message: answers it (or not). */
+type Script = (msg: Record<string, unknown>, raw: string, socket: WsSocket) => void;
+
+let wss: WebSocketServer;
+let url = "";
+let script: Script = () => {};
+
+before(async () => {
+  wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  await new Promise<void>((r) => wss.once("listening", () => r()));
+  url = `ws://127.0.0.1:${(wss.address() as { port: number }).port}/`;
+  wss.on("connection", (socket) => {
+    socket.on("message", (data, isBinary) => {
+      const raw = isBinary ? "" : data.toString();
+      let msg: Record<string, unknown> = {};
+      try {
+        msg = JSON.parse(raw) as Record<string, unknown>;
+      } catch {
+        // the SDK only sends JSON
+      }
+      script(msg, raw, socket);
+    });
+  });
+});
+
+after(async () => {
+  for (const c of wss.clients) c.terminate();
+  await new Promise<void>((r) => wss.close(() => r()));
+});
+
+const BIG_ID = "18446744073709551557"; // 2^64 - 59: prime, above 2^53, odd
+const welcome = (id = BIG_ID) => `{"type":"welcome","version":1,"producer_id":${id},"batch_events_max":65536,"outcomes":true}`;
+
+/** A producer that gives up at the first failed reconnect. */
+const once = { reconnectAttemptsMax: 0, connectTimeoutMs: 2000 };
+
+test("64-bit integers are read exactly: a server-assigned producer id and sequence numbers above 2^53", async () => {
+  const firstSeq = 2n ** 60n + 3n;
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") s.send(welcome());
+    if (m["type"] === "events") {
+      // The SDK wrote first_seq as an exact integer literal.
+      assert.match(raw, new RegExp(`"first_seq":${firstSeq}[,}]`));
+      s.send(`{"type":"ack","first_seq":${firstSeq},"count":1,"outcomes":[{"outcome":"joined","x":1,"y":2,"score":3}]}`);
+    }
+  };
+  const p = await within("connect", Producer.connect({ url, ...once, firstSeq }));
+  try {
+    assert.equal(p.producerId, BigInt(BIG_ID));
+    assert.notEqual(Number(BIG_ID), Number.NaN);
+    assert.deepEqual(await within("ack", p.send(join(1, 1))), { outcome: "joined", x: 1, y: 2, score: 3 });
+    assert.equal(p.nextSeq, firstSeq + 1n);
+  } finally {
+    p.destroy();
+  }
+});
+
+/** Connects a producer whose server answers `hello` with `reply`; the error the connect rejects with. */
+async function connectError(reply: string | Buffer): Promise<TroveError> {
+  script = (m, _raw, s) => {
+    if (m["type"] === "hello") s.send(reply);
+  };
+  const e = await within("connect fails", Producer.connect({ url, ...once }).then(
+    (p) => {
+      p.destroy();
+      assert.fail(`connected despite ${String(reply).slice(0, 80)}`);
+    },
+    (e: unknown) => e as TroveError,
+  ));
+  assert.ok(e.fatal, `${e.name} is fatal`);
+  return e;
+}
+
+function rootCause(e: TroveError): TroveError {
+  if (e instanceof ReconnectFailedError) return rootCause(e.last);
+  if (e instanceof ClosedError && e.cause_) return rootCause(e.cause_);
+  return e;
+}
+
+test("malformed welcomes are typed errors", async () => {
+  const cases: [string | Buffer, RegExp][] = [
+    ["not json", /not JSON/],
+    ["{\"type\":\"welcome\"", /not JSON/],
+    ["[1,2,3]", /must be an object/],
+    ['{"type":"surprise"}', /unexpected message type/],
+    ['{"type":42}', /`type` must be a string/],
+    [welcome("18446744073709551616"), /producer_id.*0..=2\^64-1/], // 2^64
+    [welcome("-1"), /producer_id/],
+    [welcome("1.5"), /producer_id/],
+    [welcome("1e30"), /producer_id/],
+    [welcome('"12"'), /producer_id/],
+    [welcome("0"), /producer_id 0/],
+    ['{"type":"welcome","version":1,"producer_id":5,"batch_events_max":65536,"outcomes":false}', /outcomes false, asked true/],
+    [`${"[".repeat(100_000)}99999999999999999999${"]".repeat(100_000)}`, /nested too deep/],
+    [Buffer.from([1, 2, 3]), /binary/],
+    ['{"type":"error","code":"unauthorized","message":"no token"}', /unauthorized: no token/],
+    ['{"type":"error","code":"code_from_the_future","message":"?"}', /code_from_the_future/],
+  ];
+  for (const [reply, pattern] of cases) {
+    const e = rootCause(await connectError(reply));
+    assert.match(e.message, pattern, `for ${String(reply).slice(0, 60)}`);
+    assert.ok(e instanceof ProtocolError || e instanceof ServerError, `${e.name} for ${String(reply).slice(0, 60)}`);
+  }
+});
+
+test("a malformed ack fails the batch's events with a typed error, after a reconnect that fails too", async () => {
+  const acks = [
+    '{"type":"ack","first_seq":1,"count":2,"outcomes":[]}', // the batch has 1 event
+    '{"type":"ack","first_seq":7,"count":1,"outcomes":[{"outcome":"left"}]}', // another batch
+    '{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"teleported"}]}',
+    '{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"joined","x":70000,"y":0,"score":0}]}',
+    '{"type":"ack","first_seq":1,"count":1}',
+    '{"type":"busy","first_seq":1,"count":1}',
+  ];
+  for (const ack of acks) {
+    let connections = 0;
+    script = (m, _raw, s) => {
+      if (m["type"] === "hello") {
+        connections++;
+        if (connections === 1) s.send(welcome());
+        else s.close(); // the reconnect fails
+      }
+      if (m["type"] === "events") s.send(ack);
+    };
+    const p = await within("connect", Producer.connect({ url, ...once }));
+    try {
+      const e = await within(
+        "the send fails",
+        p.send(join(1, 1)).then(
+          () => assert.fail(`resolved despite ${ack}`),
+          (e: unknown) => e as TroveError,
+        ),
+      );
+      assert.ok(e instanceof ClosedError && e.fatal, e.message);
+      assert.ok(rootCause(e) instanceof ProtocolError || rootCause(e).message.includes("closed"), `${ack}: ${e.message}`);
+    } finally {
+      p.destroy();
+    }
+  }
+});
+
+test("a retryable error reconnects and resends; a refused batch is its own error and the producer goes on", async () => {
+  let connections = 0;
+  const seen: string[] = [];
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") {
+      connections++;
+      // Reconnects present the id the first welcome gave.
+      if (connections > 1) assert.match(raw, new RegExp(`"producer_id":${BIG_ID}[,}]`));
+      s.send(welcome());
+    }
+    if (m["type"] === "events") {
+      const first = String(raw.match(/"first_seq":(\d+)/)?.[1]);
+      seen.push(first);
+      if (connections === 1) {
+        s.send('{"type":"error","code":"shutting_down","message":"bye"}');
+        s.close(1001, "shutting_down");
+      } else if (first === "1") {
+        s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"joined","x":0,"y":0,"score":0}]}');
+      } else {
+        s.send('{"type":"error","code":"sequence_reused","message":"sequence 2 was applied with another event"}');
+      }
+    }
+  };
+  const p = await within("connect", Producer.connect({ url, reconnectBackoffInitialMs: 1 }));
+  try {
+    assert.deepEqual(await within("resent and acknowledged", p.send(join(1, 1))), { outcome: "joined", x: 0, y: 0, score: 0 });
+    assert.deepEqual(seen, ["1", "1"], "the same batch, with the same first_seq, on the new connection");
+    const e = await within(
+      "refused",
+      p.send(join(1, 2)).then(
+        () => assert.fail("resolved"),
+        (e: unknown) => e as TroveError,
+      ),
+    );
+    assert.ok(e.name === "BatchRefusedError" && !e.fatal, e.message);
+    assert.ok(p.canSend, "the producer goes on");
+  } finally {
+    p.destroy();
+  }
+});
+
+test("a subscriber reports malformed updates as typed errors and never yields them", async () => {
+  const bad = [
+    '{"type":"update","hunt":1,"first_seq":1,"entries":[{"kind":"applied","time_us":1,"event":{"hunt":1,"action":"fly","player":1},"outcome":{"outcome":"left"}}]}',
+    '{"type":"update","hunt":1,"first_seq":1,"entries":[{"kind":"broadcast","body":{"broadcast":"leaderboard_changed","round":1,"top":[1]}}]}',
+    '{"type":"update","hunt":1,"first_seq":1,"entries":[]}',
+    '{"type":"update","hunt":2,"first_seq":1,"entries":[{"kind":"broadcast","body":{"broadcast":"round_finished","round":1,"top":[]}}]}',
+    '{"type":"update","hunt":1,"first_seq":0,"entries":[{"kind":"broadcast","body":{"broadcast":"round_finished","round":1,"top":[]}}]}',
+    '{"type":"gap","hunt":1,"first_missed":1,"missed":-3}',
+    '{"type":"ack","first_seq":1,"count":1}',
+    "{}",
+  ];
+  for (const msg of bad) {
+    script = (m, _raw, s) => {
+      if (m["type"] === "subscribe") {
+        s.send(`{"type":"subscribed","hunt":${m["hunt"]},"next_seq":1}`);
+        s.send(msg);
+      }
+    };
+    const s = await within("connect", Subscriber.connect({ url, ...once }));
+    try {
+      assert.equal(await within("subscribed", s.subscribe(1)), 1n);
+      const items: SubscriberItem[] = [];
+      const e = await within(
+        "a typed error",
+        (async () => {
+          for (;;) {
+            try {
+              const item = await s.next();
+              if (item === null) return assert.fail("closed without an error");
+              items.push(item);
+            } catch (e) {
+              return e as TroveError;
+            }
+          }
+        })(),
+      );
+      assert.ok(e.fatal, `${msg}: ${e.message}`);
+      const lost = items.find((i) => i.kind === "disconnected");
+      assert.ok(lost?.kind === "disconnected" && lost.error instanceof ProtocolError, `${msg}: ${JSON.stringify(items.map((i) => i.kind))}`);
+      assert.ok(!items.some((i) => i.kind === "applied" || i.kind === "broadcast"), `${msg}: nothing malformed is yielded`);
+    } finally {
+      s.close();
+    }
+  }
+});
+
+test("the JSON reader: exact big integers, the same values as JSON.parse elsewhere, errors typed", () => {
+  assert.deepEqual(parseJson('{"a":18446744073709551615,"b":[9007199254740993,-9007199254740993,1.5,"99999999999999999"]}'), {
+    a: 18446744073709551615n,
+    b: [9007199254740993n, -9007199254740993n, 1.5, "99999999999999999"],
+  });
+  assert.deepEqual(parseJson('{"n":9007199254740991,"s":"x\\"y\\\\","t":true,"u":null,"e":[],"o":{}}'), {
+    n: 9007199254740991,
+    s: 'x"y\\',
+    t: true,
+    u: null,
+    e: [],
+    o: {},
+  });
+  const slow = parseJson('{"__proto__":{"polluted":1},"big":99999999999999999}') as Record<string, unknown>;
+  assert.equal(({} as Record<string, unknown>)["polluted"], undefined);
+  assert.deepEqual(Object.keys(slow), ["__proto__", "big"]);
+  for (const bad of ["", "{", '{"a":99999999999999999', '{"a":99999999999999999}x', "[01]", '"\u0001"', "nul", '{"a" 1}']) {
+    assert.throws(() => parseJson(bad), ProtocolError, JSON.stringify(bad));
+    assert.throws(() => parseJson(`[99999999999999999,${bad}]`), ProtocolError, JSON.stringify(bad));
+  }
+  assert.throws(() => decodeOutcome(parseJson('{"outcome":"hint","band":"lukewarm"}')), /unknown band/);
+});
