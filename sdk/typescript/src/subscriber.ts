@@ -300,7 +300,11 @@ export class Subscriber {
     this.ops = [];
     this.leaving.clear();
     if (this.closed) return;
-    for (const st of this.hunts.values()) st.expected = null;
+    for (const st of this.hunts.values()) {
+      // What follows `expected` until the next `subscribed` is lost: a gap then.
+      if (st.expected !== null) st.seen = st.expected;
+      st.expected = null;
+    }
     if (this.answeredSinceConnect) this.backoff.reset();
     if (wasReady && !first) this.emit({ kind: "disconnected", error: why });
     this.retry(why, first, firstFailed);

@@ -272,3 +272,52 @@ test("the JSON reader: exact big integers, the same values as JSON.parse elsewhe
   }
   assert.throws(() => decodeOutcome(parseJson('{"outcome":"hint","band":"lukewarm"}')), /unknown band/);
 });
+
+test("where reading cannot be paused (a browser's WebSocket), a full queue drops whole messages and yields a local gap", async () => {
+  const { WebSocket: NodeWs } = await import("ws");
+  // A global WebSocket without pause(), as in a browser.
+  class BrowserLike extends NodeWs {
+    constructor(u: string) {
+      super(u);
+    }
+  }
+  Object.defineProperty(BrowserLike.prototype, "pause", { value: undefined });
+  const g = globalThis as { WebSocket?: unknown };
+  const saved = g.WebSocket;
+  g.WebSocket = BrowserLike;
+  const entry = '{"kind":"broadcast","body":{"broadcast":"round_finished","round":1,"top":[]}}';
+  script = (m, _raw, s) => {
+    if (m["type"] === "subscribe") {
+      s.send('{"type":"subscribed","hunt":1,"next_seq":1}');
+      // 50 messages of 2 entries: #1..=#100.
+      for (let i = 0; i < 50; i++) s.send(`{"type":"update","hunt":1,"first_seq":${1 + 2 * i},"entries":[${entry},${entry}]}`);
+    }
+  };
+  let s: Subscriber | undefined;
+  try {
+    s = await within("connect", Subscriber.connect({ url, queueMax: 10 }));
+    await within("subscribed", s.subscribe(1));
+    await new Promise((r) => setTimeout(r, 300)); // nobody reads meanwhile
+    let expected = 1n;
+    let local = 0n;
+    while (expected <= 100n) {
+      const item: SubscriberItem | null = await within("items", s.next());
+      assert.ok(item !== null);
+      if (item.kind === "subscribed") continue;
+      if (item.kind === "gap") {
+        assert.equal(item.reason, "local");
+        assert.equal(item.firstMissed, expected);
+        local += item.missed!;
+        expected += item.missed!;
+      } else {
+        assert.ok(item.kind === "broadcast");
+        assert.equal(item.seq, expected);
+        expected++;
+      }
+    }
+    assert.ok(local > 0n, "some entries were dropped locally");
+  } finally {
+    s?.close();
+    g.WebSocket = saved;
+  }
+});
