@@ -33,7 +33,7 @@ import {
   fatal,
 } from "./errors.js";
 import { type HuntEvent, type HuntOutcome, decodeOutcome, encodeEvent } from "./game.js";
-import { type Obj, arr, bool, obj, parseJson, str, u64, uint } from "./json.js";
+import { type Json, type Obj, arr, bool, obj, parseJson, str, u64, uint } from "./json.js";
 import { Link } from "./link.js";
 import {
   Backoff,
@@ -397,8 +397,9 @@ export class Producer {
         if (this.outcomes) {
           const list = arr(m, "outcomes", "ack");
           if (list.length !== b.count) throw new ProtocolError(`ack with ${list.length} outcomes for ${b.count} events`);
-          // All checked before any is handed out.
-          outcomes = list.map((v, i) => decodeOutcome(v, `ack.outcomes[${i}]`));
+          // All checked before any is handed out (in place: no copy).
+          for (let i = 0; i < list.length; i++) list[i] = decodeOutcome(list[i], "ack.outcomes[i]") as unknown as Json;
+          outcomes = list as unknown as HuntOutcome[];
         }
         this.inflight.shift();
         this.s.eventsAcked += b.count;

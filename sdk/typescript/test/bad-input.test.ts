@@ -321,3 +321,27 @@ test("where reading cannot be paused (a browser's WebSocket), a full queue drops
     g.WebSocket = saved;
   }
 });
+
+test("answerTimeoutMs: a server that stops answering is left, and the batch goes again on a new connection", async () => {
+  let connections = 0;
+  const sent: string[] = [];
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") {
+      connections++;
+      s.send(welcome());
+    }
+    if (m["type"] === "events") {
+      sent.push(String(raw.match(/"first_seq":(\d+)/)?.[1]));
+      // The first connection swallows the batch, as a stalled server would.
+      if (connections > 1) s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
+    }
+  };
+  const p = await within("connect", Producer.connect({ url, answerTimeoutMs: 200, reconnectBackoffInitialMs: 1 }));
+  try {
+    assert.deepEqual(await within("answered after the timeout", p.send(join(1, 1))), { outcome: "left" });
+    assert.deepEqual(sent, ["1", "1"]);
+    assert.equal(p.stats().reconnects, 1);
+  } finally {
+    p.destroy();
+  }
+});
