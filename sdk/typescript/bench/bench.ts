@@ -75,8 +75,11 @@ function play(hunt: number): HuntEvent {
   return scan(hunt, player);
 }
 
-/** This SDK: events/s from the first random event to the last acknowledgement. */
-async function runTs(url: string, hunt: number): Promise<number> {
+/** Events per `sendAll` in the bulk run. */
+const CHUNK = 1024;
+
+/** This SDK: events/s from the first random event to the last acknowledgement; `send` per event, or `sendAll` per chunk. */
+async function runTs(url: string, hunt: number, bulk: boolean): Promise<number> {
   const p = await Producer.connect({ url });
   const failed = (e: Error) => {
     throw e;
@@ -90,6 +93,15 @@ async function runTs(url: string, hunt: number): Promise<number> {
   while (sent < EVENTS) {
     // No handler per event: a rejection would be unhandled and end the
     // bench, which is what a failure should do here.
+    if (bulk) {
+      while (sent < EVENTS) {
+        const chunk: HuntEvent[] = [];
+        for (let i = 0; i < CHUNK && sent + i < EVENTS; i++) chunk.push(play(hunt));
+        while (p.stats().held + chunk.length > 65536) await p.ready();
+        void p.sendAll(chunk);
+        sent += chunk.length;
+      }
+    }
     while (sent < EVENTS && p.canSend) {
       void p.send(play(hunt));
       sent++;
@@ -129,19 +141,21 @@ console.log(`server ${serverBin} (defaults: journal, fsync group)`);
 console.log(`rust   ${rustBin ?? "(none: build with cargo build --release --examples -p trove-client)"}`);
 console.log(`node   ${process.version}; ${EVENTS} events per run, ${PAIRS} interleaved pairs`);
 const ts: number[] = [];
+const bulk: number[] = [];
 const rust: number[] = [];
 try {
   let hunt = 100;
   for (let i = 0; i < PAIRS; i++) {
-    ts.push(await runTs(server.ws, hunt++));
-    let line = `pair ${i + 1}: typescript (ws json) ${fmt(ts[i]!)}`;
+    ts.push(await runTs(server.ws, hunt++, false));
+    bulk.push(await runTs(server.ws, hunt++, true));
+    let line = `pair ${i + 1}: typescript (ws json) send ${fmt(ts[i]!)}, sendAll ${fmt(bulk[i]!)}`;
     if (rustBin !== undefined) {
       rust.push(await runRust(server.tcp, hunt++));
       line += `, rust (tcp v1) ${fmt(rust[i]!)}, ratio ${(ts[i]! / rust[i]!).toFixed(2)}`;
     }
     console.log(line);
   }
-  let summary = `median: typescript ${fmt(median(ts))}`;
+  let summary = `median: typescript send ${fmt(median(ts))}, sendAll ${fmt(median(bulk))}`;
   if (rust.length > 0) summary += `, rust ${fmt(median(rust))}, ratio ${(median(ts) / median(rust)).toFixed(2)}`;
   console.log(summary);
 } finally {

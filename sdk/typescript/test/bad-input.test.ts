@@ -345,3 +345,30 @@ test("answerTimeoutMs: a server that stops answering is left, and the batch goes
     p.destroy();
   }
 });
+
+test("a full producer throws FullError and takes nothing; ready() resolves when answers free room", async () => {
+  let pending: WsSocket | undefined;
+  script = (m, _raw, s) => {
+    if (m["type"] === "hello") s.send(welcome());
+    if (m["type"] === "events") pending = s; // answered later
+  };
+  const p = await within("connect", Producer.connect({ url, unackedEventsMax: 2, lingerMs: 0 }));
+  try {
+    assert.throws(() => p.send({ hunt: -1, player: 1, action: "join" }), /`hunt` must be an integer/);
+    const a = p.send(join(1, 1));
+    const b = p.send(join(1, 2));
+    assert.equal(p.canSend, false);
+    assert.throws(() => p.send(join(1, 3)), (e: unknown) => e instanceof Error && e.name === "FullError");
+    assert.throws(() => p.sendAll([join(1, 3), join(1, 4), join(1, 5)]), /more than unackedEventsMax/);
+    const ready = p.ready();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(pending !== undefined);
+    // One batch: both sends came before the linger's timer.
+    pending.send('{"type":"ack","first_seq":1,"count":2,"outcomes":[{"outcome":"left"},{"outcome":"left"}]}');
+    await within("ready", ready);
+    assert.deepEqual(await within("answers", Promise.all([a, b])), [{ outcome: "left" }, { outcome: "left" }]);
+    assert.equal(p.canSend, true);
+  } finally {
+    p.destroy();
+  }
+});

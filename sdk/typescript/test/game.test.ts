@@ -94,6 +94,13 @@ test("a hunt played end to end: outcomes and broadcasts as docs/game.md says", a
     assert.deepEqual(await p.send(leave(hunt, 5)), { outcome: "left" });
     assert.deepEqual(await p.send(join(hunt, 5)), { outcome: "joined", x: 7, y: 20, score: 0 });
 
+    // Bulk: one promise, the outcomes in order.
+    assert.deepEqual(await p.sendAll([leave(hunt, 0), join(hunt, 0), join(hunt, 0)]), [
+      { outcome: "left" },
+      { outcome: "joined", x: 62, y: 55, score: 0 }, // back at its spawn cell
+      { outcome: "rejected", reason: "already_joined" },
+    ]);
+
     const status = await server.get(`/hunts/${hunt}`);
     assert.equal(status.status, 200);
     const body = status.body as { round: number; players: number };
