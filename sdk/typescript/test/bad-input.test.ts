@@ -372,3 +372,53 @@ test("a full producer throws FullError and takes nothing; ready() resolves when 
     p.destroy();
   }
 });
+
+test("wss:// and the token: hello carries `token`, over TLS", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const { mkdtempSync, readFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join: pathJoin } = await import("node:path");
+  const { createServer } = await import("node:https");
+  const dir = mkdtempSync(pathJoin(tmpdir(), "trove-ts-tls-"));
+  execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", pathJoin(dir, "key.pem"), "-out", pathJoin(dir, "cert.pem")], { stdio: "ignore" });
+  const cert = readFileSync(pathJoin(dir, "cert.pem"));
+  const https = createServer({ cert, key: readFileSync(pathJoin(dir, "key.pem")) });
+  const tls = new WebSocketServer({ server: https });
+  const hellos: Record<string, unknown>[] = [];
+  tls.on("connection", (socket) => {
+    socket.on("message", (data) => {
+      const m = JSON.parse(data.toString()) as Record<string, unknown>;
+      if (m["type"] === "hello") {
+        hellos.push(m);
+        socket.send(welcome());
+      }
+      if (m["type"] === "subscribe") socket.send(`{"type":"subscribed","hunt":${m["hunt"]},"next_seq":5}`);
+      if (m["type"] === "events") socket.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
+    });
+  });
+  await new Promise<void>((r) => https.listen(0, "127.0.0.1", () => r()));
+  const port = (https.address() as { port: number }).port;
+  const opts = { url: `wss://127.0.0.1:${port}/`, token: "s3cret \"quoted\"", nodeWebSocketOptions: { ca: cert }, ...once };
+  try {
+    const p = await within("connect over TLS", Producer.connect(opts));
+    assert.deepEqual(await within("ack", p.send(join(1, 1))), { outcome: "left" });
+    p.destroy();
+    const s = await within("subscriber over TLS", Subscriber.connect(opts));
+    assert.equal(await within("subscribed", s.subscribe(3)), 5n);
+    s.close();
+    assert.equal(hellos.length, 2);
+    for (const h of hellos) assert.equal(h["token"], 's3cret "quoted"');
+    assert.equal(hellos[1]!["outcomes"], false, "the subscriber's hello asks for no producer outcomes");
+    // Without the CA the certificate is refused: a typed error.
+    const refused = await Producer.connect({ ...opts, nodeWebSocketOptions: {} }).then(
+      () => assert.fail("connected with an untrusted certificate"),
+      (e: unknown) => e as TroveError,
+    );
+    assert.ok(refused.fatal && rootCause(refused).name === "ConnectionError", refused.message);
+  } finally {
+    for (const c of tls.clients) c.terminate();
+    await new Promise<void>((r) => https.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
