@@ -97,7 +97,7 @@ async function runTs(url: string, hunt: number, bulk: boolean): Promise<number> 
       while (sent < EVENTS) {
         const chunk: HuntEvent[] = [];
         for (let i = 0; i < CHUNK && sent + i < EVENTS; i++) chunk.push(play(hunt));
-        while (p.stats().held + chunk.length > 65536) await p.ready();
+        await p.ready(chunk.length);
         void p.sendAll(chunk);
         sent += chunk.length;
       }

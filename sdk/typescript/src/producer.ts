@@ -123,6 +123,16 @@ const BATCH_OVERHEAD = 64;
 
 const now = (): number => performance.now();
 
+/** The last promise's resolving functions: one executor for every `send`, no closure per event. */
+const captured: { resolve: (o: HuntOutcome | null) => void; reject: (e: TroveError) => void } = {
+  resolve: () => {},
+  reject: () => {},
+};
+function capture(resolve: (o: HuntOutcome | null) => void, reject: (e: TroveError) => void): void {
+  captured.resolve = resolve;
+  captured.reject = reject;
+}
+
 export class Producer {
   private readonly o: ResolvedConnectionOptions;
   private id: bigint | undefined;
@@ -160,7 +170,7 @@ export class Producer {
   private answerTimer: ReturnType<typeof setInterval> | undefined;
   private lastWrite = 0;
   private nonce = 0;
-  private readyWaiters: { resolve: () => void; reject: (e: TroveError) => void }[] = [];
+  private readyWaiters: { n: number; resolve: () => void; reject: (e: TroveError) => void }[] = [];
   private drainWaiters: { resolve: () => void; reject: (e: TroveError) => void }[] = [];
   private firstConnect: { resolve: () => void; reject: (e: TroveError) => void } | undefined;
   private readonly s: ProducerStats;
@@ -243,13 +253,8 @@ export class Producer {
   send(event: HuntEvent): Promise<HuntOutcome | null> {
     this.check(1);
     const text = encodeEvent(event);
-    let resolve!: (o: HuntOutcome | null) => void;
-    let reject!: (e: TroveError) => void;
-    const p = new Promise<HuntOutcome | null>((a, b) => {
-      resolve = a;
-      reject = b;
-    });
-    this.append(text, resolve, reject);
+    const p = new Promise<HuntOutcome | null>(capture);
+    this.append(text, captured.resolve, captured.reject);
     return p;
   }
 
@@ -306,12 +311,19 @@ export class Producer {
     else if (o.parts.length === 1) this.lingerTimer = setTimeout(() => this.closeBatch(), this.lingerMs);
   }
 
-  /** Resolves when `send` can take an event (at once if it can); rejects if the producer stopped. */
-  ready(): Promise<void> {
+  /**
+   * Resolves when the producer can take `n` more events (default 1: when
+   * `send` can take one; `sendAll` of n), at once if it can; rejects if
+   * the producer stopped, or at once if `n` could never fit.
+   */
+  ready(n = 1): Promise<void> {
     if (this.error !== undefined) return Promise.reject(new ClosedError(this.error));
     if (this.closed) return Promise.reject(new ClosedError());
-    if (this.held < this.unackedEventsMax) return Promise.resolve();
-    return new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
+    if (!Number.isInteger(n) || n < 1 || n > this.unackedEventsMax) {
+      return Promise.reject(new ConfigError(`ready(${n}): n must be in 1..=unackedEventsMax ${this.unackedEventsMax}`));
+    }
+    if (this.held + n <= this.unackedEventsMax) return Promise.resolve();
+    return new Promise((resolve, reject) => this.readyWaiters.push({ n, resolve, reject }));
   }
 
   /** `ready()`, then `send(event)`: resolves with the outcome's promise, wrapped so that it is not awaited along. */
@@ -400,10 +412,11 @@ export class Producer {
     this.held -= b.count;
     this.answeredSinceConnect = true;
     this.backoff.reset();
-    if (this.held < this.unackedEventsMax && this.readyWaiters.length > 0) {
+    if (this.readyWaiters.length > 0) {
+      const room = this.unackedEventsMax - this.held;
       const w = this.readyWaiters;
-      this.readyWaiters = [];
-      for (const x of w) x.resolve();
+      this.readyWaiters = w.filter((x) => x.n > room);
+      for (const x of w) if (x.n <= room) x.resolve();
     }
     if (this.held === 0 && this.drainWaiters.length > 0) {
       const w = this.drainWaiters;

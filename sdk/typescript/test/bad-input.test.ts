@@ -361,11 +361,13 @@ test("a full producer throws FullError and takes nothing; ready() resolves when 
     assert.throws(() => p.send(join(1, 3)), (e: unknown) => e instanceof Error && e.name === "FullError");
     assert.throws(() => p.sendAll([join(1, 3), join(1, 4), join(1, 5)]), /more than unackedEventsMax/);
     const ready = p.ready();
+    const ready2 = p.ready(2);
+    await assert.rejects(p.ready(3), /n must be in 1..=unackedEventsMax 2/);
     await new Promise((r) => setTimeout(r, 50));
     assert.ok(pending !== undefined);
     // One batch: both sends came before the linger's timer.
     pending.send('{"type":"ack","first_seq":1,"count":2,"outcomes":[{"outcome":"left"},{"outcome":"left"}]}');
-    await within("ready", ready);
+    await within("ready", Promise.all([ready, ready2]));
     assert.deepEqual(await within("answers", Promise.all([a, b])), [{ outcome: "left" }, { outcome: "left" }]);
     assert.equal(p.canSend, true);
   } finally {
