@@ -424,3 +424,34 @@ test("wss:// and the token: hello carries `token`, over TLS", async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a restarted server that no longer knows the id it assigned: the producer takes a new one and resends", async () => {
+  const hellos: string[] = [];
+  let connections = 0;
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") {
+      connections++;
+      hellos.push(raw);
+      if (connections === 1) s.send(welcome());
+      else if (connections === 2) {
+        // What trove serve answers an assigned id its journal never held.
+        s.send(`{"type":"error","code":"malformed","message":"producer id ${BIG_ID}: ids from 2^63 up are assigned by the server (omit it)"}`);
+        s.close(1008, "malformed");
+      } else s.send(welcome("9223372036854775999"));
+    }
+    if (m["type"] === "events") {
+      if (connections === 1) s.terminate(); // the server dies with the batch unanswered
+      else s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
+    }
+  };
+  const p = await within("connect", Producer.connect({ url, reconnectBackoffInitialMs: 1 }));
+  try {
+    assert.deepEqual(await within("answered under the new id", p.send(join(1, 1))), { outcome: "left" });
+    assert.equal(p.producerId, 9223372036854775999n);
+    assert.equal(hellos.length, 3);
+    assert.match(hellos[1]!, new RegExp(`"producer_id":${BIG_ID}`));
+    assert.doesNotMatch(hellos[2]!, /producer_id/, "the third hello lets the server assign");
+  } finally {
+    p.destroy();
+  }
+});
