@@ -420,8 +420,8 @@ export class Subscriber {
   private stream(hunt: number, what: string): HuntState | undefined {
     const st = this.hunts.get(hunt);
     if (st !== undefined && st.expected !== null) return st;
-    if (this.leaving.has(hunt) || (st !== undefined && this.ops.some((op) => op.hunt === hunt))) return undefined;
-    if (st === undefined && this.ops.some((op) => op.hunt === hunt)) return undefined;
+    // Left, or asked for and not confirmed yet: dropped, not an error.
+    if (this.leaving.has(hunt) || this.ops.some((op) => op.hunt === hunt)) return undefined;
     throw new ProtocolError(`${what} for hunt ${hunt}, which this connection did not subscribe to`);
   }
 
