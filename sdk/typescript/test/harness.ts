@@ -68,6 +68,10 @@ export class Server {
     args.push(...(this.opts.args ?? []));
     const child = spawn(troveBin(), args, { stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
+    // A test that fails or is cut short leaves no server behind.
+    const reap = () => child.kill("SIGKILL");
+    process.once("exit", reap);
+    child.once("exit", () => process.removeListener("exit", reap));
     this.output = "";
     this.ws = this.control = "";
     await new Promise<void>((resolveUp, reject) => {
