@@ -547,7 +547,7 @@ fn probes_status_openapi_and_routing_errors() {
     }
 
     // Unknown routes and methods: JSON errors, like every other error.
-    for path in ["/", "/nope", "/hunts/1/nope", "/hunts/1/players", "/metrics/x", "/HEALTH"] {
+    for path in ["/nope", "/hunts/1/nope", "/hunts/1/players", "/metrics/x", "/HEALTH"] {
         h.get(path).error(404, "not_found");
     }
     for (method, path, allow) in [

@@ -1,0 +1,1 @@
+/* built by dashboard/build.mjs */
