@@ -1,0 +1,9 @@
+// @trove/client: a producer of treasure-hunt events and a subscriber to
+// hunts over trove's WebSocket JSON protocol (docs/protocol.md), in Node
+// (20 and later) and browsers.
+
+export * from "./errors.js";
+export * from "./game.js";
+export { type Json, parseJson, JSON_DEPTH_MAX } from "./json.js";
+export type { ConnectionOptions } from "./options.js";
+export { Subscriber, type SubscriberItem, type SubscriberOptions, UPDATE_ENTRIES_MAX } from "./subscriber.js";
