@@ -836,10 +836,7 @@ impl Drop for StreamGuard {
 /// when hyper asks for the next chunk, so a slow reader is sent fewer, not
 /// queued more; one that takes nothing for `LIVE_STALL_TIMEOUT` is
 /// closed. The stream ends when the plane stops.
-async fn live<G: ControlGame>(
-    State(ctx): State<Arc<Ctx<G>>>,
-    slot: Option<axum::Extension<StreamSlot>>,
-) -> Response {
+async fn live<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, slot: Option<axum::Extension<StreamSlot>>) -> Response {
     let Some(axum::Extension(slot)) = slot else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no connection for the stream".into());
     };

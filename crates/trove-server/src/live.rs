@@ -173,7 +173,11 @@ fn snapshot<G: Game>(
     };
     let applied = t.events_applied.saturating_sub(p.events_applied);
     let per_event = |now: u64, before: u64, divisor: f64| {
-        if first || applied == 0 { Value::Null } else { json!(now.saturating_sub(before) as f64 / divisor / applied as f64) }
+        if first || applied == 0 {
+            Value::Null
+        } else {
+            json!(now.saturating_sub(before) as f64 / divisor / applied as f64)
+        }
     };
     let s = src.server.snapshot();
     let e = src.engine.metrics();

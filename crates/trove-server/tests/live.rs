@@ -217,7 +217,8 @@ fn the_feed_moves_with_the_events_applied() {
         }
         if let Some(hunt) = s["hunts"].as_array().and_then(|h| h.first()) {
             assert_eq!(hunt["id"], 1, "{s}");
-            if hunt["players"].as_u64() == Some(u64::from(player.min(1000))) && hunt["events_per_s"].as_f64() > Some(0.0)
+            if hunt["players"].as_u64() == Some(u64::from(player.min(1000)))
+                && hunt["events_per_s"].as_f64() > Some(0.0)
             {
                 seen.1 = true;
             }
@@ -258,7 +259,8 @@ fn streams_are_capped_and_a_closed_one_gives_its_place_back() {
     assert!(a.next().is_some() && c.next().is_some());
     let metrics = h.get("/metrics").body;
     assert!(metrics.contains("trove_control_live_streams_open 2\n"), "{metrics}");
-    let refused = metrics.lines().find(|l| l.starts_with("trove_control_live_streams_closed_total{reason=\"refused\"}"));
+    let refused =
+        metrics.lines().find(|l| l.starts_with("trove_control_live_streams_closed_total{reason=\"refused\"}"));
     let refused: u64 = refused.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(refused >= 1, "{metrics}");
 }
