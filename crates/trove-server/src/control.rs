@@ -749,12 +749,6 @@ fn render_connections(conns: &Conns, out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "# HELP trove_control_connections_closed_total Control-plane connections the server closed itself, by \
-         reason: refused (at the cap, every slot in a handler), evicted (to make room), header_timeout, \
-         body_timeout, body_too_large.\n# TYPE trove_control_connections_closed_total counter"
-    );
-    let _ = writeln!(
-        out,
         "# HELP trove_control_live_streams_open Live streams (GET /live) open (at most \
          control_live_streams_max).\n# TYPE trove_control_live_streams_open gauge\ntrove_control_live_streams_open {}",
         conns.streams_open.load(Relaxed)
@@ -768,6 +762,12 @@ fn render_connections(conns: &Conns, out: &mut String) {
          trove_control_live_streams_closed_total{{reason=\"stalled\"}} {}",
         c.live_refused.load(Relaxed),
         c.live_stalled.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trove_control_connections_closed_total Control-plane connections the server closed itself, by \
+         reason: refused (at the cap, every slot in a handler), evicted (to make room), header_timeout, \
+         body_timeout, body_too_large.\n# TYPE trove_control_connections_closed_total counter"
     );
     for (reason, n) in [
         ("refused", &c.refused),
