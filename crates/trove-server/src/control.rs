@@ -70,6 +70,9 @@ const LINGER_BYTES_MAX: usize = 1 << 20;
 /// How long a new connection waits at the cap for the one closed to make
 /// room for it; past it, the new one is closed too.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// `ControlConfig::live_streams_max` by default (with the default 128
+/// connections).
+pub const LIVE_STREAMS_MAX_DEFAULT: usize = 16;
 /// Bounds of `ControlConfig::connections_max`.
 pub const CONTROL_CONNECTIONS_MAX_LIMIT: usize = 65_536;
 
@@ -89,8 +92,9 @@ pub struct ControlConfig {
     /// request is answered 408 `request_timeout` and the connection closed.
     pub body_timeout: Duration,
     /// `GET /live` streams open at once; past it a new one is answered 503
-    /// `too_many_streams`. A stream is never closed to make room, so this
-    /// stays below `connections_max`: the rest are for requests.
+    /// `too_many_streams` (0: every one is). A stream is never closed to
+    /// make room, so this stays below `connections_max`: the rest are for
+    /// requests. [`ControlConfig::live_streams_default`] when not set.
     pub live_streams_max: usize,
 }
 
@@ -100,12 +104,18 @@ impl Default for ControlConfig {
             connections_max: 128,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
-            live_streams_max: 16,
+            live_streams_max: LIVE_STREAMS_MAX_DEFAULT,
         }
     }
 }
 
 impl ControlConfig {
+    /// `live_streams_max` for a plane of `connections_max` connections when
+    /// none is set: 16, or half the connections if that is fewer.
+    pub fn live_streams_default(connections_max: usize) -> usize {
+        LIVE_STREAMS_MAX_DEFAULT.min(connections_max / 2)
+    }
+
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let hour = Duration::from_secs(3600);
         let checks = [
@@ -122,8 +132,8 @@ impl ControlConfig {
                 "control_body_timeout_ms must be in 1..=3600000",
             ),
             (
-                self.live_streams_max >= 1 && self.live_streams_max < self.connections_max,
-                "control_live_streams_max must be at least 1 and below control_connections_max",
+                self.live_streams_max < self.connections_max,
+                "control_live_streams_max must be below control_connections_max",
             ),
         ];
         checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(InvalidConfig(msg)))

@@ -292,3 +292,25 @@ fn a_live_request_is_under_the_header_deadline_and_streams_end_when_the_plane_st
     }
     stopper.join().unwrap();
 }
+
+#[test]
+fn the_stream_cap_is_below_the_connection_cap_and_zero_refuses_every_stream() {
+    let with = |connections_max, live_streams_max| {
+        ControlConfig { connections_max, live_streams_max, ..ControlConfig::default() }.validate()
+    };
+    assert!(with(128, 16).is_ok());
+    assert!(with(128, 0).is_ok());
+    let refused = with(128, 128).expect_err("a stream cap at the connection cap");
+    assert!(refused.to_string().contains("control_live_streams_max"), "{refused}");
+    assert_eq!(ControlConfig::live_streams_default(128), 16);
+    assert_eq!(ControlConfig::live_streams_default(8), 4);
+    assert_eq!(ControlConfig::live_streams_default(1), 0);
+    assert!(with(1, ControlConfig::live_streams_default(1)).is_ok());
+
+    let h = Harness::start(ControlConfig { live_streams_max: 0, ..ControlConfig::default() });
+    match open_live(h.http) {
+        Opened::Refused(503, body) => assert!(body.contains("too_many_streams"), "{body}"),
+        Opened::Refused(code, body) => panic!("expected 503 too_many_streams, got {code} {body}"),
+        Opened::Stream(_) => panic!("a stream was let in with live_streams_max = 0"),
+    }
+}
