@@ -66,6 +66,25 @@ fn run(step: Step<'_>) -> Result<(), String> {
     let started = Instant::now();
     let mut command = Command::new(step.program);
     command.args(step.args).current_dir(&step.dir);
+    // `cargo run` set these for this process, about the xtask package;
+    // passed on, they would make a nested cargo rebuild what tracks them
+    // (ring's build script tracks CARGO_MANIFEST_DIR), and a plain
+    // `cargo build` after it rebuild it again.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let about_xtask = key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&key.as_ref());
+        if about_xtask {
+            command.env_remove(key.as_ref());
+        }
+    }
     for (k, v) in &step.env {
         command.env(k, v);
     }
