@@ -147,5 +147,5 @@ export function short(v: number): string {
 export function micros(us: number): string {
   if (us >= 1e6) return `${(us / 1e6).toFixed(2)} s`;
   if (us >= 1e3) return `${(us / 1e3).toFixed(us >= 1e4 ? 0 : 1)} ms`;
-  return `${us.toFixed(0)} µs`;
+  return `${us.toFixed(us >= 10 || us === 0 ? 0 : 1)} µs`;
 }

@@ -13,6 +13,7 @@ export class EnginePage {
   private charts: { chart: LineChart; values: (s: Snapshot) => (number | null)[] }[] = [];
   private grid: HTMLElement;
   private shards = -1;
+  private gap = false;
 
   constructor(feed: Feed) {
     this.root = el("section");
@@ -22,6 +23,10 @@ export class EnginePage {
     this.grid = el("div", "grid");
     this.root.append(h, this.grid);
     feed.onSnapshot((s) => this.snapshot(s));
+    // A break in every line where the server was away.
+    feed.onState((s) => {
+      if (s.kind === "disconnected") this.gap = true;
+    });
   }
 
   private build(shards: number): void {
@@ -89,7 +94,11 @@ export class EnginePage {
 
   private snapshot(s: Snapshot): void {
     if (s.shards.length !== this.shards) this.build(s.shards.length);
-    for (const c of this.charts) c.chart.push(c.values(s));
+    for (const c of this.charts) {
+      if (this.gap) c.chart.push(c.values(s).map(() => null));
+      c.chart.push(c.values(s));
+    }
+    this.gap = false;
   }
 
   /** Redraws (after the page was hidden: a hidden canvas has no size). */

@@ -106,26 +106,40 @@ describe("the dashboard", () => {
     await page.close();
   });
 
-  test("survives a server restart: shows it is disconnected, then reconnects", async () => {
+  test("survives a server restart: shows it is disconnected, then reconnects (the engine page and a hunt's)", async () => {
+    // Hunt 2: a small field, so that its page has something to show.
+    const config = { width: 32, height: 32, seed: 3, treasures_per_round: 64, value_min: 1, value_max: 9, dig_cooldown_ms: 0, step_max: 4, players_max: 1000 };
+    const created = await server.post("/hunts", { id: 2, config });
+    assert.ok(created.status === 201 || created.status === 409, JSON.stringify(created));
     const { page, errors } = await open(browser.context, `${server.control}/`);
+    const huntTab = await open(browser.context, `${server.control}/#/hunts/2`);
     await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+    await until("the hunt's subscription is live", async () => (await figure(huntTab.page, "subscription")) === "live");
+
     await server.kill();
     await page.locator('#conn[data-state="disconnected"]').waitFor({ timeout: 30_000 });
     assert.match((await page.locator("#conn-note").textContent()) ?? "", /reconnecting/);
+    await until("the hunt's page says it is reconnecting", async () => /disconnected/.test((await figure(huntTab.page, "subscription")) ?? ""));
     console.log(`screenshot: ${await screenshot(page, "disconnected")}`);
+
     await server.restart();
     await page.locator('#conn[data-state="live"]').waitFor({ timeout: 60_000 });
     assert.match((await page.locator("#conn-note").textContent()) ?? "", /reconnected at .* after [0-9.]+ s disconnected/);
-    // The feed runs again: the figures come from the new process.
-    const run = producer(server, 1, 2_000_000, 50_000);
+    await until("the hunt's subscription is live again", async () => (await figure(huntTab.page, "subscription")) === "live", 60_000);
+    // The feed and the subscription run again: the figures come from the
+    // new process, and the hunt's players appear on its map.
+    const run = producer(server, 2, 2_000_000, 50_000);
     try {
       await until("events/s above 0 after the restart", async () => (numbers(await figure(page, "events"))[1] ?? 0) > 0);
+      await until("players on the hunt's map after the restart", async () => Number(await figure(huntTab.page, "players_seen")) > 0);
     } finally {
       run.stop();
       await run.done;
     }
     // While the server was down the browser logged refused connections.
     assert.deepEqual(errors.filter((e) => !networkError(e)), []);
+    assert.deepEqual(huntTab.errors.filter((e) => !networkError(e)), []);
+    await huntTab.page.close();
     await page.close();
   });
 });

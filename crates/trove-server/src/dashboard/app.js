@@ -260,7 +260,7 @@
   function micros(us) {
     if (us >= 1e6) return `${(us / 1e6).toFixed(2)} s`;
     if (us >= 1e3) return `${(us / 1e3).toFixed(us >= 1e4 ? 0 : 1)} ms`;
-    return `${us.toFixed(0)} µs`;
+    return `${us.toFixed(us >= 10 || us === 0 ? 0 : 1)} µs`;
   }
 
   // src/engine.ts
@@ -271,6 +271,7 @@
     charts = [];
     grid;
     shards = -1;
+    gap = false;
     constructor(feed2) {
       this.root = el("section");
       this.root.dataset.page = "engine";
@@ -279,6 +280,9 @@
       this.grid = el("div", "grid");
       this.root.append(h, this.grid);
       feed2.onSnapshot((s) => this.snapshot(s));
+      feed2.onState((s) => {
+        if (s.kind === "disconnected") this.gap = true;
+      });
     }
     build(shards) {
       this.grid.replaceChildren();
@@ -343,7 +347,11 @@
     }
     snapshot(s) {
       if (s.shards.length !== this.shards) this.build(s.shards.length);
-      for (const c of this.charts) c.chart.push(c.values(s));
+      for (const c of this.charts) {
+        if (this.gap) c.chart.push(c.values(s).map(() => null));
+        c.chart.push(c.values(s));
+      }
+      this.gap = false;
     }
     /** Redraws (after the page was hidden: a hidden canvas has no size). */
     show() {
