@@ -155,34 +155,64 @@ export function encodeEvent(e: HuntEvent): string {
 const BANDS: ReadonlySet<string> = new Set(["hot", "warm", "cold"]);
 const REASONS: ReadonlySet<string> = new Set(REJECT_REASONS);
 
+/**
+ * Checks one outcome and returns it: the parsed object itself when it
+ * is exactly the shape (no copy on the hot path of every ack), else a
+ * copy of the checked fields.
+ */
 export function decodeOutcome(v: Json | undefined, what = "outcome"): HuntOutcome {
   const o = obj(v, what);
   const kind = str(o, "outcome", what);
+  let fields: number;
   switch (kind) {
     case "created":
-      return { outcome: kind, round: uint(o, "round", 32, what) };
+      uint(o, "round", 32, what);
+      fields = 2;
+      break;
     case "joined":
-      return { outcome: kind, x: uint(o, "x", 16, what), y: uint(o, "y", 16, what), score: uint(o, "score", 32, what) };
+      uint(o, "x", 16, what);
+      uint(o, "y", 16, what);
+      uint(o, "score", 32, what);
+      fields = 4;
+      break;
     case "left":
     case "dig_nothing":
-      return { outcome: kind };
+      fields = 1;
+      break;
     case "moved":
-      return { outcome: kind, x: uint(o, "x", 16, what), y: uint(o, "y", 16, what) };
+      uint(o, "x", 16, what);
+      uint(o, "y", 16, what);
+      fields = 3;
+      break;
     case "dig_found":
-      return { outcome: kind, value: uint(o, "value", 16, what), score: uint(o, "score", 32, what) };
+      uint(o, "value", 16, what);
+      uint(o, "score", 32, what);
+      fields = 3;
+      break;
     case "hint": {
       const band = str(o, "band", what);
       if (!BANDS.has(band)) throw new ProtocolError(`${what}: unknown band ${JSON.stringify(band).slice(0, 64)}`);
-      return { outcome: kind, band: band as Band };
+      fields = 2;
+      break;
     }
     case "rejected": {
       const reason = str(o, "reason", what);
       if (!REASONS.has(reason)) throw new ProtocolError(`${what}: unknown rejection ${JSON.stringify(reason).slice(0, 64)}`);
-      return { outcome: kind, reason: reason as RejectReason };
+      fields = 2;
+      break;
     }
     default:
       throw new ProtocolError(`${what}: unknown outcome ${JSON.stringify(kind).slice(0, 64)}`);
   }
+  if (Object.keys(o).length === fields) return o as unknown as HuntOutcome;
+  return copyOutcome(o);
+}
+
+/** The checked fields of an outcome that came with others (dropped). */
+function copyOutcome(o: Obj): HuntOutcome {
+  const out: Record<string, Json> = { outcome: o["outcome"]! };
+  for (const k of ["round", "x", "y", "score", "value", "band", "reason"]) if (k in o) out[k] = o[k]!;
+  return out as unknown as HuntOutcome;
 }
 
 export function decodeEvent(v: Json | undefined, what = "event"): HuntEvent {

@@ -6,4 +6,5 @@ export * from "./errors.js";
 export * from "./game.js";
 export { type Json, parseJson, JSON_DEPTH_MAX } from "./json.js";
 export type { ConnectionOptions } from "./options.js";
+export { ASSIGNED_PRODUCER_IDS, Producer, type ProducerOptions, type ProducerStats } from "./producer.js";
 export { Subscriber, type SubscriberItem, type SubscriberOptions, UPDATE_ENTRIES_MAX } from "./subscriber.js";

@@ -53,6 +53,8 @@ export interface LinkOptions {
   connectTimeoutMs: number;
   /** Longest message taken from the server; a longer one ends the connection (`ws` refuses it before buffering it). */
   messageBytesMax: number;
+  /** More options for `ws`'s constructor (Node without a global WebSocket). */
+  nodeWebSocketOptions: Record<string, unknown>;
 }
 
 /** One open connection. `onMessage` and `onClose` are set by its owner; `onClose` runs once. */
@@ -75,7 +77,9 @@ export class Link {
     return new Promise<Link>((resolve, reject) => {
       let ws: WebSocketLike;
       try {
-        ws = isWs ? new ctor(url, { maxPayload: o.messageBytesMax, perMessageDeflate: false }) : new ctor(url);
+        ws = isWs
+          ? new ctor(url, { ...o.nodeWebSocketOptions, maxPayload: o.messageBytesMax, perMessageDeflate: false })
+          : new ctor(url);
       } catch (e) {
         reject(new ConnectionError(`connecting to ${url}: ${(e as Error).message}`));
         return;

@@ -24,6 +24,13 @@ export interface ConnectionOptions {
   reconnectAttemptsMax?: number | null;
   /** Longest message taken from the server, in characters. Default 16 MiB. */
   messageBytesMax?: number;
+  /**
+   * Node without a global WebSocket only (the `ws` package): more options
+   * for its constructor, e.g. `{ ca }` to trust a private CA for `wss://`.
+   * Ignored where the platform's WebSocket is used (browsers: the
+   * browser's own trust store applies).
+   */
+  nodeWebSocketOptions?: Record<string, unknown>;
 }
 
 export interface ResolvedConnectionOptions {
@@ -35,6 +42,7 @@ export interface ResolvedConnectionOptions {
   reconnectBackoffMaxMs: number;
   reconnectAttemptsMax: number | null;
   messageBytesMax: number;
+  nodeWebSocketOptions: Record<string, unknown>;
 }
 
 /** Largest timer this SDK sets (setTimeout's own limit is 2^31 - 1 ms). */
@@ -70,6 +78,7 @@ export function resolveConnection(o: ConnectionOptions): ResolvedConnectionOptio
     reconnectAttemptsMax:
       o.reconnectAttemptsMax === null ? null : checkCount(o.reconnectAttemptsMax ?? 20, "reconnectAttemptsMax", 0, 1_000_000),
     messageBytesMax: checkCount(o.messageBytesMax ?? 16 << 20, "messageBytesMax", 1024, 1 << 30),
+    nodeWebSocketOptions: o.nodeWebSocketOptions ?? {},
   };
   if (r.reconnectBackoffMaxMs < r.reconnectBackoffInitialMs) {
     throw new ConfigError("option `reconnectBackoffMaxMs` is below `reconnectBackoffInitialMs`");

@@ -300,7 +300,11 @@ export class Subscriber {
     this.ops = [];
     this.leaving.clear();
     if (this.closed) return;
-    for (const st of this.hunts.values()) st.expected = null;
+    for (const st of this.hunts.values()) {
+      // What follows `expected` until the next `subscribed` is lost: a gap then.
+      if (st.expected !== null) st.seen = st.expected;
+      st.expected = null;
+    }
     if (this.answeredSinceConnect) this.backoff.reset();
     if (wasReady && !first) this.emit({ kind: "disconnected", error: why });
     this.retry(why, first, firstFailed);
@@ -416,8 +420,8 @@ export class Subscriber {
   private stream(hunt: number, what: string): HuntState | undefined {
     const st = this.hunts.get(hunt);
     if (st !== undefined && st.expected !== null) return st;
-    if (this.leaving.has(hunt) || (st !== undefined && this.ops.some((op) => op.hunt === hunt))) return undefined;
-    if (st === undefined && this.ops.some((op) => op.hunt === hunt)) return undefined;
+    // Left, or asked for and not confirmed yet: dropped, not an error.
+    if (this.leaving.has(hunt) || this.ops.some((op) => op.hunt === hunt)) return undefined;
     throw new ProtocolError(`${what} for hunt ${hunt}, which this connection did not subscribe to`);
   }
 

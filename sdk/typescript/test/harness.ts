@@ -13,7 +13,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(here, "..", "..", "..", "..");
 
 export function troveBin(): string {
-  const bin = process.env["TROVE_BIN"] ?? join(REPO, "target", "debug", "trove");
+  const bin = process.env["TROVE_BIN"] || join(REPO, "target", "debug", "trove");
   if (!existsSync(bin)) {
     throw new Error(
       `no trove binary at ${bin}: build it first (cargo build -p trove, in ${REPO}) or set TROVE_BIN to one`,
@@ -30,6 +30,7 @@ export interface ServeOptions {
 }
 
 export class Server {
+  tcp = "";
   ws = "";
   control = "";
   private child: ChildProcess | undefined;
@@ -67,6 +68,10 @@ export class Server {
     args.push(...(this.opts.args ?? []));
     const child = spawn(troveBin(), args, { stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
+    // A test that fails or is cut short leaves no server behind.
+    const reap = () => child.kill("SIGKILL");
+    process.once("exit", reap);
+    child.once("exit", () => process.removeListener("exit", reap));
     this.output = "";
     this.ws = this.control = "";
     await new Promise<void>((resolveUp, reject) => {
@@ -79,6 +84,7 @@ export class Server {
         if (ws && control && this.ws === "") {
           this.ws = ws[1]!;
           this.control = control[1]!;
+          this.tcp = /protocol v1 on tcp:\/\/([0-9.:]+)/.exec(this.output)?.[1] ?? "";
           clearTimeout(deadline);
           resolveUp();
         }

@@ -75,3 +75,21 @@ test("a subscriber resubscribes after the server restarts, and says what it miss
     s.close();
   }
 });
+
+test("after unsubscribe a hunt's entries stop; another hunt's go on", async () => {
+  const s = await Subscriber.connect({ url: server.ws });
+  try {
+    await within("subscribed 14", s.subscribe(14));
+    await within("subscribed 15", s.subscribe(15));
+    assert.deepEqual(s.watching.sort(), [14, 15]);
+    await within("unsubscribed", s.unsubscribe(14));
+    assert.deepEqual(s.watching, [15]);
+    assert.equal((await server.post("/hunts", { id: 14, config: CONFIG })).status, 201);
+    assert.equal((await server.post("/hunts", { id: 15, config: CONFIG })).status, 201);
+    const applied = await nextOf(s, "applied");
+    assert.ok(applied.kind === "applied");
+    assert.equal(applied.hunt, 15, "nothing of hunt 14 after its unsubscribe");
+  } finally {
+    s.close();
+  }
+});
