@@ -648,31 +648,54 @@
   function decodeOutcome(v, what = "outcome") {
     const o = obj(v, what);
     const kind = str(o, "outcome", what);
+    let fields;
     switch (kind) {
       case "created":
-        return { outcome: kind, round: uint(o, "round", 32, what) };
+        uint(o, "round", 32, what);
+        fields = 2;
+        break;
       case "joined":
-        return { outcome: kind, x: uint(o, "x", 16, what), y: uint(o, "y", 16, what), score: uint(o, "score", 32, what) };
+        uint(o, "x", 16, what);
+        uint(o, "y", 16, what);
+        uint(o, "score", 32, what);
+        fields = 4;
+        break;
       case "left":
       case "dig_nothing":
-        return { outcome: kind };
+        fields = 1;
+        break;
       case "moved":
-        return { outcome: kind, x: uint(o, "x", 16, what), y: uint(o, "y", 16, what) };
+        uint(o, "x", 16, what);
+        uint(o, "y", 16, what);
+        fields = 3;
+        break;
       case "dig_found":
-        return { outcome: kind, value: uint(o, "value", 16, what), score: uint(o, "score", 32, what) };
+        uint(o, "value", 16, what);
+        uint(o, "score", 32, what);
+        fields = 3;
+        break;
       case "hint": {
         const band = str(o, "band", what);
         if (!BANDS.has(band)) throw new ProtocolError(`${what}: unknown band ${JSON.stringify(band).slice(0, 64)}`);
-        return { outcome: kind, band };
+        fields = 2;
+        break;
       }
       case "rejected": {
         const reason = str(o, "reason", what);
         if (!REASONS.has(reason)) throw new ProtocolError(`${what}: unknown rejection ${JSON.stringify(reason).slice(0, 64)}`);
-        return { outcome: kind, reason };
+        fields = 2;
+        break;
       }
       default:
         throw new ProtocolError(`${what}: unknown outcome ${JSON.stringify(kind).slice(0, 64)}`);
     }
+    if (Object.keys(o).length === fields) return o;
+    return copyOutcome(o);
+  }
+  function copyOutcome(o) {
+    const out = { outcome: o["outcome"] };
+    for (const k of ["round", "x", "y", "score", "value", "band", "reason"]) if (k in o) out[k] = o[k];
+    return out;
   }
   function decodeEvent(v, what = "event") {
     const o = obj(v, what);
@@ -789,7 +812,7 @@
       return new Promise((resolve, reject) => {
         let ws;
         try {
-          ws = isWs ? new ctor(url, { maxPayload: o.messageBytesMax, perMessageDeflate: false }) : new ctor(url);
+          ws = isWs ? new ctor(url, { ...o.nodeWebSocketOptions, maxPayload: o.messageBytesMax, perMessageDeflate: false }) : new ctor(url);
         } catch (e) {
           reject(new ConnectionError(`connecting to ${url}: ${e.message}`));
           return;
@@ -939,7 +962,8 @@
       reconnectBackoffInitialMs: checkMs(o.reconnectBackoffInitialMs ?? 50, "reconnectBackoffInitialMs", 0),
       reconnectBackoffMaxMs: checkMs(o.reconnectBackoffMaxMs ?? 2e3, "reconnectBackoffMaxMs", 0),
       reconnectAttemptsMax: o.reconnectAttemptsMax === null ? null : checkCount(o.reconnectAttemptsMax ?? 20, "reconnectAttemptsMax", 0, 1e6),
-      messageBytesMax: checkCount(o.messageBytesMax ?? 16 << 20, "messageBytesMax", 1024, 1 << 30)
+      messageBytesMax: checkCount(o.messageBytesMax ?? 16 << 20, "messageBytesMax", 1024, 1 << 30),
+      nodeWebSocketOptions: o.nodeWebSocketOptions ?? {}
     };
     if (r.reconnectBackoffMaxMs < r.reconnectBackoffInitialMs) {
       throw new ConfigError("option `reconnectBackoffMaxMs` is below `reconnectBackoffInitialMs`");
@@ -977,6 +1001,10 @@
   function unref(t) {
     t.unref?.();
   }
+
+  // ../sdk/typescript/src/producer.ts
+  var ASSIGNED_PRODUCER_IDS = 1n << 63n;
+  var U64_MAX2 = (1n << 64n) - 1n;
 
   // ../sdk/typescript/src/subscriber.ts
   var UPDATE_ENTRIES_MAX = 256;
@@ -1203,7 +1231,10 @@
       this.ops = [];
       this.leaving.clear();
       if (this.closed) return;
-      for (const st of this.hunts.values()) st.expected = null;
+      for (const st of this.hunts.values()) {
+        if (st.expected !== null) st.seen = st.expected;
+        st.expected = null;
+      }
       if (this.answeredSinceConnect) this.backoff.reset();
       if (wasReady && !first) this.emit({ kind: "disconnected", error: why });
       this.retry(why, first, firstFailed);
@@ -1313,8 +1344,7 @@
     stream(hunt2, what) {
       const st = this.hunts.get(hunt2);
       if (st !== void 0 && st.expected !== null) return st;
-      if (this.leaving.has(hunt2) || st !== void 0 && this.ops.some((op) => op.hunt === hunt2)) return void 0;
-      if (st === void 0 && this.ops.some((op) => op.hunt === hunt2)) return void 0;
+      if (this.leaving.has(hunt2) || this.ops.some((op) => op.hunt === hunt2)) return void 0;
       throw new ProtocolError(`${what} for hunt ${hunt2}, which this connection did not subscribe to`);
     }
     update(m) {
