@@ -41,7 +41,8 @@ describe("the dashboard", () => {
     await page.locator('[data-chart="events"]').waitFor();
     assert.equal(await page.locator('nav a.active').textContent(), "Engine");
 
-    const run = producer(server, 1, 5_000_000, 50_000);
+    // Paced at 50,000 events/s, for longer than the test takes: it is stopped at the end.
+    const run = producer(server, 1, 100_000_000, 50_000);
     try {
       // The figures move: events/s in and acknowledged above 0, and more
       // than one value seen over time.
@@ -128,7 +129,7 @@ describe("the dashboard", () => {
     await until("the hunt's subscription is live again", async () => (await figure(huntTab.page, "subscription")) === "live", 60_000);
     // The feed and the subscription run again: the figures come from the
     // new process, and the hunt's players appear on its map.
-    const run = producer(server, 2, 2_000_000, 50_000);
+    const run = producer(server, 2, 100_000_000, 50_000);
     try {
       await until("events/s above 0 after the restart", async () => (numbers(await figure(page, "events"))[1] ?? 0) > 0);
       await until("players on the hunt's map after the restart", async () => Number(await figure(huntTab.page, "players_seen")) > 0);
