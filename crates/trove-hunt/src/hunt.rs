@@ -74,6 +74,11 @@ pub struct Hunt {
     /// Sum of all players' scores this round; equals the field's claimed
     /// value (asserted at every claim).
     round_score_total: u64,
+    /// Events applied to this hunt since this process built or loaded it
+    /// (rejected ones too): what the dashboard's events/s per hunt is
+    /// computed from. Not game state: neither hashed nor snapshotted, so
+    /// a replay's hash does not depend on it.
+    events_applied: u64,
 }
 
 pub type HuntOutcomes = Outcomes<HuntOutcome, HuntBroadcast>;
@@ -92,6 +97,7 @@ impl Hunt {
             field: TreasureField::place(&config, 1),
             top: Top10::default(),
             round_score_total: 0,
+            events_applied: 0,
         }
     }
 
@@ -100,6 +106,10 @@ impl Hunt {
     }
     pub fn config(&self) -> &HuntConfig {
         &self.config
+    }
+    /// Events applied since this process built or loaded the hunt.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
     }
     pub fn round(&self) -> u32 {
         self.round
@@ -167,6 +177,7 @@ impl Hunt {
     /// Applies one non-create event at engine time `now_us`.
     #[inline(always)]
     pub fn apply(&mut self, now_us: u64, player: u32, action: &Action, out: &mut HuntOutcomes) -> HuntOutcome {
+        self.events_applied = self.events_applied.wrapping_add(1);
         let reject = |reason| HuntOutcome::Rejected { reason };
         if player >= self.config.players_max {
             return reject(Reject::PlayerOutOfRange);

@@ -46,6 +46,7 @@ use trove_shard::{Engine, Producer, SubmitError};
 
 use crate::error::{InvalidConfig, JsonError, StartError};
 use crate::json::JsonGame;
+use crate::live::{LIVE_INTERVAL, LIVE_STALL_TIMEOUT, LiveState};
 use crate::metrics::{self, MetricsSources};
 use crate::{ServerMetrics, bind};
 
@@ -69,6 +70,9 @@ const LINGER_BYTES_MAX: usize = 1 << 20;
 /// How long a new connection waits at the cap for the one closed to make
 /// room for it; past it, the new one is closed too.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
+/// `ControlConfig::live_streams_max` by default (with the default 128
+/// connections).
+pub const LIVE_STREAMS_MAX_DEFAULT: usize = 16;
 /// Bounds of `ControlConfig::connections_max`.
 pub const CONTROL_CONNECTIONS_MAX_LIMIT: usize = 65_536;
 
@@ -87,15 +91,31 @@ pub struct ControlConfig {
     /// From the end of the headers to the end of the body; past it the
     /// request is answered 408 `request_timeout` and the connection closed.
     pub body_timeout: Duration,
+    /// `GET /live` streams open at once; past it a new one is answered 503
+    /// `too_many_streams` (0: every one is). A stream is never closed to
+    /// make room, so this stays below `connections_max`: the rest are for
+    /// requests. [`ControlConfig::live_streams_default`] when not set.
+    pub live_streams_max: usize,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self { connections_max: 128, header_timeout: Duration::from_secs(5), body_timeout: Duration::from_secs(10) }
+        Self {
+            connections_max: 128,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            live_streams_max: LIVE_STREAMS_MAX_DEFAULT,
+        }
     }
 }
 
 impl ControlConfig {
+    /// `live_streams_max` for a plane of `connections_max` connections when
+    /// none is set: 16, or half the connections if that is fewer.
+    pub fn live_streams_default(connections_max: usize) -> usize {
+        LIVE_STREAMS_MAX_DEFAULT.min(connections_max / 2)
+    }
+
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let hour = Duration::from_secs(3600);
         let checks = [
@@ -110,6 +130,10 @@ impl ControlConfig {
             (
                 !self.body_timeout.is_zero() && self.body_timeout <= hour,
                 "control_body_timeout_ms must be in 1..=3600000",
+            ),
+            (
+                self.live_streams_max < self.connections_max,
+                "control_live_streams_max must be below control_connections_max",
             ),
         ];
         checks.iter().find(|(ok, _)| !ok).map_or(Ok(()), |&(_, msg)| Err(InvalidConfig(msg)))
@@ -126,6 +150,12 @@ pub trait ControlGame: JsonGame {
     fn world_detail(world: &Self::World) -> Value;
     /// `GET /hunts/{id}/leaderboard`.
     fn world_leaderboard(world: &Self::World) -> Value;
+    /// Events applied to the world since this process loaded it: the live
+    /// feed's events/s per hunt (`GET /live`). 0 for a game that does not
+    /// count them.
+    fn world_events(_world: &Self::World) -> u64 {
+        0
+    }
     /// `GET /hunts/{id}/players/{player}`: `None` when the player is not
     /// in the world.
     fn world_player(world: &Self::World, player: u32) -> Option<Value>;
@@ -194,6 +224,9 @@ struct Ctx<G: Game> {
     /// Cluster mode: who owns the partitions this node does not.
     owners: Option<Arc<dyn crate::Owners>>,
     cluster: ClusterSlot,
+    /// Ends the live streams when the plane stops (their bodies never end
+    /// by themselves).
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A running control plane.
@@ -264,6 +297,7 @@ impl ControlPlane {
         let addr = std_listener.local_addr().map_err(listener_error)?;
         let conns = Arc::new(Conns::new(config));
         let cluster: ClusterSlot = Arc::new(RwLock::new(None));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(Ctx {
             producer: tokio::sync::Mutex::new(engine.producer()),
             engine: engine.clone(),
@@ -279,8 +313,8 @@ impl ControlPlane {
             conns: conns.clone(),
             owners,
             cluster: cluster.clone(),
+            stopped: stopped.clone(),
         });
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(std_listener).map_err(listener_error)?;
@@ -337,6 +371,11 @@ enum Phase {
     Body = 1,
     /// The router is answering (the handlers bound their own waits).
     Handler = 2,
+    /// Writing a live stream (`GET /live`): `phase_since_ms` is when its
+    /// reader last took a snapshot, and [`LIVE_STALL_TIMEOUT`] after that
+    /// the connection is closed. Never closed to make room
+    /// (`live_streams_max` keeps streams below the cap).
+    Stream = 3,
 }
 
 /// One open connection's shared state.
@@ -355,7 +394,8 @@ impl Conn {
         match self.phase.load(Relaxed) {
             0 => Phase::Head,
             1 => Phase::Body,
-            _ => Phase::Handler,
+            2 => Phase::Handler,
+            _ => Phase::Stream,
         }
     }
 
@@ -376,6 +416,11 @@ struct ConnCounters {
     header_timeouts: AtomicU64,
     body_timeouts: AtomicU64,
     bodies_too_large: AtomicU64,
+    /// Live streams closed because their reader took nothing for
+    /// `LIVE_STALL_TIMEOUT`.
+    live_stalled: AtomicU64,
+    /// Live streams refused at `live_streams_max`.
+    live_refused: AtomicU64,
 }
 
 /// The open connections: the cap, the phases, the deadlines.
@@ -387,6 +432,8 @@ struct Conns {
     /// A slot was given back.
     released: tokio::sync::Notify,
     counters: ConnCounters,
+    /// Live streams open now (at most `config.live_streams_max`).
+    streams_open: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection's place under the cap; given back when dropped.
@@ -412,6 +459,7 @@ impl Conns {
             next_id: AtomicU64::new(0),
             released: tokio::sync::Notify::new(),
             counters: ConnCounters::default(),
+            streams_open: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -459,7 +507,7 @@ impl Conns {
                 if !open.values().any(|c| c.evicted.load(Relaxed)) {
                     let victim = open
                         .values()
-                        .filter(|c| c.phase() != Phase::Handler)
+                        .filter(|c| !matches!(c.phase(), Phase::Handler | Phase::Stream))
                         .min_by_key(|c| c.phase_since_ms.load(Relaxed));
                     let Some(victim) = victim else {
                         // Every connection is inside a handler.
@@ -478,13 +526,21 @@ impl Conns {
         }
     }
 
-    /// When the connection's header deadline passes, if it is waiting for
-    /// headers; else when to look again.
-    fn head_deadline(&self, conn: &Conn) -> (bool, tokio::time::Instant) {
-        let timeout_ms = self.config.header_timeout.as_millis() as u64;
+    /// When the connection's deadline passes, if it is waiting for
+    /// headers or writing a live stream (which phase, then); else when to
+    /// look again.
+    fn head_deadline(&self, conn: &Conn) -> (Option<Phase>, tokio::time::Instant) {
+        let since_ms = conn.phase_since_ms.load(Relaxed);
         match conn.phase() {
-            Phase::Head => (true, self.at_ms(conn.phase_since_ms.load(Relaxed).saturating_add(timeout_ms))),
-            _ => (false, tokio::time::Instant::now() + self.config.header_timeout),
+            phase @ Phase::Head => {
+                let timeout_ms = self.config.header_timeout.as_millis() as u64;
+                (Some(phase), self.at_ms(since_ms.saturating_add(timeout_ms)))
+            }
+            phase @ Phase::Stream => {
+                let timeout_ms = LIVE_STALL_TIMEOUT.as_millis() as u64;
+                (Some(phase), self.at_ms(since_ms.saturating_add(timeout_ms)))
+            }
+            _ => (None, tokio::time::Instant::now() + self.config.header_timeout),
         }
     }
 }
@@ -541,7 +597,7 @@ async fn serve_connection(
         let (conns, conn) = (conns.clone(), conn.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (conns, conn, router) = (conns.clone(), conn.clone(), router.clone());
-            Box::pin(async move { Ok::<_, Infallible>(answer(&conns, &conn, router, req).await) })
+            Box::pin(async move { Ok::<_, Infallible>(answer(conns, conn, router, req).await) })
                 as Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
         })
     };
@@ -552,7 +608,7 @@ async fn serve_connection(
     let mut connection = http.serve_connection(TokioIo::new(stream), service);
     let mut stopping = false;
     loop {
-        let (waiting_for_head, deadline) = conns.head_deadline(&conn);
+        let (waiting, deadline) = conns.head_deadline(&conn);
         let wake = tokio::select! {
             // Done, or failed (a malformed request, answered 400 by hyper;
             // a reset): either way the socket is ours again.
@@ -565,8 +621,13 @@ async fn serve_connection(
             // A peer that held a slot without a request: dropped unanswered.
             Wake::Evicted => return,
             Wake::Deadline => {
-                if waiting_for_head && conns.head_deadline(&conn).1 <= tokio::time::Instant::now() {
-                    conns.counters.header_timeouts.fetch_add(1, Relaxed);
+                let (now_waiting, deadline) = conns.head_deadline(&conn);
+                if waiting.is_some() && now_waiting == waiting && deadline <= tokio::time::Instant::now() {
+                    let counter = match waiting {
+                        Some(Phase::Stream) => &conns.counters.live_stalled,
+                        _ => &conns.counters.header_timeouts,
+                    };
+                    counter.fetch_add(1, Relaxed);
                     return;
                 }
             }
@@ -612,12 +673,14 @@ enum BodyError {
 
 /// One request: its body read (bounded in size and time) while the
 /// connection may still be closed to make room, then the router.
-async fn answer(conns: &Conns, conn: &Conn, router: Router, req: Request<Incoming>) -> Response {
+async fn answer(conns: Arc<Conns>, conn: Arc<Conn>, router: Router, req: Request<Incoming>) -> Response {
     conn.enter(Phase::Body, conns.now_ms());
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let reply = match read_body(body, conns.config.body_timeout).await {
         Ok(bytes) => {
             conn.enter(Phase::Handler, conns.now_ms());
+            // What `GET /live` needs to hold a stream on this connection.
+            parts.extensions.insert(StreamSlot { conns: conns.clone(), conn: conn.clone() });
             let service = TowerToHyperService::new(router);
             match hyper::service::Service::call(&service, Request::from_parts(parts, Body::from(bytes))).await {
                 Ok(r) => r,
@@ -644,7 +707,10 @@ async fn answer(conns: &Conns, conn: &Conn, router: Router, req: Request<Incomin
             closing(error(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))
         }
     };
-    conn.enter(Phase::Head, conns.now_ms());
+    // A live stream's body is written from now on, under its own
+    // deadline; any other answer ends the request.
+    let phase = if reply.extensions().get::<LiveStream>().is_some() { Phase::Stream } else { Phase::Head };
+    conn.enter(phase, conns.now_ms());
     reply
 }
 
@@ -693,6 +759,22 @@ fn render_connections(conns: &Conns, out: &mut String) {
     );
     let _ = writeln!(
         out,
+        "# HELP trove_control_live_streams_open Live streams (GET /live) open (at most \
+         control_live_streams_max).\n# TYPE trove_control_live_streams_open gauge\ntrove_control_live_streams_open {}",
+        conns.streams_open.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trove_control_live_streams_closed_total Live streams the server ended itself, by reason: refused \
+         (at control_live_streams_max), stalled (the reader took nothing for 10 s).\n\
+         # TYPE trove_control_live_streams_closed_total counter\n\
+         trove_control_live_streams_closed_total{{reason=\"refused\"}} {}\n\
+         trove_control_live_streams_closed_total{{reason=\"stalled\"}} {}",
+        c.live_refused.load(Relaxed),
+        c.live_stalled.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP trove_control_connections_closed_total Control-plane connections the server closed itself, by \
          reason: refused (at the cap, every slot in a handler), evicted (to make room), header_timeout, \
          body_timeout, body_too_large.\n# TYPE trove_control_connections_closed_total counter"
@@ -710,6 +792,9 @@ fn render_connections(conns: &Conns, out: &mut String) {
 
 fn router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard/{file}", get(crate::dashboard::file))
+        .route("/live", get(live::<G>))
         .route("/health", get(health::<G>))
         .route("/ready", get(ready::<G>))
         .route("/status", get(status::<G>))
@@ -727,6 +812,81 @@ fn router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
         // `answer` has read the body already, bounded by BODY_BYTES_MAX.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(ctx)
+}
+
+/// The connection a request came on, for a handler that turns it into a
+/// live stream (`answer` inserts it into every request's extensions).
+#[derive(Clone)]
+struct StreamSlot {
+    conns: Arc<Conns>,
+    conn: Arc<Conn>,
+}
+
+/// Marks a response whose body is a live stream: `answer` puts its
+/// connection in `Phase::Stream`.
+#[derive(Clone, Copy)]
+struct LiveStream;
+
+/// A live stream's place under `live_streams_max`; given back (and the
+/// connection's request ended) when its body is dropped.
+struct StreamGuard {
+    slot: StreamSlot,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.slot.conns.streams_open.fetch_sub(1, Relaxed);
+        // The header deadline counts from the end of this answer.
+        self.slot.conn.enter(Phase::Head, self.slot.conns.now_ms());
+    }
+}
+
+/// `GET /live`: a server-sent-events stream of the engine's figures, one
+/// JSON snapshot every `LIVE_INTERVAL` (`live.rs`). A snapshot is made
+/// when hyper asks for the next chunk, so a slow reader is sent fewer, not
+/// queued more; one that takes nothing for `LIVE_STALL_TIMEOUT` is
+/// closed. The stream ends when the plane stops.
+async fn live<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, slot: Option<axum::Extension<StreamSlot>>) -> Response {
+    let Some(axum::Extension(slot)) = slot else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no connection for the stream".into());
+    };
+    let max = slot.conns.config.live_streams_max;
+    if slot.conns.streams_open.fetch_add(1, Relaxed) >= max {
+        slot.conns.streams_open.fetch_sub(1, Relaxed);
+        slot.conns.counters.live_refused.fetch_add(1, Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("{max} live streams are open (control_live_streams_max)"),
+        );
+    }
+    let guard = StreamGuard { slot };
+    let stopped = ctx.stopped.clone();
+    let state = (ctx, guard, LiveState::new(Instant::now()), true);
+    let events = futures_util::stream::unfold(state, move |(ctx, guard, mut live, first)| {
+        let mut stopped = stopped.clone();
+        async move {
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(LIVE_INTERVAL) => {}
+                    _ = stopped.wait_for(|s| *s) => return None,
+                }
+            }
+            if *stopped.borrow() {
+                return None;
+            }
+            let event = live.next_event(&ctx.sources).await;
+            // The reader took a snapshot: its stall deadline starts again.
+            guard.slot.conn.enter(Phase::Stream, guard.slot.conns.now_ms());
+            Some((Ok::<_, Infallible>(Bytes::from(event)), (ctx, guard, live, false)))
+        }
+    });
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(LiveStream);
+    response
 }
 
 /// A JSON error body: `{"error": code, "message": ...}`.

@@ -159,6 +159,10 @@ impl ControlGame for TreasureHunt {
         v
     }
 
+    fn world_events(h: &Hunt) -> u64 {
+        h.events_applied()
+    }
+
     fn world_leaderboard(h: &Hunt) -> Value {
         json!({"id": h.id(), "round": h.round(), "top": top_json(h.leaderboard())})
     }

@@ -14,15 +14,20 @@
 //! - [`json`]: the game's JSON form, for the WebSocket endpoint and the
 //!   control plane's hunt routes: the one file that knows the treasure hunt.
 //! - [`control`]: the HTTP control plane, on a runtime of its own.
+//! - [`live`]: its `GET /live` feed of the figures, for the dashboard.
+//! - `dashboard`: the dashboard's built files (`dashboard/`, from the
+//!   repository's `dashboard/` source), embedded and served at `/`.
 //! - [`error`]: the typed errors of the public API.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `task`: every spawn, named for tokio-console.
 
 pub mod control;
+mod dashboard;
 pub mod error;
 pub mod fds;
 pub mod json;
+pub mod live;
 pub mod metrics;
 mod session;
 mod task;

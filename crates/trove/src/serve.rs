@@ -94,6 +94,7 @@ pub struct LimitsFile {
     pub control_connections_max: Option<usize>,
     pub control_header_timeout_ms: Option<u64>,
     pub control_body_timeout_ms: Option<u64>,
+    pub control_live_streams_max: Option<usize>,
 }
 
 /// Everything `serve` starts with.
@@ -230,6 +231,9 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut control_limits.connections_max, lim.control_connections_max);
     ms(lim.control_header_timeout_ms, &mut control_limits.header_timeout);
     ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
+    control_limits.live_streams_max = lim
+        .control_live_streams_max
+        .unwrap_or_else(|| ControlConfig::live_streams_default(control_limits.connections_max));
 
     engine.validate().map_err(|e| e.to_string())?;
     server.validate().map_err(|e| e.to_string())?;
