@@ -59,6 +59,12 @@ pub struct Hunt {
     /// Grows (by doubling, capped at `players_max`) to cover the highest
     /// player id that joined.
     players: Vec<Player>,
+    /// Events applied to this hunt since this process built or loaded it
+    /// (rejected ones too): what the dashboard's events/s per hunt is
+    /// computed from. Not game state: neither hashed nor snapshotted, so
+    /// a replay's hash does not depend on it. Written by every event, so
+    /// it sits in the first cache line, which every event touches anyway.
+    events_applied: u64,
     config: HuntConfig,
     field: TreasureField,
     // Read by finds, joins and leaves only.
@@ -74,11 +80,6 @@ pub struct Hunt {
     /// Sum of all players' scores this round; equals the field's claimed
     /// value (asserted at every claim).
     round_score_total: u64,
-    /// Events applied to this hunt since this process built or loaded it
-    /// (rejected ones too): what the dashboard's events/s per hunt is
-    /// computed from. Not game state: neither hashed nor snapshotted, so
-    /// a replay's hash does not depend on it.
-    events_applied: u64,
 }
 
 pub type HuntOutcomes = Outcomes<HuntOutcome, HuntBroadcast>;
@@ -503,3 +504,8 @@ pub fn prefetch_addr(p: *const u8) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
+
+// The fields every event reads or writes stay in the two cache lines the
+// batch loop prefetches.
+const _: () = assert!(std::mem::offset_of!(Hunt, events_applied) < 64);
+const _: () = assert!(std::mem::offset_of!(Hunt, field) + size_of::<TreasureField>() <= 128);
