@@ -146,6 +146,39 @@ export class ClosedError extends TroveError {
   }
 }
 
+/**
+ * The server refused the producer id it had assigned (`producerId: 0n`;
+ * a restarted server that no longer knows it). Fatal when a batch may
+ * have been applied under that id: sending it again under a new id could
+ * apply it twice. Not fatal (the producer takes a new id) when nothing
+ * was ever written under it.
+ */
+export class ProducerIdRefusedError extends TroveError {
+  override name = "ProducerIdRefusedError";
+  constructor(
+    readonly producerId: bigint,
+    readonly error: ServerError,
+    /** Whether a batch may have been applied under the id (then the error is fatal). */
+    readonly written: boolean,
+  ) {
+    super(
+      `the server refused producer id ${producerId}, which it had assigned (${error.serverMessage}); ` +
+        (written
+          ? "batches written under it may have been applied, so they are not sent again under another id: the producer stops"
+          : "nothing was written under it: taking a new one"),
+    );
+    if (written) this.fatal = true;
+  }
+}
+
+/** A callback of the caller's (a subscriber's `onItem`) threw; `thrown` is what it threw. The connection is made again. */
+export class CallbackError extends TroveError {
+  override name = "CallbackError";
+  constructor(readonly thrown: unknown) {
+    super(`a callback threw: ${thrown instanceof Error ? thrown.message : String(thrown)}`);
+  }
+}
+
 /** Marks an error fatal and returns it. */
 export function fatal<E extends TroveError>(e: E): E {
   e.fatal = true;

@@ -6,5 +6,13 @@ export * from "./errors.js";
 export * from "./game.js";
 export { type Json, parseJson, JSON_DEPTH_MAX } from "./json.js";
 export type { ConnectionOptions } from "./options.js";
-export { ASSIGNED_PRODUCER_IDS, Producer, type ProducerOptions, type ProducerStats } from "./producer.js";
+export {
+  ANSWER_TIMEOUT_MS_DEFAULT,
+  ASSIGNED_PRODUCER_IDS,
+  CLOSE_TIMEOUT_MS_DEFAULT,
+  Producer,
+  type ProducerOptions,
+  type ProducerStats,
+  randomProducerId,
+} from "./producer.js";
 export { Subscriber, type SubscriberItem, type SubscriberOptions, UPDATE_ENTRIES_MAX } from "./subscriber.js";

@@ -6,7 +6,11 @@ import { ConfigError } from "./errors.js";
 export interface ConnectionOptions {
   /** `ws://host:port/` or `wss://host:port/` of the server's WebSocket endpoint (default port 7401). */
   url: string;
-  /** Sent as `hello.token` when set (servers with tokens: docs/protocol.md). */
+  /**
+   * Sent as `hello.token` when set: what a server with authentication on
+   * expects (64 hex characters, from `trove auth add`), unless the
+   * upgrade carried it as `Authorization: Bearer` (docs/protocol.md).
+   */
   token?: string;
   /** Opening the socket plus the handshake, per attempt. Default 5000. */
   connectTimeoutMs?: number;

@@ -19,12 +19,19 @@
 // unanswered batch goes again, in order, with its original numbers, under
 // the same producer id on a new connection; the server applies each event
 // once and answers a retry with the original outcome.
+//
+// The producer id: a random nonzero 63-bit one by default, chosen once
+// per producer (as the Rust SDK does), so that no restarted server can
+// have handed it to anyone else. Server-assigned ids are an opt-in
+// (`producerId: 0n`); a batch is never sent under a second id once it may
+// have been applied under the first (decision 0044).
 
 import {
   BatchRefusedError,
   ClosedError,
   ConfigError,
   FullError,
+  ProducerIdRefusedError,
   ProtocolError,
   ReconnectFailedError,
   ServerError,
@@ -49,13 +56,34 @@ import {
 /** Ids from here up are the server's to assign (docs/protocol.md). */
 export const ASSIGNED_PRODUCER_IDS = 1n << 63n;
 const U64_MAX = (1n << 64n) - 1n;
+/** Default `answerTimeoutMs`: a server that keeps the socket open (and answers pings) but never answers a batch is left after this long. */
+export const ANSWER_TIMEOUT_MS_DEFAULT = 30_000;
+/** Default `closeTimeoutMs`: the longest `close()` waits for answers before it closes anyway. */
+export const CLOSE_TIMEOUT_MS_DEFAULT = 30_000;
+
+/**
+ * A random nonzero producer id below 2^63 (the ids a client may name),
+ * from `crypto.getRandomValues` (Node 20 and browsers): the default id of
+ * a `Producer`, the Rust SDK's `random_producer_id`.
+ */
+export function randomProducerId(): bigint {
+  const c = (globalThis as { crypto?: { getRandomValues?: <T extends ArrayBufferView>(a: T) => T } }).crypto;
+  if (c?.getRandomValues === undefined) throw new ConfigError("no crypto.getRandomValues for a random producer id: pass `producerId`");
+  const a = c.getRandomValues(new BigUint64Array(1));
+  const id = a[0]! >> 1n;
+  return id === 0n ? 1n : id;
+}
 
 export interface ProducerOptions extends ConnectionOptions {
   /**
-   * The producer id to present. Absent (the default): the server assigns
-   * one in the first `welcome` (at least 2^63), and every reconnect
-   * presents that one. A given id is below 2^63; then `firstSeq` must be
-   * above every number the id used before.
+   * The producer id to present. Absent (the default): a random nonzero id
+   * below 2^63 (`randomProducerId()`), chosen once, which every connection
+   * presents. `0n`: the server assigns one in the first `welcome` (at least
+   * 2^63) and reconnects present it; a restarted server that does not know
+   * it any more refuses it, and then, if any batch may have been applied
+   * under it, the producer stops with `ProducerIdRefusedError` (prefer the
+   * random id). Any other id: below 2^63, and `firstSeq` must be above
+   * every number the id used before.
    */
   producerId?: bigint;
   /** Sequence number of the first event. Default 1n. */
@@ -77,8 +105,16 @@ export interface ProducerOptions extends ConnectionOptions {
    * original outcomes. Default 65536.
    */
   unackedEventsMax?: number;
-  /** A batch unanswered this long ends the connection, which is made again and everything unanswered resent. null (default): wait while the connection is open. */
+  /**
+   * A batch unanswered this long ends the connection, which is made again
+   * and everything unanswered resent (so that a server that keeps the
+   * socket open but never answers does not hold `drain()` forever: the
+   * reconnects count towards `reconnectAttemptsMax`). Default 30000;
+   * null: wait as long as the connection is open.
+   */
   answerTimeoutMs?: number | null;
+  /** The longest `close()` waits for answers before it closes anyway (rejecting what is unanswered with `ClosedError`). Default 30000. */
+  closeTimeoutMs?: number;
   /** Longest wait a BUSY's `retry_after_ms` may ask for. Default 10000. */
   retryAfterMsMax?: number;
   /** Told of every lost connection (the producer reconnects by itself unless `error.fatal`). */
@@ -144,6 +180,9 @@ export class Producer {
   private readonly windowBatches: number;
   private readonly unackedEventsMax: number;
   private readonly answerTimeoutMs: number | null;
+  private readonly closeTimeoutMs: number;
+  /** Whether the server assigns the id (`producerId: 0n`). */
+  private readonly assigned: boolean;
   private readonly retryAfterMsMax: number;
   private readonly onDisconnect: ((e: TroveError) => void) | undefined;
 
@@ -179,11 +218,12 @@ export class Producer {
     const o = options;
     this.o = resolveConnection(o);
     if (o.producerId !== undefined) {
-      if (typeof o.producerId !== "bigint" || o.producerId < 1n || o.producerId >= ASSIGNED_PRODUCER_IDS) {
-        throw new ConfigError("option `producerId` must be a bigint in 1..2^63 (ids from 2^63 up are assigned by the server: omit it)");
+      if (typeof o.producerId !== "bigint" || o.producerId < 0n || o.producerId >= ASSIGNED_PRODUCER_IDS) {
+        throw new ConfigError("option `producerId` must be a bigint in 0..2^63 (0n: the server assigns one; omit it for a random one)");
       }
     }
-    this.id = o.producerId;
+    this.assigned = o.producerId === 0n;
+    this.id = o.producerId === undefined ? randomProducerId() : this.assigned ? undefined : o.producerId;
     const first = o.firstSeq ?? 1n;
     if (typeof first !== "bigint" || first < 1n || first > 1n << 62n) throw new ConfigError("option `firstSeq` must be a bigint in 1..=2^62");
     this.nextSeq_ = first;
@@ -194,7 +234,9 @@ export class Producer {
     this.lingerMs = checkMs(o.lingerMs ?? 1, "lingerMs", 0);
     this.windowBatches = checkCount(o.windowBatches ?? 32, "windowBatches", 1, 4096);
     this.unackedEventsMax = checkCount(o.unackedEventsMax ?? 65536, "unackedEventsMax", 1, 1 << 24);
-    this.answerTimeoutMs = o.answerTimeoutMs == null ? null : checkMs(o.answerTimeoutMs, "answerTimeoutMs", 1);
+    this.answerTimeoutMs =
+      o.answerTimeoutMs === null ? null : checkMs(o.answerTimeoutMs ?? ANSWER_TIMEOUT_MS_DEFAULT, "answerTimeoutMs", 1);
+    this.closeTimeoutMs = checkMs(o.closeTimeoutMs ?? CLOSE_TIMEOUT_MS_DEFAULT, "closeTimeoutMs", 0);
     this.retryAfterMsMax = checkMs(o.retryAfterMsMax ?? 10_000, "retryAfterMsMax", 0);
     this.onDisconnect = o.onDisconnect;
     this.allowed = this.windowBatches;
@@ -226,7 +268,7 @@ export class Producer {
     return p;
   }
 
-  /** The producer id (the server's, once assigned). */
+  /** The producer id (with `producerId: 0n`, the server's once assigned; 0n before). */
   get producerId(): bigint {
     return this.id ?? 0n;
   }
@@ -337,19 +379,51 @@ export class Producer {
     this.closeBatch();
   }
 
-  /** Flushes, then resolves when every event sent so far was answered; rejects if the producer stopped first. */
-  drain(): Promise<void> {
+  /**
+   * Flushes, then resolves when every event sent so far was answered;
+   * rejects if the producer stopped first (a server that never answers
+   * stops it after `answerTimeoutMs` times `reconnectAttemptsMax` or so),
+   * or with `TimeoutError` after `timeoutMs` if given (the producer goes
+   * on).
+   */
+  drain(timeoutMs?: number): Promise<void> {
     this.flush();
     if (this.error !== undefined) return Promise.reject(new ClosedError(this.error));
+    if (this.closed) return Promise.reject(new ClosedError());
     if (this.held === 0) return Promise.resolve();
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    const limit = timeoutMs === undefined ? undefined : checkMs(timeoutMs, "drain timeoutMs", 0);
+    return new Promise((resolve, reject) => {
+      const w = { resolve, reject };
+      this.drainWaiters.push(w);
+      if (limit === undefined) return;
+      const timer = setTimeout(() => {
+        const i = this.drainWaiters.indexOf(w);
+        if (i < 0) return;
+        this.drainWaiters.splice(i, 1);
+        reject(new TimeoutError(`drain: ${this.held} events unanswered`));
+      }, limit);
+      w.resolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      w.reject = (e) => {
+        clearTimeout(timer);
+        reject(e);
+      };
+    });
   }
 
-  /** Drains (as long as the producer can), then closes the connection. Sends after it throw `ClosedError`. */
+  /**
+   * Drains (as long as the producer can, and at most `closeTimeoutMs`),
+   * then closes the connection: what is still unanswered is rejected with
+   * `ClosedError` (it may or may not have been applied). Rejects with the
+   * drain's error (`TimeoutError`, or the one that stopped the producer)
+   * after closing. Sends after it throw `ClosedError`.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      await this.drain();
+      await this.drain(this.closeTimeoutMs);
     } finally {
       this.shutdown(new ClosedError());
     }
@@ -502,12 +576,17 @@ export class Producer {
           return;
         }
         if (!e.closes) throw new ProtocolError(`error ${e.code} answers nothing a producer sends`);
-        if (!this.ready_ && e.code === "malformed" && this.id !== undefined && this.id >= ASSIGNED_PRODUCER_IDS && /assigned by the server/.test(e.serverMessage)) {
-          // A restarted server whose journal never held this id: nothing
-          // of it was durable, so nothing was applied. Take a new id and
-          // send everything under it.
-          this.id = undefined;
-          this.link?.fail(new ProtocolError(`the server no longer knows producer id it assigned (${e.serverMessage}); taking a new one`));
+        if (!this.ready_ && e.code === "malformed" && this.assigned && this.id !== undefined && this.id >= ASSIGNED_PRODUCER_IDS) {
+          // The server refuses the id it assigned (a restarted server whose
+          // journal never held it). A new id is safe only if no batch was
+          // ever written under this one: a batch written may have been
+          // applied (in cluster mode, or by a server that restarts on its
+          // data), and sent again under another id it would be applied
+          // twice. Otherwise the producer stops.
+          const written = this.inflight.length > 0 || (this.busy?.refused.length ?? 0) > 0 || this.toSend.some((b) => b.sends > 0);
+          const refused = new ProducerIdRefusedError(this.id, e, written);
+          if (!written) this.id = undefined;
+          this.link?.fail(refused);
           return;
         }
         this.link?.fail(e.retryable ? e : fatal(e));
@@ -527,10 +606,10 @@ export class Producer {
     const max = uint(m, "batch_events_max", 32, "welcome");
     const outcomes = bool(m, "outcomes", "welcome");
     if (id === 0n || id > U64_MAX) throw new ProtocolError("welcome: producer_id 0");
-    if (this.id === undefined) this.id = id;
-    else if (id !== this.id) throw fatal(new ProtocolError(`welcome names producer ${id}, not ${this.id}: resends would not be recognised`));
     if (max < 1) throw new ProtocolError("welcome: batch_events_max 0");
     if (outcomes !== this.outcomes) throw fatal(new ProtocolError(`welcome: outcomes ${outcomes}, asked ${this.outcomes}`));
+    if (this.id === undefined) this.id = id;
+    else if (id !== this.id) throw fatal(new ProtocolError(`welcome names producer ${id}, not ${this.id}: resends would not be recognised`));
     this.batchEventsMax = Math.min(this.batchEventsMax, max);
     this.ready_ = true;
     if (this.everConnected) this.s.reconnects++;

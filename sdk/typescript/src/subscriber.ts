@@ -2,7 +2,7 @@
 // in order, with the gaps where entries were lost; after a lost
 // connection it reconnects and subscribes to its hunts again.
 
-import { ClosedError, ConfigError, ProtocolError, ReconnectFailedError, ServerError, type TroveError, fatal } from "./errors.js";
+import { CallbackError, ClosedError, ConfigError, ProtocolError, ReconnectFailedError, ServerError, type TroveError, fatal } from "./errors.js";
 import { type HuntBroadcast, type HuntEvent, type HuntOutcome, decodeBroadcast, decodeEvent, decodeOutcome } from "./game.js";
 import { type Obj, arr, obj, parseJson, str, u64, uint } from "./json.js";
 import { Link } from "./link.js";
@@ -42,7 +42,13 @@ export interface SubscriberOptions extends ConnectionOptions {
    * Default 65536.
    */
   queueMax?: number;
-  /** Called with each item instead of queueing it for `next()` (an exception it throws is reported as a `disconnected` item's error, and the connection is made again). */
+  /**
+   * Called with each item instead of queueing it for `next()`. An exception
+   * it throws never escapes: it ends the connection, is reported as the
+   * next `disconnected` item's error (a `CallbackError`), and the
+   * connection is made again (a callback that keeps throwing counts as
+   * failed attempts, so `reconnectAttemptsMax` stops it).
+   */
   onItem?: (item: SubscriberItem) => void;
 }
 
@@ -68,6 +74,13 @@ export class Subscriber {
   private readonly leaving = new Map<number, number>();
   private ops: Op[] = [];
   private readonly queue: SubscriberItem[] = [];
+  /**
+   * Per hunt, its `local` gap still in the queue and the last item queued
+   * for that hunt: a further drop merges into it, so that a full queue
+   * holds at most one local gap per hunt however the hunts' messages
+   * interleave.
+   */
+  private readonly localGaps = new Map<number, Extract<SubscriberItem, { kind: "gap" }>>();
   private queueHead = 0;
   private waiter: { resolve: (i: SubscriberItem | null) => void; reject: (e: TroveError) => void } | undefined;
   private error: TroveError | undefined;
@@ -141,6 +154,7 @@ export class Subscriber {
     if (this.queueHead < this.queue.length) {
       const item = this.queue[this.queueHead]!;
       this.queue[this.queueHead++] = undefined as unknown as SubscriberItem;
+      if (item.kind === "gap" && this.localGaps.get(item.hunt) === item) this.localGaps.delete(item.hunt);
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
         this.queue.splice(0, this.queueHead);
         this.queueHead = 0;
@@ -199,9 +213,20 @@ export class Subscriber {
     this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}}`);
   }
 
+  /**
+   * Hands one item out: to `onItem`, a waiting `next()`, or the queue.
+   * Throws `CallbackError` if `onItem` threw (from a message handler, the
+   * link then fails with it and the connection is made again; the
+   * attempt does not count as answered, so the backoff grows).
+   */
   private emit(item: SubscriberItem): void {
     if (this.onItem !== undefined) {
-      this.onItem(item);
+      try {
+        this.onItem(item);
+      } catch (e) {
+        this.answeredSinceConnect = false;
+        throw new CallbackError(e);
+      }
       return;
     }
     if (this.waiter !== undefined) {
@@ -210,6 +235,7 @@ export class Subscriber {
       w.resolve(item);
       return;
     }
+    if ("hunt" in item) this.localGaps.delete(item.hunt);
     this.queue.push(item);
   }
 
@@ -306,7 +332,13 @@ export class Subscriber {
       st.expected = null;
     }
     if (this.answeredSinceConnect) this.backoff.reset();
-    if (wasReady && !first) this.emit({ kind: "disconnected", error: why });
+    if (wasReady && !first) {
+      try {
+        this.emit({ kind: "disconnected", error: why });
+      } catch {
+        // onItem threw on the news: it is reconnecting anyway
+      }
+    }
     this.retry(why, first, firstFailed);
   }
 
@@ -352,14 +384,13 @@ export class Subscriber {
         this.answered();
         const st = this.hunts.get(hunt);
         if (st === undefined) return; // unsubscribed meanwhile
-        if (st.seen !== null) {
-          this.emit({ kind: "gap", hunt, firstMissed: st.seen, missed: null, reason: "reconnect" });
-        }
+        const seen = st.seen;
         st.expected = next;
-        this.emit({ kind: "subscribed", hunt, nextSeq: next });
         const waiters = st.waiters;
         st.waiters = [];
         for (const w of waiters) w.resolve(next);
+        if (seen !== null) this.emit({ kind: "gap", hunt, firstMissed: seen, missed: null, reason: "reconnect" });
+        this.emit({ kind: "subscribed", hunt, nextSeq: next });
         return;
       }
       case "unsubscribed": {
@@ -458,12 +489,15 @@ export class Subscriber {
     this.answered();
     const end = first + BigInt(entries.length);
     if (!this.room()) {
-      // A browser cannot stop reading: drop the message, say so.
-      const last = this.queue[this.queue.length - 1];
-      if (this.queued() > 0 && last?.kind === "gap" && last.reason === "local" && last.hunt === hunt && last.missed !== null && last.firstMissed + last.missed === expected) {
-        last.missed = end - last.firstMissed;
+      // A browser cannot stop reading: drop the message, say so, in the
+      // hunt's local gap still queued if it ends where this one starts.
+      const pending = this.localGaps.get(hunt);
+      if (pending !== undefined && pending.missed !== null && pending.firstMissed + pending.missed === expected) {
+        pending.missed = end - pending.firstMissed;
       } else {
-        this.queue.push({ kind: "gap", hunt, firstMissed: expected, missed: end - expected, reason: "local" });
+        const item: Extract<SubscriberItem, { kind: "gap" }> = { kind: "gap", hunt, firstMissed: expected, missed: end - expected, reason: "local" };
+        this.queue.push(item);
+        this.localGaps.set(hunt, item);
       }
       st.expected = st.seen = end;
       return;

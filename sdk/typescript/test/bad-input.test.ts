@@ -8,10 +8,15 @@ import { after, before, test } from "node:test";
 import { WebSocketServer, type WebSocket as WsSocket } from "ws";
 
 import {
+  ANSWER_TIMEOUT_MS_DEFAULT,
+  ASSIGNED_PRODUCER_IDS,
+  CallbackError,
   ClosedError,
+  ProducerIdRefusedError,
   ProtocolError,
   Producer,
   ReconnectFailedError,
+  TimeoutError,
   ServerError,
   Subscriber,
   type SubscriberItem,
@@ -19,6 +24,7 @@ import {
   decodeOutcome,
   join,
   parseJson,
+  randomProducerId,
 } from "../src/index.js";
 import { within } from "./harness.js";
 
@@ -54,6 +60,10 @@ after(async () => {
 
 const BIG_ID = "18446744073709551557"; // 2^64 - 59: prime, above 2^53, odd
 const welcome = (id = BIG_ID) => `{"type":"welcome","version":1,"producer_id":${id},"batch_events_max":65536,"outcomes":true}`;
+/** The id a `hello` presents (its exact digits), or undefined. */
+const presented = (hello: string): string | undefined => /"producer_id":(\d+)/.exec(hello)?.[1];
+/** The server's `welcome` to a `hello`: the id it presents, else one it assigns (BIG_ID). */
+const welcomeTo = (hello: string) => welcome(presented(hello) ?? BIG_ID);
 
 /** A producer that gives up at the first failed reconnect. */
 const once = { reconnectAttemptsMax: 0, connectTimeoutMs: 2000 };
@@ -68,7 +78,7 @@ test("64-bit integers are read exactly: a server-assigned producer id and sequen
       s.send(`{"type":"ack","first_seq":${firstSeq},"count":1,"outcomes":[{"outcome":"joined","x":1,"y":2,"score":3}]}`);
     }
   };
-  const p = await within("connect", Producer.connect({ url, ...once, firstSeq }));
+  const p = await within("connect", Producer.connect({ url, ...once, firstSeq, producerId: 0n }));
   try {
     assert.equal(p.producerId, BigInt(BIG_ID));
     assert.notEqual(Number(BIG_ID), Number.NaN);
@@ -138,10 +148,10 @@ test("a malformed ack fails the batch's events with a typed error, after a recon
   ];
   for (const ack of acks) {
     let connections = 0;
-    script = (m, _raw, s) => {
+    script = (m, raw, s) => {
       if (m["type"] === "hello") {
         connections++;
-        if (connections === 1) s.send(welcome());
+        if (connections === 1) s.send(welcomeTo(raw));
         else s.close(); // the reconnect fails
       }
       if (m["type"] === "events") s.send(ack);
@@ -166,12 +176,12 @@ test("a malformed ack fails the batch's events with a typed error, after a recon
 test("a retryable error reconnects and resends; a refused batch is its own error and the producer goes on", async () => {
   let connections = 0;
   const seen: string[] = [];
+  const ids: (string | undefined)[] = [];
   script = (m, raw, s) => {
     if (m["type"] === "hello") {
       connections++;
-      // Reconnects present the id the first welcome gave.
-      if (connections > 1) assert.match(raw, new RegExp(`"producer_id":${BIG_ID}[,}]`));
-      s.send(welcome());
+      ids.push(presented(raw));
+      s.send(welcomeTo(raw));
     }
     if (m["type"] === "events") {
       const first = String(raw.match(/"first_seq":(\d+)/)?.[1]);
@@ -190,6 +200,7 @@ test("a retryable error reconnects and resends; a refused batch is its own error
   try {
     assert.deepEqual(await within("resent and acknowledged", p.send(join(1, 1))), { outcome: "joined", x: 0, y: 0, score: 0 });
     assert.deepEqual(seen, ["1", "1"], "the same batch, with the same first_seq, on the new connection");
+    assert.deepEqual(ids, [String(p.producerId), String(p.producerId)], "the reconnect presents the same id");
     const e = await within(
       "refused",
       p.send(join(1, 2)).then(
@@ -328,7 +339,7 @@ test("answerTimeoutMs: a server that stops answering is left, and the batch goes
   script = (m, raw, s) => {
     if (m["type"] === "hello") {
       connections++;
-      s.send(welcome());
+      s.send(welcomeTo(raw));
     }
     if (m["type"] === "events") {
       sent.push(String(raw.match(/"first_seq":(\d+)/)?.[1]));
@@ -348,8 +359,8 @@ test("answerTimeoutMs: a server that stops answering is left, and the batch goes
 
 test("a full producer throws FullError and takes nothing; ready() resolves when answers free room", async () => {
   let pending: WsSocket | undefined;
-  script = (m, _raw, s) => {
-    if (m["type"] === "hello") s.send(welcome());
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") s.send(welcomeTo(raw));
     if (m["type"] === "events") pending = s; // answered later
   };
   const p = await within("connect", Producer.connect({ url, unackedEventsMax: 2, lingerMs: 0 }));
@@ -393,7 +404,7 @@ test("wss:// and the token: hello carries `token`, over TLS", async () => {
       const m = JSON.parse(data.toString()) as Record<string, unknown>;
       if (m["type"] === "hello") {
         hellos.push(m);
-        socket.send(welcome());
+        socket.send(welcomeTo(data.toString()));
       }
       if (m["type"] === "subscribe") socket.send(`{"type":"subscribed","hunt":${m["hunt"]},"next_seq":5}`);
       if (m["type"] === "events") socket.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
@@ -425,33 +436,262 @@ test("wss:// and the token: hello carries `token`, over TLS", async () => {
   }
 });
 
-test("a restarted server that no longer knows the id it assigned: the producer takes a new one and resends", async () => {
+
+test("the default producer id is random, nonzero and below 2^63, and every connection presents it", async () => {
   const hellos: string[] = [];
-  let connections = 0;
+  let drop = true;
   script = (m, raw, s) => {
     if (m["type"] === "hello") {
-      connections++;
       hellos.push(raw);
-      if (connections === 1) s.send(welcome());
-      else if (connections === 2) {
+      s.send(welcomeTo(raw));
+    }
+    if (m["type"] === "events") {
+      if (drop) {
+        drop = false;
+        s.terminate(); // lost with the batch unanswered: the reconnect presents the id again
+      } else s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
+    }
+  };
+  const a = await within("connect a", Producer.connect({ url, reconnectBackoffInitialMs: 1 }));
+  const b = await within("connect b", Producer.connect({ url, reconnectBackoffInitialMs: 1 }));
+  try {
+    for (const id of [a.producerId, b.producerId]) assert.ok(id >= 1n && id < ASSIGNED_PRODUCER_IDS, `${id}`);
+    assert.notEqual(a.producerId, b.producerId, "two producers, two ids");
+    assert.deepEqual(await within("answered", a.send(join(1, 1))), { outcome: "left" });
+    assert.deepEqual(
+      hellos.map(presented),
+      [String(a.producerId), String(b.producerId), String(a.producerId)],
+      "each hello names its producer's own id, the reconnect too",
+    );
+    for (let i = 0; i < 1000; i++) {
+      const id = randomProducerId();
+      assert.ok(id >= 1n && id < ASSIGNED_PRODUCER_IDS);
+    }
+  } finally {
+    a.destroy();
+    b.destroy();
+  }
+});
+
+test("a refused server-assigned id after a batch was written: a fatal typed error, nothing resent under a new id", async () => {
+  const hellos: string[] = [];
+  const batches: number[] = [];
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") {
+      hellos.push(raw);
+      if (hellos.length === 1) s.send(welcome());
+      else {
         // What trove serve answers an assigned id its journal never held.
+        s.send(`{"type":"error","code":"malformed","message":"producer id ${BIG_ID}: ids from 2^63 up are assigned by the server (omit it)"}`);
+        s.close(1008, "malformed");
+      }
+    }
+    if (m["type"] === "events") {
+      batches.push(hellos.length);
+      // The batch may have been applied (in cluster mode its log holds it) when the server goes.
+      s.terminate();
+    }
+  };
+  const p = await within("connect", Producer.connect({ url, producerId: 0n, reconnectBackoffInitialMs: 1 }));
+  try {
+    const e = await within(
+      "the send fails",
+      p.send(join(1, 1)).then(
+        () => assert.fail("resolved: the batch was sent again under another id"),
+        (e: unknown) => e as TroveError,
+      ),
+    );
+    assert.ok(e.fatal, e.message);
+    const cause = rootCause(e);
+    assert.ok(cause instanceof ProducerIdRefusedError && cause.written && cause.producerId === BigInt(BIG_ID), `${cause.name}: ${cause.message}`);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(hellos.length, 2, "no connection under a new id");
+    assert.deepEqual(batches, [1], "the batch was written once, on the first connection");
+    assert.throws(() => p.send(join(1, 2)), ClosedError);
+  } finally {
+    p.destroy();
+  }
+});
+
+test("a refused server-assigned id with nothing ever written: the producer takes a new one", async () => {
+  const hellos: string[] = [];
+  script = (m, raw, s) => {
+    if (m["type"] === "hello") {
+      hellos.push(raw);
+      if (hellos.length === 1) {
+        s.send(welcome());
+        setTimeout(() => s.terminate(), 20); // the server goes while the producer is idle
+      } else if (hellos.length === 2) {
         s.send(`{"type":"error","code":"malformed","message":"producer id ${BIG_ID}: ids from 2^63 up are assigned by the server (omit it)"}`);
         s.close(1008, "malformed");
       } else s.send(welcome("9223372036854775999"));
     }
-    if (m["type"] === "events") {
-      if (connections === 1) s.terminate(); // the server dies with the batch unanswered
-      else s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
-    }
+    if (m["type"] === "events") s.send('{"type":"ack","first_seq":1,"count":1,"outcomes":[{"outcome":"left"}]}');
   };
-  const p = await within("connect", Producer.connect({ url, reconnectBackoffInitialMs: 1 }));
+  const p = await within("connect", Producer.connect({ url, producerId: 0n, reconnectBackoffInitialMs: 1 }));
   try {
+    await new Promise((r) => setTimeout(r, 200)); // lost while idle
     assert.deepEqual(await within("answered under the new id", p.send(join(1, 1))), { outcome: "left" });
     assert.equal(p.producerId, 9223372036854775999n);
     assert.equal(hellos.length, 3);
-    assert.match(hellos[1]!, new RegExp(`"producer_id":${BIG_ID}`));
-    assert.doesNotMatch(hellos[2]!, /producer_id/, "the third hello lets the server assign");
+    assert.equal(presented(hellos[1]!), BIG_ID);
+    assert.equal(presented(hellos[2]!), undefined, "the third hello lets the server assign");
   } finally {
     p.destroy();
+  }
+});
+
+/** A server that welcomes and answers pings but never answers a batch. */
+function neverAcks(events: { n: number }): Script {
+  return (m, raw, s) => {
+    if (m["type"] === "hello") s.send(welcomeTo(raw));
+    if (m["type"] === "ping") s.send(`{"type":"pong","nonce":${JSON.stringify(m["nonce"])}}`);
+    if (m["type"] === "events") events.n++;
+  };
+}
+
+test("close() is bounded against a server that never answers: it closes after closeTimeoutMs", async () => {
+  const events = { n: 0 };
+  script = neverAcks(events);
+  const p = await within("connect", Producer.connect({ url, closeTimeoutMs: 300, pingIntervalMs: 100 }));
+  const sent = p.send(join(1, 1)).then(
+    () => assert.fail("answered"),
+    (e: unknown) => e as TroveError,
+  );
+  const closed = await within(
+    "close() returns",
+    p.close().then(
+      () => assert.fail("close() resolved with an event unanswered"),
+      (e: unknown) => e as TroveError,
+    ),
+  );
+  assert.equal(closed.name, "TimeoutError", closed.message);
+  const e = await within("the send is rejected", sent);
+  assert.ok(e instanceof ClosedError, e.message);
+  assert.equal(events.n, 1);
+  assert.throws(() => p.send(join(1, 2)), ClosedError);
+});
+
+test("drain() ends by itself with the default answerTimeoutMs against a server that answers pings but never acks", async () => {
+  assert.equal(ANSWER_TIMEOUT_MS_DEFAULT, 30_000);
+  const events = { n: 0 };
+  script = neverAcks(events);
+  const p = await within("connect", Producer.connect({ url, reconnectAttemptsMax: 0, pingIntervalMs: 200 }));
+  try {
+    const sent = p.send(join(1, 1));
+    sent.catch(() => {});
+    const e = await within(
+      "drain() ends",
+      p.drain().then(
+        () => assert.fail("drained with nothing answered"),
+        (e: unknown) => e as TroveError,
+      ),
+      // The default timeout (30 s), its check (every 7.5 s), a reconnect: generous on a loaded machine.
+      150_000,
+    );
+    assert.ok(e.fatal, e.message);
+    assert.ok(rootCause(e) instanceof TimeoutError, `${rootCause(e).name}: ${e.message}`);
+    await assert.rejects(sent, ClosedError);
+    assert.ok(events.n >= 1);
+  } finally {
+    p.destroy();
+  }
+});
+
+test("an onItem that always throws never escapes: each throw ends the connection, is reported, and the retries end", async () => {
+  script = (m, _raw, s) => {
+    if (m["type"] === "subscribe") {
+      s.send(`{"type":"subscribed","hunt":${m["hunt"]},"next_seq":1}`);
+      s.send('{"type":"update","hunt":1,"first_seq":1,"entries":[{"kind":"broadcast","body":{"broadcast":"round_finished","round":1,"top":[]}}]}');
+    }
+  };
+  const items: SubscriberItem[] = [];
+  let stopped: (e: TroveError) => void = () => {};
+  const stop = new Promise<TroveError>((r) => (stopped = r));
+  const s = await within(
+    "connect",
+    Subscriber.connect({
+      url,
+      reconnectAttemptsMax: 3,
+      reconnectBackoffInitialMs: 1,
+      onItem: (item) => {
+        items.push(item);
+        if (item.kind === "disconnected" && item.error.fatal) stopped(item.error);
+        throw new Error("the game's handler is broken");
+      },
+    }),
+  );
+  try {
+    assert.equal(await within("subscribed", s.subscribe(1)), 1n);
+    const e = await within("the subscriber stops", stop);
+    assert.ok(e instanceof ReconnectFailedError && e.last instanceof CallbackError, `${e.name}: ${e.message}`);
+    assert.match(e.message, /the game's handler is broken/);
+    const lost = items.filter((i) => i.kind === "disconnected");
+    assert.ok(lost.length >= 2, `${lost.length} disconnected items`);
+    for (const l of lost) assert.ok(l.kind === "disconnected" && (l.error instanceof CallbackError || l.error.fatal), l.kind);
+    assert.ok(!items.some((i) => i.kind === "broadcast"), "the update's items never reach the callback: it threw on the subscribed item first");
+  } finally {
+    s.close();
+  }
+});
+
+test("a full queue in a browser keeps at most one local gap per hunt, however the hunts' messages interleave", async () => {
+  const { WebSocket: NodeWs } = await import("ws");
+  class BrowserLike extends NodeWs {
+    constructor(u: string) {
+      super(u);
+    }
+  }
+  Object.defineProperty(BrowserLike.prototype, "pause", { value: undefined });
+  const g = globalThis as { WebSocket?: unknown };
+  const saved = g.WebSocket;
+  g.WebSocket = BrowserLike;
+  const entry = '{"kind":"broadcast","body":{"broadcast":"round_finished","round":1,"top":[]}}';
+  script = (m, _raw, s) => {
+    if (m["type"] === "subscribe") {
+      s.send(`{"type":"subscribed","hunt":${m["hunt"]},"next_seq":1}`);
+      if (m["hunt"] !== 2) return;
+      // Hunts 1 and 2 in turn, 50 messages of 2 entries each: #1..=#100 of each.
+      for (let i = 0; i < 50; i++) {
+        for (const h of [1, 2]) s.send(`{"type":"update","hunt":${h},"first_seq":${1 + 2 * i},"entries":[${entry},${entry}]}`);
+      }
+    }
+  };
+  let s: Subscriber | undefined;
+  try {
+    s = await within("connect", Subscriber.connect({ url, queueMax: 10 }));
+    await within("subscribed", Promise.all([s.subscribe(1), s.subscribe(2)]));
+    await new Promise((r) => setTimeout(r, 300)); // nobody reads meanwhile
+    const expected = new Map([
+      [1, 1n],
+      [2, 1n],
+    ]);
+    const gaps = new Map([
+      [1, 0],
+      [2, 0],
+    ]);
+    let count = 0;
+    while (expected.get(1)! <= 100n || expected.get(2)! <= 100n) {
+      const item: SubscriberItem | null = await within("items", s.next());
+      assert.ok(item !== null);
+      count++;
+      if (item.kind === "subscribed") continue;
+      assert.ok(item.kind === "gap" || item.kind === "broadcast", item.kind);
+      const at: bigint = expected.get(item.hunt)!;
+      if (item.kind === "gap") {
+        assert.equal(item.reason, "local");
+        assert.equal(item.firstMissed, at, `hunt ${item.hunt}'s gap starts where its entries stopped`);
+        gaps.set(item.hunt, gaps.get(item.hunt)! + 1);
+        expected.set(item.hunt, at + item.missed!);
+      } else {
+        assert.equal(item.seq, at);
+        expected.set(item.hunt, at + 1n);
+      }
+    }
+    assert.deepEqual([...gaps.values()], [1, 1], "one local gap per hunt, merged while it waited in the queue");
+    assert.ok(count <= 10 + 2, `${count} items: the queue's bound plus one gap per hunt`);
+  } finally {
+    s?.close();
+    g.WebSocket = saved;
   }
 });

@@ -166,7 +166,7 @@ test("exactly once across a server killed with -9 and restarted on its data dire
     });
     assert.ok(p.stats().reconnects >= 1);
     assert.ok(p.stats().resent > 0, `batches sent again: ${JSON.stringify(p.stats())}`);
-    assert.equal(p.producerId, idBefore, "the server-assigned id was presented again and accepted");
+    assert.equal(p.producerId, idBefore, "the same (random) id was presented again and accepted");
     await check(server, 2, run);
   } finally {
     p.destroy();

@@ -52,7 +52,11 @@ test("a hunt played end to end: outcomes and broadcasts as docs/game.md says", a
   const p = await Producer.connect({ url: server.ws });
   try {
     await within("subscribed", sub.subscribe(hunt));
-    assert.ok(p.producerId >= 1n << 63n, `a server-assigned id is at least 2^63, exactly: ${p.producerId}`);
+    assert.ok(p.producerId >= 1n && p.producerId < 1n << 63n, `the default id is random, below 2^63: ${p.producerId}`);
+    // Opted in: the server assigns one, at least 2^63, read exactly.
+    const assigned = await Producer.connect({ url: server.ws, producerId: 0n });
+    assert.ok(assigned.producerId >= 1n << 63n, `a server-assigned id is at least 2^63, exactly: ${assigned.producerId}`);
+    await assigned.close();
 
     assert.deepEqual(await p.send(create(hunt, CONFIG)), { outcome: "created", round: 1 });
     assert.deepEqual(await p.send(create(hunt, CONFIG)), { outcome: "rejected", reason: "hunt_exists" });

@@ -455,6 +455,14 @@
     cause_;
     name = "ClosedError";
   };
+  var CallbackError = class extends TroveError {
+    constructor(thrown) {
+      super(`a callback threw: ${thrown instanceof Error ? thrown.message : String(thrown)}`);
+      this.thrown = thrown;
+    }
+    thrown;
+    name = "CallbackError";
+  };
   function fatal(e) {
     e.fatal = true;
     return e;
@@ -1020,6 +1028,13 @@
     leaving = /* @__PURE__ */ new Map();
     ops = [];
     queue = [];
+    /**
+     * Per hunt, its `local` gap still in the queue and the last item queued
+     * for that hunt: a further drop merges into it, so that a full queue
+     * holds at most one local gap per hunt however the hunts' messages
+     * interleave.
+     */
+    localGaps = /* @__PURE__ */ new Map();
     queueHead = 0;
     waiter;
     error;
@@ -1086,6 +1101,7 @@
       if (this.queueHead < this.queue.length) {
         const item = this.queue[this.queueHead];
         this.queue[this.queueHead++] = void 0;
+        if (item.kind === "gap" && this.localGaps.get(item.hunt) === item) this.localGaps.delete(item.hunt);
         if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
           this.queue.splice(0, this.queueHead);
           this.queueHead = 0;
@@ -1137,9 +1153,20 @@
       this.ops.push(op);
       this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}}`);
     }
+    /**
+     * Hands one item out: to `onItem`, a waiting `next()`, or the queue.
+     * Throws `CallbackError` if `onItem` threw (from a message handler, the
+     * link then fails with it and the connection is made again; the
+     * attempt does not count as answered, so the backoff grows).
+     */
     emit(item) {
       if (this.onItem !== void 0) {
-        this.onItem(item);
+        try {
+          this.onItem(item);
+        } catch (e) {
+          this.answeredSinceConnect = false;
+          throw new CallbackError(e);
+        }
         return;
       }
       if (this.waiter !== void 0) {
@@ -1148,6 +1175,7 @@
         w.resolve(item);
         return;
       }
+      if ("hunt" in item) this.localGaps.delete(item.hunt);
       this.queue.push(item);
     }
     /** Whether the items of one more message may be queued (else they are dropped, and a local gap says so). */
@@ -1236,7 +1264,12 @@
         st.expected = null;
       }
       if (this.answeredSinceConnect) this.backoff.reset();
-      if (wasReady && !first) this.emit({ kind: "disconnected", error: why });
+      if (wasReady && !first) {
+        try {
+          this.emit({ kind: "disconnected", error: why });
+        } catch {
+        }
+      }
       this.retry(why, first, firstFailed);
     }
     fail(e) {
@@ -1279,14 +1312,13 @@
           this.answered();
           const st = this.hunts.get(hunt2);
           if (st === void 0) return;
-          if (st.seen !== null) {
-            this.emit({ kind: "gap", hunt: hunt2, firstMissed: st.seen, missed: null, reason: "reconnect" });
-          }
+          const seen = st.seen;
           st.expected = next;
-          this.emit({ kind: "subscribed", hunt: hunt2, nextSeq: next });
           const waiters = st.waiters;
           st.waiters = [];
           for (const w of waiters) w.resolve(next);
+          if (seen !== null) this.emit({ kind: "gap", hunt: hunt2, firstMissed: seen, missed: null, reason: "reconnect" });
+          this.emit({ kind: "subscribed", hunt: hunt2, nextSeq: next });
           return;
         }
         case "unsubscribed": {
@@ -1379,11 +1411,13 @@
       this.answered();
       const end = first + BigInt(entries.length);
       if (!this.room()) {
-        const last = this.queue[this.queue.length - 1];
-        if (this.queued() > 0 && last?.kind === "gap" && last.reason === "local" && last.hunt === hunt2 && last.missed !== null && last.firstMissed + last.missed === expected) {
-          last.missed = end - last.firstMissed;
+        const pending = this.localGaps.get(hunt2);
+        if (pending !== void 0 && pending.missed !== null && pending.firstMissed + pending.missed === expected) {
+          pending.missed = end - pending.firstMissed;
         } else {
-          this.queue.push({ kind: "gap", hunt: hunt2, firstMissed: expected, missed: end - expected, reason: "local" });
+          const item = { kind: "gap", hunt: hunt2, firstMissed: expected, missed: end - expected, reason: "local" };
+          this.queue.push(item);
+          this.localGaps.set(hunt2, item);
         }
         st.expected = st.seen = end;
         return;
