@@ -387,6 +387,9 @@ struct Conn {
     evicted: AtomicBool,
     /// Tells the connection's task to close at once.
     close: tokio::sync::Notify,
+    /// Its socket (-1 until the connection's task has it): a live
+    /// stream's send buffer is capped through it.
+    fd: std::sync::atomic::AtomicI32,
 }
 
 impl Conn {
@@ -497,6 +500,7 @@ impl Conns {
                         phase_since_ms: AtomicU64::new(self.now_ms()),
                         evicted: AtomicBool::new(false),
                         close: tokio::sync::Notify::new(),
+                        fd: std::sync::atomic::AtomicI32::new(-1),
                     });
                     open.insert(id, conn.clone());
                     self.counters.accepted.fetch_add(1, Relaxed);
@@ -593,6 +597,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let conn = slot.conn.clone();
+    conn.fd.store(std::os::fd::AsRawFd::as_raw_fd(&stream), Relaxed);
     let service = {
         let (conns, conn) = (conns.clone(), conn.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -710,8 +715,43 @@ async fn answer(conns: Arc<Conns>, conn: Arc<Conn>, router: Router, req: Request
     // A live stream's body is written from now on, under its own
     // deadline; any other answer ends the request.
     let phase = if reply.extensions().get::<LiveStream>().is_some() { Phase::Stream } else { Phase::Head };
+    if phase == Phase::Stream {
+        cap_send_buffer(conn.fd.load(Relaxed));
+    }
     conn.enter(phase, conns.now_ms());
     reply
+}
+
+/// A live stream's socket send buffer, in bytes (the kernel doubles it
+/// for its own bookkeeping). Without a cap the kernel grows it to
+/// megabytes for a reader that does not read, and the stall deadline,
+/// which runs only once hyper stops asking for snapshots, would start
+/// an hour later; with it, a stalled reader holds this, hyper's own
+/// buffer of a few snapshots, and nothing more, and is closed
+/// `LIVE_STALL_TIMEOUT` after that.
+const LIVE_SEND_BUFFER_BYTES: libc::c_int = 16 << 10;
+
+/// Caps `fd`'s send buffer at [`LIVE_SEND_BUFFER_BYTES`] (which also turns
+/// the kernel's autotuning off for it). A failure leaves the socket as it
+/// was: the stream still works, and is still closed once it stalls.
+fn cap_send_buffer(fd: std::os::fd::RawFd) {
+    if fd < 0 {
+        return;
+    }
+    let bytes = LIVE_SEND_BUFFER_BYTES;
+    // SAFETY: `fd` is the connection's own socket, open while its task
+    // (which answers this request) runs; the option value is a c_int
+    // whose size is passed with it.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Marks an answer as the connection's last.

@@ -7,9 +7,10 @@
 //! parses the Prometheus text, and never sees a histogram. A snapshot is
 //! made only when the connection asks for the next chunk of the body
 //! (hyper polls it when its write buffer has room), so a slow reader holds
-//! one snapshot at most: nothing queues up behind it. The control plane
-//! closes a stream whose reader took nothing for [`LIVE_STALL_TIMEOUT`]
-//! (`control.rs`), and caps the streams open at once
+//! a bounded few: nothing queues up behind them. The control plane
+//! caps the stream's socket send buffer, closes a stream whose reader took
+//! nothing for [`LIVE_STALL_TIMEOUT`] (`control.rs`), and caps the streams
+//! open at once
 //! (`ControlConfig::live_streams_max`).
 
 use std::time::{Duration, Instant};

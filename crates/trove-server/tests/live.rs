@@ -314,3 +314,35 @@ fn the_stream_cap_is_below_the_connection_cap_and_zero_refuses_every_stream() {
         Opened::Stream(_) => panic!("a stream was let in with live_streams_max = 0"),
     }
 }
+
+/// A reader that stops reading is closed as stalled within a bound that
+/// does not depend on how far the kernel would grow the socket's send
+/// buffer: the stream's buffer is capped, so the stall deadline starts
+/// once a few snapshots are queued, not after megabytes of them.
+#[test]
+fn a_reader_that_stops_reading_is_closed_as_stalled() {
+    let h = Harness::start(ControlConfig::default());
+    // A hundred hunts: every snapshot carries their summaries (kilobytes).
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/", h.ws)).unwrap();
+    let config = json!({"width": 64, "height": 64, "seed": 7, "treasures_per_round": 64, "value_min": 1,
+        "value_max": 9, "dig_cooldown_ms": 0, "step_max": 4, "players_max": 1000});
+    send_events(&mut ws, (1..=100).map(|hunt| json!({"hunt": hunt, "action": "create", "config": config})).collect());
+    let mut live = Live::expect(open_live(h.http));
+    assert!(live.next().is_some());
+    // From now on nothing is read.
+    let started = Instant::now();
+    let stalled = |h: &Harness| {
+        let metrics = h.get("/metrics").body;
+        let line =
+            metrics.lines().find(|l| l.starts_with("trove_control_live_streams_closed_total{reason=\"stalled\"}"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    // Uncapped, the kernel's buffer grew by about 20 KB/s here for minutes
+    // before the deadline even started; capped, the stream is closed in
+    // LIVE_STALL_TIMEOUT plus the seconds a few snapshots take.
+    while stalled(&h) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(120), "a stream nobody reads was never closed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(live);
+}
