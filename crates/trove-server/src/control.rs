@@ -749,7 +749,7 @@ fn cap_send_buffer(fd: std::os::fd::RawFd) {
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
 }
