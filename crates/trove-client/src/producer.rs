@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use trove_core::Record;
-use trove_proto::frame::{self, ACK_HEAD_LEN, EVENTS_HEAD_LEN, Hello, VERSION, Welcome, hello_flags};
+use trove_proto::frame::{self, ACK_HEAD_LEN, EVENTS_HEAD_LEN, Hello, Welcome, hello_flags};
 use trove_proto::{ErrorCode, Frame, Kind, WireGame};
 
 use crate::batch::{Batch, OpenBatch};
@@ -255,7 +255,7 @@ impl<G: WireGame> Producer<G> {
     ) -> Result<(Producer<G>, Acks<G>), ClientError> {
         config.validate()?;
         let flags = if config.want_outcomes { hello_flags::OUTCOMES } else { 0 };
-        let mut hello = Hello { version: VERSION, flags, producer_id: config.initial_producer_id() };
+        let mut hello = config.hello(flags, config.initial_producer_id());
         let conn = match route.failover_timeout() {
             None => route.connect::<G>(&config, hello, Why::First).await?,
             Some(timeout) => first_connection::<G>(&mut route, &config, hello, timeout).await?,

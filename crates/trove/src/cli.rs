@@ -26,6 +26,33 @@ pub enum Command {
     Journal(Journal),
     /// Rebuild the state from a journal offline and print its hashes.
     Replay(Replay),
+    /// Manage the tokens of an auth file (`trove serve --auth FILE`).
+    #[command(subcommand)]
+    Auth(Auth),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Auth {
+    /// Make a new random token: print it once, append its hash (never the
+    /// token) to the auth file, creating it if need be.
+    Add(AuthAdd),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthAdd {
+    /// The token's name (letters, digits, '-', '_', '.'), unique in the file.
+    pub name: String,
+    /// producer (send events), spectator (subscribe, read) or admin
+    /// (everything).
+    #[arg(long)]
+    pub role: String,
+    /// Hunts the token may touch, as ids or ranges: --hunts 1-100,200
+    /// [default: every hunt].
+    #[arg(long, value_delimiter = ',')]
+    pub hunts: Vec<String>,
+    /// The auth file.
+    #[arg(long)]
+    pub file: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +134,18 @@ pub struct Serve {
     /// it [default: 3000].
     #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub lease_ms: Option<u64>,
+    /// Require a token on every connection and control-plane request: the
+    /// auth file (TOML, `trove auth add` writes it). SIGHUP reloads it.
+    #[arg(long)]
+    pub auth: Option<std::path::PathBuf>,
+    /// Serve without authentication on addresses other than loopback
+    /// (refused otherwise); a warning is logged every minute.
+    #[arg(long, conflicts_with = "auth")]
+    pub insecure_no_auth: bool,
+    /// Serve /metrics alone, with no token, on this address (for a
+    /// scraper on a private network).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -72,5 +72,6 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Journal(Journal::Inspect(_)) => unreachable!("answered in `main`, with exit statuses of its own"),
         Command::Replay(args) if args.cluster.is_some() => cluster_cmd::replay(&args),
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
+        Command::Auth(trove::cli::Auth::Add(args)) => trove::serve::auth_add(&args),
     }
 }

@@ -351,7 +351,7 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
             .map_err(&who)?;
     } else {
         let mut out = Vec::new();
-        frame::encode_hello(&mut out, &frame::Hello { version: frame::VERSION, flags: 0, producer_id: 0 });
+        frame::encode_hello(&mut out, &frame::Hello::v1(0, 0));
         frame::encode_u32_frame(&mut out, Kind::Subscribe, hunt);
         write_all(&stream, &out).await.map_err(&who)?;
     }
