@@ -149,6 +149,7 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         linger: Duration::from_micros(flags.linger_us),
         drain_timeout: seconds("drain-timeout", flags.drain_timeout)?,
         progress: true,
+        token: trove_client::Token::from_arg_or_env(flags.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
         overload,
     })
 }

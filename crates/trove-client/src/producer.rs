@@ -886,7 +886,11 @@ impl<G: WireGame> Task<G> {
             Frame::Error { code, message } => {
                 let error = ServerError { raw_code: code, message: message.to_string() };
                 match error.code() {
-                    Some(ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused) => {
+                    // `forbidden`: the token may not send one of the batch's
+                    // events (a hunt outside its ranges); that batch alone.
+                    Some(
+                        ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused | ErrorCode::Forbidden,
+                    ) => {
                         self.inflight.on_refused(error).map_err(End::Fatal)?;
                         self.shared.counters.batches_refused.fetch_add(1, Relaxed);
                         self.streak = None;

@@ -548,3 +548,36 @@ fn with_auth_off_the_control_plane_is_open() {
     let (status, _) = http(h.http(), "GET", "/metrics", None, None);
     assert_eq!(status, 200);
 }
+
+// ---------------------------------------------------------------------------
+// The Rust SDK.
+
+#[test]
+fn the_sdk_presents_its_token() {
+    use trove_client::{ClientConfig, ClientError, ErrorCode as Code, Producer, Subscriber, Token};
+    let h = Harness::start(true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr = h.tcp().to_string();
+    rt.block_on(async {
+        // No token: version 1, refused, not retried.
+        let e = Producer::<TreasureHunt>::connect(ClientConfig::new(addr.clone())).await.unwrap_err();
+        assert_eq!(e.server_code(), Some(Code::Unauthorized), "{e}");
+        // A producer's token: events acknowledged.
+        let config = ClientConfig { token: Some(Token(PRODUCER)), ..ClientConfig::new(addr.clone()) };
+        let (mut p, mut acks) = Producer::<TreasureHunt>::connect(config).await.unwrap();
+        p.send_wait(join(1)).await.unwrap();
+        p.flush().await.unwrap();
+        assert!(acks.next().await.unwrap().is_ok());
+        // Outside its hunts: that batch is refused, typed.
+        p.send_wait(join(99)).await.unwrap();
+        p.flush().await.unwrap();
+        match acks.next().await.unwrap() {
+            Err(ClientError::BatchRefused { error, .. }) => assert_eq!(error.code(), Some(Code::Forbidden)),
+            other => panic!("{other:?}"),
+        }
+        // A spectator's token subscribes.
+        let config = ClientConfig { token: Some(Token(SPECTATOR)), ..ClientConfig::new(addr.clone()) };
+        let mut s = Subscriber::<TreasureHunt>::connect(config).await.unwrap();
+        s.subscribe(1).await.unwrap();
+    });
+}
