@@ -42,7 +42,7 @@ pub const TOKEN_NAME_BYTES_MAX: usize = 64;
 pub const PRODUCER_BINDINGS_MAX: usize = 1 << 18;
 /// Producer ids one token may bind: one token cannot fill the table for
 /// the others.
-pub const PRODUCER_IDS_PER_TOKEN_MAX: usize = 1 << 14;
+pub const PRODUCER_IDS_PER_TOKEN_MAX: usize = 1 << 16;
 /// Longest BUSY retry hint a rate quota gives.
 pub const QUOTA_RETRY_MS_MAX: u32 = 10_000;
 
