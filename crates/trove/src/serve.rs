@@ -301,7 +301,7 @@ const SNAPSHOT_DEFAULT: Duration = Duration::from_secs(60);
 pub fn run(args: &Serve) -> Result<(), String> {
     let ServeSettings { mut engine, server, control, shards_from_journal, control_limits, metrics_listen } =
         settings(args)?;
-    if args.insecure_no_auth {
+    if args.insecure_no_auth && server.auth.is_none() {
         warn_insecure();
     }
     let auth = server.auth.clone();
@@ -309,7 +309,9 @@ pub fn run(args: &Serve) -> Result<(), String> {
     // can take the descriptors the other or the journal needs. (A journal's
     // own shard count is read only under its lock, below; the reserve
     // counts the shards known now.)
-    let control_max = control.map_or(0, |_| control_limits.connections_max);
+    // `--metrics-listen` is a second plane with the default cap.
+    let control_max = control.map_or(0, |_| control_limits.connections_max)
+        + metrics_listen.map_or(0, |_| ControlConfig::default().connections_max);
     let fds =
         trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
     if args.console {

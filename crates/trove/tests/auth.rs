@@ -137,9 +137,21 @@ fn sighup_removes_a_token_without_dropping_the_others() {
     let ops = add(&file, "ops", "admin", None);
     let args = ["--no-journal", "--tcp", "127.0.0.1:0", "--ws", "off", "--control", "127.0.0.1:0"];
     let mut args = args.to_vec();
-    args.extend(["--shards", "1", "--auth", file.to_str().unwrap()]);
+    args.extend(["--shards", "1", "--auth", file.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
     let mut server = Serve::spawn(&args);
-    let common::Listening { tcp, .. } = server.wait_listening();
+    let common::Listening { tcp, control, .. } = server.wait_listening();
+
+    // The control plane takes a token but for its probes; the metrics
+    // address takes none and serves /metrics alone.
+    poll(&server, "/metrics (no token) on http://");
+    let log = server.stderr_now();
+    let metrics: SocketAddr =
+        log.split("/metrics (no token) on http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert_eq!(status(control, "/health", None), 200);
+    assert_eq!(status(control, "/metrics", None), 401);
+    assert_eq!(status(control, "/metrics", Some(&ops)), 200);
+    assert_eq!(status(metrics, "/metrics", None), 200);
+    assert_eq!(status(metrics, "/hunts", None), 404);
 
     // Version 1 is refused; both tokens work over version 2.
     let (_, a) = Conn::open(tcp, Hello::v1(0, 0));
@@ -175,6 +187,18 @@ fn sighup_removes_a_token_without_dropping_the_others() {
     let (status, stderr) = server.terminate(EXIT_TIMEOUT);
     assert!(status.success(), "exit {status}:\n{stderr}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// One GET's status, with `token` as a bearer.
+fn status(addr: SocketAddr, path: &str, token: Option<&[u8; 32]>) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    let bearer =
+        token.map(|t| format!("Authorization: Bearer {}\r\n", trove_server::auth::to_hex(t))).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: trove\r\n{bearer}Connection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap()
 }
 
 /// Waits (generously) until the server's stderr says `what`.
