@@ -401,7 +401,9 @@ impl<G: WireGame> Subscriber<G> {
                 Frame::Pong { .. } => {}
                 Frame::Error { code, message } => {
                     let error = ServerError { raw_code: code, message: message.to_string() };
-                    if error.code() == Some(ErrorCode::TooManySubscriptions) {
+                    // `forbidden`: the token may not watch this hunt; that
+                    // subscription alone is refused.
+                    if matches!(error.code(), Some(ErrorCode::TooManySubscriptions | ErrorCode::Forbidden)) {
                         self.subs.on_refused(error)?;
                     } else if error.closes() {
                         return Err(ClientError::Server(error));

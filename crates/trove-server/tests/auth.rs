@@ -579,5 +579,9 @@ fn the_sdk_presents_its_token() {
         let config = ClientConfig { token: Some(Token(SPECTATOR)), ..ClientConfig::new(addr.clone()) };
         let mut s = Subscriber::<TreasureHunt>::connect(config).await.unwrap();
         s.subscribe(1).await.unwrap();
+        // Outside its hunts: that subscription alone is refused, typed.
+        let e = s.subscribe(50).await.unwrap_err();
+        assert_eq!(e.server_code(), Some(Code::Forbidden), "{e}");
+        s.subscribe(2).await.unwrap();
     });
 }
