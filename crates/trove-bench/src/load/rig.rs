@@ -215,6 +215,7 @@ pub(super) fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
             slow_bytes_per_s: 1024,
             threads: 1,
             read_interval: Duration::ZERO,
+            token: args.token.clone(),
         })
     })
 }
