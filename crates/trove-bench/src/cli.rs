@@ -96,6 +96,10 @@ pub struct BenchLoad {
     /// Drive a server that is already running at HOST:PORT instead.
     #[arg(long, value_parser = host_port)]
     pub target: Option<std::net::SocketAddr>,
+    /// The token for a --target started with --auth (`trove auth add`);
+    /// without it, TROVE_TOKEN.
+    #[arg(long)]
+    pub token: Option<String>,
     /// With --target: its control plane HOST:PORT, to scrape /metrics.
     #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -274,6 +278,10 @@ pub struct BenchNet {
     /// Drive a server that is already running at HOST:PORT instead.
     #[arg(long, value_parser = host_port)]
     pub target: Option<std::net::SocketAddr>,
+    /// The token for a --target started with --auth (`trove auth add`);
+    /// without it, TROVE_TOKEN.
+    #[arg(long)]
+    pub token: Option<String>,
     /// Run N interleaved pairs, in memory then with --fsync's journal (a
     /// fresh directory for each: under --data if given), and report each
     /// pair's ratio and their median.

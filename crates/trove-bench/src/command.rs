@@ -98,6 +98,7 @@ fn net_args(args: &BenchNet, serve_shards: ServeShards) -> Result<NetBenchArgs, 
         io_workers: args.io_workers as usize,
         client_workers: args.client_workers as usize,
         target: args.target,
+        token: trove_client::Token::from_arg_or_env(args.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
     };
     if bench.fsync.is_some() && bench.mode != Mode::Sharded {
         return Err(format!("--mode {} runs without a journal: add --fsync none", bench.mode.name()));

@@ -149,6 +149,7 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         linger: Duration::from_micros(flags.linger_us),
         drain_timeout: seconds("drain-timeout", flags.drain_timeout)?,
         progress: true,
+        token: trove_client::Token::from_arg_or_env(flags.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
         overload,
     })
 }
@@ -183,6 +184,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         slow_bytes_per_s: flags.slow_subscriber_bytes_per_s,
         threads: flags.subscriber_threads.unwrap_or(if flags.subscribers >= 1000 { 2 } else { 1 }),
         read_interval: Duration::from_micros(flags.subscriber_read_interval_us),
+        token: trove_client::Token::from_arg_or_env(flags.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
     }))
 }
 

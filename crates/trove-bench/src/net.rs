@@ -43,6 +43,8 @@ pub struct NetBenchArgs {
     pub io_workers: usize,
     pub client_workers: usize,
     pub target: Option<SocketAddr>,
+    /// Presented by the producers (a --target with authentication on).
+    pub token: Option<trove_client::Token>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +113,7 @@ async fn run_connection(
         window_batches: args.window_batches,
         linger: args.linger,
         want_outcomes: args.outcomes,
+        token: args.token.clone(),
         ..ClientConfig::new(addr.to_string())
     };
     let (mut producer, mut acks) =

@@ -5,7 +5,8 @@
 //! many events were acknowledged and what the rules answered.
 //!
 //! ```text
-//! cargo run -p trove-client --example producer -- [ADDR] [HUNT] [EVENTS] [RATE]
+//! cargo run -p trove-client --example producer -- [--token T] [ADDR] [HUNT] [EVENTS] [RATE]
+//!   --token T  the token (`trove auth add`), else TROVE_TOKEN, else none
 //!   ADDR    server address               (default 127.0.0.1:7400)
 //!   HUNT    hunt id                      (default 1)
 //!   EVENTS  events after the joins       (default 1000000)
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trove_client::{AckedBatch, Acks, ClientConfig, ClientError, Producer, SendError};
+use trove_client::{AckedBatch, Acks, ClientConfig, ClientError, Producer, SendError, Token};
 use trove_core::SplitMix64;
 use trove_hunt::{Band, HuntConfig, HuntEvent, HuntOutcome, Reject, TreasureHunt};
 
@@ -72,13 +73,29 @@ struct Args {
     hunt: u32,
     events: u64,
     rate: u64,
+    token: Option<Token>,
+}
+
+/// Takes `--token T` out of the arguments; without it, `TROVE_TOKEN`.
+fn take_token(args: &mut Vec<String>) -> Result<Option<Token>, String> {
+    let arg = match args.iter().position(|a| a == "--token") {
+        Some(i) if i + 1 < args.len() => {
+            let t = args.remove(i + 1);
+            args.remove(i);
+            Some(t)
+        }
+        Some(_) => return Err("--token needs a value".into()),
+        None => None,
+    };
+    Token::from_arg_or_env(arg.as_deref()).map_err(|e| e.to_string())
 }
 
 fn args() -> Result<Args, String> {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+    let mut a: Vec<String> = std::env::args().skip(1).collect();
     if a.iter().any(|x| x == "-h" || x == "--help") {
-        return Err("usage: producer [ADDR] [HUNT] [EVENTS] [RATE]".into());
+        return Err("usage: producer [--token T] [ADDR] [HUNT] [EVENTS] [RATE]".into());
     }
+    let token = take_token(&mut a)?;
     let num = |i: usize, default: u64, what: &str| -> Result<u64, String> {
         a.get(i).map_or(Ok(default), |s| s.replace('_', "").parse().map_err(|e| format!("{what} {s:?}: {e}")))
     };
@@ -87,6 +104,7 @@ fn args() -> Result<Args, String> {
         hunt: u32::try_from(num(1, 1, "HUNT")?).map_err(|e| format!("HUNT: {e}"))?,
         events: num(2, 1_000_000, "EVENTS")?,
         rate: num(3, 100_000, "RATE")?,
+        token,
     })
 }
 
@@ -164,7 +182,7 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), ClientError> {
     HUNT_CONFIG.validate().expect("the example's hunt config is valid");
-    let config = ClientConfig::new(args.addr.clone());
+    let config = ClientConfig { token: args.token.clone(), ..ClientConfig::new(args.addr.clone()) };
     let (mut producer, acks) = Producer::<TreasureHunt>::connect(config).await?;
     println!(
         "connected to {} as producer {} (batches of up to {} events); hunt {}, {} players, {} events at {}",

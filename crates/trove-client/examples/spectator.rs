@@ -3,14 +3,15 @@
 //! the gaps where the server dropped updates because we fell behind.
 //!
 //! ```text
-//! cargo run -p trove-client --example spectator -- [ADDR] [HUNT...]
+//! cargo run -p trove-client --example spectator -- [--token T] [ADDR] [HUNT...]
+//!   --token T  the token (`trove auth add`), else TROVE_TOKEN, else none
 //!   ADDR  server address   (default 127.0.0.1:7400)
 //!   HUNT  hunt ids         (default 1)
 //! ```
 
 use std::io::Write;
 
-use trove_client::{ClientConfig, ClientError, Subscriber, Update, UpdateEntry};
+use trove_client::{ClientConfig, ClientError, Subscriber, Token, Update, UpdateEntry};
 use trove_hunt::{Action, HuntBroadcast, HuntEvent, HuntOutcome, Top10, TreasureHunt};
 
 fn event_text(e: &HuntEvent) -> String {
@@ -62,13 +63,34 @@ fn broadcast_text(b: &HuntBroadcast) -> String {
     }
 }
 
+/// Takes `--token T` out of the arguments; without it, `TROVE_TOKEN`.
+fn take_token(args: &mut Vec<String>) -> Result<Option<Token>, String> {
+    let arg = match args.iter().position(|a| a == "--token") {
+        Some(i) if i + 1 < args.len() => {
+            let t = args.remove(i + 1);
+            args.remove(i);
+            Some(t)
+        }
+        Some(_) => return Err("--token needs a value".into()),
+        None => None,
+    };
+    Token::from_arg_or_env(arg.as_deref()).map_err(|e| e.to_string())
+}
+
 #[tokio::main]
 async fn main() {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+    let mut a: Vec<String> = std::env::args().skip(1).collect();
     if a.iter().any(|x| x == "-h" || x == "--help") {
-        eprintln!("usage: spectator [ADDR] [HUNT...]");
+        eprintln!("usage: spectator [--token T] [ADDR] [HUNT...]");
         std::process::exit(2);
     }
+    let token = match take_token(&mut a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let addr = a.first().cloned().unwrap_or_else(|| "127.0.0.1:7400".into());
     let hunts: Result<Vec<u32>, _> = a.iter().skip(1).map(|h| h.parse::<u32>()).collect();
     let hunts = match hunts {
@@ -79,14 +101,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&addr, &hunts).await {
+    if let Err(e) = run(ClientConfig { token, ..ClientConfig::new(addr) }, &hunts).await {
         eprintln!("spectator: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(addr: &str, hunts: &[u32]) -> Result<(), ClientError> {
-    let mut sub = Subscriber::<TreasureHunt>::connect(ClientConfig::new(addr)).await?;
+async fn run(config: ClientConfig, hunts: &[u32]) -> Result<(), ClientError> {
+    let mut sub = Subscriber::<TreasureHunt>::connect(config).await?;
     for &hunt in hunts {
         let next_seq = sub.subscribe(hunt).await?;
         eprintln!("watching hunt {hunt} from update #{next_seq}");

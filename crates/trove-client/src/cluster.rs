@@ -234,7 +234,17 @@ fn cut(s: &str) -> &str {
 /// (`host:port`): one `GET /cluster` on a new connection
 /// (`Connection: close`), the whole of it within `timeout`.
 pub async fn fetch_cluster_map(addr: &str, timeout: Duration) -> Result<ClusterMap, MapError> {
-    let reply = match tokio::time::timeout(timeout, get(addr, "/cluster", CLUSTER_REPLY_BYTES_MAX)).await {
+    fetch_cluster_map_as(addr, timeout, None).await
+}
+
+/// [`fetch_cluster_map`] presenting `token` (`Authorization: Bearer`), as
+/// a server started with `--auth` requires.
+pub async fn fetch_cluster_map_as(
+    addr: &str,
+    timeout: Duration,
+    token: Option<&crate::Token>,
+) -> Result<ClusterMap, MapError> {
+    let reply = match tokio::time::timeout(timeout, get(addr, "/cluster", CLUSTER_REPLY_BYTES_MAX, token)).await {
         Ok(r) => r?,
         Err(_) => return Err(MapError::Timeout),
     };
@@ -259,11 +269,12 @@ pub(crate) struct HttpReply {
     pub body: Vec<u8>,
 }
 
-async fn get(addr: &str, path: &str, limit: usize) -> Result<HttpReply, MapError> {
+async fn get(addr: &str, path: &str, limit: usize, token: Option<&crate::Token>) -> Result<HttpReply, MapError> {
     let io = |during| move |e| MapError::Io { during, source: Arc::new(e) };
     let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
+    let bearer = token.map(|t| format!("Authorization: Bearer {}\r\n", t.to_hex())).unwrap_or_default();
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{bearer}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(io("sending the request"))?;
     let mut parser = ReplyParser::new(limit);
     let mut buf = Vec::with_capacity(READ_CHUNK);

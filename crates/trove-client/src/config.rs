@@ -102,6 +102,66 @@ pub struct ClientConfig {
     /// as one, and the backoff goes on growing across it. The default, 20,
     /// with the default backoff, gives a server about 30 s to return.
     pub reconnect_attempts_max: Option<u32>,
+    /// The token to authenticate with (a server started with `--auth`
+    /// refuses connections without one). `Some`: HELLO version 2 carries
+    /// it; `None`: HELLO version 1, which servers accept only while
+    /// authentication is off. [`Token::from_env`] reads `TROVE_TOKEN`.
+    pub token: Option<Token>,
+}
+
+/// Bytes in a token.
+pub const TOKEN_LEN: usize = 32;
+/// The environment variable the examples and `trove bench` read a token
+/// from when `--token` is not given.
+pub const TOKEN_ENV: &str = "TROVE_TOKEN";
+
+/// A token as `trove auth add` prints it: 32 bytes, written as 64 hex
+/// characters. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub [u8; TOKEN_LEN]);
+
+impl Token {
+    /// Reads 64 hex characters (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::Config { field: "token", reason: "must be 64 hex characters".into() };
+        let s = text.trim().as_bytes();
+        if s.len() != TOKEN_LEN * 2 {
+            return Err(bad());
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut out = [0u8; TOKEN_LEN];
+        for (i, pair) in s.chunks_exact(2).enumerate() {
+            out[i] = digit(pair[0]).ok_or_else(bad)? << 4 | digit(pair[1]).ok_or_else(bad)?;
+        }
+        Ok(Token(out))
+    }
+
+    /// `TROVE_TOKEN`, if set.
+    pub fn from_env() -> Result<Option<Self>, ClientError> {
+        match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => Token::from_hex(&t).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// `--token` if given, else `TROVE_TOKEN`, else none.
+    pub fn from_arg_or_env(arg: Option<&str>) -> Result<Option<Self>, ClientError> {
+        match arg {
+            Some(t) => Token::from_hex(t).map(Some),
+            None => Token::from_env(),
+        }
+    }
+
+    /// The 64 hex characters (for an `Authorization: Bearer` header).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl ClientConfig {
@@ -123,6 +183,7 @@ impl ClientConfig {
             reconnect_backoff_initial: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_attempts_max: Some(20),
+            token: None,
         }
     }
 
@@ -163,6 +224,15 @@ impl ClientConfig {
     pub(crate) fn initial_producer_id(&self) -> u64 {
         self.producer_id.unwrap_or_else(random_producer_id)
     }
+
+    /// HELLO for these settings: version 2 with the token, or version 1
+    /// without one.
+    pub(crate) fn hello(&self, flags: u32, producer_id: u64) -> trove_proto::frame::Hello {
+        match &self.token {
+            Some(t) => trove_proto::frame::Hello::v2(flags, producer_id, t.0),
+            None => trove_proto::frame::Hello::v1(flags, producer_id),
+        }
+    }
 }
 
 /// A random nonzero id below 2^63. `RandomState` is seeded from the OS per
@@ -197,6 +267,20 @@ mod tests {
         let hour = Some(Duration::from_secs(3600));
         assert_eq!(field(ClientConfig { queue_delay_target: hour, ..base.clone() }), "queue_delay_target");
         assert_eq!(field(ClientConfig { addr: String::new(), ..base }), "addr");
+    }
+
+    #[test]
+    fn tokens_read_as_hex_and_never_print() {
+        let hex = "00ff".repeat(16);
+        let t = Token::from_hex(&format!(" {hex}\n")).unwrap();
+        assert_eq!(t.0[..2], [0x00, 0xff]);
+        assert_eq!(t.to_hex(), hex);
+        assert_eq!(
+            format!("{:?}", ClientConfig { token: Some(t), ..ClientConfig::new("x:1") }).matches("00ff").count(),
+            0
+        );
+        assert!(Token::from_hex("abc").is_err());
+        assert!(Token::from_hex(&"zz".repeat(32)).is_err());
     }
 
     #[test]

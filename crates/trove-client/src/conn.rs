@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use trove_core::Record;
-use trove_proto::frame::{self, ERROR_MESSAGE_MAX, FRAME_BODY_MAX_LIMIT, HEADER_LEN, Hello, Sizes, VERSION, Welcome};
+use trove_proto::frame::{self, ERROR_MESSAGE_MAX, FRAME_BODY_MAX_LIMIT, HEADER_LEN, Hello, Sizes, Welcome};
 use trove_proto::{Frame, Header, WireGame};
 
 use crate::error::{ClientError, ServerError};
@@ -135,8 +135,11 @@ async fn connect_inner<G: WireGame>(addr: &str, hello: Hello) -> Result<Conn, Cl
 
 /// What any client needs of WELCOME.
 pub(crate) fn check_welcome<G: WireGame>(w: &Welcome, hello: &Hello) -> Result<(), ClientError> {
-    if w.version != VERSION {
-        return Err(ClientError::Incompatible(format!("server speaks version {}, this client {VERSION}", w.version)));
+    if w.version != hello.version {
+        return Err(ClientError::Incompatible(format!(
+            "server answered version {}, this client spoke {}",
+            w.version, hello.version
+        )));
     }
     if usize::from(w.record_size) != G::Event::SIZE || usize::from(w.outcome_size) != G::OUTCOME_SIZE {
         return Err(ClientError::Incompatible(format!(
@@ -217,7 +220,7 @@ mod tests {
 
     #[test]
     fn welcome_is_checked() {
-        let hello = Hello { version: 1, flags: hello_flags::OUTCOMES, producer_id: 7 };
+        let hello = Hello::v1(hello_flags::OUTCOMES, 7);
         assert!(check_welcome::<TreasureHunt>(&welcome(), &hello).is_ok());
         let assigned = Hello { producer_id: 0, ..hello };
         assert!(check_welcome::<TreasureHunt>(&welcome(), &assigned).is_ok());

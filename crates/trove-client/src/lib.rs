@@ -74,12 +74,12 @@ mod task;
 
 pub use cluster::{
     CLUSTER_NAME_BYTES_MAX, CLUSTER_NODES_MAX, CLUSTER_PARTITIONS_MAX, CLUSTER_REPLY_BYTES_MAX, ClusterMap,
-    ClusterNode, MapError, PartitionOwner, fetch_cluster_map, partition_producer_id,
+    ClusterNode, MapError, PartitionOwner, fetch_cluster_map, fetch_cluster_map_as, partition_producer_id,
 };
 pub use cluster_producer::{
     CLUSTER_ANSWER_TIMEOUT, CLUSTER_SEEDS_MAX, ClusterAck, ClusterAcks, ClusterConfig, ClusterProducer,
 };
-pub use config::{ClientConfig, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
+pub use config::{ClientConfig, TOKEN_ENV, TOKEN_LEN, Token, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
 pub use error::{ClientError, SendError, ServerError};
 pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
 pub use subscriber::{Subscriber, Update};

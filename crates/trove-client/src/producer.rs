@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use trove_core::Record;
-use trove_proto::frame::{self, ACK_HEAD_LEN, EVENTS_HEAD_LEN, Hello, VERSION, Welcome, hello_flags};
+use trove_proto::frame::{self, ACK_HEAD_LEN, EVENTS_HEAD_LEN, Hello, Welcome, hello_flags};
 use trove_proto::{ErrorCode, Frame, Kind, WireGame};
 
 use crate::batch::{Batch, OpenBatch};
@@ -255,7 +255,7 @@ impl<G: WireGame> Producer<G> {
     ) -> Result<(Producer<G>, Acks<G>), ClientError> {
         config.validate()?;
         let flags = if config.want_outcomes { hello_flags::OUTCOMES } else { 0 };
-        let mut hello = Hello { version: VERSION, flags, producer_id: config.initial_producer_id() };
+        let mut hello = config.hello(flags, config.initial_producer_id());
         let conn = match route.failover_timeout() {
             None => route.connect::<G>(&config, hello, Why::First).await?,
             Some(timeout) => first_connection::<G>(&mut route, &config, hello, timeout).await?,
@@ -886,7 +886,11 @@ impl<G: WireGame> Task<G> {
             Frame::Error { code, message } => {
                 let error = ServerError { raw_code: code, message: message.to_string() };
                 match error.code() {
-                    Some(ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused) => {
+                    // `forbidden`: the token may not send one of the batch's
+                    // events (a hunt outside its ranges); that batch alone.
+                    Some(
+                        ErrorCode::BadBatch | ErrorCode::BadSequence | ErrorCode::SequenceReused | ErrorCode::Forbidden,
+                    ) => {
                         self.inflight.on_refused(error).map_err(End::Fatal)?;
                         self.shared.counters.batches_refused.fetch_add(1, Relaxed);
                         self.streak = None;

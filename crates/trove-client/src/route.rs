@@ -16,7 +16,7 @@ use trove_proto::ErrorCode;
 use trove_proto::WireGame;
 use trove_proto::frame::Hello;
 
-use crate::cluster::{ClusterMap, MapError, PartitionOwner, fetch_cluster_map};
+use crate::cluster::{ClusterMap, MapError, PartitionOwner, fetch_cluster_map_as};
 use crate::config::ClientConfig;
 use crate::conn::{self, Conn};
 use crate::error::ClientError;
@@ -176,6 +176,8 @@ pub(crate) struct Resolver {
     cluster: String,
     partitions: u32,
     map_timeout: Duration,
+    /// Presented to the control planes (`Authorization: Bearer`).
+    token: Option<crate::Token>,
     /// One fetch at a time: partitions that lost the same node wait for
     /// the first one's fetch and use its map.
     state: Mutex<ResolverState>,
@@ -196,10 +198,14 @@ struct ResolverState {
 impl Resolver {
     /// Fetches the first map, from each seed in turn; the error of the
     /// last seed if none answers with one.
-    pub async fn connect(seeds: &[String], map_timeout: Duration) -> Result<Resolver, ClientError> {
+    pub async fn connect(
+        seeds: &[String],
+        map_timeout: Duration,
+        token: Option<crate::Token>,
+    ) -> Result<Resolver, ClientError> {
         let mut last = None;
         for (i, seed) in seeds.iter().enumerate() {
-            match fetch_cluster_map(seed, map_timeout).await {
+            match fetch_cluster_map_as(seed, map_timeout, token.as_ref()).await {
                 Ok(map) => {
                     let mut state =
                         ResolverState { map: map.clone(), generation: 1, sources: seeds.to_vec(), preferred: i };
@@ -208,6 +214,7 @@ impl Resolver {
                         cluster: map.cluster.clone(),
                         partitions: map.partitions,
                         map_timeout,
+                        token,
                         state: Mutex::new(state),
                     });
                 }
@@ -257,7 +264,7 @@ impl Resolver {
         for k in 0..n {
             let i = (st.preferred + k) % n;
             let addr = st.sources[i].clone();
-            let map = match fetch_cluster_map(&addr, self.map_timeout).await {
+            let map = match fetch_cluster_map_as(&addr, self.map_timeout, self.token.as_ref()).await {
                 Ok(map) if map.cluster != self.cluster || map.partitions != self.partitions => {
                     let why = format!(
                         "cluster `{}` of {} partitions, this producer routes for `{}` of {}",

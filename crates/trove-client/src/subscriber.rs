@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use trove_proto::frame::{self, Hello, VERSION};
+use trove_proto::frame;
 use trove_proto::{ErrorCode, Frame, Kind, UpdateEntry, WireGame};
 
 use crate::config::ClientConfig;
@@ -221,7 +221,7 @@ impl<G: WireGame> Subscriber<G> {
     /// the server and unused).
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         config.validate()?;
-        let hello = Hello { version: VERSION, flags: 0, producer_id: 0 };
+        let hello = config.hello(0, 0);
         let conn = conn::connect::<G>(&config.addr, config.connect_timeout, hello).await?;
         let now = Instant::now();
         Ok(Self {
@@ -401,7 +401,9 @@ impl<G: WireGame> Subscriber<G> {
                 Frame::Pong { .. } => {}
                 Frame::Error { code, message } => {
                     let error = ServerError { raw_code: code, message: message.to_string() };
-                    if error.code() == Some(ErrorCode::TooManySubscriptions) {
+                    // `forbidden`: the token may not watch this hunt; that
+                    // subscription alone is refused.
+                    if matches!(error.code(), Some(ErrorCode::TooManySubscriptions | ErrorCode::Forbidden)) {
                         self.subs.on_refused(error)?;
                     } else if error.closes() {
                         return Err(ClientError::Server(error));

@@ -12,10 +12,17 @@ use std::fmt;
 
 /// The first eight bytes of a HELLO body.
 pub const MAGIC: [u8; 8] = *b"TROVE\0P\x01";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this crate speaks: version 2, whose HELLO
+/// carries a token. A server speaks both; it accepts version 1 (no token)
+/// only while authentication is off.
+pub const VERSION: u16 = 2;
+/// Version 1: HELLO without a token.
+pub const VERSION_1: u16 = 1;
+/// The versions this crate speaks, oldest first.
+pub const VERSIONS: [u16; 2] = [VERSION_1, VERSION];
 pub const HEADER_LEN: usize = 8;
-/// Largest body a server accepts before the handshake: HELLO is 24 bytes.
+/// Largest body a server accepts before the handshake: every version's
+/// HELLO fits (version 1's is 24 bytes, version 2's 56).
 pub const HELLO_BODY_MAX: u32 = 64;
 /// Default largest body, either way, once the handshake is done.
 pub const FRAME_BODY_MAX_DEFAULT: u32 = 1 << 20;
@@ -24,7 +31,13 @@ pub const FRAME_BODY_MAX_LIMIT: u32 = 64 << 20;
 /// Longest message an ERROR frame carries; longer ones are cut.
 pub const ERROR_MESSAGE_MAX: usize = 1024;
 
+/// Version 1's HELLO body.
 pub const HELLO_LEN: usize = 24;
+/// A token as HELLO version 2 carries it: 32 raw bytes.
+pub const TOKEN_LEN: usize = 32;
+/// Version 2's HELLO body: version 1's, then the token.
+pub const HELLO_V2_LEN: usize = HELLO_LEN + TOKEN_LEN;
+const _: () = assert!(HELLO_V2_LEN <= HELLO_BODY_MAX as usize, "every version's HELLO fits HELLO_BODY_MAX");
 pub const WELCOME_LEN: usize = 32;
 /// EVENTS: first_seq u64, count u32, reserved u32, then the records.
 pub const EVENTS_HEAD_LEN: usize = 16;
@@ -151,10 +164,20 @@ pub enum ErrorCode {
     /// quorum, a publish timed out): nothing of it acknowledged; resend
     /// after a backoff.
     Unavailable = 18,
+    /// Authentication is on and the connection presented no token the
+    /// server knows (a version 1 HELLO, a wrong token, a token removed by
+    /// a reload): nothing of it applied; the connection closes.
+    Unauthorized = 19,
+    /// The token is known but its role or hunt ranges do not allow the
+    /// request (EVENTS with an event outside its hunts, SUBSCRIBE to such
+    /// a hunt, EVENTS from a spectator), or its producer id belongs to
+    /// another token. A refused EVENTS or SUBSCRIBE leaves the connection
+    /// open (nothing of it applied); a refused HELLO closes it.
+    Forbidden = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadMagic,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -173,6 +196,8 @@ impl ErrorCode {
         ErrorCode::SequenceReused,
         ErrorCode::NotOwner,
         ErrorCode::Unavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -183,7 +208,11 @@ impl ErrorCode {
     pub fn closes(self) -> bool {
         !matches!(
             self,
-            ErrorCode::BadBatch | ErrorCode::TooManySubscriptions | ErrorCode::BadSequence | ErrorCode::SequenceReused
+            ErrorCode::BadBatch
+                | ErrorCode::TooManySubscriptions
+                | ErrorCode::BadSequence
+                | ErrorCode::SequenceReused
+                | ErrorCode::Forbidden
         )
     }
 
@@ -208,6 +237,8 @@ impl ErrorCode {
             ErrorCode::SequenceReused => "sequence_reused",
             ErrorCode::NotOwner => "not_owner",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -281,6 +312,22 @@ pub struct Hello {
     pub flags: u32,
     /// The producer's id; 0 asks the server to assign one.
     pub producer_id: u64,
+    /// Version 2: the token the connection authenticates with (all zero
+    /// when the client has none). `None` in version 1, whose layout has no
+    /// room for it, and in a HELLO of a version this crate does not speak.
+    pub token: Option<[u8; TOKEN_LEN]>,
+}
+
+impl Hello {
+    /// A version 1 HELLO: no token.
+    pub fn v1(flags: u32, producer_id: u64) -> Self {
+        Hello { version: VERSION_1, flags, producer_id, token: None }
+    }
+
+    /// A version 2 HELLO carrying `token`.
+    pub fn v2(flags: u32, producer_id: u64, token: [u8; TOKEN_LEN]) -> Self {
+        Hello { version: VERSION, flags, producer_id, token: Some(token) }
+    }
 }
 
 /// WELCOME: the server's answer to HELLO.
@@ -407,12 +454,25 @@ pub fn decode<'a>(header: Header, body: &'a [u8], sizes: Sizes) -> Result<Frame<
                 // The receiver checks the magic itself to answer BadMagic.
                 return Err(bad("bad magic".into()));
             }
-            if body.len() >= 10 && u16_at(body, 8) != VERSION {
-                return Ok(Frame::Hello(Hello { version: u16_at(body, 8), flags: 0, producer_id: 0 }));
+            if body.len() < 10 {
+                return Err(bad(format!("body is {} bytes, shorter than magic and version", body.len())));
             }
-            exact(HELLO_LEN)?;
+            let version = u16_at(body, 8);
+            let token = match version {
+                VERSION_1 => {
+                    exact(HELLO_LEN)?;
+                    None
+                }
+                VERSION => {
+                    exact(HELLO_V2_LEN)?;
+                    let mut token = [0u8; TOKEN_LEN];
+                    token.copy_from_slice(&body[HELLO_LEN..HELLO_V2_LEN]);
+                    Some(token)
+                }
+                _ => return Ok(Frame::Hello(Hello { version, flags: 0, producer_id: 0, token: None })),
+            };
             zero(10, 12)?;
-            Frame::Hello(Hello { version: u16_at(body, 8), flags: u32_at(body, 12), producer_id: u64_at(body, 16) })
+            Frame::Hello(Hello { version, flags: u32_at(body, 12), producer_id: u64_at(body, 16), token })
         }
         Kind::Events => {
             if body.len() < EVENTS_HEAD_LEN {
@@ -590,6 +650,12 @@ pub fn encode_hello(out: &mut Vec<u8>, hello: &Hello) {
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&hello.flags.to_le_bytes());
     out.extend_from_slice(&hello.producer_id.to_le_bytes());
+    // Version 1 has no token; version 2 always carries one (zeros for
+    // none). Other versions are written as version 2 would be: tests send
+    // them to see them refused.
+    if hello.version != VERSION_1 {
+        out.extend_from_slice(&hello.token.unwrap_or([0; TOKEN_LEN]));
+    }
     end(out, s);
 }
 
@@ -749,8 +815,14 @@ mod tests {
     #[test]
     fn every_frame_round_trips() {
         let mut b = Vec::new();
-        let hello = Hello { version: VERSION, flags: hello_flags::OUTCOMES, producer_id: 7 };
+        let hello = Hello::v2(hello_flags::OUTCOMES, 7, [0xA5; TOKEN_LEN]);
         encode_hello(&mut b, &hello);
+        assert_eq!(b.len(), HEADER_LEN + HELLO_V2_LEN);
+        assert_eq!(one(&b), Frame::Hello(hello));
+        b.clear();
+        let hello = Hello::v1(hello_flags::OUTCOMES, 7);
+        encode_hello(&mut b, &hello);
+        assert_eq!(b.len(), HEADER_LEN + HELLO_LEN);
         assert_eq!(one(&b), Frame::Hello(hello));
         let w = Welcome {
             version: 1,
@@ -812,16 +884,36 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_of_a_known_version_has_that_version_s_length() {
+        // A version 2 HELLO cut to version 1's length, and a version 1
+        // HELLO with a token appended: both malformed, not misread.
+        for (version, len) in [(VERSION, HELLO_LEN), (VERSION_1, HELLO_V2_LEN), (VERSION, HELLO_V2_LEN + 1)] {
+            let mut b = Vec::new();
+            let s = begin(&mut b, Kind::Hello, 0);
+            b.extend_from_slice(&MAGIC);
+            b.extend_from_slice(&version.to_le_bytes());
+            b.resize(s + HEADER_LEN + len, 0);
+            end(&mut b, s);
+            let (h, total) = split(&b, HELLO_BODY_MAX).unwrap().unwrap();
+            let sizes = Sizes { record: 32, outcome: 16 };
+            assert!(
+                matches!(decode(h, &b[HEADER_LEN..total], sizes), Err(FrameError::Malformed { .. })),
+                "{version} {len}"
+            );
+        }
+    }
+
+    #[test]
     fn a_hello_of_another_version_decodes_to_its_version_whatever_its_length() {
         for len in [10usize, 24, 40] {
             let mut b = Vec::new();
             let s = begin(&mut b, Kind::Hello, 0);
             b.extend_from_slice(&MAGIC);
-            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&3u16.to_le_bytes());
             b.resize(s + HEADER_LEN + len, 0xFF);
             end(&mut b, s);
             match one(&b) {
-                Frame::Hello(h) => assert_eq!(h.version, 2),
+                Frame::Hello(h) => assert_eq!((h.version, h.token), (3, None)),
                 other => panic!("{other:?}"),
             }
         }
@@ -855,9 +947,15 @@ mod tests {
         // The cluster's codes (docs/protocol.md): both close the connection.
         assert_eq!(ErrorCode::from_u16(17), Some(ErrorCode::NotOwner));
         assert_eq!(ErrorCode::from_u16(18), Some(ErrorCode::Unavailable));
-        assert_eq!(ErrorCode::from_u16(19), None);
         assert_eq!((ErrorCode::NotOwner.name(), ErrorCode::Unavailable.name()), ("not_owner", "unavailable"));
         assert!(ErrorCode::NotOwner.closes() && ErrorCode::Unavailable.closes());
+        // Authentication's (docs/protocol.md): a refused token closes, a
+        // request its role may not make is refused alone.
+        assert_eq!(ErrorCode::from_u16(19), Some(ErrorCode::Unauthorized));
+        assert_eq!(ErrorCode::from_u16(20), Some(ErrorCode::Forbidden));
+        assert_eq!(ErrorCode::from_u16(21), None);
+        assert_eq!((ErrorCode::Unauthorized.name(), ErrorCode::Forbidden.name()), ("unauthorized", "forbidden"));
+        assert!(ErrorCode::Unauthorized.closes() && !ErrorCode::Forbidden.closes());
     }
 
     #[test]
@@ -931,7 +1029,8 @@ mod tests {
         let mut b = Vec::new();
         let mut want = Vec::new();
         match r(40) {
-            0 => encode_hello(&mut b, &Hello { version: VERSION, flags: r(4) as u32, producer_id: r(u64::MAX) }),
+            0 if r(2) == 0 => encode_hello(&mut b, &Hello::v1(r(4) as u32, r(u64::MAX))),
+            0 => encode_hello(&mut b, &Hello::v2(r(4) as u32, r(u64::MAX), [r(256) as u8; TOKEN_LEN])),
             1 => encode_welcome(
                 &mut b,
                 &Welcome {

@@ -227,6 +227,8 @@ struct Ctx<G: Game> {
     /// Ends the live streams when the plane stops (their bodies never end
     /// by themselves).
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// `None`: every route open (no `--auth`).
+    auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// A running control plane.
@@ -260,6 +262,12 @@ pub struct ControlParts<G: Game> {
     /// Cluster mode: who owns the partitions this node does not (`None`
     /// outside a cluster).
     pub owners: Option<Arc<dyn crate::Owners>>,
+    /// `Some`: every route but the open ones ([`access`]) takes
+    /// `Authorization: Bearer` with a token whose role allows it.
+    pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Serve `/metrics` alone, with no token (`--metrics-listen`): for a
+    /// scraper on an address the operator keeps private.
+    pub metrics_only: bool,
 }
 
 impl ControlPlane {
@@ -274,7 +282,18 @@ impl ControlPlane {
         ready: Arc<AtomicBool>,
     ) -> Result<Self, StartError> {
         let listener = bind(addr, "control plane")?;
-        Self::start_on(listener, ControlParts { config, engine, server_metrics, data_plane, info, ready, owners: None })
+        let parts = ControlParts {
+            config,
+            engine,
+            server_metrics,
+            data_plane,
+            info,
+            ready,
+            owners: None,
+            auth: None,
+            metrics_only: false,
+        };
+        Self::start_on(listener, parts)
     }
 
     /// Serves on a listener bound already (`trove serve` binds it before
@@ -283,7 +302,8 @@ impl ControlPlane {
         std_listener: std::net::TcpListener,
         parts: ControlParts<G>,
     ) -> Result<Self, StartError> {
-        let ControlParts { config, engine, server_metrics, data_plane, info, ready, owners } = parts;
+        let ControlParts { config, engine, server_metrics, data_plane, info, ready, owners, auth, metrics_only } =
+            parts;
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -314,16 +334,14 @@ impl ControlPlane {
             owners,
             cluster: cluster.clone(),
             stopped: stopped.clone(),
+            auth,
         });
+        let app = if metrics_only { metrics_router(ctx) } else { router(ctx) };
         let task = {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(std_listener).map_err(listener_error)?;
             let name = format!("control accept {addr}");
-            crate::task::spawn_named_on(
-                runtime.handle(),
-                &name,
-                accept_loop(conns.clone(), listener, router(ctx), stopped),
-            )
+            crate::task::spawn_named_on(runtime.handle(), &name, accept_loop(conns.clone(), listener, app, stopped))
         };
         Ok(Self { runtime: Some(runtime), addr, stop, task: Some(task), conns, cluster })
     }
@@ -830,7 +848,136 @@ fn render_connections(conns: &Conns, out: &mut String) {
     }
 }
 
+/// Every route, behind the authentication gate: a route added to
+/// [`routes`] passes through [`gate`] by default.
+/// `trove_auth_refusals_total{reason}`: zeros while authentication is off.
+fn render_auth(auth: Option<&crate::auth::Auth>, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP trove_auth_refusals_total Requests refused by authentication or authorisation, by reason.\n\
+         # TYPE trove_auth_refusals_total counter"
+    );
+    let refusals = auth
+        .map(crate::auth::Auth::refusals)
+        .unwrap_or_else(|| crate::auth::RefusalReason::ALL.iter().map(|r| (r.name(), 0)).collect());
+    for (reason, n) in refusals {
+        let _ = writeln!(out, "trove_auth_refusals_total{{reason=\"{reason}\"}} {n}");
+    }
+}
+
 fn router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
+    routes(ctx.clone()).layer(axum::middleware::from_fn_with_state(ctx, gate::<G>))
+}
+
+/// `--metrics-listen`: `/metrics` alone, no token.
+fn metrics_router<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus::<G>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "this address serves /metrics only".into()) })
+        .with_state(ctx)
+}
+
+/// Paths open without a token: probes, and the static files listed in
+/// [`STATIC_OPEN_PATHS`].
+pub const OPEN_PATHS: [&str; 2] = ["/health", "/ready"];
+/// Static files (a dashboard's HTML, scripts, styles) served without a
+/// token: they hold no data; the data they fetch goes through the gate.
+/// Listed one by one, so that nothing is open by accident.
+pub const STATIC_OPEN_PATHS: [&str; 3] = ["/", "/dashboard/app.js", "/dashboard/app.css"];
+
+/// What a request needs, by method and path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No token.
+    Open,
+    /// Any known token (the cluster map: producers need it to route).
+    AnyToken,
+    /// A spectator's or an admin's token (within the spectator's hunts).
+    Read,
+    /// An admin's token.
+    Write,
+}
+
+/// The gate's table: probes and listed static files are open, `GET
+/// /cluster` takes any token, other reads (GET, HEAD) a reader's, every
+/// other method an admin's. An unknown path falls under the same rules
+/// (its 404 is for those who may ask).
+pub fn access(method: &axum::http::Method, path: &str) -> Access {
+    use axum::http::Method;
+    if OPEN_PATHS.contains(&path) || STATIC_OPEN_PATHS.contains(&path) {
+        return Access::Open;
+    }
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match (read, path) {
+        (true, "/cluster") => Access::AnyToken,
+        (true, _) => Access::Read,
+        (false, _) => Access::Write,
+    }
+}
+
+/// The hunt a path names (`/hunts/{id}...`), if any.
+fn hunt_of_path(path: &str) -> Option<u32> {
+    let rest = path.strip_prefix("/hunts/")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// The one check every route passes through (see [`access`]): 401
+/// `unauthorized` without a known token, 403 `forbidden` when its role or
+/// hunt ranges do not allow the request.
+async fn gate<G: ControlGame>(
+    State(ctx): State<Arc<Ctx<G>>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(auth) = &ctx.auth else { return next.run(req).await };
+    let needs = access(req.method(), req.uri().path());
+    if needs == Access::Open {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(""));
+    let session = match auth.authenticate_text(bearer) {
+        Ok(s) => s,
+        Err(r) => {
+            let mut answer = error(StatusCode::UNAUTHORIZED, "unauthorized", r.message);
+            answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return answer;
+        }
+    };
+    let p = &session.principal;
+    use crate::auth::RefusalReason;
+    let refusal = match needs {
+        Access::Open | Access::AnyToken => None,
+        Access::Read if !p.role.reads() => {
+            Some((RefusalReason::Role, format!("token `{}` is a {}: it may not read", p.name, p.role.name())))
+        }
+        Access::Read => match (hunt_of_path(req.uri().path()), &p.hunts) {
+            (Some(hunt), _) if !p.allows_hunt(hunt) => {
+                Some((RefusalReason::Hunt, format!("token `{}` may not read hunt {hunt}", p.name)))
+            }
+            // A listing would show hunts outside its ranges.
+            (None, Some(_)) if req.uri().path() == "/hunts" => Some((
+                RefusalReason::Hunt,
+                format!("token `{}` is limited to some hunts: it may not list them all", p.name),
+            )),
+            _ => None,
+        },
+        Access::Write if !p.role.writes() => {
+            Some((RefusalReason::Role, format!("token `{}` is a {}: only an admin may write", p.name, p.role.name())))
+        }
+        Access::Write => None,
+    };
+    match refusal {
+        Some((reason, message)) => error(StatusCode::FORBIDDEN, "forbidden", auth.refuse(reason, message).message),
+        None => next.run(req).await,
+    }
+}
+
+fn routes<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
     Router::new()
         .route("/", get(crate::dashboard::index))
         .route("/dashboard/{file}", get(crate::dashboard::file))
@@ -987,6 +1134,7 @@ async fn status<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
 async fn prometheus<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>) -> Response {
     let mut text = metrics::render(&ctx.sources);
     render_connections(&ctx.conns, &mut text);
+    render_auth(ctx.auth.as_deref(), &mut text);
     let view = ctx.cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(view) = view {
         let mut families = metrics::Families::new();

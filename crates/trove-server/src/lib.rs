@@ -7,6 +7,8 @@
 //! point), and forwards its subscriptions' updates from a bounded mailbox.
 //! The game rules run on the engine's shard threads, not here.
 //!
+//! - [`auth`]: tokens, roles, hunt ranges, per-token quotas: the auth
+//!   file and the live table every endpoint checks against.
 //! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
 //! - [`ws`]: the same semantics as JSON over WebSocket.
 //! - `session`: the exactly-once session rules both endpoints drive
@@ -22,6 +24,7 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `task`: every spawn, named for tokio-console.
 
+pub mod auth;
 pub mod control;
 mod dashboard;
 pub mod error;
@@ -102,6 +105,11 @@ pub struct ServerConfig {
     pub ws_message_max: usize,
     pub ws_frame_max: usize,
     pub ws_write_buffer_max: usize,
+    /// Authentication (`trove serve --auth FILE`): `None` serves anyone
+    /// who reaches the ports (protocol version 1 and 2 alike); `Some`
+    /// requires a known token on every connection and request
+    /// (docs/decisions/0041-tokens-and-roles.md).
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// `ServerConfig::subscriber_push_interval` unless set: about a third of a
@@ -129,6 +137,7 @@ impl Default for ServerConfig {
             ws_message_max: 1 << 20,
             ws_frame_max: 1 << 20,
             ws_write_buffer_max: 4 << 20,
+            auth: None,
         }
     }
 }

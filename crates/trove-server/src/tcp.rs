@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use trove_core::{Record, Stamped};
 use trove_proto::frame::{
-    self, ErrorCode, FrameError, HEADER_LEN, HELLO_BODY_MAX, Hello, Kind, MAGIC, Sizes, VERSION, Welcome, hello_flags,
+    self, ErrorCode, FrameError, HEADER_LEN, HELLO_BODY_MAX, Hello, Kind, MAGIC, Sizes, VERSION, VERSION_1, VERSIONS,
+    Welcome, hello_flags,
 };
 use trove_proto::{Frame, WireGame};
 use trove_shard::{Completed, Delivery, Producer};
@@ -141,6 +142,9 @@ struct Connection<G: WireGame> {
     /// the answers owed before it go out, then this ERROR, and the
     /// connection closes.
     closing: Option<(ErrorCode, String)>,
+    /// With authentication on: the token this connection presented, and
+    /// its slot in the token's connection quota.
+    auth: Option<(crate::auth::Session, crate::auth::ConnectionGrant)>,
 }
 
 impl<G: WireGame> Connection<G> {
@@ -161,6 +165,7 @@ impl<G: WireGame> Connection<G> {
             read_at: std::time::Instant::now(),
             staged: Vec::new(),
             closing: None,
+            auth: None,
         }
     }
 
@@ -303,10 +308,13 @@ impl<G: WireGame> Connection<G> {
                 let Frame::Hello(hello) = frame::decode(h, body, Self::sizes())? else { unreachable!("kind checked") };
                 self.consumed = total;
                 self.shared.metrics.frames_in.fetch_add(1, Relaxed);
-                if hello.version != VERSION {
+                if !VERSIONS.contains(&hello.version) {
                     return Err(Close::Error(
                         ErrorCode::UnsupportedVersion,
-                        format!("version {} is not supported; this server speaks {VERSION}", hello.version),
+                        format!(
+                            "version {} is not supported; this server speaks {VERSION_1} and {VERSION}",
+                            hello.version
+                        ),
                     ));
                 }
                 return Ok(hello);
@@ -327,6 +335,12 @@ impl<G: WireGame> Connection<G> {
             Ok(h) => h?,
             Err(_) => return Err(Close::Error(ErrorCode::HandshakeTimeout, "no HELLO in time".into())),
         };
+        if let Some(auth) = &self.shared.config.auth {
+            // Version 1 carries no token: refused as a missing one.
+            let session = auth.authenticate(hello.token.as_ref()).map_err(refused)?;
+            let grant = auth.connect(&session).map_err(refused)?;
+            self.auth = Some((session, grant));
+        }
         let engine = self.shared.engine.clone();
         if let Some(reason) = engine.failure() {
             // Refused at the handshake, so that a client counts it as a
@@ -343,6 +357,13 @@ impl<G: WireGame> Connection<G> {
             }
             id => engine.producer_with_id(id, 1),
         };
+        // A producer id belongs to the token that first used it: another
+        // token cannot acknowledge or replay its sequence space.
+        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &self.auth)
+            && session.principal.role.produces()
+        {
+            auth.bind_producer(session, producer.id()).map_err(refused)?;
+        }
         let Some(_claim) = self.shared.claim_producer(producer.id()).await else {
             return Err(Close::Error(
                 ErrorCode::ProducerInUse,
@@ -357,7 +378,8 @@ impl<G: WireGame> Connection<G> {
         frame::encode_welcome(
             &mut self.out,
             &Welcome {
-                version: VERSION,
+                // The version the client spoke.
+                version: hello.version,
                 flags: hello.flags & hello_flags::KNOWN,
                 producer_id: producer.id(),
                 frame_body_max: config.frame_body_max,
@@ -490,6 +512,14 @@ impl<G: WireGame> Connection<G> {
     }
 
     fn handle(&mut self, f: Frame<'_>, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
+        // A token removed by a reload is refused at its next request: the
+        // answers owed go out, then the ERROR, then the connection closes.
+        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth)
+            && let Err(r) = auth.recheck(session)
+        {
+            self.closing = Some((r.code(), r.message));
+            return Ok(());
+        }
         match f {
             Frame::Hello(_) => Err(Close::Error(ErrorCode::HandshakeRequired, "HELLO came twice".into())),
             Frame::Events { first_seq, count, records } => {
@@ -497,6 +527,13 @@ impl<G: WireGame> Connection<G> {
                 Ok(())
             }
             Frame::Subscribe { hunt } => {
+                if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth)
+                    && let Err(r) = auth.admit_subscribe(session, hunt)
+                {
+                    self.shared.metrics.errors[r.code() as usize].fetch_add(1, Relaxed);
+                    frame::encode_error(&mut self.out, r.code(), &r.message);
+                    return Ok(());
+                }
                 // Straight to `out`, refusal included: subscription answers
                 // keep their order among themselves, not behind batches, and
                 // SUBSCRIBED goes out before any update (written after `out`).
@@ -541,6 +578,20 @@ impl<G: WireGame> Connection<G> {
         self.events.clear();
         self.events
             .extend(records.chunks_exact(G::Event::SIZE).map(|r| Stamped { time_us: 0, event: G::Event::decode(r) }));
+        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth) {
+            // Before anything of the batch is applied: its role, every
+            // event's hunt, its rate.
+            let hunts = self.events.iter().map(|e| G::world_of(&e.event));
+            match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+                Ok(None) => {}
+                Ok(Some(retry_after_ms)) => return self.refuse(Refusal::Busy { first_seq, count, retry_after_ms }),
+                Err(r) if r.code().closes() => {
+                    self.closing = Some((r.code(), r.message));
+                    return;
+                }
+                Err(r) => return self.refuse(Refusal::error(r.code(), r.message)),
+            }
+        }
         self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
         let arrival = Arrival { read: self.read_at, decoded: std::time::Instant::now() };
         let submitted = producer.submit_at(first_seq, &mut self.events).map(drop);
@@ -639,6 +690,11 @@ fn encode_ack<G: WireGame>(
 }
 
 /// A refusal as its frame (BUSY or ERROR), counted as sent.
+/// An authentication refusal at the handshake: the connection closes.
+fn refused(r: crate::auth::Refused) -> Close {
+    Close::Error(r.code(), r.message)
+}
+
 fn encode_refusal(metrics: &crate::ServerMetrics, out: &mut Vec<u8>, refusal: &Refusal) {
     metrics.frames_out.fetch_add(1, Relaxed);
     match refusal {

@@ -82,6 +82,28 @@ async fn upgrade<G: WireGame + JsonGame>(
             "an upgrade request has no body",
         ));
     }
+    // A token in `Authorization: Bearer` authenticates the connection at
+    // the upgrade; a wrong one is answered 401 and never upgraded. Without
+    // the header, the `hello` message may carry it.
+    let mut authed = None;
+    if let Some(auth) = &shared.config.auth
+        && let Some(value) = headers.get(axum::http::header::AUTHORIZATION)
+    {
+        let bearer = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        match auth.authenticate_text(Some(bearer)).and_then(|s| auth.connect(&s).map(|g| (s, g))) {
+            Ok(a) => authed = Some(a),
+            Err(r) => {
+                shared.metrics.errors[r.code() as usize].fetch_add(1, Relaxed);
+                let status = match r.code() {
+                    ErrorCode::Unauthorized => axum::http::StatusCode::UNAUTHORIZED,
+                    ErrorCode::TooManyConnections => axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    _ => axum::http::StatusCode::FORBIDDEN,
+                };
+                let body = json!({"error": r.code().name(), "message": r.message}).to_string();
+                return axum::response::IntoResponse::into_response((status, body));
+            }
+        }
+    }
     let c = &shared.config;
     // The library reserves a frame's announced length (up to
     // `ws_frame_max`) on its header, assembles a message up to
@@ -100,7 +122,9 @@ async fn upgrade<G: WireGame + JsonGame>(
             // axum spawns this future unnamed; the connection runs in a
             // task of its own, named for tokio-console (src/task.rs).
             let name = format!("ws conn {}", meter.0.peer);
-            let _ = crate::task::spawn_named(&name, WsConnection::new(shared, meter).run(socket)).await;
+            let mut conn = WsConnection::new(shared, meter);
+            conn.auth = authed;
+            let _ = crate::task::spawn_named(&name, conn.run(socket)).await;
         })
 }
 
@@ -788,6 +812,10 @@ struct WsConnection<G: WireGame + JsonGame> {
     /// Batches answered in `out`, for the stage latencies once it is
     /// flushed (as TCP records them once its write returns).
     staged: Vec<crate::Staged>,
+    /// With authentication on: the token this connection presented (in
+    /// the upgrade's `Authorization` header or its `hello`), and its slot
+    /// in the token's connection quota.
+    auth: Option<(crate::auth::Session, crate::auth::ConnectionGrant)>,
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -823,6 +851,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
             staged: Vec::new(),
+            auth: None,
         }
     }
 
@@ -1009,6 +1038,30 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let v: Value = serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
         let kind =
             v.get("type").and_then(Value::as_str).ok_or_else(|| malformed("missing string field `type`".into()))?;
+        if let Some(auth) = &self.shared.config.auth {
+            match &mut self.auth {
+                // A token removed by a reload: refused, and the connection
+                // closes (after the answers owed).
+                Some((session, _)) => auth.recheck(session).map_err(|r| (r.code(), r.message))?,
+                None if kind == "hello" => {
+                    let token = match v.get("token") {
+                        None | Some(Value::Null) => None,
+                        Some(t) => Some(t.as_str().ok_or_else(|| malformed("`token` must be a string".into()))?),
+                    };
+                    let session = auth.authenticate_text(token).map_err(|r| (r.code(), r.message))?;
+                    let grant = auth.connect(&session).map_err(|r| (r.code(), r.message))?;
+                    self.auth = Some((session, grant));
+                }
+                None if kind == "ping" => {}
+                None => {
+                    let r = auth.refuse(
+                        crate::auth::RefusalReason::MissingToken,
+                        format!("authentication is on: `{kind}` needs a hello with a token first"),
+                    );
+                    return Err((r.code(), r.message));
+                }
+            }
+        }
         match kind {
             "hello" => {
                 if self.producer.is_some() {
@@ -1048,6 +1101,28 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         }
                     }
                 }
+                if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth) {
+                    // Before anything of the batch is applied: its role,
+                    // every event's hunt, its rate.
+                    let hunts = events.iter().map(|e| G::world_of(&e.event));
+                    match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+                        Ok(None) => {}
+                        Ok(Some(retry_after_ms)) => {
+                            let producer = self.producer.as_ref().expect("started above");
+                            let first_seq = match v.get("first_seq").and_then(Value::as_u64) {
+                                Some(s) => s,
+                                None => self.session.implicit_sequence(producer.next_seq(), count).unwrap_or(0),
+                            };
+                            self.refuse(Refusal::Busy { first_seq, count, retry_after_ms });
+                            return Ok(());
+                        }
+                        Err(r) if r.code().closes() => return Err((r.code(), r.message)),
+                        Err(r) => {
+                            self.refuse(Refusal::error(r.code(), r.message));
+                            return Ok(());
+                        }
+                    }
+                }
                 let producer = self.producer.as_mut().expect("started above");
                 let first_seq = match v.get("first_seq") {
                     None | Some(Value::Null) => self.session.implicit_sequence(producer.next_seq(), count),
@@ -1081,7 +1156,16 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     .and_then(Value::as_u64)
                     .and_then(|h| u32::try_from(h).ok())
                     .ok_or_else(|| malformed("`hunt` must be an integer in 0..=4294967295".into()))?;
-                if kind == "subscribe" {
+                if kind == "subscribe"
+                    && let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth)
+                    && let Err(r) = auth.admit_subscribe(session, hunt)
+                {
+                    if r.code().closes() {
+                        return Err((r.code(), r.message));
+                    }
+                    self.shared.metrics.errors[r.code() as usize].fetch_add(1, Relaxed);
+                    self.out.push(error_json(r.code(), &r.message));
+                } else if kind == "subscribe" {
                     self.subscribe(hunt);
                 } else {
                     self.subscriptions.unsubscribe(&self.shared, hunt);
@@ -1107,12 +1191,20 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             ));
         }
         let producer = if id == 0 { engine.producer() } else { engine.producer_with_id(id, 1) };
+        // A producer id belongs to the token that first used it.
+        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &self.auth)
+            && session.principal.role.produces()
+        {
+            auth.bind_producer(session, producer.id()).map_err(|r| (r.code(), r.message))?;
+        }
         let claim =
             self.shared.claim_producer(producer.id()).await.ok_or_else(|| {
                 (ErrorCode::ProducerInUse, format!("producer {} is connected elsewhere", producer.id()))
             })?;
         self.out.push(
-            json!({"type": "welcome", "version": trove_proto::frame::VERSION, "producer_id": producer.id(),
+            // The JSON messages have one version (the token in `hello` is
+            // an optional field), so this stays 1.
+            json!({"type": "welcome", "version": trove_proto::frame::VERSION_1, "producer_id": producer.id(),
                 "batch_events_max": engine.config().batch_events_max, "outcomes": self.outcomes})
             .to_string(),
         );

@@ -19,7 +19,7 @@ use trove_bench::dev::TempDir;
 use trove_bench::http::{Reply, parse_reply};
 use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
 use trove_proto::Frame;
-use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, VERSION, hello_flags};
+use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, hello_flags};
 use trove_proto::wire::decode_outcomes;
 use trove_server::control::{BODY_BYTES_MAX, ControlConfig, ControlInfo, ControlPlane};
 use trove_server::{Server, ServerConfig};
@@ -172,7 +172,7 @@ impl Producer {
         s.set_nodelay(true).unwrap();
         let mut p = Producer { s, buf: Vec::new(), next_seq: 1, sent: 0 };
         let mut b = Vec::new();
-        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: hello_flags::OUTCOMES, producer_id: 0 });
+        frame::encode_hello(&mut b, &Hello::v1(hello_flags::OUTCOMES, 0));
         p.s.write_all(&b).unwrap();
         let (header, body) = p.frame();
         match frame::decode(header, &body, SIZES).unwrap() {

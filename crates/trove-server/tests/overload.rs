@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use trove_hunt::{HuntConfig, HuntEvent, TreasureHunt};
 use trove_proto::Frame;
-use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, Sizes, VERSION};
+use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, Sizes};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
 
@@ -53,7 +53,7 @@ impl Raw {
         s.set_nodelay(true).unwrap();
         let mut r = Raw { s, buf: Vec::new() };
         let mut b = Vec::new();
-        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        frame::encode_hello(&mut b, &Hello::v1(0, 0));
         r.s.write_all(&b).unwrap();
         let (kind, _) = r.frame();
         assert_eq!(kind, Kind::Welcome);

@@ -13,7 +13,7 @@ mod common;
 
 use common::hunt_config;
 use trove_proto::Frame;
-use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, Sizes, VERSION};
+use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, Sizes};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
 
@@ -56,7 +56,7 @@ impl Raw {
         s.set_nodelay(true).unwrap();
         let mut r = Raw { s, buf: Vec::new(), next_seq: 1 };
         let mut b = Vec::new();
-        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        frame::encode_hello(&mut b, &Hello::v1(0, 0));
         r.s.write_all(&b).unwrap();
         assert_eq!(r.next(), Got::Other(Kind::Welcome));
         r

@@ -11,7 +11,7 @@ mod common;
 use common::hunt_config;
 use trove_core::{Record, Stamped};
 use trove_hunt::{HuntEvent, HuntOutcome, Reject, TreasureHunt};
-use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind, Sizes, VERSION, hello_flags};
+use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind, Sizes, hello_flags};
 use trove_proto::wire::{UpdateEntry, decode_entries, decode_outcomes};
 use trove_proto::{Frame, WireGame};
 use trove_server::{Server, ServerConfig};
@@ -49,7 +49,7 @@ impl Raw {
         let mut r = Raw::connect(addr);
         let mut b = Vec::new();
         let flags = if outcomes { hello_flags::OUTCOMES } else { 0 };
-        frame::encode_hello(&mut b, &Hello { version: VERSION, flags, producer_id });
+        frame::encode_hello(&mut b, &Hello::v1(flags, producer_id));
         r.send(&b);
         match r.frame() {
             Some((Kind::Welcome, body, _)) => {
@@ -382,7 +382,7 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
     // Bad magic.
     let mut r = Raw::connect(addr);
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 0));
     b[HEADER_LEN] ^= 0xFF;
     r.send(&b);
     r.expect_error_and_close(ErrorCode::BadMagic);
@@ -391,14 +391,14 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
     // Unsupported version.
     let mut r = Raw::connect(addr);
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: 2, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello { version: 3, flags: 0, producer_id: 0, token: None });
     r.send(&b);
     r.expect_error_and_close(ErrorCode::UnsupportedVersion);
 
     // A producer id from the server's own range, never handed out.
     let mut r = Raw::connect(addr);
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: (1 << 63) + 5 });
+    frame::encode_hello(&mut b, &Hello::v1(0, (1 << 63) + 5));
     r.send(&b);
     r.expect_error_and_close(ErrorCode::Malformed);
 
@@ -450,7 +450,7 @@ fn bad_input_gets_typed_errors_and_never_disturbs_other_connections() {
         let mut r = Raw::connect(addr);
         let mut bytes = Vec::new();
         if i % 2 == 0 {
-            frame::encode_hello(&mut bytes, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+            frame::encode_hello(&mut bytes, &Hello::v1(0, 0));
         }
         let n = (rng.next_u64() % 300) as usize;
         bytes.extend((0..n).map(|_| rng.next_u64() as u8));
@@ -501,7 +501,7 @@ fn the_same_producer_cannot_produce_on_two_connections_at_once() {
     let (_first, _) = Raw::hello(addr, 99, false);
     let mut second = Raw::connect(addr);
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 99 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 99));
     second.send(&b);
     second.expect_error_and_close(ErrorCode::ProducerInUse);
     server.shutdown(Duration::from_secs(5));
@@ -772,7 +772,7 @@ fn refused_connections_spawn_no_task_and_leave_the_server_answering() {
     loop {
         let mut next = Raw::connect(addr);
         let mut b = Vec::new();
-        frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+        frame::encode_hello(&mut b, &Hello::v1(0, 0));
         next.send(&b);
         match next.frame() {
             Some((Kind::Welcome, _, _)) => break,

@@ -32,6 +32,9 @@ pub enum Command {
     /// Send events (JSON lines, as on the WebSocket endpoint) from the
     /// arguments, a file or standard input; prints each outcome as JSON.
     Send(Send),
+    /// Manage the tokens of an auth file (`trove serve --auth FILE`).
+    #[command(subcommand)]
+    Auth(Auth),
 }
 
 /// The server a client command talks to.
@@ -40,12 +43,17 @@ pub struct ClientArgs {
     /// The server's TCP data plane, HOST:PORT (a host name is resolved).
     #[arg(long, default_value = "127.0.0.1:7400", value_parser = trove_bench::cli::host_port)]
     pub target: std::net::SocketAddr,
+    /// The token for a server started with --auth (`trove auth add`);
+    /// without it, TROVE_TOKEN (which, unlike a flag, `ps` does not show).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
     /// The SDK's config for it.
-    pub fn config(&self) -> trove_client::ClientConfig {
-        trove_client::ClientConfig::new(self.target.to_string())
+    pub fn config(&self) -> Result<trove_client::ClientConfig, String> {
+        let token = trove_client::Token::from_arg_or_env(self.token.as_deref()).map_err(|e| format!("--token: {e}"))?;
+        Ok(trove_client::ClientConfig { token, ..trove_client::ClientConfig::new(self.target.to_string()) })
     }
 }
 
@@ -77,6 +85,30 @@ pub struct Send {
     /// Events, one JSON object each, e.g.
     /// '{"hunt": 1, "player": 5, "action": "join"}'.
     pub events: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Auth {
+    /// Make a new random token: print it once, append its hash (never the
+    /// token) to the auth file, creating it if need be.
+    Add(AuthAdd),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthAdd {
+    /// The token's name (letters, digits, '-', '_', '.'), unique in the file.
+    pub name: String,
+    /// producer (send events), spectator (subscribe, read) or admin
+    /// (everything).
+    #[arg(long)]
+    pub role: String,
+    /// Hunts the token may touch, as ids or ranges: --hunts 1-100,200
+    /// [default: every hunt].
+    #[arg(long, value_delimiter = ',')]
+    pub hunts: Vec<String>,
+    /// The auth file.
+    #[arg(long)]
+    pub file: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +190,18 @@ pub struct Serve {
     /// it [default: 3000].
     #[arg(long, requires = "cluster", value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub lease_ms: Option<u64>,
+    /// Require a token on every connection and control-plane request: the
+    /// auth file (TOML, `trove auth add` writes it). SIGHUP reloads it.
+    #[arg(long)]
+    pub auth: Option<std::path::PathBuf>,
+    /// Serve without authentication on addresses other than loopback
+    /// (refused otherwise); a warning is logged every minute.
+    #[arg(long, conflicts_with = "auth")]
+    pub insecure_no_auth: bool,
+    /// Serve /metrics alone, with no token, on this address (for a
+    /// scraper on a private network).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

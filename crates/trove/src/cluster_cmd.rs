@@ -168,6 +168,7 @@ pub struct NodeStart {
 /// partitions over and stops.
 pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str) -> Result<(), String> {
     let NodeStart { mut engine, server, control_limits, listeners, control_listener, snapshot_interval } = start;
+    let server_auth = server.auth.clone();
     let list = args.cluster.as_deref().expect("cluster mode");
     let urls = urls(list)?;
     let tcp = listeners.tcp.local_addr().map_err(|e| format!("TCP listener: {e}"))?;
@@ -256,6 +257,8 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
                 info,
                 ready: ready.clone(),
                 owners: Some(owners),
+                auth: server_auth.clone(),
+                metrics_only: false,
             };
             let plane = ControlPlane::start_on(listener, parts).map_err(|e| e.to_string())?;
             plane.set_cluster_view(Arc::new(NodeView { map: view.clone(), metrics: cluster_node.metrics().clone() }));

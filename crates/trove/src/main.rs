@@ -74,7 +74,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Replay(args) => journal_cmd::replay(&args.data, args.json),
         Command::Watch(args) => trove::watch::run(trove::watch::WatchArgs {
             hunt: args.hunt,
-            client: args.client.config(),
+            client: args.client.config()?,
             control: args.control,
             plain: args.plain,
             duration: args.seconds.map(std::time::Duration::from_secs),
@@ -85,7 +85,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 (None, false) => trove::send::Input::Args(args.events),
                 (None, true) => return Err("give events as arguments, or --file FILE (- for standard input)".into()),
             };
-            trove::send::run(trove::send::SendArgs { client: args.client.config(), input }).map(|_| ())
+            trove::send::run(trove::send::SendArgs { client: args.client.config()?, input }).map(|_| ())
         }
+        Command::Auth(trove::cli::Auth::Add(args)) => trove::serve::auth_add(&args),
     }
 }

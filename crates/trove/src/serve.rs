@@ -40,6 +40,22 @@ pub struct ServeFile {
     pub engine: EngineFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub auth: AuthSettingsFile,
+}
+
+/// `[auth]`: authentication (docs/decisions/0041-tokens-and-roles.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettingsFile {
+    /// The auth file (`--auth` overrides it).
+    pub file: Option<PathBuf>,
+    /// Events per second per token, for tokens whose entry sets none
+    /// (unset: no limit).
+    pub events_per_second: Option<u32>,
+    /// Connections per token, for tokens whose entry sets none (unset: no
+    /// limit beyond `connections_max`).
+    pub connections_max: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +125,8 @@ pub struct ServeSettings {
     /// in it is read before.
     pub shards_from_journal: bool,
     pub control_limits: ControlConfig,
+    /// `--metrics-listen`: /metrics alone, no token.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Defaults, then the file, then the flags. Errors name the key or flag.
@@ -235,10 +253,33 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
         .control_live_streams_max
         .unwrap_or_else(|| ControlConfig::live_streams_default(control_limits.connections_max));
 
+    let metrics_listen = args.metrics_listen.as_deref().map(|a| listen_addr("metrics", a)).transpose()?;
+    if let Some(path) = args.auth.clone().or(file.auth.file.clone()) {
+        let defaults = trove_server::auth::QuotaDefaults {
+            events_per_second: file.auth.events_per_second,
+            connections_max: file.auth.connections_max,
+        };
+        let auth = trove_server::auth::Auth::from_file(&path, defaults).map_err(|e| e.to_string())?;
+        server.auth = Some(Arc::new(auth));
+    } else if !args.insecure_no_auth {
+        // Secure by default: without tokens, only this machine may connect.
+        let listening = [Some(("--tcp", server.tcp_addr)), server.ws_addr.map(|a| ("--ws", a))]
+            .into_iter()
+            .chain([control.map(|a| ("--control", a)), metrics_listen.map(|a| ("--metrics-listen", a))]);
+        for (what, addr) in listening.flatten() {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{what} {addr} is not a loopback address: serving other machines needs --auth FILE \
+                     (or --insecure-no-auth to serve anyone who reaches the port)"
+                ));
+            }
+        }
+    }
+
     engine.validate().map_err(|e| e.to_string())?;
     server.validate().map_err(|e| e.to_string())?;
     control_limits.validate().map_err(|e| e.to_string())?;
-    Ok(ServeSettings { engine, server, control, shards_from_journal, control_limits })
+    Ok(ServeSettings { engine, server, control, shards_from_journal, control_limits, metrics_listen })
 }
 
 /// The shard count when none is given: the data directory's, if it has a
@@ -262,12 +303,19 @@ const SNAPSHOT_DEFAULT: Duration = Duration::from_secs(60);
 /// engine recover (and maybe repair) the journal. A start that fails after
 /// the directory was created removes it again.
 pub fn run(args: &Serve) -> Result<(), String> {
-    let ServeSettings { mut engine, server, control, shards_from_journal, control_limits } = settings(args)?;
+    let ServeSettings { mut engine, server, control, shards_from_journal, control_limits, metrics_listen } =
+        settings(args)?;
+    if args.insecure_no_auth && server.auth.is_none() {
+        warn_insecure();
+    }
+    let auth = server.auth.clone();
     // Before anything opens a file: both planes' caps must fit, so neither
     // can take the descriptors the other or the journal needs. (A journal's
     // own shard count is read only under its lock, below; the reserve
     // counts the shards known now.)
-    let control_max = control.map_or(0, |_| control_limits.connections_max);
+    // `--metrics-listen` is a second plane with the default cap.
+    let control_max = control.map_or(0, |_| control_limits.connections_max)
+        + metrics_listen.map_or(0, |_| ControlConfig::default().connections_max);
     let fds =
         trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
     if args.console {
@@ -281,12 +329,16 @@ pub fn run(args: &Serve) -> Result<(), String> {
     // Caught from here on: a SIGTERM that comes during recovery, or right
     // after the ready lines, drains and stops like any other instead of
     // killing the process (the default action) before it drains.
-    let signals = Signals::install()?;
+    let signals = Signals::install(auth.clone())?;
     let listeners = Listeners::bind(&server).map_err(|e| e.to_string())?;
     let control_listener = match control {
         Some(addr) => {
             Some(std::net::TcpListener::bind(addr).map_err(|e| format!("control plane listener on {addr}: {e}"))?)
         }
+        None => None,
+    };
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| format!("metrics listener on {addr}: {e}"))?),
         None => None,
     };
     if args.cluster.is_some() {
@@ -329,6 +381,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
         tcp_addr: server.tcp_addr,
         ws_addr: server.ws_addr,
     };
+    let info_for_metrics = info.clone();
     let mode = engine.mode.name();
     let shards = engine.shards;
     let started = std::time::Instant::now();
@@ -350,6 +403,31 @@ pub fn run(args: &Serve) -> Result<(), String> {
                 info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
                 ready: ready.clone(),
                 owners: None,
+                auth: auth.clone(),
+                metrics_only: false,
+            },
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                server.shutdown(Duration::ZERO);
+                return Err(abandon(engine, e.to_string()));
+            }
+        },
+        None => None,
+    };
+    let metrics_plane = match metrics_listener {
+        Some(listener) => match ControlPlane::start_on(
+            listener,
+            ControlParts {
+                config: ControlConfig::default(),
+                engine: engine.clone(),
+                server_metrics: server.metrics_handle(),
+                data_plane: server.runtime_handle(),
+                info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info_for_metrics },
+                ready: ready.clone(),
+                owners: None,
+                auth: auth.clone(),
+                metrics_only: true,
             },
         ) {
             Ok(c) => Some(c),
@@ -374,11 +452,21 @@ pub fn run(args: &Serve) -> Result<(), String> {
     if let Some(c) = &control {
         eprintln!("trove: control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
     }
+    if let Some(c) = &metrics_plane {
+        eprintln!("trove: /metrics (no token) on http://{}/metrics", c.addr());
+    }
+    match &auth {
+        Some(_) => eprintln!("trove: authentication on (SIGHUP reloads the auth file)"),
+        None => eprintln!("trove: authentication off"),
+    }
     let signal = signals.wait();
     eprintln!("trove: {signal}: draining connections");
     ready.store(false, Ordering::Relaxed);
     server.shutdown(Duration::from_secs(10));
     if let Some(c) = control {
+        c.shutdown();
+    }
+    if let Some(c) = metrics_plane {
         c.shutdown();
     }
     let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
@@ -405,39 +493,105 @@ fn abandon(engine: Arc<Engine<TreasureHunt>>, why: String) -> String {
     why
 }
 
+/// `--insecure-no-auth`: a warning now and every minute, on a thread of
+/// its own, for as long as the process lives.
+fn warn_insecure() {
+    const WARNING: &str = "trove: warning: --insecure-no-auth: anyone who reaches the ports may produce, \
+                           read and administer";
+    eprintln!("{WARNING}");
+    let _ = std::thread::Builder::new().name("trove-insecure".into()).spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+            eprintln!("{WARNING}");
+        }
+    });
+}
+
+/// `trove auth add`: a new token, printed once; its hash appended to the
+/// file (created with mode 0600 if new).
+pub fn auth_add(args: &crate::cli::AuthAdd) -> Result<(), String> {
+    use std::io::Write as _;
+    use trove_server::auth::{self, AuthTable, HuntRanges, Role};
+    let role = Role::from_name(&args.role)
+        .ok_or_else(|| format!("--role `{}`: must be producer, spectator or admin", args.role))?;
+    let hunts = match args.hunts.is_empty() {
+        true => None,
+        false => Some(HuntRanges::parse(args.hunts.iter().map(String::as_str)).map_err(|e| format!("--hunts: {e}"))?),
+    };
+    let existing = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", args.file.display())),
+    };
+    let token = auth::new_token().map_err(|e| e.to_string())?;
+    let entry = auth::file_entry(&args.name, role, hunts.as_ref(), &auth::hash_token(&token));
+    // The file with the entry must read back (a duplicate name, a bad
+    // name, too many tokens): checked before anything is written.
+    let mut whole = existing.clone();
+    if !whole.is_empty() && !whole.ends_with('\n') {
+        whole.push('\n');
+    }
+    whole.push_str(&entry);
+    AuthTable::parse(&whole).map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let text = if !existing.is_empty() && !existing.ends_with('\n') { format!("\n{entry}") } else { entry };
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    eprintln!("trove: token `{}` ({}) added to {}; it is shown once:", args.name, role.name(), args.file.display());
+    println!("{}", auth::to_hex(&token));
+    Ok(())
+}
+
 /// SIGTERM and SIGINT handlers, installed before start-up; a signal that
-/// comes before `wait` is kept for it.
+/// comes before `wait` is kept for it. SIGHUP reloads the auth file.
 struct Signals {
     rt: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    auth: Option<Arc<trove_server::auth::Auth>>,
 }
 
 impl Signals {
-    fn install() -> Result<Self, String> {
+    fn install(auth: Option<Arc<trove_server::auth::Auth>>) -> Result<Self, String> {
         use tokio::signal::unix::{SignalKind, signal};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
             .map_err(|e| format!("signal runtime: {e}"))?;
         // Registered with this runtime's driver, which `wait` runs.
-        let (term, int) = {
+        let (term, int, hup) = {
             let _context = rt.enter();
             (
                 signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?,
                 signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?,
+                signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?,
             )
         };
-        Ok(Self { rt, term, int })
+        Ok(Self { rt, term, int, hup, auth })
     }
 
-    /// Blocks until SIGTERM or SIGINT; returns its name.
+    /// Blocks until SIGTERM or SIGINT; returns its name. Each SIGHUP on
+    /// the way reloads the auth file: a file that does not read keeps the
+    /// old table, and the reason is logged.
     fn wait(self) -> &'static str {
-        let Self { rt, mut term, mut int } = self;
+        let Self { rt, mut term, mut int, mut hup, auth } = self;
         rt.block_on(async {
-            tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return "SIGTERM",
+                    _ = int.recv() => return "SIGINT",
+                    _ = hup.recv() => match &auth {
+                        None => eprintln!("trove: SIGHUP: authentication is off; nothing to reload"),
+                        Some(a) => match a.reload() {
+                            Ok(n) => eprintln!("trove: SIGHUP: auth file reloaded, {}", crate::plural(n as u64, "token")),
+                            Err(e) => eprintln!("trove: SIGHUP: {e}; the previous tokens stay in force"),
+                        },
+                    },
+                }
             }
         })
     }

@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use trove_proto::Frame;
-use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, VERSION, hello_flags};
+use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes, hello_flags};
 
 /// How long a server may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ fn hello(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("the data plane accepts");
     s.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: hello_flags::OUTCOMES, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(hello_flags::OUTCOMES, 0));
     s.write_all(&b).unwrap();
     let mut buf = Vec::new();
     let (header, total) = loop {

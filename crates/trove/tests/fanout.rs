@@ -18,7 +18,7 @@ use common::{Serve, metric};
 use serde_json::{Value, json};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_proto::WireGame;
-use trove_proto::frame::{self, Frame, HEADER_LEN, Hello, Kind, Sizes, VERSION, entry_kind};
+use trove_proto::frame::{self, Frame, HEADER_LEN, Hello, Kind, Sizes, entry_kind};
 
 /// How long anything in these tests may take before it counts as stuck.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -73,7 +73,7 @@ fn tcp_connect(addr: SocketAddr) -> TcpStream {
 fn tcp_handshake(mut s: TcpStream) -> TcpStream {
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 0));
     s.write_all(&b).unwrap();
     let (kind, _) = read_frame(&mut s);
     assert_eq!(kind, Kind::Welcome);

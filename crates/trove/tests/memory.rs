@@ -12,7 +12,7 @@ mod common;
 
 use common::{Serve, metric};
 use trove_hunt::HuntEvent;
-use trove_proto::frame::{self, HEADER_LEN, Hello, Kind, VERSION};
+use trove_proto::frame::{self, HEADER_LEN, Hello, Kind};
 
 /// Connections per kind of attack.
 const CONNECTIONS: usize = 1000;
@@ -49,7 +49,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 0));
     s.write_all(&b).unwrap();
     let mut welcome = [0u8; HEADER_LEN + 32];
     s.read_exact(&mut welcome).expect("WELCOME");

@@ -120,6 +120,8 @@ pub struct LoadArgs {
     /// After the knee (the ramp's, or the one given), a step at this many
     /// times it.
     pub overload: Option<OverloadArgs>,
+    /// Presented by the producers (a --target with authentication on).
+    pub token: Option<trove_client::Token>,
 }
 
 #[derive(Clone, Debug)]

@@ -656,6 +656,7 @@ mod tests {
             linger: Duration::from_micros(1000),
             drain_timeout: Duration::from_secs(1),
             progress: false,
+            token: None,
             overload: None,
         }
     }

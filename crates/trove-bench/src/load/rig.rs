@@ -82,6 +82,7 @@ impl Rig {
                     // Acknowledgements only: a game server that needs each
                     // event's outcome reads it from the update stream.
                     want_outcomes: false,
+                    token: args.token.clone(),
                     ..ClientConfig::new(addr.to_string())
                 };
                 let mut generator = Generator::partition(spec, part, args.connections);
@@ -214,6 +215,7 @@ pub(super) fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
             slow_bytes_per_s: 1024,
             threads: 1,
             read_interval: Duration::ZERO,
+            token: args.token.clone(),
         })
     })
 }

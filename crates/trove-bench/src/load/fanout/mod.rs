@@ -162,6 +162,9 @@ pub struct FleetArgs {
     /// again (zero: it reads as soon as more is there), so that a read
     /// takes what came in meanwhile: a browser reading once a frame.
     pub read_interval: Duration,
+    /// Presented by every subscriber (a --target with authentication on):
+    /// in HELLO version 2, or the WebSocket upgrade's `Authorization`.
+    pub token: Option<trove_client::Token>,
 }
 
 /// The fleet's counters at one moment.
@@ -263,6 +266,7 @@ struct ThreadPlan {
     ws: bool,
     slow_bytes_per_s: u32,
     read_interval: Duration,
+    token: Option<trove_client::Token>,
     log: Arc<SendLog>,
     shared: Arc<ThreadShared>,
     subs_shared: Arc<Vec<SubShared>>,
@@ -326,6 +330,7 @@ impl Fleet {
                 ws: args.ws,
                 slow_bytes_per_s: args.slow_bytes_per_s,
                 read_interval: args.read_interval,
+                token: args.token.clone(),
                 log: log.clone(),
                 shared: Arc::new(ThreadShared::default()),
                 subs_shared: subs.clone(),
@@ -534,6 +539,7 @@ mod tests {
                 slow_bytes_per_s: 1,
                 threads: 1,
                 read_interval: Duration::ZERO,
+                token: None,
             },
             log: Arc::new(SendLog::new(1, &[0])),
             hunts: vec![0],

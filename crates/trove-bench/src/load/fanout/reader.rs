@@ -187,6 +187,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
         ws,
         slow_bytes_per_s,
         read_interval,
+        token,
         log,
         shared,
         subs_shared,
@@ -217,6 +218,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
                 clock,
                 slow_bytes_per_s,
                 read_interval,
+                token: token.clone(),
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
             let watch_error = error.clone();
@@ -312,6 +314,7 @@ pub(super) struct Ctx {
     pub(super) clock: Clock,
     pub(super) slow_bytes_per_s: u32,
     pub(super) read_interval: Duration,
+    pub(super) token: Option<trove_client::Token>,
 }
 
 /// One subscriber's stream state.
@@ -345,13 +348,17 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
     stream.set_nodelay(true).ok();
     let hunt = sub.hunt;
     if sub.ws {
-        ws_handshake(&mut stream, addr).await.map_err(&who)?;
+        ws_handshake(&mut stream, addr, ctx.token.as_ref()).await.map_err(&who)?;
         write_all(&stream, &ws_text(format!(r#"{{"type":"subscribe","hunt":{hunt}}}"#).as_bytes()))
             .await
             .map_err(&who)?;
     } else {
         let mut out = Vec::new();
-        frame::encode_hello(&mut out, &frame::Hello { version: frame::VERSION, flags: 0, producer_id: 0 });
+        let hello = match &ctx.token {
+            Some(t) => frame::Hello::v2(0, 0, t.0),
+            None => frame::Hello::v1(0, 0),
+        };
+        frame::encode_hello(&mut out, &hello);
         frame::encode_u32_frame(&mut out, Kind::Subscribe, hunt);
         write_all(&stream, &out).await.map_err(&who)?;
     }
@@ -816,6 +823,7 @@ mod tests {
             clock: Clock { epoch: Instant::now() },
             slow_bytes_per_s: 1,
             read_interval: Duration::ZERO,
+            token: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (sub, reads) = runtime.block_on(async {

@@ -9,10 +9,15 @@ use tokio::net::TcpStream;
 use super::WS_MESSAGE_MAX;
 use super::reader::{Scan, Sub, applied, gap, write_all};
 
-pub(super) async fn ws_handshake(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
+pub(super) async fn ws_handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    token: Option<&trove_client::Token>,
+) -> Result<(), String> {
+    let bearer = token.map(|t| format!("Authorization: Bearer {}\r\n", t.to_hex())).unwrap_or_default();
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{bearer}\r\n"
     );
     write_all(stream, req.as_bytes()).await
 }
