@@ -6,12 +6,15 @@
 //! - [`cli`]: the clap command tree.
 //! - [`serve`]: `trove serve`, the engine behind its data plane.
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
+//! - [`logging`]: the `tracing` subscriber `trove serve` installs (human
+//!   or JSON lines, a level filter).
 //!
 //! The benchmarks themselves are the `trove-bench` crate.
 
 pub mod cli;
 pub mod cluster_cmd;
 pub mod journal_cmd;
+pub mod logging;
 pub mod serve;
 
 pub use trove_bench::plural;
