@@ -118,7 +118,7 @@ pub fn opened(info: &ConnInfo, producer: Option<u64>, principal: Option<&str>) {
     tracing::info!(
         target: TARGET,
         conn = info.id,
-        listener = info.listener.name(),
+        listener = %info.listener.name(),
         peer = %info.peer,
         producer,
         principal,
@@ -135,10 +135,10 @@ pub fn closed(info: &ConnInfo, reason: &str, counts: &Counts, producer: Option<u
         tracing::info!(
             target: TARGET,
             conn = info.id,
-            listener = info.listener.name(),
+            listener = %info.listener.name(),
             peer = %info.peer,
             principal,
-            reason,
+            reason = %reason,
             duration_ms = info.opened.elapsed().as_millis() as u64,
             requests = counts.frames_in,
             "connection closed"
@@ -148,11 +148,11 @@ pub fn closed(info: &ConnInfo, reason: &str, counts: &Counts, producer: Option<u
     tracing::info!(
         target: TARGET,
         conn = info.id,
-        listener = info.listener.name(),
+        listener = %info.listener.name(),
         peer = %info.peer,
         producer,
         principal,
-        reason,
+        reason = %reason,
         duration_ms = info.opened.elapsed().as_millis() as u64,
         bytes_in = counts.bytes_in,
         bytes_out = counts.bytes_out,
@@ -214,9 +214,9 @@ impl RefusalLog {
         tracing::warn!(
             target: TARGET,
             conn,
-            listener = listener.name(),
+            listener = %listener.name(),
             peer = %peer,
-            reason = why.name(),
+            reason = %why.name(),
             suppressed,
             "connection refused"
         );
@@ -249,8 +249,8 @@ impl RefusalLog {
         for (i, suppressed) in report {
             tracing::warn!(
                 target: TARGET,
-                listener = listener.name(),
-                reason = reason_name(i),
+                listener = %listener.name(),
+                reason = %reason_name(i),
                 suppressed,
                 "connection refusals suppressed"
             );

@@ -628,7 +628,7 @@ async fn serve_requests(
     let mut connection = http.serve_connection(TokioIo::new(stream), service);
     let mut stopping = false;
     loop {
-        let (waiting_for_head, deadline) = conns.head_deadline(&conn);
+        let (waiting_for_head, deadline) = conns.head_deadline(conn);
         let wake = tokio::select! {
             // Done, or failed (a malformed request, answered 400 by hyper;
             // a reset): either way the socket is ours again.
