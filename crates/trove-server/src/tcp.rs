@@ -71,13 +71,14 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
 }
 
 /// Refuses a connection past `connections_max` (or its address's
-/// `connections_per_address_max`) from the accept loop itself, with no task: one non-blocking write of the typed ERROR (a new
-/// socket's send buffer takes it whole; if not, the peer sees the close
-/// alone), then what the peer already sent (its HELLO, say) is read and
-/// dropped, without waiting, so that the close is a FIN, not a reset
-/// that could discard the ERROR; then the socket closes as it is
-/// dropped. A flood of refused connections costs the loop a write and a
-/// few reads each, nothing that outlives it.
+/// `connections_per_address_max`) from the accept loop itself, with no
+/// task: one non-blocking write of the typed ERROR (a new socket's send
+/// buffer takes it whole; if not, the peer sees the close alone), then
+/// what the peer already sent (its HELLO, say) is read and dropped,
+/// without waiting, so that the close is a FIN, not a reset that could
+/// discard the ERROR; then the socket closes as it is dropped. A flood
+/// of refused connections costs the loop a write and a few reads each,
+/// nothing that outlives it.
 fn refuse_full<G: WireGame>(shared: &Shared<G>, stream: &TcpStream, message: &str) {
     let mut out = Vec::with_capacity(HEADER_LEN + 128);
     frame::encode_error(&mut out, ErrorCode::TooManyConnections, message);

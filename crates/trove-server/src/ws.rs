@@ -131,6 +131,7 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                             continue;
                         }
                     };
+                    // The connection this slot is held for.
                     {
                         let first = Instant::now() + self.shared.config.handshake_timeout;
                         let quiet = self.shared.config.idle_timeout;
