@@ -225,6 +225,8 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
                 ws_addr: None,
                 io_workers: args.io_workers,
                 connections_max: 4096,
+                // Every connection comes from this process's one address.
+                connections_per_address_max: 4096,
                 ..ServerConfig::default()
             };
             let server = Server::start(engine, server).map_err(|e| e.to_string())?;

@@ -323,7 +323,7 @@ impl<G: Game> Shared<G> {
     }
 
     fn log(&self, line: String) {
-        eprintln!("trove: cluster node {}: {line}", self.me.node);
+        tracing::info!(target: "trove::cluster", "cluster node {}: {line}", self.me.node);
     }
 
     /// One tick; returns whether the map looked settled (every partition

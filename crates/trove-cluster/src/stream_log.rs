@@ -237,7 +237,7 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
         let next = self.last + 1;
         let bytes = bytes(next);
         if let Err(e) = trove_journal::snapshot::decode_snapshot(&bytes) {
-            eprintln!("trove: partition {}: a snapshot failed its own check ({e}); not stored", self.partition);
+            tracing::warn!(target: "trove::cluster", "partition {}: a snapshot failed its own check ({e}); not stored", self.partition);
             self.metrics.snapshot_failures.fetch_add(1, Relaxed);
             return Ok(0);
         }
@@ -251,13 +251,13 @@ impl<E: Record> ShardLog<E> for StreamLog<E> {
                 });
             }
             Err(e) => {
-                eprintln!("trove: partition {}: storing a snapshot: {e}; the stream is kept", self.partition);
+                tracing::warn!(target: "trove::cluster", "partition {}: storing a snapshot: {e}; the stream is kept", self.partition);
                 self.metrics.snapshot_failures.fetch_add(1, Relaxed);
                 return Ok(0);
             }
         }
         if let Err(e) = self.runtime.block_on(self.log.purge_below(next)) {
-            eprintln!("trove: partition {}: purging below its snapshot: {e}", self.partition);
+            tracing::warn!(target: "trove::cluster", "partition {}: purging below its snapshot: {e}", self.partition);
             self.metrics.snapshot_failures.fetch_add(1, Relaxed);
         }
         self.metrics.snapshots.fetch_add(1, Relaxed);

@@ -44,6 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trove_core::{Game, Stamped};
 use trove_shard::{Engine, Producer, SubmitError};
 
+use crate::conn_log::{self, ConnInfo, Listener, RefusalLog, RefusedFor};
 use crate::error::{InvalidConfig, JsonError, StartError};
 use crate::json::JsonGame;
 use crate::live::{LIVE_INTERVAL, LIVE_STALL_TIMEOUT, LiveState};
@@ -75,6 +76,10 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 pub const LIVE_STREAMS_MAX_DEFAULT: usize = 16;
 /// Bounds of `ControlConfig::connections_max`.
 pub const CONTROL_CONNECTIONS_MAX_LIMIT: usize = 65_536;
+/// `ControlConfig::connections_per_address_max` unless set: a quarter of
+/// the default cap, room for a scraper, probes and a browser's few
+/// connections from one host.
+pub const CONTROL_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 32;
 
 /// Every bound of the control plane's connections, named.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +90,12 @@ pub struct ControlConfig {
     /// handler, the new one is closed at once. Descriptors for them are
     /// reserved at start (`fds.rs`).
     pub connections_max: usize,
+    /// Connections open at once from one source address (an IPv6 /64).
+    /// Past it, a new one from there closes the one of that address's that
+    /// has waited longest for its request, never another address's (and
+    /// is closed at once if all of them are in a handler): one peer cannot
+    /// evict every other's connections.
+    pub connections_per_address_max: usize,
     /// From the accept, or the end of the previous answer, to the end of a
     /// request's headers; past it the connection is closed unanswered.
     pub header_timeout: Duration,
@@ -102,6 +113,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             connections_max: 128,
+            connections_per_address_max: CONTROL_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             live_streams_max: LIVE_STREAMS_MAX_DEFAULT,
@@ -123,6 +135,7 @@ impl ControlConfig {
                 (1..=CONTROL_CONNECTIONS_MAX_LIMIT).contains(&self.connections_max),
                 "control_connections_max must be in 1..=65536",
             ),
+            (self.connections_per_address_max >= 1, "control_connections_per_address_max must be at least 1"),
             (
                 !self.header_timeout.is_zero() && self.header_timeout <= hour,
                 "control_header_timeout_ms must be in 1..=3600000",
@@ -408,6 +421,10 @@ struct Conn {
     /// Its socket (-1 until the connection's task has it): a live
     /// stream's send buffer is capped through it.
     fd: std::sync::atomic::AtomicI32,
+    /// Requests answered, for its close line.
+    requests: AtomicU64,
+    /// Its source address's count (`per_address::source_key`).
+    key: std::net::IpAddr,
 }
 
 impl Conn {
@@ -432,6 +449,9 @@ struct ConnCounters {
     accepted: AtomicU64,
     /// Closed at once: at the cap with every connection in a handler.
     refused: AtomicU64,
+    /// Closed at once: its address had `connections_per_address_max` open,
+    /// every one of them in a handler.
+    address_limit: AtomicU64,
     /// Closed to make room for a new one.
     evicted: AtomicU64,
     header_timeouts: AtomicU64,
@@ -455,6 +475,10 @@ struct Conns {
     counters: ConnCounters,
     /// Live streams open now (at most `config.live_streams_max`).
     streams_open: std::sync::atomic::AtomicUsize,
+    /// Open connections per source address.
+    per_address: crate::per_address::PerAddress,
+    /// `connection refused` lines, rate-limited per reason.
+    refusals: RefusalLog,
 }
 
 /// A connection's place under the cap; given back when dropped.
@@ -462,11 +486,16 @@ struct Slot {
     conns: Arc<Conns>,
     id: u64,
     conn: Arc<Conn>,
+    info: ConnInfo,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.conns.lock().remove(&self.id);
+        // Both under the lock `admit` checks them under.
+        let mut open = self.conns.lock();
+        open.remove(&self.id);
+        self.conns.per_address.give_back(self.conn.key);
+        drop(open);
         self.conns.released.notify_one();
     }
 }
@@ -474,13 +503,15 @@ impl Drop for Slot {
 impl Conns {
     fn new(config: ControlConfig) -> Self {
         Self {
-            config,
             epoch: Instant::now(),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             released: tokio::sync::Notify::new(),
             counters: ConnCounters::default(),
             streams_open: std::sync::atomic::AtomicUsize::new(0),
+            per_address: crate::per_address::PerAddress::new(config.connections_per_address_max),
+            refusals: RefusalLog::new(),
+            config,
         }
     }
 
@@ -500,18 +531,23 @@ impl Conns {
         tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
     }
 
-    /// A slot for a new connection: a free one, or one made by closing the
-    /// connection that has waited longest for its request. `None` when
-    /// every connection is in a handler (or the one closed did not go in
-    /// `EVICTION_WAIT`): the new connection is then closed.
-    async fn admit(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot for a connection from `peer`: a free one, or one made by
+    /// closing the connection that has waited longest for its request.
+    /// At the plane's cap that is any connection; when `peer`'s address
+    /// has `connections_per_address_max` open, only one of that address's
+    /// own, so that one peer cannot evict every other's connections.
+    /// Refused when every candidate is in a handler (or the one closed did
+    /// not go within `EVICTION_WAIT`): the new connection is then closed.
+    async fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, RefusedFor> {
+        let key = crate::per_address::source_key(peer.ip());
         let deadline = tokio::time::Instant::now() + EVICTION_WAIT;
         loop {
             // Made before the check, so a slot given back after it wakes us.
             let released = self.released.notified();
-            {
+            let why = {
                 let mut open = self.lock();
-                if open.len() < self.config.connections_max {
+                let address_full = self.per_address.open(key) >= self.config.connections_per_address_max;
+                if !address_full && open.len() < self.config.connections_max && self.per_address.try_take(key) {
                     let id = self.next_id.fetch_add(1, Relaxed);
                     let conn = Arc::new(Conn {
                         phase: AtomicU8::new(Phase::Head as u8),
@@ -519,33 +555,48 @@ impl Conns {
                         evicted: AtomicBool::new(false),
                         close: tokio::sync::Notify::new(),
                         fd: std::sync::atomic::AtomicI32::new(-1),
+                        requests: AtomicU64::new(0),
+                        key,
                     });
                     open.insert(id, conn.clone());
+                    drop(open);
                     self.counters.accepted.fetch_add(1, Relaxed);
-                    return Some(Slot { conns: self.clone(), id, conn });
+                    let info = ConnInfo { id, listener: Listener::Control, peer, opened: Instant::now() };
+                    self.refusals.flush(Listener::Control);
+                    return Ok(Slot { conns: self.clone(), id, conn, info });
                 }
+                let why = if address_full { RefusedFor::AddressLimit } else { RefusedFor::ConnectionLimit };
                 // One eviction at a time: a wake-up before the evicted
                 // connection has closed must not close another one.
                 if !open.values().any(|c| c.evicted.load(Relaxed)) {
                     let victim = open
                         .values()
-                        .filter(|c| !matches!(c.phase(), Phase::Handler | Phase::Stream))
+                        .filter(|c| !matches!(c.phase(), Phase::Handler | Phase::Stream) && (!address_full || c.key == key))
                         .min_by_key(|c| c.phase_since_ms.load(Relaxed));
                     let Some(victim) = victim else {
-                        // Every connection is inside a handler.
-                        self.counters.refused.fetch_add(1, Relaxed);
-                        return None;
+                        // Every candidate is inside a handler.
+                        self.count_refusal(why);
+                        return Err(why);
                     };
                     victim.evicted.store(true, Relaxed);
                     victim.close.notify_one();
                     self.counters.evicted.fetch_add(1, Relaxed);
                 }
-            }
+                why
+            };
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                self.counters.refused.fetch_add(1, Relaxed);
-                return None;
+                self.count_refusal(why);
+                return Err(why);
             }
         }
+    }
+
+    fn count_refusal(&self, why: RefusedFor) {
+        let counter = match why {
+            RefusedFor::AddressLimit => &self.counters.address_limit,
+            _ => &self.counters.refused,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// When the connection's deadline passes, if it is waiting for
@@ -585,9 +636,13 @@ async fn accept_loop(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let Some(slot) = conns.admit().await else {
-            drop(stream);
-            continue;
+        let slot = match conns.admit(peer).await {
+            Ok(slot) => slot,
+            Err(why) => {
+                drop(stream);
+                conns.refusals.refused(Listener::Control, peer, None, why);
+                continue;
+            }
         };
         let connection = serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone());
         crate::task::spawn_named(&format!("control conn {peer}"), connection);
@@ -616,6 +671,23 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let conn = slot.conn.clone();
     conn.fd.store(std::os::fd::AsRawFd::as_raw_fd(&stream), Relaxed);
+    conn_log::opened(&slot.info, None, None);
+    let reason = serve_requests(&conns, &conn, stream, router, &mut stop).await;
+    let counts = conn_log::Counts { frames_in: conn.requests.load(Relaxed), ..conn_log::Counts::default() };
+    conn_log::closed(&slot.info, reason, &counts, None, None);
+    drop(slot);
+}
+
+/// Serves a connection's requests until it ends; returns why: `done`
+/// (the peer closed, or the last answer said close), `evicted`,
+/// `header_timeout`, `stalled` (a live stream's reader), `shutting_down`.
+async fn serve_requests(
+    conns: &Arc<Conns>,
+    conn: &Arc<Conn>,
+    stream: tokio::net::TcpStream,
+    router: Router,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> &'static str {
     let service = {
         let (conns, conn) = (conns.clone(), conn.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -631,7 +703,7 @@ async fn serve_connection(
     let mut connection = http.serve_connection(TokioIo::new(stream), service);
     let mut stopping = false;
     loop {
-        let (waiting, deadline) = conns.head_deadline(&conn);
+        let (waiting, deadline) = conns.head_deadline(conn);
         let wake = tokio::select! {
             // Done, or failed (a malformed request, answered 400 by hyper;
             // a reset): either way the socket is ours again.
@@ -642,16 +714,16 @@ async fn serve_connection(
         };
         match wake {
             // A peer that held a slot without a request: dropped unanswered.
-            Wake::Evicted => return,
+            Wake::Evicted => return "evicted",
             Wake::Deadline => {
-                let (now_waiting, deadline) = conns.head_deadline(&conn);
+                let (now_waiting, deadline) = conns.head_deadline(conn);
                 if waiting.is_some() && now_waiting == waiting && deadline <= tokio::time::Instant::now() {
-                    let counter = match waiting {
-                        Some(Phase::Stream) => &conns.counters.live_stalled,
-                        _ => &conns.counters.header_timeouts,
-                    };
-                    counter.fetch_add(1, Relaxed);
-                    return;
+                    if waiting == Some(Phase::Stream) {
+                        conns.counters.live_stalled.fetch_add(1, Relaxed);
+                        return "stalled";
+                    }
+                    conns.counters.header_timeouts.fetch_add(1, Relaxed);
+                    return "header_timeout";
                 }
             }
             Wake::Stop => {
@@ -665,8 +737,7 @@ async fn serve_connection(
         _ = linger(&mut stream) => {}
         _ = conn.close.notified() => {}
     }
-    drop(stream);
-    drop(slot);
+    if stopping { "shutting_down" } else { "done" }
 }
 
 /// Sends FIN after the last answer, then reads and drops what the peer
@@ -697,6 +768,7 @@ enum BodyError {
 /// One request: its body read (bounded in size and time) while the
 /// connection may still be closed to make room, then the router.
 async fn answer(conns: Arc<Conns>, conn: Arc<Conn>, router: Router, req: Request<Incoming>) -> Response {
+    conn.requests.fetch_add(1, Relaxed);
     conn.enter(Phase::Body, conns.now_ms());
     let (mut parts, body) = req.into_parts();
     let reply = match read_body(body, conns.config.body_timeout).await {
@@ -834,11 +906,13 @@ fn render_connections(conns: &Conns, out: &mut String) {
     let _ = writeln!(
         out,
         "# HELP trove_control_connections_closed_total Control-plane connections the server closed itself, by \
-         reason: refused (at the cap, every slot in a handler), evicted (to make room), header_timeout, \
-         body_timeout, body_too_large.\n# TYPE trove_control_connections_closed_total counter"
+         reason: refused (at the cap, every slot in a handler), address_limit (at \
+         control_connections_per_address_max, every one of the address's in a handler), evicted (to make room), header_timeout, body_timeout, \
+         body_too_large.\n# TYPE trove_control_connections_closed_total counter"
     );
     for (reason, n) in [
         ("refused", &c.refused),
+        ("address_limit", &c.address_limit),
         ("evicted", &c.evicted),
         ("header_timeout", &c.header_timeouts),
         ("body_timeout", &c.body_timeouts),

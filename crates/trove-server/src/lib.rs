@@ -19,12 +19,16 @@
 //! - [`live`]: its `GET /live` feed of the figures, for the dashboard.
 //! - `dashboard`: the dashboard's built files (`dashboard/`, from the
 //!   repository's `dashboard/` source), embedded and served at `/`.
+//! - [`conn_log`]: the connection lines (opened, closed, refused) every
+//!   listener logs, refusals rate-limited per reason.
+//! - `per_address`: open connections per source address, capped.
 //! - [`error`]: the typed errors of the public API.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `task`: every spawn, named for tokio-console.
 
 pub mod auth;
+pub mod conn_log;
 pub mod control;
 mod dashboard;
 pub mod error;
@@ -32,6 +36,7 @@ pub mod fds;
 pub mod json;
 pub mod live;
 pub mod metrics;
+mod per_address;
 mod session;
 mod task;
 pub mod tcp;
@@ -68,6 +73,10 @@ pub struct ServerConfig {
     /// Open connections (TCP and WebSocket together); past it a new one is
     /// answered TooManyConnections and closed.
     pub connections_max: usize,
+    /// Open connections from one source address (an IPv6 /64), TCP and
+    /// WebSocket together; past it a new one from there is answered
+    /// TooManyConnections and closed, so one peer cannot take every slot.
+    pub connections_per_address_max: usize,
     /// Largest frame body accepted (and sent), in bytes.
     pub frame_body_max: u32,
     /// Time a new connection has to complete its handshake.
@@ -112,6 +121,11 @@ pub struct ServerConfig {
     pub auth: Option<Arc<auth::Auth>>,
 }
 
+/// `ServerConfig::connections_per_address_max` unless set: a quarter of
+/// the default `connections_max`, so that it takes four addresses to fill
+/// the server, while a game server's producers or a NAT's spectators fit.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 256;
+
 /// `ServerConfig::subscriber_push_interval` unless set: about a third of a
 /// 60 Hz frame (docs/decisions/0017-paced-fan-out.md).
 pub const SUBSCRIBER_PUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(5);
@@ -125,6 +139,7 @@ impl Default for ServerConfig {
             ws_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
             io_workers: 1,
             connections_max: 1024,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             frame_body_max: trove_proto::frame::FRAME_BODY_MAX_DEFAULT,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -147,6 +162,7 @@ impl ServerConfig {
         let checks = [
             (self.io_workers >= 1 && self.io_workers <= 256, "io_workers must be in 1..=256"),
             (self.connections_max >= 1, "connections_max must be at least 1"),
+            (self.connections_per_address_max >= 1, "connections_per_address_max must be at least 1"),
             (
                 self.frame_body_max >= 4096 && self.frame_body_max <= FRAME_BODY_MAX_LIMIT,
                 "frame_body_max must be in 4096..=67108864",
@@ -182,7 +198,10 @@ impl ServerConfig {
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
     pub connections_accepted: AtomicU64,
+    /// Refused at `connections_max` or `connections_per_address_max`.
     pub connections_refused: AtomicU64,
+    /// Of `connections_refused`, those at `connections_per_address_max`.
+    pub connections_refused_address: AtomicU64,
     pub connections_open: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
@@ -338,6 +357,7 @@ impl ServerMetrics {
 pub struct ServerMetricsSnapshot {
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    pub connections_refused_address: u64,
     pub connections_open: u64,
     pub frames_in: u64,
     pub frames_out: u64,
@@ -366,6 +386,7 @@ impl ServerMetrics {
         ServerMetricsSnapshot {
             connections_accepted: self.connections_accepted.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
+            connections_refused_address: self.connections_refused_address.load(Relaxed),
             connections_open: self.connections_open.load(Relaxed),
             frames_in: self.frames_in.load(Relaxed),
             frames_out: self.frames_out.load(Relaxed),
@@ -403,6 +424,12 @@ pub(crate) struct Shared<G: WireGame> {
     producers: Mutex<HashSet<u64>>,
     producer_released: tokio::sync::Notify,
     connections: AtomicUsize,
+    /// Open connections per source address (`connections_per_address_max`).
+    per_address: per_address::PerAddress,
+    /// Numbers connections for their log lines, from their accept.
+    next_connection_id: AtomicU64,
+    /// `connection refused` lines, rate-limited per reason.
+    pub refusals: conn_log::RefusalLog,
     /// Bytes the connections' input buffers hold beyond their base.
     pub frame_budget: FrameBudget,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -460,17 +487,44 @@ impl FrameBudget {
 }
 
 impl<G: WireGame> Shared<G> {
-    /// Takes a connection slot, or None when all are taken.
-    pub fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot<G>> {
+    /// Takes a connection slot for `peer`, or says why not: all are
+    /// taken, or all its address may have. Refusals are counted, not
+    /// logged (the caller logs them once it has answered).
+    pub fn connection_slot(
+        self: &Arc<Self>,
+        listener: conn_log::Listener,
+        peer: SocketAddr,
+    ) -> Result<ConnectionSlot<G>, conn_log::RefusedFor> {
         let open = self.connections.fetch_add(1, Relaxed);
         if open >= self.config.connections_max {
             self.connections.fetch_sub(1, Relaxed);
             self.metrics.connections_refused.fetch_add(1, Relaxed);
-            return None;
+            return Err(conn_log::RefusedFor::ConnectionLimit);
+        }
+        let key = per_address::source_key(peer.ip());
+        if !self.per_address.try_take(key) {
+            self.connections.fetch_sub(1, Relaxed);
+            self.metrics.connections_refused.fetch_add(1, Relaxed);
+            self.metrics.connections_refused_address.fetch_add(1, Relaxed);
+            return Err(conn_log::RefusedFor::AddressLimit);
         }
         self.metrics.connections_accepted.fetch_add(1, Relaxed);
         self.metrics.connections_open.fetch_add(1, Relaxed);
-        Some(ConnectionSlot { shared: self.clone() })
+        let id = self.next_connection_id.fetch_add(1, Relaxed);
+        let info = conn_log::ConnInfo { id, listener, peer, opened: std::time::Instant::now() };
+        self.refusals.flush(listener);
+        Ok(ConnectionSlot { shared: self.clone(), key, info })
+    }
+
+    /// The message of a `too_many_connections` refusal.
+    pub(crate) fn refusal_message(&self, why: conn_log::RefusedFor) -> String {
+        match why {
+            conn_log::RefusedFor::AddressLimit => format!(
+                "too many connections from this address (connections_per_address_max {})",
+                self.config.connections_per_address_max
+            ),
+            _ => "the server is at its connection limit".to_string(),
+        }
     }
 
     /// Claims a producer id for this connection, waiting up to
@@ -492,10 +546,14 @@ impl<G: WireGame> Shared<G> {
 /// Held while a connection is open.
 pub(crate) struct ConnectionSlot<G: WireGame> {
     shared: Arc<Shared<G>>,
+    /// Its source address's count (`per_address::source_key`).
+    key: std::net::IpAddr,
+    pub info: conn_log::ConnInfo,
 }
 
 impl<G: WireGame> Drop for ConnectionSlot<G> {
     fn drop(&mut self) {
+        self.shared.per_address.give_back(self.key);
         self.shared.connections.fetch_sub(1, Relaxed);
         self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
     }
@@ -575,6 +633,9 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             producers: Mutex::new(HashSet::new()),
             producer_released: tokio::sync::Notify::new(),
             connections: AtomicUsize::new(0),
+            per_address: per_address::PerAddress::new(config.connections_per_address_max),
+            next_connection_id: AtomicU64::new(0),
+            refusals: conn_log::RefusalLog::new(),
             frame_budget: FrameBudget::new(config.unfinished_frame_bytes_max, metrics),
             shutdown,
             owners,

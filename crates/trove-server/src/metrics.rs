@@ -257,7 +257,8 @@ fn process_stats() -> Option<(f64, u64)> {
 const CONNECTION_FAMILIES: &str = "\
 trove_connections_open gauge Open data-plane connections (TCP and WebSocket).
 trove_connections_accepted_total counter Data-plane connections accepted.
-trove_connections_refused_total counter Connections refused at the connection limit.
+trove_connections_refused_total counter Connections refused at connections_max or connections_per_address_max.
+trove_connections_refused_address_total counter Of trove_connections_refused_total, those at connections_per_address_max (one source address's share).
 trove_frames_received_total counter Frames (and JSON messages) received.
 trove_frames_sent_total counter Frames (and JSON messages) sent.
 trove_received_bytes_total counter Bytes read from data-plane sockets.
@@ -420,6 +421,7 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
             s.connections_open,
             s.connections_accepted,
             s.connections_refused,
+            s.connections_refused_address,
             s.frames_in,
             s.frames_out,
             s.bytes_in,

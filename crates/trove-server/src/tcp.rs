@@ -29,6 +29,7 @@ use trove_proto::frame::{
 use trove_proto::{Frame, WireGame};
 use trove_shard::{Completed, Delivery, Producer};
 
+use crate::conn_log::{self, ConnInfo, Counts, Listener, RefusedFor};
 use crate::session::{Admission, Answer, Batch, Refusal, Session};
 use crate::{Arrival, Shared, Staged, Subscriptions, json::JsonGame, poll_complete};
 
@@ -53,32 +54,43 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        let Some(slot) = shared.connection_slot() else {
-            refuse_full(&shared, &stream);
-            continue;
+        let slot = match shared.connection_slot(Listener::Tcp, peer) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse_full(&shared, &stream, &shared.refusal_message(why));
+                shared.refusals.refused(Listener::Tcp, peer, None, why);
+                continue;
+            }
         };
         let shared = shared.clone();
         crate::task::spawn_named(&format!("tcp conn {peer}"), async move {
             let _ = stream.set_nodelay(true);
-            Connection::new(shared).run(stream).await;
+            Connection::new(shared, slot.info).run(stream).await;
             drop(slot);
         });
     }
 }
 
-/// Refuses a connection past `connections_max` from the accept loop
-/// itself, with no task: one non-blocking write of the typed ERROR (a new
-/// socket's send buffer takes it whole; if not, the peer sees the close
-/// alone), then what the peer already sent (its HELLO, say) is read and
-/// dropped, without waiting, so that the close is a FIN, not a reset
-/// that could discard the ERROR; then the socket closes as it is
-/// dropped. A flood of refused connections costs the loop a write and a
-/// few reads each, nothing that outlives it.
-fn refuse_full<G: WireGame>(shared: &Shared<G>, stream: &TcpStream) {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64);
-    frame::encode_error(&mut out, ErrorCode::TooManyConnections, "the server is at its connection limit");
+/// Refuses a connection past `connections_max` (or its address's
+/// `connections_per_address_max`) from the accept loop itself, with no
+/// task: one non-blocking write of the typed ERROR (a new socket's send
+/// buffer takes it whole; if not, the peer sees the close alone), then
+/// what the peer already sent (its HELLO, say) is read and dropped,
+/// without waiting, so that the close is a FIN, not a reset that could
+/// discard the ERROR; then the socket closes as it is dropped. A flood
+/// of refused connections costs the loop a write and a few reads each,
+/// nothing that outlives it.
+fn refuse_full<G: WireGame>(shared: &Shared<G>, stream: &TcpStream, message: &str) {
+    let mut out = Vec::with_capacity(HEADER_LEN + 128);
+    frame::encode_error(&mut out, ErrorCode::TooManyConnections, message);
     shared.metrics.errors[ErrorCode::TooManyConnections as usize].fetch_add(1, Relaxed);
     let _ = stream.try_write(&out);
+    drain_refused(stream);
+}
+
+/// Reads and drops what a refused peer already sent, without waiting, so
+/// that the close is a FIN, not a reset that could discard the answer.
+pub(crate) fn drain_refused(stream: &TcpStream) {
     let mut sink = [0u8; REFUSED_DRAIN_CHUNK];
     for _ in 0..REFUSED_DRAIN_READS_MAX {
         match stream.try_read(&mut sink) {
@@ -112,6 +124,12 @@ impl From<FrameError> for Close {
 
 struct Connection<G: WireGame> {
     shared: Arc<Shared<G>>,
+    /// Who it is, for its log lines.
+    info: ConnInfo,
+    /// What it carried, for its close line.
+    counts: Counts,
+    /// Its producer id, once its HELLO is answered (then it is open).
+    producer_id: Option<u64>,
     /// Frames as they arrive; its capacity beyond [`INBUF_BASE`] is
     /// `charged` to the server's unfinished-frame budget.
     inbuf: Vec<u8>,
@@ -148,10 +166,13 @@ struct Connection<G: WireGame> {
 }
 
 impl<G: WireGame> Connection<G> {
-    fn new(shared: Arc<Shared<G>>) -> Self {
+    fn new(shared: Arc<Shared<G>>, info: ConnInfo) -> Self {
         Self {
             session: Session::new(shared.config.window_batches),
             shared,
+            info,
+            counts: Counts::default(),
+            producer_id: None,
             inbuf: Vec::with_capacity(INBUF_BASE),
             charged: 0,
             consumed: 0,
@@ -176,14 +197,43 @@ impl<G: WireGame> Connection<G> {
     async fn run(mut self, stream: TcpStream) {
         let (mut rd, mut wr) = stream.into_split();
         let result = self.serve(&mut rd, &mut wr).await;
-        if let Err(Close::Error(code, message)) = result {
-            frame::encode_error(&mut self.out, code, &message);
-            self.shared.metrics.errors[code as usize].fetch_add(1, Relaxed);
+        let reason = match &result {
+            Ok(()) => "peer_closed",
+            Err(Close::Io) => "io_error",
+            Err(Close::Error(code, _)) => code.name(),
+        };
+        if let Err(Close::Error(code, message)) = &result {
+            frame::encode_error(&mut self.out, *code, message);
+            self.shared.metrics.errors[*code as usize].fetch_add(1, Relaxed);
         }
         if !self.out.is_empty() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.write_all(&self.out)).await;
+            let written = tokio::time::timeout(std::time::Duration::from_secs(1), wr.write_all(&self.out)).await;
+            if matches!(written, Ok(Ok(()))) {
+                self.counts.bytes_out += self.out.len() as u64;
+            }
         }
         let _ = wr.shutdown().await;
+        match (self.producer_id, result) {
+            (Some(producer), _) => {
+                let principal = self.auth.as_ref().map(|(s, _)| s.principal.name.as_str());
+                conn_log::closed(&self.info, reason, &self.counts, Some(producer), principal)
+            }
+            // Never opened: its handshake failed.
+            (None, Err(Close::Error(code, _))) => {
+                self.shared.refusals.refused(
+                    Listener::Tcp,
+                    self.info.peer,
+                    Some(self.info.id),
+                    RefusedFor::Handshake(code),
+                );
+            }
+            (None, _) => self.shared.refusals.refused(
+                Listener::Tcp,
+                self.info.peer,
+                Some(self.info.id),
+                RefusedFor::ClosedBeforeHandshake,
+            ),
+        }
         self.shared.metrics.updates_written(&mut self.out_update_bytes);
         self.unsubscribe_all();
         // What the buffer held goes back to the budget now, not after the
@@ -293,6 +343,7 @@ impl<G: WireGame> Connection<G> {
         self.read_at = std::time::Instant::now();
         debug_assert!(self.charged == 0 || self.inbuf.len() <= frame_end.unwrap_or(0), "not past a large frame");
         self.shared.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+        self.counts.bytes_in += n as u64;
         Ok(n)
     }
 
@@ -308,6 +359,7 @@ impl<G: WireGame> Connection<G> {
                 let Frame::Hello(hello) = frame::decode(h, body, Self::sizes())? else { unreachable!("kind checked") };
                 self.consumed = total;
                 self.shared.metrics.frames_in.fetch_add(1, Relaxed);
+                self.counts.frames_in += 1;
                 if !VERSIONS.contains(&hello.version) {
                     return Err(Close::Error(
                         ErrorCode::UnsupportedVersion,
@@ -389,6 +441,9 @@ impl<G: WireGame> Connection<G> {
             },
         );
         self.flush(wr).await?;
+        self.producer_id = Some(producer.id());
+        let principal = self.auth.as_ref().map(|(s, _)| s.principal.name.as_str());
+        conn_log::opened(&self.info, self.producer_id, principal);
 
         let mut stop = self.shared.shutdown.clone();
         let mut stopping = *stop.borrow();
@@ -480,6 +535,7 @@ impl<G: WireGame> Connection<G> {
         let write = tokio::time::timeout(self.shared.config.idle_timeout, wr.write_all(&self.out));
         write.await.map_err(|_| Close::Io)?.map_err(|_| Close::Io)?;
         self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
+        self.counts.bytes_out += self.out.len() as u64;
         self.shared.metrics.updates_written(&mut self.out_update_bytes);
         self.out.clear();
         if !self.staged.is_empty() {
@@ -496,6 +552,7 @@ impl<G: WireGame> Connection<G> {
             let start = self.consumed;
             self.consumed += total;
             self.shared.metrics.frames_in.fetch_add(1, Relaxed);
+            self.counts.frames_in += 1;
             if !h.kind.from_client() {
                 // A frame shorter than the bytes of one read comes whole.
                 return Err(Close::Error(ErrorCode::UnknownFrameKind, format!("{:?} is not a client frame", h.kind)));
@@ -593,6 +650,7 @@ impl<G: WireGame> Connection<G> {
             }
         }
         self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+        self.counts.events_in += u64::from(count);
         let arrival = Arrival { read: self.read_at, decoded: std::time::Instant::now() };
         let submitted = producer.submit_at(first_seq, &mut self.events).map(drop);
         match self.session.submitted(Batch { first_seq, count, arrival }, submitted) {

@@ -27,6 +27,7 @@ use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
 use trove_shard::{Completed, Delivery, Producer, Update};
 
+use crate::conn_log::{Counts, Listener, RefusedFor};
 use crate::json::JsonGame;
 use crate::session::{Admission, Answer, Batch, Refusal, Session};
 use crate::{Shared, Subscriptions, poll_complete};
@@ -121,7 +122,9 @@ async fn upgrade<G: WireGame + JsonGame>(
             // library under the meter, as frames.
             // axum spawns this future unnamed; the connection runs in a
             // task of its own, named for tokio-console (src/task.rs).
-            let name = format!("ws conn {}", meter.0.peer);
+            let name = format!("ws conn {}", meter.0.info.peer);
+            let principal = authed.as_ref().map(|(s, _)| s.principal.name.clone());
+            crate::conn_log::opened(&meter.0.info, None, principal.as_deref());
             let mut conn = WsConnection::new(shared, meter);
             conn.auth = authed;
             let _ = crate::task::spawn_named(&name, conn.run(socket)).await;
@@ -145,13 +148,22 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Some(slot) = self.shared.connection_slot() {
+                    let slot = match self.shared.connection_slot(Listener::Ws, addr) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            refuse_full(&stream, &self.shared.refusal_message(why));
+                            self.shared.refusals.refused(Listener::Ws, addr, None, why);
+                            continue;
+                        }
+                    };
+                    // The connection this slot is held for.
+                    {
                         let first = Instant::now() + self.shared.config.handshake_timeout;
                         let quiet = self.shared.config.idle_timeout;
                         let deadline = Box::pin(tokio::time::sleep_until(first));
                         let meter = Meter(Arc::new(MeterState {
                             shared: self.shared.clone(),
-                            peer: addr,
+                            info: slot.info,
                             read: AtomicUsize::new(0),
                             mark: AtomicUsize::new(0),
                             charged: AtomicUsize::new(0),
@@ -169,6 +181,7 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                             held: Vec::new(),
                             charge_for: 0,
                             read_waker: None,
+                            timed_out: false,
                         };
                         return (io, addr);
                     }
@@ -182,6 +195,22 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
     }
+}
+
+/// Refuses a connection past `connections_max` (or its address's
+/// `connections_per_address_max`) from the accept loop, with no task: a
+/// 503 whose body is the `too_many_connections` error, in one
+/// non-blocking write, then what already arrived is drained (as TCP's
+/// `refuse_full` does) and the socket closes as it is dropped.
+fn refuse_full(stream: &tokio::net::TcpStream, message: &str) {
+    let body = error_json(ErrorCode::TooManyConnections, message);
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+    crate::tcp::drain_refused(stream);
 }
 
 /// A WebSocket port's connection: holds its slot, serves one HTTP request,
@@ -210,6 +239,24 @@ struct Slotted<G: WireGame> {
     charge_for: u64,
     /// A read waiting for the request's answer, woken when it is written.
     read_waker: Option<std::task::Waker>,
+    /// The handshake deadline passed before an upgrade (for the log).
+    timed_out: bool,
+}
+
+/// A connection that was never upgraded is logged as refused here (an
+/// upgraded one logs its own lines, `WsConnection::run`).
+impl<G: WireGame> Drop for Slotted<G> {
+    fn drop(&mut self) {
+        if !self.framing.in_frames() {
+            let why = if self.timed_out {
+                RefusedFor::Handshake(ErrorCode::HandshakeTimeout)
+            } else {
+                RefusedFor::NotUpgraded
+            };
+            let m = &self.meter.0;
+            m.shared.refusals.refused(Listener::Ws, m.info.peer, Some(m.info.id), why);
+        }
+    }
 }
 
 /// One connection's input meter, shared by its [`Slotted`] stream (which
@@ -243,8 +290,8 @@ impl<G: WireGame + JsonGame> Connected<axum::serve::IncomingStream<'_, SlotListe
 
 struct MeterState<G: WireGame> {
     shared: Arc<Shared<G>>,
-    /// The peer's address, for the connection task's name.
-    peer: std::net::SocketAddr,
+    /// Who the connection is (its peer names its task too).
+    info: crate::conn_log::ConnInfo,
     /// Bytes read from the socket, all told.
     read: AtomicUsize,
     /// `read` when the last data message was handled (less the control
@@ -589,13 +636,14 @@ impl<G: WireGame> Slotted<G> {
     }
 
     fn poll_deadline(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no upgrade within the handshake timeout, or no bytes within the idle timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        self.timed_out = !self.framing.in_frames();
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no upgrade within the handshake timeout, or no bytes within the idle timeout",
+        )))
     }
 
     /// Scans `bytes` (about to go to the reader): how many may go now, and
@@ -816,6 +864,8 @@ struct WsConnection<G: WireGame + JsonGame> {
     /// the upgrade's `Authorization` header or its `hello`), and its slot
     /// in the token's connection quota.
     auth: Option<(crate::auth::Session, crate::auth::ConnectionGrant)>,
+    /// What it carried, for its close line.
+    counts: Counts,
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -852,6 +902,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             deliveries: Vec::new(),
             staged: Vec::new(),
             auth: None,
+            counts: Counts::default(),
         }
     }
 
@@ -863,6 +914,10 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
     /// what was sent).
     async fn run(mut self, mut socket: WebSocket) {
         let result = self.serve(&mut socket).await;
+        let reason = match &result {
+            Ok(()) => "peer_closed",
+            Err((code, _)) => code.name(),
+        };
         let close = match result {
             Ok(()) => None,
             Err((code, message)) => {
@@ -899,6 +954,9 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         }
         self.subscriptions.close(&self.shared);
         self.claim = None;
+        let producer = self.producer.as_ref().map(Producer::id);
+        let principal = self.auth.as_ref().map(|(s, _)| s.principal.name.as_str());
+        crate::conn_log::closed(&self.meter.0.info, reason, &self.counts, producer, principal);
         if sent && matches!(tokio::time::timeout_at(linger, socket.send(Message::Close(close))).await, Ok(Ok(()))) {
             // Until the peer's Close (the library answers nothing more), its
             // end of the stream, or the linger.
@@ -972,6 +1030,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         Some(Ok(Message::Text(text))) => {
                             self.shared.metrics.frames_in.fetch_add(1, Relaxed);
                             self.shared.metrics.bytes_in.fetch_add(text.len() as u64, Relaxed);
+                            self.counts.frames_in += 1;
+                            self.counts.bytes_in += text.len() as u64;
                             let handled = self.message(text.as_str()).await;
                             drop(text);
                             self.meter.message_done();
@@ -1007,10 +1067,12 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let idle_timeout = self.shared.config.idle_timeout;
         let metrics = self.shared.metrics.clone();
         let out = &mut self.out;
+        let bytes_out = &mut self.counts.bytes_out;
         let write = async {
             let mut socket = std::pin::Pin::new(socket);
             for m in out.drain(..) {
                 metrics.frames_out.fetch_add(1, Relaxed);
+                *bytes_out += m.len() as u64;
                 poll_fn(|cx| futures_sink::Sink::poll_ready(socket.as_mut(), cx)).await?;
                 futures_sink::Sink::start_send(socket.as_mut(), Message::Text(m.into()))?;
             }
@@ -1138,6 +1200,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     }
                 };
                 self.shared.metrics.events_in.fetch_add(u64::from(count), Relaxed);
+                self.counts.events_in += u64::from(count);
                 let arrival = crate::Arrival { read, decoded: std::time::Instant::now() };
                 let submitted = producer.submit_at(first_seq, &mut events).map(drop);
                 match self.session.submitted(Batch { first_seq, count, arrival }, submitted) {

@@ -266,9 +266,10 @@ pub struct FinalState {
 }
 
 impl<G: Game> Engine<G> {
-    /// Starts an engine; recovery progress and repairs are logged to stderr.
+    /// Starts an engine; recovery progress and repairs are logged as
+    /// `tracing` events (target `trove::engine`).
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
-        Self::start_logged(config, &mut |line| eprintln!("trove: {line}"))
+        Self::start_logged(config, &mut |line| tracing::info!(target: "trove::engine", "{line}"))
     }
 
     /// Starts an engine: locks its data directory (if it journals), then

@@ -723,7 +723,7 @@ pub(crate) fn run_journal<G: Game, L: ShardLog<G::Event>>(
                 let _ = failure
                     .set(format!("the journal of shard {shard} failed ({}); nothing more is acknowledged", e.message));
                 let reason = failure.get().map_or("", String::as_str);
-                eprintln!("trove: {reason}");
+                tracing::error!(target: "trove::engine", "{reason}");
                 Lost::Failed(reason.to_string())
             }
             LogErrorKind::Fenced => Lost::Deposed {
@@ -736,7 +736,7 @@ pub(crate) fn run_journal<G: Game, L: ShardLog<G::Event>>(
             },
         };
         if !matches!(lost, Lost::Failed(_)) {
-            eprintln!("trove: {}", lost.reason());
+            tracing::warn!(target: "trove::engine", "{}", lost.reason());
             standing.lose(lost.clone());
         }
         for (inbox, _) in waiting.drain(..) {

@@ -164,6 +164,20 @@ pub struct Serve {
     /// Pin shard threads to cores.
     #[arg(long)]
     pub pin: bool,
+    /// Log lines on stderr: `human` (time, level, target, message,
+    /// fields) or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Human)]
+    pub log_format: crate::logging::LogFormat,
+    /// Which log lines: a level (error, warn, info, debug, trace) or
+    /// target=level directives, e.g. `warn,trove::connection=info`
+    /// [default: TROVE_LOG, else info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Open connections from one source address (an IPv6 /64), TCP and
+    /// WebSocket together [default: 256, or the config file's
+    /// `connections_per_address_max`].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections_per_address_max: Option<u32>,
     /// Join a cluster on NATS JetStream: its servers,
     /// nats://HOST:PORT[,nats://HOST:PORT...]. Each partition's log is a
     /// replicated stream there instead of a local journal (docs/cluster.md).

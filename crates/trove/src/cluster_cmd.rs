@@ -267,21 +267,21 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         None => None,
     };
     ready.store(true, Ordering::Relaxed);
-    eprintln!(
-        "trove: node {node} of cluster {name} on {} ({} partitions, {replicas} replica(s), lease {} ms)",
+    tracing::info!(
+        "node {node} of cluster {name} on {} ({} partitions, {replicas} replica(s), lease {} ms)",
         urls.join(","),
         config.partitions,
         ttl.as_millis()
     );
-    eprintln!("trove: protocol v1 on tcp://{}", server.tcp_addr());
+    tracing::info!("protocol v1 on tcp://{}", server.tcp_addr());
     if let Some(ws) = server.ws_addr() {
-        eprintln!("trove: websocket (JSON) on ws://{ws}/");
+        tracing::info!("websocket (JSON) on ws://{ws}/");
     }
     if let Some(c) = &control {
-        eprintln!("trove: control plane on http://{}/ (/cluster, /metrics, /openapi.json)", c.addr());
+        tracing::info!("control plane on http://{}/ (/cluster, /metrics, /openapi.json)", c.addr());
     }
     let signal = wait();
-    eprintln!("trove: {signal}: handing partitions over");
+    tracing::info!("{signal}: handing partitions over");
     ready.store(false, Ordering::Relaxed);
     cluster_node.leave();
     server.shutdown(Duration::from_secs(10));
@@ -291,7 +291,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let engine = Arc::try_unwrap(engine).map_err(|_| "the engine is still in use after the server stopped")?;
     let fin = engine.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(1));
-    eprintln!("trove: stopped; {} events applied here", fin.events_applied);
+    tracing::info!("stopped; {} events applied here", fin.events_applied);
     Ok(())
 }
 

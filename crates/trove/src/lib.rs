@@ -8,6 +8,8 @@
 //! - [`journal_cmd`]: `trove journal verify|inspect` and `trove replay`.
 //! - [`watch`], [`send`]: `trove watch` and `trove send`, clients on the
 //!   Rust SDK.
+//! - [`logging`]: the `tracing` subscriber `trove serve` installs (human
+//!   or JSON lines, a level filter).
 //!
 //! The benchmarks themselves are the `trove-bench` crate.
 
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod cluster_cmd;
 pub mod journal_cmd;
 pub mod send;
+pub mod logging;
 pub mod serve;
 pub mod watch;
 

@@ -58,7 +58,13 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("trove: error: {message}");
+            // `trove serve` logs through its subscriber once it has one
+            // (so that a JSON log stays JSON to its last line).
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("trove: error: {message}");
+            }
             ExitCode::from(2)
         }
     }

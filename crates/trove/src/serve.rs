@@ -90,6 +90,7 @@ pub struct EngineFile {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub connections_max: Option<usize>,
+    pub connections_per_address_max: Option<usize>,
     pub frame_body_max: Option<u32>,
     pub handshake_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -108,6 +109,7 @@ pub struct LimitsFile {
     pub ws_frame_max: Option<usize>,
     pub ws_write_buffer_max: Option<usize>,
     pub control_connections_max: Option<usize>,
+    pub control_connections_per_address_max: Option<usize>,
     pub control_header_timeout_ms: Option<u64>,
     pub control_body_timeout_ms: Option<u64>,
     pub control_live_streams_max: Option<usize>,
@@ -226,6 +228,10 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     let shards_from_journal = shards_given.is_none() && engine.journal.is_some();
     let lim = &file.limits;
     set(&mut server.connections_max, lim.connections_max);
+    set(
+        &mut server.connections_per_address_max,
+        args.connections_per_address_max.map(|n| n as usize).or(lim.connections_per_address_max),
+    );
     if let Some(v) = lim.frame_body_max {
         server.frame_body_max = v;
     }
@@ -247,6 +253,7 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut server.ws_write_buffer_max, lim.ws_write_buffer_max);
     let mut control_limits = ControlConfig::default();
     set(&mut control_limits.connections_max, lim.control_connections_max);
+    set(&mut control_limits.connections_per_address_max, lim.control_connections_per_address_max);
     ms(lim.control_header_timeout_ms, &mut control_limits.header_timeout);
     ms(lim.control_body_timeout_ms, &mut control_limits.body_timeout);
     control_limits.live_streams_max = lim
@@ -318,11 +325,11 @@ pub fn run(args: &Serve) -> Result<(), String> {
         + metrics_listen.map_or(0, |_| ControlConfig::default().connections_max);
     let fds =
         trove_server::fds::reserve(server.connections_max, control_max, engine.shards).map_err(|e| e.to_string())?;
+    // Before any runtime starts, so tokio-console sees every task.
+    crate::logging::install(args.log_format, args.log_level.as_deref(), args.console)?;
     if args.console {
-        // Before any runtime starts, so every task is seen.
-        console_subscriber::init();
-        eprintln!(
-            "trove: tokio-console endpoint on {}",
+        tracing::info!(
+            "tokio-console endpoint on {}",
             std::env::var("TOKIO_CONSOLE_BIND").unwrap_or("127.0.0.1:6669".into())
         );
     }
@@ -385,7 +392,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let mode = engine.mode.name();
     let shards = engine.shards;
     let started = std::time::Instant::now();
-    let mut log = |line: String| eprintln!("trove: {line}");
+    let mut log = |line: String| tracing::info!(target: "trove::engine", "{line}");
     let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log).map_err(|e| e.to_string())?);
     let server = match Server::start_on(listeners, engine.clone(), server) {
         Ok(s) => s,
@@ -439,18 +446,18 @@ pub fn run(args: &Serve) -> Result<(), String> {
         None => None,
     };
     ready.store(true, Ordering::Relaxed);
-    eprintln!(
-        "trove: serving {mode} with {}; journal {}; recovered in {:.2}s",
+    tracing::info!(
+        "serving {mode} with {}; journal {}; recovered in {:.2}s",
         crate::plural(shards as u64, "shard"),
         journal.as_deref().unwrap_or("off (in memory)"),
         started.elapsed().as_secs_f64()
     );
-    eprintln!("trove: protocol v1 on tcp://{}", server.tcp_addr());
+    tracing::info!("protocol v1 on tcp://{}", server.tcp_addr());
     if let Some(ws) = server.ws_addr() {
-        eprintln!("trove: websocket (JSON) on ws://{ws}/");
+        tracing::info!("websocket (JSON) on ws://{ws}/");
     }
     if let Some(c) = &control {
-        eprintln!("trove: control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
+        tracing::info!("control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
     }
     if let Some(c) = &metrics_plane {
         eprintln!("trove: /metrics (no token) on http://{}/metrics", c.addr());
@@ -460,7 +467,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
         None => eprintln!("trove: authentication off"),
     }
     let signal = signals.wait();
-    eprintln!("trove: {signal}: draining connections");
+    tracing::info!("{signal}: draining connections");
     ready.store(false, Ordering::Relaxed);
     server.shutdown(Duration::from_secs(10));
     if let Some(c) = control {
@@ -477,7 +484,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
         // hash means nothing. A restart recovers what was acknowledged.
         return Err(format!("stopped after a failure: {reason}; restart to recover what was durable"));
     }
-    eprintln!("trove: stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
+    tracing::info!("stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
     Ok(())
 }
 
@@ -485,10 +492,10 @@ pub fn run(args: &Serve) -> Result<(), String> {
 /// served), removing a data directory this start created; returns `why`.
 fn abandon(engine: Arc<Engine<TreasureHunt>>, why: String) -> String {
     match Arc::try_unwrap(engine) {
-        Ok(engine) => engine.abandon(&mut |line| eprintln!("trove: {line}")),
+        Ok(engine) => engine.abandon(&mut |line| tracing::info!(target: "trove::engine", "{line}")),
         // Still shared: the process exits with the error, and the kernel
         // lets go of the lock.
-        Err(_) => eprintln!("trove: the engine is still in use; its data directory is left in place"),
+        Err(_) => tracing::warn!("the engine is still in use; its data directory is left in place"),
     }
     why
 }
@@ -673,6 +680,15 @@ mod tests {
             file.fsync.as_deref(),
             Some(FsyncPolicy::default().to_string().as_str()),
             "the file states the default"
+        );
+        assert_eq!(
+            file.limits.connections_per_address_max,
+            Some(trove_server::CONNECTIONS_PER_ADDRESS_MAX_DEFAULT),
+            "the file states the default per-address limit"
+        );
+        assert_eq!(
+            file.limits.control_connections_per_address_max,
+            Some(trove_server::control::CONTROL_CONNECTIONS_PER_ADDRESS_MAX_DEFAULT),
         );
         assert_eq!(
             file.limits.subscriber_push_interval_ms,

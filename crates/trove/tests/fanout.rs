@@ -491,7 +491,8 @@ fn thousands_of_subscribers_come_and_go_without_leaking() {
         common::raise_file_limit() >= 2 * (TCP_SUBSCRIBERS + WS_SUBSCRIBERS) as u64 + 200,
         "the test needs more files"
     );
-    let (serve, tcp, ws, control, dir) = start("fanout-churn", "connections_max = 2200\nidle_timeout_ms = 600000");
+    let (serve, tcp, ws, control, dir) =
+        start("fanout-churn", "connections_max = 2200\nconnections_per_address_max = 2200\nidle_timeout_ms = 600000");
     let pid = serve.pid();
     let hunts: Vec<u32> = (0..HUNTS).map(|h| 300 + h).collect();
     let mut producer = tcp_connect(tcp);

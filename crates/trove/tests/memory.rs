@@ -112,7 +112,11 @@ fn announced_and_unfinished_frames_hold_the_servers_memory_under_its_bound() {
     let dir = std::env::temp_dir().join(format!("trove-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
-    std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
+    std::fs::write(
+        &config,
+        "[limits]\nconnections_max = 2100\nconnections_per_address_max = 2100\nidle_timeout_ms = 600000\n",
+    )
+    .unwrap();
     let (serve, addr, control) = start(&config, false);
 
     // Warm up: one connection through a whole large frame and its ACK.
@@ -274,7 +278,11 @@ fn announced_and_unfinished_websocket_messages_hold_the_servers_memory_under_its
     let dir = std::env::temp_dir().join(format!("trove-memory-ws-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trove.toml");
-    std::fs::write(&config, "[limits]\nconnections_max = 2100\nidle_timeout_ms = 600000\n").unwrap();
+    std::fs::write(
+        &config,
+        "[limits]\nconnections_max = 2100\nconnections_per_address_max = 2100\nidle_timeout_ms = 600000\n",
+    )
+    .unwrap();
     let (serve, addr, control) = start(&config, true);
 
     // Warm up: one connection through a whole largest message and its answer.

@@ -220,11 +220,12 @@ pub(super) fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
     })
 }
 
-/// A fresh server's `connections_max` that admits the producers and the
-/// subscribers, when the default (1024) does not.
+/// The connections a fresh server must admit from the generator's one
+/// address (producers, subscribers and room), when its defaults
+/// (`connections_per_address_max` 256, `connections_max` 1024) do not.
 pub(super) fn child_connections_max(args: &LoadArgs) -> Option<u32> {
     let need = args.connections + fleet_args(args).map_or(0, |f| f.subscribers) + 64;
-    (need > 1024).then_some(need)
+    (need as usize > trove_server::CONNECTIONS_PER_ADDRESS_MAX_DEFAULT).then_some(need)
 }
 
 pub(super) fn start_fleet(

@@ -23,7 +23,8 @@ pub struct ChildSpec {
     pub data: PathBuf,
     /// Listen for WebSocket too (on a port of its own).
     pub ws: bool,
-    /// `[limits] connections_max` when the default (1024) is too few.
+    /// `[limits] connections_per_address_max` (and `connections_max`, if
+    /// above its default) when the defaults admit too few from one address.
     pub connections_max: Option<u32>,
 }
 
@@ -61,7 +62,9 @@ impl ChildServer {
             // Only these limits: every other setting keeps its default or flag.
             let mut limits = String::from("[limits]\n");
             if let Some(max) = spec.connections_max {
-                limits += &format!("connections_max = {max}\n");
+                // All from this one address: the per-address limit too.
+                let total = (max as usize).max(trove_server::ServerConfig::default().connections_max);
+                limits += &format!("connections_max = {total}\nconnections_per_address_max = {max}\n");
             }
             if let Some(ms) = spec.server.subscriber_push_interval_ms {
                 limits += &format!("subscriber_push_interval_ms = {ms}\n");
