@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use trove_core::{WorldId, shard_of};
 
 /// Largest `GET /cluster` reply accepted, head and body, as received: a
@@ -57,6 +56,9 @@ pub enum MapError {
     /// The JSON breaks a rule of the map (a partition missing or twice, an
     /// owner without an epoch, a count above its limit).
     Invalid(String),
+    /// The TLS handshake with the control plane failed (its certificate
+    /// is not trusted, or not for the name checked).
+    Tls(String),
 }
 
 impl fmt::Display for MapError {
@@ -76,6 +78,7 @@ impl fmt::Display for MapError {
             }
             MapError::Json(m) => write!(f, "the map is not valid JSON of its shape: {m}"),
             MapError::Invalid(m) => write!(f, "invalid map: {m}"),
+            MapError::Tls(m) => write!(f, "TLS handshake: {m}"),
         }
     }
 }
@@ -234,7 +237,17 @@ fn cut(s: &str) -> &str {
 /// (`host:port`): one `GET /cluster` on a new connection
 /// (`Connection: close`), the whole of it within `timeout`.
 pub async fn fetch_cluster_map(addr: &str, timeout: Duration) -> Result<ClusterMap, MapError> {
-    let reply = match tokio::time::timeout(timeout, get(addr, "/cluster", CLUSTER_REPLY_BYTES_MAX)).await {
+    fetch_cluster_map_tls(addr, None, timeout).await
+}
+
+/// [`fetch_cluster_map`] from a control plane that speaks HTTPS when
+/// `tls` is set.
+pub async fn fetch_cluster_map_tls(
+    addr: &str,
+    tls: Option<&crate::ClientTls>,
+    timeout: Duration,
+) -> Result<ClusterMap, MapError> {
+    let reply = match tokio::time::timeout(timeout, get(addr, tls, "/cluster", CLUSTER_REPLY_BYTES_MAX)).await {
         Ok(r) => r?,
         Err(_) => return Err(MapError::Timeout),
     };
@@ -259,9 +272,13 @@ pub(crate) struct HttpReply {
     pub body: Vec<u8>,
 }
 
-async fn get(addr: &str, path: &str, limit: usize) -> Result<HttpReply, MapError> {
+async fn get(addr: &str, tls: Option<&crate::ClientTls>, path: &str, limit: usize) -> Result<HttpReply, MapError> {
     let io = |during| move |e| MapError::Io { during, source: Arc::new(e) };
-    let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
+    let mut stream = crate::tls::Stream::connect(addr, tls).await.map_err(|e| match e {
+        crate::ClientError::Io { during, source } => MapError::Io { during, source },
+        crate::ClientError::Tls(m) => MapError::Tls(m),
+        other => MapError::Http(other.to_string()),
+    })?;
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(io("sending the request"))?;

@@ -87,11 +87,19 @@ pub struct ControlConfig {
     /// From the end of the headers to the end of the body; past it the
     /// request is answered 408 `request_timeout` and the connection closed.
     pub body_timeout: Duration,
+    /// HTTPS (`--tls-cert`, `--tls-key`): the listener speaks only TLS,
+    /// and the handshake runs within `header_timeout`. `None`: HTTP.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self { connections_max: 128, header_timeout: Duration::from_secs(5), body_timeout: Duration::from_secs(10) }
+        Self {
+            connections_max: 128,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            tls: None,
+        }
     }
 }
 
@@ -511,6 +519,12 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        // With TLS, hyper's first read drives the handshake, under the
+        // header deadline (`Phase::Head`).
+        let stream = {
+            let _ = stream.set_nodelay(true);
+            crate::tls::Transport::new(stream, conns.config.tls.as_ref())
+        };
         let connection = serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone());
         crate::task::spawn_named(&format!("control conn {peer}"), connection);
     }
@@ -531,11 +545,10 @@ enum Wake {
 async fn serve_connection(
     conns: Arc<Conns>,
     slot: Slot,
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::Transport,
     router: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let conn = slot.conn.clone();
     let service = {
         let (conns, conn) = (conns.clone(), conn.clone());
@@ -588,7 +601,7 @@ async fn serve_connection(
 /// Sends FIN after the last answer, then reads and drops what the peer
 /// still sends (bounded), so closing does not reset the connection under
 /// an answer the peer has not read yet.
-async fn linger(stream: &mut tokio::net::TcpStream) {
+async fn linger(stream: &mut crate::tls::Transport) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut buf = [0u8; 4096];
