@@ -43,6 +43,10 @@ pub struct NetBenchArgs {
     pub io_workers: usize,
     pub client_workers: usize,
     pub target: Option<SocketAddr>,
+    /// The producers connect with TLS.
+    pub tls: Option<trove_client::ClientTls>,
+    /// The in-process server speaks TLS.
+    pub server_tls: Option<trove_server::tls::ServerTls>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +115,7 @@ async fn run_connection(
         window_batches: args.window_batches,
         linger: args.linger,
         want_outcomes: args.outcomes,
+        tls: args.tls.clone(),
         ..ClientConfig::new(addr.to_string())
     };
     let (mut producer, mut acks) =
@@ -222,6 +227,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
                 ws_addr: None,
                 io_workers: args.io_workers,
                 connections_max: 4096,
+                tls: args.server_tls.clone(),
                 ..ServerConfig::default()
             };
             let server = Server::start(engine, server).map_err(|e| e.to_string())?;

@@ -3,14 +3,15 @@
 //! the gaps where the server dropped updates because we fell behind.
 //!
 //! ```text
-//! cargo run -p trove-client --example spectator -- [ADDR] [HUNT...]
+//! cargo run -p trove-client --example spectator -- [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT...]
+//!   --tls-ca  connect with TLS, trusting this CA certificate (PEM)
 //!   ADDR  server address   (default 127.0.0.1:7400)
 //!   HUNT  hunt ids         (default 1)
 //! ```
 
 use std::io::Write;
 
-use trove_client::{ClientConfig, ClientError, Subscriber, Update, UpdateEntry};
+use trove_client::{ClientConfig, ClientError, ClientTls, Subscriber, Update, UpdateEntry};
 use trove_hunt::{Action, HuntBroadcast, HuntEvent, HuntOutcome, Top10, TreasureHunt};
 
 fn event_text(e: &HuntEvent) -> String {
@@ -64,11 +65,18 @@ fn broadcast_text(b: &HuntBroadcast) -> String {
 
 #[tokio::main]
 async fn main() {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+    let mut a: Vec<String> = std::env::args().skip(1).collect();
     if a.iter().any(|x| x == "-h" || x == "--help") {
-        eprintln!("usage: spectator [ADDR] [HUNT...]");
+        eprintln!("usage: spectator [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT...]");
         std::process::exit(2);
     }
+    let tls = match tls_flags(&mut a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("spectator: {e}");
+            std::process::exit(2);
+        }
+    };
     let addr = a.first().cloned().unwrap_or_else(|| "127.0.0.1:7400".into());
     let hunts: Result<Vec<u32>, _> = a.iter().skip(1).map(|h| h.parse::<u32>()).collect();
     let hunts = match hunts {
@@ -79,14 +87,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&addr, &hunts).await {
+    if let Err(e) = run(&addr, tls, &hunts).await {
         eprintln!("spectator: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(addr: &str, hunts: &[u32]) -> Result<(), ClientError> {
-    let mut sub = Subscriber::<TreasureHunt>::connect(ClientConfig::new(addr)).await?;
+async fn run(addr: &str, tls: Option<ClientTls>, hunts: &[u32]) -> Result<(), ClientError> {
+    let mut sub = Subscriber::<TreasureHunt>::connect(ClientConfig { tls, ..ClientConfig::new(addr) }).await?;
     for &hunt in hunts {
         let next_seq = sub.subscribe(hunt).await?;
         eprintln!("watching hunt {hunt} from update #{next_seq}");
@@ -127,4 +135,32 @@ async fn run(addr: &str, hunts: &[u32]) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// Takes `--tls-ca FILE` (connect with TLS, trusting that CA) and
+/// `--tls-server-name NAME` (the name the certificate must carry, if not
+/// ADDR's host) out of the arguments.
+fn tls_flags(a: &mut Vec<String>) -> Result<Option<ClientTls>, String> {
+    let mut take = |flag: &str| -> Result<Option<String>, String> {
+        let Some(i) = a.iter().position(|x| x == flag) else { return Ok(None) };
+        if i + 1 >= a.len() {
+            return Err(format!("{flag} needs a value"));
+        }
+        let value = a.remove(i + 1);
+        a.remove(i);
+        Ok(Some(value))
+    };
+    let ca = take("--tls-ca")?;
+    let name = take("--tls-server-name")?;
+    let Some(ca) = ca else {
+        return match name {
+            Some(_) => Err("--tls-server-name goes with --tls-ca".into()),
+            None => Ok(None),
+        };
+    };
+    let tls = ClientTls::from_ca_file(ca.as_ref()).map_err(|e| e.to_string())?;
+    match name {
+        Some(n) => tls.with_server_name(&n).map(Some).map_err(|e| e.to_string()),
+        None => Ok(Some(tls)),
+    }
 }

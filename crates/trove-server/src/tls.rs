@@ -75,13 +75,13 @@ impl ServerTls {
         let cert_error = |reason: String| TlsError { what: "certificate", file: cert.to_path_buf(), reason };
         let key_error = |reason: String| TlsError { what: "key", file: key.to_path_buf(), reason };
         let cert_pem = read_bounded(cert).map_err(cert_error)?;
-        let key_pem = read_bounded(key).map_err(key_error)?;
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| cert_error(format!("not PEM: {e}")))?;
         if chain.is_empty() {
             return Err(cert_error("no CERTIFICATE block in it".into()));
         }
+        let key_pem = read_bounded(key).map_err(key_error)?;
         let private =
             PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(format!("no private key in it: {e}")))?;
         let provider = Arc::new(ring_provider());
@@ -129,7 +129,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
 /// runs in the connection's task, under the deadlines its reads have).
 pub(crate) enum Transport {
     Plain(TcpStream),
-    Accepting(tokio_rustls::Accept<TcpStream>),
+    Accepting(Box<tokio_rustls::Accept<TcpStream>>),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// The handshake failed: every later call fails.
     Failed,
@@ -139,14 +139,14 @@ impl Transport {
     pub fn new(stream: TcpStream, tls: Option<&ServerTls>) -> Self {
         match tls {
             None => Transport::Plain(stream),
-            Some(tls) => Transport::Accepting(tls.acceptor().accept(stream)),
+            Some(tls) => Transport::Accepting(Box::new(tls.acceptor().accept(stream))),
         }
     }
 
     /// Completes the handshake, if it is under way.
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Transport::Accepting(accept) = self {
-            match Pin::new(accept).poll(cx) {
+            match Pin::new(accept.as_mut()).poll(cx) {
                 Poll::Ready(Ok(stream)) => *self = Transport::Tls(Box::new(stream)),
                 Poll::Ready(Err(e)) => {
                     *self = Transport::Failed;

@@ -82,6 +82,7 @@ impl Rig {
                     // Acknowledgements only: a game server that needs each
                     // event's outcome reads it from the update stream.
                     want_outcomes: false,
+                    tls: args.tls.clone(),
                     ..ClientConfig::new(addr.to_string())
                 };
                 let mut generator = Generator::partition(spec, part, args.connections);
