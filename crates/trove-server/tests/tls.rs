@@ -205,7 +205,8 @@ fn a_client_that_trusts_another_ca_or_checks_another_name_is_refused_with_a_type
 }
 
 /// Reads from `s` until the peer closes it (or resets it), for at most
-/// `limit`; returns the bytes and how long it took.
+/// `limit` (a generous bound: the test fails if the server keeps the
+/// connection that long); returns the bytes and how long it took.
 fn read_to_close(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
     let started = Instant::now();
     s.set_read_timeout(Some(limit)).unwrap();
@@ -213,7 +214,11 @@ fn read_to_close(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, Dura
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return (got, started.elapsed()),
+            Ok(0) => return (got, started.elapsed()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the server kept the connection open for {limit:?}");
+            }
+            Err(_) => return (got, started.elapsed()),
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
         assert!(started.elapsed() < limit, "the server kept the connection open");
@@ -225,7 +230,8 @@ fn plaintext_garbage_and_stalled_handshakes_are_closed_within_the_handshake_time
     let certs = Certs::make("stall");
     let timeout = Duration::from_secs(2);
     let server = start(certs.server(), ServerConfig { handshake_timeout: timeout, ..ServerConfig::default() });
-    let limit = Duration::from_secs(60);
+    // Far past the 2 s handshake timeout, whatever the machine's load.
+    let limit = Duration::from_secs(30);
     for port in [server.tcp_addr(), server.ws_addr().unwrap()] {
         // A plaintext protocol v1 client: its HELLO is not a ClientHello;
         // rustls answers with an alert (never a trove frame) and closes.
