@@ -118,8 +118,19 @@ async fn run_connection(
         tls: args.tls.clone(),
         ..ClientConfig::new(addr.to_string())
     };
-    let (mut producer, mut acks) =
-        Producer::<TreasureHunt>::connect(config).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut producer, mut acks) = match Producer::<TreasureHunt>::connect(config).await {
+        Ok(p) => p,
+        Err(e) => {
+            // The main thread and the other connections wait at both
+            // barriers: pass them, so that the error is reported instead
+            // of the run hanging (a refused TLS certificate, say).
+            tokio::task::block_in_place(|| {
+                setup_done.wait();
+                start.wait();
+            });
+            return Err(format!("connecting to {addr}: {e}"));
+        }
+    };
     // Batch open times, by first sequence number, for the latency figure.
     let opened: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
     // Acknowledgements of sequences from here on are measured.

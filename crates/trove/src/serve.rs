@@ -401,11 +401,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
 }
 
 /// The ready lines: where each listener is, and whether it speaks TLS.
-fn print_listeners(
-    server: &Server<TreasureHunt>,
-    control: Option<SocketAddr>,
-    tls_cert: Option<&Path>,
-) {
+fn print_listeners(server: &Server<TreasureHunt>, control: Option<SocketAddr>, tls_cert: Option<&Path>) {
     let (tcp, ws, http) = if tls_cert.is_some() { ("tls", "wss", "https") } else { ("tcp", "ws", "http") };
     eprintln!("trove: protocol v1 on {tcp}://{}", server.tcp_addr());
     if let Some(addr) = server.ws_addr() {
