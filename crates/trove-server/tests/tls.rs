@@ -429,3 +429,28 @@ fn a_bad_certificate_or_key_file_is_a_typed_error_naming_the_file() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_handshake_holds_a_connection_slot_and_past_the_limit_a_tls_port_only_closes() {
+    let certs = Certs::make("limit");
+    let server = start(
+        certs.server(),
+        ServerConfig { connections_max: 1, handshake_timeout: Duration::from_secs(30), ..ServerConfig::default() },
+    );
+    // A peer that connected and has not finished its handshake holds the
+    // one slot ...
+    let _holder = std::net::TcpStream::connect(server.tcp_addr()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metrics().connections_open < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.metrics().connections_open, 1);
+    // ... so the next is closed at once, with no plaintext ERROR on a TLS
+    // port: the close alone.
+    let mut next = std::net::TcpStream::connect(server.tcp_addr()).unwrap();
+    let (got, took) = read_to_close(&mut next, Duration::from_secs(20));
+    assert!(got.is_empty(), "nothing but the close: {got:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(server.metrics().connections_refused, 1);
+    server.shutdown(Duration::from_secs(1));
+}
