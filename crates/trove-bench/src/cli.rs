@@ -103,6 +103,16 @@ pub struct BenchLoad {
     /// With --target: its control plane HOST:PORT, to scrape /metrics.
     #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// With --target: its producers connect with TLS, trusting the CA
+    /// certificates of this PEM file (the timed subscribers and the
+    /// /metrics scrape do not speak TLS: add --watch 0, and no
+    /// --subscribers or --metrics).
+    #[arg(long, requires = "target")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry
+    /// [default: the host of --target].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
     /// Producer connections; each owns a partition of the hunts and offers
     /// its share of the rate. The server pays per frame, so more
     /// connections at the same linger mean more, smaller frames.
@@ -282,6 +292,21 @@ pub struct BenchNet {
     /// without it, TROVE_TOKEN.
     #[arg(long)]
     pub token: Option<String>,
+    /// Connect with TLS, trusting the CA certificates of this PEM file
+    /// (a --target started with --tls-cert, or the in-process server
+    /// given --tls-cert and --tls-key).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry
+    /// [default: the host of the address connected to].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// The in-process server's TLS certificate chain (PEM), with --tls-key.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with = "target")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The in-process server's TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Run N interleaved pairs, in memory then with --fsync's journal (a
     /// fresh directory for each: under --data if given), and report each
     /// pair's ratio and their median.

@@ -96,6 +96,21 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         return Err("--slo-ms must be at most 3600000 (an hour)".into());
     }
     let fanout = fanout(flags, workload.hunts)?;
+    let tls = match &flags.tls_ca {
+        Some(_) if flags.watch > 0 || fanout.is_some() || flags.metrics.is_some() => {
+            return Err("--tls-ca: only the producers speak TLS; add --watch 0, and leave out --subscribers and \
+                        --metrics"
+                .into());
+        }
+        Some(ca) => {
+            let tls = trove_client::ClientTls::from_ca_file(ca).map_err(|e| e.to_string())?;
+            match &flags.tls_server_name {
+                Some(name) => Some(tls.with_server_name(name).map_err(|e| e.to_string())?),
+                None => Some(tls),
+            }
+        }
+        None => None,
+    };
     if flags.target_ws.is_some() && (flags.target.is_none() || !flags.subscribers_ws) {
         return Err("--target-ws names the WebSocket listener of a --target, for --subscribers-ws".into());
     }
@@ -128,6 +143,7 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         modes,
         target: flags.target,
         target_metrics: flags.metrics,
+        tls,
         server: ServerArgs {
             exe,
             shards: flags.shards,

@@ -45,6 +45,10 @@ pub struct NetBenchArgs {
     pub target: Option<SocketAddr>,
     /// Presented by the producers (a --target with authentication on).
     pub token: Option<trove_client::Token>,
+    /// The producers connect with TLS.
+    pub tls: Option<trove_client::ClientTls>,
+    /// The in-process server speaks TLS.
+    pub server_tls: Option<trove_server::tls::ServerTls>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,10 +118,22 @@ async fn run_connection(
         linger: args.linger,
         want_outcomes: args.outcomes,
         token: args.token.clone(),
+        tls: args.tls.clone(),
         ..ClientConfig::new(addr.to_string())
     };
-    let (mut producer, mut acks) =
-        Producer::<TreasureHunt>::connect(config).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut producer, mut acks) = match Producer::<TreasureHunt>::connect(config).await {
+        Ok(p) => p,
+        Err(e) => {
+            // The main thread and the other connections wait at both
+            // barriers: pass them, so that the error is reported instead
+            // of the run hanging (a refused TLS certificate, say).
+            tokio::task::block_in_place(|| {
+                setup_done.wait();
+                start.wait();
+            });
+            return Err(format!("connecting to {addr}: {e}"));
+        }
+    };
     // Batch open times, by first sequence number, for the latency figure.
     let opened: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
     // Acknowledgements of sequences from here on are measured.
@@ -227,6 +243,7 @@ pub fn run(spec: &WorkloadSpec, args: &NetBenchArgs) -> Result<NetReport, String
                 connections_max: 4096,
                 // Every connection comes from this process's one address.
                 connections_per_address_max: 4096,
+                tls: args.server_tls.clone(),
                 ..ServerConfig::default()
             };
             let server = Server::start(engine, server).map_err(|e| e.to_string())?;

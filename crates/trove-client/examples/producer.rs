@@ -5,8 +5,9 @@
 //! many events were acknowledged and what the rules answered.
 //!
 //! ```text
-//! cargo run -p trove-client --example producer -- [--token T] [ADDR] [HUNT] [EVENTS] [RATE]
+//! cargo run -p trove-client --example producer -- [--token T] [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT] [EVENTS] [RATE]
 //!   --token T  the token (`trove auth add`), else TROVE_TOKEN, else none
+//!   --tls-ca  connect with TLS, trusting this CA certificate (PEM)
 //!   ADDR    server address               (default 127.0.0.1:7400)
 //!   HUNT    hunt id                      (default 1)
 //!   EVENTS  events after the joins       (default 1000000)
@@ -16,7 +17,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trove_client::{AckedBatch, Acks, ClientConfig, ClientError, Producer, SendError, Token};
+use trove_client::{AckedBatch, Acks, ClientConfig, ClientError, ClientTls, Producer, SendError, Token};
 use trove_core::SplitMix64;
 use trove_hunt::{Band, HuntConfig, HuntEvent, HuntOutcome, Reject, TreasureHunt};
 
@@ -74,6 +75,7 @@ struct Args {
     events: u64,
     rate: u64,
     token: Option<Token>,
+    tls: Option<ClientTls>,
 }
 
 /// Takes `--token T` out of the arguments; without it, `TROVE_TOKEN`.
@@ -93,9 +95,12 @@ fn take_token(args: &mut Vec<String>) -> Result<Option<Token>, String> {
 fn args() -> Result<Args, String> {
     let mut a: Vec<String> = std::env::args().skip(1).collect();
     if a.iter().any(|x| x == "-h" || x == "--help") {
-        return Err("usage: producer [--token T] [ADDR] [HUNT] [EVENTS] [RATE]".into());
+        return Err(
+            "usage: producer [--token T] [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT] [EVENTS] [RATE]".into(),
+        );
     }
     let token = take_token(&mut a)?;
+    let tls = tls_flags(&mut a)?;
     let num = |i: usize, default: u64, what: &str| -> Result<u64, String> {
         a.get(i).map_or(Ok(default), |s| s.replace('_', "").parse().map_err(|e| format!("{what} {s:?}: {e}")))
     };
@@ -105,7 +110,36 @@ fn args() -> Result<Args, String> {
         events: num(2, 1_000_000, "EVENTS")?,
         rate: num(3, 100_000, "RATE")?,
         token,
+        tls,
     })
+}
+
+/// Takes `--tls-ca FILE` (connect with TLS, trusting that CA) and
+/// `--tls-server-name NAME` (the name the certificate must carry, if not
+/// ADDR's host) out of the arguments.
+fn tls_flags(a: &mut Vec<String>) -> Result<Option<ClientTls>, String> {
+    let mut take = |flag: &str| -> Result<Option<String>, String> {
+        let Some(i) = a.iter().position(|x| x == flag) else { return Ok(None) };
+        if i + 1 >= a.len() {
+            return Err(format!("{flag} needs a value"));
+        }
+        let value = a.remove(i + 1);
+        a.remove(i);
+        Ok(Some(value))
+    };
+    let ca = take("--tls-ca")?;
+    let name = take("--tls-server-name")?;
+    let Some(ca) = ca else {
+        return match name {
+            Some(_) => Err("--tls-server-name goes with --tls-ca".into()),
+            None => Ok(None),
+        };
+    };
+    let tls = ClientTls::from_ca_file(ca.as_ref()).map_err(|e| e.to_string())?;
+    match name {
+        Some(n) => tls.with_server_name(&n).map(Some).map_err(|e| e.to_string()),
+        None => Ok(Some(tls)),
+    }
 }
 
 /// Reads the acknowledgements: counts per second and per outcome.
@@ -182,7 +216,8 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), ClientError> {
     HUNT_CONFIG.validate().expect("the example's hunt config is valid");
-    let config = ClientConfig { token: args.token.clone(), ..ClientConfig::new(args.addr.clone()) };
+    let config =
+        ClientConfig { token: args.token.clone(), tls: args.tls.clone(), ..ClientConfig::new(args.addr.clone()) };
     let (mut producer, acks) = Producer::<TreasureHunt>::connect(config).await?;
     println!(
         "connected to {} as producer {} (batches of up to {} events); hunt {}, {} players, {} events at {}",

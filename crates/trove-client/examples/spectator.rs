@@ -3,15 +3,16 @@
 //! the gaps where the server dropped updates because we fell behind.
 //!
 //! ```text
-//! cargo run -p trove-client --example spectator -- [--token T] [ADDR] [HUNT...]
+//! cargo run -p trove-client --example spectator -- [--token T] [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT...]
 //!   --token T  the token (`trove auth add`), else TROVE_TOKEN, else none
+//!   --tls-ca  connect with TLS, trusting this CA certificate (PEM)
 //!   ADDR  server address   (default 127.0.0.1:7400)
 //!   HUNT  hunt ids         (default 1)
 //! ```
 
 use std::io::Write;
 
-use trove_client::{ClientConfig, ClientError, Subscriber, Token, Update, UpdateEntry};
+use trove_client::{ClientConfig, ClientError, ClientTls, Subscriber, Token, Update, UpdateEntry};
 use trove_hunt::{Action, HuntBroadcast, HuntEvent, HuntOutcome, Top10, TreasureHunt};
 
 fn event_text(e: &HuntEvent) -> String {
@@ -81,13 +82,20 @@ fn take_token(args: &mut Vec<String>) -> Result<Option<Token>, String> {
 async fn main() {
     let mut a: Vec<String> = std::env::args().skip(1).collect();
     if a.iter().any(|x| x == "-h" || x == "--help") {
-        eprintln!("usage: spectator [--token T] [ADDR] [HUNT...]");
+        eprintln!("usage: spectator [--token T] [--tls-ca FILE [--tls-server-name NAME]] [ADDR] [HUNT...]");
         std::process::exit(2);
     }
     let token = match take_token(&mut a) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("spectator: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tls = match tls_flags(&mut a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("spectator: {e}");
             std::process::exit(2);
         }
     };
@@ -101,7 +109,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(ClientConfig { token, ..ClientConfig::new(addr) }, &hunts).await {
+    if let Err(e) = run(ClientConfig { token, tls, ..ClientConfig::new(addr) }, &hunts).await {
         eprintln!("spectator: {e}");
         std::process::exit(1);
     }
@@ -149,4 +157,32 @@ async fn run(config: ClientConfig, hunts: &[u32]) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// Takes `--tls-ca FILE` (connect with TLS, trusting that CA) and
+/// `--tls-server-name NAME` (the name the certificate must carry, if not
+/// ADDR's host) out of the arguments.
+fn tls_flags(a: &mut Vec<String>) -> Result<Option<ClientTls>, String> {
+    let mut take = |flag: &str| -> Result<Option<String>, String> {
+        let Some(i) = a.iter().position(|x| x == flag) else { return Ok(None) };
+        if i + 1 >= a.len() {
+            return Err(format!("{flag} needs a value"));
+        }
+        let value = a.remove(i + 1);
+        a.remove(i);
+        Ok(Some(value))
+    };
+    let ca = take("--tls-ca")?;
+    let name = take("--tls-server-name")?;
+    let Some(ca) = ca else {
+        return match name {
+            Some(_) => Err("--tls-server-name goes with --tls-ca".into()),
+            None => Ok(None),
+        };
+    };
+    let tls = ClientTls::from_ca_file(ca.as_ref()).map_err(|e| e.to_string())?;
+    match name {
+        Some(n) => tls.with_server_name(&n).map(Some).map_err(|e| e.to_string()),
+        None => Ok(Some(tls)),
+    }
 }

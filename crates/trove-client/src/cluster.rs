@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use trove_core::{WorldId, shard_of};
 
 /// Largest `GET /cluster` reply accepted, head and body, as received: a
@@ -57,6 +56,9 @@ pub enum MapError {
     /// The JSON breaks a rule of the map (a partition missing or twice, an
     /// owner without an epoch, a count above its limit).
     Invalid(String),
+    /// The TLS handshake with the control plane failed (its certificate
+    /// is not trusted, or not for the name checked).
+    Tls(String),
 }
 
 impl fmt::Display for MapError {
@@ -76,6 +78,7 @@ impl fmt::Display for MapError {
             }
             MapError::Json(m) => write!(f, "the map is not valid JSON of its shape: {m}"),
             MapError::Invalid(m) => write!(f, "invalid map: {m}"),
+            MapError::Tls(m) => write!(f, "TLS handshake: {m}"),
         }
     }
 }
@@ -234,7 +237,7 @@ fn cut(s: &str) -> &str {
 /// (`host:port`): one `GET /cluster` on a new connection
 /// (`Connection: close`), the whole of it within `timeout`.
 pub async fn fetch_cluster_map(addr: &str, timeout: Duration) -> Result<ClusterMap, MapError> {
-    fetch_cluster_map_as(addr, timeout, None).await
+    fetch_cluster_map_using(addr, None, None, timeout).await
 }
 
 /// [`fetch_cluster_map`] presenting `token` (`Authorization: Bearer`), as
@@ -244,7 +247,28 @@ pub async fn fetch_cluster_map_as(
     timeout: Duration,
     token: Option<&crate::Token>,
 ) -> Result<ClusterMap, MapError> {
-    let reply = match tokio::time::timeout(timeout, get(addr, "/cluster", CLUSTER_REPLY_BYTES_MAX, token)).await {
+    fetch_cluster_map_using(addr, None, token, timeout).await
+}
+
+/// [`fetch_cluster_map`] from a control plane that speaks HTTPS when
+/// `tls` is set.
+pub async fn fetch_cluster_map_tls(
+    addr: &str,
+    tls: Option<&crate::ClientTls>,
+    timeout: Duration,
+) -> Result<ClusterMap, MapError> {
+    fetch_cluster_map_using(addr, tls, None, timeout).await
+}
+
+/// [`fetch_cluster_map`] over HTTPS when `tls` is set, presenting `token`
+/// when given.
+pub async fn fetch_cluster_map_using(
+    addr: &str,
+    tls: Option<&crate::ClientTls>,
+    token: Option<&crate::Token>,
+    timeout: Duration,
+) -> Result<ClusterMap, MapError> {
+    let reply = match tokio::time::timeout(timeout, get(addr, tls, "/cluster", CLUSTER_REPLY_BYTES_MAX, token)).await {
         Ok(r) => r?,
         Err(_) => return Err(MapError::Timeout),
     };
@@ -269,9 +293,19 @@ pub(crate) struct HttpReply {
     pub body: Vec<u8>,
 }
 
-async fn get(addr: &str, path: &str, limit: usize, token: Option<&crate::Token>) -> Result<HttpReply, MapError> {
+async fn get(
+    addr: &str,
+    tls: Option<&crate::ClientTls>,
+    path: &str,
+    limit: usize,
+    token: Option<&crate::Token>,
+) -> Result<HttpReply, MapError> {
     let io = |during| move |e| MapError::Io { during, source: Arc::new(e) };
-    let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
+    let mut stream = crate::tls::Stream::connect(addr, tls).await.map_err(|e| match e {
+        crate::ClientError::Io { during, source } => MapError::Io { during, source },
+        crate::ClientError::Tls(m) => MapError::Tls(m),
+        other => MapError::Http(other.to_string()),
+    })?;
     let bearer = token.map(|t| format!("Authorization: Bearer {}\r\n", t.to_hex())).unwrap_or_default();
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{bearer}Connection: close\r\n\r\n");

@@ -204,8 +204,15 @@ impl<G: WireGame> ClusterProducer<G> {
     /// not retried.
     pub async fn connect(config: ClusterConfig) -> Result<(ClusterProducer<G>, ClusterAcks<G>), ClientError> {
         config.validate()?;
-        let resolver =
-            Arc::new(Resolver::connect(&config.seeds, config.map_timeout, config.client.token.clone()).await?);
+        let resolver = Arc::new(
+            Resolver::connect(
+                &config.seeds,
+                config.client.tls.clone(),
+                config.map_timeout,
+                config.client.token.clone(),
+            )
+            .await?,
+        );
         let partitions = resolver.partitions();
         let base_id = config.producer_id.unwrap_or_else(random_producer_id);
         if (0..partitions).any(|p| partition_producer_id(base_id, p) == 0) {

@@ -102,6 +102,11 @@ pub struct ClientConfig {
     /// as one, and the backoff goes on growing across it. The default, 20,
     /// with the default backoff, gives a server about 30 s to return.
     pub reconnect_attempts_max: Option<u32>,
+    /// TLS to a server whose listener speaks it (`trove serve
+    /// --tls-cert`): the CAs to trust and the name to check. `None` (the
+    /// default): plain TCP. A cluster producer uses it for the nodes'
+    /// data planes and for `GET /cluster` on their control planes.
+    pub tls: Option<crate::ClientTls>,
     /// The token to authenticate with (a server started with `--auth`
     /// refuses connections without one). `Some`: HELLO version 2 carries
     /// it; `None`: HELLO version 1, which servers accept only while
@@ -183,6 +188,7 @@ impl ClientConfig {
             reconnect_backoff_initial: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             reconnect_attempts_max: Some(20),
+            tls: None,
             token: None,
         }
     }

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use trove_core::Record;
 use trove_proto::frame::{self, ERROR_MESSAGE_MAX, FRAME_BODY_MAX_LIMIT, HEADER_LEN, Hello, Sizes, Welcome};
 use trove_proto::{Frame, Header, WireGame};
 
 use crate::error::{ClientError, ServerError};
+use crate::tls::{ClientTls, Stream};
 
 /// Largest body the client accepts before WELCOME: an ERROR with the
 /// longest message (WELCOME itself is 32 bytes).
@@ -87,24 +87,29 @@ impl FrameBuf {
 /// A connected, handshaken socket.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub frames: FrameBuf,
     pub welcome: Welcome,
 }
 
-/// Connects to `addr`, sends HELLO and waits for WELCOME, all within
-/// `timeout`. Checks what every client needs of WELCOME (version, sizes);
-/// the caller checks flags, producer id and limits.
-pub(crate) async fn connect<G: WireGame>(addr: &str, timeout: Duration, hello: Hello) -> Result<Conn, ClientError> {
-    match tokio::time::timeout(timeout, connect_inner::<G>(addr, hello)).await {
+/// Connects to `addr` (with TLS if `tls` is set), sends HELLO and waits
+/// for WELCOME, all within `timeout`. Checks what every client needs of
+/// WELCOME (version, sizes); the caller checks flags, producer id and
+/// limits.
+pub(crate) async fn connect<G: WireGame>(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+    hello: Hello,
+) -> Result<Conn, ClientError> {
+    match tokio::time::timeout(timeout, connect_inner::<G>(addr, tls, hello)).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Timeout { during: "connecting and handshaking" }),
     }
 }
 
-async fn connect_inner<G: WireGame>(addr: &str, hello: Hello) -> Result<Conn, ClientError> {
-    let mut stream = TcpStream::connect(addr).await.map_err(ClientError::io("connecting"))?;
-    stream.set_nodelay(true).map_err(ClientError::io("setting TCP_NODELAY"))?;
+async fn connect_inner<G: WireGame>(addr: &str, tls: Option<&ClientTls>, hello: Hello) -> Result<Conn, ClientError> {
+    let mut stream = Stream::connect(addr, tls).await?;
     let mut out = Vec::with_capacity(HEADER_LEN + frame::HELLO_LEN);
     frame::encode_hello(&mut out, &hello);
     stream.write_all(&out).await.map_err(ClientError::io("sending HELLO"))?;

@@ -99,6 +99,11 @@ pub enum ClientError {
     ReconnectFailed { attempts: u32, last: Box<ClientError> },
     /// The producer or subscriber was closed (or dropped) first.
     Closed,
+    /// The TLS handshake failed: the server's certificate is not signed
+    /// by a CA this client trusts, or is not for the name checked, or the
+    /// server does not speak TLS there. Not retried: another attempt
+    /// meets the same certificate.
+    Tls(String),
 }
 
 impl ClientError {
@@ -151,6 +156,7 @@ impl fmt::Display for ClientError {
                 write!(f, "gave up reconnecting after {attempts} attempts; last error: {last}")
             }
             ClientError::Closed => write!(f, "closed"),
+            ClientError::Tls(m) => write!(f, "TLS handshake: {m}"),
         }
     }
 }

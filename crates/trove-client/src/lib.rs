@@ -71,10 +71,12 @@ mod producer;
 mod route;
 mod subscriber;
 mod task;
+mod tls;
 
 pub use cluster::{
     CLUSTER_NAME_BYTES_MAX, CLUSTER_NODES_MAX, CLUSTER_PARTITIONS_MAX, CLUSTER_REPLY_BYTES_MAX, ClusterMap,
-    ClusterNode, MapError, PartitionOwner, fetch_cluster_map, fetch_cluster_map_as, partition_producer_id,
+    ClusterNode, MapError, PartitionOwner, fetch_cluster_map, fetch_cluster_map_as, fetch_cluster_map_tls,
+    fetch_cluster_map_using, partition_producer_id,
 };
 pub use cluster_producer::{
     CLUSTER_ANSWER_TIMEOUT, CLUSTER_SEEDS_MAX, ClusterAck, ClusterAcks, ClusterConfig, ClusterProducer,
@@ -83,6 +85,7 @@ pub use config::{ClientConfig, TOKEN_ENV, TOKEN_LEN, Token, UNACKED_EVENTS_MAX_D
 pub use error::{ClientError, SendError, ServerError};
 pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
 pub use subscriber::{Subscriber, Update};
+pub use tls::{ClientTls, TLS_CA_FILE_BYTES_MAX};
 pub use trove_proto::{ErrorCode, UpdateEntry, WireGame};
 
 #[cfg(test)]

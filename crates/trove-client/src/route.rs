@@ -16,7 +16,7 @@ use trove_proto::ErrorCode;
 use trove_proto::WireGame;
 use trove_proto::frame::Hello;
 
-use crate::cluster::{ClusterMap, MapError, PartitionOwner, fetch_cluster_map_as};
+use crate::cluster::{ClusterMap, MapError, PartitionOwner, fetch_cluster_map_using};
 use crate::config::ClientConfig;
 use crate::conn::{self, Conn};
 use crate::error::ClientError;
@@ -83,7 +83,7 @@ impl Route {
         why: Why,
     ) -> Result<Conn, ClientError> {
         match self {
-            Route::Fixed => conn::connect::<G>(&config.addr, config.connect_timeout, hello).await,
+            Route::Fixed => conn::connect::<G>(&config.addr, config.tls.as_ref(), config.connect_timeout, hello).await,
             Route::Cluster(route) => {
                 // A refusal holds until another owner is tried: the
                 // attempts in between (no owner yet, a lagging map) must
@@ -94,7 +94,7 @@ impl Route {
                 if route.current.as_ref().is_none_or(|c| c.epoch != target.epoch || c.tcp != target.tcp) {
                     route.refused = false;
                 }
-                let result = conn::connect::<G>(&target.tcp, config.connect_timeout, hello).await;
+                let result = conn::connect::<G>(&target.tcp, config.tls.as_ref(), config.connect_timeout, hello).await;
                 route.current = Some(target);
                 result
             }
@@ -178,6 +178,8 @@ pub(crate) struct Resolver {
     map_timeout: Duration,
     /// Presented to the control planes (`Authorization: Bearer`).
     token: Option<crate::Token>,
+    /// The control planes speak HTTPS (the client's TLS settings).
+    tls: Option<crate::ClientTls>,
     /// One fetch at a time: partitions that lost the same node wait for
     /// the first one's fetch and use its map.
     state: Mutex<ResolverState>,
@@ -200,12 +202,13 @@ impl Resolver {
     /// last seed if none answers with one.
     pub async fn connect(
         seeds: &[String],
+        tls: Option<crate::ClientTls>,
         map_timeout: Duration,
         token: Option<crate::Token>,
     ) -> Result<Resolver, ClientError> {
         let mut last = None;
         for (i, seed) in seeds.iter().enumerate() {
-            match fetch_cluster_map_as(seed, map_timeout, token.as_ref()).await {
+            match fetch_cluster_map_using(seed, tls.as_ref(), token.as_ref(), map_timeout).await {
                 Ok(map) => {
                     let mut state =
                         ResolverState { map: map.clone(), generation: 1, sources: seeds.to_vec(), preferred: i };
@@ -215,6 +218,7 @@ impl Resolver {
                         partitions: map.partitions,
                         map_timeout,
                         token,
+                        tls,
                         state: Mutex::new(state),
                     });
                 }
@@ -264,21 +268,22 @@ impl Resolver {
         for k in 0..n {
             let i = (st.preferred + k) % n;
             let addr = st.sources[i].clone();
-            let map = match fetch_cluster_map_as(&addr, self.map_timeout, self.token.as_ref()).await {
-                Ok(map) if map.cluster != self.cluster || map.partitions != self.partitions => {
-                    let why = format!(
-                        "cluster `{}` of {} partitions, this producer routes for `{}` of {}",
-                        map.cluster, map.partitions, self.cluster, self.partitions
-                    );
-                    error = Some(ClientError::Map { addr, error: MapError::Invalid(why) });
-                    continue;
-                }
-                Ok(map) => map,
-                Err(e) => {
-                    error = Some(ClientError::Map { addr, error: e });
-                    continue;
-                }
-            };
+            let map =
+                match fetch_cluster_map_using(&addr, self.tls.as_ref(), self.token.as_ref(), self.map_timeout).await {
+                    Ok(map) if map.cluster != self.cluster || map.partitions != self.partitions => {
+                        let why = format!(
+                            "cluster `{}` of {} partitions, this producer routes for `{}` of {}",
+                            map.cluster, map.partitions, self.cluster, self.partitions
+                        );
+                        error = Some(ClientError::Map { addr, error: MapError::Invalid(why) });
+                        continue;
+                    }
+                    Ok(map) => map,
+                    Err(e) => {
+                        error = Some(ClientError::Map { addr, error: e });
+                        continue;
+                    }
+                };
             answered = true;
             st.generation += 1;
             st.preferred = i;

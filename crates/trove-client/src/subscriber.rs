@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use trove_proto::frame;
@@ -188,7 +187,7 @@ impl Subscriptions {
 /// # Ok(()) }
 /// ```
 pub struct Subscriber<G: WireGame> {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     frames: FrameBuf,
     /// Frames to write, from `out_at`.
     out: Vec<u8>,
@@ -222,7 +221,7 @@ impl<G: WireGame> Subscriber<G> {
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         config.validate()?;
         let hello = config.hello(0, 0);
-        let conn = conn::connect::<G>(&config.addr, config.connect_timeout, hello).await?;
+        let conn = conn::connect::<G>(&config.addr, config.tls.as_ref(), config.connect_timeout, hello).await?;
         let now = Instant::now();
         Ok(Self {
             stream: conn.stream,

@@ -107,6 +107,9 @@ pub struct ControlConfig {
     /// make room, so this stays below `connections_max`: the rest are for
     /// requests. [`ControlConfig::live_streams_default`] when not set.
     pub live_streams_max: usize,
+    /// HTTPS (`--tls-cert`, `--tls-key`): the listener speaks only TLS,
+    /// and the handshake runs within `header_timeout`. `None`: HTTP.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ControlConfig {
@@ -117,6 +120,7 @@ impl Default for ControlConfig {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             live_streams_max: LIVE_STREAMS_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -571,7 +575,9 @@ impl Conns {
                 if !open.values().any(|c| c.evicted.load(Relaxed)) {
                     let victim = open
                         .values()
-                        .filter(|c| !matches!(c.phase(), Phase::Handler | Phase::Stream) && (!address_full || c.key == key))
+                        .filter(|c| {
+                            !matches!(c.phase(), Phase::Handler | Phase::Stream) && (!address_full || c.key == key)
+                        })
                         .min_by_key(|c| c.phase_since_ms.load(Relaxed));
                     let Some(victim) = victim else {
                         // Every candidate is inside a handler.
@@ -644,6 +650,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        // With TLS, hyper's first read drives the handshake, under the
+        // header deadline (`Phase::Head`).
+        let stream = {
+            let _ = stream.set_nodelay(true);
+            // A live stream's send buffer is capped through it.
+            slot.conn.fd.store(std::os::fd::AsRawFd::as_raw_fd(&stream), Relaxed);
+            crate::tls::Transport::new(stream, conns.config.tls.as_ref())
+        };
         let connection = serve_connection(conns.clone(), slot, stream, router.clone(), stop.clone());
         crate::task::spawn_named(&format!("control conn {peer}"), connection);
     }
@@ -664,13 +678,11 @@ enum Wake {
 async fn serve_connection(
     conns: Arc<Conns>,
     slot: Slot,
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::Transport,
     router: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let conn = slot.conn.clone();
-    conn.fd.store(std::os::fd::AsRawFd::as_raw_fd(&stream), Relaxed);
     conn_log::opened(&slot.info, None, None);
     let reason = serve_requests(&conns, &conn, stream, router, &mut stop).await;
     let counts = conn_log::Counts { frames_in: conn.requests.load(Relaxed), ..conn_log::Counts::default() };
@@ -684,7 +696,7 @@ async fn serve_connection(
 async fn serve_requests(
     conns: &Arc<Conns>,
     conn: &Arc<Conn>,
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::Transport,
     router: Router,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> &'static str {
@@ -743,7 +755,7 @@ async fn serve_requests(
 /// Sends FIN after the last answer, then reads and drops what the peer
 /// still sends (bounded), so closing does not reset the connection under
 /// an answer the peer has not read yet.
-async fn linger(stream: &mut tokio::net::TcpStream) {
+async fn linger(stream: &mut crate::tls::Transport) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut buf = [0u8; 4096];

@@ -29,6 +29,9 @@ pub enum StartError {
     /// already, to another value, by an earlier server on the engine).
     #[error("{0}")]
     PushInterval(String),
+    /// The TLS certificate or key could not be used (names the file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why a JSON value is not an event (or a `POST /hunts` body): the field

@@ -25,6 +25,7 @@
 //! - [`error`]: the typed errors of the public API.
 //! - [`fds`]: the open-file limit, checked against both planes' caps.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`tls`]: rustls on the three listeners, from PEM files.
 //! - `task`: every spawn, named for tokio-console.
 
 pub mod auth;
@@ -40,6 +41,7 @@ mod per_address;
 mod session;
 mod task;
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 use std::collections::HashSet;
@@ -119,6 +121,9 @@ pub struct ServerConfig {
     /// requires a known token on every connection and request
     /// (docs/decisions/0041-tokens-and-roles.md).
     pub auth: Option<Arc<auth::Auth>>,
+    /// TLS on the TCP and WebSocket listeners (`--tls-cert`, `--tls-key`):
+    /// when set they speak only TLS. `None`: plain TCP.
+    pub tls: Option<tls::ServerTls>,
 }
 
 /// `ServerConfig::connections_per_address_max` unless set: a quarter of
@@ -153,6 +158,7 @@ impl Default for ServerConfig {
             ws_frame_max: 1 << 20,
             ws_write_buffer_max: 4 << 20,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -210,6 +216,9 @@ pub struct ServerMetrics {
     pub events_in: AtomicU64,
     pub events_acked: AtomicU64,
     pub busy_replies: AtomicU64,
+    /// TLS handshakes on the protocol v1 listener that failed or did not
+    /// finish within the handshake timeout.
+    pub tls_handshakes_failed: AtomicU64,
     /// ERROR frames sent, by `ErrorCode` value (index 0 unused; the codes
     /// are 1..=ALL.len(), a test in trove-proto checks).
     pub errors: [AtomicU64; trove_proto::ErrorCode::ALL.len() + 1],
@@ -366,6 +375,7 @@ pub struct ServerMetricsSnapshot {
     pub events_in: u64,
     pub events_acked: u64,
     pub busy_replies: u64,
+    pub tls_handshakes_failed: u64,
     pub errors: Vec<(&'static str, u64)>,
     pub subscribers: u64,
     pub unfinished_frame_bytes: u64,
@@ -395,6 +405,7 @@ impl ServerMetrics {
             events_in: self.events_in.load(Relaxed),
             events_acked: self.events_acked.load(Relaxed),
             busy_replies: self.busy_replies.load(Relaxed),
+            tls_handshakes_failed: self.tls_handshakes_failed.load(Relaxed),
             errors: trove_proto::ErrorCode::ALL
                 .iter()
                 .map(|c| (c.name(), self.errors[*c as usize].load(Relaxed)))

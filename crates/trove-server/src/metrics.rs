@@ -322,6 +322,12 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
         "BUSY replies sent to data-plane clients (the engine's queues were full).",
         s.busy_replies,
     );
+    o.one(
+        "trove_tls_handshakes_failed_total",
+        "counter",
+        "TLS handshakes on the protocol v1 listener that failed or timed out.",
+        s.tls_handshakes_failed,
+    );
 
     // Stage latencies, per event, from the batch's admission.
     let merged = |f: fn(&ShardMetricsSnapshot) -> &HistogramSnapshot| {

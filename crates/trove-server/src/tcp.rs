@@ -17,7 +17,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -57,7 +57,10 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
         let slot = match shared.connection_slot(Listener::Tcp, peer) {
             Ok(slot) => slot,
             Err(why) => {
-                refuse_full(&shared, &stream, &shared.refusal_message(why));
+                // A TLS port speaks only TLS: the peer sees the close alone.
+                if shared.config.tls.is_none() {
+                    refuse_full(&shared, &stream, &shared.refusal_message(why));
+                }
                 shared.refusals.refused(Listener::Tcp, peer, None, why);
                 continue;
             }
@@ -65,7 +68,28 @@ pub(crate) async fn accept_loop<G: WireGame + JsonGame>(shared: Arc<Shared<G>>, 
         let shared = shared.clone();
         crate::task::spawn_named(&format!("tcp conn {peer}"), async move {
             let _ = stream.set_nodelay(true);
-            Connection::new(shared, slot.info).run(stream).await;
+            // The TLS handshake and HELLO share one deadline.
+            let deadline = Instant::now() + shared.config.handshake_timeout;
+            let info = slot.info;
+            match shared.config.tls.clone() {
+                // Plain TCP: the stream's own halves, no dispatch.
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    Connection::new(shared, info, deadline).run(rd, wr).await;
+                }
+                Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let (rd, wr) = tokio::io::split(stream);
+                        Connection::new(shared, info, deadline).run(rd, wr).await;
+                    }
+                    // Garbage, a plaintext client, an untrusting peer, or
+                    // no handshake in time: closed (rustls sent its alert).
+                    Ok(Err(_)) | Err(_) => {
+                        shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
+                        shared.refusals.refused(Listener::Tcp, info.peer, None, RefusedFor::ClosedBeforeHandshake);
+                    }
+                },
+            }
             drop(slot);
         });
     }
@@ -163,10 +187,12 @@ struct Connection<G: WireGame> {
     /// With authentication on: the token this connection presented, and
     /// its slot in the token's connection quota.
     auth: Option<(crate::auth::Session, crate::auth::ConnectionGrant)>,
+    /// HELLO must be in by then (from the accept: a TLS handshake counts).
+    handshake_deadline: Instant,
 }
 
 impl<G: WireGame> Connection<G> {
-    fn new(shared: Arc<Shared<G>>, info: ConnInfo) -> Self {
+    fn new(shared: Arc<Shared<G>>, info: ConnInfo, handshake_deadline: Instant) -> Self {
         Self {
             session: Session::new(shared.config.window_batches),
             shared,
@@ -187,6 +213,7 @@ impl<G: WireGame> Connection<G> {
             staged: Vec::new(),
             closing: None,
             auth: None,
+            handshake_deadline,
         }
     }
 
@@ -194,8 +221,10 @@ impl<G: WireGame> Connection<G> {
         Sizes { record: G::Event::SIZE, outcome: G::OUTCOME_SIZE }
     }
 
-    async fn run(mut self, stream: TcpStream) {
-        let (mut rd, mut wr) = stream.into_split();
+    /// Serves the connection on its read and write halves: a plain
+    /// `TcpStream`'s own, or a TLS stream's (monomorphised, so the plain
+    /// path is the same code it was before TLS).
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut self, mut rd: R, mut wr: W) {
         let result = self.serve(&mut rd, &mut wr).await;
         let reason = match &result {
             Ok(()) => "peer_closed",
@@ -207,8 +236,11 @@ impl<G: WireGame> Connection<G> {
             self.shared.metrics.errors[*code as usize].fetch_add(1, Relaxed);
         }
         if !self.out.is_empty() {
-            let written = tokio::time::timeout(std::time::Duration::from_secs(1), wr.write_all(&self.out)).await;
-            if matches!(written, Ok(Ok(()))) {
+            let write = async {
+                wr.write_all(&self.out).await?;
+                wr.flush().await
+            };
+            if matches!(tokio::time::timeout(std::time::Duration::from_secs(1), write).await, Ok(Ok(()))) {
                 self.counts.bytes_out += self.out.len() as u64;
             }
         }
@@ -315,7 +347,7 @@ impl<G: WireGame> Connection<G> {
     /// and the budget goes back.
     async fn read_some(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        rd: &mut (impl AsyncRead + Unpin),
         max_body: u32,
         handshake: bool,
     ) -> Result<usize, Close> {
@@ -347,7 +379,7 @@ impl<G: WireGame> Connection<G> {
         Ok(n)
     }
 
-    async fn handshake(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Hello, Close> {
+    async fn handshake(&mut self, rd: &mut (impl AsyncRead + Unpin)) -> Result<Hello, Close> {
         loop {
             self.front_frame_end(HELLO_BODY_MAX, true)?;
             if let Some((h, total)) = frame::split(&self.inbuf, HELLO_BODY_MAX)? {
@@ -379,11 +411,11 @@ impl<G: WireGame> Connection<G> {
 
     async fn serve(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        rd: &mut (impl AsyncRead + Unpin),
+        wr: &mut (impl AsyncWrite + Unpin),
     ) -> Result<(), Close> {
         let config = self.shared.config.clone();
-        let hello = match tokio::time::timeout(config.handshake_timeout, self.handshake(rd)).await {
+        let hello = match tokio::time::timeout_at(self.handshake_deadline, self.handshake(rd)).await {
             Ok(h) => h?,
             Err(_) => return Err(Close::Error(ErrorCode::HandshakeTimeout, "no HELLO in time".into())),
         };
@@ -526,13 +558,18 @@ impl<G: WireGame> Connection<G> {
         matches!(frame::split(&self.inbuf[self.consumed..], self.shared.config.frame_body_max), Ok(Some(_)))
     }
 
-    async fn flush(&mut self, wr: &mut tokio::net::tcp::OwnedWriteHalf) -> Result<(), Close> {
+    async fn flush(&mut self, wr: &mut (impl AsyncWrite + Unpin)) -> Result<(), Close> {
         if self.out.is_empty() {
             return Ok(());
         }
         // A peer that stops reading (or vanished) cannot hold the task, its
         // connection slot and its producer claim past the idle timeout.
-        let write = tokio::time::timeout(self.shared.config.idle_timeout, wr.write_all(&self.out));
+        // `flush` sends what a TLS stream buffered (a no-op on TCP).
+        let write = async {
+            wr.write_all(&self.out).await?;
+            wr.flush().await
+        };
+        let write = tokio::time::timeout(self.shared.config.idle_timeout, write);
         write.await.map_err(|_| Close::Io)?.map_err(|_| Close::Io)?;
         self.shared.metrics.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
         self.counts.bytes_out += self.out.len() as u64;

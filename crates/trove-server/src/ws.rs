@@ -170,6 +170,9 @@ impl<G: WireGame + JsonGame> axum::serve::Listener for SlotListener<G> {
                             read_at_ns: AtomicU64::new(0),
                             origin: std::time::Instant::now(),
                         }));
+                        // With TLS, the first read drives the handshake,
+                        // under the handshake deadline below.
+                        let stream = crate::tls::Transport::new(stream, self.shared.config.tls.as_ref());
                         let io = Slotted {
                             stream,
                             _slot: slot,
@@ -219,7 +222,7 @@ fn refuse_full(stream: &tokio::net::TcpStream, message: &str) {
 /// upgrade (however the request's bytes trickle in), or, upgraded, once no
 /// byte arrived for the idle timeout.
 struct Slotted<G: WireGame> {
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::Transport,
     _slot: crate::ConnectionSlot<G>,
     quiet: std::time::Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,

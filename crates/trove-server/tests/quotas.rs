@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trove_hunt::TreasureHunt;
-use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind, VERSION};
+use trove_proto::frame::{self, ErrorCode, HEADER_LEN, Hello, Kind};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
 use tungstenite::Message;
@@ -65,7 +65,7 @@ fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Kind, Vec<u8>)> {
 fn tcp_hello(from: [u8; 4], to: SocketAddr) -> (TcpStream, Vec<u8>) {
     let mut s = connect_from(from, to);
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 0));
     s.write_all(&b).unwrap();
     let mut buf = Vec::new();
     match read_frame(&mut s, &mut buf) {

@@ -154,6 +154,13 @@ pub struct Serve {
     /// [default: 127.0.0.1:7480].
     #[arg(long)]
     pub control: Option<String>,
+    /// TLS on all three listeners: the server's certificate chain, PEM
+    /// (its own certificate first). With it, the listeners speak only TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Serve tokio-console's gRPC endpoint (127.0.0.1:6669, or
     /// TOKIO_CONSOLE_BIND) so `tokio-console` can attach to the I/O tasks.
     #[arg(long)]

@@ -236,6 +236,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         .map_err(|e| format!("the cluster thread: {e}"))?;
     let view = cluster_node.map_view();
     let owners: Arc<dyn trove_server::Owners> = Arc::new(NodeOwners(view.clone()));
+    let tls = server.tls.is_some();
     let server =
         Server::start_node(listeners, engine.clone(), server, Some(owners.clone())).map_err(|e| e.to_string())?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -273,12 +274,13 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         config.partitions,
         ttl.as_millis()
     );
-    tracing::info!("protocol v1 on tcp://{}", server.tcp_addr());
+    let (tcp, ws_scheme, http) = if tls { ("tls", "wss", "https") } else { ("tcp", "ws", "http") };
+    tracing::info!("protocol v1 on {tcp}://{}", server.tcp_addr());
     if let Some(ws) = server.ws_addr() {
-        tracing::info!("websocket (JSON) on ws://{ws}/");
+        tracing::info!("websocket (JSON) on {ws_scheme}://{ws}/");
     }
     if let Some(c) = &control {
-        tracing::info!("control plane on http://{}/ (/cluster, /metrics, /openapi.json)", c.addr());
+        tracing::info!("control plane on {http}://{}/ (/cluster, /metrics, /openapi.json)", c.addr());
     }
     let signal = wait();
     tracing::info!("{signal}: handing partitions over");

@@ -16,8 +16,8 @@
 pub mod cli;
 pub mod cluster_cmd;
 pub mod journal_cmd;
-pub mod send;
 pub mod logging;
+pub mod send;
 pub mod serve;
 pub mod watch;
 

@@ -68,6 +68,10 @@ pub struct ListenFile {
     /// The HTTP control plane: an address, or "off".
     pub control: Option<String>,
     pub io_workers: Option<usize>,
+    /// TLS on all three listeners: a PEM certificate chain and its key
+    /// (both, or neither).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +287,18 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
         }
     }
 
+    match (args.tls_cert.clone().or(l.tls_cert.clone()), args.tls_key.clone().or(l.tls_key.clone())) {
+        (Some(cert), Some(key)) => {
+            // Read and checked now, before a port is bound or the data
+            // directory touched; one configuration for the three listeners.
+            let tls = trove_server::tls::ServerTls::load(&cert, &key).map_err(|e| e.to_string())?;
+            server.tls = Some(tls.clone());
+            control_limits.tls = Some(tls);
+        }
+        (None, None) => {}
+        _ => return Err("tls_cert and tls_key go together: set both, or neither".into()),
+    }
+
     engine.validate().map_err(|e| e.to_string())?;
     server.validate().map_err(|e| e.to_string())?;
     control_limits.validate().map_err(|e| e.to_string())?;
@@ -316,6 +332,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
         warn_insecure();
     }
     let auth = server.auth.clone();
+    let tls_cert = server.tls.as_ref().map(|t| t.cert_file().to_path_buf());
     // Before anything opens a file: both planes' caps must fit, so neither
     // can take the descriptors the other or the journal needs. (A journal's
     // own shard count is read only under its lock, below; the reserve
@@ -452,19 +469,13 @@ pub fn run(args: &Serve) -> Result<(), String> {
         journal.as_deref().unwrap_or("off (in memory)"),
         started.elapsed().as_secs_f64()
     );
-    tracing::info!("protocol v1 on tcp://{}", server.tcp_addr());
-    if let Some(ws) = server.ws_addr() {
-        tracing::info!("websocket (JSON) on ws://{ws}/");
-    }
-    if let Some(c) = &control {
-        tracing::info!("control plane on http://{}/ (/metrics, /openapi.json)", c.addr());
-    }
+    print_listeners(&server, control.as_ref().map(ControlPlane::addr), tls_cert.as_deref());
     if let Some(c) = &metrics_plane {
-        eprintln!("trove: /metrics (no token) on http://{}/metrics", c.addr());
+        tracing::info!("/metrics (no token) on http://{}/metrics", c.addr());
     }
     match &auth {
-        Some(_) => eprintln!("trove: authentication on (SIGHUP reloads the auth file)"),
-        None => eprintln!("trove: authentication off"),
+        Some(_) => tracing::info!("authentication on (SIGHUP reloads the auth file)"),
+        None => tracing::info!("authentication off"),
     }
     let signal = signals.wait();
     tracing::info!("{signal}: draining connections");
@@ -486,6 +497,21 @@ pub fn run(args: &Serve) -> Result<(), String> {
     }
     tracing::info!("stopped; {} events applied, state hash {:016x}", fin.events_applied, fin.state_hash);
     Ok(())
+}
+
+/// The ready lines: where each listener is, and whether it speaks TLS.
+fn print_listeners(server: &Server<TreasureHunt>, control: Option<SocketAddr>, tls_cert: Option<&Path>) {
+    let (tcp, ws, http) = if tls_cert.is_some() { ("tls", "wss", "https") } else { ("tcp", "ws", "http") };
+    tracing::info!("protocol v1 on {tcp}://{}", server.tcp_addr());
+    if let Some(addr) = server.ws_addr() {
+        tracing::info!("websocket (JSON) on {ws}://{addr}/");
+    }
+    if let Some(addr) = control {
+        tracing::info!("control plane on {http}://{addr}/ (/metrics, /openapi.json)");
+    }
+    if let Some(cert) = tls_cert {
+        tracing::info!("TLS on every listener, certificate {}", cert.display());
+    }
 }
 
 /// Stops an engine whose start failed after it was up (no client was

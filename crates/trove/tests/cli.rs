@@ -208,3 +208,24 @@ fn the_heap_asks_for_huge_pages_unless_told_not_to() {
         }
     }
 }
+
+#[test]
+fn serve_refuses_a_tls_file_it_cannot_use_naming_it_before_touching_anything() {
+    let dir = std::env::temp_dir().join(format!("trove-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let data = dir.join("data");
+    let (cert, key) = (not_pem.to_str().unwrap(), dir.join("missing-key.pem"));
+    let data_arg = data.to_str().unwrap();
+    let out = trove(&["serve", "--tls-cert", cert, "--tls-key", key.to_str().unwrap(), "--data", data_arg]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The first file that fails is named, with what it was for.
+    assert!(stderr.contains("TLS certificate") && stderr.contains("not-a-cert.pem"), "{stderr}");
+    assert!(!data.exists(), "the data directory is not created");
+    // One without the other is a usage error.
+    let out = trove(&["serve", "--tls-cert", cert, "--data", data_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trove_proto::frame::{self, Hello, VERSION};
+use trove_proto::frame::{self, Hello};
 
 mod common;
 
@@ -95,7 +95,7 @@ fn tcp_hello(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut b = Vec::new();
-    frame::encode_hello(&mut b, &Hello { version: VERSION, flags: 0, producer_id: 0 });
+    frame::encode_hello(&mut b, &Hello::v1(0, 0));
     s.write_all(&b).unwrap();
     let mut head = [0u8; 8];
     s.read_exact(&mut head).expect("a WELCOME");

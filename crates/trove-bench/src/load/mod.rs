@@ -93,6 +93,8 @@ pub struct LoadArgs {
     pub target: Option<SocketAddr>,
     /// The target's control plane, for /metrics.
     pub target_metrics: Option<SocketAddr>,
+    /// The target's producers connect with TLS.
+    pub tls: Option<trove_client::ClientTls>,
     pub server: ServerArgs,
     pub connections: u32,
     pub batch_events: u32,

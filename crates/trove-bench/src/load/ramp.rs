@@ -636,6 +636,7 @@ mod tests {
             modes: vec!["sharded".into()],
             target: None,
             target_metrics: None,
+            tls: None,
             server: ServerArgs {
                 exe: PathBuf::new(),
                 shards: None,

@@ -83,6 +83,7 @@ impl Rig {
                     // event's outcome reads it from the update stream.
                     want_outcomes: false,
                     token: args.token.clone(),
+                    tls: args.tls.clone(),
                     ..ClientConfig::new(addr.to_string())
                 };
                 let mut generator = Generator::partition(spec, part, args.connections);
