@@ -1092,7 +1092,7 @@ mod tests {
         let held = auth.bind_producer(&a, 7).unwrap();
         drop(auth.bind_producer(&a, 8).unwrap());
         drop(auth.bind_producer(&b, 9).unwrap());
-        let mut changes = auth.changes();
+        let changes = auth.changes();
         assert!(!changes.has_changed().unwrap());
         auth.replace(AuthTable::parse(&entry("b", "producer", "", 2)).unwrap());
         assert!(changes.has_changed().unwrap());
