@@ -374,6 +374,8 @@ impl<G: WireGame> Connection<G> {
         // A reload wakes the connection to check its token at once: a
         // passive subscriber is not left receiving what it may no longer.
         let mut auth_changes = self.shared.config.auth.as_ref().map(|a| a.changes());
+        // A reload between the HELLO's check and the line above.
+        self.reauthorize();
         let Some(_claim) = self.shared.claim_producer(producer.id()).await else {
             return Err(Close::Error(
                 ErrorCode::ProducerInUse,

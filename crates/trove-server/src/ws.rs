@@ -940,6 +940,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         // A reload wakes the connection to check its token at once: a
         // passive subscriber is not left receiving what it may no longer.
         let mut auth_changes = self.shared.config.auth.as_ref().map(|a| a.changes());
+        // A reload between the upgrade's check and the line above.
+        self.reauthorize()?;
         loop {
             self.write_out(socket).await?;
             let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);

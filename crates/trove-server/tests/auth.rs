@@ -290,7 +290,7 @@ fn a_stolen_producer_id_is_refused() {
 }
 
 #[test]
-fn a_removed_token_is_refused_at_its_next_request_and_closed() {
+fn a_removed_token_is_refused_and_closed_others_stay() {
     let h = Harness::start(true);
     let (mut p, _) = Raw::v2(h.tcp(), &PRODUCER_ANY, 0);
     assert_eq!(p.events(&[join(1)]), Answer::Ack);
@@ -299,6 +299,8 @@ fn a_removed_token_is_refused_at_its_next_request_and_closed() {
     // The file without `game-any`.
     let without = auth_file().replace(&entry("game-any", "producer", "", &PRODUCER_ANY), "");
     h.auth.as_ref().unwrap().replace(AuthTable::parse(&without).unwrap());
+    // Refused at once, not at its next request: the batch sent now is
+    // never answered.
     assert_eq!(p.events(&[join(1)]), Answer::Error(ErrorCode::Unauthorized));
     assert!(p.closes());
     // Others keep their connections.
