@@ -566,8 +566,9 @@ impl<G: WireGame> Connection<G> {
     }
 
     fn handle(&mut self, f: Frame<'_>, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
-        // A token removed by a reload is refused at its next request: the
-        // answers owed go out, then the ERROR, then the connection closes.
+        // A reload not yet seen by the wakeup in the connection loop: the
+        // same check before this frame (removed: the answers owed go out,
+        // then the ERROR, then the connection closes).
         if self.auth.is_some() {
             self.reauthorize();
             if self.closing.is_some() {
