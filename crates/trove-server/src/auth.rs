@@ -17,7 +17,7 @@
 //! them as 64 lowercase hex characters, TCP's HELLO version 2 as the raw
 //! 32 bytes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -37,11 +37,13 @@ pub const TOKENS_MAX: usize = 4096;
 pub const HUNT_RANGES_MAX: usize = 1024;
 /// Longest token name, in bytes.
 pub const TOKEN_NAME_BYTES_MAX: usize = 64;
-/// Producer ids bound to a token (all tokens together) for the server's
-/// lifetime; past it, a new producer id is refused `forbidden`.
+/// Producer ids bound to a token (all tokens together). Past it, a new id
+/// evicts the least recently used binding no open connection holds (see
+/// [`Auth::bind_producer`]); only when every binding is held is a new id
+/// refused `forbidden`.
 pub const PRODUCER_BINDINGS_MAX: usize = 1 << 18;
-/// Producer ids one token may bind: one token cannot fill the table for
-/// the others.
+/// Producer ids one token may keep bound, evicted the same way: one token
+/// cannot fill the table for the others.
 pub const PRODUCER_IDS_PER_TOKEN_MAX: usize = 1 << 16;
 /// Longest BUSY retry hint a rate quota gives.
 pub const QUOTA_RETRY_MS_MAX: u32 = 10_000;
@@ -345,6 +347,14 @@ pub fn new_token() -> Result<[u8; TOKEN_LEN], AuthFileError> {
     Ok(token)
 }
 
+/// The credentials of an `Authorization` header value with the `Bearer`
+/// scheme, the scheme's case ignored (RFC 9110: schemes are
+/// case-insensitive); `None` for another scheme.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
+}
+
 /// Lowercase hex.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -485,7 +495,93 @@ struct Bucket {
 struct TokenState {
     connections: u32,
     bucket: Option<Bucket>,
-    producer_ids: usize,
+}
+
+/// Which token each producer id belongs to, bounded: bindings no open
+/// connection holds are kept in least-recently-used order, and the oldest
+/// is evicted when a new id needs room.
+#[derive(Debug, Default)]
+struct Bindings {
+    by_id: HashMap<u64, Binding>,
+    /// Unheld bindings, by the tick they were last released at.
+    idle: BTreeMap<u64, u64>,
+    /// Per token name: its bindings and its unheld ones, oldest first.
+    per_token: HashMap<Arc<str>, TokenBindings>,
+    /// Bumped by every bind and release: orders `idle`, and tells a
+    /// binding apart from a later one of the same id.
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Binding {
+    owner: Arc<str>,
+    /// Connections holding it (a [`ProducerBinding`] each).
+    held: u32,
+    /// Its key in `idle` while `held == 0`.
+    idle_since: u64,
+    /// The tick it was made at.
+    serial: u64,
+}
+
+#[derive(Debug, Default)]
+struct TokenBindings {
+    count: usize,
+    idle: BTreeMap<u64, u64>,
+}
+
+impl Bindings {
+    /// Removes `id`'s binding (held or not).
+    fn remove(&mut self, id: u64) {
+        let Some(b) = self.by_id.remove(&id) else { return };
+        if b.held == 0 {
+            self.idle.remove(&b.idle_since);
+        }
+        if let Some(t) = self.per_token.get_mut(&b.owner) {
+            if b.held == 0 {
+                t.idle.remove(&b.idle_since);
+            }
+            t.count -= 1;
+            if t.count == 0 {
+                self.per_token.remove(&b.owner);
+            }
+        }
+    }
+
+    fn check(&self) {
+        debug_assert_eq!(self.by_id.len(), self.per_token.values().map(|t| t.count).sum::<usize>());
+        debug_assert_eq!(self.idle.len(), self.per_token.values().map(|t| t.idle.len()).sum::<usize>());
+    }
+}
+
+/// Held while a connection uses a producer id bound to its token: a held
+/// binding is never evicted. Dropping it makes the binding evictable
+/// (least recently used first).
+#[derive(Debug)]
+pub struct ProducerBinding {
+    auth: Arc<Auth>,
+    id: u64,
+    serial: u64,
+}
+
+impl Drop for ProducerBinding {
+    fn drop(&mut self) {
+        let mut bindings = self.auth.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        let bindings = &mut *bindings;
+        bindings.tick += 1;
+        let tick = bindings.tick;
+        // A binding removed by a reload (or another made since) is not ours.
+        let Some(b) = bindings.by_id.get_mut(&self.id).filter(|b| b.serial == self.serial) else { return };
+        assert!(b.held > 0, "a held binding counts its holders");
+        b.held -= 1;
+        if b.held == 0 {
+            b.idle_since = tick;
+            bindings.idle.insert(tick, self.id);
+            if let Some(t) = bindings.per_token.get_mut(&b.owner) {
+                t.idle.insert(tick, self.id);
+            }
+        }
+        bindings.check();
+    }
 }
 
 /// The live authentication state the endpoints share.
@@ -499,8 +595,15 @@ pub struct Auth {
     generation: AtomicU64,
     defaults: QuotaDefaults,
     /// Producer id to the name of the token that first used it.
-    bindings: Mutex<HashMap<u64, Arc<str>>>,
-    /// Per token name: open connections, its bucket, ids bound.
+    bindings: Mutex<Bindings>,
+    /// [`PRODUCER_BINDINGS_MAX`] and [`PRODUCER_IDS_PER_TOKEN_MAX`] unless
+    /// set lower ([`Auth::with_binding_limits`], for tests).
+    bindings_max: usize,
+    bindings_per_token_max: usize,
+    /// Sends the generation after every reload: each connection waits on
+    /// it and checks its token again at once, not at its next request.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Per token name: open connections, its bucket.
     tokens: Mutex<HashMap<Arc<str>, TokenState>>,
     /// By [`RefusalReason::ALL`].
     refusals: [AtomicU64; RefusalReason::ALL.len()],
@@ -517,6 +620,14 @@ pub struct Session {
     pub principal: Arc<Principal>,
     hash: [u8; TOKEN_LEN],
     generation: u64,
+}
+
+impl Session {
+    /// Is `token` (64 hex characters) the token this session presented?
+    /// Compared in constant time.
+    pub fn presented(&self, token: &str) -> bool {
+        parse_hex(token.trim()).is_some_and(|t| ct_eq(&hash_token(&t), &self.hash))
+    }
 }
 
 /// Held while a connection of a token is open: its slot in the token's
@@ -554,12 +665,34 @@ impl Auth {
             table: RwLock::new(Arc::new(table)),
             generation: AtomicU64::new(0),
             defaults,
-            bindings: Mutex::new(HashMap::new()),
+            bindings: Mutex::new(Bindings::default()),
+            bindings_max: PRODUCER_BINDINGS_MAX,
+            bindings_per_token_max: PRODUCER_IDS_PER_TOKEN_MAX,
+            changes: tokio::sync::watch::Sender::new(0),
             tokens: Mutex::new(HashMap::new()),
             refusals: Default::default(),
             reload_failures: AtomicU64::new(0),
             checks: AtomicUsize::new(0),
         }
+    }
+
+    /// Lower binding limits (tests: eviction without 2^18 ids).
+    pub fn with_binding_limits(mut self, all: usize, per_token: usize) -> Self {
+        assert!(all >= 1 && per_token >= 1 && all <= PRODUCER_BINDINGS_MAX && per_token <= PRODUCER_IDS_PER_TOKEN_MAX);
+        self.bindings_max = all;
+        self.bindings_per_token_max = per_token;
+        self
+    }
+
+    /// Changes whenever a reload replaced the table: a connection waits on
+    /// it (`changed()`) and then checks its session ([`Auth::recheck`]).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Producer ids bound now (held or not).
+    pub fn producer_bindings(&self) -> usize {
+        self.bindings.lock().unwrap_or_else(|e| e.into_inner()).by_id.len()
     }
 
     fn table(&self) -> Arc<AuthTable> {
@@ -579,12 +712,24 @@ impl Auth {
         }
     }
 
-    /// Replaces the table; connections check their token again at their
-    /// next request.
+    /// Replaces the table, drops the producer-id bindings of tokens no
+    /// longer in it, and wakes every connection to check its token again
+    /// ([`Auth::changes`]).
     pub fn replace(&self, table: AuthTable) -> usize {
         let n = table.len();
+        let names: std::collections::HashSet<&str> = table.entries.iter().map(|(_, p)| p.name.as_str()).collect();
+        {
+            let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<u64> =
+                bindings.by_id.iter().filter(|(_, b)| !names.contains(&*b.owner)).map(|(&id, _)| id).collect();
+            for id in gone {
+                bindings.remove(id);
+            }
+            bindings.check();
+        }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        self.generation.fetch_add(1, Relaxed);
+        let generation = self.generation.fetch_add(1, Relaxed) + 1;
+        self.changes.send_replace(generation);
         n
     }
 
@@ -628,15 +773,22 @@ impl Auth {
     /// removed is refused (the caller closes), a token whose entry changed
     /// takes its new role and ranges. One atomic load when nothing moved.
     pub fn recheck(&self, session: &mut Session) -> Result<(), Refused> {
+        self.recheck_moved(session).map(drop)
+    }
+
+    /// As [`Auth::recheck`]; `Ok(true)` when the session was checked
+    /// against a new table (its role or ranges may have changed: the
+    /// caller drops what they no longer allow).
+    pub fn recheck_moved(&self, session: &mut Session) -> Result<bool, Refused> {
         let generation = self.generation.load(Relaxed);
         if generation == session.generation {
-            return Ok(());
+            return Ok(false);
         }
         match self.table().find(&session.hash) {
             Some(p) if p.name == session.principal.name => {
                 session.principal = p;
                 session.generation = generation;
-                Ok(())
+                Ok(true)
             }
             _ => Err(self.refuse(
                 RefusalReason::RemovedToken,
@@ -664,39 +816,76 @@ impl Auth {
         Ok(ConnectionGrant { auth: self.clone(), name })
     }
 
-    /// Binds `producer_id` to the session's token, or refuses it when
-    /// another token bound it first. Bindings last as long as the server.
-    pub fn bind_producer(&self, session: &Session, producer_id: u64) -> Result<(), Refused> {
+    /// Binds `producer_id` to the session's token (or finds it bound to
+    /// it already), or refuses it when another token bound it first. The
+    /// binding is held while the returned guard lives and never evicted
+    /// then. Bindings no connection holds are evicted least recently used
+    /// first when a new id needs room (past [`PRODUCER_IDS_PER_TOKEN_MAX`]
+    /// for the token, the token's own; past [`PRODUCER_BINDINGS_MAX`], any
+    /// token's): an evicted id may be bound again by whichever token
+    /// presents it first, as after a restart. Refused only when every
+    /// binding in the way is held by an open connection.
+    pub fn bind_producer(self: &Arc<Self>, session: &Session, producer_id: u64) -> Result<ProducerBinding, Refused> {
         let name = session.principal.name.as_str();
-        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(owner) = bindings.get(&producer_id) {
-            if &**owner == name {
-                return Ok(());
+        let mut guard = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        let bindings = &mut *guard;
+        bindings.tick += 1;
+        if let Some(b) = bindings.by_id.get_mut(&producer_id) {
+            if &*b.owner != name {
+                drop(guard);
+                return Err(self
+                    .refuse(RefusalReason::ProducerId, format!("producer id {producer_id} belongs to another token")));
             }
-            drop(bindings);
-            return Err(
-                self.refuse(RefusalReason::ProducerId, format!("producer id {producer_id} belongs to another token"))
-            );
+            if b.held == 0 {
+                bindings.idle.remove(&b.idle_since);
+                if let Some(t) = bindings.per_token.get_mut(&b.owner) {
+                    t.idle.remove(&b.idle_since);
+                }
+            }
+            b.held += 1;
+            let serial = b.serial;
+            bindings.check();
+            return Ok(ProducerBinding { auth: self.clone(), id: producer_id, serial });
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let count = tokens.get(name).map_or(0, |t| t.producer_ids);
-        if bindings.len() >= PRODUCER_BINDINGS_MAX || count >= PRODUCER_IDS_PER_TOKEN_MAX {
-            drop((tokens, bindings));
-            return Err(self.refuse(
+        let full = |this: &Self| {
+            this.refuse(
                 RefusalReason::ProducerId,
                 format!(
-                    "no more producer ids can be bound (at most {PRODUCER_IDS_PER_TOKEN_MAX} per token, \
-                     {PRODUCER_BINDINGS_MAX} in all)"
+                    "no more producer ids can be bound: the token's {} or all {} bindings are held by open \
+                     connections",
+                    this.bindings_per_token_max, this.bindings_max
                 ),
-            ));
+            )
+        };
+        let count = bindings.per_token.get(name).map_or(0, |t| t.count);
+        if count >= self.bindings_per_token_max {
+            match bindings.per_token.get(name).and_then(|t| t.idle.first_key_value()).map(|(_, &id)| id) {
+                Some(oldest) => bindings.remove(oldest),
+                None => {
+                    drop(guard);
+                    return Err(full(self));
+                }
+            }
         }
-        let key: Arc<str> = match tokens.get_key_value(name) {
+        if bindings.by_id.len() >= self.bindings_max {
+            match bindings.idle.first_key_value().map(|(_, &id)| id) {
+                Some(oldest) => bindings.remove(oldest),
+                None => {
+                    drop(guard);
+                    return Err(full(self));
+                }
+            }
+        }
+        let key: Arc<str> = match bindings.per_token.get_key_value(name) {
             Some((k, _)) => k.clone(),
             None => Arc::from(name),
         };
-        tokens.entry(key.clone()).or_default().producer_ids += 1;
-        bindings.insert(producer_id, key);
-        Ok(())
+        bindings.per_token.entry(key.clone()).or_default().count += 1;
+        let serial = bindings.tick;
+        bindings.by_id.insert(producer_id, Binding { owner: key, held: 1, idle_since: 0, serial });
+        assert!(bindings.by_id.len() <= self.bindings_max, "bounded by the eviction above");
+        bindings.check();
+        Ok(ProducerBinding { auth: self.clone(), id: producer_id, serial })
     }
 
     /// Checks that the session may send `count` events for `hunts` (every
@@ -837,13 +1026,83 @@ mod tests {
     #[test]
     fn a_producer_id_belongs_to_the_first_token() {
         let text = entry("a", "producer", "", 1) + &entry("b", "producer", "", 2);
-        let auth = Auth::from_table(AuthTable::parse(&text).unwrap(), QuotaDefaults::default());
+        let auth = Arc::new(Auth::from_table(AuthTable::parse(&text).unwrap(), QuotaDefaults::default()));
         let a = auth.authenticate(Some(&[1; TOKEN_LEN])).unwrap();
         let b = auth.authenticate(Some(&[2; TOKEN_LEN])).unwrap();
-        auth.bind_producer(&a, 7).unwrap();
-        auth.bind_producer(&a, 7).unwrap();
+        drop(auth.bind_producer(&a, 7).unwrap());
+        drop(auth.bind_producer(&a, 7).unwrap());
         assert_eq!(auth.bind_producer(&b, 7).unwrap_err().reason, RefusalReason::ProducerId);
         auth.bind_producer(&b, 8).unwrap();
+    }
+
+    #[test]
+    fn cycling_more_ids_than_the_bound_never_locks_a_token_out() {
+        let text = entry("a", "producer", "", 1) + &entry("b", "producer", "", 2);
+        let auth = Arc::new(Auth::from_table(AuthTable::parse(&text).unwrap(), QuotaDefaults::default()));
+        let a = auth.authenticate(Some(&[1; TOKEN_LEN])).unwrap();
+        let b = auth.authenticate(Some(&[2; TOKEN_LEN])).unwrap();
+        // `a` holds id 1 all along: never evicted, never another's.
+        let held = auth.bind_producer(&a, 1).unwrap();
+        // Every connection a new id, as HELLO 0 and SDK starts do: past
+        // the per-token bound, the oldest unheld ones make room.
+        for id in 2..(PRODUCER_IDS_PER_TOKEN_MAX as u64 + 1000) {
+            drop(auth.bind_producer(&a, id).unwrap());
+        }
+        assert_eq!(auth.producer_bindings(), PRODUCER_IDS_PER_TOKEN_MAX);
+        assert_eq!(auth.bind_producer(&b, 1).unwrap_err().reason, RefusalReason::ProducerId);
+        // The most recent stay bound to `a`; the oldest were evicted, and
+        // the first presenter takes them again.
+        assert_eq!(
+            auth.bind_producer(&b, PRODUCER_IDS_PER_TOKEN_MAX as u64).unwrap_err().reason,
+            RefusalReason::ProducerId
+        );
+        drop(auth.bind_producer(&b, 2).unwrap());
+        // `b` is not locked out by `a`'s ids.
+        drop(auth.bind_producer(&b, 1 << 40).unwrap());
+        drop(held);
+
+        // The overall bound, small: the same, across tokens.
+        let auth = Arc::new(
+            Auth::from_table(AuthTable::parse(&text).unwrap(), QuotaDefaults::default()).with_binding_limits(8, 6),
+        );
+        let held: Vec<_> = (0..4).map(|id| auth.bind_producer(&a, id).unwrap()).collect();
+        for id in 100..1000 {
+            drop(auth.bind_producer(if id % 2 == 0 { &a } else { &b }, id).unwrap());
+            assert!(auth.producer_bindings() <= 8);
+        }
+        for id in 0..4 {
+            assert_eq!(auth.bind_producer(&b, id).unwrap_err().reason, RefusalReason::ProducerId, "{id} held by a");
+        }
+        // Every binding held: only then is a new id refused.
+        let mut more: Vec<_> = (10..12).map(|id| auth.bind_producer(&a, id).unwrap()).collect();
+        assert_eq!(auth.bind_producer(&a, 12).unwrap_err().reason, RefusalReason::ProducerId);
+        more.extend((20..22).map(|id| auth.bind_producer(&b, id).unwrap()));
+        assert_eq!(auth.bind_producer(&b, 22).unwrap_err().reason, RefusalReason::ProducerId);
+        drop(more);
+        drop(auth.bind_producer(&b, 22).unwrap());
+        drop(held);
+    }
+
+    #[test]
+    fn a_reload_drops_the_bindings_of_removed_tokens_and_wakes_connections() {
+        let text = entry("a", "producer", "", 1) + &entry("b", "producer", "", 2);
+        let auth = Arc::new(Auth::from_table(AuthTable::parse(&text).unwrap(), QuotaDefaults::default()));
+        let a = auth.authenticate(Some(&[1; TOKEN_LEN])).unwrap();
+        let b = auth.authenticate(Some(&[2; TOKEN_LEN])).unwrap();
+        let held = auth.bind_producer(&a, 7).unwrap();
+        drop(auth.bind_producer(&a, 8).unwrap());
+        drop(auth.bind_producer(&b, 9).unwrap());
+        let changes = auth.changes();
+        assert!(!changes.has_changed().unwrap());
+        auth.replace(AuthTable::parse(&entry("b", "producer", "", 2)).unwrap());
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(auth.producer_bindings(), 1);
+        // The removed token's ids, held or not, are free again.
+        drop(auth.bind_producer(&b, 7).unwrap());
+        drop(auth.bind_producer(&b, 8).unwrap());
+        // Its old guard does not touch the new binding.
+        drop(held);
+        assert_eq!(auth.producer_bindings(), 3);
     }
 
     #[test]

@@ -1002,18 +1002,18 @@ pub fn access(method: &axum::http::Method, path: &str) -> Access {
     }
 }
 
-/// The hunt a path names (`/hunts/{id}...`), if any.
-fn hunt_of_path(path: &str) -> Option<u32> {
-    let rest = path.strip_prefix("/hunts/")?;
-    rest.split('/').next()?.parse().ok()
-}
+/// The authenticated token of a request, put in its extensions by the
+/// gate: the hunt routes check its ranges on the hunt id as the router
+/// decoded it ([`with_hunt`]), not on the raw path.
+type Viewer = Option<axum::Extension<Arc<crate::auth::Principal>>>;
 
 /// The one check every route passes through (see [`access`]): 401
-/// `unauthorized` without a known token, 403 `forbidden` when its role or
-/// hunt ranges do not allow the request.
+/// `unauthorized` without a known token, 403 `forbidden` when its role
+/// does not allow the request. Hunt ranges are checked where the hunt id
+/// is parsed ([`with_hunt`], [`list_hunts`]).
 async fn gate<G: ControlGame>(
     State(ctx): State<Arc<Ctx<G>>>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     next: axum::middleware::Next,
 ) -> Response {
     let Some(auth) = &ctx.auth else { return next.run(req).await };
@@ -1025,7 +1025,7 @@ async fn gate<G: ControlGame>(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(""));
+        .map(|v| crate::auth::bearer(v).unwrap_or(""));
     let session = match auth.authenticate_text(bearer) {
         Ok(s) => s,
         Err(r) => {
@@ -1041,17 +1041,7 @@ async fn gate<G: ControlGame>(
         Access::Read if !p.role.reads() => {
             Some((RefusalReason::Role, format!("token `{}` is a {}: it may not read", p.name, p.role.name())))
         }
-        Access::Read => match (hunt_of_path(req.uri().path()), &p.hunts) {
-            (Some(hunt), _) if !p.allows_hunt(hunt) => {
-                Some((RefusalReason::Hunt, format!("token `{}` may not read hunt {hunt}", p.name)))
-            }
-            // A listing would show hunts outside its ranges.
-            (None, Some(_)) if req.uri().path() == "/hunts" => Some((
-                RefusalReason::Hunt,
-                format!("token `{}` is limited to some hunts: it may not list them all", p.name),
-            )),
-            _ => None,
-        },
+        Access::Read => None,
         Access::Write if !p.role.writes() => {
             Some((RefusalReason::Role, format!("token `{}` is a {}: only an admin may write", p.name, p.role.name())))
         }
@@ -1059,8 +1049,24 @@ async fn gate<G: ControlGame>(
     };
     match refusal {
         Some((reason, message)) => error(StatusCode::FORBIDDEN, "forbidden", auth.refuse(reason, message).message),
-        None => next.run(req).await,
+        None => {
+            req.extensions_mut().insert(session.principal.clone());
+            next.run(req).await
+        }
     }
+}
+
+/// With authentication on, may the request's token read hunt `id`? 403
+/// `forbidden` if not, and when no token reached the route (fail closed).
+fn check_hunt<G: ControlGame>(ctx: &Ctx<G>, viewer: &Viewer, id: u32) -> Result<(), Response> {
+    let Some(auth) = &ctx.auth else { return Ok(()) };
+    use crate::auth::RefusalReason;
+    let refusal = match viewer {
+        None => (RefusalReason::MissingToken, "no authenticated token reached this route".to_string()),
+        Some(axum::Extension(p)) if p.role.reads() && p.allows_hunt(id) => return Ok(()),
+        Some(axum::Extension(p)) => (RefusalReason::Hunt, format!("token `{}` may not read hunt {id}", p.name)),
+    };
+    Err(error(StatusCode::FORBIDDEN, "forbidden", auth.refuse(refusal.0, refusal.1).message))
 }
 
 fn routes<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
@@ -1249,13 +1255,16 @@ fn parse_id(raw: &str, what: &str) -> Result<u32, Response> {
     })
 }
 
-/// Reads a hunt on its shard, or answers 404.
+/// Reads a hunt on its shard, or answers 404. Every hunt route reads
+/// through here: the token's hunt ranges are checked on the id parsed.
 async fn with_hunt<G: ControlGame>(
     ctx: &Ctx<G>,
+    viewer: &Viewer,
     raw: &str,
     f: impl FnOnce(&G::World) -> Value + Send + 'static,
 ) -> Result<Value, Response> {
     let id = parse_id(raw, "hunt id")?;
+    check_hunt(ctx, viewer, id)?;
     // Cluster mode: a hunt of a partition another node owns is not
     // "unknown" here; the answer names the owner (asked again after the
     // read, for a partition that moved meanwhile).
@@ -1287,15 +1296,20 @@ fn path_error(e: axum::extract::rejection::PathRejection) -> Response {
 }
 
 /// A hunt's view on its shard: `GET /hunts/{id}` and its leaderboard.
-async fn hunt_view<G: ControlGame>(ctx: &Ctx<G>, id: PathArg<String>, view: fn(&G::World) -> Value) -> Response {
+async fn hunt_view<G: ControlGame>(
+    ctx: &Ctx<G>,
+    viewer: &Viewer,
+    id: PathArg<String>,
+    view: fn(&G::World) -> Value,
+) -> Response {
     match id {
-        Ok(Path(id)) => with_hunt(ctx, &id, view).await.map_or_else(|e| e, ok),
+        Ok(Path(id)) => with_hunt(ctx, viewer, &id, view).await.map_or_else(|e| e, ok),
         Err(e) => path_error(e),
     }
 }
 
-async fn hunt_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {
-    hunt_view(&ctx, id, detail_with_hash::<G>).await
+async fn hunt_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, viewer: Viewer, id: PathArg<String>) -> Response {
+    hunt_view(&ctx, &viewer, id, detail_with_hash::<G>).await
 }
 
 /// A hunt's detail and its state hash (the hash `trove replay` prints for
@@ -1311,11 +1325,15 @@ fn detail_with_hash<G: ControlGame>(world: &G::World) -> Value {
     detail
 }
 
-async fn leaderboard<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, id: PathArg<String>) -> Response {
-    hunt_view(&ctx, id, G::world_leaderboard).await
+async fn leaderboard<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, viewer: Viewer, id: PathArg<String>) -> Response {
+    hunt_view(&ctx, &viewer, id, G::world_leaderboard).await
 }
 
-async fn player_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, ids: PathArg<(String, String)>) -> Response {
+async fn player_detail<G: ControlGame>(
+    State(ctx): State<Arc<Ctx<G>>>,
+    viewer: Viewer,
+    ids: PathArg<(String, String)>,
+) -> Response {
     let (id, player) = match ids {
         Ok(Path(ids)) => ids,
         Err(e) => return path_error(e),
@@ -1324,7 +1342,7 @@ async fn player_detail<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, ids: Path
         Ok(p) => p,
         Err(e) => return e,
     };
-    let found = with_hunt(&ctx, &id, move |h| G::world_player(h, player).unwrap_or(Value::Null));
+    let found = with_hunt(&ctx, &viewer, &id, move |h| G::world_player(h, player).unwrap_or(Value::Null));
     match found.await {
         Ok(Value::Null) => {
             error(StatusCode::NOT_FOUND, "unknown_player", format!("player {player} is not in hunt {id}"))
@@ -1344,8 +1362,24 @@ const LIST_LIMIT_MAX: usize = 1000;
 
 async fn list_hunts<G: ControlGame>(
     State(ctx): State<Arc<Ctx<G>>>,
+    viewer: Viewer,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // A listing would show hunts outside a limited token's ranges.
+    if let Some(auth) = &ctx.auth {
+        use crate::auth::RefusalReason;
+        let refusal = match &viewer {
+            None => Some((RefusalReason::MissingToken, "no authenticated token reached this route".to_string())),
+            Some(axum::Extension(p)) if p.hunts.is_some() || !p.role.reads() => Some((
+                RefusalReason::Hunt,
+                format!("token `{}` is limited to some hunts: it may not list them all", p.name),
+            )),
+            Some(_) => None,
+        };
+        if let Some((reason, message)) = refusal {
+            return error(StatusCode::FORBIDDEN, "forbidden", auth.refuse(reason, message).message);
+        }
+    }
     let Ok(Query(page)) = page else {
         return error(
             StatusCode::BAD_REQUEST,

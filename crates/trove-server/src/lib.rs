@@ -884,6 +884,11 @@ impl<G: WireGame> Subscriptions<G> {
         }
     }
 
+    /// The hunts subscribed.
+    pub fn hunts(&self) -> &[trove_core::WorldId] {
+        &self.worlds
+    }
+
     /// The mailbox, once something was subscribed.
     pub fn mailbox(&self) -> Option<Arc<trove_shard::Mailbox<G>>> {
         self.mailbox.clone()

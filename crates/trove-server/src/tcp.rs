@@ -431,7 +431,12 @@ impl<G: WireGame> Connection<G> {
             // failed connection attempt rather than reconnecting forever.
             return Err(Close::Error(ErrorCode::Internal, reason.to_string()));
         }
+        // A role that may not produce never takes a client-chosen producer
+        // id (it could lock the id's owner out with `producer_in_use`): it
+        // is given a server-assigned one, as for 0.
+        let reads_only = self.auth.as_ref().is_some_and(|(s, _)| !s.principal.role.produces());
         let mut producer = match hello.producer_id {
+            _ if reads_only => engine.producer(),
             0 => engine.producer(),
             id if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) => {
                 return Err(Close::Error(
@@ -443,11 +448,18 @@ impl<G: WireGame> Connection<G> {
         };
         // A producer id belongs to the token that first used it: another
         // token cannot acknowledge or replay its sequence space.
-        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &self.auth)
-            && session.principal.role.produces()
-        {
-            auth.bind_producer(session, producer.id()).map_err(refused)?;
-        }
+        // Held while connected: a held binding is never evicted.
+        let _binding = match (&self.shared.config.auth, &self.auth) {
+            (Some(auth), Some((session, _))) if session.principal.role.produces() => {
+                Some(auth.bind_producer(session, producer.id()).map_err(refused)?)
+            }
+            _ => None,
+        };
+        // A reload wakes the connection to check its token at once: a
+        // passive subscriber is not left receiving what it may no longer.
+        let mut auth_changes = self.shared.config.auth.as_ref().map(|a| a.changes());
+        // A reload between the HELLO's check and the line above.
+        self.reauthorize();
         let Some(_claim) = self.shared.claim_producer(producer.id()).await else {
             return Err(Close::Error(
                 ErrorCode::ProducerInUse,
@@ -549,6 +561,48 @@ impl<G: WireGame> Connection<G> {
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                 }
+                changed = async { auth_changes.as_mut().expect("guarded").changed().await },
+                    if auth_changes.is_some() && self.closing.is_none() =>
+                {
+                    if changed.is_err() {
+                        auth_changes = None;
+                    }
+                    self.reauthorize();
+                }
+            }
+        }
+    }
+
+    /// Checks the token again after a reload. Removed: refused
+    /// `unauthorized` (its subscriptions end now; the answers owed go out,
+    /// then the ERROR, then the connection closes). Still there: its new
+    /// role and ranges apply, and each subscription they no longer allow
+    /// ends with UNSUBSCRIBED (after the updates already queued for it).
+    fn reauthorize(&mut self) {
+        let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth) else { return };
+        match auth.recheck_moved(session) {
+            Ok(false) => {}
+            Ok(true) => {
+                let p = session.principal.clone();
+                let revoked: Vec<u32> = self
+                    .subscriptions
+                    .hunts()
+                    .iter()
+                    .copied()
+                    .filter(|&h| !p.role.reads() || !p.allows_hunt(h))
+                    .collect();
+                if revoked.is_empty() {
+                    return;
+                }
+                self.deliver();
+                for hunt in revoked {
+                    self.subscriptions.unsubscribe(&self.shared, hunt);
+                    frame::encode_u32_frame(&mut self.out, Kind::Unsubscribed, hunt);
+                }
+            }
+            Err(r) => {
+                self.unsubscribe_all();
+                self.closing = Some((r.code(), r.message));
             }
         }
     }
@@ -606,13 +660,14 @@ impl<G: WireGame> Connection<G> {
     }
 
     fn handle(&mut self, f: Frame<'_>, producer: &mut Producer<G>, batch_events_max: usize) -> Result<(), Close> {
-        // A token removed by a reload is refused at its next request: the
-        // answers owed go out, then the ERROR, then the connection closes.
-        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth)
-            && let Err(r) = auth.recheck(session)
-        {
-            self.closing = Some((r.code(), r.message));
-            return Ok(());
+        // A reload not yet seen by the wakeup in the connection loop: the
+        // same check before this frame (removed: the answers owed go out,
+        // then the ERROR, then the connection closes).
+        if self.auth.is_some() {
+            self.reauthorize();
+            if self.closing.is_some() {
+                return Ok(());
+            }
         }
         match f {
             Frame::Hello(_) => Err(Close::Error(ErrorCode::HandshakeRequired, "HELLO came twice".into())),

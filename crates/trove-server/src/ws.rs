@@ -90,7 +90,7 @@ async fn upgrade<G: WireGame + JsonGame>(
     if let Some(auth) = &shared.config.auth
         && let Some(value) = headers.get(axum::http::header::AUTHORIZATION)
     {
-        let bearer = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let bearer = value.to_str().ok().and_then(crate::auth::bearer).unwrap_or("");
         match auth.authenticate_text(Some(bearer)).and_then(|s| auth.connect(&s).map(|g| (s, g))) {
             Ok(a) => authed = Some(a),
             Err(r) => {
@@ -869,6 +869,8 @@ struct WsConnection<G: WireGame + JsonGame> {
     auth: Option<(crate::auth::Session, crate::auth::ConnectionGrant)>,
     /// What it carried, for its close line.
     counts: Counts,
+    /// Held while `producer` is: its id's binding to the token.
+    binding: Option<crate::auth::ProducerBinding>,
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -906,6 +908,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             staged: Vec::new(),
             auth: None,
             counts: Counts::default(),
+            binding: None,
         }
     }
 
@@ -995,6 +998,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let mut stop = self.shared.shutdown.clone();
         let mut stopping = *stop.borrow();
         let mut idle_deadline = Instant::now() + config.idle_timeout;
+        // A reload wakes the connection to check its token at once: a
+        // passive subscriber is not left receiving what it may no longer.
+        let mut auth_changes = self.shared.config.auth.as_ref().map(|a| a.changes());
+        // A reload between the upgrade's check and the line above.
+        self.reauthorize()?;
         loop {
             self.write_out(socket).await?;
             let in_flight = self.producer.as_ref().map_or(0, Producer::in_flight);
@@ -1055,6 +1063,47 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     return Err((ErrorCode::IdleTimeout, format!("no message for {:?}", config.idle_timeout)));
                 }
                 _ = stop.changed(), if !stopping => stopping = true,
+                changed = async { auth_changes.as_mut().expect("guarded").changed().await }, if auth_changes.is_some() => {
+                    if changed.is_err() {
+                        auth_changes = None;
+                    }
+                    self.reauthorize()?;
+                }
+            }
+        }
+    }
+
+    /// Checks the token again after a reload (before a hello with a token
+    /// there is none to check). Removed: its subscriptions end now and it
+    /// is refused `unauthorized` (the answers owed go out, then the error,
+    /// then the connection closes). Still there: its new role and ranges
+    /// apply, and each subscription they no longer allow ends with an
+    /// `unsubscribed` message (after the updates already queued for it).
+    fn reauthorize(&mut self) -> Result<(), (ErrorCode, String)> {
+        let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth) else { return Ok(()) };
+        match auth.recheck_moved(session) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let p = session.principal.clone();
+                let revoked: Vec<u32> = self
+                    .subscriptions
+                    .hunts()
+                    .iter()
+                    .copied()
+                    .filter(|&h| !p.role.reads() || !p.allows_hunt(h))
+                    .collect();
+                if !revoked.is_empty() {
+                    self.deliver();
+                }
+                for hunt in revoked {
+                    self.subscriptions.unsubscribe(&self.shared, hunt);
+                    self.out.push(json!({"type": "unsubscribed", "hunt": hunt}).to_string());
+                }
+                Ok(())
+            }
+            Err(r) => {
+                self.subscriptions.close(&self.shared);
+                Err((r.code(), r.message))
             }
         }
     }
@@ -1105,9 +1154,22 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             v.get("type").and_then(Value::as_str).ok_or_else(|| malformed("missing string field `type`".into()))?;
         if let Some(auth) = &self.shared.config.auth {
             match &mut self.auth {
+                // A hello naming another token than the upgrade's header:
+                // refused, not silently ignored.
+                Some((session, _))
+                    if kind == "hello"
+                        && v.get("token")
+                            .is_some_and(|t| !t.is_null() && !t.as_str().is_some_and(|t| session.presented(t))) =>
+                {
+                    let r = auth.refuse(
+                        crate::auth::RefusalReason::WrongToken,
+                        "the hello's token is not the one in the Authorization header",
+                    );
+                    return Err((r.code(), r.message));
+                }
                 // A token removed by a reload: refused, and the connection
                 // closes (after the answers owed).
-                Some((session, _)) => auth.recheck(session).map_err(|r| (r.code(), r.message))?,
+                Some(_) => self.reauthorize()?,
                 None if kind == "hello" => {
                     let token = match v.get("token") {
                         None | Some(Value::Null) => None,
@@ -1256,13 +1318,19 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 format!("producer id {id}: ids from 2^63 up are assigned by the server (omit it)"),
             ));
         }
-        let producer = if id == 0 { engine.producer() } else { engine.producer_with_id(id, 1) };
-        // A producer id belongs to the token that first used it.
-        if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &self.auth)
-            && session.principal.role.produces()
-        {
-            auth.bind_producer(session, producer.id()).map_err(|r| (r.code(), r.message))?;
-        }
+        // A role that may not produce never takes a client-chosen producer
+        // id (it could lock the id's owner out with `producer_in_use`): it
+        // is given a server-assigned one, as when the id is omitted.
+        let reads_only = self.auth.as_ref().is_some_and(|(s, _)| !s.principal.role.produces());
+        let producer = if id == 0 || reads_only { engine.producer() } else { engine.producer_with_id(id, 1) };
+        // A producer id belongs to the token that first used it; held
+        // while connected, its binding is never evicted.
+        let binding = match (&self.shared.config.auth, &self.auth) {
+            (Some(auth), Some((session, _))) if session.principal.role.produces() => {
+                Some(auth.bind_producer(session, producer.id()).map_err(|r| (r.code(), r.message))?)
+            }
+            _ => None,
+        };
         let claim =
             self.shared.claim_producer(producer.id()).await.ok_or_else(|| {
                 (ErrorCode::ProducerInUse, format!("producer {} is connected elsewhere", producer.id()))
@@ -1276,6 +1344,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         );
         self.producer = Some(producer);
         self.claim = Some(claim);
+        self.binding = binding;
         Ok(())
     }
 

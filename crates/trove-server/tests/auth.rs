@@ -129,6 +129,8 @@ enum Answer {
     Ack,
     Busy(u32),
     Subscribed,
+    Unsubscribed(u32),
+    Update(u32),
     Error(ErrorCode),
     Closed,
     Other(Kind),
@@ -160,6 +162,8 @@ impl Raw {
                     Frame::Ack { .. } => Answer::Ack,
                     Frame::Busy { retry_after_ms, .. } => Answer::Busy(retry_after_ms),
                     Frame::Subscribed { .. } => Answer::Subscribed,
+                    Frame::Unsubscribed { hunt } => Answer::Unsubscribed(hunt),
+                    Frame::Update { hunt, .. } | Frame::Gap { hunt, .. } => Answer::Update(hunt),
                     Frame::Error { code, .. } => Answer::Error(ErrorCode::from_u16(code).unwrap()),
                     _ => Answer::Other(h.kind),
                 };
@@ -286,7 +290,7 @@ fn a_stolen_producer_id_is_refused() {
 }
 
 #[test]
-fn a_removed_token_is_refused_at_its_next_request_and_closed() {
+fn a_removed_token_is_refused_and_closed_others_stay() {
     let h = Harness::start(true);
     let (mut p, _) = Raw::v2(h.tcp(), &PRODUCER_ANY, 0);
     assert_eq!(p.events(&[join(1)]), Answer::Ack);
@@ -295,12 +299,100 @@ fn a_removed_token_is_refused_at_its_next_request_and_closed() {
     // The file without `game-any`.
     let without = auth_file().replace(&entry("game-any", "producer", "", &PRODUCER_ANY), "");
     h.auth.as_ref().unwrap().replace(AuthTable::parse(&without).unwrap());
+    // Refused at once, not at its next request: the batch sent now is
+    // never answered.
     assert_eq!(p.events(&[join(1)]), Answer::Error(ErrorCode::Unauthorized));
     assert!(p.closes());
     // Others keep their connections.
     assert_eq!(s.subscribe(2), Answer::Subscribed);
     let (_, a) = Raw::v2(h.tcp(), &PRODUCER_ANY, 0);
     assert_eq!(a, Answer::Error(ErrorCode::Unauthorized));
+}
+
+/// The next answer that is not an update.
+fn past_updates(r: &mut Raw, seen: &mut Vec<u32>) -> Answer {
+    loop {
+        match r.answer() {
+            Answer::Update(hunt) => seen.push(hunt),
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn a_passive_tcp_subscriber_whose_token_is_removed_is_refused_and_closed() {
+    let h = Harness::start(true);
+    let (mut p, _) = Raw::v2(h.tcp(), &ADMIN, 0);
+    let (mut s, _) = Raw::v2(h.tcp(), &SPECTATOR, 0);
+    assert_eq!(s.subscribe(3), Answer::Subscribed);
+    assert_eq!(p.events(&[join(3)]), Answer::Ack);
+    assert_eq!(s.answer(), Answer::Update(3));
+    // The subscriber sends nothing more; its token goes.
+    let without = auth_file().replace(&entry("watch", "spectator", "hunts = [\"1-10\"]\n", &SPECTATOR), "");
+    h.auth.as_ref().unwrap().replace(AuthTable::parse(&without).unwrap());
+    assert_eq!(p.events(&[HuntEvent::join(3, 2)]), Answer::Ack);
+    // Refused at once (an update already queued may come first), then
+    // closed: nothing more for it.
+    let mut seen = Vec::new();
+    assert_eq!(past_updates(&mut s, &mut seen), Answer::Error(ErrorCode::Unauthorized));
+    assert!(seen.len() <= 1, "{seen:?}");
+    assert_eq!(s.answer(), Answer::Closed);
+}
+
+#[test]
+fn a_passive_tcp_subscriber_narrowed_by_a_reload_loses_the_hunts_outside() {
+    let h = Harness::start(true);
+    let (mut p, _) = Raw::v2(h.tcp(), &ADMIN, 0);
+    let (mut s, _) = Raw::v2(h.tcp(), &SPECTATOR, 0);
+    assert_eq!(s.subscribe(2), Answer::Subscribed);
+    assert_eq!(s.subscribe(5), Answer::Subscribed);
+    // `watch` now covers hunt 5 alone.
+    let narrowed = auth_file().replace(
+        &entry("watch", "spectator", "hunts = [\"1-10\"]\n", &SPECTATOR),
+        &entry("watch", "spectator", "hunts = [\"5\"]\n", &SPECTATOR),
+    );
+    h.auth.as_ref().unwrap().replace(AuthTable::parse(&narrowed).unwrap());
+    // Unsolicited: UNSUBSCRIBED for hunt 2.
+    let mut seen = Vec::new();
+    assert_eq!(past_updates(&mut s, &mut seen), Answer::Unsubscribed(2));
+    for i in 0..5 {
+        assert_eq!(p.events(&[HuntEvent::join(2, 10 + i), HuntEvent::join(5, 10 + i)]), Answer::Ack);
+    }
+    // Hunt 5's updates keep coming, hunt 2's do not.
+    let mut fives = 0;
+    while fives < 5 {
+        match s.answer() {
+            Answer::Update(5) => fives += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // And it may not subscribe to it again.
+    assert_eq!(s.subscribe(2), Answer::Error(ErrorCode::Forbidden));
+}
+
+#[test]
+fn a_spectator_never_takes_a_producers_id() {
+    let h = Harness::start(true);
+    let (owner, a) = Raw::v2(h.tcp(), &PRODUCER_ANY, 4343);
+    assert_eq!(a, Answer::Welcome(4343));
+    drop(owner);
+    // A spectator presenting the id is given another one, and the id's
+    // owner is not locked out (not `producer_in_use`).
+    let (mut s, a) = Raw::v2(h.tcp(), &SPECTATOR, 4343);
+    assert!(matches!(a, Answer::Welcome(id) if id != 4343), "{a:?}");
+    let (_, a) = Raw::v2(h.tcp(), &PRODUCER_ANY, 4343);
+    assert_eq!(a, Answer::Welcome(4343));
+    assert_eq!(s.subscribe(1), Answer::Subscribed);
+    // Over WebSocket too.
+    let mut ws = ws_connect(h.ws(), Some(&SPECTATOR)).unwrap();
+    ws_send(&mut ws, json!({"type": "hello", "producer_id": 4444}));
+    let welcome = ws_recv_json(&mut ws);
+    assert_eq!(welcome["type"], "welcome");
+    assert_ne!(welcome["producer_id"], 4444);
+    let mut owner = ws_connect(h.ws(), None).unwrap();
+    ws_send(&mut owner, json!({"type": "hello", "token": to_hex(&PRODUCER_ANY), "producer_id": 4444}));
+    let welcome = ws_recv_json(&mut owner);
+    assert_eq!((welcome["type"].as_str(), welcome["producer_id"].as_u64()), (Some("welcome"), Some(4444)));
 }
 
 #[test]
@@ -345,10 +437,15 @@ fn the_rate_quota_answers_busy_with_a_hint_and_connections_are_capped() {
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
 fn ws_connect(addr: SocketAddr, bearer: Option<&[u8; TOKEN_LEN]>) -> Result<Ws, u16> {
+    ws_connect_with(addr, bearer.map(|t| format!("Bearer {}", to_hex(t))))
+}
+
+/// With this `Authorization` header value.
+fn ws_connect_with(addr: SocketAddr, authorization: Option<String>) -> Result<Ws, u16> {
     use tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{addr}/").into_client_request().unwrap();
-    if let Some(t) = bearer {
-        req.headers_mut().insert("Authorization", format!("Bearer {}", to_hex(t)).parse().unwrap());
+    if let Some(v) = authorization {
+        req.headers_mut().insert("Authorization", v.parse().unwrap());
     }
     match tungstenite::connect(req) {
         Ok((ws, _)) => {
@@ -364,6 +461,17 @@ fn ws_connect(addr: SocketAddr, bearer: Option<&[u8; TOKEN_LEN]>) -> Result<Ws, 
 
 fn ws_send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).unwrap();
+}
+
+/// The next message as JSON; `null` at the end.
+fn ws_recv_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).unwrap(),
+            Ok(Message::Close(_)) | Err(_) => return Value::Null,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The next message's type (and code, for an error); "closed" at the end.
@@ -441,6 +549,74 @@ fn websocket_every_role_against_every_action() {
     assert_eq!(ws_recv(&mut a), "subscribed");
 }
 
+/// The next message that is not an update, as [`ws_recv`] names it.
+fn ws_past_updates(ws: &mut Ws, seen: &mut Vec<u64>) -> String {
+    loop {
+        let v = ws_recv_json(ws);
+        match v["type"].as_str() {
+            Some("update" | "gap") => seen.push(v["hunt"].as_u64().unwrap()),
+            Some("error") => return format!("error {}", v["code"].as_str().unwrap()),
+            Some("unsubscribed") => return format!("unsubscribed {}", v["hunt"]),
+            Some(other) => return other.to_string(),
+            None => return "closed".into(),
+        }
+    }
+}
+
+#[test]
+fn a_passive_websocket_subscriber_is_rechecked_at_a_reload() {
+    let h = Harness::start(true);
+    let (mut p, _) = Raw::v2(h.tcp(), &ADMIN, 0);
+    // Two admins: one becomes a spectator limited to hunt 5 (its role
+    // and its ranges change), the other is removed.
+    let extra = entry("ops2", "admin", "", &[6; TOKEN_LEN]) + &entry("ops3", "admin", "", &[7; TOKEN_LEN]);
+    h.auth.as_ref().unwrap().replace(AuthTable::parse(&(auth_file() + &extra)).unwrap());
+    let mut narrowed = ws_connect(h.ws(), Some(&[6; TOKEN_LEN])).unwrap();
+    let mut removed = ws_connect(h.ws(), Some(&[7; TOKEN_LEN])).unwrap();
+    for ws in [&mut narrowed, &mut removed] {
+        for hunt in [2, 5] {
+            ws_send(ws, json!({"type": "subscribe", "hunt": hunt}));
+            assert_eq!(ws_recv(ws), "subscribed");
+        }
+    }
+    assert_eq!(p.events(&[join(2)]), Answer::Ack);
+    // Passive from here on (WebSocket pings are answered by the library).
+    let extra = entry("ops2", "spectator", "hunts = [\"5\"]\n", &[6; TOKEN_LEN]);
+    h.auth.as_ref().unwrap().replace(AuthTable::parse(&(auth_file() + &extra)).unwrap());
+    let mut seen = Vec::new();
+    assert_eq!(ws_past_updates(&mut removed, &mut seen), "error unauthorized");
+    assert_eq!(ws_recv(&mut removed), "closed");
+    assert_eq!(ws_past_updates(&mut narrowed, &mut seen), "unsubscribed 2");
+    for i in 0..5 {
+        assert_eq!(p.events(&[HuntEvent::join(2, 10 + i), HuntEvent::join(5, 10 + i)]), Answer::Ack);
+    }
+    let mut fives = 0;
+    while fives < 5 {
+        let v = ws_recv_json(&mut narrowed);
+        assert_eq!((v["type"].as_str(), v["hunt"].as_u64()), (Some("update"), Some(5)), "{v}");
+        fives += v["entries"].as_array().map_or(1, Vec::len);
+    }
+}
+
+#[test]
+fn websocket_authorization_scheme_is_case_insensitive_and_one_token_only() {
+    let h = Harness::start(true);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let mut ws = ws_connect_with(h.ws(), Some(format!("{scheme} {}", to_hex(&SPECTATOR)))).unwrap();
+        ws_send(&mut ws, json!({"type": "subscribe", "hunt": 1}));
+        assert_eq!(ws_recv(&mut ws), "subscribed", "{scheme}");
+    }
+    assert_eq!(ws_connect_with(h.ws(), Some(format!("Basic {}", to_hex(&SPECTATOR)))).unwrap_err(), 401);
+    // The header's token and the hello's agree: welcome; differ: refused.
+    let mut ws = ws_connect(h.ws(), Some(&PRODUCER_ANY)).unwrap();
+    ws_send(&mut ws, json!({"type": "hello", "token": to_hex(&PRODUCER_ANY)}));
+    assert_eq!(ws_recv(&mut ws), "welcome");
+    let mut ws = ws_connect(h.ws(), Some(&PRODUCER)).unwrap();
+    ws_send(&mut ws, json!({"type": "hello", "token": to_hex(&ADMIN)}));
+    assert_eq!(ws_recv(&mut ws), "error unauthorized");
+    assert_eq!(ws_recv(&mut ws), "closed");
+}
+
 // ---------------------------------------------------------------------------
 // The control plane.
 
@@ -468,6 +644,22 @@ fn http(
     let reply = trove_bench::http::parse_reply(&raw).unwrap();
     let json = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
     (reply.status, json)
+}
+
+/// The status line's code alone (a HEAD answer has no body).
+fn status_of(addr: SocketAddr, method: &str, path: &str, token: Option<&[u8; TOKEN_LEN]>) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {}\r\n", to_hex(t)));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let line = String::from_utf8_lossy(&raw);
+    line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{line}"))
 }
 
 #[test]
@@ -511,6 +703,41 @@ fn control_plane_every_role_against_every_route() {
     }
     assert_eq!(http(addr, "GET", "/hunts/50", Some(&SPECTATOR), None).0, 403);
     assert_eq!(http(addr, "GET", "/hunts/50", Some(&ADMIN), None).0, 200);
+    // The ranges hold on the id as the router decodes it: percent-encoded
+    // (`%35%30` is 50), with leading zeros, by HEAD, on every hunt route.
+    let outside = [
+        "/hunts/%35%30",
+        "/hunts/050",
+        "/hunts/%35%30/leaderboard",
+        "/hunts/50/players/1",
+        "/hunts/%35%30/players/1",
+        "/hunts/%35%30/players/%31",
+    ];
+    for path in outside {
+        for method in ["GET", "HEAD"] {
+            assert_eq!(status_of(addr, method, path, Some(&SPECTATOR)), 403, "{method} {path}");
+        }
+        assert_ne!(status_of(addr, "GET", path, Some(&ADMIN)), 403, "{path}");
+    }
+    assert_eq!(status_of(addr, "HEAD", "/hunts/50", Some(&SPECTATOR)), 403);
+    assert_eq!(status_of(addr, "HEAD", "/hunts/%35%30", Some(&ADMIN)), 200);
+    // Inside its ranges, encoded or not: allowed.
+    for path in ["/hunts/%32", "/hunts/%32/leaderboard"] {
+        assert_eq!(status_of(addr, "GET", path, Some(&SPECTATOR)), 200, "{path}");
+    }
+    assert_eq!(status_of(addr, "GET", "/hunts/2/players/1", Some(&SPECTATOR)), 404);
+    // The scheme's case does not matter.
+    for scheme in ["bearer", "BEARER"] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let req = format!(
+            "GET /hunts/2 HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme} {}\r\nConnection: close\r\n\r\n",
+            to_hex(&SPECTATOR)
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "{scheme}: {}", String::from_utf8_lossy(&raw));
+    }
     // A listing would show hunts outside the spectator's ranges.
     assert_eq!(http(addr, "GET", "/hunts", Some(&SPECTATOR), None).0, 403);
     assert_eq!(http(addr, "GET", "/hunts", Some(&ADMIN), None).0, 200);
@@ -538,7 +765,7 @@ fn control_plane_every_role_against_every_route() {
     };
     assert_eq!(sample("missing_token"), Some(8));
     assert_eq!(sample("wrong_token"), Some(7));
-    assert!(sample("role").unwrap() >= 11 && sample("hunt") == Some(2), "{text}");
+    assert!(sample("role").unwrap() >= 11 && sample("hunt") == Some(2 + 13), "{text}");
 }
 
 #[test]
