@@ -205,7 +205,12 @@ impl AsyncWrite for TlsConn {
         let this = self.get_mut();
         if this.owed > 0 {
             std::task::ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
-            debug_assert!(this.owed <= buf.len(), "the same bytes are written again");
+            // The caller must offer the same bytes again after Pending (what
+            // `write_all` does); anything shorter cannot be what was taken.
+            if this.owed > buf.len() {
+                this.owed = 0;
+                return Poll::Ready(Err(io::Error::other("a TLS write was not retried with the same bytes")));
+            }
             return Poll::Ready(Ok(std::mem::take(&mut this.owed)));
         }
         let n = std::task::ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;

@@ -438,12 +438,9 @@ impl<G: WireGame> Connection<G> {
         let mut producer = match hello.producer_id {
             _ if reads_only => engine.producer(),
             0 => engine.producer(),
-            id if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) => {
-                return Err(Close::Error(
-                    ErrorCode::Malformed,
-                    format!("producer id {id}: ids from 2^63 up are the server's to assign (send 0)"),
-                ));
-            }
+            // Any other id continues its producer, one this server named
+            // (in this run or an earlier one: 2^63 and up) or one the
+            // producer chose.
             id => engine.producer_with_id(id, 1),
         };
         // A producer id belongs to the token that first used it: another

@@ -1312,12 +1312,6 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
 
     async fn start_producer(&mut self, id: u64) -> Result<(), (ErrorCode, String)> {
         let engine = self.shared.engine.clone();
-        if id >= trove_shard::ASSIGNED_PRODUCER_IDS && !engine.assigned(id) {
-            return Err((
-                ErrorCode::Malformed,
-                format!("producer id {id}: ids from 2^63 up are assigned by the server (omit it)"),
-            ));
-        }
         // A role that may not produce never takes a client-chosen producer
         // id (it could lock the id's owner out with `producer_in_use`): it
         // is given a server-assigned one, as when the id is omitted.

@@ -265,6 +265,7 @@ fn on_the_control_plane_one_address_evicts_only_its_own_connections() {
         connections_max: 4,
         connections_per_address_max: 2,
         header_timeout: Duration::from_secs(120),
+        live_streams_max: ControlConfig::live_streams_default(4),
         ..ControlConfig::default()
     };
     let info = ControlInfo {

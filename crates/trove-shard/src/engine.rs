@@ -336,9 +336,15 @@ impl<G: Game> Engine<G> {
         };
         let journal_time_us = recovered.iter().flatten().map(|r| r.last_time_us.saturating_add(1)).max().unwrap_or(0);
         // Ids handed out by `Engine::producer` live apart from the ids
-        // producers choose (the top half of the range), past every one the
-        // journal already holds sequences for.
-        let producer_id_next = match recovered
+        // producers choose (the top half of the range). Each start hands
+        // them out from a random point of [2^63, 2^63 + 2^62), and past
+        // every assigned id its journal holds: an id an earlier run handed
+        // to a producer that had nothing journaled yet (it may still present
+        // it after a reconnect) is not handed to another producer, but for a
+        // collision of odds about 2^-62 an id; and in a cluster, a
+        // partition's producers come from every node, which never hand out
+        // the same ids.
+        let journal_next = match recovered
             .iter()
             .flatten()
             .flat_map(|r| r.producers.last_seqs())
@@ -349,11 +355,7 @@ impl<G: Game> Engine<G> {
             None => ASSIGNED_PRODUCER_IDS,
             Some(m) => m.checked_add(1).ok_or(StartError::ProducerIdsExhausted)?,
         };
-        // In a cluster, a partition's producers come from every node: ids
-        // this node hands out start at a random point of the top half, so
-        // that two nodes (or two starts of one) never hand out the same id
-        // and have one's events taken for the other's retries.
-        let producer_id_next = if config.cluster {
+        let random_start = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u128(
@@ -361,9 +363,8 @@ impl<G: Game> Engine<G> {
             );
             h.write_u32(std::process::id());
             ASSIGNED_PRODUCER_IDS + (h.finish() >> 2)
-        } else {
-            producer_id_next
         };
+        let producer_id_next = journal_next.max(random_start);
         let clock = EngineClock::new(config.clock_base_us.max(journal_time_us));
         let hub = Arc::new(Hub::default());
         let failure = Arc::new(OnceLock::new());
@@ -393,18 +394,12 @@ impl<G: Game> Engine<G> {
     }
 
     /// A new producer handle with an id of its own, at or above
-    /// [`ASSIGNED_PRODUCER_IDS`] (unique within this engine and above every
-    /// such id its journal holds), and sequence numbers from 1.
+    /// [`ASSIGNED_PRODUCER_IDS`] (unique within this engine, above every
+    /// such id its journal holds, from a random start each run), and
+    /// sequence numbers from 1.
     pub fn producer(&self) -> Producer<G> {
         let id = self.inner.next_producer_id.fetch_add(1, Ordering::Relaxed);
         Producer::new(self.inner.clone(), id, 1)
-    }
-
-    /// Whether `id` is one `producer` handed out (in this process, or in an
-    /// earlier one whose journal holds it): a producer the engine named may
-    /// present it again when it reconnects.
-    pub fn assigned(&self, id: u64) -> bool {
-        id >= ASSIGNED_PRODUCER_IDS && id < self.inner.next_producer_id.load(Ordering::Relaxed)
     }
 
     /// A producer handle for a producer that names itself (a game server

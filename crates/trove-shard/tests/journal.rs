@@ -707,3 +707,20 @@ fn a_reused_sequence_number_is_refused_in_memory_and_after_restarts() {
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&crashed).ok();
 }
+
+/// An id handed to a producer that had nothing journaled when the engine
+/// stopped (an idle producer, which will present it again when it
+/// reconnects) is not handed to another producer by the next run: each
+/// run hands ids out from a random start, past the journal's.
+#[test]
+fn an_idle_producers_assigned_id_is_not_handed_out_again_after_a_restart() {
+    let dir = temp_dir("idle-ids");
+    let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
+    let idle: Vec<u64> = (0..4).map(|_| engine.producer().id()).collect();
+    assert!(idle.iter().all(|&id| id >= trove_shard::ASSIGNED_PRODUCER_IDS));
+    engine.shutdown();
+    let engine = Engine::<TreasureHunt>::start(config(&dir, FsyncPolicy::Always, 2)).unwrap();
+    let next: Vec<u64> = (0..4).map(|_| engine.producer().id()).collect();
+    assert!(next.iter().all(|id| !idle.contains(id)), "ids handed out again: {idle:?} then {next:?}");
+    engine.shutdown();
+}

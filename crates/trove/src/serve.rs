@@ -361,6 +361,12 @@ pub fn run(args: &Serve) -> Result<(), String> {
         }
         None => None,
     };
+    if args.cluster.is_some() && metrics_listen.is_some() {
+        // Refused rather than bound and never served.
+        return Err("--metrics-listen is not served by a cluster node yet: scrape /metrics on --control (with a \
+                    token when --auth is on)"
+            .to_string());
+    }
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| format!("metrics listener on {addr}: {e}"))?),
         None => None,
