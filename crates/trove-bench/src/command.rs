@@ -99,16 +99,8 @@ fn net_args(args: &BenchNet, serve_shards: ServeShards) -> Result<NetBenchArgs, 
         client_workers: args.client_workers as usize,
         target: args.target,
         token: trove_client::Token::from_arg_or_env(args.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
-        tls: match &args.tls_ca {
-            Some(ca) => {
-                let tls = trove_client::ClientTls::from_ca_file(ca).map_err(|e| e.to_string())?;
-                match &args.tls_server_name {
-                    Some(name) => Some(tls.with_server_name(name).map_err(|e| e.to_string())?),
-                    None => Some(tls),
-                }
-            }
-            None => None,
-        },
+        tls: trove_client::ClientTls::from_flags(args.tls_ca.as_deref(), args.tls_server_name.as_deref())
+            .map_err(|e| e.to_string())?,
         server_tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(trove_server::tls::ServerTls::load(cert, key).map_err(|e| e.to_string())?),
             _ => None,

@@ -102,14 +102,8 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
                         --metrics"
                 .into());
         }
-        Some(ca) => {
-            let tls = trove_client::ClientTls::from_ca_file(ca).map_err(|e| e.to_string())?;
-            match &flags.tls_server_name {
-                Some(name) => Some(tls.with_server_name(name).map_err(|e| e.to_string())?),
-                None => Some(tls),
-            }
-        }
-        None => None,
+        ca => trove_client::ClientTls::from_flags(ca.as_deref(), flags.tls_server_name.as_deref())
+            .map_err(|e| e.to_string())?,
     };
     if flags.target_ws.is_some() && (flags.target.is_none() || !flags.subscribers_ws) {
         return Err("--target-ws names the WebSocket listener of a --target, for --subscribers-ws".into());

@@ -174,15 +174,5 @@ fn tls_flags(a: &mut Vec<String>) -> Result<Option<ClientTls>, String> {
     };
     let ca = take("--tls-ca")?;
     let name = take("--tls-server-name")?;
-    let Some(ca) = ca else {
-        return match name {
-            Some(_) => Err("--tls-server-name goes with --tls-ca".into()),
-            None => Ok(None),
-        };
-    };
-    let tls = ClientTls::from_ca_file(ca.as_ref()).map_err(|e| e.to_string())?;
-    match name {
-        Some(n) => tls.with_server_name(&n).map(Some).map_err(|e| e.to_string()),
-        None => Ok(Some(tls)),
-    }
+    ClientTls::from_flags(ca.as_deref().map(std::path::Path::new), name.as_deref()).map_err(|e| e.to_string())
 }

@@ -64,6 +64,24 @@ impl ClientTls {
         Self::from_roots(roots)
     }
 
+    /// What `--tls-ca FILE [--tls-server-name NAME]` ask for: `None`
+    /// without a CA file (plain TCP); a server name needs the CA file.
+    pub fn from_flags(ca: Option<&Path>, server_name: Option<&str>) -> Result<Option<Self>, ClientError> {
+        let Some(ca) = ca else {
+            return match server_name {
+                Some(_) => {
+                    Err(ClientError::Config { field: "tls", reason: "a server name goes with a CA file".into() })
+                }
+                None => Ok(None),
+            };
+        };
+        let tls = Self::from_ca_file(ca)?;
+        match server_name {
+            Some(name) => tls.with_server_name(name).map(Some),
+            None => Ok(Some(tls)),
+        }
+    }
+
     /// Trusts the certificates of `roots`.
     pub fn from_roots(roots: rustls::RootCertStore) -> Result<Self, ClientError> {
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
