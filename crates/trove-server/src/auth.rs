@@ -163,6 +163,12 @@ impl Principal {
     pub fn allows_hunt(&self, hunt: u32) -> bool {
         self.hunts.as_ref().is_none_or(|h| h.contains(hunt))
     }
+
+    /// Of the hunts `subscribed`, those this token may no longer watch
+    /// (after a reload changed its role or ranges).
+    pub fn revoked(&self, subscribed: &[u32]) -> Vec<u32> {
+        subscribed.iter().copied().filter(|&h| !self.role.reads() || !self.allows_hunt(h)).collect()
+    }
 }
 
 /// Why the auth file was not read; every variant names where.

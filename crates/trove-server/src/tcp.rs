@@ -581,13 +581,7 @@ impl<G: WireGame> Connection<G> {
             Ok(false) => {}
             Ok(true) => {
                 let p = session.principal.clone();
-                let revoked: Vec<u32> = self
-                    .subscriptions
-                    .hunts()
-                    .iter()
-                    .copied()
-                    .filter(|&h| !p.role.reads() || !p.allows_hunt(h))
-                    .collect();
+                let revoked = p.revoked(self.subscriptions.hunts());
                 if revoked.is_empty() {
                     return;
                 }

@@ -1085,13 +1085,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             Ok(false) => Ok(()),
             Ok(true) => {
                 let p = session.principal.clone();
-                let revoked: Vec<u32> = self
-                    .subscriptions
-                    .hunts()
-                    .iter()
-                    .copied()
-                    .filter(|&h| !p.role.reads() || !p.allows_hunt(h))
-                    .collect();
+                let revoked = p.revoked(self.subscriptions.hunts());
                 if !revoked.is_empty() {
                     self.deliver();
                 }
