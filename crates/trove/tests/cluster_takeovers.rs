@@ -26,7 +26,15 @@ const PARTITIONS: usize = 8;
 /// Hunts joined to, spread over the partitions.
 const HUNTS: u32 = 32;
 
+/// How often the nodes snapshot (`TROVE_TEST_SNAPSHOT_MS` overrides it:
+/// a long one leaves more to replay, to measure rebuilds that take a
+/// while).
+fn snapshot_ms() -> String {
+    std::env::var("TROVE_TEST_SNAPSHOT_MS").unwrap_or_else(|_| "2000".into())
+}
+
 fn node(url: &str, name: &str) -> (Serve, Listening) {
+    let snapshot = snapshot_ms();
     let mut serve = Serve::spawn(&[
         "--cluster",
         url,
@@ -43,7 +51,7 @@ fn node(url: &str, name: &str) -> (Serve, Listening) {
         "--lease-ms",
         "1500",
         "--snapshot-ms",
-        "2000",
+        &snapshot,
     ]);
     let at = serve.wait_listening();
     (serve, at)
@@ -195,6 +203,10 @@ fn a_dead_nodes_partitions_are_rebuilt_side_by_side_and_nothing_acknowledged_is_
     // The rebuilds overlapped: the survivor took b's partitions in one
     // go, more than one rebuilding at once.
     let log = a.stderr_now();
+    // The survivor's takeovers, for the record (docs/benchmarks.md).
+    for line in log.lines().filter(|l| l.contains("serving partition") || l.contains("partitions over in")) {
+        eprintln!("{line}");
+    }
     let most = log
         .lines()
         .filter_map(|l| l.split("at most ").nth(1)?.split(' ').next()?.parse::<usize>().ok())

@@ -90,7 +90,12 @@ impl ClusterTarget {
 
     /// Each node's share of a step `seconds` long, for the nodes scraped
     /// at both ends.
-    pub(crate) fn node_steps(&self, before: &[(usize, Scrape)], after: &[(usize, Scrape)], seconds: f64) -> Vec<NodeStep> {
+    pub(crate) fn node_steps(
+        &self,
+        before: &[(usize, Scrape)],
+        after: &[(usize, Scrape)],
+        seconds: f64,
+    ) -> Vec<NodeStep> {
         let seconds = seconds.max(1e-9);
         before
             .iter()

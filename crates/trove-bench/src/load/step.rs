@@ -110,8 +110,7 @@ fn wait(args: &LoadArgs, rig: &Rig, metrics: Option<SocketAddr>, w: &Window) -> 
     sleep_until(rig.clock.at(w.start_ns));
     let ((scrape0, nodes), acked, cpu, at) =
         (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
-    let mut before =
-        Drawn { at, acked, cpu, scrape: scrape0, fanout: rig.fleet.as_ref().map(Fleet::snapshot), nodes };
+    let mut before = Drawn { at, acked, cpu, scrape: scrape0, fanout: rig.fleet.as_ref().map(Fleet::snapshot), nodes };
     let live = args.progress && std::io::stderr().is_terminal();
     while rig.clock.now_ns() < w.end_ns {
         let left = w.end_ns.saturating_sub(rig.clock.now_ns());
