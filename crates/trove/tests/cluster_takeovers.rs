@@ -127,7 +127,7 @@ async fn produce(seeds: Vec<String>, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBoo
         sent.lock().unwrap().insert((partition, seq), hunt);
     };
     for hunt in 1..=HUNTS {
-        send(&mut producer, hunt, HuntEvent::create(hunt, config.clone())).await;
+        send(&mut producer, hunt, HuntEvent::create(hunt, config)).await;
     }
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {

@@ -148,7 +148,7 @@ impl Rig {
                             let (p, a) = ClusterProducer::<TreasureHunt>::connect(config)
                                 .await
                                 .map_err(|e| format!("connecting to the cluster of {addr}: {e}"))?;
-                            (Sink::Cluster(p), AckSource::Cluster(a))
+                            (Sink::Cluster(Box::new(p)), AckSource::Cluster(a))
                         }
                     };
                     let shared = Arc::new(ConnShared::default());
