@@ -101,6 +101,10 @@ pub struct BenchLoad {
     #[arg(long)]
     pub token: Option<String>,
     /// With --target: its control plane HOST:PORT, to scrape /metrics.
+    /// If that node is in a cluster (its GET /cluster answers a map), the
+    /// run drives the whole cluster through the SDK's routing (each event
+    /// to its partition's owner), scrapes every node's /metrics and
+    /// reports each node's acknowledged events/s.
     #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
     /// With --target: its producers connect with TLS, trusting the CA

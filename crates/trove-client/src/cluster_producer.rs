@@ -345,6 +345,26 @@ impl<G: WireGame> ClusterProducer<G> {
         Ok(())
     }
 
+    /// Events in the partitions' open batches, not yet sent.
+    pub fn open_events(&self) -> u32 {
+        self.producers.iter().flatten().map(Producer::open_events).sum()
+    }
+
+    /// Closes every partition's open batch that its window has room for,
+    /// without waiting: true if every open batch went out (or none was
+    /// open). What a caller that paces its events and never awaits (a
+    /// load generator's pacer thread) calls where
+    /// [`idle_until`](Self::idle_until) would wait.
+    pub fn try_flush(&mut self) -> Result<bool, ClientError> {
+        let mut all = true;
+        for p in self.producers.iter_mut().flatten() {
+            if p.open_events() > 0 {
+                all &= p.try_flush()?;
+            }
+        }
+        Ok(all)
+    }
+
     /// Each partition's counters, for the partitions sent to.
     pub fn stats(&self) -> Vec<(u32, ProducerStats)> {
         self.connected().map(|(i, p)| (i, p.stats())).collect()

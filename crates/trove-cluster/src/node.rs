@@ -11,8 +11,13 @@
 //! rebuild it from its snapshot and stream (`recover.rs`), append a fence
 //! that expects the stream's last sequence (so a deposed owner's next
 //! append is refused), and install the shard with a [`StreamLog`] that
-//! appends after the fence. Leaving (SIGTERM) hands every partition over
-//! the same clean way.
+//! appends after the fence. A tick that takes several partitions (a dead
+//! node's share) acquires their leases one after another, then rebuilds
+//! them side by side, at most [`TAKEOVERS_IN_FLIGHT_MAX`] at once, each
+//! through its own acquire, rebuild, fence, install: a rebuild waits on
+//! JetStream (snapshot fetch, stream replay), so failover time does not
+//! grow with the partitions per dead node. Leaving (SIGTERM) hands every
+//! partition over the same clean way.
 //!
 //! The lease decides who should own a partition; the fenced stream
 //! decides whose appends count. A node that stalls past its lease (a
@@ -25,9 +30,9 @@
 //! (through `Handle::block_on`) run on this thread, never on a runtime
 //! worker.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +49,14 @@ use crate::{ClusterConfig, ClusterError, Lease, Nats, Owner};
 /// appended after the rebuild read the stream (a deposed owner's last
 /// batch); the rebuild reads again.
 const FENCE_ATTEMPTS_MAX: usize = 3;
+
+/// Partitions one node rebuilds at once when it takes several over. Each
+/// rebuild holds a partition's snapshot and rebuilt state in memory and
+/// keeps a JetStream consumer replaying; the bound keeps a node that
+/// takes a large share over (a 64-partition cluster losing half its
+/// nodes) from opening them all at once. Above the cores of a small node
+/// on purpose: the rebuilds mostly wait on JetStream.
+pub const TAKEOVERS_IN_FLIGHT_MAX: usize = 4;
 
 /// The tick while some partition has no owner: the map is read this
 /// often until it settles. Each read is one KV get per partition.
@@ -396,21 +409,25 @@ impl<G: Game> Shared<G> {
         if held_now() < target || !stale.is_empty() {
             // Free partitions, from a point of this node's own so that
             // nodes starting together do not all race for the same ones.
+            // The leases one after another (each counts in `held` at once,
+            // so the balance sees it), then the rebuilds side by side.
             let start = crc32c::crc32c(self.me.node.as_bytes()) % partitions;
+            let mut acquired = Vec::new();
             for k in 0..partitions {
                 let p = (start + k) % partitions;
                 if self.stop.load(SeqCst) {
                     break;
                 }
                 let wanted = held_now() < target || stale.contains(&p);
-                if wanted
-                    && view.owners[p as usize].is_none()
-                    && !holds(p)
-                    && let Err(e) = self.take_over(p)
-                {
-                    self.log(format!("taking partition {p} over: {e}"));
+                if wanted && view.owners[p as usize].is_none() && !holds(p) {
+                    match self.acquire(p) {
+                        Ok(Some(lease)) => acquired.push((p, lease, Instant::now())),
+                        Ok(None) => {}
+                        Err(e) => self.log(format!("taking partition {p} over: {e}")),
+                    }
                 }
             }
+            self.take_over_all(acquired);
         } else if held_now() > target && settled {
             // A node joined: hand one partition over per tick, cleanly, so
             // that the cluster converges without a stampede.
@@ -428,19 +445,72 @@ impl<G: Game> Shared<G> {
         settled
     }
 
-    /// Acquires partition `p`'s lease and, if it got it, rebuilds and
-    /// installs the partition. The lease is renewed (by the renewal
-    /// thread) from the moment it is acquired, through the replay.
-    fn take_over(&self, p: u32) -> Result<(), TakeoverError> {
-        let leases = self.nats.leases();
-        let Some(lease) = self.block_on(leases.acquire(p, &self.me))? else { return Ok(()) };
-        let started = Instant::now();
-        let epoch = lease.epoch;
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(p, Held { lease: lease.clone(), renewed: started });
+    /// Acquires partition `p`'s lease: `None` if another node has it. The
+    /// lease is renewed (by the renewal thread) from the moment it is
+    /// acquired, through the replay.
+    fn acquire(&self, p: u32) -> Result<Option<Lease>, ClusterError> {
+        let Some(lease) = self.block_on(self.nats.leases().acquire(p, &self.me))? else { return Ok(None) };
+        let held = Held { lease: lease.clone(), renewed: Instant::now() };
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(p, held);
         // Ours from now on, in what this node tells clients: a batch that
         // reaches it before the shard serves is told to resend here.
-        self.set_owner(p, Some((self.me.clone(), epoch)));
-        match self.install(p, &lease) {
+        self.set_owner(p, Some((self.me.clone(), lease.epoch)));
+        Ok(Some(lease))
+    }
+
+    /// Rebuilds and installs the partitions whose leases this tick
+    /// acquired (`take_over` each), up to [`TAKEOVERS_IN_FLIGHT_MAX`] at
+    /// once on threads of their own; returns when every one is served or
+    /// given up. Each partition keeps its own order (rebuild, fence,
+    /// install, or its lease released); none waits for another's.
+    fn take_over_all(&self, acquired: Vec<(u32, Lease, Instant)>) {
+        let count = acquired.len();
+        if count <= 1 {
+            for (p, lease, started) in acquired {
+                self.take_over_logged(p, lease, started);
+            }
+            return;
+        }
+        let began = Instant::now();
+        let queue = Mutex::new(VecDeque::from(acquired));
+        let (in_flight, in_flight_most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..count.min(TAKEOVERS_IN_FLIGHT_MAX) {
+                scope.spawn(|| {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        let Some((p, lease, started)) = next else { break };
+                        if self.stop.load(SeqCst) {
+                            // Leaving: what is not rebuilt yet is let go.
+                            self.abandon(p);
+                            continue;
+                        }
+                        let now = in_flight.fetch_add(1, SeqCst) + 1;
+                        in_flight_most.fetch_max(now, SeqCst);
+                        self.take_over_logged(p, lease, started);
+                        in_flight.fetch_sub(1, SeqCst);
+                    }
+                });
+            }
+        });
+        self.log(format!(
+            "took {count} partitions over in {:.3} s, at most {} rebuilding at once",
+            began.elapsed().as_secs_f64(),
+            in_flight_most.load(SeqCst)
+        ));
+    }
+
+    fn take_over_logged(&self, p: u32, lease: Lease, started: Instant) {
+        if let Err(e) = self.take_over(p, &lease, started) {
+            self.log(format!("taking partition {p} over: {e}"));
+        }
+    }
+
+    /// Rebuilds and installs partition `p`, whose lease this node acquired
+    /// at `started`; a takeover that fails releases the lease.
+    fn take_over(&self, p: u32, lease: &Lease, started: Instant) -> Result<(), TakeoverError> {
+        let epoch = lease.epoch;
+        match self.install(p, lease) {
             Ok(replayed) => {
                 let took = started.elapsed();
                 self.metrics.takeovers.fetch_add(1, Relaxed);
@@ -457,13 +527,20 @@ impl<G: Game> Shared<G> {
                 Ok(())
             }
             Err(e) => {
-                let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
-                self.set_owner(p, None);
-                if let Some(h) = held {
-                    let _ = self.block_on(leases.release(h.lease));
-                }
+                self.abandon(p);
                 Err(e)
             }
+        }
+    }
+
+    /// Lets go of partition `p`, acquired but not installed: out of
+    /// `held` and the view, its lease released (if the renewal thread has
+    /// not lost it meanwhile).
+    fn abandon(&self, p: u32) {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+        self.set_owner(p, None);
+        if let Some(h) = held {
+            let _ = self.block_on(self.nats.leases().release(h.lease));
         }
     }
 

@@ -23,7 +23,10 @@
 //! crossed its saturation threshold first on the way to the knee.
 //!
 //! Unless `--target` names a running server, each mode gets a fresh
-//! `trove serve` child on loopback (`server.rs`).
+//! `trove serve` child on loopback (`server.rs`). A `--target` whose
+//! control plane (`--metrics`) answers `GET /cluster` with a map is a
+//! cluster node: the producers then drive the whole cluster through the
+//! SDK's `ClusterProducer` (`cluster.rs`).
 //!
 //! # Layout
 //!
@@ -35,6 +38,8 @@
 //!   pacer's log of intended send times they are timed against.
 //! - `server.rs`: the child server.
 //! - `report.rs`: `--report DIR`, Markdown and SVG.
+//! - `cluster.rs`: a `--target` in a cluster: found from its control
+//!   plane, every node's /metrics, each node's share of a step.
 //! - `conn.rs`: a producer connection: its arrivals sent, its acks timed.
 //! - `pacer.rs`: the pacer thread that drives every connection.
 //! - `latency.rs`: the per-step latency histograms.
@@ -47,6 +52,7 @@
 //! - here: the run's arguments, one run per mode, the comparison.
 
 pub mod arrivals;
+mod cluster;
 mod conn;
 pub mod fanout;
 mod latency;
@@ -185,7 +191,12 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
     }
     let mut runs = Vec::new();
     if let Some(target) = args.target {
-        runs.push(run_mode(args, "target", target, args.target_ws, args.target_metrics)?);
+        let cluster = match args.target_metrics {
+            Some(metrics) => cluster::detect(metrics, args.token.as_ref())?,
+            None => None,
+        };
+        let mode = if cluster.is_some() { "cluster" } else { "target" };
+        runs.push(run_mode(args, mode, target, args.target_ws, args.target_metrics, cluster)?);
     } else {
         for (i, mode) in args.modes.iter().enumerate() {
             let spec = ChildSpec {
@@ -197,7 +208,7 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
             };
             let child = ChildServer::start(&spec)?;
             say(&format!("{mode}: server on {} (metrics http://{}/metrics)", child.tcp, child.control));
-            let run = run_mode(args, mode, child.tcp, child.ws, Some(child.control));
+            let run = run_mode(args, mode, child.tcp, child.ws, Some(child.control), None);
             child.stop(Duration::from_secs(10));
             runs.push(run?);
         }

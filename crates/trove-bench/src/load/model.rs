@@ -53,6 +53,27 @@ pub struct ServerStep {
     /// step's events passed (no `written`/`synced` in memory), empty
     /// from a server without them.
     pub stages: Vec<StageLatency>,
+    /// Against a cluster: each node's share of the step (the figures
+    /// above are then the nodes' summed, or their stages' merged); empty
+    /// against one node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStep>,
+}
+
+/// One cluster node over a step, from its own `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeStep {
+    /// Its name (`--node`).
+    pub node: String,
+    /// Its control plane, as the cluster map gives it.
+    pub control: String,
+    /// Events it acknowledged (`trove_events_acknowledged_total`), per
+    /// second of the step.
+    pub acknowledged_events_per_s: f64,
+    /// Its process's CPU over the step.
+    pub cpu_cores: f64,
+    /// Partitions it owned at the step's end (`trove_cluster_partitions_owned`).
+    pub partitions_owned: f64,
 }
 
 /// One server stage over a step: percentiles of the time from an event's

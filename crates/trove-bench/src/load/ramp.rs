@@ -80,8 +80,9 @@ pub(super) fn run_mode(
     addr: SocketAddr,
     ws: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    cluster: Option<super::cluster::ClusterTarget>,
 ) -> Result<ModeRun, String> {
-    let rig = Rig::start(args, addr, ws)?;
+    let rig = Rig::start(args, addr, ws, cluster)?;
     let mut steps: Vec<StepReport> = Vec::new();
     let mut stopped: Option<String> = None;
     let mut warmup = None;

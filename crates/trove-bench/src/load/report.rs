@@ -505,6 +505,7 @@ mod tests {
                 ingest_to_ack_p99_us: Some(1048.576),
                 fsync_max_us: None,
                 stages: Vec::new(),
+                nodes: Vec::new(),
             }),
             latency_breakdown: Vec::new(),
             busy_replies_per_s: None,

@@ -9,11 +9,12 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use trove_client::{ClientConfig, Producer};
+use trove_client::{ClientConfig, ClusterConfig, ClusterProducer, Producer};
 use trove_hunt::TreasureHunt;
 use trove_workload::Generator;
 
-use super::conn::{Conn, ConnShared, lock, read_acks};
+use super::cluster::ClusterTarget;
+use super::conn::{AckSource, ChunkTimes, Conn, ConnShared, Sink, lock, read_acks};
 use super::fanout::{Fleet, FleetArgs, HuntChoice, SendLog};
 use super::latency::histogram;
 use super::pacer::{Pacer, StepDone, StepPlan, pacer};
@@ -56,14 +57,44 @@ pub(super) struct Rig {
     pub(super) clock: Clock,
     /// Stalls of the machine over the whole run.
     pub(super) probe: Probe,
+    /// The cluster the producers drive through the SDK's routing (a
+    /// `--target` in a cluster); `None`: the one node at `addr`.
+    pub(super) cluster: Option<ClusterTarget>,
 }
 
 impl Rig {
-    pub(super) fn start(args: &LoadArgs, addr: SocketAddr, ws: Option<SocketAddr>) -> Result<Self, String> {
+    pub(super) fn start(
+        args: &LoadArgs,
+        addr: SocketAddr,
+        ws: Option<SocketAddr>,
+        cluster: Option<ClusterTarget>,
+    ) -> Result<Self, String> {
         let runtime = client_runtime(args.client_workers)?;
         let clock = Clock { epoch: Instant::now() };
         let spec = &args.workload;
-        let fleet_args = fleet_args(args);
+        let fleet_args = match &cluster {
+            // A hunt's updates come from its owner; subscribers to one
+            // node would see only its partitions'.
+            Some(c) if fleet_args(args).is_some() => {
+                if args.fanout.is_some() {
+                    return Err(format!(
+                        "--subscribers against a cluster ({}): not supported yet; leave it out",
+                        c.name
+                    ));
+                }
+                say("cluster: updates are not timed (--watch is ignored against a cluster)");
+                None
+            }
+            _ => fleet_args(args),
+        };
+        if let Some(c) = &cluster {
+            say(&format!(
+                "{addr} is a node of cluster {} ({} partitions over {} nodes): driving it through the SDK's routing",
+                c.name,
+                c.partitions,
+                c.nodes.len()
+            ));
+        }
         let (hunts, log) = match &fleet_args {
             Some(f) => Fleet::plan(f, spec.hunts, spec.seed)?,
             None => (Vec::new(), Arc::new(SendLog::none())),
@@ -86,15 +117,40 @@ impl Rig {
                     tls: args.tls.clone(),
                     ..ClientConfig::new(addr.to_string())
                 };
+
                 let mut generator = Generator::partition(spec, part, args.connections);
                 let acked_total = acked_total.clone();
                 // Its watched hunts' logs no longer follow their streams.
                 let (log, parts) = (log.clone(), args.connections);
                 let on_refused = move || log.refused(part, parts);
+                let seeds = cluster.as_ref().map(|c| c.seeds.clone());
                 runtime.spawn(async move {
-                    let (mut producer, acks) = Producer::<TreasureHunt>::connect(config)
-                        .await
-                        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+                    let (mut producer, acks) = match seeds {
+                        None => {
+                            let (p, a) = Producer::<TreasureHunt>::connect(config)
+                                .await
+                                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+                            (Sink::Node(p), AckSource::Node(a))
+                        }
+                        Some(seeds) => {
+                            // A cluster's producers give up on a stalled node
+                            // and follow its partitions: `ClusterConfig::new`'s
+                            // timers, the bench's batching.
+                            let base = ClusterConfig::new(seeds);
+                            let client = ClientConfig {
+                                addr: base.client.addr.clone(),
+                                answer_timeout: base.client.answer_timeout,
+                                reconnect_backoff_max: base.client.reconnect_backoff_max,
+                                reconnect_attempts_max: base.client.reconnect_attempts_max,
+                                ..config
+                            };
+                            let config = ClusterConfig { client, ..base };
+                            let (p, a) = ClusterProducer::<TreasureHunt>::connect(config)
+                                .await
+                                .map_err(|e| format!("connecting to the cluster of {addr}: {e}"))?;
+                            (Sink::Cluster(Box::new(p)), AckSource::Cluster(a))
+                        }
+                    };
                     let shared = Arc::new(ConnShared::default());
                     tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock, on_refused));
                     for e in generator.setup() {
@@ -118,6 +174,7 @@ impl Rig {
                 backlog: VecDeque::new(),
                 chunk: (0, 0, 0, 0),
                 pending: None,
+                times: ChunkTimes::default(),
                 opened_ns: 0,
                 done: StepDone::default(),
                 sent: 0,
@@ -158,6 +215,7 @@ impl Rig {
             acked_total,
             clock,
             probe,
+            cluster,
         })
     }
 

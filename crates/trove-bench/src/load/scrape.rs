@@ -70,6 +70,7 @@ pub fn server_step(a: &Scrape, b: &Scrape, seconds: f64) -> ServerStep {
         busy_replies: d("trove_busy_replies_total", &[]),
         fsync_max_us: max_us(a, b, "trove_journal_fsync_seconds"),
         stages: stage_latencies(a, b),
+        nodes: Vec::new(),
     }
 }
 

@@ -72,6 +72,9 @@ pub(super) fn run_step(
     for b in &step.latency_breakdown {
         say(&format!("  {}", b.line()));
     }
+    for n in step.server.iter().flat_map(|s| &s.nodes) {
+        say(&format!("  {}", n.line()));
+    }
     Ok((step, stop(args, done, collected.failed)))
 }
 
@@ -92,15 +95,22 @@ struct Drawn {
     cpu: Duration,
     scrape: Option<scrape::Scrape>,
     fanout: Option<fanout::Snapshot>,
+    /// Against a cluster: each node's scrape (`scrape` is then theirs merged).
+    nodes: Vec<(usize, scrape::Scrape)>,
 }
 
 /// Waits out the step's window, showing its progress on a terminal, and
 /// draws the figures at both ends.
 fn wait(args: &LoadArgs, rig: &Rig, metrics: Option<SocketAddr>, w: &Window) -> (Drawn, Drawn) {
-    let scrape = |m: Option<SocketAddr>| m.and_then(|a| scrape::get(a, Duration::from_secs(2)).ok());
+    // A cluster's nodes are scraped one by one, merged at the end.
+    let scrape = |m: Option<SocketAddr>| match &rig.cluster {
+        Some(c) => (None, c.scrape()),
+        None => (m.and_then(|a| scrape::get(a, Duration::from_secs(2)).ok()), Vec::new()),
+    };
     sleep_until(rig.clock.at(w.start_ns));
-    let (scrape0, acked, cpu, at) = (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
-    let before = Drawn { at, acked, cpu, scrape: scrape0, fanout: rig.fleet.as_ref().map(Fleet::snapshot) };
+    let ((scrape0, nodes), acked, cpu, at) =
+        (scrape(metrics), rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
+    let mut before = Drawn { at, acked, cpu, scrape: scrape0, fanout: rig.fleet.as_ref().map(Fleet::snapshot), nodes };
     let live = args.progress && std::io::stderr().is_terminal();
     while rig.clock.now_ns() < w.end_ns {
         let left = w.end_ns.saturating_sub(rig.clock.now_ns());
@@ -122,7 +132,13 @@ fn wait(args: &LoadArgs, rig: &Rig, metrics: Option<SocketAddr>, w: &Window) -> 
     // Read together, before the scrape (which may take a while).
     let (acked, cpu, at) = (rig.acked_total.load(Relaxed), cpu_time(), Instant::now());
     let fanout = rig.fleet.as_ref().map(Fleet::snapshot);
-    let after = Drawn { at, acked, cpu, scrape: scrape(metrics), fanout };
+    let (scrape1, nodes) = scrape(metrics);
+    let mut after = Drawn { at, acked, cpu, scrape: scrape1, fanout, nodes };
+    if rig.cluster.is_some()
+        && let Some((a, b)) = super::cluster::ClusterTarget::merged(&before.nodes, &after.nodes)
+    {
+        (before.scrape, after.scrape) = (Some(a), Some(b));
+    }
     if live {
         eprint!("\r{:100}\r", "");
     }
@@ -209,7 +225,10 @@ fn report(
     let (lat, send_lag, admitted, machine) = (latency(&c.acks.0), c.send_lag, c.admitted, c.machine);
     let passed = why.is_empty();
     let server = match (&before.scrape, &after.scrape) {
-        (Some(a), Some(b)) => Some(scrape::server_step(a, b, seconds)),
+        (Some(a), Some(b)) => Some(model::ServerStep {
+            nodes: rig.cluster.as_ref().map_or_else(Vec::new, |c| c.node_steps(&before.nodes, &after.nodes, seconds)),
+            ..scrape::server_step(a, b, seconds)
+        }),
         _ => None,
     };
     let client_cpu_cores = after.cpu.saturating_sub(before.cpu).as_secs_f64() / seconds;

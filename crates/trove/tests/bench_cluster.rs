@@ -1,0 +1,117 @@
+//! `trove bench --target` pointed at one node of a cluster drives the whole
+//! cluster through the SDK's routing: a real `nats-server`, two real
+//! `trove serve --cluster` nodes, the bench run as a user would run it.
+//! Rates are small: this checks behaviour, not speed.
+//!
+//! Skipped, with a message, only when `nats-server` is not installed;
+//! `.ci/run` installs it, and with `CI` set a missing binary fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Listening, Serve, ok, read_json, trove};
+use trove_bench::nats::{NatsServer, nats_server_or_skip};
+
+/// Every wait's bound: the test checks behaviour, not speed.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn node(url: &str, name: &str) -> (Serve, Listening) {
+    let mut serve = Serve::spawn(&[
+        "--cluster",
+        url,
+        "--node",
+        name,
+        "--partitions",
+        "4",
+        "--tcp",
+        "127.0.0.1:0",
+        "--ws",
+        "off",
+        "--control",
+        "127.0.0.1:0",
+        "--lease-ms",
+        "1500",
+    ]);
+    let at = serve.wait_listening();
+    (serve, at)
+}
+
+/// Each partition's owner, as the node at `control` sees it.
+fn owners(control: std::net::SocketAddr) -> Option<Vec<Option<String>>> {
+    let r = trove_bench::http::get(control, "/cluster", Duration::from_secs(5)).ok()?;
+    let map: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(map["map"].as_array()?.iter().map(|e| e["owner"]["node"].as_str().map(str::to_string)).collect())
+}
+
+#[test]
+fn bench_against_one_node_of_a_cluster_drives_every_node() {
+    if !nats_server_or_skip("bench_against_one_node_of_a_cluster_drives_every_node") {
+        return;
+    }
+    let nats = NatsServer::start();
+    let (a, a_at) = node(&nats.url(), "a");
+    let (b, b_at) = node(&nats.url(), "b");
+    // Both nodes own partitions: events for b's reach a only as not_owner.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(map) = owners(a_at.control)
+            && map.iter().all(Option::is_some)
+            && ["a", "b"].iter().all(|n| map.iter().any(|o| o.as_deref() == Some(*n)))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partitions never spread over both nodes:\n{}", b.stderr_now());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = common::scratch_dir("bench-cluster");
+    let edits = [("hunts = 1000", "hunts = 40"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
+    let workload = common::workload_file(&dir, "small.toml", &edits);
+    let json = dir.join("run.json");
+    let (tcp, control) = (a_at.tcp.to_string(), a_at.control.to_string());
+    let out = trove(&[
+        "bench",
+        "--target",
+        &tcp,
+        "--metrics",
+        &control,
+        "--workload",
+        workload.to_str().unwrap(),
+        "--rate",
+        "10000",
+        "--duration",
+        "1",
+        "--connections",
+        "2",
+        "--watch",
+        "0",
+        // Behaviour, not speed: a loaded test machine must not fail the step.
+        "--slo-ms",
+        "60000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("driving it through the SDK's routing"), "{stderr}");
+    let v = read_json(&json);
+    assert_eq!(v["mode"], "cluster", "{v}");
+    // Every event the schedule offered was acknowledged, none refused.
+    let offered = v["events_offered"].as_u64().unwrap();
+    assert!(offered > 5_000, "{v}");
+    assert_eq!(v["events_acked"].as_u64(), Some(offered), "{v}");
+    assert_eq!(v["events_refused"].as_u64(), Some(0), "{v}");
+    // Both nodes acknowledged events of the step, each in its own figures.
+    let nodes = v["server"]["nodes"].as_array().unwrap_or_else(|| panic!("no nodes in {v}"));
+    let mut names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"], "{v}");
+    for n in nodes {
+        assert!(n["acknowledged_events_per_s"].as_f64().unwrap() > 0.0, "node {n} acknowledged nothing: {v}");
+    }
+    for (name, at) in [("a", &a_at), ("b", &b_at)] {
+        let acked = common::metric(at.control, "trove_events_acknowledged_total").unwrap_or(0);
+        assert!(acked > 0, "node {name} acknowledged nothing");
+    }
+    drop((a, b));
+}
