@@ -100,7 +100,18 @@ pub struct BenchLoad {
     /// without it, TROVE_TOKEN.
     #[arg(long)]
     pub token: Option<String>,
-    /// With --target: its control plane HOST:PORT, to scrape /metrics.
+    /// The run's hunts are N..N+hunts (the workload's hunt h is hunt N+h)
+    /// [default: 1000000000 with --target, far from hand-made hunts; 0 on
+    /// the fresh servers].
+    #[arg(long, value_name = "N")]
+    pub hunt_base: Option<u32>,
+    /// With --target: play into the hunt range even if the server already
+    /// holds hunts in it (without it the run stops before play, naming
+    /// them).
+    #[arg(long)]
+    pub force: bool,
+    /// With --target: its control plane HOST:PORT, to scrape /metrics
+    /// (and to list /hunts: the range must be free).
     #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
     /// With --target: its producers connect with TLS, trusting the CA

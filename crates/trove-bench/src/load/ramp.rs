@@ -657,6 +657,8 @@ mod tests {
             linger: Duration::from_micros(1000),
             drain_timeout: Duration::from_secs(1),
             progress: false,
+            hunt_base: 0,
+            force: false,
             token: None,
             overload: None,
         }
