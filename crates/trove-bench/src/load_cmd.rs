@@ -213,9 +213,9 @@ pub fn run(flags: &BenchLoad) -> Result<(), Error> {
     let outcome = load::run(&args).map_err(Error::Run)?;
     // With --json - the JSON alone goes to stdout.
     if flags.json.as_ref().is_some_and(|p| p.as_os_str() == "-") {
-        eprintln!("{}", load::summary(&outcome));
+        eprintln!("{}", load::summary(&outcome, args.ramp.is_some()));
     } else {
-        println!("{}", load::summary(&outcome));
+        println!("{}", load::summary(&outcome, args.ramp.is_some()));
     }
     if let Some(path) = &flags.json {
         let json = load::to_json(&outcome, args.ramp.is_some()).map_err(Error::Run)?;

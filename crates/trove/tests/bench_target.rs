@@ -82,6 +82,9 @@ fn the_bench_refuses_a_range_that_holds_hunts_unless_forced_and_runs_in_a_free_o
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("hunts 1000000000..=1000000019"), "{stderr}");
     assert!(hunt(at.control, 1_000_000_000).expect("the bench's hunt")["players"].as_u64().unwrap() > 0);
+    // A single run prints its own figures, not the ramp's table of knees.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("achieved") && stdout.contains("p99.9") && !stdout.contains("knee"), "{stdout}");
     assert_eq!(hunt(at.control, 5).as_ref(), Some(&before));
 
     // --force: it plays into the range, hunt 5 included.
