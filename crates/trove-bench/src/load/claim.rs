@@ -71,9 +71,8 @@ impl std::fmt::Display for HuntRange {
 fn refusal(range: HuntRange, found: &[u32], more: bool, how: &str) -> String {
     let ids = found.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
     format!(
-        "the target already holds {} of the bench's {range} ({how}: {ids}{}): trove bench will not play into \
+        "the target already holds hunts in the bench's {range} ({how}: {ids}{}): trove bench will not play into \
          existing hunts; choose a free range with --hunt-base N, or pass --force to play into them anyway",
-        if more { "at least" } else { "hunts" },
         if more { ", ..." } else { "" },
     )
 }
