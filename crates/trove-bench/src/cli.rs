@@ -162,7 +162,8 @@ pub struct BenchLoad {
     /// distribution of exponent S over the hunts by number, hunt 0 the
     /// most watched; seeded by the workload, so the same every run), all
     /// (spread evenly over all hunts), or a hunt number (every subscriber
-    /// watches it: one hot hunt).
+    /// watches it: one hot hunt). Numbers are the workload's, 0..hunts:
+    /// hunt N is --hunt-base + N on the server.
     #[arg(long, default_value = "zipf:1.3")]
     pub subscriber_hunts: String,
     /// The subscribers speak WebSocket JSON (the server's WebSocket

@@ -95,3 +95,21 @@ fn the_bench_refuses_a_range_that_holds_hunts_unless_forced_and_runs_in_a_free_o
     server.stop(Duration::from_secs(10));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_range_flags_are_checked_before_anything_runs() {
+    let dir = common::scratch_dir("bench-target-flags");
+    let workload = small_workload(&dir);
+    for (args, says) in [
+        (&["--force"][..], "--force plays into a --target's existing hunts"),
+        (&["--hunt-base", "4294967290"][..], "--hunt-base 4294967290: the workload's 20 hunts would pass"),
+    ] {
+        let mut all = vec!["bench", "--workload", &workload, "--rate", "1000", "--duration", "0.2"];
+        all.extend_from_slice(args);
+        let out = trove(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
