@@ -40,7 +40,8 @@ pub struct HuntRange {
 }
 
 impl HuntRange {
-    /// `count` hunts from `base`; an error if they pass the largest hunt id.
+    /// `count` hunts from `base`; an error unless one past the last is a
+    /// hunt id too (so `end` is).
     pub fn new(base: u32, count: u32) -> Result<Self, String> {
         match base.checked_add(count) {
             Some(_) => Ok(Self { base, count }),
@@ -195,8 +196,9 @@ mod tests {
         let r = HuntRange::new(1_000_000_000, 1000).unwrap();
         assert_eq!(r.to_string(), "hunts 1000000000..=1000000999");
         assert!(r.contains(1_000_000_999) && !r.contains(1_000_001_000) && !r.contains(999_999_999));
-        assert!(HuntRange::new(u32::MAX - 9, 10).is_ok());
-        assert!(HuntRange::new(u32::MAX - 9, 11).unwrap_err().contains("--hunt-base"));
+        // One past the last hunt must be an id too (`end`).
+        assert!(HuntRange::new(u32::MAX - 10, 10).is_ok());
+        assert!(HuntRange::new(u32::MAX - 9, 10).unwrap_err().contains("--hunt-base"));
     }
 
     #[test]
