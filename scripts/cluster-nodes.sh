@@ -92,8 +92,9 @@ PY
 bench() { # $1 = label, $2 = rate
   local c0 c1
   c0=$(costs)
+  # --force: the second run of a cluster plays into the first run's hunts.
   $T bench --target 127.0.0.1:17700 --metrics 127.0.0.1:17780 --rate $2 --duration $SECONDS_RUN \
-    --connections $CONNS --watch 0 --slo-ms 60000 --drain-timeout 3 --json $D/o.json > $D/b.out 2>&1
+    --force --connections $CONNS --watch 0 --slo-ms 60000 --drain-timeout 3 --json $D/o.json > $D/b.out 2>&1
   c1=$(costs)
   python3 -c "
 import json

@@ -1,6 +1,7 @@
 //! A line chart on log10 axes, written as SVG by hand: series of points
-//! (a point that failed drawn hollow), an optional y = x diagonal and an
-//! optional horizontal limit line, labelled ticks, a legend. Generic over
+//! (a point that failed drawn hollow, a flagged one crossed), an optional
+//! y = x diagonal, an optional horizontal limit line, labelled vertical
+//! marks (`class="mark"`), labelled ticks, a legend. Generic over
 //! what is charted; `load::report` says what. Deterministic: the same
 //! chart gives the same bytes. Values that cannot go on a log axis (zero,
 //! negative, NaN, infinite) are left out by the caller (`plottable`).
@@ -48,8 +49,18 @@ pub(crate) struct Point {
     pub(crate) x: f64,
     pub(crate) y: f64,
     pub(crate) passed: bool,
+    /// Crossed: a point the chart's `flag_legend` says something about.
+    pub(crate) flagged: bool,
     /// Tooltip.
     pub(crate) tip: String,
+}
+
+/// A labelled vertical line at `x`, in the colour of series `series`.
+#[derive(Debug)]
+pub(crate) struct Mark {
+    pub(crate) x: f64,
+    pub(crate) series: usize,
+    pub(crate) label: String,
 }
 
 #[derive(Debug)]
@@ -70,6 +81,12 @@ pub(crate) struct Chart<'a> {
     pub(crate) diagonal: bool,
     /// Draw a horizontal line here, labelled SLO.
     pub(crate) slo: Option<f64>,
+    /// Vertical marks (left out when `x` is off the axis); `marks_legend`
+    /// names them in the legend.
+    pub(crate) marks: Vec<Mark>,
+    pub(crate) marks_legend: &'static str,
+    /// What a crossed (flagged) point means, in the legend.
+    pub(crate) flag_legend: &'static str,
 }
 
 pub(crate) fn plottable(v: f64) -> bool {
@@ -383,6 +400,26 @@ impl Chart<'_> {
             )?;
         }
 
+        // Vertical marks, their labels stacked from the top so that two
+        // near each other stay readable.
+        let mut stacked = 0.0;
+        for m in self.marks.iter().filter(|m| plottable(m.x) && x.contains(m.x)) {
+            let (px, c) = (x.at(m.x), color(m.series));
+            writeln!(
+                s,
+                r#"<line class="mark" x1="{px:.1}" y1="{PLOT_TOP}" x2="{px:.1}" y2="{PLOT_BOTTOM}" stroke="{c}" stroke-width="1.5" stroke-dasharray="2 3"/>"#
+            )?;
+            // Right of the line, or left of it near the plot's right edge.
+            let (tx, anchor) = if px > PLOT_RIGHT - 120.0 { (px - 4.0, "end") } else { (px + 4.0, "start") };
+            writeln!(
+                s,
+                r#"<text class="mark" x="{tx:.1}" y="{:.1}" text-anchor="{anchor}" fill="{c}" font-size="11">{}</text>"#,
+                PLOT_TOP + 14.0 + stacked,
+                xml(&m.label)
+            )?;
+            stacked = (stacked + 13.0) % (PLOT_BOTTOM - PLOT_TOP - 28.0);
+        }
+
         // One polyline per mode (empty without points), markers filled for
         // steps that passed and hollow for those that failed.
         for (i, series) in self.series.iter().enumerate() {
@@ -408,6 +445,21 @@ impl Chart<'_> {
                     y.at(p.y),
                     xml(&p.tip)
                 )?;
+                if p.flagged {
+                    let (cx, cy) = (x.at(p.x), y.at(p.y));
+                    writeln!(
+                        s,
+                        r#"<path class="flagged" d="M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}" stroke="{c}" stroke-width="2"/>"#,
+                        cx - 6.0,
+                        cy - 6.0,
+                        cx + 6.0,
+                        cy + 6.0,
+                        cx - 6.0,
+                        cy + 6.0,
+                        cx + 6.0,
+                        cy - 6.0
+                    )?;
+                }
             }
             writeln!(s, "</g>")?;
         }
@@ -421,7 +473,13 @@ impl Chart<'_> {
 
         // Legend.
         writeln!(s, r#"<g font-size="11">"#)?;
-        let rows = self.series.len() + usize::from(self.diagonal) + usize::from(self.slo.is_some()) + 1;
+        let flagged = self.series.iter().any(|s| s.points.iter().any(|p| p.flagged));
+        let rows = self.series.len()
+            + usize::from(self.diagonal)
+            + usize::from(self.slo.is_some())
+            + usize::from(!self.marks.is_empty())
+            + usize::from(flagged)
+            + 1;
         let row_height = 20f64.min((HEIGHT - 16.0 - PLOT_TOP) / rows as f64);
         let mut row = PLOT_TOP + 10.0;
         let (sample0, sample1, text_x) = (LEGEND_X, LEGEND_X + 22.0, LEGEND_X + 28.0);
@@ -450,11 +508,31 @@ impl Chart<'_> {
         if let Some(slo) = self.slo {
             reference(&mut s, &format!("SLO: p99 {} ms", setting(slo)))?;
         }
+        if !self.marks.is_empty() {
+            writeln!(
+                s,
+                r##"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="#777777" stroke-width="1.5" stroke-dasharray="2 3"/>"##,
+                (sample0 + sample1) / 2.0,
+                row - 7.0,
+                row + 7.0
+            )?;
+            writeln!(s, r#"<text x="{text_x}" y="{:.1}">{}</text>"#, row + 4.0, xml(self.marks_legend))?;
+            row += row_height;
+        }
         if self.series.iter().any(|s| s.points.iter().any(|p| !p.passed)) {
             writeln!(
                 s,
                 r##"<text x="{sample0}" y="{:.1}" fill="#777777">hollow marker: step failed</text>"##,
                 row + 4.0
+            )?;
+            row += row_height;
+        }
+        if flagged {
+            writeln!(
+                s,
+                r##"<text x="{sample0}" y="{:.1}" fill="#777777">crossed: {}</text>"##,
+                row + 4.0,
+                xml(self.flag_legend)
             )?;
         }
         writeln!(s, "</g>")?;

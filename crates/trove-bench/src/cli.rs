@@ -100,11 +100,22 @@ pub struct BenchLoad {
     /// without it, TROVE_TOKEN.
     #[arg(long)]
     pub token: Option<String>,
-    /// With --target: its control plane HOST:PORT, to scrape /metrics.
-    /// If that node is in a cluster (its GET /cluster answers a map), the
-    /// run drives the whole cluster through the SDK's routing (each event
-    /// to its partition's owner), scrapes every node's /metrics and
-    /// reports each node's acknowledged events/s.
+    /// The run's hunts are N..N+hunts (the workload's hunt h is hunt N+h)
+    /// [default: 1000000000 with --target, far from hand-made hunts; 0 on
+    /// the fresh servers].
+    #[arg(long, value_name = "N")]
+    pub hunt_base: Option<u32>,
+    /// With --target: play into the hunt range even if the server already
+    /// holds hunts in it (without it the run stops before play, naming
+    /// them).
+    #[arg(long)]
+    pub force: bool,
+    /// With --target: its control plane HOST:PORT, to scrape /metrics
+    /// (and to list /hunts: the range must be free). If that node is in a
+    /// cluster (its GET /cluster answers a map), the run drives the whole
+    /// cluster through the SDK's routing (each event to its partition's
+    /// owner), scrapes every node's /metrics and reports each node's
+    /// acknowledged events/s.
     #[arg(long, value_parser = host_port)]
     pub metrics: Option<std::net::SocketAddr>,
     /// With --target: its producers connect with TLS, trusting the CA
@@ -155,7 +166,8 @@ pub struct BenchLoad {
     /// distribution of exponent S over the hunts by number, hunt 0 the
     /// most watched; seeded by the workload, so the same every run), all
     /// (spread evenly over all hunts), or a hunt number (every subscriber
-    /// watches it: one hot hunt).
+    /// watches it: one hot hunt). Numbers are the workload's, 0..hunts:
+    /// hunt N is --hunt-base + N on the server.
     #[arg(long, default_value = "zipf:1.3")]
     pub subscriber_hunts: String,
     /// The subscribers speak WebSocket JSON (the server's WebSocket

@@ -11,6 +11,7 @@ use trove_workload::WorkloadSpec;
 use crate::cli::BenchLoad;
 use crate::error::Error;
 use crate::load::arrivals::Arrivals;
+use crate::load::claim::{HuntRange, TARGET_HUNT_BASE_DEFAULT};
 use crate::load::fanout::{FleetArgs, HuntChoice};
 use crate::load::{self, LoadArgs, OverloadArgs, RampArgs, ServerArgs};
 use crate::workload_arg;
@@ -111,6 +112,11 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
     if flags.subscribers_ws && flags.target.is_some() && flags.target_ws.is_none() {
         return Err("--subscribers-ws against a --target needs its WebSocket address: --target-ws HOST:PORT".into());
     }
+    if flags.force && flags.target.is_none() {
+        return Err("--force plays into a --target's existing hunts: add --target".into());
+    }
+    let hunt_base = flags.hunt_base.unwrap_or(if flags.target.is_some() { TARGET_HUNT_BASE_DEFAULT } else { 0 });
+    HuntRange::new(hunt_base, workload.hunts)?;
     let exe = std::env::current_exe().map_err(|e| format!("finding the trove binary: {e}"))?;
     Ok(LoadArgs {
         workload,
@@ -161,6 +167,8 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         progress: true,
         token: trove_client::Token::from_arg_or_env(flags.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
         overload,
+        hunt_base,
+        force: flags.force,
     })
 }
 
@@ -205,9 +213,9 @@ pub fn run(flags: &BenchLoad) -> Result<(), Error> {
     let outcome = load::run(&args).map_err(Error::Run)?;
     // With --json - the JSON alone goes to stdout.
     if flags.json.as_ref().is_some_and(|p| p.as_os_str() == "-") {
-        eprintln!("{}", load::summary(&outcome));
+        eprintln!("{}", load::summary(&outcome, args.ramp.is_some()));
     } else {
-        println!("{}", load::summary(&outcome));
+        println!("{}", load::summary(&outcome, args.ramp.is_some()));
     }
     if let Some(path) = &flags.json {
         let json = load::to_json(&outcome, args.ramp.is_some()).map_err(Error::Run)?;

@@ -20,6 +20,8 @@
 //!   syncing by [`FsyncPolicy`].
 //! - [`recover`]: [`recover_shard`], reading a shard's whole journal back,
 //!   repairing a torn tail, and feeding every batch to a callback.
+//! - [`progress`]: how far recovery has read (segments, bytes, events),
+//!   counters a progress display polls.
 //! - [`snapshot`]: snapshot files (a shard's state at a batch boundary),
 //!   written atomically, and the removal of what they make unnecessary.
 //! - [`storage`]: [`Storage`], the file operations all of the above do,
@@ -31,6 +33,7 @@ pub mod format;
 pub mod lock;
 #[doc(hidden)]
 pub mod planted;
+pub mod progress;
 pub mod recover;
 pub mod segment;
 pub mod snapshot;

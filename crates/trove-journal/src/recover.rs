@@ -140,11 +140,13 @@ pub fn recover_shard_in<E: Record>(
     }
     let segments = list_segments_in(storage, dir).map_err(io(dir))?;
     let segments = &segments[covered_segments(&segments, options.skip_below)..];
+    crate::progress::RECOVERY.listed(segments.len());
     let mut expected: Option<u64> = None;
     let mut entries = Vec::new();
     for (i, path) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let bytes = storage.read(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
+        let events_before = r.events;
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         // A damaged header costs only the header when the rest agrees
         // (`salvage_header`): a repair keeps the segment's frames that
@@ -230,6 +232,7 @@ pub fn recover_shard_in<E: Record>(
             None => scan::<E, OutOfSequence>(&bytes, visit),
         };
         r.segments += 1;
+        crate::progress::RECOVERY.read(bytes.len(), r.events - events_before);
         // Where the valid frames end, if before the end of the file.
         let (bad, header_ok, file_len) = match scanned {
             Ok(Scan { bad: None, valid_end, .. }) => {

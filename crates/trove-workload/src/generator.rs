@@ -43,6 +43,9 @@ pub struct Generator {
     /// Column `k` of the Zipf alias table over the partition's hunt ranks;
     /// empty when hunts are drawn uniformly.
     hunt_alias: Box<[AliasEntry]>,
+    /// Added to every hunt id on the way out (see
+    /// [`Generator::with_hunt_base`]); 0 by default.
+    hunt_base: u32,
 }
 
 /// Cumulative thresholds of a [`crate::Mix`] for one `below(total)` draw.
@@ -111,7 +114,19 @@ impl Generator {
             parts,
             share,
             hunt_alias: if spec.hunt_zipf == 0.0 { Box::default() } else { zipf_alias(share, spec.hunt_zipf).into() },
+            hunt_base: 0,
         }
+    }
+
+    /// The same stream for hunts `base..base + hunts` instead of
+    /// `0..hunts`: hunt `h` of the workload goes out as `base + h`, with
+    /// `h`'s config (so a shifted workload plays the same game), leaving
+    /// the hunts below `base` to whoever else uses the server (`trove
+    /// bench --hunt-base`). `base + hunts` must fit in a hunt id.
+    pub fn with_hunt_base(mut self, base: u32) -> Self {
+        assert!(base.checked_add(self.spec.hunts).is_some(), "hunt base {base} + {} hunts overflows", self.spec.hunts);
+        self.hunt_base = base;
+        self
     }
 
     pub fn spec(&self) -> &WorkloadSpec {
@@ -124,12 +139,13 @@ impl Generator {
         let spec = &self.spec;
         let hunts: Vec<u32> = (self.part..spec.hunts).step_by(self.parts as usize).collect();
         let mut events = Vec::with_capacity(hunts.len() * (1 + spec.players_per_hunt as usize));
+        let base = self.hunt_base;
         for &h in &hunts {
-            events.push(HuntEvent::create(h, spec.hunt_config(h)));
+            events.push(HuntEvent::create(base + h, spec.hunt_config(h)));
         }
         for &h in &hunts {
             for p in 0..spec.players_per_hunt {
-                events.push(HuntEvent::join(h, p));
+                events.push(HuntEvent::join(base + h, p));
             }
         }
         self.joined.fill(u64::MAX);
@@ -140,7 +156,8 @@ impl Generator {
     /// The next event of the mix.
     #[inline]
     pub fn next_event(&mut self) -> HuntEvent {
-        let hunt = self.part + self.hunt_rank() * self.parts;
+        let index = self.part + self.hunt_rank() * self.parts;
+        let hunt = self.hunt_base + index;
         let player = self.rng.below(self.spec.players_per_hunt);
         let pos = self.storm_pos;
         self.storm_pos = if pos + 1 == self.storm_period { 0 } else { pos + 1 };
@@ -159,7 +176,7 @@ impl Generator {
             HuntEvent::scan(hunt, player)
         } else {
             let players = u64::from(self.spec.players_per_hunt);
-            let drawn = u64::from(hunt) * players + u64::from(player);
+            let drawn = u64::from(index) * players + u64::from(player);
             let want_join = self.rng.next_u64() & 1 == 1;
             let bit = if (want_join || !self.is_joined(drawn)) && !self.out.is_empty() {
                 let i = self.rng.below(self.out.len() as u32) as usize;
@@ -169,7 +186,7 @@ impl Generator {
                 drawn
             };
             self.joined[(bit / 64) as usize] ^= 1 << (bit % 64);
-            let (hunt, player) = ((bit / players) as u32, (bit % players) as u32);
+            let (hunt, player) = (self.hunt_base + (bit / players) as u32, (bit % players) as u32);
             if self.is_joined(bit) { HuntEvent::join(hunt, player) } else { HuntEvent::leave(hunt, player) }
         }
     }
@@ -390,6 +407,21 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn a_hunt_base_shifts_every_hunt_and_nothing_else() {
+        let spec = small();
+        let base = 1_000_000_000;
+        let (mut a, mut b) =
+            (Generator::partition(&spec, 1, 3), Generator::partition(&spec, 1, 3).with_hunt_base(base));
+        for (x, y) in a.setup().into_iter().zip(b.setup()) {
+            assert_eq!(HuntEvent { hunt: x.hunt + base, ..x }, y);
+        }
+        for _ in 0..20_000 {
+            let (x, y) = (a.next_event(), b.next_event());
+            assert_eq!(HuntEvent { hunt: x.hunt + base, ..x }, y);
+        }
     }
 
     /// A digest of the next `n` events.

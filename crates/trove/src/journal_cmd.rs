@@ -419,7 +419,10 @@ struct HuntHash {
 pub fn replay(data: &Path, json: bool) -> Result<(), String> {
     note_live(data);
     let started = std::time::Instant::now();
-    let r = replay_journal::<TreasureHunt>(data, |_, _, _| {}).map_err(|e| e.to_string())?;
+    let progress = crate::progress::ProgressLine::journal("replay", data);
+    let r = replay_journal::<TreasureHunt>(data, |_, _, _| {}).map_err(|e| e.to_string());
+    progress.finish();
+    let r = r?;
     let seconds = started.elapsed().as_secs_f64();
     let report = ReplayReport {
         data: data.display().to_string(),

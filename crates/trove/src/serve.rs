@@ -416,7 +416,10 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let shards = engine.shards;
     let started = std::time::Instant::now();
     let mut log = |line: String| tracing::info!(target: "trove::engine", "{line}");
-    let engine = Arc::new(Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log).map_err(|e| e.to_string())?);
+    let progress = engine.journal.as_ref().map(|j| crate::progress::ProgressLine::journal("recovery", &j.dir));
+    let started_engine = Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log);
+    drop(progress);
+    let engine = Arc::new(started_engine.map_err(|e| e.to_string())?);
     let server = match Server::start_on(listeners, engine.clone(), server) {
         Ok(s) => s,
         Err(e) => return Err(abandon(engine, e.to_string())),

@@ -49,9 +49,12 @@
 //! - `ramp.rs`: a mode's run: the ramp's ladder, the judging of a step on
 //!   its trials, the knee and the first metric to move, the overload step.
 //! - `summary.rs`: the terminal summary and the JSON.
+//! - `claim.rs`: the hunt range on a `--target`, checked free and created
+//!   before play.
 //! - here: the run's arguments, one run per mode, the comparison.
 
 pub mod arrivals;
+pub mod claim;
 mod cluster;
 mod conn;
 pub mod fanout;
@@ -130,6 +133,25 @@ pub struct LoadArgs {
     pub overload: Option<OverloadArgs>,
     /// Presented by the producers (a --target with authentication on).
     pub token: Option<trove_client::Token>,
+    /// The run's hunts are `hunt_base..hunt_base + workload.hunts`
+    /// (`claim::TARGET_HUNT_BASE_DEFAULT` against a target, 0 on the fresh
+    /// servers, unless `--hunt-base`).
+    pub hunt_base: u32,
+    /// Against a target: play into the range whatever it holds.
+    pub force: bool,
+}
+
+impl LoadArgs {
+    /// The hunts the run creates and plays into.
+    pub fn hunts(&self) -> Result<claim::HuntRange, String> {
+        claim::HuntRange::new(self.hunt_base, self.workload.hunts)
+    }
+
+    /// The hunts were created (and checked free) by `claim::claim`
+    /// before the connections' setup, which then only joins the players.
+    pub(crate) fn creates_claimed(&self) -> bool {
+        self.target.is_some() && !self.force
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -189,6 +211,7 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err("--rate must be a positive number of events per second".into());
     }
+    let range = args.hunts()?;
     let mut runs = Vec::new();
     if let Some(target) = args.target {
         let cluster = match args.target_metrics {
@@ -196,6 +219,8 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
             None => None,
         };
         let mode = if cluster.is_some() { "cluster" } else { "target" };
+        say(&format!("playing into {range} of {target} (--hunt-base {})", range.base));
+        claim::claim(args, target, range, cluster.as_ref())?;
         runs.push(run_mode(args, mode, target, args.target_ws, args.target_metrics, cluster)?);
     } else {
         for (i, mode) in args.modes.iter().enumerate() {

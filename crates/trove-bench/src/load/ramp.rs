@@ -658,6 +658,8 @@ mod tests {
             linger: Duration::from_micros(1000),
             drain_timeout: Duration::from_secs(1),
             progress: false,
+            hunt_base: 0,
+            force: false,
             token: None,
             overload: None,
         }
@@ -780,12 +782,27 @@ mod tests {
     }
 
     #[test]
+    fn a_single_run_prints_its_own_figures_not_the_ramps_table() {
+        let one = || vec![analyse("sharded", &args(), None, vec![step(0, 1e6, 9.9e5, 3000, 0.3)])];
+        let text = summary(&Outcome { runs: one(), comparison: None }, false);
+        for says in ["offered", "achieved", "p50 ", "p99 ", "p99.9 ", "refused", "sharded run"] {
+            assert!(text.contains(says), "{says} in {text}");
+        }
+        for table in ["knee", "ratio", "first to move"] {
+            assert!(!text.contains(table), "{table} in {text}");
+        }
+        // The same figures as a ramp's: the table.
+        let text = summary(&Outcome { runs: one(), comparison: None }, true);
+        assert!(text.starts_with("mode") && text.contains("knee ev/s"), "{text}");
+    }
+
+    #[test]
     fn the_summary_is_a_side_by_side_table() {
         let a = analyse("sharded", &args(), None, vec![step(0, 4e6, 4e6, 3000, 0.3), step(1, 8e6, 5e6, 90_000, 0.9)]);
         let b = analyse("task-per-event", &args(), None, vec![step(0, 1e5, 1e5, 4000, 0.7)]);
         let runs = vec![a, b];
         let comparison = Some(compare(&runs, &args()));
-        let text = summary(&Outcome { runs, comparison });
+        let text = summary(&Outcome { runs, comparison }, true);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("mode") && lines[0].contains("ratio"), "{text}");
         assert!(lines[1].starts_with("sharded") && lines[1].contains("4.00M") && lines[1].contains("1.0x"), "{text}");

@@ -7,7 +7,13 @@
 //!   line per mode, with the SLO.
 //! - `report.md`: the command, the charts, a summary of the modes side by
 //!   side (with a comparison), and per mode its steps, its knee and the
-//!   first server metric to move on the way there.
+//!   first server metric to move on the way there; a legend under each
+//!   table says what its columns are.
+//!
+//! On both charts a dotted vertical line marks each mode's knee (at its
+//! offered rate), a failed step's marker is hollow, and a step that failed
+//! on latency is crossed as well: on the achieved chart it sits on the
+//! y = x line like a passing one, and the cross tells it apart.
 //!
 //! Both charts use log10 axes: the modes' knees differ by 10-50x, which a
 //! linear axis would squash into its corner. Values that cannot go on a log
@@ -19,7 +25,7 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use super::model::{Comparison, ModeRun, StepReport};
-use crate::chart::{Chart, Point, Series, Units, plottable};
+use crate::chart::{Chart, Mark, Point, Series, Units, legend_name, plottable};
 use crate::text::{human, plain, setting};
 
 /// Writes `achieved.svg`, `p99.svg` and `report.md` into `dir` (created if
@@ -77,6 +83,7 @@ fn series<'a>(
                         x: px,
                         y: py,
                         passed: step.passed,
+                        flagged: failed_on_latency(step),
                         tip: format!("{} step {}: {}", run.mode, step.step, tip(step, py)),
                     })
                 })
@@ -84,6 +91,27 @@ fn series<'a>(
         })
         .collect()
 }
+
+/// The step failed on its p99 (whatever else it failed on): the judges
+/// say so as "... left the N ms SLO".
+fn failed_on_latency(step: &StepReport) -> bool {
+    !step.passed && step.failed_because.as_deref().is_some_and(|w| w.contains("SLO"))
+}
+
+/// A dotted line at each mode's knee, at its offered rate (the x axis).
+fn knee_marks(runs: &[ModeRun]) -> Vec<Mark> {
+    runs.iter()
+        .enumerate()
+        .filter_map(|(i, run)| {
+            let (offered, knee) = (run.knee_offered_events_per_s?, run.knee_events_per_s?);
+            let who = if runs.len() > 1 { format!(" {}", legend_name(&run.mode)) } else { String::new() };
+            Some(Mark { x: offered, series: i, label: format!("knee{who} {}/s", human(knee)) })
+        })
+        .collect()
+}
+
+const MARKS_LEGEND: &str = "knee (dotted)";
+const FLAG_LEGEND: &str = "failed on p99";
 
 fn achieved_chart(runs: &[ModeRun]) -> Chart<'_> {
     Chart {
@@ -98,6 +126,9 @@ fn achieved_chart(runs: &[ModeRun]) -> Chart<'_> {
         ),
         diagonal: true,
         slo: None,
+        marks: knee_marks(runs),
+        marks_legend: MARKS_LEGEND,
+        flag_legend: FLAG_LEGEND,
     }
 }
 
@@ -114,6 +145,9 @@ fn p99_chart(runs: &[ModeRun]) -> Chart<'_> {
         ),
         diagonal: false,
         slo: runs.first().map(|r| r.slo_p99_ms).filter(|&v| plottable(v)),
+        marks: knee_marks(runs),
+        marks_legend: MARKS_LEGEND,
+        flag_legend: FLAG_LEGEND,
     }
 }
 
@@ -172,6 +206,38 @@ fn knee_step(run: &ModeRun) -> Option<&StepReport> {
         .or_else(|| run.steps.iter().rev().find(|s| s.passed))
 }
 
+/// What the summary table's columns are.
+pub(crate) const SUMMARY_LEGEND: &str = "Legend: *knee M/s*: the achieved rate of the highest passing step, millions of \
+     events per second; *p99 at knee ms*: that step's p99 latency to acknowledgement; *ratio*: the first mode's knee \
+     over this mode's (2.00x: the first mode carries twice the load within the SLO).";
+
+/// What the steps table's columns are.
+pub(crate) const STEPS_LEGEND: &str = "Legend: *offered*, *achieved M/s*: millions of events per second the schedule \
+     offered and the server acknowledged; *p50/p99/p99.9 ack ms*: latency from each event's intended send time to \
+     its acknowledgement; *p99 update ms*: to its update at a subscriber watching its hunt; *p99 send lag ms*: how \
+     late the generator handed events to the SDK (its own share); *pacer stall max ms*: the pacer's latest wake-up; \
+     *client cores*, *server cores*: CPU seconds per second of the generator and the server; *server p99 ack ms*: \
+     the server's own p99 from admitting an event to writing its ACK; *queue depth*: events waiting in the shard \
+     queues at the step's end; *batch mean*: events per shard batch; *polls/event*, *wakeups/event*: task polls \
+     and thread wake-ups per applied event; *worker busy*: the runtime workers' busy share; *schedule p99 us*: how \
+     long a woken task waited for a worker; *passed*: achieved kept up with offered and p99 stayed within the SLO. \
+     `-`: not measured (no subscriber timed, no server scrape).";
+
+/// What the latency breakdown table's columns are.
+pub(crate) const BREAKDOWN_LEGEND: &str = "Legend: *client*: the percentile of the latency to acknowledgement as the \
+     generator measured it; *send lag*: the generator's own delay; one column per server stage, its share; \
+     *server*: the stages together; *client+network*: the rest (the SDK, the sockets, the kernel).";
+
+/// What the trials table's columns are.
+pub(crate) const TRIALS_LEGEND: &str = "Legend: one row per trial of the step; *machine stall max ms*, *machine \
+     stalls*, *machine lost ms*: the probe thread's longest stall, their number and the time lost, the whole \
+     machine's (not the server's) share; *tail*: what the trial's p99 is put down to.";
+
+fn legend(s: &mut String, text: &str) -> fmt::Result {
+    writeln!(s)?;
+    writeln!(s, "{text}")
+}
+
 fn code_block(s: &mut String, text: &str) -> fmt::Result {
     // A fence longer than any run of backticks in the text.
     let mut longest = 0;
@@ -202,7 +268,9 @@ fn markdown(runs: &[ModeRun], comparison: Option<&Comparison>, command: &str) ->
         s,
         "Latencies run from each event's intended send time (coordinated omission corrected). \
          A step passes when achieved keeps up with offered and p99 to ack stays within the SLO; \
-         the knee is the achieved rate of the highest passing step."
+         the knee is the achieved rate of the highest passing step. On the charts a dotted vertical line marks \
+         each mode's knee (at its offered rate), a hollow marker is a step that failed, and a crossed one a step \
+         that failed on p99 latency (on the achieved chart it may sit on the y = x line all the same)."
     )?;
 
     if let Some(comparison) = comparison {
@@ -240,6 +308,7 @@ fn summary(s: &mut String, comparison: &Comparison) -> fmt::Result {
         });
         writeln!(s, "| {} | {knee} | {p99} | {} |", md(&run.mode), r.map_or_else(|| "-".to_string(), ratio))?;
     }
+    legend(s, SUMMARY_LEGEND)?;
     writeln!(s)?;
     if comparison.ratios.is_empty() {
         writeln!(s, "No knee ratios (one mode).")?;
@@ -313,6 +382,7 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
             }
             writeln!(s, "| {} |", if step.passed { "yes" } else { "no" })?;
         }
+        legend(s, STEPS_LEGEND)?;
     }
     breakdown_section(s, run)?;
     writeln!(s)?;
@@ -393,7 +463,7 @@ fn breakdown_section(s: &mut String, run: &ModeRun) -> fmt::Result {
             writeln!(s, " {} | {} |", num(b.server_us / 1e3, 3), num(b.rest_us / 1e3, 3))?;
         }
     }
-    Ok(())
+    legend(s, BREAKDOWN_LEGEND)
 }
 
 /// How the steps were judged, the warm-up, and each failing step's trials
@@ -450,6 +520,7 @@ fn trials_section(s: &mut String, run: &ModeRun) -> fmt::Result {
                     t.tail_cause.as_deref().map_or_else(|| "-".to_string(), md)
                 )?;
             }
+            legend(s, TRIALS_LEGEND)?;
         }
     }
     Ok(())
@@ -685,6 +756,122 @@ mod tests {
             return Err(format!("{roots} root elements"));
         }
         Ok(())
+    }
+
+    /// The opening tags of `svg` that start with `start` (`<line class="mark"`).
+    fn tags<'a>(svg: &'a str, start: &str) -> Vec<&'a str> {
+        svg.match_indices(start).map(|(i, _)| &svg[i..i + svg[i..].find('>').expect("tag ends")]).collect()
+    }
+
+    /// A number-valued attribute of a tag.
+    fn attr(tag: &str, name: &str) -> f64 {
+        let at = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("{name} in {tag}")) + name.len() + 3;
+        tag[at..at + tag[at..].find('"').unwrap()].parse().unwrap_or_else(|e| panic!("{name} in {tag}: {e}"))
+    }
+
+    /// The centre of the marker of `mode`'s step `step`.
+    fn marker(svg: &str, mode: &str, step: u32) -> (f64, f64) {
+        let title = format!("<title>{mode} step {step}: ");
+        let at = svg.find(&title).unwrap_or_else(|| panic!("{title} in\n{svg}"));
+        let circle = &svg[svg[..at].rfind("<circle").unwrap()..at];
+        (attr(circle, "cx"), attr(circle, "cy"))
+    }
+
+    #[test]
+    fn the_charts_mark_the_knee_and_cross_the_steps_that_failed_on_latency() {
+        let tmp = TempDir::new("report-marks");
+        let runs = [sharded(), task_per_event()];
+        let written = write(&tmp.0, &runs, Some(&comparison(&runs)), "trove bench --ramp").unwrap();
+        for path in &written[..2] {
+            let svg = read(path);
+            // A dotted line through each mode's knee step (sharded: step 8,
+            // task-per-event: step 2), labelled.
+            let marks = tags(&svg, r#"<line class="mark""#);
+            assert_eq!(marks.len(), 2, "{svg}");
+            for (mark, (mode, step)) in marks.iter().zip([("sharded", 8), ("task-per-event", 2)]) {
+                let (cx, _) = marker(&svg, mode, step);
+                assert!((attr(mark, "x1") - cx).abs() < 0.05 && attr(mark, "x1") == attr(mark, "x2"), "{mark}");
+                assert!(attr(mark, "y1") < attr(mark, "y2"), "{mark}");
+            }
+            let labels: Vec<&str> = svg
+                .match_indices(r#"<text class="mark""#)
+                .map(|(i, _)| {
+                    let text = &svg[i..];
+                    &text[text.find('>').unwrap() + 1..text.find("</text>").unwrap()]
+                })
+                .collect();
+            assert_eq!(labels.len(), 2);
+            assert!(
+                labels[0].starts_with("knee sharded ") && labels[1].starts_with("knee task-per-event "),
+                "{labels:?}"
+            );
+            // The steps that failed on p99 are crossed through their markers:
+            // sharded's step 9, task-per-event's 3 and 4.
+            let crosses = tags(&svg, r#"<path class="flagged""#);
+            assert_eq!(crosses.len(), 3, "{svg}");
+            for (cross, (mode, step)) in
+                crosses.iter().zip([("sharded", 9), ("task-per-event", 3), ("task-per-event", 4)])
+            {
+                let (cx, cy) = marker(&svg, mode, step);
+                assert!(
+                    cross.contains(&format!("d=\"M{:.1} {:.1}L{:.1} {:.1}", cx - 6.0, cy - 6.0, cx + 6.0, cy + 6.0)),
+                    "{cross}"
+                );
+            }
+            assert!(svg.contains(">knee (dotted)</text>") && svg.contains(">crossed: failed on p99</text>"), "legend");
+        }
+        // A step that failed only on its rate is hollow, not crossed.
+        let mut behind = step(1, 2e6, 1e6, 500, false);
+        behind.failed_because = Some("achieved 1.00M/s fell behind offered 2.00M/s".to_string());
+        let r = run("sharded", vec![step(0, 1e6, 1e6, 500, true), behind]);
+        let written = write(&tmp.0.join("behind"), &[r], None, "trove bench --ramp").unwrap();
+        let svg = read(&written[0]);
+        assert!(tags(&svg, r#"<path class="flagged""#).is_empty() && svg.contains("hollow marker"), "{svg}");
+        assert_eq!(tags(&svg, r#"<line class="mark""#).len(), 1);
+
+        let report = read(&written[2]);
+        for legend in [STEPS_LEGEND, "dotted vertical line marks each mode's knee"] {
+            assert!(report.contains(legend), "{legend} in {report}");
+        }
+    }
+
+    #[test]
+    fn every_table_of_the_report_has_its_legend() {
+        let tmp = TempDir::new("report-legends");
+        let mut runs = [sharded(), task_per_event()];
+        let nine = runs[0].steps.iter_mut().find(|s| s.step == 9).unwrap();
+        let stages = vec![StageLatency { stage: "applied".into(), events: 10, p50_us: 200.0, p99_us: 900.0 }];
+        nine.server.as_mut().unwrap().stages = stages;
+        nine.latency_breakdown = LatencyBreakdown::of_step(&nine.latency_us, &nine.send_lag_us, nine.server.as_ref());
+        nine.trials = vec![super::super::model::TrialReport {
+            trial: 0,
+            scheduled_events_per_s: 14e6,
+            achieved_events_per_s: 12e6,
+            latency_us: LatencyUs::default(),
+            send_lag_us: LatencyUs::default(),
+            admitted_latency_us: LatencyUs::default(),
+            pacer_stall_max_us: 0,
+            machine_stalls: Default::default(),
+            client_cpu_cores: 0.3,
+            server_cpu_cores: None,
+            passed: false,
+            failed_because: None,
+            tail_cause: None,
+        }];
+        let written = write(&tmp.0, &runs, Some(&comparison(&runs)), "trove bench --ramp").unwrap();
+        let report = read(&written[2]);
+        // Each table is followed by its legend: the first line after the
+        // table's last row.
+        for (header, legend) in [
+            ("| mode | knee M/s |", SUMMARY_LEGEND),
+            ("| step | offered M/s |", STEPS_LEGEND),
+            ("| step | percentile |", BREAKDOWN_LEGEND),
+            ("| trial | achieved M/s |", TRIALS_LEGEND),
+        ] {
+            let at = report.find(header).unwrap_or_else(|| panic!("{header} in {report}"));
+            let after: Vec<&str> = report[at..].lines().skip_while(|l| l.starts_with('|')).collect();
+            assert_eq!((after[0], after[1]), ("", legend), "after {header}");
+        }
     }
 
     fn read(path: &Path) -> String {

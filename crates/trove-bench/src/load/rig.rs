@@ -96,7 +96,7 @@ impl Rig {
             ));
         }
         let (hunts, log) = match &fleet_args {
-            Some(f) => Fleet::plan(f, spec.hunts, spec.seed)?,
+            Some(f) => Fleet::plan(f, spec.hunts, args.hunt_base, spec.seed)?,
             None => (Vec::new(), Arc::new(SendLog::none())),
         };
         let acked_total = Arc::new(AtomicU64::new(0));
@@ -117,8 +117,10 @@ impl Rig {
                     tls: args.tls.clone(),
                     ..ClientConfig::new(addr.to_string())
                 };
-
-                let mut generator = Generator::partition(spec, part, args.connections);
+                let mut generator = Generator::partition(spec, part, args.connections).with_hunt_base(args.hunt_base);
+                // Against a target the hunts were created (and found new)
+                // before: the setup joins the players.
+                let claimed = args.creates_claimed();
                 let acked_total = acked_total.clone();
                 // Its watched hunts' logs no longer follow their streams.
                 let (log, parts) = (log.clone(), args.connections);
@@ -154,6 +156,9 @@ impl Rig {
                     let shared = Arc::new(ConnShared::default());
                     tokio::spawn(read_acks(acks, shared.clone(), acked_total, clock, on_refused));
                     for e in generator.setup() {
+                        if claimed && matches!(e.action, trove_hunt::Action::Create(_)) {
+                            continue;
+                        }
                         producer.send_wait(e).await.map_err(|e| format!("setup: {e}"))?;
                     }
                     producer.drain().await.map_err(|e| format!("setup: {e}"))?;

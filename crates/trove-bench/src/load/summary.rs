@@ -1,6 +1,6 @@
 //! What a run prints and writes: the terminal summary and the JSON.
 
-use super::model::StepReport;
+use super::model::{ModeRun, StepReport};
 use super::{Outcome, fanout};
 use crate::text::human;
 
@@ -15,27 +15,83 @@ pub struct SingleRun<'a> {
     pub step: &'a StepReport,
 }
 
+/// The run of a single step (no ramp, no overload, one mode), if it was
+/// one.
+fn single(outcome: &Outcome, ramp: bool) -> Option<&ModeRun> {
+    match (&outcome.comparison, outcome.runs.as_slice()) {
+        (None, [run]) if !ramp && run.steps.len() == 1 && run.overload.is_none() => Some(run),
+        _ => None,
+    }
+}
+
 /// The JSON document of a run: a single step, one mode's ramp, or a comparison.
 pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
     let r = match (&outcome.comparison, outcome.runs.as_slice()) {
         (Some(c), _) => serde_json::to_string_pretty(c),
-        (None, [run]) if !ramp && run.steps.len() == 1 && run.overload.is_none() => {
-            serde_json::to_string_pretty(&SingleRun {
-                mode: &run.mode,
-                workload: &run.workload,
-                arrivals: &run.arrivals,
-                connections: run.connections,
-                step: &run.steps[0],
-            })
-        }
+        (None, [run]) if single(outcome, ramp).is_some() => serde_json::to_string_pretty(&SingleRun {
+            mode: &run.mode,
+            workload: &run.workload,
+            arrivals: &run.arrivals,
+            connections: run.connections,
+            step: &run.steps[0],
+        }),
         (None, [run]) => serde_json::to_string_pretty(run),
         (None, runs) => serde_json::to_string_pretty(runs),
     };
     r.map_err(|e| e.to_string())
 }
 
-/// The terminal summary.
-pub fn summary(outcome: &Outcome) -> String {
+/// The terminal summary: a single run's figures, or (`ramp`, or several
+/// modes) the table of knees.
+pub fn summary(outcome: &Outcome, ramp: bool) -> String {
+    match single(outcome, ramp) {
+        Some(run) => single_summary(run, &run.steps[0]),
+        None => ramp_summary(outcome),
+    }
+}
+
+/// One run at one rate: what was offered and achieved, the latency to the
+/// acknowledgement and where it went, what was refused, the verdict.
+fn single_summary(run: &ModeRun, s: &StepReport) -> String {
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1e3);
+    let pct = |l: &super::model::LatencyUs| {
+        format!("p50 {}   p99 {}   p99.9 {}   max {}", ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max))
+    };
+    let mut out = format!(
+        "{} run, workload {}, {} arrivals over {} connections, {:.1} s\n",
+        run.mode, run.workload, run.arrivals, run.connections, s.seconds
+    );
+    out += &format!(
+        "  offered     {}/s   achieved {}/s ({:.1}% of offered)\n",
+        human(s.offered_events_per_s),
+        human(s.achieved_events_per_s),
+        if s.offered_events_per_s > 0.0 { s.achieved_events_per_s / s.offered_events_per_s * 100.0 } else { 0.0 },
+    );
+    out += &format!(
+        "  events      {} offered, {} sent, {} acknowledged, {} refused{}\n",
+        s.events_offered,
+        s.events_sent,
+        s.events_acked,
+        s.events_refused,
+        s.busy_replies_per_s.map_or(String::new(), |b| format!(", BUSY answers {}/s", human(b))),
+    );
+    out += &format!("  to ack      {}\n", pct(&s.latency_us));
+    if let Some(u) = &s.update_latency_us {
+        out += &format!("  to update   {}   ({} updates timed, {} gaps)\n", pct(u), s.updates_measured, s.update_gaps);
+    }
+    for b in &s.latency_breakdown {
+        out += &format!("  {}\n", b.line());
+    }
+    out += &fanout::summary(run);
+    out += &match &s.failed_because {
+        None => format!("  kept up: achieved within the offered rate and p99 within the SLO of {} ms", run.slo_p99_ms),
+        Some(why) => format!("  did not keep up: {why}"),
+    };
+    out.trim_end().to_string()
+}
+
+/// The ramp's (or the comparison's) summary: one row per mode at its knee.
+fn ramp_summary(outcome: &Outcome) -> String {
     let mut out = String::new();
     // Side by side: one row per mode, the knee's figures and the ratio of
     // the first mode's knee to this one's.

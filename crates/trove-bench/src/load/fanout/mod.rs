@@ -283,11 +283,12 @@ impl Snapshot {
 }
 
 impl Fleet {
-    /// The hunts `args` assign, the pacer's log for them.
-    pub fn plan(args: &FleetArgs, hunts: u32, seed: u64) -> Result<(Vec<u32>, Arc<SendLog>), String> {
+    /// The hunts `args` assign (ids: the workload's hunt `h` is
+    /// `base + h`), the pacer's log for them.
+    pub fn plan(args: &FleetArgs, hunts: u32, base: u32, seed: u64) -> Result<(Vec<u32>, Arc<SendLog>), String> {
         let assigned = args.hunts.assign(hunts, args.subscribers, seed)?;
-        let log = Arc::new(SendLog::new(hunts, &assigned));
-        Ok((assigned, log))
+        let log = Arc::new(SendLog::new(hunts, &assigned).with_base(base));
+        Ok((assigned.into_iter().map(|h| base + h).collect(), log))
     }
 
     /// Connects and subscribes every subscriber (to `addr`: the TCP

@@ -101,9 +101,12 @@ impl Ring {
 /// subscriber (at least [`RING_MIN`] per hunt).
 #[derive(Debug)]
 pub struct SendLog {
-    /// By hunt: index into `rings`, or u32::MAX.
+    /// By the workload's hunt number (the id less `base`): index into
+    /// `rings`, or u32::MAX.
     pub(super) index: Vec<u32>,
     pub(super) rings: Vec<Ring>,
+    /// The id of the workload's hunt 0 (`--hunt-base`).
+    base: u32,
 }
 
 impl SendLog {
@@ -119,15 +122,22 @@ impl SendLog {
         let budget = LOG_ENTRIES_MAX.min(watched.len().saturating_mul(LOG_ENTRIES_PER_SUBSCRIBER));
         let per = budget.checked_div(distinct).unwrap_or(RING_MIN).max(1);
         let size = (1usize << per.ilog2()).clamp(RING_MIN, RING_MAX);
-        Self { index, rings: (0..distinct).map(|_| Ring::new(size)).collect() }
+        Self { index, rings: (0..distinct).map(|_| Ring::new(size)).collect(), base: 0 }
+    }
+
+    /// The same log for hunt ids from `base`: the methods taking a hunt
+    /// take its id, `base + h` for the workload's hunt `h`.
+    pub fn with_base(mut self, base: u32) -> Self {
+        self.base = base;
+        self
     }
 
     pub fn none() -> Self {
-        Self { index: Vec::new(), rings: Vec::new() }
+        Self { index: Vec::new(), rings: Vec::new(), base: 0 }
     }
 
     pub(super) fn ring(&self, hunt: u32) -> Option<&Ring> {
-        let i = *self.index.get(hunt as usize)?;
+        let i = *self.index.get(hunt.checked_sub(self.base)? as usize)?;
         self.rings.get(i as usize)
     }
 
@@ -191,6 +201,11 @@ mod tests {
         let eight: Vec<u32> = (0..8).map(|i| i * 125).collect();
         let small = SendLog::new(1000, &eight);
         assert_eq!(small.rings.iter().map(|r| r.slots.len()).sum::<usize>(), 8 * LOG_ENTRIES_PER_SUBSCRIBER);
+        // With a base, hunts are known by id.
+        let based = SendLog::new(4, &[1]).with_base(1000);
+        based.record(1001, 5000, 0);
+        based.record(1, 5000, 0); // below the base: not a hunt of the run
+        assert_eq!((based.head(1001), based.head(1)), (1, 0));
         // A hot hunt's many watchers get the largest ring.
         assert_eq!(SendLog::new(10, &[2; 5000]).rings[0].slots.len(), RING_MAX);
     }

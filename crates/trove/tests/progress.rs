@@ -1,0 +1,76 @@
+//! The progress line of `trove replay` (and of recovery at `trove serve`
+//! start): drawn on a terminal, never when stderr is a pipe or a file.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Serve, trove};
+
+#[test]
+fn replay_draws_progress_on_a_terminal_only() {
+    let dir = common::scratch_dir("progress-replay");
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+    // A journal that takes a while to read back, with no snapshot over it:
+    // 8M events into a server that is then killed.
+    let args = [
+        "--data",
+        d,
+        "--fsync",
+        "never",
+        "--shards",
+        "2",
+        "--tcp",
+        "127.0.0.1:0",
+        "--ws",
+        "off",
+        "--control",
+        "127.0.0.1:0",
+    ];
+    let mut server = Serve::spawn(&args);
+    let tcp = server.wait_ready().to_string();
+    common::ok(&trove(&["bench", "net", "--target", &tcp, "--events", "8000000", "--connections", "2"]));
+    server.signal("KILL");
+    let _ = server.wait_exit(std::time::Duration::from_secs(30));
+
+    // Recovery at start, stderr a pipe: not a byte of progress.
+    let mut server = Serve::spawn(&args);
+    server.wait_ready();
+    let (_, stderr) = server.stop(std::time::Duration::from_secs(30));
+    assert!(!stderr.contains('\r') && !stderr.contains("segments,"), "{stderr}");
+    // The stop snapshotted: kill it again after more events, for replay.
+    let mut server = Serve::spawn(&args);
+    let tcp = server.wait_ready().to_string();
+    common::ok(&trove(&["bench", "net", "--target", &tcp, "--events", "24000000", "--connections", "2"]));
+    server.signal("KILL");
+    let _ = server.wait_exit(std::time::Duration::from_secs(30));
+
+    // stderr a pipe: the report, and not a byte of progress.
+    let out = trove(&["replay", "--data", d]);
+    common::ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\r') && !stderr.contains("segments,"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("state hash"));
+
+    // On a terminal (a pseudo-terminal from `script`), a replay long
+    // enough to be shown is: its line, redrawn with `\r`, then cleared.
+    let exe = env!("CARGO_BIN_EXE_trove");
+    let started = std::time::Instant::now();
+    let Ok(pty) = Command::new("script").args(["-qec", &format!("{exe} replay --data {d}"), "/dev/null"]).output()
+    else {
+        eprintln!("note: no `script` here: the terminal half is not checked");
+        return;
+    };
+    let took = started.elapsed();
+    let seen = String::from_utf8_lossy(&pty.stdout);
+    assert!(seen.contains("state hash"), "{seen}");
+    // The line is first drawn `QUIET_FOR` (0.5 s) into the replay.
+    if took > std::time::Duration::from_secs(1) {
+        assert!(seen.contains("\rreplay: ") && seen.contains(" segments, "), "{seen:?}");
+        assert!(seen.contains(" events at "), "{seen:?}");
+    } else {
+        eprintln!("note: the replay took {took:?}: too short for a progress line to be owed");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
