@@ -656,6 +656,7 @@ mod tests {
             connections: 8,
             batch_events: 16,
             window_batches: 1,
+            unacked_events: 1,
             queue_delay_target: None,
             watch_hunts: 0,
             fanout: None,
