@@ -140,6 +140,10 @@ pub struct BenchLoad {
     /// Batches each connection keeps in flight at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub window: u32,
+    /// Events each connection keeps unanswered at most (the SDK's
+    /// `unacked_events_max`; it also caps --batch).
+    #[arg(long, default_value_t = trove_client::UNACKED_EVENTS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub unacked_events: u32,
     /// The SDK's `queue_delay_target`, microseconds: a connection lets
     /// fewer events be unanswered when its round trips pass the least seen
     /// by more than this (0, the SDK's default: only BUSY shrinks its

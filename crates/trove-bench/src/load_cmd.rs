@@ -154,6 +154,7 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
         connections: flags.connections,
         batch_events: flags.batch,
         window_batches: flags.window,
+        unacked_events: flags.unacked_events,
         queue_delay_target: (flags.queue_delay_target_us > 0)
             .then(|| Duration::from_micros(flags.queue_delay_target_us)),
         watch_hunts: flags.watch,

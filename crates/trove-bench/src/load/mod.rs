@@ -108,6 +108,8 @@ pub struct LoadArgs {
     pub connections: u32,
     pub batch_events: u32,
     pub window_batches: u32,
+    /// The SDK's `unacked_events_max` for every connection.
+    pub unacked_events: u32,
     /// The SDK's `queue_delay_target` for every connection.
     pub queue_delay_target: Option<Duration>,
     /// Hunts whose updates a subscriber each measures (0: none); ignored

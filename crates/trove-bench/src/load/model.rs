@@ -252,20 +252,62 @@ pub struct StepReport {
     pub fanout: Option<super::fanout::FanoutStep>,
 }
 
-/// Stalls of the machine during a trial, as the generator's probe thread
-/// saw them: a thread that sleeps `PROBE_INTERVAL` in a loop and records
-/// how late each wake-up is. A wake-up 1 ms or more late counts as a
-/// stall: the thread was due to run and nothing ran it (a paused VM, or
-/// every CPU busy). Since the probe only sleeps, it sees every stall of
-/// the machine longer than its interval, whatever the other threads do.
+/// Stalls during a trial, as the generator's two probe threads saw them.
+/// Each sleeps `PROBE_INTERVAL` in a loop and records how late each
+/// wake-up is; a wake-up 1 ms or more late counts as a stall. The first
+/// runs at normal priority, so it is late when the VM is paused and also
+/// when runnable threads outnumber the cores (the guest's own scheduler
+/// let it wait: CPU contention, ours included). The second (`host`) runs
+/// at real-time priority (`SCHED_FIFO`), which the guest's scheduler runs
+/// ahead of every normal thread: it is late only when the guest itself
+/// did not run (the hypervisor took the CPU, or an interrupt storm).
+/// Since the probes only sleep, they see every stall longer than their
+/// interval, whatever the other threads do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MachineStalls {
-    /// The longest stall overlapping the trial, microseconds.
+    /// The longest stall of the normal-priority probe overlapping the
+    /// trial, microseconds.
     pub max_us: u64,
-    /// Stalls of 1 ms or more overlapping the trial.
+    /// Its stalls of 1 ms or more overlapping the trial.
     pub count: u64,
     /// Their total length, microseconds.
     pub lost_us: u64,
+    /// The real-time probe's: stalls of the whole guest. Absent where the
+    /// generator may not use `SCHED_FIFO` (not root, no `CAP_SYS_NICE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStalls>,
+}
+
+impl MachineStalls {
+    /// The stalls of several trials together: the longest, the counts and
+    /// times summed.
+    pub fn merged(all: impl IntoIterator<Item = MachineStalls>) -> MachineStalls {
+        all.into_iter().fold(MachineStalls::default(), |a, b| MachineStalls {
+            max_us: a.max_us.max(b.max_us),
+            count: a.count + b.count,
+            lost_us: a.lost_us + b.lost_us,
+            host: match (a.host, b.host) {
+                (Some(x), Some(y)) => Some(HostStalls {
+                    max_us: x.max_us.max(y.max_us),
+                    count: x.count + y.count,
+                    lost_us: x.lost_us + y.lost_us,
+                    steal_us: x.steal_us + y.steal_us,
+                }),
+                (x, y) => x.or(y),
+            },
+        })
+    }
+}
+
+/// Stalls of the whole guest: the real-time probe's late wake-ups, and the
+/// CPU time the hypervisor reported stolen (`/proc/stat`'s `steal`, summed
+/// over the CPUs, at its 10 ms resolution).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostStalls {
+    pub max_us: u64,
+    pub count: u64,
+    pub lost_us: u64,
+    pub steal_us: u64,
 }
 
 /// One trial of a step: the step's rate held for `--step-seconds`.

@@ -1,11 +1,16 @@
-//! The machine-stall probe: a thread that sleeps `PROBE_INTERVAL` in a
-//! loop and records how late each wake-up is, like
-//! `scripts/pause-probe.py` but without spinning a core. A wake-up
-//! `STALL_MIN_NS` or more late is a stall: the thread was due to run and
-//! nothing ran it (a paused VM, or every CPU busy). It runs through a
-//! mode's whole run; each trial asks for the stalls that overlapped it
-//! (`StallLog::within`), and `tail_cause` weighs them against the trial's
-//! tail.
+//! The stall probes: threads that sleep `PROBE_INTERVAL` in a loop and
+//! record how late each wake-up is, like `scripts/pause-probe.py` but
+//! without spinning a core. A wake-up `STALL_MIN_NS` or more late is a
+//! stall: the thread was due to run and nothing ran it. One probe runs at
+//! normal priority: it waits when the VM is paused and when runnable
+//! threads outnumber the cores. The other runs at real-time priority
+//! (`SCHED_FIFO`), which the guest's scheduler puts ahead of every normal
+//! thread, so it waits only when the guest itself is not running; it also
+//! samples the CPU time the hypervisor reports stolen. The two apart tell
+//! the machine's stalls from CPU contention inside it (decision 0051).
+//! They run through a mode's whole run; each trial asks for the stalls
+//! that overlapped it (`Probe::within`), and `tail_cause` weighs them
+//! against the trial's tail.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -13,19 +18,30 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::model::MachineStalls;
+use super::model::{HostStalls, MachineStalls};
 
-/// How long the probe sleeps between wake-ups.
+/// How long a probe sleeps between wake-ups.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A wake-up this late counts as a stall.
 pub const STALL_MIN_NS: u64 = 1_000_000;
 
-/// Stalls kept; past it the oldest go (a mode's run asks only about its
-/// latest trial).
+/// Stalls kept per probe; past it the oldest go (a mode's run asks only
+/// about its latest trial).
 pub const STALLS_MAX: usize = 65_536;
 
-/// A stretch of time in which the probe was due to run and did not.
+/// The real-time probe reads the stolen time every this many wake-ups
+/// (about every 100 ms).
+const STEAL_SAMPLE_EVERY: u32 = 100;
+
+/// Steal samples kept (about 27 minutes at one per 100 ms).
+const STEAL_SAMPLES_MAX: usize = 16_384;
+
+/// The real-time probe's `SCHED_FIFO` priority: the lowest, enough to run
+/// ahead of every normal thread.
+const HOST_PROBE_PRIORITY: libc::c_int = 1;
+
+/// A stretch of time in which a probe was due to run and did not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stall {
     pub from_ns: u64,
@@ -58,61 +74,152 @@ impl StallLog {
 
     /// The stalls overlapping `[from_ns, to_ns)`: the longest at its whole
     /// length (it held up events of the window even if it began before),
-    /// the time lost within the window only.
-    pub fn within(&self, from_ns: u64, to_ns: u64) -> MachineStalls {
-        let mut m = MachineStalls::default();
+    /// the time lost within the window only. Returns (max, count, lost),
+    /// microseconds.
+    pub fn within(&self, from_ns: u64, to_ns: u64) -> (u64, u64, u64) {
+        let (mut max_us, mut count, mut lost_us) = (0, 0, 0);
         for s in self.stalls.iter().filter(|s| s.to_ns > from_ns && s.from_ns < to_ns) {
-            m.count += 1;
-            m.max_us = m.max_us.max((s.to_ns - s.from_ns) / 1000);
-            m.lost_us += (s.to_ns.min(to_ns) - s.from_ns.max(from_ns)) / 1000;
+            count += 1;
+            max_us = max_us.max((s.to_ns - s.from_ns) / 1000);
+            lost_us += (s.to_ns.min(to_ns) - s.from_ns.max(from_ns)) / 1000;
         }
-        m
+        (max_us, count, lost_us)
     }
 }
 
-/// The probe thread; stops when dropped.
+/// The real-time probe's log: its stalls, and samples of the stolen time
+/// (nanoseconds since the epoch, cumulative steal in microseconds).
+#[derive(Debug, Default)]
+pub struct HostLog {
+    pub stalls: StallLog,
+    steal: VecDeque<(u64, u64)>,
+}
+
+impl HostLog {
+    pub fn steal_sample(&mut self, at_ns: u64, steal_us: u64) {
+        if self.steal.len() >= STEAL_SAMPLES_MAX {
+            self.steal.pop_front();
+        }
+        self.steal.push_back((at_ns, steal_us));
+    }
+
+    /// Stolen time between the last sample at or before `from_ns` (or the
+    /// first after it) and the first at or after `to_ns` (or the last):
+    /// the window widened to the samples around it.
+    pub fn stolen_within(&self, from_ns: u64, to_ns: u64) -> u64 {
+        let before = self.steal.iter().rev().find(|(t, _)| *t <= from_ns).or(self.steal.front());
+        let after = self.steal.iter().find(|(t, _)| *t >= to_ns).or(self.steal.back());
+        match (before, after) {
+            (Some((_, a)), Some((_, b))) => b.saturating_sub(*a),
+            _ => 0,
+        }
+    }
+}
+
+/// The stolen CPU time of every CPU so far, microseconds: `/proc/stat`'s
+/// `cpu` line, eighth value, in clock ticks. None where there is no such
+/// file or it does not parse.
+#[allow(unsafe_code)]
+fn stolen_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_ascii_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks.saturating_mul(1_000_000) / hz as u64)
+}
+
+/// Puts the calling thread in `SCHED_FIFO` at `HOST_PROBE_PRIORITY`.
+#[allow(unsafe_code)]
+fn real_time() -> bool {
+    let param = libc::sched_param { sched_priority: HOST_PROBE_PRIORITY };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
+
+/// The probe threads; they stop when dropped.
 #[derive(Debug)]
 pub struct Probe {
     pub log: Arc<Mutex<StallLog>>,
+    /// None until the real-time thread knows whether it may run so, and
+    /// after, if it may not.
+    pub host: Arc<Mutex<Option<HostLog>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Probe {
-    /// Starts the thread; times are nanoseconds since `epoch`.
+    /// Starts the threads; times are nanoseconds since `epoch`.
     pub fn start(epoch: Instant) -> Result<Self, String> {
         let log = Arc::new(Mutex::new(StallLog::default()));
+        let host = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
+        let normal = std::thread::Builder::new()
             .name("bench-stall-probe".into())
             .spawn({
                 let (log, stop) = (log.clone(), stop.clone());
                 move || {
-                    let now_ns = || epoch.elapsed().as_nanos() as u64;
-                    let interval_ns = PROBE_INTERVAL.as_nanos() as u64;
-                    while !stop.load(Relaxed) {
-                        let due_ns = now_ns() + interval_ns;
-                        std::thread::sleep(PROBE_INTERVAL);
-                        let woke_ns = now_ns();
-                        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS {
-                            super::lock(&log).woke(due_ns, woke_ns);
-                        }
-                    }
+                    sleep_loop(epoch, &stop, |_, due_ns, woke_ns| super::lock(&log).woke(due_ns, woke_ns));
                 }
             })
             .map_err(|e| format!("stall probe thread: {e}"))?;
-        Ok(Self { log, stop, thread: Some(thread) })
+        let real = std::thread::Builder::new()
+            .name("bench-host-probe".into())
+            .spawn({
+                let (host, stop) = (host.clone(), stop.clone());
+                move || {
+                    if !real_time() {
+                        return;
+                    }
+                    *super::lock(&host) = Some(HostLog::default());
+                    sleep_loop(epoch, &stop, |wakes, due_ns, woke_ns| {
+                        let mut host = super::lock(&host);
+                        let Some(h) = host.as_mut() else { return };
+                        h.stalls.woke(due_ns, woke_ns);
+                        if wakes % STEAL_SAMPLE_EVERY == 0
+                            && let Some(us) = stolen_us()
+                        {
+                            h.steal_sample(woke_ns, us);
+                        }
+                    });
+                }
+            })
+            .map_err(|e| format!("host probe thread: {e}"))?;
+        Ok(Self { log, host, stop, threads: vec![normal, real] })
     }
 
     pub fn within(&self, from_ns: u64, to_ns: u64) -> MachineStalls {
-        super::lock(&self.log).within(from_ns, to_ns)
+        let (max_us, count, lost_us) = super::lock(&self.log).within(from_ns, to_ns);
+        let host = super::lock(&self.host).as_ref().map(|h| {
+            let (max_us, count, lost_us) = h.stalls.within(from_ns, to_ns);
+            HostStalls { max_us, count, lost_us, steal_us: h.stolen_within(from_ns, to_ns) }
+        });
+        MachineStalls { max_us, count, lost_us, host }
+    }
+}
+
+/// Sleeps `PROBE_INTERVAL` until `stop`, telling `late` (the wake-up's
+/// number, when it was due and when it woke) after each wake-up; only the
+/// sleep is timed.
+fn sleep_loop(epoch: Instant, stop: &AtomicBool, mut late: impl FnMut(u32, u64, u64)) {
+    let now_ns = || epoch.elapsed().as_nanos() as u64;
+    let interval_ns = PROBE_INTERVAL.as_nanos() as u64;
+    let mut wakes = 0u32;
+    while !stop.load(Relaxed) {
+        let due_ns = now_ns() + interval_ns;
+        std::thread::sleep(PROBE_INTERVAL);
+        let woke_ns = now_ns();
+        wakes = wakes.wrapping_add(1);
+        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS || wakes % STEAL_SAMPLE_EVERY == 0 {
+            late(wakes, due_ns, woke_ns);
+        }
     }
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -158,7 +265,10 @@ impl TailFigures {
 /// Names what a failing trial's tail is put down to, with the figures:
 /// the machine when it stopped for at least half the p99 (an event that
 /// arrives as a stall begins waits it out, then behind the backlog it
-/// left); else the generator's pacer when its send lag or its own late
+/// left): where the real-time probe runs, only the guest's own stops
+/// count as the machine's, and a normal thread's wait of that length
+/// while the guest ran is the CPUs' (runnable threads outnumbered the
+/// cores); else the generator's pacer when its send lag or its own late
 /// wake-up is at least half the p99; else the journal's disk when one
 /// `fdatasync` took at least half the p99 (every acknowledgement of the
 /// group waits for it); else the CPUs when 3/4 of the machine's cores
@@ -171,19 +281,42 @@ pub fn tail_cause(f: &TailFigures) -> String {
     let ms = |us: u64| us as f64 / 1e3;
     let p99 = ms(f.p99_us);
     let m = f.machine;
+    let guest = m.host.map_or(String::new(), |h| {
+        format!(", the guest itself {:.1} ms ({} stops, {:.0} ms stolen)", ms(h.max_us), h.count, ms(h.steal_us))
+    });
     let machine = format!(
-        "the machine's longest stall {:.1} ms ({} of 1 ms or more, {:.1} ms lost)",
+        "a normal thread's longest wait {:.1} ms ({} of 1 ms or more, {:.1} ms lost){guest}",
         ms(m.max_us),
         m.count,
         ms(m.lost_us)
     );
-    if m.max_us >= STALL_MIN_NS / 1000 && m.max_us * 2 >= f.p99_us {
-        return format!(
-            "the machine: p99 {p99:.1} ms; the machine stopped for {:.1} ms during this trial ({} stalls of 1 ms or more, {:.1} ms lost)",
-            ms(m.max_us),
-            m.count,
-            ms(m.lost_us)
-        );
+    let long = |max_us: u64| max_us >= STALL_MIN_NS / 1000 && max_us * 2 >= f.p99_us;
+    match m.host {
+        Some(h) if long(h.max_us) => {
+            return format!(
+                "the machine: p99 {p99:.1} ms; the guest stopped for {:.1} ms during this trial ({} stops of 1 ms or more, {:.1} ms lost, {:.0} ms stolen)",
+                ms(h.max_us),
+                h.count,
+                ms(h.lost_us),
+                ms(h.steal_us)
+            );
+        }
+        Some(_) if long(m.max_us) => {
+            let busy = f.cpu_cores_busy.map_or(String::new(), |b| format!(", {b:.2} of {} cores busy", f.cores));
+            return format!(
+                "the CPUs: p99 {p99:.1} ms; runnable threads outnumbered the cores: {machine}{busy}"
+            );
+        }
+        Some(_) => {}
+        None if long(m.max_us) => {
+            return format!(
+                "the machine: p99 {p99:.1} ms; the machine stopped for {:.1} ms during this trial ({} stalls of 1 ms or more, {:.1} ms lost)",
+                ms(m.max_us),
+                m.count,
+                ms(m.lost_us)
+            );
+        }
+        None => {}
     }
     let pacer = f.send_lag_p99_us.max(f.pacer_stall_max_us);
     if pacer * 2 >= f.p99_us {
@@ -236,18 +369,18 @@ mod tests {
         // On time, or late by less than 1 ms: not stalls.
         log.woke(10 * MS, 10 * MS);
         log.woke(11 * MS, 11 * MS + 999_999);
-        assert_eq!(log.within(0, u64::MAX), MachineStalls::default());
+        assert_eq!(log.within(0, u64::MAX), (0, 0, 0));
         // Three stalls: 2 ms, 13.3 ms, 1 ms.
         log.woke(20 * MS, 22 * MS);
         log.woke(100 * MS, 113 * MS + 300_000);
         log.woke(500 * MS, 501 * MS);
-        assert_eq!(log.within(0, u64::MAX), MachineStalls { max_us: 13_300, count: 3, lost_us: 16_300 });
+        assert_eq!(log.within(0, u64::MAX), (13_300, 3, 16_300));
         // A window that cuts the long stall: its whole length for the
         // max, only the part inside for the time lost.
-        assert_eq!(log.within(105 * MS, 200 * MS), MachineStalls { max_us: 13_300, count: 1, lost_us: 8_300 });
+        assert_eq!(log.within(105 * MS, 200 * MS), (13_300, 1, 8_300));
         // A window between stalls sees none.
-        assert_eq!(log.within(200 * MS, 500 * MS), MachineStalls::default());
-        assert_eq!(log.within(200 * MS, 500 * MS + 1), MachineStalls { max_us: 1000, count: 1, lost_us: 0 });
+        assert_eq!(log.within(200 * MS, 500 * MS), (0, 0, 0));
+        assert_eq!(log.within(200 * MS, 500 * MS + 1), (1000, 1, 0));
     }
 
     #[test]
@@ -257,9 +390,9 @@ mod tests {
             log.woke(i * 10 * MS, i * 10 * MS + 2 * MS);
         }
         assert_eq!(log.dropped, 10);
-        assert_eq!(log.within(0, u64::MAX).count, STALLS_MAX as u64);
+        assert_eq!(log.within(0, u64::MAX).1, STALLS_MAX as u64);
         // The oldest went.
-        assert_eq!(log.within(0, 100 * MS).count, 0);
+        assert_eq!(log.within(0, 100 * MS).1, 0);
     }
 
     #[test]
@@ -279,7 +412,7 @@ mod tests {
             send_lag_p99_us: 300,
             pacer_stall_max_us: 400,
             admitted_p99_us: p99_ms * 1000 - 500,
-            machine: MachineStalls { max_us: 1_200, count: 2, lost_us: 2_300 },
+            machine: MachineStalls { max_us: 1_200, count: 2, lost_us: 2_300, host: None },
             cpu_cores_busy: Some(1.0),
             cores: 2.0,
             fsync_max_us: None,
@@ -292,7 +425,7 @@ mod tests {
     fn the_tail_is_put_down_to_the_machine_the_pacer_the_cpus_or_the_pipeline() {
         let mut f = figures(12);
         f.p99_us = 12_600;
-        f.machine = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 };
+        f.machine = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300, host: None };
         let why = tail_cause(&f);
         assert!(
             why.starts_with("the machine: p99 12.6 ms; the machine stopped for 13.3 ms during this trial"),
@@ -325,7 +458,7 @@ mod tests {
         let f = figures(20);
         let why = tail_cause(&f);
         assert!(why.starts_with("the pipeline: p99 20.0 ms, admitted to acknowledged p99 19.5 ms"), "{why}");
-        assert!(why.contains("longest stall 1.2 ms (2 of 1 ms or more, 2.3 ms lost)"), "{why}");
+        assert!(why.contains("longest wait 1.2 ms (2 of 1 ms or more, 2.3 ms lost)"), "{why}");
         // Without /metrics, no CPU figure: still an answer.
         let f = TailFigures { cpu_cores_busy: None, ..figures(20) };
         assert!(tail_cause(&f).starts_with("the pipeline"));
@@ -351,5 +484,51 @@ mod tests {
         // ... and a server that held under half the tail points at the client side.
         let why = tail_cause(&figures(20).with_stages(&shares(2_000.0)));
         assert!(why.starts_with("the client side: p99 20.0 ms, of which the server held 2.0 ms"), "{why}");
+    }
+
+    #[test]
+    fn with_the_real_time_probe_only_the_guests_own_stops_are_the_machines() {
+        let host = |max_us: u64| Some(HostStalls { max_us, count: u64::from(max_us > 0), lost_us: max_us, steal_us: 20_000 });
+        // A normal thread waited 13.3 ms, and the guest itself stopped as long: the machine.
+        let mut f = figures(20);
+        f.machine = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300, host: host(12_000) };
+        let why = tail_cause(&f);
+        assert!(why.starts_with("the machine: p99 20.0 ms; the guest stopped for 12.0 ms during this trial (1 stops of 1 ms or more, 12.0 ms lost, 20 ms stolen)"), "{why}");
+        // The same wait while the guest ran: the CPUs, not the machine.
+        f.machine.host = host(0);
+        let why = tail_cause(&f);
+        assert!(why.starts_with("the CPUs: p99 20.0 ms; runnable threads outnumbered the cores: a normal thread's longest wait 13.3 ms"), "{why}");
+        assert!(why.contains("the guest itself 0.0 ms (0 stops, 20 ms stolen), 1.00 of 2 cores busy"), "{why}");
+        // Short waits explain nothing: the rules after them decide.
+        f.machine.max_us = 1_200;
+        assert!(tail_cause(&f).starts_with("the pipeline"), "{}", tail_cause(&f));
+    }
+
+    #[test]
+    fn trials_merge_and_steal_is_read_between_the_samples_around_a_window() {
+        let host = |max_us, steal_us| Some(HostStalls { max_us, count: 1, lost_us: max_us, steal_us });
+        let a = MachineStalls { max_us: 2_000, count: 2, lost_us: 3_000, host: host(1_500, 10_000) };
+        let b = MachineStalls { max_us: 5_000, count: 1, lost_us: 5_000, host: None };
+        let c = MachineStalls { max_us: 1_000, count: 1, lost_us: 1_000, host: host(4_000, 0) };
+        let m = MachineStalls::merged([a, b, c]);
+        assert_eq!((m.max_us, m.count, m.lost_us), (5_000, 4, 9_000));
+        assert_eq!(m.host, Some(HostStalls { max_us: 4_000, count: 2, lost_us: 5_500, steal_us: 10_000 }));
+
+        let mut h = HostLog::default();
+        assert_eq!(h.stolen_within(0, u64::MAX), 0);
+        for (t, us) in [(100, 1_000), (200, 1_000), (300, 31_000), (400, 41_000)] {
+            h.steal_sample(t * MS, us);
+        }
+        assert_eq!(h.stolen_within(250 * MS, 300 * MS), 30_000);
+        assert_eq!(h.stolen_within(200 * MS, 400 * MS), 40_000);
+        assert_eq!(h.stolen_within(0, 150 * MS), 0);
+        assert_eq!(h.stolen_within(0, u64::MAX), 40_000);
+    }
+
+    #[test]
+    fn the_stolen_time_parses_where_proc_stat_exists() {
+        if std::path::Path::new("/proc/stat").exists() {
+            assert!(stolen_us().is_some());
+        }
     }
 }

@@ -326,14 +326,27 @@ pub(super) fn stall_note(step: &StepReport) -> String {
     }
 }
 
-/// Names the machine's stalls during a step, if the probe saw any.
+/// Names the stalls during a step, if the probes saw any: a normal
+/// thread's, and of those the whole guest's (the real-time probe's, with
+/// the CPU time the hypervisor stole) where that probe runs.
 pub(super) fn machine_note(m: &MachineStalls) -> String {
+    let ms = |us: u64| us as f64 / 1e3;
+    let host = match m.host {
+        None => String::new(),
+        Some(h) if h.count == 0 => format!("; the guest itself never stopped 1 ms, {:.0} ms stolen", ms(h.steal_us)),
+        Some(h) => format!(
+            "; the guest itself stopped {} times, up to {:.1} ms, {:.0} ms stolen",
+            h.count,
+            ms(h.max_us),
+            ms(h.steal_us)
+        ),
+    };
     match m.count {
         0 => String::new(),
         n => format!(
-            " [the machine stalled {n} times for 1 ms or more, up to {:.1} ms, {:.1} ms lost]",
-            m.max_us as f64 / 1e3,
-            m.lost_us as f64 / 1e3
+            " [a thread waited {n} times for 1 ms or more, up to {:.1} ms, {:.1} ms lost{host}]",
+            ms(m.max_us),
+            ms(m.lost_us)
         ),
     }
 }
@@ -413,11 +426,7 @@ pub(super) fn judge(
         why.push(stop.to_string());
     }
     let passed = why.is_empty();
-    let machine_stalls = MachineStalls {
-        max_us: trials.iter().map(|s| s.machine_stalls.max_us).max().unwrap_or(0),
-        count: trials.iter().map(|s| s.machine_stalls.count).sum(),
-        lost_us: trials.iter().map(|s| s.machine_stalls.lost_us).sum(),
-    };
+    let machine_stalls = MachineStalls::merged(trials.iter().map(|s| s.machine_stalls));
     let send_lag_us = lat(&|s| s.send_lag_us);
     let admitted_latency_us = lat(&|s| s.admitted_latency_us);
     let client_cpu_cores = median_by(&f64s(&|s| s.client_cpu_cores), |&x| x);
@@ -648,6 +657,7 @@ mod tests {
             connections: 8,
             batch_events: 16,
             window_batches: 1,
+            unacked_events: 1,
             queue_delay_target: None,
             watch_hunts: 0,
             fanout: None,
@@ -829,7 +839,7 @@ mod tests {
     /// A trial as `run_step` reports it: a step of one trial.
     fn trial(i: u32, rate: f64, achieved: f64, p99_us: u64, stall_us: u64) -> StepReport {
         let mut s = step(i, rate, achieved, p99_us, 0.2);
-        s.machine_stalls = MachineStalls { max_us: stall_us, count: u64::from(stall_us > 0), lost_us: stall_us };
+        s.machine_stalls = MachineStalls { max_us: stall_us, count: u64::from(stall_us > 0), lost_us: stall_us, host: None };
         s.tail_cause = (!s.passed).then(|| format!("tail of trial {i}"));
         s.send_lag_us = LatencyUs { p50: 100, p99: 200, p999: 300, max: 400 };
         s.trials = vec![TrialReport {
@@ -867,7 +877,7 @@ mod tests {
         assert_eq!(s.trials.iter().map(|t| t.trial).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(s.trials[1].latency_us.p99, 12_600);
         assert!(!s.trials[1].passed);
-        assert_eq!(s.machine_stalls, MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 });
+        assert_eq!(s.machine_stalls, MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300, host: None });
         assert_eq!(s.events_offered, 3_000_000);
         // A single trial (the old rule) would have failed on it.
         let one = judge(2, 1e6, vec![trial(8, 1e6, 1e6, 12_600, 13_300)], SLO, None, 2.0);

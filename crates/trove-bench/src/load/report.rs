@@ -987,7 +987,7 @@ mod tests {
         use super::super::model::{MachineStalls, TrialReport, WarmupReport};
         let mut failing = step(1, 2e6, 2e6, 12_600, false);
         let lat = LatencyUs { p50: 900, p99: 12_600, p999: 13_000, max: 14_000 };
-        let stall = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300 };
+        let stall = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300, host: None };
         let cause = "the machine: p99 12.6 ms; the machine stopped for 13.3 ms during this trial";
         failing.tail_cause = Some(cause.to_string());
         failing.trials = (0..3)

@@ -107,6 +107,7 @@ impl Rig {
                 let config = ClientConfig {
                     batch_events_max: args.batch_events,
                     window_batches: args.window_batches,
+                    unacked_events_max: args.unacked_events,
                     queue_delay_target: args.queue_delay_target,
                     // The pacer closes batches; this only backs it up.
                     linger: Duration::from_millis(5),
