@@ -78,6 +78,10 @@ impl Game for TreasureHunt {
         }
     }
 
+    fn deletes_world(event: &HuntEvent) -> bool {
+        matches!(event.action, Action::Delete)
+    }
+
     fn ends_world(broadcast: &HuntBroadcast) -> bool {
         matches!(broadcast, HuntBroadcast::HuntDeleted { .. })
     }

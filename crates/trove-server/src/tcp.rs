@@ -722,7 +722,8 @@ impl<G: WireGame> Connection<G> {
             // Before anything of the batch is applied: its role, every
             // event's hunt, its rate.
             let hunts = self.events.iter().map(|e| G::world_of(&e.event));
-            match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+            let deletes = self.events.iter().any(|e| G::deletes_world(&e.event));
+            match auth.admit_events(session, hunts, deletes, count, std::time::Instant::now()) {
                 Ok(None) => {}
                 Ok(Some(retry_after_ms)) => return self.refuse(Refusal::Busy { first_seq, count, retry_after_ms }),
                 Err(r) if r.code().closes() => {

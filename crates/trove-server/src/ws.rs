@@ -1226,7 +1226,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     // Before anything of the batch is applied: its role,
                     // every event's hunt, its rate.
                     let hunts = events.iter().map(|e| G::world_of(&e.event));
-                    match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+                    let deletes = events.iter().any(|e| G::deletes_world(&e.event));
+                    match auth.admit_events(session, hunts, deletes, count, std::time::Instant::now()) {
                         Ok(None) => {}
                         Ok(Some(retry_after_ms)) => {
                             let producer = self.producer.as_ref().expect("started above");
