@@ -555,7 +555,7 @@ fn probes_status_openapi_and_routing_errors() {
         ("PUT", "/hunts", "GET,HEAD,POST"),
         ("POST", "/health", "GET,HEAD"),
         ("POST", "/metrics", "GET,HEAD"),
-        ("DELETE", "/hunts/1", "GET,HEAD"),
+        ("PUT", "/hunts/1", "GET,HEAD,DELETE"),
         ("POST", "/hunts/1/leaderboard", "GET,HEAD"),
         ("PATCH", "/hunts/1/players/2", "GET,HEAD"),
     ] {
@@ -582,7 +582,7 @@ fn probes_status_openapi_and_routing_errors() {
         ("/live", vec!["get"]),
         ("/cluster", vec!["get"]),
         ("/hunts", vec!["get", "post"]),
-        ("/hunts/{id}", vec!["get"]),
+        ("/hunts/{id}", vec!["get", "delete"]),
         ("/hunts/{id}/leaderboard", vec!["get"]),
         ("/hunts/{id}/players/{player}", vec!["get"]),
     ]
