@@ -19,6 +19,8 @@ after(async () => {
   await server?.dispose();
 });
 
+const text = (v: unknown): string => JSON.stringify(v, (_, x: unknown) => (typeof x === "bigint" ? String(x) : x));
+
 async function nextOf(s: Subscriber, kind: SubscriberItem["kind"]): Promise<SubscriberItem> {
   for (;;) {
     const item = await within(`a ${kind} item`, s.next());
@@ -42,14 +44,14 @@ test("a deleted hunt: its producer's outcomes, its subscriber's end, and a new h
     assert.deepEqual(await within("deleted", p.send(deleteHunt(21))), { outcome: "deleted", round: 1 });
     assert.deepEqual(await within("unknown", p.send(join(21, 6))), { outcome: "rejected", reason: "unknown_hunt" });
     const last = await nextOf(s, "broadcast");
-    assert.ok(last.kind === "broadcast" && last.body.broadcast === "hunt_deleted", JSON.stringify(last));
+    assert.ok(last.kind === "broadcast" && last.body.broadcast === "hunt_deleted", text(last));
     assert.deepEqual(await nextOf(s, "ended"), { kind: "ended", hunt: 21, reason: "deleted" });
     // Created again: the ended subscription does not follow it; a new one does.
     assert.deepEqual(await within("created", p.send(create(21, CONFIG))), { outcome: "created", round: 1 });
     const next = await within("subscribed again", s.subscribe(21));
     await within("joined", p.send(join(21, 7)));
     const applied = await nextOf(s, "applied");
-    assert.ok(applied.kind === "applied" && applied.seq === next, JSON.stringify(applied, (_, v) => (typeof v === "bigint" ? String(v) : v)));
+    assert.ok(applied.kind === "applied" && applied.seq === next, text(applied));
     assert.deepEqual(applied.event, { hunt: 21, player: 7, action: "join" });
   } finally {
     s.close();
