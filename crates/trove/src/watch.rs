@@ -442,6 +442,25 @@ mod tests {
         UpdateEntry::Applied { event: Stamped { time_us: 0, event }, outcome }
     }
 
+    /// A deleted hunt: the view starts again from nothing, keeping its
+    /// counts of what it saw; the end of the stream changes nothing more.
+    #[test]
+    fn a_deleted_hunt_clears_the_view() {
+        let t0 = Instant::now();
+        let mut v = View::new(1);
+        v.load_summary(&serde_json::json!({"players": 3, "round": 2, "treasures_left": 9,
+            "leaderboard": [{"player": 7, "score": 40}]}));
+        let entries = vec![
+            applied(HuntOutcome::Deleted { round: 2 }),
+            UpdateEntry::Broadcast(HuntBroadcast::HuntDeleted { round: 2, top: trove_hunt::Top10::default() }),
+        ];
+        let changes = v.apply(&Update::Entries { world: 1, first_seq: 1, entries }, t0);
+        assert_eq!(changes, vec![Change::Deleted { round: 2 }]);
+        assert_eq!((v.players, v.round, v.top.len(), v.events), (0, None, 0, 1));
+        assert!(change_line(1, &changes[0], &v).contains("deleted in round 2"));
+        assert_eq!(v.apply(&Update::Ended { world: 1 }, t0), vec![]);
+    }
+
     #[test]
     fn the_view_counts_players_finds_and_gaps() {
         let t0 = Instant::now();
