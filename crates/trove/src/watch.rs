@@ -452,7 +452,7 @@ mod tests {
             "leaderboard": [{"player": 7, "score": 40}]}));
         let entries = vec![
             applied(HuntOutcome::Deleted { round: 2 }),
-            UpdateEntry::Broadcast(HuntBroadcast::HuntDeleted { round: 2, top: trove_hunt::Top10::default() }),
+            UpdateEntry::Broadcast(HuntBroadcast::HuntDeleted { round: 2, top: Top10::default() }),
         ];
         let changes = v.apply(&Update::Entries { world: 1, first_seq: 1, entries }, t0);
         assert_eq!(changes, vec![Change::Deleted { round: 2 }]);
