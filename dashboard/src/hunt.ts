@@ -124,6 +124,11 @@ export class HuntPage {
       case "disconnected":
         this.subState = "disconnected: reconnecting";
         break;
+      case "ended":
+        // A deleted hunt (or a token reload): nothing more comes on this
+        // subscription; the page shows what it last saw.
+        this.subState = i.reason === "deleted" ? "ended: the hunt was deleted" : "ended: no longer allowed";
+        break;
       case "gap":
         // Positions and claims in the gap are unknown: the detail's top and
         // round are fetched again, the map keeps what it saw.

@@ -36,8 +36,8 @@ const HUNT_CONFIG: HuntConfig = HuntConfig {
 };
 
 /// Outcome kinds counted, in print order; rejections by reason after them.
-const KINDS: [&str; 9] =
-    ["created", "joined", "left", "moved", "dig_found", "dig_nothing", "hint_hot", "hint_warm", "hint_cold"];
+const KINDS: [&str; 10] =
+    ["created", "joined", "left", "moved", "dig_found", "dig_nothing", "hint_hot", "hint_warm", "hint_cold", "deleted"];
 const TALLY_LEN: usize = KINDS.len() + Reject::ALL.len();
 
 fn tally_index(o: &HuntOutcome) -> usize {
@@ -51,6 +51,7 @@ fn tally_index(o: &HuntOutcome) -> usize {
         HuntOutcome::Hint { band: Band::Hot } => 6,
         HuntOutcome::Hint { band: Band::Warm } => 7,
         HuntOutcome::Hint { band: Band::Cold } => 8,
+        HuntOutcome::Deleted { .. } => 9,
         HuntOutcome::Rejected { reason } => KINDS.len() + reason as usize - 1,
     }
 }

@@ -27,6 +27,7 @@ fn event_text(e: &HuntEvent) -> String {
         Action::Move { dx, dy } => format!("{who} moves ({dx:+},{dy:+})"),
         Action::Dig => format!("{who} digs"),
         Action::Scan => format!("{who} scans"),
+        Action::Delete => "delete the hunt".into(),
         Action::Invalid => format!("{who}: invalid event"),
     }
 }
@@ -41,6 +42,7 @@ fn outcome_text(o: &HuntOutcome) -> String {
         HuntOutcome::DigNothing => "nothing".into(),
         HuntOutcome::Hint { band } => format!("{band:?}").to_lowercase(),
         HuntOutcome::Rejected { reason } => format!("rejected: {}", reason.name()),
+        HuntOutcome::Deleted { round } => format!("deleted in round {round}"),
     }
 }
 
@@ -61,6 +63,7 @@ fn broadcast_text(b: &HuntBroadcast) -> String {
         ),
         HuntBroadcast::LeaderboardChanged { round, top } => format!("** round {round} leaderboard: {}", top_text(top)),
         HuntBroadcast::RoundFinished { round, top } => format!("** round {round} finished: {}", top_text(top)),
+        HuntBroadcast::HuntDeleted { round, top } => format!("** hunt deleted in round {round}: {}", top_text(top)),
     }
 }
 
@@ -148,6 +151,11 @@ async fn run(config: ClientConfig, hunts: &[u32]) -> Result<(), ClientError> {
                 if writeln!(out, "hunt {hunt} -- gap: missed #{first_missed}..=#{last} ({missed} updates), too slow --")
                     .is_err()
                 {
+                    return Ok(());
+                }
+            }
+            Update::Ended { world: hunt } => {
+                if writeln!(out, "hunt {hunt} -- ended (deleted) --").is_err() {
                     return Ok(());
                 }
             }

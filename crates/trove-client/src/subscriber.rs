@@ -28,12 +28,18 @@ pub enum Update<G: WireGame> {
     /// of `world` because this subscriber fell behind; the stream goes on
     /// at `first_missed + missed`.
     Gap { world: u32, first_missed: u64, missed: u64 },
+    /// The server ended the subscription to `world` unasked: the world was
+    /// deleted (its last entry, a broadcast such as the hunt's
+    /// `HuntDeleted`, came before), or a reload of the server's tokens no
+    /// longer allows it. Nothing more of `world` comes; subscribe again to
+    /// follow a world created again under the id.
+    Ended { world: u32 },
 }
 
 impl<G: WireGame> Update<G> {
     pub fn world(&self) -> u32 {
         match self {
-            Update::Entries { world, .. } | Update::Gap { world, .. } => *world,
+            Update::Entries { world, .. } | Update::Gap { world, .. } | Update::Ended { world } => *world,
         }
     }
 }
@@ -147,13 +153,21 @@ impl Subscriptions {
         Ok(())
     }
 
-    fn on_unsubscribed(&mut self, world: u32) -> Result<(), ClientError> {
+    /// Returns true when the server ended the subscription unasked.
+    fn on_unsubscribed(&mut self, world: u32) -> Result<bool, ClientError> {
         match self.worlds.get(&world) {
             Some(Sub::Leaving { .. }) => {
                 self.worlds.remove(&world);
-                Ok(())
+                Ok(false)
             }
-            other => Err(ClientError::Protocol(format!("UNSUBSCRIBED for world {world}, which is {other:?}"))),
+            Some(Sub::Active { .. }) => {
+                self.worlds.remove(&world);
+                Ok(true)
+            }
+            // The answer to an UNSUBSCRIBE of a subscription the server
+            // had ended already (a deleted world), after which the world
+            // may have been asked for again: nothing to do.
+            None | Some(Sub::Asked { .. }) => Ok(false),
         }
     }
 }
@@ -182,6 +196,7 @@ impl Subscriptions {
 ///     match update? {
 ///         Update::Entries { first_seq, entries, .. } => println!("{} entries from {first_seq}", entries.len()),
 ///         Update::Gap { first_missed, missed, .. } => println!("missed {missed} from {first_missed}"),
+///         Update::Ended { world } => println!("hunt {world} was deleted"),
 ///     }
 /// }
 /// # Ok(()) }
@@ -396,7 +411,11 @@ impl<G: WireGame> Subscriber<G> {
                     self.subs.on_gap(world, first_missed, missed)?;
                     self.queued.push_back(Update::Gap { world, first_missed, missed });
                 }
-                Frame::Unsubscribed { hunt: world } => self.subs.on_unsubscribed(world)?,
+                Frame::Unsubscribed { hunt: world } => {
+                    if self.subs.on_unsubscribed(world)? {
+                        self.queued.push_back(Update::Ended { world });
+                    }
+                }
                 Frame::Pong { .. } => {}
                 Frame::Error { code, message } => {
                     let error = ServerError { raw_code: code, message: message.to_string() };
@@ -462,11 +481,10 @@ mod tests {
         let mut s = Subscriptions::default();
         s.ask(1);
         s.on_subscribed(1, 5).unwrap();
-        assert!(s.on_unsubscribed(1).is_err(), "not leaving");
         assert!(s.leave(1));
         assert!(!s.leave(1), "once");
         s.on_update(1, 5, 2).unwrap();
-        s.on_unsubscribed(1).unwrap();
+        assert!(!s.on_unsubscribed(1).unwrap(), "asked");
         assert!(s.is_empty());
         assert!(s.on_update(1, 7, 1).is_err());
         // Leaving before SUBSCRIBED came: the stream opens already leaving.
@@ -476,5 +494,24 @@ mod tests {
         s.on_update(2, 1, 1).unwrap();
         s.on_unsubscribed(2).unwrap();
         assert!(!s.leave(3), "never subscribed");
+        assert!(!s.on_unsubscribed(3).unwrap(), "not subscribed: an answer to an UNSUBSCRIBE it ended already");
+    }
+
+    /// A deleted hunt: the server ends an active subscription unasked.
+    #[test]
+    fn an_unasked_unsubscribed_ends_the_stream() {
+        let mut s = Subscriptions::default();
+        s.ask(1);
+        s.on_subscribed(1, 5).unwrap();
+        s.on_update(1, 5, 2).unwrap();
+        assert!(s.on_unsubscribed(1).unwrap(), "unasked");
+        assert!(s.is_empty());
+        assert!(s.on_update(1, 7, 1).is_err(), "nothing after the end");
+        // Subscribing again starts another stream; the answer to an
+        // UNSUBSCRIBE sent before the end, coming meanwhile, changes nothing.
+        s.ask(1);
+        assert!(!s.on_unsubscribed(1).unwrap());
+        s.on_subscribed(1, 90).unwrap();
+        s.on_update(1, 90, 1).unwrap();
     }
 }

@@ -96,6 +96,19 @@ pub trait Game: Send + 'static {
         out: &mut Outcomes<Self::Outcome, Self::Broadcast>,
     );
 
+    /// Whether an event deletes its world: with authentication on, only an
+    /// admin's token may send one.
+    fn deletes_world(_event: &Self::Event) -> bool {
+        false
+    }
+
+    /// Whether a broadcast is a world's last: the world is gone (deleted)
+    /// and its subscriptions end after it; an id created again later is
+    /// another world, which no earlier subscription follows.
+    fn ends_world(_broadcast: &Self::Broadcast) -> bool {
+        false
+    }
+
     /// Feeds a world's whole state, in a canonical order, to `hasher`.
     fn hash_world(world: &Self::World, hasher: &mut StateHasher);
 

@@ -98,6 +98,7 @@ impl<G: Game> GameState<G> {
 
     /// Runs the game's exhaustive invariant check on every world.
     pub fn check(&self) -> Result<(), InvariantError> {
+        self.worlds.check().map_err(InvariantError::new)?;
         for (id, w) in self.worlds.iter_sorted() {
             G::check_world(w).map_err(|e| e.in_world(id))?;
         }

@@ -9,10 +9,15 @@ use crate::game::WorldId;
 ///
 /// Lookups happen once per event. Ids below [`DIRECT_IDS`] (the common case:
 /// games number their worlds from 0) resolve through a flat table, one load;
-/// larger ids go through a hash map keyed by one multiplication, not SipHash. Worlds are never removed, so an index
-/// handed out by [`Worlds::index_of`] stays valid: a batch can resolve its
+/// larger ids go through a hash map keyed by one multiplication, not SipHash.
+///
+/// Invariant (checked by [`Worlds::check`], asserted on every remove):
+/// `ids[i]` is the id of `worlds[i]`, and `index_of(ids[i]) == Some(i)` for
+/// every dense index `i`; no other id resolves. An index handed out by
+/// [`Worlds::index_of`] stays valid until the next [`Worlds::remove`] (which
+/// moves the last world into the freed place): a batch can resolve its
 /// events' worlds up front (to prefetch their state) and use the indices
-/// afterwards.
+/// afterwards, as long as it resolves them again after a remove.
 #[derive(Debug)]
 pub struct Worlds<W> {
     /// `direct[id]` is the index of world `id`, or `NONE`; covers the ids
@@ -122,6 +127,55 @@ impl<W> Worlds<W> {
         Ok(index)
     }
 
+    /// Removes a world and frees its place under `worlds_max`; returns it
+    /// (dropping it frees its memory). The last world moves into the
+    /// freed dense index: every index handed out before is stale.
+    pub fn remove(&mut self, id: WorldId) -> Option<W> {
+        let index = self.index_of(id)?;
+        let last = self.worlds.len() - 1;
+        if id < DIRECT_IDS {
+            self.direct[id as usize] = NONE;
+        } else {
+            self.index.remove(&id);
+        }
+        let world = self.worlds.swap_remove(index);
+        let removed = self.ids.swap_remove(index);
+        assert_eq!(removed, id, "ids[i] is the id of worlds[i]");
+        if index != last {
+            let moved = self.ids[index];
+            if moved < DIRECT_IDS {
+                self.direct[moved as usize] = index as u32;
+            } else {
+                self.index.insert(moved, index as u32);
+            }
+            assert_eq!(self.index_of(moved), Some(index), "the moved world resolves to its new index");
+        }
+        assert_eq!(self.index_of(id), None, "a removed id resolves to nothing");
+        Some(world)
+    }
+
+    /// Checks the table's invariant from scratch (see the type's doc);
+    /// tests call it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ids.len() != self.worlds.len() {
+            return Err(format!("{} ids for {} worlds", self.ids.len(), self.worlds.len()));
+        }
+        for (i, &id) in self.ids.iter().enumerate() {
+            if self.index_of(id) != Some(i) {
+                return Err(format!("id {id} at index {i} resolves to {:?}", self.index_of(id)));
+            }
+        }
+        let direct = self.direct.iter().filter(|&&i| i != NONE).count();
+        if direct + self.index.len() != self.worlds.len() {
+            return Err(format!(
+                "{direct} direct and {} hashed ids for {} worlds",
+                self.index.len(),
+                self.worlds.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The first `limit` worlds with ids above `after` (all ids if `None`),
     /// ascending. Costs a pass over the ids and a sort of `limit` of them,
     /// not a sort of every world: a listing page stays cheap for the shard
@@ -216,6 +270,51 @@ mod tests {
                 assert_eq!(page, want, "after {after:?} limit {limit}");
             }
         }
+    }
+
+    #[test]
+    fn remove_frees_the_place_and_moves_the_last() {
+        let mut w: Worlds<u32> = Worlds::new(3);
+        for id in [4, DIRECT_IDS + 9, 1] {
+            w.insert(id, id).unwrap();
+        }
+        assert_eq!(w.insert(2, 2), Err(InsertError::Full));
+        assert_eq!(w.remove(7), None);
+        assert_eq!(w.remove(4), Some(4));
+        w.check().unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.get(4), None);
+        // The last world (id 1) took index 0.
+        assert_eq!(w.index_of(1), Some(0));
+        assert_eq!(w.get(DIRECT_IDS + 9), Some(&(DIRECT_IDS + 9)));
+        // Its place under worlds_max is free again, and the id too.
+        assert_eq!(w.insert(4, 40), Ok(2));
+        assert_eq!(w.get(4), Some(&40));
+        assert_eq!(w.remove(DIRECT_IDS + 9), Some(DIRECT_IDS + 9));
+        assert_eq!(w.remove(1), Some(1));
+        assert_eq!(w.remove(4), Some(40));
+        w.check().unwrap();
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn removes_and_inserts_keep_the_invariant() {
+        let mut rng = crate::SplitMix64::new(5);
+        let mut w: Worlds<u32> = Worlds::new(64);
+        let mut model = std::collections::BTreeMap::new();
+        for _ in 0..5000 {
+            let r = rng.next_u64();
+            let id = if r & 1 == 0 { (r >> 8) as u32 % 100 } else { DIRECT_IDS + (r >> 8) as u32 % 100 };
+            if r & 2 == 0 {
+                let _ = w.insert(id, id).map(|_| model.insert(id, id));
+            } else {
+                assert_eq!(w.remove(id), model.remove(&id));
+            }
+            assert_eq!(w.len(), model.len());
+        }
+        w.check().unwrap();
+        let sorted: Vec<_> = w.iter_sorted().map(|(id, &v)| (id, v)).collect();
+        assert_eq!(sorted, model.into_iter().collect::<Vec<_>>());
     }
 
     #[test]

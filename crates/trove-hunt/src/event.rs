@@ -37,6 +37,10 @@ pub enum Action {
     Dig = kind::DIG,
     /// Asks how far the nearest unclaimed treasure is.
     Scan = kind::SCAN,
+    /// Deletes hunt `hunt` (the `player` field is ignored): its players,
+    /// treasures and leaderboard are gone and its id is free to be
+    /// created again, from scratch.
+    Delete = kind::DELETE,
     /// A record whose kind byte names no action. Decoding never fails; the
     /// rules answer this with `Reject::InvalidEvent`.
     #[default]
@@ -119,6 +123,8 @@ pub mod kind {
     pub const MOVE: u8 = 4;
     pub const DIG: u8 = 5;
     pub const SCAN: u8 = 6;
+    /// The last kind the packed form's three kind bits hold.
+    pub const DELETE: u8 = 7;
 }
 
 impl HuntEvent {
@@ -171,6 +177,9 @@ impl HuntEvent {
     pub fn scan(hunt: u32, player: u32) -> Self {
         Self { hunt, player, action: Action::Scan }
     }
+    pub fn delete(hunt: u32) -> Self {
+        Self { hunt, player: 0, action: Action::Delete }
+    }
 }
 
 /// The record layout (docs/protocol.md and docs/journal.md embed it):
@@ -179,7 +188,7 @@ impl HuntEvent {
 /// |-------:|-----:|-----------------------------|
 /// | 0      | 4    | hunt                        |
 /// | 4      | 4    | player                      |
-/// | 8      | 1    | kind (1 create, 2 join, 3 leave, 4 move, 5 dig, 6 scan) |
+/// | 8      | 1    | kind (1 create, 2 join, 3 leave, 4 move, 5 dig, 6 scan, 7 delete) |
 /// | 9      | 1    | step_max (create)           |
 /// | 10     | 2    | dx (move, i16) or width (create) |
 /// | 12     | 2    | dy (move, i16) or height (create) |
@@ -222,6 +231,7 @@ impl Record for HuntEvent {
             }
             Action::Dig => kind::DIG,
             Action::Scan => kind::SCAN,
+            Action::Delete => kind::DELETE,
             Action::Invalid => 0,
         };
         out[8] = k;
@@ -299,7 +309,7 @@ impl Record for HuntEvent {
             kind::MOVE => {
                 1 + usize::from(head >> 3 & 3) + 1 + usize::from(head >> 5 & 3) + 1 + if narrow { 2 } else { 4 }
             }
-            0 | kind::JOIN | kind::LEAVE | kind::DIG | kind::SCAN if !narrow => {
+            0 | kind::JOIN | kind::LEAVE | kind::DIG | kind::SCAN | kind::DELETE if !narrow => {
                 1 + usize::from(head >> 3 & 3) + 1 + usize::from(head >> 5 & 3) + 1
             }
             _ => return None,
@@ -340,6 +350,7 @@ impl Record for HuntEvent {
             kind::LEAVE => Action::Leave,
             kind::DIG => Action::Dig,
             kind::SCAN => Action::Scan,
+            kind::DELETE => Action::Delete,
             kind::MOVE if narrow => {
                 let s = b.get(at..at + 2)?;
                 at += 2;
@@ -374,6 +385,7 @@ impl Record for HuntEvent {
             kind::MOVE => Action::Move { dx: le::i16_at(b, 10), dy: le::i16_at(b, 12) },
             kind::DIG => Action::Dig,
             kind::SCAN => Action::Scan,
+            kind::DELETE => Action::Delete,
             _ => Action::Invalid,
         };
         Self { hunt: le::u32_at(b, 0), player: le::u32_at(b, 4), action }
@@ -437,6 +449,7 @@ mod tests {
             Just(Action::Leave),
             Just(Action::Dig),
             Just(Action::Scan),
+            Just(Action::Delete),
             Just(Action::Invalid),
             (any::<i16>(), any::<i16>()).prop_map(|(dx, dy)| Action::Move { dx, dy }),
             (any::<[u16; 6]>(), any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|(a, s, seed, pm)| {
@@ -492,6 +505,7 @@ mod tests {
                 Action::Move { dx, dy } => (kind::MOVE, dx, dy),
                 Action::Dig => (kind::DIG, 0, 0),
                 Action::Scan => (kind::SCAN, 0, 0),
+                Action::Delete => (kind::DELETE, 0, 0),
                 Action::Invalid => (0, 0, 0),
             };
             prop_assert_eq!(e.kind_and_steps(), want);

@@ -78,6 +78,14 @@ impl Game for TreasureHunt {
         }
     }
 
+    fn deletes_world(event: &HuntEvent) -> bool {
+        matches!(event.action, Action::Delete)
+    }
+
+    fn ends_world(broadcast: &HuntBroadcast) -> bool {
+        matches!(broadcast, HuntBroadcast::HuntDeleted { .. })
+    }
+
     fn hash_world(world: &Hunt, hasher: &mut StateHasher) {
         world.hash_state(hasher);
     }
@@ -154,10 +162,28 @@ fn step<const CHECKED: bool>(
             (Action::Create(config), None) => create(worlds, e.hunt, *config),
             (Action::Create(_), Some(_)) => HuntOutcome::Rejected { reason: Reject::HuntExists },
             (_, None) => HuntOutcome::Rejected { reason: Reject::UnknownHunt },
+            (Action::Delete, Some(i)) => {
+                // The remove moves the last hunt into index `i`: every index
+                // resolved ahead is stale, so the events in flight resolve
+                // theirs again when applied (and go without prefetches).
+                resolved.fill(NO_HUNT);
+                delete(worlds, i, out)
+            }
             (action, Some(i)) => worlds.at_mut(i).apply(s.time_us, e.player, action, out),
         };
         out.direct.push(outcome);
     }
+}
+
+/// Deletes the hunt at dense index `index`: its last word to its
+/// subscribers, then it is gone, memory and place under `worlds_max`.
+fn delete(worlds: &mut Worlds<Hunt>, index: usize, out: &mut Outcomes<HuntOutcome, HuntBroadcast>) -> HuntOutcome {
+    let hunt = worlds.at(index);
+    let (id, round, top) = (hunt.id(), hunt.round(), *hunt.leaderboard());
+    out.broadcast(id, HuntBroadcast::HuntDeleted { round, top });
+    let removed = worlds.remove(id);
+    assert!(removed.is_some_and(|h| h.id() == id), "the hunt at the index is the one removed");
+    HuntOutcome::Deleted { round }
 }
 
 fn create(worlds: &mut Worlds<Hunt>, id: WorldId, config: crate::event::HuntConfig) -> HuntOutcome {

@@ -216,8 +216,10 @@ impl Hunt {
                 }
                 None => reject(Reject::NotJoined),
             },
-            // Create is handled by the game loop, which owns the hunt table.
+            // Create and delete are handled by the game loop, which owns
+            // the hunt table; a hunt never sees them.
             Action::Create(_) => reject(Reject::HuntExists),
+            Action::Delete => reject(Reject::InvalidEvent),
             Action::Invalid => reject(Reject::InvalidEvent),
         }
     }

@@ -37,6 +37,11 @@ pub enum HuntOutcome {
     Rejected {
         reason: Reject,
     },
+    /// The hunt is deleted: its id is unknown until it is created again.
+    /// `round` is the round it was in.
+    Deleted {
+        round: u32,
+    },
 }
 
 /// Outcome kind bytes: of the storage form (`HuntOutcome::encode`, for
@@ -50,6 +55,7 @@ pub mod outcome_kind {
     pub const DIG_NOTHING: u8 = 6;
     pub const HINT: u8 = 7;
     pub const REJECTED: u8 = 8;
+    pub const DELETED: u8 = 9;
 }
 
 use outcome_kind::*;
@@ -83,6 +89,10 @@ impl HuntOutcome {
             HuntOutcome::DigNothing => out.push(DIG_NOTHING),
             HuntOutcome::Hint { band } => out.extend_from_slice(&[HINT, band as u8]),
             HuntOutcome::Rejected { reason } => out.extend_from_slice(&[REJECTED, reason as u8]),
+            HuntOutcome::Deleted { round } => {
+                out.push(DELETED);
+                out.extend_from_slice(&round.to_le_bytes());
+            }
         }
     }
 
@@ -97,6 +107,7 @@ impl HuntOutcome {
             DIG_NOTHING => HuntOutcome::DigNothing,
             HINT => HuntOutcome::Hint { band: Band::from_byte(r.u8()?)? },
             REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(r.u8()?)? },
+            DELETED => HuntOutcome::Deleted { round: r.u32()? },
             kind => return Err(format!("unknown outcome kind {kind}").into()),
         })
     }
@@ -211,6 +222,13 @@ pub enum HuntBroadcast {
     /// The last treasure of `round` was claimed. `top` is the final top-10;
     /// round `round + 1` has been placed and starts with all scores at 0.
     RoundFinished {
+        round: u32,
+        top: Top10,
+    },
+    /// The hunt was deleted in `round`; `top` is that round's top-10 as it
+    /// stood. The last entry of the hunt's stream: the subscription ends
+    /// after it (a hunt created again under the id is another hunt).
+    HuntDeleted {
         round: u32,
         top: Top10,
     },

@@ -31,6 +31,8 @@ fn event() -> impl Strategy<Value = HuntEvent> {
         10..=12 => HuntEvent::leave(h, p),
         13..=49 => HuntEvent::move_by(h, p, dx, dy),
         50..=84 => HuntEvent::dig(h, p),
+        // Rare, so that hunts live long enough for their rounds to end.
+        97 if dx == 4 => HuntEvent::delete(h),
         85..=97 => HuntEvent::scan(h, p),
         _ => HuntEvent::create(h, config(p)),
     })
@@ -82,14 +84,23 @@ proptest! {
         prop_assert_eq!(out.direct.len(), events.len());
     }
 
-    /// A treasure is claimed at most once per round.
+    /// A treasure is claimed at most once per round (of one hunt: a hunt
+    /// deleted and created again starts its rounds afresh).
     #[test]
     fn treasure_claimed_at_most_once_per_round(events in history()) {
         let (_, out) = run(&events, &[]);
         let mut claimed = HashSet::new();
+        let mut generation = std::collections::HashMap::new();
         for b in &out.broadcasts {
-            if let HuntBroadcast::TreasureFound { round, x, y, .. } = b.body {
-                prop_assert!(claimed.insert((b.world, round, x, y)), "claimed twice: {:?}", b);
+            let g = *generation.get(&b.world).unwrap_or(&0u32);
+            match b.body {
+                HuntBroadcast::TreasureFound { round, x, y, .. } => {
+                    prop_assert!(claimed.insert((b.world, g, round, x, y)), "claimed twice: {:?}", b);
+                }
+                HuntBroadcast::HuntDeleted { .. } => {
+                    generation.insert(b.world, g + 1);
+                }
+                _ => {}
             }
         }
     }
@@ -126,13 +137,13 @@ fn different_histories_hash_differently() {
 }
 
 /// Guards the properties above against vacuity: their histories do reach
-/// finds, leaderboard changes and round ends.
+/// finds, leaderboard changes, round ends and deletes.
 #[test]
 fn histories_exercise_finds_and_round_ends() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let (mut found, mut finished) = (0, 0);
+    let (mut found, mut finished, mut deleted) = (0, 0, 0);
     for _ in 0..50 {
         let events = history().new_tree(&mut runner).unwrap().current();
         let (_, out) = run(&events, &[]);
@@ -141,9 +152,11 @@ fn histories_exercise_finds_and_round_ends() {
                 HuntBroadcast::TreasureFound { .. } => found += 1,
                 HuntBroadcast::RoundFinished { .. } => finished += 1,
                 HuntBroadcast::LeaderboardChanged { .. } => {}
+                HuntBroadcast::HuntDeleted { .. } => deleted += 1,
             }
         }
     }
     assert!(found > 50, "only {found} finds");
+    assert!(deleted > 3, "only {deleted} deletes");
     assert!(finished > 2, "only {finished} round ends");
 }

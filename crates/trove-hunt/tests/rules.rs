@@ -258,3 +258,111 @@ fn leaving_keeps_the_round_score() {
     let (sx, sy) = t.hunt().spawn(4);
     assert_eq!(t.send(HuntEvent::join(HUNT, 4)), HuntOutcome::Joined { x: sx, y: sy, score: u32::from(v) });
 }
+
+#[test]
+fn delete_ends_the_hunt_and_frees_its_id() {
+    let mut t = Table::new(config());
+    t.send(HuntEvent::join(HUNT, 1));
+    let (x, y, value) = t.unclaimed_treasures()[0];
+    t.walk_to(1, x, y);
+    t.send(HuntEvent::dig(HUNT, 1));
+    let before = t.state.state_hash();
+    // The delete answers with the round, and tells the subscribers last.
+    assert_eq!(t.send(HuntEvent::delete(HUNT)), HuntOutcome::Deleted { round: 1 });
+    match &t.out.broadcasts[..] {
+        [b] => match &b.body {
+            HuntBroadcast::HuntDeleted { round: 1, top } => {
+                assert_eq!(top.entries().len(), 1);
+                assert_eq!(top.entries()[0].score, u32::from(value));
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(t.state.worlds().get(HUNT).is_none());
+    assert!(t.state.worlds().is_empty());
+    assert_ne!(t.state.state_hash(), before);
+    // The hash of a table whose only hunt was deleted is the empty table's.
+    assert_eq!(t.state.state_hash(), HuntState::new(16).state_hash());
+    // Every later event of the id is answered as for a hunt that never was.
+    for e in [
+        HuntEvent::join(HUNT, 1),
+        HuntEvent::move_by(HUNT, 1, 1, 0),
+        HuntEvent::dig(HUNT, 1),
+        HuntEvent::scan(HUNT, 1),
+        HuntEvent::leave(HUNT, 1),
+        HuntEvent::delete(HUNT),
+    ] {
+        assert_eq!(t.rejected(e), Reject::UnknownHunt, "{e:?}");
+    }
+    // Created again, it starts fresh: round 1, no players, no scores.
+    assert_eq!(t.send(HuntEvent::create(HUNT, config())), HuntOutcome::Created { round: 1 });
+    assert_eq!(t.hunt().players_joined(), 0);
+    assert_eq!(t.hunt().score(1), 0);
+    assert_eq!(t.hunt().treasures_left(), 8);
+    assert!(t.hunt().leaderboard().entries().is_empty());
+    assert_eq!(t.rejected(HuntEvent::dig(HUNT, 1)), Reject::NotJoined);
+    let mut fresh = Table::new(config());
+    assert_eq!(t.state.state_hash(), fresh.state.state_hash());
+    assert!(matches!(t.send(HuntEvent::join(HUNT, 1)), HuntOutcome::Joined { .. }));
+    assert!(matches!(fresh.send(HuntEvent::join(HUNT, 1)), HuntOutcome::Joined { .. }));
+    assert_eq!(t.state.state_hash(), fresh.state.state_hash());
+}
+
+#[test]
+fn delete_frees_the_place_under_worlds_max() {
+    let mut state = HuntState::new(2);
+    let mut out = Outcomes::default();
+    // A studio running hunt after hunt: 50 hunts through a table of 2.
+    for id in 0..50u32 {
+        let events = [HuntEvent::create(id, config()), HuntEvent::join(id, 3), HuntEvent::delete(id)]
+            .map(|event| Stamped { time_us: 0, event });
+        out.clear();
+        state.apply(&events, &mut out);
+        assert_eq!(out.direct[0], HuntOutcome::Created { round: 1 }, "hunt {id}");
+        assert_eq!(out.direct[2], HuntOutcome::Deleted { round: 1 }, "hunt {id}");
+    }
+    assert!(state.worlds().is_empty());
+    state.check().unwrap();
+}
+
+/// A delete moves the last hunt of the table into the deleted one's place:
+/// the events the batch loop resolved ahead of it must not be applied to
+/// the wrong hunt. Applied in one batch, one event at a time and cut
+/// everywhere, the outcomes and the state are the same.
+#[test]
+fn delete_within_a_batch_resolves_the_events_behind_it_again() {
+    let mut events = Vec::new();
+    for id in 0..4 {
+        events.push(HuntEvent::create(id, config()));
+    }
+    for p in 0..40 {
+        events.push(HuntEvent::join(p % 4, p));
+        if p == 10 {
+            // Hunt 3 (the last) moves into hunt 0's place.
+            events.push(HuntEvent::delete(0));
+        }
+        if p == 25 {
+            events.push(HuntEvent::delete(3));
+            events.push(HuntEvent::create(0, config()));
+        }
+    }
+    let stamped: Vec<_> = events.iter().map(|&event| Stamped { time_us: 0, event }).collect();
+    let mut whole = HuntState::new(8);
+    let mut whole_out = Outcomes::default();
+    whole.apply(&stamped, &mut whole_out);
+    whole.check().unwrap();
+    let mut single = HuntState::new(8);
+    let mut single_out = Outcomes::default();
+    for e in &stamped {
+        single.apply(std::slice::from_ref(e), &mut single_out);
+    }
+    assert_eq!(whole_out.direct, single_out.direct);
+    assert_eq!(whole_out.broadcasts, single_out.broadcasts);
+    assert_eq!(whole.state_hash(), single.state_hash());
+    // Joins to hunt 3 after its delete are refused; to 1 and 2, applied.
+    let joined: Vec<u32> = (1..3).map(|id| whole.worlds().get(id).unwrap().players_joined()).collect();
+    assert_eq!(joined, vec![10, 10]);
+    assert_eq!(whole.worlds().get(0).unwrap().players_joined(), 3);
+    assert!(whole.worlds().get(3).is_none());
+}

@@ -823,12 +823,13 @@ mod tests {
         both[FRAME_HEAD_BYTES + 24] |= BODY_TRIMMED as u8;
         reseal(&mut both);
         assert!(decode(&both).is_err());
-        // The record's head: kind 7.
+        // The record's head: a scan with one-byte steps (bit 7 is for
+        // moves only). Every kind of bits 0-2 exists (7 is a delete).
         let record = FRAME_HEAD_BYTES + BODY_HEAD_BYTES + RUN_BYTES;
-        let mut kind7 = buf.clone();
-        kind7[record] |= 7;
-        reseal(&mut kind7);
-        assert!(decode(&kind7).is_err());
+        let mut narrow_scan = buf.clone();
+        narrow_scan[record] |= 0x80;
+        reseal(&mut narrow_scan);
+        assert!(decode(&narrow_scan).is_err());
     }
 
     /// The sync mark round-trips; a frame without one (versions 1-3)

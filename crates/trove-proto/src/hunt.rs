@@ -14,6 +14,7 @@ pub mod broadcast_kind {
     pub const TREASURE_FOUND: u8 = 1;
     pub const LEADERBOARD_CHANGED: u8 = 2;
     pub const ROUND_FINISHED: u8 = 3;
+    pub const HUNT_DELETED: u8 = 4;
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -66,6 +67,7 @@ impl WireGame for TreasureHunt {
             HuntOutcome::DigNothing => (DIG_NOTHING, 0, 0, 0, 0),
             HuntOutcome::Hint { band } => (HINT, band as u8, 0, 0, 0),
             HuntOutcome::Rejected { reason } => (REJECTED, reason as u8, 0, 0, 0),
+            HuntOutcome::Deleted { round } => (DELETED, 0, 0, 0, round),
         };
         out[0] = kind;
         out[1] = small;
@@ -87,6 +89,7 @@ impl WireGame for TreasureHunt {
             DIG_NOTHING => HuntOutcome::DigNothing,
             HINT => HuntOutcome::Hint { band: Band::from_byte(b[1])? },
             REJECTED => HuntOutcome::Rejected { reason: Reject::from_byte(b[1])? },
+            DELETED => HuntOutcome::Deleted { round: wide },
             k => return Err(format!("unknown outcome kind {k}").into()),
         })
     }
@@ -111,6 +114,10 @@ impl WireGame for TreasureHunt {
             }
             HuntBroadcast::RoundFinished { round, top } => {
                 out.extend_from_slice(&[ROUND_FINISHED, 0, 0, 0]);
+                push_top(out, *round, top);
+            }
+            HuntBroadcast::HuntDeleted { round, top } => {
+                out.extend_from_slice(&[HUNT_DELETED, 0, 0, 0]);
                 push_top(out, *round, top);
             }
         }
@@ -145,6 +152,10 @@ impl WireGame for TreasureHunt {
                 let (round, top) = read_top(body)?;
                 HuntBroadcast::RoundFinished { round, top }
             }
+            HUNT_DELETED => {
+                let (round, top) = read_top(body)?;
+                HuntBroadcast::HuntDeleted { round, top }
+            }
             k => return Err(format!("unknown broadcast kind {k}").into()),
         })
     }
@@ -165,6 +176,7 @@ mod tests {
             HuntOutcome::DigNothing,
             HuntOutcome::Hint { band: Band::Warm },
             HuntOutcome::Rejected { reason: Reject::Duplicate },
+            HuntOutcome::Deleted { round: 4 },
         ];
         for o in all {
             let mut b = [0u8; 16];
@@ -182,6 +194,7 @@ mod tests {
             HuntBroadcast::TreasureFound { round: 1, player: 2, x: 3, y: 4, value: 5, score: 6, treasures_left: 7 },
             HuntBroadcast::LeaderboardChanged { round: 2, top },
             HuntBroadcast::RoundFinished { round: 3, top: Top10::default() },
+            HuntBroadcast::HuntDeleted { round: 4, top },
         ];
         for b in all {
             let mut v = Vec::new();

@@ -902,6 +902,7 @@ impl Auth {
         &self,
         session: &mut Session,
         hunts: impl IntoIterator<Item = u32>,
+        deletes: bool,
         count: u32,
         now: Instant,
     ) -> Result<Option<u32>, Refused> {
@@ -911,6 +912,18 @@ impl Auth {
             return Err(self.refuse(
                 RefusalReason::Role,
                 format!("token `{}` is a {}: it may not send events", p.name, p.role.name()),
+            ));
+        }
+        // Deleting a hunt is an admin's, on every endpoint (as `DELETE
+        // /hunts/{id}` is on the control plane).
+        if deletes && !p.role.writes() {
+            return Err(self.refuse(
+                RefusalReason::Role,
+                format!(
+                    "token `{}` is a {}: only an admin may delete a hunt; nothing of the batch applied",
+                    p.name,
+                    p.role.name()
+                ),
             ));
         }
         if let Some(ranges) = &p.hunts
@@ -1131,11 +1144,11 @@ mod tests {
         let mut s = auth.authenticate(Some(&[1; TOKEN_LEN])).unwrap();
         let t0 = Instant::now();
         // A full second's worth, then a batch that puts it in debt.
-        assert_eq!(auth.admit_events(&mut s, [1], 100, t0).unwrap(), None);
-        assert_eq!(auth.admit_events(&mut s, [1], 50, t0).unwrap(), None);
-        let hint = auth.admit_events(&mut s, [1], 1, t0).unwrap().expect("in debt: BUSY");
+        assert_eq!(auth.admit_events(&mut s, [1], false, 100, t0).unwrap(), None);
+        assert_eq!(auth.admit_events(&mut s, [1], false, 50, t0).unwrap(), None);
+        let hint = auth.admit_events(&mut s, [1], false, 1, t0).unwrap().expect("in debt: BUSY");
         assert_eq!(hint, 500);
-        assert_eq!(auth.admit_events(&mut s, [1], 1, t0 + std::time::Duration::from_millis(600)).unwrap(), None);
+        assert_eq!(auth.admit_events(&mut s, [1], false, 1, t0 + std::time::Duration::from_millis(600)).unwrap(), None);
         // Connections per token.
         let g = auth.connect(&s).unwrap();
         assert_eq!(auth.connect(&s).unwrap_err().reason, RefusalReason::Connections);

@@ -181,12 +181,18 @@ pub trait ControlGame: JsonGame {
     fn create_from_body(body: &[u8]) -> Result<Self::Event, JsonError>;
     /// The answer to a create event's outcome.
     fn create_answer(event: &Self::Event, outcome: &Self::Outcome) -> CreateAnswer;
+    /// The event that deletes world `id` (`DELETE /hunts/{id}`).
+    fn delete_event(id: u32) -> Self::Event;
+    /// The answer to a delete event's outcome: 200 with a body, or a
+    /// refusal (404 for a world that does not exist).
+    fn delete_answer(event: &Self::Event, outcome: &Self::Outcome) -> CreateAnswer;
 }
 
-/// How `POST /hunts` answers a create's outcome.
+/// How `POST /hunts` answers a create's outcome (and `DELETE
+/// /hunts/{id}` a delete's).
 #[derive(Clone, Debug, PartialEq)]
 pub enum CreateAnswer {
-    /// 201 with this body.
+    /// 201 (a delete: 200) with this body.
     Created(Value),
     /// An error body `{"error": code, "message": ...}` with this status.
     Refused { status: StatusCode, code: &'static str, message: String },
@@ -1059,12 +1065,22 @@ async fn gate<G: ControlGame>(
 /// With authentication on, may the request's token read hunt `id`? 403
 /// `forbidden` if not, and when no token reached the route (fail closed).
 fn check_hunt<G: ControlGame>(ctx: &Ctx<G>, viewer: &Viewer, id: u32) -> Result<(), Response> {
+    check_hunt_for(ctx, viewer, id, false)
+}
+
+/// [`check_hunt`], for reading hunt `id` or (`write`) changing it: a
+/// write needs a role that writes (the gate checked it already) and the
+/// hunt within the token's ranges.
+fn check_hunt_for<G: ControlGame>(ctx: &Ctx<G>, viewer: &Viewer, id: u32, write: bool) -> Result<(), Response> {
     let Some(auth) = &ctx.auth else { return Ok(()) };
     use crate::auth::RefusalReason;
+    let verb = if write { "change" } else { "read" };
     let refusal = match viewer {
         None => (RefusalReason::MissingToken, "no authenticated token reached this route".to_string()),
-        Some(axum::Extension(p)) if p.role.reads() && p.allows_hunt(id) => return Ok(()),
-        Some(axum::Extension(p)) => (RefusalReason::Hunt, format!("token `{}` may not read hunt {id}", p.name)),
+        Some(axum::Extension(p)) if (if write { p.role.writes() } else { p.role.reads() }) && p.allows_hunt(id) => {
+            return Ok(());
+        }
+        Some(axum::Extension(p)) => (RefusalReason::Hunt, format!("token `{}` may not {verb} hunt {id}", p.name)),
     };
     Err(error(StatusCode::FORBIDDEN, "forbidden", auth.refuse(refusal.0, refusal.1).message))
 }
@@ -1081,7 +1097,7 @@ fn routes<G: ControlGame>(ctx: Arc<Ctx<G>>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/cluster", get(cluster::<G>))
         .route("/hunts", get(list_hunts::<G>).post(create_hunt::<G>))
-        .route("/hunts/{id}", get(hunt_detail::<G>))
+        .route("/hunts/{id}", get(hunt_detail::<G>).delete(delete_hunt::<G>))
         .route("/hunts/{id}/leaderboard", get(leaderboard::<G>))
         .route("/hunts/{id}/players/{player}", get(player_detail::<G>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
@@ -1433,6 +1449,38 @@ async fn create_hunt<G: ControlGame>(
     };
     match G::create_answer(&event, &outcome) {
         CreateAnswer::Created(v) => (StatusCode::CREATED, axum::Json(v)).into_response(),
+        CreateAnswer::Refused { status, code, message } => error(status, code, message),
+    }
+}
+
+/// Deletes a hunt: a delete event like any other, journaled and applied
+/// in order with the hunt's other events, answered once durable (200 with
+/// `{"id", "round"}`, the round it was in; 404 `unknown_hunt` for a hunt
+/// that does not exist, or no longer does). Its subscribers get a last
+/// `hunt_deleted` entry and their subscription ends; the id is unknown
+/// until it is created again (DELETE then POST resets a hunt).
+async fn delete_hunt<G: ControlGame>(State(ctx): State<Arc<Ctx<G>>>, viewer: Viewer, id: PathArg<String>) -> Response {
+    let raw = match id {
+        Ok(Path(raw)) => raw,
+        Err(e) => return path_error(e),
+    };
+    let id = match parse_id(&raw, "hunt id") {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if let Err(response) = check_hunt_for(&ctx, &viewer, id, true) {
+        return response;
+    }
+    if !ctx.engine.owns_world(id) {
+        return not_owner_error(&ctx, trove_core::shard_of(id, ctx.info.shards.max(1)));
+    }
+    let event = G::delete_event(id);
+    let outcome = match submit_one(&ctx, event).await {
+        Ok(o) => o,
+        Err(response) => return response,
+    };
+    match G::delete_answer(&event, &outcome) {
+        CreateAnswer::Created(v) => ok(v),
         CreateAnswer::Refused { status, code, message } => error(status, code, message),
     }
 }

@@ -52,7 +52,7 @@ pub enum JsonError {
     OutOfRange { field: String, value: i128 },
     #[error("`{0}` must be a string")]
     NotAString(String),
-    #[error("unknown action `{0}`: expected create, join, leave, move, dig or scan")]
+    #[error("unknown action `{0}`: expected create, join, leave, move, dig, scan or delete")]
     UnknownAction(String),
     /// A hunt id (`POST /hunts`'s `id`) that is not a `u32`, as written.
     #[error("`id` must be an integer in 0..=4294967295, not {0}")]

@@ -87,6 +87,7 @@ impl JsonGame for TreasureHunt {
             "move" => HuntEvent::move_by(hunt, player()?, int16(v, "dx")?, int16(v, "dy")?),
             "dig" => HuntEvent::dig(hunt, player()?),
             "scan" => HuntEvent::scan(hunt, player()?),
+            "delete" => HuntEvent::delete(hunt),
             other => {
                 return Err(JsonError::UnknownAction(other.into()));
             }
@@ -102,6 +103,7 @@ impl JsonGame for TreasureHunt {
             Action::Move { dx, dy } => json!({"hunt": hunt, "player": player, "action": "move", "dx": dx, "dy": dy}),
             Action::Dig => json!({"hunt": hunt, "player": player, "action": "dig"}),
             Action::Scan => json!({"hunt": hunt, "player": player, "action": "scan"}),
+            Action::Delete => json!({"hunt": hunt, "action": "delete"}),
             Action::Invalid => json!({"hunt": hunt, "player": player, "action": "invalid"}),
         }
     }
@@ -116,6 +118,7 @@ impl JsonGame for TreasureHunt {
             HuntOutcome::DigNothing => json!({"outcome": "dig_nothing"}),
             HuntOutcome::Hint { band } => json!({"outcome": "hint", "band": format!("{band:?}").to_lowercase()}),
             HuntOutcome::Rejected { reason } => json!({"outcome": "rejected", "reason": reason.name()}),
+            HuntOutcome::Deleted { round } => json!({"outcome": "deleted", "round": round}),
         }
     }
 
@@ -129,6 +132,9 @@ impl JsonGame for TreasureHunt {
             }
             HuntBroadcast::RoundFinished { round, top } => {
                 json!({"broadcast": "round_finished", "round": round, "top": top_json(top)})
+            }
+            HuntBroadcast::HuntDeleted { round, top } => {
+                json!({"broadcast": "hunt_deleted", "round": round, "top": top_json(top)})
             }
         }
     }
@@ -195,6 +201,25 @@ impl ControlGame for TreasureHunt {
             other => refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
         }
     }
+
+    fn delete_event(id: u32) -> HuntEvent {
+        HuntEvent::delete(id)
+    }
+
+    fn delete_answer(event: &HuntEvent, outcome: &HuntOutcome) -> CreateAnswer {
+        use axum::http::StatusCode;
+        let refused = |status, code, message| CreateAnswer::Refused { status, code, message };
+        match *outcome {
+            HuntOutcome::Deleted { round } => CreateAnswer::Created(json!({"id": event.hunt, "round": round})),
+            HuntOutcome::Rejected { reason: Reject::UnknownHunt } => {
+                refused(StatusCode::NOT_FOUND, "unknown_hunt", format!("no hunt {}", event.hunt))
+            }
+            HuntOutcome::Rejected { reason } => {
+                refused(StatusCode::UNPROCESSABLE_ENTITY, reason.name(), "rejected".into())
+            }
+            other => refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected outcome {other:?}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +234,7 @@ mod tests {
             HuntEvent::dig(1, 2),
             HuntEvent::scan(1, 2),
             HuntEvent::leave(1, 2),
+            HuntEvent::delete(1),
             HuntEvent::create(
                 9,
                 HuntConfig {
@@ -252,7 +278,7 @@ mod tests {
         );
         assert_eq!(
             err(json!({"hunt": 1, "action": "fly"})),
-            "unknown action `fly`: expected create, join, leave, move, dig or scan"
+            "unknown action `fly`: expected create, join, leave, move, dig, scan or delete"
         );
     }
 }

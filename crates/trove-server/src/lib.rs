@@ -901,3 +901,84 @@ impl<G: WireGame> Subscriptions<G> {
         }
     }
 }
+
+/// A delivery as a connection sends it, after [`Ending`] has looked at it.
+pub(crate) enum Sent<G: trove_core::Game> {
+    /// Send the chunk (cut after the entry that ends its world, when one
+    /// does; the subscription then ends: [`Ending::take_pending`]).
+    Chunk(Arc<trove_shard::Chunk<G>>),
+    Gap {
+        world: trove_core::WorldId,
+        first_missed: u64,
+        missed: u64,
+    },
+    /// Nothing: the delivery follows the end of its world's subscription.
+    Skip,
+}
+
+/// The ends of worlds (deleted hunts: `Game::ends_world`) among a
+/// connection's deliveries: the TCP and WebSocket endpoints send a
+/// world's last entry, then end its subscription (UNSUBSCRIBED, unasked)
+/// and send nothing more of it, though a world created again under the
+/// id may have queued entries behind the end before the hub took the
+/// subscription off its list.
+#[derive(Default)]
+pub(crate) struct Ending {
+    /// Worlds ended within this delivery round, subscriptions not yet
+    /// taken off the hub.
+    pending: Vec<trove_core::WorldId>,
+    /// Worlds ended within this delivery round.
+    ended: Vec<trove_core::WorldId>,
+}
+
+impl Ending {
+    /// What to send of `d`.
+    pub fn look<G: trove_core::Game>(&mut self, d: trove_shard::Delivery<G>) -> Sent<G> {
+        use trove_shard::{Delivery, Update};
+        let world = match &d {
+            Delivery::Gap { world, .. } => *world,
+            Delivery::Chunk(c) => c.world,
+        };
+        if self.ended.contains(&world) {
+            return Sent::Skip;
+        }
+        match d {
+            Delivery::Gap { world, first_missed, missed } => Sent::Gap { world, first_missed, missed },
+            Delivery::Chunk(chunk) => {
+                let Some(end) =
+                    chunk.updates.iter().position(|u| matches!(u, Update::Broadcast(b) if G::ends_world(b)))
+                else {
+                    return Sent::Chunk(chunk);
+                };
+                self.pending.push(chunk.world);
+                self.ended.push(chunk.world);
+                if end + 1 == chunk.updates.len() {
+                    return Sent::Chunk(chunk);
+                }
+                // Entries of the world after its end (a create again in the
+                // same batch) are not this subscription's: cut them off.
+                let updates = chunk.updates[..=end]
+                    .iter()
+                    .map(|u| match u {
+                        Update::Applied { event, outcome } => Update::Applied { event: *event, outcome: *outcome },
+                        Update::Broadcast(b) => Update::Broadcast(b.clone()),
+                    })
+                    .collect();
+                let cut = trove_shard::Chunk {
+                    world: chunk.world,
+                    first_seq: chunk.first_seq,
+                    updates,
+                    encoded: Default::default(),
+                    encoded_text: Default::default(),
+                    ingested_at: chunk.ingested_at,
+                };
+                Sent::Chunk(Arc::new(cut))
+            }
+        }
+    }
+
+    /// The worlds whose subscriptions end now (each once).
+    pub fn take_pending(&mut self) -> Vec<trove_core::WorldId> {
+        std::mem::take(&mut self.pending)
+    }
+}

@@ -722,7 +722,8 @@ impl<G: WireGame> Connection<G> {
             // Before anything of the batch is applied: its role, every
             // event's hunt, its rate.
             let hunts = self.events.iter().map(|e| G::world_of(&e.event));
-            match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+            let deletes = self.events.iter().any(|e| G::deletes_world(&e.event));
+            match auth.admit_events(session, hunts, deletes, count, std::time::Instant::now()) {
                 Ok(None) => {}
                 Ok(Some(retry_after_ms)) => return self.refuse(Refusal::Busy { first_seq, count, retry_after_ms }),
                 Err(r) if r.code().closes() => {
@@ -782,23 +783,41 @@ impl<G: WireGame> Connection<G> {
         let mut chunks = 0;
         // One clock read per take, not per chunk.
         let now = std::time::Instant::now();
-        self.shared.metrics.frames_out.fetch_add(self.deliveries.len() as u64, Relaxed);
-        for d in self.deliveries.drain(..) {
-            match d {
-                Delivery::Chunk(chunk) => {
-                    let bytes = chunk.encoded.get_or_init(|| {
-                        self.shared.metrics.update_encodings[0].fetch_add(1, Relaxed);
-                        encode_chunk::<G>(&chunk, max)
-                    });
-                    self.out.extend_from_slice(bytes);
-                    chunks += 1;
-                    let waited = now.saturating_duration_since(chunk.ingested_at).as_nanos() as u64;
-                    self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
-                }
-                Delivery::Gap { world, first_missed, missed } => {
-                    frame::encode_gap(&mut self.out, world, first_missed, missed);
+        let mut ending = crate::Ending::default();
+        loop {
+            self.shared.metrics.frames_out.fetch_add(self.deliveries.len() as u64, Relaxed);
+            for d in self.deliveries.drain(..) {
+                match ending.look(d) {
+                    crate::Sent::Chunk(chunk) => {
+                        let bytes = chunk.encoded.get_or_init(|| {
+                            self.shared.metrics.update_encodings[0].fetch_add(1, Relaxed);
+                            encode_chunk::<G>(&chunk, max)
+                        });
+                        self.out.extend_from_slice(bytes);
+                        chunks += 1;
+                        let waited = now.saturating_duration_since(chunk.ingested_at).as_nanos() as u64;
+                        self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
+                    }
+                    crate::Sent::Gap { world, first_missed, missed } => {
+                        frame::encode_gap(&mut self.out, world, first_missed, missed);
+                    }
+                    crate::Sent::Skip => {}
                 }
             }
+            // A world that ended (a deleted hunt): its subscription ends
+            // with an unasked UNSUBSCRIBED after its last entry. Once the
+            // hub has taken it off the list, nothing more of the world
+            // reaches the mailbox; what did before is skipped, in one more
+            // round.
+            let ended = ending.take_pending();
+            if ended.is_empty() {
+                break;
+            }
+            for hunt in ended {
+                self.subscriptions.unsubscribe(&self.shared, hunt);
+                frame::encode_u32_frame(&mut self.out, Kind::Unsubscribed, hunt);
+            }
+            self.subscriptions.take(&mut self.deliveries);
         }
         // Once per take: the counter's cache line is every worker's.
         if chunks > 0 {

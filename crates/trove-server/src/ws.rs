@@ -1226,7 +1226,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     // Before anything of the batch is applied: its role,
                     // every event's hunt, its rate.
                     let hunts = events.iter().map(|e| G::world_of(&e.event));
-                    match auth.admit_events(session, hunts, count, std::time::Instant::now()) {
+                    let deletes = events.iter().any(|e| G::deletes_world(&e.event));
+                    match auth.admit_events(session, hunts, deletes, count, std::time::Instant::now()) {
                         Ok(None) => {}
                         Ok(Some(retry_after_ms)) => {
                             let producer = self.producer.as_ref().expect("started above");
@@ -1382,48 +1383,65 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let (mut added, mut chunks) = (0, 0);
         // One clock read per take, not per chunk.
         let now = std::time::Instant::now();
-        for d in self.deliveries.drain(..) {
-            match d {
-                Delivery::Chunk(chunk) => {
-                    // Messages of at most JSON_ENTRIES_MAX entries, so that one
-                    // stays far below the write buffer bound.
-                    let texts = chunk.encoded_text.get_or_init(|| {
-                        self.shared.metrics.update_encodings[1].fetch_add(1, Relaxed);
-                        chunk
-                            .updates
-                            .chunks(JSON_ENTRIES_MAX)
-                            .enumerate()
-                            .map(|(i, piece)| {
-                                let entries: Vec<Value> = piece
-                                    .iter()
-                                    .map(|u| match u {
-                                        Update::Applied { event, outcome } => json!({"kind": "applied",
-                                    "time_us": event.time_us, "event": G::event_to_json(&event.event),
-                                    "outcome": G::outcome_to_json(outcome)}),
-                                        Update::Broadcast(b) => {
-                                            json!({"kind": "broadcast", "body": G::broadcast_to_json(b)})
-                                        }
-                                    })
-                                    .collect();
-                                json!({"type": "update", "hunt": chunk.world,
-                            "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
-                                .to_string()
-                            })
-                            .collect()
-                    });
-                    added += texts.iter().map(String::len).sum::<usize>();
-                    self.out.extend(texts.iter().cloned());
-                    chunks += 1;
-                    let waited = now.saturating_duration_since(chunk.ingested_at).as_nanos() as u64;
-                    self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
-                }
-                Delivery::Gap { world, first_missed, missed } => {
-                    let gap = json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed});
-                    let text = gap.to_string();
-                    added += text.len();
-                    self.out.push(text);
+        let mut ending = crate::Ending::default();
+        loop {
+            for d in self.deliveries.drain(..) {
+                match ending.look(d) {
+                    crate::Sent::Chunk(chunk) => {
+                        // Messages of at most JSON_ENTRIES_MAX entries, so that one
+                        // stays far below the write buffer bound.
+                        let texts = chunk.encoded_text.get_or_init(|| {
+                            self.shared.metrics.update_encodings[1].fetch_add(1, Relaxed);
+                            chunk
+                                .updates
+                                .chunks(JSON_ENTRIES_MAX)
+                                .enumerate()
+                                .map(|(i, piece)| {
+                                    let entries: Vec<Value> = piece
+                                        .iter()
+                                        .map(|u| match u {
+                                            Update::Applied { event, outcome } => json!({"kind": "applied",
+                                        "time_us": event.time_us, "event": G::event_to_json(&event.event),
+                                        "outcome": G::outcome_to_json(outcome)}),
+                                            Update::Broadcast(b) => {
+                                                json!({"kind": "broadcast", "body": G::broadcast_to_json(b)})
+                                            }
+                                        })
+                                        .collect();
+                                    json!({"type": "update", "hunt": chunk.world,
+                                "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
+                                    .to_string()
+                                })
+                                .collect()
+                        });
+                        added += texts.iter().map(String::len).sum::<usize>();
+                        self.out.extend(texts.iter().cloned());
+                        chunks += 1;
+                        let waited = now.saturating_duration_since(chunk.ingested_at).as_nanos() as u64;
+                        self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
+                    }
+                    crate::Sent::Gap { world, first_missed, missed } => {
+                        let gap = json!({"type": "gap", "hunt": world, "first_missed": first_missed, "missed": missed});
+                        let text = gap.to_string();
+                        added += text.len();
+                        self.out.push(text);
+                    }
+                    crate::Sent::Skip => {}
                 }
             }
+            // A deleted hunt's subscription ends after its last entry, as on
+            // TCP (`tcp.rs`, `deliver`), with the reason.
+            let ended = ending.take_pending();
+            if ended.is_empty() {
+                break;
+            }
+            for hunt in ended {
+                self.subscriptions.unsubscribe(&self.shared, hunt);
+                let text = json!({"type": "unsubscribed", "hunt": hunt, "reason": "deleted"}).to_string();
+                added += text.len();
+                self.out.push(text);
+            }
+            self.subscriptions.take(&mut self.deliveries);
         }
         // Once per take: the counter's cache line is every worker's.
         if chunks > 0 {

@@ -768,6 +768,99 @@ fn control_plane_every_role_against_every_route() {
     assert!(sample("role").unwrap() >= 11 && sample("hunt") == Some(2 + 13), "{text}");
 }
 
+/// `DELETE /hunts/{id}`: an admin's (an admin covers every hunt: the
+/// auth file refuses ranges on one, so the range check the route makes
+/// cannot refuse it).
+#[test]
+fn deleting_a_hunt_takes_an_admin_within_its_ranges() {
+    let h = Harness::start(true);
+    let addr = h.http();
+    let create = |id: u32| {
+        json!({"id": id, "config": {"width": 16, "height": 16, "seed": 1, "treasures_per_round": 4,
+            "value_min": 1, "value_max": 2, "dig_cooldown_ms": 0, "step_max": 2, "players_max": 10}})
+        .to_string()
+    };
+    for id in [3, 20] {
+        assert_eq!(http(addr, "POST", "/hunts", Some(&ADMIN), Some(&create(id))).0, 201);
+    }
+    let (status, body) = http(addr, "DELETE", "/hunts/3", None, None);
+    assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")));
+    for token in [&PRODUCER, &PRODUCER_ANY, &SPECTATOR] {
+        let (status, body) = http(addr, "DELETE", "/hunts/3", Some(token), None);
+        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    }
+    // A spectator or a producer of the hunt's range may not either.
+    let (status, _) = http(addr, "DELETE", "/hunts/%33", Some(&SPECTATOR), None);
+    assert_eq!(status, 403);
+    assert_eq!(http(addr, "GET", "/hunts/3", Some(&ADMIN), None).0, 200, "still there");
+    assert_eq!(http(addr, "DELETE", "/hunts/3", Some(&ADMIN), None), (200, json!({"id": 3, "round": 1})));
+    assert_eq!(http(addr, "DELETE", "/hunts/%32%30", Some(&ADMIN), None).0, 200);
+    for id in [3, 20] {
+        assert_eq!(http(addr, "DELETE", &format!("/hunts/{id}"), Some(&ADMIN), None).0, 404);
+        assert_eq!(http(addr, "GET", &format!("/hunts/{id}"), Some(&ADMIN), None).0, 404);
+    }
+    // Over TCP and WebSocket: a delete event is an admin's too. A
+    // producer's batch holding one is refused whole, even for its hunts.
+    assert_eq!(http(addr, "POST", "/hunts", Some(&ADMIN), Some(&create(5))).0, 201);
+    let (mut p, _) = Raw::v2(h.tcp(), &PRODUCER, 0);
+    assert_eq!(p.events(&[join(5), HuntEvent::delete(5)]), Answer::Error(ErrorCode::Forbidden));
+    assert_eq!(http(addr, "GET", "/hunts/5", Some(&ADMIN), None).1["players"], 0, "nothing of it applied");
+    let mut ws = ws_connect(h.ws(), Some(&PRODUCER_ANY)).unwrap();
+    ws_send(&mut ws, json!({"type": "events", "events": [{"hunt": 5, "action": "delete"}]}));
+    assert_eq!(ws_recv(&mut ws), "welcome");
+    assert_eq!(ws_recv(&mut ws), "error forbidden");
+    let (mut admin, _) = Raw::v2(h.tcp(), &ADMIN, 0);
+    assert_eq!(admin.events(&[HuntEvent::delete(5)]), Answer::Ack);
+    assert_eq!(http(addr, "GET", "/hunts/5", Some(&ADMIN), None).0, 404);
+}
+
+/// A WebSocket subscriber of a deleted hunt gets its last update, then an
+/// unasked `unsubscribed` with the reason; a hunt created again under the
+/// id does not reach it.
+#[test]
+fn a_websocket_subscriber_of_a_deleted_hunt_sees_the_end() {
+    let h = Harness::start(false);
+    let addr = h.http();
+    let create = json!({"id": 4, "config": {"width": 16, "height": 16, "seed": 1, "treasures_per_round": 4,
+        "value_min": 1, "value_max": 2, "dig_cooldown_ms": 0, "step_max": 2, "players_max": 10}})
+    .to_string();
+    assert_eq!(http(addr, "POST", "/hunts", None, Some(&create)).0, 201);
+    let mut sub = ws_connect(h.ws(), None).unwrap();
+    ws_send(&mut sub, json!({"type": "subscribe", "hunt": 4}));
+    assert_eq!(ws_recv(&mut sub), "subscribed");
+    // The delete through the WebSocket endpoint itself, by a producer.
+    let mut p = ws_connect(h.ws(), None).unwrap();
+    ws_send(
+        &mut p,
+        json!({"type": "events", "events": [{"hunt": 4, "player": 1, "action": "join"},
+        {"hunt": 4, "action": "delete"}, {"hunt": 4, "player": 2, "action": "join"}]}),
+    );
+    assert_eq!(ws_recv(&mut p), "welcome");
+    let ack = ws_recv_json(&mut p);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["outcomes"][1], json!({"outcome": "deleted", "round": 1}), "{ack}");
+    assert_eq!(ack["outcomes"][2], json!({"outcome": "rejected", "reason": "unknown_hunt"}), "{ack}");
+    let mut entries = Vec::new();
+    let end = loop {
+        let v = ws_recv_json(&mut sub);
+        match v["type"].as_str() {
+            Some("update") => entries.extend(v["entries"].as_array().unwrap().iter().cloned()),
+            _ => break v,
+        }
+    };
+    assert_eq!(end, json!({"type": "unsubscribed", "hunt": 4, "reason": "deleted"}));
+    let last = entries.last().unwrap();
+    assert_eq!(last["kind"], "broadcast", "{entries:?}");
+    assert_eq!(last["body"]["broadcast"], "hunt_deleted", "{entries:?}");
+    assert_eq!(entries[entries.len() - 2]["event"], json!({"hunt": 4, "action": "delete"}));
+    // Created again and played: the old subscriber hears nothing of it.
+    assert_eq!(http(addr, "POST", "/hunts", None, Some(&create)).0, 201);
+    ws_send(&mut p, json!({"type": "events", "events": [{"hunt": 4, "player": 1, "action": "join"}]}));
+    assert_eq!(ws_recv_json(&mut p)["outcomes"][0]["outcome"], "joined");
+    ws_send(&mut sub, json!({"type": "ping", "nonce": 5}));
+    assert_eq!(ws_recv_json(&mut sub), json!({"type": "pong", "nonce": 5}));
+}
+
 #[test]
 fn with_auth_off_the_control_plane_is_open() {
     let h = Harness::start(false);

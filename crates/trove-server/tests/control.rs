@@ -555,7 +555,7 @@ fn probes_status_openapi_and_routing_errors() {
         ("PUT", "/hunts", "GET,HEAD,POST"),
         ("POST", "/health", "GET,HEAD"),
         ("POST", "/metrics", "GET,HEAD"),
-        ("DELETE", "/hunts/1", "GET,HEAD"),
+        ("PUT", "/hunts/1", "GET,HEAD,DELETE"),
         ("POST", "/hunts/1/leaderboard", "GET,HEAD"),
         ("PATCH", "/hunts/1/players/2", "GET,HEAD"),
     ] {
@@ -582,7 +582,7 @@ fn probes_status_openapi_and_routing_errors() {
         ("/live", vec!["get"]),
         ("/cluster", vec!["get"]),
         ("/hunts", vec!["get", "post"]),
-        ("/hunts/{id}", vec!["get"]),
+        ("/hunts/{id}", vec!["get", "delete"]),
         ("/hunts/{id}/leaderboard", vec!["get"]),
         ("/hunts/{id}/players/{player}", vec!["get"]),
     ]
@@ -1453,5 +1453,149 @@ fn cluster_map_is_served_from_the_view_given() {
     h.get("/cluster").error(404, "not_a_cluster");
     let gone = rt.block_on(trove_client::fetch_cluster_map(&h.http.to_string(), Duration::from_secs(30)));
     assert!(matches!(gone, Err(trove_client::MapError::NotACluster)), "{gone:?}");
+    h.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Deleting a hunt (issue 25): DELETE /hunts/{id}, its subscribers, its
+// producers, a retry, and a restart.
+
+impl Harness {
+    fn delete(&self, path: &str) -> Reply {
+        request(self.http, "DELETE", path, None)
+    }
+}
+
+impl Producer {
+    fn subscribe(&mut self, hunt: u32) {
+        let mut b = Vec::new();
+        frame::encode_u32_frame(&mut b, frame::Kind::Subscribe, hunt);
+        self.s.write_all(&b).unwrap();
+    }
+
+    fn ping(&mut self, nonce: u64) {
+        let mut b = Vec::new();
+        frame::encode_u64_frame(&mut b, frame::Kind::Ping, nonce);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// The frames up to and including the first one `stop` accepts.
+    fn frames_until(&mut self, stop: impl Fn(&Frame<'_>) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let (header, body) = self.frame();
+            let f = frame::decode(header, &body, SIZES).unwrap();
+            let text = match &f {
+                Frame::Update { hunt, entries, .. } => {
+                    let entries = trove_proto::wire::decode_entries::<TreasureHunt>(entries).unwrap();
+                    format!("update {hunt}: {entries:?}")
+                }
+                other => format!("{other:?}"),
+            };
+            seen.push(text);
+            if stop(&f) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[test]
+fn deleting_a_hunt_ends_it_for_players_and_subscribers_and_survives_a_restart() {
+    let dir = TempDir::new("delete");
+    let journal = || JournalConfig::new(&dir.0, FsyncPolicy::Always);
+    let h = Harness::start(Some(journal()));
+    assert_eq!(h.create(1, config()).status, 201);
+    assert_eq!(h.create(2, config()).status, 201);
+    let mut p = Producer::connect(h.tcp);
+    let joins: Vec<HuntEvent> = (0..5).map(|i| HuntEvent::join(1, i)).collect();
+    assert!(p.send(&joins).iter().all(|o| matches!(o, HuntOutcome::Joined { .. })));
+    let mut sub = Producer::connect(h.tcp);
+    sub.subscribe(1);
+    sub.frames_until(|f| matches!(f, Frame::Subscribed { hunt: 1, .. }));
+    assert!(matches!(p.send(&[HuntEvent::join(1, 9)])[0], HuntOutcome::Joined { .. }));
+
+    // DELETE: 200 with the round it was in; the hunt is gone from reads.
+    let r = h.delete("/hunts/1");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"id": 1, "round": 1}));
+    h.get("/hunts/1").error(404, "unknown_hunt");
+    h.delete("/hunts/1").error(404, "unknown_hunt");
+    h.delete("/hunts/x").error(400, "bad_request");
+    assert_eq!(h.get("/hunts").json()["hunts"].as_array().unwrap().len(), 1);
+
+    // The subscriber: the join, then the delete and its hunt_deleted
+    // broadcast, then an unasked UNSUBSCRIBED; nothing of hunt 1 after.
+    let seen = sub.frames_until(|f| matches!(f, Frame::Unsubscribed { .. }));
+    let all = seen.join("\n");
+    assert!(all.contains("Delete") && all.contains("HuntDeleted { round: 1"), "{all}");
+    assert_eq!(seen.last().unwrap(), &format!("{:?}", Frame::Unsubscribed { hunt: 1 }), "{all}");
+
+    // Producers' later events: as for a hunt that never was.
+    let o = p.send(&[HuntEvent::join(1, 1), HuntEvent::dig(1, 0), HuntEvent::delete(1)]);
+    let unknown = HuntOutcome::Rejected { reason: trove_hunt::Reject::UnknownHunt };
+    assert_eq!(o, vec![unknown; 3]);
+
+    // Created again: fresh (no players), and the old subscription does
+    // not follow it: the subscriber's next frame is its PONG.
+    assert_eq!(h.create(1, config()).status, 201);
+    assert_eq!(h.get("/hunts/1").json()["players"], 0);
+    assert!(matches!(p.send(&[HuntEvent::join(1, 3)])[0], HuntOutcome::Joined { .. }));
+    assert_eq!(h.get("/hunts/1").json()["players"], 1);
+    sub.ping(77);
+    let seen = sub.frames_until(|_| true);
+    assert_eq!(seen, vec![format!("{:?}", Frame::Pong { nonce: 77 })]);
+
+    // A retry of a delete is answered with its first answer, not applied
+    // again: hunt 2 deleted, created again, then the delete resent under
+    // its sequence number.
+    assert_eq!(p.send(&[HuntEvent::delete(2)]), vec![HuntOutcome::Deleted { round: 1 }]);
+    assert_eq!(h.create(2, config()).status, 201);
+    p.next_seq -= 1;
+    assert_eq!(p.send(&[HuntEvent::delete(2)]), vec![HuntOutcome::Deleted { round: 1 }]);
+    assert_eq!(h.get("/hunts/2").status, 200, "the retry did not delete the new hunt 2");
+    // Hunt 3: created and deleted, so that the restart must keep it deleted.
+    assert_eq!(h.create(3, config()).status, 201);
+    assert_eq!(h.delete("/hunts/3").status, 200);
+
+    let listed = h.get("/hunts").json();
+    let hashes: Vec<Value> =
+        [1, 2].iter().map(|id| h.get(&format!("/hunts/{id}")).json()["state_hash"].clone()).collect();
+    drop((p, sub));
+    h.stop();
+
+    // Restarted on the journal: the same hunts, deletes included.
+    let h = Harness::start(Some(journal()));
+    assert_eq!(h.get("/hunts").json(), listed);
+    h.get("/hunts/3").error(404, "unknown_hunt");
+    let again: Vec<Value> =
+        [1, 2].iter().map(|id| h.get(&format!("/hunts/{id}")).json()["state_hash"].clone()).collect();
+    assert_eq!(again, hashes);
+    h.stop();
+}
+
+/// A delete and a create of the same id in one batch: the subscriber's
+/// stream stops at the delete (the chunk is cut there); the new hunt's
+/// entries are not its.
+#[test]
+fn a_subscription_ends_at_the_delete_even_with_a_create_behind_it_in_the_batch() {
+    let h = Harness::start(None);
+    assert_eq!(h.create(1, config()).status, 201);
+    let mut sub = Producer::connect(h.tcp);
+    sub.subscribe(1);
+    sub.frames_until(|f| matches!(f, Frame::Subscribed { hunt: 1, .. }));
+    let mut p = Producer::connect(h.tcp);
+    let create =
+        trove_server::json::parse_create_body(json!({"id": 1, "config": config()}).to_string().as_bytes()).unwrap();
+    let o = p.send(&[HuntEvent::join(1, 1), HuntEvent::delete(1), create, HuntEvent::join(1, 2)]);
+    assert!(matches!(o[1], HuntOutcome::Deleted { round: 1 }) && matches!(o[2], HuntOutcome::Created { .. }), "{o:?}");
+    let seen = sub.frames_until(|f| matches!(f, Frame::Unsubscribed { .. }));
+    let all = seen.join("\n");
+    assert!(all.contains("HuntDeleted"), "{all}");
+    assert!(!all.contains("Create") && !all.contains("player: 2"), "entries after the delete: {all}");
+    sub.ping(1);
+    assert_eq!(sub.frames_until(|_| true), vec![format!("{:?}", Frame::Pong { nonce: 1 })]);
+    assert_eq!(h.get("/hunts/1").json()["players"], 1);
+    drop((p, sub));
     h.stop();
 }

@@ -154,7 +154,7 @@ fn a_producer_and_a_subscriber_work_end_to_end_over_tls() {
             while entries < u64::from(players) + 1 {
                 match sub.next().await.expect("the stream goes on").unwrap() {
                     Update::Entries { entries: e, .. } => entries += e.len() as u64,
-                    Update::Gap { .. } => panic!("no gap at this rate"),
+                    Update::Gap { .. } | Update::Ended { .. } => panic!("no gap at this rate"),
                 }
             }
         })

@@ -176,7 +176,11 @@ impl<G: Game> Mailbox<G> {
             if s.closed {
                 return Pushed::Closed;
             }
-            if s.updates > 0 && s.updates + n > self.updates_max {
+            // A chunk that ends its world (a deleted hunt) is queued even
+            // past the bound: its subscriber must learn of the end, not of
+            // a gap, since its subscription ends there. One chunk per
+            // delete of a watched world.
+            if s.updates > 0 && s.updates + n > self.updates_max && !ends_world(chunk) {
                 let gap = s.gaps.entry(chunk.world).or_insert_with(|| {
                     hub.gaps.fetch_add(1, Relaxed);
                     (chunk.first_seq, 0)
@@ -261,6 +265,11 @@ impl<G: Game> Mailbox<G> {
     pub fn close(&self) {
         self.lock().closed = true;
     }
+}
+
+/// Whether a chunk holds the broadcast that ends its world.
+fn ends_world<G: Game>(chunk: &Chunk<G>) -> bool {
+    chunk.updates.iter().any(|u| matches!(u, Update::Broadcast(b) if G::ends_world(b)))
 }
 
 /// Orders the pushes of one world's chunks (and unsubscriptions) as

@@ -724,3 +724,55 @@ fn an_idle_producers_assigned_id_is_not_handed_out_again_after_a_restart() {
     assert!(next.iter().all(|id| !idle.contains(id)), "ids handed out again: {idle:?} then {next:?}");
     engine.shutdown();
 }
+
+/// Deletes (issue 25) through the journal: hunt after hunt created and
+/// deleted on a table of two, snapshots taken between, then a crash
+/// (`kill -9`) after the last delete was acknowledged. Replay of the crash
+/// image gives the running engine's hash, the deleted hunts stay deleted,
+/// and their places were free for the creates that followed.
+#[test]
+fn deletes_replay_through_snapshots_and_a_crash_keeps_them() {
+    let dir = temp_dir("deletes");
+    let mut cfg = EngineConfig { worlds_max: 2, ..config(&dir, FsyncPolicy::Always, 1) };
+    cfg.journal.as_mut().unwrap().snapshot_interval = Some(Duration::from_millis(10));
+    let engine = Engine::<TreasureHunt>::start(cfg.clone()).unwrap();
+    let mut p = engine.producer();
+    let mut send = |events: Vec<HuntEvent>| {
+        let mut batch: Vec<Stamped<HuntEvent>> =
+            events.into_iter().map(|event| Stamped { time_us: 0, event }).collect();
+        p.submit(&mut batch).unwrap();
+        p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes
+    };
+    assert!(matches!(send(vec![HuntEvent::create(100, hunt_config(100))])[0], trove_hunt::HuntOutcome::Created { .. }));
+    for k in 0..12u32 {
+        let o = send(vec![HuntEvent::create(k, hunt_config(k)), HuntEvent::join(k, 1), HuntEvent::join(100, k)]);
+        assert!(matches!(o[0], trove_hunt::HuntOutcome::Created { .. }), "hunt {k}: {o:?}");
+        std::thread::sleep(Duration::from_millis(12));
+        let o = send(vec![HuntEvent::dig(k, 1), HuntEvent::delete(k)]);
+        assert_eq!(o[1], trove_hunt::HuntOutcome::Deleted { round: 1 }, "hunt {k}");
+    }
+    assert!(engine.metrics().shards.iter().all(|s| s.snapshots > 0), "no snapshot taken");
+    // A crash right after the last delete's acknowledgement.
+    let crashed = crash_image(&dir);
+    let running = engine.shutdown();
+    let replayed = replay::<TreasureHunt>(&crashed, |_, _, _| {}).unwrap();
+    assert_eq!(replayed.state_hash, running.state_hash);
+    assert_eq!(replayed.world_hashes.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![100]);
+    // Restarted on the crash image: still deleted, and the id free.
+    let mut again = cfg.clone();
+    again.journal.as_mut().unwrap().dir = crashed.clone();
+    let engine = Engine::<TreasureHunt>::start(again).unwrap();
+    let mut p = engine.producer();
+    let mut batch = vec![
+        Stamped { time_us: 0, event: HuntEvent::join(11, 2) },
+        Stamped { time_us: 0, event: HuntEvent::create(11, hunt_config(11)) },
+    ];
+    p.submit(&mut batch).unwrap();
+    let o = p.complete_timeout(Duration::from_secs(10)).unwrap().outcomes;
+    assert_eq!(o[0], trove_hunt::HuntOutcome::Rejected { reason: trove_hunt::Reject::UnknownHunt });
+    assert!(matches!(o[1], trove_hunt::HuntOutcome::Created { .. }), "{o:?}");
+    engine.shutdown();
+    for d in [&dir, &crashed] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

@@ -14,6 +14,7 @@ pub(crate) const STREAM_DISK: u64 = 0xD15C_0000;
 pub(crate) const STREAM_RUN: u64 = 0x5100_0000;
 pub(crate) const STREAM_SUBSCRIBERS: u64 = 0x5B5C_0000;
 pub(crate) const STREAM_OPERATOR: u64 = 0x0BE4_0000;
+pub(crate) const STREAM_DELETES: u64 = 0xDE1E_7E00;
 
 /// Bounds of a run: small enough that a few hundred seeds run in seconds
 /// in a debug build, large enough for several segments, snapshots and
@@ -70,6 +71,9 @@ pub struct SimConfig {
     /// Chance per boot that the operator first starts with another shard
     /// count (which the meta check must refuse), in parts per million.
     pub reshard_ppm: u32,
+    /// Chance per generated event that its hunt is deleted instead (then
+    /// created again and its players joined again), in parts per million.
+    pub delete_ppm: u32,
 }
 
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
@@ -133,6 +137,7 @@ impl SimConfig {
             subscribe_ppm: 0,
             mailbox_updates_max: 0,
             reshard_ppm: 0,
+            delete_ppm: 0,
         };
         // Drawn last, so that adding it moved no other setting of a seed.
         config.faults.direct_refused_ppm = sometimes(&mut rng, 150, 200_000);
@@ -144,6 +149,7 @@ impl SimConfig {
         config.subscribe_ppm = sometimes(&mut rng, 700, 200_000);
         config.mailbox_updates_max = pick(&mut rng, &[1, 4, 16, 1024]);
         config.reshard_ppm = sometimes(&mut rng, 300, 500_000);
+        config.delete_ppm = sometimes(&mut rng, 400, 20_000);
         config
     }
 
@@ -152,7 +158,7 @@ impl SimConfig {
         let f = &self.faults;
         format!(
             "fsync {}, io {:?}, segments of {} B, {} shards, {} producers, {} steps, {} hunts x {} players, snapshots {} ppm, \
-             crashes {} ppm, dedup window {}, queue {} parts, drops {} ppm, reuses {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
+             crashes {} ppm, dedup window {}, queue {} parts, drops {} ppm, reuses {} ppm, deletes {} ppm; faults ppm: lose {} torn {} misdirect {} sync-error {} bit-rot {} direct-refused {}, \
              latency up to {} us",
             self.fsync,
             self.io,
@@ -168,6 +174,7 @@ impl SimConfig {
             self.queue_parts_max,
             self.drop_ppm,
             self.reuse_ppm,
+            self.delete_ppm,
             f.crash_lose_ppm,
             f.crash_torn_ppm,
             f.misdirect_ppm,

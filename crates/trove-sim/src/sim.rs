@@ -24,7 +24,8 @@ use trove_shard::{
 use trove_workload::Generator;
 
 use crate::config::{
-    BOOTS_MAX, PRODUCERS_MAX, STREAM_DISK, STREAM_OPERATOR, STREAM_RUN, STREAM_SUBSCRIBERS, SUBSCRIBERS_MAX, SimConfig,
+    BOOTS_MAX, PRODUCERS_MAX, STREAM_DELETES, STREAM_DISK, STREAM_OPERATOR, STREAM_RUN, STREAM_SUBSCRIBERS,
+    SUBSCRIBERS_MAX, SimConfig,
 };
 
 /// The data directory on the simulated disk: shard `i` journals in
@@ -166,6 +167,8 @@ struct Sim {
     subscriber_rng: SplitMix64,
     /// The operator's own stream (restarts with another shard count).
     operator_rng: SplitMix64,
+    /// The deletes' own stream.
+    delete_rng: SplitMix64,
     /// Each hunt's update stream this boot, as the hub must number it:
     /// each applied event (`Some`), then its broadcasts to the hunt
     /// (`None`).
@@ -221,6 +224,7 @@ impl Sim {
             subscribers: Vec::new(),
             subscriber_rng: SplitMix64::new(mix64(cfg.seed ^ STREAM_SUBSCRIBERS)),
             operator_rng: SplitMix64::new(mix64(cfg.seed ^ STREAM_OPERATOR)),
+            delete_rng: SplitMix64::new(mix64(cfg.seed ^ STREAM_DELETES)),
             applied: BTreeMap::new(),
             hub_stamp: std::time::Instant::now(), // not an input: see `hub_stamp`
             storage: Arc::new(disk.clone()),
@@ -593,7 +597,21 @@ impl Sim {
     }
 
     fn next_event(&mut self) -> HuntEvent {
-        self.setup.pop_front().unwrap_or_else(|| self.generator.next_event())
+        if let Some(e) = self.setup.pop_front() {
+            return e;
+        }
+        let e = self.generator.next_event();
+        // Drawn from a stream of its own: a seed's other draws stay put.
+        if !chance(&mut self.delete_rng, self.cfg.delete_ppm) {
+            return e;
+        }
+        // The hunt is deleted, then created again afresh, its players
+        // joining again: deletes go through the journal, snapshots,
+        // crashes and retries like every event.
+        let hunt = e.hunt;
+        self.setup.push_back(HuntEvent::create(hunt, self.cfg.spec.hunt_config(hunt)));
+        self.setup.extend((0..self.cfg.spec.players_per_hunt).map(|p| HuntEvent::join(hunt, p)));
+        HuntEvent::delete(hunt)
     }
 
     fn shard_of(&self, event: &HuntEvent) -> usize {

@@ -349,6 +349,7 @@ fn action_text(action: &Action) -> String {
         Action::Move { dx, dy } => format!("move {dx:+} {dy:+}"),
         Action::Dig => "dig".into(),
         Action::Scan => "scan".into(),
+        Action::Delete => "delete the hunt".into(),
         Action::Invalid => "(a record naming no action)".into(),
     }
 }
@@ -370,6 +371,7 @@ fn outcome_text(outcome: &HuntOutcome) -> String {
             band.into()
         }
         HuntOutcome::Rejected { reason } => format!("rejected: {}", reason.name()),
+        HuntOutcome::Deleted { round } => format!("deleted, in round {round}"),
     }
 }
 

@@ -62,10 +62,30 @@ pub struct View {
 /// A notable change, for the line-per-change output.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    Found { round: u32, player: u32, value: u32, x: u16, y: u16, score: u32, left: u32 },
-    Leaderboard { round: u32 },
-    RoundFinished { round: u32 },
-    Gap { first_missed: u64, missed: u64 },
+    Found {
+        round: u32,
+        player: u32,
+        value: u32,
+        x: u16,
+        y: u16,
+        score: u32,
+        left: u32,
+    },
+    Leaderboard {
+        round: u32,
+    },
+    RoundFinished {
+        round: u32,
+    },
+    /// The hunt was deleted: the view starts again from nothing (a hunt
+    /// created again under the id is a new one).
+    Deleted {
+        round: u32,
+    },
+    Gap {
+        first_missed: u64,
+        missed: u64,
+    },
 }
 
 impl View {
@@ -118,6 +138,9 @@ impl View {
                 self.players_exact = false;
                 changes.push(Change::Gap { first_missed: *first_missed, missed: *missed });
             }
+            // The end of a deleted hunt's stream: its `Deleted` change came
+            // with the hunt_deleted broadcast before it.
+            Update::Ended { .. } => {}
         }
         changes
     }
@@ -143,6 +166,11 @@ impl View {
                 self.round = Some(round + 1);
                 self.treasures_left = None;
                 Change::RoundFinished { round }
+            }
+            HuntBroadcast::HuntDeleted { round, .. } => {
+                let (hunt, events, gaps, missed) = (self.hunt, self.events, self.gaps, self.missed);
+                *self = View { hunt, events, gaps, missed, ..View::default() };
+                Change::Deleted { round }
             }
         }
     }
@@ -236,6 +264,9 @@ pub fn change_line(hunt: u32, change: &Change, view: &View) -> String {
         ),
         Change::Leaderboard { round } => format!("hunt {hunt}: round {round} top 10: {}", view.top_text()),
         Change::RoundFinished { round } => format!("hunt {hunt}: round {round} finished: {}", view.top_text()),
+        Change::Deleted { round } => {
+            format!("hunt {hunt}: deleted in round {round}; waiting for it to be created again")
+        }
         Change::Gap { first_missed, missed } => {
             format!("hunt {hunt}: gap: missed {missed} updates from #{first_missed} (this watcher fell behind)")
         }
@@ -316,6 +347,14 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             tokio::select! {
                 update = sub.next() => match update {
                     Some(Ok(update)) => {
+                        if let Update::Ended { .. } = update {
+                            // The hunt was deleted: watch the id again, for
+                            // a hunt created again under it.
+                            sub.subscribe(args.hunt)
+                                .await
+                                .map_err(|e| format!("subscribing to hunt {} again: {e}", args.hunt))?;
+                            continue;
+                        }
                         let changes = view.apply(&update, Instant::now());
                         if changes.iter().any(|c| matches!(c, Change::Gap { .. })) {
                             refresh(&mut view, args.control).await;
@@ -401,6 +440,25 @@ mod tests {
     fn applied(outcome: HuntOutcome) -> UpdateEntry<TreasureHunt> {
         let event = HuntEvent { hunt: 1, player: 1, action: Action::Join };
         UpdateEntry::Applied { event: Stamped { time_us: 0, event }, outcome }
+    }
+
+    /// A deleted hunt: the view starts again from nothing, keeping its
+    /// counts of what it saw; the end of the stream changes nothing more.
+    #[test]
+    fn a_deleted_hunt_clears_the_view() {
+        let t0 = Instant::now();
+        let mut v = View::new(1);
+        v.load_summary(&serde_json::json!({"players": 3, "round": 2, "treasures_left": 9,
+            "leaderboard": [{"player": 7, "score": 40}]}));
+        let entries = vec![
+            applied(HuntOutcome::Deleted { round: 2 }),
+            UpdateEntry::Broadcast(HuntBroadcast::HuntDeleted { round: 2, top: Top10::default() }),
+        ];
+        let changes = v.apply(&Update::Entries { world: 1, first_seq: 1, entries }, t0);
+        assert_eq!(changes, vec![Change::Deleted { round: 2 }]);
+        assert_eq!((v.players, v.round, v.top.len(), v.events), (0, None, 0, 1));
+        assert!(change_line(1, &changes[0], &v).contains("deleted in round 2"));
+        assert_eq!(v.apply(&Update::Ended { world: 1 }, t0), vec![]);
     }
 
     #[test]

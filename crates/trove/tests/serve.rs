@@ -513,7 +513,7 @@ fn sdk_produce_acknowledge_subscribe_end_to_end() {
                 next += e.len() as u64;
                 entries.extend(e);
             }
-            Update::Gap { .. } => panic!("a subscriber that keeps up gets no gap: {u:?}"),
+            Update::Gap { .. } | Update::Ended { .. } => panic!("a subscriber that keeps up gets no gap: {u:?}"),
         }
     }
     let mut seen = Vec::new();

@@ -14,6 +14,7 @@ function eventText(e: HuntEvent): string {
     const c = e.config;
     return `create ${c.width}x${c.height} map, ${c.treasures_per_round} treasures of ${c.value_min}..=${c.value_max}, ${c.players_max} players max`;
   }
+  if (e.action === "delete") return "delete the hunt";
   const who = `player ${e.player}`;
   switch (e.action) {
     case "join":
@@ -49,6 +50,8 @@ function outcomeText(o: HuntOutcome): string {
       return o.band;
     case "rejected":
       return `rejected: ${o.reason}`;
+    case "deleted":
+      return `deleted in round ${o.round}`;
   }
 }
 
@@ -63,6 +66,8 @@ function broadcastText(b: HuntBroadcast): string {
       return `** round ${b.round} leaderboard: ${topText(b.top)}`;
     case "round_finished":
       return `** round ${b.round} finished: ${topText(b.top)}`;
+    case "hunt_deleted":
+      return `** hunt deleted in round ${b.round}: ${topText(b.top)}`;
   }
 }
 
@@ -102,6 +107,9 @@ try {
         break;
       case "disconnected":
         console.error(`connection lost: ${item.error.message}; reconnecting`);
+        break;
+      case "ended":
+        console.log(`hunt ${item.hunt} -- ended (${item.reason}) --`);
         break;
     }
   }

@@ -34,6 +34,8 @@ export type HuntEvent =
   | { hunt: number; action: "create"; config: HuntConfig }
   | { hunt: number; player: number; action: PlayerAction }
   | { hunt: number; player: number; action: "move"; dx: number; dy: number }
+  /** Deletes the hunt (docs/game.md, "Hunts"): an admin's token when authentication is on. */
+  | { hunt: number; action: "delete" }
   /** Only in updates: an event whose kind the rules did not know (rejected `invalid_event`). */
   | { hunt: number; player: number; action: "invalid" };
 
@@ -62,7 +64,9 @@ export type HuntOutcome =
   | { outcome: "dig_found"; value: number; score: number }
   | { outcome: "dig_nothing" }
   | { outcome: "hint"; band: Band }
-  | { outcome: "rejected"; reason: RejectReason };
+  | { outcome: "rejected"; reason: RejectReason }
+  /** The hunt is deleted; `round` is the round it was in. */
+  | { outcome: "deleted"; round: number };
 
 export interface TopEntry {
   player: number;
@@ -84,7 +88,9 @@ export type HuntBroadcast =
       treasures_left: number;
     }
   | { broadcast: "leaderboard_changed"; round: number; top: TopEntry[] }
-  | { broadcast: "round_finished"; round: number; top: TopEntry[] };
+  | { broadcast: "round_finished"; round: number; top: TopEntry[] }
+  /** The hunt was deleted: the last entry of its stream (the subscription ends after it). */
+  | { broadcast: "hunt_deleted"; round: number; top: TopEntry[] };
 
 // ---- constructors ----
 
@@ -100,6 +106,8 @@ export const move = (hunt: number, player: number, dx: number, dy: number): Hunt
 });
 export const dig = (hunt: number, player: number): HuntEvent => ({ hunt, player, action: "dig" });
 export const scan = (hunt: number, player: number): HuntEvent => ({ hunt, player, action: "scan" });
+/** Deletes `hunt` (`delete` is a reserved word). */
+export const deleteHunt = (hunt: number): HuntEvent => ({ hunt, action: "delete" });
 
 // ---- encoding (client to server) ----
 
@@ -140,6 +148,8 @@ export function encodeEvent(e: HuntEvent): string {
     case "dig":
     case "scan":
       return `{"hunt":${hunt},"player":${checkInt(e.player, "player", 0, U32_MAX)},"action":"${e.action}"}`;
+    case "delete":
+      return `{"hunt":${hunt},"action":"delete"}`;
     case "move":
       return (
         `{"hunt":${hunt},"player":${checkInt(e.player, "player", 0, U32_MAX)},"action":"move"` +
@@ -166,6 +176,7 @@ export function decodeOutcome(v: Json | undefined, what = "outcome"): HuntOutcom
   let fields: number;
   switch (kind) {
     case "created":
+    case "deleted":
       uint(o, "round", 32, what);
       fields = 2;
       break;
@@ -245,6 +256,8 @@ export function decodeEvent(v: Json | undefined, what = "event"): HuntEvent {
     case "scan":
     case "invalid":
       return { hunt, player: uint(o, "player", 32, what), action } as HuntEvent;
+    case "delete":
+      return { hunt, action };
     case "move":
       return { hunt, player: uint(o, "player", 32, what), action, dx: int16(o, "dx", what), dy: int16(o, "dy", what) };
     default:
@@ -278,6 +291,7 @@ export function decodeBroadcast(v: Json | undefined, what = "broadcast"): HuntBr
       };
     case "leaderboard_changed":
     case "round_finished":
+    case "hunt_deleted":
       return { broadcast: kind, round: uint(o, "round", 32, what), top: decodeTop(o, what) };
     default:
       throw new ProtocolError(`${what}: unknown broadcast ${JSON.stringify(kind).slice(0, 64)}`);

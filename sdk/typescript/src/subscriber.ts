@@ -28,6 +28,14 @@ export type SubscriberItem =
    *   server numbers from 1 again, so the numbers do not say).
    */
   | { kind: "gap"; hunt: number; firstMissed: bigint; missed: bigint | null; reason: "server" | "local" | "reconnect" }
+  /**
+   * The server ended the subscription to `hunt` unasked: `deleted` (its
+   * last entry, a `hunt_deleted` broadcast, came before), or `revoked` (a
+   * reload of the server's tokens no longer allows it). Nothing more of
+   * it comes, and it is not subscribed again on a reconnect: subscribe
+   * again to follow a hunt created again under the id.
+   */
+  | { kind: "ended"; hunt: number; reason: "deleted" | "revoked" }
   /** The server confirmed a subscription (also after every reconnect): entries follow from `nextSeq`. */
   | { kind: "subscribed"; hunt: number; nextSeq: bigint }
   /** The connection was lost (it reconnects by itself, unless `error.fatal`). */
@@ -395,10 +403,22 @@ export class Subscriber {
       }
       case "unsubscribed": {
         const hunt = uint(m, "hunt", 32, "unsubscribed");
-        const op = this.ops.shift();
-        if (op === undefined || op.op !== "unsubscribe" || op.hunt !== hunt) {
-          throw new ProtocolError(`unsubscribed for hunt ${hunt} answers no unsubscribe`);
+        const head = this.ops[0];
+        const asked = head !== undefined && head.op === "unsubscribe" && head.hunt === hunt && !("reason" in m);
+        if (!asked) {
+          // Ended by the server: a deleted hunt (with its reason), or a
+          // token reload. Not an answer to anything sent.
+          const st = this.hunts.get(hunt);
+          if (st === undefined || st.expected === null) {
+            if ("reason" in m || this.leaving.has(hunt)) return; // already leaving, or not yet subscribed here
+            throw new ProtocolError(`unsubscribed for hunt ${hunt} answers no unsubscribe`);
+          }
+          this.hunts.delete(hunt);
+          for (const w of st.waiters) w.reject(new ProtocolError(`hunt ${hunt} ended`));
+          this.emit({ kind: "ended", hunt, reason: "reason" in m && str(m, "reason", "unsubscribed") === "deleted" ? "deleted" : "revoked" });
+          return;
         }
+        const op = this.ops.shift()!;
         const n = (this.leaving.get(hunt) ?? 1) - 1;
         if (n > 0) this.leaving.set(hunt, n);
         else this.leaving.delete(hunt);

@@ -139,6 +139,18 @@ export class Server {
     return { status: r.status, body };
   }
 
+  async del(path: string): Promise<{ status: number; body: unknown }> {
+    const r = await fetch(this.control + path, { method: "DELETE" });
+    const text = await r.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // keep text
+    }
+    return { status: r.status, body: parsed };
+  }
+
   async post(path: string, body: unknown): Promise<{ status: number; body: unknown }> {
     const r = await fetch(this.control + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     const text = await r.text();

@@ -659,6 +659,7 @@
     let fields;
     switch (kind) {
       case "created":
+      case "deleted":
         uint(o, "round", 32, what);
         fields = 2;
         break;
@@ -735,6 +736,8 @@
       case "scan":
       case "invalid":
         return { hunt: hunt2, player: uint(o, "player", 32, what), action };
+      case "delete":
+        return { hunt: hunt2, action };
       case "move":
         return { hunt: hunt2, player: uint(o, "player", 32, what), action, dx: int16(o, "dx", what), dy: int16(o, "dy", what) };
       default:
@@ -766,6 +769,7 @@
         };
       case "leaderboard_changed":
       case "round_finished":
+      case "hunt_deleted":
         return { broadcast: kind, round: uint(o, "round", 32, what), top: decodeTop(o, what) };
       default:
         throw new ProtocolError(`${what}: unknown broadcast ${JSON.stringify(kind).slice(0, 64)}`);
@@ -1323,10 +1327,20 @@
         }
         case "unsubscribed": {
           const hunt2 = uint(m, "hunt", 32, "unsubscribed");
-          const op = this.ops.shift();
-          if (op === void 0 || op.op !== "unsubscribe" || op.hunt !== hunt2) {
-            throw new ProtocolError(`unsubscribed for hunt ${hunt2} answers no unsubscribe`);
+          const head = this.ops[0];
+          const asked = head !== void 0 && head.op === "unsubscribe" && head.hunt === hunt2 && !("reason" in m);
+          if (!asked) {
+            const st = this.hunts.get(hunt2);
+            if (st === void 0 || st.expected === null) {
+              if ("reason" in m || this.leaving.has(hunt2)) return;
+              throw new ProtocolError(`unsubscribed for hunt ${hunt2} answers no unsubscribe`);
+            }
+            this.hunts.delete(hunt2);
+            for (const w of st.waiters) w.reject(new ProtocolError(`hunt ${hunt2} ended`));
+            this.emit({ kind: "ended", hunt: hunt2, reason: "reason" in m && str(m, "reason", "unsubscribed") === "deleted" ? "deleted" : "revoked" });
+            return;
           }
+          const op = this.ops.shift();
           const n = (this.leaving.get(hunt2) ?? 1) - 1;
           if (n > 0) this.leaving.set(hunt2, n);
           else this.leaving.delete(hunt2);
@@ -1528,6 +1542,9 @@
           break;
         case "disconnected":
           this.subState = "disconnected: reconnecting";
+          break;
+        case "ended":
+          this.subState = i.reason === "deleted" ? "ended: the hunt was deleted" : "ended: no longer allowed";
           break;
         case "gap":
           void this.refreshDetail();
