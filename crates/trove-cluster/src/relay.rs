@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use trove_core::placement::shard_of;
 use trove_core::WorldId;
+use trove_core::placement::shard_of;
 use trove_proto::wire::{decode_entries, push_applied, push_broadcast};
 use trove_proto::{UpdateEntry, WireGame};
 use trove_shard::updates::{Delivery, Hub, Mailbox, Update};

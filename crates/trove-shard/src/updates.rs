@@ -1160,7 +1160,10 @@ mod tests {
             })
             .collect();
         let f = first;
-        assert_eq!(got, [('c', f, 1), ('c', f + 1, 2), ('g', f + 3, 3), ('c', f + 6, 1), ('g', f + 7, 1), ('c', f + 8, 1)]);
+        assert_eq!(
+            got,
+            [('c', f, 1), ('c', f + 1, 2), ('g', f + 3, 3), ('c', f + 6, 1), ('g', f + 7, 1), ('c', f + 8, 1)]
+        );
         assert_eq!(hub.metrics().gaps, 2);
     }
 

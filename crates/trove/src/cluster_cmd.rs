@@ -189,11 +189,7 @@ impl trove_server::control::ClusterView for NodeView {
             "Gaps injected for spectators here (numbers lost on the way, owner changes).",
             r.gaps.load(Relaxed),
         );
-        f.counter(
-            "trove_cluster_relay_updates_total",
-            "Updates relayed to spectators here.",
-            r.updates.load(Relaxed),
-        );
+        f.counter("trove_cluster_relay_updates_total", "Updates relayed to spectators here.", r.updates.load(Relaxed));
         f.counter(
             "trove_cluster_snapshot_failures_total",
             "Snapshots not stored, or streams not purged after one (the stream keeps what it held).",
@@ -283,9 +279,8 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     let metrics = Arc::new(ClusterMetrics::default());
     // Spectators on any node: the relay follows this node's ownership
     // (told before a taken partition's shard serves).
-    let relay =
-        Relay::start(&urls, nats.names().clone(), config.partitions, engine.hub().clone(), runtime.handle())
-            .map_err(|e| format!("the spectator relay: {e}"))?;
+    let relay = Relay::start(&urls, nats.names().clone(), config.partitions, engine.hub().clone(), runtime.handle())
+        .map_err(|e| format!("the spectator relay: {e}"))?;
     let relay_metrics = relay.metrics().clone();
     let cluster_node = Node::start_observed(
         nats,
