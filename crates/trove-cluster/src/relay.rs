@@ -599,18 +599,15 @@ async fn control_loop<G: WireGame>(s: Arc<Shared<G>>) {
                 continue;
             }
             let subject = s.names.updates_subject(p);
-            match tokio::time::timeout(PUBLISH_TIMEOUT, s.client.subscribe(subject)).await {
-                Ok(Ok(mut sub)) => {
-                    let shared = s.clone();
-                    let task = tokio::spawn(async move {
-                        while let Some(m) = sub.next().await {
-                            shared.receive(p, &m.payload);
-                        }
-                    });
-                    subscribed.insert(p, task);
-                }
-                // Tried again at the next round.
-                Ok(Err(_)) | Err(_) => {}
+            // One that fails is tried again at the next round.
+            if let Ok(Ok(mut sub)) = tokio::time::timeout(PUBLISH_TIMEOUT, s.client.subscribe(subject)).await {
+                let shared = s.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        shared.receive(p, &m.payload);
+                    }
+                });
+                subscribed.insert(p, task);
             }
         }
         s.metrics.partitions_relayed.store(subscribed.len() as u64, Relaxed);

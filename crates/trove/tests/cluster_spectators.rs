@@ -280,7 +280,8 @@ fn ws_spectator(addr: SocketAddr, hunt: u32) -> Spectator {
     let (out, times) = (seen.clone(), arrived.clone());
     let thread = std::thread::spawn(move || {
         let mut numbering = Numbering { next };
-        loop {
+        // Ends when the node closes the connection (it was stopped).
+        while s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
             let v = ws_recv(&mut s);
             let now = Instant::now();
             assert_eq!(v["hunt"], hunt, "{v}");
