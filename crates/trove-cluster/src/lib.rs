@@ -18,6 +18,9 @@
 //! - [`lease`]: partition leases and their epochs, node presence.
 //! - [`log`]: [`PartitionLog`], a partition's fenced stream.
 //! - [`snapshots`]: partition snapshots in the object store, bounded.
+//! - [`relay`]: [`Relay`], spectators on any node: a partition's updates
+//!   published by its owner on core NATS and injected into the hubs of
+//!   the nodes whose subscribers watch its hunts.
 //!
 //! docs/decisions/0037-cluster-log-on-jetstream.md says why it is built
 //! this way.
@@ -30,6 +33,7 @@ pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod recover;
+pub mod relay;
 pub mod snapshots;
 pub mod stream_log;
 
@@ -46,6 +50,7 @@ pub use metrics::ClusterMetrics;
 pub use names::Names;
 pub use node::{MapView, Node, View};
 pub use recover::{RecoverError, RecoveredPartition, recover_partition};
+pub use relay::{Relay, RelayMetrics};
 pub use snapshots::Snapshots;
 pub use stream_log::StreamLog;
 

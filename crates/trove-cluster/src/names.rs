@@ -3,7 +3,8 @@
 //! KV buckets `trove_C_config`, `trove_C_leases`, `trove_C_nodes`, the
 //! object store `trove_C_snapshots`, and per partition `N` the stream
 //! `trove_C_pN` on subject `trove.C.p.N`, lease key and snapshot object
-//! `pN`.
+//! `pN`; and the relay's core NATS subjects (no stream) `trove.C.updates.N`
+//! and `trove.C.watch.N`.
 
 use crate::error::ClusterError;
 
@@ -78,6 +79,23 @@ impl Names {
         format!("trove.{}.p.{p}", self.cluster)
     }
 
+    /// Core NATS subject of partition `p`'s relayed updates (its owner
+    /// publishes, nodes with spectators of its hunts subscribe).
+    pub fn updates_subject(&self, p: u32) -> String {
+        format!("trove.{}.updates.{p}", self.cluster)
+    }
+
+    /// Core NATS subject on which nodes announce the hunts of partition
+    /// `p` they relay (its owner subscribes).
+    pub fn watch_subject(&self, p: u32) -> String {
+        format!("trove.{}.watch.{p}", self.cluster)
+    }
+
+    /// Every partition's watch subject (a wildcard).
+    pub fn watch_subject_all(&self) -> String {
+        format!("trove.{}.watch.*", self.cluster)
+    }
+
     /// Partition `p`'s key in the leases bucket.
     pub fn lease_key(&self, p: u32) -> String {
         format!("p{p}")
@@ -105,6 +123,9 @@ mod tests {
         assert_eq!(n.snapshots_bucket(), "trove_trove_snapshots");
         assert_eq!(n.stream(3), "trove_trove_p3");
         assert_eq!(n.subject(3), "trove.trove.p.3");
+        assert_eq!(n.updates_subject(3), "trove.trove.updates.3");
+        assert_eq!(n.watch_subject(3), "trove.trove.watch.3");
+        assert_eq!(n.watch_subject_all(), "trove.trove.watch.*");
         assert_eq!(n.lease_key(3), "p3");
         assert_eq!(n.snapshot_object(3), "p3");
     }

@@ -159,7 +159,14 @@ struct Shared<G: Game> {
     /// Set when the node thread has handed everything over: the renewal
     /// thread stops then (it renews until the last release).
     done: AtomicBool,
+    /// Told each change of this node's ownership (the relay).
+    on_owner_change: Option<OwnerListener>,
 }
+
+/// Called with a partition and `Some(epoch)` when this node takes it
+/// (before its shard serves), `None` when it gave it up (after its shard
+/// stopped). It runs on the node's thread: it must not wait long.
+pub type OwnerListener = Box<dyn Fn(u32, Option<u64>) + Send + Sync>;
 
 impl<G: Game> Node<G> {
     /// Starts the node's thread for `engine` (in cluster mode, with
@@ -173,6 +180,22 @@ impl<G: Game> Node<G> {
         config: ClusterConfig,
         core: CoreConfig,
         metrics: Arc<ClusterMetrics>,
+    ) -> std::io::Result<Node<G>> {
+        Node::start_observed(nats, runtime, engine, me, config, core, metrics, None)
+    }
+
+    /// [`Node::start`], telling `on_owner_change` of each change of this
+    /// node's ownership.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_observed(
+        nats: Nats,
+        runtime: tokio::runtime::Handle,
+        engine: Arc<Engine<G>>,
+        me: Owner,
+        config: ClusterConfig,
+        core: CoreConfig,
+        metrics: Arc<ClusterMetrics>,
+        on_owner_change: Option<OwnerListener>,
     ) -> std::io::Result<Node<G>> {
         assert_eq!(engine.shard_states().len(), config.partitions as usize, "a shard per partition");
         let shared = Arc::new(Shared {
@@ -189,6 +212,7 @@ impl<G: Game> Node<G> {
             free_since: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             done: AtomicBool::new(false),
+            on_owner_change,
         });
         let s = shared.clone();
         let renewer = std::thread::Builder::new().name("trove-leases".into()).spawn(move || renew_loop(&s))?;
@@ -547,9 +571,15 @@ impl<G: Game> Shared<G> {
     /// Records `p`'s owner in the view at once (the next tick reads the
     /// whole map again).
     fn set_owner(&self, p: u32, owner: Option<(Owner, u64)>) {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = view.owners.get_mut(p as usize) {
-            *slot = owner;
+        let here = owner.as_ref().filter(|(o, _)| o.node == self.me.node).map(|&(_, epoch)| epoch);
+        {
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = view.owners.get_mut(p as usize) {
+                *slot = owner;
+            }
+        }
+        if let Some(listener) = &self.on_owner_change {
+            listener(p, here);
         }
     }
 

@@ -224,6 +224,30 @@ impl<G: Game> Mailbox<G> {
         pushed
     }
 
+    /// Records updates `first_missed .. first_missed + missed` of `world`
+    /// as missed (a relay's gap, [`Hub::inject`]): coalesced with a gap
+    /// pending for the world, handed over in its place in the stream.
+    fn note_gap(&self, world: WorldId, first_missed: u64, missed: u64, hub: &HubCounters) {
+        let woken = {
+            let mut s = self.lock();
+            if s.closed {
+                return;
+            }
+            match s.gaps.get_mut(&world) {
+                // Everything since the pending gap's start was missed too.
+                Some(gap) => gap.1 = first_missed.saturating_add(missed).saturating_sub(gap.0),
+                None => {
+                    hub.gaps.fetch_add(1, Relaxed);
+                    s.gaps.insert(world, (first_missed, missed));
+                }
+            }
+            s.items.is_empty()
+        };
+        if woken {
+            self.notify.notify_one();
+        }
+    }
+
     /// Wakes a mailbox the ticker took from its list.
     fn wake_deferred(&self) {
         {
@@ -556,6 +580,9 @@ pub struct Hub<G: Game> {
     counters: HubCounters,
     /// Set once, before subscribers come, for paced wakeups.
     pacer: OnceLock<Pacer<G>>,
+    /// Notified when a world gains its first subscriber or loses its last
+    /// (a cluster's relay follows [`Hub::watched_worlds`] by it).
+    topics_changed: tokio::sync::Notify,
 }
 
 impl<G: Game> Default for Hub<G> {
@@ -566,6 +593,7 @@ impl<G: Game> Default for Hub<G> {
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
             pacer: OnceLock::new(),
+            topics_changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -632,6 +660,7 @@ impl<G: Game> Hub<G> {
         let topic = live.entry(world).or_insert_with(|| {
             self.live.fetch_add(1, Relaxed);
             Arc::make_mut(watched).insert(world);
+            self.topics_changed.notify_one();
             Topic { next_seq: *resume_at, subscribers: Arc::new([]), turn: Arc::default(), next_ticket: 0 }
         });
         if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
@@ -687,6 +716,7 @@ impl<G: Game> Hub<G> {
             Arc::make_mut(&mut t.watched).remove(&world);
             t.resume_at = t.resume_at.max(topic.next_seq);
             self.live.fetch_sub(1, Relaxed);
+            self.topics_changed.notify_one();
         }
     }
 
@@ -808,6 +838,66 @@ impl<G: Game> Hub<G> {
                 self.retire(&mut t, world);
             }
         }
+    }
+
+    /// The worlds with at least one subscriber now (a copy-on-write set:
+    /// cheap to take).
+    pub fn watched_worlds(&self) -> Arc<HashSet<WorldId, BuildHasherDefault<IdHasher>>> {
+        self.lock().watched.clone()
+    }
+
+    /// Notified when a world gains its first subscriber or loses its last.
+    pub fn topics_changed(&self) -> &tokio::sync::Notify {
+        &self.topics_changed
+    }
+
+    /// Hands updates of `world` that another node applied (a cluster's
+    /// relay) to the world's subscribers here, numbered in this hub's
+    /// sequence like a shard's publish: first `missed` numbers reported
+    /// as a gap (updates lost on the way; none when 0), then `updates` as
+    /// one chunk (none when empty). Returns false, doing nothing, when the
+    /// world has no subscriber here. The caller must not inject a world
+    /// whose shard publishes here at the same time (the relay injects
+    /// only partitions this node does not own).
+    pub fn inject(&self, world: WorldId, missed: u64, updates: Vec<Update<G>>, ingested_at: Instant) -> bool {
+        let mut t = self.lock();
+        let Some(topic) = t.live.get_mut(&world) else { return false };
+        let first_missed = topic.next_seq;
+        topic.next_seq = topic.next_seq.saturating_add(missed);
+        let first_seq = topic.next_seq;
+        topic.next_seq = topic.next_seq.saturating_add(updates.len() as u64);
+        let subscribers = topic.subscribers.clone();
+        let ticket = topic.ticket();
+        drop(t);
+        let chunk = (!updates.is_empty()).then(|| {
+            self.counters.updates_published.fetch_add(updates.len() as u64, Relaxed);
+            self.counters.chunks_published.fetch_add(1, Relaxed);
+            self.counters.deliveries.fetch_add(subscribers.len() as u64, Relaxed);
+            Arc::new(Chunk {
+                world,
+                first_seq,
+                updates,
+                encoded: OnceLock::new(),
+                encoded_text: OnceLock::new(),
+                ingested_at,
+            })
+        });
+        ticket.wait();
+        let pacer = self.pacer.get();
+        let mut woken = 0;
+        for m in subscribers.iter() {
+            if missed > 0 {
+                m.note_gap(world, first_missed, missed, &self.counters);
+            }
+            if let Some(chunk) = &chunk
+                && m.push(chunk, &self.counters, pacer) == Pushed::Woken
+            {
+                woken += 1;
+            }
+        }
+        drop(ticket);
+        self.counters.wakeups.fetch_add(woken, Relaxed);
+        true
     }
 
     pub fn metrics(&self) -> HubMetrics {
@@ -1051,6 +1141,39 @@ mod tests {
         b.close();
         publish_one(&hub, &mut staging, 7, 0);
         assert_eq!((hub.metrics().subscriptions, hub.metrics().topics), (0, 0));
+    }
+
+    #[test]
+    fn injected_updates_and_gaps_continue_a_worlds_numbers_in_place() {
+        let hub: Hub<Hunt> = Hub::default();
+        let mailbox = Mailbox::new(1 << 20);
+        let first = hub.subscribe(7, &mailbox);
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        let relayed = |player| Update::Applied {
+            event: Stamped { time_us: 1, event: HuntEvent::join(7, player) },
+            outcome: HuntOutcome::Left,
+        };
+        assert!(hub.inject(7, 0, vec![relayed(1), relayed(2)], Instant::now()));
+        assert!(hub.inject(7, 3, vec![relayed(3)], Instant::now()));
+        assert!(hub.inject(7, 1, Vec::new(), Instant::now()), "a gap alone");
+        publish_one(&hub, &mut staging, 7, 4);
+        assert!(!hub.inject(8, 1, vec![relayed(1)], Instant::now()), "no subscriber of world 8");
+        let mut taken = Vec::new();
+        mailbox.take(&mut taken);
+        let got: Vec<(char, u64, u64)> = taken
+            .iter()
+            .map(|d| match d {
+                Delivery::Chunk(c) => ('c', c.first_seq, c.updates.len() as u64),
+                Delivery::Gap { first_missed, missed, .. } => ('g', *first_missed, *missed),
+            })
+            .collect();
+        let f = first;
+        assert_eq!(
+            got,
+            [('c', f, 1), ('c', f + 1, 2), ('g', f + 3, 3), ('c', f + 6, 1), ('g', f + 7, 1), ('c', f + 8, 1)]
+        );
+        assert_eq!(hub.metrics().gaps, 2);
     }
 
     /// Runs `f` on a thread; whether it returned within a generous

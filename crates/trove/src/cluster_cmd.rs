@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use trove_cluster::config::CONFIG_FORMAT;
-use trove_cluster::{ClusterConfig, ClusterMetrics, MapView, Nats, Node, Owner};
+use trove_cluster::{ClusterConfig, ClusterMetrics, MapView, Nats, Node, Owner, Relay, RelayMetrics};
 use trove_core::{Game, Record};
 use trove_hunt::TreasureHunt;
 use trove_server::control::{ControlConfig, ControlInfo, ControlParts, ControlPlane};
@@ -98,6 +98,7 @@ impl trove_server::Owners for NodeOwners {
 struct NodeView {
     map: MapView,
     metrics: Arc<ClusterMetrics>,
+    relay: Arc<RelayMetrics>,
 }
 
 impl trove_server::control::ClusterView for NodeView {
@@ -145,6 +146,50 @@ impl trove_server::control::ClusterView for NodeView {
         );
         f.counter("trove_cluster_released_total", "Partitions handed over cleanly.", m.released.load(Relaxed));
         f.counter("trove_cluster_snapshots_total", "Snapshots stored in the object store.", m.snapshots.load(Relaxed));
+        let r = &self.relay;
+        f.gauge(
+            "trove_cluster_relay_partitions",
+            "Partitions whose updates this node relays to its spectators now.",
+            r.partitions_relayed.load(Relaxed),
+        );
+        f.gauge(
+            "trove_cluster_relay_hunts_exported",
+            "Hunts this node, as their owner, publishes for other nodes' spectators now.",
+            r.worlds_exported.load(Relaxed),
+        );
+        f.counter("trove_cluster_relay_published_total", "Relay messages published.", r.published.load(Relaxed));
+        f.counter(
+            "trove_cluster_relay_published_bytes_total",
+            "Bytes of those messages.",
+            r.published_bytes.load(Relaxed),
+        );
+        f.counter(
+            "trove_cluster_relay_publish_failures_total",
+            "Relay messages not published (NATS down or slow): relays see gaps.",
+            r.publish_failures.load(Relaxed),
+        );
+        f.counter(
+            "trove_cluster_relay_publisher_gaps_total",
+            "Gaps of the owner's relay mailbox (it fell behind).",
+            r.publisher_gaps.load(Relaxed),
+        );
+        f.counter("trove_cluster_relay_received_total", "Relay messages received.", r.received.load(Relaxed));
+        f.counter(
+            "trove_cluster_relay_refused_total",
+            "Relay messages that did not decode or named a hunt of another partition.",
+            r.refused.load(Relaxed),
+        );
+        f.counter(
+            "trove_cluster_relay_stale_total",
+            "Relay messages dropped as already delivered, reported missing, a deposed owner's, or owned here.",
+            r.stale.load(Relaxed),
+        );
+        f.counter(
+            "trove_cluster_relay_gaps_total",
+            "Gaps injected for spectators here (numbers lost on the way, owner changes).",
+            r.gaps.load(Relaxed),
+        );
+        f.counter("trove_cluster_relay_updates_total", "Updates relayed to spectators here.", r.updates.load(Relaxed));
         f.counter(
             "trove_cluster_snapshot_failures_total",
             "Snapshots not stored, or streams not purged after one (the stream keeps what it held).",
@@ -232,8 +277,22 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
         control: control.map(|a| a.to_string()).unwrap_or_default(),
     };
     let metrics = Arc::new(ClusterMetrics::default());
-    let cluster_node = Node::start(nats, runtime.handle().clone(), engine.clone(), me, config.clone(), core, metrics)
-        .map_err(|e| format!("the cluster thread: {e}"))?;
+    // Spectators on any node: the relay follows this node's ownership
+    // (told before a taken partition's shard serves).
+    let relay = Relay::start(&urls, nats.names().clone(), config.partitions, engine.hub().clone(), runtime.handle())
+        .map_err(|e| format!("the spectator relay: {e}"))?;
+    let relay_metrics = relay.metrics().clone();
+    let cluster_node = Node::start_observed(
+        nats,
+        runtime.handle().clone(),
+        engine.clone(),
+        me,
+        config.clone(),
+        core,
+        metrics,
+        Some(Box::new(relay.owner_listener())),
+    )
+    .map_err(|e| format!("the cluster thread: {e}"))?;
     let view = cluster_node.map_view();
     let owners: Arc<dyn trove_server::Owners> = Arc::new(NodeOwners(view.clone()));
     let tls = server.tls.is_some();
@@ -262,7 +321,11 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
                 metrics_only: false,
             };
             let plane = ControlPlane::start_on(listener, parts).map_err(|e| e.to_string())?;
-            plane.set_cluster_view(Arc::new(NodeView { map: view.clone(), metrics: cluster_node.metrics().clone() }));
+            plane.set_cluster_view(Arc::new(NodeView {
+                map: view.clone(),
+                metrics: cluster_node.metrics().clone(),
+                relay: relay_metrics,
+            }));
             Some(plane)
         }
         None => None,
@@ -287,6 +350,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
     ready.store(false, Ordering::Relaxed);
     cluster_node.leave();
     server.shutdown(Duration::from_secs(10));
+    drop(relay);
     if let Some(c) = control {
         c.shutdown();
     }
