@@ -841,9 +841,16 @@ impl<G: WireGame> Subscriptions<G> {
         Self { mailbox: None, worlds: Vec::new() }
     }
 
-    /// Subscribes to `hunt`; returns the number of its next update, or
-    /// `None` past the connection's limit (counted as an error sent).
-    pub fn subscribe(&mut self, shared: &Shared<G>, hunt: trove_core::WorldId) -> Option<u64> {
+    /// Subscribes to `hunt` in `mode`; returns the number of its next
+    /// update (in the numbering of the mode the hunt is watched in: a
+    /// second SUBSCRIBE changes nothing), or `None` past the connection's
+    /// limit (counted as an error sent).
+    pub fn subscribe(
+        &mut self,
+        shared: &Shared<G>,
+        hunt: trove_core::WorldId,
+        mode: trove_shard::SubscribeMode,
+    ) -> Option<u64> {
         let new = !self.worlds.contains(&hunt);
         if new && self.worlds.len() >= shared.config.subscriptions_max {
             shared.metrics.errors[trove_proto::ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
@@ -851,7 +858,7 @@ impl<G: WireGame> Subscriptions<G> {
         }
         let updates_max = shared.config.subscriber_updates_max;
         let mailbox = self.mailbox.get_or_insert_with(|| trove_shard::Mailbox::new(updates_max));
-        let next_seq = shared.engine.hub().subscribe(hunt, mailbox);
+        let (_, next_seq) = shared.engine.hub().subscribe_as(hunt, mailbox, mode);
         if new {
             self.worlds.push(hunt);
             shared.metrics.subscribers.fetch_add(1, Relaxed);

@@ -66,4 +66,4 @@ pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
 pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};
 pub use sharded::{OwnershipError, ShardState};
 pub use trove_journal::{FsyncPolicy, WriteIo};
-pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};
+pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, SubscribeMode, Update};

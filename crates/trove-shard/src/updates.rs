@@ -79,6 +79,19 @@ pub struct Chunk<G: Game> {
     pub ingested_at: Instant,
 }
 
+/// What a subscription receives of its world's stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SubscribeMode {
+    /// Every entry: each applied event and the broadcasts it caused.
+    #[default]
+    Full,
+    /// The broadcasts alone, numbered consecutively by themselves (a
+    /// numbering of their own per world, with the same gap rules): one
+    /// chunk of them per published chunk that has any, shared by every
+    /// such subscriber of the world.
+    BroadcastsOnly,
+}
+
 /// What a subscriber takes from its mailbox, in stream order per world.
 #[derive(Debug)]
 pub enum Delivery<G: Game> {
@@ -432,15 +445,31 @@ type Subscribers<G> = Arc<[Arc<Mailbox<G>>]>;
 #[derive(Debug)]
 struct Topic<G: Game> {
     next_seq: u64,
+    /// The next number of the broadcasts-only stream (advanced only while
+    /// `news` has subscribers).
+    next_news_seq: u64,
     /// Copied on write: a publish clones the `Arc` under the lock and
     /// pushes to the list it got, outside it.
     subscribers: Subscribers<G>,
+    /// The broadcasts-only subscribers ([`SubscribeMode::BroadcastsOnly`]), the same way.
+    news: Subscribers<G>,
     turn: Arc<Turn>,
     /// The next ticket of `turn`.
     next_ticket: u64,
 }
 
 impl<G: Game> Topic<G> {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.news.is_empty()
+    }
+
+    fn list(&mut self, mode: SubscribeMode) -> &mut Subscribers<G> {
+        match mode {
+            SubscribeMode::Full => &mut self.subscribers,
+            SubscribeMode::BroadcastsOnly => &mut self.news,
+        }
+    }
+
     fn ticket(&mut self) -> Ticket {
         let number = self.next_ticket;
         self.next_ticket += 1;
@@ -487,6 +516,9 @@ struct Outgoing<G: Game> {
     first_seq: u64,
     updates: Vec<Update<G>>,
     subscribers: Subscribers<G>,
+    /// The broadcasts-only subscribers and the number of the chunk's first
+    /// broadcast in their stream (when it has broadcasts and they exist).
+    news: Option<(u64, Subscribers<G>)>,
     ticket: Ticket,
 }
 
@@ -498,6 +530,7 @@ struct HubCounters {
     gaps: AtomicU64,
     deliveries: AtomicU64,
     wakeups: AtomicU64,
+    news_published: AtomicU64,
 }
 
 /// Hub counters, for metrics.
@@ -509,6 +542,9 @@ pub struct HubMetrics {
     pub subscriptions: u64,
     pub updates_published: u64,
     pub chunks_published: u64,
+    /// Broadcasts published in broadcasts-only chunks (each counted once,
+    /// however many subscribers it goes to).
+    pub news_published: u64,
     /// Updates dropped for subscribers that fell behind.
     pub updates_dropped: u64,
     /// Gaps opened (each reaches its subscriber as one notice).
@@ -571,6 +607,9 @@ pub struct Staging<G: Game> {
     /// lock visits only them, never the empty entries left by earlier
     /// batches.
     touched: Vec<WorldId>,
+    /// The broadcasts among `by_world`'s updates, per world (only worlds
+    /// with some).
+    broadcasts: IdMap<u64>,
     outgoing: Vec<Outgoing<G>>,
     /// Worlds where a push found a closed mailbox.
     closed_in: Vec<WorldId>,
@@ -578,7 +617,13 @@ pub struct Staging<G: Game> {
 
 impl<G: Game> Default for Staging<G> {
     fn default() -> Self {
-        Self { by_world: IdMap::default(), touched: Vec::new(), outgoing: Vec::new(), closed_in: Vec::new() }
+        Self {
+            by_world: IdMap::default(),
+            touched: Vec::new(),
+            broadcasts: IdMap::default(),
+            outgoing: Vec::new(),
+            closed_in: Vec::new(),
+        }
     }
 }
 
@@ -615,23 +660,47 @@ impl<G: Game> Hub<G> {
         Ok(())
     }
 
-    /// Subscribes `mailbox` to `world`; returns the sequence number of the
-    /// first update it will get. Subscribing twice is a no-op.
+    /// Subscribes `mailbox` to `world`'s full stream; returns the sequence
+    /// number of the first update it will get. Subscribing twice is a no-op.
     pub fn subscribe(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>) -> u64 {
+        self.subscribe_as(world, mailbox, SubscribeMode::Full).1
+    }
+
+    /// Subscribes `mailbox` to `world` in `mode`; returns the mode it is
+    /// subscribed in and the number of the first update it will get in
+    /// that mode's numbering. A mailbox watches a world in one mode:
+    /// subscribing again (in either mode) changes nothing, and answers
+    /// with the mode it has.
+    pub fn subscribe_as(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>, mode: SubscribeMode) -> (SubscribeMode, u64) {
         let mut t = self.lock();
         let Topics { live, watched, resume_at } = &mut *t;
         let topic = live.entry(world).or_insert_with(|| {
             self.live.fetch_add(1, Relaxed);
             Arc::make_mut(watched).insert(world);
-            Topic { next_seq: *resume_at, subscribers: Arc::new([]), turn: Arc::default(), next_ticket: 0 }
+            Topic {
+                next_seq: *resume_at,
+                next_news_seq: *resume_at,
+                subscribers: Arc::new([]),
+                news: Arc::new([]),
+                turn: Arc::default(),
+                next_ticket: 0,
+            }
         });
-        if !topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
-            // Chunks numbered from here on are pushed to the new list; the
-            // ones numbered before go to the old list, without this one.
-            topic.subscribers = topic.subscribers.iter().cloned().chain([mailbox.clone()]).collect();
-            self.subscriptions.fetch_add(1, Relaxed);
+        let next = |topic: &Topic<G>, mode| match mode {
+            SubscribeMode::Full => topic.next_seq,
+            SubscribeMode::BroadcastsOnly => topic.next_news_seq,
+        };
+        for has in [SubscribeMode::Full, SubscribeMode::BroadcastsOnly] {
+            if topic.list(has).iter().any(|m| Arc::ptr_eq(m, mailbox)) {
+                return (has, next(topic, has));
+            }
         }
-        topic.next_seq
+        // Chunks numbered from here on are pushed to the new list; the
+        // ones numbered before go to the old list, without this one.
+        let list = topic.list(mode);
+        *list = list.iter().cloned().chain([mailbox.clone()]).collect();
+        self.subscriptions.fetch_add(1, Relaxed);
+        (mode, next(topic, mode))
     }
 
     /// Unsubscribes; returns whether it was subscribed. Updates already in
@@ -657,14 +726,16 @@ impl<G: Game> Hub<G> {
     fn remove(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>, wait: bool) -> bool {
         let mut t = self.lock();
         let Some(topic) = t.live.get_mut(&world) else { return false };
-        let removed = topic.subscribers.iter().any(|m| Arc::ptr_eq(m, mailbox));
-        if !removed {
+        let Some(mode) =
+            [SubscribeMode::Full, SubscribeMode::BroadcastsOnly].into_iter().find(|&m| topic.list(m).iter().any(|m| Arc::ptr_eq(m, mailbox)))
+        else {
             return false;
-        }
-        topic.subscribers = topic.subscribers.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
+        };
+        let list = topic.list(mode);
+        *list = list.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
         self.subscriptions.fetch_sub(1, Relaxed);
         let ticket = wait.then(|| topic.ticket());
-        if topic.subscribers.is_empty() {
+        if topic.is_empty() {
             self.retire(&mut t, world);
         }
         drop(t);
@@ -676,7 +747,7 @@ impl<G: Game> Hub<G> {
     fn retire(&self, t: &mut Topics<G>, world: WorldId) {
         if let Some(topic) = t.live.remove(&world) {
             Arc::make_mut(&mut t.watched).remove(&world);
-            t.resume_at = t.resume_at.max(topic.next_seq);
+            t.resume_at = t.resume_at.max(topic.next_seq).max(topic.next_news_seq);
             self.live.fetch_sub(1, Relaxed);
         }
     }
@@ -707,6 +778,7 @@ impl<G: Game> Hub<G> {
             while let Some(b) = broadcasts.next_if(|b| b.event_index as usize == i) {
                 if watched.contains(&b.world) {
                     staging.stage(b.world, Update::Broadcast(b.body.clone()));
+                    *staging.broadcasts.entry(b.world).or_default() += 1;
                 }
             }
         }
@@ -715,6 +787,7 @@ impl<G: Game> Hub<G> {
         for world in staging.touched.drain(..) {
             let updates = staging.by_world.get_mut(&world).expect("a touched world is staged");
             debug_assert!(!updates.is_empty(), "a world is touched by its first update");
+            let broadcasts = staging.broadcasts.remove(&world).unwrap_or(0);
             let Some(topic) = t.live.get_mut(&world) else {
                 updates.clear();
                 continue;
@@ -722,6 +795,11 @@ impl<G: Game> Hub<G> {
             let n = updates.len();
             let first_seq = topic.next_seq;
             topic.next_seq += n as u64;
+            let news = (broadcasts > 0 && !topic.news.is_empty()).then(|| {
+                let first = topic.next_news_seq;
+                topic.next_news_seq += broadcasts;
+                (first, topic.news.clone())
+            });
             staging.outgoing.push(Outgoing {
                 world,
                 first_seq,
@@ -729,10 +807,12 @@ impl<G: Game> Hub<G> {
                 // outside the lock.
                 updates: std::mem::take(updates),
                 subscribers: topic.subscribers.clone(),
+                news,
                 ticket: topic.ticket(),
             });
         }
         drop(t);
+        staging.broadcasts.clear();
         // Sized as this batch's: one allocation for a world's next batch,
         // not a growth from empty.
         for o in &staging.outgoing {
@@ -744,6 +824,26 @@ impl<G: Game> Hub<G> {
         // for a mailbox that was empty.
         for o in staging.outgoing.drain(..) {
             let n = o.updates.len();
+            // The broadcasts-only form, made once for all its subscribers.
+            let news = o.news.map(|(first_seq, subscribers)| {
+                let updates: Vec<_> = o
+                    .updates
+                    .iter()
+                    .filter_map(|u| match u {
+                        Update::Broadcast(b) => Some(Update::Broadcast(b.clone())),
+                        Update::Applied { .. } => None,
+                    })
+                    .collect();
+                let chunk = Arc::new(Chunk {
+                    world: o.world,
+                    first_seq,
+                    updates,
+                    encoded: OnceLock::new(),
+                    encoded_text: OnceLock::new(),
+                    ingested_at,
+                });
+                (chunk, subscribers)
+            });
             let chunk = Arc::new(Chunk {
                 world: o.world,
                 first_seq: o.first_seq,
@@ -757,14 +857,22 @@ impl<G: Game> Hub<G> {
             self.counters.updates_published.fetch_add(n as u64, Relaxed);
             self.counters.chunks_published.fetch_add(1, Relaxed);
             self.counters.deliveries.fetch_add(o.subscribers.len() as u64, Relaxed);
+            if let Some((c, subscribers)) = &news {
+                self.counters.deliveries.fetch_add(subscribers.len() as u64, Relaxed);
+                self.counters.news_published.fetch_add(c.updates.len() as u64, Relaxed);
+            }
             o.ticket.wait();
             let (mut closed, mut woken) = (false, 0u64);
             let pacer = self.pacer.get();
-            for m in o.subscribers.iter() {
-                match m.push(&chunk, &self.counters, pacer) {
-                    Pushed::Woken => woken += 1,
-                    Pushed::Queued | Pushed::Deferred | Pushed::Dropped => {}
-                    Pushed::Closed => closed = true,
+            let news = news.as_ref().map(|(c, subscribers)| (c, subscribers.iter()));
+            let lists = std::iter::once((&chunk, o.subscribers.iter())).chain(news);
+            for (chunk, subscribers) in lists {
+                for m in subscribers {
+                    match m.push(chunk, &self.counters, pacer) {
+                        Pushed::Woken => woken += 1,
+                        Pushed::Queued | Pushed::Deferred | Pushed::Dropped => {}
+                        Pushed::Closed => closed = true,
+                    }
                 }
             }
             // Passes the turn (on a panic above, unwinding drops it too).
@@ -789,13 +897,15 @@ impl<G: Game> Hub<G> {
         let mut t = self.lock();
         for world in worlds.drain(..) {
             let Some(topic) = t.live.get_mut(&world) else { continue };
-            let open: Vec<_> = topic.subscribers.iter().filter(|m| !m.is_closed()).cloned().collect();
-            if open.len() == topic.subscribers.len() {
-                continue;
+            for mode in [SubscribeMode::Full, SubscribeMode::BroadcastsOnly] {
+                let list = topic.list(mode);
+                let open: Vec<_> = list.iter().filter(|m| !m.is_closed()).cloned().collect();
+                if open.len() != list.len() {
+                    self.subscriptions.fetch_sub(list.len() - open.len(), Relaxed);
+                    *list = open.into();
+                }
             }
-            self.subscriptions.fetch_sub(topic.subscribers.len() - open.len(), Relaxed);
-            topic.subscribers = open.into();
-            if topic.subscribers.is_empty() {
+            if topic.is_empty() {
                 self.retire(&mut t, world);
             }
         }
@@ -809,6 +919,7 @@ impl<G: Game> Hub<G> {
             subscriptions: self.subscriptions.load(Relaxed) as u64,
             updates_published: c.updates_published.load(Relaxed),
             chunks_published: c.chunks_published.load(Relaxed),
+            news_published: c.news_published.load(Relaxed),
             updates_dropped: c.updates_dropped.load(Relaxed),
             gaps: c.gaps.load(Relaxed),
             chunk_deliveries: c.deliveries.load(Relaxed),
@@ -822,7 +933,7 @@ impl<G: Game> Hub<G> {
 mod tests {
     use super::*;
     use trove_core::Outcomes;
-    use trove_hunt::{HuntEvent, HuntOutcome, TreasureHunt};
+    use trove_hunt::{HuntBroadcast, HuntEvent, HuntOutcome, TreasureHunt};
 
     type Hunt = TreasureHunt;
 
@@ -1017,6 +1128,105 @@ mod tests {
         }
         assert_eq!(hub.metrics().wakeups_deferred, 1);
         assert_eq!(chunks(&taken).len(), 5, "every chunk");
+    }
+
+    /// Publishes `events` events of `world` as one batch, event `i` causing
+    /// a broadcast (its `treasures_left` is `tag + i`) when `i % 3 == 1`.
+    fn publish_with_news(hub: &Hub<Hunt>, staging: &mut Staging<Hunt>, world: WorldId, events: u32, tag: u32) {
+        let batch: Vec<_> =
+            (0..events).map(|p| Stamped { time_us: 1, event: HuntEvent::join(world, p) }).collect();
+        let mut out = Outcomes::with_capacity(batch.len());
+        for i in 0..events {
+            if i % 3 == 1 {
+                let body = HuntBroadcast::TreasureFound {
+                    round: 1,
+                    player: i,
+                    x: 0,
+                    y: 0,
+                    value: 1,
+                    score: 1,
+                    treasures_left: tag + i,
+                };
+                out.broadcast(world, body);
+            }
+            out.direct.push(HuntOutcome::Left);
+        }
+        hub.publish(&batch, &out, staging, Instant::now());
+    }
+
+    fn news_tags(taken: &[Delivery<Hunt>]) -> Vec<(u64, u32)> {
+        let mut got = Vec::new();
+        for d in taken {
+            let Delivery::Chunk(c) = d else { continue };
+            for (i, u) in c.updates.iter().enumerate() {
+                match u {
+                    Update::Broadcast(HuntBroadcast::TreasureFound { treasures_left, .. }) => {
+                        got.push((c.first_seq + i as u64, *treasures_left))
+                    }
+                    other => panic!("a broadcasts-only subscriber got {other:?}"),
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_broadcasts_only_subscriber_gets_the_broadcasts_alone_numbered_by_themselves() {
+        let hub: Hub<Hunt> = Hub::default();
+        let (full, news) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
+        hub.subscribe(7, &full);
+        let (mode, first) = hub.subscribe_as(7, &news, SubscribeMode::BroadcastsOnly);
+        assert_eq!(mode, SubscribeMode::BroadcastsOnly);
+        // Again, in the other mode: changes nothing.
+        assert_eq!(hub.subscribe_as(7, &news, SubscribeMode::Full), (SubscribeMode::BroadcastsOnly, first));
+        let mut staging = Staging::default();
+        // 10 events: broadcasts at 1, 4, 7; then a batch with none; then 5
+        // events: broadcasts at 1, 4.
+        publish_with_news(&hub, &mut staging, 7, 10, 100);
+        publish_with_news(&hub, &mut staging, 7, 1, 200);
+        publish_with_news(&hub, &mut staging, 7, 5, 300);
+        let mut taken = Vec::new();
+        news.take(&mut taken);
+        assert_eq!(taken.len(), 2, "one chunk per published chunk with broadcasts");
+        let want: Vec<_> =
+            [101, 104, 107, 301, 304].into_iter().enumerate().map(|(i, tag)| (first + i as u64, tag)).collect();
+        assert_eq!(news_tags(&taken), want);
+        taken.clear();
+        full.take(&mut taken);
+        let entries: usize = chunks(&taken).len();
+        assert_eq!(entries, 3, "the full subscriber gets every chunk");
+        assert_eq!(hub.metrics().news_published, 5);
+        assert_eq!(hub.metrics().subscriptions, 2);
+        assert!(hub.unsubscribe(7, &news));
+        assert!(!hub.unsubscribe(7, &news));
+        assert_eq!(hub.metrics().subscriptions, 1);
+    }
+
+    #[test]
+    fn a_broadcasts_only_subscriber_that_falls_behind_gets_a_gap_in_its_own_numbering() {
+        let hub: Hub<Hunt> = Hub::default();
+        // Room for two broadcasts: the first chunk (3) always goes in, the
+        // next two do not fit.
+        let news = Mailbox::new(2);
+        let (_, first) = hub.subscribe_as(7, &news, SubscribeMode::BroadcastsOnly);
+        let mut staging = Staging::default();
+        for tag in [100, 200, 300] {
+            publish_with_news(&hub, &mut staging, 7, 9, tag);
+        }
+        let mut taken = Vec::new();
+        news.take(&mut taken);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(news_tags(&taken[..1]), [(first, 101), (first + 1, 104), (first + 2, 107)]);
+        assert!(
+            matches!(taken[1], Delivery::Gap { world: 7, first_missed, missed: 6 } if first_missed == first + 3),
+            "{:?}",
+            taken[1]
+        );
+        // Caught up: the stream goes on after the gap.
+        taken.clear();
+        publish_with_news(&hub, &mut staging, 7, 2, 400);
+        news.take(&mut taken);
+        assert_eq!(news_tags(&taken), [(first + 9, 401)]);
     }
 
     #[test]
