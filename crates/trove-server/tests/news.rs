@@ -21,10 +21,14 @@ const SIZES: Sizes = Sizes { record: 32, outcome: 16 };
 const HUNT: u32 = 1;
 
 fn start() -> Server<TreasureHunt> {
+    start_with(ServerConfig::default())
+}
+
+fn start_with(config: ServerConfig) -> Server<TreasureHunt> {
     let engine = EngineConfig { shards: 2, queue_wait_max: Duration::from_secs(60), ..EngineConfig::default() };
     let engine = Arc::new(Engine::<TreasureHunt>::start(engine).unwrap());
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Server::start(engine, ServerConfig { tcp_addr: any, ws_addr: Some(any), ..ServerConfig::default() }).unwrap()
+    Server::start(engine, ServerConfig { tcp_addr: any, ws_addr: Some(any), ..config }).unwrap()
 }
 
 /// A small map, dense with treasures: digging every cell finds them all.
@@ -250,5 +254,50 @@ fn a_broadcasts_only_subscriber_gets_exactly_the_hunts_broadcasts_in_order_over_
         };
         assert_eq!(w["broadcast"], name, "WebSocket: the same broadcasts in the same order");
     }
+    server.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn past_a_tiny_fan_out_budget_producers_are_all_answered_and_subscribers_get_gaps() {
+    // One update a second for all subscribers together, one wakeup a
+    // second: the first chunk goes out, the rest are shed.
+    let server = start_with(ServerConfig {
+        subscriber_updates_per_sec_max: 1,
+        subscriber_wakeups_per_sec_max: 1,
+        ..ServerConfig::default()
+    });
+    let addr = server.tcp_addr();
+    let mut full = Raw::hello(addr);
+    let mut news = Raw::hello(addr);
+    let full_first = full.subscribe(HUNT, false);
+    let news_first = news.subscribe(HUNT, true);
+    let config = small_hunt();
+    let mut p = Raw::hello(addr);
+    // Every batch answered (`events` waits for each ACK), however little
+    // the subscribers may have.
+    p.events(&[HuntEvent::create(HUNT, config)]);
+    let mut events = 1;
+    for batch in sweep(&config) {
+        events += batch.len() as u64;
+        p.events(&batch);
+    }
+    let broadcasts = server.engine().hub().metrics().news_published;
+    assert!(broadcasts >= 4, "{broadcasts} broadcasts");
+    // The full subscriber: its stream accounts for every event, but most
+    // of it as gaps. (Broadcasts are entries too: the stream is longer
+    // than the events.)
+    let mut got = Vec::new();
+    let mut next = full_first;
+    full.read_until(&mut next, full_first + events + broadcasts, &mut got);
+    let gaps = got.iter().filter(|g| matches!(g, Got::Gap { .. })).count();
+    let applied = got.iter().filter(|g| **g == Got::Applied).count() as u64;
+    assert!(gaps >= 1 && applied < events, "{gaps} gaps, {applied} of {events} events delivered");
+    // The broadcasts-only subscriber likewise, in its own numbering.
+    let mut got = Vec::new();
+    let mut next = news_first;
+    news.read_until(&mut next, news_first + broadcasts, &mut got);
+    assert!(got.iter().any(|g| matches!(g, Got::Gap { .. })), "{got:?}");
+    let m = server.engine().hub().metrics();
+    assert!(m.updates_shed > 0, "{m:?}");
     server.shutdown(Duration::from_secs(5));
 }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use trove_core::worlds::IdHasher;
 use trove_core::{Game, Outcomes, Stamped, WorldId};
 
-use crate::error::PushIntervalSet;
+use crate::error::{BudgetRefused, PushIntervalSet};
 
 type IdMap<V> = HashMap<WorldId, V, BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<WorldId, BuildHasherDefault<IdHasher>>;
@@ -134,6 +134,8 @@ struct MailboxState<G: Game> {
     woken_at: Option<Instant>,
     /// In the pacer's list, waiting for the next tick to be woken.
     deferred: bool,
+    /// Woken for a gap alone (a shed chunk), not taken since.
+    gap_woken: bool,
 }
 
 /// One subscriber's bounded queue of deliveries (one per connection, for
@@ -160,6 +162,7 @@ impl<G: Game> Mailbox<G> {
                 closed: false,
                 woken_at: None,
                 deferred: false,
+                gap_woken: false,
             }),
             notify: tokio::sync::Notify::new(),
             updates_max,
@@ -178,7 +181,17 @@ impl<G: Game> Mailbox<G> {
     /// not empty: until it takes, one wakeup covers every later push. With
     /// a `pacer`, a mailbox woken less than an interval ago is left to the
     /// ticker instead (woken at the next tick).
-    fn push(self: &Arc<Self>, chunk: &Arc<Chunk<G>>, hub: &HubCounters, pacer: Option<&Pacer<G>>) -> Pushed {
+    ///
+    /// `shed`: the fan-out budget is spent; the chunk is recorded as
+    /// missed, and a mailbox with nothing queued is woken as for a chunk
+    /// (paced and budgeted alike), so its subscriber hears of the gap.
+    fn push(
+        self: &Arc<Self>,
+        chunk: &Arc<Chunk<G>>,
+        hub: &HubCounters,
+        pacer: Option<&Pacer<G>>,
+        shed: bool,
+    ) -> Pushed {
         let n = chunk.updates.len();
         #[cfg(test)]
         if self.push_panics.load(Relaxed) {
@@ -189,31 +202,43 @@ impl<G: Game> Mailbox<G> {
             if s.closed {
                 return Pushed::Closed;
             }
-            if s.updates > 0 && s.updates + n > self.updates_max {
+            let full = s.updates > 0 && s.updates + n > self.updates_max;
+            if full || shed {
                 let gap = s.gaps.entry(chunk.world).or_insert_with(|| {
                     hub.gaps.fetch_add(1, Relaxed);
                     (chunk.first_seq, 0)
                 });
                 gap.1 += n as u64;
                 hub.updates_dropped.fetch_add(n as u64, Relaxed);
-                return Pushed::Dropped;
+                if shed {
+                    hub.updates_shed.fetch_add(n as u64, Relaxed);
+                }
+                // A full mailbox has its wakeup under way; a shed one with
+                // nothing queued is woken for its gap, once (until it takes).
+                if full || !s.items.is_empty() || s.deferred || s.gap_woken {
+                    return Pushed::Dropped;
+                }
+                s.gap_woken = true;
             }
             let was_empty = s.items.is_empty();
-            if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
-                s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
+            if !shed {
+                if let Some((first_missed, missed)) = s.gaps.remove(&chunk.world) {
+                    s.items.push_back(Delivery::Gap { world: chunk.world, first_missed, missed });
+                }
+                s.items.push_back(Delivery::Chunk(chunk.clone()));
+                s.updates += n;
             }
-            s.items.push_back(Delivery::Chunk(chunk.clone()));
-            s.updates += n;
             if !was_empty || s.deferred {
                 Pushed::Queued
             } else if let Some(pacer) = pacer {
                 // At once unless it was woken less than an interval ago:
                 // a busy subscriber is woken by the tick alone, about once
                 // an interval, and the first update after a quiet interval
-                // goes out at once.
+                // goes out at once (within the wakeup budget: past it, the
+                // ticker wakes it when the budget allows).
                 let now = Instant::now();
                 let quiet = s.woken_at.is_none_or(|t| now.saturating_duration_since(t) >= pacer.shared.interval);
-                if quiet || pacer.shared.unpaced.load(Relaxed) {
+                if pacer.shared.unpaced.load(Relaxed) || (quiet && pacer.shared.may_wake(now)) {
                     s.woken_at = Some(now);
                     Pushed::Woken
                 } else {
@@ -254,6 +279,7 @@ impl<G: Game> Mailbox<G> {
         let mut s = self.lock();
         into.extend(s.items.drain(..));
         s.updates = 0;
+        s.gap_woken = false;
         if !s.gaps.is_empty() {
             let mut gaps: Vec<_> = s.gaps.drain().collect();
             gaps.sort_unstable_by_key(|(w, _)| *w);
@@ -274,6 +300,73 @@ impl<G: Game> Mailbox<G> {
     pub fn close(&self) {
         self.lock().closed = true;
     }
+}
+
+/// The fan-out budget: limits on what subscribers may cost the process
+/// (docs/decisions/0050-fan-out-budget.md), so that producers' events and
+/// their ACKs, which share the shards and the I/O threads with subscriber
+/// writes, come first. Zero: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FanOutBudget {
+    /// Subscriber wakeups (each about one write of one connection) per
+    /// second, all subscribers together. Past it, wakeups wait for the
+    /// ticker, which hands out the rate evenly in order of waiting: each
+    /// subscriber is written less often, more at a time. Needs a push
+    /// interval.
+    pub wakeups_per_sec_max: u64,
+    /// Updates queued into mailboxes per second, all subscribers together
+    /// (a chunk to 100 subscribers counts its updates 100 times), a
+    /// second's worth saved at most. Past it, whole chunks are shed: every
+    /// subscriber of the chunk gets a gap in its place.
+    pub updates_per_sec_max: u64,
+}
+
+/// A token bucket that reads the clock when asked (never on its own):
+/// `rate` tokens a second, at most `burst` saved.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(per_sec: u64, burst: f64) -> Mutex<Self> {
+        assert!(per_sec > 0, "a bucket of no rate is no limit");
+        let burst = burst.max(1.0);
+        Mutex::new(Self { rate: per_sec as f64, burst, tokens: burst, at: Instant::now() })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    /// Takes `n` tokens if the bucket is not in debt (it may go into debt
+    /// by them: one chunk to thousands of subscribers is larger than any
+    /// burst, and must pass some time).
+    fn take_with_debt(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= n as f64;
+        true
+    }
+
+    /// Takes up to `n` whole tokens; returns how many.
+    fn take_up_to(&mut self, n: usize, now: Instant) -> usize {
+        self.refill(now);
+        let got = (self.tokens.max(0.0).floor() as usize).min(n);
+        self.tokens -= got as f64;
+        got
+    }
+}
+
+fn lock_bucket(b: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Orders the pushes of one world's chunks (and unsubscriptions) as
@@ -341,13 +434,35 @@ struct PacerShared<G: Game> {
     work: Condvar,
     /// Subscribers woken by the ticker.
     wakeups: AtomicU64,
+    /// The wakeup budget ([`FanOutBudget::wakeups_per_sec_max`]), if set:
+    /// one interval's worth saved at most.
+    wakeup_bucket: OnceLock<Mutex<Bucket>>,
+    /// Wakeups the budget sent to the ticker (a quiet mailbox that would
+    /// have been woken at once).
+    wakeups_budgeted: AtomicU64,
+    /// Mailboxes in the ticker's list (kept with a wakeup budget only): a
+    /// quiet mailbox does not overtake them.
+    waiting: AtomicUsize,
+}
+
+impl<G: Game> PacerShared<G> {
+    /// Whether a mailbox may be woken now (always, without a budget).
+    fn may_wake(&self, now: Instant) -> bool {
+        let Some(bucket) = self.wakeup_bucket.get() else { return true };
+        let ok = self.waiting.load(Relaxed) == 0 && lock_bucket(bucket).take_up_to(1, now) == 1;
+        if !ok {
+            self.wakeups_budgeted.fetch_add(1, Relaxed);
+        }
+        ok
+    }
 }
 
 #[derive(Debug)]
 struct TickerState<G: Game> {
     /// Mailboxes to wake at the next tick (each at most once: its
-    /// `deferred` flag).
-    deferred: Vec<Arc<Mailbox<G>>>,
+    /// `deferred` flag), in the order they were deferred; with a wakeup
+    /// budget, those it does not cover wait for later ticks, first in line.
+    deferred: VecDeque<Arc<Mailbox<G>>>,
     /// The ticker waits for `work` (nothing was deferred at its last tick).
     idle: bool,
     started: bool,
@@ -361,9 +476,12 @@ impl<G: Game> Pacer<G> {
             shared: Arc::new(PacerShared {
                 interval,
                 unpaced: AtomicBool::new(false),
-                ticks: Mutex::new(TickerState { deferred: Vec::new(), idle: false, started: false, stop: false }),
+                ticks: Mutex::new(TickerState { deferred: VecDeque::new(), idle: false, started: false, stop: false }),
                 work: Condvar::new(),
                 wakeups: AtomicU64::new(0),
+                wakeup_bucket: OnceLock::new(),
+                wakeups_budgeted: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
             }),
             ticker: Mutex::new(None),
         }
@@ -388,7 +506,10 @@ impl<G: Game> Pacer<G> {
             mailbox.wake_deferred();
             return;
         }
-        t.deferred.push(mailbox);
+        t.deferred.push_back(mailbox);
+        if shared.wakeup_bucket.get().is_some() {
+            shared.waiting.store(t.deferred.len(), Relaxed);
+        }
         if t.idle {
             t.idle = false;
             shared.work.notify_one();
@@ -408,8 +529,17 @@ impl<G: Game> PacerShared<G> {
             if t.stop {
                 return;
             }
-            std::mem::swap(&mut waking, &mut t.deferred);
-            if waking.is_empty() {
+            // Within the wakeup budget, first deferred first; the rest
+            // wait, and collect more meanwhile (fewer, larger writes).
+            let n = match self.wakeup_bucket.get() {
+                None => t.deferred.len(),
+                Some(bucket) => lock_bucket(bucket).take_up_to(t.deferred.len(), Instant::now()),
+            };
+            waking.extend(t.deferred.drain(..n));
+            if self.wakeup_bucket.get().is_some() {
+                self.waiting.store(t.deferred.len(), Relaxed);
+            }
+            if waking.is_empty() && t.deferred.is_empty() {
                 // A whole interval passed with nothing deferred: sleep
                 // until a mailbox is (one woken less than an interval ago
                 // and pushed to again).
@@ -531,6 +661,7 @@ struct HubCounters {
     deliveries: AtomicU64,
     wakeups: AtomicU64,
     news_published: AtomicU64,
+    updates_shed: AtomicU64,
 }
 
 /// Hub counters, for metrics.
@@ -557,6 +688,11 @@ pub struct HubMetrics {
     pub wakeups: u64,
     /// Of `wakeups`, those the pacer's ticker made (deferred to its tick).
     pub wakeups_deferred: u64,
+    /// Of `updates_dropped`, those the fan-out budget shed (whole chunks,
+    /// for every subscriber of each).
+    pub updates_shed: u64,
+    /// Wakeups the fan-out budget held back for the ticker.
+    pub wakeups_budgeted: u64,
 }
 
 #[derive(Debug)]
@@ -583,6 +719,8 @@ pub struct Hub<G: Game> {
     counters: HubCounters,
     /// Set once, before subscribers come, for paced wakeups.
     pacer: OnceLock<Pacer<G>>,
+    /// The update budget ([`FanOutBudget::updates_per_sec_max`]), if set.
+    update_bucket: OnceLock<Mutex<Bucket>>,
 }
 
 impl<G: Game> Default for Hub<G> {
@@ -593,6 +731,7 @@ impl<G: Game> Default for Hub<G> {
             subscriptions: AtomicUsize::new(0),
             counters: HubCounters::default(),
             pacer: OnceLock::new(),
+            update_bucket: OnceLock::new(),
         }
     }
 }
@@ -658,6 +797,37 @@ impl<G: Game> Hub<G> {
             return Err(PushIntervalSet);
         }
         Ok(())
+    }
+
+    /// Sets the fan-out budget, once, before anyone subscribes (after
+    /// [`Hub::set_push_interval`]: the wakeup budget needs a pacer).
+    pub fn set_budget(&self, budget: FanOutBudget) -> Result<(), BudgetRefused> {
+        if budget.wakeups_per_sec_max > 0 {
+            let pacer = self.pacer.get().ok_or(BudgetRefused::WakeupsNeedAPushInterval)?;
+            let burst = budget.wakeups_per_sec_max as f64 * pacer.shared.interval.as_secs_f64();
+            pacer
+                .shared
+                .wakeup_bucket
+                .set(Bucket::new(budget.wakeups_per_sec_max, burst))
+                .map_err(|_| BudgetRefused::Set)?;
+        }
+        if budget.updates_per_sec_max > 0 {
+            // A second's worth saved: a burst shorter than that (a test, a
+            // round's end) is delivered whole; a sustained overload is shed.
+            let burst = budget.updates_per_sec_max as f64;
+            self.update_bucket.set(Bucket::new(budget.updates_per_sec_max, burst)).map_err(|_| BudgetRefused::Set)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the update budget sheds a chunk of `updates` updates to
+    /// `subscribers` subscribers (taking them from the budget if not).
+    fn sheds(&self, updates: usize, subscribers: usize) -> bool {
+        let Some(bucket) = self.update_bucket.get() else { return false };
+        if subscribers == 0 {
+            return false;
+        }
+        !lock_bucket(bucket).take_with_debt((updates * subscribers) as u64, Instant::now())
     }
 
     /// Subscribes `mailbox` to `world`'s full stream; returns the sequence
@@ -864,11 +1034,14 @@ impl<G: Game> Hub<G> {
             o.ticket.wait();
             let (mut closed, mut woken) = (false, 0u64);
             let pacer = self.pacer.get();
-            let news = news.as_ref().map(|(c, subscribers)| (c, subscribers.iter()));
-            let lists = std::iter::once((&chunk, o.subscribers.iter())).chain(news);
+            let news = news.as_ref().map(|(c, subscribers)| (c, subscribers));
+            let lists = std::iter::once((&chunk, &o.subscribers)).chain(news);
             for (chunk, subscribers) in lists {
-                for m in subscribers {
-                    match m.push(chunk, &self.counters, pacer) {
+                // All or none of a chunk's subscribers: which of them would
+                // be shed must not depend on the order of the list.
+                let shed = self.sheds(chunk.updates.len(), subscribers.len());
+                for m in subscribers.iter() {
+                    match m.push(chunk, &self.counters, pacer, shed) {
                         Pushed::Woken => woken += 1,
                         Pushed::Queued | Pushed::Deferred | Pushed::Dropped => {}
                         Pushed::Closed => closed = true,
@@ -925,6 +1098,8 @@ impl<G: Game> Hub<G> {
             chunk_deliveries: c.deliveries.load(Relaxed),
             wakeups: c.wakeups.load(Relaxed) + deferred,
             wakeups_deferred: deferred,
+            updates_shed: c.updates_shed.load(Relaxed),
+            wakeups_budgeted: self.pacer.get().map_or(0, |p| p.shared.wakeups_budgeted.load(Relaxed)),
         }
     }
 }
@@ -1227,6 +1402,98 @@ mod tests {
         publish_with_news(&hub, &mut staging, 7, 2, 400);
         news.take(&mut taken);
         assert_eq!(news_tags(&taken), [(first + 9, 401)]);
+    }
+
+    #[test]
+    fn past_the_update_budget_whole_chunks_are_shed_as_gaps_for_every_subscriber() {
+        let hub: Hub<Hunt> = Hub::default();
+        // One update a second: the first chunk takes the budget into debt,
+        // the next ones are shed.
+        hub.set_budget(FanOutBudget { updates_per_sec_max: 1, ..FanOutBudget::default() }).unwrap();
+        assert_eq!(
+            hub.set_budget(FanOutBudget { updates_per_sec_max: 1, ..FanOutBudget::default() }),
+            Err(BudgetRefused::Set)
+        );
+        let (a, b) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
+        let first = hub.subscribe(7, &a);
+        assert_eq!(hub.subscribe(7, &b), first);
+        let mut staging = Staging::default();
+        for p in 0..10 {
+            publish_one(&hub, &mut staging, 7, p);
+        }
+        for m in [&a, &b] {
+            let mut taken = Vec::new();
+            m.take(&mut taken);
+            assert_eq!(taken.len(), 2, "{taken:?}");
+            assert!(matches!(&taken[0], Delivery::Chunk(c) if c.first_seq == first));
+            assert!(
+                matches!(taken[1], Delivery::Gap { world: 7, first_missed, missed: 9 } if first_missed == first + 1),
+                "the same gap for each subscriber: {:?}",
+                taken[1]
+            );
+        }
+        let m = hub.metrics();
+        assert_eq!((m.updates_shed, m.updates_dropped), (18, 18));
+        // Without the budget nothing would be shed: the mailboxes have room.
+        let unlimited: Hub<Hunt> = Hub::default();
+        let c = Mailbox::new(1 << 20);
+        unlimited.subscribe(7, &c);
+        for p in 0..10 {
+            publish_one(&unlimited, &mut staging, 7, p);
+        }
+        assert_eq!(unlimited.metrics().updates_dropped, 0);
+    }
+
+    #[test]
+    fn a_shed_chunk_wakes_an_idle_subscriber_for_its_gap() {
+        let hub: Hub<Hunt> = Hub::default();
+        hub.set_budget(FanOutBudget { updates_per_sec_max: 1, ..FanOutBudget::default() }).unwrap();
+        let a = Mailbox::new(1 << 20);
+        let first = hub.subscribe(7, &a);
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        let mut taken = Vec::new();
+        a.take(&mut taken);
+        assert_eq!(hub.metrics().wakeups, 1);
+        // Shed, into an empty mailbox: woken once, however many are shed.
+        publish_one(&hub, &mut staging, 7, 1);
+        publish_one(&hub, &mut staging, 7, 2);
+        assert_eq!(hub.metrics().wakeups, 2);
+        taken.clear();
+        a.take(&mut taken);
+        assert!(matches!(taken[..], [Delivery::Gap { first_missed, missed: 2, .. }] if first_missed == first + 1));
+    }
+
+    #[test]
+    fn past_the_wakeup_budget_a_quiet_subscriber_waits_for_the_ticker_and_loses_nothing() {
+        let hub: Hub<Hunt> = Hub::default();
+        assert_eq!(
+            hub.set_budget(FanOutBudget { wakeups_per_sec_max: 1, ..FanOutBudget::default() }),
+            Err(BudgetRefused::WakeupsNeedAPushInterval)
+        );
+        hub.set_push_interval(Duration::from_millis(10)).unwrap();
+        // One wakeup a second, one saved: the first goes at once, the
+        // second (another mailbox, never woken) waits for the ticker.
+        hub.set_budget(FanOutBudget { wakeups_per_sec_max: 1, ..FanOutBudget::default() }).unwrap();
+        let (a, b) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
+        let first_a = hub.subscribe(7, &a);
+        let first_b = hub.subscribe(8, &b);
+        let mut staging = Staging::default();
+        publish_one(&hub, &mut staging, 7, 0);
+        assert_eq!(hub.metrics().wakeups, 1);
+        for p in 0..5 {
+            publish_one(&hub, &mut staging, 8, p);
+        }
+        let m = hub.metrics();
+        assert_eq!((m.wakeups, m.wakeups_budgeted), (1, 1), "held back by the budget, once");
+        wait_for_the_tick(&hub);
+        let mut taken = Vec::new();
+        b.take(&mut taken);
+        assert_eq!(chunks(&taken), (first_b..first_b + 5).collect::<Vec<_>>(), "every chunk, in one take");
+        taken.clear();
+        a.take(&mut taken);
+        assert_eq!(chunks(&taken), [first_a]);
+        assert_eq!(hub.metrics().updates_dropped, 0);
     }
 
     #[test]
