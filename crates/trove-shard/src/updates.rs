@@ -896,8 +896,9 @@ impl<G: Game> Hub<G> {
     fn remove(&self, world: WorldId, mailbox: &Arc<Mailbox<G>>, wait: bool) -> bool {
         let mut t = self.lock();
         let Some(topic) = t.live.get_mut(&world) else { return false };
-        let Some(mode) =
-            [SubscribeMode::Full, SubscribeMode::BroadcastsOnly].into_iter().find(|&m| topic.list(m).iter().any(|m| Arc::ptr_eq(m, mailbox)))
+        let Some(mode) = [SubscribeMode::Full, SubscribeMode::BroadcastsOnly]
+            .into_iter()
+            .find(|&m| topic.list(m).iter().any(|m| Arc::ptr_eq(m, mailbox)))
         else {
             return false;
         };
@@ -1308,8 +1309,7 @@ mod tests {
     /// Publishes `events` events of `world` as one batch, event `i` causing
     /// a broadcast (its `treasures_left` is `tag + i`) when `i % 3 == 1`.
     fn publish_with_news(hub: &Hub<Hunt>, staging: &mut Staging<Hunt>, world: WorldId, events: u32, tag: u32) {
-        let batch: Vec<_> =
-            (0..events).map(|p| Stamped { time_us: 1, event: HuntEvent::join(world, p) }).collect();
+        let batch: Vec<_> = (0..events).map(|p| Stamped { time_us: 1, event: HuntEvent::join(world, p) }).collect();
         let mut out = Outcomes::with_capacity(batch.len());
         for i in 0..events {
             if i % 3 == 1 {

@@ -327,11 +327,8 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             }
             Err(e) => return Err(format!("connecting to {target}: {e}")),
         };
-        let subscribed = if args.all_events {
-            sub.subscribe(args.hunt).await
-        } else {
-            sub.subscribe_broadcasts(args.hunt).await
-        };
+        let subscribed =
+            if args.all_events { sub.subscribe(args.hunt).await } else { sub.subscribe_broadcasts(args.hunt).await };
         let next_seq = subscribed.map_err(|e| format!("subscribing to hunt {}: {e}", args.hunt))?;
         if view.disconnected.take().is_some() {
             view.reconnects += 1;
