@@ -178,6 +178,10 @@ pub struct BenchLoad {
     /// endpoint) instead of TCP protocol v1.
     #[arg(long)]
     pub subscribers_ws: bool,
+    /// The subscribers take their hunts' broadcasts alone (finds, top-10
+    /// changes, round ends), not every event: counted, not timed.
+    #[arg(long)]
+    pub subscribers_broadcasts_only: bool,
     /// Of the --subscribers, K read deliberately slowly
     /// (--slow-subscriber-bytes-per-s each, with a small socket receive
     /// buffer); they are reported apart and not timed.
@@ -201,6 +205,11 @@ pub struct BenchLoad {
     /// batch) [default: the server's].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub subscriber_push_interval_ms: Option<u64>,
+    /// The fresh servers' fan-out budget, WAKEUPS,UPDATES per second
+    /// (`[limits] subscriber_wakeups_per_sec_max` and
+    /// `subscriber_updates_per_sec_max`; 0,0: none) [default: the server's].
+    #[arg(long)]
+    pub subscriber_budget: Option<String>,
     /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
     #[arg(long, value_parser = host_port)]
     pub target_ws: Option<std::net::SocketAddr>,

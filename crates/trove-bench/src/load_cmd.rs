@@ -150,6 +150,7 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
             fsync,
             io_workers: flags.io_workers,
             subscriber_push_interval_ms: flags.subscriber_push_interval_ms,
+            subscriber_budget: flags.subscriber_budget.as_deref().map(parse_budget).transpose()?,
         },
         connections: flags.connections,
         batch_events: flags.batch,
@@ -173,11 +174,19 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
     })
 }
 
+/// `--subscriber-budget WAKEUPS,UPDATES`.
+fn parse_budget(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--subscriber-budget {s}: expected WAKEUPS,UPDATES (per second each; 0 for no limit)");
+    let (w, u) = s.split_once(',').ok_or_else(bad)?;
+    Ok((w.trim().parse().map_err(|_| bad())?, u.trim().parse().map_err(|_| bad())?))
+}
+
 /// The subscriber fleet the flags ask for, checked.
 fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
     let hunts_choice = HuntChoice::parse(&flags.subscriber_hunts)?;
     if flags.subscribers == 0 {
         let fleet_flag = flags.subscribers_ws
+            || flags.subscribers_broadcasts_only
             || flags.slow_subscribers > 0
             || flags.subscriber_threads.is_some()
             || flags.subscriber_read_interval_us > 0
@@ -204,6 +213,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         threads: flags.subscriber_threads.unwrap_or(if flags.subscribers >= 1000 { 2 } else { 1 }),
         read_interval: Duration::from_micros(flags.subscriber_read_interval_us),
         token: trove_client::Token::from_arg_or_env(flags.token.as_deref()).map_err(|e| format!("--token: {e}"))?,
+        broadcasts_only: flags.subscribers_broadcasts_only,
     }))
 }
 

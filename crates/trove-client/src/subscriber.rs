@@ -273,6 +273,21 @@ impl<G: WireGame> Subscriber<G> {
     /// connection stays usable. Updates of other worlds that arrive
     /// meanwhile are kept for `next`.
     pub async fn subscribe(&mut self, world: u32) -> Result<u64, ClientError> {
+        self.subscribe_as(world, false).await
+    }
+
+    /// Subscribes to `world`'s broadcasts alone (for the treasure hunt:
+    /// finds, top-10 changes, round ends; no `Applied` entries), as
+    /// [`Subscriber::subscribe`] does otherwise. The entries are numbered
+    /// consecutively by themselves, and a [`Update::Gap`] still says what
+    /// was missed, in that numbering. A world already subscribed keeps the
+    /// mode it has (unsubscribe first to change it). Needs a server that
+    /// knows the mode (an older one answers `malformed` and closes).
+    pub async fn subscribe_broadcasts(&mut self, world: u32) -> Result<u64, ClientError> {
+        self.subscribe_as(world, true).await
+    }
+
+    async fn subscribe_as(&mut self, world: u32, broadcasts_only: bool) -> Result<u64, ClientError> {
         self.check()?;
         let mut asked = false;
         loop {
@@ -286,7 +301,7 @@ impl<G: WireGame> Subscriber<G> {
                         return Err(ClientError::Server(error));
                     }
                     asked = self.subs.ask(world);
-                    frame::encode_u32_frame(&mut self.out, Kind::Subscribe, world);
+                    frame::encode_subscribe(&mut self.out, world, broadcasts_only);
                     continue;
                 }
             }

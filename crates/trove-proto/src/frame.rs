@@ -48,6 +48,18 @@ pub const UPDATE_HEAD_LEN: usize = 16;
 /// An update entry: kind u8, reserved u8, len u16, then `len` bytes.
 pub const ENTRY_HEAD_LEN: usize = 4;
 
+/// SUBSCRIBE's longer form: hunt u32, flags u32 (the short form is the
+/// hunt alone: a full subscription).
+pub const SUBSCRIBE_FLAGS_LEN: usize = 8;
+
+/// SUBSCRIBE flags (the 8-byte form).
+pub mod subscribe_flags {
+    /// Only the hunt's BROADCAST entries, numbered consecutively by
+    /// themselves (their own numbering, not the full stream's).
+    pub const BROADCASTS_ONLY: u32 = 1;
+    pub const ALL: u32 = BROADCASTS_ONLY;
+}
+
 /// HELLO flags.
 pub mod hello_flags {
     /// Acknowledgements carry one outcome per event.
@@ -355,8 +367,11 @@ pub enum Frame<'a> {
         count: u32,
         records: &'a [u8],
     },
+    /// `broadcasts_only`: the 8-byte form with flag bit 0 set (only the
+    /// hunt's BROADCAST entries, numbered by themselves).
     Subscribe {
         hunt: u32,
+        broadcasts_only: bool,
     },
     Unsubscribe {
         hunt: u32,
@@ -490,11 +505,19 @@ pub fn decode<'a>(header: Header, body: &'a [u8], sizes: Sizes) -> Result<Frame<
             }
             Frame::Events { first_seq: u64_at(body, 0), count, records }
         }
+        Kind::Subscribe if body.len() == SUBSCRIBE_FLAGS_LEN => {
+            // The longer form: the hunt, then the subscription's flags.
+            let flags = u32_at(body, 4);
+            if flags & !subscribe_flags::ALL != 0 {
+                return Err(bad(format!("unknown subscribe flags 0x{flags:08x}")));
+            }
+            Frame::Subscribe { hunt: u32_at(body, 0), broadcasts_only: flags & subscribe_flags::BROADCASTS_ONLY != 0 }
+        }
         Kind::Subscribe | Kind::Unsubscribe | Kind::Unsubscribed => {
             exact(4)?;
             let hunt = u32_at(body, 0);
             match kind {
-                Kind::Subscribe => Frame::Subscribe { hunt },
+                Kind::Subscribe => Frame::Subscribe { hunt, broadcasts_only: false },
                 Kind::Unsubscribe => Frame::Unsubscribe { hunt },
                 _ => Frame::Unsubscribed { hunt },
             }
@@ -703,6 +726,17 @@ pub fn encode_u32_frame(out: &mut Vec<u8>, kind: Kind, value: u32) {
     end(out, s);
 }
 
+/// SUBSCRIBE: the 4-byte form for a full subscription (what every server
+/// reads), the 8-byte form with its flags for broadcasts only.
+pub fn encode_subscribe(out: &mut Vec<u8>, hunt: u32, broadcasts_only: bool) {
+    let s = begin(out, Kind::Subscribe, 0);
+    out.extend_from_slice(&hunt.to_le_bytes());
+    if broadcasts_only {
+        out.extend_from_slice(&subscribe_flags::BROADCASTS_ONLY.to_le_bytes());
+    }
+    end(out, s);
+}
+
 pub fn encode_u64_frame(out: &mut Vec<u8>, kind: Kind, value: u64) {
     let s = begin(out, kind, 0);
     out.extend_from_slice(&value.to_le_bytes());
@@ -849,13 +883,18 @@ mod tests {
         encode_busy(&mut b, 5, 3, 2);
         assert_eq!(one(&b), Frame::Busy { first_seq: 5, count: 3, retry_after_ms: 2 });
         for (kind, want) in [
-            (Kind::Subscribe, Frame::Subscribe { hunt: 4 }),
+            (Kind::Subscribe, Frame::Subscribe { hunt: 4, broadcasts_only: false }),
             (Kind::Unsubscribe, Frame::Unsubscribe { hunt: 4 }),
             (Kind::Unsubscribed, Frame::Unsubscribed { hunt: 4 }),
         ] {
             b.clear();
             encode_u32_frame(&mut b, kind, 4);
             assert_eq!(one(&b), want);
+        }
+        for broadcasts_only in [false, true] {
+            b.clear();
+            encode_subscribe(&mut b, 4, broadcasts_only);
+            assert_eq!(one(&b), Frame::Subscribe { hunt: 4, broadcasts_only });
         }
         b.clear();
         encode_u64_frame(&mut b, Kind::Ping, 11);

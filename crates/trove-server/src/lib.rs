@@ -99,6 +99,16 @@ pub struct ServerConfig {
     /// wakes it for every applied batch
     /// (docs/decisions/0017-paced-fan-out.md).
     pub subscriber_push_interval: Duration,
+    /// The fan-out budget (docs/decisions/0050-fan-out-budget.md):
+    /// subscriber wakeups (about one write each) per second, all
+    /// connections together; past it wakeups wait for the push ticker,
+    /// which hands the rate out in order of waiting (fewer, larger writes).
+    /// Zero: no limit. Needs a push interval.
+    pub subscriber_wakeups_per_sec_max: u64,
+    /// The fan-out budget: updates queued for subscribers per second (a
+    /// chunk to 100 subscribers counts 100 times); past it whole chunks
+    /// are shed, each subscriber of them getting a GAP. Zero: no limit.
+    pub subscriber_updates_per_sec_max: u64,
     /// How long a HELLO waits for another connection of the same producer
     /// id to finish before it is refused.
     pub producer_wait: Duration,
@@ -136,6 +146,13 @@ pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 256;
 pub const SUBSCRIBER_PUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(5);
 /// Longer would hold updates back for longer than any watcher waits.
 pub const SUBSCRIBER_PUSH_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// `ServerConfig::subscriber_wakeups_per_sec_max` unless set: at about
+/// 15 us of server CPU per subscriber write on the 2-core VM
+/// (docs/benchmarks.md, "Fan-out"), about a third of a core.
+pub const SUBSCRIBER_WAKEUPS_PER_SEC_MAX_DEFAULT: u64 = 20_000;
+/// `ServerConfig::subscriber_updates_per_sec_max` unless set: at 80-150 ns
+/// per delivered update, a fifth to a third of a core.
+pub const SUBSCRIBER_UPDATES_PER_SEC_MAX_DEFAULT: u64 = 2_000_000;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -152,6 +169,8 @@ impl Default for ServerConfig {
             subscriptions_max: 64,
             subscriber_updates_max: 65_536,
             subscriber_push_interval: SUBSCRIBER_PUSH_INTERVAL_DEFAULT,
+            subscriber_wakeups_per_sec_max: SUBSCRIBER_WAKEUPS_PER_SEC_MAX_DEFAULT,
+            subscriber_updates_per_sec_max: SUBSCRIBER_UPDATES_PER_SEC_MAX_DEFAULT,
             producer_wait: Duration::from_secs(5),
             unfinished_frame_bytes_max: UNFINISHED_FRAME_BYTES_MAX_DEFAULT,
             ws_message_max: 1 << 20,
@@ -181,6 +200,10 @@ impl ServerConfig {
             (
                 self.subscriber_push_interval <= SUBSCRIBER_PUSH_INTERVAL_MAX,
                 "subscriber_push_interval_ms must be in 0..=1000",
+            ),
+            (
+                self.subscriber_wakeups_per_sec_max == 0 || !self.subscriber_push_interval.is_zero(),
+                "subscriber_wakeups_per_sec_max needs subscriber_push_interval_ms above 0 (or set it to 0)",
             ),
             (
                 self.unfinished_frame_bytes_max >= tcp::frame_buffer_bytes_max(self.frame_body_max),
@@ -636,6 +659,13 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             .hub()
             .set_push_interval(config.subscriber_push_interval)
             .map_err(|e| StartError::PushInterval(e.to_string()))?;
+        engine
+            .hub()
+            .set_budget(trove_shard::FanOutBudget {
+                wakeups_per_sec_max: config.subscriber_wakeups_per_sec_max,
+                updates_per_sec_max: config.subscriber_updates_per_sec_max,
+            })
+            .map_err(|e| StartError::PushInterval(e.to_string()))?;
         let metrics = Arc::new(ServerMetrics::default());
         let shared = Arc::new(Shared {
             engine,
@@ -841,9 +871,16 @@ impl<G: WireGame> Subscriptions<G> {
         Self { mailbox: None, worlds: Vec::new() }
     }
 
-    /// Subscribes to `hunt`; returns the number of its next update, or
-    /// `None` past the connection's limit (counted as an error sent).
-    pub fn subscribe(&mut self, shared: &Shared<G>, hunt: trove_core::WorldId) -> Option<u64> {
+    /// Subscribes to `hunt` in `mode`; returns the number of its next
+    /// update (in the numbering of the mode the hunt is watched in: a
+    /// second SUBSCRIBE changes nothing), or `None` past the connection's
+    /// limit (counted as an error sent).
+    pub fn subscribe(
+        &mut self,
+        shared: &Shared<G>,
+        hunt: trove_core::WorldId,
+        mode: trove_shard::SubscribeMode,
+    ) -> Option<u64> {
         let new = !self.worlds.contains(&hunt);
         if new && self.worlds.len() >= shared.config.subscriptions_max {
             shared.metrics.errors[trove_proto::ErrorCode::TooManySubscriptions as usize].fetch_add(1, Relaxed);
@@ -851,7 +888,7 @@ impl<G: WireGame> Subscriptions<G> {
         }
         let updates_max = shared.config.subscriber_updates_max;
         let mailbox = self.mailbox.get_or_insert_with(|| trove_shard::Mailbox::new(updates_max));
-        let next_seq = shared.engine.hub().subscribe(hunt, mailbox);
+        let (_, next_seq) = shared.engine.hub().subscribe_as(hunt, mailbox, mode);
         if new {
             self.worlds.push(hunt);
             shared.metrics.subscribers.fetch_add(1, Relaxed);

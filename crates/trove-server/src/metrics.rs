@@ -279,6 +279,8 @@ trove_update_chunks_published_total counter Chunks published: one per applied ba
 trove_update_chunk_deliveries_total counter Chunks (one batch's updates of one hunt) pushed to subscribers' queues, one per subscriber.
 trove_subscriber_wakeups_total counter Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).
 trove_subscriber_wakeups_deferred_total counter Of trove_subscriber_wakeups_total, those the push ticker made (woken in its interval already).
+trove_updates_shed_total counter Of trove_updates_dropped_total, those the fan-out budget shed (subscriber_updates_per_sec_max).
+trove_subscriber_wakeups_budgeted_total counter Wakeups the fan-out budget held back for the push ticker (subscriber_wakeups_per_sec_max).
 ";
 
 /// Families of one sample each, one a line: `name kind help`, in the
@@ -452,6 +454,8 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
             hub.chunk_deliveries,
             hub.wakeups,
             hub.wakeups_deferred,
+            hub.updates_shed,
+            hub.wakeups_budgeted,
         ],
     );
     o.family(

@@ -27,7 +27,7 @@ use trove_proto::frame::{
     Welcome, hello_flags,
 };
 use trove_proto::{Frame, WireGame};
-use trove_shard::{Completed, Delivery, Producer};
+use trove_shard::{Completed, Delivery, Producer, SubscribeMode};
 
 use crate::conn_log::{self, ConnInfo, Counts, Listener, RefusedFor};
 use crate::session::{Admission, Answer, Batch, Refusal, Session};
@@ -666,7 +666,7 @@ impl<G: WireGame> Connection<G> {
                 self.events_frame(producer, first_seq, count, records, batch_events_max);
                 Ok(())
             }
-            Frame::Subscribe { hunt } => {
+            Frame::Subscribe { hunt, broadcasts_only } => {
                 if let (Some(auth), Some((session, _))) = (&self.shared.config.auth, &mut self.auth)
                     && let Err(r) = auth.admit_subscribe(session, hunt)
                 {
@@ -677,7 +677,8 @@ impl<G: WireGame> Connection<G> {
                 // Straight to `out`, refusal included: subscription answers
                 // keep their order among themselves, not behind batches, and
                 // SUBSCRIBED goes out before any update (written after `out`).
-                match self.subscriptions.subscribe(&self.shared, hunt) {
+                let mode = if broadcasts_only { SubscribeMode::BroadcastsOnly } else { SubscribeMode::Full };
+                match self.subscriptions.subscribe(&self.shared, hunt, mode) {
                     Some(next_seq) => frame::encode_subscribed(&mut self.out, hunt, next_seq),
                     None => frame::encode_error(
                         &mut self.out,

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
-use trove_shard::{Completed, Delivery, Producer, Update};
+use trove_shard::{Completed, Delivery, Producer, SubscribeMode, Update};
 
 use crate::conn_log::{Counts, Listener, RefusedFor};
 use crate::json::JsonGame;
@@ -1289,7 +1289,12 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                     self.shared.metrics.errors[r.code() as usize].fetch_add(1, Relaxed);
                     self.out.push(error_json(r.code(), &r.message));
                 } else if kind == "subscribe" {
-                    self.subscribe(hunt);
+                    let mode = match v.get("broadcasts_only") {
+                        None | Some(Value::Null) | Some(Value::Bool(false)) => SubscribeMode::Full,
+                        Some(Value::Bool(true)) => SubscribeMode::BroadcastsOnly,
+                        Some(_) => return Err(malformed("`broadcasts_only` must be a boolean".into())),
+                    };
+                    self.subscribe(hunt, mode);
                 } else {
                     self.subscriptions.unsubscribe(&self.shared, hunt);
                     self.deliver();
@@ -1337,8 +1342,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         Ok(())
     }
 
-    fn subscribe(&mut self, hunt: WorldId) {
-        match self.subscriptions.subscribe(&self.shared, hunt) {
+    fn subscribe(&mut self, hunt: WorldId, mode: SubscribeMode) {
+        match self.subscriptions.subscribe(&self.shared, hunt, mode) {
             Some(next_seq) => {
                 self.out.push(json!({"type": "subscribed", "hunt": hunt, "next_seq": next_seq}).to_string());
             }

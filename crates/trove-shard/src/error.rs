@@ -61,6 +61,15 @@ pub enum MetaError {
 #[error("the push interval is set already")]
 pub struct PushIntervalSet;
 
+/// Why [`Hub::set_budget`](crate::Hub::set_budget) refused a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetRefused {
+    #[error("a wakeup budget needs a push interval above zero")]
+    WakeupsNeedAPushInterval,
+    #[error("the fan-out budget is set already")]
+    Set,
+}
+
 /// Why an engine did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -57,7 +57,7 @@ pub mod updates;
 
 pub use clock::ClockMode;
 pub use engine::{ASSIGNED_PRODUCER_IDS, Engine, EngineConfig, FinalState, Mode};
-pub use error::{ConfigError, MetaError, PushIntervalSet, StartError, UnknownMode};
+pub use error::{BudgetRefused, ConfigError, MetaError, PushIntervalSet, StartError, UnknownMode};
 pub use journaled::{JournalConfig, RecoveredCore, recover_core_in};
 pub use log::{LogError, LogErrorKind, ShardLog};
 pub use metrics::{EngineMetrics, Histogram, HistogramSnapshot, ShardMetricsSnapshot};
@@ -66,4 +66,4 @@ pub use producer::{Completed, Origin, Producer, Stamps, SubmitError};
 pub use shard_core::{Answer, Applied, CoreConfig, Handoff, JournalBatch, ShardCore, Snapshot, WorkPart};
 pub use sharded::{OwnershipError, ShardState};
 pub use trove_journal::{FsyncPolicy, WriteIo};
-pub use updates::{Chunk, Delivery, Hub, HubMetrics, Mailbox, Update};
+pub use updates::{Chunk, Delivery, FanOutBudget, Hub, HubMetrics, Mailbox, SubscribeMode, Update};

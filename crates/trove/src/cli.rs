@@ -73,6 +73,11 @@ pub struct Watch {
     /// Stop after this many seconds [default: until Ctrl-C].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400 * 365))]
     pub seconds: Option<u64>,
+    /// Every event of the hunt (players counted as they join and leave,
+    /// events/s), not its broadcasts alone [default: the broadcasts: the
+    /// news shown, at a fraction of the cost].
+    #[arg(long)]
+    pub all_events: bool,
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,7 @@ fn run(cli: Cli) -> Result<(), String> {
             control: args.control,
             plain: args.plain,
             duration: args.seconds.map(std::time::Duration::from_secs),
+            all_events: args.all_events,
         }),
         Command::Send(args) => {
             let input = match (args.file, args.events.is_empty()) {

@@ -104,6 +104,12 @@ pub struct LimitsFile {
     /// At most about one wakeup (and write) per subscriber connection per
     /// this many milliseconds; 0 wakes it for every applied batch.
     pub subscriber_push_interval_ms: Option<u64>,
+    /// The fan-out budget: subscriber wakeups per second, all connections
+    /// together (0: no limit).
+    pub subscriber_wakeups_per_sec_max: Option<u64>,
+    /// The fan-out budget: updates queued for subscribers per second (0:
+    /// no limit); past it whole chunks are shed as GAPs.
+    pub subscriber_updates_per_sec_max: Option<u64>,
     pub producer_wait_ms: Option<u64>,
     /// Bytes all TCP connections' unfinished frames may hold together
     /// (beyond 16 KiB each); at least `frame_body_max` + 8. Past it a
@@ -251,6 +257,12 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut server.window_batches, lim.window_batches);
     set(&mut server.subscriptions_max, lim.subscriptions_max);
     set(&mut server.subscriber_updates_max, lim.subscriber_updates_max);
+    if let Some(v) = lim.subscriber_wakeups_per_sec_max {
+        server.subscriber_wakeups_per_sec_max = v;
+    }
+    if let Some(v) = lim.subscriber_updates_per_sec_max {
+        server.subscriber_updates_per_sec_max = v;
+    }
     set(&mut server.unfinished_frame_bytes_max, lim.unfinished_frame_bytes_max);
     set(&mut server.ws_message_max, lim.ws_message_max);
     set(&mut server.ws_frame_max, lim.ws_frame_max);
@@ -729,6 +741,14 @@ mod tests {
             file.limits.subscriber_push_interval_ms,
             Some(trove_server::SUBSCRIBER_PUSH_INTERVAL_DEFAULT.as_millis() as u64),
             "the file states the default push interval"
+        );
+        assert_eq!(
+            (file.limits.subscriber_wakeups_per_sec_max, file.limits.subscriber_updates_per_sec_max),
+            (
+                Some(trove_server::SUBSCRIBER_WAKEUPS_PER_SEC_MAX_DEFAULT),
+                Some(trove_server::SUBSCRIBER_UPDATES_PER_SEC_MAX_DEFAULT)
+            ),
+            "the file states the default fan-out budget"
         );
     }
 }

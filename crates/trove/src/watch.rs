@@ -9,6 +9,13 @@
 //! round, gap and reconnect, and a status line each second, for scripts
 //! and logs. A lost connection is reconnected (with backoff) and the
 //! hunt subscribed again: what was missed meanwhile shows as a gap.
+//!
+//! It subscribes to the hunt's broadcasts alone (finds, top-10 changes,
+//! round ends: the news it shows), so a busy hunt costs the server and the
+//! watcher one entry per find, not one per move; the players count then
+//! comes from the control plane, read once a second. `--all-events` takes
+//! the full stream instead (players counted as they join and leave, and
+//! events/s).
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
@@ -28,6 +35,10 @@ const REDRAW_INTERVAL: Duration = Duration::from_millis(250);
 /// Reconnect backoff, doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// Watching the broadcasts alone, the control plane's players count is
+/// read this often.
+const NEWS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The control plane's answer is at most this long to wait for.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +66,10 @@ pub struct View {
     pub gaps: u64,
     pub missed: u64,
     pub reconnects: u64,
+    /// Subscribed to the broadcasts alone: no events to count.
+    pub news_only: bool,
+    /// Broadcast entries seen.
+    pub broadcasts: u64,
     /// Why the connection is down, while it is.
     pub disconnected: Option<String>,
 }
@@ -128,7 +143,10 @@ impl View {
                                 _ => {}
                             }
                         }
-                        UpdateEntry::Broadcast(b) => changes.push(self.broadcast(b)),
+                        UpdateEntry::Broadcast(b) => {
+                            self.broadcasts += 1;
+                            changes.push(self.broadcast(b))
+                        }
                     }
                 }
             }
@@ -206,10 +224,17 @@ impl View {
     pub fn status_line(&self) -> String {
         let players = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
         let round = self.round.map_or("-".to_string(), |r| r.to_string());
-        let mut line = format!(
-            "hunt {}: round {round}, {players} players, {} events/s, {} events seen, {} gaps ({} missed)",
-            self.hunt, self.events_per_s, self.events, self.gaps, self.missed
-        );
+        let mut line = if self.news_only {
+            format!(
+                "hunt {}: round {round}, {players} players, {} news seen, {} gaps ({} missed)",
+                self.hunt, self.broadcasts, self.gaps, self.missed
+            )
+        } else {
+            format!(
+                "hunt {}: round {round}, {players} players, {} events/s, {} events seen, {} gaps ({} missed)",
+                self.hunt, self.events_per_s, self.events, self.gaps, self.missed
+            )
+        };
         if let Some(why) = &self.disconnected {
             line.push_str(&format!("; DISCONNECTED ({why}), reconnecting"));
         }
@@ -230,10 +255,17 @@ impl View {
             players,
             self.treasures_left.map_or("-".to_string(), |t| t.to_string())
         ));
-        s.push_str(&format!(
-            "  events/s {:<9} events seen {:<10} gaps {} ({} updates missed), reconnects {}\n\n",
-            self.events_per_s, self.events, self.gaps, self.missed, self.reconnects
-        ));
+        if self.news_only {
+            s.push_str(&format!(
+                "  news seen {:<10} gaps {} ({} missed), reconnects {}\n\n",
+                self.broadcasts, self.gaps, self.missed, self.reconnects
+            ));
+        } else {
+            s.push_str(&format!(
+                "  events/s {:<9} events seen {:<10} gaps {} ({} updates missed), reconnects {}\n\n",
+                self.events_per_s, self.events, self.gaps, self.missed, self.reconnects
+            ));
+        }
         s.push_str("  top 10\n");
         if self.top.is_empty() {
             s.push_str("    nobody yet\n");
@@ -283,6 +315,8 @@ pub struct WatchArgs {
     pub plain: bool,
     /// Stop after this long (for scripts and tests).
     pub duration: Option<Duration>,
+    /// Every event of the hunt, not its broadcasts alone.
+    pub all_events: bool,
 }
 
 /// Runs the watcher until Ctrl-C, `--duration`, or a refusal that no
@@ -299,6 +333,7 @@ pub fn run(args: WatchArgs) -> Result<(), String> {
 async fn watch(args: WatchArgs) -> Result<(), String> {
     let terminal = !args.plain && std::io::stdout().is_terminal();
     let mut view = View::new(args.hunt);
+    view.news_only = !args.all_events;
     let target = args.client.addr.clone();
     refresh(&mut view, args.control).await;
     let started = Instant::now();
@@ -323,7 +358,9 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             }
             Err(e) => return Err(format!("connecting to {target}: {e}")),
         };
-        let next_seq = sub.subscribe(args.hunt).await.map_err(|e| format!("subscribing to hunt {}: {e}", args.hunt))?;
+        let subscribed =
+            if args.all_events { sub.subscribe(args.hunt).await } else { sub.subscribe_broadcasts(args.hunt).await };
+        let next_seq = subscribed.map_err(|e| format!("subscribing to hunt {}: {e}", args.hunt))?;
         if view.disconnected.take().is_some() {
             view.reconnects += 1;
             // Whatever applied while we were away: the counts are the
@@ -338,6 +375,7 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
         }
         backoff = BACKOFF_FIRST;
         let mut redraw = tokio::time::interval(if terminal { REDRAW_INTERVAL } else { Duration::from_secs(1) });
+        let mut last_refresh = Instant::now();
         redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -378,6 +416,12 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
                 },
                 _ = redraw.tick() => {
                     view.roll(Instant::now());
+                    // The broadcasts carry no joins and leaves: the count
+                    // is the control plane's, read once a second.
+                    if view.news_only && last_refresh.elapsed() >= NEWS_REFRESH_INTERVAL {
+                        last_refresh = Instant::now();
+                        refresh(&mut view, args.control).await;
+                    }
                     let text = if terminal {
                         format!("\x1b[H\x1b[2J{}", view.screen(&target))
                     } else {

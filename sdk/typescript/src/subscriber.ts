@@ -51,6 +51,13 @@ export interface SubscriberOptions extends ConnectionOptions {
    */
   queueMax?: number;
   /**
+   * Watch the hunts' broadcasts alone (finds, top-10 changes, round ends),
+   * not every event: far fewer entries for a spectator that shows the
+   * news. They are numbered consecutively by themselves, so gaps keep
+   * their meaning. Needs a server that knows the mode. Default false.
+   */
+  broadcastsOnly?: boolean;
+  /**
    * Called with each item instead of queueing it for `next()`. An exception
    * it throws never escapes: it ends the connection, is reported as the
    * next `disconnected` item's error (a `CallbackError`), and the
@@ -74,6 +81,7 @@ export class Subscriber {
   private readonly o: ResolvedConnectionOptions;
   private readonly queueMax: number;
   private readonly onItem: ((item: SubscriberItem) => void) | undefined;
+  private readonly broadcastsOnly: boolean;
   private link: Link | undefined;
   /** Whether the current link finished its handshake. */
   private ready = false;
@@ -103,6 +111,7 @@ export class Subscriber {
     this.o = resolveConnection(o);
     this.queueMax = checkCount(o.queueMax ?? 65536, "queueMax", 1, 1 << 24);
     this.onItem = o.onItem;
+    this.broadcastsOnly = o.broadcastsOnly === true;
     this.backoff = new Backoff(this.o);
   }
 
@@ -218,7 +227,8 @@ export class Subscriber {
 
   private sendOp(op: Op): void {
     this.ops.push(op);
-    this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}}`);
+    const only = op.op === "subscribe" && this.broadcastsOnly ? `,"broadcasts_only":true` : "";
+    this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}${only}}`);
   }
 
   /**

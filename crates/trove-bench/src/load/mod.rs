@@ -195,6 +195,9 @@ pub struct ServerArgs {
     pub io_workers: u32,
     /// `[limits] subscriber_push_interval_ms`, when given.
     pub subscriber_push_interval_ms: Option<u64>,
+    /// `[limits] subscriber_wakeups_per_sec_max` and
+    /// `subscriber_updates_per_sec_max` (the fan-out budget), when given.
+    pub subscriber_budget: Option<(u64, u64)>,
 }
 
 /// What a run produces: one mode's runs, or several side by side.

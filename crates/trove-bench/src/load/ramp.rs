@@ -653,6 +653,7 @@ mod tests {
                 fsync: None,
                 io_workers: 1,
                 subscriber_push_interval_ms: None,
+                subscriber_budget: None,
             },
             connections: 8,
             batch_events: 16,

@@ -281,6 +281,7 @@ pub(super) fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
             threads: 1,
             read_interval: Duration::ZERO,
             token: args.token.clone(),
+            broadcasts_only: false,
         })
     })
 }

@@ -58,7 +58,10 @@ impl ChildServer {
             cmd.args(["--shards", &s.to_string()]);
         }
         let mut data = None;
-        if spec.connections_max.is_some() || spec.server.subscriber_push_interval_ms.is_some() {
+        if spec.connections_max.is_some()
+            || spec.server.subscriber_push_interval_ms.is_some()
+            || spec.server.subscriber_budget.is_some()
+        {
             // Only these limits: every other setting keeps its default or flag.
             let mut limits = String::from("[limits]\n");
             if let Some(max) = spec.connections_max {
@@ -68,6 +71,11 @@ impl ChildServer {
             }
             if let Some(ms) = spec.server.subscriber_push_interval_ms {
                 limits += &format!("subscriber_push_interval_ms = {ms}\n");
+            }
+            if let Some((wakeups, updates)) = spec.server.subscriber_budget {
+                limits += &format!(
+                    "subscriber_wakeups_per_sec_max = {wakeups}\nsubscriber_updates_per_sec_max = {updates}\n"
+                );
             }
             let path = spec.data.with_extension("toml");
             std::fs::write(&path, limits).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -1024,6 +1024,7 @@
     o;
     queueMax;
     onItem;
+    broadcastsOnly;
     link;
     /** Whether the current link finished its handshake. */
     ready = false;
@@ -1052,6 +1053,7 @@
       this.o = resolveConnection(o);
       this.queueMax = checkCount(o.queueMax ?? 65536, "queueMax", 1, 1 << 24);
       this.onItem = o.onItem;
+      this.broadcastsOnly = o.broadcastsOnly === true;
       this.backoff = new Backoff(this.o);
     }
     /** Connects (retrying as the options say); rejects if no connection could be made. */
@@ -1155,7 +1157,8 @@
     }
     sendOp(op) {
       this.ops.push(op);
-      this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}}`);
+      const only = op.op === "subscribe" && this.broadcastsOnly ? `,"broadcasts_only":true` : "";
+      this.link?.send(`{"type":"${op.op}","hunt":${op.hunt}${only}}`);
     }
     /**
      * Hands one item out: to `onItem`, a waiting `next()`, or the queue.

@@ -165,6 +165,8 @@ pub struct FleetArgs {
     /// Presented by every subscriber (a --target with authentication on):
     /// in HELLO version 2, or the WebSocket upgrade's `Authorization`.
     pub token: Option<trove_client::Token>,
+    /// Subscribe to the hunts' broadcasts alone (counted, not timed).
+    pub broadcasts_only: bool,
 }
 
 /// The fleet's counters at one moment.
@@ -267,6 +269,7 @@ struct ThreadPlan {
     slow_bytes_per_s: u32,
     read_interval: Duration,
     token: Option<trove_client::Token>,
+    broadcasts_only: bool,
     log: Arc<SendLog>,
     shared: Arc<ThreadShared>,
     subs_shared: Arc<Vec<SubShared>>,
@@ -332,6 +335,7 @@ impl Fleet {
                 slow_bytes_per_s: args.slow_bytes_per_s,
                 read_interval: args.read_interval,
                 token: args.token.clone(),
+                broadcasts_only: args.broadcasts_only,
                 log: log.clone(),
                 shared: Arc::new(ThreadShared::default()),
                 subs_shared: subs.clone(),
@@ -541,6 +545,7 @@ mod tests {
                 threads: 1,
                 read_interval: Duration::ZERO,
                 token: None,
+                broadcasts_only: false,
             },
             log: Arc::new(SendLog::new(1, &[0])),
             hunts: vec![0],

@@ -188,6 +188,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
         slow_bytes_per_s,
         read_interval,
         token,
+        broadcasts_only,
         log,
         shared,
         subs_shared,
@@ -219,6 +220,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
                 slow_bytes_per_s,
                 read_interval,
                 token: token.clone(),
+                broadcasts_only,
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
             let watch_error = error.clone();
@@ -315,6 +317,9 @@ pub(super) struct Ctx {
     pub(super) slow_bytes_per_s: u32,
     pub(super) read_interval: Duration,
     pub(super) token: Option<trove_client::Token>,
+    /// Subscribe to the hunt's broadcasts alone (their entries are counted,
+    /// not timed: only APPLIED entries match the send log).
+    pub(super) broadcasts_only: bool,
 }
 
 /// One subscriber's stream state.
@@ -349,7 +354,8 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
     let hunt = sub.hunt;
     if sub.ws {
         ws_handshake(&mut stream, addr, ctx.token.as_ref()).await.map_err(&who)?;
-        write_all(&stream, &ws_text(format!(r#"{{"type":"subscribe","hunt":{hunt}}}"#).as_bytes()))
+        let only = if ctx.broadcasts_only { r#","broadcasts_only":true"# } else { "" };
+        write_all(&stream, &ws_text(format!(r#"{{"type":"subscribe","hunt":{hunt}{only}}}"#).as_bytes()))
             .await
             .map_err(&who)?;
     } else {
@@ -359,7 +365,7 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
             None => frame::Hello::v1(0, 0),
         };
         frame::encode_hello(&mut out, &hello);
-        frame::encode_u32_frame(&mut out, Kind::Subscribe, hunt);
+        frame::encode_subscribe(&mut out, hunt, ctx.broadcasts_only);
         write_all(&stream, &out).await.map_err(&who)?;
     }
     // Up to SUBSCRIBED, read without the thread's buffer.
@@ -824,6 +830,7 @@ mod tests {
             slow_bytes_per_s: 1,
             read_interval: Duration::ZERO,
             token: None,
+            broadcasts_only: false,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (sub, reads) = runtime.block_on(async {
