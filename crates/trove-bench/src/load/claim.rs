@@ -208,7 +208,12 @@ async fn create_all_cluster(
 ) -> Result<Vec<u32>, String> {
     let base = ClusterConfig::new(cluster.seeds.clone());
     let config = ClusterConfig {
-        client: ClientConfig { want_outcomes: true, token: args.token.clone(), tls: args.tls.clone(), ..base.client.clone() },
+        client: ClientConfig {
+            want_outcomes: true,
+            token: args.token.clone(),
+            tls: args.tls.clone(),
+            ..base.client.clone()
+        },
         ..base
     };
     let work = async {
