@@ -210,7 +210,7 @@ fn sleep_loop(epoch: Instant, stop: &AtomicBool, mut late: impl FnMut(u32, u64, 
         std::thread::sleep(PROBE_INTERVAL);
         let woke_ns = now_ns();
         wakes = wakes.wrapping_add(1);
-        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS || wakes % STEAL_SAMPLE_EVERY == 0 {
+        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS || wakes.is_multiple_of(STEAL_SAMPLE_EVERY) {
             late(wakes, due_ns, woke_ns);
         }
     }
