@@ -167,6 +167,24 @@ struct Shared<G: Game> {
     rebuilding_most: AtomicUsize,
 }
 
+/// One rebuild under way: counted in `now` (and `most` raised to it) while
+/// it lives.
+struct Rebuilding<'a>(&'a AtomicUsize);
+
+impl<'a> Rebuilding<'a> {
+    fn start(now: &'a AtomicUsize, most: &AtomicUsize) -> Self {
+        let n = now.fetch_add(1, SeqCst) + 1;
+        most.fetch_max(n, SeqCst);
+        Self(now)
+    }
+}
+
+impl Drop for Rebuilding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Sets its flag when dropped: the node thread's `done`, set even if the
 /// thread dies of a panic (the renewal thread would otherwise renew every
 /// lease held, for partitions nobody serves, for ever).
@@ -643,17 +661,15 @@ impl<G: Game> Shared<G> {
                 return Err(abandoned(why));
             }
             let recovered = {
-                let now = self.rebuilding.fetch_add(1, SeqCst) + 1;
-                self.rebuilding_most.fetch_max(now, SeqCst);
-                let recovered = self.block_on(recover_partition::<G>(
+                // Counted down when dropped, a panic in the rebuild included.
+                let _rebuilding = Rebuilding::start(&self.rebuilding, &self.rebuilding_most);
+                self.block_on(recover_partition::<G>(
                     &log,
                     Some(&snapshots),
                     self.core,
                     Some(&self.metrics),
                     |_, _, _| {},
-                ));
-                self.rebuilding.fetch_sub(1, SeqCst);
-                recovered?
+                ))?
             };
             if let Some(why) = self.must_stop(p, epoch) {
                 return Err(abandoned(why));
