@@ -156,11 +156,44 @@ struct Shared<G: Game> {
     /// Partitions seen without an owner, since when (the node thread's).
     free_since: Mutex<BTreeMap<u32, Instant>>,
     stop: AtomicBool,
-    /// Set when the node thread has handed everything over: the renewal
-    /// thread stops then (it renews until the last release).
+    /// Set when the node thread has handed everything over, or died: the
+    /// renewal thread stops then (it renews until the last release).
     done: AtomicBool,
     /// Told each change of this node's ownership (the relay).
     on_owner_change: Option<OwnerListener>,
+    /// Rebuilds under way now, and the most at once in the current batch
+    /// of takeovers (for its log line: rebuilds that overlapped in time).
+    rebuilding: AtomicUsize,
+    rebuilding_most: AtomicUsize,
+}
+
+/// One rebuild under way: counted in `now` (and `most` raised to it) while
+/// it lives.
+struct Rebuilding<'a>(&'a AtomicUsize);
+
+impl<'a> Rebuilding<'a> {
+    fn start(now: &'a AtomicUsize, most: &AtomicUsize) -> Self {
+        let n = now.fetch_add(1, SeqCst) + 1;
+        most.fetch_max(n, SeqCst);
+        Self(now)
+    }
+}
+
+impl Drop for Rebuilding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Sets its flag when dropped: the node thread's `done`, set even if the
+/// thread dies of a panic (the renewal thread would otherwise renew every
+/// lease held, for partitions nobody serves, for ever).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
 }
 
 /// Called with a partition and `Some(epoch)` when this node takes it
@@ -213,13 +246,16 @@ impl<G: Game> Node<G> {
             stop: AtomicBool::new(false),
             done: AtomicBool::new(false),
             on_owner_change,
+            rebuilding: AtomicUsize::new(0),
+            rebuilding_most: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let renewer = std::thread::Builder::new().name("trove-leases".into()).spawn(move || renew_loop(&s))?;
         let s = shared.clone();
         let thread = std::thread::Builder::new().name("trove-cluster".into()).spawn(move || {
+            let done = SetOnDrop(&s.done);
             run(&s);
-            s.done.store(true, SeqCst);
+            drop(done);
             let _ = renewer.join();
         })?;
         Ok(Node { shared, thread: Some(thread) })
@@ -491,42 +527,69 @@ impl<G: Game> Shared<G> {
         let count = acquired.len();
         if count <= 1 {
             for (p, lease, started) in acquired {
-                self.take_over_logged(p, lease, started);
+                self.take_over_guarded(p, lease, started);
             }
             return;
         }
         let began = Instant::now();
+        self.rebuilding_most.store(0, SeqCst);
         let queue = Mutex::new(VecDeque::from(acquired));
-        let (in_flight, in_flight_most) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|scope| {
             for _ in 0..count.min(TAKEOVERS_IN_FLIGHT_MAX) {
                 scope.spawn(|| {
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                         let Some((p, lease, started)) = next else { break };
-                        if self.stop.load(SeqCst) {
-                            // Leaving: what is not rebuilt yet is let go.
-                            self.abandon(p);
-                            continue;
-                        }
-                        let now = in_flight.fetch_add(1, SeqCst) + 1;
-                        in_flight_most.fetch_max(now, SeqCst);
-                        self.take_over_logged(p, lease, started);
-                        in_flight.fetch_sub(1, SeqCst);
+                        self.take_over_guarded(p, lease, started);
                     }
                 });
             }
         });
         self.log(format!(
-            "took {count} partitions over in {:.3} s, at most {} rebuilding at once",
+            "took {count} partitions over in {:.3} s, at most {} rebuilds overlapping",
             began.elapsed().as_secs_f64(),
-            in_flight_most.load(SeqCst)
+            self.rebuilding_most.load(SeqCst)
         ));
     }
 
-    fn take_over_logged(&self, p: u32, lease: Lease, started: Instant) {
-        if let Err(e) = self.take_over(p, &lease, started) {
-            self.log(format!("taking partition {p} over: {e}"));
+    /// Why the takeover of `p` (lease at `epoch`) must stop now, if it
+    /// must: the node is leaving, the engine failed, or the lease is no
+    /// longer held at that epoch (the renewal thread lost it).
+    fn must_stop(&self, p: u32, epoch: u64) -> Option<String> {
+        if self.stop.load(SeqCst) {
+            Some("the node is leaving".into())
+        } else if let Some(reason) = self.engine.failure() {
+            Some(format!("the engine failed ({reason})"))
+        } else if !self.still_held(p, epoch) {
+            Some(format!("its lease (epoch {epoch}) was lost"))
+        } else {
+            None
+        }
+    }
+
+    /// Whether this node still holds `p`'s lease at `epoch`.
+    fn still_held(&self, p: u32, epoch: u64) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(&p).is_some_and(|h| h.lease.epoch == epoch)
+    }
+
+    /// `take_over`, logged, with a panic inside it (e.g. while decoding a
+    /// hostile snapshot) caught: the partition is abandoned and the node
+    /// goes on (a panic through the scope would end the node's thread
+    /// with leases still held).
+    fn take_over_guarded(&self, p: u32, lease: Lease, started: Instant) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.take_over(p, &lease, started)));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.log(format!("taking partition {p} over: {e}")),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                self.log(format!("taking partition {p} over panicked ({what}): giving it up"));
+                self.abandon(p);
+            }
         }
     }
 
@@ -586,16 +649,40 @@ impl<G: Game> Shared<G> {
     /// Rebuilds partition `p`, fences its stream for `lease`, and installs
     /// the shard; returns the messages replayed.
     fn install(&self, p: u32, lease: &Lease) -> Result<u64, TakeoverError> {
+        let epoch = lease.epoch;
+        let abandoned = |why: String| TakeoverError::Abandoned(why);
         let log = self.block_on(self.nats.log(p))?;
         let snapshots = self.block_on(self.nats.snapshots())?;
         for _ in 0..FENCE_ATTEMPTS_MAX {
-            let recovered = self.block_on(recover_partition::<G>(
-                &log,
-                Some(&snapshots),
-                self.core,
-                Some(&self.metrics),
-                |_, _, _| {},
-            ))?;
+            // Checked before each step that costs or commits: a takeover
+            // queued behind others may find its lease gone, the engine
+            // failed or the node leaving by the time its turn comes.
+            if let Some(why) = self.must_stop(p, epoch) {
+                return Err(abandoned(why));
+            }
+            let recovered = {
+                // Counted down when dropped, a panic in the rebuild included.
+                let _rebuilding = Rebuilding::start(&self.rebuilding, &self.rebuilding_most);
+                self.block_on(recover_partition::<G>(
+                    &log,
+                    Some(&snapshots),
+                    self.core,
+                    Some(&self.metrics),
+                    |_, _, _| {},
+                ))?
+            };
+            if let Some(why) = self.must_stop(p, epoch) {
+                return Err(abandoned(why));
+            }
+            // A newer owner fenced the stream while this one waited: the
+            // fence below would be accepted (it expects only the last
+            // sequence), so the epochs are compared here.
+            if recovered.fence_epoch_max > epoch {
+                return Err(abandoned(format!(
+                    "the stream holds a fence of epoch {}, newer than this lease's {epoch}",
+                    recovered.fence_epoch_max
+                )));
+            }
             let fence = match self.block_on(log.fence(recovered.last, lease.epoch)) {
                 Ok(seq) => seq,
                 // Another writer appended after the read: read again.
@@ -612,6 +699,9 @@ impl<G: Game> Shared<G> {
                 self.metrics.clone(),
             );
             let core = recovered.rebuilt.into_core(self.core);
+            if !self.still_held(p, epoch) {
+                return Err(abandoned(format!("its lease (epoch {epoch}) was lost after the fence")));
+            }
             self.engine
                 .install_shard(p as usize, core, stream_log, FsyncPolicy::Group)
                 .map_err(|e| TakeoverError::Install(e.to_string()))?;
@@ -659,4 +749,6 @@ pub enum TakeoverError {
     Recover(#[from] RecoverError),
     #[error("installing the shard: {0}")]
     Install(String),
+    #[error("abandoned: {0}")]
+    Abandoned(String),
 }

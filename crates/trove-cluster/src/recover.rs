@@ -62,6 +62,10 @@ pub struct RecoveredPartition<G: Game> {
     pub replayed: u64,
     /// The snapshot's `next_batch` (1 without a snapshot).
     pub from: u64,
+    /// The highest epoch of a fence (or mark) read after the snapshot, 0
+    /// if none: an owner whose lease is older than this was deposed while
+    /// it rebuilt and must not fence.
+    pub fence_epoch_max: u64,
 }
 
 /// Rebuilds partition `log.partition()` as of the stream's last sequence
@@ -121,6 +125,7 @@ pub async fn recover_partition<G: Game>(
     // Every sequence from `from` on, none skipped (a purge during the read
     // would skip some).
     let mut expected = from;
+    let mut fence_epoch_max = 0;
     while let Some(m) = reader.next().await? {
         if m.seq != expected {
             return Err(RecoverError::Raced {
@@ -129,7 +134,8 @@ pub async fn recover_partition<G: Game>(
             });
         }
         expected += 1;
-        if m.fence.is_some() {
+        if let Some(epoch) = m.fence {
+            fence_epoch_max = fence_epoch_max.max(epoch);
             continue;
         }
         decode_message::<G::Event>(m.seq, &m.payload, &mut entries).map_err(damaged)?;
@@ -150,5 +156,5 @@ pub async fn recover_partition<G: Game>(
             ),
         });
     }
-    Ok(RecoveredPartition { rebuilt, last: reader.last(), replayed, from })
+    Ok(RecoveredPartition { rebuilt, last: reader.last(), replayed, from, fence_epoch_max })
 }

@@ -532,3 +532,30 @@ async fn a_reader_creates_nothing_and_reads_what_a_node_wrote() {
     assert_eq!(&snapshots.get(1).await.unwrap().expect("partition 1's snapshot")[..], b"snap");
     assert_eq!(stream_names(&reader).await, before, "the reader created something");
 }
+
+/// A takeover that waited its turn compares its lease with the fences it
+/// read (a fence checks only the stream's last sequence, not epoch
+/// order): recovery reports the highest fence epoch after the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_reports_the_highest_fence_epoch_it_read() {
+    let server = server_or_skip!("recovery_reports_the_highest_fence_epoch_it_read");
+    let nats = connect(&server, "fences", Duration::from_secs(5)).await;
+    let log = nats.log(2).await.unwrap();
+    let core = trove_shard::CoreConfig {
+        worlds_max: 16,
+        dedup_window_events: 0,
+        dedup_producers_max: 1,
+        journaled: true,
+        snapshot_interval: None,
+    };
+    let recover = || trove_cluster::recover_partition::<trove_hunt::TreasureHunt>(&log, None, core, None, |_, _, _| {});
+    // Never fenced: 0.
+    let r = recover().await.unwrap();
+    assert_eq!((r.last, r.fence_epoch_max), (0, 0));
+    // An older owner's fence, then a newer one's: the newer epoch counts,
+    // whatever their order in the stream.
+    let first = log.fence(0, 9).await.unwrap();
+    log.fence(first, 4).await.unwrap();
+    let r = recover().await.unwrap();
+    assert_eq!((r.replayed, r.fence_epoch_max), (0, 9));
+}

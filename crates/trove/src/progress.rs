@@ -1,5 +1,6 @@
 //! A progress line on a terminal, for reading a journal back (`trove
-//! replay`, a long recovery at `trove serve` start): segments, bytes and
+//! replay`; not `trove serve`, whose recovery logs lines to stderr that a
+//! `\r` line would run into): segments, bytes and
 //! events read of the total, and the rate, redrawn in place with `\r` at
 //! most [`REDRAWS_PER_S`] times a second on stderr. Quiet when stderr is
 //! not a terminal (a log file, a pipe, a test) and for a recovery that
@@ -104,13 +105,17 @@ impl Drop for ProgressLine {
 }
 
 /// The bytes of the journal segments (`segment-*.tjl`) under `data` and its
-/// shard directories: what recovery reads, less what a snapshot covers.
+/// shard directories that recovery reads: in a directory with a snapshot,
+/// only the segments from the one the newest snapshot starts in (the
+/// segments it covers are skipped, as recovery skips them).
 fn segment_bytes(data: &Path) -> u64 {
     let mut total = 0;
     let mut seen = 0;
     let mut dirs = vec![(data.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut segments: Vec<(std::path::PathBuf, u64)> = Vec::new();
+        let mut snapshot_next: Option<u64> = None;
         for entry in entries.flatten() {
             seen += 1;
             if seen > ENTRIES_MAX {
@@ -122,11 +127,30 @@ fn segment_bytes(data: &Path) -> u64 {
             if meta.is_dir() && depth == 0 {
                 dirs.push((entry.path(), 1));
             } else if meta.is_file() && name.starts_with("segment-") && name.ends_with(".tjl") {
-                total += meta.len();
+                segments.push((entry.path(), meta.len()));
+            } else if meta.is_file()
+                && let Some(next) = snapshot_next_batch(&name)
+            {
+                snapshot_next = snapshot_next.max(Some(next));
             }
         }
+        segments.sort();
+        let skip = match snapshot_next {
+            Some(next) => {
+                let paths: Vec<_> = segments.iter().map(|(p, _)| p.clone()).collect();
+                trove_journal::segment::covered_segments(&paths, next)
+            }
+            None => 0,
+        };
+        total += segments.iter().skip(skip).map(|(_, len)| len).sum::<u64>();
     }
     total
+}
+
+/// A snapshot file's `next_batch`, from its name (`snapshot-<20 digits>.tsnap`).
+fn snapshot_next_batch(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".tsnap")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
 }
 
 /// The line's text: `replay: 3/14 segments, 1.2 GiB of 3.4 GiB (35%),
@@ -214,6 +238,26 @@ mod tests {
             (count(950.0), count(12_345.0), count(4_100_000.0), count(250e6)),
             ("950".into(), "12.3k".into(), "4.10M".into(), "250M".into())
         );
+    }
+
+    #[test]
+    fn the_total_skips_the_segments_a_snapshot_covers() {
+        let data = std::env::temp_dir().join(format!("trove-progress-total-{}", std::process::id()));
+        let shard = data.join("shard-000");
+        std::fs::create_dir_all(&shard).unwrap();
+        let write = |name: &str, len: usize| std::fs::write(shard.join(name), vec![0u8; len]).unwrap();
+        write(&trove_journal::segment::segment_name(1), 100);
+        write(&trove_journal::segment::segment_name(50), 200);
+        write(&trove_journal::segment::segment_name(90), 300);
+        // No snapshot: every segment is read.
+        assert_eq!(segment_bytes(&data), 600);
+        // A snapshot at batch 60: the segment from 1 is covered, the one
+        // from 50 holds batches from 60 on and is read.
+        write("snapshot-00000000000000000060.tsnap", 7);
+        // An older snapshot beside it changes nothing (the newest counts).
+        write("snapshot-00000000000000000010.tsnap", 7);
+        assert_eq!(segment_bytes(&data), 500);
+        std::fs::remove_dir_all(&data).ok();
     }
 
     #[test]

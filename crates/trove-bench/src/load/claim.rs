@@ -30,8 +30,22 @@ const NAMED_MAX: usize = 10;
 /// How long the control plane may take to list the range.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the creates may take to be answered.
-const CREATES_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hunts one `GET /hunts` page asks for (the control plane's largest).
+const LIST_PAGE: usize = 1000;
+
+/// Pages read from one node's `GET /hunts` at most: past them the
+/// listing is incomplete (the refusal names no next free base).
+const LIST_PAGES_MAX: usize = 16;
+
+/// How long the creates may take to be answered: a base, and a little
+/// more per hunt (a workload allows up to 2^20 hunts, so no fixed bound
+/// fits every run).
+const CREATES_TIMEOUT_BASE: Duration = Duration::from_secs(60);
+const CREATES_TIMEOUT_PER_HUNT: Duration = Duration::from_millis(1);
+
+fn creates_timeout(hunts: u32) -> Duration {
+    CREATES_TIMEOUT_BASE + CREATES_TIMEOUT_PER_HUNT * hunts
+}
 
 /// The hunts a run creates and plays into: `base..base + count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,42 +83,107 @@ impl std::fmt::Display for HuntRange {
     }
 }
 
-/// The refusal: the range, where the hunts were found, the first of them.
-fn refusal(range: HuntRange, found: &[u32], more: bool, how: &str) -> String {
+/// The refusal: the range, where the hunts were found, the first of them,
+/// and the next free base if the listing knows it.
+fn refusal(range: HuntRange, found: &[u32], more: bool, how: &str, next: Option<u32>) -> String {
     let ids = found.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    let way_out = match next {
+        Some(n) => format!("choose a free range with --hunt-base N (--hunt-base {n} is free)"),
+        None => "choose a free range with --hunt-base N".to_string(),
+    };
     format!(
         "the target already holds hunts in the bench's {range} ({how}: {ids}{}): trove bench will not play into \
-         existing hunts; choose a free range with --hunt-base N, or pass --force to play into them anyway",
+         existing hunts; {way_out}, or pass --force to play into them anyway",
         if more { ", ..." } else { "" },
     )
 }
 
-/// The hunts of `range` that `GET /hunts` lists on the control plane at
-/// `control`: up to [`NAMED_MAX`] of them, and whether there are more.
-/// `Err` when the list cannot be had (the creates still check).
-fn listed(control: SocketAddr, range: HuntRange) -> Result<(Vec<u32>, bool), String> {
-    let path = match range.base.checked_sub(1) {
-        Some(after) => format!("/hunts?after={after}&limit={}", NAMED_MAX + 1),
-        None => format!("/hunts?limit={}", NAMED_MAX + 1),
-    };
-    let reply = http::get(control, &path, LIST_TIMEOUT).map_err(|e| e.to_string())?;
-    if reply.status != 200 {
-        return Err(format!("GET {path} answered {}", reply.status));
-    }
-    let v: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| format!("GET {path}: {e}"))?;
-    let hunts = v.get("hunts").and_then(|h| h.as_array()).ok_or(format!("GET {path}: no `hunts` list"))?;
-    let mut ids = Vec::new();
-    for h in hunts {
-        let id = h.get("id").and_then(serde_json::Value::as_u64).ok_or(format!("GET {path}: a hunt without an id"))?;
-        if let Ok(id) = u32::try_from(id)
-            && range.contains(id)
-        {
-            ids.push(id);
+/// The lowest base at or above `range.base` whose `range.count` hunts are
+/// all free, given `ids` (ascending, every id at or above `range.base`
+/// that the target holds up to where the listing stopped; `complete`:
+/// it did not stop early). `None` when the listing does not reach a gap
+/// or the free range would pass the largest hunt id.
+fn next_free_base(range: HuntRange, ids: &[u32], complete: bool) -> Option<u32> {
+    let count = u64::from(range.count);
+    let mut candidate = u64::from(range.base);
+    let mut gap = false;
+    for &id in ids {
+        let id = u64::from(id);
+        if id >= candidate + count {
+            gap = true;
+            break;
+        }
+        if id >= candidate {
+            candidate = id + 1;
         }
     }
-    let more = ids.len() > NAMED_MAX;
-    ids.truncate(NAMED_MAX);
-    Ok((ids, more))
+    if !gap && !complete {
+        return None;
+    }
+    let base = u32::try_from(candidate).ok()?;
+    HuntRange::new(base, range.count).ok().map(|r| r.base)
+}
+
+/// The hunt ids at or above `range.base` that `GET /hunts` lists on the
+/// control plane at `control`, ascending, page after page up to
+/// [`LIST_PAGES_MAX`] (stopping once past the range), and whether the
+/// listing reached its end. `Err` when the list cannot be had (the creates
+/// still check).
+fn listed(control: SocketAddr, range: HuntRange) -> Result<(Vec<u32>, bool), String> {
+    let mut after = range.base.checked_sub(1).map(u64::from);
+    let mut ids = Vec::new();
+    for _ in 0..LIST_PAGES_MAX {
+        let path = match after {
+            Some(after) => format!("/hunts?after={after}&limit={LIST_PAGE}"),
+            None => format!("/hunts?limit={LIST_PAGE}"),
+        };
+        let reply = http::get(control, &path, LIST_TIMEOUT).map_err(|e| e.to_string())?;
+        if reply.status != 200 {
+            return Err(format!("GET {path} answered {}", reply.status));
+        }
+        let v: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| format!("GET {path}: {e}"))?;
+        let hunts = v.get("hunts").and_then(|h| h.as_array()).ok_or(format!("GET {path}: no `hunts` list"))?;
+        for h in hunts {
+            let id =
+                h.get("id").and_then(serde_json::Value::as_u64).ok_or(format!("GET {path}: a hunt without an id"))?;
+            if let Ok(id) = u32::try_from(id)
+                && id >= range.base
+            {
+                ids.push(id);
+            }
+        }
+        let next = v.get("next_after").and_then(serde_json::Value::as_u64);
+        match next {
+            // Moving forward only: a listing that does not is not trusted
+            // further (it could loop).
+            Some(n) if after.is_none_or(|a| n > a) => after = Some(n),
+            Some(_) => return Err(format!("GET {path}: next_after does not move forward")),
+            None => return Ok((ids, true)),
+        }
+    }
+    Ok((ids, false))
+}
+
+/// Every node's listing merged (a cluster node lists only the hunts of
+/// its own partitions): the ids ascending and without repeats, whether
+/// every listing was complete, and the failures.
+fn listed_all(controls: &[SocketAddr], range: HuntRange) -> (Vec<u32>, bool, Vec<String>) {
+    let (mut ids, mut complete, mut failed) = (Vec::new(), true, Vec::new());
+    for &control in controls {
+        match listed(control, range) {
+            Ok((found, all)) => {
+                ids.extend(found);
+                complete &= all;
+            }
+            Err(e) => {
+                complete = false;
+                failed.push(format!("{control}: {e}"));
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    (ids, complete, failed)
 }
 
 /// Checks `range` is free on the target and creates its hunts there, on
@@ -124,13 +203,27 @@ pub(super) fn claim(
         say(&format!("--force: playing into {range} whatever they hold"));
         return Ok(());
     }
-    if let Some(control) = args.target_metrics {
-        match listed(control, range) {
-            Ok((found, more)) if !found.is_empty() => {
-                return Err(refusal(range, &found, more, &format!("GET http://{control}/hunts lists")));
-            }
-            Ok(_) => {}
-            Err(e) => say(&format!("could not list the target's hunts ({e}); the creates' answers will tell")),
+    // Every node of a cluster lists its own partitions' hunts only.
+    let mut controls: Vec<SocketAddr> = args.target_metrics.into_iter().collect();
+    if let Some(c) = cluster {
+        controls.extend(c.nodes.iter().filter_map(|(_, control)| *control));
+    }
+    controls.sort_unstable();
+    controls.dedup();
+    if !controls.is_empty() {
+        let (ids, complete, failed) = listed_all(&controls, range);
+        for e in &failed {
+            say(&format!("could not list the target's hunts ({e}); the creates' answers will tell"));
+        }
+        let found: Vec<u32> = ids.iter().copied().filter(|&id| range.contains(id)).collect();
+        if !found.is_empty() {
+            let how = match controls.as_slice() {
+                [one] => format!("GET http://{one}/hunts lists"),
+                _ => format!("GET /hunts on {} nodes lists", controls.len()),
+            };
+            let more = found.len() > NAMED_MAX;
+            let next = next_free_base(range, &ids, complete);
+            return Err(refusal(range, &found[..found.len().min(NAMED_MAX)], more, &how, next));
         }
     }
     let runtime = super::client_runtime(1)?;
@@ -140,7 +233,7 @@ pub(super) fn claim(
     };
     if !found.is_empty() {
         let more = found.len() > NAMED_MAX;
-        return Err(refusal(range, &found[..found.len().min(NAMED_MAX)], more, "creates answered hunt_exists"));
+        return Err(refusal(range, &found[..found.len().min(NAMED_MAX)], more, "creates answered hunt_exists", None));
     }
     say(&format!("created {range}, none there before"));
     Ok(())
@@ -193,9 +286,10 @@ async fn create_all(
         let _ = producer.close().await;
         Ok(exists)
     };
-    tokio::time::timeout(CREATES_TIMEOUT, work)
+    let timeout = creates_timeout(range.count);
+    tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("creating the bench's hunts: no answer within {} s", CREATES_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("creating the bench's hunts: no answer within {} s", timeout.as_secs()))?
 }
 
 /// `create_all` through a cluster's routing: each create to its hunt's
@@ -208,7 +302,12 @@ async fn create_all_cluster(
 ) -> Result<Vec<u32>, String> {
     let base = ClusterConfig::new(cluster.seeds.clone());
     let config = ClusterConfig {
-        client: ClientConfig { want_outcomes: true, token: args.token.clone(), tls: args.tls.clone(), ..base.client.clone() },
+        client: ClientConfig {
+            want_outcomes: true,
+            token: args.token.clone(),
+            tls: args.tls.clone(),
+            ..base.client.clone()
+        },
         ..base
     };
     let work = async {
@@ -246,9 +345,10 @@ async fn create_all_cluster(
         exists.sort_unstable();
         Ok(exists)
     };
-    tokio::time::timeout(CREATES_TIMEOUT, work)
+    let timeout = creates_timeout(range.count);
+    tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("creating the bench's hunts: no answer within {} s", CREATES_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("creating the bench's hunts: no answer within {} s", timeout.as_secs()))?
 }
 
 #[cfg(test)]
@@ -267,7 +367,32 @@ mod tests {
 
     #[test]
     fn a_refusal_names_the_range_what_it_found_and_the_ways_out() {
-        let m = refusal(HuntRange { base: 0, count: 10 }, &[1, 3], false, "creates answered hunt_exists");
+        let m = refusal(HuntRange { base: 0, count: 10 }, &[1, 3], false, "creates answered hunt_exists", None);
         assert!(m.contains("hunts 0..=9") && m.contains("1, 3") && m.contains("--hunt-base") && m.contains("--force"));
+        let m = refusal(HuntRange { base: 0, count: 10 }, &[1, 3], false, "GET /hunts lists", Some(4));
+        assert!(m.contains("--hunt-base 4 is free"), "{m}");
+    }
+
+    #[test]
+    fn the_next_free_base_is_the_first_gap_wide_enough_if_the_listing_reaches_it() {
+        let r = HuntRange { base: 100, count: 10 };
+        // Past the last hunt of a complete listing.
+        assert_eq!(next_free_base(r, &[100, 105], true), Some(106));
+        // A gap of 10 between two hunts, even in an incomplete listing.
+        assert_eq!(next_free_base(r, &[100, 101, 112, 200], false), Some(102));
+        // A gap too narrow is skipped.
+        assert_eq!(next_free_base(r, &[103, 110, 115, 130], true), Some(116));
+        // An incomplete listing that ends without a gap knows nothing.
+        assert_eq!(next_free_base(r, &[100, 101], false), None);
+        // A free range past the largest id is no answer.
+        let top = HuntRange { base: u32::MAX - 20, count: 10 };
+        assert_eq!(next_free_base(top, &[u32::MAX - 20, u32::MAX - 11], true), Some(u32::MAX - 10));
+        assert_eq!(next_free_base(top, &[u32::MAX - 20, u32::MAX - 10], true), None);
+    }
+
+    #[test]
+    fn the_creates_timeout_grows_with_the_hunts() {
+        assert_eq!(creates_timeout(0), CREATES_TIMEOUT_BASE);
+        assert!(creates_timeout(1 << 20) >= Duration::from_secs(60 + 1000));
     }
 }

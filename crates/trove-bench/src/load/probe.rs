@@ -210,7 +210,7 @@ fn sleep_loop(epoch: Instant, stop: &AtomicBool, mut late: impl FnMut(u32, u64, 
         std::thread::sleep(PROBE_INTERVAL);
         let woke_ns = now_ns();
         wakes = wakes.wrapping_add(1);
-        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS || wakes % STEAL_SAMPLE_EVERY == 0 {
+        if woke_ns.saturating_sub(due_ns) >= STALL_MIN_NS || wakes.is_multiple_of(STEAL_SAMPLE_EVERY) {
             late(wakes, due_ns, woke_ns);
         }
     }
@@ -303,9 +303,7 @@ pub fn tail_cause(f: &TailFigures) -> String {
         }
         Some(_) if long(m.max_us) => {
             let busy = f.cpu_cores_busy.map_or(String::new(), |b| format!(", {b:.2} of {} cores busy", f.cores));
-            return format!(
-                "the CPUs: p99 {p99:.1} ms; runnable threads outnumbered the cores: {machine}{busy}"
-            );
+            return format!("the CPUs: p99 {p99:.1} ms; runnable threads outnumbered the cores: {machine}{busy}");
         }
         Some(_) => {}
         None if long(m.max_us) => {
@@ -488,7 +486,8 @@ mod tests {
 
     #[test]
     fn with_the_real_time_probe_only_the_guests_own_stops_are_the_machines() {
-        let host = |max_us: u64| Some(HostStalls { max_us, count: u64::from(max_us > 0), lost_us: max_us, steal_us: 20_000 });
+        let host =
+            |max_us: u64| Some(HostStalls { max_us, count: u64::from(max_us > 0), lost_us: max_us, steal_us: 20_000 });
         // A normal thread waited 13.3 ms, and the guest itself stopped as long: the machine.
         let mut f = figures(20);
         f.machine = MachineStalls { max_us: 13_300, count: 1, lost_us: 13_300, host: host(12_000) };
@@ -497,7 +496,12 @@ mod tests {
         // The same wait while the guest ran: the CPUs, not the machine.
         f.machine.host = host(0);
         let why = tail_cause(&f);
-        assert!(why.starts_with("the CPUs: p99 20.0 ms; runnable threads outnumbered the cores: a normal thread's longest wait 13.3 ms"), "{why}");
+        assert!(
+            why.starts_with(
+                "the CPUs: p99 20.0 ms; runnable threads outnumbered the cores: a normal thread's longest wait 13.3 ms"
+            ),
+            "{why}"
+        );
         assert!(why.contains("the guest itself 0.0 ms (0 stops, 20 ms stolen), 1.00 of 2 cores busy"), "{why}");
         // Short waits explain nothing: the rules after them decide.
         f.machine.max_us = 1_200;

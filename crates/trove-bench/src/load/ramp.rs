@@ -840,7 +840,8 @@ mod tests {
     /// A trial as `run_step` reports it: a step of one trial.
     fn trial(i: u32, rate: f64, achieved: f64, p99_us: u64, stall_us: u64) -> StepReport {
         let mut s = step(i, rate, achieved, p99_us, 0.2);
-        s.machine_stalls = MachineStalls { max_us: stall_us, count: u64::from(stall_us > 0), lost_us: stall_us, host: None };
+        s.machine_stalls =
+            MachineStalls { max_us: stall_us, count: u64::from(stall_us > 0), lost_us: stall_us, host: None };
         s.tail_cause = (!s.passed).then(|| format!("tail of trial {i}"));
         s.send_lag_us = LatencyUs { p50: 100, p99: 200, p999: 300, max: 400 };
         s.trials = vec![TrialReport {

@@ -527,13 +527,13 @@ fn trials_section(s: &mut String, run: &ModeRun) -> fmt::Result {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::model::{FirstMoved, LatencyBreakdown, LatencyUs, Ratio, ServerStep, StageLatency};
     use super::*;
     use crate::dev::TempDir;
 
     /// A directory of its own under the temp dir, removed on drop.
-    fn step(step: u32, offered: f64, achieved: f64, p99_us: u64, passed: bool) -> StepReport {
+    pub(in super::super) fn step(step: u32, offered: f64, achieved: f64, p99_us: u64, passed: bool) -> StepReport {
         StepReport {
             step,
             offered_events_per_s: offered,
@@ -587,7 +587,7 @@ mod tests {
         }
     }
 
-    fn run(mode: &str, steps: Vec<StepReport>) -> ModeRun {
+    pub(in super::super) fn run(mode: &str, steps: Vec<StepReport>) -> ModeRun {
         let knee = steps.iter().rev().find(|s| s.passed);
         ModeRun {
             mode: mode.to_string(),

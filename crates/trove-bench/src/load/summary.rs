@@ -82,6 +82,12 @@ fn single_summary(run: &ModeRun, s: &StepReport) -> String {
     for b in &s.latency_breakdown {
         out += &format!("  {}\n", b.line());
     }
+    // Against a cluster, each node's share (the figures above are summed).
+    if run.mode == "cluster" {
+        for n in s.server.iter().flat_map(|server| &server.nodes) {
+            out += &format!("  {}\n", n.line());
+        }
+    }
     out += &fanout::summary(run);
     out += &match &s.failed_because {
         None => format!("  kept up: achieved within the offered rate and p99 within the SLO of {} ms", run.slo_p99_ms),
@@ -168,4 +174,27 @@ fn ramp_summary(outcome: &Outcome) -> String {
         }
     }
     out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::NodeStep;
+    use super::super::report::tests::{run, step};
+    use super::*;
+
+    #[test]
+    fn a_single_cluster_run_prints_each_node() {
+        let node = |name: &str, acked: f64| NodeStep {
+            node: name.to_string(),
+            control: "127.0.0.1:1".to_string(),
+            acknowledged_events_per_s: acked,
+            cpu_cores: 0.5,
+            partitions_owned: 4.0,
+        };
+        let mut s = step(0, 1000.0, 1000.0, 2000, true);
+        s.server.as_mut().expect("step 0 has server figures").nodes = vec![node("a", 600.0), node("b", 400.0)];
+        let r = run("cluster", vec![s]);
+        let out = single_summary(&r, &r.steps[0]);
+        assert!(out.contains("node a: acknowledged") && out.contains("node b: acknowledged"), "{out}");
+    }
 }
