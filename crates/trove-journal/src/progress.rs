@@ -59,9 +59,17 @@ impl Tally {
         self.segments_listed.fetch_add(segments as u64, Relaxed);
     }
 
-    pub(crate) fn read(&self, bytes: usize, events: u64) {
+    /// A segment read to its end: `bytes` and `events` are what was not
+    /// already added by [`Tally::reading`] as it was read.
+    pub(crate) fn read(&self, bytes: u64, events: u64) {
         self.segments_read.fetch_add(1, Relaxed);
-        self.bytes_read.fetch_add(bytes as u64, Relaxed);
+        self.reading(bytes, events);
+    }
+
+    /// Part of a segment read (a long segment moves the display before
+    /// its end).
+    pub(crate) fn reading(&self, bytes: u64, events: u64) {
+        self.bytes_read.fetch_add(bytes, Relaxed);
         self.events_read.fetch_add(events, Relaxed);
     }
 }

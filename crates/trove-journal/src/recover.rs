@@ -8,6 +8,10 @@ use crate::format::{Body, Entry, FrameError, SegmentHeader, decode_segment_heade
 use crate::segment::{Scan, covered_segments, list_segments_in, salvage_header, scan, scan_frames};
 use crate::storage::{FsStorage, Storage};
 
+/// Recovery adds to the progress counters (`progress::RECOVERY`) every
+/// this many batches read, so a display moves within a long segment.
+const PROGRESS_EVERY_BATCHES: u64 = 64;
+
 /// Why a journal cannot be used.
 #[derive(Debug)]
 pub enum JournalError {
@@ -147,6 +151,8 @@ pub fn recover_shard_in<E: Record>(
         let last = i + 1 == segments.len();
         let bytes = storage.read(path, options.segment_bytes_max.saturating_mul(4).max(4 << 30)).map_err(io(path))?;
         let events_before = r.events;
+        // What of this segment the progress counters have: (bytes, events).
+        let mut told = (0u64, events_before);
         let corrupt = |offset: u64, reason: String| JournalError::Corrupt { path: path.clone(), offset, reason };
         // A damaged header costs only the header when the rest agrees
         // (`salvage_header`): a repair keeps the segment's frames that
@@ -225,6 +231,10 @@ pub fn recover_shard_in<E: Record>(
             apply(body.batch, &entries);
             r.batches += 1;
             r.events += entries.len() as u64;
+            if r.batches.is_multiple_of(PROGRESS_EVERY_BATCHES) {
+                crate::progress::RECOVERY.reading(offset.saturating_sub(told.0), r.events - told.1);
+                told = (offset.max(told.0), r.events);
+            }
             Ok(())
         };
         let scanned = match header {
@@ -232,7 +242,7 @@ pub fn recover_shard_in<E: Record>(
             None => scan::<E, OutOfSequence>(&bytes, visit),
         };
         r.segments += 1;
-        crate::progress::RECOVERY.read(bytes.len(), r.events - events_before);
+        crate::progress::RECOVERY.read((bytes.len() as u64).saturating_sub(told.0), r.events - told.1);
         // Where the valid frames end, if before the end of the file.
         let (bad, header_ok, file_len) = match scanned {
             Ok(Scan { bad: None, valid_end, .. }) => {

@@ -2,7 +2,8 @@
 //! the libraries only emit events.
 //!
 //! Human-readable lines by default, or one JSON object per line
-//! (`--log-format json`), both on stderr. The level filter is
+//! (`--log-format json`), both on stderr (through
+//! [`crate::progress::LogWriter`], which clears a progress line first). The level filter is
 //! `--log-level`, else `TROVE_LOG`, else `info`, in `EnvFilter`'s syntax:
 //! `debug`, or `warn,trove::connection=info` (docs/decisions/0043).
 
@@ -48,13 +49,15 @@ pub fn filter(level: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Stri
 pub fn install(format: LogFormat, level: Option<&str>, console: bool) -> Result<(), String> {
     let filter = filter(level)?;
     let lines = match format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).boxed(),
+        LogFormat::Human => {
+            tracing_subscriber::fmt::layer().with_writer(|| crate::progress::LogWriter).with_ansi(false).boxed()
+        }
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(|| crate::progress::LogWriter)
             .boxed(),
     }
     .with_filter(filter);

@@ -1,8 +1,9 @@
 //! A progress line on a terminal, for reading a journal back (`trove
-//! replay`; not `trove serve`, whose recovery logs lines to stderr that a
-//! `\r` line would run into): segments, bytes and
+//! replay`, and `trove serve`'s recovery): segments, bytes and
 //! events read of the total, and the rate, redrawn in place with `\r` at
-//! most [`REDRAWS_PER_S`] times a second on stderr. Quiet when stderr is
+//! most [`REDRAWS_PER_S`] times a second on stderr. Log lines written
+//! meanwhile go through [`LogWriter`], which clears the line first, so a
+//! log line never runs into it (the line is drawn again below it). Quiet when stderr is
 //! not a terminal (a log file, a pipe, a test) and for a recovery that
 //! ends within [`QUIET_FOR`]. The figures come from the journal's
 //! counters ([`trove_journal::progress::RECOVERY`]); the line is drawn by
@@ -22,6 +23,11 @@ pub const REDRAWS_PER_S: u32 = 10;
 /// A recovery shorter than this draws nothing.
 pub const QUIET_FOR: Duration = Duration::from_millis(500);
 
+/// The environment variable that sets [`QUIET_FOR`] in milliseconds
+/// (0: the line is drawn at once, before the first event is read; tests
+/// use it to see the line whatever the machine's speed).
+pub const QUIET_FOR_ENV: &str = "TROVE_PROGRESS_AFTER_MS";
+
 /// Most directory entries looked at to total a journal's segments (a data
 /// directory holds a few per shard).
 const ENTRIES_MAX: usize = 1 << 20;
@@ -29,6 +35,37 @@ const ENTRIES_MAX: usize = 1 << 20;
 /// The line's longest text: most terminals are at least this wide, and a
 /// wrapped line cannot be redrawn with `\r`.
 const WIDTH_MAX: usize = 79;
+
+/// A progress line is on the terminal now (drawn, not yet cleared).
+static SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Clears the progress line from `out` if one is shown, so what is written
+/// next starts at the left of an empty line. The caller holds the
+/// terminal's lock.
+fn clear_shown(out: &mut impl Write, shown: &AtomicBool) -> std::io::Result<()> {
+    if shown.swap(false, Relaxed) {
+        write!(out, "\r{:WIDTH_MAX$}\r", "")?;
+    }
+    Ok(())
+}
+
+/// The log lines' writer on stderr (`logging::install`): each write
+/// clears a progress line first, under the same lock of stderr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        clear_shown(&mut err, &SHOWN)?;
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// A progress line being drawn; stopped (and its line cleared) when
 /// dropped, or by [`ProgressLine::finish`].
@@ -53,24 +90,35 @@ impl ProgressLine {
             return Self { stop, drew, thread: None };
         }
         let (before, bytes_total, started) = (RECOVERY.counts(), segment_bytes(data), Instant::now());
+        let quiet_for = std::env::var(QUIET_FOR_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(QUIET_FOR, Duration::from_millis);
+        let draw = move |done: &Counts| {
+            let text = render(label, done, bytes_total, started.elapsed());
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r{text:<WIDTH_MAX$}");
+            let _ = err.flush();
+            SHOWN.store(true, Relaxed);
+        };
+        if quiet_for.is_zero() {
+            draw(&Counts::default());
+            drew.store(true, Relaxed);
+        }
         let (stop_, drew_) = (stop.clone(), drew.clone());
         let thread = std::thread::Builder::new()
             .name("trove-progress".into())
             .spawn(move || {
                 let (lock, wake) = &*stop_;
                 let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let mut wait = QUIET_FOR;
+                let mut wait = quiet_for;
                 loop {
                     stopped = wake.wait_timeout(stopped, wait).unwrap_or_else(|e| e.into_inner()).0;
                     if *stopped {
                         return;
                     }
                     wait = Duration::from_secs(1) / REDRAWS_PER_S;
-                    let done = RECOVERY.counts().since(&before);
-                    let text = render(label, &done, bytes_total, started.elapsed());
-                    let mut err = std::io::stderr().lock();
-                    let _ = write!(err, "\r{text:<WIDTH_MAX$}");
-                    let _ = err.flush();
+                    draw(&RECOVERY.counts().since(&before));
                     drew_.store(true, Relaxed);
                 }
             })
@@ -92,7 +140,7 @@ impl ProgressLine {
         let _ = thread.join();
         if self.drew.load(Relaxed) {
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r{:WIDTH_MAX$}\r", "");
+            let _ = clear_shown(&mut err, &SHOWN);
             let _ = err.flush();
         }
     }
@@ -210,6 +258,18 @@ fn count(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_log_line_clears_a_shown_progress_line_first_and_only_then() {
+        let shown = AtomicBool::new(true);
+        let mut out = Vec::new();
+        clear_shown(&mut out, &shown).unwrap();
+        assert_eq!(out, format!("\r{:w$}\r", "", w = WIDTH_MAX).into_bytes());
+        assert!(!shown.load(Relaxed), "cleared once");
+        out.clear();
+        clear_shown(&mut out, &shown).unwrap();
+        assert!(out.is_empty(), "nothing to clear: nothing written");
+    }
+
     use super::*;
 
     #[test]

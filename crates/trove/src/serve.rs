@@ -428,10 +428,11 @@ pub fn run(args: &Serve) -> Result<(), String> {
     let shards = engine.shards;
     let started = std::time::Instant::now();
     let mut log = |line: String| tracing::info!(target: "trove::engine", "{line}");
-    // No progress line here: recovery's log lines go to stderr as it runs,
-    // and a line redrawn with `\r` would run into them (`trove replay`
-    // draws one).
+    // A progress line on a terminal while the journal is read back; log
+    // lines clear it first (`progress::LogWriter`).
+    let progress = engine.journal.as_ref().map(|j| crate::progress::ProgressLine::journal("recovery", &j.dir));
     let started_engine = Engine::<TreasureHunt>::start_with_lock(engine, lock, &mut log);
+    drop(progress);
     let engine = Arc::new(started_engine.map_err(|e| e.to_string())?);
     let server = match Server::start_on(listeners, engine.clone(), server) {
         Ok(s) => s,

@@ -55,25 +55,17 @@ fn replay_draws_progress_on_a_terminal_only() {
     assert!(!stderr.contains('\r') && !stderr.contains("segments,"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("state hash"));
 
-    // On a terminal (a pseudo-terminal from `script`), a replay long
-    // enough to be shown is: its line, redrawn with `\r`, then cleared.
+    // On a terminal (a pseudo-terminal from `script`), the line is drawn,
+    // redrawn with `\r`, then cleared. It waits half a second before it
+    // shows; the environment sets that to 0 here, so the line is owed
+    // whatever this machine's speed.
     let exe = env!("CARGO_BIN_EXE_trove");
-    let started = std::time::Instant::now();
     let pty = Command::new("script")
-        .args(["-qec", &format!("{exe} replay --data {d}"), "/dev/null"])
+        .args(["-qec", &format!("env TROVE_PROGRESS_AFTER_MS=0 {exe} replay --data {d}"), "/dev/null"])
         .output()
         .expect("`script` (util-linux) puts the replay on a pseudo-terminal: install util-linux");
-    let took = started.elapsed();
     let seen = String::from_utf8_lossy(&pty.stdout);
     assert!(seen.contains("state hash"), "{seen}");
-    // The line is first drawn `QUIET_FOR` (0.5 s) into the replay. The
-    // journal above (24M events after the snapshot) takes seconds to read
-    // back; a replay under a second would owe no line, and the test would
-    // check nothing: it fails instead, to be given a larger journal.
-    assert!(
-        took > std::time::Duration::from_secs(1),
-        "the replay took {took:?}: too short for a progress line to be owed; replay a larger journal"
-    );
     assert!(seen.contains("\rreplay: ") && seen.contains(" segments, "), "{seen:?}");
     assert!(seen.contains(" events at "), "{seen:?}");
     std::fs::remove_dir_all(&dir).ok();
