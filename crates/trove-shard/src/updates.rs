@@ -757,6 +757,8 @@ pub struct Hub<G: Game> {
     topics_changed: tokio::sync::Notify,
     /// The update budget ([`FanOutBudget::updates_per_sec_max`]), if set.
     update_bucket: OnceLock<Mutex<Bucket>>,
+    /// The budget set ([`Hub::set_budget`]).
+    budget: OnceLock<FanOutBudget>,
 }
 
 impl<G: Game> Default for Hub<G> {
@@ -769,6 +771,7 @@ impl<G: Game> Default for Hub<G> {
             pacer: OnceLock::new(),
             topics_changed: tokio::sync::Notify::new(),
             update_bucket: OnceLock::new(),
+            budget: OnceLock::new(),
         }
     }
 }
@@ -837,8 +840,13 @@ impl<G: Game> Hub<G> {
     }
 
     /// Sets the fan-out budget, once, before anyone subscribes (after
-    /// [`Hub::set_push_interval`]: the wakeup budget needs a pacer).
+    /// [`Hub::set_push_interval`]: the wakeup budget needs a pacer). Setting
+    /// the same budget again (a second server on the engine) changes
+    /// nothing; another one is refused.
     pub fn set_budget(&self, budget: FanOutBudget) -> Result<(), BudgetRefused> {
+        if let Some(set) = self.budget.get() {
+            return if *set == budget { Ok(()) } else { Err(BudgetRefused::Set) };
+        }
         if budget.wakeups_per_sec_max > 0 {
             let pacer = self.pacer.get().ok_or(BudgetRefused::WakeupsNeedAPushInterval)?;
             let burst = budget.wakeups_per_sec_max as f64 * pacer.shared.interval.as_secs_f64();
@@ -858,7 +866,7 @@ impl<G: Game> Hub<G> {
             let burst = budget.updates_per_sec_max as f64 / 10.0;
             self.update_bucket.set(Bucket::new(budget.updates_per_sec_max, burst)).map_err(|_| BudgetRefused::Set)?;
         }
-        Ok(())
+        self.budget.set(budget).map_err(|_| BudgetRefused::Set)
     }
 
     /// Whether the update budget sheds a chunk of `updates` updates to
@@ -1362,6 +1370,17 @@ mod tests {
     }
 
     #[test]
+    fn the_same_budget_may_be_set_again_another_is_refused() {
+        let hub: Hub<Hunt> = Hub::default();
+        hub.set_push_interval(Duration::from_millis(5)).unwrap();
+        let budget = FanOutBudget { wakeups_per_sec_max: 1000, updates_per_sec_max: 5000 };
+        hub.set_budget(budget).unwrap();
+        hub.set_budget(budget).expect("a second server on the engine sets the same budget");
+        let other = FanOutBudget { updates_per_sec_max: 1, ..budget };
+        assert!(matches!(hub.set_budget(other), Err(BudgetRefused::Set)));
+    }
+
+    #[test]
     fn paced_a_mailbox_woken_within_an_interval_waits_for_the_tick_and_loses_nothing() {
         let hub: Hub<Hunt> = Hub::default();
         hub.set_push_interval(Duration::from_millis(100)).unwrap();
@@ -1544,7 +1563,7 @@ mod tests {
         // the next ones are shed.
         hub.set_budget(FanOutBudget { updates_per_sec_max: 1, ..FanOutBudget::default() }).unwrap();
         assert_eq!(
-            hub.set_budget(FanOutBudget { updates_per_sec_max: 1, ..FanOutBudget::default() }),
+            hub.set_budget(FanOutBudget { updates_per_sec_max: 2, ..FanOutBudget::default() }),
             Err(BudgetRefused::Set)
         );
         let (a, b) = (Mailbox::new(1 << 20), Mailbox::new(1 << 20));
