@@ -1178,8 +1178,6 @@ impl<G: Game> Hub<G> {
         let ticket = topic.ticket();
         drop(t);
         let chunk_of = |first_seq, updates: Vec<Update<G>>| {
-            self.counters.updates_published.fetch_add(updates.len() as u64, Relaxed);
-            self.counters.chunks_published.fetch_add(1, Relaxed);
             Arc::new(Chunk {
                 world,
                 first_seq,
@@ -1197,10 +1195,16 @@ impl<G: Game> Hub<G> {
                     Update::Applied { .. } => None,
                 })
                 .collect();
+            // Counted as the publish path counts its broadcasts-only form.
+            self.counters.news_published.fetch_add(only.len() as u64, Relaxed);
             let chunk = (!only.is_empty()).then(|| chunk_of(first_seq, only));
             (first_missed, missed, chunk, subscribers)
         });
-        let chunk = (!updates.is_empty()).then(|| chunk_of(first_seq, updates));
+        let chunk = (!updates.is_empty()).then(|| {
+            self.counters.updates_published.fetch_add(updates.len() as u64, Relaxed);
+            self.counters.chunks_published.fetch_add(1, Relaxed);
+            chunk_of(first_seq, updates)
+        });
         ticket.wait();
         let pacer = self.pacer.get();
         let mut woken = 0;
