@@ -982,9 +982,7 @@ impl Ending {
         match d {
             Delivery::Gap { world, first_missed, missed } => Sent::Gap { world, first_missed, missed },
             Delivery::Chunk(chunk) => {
-                let Some(end) =
-                    chunk.updates.iter().position(|u| matches!(u, Update::Broadcast(b) if G::ends_world(b)))
-                else {
+                let Some(end) = chunk.end_of_world() else {
                     return Sent::Chunk(chunk);
                 };
                 self.pending.push(chunk.world);
@@ -1001,14 +999,7 @@ impl Ending {
                         Update::Broadcast(b) => Update::Broadcast(b.clone()),
                     })
                     .collect();
-                let cut = trove_shard::Chunk {
-                    world: chunk.world,
-                    first_seq: chunk.first_seq,
-                    updates,
-                    encoded: Default::default(),
-                    encoded_text: Default::default(),
-                    ingested_at: chunk.ingested_at,
-                };
+                let cut = trove_shard::Chunk::new(chunk.world, chunk.first_seq, updates, chunk.ingested_at);
                 Sent::Chunk(Arc::new(cut))
             }
         }

@@ -511,17 +511,12 @@ fn update_chunks_are_split_to_the_frame_limit() {
     for i in 0..5000 {
         events.push(Stamped { time_us: i, event: HuntEvent::join(1, i as u32) });
     }
-    let chunk = trove_shard::Chunk::<TreasureHunt> {
-        world: 1,
-        first_seq: 10,
-        updates: events
-            .iter()
-            .map(|e| trove_shard::Update::Applied { event: *e, outcome: HuntOutcome::Left })
-            .collect(),
-        encoded: Default::default(),
-        encoded_text: Default::default(),
-        ingested_at: std::time::Instant::now(),
-    };
+    let chunk = trove_shard::Chunk::<TreasureHunt>::new(
+        1,
+        10,
+        events.iter().map(|e| trove_shard::Update::Applied { event: *e, outcome: HuntOutcome::Left }).collect(),
+        std::time::Instant::now(),
+    );
     let bytes = trove_server::tcp::encode_chunk::<TreasureHunt>(&chunk, 4096);
     let mut at = 0;
     let mut next = 10;

@@ -77,6 +77,32 @@ pub struct Chunk<G: Game> {
     /// When the oldest batch among those the updates came from was
     /// submitted (for the ingest-to-update-pushed latency).
     pub ingested_at: Instant,
+    /// [`Chunk::end_of_world`], found once and shared by every
+    /// subscriber the chunk goes to.
+    ends_at: OnceLock<Option<usize>>,
+}
+
+impl<G: Game> Chunk<G> {
+    pub fn new(world: WorldId, first_seq: u64, updates: Vec<Update<G>>, ingested_at: Instant) -> Self {
+        Chunk {
+            world,
+            first_seq,
+            updates,
+            encoded: OnceLock::new(),
+            encoded_text: OnceLock::new(),
+            ingested_at,
+            ends_at: OnceLock::new(),
+        }
+    }
+
+    /// Where the broadcast that ends the world (`Game::ends_world`: a
+    /// deleted hunt) stands among the updates, if one does. Looked for
+    /// once per chunk, not once per subscriber.
+    pub fn end_of_world(&self) -> Option<usize> {
+        *self
+            .ends_at
+            .get_or_init(|| self.updates.iter().position(|u| matches!(u, Update::Broadcast(b) if G::ends_world(b))))
+    }
 }
 
 /// What a subscription receives of its world's stream.
@@ -207,7 +233,7 @@ impl<G: Game> Mailbox<G> {
             // the end, not of a gap, since its subscription ends there. One
             // chunk per delete of a watched world.
             let full = s.updates > 0 && s.updates + n > self.updates_max;
-            if (full || shed) && !ends_world(chunk) {
+            if (full || shed) && chunk.end_of_world().is_none() {
                 let gap = s.gaps.entry(chunk.world).or_insert_with(|| {
                     hub.gaps.fetch_add(1, Relaxed);
                     (chunk.first_seq, 0)
@@ -328,11 +354,6 @@ impl<G: Game> Mailbox<G> {
     pub fn close(&self) {
         self.lock().closed = true;
     }
-}
-
-/// Whether a chunk holds the broadcast that ends its world.
-fn ends_world<G: Game>(chunk: &Chunk<G>) -> bool {
-    chunk.updates.iter().any(|u| matches!(u, Update::Broadcast(b) if G::ends_world(b)))
 }
 
 /// The fan-out budget: limits on what subscribers may cost the process
@@ -1056,24 +1077,10 @@ impl<G: Game> Hub<G> {
                         Update::Applied { .. } => None,
                     })
                     .collect();
-                let chunk = Arc::new(Chunk {
-                    world: o.world,
-                    first_seq,
-                    updates,
-                    encoded: OnceLock::new(),
-                    encoded_text: OnceLock::new(),
-                    ingested_at,
-                });
+                let chunk = Arc::new(Chunk::new(o.world, first_seq, updates, ingested_at));
                 (chunk, subscribers)
             });
-            let chunk = Arc::new(Chunk {
-                world: o.world,
-                first_seq: o.first_seq,
-                updates: o.updates,
-                encoded: OnceLock::new(),
-                encoded_text: OnceLock::new(),
-                ingested_at,
-            });
+            let chunk = Arc::new(Chunk::new(o.world, o.first_seq, o.updates, ingested_at));
             // Counted before the pushes: a subscriber that has the chunk
             // sees it counted.
             self.counters.updates_published.fetch_add(n as u64, Relaxed);
@@ -1177,16 +1184,8 @@ impl<G: Game> Hub<G> {
         });
         let ticket = topic.ticket();
         drop(t);
-        let chunk_of = |first_seq, updates: Vec<Update<G>>| {
-            Arc::new(Chunk {
-                world,
-                first_seq,
-                updates,
-                encoded: OnceLock::new(),
-                encoded_text: OnceLock::new(),
-                ingested_at,
-            })
-        };
+        let chunk_of =
+            |first_seq, updates: Vec<Update<G>>| Arc::new(Chunk::new(world, first_seq, updates, ingested_at));
         let news = news.map(|(first_missed, missed, first_seq, subscribers)| {
             let only: Vec<_> = updates
                 .iter()
