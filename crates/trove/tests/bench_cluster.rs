@@ -44,12 +44,8 @@ fn owners(control: std::net::SocketAddr) -> Option<Vec<Option<String>>> {
     Some(map["map"].as_array()?.iter().map(|e| e["owner"]["node"].as_str().map(str::to_string)).collect())
 }
 
-#[test]
-fn bench_against_one_node_of_a_cluster_drives_every_node() {
-    if !nats_server_or_skip("bench_against_one_node_of_a_cluster_drives_every_node") {
-        return;
-    }
-    let nats = NatsServer::start();
+/// Two nodes on `nats`, every partition owned and both owning some.
+fn two_nodes(nats: &NatsServer) -> [(Serve, Listening); 2] {
     let (a, a_at) = node(&nats.url(), "a");
     let (b, b_at) = node(&nats.url(), "b");
     // Both nodes own partitions: events for b's reach a only as not_owner.
@@ -64,6 +60,16 @@ fn bench_against_one_node_of_a_cluster_drives_every_node() {
         assert!(Instant::now() < deadline, "the partitions never spread over both nodes:\n{}", b.stderr_now());
         std::thread::sleep(Duration::from_millis(50));
     }
+    [(a, a_at), (b, b_at)]
+}
+
+#[test]
+fn bench_against_one_node_of_a_cluster_drives_every_node() {
+    if !nats_server_or_skip("bench_against_one_node_of_a_cluster_drives_every_node") {
+        return;
+    }
+    let nats = NatsServer::start();
+    let [(a, a_at), (b, b_at)] = two_nodes(&nats);
     let dir = common::scratch_dir("bench-cluster");
     let edits = [("hunts = 1000", "hunts = 40"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
     let workload = common::workload_file(&dir, "small.toml", &edits);
@@ -114,4 +120,57 @@ fn bench_against_one_node_of_a_cluster_drives_every_node() {
         assert!(acked > 0, "node {name} acknowledged nothing");
     }
     drop((a, b));
+}
+
+fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// `--subscribers` against a cluster: spread over its nodes, each hunt
+/// watched on its owner and relayed to the other (decision 0046), every
+/// update delivered and timed as on a single node.
+#[test]
+fn subscribers_spread_over_a_cluster_get_every_update() {
+    if !nats_server_or_skip("subscribers_spread_over_a_cluster_get_every_update") {
+        return;
+    }
+    let nats = NatsServer::start();
+    let [(a, a_at), (b, b_at)] = two_nodes(&nats);
+    let dir = common::scratch_dir("bench-cluster-subscribers");
+    let edits = [("hunts = 1000", "hunts = 5"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
+    let workload = common::workload_file(&dir, "small.toml", &edits);
+    let json = dir.join("run.json");
+    let (tcp, control) = (a_at.tcp.to_string(), a_at.control.to_string());
+    // 10 subscribers over 5 hunts, alternately on a and b: every hunt has
+    // a watcher on each node, one of them relayed.
+    #[rustfmt::skip]
+    let out = trove(&[
+        "bench", "--target", &tcp, "--metrics", &control, "--workload", workload.to_str().unwrap(),
+        "--rate", "5000", "--duration", "1", "--connections", "2",
+        "--subscribers", "10", "--subscriber-hunts", "all",
+        "--slo-ms", "60000", "--json", json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("over 2 nodes of cluster"), "{stderr}");
+    let v = read_json(&json);
+    assert_eq!(v["mode"], "cluster", "{v}");
+    let f = &v["fanout"];
+    assert_eq!((u(f, "subscribers"), u(f, "hunts_watched")), (10, 5), "{f}");
+    // Every acknowledged event reached both watchers of its hunt, each
+    // timed, none lost.
+    let acked = u(&v, "events_acked");
+    assert!(acked > 1000, "{v}");
+    assert_eq!(u(f, "updates_timed"), 2 * acked, "{f}");
+    assert_eq!((u(f, "gaps"), u(f, "updates_untimed"), u(f, "desynced")), (0, 0, 0), "{f}");
+    assert!(f["updates_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(v["updates_measured"], f["updates_timed"]);
+    // Half of them came through the relay.
+    let relayed: u64 = [&a_at, &b_at]
+        .iter()
+        .map(|at| common::metric(at.control, "trove_cluster_relay_updates_total").unwrap_or(0))
+        .sum();
+    assert!(relayed >= acked, "relayed {relayed} of {acked} events' updates");
+    drop((a, b));
+    std::fs::remove_dir_all(&dir).ok();
 }

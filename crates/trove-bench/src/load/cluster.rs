@@ -18,6 +18,14 @@ use super::scrape::{self, Scrape};
 /// One `GET /cluster` or one node's `GET /metrics`, connect to last byte.
 const CLUSTER_HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the subscribers' hunts may take to be exported by their
+/// owners to the nodes that relay them (a watch message each, sent at
+/// once: milliseconds) before the run gives up.
+const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the owners' export counts are looked at meanwhile.
+const RELAY_READY_POLL: Duration = Duration::from_millis(20);
+
 /// The cluster a `--target` belongs to.
 #[derive(Clone, Debug)]
 pub(crate) struct ClusterTarget {
@@ -30,6 +38,19 @@ pub(crate) struct ClusterTarget {
     /// The nodes alive when the run began, each with its control plane
     /// (`None`: the map gives none, or it does not resolve).
     pub(crate) nodes: Vec<(String, Option<SocketAddr>)>,
+    /// Their data planes, by the same index: where subscribers connect.
+    pub(crate) ends: Vec<NodeEnds>,
+    /// Each partition's owner when the run began, by index in `nodes`
+    /// (`None`: no owner, or one the map does not list).
+    pub(crate) owners: Vec<Option<usize>>,
+}
+
+/// A node's data planes, as its map entry gives them (`None`: none given,
+/// or it does not resolve).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct NodeEnds {
+    pub(crate) tcp: Option<SocketAddr>,
+    pub(crate) ws: Option<SocketAddr>,
 }
 
 /// Asks the control plane at `metrics` for the cluster map: `None` if the
@@ -60,10 +81,87 @@ fn target_of(metrics: SocketAddr, map: &ClusterMap) -> ClusterTarget {
         .iter()
         .map(|n| (n.node.clone(), n.control.as_deref().and_then(|c| crate::cli::host_port(c).ok())))
         .collect();
-    ClusterTarget { name: map.cluster.clone(), partitions: map.partitions, seeds, nodes }
+    let resolve = |a: Option<&str>| a.and_then(|a| crate::cli::host_port(a).ok());
+    let ends =
+        map.nodes.iter().map(|n| NodeEnds { tcp: resolve(Some(&n.tcp)), ws: resolve(n.ws.as_deref()) }).collect();
+    let owners = map
+        .owners
+        .iter()
+        .map(|o| o.as_ref().and_then(|o| map.nodes.iter().position(|n| n.node == o.node.node)))
+        .collect();
+    ClusterTarget { name: map.cluster.clone(), partitions: map.partitions, seeds, nodes, ends, owners }
 }
 
 impl ClusterTarget {
+    /// Where the subscribers connect: every node whose map entry gives a
+    /// data plane (TCP, or WebSocket with `ws`) that resolves, by index in
+    /// `nodes`. Subscriber `i` goes to the `i % len`-th: spread over the
+    /// nodes, as a load balancer in front of a live event spreads its
+    /// spectators, so the run times both a hunt's owner delivering to its
+    /// own spectators and the other nodes relaying to theirs
+    /// (docs/decisions/0046).
+    pub(crate) fn subscriber_nodes(&self, ws: bool) -> Result<Vec<(usize, SocketAddr)>, String> {
+        let at: Vec<_> =
+            self.ends.iter().enumerate().filter_map(|(i, e)| Some((i, if ws { e.ws } else { e.tcp }?))).collect();
+        if at.is_empty() {
+            let what = if ws { "WebSocket" } else { "TCP" };
+            return Err(format!("cluster {}: its map gives no node's {what} address for the subscribers", self.name));
+        }
+        Ok(at)
+    }
+
+    /// How many hunts each node must export for the subscribers: for each
+    /// owner (by index in `nodes`), the distinct hunts of its partitions
+    /// that a subscriber on another node watches (`on[i]`: subscriber `i`'s
+    /// node, `hunts[i]` its hunt).
+    pub(crate) fn exports_needed(&self, hunts: &[u32], on: &[usize]) -> Vec<u64> {
+        let mut needed: Vec<Vec<u32>> = vec![Vec::new(); self.nodes.len()];
+        for (&hunt, &node) in hunts.iter().zip(on) {
+            let p = trove_core::shard_of(hunt, self.partitions.max(1) as usize);
+            if let Some(Some(owner)) = self.owners.get(p)
+                && *owner != node
+                && let Some(list) = needed.get_mut(*owner)
+                && !list.contains(&hunt)
+            {
+                list.push(hunt);
+            }
+        }
+        needed.iter().map(|l| l.len() as u64).collect()
+    }
+
+    /// Waits until every owner exports at least the hunts `needed` says
+    /// (its `trove_cluster_relay_hunts_exported`), so that a relayed
+    /// subscriber's stream holds every update of its hunt from the first
+    /// event the pacer sends, as a subscriber on the owner's does.
+    pub(crate) fn wait_relays(&self, needed: &[u64]) -> Result<(), String> {
+        let until = std::time::Instant::now() + RELAY_READY_TIMEOUT;
+        loop {
+            let short: Vec<String> = needed
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .filter_map(|(i, &n)| {
+                    let (node, control) = &self.nodes[i];
+                    let exported = control
+                        .and_then(|c| scrape::get(c, CLUSTER_HTTP_TIMEOUT).ok())
+                        .map(|s| s.sum("trove_cluster_relay_hunts_exported", &[]) as u64)
+                        .unwrap_or(0);
+                    (exported < n).then(|| format!("node {node} exports {exported} of {n} watched hunts"))
+                })
+                .collect();
+            if short.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= until {
+                return Err(format!(
+                    "the subscribers' hunts were not relayed within {RELAY_READY_TIMEOUT:?}: {}",
+                    short.join(", ")
+                ));
+            }
+            std::thread::sleep(RELAY_READY_POLL);
+        }
+    }
+
     /// Every node's `/metrics` now, by its index in `nodes`; a node that
     /// does not answer is left out.
     pub(crate) fn scrape(&self) -> Vec<(usize, Scrape)> {
@@ -139,6 +237,8 @@ mod tests {
             partitions: 4,
             seeds: vec!["127.0.0.1:1".into()],
             nodes: vec![("a".into(), None), ("b".into(), None), ("c".into(), None)],
+            ends: vec![NodeEnds::default(); 3],
+            owners: vec![Some(0), Some(1), Some(0), None],
         };
         let at = |acked: u64, cpu: f64, owned: u32| {
             scrape::parse(&format!(

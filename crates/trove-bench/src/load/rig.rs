@@ -72,21 +72,8 @@ impl Rig {
         let runtime = client_runtime(args.client_workers)?;
         let clock = Clock { epoch: Instant::now() };
         let spec = &args.workload;
-        let fleet_args = match &cluster {
-            // A hunt's updates come from its owner; subscribers to one
-            // node would see only its partitions'.
-            Some(c) if fleet_args(args).is_some() => {
-                if args.fanout.is_some() {
-                    return Err(format!(
-                        "--subscribers against a cluster ({}): not supported yet; leave it out",
-                        c.name
-                    ));
-                }
-                say("cluster: updates are not timed (--watch is ignored against a cluster)");
-                None
-            }
-            _ => fleet_args(args),
-        };
+        // Against a cluster the subscribers spread over its nodes (`start_fleet`).
+        let fleet_args = fleet_args(args);
         if let Some(c) = &cluster {
             say(&format!(
                 "{addr} is a node of cluster {} ({} partitions over {} nodes): driving it through the SDK's routing",
@@ -190,8 +177,9 @@ impl Rig {
         say(&format!("setup acknowledged in {:.1} s", began.elapsed().as_secs_f64()));
         // Subscribed before the pacer sends anything: every subscriber's
         // stream and its hunt's log start together, at index 0.
-        let fleet =
-            fleet_args.map(|f| start_fleet(&f, hunts, log.clone(), addr, ws, clock, args.connections)).transpose()?;
+        let fleet = fleet_args
+            .map(|f| start_fleet(&f, hunts, log.clone(), (addr, ws), cluster.as_ref(), clock, args.connections))
+            .transpose()?;
         let shared = conns.iter().map(|c| c.shared.clone()).collect();
         let (plans, plans_rx) = mpsc::channel();
         let (replies_tx, replies) = mpsc::channel();
@@ -294,21 +282,50 @@ pub(super) fn child_connections_max(args: &LoadArgs) -> Option<u32> {
     (need as usize > trove_server::CONNECTIONS_PER_ADDRESS_MAX_DEFAULT).then_some(need)
 }
 
+/// Starts the subscribers: all on the one node (`tcp`, or `ws` for
+/// WebSocket ones), or spread over a cluster's nodes, waiting then until
+/// each hunt watched on a node that does not own it is relayed there.
 pub(super) fn start_fleet(
     f: &FleetArgs,
     hunts: Vec<u32>,
     log: Arc<SendLog>,
-    tcp: SocketAddr,
-    ws: Option<SocketAddr>,
+    (tcp, ws): (SocketAddr, Option<SocketAddr>),
+    cluster: Option<&ClusterTarget>,
     clock: Clock,
     producers: u32,
 ) -> Result<Fleet, String> {
-    let addr =
-        if f.ws { ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")? } else { tcp };
+    let n = hunts.len();
+    let (at, on): (Vec<SocketAddr>, Vec<usize>) = match cluster {
+        Some(c) => {
+            let nodes = c.subscriber_nodes(f.ws)?;
+            (0..n).map(|i| (nodes[i % nodes.len()].1, nodes[i % nodes.len()].0)).unzip()
+        }
+        None => {
+            let addr = if f.ws {
+                ws.ok_or("WebSocket subscribers need the server's WebSocket address (--target-ws)")?
+            } else {
+                tcp
+            };
+            (vec![addr; n], vec![0; n])
+        }
+    };
     let began = Instant::now();
-    let fleet = Fleet::start(f, hunts, log, addr, clock, producers)?;
+    let needed = cluster.map(|c| c.exports_needed(&hunts, &on));
+    let fleet = Fleet::start(f, hunts, log, &at, clock, producers)?;
+    if let (Some(c), Some(needed)) = (cluster, needed) {
+        c.wait_relays(&needed)?;
+    }
+    let spread = match cluster {
+        Some(c) => {
+            let mut nodes: Vec<usize> = on.clone();
+            nodes.sort_unstable();
+            nodes.dedup();
+            format!(" over {} nodes of cluster {}", nodes.len(), c.name)
+        }
+        None => String::new(),
+    };
     say(&format!(
-        "{} subscribers ({}{}) subscribed in {:.1} s",
+        "{} subscribers ({}{}){spread} subscribed in {:.1} s",
         f.subscribers,
         if f.ws { "WebSocket" } else { "TCP" },
         if f.slow > 0 { format!(", {} slow", f.slow) } else { String::new() },

@@ -262,9 +262,8 @@ pub struct Fleet {
 
 /// What a fleet thread is given.
 struct ThreadPlan {
-    /// (subscriber index, hunt, slow).
-    subs: Vec<(usize, u32, bool)>,
-    addr: SocketAddr,
+    /// (subscriber index, hunt, slow, the address it connects to).
+    subs: Vec<(usize, u32, bool, SocketAddr)>,
     ws: bool,
     slow_bytes_per_s: u32,
     read_interval: Duration,
@@ -294,19 +293,20 @@ impl Fleet {
         Ok((assigned.into_iter().map(|h| base + h).collect(), log))
     }
 
-    /// Connects and subscribes every subscriber (to `addr`: the TCP
-    /// listener, or the WebSocket one); returns once all are subscribed.
-    /// `producers`: the run's producer connections, which need files too.
+    /// Connects and subscribes every subscriber (subscriber `i` to
+    /// `at[i]`: a TCP listener, or a WebSocket one); returns once all are
+    /// subscribed. `producers`: the run's producer connections, which need
+    /// files too.
     pub(super) fn start(
         args: &FleetArgs,
         assigned: Vec<u32>,
         log: Arc<SendLog>,
-        addr: SocketAddr,
+        at: &[SocketAddr],
         clock: Clock,
         producers: u32,
     ) -> Result<Self, String> {
         let n = assigned.len();
-        assert!(n == args.subscribers as usize && args.slow <= args.subscribers);
+        assert!(n == args.subscribers as usize && args.slow <= args.subscribers && at.len() == n);
         check_open_files(n, producers)?;
         let threads_n = (args.threads.max(1) as usize).min(n.max(1));
         let subs: Arc<Vec<SubShared>> = Arc::new((0..n).map(|_| SubShared::default()).collect());
@@ -329,8 +329,7 @@ impl Fleet {
         for t in 0..threads_n {
             let plan = ThreadPlan {
                 // Round robin, so fast and slow ones spread over threads.
-                subs: (t..n).step_by(threads_n).map(|i| (i, assigned[i], i >= slow_from)).collect(),
-                addr,
+                subs: (t..n).step_by(threads_n).map(|i| (i, assigned[i], i >= slow_from, at[i])).collect(),
                 ws: args.ws,
                 slow_bytes_per_s: args.slow_bytes_per_s,
                 read_interval: args.read_interval,

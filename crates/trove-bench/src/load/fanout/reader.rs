@@ -183,7 +183,6 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
     let set = tokio::task::LocalSet::new();
     let ThreadPlan {
         subs,
-        addr,
         ws,
         slow_bytes_per_s,
         read_interval,
@@ -199,7 +198,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
     } = plan;
     set.block_on(&runtime, async move {
         let gate = Rc::new(tokio::sync::Semaphore::new(CONNECTING_MAX));
-        for (i, hunt, slow) in subs {
+        for (i, hunt, slow, addr) in subs {
             let sub = Sub {
                 index: i,
                 hunt,
