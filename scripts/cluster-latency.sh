@@ -6,7 +6,8 @@
 # finds the cluster only through --metrics), which works when node 0 owns every partition
 # (NODES=1): the same server through both SDK paths.
 # Prints per run: p50/p99, send lag p99, admitted p50, client CPU, the server stages' p50
-# breakdown (with --metrics), events per JetStream message.
+# breakdown (with --metrics), events per JetStream message and the mean publish-ack wait
+# (`trove_cluster_append_ack_seconds`: a write's messages sent to all acknowledged).
 # Needs nats-server on PATH and a release build; run from the repository root.
 # Knobs: T, PARTS (6), NODES (1), RATE (1000000), SECONDS_RUN (5), ROUNDS (2), CONNS (4),
 # VARIANTS: `label=flags;label=flags` (flags may say @M for `--metrics N0_CONTROL`, @L for
@@ -46,7 +47,11 @@ sys.exit(0 if None not in owners and len(set(owners)) == $NODES else 1)" 2>/dev/
   sleep 0.1
 done
 
-appends() { curl -sf 127.0.0.1:17980/metrics | awk '/^trove_cluster_appends_total /{print $2} /^trove_events_acknowledged_total /{print $2}' | tr '\n' ' '; }
+# Node 0's JetStream messages, events acknowledged, and its publish-ack wait (sum, count).
+appends() { curl -sf 127.0.0.1:17980/metrics | awk '
+  /^trove_cluster_appends_total /{m=$2} /^trove_events_acknowledged_total /{e=$2}
+  /^trove_cluster_append_ack_seconds_sum /{s=$2} /^trove_cluster_append_ack_seconds_count /{c=$2}
+  END{print m+0, e+0, s+0, c+0}'; }
 
 IFS=';' read -ra VS <<< "$VARIANTS"
 for r in $(seq $ROUNDS); do
@@ -77,11 +82,9 @@ except Exception:
 l = v['latency_us']; lag = v['send_lag_us']; adm = v['admitted_latency_us']
 x0 = [float(t) for t in a0.split()]; x1 = [float(t) for t in a1.split()]
 per = ''
-if len(x0) == 2 and len(x1) == 2 and x1[0] > x0[0]:
-    # appends_total and acknowledged_total, in the order /metrics lists them
-    d0, d1 = x1[0] - x0[0], x1[1] - x0[1]
-    msgs, events = (d0, d1) if d0 < d1 else (d1, d0)
-    per = ' %.0f events/message' % (events / max(msgs, 1))
+if len(x0) == 4 and len(x1) == 4 and x1[0] > x0[0]:
+    msgs, events, ack_s, acks = [b - a for a, b in zip(x0, x1)]
+    per = ' | %.0f events/message, node 0 publish-ack wait mean %.2f ms' % (events / max(msgs, 1), ack_s * 1e3 / max(acks, 1))
 bd = ''
 for b in v.get('latency_breakdown', []):
     if b['percentile'] == 'p50':
