@@ -185,6 +185,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
         subs,
         addr,
         ws,
+        deflate,
         slow_bytes_per_s,
         read_interval,
         token,
@@ -221,6 +222,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
                 read_interval,
                 token: token.clone(),
                 broadcasts_only,
+                deflate,
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
             let watch_error = error.clone();
@@ -320,6 +322,8 @@ pub(super) struct Ctx {
     /// Subscribe to the hunt's broadcasts alone (their entries are counted,
     /// not timed: only APPLIED entries match the send log).
     pub(super) broadcasts_only: bool,
+    /// WebSocket subscribers ask for compressed updates in a `hello`.
+    pub(super) deflate: bool,
 }
 
 /// One subscriber's stream state.
@@ -354,6 +358,9 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
     let hunt = sub.hunt;
     if sub.ws {
         ws_handshake(&mut stream, addr, ctx.token.as_ref()).await.map_err(&who)?;
+        if ctx.deflate {
+            write_all(&stream, &ws_text(br#"{"type":"hello","compression":"deflate"}"#)).await.map_err(&who)?;
+        }
         let only = if ctx.broadcasts_only { r#","broadcasts_only":true"# } else { "" };
         write_all(&stream, &ws_text(format!(r#"{{"type":"subscribe","hunt":{hunt}{only}}}"#).as_bytes()))
             .await
