@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
-use trove_shard::{Completed, Delivery, Producer, SubscribeMode, Update};
+use trove_shard::{Chunk, Completed, Delivery, Producer, SubscribeMode, Update};
 
 use crate::conn_log::{Counts, Listener, RefusedFor};
 use crate::json::JsonGame;
@@ -911,6 +911,29 @@ fn message_len(m: &Message) -> usize {
     }
 }
 
+/// A chunk's `update` messages: its updates as JSON text, at most
+/// [`JSON_ENTRIES_MAX`] entries per message.
+pub fn update_texts<G: JsonGame>(chunk: &Chunk<G>) -> Vec<String> {
+    chunk
+        .updates
+        .chunks(JSON_ENTRIES_MAX)
+        .enumerate()
+        .map(|(i, piece)| {
+            let entries: Vec<Value> = piece
+                .iter()
+                .map(|u| match u {
+                    Update::Applied { event, outcome } => json!({"kind": "applied", "time_us": event.time_us,
+                        "event": G::event_to_json(&event.event), "outcome": G::outcome_to_json(outcome)}),
+                    Update::Broadcast(b) => json!({"kind": "broadcast", "body": G::broadcast_to_json(b)}),
+                })
+                .collect();
+            json!({"type": "update", "hunt": chunk.world,
+                "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
+            .to_string()
+        })
+        .collect()
+}
+
 thread_local! {
     /// One compressor per I/O worker, reset for each message: its state
     /// (some 300 KiB in miniz_oxide) is allocated once, not per chunk.
@@ -919,24 +942,28 @@ thread_local! {
 }
 
 /// The raw DEFLATE (RFC 1951: no zlib header or trailer, what
-/// `DecompressionStream('deflate-raw')` reads) of `text`, one final block.
+/// `DecompressionStream('deflate-raw')` reads) of `text`, one stream.
 pub fn deflate_raw(text: &[u8]) -> Vec<u8> {
-    DEFLATER.with_borrow_mut(|c| {
-        c.reset();
-        let mut out = Vec::with_capacity(text.len() / 2 + 64);
-        loop {
-            let read = usize::try_from(c.total_in()).expect("within the input's length");
-            // Compressing into a Vec's spare room has no failure case: the
-            // state was reset and the input is a byte slice.
-            let status = c
-                .compress_vec(&text[read..], &mut out, flate2::FlushCompress::Finish)
-                .expect("raw deflate into memory");
-            if status == flate2::Status::StreamEnd {
-                return out;
-            }
-            out.reserve(out.capacity().max(64));
+    DEFLATER.with_borrow_mut(|c| deflate_raw_with(c, text))
+}
+
+/// [`deflate_raw`] with a compressor of the caller's (raw: made with
+/// `zlib_header` false), reset first; `examples/deflate_levels.rs` times
+/// the levels with it.
+pub fn deflate_raw_with(c: &mut flate2::Compress, text: &[u8]) -> Vec<u8> {
+    c.reset();
+    let mut out = Vec::with_capacity(text.len() / 2 + 64);
+    loop {
+        let read = usize::try_from(c.total_in()).expect("within the input's length");
+        // Compressing into a Vec's spare room has no failure case: the
+        // state was reset and the input is a byte slice.
+        let status =
+            c.compress_vec(&text[read..], &mut out, flate2::FlushCompress::Finish).expect("raw deflate into memory");
+        if status == flate2::Status::StreamEnd {
+            return out;
         }
-    })
+        out.reserve(out.capacity().max(64));
+    }
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -1471,27 +1498,7 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         // stays far below the write buffer bound.
                         let texts = chunk.encoded_text.get_or_init(|| {
                             self.shared.metrics.update_encodings[1].fetch_add(1, Relaxed);
-                            chunk
-                                .updates
-                                .chunks(JSON_ENTRIES_MAX)
-                                .enumerate()
-                                .map(|(i, piece)| {
-                                    let entries: Vec<Value> = piece
-                                        .iter()
-                                        .map(|u| match u {
-                                            Update::Applied { event, outcome } => json!({"kind": "applied",
-                                        "time_us": event.time_us, "event": G::event_to_json(&event.event),
-                                        "outcome": G::outcome_to_json(outcome)}),
-                                            Update::Broadcast(b) => {
-                                                json!({"kind": "broadcast", "body": G::broadcast_to_json(b)})
-                                            }
-                                        })
-                                        .collect();
-                                    json!({"type": "update", "hunt": chunk.world,
-                                "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
-                                    .to_string()
-                                })
-                                .collect()
+                            update_texts(&chunk)
                         });
                         if self.deflate {
                             // Compressed once per chunk too, from the texts.
@@ -1550,6 +1557,29 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
 #[cfg(test)]
 mod tests {
     use super::{Framing, Phase, Scan};
+
+    #[test]
+    fn raw_deflate_inflates_back_whatever_its_room_at_first() {
+        use std::io::Read;
+        // Text that compresses, and bytes that do not (more than the room
+        // reserved at first), one after the other on the same compressor.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = br#"{"kind":"applied","time_us":1}"#.repeat(5000);
+        for input in [&text[..], &noise[..], b"", &text[..]] {
+            let packed = super::deflate_raw(input);
+            let mut back = Vec::new();
+            flate2::read::DeflateDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back, input);
+        }
+    }
 
     const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     const FREE: u64 = 16 << 10;

@@ -117,13 +117,17 @@ pub(super) fn inflate(d: &mut flate2::Decompress, packed: &[u8], out: &mut Vec<u
             if out.len() >= max {
                 return Err(format!("a compressed update inflates past {max} bytes"));
             }
-            out.reserve((out.len().max(packed.len() * 4).max(1024)).min(max - out.len()));
+            // Exact: the room never passes `max` (a growth policy's doubling would).
+            out.reserve_exact((out.len().max(packed.len() * 4).max(1024)).min(max - out.len()));
         }
         let read = usize::try_from(d.total_in()).map_err(|_| "past usize")?;
         let before = (d.total_in(), out.len());
         let status = d
-            .decompress_vec(&packed[read..], out, flate2::FlushDecompress::Finish)
+            .decompress_vec(&packed[read..], out, flate2::FlushDecompress::None)
             .map_err(|e| format!("a compressed update that does not inflate: {e}"))?;
+        if out.len() > max {
+            return Err(format!("a compressed update inflates past {max} bytes"));
+        }
         if status == flate2::Status::StreamEnd {
             return if usize::try_from(d.total_in()).ok() == Some(packed.len()) {
                 Ok(())
