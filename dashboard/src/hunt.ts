@@ -100,7 +100,7 @@ export class HuntPage {
   private async subscribe(url: string): Promise<void> {
     const token = sessionStorage.getItem("trove.token") ?? undefined;
     try {
-      this.sub = await Subscriber.connect({ url, token, reconnectAttemptsMax: null, onItem: (i) => this.item(i) });
+      this.sub = await Subscriber.connect({ url, token, compression: "deflate", reconnectAttemptsMax: null, onItem: (i) => this.item(i) });
     } catch (e) {
       this.subState = `failed: ${e instanceof Error ? e.message : String(e)}`;
       this.schedule();

@@ -178,6 +178,11 @@ pub struct BenchLoad {
     /// endpoint) instead of TCP protocol v1.
     #[arg(long)]
     pub subscribers_ws: bool,
+    /// With --subscribers-ws: each subscriber's `hello` asks for
+    /// `"compression": "deflate"`, and it inflates the binary updates
+    /// before it parses them (docs/decisions/0054).
+    #[arg(long)]
+    pub subscribers_ws_deflate: bool,
     /// The subscribers take their hunts' broadcasts alone (finds, top-10
     /// changes, round ends), not every event: counted, not timed.
     #[arg(long)]

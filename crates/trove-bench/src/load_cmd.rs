@@ -186,6 +186,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
     let hunts_choice = HuntChoice::parse(&flags.subscriber_hunts)?;
     if flags.subscribers == 0 {
         let fleet_flag = flags.subscribers_ws
+            || flags.subscribers_ws_deflate
             || flags.subscribers_broadcasts_only
             || flags.slow_subscribers > 0
             || flags.subscriber_threads.is_some()
@@ -198,6 +199,9 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
     {
         return Err(format!("--subscriber-hunts {h}: the workload has hunts 0..{hunts}"));
     }
+    if flags.subscribers_ws_deflate && !flags.subscribers_ws {
+        return Err("--subscribers-ws-deflate compresses WebSocket subscribers' updates: add --subscribers-ws".into());
+    }
     if flags.slow_subscribers > flags.subscribers {
         return Err(format!(
             "--slow-subscribers {} is more than --subscribers {}",
@@ -208,6 +212,7 @@ fn fanout(flags: &BenchLoad, hunts: u32) -> Result<Option<FleetArgs>, String> {
         subscribers: flags.subscribers,
         hunts: hunts_choice,
         ws: flags.subscribers_ws,
+        deflate: flags.subscribers_ws_deflate,
         slow: flags.slow_subscribers,
         slow_bytes_per_s: flags.slow_subscriber_bytes_per_s,
         threads: flags.subscriber_threads.unwrap_or(if flags.subscribers >= 1000 { 2 } else { 1 }),

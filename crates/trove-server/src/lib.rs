@@ -259,9 +259,10 @@ pub struct ServerMetrics {
     /// stage (cumulative, so every stage's percentile is comparable with
     /// the whole path's). Recorded once per batch, when its ACK is written.
     pub stage_ns: [Histogram; Stage::ALL.len()],
-    /// Chunks encoded for the wire, by transport (0 TCP, 1 WebSocket):
-    /// once per chunk and transport, shared by its subscribers.
-    pub update_encodings: [AtomicU64; 2],
+    /// Chunks encoded for the wire, by encoding (0 TCP, 1 WebSocket JSON,
+    /// 2 WebSocket JSON compressed, from 1's): once per chunk and encoding,
+    /// shared by its subscribers.
+    pub update_encodings: [AtomicU64; 3],
     /// Chunks queued for writing on connections (one per subscriber).
     pub update_chunks_sent: AtomicU64,
     /// Update bytes (UPDATE and GAP frames, or JSON messages) taken from
@@ -409,6 +410,7 @@ pub struct ServerMetricsSnapshot {
     pub stage_ns: Vec<HistogramSnapshot>,
     pub update_encodings_tcp: u64,
     pub update_encodings_ws: u64,
+    pub update_encodings_ws_deflate: u64,
     pub update_chunks_sent: u64,
     pub update_bytes_queued: u64,
     pub update_bytes_queued_connection_max: u64,
@@ -441,6 +443,7 @@ impl ServerMetrics {
             stage_ns: self.stage_ns.iter().map(Histogram::snapshot).collect(),
             update_encodings_tcp: self.update_encodings[0].load(Relaxed),
             update_encodings_ws: self.update_encodings[1].load(Relaxed),
+            update_encodings_ws_deflate: self.update_encodings[2].load(Relaxed),
             update_chunks_sent: self.update_chunks_sent.load(Relaxed),
             update_bytes_queued: self.update_bytes_queued.load(Relaxed),
             update_bytes_queued_connection_max: self.update_bytes_queued_connection_max.load(Relaxed),

@@ -461,10 +461,11 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
     o.family(
         "trove_update_encodings_total",
         "counter",
-        "Chunks encoded for the wire, by transport: once per chunk, shared by every subscriber.",
+        "Chunks encoded for the wire, by transport (ws_deflate: WebSocket updates compressed, from ws's text): once per chunk, shared by every subscriber.",
     );
     o.sample("trove_update_encodings_total", "transport=\"tcp\"", s.update_encodings_tcp);
     o.sample("trove_update_encodings_total", "transport=\"ws\"", s.update_encodings_ws);
+    o.sample("trove_update_encodings_total", "transport=\"ws_deflate\"", s.update_encodings_ws_deflate);
     o.ones(UPDATE_BYTES_FAMILIES, &[s.update_chunks_sent, s.update_bytes_queued, s.update_bytes_queued_connection_max]);
 
     // The process.

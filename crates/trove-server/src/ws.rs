@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use trove_core::{Stamped, WorldId};
 use trove_proto::{ErrorCode, WireGame};
-use trove_shard::{Completed, Delivery, Producer, SubscribeMode, Update};
+use trove_shard::{Chunk, Completed, Delivery, Producer, SubscribeMode, Update};
 
 use crate::conn_log::{Counts, Listener, RefusedFor};
 use crate::json::JsonGame;
@@ -34,6 +34,11 @@ use crate::{Shared, Subscriptions, poll_complete};
 
 /// Entries per JSON update message.
 const JSON_ENTRIES_MAX: usize = 256;
+/// The DEFLATE level of compressed updates (`"compression": "deflate"`
+/// in `hello`), 0..=9: the cheapest that compresses at every message size;
+/// higher ones save at most 5% more of the bytes for 2 to 7 times the CPU
+/// (docs/decisions/0054, `examples/deflate_levels.rs`).
+const DEFLATE_LEVEL: u32 = 1;
 /// The WebSocket library's read buffer per connection.
 pub const WS_READ_BUFFER: usize = 16 << 10;
 /// Bytes a connection may read past its last whole message without
@@ -855,7 +860,10 @@ struct WsConnection<G: WireGame + JsonGame> {
     session: Session,
     /// Messages to write, all before anything more is read or taken from
     /// the mailbox (see [`WsConnection::write_out`]).
-    out: Vec<String>,
+    out: Outbox,
+    /// Its `hello` asked for `"compression": "deflate"`: updates go as
+    /// binary messages, each the raw DEFLATE of the update's JSON text.
+    deflate: bool,
     /// Bytes of `out` that are updates (in the `update_bytes_queued` gauge).
     out_update_bytes: usize,
     subscriptions: Subscriptions<G>,
@@ -871,6 +879,93 @@ struct WsConnection<G: WireGame + JsonGame> {
     counts: Counts,
     /// Held while `producer` is: its id's binding to the token.
     binding: Option<crate::auth::ProducerBinding>,
+}
+
+/// Messages queued for the socket: JSON text, and for a connection that
+/// asked for compression its updates as binary messages.
+#[derive(Default)]
+struct Outbox(Vec<Message>);
+
+impl Outbox {
+    fn push(&mut self, text: String) {
+        self.0.push(Message::Text(text.into()));
+    }
+
+    fn push_binary(&mut self, bytes: Vec<u8>) {
+        self.0.push(Message::Binary(bytes.into()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn drain(&mut self) -> std::vec::Drain<'_, Message> {
+        self.0.drain(..)
+    }
+}
+
+/// A data message's payload bytes (what `bytes_out` counts).
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// A chunk's `update` messages: its updates as JSON text, at most
+/// [`JSON_ENTRIES_MAX`] entries per message.
+pub fn update_texts<G: JsonGame>(chunk: &Chunk<G>) -> Vec<String> {
+    chunk
+        .updates
+        .chunks(JSON_ENTRIES_MAX)
+        .enumerate()
+        .map(|(i, piece)| {
+            let entries: Vec<Value> = piece
+                .iter()
+                .map(|u| match u {
+                    Update::Applied { event, outcome } => json!({"kind": "applied", "time_us": event.time_us,
+                        "event": G::event_to_json(&event.event), "outcome": G::outcome_to_json(outcome)}),
+                    Update::Broadcast(b) => json!({"kind": "broadcast", "body": G::broadcast_to_json(b)}),
+                })
+                .collect();
+            json!({"type": "update", "hunt": chunk.world,
+                "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
+            .to_string()
+        })
+        .collect()
+}
+
+thread_local! {
+    /// One compressor per I/O worker, reset for each message: its state
+    /// (some 300 KiB in miniz_oxide) is allocated once, not per chunk.
+    static DEFLATER: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::new(DEFLATE_LEVEL), false));
+}
+
+/// The raw DEFLATE (RFC 1951: no zlib header or trailer, what
+/// `DecompressionStream('deflate-raw')` reads) of `text`, one stream.
+pub fn deflate_raw(text: &[u8]) -> Vec<u8> {
+    DEFLATER.with_borrow_mut(|c| deflate_raw_with(c, text))
+}
+
+/// [`deflate_raw`] with a compressor of the caller's (raw: made with
+/// `zlib_header` false), reset first; `examples/deflate_levels.rs` times
+/// the levels with it.
+pub fn deflate_raw_with(c: &mut flate2::Compress, text: &[u8]) -> Vec<u8> {
+    c.reset();
+    let mut out = Vec::with_capacity(text.len() / 2 + 64);
+    loop {
+        let read = usize::try_from(c.total_in()).expect("within the input's length");
+        // Compressing into a Vec's spare room has no failure case: the
+        // state was reset and the input is a byte slice.
+        let status =
+            c.compress_vec(&text[read..], &mut out, flate2::FlushCompress::Finish).expect("raw deflate into memory");
+        if status == flate2::Status::StreamEnd {
+            return out;
+        }
+        out.reserve(out.capacity().max(64));
+    }
 }
 
 fn error_json(code: ErrorCode, message: &str) -> String {
@@ -901,7 +996,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             producer: None,
             claim: None,
             outcomes: true,
-            out: Vec::new(),
+            out: Outbox::default(),
+            deflate: false,
             out_update_bytes: 0,
             subscriptions: Subscriptions::new(),
             deliveries: Vec::new(),
@@ -948,8 +1044,8 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         };
         let linger = Instant::now() + CLOSE_LINGER;
         let mut sent = true;
-        for m in self.out.drain(..) {
-            if !matches!(tokio::time::timeout_at(linger, socket.send(Message::Text(m.into()))).await, Ok(Ok(()))) {
+        for m in self.out.drain() {
+            if !matches!(tokio::time::timeout_at(linger, socket.send(m)).await, Ok(Ok(()))) {
                 sent = false;
                 break;
             }
@@ -1116,11 +1212,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
         let bytes_out = &mut self.counts.bytes_out;
         let write = async {
             let mut socket = std::pin::Pin::new(socket);
-            for m in out.drain(..) {
+            for m in out.drain() {
                 metrics.frames_out.fetch_add(1, Relaxed);
-                *bytes_out += m.len() as u64;
+                *bytes_out += message_len(&m) as u64;
                 poll_fn(|cx| futures_sink::Sink::poll_ready(socket.as_mut(), cx)).await?;
-                futures_sink::Sink::start_send(socket.as_mut(), Message::Text(m.into()))?;
+                futures_sink::Sink::start_send(socket.as_mut(), m)?;
             }
             poll_fn(|cx| futures_sink::Sink::poll_flush(socket.as_mut(), cx)).await
         };
@@ -1195,6 +1291,11 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                 if let Some(o) = v.get("outcomes") {
                     self.outcomes = o.as_bool().ok_or_else(|| malformed("`outcomes` must be a boolean".into()))?;
                 }
+                self.deflate = match v.get("compression") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::String(c)) if c == "deflate" => true,
+                    Some(_) => return Err(malformed("`compression` must be \"deflate\" or absent".into())),
+                };
                 self.start_producer(id).await?;
             }
             "events" => {
@@ -1329,13 +1430,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             self.shared.claim_producer(producer.id()).await.ok_or_else(|| {
                 (ErrorCode::ProducerInUse, format!("producer {} is connected elsewhere", producer.id()))
             })?;
-        self.out.push(
-            // The JSON messages have one version (the token in `hello` is
-            // an optional field), so this stays 1.
-            json!({"type": "welcome", "version": trove_proto::frame::VERSION_1, "producer_id": producer.id(),
-                "batch_events_max": engine.config().batch_events_max, "outcomes": self.outcomes})
-            .to_string(),
-        );
+        // The JSON messages have one version (the token and compression
+        // in `hello` are optional fields), so this stays 1.
+        let mut welcome = json!({"type": "welcome", "version": trove_proto::frame::VERSION_1,
+            "producer_id": producer.id(), "batch_events_max": engine.config().batch_events_max,
+            "outcomes": self.outcomes});
+        if self.deflate {
+            welcome["compression"] = json!("deflate");
+        }
+        self.out.push(welcome.to_string());
         self.producer = Some(producer);
         self.claim = Some(claim);
         self.binding = binding;
@@ -1397,30 +1500,24 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
                         // stays far below the write buffer bound.
                         let texts = chunk.encoded_text.get_or_init(|| {
                             self.shared.metrics.update_encodings[1].fetch_add(1, Relaxed);
-                            chunk
-                                .updates
-                                .chunks(JSON_ENTRIES_MAX)
-                                .enumerate()
-                                .map(|(i, piece)| {
-                                    let entries: Vec<Value> = piece
-                                        .iter()
-                                        .map(|u| match u {
-                                            Update::Applied { event, outcome } => json!({"kind": "applied",
-                                        "time_us": event.time_us, "event": G::event_to_json(&event.event),
-                                        "outcome": G::outcome_to_json(outcome)}),
-                                            Update::Broadcast(b) => {
-                                                json!({"kind": "broadcast", "body": G::broadcast_to_json(b)})
-                                            }
-                                        })
-                                        .collect();
-                                    json!({"type": "update", "hunt": chunk.world,
-                                "first_seq": chunk.first_seq + (i * JSON_ENTRIES_MAX) as u64, "entries": entries})
-                                    .to_string()
-                                })
-                                .collect()
+                            update_texts(&chunk)
                         });
-                        added += texts.iter().map(String::len).sum::<usize>();
-                        self.out.extend(texts.iter().cloned());
+                        if self.deflate {
+                            // Compressed once per chunk too, from the texts.
+                            let packed = chunk.encoded_deflate.get_or_init(|| {
+                                self.shared.metrics.update_encodings[2].fetch_add(1, Relaxed);
+                                texts.iter().map(|t| deflate_raw(t.as_bytes())).collect()
+                            });
+                            added += packed.iter().map(Vec::len).sum::<usize>();
+                            for p in packed {
+                                self.out.push_binary(p.clone());
+                            }
+                        } else {
+                            added += texts.iter().map(String::len).sum::<usize>();
+                            for t in texts {
+                                self.out.push(t.clone());
+                            }
+                        }
                         chunks += 1;
                         let waited = now.saturating_duration_since(chunk.ingested_at).as_nanos() as u64;
                         self.shared.metrics.ingest_to_update_ns.record_n(waited, chunk.updates.len() as u64);
@@ -1462,6 +1559,29 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
 #[cfg(test)]
 mod tests {
     use super::{Framing, Phase, Scan};
+
+    #[test]
+    fn raw_deflate_inflates_back_whatever_its_room_at_first() {
+        use std::io::Read;
+        // Text that compresses, and bytes that do not (more than the room
+        // reserved at first), one after the other on the same compressor.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = br#"{"kind":"applied","time_us":1}"#.repeat(5000);
+        for input in [&text[..], &noise[..], b"", &text[..]] {
+            let packed = super::deflate_raw(input);
+            let mut back = Vec::new();
+            flate2::read::DeflateDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back, input);
+        }
+    }
 
     const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     const FREE: u64 = 16 << 10;

@@ -271,3 +271,93 @@ fn the_acknowledged_stage_waits_for_the_acks_write() {
     }
     assert_eq!(server.metrics().events_acked, sent * EVENTS as u64);
 }
+
+/// The next update of a watcher, as the JSON text it carries: a text
+/// message, or (compressed) a binary one holding the text's raw DEFLATE.
+/// Anything else before it fails.
+fn next_update_text(ws: &mut Ws, compressed: bool) -> String {
+    use std::io::Read;
+    match ws.read().unwrap() {
+        Message::Text(t) if !compressed => t.as_str().to_owned(),
+        Message::Binary(b) if compressed => {
+            let mut text = String::new();
+            flate2::read::DeflateDecoder::new(&b[..]).read_to_string(&mut text).expect("raw DEFLATE of UTF-8");
+            text
+        }
+        other => panic!("expected an update as {}, got {other:?}", if compressed { "binary" } else { "text" }),
+    }
+}
+
+/// A watcher that asked for compression gets every update as a binary
+/// message holding the raw DEFLATE of exactly the text a plain watcher of
+/// the same hunt gets; everything else stays text. A `compression` other
+/// than "deflate" is `malformed` and closes.
+#[test]
+fn compressed_updates_inflate_to_the_plain_updates_text() {
+    let server = start(ServerConfig::default());
+    let mut plain = connect(&server);
+    send(&mut plain, json!({"type": "subscribe", "hunt": 1}));
+    assert_eq!(recv(&mut plain)["type"], "subscribed");
+    let mut packed = connect(&server);
+    send(&mut packed, json!({"type": "hello", "compression": "deflate"}));
+    let welcome = recv(&mut packed);
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["compression"], "deflate");
+    send(&mut packed, json!({"type": "subscribe", "hunt": 1}));
+    assert_eq!(recv(&mut packed)["type"], "subscribed");
+    // Without the option the welcome says nothing of compression.
+    let mut p = connect(&server);
+    send(&mut p, json!({"type": "hello", "compression": null}));
+    let welcome = recv(&mut p);
+    assert!(welcome.get("compression").is_none(), "{welcome}");
+
+    // One batch of 600 updates: three messages of at most 256 entries;
+    // then a second batch.
+    let mut events = vec![json!({"hunt": 1, "action": "create", "config": {"width": 32, "height": 32, "seed": 3,
+        "treasures_per_round": 16, "value_min": 1, "value_max": 5, "dig_cooldown_ms": 0,
+        "step_max": 2, "players_max": 1000}})];
+    events.extend((0..599).map(|i| {
+        let action = if i < 300 { "join" } else { "dig" };
+        json!({"hunt": 1, "player": i % 300, "action": action})
+    }));
+    send(&mut p, json!({"type": "events", "first_seq": 1, "events": events}));
+    assert_eq!(recv(&mut p)["type"], "ack");
+    send(
+        &mut p,
+        json!({"type": "events", "first_seq": 601, "events": [{"hunt": 1, "player": 1, "action": "move",
+        "dx": 1, "dy": 0}]}),
+    );
+    assert_eq!(recv(&mut p)["type"], "ack");
+
+    // Until the second batch's move (the digs' broadcasts are entries too).
+    let (mut seen, mut messages, mut moved) = (0, 0, false);
+    while !moved {
+        let text = next_update_text(&mut plain, false);
+        assert_eq!(next_update_text(&mut packed, true), text, "the same update, byte for byte");
+        let u: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(u["type"], "update");
+        assert_eq!(u["first_seq"], 1 + seen);
+        let entries = u["entries"].as_array().unwrap();
+        seen += entries.len() as u64;
+        moved = entries.iter().any(|e| e["event"]["action"] == "move");
+        messages += 1;
+    }
+    assert!(seen > 601 && messages >= 4, "{seen} entries in {messages} messages");
+    // Other messages stay text.
+    send(&mut packed, json!({"type": "ping", "nonce": 7}));
+    assert_eq!(recv(&mut packed)["nonce"], 7);
+    // Compressed once per chunk, shared: two chunks, two encodings.
+    assert_eq!(server.metrics().update_encodings_ws_deflate, 2);
+    assert_eq!(server.metrics().update_encodings_ws, 2);
+
+    for bad in [json!("gzip"), json!("Deflate"), json!(true), json!(["deflate"])] {
+        let mut c = connect(&server);
+        send(&mut c, json!({"type": "hello", "compression": bad}));
+        let e = recv(&mut c);
+        assert_eq!(e["type"], "error", "{bad}: {e}");
+        assert_eq!(e["code"], "malformed", "{bad}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("compression"), "{e}");
+        expect_closed(&mut c, "welcome");
+    }
+    server.shutdown(Duration::from_secs(5));
+}

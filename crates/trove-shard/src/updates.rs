@@ -74,6 +74,9 @@ pub struct Chunk<G: Game> {
     pub encoded: OnceLock<Vec<u8>>,
     /// The same for a second encoding (the JSON endpoint).
     pub encoded_text: OnceLock<Vec<String>>,
+    /// The same texts compressed (raw DEFLATE), for the connections that
+    /// asked for it.
+    pub encoded_deflate: OnceLock<Vec<Vec<u8>>>,
     /// When the oldest batch among those the updates came from was
     /// submitted (for the ingest-to-update-pushed latency).
     pub ingested_at: Instant,
@@ -90,6 +93,7 @@ impl<G: Game> Chunk<G> {
             updates,
             encoded: OnceLock::new(),
             encoded_text: OnceLock::new(),
+            encoded_deflate: OnceLock::new(),
             ingested_at,
             ends_at: OnceLock::new(),
         }

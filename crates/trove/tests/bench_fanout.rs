@@ -69,6 +69,18 @@ fn websocket_subscribers_get_every_update() {
 }
 
 #[test]
+fn compressed_websocket_subscribers_get_every_update() {
+    let (v, dir) = bench(
+        "bench-fanout-ws-deflate",
+        5,
+        &["--subscribers", "20", "--subscriber-hunts", "all", "--subscribers-ws", "--subscribers-ws-deflate"],
+    );
+    assert_eq!(v["fanout"]["transport"], "ws+deflate");
+    every_update_delivered(&v, 4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn one_hot_hunt_and_the_report_show_the_subscribers() {
     let dir = common::scratch_dir("bench-fanout-hot");
     let workload = workload(&dir, 5);
@@ -171,6 +183,8 @@ fn bad_subscriber_flags_are_clear_errors() {
         (&["--subscribers", "5", "--subscriber-hunts", "1000"][..], "hunts 0..1000"),
         (&["--subscribers", "5", "--slow-subscribers", "6"][..], "more than --subscribers"),
         (&["--subscribers", "5", "--subscribers-ws", "--target", "127.0.0.1:9"][..], "--target-ws"),
+        (&["--subscribers", "5", "--subscribers-ws-deflate"][..], "add --subscribers-ws"),
+        (&["--subscribers-ws-deflate"][..], "need --subscribers"),
     ] {
         let mut all = vec!["bench", "--duration", "0.1"];
         all.extend_from_slice(args);

@@ -15,4 +15,4 @@ export {
   type ProducerStats,
   randomProducerId,
 } from "./producer.js";
-export { Subscriber, type SubscriberItem, type SubscriberOptions, UPDATE_ENTRIES_MAX } from "./subscriber.js";
+export { INFLATE_WAITING_MAX, Subscriber, type SubscriberItem, type SubscriberOptions, UPDATE_ENTRIES_MAX } from "./subscriber.js";

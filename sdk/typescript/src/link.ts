@@ -1,5 +1,5 @@
 // One WebSocket connection: opened with a timeout, text messages in and
-// out, closed once. The browser's (and Node 22's) global `WebSocket`
+// out (and binary ones in, for an owner that takes them), closed once. The browser's (and Node 22's) global `WebSocket`
 // when there is one; otherwise the `ws` package, loaded by a dynamic
 // import whose specifier is not a literal, so that a browser bundle never
 // pulls it in.
@@ -10,6 +10,8 @@ import { ConnectionError, ProtocolError, TimeoutError, type TroveError } from ".
 interface WebSocketLike {
   readonly readyState: number;
   readonly bufferedAmount: number;
+  /** "arraybuffer": binary messages as ArrayBuffer (browsers and `ws` both know it). */
+  binaryType: string;
   onopen: ((ev: unknown) => void) | null;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
@@ -60,6 +62,8 @@ export interface LinkOptions {
 /** One open connection. `onMessage` and `onClose` are set by its owner; `onClose` runs once. */
 export class Link {
   onMessage: (text: string) => void = () => {};
+  /** Binary messages, if the owner asked for them (compressed updates); unset, one ends the link. */
+  onBinary: ((bytes: Uint8Array) => void) | undefined = undefined;
   onClose: (why: TroveError) => void = () => {};
   private closed = false;
   /** The first error that ended the link (what `onClose` gets). */
@@ -84,6 +88,7 @@ export class Link {
         reject(new ConnectionError(`connecting to ${url}: ${(e as Error).message}`));
         return;
       }
+      ws.binaryType = "arraybuffer";
       const link = new Link(ws, o.messageBytesMax);
       let settled = false;
       const timer = setTimeout(() => {
@@ -126,20 +131,23 @@ export class Link {
       if (this.closed) return;
       const data = ev.data;
       if (typeof data !== "string") {
-        this.fail(new ProtocolError("the server sent a binary message"));
+        const onBinary = this.onBinary;
+        if (onBinary === undefined || !(data instanceof ArrayBuffer)) {
+          this.fail(new ProtocolError("the server sent a binary message"));
+          return;
+        }
+        if (data.byteLength > this.messageBytesMax) {
+          this.fail(new ProtocolError(`the server sent a message of ${data.byteLength} bytes, above messageBytesMax ${this.messageBytesMax}`));
+          return;
+        }
+        this.handle(() => onBinary(new Uint8Array(data)));
         return;
       }
       if (data.length > this.messageBytesMax) {
         this.fail(new ProtocolError(`the server sent a message of ${data.length} characters, above messageBytesMax ${this.messageBytesMax}`));
         return;
       }
-      try {
-        this.onMessage(data);
-      } catch (e) {
-        // The owner turns what it cannot read into a typed error; anything
-        // else still ends the link, never escapes as an uncaught exception.
-        this.fail(e instanceof Error && "fatal" in e ? (e as TroveError) : new ProtocolError(`handling a message: ${String(e)}`));
-      }
+      this.handle(() => this.onMessage(data));
     };
     this.ws.onerror = (ev) => {
       this.fail(new ConnectionError(`connection error: ${errorText(ev)}`));
@@ -147,6 +155,19 @@ export class Link {
     this.ws.onclose = (ev) => {
       this.finish(this.why ?? new ConnectionError(`the server closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`));
     };
+  }
+
+  /**
+   * Runs the owner's handler. The owner turns what it cannot read into a
+   * typed error; anything else still ends the link, never escapes as an
+   * uncaught exception.
+   */
+  handle(run: () => void): void {
+    try {
+      run();
+    } catch (e) {
+      this.fail(e instanceof Error && "fatal" in e ? (e as TroveError) : new ProtocolError(`handling a message: ${String(e)}`));
+    }
   }
 
   get isOpen(): boolean {

@@ -112,11 +112,12 @@ export class Backoff {
   }
 }
 
-/** `hello` as sent: the producer id as an exact integer literal. */
-export function helloText(producerId: bigint | undefined, outcomes: boolean, token: string | undefined): string {
+/** `hello` as sent: the producer id as an exact integer literal; `deflate` asks for compressed updates. */
+export function helloText(producerId: bigint | undefined, outcomes: boolean, token: string | undefined, deflate = false): string {
   let t = `{"type":"hello","outcomes":${outcomes}`;
   if (producerId !== undefined) t += `,"producer_id":${producerId.toString()}`;
   if (token !== undefined) t += `,"token":${JSON.stringify(token)}`;
+  if (deflate) t += `,"compression":"deflate"`;
   return `${t}}`;
 }
 

@@ -264,6 +264,7 @@ pub(super) fn fleet_args(args: &LoadArgs) -> Option<FleetArgs> {
             subscribers: args.watch_hunts.min(args.workload.hunts),
             hunts: HuntChoice::All,
             ws: false,
+            deflate: false,
             slow: 0,
             slow_bytes_per_s: 1024,
             threads: 1,

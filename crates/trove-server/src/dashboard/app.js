@@ -812,6 +812,8 @@
     messageBytesMax;
     onMessage = () => {
     };
+    /** Binary messages, if the owner asked for them (compressed updates); unset, one ends the link. */
+    onBinary = void 0;
     onClose = () => {
     };
     closed = false;
@@ -829,6 +831,7 @@
           reject(new ConnectionError(`connecting to ${url}: ${e.message}`));
           return;
         }
+        ws.binaryType = "arraybuffer";
         const link = new _Link(ws, o.messageBytesMax);
         let settled = false;
         const timer = setTimeout(() => {
@@ -869,18 +872,23 @@
         if (this.closed) return;
         const data = ev.data;
         if (typeof data !== "string") {
-          this.fail(new ProtocolError("the server sent a binary message"));
+          const onBinary = this.onBinary;
+          if (onBinary === void 0 || !(data instanceof ArrayBuffer)) {
+            this.fail(new ProtocolError("the server sent a binary message"));
+            return;
+          }
+          if (data.byteLength > this.messageBytesMax) {
+            this.fail(new ProtocolError(`the server sent a message of ${data.byteLength} bytes, above messageBytesMax ${this.messageBytesMax}`));
+            return;
+          }
+          this.handle(() => onBinary(new Uint8Array(data)));
           return;
         }
         if (data.length > this.messageBytesMax) {
           this.fail(new ProtocolError(`the server sent a message of ${data.length} characters, above messageBytesMax ${this.messageBytesMax}`));
           return;
         }
-        try {
-          this.onMessage(data);
-        } catch (e) {
-          this.fail(e instanceof Error && "fatal" in e ? e : new ProtocolError(`handling a message: ${String(e)}`));
-        }
+        this.handle(() => this.onMessage(data));
       };
       this.ws.onerror = (ev) => {
         this.fail(new ConnectionError(`connection error: ${errorText(ev)}`));
@@ -888,6 +896,18 @@
       this.ws.onclose = (ev) => {
         this.finish(this.why ?? new ConnectionError(`the server closed the connection (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`));
       };
+    }
+    /**
+     * Runs the owner's handler. The owner turns what it cannot read into a
+     * typed error; anything else still ends the link, never escapes as an
+     * uncaught exception.
+     */
+    handle(run) {
+      try {
+        run();
+      } catch (e) {
+        this.fail(e instanceof Error && "fatal" in e ? e : new ProtocolError(`handling a message: ${String(e)}`));
+      }
     }
     get isOpen() {
       return !this.closed;
@@ -1004,10 +1024,11 @@
       return d;
     }
   };
-  function helloText(producerId, outcomes, token2) {
+  function helloText(producerId, outcomes, token2, deflate = false) {
     let t = `{"type":"hello","outcomes":${outcomes}`;
     if (producerId !== void 0) t += `,"producer_id":${producerId.toString()}`;
     if (token2 !== void 0) t += `,"token":${JSON.stringify(token2)}`;
+    if (deflate) t += `,"compression":"deflate"`;
     return `${t}}`;
   }
   function unref(t) {
@@ -1018,14 +1039,75 @@
   var ASSIGNED_PRODUCER_IDS = 1n << 63n;
   var U64_MAX2 = (1n << 64n) - 1n;
 
+  // ../sdk/typescript/src/inflate.ts
+  function canInflate() {
+    const ctor = globalThis.DecompressionStream;
+    if (typeof ctor !== "function") return false;
+    try {
+      new ctor("deflate-raw");
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  async function inflateRawText(packed, bytesMax) {
+    const ctor = globalThis.DecompressionStream;
+    if (ctor === void 0) throw new ProtocolError("a compressed update, and no DecompressionStream to inflate it");
+    const ds = new ctor("deflate-raw");
+    const writer = ds.writable.getWriter();
+    writer.write(packed).catch(() => {
+    });
+    writer.close().catch(() => {
+    });
+    const reader = ds.readable.getReader();
+    const parts = [];
+    let total = 0;
+    try {
+      for (; ; ) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        total += value.byteLength;
+        if (total > bytesMax) {
+          void reader.cancel().catch(() => {
+          });
+          throw new ProtocolError(`a compressed update inflates past messageBytesMax ${bytesMax}`);
+        }
+        parts.push(value);
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) throw e;
+      throw new ProtocolError(`a compressed update that does not inflate: ${e.message}`);
+    }
+    const whole = new Uint8Array(total);
+    let at = 0;
+    for (const p of parts) {
+      whole.set(p, at);
+      at += p.byteLength;
+    }
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(whole);
+    } catch {
+      throw new ProtocolError("a compressed update that is not UTF-8");
+    }
+  }
+
   // ../sdk/typescript/src/subscriber.ts
   var UPDATE_ENTRIES_MAX = 256;
+  var INFLATE_WAITING_MAX = 256;
   var Subscriber = class _Subscriber {
     o;
     queueMax;
     onItem;
     broadcastsOnly;
+    deflate;
     link;
+    /**
+     * Messages behind a compressed one still inflating wait here, in order
+     * (the message handler's turn comes after the ones before it): the
+     * chain's tail, and how many wait on it.
+     */
+    behind = null;
+    waiting = 0;
     /** Whether the current link finished its handshake. */
     ready = false;
     hunts = /* @__PURE__ */ new Map();
@@ -1054,6 +1136,10 @@
       this.queueMax = checkCount(o.queueMax ?? 65536, "queueMax", 1, 1 << 24);
       this.onItem = o.onItem;
       this.broadcastsOnly = o.broadcastsOnly === true;
+      if (o.compression !== void 0 && o.compression !== "deflate") {
+        throw new ConfigError(`option \`compression\` must be "deflate" or absent, got ${JSON.stringify(o.compression)?.slice(0, 64)}`);
+      }
+      this.deflate = o.compression === "deflate" && canInflate();
       this.backoff = new Backoff(this.o);
     }
     /** Connects (retrying as the options say); rejects if no connection could be made. */
@@ -1097,6 +1183,10 @@
     /** The hunts watched. */
     get watching() {
       return [...this.hunts.keys()];
+    }
+    /** Whether this subscriber asks for compressed updates (`compression` given, and the platform can inflate them). */
+    get compressed() {
+      return this.deflate;
     }
     /** Whether a connection is up and past its handshake. */
     get connected() {
@@ -1210,13 +1300,13 @@
         }
         this.link = link;
         this.answeredSinceConnect = false;
-        const handshake = this.o.token !== void 0;
+        const handshake = this.o.token !== void 0 || this.deflate;
         let timer;
         link.onClose = (why) => {
           if (timer !== void 0) clearTimeout(timer);
           this.lost(link, why, first, firstFailed);
         };
-        link.onMessage = (text2) => {
+        const handle = (text2) => {
           this.message(text2);
           if (this.ready && timer !== void 0) {
             clearTimeout(timer);
@@ -1225,8 +1315,13 @@
             first = firstFailed = void 0;
           }
         };
+        link.onMessage = (text2) => this.receive(link, text2, handle);
+        if (this.deflate) {
+          const bytesMax = this.o.messageBytesMax;
+          link.onBinary = (packed) => this.receive(link, () => inflateRawText(packed, bytesMax), handle);
+        }
         if (handshake) {
-          link.send(helloText(void 0, false, this.o.token));
+          link.send(helloText(void 0, false, this.o.token, this.deflate));
           timer = setTimeout(() => link.fail(new ProtocolError("no welcome within connectTimeoutMs")), this.o.connectTimeoutMs);
         } else {
           this.started();
@@ -1235,6 +1330,31 @@
         }
       };
       void attempt();
+    }
+    /**
+     * Hands a message to `handle` in the order it came: at once, unless
+     * compressed ones before it are still inflating (`input` a function:
+     * inflated in its turn, one at a time).
+     */
+    receive(link, input, handle) {
+      if (this.behind === null && typeof input === "string") {
+        handle(input);
+        return;
+      }
+      this.waiting++;
+      if (this.waiting > INFLATE_WAITING_MAX) link.pause();
+      const mine = (this.behind ?? Promise.resolve()).then(async () => {
+        const text2 = typeof input === "string" ? input : await input();
+        if (this.link === link && link.isOpen) link.handle(() => handle(text2));
+      }).catch((e) => {
+        link.fail(e instanceof Error && "fatal" in e ? e : new ProtocolError(`inflating an update: ${String(e)}`));
+      }).finally(() => {
+        this.waiting--;
+        if (this.behind !== mine) return;
+        this.behind = null;
+        if (this.queued() <= this.queueMax / 2) link.resume();
+      });
+      this.behind = mine;
     }
     /** The handshake is done: subscribe to every hunt watched. */
     started() {
@@ -1305,7 +1425,7 @@
       const type = str(m, "type", "message");
       switch (type) {
         case "welcome":
-          if (this.ready || this.o.token === void 0) throw new ProtocolError("welcome that was not asked for");
+          if (this.ready || this.o.token === void 0 && !this.deflate) throw new ProtocolError("welcome that was not asked for");
           uint(m, "version", 16, "welcome");
           this.started();
           return;
@@ -1523,7 +1643,7 @@
     async subscribe(url) {
       const token2 = sessionStorage.getItem("trove.token") ?? void 0;
       try {
-        this.sub = await Subscriber.connect({ url, token: token2, reconnectAttemptsMax: null, onItem: (i) => this.item(i) });
+        this.sub = await Subscriber.connect({ url, token: token2, compression: "deflate", reconnectAttemptsMax: null, onItem: (i) => this.item(i) });
       } catch (e) {
         this.subState = `failed: ${e instanceof Error ? e.message : String(e)}`;
         this.schedule();

@@ -154,6 +154,8 @@ pub struct FleetArgs {
     pub hunts: HuntChoice,
     /// WebSocket JSON instead of TCP protocol v1.
     pub ws: bool,
+    /// With `ws`: updates compressed (`"compression": "deflate"`).
+    pub deflate: bool,
     /// Of the subscribers, these read slowly (the last ones).
     pub slow: u32,
     pub slow_bytes_per_s: u32,
@@ -186,7 +188,7 @@ pub struct Snapshot {
 pub struct FanoutStep {
     pub subscribers: u32,
     pub slow_subscribers: u32,
-    /// tcp or ws.
+    /// tcp, ws or ws+deflate.
     pub transport: String,
     /// Distinct hunts watched.
     pub hunts_watched: u32,
@@ -265,6 +267,7 @@ struct ThreadPlan {
     /// (subscriber index, hunt, slow, the address it connects to).
     subs: Vec<(usize, u32, bool, SocketAddr)>,
     ws: bool,
+    deflate: bool,
     slow_bytes_per_s: u32,
     read_interval: Duration,
     token: Option<trove_client::Token>,
@@ -331,6 +334,7 @@ impl Fleet {
                 // Round robin, so fast and slow ones spread over threads.
                 subs: (t..n).step_by(threads_n).map(|i| (i, assigned[i], i >= slow_from, at[i])).collect(),
                 ws: args.ws,
+                deflate: args.deflate,
                 slow_bytes_per_s: args.slow_bytes_per_s,
                 read_interval: args.read_interval,
                 token: args.token.clone(),
@@ -456,7 +460,12 @@ impl Fleet {
         FanoutStep {
             subscribers: self.args.subscribers,
             slow_subscribers: self.args.slow,
-            transport: if self.args.ws { "ws" } else { "tcp" }.into(),
+            transport: match (self.args.ws, self.args.deflate) {
+                (true, true) => "ws+deflate",
+                (true, false) => "ws",
+                (false, _) => "tcp",
+            }
+            .into(),
             hunts_watched: self.hunts_watched,
             updates_per_s: fast.entries as f64 / secs,
             bytes_per_s: fast.bytes as f64 / secs,
@@ -539,6 +548,7 @@ mod tests {
                 subscribers: 1,
                 hunts: HuntChoice::All,
                 ws: false,
+                deflate: false,
                 slow: 0,
                 slow_bytes_per_s: 1,
                 threads: 1,

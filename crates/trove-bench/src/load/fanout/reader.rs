@@ -184,6 +184,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
     let ThreadPlan {
         subs,
         ws,
+        deflate,
         slow_bytes_per_s,
         read_interval,
         token,
@@ -220,6 +221,7 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
                 read_interval,
                 token: token.clone(),
                 broadcasts_only,
+                deflate,
             };
             let (gate, ready, error, stop) = (gate.clone(), ready.clone(), error.clone(), stop.clone());
             let watch_error = error.clone();
@@ -319,6 +321,8 @@ pub(super) struct Ctx {
     /// Subscribe to the hunt's broadcasts alone (their entries are counted,
     /// not timed: only APPLIED entries match the send log).
     pub(super) broadcasts_only: bool,
+    /// WebSocket subscribers ask for compressed updates in a `hello`.
+    pub(super) deflate: bool,
 }
 
 /// One subscriber's stream state.
@@ -353,6 +357,9 @@ pub(super) async fn connect(addr: SocketAddr, mut sub: Sub, ctx: &Ctx) -> Result
     let hunt = sub.hunt;
     if sub.ws {
         ws_handshake(&mut stream, addr, ctx.token.as_ref()).await.map_err(&who)?;
+        if ctx.deflate {
+            write_all(&stream, &ws_text(br#"{"type":"hello","compression":"deflate"}"#)).await.map_err(&who)?;
+        }
         let only = if ctx.broadcasts_only { r#","broadcasts_only":true"# } else { "" };
         write_all(&stream, &ws_text(format!(r#"{{"type":"subscribe","hunt":{hunt}{only}}}"#).as_bytes()))
             .await
@@ -645,6 +652,7 @@ pub(super) fn gap(sub: &mut Sub, first_missed: u64, missed: u64, tally: &mut Cou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::fanout::WS_MESSAGE_MAX;
     use crate::load::histogram;
 
     fn sub() -> Sub {
@@ -830,6 +838,7 @@ mod tests {
             read_interval: Duration::ZERO,
             token: None,
             broadcasts_only: false,
+            deflate: false,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (sub, reads) = runtime.block_on(async {
@@ -856,32 +865,77 @@ mod tests {
     fn ws_updates_are_counted_by_entry_kind() {
         let log = SendLog::new(4, &[3]);
         log.record(3, 1_000_000, 1);
-        let mut buf = Vec::new();
         let update = serde_json::json!({"type": "update", "hunt": 3, "first_seq": 10, "entries": [
             {"kind": "applied", "time_us": 1, "event": {"action": "dig"}, "outcome": {"outcome": "dig_nothing"}},
             {"kind": "broadcast", "body": {"broadcast": "treasure_found"}}]})
         .to_string();
         let gap = serde_json::json!({"type": "gap", "hunt": 3, "first_missed": 12, "missed": 4}).to_string();
-        for m in [&update, &gap] {
-            let mut f = vec![0x81];
-            match m.len() {
-                n if n < 126 => f.push(n as u8),
-                n => {
-                    f.push(126);
-                    f.extend_from_slice(&(n as u16).to_be_bytes());
-                }
+        // As text, and the update compressed as the server sends it.
+        for compressed in [false, true] {
+            let mut buf = Vec::new();
+            let packed = trove_server::ws::deflate_raw(update.as_bytes());
+            for (op, m) in [
+                (if compressed { 2 } else { 1 }, if compressed { &packed } else { update.as_bytes() }),
+                (1, gap.as_bytes()),
+            ] {
+                buf.extend_from_slice(&server_frame(op, m));
             }
-            f.extend_from_slice(m.as_bytes());
-            buf.extend_from_slice(&f);
+            let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
+            let used =
+                scan_ws(&buf, &mut sub, &mut Scan { log: &log, now_us: 1500, lat: Some(&mut lat), tally: &mut t })
+                    .unwrap();
+            assert_eq!(used, buf.len());
+            assert_eq!((t.entries, t.gaps, t.gap_entries, t.desynced), (2, 1, 4, 0));
+            assert_eq!((sub.applied, sub.next_seq, sub.synced), (1, 16, false));
+            let mut h = histogram();
+            assert_eq!(lat.merge_into(1, &mut h), 1);
+            assert!(h.equivalent(h.max(), 500), "{}", h.max());
         }
-        let (mut sub, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
-        let used =
-            scan_ws(&buf, &mut sub, &mut Scan { log: &log, now_us: 1500, lat: Some(&mut lat), tally: &mut t }).unwrap();
-        assert_eq!(used, buf.len());
-        assert_eq!((t.entries, t.gaps, t.gap_entries, t.desynced), (2, 1, 4, 0));
-        assert_eq!((sub.applied, sub.next_seq, sub.synced), (1, 16, false));
-        let mut h = histogram();
-        assert_eq!(lat.merge_into(1, &mut h), 1);
-        assert!(h.equivalent(h.max(), 500), "{}", h.max());
+    }
+
+    /// An unmasked, unfragmented server frame.
+    fn server_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | op];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xFFFF => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn hostile_compressed_messages_are_errors() {
+        let log = SendLog::new(4, &[3]);
+        let update = r#"{"entries":[{"kind":"applied"}],"first_seq":1,"hunt":3,"type":"update"}"#;
+        let packed = trove_server::ws::deflate_raw(update.as_bytes());
+        // More than WS_MESSAGE_MAX once inflated, from some 80 KiB.
+        let bomb = trove_server::ws::deflate_raw(&vec![b'0'; WS_MESSAGE_MAX + (16 << 20)]);
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        let cases: [(&[u8], &str); 5] = [
+            (&packed[..packed.len() - 2], "cut short"),
+            (b"\xff\xff\xff\xff", "does not inflate"),
+            (&bomb, "inflates past"),
+            (&trailing, "after"),
+            (&trove_server::ws::deflate_raw(br#"{"type":"pong"}"#), "not an update"),
+        ];
+        for (payload, why) in cases {
+            let (mut s, mut t) = (sub(), Count::default());
+            let e = scan_ws(
+                &server_frame(2, payload),
+                &mut s,
+                &mut Scan { log: &log, now_us: 1, lat: None, tally: &mut t },
+            )
+            .unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 }
