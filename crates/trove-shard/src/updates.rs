@@ -329,7 +329,14 @@ impl<G: Game> Mailbox<G> {
             }
             s.items.push_back(Delivery::Chunk(chunk.clone()));
             s.updates += n;
-            if !self.quiet.swap(false, SeqCst) || s.deferred { Pushed::Queued } else { Self::wake_or_defer(s, pacer) }
+            // Only a take sets `quiet`, under this lock: read plainly, it
+            // is up to date; the swap settles a race with a publisher's
+            // `wake_if_quiet` (exactly one of them wakes).
+            if !(self.quiet.load(Relaxed) && self.quiet.swap(false, SeqCst)) || s.deferred {
+                Pushed::Queued
+            } else {
+                Self::wake_or_defer(s, pacer)
+            }
         };
         self.woke(pushed, pacer);
         pushed
@@ -1268,6 +1275,10 @@ impl<G: Game> Hub<G> {
         // `quiet`, which the wakes below read.
         let was = mark.fetch_max(end, SeqCst);
         debug_assert!(was <= end, "a world's marks are stored in its numbers' order");
+        if chunk.is_none() && was >= end {
+            // Nothing pushed and no number missed: nobody to wake.
+            return (0, false);
+        }
         let n = chunk.map_or(0, |c| c.updates.len() as u64);
         let missed = if all_miss { subscribers.len() } else { dropped.len() } as u64;
         if n > 0 && missed > 0 {
