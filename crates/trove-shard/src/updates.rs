@@ -268,10 +268,10 @@ impl<G: Game> Mailbox<G> {
     /// Ends `world`'s stream (unsubscribed, after the pushes numbered
     /// before): a gap pending behind its mark is queued, so the subscriber
     /// still learns of it, as of the chunks already queued.
-    fn close_stream(&self, world: WorldId) {
+    fn close_stream(&self, world: WorldId, cutoff: u64) {
         let mut s = self.lock();
         let Some(mut stream) = s.streams.remove(&world) else { return };
-        let upto = stream.mark.load(SeqCst);
+        let upto = stream.mark.load(SeqCst).min(cutoff);
         if let Some(gap) = missed_before(world, &mut stream, upto)
             && !s.closed
         {
@@ -1087,6 +1087,10 @@ impl<G: Game> Hub<G> {
         else {
             return false;
         };
+        let cutoff = match mode {
+            SubscribeMode::Full => topic.next_seq,
+            SubscribeMode::BroadcastsOnly => topic.next_news_seq,
+        };
         let list = topic.list(mode);
         *list = list.iter().filter(|m| !Arc::ptr_eq(m, mailbox)).cloned().collect();
         self.subscriptions.fetch_sub(1, Relaxed);
@@ -1095,12 +1099,18 @@ impl<G: Game> Hub<G> {
             self.retire(&mut t, world);
         }
         drop(t);
-        // Waits for the pushes numbered before, and passes the turn.
+        // Waits for the pushes numbered before and closes the stream in
+        // the turn, before a later chunk's mark is stored: what it missed
+        // is final, and nothing numbered after the unsubscribe counts as
+        // missed (a reviewer's stress test saw such gaps when the stream
+        // was closed after the turn passed). A connection subscribes and
+        // unsubscribes its mailbox from one task, so no subscribe of the
+        // same world comes between.
+        if let Some(ticket) = &ticket {
+            ticket.wait();
+        }
+        mailbox.close_stream(world, cutoff);
         drop(ticket);
-        // After them: what its stream missed is final. (A connection
-        // subscribes and unsubscribes its mailbox from one task, so no
-        // subscribe of the same world comes between.)
-        mailbox.close_stream(world);
         true
     }
 
@@ -2043,5 +2053,55 @@ mod tests {
         taken.clear();
         a.take(&mut taken);
         assert!(taken.is_empty(), "the gap is handed over once: {taken:?}");
+    }
+
+    #[test]
+    fn a_subscriber_that_keeps_up_gets_no_gap_at_unsubscribe_while_its_world_is_published() {
+        let hub: Arc<Hub<Hunt>> = Arc::default();
+        // Keeps the topic (and its publishes) alive.
+        let keeper = Mailbox::new(usize::MAX >> 1);
+        hub.subscribe(7, &keeper);
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut staging = Staging::default();
+                while !stop.load(Relaxed) {
+                    publish_one(&hub, &mut staging, 7, 0);
+                }
+            })
+        };
+        let a = Mailbox::new(usize::MAX >> 1);
+        let mut taken = Vec::new();
+        let mut spurious = Vec::new();
+        for i in 0..20_000u32 {
+            let first = hub.subscribe(7, &a);
+            std::thread::yield_now();
+            assert!(hub.unsubscribe(7, &a));
+            a.take(&mut taken);
+            let mut next = first;
+            for d in taken.drain(..) {
+                match d {
+                    Delivery::Chunk(c) => {
+                        assert_eq!(c.first_seq, next);
+                        next += c.updates.len() as u64;
+                    }
+                    Delivery::Gap { first_missed, missed, .. } => spurious.push((i, first, first_missed, missed)),
+                }
+            }
+            // Drain the keeper so it never fills.
+            keeper.take(&mut taken);
+            taken.clear();
+            if spurious.len() >= 3 {
+                break;
+            }
+        }
+        stop.store(true, Relaxed);
+        publisher.join().unwrap();
+        assert!(
+            spurious.is_empty(),
+            "an unbounded, unbudgeted subscriber got gaps at unsubscribe: {spurious:?} (gaps metric {})",
+            hub.metrics().gaps
+        );
     }
 }
