@@ -274,7 +274,7 @@ trove_subscriptions gauge Subscriptions (a connection subscribed to two hunts co
 trove_subscribed_hunts gauge Hunts with at least one subscriber.
 trove_updates_published_total counter Updates published to subscribed hunts.
 trove_updates_dropped_total counter Updates dropped for subscribers that fell behind.
-trove_update_gaps_total counter Gaps opened for subscribers that fell behind.
+trove_update_gaps_total counter Gap notices handed to subscribers that fell behind (counted when found: at the subscriber's next update of the hunt or next take).
 trove_update_chunks_published_total counter Chunks published: one per applied batch and subscribed hunt it touched.
 trove_update_chunk_deliveries_total counter Chunks (one batch's updates of one hunt) pushed to subscribers' queues, one per subscriber.
 trove_subscriber_wakeups_total counter Subscriber connections woken for updates (one per queue that was empty, however many chunks follow).

@@ -585,9 +585,13 @@ impl<G: WireGame> Connection<G> {
                 if revoked.is_empty() {
                     return;
                 }
+                for &hunt in &revoked {
+                    self.subscriptions.unsubscribe(&self.shared, hunt);
+                }
+                // What was queued for them, and a gap their ends leave, go
+                // out before UNSUBSCRIBED (nothing of a hunt after it).
                 self.deliver();
                 for hunt in revoked {
-                    self.subscriptions.unsubscribe(&self.shared, hunt);
                     frame::encode_u32_frame(&mut self.out, Kind::Unsubscribed, hunt);
                 }
             }

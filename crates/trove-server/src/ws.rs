@@ -1182,11 +1182,15 @@ impl<G: WireGame + JsonGame> WsConnection<G> {
             Ok(true) => {
                 let p = session.principal.clone();
                 let revoked = p.revoked(self.subscriptions.hunts());
+                for &hunt in &revoked {
+                    self.subscriptions.unsubscribe(&self.shared, hunt);
+                }
+                // What was queued for them, and a gap their ends leave, go
+                // out before `unsubscribed` (nothing of a hunt after it).
                 if !revoked.is_empty() {
                     self.deliver();
                 }
                 for hunt in revoked {
-                    self.subscriptions.unsubscribe(&self.shared, hunt);
                     self.out.push(json!({"type": "unsubscribed", "hunt": hunt}).to_string());
                 }
                 Ok(())

@@ -526,11 +526,13 @@ fn subscribers_see_each_world_in_order_in_every_mode() {
         }
         assert_eq!(got, want, "{}", mode.name());
         let m = engine.hub().metrics();
-        assert!(m.updates_dropped > 0 && m.gaps > 0, "{m:?}");
+        assert!(m.updates_dropped > 0, "{m:?}");
         assert_eq!(m.updates_published, want.len() as u64);
         let mut small = Vec::new();
         other.take(&mut small);
         assert!(small.iter().any(|d| matches!(d, Delivery::Gap { .. })));
+        // Counted as found, by the take.
+        assert!(engine.hub().metrics().gaps > 0);
         // Unsubscribed: nothing more is published for the world.
         assert!(engine.hub().unsubscribe(watched, &mailbox));
         assert!(engine.hub().unsubscribe(watched, &other));

@@ -263,7 +263,7 @@ impl Conn {
             let (slot_start, n, mut j, mut left) = self.chunk;
             while left > 0 {
                 let e = self.generator.next_event();
-                log.record(e.hunt, slot_start + arrivals::offset_ns(j, j + 1, n), step);
+                log.record_event(&e, slot_start + arrivals::offset_ns(j, j + 1, n), step);
                 j += 1;
                 left -= 1;
                 let sent = self.offer(e);
@@ -324,7 +324,7 @@ impl Conn {
             let (slot_start, n, mut j, mut left) = self.chunk;
             while left > 0 {
                 let e = self.generator.next_event();
-                log.record(e.hunt, slot_start + arrivals::offset_ns(j, j + 1, n), step);
+                log.record_event(&e, slot_start + arrivals::offset_ns(j, j + 1, n), step);
                 j += 1;
                 left -= 1;
                 let sent = offer(e, &mut self.pending);

@@ -292,7 +292,9 @@ impl Fleet {
     /// `base + h`), the pacer's log for them.
     pub fn plan(args: &FleetArgs, hunts: u32, base: u32, seed: u64) -> Result<(Vec<u32>, Arc<SendLog>), String> {
         let assigned = args.hunts.assign(hunts, args.subscribers, seed)?;
-        let log = Arc::new(SendLog::new(hunts, &assigned).with_base(base));
+        let log = SendLog::new(hunts, &assigned).with_base(base);
+        // Broadcasts-only subscribers time a find from its dig.
+        let log = Arc::new(if args.broadcasts_only { log.with_digs() } else { log });
         Ok((assigned.into_iter().map(|h| base + h).collect(), log))
     }
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use trove_proto::frame::{self, Frame, Kind, entry_kind};
 
 use super::super::{Clock, Latencies, lock};
-use super::send_log::{Logged, SendLog};
+use super::send_log::{Cause, Logged, SendLog};
 use super::ws::{scan_ws, ws_handshake, ws_setup, ws_text};
 use super::{
     CARRY_KEEP, CONNECTING_MAX, FLUSH_EVERY, PING_EVERY, READ_CHUNK, SETUP_TIMEOUT, SIZES, SLOW_RCVBUF, SLOW_TICK,
@@ -208,6 +208,8 @@ pub(super) fn fleet_thread(plan: ThreadPlan) {
                 applied: 0,
                 next_seq: 0,
                 synced: true,
+                news: broadcasts_only,
+                cause: 0,
                 carry: Vec::new(),
                 frame_max: frame::FRAME_BODY_MAX_DEFAULT as usize,
             };
@@ -339,6 +341,11 @@ pub(super) struct Sub {
     /// Timing its hunt (false after a GAP, or once the stream and the log
     /// no longer line up).
     pub(super) synced: bool,
+    /// A broadcasts-only stream: its `treasure_found` entries are timed
+    /// from their digs ([`news`]).
+    pub(super) news: bool,
+    /// The log index the next broadcast's cause is at or after.
+    pub(super) cause: u64,
     /// The unfinished frame (or WebSocket frame) after the last read.
     pub(super) carry: Vec<u8>,
     pub(super) frame_max: usize,
@@ -593,6 +600,50 @@ pub(super) fn applied(sub: &mut Sub, scan: &mut Scan<'_>) {
     }
 }
 
+/// The player of a BROADCAST entry's payload that is a `treasure_found`.
+fn treasure_found_player(payload: &[u8]) -> Option<u32> {
+    if payload.first() != Some(&trove_proto::hunt::broadcast_kind::TREASURE_FOUND) {
+        return None;
+    }
+    // Kind and padding, round, then the player.
+    Some(u32::from_le_bytes(payload.get(8..12)?.try_into().expect("4 bytes")))
+}
+
+/// Times a BROADCAST entry of a broadcasts-only stream, as [`applied`]
+/// times an APPLIED one: a `treasure_found` of `player` from the intended
+/// send time of its dig ([`super::send_log::Ring::find_dig`]; at least
+/// the latency from the last candidate when the player dug more than once
+/// since the hunt's broadcast before). Other broadcasts do not name their
+/// cause: untimed. A GAP does not stop this timing (the cause of a later
+/// broadcast is still after the last one's).
+#[inline]
+pub(super) fn news(sub: &mut Sub, player: Option<u32>, scan: &mut Scan<'_>) {
+    let Scan { log, now_us, lat, tally } = scan;
+    let Some(lat) = lat else { return };
+    let (Some(player), Some(ring)) = (player, log.ring(sub.hunt)) else {
+        tally.untimed += 1;
+        return;
+    };
+    match ring.find_dig(sub.cause, player) {
+        Cause::Exact(k, _, us) | Cause::AtLeast(k, _, us) if *now_us < us => {
+            // Read before the dig's intended time: out of the pacer's order.
+            sub.cause = k + 1;
+            tally.reordered += 1;
+            tally.untimed += 1;
+        }
+        Cause::Exact(k, step, us) => {
+            sub.cause = k + 1;
+            lat.record(step, *now_us - us, 1);
+        }
+        Cause::AtLeast(k, step, us) => {
+            sub.cause = k + 1;
+            lat.record(step, *now_us - us, 1);
+            tally.lower_bound += 1;
+        }
+        Cause::None => tally.untimed += 1,
+    }
+}
+
 /// Scans the whole frames at the front of `buf`; returns the bytes they
 /// take (the rest is an unfinished frame).
 pub(super) fn scan_tcp(buf: &[u8], sub: &mut Sub, scan: &mut Scan<'_>) -> Result<usize, String> {
@@ -619,10 +670,12 @@ pub(super) fn scan_tcp(buf: &[u8], sub: &mut Sub, scan: &mut Scan<'_>) -> Result
                 sub.next_seq = first_seq.checked_add(u64::from(count)).ok_or("an UPDATE past sequence 2^64")?;
                 let mut seen = 0u32;
                 for e in frame::entries(&body[frame::UPDATE_HEAD_LEN..]) {
-                    let (kind, _) = e.map_err(|e| format!("UPDATE: {e}"))?;
+                    let (kind, payload) = e.map_err(|e| format!("UPDATE: {e}"))?;
                     seen += 1;
                     if kind == entry_kind::APPLIED {
                         applied(sub, scan);
+                    } else if sub.news {
+                        news(sub, treasure_found_player(payload), scan);
                     }
                 }
                 if seen != count {
@@ -664,6 +717,8 @@ mod tests {
             applied: 0,
             next_seq: 10,
             synced: true,
+            news: false,
+            cause: 0,
             carry: Vec::new(),
             frame_max: 1 << 20,
         }
@@ -711,6 +766,75 @@ mod tests {
             frame::push_entry(out, entry_kind::APPLIED, |o| o.extend_from_slice(&[0u8; 56]));
         }
         frame::end_update(out, s, applied);
+    }
+
+    #[test]
+    fn broadcasts_only_treasures_are_timed_from_their_digs() {
+        use trove_hunt::{HuntBroadcast, HuntEvent, Top10, TreasureHunt};
+        use trove_proto::wire::WireGame;
+        use trove_server::json::JsonGame;
+        let log = SendLog::new(4, &[3]).with_digs();
+        // Log 0: player 5 digs at 1 ms; 1: 5 moves; 2: 6 digs at 3 ms;
+        // 3 and 4: 7 digs at 4 and 5 ms.
+        let events = [
+            HuntEvent::dig(3, 5),
+            HuntEvent::move_by(3, 5, 1, 0),
+            HuntEvent::dig(3, 6),
+            HuntEvent::dig(3, 7),
+            HuntEvent::dig(3, 7),
+        ];
+        for (k, e) in events.iter().enumerate() {
+            log.record_event(e, (k as u64 + 1) * 1_000_000, 2);
+        }
+        let found = |player| HuntBroadcast::TreasureFound {
+            round: 1,
+            player,
+            x: 0,
+            y: 0,
+            value: 1,
+            score: 1,
+            treasures_left: 1,
+        };
+        let news = [
+            found(6),
+            HuntBroadcast::LeaderboardChanged { round: 1, top: Top10::default() },
+            found(7),
+            // Dug at 0, before the cause of the broadcast before: not it.
+            found(5),
+        ];
+        let mut out = Vec::new();
+        let s = frame::begin_update(&mut out, 3, 10);
+        for b in &news {
+            frame::push_entry(&mut out, entry_kind::BROADCAST, |o| TreasureHunt::encode_broadcast(b, o));
+        }
+        frame::end_update(&mut out, s, news.len() as u32);
+        let (mut watcher, mut lat, mut t) = (Sub { news: true, ..sub() }, Latencies::default(), Count::default());
+        scan_tcp(&out, &mut watcher, &mut Scan { log: &log, now_us: 10_000, lat: Some(&mut lat), tally: &mut t })
+            .unwrap();
+        // 6's exactly (10 - 3 ms), 7's at least from its last dig (10 - 5).
+        assert_eq!((t.entries, t.untimed, t.lower_bound, t.reordered), (4, 2, 1, 0));
+        let mut h = histogram();
+        assert_eq!(lat.merge_into(2, &mut h), 2);
+        assert!(h.equivalent(h.min(), 5000) && h.equivalent(h.max(), 7000), "{} {}", h.min(), h.max());
+        assert_eq!(watcher.cause, 4, "after the first candidate of the last timed one");
+        // The same stream over WebSocket.
+        let entries: Vec<_> = news
+            .iter()
+            .map(|b| serde_json::json!({"kind": "broadcast", "body": TreasureHunt::broadcast_to_json(b)}))
+            .collect();
+        let m = serde_json::json!({"type": "update", "hunt": 3, "first_seq": 10, "entries": entries}).to_string();
+        let mut buf = vec![0x81, 126];
+        buf.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        buf.extend_from_slice(m.as_bytes());
+        let (mut watcher, mut lat, mut t) = (Sub { news: true, ..sub() }, Latencies::default(), Count::default());
+        scan_ws(&buf, &mut watcher, &mut Scan { log: &log, now_us: 10_000, lat: Some(&mut lat), tally: &mut t })
+            .unwrap();
+        assert_eq!((t.entries, t.untimed, t.lower_bound), (4, 2, 1));
+        assert_eq!(lat.merge_into(2, &mut histogram()), 2);
+        // A full stream's broadcasts are timed by their APPLIED entries.
+        let (mut full, mut lat, mut t) = (sub(), Latencies::default(), Count::default());
+        scan_tcp(&out, &mut full, &mut Scan { log: &log, now_us: 10_000, lat: Some(&mut lat), tally: &mut t }).unwrap();
+        assert_eq!((t.untimed, lat.merge_into(2, &mut histogram())), (0, 0));
     }
 
     #[test]

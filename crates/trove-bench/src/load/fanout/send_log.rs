@@ -4,7 +4,9 @@
 //! told apart from one not written yet.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+
+use trove_hunt::{Action, HuntEvent};
 
 use super::{LOG_ENTRIES_MAX, LOG_ENTRIES_PER_SUBSCRIBER, RING_MAX, RING_MIN};
 
@@ -24,6 +26,25 @@ pub(super) struct Ring {
     pub(super) mask: u64,
     pub(super) shift: u32,
     pub(super) slots: Box<[AtomicU64]>,
+    /// Per slot, for broadcasts-only subscribers ([`SendLog::with_digs`]):
+    /// the digging player plus one, 0 for any other event; empty when not
+    /// kept.
+    pub(super) digs: Box<[AtomicU32]>,
+}
+
+/// Where a broadcast's cause is in a hunt's log ([`Ring::find_dig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// The one dig of the player since the cursor: the cause, its index,
+    /// intended time and step.
+    Exact(u64, u32, u64),
+    /// Several digs of the player since the cursor (or the cursor was
+    /// overwritten): the cause is one of them, so the latency is at least
+    /// the one from the last. The first candidate's index (a bound for
+    /// the next cause), the last one's intended time and step.
+    AtLeast(u64, u32, u64),
+    /// No dig of the player logged since the cursor.
+    None,
 }
 
 /// What a reader finds at an index.
@@ -46,15 +67,21 @@ impl Ring {
             mask: size as u64 - 1,
             shift: size.trailing_zeros(),
             slots: (0..size).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            digs: Box::new([]),
         }
+    }
+
+    fn with_digs(mut self) -> Self {
+        self.digs = (0..self.slots.len()).map(|_| AtomicU32::new(0)).collect();
+        self
     }
 
     pub(super) fn lap(&self, k: u64) -> u64 {
         (k >> self.shift) & ((1 << LAP_BITS) - 1)
     }
 
-    /// The pacer only.
-    pub(super) fn push(&self, us: u64, step: u32) {
+    /// The pacer only. `dig`: the digging player plus one, or 0.
+    pub(super) fn push(&self, us: u64, step: u32, dig: u32) {
         let k = self.head.load(Relaxed);
         let v = if us < 1 << US_BITS && step < 1 << STEP_BITS {
             (us << (STEP_BITS + LAP_BITS)) | (u64::from(step) << LAP_BITS) | self.lap(k)
@@ -63,6 +90,11 @@ impl Ring {
             u64::MAX
         };
         self.slots[(k & self.mask) as usize].store(v, Relaxed);
+        if let Some(d) = self.digs.get((k & self.mask) as usize) {
+            // After the time: a reader that sees this dig sees its time
+            // (or a later lap's, which it tells apart).
+            d.store(dig, Release);
+        }
         self.head.store(k + 1, Release);
     }
 
@@ -79,6 +111,37 @@ impl Ring {
             return Logged::Overwritten;
         }
         Logged::At(v >> (STEP_BITS + LAP_BITS), ((v >> LAP_BITS) & ((1 << STEP_BITS) - 1)) as u32)
+    }
+
+    /// The cause of a `treasure_found` broadcast to `player`: its dig,
+    /// among the digs logged from index `from` (the cause of the hunt's
+    /// broadcast before, plus one: a hunt's broadcasts come in the order of
+    /// their causes). The broadcast names the player, not the event: one
+    /// dig of the player since `from` is the cause; with several, the
+    /// latency is at least the one from the last of them.
+    pub(super) fn find_dig(&self, from: u64, player: u32) -> Cause {
+        if self.digs.is_empty() {
+            return Cause::None;
+        }
+        let key = player.wrapping_add(1);
+        let head = self.head.load(Acquire);
+        let oldest = head.saturating_sub(self.mask + 1);
+        let (mut first, mut last, mut found) = (None, None, 0u32);
+        for k in from.max(oldest)..head {
+            if self.digs[(k & self.mask) as usize].load(Acquire) != key {
+                continue;
+            }
+            if let Logged::At(us, step) = self.get(k) {
+                first.get_or_insert(k);
+                last = Some((us, step));
+                found += 1;
+            }
+        }
+        match (first, last) {
+            (Some(k), Some((us, step))) if found == 1 && from >= oldest => Cause::Exact(k, step, us),
+            (Some(k), Some((us, step))) => Cause::AtLeast(k, step, us),
+            _ => Cause::None,
+        }
     }
 
     /// For an overwritten index: a later entry still held (the oldest
@@ -125,6 +188,14 @@ impl SendLog {
         Self { index, rings: (0..distinct).map(|_| Ring::new(size)).collect(), base: 0 }
     }
 
+    /// The same log keeping which player each dig is from, so that a
+    /// broadcasts-only subscriber can time a `treasure_found` from its
+    /// dig's intended send time (half as much memory again).
+    pub fn with_digs(mut self) -> Self {
+        self.rings = std::mem::take(&mut self.rings).into_iter().map(Ring::with_digs).collect();
+        self
+    }
+
     /// The same log for hunt ids from `base`: the methods taking a hunt
     /// take its id, `base + h` for the workload's hunt `h`.
     pub fn with_base(mut self, base: u32) -> Self {
@@ -141,11 +212,22 @@ impl SendLog {
         self.rings.get(i as usize)
     }
 
-    /// The pacer's record of an event to `hunt` meant for `intended_ns`.
-    #[inline]
+    /// The pacer's record of an event to `hunt` meant for `intended_ns`
+    /// (tests: the pacer records events, [`SendLog::record_event`]).
+    #[cfg(test)]
     pub fn record(&self, hunt: u32, intended_ns: u64, step: u32) {
         if let Some(r) = self.ring(hunt) {
-            r.push(intended_ns / 1000, step);
+            r.push(intended_ns / 1000, step, 0);
+        }
+    }
+
+    /// The pacer's record of event `e` meant for `intended_ns`, with who
+    /// digs (kept with [`SendLog::with_digs`]).
+    #[inline]
+    pub fn record_event(&self, e: &HuntEvent, intended_ns: u64, step: u32) {
+        if let Some(r) = self.ring(e.hunt) {
+            let dig = if matches!(e.action, Action::Dig) { e.player.wrapping_add(1) } else { 0 };
+            r.push(intended_ns / 1000, step, dig);
         }
     }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use super::WS_MESSAGE_MAX;
-use super::reader::{Scan, Sub, applied, gap, write_all};
+use super::reader::{Scan, Sub, applied, gap, news, write_all};
 
 pub(super) async fn ws_handshake(
     stream: &mut TcpStream,
@@ -149,6 +149,16 @@ pub(super) fn json_u64(msg: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&msg[at..at + digits]).ok()?.parse().ok()
 }
 
+/// The player of a `treasure_found` body in `entry` (an update entry's
+/// text before its kind: `{"body":{"broadcast":"treasure_found",
+/// "player":P,...},`).
+fn treasure_found_player(entry: &[u8]) -> Option<u32> {
+    const FOUND: &[u8] = br#""broadcast":"treasure_found","player":"#;
+    let at = find(entry, FOUND)? + FOUND.len();
+    let digits = entry[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&entry[at..at + digits]).ok()?.parse().ok()
+}
+
 pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
@@ -202,7 +212,7 @@ fn scan_message(
             sub.synced = false;
             scan.tally.desynced += 1;
         }
-        let mut count = 0u64;
+        let (mut count, mut entry_from) = (0u64, 0);
         for i in kind.find_iter(msg) {
             let v = &msg[i + KIND.len()..];
             count += 1;
@@ -210,7 +220,11 @@ fn scan_message(
                 applied(sub, scan);
             } else if !v.starts_with(b"broadcast\"") {
                 return Err("an update entry of an unknown kind".into());
+            } else if sub.news {
+                // The entry's body comes before its kind (keys sorted).
+                news(sub, treasure_found_player(&msg[entry_from..i]), scan);
             }
+            entry_from = i + KIND.len();
         }
         sub.next_seq = first_seq.checked_add(count).ok_or("an update past sequence 2^64")?;
         scan.tally.entries += count;
