@@ -164,9 +164,11 @@ fn slow_subscribers_get_gaps_and_are_reported_apart() {
     let v = read_json(&json);
     let f = &v["fanout"];
     assert_eq!(u(f, "slow_subscribers"), 2);
-    // The server dropped entries for the slow ones (they meet their GAP
-    // only after reading what was queued before it).
-    assert!(u(f, "server_gaps") > 0 && u(f, "server_updates_dropped") > 0, "{f}");
+    // The server dropped entries for the slow ones. (They meet their GAP
+    // only after reading what was queued before it, and the server counts
+    // a gap when the mailbox finds it, at its subscriber's next take:
+    // within the run that may not have come.)
+    assert!(u(f, "server_updates_dropped") > 0, "{f}");
     // They read at about 1 KiB/s each (a tick's budget over).
     assert!(f["slow_bytes_per_s"].as_f64().unwrap() <= 2.0 * 1500.0, "{f}");
     // The four that keep up got everything, timed.
