@@ -2085,9 +2085,9 @@ mod tests {
         let mut spurious = Vec::new();
         // The race showed within half a second; a deadline keeps a slow
         // machine's run short.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         for i in 0..5_000u32 {
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 break;
             }
             let first = hub.subscribe(7, &a);
