@@ -216,6 +216,8 @@ pub struct BenchLoad {
     #[arg(long)]
     pub subscriber_budget: Option<String>,
     /// With --target and --subscribers-ws: the target's WebSocket HOST:PORT.
+    /// Not needed (and not used) when --metrics names a cluster node: each
+    /// subscriber connects to its node's WebSocket address from the map.
     #[arg(long, value_parser = host_port)]
     pub target_ws: Option<std::net::SocketAddr>,
     /// The fresh servers' shards (sharded) or runtime workers (per-event

@@ -109,8 +109,12 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
     if flags.target_ws.is_some() && (flags.target.is_none() || !flags.subscribers_ws) {
         return Err("--target-ws names the WebSocket listener of a --target, for --subscribers-ws".into());
     }
-    if flags.subscribers_ws && flags.target.is_some() && flags.target_ws.is_none() {
-        return Err("--subscribers-ws against a --target needs its WebSocket address: --target-ws HOST:PORT".into());
+    // A cluster node's map gives every node's WebSocket address, so with
+    // --metrics the need is known only once the target is asked (load::run).
+    if flags.subscribers_ws && flags.target.is_some() && flags.target_ws.is_none() && flags.metrics.is_none() {
+        return Err("--subscribers-ws against a --target needs its WebSocket address: --target-ws HOST:PORT (or, for \
+                    a cluster node, --metrics: the cluster's map gives every node's)"
+            .into());
     }
     if flags.force && flags.target.is_none() {
         return Err("--force plays into a --target's existing hunts: add --target".into());

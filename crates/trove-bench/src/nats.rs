@@ -47,8 +47,9 @@ pub fn nats_server_available() -> bool {
 
 /// Whether a test that needs nats-server can run: `true` if the binary
 /// runs; else prints [`skip_message`] and returns `false`, except under
-/// CI (`CI` set, as `.ci/run` is run), where a missing binary is a
-/// failure, not a skip.
+/// CI (`CI` set, as CI runners set it), where a missing binary is a
+/// failure, not a skip. `.ci/run` does not rely on that: it checks that
+/// the binary runs before any test.
 pub fn nats_server_or_skip(test: &str) -> bool {
     if nats_server_available() {
         return true;

@@ -41,8 +41,9 @@ pub enum RecoverError {
     /// NATS did not answer (no quorum, a timeout, ...): try again later.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    /// The snapshot or a message does not decode, or a message is out of
-    /// place: never applied, never skipped.
+    /// The snapshot or a message does not decode, a message is out of
+    /// place, or one is missing inside the stream (a hole no purge made):
+    /// never applied, never skipped.
     #[error("partition {partition}: {message}")]
     Damaged { partition: u32, message: String },
     /// The stream changed under the read (its owner snapshotted and
@@ -128,6 +129,20 @@ pub async fn recover_partition<G: Game>(
     let mut fence_epoch_max = 0;
     while let Some(m) = reader.next().await? {
         if m.seq != expected {
+            // Only a purge removes messages, and only from the front: a
+            // stream that still starts at or below the missing sequence has
+            // a hole (a message deleted by hand, a damaged store), which is
+            // never read around. Else it was purged during the read.
+            let now = log.bounds().await?;
+            if now.first <= expected {
+                return Err(damaged(format!(
+                    "message {expected} is missing from the stream (it holds {}..={}, message {} follows {})",
+                    now.first,
+                    now.last,
+                    m.seq,
+                    expected - 1
+                )));
+            }
             return Err(RecoverError::Raced {
                 partition,
                 message: format!("message {} follows {}: messages were removed during the read", m.seq, expected - 1),

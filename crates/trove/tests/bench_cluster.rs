@@ -16,7 +16,9 @@ use trove_bench::nats::{NatsServer, nats_server_or_skip};
 /// Every wait's bound: the test checks behaviour, not speed.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn node(url: &str, name: &str) -> (Serve, Listening) {
+/// A node on `url`; with `ws` it also listens for WebSocket (on a port of
+/// its own, which its map entry gives).
+fn node(url: &str, name: &str, ws: bool) -> (Serve, Listening) {
     let mut serve = Serve::spawn(&[
         "--cluster",
         url,
@@ -27,7 +29,7 @@ fn node(url: &str, name: &str) -> (Serve, Listening) {
         "--tcp",
         "127.0.0.1:0",
         "--ws",
-        "off",
+        if ws { "127.0.0.1:0" } else { "off" },
         "--control",
         "127.0.0.1:0",
         "--lease-ms",
@@ -45,9 +47,9 @@ fn owners(control: std::net::SocketAddr) -> Option<Vec<Option<String>>> {
 }
 
 /// Two nodes on `nats`, every partition owned and both owning some.
-fn two_nodes(nats: &NatsServer) -> [(Serve, Listening); 2] {
-    let (a, a_at) = node(&nats.url(), "a");
-    let (b, b_at) = node(&nats.url(), "b");
+fn two_nodes(nats: &NatsServer, ws: bool) -> [(Serve, Listening); 2] {
+    let (a, a_at) = node(&nats.url(), "a", ws);
+    let (b, b_at) = node(&nats.url(), "b", ws);
     // Both nodes own partitions: events for b's reach a only as not_owner.
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -69,7 +71,7 @@ fn bench_against_one_node_of_a_cluster_drives_every_node() {
         return;
     }
     let nats = NatsServer::start();
-    let [(a, a_at), (b, b_at)] = two_nodes(&nats);
+    let [(a, a_at), (b, b_at)] = two_nodes(&nats, false);
     let dir = common::scratch_dir("bench-cluster");
     let edits = [("hunts = 1000", "hunts = 40"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
     let workload = common::workload_file(&dir, "small.toml", &edits);
@@ -135,7 +137,7 @@ fn subscribers_spread_over_a_cluster_get_every_update() {
         return;
     }
     let nats = NatsServer::start();
-    let [(a, a_at), (b, b_at)] = two_nodes(&nats);
+    let [(a, a_at), (b, b_at)] = two_nodes(&nats, false);
     let dir = common::scratch_dir("bench-cluster-subscribers");
     let edits = [("hunts = 1000", "hunts = 5"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
     let workload = common::workload_file(&dir, "small.toml", &edits);
@@ -173,4 +175,75 @@ fn subscribers_spread_over_a_cluster_get_every_update() {
     assert!(relayed >= acked, "relayed {relayed} of {acked} events' updates");
     drop((a, b));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--subscribers-ws` against a cluster, without `--target-ws`: each
+/// WebSocket subscriber connects to its node's WebSocket address from the
+/// map, spread over the nodes as the TCP ones are (subscriber `i` on the
+/// `i % nodes`-th), every update delivered and timed.
+#[test]
+fn websocket_subscribers_spread_over_a_cluster_by_its_map() {
+    if !nats_server_or_skip("websocket_subscribers_spread_over_a_cluster_by_its_map") {
+        return;
+    }
+    let nats = NatsServer::start();
+    let [(a, a_at), (b, b_at)] = two_nodes(&nats, true);
+    // The map gives each node's own WebSocket listener.
+    let r = trove_bench::http::get(a_at.control, "/cluster", Duration::from_secs(5)).expect("GET /cluster");
+    let map: serde_json::Value = serde_json::from_str(&r.body).expect("the map is JSON");
+    for (name, at) in [("a", &a_at), ("b", &b_at)] {
+        let entry = map["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name);
+        let ws = entry.and_then(|n| n["ws"].as_str()).unwrap_or_else(|| panic!("no ws for {name} in {map}"));
+        assert_eq!(Some(ws.to_string()), at.ws.map(|w| w.to_string()), "{map}");
+    }
+    let dir = common::scratch_dir("bench-cluster-ws");
+    let edits = [("hunts = 1000", "hunts = 5"), ("players_per_hunt = 1000", "players_per_hunt = 50")];
+    let workload = common::workload_file(&dir, "small.toml", &edits);
+    let json = dir.join("run.json");
+    let (tcp, control) = (a_at.tcp.to_string(), a_at.control.to_string());
+    #[rustfmt::skip]
+    let out = trove(&[
+        "bench", "--target", &tcp, "--metrics", &control, "--workload", workload.to_str().unwrap(),
+        "--rate", "5000", "--duration", "1", "--connections", "2",
+        "--subscribers", "10", "--subscriber-hunts", "all", "--subscribers-ws",
+        "--slo-ms", "60000", "--json", json.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("10 subscribers (WebSocket) over 2 nodes of cluster"), "{stderr}");
+    let v = read_json(&json);
+    assert_eq!(v["mode"], "cluster", "{v}");
+    let f = &v["fanout"];
+    assert_eq!((u(f, "subscribers"), u(f, "hunts_watched")), (10, 5), "{f}");
+    let acked = u(&v, "events_acked");
+    assert!(acked > 1000, "{v}");
+    assert_eq!(u(f, "updates_timed"), 2 * acked, "{f}");
+    assert_eq!((u(f, "gaps"), u(f, "updates_untimed"), u(f, "desynced")), (0, 0, 0), "{f}");
+    // Every hunt had a watcher on the node that does not own it.
+    let relayed: u64 = [&a_at, &b_at]
+        .iter()
+        .map(|at| common::metric(at.control, "trove_cluster_relay_updates_total").unwrap_or(0))
+        .sum();
+    assert!(relayed >= acked, "relayed {relayed} of {acked} events' updates");
+    drop((a, b));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--subscribers-ws` against a `--target` that is not in a cluster still
+/// needs its WebSocket address, and says so before it plays.
+#[test]
+fn websocket_subscribers_of_a_single_node_need_target_ws() {
+    let mut serve =
+        Serve::spawn(&["--no-journal", "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0", "--ws", "127.0.0.1:0"]);
+    let at = serve.wait_listening();
+    let (tcp, control) = (at.tcp.to_string(), at.control.to_string());
+    #[rustfmt::skip]
+    let out = trove(&[
+        "bench", "--target", &tcp, "--metrics", &control, "--duration", "0.1",
+        "--subscribers", "2", "--subscribers-ws",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in a cluster") && err.contains("--target-ws"), "{err}");
+    serve.stop(Duration::from_secs(10));
 }

@@ -117,7 +117,8 @@ pub struct LoadArgs {
     pub watch_hunts: u32,
     /// The subscriber fleet of `--subscribers N`.
     pub fanout: Option<FleetArgs>,
-    /// With `target` and WebSocket subscribers: the target's WebSocket listener.
+    /// With `target` and WebSocket subscribers: the target's WebSocket
+    /// listener (unused on a cluster: the map gives each node's).
     pub target_ws: Option<SocketAddr>,
     pub slo_p99: Duration,
     pub client_workers: usize,
@@ -223,6 +224,13 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
             Some(metrics) => cluster::detect(metrics, args.token.as_ref())?,
             None => None,
         };
+        let ws_subscribers = args.fanout.as_ref().is_some_and(|f| f.ws);
+        if ws_subscribers && cluster.is_none() && args.target_ws.is_none() {
+            return Err(format!(
+                "--subscribers-ws against {target}, which is not in a cluster, needs its WebSocket address: \
+                 --target-ws HOST:PORT"
+            ));
+        }
         let mode = if cluster.is_some() { "cluster" } else { "target" };
         say(&format!("playing into {range} of {target} (--hunt-base {})", range.base));
         claim::claim(args, target, range, cluster.as_ref())?;
