@@ -232,6 +232,15 @@ pub struct BenchLoad {
     /// Threads of the fresh servers' I/O runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub io_workers: u32,
+    /// Threads of the fresh servers' WebSocket runtime (`trove serve
+    /// --ws-io-workers`) [default: the server's, 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub ws_io_workers: Option<u32>,
+    /// Niceness the fresh servers' WebSocket threads add to theirs
+    /// (`trove serve --ws-io-nice`): 0 against 10 compares fan-out at
+    /// ingest's priority with fan-out below it [default: the server's, 10].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=19))]
+    pub ws_io_nice: Option<u32>,
     /// Threads of the generator's runtime (the SDK's I/O tasks; a thread
     /// of its own paces the arrivals).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]

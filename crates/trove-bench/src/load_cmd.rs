@@ -153,6 +153,8 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
             shards: flags.shards,
             fsync,
             io_workers: flags.io_workers,
+            ws_io_workers: flags.ws_io_workers,
+            ws_io_nice: flags.ws_io_nice,
             subscriber_push_interval_ms: flags.subscriber_push_interval_ms,
             subscriber_budget: flags.subscriber_budget.as_deref().map(parse_budget).transpose()?,
         },

@@ -279,6 +279,9 @@ pub struct ControlParts<G: Game> {
     pub server_metrics: Arc<ServerMetrics>,
     /// The data plane's runtime, for its tokio metrics.
     pub data_plane: tokio::runtime::Handle,
+    /// The WebSocket listener's runtime (`Server::ws_runtime_handle`), for
+    /// its tokio metrics (`runtime="ws"`).
+    pub ws_plane: Option<tokio::runtime::Handle>,
     pub info: ControlInfo,
     /// `/ready` answers 200 while it holds.
     pub ready: Arc<AtomicBool>,
@@ -294,7 +297,8 @@ pub struct ControlParts<G: Game> {
 }
 
 impl ControlPlane {
-    /// Binds `addr` and serves on a runtime of its own.
+    /// Binds `addr` and serves on a runtime of its own. Its `/metrics`
+    /// leave out a WebSocket runtime (`ControlParts::ws_plane` has it).
     pub fn start<G: ControlGame>(
         addr: SocketAddr,
         config: ControlConfig,
@@ -310,6 +314,7 @@ impl ControlPlane {
             engine,
             server_metrics,
             data_plane,
+            ws_plane: None,
             info,
             ready,
             owners: None,
@@ -325,8 +330,18 @@ impl ControlPlane {
         std_listener: std::net::TcpListener,
         parts: ControlParts<G>,
     ) -> Result<Self, StartError> {
-        let ControlParts { config, engine, server_metrics, data_plane, info, ready, owners, auth, metrics_only } =
-            parts;
+        let ControlParts {
+            config,
+            engine,
+            server_metrics,
+            data_plane,
+            ws_plane,
+            info,
+            ready,
+            owners,
+            auth,
+            metrics_only,
+        } = parts;
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -350,6 +365,7 @@ impl ControlPlane {
                 engine,
                 server: server_metrics,
                 data_plane,
+                ws_plane,
                 control_plane: runtime.handle().clone(),
             },
             ready,

@@ -1,7 +1,10 @@
 //! The data plane's I/O layer: where trove waits on sockets.
 //!
-//! A small tokio runtime (`io_workers` threads) accepts connections and runs
-//! one task per connection, never per event. A connection's task turns each
+//! A small tokio runtime (`io_workers` threads, `trove-io`) accepts TCP
+//! connections and runs one task per connection, never per event; the
+//! WebSocket listener and its connections run the same way on a runtime of
+//! their own (`ws_io_workers` threads, `trove-ws`, at a lower CPU priority:
+//! [`ws_io`]). A connection's task turns each
 //! EVENTS frame into one batch for the engine (`Producer::submit_at`),
 //! answers it when the engine completes it (after the journal's durability
 //! point), and forwards its subscriptions' updates from a bounded mailbox.
@@ -11,6 +14,8 @@
 //!   file and the live table every endpoint checks against.
 //! - [`tcp`]: protocol v1 (docs/protocol.md) over TCP.
 //! - [`ws`]: the same semantics as JSON over WebSocket.
+//! - [`ws_io`]: the WebSocket listener's own runtime (`trove-ws`
+//!   threads), at a lower CPU priority than ingest.
 //! - `session`: the exactly-once session rules both endpoints drive
 //!   (answers in frame order, BUSY then resend), free of sockets.
 //! - [`json`]: the game's JSON form, for the WebSocket endpoint and the
@@ -43,6 +48,7 @@ mod task;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
+pub mod ws_io;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -70,8 +76,15 @@ pub struct ServerConfig {
     pub tcp_addr: SocketAddr,
     /// JSON over WebSocket; `None` disables the endpoint.
     pub ws_addr: Option<SocketAddr>,
-    /// Threads of the I/O runtime.
+    /// Threads of the I/O runtime (TCP connections).
     pub io_workers: usize,
+    /// Threads of the WebSocket listener's runtime (`trove-ws`): its
+    /// handshakes and connections run there, not on the I/O runtime's.
+    pub ws_io_workers: usize,
+    /// Niceness the WebSocket threads add to the server's (0..=19; 0: the
+    /// same priority as ingest): on a saturated machine the kernel serves
+    /// ingest first (docs/decisions/0055-websocket-io-runtime.md).
+    pub ws_io_nice: i32,
     /// Open connections (TCP and WebSocket together); past it a new one is
     /// answered TooManyConnections and closed.
     pub connections_max: usize,
@@ -160,6 +173,8 @@ impl Default for ServerConfig {
             tcp_addr: SocketAddr::from(([127, 0, 0, 1], 7400)),
             ws_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
             io_workers: 1,
+            ws_io_workers: 1,
+            ws_io_nice: ws_io::WS_IO_NICE_DEFAULT,
             connections_max: 1024,
             connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             frame_body_max: trove_proto::frame::FRAME_BODY_MAX_DEFAULT,
@@ -186,6 +201,11 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let checks = [
             (self.io_workers >= 1 && self.io_workers <= 256, "io_workers must be in 1..=256"),
+            (self.ws_io_workers >= 1 && self.ws_io_workers <= 256, "ws_io_workers must be in 1..=256"),
+            (
+                self.ws_io_nice >= 0 && self.ws_io_nice <= ws_io::NICE_MAX,
+                "ws_io_nice must be in 0..=19 (0: the ingest threads' priority)",
+            ),
             (self.connections_max >= 1, "connections_max must be at least 1"),
             (self.connections_per_address_max >= 1, "connections_per_address_max must be at least 1"),
             (
@@ -612,6 +632,8 @@ impl<G: WireGame> Drop for ProducerClaim<G> {
 /// A running data plane.
 pub struct Server<G: WireGame + json::JsonGame> {
     runtime: Option<tokio::runtime::Runtime>,
+    /// The WebSocket listener's (`None` with the endpoint off).
+    ws_runtime: Option<tokio::runtime::Runtime>,
     shared: Arc<Shared<G>>,
     stop: tokio::sync::watch::Sender<bool>,
     tcp_addr: SocketAddr,
@@ -692,17 +714,23 @@ impl<G: WireGame + json::JsonGame> Server<G> {
             tokio::net::TcpListener::from_std(tcp).map_err(|source| StartError::Listener { what: "TCP", source })?;
         let name = format!("tcp accept {tcp_addr}");
         tasks.push(task::spawn_named_on(runtime.handle(), &name, tcp::accept_loop(shared.clone(), listener)));
-        let mut ws_addr = None;
+        drop(_entered);
+        let (mut ws_addr, mut ws_runtime) = (None, None);
         if let Some(ws) = ws {
+            // The accept loop, each handshake and each connection: all on
+            // the WebSocket runtime (axum spawns on the one it runs on).
+            let rt = ws_io::runtime(config.ws_io_workers, config.ws_io_nice)?;
             let addr = ws.local_addr().map_err(|source| StartError::Listener { what: "WebSocket", source })?;
             ws_addr = Some(addr);
+            let _entered = rt.enter();
             let listener = tokio::net::TcpListener::from_std(ws)
                 .map_err(|source| StartError::Listener { what: "WebSocket", source })?;
             let name = format!("ws accept {addr}");
-            tasks.push(task::spawn_named_on(runtime.handle(), &name, ws::accept_loop(shared.clone(), listener)));
+            tasks.push(task::spawn_named_on(rt.handle(), &name, ws::accept_loop(shared.clone(), listener)));
+            drop(_entered);
+            ws_runtime = Some(rt);
         }
-        drop(_entered);
-        Ok(Self { runtime: Some(runtime), shared, stop, tcp_addr, ws_addr, tasks })
+        Ok(Self { runtime: Some(runtime), ws_runtime, shared, stop, tcp_addr, ws_addr, tasks })
     }
 
     pub fn tcp_addr(&self) -> SocketAddr {
@@ -731,10 +759,19 @@ impl<G: WireGame + json::JsonGame> Server<G> {
         self.runtime.as_ref().expect("running").handle().clone()
     }
 
+    /// The WebSocket listener's runtime, `None` with the endpoint off (the
+    /// control plane reports its metrics as `runtime="ws"`).
+    pub fn ws_runtime_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.ws_runtime.as_ref().map(|rt| rt.handle().clone())
+    }
+
     /// Stops accepting; lets every connection finish its accepted batches
     /// (their acknowledgements go out) within `drain`, then closes them.
+    /// The wait counts TCP and WebSocket connections together; then the
+    /// WebSocket runtime stops, then the I/O runtime.
     pub fn shutdown(mut self, drain: Duration) {
         let _ = self.stop.send(true);
+        let ws_runtime = self.ws_runtime.take();
         if let Some(rt) = self.runtime.take() {
             let tasks = std::mem::take(&mut self.tasks);
             let shared = self.shared.clone();
@@ -751,6 +788,9 @@ impl<G: WireGame + json::JsonGame> Server<G> {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             });
+            if let Some(ws) = ws_runtime {
+                ws.shutdown_timeout(Duration::from_millis(100));
+            }
             rt.shutdown_timeout(Duration::from_millis(100));
         }
     }

@@ -109,9 +109,11 @@ fn totals<G: Game>(src: &MetricsSources<G>, hunts: &[(u32, Value, u64)]) -> Tota
     for sh in &e.shards {
         fsync_ns.merge(&sh.fsync_ns);
     }
-    // The runtimes on the data path: the I/O runtime and, in the
-    // per-event modes, the engine's (as `trove bench` counts them).
+    // The runtimes on the data path: the I/O runtime, the WebSocket
+    // listener's and, in the per-event modes, the engine's (as `trove
+    // bench` counts them).
     let mut runtimes = vec![src.data_plane.clone()];
+    runtimes.extend(src.ws_plane.clone());
     runtimes.extend(src.engine.runtime_handle());
     let (mut polls, mut park_unparks) = (0u64, 0u64);
     for h in &runtimes {

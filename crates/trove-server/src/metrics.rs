@@ -18,6 +18,8 @@ pub struct MetricsSources<G: Game> {
     pub engine: Arc<Engine<G>>,
     pub server: Arc<ServerMetrics>,
     pub data_plane: tokio::runtime::Handle,
+    /// The WebSocket listener's runtime (`None` with the endpoint off).
+    pub ws_plane: Option<tokio::runtime::Handle>,
     pub control_plane: tokio::runtime::Handle,
 }
 
@@ -476,7 +478,11 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
 
     // The per-event modes apply events on a runtime of their own.
     let engine_runtime = src.engine.runtime_handle();
-    let mut runtimes = vec![("data", &src.data_plane), ("control", &src.control_plane)];
+    let mut runtimes = vec![("data", &src.data_plane)];
+    if let Some(h) = &src.ws_plane {
+        runtimes.push(("ws", h));
+    }
+    runtimes.push(("control", &src.control_plane));
     if let Some(h) = &engine_runtime {
         runtimes.push(("engine", h));
     }

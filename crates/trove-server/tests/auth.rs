@@ -78,6 +78,7 @@ impl Harness {
                 engine,
                 server_metrics: server.metrics_handle(),
                 data_plane: server.runtime_handle(),
+                ws_plane: server.ws_runtime_handle(),
                 info,
                 ready: Arc::new(AtomicBool::new(true)),
                 owners: None,

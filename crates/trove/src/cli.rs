@@ -170,9 +170,17 @@ pub struct Serve {
     /// TOKIO_CONSOLE_BIND) so `tokio-console` can attach to the I/O tasks.
     #[arg(long)]
     pub console: bool,
-    /// Threads of the I/O runtime [default: 1].
+    /// Threads of the I/O runtime (TCP connections) [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub io_workers: Option<u32>,
+    /// Threads of the WebSocket listener's runtime (`trove-ws`) [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub ws_io_workers: Option<u32>,
+    /// Niceness the WebSocket threads add to the server's, 0..=19: on a
+    /// saturated machine ingest (TCP, shards, journal) gets the cores
+    /// first; 0 runs them at ingest's priority [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=19))]
+    pub ws_io_nice: Option<u32>,
     /// Pin shard threads to cores.
     #[arg(long)]
     pub pin: bool,

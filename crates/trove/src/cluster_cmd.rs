@@ -314,6 +314,7 @@ pub fn serve(args: &Serve, start: NodeStart, wait: impl FnOnce() -> &'static str
                 engine: engine.clone(),
                 server_metrics: server.metrics_handle(),
                 data_plane: server.runtime_handle(),
+                ws_plane: server.ws_runtime_handle(),
                 info,
                 ready: ready.clone(),
                 owners: Some(owners),

@@ -68,6 +68,10 @@ pub struct ListenFile {
     /// The HTTP control plane: an address, or "off".
     pub control: Option<String>,
     pub io_workers: Option<usize>,
+    /// Threads of the WebSocket listener's runtime (`trove-ws`).
+    pub ws_io_workers: Option<usize>,
+    /// Niceness the WebSocket threads add to the server's, 0..=19.
+    pub ws_io_nice: Option<i32>,
     /// TLS on all three listeners: a PEM certificate chain and its key
     /// (both, or neither).
     pub tls_cert: Option<PathBuf>,
@@ -231,6 +235,12 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     };
     if let Some(n) = args.io_workers.map(|n| n as usize).or(l.io_workers) {
         server.io_workers = n;
+    }
+    if let Some(n) = args.ws_io_workers.map(|n| n as usize).or(l.ws_io_workers) {
+        server.ws_io_workers = n;
+    }
+    if let Some(n) = args.ws_io_nice.map(|n| n as i32).or(l.ws_io_nice) {
+        server.ws_io_nice = n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The journal's own count, if it has one, is read under the lock.
@@ -447,6 +457,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
                 engine: engine.clone(),
                 server_metrics: server.metrics_handle(),
                 data_plane: server.runtime_handle(),
+                ws_plane: server.ws_runtime_handle(),
                 info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info },
                 ready: ready.clone(),
                 owners: None,
@@ -470,6 +481,7 @@ pub fn run(args: &Serve) -> Result<(), String> {
                 engine: engine.clone(),
                 server_metrics: server.metrics_handle(),
                 data_plane: server.runtime_handle(),
+                ws_plane: server.ws_runtime_handle(),
                 info: ControlInfo { tcp_addr: server.tcp_addr(), ws_addr: server.ws_addr(), ..info_for_metrics },
                 ready: ready.clone(),
                 owners: None,
@@ -751,6 +763,12 @@ mod tests {
                 Some(trove_server::SUBSCRIBER_UPDATES_PER_SEC_MAX_DEFAULT)
             ),
             "the file states the default fan-out budget"
+        );
+        let d = ServerConfig::default();
+        assert_eq!(
+            (file.listen.ws_io_workers, file.listen.ws_io_nice),
+            (Some(d.ws_io_workers), Some(d.ws_io_nice)),
+            "the file states the WebSocket runtime's defaults"
         );
     }
 }

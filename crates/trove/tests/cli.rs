@@ -229,3 +229,30 @@ fn serve_refuses_a_tls_file_it_cannot_use_naming_it_before_touching_anything() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_refuses_websocket_runtime_settings_out_of_range() {
+    let dir = std::env::temp_dir().join(format!("trove-cli-ws-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let any = ["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--control", "off"];
+    // On the command line: a usage error naming the flag.
+    for (flag, value) in [("--ws-io-nice", "20"), ("--ws-io-workers", "0")] {
+        let out = trove(&[&["serve"][..], &any, &[flag, value]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+    // In the config file: the setting and its range.
+    for (key, value, says) in [
+        ("ws_io_nice", "20", "ws_io_nice must be in 0..=19"),
+        ("ws_io_workers", "0", "ws_io_workers must be in 1..=256"),
+    ] {
+        let config = dir.join(format!("{key}.toml"));
+        std::fs::write(&config, format!("[listen]\n{key} = {value}\n")).unwrap();
+        let out = trove(&[&["serve"][..], &any, &["--config", config.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key} = {value} was accepted");
+        assert!(stderr.contains(says), "{key} = {value}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -194,6 +194,9 @@ pub struct ServerArgs {
     /// `None`: in memory.
     pub fsync: Option<String>,
     pub io_workers: u32,
+    /// `--ws-io-workers` and `--ws-io-nice`, when given.
+    pub ws_io_workers: Option<u32>,
+    pub ws_io_nice: Option<u32>,
     /// `[limits] subscriber_push_interval_ms`, when given.
     pub subscriber_push_interval_ms: Option<u64>,
     /// `[limits] subscriber_wakeups_per_sec_max` and

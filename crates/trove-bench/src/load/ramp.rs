@@ -652,6 +652,8 @@ mod tests {
                 shards: None,
                 fsync: None,
                 io_workers: 1,
+                ws_io_workers: None,
+                ws_io_nice: None,
                 subscriber_push_interval_ms: None,
                 subscriber_budget: None,
             },

@@ -41,9 +41,12 @@ pub fn stage_latencies(a: &Scrape, b: &Scrape) -> Vec<StageLatency> {
         .collect()
 }
 
-/// The runtimes whose workers carry the data path: the I/O runtime and,
-/// in the per-event modes, the engine's.
-const HOT_RUNTIMES: [&str; 2] = ["runtime=\"data\"", "runtime=\"engine\""];
+/// The runtimes whose workers carry the data path: the I/O runtime, the
+/// WebSocket listener's (its subscribers' writes; absent with `--ws off`)
+/// and, in the per-event modes, the engine's. The server's CPU
+/// (`process_cpu_seconds_total`, from /proc) is the whole process's, so
+/// it counts every runtime's threads already.
+const HOT_RUNTIMES: [&str; 3] = ["runtime=\"data\"", "runtime=\"ws\"", "runtime=\"engine\""];
 
 /// The step's server figures from scrapes at its start and end, `seconds` apart.
 pub fn server_step(a: &Scrape, b: &Scrape, seconds: f64) -> ServerStep {
@@ -148,6 +151,22 @@ tokio_schedule_latency_seconds_bucket{runtime=\"data\",worker=\"0\",le=\"+Inf\"}
 trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"0.001\"} 5\n\
 trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"0.016\"} 6\n\
 trove_journal_fsync_seconds_bucket{shard=\"0\",le=\"+Inf\"} 6\n";
+
+    #[test]
+    fn the_websocket_runtime_is_on_the_data_path() {
+        let ws = |polls: u32, busy: f64| {
+            format!(
+                "tokio_workers{{runtime=\"ws\"}} 1\ntokio_worker_polls_total{{runtime=\"ws\",worker=\"0\"}} {polls}\n\
+                 tokio_worker_busy_seconds_total{{runtime=\"ws\",worker=\"0\"}} {busy}\n"
+            )
+        };
+        let (a, b) = (format!("{A}\n{}", ws(0, 0.0)), format!("{B}{}", ws(200, 1.0)));
+        let s = server_step(&parse(&a), &parse(&b), 2.0);
+        // The data runtime's 400 polls and the WebSocket runtime's 200.
+        assert_eq!(s.polls_per_event, 600.0 / 2000.0);
+        // One busy second on each of the two runtimes' one worker, in 2 s.
+        assert_eq!(s.worker_busy_ratio, 0.5);
+    }
 
     #[test]
     fn a_step_is_the_difference_of_two_scrapes() {

@@ -54,6 +54,12 @@ impl ChildServer {
             .args(["--mode", &spec.mode, "--tcp", "127.0.0.1:0", "--control", "127.0.0.1:0"])
             .args(["--ws", if spec.ws { "127.0.0.1:0" } else { "off" }])
             .args(["--io-workers", &spec.server.io_workers.to_string()]);
+        if let Some(n) = spec.server.ws_io_workers {
+            cmd.args(["--ws-io-workers", &n.to_string()]);
+        }
+        if let Some(n) = spec.server.ws_io_nice {
+            cmd.args(["--ws-io-nice", &n.to_string()]);
+        }
         if let Some(s) = spec.server.shards {
             cmd.args(["--shards", &s.to_string()]);
         }
