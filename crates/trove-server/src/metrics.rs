@@ -327,6 +327,12 @@ pub fn render<G: Game>(src: &MetricsSources<G>) -> String {
         s.busy_replies,
     );
     o.one(
+        "trove_queue_burst_admits_total",
+        "counter",
+        "Batches a shard's queue took past queue_wait_max on its burst allowance.",
+        e.shards.iter().map(|sh| sh.burst_admits).sum::<u64>(),
+    );
+    o.one(
         "trove_tls_handshakes_failed_total",
         "counter",
         "TLS handshakes on the protocol v1 listener that failed or timed out.",

@@ -15,10 +15,20 @@
 //! never part of the game state and never journaled: it only decides
 //! whether a batch is taken now or answered `Busy`, and a refused batch
 //! was never applied.
+//!
+//! A queue that passes the wait bound from calm gets a burst allowance
+//! (`queue_burst_allowance`, after PIE, RFC 8033) before it answers `Busy`: a
+//! shard thread that waited a few milliseconds for a core, or a slow
+//! `fdatasync`, leaves a queue that drains by itself at any load below
+//! capacity, and a `Busy` then would only make its producers pause, resend
+//! and grow their backlog (decision 0057). Past capacity the queue does not
+//! drain: the first `Busy` ends the allowance, and it comes back only once
+//! the queue has been calm (at most half the bound) with no `Busy` for an
+//! allowance's length, so sustained overload is refused as before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What `submit` saw on one shard: the queue before this batch's
 /// reservation, and the batch's share of events.
@@ -35,28 +45,91 @@ pub(crate) struct Bounds {
     pub batches_max: usize,
     pub events_max: usize,
     pub wait_max: Duration,
+    /// How long the expected wait may stay past `wait_max`, from calm,
+    /// before `Busy` ([`Burst`]).
+    pub burst_allowance: Duration,
+}
+
+/// What admission decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Within every bound.
+    Taken,
+    /// Past `wait_max`, on the burst allowance.
+    Burst,
+    Refused,
 }
 
 /// Whether a shard's queue takes the batch. `ps_per_event`: the shard's
 /// recent cost per drained event ([`DrainRate::ps_per_event`]; 0 before
-/// the first drain).
-pub(crate) fn admits(q: Queue, bounds: Bounds, ps_per_event: u64) -> bool {
+/// the first drain); `burst`: the queue's burst state, at `now`.
+pub(crate) fn admits(q: Queue, bounds: Bounds, ps_per_event: u64, burst: &Burst, now: Instant) -> Admit {
     if q.batches_before >= bounds.batches_max {
-        return false;
+        return Admit::Refused;
     }
     if q.events_before == 0 {
         // An empty queue takes any batch: `validate` keeps `events_max`
         // at least one largest batch, and the wait is the batch's own.
-        return true;
+        // It is calm, too.
+        return burst.admits(0, bounds, now);
     }
     if q.events_before + q.count > bounds.events_max {
-        return false;
+        return Admit::Refused;
     }
     // The wait is for the work ahead of the batch, not its own: a batch
     // larger than the wait bound is taken behind a short queue, not only
     // by an empty one (where producers of small batches could keep it
     // out for good).
-    expected_wait_ns(q.events_before, ps_per_event) <= bounds.wait_max.as_nanos()
+    burst.admits(expected_wait_ns(q.events_before, ps_per_event), bounds, now)
+}
+
+/// One queue's burst allowance, shared by every thread that submits to it.
+/// Two atomics, read on every submit to a queue that is not empty; written
+/// only when a burst starts or ends and on `Busy`.
+#[derive(Debug)]
+pub(crate) struct Burst {
+    epoch: Instant,
+    /// Nanoseconds after `epoch`, plus one, of the first submit that found
+    /// the expected wait past the bound since the queue was last calm; 0
+    /// while it is calm.
+    over_since: AtomicU64,
+    /// Nanoseconds after `epoch`, plus one, of the last `Busy`; 0: none yet.
+    busy_at: AtomicU64,
+}
+
+impl Burst {
+    pub fn new(epoch: Instant) -> Self {
+        Self { epoch, over_since: AtomicU64::new(0), busy_at: AtomicU64::new(0) }
+    }
+
+    /// The wait bound with the allowance: `wait_ns` expected behind the
+    /// queue. Records a burst's start, its end, and each `Busy`.
+    fn admits(&self, wait_ns: u128, bounds: Bounds, now: Instant) -> Admit {
+        let max_ns = bounds.wait_max.as_nanos();
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        let allowance = bounds.burst_allowance.as_nanos() as u64;
+        let within = |since: u64| since != 0 && now.saturating_sub(since) < allowance;
+        if wait_ns <= max_ns {
+            if wait_ns <= max_ns / 2 && !within(self.busy_at.load(Relaxed)) {
+                // Calm, and no `Busy` lately: the next burst gets its
+                // allowance. (Stored only when it changes: the line is
+                // shared by every submitting thread.)
+                if self.over_since.load(Relaxed) != 0 {
+                    self.over_since.store(0, Relaxed);
+                }
+            }
+            return Admit::Taken;
+        }
+        let since = match self.over_since.compare_exchange(0, now, Relaxed, Relaxed) {
+            Ok(_) => now,
+            Err(since) => since,
+        };
+        if within(since) {
+            return Admit::Burst;
+        }
+        self.busy_at.store(now, Relaxed);
+        Admit::Refused
+    }
 }
 
 /// The time to work off `events` at `ps_per_event`, in nanoseconds.
@@ -123,7 +196,18 @@ impl DrainRate {
 mod tests {
     use super::*;
 
-    const BOUNDS: Bounds = Bounds { batches_max: 4, events_max: 1000, wait_max: Duration::from_millis(2) };
+    const BOUNDS: Bounds = Bounds {
+        batches_max: 4,
+        events_max: 1000,
+        wait_max: Duration::from_millis(2),
+        burst_allowance: Duration::ZERO,
+    };
+
+    /// The bounds alone: no burst allowance.
+    fn admits(q: Queue, bounds: Bounds, ps_per_event: u64) -> bool {
+        let now = Instant::now();
+        super::admits(q, bounds, ps_per_event, &Burst::new(now), now) == Admit::Taken
+    }
 
     fn q(batches_before: usize, events_before: usize, count: usize) -> Queue {
         Queue { batches_before, events_before, count }
@@ -153,6 +237,72 @@ mod tests {
         // behind 100 events (1 ms) it is taken.
         assert!(admits(q(1, 100, 500), BOUNDS, 10_000_000));
         assert!(!admits(q(1, 201, 1), BOUNDS, 10_000_000));
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// 1 us per event against a 2 ms bound with a 50 ms allowance: 3,000
+    /// events ahead are past the bound, 1,500 within it, 500 calm.
+    fn burst_case() -> (Bounds, u64, impl Fn(&Burst, Instant, usize) -> bool) {
+        let bounds = Bounds { events_max: 1 << 20, burst_allowance: 50 * MS, ..BOUNDS };
+        (bounds, 1_000_000, move |b: &Burst, at: Instant, ahead: usize| {
+            super::admits(q(1, ahead, 1), bounds, 1_000_000, b, at) != Admit::Refused
+        })
+    }
+
+    #[test]
+    fn a_burst_from_calm_is_admitted_for_the_allowance_then_refused() {
+        let (_, _, take) = burst_case();
+        let t0 = Instant::now();
+        let b = Burst::new(t0);
+        assert!(take(&b, t0, 500));
+        let past = super::admits(q(1, 3000, 1), burst_case().0, 1_000_000, &b, t0 + MS);
+        assert_eq!(past, Admit::Burst, "the burst starts: admitted on the allowance");
+        assert!(take(&b, t0 + 50 * MS, 3000), "49 ms into it");
+        assert!(!take(&b, t0 + 51 * MS, 3000), "the allowance is spent");
+        assert!(take(&b, t0 + 52 * MS, 1500), "within the bound is always taken");
+        assert!(!take(&b, t0 + 53 * MS, 3000), "a dip within the bound is not calm");
+    }
+
+    #[test]
+    fn the_allowance_comes_back_only_after_calm_without_busy() {
+        let (_, _, take) = burst_case();
+        let t0 = Instant::now();
+        let b = Burst::new(t0);
+        assert!(take(&b, t0, 3000));
+        assert!(!take(&b, t0 + 60 * MS, 3000), "past the allowance");
+        // Calm soon after a Busy: sustained overload's dips do not count.
+        assert!(take(&b, t0 + 70 * MS, 500));
+        assert!(!take(&b, t0 + 71 * MS, 3000), "no new allowance 11 ms after a Busy");
+        // Calm with no Busy for an allowance: the next burst gets one.
+        assert!(take(&b, t0 + 130 * MS, 500));
+        assert!(take(&b, t0 + 131 * MS, 3000), "a new burst, a new allowance");
+        assert!(take(&b, t0 + 180 * MS, 3000));
+        assert!(!take(&b, t0 + 182 * MS, 3000));
+    }
+
+    #[test]
+    fn an_empty_queue_is_calm() {
+        let (bounds, ps, take) = burst_case();
+        let t0 = Instant::now();
+        let b = Burst::new(t0);
+        assert!(take(&b, t0, 3000));
+        assert_eq!(
+            super::admits(q(0, 0, 1), bounds, ps, &b, t0 + 10 * MS),
+            Admit::Taken,
+            "an empty queue takes any batch"
+        );
+        assert!(take(&b, t0 + 55 * MS, 3000), "the burst ended at the empty queue: a new one");
+    }
+
+    #[test]
+    fn the_memory_bounds_hold_within_an_allowance() {
+        let (bounds, ps, _) = burst_case();
+        let t0 = Instant::now();
+        let b = Burst::new(t0);
+        let small = Bounds { events_max: 1000, ..bounds };
+        assert_eq!(super::admits(q(1, 999, 2), small, ps, &b, t0), Admit::Refused, "events");
+        assert_eq!(super::admits(q(4, 1, 1), small, ps, &b, t0), Admit::Refused, "batches");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::time::Instant;
 use trove_core::{Game, GameState, Stamped, WorldId};
 use trove_journal::FsyncPolicy;
 
-use crate::admission::{self, Bounds, DrainRate, Queue};
+use crate::admission::{self, Admit, Bounds, Burst, DrainRate, Queue};
 use crate::clock::{ClockMode, EngineClock};
 use crate::engine::EngineConfig;
 use crate::error::StartError;
@@ -166,6 +166,8 @@ struct Shard<G: Game> {
     /// (`DrainRate`): what `queue_wait_max` is judged by.
     ps_per_event: Arc<AtomicU64>,
     metrics: Arc<ShardMetrics>,
+    /// The queue's burst allowance (`queue_burst_allowance`).
+    burst: Burst,
     standing: Arc<Standing>,
     thread: Mutex<Option<JoinHandle<Vec<(WorldId, u64)>>>>,
 }
@@ -192,6 +194,7 @@ impl<G: Game> Sharded<G> {
         failure: Arc<OnceLock<String>>,
     ) -> Result<Self, StartError> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let epoch = Instant::now();
         let mut recovered = recovered.map(Vec::into_iter);
         let mut shards = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
@@ -248,6 +251,7 @@ impl<G: Game> Sharded<G> {
                 queued_events,
                 ps_per_event,
                 metrics,
+                burst: Burst::new(epoch),
                 standing,
                 thread: Mutex::new(Some(thread)),
             });
@@ -256,6 +260,7 @@ impl<G: Game> Sharded<G> {
             batches_max: config.queue_batches_max,
             events_max: config.queue_events_max,
             wait_max: config.queue_wait_max,
+            burst_allowance: config.queue_burst_allowance,
         };
         Ok(Self { shards, bounds, failure, ownership: Mutex::new(()) })
     }
@@ -360,6 +365,7 @@ impl<G: Game> Sharded<G> {
         }
         let involved = |s: usize| counts[s] > 0;
         let bounds = self.bounds;
+        let submitted_at = Instant::now();
         let release = |upto: usize| {
             for u in (0..upto).filter(|&u| involved(u)) {
                 self.shards[u].queued.fetch_sub(1, SeqCst);
@@ -380,9 +386,15 @@ impl<G: Game> Sharded<G> {
             // (`admission`), so what is admitted waits behind a bounded
             // amount of work instead of growing the tail.
             let queue = Queue { batches_before, events_before, count: count as usize };
-            if !admission::admits(queue, bounds, shard.ps_per_event.load(Relaxed)) {
-                release(s + 1);
-                return Err(SubmitError::Busy);
+            match admission::admits(queue, bounds, shard.ps_per_event.load(Relaxed), &shard.burst, submitted_at) {
+                Admit::Taken => {}
+                Admit::Burst => {
+                    shard.metrics.burst_admits.fetch_add(1, Relaxed);
+                }
+                Admit::Refused => {
+                    release(s + 1);
+                    return Err(SubmitError::Busy);
+                }
             }
         }
         // Checked after reserving: shutdown clears `accepting` and then waits
@@ -421,7 +433,6 @@ impl<G: Game> Sharded<G> {
                 .unzip()
         };
         let split = layout.len() > 1;
-        let submitted_at = Instant::now();
         for (part, (s, events)) in parts.into_iter().enumerate() {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);

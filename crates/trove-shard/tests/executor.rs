@@ -306,36 +306,48 @@ fn a_shard_queue_is_bounded_in_events_too() {
     assert_eq!(engine.shutdown().events_applied, 350);
 }
 
+/// One drain of 1,024 events (the least the shard measures) that keeps
+/// shard 0 busy at least 100 ms (a query queued behind them runs in the
+/// same drain): its measured cost is then about 100 us per event or more.
+/// Returns once the drain is measured.
+fn measure_a_slow_drain(
+    engine: &Engine<TreasureHunt>,
+    p: &mut trove_shard::Producer<TreasureHunt>,
+    events: &[Stamped<HuntEvent>],
+) {
+    let (release, _answered) = hold_shard_of_world_0(engine);
+    p.submit(&mut events.to_vec()).unwrap();
+    let _slow = engine.query_world(0, |_| std::thread::sleep(Duration::from_millis(100)));
+    release.send(()).unwrap();
+    let c = p.complete_timeout(Duration::from_secs(60)).expect("the first batch");
+    assert_eq!(c.outcomes.len(), events.len());
+    // The drain is measured when it ends, after its outcomes are out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.metrics().shards[0].busy_ns < 100_000_000 {
+        assert!(std::time::Instant::now() < deadline, "the drain never ended");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Admission bounds the expected wait too (`queue_wait_max`): a shard that
 /// has been working its queue off slowly takes a batch only behind less
-/// work than the bound, and any batch once its queue is empty.
+/// work than the bound, and any batch once its queue is empty. (No burst
+/// allowance here: the bound alone.)
 #[test]
 fn a_shard_queue_is_bounded_in_expected_wait() {
     for (wait_max, refused) in [(Duration::from_millis(2), true), (Duration::from_secs(60), false)] {
-        let cfg = EngineConfig { queue_wait_max: wait_max, ..config(Mode::Sharded, 1) };
+        let cfg = EngineConfig {
+            queue_wait_max: wait_max,
+            queue_burst_allowance: Duration::ZERO,
+            ..config(Mode::Sharded, 1)
+        };
         let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
-        let hold = || hold_shard_of_world_0(&engine);
         let events = stream(0, 1, 1200);
         let mut p = engine.producer();
-        // One drain of 1,024 events (the least the shard measures) that
-        // keeps the shard busy at least 100 ms (a query queued behind them
-        // runs in the same drain): its measured cost is then about 100 us
-        // per event or more.
-        let (release, _answered) = hold();
-        p.submit(&mut events[..1024].to_vec()).unwrap();
-        let _slow = engine.query_world(0, |_| std::thread::sleep(Duration::from_millis(100)));
-        release.send(()).unwrap();
-        let c = p.complete_timeout(Duration::from_secs(60)).expect("the first batch");
-        assert_eq!(c.outcomes.len(), 1024);
-        // The drain is measured when it ends, after its outcomes are out.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while engine.metrics().shards[0].busy_ns < 100_000_000 {
-            assert!(std::time::Instant::now() < deadline, "the drain never ended");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        measure_a_slow_drain(&engine, &mut p, &events[..1024]);
         // Held again: 50 events are taken by the empty queue; behind them
         // one more would wait about 5 ms at that rate, past a 2 ms bound.
-        let (release, _answered) = hold();
+        let (release, _answered) = hold_shard_of_world_0(&engine);
         p.submit(&mut events[1024..1074].to_vec()).unwrap();
         let mut last = events[1074..1075].to_vec();
         let second_try = p.submit(&mut last);
@@ -354,6 +366,40 @@ fn a_shard_queue_is_bounded_in_expected_wait() {
         assert_eq!(engine.metrics().busy_replies, u64::from(refused));
         assert_eq!(engine.shutdown().events_applied, 1075);
     }
+}
+
+/// A queue that passes its wait bound from calm is still taken for the
+/// burst allowance (a stall that drains by itself is not refused), and
+/// refused once the allowance is spent.
+#[test]
+fn a_queue_past_its_wait_is_taken_for_the_burst_allowance_then_refused() {
+    let allowance = Duration::from_millis(300);
+    let cfg = EngineConfig {
+        queue_wait_max: Duration::from_millis(2),
+        queue_burst_allowance: allowance,
+        ..config(Mode::Sharded, 1)
+    };
+    let engine = Engine::<TreasureHunt>::start(cfg).unwrap();
+    let events = stream(0, 1, 1200);
+    let mut p = engine.producer();
+    measure_a_slow_drain(&engine, &mut p, &events[..1024]);
+    let (release, _answered) = hold_shard_of_world_0(&engine);
+    p.submit(&mut events[1024..1074].to_vec()).unwrap();
+    // Past the 2 ms bound (about 5 ms behind the 50), from calm: taken.
+    p.submit(&mut events[1074..1075].to_vec()).expect("within the burst allowance");
+    std::thread::sleep(allowance + Duration::from_millis(100));
+    let mut last = events[1075..1076].to_vec();
+    assert_eq!(p.submit(&mut last), Err(SubmitError::Busy), "the allowance is spent");
+    release.send(()).unwrap();
+    let mut done = 0;
+    while done < 51 {
+        done += p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len();
+    }
+    // The queue is empty again: the refused batch is taken.
+    p.submit(&mut last).unwrap();
+    assert_eq!(p.complete_timeout(Duration::from_secs(60)).expect("acknowledged").outcomes.len(), 1);
+    assert_eq!(engine.metrics().busy_replies, 1);
+    assert_eq!(engine.shutdown().events_applied, 1076);
 }
 
 #[test]

@@ -87,6 +87,9 @@ pub struct EngineFile {
     /// Microseconds of work a shard's queue may hold, at its measured rate,
     /// before producers get BUSY (`EngineConfig::queue_wait_max`).
     pub queue_wait_max_us: Option<u64>,
+    /// Milliseconds a queue's wait may stay past `queue_wait_max_us`, from
+    /// calm, before BUSY (`EngineConfig::queue_burst_allowance`; 0: none).
+    pub queue_burst_allowance_ms: Option<u64>,
     pub drain_events_max: Option<usize>,
     pub worlds_max: Option<usize>,
     pub dedup_window_events: Option<usize>,
@@ -171,6 +174,9 @@ pub fn settings(args: &Serve) -> Result<ServeSettings, String> {
     set(&mut engine.queue_events_max, e.queue_events_max);
     if let Some(us) = e.queue_wait_max_us {
         engine.queue_wait_max = Duration::from_micros(us);
+    }
+    if let Some(ms) = e.queue_burst_allowance_ms {
+        engine.queue_burst_allowance = Duration::from_millis(ms);
     }
     set(&mut engine.drain_events_max, e.drain_events_max);
     set(&mut engine.worlds_max, e.worlds_max);
@@ -769,6 +775,14 @@ mod tests {
             (file.listen.ws_io_workers, file.listen.ws_io_nice),
             (Some(d.ws_io_workers), Some(d.ws_io_nice)),
             "the file states the WebSocket runtime's defaults"
+        );
+        assert_eq!(
+            (file.engine.queue_wait_max_us, file.engine.queue_burst_allowance_ms),
+            (
+                Some(trove_shard::engine::QUEUE_WAIT_MAX_DEFAULT.as_micros() as u64),
+                Some(trove_shard::engine::QUEUE_BURST_ALLOWANCE_DEFAULT.as_millis() as u64)
+            ),
+            "the file states the default admission bounds"
         );
     }
 }
