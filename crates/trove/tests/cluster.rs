@@ -17,6 +17,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ use common::{Listening, Serve};
 use trove_bench::nats::{NatsCluster, NatsServer, nats_server_or_skip};
 use trove_client::{ClusterConfig, ClusterProducer};
 use trove_hunt::{HuntConfig, HuntEvent, HuntOutcome, TreasureHunt};
+use trove_proto::WireGame;
+use trove_proto::frame::{self, ErrorCode, Frame, HEADER_LEN, Hello, Kind, Sizes};
 
 /// Hunts the producers join players to (spread over the partitions).
 const HUNTS: u32 = 24;
@@ -346,6 +349,17 @@ fn with_three_replicas_one_nats_server_may_die_and_two_stop_the_acknowledgements
         logs.contains("could not make a batch durable") || logs.contains("could not renew the lease"),
         "the nodes never said the cluster's log was unavailable:\n{logs}"
     );
+    // A producer of its own on each node, without the SDK's retries: its
+    // batch is answered with a typed error (the log is `unavailable`, or
+    // the node gave the partition up: `not_owner`), never an ACK.
+    for node in &nodes {
+        let code = answer_without_quorum(node.at.tcp);
+        assert!(
+            code == ErrorCode::Unavailable as u16 || code == ErrorCode::NotOwner as u16,
+            "node {} answered error code {code} without a quorum",
+            node.name
+        );
+    }
 
     nats.restart(1);
     nats.restart(2);
@@ -356,6 +370,34 @@ fn with_three_replicas_one_nats_server_may_die_and_two_stop_the_acknowledgements
     wait_owned(&nodes[0], &["a", "b"]);
     let refs: Vec<&Node> = nodes.iter().collect();
     check_hunts(&refs, &urls, &seen);
+}
+
+/// One batch (a join to a hunt the producers do not use, so the checks of
+/// their hunts stay exact whether it ever becomes durable or not) on a
+/// connection of its own to `tcp`: the ERROR code it is answered with.
+/// Panics on an ACK, a BUSY or no answer within the deadline.
+fn answer_without_quorum(tcp: SocketAddr) -> u16 {
+    let mut s = std::net::TcpStream::connect(tcp).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut out = Vec::new();
+    frame::encode_hello(&mut out, &Hello::v1(0, 0));
+    frame::encode_events(&mut out, 1, &[HuntEvent::join(HUNTS + 1, 1)]);
+    s.write_all(&out).expect("HELLO and EVENTS");
+    let sizes = Sizes { record: <HuntEvent as trove_core::Record>::SIZE, outcome: TreasureHunt::OUTCOME_SIZE };
+    let mut welcomed = false;
+    loop {
+        let mut head = [0u8; HEADER_LEN];
+        s.read_exact(&mut head).expect("an answer within the deadline");
+        let (len, kind) = (u32::from_le_bytes(head[..4].try_into().unwrap()), head[4]);
+        let mut body = vec![0u8; len as usize];
+        s.read_exact(&mut body).expect("the answer's body");
+        let kind = Kind::from_u8(kind).expect("a known kind");
+        match frame::decode(frame::Header { kind, flags: head[5], len }, &body, sizes).expect("a valid frame") {
+            Frame::Welcome(_) if !welcomed => welcomed = true,
+            Frame::Error { code, .. } => return code,
+            other => panic!("answered {other:?} without a quorum"),
+        }
+    }
 }
 
 /// The owner of the most partitions stops (SIGSTOP) for twice its lease:
