@@ -22,9 +22,10 @@
 //! `fdatasync`, leaves a queue that drains by itself at any load below
 //! capacity, and a `Busy` then would only make its producers pause, resend
 //! and grow their backlog (decision 0057). Past capacity the queue does not
-//! drain: the first `Busy` ends the allowance, and it comes back only once
-//! the queue has been calm (at most half the bound) with no `Busy` for an
-//! allowance's length, so sustained overload is refused as before.
+//! drain: once the allowance is spent every submit past the bound is
+//! refused, and a new burst gets an allowance only after a submit finds
+//! the queue calm (at most half the bound) when no `Busy` has been answered
+//! for an allowance's length, so sustained overload is refused as before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -83,9 +84,14 @@ pub(crate) fn admits(q: Queue, bounds: Bounds, ps_per_event: u64, burst: &Burst,
     burst.admits(expected_wait_ns(q.events_before, ps_per_event), bounds, now)
 }
 
+/// The time to work off `events` at `ps_per_event`, in nanoseconds.
+pub(crate) fn expected_wait_ns(events: usize, ps_per_event: u64) -> u128 {
+    events as u128 * u128::from(ps_per_event) / 1000
+}
+
 /// One queue's burst allowance, shared by every thread that submits to it.
-/// Two atomics, read on every submit to a queue that is not empty; written
-/// only when a burst starts or ends and on `Busy`.
+/// Two atomics, read on every submit to a queue that has work; written
+/// when a burst starts or ends and on `Busy`.
 #[derive(Debug)]
 pub(crate) struct Burst {
     epoch: Instant,
@@ -93,7 +99,8 @@ pub(crate) struct Burst {
     /// the expected wait past the bound since the queue was last calm; 0
     /// while it is calm.
     over_since: AtomicU64,
-    /// Nanoseconds after `epoch`, plus one, of the last `Busy`; 0: none yet.
+    /// Nanoseconds after `epoch`, plus one, of the latest `Busy`; 0: none
+    /// yet.
     busy_at: AtomicU64,
 }
 
@@ -103,19 +110,25 @@ impl Burst {
     }
 
     /// The wait bound with the allowance: `wait_ns` expected behind the
-    /// queue. Records a burst's start, its end, and each `Busy`.
+    /// queue. A burst ends at the first submit that finds the queue calm
+    /// (within half the bound, or empty) when no `Busy` has been answered
+    /// for an allowance's length; the next burst then gets a new
+    /// allowance. Past capacity every submit past the bound is refused and
+    /// the producers keep coming, so the queue gets no new allowance
+    /// unless they all stay away for that long.
     fn admits(&self, wait_ns: u128, bounds: Bounds, now: Instant) -> Admit {
         let max_ns = bounds.wait_max.as_nanos();
         let now = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
         let allowance = bounds.burst_allowance.as_nanos() as u64;
-        let within = |since: u64| since != 0 && now.saturating_sub(since) < allowance;
+        let within = |at: u64| at != 0 && now.saturating_sub(at) < allowance;
         if wait_ns <= max_ns {
-            if wait_ns <= max_ns / 2 && !within(self.busy_at.load(Relaxed)) {
-                // Calm, and no `Busy` lately: the next burst gets its
-                // allowance. (Stored only when it changes: the line is
-                // shared by every submitting thread.)
-                if self.over_since.load(Relaxed) != 0 {
-                    self.over_since.store(0, Relaxed);
+            if wait_ns <= max_ns / 2 {
+                let since = self.over_since.load(Relaxed);
+                if since != 0 && !within(self.busy_at.load(Relaxed)) {
+                    // Against what was read: a burst that started
+                    // meanwhile keeps its start. (Written only when it
+                    // changes: every submitting thread shares the line.)
+                    let _ = self.over_since.compare_exchange(since, 0, Relaxed, Relaxed);
                 }
             }
             return Admit::Taken;
@@ -127,14 +140,11 @@ impl Burst {
         if within(since) {
             return Admit::Burst;
         }
-        self.busy_at.store(now, Relaxed);
+        // `fetch_max`: a submit that read its clock earlier and stores
+        // later never moves the mark back.
+        self.busy_at.fetch_max(now, Relaxed);
         Admit::Refused
     }
-}
-
-/// The time to work off `events` at `ps_per_event`, in nanoseconds.
-pub(crate) fn expected_wait_ns(events: usize, ps_per_event: u64) -> u128 {
-    events as u128 * u128::from(ps_per_event) / 1000
 }
 
 /// A shard's recent drain rate: busy time per drained event, averaged over
@@ -274,11 +284,14 @@ mod tests {
         // Calm soon after a Busy: sustained overload's dips do not count.
         assert!(take(&b, t0 + 70 * MS, 500));
         assert!(!take(&b, t0 + 71 * MS, 3000), "no new allowance 11 ms after a Busy");
+        // Within the bound but past half of it: not calm.
+        assert!(take(&b, t0 + 130 * MS, 1500));
+        assert!(!take(&b, t0 + 131 * MS, 3000), "still the burst of t0");
         // Calm with no Busy for an allowance: the next burst gets one.
-        assert!(take(&b, t0 + 130 * MS, 500));
-        assert!(take(&b, t0 + 131 * MS, 3000), "a new burst, a new allowance");
-        assert!(take(&b, t0 + 180 * MS, 3000));
-        assert!(!take(&b, t0 + 182 * MS, 3000));
+        assert!(take(&b, t0 + 190 * MS, 500));
+        assert!(take(&b, t0 + 191 * MS, 3000), "a new burst, a new allowance");
+        assert!(take(&b, t0 + 240 * MS, 3000));
+        assert!(!take(&b, t0 + 242 * MS, 3000));
     }
 
     #[test]
@@ -293,16 +306,22 @@ mod tests {
             "an empty queue takes any batch"
         );
         assert!(take(&b, t0 + 55 * MS, 3000), "the burst ended at the empty queue: a new one");
+        assert!(!take(&b, t0 + 106 * MS, 3000), "and it is spent in turn");
+        assert_eq!(super::admits(q(0, 0, 1), bounds, ps, &b, t0 + 120 * MS), Admit::Taken);
+        assert!(!take(&b, t0 + 121 * MS, 3000), "empty 14 ms after a Busy: no new allowance");
     }
 
     #[test]
     fn the_memory_bounds_hold_within_an_allowance() {
-        let (bounds, ps, _) = burst_case();
+        let (bounds, ps, take) = burst_case();
         let t0 = Instant::now();
         let b = Burst::new(t0);
-        let small = Bounds { events_max: 1000, ..bounds };
-        assert_eq!(super::admits(q(1, 999, 2), small, ps, &b, t0), Admit::Refused, "events");
-        assert_eq!(super::admits(q(4, 1, 1), small, ps, &b, t0), Admit::Refused, "batches");
+        // A burst: 3,000 events ahead at 1 us is past the 2 ms bound.
+        assert!(take(&b, t0, 3000));
+        let small = Bounds { events_max: 3500, batches_max: 4, ..bounds };
+        assert_eq!(super::admits(q(1, 3000, 400), small, ps, &b, t0 + MS), Admit::Burst, "on the allowance");
+        assert_eq!(super::admits(q(1, 3000, 501), small, ps, &b, t0 + MS), Admit::Refused, "events");
+        assert_eq!(super::admits(q(4, 3000, 1), small, ps, &b, t0 + MS), Admit::Refused, "batches");
     }
 
     #[test]

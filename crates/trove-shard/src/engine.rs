@@ -568,6 +568,10 @@ impl<G: Game> Engine<G> {
             mode: self.inner.config.mode.name(),
             shards,
             busy_replies: self.inner.busy_replies.load(Ordering::Relaxed),
+            burst_admits: match &self.inner.backend {
+                Backend::Sharded(s) => s.burst_admits(),
+                Backend::PerEvent(_) => 0,
+            },
         }
     }
 

@@ -231,8 +231,6 @@ pub struct ShardMetrics {
     pub fsync_ns: Histogram,
     /// Retried events answered without being applied again.
     pub retries: AtomicU64,
-    /// Batches taken past `queue_wait_max` on the burst allowance.
-    pub burst_admits: AtomicU64,
     /// Snapshots written.
     pub snapshots: AtomicU64,
     /// Size of the last snapshot.
@@ -259,7 +257,6 @@ impl ShardMetrics {
             fsyncs: AtomicU64::new(0),
             fsync_ns: Histogram::default(),
             retries: AtomicU64::new(0),
-            burst_admits: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
         }
@@ -284,7 +281,6 @@ impl ShardMetrics {
             fsyncs: self.fsyncs.load(Relaxed),
             fsync_ns: self.fsync_ns.snapshot(),
             retries: self.retries.load(Relaxed),
-            burst_admits: self.burst_admits.load(Relaxed),
             snapshots: self.snapshots.load(Relaxed),
             snapshot_bytes: self.snapshot_bytes.load(Relaxed),
         }
@@ -311,7 +307,6 @@ pub struct ShardMetricsSnapshot {
     pub fsyncs: u64,
     pub fsync_ns: HistogramSnapshot,
     pub retries: u64,
-    pub burst_admits: u64,
     pub snapshots: u64,
     pub snapshot_bytes: u64,
 }
@@ -331,6 +326,9 @@ pub struct EngineMetrics {
     pub shards: Vec<ShardMetricsSnapshot>,
     /// Submissions answered `Busy`.
     pub busy_replies: u64,
+    /// Batches taken with a shard's queue past `queue_wait_max`, on its
+    /// burst allowance.
+    pub burst_admits: u64,
 }
 
 impl EngineMetrics {

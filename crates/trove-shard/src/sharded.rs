@@ -181,9 +181,16 @@ pub(crate) struct Sharded<G: Game> {
     failure: Arc<OnceLock<String>>,
     /// Serialises `install` and `vacate` (cluster mode's control calls).
     ownership: Mutex<()>,
+    /// Batches taken with a queue on its burst allowance.
+    burst_admits: AtomicU64,
 }
 
 impl<G: Game> Sharded<G> {
+    /// Batches taken with a shard's queue on its burst allowance.
+    pub fn burst_admits(&self) -> u64 {
+        self.burst_admits.load(Relaxed)
+    }
+
     /// Starts the shard threads, with the states and journal writers
     /// recovered from a journal if there is one.
     pub fn start(
@@ -262,7 +269,7 @@ impl<G: Game> Sharded<G> {
             wait_max: config.queue_wait_max,
             burst_allowance: config.queue_burst_allowance,
         };
-        Ok(Self { shards, bounds, failure, ownership: Mutex::new(()) })
+        Ok(Self { shards, bounds, failure, ownership: Mutex::new(()), burst_admits: AtomicU64::new(0) })
     }
 
     /// Cluster mode: shard `index` owns its partition from now on, with
@@ -365,7 +372,7 @@ impl<G: Game> Sharded<G> {
         }
         let involved = |s: usize| counts[s] > 0;
         let bounds = self.bounds;
-        let submitted_at = Instant::now();
+        let mut on_allowance = false;
         let release = |upto: usize| {
             for u in (0..upto).filter(|&u| involved(u)) {
                 self.shards[u].queued.fetch_sub(1, SeqCst);
@@ -386,11 +393,11 @@ impl<G: Game> Sharded<G> {
             // (`admission`), so what is admitted waits behind a bounded
             // amount of work instead of growing the tail.
             let queue = Queue { batches_before, events_before, count: count as usize };
-            match admission::admits(queue, bounds, shard.ps_per_event.load(Relaxed), &shard.burst, submitted_at) {
+            // The clock after the reservation: what the queue looked like
+            // then, not before a preemption in between.
+            match admission::admits(queue, bounds, shard.ps_per_event.load(Relaxed), &shard.burst, Instant::now()) {
                 Admit::Taken => {}
-                Admit::Burst => {
-                    shard.metrics.burst_admits.fetch_add(1, Relaxed);
-                }
+                Admit::Burst => on_allowance = true,
                 Admit::Refused => {
                     release(s + 1);
                     return Err(SubmitError::Busy);
@@ -433,6 +440,10 @@ impl<G: Game> Sharded<G> {
                 .unzip()
         };
         let split = layout.len() > 1;
+        let submitted_at = Instant::now();
+        if on_allowance {
+            self.burst_admits.fetch_add(1, Relaxed);
+        }
         for (part, (s, events)) in parts.into_iter().enumerate() {
             let shard = &self.shards[s];
             shard.metrics.queue_depth_batches.fetch_add(1, Relaxed);
