@@ -788,13 +788,22 @@ impl<G: WireGame + json::JsonGame> Server<G> {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             });
+            // Returns once the workers have dropped their tasks (each holds
+            // the engine through `shared`; the caller unwraps it next); the
+            // bound is for a worker that does not stop. The WebSocket
+            // threads run at a lower priority: on a busy machine they may
+            // take a while to be scheduled at all.
             if let Some(ws) = ws_runtime {
-                ws.shutdown_timeout(Duration::from_millis(100));
+                ws.shutdown_timeout(RUNTIME_STOP_MAX);
             }
-            rt.shutdown_timeout(Duration::from_millis(100));
+            rt.shutdown_timeout(RUNTIME_STOP_MAX);
         }
     }
 }
+
+/// How long `Server::shutdown` waits for a runtime's workers to drop their
+/// tasks once the drain is over.
+const RUNTIME_STOP_MAX: Duration = Duration::from_secs(2);
 
 /// The data plane's listeners, bound (and so checked) before anything is
 /// started: [`Server::start_on`] serves on them.
