@@ -109,13 +109,9 @@ fn checked(flags: &BenchLoad, workload: WorkloadSpec) -> Result<LoadArgs, String
     if flags.target_ws.is_some() && (flags.target.is_none() || !flags.subscribers_ws) {
         return Err("--target-ws names the WebSocket listener of a --target, for --subscribers-ws".into());
     }
-    // A cluster node's map gives every node's WebSocket address, so with
-    // --metrics the need is known only once the target is asked (load::run).
-    if flags.subscribers_ws && flags.target.is_some() && flags.target_ws.is_none() && flags.metrics.is_none() {
-        return Err("--subscribers-ws against a --target needs its WebSocket address: --target-ws HOST:PORT (or, for \
-                    a cluster node, --metrics: the cluster's map gives every node's)"
-            .into());
-    }
+    // Whether --subscribers-ws against a --target needs --target-ws is
+    // known once the target is asked whether it is a cluster node
+    // (`load::run`): the cluster's map gives every node's address.
     if flags.force && flags.target.is_none() {
         return Err("--force plays into a --target's existing hunts: add --target".into());
     }

@@ -229,9 +229,13 @@ pub fn run(args: &LoadArgs) -> Result<Outcome, String> {
         };
         let ws_subscribers = args.fanout.as_ref().is_some_and(|f| f.ws);
         if ws_subscribers && cluster.is_none() && args.target_ws.is_none() {
+            let which = if args.target_metrics.is_some() {
+                "which is not in a cluster"
+            } else {
+                "without --metrics (for a cluster node, whose map gives every node's)"
+            };
             return Err(format!(
-                "--subscribers-ws against {target}, which is not in a cluster, needs its WebSocket address: \
-                 --target-ws HOST:PORT"
+                "--subscribers-ws against {target}, {which}, needs its WebSocket address: --target-ws HOST:PORT"
             ));
         }
         let mode = if cluster.is_some() { "cluster" } else { "target" };
