@@ -34,22 +34,24 @@ pub(crate) fn runtime(workers: usize, nice: i32) -> Result<tokio::runtime::Runti
     // The target is fixed here, from the building thread's niceness (the
     // ingest threads'), not from each new thread's: a thread tokio starts
     // later from a `trove-ws` thread inherits that one's niceness already.
-    let target = own_niceness().map(|base| (base + nice).min(NICE_MAX));
+    // `None`: nothing to set (0), or the base could not be read (said once
+    // here).
+    let target = match own_niceness() {
+        _ if nice == 0 => None,
+        Ok(base) => Some((base + nice).min(NICE_MAX)),
+        Err(e) => {
+            warn_unlowered(&e, nice);
+            None
+        }
+    };
     let warned = Arc::new(AtomicBool::new(false));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(workers).thread_name(WS_THREAD_NAME).enable_io().enable_time().on_thread_start(move || {
-        if nice == 0 {
-            return;
-        }
-        let set = target.as_ref().map_err(clone_error).and_then(|&t| set_own_niceness(t));
-        if let Err(e) = set
+        if let Some(t) = target
+            && let Err(e) = set_own_niceness(t)
             && !warned.swap(true, Relaxed)
         {
-            tracing::warn!(
-                error = %e,
-                ws_io_nice = nice,
-                "the WebSocket I/O threads could not lower their CPU priority; they run at the ingest threads'"
-            );
+            warn_unlowered(&e, nice);
         }
     });
     #[cfg(tokio_unstable)]
@@ -57,8 +59,12 @@ pub(crate) fn runtime(workers: usize, nice: i32) -> Result<tokio::runtime::Runti
     builder.build().map_err(|source| StartError::Runtime { what: "WebSocket I/O", source })
 }
 
-fn clone_error(e: &std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), e.to_string())
+fn warn_unlowered(e: &std::io::Error, nice: i32) {
+    tracing::warn!(
+        error = %e,
+        ws_io_nice = nice,
+        "the WebSocket I/O threads could not lower their CPU priority; they run at the ingest threads'"
+    );
 }
 
 /// The calling thread's niceness (-20..=19).
