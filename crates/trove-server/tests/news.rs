@@ -8,14 +8,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use trove_hunt::{HuntBroadcast, HuntConfig, HuntEvent, TreasureHunt};
 use trove_proto::Frame;
 use trove_proto::frame::{self, HEADER_LEN, Hello, Sizes};
 use trove_proto::wire::UpdateEntry;
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
+
+mod ws_client;
 use tungstenite::Message;
+use ws_client::{Ws, recv as ws_recv};
 
 const SIZES: Sizes = Sizes { record: 32, outcome: 16 };
 const HUNT: u32 = 1;
@@ -170,24 +173,12 @@ fn broadcasts(got: &[Got]) -> Vec<&HuntBroadcast> {
         .collect()
 }
 
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
 fn ws_connect(server: &Server<TreasureHunt>) -> Ws {
     let (ws, _) = tungstenite::connect(format!("ws://{}/", server.ws_addr().unwrap())).unwrap();
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     }
     ws
-}
-
-fn ws_recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 #[test]

@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 use trove_hunt::TreasureHunt;
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
-use tungstenite::Message;
 
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+mod ws_client;
+use tungstenite::Message;
+use ws_client::{Ws, recv};
 
 fn start(config: ServerConfig) -> Server<TreasureHunt> {
     let engine = Arc::new(
@@ -38,16 +39,6 @@ fn connect(server: &Server<TreasureHunt>) -> Ws {
 
 fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).unwrap();
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 /// Reads until the server closes the connection (a close frame, or the

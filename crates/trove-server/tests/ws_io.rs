@@ -7,11 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use trove_hunt::TreasureHunt;
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
+
+mod ws_client;
 use tungstenite::Message;
+use ws_client::recv;
 
 /// (name, niceness) of every thread of this process, from /proc.
 fn threads() -> Vec<(String, i32)> {
@@ -31,16 +34,6 @@ fn threads() -> Vec<(String, i32)> {
         out.push((comm.trim_end().to_string(), nice));
     }
     out
-}
-
-fn recv(ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>) -> Value {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 #[test]
