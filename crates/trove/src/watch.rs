@@ -68,6 +68,9 @@ pub struct View {
     pub reconnects: u64,
     /// Subscribed to the broadcasts alone: no events to count.
     pub news_only: bool,
+    /// The broadcasts alone and no control plane to read: the players
+    /// count cannot be known, and is shown as unknown rather than as 0.
+    pub players_unknown: bool,
     /// Broadcast entries seen.
     pub broadcasts: u64,
     /// Why the connection is down, while it is.
@@ -195,6 +198,7 @@ impl View {
                     missed: self.missed,
                     reconnects: self.reconnects,
                     news_only: self.news_only,
+                    players_unknown: self.players_unknown,
                     broadcasts: self.broadcasts,
                     ..View::default()
                 };
@@ -233,9 +237,13 @@ impl View {
 
     /// One status line.
     pub fn status_line(&self) -> String {
-        let players = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
         let round = self.round.map_or("-".to_string(), |r| r.to_string());
-        let players = format!("{players} player{}", if self.players.max(0) == 1 { "" } else { "s" });
+        let players = if self.players_unknown {
+            "players unknown (no --control)".to_string()
+        } else {
+            let n = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
+            format!("{n} player{}", if self.players.max(0) == 1 { "" } else { "s" })
+        };
         let gaps = crate::plural(self.gaps, "gap");
         let mut line = if self.news_only {
             format!(
@@ -264,7 +272,13 @@ impl View {
         if let Some(why) = &self.disconnected {
             s.push_str(&format!("  DISCONNECTED: {why}; reconnecting...\n\n"));
         }
-        let players = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
+        let players = if self.players_unknown {
+            "? (no --control)".to_string()
+        } else if self.players_exact {
+            self.players.to_string()
+        } else {
+            format!("~{}", self.players.max(0))
+        };
         s.push_str(&format!(
             "  round {:<6} players {:<8} treasures left {}\n",
             self.round.map_or("-".to_string(), |r| r.to_string()),
@@ -350,6 +364,7 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
     let terminal = !args.plain && std::io::stdout().is_terminal();
     let mut view = View::new(args.hunt);
     view.news_only = !args.all_events;
+    view.players_unknown = view.news_only && args.control.is_none();
     let target = args.client.addr.clone();
     refresh(&mut view, args.control).await;
     let started = Instant::now();
@@ -541,6 +556,17 @@ mod tests {
         assert!(v.news_only);
         assert_eq!((v.broadcasts, v.reconnects), (2, 2));
         assert_eq!(v.status_line(), "hunt 1: round -, ~0 players, 2 news seen, 0 gaps (0 missed)");
+    }
+
+    /// Watching the broadcasts with no control plane, nothing tells the
+    /// players count: it reads as unknown, not as "~0 players".
+    #[test]
+    fn without_a_control_plane_the_broadcasts_leave_the_players_unknown() {
+        let mut v = View::new(1);
+        v.news_only = true;
+        v.players_unknown = true;
+        assert_eq!(v.status_line(), "hunt 1: round -, players unknown (no --control), 0 news seen, 0 gaps (0 missed)");
+        assert!(v.screen("x").contains("players ? (no --control)"), "{}", v.screen("x"));
     }
 
     /// Counts of one are singular, as everywhere else (issue 25, item 6).
