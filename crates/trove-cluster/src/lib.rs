@@ -36,6 +36,7 @@ pub mod recover;
 pub mod relay;
 pub mod snapshots;
 pub mod stream_log;
+mod task;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -47,6 +47,7 @@ use trove_shard::updates::{Delivery, Hub, Mailbox, Update};
 
 use crate::error::ClusterError;
 use crate::names::Names;
+use crate::task::{spawn_named, spawn_named_on};
 
 /// The first byte of every relay message; a message with another is
 /// refused (a node of another version).
@@ -396,9 +397,9 @@ impl<G: WireGame> Relay<G> {
             Err(_) => return Err(connect_error("subscribing to the watch subject timed out".into())),
         };
         let tasks = vec![
-            runtime.spawn(control_loop(shared.clone())),
-            runtime.spawn(interest_loop(shared.clone(), watch)),
-            runtime.spawn(publish_loop(shared.clone())),
+            spawn_named_on(runtime, "relay control", control_loop(shared.clone())),
+            spawn_named_on(runtime, "relay interest", interest_loop(shared.clone(), watch)),
+            spawn_named_on(runtime, "relay publish", publish_loop(shared.clone())),
         ];
         Ok(Relay { shared, tasks })
     }
@@ -602,7 +603,7 @@ async fn control_loop<G: WireGame>(s: Arc<Shared<G>>) {
             // One that fails is tried again at the next round.
             if let Ok(Ok(mut sub)) = tokio::time::timeout(PUBLISH_TIMEOUT, s.client.subscribe(subject)).await {
                 let shared = s.clone();
-                let task = tokio::spawn(async move {
+                let task = spawn_named(&format!("relay updates partition {p}"), async move {
                     while let Some(m) = sub.next().await {
                         shared.receive(p, &m.payload);
                     }

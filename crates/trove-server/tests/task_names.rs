@@ -1,6 +1,6 @@
-//! Every task the server and the SDK spawn has a name in tokio-console
-//! (issue 25): each spawn goes through the crate's `task.rs` helper
-//! (`spawn_named`, `spawn_named_on`), which names it. A bare
+//! Every task the server, the cluster layer and the SDK spawn has a name
+//! in tokio-console (issue 25): each spawn goes through the crate's
+//! `task.rs` helper (`spawn_named`, `spawn_named_on`), which names it. A bare
 //! `tokio::spawn(`, `runtime.spawn(`, `Handle::spawn`, `JoinSet::spawn`
 //! or `spawn_blocking(` elsewhere in their sources fails here.
 //!
@@ -38,8 +38,15 @@ fn bare_spawns(text: &str) -> Vec<(usize, String)> {
             // `spawn` or `spawn_*` as a word of its own (not `spawned_tasks_count`)...
             let word = !rest[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
                 && (name == "spawn" || name.starts_with("spawn_"));
+            // ...a tokio task's, not a thread's (`std::thread::Builder`
+            // names its threads; `thread::scope`'s `scope.spawn`)...
+            let thread = code.contains("thread::") || rest[..at].ends_with("scope.");
             // ...called: `spawn(`, or generic `spawn::<T>(`.
-            if word && (after.starts_with('(') || after.starts_with("::<")) && !NAMED.contains(&name.as_str()) {
+            if word
+                && !thread
+                && (after.starts_with('(') || after.starts_with("::<"))
+                && !NAMED.contains(&name.as_str())
+            {
                 found.push((n + 1, name.clone()));
             }
             rest = &tail[name.len()..];
@@ -51,7 +58,8 @@ fn bare_spawns(text: &str) -> Vec<(usize, String)> {
 #[test]
 fn the_checker_finds_bare_spawns() {
     let text = "fn f() {\n    tokio::spawn(async {});\n    m.spawned_tasks_count();\n    // tokio::spawn(in a comment)\n    \
-                rt.spawn(x);\n    crate::task::spawn_named(\"n\", x);\n    h.spawn_blocking(f);\n}\n";
+                rt.spawn(x);\n    crate::task::spawn_named(\"n\", x);\n    h.spawn_blocking(f);\n    \
+                std::thread::Builder::new().name(n).spawn(f)?;\n    scope.spawn(|| {});\n}\n";
     assert_eq!(
         bare_spawns(text),
         [(2, "spawn".to_string()), (5, "spawn".to_string()), (7, "spawn_blocking".to_string())]
@@ -59,11 +67,11 @@ fn the_checker_finds_bare_spawns() {
 }
 
 #[test]
-fn every_server_and_sdk_task_is_spawned_named() {
+fn every_server_cluster_and_sdk_task_is_spawned_named() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut named = 0;
     let mut bare = Vec::new();
-    for krate in ["trove-server", "trove-client"] {
+    for krate in ["trove-server", "trove-client", "trove-cluster"] {
         let mut files = Vec::new();
         sources(&root.join("crates").join(krate).join("src"), &mut files);
         assert!(!files.is_empty(), "no sources found for {krate}");
@@ -78,6 +86,7 @@ fn every_server_and_sdk_task_is_spawned_named() {
     }
     assert!(bare.is_empty(), "spawn through task.rs's spawn_named so tokio-console shows a name:\n{}", bare.join("\n"));
     // The accept loops (TCP, WebSocket, control), their connections, the
-    // WebSocket connection task and the SDK producer's task.
-    assert!(named >= 7, "only {named} named spawns found: did the helpers move?");
+    // WebSocket connection task, the SDK producer's task and the cluster
+    // relay's four.
+    assert!(named >= 11, "only {named} named spawns found: did the helpers move?");
 }

@@ -26,8 +26,9 @@ pub enum Command {
     Journal(Journal),
     /// Rebuild the state from a journal offline and print its hashes.
     Replay(Replay),
-    /// Watch a hunt live: players, round, top 10, last finds, events/s and
-    /// gaps (a screen on a terminal; a line per change when piped).
+    /// Watch a hunt live: players, round, top 10, last finds and gaps, and
+    /// events/s with --all-events (a screen on a terminal; a line per
+    /// change when piped).
     Watch(Watch),
     /// Send events (JSON lines, as on the WebSocket endpoint) from the
     /// arguments, a file or standard input; prints each outcome as JSON.
@@ -37,11 +38,19 @@ pub enum Command {
     Auth(Auth),
 }
 
+/// A client command's server when no --target is given: `trove serve`'s
+/// default data plane.
+pub const TARGET_DEFAULT: &str = "127.0.0.1:7400";
+
+/// `trove serve`'s default control plane, beside [`TARGET_DEFAULT`].
+pub const CONTROL_DEFAULT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7480);
+
 /// The server a client command talks to.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The server's TCP data plane, HOST:PORT (a host name is resolved).
-    #[arg(long, default_value = "127.0.0.1:7400", value_parser = trove_bench::cli::host_port)]
+    #[arg(long, default_value = TARGET_DEFAULT, value_parser = trove_bench::cli::host_port)]
     pub target: std::net::SocketAddr,
     /// The token for a server started with --auth (`trove auth add`);
     /// without it, TROVE_TOKEN (which, unlike a flag, `ps` does not show).
@@ -64,7 +73,11 @@ pub struct Watch {
     #[command(flatten)]
     pub client: ClientArgs,
     /// The server's control plane, HOST:PORT: the players, round and top 10
-    /// at the start and after a gap or a reconnect come from it.
+    /// at the start and after a gap or a reconnect come from it, and,
+    /// watching the broadcasts alone, the players count once a second
+    /// [default: 127.0.0.1:7480 when --target is the default 127.0.0.1:7400
+    /// (a server on its default ports); else none, and the players count is
+    /// unknown without --all-events].
     #[arg(long, value_parser = trove_bench::cli::host_port)]
     pub control: Option<std::net::SocketAddr>,
     /// A line per change even on a terminal (piped output always is).
@@ -78,6 +91,17 @@ pub struct Watch {
     /// news shown, at a fraction of the cost].
     #[arg(long)]
     pub all_events: bool,
+}
+
+impl Watch {
+    /// The control plane to read: --control, or the default server's when
+    /// --target is the default server's too (a server on its default
+    /// ports); none otherwise, as a data plane does not say where its
+    /// control plane is.
+    pub fn control(&self) -> Option<std::net::SocketAddr> {
+        let default_target = TARGET_DEFAULT.parse().ok() == Some(self.client.target);
+        self.control.or(default_target.then_some(CONTROL_DEFAULT))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -348,5 +372,24 @@ mod tests {
         assert_eq!(b.load.target_ws, Some("127.0.0.1:7402".parse().unwrap()));
         let e = Cli::try_parse_from(["trove", "bench", "--target-ws", "no port"]).unwrap_err().to_string();
         assert!(e.contains("server address `no port`") && e.contains("expected host:port"), "{e}");
+    }
+
+    /// `trove watch 1` against a server on its default ports reads its
+    /// control plane without being told (a hand run showed "~0 players"
+    /// for a hunt of 2); another --target has none unless --control names it.
+    #[test]
+    fn watch_reads_the_default_servers_control_plane_unless_told_otherwise() {
+        let control = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["trove", "watch", "1"].iter().chain(args)).expect("parses");
+            let Command::Watch(w) = cli.command else { panic!("a watch") };
+            w.control()
+        };
+        assert_eq!(control(&[]), Some("127.0.0.1:7480".parse().unwrap()));
+        assert_eq!(control(&["--target", "127.0.0.1:7400"]), Some("127.0.0.1:7480".parse().unwrap()));
+        assert_eq!(control(&["--target", "127.0.0.1:27400"]), None);
+        assert_eq!(
+            control(&["--target", "127.0.0.1:27400", "--control", "127.0.0.1:27480"]),
+            Some("127.0.0.1:27480".parse().unwrap())
+        );
     }
 }

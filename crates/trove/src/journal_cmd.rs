@@ -313,8 +313,8 @@ fn text_line(shard: usize, batch: u64, mark: Option<u64>, e: &Entry<HuntEvent>, 
     let ev = &e.stamped.event;
     let t = e.stamped.time_us;
     let who = match ev.action {
-        // A create's `player` field is ignored.
-        Action::Create(_) => format!("hunt {}", ev.hunt),
+        // A create's and a delete's `player` field is ignored.
+        Action::Create(_) | Action::Delete => format!("hunt {}", ev.hunt),
         _ => format!("hunt {} player {}", ev.hunt, ev.player),
     };
     let mark = mark.map_or(String::new(), |d| format!(" (durable below {d})"));
@@ -457,4 +457,23 @@ pub fn replay(data: &Path, json: bool) -> Result<(), String> {
         println!("state hash {}", report.state_hash);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trove_core::Stamped;
+
+    /// A delete, as a create, names no player: its `player` field is
+    /// ignored (a hand run printed "hunt 1 player 0 delete the hunt").
+    #[test]
+    fn a_delete_names_the_hunt_alone() {
+        let event = HuntEvent { hunt: 1, player: 0, action: Action::Delete };
+        let entry = Entry { producer: 7, producer_seq: 2, stamped: Stamped { time_us: 1_500_000, event } };
+        let line = text_line(0, 9, Some(9), &entry, &HuntOutcome::Deleted { round: 3 });
+        assert_eq!(
+            line,
+            "shard 0 batch 9 (durable below 9) t=1.500000s producer 7 seq 2: hunt 1 delete the hunt -> deleted, in round 3"
+        );
+    }
 }

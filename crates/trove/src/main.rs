@@ -81,7 +81,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Watch(args) => trove::watch::run(trove::watch::WatchArgs {
             hunt: args.hunt,
             client: args.client.config()?,
-            control: args.control,
+            control: args.control(),
             plain: args.plain,
             duration: args.seconds.map(std::time::Duration::from_secs),
             all_events: args.all_events,

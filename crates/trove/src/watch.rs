@@ -68,6 +68,9 @@ pub struct View {
     pub reconnects: u64,
     /// Subscribed to the broadcasts alone: no events to count.
     pub news_only: bool,
+    /// The broadcasts alone and no control plane to read: the players
+    /// count cannot be known, and is shown as unknown rather than as 0.
+    pub players_unknown: bool,
     /// Broadcast entries seen.
     pub broadcasts: u64,
     /// Why the connection is down, while it is.
@@ -186,8 +189,20 @@ impl View {
                 Change::RoundFinished { round }
             }
             HuntBroadcast::HuntDeleted { round, .. } => {
-                let (hunt, events, gaps, missed) = (self.hunt, self.events, self.gaps, self.missed);
-                *self = View { hunt, events, gaps, missed, ..View::default() };
+                // The hunt's state goes; the watcher's own (what it
+                // subscribed to, what it saw) stays.
+                let kept = View {
+                    hunt: self.hunt,
+                    events: self.events,
+                    gaps: self.gaps,
+                    missed: self.missed,
+                    reconnects: self.reconnects,
+                    news_only: self.news_only,
+                    players_unknown: self.players_unknown,
+                    broadcasts: self.broadcasts,
+                    ..View::default()
+                };
+                *self = kept;
                 Change::Deleted { round }
             }
         }
@@ -222,17 +237,26 @@ impl View {
 
     /// One status line.
     pub fn status_line(&self) -> String {
-        let players = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
         let round = self.round.map_or("-".to_string(), |r| r.to_string());
+        let players = if self.players_unknown {
+            "players unknown (no --control)".to_string()
+        } else {
+            let n = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
+            format!("{n} player{}", if self.players.max(0) == 1 { "" } else { "s" })
+        };
+        let gaps = crate::plural(self.gaps, "gap");
         let mut line = if self.news_only {
             format!(
-                "hunt {}: round {round}, {players} players, {} news seen, {} gaps ({} missed)",
-                self.hunt, self.broadcasts, self.gaps, self.missed
+                "hunt {}: round {round}, {players}, {} news seen, {gaps} ({} missed)",
+                self.hunt, self.broadcasts, self.missed
             )
         } else {
             format!(
-                "hunt {}: round {round}, {players} players, {} events/s, {} events seen, {} gaps ({} missed)",
-                self.hunt, self.events_per_s, self.events, self.gaps, self.missed
+                "hunt {}: round {round}, {players}, {} events/s, {} seen, {gaps} ({} missed)",
+                self.hunt,
+                self.events_per_s,
+                crate::plural(self.events, "event"),
+                self.missed
             )
         };
         if let Some(why) = &self.disconnected {
@@ -248,7 +272,13 @@ impl View {
         if let Some(why) = &self.disconnected {
             s.push_str(&format!("  DISCONNECTED: {why}; reconnecting...\n\n"));
         }
-        let players = if self.players_exact { self.players.to_string() } else { format!("~{}", self.players.max(0)) };
+        let players = if self.players_unknown {
+            "? (no --control)".to_string()
+        } else if self.players_exact {
+            self.players.to_string()
+        } else {
+            format!("~{}", self.players.max(0))
+        };
         s.push_str(&format!(
             "  round {:<6} players {:<8} treasures left {}\n",
             self.round.map_or("-".to_string(), |r| r.to_string()),
@@ -334,6 +364,7 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
     let terminal = !args.plain && std::io::stdout().is_terminal();
     let mut view = View::new(args.hunt);
     view.news_only = !args.all_events;
+    view.players_unknown = view.news_only && args.control.is_none();
     let target = args.client.addr.clone();
     refresh(&mut view, args.control).await;
     let started = Instant::now();
@@ -503,6 +534,51 @@ mod tests {
         assert_eq!((v.players, v.round, v.top.len(), v.events), (0, None, 0, 1));
         assert!(change_line(1, &changes[0], &v).contains("deleted in round 2"));
         assert_eq!(v.apply(&Update::Ended { world: 1 }, t0), vec![]);
+    }
+
+    /// Watching the broadcasts alone, a delete does not turn the view
+    /// into the all-events one: its status line stays the news line
+    /// (a hand run printed "0 events/s, 2 events seen" after a delete).
+    #[test]
+    fn a_delete_keeps_what_the_watcher_subscribed_to_and_saw() {
+        let t0 = Instant::now();
+        let mut v = View::new(1);
+        v.news_only = true;
+        v.reconnects = 2;
+        let found =
+            HuntBroadcast::TreasureFound { round: 1, player: 5, x: 0, y: 0, value: 1, score: 1, treasures_left: 3 };
+        let entries = vec![
+            UpdateEntry::Broadcast(found),
+            applied(HuntOutcome::Deleted { round: 1 }),
+            UpdateEntry::Broadcast(HuntBroadcast::HuntDeleted { round: 1, top: Top10::default() }),
+        ];
+        v.apply(&Update::Entries { world: 1, first_seq: 1, entries }, t0);
+        assert!(v.news_only);
+        assert_eq!((v.broadcasts, v.reconnects), (2, 2));
+        assert_eq!(v.status_line(), "hunt 1: round -, ~0 players, 2 news seen, 0 gaps (0 missed)");
+    }
+
+    /// Watching the broadcasts with no control plane, nothing tells the
+    /// players count: it reads as unknown, not as "~0 players".
+    #[test]
+    fn without_a_control_plane_the_broadcasts_leave_the_players_unknown() {
+        let mut v = View::new(1);
+        v.news_only = true;
+        v.players_unknown = true;
+        assert_eq!(v.status_line(), "hunt 1: round -, players unknown (no --control), 0 news seen, 0 gaps (0 missed)");
+        assert!(v.screen("x").contains("players ? (no --control)"), "{}", v.screen("x"));
+    }
+
+    /// Counts of one are singular, as everywhere else (issue 25, item 6).
+    #[test]
+    fn the_status_line_says_1_player_and_1_gap() {
+        let t0 = Instant::now();
+        let mut v = View::new(1);
+        v.load_summary(&serde_json::json!({"players": 1, "round": 1}));
+        v.apply(&Update::Gap { world: 1, first_missed: 5, missed: 1 }, t0);
+        assert_eq!(v.status_line(), "hunt 1: round 1, ~1 player, 0 events/s, 0 events seen, 1 gap (1 missed)");
+        v.apply(&Update::Entries { world: 1, first_seq: 6, entries: vec![applied(HuntOutcome::Left)] }, t0);
+        assert!(v.status_line().contains(", 1 event seen,"), "{}", v.status_line());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The progress line of `trove replay`: drawn on a terminal, never when
-//! stderr is a pipe or a file; `trove serve`'s recovery draws none.
+//! The progress line of `trove replay` and of `trove serve`'s recovery:
+//! drawn on a terminal, never when stderr is a pipe or a file.
 //! The terminal half needs `script` (util-linux) for a pseudo-terminal,
 //! and fails without it rather than pass unchecked.
 
@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{Serve, trove};
 
 #[test]
-fn replay_draws_progress_on_a_terminal_only() {
+fn replay_and_recovery_draw_progress_on_a_terminal_only() {
     let dir = common::scratch_dir("progress-replay");
     let data = dir.join("data");
     let d = data.to_str().unwrap();
@@ -68,5 +68,23 @@ fn replay_draws_progress_on_a_terminal_only() {
     assert!(seen.contains("state hash"), "{seen}");
     assert!(seen.contains("\rreplay: ") && seen.contains(" segments, "), "{seen:?}");
     assert!(seen.contains(" events at "), "{seen:?}");
+
+    // `trove serve`'s recovery of the same journal on a terminal draws
+    // its line too (the piped half is checked above). The server is
+    // stopped by `timeout`'s SIGINT whether or not recovery has ended by
+    // then: the line is drawn from the first moment.
+    let pty = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "env TROVE_PROGRESS_AFTER_MS=0 timeout -s INT 5 {exe} serve {}",
+                args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .expect("`script` (util-linux) puts the server on a pseudo-terminal");
+    let seen = String::from_utf8_lossy(&pty.stdout);
+    assert!(seen.contains("\rrecovery: ") && seen.contains(" segments, "), "{seen:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
