@@ -123,9 +123,9 @@ pub(super) fn run_mode(
                 }
                 let s = judge(index, rate, trials, args.slo_p99, stopped.as_deref(), cores);
                 say(&format!(
-                    "{mode} step {index}: offered {}/s, judged on the median of {} trials: achieved {}/s p50 {:.2} ms p99 {:.2} ms{}",
+                    "{mode} step {index}: offered {}/s, {}: achieved {}/s p50 {:.2} ms p99 {:.2} ms{}",
                     human(rate),
-                    s.trials.len(),
+                    judged_on(s.trials.len()),
                     human(s.achieved_events_per_s),
                     s.latency_us.p50 as f64 / 1e3,
                     s.latency_us.p99 as f64 / 1e3,
@@ -487,10 +487,30 @@ pub(super) fn judge(
     }
 }
 
+/// How a step of `trials` trials was judged, for its line: one trial is no
+/// median.
+fn judged_on(trials: usize) -> String {
+    match trials {
+        1 => "one trial".to_string(),
+        n => format!("judged on the median of {n} trials"),
+    }
+}
+
 /// The rule `judge` applies, in words, for the report.
 pub(super) fn judge_rule(args: &LoadArgs) -> (u32, String) {
     match &args.ramp {
         None => (1, format!("one run of {} s", args.duration.as_secs_f64())),
+        Some(r) if r.trials == 1 => (
+            1,
+            format!(
+                "one trial of {} s per step: a step passes when it achieved at least {}% of the arrivals, its p99 \
+                 is within the SLO, no event was refused and it drained; a warm-up of {} s at the first rate runs \
+                 first and is not counted",
+                r.step.as_secs_f64(),
+                KEEP_UP * 100.0,
+                r.warmup.as_secs_f64()
+            ),
+        ),
         Some(r) => (
             r.trials,
             format!(
@@ -975,6 +995,12 @@ mod tests {
         assert!(run.judge.starts_with("median of 3 trials of 1 s each"), "{}", run.judge);
         assert!(run.judge.contains("warm-up of 2 s"), "{}", run.judge);
         assert_eq!(run.warmup, None);
+        // One trial a step is no median ("median of 1 trials").
+        a.ramp.as_mut().unwrap().trials = 1;
+        let run = analyse("sharded", &a, None, vec![]);
+        assert!(run.judge.starts_with("one trial of 1 s per step"), "{}", run.judge);
+        assert_eq!(judged_on(1), "one trial");
+        assert_eq!(judged_on(3), "judged on the median of 3 trials");
     }
 
     #[test]
