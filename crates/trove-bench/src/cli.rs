@@ -133,15 +133,15 @@ pub struct BenchLoad {
     /// connections at the same linger mean more, smaller frames.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
-    /// Most events per batch (EVENTS frame); a batch also closes when it
-    /// has lingered --linger-us.
-    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    /// Most events per batch (EVENTS frame), by default the SDK's; a batch
+    /// also closes when it has lingered --linger-us.
+    #[arg(long, default_value_t = trove_client::BATCH_EVENTS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
     /// Batches each connection keeps in flight at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub window: u32,
     /// Events each connection keeps unanswered at most (the SDK's
-    /// `unacked_events_max`; it also caps --batch).
+    /// `unacked_events_max`, by default the SDK's; it also caps --batch).
     #[arg(long, default_value_t = trove_client::UNACKED_EVENTS_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub unacked_events: u32,
     /// The SDK's `queue_delay_target`, microseconds: a connection lets
@@ -314,8 +314,9 @@ pub struct BenchNet {
     /// Events per batch (EVENTS frame).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
-    /// Batches each connection keeps in flight (the SDK also caps the
-    /// unacknowledged events at 65536, the server's retry window).
+    /// Batches each connection keeps in flight: --batch x --window events
+    /// unacknowledged (the SDK's `unacked_events_max` for this closed-loop
+    /// producer), at most 65536, the server's retry window.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub window: u32,
     /// How long a partly filled batch waits for more events, in microseconds.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use trove_client::{ClientConfig, Producer, SendError};
+use trove_client::{ClientConfig, DEDUP_WINDOW_EVENTS, Producer, SendError};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig, FsyncPolicy, JournalConfig, Mode};
@@ -115,6 +115,10 @@ async fn run_connection(
     let config = ClientConfig {
         batch_events_max: args.batch_events,
         window_batches: args.window_batches,
+        // A closed-loop producer measures throughput: its window is what
+        // --batch and --window ask for (a bulk load's configuration), not
+        // the SDK's latency default.
+        unacked_events_max: args.batch_events.saturating_mul(args.window_batches).min(DEDUP_WINDOW_EVENTS),
         linger: args.linger,
         want_outcomes: args.outcomes,
         token: args.token.clone(),

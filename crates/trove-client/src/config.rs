@@ -6,11 +6,27 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::ClientError;
 
-/// The most events a producer keeps unacknowledged by default: the server
-/// guarantees exactly-once resends (with the original outcomes) while a
-/// producer has at most this many events unacknowledged (its deduplication
-/// window per producer, `dedup_window_events`).
-pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 65_536;
+/// The server's deduplication window per producer by default
+/// (`dedup_window_events`): the server guarantees exactly-once resends
+/// with the original outcomes while a producer has at most this many events
+/// unacknowledged. The most `unacked_events_max` should be.
+pub const DEDUP_WINDOW_EVENTS: u32 = 65_536;
+
+/// The events a producer keeps unacknowledged by default
+/// (`unacked_events_max`). Past the server's capacity whatever producers
+/// have in flight waits in front of it, wherever it sits (the server's
+/// queues, the sockets' buffers), and an admitted event waits the windows
+/// over the server's rate (Little's law): 8,192 per connection kept the
+/// admitted p99 within a 10 ms SLO at twice the knee, where 65,536 gave
+/// 30-41 ms. A producer that runs flat out (a bulk load) gets about 15%
+/// more with 65,536 in batches of 16,384 (docs/decisions/0058).
+pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 8_192;
+
+/// The most events in one EVENTS frame by default (`batch_events_max`):
+/// with [`UNACKED_EVENTS_MAX_DEFAULT`], two batches in flight, so the next
+/// one is on its way while the first waits for its ACK (a durable one waits
+/// for `fdatasync`).
+pub const BATCH_EVENTS_MAX_DEFAULT: u32 = 4096;
 
 /// The longest `queue_delay_target` `validate` allows.
 const QUEUE_DELAY_TARGET_MAX: Duration = Duration::from_secs(60);
@@ -55,11 +71,16 @@ pub struct ClientConfig {
     /// Batches closed and not yet released: sent and unacknowledged, or
     /// acknowledged and not yet taken from [`Acks`](crate::Acks).
     pub window_batches: u32,
-    /// Events in those batches, at most (so a batch never holds more).
+    /// Events in those batches, at most (so a batch never holds more):
+    /// [`UNACKED_EVENTS_MAX_DEFAULT`] by default. The lever between latency
+    /// and throughput: past the server's capacity an admitted event waits
+    /// about the producers' windows over the server's rate, and a producer
+    /// that runs flat out goes faster with a deeper one (a bulk load:
+    /// [`DEDUP_WINDOW_EVENTS`] with batches of a quarter of it).
     /// After a BUSY the producer allows fewer (halved, then grown back by
     /// about one batch per window of ACKs; see `ProducerStats::events_allowed`).
     /// Keep it at or below the server's deduplication window
-    /// ([`UNACKED_EVENTS_MAX_DEFAULT`]), or resends after a reconnect may be
+    /// ([`DEDUP_WINDOW_EVENTS`]), or resends after a reconnect may be
     /// answered with `duplicate` outcomes instead of the originals (they
     /// are still never applied twice).
     pub unacked_events_max: u32,
@@ -177,7 +198,7 @@ impl ClientConfig {
             producer_id: None,
             first_seq: 1,
             want_outcomes: true,
-            batch_events_max: 4096,
+            batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
             linger: Duration::from_millis(1),
             window_batches: 32,
             unacked_events_max: UNACKED_EVENTS_MAX_DEFAULT,

@@ -81,7 +81,10 @@ pub use cluster::{
 pub use cluster_producer::{
     CLUSTER_ANSWER_TIMEOUT, CLUSTER_SEEDS_MAX, ClusterAck, ClusterAcks, ClusterConfig, ClusterProducer,
 };
-pub use config::{ClientConfig, TOKEN_ENV, TOKEN_LEN, Token, UNACKED_EVENTS_MAX_DEFAULT, random_producer_id};
+pub use config::{
+    BATCH_EVENTS_MAX_DEFAULT, ClientConfig, DEDUP_WINDOW_EVENTS, TOKEN_ENV, TOKEN_LEN, Token,
+    UNACKED_EVENTS_MAX_DEFAULT, random_producer_id,
+};
 pub use error::{ClientError, SendError, ServerError};
 pub use producer::{AckedBatch, Acks, Producer, ProducerStats};
 pub use subscriber::{Subscriber, Update};

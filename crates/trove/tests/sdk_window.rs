@@ -11,12 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use trove_client::{ClientConfig, Producer, UNACKED_EVENTS_MAX_DEFAULT};
+use trove_client::{ClientConfig, DEDUP_WINDOW_EVENTS, Producer};
 use trove_hunt::{HuntEvent, TreasureHunt};
 use trove_server::{Server, ServerConfig};
 use trove_shard::{Engine, EngineConfig};
 
 const BATCH: u32 = 1000;
+/// The producers' window: the most the server's retries allow, so that a
+/// held shard's queue fills long before the window does.
+const WINDOW: u32 = DEDUP_WINDOW_EVENTS;
 
 /// Runs `test` with a producer connected to a fresh one-shard server.
 fn with_server<F>(queue_events_max: usize, queue_delay_target: Option<Duration>, test: F)
@@ -40,6 +43,7 @@ where
     let config = ClientConfig {
         batch_events_max: BATCH,
         window_batches: 64,
+        unacked_events_max: WINDOW,
         want_outcomes: false,
         queue_delay_target,
         ..ClientConfig::new(server.tcp_addr().to_string())
@@ -47,7 +51,7 @@ where
     client.block_on(async {
         let (p, acks) = Producer::<TreasureHunt>::connect(config).await.unwrap();
         drop(acks);
-        assert_eq!(p.stats().events_allowed, u64::from(UNACKED_EVENTS_MAX_DEFAULT));
+        assert_eq!(p.stats().events_allowed, u64::from(WINDOW));
         test(&engine, p).await;
     });
     drop(client);
@@ -99,14 +103,14 @@ async fn busy_then_growth(engine: &Engine<TreasureHunt>, mut p: Producer<Treasur
     p.drain().await.unwrap();
     assert!(p.stats().busy > 0);
     let halved = p.stats().events_allowed;
-    assert!(halved <= u64::from(UNACKED_EVENTS_MAX_DEFAULT) / 2, "after BUSY the window is {halved} events");
+    assert!(halved <= u64::from(WINDOW) / 2, "after BUSY the window is {halved} events");
     assert_eq!(p.stats().events_acked, u64::from(60 * BATCH), "every event acknowledged after the resends");
 
     // One batch at a time now: nothing queues, nothing is refused, and
     // the ACKs grow the window by a batch per window's worth.
     let busy = p.stats().busy;
     let mut rounds = 0;
-    while p.stats().events_allowed < u64::from(UNACKED_EVENTS_MAX_DEFAULT) {
+    while p.stats().events_allowed < u64::from(WINDOW) {
         rounds += 1;
         assert!(rounds <= 20_000, "the window stopped growing at {}", p.stats().events_allowed);
         for _ in 0..BATCH {
