@@ -18,8 +18,8 @@ pub const DEDUP_WINDOW_EVENTS: u32 = 65_536;
 /// queues, the sockets' buffers), and an admitted event waits the windows
 /// over the server's rate (Little's law): 8,192 per connection kept the
 /// admitted p99 within a 10 ms SLO at twice the knee, where 65,536 gave
-/// 30-41 ms. A producer that runs flat out (a bulk load) gets about 15%
-/// more with 65,536 in batches of 16,384 (docs/decisions/0058).
+/// 30-41 ms. It costs a producer that runs flat out (a bulk load) about
+/// 15% against 65,536 in batches of 16,384 (docs/decisions/0058).
 pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 8_192;
 
 /// The most events in one EVENTS frame by default (`batch_events_max`):
@@ -27,6 +27,11 @@ pub const UNACKED_EVENTS_MAX_DEFAULT: u32 = 8_192;
 /// one is on its way while the first waits for its ACK (a durable one waits
 /// for `fdatasync`).
 pub const BATCH_EVENTS_MAX_DEFAULT: u32 = 4096;
+
+// Two default batches fit the default window, which fits the server's
+// retry window.
+const _: () = assert!(2 * BATCH_EVENTS_MAX_DEFAULT <= UNACKED_EVENTS_MAX_DEFAULT);
+const _: () = assert!(UNACKED_EVENTS_MAX_DEFAULT <= DEDUP_WINDOW_EVENTS);
 
 /// The longest `queue_delay_target` `validate` allows.
 const QUEUE_DELAY_TARGET_MAX: Duration = Duration::from_secs(60);
@@ -62,7 +67,10 @@ pub struct ClientConfig {
     /// Ask for one typed outcome per event in every acknowledgement.
     pub want_outcomes: bool,
     /// Most events in one EVENTS frame; the server's WELCOME may lower it
-    /// (its `batch_events_max`, and what fits in its frame limit).
+    /// (its `batch_events_max`, and what fits in its frame limit), and so
+    /// does `unacked_events_max`. Keep it at most half of that, or only one
+    /// batch is in flight at a time (stop and wait: a durable ACK's
+    /// `fdatasync` then stalls the producer; decision 0058).
     pub batch_events_max: u32,
     /// How long an open batch may wait for more events before the producer
     /// closes it: checked by `send` (every 64 events) and `idle_until`;
@@ -276,6 +284,12 @@ pub fn random_producer_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dedup_window_is_the_servers_default() {
+        let engine = trove_shard::EngineConfig::default();
+        assert_eq!(DEDUP_WINDOW_EVENTS as usize, engine.dedup_window_events);
+    }
 
     #[test]
     fn defaults_are_valid_and_fields_are_named() {

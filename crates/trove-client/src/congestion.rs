@@ -2,12 +2,14 @@
 //! sized by the time its batches take to be acknowledged.
 //!
 //! Past the server's capacity, whatever a producer has in flight waits in
-//! the server's queues: the latency of what gets in is the window divided
-//! by the server's rate (Little's law). A fixed window is too small for a
-//! fast server far away and far too large for a slow one (65,536 events
-//! per connection is 10 ms at 25 M events/s over 4 connections, 65 ms at
-//! 4 M). So the window follows the queueing delay the producer sees, as
-//! delay-based congestion control does (TCP Vegas, Swift):
+//! front of the server (its queues, the sockets' buffers, its I/O
+//! thread's backlog): the latency of what gets in is the window divided
+//! by the server's rate (Little's law). The default window is fixed and
+//! small (`UNACKED_EVENTS_MAX_DEFAULT`, decision 0058); it shrinks on
+//! BUSY, and, with `queue_delay_target` set (off by default: on 2 shared
+//! cores round trips swing too much for it to beat a fixed window), it
+//! follows the queueing delay the producer sees, as delay-based
+//! congestion control does (TCP Vegas, Swift):
 //!
 //! - each batch sent once gives a round trip (write to ACK); the least
 //!   seen over the last 10-20 s is the base, the path without queues;

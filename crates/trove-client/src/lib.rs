@@ -4,8 +4,9 @@
 //! - [`Producer`]: sends a game's events. `send` encodes each event
 //!   straight into the open batch's EVENTS frame (no allocation, lock,
 //!   await or spawn per event); batches close when full, after `linger`,
-//!   or on `flush`; up to `window_batches` are in flight (and fewer events
-//!   after BUSY: the window halves, then grows back); BUSY answers and
+//!   or on `flush`; up to `window_batches` batches and `unacked_events_max`
+//!   events are in flight (8,192 by default: two batches; fewer after
+//!   BUSY: the window halves, then grows back); BUSY answers and
 //!   lost connections are handled in the background by resending the
 //!   unanswered batches with their original sequence numbers, which the
 //!   server applies exactly once.
