@@ -390,6 +390,11 @@ pub struct ModeRun {
     /// constant or poisson.
     pub arrivals: String,
     pub connections: u32,
+    /// The SDK's `batch_events_max` and `unacked_events_max` on every
+    /// producer connection: what each keeps in flight (decision 0058; a
+    /// batch is at most the window).
+    pub batch_events: u32,
+    pub unacked_events: u32,
     pub slo_p99_ms: f64,
     /// Steps sorted by offered rate.
     pub steps: Vec<StepReport>,

@@ -576,6 +576,8 @@ pub(super) fn analyse(mode: &str, args: &LoadArgs, warmup: Option<StepReport>, m
         workload: args.workload.name.clone(),
         arrivals: args.arrivals.name().into(),
         connections: args.connections,
+        batch_events: args.batch_events.min(args.unacked_events),
+        unacked_events: args.unacked_events,
         slo_p99_ms: slo_ms,
         knee_events_per_s: knee.map(|k| steps[k].achieved_events_per_s),
         knee_offered_events_per_s: knee.map(|k| steps[k].offered_events_per_s),

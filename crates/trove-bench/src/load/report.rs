@@ -329,10 +329,12 @@ fn mode_section(s: &mut String, run: &ModeRun) -> fmt::Result {
     writeln!(s)?;
     writeln!(
         s,
-        "Workload {}, {} arrivals, {} connections, SLO p99 {} ms.",
+        "Workload {}, {} arrivals, {} connections (each with batches of at most {} events and {} unanswered), SLO p99 {} ms.",
         md(&run.workload),
         md(&run.arrivals),
         run.connections,
+        run.batch_events,
+        run.unacked_events,
         setting(run.slo_p99_ms)
     )?;
     writeln!(s)?;
@@ -594,6 +596,8 @@ pub(super) mod tests {
             workload: "treasure-hunt".to_string(),
             arrivals: "constant".to_string(),
             connections: 64,
+            batch_events: 4096,
+            unacked_events: 8192,
             slo_p99_ms: 10.0,
             knee_events_per_s: knee.map(|k| k.achieved_events_per_s),
             knee_offered_events_per_s: knee.map(|k| k.offered_events_per_s),
@@ -939,6 +943,10 @@ pub(super) mod tests {
         let report = read(&written[2]);
         assert!(report.starts_with("# trove bench report"));
         assert!(report.contains(&format!("```sh\n{command}\n```")));
+        // What each producer kept in flight is part of the setting.
+        assert!(report.contains("64 connections (each with batches of at most 4096 events and 8192 unanswered)"));
+        let json = serde_json::to_value(&runs[0]).unwrap();
+        assert_eq!((json["batch_events"].as_u64(), json["unacked_events"].as_u64()), (Some(4096), Some(8192)));
         assert!(report.contains("![Achieved against offered events/s, per mode](achieved.svg)"));
         assert!(report.contains("](p99.svg)"));
         assert!(report.contains(

@@ -11,6 +11,8 @@ pub struct SingleRun<'a> {
     pub workload: &'a str,
     pub arrivals: &'a str,
     pub connections: u32,
+    pub batch_events: u32,
+    pub unacked_events: u32,
     #[serde(flatten)]
     pub step: &'a StepReport,
 }
@@ -33,6 +35,8 @@ pub fn to_json(outcome: &Outcome, ramp: bool) -> Result<String, String> {
             workload: &run.workload,
             arrivals: &run.arrivals,
             connections: run.connections,
+            batch_events: run.batch_events,
+            unacked_events: run.unacked_events,
             step: &run.steps[0],
         }),
         (None, [run]) => serde_json::to_string_pretty(run),
@@ -58,8 +62,8 @@ fn single_summary(run: &ModeRun, s: &StepReport) -> String {
         format!("p50 {}   p99 {}   p99.9 {}   max {}", ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max))
     };
     let mut out = format!(
-        "{} run, workload {}, {} arrivals over {} connections, {:.1} s\n",
-        run.mode, run.workload, run.arrivals, run.connections, s.seconds
+        "{} run, workload {}, {} arrivals over {} connections ({} unanswered each, batches of {}), {:.1} s\n",
+        run.mode, run.workload, run.arrivals, run.connections, run.unacked_events, run.batch_events, s.seconds
     );
     out += &format!(
         "  offered     {}/s   achieved {}/s ({:.1}% of offered)\n",
